@@ -1,0 +1,112 @@
+"""Hard state behind a small key/value interface, so Nuwa can back it later without rework.
+
+Keys are absolute ``/``-separated paths (``/jobs/<id>/status``); values are JSON documents of
+at most ``VALUE_BYTES_MAX`` (Nuwa's limit). ``FileStore`` writes each key to its own file with
+write-to-temp-then-rename, so a crash never leaves a half-written value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from typing import Any, Iterator, Protocol
+
+from fuxi.errors import BadInput, LimitExceeded
+
+VALUE_BYTES_MAX = 1024 * 1024
+_KEY_RE = re.compile(r"^(/[A-Za-z0-9_.@=+-]+)+$")
+
+
+def _check_key(key: str) -> None:
+    if not _KEY_RE.match(key) or "/../" in key + "/" or "/./" in key + "/":
+        raise BadInput(f"store key {key!r} is not valid; expected an absolute path like "
+                       f"/jobs/<id>/status made of letters, digits and _.@=+-")
+
+
+def _encode(key: str, value: Any) -> bytes:
+    data = json.dumps(value, sort_keys=True, default=str).encode()
+    if len(data) > VALUE_BYTES_MAX:
+        raise LimitExceeded(f"value for {key} is {len(data)} bytes; VALUE_BYTES_MAX is {VALUE_BYTES_MAX}")
+    return data
+
+
+class StateStore(Protocol):
+    def put(self, key: str, value: Any) -> None: ...
+    def get(self, key: str, default: Any = None) -> Any: ...
+    def delete(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> list[str]: ...
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, value: Any) -> None:
+        _check_key(key)
+        data = _encode(key, value)
+        with self._lock:
+            self._data[key] = data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            data = self._data.get(key)
+        return default if data is None else json.loads(data)
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            return self._data.pop(key, None) is not None
+
+    def list(self, prefix: str) -> list[str]:
+        with self._lock:
+            return sorted(k for k in self._data if k.startswith(prefix))
+
+
+class FileStore:
+    """One file per key under ``root`` (``/jobs/x/status`` -> ``root/jobs/x/status.json``)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        _check_key(key)
+        return os.path.join(self.root, key.lstrip("/")) + ".json"
+
+    def put(self, key: str, value: Any) -> None:
+        data = _encode(key, value)
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            with open(self._path(key), "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return default
+
+    def delete(self, key: str) -> bool:
+        try:
+            os.remove(self._path(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def list(self, prefix: str) -> list[str]:
+        out = []
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                if not name.endswith(".json"):
+                    continue
+                key = "/" + os.path.relpath(os.path.join(dirpath, name[:-5]), self.root)
+                if key.startswith(prefix):
+                    out.append(key)
+        return sorted(out)
