@@ -1,0 +1,1 @@
+"""The ``fuxi`` command line (typer), one module per command group."""

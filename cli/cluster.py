@@ -1,0 +1,68 @@
+"""``fuxi up``, ``fuxi down``, ``fuxi status``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from cli.common import ClusterOpt, handle, print_json
+
+
+def up(
+    address: Optional[str] = typer.Option(None, "--address", help="Deploy onto this existing Ray cluster (host:port) instead of starting one."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs the local head offers (default: all)."),
+    auth_token_path: Optional[str] = typer.Option(None, "--auth-token-path", help="Ray auth token file of the cluster given by --address."),
+    cluster: str = ClusterOpt,
+) -> None:
+    """Start a persistent local cluster (or deploy onto an existing Ray cluster)."""
+    from fuxi import runtime
+
+    try:
+        rec = runtime.up(cluster, address=address, num_cpus=num_cpus, auth_token_path=auth_token_path)
+    except Exception as e:
+        handle(e)
+    typer.echo(f"cluster {cluster!r} is up at {rec.address} (data in {rec.data_dir})")
+
+
+def down(cluster: str = ClusterOpt) -> None:
+    """Stop the cluster's jobs and platform actors, and the Ray head if `fuxi up` started it."""
+    from fuxi import runtime
+
+    try:
+        res = runtime.down(cluster)
+    except Exception as e:
+        handle(e)
+    typer.echo(f"cluster {cluster!r} is down ({res['stopped_jobs']} running job(s) stopped)")
+
+
+def status(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """The cluster: name, address, nodes and their free resources, running jobs."""
+    import ray
+
+    from fuxi import runtime
+
+    try:
+        rec = runtime.find_cluster(cluster)
+        if rec is None:
+            info = {"cluster": cluster, "address": None, "running": False, "nodes": [],
+                    "jobs_running": [], "data_dir": runtime.cluster_dir(cluster)}
+        else:
+            with runtime.connect(cluster, embedded_ok=False) as conn:
+                info = ray.get(conn.master.cluster_info.remote(), timeout=runtime.CONNECT_TIMEOUT_S)
+            info.update(address=rec.address, running=True, data_dir=rec.data_dir,
+                        namespace=rec.namespace, fuxi_master="FuxiMaster")
+    except Exception as e:
+        handle(e)
+    if as_json:
+        print_json(info)
+        return
+    if not info["running"]:
+        typer.echo(f"cluster {cluster!r}: not running (commands use the embedded default)")
+        return
+    typer.echo(f"cluster {cluster!r} at {info['address']}: {len(info['nodes'])} node(s), "
+               f"{len(info['jobs_running'])} job(s) running")
+    for n in info["nodes"]:
+        res = n["resources"]
+        free = n.get("free", {})
+        typer.echo(f"  {n['node_id'][:12]} {n.get('address')}: CPU {free.get('CPU', 0):g}/{res.get('CPU', 0):g} free")

@@ -1,0 +1,38 @@
+"""Shared CLI plumbing: exit codes, error printing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import typer
+
+from fuxi.errors import BadInput, ClusterError, FuxiError, JobNotFound
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1  # the job failed or was cancelled
+EXIT_BAD_INPUT = 2  # the spec, a flag or an id was wrong
+
+ClusterOpt = typer.Option("default", "--cluster", "-c", help="Cluster name (records live in $FUXI_HOME/<name>).")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"fuxi: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle(e: Exception) -> NoReturn:
+    """Turn our errors into a message and an exit code; let bugs show their traceback."""
+    if isinstance(e, (BadInput, JobNotFound)):
+        fail(str(e), EXIT_BAD_INPUT)
+    if isinstance(e, ClusterError):
+        fail(str(e), EXIT_JOB_FAILED)
+    if isinstance(e, FuxiError):
+        fail(str(e), EXIT_JOB_FAILED)
+    raise e
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,109 @@
+"""``fuxi job list|status|logs|cancel``."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from typing import Iterator, Optional
+
+import typer
+
+from cli.common import EXIT_JOB_FAILED, ClusterOpt, handle, print_json
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@contextlib.contextmanager
+def _jobs(cluster: str) -> Iterator:
+    """The running cluster's client, or the records on disk when no cluster runs (no Ray)."""
+    from fuxi.client import FuxiClient, OfflineJobs
+    from fuxi.runtime import cluster_dir, connect, find_cluster
+
+    if find_cluster(cluster) is None:
+        yield OfflineJobs(cluster_dir(cluster))
+        return
+    with connect(cluster, embedded_ok=False) as conn:
+        yield FuxiClient(conn.master)
+
+
+def _when(ts) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+@app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """Jobs known to the cluster, oldest first."""
+    try:
+        with _jobs(cluster) as jobs:
+            rows = jobs.list()
+    except Exception as e:
+        handle(e)
+    if as_json:
+        print_json(rows)
+        return
+    typer.echo(f"{'JOB ID':<44} {'STATE':<10} {'SUBMITTED':<20} NAME")
+    for st in rows:
+        typer.echo(f"{st['job_id']:<44} {st['state']:<10} {_when(st.get('submitted_at')):<20} {st.get('name', '')}")
+
+
+@app.command("status")
+def status(job_id: str, as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """One job's state and per-task counts."""
+    try:
+        with _jobs(cluster) as jobs:
+            st = jobs.status(job_id)
+    except Exception as e:
+        handle(e)
+    if as_json:
+        print_json(st)
+        return
+    typer.echo(f"job {st['job_id']} ({st.get('name')}): {st['state']}")
+    typer.echo(f"  started {_when(st.get('started_at'))}, finished {_when(st.get('finished_at'))}")
+    if st.get("output"):
+        typer.echo(f"  output {st['output']}")
+    for name, t in st.get("tasks", {}).items():
+        typer.echo(f"  {name}: {t['succeeded']}/{t['instances']} done, {t['running']} running, "
+                   f"{t['failed']} failed, {t['attempts']} attempts, {t['retries']} retries, "
+                   f"backups {t['backups_won']}/{t['backups_launched']} won")
+    if st.get("report"):
+        typer.echo(st["report"])
+
+
+@app.command("logs")
+def logs(
+    job_id: str,
+    task: Optional[str] = typer.Option(None, "--task", help="Only this task."),
+    instance: Optional[int] = typer.Option(None, "--instance", help="Only this instance (0-based)."),
+    cluster: str = ClusterOpt,
+) -> None:
+    """Lines the job's tasks wrote to ctx.log, and tracebacks of failed attempts."""
+    try:
+        with _jobs(cluster) as jobs:
+            rows = jobs.logs(job_id, task, instance)
+    except Exception as e:
+        handle(e)
+    for r in rows:
+        typer.echo(f"{r['task']}[{r['instance']}] a{r['attempt']}: {r['line']}")
+
+
+@app.command("cancel")
+def cancel(job_id: str, cluster: str = ClusterOpt) -> None:
+    """Stop a running job and every one of its workers."""
+    from fuxi.client import OfflineJobs
+
+    try:
+        with _jobs(cluster) as jobs:
+            if isinstance(jobs, OfflineJobs):
+                st = jobs.status(job_id)
+                typer.echo(f"job {job_id} is {st['state']}; no cluster is running")
+                raise typer.Exit(EXIT_JOB_FAILED)
+            res = jobs.cancel(job_id)
+            st = jobs.wait(job_id, timeout_s=30.0)
+    except typer.Exit:
+        raise
+    except Exception as e:
+        handle(e)
+    if not res.get("cancelling"):
+        typer.echo(f"job {job_id} already ended: {st['state']}")
+    else:
+        typer.echo(f"job {job_id}: {st['state']}")

@@ -1,0 +1,28 @@
+"""Entry point of the ``fuxi`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import cluster, job, submit
+
+app = typer.Typer(
+    name="fuxi",
+    help="Fuxi: batch DAG jobs and services on Ray (a re-creation of the Feitian kernel).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("submit")(submit.submit)
+app.command("up")(cluster.up)
+app.command("down")(cluster.down)
+app.command("status")(cluster.status)
+app.add_typer(job.app, name="job", help="List, inspect, cancel jobs and read their logs.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

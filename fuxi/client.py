@@ -1,0 +1,159 @@
+"""The Python API: submit a job, watch it, cancel it, read its logs.
+
+    import fuxi
+    status = fuxi.run("jobs/wordcount.yaml", overrides=["output=out/wc"])   # embedded default
+    print(status["state"], status["output"])
+
+or, against a running cluster, with the same spec as Python objects::
+
+    from fuxi import JobSpec, TaskSpec, connect, FuxiClient
+    spec = JobSpec(name="sq", tasks={"sq": TaskSpec(fn="mymod:square", instances=4)})
+    with connect() as conn:
+        client = FuxiClient(conn.master)
+        job_id = client.submit(spec)
+        print(client.wait(job_id, timeout_s=60))
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from typing import Any, Callable, Sequence
+
+from fuxi.errors import FuxiError, JobNotFound
+from fuxi.plan import JobPlan, build_plan
+from fuxi.spec import JobSpec, check_importable, load_job_spec, spec_from_dict
+from fuxi.states import TERMINAL_JOB
+
+CALL_TIMEOUT_S = 60.0
+POLL_S = 0.3
+TERMINAL = {s.value for s in TERMINAL_JOB}
+
+
+def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = (),
+         base_dir: str | None = None, overwrite: bool = False) -> JobPlan:
+    """Validate a spec (file path, dict or ``JobSpec``) and resolve it into a plan.
+
+    Raises ``SpecError``/``BadInput`` before anything runs."""
+    base_dir = base_dir or os.getcwd()
+    if base_dir not in sys.path:
+        sys.path.insert(0, base_dir)  # task modules are found relative to where you submit
+    if isinstance(spec, JobSpec):
+        js = spec
+        if overrides:
+            js = spec_from_dict(spec.to_json_dict(), overrides, source="<JobSpec>")
+        check_importable(js)
+    elif isinstance(spec, dict):
+        js = spec_from_dict(spec, overrides)
+    else:
+        js = load_job_spec(spec, overrides)
+    return build_plan(js, base_dir=base_dir, overwrite=overwrite)
+
+
+def _translate(e: Exception) -> Exception:
+    """Ray wraps errors raised inside actors; give callers our own exception back."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, FuxiError):
+        return cause
+    return e
+
+
+class FuxiClient:
+    def __init__(self, master):
+        self.master = master
+
+    def _call(self, method: str, *args, timeout_s: float = CALL_TIMEOUT_S):
+        import ray
+
+        try:
+            return ray.get(getattr(self.master, method).remote(*args), timeout=timeout_s)
+        except Exception as e:
+            raise _translate(e) from None
+
+    def submit(self, spec: JobPlan | JobSpec | str | dict, overrides: Sequence[str] = (),
+               request_id: str | None = None, overwrite: bool = False) -> str:
+        plan = spec if isinstance(spec, JobPlan) else load(spec, overrides, overwrite=overwrite)
+        return self._call("submit", plan, request_id or uuid.uuid4().hex, [os.getcwd(), *sys.path])
+
+    def status(self, job_id: str) -> dict:
+        return self._call("status", job_id)
+
+    def list(self) -> list[dict]:
+        return self._call("list_jobs")
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("cancel", job_id)
+
+    def logs(self, job_id: str, task: str | None = None, instance: int | None = None) -> list[dict]:
+        return self._call("logs", job_id, task, instance)
+
+    def wait(self, job_id: str, timeout_s: float | None = None,
+             on_update: Callable[[dict], None] | None = None, poll_s: float = POLL_S) -> dict:
+        """Wait until the job ends (or ``timeout_s`` passes); returns the last status."""
+        deadline = None if timeout_s is None else time.time() + timeout_s
+        while True:
+            st = self.status(job_id)
+            if on_update is not None:
+                on_update(st)
+            if st["state"] in TERMINAL:
+                return st
+            if deadline is not None and time.time() > deadline:
+                return st
+            wait = poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.time()))
+            st = self._call("wait", job_id, wait, timeout_s=wait + CALL_TIMEOUT_S)
+            if st["state"] in TERMINAL:
+                if on_update is not None:
+                    on_update(st)
+                return st
+
+
+def run(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = (),
+        cluster: str = "default", timeout_s: float | None = None, overwrite: bool = False) -> dict:
+    """Submit a job and wait for it (on the running cluster, or the embedded default)."""
+    from fuxi.runtime import connect
+
+    plan = load(spec, overrides, overwrite=overwrite)
+    with connect(cluster) as conn:
+        client = FuxiClient(conn.master)
+        job_id = client.submit(plan)
+        return client.wait(job_id, timeout_s=timeout_s)
+
+
+class OfflineJobs:
+    """Read job records and logs straight from a cluster's data directory, without Ray —
+    used when no cluster is running (e.g. jobs that ran on the embedded default)."""
+
+    def __init__(self, data_dir: str):
+        from fuxi.store import FileStore
+
+        self.data_dir = data_dir
+        self.store = FileStore(os.path.join(data_dir, "state"))
+
+    def status(self, job_id: str) -> dict:
+        st = self.store.get(f"/jobs/{job_id}/status")
+        if st is None:
+            raise JobNotFound(f"no job with id {job_id!r} under {self.data_dir}; "
+                              f"`fuxi job list` shows the known jobs")
+        return st
+
+    def list(self) -> list[dict]:
+        keys = [k for k in self.store.list("/jobs/") if k.endswith("/status")]
+        return sorted((self.store.get(k) for k in keys), key=lambda s: s.get("submitted_at") or 0)
+
+    def logs(self, job_id: str, task: str | None = None, instance: int | None = None) -> list[dict]:
+        import json
+
+        self.status(job_id)
+        path = os.path.join(self.data_dir, "logs", f"{job_id}.jsonl")
+        out: list[dict[str, Any]] = []
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    rec = json.loads(line)
+                    if (task is None or rec["task"] == task) and (
+                        instance is None or rec["instance"] == instance
+                    ):
+                        out.append(rec)
+        return out

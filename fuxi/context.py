@@ -1,0 +1,77 @@
+"""``ctx``: what a task function sees. ``fn(ctx)`` is called once per attempt."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from fuxi.errors import LimitExceeded
+from fuxi.shuffle import concat_tables, to_table
+
+
+class _ListHandler(logging.Handler):
+    """Collects formatted log lines for the attempt being run (bounded)."""
+
+    def __init__(self, lines_max: int, line_chars_max: int):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.dropped = 0
+        self.lines_max = lines_max
+        self.line_chars_max = line_chars_max
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.lines) >= self.lines_max:
+            self.dropped += 1
+            return
+        try:
+            self.lines.append(self.format(record)[: self.line_chars_max])
+        except Exception:  # a bad format string must not fail the task
+            self.lines.append(str(record.msg)[: self.line_chars_max])
+
+
+class TaskContext:
+    """Per-attempt context. Attributes: ``job_id``, ``task``, ``instance`` (0-based),
+    ``num_instances``, ``attempt`` (0 first, counting up over retries and backups), ``params``,
+    ``input_paths``; methods ``read_upstream()``, ``emit(table)``; ``log`` (a logger whose lines
+    ``fuxi job logs`` shows)."""
+
+    def __init__(self, spec, get_upstream: Callable[[tuple], list[pa.Table]], log: logging.Logger,
+                 emit_bytes_max: int):
+        self.job_id: str = spec.job_id
+        self.task: str = spec.task
+        self.instance: int = spec.instance
+        self.num_instances: int = spec.num_instances
+        self.attempt: int = spec.attempt
+        self.params: dict[str, Any] = dict(spec.params)
+        self.input_paths: list[str] = list(spec.input_paths)
+        self.log = log
+        self._upstream = spec.upstream
+        self._get_upstream = get_upstream
+        self._emitted: list[pa.Table] = []
+        self._emitted_bytes = 0
+        self._emit_bytes_max = emit_bytes_max
+        self._upstream_table: pa.Table | None = None
+
+    def read_upstream(self) -> pa.Table:
+        """This instance's partition of every upstream task's rows, as one table."""
+        if self._upstream_table is None:
+            tables = self._get_upstream(self._upstream) if self._upstream else []
+            self._upstream_table = concat_tables(tables)
+        return self._upstream_table
+
+    def emit(self, table) -> None:
+        """Add rows to this attempt's output (a pyarrow Table or RecordBatch; many calls ok)."""
+        t = to_table(table)
+        self._emitted_bytes += t.nbytes
+        if self._emitted_bytes > self._emit_bytes_max:
+            raise LimitExceeded(
+                f"task {self.task!r} instance {self.instance} emitted {self._emitted_bytes} bytes, "
+                f"more than emit_bytes_max={self._emit_bytes_max}; split the work over more instances"
+            )
+        self._emitted.append(t)
+
+    def _output(self) -> pa.Table:
+        return concat_tables(self._emitted)

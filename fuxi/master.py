@@ -1,0 +1,297 @@
+"""FuxiMaster: the cluster's resource view, slot grants to jobs, and the job registry.
+
+One detached, named actor per cluster (``FuxiMaster`` in namespace ``fuxi-<cluster>``), no CPU.
+Policy is pure (``fuxi.slots``); this shell keeps the ledger of what it granted, refreshes the
+node view from Ray, starts a JobMaster per job, and keeps job records (spec and final status)
+in a ``StateStore`` so they outlive the JobMaster.
+
+JobMasters call ``sync`` every heartbeat with their demand and the slots they gave back; the
+reply carries new grants (placed on nodes with free room, spread out) and the fair-share
+target per shape, which a job over its share meets by returning idle workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import tempfile
+import time
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from fuxi import slots
+from fuxi.errors import BadInput, JobNotFound
+from fuxi.plan import JobPlan
+from fuxi.states import TERMINAL_JOB, JobState
+from fuxi.store import FileStore, MemoryStore
+
+logger = logging.getLogger(__name__)
+
+NODES_REFRESH_S = 1.0
+JOBS_RUNNING_MAX = 256  # concurrent jobs per cluster
+JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
+JOBMASTER_CALL_TIMEOUT_S = 10.0
+LOG_LINES_MAX = 100_000  # lines returned by one logs() call
+REQUESTS_REMEMBERED_MAX = 10_000
+
+
+def _job_id(name: str) -> str:
+    return f"{name[:40]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@ray.remote(num_cpus=0, max_concurrency=256)
+class FuxiMaster:
+    def __init__(self, cluster: str, data_dir: str | None):
+        self.cluster = cluster
+        self.data_dir = data_dir
+        self.store = FileStore(os.path.join(data_dir, "state")) if data_dir else MemoryStore()
+        self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.ledger = slots.Ledger()
+        self.demands: dict[str, dict[str, dict]] = {}  # job -> shape_key -> {shape, wanted}
+        self.priorities: dict[str, int] = {}
+        self.submit_seq: dict[str, int] = {}
+        self.seq = 0
+        self.jobmasters: dict[str, Any] = {}
+        self.runs: dict[str, Any] = {}
+        self.requests: dict[str, str] = {}
+        self.nodes: dict[str, dict[str, float]] = {}
+        self.node_info: dict[str, dict] = {}
+        self.nodes_at = 0.0
+        self.started_at = time.time()
+        # Finished jobs whose JobMaster exited: restore what the store remembers.
+        for key in self.store.list("/jobs/"):
+            if key.endswith("/status"):
+                st = self.store.get(key) or {}
+                if st.get("state") not in {s.value for s in TERMINAL_JOB}:
+                    st.update(state=JobState.FAILED.value,
+                              report="FuxiMaster restarted while the job ran; its JobMaster is gone")
+                    self.store.put(key, st)
+
+    # ------------------------------------------------------------ cluster view
+
+    def _refresh_nodes(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.nodes_at < NODES_REFRESH_S:
+            return
+        nodes, info = {}, {}
+        for n in ray.nodes():
+            if not n.get("Alive"):
+                continue
+            res = {k: float(v) for k, v in n.get("Resources", {}).items()
+                   if not k.startswith("node:") and k != "object_store_memory"}
+            nodes[n["NodeID"]] = res
+            info[n["NodeID"]] = {"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"),
+                                 "resources": res}
+        # Grants on nodes that vanished are void: their workers are dead too.
+        for did in list(self.ledger.to_dict()["grants"]):
+            for node, n in self.ledger.held(did).items():
+                if node not in nodes:
+                    self.ledger.release(did, node, n)
+        self.nodes, self.node_info, self.nodes_at = nodes, info, now
+
+    def cluster_info(self) -> dict:
+        self._refresh_nodes(force=True)
+        running = [j for j in self.jobmasters]
+        free = self.ledger.free(self.nodes)
+        return {
+            "cluster": self.cluster,
+            "nodes": [
+                {**self.node_info[n], "free": free.get(n, {})} for n in sorted(self.node_info)
+            ],
+            "jobs_running": running,
+            "master_node_id": self.node_id,
+            "started_at": self.started_at,
+        }
+
+    # ------------------------------------------------------------ slot grants
+
+    def sync(self, job_id: str, priority: int, demands: dict, releases: list,
+             avoid_nodes: list) -> dict:
+        self._refresh_nodes()
+        for shape_key, node in releases:
+            did = f"{job_id}/{shape_key}"
+            if self.ledger.held(did).get(node, 0) > 0:
+                self.ledger.release(did, node, 1)
+        if job_id not in self.jobmasters:
+            return {"grants": [], "targets": {}}
+        self.demands[job_id] = demands
+        self.priorities[job_id] = priority
+        all_demands = []
+        for jid, ds in self.demands.items():
+            for sk, d in ds.items():
+                all_demands.append(slots.Demand(
+                    demand_id=f"{jid}/{sk}", job_id=jid, priority=self.priorities.get(jid, 50),
+                    submit_seq=self.submit_seq.get(jid, 0), shape=d["shape"],
+                    slots_wanted=int(d["wanted"]),
+                ))
+        targets = slots.fair_targets(self.nodes, all_demands) if all_demands else {}
+        free = self.ledger.free(self.nodes)
+        grants, my_targets = [], {}
+        for sk, d in demands.items():
+            did = f"{job_id}/{sk}"
+            held = self.ledger.held(did)
+            target = targets.get(did, 0)
+            my_targets[sk] = target
+            want = target - sum(held.values())
+            if want <= 0:
+                continue
+            placed = slots.place(free, d["shape"], want, held_on_node=held,
+                                 avoid_nodes=set(avoid_nodes))
+            demand = slots.Demand(did, job_id, priority, self.submit_seq.get(job_id, 0),
+                                  d["shape"], int(d["wanted"]))
+            for node, n in placed.items():
+                self.ledger.grant(demand, node, n)
+                free[node] = slots.subtract(free[node], d["shape"], n, allow_negative=True)
+                grants.append({"shape_key": sk, "shape": d["shape"], "node_id": node, "n": n})
+        return {"grants": grants, "targets": my_targets}
+
+    # ------------------------------------------------------------ jobs
+
+    def submit(self, plan: JobPlan, request_id: str, sys_path: list[str] | None = None) -> str:
+        if request_id in self.requests:
+            return self.requests[request_id]  # a retried submit: same job, no duplicate
+        if len(self.jobmasters) >= JOBS_RUNNING_MAX:
+            raise BadInput(f"{len(self.jobmasters)} jobs are running; JOBS_RUNNING_MAX is "
+                           f"{JOBS_RUNNING_MAX}; wait for some to finish")
+        from fuxi.jobmaster import JobMaster
+
+        job_id = _job_id(plan.name)
+        self.seq += 1
+        self.submit_seq[job_id] = self.seq
+        self.priorities[job_id] = plan.priority
+        self.store.put(f"/jobs/{job_id}/spec", plan.spec)
+        now = time.time()
+        self.store.put(f"/jobs/{job_id}/status", {
+            "job_id": job_id, "name": plan.name, "state": "pending", "submitted_at": now,
+            "started_at": None, "finished_at": None, "output": plan.output, "tasks": {},
+        })
+        jm = JobMaster.options(
+            name=f"jobmaster-{job_id}",
+            lifetime="detached",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=True),
+        ).remote(job_id, plan, ray.get_runtime_context().current_actor,
+                 os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path)
+        self.jobmasters[job_id] = jm
+        self.runs[job_id] = jm.run.remote()
+        asyncio.get_event_loop().create_task(self._watch(job_id))
+        self.requests[request_id] = job_id
+        if len(self.requests) > REQUESTS_REMEMBERED_MAX:
+            self.requests.pop(next(iter(self.requests)))
+        return job_id
+
+    async def _watch(self, job_id: str) -> None:
+        """Wait for a JobMaster to finish; record its final status and free its slots."""
+        ref = self.runs[job_id]
+        try:
+            status = await ref
+        except Exception as e:
+            status = self.store.get(f"/jobs/{job_id}/status") or {"job_id": job_id}
+            status.update(state=JobState.FAILED.value, finished_at=time.time(),
+                          report=f"job master died: {type(e).__name__}: {e}")
+        self.store.put(f"/jobs/{job_id}/status", status)
+        self._forget(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        jm = self.jobmasters.pop(job_id, None)
+        self.runs.pop(job_id, None)
+        self.demands.pop(job_id, None)
+        self.priorities.pop(job_id, None)
+        self.ledger.release_job(job_id)
+        if jm is not None:
+            try:
+                ray.kill(jm, no_restart=True)
+            except Exception:
+                pass
+        keys = [k for k in self.store.list("/jobs/") if k.endswith("/status")]
+        if len(keys) > JOB_RECORDS_MAX:
+            old = sorted(keys, key=lambda k: (self.store.get(k) or {}).get("submitted_at") or 0)
+            for k in old[: len(keys) - JOB_RECORDS_MAX]:
+                jid = k.split("/")[2]
+                self.store.delete(f"/jobs/{jid}/status")
+                self.store.delete(f"/jobs/{jid}/spec")
+
+    async def status(self, job_id: str) -> dict:
+        jm = self.jobmasters.get(job_id)
+        if jm is not None:
+            try:
+                return await asyncio.wait_for(jm.status.remote(), JOBMASTER_CALL_TIMEOUT_S)
+            except Exception:
+                pass  # finishing right now: fall through to the stored record
+        st = self.store.get(f"/jobs/{job_id}/status")
+        if st is None:
+            raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
+        return st
+
+    async def list_jobs(self) -> list[dict]:
+        out = []
+        for key in self.store.list("/jobs/"):
+            if key.endswith("/status"):
+                jid = key.split("/")[2]
+                if jid in self.jobmasters:
+                    try:
+                        out.append(await self.status(jid))
+                        continue
+                    except Exception:
+                        pass
+                out.append(self.store.get(key))
+        return sorted(out, key=lambda s: s.get("submitted_at") or 0)
+
+    async def cancel(self, job_id: str) -> dict:
+        jm = self.jobmasters.get(job_id)
+        if jm is None:
+            st = await self.status(job_id)  # raises JobNotFound for unknown ids
+            return {"job_id": job_id, "state": st.get("state"), "cancelling": False}
+        await asyncio.wait_for(jm.cancel.remote(), JOBMASTER_CALL_TIMEOUT_S)
+        return {"job_id": job_id, "cancelling": True}
+
+    async def wait(self, job_id: str, timeout_s: float) -> dict:
+        """Wait up to ``timeout_s`` for a job to end; returns its status either way."""
+        ref = self.runs.get(job_id)
+        if ref is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(ref), timeout_s)
+            except Exception:
+                pass
+            for _ in range(50):  # let _watch store the final record
+                if job_id not in self.jobmasters:
+                    break
+                await asyncio.sleep(0.01)
+        return await self.status(job_id)
+
+    def logs(self, job_id: str, task: str | None = None, instance: int | None = None) -> list[dict]:
+        if self.store.get(f"/jobs/{job_id}/status") is None:
+            raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
+        path = os.path.join(self.log_dir, f"{job_id}.jsonl")
+        out: list[dict] = []
+        if not os.path.exists(path):
+            return out
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                if task is not None and rec["task"] != task:
+                    continue
+                if instance is not None and rec["instance"] != instance:
+                    continue
+                out.append(rec)
+                if len(out) >= LOG_LINES_MAX:
+                    break
+        return out
+
+    def shutdown_jobs(self) -> int:
+        """Stop every running job (used by ``fuxi down``)."""
+        n = 0
+        for jid in list(self.jobmasters):
+            st = self.store.get(f"/jobs/{jid}/status") or {"job_id": jid}
+            st.update(state=JobState.CANCELLED.value, finished_at=time.time(),
+                      report="cluster shut down")
+            self.store.put(f"/jobs/{jid}/status", st)
+            self._forget(jid)
+            n += 1
+        return n

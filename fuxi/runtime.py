@@ -1,0 +1,316 @@
+"""Finding, starting and stopping a Fuxi cluster.
+
+* ``fuxi up`` starts a local Ray head of our own (``ray start --head --block`` as a child
+  process in its own session, with its own temp dir and auth token) and deploys the platform
+  onto it; ``fuxi up --address A`` deploys onto an existing Ray cluster instead.
+* A record ``<FUXI_HOME>/<cluster>/cluster.json`` lets later commands find the cluster.
+* Commands that need a cluster and find none use the *embedded default*: a private local Ray
+  started in-process (``address="local"``, never a cluster we did not mean to join) that is
+  shut down when the command ends.
+* ``fuxi down`` stops the platform actors and, if we started the head, only that head's
+  process group — never ``ray stop``, which would kill every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+from fuxi.errors import BadInput, ClusterError, NoCluster
+
+MASTER_NAME = "FuxiMaster"
+HEAD_START_TIMEOUT_S = 60.0
+HEAD_STOP_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 30.0
+ACTOR_READY_TIMEOUT_S = 60.0
+
+
+def fuxi_home() -> str:
+    return os.path.abspath(os.path.expanduser(os.environ.get("FUXI_HOME", "~/.fuxi")))
+
+
+def cluster_dir(cluster: str) -> str:
+    if not cluster.replace("-", "").replace("_", "").isalnum():
+        raise BadInput(f"cluster name {cluster!r} is not valid; expected letters, digits, - and _")
+    return os.path.join(fuxi_home(), cluster)
+
+
+def namespace(cluster: str) -> str:
+    return f"fuxi-{cluster}"
+
+
+def ray_temp_dir(cluster: str, kind: str) -> str:
+    """A short, private temp dir for Ray (Unix socket paths must stay under ~107 bytes)."""
+    digest = hashlib.sha1(cluster_dir(cluster).encode()).hexdigest()[:10]
+    return f"/tmp/fuxi-{os.getuid()}-{digest}-{kind}"
+
+
+@dataclass
+class ClusterRecord:
+    cluster: str
+    address: str
+    namespace: str
+    data_dir: str
+    started_at: float
+    head_pid: int | None = None  # set when `fuxi up` started the Ray head itself
+    token_path: str | None = None
+    temp_dir: str | None = None
+
+    @classmethod
+    def load(cls, cluster: str) -> "ClusterRecord | None":
+        path = os.path.join(cluster_dir(cluster), "cluster.json")
+        try:
+            with open(path) as f:
+                return cls(**json.load(f))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as e:
+            raise ClusterError(f"cluster record {path} is unreadable ({e}); delete it and run "
+                               f"`fuxi up` again") from e
+
+    def save(self) -> None:
+        d = cluster_dir(self.cluster)
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, "cluster.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+        os.replace(tmp, os.path.join(d, "cluster.json"))
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(cluster_dir(self.cluster), "cluster.json"))
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _port_open(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def find_cluster(cluster: str) -> ClusterRecord | None:
+    """The running cluster's record, or None. A stale record (head gone) is removed."""
+    rec = ClusterRecord.load(cluster)
+    if rec is None:
+        return None
+    if rec.head_pid is not None and not _pid_alive(rec.head_pid):
+        rec.remove()
+        return None
+    if not _port_open(rec.address):
+        if rec.head_pid is None:
+            return None  # an external cluster that is down right now: keep the record
+        rec.remove()
+        return None
+    return rec
+
+
+def _auth_env(rec: ClusterRecord) -> None:
+    """Make this process speak the cluster's token auth (Ray 2.60 enables it by default)."""
+    if rec.token_path:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = rec.token_path
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+def _quiet_ray_env() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def _ray_init(**kwargs) -> None:
+    import ray
+
+    _quiet_ray_env()
+    ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
+
+
+def _start_master(cluster: str, data_dir: str | None, detached: bool):
+    import ray
+
+    from fuxi.master import FuxiMaster
+
+    opts = {"name": MASTER_NAME, "namespace": namespace(cluster), "get_if_exists": True}
+    if detached:
+        opts["lifetime"] = "detached"
+    master = FuxiMaster.options(**opts).remote(cluster, data_dir)
+    ray.get(master.cluster_info.remote(), timeout=ACTOR_READY_TIMEOUT_S)
+    return master
+
+
+def up(cluster: str = "default", address: str | None = None, num_cpus: int | None = None,
+       auth_token_path: str | None = None) -> ClusterRecord:
+    """Start (or deploy onto) a persistent cluster and record it."""
+    existing = find_cluster(cluster)
+    if existing is not None:
+        raise ClusterError(f"cluster {cluster!r} is already up at {existing.address}; "
+                           f"`fuxi down --cluster {cluster}` first")
+    data_dir = cluster_dir(cluster)
+    os.makedirs(data_dir, exist_ok=True)
+    rec = ClusterRecord(cluster=cluster, address="", namespace=namespace(cluster),
+                        data_dir=data_dir, started_at=time.time())
+    if address is None:
+        token_path = os.path.join(data_dir, "auth_token")
+        if not os.path.exists(token_path):
+            fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        temp_dir = ray_temp_dir(cluster, "head")
+        port = _free_port()
+        env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path,
+                   RAY_USAGE_STATS_ENABLED="0")
+        env.pop("RAY_AUTH_TOKEN", None)
+        cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+               f"--port={port}", f"--temp-dir={temp_dir}", "--include-dashboard=false",
+               "--disable-usage-stats"]
+        if num_cpus is not None:
+            cmd.append(f"--num-cpus={num_cpus}")
+        log = open(os.path.join(data_dir, "head.log"), "ab")
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        rec.address = f"127.0.0.1:{port}"
+        rec.head_pid = proc.pid
+        rec.token_path = token_path
+        rec.temp_dir = temp_dir
+        deadline = time.time() + HEAD_START_TIMEOUT_S
+        while not _port_open(rec.address):
+            if proc.poll() is not None or time.time() > deadline:
+                _stop_head(rec)
+                raise ClusterError(f"the Ray head did not start within {HEAD_START_TIMEOUT_S:g}s "
+                                   f"(HEAD_START_TIMEOUT_S); see {data_dir}/head.log")
+            time.sleep(0.2)
+    else:
+        rec.address = address
+        rec.token_path = auth_token_path or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    rec.save()
+    try:
+        with connect(cluster, embedded_ok=False) as conn:
+            conn.master  # noqa: B018 - created on connect
+    except Exception:
+        down(cluster)
+        raise
+    return rec
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_head(rec: ClusterRecord) -> None:
+    """Stop the head we started: SIGTERM to its process group (``--block`` tears down its
+    children on exit), escalating to SIGKILL after HEAD_STOP_TIMEOUT_S."""
+    pid = rec.head_pid
+    if not pid:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.time() + HEAD_STOP_TIMEOUT_S
+    while time.time() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not _pid_alive(pid):
+            break
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    if rec.temp_dir and os.path.isdir(rec.temp_dir):
+        shutil.rmtree(rec.temp_dir, ignore_errors=True)
+
+
+def down(cluster: str = "default") -> dict:
+    rec = ClusterRecord.load(cluster)
+    if rec is None:
+        raise NoCluster(f"no cluster {cluster!r} is recorded under {cluster_dir(cluster)}")
+    stopped_jobs = 0
+    if _port_open(rec.address):
+        with contextlib.suppress(Exception):
+            with connect(cluster, embedded_ok=False) as conn:
+                import ray
+
+                stopped_jobs = ray.get(conn.master.shutdown_jobs.remote(), timeout=CONNECT_TIMEOUT_S)
+                ray.kill(conn.master, no_restart=True)
+    _stop_head(rec)
+    rec.remove()
+    return {"cluster": cluster, "stopped_jobs": stopped_jobs, "stopped_head": bool(rec.head_pid)}
+
+
+class Connection:
+    """A live connection to a cluster's FuxiMaster (``embedded`` when we started Ray here)."""
+
+    def __init__(self, cluster: str, master, address: str, embedded: bool, data_dir: str | None):
+        self.cluster = cluster
+        self.master = master
+        self.address = address
+        self.embedded = embedded
+        self.data_dir = data_dir
+
+
+@contextlib.contextmanager
+def connect(cluster: str = "default", embedded_ok: bool = True,
+            num_cpus: int | None = None) -> Iterator[Connection]:
+    """Connect to the running cluster, or (``embedded_ok``) start the embedded default."""
+    import ray
+
+    if ray.is_initialized():
+        # Already inside a Ray program (tests, a user's driver): use it as it is.
+        ctx = ray.get_runtime_context()
+        yield Connection(cluster, _start_master(cluster, None, detached=False),
+                         ctx.gcs_address, embedded=False, data_dir=None)
+        return
+    rec = find_cluster(cluster)
+    if rec is None:
+        if not embedded_ok:
+            raise NoCluster(f"no running cluster {cluster!r}; start one with `fuxi up`")
+        temp_dir = ray_temp_dir(cluster, "embedded")
+        os.environ["RAY_AUTH_MODE"] = "disabled"  # a private, loopback-only, in-process cluster
+        _ray_init(address="local", namespace=namespace(cluster), include_dashboard=False,
+                  _temp_dir=temp_dir, num_cpus=num_cpus)
+        try:
+            master = _start_master(cluster, cluster_dir(cluster), detached=False)
+            yield Connection(cluster, master, "embedded", embedded=True,
+                             data_dir=cluster_dir(cluster))
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        return
+    _auth_env(rec)
+    try:
+        _ray_init(address=rec.address, namespace=rec.namespace)
+    except Exception as e:
+        raise ClusterError(f"cannot connect to cluster {cluster!r} at {rec.address}: {e}") from e
+    try:
+        try:
+            master = ray.get_actor(MASTER_NAME, namespace=rec.namespace)
+        except ValueError:
+            master = _start_master(cluster, rec.data_dir, detached=True)
+        yield Connection(cluster, master, rec.address, embedded=False, data_dir=rec.data_dir)
+    finally:
+        ray.shutdown()

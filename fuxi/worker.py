@@ -1,0 +1,177 @@
+"""The worker actor: runs attempts pushed by its JobMaster, one at a time, in FIFO order.
+
+The JobMaster talks to a worker with one call, ``exchange(push, skip, wait_s)``: it appends new
+attempts to the worker's queue and returns, as soon as at least one attempt has finished (or
+after ``wait_s``), every finished attempt's result plus the attempt now running and for how
+long. Many short attempts therefore cost one Ray call per batch, not one per attempt.
+
+Attempts run on one executor thread; the actor's asyncio loop stays free to answer. A running
+attempt cannot be interrupted: the JobMaster kills the whole actor to stop one (timeouts,
+stragglers that lost to a backup, cancel), and starts a replacement.
+
+Shuffle output stays in the worker's memory until the JobMaster collects it with
+``take_outputs`` (``num_returns`` = parts + 1), which makes the JobMaster the *owner* of those
+objects: they live in the object store and survive this worker being killed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+import ray
+
+from fuxi.context import TaskContext, _ListHandler
+from fuxi.output import OutputLocation
+from fuxi.shuffle import partition_table
+from fuxi.spec import resolve_fn
+
+# Limits (units last). The JobMaster enforces timeouts; these bound the worker's own memory.
+RESULT_LOG_LINES_MAX = 2000
+LOG_LINE_CHARS_MAX = 4000
+EMIT_BYTES_MAX = 8 * 1024**3
+UPSTREAM_GET_TIMEOUT_S = 600.0
+QUEUE_MAX = 4096  # attempts queued on one worker (the JobMaster keeps far fewer)
+
+
+@ray.remote(num_cpus=0)
+class WorkerActor:
+    def __init__(self, job_id: str, worker_id: str, sys_path: list[str] | None = None):
+        for p in reversed(sys_path or []):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self._cond = threading.Condition()
+        self._queue: deque = deque()
+        self._skip: set = set()
+        self._finished: list[dict] = []
+        self._running: tuple | None = None  # (key, monotonic start)
+        self._outputs: dict[tuple, list] = {}
+        self._fns: dict[str, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self._log = logging.getLogger(f"fuxi.task.{worker_id}")
+        self._log.propagate = False
+        self._log.setLevel(logging.DEBUG)
+        self._thread = threading.Thread(target=self._run_forever, name="fuxi-executor", daemon=True)
+        self._thread.start()
+
+    def ping(self) -> dict:
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    async def exchange(self, push: list, skip: list, wait_s: float) -> dict:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+        with self._cond:
+            if len(self._queue) + len(push) > QUEUE_MAX:
+                raise RuntimeError(f"worker queue would exceed QUEUE_MAX={QUEUE_MAX}")
+            self._skip.update(tuple(k) for k in skip)
+            self._queue.extend(push)
+            self._cond.notify()
+            busy = bool(self._queue) or self._running is not None
+            ready = bool(self._finished)
+        if not ready and busy:
+            self._event.clear()
+            with self._cond:
+                ready = bool(self._finished)
+            if not ready:
+                try:
+                    await asyncio.wait_for(self._event.wait(), timeout=wait_s)
+                except asyncio.TimeoutError:
+                    pass
+        with self._cond:
+            finished, self._finished = self._finished, []
+            running = []
+            if self._running is not None:
+                key, t0 = self._running
+                running.append((key, time.monotonic() - t0))
+        return {"finished": finished, "running": running}
+
+    def take_outputs(self, key: tuple) -> tuple:
+        """Hand over an attempt's partitions: (True, table, table, ...) — see module doc."""
+        with self._cond:
+            tables = self._outputs.pop(tuple(key), None)
+        if tables is None:
+            raise RuntimeError(f"worker {self.worker_id} holds no output for attempt {key}")
+        return (True, *tables)
+
+    def drop_outputs(self, keys: list) -> int:
+        with self._cond:
+            return sum(1 for k in keys if self._outputs.pop(tuple(k), None) is not None)
+
+    # ---------------------------------------------------------------- executor thread
+
+    def _run_forever(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                spec = self._queue.popleft()
+                if spec.key in self._skip:
+                    self._skip.discard(spec.key)
+                    continue
+                self._running = (spec.key, time.monotonic())
+            result = self._run_one(spec)
+            with self._cond:
+                self._running = None
+                self._finished.append(result)
+            loop, event = self._loop, self._event
+            if loop is not None and event is not None:
+                loop.call_soon_threadsafe(event.set)
+
+    def _get_upstream(self, refs: tuple) -> list:
+        return ray.get(list(refs), timeout=UPSTREAM_GET_TIMEOUT_S)
+
+    def _run_one(self, spec) -> dict:
+        handler = _ListHandler(RESULT_LOG_LINES_MAX, LOG_LINE_CHARS_MAX)
+        self._log.addHandler(handler)
+        t0 = time.monotonic()
+        result: dict[str, Any] = {"key": spec.key, "ok": False}
+        try:
+            fn = self._fns.get(spec.fn)
+            if fn is None:
+                fn = self._fns[spec.fn] = resolve_fn(spec.fn)
+            ctx = TaskContext(spec, self._get_upstream, self._log, EMIT_BYTES_MAX)
+            returned = fn(ctx)
+            if returned is not None:
+                ctx.emit(returned)
+            table = ctx._output()
+            parts: list[tuple] = []
+            tables: list = []
+            if table.num_columns:
+                for edge in spec.downstream:
+                    pieces = partition_table(table, edge.mode, edge.num_partitions, spec.instance,
+                                             edge.partition_by)
+                    for p, piece in sorted(pieces.items()):
+                        parts.append((edge.consumer, p))
+                        tables.append(piece)
+                if spec.output:
+                    OutputLocation(spec.output).write_attempt(spec.task, spec.instance,
+                                                              spec.attempt, table)
+            elif spec.output:
+                OutputLocation(spec.output).write_attempt(spec.task, spec.instance, spec.attempt,
+                                                          table)
+            if tables:
+                with self._cond:
+                    self._outputs[spec.key] = tables
+            result.update(ok=True, rows=table.num_rows, parts=parts)
+        except BaseException as e:  # the user's code may raise anything; report it, stay alive
+            result["error"] = "".join(traceback.format_exception(e))
+            handler.lines.append(f"attempt failed: {type(e).__name__}: {e}")
+        finally:
+            self._log.removeHandler(handler)
+        result["duration_s"] = time.monotonic() - t0
+        if handler.dropped:
+            handler.lines.append(f"... {handler.dropped} more lines dropped "
+                                 f"(RESULT_LOG_LINES_MAX={RESULT_LOG_LINES_MAX})")
+        result["logs"] = handler.lines
+        return result

@@ -1,0 +1,60 @@
+"""One real Ray cluster for every integration test: two simulated nodes of 2 CPUs each
+(``ray.cluster_utils.Cluster``), so retries and backups can go to another node."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ["RAY_AUTH_MODE"] = "disabled"  # a private loopback test cluster
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+FAST_HEALTH = {
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 3,
+    "health_check_timeout_ms": 500,
+    "health_check_initial_delay_ms": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {"head": 1}, "_system_config": FAST_HEALTH,
+                        "include_dashboard": False},
+    )
+    try:
+        cluster.add_node(num_cpus=2, resources={"second": 1})
+        cluster.wait_for_nodes(timeout=60)
+        ray.init(address=cluster.address, namespace="fuxi-test", log_to_driver=False)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(ray_cluster):
+    from fuxi.client import FuxiClient
+    from fuxi.runtime import connect
+
+    with connect("test") as conn:
+        yield FuxiClient(conn.master)
+
+
+@pytest.fixture
+def job(client, tmp_path):
+    """Submit a spec dict and wait for it: job(spec, timeout_s) -> final status."""
+
+    def run(spec: dict, timeout_s: float = 120.0) -> dict:
+        job_id = client.submit(spec)
+        st = client.wait(job_id, timeout_s=timeout_s)
+        assert st["state"] in ("succeeded", "failed", "cancelled"), f"job did not end: {st}"
+        return st
+
+    return run
