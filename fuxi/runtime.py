@@ -31,7 +31,7 @@ from fuxi.errors import BadInput, ClusterError, NoCluster
 
 MASTER_NAME = "FuxiMaster"
 HEAD_START_TIMEOUT_S = 60.0
-HEAD_STOP_TIMEOUT_S = 30.0
+HEAD_STOP_TIMEOUT_S = 3.0  # grace after SIGTERM before SIGKILL (the head keeps no state)
 CONNECT_TIMEOUT_S = 30.0
 ACTOR_READY_TIMEOUT_S = 60.0
 
@@ -92,18 +92,6 @@ class ClusterRecord:
             os.remove(os.path.join(cluster_dir(self.cluster), "cluster.json"))
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _port_open(address: str) -> bool:
     host, _, port = address.rpartition(":")
     try:
@@ -118,7 +106,7 @@ def find_cluster(cluster: str) -> ClusterRecord | None:
     rec = ClusterRecord.load(cluster)
     if rec is None:
         return None
-    if rec.head_pid is not None and not _pid_alive(rec.head_pid):
+    if rec.head_pid is not None and not session_pids(rec.head_pid):
         rec.remove()
         return None
     if not _port_open(rec.address):
@@ -129,12 +117,21 @@ def find_cluster(cluster: str) -> ClusterRecord | None:
     return rec
 
 
-def _auth_env(rec: ClusterRecord) -> None:
-    """Make this process speak the cluster's token auth (Ray 2.60 enables it by default)."""
-    if rec.token_path:
+def _set_auth_mode(token_path: str | None) -> None:
+    """Make this process speak the cluster's auth: a token file of our own, or none for a private
+    in-process cluster. Ray reads the mode when it is imported, so refresh its cached config."""
+    if token_path:
         os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN_PATH"] = rec.token_path
-        os.environ.pop("RAY_AUTH_TOKEN", None)
+        os.environ["RAY_AUTH_TOKEN_PATH"] = token_path
+    else:
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    if "ray" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _quiet_ray_env() -> None:
@@ -222,25 +219,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop_head(rec: ClusterRecord) -> None:
-    """Stop the head we started: SIGTERM to its process group (``--block`` tears down its
-    children on exit), escalating to SIGKILL after HEAD_STOP_TIMEOUT_S."""
-    pid = rec.head_pid
-    if not pid:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.time() + HEAD_STOP_TIMEOUT_S
-    while time.time() < deadline:
+def session_pids(sid: int) -> list[int]:
+    """Live processes in session ``sid`` (Linux /proc). The head runs in a session of its own
+    (``start_new_session``), and every Ray process it spawns stays in it — worker processes
+    get their own process group, so a process-group kill would miss them."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        if not _pid_alive(pid):
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(name))
+    return pids
+
+
+def _stop_head(rec: ClusterRecord) -> None:
+    """Stop the head we started and everything in its session: SIGTERM first, SIGKILL for what
+    is left after HEAD_STOP_TIMEOUT_S. Never touches processes outside that session."""
+    sid = rec.head_pid
+    if not sid:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in session_pids(sid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.time() + (HEAD_STOP_TIMEOUT_S if sig == signal.SIGTERM else 10.0)
+        while session_pids(sid) and time.time() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(-1, os.WNOHANG)
+            time.sleep(0.1)
+        if not session_pids(sid):
             break
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
     if rec.temp_dir and os.path.isdir(rec.temp_dir):
         shutil.rmtree(rec.temp_dir, ignore_errors=True)
 
@@ -290,7 +304,7 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
         if not embedded_ok:
             raise NoCluster(f"no running cluster {cluster!r}; start one with `fuxi up`")
         temp_dir = ray_temp_dir(cluster, "embedded")
-        os.environ["RAY_AUTH_MODE"] = "disabled"  # a private, loopback-only, in-process cluster
+        _set_auth_mode(None)  # a private, in-process cluster that only this process uses
         _ray_init(address="local", namespace=namespace(cluster), include_dashboard=False,
                   _temp_dir=temp_dir, num_cpus=num_cpus)
         try:
@@ -301,7 +315,7 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
             ray.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
         return
-    _auth_env(rec)
+    _set_auth_mode(rec.token_path)
     try:
         _ray_init(address=rec.address, namespace=rec.namespace)
     except Exception as e:
