@@ -1,0 +1,125 @@
+"""The `fuxi` command end to end in subprocesses: the embedded default and a persistent
+cluster from `fuxi up` to `fuxi down`. Each test uses its own FUXI_HOME and checks that no
+process of the Ray it started is left behind."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fuxi.runtime import ray_temp_dir, session_pids
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CMD_TIMEOUT_S = 180
+
+
+def fuxi(home, *args, check=True):
+    env = dict(os.environ, FUXI_HOME=str(home))
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        env.pop(k, None)
+    res = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
+    if check:
+        assert res.returncode == 0, f"fuxi {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def processes_mentioning(text: str) -> list[str]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                out.append(f"{name}: {cmd[:120]}")
+    return out
+
+
+def wait_gone(text: str, timeout_s: float = 20.0) -> list[str]:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        left = processes_mentioning(text)
+        if not left:
+            return []
+        time.sleep(0.2)
+    return processes_mentioning(text)
+
+
+def test_embedded_default_runs_wordcount_and_leaves_no_ray_behind(tmp_path):
+    from jobs.wordcount import plain_count
+
+    home = tmp_path / "home"
+    out = tmp_path / "wc"
+    os.environ["FUXI_HOME"] = str(home)
+    try:
+        temp_dir = ray_temp_dir("default", "embedded")
+    finally:
+        del os.environ["FUXI_HOME"]
+    res = fuxi(home, "submit", "jobs/wordcount.yaml", "--set", f"output={out}", "--json")
+    st = json.loads(res.stdout)
+    assert st["state"] == "succeeded" and st["output"] == str(out)
+    assert set(st["tasks"]) == {"map", "reduce"}
+    for field in ("job_id", "name", "started_at", "finished_at"):
+        assert st[field]
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(str(out))
+    assert dict(zip(t.column("word").to_pylist(), t.column("count").to_pylist())) == plain_count(
+        sorted(glob.glob(os.path.join(REPO, "jobs/data/*.txt"))))
+    assert wait_gone(temp_dir) == [], "Ray processes of the embedded cluster are still running"
+    # The record and the logs outlive the embedded cluster.
+    again = json.loads(fuxi(home, "job", "status", st["job_id"], "--json").stdout)
+    assert again["state"] == "succeeded"
+    logs = fuxi(home, "job", "logs", st["job_id"], "--task", "map", "--instance", "0").stdout
+    assert "map[0] a0:" in logs and "words" in logs
+
+
+def test_failed_job_exits_1_with_report(tmp_path):
+    home = tmp_path / "home"
+    spec = tmp_path / "doomed.yaml"
+    spec.write_text("name: doomed\nretry_backoff_s: 0.01\ntasks:\n  t:\n"
+                    "    fn: tests.integration.taskfns:always_fails\n    instances: 2\n    max_retries: 1\n")
+    res = fuxi(home, "submit", str(spec), check=False)
+    assert res.returncode == 1, res.stderr
+    assert "instance 0 failed after 2 attempt(s)" in res.stderr
+    assert "disk on fire" in res.stderr
+
+
+def test_up_submit_status_logs_down(tmp_path):
+    home = tmp_path / "home"
+    out = tmp_path / "wc"
+    fuxi(home, "up", "--num-cpus", "2")
+    rec = json.load(open(home / "default" / "cluster.json"))
+    try:
+        info = json.loads(fuxi(home, "status", "--json").stdout)
+        assert info["cluster"] == "default" and info["address"] == rec["address"]
+        assert len(info["nodes"]) == 1 and info["nodes"][0]["resources"]["CPU"] == 2
+        job_id = fuxi(home, "submit", "jobs/wordcount.yaml", "--set", f"output={out}",
+                      "--no-wait").stdout.strip()
+        deadline = time.time() + 120
+        while True:
+            st = json.loads(fuxi(home, "job", "status", job_id, "--json").stdout)
+            if st["state"] in ("succeeded", "failed", "cancelled") or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert st["state"] == "succeeded", st
+        listing = fuxi(home, "job", "list").stdout
+        assert job_id in listing
+        assert "read" in fuxi(home, "job", "logs", job_id, "--task", "map").stdout
+    finally:
+        fuxi(home, "down")
+    assert not session_pids(rec["head_pid"]), "processes of the head's session survived fuxi down"
+    assert wait_gone(rec["temp_dir"]) == []
+    assert not os.path.exists(home / "default" / "cluster.json")
+    info = json.loads(fuxi(home, "status", "--json").stdout)
+    assert info["running"] is False
