@@ -41,6 +41,7 @@ class JobLimits:
     """Bounds on the job master's own behaviour (not the user's task limits)."""
 
     batch_target_s: float = 0.05  # queue about this much work per worker
+    prefetch_below_s: float = 1.0  # instances shorter than this get one extra queued attempt
     worker_queue_max: int = 256  # attempts queued on one worker at most
     worker_failures_max: int = 3  # failed attempts on one worker before it is blacklisted
     node_failures_max: int = 6  # failed attempts on one node (from >= 2 workers) before blacklisting
@@ -92,6 +93,7 @@ class StopWorker:
 class Push:
     worker_id: str
     attempts: tuple[AttemptSpec, ...]
+    front: bool = False  # backups jump the worker's queue: a straggler is on the critical path
 
 
 @dataclass(frozen=True)
@@ -380,7 +382,7 @@ class JobCore:
                 # Never started: put the instance back without charging a retry.
                 move(a, A.LOST, "worker died before it started")
                 a.ended_at = now
-                self._after_attempt_end(inst, now)
+                acts += self._after_attempt_end(inst, now)
         w.queue.clear()
         if self.done():
             return acts
@@ -581,6 +583,10 @@ class JobCore:
                 move(a, A.KILLED, reason)
             a.ended_at = now
             if inst.state is I.RUNNING and not inst.live():
+                if inst.failures > self.tasks[inst.task].max_retries:
+                    # Its last hope was a backup on this worker: retries are used up.
+                    acts += self._after_attempt_end(inst, now)
+                    continue
                 move(inst, I.READY, "requeue: worker retired")
                 self.ready.setdefault(self.tasks[inst.task].shape_key, deque()).appendleft(inst)
         w.queue.clear()
@@ -591,26 +597,18 @@ class JobCore:
         return acts
 
     def _kill_attempt(self, a: Attempt, now: float, reason: str) -> list[Any]:
-        """Stop a losing or cancelled attempt. A running attempt can only be stopped by killing
-        its worker (a running sync call cannot be interrupted), which is then replaced."""
+        """Stop a losing or cancelled attempt. The worker skips it if still queued, or
+        interrupts it if running (and carries on with its queue on a fresh thread); if the
+        attempt does not stop within the worker's grace period, the shell kills the worker and
+        reports it dead, which replaces it (see ``fuxi.worker``)."""
         w = self.workers[a.worker_id]
-        if a.state is A.QUEUED and not w.dead:
-            # Still queued behind other work: killing the worker would throw that work away.
-            # Mark it killed; the worker will skip it (its report for it is ignored).
-            move(a, A.KILLED, reason)
-            a.ended_at = now
+        if a.state not in (A.QUEUED, A.RUNNING):
+            return []
+        move(a, A.KILLED, reason)
+        a.ended_at = now
+        if a.key in w.queue:
             w.queue.remove(a.key)
-            return [StopAttempt(w.worker_id, a.key)]
-        if a.state is A.RUNNING:
-            move(a, A.KILLED, reason)
-            a.ended_at = now
-            if a.key in w.queue:
-                w.queue.remove(a.key)
-            if w.dead:
-                return []
-            return self._retire(w, f"stopping attempt {a.key}: {reason}", now,
-                                replace=not self.done())
-        return []
+        return [] if w.dead else [StopAttempt(w.worker_id, a.key)]
 
     def _release_idle(self, now: float) -> list[Any]:
         """Give back workers that have had nothing to do for a while and have nothing coming."""
@@ -638,17 +636,21 @@ class JobCore:
     # ------------------------------------------------------------ internals: dispatch
 
     def _depth(self, task: str) -> int:
+        """Attempts a worker may hold (running + queued) for this task: one when instances are
+        long or unknown; for short ones about ``batch_target_s`` of work plus one prefetched,
+        so the worker never idles for a round trip."""
         med = self.stats[task].median_s()
-        if med is None:
+        if med is None or med >= self.limits.prefetch_below_s:
             return 1
         if med <= 0:
             return self.limits.worker_queue_max
-        return max(1, min(self.limits.worker_queue_max, math.ceil(self.limits.batch_target_s / med)))
+        return min(self.limits.worker_queue_max, max(2, 1 + math.ceil(self.limits.batch_target_s / med)))
 
     def _dispatch(self, now: float) -> list[Any]:
         if self.done():
             return []
         pushes: dict[str, list[AttemptSpec]] = {}
+        front: dict[str, list[AttemptSpec]] = {}
         workers_by_shape: dict[str, list[Worker]] = {}
         for w in self.workers.values():
             if w.started and not w.dead and not w.draining:
@@ -666,7 +668,7 @@ class JobCore:
             if w is None:
                 still_pending.append(inst)
                 continue
-            pushes.setdefault(w.worker_id, []).append(self._launch(inst, w, now, backup=True))
+            front.setdefault(w.worker_id, []).append(self._launch(inst, w, now, backup=True))
         self.backups_pending = still_pending
         for sk, q in self.ready.items():
             ws = workers_by_shape.get(sk)
@@ -692,7 +694,8 @@ class JobCore:
                 pushes.setdefault(w.worker_id, []).append(self._launch(inst, w, now, backup=False))
             for inst in reversed(skipped):
                 q.appendleft(inst)
-        return [Push(wid, tuple(specs)) for wid, specs in pushes.items()]
+        return [Push(wid, tuple(specs), front=True) for wid, specs in front.items()] + [
+            Push(wid, tuple(specs)) for wid, specs in pushes.items()]
 
     def _has_room(self, w: Worker, task: str) -> bool:
         return len(w.queue) < self._depth(task)
@@ -700,12 +703,16 @@ class JobCore:
     def _pick_worker(self, ws: list[Worker], inst: Instance, avoid: set[str], avoid_nodes: set[str],
                      strict: bool = False) -> Worker | None:
         """Least-loaded worker with room, preferring ones (and nodes) that have not failed this
-        instance. ``strict`` (backups): never the avoided worker itself."""
+        instance. ``strict`` (backups): never the avoided worker itself, and one attempt beyond
+        the queue depth is allowed (the backup goes to the front of that worker's queue)."""
         best: Worker | None = None
         best_rank: tuple[int, int, int, str] | None = None
         healthy = [w for w in ws if w.worker_id not in avoid]
         for w in ws:
-            if not self._has_room(w, inst.task):
+            if strict:
+                if len(w.queue) >= min(self._depth(inst.task) + 1, self.limits.worker_queue_max):
+                    continue
+            elif not self._has_room(w, inst.task):
                 continue
             bad_w = w.worker_id in avoid
             if bad_w and (strict or healthy):
@@ -761,22 +768,18 @@ class JobCore:
 
     def _timeouts(self, now: float) -> list[Any]:
         acts: list[Any] = []
-        for w in list(self.workers.values()):
-            if w.dead or not w.queue:
-                continue
-            a = self.attempts[w.queue[0]]
+        running = [self.attempts[k] for w in self.workers.values() if not w.dead for k in w.queue]
+        for a in running:
             if a.state is not A.RUNNING or a.started_at is None:
                 continue
+            w = self.workers[a.worker_id]
             limit = self.tasks[a.key[0]].timeout_s
             if now - a.started_at > limit:
                 inst = self.instances[a.key[0]][a.key[1]]
-                # The worker must go: a running call cannot be interrupted.
-                w.queue.remove(a.key)
+                acts.append(StopAttempt(w.worker_id, a.key))  # interrupt; kill if it won't stop
                 acts += self._attempt_failed(
                     a, inst, f"TimeoutError: attempt ran {now - a.started_at:.1f}s, "
                              f"longer than timeout_s={limit:g}", now, charge_worker=False)
-                if not w.dead:
-                    acts += self._retire(w, f"attempt {a.key} timed out", now, replace=True)
         return acts
 
     def _speculate(self, now: float) -> list[Any]:
@@ -842,7 +845,8 @@ class JobCore:
 
 @dataclass(frozen=True)
 class StopAttempt:
-    """Tell a worker to skip a queued attempt it has not started (it lost to another)."""
+    """Tell a worker to stop an attempt: skip it if queued, interrupt it if running (it lost the
+    race to another attempt, timed out, or its job ended)."""
 
     worker_id: str
     key: tuple[str, int, int]

@@ -32,10 +32,13 @@ HEARTBEAT_S = 0.25  # demand/grant sync with FuxiMaster at least this often
 WORKER_START_TIMEOUT_S = 120.0  # a worker that is not up by then counts as failed to start
 MASTER_CALL_TIMEOUT_S = 30.0
 JOB_LOG_BYTES_MAX = 64 * 1024**2  # log lines kept per job on disk
+STOPPING_POLL_S = 1.0  # how often an otherwise idle worker that is stopping an attempt is asked
+SPARES_PER_NODE = 1  # warm workers kept per node once a job starts replacing workers
 
 
 class _Slot:
-    __slots__ = ("handle", "exchange", "take", "start_ref", "start_deadline", "outbox", "skip")
+    __slots__ = ("handle", "exchange", "take", "start_ref", "start_deadline", "outbox", "front", "skip",
+                 "stopping", "polled_at")
 
     def __init__(self, handle, start_ref, deadline):
         self.handle = handle
@@ -44,7 +47,10 @@ class _Slot:
         self.exchange = None  # the in-flight exchange call, if any
         self.take: dict = {}  # pending take_outputs: ack ref -> (result dict, refs)
         self.outbox: list = []
+        self.front: list = []  # attempts that jump the worker's queue (backups)
         self.skip: list = []
+        self.stopping = 0  # attempts the worker is still stopping (polled until they end)
+        self.polled_at = 0.0
 
 
 @ray.remote(num_cpus=0, max_concurrency=64)
@@ -65,6 +71,9 @@ class JobMaster:
         self._log_file = open(log_path, "a", encoding="utf-8")
         self._cancel_reason: str | None = None
         self._sync_releases: list = []
+        self.spares: dict[str, list] = {}  # node -> [(handle, ping ref)], warm, unassigned
+        self.spare_nodes: set[str] = set()  # nodes where this job keeps spares
+        self._warm_started: list[str] = []  # workers taken from spares, to report as started
         self._finalized: dict | None = None
 
     # ------------------------------------------------------------ public calls
@@ -93,6 +102,9 @@ class JobMaster:
         finally:
             for wid in list(self.slots):
                 self._kill(wid)
+            for spares in self.spares.values():
+                for handle, _ in spares:
+                    self._kill_handle(handle)
             self._log_file.close()
         return self.status()
 
@@ -111,12 +123,13 @@ class JobMaster:
             if refs:
                 # Blocks the actor's event loop for at most TICK_S; status/cancel calls are
                 # served between rounds (the await below).
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=TICK_S, fetch_local=False)
-                if not ready:
-                    ready, _ = ray.wait(refs, num_returns=1, timeout=TICK_S, fetch_local=False)
+                ready, _ = ray.wait(refs, num_returns=1, timeout=TICK_S, fetch_local=False)
+                if ready and len(refs) > 1:
+                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
             self._drain(set(ready), time.time())
             if not self.core.done():
                 self._apply(self.core.tick(time.time()))
+                self._keep_spares()
             self._flush()
             await asyncio.sleep(0 if refs else TICK_S)
 
@@ -198,6 +211,15 @@ class JobMaster:
         self._apply(self.core.worker_died(wid, f"{type(error).__name__}: {error}", now))
 
     def _handle_reply(self, wid: str, s: _Slot, reply: dict, now: float) -> None:
+        s.stopping = reply.get("stopping", 0)
+        if reply.get("stuck"):
+            key, age = reply["stuck"][0]
+            for res in reply["finished"]:
+                self._write_logs(res)
+            self._died(wid, RuntimeError(
+                f"attempt {tuple(key)} did not stop {age:.0f}s after it was interrupted "
+                f"(STOP_GRACE_S); worker killed"), now)
+            return
         finished = []
         for res in reply["finished"]:
             self._write_logs(res)
@@ -220,7 +242,7 @@ class JobMaster:
             if isinstance(act, jc.Push):
                 s = self.slots.get(act.worker_id)
                 if s is not None:
-                    s.outbox.extend(act.attempts)
+                    (s.front if act.front else s.outbox).extend(act.attempts)
             elif isinstance(act, jc.StopAttempt):
                 s = self.slots.get(act.worker_id)
                 if s is not None:
@@ -235,43 +257,99 @@ class JobMaster:
                 OutputLocation(act.output).commit(act.task, act.instance, act.attempt)
             elif isinstance(act, jc.JobDone):
                 self._job_done(act)
+        while self._warm_started and not self.core.done():
+            self._apply(self.core.worker_started(self._warm_started.pop(0), time.time()))
 
     def _flush(self) -> None:
         """Send pending pushes to every worker that has no exchange in flight."""
         for wid, s in self.slots.items():
-            if s.exchange is not None or s.start_ref is not None:
+            if s.start_ref is not None:
+                continue
+            if s.exchange is not None:
+                if s.front or s.skip:  # urgent: don't wait for the in-flight exchange
+                    front, s.front = s.front, []
+                    skip, s.skip = s.skip, []
+                    s.handle.control.remote(front, skip)  # failures surface via the exchange
                 continue
             w = self.core.workers.get(wid)
             if w is None or w.dead:
                 continue
-            if s.outbox or s.skip or w.queue:
+            now = time.time()
+            if (s.outbox or s.front or s.skip or w.queue
+                    or (s.stopping and now - s.polled_at > STOPPING_POLL_S)):
+                s.polled_at = now
                 push, s.outbox = s.outbox, []
+                front, s.front = s.front, []
                 skip, s.skip = s.skip, []
-                s.exchange = s.handle.exchange.remote(push, skip, EXCHANGE_WAIT_S)
+                s.exchange = s.handle.exchange.remote(push, skip, EXCHANGE_WAIT_S, front)
 
-    def _start_worker(self, act: jc.StartWorker) -> None:
-        shape = act.shape
+    def _worker_options(self, node_id: str, shape: dict[str, float]) -> dict[str, Any]:
+        """Workers take their CPU and memory from FuxiMaster's ledger, not from Ray's counters
+        (Fuxi decides, Ray executes): that lets a warm spare replace a killed worker at once.
+        Resources Ray must hand out itself (GPUs, custom resources) are still asked of Ray."""
         opts: dict[str, Any] = {
-            "num_cpus": shape.get("CPU", 0.0),
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(act.node_id, soft=False),
+            "num_cpus": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
             "max_restarts": 0,
         }
-        if shape.get("memory"):
-            opts["memory"] = shape["memory"]
-        custom = {k: v for k, v in shape.items() if k not in ("CPU", "memory")}
+        if shape.get("GPU"):
+            opts["num_gpus"] = shape["GPU"]
+        custom = {k: v for k, v in shape.items() if k not in ("CPU", "memory", "GPU")}
         if custom:
             opts["resources"] = custom
-        handle = WorkerActor.options(**opts).remote(self.job_id, act.worker_id, self.sys_path)
+        return opts
+
+    def _start_worker(self, act: jc.StartWorker) -> None:
+        plain = all(k in ("CPU", "memory") for k in act.shape)
+        if plain and self.core.state is JobState.RUNNING:
+            self.spare_nodes.add(act.node_id)  # replacing workers here: keep a spare warm
+            handle = self._take_spare(act.node_id)
+            if handle is not None:
+                self.slots[act.worker_id] = _Slot(handle, None, 0.0)
+                self._warm_started.append(act.worker_id)
+                return
+        handle = WorkerActor.options(**self._worker_options(act.node_id, act.shape)).remote(
+            self.job_id, act.worker_id, self.sys_path)
         self.slots[act.worker_id] = _Slot(handle, handle.ping.remote(),
                                           time.time() + WORKER_START_TIMEOUT_S)
+
+    def _take_spare(self, node_id: str):
+        spares = self.spares.get(node_id, [])
+        while spares:
+            ready, _ = ray.wait([s[1] for s in spares], num_returns=1, timeout=0)
+            if not ready:
+                return None
+            i = next(i for i, s in enumerate(spares) if s[1] == ready[0])
+            handle, ref = spares.pop(i)
+            try:
+                ray.get(ref, timeout=MASTER_CALL_TIMEOUT_S)
+                return handle
+            except Exception:
+                self._kill_handle(handle)
+        return None
+
+    def _keep_spares(self) -> None:
+        """Keep SPARES_PER_NODE warm workers on nodes where this job has had to replace a worker
+        (it died, or an attempt would not stop): the next replacement there is then instant.
+        Backups do not need spares: losing attempts are interrupted, not killed."""
+        for node in self.spare_nodes - self.core.bad_nodes:
+            spares = self.spares.setdefault(node, [])
+            while len(spares) < SPARES_PER_NODE:
+                handle = WorkerActor.options(**self._worker_options(node, {})).remote(
+                    self.job_id, f"spare@{node[:8]}", self.sys_path)
+                spares.append((handle, handle.ping.remote()))
 
     def _kill(self, wid: str) -> None:
         s = self.slots.pop(wid, None)
         if s is not None:
-            try:
-                ray.kill(s.handle, no_restart=True)
-            except Exception:
-                pass
+            self._kill_handle(s.handle)
+
+    @staticmethod
+    def _kill_handle(handle) -> None:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:
+            pass
 
     def _job_done(self, act: jc.JobDone) -> None:
         extra: dict[str, Any] = {}

@@ -5,9 +5,14 @@ attempts to the worker's queue and returns, as soon as at least one attempt has 
 after ``wait_s``), every finished attempt's result plus the attempt now running and for how
 long. Many short attempts therefore cost one Ray call per batch, not one per attempt.
 
-Attempts run on one executor thread; the actor's asyncio loop stays free to answer. A running
-attempt cannot be interrupted: the JobMaster kills the whole actor to stop one (timeouts,
-stragglers that lost to a backup, cancel), and starts a replacement.
+Attempts run on one executor thread; the actor's asyncio loop stays free to answer. To stop a
+running attempt (it lost to a backup, or timed out) the worker raises ``AttemptStopped`` in
+the executor thread (``PyThreadState_SetAsyncExc``: it fires at the next Python bytecode, so
+code blocked in C — a sleep, a long numpy call — stops when that call returns) and hands the
+queue to a fresh executor thread at once, so the worker keeps working. An attempt that has not
+stopped after ``STOP_GRACE_S`` is reported as stuck and the JobMaster kills the whole worker
+and replaces it — the same two-step shape as Spark's task reaper. Starting a worker costs
+~0.5 CPU-seconds here, so interrupting is much cheaper than always killing.
 
 Shuffle output stays in the worker's memory until the JobMaster collects it with
 ``take_outputs`` (``num_returns`` = parts + 1), which makes the JobMaster the *owner* of those
@@ -17,6 +22,7 @@ objects: they live in the object store and survive this worker being killed afte
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import sys
@@ -39,6 +45,17 @@ LOG_LINE_CHARS_MAX = 4000
 EMIT_BYTES_MAX = 8 * 1024**3
 UPSTREAM_GET_TIMEOUT_S = 600.0
 QUEUE_MAX = 4096  # attempts queued on one worker (the JobMaster keeps far fewer)
+STOP_GRACE_S = 10.0  # a stopped attempt still running after this makes the worker "stuck"
+
+
+class AttemptStopped(BaseException):
+    """Raised inside an attempt's thread to stop it (BaseException: ``except Exception`` in
+    user code does not swallow it)."""
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                               ctypes.py_object(AttemptStopped))
 
 
 @ray.remote(num_cpus=0)
@@ -53,7 +70,9 @@ class WorkerActor:
         self._queue: deque = deque()
         self._skip: set = set()
         self._finished: list[dict] = []
-        self._running: tuple | None = None  # (key, monotonic start)
+        self._running: tuple | None = None  # (key, monotonic start, thread)
+        self._generation = 0  # the executor thread of the current generation owns the queue
+        self._stopping: dict[tuple, tuple] = {}  # key -> (thread, monotonic stop time)
         self._outputs: dict[tuple, list] = {}
         self._fns: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -61,21 +80,26 @@ class WorkerActor:
         self._log = logging.getLogger(f"fuxi.task.{worker_id}")
         self._log.propagate = False
         self._log.setLevel(logging.DEBUG)
-        self._thread = threading.Thread(target=self._run_forever, name="fuxi-executor", daemon=True)
-        self._thread.start()
+        self._start_executor()
+
+    def _start_executor(self) -> None:
+        threading.Thread(target=self._run_forever, args=(self._generation,),
+                         name=f"fuxi-executor-{self._generation}", daemon=True).start()
 
     def ping(self) -> dict:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
-    async def exchange(self, push: list, skip: list, wait_s: float) -> dict:
+    async def exchange(self, push: list, skip: list, wait_s: float, front: list = ()) -> dict:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._event = asyncio.Event()
         with self._cond:
-            if len(self._queue) + len(push) > QUEUE_MAX:
+            if len(self._queue) + len(push) + len(front) > QUEUE_MAX:
                 raise RuntimeError(f"worker queue would exceed QUEUE_MAX={QUEUE_MAX}")
-            self._skip.update(tuple(k) for k in skip)
+            for k in skip:
+                self._stop(tuple(k))
             self._queue.extend(push)
+            self._queue.extendleft(reversed(front))
             self._cond.notify()
             busy = bool(self._queue) or self._running is not None
             ready = bool(self._finished)
@@ -92,9 +116,39 @@ class WorkerActor:
             finished, self._finished = self._finished, []
             running = []
             if self._running is not None:
-                key, t0 = self._running
+                key, t0, _ = self._running
                 running.append((key, time.monotonic() - t0))
-        return {"finished": finished, "running": running}
+            now = time.monotonic()
+            for key, (thread, t_stop) in list(self._stopping.items()):
+                if not thread.is_alive():
+                    del self._stopping[key]
+            stuck = [(k, now - t) for k, (_, t) in self._stopping.items() if now - t > STOP_GRACE_S]
+        return {"finished": finished, "running": running, "stuck": stuck,
+                "stopping": len(self._stopping)}
+
+    def _stop(self, key: tuple) -> None:
+        """Skip a queued attempt, or interrupt the running one and continue on a new thread.
+        Called with ``self._cond`` held."""
+        if self._running is not None and self._running[0] == key:
+            thread = self._running[2]
+            self._stopping[key] = (thread, time.monotonic())
+            self._running = None
+            self._generation += 1
+            _interrupt(thread)
+            self._start_executor()
+        else:
+            self._skip.add(key)
+
+    def control(self, front: list, skip: list) -> None:
+        """Urgent changes while an ``exchange`` is in flight: backups to the front of the queue,
+        attempts to stop. (The JobMaster would otherwise wait for the exchange to return.)"""
+        with self._cond:
+            if len(self._queue) + len(front) > QUEUE_MAX:
+                raise RuntimeError(f"worker queue would exceed QUEUE_MAX={QUEUE_MAX}")
+            for k in skip:
+                self._stop(tuple(k))
+            self._queue.extendleft(reversed(front))
+            self._cond.notify()
 
     def take_outputs(self, key: tuple) -> tuple:
         """Hand over an attempt's partitions: (True, table, table, ...) — see module doc."""
@@ -110,18 +164,27 @@ class WorkerActor:
 
     # ---------------------------------------------------------------- executor thread
 
-    def _run_forever(self) -> None:
+    def _run_forever(self, generation: int) -> None:
+        me = threading.current_thread()
         while True:
             with self._cond:
-                while not self._queue:
-                    self._cond.wait()
+                while not self._queue and generation == self._generation:
+                    self._cond.wait(timeout=1.0)
+                if generation != self._generation:
+                    return  # stopped mid-attempt: a newer executor owns the queue
                 spec = self._queue.popleft()
                 if spec.key in self._skip:
                     self._skip.discard(spec.key)
                     continue
-                self._running = (spec.key, time.monotonic())
-            result = self._run_one(spec)
+                self._running = (spec.key, time.monotonic(), me)
+            try:
+                result = self._run_one(spec)
+            except AttemptStopped:  # landed outside the attempt's own try block
+                result = None
             with self._cond:
+                if generation != self._generation:
+                    self._stopping.pop(spec.key, None)
+                    return  # this attempt was stopped; its result is not wanted
                 self._running = None
                 self._finished.append(result)
             loop, event = self._loop, self._event

@@ -13,7 +13,9 @@ What is modelled, following ``fuxi.jobmaster`` and ``fuxi.worker``:
 * One ``exchange`` in flight per worker: it carries pushes and skips, returns as soon as an
   attempt finished (or after 100 ms) with every finished result plus the running attempt and
   its elapsed time. Replies are sometimes very late, so results arrive batched.
-* Workers run their queue FIFO, one attempt at a time, skipping attempts they were told to.
+* Workers run their queue FIFO, one attempt at a time. ``StopAttempt`` skips a queued attempt
+  or interrupts the running one (the worker carries on with its queue); an interrupted attempt
+  that will not stop gets the worker killed and reported dead after a grace period.
 * Faults: attempts that raise, very slow attempts (timeouts, stragglers), workers that die
   mid-attempt (the shell notices when an exchange fails).
 * ``tick`` every 20 ms.
@@ -51,6 +53,7 @@ from fuxi.states import TERMINAL_ATTEMPT, AttemptState, InstanceState, JobState
 TICK_S = 0.02
 SYNC_S = 0.25
 EXCHANGE_WAIT_S = 0.1
+STOP_GRACE_S = 0.5  # scaled down from the worker's 10 s
 SIM_TIME_MAX_S = 600.0  # a job that has not ended by then is stuck
 EVENTS_MAX = 400_000
 SHAPE = {"CPU": 1.0}
@@ -80,6 +83,9 @@ class Scenario:
     deaths_max: int
     p_start_fail: float
     p_late_reply: float
+    p_lost_output: float  # a success whose output cannot be collected (the shell's take_outputs)
+    p_node_crash: float  # per attempt: its whole node goes down while it runs
+    p_stuck: float  # an interrupted attempt that does not stop (the worker is killed later)
     squeeze: tuple[float, float] | None  # another job holds a fair share during [t0, t1)
 
     def describe(self) -> str:
@@ -154,6 +160,9 @@ def make_scenario(seed: int) -> Scenario:
         deaths_max=rng.randint(0, 6),
         p_start_fail=rng.choice([0.0, 0.0, 0.05]),
         p_late_reply=rng.choice([0.0, 0.05, 0.2]),
+        p_lost_output=rng.choice([0.0, 0.0, 0.05]),
+        p_node_crash=rng.choice([0.0, 0.0, 0.02]),
+        p_stuck=rng.choice([0.0, 0.1, 0.5]),
         squeeze=squeeze,
     )
 
@@ -178,6 +187,7 @@ class SimWorker:
     tracked: bool = True
     in_flight: bool = False
     outbox: list = field(default_factory=list)
+    frontbox: list = field(default_factory=list)  # backups that jump the worker's queue
     skipbox: list = field(default_factory=list)
 
 
@@ -199,7 +209,7 @@ class Sim:
         self.commits: dict[tuple[str, int], Commit] = {}
         self.winners: dict[tuple[str, int], tuple] = {}
         self.started_keys: set = set()  # attempts a worker began executing
-        self.delivered_ok: set = set()  # attempts whose success reached the core
+        self.delivered_ok: set = set()  # attempts whose success reached the core in time
         self.raised: set = set()  # attempts whose failure reached the core
         self.outputs: dict[tuple, dict] = {}  # attempt key -> its upstream refs (as produced)
         self.log: deque[str] = deque(maxlen=40)
@@ -275,7 +285,7 @@ class Sim:
             self.check(w is not None and w.tracked, f"push to an untracked worker {act.worker_id}")
             for spec in act.attempts:
                 self.check_upstream(spec)
-            w.outbox.extend(act.attempts)
+            (w.frontbox if getattr(act, "front", False) else w.outbox).extend(act.attempts)
         elif isinstance(act, StopAttempt):
             w = self.workers.get(act.worker_id)
             if w is not None and w.tracked:
@@ -372,6 +382,22 @@ class Sim:
             self.deaths += 1
             self.kill(w)
 
+    def on_node_crash(self, node: str) -> None:
+        for w in self.workers.values():
+            if w.node == node and w.alive and w.up:
+                self.deaths += 1
+                self.kill(w)
+
+    def on_stuck(self, wid: str) -> None:
+        """The shell sees a stuck attempt in a reply, kills the worker and reports it dead."""
+        w = self.workers[wid]
+        if not w.alive or not w.tracked:
+            return
+        w.tracked = False
+        self.kill(w)
+        self.call("worker_died", self.core.worker_died(wid, "RuntimeError: attempt did not stop",
+                                                       self.now))
+
     def on_exchange_failed(self, wid: str) -> None:
         w = self.workers[wid]
         w.in_flight = False
@@ -390,21 +416,30 @@ class Sim:
             cw = self.core.workers.get(w.wid)
             if cw is None or cw.dead:
                 continue
-            if w.outbox or w.skipbox or cw.queue:
+            if w.outbox or w.frontbox or w.skipbox or cw.queue:
                 push, w.outbox = w.outbox, []
+                front, w.frontbox = w.frontbox, []
                 skip, w.skipbox = w.skipbox, []
                 w.in_flight = True
                 self._seq += 1
                 self.at(self.now + self.rng.uniform(0.0005, 0.005), "exchange_arrives", w.wid,
-                        tuple(push), tuple(skip), self._seq)
+                        tuple(push), tuple(skip), self._seq, tuple(front))
 
-    def on_exchange_arrives(self, wid: str, push: tuple, skip: tuple, xid: int) -> None:
+    def on_exchange_arrives(self, wid: str, push: tuple, skip: tuple, xid: int,
+                            front: tuple = ()) -> None:
         w = self.workers[wid]
         if not w.alive:
             self.at(self.now + self.net_s(), "exchange_failed", wid)
             return
-        w.skip.update(skip)
+        for key in skip:
+            if w.running is not None and w.running[0].key == key:
+                w.running = None  # interrupted: its result is never reported
+                if self.rng.random() < self.sc.p_stuck:
+                    self.at(self.now + STOP_GRACE_S, "stuck", wid)
+            else:
+                w.skip.add(key)
         w.queue.extend(push)
+        w.queue.extendleft(reversed(front))
         pending = sum(1 for s in w.queue if s.key not in w.skip)
         self.check(pending <= self.sc.limits.worker_queue_max,
                    f"worker {wid} holds {pending} attempts > worker_queue_max="
@@ -435,8 +470,20 @@ class Sim:
         w.in_flight = False
         if not w.tracked:
             return  # the shell already dropped this worker
+        delivered = []
         for res in finished:
-            (self.delivered_ok if res.ok else self.raised).add(res.key)
+            if res.ok and res.outputs and self.rng.random() < self.sc.p_lost_output:
+                res = AttemptResult(key=res.key, ok=False, duration_s=res.duration_s,
+                                    kind="lost_output", error="output of a finished attempt was lost")
+            a = self.core.attempts.get(res.key)
+            if res.ok and a is not None and a.state not in TERMINAL_ATTEMPT:
+                # Only a success the core can still accept counts as one: a result that comes
+                # after a timeout or a lost race is the attempt's failure, not its success.
+                self.delivered_ok.add(res.key)
+            elif not res.ok:
+                self.raised.add(res.key)
+            delivered.append(res)
+        finished = tuple(delivered)
         self.call("worker_report", self.core.worker_report(wid, list(running), list(finished), self.now))
 
     # ------------------------------------------------------------ execution
@@ -465,6 +512,8 @@ class Sim:
             self.at(self.now + d, "attempt_ends", w.wid, self._seq)
             if self.deaths < sc.deaths_max and rng.random() < sc.p_die:
                 self.at(self.now + d * rng.uniform(0.05, 0.95), "crash", w.wid)
+            if self.deaths < sc.deaths_max and rng.random() < sc.p_node_crash:
+                self.at(self.now + d * rng.uniform(0.05, 0.95), "node_crash", w.node)
 
     def on_attempt_ends(self, wid: str, token: int) -> None:
         w = self.workers[wid]

@@ -247,30 +247,45 @@ def test_death_of_an_unknown_or_already_dead_worker_is_ignored():
 # ---------------------------------------------------------------- timeouts
 
 
-def test_timeout_fails_the_attempt_and_replaces_the_worker():
+def test_timeout_fails_the_attempt_and_stops_it_on_its_worker():
     core = JobCore("j", job(task("a", 1, max_retries=1, timeout_s=5.0)), now=0.0,
                    limits=JobLimits(idle_release_s=1e6))  # keep the idle spare worker around
     (w1, w2), _ = up(core, ["n1", "n2"])
     run(core, w1, ("a", 0, 0), 10.0, elapsed_s=0.0)
     assert core.tick(15.0) == []  # exactly at the limit: not yet
     acts = core.tick(15.01)
-    assert StopWorker(w1, "attempt ('a', 0, 0) timed out") in acts
-    restart = of(acts, StartWorker)
-    assert [s.node_id for s in restart] == ["n1"]  # the slot is reused, not released
+    # The worker interrupts the attempt and carries on; the shell kills and reports the worker
+    # dead only if the attempt will not stop (see fuxi.worker).
+    assert StopAttempt(w1, ("a", 0, 0)) in acts
     assert not of(acts, ReleaseSlot)
     inst = core.instances["a"][0]
     assert inst.attempts[0].state is AttemptState.FAILED
+    assert core.workers[w1].queue == []
     assert "TimeoutError" in inst.last_error and "timeout_s=5" in inst.last_error
-    # Retried after the backoff on the surviving worker.
+    # Retried after the backoff, on the worker that did not time out.
     assert pushed(core.tick(15.01 + 0.2)) == [(w2, ("a", 0, 1))]
+    # A result of the stopped attempt that still trickles in changes nothing.
+    assert finish(core, w1, ok(("a", 0, 0)), 15.3) == []
+    assert core.instances["a"][0].state is InstanceState.RUNNING
+
+
+def test_timed_out_attempt_that_will_not_stop_costs_the_worker():
+    core = JobCore("j", job(task("a", 2, max_retries=1, timeout_s=5.0)), now=0.0)
+    (w1,), _ = up(core, ["n1"])
+    run(core, w1, ("a", 0, 0), 0.0)
+    core.tick(5.1)
+    # The shell reports the worker dead when the interrupted attempt is stuck.
+    acts = core.worker_died(w1, "RuntimeError: attempt did not stop (STOP_GRACE_S)", 16.0)
+    assert [s.node_id for s in of(acts, StartWorker)] == ["n1"]  # replaced in its slot
+    assert core.instances["a"][0].failures == 1  # the timeout, not charged twice
 
 
 def test_timeout_counts_from_when_the_worker_says_the_attempt_started():
     core = JobCore("j", job(task("a", 1, timeout_s=5.0)), now=0.0)
     (w1,), _ = up(core, ["n1"])
     run(core, w1, ("a", 0, 0), 10.0, elapsed_s=4.0)  # a late report: it has run 4 s already
-    assert not of(core.tick(11.0), StopWorker)
-    assert of(core.tick(11.1), StopWorker)
+    assert not of(core.tick(11.0), StopAttempt)
+    assert of(core.tick(11.1), StopAttempt) == [StopAttempt(w1, ("a", 0, 0))]
 
 
 # ---------------------------------------------------------------- speculation
@@ -310,8 +325,8 @@ def test_backup_wins_the_running_original_is_killed_and_one_commit():
     run(core, where, key, 2.2)
     acts = finish(core, where, ok(key, duration_s=0.5), 2.7)
     assert of(acts, Commit) == [Commit("a", 3, 1, "/out")]
-    assert StopWorker(w4, "stopping attempt ('a', 3, 0): attempt 1 won") in acts
-    assert [s.node_id for s in of(acts, StartWorker)] == ["n3"]  # its slot gets a fresh worker
+    assert StopAttempt(w4, ("a", 3, 0)) in acts  # the running original is interrupted
+    assert core.attempts[("a", 3, 0)].state is AttemptState.KILLED
     assert of(acts, JobDone) == [JobDone(JobState.SUCCEEDED, "")]
     assert core.stats["a"].backups_won == 1
     # The original finishing late changes nothing: still exactly one commit.
@@ -324,7 +339,7 @@ def test_original_wins_the_queued_backup_is_skipped_not_killed():
     acts = finish(core, w4, ok(("a", 3, 0), duration_s=2.2), 2.3)  # backup still queued
     assert of(acts, Commit) == [Commit("a", 3, 0, "/out")]
     assert of(acts, StopAttempt) == [StopAttempt(where, key)]
-    assert not of(acts, StopWorker)[:-1] or all(s.reason.startswith("job") for s in of(acts, StopWorker))
+    assert all(s.reason == "job succeeded" for s in of(acts, StopWorker))  # only the job's end
     assert core.stats["a"].backups_won == 0
     assert core.attempts[key].state is AttemptState.KILLED
 
@@ -341,7 +356,8 @@ def test_original_wins_while_backup_runs_the_backup_worker_is_killed():
     run(core, where, key, 2.15)
     acts = finish(core, wids[3], ok(("a", 3, 0), duration_s=2.1), 2.2)
     assert of(acts, Commit) == [Commit("a", 3, 0, "/out")]
-    assert StopWorker(where, "stopping attempt ('a', 3, 1): attempt 0 won") in acts
+    assert StopAttempt(where, key) in acts  # the running backup is interrupted
+    assert core.attempts[key].state is AttemptState.KILLED
 
 
 def test_both_attempts_report_success_in_one_report_exactly_one_commit():
@@ -352,6 +368,46 @@ def test_both_attempts_report_success_in_one_report_exactly_one_commit():
     acts += finish(core, w4, ok(("a", 3, 0), duration_s=2.3), 2.3)
     assert len(of(acts, Commit)) == 1
     assert sum(1 for a in core.instances["a"][3].attempts if a.state is AttemptState.SUCCEEDED) == 1
+
+
+def test_backup_waits_for_room_rather_than_overfilling_a_worker():
+    """Regression: a backup may jump one past the queue depth, never past worker_queue_max."""
+    policy = SpeculationPolicy(min_done_fraction=0.3, slowdown=2.0, min_runtime_s=0.0)
+    core = JobCore("j", job(task("a", 3), speculation=policy), now=0.0,
+                   limits=JobLimits(worker_queue_max=1))
+    (w1, w2), _ = up(core, ["n1", "n2"])
+    run(core, w1, ("a", 0, 0), 0.0)
+    run(core, w2, ("a", 1, 0), 0.0)
+    assert pushed(finish(core, w1, ok(("a", 0, 0), duration_s=1.0), 1.0)) == [(w1, ("a", 2, 0))]
+    run(core, w1, ("a", 2, 0), 1.0)
+    assert pushed(core.tick(2.5)) == []  # instance 1 straggles, but w1 is full
+    assert core.demands()[SK][1] == 3  # two unfinished instances + the backup that waits
+    acts = finish(core, w1, ok(("a", 2, 0), duration_s=1.0), 2.6)
+    backup = [p for p in of(acts, Push) if p.attempts[0].key == ("a", 1, 1)]
+    assert len(backup) == 1 and backup[0].worker_id == w1 and backup[0].front
+    assert all(len(w.queue) <= 1 for w in core.workers.values())
+
+
+def test_backup_lost_after_the_original_used_up_its_retries_ends_the_job():
+    """Regression: the original fails (no retries left) while its backup is still queued;
+    then the backup's worker dies before starting it. The instance has nothing left, so the
+    job must fail *and say so* (JobDone, workers stopped) instead of ending silently."""
+    core = JobCore("j", job(task("a", 4, max_retries=0, output="/out"), speculation=SPEC), now=0.0)
+    wids, _ = up(core, ["n1", "n1", "n2", "n3", "n4"])
+    for i in range(4):
+        run(core, wids[i], ("a", i, 0), 0.1, elapsed_s=0.1)
+    for i in range(3):
+        finish(core, wids[i], ok(("a", i, 0), duration_s=1.0), 1.0)
+    where, key = pushed(core.tick(2.1))[0]
+    assert finish(core, wids[3], fail(("a", 3, 0)), 2.2) == []  # the backup may still save it
+    others = {w.worker_id for w in core.workers.values() if not w.dead} - {where}
+    acts = core.worker_died(where, "ActorDiedError", 2.3)
+    done = of(acts, JobDone)
+    assert len(done) == 1 and done[0].state is JobState.FAILED
+    assert "task 'a' instance 3 failed" in done[0].report
+    live = {w.worker_id for w in core.workers.values() if not w.dead}
+    assert live == set()
+    assert others and {a.worker_id for a in of(acts, StopWorker)} == others
 
 
 # ---------------------------------------------------------------- data flow
@@ -467,17 +523,20 @@ def test_shrink_releases_idle_workers_at_once():
 @pytest.mark.parametrize(
     "instance_s, expected_depth",
     [
-        (0.001, 50),   # 50 ms of 1 ms instances per worker (batch_target_s=0.05)
-        (0.01, 5),
-        (0.02, 3),
-        (0.05, 1),
-        (2.0, 1),      # long instances never wait behind each other
+        # batch_target_s=0.05 of work, plus one prefetched so the worker never waits a round trip
+        (0.001, 51),
+        (0.01, 6),
+        (0.02, 4),
+        (0.05, 2),
+        (0.5, 2),      # below prefetch_below_s: one queued behind the running one
+        (1.0, 1),      # long instances never wait behind each other
+        (30.0, 1),
         (0.0001, 64),  # capped by worker_queue_max
         (0.0, 64),     # instant instances: capped too
     ],
 )
 def test_queue_depth_follows_instance_duration(instance_s, expected_depth):
-    limits = JobLimits(batch_target_s=0.05, worker_queue_max=64)
+    limits = JobLimits(batch_target_s=0.05, prefetch_below_s=1.0, worker_queue_max=64)
     core = JobCore("j", job(task("a", 100)), now=0.0, limits=limits)
     (w1,), acts = up(core, ["n1"])
     assert len(pushed(acts)) == 1  # nothing is known yet: one at a time
@@ -487,6 +546,16 @@ def test_queue_depth_follows_instance_duration(instance_s, expected_depth):
 
 
 # ---------------------------------------------------------------- blacklisting
+
+
+@pytest.mark.parametrize("worker_queue_max", [1, 2])
+def test_queue_depth_never_exceeds_worker_queue_max(worker_queue_max):
+    """Regression: the prefetch slot must not push a worker past worker_queue_max."""
+    limits = JobLimits(batch_target_s=0.05, worker_queue_max=worker_queue_max)
+    core = JobCore("j", job(task("a", 10)), now=0.0, limits=limits)
+    (w1,), _ = up(core, ["n1"])
+    finish(core, w1, ok(("a", 0, 0), duration_s=0.01), 1.0)
+    assert len(core.workers[w1].queue) == worker_queue_max
 
 
 def test_worker_blacklisted_after_worker_failures_max_when_others_exist():
@@ -522,6 +591,33 @@ def test_node_blacklisted_after_node_failures_max_from_two_workers():
     assert {a.worker_id for a in of(acts, StopWorker)} == {w1, w2}
     assert sorted(a.node_id for a in of(acts, ReleaseSlot)) == ["bad", "bad"]
     assert not of(acts, StartWorker)  # never replaced on a blacklisted node
+
+
+def test_blacklisting_never_buys_an_instance_a_retry_beyond_max_retries():
+    """Regression: instance 0 fails once (max_retries=1), its retry straggles on w2 and gets a
+    backup on w1. The retry then fails too, which blacklists node "bad" and retires w1 with
+    the backup on it. Retries are used up, so the job fails instead of trying a third time."""
+    limits = JobLimits(worker_failures_max=100, node_failures_max=2, idle_release_s=1e6,
+                       worker_queue_max=1)  # so the busy good worker cannot take the backup
+    core = JobCore("j", job(task("a", 4, max_retries=1, output="/out"), speculation=SPEC,
+                            backoff_s=0.0), now=0.0, limits=limits)
+    (w1, w2, w3), acts = up(core, ["bad", "bad", "good"])
+    run(core, w1, ("a", 0, 0), 0.1)
+    run(core, w2, ("a", 1, 0), 0.1)
+    assert pushed(finish(core, w1, fail(("a", 0, 0)), 1.0)) == [(w1, ("a", 3, 0))]
+    finish(core, w2, ok(("a", 1, 0), duration_s=1.0), 1.0)
+    assert pushed(core.tick(1.0)) == [(w2, ("a", 0, 1))]  # the retry
+    run(core, w2, ("a", 0, 1), 1.1)
+    run(core, w1, ("a", 3, 0), 1.1)
+    finish(core, w1, ok(("a", 3, 0), duration_s=1.0), 1.5)
+    run(core, w3, ("a", 2, 0), 3.0)
+    assert pushed(core.tick(3.2)) == [(w1, ("a", 0, 2))]  # the retry straggles: a backup
+    acts = finish(core, w2, fail(("a", 0, 1)), 3.3)
+    assert core.bad_nodes == {"bad"}
+    done = of(acts, JobDone)
+    assert len(done) == 1 and done[0].state is JobState.FAILED, acts
+    assert "task 'a' instance 0 failed after 2 attempt(s) (max_retries=1)" in done[0].report
+    assert core.tick(3.4) == []
 
 
 # ---------------------------------------------------------------- named states

@@ -1,0 +1,57 @@
+"""Dispatch throughput: N no-op instances through Fuxi vs N no-op raw Ray tasks, same run.
+
+    python -m bench.bench_dispatch [--n 10000]
+
+Fuxi's figure is measured from the job's first running worker to its end (``started_at`` to
+``finished_at``), and separately end to end from submit (which includes starting workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from bench.common import machine, report, start_ray
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--cpus", type=int, default=2)
+    args = ap.parse_args()
+    ray = start_ray(args.cpus)
+
+    @ray.remote
+    def noop():
+        return None
+
+    ray.get([noop.remote() for _ in range(200)])  # warm Ray's worker pool
+    t0 = time.perf_counter()
+    ray.get([noop.remote() for _ in range(args.n)], timeout=600)
+    raw_s = time.perf_counter() - t0
+
+    from fuxi.client import FuxiClient
+    from fuxi.runtime import connect
+
+    with connect("bench") as conn:
+        client = FuxiClient(conn.master)
+        spec = {"name": "noop", "speculation": {"enabled": False},
+                "tasks": {"t": {"fn": "bench.fns:noop", "instances": args.n}}}
+        t0 = time.perf_counter()
+        st = client.wait(client.submit(spec), timeout_s=600)
+        e2e_s = time.perf_counter() - t0
+    assert st["state"] == "succeeded", st
+    fuxi_s = st["finished_at"] - st["started_at"]
+    raw_tps, fuxi_tps = args.n / raw_s, args.n / fuxi_s
+    print(f"{machine()}: {args.n} no-op instances")
+    print(f"  raw Ray tasks      {raw_s:7.2f}s  {raw_tps:8.0f}/s")
+    print(f"  Fuxi (running)     {fuxi_s:7.2f}s  {fuxi_tps:8.0f}/s   ratio {fuxi_tps / raw_tps:.2f}x")
+    print(f"  Fuxi (from submit) {e2e_s:7.2f}s  {args.n / e2e_s:8.0f}/s   ratio {raw_s / e2e_s:.2f}x")
+    report("dispatch", n=args.n, raw_s=round(raw_s, 3), fuxi_running_s=round(fuxi_s, 3),
+           fuxi_e2e_s=round(e2e_s, 3), ratio=round(fuxi_tps / raw_tps, 2),
+           ratio_e2e=round(raw_s / e2e_s, 2))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

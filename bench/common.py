@@ -1,0 +1,27 @@
+"""Shared benchmark plumbing: one private local Ray per run, timing, result lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def start_ray(num_cpus: int = 2):
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             namespace="fuxi-bench", _temp_dir=f"/tmp/fuxi-bench-{os.getuid()}")
+    return ray
+
+
+def machine() -> str:
+    return f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def report(name: str, **fields) -> None:
+    print(json.dumps({"bench": name, "date": time.strftime("%Y-%m-%d %H:%M"), **fields}))
