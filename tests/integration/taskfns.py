@@ -14,8 +14,11 @@ import pyarrow as pa
 def _mark(ctx, what: str) -> None:
     d = ctx.params["dir"]
     os.makedirs(d, exist_ok=True)
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
     with open(os.path.join(d, f"{what}-{ctx.task}-{ctx.instance}-{ctx.attempt}"), "w") as f:
-        json.dump({"pid": os.getpid(), "t": time.time()}, f)
+        json.dump({"pid": os.getpid(), "t": time.time(), "node": node}, f)
 
 
 def noop(ctx) -> None:
