@@ -22,13 +22,14 @@ import time
 import uuid
 from typing import Any, Callable, Sequence
 
-from fuxi.errors import FuxiError, JobNotFound
+from fuxi.errors import ClusterError, FuxiError, JobNotFound
 from fuxi.plan import JobPlan, build_plan
 from fuxi.spec import JobSpec, check_importable, load_job_spec, spec_from_dict
 from fuxi.states import TERMINAL_JOB
 
 CALL_TIMEOUT_S = 60.0
 POLL_S = 0.3
+SUBMIT_TRIES_MAX = 3  # a submit that times out is retried with the same request id (idempotent)
 TERMINAL = {s.value for s in TERMINAL_JOB}
 
 
@@ -52,11 +53,25 @@ def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = ()
     return build_plan(js, base_dir=base_dir, overwrite=overwrite)
 
 
-def _translate(e: Exception) -> Exception:
-    """Ray wraps errors raised inside actors; give callers our own exception back."""
+def _translate(e: Exception, what: str) -> Exception:
+    """The one place Ray's exceptions become ours: errors we raised inside an actor come back
+    as themselves; the platform being unreachable or gone becomes a ``ClusterError`` that says
+    what to do."""
+    import ray.exceptions as rex
+
     cause = getattr(e, "cause", None)
     if isinstance(cause, FuxiError):
         return cause
+    if isinstance(e, FuxiError):
+        return e
+    if isinstance(e, rex.GetTimeoutError):
+        return ClusterError(f"{what}: FuxiMaster did not answer within {CALL_TIMEOUT_S:g}s "
+                            f"(CALL_TIMEOUT_S); the outcome is unknown — check `fuxi job list`")
+    if isinstance(e, (rex.RayActorError, rex.RaySystemError)):
+        return ClusterError(f"{what}: FuxiMaster is gone ({type(e).__name__}); was the cluster "
+                            f"stopped? `fuxi status` shows what is running")
+    if isinstance(e, rex.RayError):
+        return ClusterError(f"{what}: {type(e).__name__}: {e}")
     return e
 
 
@@ -70,12 +85,20 @@ class FuxiClient:
         try:
             return ray.get(getattr(self.master, method).remote(*args), timeout=timeout_s)
         except Exception as e:
-            raise _translate(e) from None
+            raise _translate(e, method) from None
 
     def submit(self, spec: JobPlan | JobSpec | str | dict, overrides: Sequence[str] = (),
                request_id: str | None = None, overwrite: bool = False) -> str:
         plan = spec if isinstance(spec, JobPlan) else load(spec, overrides, overwrite=overwrite)
-        return self._call("submit", plan, request_id or uuid.uuid4().hex, [os.getcwd(), *sys.path])
+        request_id = request_id or uuid.uuid4().hex
+        for attempt in range(SUBMIT_TRIES_MAX):
+            try:
+                # Workers import task modules from the directory the job was submitted from.
+                return self._call("submit", plan, request_id, [os.getcwd()])
+            except ClusterError as e:
+                if "did not answer" not in str(e) or attempt == SUBMIT_TRIES_MAX - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def status(self, job_id: str) -> dict:
         return self._call("status", job_id)
@@ -93,20 +116,15 @@ class FuxiClient:
              on_update: Callable[[dict], None] | None = None, poll_s: float = POLL_S) -> dict:
         """Wait until the job ends (or ``timeout_s`` passes); returns the last status."""
         deadline = None if timeout_s is None else time.time() + timeout_s
+        wait = 0.0
         while True:
-            st = self.status(job_id)
+            # FuxiMaster.wait returns early when the job ends, so this is no busy poll.
+            st = self._call("wait", job_id, wait, timeout_s=wait + CALL_TIMEOUT_S)
             if on_update is not None:
                 on_update(st)
-            if st["state"] in TERMINAL:
-                return st
-            if deadline is not None and time.time() > deadline:
+            if st["state"] in TERMINAL or (deadline is not None and time.time() >= deadline):
                 return st
             wait = poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.time()))
-            st = self._call("wait", job_id, wait, timeout_s=wait + CALL_TIMEOUT_S)
-            if st["state"] in TERMINAL:
-                if on_update is not None:
-                    on_update(st)
-                return st
 
 
 def run(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = (),

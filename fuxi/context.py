@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -12,10 +13,13 @@ from fuxi.shuffle import concat_tables, to_table
 
 
 class _ListHandler(logging.Handler):
-    """Collects formatted log lines for the attempt being run (bounded)."""
+    """Collects formatted log lines for the attempt being run (bounded). Only records logged
+    from the attempt's own thread count: a stopped attempt may still be winding down on
+    another thread of the same worker."""
 
     def __init__(self, lines_max: int, line_chars_max: int):
         super().__init__(logging.DEBUG)
+        self.thread_id = threading.get_ident()
         self.lines: list[str] = []
         self.dropped = 0
         self.lines_max = lines_max
@@ -23,6 +27,8 @@ class _ListHandler(logging.Handler):
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread_id:
+            return
         if len(self.lines) >= self.lines_max:
             self.dropped += 1
             return

@@ -233,6 +233,7 @@ class JobCore:
         self._seq = 0
         self.backups_pending: deque[Instance] = deque()
         self.bad_nodes: set[str] = set()  # blacklisted for this job
+        self.gone_nodes: set[str] = set()  # died while the job ran
         self.node_failures: dict[str, dict[str, int]] = {}
         self.worker_start_failures = 0
         self._next_worker = 0
@@ -318,13 +319,14 @@ class JobCore:
 
     def slots_granted(self, shape_key: str, shape: dict[str, float], node_id: str, n: int,
                       now: float) -> list[Any]:
-        acts: list[Any] = []
-        for _ in range(n):
-            acts.append(self._new_worker(node_id, shape_key, shape))
-        return acts
+        if self.done():
+            return [ReleaseSlot(shape_key, node_id) for _ in range(n)]
+        return [self._new_worker(node_id, shape_key, shape) for _ in range(n)]
 
     def worker_started(self, worker_id: str, now: float) -> list[Any]:
-        w = self.workers[worker_id]
+        w = self.workers.get(worker_id)
+        if w is None or w.dead or self.done():
+            return []
         w.started = True
         w.idle_since = now
         if self.state is J.PENDING:
@@ -332,9 +334,17 @@ class JobCore:
             self.started_at = now
         return self._dispatch(now)
 
-    def worker_start_failed(self, worker_id: str, error: str, now: float) -> list[Any]:
-        w = self.workers[worker_id]
+    def worker_start_failed(self, worker_id: str, error: str, now: float,
+                            node_alive: bool = True) -> list[Any]:
+        """A worker did not come up. A start on a node that has since died is not counted
+        against ``worker_start_failures_max``: FuxiMaster grants the slot elsewhere."""
+        w = self.workers.get(worker_id)
+        if w is None or w.dead or self.done():
+            return []
         w.dead = True
+        if not node_alive:
+            self.gone_nodes.add(w.node_id)
+            return [ReleaseSlot(w.shape_key, w.node_id)]
         self.worker_start_failures += 1
         acts: list[Any] = [ReleaseSlot(w.shape_key, w.node_id)]
         if self.worker_start_failures > self.limits.worker_start_failures_max:
@@ -365,17 +375,28 @@ class JobCore:
             acts += self._dispatch(now)
         return acts
 
-    def worker_died(self, worker_id: str, error: str, now: float) -> list[Any]:
-        """The worker process is gone (crashed, killed, or its node died)."""
+    def worker_died(self, worker_id: str, error: str, now: float, node_alive: bool = True,
+                    blame: bool = True) -> list[Any]:
+        """The worker process is gone (crashed, killed, or its node died). ``blame=False`` when
+        the JobMaster killed it itself (an attempt would not stop): its running attempt is then
+        requeued without being charged a retry. A worker on a dead node is not replaced there."""
         w = self.workers.get(worker_id)
-        if w is None or w.dead:
+        if w is None or w.dead or self.done():
             return []
         acts: list[Any] = []
         w.dead = True
+        if not node_alive:
+            self.gone_nodes.add(w.node_id)
         for key in list(w.queue):
             a = self.attempts[key]
             inst = self.instances[key[0]][key[1]]
-            if a.state is A.RUNNING:
+            if a.state is A.RUNNING and not blame:
+                move(a, A.KILLED, f"worker {worker_id} was stopped: {error}")
+                a.ended_at = now
+                if a.key in w.queue:
+                    w.queue.remove(a.key)
+                acts += self._after_attempt_end(inst, now)
+            elif a.state is A.RUNNING:
                 acts += self._attempt_failed(a, inst, f"worker {worker_id} died: {error}", now,
                                              charge_worker=True)
             elif a.state is A.QUEUED:
@@ -386,8 +407,8 @@ class JobCore:
         w.queue.clear()
         if self.done():
             return acts
-        # Replace the worker on the same slot unless its node is blacklisted.
-        if w.node_id in self.bad_nodes:
+        # Replace the worker on the same slot unless its node is blacklisted or gone.
+        if w.node_id in self.bad_nodes or w.node_id in self.gone_nodes:
             acts.append(ReleaseSlot(w.shape_key, w.node_id))
         else:
             acts.append(self._new_worker(w.node_id, w.shape_key, w.shape))
@@ -531,6 +552,12 @@ class JobCore:
                 self.remaining[e.producer] == 0 for e in t.upstream
             ):
                 self._make_ready(name, now)
+        # Shuffle data of a producer whose consumers have all finished is no longer needed:
+        # drop the references so Ray can free it (nothing will retry those consumers now).
+        for e in self.tasks[task].upstream:
+            if all(self.remaining[d.consumer] == 0 for d in self.tasks[e.producer].downstream):
+                for up in self.instances[e.producer]:
+                    up.outputs = {}
         if all(n == 0 for n in self.remaining.values()):
             acts += self._end(now, J.SUCCEEDED, "")
         return acts

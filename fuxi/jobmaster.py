@@ -30,22 +30,26 @@ TICK_S = 0.02  # how often the loop wakes without news
 EXCHANGE_WAIT_S = 0.1  # a busy worker reports at least this often
 HEARTBEAT_S = 0.25  # demand/grant sync with FuxiMaster at least this often
 WORKER_START_TIMEOUT_S = 120.0  # a worker that is not up by then counts as failed to start
-MASTER_CALL_TIMEOUT_S = 30.0
+MASTER_CALL_TIMEOUT_S = 30.0  # a sync with FuxiMaster unanswered this long is sent again
+WORKER_REPLY_TIMEOUT_S = 60.0  # an exchange or take unanswered this long (beyond its own wait)
+#                                means the worker is wedged: it is killed and counted dead
 JOB_LOG_BYTES_MAX = 64 * 1024**2  # log lines kept per job on disk
 STOPPING_POLL_S = 1.0  # how often an otherwise idle worker that is stopping an attempt is asked
 SPARES_PER_NODE = 1  # warm workers kept per node once a job starts replacing workers
 
 
 class _Slot:
-    __slots__ = ("handle", "exchange", "take", "start_ref", "start_deadline", "outbox", "front", "skip",
-                 "stopping", "polled_at")
+    __slots__ = ("handle", "exchange", "exchange_at", "take", "start_ref", "start_deadline",
+                 "outbox", "front", "skip", "stopping", "polled_at", "retiring")
 
     def __init__(self, handle, start_ref, deadline):
         self.handle = handle
         self.start_ref = start_ref
         self.start_deadline = deadline
         self.exchange = None  # the in-flight exchange call, if any
-        self.take: dict = {}  # pending take_outputs: ack ref -> (result dict, refs)
+        self.exchange_at = 0.0
+        self.take: dict = {}  # pending take_outputs: ack ref -> (result dict, refs, sent at)
+        self.retiring: str | None = None  # why it will be killed once its takes are in
         self.outbox: list = []
         self.front: list = []  # attempts that jump the worker's queue (backups)
         self.skip: list = []
@@ -74,6 +78,9 @@ class JobMaster:
         self.spares: dict[str, list] = {}  # node -> [(handle, ping ref)], warm, unassigned
         self.spare_nodes: set[str] = set()  # nodes where this job keeps spares
         self._warm_started: list[str] = []  # workers taken from spares, to report as started
+        self._commit_errors: list[str] = []
+        self._last_tick = 0.0
+        self._nodes_alive: tuple[float, set] = (0.0, set())
         self._finalized: dict | None = None
 
     # ------------------------------------------------------------ public calls
@@ -99,6 +106,9 @@ class JobMaster:
             logger.exception("job master loop crashed")
             if not self.core.done():
                 self._apply(self.core._fail(time.time(), f"job master error: {e!r}"))
+            elif self._finalized is None:  # ended, but its output was never finalized
+                self._finalized = {"state": JobState.FAILED.value,
+                                   "report": f"job master error while finishing: {e!r}"}
         finally:
             for wid in list(self.slots):
                 self._kill(wid)
@@ -127,8 +137,10 @@ class JobMaster:
                 if ready and len(refs) > 1:
                     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
             self._drain(set(ready), time.time())
-            if not self.core.done():
-                self._apply(self.core.tick(time.time()))
+            now = time.time()
+            if not self.core.done() and now - self._last_tick >= TICK_S:
+                self._last_tick = now
+                self._apply(self.core.tick(now))
                 self._keep_spares()
             self._flush()
             await asyncio.sleep(0 if refs else TICK_S)
@@ -146,90 +158,128 @@ class JobMaster:
         return refs
 
     def _drain(self, ready_set: set, now: float) -> None:
-        """Process every completed call."""
-        if self.sync_ref is not None and self.sync_ref in ready_set:
-            self._finish_sync()
+        """Process every completed call, and give up on calls past their deadline."""
+        if self.sync_ref is not None:
+            if self.sync_ref in ready_set:
+                self._finish_sync()
+            elif now - self.last_sync > MASTER_CALL_TIMEOUT_S:
+                logger.warning("FuxiMaster did not answer sync within %ss; sending it again",
+                               MASTER_CALL_TIMEOUT_S)
+                self.sync_ref = None
+                self.releases.extend(self._sync_releases)
         for wid, s in list(self.slots.items()):
             if self.core.done():
                 return
+            if self.slots.get(wid) is not s:
+                continue  # killed earlier in this pass
             if s.start_ref is not None:
                 if s.start_ref in ready_set:
                     ref, s.start_ref = s.start_ref, None
                     try:
-                        ray.get(ref, timeout=MASTER_CALL_TIMEOUT_S)
+                        ray.get(ref, timeout=0)
                     except Exception as e:
                         self._start_failed(wid, f"{type(e).__name__}: {e}", now)
                         continue
-                    self._started(wid, s, now)
+                    self._apply(self.core.worker_started(wid, now))
                 elif now > s.start_deadline:
                     self._start_failed(wid, f"not started after {WORKER_START_TIMEOUT_S:g}s "
                                             f"(WORKER_START_TIMEOUT_S)", now)
                     continue
-            if s.exchange is not None and s.exchange in ready_set:
-                ref, s.exchange = s.exchange, None
-                try:
-                    reply = ray.get(ref, timeout=MASTER_CALL_TIMEOUT_S)
-                except Exception as e:
-                    self._died(wid, e, now)
+            # Taken outputs first: they belong to the JobMaster even if the worker is now gone.
+            for ack in list(s.take):
+                if ack in ready_set or now - s.take[ack][2] > WORKER_REPLY_TIMEOUT_S:
+                    self._took(wid, s, ack, ready=ack in ready_set)
+            if self.slots.get(wid) is not s:
+                continue
+            if s.exchange is not None:
+                if s.exchange in ready_set:
+                    ref, s.exchange = s.exchange, None
+                    try:
+                        reply = ray.get(ref, timeout=0)
+                    except Exception as e:
+                        self._died(wid, e, now)
+                        continue
+                    self._handle_reply(wid, s, reply, now)
+                elif now - s.exchange_at > EXCHANGE_WAIT_S + WORKER_REPLY_TIMEOUT_S:
+                    self._died(wid, TimeoutError(
+                        f"worker did not answer within {WORKER_REPLY_TIMEOUT_S:g}s "
+                        f"(WORKER_REPLY_TIMEOUT_S)"), now)
                     continue
-                self._handle_reply(wid, s, reply, now)
-            for ack in [r for r in s.take if r in ready_set]:
-                res, refs_ = s.take.pop(ack)
-                try:
-                    ray.get(ack, timeout=MASTER_CALL_TIMEOUT_S)
-                    outputs = dict(zip((tuple(p) for p in res["parts"]), refs_))
-                    result = jc.AttemptResult(key=tuple(res["key"]), ok=True,
-                                              duration_s=res["duration_s"], rows=res.get("rows", 0),
-                                              outputs=outputs, logs=tuple(res.get("logs", ())))
-                except Exception as e:
-                    result = jc.AttemptResult(key=tuple(res["key"]), ok=False,
-                                              duration_s=res["duration_s"], kind="lost_output",
-                                              error=f"output of a finished attempt was lost: {e!r}")
-                self._apply(self.core.worker_report(wid, [], [result], time.time()))
+            if s.retiring and not s.take and s.exchange is None:
+                self._died(wid, RuntimeError(s.retiring), now, blame=False)
+
+    def _took(self, wid: str, s: _Slot, ack, ready: bool) -> None:
+        res, refs, _ = s.take.pop(ack)
+        key = tuple(res["key"])
+        try:
+            if not ready:
+                raise TimeoutError(f"no answer within {WORKER_REPLY_TIMEOUT_S:g}s "
+                                   f"(WORKER_REPLY_TIMEOUT_S)")
+            ray.get(ack, timeout=0)
+            result = jc.AttemptResult(key=key, ok=True, duration_s=res["duration_s"],
+                                      rows=res.get("rows", 0),
+                                      outputs=dict(zip((tuple(p) for p in res["parts"]), refs)),
+                                      logs=tuple(res.get("logs", ())))
+        except Exception as e:
+            result = jc.AttemptResult(key=key, ok=False, duration_s=res["duration_s"],
+                                      kind="lost_output",
+                                      error=f"output of a finished attempt was lost: {e!r}")
+        self._apply(self.core.worker_report(wid, [], [result], time.time()))
 
     # ------------------------------------------------------------ worker events
 
-    def _started(self, wid: str, s: _Slot, now: float) -> None:
-        self._apply(self.core.worker_started(wid, now))
+    def _node_alive(self, node_id: str) -> bool:
+        at, alive = self._nodes_alive
+        if time.time() - at > 0.5:
+            try:
+                alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            except Exception:
+                return True  # cannot tell: assume alive, the start will fail if not
+            self._nodes_alive = (time.time(), alive)
+        return node_id in alive
 
     def _start_failed(self, wid: str, error: str, now: float) -> None:
         s = self.slots.pop(wid, None)
         if s is not None:
-            try:
-                ray.kill(s.handle, no_restart=True)
-            except Exception:
-                pass
-        self._apply(self.core.worker_start_failed(wid, error, now))
+            self._kill_handle(s.handle)
+        w = self.core.workers.get(wid)
+        alive = self._node_alive(w.node_id) if w is not None else True
+        self._apply(self.core.worker_start_failed(wid, error, now, node_alive=alive))
 
-    def _died(self, wid: str, error: Exception, now: float) -> None:
+    def _died(self, wid: str, error: Exception, now: float, blame: bool = True) -> None:
         s = self.slots.pop(wid, None)
         if s is not None:
-            try:
-                ray.kill(s.handle, no_restart=True)
-            except Exception:
-                pass
-        self._apply(self.core.worker_died(wid, f"{type(error).__name__}: {error}", now))
+            self._kill_handle(s.handle)
+        w = self.core.workers.get(wid)
+        alive = self._node_alive(w.node_id) if w is not None else True
+        if w is not None and alive:
+            self.spare_nodes.add(w.node_id)  # replacing workers here: keep one warm
+        self._apply(self.core.worker_died(wid, f"{type(error).__name__}: {error}", now,
+                                          node_alive=alive, blame=blame))
 
     def _handle_reply(self, wid: str, s: _Slot, reply: dict, now: float) -> None:
         s.stopping = reply.get("stopping", 0)
-        if reply.get("stuck"):
+        if reply.get("stuck") and not s.retiring:
             key, age = reply["stuck"][0]
-            for res in reply["finished"]:
-                self._write_logs(res)
-            self._died(wid, RuntimeError(
-                f"attempt {tuple(key)} did not stop {age:.0f}s after it was interrupted "
-                f"(STOP_GRACE_S); worker killed"), now)
-            return
+            # Kill it once the outputs it already finished are collected (see _drain); its
+            # other attempts are requeued without blame.
+            s.retiring = (f"attempt {tuple(key)} did not stop {age:.0f}s after it was "
+                          f"interrupted (STOP_GRACE_S); worker replaced")
         finished = []
         for res in reply["finished"]:
             self._write_logs(res)
+            key = tuple(res["key"])
             if res.get("ok") and res.get("parts"):
+                a = self.core.attempts.get(key)
+                if a is None or a.state.value in ("killed", "failed", "lost"):
+                    s.handle.drop_outputs.remote([key])  # a loser: nobody will read it
+                    continue
                 n = len(res["parts"])
-                refs = s.handle.take_outputs.options(num_returns=n + 1).remote(res["key"])
-                s.take[refs[0]] = (res, refs[1:])
+                refs = s.handle.take_outputs.options(num_returns=n + 1).remote(key)
+                s.take[refs[0]] = (res, refs[1:], now)
                 continue
             finished.append(jc.AttemptResult(
-                key=tuple(res["key"]), ok=bool(res.get("ok")), duration_s=res["duration_s"],
+                key=key, ok=bool(res.get("ok")), duration_s=res["duration_s"],
                 error=res.get("error", ""), rows=res.get("rows", 0), logs=tuple(res.get("logs", ())),
             ))
         started = [(tuple(k), el) for k, el in reply["running"]]
@@ -254,7 +304,11 @@ class JobMaster:
             elif isinstance(act, jc.ReleaseSlot):
                 self.releases.append((act.shape_key, act.node_id))
             elif isinstance(act, jc.Commit):
-                OutputLocation(act.output).commit(act.task, act.instance, act.attempt)
+                try:
+                    OutputLocation(act.output).commit(act.task, act.instance, act.attempt)
+                except Exception as e:  # the job must not report success without this part
+                    self._commit_errors.append(
+                        f"committing {act.task}[{act.instance}] attempt {act.attempt}: {e!r}")
             elif isinstance(act, jc.JobDone):
                 self._job_done(act)
         while self._warm_started and not self.core.done():
@@ -263,7 +317,7 @@ class JobMaster:
     def _flush(self) -> None:
         """Send pending pushes to every worker that has no exchange in flight."""
         for wid, s in self.slots.items():
-            if s.start_ref is not None:
+            if s.start_ref is not None or s.retiring:
                 continue
             if s.exchange is not None:
                 if s.front or s.skip:  # urgent: don't wait for the in-flight exchange
@@ -282,6 +336,7 @@ class JobMaster:
                 front, s.front = s.front, []
                 skip, s.skip = s.skip, []
                 s.exchange = s.handle.exchange.remote(push, skip, EXCHANGE_WAIT_S, front)
+                s.exchange_at = now
 
     def _worker_options(self, node_id: str, shape: dict[str, float]) -> dict[str, Any]:
         """Workers take their CPU and memory from FuxiMaster's ledger, not from Ray's counters
@@ -301,8 +356,7 @@ class JobMaster:
 
     def _start_worker(self, act: jc.StartWorker) -> None:
         plain = all(k in ("CPU", "memory") for k in act.shape)
-        if plain and self.core.state is JobState.RUNNING:
-            self.spare_nodes.add(act.node_id)  # replacing workers here: keep a spare warm
+        if plain and act.node_id in self.spare_nodes:
             handle = self._take_spare(act.node_id)
             if handle is not None:
                 self.slots[act.worker_id] = _Slot(handle, None, 0.0)
@@ -353,7 +407,10 @@ class JobMaster:
 
     def _job_done(self, act: jc.JobDone) -> None:
         extra: dict[str, Any] = {}
-        if act.state is JobState.SUCCEEDED:
+        if act.state is JobState.SUCCEEDED and self._commit_errors:
+            extra.update(state=JobState.FAILED.value,
+                         report="output commit failed:\n" + "\n".join(self._commit_errors[:20]))
+        elif act.state is JobState.SUCCEEDED:
             try:
                 summaries = {}
                 for t in self.core.plan.tasks:

@@ -38,6 +38,7 @@ JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
 JOBMASTER_CALL_TIMEOUT_S = 10.0
 LOG_LINES_MAX = 100_000  # lines returned by one logs() call
 REQUESTS_REMEMBERED_MAX = 10_000
+WORKERS_PER_NODE_MAX = 64  # worker slots granted on one node, all jobs together (~50 MB each)
 
 
 def _job_id(name: str) -> str:
@@ -46,8 +47,10 @@ def _job_id(name: str) -> str:
 
 @ray.remote(num_cpus=0, max_concurrency=256)
 class FuxiMaster:
-    def __init__(self, cluster: str, data_dir: str | None):
+    def __init__(self, cluster: str, data_dir: str | None, detached: bool = False):
         self.cluster = cluster
+        self.detached = detached  # JobMasters share the master's lifetime
+        self._watchers: set = set()
         self.data_dir = data_dir
         self.store = FileStore(os.path.join(data_dir, "state")) if data_dir else MemoryStore()
         self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
@@ -133,6 +136,13 @@ class FuxiMaster:
                 ))
         targets = slots.fair_targets(self.nodes, all_demands) if all_demands else {}
         free = self.ledger.free(self.nodes)
+        # A node with WORKERS_PER_NODE_MAX workers takes no more, whatever their shapes ask
+        # (a task with cpu: 0 would otherwise get a worker per instance).
+        workers_on = {n: 0 for n in self.nodes}
+        for did in self.ledger.to_dict()["grants"]:
+            for node, n in self.ledger.held(did).items():
+                workers_on[node] = workers_on.get(node, 0) + n
+        free = {n: f for n, f in free.items() if workers_on.get(n, 0) < WORKERS_PER_NODE_MAX}
         grants, my_targets = [], {}
         for sk, d in demands.items():
             did = f"{job_id}/{sk}"
@@ -144,6 +154,12 @@ class FuxiMaster:
                 continue
             placed = slots.place(free, d["shape"], want, held_on_node=held,
                                  avoid_nodes=set(avoid_nodes))
+            for node in list(placed):
+                room = WORKERS_PER_NODE_MAX - workers_on.get(node, 0)
+                placed[node] = min(placed[node], max(room, 0))
+                workers_on[node] = workers_on.get(node, 0) + placed[node]
+                if placed[node] == 0:
+                    del placed[node]
             demand = slots.Demand(did, job_id, priority, self.submit_seq.get(job_id, 0),
                                   d["shape"], int(d["wanted"]))
             for node, n in placed.items():
@@ -162,6 +178,7 @@ class FuxiMaster:
                            f"{JOBS_RUNNING_MAX}; wait for some to finish")
         from fuxi.jobmaster import JobMaster
 
+        self._check_fits(plan)
         job_id = _job_id(plan.name)
         self.seq += 1
         self.submit_seq[job_id] = self.seq
@@ -172,31 +189,53 @@ class FuxiMaster:
             "job_id": job_id, "name": plan.name, "state": "pending", "submitted_at": now,
             "started_at": None, "finished_at": None, "output": plan.output, "tasks": {},
         })
+        # JobMasters live next to FuxiMaster (the head in a `fuxi up` cluster): both are control
+        # plane, and a worker node going away must not take a job's master with it.
+        opts = {"lifetime": "detached"} if self.detached else {}
         jm = JobMaster.options(
             name=f"jobmaster-{job_id}",
-            lifetime="detached",
-            scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=True),
+            **opts,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False),
         ).remote(job_id, plan, ray.get_runtime_context().current_actor,
                  os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path)
         self.jobmasters[job_id] = jm
         self.runs[job_id] = jm.run.remote()
-        asyncio.get_event_loop().create_task(self._watch(job_id))
+        watcher = asyncio.get_event_loop().create_task(self._watch(job_id))
+        self._watchers.add(watcher)  # asyncio keeps only weak references to tasks
+        watcher.add_done_callback(self._watchers.discard)
         self.requests[request_id] = job_id
         if len(self.requests) > REQUESTS_REMEMBERED_MAX:
             self.requests.pop(next(iter(self.requests)))
         return job_id
 
+    def _check_fits(self, plan: JobPlan) -> None:
+        """Refuse a job with a task whose resources no node has: it would wait forever."""
+        self._refresh_nodes(force=True)
+        for t in plan.tasks:
+            if not any(slots.fits(total, t.shape) for total in self.nodes.values()):
+                biggest = max(self.nodes.values(), key=lambda r: r.get("CPU", 0), default={})
+                raise BadInput(
+                    f"task {t.name!r} asks for {t.shape} per instance, which no node of cluster "
+                    f"{self.cluster!r} has (largest node: {biggest}); lower `resources` or add "
+                    f"a bigger node")
+
     async def _watch(self, job_id: str) -> None:
         """Wait for a JobMaster to finish; record its final status and free its slots."""
         ref = self.runs[job_id]
         try:
-            status = await ref
-        except Exception as e:
-            status = self.store.get(f"/jobs/{job_id}/status") or {"job_id": job_id}
-            status.update(state=JobState.FAILED.value, finished_at=time.time(),
-                          report=f"job master died: {type(e).__name__}: {e}")
-        self.store.put(f"/jobs/{job_id}/status", status)
-        self._forget(job_id)
+            try:
+                status = await ref
+            except Exception as e:
+                status = self.store.get(f"/jobs/{job_id}/status") or {"job_id": job_id}
+                if status.get("state") in {s.value for s in TERMINAL_JOB}:
+                    return  # already recorded (e.g. cancelled by `fuxi down`)
+                status.update(state=JobState.FAILED.value, finished_at=time.time(),
+                              report=f"job master died: {type(e).__name__}: {e}")
+            self.store.put(f"/jobs/{job_id}/status", status)
+        except Exception:
+            logger.exception("recording the end of job %s failed", job_id)
+        finally:
+            self._forget(job_id)
 
     def _forget(self, job_id: str) -> None:
         jm = self.jobmasters.pop(job_id, None)
@@ -257,9 +296,11 @@ class FuxiMaster:
         if ref is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(ref), timeout_s)
+            except asyncio.TimeoutError:
+                return await self.status(job_id)
             except Exception:
-                pass
-            for _ in range(50):  # let _watch store the final record
+                pass  # the JobMaster died; _watch records that
+            for _ in range(50):  # the job ended: give _watch a moment to store the record
                 if job_id not in self.jobmasters:
                     break
                 await asyncio.sleep(0.01)

@@ -66,6 +66,8 @@ class ClusterRecord:
     head_pid: int | None = None  # set when `fuxi up` started the Ray head itself
     token_path: str | None = None
     temp_dir: str | None = None
+    boot_id: str | None = None  # with head_started, proves head_pid is still our head
+    head_started: int | None = None  # the head's start time in clock ticks since boot
 
     @classmethod
     def load(cls, cluster: str) -> "ClusterRecord | None":
@@ -101,25 +103,52 @@ def _port_open(address: str) -> bool:
         return False
 
 
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def head_is_ours(rec: ClusterRecord) -> bool:
+    """True only if ``rec.head_pid`` is still the very process `fuxi up` started: same boot,
+    same start time. After a reboot or PID reuse it is someone else's, and must not be touched."""
+    if not rec.head_pid or rec.boot_id is None or rec.head_started is None:
+        return False
+    return _boot_id() == rec.boot_id and _start_ticks(rec.head_pid) == rec.head_started
+
+
 def find_cluster(cluster: str) -> ClusterRecord | None:
-    """The running cluster's record, or None. A stale record (head gone) is removed."""
+    """The running cluster's record, or None when no cluster is recorded. A record of a head we
+    started that is gone is removed. A recorded external cluster that cannot be reached is an
+    error: silently running on the embedded default instead would surprise its user."""
     rec = ClusterRecord.load(cluster)
     if rec is None:
         return None
-    if rec.head_pid is not None and not session_pids(rec.head_pid):
-        rec.remove()
-        return None
+    if rec.head_pid is not None:
+        if not head_is_ours(rec) or not session_pids(rec.head_pid):
+            rec.remove()
+            return None
+        return rec if _port_open(rec.address) else None
     if not _port_open(rec.address):
-        if rec.head_pid is None:
-            return None  # an external cluster that is down right now: keep the record
-        rec.remove()
-        return None
+        raise ClusterError(f"cluster {cluster!r} is recorded at {rec.address} but cannot be "
+                           f"reached; start it again, or forget it with `fuxi down -c {cluster}`")
     return rec
 
 
 def _set_auth_mode(token_path: str | None) -> None:
-    """Make this process speak the cluster's auth: a token file of our own, or none for a private
-    in-process cluster. Ray reads the mode when it is imported, so refresh its cached config."""
+    """Make this process speak the cluster's auth: a token file of our own, or none (an external
+    cluster without auth). Ray reads the mode when it is imported, so refresh its cached config."""
     if token_path:
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN_PATH"] = token_path
@@ -154,7 +183,7 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool):
     opts = {"name": MASTER_NAME, "namespace": namespace(cluster), "get_if_exists": True}
     if detached:
         opts["lifetime"] = "detached"
-    master = FuxiMaster.options(**opts).remote(cluster, data_dir)
+    master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached)
     ray.get(master.cluster_info.remote(), timeout=ACTOR_READY_TIMEOUT_S)
     return master
 
@@ -186,20 +215,28 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
                "--disable-usage-stats"]
         if num_cpus is not None:
             cmd.append(f"--num-cpus={num_cpus}")
-        log = open(os.path.join(data_dir, "head.log"), "ab")
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(os.path.join(data_dir, "head.log"), "ab") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         rec.address = f"127.0.0.1:{port}"
         rec.head_pid = proc.pid
         rec.token_path = token_path
         rec.temp_dir = temp_dir
+        rec.boot_id = _boot_id()
+        rec.head_started = _start_ticks(proc.pid)
+        rec.save()  # at once: an interrupted `fuxi up` can still be undone by `fuxi down`
         deadline = time.time() + HEAD_START_TIMEOUT_S
-        while not _port_open(rec.address):
-            if proc.poll() is not None or time.time() > deadline:
-                _stop_head(rec)
-                raise ClusterError(f"the Ray head did not start within {HEAD_START_TIMEOUT_S:g}s "
-                                   f"(HEAD_START_TIMEOUT_S); see {data_dir}/head.log")
-            time.sleep(0.2)
+        try:
+            while not _port_open(rec.address):
+                if proc.poll() is not None or time.time() > deadline:
+                    raise ClusterError(f"the Ray head did not start within "
+                                       f"{HEAD_START_TIMEOUT_S:g}s (HEAD_START_TIMEOUT_S); "
+                                       f"see {data_dir}/head.log")
+                time.sleep(0.2)
+        except BaseException:
+            _stop_head(rec)
+            rec.remove()
+            raise
     else:
         rec.address = address
         rec.token_path = auth_token_path or os.environ.get("RAY_AUTH_TOKEN_PATH")
@@ -207,8 +244,10 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
     try:
         with connect(cluster, embedded_ok=False) as conn:
             conn.master  # noqa: B018 - created on connect
-    except Exception:
-        down(cluster)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            down(cluster)
+        rec.remove()
         raise
     return rec
 
@@ -242,7 +281,7 @@ def _stop_head(rec: ClusterRecord) -> None:
     """Stop the head we started and everything in its session: SIGTERM first, SIGKILL for what
     is left after HEAD_STOP_TIMEOUT_S. Never touches processes outside that session."""
     sid = rec.head_pid
-    if not sid:
+    if not sid or not head_is_ours(rec):
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in session_pids(sid):
@@ -251,7 +290,7 @@ def _stop_head(rec: ClusterRecord) -> None:
         deadline = time.time() + (HEAD_STOP_TIMEOUT_S if sig == signal.SIGTERM else 10.0)
         while session_pids(sid) and time.time() < deadline:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(-1, os.WNOHANG)
+                os.waitpid(sid, os.WNOHANG)  # reap it if `fuxi up` (we) started it
             time.sleep(0.1)
         if not session_pids(sid):
             break
@@ -264,6 +303,9 @@ def down(cluster: str = "default") -> dict:
     if rec is None:
         raise NoCluster(f"no cluster {cluster!r} is recorded under {cluster_dir(cluster)}")
     stopped_jobs = 0
+    if rec.head_pid is not None and not head_is_ours(rec):
+        rec.remove()  # the head is long gone (reboot, PID reused): nothing of ours to stop
+        return {"cluster": cluster, "stopped_jobs": 0, "stopped_head": False}
     if _port_open(rec.address):
         with contextlib.suppress(Exception):
             with connect(cluster, embedded_ok=False) as conn:
@@ -303,8 +345,15 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
     if rec is None:
         if not embedded_ok:
             raise NoCluster(f"no running cluster {cluster!r}; start one with `fuxi up`")
-        temp_dir = ray_temp_dir(cluster, "embedded")
-        _set_auth_mode(None)  # a private, in-process cluster that only this process uses
+        # Each embedded run gets its own temp dir (two `fuxi submit` at once must not share a
+        # session) and a throwaway token, so its head is not open to anyone on the network.
+        temp_dir = ray_temp_dir(cluster, f"embedded-{os.getpid()}")
+        os.makedirs(temp_dir, exist_ok=True)
+        token_path = os.path.join(temp_dir, "auth_token")
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        _set_auth_mode(token_path)
         _ray_init(address="local", namespace=namespace(cluster), include_dashboard=False,
                   _temp_dir=temp_dir, num_cpus=num_cpus)
         try:

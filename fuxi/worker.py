@@ -9,7 +9,11 @@ Attempts run on one executor thread; the actor's asyncio loop stays free to answ
 running attempt (it lost to a backup, or timed out) the worker raises ``AttemptStopped`` in
 the executor thread (``PyThreadState_SetAsyncExc``: it fires at the next Python bytecode, so
 code blocked in C — a sleep, a long numpy call — stops when that call returns) and hands the
-queue to a fresh executor thread at once, so the worker keeps working. An attempt that has not
+queue to a fresh executor thread at once, so the worker keeps working. The exception is only
+ever raised while the thread is inside the user's ``fn`` (checked under ``_fn_lock``, a plain
+lock whose ``with`` cannot be split by it), never inside the worker's own bookkeeping, where it
+could leave a lock held. Like KeyboardInterrupt, it can still interrupt user code holding a
+Python-level lock of its own; a worker wedged that way is caught by the stuck check below. An attempt that has not
 stopped after ``STOP_GRACE_S`` is reported as stuck and the JobMaster kills the whole worker
 and replaces it — the same two-step shape as Spark's task reaper. Starting a worker costs
 ~0.5 CPU-seconds here, so interrupting is much cheaper than always killing.
@@ -46,6 +50,7 @@ EMIT_BYTES_MAX = 8 * 1024**3
 UPSTREAM_GET_TIMEOUT_S = 600.0
 QUEUE_MAX = 4096  # attempts queued on one worker (the JobMaster keeps far fewer)
 STOP_GRACE_S = 10.0  # a stopped attempt still running after this makes the worker "stuck"
+REPLY_RESULTS_MAX = 512  # finished results returned by one exchange (the rest wait for the next)
 
 
 class AttemptStopped(BaseException):
@@ -61,7 +66,7 @@ def _interrupt(thread: threading.Thread) -> None:
 @ray.remote(num_cpus=0)
 class WorkerActor:
     def __init__(self, job_id: str, worker_id: str, sys_path: list[str] | None = None):
-        for p in reversed(sys_path or []):
+        for p in sys_path or []:  # the submit directory, where the job's own modules live
             if p not in sys.path:
                 sys.path.insert(0, p)
         self.job_id = job_id
@@ -73,6 +78,8 @@ class WorkerActor:
         self._running: tuple | None = None  # (key, monotonic start, thread)
         self._generation = 0  # the executor thread of the current generation owns the queue
         self._stopping: dict[tuple, tuple] = {}  # key -> (thread, monotonic stop time)
+        self._fn_lock = threading.Lock()  # guards _in_fn; taken by the stopper to interrupt
+        self._in_fn: dict[int, tuple] = {}  # thread ident -> attempt key, while fn(ctx) runs
         self._outputs: dict[tuple, list] = {}
         self._fns: dict[str, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,7 +120,8 @@ class WorkerActor:
                 except asyncio.TimeoutError:
                     pass
         with self._cond:
-            finished, self._finished = self._finished, []
+            finished = self._finished[:REPLY_RESULTS_MAX]
+            del self._finished[:REPLY_RESULTS_MAX]
             running = []
             if self._running is not None:
                 key, t0, _ = self._running
@@ -134,7 +142,9 @@ class WorkerActor:
             self._stopping[key] = (thread, time.monotonic())
             self._running = None
             self._generation += 1
-            _interrupt(thread)
+            with self._fn_lock:
+                if self._in_fn.get(thread.ident) == key:
+                    _interrupt(thread)
             self._start_executor()
         else:
             self._skip.add(key)
@@ -159,6 +169,7 @@ class WorkerActor:
         return (True, *tables)
 
     def drop_outputs(self, keys: list) -> int:
+        """Forget outputs nobody will take (the attempt lost its race)."""
         with self._cond:
             return sum(1 for k in keys if self._outputs.pop(tuple(k), None) is not None)
 
@@ -204,7 +215,14 @@ class WorkerActor:
             if fn is None:
                 fn = self._fns[spec.fn] = resolve_fn(spec.fn)
             ctx = TaskContext(spec, self._get_upstream, self._log, EMIT_BYTES_MAX)
-            returned = fn(ctx)
+            me = threading.get_ident()
+            with self._fn_lock:
+                self._in_fn[me] = spec.key
+            try:
+                returned = fn(ctx)
+            finally:
+                with self._fn_lock:
+                    self._in_fn.pop(me, None)
             if returned is not None:
                 ctx.emit(returned)
             table = ctx._output()
