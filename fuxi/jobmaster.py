@@ -31,6 +31,7 @@ EXCHANGE_WAIT_S = 0.1  # a busy worker reports at least this often
 HEARTBEAT_S = 0.25  # demand/grant sync with FuxiMaster at least this often
 WORKER_START_TIMEOUT_S = 120.0  # a worker that is not up by then counts as failed to start
 MASTER_CALL_TIMEOUT_S = 30.0  # a sync with FuxiMaster unanswered this long is sent again
+MASTER_LOST_S = 120.0  # no successful sync for this long: FuxiMaster is gone, fail the job
 WORKER_REPLY_TIMEOUT_S = 60.0  # an exchange or take unanswered this long (beyond its own wait)
 #                                means the worker is wedged: it is killed and counted dead
 JOB_LOG_BYTES_MAX = 64 * 1024**2  # log lines kept per job on disk
@@ -68,6 +69,7 @@ class JobMaster:
         self.slots: dict[str, _Slot] = {}
         self.releases: list[tuple[str, str]] = []
         self.last_sync = 0.0
+        self.last_sync_ok = time.time()
         self.sync_ref = None
         self.log_path = log_path
         self.log_bytes = 0
@@ -125,6 +127,11 @@ class JobMaster:
             now = time.time()
             if self._cancel_reason is not None:
                 self._apply(self.core.cancel(now, self._cancel_reason))
+                break
+            if now - self.last_sync_ok > MASTER_LOST_S:
+                # Its FuxiMaster is gone (an orphan would hold workers nobody accounts for).
+                self._apply(self.core._fail(now, f"FuxiMaster unreachable for {MASTER_LOST_S:g}s "
+                                                 f"(MASTER_LOST_S); job abandoned"))
                 break
             if self.sync_ref is None and (self.releases or now - self.last_sync >= HEARTBEAT_S):
                 self._start_sync()
@@ -441,6 +448,7 @@ class JobMaster:
             self.releases.extend(self._sync_releases)  # try again next heartbeat
             return
         now = time.time()
+        self.last_sync_ok = now
         for g in reply.get("grants", []):
             self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))
         for sk, target in reply.get("targets", {}).items():

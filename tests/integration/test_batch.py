@@ -212,3 +212,20 @@ def test_two_jobs_at_once_share_the_cluster(client, tmp_path):
     # Both made progress at the same time: neither waited for the other to finish.
     assert l0 < r1 and r0 < l1
 
+
+
+def test_task_that_fits_no_node_is_refused_at_submit(client):
+    from fuxi.errors import BadInput
+
+    spec = {"name": "huge", "tasks": {"t": {"fn": f"{FNS}:noop", "instances": 1,
+                                            "resources": {"cpu": 64}}}}
+    with pytest.raises(BadInput, match="no node of cluster"):
+        client.submit(spec)
+
+
+def test_many_instances_use_few_ray_calls_and_all_succeed(job):
+    spec = {"name": "many", "speculation": {"enabled": False},
+            "tasks": {"t": {"fn": f"{FNS}:noop", "instances": 3000}}}
+    st = job(spec)
+    assert st["state"] == "succeeded"
+    assert st["tasks"]["t"]["succeeded"] == 3000 and st["tasks"]["t"]["attempts"] == 3000

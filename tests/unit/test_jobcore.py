@@ -236,6 +236,36 @@ def test_worker_death_running_attempt_retried_queued_ones_requeued_uncharged():
     assert pushed(core.tick(1.41)) == [(w2, ("a", 1, 1))]
 
 
+def test_worker_we_killed_requeues_its_running_attempt_without_blame():
+    core = JobCore("j", job(task("a", 2, max_retries=0)), now=0.0)
+    (w1, w2), _ = up(core, ["n1", "n2"])
+    run(core, w1, ("a", 0, 0), 1.0)
+    # The JobMaster killed w1 itself (another attempt on it would not stop): not the attempt's
+    # fault, so even with max_retries=0 the instance runs again and the job goes on.
+    acts = core.worker_died(w1, "attempt would not stop", 1.1, blame=False)
+    assert not of(acts, JobDone)
+    inst = core.instances["a"][0]
+    assert inst.failures == 0 and inst.attempts[0].state is AttemptState.KILLED
+    assert inst.state is InstanceState.READY
+    assert core.workers[w1].failures == 0  # no blacklisting credit either
+
+
+def test_worker_on_a_dead_node_is_not_replaced_there():
+    core = JobCore("j", job(task("a", 2, max_retries=2)), now=0.0)
+    (w1, w2), _ = up(core, ["n1", "n2"])
+    acts = core.worker_died(w1, "node died", 1.0, node_alive=False)
+    assert not of(acts, StartWorker), "a replacement pinned to a dead node can never start"
+    assert [(r.node_id, r.shape_key) for r in of(acts, ReleaseSlot)] == [("n1", SK)]
+    # A start that fails because its node died does not count towards giving up on the job.
+    (sw,) = core.slots_granted(SK, CPU1, "n3", 1, 1.1)
+    for _ in range(core.limits.worker_start_failures_max + 2):
+        (sw,) = [a for a in core.slots_granted(SK, CPU1, "n3", 1, 1.2)]
+        acts = core.worker_start_failed(sw.worker_id, "ActorUnschedulableError", 1.2,
+                                        node_alive=False)
+        assert not of(acts, JobDone)
+    assert core.state is JobState.RUNNING
+
+
 def test_death_of_an_unknown_or_already_dead_worker_is_ignored():
     core = JobCore("j", job(task("a", 1)), now=0.0)
     (w1,), _ = up(core, ["n1"])
