@@ -13,13 +13,19 @@ def up(
     address: Optional[str] = typer.Option(None, "--address", help="Deploy onto this existing Ray cluster (host:port) instead of starting one."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs the local head offers (default: all)."),
     auth_token_path: Optional[str] = typer.Option(None, "--auth-token-path", help="Ray auth token file of the cluster given by --address."),
+    nuwa_replicas: int = typer.Option(3, "--nuwa-replicas", help="Nuwa replica group size: 1, 3 or 5 (0: no Nuwa)."),
     cluster: str = ClusterOpt,
 ) -> None:
     """Start a persistent local cluster (or deploy onto an existing Ray cluster)."""
     from fuxi import runtime
 
     try:
-        rec = runtime.up(cluster, address=address, num_cpus=num_cpus, auth_token_path=auth_token_path)
+        if nuwa_replicas not in (0, 1, 3, 5):
+            from fuxi.errors import BadInput
+
+            raise BadInput(f"--nuwa-replicas {nuwa_replicas}: expected 0, 1, 3 or 5")
+        rec = runtime.up(cluster, address=address, num_cpus=num_cpus,
+                         auth_token_path=auth_token_path, nuwa_replicas=nuwa_replicas)
     except Exception as e:
         handle(e)
     typer.echo(f"cluster {cluster!r} is up at {rec.address} (data in {rec.data_dir})")
@@ -51,7 +57,8 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
             with runtime.connect(cluster, embedded_ok=False) as conn:
                 info = ray.get(conn.master.cluster_info.remote(), timeout=runtime.CONNECT_TIMEOUT_S)
             info.update(address=rec.address, running=True, data_dir=rec.data_dir,
-                        namespace=rec.namespace, fuxi_master="FuxiMaster")
+                        namespace=rec.namespace, fuxi_master="FuxiMaster",
+                        nuwa=[f"{h}:{p}" for h, p in (rec.nuwa or [])])
     except Exception as e:
         handle(e)
     if as_json:

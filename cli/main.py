@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import cluster, job, submit
+from cli import cluster, job, nuwa, submit
 
 app = typer.Typer(
     name="fuxi",
@@ -18,6 +18,7 @@ app.command("up")(cluster.up)
 app.command("down")(cluster.down)
 app.command("status")(cluster.status)
 app.add_typer(job.app, name="job", help="List, inspect, cancel jobs and read their logs.")
+app.add_typer(nuwa.app, name="nuwa", help="The Nuwa coordination service: ls, get, put, rm, stat, watch.")
 
 
 def main() -> None:

@@ -47,12 +47,23 @@ def _job_id(name: str) -> str:
 
 @ray.remote(num_cpus=0, max_concurrency=256)
 class FuxiMaster:
-    def __init__(self, cluster: str, data_dir: str | None, detached: bool = False):
+    def __init__(self, cluster: str, data_dir: str | None, detached: bool = False,
+                 nuwa: list | None = None):
         self.cluster = cluster
         self.detached = detached  # JobMasters share the master's lifetime
         self._watchers: set = set()
         self.data_dir = data_dir
-        self.store = FileStore(os.path.join(data_dir, "state")) if data_dir else MemoryStore()
+        self.nuwa = nuwa
+        if nuwa:  # a `fuxi up` cluster: hard state is replicated in Nuwa
+            from nuwa.client import connect as nuwa_connect
+
+            from fuxi.store import NuwaStore
+
+            self.store = NuwaStore(nuwa_connect([tuple(a) for a in nuwa], creator="fuxi-master"))
+        elif data_dir:
+            self.store = FileStore(os.path.join(data_dir, "state"))
+        else:
+            self.store = MemoryStore()
         self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -110,6 +121,8 @@ class FuxiMaster:
             ],
             "jobs_running": running,
             "master_node_id": self.node_id,
+            "nuwa": self.nuwa,
+            "store": type(self.store).__name__,
             "started_at": self.started_at,
         }
 

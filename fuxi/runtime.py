@@ -67,6 +67,8 @@ class ClusterRecord:
     token_path: str | None = None
     temp_dir: str | None = None
     boot_id: str | None = None  # with head_started, proves head_pid is still our head
+    nuwa: list | None = None  # [host, port] of each Nuwa replica
+    nuwa_replicas: int = 0
     head_started: int | None = None  # the head's start time in clock ticks since boot
 
     @classmethod
@@ -175,7 +177,7 @@ def _ray_init(**kwargs) -> None:
     ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
 
 
-def _start_master(cluster: str, data_dir: str | None, detached: bool):
+def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None):
     import ray
 
     from fuxi.master import FuxiMaster
@@ -183,13 +185,13 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool):
     opts = {"name": MASTER_NAME, "namespace": namespace(cluster), "get_if_exists": True}
     if detached:
         opts["lifetime"] = "detached"
-    master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached)
+    master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa)
     ray.get(master.cluster_info.remote(), timeout=ACTOR_READY_TIMEOUT_S)
     return master
 
 
 def up(cluster: str = "default", address: str | None = None, num_cpus: int | None = None,
-       auth_token_path: str | None = None) -> ClusterRecord:
+       auth_token_path: str | None = None, nuwa_replicas: int = 3) -> ClusterRecord:
     """Start (or deploy onto) a persistent cluster and record it."""
     existing = find_cluster(cluster)
     if existing is not None:
@@ -240,8 +242,10 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
     else:
         rec.address = address
         rec.token_path = auth_token_path or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    rec.nuwa_replicas = nuwa_replicas
     rec.save()
     try:
+        _start_nuwa(rec)  # bootstrapping order: Nuwa first, then FuxiMaster keeps its state there
         with connect(cluster, embedded_ok=False) as conn:
             conn.master  # noqa: B018 - created on connect
     except BaseException:
@@ -250,6 +254,34 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
         rec.remove()
         raise
     return rec
+
+
+def _start_nuwa(rec: ClusterRecord) -> None:
+    """Start the cluster's Nuwa group (replicas recover their state from an earlier `fuxi up`)."""
+    import ray
+
+    from nuwa.group import start_group
+
+    if not rec.nuwa_replicas:
+        return
+    _set_auth_mode(rec.token_path)
+    _ray_init(address=rec.address, namespace=rec.namespace)
+    try:
+        group = start_group(rec.nuwa_replicas, rec.data_dir, rec.namespace)
+        rec.nuwa = [list(a) for a in group.client_addresses()]
+        rec.save()
+    finally:
+        ray.shutdown()
+
+
+def _stop_nuwa(rec: ClusterRecord) -> None:
+    import ray
+
+    for rid in range(1, (rec.nuwa_replicas or 0) + 1):
+        try:
+            ray.kill(ray.get_actor(f"nuwa-{rid}", namespace=rec.namespace), no_restart=True)
+        except (ValueError, Exception):
+            pass
 
 
 def _free_port() -> int:
@@ -313,6 +345,7 @@ def down(cluster: str = "default") -> dict:
 
                 stopped_jobs = ray.get(conn.master.shutdown_jobs.remote(), timeout=CONNECT_TIMEOUT_S)
                 ray.kill(conn.master, no_restart=True)
+                _stop_nuwa(rec)
     _stop_head(rec)
     rec.remove()
     return {"cluster": cluster, "stopped_jobs": stopped_jobs, "stopped_head": bool(rec.head_pid)}
@@ -373,7 +406,7 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
         try:
             master = ray.get_actor(MASTER_NAME, namespace=rec.namespace)
         except ValueError:
-            master = _start_master(cluster, rec.data_dir, detached=True)
+            master = _start_master(cluster, rec.data_dir, detached=True, nuwa=rec.nuwa)
         yield Connection(cluster, master, rec.address, embedded=False, data_dir=rec.data_dir)
     finally:
         ray.shutdown()

@@ -110,3 +110,68 @@ class FileStore:
                 if key.startswith(prefix):
                     out.append(key)
         return sorted(out)
+
+
+class NuwaStore:
+    """The StateStore on Nuwa: key ``/jobs/x/status`` lives at Nuwa path ``<root>/jobs/x/status``.
+
+    Used by a `fuxi up` cluster, so job specs and statuses survive a restart of the platform's
+    actors and are replicated. ``client`` is a blocking ``nuwa.client.Nuwa``."""
+
+    def __init__(self, client, root: str = "/fuxi") -> None:
+        self.client = client
+        self.root = root.rstrip("/")
+
+    def _path(self, key: str) -> str:
+        _check_key(key)
+        return self.root + key
+
+    def put(self, key: str, value: Any) -> None:
+        from nuwa.errors import NodeExists, NoNode
+
+        data = _encode(key, value)
+        path = self._path(key)
+        try:
+            self.client.set(path, data)
+        except NoNode:
+            try:
+                self.client.create(path, data, parents=True)
+            except NodeExists:  # created meanwhile by a retried call: set it
+                self.client.set(path, data)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        from nuwa.errors import NoNode
+
+        try:
+            value, _ = self.client.get(self._path(key))
+        except NoNode:
+            return default
+        return json.loads(value)
+
+    def delete(self, key: str) -> bool:
+        from nuwa.errors import NoNode
+
+        try:
+            self.client.delete(self._path(key))
+            return True
+        except NoNode:
+            return False
+
+    def list(self, prefix: str) -> list[str]:
+        from nuwa.errors import NoNode
+
+        start = prefix if prefix.endswith("/") else prefix.rsplit("/", 1)[0] + "/"
+        out: list[str] = []
+        stack = [start]
+        while stack:
+            d = stack.pop()
+            try:
+                children = self.client.list(self.root + d)
+            except NoNode:
+                continue
+            for c in children:
+                if c.endswith("/"):
+                    stack.append(d + c)
+                elif (d + c).startswith(prefix):
+                    out.append(d + c)
+        return sorted(out)

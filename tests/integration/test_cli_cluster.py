@@ -116,6 +116,21 @@ def test_up_submit_status_logs_down(tmp_path):
         listing = fuxi(home, "job", "list").stdout
         assert job_id in listing
         assert "read" in fuxi(home, "job", "logs", job_id, "--task", "map").stdout
+        # Nuwa from the shell, and the job's record kept in it.
+        assert len(info["nuwa"]) == 3
+        fuxi(home, "nuwa", "put", "/hello", "world")
+        assert fuxi(home, "nuwa", "get", "/hello").stdout == "world"
+        assert job_id + "/" in fuxi(home, "nuwa", "ls", "/fuxi/jobs/").stdout.split()
+        assert fuxi(home, "nuwa", "get", "/nope", check=False).returncode == 2
+        # Kill FuxiMaster: the next command starts a new one, which finds the job in Nuwa.
+        kill = (f"import ray; ray.init(address={rec['address']!r}, log_to_driver=False); "
+                f"ray.kill(ray.get_actor('FuxiMaster', namespace='fuxi-default'))")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=rec["token_path"])
+        subprocess.run([sys.executable, "-c", kill], check=True, timeout=CMD_TIMEOUT_S,
+                       capture_output=True, env=env)
+        again = json.loads(fuxi(home, "job", "status", job_id, "--json").stdout)
+        assert again["state"] == "succeeded" and again["job_id"] == job_id
     finally:
         fuxi(home, "down")
     assert not session_pids(rec["head_pid"]), "processes of the head's session survived fuxi down"

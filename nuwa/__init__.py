@@ -1,0 +1,1 @@
+"""Nuwa: the Raft-replicated coordination service (tree namespace, sessions, watches, locks, election)."""

@@ -1,0 +1,422 @@
+"""The Nuwa client: ``nuwa.connect(addresses)`` (blocking) or ``AsyncNuwa`` (asyncio).
+
+It talks to the leader over one TCP connection and follows leader changes: a ``NotLeader``
+answer carries the leader's address, and a broken connection makes the client try the other
+replicas. Every call has a timeout (``timeout_s``).
+
+Retry rules, in the Jepsen sense of ok / fail / info:
+
+* A request the server refused (``NotLeader``, or one that never reached it) is retried on
+  the next replica: it cannot have taken effect.
+* A *write* whose answer was lost (the connection dropped, the call timed out, the leader
+  changed mid-way) raises ``OutcomeUnknown``. It may or may not have happened, and the client
+  never retries it silently. Reads in that situation are simply retried.
+
+Watches resume where they left off: the client remembers the last revision it delivered and
+re-subscribes from there after a reconnect. It either misses nothing or raises ``Compacted``
+when the server no longer holds that history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import threading
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+import msgpack
+
+from nuwa import errors as E
+from nuwa.transport import frame, read_frame
+
+CALL_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 1.0
+RETRY_BACKOFF_S = 0.05
+WATCH_QUEUE_MAX = 100_000  # events buffered for one watch before the watch is failed
+SESSION_TTL_DEFAULT_S = 10.0
+
+
+class _Connection:
+    def __init__(self, reader, writer, on_watch, on_lost):
+        self.reader, self.writer = reader, writer
+        self.futures: dict[int, asyncio.Future] = {}
+        self.on_watch = on_watch
+        self.on_lost = on_lost
+        self.ids = itertools.count(1)
+        self.task = asyncio.get_running_loop().create_task(self._read())
+        self.closed = False
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                msg = msgpack.unpackb(await read_frame(self.reader), raw=False)
+                if "watch" in msg and "id" not in msg:
+                    self.on_watch(msg)
+                    continue
+                fut = self.futures.pop(msg.get("id"), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except Exception:
+            pass
+        finally:
+            self.closed = True
+            for fut in self.futures.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("connection to the replica was lost"))
+            self.futures.clear()
+            self.on_lost(self)
+
+    def request(self, req: dict) -> asyncio.Future:
+        rid = next(self.ids)
+        fut = asyncio.get_running_loop().create_future()
+        self.futures[rid] = fut
+        self.writer.write(frame(msgpack.packb({**req, "id": rid}, use_bin_type=True)))
+        return fut
+
+    def close(self) -> None:
+        self.closed = True
+        self.task.cancel()
+        self.writer.close()
+
+
+WATCH_RECONNECT_TIMEOUT_S = 60.0  # a watch whose replicas stay unreachable this long fails
+
+
+class AsyncNuwa:
+    def __init__(self, addresses: Sequence[tuple[str, int]], timeout_s: float = CALL_TIMEOUT_S,
+                 creator: str = "anonymous"):
+        if not addresses:
+            raise E.BadRequest("no Nuwa replica addresses given; expected host:port pairs")
+        self.addresses = [tuple(a) for a in addresses]
+        self.timeout_s = timeout_s
+        self.creator = creator
+        self.conn: _Connection | None = None
+        self.leader: tuple[str, int] | None = None
+        self._connecting = asyncio.Lock()
+        self._watches: dict[int, "_Watch"] = {}  # server watch id -> watch
+        self._session: Session | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _connect(self, deadline: float) -> _Connection:
+        async with self._connecting:
+            if self.conn is not None and not self.conn.closed:
+                return self.conn
+            order = ([self.leader] if self.leader else []) + [
+                a for a in random.sample(self.addresses, len(self.addresses)) if a != self.leader]
+            last: Exception | None = None
+            loop = asyncio.get_running_loop()
+            while loop.time() < deadline:
+                for host, port in order:
+                    try:
+                        r, w = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                      min(CONNECT_TIMEOUT_S, max(0.01, deadline - loop.time())))
+                        w.write(frame(b"C"))
+                        self.conn = _Connection(r, w, self._on_watch, self._on_lost)
+                        self.leader = (host, port)
+                        await self._resubscribe()
+                        return self.conn
+                    except (OSError, asyncio.TimeoutError) as e:
+                        last = e
+                await asyncio.sleep(RETRY_BACKOFF_S)
+            raise E.Unavailable(f"no Nuwa replica reachable at {self.addresses}: {last!r}")
+
+    async def _call(self, req: dict, write: bool) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while True:
+            conn = await self._connect(deadline)
+            if write:
+                await asyncio.sleep(0)  # let an EOF the kernel already delivered be noticed
+                if conn.closed or conn.reader.at_eof() or conn.writer.is_closing():
+                    self._drop(conn)  # dead before we sent anything: safe to go elsewhere
+                    continue
+            fut = conn.request(req)
+            try:
+                msg = await asyncio.wait_for(fut, max(0.01, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                if write:
+                    raise E.OutcomeUnknown(f"{req['op']} {req.get('cmd', {}).get('path', '')}: no "
+                                           f"answer within {self.timeout_s}s; it may or may not "
+                                           f"have happened") from None
+                raise E.Timeout(f"{req['op']}: no answer within {self.timeout_s}s") from None
+            except ConnectionError:
+                if write:
+                    raise E.OutcomeUnknown(f"{req['op']}: the connection was lost before the "
+                                           f"answer; it may or may not have happened") from None
+                self._drop(conn)
+                continue
+            if "error" in msg:
+                err = E.error_from_dict(msg["error"])
+                if isinstance(err, E.NotLeader):
+                    self._drop(conn)
+                    hint = getattr(err, "leader_hint", None)
+                    self.leader = tuple(hint) if hint else None
+                    if loop.time() >= deadline:
+                        raise E.Unavailable(f"{req['op']}: no leader within {self.timeout_s}s")
+                    if not hint:
+                        await asyncio.sleep(RETRY_BACKOFF_S)  # an election is under way
+                    continue
+                raise err
+            return msg["ok"]
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
+        if self.conn is conn:
+            self.conn = None
+
+    # ------------------------------------------------------------ namespace
+
+    async def create(self, path: str, value: bytes = b"", *, ephemeral: bool = False,
+                     sequential: bool = False, parents: bool = False) -> str:
+        session = (await self._ensure_session()).id if ephemeral else None
+        res = await self._call({"op": "create", "cmd": {
+            "op": "create", "path": path, "value": bytes(value), "creator": self.creator,
+            "ephemeral_session": session, "sequential": sequential, "parents": parents}}, True)
+        return res["path"]
+
+    async def get(self, path: str) -> tuple[bytes, dict]:
+        res = await self._call({"op": "get", "path": path}, False)
+        return res["value"], res["stat"]
+
+    async def set(self, path: str, value: bytes, version: int | None = None) -> dict:
+        res = await self._call({"op": "set", "cmd": {"op": "set", "path": path, "value": bytes(value),
+                                                     "expected_version": version}}, True)
+        return res.get("stat", res)
+
+    async def delete(self, path: str, version: int | None = None, recursive: bool = False) -> None:
+        await self._call({"op": "delete", "cmd": {"op": "delete", "path": path,
+                                                  "expected_version": version,
+                                                  "recursive": recursive}}, True)
+
+    async def list(self, path: str) -> list[str]:
+        return (await self._call({"op": "list", "path": path}, False))["children"]
+
+    async def stat(self, path: str) -> dict:
+        return (await self._call({"op": "stat", "path": path}, False))["stat"]
+
+    async def exists(self, path: str) -> bool:
+        return (await self._call({"op": "exists", "path": path}, False))["exists"]
+
+    async def txn(self, ops: list[dict]) -> dict:
+        for op in ops:
+            if op.get("op") == "create":
+                op.setdefault("creator", self.creator)
+        return await self._call({"op": "txn", "cmd": {"op": "txn", "ops": ops}}, True)
+
+    async def status(self) -> dict:
+        return await self._call({"op": "status"}, False)
+
+    # ------------------------------------------------------------ sessions
+
+    async def session(self, ttl_s: float = SESSION_TTL_DEFAULT_S) -> "Session":
+        res = await self._call({"op": "session_open", "cmd": {
+            "op": "session_open", "ttl_s": float(ttl_s), "owner": self.creator}}, True)
+        s = Session(self, res["session"], float(res["ttl_s"]))
+        s.start()
+        return s
+
+    async def _ensure_session(self) -> "Session":
+        if self._session is None or self._session.expired:
+            self._session = await self.session()
+        return self._session
+
+    # ------------------------------------------------------------ watches
+
+    async def watch(self, path: str, recursive: bool = False,
+                    from_revision: int | None = None) -> "_Watch":
+        w = _Watch(self, path, recursive, from_revision)
+        await w.subscribe()
+        return w
+
+    def _on_lost(self, conn: _Connection) -> None:
+        """A connection dropped: if watches depend on it, reconnect now and resubscribe them
+        from their last revision (they must not wait for the next call to notice)."""
+        if self.conn is conn:
+            self.conn = None
+        if self._watches and not self._closing:
+            asyncio.get_running_loop().create_task(self._rewatch())
+
+    async def _rewatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await self._connect(loop.time() + WATCH_RECONNECT_TIMEOUT_S)
+        except E.NuwaError as e:
+            for w in list(self._watches.values()):
+                w.queue.put_nowait(e)
+
+    def _on_watch(self, msg: dict) -> None:
+        w = self._watches.get(msg["watch"])
+        if w is not None:
+            w.deliver(msg)
+
+    async def _resubscribe(self) -> None:
+        old = list(self._watches.values())
+        self._watches.clear()
+        for w in old:
+            asyncio.get_running_loop().create_task(w.subscribe())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class Session:
+    """A client session: its ephemeral nodes vanish when it closes or stops being kept alive."""
+
+    def __init__(self, client: AsyncNuwa, session_id: int, ttl_s: float):
+        self.client, self.id, self.ttl_s = client, session_id, ttl_s
+        self.expired = False
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._keepalive())
+
+    async def _keepalive(self) -> None:
+        while not self.expired:
+            await asyncio.sleep(self.ttl_s / 3)
+            try:
+                await self.client._call({"op": "session_keepalive", "session": self.id}, False)
+            except E.SessionExpired:
+                self.expired = True
+            except E.NuwaError:
+                pass  # a leader change: try again next period, the new leader grants a full TTL
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if not self.expired:
+            self.expired = True
+            await self.client._call({"op": "session_close", "cmd": {
+                "op": "session_close", "session": self.id, "reason": "closed"}}, True)
+
+
+class _Watch:
+    """Events for a path, in revision order, across reconnects; ``async for ev in watch``."""
+
+    def __init__(self, client: AsyncNuwa, path: str, recursive: bool, from_revision: int | None):
+        self.client, self.path, self.recursive = client, path, recursive
+        self.last_revision = from_revision
+        self.queue: asyncio.Queue = asyncio.Queue(WATCH_QUEUE_MAX)
+        self.server_id: int | None = None
+
+    async def subscribe(self) -> None:
+        req = {"op": "watch", "path": self.path, "recursive": self.recursive}
+        if self.last_revision is not None:
+            req["from_revision"] = self.last_revision
+        try:
+            res = await self.client._call(req, False)
+        except E.NuwaError as e:
+            self.queue.put_nowait(e)
+            return
+        self.server_id = res["watch"]
+        if self.last_revision is None:
+            self.last_revision = res["revision"]
+        self.client._watches[self.server_id] = self
+
+    def deliver(self, msg: dict) -> None:
+        if "error" in msg:
+            self.queue.put_nowait(E.error_from_dict(msg["error"]))
+            return
+        for ev in msg["events"]:
+            if self.last_revision is not None and ev["revision"] <= self.last_revision:
+                continue  # a resubscription may replay what we already delivered
+            self.last_revision = ev["revision"]
+            try:
+                self.queue.put_nowait(ev)
+            except asyncio.QueueFull:
+                self.queue = asyncio.Queue(1)
+                self.queue.put_nowait(E.NuwaError(
+                    f"watch on {self.path} fell {WATCH_QUEUE_MAX} events behind "
+                    f"(WATCH_QUEUE_MAX); re-watch from revision {self.last_revision}"))
+                return
+
+    def __aiter__(self) -> AsyncIterator[dict]:
+        return self
+
+    async def __anext__(self) -> dict:
+        item = await self.queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def next(self, timeout_s: float) -> dict:
+        return await asyncio.wait_for(self.__anext__(), timeout_s)
+
+    async def cancel(self) -> None:
+        if self.server_id is not None:
+            self.client._watches.pop(self.server_id, None)
+            with contextlib.suppress(Exception):
+                await self.client._call({"op": "unwatch", "watch": self.server_id}, False)
+
+
+class Nuwa:
+    """Blocking client: the same calls as ``AsyncNuwa``, run on a private event-loop thread."""
+
+    def __init__(self, addresses: Sequence[tuple[str, int]], timeout_s: float = CALL_TIMEOUT_S,
+                 creator: str = "anonymous"):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="nuwa-client", daemon=True)
+        self._thread.start()
+        self.timeout_s = timeout_s
+        self._async = self._run(self._make(addresses, timeout_s, creator))
+
+    async def _make(self, addresses, timeout_s, creator) -> AsyncNuwa:
+        return AsyncNuwa(addresses, timeout_s, creator)
+
+    def _run(self, coro, extra_s: float = 1.0):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout_s + extra_s)
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._async, name)
+        if not callable(attr) or not asyncio.iscoroutinefunction(attr):
+            return attr
+        return lambda *a, **kw: self._run(attr(*a, **kw))
+
+    def watch(self, path: str, recursive: bool = False, from_revision: int | None = None):
+        w = self._run(self._async.watch(path, recursive, from_revision))
+        return _BlockingWatch(self, w)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "Nuwa":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _BlockingWatch:
+    def __init__(self, client: Nuwa, w: _Watch):
+        self.client, self.w = client, w
+
+    def next(self, timeout_s: float = CALL_TIMEOUT_S) -> dict:
+        return asyncio.run_coroutine_threadsafe(self.w.next(timeout_s), self.client._loop).result(
+            timeout_s + 1.0)
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            yield self.next()
+
+    def cancel(self) -> None:
+        self.client._run(self.w.cancel())
+
+
+def connect(addresses: Sequence[tuple[str, int]] | str, timeout_s: float = CALL_TIMEOUT_S,
+            creator: str = "anonymous") -> Nuwa:
+    """Connect to a Nuwa group: a list of (host, port), or "host:port,host:port"."""
+    if isinstance(addresses, str):
+        addresses = [(h, int(p)) for h, _, p in (a.strip().rpartition(":") for a in addresses.split(","))]
+    return Nuwa(addresses, timeout_s, creator)

@@ -1,0 +1,84 @@
+"""Starting a Nuwa replica group on a Ray cluster (FuxiMaster's job in a `fuxi up` cluster).
+
+Replicas go one per node where there are enough nodes, pinned with node affinity so that a
+restarted replica finds its own disk again. Replica ``i`` keeps its WAL and snapshots under
+``<data_dir>/nuwa/replica-<i>`` on its node.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from nuwa.errors import BadRequest
+from nuwa.replica import NuwaReplica
+from nuwa.server import ServerConfig
+
+GROUP_SIZES = (1, 3, 5)
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Group:
+    namespace: str
+    data_dir: str
+    voters: list[int]
+    nodes: dict[int, str]  # replica id -> node id
+    handles: dict[int, object] = field(default_factory=dict)
+    addresses: dict[int, tuple[str, int]] = field(default_factory=dict)
+    config: ServerConfig = ServerConfig()
+
+    def client_addresses(self) -> list[tuple[str, int]]:
+        return [self.addresses[i] for i in sorted(self.addresses)]
+
+    def replica_dir(self, rid: int) -> str:
+        return os.path.join(self.data_dir, "nuwa", f"replica-{rid}")
+
+    def start_replica(self, rid: int) -> tuple[str, int]:
+        """(Re)start replica ``rid`` on its node; it recovers from its disk if any is left."""
+        handle = NuwaReplica.options(
+            name=f"nuwa-{rid}", namespace=self.namespace, lifetime="detached",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self.nodes[rid], soft=False),
+            max_restarts=0,
+        ).remote(rid, self.voters, self.replica_dir(rid), self.config)
+        addr = tuple(ray.get(handle.start.remote(), timeout=START_TIMEOUT_S))
+        self.handles[rid] = handle
+        self.addresses[rid] = addr
+        return addr
+
+    def publish_peers(self) -> None:
+        ray.get([h.set_peers.remote(self.addresses) for h in self.handles.values()],
+                timeout=START_TIMEOUT_S)
+
+    def stop_replica(self, rid: int, kill: bool = True) -> None:
+        h = self.handles.pop(rid, None)
+        if h is not None:
+            if not kill:
+                ray.get(h.stop.remote(), timeout=START_TIMEOUT_S)
+            ray.kill(h, no_restart=True)
+
+    def stop(self) -> None:
+        for rid in list(self.handles):
+            try:
+                self.stop_replica(rid)
+            except Exception:
+                pass
+
+
+def start_group(size: int, data_dir: str, namespace: str,
+                config: ServerConfig = ServerConfig()) -> Group:
+    if size not in GROUP_SIZES:
+        raise BadRequest(f"Nuwa group size {size} is not supported; expected one of {GROUP_SIZES}")
+    alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    if not alive:
+        raise BadRequest("no alive Ray node to place Nuwa replicas on")
+    voters = list(range(1, size + 1))
+    nodes = {rid: alive[(rid - 1) % len(alive)] for rid in voters}  # spread; share when few
+    g = Group(namespace=namespace, data_dir=data_dir, voters=voters, nodes=nodes, config=config)
+    for rid in voters:
+        g.start_replica(rid)
+    g.publish_peers()
+    return g

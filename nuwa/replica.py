@@ -1,0 +1,33 @@
+"""The Ray shell of a Nuwa replica: an async actor (no CPU reserved) hosting a ``ReplicaServer``.
+
+All Raft and client traffic goes over the server's own TCP socket. Ray is used only to place
+the replica on a node, start it, hand it its peers' addresses, ask its status, and stop it.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from nuwa.server import ReplicaServer, ServerConfig
+
+
+@ray.remote(num_cpus=0, max_concurrency=64)
+class NuwaReplica:
+    def __init__(self, replica_id: int, voters: list[int], data_dir: str,
+                 config: ServerConfig | None = None):
+        self.server = ReplicaServer(replica_id, voters, data_dir, config or ServerConfig())
+
+    async def start(self) -> tuple[str, int]:
+        port = await self.server.start("0.0.0.0")
+        return ray.util.get_node_ip_address(), port
+
+    async def set_peers(self, addresses: dict[int, tuple[str, int]]) -> None:
+        self.server.set_peers({int(k): tuple(v) for k, v in addresses.items()})
+
+    async def status(self) -> dict:
+        st = self.server.status()
+        st["role"] = getattr(st.get("role"), "name", st.get("role"))
+        return st
+
+    async def stop(self) -> None:
+        await self.server.stop()

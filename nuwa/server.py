@@ -1,0 +1,429 @@
+"""One Nuwa replica as a plain asyncio server: Raft node + WAL + namespace tree + sockets.
+
+This is the shell around the pure cores (``nuwa.raft.RaftNode``, ``nuwa.tree.Tree``). It
+owns time (a tick task), disk (``nuwa.wal.Wal``) and network (``nuwa.transport``). The Ray
+actor in ``nuwa.replica`` only hosts it. Tests can also run several in one process without
+Ray.
+
+The Raft loop: every event (a tick, a peer message, a client proposal) steps the node, then
+``_process_ready`` persists the Ready's entries and hard state (one fsync), sends its
+messages, applies committed entries to the tree, answers the clients waiting on them, and
+serves reads whose read index has been applied.
+
+Client requests are msgpack maps over the same socket (hello ``b"C"``). Writes and
+linearizable reads are served by the leader only; other replicas answer ``NotLeader`` with the
+leader's address. Sessions are timed by the leader, like etcd leases: keep-alives renew a
+leader-local deadline, and the leader proposes ``session_close(expired)`` once it passes. A
+new leader gives every session a full TTL again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from nuwa import errors as E
+from nuwa.codec import decode_message, encode_message
+from nuwa.raft import MemoryStorage, NotLeader, RaftNode, Role
+from nuwa.transport import Transport, frame, read_frame
+from nuwa.tree import Tree
+from nuwa.wal import Wal
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    tick_s: float = 0.02
+    election_ticks: int = 15  # 0.3-0.6 s election timeout: leader recovery well under 1 s
+    heartbeat_ticks: int = 2
+    snapshot_every_entries: int = 10_000
+    pending_max: int = 20_000  # proposals and reads waiting for an answer, per replica
+    watchers_max: int = 10_000  # watches per replica
+    client_inflight_max: int = 1024  # requests in flight on one client connection
+    read_timeout_s: float = 5.0
+
+
+WRITE_OPS = {"create", "set", "delete", "txn"}
+READ_OPS = {"get", "list", "stat", "exists"}
+
+
+class ReplicaServer:
+    def __init__(self, replica_id: int, voters: list[int], data_dir: str,
+                 config: ServerConfig = ServerConfig(), seed: int | None = None):
+        self.id = replica_id
+        self.voters = list(voters)
+        self.config = config
+        self.data_dir = data_dir
+        self.rng = random.Random(seed if seed is not None else secrets.randbits(64))
+        self.wal = Wal(data_dir)
+        self.storage = MemoryStorage()
+        self.tree = Tree()
+        self.node: RaftNode | None = None
+        self.transport = Transport(replica_id, self._on_peer, self._on_client)
+        self.addresses: dict[int, tuple[str, int]] = {}
+        self.applied = 0
+        self.pending: dict[str, asyncio.Future] = {}  # request id -> future of apply result
+        self.reads: dict[bytes, tuple[asyncio.Future, int]] = {}  # ctx -> (future, read index)
+        self.read_waiters: list[tuple[int, asyncio.Future]] = []  # (index, future) until applied
+        self.session_deadlines: dict[int, float] = {}
+        self.was_leader = False
+        self.watchers: dict[int, tuple[Any, str, bool]] = {}  # id -> (conn, path, recursive)
+        self._watch_seq = 0
+        self._seq = 0
+        self._tick_task: asyncio.Task | None = None
+        self._ready_scheduled = False
+        self.stopped = False
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str = "0.0.0.0") -> int:
+        rec = self.wal.recover()
+        if rec.snapshot is not None:
+            self.storage.apply_snapshot(rec.snapshot)
+            self.tree = Tree.restore(rec.snapshot.data)
+            self.applied = rec.snapshot.index
+            self.voters = list(rec.snapshot.voters) or self.voters
+        if rec.entries:
+            self.storage.append(rec.entries)
+        if rec.hard_state is not None:
+            self.storage.set_hard_state(rec.hard_state)
+        self.node = RaftNode(self.id, self.voters, self.storage, self.rng,
+                             election_ticks=self.config.election_ticks,
+                             heartbeat_ticks=self.config.heartbeat_ticks, applied=self.applied)
+        port = await self.transport.listen(host)
+        self._tick_task = asyncio.get_running_loop().create_task(self._ticker())
+        return port
+
+    def set_peers(self, addresses: dict[int, tuple[str, int]]) -> None:
+        self.addresses = dict(addresses)
+        self.transport.set_peers(addresses)
+
+    async def stop(self) -> None:
+        self.stopped = True
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+        await self.transport.close()
+        self.wal.close()
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(E.Unavailable("replica stopped"))
+
+    def status(self) -> dict:
+        st = dict(self.node.status()) if self.node else {}
+        st.update(revision=self.tree.revision, applied=self.applied,
+                  address=self.addresses.get(self.id), wal_bytes=self.wal.size_bytes(),
+                  sessions=len(self.tree.sessions()), watchers=len(self.watchers))
+        return st
+
+    # ------------------------------------------------------------ raft loop
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            try:
+                self.node.tick()
+                self._leader_duties()
+                self._process_ready()
+            except Exception:
+                logger.exception("replica %s tick failed", self.id)
+
+    def _on_peer(self, payload: bytes) -> None:
+        if self.stopped:
+            return
+        try:
+            msg = decode_message(payload)
+        except ValueError as e:
+            logger.warning("replica %s: dropping a malformed peer message: %s", self.id, e)
+            return
+        self.node.step(msg)
+        self._schedule_ready()
+
+    def _schedule_ready(self) -> None:
+        """Batch: handle every message that arrived in this loop iteration, then one Ready."""
+        if not self._ready_scheduled:
+            self._ready_scheduled = True
+            asyncio.get_running_loop().call_soon(self._run_ready)
+
+    def _run_ready(self) -> None:
+        self._ready_scheduled = False
+        if self.stopped:
+            return
+        try:
+            self._process_ready()
+        except Exception:
+            logger.exception("replica %s: processing Ready failed", self.id)
+
+    def _process_ready(self) -> None:
+        while self.node.has_ready():
+            rd = self.node.ready()
+            if rd.snapshot is not None:
+                self.wal.save_snapshot(rd.snapshot)
+                self.storage.apply_snapshot(rd.snapshot)
+                self.tree = Tree.restore(rd.snapshot.data)
+                self.applied = rd.snapshot.index
+            if rd.entries or rd.hard_state is not None:
+                self.wal.save(rd.hard_state, rd.entries)  # durable before anything is sent
+                if rd.entries:
+                    self.storage.append(rd.entries)
+                if rd.hard_state is not None:
+                    self.storage.set_hard_state(rd.hard_state)
+            for m in rd.messages:
+                self.transport.send(m.to, encode_message(m))
+            self._apply(rd.committed_entries)
+            for rs in rd.read_states:
+                waiter = self.reads.pop(rs.context, None)
+                if waiter is not None and not waiter[0].done():
+                    self.read_waiters.append((rs.index, waiter[0]))
+            self.node.advance(rd)
+        self._release_reads()
+        self._maybe_snapshot()
+
+    def _apply(self, entries) -> None:
+        if not entries:
+            return
+        rev_before = self.tree.revision
+        for e in entries:
+            if e.index <= self.applied:
+                continue
+            self.applied = e.index
+            if e.kind != "normal" or not e.data:
+                continue
+            try:
+                env = msgpack.unpackb(e.data, raw=False)
+                cmd = env["cmd"]
+            except Exception as err:  # never let one bad entry stop the replica
+                logger.error("replica %s: undecodable entry %d: %s", self.id, e.index, err)
+                continue
+            result = self.tree.apply(cmd)
+            if cmd.get("op") == "session_open" and "error" not in result:
+                self.session_deadlines[cmd["session"]] = time.monotonic() + float(cmd["ttl_s"])
+            elif cmd.get("op") == "session_close":
+                self.session_deadlines.pop(cmd["session"], None)
+            fut = self.pending.pop(env.get("rid", ""), None)
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+        if self.tree.revision != rev_before and self.watchers:
+            self._notify_watchers(rev_before)
+
+    def _release_reads(self) -> None:
+        still = []
+        for index, fut in self.read_waiters:
+            if fut.done():
+                continue
+            if index <= self.applied:
+                fut.set_result(index)
+            else:
+                still.append((index, fut))
+        self.read_waiters = still
+
+    def _maybe_snapshot(self) -> None:
+        if self.applied - self.storage.first_index() + 1 < self.config.snapshot_every_entries:
+            return
+        snap = self.storage.create_snapshot(self.applied, self.tree.snapshot(), tuple(self.voters))
+        self.wal.save_snapshot(snap)
+        self.storage.compact(self.applied)
+
+    # ------------------------------------------------------------ leader duties: sessions
+
+    def _leader_duties(self) -> None:
+        is_leader = self.node.status()["role"] == Role.LEADER
+        now = time.monotonic()
+        if is_leader and not self.was_leader:
+            # New leader: every session gets a full TTL (a keep-alive may have gone to the old one).
+            self.session_deadlines = {s["session"]: now + s["ttl_s"] for s in self.tree.sessions()}
+        if self.was_leader and not is_leader:
+            # Our proposals may still commit under the next leader, or be overwritten: we
+            # cannot tell, so the clients are told exactly that.
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(E.OutcomeUnknown(
+                        f"replica {self.id} lost leadership before the write was applied; it may "
+                        f"or may not have happened"))
+            self.pending.clear()
+            for fut, _ in self.reads.values():
+                if not fut.done():
+                    fut.set_exception(self._leader_error())
+            self.reads.clear()
+        self.was_leader = is_leader
+        if not is_leader:
+            return
+        for sid, deadline in list(self.session_deadlines.items()):
+            if now > deadline:
+                del self.session_deadlines[sid]
+                self._propose({"op": "session_close", "session": sid, "reason": "expired"})
+
+    # ------------------------------------------------------------ proposals and reads
+
+    def _propose(self, cmd: dict) -> asyncio.Future:
+        if len(self.pending) >= self.config.pending_max:
+            raise E.Unavailable(f"{len(self.pending)} requests pending at replica {self.id}; "
+                                f"pending_max is {self.config.pending_max}")
+        self._seq += 1
+        rid = f"{self.id}:{self.started_at}:{self._seq}"
+        fut = asyncio.get_running_loop().create_future()
+        self.node.propose(msgpack.packb({"rid": rid, "cmd": cmd}, use_bin_type=True))
+        self.pending[rid] = fut
+        self._schedule_ready()
+        return fut
+
+    async def _read_barrier(self) -> None:
+        """Linearizable read: wait until our applied state includes every write committed
+        before this read started (Raft read index)."""
+        ctx = secrets.token_bytes(8)
+        fut = asyncio.get_running_loop().create_future()
+        self.reads[ctx] = (fut, 0)
+        self.node.read_index(ctx)
+        self._schedule_ready()
+        try:
+            await asyncio.wait_for(fut, self.config.read_timeout_s)
+        finally:
+            self.reads.pop(ctx, None)
+
+    def _leader_error(self) -> E.NotLeader:
+        leader = self.node.status().get("leader", 0)
+        hint = list(self.addresses[leader]) if leader in self.addresses else None
+        return E.NotLeader(f"replica {self.id} is not the leader", leader_hint=hint)
+
+    # ------------------------------------------------------------ client connections
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(writer)
+        inflight: set[asyncio.Task] = set()
+        try:
+            while True:
+                req = msgpack.unpackb(await read_frame(reader), raw=False)
+                if len(inflight) >= self.config.client_inflight_max:
+                    conn.send({"id": req.get("id"), "error": E.Unavailable(
+                        f"client_inflight_max={self.config.client_inflight_max} requests in "
+                        f"flight on this connection").to_dict()})
+                    continue
+                t = asyncio.get_running_loop().create_task(self._serve(conn, req))
+                inflight.add(t)
+                t.add_done_callback(inflight.discard)
+        finally:
+            for wid in [w for w, (c, _, _) in self.watchers.items() if c is conn]:
+                del self.watchers[wid]
+
+    async def _serve(self, conn: "_Conn", req: dict) -> None:
+        rid = req.get("id")
+        try:
+            result = await self._handle(conn, req)
+            conn.send({"id": rid, "ok": result})
+        except E.NuwaError as e:
+            conn.send({"id": rid, "error": e.to_dict()})
+        except NotLeader:
+            conn.send({"id": rid, "error": self._leader_error().to_dict()})
+        except asyncio.TimeoutError:
+            conn.send({"id": rid, "error": E.Timeout("the replica could not confirm the read in "
+                                                     f"{self.config.read_timeout_s}s").to_dict()})
+        except Exception as e:  # a bug: say so rather than leave the client waiting
+            logger.exception("request %r failed", req.get("op"))
+            conn.send({"id": rid, "error": E.NuwaError(f"internal error: {e!r}").to_dict()})
+
+    async def _handle(self, conn: "_Conn", req: dict) -> Any:
+        op = req.get("op")
+        if op == "status":
+            return self.status()
+        if op == "members":
+            return {str(k): list(v) for k, v in self.addresses.items()}
+        leader = self.node.status()["role"] == Role.LEADER
+        if op in WRITE_OPS or op in ("session_open", "session_close"):
+            if not leader:
+                raise self._leader_error()
+            cmd = dict(req["cmd"])
+            if op == "session_open":
+                cmd["session"] = secrets.randbits(62) or 1  # 0 is not a valid session id
+            result = await self._propose(cmd)
+            if "error" in result:
+                raise E.error_from_dict(result["error"])
+            if op == "session_open":
+                return {"session": cmd["session"], "ttl_s": cmd["ttl_s"]}
+            return result
+        if op == "session_keepalive":
+            if not leader:
+                raise self._leader_error()
+            sid = req["session"]
+            if sid not in self.session_deadlines:
+                raise E.SessionExpired(f"session {sid} has expired or was closed")
+            ttl = next((s["ttl_s"] for s in self.tree.sessions() if s["session"] == sid), None)
+            if ttl is None:
+                raise E.SessionExpired(f"session {sid} has expired or was closed")
+            self.session_deadlines[sid] = time.monotonic() + ttl
+            return {"ttl_s": ttl}
+        if op in READ_OPS:
+            if req.get("linearizable", True):
+                if not leader:
+                    raise self._leader_error()
+                await self._read_barrier()
+            return self._read(op, req["path"])
+        if op == "watch":
+            return self._watch(conn, req)
+        if op == "unwatch":
+            self.watchers.pop(req["watch"], None)
+            return True
+        raise E.BadRequest(f"unknown op {op!r}; expected one of create, set, delete, txn, get, "
+                           f"list, stat, exists, session_open, session_keepalive, session_close, "
+                           f"watch, unwatch, status, members")
+
+    def _read(self, op: str, path: str) -> Any:
+        if op == "get":
+            value, stat = self.tree.get(path)
+            return {"value": value, "stat": _stat(stat), "revision": self.tree.revision}
+        if op == "list":
+            return {"children": self.tree.list(path), "revision": self.tree.revision}
+        if op == "stat":
+            return {"stat": _stat(self.tree.stat(path)), "revision": self.tree.revision}
+        return {"exists": self.tree.exists(path), "revision": self.tree.revision}
+
+    # ------------------------------------------------------------ watches
+
+    def _watch(self, conn: "_Conn", req: dict) -> dict:
+        if len(self.watchers) >= self.config.watchers_max:
+            raise E.Unavailable(f"watchers_max={self.config.watchers_max} watches on replica {self.id}")
+        path, recursive = req["path"], bool(req.get("recursive", False))
+        from_rev = int(req.get("from_revision", self.tree.revision))
+        backlog = self.tree.events_since(from_rev, path, recursive)  # raises Compacted
+        self._watch_seq += 1
+        wid = self._watch_seq
+        self.watchers[wid] = (conn, path, recursive)
+        if backlog:
+            conn.send({"watch": wid, "events": [_event(e) for e in backlog]})
+        return {"watch": wid, "revision": self.tree.revision}
+
+    def _notify_watchers(self, rev_before: int) -> None:
+        for wid, (conn, path, recursive) in list(self.watchers.items()):
+            try:
+                evs = self.tree.events_since(rev_before, path, recursive)
+            except E.Compacted as c:
+                conn.send({"watch": wid, "error": c.to_dict()})
+                del self.watchers[wid]
+                continue
+            if evs:
+                conn.send({"watch": wid, "events": [_event(e) for e in evs]})
+
+
+class _Conn:
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+
+    def send(self, msg: dict) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(frame(msgpack.packb(msg, use_bin_type=True)))
+
+
+def _stat(stat) -> dict:
+    return stat if isinstance(stat, dict) else stat.to_dict()
+
+
+def _event(e) -> dict:
+    return e if isinstance(e, dict) else e.to_dict()

@@ -1,0 +1,158 @@
+"""Framed asyncio TCP for Nuwa: replica-to-replica Raft messages, and client requests.
+
+Ray method calls cost ~1 ms; a Python asyncio TCP round trip inside an actor costs ~25 µs
+(RAY_NOTES.md), so consensus traffic and client calls go over plain sockets. Every frame is
+``[u32 length][payload]``, at most ``FRAME_BYTES_MAX``. A connection starts with a hello frame
+saying who is calling (``b"P" + u32 replica id`` for a peer, ``b"C"`` for a client).
+
+Outgoing peer traffic goes through a bounded queue per peer (``PEER_QUEUE_MAX`` frames). When
+the queue is full or the peer is unreachable, messages are dropped: Raft retransmits, and
+blocking the replica on a slow peer would be worse. Connections are re-established with
+capped exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from typing import Awaitable, Callable
+
+logger = logging.getLogger(__name__)
+
+FRAME_BYTES_MAX = 16 * 1024 * 1024
+PEER_QUEUE_MAX = 4096  # frames waiting for one peer
+CONNECT_TIMEOUT_S = 1.0
+RECONNECT_BACKOFF_MAX_S = 1.0
+_LEN = struct.Struct("<I")
+
+
+class FrameError(Exception):
+    """A peer sent something that is not a valid frame."""
+
+
+def frame(payload: bytes) -> bytes:
+    if len(payload) > FRAME_BYTES_MAX:
+        raise FrameError(f"frame of {len(payload)} bytes exceeds FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
+    return _LEN.pack(len(payload)) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readexactly(_LEN.size)
+    (n,) = _LEN.unpack(head)
+    if n > FRAME_BYTES_MAX:
+        raise FrameError(f"incoming frame of {n} bytes exceeds FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
+    return await reader.readexactly(n)
+
+
+class _Peer:
+    def __init__(self, peer_id: int, host: str, port: int, hello: bytes):
+        self.peer_id = peer_id
+        self.host, self.port = host, port
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(PEER_QUEUE_MAX)
+        self.hello = hello
+        self.task: asyncio.Task | None = None
+        self.dropped = 0
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
+                continue
+            backoff = 0.05
+            try:
+                writer.write(frame(self.hello))
+                while True:
+                    payload = await self.queue.get()
+                    batch = [frame(payload)]
+                    while not self.queue.empty() and len(batch) < 256:
+                        batch.append(frame(self.queue.get_nowait()))
+                    writer.write(b"".join(batch))
+                    await writer.drain()
+            except (OSError, ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+    def send(self, payload: bytes) -> None:
+        try:
+            self.queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+
+class Transport:
+    """One listening socket per replica; peers and clients both connect to it."""
+
+    def __init__(self, replica_id: int,
+                 on_peer_message: Callable[[bytes], None],
+                 on_client: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]):
+        self.replica_id = replica_id
+        self.on_peer_message = on_peer_message
+        self.on_client = on_client
+        self.peers: dict[int, _Peer] = {}
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+        self._accepted: set[asyncio.StreamWriter] = set()
+
+    async def listen(self, host: str = "0.0.0.0", port: int = 0) -> int:
+        self.server = await asyncio.start_server(self._accept, host, port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.port
+
+    def set_peers(self, peers: dict[int, tuple[str, int]]) -> None:
+        """Connect to these peers (id -> (host, port)); replaces earlier addresses."""
+        for pid, (host, port) in peers.items():
+            if pid == self.replica_id:
+                continue
+            old = self.peers.get(pid)
+            if old is not None and (old.host, old.port) == (host, port):
+                continue
+            if old is not None and old.task is not None:
+                old.task.cancel()
+            p = _Peer(pid, host, port, b"P" + struct.pack("<I", self.replica_id))
+            p.task = asyncio.get_running_loop().create_task(p.run())
+            self.peers[pid] = p
+
+    def send(self, to: int, payload: bytes) -> None:
+        p = self.peers.get(to)
+        if p is not None:
+            p.send(payload)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._accepted.add(writer)
+        try:
+            hello = await asyncio.wait_for(read_frame(reader), CONNECT_TIMEOUT_S * 5)
+            if hello[:1] == b"P":
+                while True:
+                    self.on_peer_message(await read_frame(reader))
+            elif hello[:1] == b"C":
+                await self.on_client(reader, writer)
+            else:
+                raise FrameError(f"unknown hello {hello[:8]!r}; expected b'P'+id or b'C'")
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError, FrameError):
+            pass
+        except Exception:
+            logger.exception("connection handler failed")
+        finally:
+            self._accepted.discard(writer)
+            writer.close()
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection, in and out."""
+        for p in self.peers.values():
+            if p.task is not None:
+                p.task.cancel()
+        if self.server is not None:
+            self.server.close()
+        for w in list(self._accepted):
+            w.close()
+        self._accepted.clear()

@@ -1,0 +1,106 @@
+"""Nuwa on real Ray: a 3-replica group on the shared two-node cluster."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from nuwa import errors as E
+from nuwa.client import connect
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def group(ray_cluster, tmp_path):
+    from nuwa.group import start_group
+
+    g = start_group(3, str(tmp_path), namespace=f"nuwa-test-{time.time_ns()}")
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+def leader_id(g, timeout_s=10.0) -> int:
+    import ray
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        sts = {rid: ray.get(h.status.remote(), timeout=10) for rid, h in g.handles.items()}
+        leaders = [rid for rid, st in sts.items() if st["role"] == "LEADER"]
+        if len(leaders) == 1:
+            return leaders[0]
+        time.sleep(0.05)
+    raise AssertionError("no single leader")
+
+
+def test_leader_killed_under_writes_loses_no_acknowledged_write(group):
+    c = connect(group.client_addresses(), timeout_s=5)
+    c.create("/load/", parents=True)
+    acked, unknown, stop = [], [], threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set() and i < 5000:
+            try:
+                c.create(f"/load/k{i:05d}", b"v")
+                acked.append(i)
+            except E.OutcomeUnknown:
+                unknown.append(i)
+            except (E.Unavailable, E.Timeout):
+                pass
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(1.0)
+    old = leader_id(group)
+    killed_at = time.time()
+    group.stop_replica(old)  # ray.kill: the process dies mid-stream
+    n_before = len(acked)
+    deadline = time.time() + 10
+    while len(acked) <= n_before + 10 and time.time() < deadline:
+        time.sleep(0.01)
+    recovered_s = time.time() - killed_at
+    stop.set()
+    t.join(timeout=30)
+    assert len(acked) > n_before + 10, "no writes succeeded after the leader was killed"
+    assert recovered_s < 5.0
+    names = set(c.list("/load/"))
+    missing = [i for i in acked if f"k{i:05d}" not in names]
+    assert missing == [], f"acknowledged writes lost: {missing[:10]}"
+    c.close()
+
+
+def test_restart_every_replica_and_state_is_back(group):
+    c = connect(group.client_addresses(), timeout_s=5)
+    c.create("/keep/", parents=True)
+    for i in range(100):
+        c.create(f"/keep/n{i}", str(i).encode())
+    c.close()
+    for rid in list(group.handles):
+        group.stop_replica(rid)
+    for rid in group.voters:
+        group.start_replica(rid)
+    group.publish_peers()
+    c = connect(group.client_addresses(), timeout_s=10)
+    assert len(c.list("/keep/")) == 100
+    assert c.get("/keep/n42")[0] == b"42"
+    c.close()
+
+
+def test_ephemeral_node_vanishes_when_its_session_dies(group):
+    owner = connect(group.client_addresses(), timeout_s=5)
+    other = connect(group.client_addresses(), timeout_s=5)
+    owner.create("/svc/", parents=True)
+    owner.create("/svc/me", b"addr", ephemeral=True)
+    assert other.exists("/svc/me")
+    w = other.watch("/svc/")
+    owner.close()
+    ev = w.next(10)
+    assert ev["type"] == "deleted" and ev["path"] == "/svc/me"
+    assert not other.exists("/svc/me")
+    other.close()
