@@ -47,6 +47,7 @@ class _Connection:
         self.ids = itertools.count(1)
         self.task = asyncio.get_running_loop().create_task(self._read())
         self.closed = False
+        self.dropped = False  # we closed it on purpose (e.g. NotLeader): no resubscription
 
     async def _read(self) -> None:
         try:
@@ -82,6 +83,7 @@ class _Connection:
 
 
 WATCH_RECONNECT_TIMEOUT_S = 60.0  # a watch whose replicas stay unreachable this long fails
+WATCH_EARLY_MAX = 1024  # watches whose backlog may wait for the subscribe reply at once
 
 
 class AsyncNuwa:
@@ -98,6 +100,7 @@ class AsyncNuwa:
         self._watches: dict[int, "_Watch"] = {}  # server watch id -> watch
         self._session: Session | None = None
         self._closing = False
+        self._early: dict[int, list] = {}  # watch id -> messages that arrived before its reply
 
     # ------------------------------------------------------------ plumbing
 
@@ -164,6 +167,7 @@ class AsyncNuwa:
             return msg["ok"]
 
     def _drop(self, conn: _Connection) -> None:
+        conn.dropped = True
         conn.close()
         if self.conn is conn:
             self.conn = None
@@ -237,7 +241,7 @@ class AsyncNuwa:
         from their last revision (they must not wait for the next call to notice)."""
         if self.conn is conn:
             self.conn = None
-        if self._watches and not self._closing:
+        if self._watches and not self._closing and not conn.dropped:
             asyncio.get_running_loop().create_task(self._rewatch())
 
     async def _rewatch(self) -> None:
@@ -252,6 +256,10 @@ class AsyncNuwa:
         w = self._watches.get(msg["watch"])
         if w is not None:
             w.deliver(msg)
+        elif len(self._early) < WATCH_EARLY_MAX:
+            # The server sends a watch's backlog before its reply to the subscribe call:
+            # hold it until the reply registers the watch (same connection, so in order).
+            self._early.setdefault(msg["watch"], []).append(msg)
 
     async def _resubscribe(self) -> None:
         old = list(self._watches.values())
@@ -318,9 +326,11 @@ class _Watch:
             self.queue.put_nowait(e)
             return
         self.server_id = res["watch"]
+        self.client._watches[self.server_id] = self
+        for msg in self.client._early.pop(self.server_id, []):
+            self.deliver(msg)
         if self.last_revision is None:
             self.last_revision = res["revision"]
-        self.client._watches[self.server_id] = self
 
     def deliver(self, msg: dict) -> None:
         if "error" in msg:

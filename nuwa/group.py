@@ -37,13 +37,14 @@ class Group:
     def replica_dir(self, rid: int) -> str:
         return os.path.join(self.data_dir, "nuwa", f"replica-{rid}")
 
-    def start_replica(self, rid: int) -> tuple[str, int]:
-        """(Re)start replica ``rid`` on its node; it recovers from its disk if any is left."""
+    def start_replica(self, rid: int, rejoin: bool = True) -> tuple[str, int]:
+        """(Re)start replica ``rid`` on its node; it recovers from its disk if any is left (a
+        replica whose disk is gone comes back as a non-voter: see ReplicaServer._membership)."""
         handle = NuwaReplica.options(
             name=f"nuwa-{rid}", namespace=self.namespace, lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.nodes[rid], soft=False),
             max_restarts=0,
-        ).remote(rid, self.voters, self.replica_dir(rid), self.config)
+        ).remote(rid, self.voters, self.replica_dir(rid), self.config, rejoin)
         addr = tuple(ray.get(handle.start.remote(), timeout=START_TIMEOUT_S))
         self.handles[rid] = handle
         self.addresses[rid] = addr
@@ -79,6 +80,6 @@ def start_group(size: int, data_dir: str, namespace: str,
     nodes = {rid: alive[(rid - 1) % len(alive)] for rid in voters}  # spread; share when few
     g = Group(namespace=namespace, data_dir=data_dir, voters=voters, nodes=nodes, config=config)
     for rid in voters:
-        g.start_replica(rid)
+        g.start_replica(rid, rejoin=os.path.exists(os.path.join(g.replica_dir(rid), "member.json")))
     g.publish_peers()
     return g

@@ -14,8 +14,9 @@ from nuwa.server import ReplicaServer, ServerConfig
 @ray.remote(num_cpus=0, max_concurrency=64)
 class NuwaReplica:
     def __init__(self, replica_id: int, voters: list[int], data_dir: str,
-                 config: ServerConfig | None = None):
-        self.server = ReplicaServer(replica_id, voters, data_dir, config or ServerConfig())
+                 config: ServerConfig | None = None, rejoin: bool = False):
+        self.server = ReplicaServer(replica_id, voters, data_dir, config or ServerConfig(),
+                                    rejoin=rejoin)
 
     async def start(self) -> tuple[str, int]:
         port = await self.server.start("0.0.0.0")

@@ -20,6 +20,7 @@ new leader gives every session a full TTL again.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -32,7 +33,7 @@ import msgpack
 
 from nuwa import errors as E
 from nuwa.codec import decode_message, encode_message
-from nuwa.raft import MemoryStorage, NotLeader, RaftNode, Role
+from nuwa.raft import MemoryStorage, MsgType, NotLeader, RaftNode, Role
 from nuwa.transport import Transport, frame, read_frame
 from nuwa.tree import Tree
 from nuwa.wal import Wal
@@ -58,8 +59,10 @@ READ_OPS = {"get", "list", "stat", "exists"}
 
 class ReplicaServer:
     def __init__(self, replica_id: int, voters: list[int], data_dir: str,
-                 config: ServerConfig = ServerConfig(), seed: int | None = None):
+                 config: ServerConfig = ServerConfig(), seed: int | None = None,
+                 rejoin: bool = False):
         self.id = replica_id
+        self.rejoin = rejoin  # the group existed before: an empty disk means the disk was lost
         self.voters = list(voters)
         self.config = config
         self.data_dir = data_dir
@@ -71,6 +74,7 @@ class ReplicaServer:
         self.transport = Transport(replica_id, self._on_peer, self._on_client)
         self.addresses: dict[int, tuple[str, int]] = {}
         self.applied = 0
+        self._last_hs = None
         self.pending: dict[str, asyncio.Future] = {}  # request id -> future of apply result
         self.reads: dict[bytes, tuple[asyncio.Future, int]] = {}  # ctx -> (future, read index)
         self.read_waiters: list[tuple[int, asyncio.Future]] = []  # (index, future) until applied
@@ -97,12 +101,36 @@ class ReplicaServer:
             self.storage.append(rec.entries)
         if rec.hard_state is not None:
             self.storage.set_hard_state(rec.hard_state)
+            self._last_hs = rec.hard_state
+        self.voter = self._membership(rec)
         self.node = RaftNode(self.id, self.voters, self.storage, self.rng,
                              election_ticks=self.config.election_ticks,
-                             heartbeat_ticks=self.config.heartbeat_ticks, applied=self.applied)
+                             heartbeat_ticks=self.config.heartbeat_ticks, applied=self.applied,
+                             voter=self.voter)
         port = await self.transport.listen(host)
         self._tick_task = asyncio.get_running_loop().create_task(self._ticker())
         return port
+
+    def _membership(self, rec) -> bool:
+        """Whether this replica may vote. One that lost its disk may have voted in a term it no
+        longer remembers, so voting again could elect two leaders in one term: it rejoins as a
+        non-voter (it replicates, applies and acks, but never votes or campaigns), for good
+        under this id, until a membership change gives it a new one (see nuwa/raft.py)."""
+        marker = os.path.join(self.data_dir, "member.json")
+        if os.path.exists(marker):
+            with open(marker) as f:
+                return bool(json.load(f)["voter"])
+        empty = rec.hard_state is None and rec.snapshot is None and not rec.entries
+        voter = not (self.rejoin and empty)
+        tmp = marker + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"id": self.id, "voter": voter}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, marker)
+        if not voter:
+            logger.warning("replica %s lost its disk: rejoining as a non-voter", self.id)
+        return voter
 
     def set_peers(self, addresses: dict[int, tuple[str, int]]) -> None:
         self.addresses = dict(addresses)
@@ -120,7 +148,7 @@ class ReplicaServer:
 
     def status(self) -> dict:
         st = dict(self.node.status()) if self.node else {}
-        st.update(revision=self.tree.revision, applied=self.applied,
+        st.update(revision=self.tree.revision, applied=self.applied, voter=self.voter,
                   address=self.addresses.get(self.id), wal_bytes=self.wal.size_bytes(),
                   sessions=len(self.tree.sessions()), watchers=len(self.watchers))
         return st
@@ -171,14 +199,26 @@ class ReplicaServer:
                 self.storage.apply_snapshot(rd.snapshot)
                 self.tree = Tree.restore(rd.snapshot.data)
                 self.applied = rd.snapshot.index
+            # A leader may replicate its new entries before they are on its own disk (Raft
+            # thesis 10.2.1): followers' fsyncs then overlap ours. Its commit still waits for
+            # this fsync, because committed entries only come in a later Ready. Everything
+            # else (votes, a follower's acks) goes out only once durable.
+            early = [m for m in rd.messages if m.type is MsgType.APPEND] if rd.role is Role.LEADER else []
+            for m in early:
+                self.transport.send(m.to, encode_message(m))
             if rd.entries or rd.hard_state is not None:
-                self.wal.save(rd.hard_state, rd.entries)  # durable before anything is sent
+                hs = rd.hard_state
+                must_sync = bool(rd.entries) or (hs is not None and (
+                    self._last_hs is None or (hs.term, hs.vote) != (self._last_hs.term, self._last_hs.vote)))
+                self.wal.save(hs, rd.entries, sync=must_sync)
                 if rd.entries:
                     self.storage.append(rd.entries)
-                if rd.hard_state is not None:
-                    self.storage.set_hard_state(rd.hard_state)
+                if hs is not None:
+                    self.storage.set_hard_state(hs)
+                    self._last_hs = hs
             for m in rd.messages:
-                self.transport.send(m.to, encode_message(m))
+                if not early or m.type is not MsgType.APPEND:
+                    self.transport.send(m.to, encode_message(m))
             self._apply(rd.committed_entries)
             for rs in rd.read_states:
                 waiter = self.reads.pop(rs.context, None)
@@ -367,6 +407,11 @@ class ReplicaServer:
                 await self._read_barrier()
             return self._read(op, req["path"])
         if op == "watch":
+            # Served by the leader: it applies first, while a follower learns of a commit only
+            # with the next append or heartbeat. After a leader change the client resubscribes
+            # there from its last revision.
+            if not leader:
+                raise self._leader_error()
             return self._watch(conn, req)
         if op == "unwatch":
             self.watchers.pop(req["watch"], None)

@@ -182,8 +182,10 @@ class Wal:
 
     # ------------------------------------------------------------ writing
 
-    def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
-        """Append entries (overwriting a conflicting suffix) and the hard state; one fsync."""
+    def save(self, hard_state: HardState | None, entries: list[Entry], sync: bool = True) -> None:
+        """Append entries (overwriting a conflicting suffix) and the hard state; one fsync,
+        unless ``sync`` is False (a hard state whose term and vote are unchanged: losing a
+        commit index in a crash is harmless, Raft learns it again from the leader)."""
         if self._f is None:
             raise RuntimeError("Wal.recover() must be called before save()")
         if not entries and hard_state is None:
@@ -199,7 +201,8 @@ class Wal:
             self._hard_state = hard_state
         self._f.write(buf)
         self._f.flush()
-        os.fsync(self._f.fileno())
+        if sync:
+            os.fdatasync(self._f.fileno())
 
     @staticmethod
     def _record(kind: int, payload: bytes) -> bytes:

@@ -26,8 +26,8 @@ class LocalGroup:
         self.servers: dict[int, ReplicaServer] = {}
         self.addresses: dict[int, tuple[str, int]] = {}
 
-    async def start(self, rid: int) -> None:
-        s = ReplicaServer(rid, self.ids, str(self.tmp / f"r{rid}"), CFG, seed=rid)
+    async def start(self, rid: int, rejoin: bool = False) -> None:
+        s = ReplicaServer(rid, self.ids, str(self.tmp / f"r{rid}"), CFG, seed=rid, rejoin=rejoin)
         port = await s.start("127.0.0.1")
         self.addresses[rid] = ("127.0.0.1", port)
         self.servers[rid] = s
@@ -124,6 +124,38 @@ def test_every_replica_restarts_from_disk(group):
             await group.leader()
             c = AsyncNuwa(list(group.addresses.values()), timeout_s=5)
             assert len(await c.list("/d/")) == 300
+            await c.close()
+        finally:
+            await group.close()
+
+    run(main())
+
+
+def test_replica_whose_disk_is_lost_rejoins_as_non_voter_and_catches_up(group):
+    import shutil
+
+    async def main():
+        await group.start_all()
+        try:
+            await group.leader()
+            c = AsyncNuwa(list(group.addresses.values()), timeout_s=5)
+            await c.create("/x/", parents=True)
+            for i in range(250):  # past the snapshot threshold: it catches up by snapshot
+                await c.create(f"/x/n{i}", b"")
+            lead = await group.leader()
+            follower = next(r for r in group.servers if r != lead)
+            await group.stop(follower)
+            shutil.rmtree(group.tmp / f"r{follower}")
+            await group.start(follower, rejoin=True)
+            group.publish()
+            s = group.servers[follower]
+            assert s.voter is False
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while s.tree.revision < 251 and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(s.tree.list("/x/")) == 250
+            assert s.node.status()["role"] != Role.LEADER
             await c.close()
         finally:
             await group.close()

@@ -19,6 +19,16 @@ PURE_CORE_MODULES = [
     "fuxi.store",
     "fuxi.plan",
     "fuxi.jobcore",
+    "nuwa.raft",
+    "nuwa.raft_log",
+    "nuwa.raft_progress",
+    "nuwa.raft_types",
+    "nuwa.codec",
+    "nuwa.tree",
+    "nuwa.paths",
+    "nuwa.commands",
+    "nuwa.errors",
+    "nuwa.linearizability",
 ]
 
 _PROBE = """
