@@ -27,6 +27,12 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
+from nuwa.codec import decode_entry as _decode_entry
+from nuwa.codec import decode_hard_state as _decode_hs
+from nuwa.codec import decode_snapshot as _decode_snapshot
+from nuwa.codec import encode_entry as _encode_entry
+from nuwa.codec import encode_hard_state as _encode_hs
+from nuwa.codec import encode_snapshot as _encode_snapshot
 from nuwa.raft import Entry, HardState, Snapshot
 
 _HEADER = struct.Struct("<IIB")  # length of payload, crc32 of kind+payload, kind
@@ -37,40 +43,6 @@ RECORD_BYTES_MAX = 64 * 1024 * 1024  # one entry is at most a 1 MiB value plus f
 
 class WalCorrupt(Exception):
     """The log is damaged in a way a crash cannot explain (not just a torn tail)."""
-
-
-def _encode_entry(e: Entry) -> bytes:
-    kind = e.kind.encode()
-    return struct.pack("<QQB", e.term, e.index, len(kind)) + kind + e.data
-
-
-def _decode_entry(b: bytes) -> Entry:
-    term, index, klen = struct.unpack_from("<QQB", b, 0)
-    off = struct.calcsize("<QQB")
-    kind = b[off:off + klen].decode()
-    return Entry(term=term, index=index, data=bytes(b[off + klen:]), kind=kind)
-
-
-def _encode_hs(hs: HardState) -> bytes:
-    return struct.pack("<QQQ", hs.term, hs.vote, hs.commit)
-
-
-def _decode_hs(b: bytes) -> HardState:
-    term, vote, commit = struct.unpack("<QQQ", b)
-    return HardState(term=term, vote=vote, commit=commit)
-
-
-def _encode_snapshot(s: Snapshot) -> bytes:
-    voters = struct.pack(f"<{len(s.voters)}Q", *s.voters)
-    return struct.pack("<QQI", s.index, s.term, len(s.voters)) + voters + s.data
-
-
-def _decode_snapshot(b: bytes) -> Snapshot:
-    index, term, n = struct.unpack_from("<QQI", b, 0)
-    off = struct.calcsize("<QQI")
-    voters = struct.unpack_from(f"<{n}Q", b, off)
-    off += 8 * n
-    return Snapshot(index=index, term=term, voters=tuple(voters), data=bytes(b[off:]))
 
 
 def _fsync_dir(path: str) -> None:

@@ -61,6 +61,7 @@ from nuwa.raft import (
     ProposalDropped,
     RaftNode,
     Ready,
+    ReadState,
     Role,
     Snapshot,
 )
@@ -184,6 +185,8 @@ class Sim:
         r.sm_index, r.sm_digest = 0, bytes(32)
         if snap.index:
             self._restore_sm(r, snap)
+        else:
+            self.sm_restore(r, None)
         r.node = RaftNode(i, self.ids, r.disk.storage, random.Random(self.rng.getrandbits(64)),
                           election_ticks=ELECTION_TICKS, heartbeat_ticks=HEARTBEAT_TICKS,
                           entries_per_append_max=self.rng.choice([1, 4, 64]),
@@ -193,7 +196,7 @@ class Sim:
                   f"last={r.node.log.last_index()} snap={snap.index}")
 
     def _restore_sm(self, r: Replica, snap: Snapshot) -> None:
-        index, digest = _SM.unpack(snap.data)
+        index, digest = _SM.unpack_from(snap.data)
         if index != snap.index:
             self.fail(f"snapshot data at {index} labelled {snap.index}")
         known = self.digest_at.get(index)
@@ -201,6 +204,22 @@ class Sim:
             self.fail(f"replica {r.id} restored a snapshot at {index} that differs from what "
                       f"was applied there")
         r.sm_index, r.sm_digest = index, digest
+        self.sm_restore(r, snap.data[_SM.size:])
+
+    # ---------------------------------------------------------------- state machine hooks
+    # No-ops here; a subclass (``sim_clients``) runs a real state machine and clients on them.
+    def sm_restore(self, r: Replica, payload: bytes | None) -> None:
+        """``r``'s state machine restarts from a snapshot's payload, or from scratch (None)."""
+
+    def sm_apply(self, r: Replica, e: Entry) -> None:
+        """``r`` applies committed entry ``e`` (after the safety checks on it)."""
+
+    def sm_payload(self, r: Replica) -> bytes:
+        """The state machine image stored in a snapshot after the (index, digest) header."""
+        return b""
+
+    def read_state_ready(self, r: Replica, rs: ReadState) -> None:
+        """``r`` was handed read state ``rs`` (checked against its commit floor)."""
 
     # ---------------------------------------------------------------- the shell
     def drive(self, r: Replica, action) -> None:
@@ -261,6 +280,7 @@ class Sim:
                 self.fail(f"stale read on {r.id}: read index {rs.index} < commit {floor} "
                           f"known when the read was requested")
             self.stats["reads_served"] += 1
+            self.read_state_ready(r, rs)
         node.advance(rd)
 
     def _apply(self, r: Replica, e: Entry) -> None:
@@ -277,6 +297,7 @@ class Sim:
             self.fail(f"{r.id}'s applied sequence differs from another's up to {e.index}")
         if e.kind == "normal":
             r.applied_values.append(e.data)
+        self.sm_apply(r, e)
         self.stats["committed"] = max(self.stats["committed"], e.index)
 
     def _check_node(self, r: Replica, was_leader: bool) -> None:
@@ -377,7 +398,8 @@ class Sim:
         st = r.disk.storage
         if r.sm_index <= st.snapshot().index:
             return
-        st.create_snapshot(r.sm_index, _SM.pack(r.sm_index, r.sm_digest), self.ids)
+        st.create_snapshot(r.sm_index, _SM.pack(r.sm_index, r.sm_digest) + self.sm_payload(r),
+                           self.ids)
         keep = self.rng.randint(0, 5)
         st.compact(max(st.first_index() - 1, r.sm_index - keep))
         self.note(f"{r.id} snapshot at {r.sm_index}, first index now {st.first_index()}")
