@@ -33,6 +33,7 @@ from fuxi.store import FileStore, MemoryStore
 logger = logging.getLogger(__name__)
 
 NODES_REFRESH_S = 1.0
+NUWA_SUPERVISE_S = 2.0  # how often FuxiMaster checks its Nuwa replicas and restarts dead ones
 JOBS_RUNNING_MAX = 256  # concurrent jobs per cluster
 JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
 JOBMASTER_CALL_TIMEOUT_S = 10.0
@@ -48,7 +49,7 @@ def _job_id(name: str) -> str:
 @ray.remote(num_cpus=0, max_concurrency=256)
 class FuxiMaster:
     def __init__(self, cluster: str, data_dir: str | None, detached: bool = False,
-                 nuwa: list | None = None):
+                 nuwa: list | None = None, nuwa_group: dict | None = None):
         self.cluster = cluster
         self.detached = detached  # JobMasters share the master's lifetime
         self._watchers: set = set()
@@ -64,6 +65,10 @@ class FuxiMaster:
             self.store = FileStore(os.path.join(data_dir, "state"))
         else:
             self.store = MemoryStore()
+        # Fuxi coordinates the actor groups: FuxiMaster replaces Nuwa replicas that die.
+        self.nuwa_group = nuwa_group
+        self.nuwa_events: list[str] = []
+        self._supervisor = None
         self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -110,6 +115,25 @@ class FuxiMaster:
                     self.ledger.release(did, node, n)
         self.nodes, self.node_info, self.nodes_at = nodes, info, now
 
+    async def supervise(self) -> None:
+        """Start the Nuwa supervision loop (idempotent; called when the master is created)."""
+        if self.nuwa_group and self._supervisor is None:
+            self._supervisor = asyncio.get_event_loop().create_task(self._supervise_nuwa())
+
+    async def _supervise_nuwa(self) -> None:
+        from nuwa.group import Group
+
+        group = Group.from_dict(self.nuwa_group)
+        while True:
+            await asyncio.sleep(NUWA_SUPERVISE_S)
+            try:
+                done = await asyncio.to_thread(group.supervise_once)
+            except Exception as e:
+                done = [f"supervising Nuwa failed: {e!r}"]
+            for line in done:
+                logger.warning("%s", line)
+                self.nuwa_events = (self.nuwa_events + [f"{time.strftime('%H:%M:%S')} {line}"])[-100:]
+
     def cluster_info(self) -> dict:
         self._refresh_nodes(force=True)
         running = [j for j in self.jobmasters]
@@ -122,6 +146,7 @@ class FuxiMaster:
             "jobs_running": running,
             "master_node_id": self.node_id,
             "nuwa": self.nuwa,
+            "nuwa_events": self.nuwa_events,
             "store": type(self.store).__name__,
             "started_at": self.started_at,
         }

@@ -68,6 +68,7 @@ class ClusterRecord:
     temp_dir: str | None = None
     boot_id: str | None = None  # with head_started, proves head_pid is still our head
     nuwa: list | None = None  # [host, port] of each Nuwa replica
+    nuwa_group: dict | None = None  # nuwa.group.Group.to_dict(), for FuxiMaster's supervision
     nuwa_replicas: int = 0
     head_started: int | None = None  # the head's start time in clock ticks since boot
 
@@ -177,7 +178,8 @@ def _ray_init(**kwargs) -> None:
     ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
 
 
-def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None):
+def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None,
+                  nuwa_group: dict | None = None):
     import ray
 
     from fuxi.master import FuxiMaster
@@ -185,8 +187,9 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
     opts = {"name": MASTER_NAME, "namespace": namespace(cluster), "get_if_exists": True}
     if detached:
         opts["lifetime"] = "detached"
-    master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa)
+    master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa, nuwa_group)
     ray.get(master.cluster_info.remote(), timeout=ACTOR_READY_TIMEOUT_S)
+    ray.get(master.supervise.remote(), timeout=ACTOR_READY_TIMEOUT_S)
     return master
 
 
@@ -269,6 +272,7 @@ def _start_nuwa(rec: ClusterRecord) -> None:
     try:
         group = start_group(rec.nuwa_replicas, rec.data_dir, rec.namespace)
         rec.nuwa = [list(a) for a in group.client_addresses()]
+        rec.nuwa_group = group.to_dict()
         rec.save()
     finally:
         ray.shutdown()
@@ -406,7 +410,8 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
         try:
             master = ray.get_actor(MASTER_NAME, namespace=rec.namespace)
         except ValueError:
-            master = _start_master(cluster, rec.data_dir, detached=True, nuwa=rec.nuwa)
+            master = _start_master(cluster, rec.data_dir, detached=True, nuwa=rec.nuwa,
+                                   nuwa_group=rec.nuwa_group)
         yield Connection(cluster, master, rec.address, embedded=False, data_dir=rec.data_dir)
     finally:
         ray.shutdown()

@@ -39,13 +39,15 @@ class Group:
 
     def start_replica(self, rid: int, rejoin: bool = True) -> tuple[str, int]:
         """(Re)start replica ``rid`` on its node; it recovers from its disk if any is left (a
-        replica whose disk is gone comes back as a non-voter: see ReplicaServer._membership)."""
+        replica whose disk is gone comes back as a non-voter: see ReplicaServer._membership).
+        It asks for its old port, so the addresses clients hold stay valid."""
+        old_port = self.addresses.get(rid, (None, 0))[1]
         handle = NuwaReplica.options(
             name=f"nuwa-{rid}", namespace=self.namespace, lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.nodes[rid], soft=False),
             max_restarts=0,
         ).remote(rid, self.voters, self.replica_dir(rid), self.config, rejoin)
-        addr = tuple(ray.get(handle.start.remote(), timeout=START_TIMEOUT_S))
+        addr = tuple(ray.get(handle.start.remote(old_port), timeout=START_TIMEOUT_S))
         self.handles[rid] = handle
         self.addresses[rid] = addr
         return addr
@@ -60,6 +62,46 @@ class Group:
             if not kill:
                 ray.get(h.stop.remote(), timeout=START_TIMEOUT_S)
             ray.kill(h, no_restart=True)
+
+    def to_dict(self) -> dict:
+        return {"namespace": self.namespace, "data_dir": self.data_dir, "voters": self.voters,
+                "nodes": {str(k): v for k, v in self.nodes.items()},
+                "addresses": {str(k): list(v) for k, v in self.addresses.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Group":
+        return cls(namespace=d["namespace"], data_dir=d["data_dir"], voters=list(d["voters"]),
+                   nodes={int(k): v for k, v in d["nodes"].items()},
+                   addresses={int(k): tuple(v) for k, v in d["addresses"].items()})
+
+    def supervise_once(self, probe_timeout_s: float = 5.0) -> list[str]:
+        """Restart every replica that is gone (its actor died or does not answer): on its own
+        node if that node is alive (it recovers from its disk), else on another alive node
+        (no disk there: it rejoins as a non-voter). Returns what was done."""
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        done = []
+        for rid in self.voters:
+            try:
+                h = ray.get_actor(f"nuwa-{rid}", namespace=self.namespace)
+                ray.get(h.status.remote(), timeout=probe_timeout_s)
+                self.handles[rid] = h
+                continue
+            except Exception:
+                pass
+            self.handles.pop(rid, None)
+            if self.nodes[rid] not in alive:
+                if not alive:
+                    continue
+                used = {self.nodes[r] for r in self.voters if r != rid}
+                self.nodes[rid] = sorted(alive - used or alive)[0]
+            try:
+                self.start_replica(rid, rejoin=True)
+                done.append(f"restarted nuwa-{rid} on node {self.nodes[rid][:12]}")
+            except Exception as e:
+                done.append(f"could not restart nuwa-{rid}: {e!r}")
+        if done:
+            self.publish_peers()
+        return done
 
     def stop(self) -> None:
         for rid in list(self.handles):

@@ -18,8 +18,8 @@ class NuwaReplica:
         self.server = ReplicaServer(replica_id, voters, data_dir, config or ServerConfig(),
                                     rejoin=rejoin)
 
-    async def start(self) -> tuple[str, int]:
-        port = await self.server.start("0.0.0.0")
+    async def start(self, port: int = 0) -> tuple[str, int]:
+        port = await self.server.start("0.0.0.0", port)
         return ray.util.get_node_ip_address(), port
 
     async def set_peers(self, addresses: dict[int, tuple[str, int]]) -> None:

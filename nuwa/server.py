@@ -90,7 +90,9 @@ class ReplicaServer:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self, host: str = "0.0.0.0") -> int:
+    async def start(self, host: str = "0.0.0.0", port: int = 0) -> int:
+        """Recover from disk and start serving; ``port`` 0 picks a free one. A restarted
+        replica asks for its old port so the addresses clients hold stay valid."""
         rec = self.wal.recover()
         if rec.snapshot is not None:
             self.storage.apply_snapshot(rec.snapshot)
@@ -107,7 +109,10 @@ class ReplicaServer:
                              election_ticks=self.config.election_ticks,
                              heartbeat_ticks=self.config.heartbeat_ticks, applied=self.applied,
                              voter=self.voter)
-        port = await self.transport.listen(host)
+        try:
+            port = await self.transport.listen(host, port)
+        except OSError:
+            port = await self.transport.listen(host, 0)  # the old port is taken: take another
         self._tick_task = asyncio.get_running_loop().create_task(self._ticker())
         return port
 

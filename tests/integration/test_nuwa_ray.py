@@ -104,3 +104,43 @@ def test_ephemeral_node_vanishes_when_its_session_dies(group):
     assert ev["type"] == "deleted" and ev["path"] == "/svc/me"
     assert not other.exists("/svc/me")
     other.close()
+
+
+def test_fuxi_master_restarts_a_replica_that_died(group):
+    import ray
+
+    from fuxi.master import FuxiMaster
+
+    master = FuxiMaster.options(namespace=group.namespace, name="FuxiMaster").remote(
+        "sup", None, False, [list(a) for a in group.client_addresses()], group.to_dict())
+    try:
+        ray.get(master.supervise.remote(), timeout=30)
+        c = connect(group.client_addresses(), timeout_s=5)
+        c.create("/sup/", parents=True)
+        for i in range(20):
+            c.create(f"/sup/n{i}", b"x")
+        victim = leader_id(group)
+        old_addr = group.addresses[victim]
+        group.stop_replica(victim)
+        deadline = time.time() + 60
+        back = None
+        while time.time() < deadline:
+            try:
+                h = ray.get_actor(f"nuwa-{victim}", namespace=group.namespace)
+                back = ray.get(h.status.remote(), timeout=5)
+                break
+            except Exception:
+                time.sleep(0.5)
+        assert back is not None, "FuxiMaster did not restart the dead replica within 60 s"
+        assert tuple(back["address"]) == old_addr  # same port: clients' lists stay valid
+        assert back["voter"] is True  # its disk survived: it is a full member again
+        info = ray.get(master.cluster_info.remote(), timeout=30)
+        assert any(f"restarted nuwa-{victim}" in e for e in info["nuwa_events"])
+        deadline = time.time() + 20
+        while time.time() < deadline and back["applied"] < 20:
+            time.sleep(0.2)
+            back = ray.get(h.status.remote(), timeout=5)
+        assert len(c.list("/sup/")) == 20
+        c.close()
+    finally:
+        ray.kill(master)
