@@ -54,8 +54,11 @@ class _Queue:
         self.token = (await self.client.stat(self.node))["created_rev"]
 
     async def members(self) -> list[str]:
-        kids = [c for c in await self.client.list(self.dir) if c.startswith(self.prefix + "-")]
-        return sorted(kids, key=_seq)
+        try:
+            kids = await self.client.list(self.dir)
+        except E.NoNode:
+            return []  # nobody has joined yet
+        return sorted((c for c in kids if c.startswith(self.prefix + "-")), key=_seq)
 
     async def wait_first(self, timeout_s: float) -> None:
         """Return once our node is the lowest; watch only the predecessor meanwhile."""

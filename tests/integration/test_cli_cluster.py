@@ -122,6 +122,10 @@ def test_up_submit_status_logs_down(tmp_path):
         assert fuxi(home, "nuwa", "get", "/hello").stdout == "world"
         assert job_id + "/" in fuxi(home, "nuwa", "ls", "/fuxi/jobs/").stdout.split()
         assert fuxi(home, "nuwa", "get", "/nope", check=False).returncode == 2
+        st = json.loads(fuxi(home, "nuwa", "stat", "/hello", "--json").stdout)
+        assert st["creator"] == "cli" and st["version"] == 0 and st["data_len"] == 5
+        fuxi(home, "nuwa", "rm", "/hello")
+        assert "hello" not in fuxi(home, "nuwa", "ls", "/").stdout.split()
         # Kill FuxiMaster: the next command starts a new one, which finds the job in Nuwa.
         kill = (f"import ray; ray.init(address={rec['address']!r}, log_to_driver=False); "
                 f"ray.kill(ray.get_actor('FuxiMaster', namespace='fuxi-default'))")

@@ -144,3 +144,38 @@ def test_fuxi_master_restarts_a_replica_that_died(group):
         c.close()
     finally:
         ray.kill(master)
+
+
+def test_lock_never_has_two_holders_and_bad_input_is_refused(group):
+    import asyncio
+
+    from nuwa.client import AsyncNuwa
+    from nuwa.recipes import Lock
+
+    async def main():
+        clients = [AsyncNuwa(group.client_addresses(), timeout_s=5) for _ in range(3)]
+        holders, most, tokens = 0, 0, []
+
+        async def worker(c):
+            nonlocal holders, most
+            for _ in range(4):
+                lock = Lock(c, "ray-res")
+                tokens.append(await lock.acquire(timeout_s=30))
+                holders += 1
+                most = max(most, holders)
+                await asyncio.sleep(0.005)
+                holders -= 1
+                await lock.release()
+
+        await asyncio.gather(*(worker(c) for c in clients))
+        assert most == 1 and tokens == sorted(tokens) and len(set(tokens)) == 12
+        c = clients[0]
+        with pytest.raises(E.BadPath, match="relative"):
+            await c.create("no/slash", b"")
+        with pytest.raises(E.ValueTooLarge):
+            await c.create("/big", b"x" * (1024 * 1024 + 1))
+        assert not await c.exists("/big")  # refused whole, never truncated
+        for c in clients:
+            await c.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))

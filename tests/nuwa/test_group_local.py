@@ -285,3 +285,53 @@ def test_bad_paths_and_oversized_values_get_clear_errors(group):
             await group.close()
 
     run(main())
+
+
+def test_election_campaign_leader_observe_resign_and_barrier(group):
+    from nuwa.recipes import Barrier, Election
+
+    async def main():
+        await group.start_all()
+        try:
+            await group.leader()
+            a = AsyncNuwa(list(group.addresses.values()), timeout_s=5)
+            b = AsyncNuwa(list(group.addresses.values()), timeout_s=5)
+            ea, eb = Election(a, "svc", "alpha"), Election(b, "svc", "beta")
+            assert await ea.leader() is None
+            token_a = await ea.campaign(timeout_s=5)
+            assert await eb.leader() == "alpha"
+            seen = []
+
+            async def watch():
+                async for who in eb.observe():
+                    seen.append(who)
+                    if who == "beta":
+                        return
+
+            watcher = asyncio.create_task(watch())
+            campaign_b = asyncio.create_task(eb.campaign(timeout_s=10))
+            await asyncio.sleep(0.3)
+            assert not campaign_b.done(), "beta must wait while alpha leads"
+            await ea.resign()
+            token_b = await asyncio.wait_for(campaign_b, 10)
+            await asyncio.wait_for(watcher, 10)
+            assert token_b > token_a and seen[0] == "alpha" and seen[-1] == "beta"
+
+            async def member(c, name):
+                await Barrier(c, "start", name).wait(3, timeout_s=10)
+                return name
+
+            cs = [AsyncNuwa(list(group.addresses.values()), timeout_s=5) for _ in range(3)]
+            first = asyncio.create_task(member(cs[0], "m0"))
+            await asyncio.sleep(0.2)
+            assert not first.done(), "the barrier must hold until 3 have entered"
+            done = await asyncio.gather(first, member(cs[1], "m1"), member(cs[2], "m2"))
+            assert sorted(done) == ["m0", "m1", "m2"]
+            with pytest.raises(E.Timeout):
+                await Barrier(cs[0], "never", "x").wait(2, timeout_s=0.5)
+            for c in (a, b, *cs):
+                await c.close()
+        finally:
+            await group.close()
+
+    run(main())
