@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import tempfile
 import time
@@ -222,8 +221,6 @@ class NuwaSystem:
         return NuwaClient(addrs, attempt_timeout_s)
 
     async def leader(self) -> int:
-        import ray
-
         for rid, h in self.group.handles.items():
             st = await h.status.remote()
             if st["role"] == "LEADER":

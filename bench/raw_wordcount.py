@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import os
 import sys
-import time
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 

@@ -25,8 +25,8 @@ def submit(
     try:
         # Checked before loading: loading with --overwrite already clears the old output.
         if not wait and find_cluster(cluster) is None:
-            fail(f"--no-wait needs a running cluster (the embedded default stops when this command "
-                 f"ends); start one with `fuxi up`", EXIT_BAD_INPUT)
+            fail("--no-wait needs a running cluster (the embedded default stops when this command "
+                 "ends); start one with `fuxi up`", EXIT_BAD_INPUT)
         plan = load(spec, set_ or (), overwrite=overwrite)
     except typer.Exit:
         raise

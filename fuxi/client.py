@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from fuxi.errors import ClusterError, FuxiError, JobNotFound
 from fuxi.plan import JobPlan, build_plan
@@ -161,17 +161,7 @@ class OfflineJobs:
         return sorted((self.store.get(k) for k in keys), key=lambda s: s.get("submitted_at") or 0)
 
     def logs(self, job_id: str, task: str | None = None, instance: int | None = None) -> list[dict]:
-        import json
+        from fuxi.store import read_job_logs
 
         self.status(job_id)
-        path = os.path.join(self.data_dir, "logs", f"{job_id}.jsonl")
-        out: list[dict[str, Any]] = []
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    rec = json.loads(line)
-                    if (task is None or rec["task"] == task) and (
-                        instance is None or rec["instance"] == instance
-                    ):
-                        out.append(rec)
-        return out
+        return read_job_logs(os.path.join(self.data_dir, "logs"), job_id, task, instance)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fuxi.plan import Edge, JobPlan, TaskPlan
-from fuxi.speculation import RunningInstance, backup_cap, pick_backups
+from fuxi.speculation import RunningInstance, pick_backups
 from fuxi.states import (
     TERMINAL_ATTEMPT,
     TERMINAL_INSTANCE,

@@ -13,7 +13,6 @@ target per shape, which a job over its share meets by returning idle workers.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -28,7 +27,7 @@ from fuxi import slots
 from fuxi.errors import BadInput, JobNotFound
 from fuxi.plan import JobPlan
 from fuxi.states import TERMINAL_JOB, JobState
-from fuxi.store import FileStore, MemoryStore
+from fuxi.store import FileStore, MemoryStore, read_job_logs
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,6 @@ NUWA_SUPERVISE_S = 2.0  # how often FuxiMaster checks its Nuwa replicas and rest
 JOBS_RUNNING_MAX = 256  # concurrent jobs per cluster
 JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
 JOBMASTER_CALL_TIMEOUT_S = 10.0
-LOG_LINES_MAX = 100_000  # lines returned by one logs() call
 REQUESTS_REMEMBERED_MAX = 10_000
 WORKERS_PER_NODE_MAX = 64  # worker slots granted on one node, all jobs together (~50 MB each)
 
@@ -347,21 +345,7 @@ class FuxiMaster:
     def logs(self, job_id: str, task: str | None = None, instance: int | None = None) -> list[dict]:
         if self.store.get(f"/jobs/{job_id}/status") is None:
             raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
-        path = os.path.join(self.log_dir, f"{job_id}.jsonl")
-        out: list[dict] = []
-        if not os.path.exists(path):
-            return out
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if task is not None and rec["task"] != task:
-                    continue
-                if instance is not None and rec["instance"] != instance:
-                    continue
-                out.append(rec)
-                if len(out) >= LOG_LINES_MAX:
-                    break
-        return out
+        return read_job_logs(self.log_dir, job_id, task, instance)
 
     def shutdown_jobs(self) -> int:
         """Stop every running job (used by ``fuxi down``)."""

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import threading
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from fuxi.errors import BadInput, LimitExceeded
 
@@ -30,6 +30,27 @@ def _encode(key: str, value: Any) -> bytes:
     if len(data) > VALUE_BYTES_MAX:
         raise LimitExceeded(f"value for {key} is {len(data)} bytes; VALUE_BYTES_MAX is {VALUE_BYTES_MAX}")
     return data
+
+
+JOB_LOG_LINES_READ_MAX = 100_000  # lines one `fuxi job logs` call returns
+
+
+def read_job_logs(log_dir: str, job_id: str, task: str | None = None,
+                  instance: int | None = None) -> list[dict]:
+    """A job's log lines (JSON lines written by its JobMaster), optionally for one task and
+    instance, at most JOB_LOG_LINES_READ_MAX of them."""
+    path = os.path.join(log_dir, f"{job_id}.jsonl")
+    out: list[dict] = []
+    if not os.path.exists(path):
+        return out
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if (task is None or rec["task"] == task) and (instance is None or rec["instance"] == instance):
+                out.append(rec)
+                if len(out) >= JOB_LOG_LINES_READ_MAX:
+                    break
+    return out
 
 
 class StateStore(Protocol):
