@@ -179,3 +179,31 @@ def test_lock_never_has_two_holders_and_bad_input_is_refused(group):
             await c.close()
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_watcher_disconnected_during_writes_resumes_without_missing_events(group):
+    import asyncio
+
+    from nuwa.client import AsyncNuwa
+
+    async def main():
+        writer = AsyncNuwa(group.client_addresses(), timeout_s=5)
+        reader = AsyncNuwa(group.client_addresses(), timeout_s=5)
+        await writer.create("/ev/", parents=True)
+        w = await reader.watch("/ev/", recursive=True)
+        expected = []
+
+        async def write(n0, n1):
+            for i in range(n0, n1):
+                await writer.create(f"/ev/e{i:03d}", b"")
+                expected.append(f"/ev/e{i:03d}")
+
+        await write(0, 20)
+        reader.conn.close()  # the watcher is cut off while writes go on
+        await write(20, 60)
+        got = [(await w.next(10))["path"] for _ in range(60)]
+        assert got == expected
+        await writer.close()
+        await reader.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
