@@ -135,6 +135,8 @@ class Sim:
     # The direct check that a replica without its disk never grants a vote; tests switch it
     # off to show that the end-to-end invariants catch the consequences too.
     check_lost_disk_never_votes = True
+    # The test file whose NUWA_SEED replays this run (printed with every failure).
+    replay_test = "tests/nuwa/test_raft_sim.py"
 
     def __init__(self, seed: int, n: int, config: SimConfig | None = None) -> None:
         self.seed = seed
@@ -170,7 +172,7 @@ class Sim:
     def fail(self, what: str) -> None:
         trace = "\n  ".join(self.trace)
         raise InvariantError(f"seed={self.seed} n={self.n} tick={self.now}: {what}\n"
-                             f"replay: NUWA_SEED={self.seed} pytest tests/nuwa/test_raft_sim.py"
+                             f"replay: NUWA_SEED={self.seed} python -m pytest {self.replay_test} -q"
                              f"\nlast events:\n  {trace}")
 
     def note(self, event: str) -> None:
