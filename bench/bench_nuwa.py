@@ -273,6 +273,86 @@ class NuwaClient:
         await self.c.close()
 
 
+# ---------------------------------------------------------------- pysyncobj
+
+class PySyncObj:
+    name = "pysyncobj"
+
+    def __init__(self, tmp: str):
+        self.tmp = tmp
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.ports = {i: (4321 + 10 * i, 4322 + 10 * i) for i in range(3)}  # (raft, client)
+
+    def start(self) -> None:
+        import sys
+
+        for i, (rport, cport) in self.ports.items():
+            peers = [str(r) for j, (r, _) in self.ports.items() if j != i]
+            self.procs[i] = subprocess.Popen(
+                [sys.executable, "-m", "bench.pysyncobj_node", str(rport), str(cport), *peers,
+                 os.path.join(self.tmp, f"node{i}")],
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait(timeout=10)
+
+    def client(self, member=None, exclude: int | None = None, attempt_timeout_s: float = 5.0):
+        alive = [i for i, p in self.procs.items() if p.poll() is None and i != exclude]
+        return LineClient([self.ports[i][1] for i in alive], attempt_timeout_s)
+
+    async def leader(self) -> int:
+        c = self.client()
+        try:
+            st = await c.call({"op": "status"})
+        finally:
+            await c.close()
+        for i, (rport, _) in self.ports.items():
+            if st["leader"].endswith(f":{rport}"):
+                return i
+        raise RuntimeError(f"no pysyncobj leader: {st}")
+
+    def kill(self, member: int) -> None:
+        self.procs[member].send_signal(signal.SIGKILL)
+        self.procs[member].wait(timeout=10)
+
+
+class LineClient:
+    def __init__(self, ports: list[int], attempt_timeout_s: float):
+        self.ports, self.timeout_s = ports, attempt_timeout_s
+        self.i = 0
+        self.r = self.w = None
+
+    async def call(self, req: dict):
+        if self.w is None:
+            self.r, self.w = await asyncio.open_connection("127.0.0.1", self.ports[self.i])
+        try:
+            self.w.write((json.dumps(req) + "\n").encode())
+            line = await asyncio.wait_for(self.r.readline(), self.timeout_s)
+        except Exception:
+            self.w.close()
+            self.w = None
+            self.i = (self.i + 1) % len(self.ports)
+            raise
+        msg = json.loads(line)
+        if "error" in msg:
+            raise RuntimeError(msg["error"])
+        return msg["ok"]
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self.call({"op": "put", "k": key, "v": value.decode()})
+
+    async def get(self, key: str) -> bytes:
+        return ((await self.call({"op": "get", "k": key})) or "").encode()
+
+    async def close(self):
+        if self.w is not None:
+            self.w.close()
+
+
 # ---------------------------------------------------------------- the load generator
 
 def pct(xs, p):
@@ -312,6 +392,9 @@ async def measure(system, ops: int, clients: int, seconds: float) -> dict:
             await cl.close()
 
     # watch notification: time from issuing the put to the watcher receiving the event
+    if not hasattr(system.client(), "watch_one"):
+        out["watch_notify_p50_ms"] = None  # no watches in this system
+        return await _recovery(system, c, out)
     watcher = system.client()
     started, q = asyncio.Event(), asyncio.Queue()
     task = asyncio.create_task(watcher.watch_one("wk", started, q))
@@ -324,7 +407,10 @@ async def measure(system, ops: int, clients: int, seconds: float) -> dict:
         notify.append(max(0.0, got - t0))
     task.cancel()
     out["watch_notify_p50_ms"] = round(1000 * pct(notify, 0.5), 3)
+    return await _recovery(system, c, out)
 
+
+async def _recovery(system, c, out: dict) -> dict:
     # Leader recovery: kill the leader, then time the next successful write. The client talks
     # only to the survivors (a write the dying leader still answered would prove nothing), and
     # each try has a short timeout so the figure is the cluster's, not a client timeout's.
@@ -355,7 +441,7 @@ def main() -> None:
     if shutil.which("etcd") is None:
         raise SystemExit("etcd is not installed: apt-get install -y etcd-server")
     results = {}
-    for cls in (Etcd, NuwaSystem):
+    for cls in (Etcd, NuwaSystem, PySyncObj):
         tmp = tempfile.mkdtemp(prefix=f"fuxi-bench-{cls.name}-")
         system = cls(tmp)
         system.start()
@@ -365,13 +451,15 @@ def main() -> None:
         finally:
             system.stop()
             shutil.rmtree(tmp, ignore_errors=True)
-    e, n = results["etcd"], results["nuwa"]
+    e, n, p = results["etcd"], results["nuwa"], results["pysyncobj"]
     print(f"{machine()}: 3 members on 127.0.0.1, {args.clients} clients for throughput")
-    print(f"  {'':28} {'etcd':>10} {'nuwa':>10}   nuwa/etcd")
+    print(f"  {'':24} {'etcd':>9} {'nuwa':>9} {'pysyncobj':>10}   nuwa/etcd")
     for k in ("put_p50_ms", "put_p99_ms", "put_per_s", "get_per_s", "watch_notify_p50_ms",
               "leader_recovery_s"):
-        print(f"  {k:28} {e[k]:>10} {n[k]:>10}   {n[k] / e[k]:.2f}x" if e[k] else f"  {k:28} {e[k]:>10} {n[k]:>10}")
-    report("nuwa", etcd=e, nuwa=n)
+        ratio = f"{n[k] / e[k]:.2f}x" if e[k] else ""
+        print(f"  {k:24} {e[k]!s:>9} {n[k]!s:>9} {p[k]!s:>10}   {ratio}")
+    print("  (pysyncobj: gets read a node's local copy — not linearizable; no watches)")
+    report("nuwa", etcd=e, nuwa=n, pysyncobj=p)
 
 
 if __name__ == "__main__":
