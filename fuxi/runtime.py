@@ -8,7 +8,7 @@
   started in-process (``address="local"``, never a cluster we did not mean to join) that is
   shut down when the command ends.
 * ``fuxi down`` stops the platform actors and, if we started the head, only that head's
-  process group — never ``ray stop``, which would kill every Ray on the machine.
+  session — never the Ray CLI's stop command, which would kill every Ray on the machine.
 """
 
 from __future__ import annotations
