@@ -69,6 +69,10 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
         return
     typer.echo(f"cluster {cluster!r} at {info['address']}: {len(info['nodes'])} node(s), "
                f"{len(info['jobs_running'])} job(s) running")
+    if info.get("nuwa"):
+        typer.echo(f"  nuwa: {', '.join(info['nuwa'])}")
+    for line in info.get("nuwa_events", [])[-5:]:
+        typer.echo(f"  nuwa event: {line}")
     for n in info["nodes"]:
         res = n["resources"]
         free = n.get("free", {})

@@ -49,7 +49,6 @@ class JobLimits:
     worker_start_failures_max: int = 8  # failed worker starts before the job gives up
     idle_release_s: float = 2.0  # an idle worker with nothing left to do is released after this
     error_chars_max: int = 8000  # traceback text kept per failed attempt
-    log_lines_max: int = 2000  # log lines kept per attempt (the worker truncates too)
 
 
 # ---------------------------------------------------------------- actions (plain data)
