@@ -7,6 +7,7 @@ restarted replica finds its own disk again. Replica ``i`` keeps its WAL and snap
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -121,7 +122,25 @@ def start_group(size: int, data_dir: str, namespace: str,
     voters = list(range(1, size + 1))
     nodes = {rid: alive[(rid - 1) % len(alive)] for rid in voters}  # spread; share when few
     g = Group(namespace=namespace, data_dir=data_dir, voters=voters, nodes=nodes, config=config)
+    # Remember that this group exists: any later start is a *rejoin*, so a replica that finds
+    # no disk (a new host, a wiped one) comes back as a non-voter instead of voting with an
+    # empty log and overwriting committed entries.
+    marker = os.path.join(data_dir, "nuwa", "group.json")
+    existed = os.path.exists(marker)
+    if existed:
+        with open(marker) as f:
+            recorded = json.load(f)["voters"]
+        if recorded != voters:
+            raise BadRequest(f"the Nuwa group in {data_dir} has voters {recorded}; asked for "
+                             f"{size} replicas. Changing the group size needs a membership "
+                             f"change, which is not supported yet: use --nuwa-replicas "
+                             f"{len(recorded)}")
+    else:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker + ".tmp", "w") as f:
+            json.dump({"voters": voters}, f)
+        os.replace(marker + ".tmp", marker)
     for rid in voters:
-        g.start_replica(rid, rejoin=os.path.exists(os.path.join(g.replica_dir(rid), "member.json")))
+        g.start_replica(rid, rejoin=existed)
     g.publish_peers()
     return g

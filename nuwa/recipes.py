@@ -133,9 +133,14 @@ class Election:
         self.q = _Queue(client, f"/elections/{name}/", "candidate", identity.encode())
 
     async def campaign(self, timeout_s: float = LOCK_WAIT_S_MAX) -> int:
-        """Become a candidate and wait to lead; returns the leadership's fencing token."""
+        """Become a candidate and wait to lead; returns the leadership's fencing token. On a
+        timeout or cancel it leaves the race (an abandoned candidate must not win later)."""
         await self.q.join()
-        await self.q.wait_first(timeout_s)
+        try:
+            await self.q.wait_first(timeout_s)
+        except BaseException:
+            await self.q.leave()
+            raise
         return self.q.token
 
     async def leader(self) -> str | None:

@@ -33,7 +33,9 @@ import msgpack
 
 from nuwa import errors as E
 from nuwa.codec import decode_message, encode_message
+from nuwa.commands import parse_command
 from nuwa.raft import MemoryStorage, MsgType, NotLeader, RaftNode, Role
+from nuwa.raft_types import ProposalDropped
 from nuwa.transport import Transport, frame, read_frame
 from nuwa.tree import Tree
 from nuwa.wal import Wal
@@ -124,12 +126,20 @@ class ReplicaServer:
         marker = os.path.join(self.data_dir, "member.json")
         if os.path.exists(marker):
             with open(marker) as f:
-                return bool(json.load(f)["voter"])
+                member = json.load(f)
+            recorded = sorted(member.get("voters", self.voters))
+            if recorded != sorted(self.voters):
+                # Mixing voter sets lets two majorities elect two leaders in one term.
+                raise E.BadRequest(
+                    f"replica {self.id} belongs to a Nuwa group with voters {recorded}, but was "
+                    f"started with voters {sorted(self.voters)}; changing the group size needs a "
+                    f"membership change, which is not supported yet — start it with the same size")
+            return bool(member["voter"])
         empty = rec.hard_state is None and rec.snapshot is None and not rec.entries
         voter = not (self.rejoin and empty)
         tmp = marker + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"id": self.id, "voter": voter}, f)
+            json.dump({"id": self.id, "voter": voter, "voters": sorted(self.voters)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, marker)
@@ -163,12 +173,14 @@ class ReplicaServer:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_s)
+            if self.stopped:
+                return
             try:
                 self.node.tick()
                 self._leader_duties()
                 self._process_ready()
-            except Exception:
-                logger.exception("replica %s tick failed", self.id)
+            except Exception as e:
+                self._fatal(e)
 
     def _on_peer(self, payload: bytes) -> None:
         if self.stopped:
@@ -193,17 +205,36 @@ class ReplicaServer:
             return
         try:
             self._process_ready()
-        except Exception:
-            logger.exception("replica %s: processing Ready failed", self.id)
+        except Exception as e:
+            self._fatal(e)
+
+    def _fatal(self, e: Exception) -> None:
+        """A failure inside the Raft loop (a WAL write or fsync, applying, restoring a snapshot)
+        leaves this replica's disk or state machine in doubt; carrying on could apply entries
+        out of order or count entries as durable that are not. Stop serving instead: the
+        others keep the group available, and a restart recovers from what is on disk."""
+        logger.critical("replica %s stops after a failure in its Raft loop: %r", self.id, e,
+                        exc_info=True)
+        self.stopped = True
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+        asyncio.get_running_loop().create_task(self.transport.close())
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(E.OutcomeUnknown(f"replica {self.id} stopped: {e!r}"))
 
     def _process_ready(self) -> None:
         while self.node.has_ready():
             rd = self.node.ready()
             if rd.snapshot is not None:
+                tree = Tree.restore(rd.snapshot.data)  # validate before it is on disk
+                old_rev = self.tree.revision
                 self.wal.save_snapshot(rd.snapshot)
                 self.storage.apply_snapshot(rd.snapshot)
-                self.tree = Tree.restore(rd.snapshot.data)
+                self.tree = tree
                 self.applied = rd.snapshot.index
+                if self.watchers:
+                    self._notify_watchers(old_rev)
             # A leader may replicate its new entries before they are on its own disk (Raft
             # thesis 10.2.1): followers' fsyncs then overlap ours. Its commit still waits for
             # this fsync, because committed entries only come in a later Ready. Everything
@@ -299,13 +330,21 @@ class ReplicaServer:
                 if not fut.done():
                     fut.set_exception(self._leader_error())
             self.reads.clear()
+            # Watches are served by the leader: drop their connections so each client
+            # resubscribes at the new leader from its last revision (rather than going quiet).
+            for conn in {c for c, _, _ in self.watchers.values()}:
+                conn.writer.close()
+            self.watchers.clear()
         self.was_leader = is_leader
         if not is_leader:
             return
         for sid, deadline in list(self.session_deadlines.items()):
             if now > deadline:
+                try:
+                    self._propose({"op": "session_close", "session": sid, "reason": "expired"})
+                except (E.NuwaError, NotLeader, ProposalDropped):
+                    continue  # refused for now: try again next tick
                 del self.session_deadlines[sid]
-                self._propose({"op": "session_close", "session": sid, "reason": "expired"})
 
     # ------------------------------------------------------------ proposals and reads
 
@@ -368,6 +407,9 @@ class ReplicaServer:
             conn.send({"id": rid, "error": e.to_dict()})
         except NotLeader:
             conn.send({"id": rid, "error": self._leader_error().to_dict()})
+        except ProposalDropped as e:  # nothing was appended: safe to send again
+            conn.send({"id": rid, "error": E.Unavailable(f"replica {self.id} refused the "
+                                                         f"proposal for now: {e}").to_dict()})
         except asyncio.TimeoutError:
             conn.send({"id": rid, "error": E.Timeout("the replica could not confirm the read in "
                                                      f"{self.config.read_timeout_s}s").to_dict()})
@@ -388,6 +430,9 @@ class ReplicaServer:
             cmd = dict(req["cmd"])
             if op == "session_open":
                 cmd["session"] = secrets.randbits(62) or 1  # 0 is not a valid session id
+            # Refuse bad or oversized commands here, before they become log entries: an entry
+            # that cannot be framed would cut the leader off from its peers.
+            parse_command(cmd)
             result = await self._propose(cmd)
             if "error" in result:
                 raise E.error_from_dict(result["error"])
@@ -398,8 +443,7 @@ class ReplicaServer:
             if not leader:
                 raise self._leader_error()
             sid = req["session"]
-            if sid not in self.session_deadlines:
-                raise E.SessionExpired(f"session {sid} has expired or was closed")
+            # The tree is the truth (a new leader may not have rebuilt its timers yet).
             ttl = next((s["ttl_s"] for s in self.tree.sessions() if s["session"] == sid), None)
             if ttl is None:
                 raise E.SessionExpired(f"session {sid} has expired or was closed")

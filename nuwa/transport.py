@@ -69,10 +69,19 @@ class _Peer:
             try:
                 writer.write(frame(self.hello))
                 while True:
+                    batch = []
                     payload = await self.queue.get()
-                    batch = [frame(payload)]
-                    while not self.queue.empty() and len(batch) < 256:
-                        batch.append(frame(self.queue.get_nowait()))
+                    while True:
+                        try:
+                            batch.append(frame(payload))
+                        except FrameError as e:  # drop that one message, keep the link
+                            self.dropped += 1
+                            logger.error("dropping a message to replica %s: %s", self.peer_id, e)
+                        if self.queue.empty() or len(batch) >= 256:
+                            break
+                        payload = self.queue.get_nowait()
+                    if not batch:
+                        continue
                     writer.write(b"".join(batch))
                     await writer.drain()
             except (OSError, ConnectionError, asyncio.IncompleteReadError):

@@ -335,3 +335,20 @@ def test_election_campaign_leader_observe_resign_and_barrier(group):
             await group.close()
 
     run(main())
+
+
+def test_restarting_a_replica_with_another_group_size_is_refused(group, tmp_path):
+    async def main():
+        await group.start_all()
+        try:
+            await group.leader()
+            rid = 1
+            await group.stop(rid)
+            s = ReplicaServer(rid, [1, 2, 3, 4, 5], str(tmp_path / f"r{rid}"), CFG)
+            with pytest.raises(E.BadRequest, match=r"voters \[1, 2, 3\].*\[1, 2, 3, 4, 5\]"):
+                await s.start("127.0.0.1")
+            await s.transport.close()
+        finally:
+            await group.close()
+
+    run(main())
