@@ -118,6 +118,7 @@ class AsyncNuwa:
                         r, w = await asyncio.wait_for(asyncio.open_connection(host, port),
                                                       min(CONNECT_TIMEOUT_S, max(0.01, deadline - loop.time())))
                         w.write(frame(b"C"))
+                        self._early.clear()  # watch ids belong to a connection
                         self.conn = _Connection(r, w, self._on_watch, self._on_lost)
                         self.leader = (host, port)
                         await self._resubscribe()

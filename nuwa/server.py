@@ -49,6 +49,8 @@ class ServerConfig:
     election_ticks: int = 15  # 0.3-0.6 s election timeout: leader recovery well under 1 s
     heartbeat_ticks: int = 2
     snapshot_every_entries: int = 10_000
+    snapshot_trailing_entries: int = 5_000  # kept after a snapshot, so a follower a little
+    #                                         behind catches up from the log, not a snapshot
     pending_max: int = 20_000  # proposals and reads waiting for an answer, per replica
     watchers_max: int = 10_000  # watches per replica
     client_inflight_max: int = 1024  # requests in flight on one client connection
@@ -303,11 +305,13 @@ class ReplicaServer:
         self.read_waiters = still
 
     def _maybe_snapshot(self) -> None:
-        if self.applied - self.storage.first_index() + 1 < self.config.snapshot_every_entries:
+        if self.applied - self.storage.snapshot().index < self.config.snapshot_every_entries:
             return
         snap = self.storage.create_snapshot(self.applied, self.tree.snapshot(), tuple(self.voters))
         self.wal.save_snapshot(snap)
-        self.storage.compact(self.applied)
+        keep_from = self.applied - self.config.snapshot_trailing_entries
+        if keep_from > self.storage.first_index():
+            self.storage.compact(keep_from)
 
     # ------------------------------------------------------------ leader duties: sessions
 
@@ -463,7 +467,9 @@ class ReplicaServer:
                 raise self._leader_error()
             return self._watch(conn, req)
         if op == "unwatch":
-            self.watchers.pop(req["watch"], None)
+            w = self.watchers.get(req["watch"])
+            if w is not None and w[0] is conn:  # only the caller's own watches
+                del self.watchers[req["watch"]]
             return True
         raise E.BadRequest(f"unknown op {op!r}; expected one of create, set, delete, txn, get, "
                            f"list, stat, exists, session_open, session_keepalive, session_close, "

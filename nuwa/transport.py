@@ -21,7 +21,9 @@ from typing import Awaitable, Callable
 
 logger = logging.getLogger(__name__)
 
-FRAME_BYTES_MAX = 16 * 1024 * 1024
+FRAGMENT_BYTES_MAX = 8 * 1024 * 1024  # one frame on the wire; bigger messages are split
+FRAME_BYTES_MAX = 1024 * 1024 * 1024  # one whole message after reassembly (a snapshot)
+_MORE = 1 << 31  # top bit of the length word: more fragments of this message follow
 PEER_QUEUE_MAX = 4096  # frames waiting for one peer
 CONNECT_TIMEOUT_S = 1.0
 RECONNECT_BACKOFF_MAX_S = 1.0
@@ -33,17 +35,37 @@ class FrameError(Exception):
 
 
 def frame(payload: bytes) -> bytes:
+    """One message as one or more fragments of at most FRAGMENT_BYTES_MAX (snapshots and big
+    watch batches exceed one fragment; they are split here rather than refused)."""
     if len(payload) > FRAME_BYTES_MAX:
-        raise FrameError(f"frame of {len(payload)} bytes exceeds FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
-    return _LEN.pack(len(payload)) + payload
+        raise FrameError(f"message of {len(payload)} bytes exceeds FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
+    if len(payload) <= FRAGMENT_BYTES_MAX:
+        return _LEN.pack(len(payload)) + payload
+    view = memoryview(payload)
+    parts = []
+    for off in range(0, len(payload), FRAGMENT_BYTES_MAX):
+        chunk = view[off:off + FRAGMENT_BYTES_MAX]
+        last = off + FRAGMENT_BYTES_MAX >= len(payload)
+        parts.append(_LEN.pack(len(chunk) | (0 if last else _MORE)))
+        parts.append(bytes(chunk))
+    return b"".join(parts)
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readexactly(_LEN.size)
-    (n,) = _LEN.unpack(head)
-    if n > FRAME_BYTES_MAX:
-        raise FrameError(f"incoming frame of {n} bytes exceeds FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
-    return await reader.readexactly(n)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        (word,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+        n, more = word & ~_MORE, bool(word & _MORE)
+        if n > FRAGMENT_BYTES_MAX:
+            raise FrameError(f"incoming fragment of {n} bytes exceeds FRAGMENT_BYTES_MAX="
+                             f"{FRAGMENT_BYTES_MAX}")
+        total += n
+        if total > FRAME_BYTES_MAX:
+            raise FrameError(f"incoming message exceeds FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
+        chunks.append(await reader.readexactly(n))
+        if not more:
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _Peer:

@@ -189,8 +189,12 @@ class Wal:
         payload = _encode_snapshot(snap)
         _write_atomic(self.snap_path, struct.pack("<I", zlib.crc32(payload)) + payload)
         self._snapshot = snap
-        keep = [e for e in self._entries if e.index > snap.index]
-        # An installed snapshot may be ahead of everything we have: then the log restarts after it.
+        # Keep what follows the snapshot only if our log agrees with it at its index: an
+        # installed snapshot may be ahead of us, or from a leader whose history differs from
+        # our uncommitted tail — then every entry after it is stale and the log restarts.
+        at = next((e for e in self._entries if e.index == snap.index), None)
+        agrees = at is not None and at.term == snap.term
+        keep = [e for e in self._entries if e.index > snap.index] if agrees else []
         if keep and keep[0].index != snap.index + 1:
             keep = []
         buf = bytearray()

@@ -352,3 +352,56 @@ def test_restarting_a_replica_with_another_group_size_is_refused(group, tmp_path
             await group.close()
 
     run(main())
+
+
+def test_a_snapshot_larger_than_one_fragment_reaches_a_rejoining_replica(tmp_path):
+    import shutil
+
+    from nuwa.transport import FRAGMENT_BYTES_MAX
+
+    cfg = ServerConfig(snapshot_every_entries=10, snapshot_trailing_entries=0)
+
+    async def main():
+        ids = [1, 2, 3]
+        servers, addrs = {}, {}
+
+        async def start(rid, rejoin=False):
+            s = ReplicaServer(rid, ids, str(tmp_path / f"s{rid}"), cfg, seed=rid, rejoin=rejoin)
+            addrs[rid] = ("127.0.0.1", await s.start("127.0.0.1", addrs.get(rid, (0, 0))[1]))
+            servers[rid] = s
+
+        for rid in ids:
+            await start(rid)
+        for s in servers.values():
+            s.set_peers(addrs)
+        try:
+            c = AsyncNuwa(list(addrs.values()), timeout_s=10)
+            await c.create("/blob/", parents=True)
+            for i in range(20):  # ~20 MiB of values: the snapshot spans several fragments
+                await c.create(f"/blob/b{i}", bytes([i]) * (1024 * 1024 - 64))
+            leader = next(r for r, s in servers.items() if s.node.status()["role"] == Role.LEADER)
+            victim = next(r for r in ids if r != leader)
+            await servers.pop(victim).stop()
+            shutil.rmtree(tmp_path / f"s{victim}")
+            await start(victim, rejoin=True)
+            for s in servers.values():
+                s.set_peers(addrs)
+            s = servers[victim]
+
+            def blobs() -> int:
+                return len(s.tree.list("/blob/")) if s.tree.exists("/blob/") else 0
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while blobs() < 20 and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+            assert blobs() == 20
+            assert s.tree.get("/blob/b7")[0] == bytes([7]) * (1024 * 1024 - 64)
+            assert len(servers[leader].tree.snapshot()) > FRAGMENT_BYTES_MAX
+            await c.close()
+        finally:
+            for s in servers.values():
+                with contextlib.suppress(Exception):
+                    await s.stop()
+
+    run(main())

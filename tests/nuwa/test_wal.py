@@ -110,3 +110,15 @@ for i in range(1, 100000):
     acked = int(out.stdout.split()[-1])
     rec = Wal(str(tmp_path)).recover()
     assert [e.index for e in rec.entries][:acked] == list(range(1, acked + 1))
+
+
+def test_installed_snapshot_that_disagrees_with_our_tail_drops_it(tmp_path):
+    w = Wal(str(tmp_path))
+    w.recover()
+    w.save(HardState(2, 1, 3), [Entry(term=1, index=i, data=b"x") for i in range(1, 4)]
+           + [Entry(term=2, index=i, data=b"stale") for i in range(4, 7)])
+    # The leader's snapshot at index 5 was taken in term 3: our entries 4..6 are not its history.
+    w.save_snapshot(Snapshot(index=5, term=3, voters=(1, 2, 3), data=b"leader state"))
+    w.close()
+    rec = Wal(str(tmp_path)).recover()
+    assert rec.snapshot.index == 5 and rec.entries == []
