@@ -147,18 +147,26 @@ class NuwaStore:
         _check_key(key)
         return self.root + key
 
+    PUT_TRIES_MAX = 5  # a blind set by the only writer is safe to repeat after an unknown outcome
+
     def put(self, key: str, value: Any) -> None:
-        from nuwa.errors import NodeExists, NoNode
+        from nuwa.errors import NodeExists, NoNode, OutcomeUnknown, Unavailable
 
         data = _encode(key, value)
         path = self._path(key)
-        try:
-            self.client.set(path, data)
-        except NoNode:
+        for attempt in range(self.PUT_TRIES_MAX):
             try:
-                self.client.create(path, data, parents=True)
-            except NodeExists:  # created meanwhile by a retried call: set it
-                self.client.set(path, data)
+                try:
+                    self.client.set(path, data)
+                except NoNode:
+                    try:
+                        self.client.create(path, data, parents=True)
+                    except NodeExists:  # created by an earlier try whose answer was lost
+                        self.client.set(path, data)
+                return
+            except (OutcomeUnknown, Unavailable):
+                if attempt == self.PUT_TRIES_MAX - 1:
+                    raise
 
     def get(self, key: str, default: Any = None) -> Any:
         from nuwa.errors import NoNode
