@@ -221,11 +221,16 @@ class NuwaSystem:
         return NuwaClient(addrs, attempt_timeout_s)
 
     async def leader(self) -> int:
+        """The current leader: of those that say LEADER, the one with the highest term (a
+        deposed leader may not have noticed yet)."""
+        best = None
         for rid, h in self.group.handles.items():
             st = await h.status.remote()
-            if st["role"] == "LEADER":
-                return rid
-        raise RuntimeError("no nuwa leader")
+            if st["role"] == "LEADER" and (best is None or st["term"] > best[1]):
+                best = (rid, st["term"])
+        if best is None:
+            raise RuntimeError("no nuwa leader")
+        return best[0]
 
     def kill(self, rid: int) -> None:
         import ray
