@@ -20,7 +20,9 @@ class NuwaReplica:
 
     async def start(self, port: int = 0) -> tuple[str, int]:
         port = await self.server.start("0.0.0.0", port)
-        return ray.util.get_node_ip_address(), port
+        addr = (ray.util.get_node_ip_address(), port)
+        self.server.addresses.setdefault(self.server.id, addr)  # known before peers are published
+        return addr
 
     async def set_peers(self, addresses: dict[int, tuple[str, int]]) -> None:
         self.server.set_peers({int(k): tuple(v) for k, v in addresses.items()})

@@ -128,7 +128,8 @@ def test_fuxi_master_restarts_a_replica_that_died(group):
             try:
                 h = ray.get_actor(f"nuwa-{victim}", namespace=group.namespace)
                 back = ray.get(h.status.remote(), timeout=5)
-                break
+                if back.get("address"):
+                    break
             except Exception:
                 time.sleep(0.5)
         assert back is not None, "FuxiMaster did not restart the dead replica within 60 s"
