@@ -128,9 +128,9 @@ class AsyncNuwa:
                 await asyncio.sleep(RETRY_BACKOFF_S)
             raise E.Unavailable(f"no Nuwa replica reachable at {self.addresses}: {last!r}")
 
-    async def _call(self, req: dict, write: bool) -> Any:
+    async def _call(self, req: dict, write: bool, timeout_s: float | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
+        deadline = loop.time() + (timeout_s if timeout_s is not None else self.timeout_s)
         while True:
             conn = await self._connect(deadline)
             if write:
@@ -293,7 +293,9 @@ class Session:
         while not self.expired:
             await asyncio.sleep(self.ttl_s / 3)
             try:
-                await self.client._call({"op": "session_keepalive", "session": self.id}, False)
+                # Each try must end well inside the TTL, or one slow leader expires a live session.
+                await self.client._call({"op": "session_keepalive", "session": self.id}, False,
+                                        timeout_s=min(self.client.timeout_s, self.ttl_s / 3))
             except E.SessionExpired:
                 self.expired = True
             except E.NuwaError:

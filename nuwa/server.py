@@ -512,13 +512,23 @@ class ReplicaServer:
                 conn.send({"watch": wid, "events": [_event(e) for e in evs]})
 
 
+CONN_BUFFER_BYTES_MAX = 256 * 1024 * 1024  # unsent bytes to one client before it is cut off
+
+
 class _Conn:
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
 
     def send(self, msg: dict) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(frame(msgpack.packb(msg, use_bin_type=True)))
+        if self.writer.is_closing():
+            return
+        self.writer.write(frame(msgpack.packb(msg, use_bin_type=True)))
+        if self.writer.transport.get_write_buffer_size() > CONN_BUFFER_BYTES_MAX:
+            # A client that does not read (a stalled watcher) must not grow our memory without
+            # bound: drop it; its watches resubscribe from their last revision on reconnect.
+            logger.warning("closing a client %s bytes behind (CONN_BUFFER_BYTES_MAX)",
+                           self.writer.transport.get_write_buffer_size())
+            self.writer.close()
 
 
 def _stat(stat) -> dict:
