@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 
 from nuwa import errors as E
 from nuwa.client import AsyncNuwa, Session
@@ -48,9 +49,19 @@ class _Queue:
         self.token: int | None = None
 
     async def join(self) -> None:
+        """Create our ephemeral sequential node. "Protected" like kazoo's: the name carries a
+        per-attempt GUID, so if the create's answer is lost (OutcomeUnknown) we can still find
+        the node it may have made, instead of leaving an orphan that blocks everyone."""
         await _ensure_dir(self.client, self.dir)
-        self.node = await self.client.create(self.dir + self.prefix + "-", self.value,
-                                             ephemeral=True, sequential=True)
+        guid = secrets.token_hex(8)
+        try:
+            self.node = await self.client.create(f"{self.dir}{self.prefix}-{guid}-", self.value,
+                                                 ephemeral=True, sequential=True)
+        except E.OutcomeUnknown:
+            mine = [c for c in await self.client.list(self.dir) if f"-{guid}-" in c]
+            if not mine:
+                raise  # it did not happen: the caller may try again
+            self.node = self.dir + mine[0]
         self.token = (await self.client.stat(self.node))["created_rev"]
 
     async def members(self) -> list[str]:
@@ -105,8 +116,8 @@ class Lock:
         queue) if not acquired within ``timeout_s`` (at most LOCK_WAIT_S_MAX)."""
         if not 0 < timeout_s <= LOCK_WAIT_S_MAX:
             raise E.BadRequest(f"timeout_s={timeout_s}; expected 0 < timeout_s <= {LOCK_WAIT_S_MAX}")
-        await self.q.join()
         try:
+            await self.q.join()
             await self.q.wait_first(timeout_s)
         except BaseException:
             await self.q.leave()

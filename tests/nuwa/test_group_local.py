@@ -405,3 +405,36 @@ def test_a_snapshot_larger_than_one_fragment_reaches_a_rejoining_replica(tmp_pat
                     await s.stop()
 
     run(main())
+
+
+def test_lock_adopts_its_node_when_the_create_answer_is_lost(group):
+    class LossyAnswers(AsyncNuwa):
+        """The create happens on the server, but its answer is 'lost' once."""
+
+        lose_next = True
+
+        async def create(self, path, value=b"", **kw):
+            real = await super().create(path, value, **kw)
+            if kw.get("sequential") and self.lose_next:
+                self.lose_next = False
+                raise E.OutcomeUnknown("answer lost (test)")
+            return real
+
+    async def main():
+        await group.start_all()
+        try:
+            await group.leader()
+            lossy = LossyAnswers(list(group.addresses.values()), timeout_s=5)
+            other = AsyncNuwa(list(group.addresses.values()), timeout_s=5)
+            lock = Lock(lossy, "adopt")
+            token = await lock.acquire(timeout_s=5)  # adopts the node its lost create made
+            assert token and len(await lossy.list("/locks/adopt/")) == 1
+            await lock.release()
+            # No orphan was left behind: another client gets the lock at once.
+            assert await Lock(other, "adopt").acquire(timeout_s=5) > token
+            await lossy.close()
+            await other.close()
+        finally:
+            await group.close()
+
+    run(main())
