@@ -141,6 +141,18 @@ def start_group(size: int, data_dir: str, namespace: str,
             json.dump({"voters": voters}, f)
         os.replace(marker + ".tmp", marker)
     for rid in voters:
-        g.start_replica(rid, rejoin=existed)
+        # A node that just died may still be listed alive for a moment: if a replica cannot
+        # be placed there, try the other nodes before giving up.
+        tried: list[str] = []
+        while True:
+            try:
+                g.start_replica(rid, rejoin=existed)
+                break
+            except Exception:
+                tried.append(g.nodes[rid])
+                left = [n for n in alive if n not in tried]
+                if not left:
+                    raise
+                g.nodes[rid] = left[0]
     g.publish_peers()
     return g

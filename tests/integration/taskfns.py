@@ -17,8 +17,11 @@ def _mark(ctx, what: str) -> None:
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    with open(os.path.join(d, f"{what}-{ctx.task}-{ctx.instance}-{ctx.attempt}"), "w") as f:
+    name = f"{what}-{ctx.task}-{ctx.instance}-{ctx.attempt}"
+    tmp = os.path.join(d, f".{name}.tmp")  # hidden: tests glob "run-*" while this is written
+    with open(tmp, "w") as f:
         json.dump({"pid": os.getpid(), "t": time.time(), "node": node}, f)
+    os.replace(tmp, os.path.join(d, name))
 
 
 def noop(ctx) -> None:
