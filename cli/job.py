@@ -26,6 +26,15 @@ def _jobs(cluster: str) -> Iterator:
         yield FuxiClient(conn.master)
 
 
+def _query(cluster: str, call):
+    """Run ``call(jobs)`` on the running cluster or the records on disk; errors become exit codes."""
+    try:
+        with _jobs(cluster) as jobs:
+            return call(jobs)
+    except Exception as e:
+        handle(e)
+
+
 def _when(ts) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
@@ -33,11 +42,7 @@ def _when(ts) -> str:
 @app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
     """Jobs known to the cluster, oldest first."""
-    try:
-        with _jobs(cluster) as jobs:
-            rows = jobs.list()
-    except Exception as e:
-        handle(e)
+    rows = _query(cluster, lambda jobs: jobs.list())
     if as_json:
         print_json(rows)
         return
@@ -49,11 +54,7 @@ def list_(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterO
 @app.command("status")
 def status(job_id: str, as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
     """One job's state and per-task counts."""
-    try:
-        with _jobs(cluster) as jobs:
-            st = jobs.status(job_id)
-    except Exception as e:
-        handle(e)
+    st = _query(cluster, lambda jobs: jobs.status(job_id))
     if as_json:
         print_json(st)
         return
@@ -77,11 +78,7 @@ def logs(
     cluster: str = ClusterOpt,
 ) -> None:
     """Lines the job's tasks wrote to ctx.log, and tracebacks of failed attempts."""
-    try:
-        with _jobs(cluster) as jobs:
-            rows = jobs.logs(job_id, task, instance)
-    except Exception as e:
-        handle(e)
+    rows = _query(cluster, lambda jobs: jobs.logs(job_id, task, instance))
     for r in rows:
         typer.echo(f"{r['task']}[{r['instance']}] a{r['attempt']}: {r['line']}")
 

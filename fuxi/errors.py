@@ -9,7 +9,7 @@
     ├── JobNotFound           -- an unknown job id
     └── JobFailed             -- a job ended failed or cancelled (carries the report)
 
-Ray exceptions are translated in one place (``fuxi._raycompat``); nothing else catches them.
+Ray exceptions are translated in one place (``fuxi.client._translate``).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class ReplicaServer:
         self.applied = 0
         self._last_hs = None
         self.pending: dict[str, asyncio.Future] = {}  # request id -> future of apply result
-        self.reads: dict[bytes, tuple[asyncio.Future, int]] = {}  # ctx -> (future, read index)
+        self.reads: dict[bytes, asyncio.Future] = {}  # read-index ctx -> future of its index
         self.read_waiters: list[tuple[int, asyncio.Future]] = []  # (index, future) until applied
         self.session_deadlines: dict[int, float] = {}
         self.was_leader = False
@@ -259,9 +259,9 @@ class ReplicaServer:
                     self.transport.send(m.to, encode_message(m))
             self._apply(rd.committed_entries)
             for rs in rd.read_states:
-                waiter = self.reads.pop(rs.context, None)
-                if waiter is not None and not waiter[0].done():
-                    self.read_waiters.append((rs.index, waiter[0]))
+                fut = self.reads.pop(rs.context, None)
+                if fut is not None and not fut.done():
+                    self.read_waiters.append((rs.index, fut))
             self.node.advance(rd)
         self._release_reads()
         self._maybe_snapshot()
@@ -330,7 +330,7 @@ class ReplicaServer:
                         f"replica {self.id} lost leadership before the write was applied; it may "
                         f"or may not have happened"))
             self.pending.clear()
-            for fut, _ in self.reads.values():
+            for fut in self.reads.values():
                 if not fut.done():
                     fut.set_exception(self._leader_error())
             self.reads.clear()
@@ -369,7 +369,7 @@ class ReplicaServer:
         before this read started (Raft read index)."""
         ctx = secrets.token_bytes(8)
         fut = asyncio.get_running_loop().create_future()
-        self.reads[ctx] = (fut, 0)
+        self.reads[ctx] = fut
         self.node.read_index(ctx)
         self._schedule_ready()
         try:
