@@ -177,6 +177,13 @@ class RaftNode:
         in a Ready's committed_entries (at that index, with this leader's term)."""
         return self._propose(bytes(data), "normal")
 
+    def propose_many(self, datas: Sequence[bytes]) -> list[int]:
+        """Append several entries behind one round of appends (the server gathers the writes
+        that arrive in one loop iteration). Returns the indexes of the entries appended: only
+        the first ones when fewer fit under ``uncommitted_entries_max``; raises
+        ``ProposalDropped`` when none does."""
+        return self._propose_entries([(bytes(d), "normal") for d in datas])
+
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read point; a ReadState(index, context) appears in a later
         Ready. ``context`` should be unique among this replica's outstanding reads."""
@@ -550,17 +557,25 @@ class RaftNode:
 
     # ================================================================ leader side
     def _propose(self, data: bytes, kind: str) -> int:
+        return self._propose_entries([(data, kind)])[0]
+
+    def _propose_entries(self, items: list[tuple[bytes, str]]) -> list[int]:
         if self.role is not Role.LEADER:
             raise NotLeader(self.lead)
         if self.lead_transferee:
             raise ProposalDropped(f"leadership is being handed to {self.lead_transferee}")
-        if self.log.last_index() - self.log.committed >= self.uncommitted_entries_max:
+        room = self.uncommitted_entries_max - (self.log.last_index() - self.log.committed)
+        if room <= 0:
             raise ProposalDropped(f"{self.uncommitted_entries_max} uncommitted entries "
                                   f"(uncommitted_entries_max) already; retry later")
-        index = self.log.last_index() + 1
-        self._append_entries([Entry(self.term, index, data, kind)])
+        first = self.log.last_index() + 1
+        entries = [Entry(self.term, first + i, data, kind)
+                   for i, (data, kind) in enumerate(items[:room])]
+        if not entries:
+            return []
+        self._append_entries(entries)
         self._broadcast_append()
-        return index
+        return [e.index for e in entries]
 
     def _append_entries(self, entries: list[Entry]) -> None:
         last = self.log.append(entries)
@@ -642,9 +657,11 @@ class RaftNode:
         elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
             pr.become_probe()
             pr.become_replicate()
-        if self._maybe_commit():
-            self._broadcast_append()  # carries the new commit index
-        elif was_paused:
+        # A new commit index is not broadcast on its own (etcd does): followers learn it with
+        # the next append or heartbeat. Only the leader answers clients, so nobody waits on
+        # it, and an idle group saves two messages and a wake-up per write.
+        self._maybe_commit()
+        if was_paused:
             self._send_append(m.frm)
         while self._send_append(m.frm, send_if_empty=False):
             pass

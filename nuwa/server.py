@@ -80,6 +80,7 @@ class ReplicaServer:
         self.applied = 0
         self._last_hs = None
         self.pending: dict[str, asyncio.Future] = {}  # request id -> future of apply result
+        self._proposals: list[tuple[str, bytes]] = []  # (request id, entry) not yet in Raft
         self.reads: dict[bytes, asyncio.Future] = {}  # read-index ctx -> future of its index
         self.read_waiters: list[tuple[int, asyncio.Future]] = []  # (index, future) until applied
         self.session_deadlines: dict[int, float] = {}
@@ -226,6 +227,7 @@ class ReplicaServer:
                 fut.set_exception(E.OutcomeUnknown(f"replica {self.id} stopped: {e!r}"))
 
     def _process_ready(self) -> None:
+        self._flush_proposals()
         while self.node.has_ready():
             rd = self.node.ready()
             if rd.snapshot is not None:
@@ -242,8 +244,8 @@ class ReplicaServer:
             # this fsync, because committed entries only come in a later Ready. Everything
             # else (votes, a follower's acks) goes out only once durable.
             early = [m for m in rd.messages if m.type is MsgType.APPEND] if rd.role is Role.LEADER else []
-            for m in early:
-                self.transport.send(m.to, encode_message(m))
+            if early:
+                self.transport.send_many([(m.to, encode_message(m)) for m in early])
             if rd.entries or rd.hard_state is not None:
                 hs = rd.hard_state
                 must_sync = bool(rd.entries) or (hs is not None and (
@@ -254,9 +256,10 @@ class ReplicaServer:
                 if hs is not None:
                     self.storage.set_hard_state(hs)
                     self._last_hs = hs
-            for m in rd.messages:
-                if not early or m.type is not MsgType.APPEND:
-                    self.transport.send(m.to, encode_message(m))
+            late = [(m.to, encode_message(m)) for m in rd.messages
+                    if not early or m.type is not MsgType.APPEND]
+            if late:
+                self.transport.send_many(late)
             self._apply(rd.committed_entries)
             for rs in rd.read_states:
                 fut = self.reads.pop(rs.context, None)
@@ -316,7 +319,7 @@ class ReplicaServer:
     # ------------------------------------------------------------ leader duties: sessions
 
     def _leader_duties(self) -> None:
-        is_leader = self.node.status()["role"] == Role.LEADER
+        is_leader = self.node.role is Role.LEADER
         now = time.monotonic()
         if is_leader and not self.was_leader:
             # New leader: every session gets a full TTL (a keep-alive may have gone to the old one).
@@ -345,24 +348,52 @@ class ReplicaServer:
         for sid, deadline in list(self.session_deadlines.items()):
             if now > deadline:
                 try:
-                    self._propose({"op": "session_close", "session": sid, "reason": "expired"})
+                    fut = self._propose({"op": "session_close", "session": sid,
+                                         "reason": "expired"})
                 except (E.NuwaError, NotLeader, ProposalDropped):
                     continue  # refused for now: try again next tick
                 del self.session_deadlines[sid]
+                fut.add_done_callback(
+                    lambda f, sid=sid, deadline=deadline: self._close_refused(f, sid, deadline))
+
+    def _close_refused(self, fut: asyncio.Future, sid: int, deadline: float) -> None:
+        """A session_close that Raft refused (nothing appended) is tried again next tick."""
+        if not fut.cancelled() and isinstance(fut.exception(), (NotLeader, ProposalDropped)):
+            if self.was_leader:
+                self.session_deadlines.setdefault(sid, deadline)
 
     # ------------------------------------------------------------ proposals and reads
 
     def _propose(self, cmd: dict) -> asyncio.Future:
+        """Queue a write; its future gets the apply result, or NotLeader / ProposalDropped
+        when Raft refused it (nothing was appended: safe to retry). The writes that arrive in
+        one loop iteration go to Raft together (``_flush_proposals``): one append per
+        follower and one fsync for all of them."""
         if len(self.pending) >= self.config.pending_max:
             raise E.Unavailable(f"{len(self.pending)} requests pending at replica {self.id}; "
                                 f"pending_max is {self.config.pending_max}")
         self._seq += 1
         rid = f"{self.id}:{self.started_at}:{self._seq}"
         fut = asyncio.get_running_loop().create_future()
-        self.node.propose(msgpack.packb({"rid": rid, "cmd": cmd}, use_bin_type=True))
         self.pending[rid] = fut
+        self._proposals.append((rid, msgpack.packb({"rid": rid, "cmd": cmd}, use_bin_type=True)))
         self._schedule_ready()
         return fut
+
+    def _flush_proposals(self) -> None:
+        if not self._proposals:
+            return
+        batch, self._proposals = self._proposals, []
+        err: Exception | None = None
+        try:
+            taken = len(self.node.propose_many([data for _, data in batch]))
+        except (NotLeader, ProposalDropped) as e:
+            taken, err = 0, e
+        for rid, _ in batch[taken:]:
+            fut = self.pending.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(err or ProposalDropped(
+                    "uncommitted_entries_max entries are waiting to commit; retry later"))
 
     async def _read_barrier(self) -> None:
         """Linearizable read: wait until our applied state includes every write committed
@@ -427,7 +458,7 @@ class ReplicaServer:
             return self.status()
         if op == "members":
             return {str(k): list(v) for k, v in self.addresses.items()}
-        leader = self.node.status()["role"] == Role.LEADER
+        leader = self.node.role is Role.LEADER
         if op in WRITE_OPS or op in ("session_open", "session_close"):
             if not leader:
                 raise self._leader_error()

@@ -5,8 +5,9 @@ Ray method calls cost ~1 ms; a Python asyncio TCP round trip inside an actor cos
 ``[u32 length][payload]``, at most ``FRAME_BYTES_MAX``. A connection starts with a hello frame
 saying who is calling (``b"P" + u32 replica id`` for a peer, ``b"C"`` for a client).
 
-Outgoing peer traffic goes through a bounded queue per peer (``PEER_QUEUE_MAX`` frames). When
-the queue is full or the peer is unreachable, messages are dropped: Raft retransmits, and
+Outgoing peer traffic is written straight to the peer's socket, up to
+``PEER_BUFFER_BYTES_MAX`` unsent bytes; while a peer is not connected it waits in a bounded
+queue (``PEER_QUEUE_MAX`` messages). Beyond either bound messages are dropped: Raft retransmits, and
 blocking the replica on a slow peer would be worse. Connections are re-established with
 capped exponential backoff.
 """
@@ -14,6 +15,7 @@ capped exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import struct
@@ -24,7 +26,8 @@ logger = logging.getLogger(__name__)
 FRAGMENT_BYTES_MAX = 8 * 1024 * 1024  # one frame on the wire; bigger messages are split
 FRAME_BYTES_MAX = 1024 * 1024 * 1024  # one whole message after reassembly (a snapshot)
 _MORE = 1 << 31  # top bit of the length word: more fragments of this message follow
-PEER_QUEUE_MAX = 4096  # frames waiting for one peer
+PEER_QUEUE_MAX = 4096  # messages waiting for one peer while it is not connected
+PEER_BUFFER_BYTES_MAX = 64 * 1024 * 1024  # unsent bytes to one peer; beyond it, messages are dropped
 CONNECT_TIMEOUT_S = 1.0
 RECONNECT_BACKOFF_MAX_S = 1.0
 _LEN = struct.Struct("<I")
@@ -69,12 +72,18 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes:
 
 
 class _Peer:
+    """The outgoing link to one peer. While connected, a message is written to the socket at
+    once (no hop through a queue and a task: a leader's early APPEND must leave before its own
+    fsync starts, or the two fsyncs run one after the other). While not connected, messages
+    wait in a bounded queue and are flushed, in order, as soon as the link is up."""
+
     def __init__(self, peer_id: int, host: str, port: int, hello: bytes):
         self.peer_id = peer_id
         self.host, self.port = host, port
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(PEER_QUEUE_MAX)
+        self.queue: collections.deque[bytes] = collections.deque()
         self.hello = hello
         self.task: asyncio.Task | None = None
+        self.writer: asyncio.StreamWriter | None = None
         self.dropped = 0
 
     async def run(self) -> None:
@@ -90,34 +99,44 @@ class _Peer:
             backoff = 0.05
             try:
                 writer.write(frame(self.hello))
-                while True:
-                    batch = []
-                    payload = await self.queue.get()
-                    while True:
-                        try:
-                            batch.append(frame(payload))
-                        except FrameError as e:  # drop that one message, keep the link
-                            self.dropped += 1
-                            logger.error("dropping a message to replica %s: %s", self.peer_id, e)
-                        if self.queue.empty() or len(batch) >= 256:
-                            break
-                        payload = self.queue.get_nowait()
-                    if not batch:
-                        continue
-                    writer.write(b"".join(batch))
-                    await writer.drain()
+                if self.queue:
+                    self._write(writer, list(self.queue))
+                    self.queue.clear()
+                self.writer = writer
+                # The peer never writes on this connection: EOF or an error means it is gone.
+                await reader.read(1)
             except (OSError, ConnectionError, asyncio.IncompleteReadError):
                 pass
             finally:
+                self.writer = None
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
 
-    def send(self, payload: bytes) -> None:
-        try:
-            self.queue.put_nowait(payload)
-        except asyncio.QueueFull:
-            self.dropped += 1
+    def _write(self, writer: asyncio.StreamWriter, payloads: list[bytes]) -> None:
+        if writer.transport.get_write_buffer_size() > PEER_BUFFER_BYTES_MAX:
+            self.dropped += len(payloads)  # a slow peer: drop, Raft retransmits
+            return
+        frames = []
+        for payload in payloads:
+            try:
+                frames.append(frame(payload))
+            except FrameError as e:  # drop that one message, keep the link
+                self.dropped += 1
+                logger.error("dropping a message to replica %s: %s", self.peer_id, e)
+        if frames:
+            writer.write(frames[0] if len(frames) == 1 else b"".join(frames))  # one syscall
+
+    def send(self, payloads: list[bytes]) -> None:
+        w = self.writer
+        if w is not None and not w.is_closing():
+            self._write(w, payloads)
+            return
+        for payload in payloads:
+            if len(self.queue) < PEER_QUEUE_MAX:
+                self.queue.append(payload)
+            else:
+                self.dropped += 1
 
 
 class Transport:
@@ -156,7 +175,17 @@ class Transport:
     def send(self, to: int, payload: bytes) -> None:
         p = self.peers.get(to)
         if p is not None:
-            p.send(payload)
+            p.send([payload])
+
+    def send_many(self, messages: list[tuple[int, bytes]]) -> None:
+        """Send (peer id, payload) pairs: each peer's in order, in one write per peer."""
+        by_peer: dict[int, list[bytes]] = {}
+        for to, payload in messages:
+            by_peer.setdefault(to, []).append(payload)
+        for to, payloads in by_peer.items():
+            p = self.peers.get(to)
+            if p is not None:
+                p.send(payloads)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._accepted.add(writer)
