@@ -215,6 +215,20 @@ class AsyncNuwa:
     async def status(self) -> dict:
         return await self._call({"op": "status"}, False)
 
+    async def change_membership(self, change: str, member: int,
+                                timeout_s: float | None = None) -> dict:
+        """One single-server membership change at the leader: ``add_learner``, ``promote`` or
+        ``remove`` replica ``member``. Returns the new configuration once the change has
+        committed. Refused (``BadRequest``) when invalid; ``Unavailable`` while another change
+        is in flight. Operators use ``nuwa.group.Group.replace_replica``, which does the
+        whole add-catch-up-promote-remove sequence."""
+        return await self._call({"op": "conf_change", "change": change, "member": member},
+                                True, timeout_s)
+
+    async def transfer_leader(self, to: int) -> dict:
+        """Ask the leader to hand its leadership to voter ``to`` (returns at once)."""
+        return await self._call({"op": "transfer_leader", "to": to}, True)
+
     # ------------------------------------------------------------ sessions
 
     async def session(self, ttl_s: float = SESSION_TTL_DEFAULT_S) -> "Session":

@@ -8,8 +8,9 @@ Layouts (big-endian; ``u64`` unless noted)::
 
     entry      term, index, kind:u8, data_len:u32, data
     hard state term, vote, commit
-    snapshot   index, term, voters_n:u16, voters_n * voter, data_len, data
-    snap meta  index, term, voters_n:u16, voters_n * voter            (no data)
+    snapshot   index, term, voters_n:u16, voters_n * voter, learners_n:u16,
+               learners_n * learner, data_len, data
+    snap meta  the same without data_len and data
     message    version:u8, type:u8, frm, to, term, log_term, index, commit, flags:u8,
                reject_hint, context_len:u32, context, [snapshot if flags & 2],
                entries_n:u32, entries_n * entry
@@ -27,13 +28,14 @@ __all__ = [
     "decode_snapshot_meta", "MESSAGE_VERSION",
 ]
 
-MESSAGE_VERSION = 1
+MESSAGE_VERSION = 2  # 2: snapshots carry learners
 _U64_MAX = (1 << 64) - 1
 _VOTERS_MAX = 0xFFFF
 
 _ENTRY_HEAD = struct.Struct(">QQBI")
 _HARD_STATE = struct.Struct(">QQQ")
 _SNAP_HEAD = struct.Struct(">QQH")
+_U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _MSG_HEAD = struct.Struct(">BBQQQQQQBQ")
@@ -129,12 +131,20 @@ def _write_snapshot_meta(out: list[bytes], s: Snapshot) -> None:
         _check_u64("snapshot", voter=v)
     out.append(_SNAP_HEAD.pack(s.index, s.term, len(s.voters)))
     out.extend(_U64.pack(v) for v in s.voters)
+    if len(s.learners) > _VOTERS_MAX:
+        raise ValueError(f"snapshot: {len(s.learners)} learners exceeds {_VOTERS_MAX}")
+    for v in s.learners:
+        _check_u64("snapshot", learner=v)
+    out.append(_U16.pack(len(s.learners)))
+    out.extend(_U64.pack(v) for v in s.learners)
 
 
-def _read_snapshot_meta(r: _Reader) -> tuple[int, int, tuple[int, ...]]:
+def _read_snapshot_meta(r: _Reader) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
     index, term, n = r.unpack(_SNAP_HEAD, "snapshot header")
     voters = tuple(r.unpack(_U64, f"snapshot voter {i}")[0] for i in range(n))
-    return index, term, voters
+    (n,) = r.unpack(_U16, "snapshot learner count")
+    learners = tuple(r.unpack(_U64, f"snapshot learner {i}")[0] for i in range(n))
+    return index, term, voters, learners
 
 
 def _write_snapshot(out: list[bytes], s: Snapshot) -> None:
@@ -144,9 +154,9 @@ def _write_snapshot(out: list[bytes], s: Snapshot) -> None:
 
 
 def _read_snapshot(r: _Reader) -> Snapshot:
-    index, term, voters = _read_snapshot_meta(r)
+    index, term, voters, learners = _read_snapshot_meta(r)
     (n,) = r.unpack(_U64, "snapshot data length")
-    return Snapshot(index, term, voters, r.take(n, "snapshot data"))
+    return Snapshot(index, term, voters, r.take(n, "snapshot data"), learners)
 
 
 def encode_snapshot(s: Snapshot) -> bytes:
@@ -172,9 +182,9 @@ def encode_snapshot_meta(s: Snapshot) -> bytes:
 def decode_snapshot_meta(buf: bytes) -> Snapshot:
     """The metadata as a Snapshot with empty ``data``."""
     r = _Reader(buf, "snapshot meta")
-    index, term, voters = _read_snapshot_meta(r)
+    index, term, voters, learners = _read_snapshot_meta(r)
     r.done()
-    return Snapshot(index, term, voters, b"")
+    return Snapshot(index, term, voters, b"", learners)
 
 
 # ------------------------------------------------------------------ messages

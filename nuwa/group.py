@@ -3,12 +3,19 @@
 Replicas go one per node where there are enough nodes, pinned with node affinity so that a
 restarted replica finds its own disk again. Replica ``i`` keeps its WAL and snapshots under
 ``<data_dir>/nuwa/replica-<i>`` on its node.
+
+A replica whose node is gone (or whose disk was lost) is *replaced*, not just restarted:
+``replace_replica`` starts a brand-new replica with a new id, adds it as a learner, waits
+until it has caught up, promotes it, and removes the old one -- three single-server
+membership changes (``nuwa.raft``). The group keeps its full size and fault tolerance.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
 import ray
@@ -20,6 +27,8 @@ from nuwa.server import ServerConfig
 
 GROUP_SIZES = (1, 3, 5)
 START_TIMEOUT_S = 60.0
+CATCH_UP_TIMEOUT_S = 120.0  # a new replica must reach the leader's commit index within this
+CONF_CHANGE_TIMEOUT_S = 30.0  # one membership change, including waiting for a leader
 
 
 @dataclass
@@ -31,6 +40,7 @@ class Group:
     handles: dict[int, object] = field(default_factory=dict)
     addresses: dict[int, tuple[str, int]] = field(default_factory=dict)
     config: ServerConfig = ServerConfig()
+    retired: list[int] = field(default_factory=list)  # ids removed by replacements (never reused)
 
     def client_addresses(self) -> list[tuple[str, int]]:
         return [self.addresses[i] for i in sorted(self.addresses)]
@@ -38,7 +48,10 @@ class Group:
     def replica_dir(self, rid: int) -> str:
         return os.path.join(self.data_dir, "nuwa", f"replica-{rid}")
 
-    def start_replica(self, rid: int, rejoin: bool = True) -> tuple[str, int]:
+    def next_id(self) -> int:
+        return max([*self.voters, *self.retired, 0]) + 1
+
+    def start_replica(self, rid: int, rejoin: bool = True, join: bool = False) -> tuple[str, int]:
         """(Re)start replica ``rid`` on its node; it recovers from its disk if any is left (a
         replica whose disk is gone comes back as a non-voter: see ReplicaServer._membership).
         It asks for its old port, so the addresses clients hold stay valid."""
@@ -47,7 +60,8 @@ class Group:
             name=f"nuwa-{rid}", namespace=self.namespace, lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.nodes[rid], soft=False),
             max_restarts=0,
-        ).remote(rid, self.voters, self.replica_dir(rid), self.config, rejoin)
+        ).remote(rid, [] if join else self.voters, self.replica_dir(rid), self.config,
+                 rejoin and not join)
         addr = tuple(ray.get(handle.start.remote(old_port), timeout=START_TIMEOUT_S))
         self.handles[rid] = handle
         self.addresses[rid] = addr
@@ -67,34 +81,39 @@ class Group:
     def to_dict(self) -> dict:
         return {"namespace": self.namespace, "data_dir": self.data_dir, "voters": self.voters,
                 "nodes": {str(k): v for k, v in self.nodes.items()},
-                "addresses": {str(k): list(v) for k, v in self.addresses.items()}}
+                "addresses": {str(k): list(v) for k, v in self.addresses.items()},
+                "retired": list(self.retired)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Group":
         return cls(namespace=d["namespace"], data_dir=d["data_dir"], voters=list(d["voters"]),
                    nodes={int(k): v for k, v in d["nodes"].items()},
-                   addresses={int(k): tuple(v) for k, v in d["addresses"].items()})
+                   addresses={int(k): tuple(v) for k, v in d["addresses"].items()},
+                   retired=list(d.get("retired", [])))
 
     def supervise_once(self, probe_timeout_s: float = 5.0) -> list[str]:
-        """Restart every replica that is gone (its actor died or does not answer): on its own
-        node if that node is alive (it recovers from its disk), else on another alive node
-        (no disk there: it rejoins as a non-voter). Returns what was done."""
+        """Bring the group back to full strength. A replica that is gone (its actor died or
+        does not answer) is restarted on its own node if that node is alive (it recovers
+        from its disk). One whose node is gone, or that came back without its disk (it then
+        runs as a non-voter), is replaced by a new replica on another node
+        (``replace_replica``). Returns what was done."""
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         done = []
-        for rid in self.voters:
+        to_replace = []
+        for rid in list(self.voters):
             try:
                 h = ray.get_actor(f"nuwa-{rid}", namespace=self.namespace)
-                ray.get(h.status.remote(), timeout=probe_timeout_s)
+                st = ray.get(h.status.remote(), timeout=probe_timeout_s)
                 self.handles[rid] = h
+                if st.get("voter") is False and rid in st.get("voters", ()):
+                    to_replace.append(rid)  # lost its disk: a non-voter for good
                 continue
             except Exception:
                 pass
             self.handles.pop(rid, None)
             if self.nodes[rid] not in alive:
-                if not alive:
-                    continue
-                used = {self.nodes[r] for r in self.voters if r != rid}
-                self.nodes[rid] = sorted(alive - used or alive)[0]
+                to_replace.append(rid)
+                continue
             try:
                 self.start_replica(rid, rejoin=True)
                 done.append(f"restarted nuwa-{rid} on node {self.nodes[rid][:12]}")
@@ -102,7 +121,135 @@ class Group:
                 done.append(f"could not restart nuwa-{rid}: {e!r}")
         if done:
             self.publish_peers()
+        for rid in to_replace:
+            used = {self.nodes[r] for r in self.voters if r != rid}
+            free = sorted(alive - used)
+            if not free and len(alive) >= len(self.voters):
+                continue  # (cannot happen: one replica per node when there are enough)
+            node = free[0] if free else (sorted(alive)[0] if alive else None)
+            if node is None:
+                continue
+            try:
+                new = self.replace_replica(rid, node)
+                done.append(f"replaced nuwa-{rid} by nuwa-{new} on node {node[:12]}")
+            except Exception as e:
+                done.append(f"could not replace nuwa-{rid}: {e!r}")
         return done
+
+    # ------------------------------------------------------------ membership
+
+    def _admin(self, coro_fn, timeout_s: float):
+        """Run ``coro_fn(client)`` against the group with a fresh asyncio client."""
+        from nuwa.client import AsyncNuwa
+
+        async def run():
+            c = AsyncNuwa(self.client_addresses(), timeout_s=timeout_s)
+            try:
+                return await coro_fn(c)
+            finally:
+                await c.close()
+        return asyncio.run(run())
+
+    def _change(self, change: str, member: int) -> dict:
+        """One membership change, retried while the group is busy or electing, until
+        CONF_CHANGE_TIMEOUT_S. An answer lost on the way is settled by reading the
+        configuration back (a change is applied at most once: a repeat is refused)."""
+        from nuwa import errors as E
+
+        deadline = time.monotonic() + CONF_CHANGE_TIMEOUT_S
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                return self._admin(lambda c: c.change_membership(change, member), 10.0)
+            except (E.Unavailable, E.OutcomeUnknown, E.Timeout, E.NotLeader) as e:
+                last = e
+            except E.BadRequest as e:
+                if self._applied(change, member):
+                    return {}
+                raise e
+            if self._applied(change, member):
+                return {}
+            time.sleep(0.2)
+        raise E.Unavailable(f"membership change {change} {member} did not commit within "
+                            f"CONF_CHANGE_TIMEOUT_S={CONF_CHANGE_TIMEOUT_S}s: {last!r}")
+
+    def leader_status(self) -> dict:
+        """The status of the replica that currently leads (highest term among leaders)."""
+        best = None
+        for rid, h in list(self.handles.items()):
+            try:
+                st = ray.get(h.status.remote(), timeout=5)
+            except Exception:
+                continue
+            if st.get("role") == "LEADER" and (best is None or st["term"] > best["term"]):
+                best = st
+        if best is None:
+            raise RuntimeError("the Nuwa group has no leader right now")
+        return best
+
+    def _applied(self, change: str, member: int) -> bool:
+        try:
+            st = self.leader_status()
+        except RuntimeError:
+            return False
+        voters, learners = set(st.get("voters", ())), set(st.get("learners", ()))
+        if st.get("commit", 0) < st.get("conf_index", 0):
+            return False
+        return {"add_learner": member in learners | voters, "promote": member in voters,
+                "remove": member not in voters | learners}[change]
+
+    def replace_replica(self, old: int, node: str) -> int:
+        """Replace replica ``old`` by a new replica (a new id, an empty disk) on ``node``:
+        add it as a learner, wait until it has caught up, promote it, hand the leadership
+        away if ``old`` leads, then remove ``old`` and stop it. Each step is one
+        single-server membership change, so the group never needs more than its usual
+        majority. Returns the new id."""
+        new = self.next_id()
+        self.nodes[new] = node
+        self.start_replica(new, join=True)
+        self.publish_peers()
+        self._change("add_learner", new)
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+        target = self.leader_status()["commit"]
+        while True:
+            st = ray.get(self.handles[new].status.remote(), timeout=10)
+            if st.get("applied", 0) >= target:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nuwa-{new} did not catch up with the leader (commit "
+                                   f"{target}) within CATCH_UP_TIMEOUT_S={CATCH_UP_TIMEOUT_S}s")
+            time.sleep(0.1)
+        self._change("promote", new)
+        if self.leader_status()["id"] == old:
+            self._admin(lambda c: c.transfer_leader(new), 10.0)
+            deadline = time.monotonic() + CONF_CHANGE_TIMEOUT_S
+            while time.monotonic() < deadline:
+                try:
+                    if self.leader_status()["id"] != old:
+                        break
+                except RuntimeError:
+                    pass
+                time.sleep(0.1)
+        self._change("remove", old)
+        try:
+            self.stop_replica(old)
+        except Exception:
+            pass  # already gone with its node
+        self.voters = [new if v == old else v for v in self.voters]
+        self.retired.append(old)
+        self.nodes.pop(old, None)
+        self.addresses.pop(old, None)
+        self.publish_peers()
+        self._record()
+        return new
+
+    def _record(self) -> None:
+        """Keep ``group.json`` current: a later ``start_group`` restarts these members."""
+        marker = os.path.join(self.data_dir, "nuwa", "group.json")
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker + ".tmp", "w") as f:
+            json.dump({"voters": self.voters, "nodes": self.nodes, "retired": self.retired}, f)
+        os.replace(marker + ".tmp", marker)
 
     def stop(self) -> None:
         for rid in list(self.handles):
@@ -119,27 +266,33 @@ def start_group(size: int, data_dir: str, namespace: str,
     alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
     if not alive:
         raise BadRequest("no alive Ray node to place Nuwa replicas on")
-    voters = list(range(1, size + 1))
-    nodes = {rid: alive[(rid - 1) % len(alive)] for rid in voters}  # spread; share when few
-    g = Group(namespace=namespace, data_dir=data_dir, voters=voters, nodes=nodes, config=config)
     # Remember that this group exists: any later start is a *rejoin*, so a replica that finds
     # no disk (a new host, a wiped one) comes back as a non-voter instead of voting with an
-    # empty log and overwriting committed entries.
+    # empty log and overwriting committed entries. Replacements update the record.
     marker = os.path.join(data_dir, "nuwa", "group.json")
     existed = os.path.exists(marker)
+    voters = list(range(1, size + 1))
+    recorded_nodes: dict[int, str] = {}
+    retired: list[int] = []
     if existed:
         with open(marker) as f:
-            recorded = json.load(f)["voters"]
-        if recorded != voters:
-            raise BadRequest(f"the Nuwa group in {data_dir} has voters {recorded}; asked for "
-                             f"{size} replicas. Changing the group size needs a membership "
-                             f"change, which is not supported yet: use --nuwa-replicas "
-                             f"{len(recorded)}")
-    else:
-        os.makedirs(os.path.dirname(marker), exist_ok=True)
-        with open(marker + ".tmp", "w") as f:
-            json.dump({"voters": voters}, f)
-        os.replace(marker + ".tmp", marker)
+            rec = json.load(f)
+        if len(rec["voters"]) != size:
+            raise BadRequest(f"the Nuwa group in {data_dir} has {len(rec['voters'])} voters "
+                             f"{rec['voters']}; asked for {size} replicas. Changing the group "
+                             f"size is not supported by `fuxi up`: use --nuwa-replicas "
+                             f"{len(rec['voters'])}")
+        voters = list(rec["voters"])
+        recorded_nodes = {int(k): v for k, v in rec.get("nodes", {}).items()}
+        retired = list(rec.get("retired", []))
+    nodes = {rid: alive[i % len(alive)] for i, rid in enumerate(voters)}  # spread; share when few
+    for rid, n in recorded_nodes.items():
+        if rid in nodes and n in alive:
+            nodes[rid] = n  # a replica goes back to its disk
+    g = Group(namespace=namespace, data_dir=data_dir, voters=voters, nodes=nodes, config=config,
+              retired=retired)
+    if not existed:
+        g._record()
     for rid in voters:
         # A node that just died may still be listed alive for a moment: if a replica cannot
         # be placed there, try the other nodes before giving up.

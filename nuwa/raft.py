@@ -31,16 +31,26 @@ Rules implemented (Raft paper / thesis section in brackets):
   heartbeat round acknowledged by a quorum; followers forward to the leader.
 * Leadership hand-off (``transfer_leadership``) via TIMEOUT_NOW [thesis §3.10].
 
-Membership is static for now: the voters come from the snapshot (or the constructor), and
-``Entry.kind == "conf"`` is reserved for single-server add/remove [thesis §4.1], which is how a
-replica that lost its disk would be replaced by a fresh member. Until then such a replica runs
-with ``voter=False``: it replicates and applies (and counts towards commit and read
-quorums, which is safe) but never votes or campaigns. Why it must never vote again under its
-old identity: before it lost its disk it may have voted in some term T it cannot remember, and
-no message it can receive afterwards proves that T is over (delayed messages can present an
-older term), so voting again could elect two leaders in T. Since it never votes, every future
-election quorum is made of replicas that kept their disks, and quorum intersection among those
-keeps every committed entry -- including ones it acknowledged and then lost.
+Membership changes, one server at a time [thesis §4.1]: ``propose_conf_change`` appends a
+``conf`` entry holding the whole new configuration (voters and learners). Each replica uses
+the latest configuration in its log, committed or not, and falls back to the previous one if
+that entry is overwritten. Any majority of the old and of the new voters then overlap. A
+leader allows one change at a time (the next waits until this one commits). A new leader
+first commits an entry of its own term (the fix for the bug found in single-server changes
+in 2015). A new replica joins as a *learner*: it replicates and applies but counts for no
+quorum. Once caught up it is promoted; then the replica it replaces is removed. The leader
+never removes itself: hand the leadership off first. Learners do answer vote requests, as in
+etcd: the candidate may already hold the entry that promotes them.
+
+A replica that lost its disk, kept under its old id, runs with ``voter=False``. It
+replicates and applies (and counts towards commit and read quorums, which is safe) but
+never votes or campaigns. Why it must never vote again under its old identity: before it
+lost its disk it may have voted in some term T it cannot remember, and no message it can
+receive afterwards proves that T is over (delayed messages can present an older term), so
+voting again could elect two leaders in T. Since it never votes, every future election
+quorum is made of replicas that kept their disks, and quorum intersection among those keeps
+every committed entry -- including ones it acknowledged and then lost. The shell replaces
+such a replica with a new id through the membership changes above (``nuwa.group``).
 """
 
 from __future__ import annotations
@@ -53,7 +63,10 @@ from typing import Sequence
 from nuwa.raft_log import MemoryStorage, RaftLog
 from nuwa.raft_progress import Progress, ProgressState
 from nuwa.raft_types import (
+    CONF_MEMBERS_MAX,
+    CONF_OPS,
     ENTRY_KINDS,
+    ConfChangeRefused,
     Entry,
     EntryUnavailable,
     HardState,
@@ -68,12 +81,14 @@ from nuwa.raft_types import (
     Ready,
     Role,
     Snapshot,
+    decode_conf,
+    encode_conf,
 )
 
 __all__ = [
     "Role", "Entry", "Snapshot", "HardState", "ReadState", "MsgType", "Message", "Ready",
     "MemoryStorage", "RaftNode", "RaftError", "NotLeader", "ProposalDropped", "LogCompacted",
-    "EntryUnavailable", "IllegalTransition",
+    "EntryUnavailable", "IllegalTransition", "ConfChangeRefused",
 ]
 
 _ALLOWED = {
@@ -126,9 +141,16 @@ class RaftNode:
 
         snap = storage.snapshot()
         chosen = snap.voters if snap.index > 0 and snap.voters else tuple(voters)
-        if not chosen or any(v < 1 for v in chosen) or len(set(chosen)) != len(chosen):
+        if any(v < 1 for v in chosen) or len(set(chosen)) != len(chosen):
             raise ValueError(f"voters must be distinct ids >= 1, got {list(chosen)}")
+        # The configuration: the latest one in the log, committed or not (thesis §4.1); before
+        # any conf entry, the snapshot's, or the bootstrap voters. Empty for a replica that is
+        # joining an existing group: it learns the configuration from the leader.
         self.voters: tuple[int, ...] = tuple(sorted(chosen))
+        self.learners: tuple[int, ...] = tuple(sorted(snap.learners)) if snap.index > 0 else ()
+        self._bootstrap = (self.voters, self.learners)
+        self._conf_index = 0  # index of the conf entry the configuration comes from (0: none)
+        self._conf_term = 0
 
         self.log = RaftLog(storage, applied)
         hs = storage.hard_state()
@@ -150,6 +172,7 @@ class RaftNode:
         self._read_round_seq = 0
         self._prev_hard_state = hs
         self._prev_soft = (self.lead, self.role)
+        self._refresh_config()  # conf entries in the log after the snapshot
         self._become_follower(self.term, 0)
 
     # ================================================================ public API
@@ -184,6 +207,61 @@ class RaftNode:
         ``ProposalDropped`` when none does."""
         return self._propose_entries([(bytes(d), "normal") for d in datas])
 
+    def propose_conf_change(self, op: str, member: int) -> int:
+        """Propose a single-server membership change (thesis §4.1); returns the entry's index.
+        ``op`` is ``add_learner`` (a new replica that replicates but does not vote),
+        ``promote`` (a learner becomes a voter) or ``remove``. The new configuration takes
+        effect on each replica as soon as the entry is in its log. One change at a time: the
+        next is refused (``ProposalDropped``) until this one commits, and a new leader first
+        commits an entry of its own term. Invalid changes raise ``ConfChangeRefused``."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.lead)
+        if op not in CONF_OPS:
+            raise ConfChangeRefused(f"unknown membership change {op!r}; expected one of {CONF_OPS}")
+        if not isinstance(member, int) or member < 1:
+            raise ConfChangeRefused(f"member must be a replica id >= 1, got {member!r}")
+        if not self._committed_in_term():
+            raise ProposalDropped("a new leader must commit an entry of its term before a "
+                                  "membership change; retry shortly")
+        if self._conf_index > self.log.committed:
+            raise ProposalDropped(f"the membership change at index {self._conf_index} has not "
+                                  f"committed yet; one change at a time")
+        voters, learners = set(self.voters), set(self.learners)
+        if op == "add_learner":
+            if member in voters or member in learners:
+                raise ConfChangeRefused(f"replica {member} is already a member")
+            if len(voters) + len(learners) >= CONF_MEMBERS_MAX:
+                raise ConfChangeRefused(f"the group already has CONF_MEMBERS_MAX="
+                                        f"{CONF_MEMBERS_MAX} members")
+            learners.add(member)
+        elif op == "promote":
+            if member not in learners:
+                raise ConfChangeRefused(f"replica {member} is not a learner (voters "
+                                        f"{sorted(voters)}, learners {sorted(learners)})")
+            learners.discard(member)
+            voters.add(member)
+        else:
+            if member not in voters and member not in learners:
+                raise ConfChangeRefused(f"replica {member} is not a member")
+            if member == self.id:
+                raise ConfChangeRefused("the leader cannot remove itself; transfer the "
+                                        "leadership first, then ask the new leader")
+            if voters == {member}:
+                raise ConfChangeRefused("cannot remove the last voter")
+            voters.discard(member)
+            learners.discard(member)
+        return self._propose(encode_conf(voters, learners), "conf")
+
+    def config_at(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The (voters, learners) in force at ``index`` (for a snapshot taken there)."""
+        if index >= self._conf_index:
+            return self.voters, self.learners
+        base, voters, learners = self._config_base()
+        for e in self._entries_between(base + 1, index):
+            if e.kind == "conf":
+                voters, learners = decode_conf(e.data)
+        return voters, learners
+
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read point; a ReadState(index, context) appears in a later
         Ready. ``context`` should be unique among this replica's outstanding reads."""
@@ -201,7 +279,7 @@ class RaftNode:
         Proposals are refused meanwhile; abandoned after election_ticks."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.lead)
-        if to == self.id or to not in self.prs:
+        if to == self.id or to not in self.voters:
             return
         self.lead_transferee = to
         self.election_elapsed = 0
@@ -261,7 +339,8 @@ class RaftNode:
             "id": self.id, "role": self.role, "term": self.term, "leader": self.lead,
             "vote": self.vote, "commit": self.log.committed, "applied": self.log.applied,
             "first_index": self.log.first_index(), "last_index": self.log.last_index(),
-            "voters": self.voters, "voter": self.promotable,
+            "voters": self.voters, "learners": self.learners, "voter": self.promotable,
+            "conf_index": self._conf_index,
             "progress": {i: repr(p) for i, p in self.prs.items()},
         }
 
@@ -310,7 +389,7 @@ class RaftNode:
         self._reset(self.term)
         self.lead = self.id
         last = self.log.last_index()
-        for v in self.voters:
+        for v in self.voters + self.learners:
             pr = Progress(last + 1, self.inflight_appends_max)
             if v == self.id:
                 pr.match = last
@@ -394,8 +473,10 @@ class RaftNode:
 
     def _handle_vote_request(self, m: Message) -> None:
         resp = MsgType.PRE_VOTE_RESP if m.type is MsgType.PRE_VOTE else MsgType.VOTE_RESP
-        if not self.promotable:
+        if not self.is_voter_replica:
             return  # a replica that lost its disk never votes (see module docstring)
+        # A learner does answer (as in etcd): the candidate may already have the entry that
+        # promotes it, which has not reached it yet; refusing could leave no quorum.
         can_vote = (self.vote == m.frm or (self.vote == 0 and self.lead == 0)
                     or (m.type is MsgType.PRE_VOTE and m.term > self.term))
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
@@ -521,6 +602,10 @@ class RaftNode:
                                index=self.log.committed))
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None and (
+                any(e.kind == "conf" for e in m.entries)
+                or (self._conf_index and not self.log.match_term(self._conf_index, self._conf_term))):
+            self._refresh_config()  # a conf entry arrived, or the one we used was overwritten
         if last_new is not None:
             self._send(Message(MsgType.APPEND_RESP, self.id, m.frm, self.term, index=last_new))
             return
@@ -531,7 +616,7 @@ class RaftNode:
                            reject=True, reject_hint=hint_index, log_term=hint_term))
 
     def _handle_heartbeat(self, m: Message) -> None:
-        if self.promotable:
+        if self.is_voter_replica:
             # The leader never sends a commit beyond our acknowledged match. A replica that
             # lost its disk may hold entries from an older leader at those indexes, so it
             # only commits through APPEND, where the log-matching check guards it.
@@ -548,7 +633,7 @@ class RaftNode:
             self.log.commit_to(snap.index)  # we have it all already
         else:
             self.log.restore(snap)
-            self.voters = tuple(sorted(snap.voters)) or self.voters
+            self._refresh_config()
             self._send(Message(MsgType.APPEND_RESP, self.id, m.frm, self.term,
                                index=self.log.last_index()))
             return
@@ -580,6 +665,8 @@ class RaftNode:
     def _append_entries(self, entries: list[Entry]) -> None:
         last = self.log.append(entries)
         self.prs[self.id].maybe_update(last)
+        if any(e.kind == "conf" for e in entries):
+            self._refresh_config()
         self._maybe_commit()
 
     def _maybe_commit(self) -> bool:
@@ -596,12 +683,12 @@ class RaftNode:
         return self.log.term(self.log.committed) == self.term
 
     def _broadcast_append(self) -> None:
-        for v in self.voters:
+        for v in self.prs:
             if v != self.id:
                 self._send_append(v)
 
     def _broadcast_heartbeat(self, context: bytes = b"") -> None:
-        for v in self.voters:
+        for v in self.prs:
             if v != self.id:
                 commit = min(self.prs[v].match, self.log.committed)
                 self._send(Message(MsgType.HEARTBEAT, self.id, v, self.term, commit=commit,
@@ -724,6 +811,63 @@ class RaftNode:
         else:
             self._send(Message(MsgType.READ_INDEX_RESP, self.id, requester, self.term,
                                index=index, context=context))
+
+    # ================================================================ configuration
+    def _config_base(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """(index, voters, learners) of the newest snapshot (stored or just received), or the
+        bootstrap configuration at index 0."""
+        best = (0, *self._bootstrap)
+        for snap in (self.log.storage.snapshot(), self.log.unstable.snapshot):
+            if snap is not None and snap.index > best[0]:
+                best = (snap.index, tuple(sorted(snap.voters)), tuple(sorted(snap.learners)))
+        return best
+
+    def _entries_between(self, lo: int, hi: int):
+        while lo <= hi:
+            batch = self.log.slice(lo, min(hi, lo + 1023) + 1)
+            if not batch:
+                return
+            yield from batch
+            lo = batch[-1].index + 1
+
+    def _refresh_config(self) -> None:
+        """Recompute the configuration from the newest snapshot plus the conf entries after
+        it. Called only when a conf entry arrives or the log under one changed."""
+        base, voters, learners = self._config_base()
+        conf_index = conf_term = 0
+        for e in self._entries_between(base + 1, self.log.last_index()):
+            if e.kind == "conf":
+                voters, learners = decode_conf(e.data)
+                conf_index, conf_term = e.index, e.term
+        self._set_config(tuple(sorted(voters)), tuple(sorted(learners)), conf_index, conf_term)
+
+    def _set_config(self, voters, learners, conf_index: int, conf_term: int) -> None:
+        self._conf_index, self._conf_term = conf_index, conf_term
+        if (voters, learners) == (self.voters, self.learners):
+            return
+        self.voters, self.learners = voters, learners
+        if self.role is not Role.LEADER:
+            if self.role is not Role.FOLLOWER and not self.promotable:
+                self._become_follower(self.term, 0)  # no longer a voter: stop campaigning
+            return
+        if self.id not in voters:
+            self._become_follower(self.term, 0)  # (refused at propose; kept as a guard)
+            return
+        members = set(voters) | set(learners)
+        for peer in list(self.prs):
+            if peer not in members:
+                del self.prs[peer]
+                if self.lead_transferee == peer:
+                    self.lead_transferee = 0
+        last = self.log.last_index()
+        for peer in members:
+            if peer not in self.prs:
+                self.prs[peer] = Progress(last + 1, self.inflight_appends_max)
+                self._send_append(peer)
+        for rid, (_, acks, _, _) in list(self._read_rounds.items()):
+            if len(acks & set(voters)) >= self.quorum:
+                self._ack_read_round(rid, self.id)
+        self._maybe_commit()  # a smaller quorum may commit more
 
     # ================================================================ plumbing
     def _send(self, m: Message) -> None:

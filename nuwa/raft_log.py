@@ -119,14 +119,16 @@ class MemoryStorage:
         if self._hard_state.commit < snap.index:
             self._hard_state = HardState(self._hard_state.term, self._hard_state.vote, snap.index)
 
-    def create_snapshot(self, index: int, data: bytes, voters: Iterable[int]) -> Snapshot:
+    def create_snapshot(self, index: int, data: bytes, voters: Iterable[int],
+                        learners: Iterable[int] = ()) -> Snapshot:
         """Record the state machine image ``data`` taken after applying ``index``."""
         if index < self._snapshot.index:
             raise ValueError(f"snapshot at {index} is older than the one stored "
                              f"({self._snapshot.index})")
         if index > self.last_index():
             raise ValueError(f"snapshot at {index} is beyond last index {self.last_index()}")
-        self._snapshot = Snapshot(index, self.term(index), tuple(voters), bytes(data))
+        self._snapshot = Snapshot(index, self.term(index), tuple(voters), bytes(data),
+                                  tuple(learners))
         return self._snapshot
 
     def compact(self, index: int) -> None:

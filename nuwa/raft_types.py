@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "Role", "Entry", "Snapshot", "HardState", "ReadState", "MsgType", "Message", "Ready",
-    "ENTRY_KINDS", "RaftError", "NotLeader", "ProposalDropped", "LogCompacted",
+    "ENTRY_KINDS", "CONF_OPS", "CONF_MEMBERS_MAX", "encode_conf", "decode_conf", "ConfChangeRefused",
+    "RaftError", "NotLeader", "ProposalDropped", "LogCompacted",
     "EntryUnavailable", "IllegalTransition",
 ]
 
@@ -25,7 +26,8 @@ class Role(enum.Enum):
 
 
 # "noop": the leader's first entry of its term (lets it commit earlier terms' entries, §5.4.2).
-# "conf": reserved for single-server membership changes (not implemented yet; see nuwa.raft).
+# "conf": a single-server membership change; its data is the whole new configuration
+# (``encode_conf``), which takes effect as soon as the entry is in a replica's log (nuwa.raft).
 ENTRY_KINDS = ("normal", "noop", "conf")
 
 
@@ -39,12 +41,42 @@ class Entry:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """State machine image at ``index`` (whose entry had ``term``), with the voters then."""
+    """State machine image at ``index`` (whose entry had ``term``), with the configuration
+    (voters and learners) in force at that index."""
 
     index: int
     term: int
     voters: tuple[int, ...]
     data: bytes
+    learners: tuple[int, ...] = ()
+
+
+CONF_OPS = ("add_learner", "promote", "remove")
+CONF_MEMBERS_MAX = 64  # voters plus learners in one group
+
+
+def encode_conf(voters, learners) -> bytes:
+    """A configuration as the data of a ``conf`` entry: ``b"v=1,2,3;l=4"``."""
+    v = ",".join(str(int(x)) for x in sorted(voters))
+    l = ",".join(str(int(x)) for x in sorted(learners))
+    return f"v={v};l={l}".encode()
+
+
+def decode_conf(data: bytes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Inverse of ``encode_conf``; ValueError when ``data`` is not a valid configuration."""
+    try:
+        vpart, lpart = bytes(data).decode("ascii").split(";")
+        if not (vpart.startswith("v=") and lpart.startswith("l=")):
+            raise ValueError("missing v= or l=")
+        voters = tuple(int(x) for x in vpart[2:].split(",") if x)
+        learners = tuple(int(x) for x in lpart[2:].split(",") if x)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"not a Raft configuration: {bytes(data)[:64]!r} ({e})") from None
+    members = voters + learners
+    if (not voters or any(x < 1 for x in members) or len(set(members)) != len(members)
+            or len(members) > CONF_MEMBERS_MAX):
+        raise ValueError(f"invalid Raft configuration: voters {voters}, learners {learners}")
+    return voters, learners
 
 
 @dataclass(frozen=True)
@@ -138,6 +170,11 @@ class NotLeader(RaftError):
     def __init__(self, leader: int, message: str = ""):
         super().__init__(message or f"not the leader; leader is {leader or 'unknown'}")
         self.leader = leader
+
+
+class ConfChangeRefused(RaftError):
+    """A membership change that is invalid (unknown member, removing the leader or the last
+    voter); nothing was appended."""
 
 
 class ProposalDropped(RaftError):

@@ -34,7 +34,7 @@ import msgpack
 from nuwa import errors as E
 from nuwa.codec import decode_message, encode_message
 from nuwa.commands import parse_command
-from nuwa.raft import MemoryStorage, MsgType, NotLeader, RaftNode, Role
+from nuwa.raft import ConfChangeRefused, MemoryStorage, MsgType, NotLeader, RaftNode, Role
 from nuwa.raft_types import ProposalDropped
 from nuwa.transport import Transport, frame, read_frame
 from nuwa.tree import Tree
@@ -103,7 +103,6 @@ class ReplicaServer:
             self.storage.apply_snapshot(rec.snapshot)
             self.tree = Tree.restore(rec.snapshot.data)
             self.applied = rec.snapshot.index
-            self.voters = list(rec.snapshot.voters) or self.voters
         if rec.entries:
             self.storage.append(rec.entries)
         if rec.hard_state is not None:
@@ -122,27 +121,27 @@ class ReplicaServer:
         return port
 
     def _membership(self, rec) -> bool:
-        """Whether this replica may vote. One that lost its disk may have voted in a term it no
-        longer remembers, so voting again could elect two leaders in one term: it rejoins as a
-        non-voter (it replicates, applies and acks, but never votes or campaigns), for good
-        under this id, until a membership change gives it a new one (see nuwa/raft.py)."""
+        """Whether this replica may vote, and its bootstrap voters (``member.json``).
+
+        The configuration itself lives in the Raft log and snapshots (membership changes);
+        the bootstrap voters only matter before the first conf entry. They are recorded at
+        the first start, so a restart uses the same ones whatever it is given. A replica
+        that joins an existing group starts with none and learns the configuration from the
+        leader. One that lost its disk may have voted in a term it no longer remembers, so
+        voting again could elect two leaders in one term: it rejoins as a non-voter (it
+        replicates, applies and acks, but never votes or campaigns), for good under this id;
+        ``nuwa.group`` replaces it with a new id."""
         marker = os.path.join(self.data_dir, "member.json")
         if os.path.exists(marker):
             with open(marker) as f:
                 member = json.load(f)
-            recorded = sorted(member.get("voters", self.voters))
-            if recorded != sorted(self.voters):
-                # Mixing voter sets lets two majorities elect two leaders in one term.
-                raise E.BadRequest(
-                    f"replica {self.id} belongs to a Nuwa group with voters {recorded}, but was "
-                    f"started with voters {sorted(self.voters)}; changing the group size needs a "
-                    f"membership change, which is not supported yet — start it with the same size")
+            self.voters = list(member.get("bootstrap", member.get("voters", self.voters)))
             return bool(member["voter"])
         empty = rec.hard_state is None and rec.snapshot is None and not rec.entries
         voter = not (self.rejoin and empty)
         tmp = marker + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"id": self.id, "voter": voter, "voters": sorted(self.voters)}, f)
+            json.dump({"id": self.id, "voter": voter, "bootstrap": sorted(self.voters)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, marker)
@@ -277,6 +276,12 @@ class ReplicaServer:
             if e.index <= self.applied:
                 continue
             self.applied = e.index
+            if e.kind == "conf":
+                fut = self.pending.pop(f"conf:{e.index}:{e.term}", None)
+                if fut is not None and not fut.done():
+                    fut.set_result({"voters": list(self.node.voters),
+                                    "learners": list(self.node.learners), "index": e.index})
+                continue
             if e.kind != "normal" or not e.data:
                 continue
             try:
@@ -310,7 +315,8 @@ class ReplicaServer:
     def _maybe_snapshot(self) -> None:
         if self.applied - self.storage.snapshot().index < self.config.snapshot_every_entries:
             return
-        snap = self.storage.create_snapshot(self.applied, self.tree.snapshot(), tuple(self.voters))
+        voters, learners = self.node.config_at(self.applied)
+        snap = self.storage.create_snapshot(self.applied, self.tree.snapshot(), voters, learners)
         self.wal.save_snapshot(snap)
         keep_from = self.applied - self.config.snapshot_trailing_entries
         if keep_from > self.storage.first_index():
@@ -474,6 +480,28 @@ class ReplicaServer:
             if op == "session_open":
                 return {"session": cmd["session"], "ttl_s": cmd["ttl_s"]}
             return result
+        if op == "conf_change":
+            # A single-server membership change (nuwa.group drives replacements with it).
+            if not leader:
+                raise self._leader_error()
+            try:
+                index = self.node.propose_conf_change(str(req.get("change")), req.get("member"))
+            except ConfChangeRefused as e:
+                raise E.BadRequest(str(e)) from None
+            fut = asyncio.get_running_loop().create_future()
+            self.pending[f"conf:{index}:{self.node.term}"] = fut
+            self._schedule_ready()
+            return await fut
+        if op == "transfer_leader":
+            if not leader:
+                raise self._leader_error()
+            to = req.get("to")
+            if to not in self.node.voters:
+                raise E.BadRequest(f"cannot hand the leadership to {to!r}: voters are "
+                                   f"{list(self.node.voters)}")
+            self.node.transfer_leadership(to)
+            self._schedule_ready()
+            return {"to": to}
         if op == "session_keepalive":
             if not leader:
                 raise self._leader_error()
@@ -504,7 +532,7 @@ class ReplicaServer:
             return True
         raise E.BadRequest(f"unknown op {op!r}; expected one of create, set, delete, txn, get, "
                            f"list, stat, exists, session_open, session_keepalive, session_close, "
-                           f"watch, unwatch, status, members")
+                           f"watch, unwatch, status, members, conf_change, transfer_leader")
 
     def _read(self, op: str, path: str) -> Any:
         if op == "get":

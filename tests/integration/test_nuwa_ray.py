@@ -208,3 +208,47 @@ def test_watcher_disconnected_during_writes_resumes_without_missing_events(group
         await reader.close()
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_a_replica_that_lost_its_disk_is_replaced_by_a_new_voter(group):
+    """Disk lost: the replica comes back as a non-voter under its old id; supervision then
+    replaces it with a new id (learner, catch up, promote, remove the old one), and the new
+    replica is a full voter: the group survives losing another original replica."""
+    import shutil
+
+    import ray
+
+    c = connect(group.client_addresses(), timeout_s=10)
+    c.create("/rep/", parents=True)
+    for i in range(30):
+        c.create(f"/rep/n{i}", b"v%d" % i)
+    victim = next(r for r in group.voters if r != leader_id(group))
+    group.stop_replica(victim)
+    shutil.rmtree(group.replica_dir(victim))
+    group.start_replica(victim, rejoin=True)
+    group.publish_peers()
+    st = ray.get(group.handles[victim].status.remote(), timeout=10)
+    assert st["voter"] is False  # it cannot know whether it voted before: never votes again
+
+    done = group.supervise_once()
+    assert any(f"replaced nuwa-{victim} by nuwa-4" in d for d in done), done
+    assert 4 in group.voters and victim not in group.voters and victim in group.retired
+    lead = group.leader_status()
+    assert sorted(lead["voters"]) == sorted(group.voters) and lead["learners"] == ()
+    with pytest.raises(ValueError):
+        ray.get_actor(f"nuwa-{victim}", namespace=group.namespace)  # the old one is stopped
+    new = ray.get(group.handles[4].status.remote(), timeout=10)
+    assert new["voter"] is True and 4 in new["voters"]
+
+    # The new replica really votes: stop the leader (if 4 leads, it already won an
+    # election); the remaining original and 4 must elect a leader together, which needs
+    # 4's vote, and then serve everything.
+    lead_now = leader_id(group)
+    other = lead_now if lead_now != 4 else next(r for r in group.voters if r != 4)
+    group.stop_replica(other)
+    c2 = connect([group.addresses[r] for r in group.voters if r != other], timeout_s=10)
+    c2.create("/rep/after", b"x")
+    assert len(c2.list("/rep/")) == 31
+    assert c2.get("/rep/n7")[0] == b"v7"
+    c2.close()
+    c.close()

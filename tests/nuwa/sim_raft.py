@@ -33,13 +33,21 @@ Checked after every step (``InvariantError`` carries the seed and the recent tra
 * state machine safety: every replica applies indexes in order, and the entry it applies at
   index i is the one every other replica applied at i; snapshots carry the same hash chain;
   applied <= commit <= last index;
-* leader completeness: a new leader holds every entry applied anywhere so far;
+* leader completeness: a new leader of term T holds every entry committed before T (see
+  ``_check_leader_completeness`` for how "before T" is known);
 * read-index: a ReadState's index is at least the highest commit index any replica knew
   when the read was requested.
 
-At the end: heal the network, restart every crashed replica (with its disk), and require that
-within ``liveness_ticks_max`` a leader is elected, a final proposal commits, and every replica
-(including those that lost their disk) applies it.
+* membership changes: now and then the leader replaces a voter by a brand-new replica with
+  single-server changes (thesis §4.1) -- add the new one as a learner (it joins with an empty
+  disk and no configuration), promote it once it has caught up, remove the old one (after
+  handing the leadership away if the old one leads). Nodes take each snapshot's
+  configuration from ``config_at``. A removed replica is stopped for good.
+
+At the end: heal the network, restart every crashed replica (with its disk), finish a
+membership change under way, and require that within ``liveness_ticks_max`` a leader is
+elected, a final proposal commits, and every member (including those that lost their disk
+and learners) applies it.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from dataclasses import dataclass, field
 
 from nuwa.codec import decode_message, encode_message
 from nuwa.raft import (
+    ConfChangeRefused,
     Entry,
     MemoryStorage,
     Message,
@@ -98,6 +107,8 @@ class Replica:
     sm_index: int = 0
     sm_digest: bytes = bytes(32)
     applied_values: list[bytes] = field(default_factory=list)
+    bootstrap: tuple[int, ...] = ()  # voters it starts with on an empty disk (() = joining)
+    removed: bool = False  # taken out of the group by a membership change: stays down
 
 
 @dataclass
@@ -117,6 +128,8 @@ class SimConfig:
     propose_p: float = 0.5
     read_p: float = 0.15
     tick_skip_p: float = 0.05
+    replace_p: float = 0.004  # chance per tick to start replacing a voter
+    replacements_max: int = 2
 
     def randomize(self, rng: random.Random) -> None:
         """Per-run fault intensity, so that the sweep covers gentle and harsh runs."""
@@ -129,6 +142,7 @@ class SimConfig:
         self.crash_mid_ready_p *= harsh
         self.wipe_p *= harsh * 2
         self.compact_p = rng.choice([0.0, 0.03, 0.2])
+        self.replace_p = rng.choice([0.0, 0.004, 0.02])
 
 
 class Sim:
@@ -147,7 +161,9 @@ class Sim:
             config.randomize(self.rng)
         self.cfg = config
         self.ids = list(range(1, n + 1))
-        self.replicas = {i: Replica(i, Disk()) for i in self.ids}
+        self.replicas = {i: Replica(i, Disk(), bootstrap=tuple(self.ids)) for i in self.ids}
+        self.change: tuple[int, int] | None = None  # (old, new) replacement under way
+        self.replacements = 0
         self.now = 0
         self.net: list[tuple[int, int, bytes]] = []  # heap of (deliver_at, seq, encoded)
         self.net_seq = 0
@@ -158,13 +174,15 @@ class Sim:
         self.vote_of: dict[tuple[int, int], int] = {}  # (term, voter) -> candidate
         self.log_registry: dict[tuple[int, int], tuple[bytes, str, int]] = {}
         self.applied_at: dict[int, Entry] = {}
+        self.commit_term_ub: dict[int, int] = {}  # index -> a term >= the one it committed in
         self.digest_at: dict[int, bytes] = {0: bytes(32)}
         self.reads: dict[bytes, int] = {}  # context -> commit floor when requested
         self.read_seq = 0
         self.proposal_seq = 0
         self.wiped = 0
         self.stats = {"elections": 0, "snapshots_sent": 0, "reads_served": 0, "wipes": 0,
-                      "crashes": 0, "partitions": 0, "committed": 0, "mid_ready_crashes": 0}
+                      "crashes": 0, "partitions": 0, "committed": 0, "mid_ready_crashes": 0,
+                      "conf_changes": 0, "replacements": 0}
         for i in self.ids:
             self._start(i)
 
@@ -181,6 +199,9 @@ class Sim:
     def live(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.node is not None]
 
+    def members(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if not r.removed]
+
     def _start(self, i: int) -> None:
         r = self.replicas[i]
         snap = r.disk.storage.snapshot()
@@ -189,7 +210,7 @@ class Sim:
             self._restore_sm(r, snap)
         else:
             self.sm_restore(r, None)
-        r.node = RaftNode(i, self.ids, r.disk.storage, random.Random(self.rng.getrandbits(64)),
+        r.node = RaftNode(i, r.bootstrap, r.disk.storage, random.Random(self.rng.getrandbits(64)),
                           election_ticks=ELECTION_TICKS, heartbeat_ticks=HEARTBEAT_TICKS,
                           entries_per_append_max=self.rng.choice([1, 4, 64]),
                           inflight_appends_max=self.rng.choice([1, 4, 64]),
@@ -289,6 +310,7 @@ class Sim:
         if e.index != r.sm_index + 1:
             self.fail(f"{r.id} applied {e.index} after {r.sm_index}")
         old = self.applied_at.setdefault(e.index, e)
+        self.commit_term_ub.setdefault(e.index, r.node.term)
         if old != e:
             self.fail(f"state machines diverge at {e.index}: {r.id} applied {e}, "
                       f"another replica applied {old}")
@@ -319,11 +341,20 @@ class Sim:
                 self._check_leader_completeness(r)
 
     def _check_leader_completeness(self, r: Replica) -> None:
+        """Raft's leader completeness: a leader of term T holds every entry committed in a
+        term before T. An entry may be committed in a later term than T: a candidate can win
+        an old term with votes delivered late, after a newer leader committed (it then cannot
+        commit anything). So only entries known to be committed before T are checked: those
+        first applied by a replica whose own term was below T (a replica learns of a commit
+        from a leader of its term or earlier, so its term bounds the commit's from above)."""
         log = r.node.log
-        if self.applied_at and log.last_index() < max(self.applied_at):
-            self.fail(f"new leader {r.id} (last {log.last_index()}) misses applied entries "
-                      f"up to {max(self.applied_at)}")
-        for index, e in self.applied_at.items():
+        term = r.node.term
+        due = [i for i, t in self.commit_term_ub.items() if t < term]
+        if due and log.last_index() < max(due):
+            self.fail(f"new leader {r.id} of term {term} (last {log.last_index()}) misses "
+                      f"entries committed before its term, up to {max(due)}")
+        for index in due:
+            e = self.applied_at[index]
             if index >= log.first_index():
                 t = log.term(index)
                 if t != e.term:
@@ -391,7 +422,7 @@ class Sim:
                 r.node = None
                 r.disk = Disk(voter=False, generation=r.disk.generation + 1)
                 r.applied_values = []
-            elif r.node is None and rng.random() < cfg.restart_p:
+            elif r.node is None and not r.removed and rng.random() < cfg.restart_p:
                 self._start(r.id)
             elif r.node is not None and rng.random() < cfg.compact_p:
                 self._compact(r)
@@ -400,8 +431,9 @@ class Sim:
         st = r.disk.storage
         if r.sm_index <= st.snapshot().index:
             return
+        voters, learners = r.node.config_at(r.sm_index)
         st.create_snapshot(r.sm_index, _SM.pack(r.sm_index, r.sm_digest) + self.sm_payload(r),
-                           self.ids)
+                           voters, learners)
         keep = self.rng.randint(0, 5)
         st.compact(max(st.first_index() - 1, r.sm_index - keep))
         self.note(f"{r.id} snapshot at {r.sm_index}, first index now {st.first_index()}")
@@ -437,6 +469,59 @@ class Sim:
             except (NotLeader, ProposalDropped):
                 self.reads.pop(ctx, None)
 
+    def _membership(self) -> None:
+        """Replace one voter by a new replica: add_learner, promote, remove -- one step at a
+        time, each proposed by whoever leads once the previous change has committed."""
+        if self.change is None:
+            if (self.replacements >= self.cfg.replacements_max
+                    or self.rng.random() >= self.cfg.replace_p):
+                return
+            leader = self._leader()
+            if leader is None:
+                return
+            old = self.rng.choice(leader.node.voters)
+            new = max(self.replicas) + 1
+            self.replacements += 1
+            self.stats["replacements"] += 1
+            self.ids.append(new)
+            self.side[new] = self.side[old]
+            self.replicas[new] = Replica(new, Disk(), bootstrap=())
+            self._start(new)
+            self.change = (old, new)
+            self.note(f"replace {old} by {new}")
+        old, new = self.change
+        leader = self._leader()
+        if leader is None:
+            return
+        node = leader.node
+        if node._conf_index > node.log.committed:
+            return  # the last step has not committed yet
+        try:
+            if new not in node.voters and new not in node.learners:
+                op, member = "add_learner", new
+            elif new in node.learners:
+                pr = node.prs.get(new)
+                if pr is None or pr.match < node.log.committed:
+                    return  # promote only once it has caught up
+                op, member = "promote", new
+            elif old in node.voters or old in node.learners:
+                if old == leader.id:
+                    others = [v for v in node.voters if v != old]
+                    self.drive(leader, lambda n: n.transfer_leadership(self.rng.choice(others)))
+                    return
+                op, member = "remove", old
+            else:
+                self.note(f"replacement of {old} by {new} done")
+                gone = self.replicas[old]
+                gone.removed, gone.node = True, None
+                self.change = None
+                return
+            self.drive(leader, lambda n: n.propose_conf_change(op, member))
+            self.stats["conf_changes"] += 1
+            self.note(f"{leader.id} proposed {op} {member}")
+        except (NotLeader, ProposalDropped, ConfChangeRefused):
+            pass
+
     def _tick_all(self, skip_p: float) -> None:
         for r in self.live():
             if r.node is not None and self.rng.random() >= skip_p:
@@ -447,6 +532,7 @@ class Sim:
         for _ in range(self.cfg.chaos_ticks):
             self.now += 1
             self._nemesis()
+            self._membership()
             self._client()
             self._tick_all(self.cfg.tick_skip_p)
             self._deliver_due()
@@ -459,9 +545,10 @@ class Sim:
         self.cfg.drop_p = self.cfg.dup_p = 0.0
         self.cfg.crash_mid_ready_p = 0.0
         self.cfg.delay_ticks_max = min(self.cfg.delay_ticks_max, 2)
-        for r in self.replicas.values():
+        for r in self.members():
             if r.node is None:
                 self._start(r.id)
+        self.cfg.replace_p = 0.0  # no new replacement; one under way is finished
         final = f"final-{self.seed}".encode()
         proposed_by: tuple[int, int] | None = None  # (leader id, term)
         deadline = self.now + self.cfg.liveness_ticks_max
@@ -469,7 +556,8 @@ class Sim:
             self.now += 1
             self._tick_all(0.0)
             self._deliver_due()
-            if all(final in r.applied_values for r in self.replicas.values()):
+            self._membership()
+            if self.change is None and all(final in r.applied_values for r in self.members()):
                 return
             leader = self._leader()
             if leader is not None and (leader.id, leader.node.term) != proposed_by:
@@ -478,7 +566,7 @@ class Sim:
                     proposed_by = (leader.id, leader.node.term)
                 except (NotLeader, ProposalDropped):
                     pass
-        status = {r.id: r.node.status() for r in self.replicas.values()}
+        status = {r.id: r.node.status() for r in self.members()}
         self.fail(f"no liveness: after healing for {self.cfg.liveness_ticks_max} ticks the "
                   f"final proposal is not applied everywhere; status={status}")
 

@@ -113,10 +113,10 @@ def test_paused_leaders_exercise_the_read_index_round(monkeypatch):
         self._answer_read(frm, self.log.committed, context)
 
     monkeypatch.setattr(RaftNode, "_leader_read", read_without_quorum_round)
-    for seed in range(40):
+    for seed in range(200):  # the first hit is at seed 46 (about 1 in 18 seeds)
         try:
             simulate_clients(seed)
         except InvariantError as err:
             assert "stale read" in str(err) and f"seed={seed}" in str(err)
             return
-    pytest.fail("40 seeds with a read index that skips the quorum round and no stale read")
+    pytest.fail("200 seeds with a read index that skips the quorum round and no stale read")

@@ -26,6 +26,7 @@ from nuwa.codec import (
     encode_snapshot_meta,
 )
 from nuwa.raft import (
+    ConfChangeRefused,
     Entry,
     HardState,
     IllegalTransition,
@@ -319,6 +320,125 @@ def test_memory_storage_compacts_only_what_a_snapshot_covers():
     assert s.term(4) == 3
 
 
+# ------------------------------------------------------------------ membership changes
+def join(c: Cluster, i: int) -> RaftNode:
+    """Start a brand-new replica ``i`` that joins with an empty disk and no configuration."""
+    c.ids.append(i)
+    c.applied[i], c.read_states[i] = [], []
+    c.storages[i] = MemoryStorage()
+    c.nodes[i] = RaftNode(i, (), c.storages[i], random.Random(i), election_ticks=ET,
+                          **c.kwargs)
+    return c.nodes[i]
+
+
+def test_replace_a_voter_add_learner_promote_remove():
+    c = Cluster(3)
+    c.elect(1)
+    c[1].propose(b"before")
+    c.deliver()
+    new = join(c, 4)
+    assert new.voters == () and not new.promotable
+    c[1].propose_conf_change("add_learner", 4)
+    c.deliver()
+    assert c[1].voters == (1, 2, 3) and c[1].learners == (4,)
+    assert c[4].learners == (4,) and not c[4].promotable  # it learned the config from the log
+    assert [e.data for e in c.applied[4] if e.kind == "normal"] == [b"before"]
+    # A learner does not count: with 2 and 3 cut off nothing commits, even with 4 acking.
+    c.isolated = {2, 3}
+    c[1].propose(b"learner-only")
+    c.deliver()
+    assert c[1].log.committed < c[1].log.last_index()
+    c.isolated = set()
+    c.deliver()
+    c[1].propose_conf_change("promote", 4)
+    c.deliver()
+    assert c[1].voters == (1, 2, 3, 4) and c[4].promotable and c[1].quorum == 3
+    c[1].propose_conf_change("remove", 3)
+    c.deliver()
+    assert c[1].voters == (1, 2, 4) and 3 not in c[1].prs
+    # 3 is out: with it gone (and 1, 2, 4 up) writes commit; it receives nothing more.
+    del c.nodes[3]
+    c.ids.remove(3)
+    c[1].propose(b"after")
+    c.deliver()
+    c.tick(c[1].heartbeat_ticks)
+    assert all(c.applied[i][-1].data == b"after" for i in (1, 2, 4))
+    # The new member can lead.
+    c[1].transfer_leadership(4)
+    c.deliver()
+    assert c[4].role is Role.LEADER
+
+
+def test_membership_changes_are_refused_clearly():
+    c = Cluster(3)
+    leader = c.elect(1)
+    with pytest.raises(NotLeader):
+        c[2].propose_conf_change("add_learner", 4)
+    with pytest.raises(ConfChangeRefused, match="expected one of"):
+        leader.propose_conf_change("add_voter", 4)
+    with pytest.raises(ConfChangeRefused, match="already a member"):
+        leader.propose_conf_change("add_learner", 2)
+    with pytest.raises(ConfChangeRefused, match="not a learner"):
+        leader.propose_conf_change("promote", 2)
+    with pytest.raises(ConfChangeRefused, match="not a member"):
+        leader.propose_conf_change("remove", 9)
+    with pytest.raises(ConfChangeRefused, match="transfer the leadership first"):
+        leader.propose_conf_change("remove", 1)
+    leader.propose_conf_change("add_learner", 4)
+    with pytest.raises(ProposalDropped, match="one change at a time"):
+        leader.propose_conf_change("remove", 2)  # the first has not committed
+    c.deliver()
+    leader.propose_conf_change("remove", 2)  # now it may
+
+
+def test_a_new_leader_commits_in_its_term_before_changing_membership():
+    c = Cluster(3)
+    c[1].campaign()
+    votes = (MsgType.PRE_VOTE, MsgType.PRE_VOTE_RESP, MsgType.VOTE, MsgType.VOTE_RESP)
+    c.deliver(keep=lambda m: m.type in votes)  # elected; its no-op's acks are lost
+    assert c[1].role is Role.LEADER and not c[1]._committed_in_term()
+    with pytest.raises(ProposalDropped, match="commit an entry of its term"):
+        c[1].propose_conf_change("add_learner", 4)
+    c.tick(c[1].heartbeat_ticks)  # the heartbeat round repairs the lost appends
+    assert c[1]._committed_in_term()
+    c[1].propose_conf_change("add_learner", 4)
+
+
+def test_a_conf_entry_takes_effect_on_append_and_is_undone_when_overwritten():
+    c = Cluster(3)
+    c.elect(1)
+    c.isolated = {2, 3}
+    c[1].propose_conf_change("add_learner", 4)  # never leaves 1: it will be overwritten
+    c.drain()
+    assert c[1].learners == (4,)
+    c.isolated = {1}
+    c.tick(ET * 3, only=[2, 3])  # 2 and 3 stop hearing 1 and elect one of them
+    new_leader = next(c[i] for i in (2, 3) if c[i].role is Role.LEADER)
+    new_leader.propose(b"x")
+    c.deliver()
+    c.isolated = set()
+    c.tick(ET * 3)  # 1 hears the new leader and its conflicting entry replaces the conf entry
+    assert c[1].role is Role.FOLLOWER and c[1].learners == () and c[1].voters == (1, 2, 3)
+
+
+def test_snapshots_carry_the_configuration_at_their_index():
+    c = Cluster(3)
+    c.elect(1)
+    c[1].propose_conf_change("add_learner", 4)
+    c.deliver()
+    at = c[1].log.committed
+    c[1].propose(b"y")
+    c.deliver()
+    assert c[1].config_at(at) == ((1, 2, 3), (4,))
+    assert c[1].config_at(1) == ((1, 2, 3), ())
+    snap = c.storages[1].create_snapshot(at, b"img", *c[1].config_at(at))
+    # A replica restarted from that snapshot alone has the learner in its configuration.
+    st_ = MemoryStorage()
+    st_.apply_snapshot(snap)
+    n = RaftNode(1, (1, 2, 3), st_, random.Random(0), election_ticks=ET)
+    assert n.voters == (1, 2, 3) and n.learners == (4,)
+
+
 # ------------------------------------------------------------------ reads
 def test_read_index_on_leader_waits_for_a_quorum_heartbeat_round():
     c = Cluster(3)
@@ -466,7 +586,8 @@ wire_entries = st.builds(Entry, term=u64, index=u64, data=st.binary(max_size=64)
                          kind=st.sampled_from(["normal", "noop", "conf"]))
 wire_snapshots = st.builds(Snapshot, index=u64, term=u64,
                            voters=st.lists(u64, max_size=7).map(tuple),
-                           data=st.binary(max_size=64))
+                           data=st.binary(max_size=64),
+                           learners=st.lists(u64, max_size=3).map(tuple))
 wire_messages = st.builds(
     Message, type=message_types, frm=u64, to=u64, term=u64, log_term=u64, index=u64,
     entries=st.lists(wire_entries, max_size=4).map(tuple), commit=u64, reject=st.booleans(),
@@ -484,8 +605,8 @@ def test_entry_hard_state_snapshot_round_trip(e, hs, snap):
     assert decode_hard_state(encode_hard_state(hs)) == hs
     assert decode_snapshot(encode_snapshot(snap)) == snap
     meta = decode_snapshot_meta(encode_snapshot_meta(snap))
-    assert (meta.index, meta.term, meta.voters, meta.data) == (snap.index, snap.term,
-                                                               snap.voters, b"")
+    assert (meta.index, meta.term, meta.voters, meta.data, meta.learners) == (
+        snap.index, snap.term, snap.voters, b"", snap.learners)
 
 
 @given(wire_messages, st.data())

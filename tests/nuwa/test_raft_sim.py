@@ -38,7 +38,7 @@ def test_the_sweep_exercises_every_fault():
     for seed in range(40):
         total.update(simulate(seed).stats)
     for what in ("elections", "snapshots_sent", "reads_served", "wipes", "crashes",
-                 "partitions", "mid_ready_crashes"):
+                 "partitions", "mid_ready_crashes", "conf_changes", "replacements"):
         assert total[what] > 0, f"no {what} in 40 seeds: {dict(total)}"
     assert total["committed"] > 40 * 10, f"too little progress under faults: {dict(total)}"
 
