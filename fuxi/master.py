@@ -128,6 +128,9 @@ class FuxiMaster:
                 done = await asyncio.to_thread(group.supervise_once)
             except Exception as e:
                 done = [f"supervising Nuwa failed: {e!r}"]
+            if done:  # a replacement changes the members and their addresses
+                self.nuwa_group = group.to_dict()
+                self.nuwa = [list(a) for a in group.client_addresses()]
             for line in done:
                 logger.warning("%s", line)
                 self.nuwa_events = (self.nuwa_events + [f"{time.strftime('%H:%M:%S')} {line}"])[-100:]
