@@ -1,0 +1,172 @@
+"""One chunk replica on a chunkserver's disk, with a checksum per block.
+
+Two files per replica under the server's directory:
+
+    <chunk>.data   the bytes (at most the chunk size)
+    <chunk>.sums   one little-endian u32 CRC-32 per BLOCK_BYTES block of .data
+
+Every read verifies each block it touches, in full, and raises ``ChecksumError`` naming the
+chunk and block, so the client reads another replica and the master repairs this one. A write
+at any offset (random write, append) first verifies the partial blocks at its edges -- never
+re-checksum bytes that are already corrupt -- then writes the data and the new sums. A crash
+between the two leaves a mismatch that the next read or the scrubber detects; a replica that
+missed writes is caught by the chunk version the master keeps, not here.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+from pangu.errors import BadRequest, ChecksumError, NotFound
+
+BLOCK_BYTES = 64 * 1024
+_SUM = struct.Struct("<I")
+CHUNK_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-_")
+
+
+def _check_id(chunk: str) -> str:
+    if not chunk or len(chunk) > 64 or not set(chunk) <= CHUNK_ID_CHARS:
+        raise BadRequest(f"bad chunk id {chunk!r}; expected 1-64 characters of [0-9a-z-_]")
+    return chunk
+
+
+class ChunkFile:
+    def __init__(self, directory: str, chunk: str, capacity_bytes: int):
+        if capacity_bytes < 1:
+            raise BadRequest(f"chunk capacity must be >= 1 byte, got {capacity_bytes}")
+        self.chunk = _check_id(chunk)
+        self.capacity_bytes = capacity_bytes
+        self.data_path = os.path.join(directory, chunk + ".data")
+        self.sums_path = os.path.join(directory, chunk + ".sums")
+
+    # ------------------------------------------------------------ lifecycle
+    def create(self) -> "ChunkFile":
+        for p in (self.data_path, self.sums_path):
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.close(fd)
+        return self
+
+    def exists(self) -> bool:
+        return os.path.exists(self.data_path) and os.path.exists(self.sums_path)
+
+    def remove(self) -> None:
+        for p in (self.data_path, self.sums_path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def length(self) -> int:
+        try:
+            return os.path.getsize(self.data_path)
+        except FileNotFoundError:
+            raise NotFound(f"chunk {self.chunk} is not on this server") from None
+
+    # ------------------------------------------------------------ reads
+    def read(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at ``offset`` (fewer at the end of the chunk), verified."""
+        if offset < 0 or n < 0:
+            raise BadRequest(f"read of chunk {self.chunk}: offset {offset} and length {n} "
+                             f"must be >= 0")
+        length = self.length()
+        end = min(offset + n, length)
+        if offset >= end:
+            return b""
+        first, last = offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES
+        lo = first * BLOCK_BYTES
+        hi = min((last + 1) * BLOCK_BYTES, length)
+        with open(self.data_path, "rb") as f:
+            f.seek(lo)
+            buf = f.read(hi - lo)
+        sums = self._read_sums(first, last)
+        if len(buf) != hi - lo:
+            raise ChecksumError(f"chunk {self.chunk}: data file shorter than its length",
+                                self.chunk, first)
+        view = memoryview(buf)
+        for i, b in enumerate(range(first, last + 1)):
+            blk = view[i * BLOCK_BYTES:(i + 1) * BLOCK_BYTES]
+            if i >= len(sums) or zlib.crc32(blk) != sums[i]:
+                raise ChecksumError(f"chunk {self.chunk}: block {b} fails its checksum "
+                                    f"(bytes {b * BLOCK_BYTES}-{b * BLOCK_BYTES + len(blk) - 1})",
+                                    self.chunk, b)
+        return bytes(view[offset - lo:end - lo])
+
+    def verify(self) -> list[int]:
+        """Blocks that fail their checksum (the scrubber's check); [] when all is well."""
+        length = self.length()
+        blocks = (length + BLOCK_BYTES - 1) // BLOCK_BYTES
+        bad = []
+        sums = self._read_sums(0, blocks - 1) if blocks else []
+        with open(self.data_path, "rb") as f:
+            for b in range(blocks):
+                blk = f.read(BLOCK_BYTES)
+                if b >= len(sums) or zlib.crc32(blk) != sums[b]:
+                    bad.append(b)
+        return bad
+
+    def _read_sums(self, first: int, last: int) -> list[int]:
+        with open(self.sums_path, "rb") as f:
+            f.seek(first * _SUM.size)
+            raw = f.read((last - first + 1) * _SUM.size)
+        return [_SUM.unpack_from(raw, i)[0] for i in range(0, len(raw) - len(raw) % 4, 4)]
+
+    # ------------------------------------------------------------ writes
+    def write(self, offset: int, data, *, sync: bool = True) -> int:
+        """Write ``data`` at ``offset`` (at most the current length: no holes); returns the
+        new length. ``sync`` makes it durable (fdatasync) before returning."""
+        data = memoryview(data).cast("B")
+        length = self.length()
+        if offset < 0 or offset > length:
+            raise BadRequest(f"write to chunk {self.chunk} at offset {offset}: expected an "
+                             f"offset between 0 and its length {length} (no holes)")
+        end = offset + len(data)
+        if end > self.capacity_bytes:
+            raise BadRequest(f"write to chunk {self.chunk} would end at byte {end}, beyond its "
+                             f"capacity of {self.capacity_bytes} bytes")
+        if not data:
+            return length
+        first, last = offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES
+        lo = first * BLOCK_BYTES
+        hi_old = min((last + 1) * BLOCK_BYTES, length)
+        # The existing bytes of the edge blocks, verified (read raises on corruption).
+        old = self.read(lo, hi_old - lo) if hi_old > lo else b""
+        new_end = max(end, hi_old)
+        merged = bytearray(old.ljust(new_end - lo, b"\0"))
+        merged[offset - lo:end - lo] = data
+        sums = b"".join(_SUM.pack(zlib.crc32(merged[i:i + BLOCK_BYTES]))
+                        for i in range(0, len(merged), BLOCK_BYTES))
+        dfd = os.open(self.data_path, os.O_WRONLY)
+        sfd = os.open(self.sums_path, os.O_WRONLY)
+        try:
+            os.pwrite(dfd, bytes(merged[offset - lo:]), offset)  # bytes before are on disk
+            os.pwrite(sfd, sums, first * _SUM.size)
+            if sync:
+                os.fdatasync(dfd)
+                os.fdatasync(sfd)
+        finally:
+            os.close(dfd)
+            os.close(sfd)
+        return max(length, end)
+
+    def truncate(self, length: int, *, sync: bool = True) -> None:
+        """Cut the replica to ``length`` bytes (a file truncated inside this chunk)."""
+        cur = self.length()
+        if not 0 <= length <= cur:
+            raise BadRequest(f"truncate chunk {self.chunk} to {length}: expected 0..{cur}")
+        keep_blocks = (length + BLOCK_BYTES - 1) // BLOCK_BYTES
+        tail = length % BLOCK_BYTES
+        last_sum = b""
+        if tail:
+            blk = self.read((keep_blocks - 1) * BLOCK_BYTES, tail)
+            last_sum = _SUM.pack(zlib.crc32(blk))
+        os.truncate(self.data_path, length)
+        with open(self.sums_path, "r+b") as f:
+            if last_sum:
+                f.seek((keep_blocks - 1) * _SUM.size)
+                f.write(last_sum)
+            f.truncate(keep_blocks * _SUM.size)
+            if sync:
+                f.flush()
+                os.fdatasync(f.fileno())
