@@ -41,6 +41,7 @@ class Group:
     addresses: dict[int, tuple[str, int]] = field(default_factory=dict)
     config: ServerConfig = ServerConfig()
     retired: list[int] = field(default_factory=list)  # ids removed by replacements (never reused)
+    removing: list[int] = field(default_factory=list)  # replaced, but not yet removed
 
     def client_addresses(self) -> list[tuple[str, int]]:
         return [self.addresses[i] for i in sorted(self.addresses)]
@@ -82,14 +83,14 @@ class Group:
         return {"namespace": self.namespace, "data_dir": self.data_dir, "voters": self.voters,
                 "nodes": {str(k): v for k, v in self.nodes.items()},
                 "addresses": {str(k): list(v) for k, v in self.addresses.items()},
-                "retired": list(self.retired)}
+                "retired": list(self.retired), "removing": list(self.removing)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Group":
         return cls(namespace=d["namespace"], data_dir=d["data_dir"], voters=list(d["voters"]),
                    nodes={int(k): v for k, v in d["nodes"].items()},
                    addresses={int(k): tuple(v) for k, v in d["addresses"].items()},
-                   retired=list(d.get("retired", [])))
+                   retired=list(d.get("retired", [])), removing=list(d.get("removing", [])))
 
     def supervise_once(self, probe_timeout_s: float = 5.0) -> list[str]:
         """Bring the group back to full strength. A replica that is gone (its actor died or
@@ -121,7 +122,10 @@ class Group:
                 done.append(f"could not restart nuwa-{rid}: {e!r}")
         if done:
             self.publish_peers()
+        done += self._finish_removals()
         for rid in to_replace:
+            if rid in self.removing:
+                continue
             used = {self.nodes[r] for r in self.voters if r != rid}
             free = sorted(alive - used)
             if not free and len(alive) >= len(self.voters):
@@ -207,8 +211,51 @@ class Group:
         new = self.next_id()
         self.nodes[new] = node
         self.start_replica(new, join=True)
-        self.publish_peers()
-        self._change("add_learner", new)
+        try:
+            self.publish_peers()
+            self._change("add_learner", new)
+            self._catch_up_and_swap(old, new)
+        except BaseException:
+            if new in self.voters:
+                raise  # swapped in already; only the clean-up after the removal failed
+            if self._applied("promote", new):
+                # A voter now: it must keep running. Supervise it with the others; the
+                # next round only removes the old one (``_finish_removals``).
+                self.voters.append(new)
+                self.removing.append(old)
+                self._record()
+                raise
+            # Stop the newcomer; the next round tries again under the same id (it may
+            # already be a learner, which the next add_learner recognises) with its disk.
+            try:
+                self.stop_replica(new)
+            except Exception:
+                pass
+            raise
+        return new
+
+    def _finish_removals(self) -> list[str]:
+        done = []
+        for old in list(self.removing):
+            try:
+                self._change("remove", old)
+            except Exception as e:
+                done.append(f"could not remove nuwa-{old}: {e!r}")
+                continue
+            try:
+                self.stop_replica(old)
+            except Exception:
+                pass
+            self.removing.remove(old)
+            self.voters = [v for v in self.voters if v != old]
+            self.retired.append(old)
+            self.nodes.pop(old, None)
+            self.addresses.pop(old, None)
+            self._record()
+            done.append(f"removed nuwa-{old}")
+        return done
+
+    def _catch_up_and_swap(self, old: int, new: int) -> None:
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
         target = self.leader_status()["commit"]
         while True:
@@ -241,14 +288,14 @@ class Group:
         self.addresses.pop(old, None)
         self.publish_peers()
         self._record()
-        return new
 
     def _record(self) -> None:
         """Keep ``group.json`` current: a later ``start_group`` restarts these members."""
         marker = os.path.join(self.data_dir, "nuwa", "group.json")
         os.makedirs(os.path.dirname(marker), exist_ok=True)
         with open(marker + ".tmp", "w") as f:
-            json.dump({"voters": self.voters, "nodes": self.nodes, "retired": self.retired}, f)
+            json.dump({"voters": self.voters, "nodes": self.nodes, "retired": self.retired,
+                       "removing": self.removing}, f)
         os.replace(marker + ".tmp", marker)
 
     def stop(self) -> None:
@@ -274,10 +321,12 @@ def start_group(size: int, data_dir: str, namespace: str,
     voters = list(range(1, size + 1))
     recorded_nodes: dict[int, str] = {}
     retired: list[int] = []
+    removing: list[int] = []
     if existed:
         with open(marker) as f:
             rec = json.load(f)
-        if len(rec["voters"]) != size:
+        removing = list(rec.get("removing", []))
+        if len([v for v in rec["voters"] if v not in removing]) != size:
             raise BadRequest(f"the Nuwa group in {data_dir} has {len(rec['voters'])} voters "
                              f"{rec['voters']}; asked for {size} replicas. Changing the group "
                              f"size is not supported by `fuxi up`: use --nuwa-replicas "
@@ -290,7 +339,7 @@ def start_group(size: int, data_dir: str, namespace: str,
         if rid in nodes and n in alive:
             nodes[rid] = n  # a replica goes back to its disk
     g = Group(namespace=namespace, data_dir=data_dir, voters=voters, nodes=nodes, config=config,
-              retired=retired)
+              retired=retired, removing=removing)
     if not existed:
         g._record()
     for rid in voters:
