@@ -29,6 +29,7 @@ GROUP_SIZES = (1, 3, 5)
 START_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 120.0  # a new replica must reach the leader's commit index within this
 CONF_CHANGE_TIMEOUT_S = 30.0  # one membership change, including waiting for a leader
+ADMIN_CALL_TIMEOUT_S = 10.0  # one admin request or status probe to a replica
 
 
 @dataclass
@@ -164,7 +165,7 @@ class Group:
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                return self._admin(lambda c: c.change_membership(change, member), 10.0)
+                return self._admin(lambda c: c.change_membership(change, member), ADMIN_CALL_TIMEOUT_S)
             except (E.Unavailable, E.OutcomeUnknown, E.Timeout, E.NotLeader) as e:
                 last = e
             except E.BadRequest as e:
@@ -182,7 +183,7 @@ class Group:
         best = None
         for rid, h in list(self.handles.items()):
             try:
-                st = ray.get(h.status.remote(), timeout=5)
+                st = ray.get(h.status.remote(), timeout=ADMIN_CALL_TIMEOUT_S)
             except Exception:
                 continue
             if st.get("role") == "LEADER" and (best is None or st["term"] > best["term"]):
@@ -242,16 +243,8 @@ class Group:
             except Exception as e:
                 done.append(f"could not remove nuwa-{old}: {e!r}")
                 continue
-            try:
-                self.stop_replica(old)
-            except Exception:
-                pass
             self.removing.remove(old)
-            self.voters = [v for v in self.voters if v != old]
-            self.retired.append(old)
-            self.nodes.pop(old, None)
-            self.addresses.pop(old, None)
-            self._record()
+            self._retire(old)
             done.append(f"removed nuwa-{old}")
         return done
 
@@ -259,7 +252,7 @@ class Group:
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
         target = self.leader_status()["commit"]
         while True:
-            st = ray.get(self.handles[new].status.remote(), timeout=10)
+            st = ray.get(self.handles[new].status.remote(), timeout=ADMIN_CALL_TIMEOUT_S)
             if st.get("applied", 0) >= target:
                 break
             if time.monotonic() > deadline:
@@ -268,7 +261,7 @@ class Group:
             time.sleep(0.1)
         self._change("promote", new)
         if self.leader_status()["id"] == old:
-            self._admin(lambda c: c.transfer_leader(new), 10.0)
+            self._admin(lambda c: c.transfer_leader(new), ADMIN_CALL_TIMEOUT_S)
             deadline = time.monotonic() + CONF_CHANGE_TIMEOUT_S
             while time.monotonic() < deadline:
                 try:
@@ -278,15 +271,20 @@ class Group:
                     pass
                 time.sleep(0.1)
         self._change("remove", old)
+        self.voters = [new if v == old else v for v in self.voters]
+        self._retire(old)
+        self.publish_peers()
+
+    def _retire(self, old: int) -> None:
+        """``old`` is out of the configuration: stop it and forget it (its id is never reused)."""
         try:
             self.stop_replica(old)
         except Exception:
             pass  # already gone with its node
-        self.voters = [new if v == old else v for v in self.voters]
+        self.voters = [v for v in self.voters if v != old]
         self.retired.append(old)
         self.nodes.pop(old, None)
         self.addresses.pop(old, None)
-        self.publish_peers()
         self._record()
 
     def _record(self) -> None:

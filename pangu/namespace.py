@@ -80,6 +80,15 @@ class Namespace:
             raise NotADir(f"{path} is a file; expected a directory")
         return node
 
+    def _parent_dir(self, path: str, doing: str) -> Inode:
+        """The directory a new name ``path`` goes into; ``doing`` starts the error."""
+        parent = self.nodes.get(P.parent(path))
+        if parent is None:
+            raise NotFound(f"{doing}: directory {P.parent(path)} does not exist")
+        if parent.kind != "dir":
+            raise NotADir(f"{doing}: {P.parent(path)} is a file")
+        return parent
+
     def exists(self, path: str) -> bool:
         return P.normalize(path) in self.nodes
 
@@ -206,11 +215,7 @@ class Namespace:
                 or cs % CHUNK_BYTES_MIN):
             raise BadRequest(f"chunk_size must be a multiple of {CHUNK_BYTES_MIN} bytes between "
                              f"{CHUNK_BYTES_MIN} and {CHUNK_BYTES_MAX}, got {cs!r}")
-        parent = self.nodes.get(P.parent(path))
-        if parent is None:
-            raise NotFound(f"cannot create {path}: directory {P.parent(path)} does not exist")
-        if parent.kind != "dir":
-            raise NotADir(f"cannot create {path}: {P.parent(path)} is a file")
+        parent = self._parent_dir(path, f"cannot create {path}")
         freed: list[str] = []
         old = self.nodes.get(path)
         if old is not None:
@@ -301,11 +306,7 @@ class Namespace:
         node = self._get(src)
         if P.is_under(dst, src):
             raise BadRequest(f"cannot move {src} into itself ({dst})")
-        dparent = self.nodes.get(P.parent(dst))
-        if dparent is None:
-            raise NotFound(f"cannot move to {dst}: directory {P.parent(dst)} does not exist")
-        if dparent.kind != "dir":
-            raise NotADir(f"cannot move to {dst}: {P.parent(dst)} is a file")
+        dparent = self._parent_dir(dst, f"cannot move to {dst}")
         freed: list[str] = []
         if dst in self.nodes:
             target = self.nodes[dst]

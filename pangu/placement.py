@@ -91,7 +91,7 @@ def choose(servers: Iterable[Server], n: int, size_bytes: int, rng: random.Rando
         nodes.remove(nd)
         chosen.append(max(by_node[nd], key=lambda s: (s.free_bytes, s.id)))
     if len(chosen) < n and allow_same_node:
-        rest = [s for s in ok if s not in chosen and (s.node not in ex_nodes or allow_same_node)]
+        rest = [s for s in ok if s not in chosen]
         while len(chosen) < n and rest:
             s = _weighted(rest, [x.free_bytes for x in rest], rng)
             rest.remove(s)
