@@ -67,19 +67,26 @@ class ChunkFile:
     # ------------------------------------------------------------ reads
     def read(self, offset: int, n: int) -> bytes:
         """``n`` bytes at ``offset`` (fewer at the end of the chunk), verified."""
+        return bytes(self.read_view(offset, n))
+
+    def read_view(self, offset: int, n: int) -> memoryview:
+        """Like ``read``, without copying out of the read buffer."""
         if offset < 0 or n < 0:
             raise BadRequest(f"read of chunk {self.chunk}: offset {offset} and length {n} "
                              f"must be >= 0")
         length = self.length()
         end = min(offset + n, length)
         if offset >= end:
-            return b""
+            return memoryview(b"")
         first, last = offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES
         lo = first * BLOCK_BYTES
         hi = min((last + 1) * BLOCK_BYTES, length)
-        with open(self.data_path, "rb") as f:
+        buf = bytearray(hi - lo)
+        with open(self.data_path, "rb", buffering=0) as f:
             f.seek(lo)
-            buf = f.read(hi - lo)
+            got = f.readinto(buf)
+        if got != len(buf):
+            del buf[got:]
         sums = self._read_sums(first, last)
         if len(buf) != hi - lo:
             raise ChecksumError(f"chunk {self.chunk}: data file shorter than its length",
@@ -91,7 +98,7 @@ class ChunkFile:
                 raise ChecksumError(f"chunk {self.chunk}: block {b} fails its checksum "
                                     f"(bytes {b * BLOCK_BYTES}-{b * BLOCK_BYTES + len(blk) - 1})",
                                     self.chunk, b)
-        return bytes(view[offset - lo:end - lo])
+        return view[offset - lo:end - lo]
 
     def verify(self) -> list[int]:
         """Blocks that fail their checksum (the scrubber's check); [] when all is well."""

@@ -42,6 +42,9 @@ class ChecksumError(PanguError, IOError):
         super().__init__(message)
         self.chunk, self.block = chunk, block
 
+    def __reduce__(self):
+        return (type(self), (str(self), self.chunk, self.block))
+
 
 class NoSpace(PanguError, OSError):
     pass
@@ -49,3 +52,34 @@ class NoSpace(PanguError, OSError):
 
 class NotEnoughServers(PanguError):
     """Placement could not find enough distinct, live nodes with room."""
+
+
+class Busy(PanguError):
+    """The file is open for writing by another client (one writer per file)."""
+
+
+class StaleReplica(PanguError):
+    """A chunk replica is at an older version than asked for: it missed writes."""
+
+
+class LeaseExpired(PanguError):
+    """The chunk's primary holds no valid lease for this write: ask the master again."""
+
+
+class ReplicaWriteFailed(PanguError):
+    """Some replicas did not take a write; the master marks them stale and the writer retries."""
+
+    def __init__(self, message: str, failed: list | None = None):
+        super().__init__(message)
+        self.failed = list(failed or [])
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.failed))
+
+
+class NotActive(PanguError):
+    """This master is a standby (or was deposed): ask the active master."""
+
+
+class Unavailable(PanguError):
+    """No master or no replica could be reached within the time allowed."""

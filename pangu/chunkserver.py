@@ -1,0 +1,430 @@
+"""The Pangu chunkserver: one async Ray actor per node (several per node in tests), keeping
+chunk replicas as checksummed files (``pangu.chunkfile``) in a directory of its own.
+
+Directory ownership. A chunkserver adopts the first unclaimed directory under
+``<data_dir>/pangu/chunks/`` -- claimed by an exclusive ``flock`` that lives as long as the
+actor's process -- or makes a new one. Its server id is stored in that directory, so a
+chunkserver restarted on the same disk comes back with the same id and the same chunks.
+
+Writes. The master makes one replica of a chunk its *primary* with a lease
+(``grant_lease``). A writer sends each write to the primary with the data as a Ray object
+reference (put once, read zero-copy by every replica on the node). The primary applies the
+writes of a chunk one at a time (a lock per chunk), writing locally and forwarding the same
+reference to the secondaries at once, and acknowledges only when every replica has the bytes on
+disk (fdatasync). A secondary refuses a write at another version than its own
+(``StaleReplica``): a replica that missed writes has been left behind at an older version by the
+master, and is never read or written again -- it is deleted and replaced.
+
+Every read verifies the checksums of the blocks it touches; a replica that fails is taken out
+of service at once (its files are moved aside) and reported to the master, which repairs it
+from another copy. A scrubber verifies idle replicas in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import secrets
+import time
+
+import pyarrow as pa
+import ray
+
+from pangu.chunkfile import BLOCK_BYTES, ChunkFile
+from pangu.errors import (BadRequest, ChecksumError, LeaseExpired, NoSpace, NotFound,
+                          PanguError, ReplicaWriteFailed, StaleReplica)
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+HEARTBEAT_TIMEOUT_S = 5.0
+SCRUB_INTERVAL_S = 2.0  # one idle replica verified per interval
+SCRUB_IDLE_S = 5.0  # a replica written this recently is not scrubbed yet
+REPLICA_CALL_TIMEOUT_S = 60.0  # primary -> secondary write, or a copy's read from its source
+READ_BYTES_MAX = 64 * 1024 * 1024  # one read call
+CAPACITY_DEFAULT_BYTES = 1 << 40  # the cap when the disk itself is larger
+
+
+def chunk_root(data_dir: str) -> str:
+    return os.path.join(data_dir, "pangu", "chunks")
+
+
+def claim_directory(root: str) -> tuple[str, str, int]:
+    """(server id, directory, locked fd): adopt an unclaimed directory or create one."""
+    os.makedirs(root, exist_ok=True)
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        meta = os.path.join(d, "server.json")
+        if not os.path.isfile(meta):
+            continue
+        fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        with open(meta) as f:
+            return json.load(f)["id"], d, fd
+    sid = f"cs-{secrets.token_hex(4)}"
+    d = os.path.join(root, sid)
+    os.makedirs(d)
+    fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _write_json(os.path.join(d, "server.json"), {"id": sid, "created": time.time()})
+    return sid, d, fd
+
+
+def _write_json(path: str, doc: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fdatasync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _Replica:
+    __slots__ = ("file", "version", "lock", "written_at", "length")
+
+    def __init__(self, file: ChunkFile, version: int, length: int):
+        self.file = file
+        self.version = version
+        self.lock = asyncio.Lock()
+        self.written_at = 0.0
+        self.length = length
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class ChunkServer:
+    def __init__(self, cluster: str, data_dir: str, namespace: str,
+                 capacity_bytes: int | None = None, heartbeat_s: float = HEARTBEAT_S,
+                 scrub_interval_s: float = SCRUB_INTERVAL_S, name: str | None = None):
+        self.cluster = cluster
+        self.namespace = namespace
+        self.sid, self.dir, self._lock_fd = claim_directory(chunk_root(data_dir))
+        self.name = name or f"pangu-{self.sid}"
+        self.node = ray.get_runtime_context().get_node_id()
+        st = os.statvfs(self.dir)
+        disk = st.f_blocks * st.f_frsize
+        self.capacity_bytes = int(capacity_bytes or min(disk, CAPACITY_DEFAULT_BYTES))
+        self.heartbeat_s = heartbeat_s
+        self.scrub_interval_s = scrub_interval_s
+        self.replicas: dict[str, _Replica] = {}
+        self.leases: dict[str, tuple[int, list[str], float]] = {}  # cid -> version, secs, until
+        self.corrupt: list[str] = []  # found bad since the last heartbeat
+        self.scrubbed = 0
+        self.draining = False
+        self._handles: dict[str, object] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._load()
+
+    # ------------------------------------------------------------ state on disk
+    def _meta_path(self, cid: str) -> str:
+        return os.path.join(self.dir, cid + ".meta")
+
+    def _load(self) -> None:
+        for name in os.listdir(self.dir):
+            if not name.endswith(".meta"):
+                continue
+            cid = name[:-5]
+            try:
+                with open(os.path.join(self.dir, name)) as f:
+                    meta = json.load(f)
+                cf = ChunkFile(self.dir, cid, int(meta["capacity"]))
+                if not cf.exists():
+                    raise NotFound(cid)
+                self.replicas[cid] = _Replica(cf, int(meta["version"]), cf.length())
+            except (OSError, ValueError, KeyError, PanguError) as e:
+                logger.warning("chunkserver %s: dropping unreadable replica %s (%s)", self.sid,
+                               cid, e)
+                self._discard_files(cid)
+
+    def _discard_files(self, cid: str) -> None:
+        for ext in (".data", ".sums", ".meta"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.dir, cid + ext))
+
+    def _set_meta(self, cid: str, version: int, capacity: int) -> None:
+        _write_json(self._meta_path(cid), {"version": version, "capacity": capacity})
+
+    def used_bytes(self) -> int:
+        return sum(r.length for r in self.replicas.values())
+
+    def _replica(self, cid: str) -> _Replica:
+        r = self.replicas.get(cid)
+        if r is None:
+            raise NotFound(f"chunk {cid} has no replica on chunkserver {self.sid}")
+        return r
+
+    def _room_for(self, grow: int) -> None:
+        if grow > 0 and self.used_bytes() + grow > self.capacity_bytes:
+            raise NoSpace(f"chunkserver {self.sid} is full: {self.used_bytes()} of "
+                          f"{self.capacity_bytes} bytes used, {grow} more asked for")
+
+    def _quarantine(self, cid: str, why: str) -> None:
+        """A replica that failed its checksum leaves service at once; the master repairs it."""
+        r = self.replicas.pop(cid, None)
+        if r is None:
+            return
+        logger.warning("chunkserver %s: replica %s is corrupt (%s); removed", self.sid, cid, why)
+        self._discard_files(cid)
+        self.corrupt.append(cid)
+
+    # ------------------------------------------------------------ control
+    async def start(self, masters: list[str]) -> dict:
+        """Start heartbeating to ``masters`` (actor names) and scrubbing; returns ``info``."""
+        self.masters = list(masters)
+        if not self._tasks:
+            self._tasks = [asyncio.get_running_loop().create_task(self._heartbeat_loop()),
+                           asyncio.get_running_loop().create_task(self._scrub_loop())]
+        return self.info()
+
+    def info(self) -> dict:
+        return {"id": self.sid, "name": self.name, "node": self.node, "dir": self.dir,
+                "capacity_bytes": self.capacity_bytes, "used_bytes": self.used_bytes(),
+                "chunks": len(self.replicas), "scrubbed": self.scrubbed}
+
+    def report(self) -> dict:
+        return {"id": self.sid, "name": self.name, "node": self.node,
+                "capacity_bytes": self.capacity_bytes, "used_bytes": self.used_bytes(),
+                "chunks": {cid: [r.version, r.length] for cid, r in self.replicas.items()},
+                "corrupt": list(self.corrupt), "dir": self.dir}
+
+    def _handle(self, name: str):
+        h = self._handles.get(name)
+        if h is None:
+            h = ray.get_actor(name, namespace=self.namespace)
+            self._handles[name] = h
+        return h
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            rep = self.report()
+            sent_corrupt = list(self.corrupt)
+            for m in self.masters:
+                try:
+                    reply = await asyncio.wait_for(self._handle(m).heartbeat.remote(rep),
+                                                   HEARTBEAT_TIMEOUT_S)
+                except Exception as e:  # a standby or a dead master: try the others
+                    self._handles.pop(m, None)
+                    logger.debug("heartbeat to %s failed: %s", m, e)
+                    continue
+                if reply and reply.get("active"):
+                    self.corrupt = [c for c in self.corrupt if c not in sent_corrupt]
+                    for cid in reply.get("delete", []):
+                        await self._delete_one(cid)
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _scrub_loop(self) -> None:
+        done: set[str] = set()
+        while True:
+            await asyncio.sleep(self.scrub_interval_s)
+            now = time.monotonic()
+            todo = [c for c, r in self.replicas.items()
+                    if c not in done and now - r.written_at >= SCRUB_IDLE_S]
+            if not todo:
+                done.clear()
+                continue
+            cid = todo[0]
+            done.add(cid)
+            r = self.replicas.get(cid)
+            if r is None or r.lock.locked():
+                continue
+            async with r.lock:
+                try:
+                    bad = await asyncio.to_thread(r.file.verify)
+                except (OSError, PanguError) as e:
+                    bad = [str(e)]
+            self.scrubbed += 1
+            if bad:
+                self._quarantine(cid, f"scrubber: bad blocks {bad[:5]}")
+
+    # ------------------------------------------------------------ chunk lifecycle
+    async def create_chunk(self, cid: str, version: int, capacity: int) -> dict:
+        r = self.replicas.get(cid)
+        if r is not None:
+            if r.version == version and r.length == 0:
+                return {"created": False}
+            raise BadRequest(f"chunk {cid} already exists on {self.sid} at version {r.version}")
+        cf = ChunkFile(self.dir, cid, capacity)
+        cf.remove()
+        await asyncio.to_thread(cf.create)
+        await asyncio.to_thread(self._set_meta, cid, version, capacity)
+        self.replicas[cid] = _Replica(cf, version, 0)
+        return {"created": True}
+
+    async def set_version(self, cid: str, version: int) -> int:
+        r = self._replica(cid)
+        async with r.lock:
+            if version < r.version:
+                raise BadRequest(f"chunk {cid}: version {version} is older than {r.version}")
+            if version != r.version:
+                await asyncio.to_thread(self._set_meta, cid, version, r.file.capacity_bytes)
+                r.version = version
+        return r.version
+
+    async def grant_lease(self, cid: str, version: int, secondaries: list[str],
+                          lease_s: float) -> None:
+        r = self._replica(cid)
+        if r.version != version:
+            raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, the lease "
+                               f"is for version {version}")
+        # A safety margin: the master counts from before it sent the grant.
+        self.leases[cid] = (version, list(secondaries), time.monotonic() + lease_s * 0.9)
+
+    async def _delete_one(self, cid: str) -> None:
+        r = self.replicas.pop(cid, None)
+        self.leases.pop(cid, None)
+        if r is not None:
+            async with r.lock:
+                await asyncio.to_thread(self._discard_files, cid)
+
+    async def delete(self, cids: list[str]) -> int:
+        n = 0
+        for cid in cids:
+            if cid in self.replicas:
+                n += 1
+            await self._delete_one(cid)
+        return n
+
+    async def truncate(self, cid: str, length: int, version: int) -> int:
+        r = self._replica(cid)
+        async with r.lock:
+            if r.version >= version:
+                raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}; a "
+                                   f"truncate to version {version} needs an older one")
+            await asyncio.to_thread(r.file.truncate, length)
+            await asyncio.to_thread(self._set_meta, cid, version, r.file.capacity_bytes)
+            r.version, r.length, r.written_at = version, length, time.monotonic()
+        return length
+
+    # ------------------------------------------------------------ writes
+    async def write(self, cid: str, version: int, offset: int, data: list) -> int:
+        """The primary's entry point: ``data`` is ``[ObjectRef]`` of a pyarrow Buffer.
+        Returns the chunk's new length once every replica has it on disk."""
+        lease = self.leases.get(cid)
+        if lease is None or lease[0] != version or time.monotonic() > lease[2]:
+            raise LeaseExpired(f"chunkserver {self.sid} holds no valid lease on chunk {cid} at "
+                               f"version {version}; ask the master for the lease again")
+        _, secondaries, _ = lease
+        r = self._replica(cid)
+        async with r.lock:
+            others = [self._handle(s).apply.remote(cid, version, offset, data)
+                      for s in secondaries]
+            local = asyncio.ensure_future(self._apply_locked(r, cid, version, offset, data))
+            failed, errors = [], []
+            for name, ref in zip(secondaries, others):
+                try:
+                    await asyncio.wait_for(ref, REPLICA_CALL_TIMEOUT_S)
+                except Exception as e:  # noqa: BLE001 - any failure makes that replica stale
+                    failed.append(name)
+                    errors.append(f"{name}: {_short(e)}")
+            length = await local  # a local failure raises: the whole write failed
+        if failed:
+            raise ReplicaWriteFailed(f"chunk {cid}: write at {offset} failed on "
+                                     f"{', '.join(errors)}", failed)
+        return length
+
+    async def apply(self, cid: str, version: int, offset: int, data: list) -> int:
+        """A secondary's part of a write the primary ordered."""
+        r = self._replica(cid)
+        async with r.lock:
+            return await self._apply_locked(r, cid, version, offset, data)
+
+    async def _apply_locked(self, r: _Replica, cid: str, version: int, offset: int,
+                            data: list) -> int:
+        if r.version != version:
+            raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, the "
+                               f"write is at version {version}")
+        buf = await data[0]
+        view = memoryview(buf)
+        self._room_for(offset + len(view) - r.length)
+        try:
+            length = await asyncio.to_thread(r.file.write, offset, view)
+        except ChecksumError as e:
+            self._quarantine(cid, str(e))
+            raise
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise NoSpace(f"chunkserver {self.sid}: the disk is full ({e})") from None
+            raise
+        r.length, r.written_at = length, time.monotonic()
+        return length
+
+    # ------------------------------------------------------------ reads
+    async def read(self, cid: str, version: int, offset: int, n: int) -> pa.Buffer:
+        if not 0 <= n <= READ_BYTES_MAX:
+            raise BadRequest(f"read of {n} bytes; expected 0..READ_BYTES_MAX={READ_BYTES_MAX}")
+        r = self._replica(cid)
+        if r.version < version:
+            raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, older "
+                               f"than {version}")
+        try:
+            view = await asyncio.to_thread(r.file.read_view, offset, n)
+        except ChecksumError as e:
+            self._quarantine(cid, str(e))
+            raise
+        return pa.py_buffer(view)
+
+    async def read_all(self, cid: str) -> tuple[int, pa.Buffer]:
+        r = self._replica(cid)
+        async with r.lock:
+            try:
+                view = await asyncio.to_thread(r.file.read_view, 0, r.length)
+            except ChecksumError as e:
+                self._quarantine(cid, str(e))
+                raise
+            return r.version, pa.py_buffer(view)
+
+    async def replicate(self, cid: str, version: int, capacity: int, source: str) -> int:
+        """Copy chunk ``cid`` at ``version`` from the chunkserver named ``source``."""
+        if cid in self.replicas:
+            if self.replicas[cid].version >= version:
+                return self.replicas[cid].length
+            await self._delete_one(cid)
+        src_version, buf = await asyncio.wait_for(self._handle(source).read_all.remote(cid),
+                                                  REPLICA_CALL_TIMEOUT_S)
+        if src_version != version:
+            raise StaleReplica(f"copy of chunk {cid}: the source {source} is at version "
+                               f"{src_version}, expected {version}")
+        self._room_for(len(buf))
+        cf = ChunkFile(self.dir, cid, capacity)
+        cf.remove()
+
+        def make() -> int:
+            cf.create()
+            return cf.write(0, memoryview(buf))
+
+        try:
+            length = await asyncio.to_thread(make)
+            await asyncio.to_thread(self._set_meta, cid, version, capacity)
+        except BaseException:
+            await asyncio.to_thread(self._discard_files, cid)
+            raise
+        self.replicas[cid] = _Replica(cf, version, length)
+        self.replicas[cid].written_at = time.monotonic()
+        return length
+
+    def corrupt_for_test(self, cid: str, offset: int) -> str:
+        """Flip one bit of a replica's data file behind its checksum (fault tests)."""
+        r = self._replica(cid)
+        with open(r.file.data_path, "r+b") as f:
+            f.seek(offset)
+            b = f.read(1)
+            f.seek(offset)
+            f.write(bytes([b[0] ^ 0x01]))
+        return r.file.data_path
+
+    def block_bytes(self) -> int:
+        return BLOCK_BYTES
+
+
+def _short(e: BaseException) -> str:
+    cause = getattr(e, "cause", None)
+    e = cause if isinstance(cause, BaseException) else e
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]

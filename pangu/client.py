@@ -1,0 +1,509 @@
+"""The Pangu client: ``pangu.open(url, mode)`` and the namespace calls (``ls``, ``stat``,
+``mkdir``, ``rm``, ``mv``, ``exists``, ``du``), from any process attached to the cluster's Ray.
+
+URLs: ``pangu://<cluster>/<path>``, ``pangu:///<path>`` (the current cluster: ``FUXI_CLUSTER``,
+else the one this Ray program belongs to, else ``default``), or a plain absolute path.
+
+Reads go straight to a chunkserver (one on this node first), verified there; a replica that
+fails (unreachable, stale, corrupt) is skipped and reported, and the next one is read. A
+reader sees every byte acknowledged before its ``open`` (the lengths it gets then).
+
+Writes are buffered (``WRITE_BUFFER_BYTES``) and sent by ``flush``/``close`` or when the buffer
+is full: the data is put in Ray's object store once and its reference goes to the chunk's
+primary, which has every replica apply it in the same order; the master then records the new
+length. Acknowledged means on disk at every replica of the chunk's current version.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import time
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from pangu import paths as P
+from pangu.errors import (BadPath, BadRequest, ChecksumError, LeaseExpired, NotActive,
+                          NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unavailable)
+
+MASTERS_MAX = 3  # pangu-master-1 .. -3 are tried
+MASTER_WAIT_S = 60.0  # how long a call waits for an active master (covers a failover)
+CALL_TIMEOUT_S = 60.0
+WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+READ_AHEAD_BYTES = 8 * 1024 * 1024
+RANDOM_READ_MIN_BYTES = 4096
+WRITE_RETRIES_MAX = 6
+READ_ROUNDS_MAX = 3  # re-locate the file this many times before a read gives up
+RETRY_BACKOFF_S = 0.2
+
+
+def master_name(i: int) -> str:
+    return f"pangu-master-{i}"
+
+
+def parse_url(url: str) -> tuple[str | None, str]:
+    """(cluster or None for the current one, normalised path)."""
+    if not isinstance(url, str):
+        raise BadPath(f"a Pangu path is a str, got {type(url).__name__}")
+    if url.startswith("pangu://"):
+        rest = url[len("pangu://"):]
+        cluster, slash, path = rest.partition("/")
+        return (cluster or None), P.normalize("/" + path)
+    if "://" in url:
+        raise BadPath(f"{url!r} is not a Pangu URL; expected pangu://<cluster>/<path>, "
+                      f"pangu:///<path> or an absolute path")
+    return None, P.normalize(url)
+
+
+def current_cluster() -> str:
+    env = os.environ.get("FUXI_CLUSTER")
+    if env:
+        return env
+    if ray.is_initialized():
+        ns = ray.get_runtime_context().namespace or ""
+        if ns.startswith("fuxi-"):
+            return ns[len("fuxi-"):]
+    return "default"
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, PanguError) else e
+
+
+def _get(ref, timeout_s: float = CALL_TIMEOUT_S):
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.RayTaskError as e:
+        raise _unwrap(e) from None
+
+
+class Client:
+    """Talks to one cluster's Pangu (its actors live in Ray namespace ``fuxi-<cluster>``)."""
+
+    def __init__(self, cluster: str | None = None):
+        if not ray.is_initialized():
+            from pangu.connect import attach
+
+            attach(cluster or current_cluster())
+        self.cluster = cluster or current_cluster()
+        self.namespace = f"fuxi-{self.cluster}"
+        self._active: Any = None
+        self._servers: dict[str, Any] = {}
+        self.node = ray.get_runtime_context().get_node_id()
+
+    # ------------------------------------------------------------ master calls
+    def _masters(self) -> list:
+        out = []
+        for i in range(1, MASTERS_MAX + 1):
+            try:
+                out.append(ray.get_actor(master_name(i), namespace=self.namespace))
+            except ValueError:
+                continue
+        if not out:
+            raise Unavailable(f"Pangu is not running in cluster {self.cluster!r} (no actor "
+                              f"{master_name(1)} in Ray namespace {self.namespace}); start it "
+                              f"with `fuxi up`, or pangu.deploy.start in a Ray program")
+        return out
+
+    def call(self, method: str, *args, timeout_s: float = MASTER_WAIT_S) -> Any:
+        deadline = time.monotonic() + timeout_s
+        last: BaseException | None = None
+        while True:
+            cands = [self._active] if self._active is not None else self._masters()
+            for m in cands:
+                try:
+                    res = _get(getattr(m, method).remote(*args), CALL_TIMEOUT_S)
+                    self._active = m
+                    return res
+                except (NotActive, Unavailable, ray.exceptions.RayActorError,
+                        ray.exceptions.GetTimeoutError) as e:
+                    last = e
+                    self._active = None
+            if time.monotonic() > deadline:
+                raise Unavailable(f"no active Pangu master answered {method} within "
+                                  f"{timeout_s:g}s (MASTER_WAIT_S); last error: {last}") from None
+            time.sleep(RETRY_BACKOFF_S)
+
+    def server(self, name: str):
+        h = self._servers.get(name)
+        if h is None:
+            h = ray.get_actor(name, namespace=self.namespace)
+            self._servers[name] = h
+        return h
+
+    # ------------------------------------------------------------ namespace
+    def ls(self, path: str = "/", detail: bool = False) -> list:
+        entries = self.call("ls", parse_url(path)[1])
+        return entries if detail else [P.name(e["path"]) for e in entries]
+
+    def stat(self, path: str) -> dict:
+        return self.call("stat", parse_url(path)[1])
+
+    def exists(self, path: str) -> bool:
+        return self.call("exists", parse_url(path)[1])
+
+    def mkdir(self, path: str, parents: bool = False, owner: str | None = None) -> dict:
+        return self.call("mkdir", parse_url(path)[1], parents, owner or _user())
+
+    def rm(self, path: str, recursive: bool = False) -> dict:
+        return self.call("delete", parse_url(path)[1], recursive)
+
+    def mv(self, src: str, dst: str, overwrite: bool = False) -> dict:
+        return self.call("rename", parse_url(src)[1], parse_url(dst)[1], overwrite)
+
+    def du(self, path: str = "/") -> dict:
+        return self.call("du", parse_url(path)[1])
+
+    def truncate(self, path: str, length: int) -> dict:
+        return self.call("truncate", parse_url(path)[1], length)
+
+    def fsck(self, path: str = "/") -> dict:
+        return self.call("fsck", parse_url(path)[1])
+
+    def status(self) -> dict:
+        return self.call("status")
+
+    def open(self, path: str, mode: str = "rb", *, replication: int | None = None,
+             chunk_size: int | None = None) -> "PanguFile":
+        return PanguFile(self, parse_url(path)[1], mode, replication=replication,
+                         chunk_size=chunk_size)
+
+
+def _user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "anonymous"
+
+
+_MODES = {"rb": "r", "wb": "w", "ab": "a", "r+b": "r+", "rb+": "r+", "w+b": "w", "wb+": "w",
+          "a+b": "a", "ab+": "a"}
+
+
+class PanguFile(io.RawIOBase):
+    """A standard binary file object over one Pangu file."""
+
+    def __init__(self, client: Client, path: str, mode: str, *, replication: int | None = None,
+                 chunk_size: int | None = None):
+        super().__init__()
+        if mode not in _MODES:
+            raise BadRequest(f"mode {mode!r}: expected one of rb, wb, ab, r+b (Pangu files are "
+                             f"binary; wrap in io.TextIOWrapper for text)")
+        self.client, self.path, self.mode = client, path, mode
+        self._kind = _MODES[mode]
+        self._writer = f"w-{uuid.uuid4().hex[:12]}"
+        self._pos = 0
+        self._cache: tuple[int, memoryview] | None = None  # file offset, bytes
+        self._last_end = -1
+        self._buf = bytearray()
+        self._buf_start = 0
+        self._leases: dict[int, dict] = {}
+        self._bad: set[str] = set()
+        if self._kind == "r":
+            self._info = client.call("locate", path)
+        else:
+            self._info = client.call("open_write", path, self._kind, self._writer, _user(),
+                                     replication, chunk_size)
+        self._size = self._info["size"]
+        self._cs = self._info["chunk_size"]
+        if self._kind == "a":
+            self._pos = self._size
+
+    # ------------------------------------------------------------ io.RawIOBase
+    def readable(self) -> bool:
+        return self._kind in ("r", "r+") or "+" in self.mode
+
+    def writable(self) -> bool:
+        return self._kind != "r"
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    @property
+    def size(self) -> int:
+        return max(self._size, self._buf_start + len(self._buf))
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise BadRequest(f"whence {whence!r}: expected 0 (SET), 1 (CUR) or 2 (END)")
+        if pos < 0:
+            raise BadRequest(f"seek to {pos} in {self.path}: before the start of the file")
+        self._pos = pos
+        return pos
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed Pangu file {self.path}")
+
+    def readinto(self, b) -> int:
+        self._check_open()
+        if not self.readable():
+            raise io.UnsupportedOperation(f"{self.path} is open for writing ({self.mode}); "
+                                          f"open it with rb or r+b to read")
+        if self._buf:
+            self.flush()
+        out = memoryview(b).cast("B")
+        n = min(len(out), self.size - self._pos)
+        if n <= 0:
+            return 0
+        done = 0
+        while done < n:
+            view = self._cached(self._pos + done, n - done)
+            out[done:done + len(view)] = view
+            done += len(view)
+        self._pos += done
+        return done
+
+    def readall(self) -> bytes:
+        out = bytearray(max(0, self.size - self._pos))
+        n = self.readinto(out)
+        del out[n:]
+        return bytes(out)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        out = bytearray(size)
+        n = self.readinto(out)
+        del out[n:]
+        return bytes(out)
+
+    def _cached(self, pos: int, want: int) -> memoryview:
+        if self._cache is not None:
+            start, data = self._cache
+            if start <= pos < start + len(data):
+                return data[pos - start:pos - start + want]
+        sequential = pos == self._last_end
+        idx, off = divmod(pos, self._cs)
+        chunk_end = min(self._cs, self.size - idx * self._cs)
+        n = min(chunk_end - off, max(want, READ_AHEAD_BYTES if sequential else
+                                     RANDOM_READ_MIN_BYTES))
+        data = memoryview(self._fetch(idx, off, n)).cast("B")
+        if len(data) < min(n, want):
+            raise Unavailable(f"{self.path}: short read at {pos} ({len(data)} of {n} bytes)")
+        self._cache = (pos, data)
+        self._last_end = pos + len(data)
+        return data[:want]
+
+    def _fetch(self, idx: int, off: int, n: int):
+        last: BaseException | None = None
+        for round_ in range(READ_ROUNDS_MAX):
+            chunk = self._info["chunks"][idx] if idx < len(self._info["chunks"]) else None
+            if chunk is None:
+                raise Unavailable(f"{self.path}: chunk {idx} is not in the file")
+            reps = [r for r in chunk["replicas"] if r["name"] not in self._bad]
+            random.shuffle(reps)
+            reps.sort(key=lambda r: r["node"] != self.client.node)
+            for r in reps:
+                try:
+                    return _get(self.client.server(r["name"]).read.remote(
+                        chunk["id"], chunk["version"], off, n))
+                except (ChecksumError, StaleReplica, NotFound, ray.exceptions.RayError) as e:
+                    last = e
+                    self._bad.add(r["name"])
+            # Every replica we knew failed: ask the master again (repairs may have run).
+            time.sleep(RETRY_BACKOFF_S * (round_ + 1))
+            self._refresh_locations()
+            self._bad.clear() if round_ == READ_ROUNDS_MAX - 2 else None
+        raise Unavailable(f"{self.path}: no replica of chunk {idx} could be read after "
+                          f"{READ_ROUNDS_MAX} rounds; last error: {last}")
+
+    def _refresh_locations(self) -> None:
+        info = self.client.call("locate", self.path)
+        known = {c["id"]: c for c in info["chunks"]}
+        for i, c in enumerate(self._info["chunks"]):
+            fresh = known.get(c["id"])
+            if fresh is not None:
+                self._info["chunks"][i] = dict(c, replicas=fresh["replicas"],
+                                               version=max(c["version"], fresh["version"]))
+
+    # ------------------------------------------------------------ writes
+    def write(self, b) -> int:
+        self._check_open()
+        if not self.writable():
+            raise io.UnsupportedOperation(f"{self.path} is open for reading ({self.mode}); "
+                                          f"open it with wb, ab or r+b to write")
+        data = memoryview(b).cast("B")
+        if self._kind == "a":
+            self._pos = self.size
+        if self._pos > self.size:
+            raise BadRequest(f"write at {self._pos} in {self.path}, past its end "
+                             f"({self.size} bytes): Pangu files have no holes")
+        if self._buf and self._pos != self._buf_start + len(self._buf):
+            self.flush()
+        if not self._buf:
+            self._buf_start = self._pos
+        self._buf += data
+        self._pos += len(data)
+        self._cache = None
+        if len(self._buf) >= WRITE_BUFFER_BYTES:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.closed or not self._buf:
+            return
+        buf, start = self._buf, self._buf_start
+        self._buf = bytearray()
+        view = memoryview(buf)
+        pos = 0
+        while pos < len(view):
+            off = start + pos
+            idx, coff = divmod(off, self._cs)
+            n = min(len(view) - pos, self._cs - coff)
+            self._write_piece(idx, coff, view[pos:pos + n])
+            pos += n
+        self._size = max(self._size, start + len(buf))
+
+    def _lease(self, idx: int, fresh: bool = False) -> dict:
+        lease = self._leases.get(idx)
+        if lease is None or fresh or time.monotonic() > lease["expires"]:
+            if lease is not None and not fresh:
+                lease = self.client.call("renew_lease", self.path, self._writer, lease["id"])
+            else:
+                lease = self.client.call("chunk_for_write", self.path, self._writer, idx)
+            lease["expires"] = time.monotonic() + lease["lease_s"]
+            self._leases[idx] = lease
+        return lease
+
+    def _write_piece(self, idx: int, off: int, data: memoryview) -> None:
+        ref = ray.put(pa.py_buffer(data))
+        lease = self._lease(idx)
+        for attempt in range(WRITE_RETRIES_MAX):
+            try:
+                length = _get(self.client.server(lease["primary"]).write.remote(
+                    lease["id"], lease["version"], off, [ref]))
+                break
+            except ReplicaWriteFailed as e:
+                lease = self._relet(idx, lease, e.failed)
+            except (LeaseExpired, StaleReplica):
+                lease = self._relet(idx, lease, [])
+            except ray.exceptions.RayError:
+                # The primary is gone (its node died): carry on with the other replicas.
+                lease = self._relet(idx, lease, [lease["primary"]])
+            time.sleep(RETRY_BACKOFF_S * attempt)
+        else:
+            raise Unavailable(f"{self.path}: a write to chunk {idx} failed "
+                              f"{WRITE_RETRIES_MAX} times (WRITE_RETRIES_MAX)")
+        if length > lease["length"]:
+            self.client.call("commit", self.path, self._writer, lease["id"], lease["version"],
+                             length)
+            lease["length"] = length
+
+    def _relet(self, idx: int, lease: dict, failed: list[str]) -> dict:
+        if failed:
+            new = self.client.call("write_failed", self.path, self._writer, lease["id"],
+                                   lease["version"], list(failed))
+        else:
+            new = self.client.call("renew_lease", self.path, self._writer, lease["id"])
+        new["expires"] = time.monotonic() + new["lease_s"]
+        new["length"] = max(new["length"], lease["length"])
+        self._leases[idx] = new
+        return new
+
+    def truncate(self, size: int | None = None) -> int:
+        self._check_open()
+        if not self.writable():
+            raise io.UnsupportedOperation(f"{self.path} is open for reading")
+        self.flush()
+        size = self._pos if size is None else size
+        if size > self._size:
+            raise BadRequest(f"truncate {self.path} to {size}: longer than its {self._size} "
+                             f"bytes (truncate only shortens)")
+        self.client.call("truncate", self.path, size, self._writer)
+        self._size = size
+        self._leases.clear()
+        self._cache = None
+        return size
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self.writable():
+                try:
+                    self.flush()
+                finally:
+                    self.client.call("close_write", self.path, self._writer)
+        finally:
+            self._buf = bytearray()
+            self._cache = None
+            super().close()
+
+    def __repr__(self) -> str:
+        return f"<PanguFile {self.client.cluster}:{self.path} mode={self.mode!r}>"
+
+
+_clients: dict[str, Client] = {}
+
+
+def client(cluster: str | None = None) -> Client:
+    key = cluster or current_cluster()
+    c = _clients.get(key)
+    if c is None or not ray.is_initialized():
+        c = _clients[key] = Client(key)
+    return c
+
+
+def _split(url: str) -> tuple[Client, str]:
+    cluster, path = parse_url(url)
+    return client(cluster), path
+
+
+def open(url: str, mode: str = "rb", *, replication: int | None = None,  # noqa: A001
+         chunk_size: int | None = None) -> PanguFile:
+    c, path = _split(url)
+    return c.open(path, mode, replication=replication, chunk_size=chunk_size)
+
+
+def ls(url: str = "/", detail: bool = False) -> list:
+    c, path = _split(url)
+    return c.ls(path, detail)
+
+
+def stat(url: str) -> dict:
+    c, path = _split(url)
+    return c.stat(path)
+
+
+def exists(url: str) -> bool:
+    c, path = _split(url)
+    return c.exists(path)
+
+
+def mkdir(url: str, parents: bool = False) -> dict:
+    c, path = _split(url)
+    return c.mkdir(path, parents)
+
+
+def rm(url: str, recursive: bool = False) -> dict:
+    c, path = _split(url)
+    return c.rm(path, recursive)
+
+
+def mv(src: str, dst: str, overwrite: bool = False) -> dict:
+    c, s = _split(src)
+    return c.mv(s, parse_url(dst)[1], overwrite)
+
+
+def du(url: str = "/") -> dict:
+    c, path = _split(url)
+    return c.du(path)

@@ -1,0 +1,705 @@
+"""The Pangu master: namespace, chunk versions, chunkserver registry, leases and self-healing.
+
+One async Ray actor (no CPU) per master. The namespace (``pangu.namespace``) changes only
+through commands that are made durable in the journal (``pangu.journal``) before they are
+acknowledged. Replica locations are *not* journaled: chunkservers report their chunks in every
+heartbeat (to every master, so a standby's view is warm), as in GFS and HDFS.
+
+High availability (a ``fuxi up`` cluster with Nuwa): two or more masters campaign in a Nuwa
+election; the winner claims the Nuwa journal (which fences the previous active master),
+replays the checkpoint and the log after it, and serves. Standbys answer ``NotActive`` naming
+the active master. Without Nuwa (the embedded default) there is one master with a local
+journal.
+
+Leases. A writer holds a lease on the file (one writer per file; a second gets ``Busy``).
+For each chunk it writes, the master picks a primary among the chunk's current replicas and
+grants it a lease; a new lease on a replica set that changed raises the chunk's version
+(journaled first) so a replica that missed writes is left behind at an older version:
+*stale*, never read, deleted, replaced.
+
+Maintenance (active master, every ``maintain_s``): chunkservers silent for ``dead_after_s``
+are declared dead; lost replicas are re-created most-endangered-first within a byte budget per
+second (``repair_bytes_per_s``); replicas beyond the factor are dropped (draining servers
+first); then, when nothing needs repair, data moves toward even use (``rebalance``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import random
+import time
+from typing import Any
+
+import ray
+
+from pangu import paths as P
+from pangu import placement
+from pangu.errors import (BadRequest, Busy, IsADir, NotActive, NotEnoughServers, NotFound, PanguError,
+                          Unavailable)
+from pangu.journal import CHECKPOINT_EVERY, LocalJournal, NuwaJournal
+from pangu.namespace import Namespace
+
+logger = logging.getLogger(__name__)
+
+LEASE_S = 30.0  # a primary's lease on a chunk
+WRITER_LEASE_S = 60.0  # a writer's lease on a file, renewed by every call it makes
+DEAD_AFTER_S = 10.0
+MAINTAIN_S = 1.0
+REPAIR_BYTES_PER_S = 256 * 1024 * 1024  # bandwidth cap of re-replication, all servers together
+REPAIR_CONCURRENCY = 4  # chunk copies in flight
+CONTROL_CALL_TIMEOUT_S = 10.0  # master -> chunkserver control call
+EVENTS_MAX = 1000
+ELECTION_RETRY_S = 1.0
+
+
+class _ServerView:
+    __slots__ = ("id", "name", "node", "capacity", "used", "last", "chunks", "draining", "dead",
+                 "dir")
+
+    def __init__(self, rep: dict, now: float):
+        self.id = rep["id"]
+        self.draining = False
+        self.dead = False
+        self.update(rep, now)
+
+    def update(self, rep: dict, now: float) -> None:
+        self.name, self.node, self.dir = rep["name"], rep["node"], rep.get("dir")
+        self.capacity, self.used = int(rep["capacity_bytes"]), int(rep["used_bytes"])
+        self.chunks = {c: (int(v), int(n)) for c, (v, n) in rep["chunks"].items()}
+        self.last = now
+        self.dead = False
+
+    def as_server(self) -> placement.Server:
+        return placement.Server(self.id, self.node, self.capacity, self.used, not self.dead,
+                                self.draining)
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class PanguMaster:
+    def __init__(self, cluster: str, data_dir: str, namespace: str, name: str,
+                 nuwa: list | None = None, settings: dict | None = None):
+        s = dict(settings or {})
+        self.cluster, self.data_dir, self.namespace, self.name = cluster, data_dir, namespace, name
+        self.nuwa_addresses = [tuple(a) for a in nuwa] if nuwa else None
+        self.dead_after_s = float(s.get("dead_after_s", DEAD_AFTER_S))
+        self.lease_s = float(s.get("lease_s", LEASE_S))
+        self.writer_lease_s = float(s.get("writer_lease_s", WRITER_LEASE_S))
+        self.maintain_s = float(s.get("maintain_s", MAINTAIN_S))
+        self.repair_bytes_per_s = int(s.get("repair_bytes_per_s", REPAIR_BYTES_PER_S))
+        self.rebalance = bool(s.get("rebalance", True))
+        self.allow_same_node = bool(s.get("allow_same_node", False))
+        self.checkpoint_every = int(s.get("checkpoint_every", CHECKPOINT_EVERY))
+        self.rng = random.Random(s.get("seed", 0))
+        self.ns = Namespace()
+        self.journal: Any = None
+        self.active = False
+        self.active_since = 0.0
+        self.servers: dict[str, _ServerView] = {}
+        self.file_leases: dict[str, tuple[str, float]] = {}  # path -> writer, until
+        self.chunk_leases: dict[str, dict] = {}  # cid -> primary, secondaries, version, until
+        self.busy: set[str] = set()  # chunks being re-versioned, truncated or copied
+        self.events: collections.deque = collections.deque(maxlen=EVENTS_MAX)
+        self.counters = collections.Counter()
+        self._mut = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        self._handles: dict[str, Any] = {}
+        self.nuwa = None
+        self.election = None
+
+    # ------------------------------------------------------------ start and roles
+    async def start(self) -> dict:
+        if self._tasks:
+            return self.role()
+        loop = asyncio.get_running_loop()
+        if self.nuwa_addresses:
+            from nuwa.client import AsyncNuwa
+            from nuwa.recipes import Election
+
+            self.nuwa = AsyncNuwa(self.nuwa_addresses, creator=self.name)
+            self.election = Election(self.nuwa, f"pangu-{self.cluster}", self.name)
+            self._tasks.append(loop.create_task(self._campaign()))
+        else:
+            self.journal = LocalJournal(os.path.join(self.data_dir, "pangu", "master"))
+            ckpt, entries = self.journal.load()
+            self._rebuild(ckpt, entries)
+            self._become_active()
+        self._tasks.append(loop.create_task(self._maintain_loop()))
+        return self.role()
+
+    def _rebuild(self, ckpt: dict | None, entries: list[dict]) -> None:
+        ns = Namespace.restore(ckpt) if ckpt else Namespace()
+        for cmd in entries:
+            ns.apply(cmd)  # a journaled command was valid when it was written
+        self.ns = ns
+
+    def _become_active(self) -> None:
+        self.active = True
+        self.active_since = time.monotonic()
+        self.file_leases.clear()
+        self.chunk_leases.clear()
+        self._event("active", f"{self.name} is the active master (journal at "
+                              f"{self.journal.seq})")
+
+    async def _campaign(self) -> None:
+        from nuwa import errors as NE
+
+        while True:
+            try:
+                await self.election.campaign()
+                journal = NuwaJournal(self.nuwa, f"/pangu/{self.cluster}", self.name)
+                await journal.claim()
+                ckpt, entries = await journal.load()
+                async with self._mut:
+                    self.journal = journal
+                    self._rebuild(ckpt, entries)
+                    self._become_active()
+                return
+            except asyncio.CancelledError:
+                raise
+            except (NE.NuwaError, PanguError, OSError) as e:
+                logger.warning("%s: campaign failed (%s); retrying", self.name, e)
+                with contextlib.suppress(Exception):
+                    await self.election.resign()
+                await asyncio.sleep(ELECTION_RETRY_S)
+
+    async def _step_down(self, why: str) -> None:
+        self.active = False
+        self._event("standby", f"{self.name} stepped down: {why}")
+        if self.election is not None:
+            with contextlib.suppress(Exception):
+                await self.election.resign()
+            self._tasks.append(asyncio.get_running_loop().create_task(self._campaign()))
+
+    def role(self) -> dict:
+        return {"name": self.name, "active": self.active,
+                "journal_seq": self.journal.seq if self.journal else None}
+
+    async def active_master(self) -> str | None:
+        if self.active:
+            return self.name
+        if self.election is not None:
+            with contextlib.suppress(Exception):
+                return await self.election.leader()
+        return None
+
+    async def _need_active(self) -> None:
+        if not self.active:
+            leader = await self.active_master()
+            raise NotActive(f"{self.name} is not the active Pangu master"
+                            + (f"; the active one is {leader}" if leader else
+                               "; no master is active yet (election in progress)"))
+
+    def _event(self, kind: str, message: str) -> None:
+        self.events.append({"t": time.time(), "kind": kind, "message": message})
+        self.counters[kind] += 1
+        logger.info("pangu master %s: %s", self.name, message)
+
+    def _handle(self, name: str):
+        h = self._handles.get(name)
+        if h is None:
+            h = ray.get_actor(name, namespace=self.namespace)
+            self._handles[name] = h
+        return h
+
+    async def _call(self, server: str, method: str, *args, timeout_s: float = CONTROL_CALL_TIMEOUT_S):
+        sv = self.servers[server]
+        try:
+            return await asyncio.wait_for(getattr(self._handle(sv.name), method).remote(*args),
+                                          timeout_s)
+        except Exception:
+            self._handles.pop(sv.name, None)
+            raise
+
+    # ------------------------------------------------------------ the journaled namespace
+    async def _mutate(self, cmd: dict) -> dict:
+        """Apply one namespace command and make it durable before returning."""
+        await self._need_active()
+        async with self._mut:
+            await self._need_active()
+            cmd = dict(cmd, now=time.time())
+            res = self.ns.apply(cmd)  # raises, leaving the namespace unchanged, if invalid
+            try:
+                await self.journal.append(cmd)
+            except Exception as e:  # noqa: BLE001 - memory is now ahead of the journal
+                await self._step_down(f"journal write failed ({type(e).__name__}: {e})")
+                if self.election is None:  # the local journal: reload what is durable
+                    ckpt, entries = self.journal.load()
+                    self._rebuild(ckpt, entries)
+                    self._become_active()
+                raise Unavailable(f"the Pangu master could not make a change durable "
+                                  f"({type(e).__name__}: {e}); retry") from None
+            if self.journal.seq % self.checkpoint_every == 0:
+                await self.journal.checkpoint(self.ns.snapshot())
+            return res
+
+    # ------------------------------------------------------------ replica views
+    def _live(self, sid: str) -> bool:
+        sv = self.servers.get(sid)
+        return sv is not None and not sv.dead
+
+    def _current(self, cid: str, version: int) -> list[str]:
+        """Live servers holding chunk ``cid`` at ``version`` or newer."""
+        return sorted(sid for sid, sv in self.servers.items()
+                      if not sv.dead and sv.chunks.get(cid, (0, 0))[0] >= version)
+
+    def _file_info(self, path: str) -> dict:
+        st = self.ns.stat(path)
+        if st["type"] != "file":
+            raise IsADir(f"{path} is a directory; expected a file")
+        out = []
+        for c in self.ns.chunks(path):
+            reps = [{"id": sid, "name": self.servers[sid].name, "node": self.servers[sid].node}
+                    for sid in self._current(c.id, c.version)]
+            out.append({"id": c.id, "version": c.version, "length": c.length, "replicas": reps})
+        return dict(st, chunks=out)
+
+    # ------------------------------------------------------------ namespace API
+    async def mkdir(self, path: str, parents: bool = False, owner: str = "anonymous") -> dict:
+        return await self._mutate({"op": "mkdir", "path": path, "parents": parents,
+                                   "owner": owner})
+
+    async def stat(self, path: str) -> dict:
+        await self._need_active()
+        return self.ns.stat(path)
+
+    async def exists(self, path: str) -> bool:
+        await self._need_active()
+        return self.ns.exists(P.normalize(path))
+
+    async def ls(self, path: str) -> list[dict]:
+        await self._need_active()
+        return self.ns.ls(path)
+
+    async def du(self, path: str) -> dict:
+        await self._need_active()
+        return self.ns.du(path)
+
+    async def locate(self, path: str) -> dict:
+        await self._need_active()
+        return self._file_info(P.normalize(path))
+
+    async def rename(self, src: str, dst: str, overwrite: bool = False) -> dict:
+        return await self._mutate({"op": "rename", "src": src, "dst": dst,
+                                   "overwrite": overwrite})
+
+    async def delete(self, path: str, recursive: bool = False) -> dict:
+        res = await self._mutate({"op": "delete", "path": path, "recursive": recursive})
+        p = res["path"]
+        for fp in [f for f in self.file_leases if P.is_under(f, p)]:
+            del self.file_leases[fp]
+        for cid in res["freed"]:
+            self.chunk_leases.pop(cid, None)
+        return res
+
+    # ------------------------------------------------------------ writer leases
+    def _check_writer(self, path: str, writer: str, take: bool = False) -> None:
+        now = time.monotonic()
+        held = self.file_leases.get(path)
+        if held is not None and held[0] != writer and held[1] > now:
+            raise Busy(f"{path} is open for writing by another client (its lease ends in "
+                       f"{held[1] - now:.0f}s unless renewed); one writer per file")
+        if held is None and not take and not self.ns.exists(path):
+            raise NotFound(f"{path} no longer exists (deleted or moved while open)")
+        self.file_leases[path] = (writer, now + self.writer_lease_s)
+
+    async def open_write(self, path: str, mode: str, writer: str, owner: str = "anonymous",
+                         replication: int | None = None, chunk_size: int | None = None) -> dict:
+        """Take the file's writer lease. ``mode`` is ``w`` (create or truncate), ``a``
+        (append; create if missing) or ``r+`` (update an existing file)."""
+        path = P.normalize(path)
+        await self._need_active()
+        if mode not in ("w", "a", "r+"):
+            raise BadRequest(f"mode {mode!r}; expected w, a or r+")
+        self._check_writer(path, writer, take=True)
+        try:
+            exists = self.ns.exists(path)
+            if exists and self.ns.stat(path)["type"] != "file":
+                raise IsADir(f"{path} is a directory; cannot open it as a file")
+            if mode == "r+" and not exists:
+                raise NotFound(f"{path} does not exist (mode r+ needs an existing file)")
+            if mode == "w" or not exists:
+                cmd = {"op": "create", "path": path, "overwrite": True, "owner": owner}
+                if replication is not None:
+                    cmd["replication"] = replication
+                if chunk_size is not None:
+                    cmd["chunk_size"] = chunk_size
+                res = await self._mutate(cmd)
+                for cid in res["freed"]:
+                    self.chunk_leases.pop(cid, None)
+            return self._file_info(path)
+        except BaseException:
+            if self.file_leases.get(path, ("",))[0] == writer:
+                del self.file_leases[path]
+            raise
+
+    async def close_write(self, path: str, writer: str) -> None:
+        path = P.normalize(path)
+        held = self.file_leases.get(path)
+        if held is not None and held[0] == writer:
+            del self.file_leases[path]
+        for cid, lease in list(self.chunk_leases.items()):
+            if lease["writer"] == writer:
+                del self.chunk_leases[cid]
+
+    async def chunk_for_write(self, path: str, writer: str, index: int) -> dict:
+        """The chunk at ``index`` of the file, created if it is the next one, with a primary
+        holding a lease: {id, version, length, capacity, primary, secondaries, lease_s}."""
+        path = P.normalize(path)
+        await self._need_active()
+        self._check_writer(path, writer)
+        st = self.ns.stat(path)
+        chunks = self.ns.chunks(path)
+        if index == len(chunks):
+            res = await self._mutate({"op": "add_chunk", "path": path})
+            cid = res["chunk"]
+            cs = st["chunk_size"]
+            try:
+                sids = placement.choose([s.as_server() for s in self.servers.values()],
+                                        st["replication"], cs, self.rng,
+                                        allow_same_node=self.allow_same_node)
+            except NotEnoughServers as e:
+                sids = self._fewer(st["replication"], cs)
+                if not sids:
+                    raise NotEnoughServers(f"no chunkserver can take a new chunk of {path}: "
+                                           f"{e}") from None
+                self._event("under_replicated_write",
+                            f"chunk {cid} of {path} starts on {len(sids)} of "
+                            f"{st['replication']} replicas ({e})")
+            ok = await self._create_on(cid, sids, 1, cs)
+            if not ok:
+                raise Unavailable(f"no chunkserver could create chunk {cid} of {path}")
+            return await self._lease(cid, writer, fresh=ok)
+        if not 0 <= index < len(chunks):
+            raise BadRequest(f"chunk index {index} of {path}: expected 0..{len(chunks)}")
+        return await self._lease(chunks[index].id, writer)
+
+    def _fewer(self, n: int, size: int) -> list[str]:
+        for k in range(n - 1, 0, -1):
+            try:
+                return placement.choose([s.as_server() for s in self.servers.values()], k,
+                                        size, self.rng, allow_same_node=self.allow_same_node)
+            except NotEnoughServers:
+                continue
+        return []
+
+    async def _create_on(self, cid: str, sids: list[str], version: int, capacity: int) -> list[str]:
+        async def one(sid: str) -> str | None:
+            try:
+                await self._call(sid, "create_chunk", cid, version, capacity)
+                self.servers[sid].chunks[cid] = (version, 0)
+                return sid
+            except Exception as e:  # noqa: BLE001 - that server is left out
+                self._event("create_failed", f"chunk {cid} on {sid}: {e}")
+                return None
+        return [s for s in await asyncio.gather(*(one(s) for s in sids)) if s]
+
+    async def _lease(self, cid: str, writer: str, fresh: list[str] | None = None,
+                     exclude: frozenset = frozenset()) -> dict:
+        path, f, i = self.ns._locate(cid)
+        c = f.chunks[i]
+        now = time.monotonic()
+        lease = self.chunk_leases.get(cid)
+        reps = fresh or [s for s in self._current(cid, c.version) if s not in exclude]
+        if (lease is not None and lease["version"] == c.version and lease["until"] > now + 1
+                and lease["writer"] == writer and set(lease["replicas"]) == set(reps)
+                and not exclude):
+            return self._lease_reply(cid, lease, f)
+        if not reps:
+            raise Unavailable(f"chunk {cid} of {path} has no live current replica to write to "
+                              f"(fsck reports it missing until a server holding it returns)")
+        version = c.version
+        self.busy.add(cid)
+        try:
+            if fresh is None:
+                # A new lease on this replica set: raise the version so any replica outside it
+                # (one that missed writes, or the excluded failures) is stale from now on.
+                res = await self._mutate({"op": "bump_version", "chunk": cid})
+                version = res["version"]
+                ok = []
+                for sid in reps:
+                    try:
+                        await self._call(sid, "set_version", cid, version)
+                        self.servers[sid].chunks[cid] = (version,
+                                                         self.servers[sid].chunks[cid][1])
+                        ok.append(sid)
+                    except Exception as e:  # noqa: BLE001
+                        self._event("stale", f"chunk {cid}: {sid} missed version {version} ({e})")
+                reps = ok
+                if not reps:
+                    raise Unavailable(f"no replica of chunk {cid} took version {version}")
+            primary = min(reps, key=lambda s: (self.servers[s].used, s))
+            secondaries = [s for s in reps if s != primary]
+            lease = {"primary": primary, "replicas": reps, "version": version, "writer": writer,
+                     "until": time.monotonic() + self.lease_s}
+            await self._call(primary, "grant_lease", cid, version,
+                             [self.servers[s].name for s in secondaries], self.lease_s)
+            self.chunk_leases[cid] = lease
+        finally:
+            self.busy.discard(cid)
+        return self._lease_reply(cid, lease, f)
+
+    def _lease_reply(self, cid: str, lease: dict, f) -> dict:
+        c = next(c for c in f.chunks if c.id == cid)
+        return {"id": cid, "version": lease["version"], "length": c.length,
+                "capacity": f.chunk_size, "primary": self.servers[lease["primary"]].name,
+                "replicas": len(lease["replicas"]), "lease_s": self.lease_s * 0.8}
+
+    async def write_failed(self, path: str, writer: str, cid: str, version: int,
+                           failed: list[str]) -> dict:
+        """Replicas named in ``failed`` missed a write: continue without them (they become
+        stale with the next version) and return the new lease."""
+        path = P.normalize(path)
+        await self._need_active()
+        self._check_writer(path, writer)
+        names = set(failed)
+        bad = frozenset(sid for sid, sv in self.servers.items() if sv.name in names)
+        self._event("stale", f"chunk {cid}: {sorted(bad)} missed a write at version {version}")
+        self.chunk_leases.pop(cid, None)
+        return await self._lease(cid, writer, exclude=bad)
+
+    async def renew_lease(self, path: str, writer: str, cid: str) -> dict:
+        path = P.normalize(path)
+        await self._need_active()
+        self._check_writer(path, writer)
+        return await self._lease(cid, writer)
+
+    async def commit(self, path: str, writer: str, cid: str, version: int, length: int) -> dict:
+        path = P.normalize(path)
+        await self._need_active()
+        self._check_writer(path, writer)
+        return await self._mutate({"op": "commit", "chunk": cid, "version": version,
+                                   "length": length})
+
+    async def truncate(self, path: str, length: int, writer: str | None = None) -> dict:
+        path = P.normalize(path)
+        await self._need_active()
+        self._check_writer(path, writer or f"truncate-{id(self)}-{time.monotonic()}")
+        try:
+            res = await self._mutate({"op": "truncate", "path": path, "length": length})
+            cut = res.get("cut")
+            for cid in res["freed"]:
+                self.chunk_leases.pop(cid, None)
+            if cut:
+                cid = cut["chunk"]
+                self.chunk_leases.pop(cid, None)
+                self.busy.add(cid)
+                try:
+                    done = 0
+                    for sid in self._current(cid, cut["version"] - 1):
+                        try:
+                            await self._call(sid, "truncate", cid, cut["length"], cut["version"])
+                            self.servers[sid].chunks[cid] = (cut["version"], cut["length"])
+                            done += 1
+                        except Exception as e:  # noqa: BLE001 - it stays behind, stale
+                            self._event("stale", f"chunk {cid}: truncate on {sid} failed ({e})")
+                    if not done:
+                        self._event("missing", f"chunk {cid}: no replica took the truncate")
+                finally:
+                    self.busy.discard(cid)
+            return {"path": path, "size": res["size"]}
+        finally:
+            if writer is None:
+                self.file_leases.pop(path, None)
+
+    # ------------------------------------------------------------ chunkservers
+    async def heartbeat(self, rep: dict) -> dict:
+        now = time.monotonic()
+        sv = self.servers.get(rep["id"])
+        if sv is None:
+            sv = self.servers[rep["id"]] = _ServerView(rep, now)
+            self._event("server_joined", f"chunkserver {sv.id} ({sv.name}) joined")
+        else:
+            if sv.dead:
+                self._event("server_back", f"chunkserver {sv.id} is heartbeating again")
+            if sv.name != rep["name"]:
+                self._handles.pop(sv.name, None)
+            sv.update(rep, now)
+        for cid in rep.get("corrupt", []):
+            self._event("corrupt", f"chunk {cid}: the replica on {sv.id} failed its checksum "
+                                   f"and was removed")
+        if not self.active:
+            return {"active": False}
+        return {"active": True, "delete": self._garbage(sv)}
+
+    def _garbage(self, sv: _ServerView) -> list[str]:
+        """Replicas on ``sv`` to delete: of chunks no file references, and stale ones that
+        have a current copy elsewhere. Never while the master is settling after taking over."""
+        if time.monotonic() - self.active_since < self.dead_after_s:
+            return []
+        out = []
+        for cid, (version, _) in list(sv.chunks.items()):
+            if cid in self.busy:
+                continue
+            loc = self.ns.chunk_index.get(cid)
+            if loc is None:
+                out.append(cid)
+            else:
+                path, i = loc
+                cur = self.ns.nodes[path].chunks[i].version
+                if version < cur and any(s != sv.id for s in self._current(cid, cur)):
+                    out.append(cid)
+        for cid in out:
+            sv.chunks.pop(cid, None)
+        if out:
+            self._event("gc", f"{len(out)} replica(s) on {sv.id} deleted (unreferenced or stale)")
+        return out
+
+    async def drain(self, server: str, draining: bool = True) -> dict:
+        await self._need_active()
+        sv = self.servers.get(server)
+        if sv is None:
+            raise NotFound(f"no chunkserver {server!r}; known: {sorted(self.servers)}")
+        sv.draining = draining
+        self._event("drain" if draining else "undrain", f"chunkserver {server} "
+                    + ("drains: its data moves away" if draining else "takes data again"))
+        return {"server": server, "draining": draining, "chunks": len(sv.chunks)}
+
+    # ------------------------------------------------------------ self-healing
+    def _chunk_infos(self) -> dict[str, placement.ChunkInfo]:
+        holders: dict[str, set[str]] = collections.defaultdict(set)
+        for sid, sv in self.servers.items():
+            for cid, (v, _) in sv.chunks.items():
+                holders[cid].add((sid, v))
+        out = {}
+        for path, node in self.ns.nodes.items():
+            if node.kind != "file":
+                continue
+            for c in node.chunks:
+                reps = frozenset(sid for sid, v in holders.get(c.id, ()) if v >= c.version)
+                out[c.id] = placement.ChunkInfo(reps, node.replication,
+                                                max(c.length, 1))
+        return out
+
+    async def _maintain_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.maintain_s)
+            if not self.active:
+                continue
+            try:
+                await self.maintain_once()
+            except Exception as e:  # noqa: BLE001 - one bad round must not stop healing
+                logger.exception("pangu maintenance round failed")
+                self._event("maintain_error", f"{type(e).__name__}: {e}")
+
+    async def maintain_once(self) -> dict:
+        now = time.monotonic()
+        for sv in self.servers.values():
+            if not sv.dead and now - sv.last > self.dead_after_s:
+                sv.dead = True
+                self._event("server_dead", f"chunkserver {sv.id} silent for "
+                                           f"{now - sv.last:.1f}s: declared dead")
+                for cid, lease in list(self.chunk_leases.items()):
+                    if sv.id in lease["replicas"]:
+                        del self.chunk_leases[cid]
+        if now - self.active_since < self.dead_after_s:
+            return {"settling": True}  # chunkservers are still reporting to a new master
+        infos = self._chunk_infos()
+        leased = {cid for cid, l in self.chunk_leases.items() if l["until"] > now}
+        quiet = {cid: i for cid, i in infos.items() if cid not in leased and cid not in self.busy}
+        servers = [s.as_server() for s in self.servers.values()]
+        budget = int(self.repair_bytes_per_s * self.maintain_s)
+        copies, missing = placement.repair_plan(quiet, servers, self.rng, budget_bytes=budget,
+                                                allow_same_node=self.allow_same_node)
+        done = await self._copy_all([(c.chunk, c.source, c.dest) for c in copies], "repair")
+        excess = placement.excess_replicas(quiet, servers) if not copies else []
+        for cid, sid in excess:
+            with contextlib.suppress(Exception):
+                await self._call(sid, "delete", [cid])
+                self.servers[sid].chunks.pop(cid, None)
+        moved = 0
+        if self.rebalance and not copies and not excess:
+            moves = placement.rebalance_plan(quiet, servers, self.rng, budget_bytes=budget)
+            ok = await self._copy_all([(m.chunk, m.source, m.dest) for m in moves], "rebalance")
+            for cid, src in ok:
+                with contextlib.suppress(Exception):
+                    await self._call(src, "delete", [cid])
+                    self.servers[src].chunks.pop(cid, None)
+                    moved += 1
+        return {"repaired": len(done), "missing": len(missing), "excess_dropped": len(excess),
+                "moved": moved}
+
+    async def _copy_all(self, copies: list[tuple[str, str, str]], why: str) -> list[tuple[str, str]]:
+        sem = asyncio.Semaphore(REPAIR_CONCURRENCY)
+        done: list[tuple[str, str]] = []
+
+        async def one(cid: str, src: str, dest: str) -> None:
+            loc = self.ns.chunk_index.get(cid)
+            if loc is None:
+                return
+            path, i = loc
+            node = self.ns.nodes[path]
+            version = node.chunks[i].version
+            async with sem:
+                self.busy.add(cid)
+                try:
+                    length = await self._call(dest, "replicate", cid, version, node.chunk_size,
+                                              self.servers[src].name, timeout_s=120.0)
+                    self.servers[dest].chunks[cid] = (version, length)
+                    done.append((cid, src))
+                    self.counters[f"{why}_bytes"] += length
+                    self.counters[f"{why}_chunks"] += 1
+                except Exception as e:  # noqa: BLE001 - retried next round
+                    self._event(f"{why}_failed", f"copy of {cid} {src}->{dest}: {e}")
+                finally:
+                    self.busy.discard(cid)
+        await asyncio.gather(*(one(*c) for c in copies))
+        if done:
+            self._event(why, f"{len(done)} chunk copies made ({why})")
+        return done
+
+    # ------------------------------------------------------------ reports
+    async def fsck(self, path: str = "/") -> dict:
+        await self._need_active()
+        root = P.normalize(path)
+        infos = self._chunk_infos()
+        files = under = 0
+        report: dict[str, list] = {"under_replicated": [], "missing": [], "stale_only": []}
+        for p, node in sorted(self.ns.nodes.items()):
+            if node.kind != "file" or not P.is_under(p, root):
+                continue
+            files += 1
+            for c in node.chunks:
+                live = [s for s in infos[c.id].replicas if self._live(s)]
+                if not live:
+                    stale = [sid for sid, sv in self.servers.items()
+                             if not sv.dead and c.id in sv.chunks]
+                    report["stale_only" if stale else "missing"].append(
+                        {"path": p, "chunk": c.id, "version": c.version})
+                elif len(live) < node.replication:
+                    under += 1
+                    report["under_replicated"].append(
+                        {"path": p, "chunk": c.id, "live": len(live), "target": node.replication})
+        chunks = sum(len(n.chunks) for p, n in self.ns.nodes.items()
+                     if n.kind == "file" and P.is_under(p, root))
+        return {"path": root, "files": files, "chunks": chunks,
+                "corrupt_found": self.counters["corrupt"],
+                "healthy": not (report["under_replicated"] or report["missing"]
+                                or report["stale_only"]), **report}
+
+    async def status(self) -> dict:
+        now = time.monotonic()
+        return {"master": self.name, "active": self.active,
+                "journal_seq": self.journal.seq if self.journal else None,
+                "servers": [{"id": s.id, "name": s.name, "node": s.node, "dead": s.dead,
+                             "draining": s.draining, "capacity_bytes": s.capacity,
+                             "used_bytes": s.used, "chunks": len(s.chunks),
+                             "last_heartbeat_s": round(now - s.last, 2)}
+                            for s in sorted(self.servers.values(), key=lambda s: s.id)],
+                "files": sum(1 for n in self.ns.nodes.values() if n.kind == "file"),
+                "chunks": len(self.ns.chunk_index), "writers": len(self.file_leases),
+                "counters": dict(self.counters), "events": list(self.events)[-50:]}
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self.journal is not None:
+            self.journal.close()
+        if self.nuwa is not None:
+            with contextlib.suppress(Exception):
+                await self.election.resign()
+            with contextlib.suppress(Exception):
+                await self.nuwa.close()
