@@ -1,0 +1,424 @@
+"""Pangu on real Ray: masters and chunkservers as actors on simulated nodes of the shared
+cluster, the client, fsspec/pandas/pyarrow, and fault tests (node loss during writes and
+reads, flipped bits, a master failover, a full restart, a joining and a draining server)."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from pangu import client as PC
+from pangu import deploy
+from pangu import errors as PE
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+CLUSTER = "pt"
+CS = 256 * 1024  # small chunks: every test crosses chunk boundaries
+SETTINGS = {"dead_after_s": 3.0, "maintain_s": 0.5, "seed": 7,
+            "repair_bytes_per_s": 64 * 1024 * 1024}
+
+
+def wait_for(pred, timeout_s: float, what: str):
+    deadline = time.time() + timeout_s
+    last = None
+    while time.time() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+
+
+def _node_id(resource: str) -> str:
+    import ray
+
+    return next(n["NodeID"] for n in ray.nodes()
+                if n["Alive"] and resource in n.get("Resources", {}))
+
+
+@pytest.fixture(scope="module")
+def pangu_nodes(ray_cluster):
+    """Three extra simulated nodes (no CPUs: storage only), removed at the end."""
+    added = []
+    try:
+        for k in range(3):
+            added.append(ray_cluster.add_node(num_cpus=0, resources={f"pangu{k}": 1},
+                                              object_store_memory=200 * 1024 * 1024))
+        ray_cluster.wait_for_nodes(timeout=60)
+        yield [_node_id(f"pangu{k}") for k in range(3)]
+    finally:
+        for n in added:
+            try:
+                ray_cluster.remove_node(n, allow_graceful=False)
+            except Exception:  # noqa: BLE001 - a fault test may have removed it already
+                pass
+
+
+@pytest.fixture(scope="module")
+def pg(ray_cluster, pangu_nodes, tmp_path_factory):
+    """Pangu with one chunkserver on each of the three storage nodes and on the head."""
+    import ray
+
+    data = str(tmp_path_factory.mktemp("pangu"))
+    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "head" in n.get("Resources", {}))
+    deploy.start(CLUSTER, data, nodes=[head, *pangu_nodes], settings=SETTINGS,
+                 heartbeat_s=0.5, scrub_interval_s=0.5, capacity_bytes=256 * 1024 * 1024)
+    try:
+        yield PC.Client(CLUSTER), data
+    finally:
+        deploy.stop(CLUSTER)
+
+
+def healthy(c: PC.Client, path: str = "/"):
+    rep = c.fsck(path)
+    return rep if rep["healthy"] else None
+
+
+def write_file(c, path, data, **kw):
+    c.mkdir(path.rsplit("/", 1)[0] or "/", parents=True)
+    with c.open(path, "wb", chunk_size=kw.pop("chunk_size", CS), **kw) as f:
+        f.write(data)
+
+
+def read_file(c, path):
+    with c.open(path, "rb") as f:
+        return f.read()
+
+
+# ------------------------------------------------------------------ file semantics
+
+def test_file_modes_and_namespace(pg):
+    c, _ = pg
+    c.mkdir("/sem/a/b", parents=True)
+    data = os.urandom(3 * CS + 123)
+    write_file(c, "/sem/a/b/f", data)
+    assert c.stat("/sem/a/b/f")["size"] == len(data)
+    assert read_file(c, "/sem/a/b/f") == data
+    with c.open("/sem/a/b/f", "ab") as f:
+        f.write(b"tail")
+        f.seek(0)
+        f.write(b"!")  # append mode writes at the end whatever the position
+    exp = bytearray(data + b"tail!")
+    with c.open("/sem/a/b/f", "r+b") as f:
+        f.seek(CS - 2)
+        f.write(b"XYZW")  # across a chunk boundary
+        exp[CS - 2:CS + 2] = b"XYZW"
+        f.seek(0)
+        assert f.read() == bytes(exp)
+        assert f.tell() == len(exp)
+    with c.open("/sem/a/b/f", "rb") as f:
+        f.seek(-5, io.SEEK_END)
+        assert f.read() == bytes(exp[-5:])
+        assert f.read(10) == b""  # past the end: empty, not an error
+        f.seek(len(exp) + 100)
+        assert f.read(1) == b""
+        buf = bytearray(10)
+        f.seek(2 * CS - 5)
+        assert f.readinto(buf) == 10 and bytes(buf) == bytes(exp[2 * CS - 5:2 * CS + 5])
+        with pytest.raises(PE.BadRequest, match="before the start"):
+            f.seek(-1)
+        with pytest.raises(io.UnsupportedOperation, match="open for reading"):
+            f.write(b"x")
+    with c.open("/sem/a/b/f", "wb") as f:
+        with pytest.raises(io.UnsupportedOperation, match="open for writing"):
+            f.read()
+        f.write(b"new")
+    assert read_file(c, "/sem/a/b/f") == b"new"
+    c.mv("/sem/a", "/sem/moved")
+    assert not c.exists("/sem/a") and read_file(c, "/sem/moved/b/f") == b"new"
+    assert c.ls("/sem/moved/b") == ["f"]
+    assert c.du("/sem") == {"path": "/sem", "files": 1, "directories": 3, "bytes": 3}
+    with pytest.raises(PE.NotEmpty):
+        c.rm("/sem/moved")
+    c.rm("/sem/moved", recursive=True)
+    assert c.ls("/sem") == []
+
+
+def test_bad_input_is_refused_clearly(pg):
+    c, _ = pg
+    c.mkdir("/bad", parents=True)
+    for p, msg in [("/bad/../x", r"\.\."), ("/bad//x", "empty"), ("/bad/x\x07", "control"),
+                   ("rel/x", "absolute")]:
+        with pytest.raises(PE.BadPath, match=msg):
+            c.open(p, "wb")
+    with pytest.raises(PE.IsADir, match="directory"):
+        c.open("/bad", "rb")
+    with pytest.raises(PE.NotFound):
+        c.open("/bad/missing", "rb")
+    with pytest.raises(PE.NotFound):
+        c.open("/bad/missing", "r+b")
+    with pytest.raises(PE.BadRequest, match="mode"):
+        c.open("/bad/x", "w")
+    with pytest.raises(PE.BadPath, match="not a Pangu URL"):
+        PC.parse_url("s3://bucket/x")
+    f1 = c.open("/bad/one", "wb")
+    try:
+        f1.write(b"first")
+        with pytest.raises(PE.Busy, match="one writer per file"):
+            c.open("/bad/one", "ab")
+        f1.seek(100)
+        with pytest.raises(PE.BadRequest, match="no holes"):
+            f1.write(b"x")
+    finally:
+        f1.close()
+    assert read_file(c, "/bad/one") == b"first"
+    with c.open("/bad/one", "ab") as f2:  # the lease went with close
+        f2.write(b"!")
+    assert read_file(c, "/bad/one") == b"first!"
+
+
+def test_model_based_stress(pg):
+    """ceph_test_rados in miniature: random create / write at offset / append / truncate /
+    read / rename / delete against an in-memory model, from a printed seed."""
+    c, _ = pg
+    seed = int(os.environ.get("PANGU_STRESS_SEED", random.randrange(1 << 30)))
+    print(f"PANGU_STRESS_SEED={seed}")
+    rng = random.Random(seed)
+    model: dict[str, bytearray] = {}
+    c.mkdir("/stress", parents=True)
+    names = [f"/stress/f{i}" for i in range(6)]
+    cs = 64 * 1024
+    for step in range(120):
+        op = rng.choice(["create", "write", "append", "truncate", "read", "read", "rename",
+                         "delete"])
+        path = rng.choice(names)
+        ctx = f"seed={seed} step={step} op={op} path={path}"
+        if op == "create":
+            data = rng.randbytes(rng.randrange(0, 3 * cs))
+            with c.open(path, "wb", chunk_size=cs) as f:
+                f.write(data)
+            model[path] = bytearray(data)
+        elif path not in model:
+            with pytest.raises(PE.NotFound):
+                c.stat(path)
+            continue
+        elif op == "write":
+            cur = model[path]
+            off = rng.randrange(0, len(cur) + 1)
+            data = rng.randbytes(rng.randrange(1, cs + 10))
+            with c.open(path, "r+b") as f:
+                f.seek(off)
+                f.write(data)
+            cur[off:off + len(data)] = data
+        elif op == "append":
+            data = rng.randbytes(rng.randrange(1, 2 * cs))
+            with c.open(path, "ab") as f:
+                f.write(data)
+            model[path] += data
+        elif op == "truncate":
+            n = rng.randrange(0, len(model[path]) + 1)
+            c.truncate(path, n)
+            del model[path][n:]
+        elif op == "read":
+            cur = model[path]
+            off, n = rng.randrange(0, len(cur) + 1), rng.randrange(0, 2 * cs)
+            with c.open(path, "rb") as f:
+                f.seek(off)
+                assert f.read(n) == bytes(cur[off:off + n]), ctx
+                f.seek(0)
+                assert f.read() == bytes(cur), ctx
+        elif op == "rename":
+            dst = rng.choice(names)
+            if dst == path:
+                continue
+            c.mv(path, dst, overwrite=True)
+            model[dst] = model.pop(path)
+        elif op == "delete":
+            c.rm(path)
+            del model[path]
+        if path in model:
+            assert c.stat(path)["size"] == len(model[path]), ctx
+    for path, data in model.items():
+        assert read_file(c, path) == bytes(data), f"seed={seed} final {path}"
+    assert sorted(c.ls("/stress")) == sorted(p.rsplit("/", 1)[1] for p in model)
+    c.rm("/stress", recursive=True)
+    wait_for(lambda: healthy(c), 30, "fsck to report healthy")
+
+
+# ------------------------------------------------------------------ ecosystem
+
+def test_fsspec_pandas_and_pyarrow(pg):
+    import fsspec
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    c, _ = pg
+    with fsspec.open(f"pangu://{CLUSTER}/eco/hello.txt", "wt") as f:
+        f.write("hello pangu\n")
+    with fsspec.open(f"pangu://{CLUSTER}/eco/hello.txt", "rt") as f:
+        assert f.read() == "hello pangu\n"
+    df = pd.DataFrame({"k": list(range(1000)), "v": [f"s{i}" for i in range(1000)]})
+    df.to_parquet(f"pangu://{CLUSTER}/eco/t.parquet")
+    back = pd.read_parquet(f"pangu://{CLUSTER}/eco/t.parquet")
+    assert back.equals(df)
+    fs = fsspec.filesystem("pangu", cluster=CLUSTER)
+    for i in range(3):
+        pq.write_table(pa.table({"i": [i] * 10}), f"/eco/ds/part-{i}.parquet", filesystem=fs)
+    table = ds.dataset("/eco/ds/", filesystem=fs, format="parquet").to_table()
+    assert sorted(table.column("i").to_pylist()) == sorted([0, 1, 2] * 10)
+    assert fs.glob("/eco/ds/*.parquet") == [f"/eco/ds/part-{i}.parquet" for i in range(3)]
+    fs.rm("/eco", recursive=True)
+    assert not c.exists("/eco")
+
+
+# ------------------------------------------------------------------ faults
+
+def _server_on(c, node: str) -> dict:
+    return next(s for s in c.status()["servers"] if s["node"] == node and not s["dead"])
+
+
+def test_flipped_bit_is_detected_on_read_and_by_the_scrubber_and_repaired(pg):
+    import ray
+
+    c, _ = pg
+    data = os.urandom(2 * CS)
+    write_file(c, "/flip/a", data)
+    write_file(c, "/flip/b", data)
+    info = c.call("locate", "/flip/a")
+    victim = info["chunks"][0]["replicas"][0]["name"]
+    h = ray.get_actor(victim, namespace=f"fuxi-{CLUSTER}")
+    before = c.status()["counters"].get("corrupt", 0)
+    # Corrupt the replica on *every* server but keep one good one: reads must still work.
+    reps = info["chunks"][0]["replicas"]
+    for r in reps[:-1]:
+        ray.get(ray.get_actor(r["name"], namespace=f"fuxi-{CLUSTER}")
+                .corrupt_for_test.remote(info["chunks"][0]["id"], 1000), timeout=30)
+    for _ in range(3):  # whichever replica the reader picks, the bytes are right
+        assert read_file(c, "/flip/a") == data
+    # The scrubber finds corruption in a chunk nobody reads.
+    cb = c.call("locate", "/flip/b")["chunks"][1]
+    ray.get(ray.get_actor(cb["replicas"][0]["name"], namespace=f"fuxi-{CLUSTER}")
+            .corrupt_for_test.remote(cb["id"], 5), timeout=30)
+    wait_for(lambda: c.status()["counters"].get("corrupt", 0) >= before + len(reps),
+             60, "the corrupt replicas to be reported")
+    wait_for(lambda: healthy(c, "/flip"), 60, "repair of the corrupt replicas")
+    assert read_file(c, "/flip/a") == data and read_file(c, "/flip/b") == data
+    del h
+    c.rm("/flip", recursive=True)
+
+
+def _writer_thread(c, path, total_pieces, piece, acked, errors, stop):
+    c.mkdir(path.rsplit("/", 1)[0], parents=True)
+
+    def run():
+        try:
+            with c.open(path, "wb", chunk_size=CS) as f:
+                for i in range(total_pieces):
+                    if stop.is_set():
+                        break
+                    f.write(piece(i))
+                    f.flush()  # acknowledged: on every current replica
+                    acked.append(i)
+                    time.sleep(0.02)
+        except Exception as e:  # noqa: BLE001 - the test asserts there are none
+            errors.append(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_node_removed_during_writes_and_reads(ray_cluster, pg):
+    """A storage node dies while a file is written and another read: no acknowledged byte is
+    lost, reads keep working, and the replication factor comes back."""
+    import ray
+
+    c, _ = pg
+    node = ray_cluster.add_node(num_cpus=0, resources={"doomed_pangu": 1},
+                                object_store_memory=200 * 1024 * 1024)
+    ray_cluster.wait_for_nodes(timeout=60)
+    doomed = _node_id("doomed_pangu")
+    deploy.start(CLUSTER, pg[1], nodes=[doomed], settings=SETTINGS, heartbeat_s=0.5,
+                 scrub_interval_s=0.5, capacity_bytes=256 * 1024 * 1024, wait=False)
+    wait_for(lambda: any(s["node"] == doomed for s in c.status()["servers"]), 30,
+             "the new chunkserver to report")
+    # A file to read while the node goes away: make sure it has a replica on the doomed node.
+    static = os.urandom(6 * CS)
+    write_file(c, "/nodeloss/static", static)
+    piece = lambda i: bytes([i % 251]) * 50_000  # noqa: E731
+    acked, errors, stop = [], [], threading.Event()
+    t = _writer_thread(c, "/nodeloss/live", 200, piece, acked, errors, stop)
+    reads_ok = [0]
+    read_errors = []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                assert read_file(c, "/nodeloss/static") == static
+                reads_ok[0] += 1
+            except Exception as e:  # noqa: BLE001
+                read_errors.append(e)
+    rt = threading.Thread(target=reader, daemon=True)
+    rt.start()
+    try:
+        wait_for(lambda: len(acked) >= 30, 60, "30 acknowledged writes")
+        before = reads_ok[0]
+        ray_cluster.remove_node(node, allow_graceful=False)
+        t.join(timeout=180)
+        assert not t.is_alive(), "the writer hung after the node died"
+        wait_for(lambda: reads_ok[0] > before + 3, 60, "reads after the node died")
+    finally:
+        stop.set()
+        t.join(timeout=30)
+        rt.join(timeout=60)
+    assert not errors, errors
+    assert not read_errors, read_errors[:3]
+    got = read_file(c, "/nodeloss/live")
+    assert got == b"".join(piece(i) for i in acked)
+    assert len(acked) == 200
+    wait_for(lambda: healthy(c, "/nodeloss"), 90, "the replication factor to be restored")
+    st = c.status()
+    assert any(s["node"] == doomed and s["dead"] for s in st["servers"])
+    assert st["counters"].get("repair_chunks", 0) > 0
+    assert read_file(c, "/nodeloss/static") == static
+    c.rm("/nodeloss", recursive=True)
+
+
+def test_drain_moves_data_away_then_rebalance_fills_a_new_server(ray_cluster, pg):
+    c, _ = pg
+    data = os.urandom(8 * CS)
+    write_file(c, "/move/a", data)
+    servers = [s for s in c.status()["servers"] if not s["dead"]]
+    victim = max(servers, key=lambda s: s["chunks"])
+    c.call("drain", victim["id"])
+    wait_for(lambda: next(s for s in c.status()["servers"] if s["id"] == victim["id"])["chunks"] == 0,
+             90, "the draining server to empty")
+    assert healthy(c, "/move") and read_file(c, "/move/a") == data
+    c.call("drain", victim["id"], False)
+    # Undrained, it is the emptiest server: rebalancing moves data onto it.
+    write_file(c, "/move/b", os.urandom(24 * CS))
+    wait_for(lambda: next(s for s in c.status()["servers"] if s["id"] == victim["id"])["chunks"] > 0,
+             90, "rebalancing onto the emptied server")
+    assert read_file(c, "/move/a") == data
+    wait_for(lambda: healthy(c, "/move"), 60, "healthy after rebalancing")
+    c.rm("/move", recursive=True)
+
+
+def test_everything_stopped_and_started_again_keeps_every_file(ray_cluster, pg, pangu_nodes):
+    import ray
+
+    c, data_dir = pg
+    files = {f"/restart/f{i}": os.urandom(random.randrange(1, 3 * CS)) for i in range(5)}
+    for p, d in files.items():
+        write_file(c, p, d)
+    c.mv("/restart/f0", "/restart/renamed")
+    files["/restart/renamed"] = files.pop("/restart/f0")
+    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "head" in n.get("Resources", {}))
+    deploy.stop(CLUSTER)
+    wait_for(lambda: not [a for a in ray.util.list_named_actors(all_namespaces=True)
+                          if a["namespace"] == f"fuxi-{CLUSTER}"], 30, "the actors to stop")
+    deploy.start(CLUSTER, data_dir, nodes=[head, *pangu_nodes], settings=SETTINGS,
+                 heartbeat_s=0.5, scrub_interval_s=0.5, capacity_bytes=256 * 1024 * 1024)
+    c2 = PC.Client(CLUSTER)
+    for p, d in files.items():
+        assert read_file(c2, p) == d, p
+    assert not c2.exists("/restart/f0")
+    wait_for(lambda: healthy(c2, "/restart"), 60, "healthy after the restart")
+    c2.rm("/restart", recursive=True)
