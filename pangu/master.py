@@ -54,6 +54,7 @@ REPAIR_CONCURRENCY = 4  # chunk copies in flight
 CONTROL_CALL_TIMEOUT_S = 10.0  # master -> chunkserver control call
 EVENTS_MAX = 1000
 ELECTION_RETRY_S = 1.0
+SESSION_TTL_S = 4.0  # a dead active master's election entry lapses after this long
 
 
 class _ServerView:
@@ -93,6 +94,7 @@ class PanguMaster:
         self.rebalance = bool(s.get("rebalance", True))
         self.allow_same_node = bool(s.get("allow_same_node", False))
         self.checkpoint_every = int(s.get("checkpoint_every", CHECKPOINT_EVERY))
+        self.session_ttl_s = float(s.get("session_ttl_s", SESSION_TTL_S))
         self.rng = random.Random(s.get("seed", 0))
         self.ns = Namespace()
         self.journal: Any = None
@@ -149,6 +151,8 @@ class PanguMaster:
 
         while True:
             try:
+                if self.nuwa._session is None or self.nuwa._session.expired:
+                    self.nuwa._session = await self.nuwa.session(self.session_ttl_s)
                 await self.election.campaign()
                 journal = NuwaJournal(self.nuwa, f"/pangu/{self.cluster}", self.name)
                 await journal.claim()

@@ -422,3 +422,80 @@ def test_everything_stopped_and_started_again_keeps_every_file(ray_cluster, pg, 
     assert not c2.exists("/restart/f0")
     wait_for(lambda: healthy(c2, "/restart"), 60, "healthy after the restart")
     c2.rm("/restart", recursive=True)
+
+
+def test_master_failover_loses_no_acknowledged_write(ray_cluster, pangu_nodes, tmp_path):
+    """Two masters share a Nuwa journal; the active one is killed while a file is written.
+    The standby takes over (fencing the old one) and every acknowledged byte is there."""
+    import ray
+
+    from nuwa.group import start_group
+
+    g = start_group(3, str(tmp_path / "nuwa"), namespace=f"nuwa-pangu-{time.time_ns()}")
+    ha = "pha"
+    try:
+        nuwa = [list(a) for a in g.client_addresses()]
+        deploy.start(ha, str(tmp_path / "data"), masters=2, nuwa=nuwa, nodes=pangu_nodes,
+                     settings=dict(SETTINGS, session_ttl_s=2.0), heartbeat_s=0.5,
+                     capacity_bytes=256 * 1024 * 1024)
+        c = PC.Client(ha)
+        c.mkdir("/ha/dir", parents=True)
+        piece = lambda i: bytes([i % 251]) * 30_000  # noqa: E731
+        acked, errors, stop = [], [], threading.Event()
+        t = _writer_thread(c, "/ha/live", 120, piece, acked, errors, stop)
+        wait_for(lambda: len(acked) >= 20, 60, "20 acknowledged writes")
+        active = c.status()["master"]
+        ray.kill(ray.get_actor(active, namespace=f"fuxi-{ha}"), no_restart=True)
+        t.join(timeout=180)
+        assert not t.is_alive(), "the writer hung across the failover"
+        assert not errors, errors
+        st = c.status()
+        assert st["active"] and st["master"] != active
+        assert c.exists("/ha/dir")
+        assert read_file(c, "/ha/live") == b"".join(piece(i) for i in acked)
+        assert len(acked) == 120
+        wait_for(lambda: healthy(c, "/ha"), 60, "healthy after the failover")
+    finally:
+        stop_ha = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                   if a["namespace"] == "fuxi-pha"]
+        deploy.stop(ha)
+        g.stop()
+        assert stop_ha is not None
+
+
+def test_deposed_master_cannot_write_the_journal(ray_cluster, tmp_path):
+    """Fencing: once another master has claimed the Nuwa journal, the old one's appends fail."""
+    import asyncio
+
+    from nuwa.client import AsyncNuwa
+    from nuwa.group import start_group
+
+    from pangu.journal import Deposed, NuwaJournal
+
+    g = start_group(3, str(tmp_path / "nuwa"), namespace=f"nuwa-fence-{time.time_ns()}")
+    try:
+        async def run():
+            c = AsyncNuwa(g.client_addresses())
+            try:
+                old = NuwaJournal(c, "/pangu/f", "old")
+                await old.claim()
+                await old.load()
+                await old.append({"op": "mkdir", "path": "/a"})
+                new = NuwaJournal(c, "/pangu/f", "new")
+                await new.claim()
+                _, entries = await new.load()
+                assert entries == [{"op": "mkdir", "path": "/a"}]
+                with pytest.raises(Deposed):
+                    await old.append({"op": "mkdir", "path": "/b"})
+                await new.append({"op": "mkdir", "path": "/c"})
+                await new.checkpoint({"format": "x", "n": 2})
+                with pytest.raises(Deposed):
+                    await old.checkpoint({"format": "x", "n": 9})
+                third = NuwaJournal(c, "/pangu/f", "third")
+                ckpt, entries = await third.load()
+                assert ckpt == {"format": "x", "n": 2} and entries == [] and third.seq == 2
+            finally:
+                await c.close()
+        asyncio.run(run())
+    finally:
+        g.stop()
