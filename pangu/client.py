@@ -183,7 +183,7 @@ def _user() -> str:
         return "anonymous"
 
 
-_MODES = {"rb": "r", "wb": "w", "ab": "a", "r+b": "r+", "rb+": "r+", "w+b": "w", "wb+": "w",
+_MODES = {"rb": "r", "wb": "w", "xb": "x", "ab": "a", "r+b": "r+", "rb+": "r+", "w+b": "w", "wb+": "w",
           "a+b": "a", "ab+": "a"}
 
 
@@ -194,7 +194,7 @@ class PanguFile(io.RawIOBase):
                  chunk_size: int | None = None):
         super().__init__()
         if mode not in _MODES:
-            raise BadRequest(f"mode {mode!r}: expected one of rb, wb, ab, r+b (Pangu files are "
+            raise BadRequest(f"mode {mode!r}: expected one of rb, wb, xb, ab, r+b (Pangu files are "
                              f"binary; wrap in io.TextIOWrapper for text)")
         self.client, self.path, self.mode = client, path, mode
         self._kind = _MODES[mode]

@@ -147,6 +147,9 @@ class PanguFileSystem(AbstractFileSystem):
         if self.isdir(src):
             self.makedirs(dst, exist_ok=True)
             return
+        parent = self._parent(dst)
+        if parent != "/" and not self.exists(parent):
+            self.client.mkdir(parent, parents=True)
         with self.client.open(src, "rb") as fi, self.client.open(dst, "wb") as fo:
             while True:
                 block = fi.read(C.WRITE_BUFFER_BYTES)
@@ -157,7 +160,7 @@ class PanguFileSystem(AbstractFileSystem):
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None,
               **kwargs):
         path = self._strip_protocol(path)
-        if "w" in mode or "a" in mode:
+        if "w" in mode or "a" in mode or "x" in mode:
             parent = self._parent(path)
             if parent != "/" and not self.exists(parent):
                 self.client.mkdir(parent, parents=True)

@@ -312,12 +312,13 @@ class PanguMaster:
 
     async def open_write(self, path: str, mode: str, writer: str, owner: str = "anonymous",
                          replication: int | None = None, chunk_size: int | None = None) -> dict:
-        """Take the file's writer lease. ``mode`` is ``w`` (create or truncate), ``a``
-        (append; create if missing) or ``r+`` (update an existing file)."""
+        """Take the file's writer lease. ``mode`` is ``w`` (create or truncate), ``x`` (create;
+        the file must not exist), ``a`` (append; create if missing) or ``r+`` (update an
+        existing file)."""
         path = P.normalize(path)
         await self._need_active()
-        if mode not in ("w", "a", "r+"):
-            raise BadRequest(f"mode {mode!r}; expected w, a or r+")
+        if mode not in ("w", "x", "a", "r+"):
+            raise BadRequest(f"mode {mode!r}; expected w, x, a or r+")
         self._check_writer(path, writer, take=True)
         try:
             exists = self.ns.exists(path)
@@ -325,8 +326,8 @@ class PanguMaster:
                 raise IsADir(f"{path} is a directory; cannot open it as a file")
             if mode == "r+" and not exists:
                 raise NotFound(f"{path} does not exist (mode r+ needs an existing file)")
-            if mode == "w" or not exists:
-                cmd = {"op": "create", "path": path, "overwrite": True, "owner": owner}
+            if mode in ("w", "x") or not exists:
+                cmd = {"op": "create", "path": path, "overwrite": mode != "x", "owner": owner}
                 if replication is not None:
                     cmd["replication"] = replication
                 if chunk_size is not None:

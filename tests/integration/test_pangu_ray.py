@@ -499,3 +499,51 @@ def test_deposed_master_cannot_write_the_journal(ray_cluster, tmp_path):
         asyncio.run(run())
     finally:
         g.stop()
+
+
+# ------------------------------------------------------------------ fsspec's own test suite
+
+import posixpath  # noqa: E402
+
+from fsspec.tests.abstract import (AbstractCopyTests, AbstractFixtures,  # noqa: E402
+                                   AbstractGetTests, AbstractOpenTests, AbstractPipeTests,
+                                   AbstractPutTests)
+
+
+class PanguFixtures(AbstractFixtures):
+    @pytest.fixture
+    def fs(self, pg):
+        from pangu.fs import PanguFileSystem
+
+        return PanguFileSystem(cluster=CLUSTER)
+
+    @pytest.fixture
+    def fs_join(self):
+        return posixpath.join
+
+    @pytest.fixture
+    def fs_path(self, fs):
+        path = f"/fsspec-{time.time_ns()}"
+        fs.makedirs(path)
+        yield path
+        fs.rm(path, recursive=True)
+
+
+class TestPanguCopy(AbstractCopyTests, PanguFixtures):
+    pass
+
+
+class TestPanguGet(AbstractGetTests, PanguFixtures):
+    pass
+
+
+class TestPanguPut(AbstractPutTests, PanguFixtures):
+    pass
+
+
+class TestPanguOpen(AbstractOpenTests, PanguFixtures):
+    pass
+
+
+class TestPanguPipe(AbstractPipeTests, PanguFixtures):
+    pass
