@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import cluster, job, nuwa, submit
+from cli import cluster, job, nuwa, pangu, submit
 
 app = typer.Typer(
     name="fuxi",
@@ -19,6 +19,7 @@ app.command("down")(cluster.down)
 app.command("status")(cluster.status)
 app.add_typer(job.app, name="job", help="List, inspect, cancel jobs and read their logs.")
 app.add_typer(nuwa.app, name="nuwa", help="The Nuwa coordination service: ls, get, put, rm, stat, watch.")
+app.add_typer(pangu.app, name="pangu", help="The Pangu file system: ls, put, get, cat, rm, mkdir, mv, stat, du, fsck.")
 
 
 def main() -> None:

@@ -20,14 +20,22 @@ def submit(
 ) -> None:
     """Submit a batch job. Exit code 0 succeeded, 1 failed or cancelled, 2 bad input."""
     from fuxi.client import FuxiClient, load
-    from fuxi.runtime import connect, find_cluster
+    from fuxi.runtime import connect, ensure_pangu, find_cluster
 
+    uses_pangu = "pangu://" in " ".join(set_ or ())
+    try:
+        with open(spec, "rb") as f:
+            uses_pangu = uses_pangu or b"pangu://" in f.read()
+    except OSError:
+        pass  # load() reports the unreadable spec
+    plan = None
     try:
         # Checked before loading: loading with --overwrite already clears the old output.
         if not wait and find_cluster(cluster) is None:
             fail("--no-wait needs a running cluster (the embedded default stops when this command "
                  "ends); start one with `fuxi up`", EXIT_BAD_INPUT)
-        plan = load(spec, set_ or (), overwrite=overwrite)
+        if not uses_pangu:
+            plan = load(spec, set_ or (), overwrite=overwrite)
     except typer.Exit:
         raise
     except Exception as e:
@@ -35,6 +43,9 @@ def submit(
     try:
         with connect(cluster) as conn:
             client = FuxiClient(conn.master)
+            if plan is None:  # pangu:// inputs are listed, and outputs prepared, in Pangu
+                ensure_pangu(conn)
+                plan = load(spec, set_ or (), overwrite=overwrite)
             job_id = client.submit(plan)
             if not wait:
                 print_json({"job_id": job_id}) if as_json else typer.echo(job_id)

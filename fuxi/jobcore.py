@@ -192,6 +192,7 @@ class TaskStats:
     retries: int = 0
     backups_launched: int = 0
     backups_won: int = 0
+    data_local: int = 0  # instances whose winning attempt ran on a node holding their input
     durations: list[float] = field(default_factory=list)
     _median: float | None = None
 
@@ -288,6 +289,8 @@ class JobCore:
                 "backups_launched": st.backups_launched,
                 "backups_won": st.backups_won,
             }
+            if self.tasks[name].preferred_nodes:
+                tasks[name]["data_local"] = st.data_local
         return {
             "job_id": self.job_id,
             "name": self.plan.name,
@@ -478,6 +481,8 @@ class JobCore:
         inst.winner = a
         inst.outputs = dict(res.outputs)
         st.succeeded += 1
+        if a.node_id in self._preferred(inst):
+            st.data_local += 1
         st.add_duration(res.duration_s)
         if a.backup:
             st.backups_won += 1
@@ -723,6 +728,10 @@ class JobCore:
         return [Push(wid, tuple(specs), front=True) for wid, specs in front.items()] + [
             Push(wid, tuple(specs)) for wid, specs in pushes.items()]
 
+    def _preferred(self, inst: Instance) -> tuple[str, ...]:
+        pref = self.tasks[inst.task].preferred_nodes
+        return pref[inst.index] if inst.index < len(pref) else ()
+
     def _has_room(self, w: Worker, task: str) -> bool:
         return len(w.queue) < self._depth(task)
 
@@ -732,8 +741,9 @@ class JobCore:
         instance. ``strict`` (backups): never the avoided worker itself, and one attempt beyond
         the queue depth is allowed (the backup goes to the front of that worker's queue)."""
         best: Worker | None = None
-        best_rank: tuple[int, int, int, str] | None = None
+        best_rank: tuple[int, int, int, int, str] | None = None
         healthy = [w for w in ws if w.worker_id not in avoid]
+        local = self._preferred(inst)
         for w in ws:
             if strict:
                 if len(w.queue) >= min(self._depth(inst.task) + 1, self.limits.worker_queue_max):
@@ -743,7 +753,10 @@ class JobCore:
             bad_w = w.worker_id in avoid
             if bad_w and (strict or healthy):
                 continue
-            rank = (int(w.node_id in avoid_nodes), int(bad_w), len(w.queue), w.worker_id)
+            # Data locality (a node holding the instance's input) comes after avoiding
+            # failures and before load: local workers fill their queues first.
+            rank = (int(w.node_id in avoid_nodes), int(bad_w), int(w.node_id not in local),
+                    len(w.queue), w.worker_id)
             if best_rank is None or rank < best_rank:
                 best, best_rank = w, rank
         return best

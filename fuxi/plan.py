@@ -43,6 +43,8 @@ class TaskPlan:
     upstream: tuple[Edge, ...]  # edges into this task
     downstream: tuple[Edge, ...]  # edges out of this task
     output: str | None  # absolute path or URL where emitted rows land as Parquet
+    # per instance: nodes holding most of its input bytes (Pangu inputs), for locality
+    preferred_nodes: tuple[tuple[str, ...], ...] = ()
 
     @property
     def shape_key(self) -> str:
@@ -110,6 +112,7 @@ def build_plan(spec, base_dir: str | None = None, overwrite: bool = False) -> Jo
 
     counts: dict[str, int] = {}
     inputs: dict[str, tuple[tuple[str, ...], ...]] = {}
+    preferred: dict[str, tuple[tuple[str, ...], ...]] = {}
     for name in order:
         t = spec.tasks[name]
         if t.input is not None:
@@ -117,6 +120,10 @@ def build_plan(spec, base_dir: str | None = None, overwrite: bool = False) -> Jo
             n = t.instances or len(files)
             split = split_files(files, n)
             inputs[name] = tuple(tuple(paths) for paths in split)
+            if any(p.startswith("pangu://") for paths in split for p in paths):
+                from pangu.client import locality
+
+                preferred[name] = tuple(locality(paths) for paths in split)
         else:
             n = t.instances
             inputs[name] = tuple(() for _ in range(n))
@@ -149,6 +156,7 @@ def build_plan(spec, base_dir: str | None = None, overwrite: bool = False) -> Jo
                 upstream=wired_in[name],
                 downstream=tuple(edges[name]),
                 output=output,
+                preferred_nodes=preferred.get(name, ()),
             )
         )
     sp = spec.speculation

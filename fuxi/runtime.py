@@ -249,6 +249,7 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
     rec.save()
     try:
         _start_nuwa(rec)  # bootstrapping order: Nuwa first, then FuxiMaster keeps its state there
+        _start_pangu(rec)
         with connect(cluster, embedded_ok=False) as conn:
             conn.master  # noqa: B018 - created on connect
     except BaseException:
@@ -276,6 +277,53 @@ def _start_nuwa(rec: ClusterRecord) -> None:
         rec.save()
     finally:
         ray.shutdown()
+
+
+def pangu_layout(nodes: int) -> dict:
+    """Chunkservers per node and placement for a cluster of ``nodes`` Ray nodes: one machine
+    gets three chunkservers (so the default replication factor of 3 holds, on one disk);
+    several machines get one each, and replicas go to distinct nodes."""
+    if nodes <= 1:
+        return {"per_node": 3, "settings": {"allow_same_node": True, "expect_servers": 3}}
+    return {"per_node": 1, "settings": {"expect_servers": nodes}}
+
+
+def _start_pangu(rec: ClusterRecord) -> None:
+    """Start the cluster's Pangu: two masters sharing a Nuwa journal (one without Nuwa) and a
+    chunkserver per node. Files kept by an earlier `fuxi up` are found again on disk."""
+    import ray
+
+    from pangu import deploy
+
+    _set_auth_mode(rec.token_path)
+    _ray_init(address=rec.address, namespace=rec.namespace)
+    try:
+        layout = pangu_layout(len(deploy.alive_nodes()))
+        deploy.start(rec.cluster, rec.data_dir, masters=2 if rec.nuwa else 1, nuwa=rec.nuwa,
+                     per_node=layout["per_node"], settings=layout["settings"], detached=True)
+    finally:
+        ray.shutdown()
+
+
+def ensure_pangu(conn: "Connection") -> None:
+    """Make sure Pangu runs for this connection: the embedded default starts it on demand
+    (its files live under the cluster's data directory and outlast the command)."""
+    import ray
+
+    from pangu import deploy
+    from pangu.client import master_name
+
+    try:
+        ray.get_actor(master_name(1), namespace=namespace(conn.cluster))
+        return
+    except ValueError:
+        pass
+    if conn.data_dir is None:
+        raise ClusterError("Pangu is not running in this Ray program; start it with "
+                           "pangu.deploy.start(cluster, data_dir)")
+    layout = pangu_layout(len(deploy.alive_nodes()))
+    deploy.start(conn.cluster, conn.data_dir, per_node=layout["per_node"],
+                 settings=layout["settings"], detached=not conn.embedded)
 
 
 def _stop_nuwa(rec: ClusterRecord) -> None:
@@ -349,6 +397,10 @@ def down(cluster: str = "default") -> dict:
 
                 stopped_jobs = ray.get(conn.master.shutdown_jobs.remote(), timeout=CONNECT_TIMEOUT_S)
                 ray.kill(conn.master, no_restart=True)
+                with contextlib.suppress(Exception):
+                    from pangu import deploy
+
+                    deploy.stop(cluster)
                 _stop_nuwa(rec)
     _stop_head(rec)
     rec.remove()

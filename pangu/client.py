@@ -452,6 +452,28 @@ class PanguFile(io.RawIOBase):
         return f"<PanguFile {self.client.cluster}:{self.path} mode={self.mode!r}>"
 
 
+LOCALITY_NODES_MAX = 3
+
+
+def locality(urls) -> tuple[str, ...]:
+    """The Ray nodes holding the most bytes of these Pangu files (at most LOCALITY_NODES_MAX,
+    each holding at least half as much as the best), for data-local scheduling."""
+    by_node: dict[str, int] = {}
+    for url in urls:
+        if not str(url).startswith("pangu://"):
+            continue
+        c, path = _split(url)
+        info = c.call("locate", path)
+        for ch in info["chunks"]:
+            for node in {r["node"] for r in ch["replicas"]}:
+                by_node[node] = by_node.get(node, 0) + ch["length"]
+    if not by_node:
+        return ()
+    best = max(by_node.values())
+    ranked = sorted(by_node, key=lambda n: (-by_node[n], n))
+    return tuple(n for n in ranked[:LOCALITY_NODES_MAX] if by_node[n] * 2 >= best)
+
+
 _clients: dict[str, Client] = {}
 
 

@@ -95,6 +95,7 @@ class PanguMaster:
         self.allow_same_node = bool(s.get("allow_same_node", False))
         self.checkpoint_every = int(s.get("checkpoint_every", CHECKPOINT_EVERY))
         self.session_ttl_s = float(s.get("session_ttl_s", SESSION_TTL_S))
+        self.expect_servers = int(s.get("expect_servers", 0))
         self.rng = random.Random(s.get("seed", 0))
         self.ns = Namespace()
         self.journal: Any = None
@@ -530,10 +531,22 @@ class PanguMaster:
             return {"active": False}
         return {"active": True, "delete": self._garbage(sv)}
 
+    def _settling(self) -> bool:
+        """Just after becoming active, the replica map is incomplete until the chunkservers
+        have reported: no repair or garbage collection until ``dead_after_s`` has passed, or
+        every expected chunkserver (``expect_servers``) has reported twice."""
+        age = time.monotonic() - self.active_since
+        if age >= self.dead_after_s:
+            return False
+        if self.expect_servers and age >= 2.5:
+            live = sum(1 for s in self.servers.values() if not s.dead and s.last > self.active_since)
+            return live < self.expect_servers
+        return True
+
     def _garbage(self, sv: _ServerView) -> list[str]:
         """Replicas on ``sv`` to delete: of chunks no file references, and stale ones that
         have a current copy elsewhere. Never while the master is settling after taking over."""
-        if time.monotonic() - self.active_since < self.dead_after_s:
+        if self._settling():
             return []
         out = []
         for cid, (version, _) in list(sv.chunks.items()):
@@ -600,7 +613,7 @@ class PanguMaster:
                 for cid, lease in list(self.chunk_leases.items()):
                     if sv.id in lease["replicas"]:
                         del self.chunk_leases[cid]
-        if now - self.active_since < self.dead_after_s:
+        if self._settling():
             return {"settling": True}  # chunkservers are still reporting to a new master
         infos = self._chunk_infos()
         leased = {cid for cid, l in self.chunk_leases.items() if l["until"] > now}

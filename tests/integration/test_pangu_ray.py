@@ -269,6 +269,45 @@ def test_fsspec_pandas_and_pyarrow(pg):
     assert not c.exists("/eco")
 
 
+def test_wordcount_runs_pangu_to_pangu_with_data_locality(pg, job):
+    import glob as g
+
+    import pyarrow.parquet as pq
+
+    from jobs.wordcount import plain_count
+
+    c, _ = pg
+    local = sorted(g.glob("jobs/data/*.txt"))
+    c.mkdir("/wc/in", parents=True)
+    for p in local:  # replicated on every storage server: any node can run a map locally
+        with open(p, "rb") as src, c.open(f"/wc/in/{os.path.basename(p)}", "wb",
+                                          replication=4) as dst:
+            dst.write(src.read())
+    spec = {
+        "name": "wordcount-pangu",
+        "tasks": {
+            "map": {"fn": "jobs.wordcount:map_words", "input": f"pangu://{CLUSTER}/wc/in/*.txt"},
+            "reduce": {"fn": "jobs.wordcount:sum_counts", "instances": 2, "depends_on": ["map"],
+                       "partition_by": ["word"], "output": f"pangu://{CLUSTER}/wc/out"},
+        },
+    }
+    st = job(spec)
+    assert st["state"] == "succeeded", st.get("report")
+    assert 1 <= st["tasks"]["map"]["data_local"] <= 4
+    assert "data_local" not in st["tasks"]["reduce"]  # no Pangu input: not counted
+    assert c.exists("/wc/out/_SUCCESS")
+    import fsspec
+
+    fs = fsspec.filesystem("pangu", cluster=CLUSTER)
+    parts = sorted(p for p in fs.ls("/wc/out", detail=False) if p.endswith(".parquet"))
+    got = {}
+    for p in parts:
+        t = pq.read_table(p, filesystem=fs)
+        got.update(zip(t.column("word").to_pylist(), t.column("count").to_pylist()))
+    assert got == plain_count(local)
+    c.rm("/wc", recursive=True)
+
+
 # ------------------------------------------------------------------ faults
 
 def _server_on(c, node: str) -> dict:
