@@ -257,8 +257,8 @@ class PanguMaster:
             raise IsADir(f"{path} is a directory; expected a file")
         out = []
         for c in self.ns.chunks(path):
-            reps = [{"id": sid, "name": self.servers[sid].name, "node": self.servers[sid].node}
-                    for sid in self._current(c.id, c.version)]
+            reps = [{"id": sid, "name": self.servers[sid].name, "node": self.servers[sid].node,
+                     "dir": self.servers[sid].dir} for sid in self._current(c.id, c.version)]
             out.append({"id": c.id, "version": c.version, "length": c.length, "replicas": reps})
         return dict(st, chunks=out)
 
