@@ -49,6 +49,9 @@ class JobLimits:
     worker_start_failures_max: int = 8  # failed worker starts before the job gives up
     idle_release_s: float = 2.0  # an idle worker with nothing left to do is released after this
     error_chars_max: int = 8000  # traceback text kept per failed attempt
+    # An instance whose input has replicas on some nodes (Pangu) waits at most this long for a
+    # worker there -- started or starting -- before it runs elsewhere (delay scheduling).
+    locality_wait_s: float = 1.0
 
 
 # ---------------------------------------------------------------- actions (plain data)
@@ -161,6 +164,7 @@ class Instance:
     bad_workers: set[str] = field(default_factory=set)
     bad_nodes: set[str] = field(default_factory=set)
     last_error: str = ""
+    ready_at: float = 0.0  # when it first became ready (the locality wait counts from here)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -458,6 +462,7 @@ class JobCore:
         q = self.ready.setdefault(t.shape_key, deque())
         for inst in self.instances[task]:
             move(inst, I.READY, "upstream done")
+            inst.ready_at = now
             q.append(inst)
 
     def _attempt_finished(self, res: AttemptResult, now: float) -> list[Any]:
@@ -712,6 +717,11 @@ class JobCore:
                     q.popleft()  # stale entry; a delayed retry is re-added by tick()
                     continue
                 w = self._pick_worker(ws, inst, avoid=inst.bad_workers, avoid_nodes=inst.bad_nodes)
+                if w is not None and self._wait_for_local(inst, w, now):
+                    skipped.append(q.popleft())
+                    if len(skipped) > 64:
+                        break
+                    continue
                 if w is None:
                     if inst.bad_workers and any(self._has_room(x, inst.task) for x in ws):
                         # Only workers that already failed this instance have room: let it
@@ -727,6 +737,19 @@ class JobCore:
                 q.appendleft(inst)
         return [Push(wid, tuple(specs), front=True) for wid, specs in front.items()] + [
             Push(wid, tuple(specs)) for wid, specs in pushes.items()]
+
+    def _wait_for_local(self, inst: Instance, w: Worker, now: float) -> bool:
+        """Hold the instance back from non-local worker ``w`` while a worker on a node with
+        its data exists (busy or still starting) and it has waited less than
+        ``locality_wait_s``. Retries never wait."""
+        local = self._preferred(inst)
+        if not local or w.node_id in local or inst.attempts:
+            return False
+        if now - inst.ready_at >= self.limits.locality_wait_s:
+            return False
+        sk = self.tasks[inst.task].shape_key
+        return any(x.node_id in local and not x.dead and not x.draining and x.shape_key == sk
+                   and x.node_id not in inst.bad_nodes for x in self.workers.values())
 
     def _preferred(self, inst: Instance) -> tuple[str, ...]:
         pref = self.tasks[inst.task].preferred_nodes

@@ -120,9 +120,12 @@ class ChunkFile:
         return [_SUM.unpack_from(raw, i)[0] for i in range(0, len(raw) - len(raw) % 4, 4)]
 
     # ------------------------------------------------------------ writes
-    def write(self, offset: int, data, *, sync: bool = True) -> int:
+    def write(self, offset: int, data, *, sync: bool = True, sums: bytes | None = None) -> int:
         """Write ``data`` at ``offset`` (at most the current length: no holes); returns the
-        new length. ``sync`` makes it durable (fdatasync) before returning."""
+        new length. ``sync`` makes it durable (fdatasync) before returning. ``sums`` are the
+        touched blocks' checksums as another replica computed them (``checksums``): the
+        replicas of a chunk hold the same bytes, so one computation serves all; a replica
+        whose own edge bytes differ then fails its checksum on read and is repaired."""
         data = memoryview(data).cast("B")
         length = self.length()
         if offset < 0 or offset > length:
@@ -136,28 +139,18 @@ class ChunkFile:
             return length
         first, last = offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES
         new_length = max(length, end)
-        # Checksums of every touched block. Blocks the write covers completely come from the
-        # data itself; a partial block at either edge is merged with the replica's existing
-        # bytes there, read verified (never re-checksum bytes that are already corrupt).
-        sums = []
-        for b in range(first, last + 1):
-            lo, hi = b * BLOCK_BYTES, min((b + 1) * BLOCK_BYTES, new_length)
-            if offset <= lo and end >= hi:
-                sums.append(_SUM.pack(zlib.crc32(data[lo - offset:hi - offset])))
-                continue
-            old_hi = min(hi, length)
-            block = bytearray(self.read_view(lo, old_hi - lo)) if old_hi > lo else bytearray()
-            block.extend(b"\0" * (hi - lo - len(block)))
-            a, z = max(offset, lo), min(end, hi)
-            block[a - lo:z - lo] = data[a - offset:z - offset]
-            sums.append(_SUM.pack(zlib.crc32(block)))
+        if sums is None:
+            sums = self.checksums(offset, data, length)
+        elif len(sums) != (last - first + 1) * _SUM.size:
+            raise BadRequest(f"write to chunk {self.chunk}: {len(sums)} bytes of checksums for "
+                             f"{last - first + 1} blocks")
         dfd = os.open(self.data_path, os.O_WRONLY)
         sfd = os.open(self.sums_path, os.O_WRONLY)
         try:
             done = 0
             while done < len(data):  # the caller's buffer goes to the file with no copy
                 done += os.pwrite(dfd, data[done:], offset + done)
-            os.pwrite(sfd, b"".join(sums), first * _SUM.size)
+            os.pwrite(sfd, sums, first * _SUM.size)
             if sync:
                 os.fdatasync(dfd)
                 os.fdatasync(sfd)
@@ -165,6 +158,38 @@ class ChunkFile:
             os.close(dfd)
             os.close(sfd)
         return new_length
+
+    def checksums(self, offset: int, data, length: int | None = None) -> bytes:
+        """The checksums of the blocks a write of ``data`` at ``offset`` touches. Blocks the
+        write covers completely come from the data itself; a partial block at either edge is
+        merged with the replica's existing bytes there, read verified (never re-checksum bytes
+        that are already corrupt)."""
+        data = memoryview(data).cast("B")
+        length = self.length() if length is None else length
+        end = offset + len(data)
+        new_length = max(length, end)
+        out = []
+        for b in range(offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1):
+            lo, hi = b * BLOCK_BYTES, min((b + 1) * BLOCK_BYTES, new_length)
+            if offset <= lo and end >= hi:
+                out.append(_SUM.pack(zlib.crc32(data[lo - offset:hi - offset])))
+                continue
+            old_hi = min(hi, length)
+            block = bytearray(self.read_view(lo, old_hi - lo)) if old_hi > lo else bytearray()
+            block.extend(b"\0" * (hi - lo - len(block)))
+            a, z = max(offset, lo), min(end, hi)
+            block[a - lo:z - lo] = data[a - offset:z - offset]
+            out.append(_SUM.pack(zlib.crc32(block)))
+        return b"".join(out)
+
+    def sync(self) -> None:
+        """Make every write so far durable (fdatasync of the data and the sums)."""
+        for p in (self.data_path, self.sums_path):
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
 
     def truncate(self, length: int, *, sync: bool = True) -> None:
         """Cut the replica to ``length`` bytes (a file truncated inside this chunk)."""

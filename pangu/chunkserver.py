@@ -45,7 +45,8 @@ HEARTBEAT_S = 1.0
 HEARTBEAT_TIMEOUT_S = 5.0
 SCRUB_INTERVAL_S = 2.0  # one idle replica verified per interval
 SCRUB_IDLE_S = 5.0  # a replica written this recently is not scrubbed yet
-REPLICA_CALL_TIMEOUT_S = 60.0  # primary -> secondary write, or a copy's read from its source
+REPLICA_CALL_TIMEOUT_S = 60.0
+WRITE_ORDER_WAIT_S = 60.0  # a piece waits this long for the writer's previous one  # primary -> secondary write, or a copy's read from its source
 READ_BYTES_MAX = 64 * 1024 * 1024  # one read call
 CAPACITY_DEFAULT_BYTES = 1 << 40  # the cap when the disk itself is larger
 
@@ -120,6 +121,8 @@ class ChunkServer:
         self.scrubbed = 0
         self.draining = False
         self._handles: dict[str, object] = {}
+        self._order: dict[str, asyncio.Condition] = {}  # cid -> the writer's turn
+        self._seq: dict[str, tuple[str, int]] = {}  # cid -> (lease token, last piece applied)
         self._tasks: list[asyncio.Task] = []
         self._load()
 
@@ -280,6 +283,8 @@ class ChunkServer:
     async def _delete_one(self, cid: str) -> None:
         r = self.replicas.pop(cid, None)
         self.leases.pop(cid, None)
+        self._order.pop(cid, None)
+        self._seq.pop(cid, None)
         if r is not None:
             async with r.lock:
                 await asyncio.to_thread(self._discard_files, cid)
@@ -304,57 +309,111 @@ class ChunkServer:
         return length
 
     # ------------------------------------------------------------ writes
-    async def write(self, cid: str, version: int, offset: int, data: list) -> int:
-        """The primary's entry point: ``data`` is ``[ObjectRef]`` of a pyarrow Buffer.
-        Returns the chunk's new length once every replica has it on disk."""
+    async def _turn(self, cid: str, token: str, seq: int) -> asyncio.Condition:
+        """Wait until the writer's previous piece (``seq - 1`` under ``token``) has been
+        applied here: pieces of a chunk are applied in the writer's order."""
+        cond = self._order.setdefault(cid, asyncio.Condition())
+        async with cond:
+            if self._seq.get(cid, ("", 0))[0] != token:
+                if seq == 1:
+                    self._seq[cid] = (token, 0)  # a new lease: numbering starts again
+            try:
+                await asyncio.wait_for(cond.wait_for(
+                    lambda: self._seq.get(cid) == (token, seq - 1)), WRITE_ORDER_WAIT_S)
+            except asyncio.TimeoutError:
+                raise LeaseExpired(f"chunk {cid}: piece {seq} of writer {token} waited "
+                                   f"{WRITE_ORDER_WAIT_S:g}s (WRITE_ORDER_WAIT_S) for piece "
+                                   f"{seq - 1}; send them again") from None
+        return cond
+
+    async def _done_turn(self, cid: str, cond: asyncio.Condition, token: str, seq: int) -> None:
+        async with cond:
+            if self._seq.get(cid) == (token, seq - 1):
+                self._seq[cid] = (token, seq)
+            cond.notify_all()
+
+    async def write(self, cid: str, version: int, offset: int, data: list, token: str = "",
+                    seq: int = 1) -> int:
+        """The primary's entry point: ``data`` is ``[ObjectRef]`` of a pyarrow Buffer, piece
+        ``seq`` of the writer's lease ``token``. Returns the chunk's new length once every
+        replica has it on disk.
+
+        Two phases: the bytes are written (not yet synced) at every replica, in the writer's
+        order; then every replica syncs. The next piece's writes overlap this one's sync."""
         lease = self.leases.get(cid)
         if lease is None or lease[0] != version or time.monotonic() > lease[2]:
             raise LeaseExpired(f"chunkserver {self.sid} holds no valid lease on chunk {cid} at "
                                f"version {version}; ask the master for the lease again")
         _, secondaries, _ = lease
         r = self._replica(cid)
-        async with r.lock:
-            others = [self._handle(s).apply.remote(cid, version, offset, data)
+        cond = await self._turn(cid, token, seq)
+        failed, errors = [], []
+        try:
+            buf = await data[0]
+            try:  # one checksum computation serves every replica
+                sums = await asyncio.to_thread(r.file.checksums, offset, memoryview(buf))
+            except ChecksumError as e:
+                self._quarantine(cid, str(e))
+                raise
+            others = [self._handle(s).apply.remote(cid, version, offset, data, sums)
                       for s in secondaries]
-            local = asyncio.ensure_future(self._apply_locked(r, cid, version, offset, data))
-            failed, errors = [], []
-            for name, ref in zip(secondaries, others):
-                try:
-                    await asyncio.wait_for(ref, REPLICA_CALL_TIMEOUT_S)
-                except Exception as e:  # noqa: BLE001 - any failure makes that replica stale
-                    failed.append(name)
-                    errors.append(f"{name}: {_short(e)}")
-            length = await local  # a local failure raises: the whole write failed
+            length = await self._apply(r, cid, version, offset, data, sums)  # raises: all failed
+            live = await self._collect(secondaries, others, failed, errors)
+        finally:
+            await self._done_turn(cid, cond, token, seq)
+        syncs = [self._handle(s).sync.remote(cid, version) for s in live]
+        await asyncio.to_thread(r.file.sync)
+        await self._collect(live, syncs, failed, errors)
         if failed:
             raise ReplicaWriteFailed(f"chunk {cid}: write at {offset} failed on "
                                      f"{', '.join(errors)}", failed)
         return length
 
-    async def apply(self, cid: str, version: int, offset: int, data: list) -> int:
-        """A secondary's part of a write the primary ordered."""
-        r = self._replica(cid)
-        async with r.lock:
-            return await self._apply_locked(r, cid, version, offset, data)
+    async def _collect(self, names: list[str], refs: list, failed: list, errors: list) -> list:
+        ok = []
+        for name, ref in zip(names, refs):
+            try:
+                await asyncio.wait_for(ref, REPLICA_CALL_TIMEOUT_S)
+                ok.append(name)
+            except Exception as e:  # noqa: BLE001 - any failure makes that replica stale
+                failed.append(name)
+                errors.append(f"{name}: {_short(e)}")
+        return ok
 
-    async def _apply_locked(self, r: _Replica, cid: str, version: int, offset: int,
-                            data: list) -> int:
+    async def apply(self, cid: str, version: int, offset: int, data: list,
+                    sums: bytes | None = None) -> int:
+        """A secondary's first phase of a write the primary ordered (the bytes, not synced)."""
+        return await self._apply(self._replica(cid), cid, version, offset, data, sums)
+
+    async def sync(self, cid: str, version: int) -> None:
+        """The second phase: make every write applied so far durable."""
+        r = self._replica(cid)
         if r.version != version:
             raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, the "
                                f"write is at version {version}")
+        await asyncio.to_thread(r.file.sync)
+
+    async def _apply(self, r: _Replica, cid: str, version: int, offset: int, data: list,
+                     sums: bytes | None = None) -> int:
         buf = await data[0]
-        view = memoryview(buf)
-        self._room_for(offset + len(view) - r.length)
-        try:
-            length = await asyncio.to_thread(r.file.write, offset, view)
-        except ChecksumError as e:
-            self._quarantine(cid, str(e))
-            raise
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise NoSpace(f"chunkserver {self.sid}: the disk is full ({e})") from None
-            raise
-        r.length, r.written_at = length, time.monotonic()
-        return length
+        async with r.lock:
+            if r.version != version:
+                raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, the "
+                                   f"write is at version {version}")
+            view = memoryview(buf)
+            self._room_for(offset + len(view) - r.length)
+            try:
+                length = await asyncio.to_thread(r.file.write, offset, view, sync=False,
+                                                 sums=sums)
+            except ChecksumError as e:
+                self._quarantine(cid, str(e))
+                raise
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise NoSpace(f"chunkserver {self.sid}: the disk is full ({e})") from None
+                raise
+            r.length, r.written_at = length, time.monotonic()
+            return length
 
     # ------------------------------------------------------------ reads
     async def read(self, cid: str, version: int, offset: int, n: int) -> pa.Buffer:

@@ -17,6 +17,7 @@ length. Acknowledged means on disk at every replica of the chunk's current versi
 from __future__ import annotations
 
 import builtins
+import collections
 import io
 import json
 import os
@@ -30,7 +31,7 @@ import ray
 
 from pangu import paths as P
 from pangu.chunkfile import ChunkFile
-from pangu.errors import (BadPath, BadRequest, ChecksumError, LeaseExpired, NotActive,
+from pangu.errors import (BadPath, BadRequest, ChecksumError, LeaseExpired, NoSpace, NotActive,
                           NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unavailable)
 
 MASTERS_MAX = 3  # pangu-master-1 .. -3 are tried
@@ -40,6 +41,7 @@ WRITE_BUFFER_BYTES = 8 * 1024 * 1024
 READ_AHEAD_BYTES = 8 * 1024 * 1024
 RANDOM_READ_MIN_BYTES = 4096
 WRITE_RETRIES_MAX = 6
+WRITE_INFLIGHT_MAX = 2  # pieces of one file sent and not yet acknowledged
 READ_ROUNDS_MAX = 3  # re-locate the file this many times before a read gives up
 RETRY_BACKOFF_S = 0.2
 SHORT_CIRCUIT = os.environ.get("PANGU_SHORT_CIRCUIT", "1") != "0"  # local replicas read directly
@@ -209,6 +211,7 @@ class PanguFile(io.RawIOBase):
         self._buf = bytearray()
         self._buf_start = 0
         self._leases: dict[int, dict] = {}
+        self._inflight: collections.deque = collections.deque()
         self._bad: set[str] = set()
         if self._kind == "r":
             self._info = client.call("locate", path)
@@ -412,6 +415,7 @@ class PanguFile(io.RawIOBase):
         self._size = max(self._size, start + len(view))
 
     def _commit_pending(self) -> None:
+        self._settle()
         for idx in sorted(self._leases):
             lease = self._leases[idx]
             if lease["written"] > lease["length"]:
@@ -422,37 +426,90 @@ class PanguFile(io.RawIOBase):
     def _lease(self, idx: int, fresh: bool = False) -> dict:
         lease = self._leases.get(idx)
         if lease is None or fresh or time.monotonic() > lease["expires"]:
+            self._settle()  # pieces in flight finish under the lease they were sent with
+            lease = self._leases.get(idx)
             written = lease["written"] if lease is not None else 0
             if lease is not None and not fresh:
                 lease = self.client.call("renew_lease", self.path, self._writer, lease["id"])
             else:
                 self._commit_pending()  # a new chunk needs the ones before it full, on record
                 lease = self.client.call("chunk_for_write", self.path, self._writer, idx)
-            lease["expires"] = time.monotonic() + lease["lease_s"]
-            lease["written"] = max(written, lease["length"])
-            self._leases[idx] = lease
+            self._install(idx, lease, written)
+        return lease
+
+    def _install(self, idx: int, lease: dict, written: int) -> dict:
+        lease["expires"] = time.monotonic() + lease["lease_s"]
+        lease["written"] = max(written, lease["length"])
+        # Pieces sent under this lease are numbered; the primary applies them in this order.
+        lease["token"] = f"{self._writer}-{uuid.uuid4().hex[:8]}"
+        lease["seq"] = 0
+        self._leases[idx] = lease
         return lease
 
     def _write_piece(self, idx: int, off: int, data: memoryview) -> None:
+        """Send one piece (within one chunk) and return without waiting for it, keeping at
+        most WRITE_INFLIGHT_MAX pieces in flight: the next piece travels while the previous
+        one is being synced to disk."""
         ref = ray.put(pa.py_buffer(data))
         lease = self._lease(idx)
+        lease["seq"] += 1
+        fut = self.client.server(lease["primary"]).write.remote(
+            lease["id"], lease["version"], off, [ref], lease["token"], lease["seq"])
+        self._inflight.append((fut, idx, off, ref, lease))
+        self._settle(WRITE_INFLIGHT_MAX - 1)
+
+    def _settle(self, keep: int = 0) -> None:
+        """Wait until at most ``keep`` pieces are in flight. If one failed, the rest are
+        waited for and every piece from the failed one on is sent again, in order, one at a
+        time (rewriting the same bytes at the same offsets is harmless)."""
+        while len(self._inflight) > keep:
+            fut, idx, off, ref, lease = self._inflight.popleft()
+            try:
+                lease["written"] = max(lease["written"], _get(fut))
+                continue
+            except (PanguError, ray.exceptions.RayError) as e:
+                first_error = e
+            redo = [(idx, off, ref, lease, first_error)]
+            while self._inflight:
+                f2, i2, o2, r2, l2 = self._inflight.popleft()
+                try:
+                    _get(f2)
+                except (PanguError, ray.exceptions.RayError):
+                    pass
+                redo.append((i2, o2, r2, l2, None))
+            for i, o, r, l, err in redo:
+                self._write_again(i, o, r, l, err)
+
+    def _write_again(self, idx: int, off: int, ref, sent_with: dict, error) -> None:
+        lease = self._leases.get(idx, sent_with)
+        last = error
         for attempt in range(WRITE_RETRIES_MAX):
+            if error is not None:
+                lease = self._after_failure(idx, lease, error)
+            error = None
+            lease["seq"] += 1
             try:
                 length = _get(self.client.server(lease["primary"]).write.remote(
-                    lease["id"], lease["version"], off, [ref]))
-                break
-            except ReplicaWriteFailed as e:
-                lease = self._relet(idx, lease, e.failed)
-            except (LeaseExpired, StaleReplica):
-                lease = self._relet(idx, lease, [])
-            except ray.exceptions.RayError:
-                # The primary is gone (its node died): carry on with the other replicas.
-                lease = self._relet(idx, lease, [lease["primary"]])
+                    lease["id"], lease["version"], off, [ref], lease["token"], lease["seq"]))
+                lease["written"] = max(lease["written"], length)
+                return
+            except (PanguError, ray.exceptions.RayError) as e:
+                error = last = e
             time.sleep(RETRY_BACKOFF_S * attempt)
-        else:
-            raise Unavailable(f"{self.path}: a write to chunk {idx} failed "
-                              f"{WRITE_RETRIES_MAX} times (WRITE_RETRIES_MAX)")
-        lease["written"] = max(lease["written"], length)  # committed by flush()
+        if isinstance(last, NoSpace):
+            raise NoSpace(f"{self.path}: no replica of chunk {idx} has room: {last}")
+        raise Unavailable(f"{self.path}: a write to chunk {idx} failed {WRITE_RETRIES_MAX} "
+                          f"times (WRITE_RETRIES_MAX); last error: {last}")
+
+    def _after_failure(self, idx: int, lease: dict, error) -> dict:
+        if isinstance(error, ReplicaWriteFailed):
+            return self._relet(idx, lease, error.failed)
+        if isinstance(error, (LeaseExpired, StaleReplica)):
+            return self._relet(idx, lease, [])
+        if isinstance(error, (ray.exceptions.RayError, NoSpace)):
+            # The primary is gone (its node died) or full: go on with the other replicas.
+            return self._relet(idx, lease, [lease["primary"]])
+        raise error  # a refusal that a retry cannot fix (the file was deleted, ...)
 
     def _relet(self, idx: int, lease: dict, failed: list[str]) -> dict:
         if failed:
@@ -460,11 +517,8 @@ class PanguFile(io.RawIOBase):
                                    lease["version"], list(failed))
         else:
             new = self.client.call("renew_lease", self.path, self._writer, lease["id"])
-        new["expires"] = time.monotonic() + new["lease_s"]
         new["length"] = max(new["length"], lease["length"])
-        new["written"] = lease["written"]
-        self._leases[idx] = new
-        return new
+        return self._install(idx, new, lease["written"])
 
     def truncate(self, size: int | None = None) -> int:
         self._check_open()

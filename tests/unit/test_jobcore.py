@@ -681,3 +681,45 @@ def test_core_refuses_to_resurrect_a_finished_instance():
     core = JobCore("j", job(task("a", 1)), now=0.0)
     with pytest.raises(IllegalTransition):
         move(core.instances["a"][0], InstanceState.SUCCEEDED, "skipping READY and RUNNING")
+
+
+# ---------------------------------------------------------------- data locality
+
+
+def test_instances_go_to_workers_on_nodes_holding_their_input_and_are_counted():
+    t = TaskPlan(name="map", fn="m:f", num_instances=4, inputs=(("a",), ("b",), ("c",), ("d",)),
+                 shape=dict(CPU1), max_retries=1, timeout_s=600.0, upstream=(), downstream=(),
+                 output="/out", preferred_nodes=(("n2",), ("n1",), ("n2", "n3"), ()))
+    core = JobCore("j", job(t), 0.0, JobLimits(worker_queue_max=1, locality_wait_s=1.0))
+    (w1, w2), acts = up(core, ["n1", "n2"])  # n1's worker starts first
+    where = {key[1]: wid for wid, key in pushed(acts)}
+    # Instance 0 waits for n2's worker (still starting when n1's was free); instance 1 runs
+    # on n1; instance 2 waits for n2 too; instance 3 has no preference.
+    assert where[0] == w2 and where[1] == w1
+    acts = core.worker_report(w1, [], [ok(("map", 1, 0))], 0.5)
+    where.update({k[1]: wid for wid, k in pushed(acts)})
+    assert where[3] == w1 and 2 not in where  # 2 still waits for n2 (0.5 s < 1 s)
+    acts = core.worker_report(w1, [], [ok(("map", 3, 0))], 0.6)
+    assert pushed(acts) == []  # n1's worker is idle, but instance 2 is still in its wait
+    acts = core.tick(1.2)  # the wait is over: it runs on the idle non-local worker
+    assert pushed(acts) == [(w1, ("map", 2, 0))]
+    core.worker_report(w1, [], [ok(("map", 2, 0))], 1.5)
+    core.worker_report(w2, [], [ok(("map", 0, 0))], 1.6)
+    st = core.status(2.0)
+    assert st["tasks"]["map"]["succeeded"] == 4
+    assert st["tasks"]["map"]["data_local"] == 2  # instances 0 and 1
+
+
+def test_locality_never_delays_when_no_worker_is_on_a_preferred_node():
+    t = TaskPlan(name="map", fn="m:f", num_instances=1, inputs=(("a",),), shape=dict(CPU1),
+                 max_retries=1, timeout_s=600.0, upstream=(), downstream=(), output="/out",
+                 preferred_nodes=(("elsewhere",),))
+    core = JobCore("j", job(t), 0.0)
+    (w1,), acts = up(core, ["n1"])
+    assert pushed(acts) == [(w1, ("map", 0, 0))]
+
+
+def test_status_has_no_data_local_count_without_pangu_inputs():
+    core = JobCore("j", job(task("map", 2, output="/out")), 0.0)
+    up(core, ["n1"])
+    assert "data_local" not in core.status(1.0)["tasks"]["map"]
