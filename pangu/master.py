@@ -53,6 +53,7 @@ REPAIR_BYTES_PER_S = 256 * 1024 * 1024  # bandwidth cap of re-replication, all s
 REPAIR_CONCURRENCY = 4  # chunk copies in flight
 CONTROL_CALL_TIMEOUT_S = 10.0  # master -> chunkserver control call
 EVENTS_MAX = 1000
+REBALANCE_THRESHOLD = 0.10  # move data off servers this far above the mean utilisation
 ELECTION_RETRY_S = 1.0
 SESSION_TTL_S = 4.0  # a dead active master's election entry lapses after this long
 
@@ -92,6 +93,7 @@ class PanguMaster:
         self.maintain_s = float(s.get("maintain_s", MAINTAIN_S))
         self.repair_bytes_per_s = int(s.get("repair_bytes_per_s", REPAIR_BYTES_PER_S))
         self.rebalance = bool(s.get("rebalance", True))
+        self.rebalance_threshold = float(s.get("rebalance_threshold", REBALANCE_THRESHOLD))
         self.allow_same_node = bool(s.get("allow_same_node", False))
         self.checkpoint_every = int(s.get("checkpoint_every", CHECKPOINT_EVERY))
         self.session_ttl_s = float(s.get("session_ttl_s", SESSION_TTL_S))
@@ -630,7 +632,8 @@ class PanguMaster:
                 self.servers[sid].chunks.pop(cid, None)
         moved = 0
         if self.rebalance and not copies and not excess:
-            moves = placement.rebalance_plan(quiet, servers, self.rng, budget_bytes=budget)
+            moves = placement.rebalance_plan(quiet, servers, self.rng, budget_bytes=budget,
+                                             threshold=self.rebalance_threshold)
             ok = await self._copy_all([(m.chunk, m.source, m.dest) for m in moves], "rebalance")
             for cid, src in ok:
                 with contextlib.suppress(Exception):

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 CLUSTER = "pt"
 CS = 256 * 1024  # small chunks: every test crosses chunk boundaries
 SETTINGS = {"dead_after_s": 3.0, "maintain_s": 0.5, "seed": 7,
-            "repair_bytes_per_s": 64 * 1024 * 1024}
+            "repair_bytes_per_s": 64 * 1024 * 1024, "rebalance_threshold": 0.001}
 
 
 def wait_for(pred, timeout_s: float, what: str):
@@ -367,8 +367,6 @@ def _writer_thread(c, path, total_pieces, piece, acked, errors, stop):
 def test_node_removed_during_writes_and_reads(ray_cluster, pg):
     """A storage node dies while a file is written and another read: no acknowledged byte is
     lost, reads keep working, and the replication factor comes back."""
-    import ray
-
     c, _ = pg
     node = ray_cluster.add_node(num_cpus=0, resources={"doomed_pangu": 1},
                                 object_store_memory=200 * 1024 * 1024)
@@ -420,24 +418,79 @@ def test_node_removed_during_writes_and_reads(ray_cluster, pg):
     c.rm("/nodeloss", recursive=True)
 
 
-def test_drain_moves_data_away_then_rebalance_fills_a_new_server(ray_cluster, pg):
+def _server(c, sid):
+    return next(s for s in c.status()["servers"] if s["id"] == sid)
+
+
+def test_drain_moves_data_away_and_rebalancing_brings_it_back(ray_cluster, pg):
     c, _ = pg
-    data = os.urandom(8 * CS)
+    data = os.urandom(16 * CS)
     write_file(c, "/move/a", data)
     servers = [s for s in c.status()["servers"] if not s["dead"]]
     victim = max(servers, key=lambda s: s["chunks"])
     c.call("drain", victim["id"])
-    wait_for(lambda: next(s for s in c.status()["servers"] if s["id"] == victim["id"])["chunks"] == 0,
-             90, "the draining server to empty")
+    wait_for(lambda: _server(c, victim["id"])["chunks"] == 0, 90,
+             "the draining server to empty")
     assert healthy(c, "/move") and read_file(c, "/move/a") == data
+    moved = c.status()["counters"].get("rebalance_chunks", 0)
     c.call("drain", victim["id"], False)
-    # Undrained, it is the emptiest server: rebalancing moves data onto it.
-    write_file(c, "/move/b", os.urandom(24 * CS))
-    wait_for(lambda: next(s for s in c.status()["servers"] if s["id"] == victim["id"])["chunks"] > 0,
-             90, "rebalancing onto the emptied server")
+    # Undrained, it is the emptiest server: with no new writes, rebalancing moves data back.
+    wait_for(lambda: _server(c, victim["id"])["chunks"] > 0, 90, "rebalancing onto it")
+    assert c.status()["counters"].get("rebalance_chunks", 0) > moved
     assert read_file(c, "/move/a") == data
     wait_for(lambda: healthy(c, "/move"), 60, "healthy after rebalancing")
     c.rm("/move", recursive=True)
+
+
+def test_a_joining_chunkserver_receives_data_by_rebalancing(ray_cluster, pg):
+    c, data_dir = pg
+    data = os.urandom(16 * CS)
+    write_file(c, "/join/a", data)
+    node = ray_cluster.add_node(num_cpus=0, resources={"joining_pangu": 1},
+                                object_store_memory=200 * 1024 * 1024)
+    try:
+        ray_cluster.wait_for_nodes(timeout=60)
+        new = _node_id("joining_pangu")
+        deploy.start(CLUSTER, data_dir, nodes=[new], settings=SETTINGS, heartbeat_s=0.5,
+                     capacity_bytes=256 * 1024 * 1024, wait=False)
+        sid = wait_for(lambda: next((s["id"] for s in c.status()["servers"]
+                                     if s["node"] == new), None), 30, "the new server to report")
+        wait_for(lambda: _server(c, sid)["chunks"] > 0, 90, "data to move to the new server")
+        assert read_file(c, "/join/a") == data
+        wait_for(lambda: healthy(c, "/join"), 60, "healthy after rebalancing")
+        c.rm("/join", recursive=True)
+    finally:
+        ray_cluster.remove_node(node, allow_graceful=False)
+
+
+def test_a_full_cluster_refuses_new_data_clearly_and_keeps_what_was_acknowledged(ray_cluster,
+                                                                                tmp_path):
+    """Three 1 MiB chunkservers: a write that needs more room fails with a clear error and the
+    bytes acknowledged before it are intact."""
+    import ray
+
+    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "head" in n.get("Resources", {}))
+    deploy.start("pfull", str(tmp_path), nodes=[head], per_node=3, capacity_bytes=1024 * 1024,
+                 settings=dict(SETTINGS, allow_same_node=True), heartbeat_s=0.3)
+    try:
+        c = PC.Client("pfull")
+        first = os.urandom(512 * 1024)
+        f = c.open("/f", "wb", chunk_size=256 * 1024)
+        f.write(first)
+        f.flush()  # acknowledged
+        with pytest.raises((PE.NotEnoughServers, PE.NoSpace), match="room|full"):
+            for _ in range(8):
+                f.write(os.urandom(256 * 1024))
+                f.flush()
+                time.sleep(0.4)  # let heartbeats report the space used
+        try:
+            f.close()  # what was not acknowledged may or may not be there
+        except PE.PanguError:
+            pass
+        got = read_file(c, "/f")
+        assert got[:len(first)] == first
+    finally:
+        deploy.stop("pfull")
 
 
 def test_everything_stopped_and_started_again_keeps_every_file(ray_cluster, pg, pangu_nodes):

@@ -29,6 +29,12 @@ PURE_CORE_MODULES = [
     "nuwa.commands",
     "nuwa.errors",
     "nuwa.linearizability",
+    "pangu.paths",
+    "pangu.placement",
+    "pangu.chunkfile",
+    "pangu.namespace",
+    "pangu.journal",
+    "pangu.errors",
 ]
 
 _PROBE = """
