@@ -219,8 +219,8 @@ class ChunkServer:
                     continue
                 if reply and reply.get("active"):
                     self.corrupt = [c for c in self.corrupt if c not in sent_corrupt]
-                    for cid in reply.get("delete", []):
-                        await self._delete_one(cid)
+                    for cid, version in reply.get("delete", []):
+                        await self._delete_one(cid, at_most=version)
             await asyncio.sleep(self.heartbeat_s)
 
     async def _scrub_loop(self) -> None:
@@ -280,7 +280,12 @@ class ChunkServer:
         # A safety margin: the master counts from before it sent the grant.
         self.leases[cid] = (version, list(secondaries), time.monotonic() + lease_s * 0.9)
 
-    async def _delete_one(self, cid: str) -> None:
+    async def _delete_one(self, cid: str, at_most: int | None = None) -> None:
+        """Delete a replica; with ``at_most``, only if its version is still at most that (the
+        master judged it from a report that a newer version may have overtaken)."""
+        r = self.replicas.get(cid)
+        if r is not None and at_most is not None and r.version > at_most:
+            return
         r = self.replicas.pop(cid, None)
         self.leases.pop(cid, None)
         self._order.pop(cid, None)

@@ -71,7 +71,11 @@ class _ServerView:
     def update(self, rep: dict, now: float) -> None:
         self.name, self.node, self.dir = rep["name"], rep["node"], rep.get("dir")
         self.capacity, self.used = int(rep["capacity_bytes"]), int(rep["used_bytes"])
-        self.chunks = {c: (int(v), int(n)) for c, (v, n) in rep["chunks"].items()}
+        # A replica's version only grows while it exists; a report built before a version
+        # change the master made (and saw succeed) must not roll its view back.
+        known = getattr(self, "chunks", {})
+        self.chunks = {c: (max(int(v), known.get(c, (0, 0))[0]), int(n))
+                       for c, (v, n) in rep["chunks"].items()}
         self.last = now
         self.dead = False
 
@@ -416,6 +420,11 @@ class PanguMaster:
                 and lease["writer"] == writer and set(lease["replicas"]) == set(reps)
                 and not exclude):
             return self._lease_reply(cid, lease, f)
+        if not reps and c.length == 0 and fresh is None:
+            # An empty chunk whose creation failed everywhere: create it again.
+            sids = self._fewer(f.replication + 1, f.chunk_size)
+            fresh = await self._create_on(cid, sids, c.version, f.chunk_size) if sids else []
+            reps = fresh
         if not reps:
             raise Unavailable(f"chunk {cid} of {path} has no live current replica to write to "
                               f"(fsck reports it missing until a server holding it returns)")
@@ -545,24 +554,24 @@ class PanguMaster:
             return live < self.expect_servers
         return True
 
-    def _garbage(self, sv: _ServerView) -> list[str]:
+    def _garbage(self, sv: _ServerView) -> list[tuple[str, int]]:
         """Replicas on ``sv`` to delete: of chunks no file references, and stale ones that
         have a current copy elsewhere. Never while the master is settling after taking over."""
         if self._settling():
             return []
-        out = []
+        out: list[tuple[str, int]] = []
         for cid, (version, _) in list(sv.chunks.items()):
             if cid in self.busy:
                 continue
             loc = self.ns.chunk_index.get(cid)
             if loc is None:
-                out.append(cid)
+                out.append((cid, version))
             else:
                 path, i = loc
                 cur = self.ns.nodes[path].chunks[i].version
                 if version < cur and any(s != sv.id for s in self._current(cid, cur)):
-                    out.append(cid)
-        for cid in out:
+                    out.append((cid, version))  # deleted only if still at this version
+        for cid, _ in out:
             sv.chunks.pop(cid, None)
         if out:
             self._event("gc", f"{len(out)} replica(s) on {sv.id} deleted (unreferenced or stale)")
@@ -636,12 +645,23 @@ class PanguMaster:
                                              threshold=self.rebalance_threshold)
             ok = await self._copy_all([(m.chunk, m.source, m.dest) for m in moves], "rebalance")
             for cid, src in ok:
+                if not self._copy_still_current(cid, moves):
+                    continue  # a writer got the chunk meanwhile: keep the source replica
                 with contextlib.suppress(Exception):
                     await self._call(src, "delete", [cid])
                     self.servers[src].chunks.pop(cid, None)
                     moved += 1
         return {"repaired": len(done), "missing": len(missing), "excess_dropped": len(excess),
                 "moved": moved}
+
+    def _copy_still_current(self, cid: str, moves) -> bool:
+        loc = self.ns.chunk_index.get(cid)
+        if loc is None or cid in self.chunk_leases or cid in self.busy:
+            return False
+        path, i = loc
+        cur = self.ns.nodes[path].chunks[i].version
+        dests = [m.dest for m in moves if m.chunk == cid]
+        return all(self.servers[d].chunks.get(cid, (0, 0))[0] >= cur for d in dests)
 
     async def _copy_all(self, copies: list[tuple[str, str, str]], why: str) -> list[tuple[str, str]]:
         sem = asyncio.Semaphore(REPAIR_CONCURRENCY)
@@ -685,6 +705,8 @@ class PanguMaster:
             files += 1
             for c in node.chunks:
                 live = [s for s in infos[c.id].replicas if self._live(s)]
+                if not live and c.length == 0:
+                    continue  # nothing was ever acknowledged in it: nothing to lose
                 if not live:
                     stale = [sid for sid, sv in self.servers.items()
                              if not sv.dead and c.id in sv.chunks]
