@@ -23,7 +23,8 @@ COPY_BLOCK_BYTES = 8 * 1024 * 1024
 def _pangu(cluster: str) -> Iterator:
     from fuxi.runtime import connect, ensure_pangu
     from pangu.client import Client
-    from pangu.errors import BadPath, BadRequest, Busy, Exists, IsADir, NotADir, NotEmpty, NotFound, PanguError
+    from pangu.errors import (BadPath, BadRequest, Busy, Exists, IsADir, NotADir, NotEmpty,
+                              NotFound, PanguError)
 
     try:
         with connect(cluster) as conn:
@@ -187,3 +188,31 @@ def fsck(path: str = typer.Argument("/"), as_json: bool = typer.Option(False, "-
                 typer.echo(f"  {kind}: {item}")
     if not rep["healthy"]:
         raise typer.Exit(EXIT_JOB_FAILED)
+
+
+@app.command("servers")
+def servers(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """The chunkservers as the active master sees them, and its recent events."""
+    with _pangu(cluster) as c:
+        st = c.status()
+    if as_json:
+        print_json(st)
+        return
+    typer.echo(f"active master {st['master']}, journal at {st['journal_seq']}, "
+               f"{st['files']} file(s), {st['chunks']} chunk(s)")
+    for s in st["servers"]:
+        state = "dead" if s["dead"] else ("draining" if s["draining"] else "live")
+        typer.echo(f"  {s['id']:<14} {state:<9} {s['chunks']:>6} chunks "
+                   f"{_size(s['used_bytes']):>10} of {_size(s['capacity_bytes']):>10}  "
+                   f"node {s['node'][:12]}")
+
+
+@app.command("drain")
+def drain(server: str = typer.Argument(..., help="Chunkserver id (see `fuxi pangu servers`)."),
+          undo: bool = typer.Option(False, "--undo", help="Take data again."),
+          cluster: str = ClusterOpt) -> None:
+    """Move a chunkserver's data away before taking it out (decommission)."""
+    with _pangu(cluster) as c:
+        res = c.call("drain", server, not undo)
+    typer.echo(f"{res['server']}: " + ("draining" if res["draining"] else "takes data again")
+               + f" ({res['chunks']} chunk(s) on it now; watch `fuxi pangu servers`)")

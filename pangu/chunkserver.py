@@ -38,6 +38,7 @@ import ray
 from pangu.chunkfile import BLOCK_BYTES, ChunkFile
 from pangu.errors import (BadRequest, ChecksumError, LeaseExpired, NoSpace, NotFound,
                           PanguError, ReplicaWriteFailed, StaleReplica)
+from pangu.handles import Handles
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ HEARTBEAT_S = 1.0
 HEARTBEAT_TIMEOUT_S = 5.0
 SCRUB_INTERVAL_S = 2.0  # one idle replica verified per interval
 SCRUB_IDLE_S = 5.0  # a replica written this recently is not scrubbed yet
-REPLICA_CALL_TIMEOUT_S = 60.0
-WRITE_ORDER_WAIT_S = 60.0  # a piece waits this long for the writer's previous one  # primary -> secondary write, or a copy's read from its source
+REPLICA_CALL_TIMEOUT_S = 60.0  # primary -> secondary write, or a copy's read from its source
+WRITE_ORDER_WAIT_S = 60.0  # a piece waits this long for the writer's previous one
 READ_BYTES_MAX = 64 * 1024 * 1024  # one read call
 CAPACITY_DEFAULT_BYTES = 1 << 40  # the cap when the disk itself is larger
 
@@ -120,7 +121,7 @@ class ChunkServer:
         self.corrupt: list[str] = []  # found bad since the last heartbeat
         self.scrubbed = 0
         self.draining = False
-        self._handles: dict[str, object] = {}
+        self._handles = Handles(namespace)
         self._order: dict[str, asyncio.Condition] = {}  # cid -> the writer's turn
         self._seq: dict[str, tuple[str, int]] = {}  # cid -> (lease token, last piece applied)
         self._tasks: list[asyncio.Task] = []
@@ -148,7 +149,8 @@ class ChunkServer:
                 self._discard_files(cid)
 
     def _discard_files(self, cid: str) -> None:
-        for ext in (".data", ".sums", ".meta"):
+        # The .meta first: a short-circuit reader finds no replica rather than a partial one.
+        for ext in (".meta", ".data", ".sums"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.dir, cid + ext))
 
@@ -199,11 +201,7 @@ class ChunkServer:
                 "corrupt": list(self.corrupt), "dir": self.dir}
 
     def _handle(self, name: str):
-        h = self._handles.get(name)
-        if h is None:
-            h = ray.get_actor(name, namespace=self.namespace)
-            self._handles[name] = h
-        return h
+        return self._handles.get(name)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -214,7 +212,7 @@ class ChunkServer:
                     reply = await asyncio.wait_for(self._handle(m).heartbeat.remote(rep),
                                                    HEARTBEAT_TIMEOUT_S)
                 except Exception as e:  # a standby or a dead master: try the others
-                    self._handles.pop(m, None)
+                    self._handles.forget(m)
                     logger.debug("heartbeat to %s failed: %s", m, e)
                     continue
                 if reply and reply.get("active"):
@@ -383,6 +381,8 @@ class ChunkServer:
             except Exception as e:  # noqa: BLE001 - any failure makes that replica stale
                 failed.append(name)
                 errors.append(f"{name}: {_short(e)}")
+                if isinstance(e, ray.exceptions.RayActorError):
+                    self._handles.forget(name)  # a restarted server gets a new handle
         return ok
 
     async def apply(self, cid: str, version: int, offset: int, data: list,
@@ -430,9 +430,15 @@ class ChunkServer:
                                f"than {version}")
         try:
             view = await asyncio.to_thread(r.file.read_view, offset, n)
-        except ChecksumError as e:
-            self._quarantine(cid, str(e))
-            raise
+        except ChecksumError:
+            # Reads take no lock, so a write into the same block may have been half done:
+            # read again while holding the replica's lock before calling it corrupt.
+            async with r.lock:
+                try:
+                    view = await asyncio.to_thread(r.file.read_view, offset, n)
+                except ChecksumError as e:
+                    self._quarantine(cid, str(e))
+                    raise
         return pa.py_buffer(view)
 
     async def read_all(self, cid: str) -> tuple[int, pa.Buffer]:
@@ -458,9 +464,9 @@ class ChunkServer:
                                f"{src_version}, expected {version}")
         self._room_for(len(buf))
         cf = ChunkFile(self.dir, cid, capacity)
-        cf.remove()
+        await asyncio.to_thread(self._discard_files, cid)
 
-        def make() -> int:
+        def make() -> int:  # the .meta is written last: until then no reader sees the copy
             cf.create()
             return cf.write(0, memoryview(buf))
 

@@ -33,6 +33,7 @@ from pangu import paths as P
 from pangu.chunkfile import ChunkFile
 from pangu.errors import (BadPath, BadRequest, ChecksumError, LeaseExpired, NoSpace, NotActive,
                           NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unavailable)
+from pangu.handles import Handles
 
 MASTERS_MAX = 3  # pangu-master-1 .. -3 are tried
 MASTER_WAIT_S = 60.0  # how long a call waits for an active master (covers a failover)
@@ -99,7 +100,7 @@ class Client:
         self.cluster = cluster or current_cluster()
         self.namespace = f"fuxi-{self.cluster}"
         self._active: Any = None
-        self._servers: dict[str, Any] = {}
+        self._servers = Handles(self.namespace)
         self.node = ray.get_runtime_context().get_node_id()
 
     # ------------------------------------------------------------ master calls
@@ -136,11 +137,10 @@ class Client:
             time.sleep(RETRY_BACKOFF_S)
 
     def server(self, name: str):
-        h = self._servers.get(name)
-        if h is None:
-            h = ray.get_actor(name, namespace=self.namespace)
-            self._servers[name] = h
-        return h
+        return self._servers.get(name)
+
+    def forget(self, name: str) -> None:
+        self._servers.forget(name)
 
     # ------------------------------------------------------------ namespace
     def ls(self, path: str = "/", detail: bool = False) -> list:
@@ -189,8 +189,8 @@ def _user() -> str:
         return "anonymous"
 
 
-_MODES = {"rb": "r", "wb": "w", "xb": "x", "ab": "a", "r+b": "r+", "rb+": "r+", "w+b": "w", "wb+": "w",
-          "a+b": "a", "ab+": "a"}
+_MODES = {"rb": "r", "wb": "w", "xb": "x", "ab": "a", "r+b": "r+", "rb+": "r+", "w+b": "w",
+          "wb+": "w", "a+b": "a", "ab+": "a"}
 
 
 class PanguFile(io.RawIOBase):
@@ -213,6 +213,7 @@ class PanguFile(io.RawIOBase):
         self._leases: dict[int, dict] = {}
         self._inflight: collections.deque = collections.deque()
         self._bad: set[str] = set()
+        self._dirty = False  # written since the layout in _info was fetched
         if self._kind == "r":
             self._info = client.call("locate", path)
         else:
@@ -265,33 +266,31 @@ class PanguFile(io.RawIOBase):
         if not self.readable():
             raise io.UnsupportedOperation(f"{self.path} is open for writing ({self.mode}); "
                                           f"open it with rb or r+b to read")
-        if self._buf:
+        if self._dirty:  # read our own writes: acknowledge them, then see the new layout
             self.flush()
-        out = memoryview(b).cast("B")
-        n = min(len(out), self.size - self._pos)
-        if n <= 0:
-            return 0
-        done = 0
-        while done < n:
-            view = self._cached(self._pos + done, n - done)
-            out[done:done + len(view)] = view
-            done += len(view)
+            self._info = self.client.call("locate", self.path)
+            self._size = self._info["size"]
+            self._dirty = False
+        with memoryview(b) as raw, raw.cast("B") as out:  # no export outlives the call
+            n = min(len(out), self.size - self._pos)
+            if n <= 0:
+                return 0
+            done = 0
+            while done < n:
+                view = self._cached(self._pos + done, n - done)
+                out[done:done + len(view)] = view
+                done += len(view)
         self._pos += done
         return done
 
     def readall(self) -> bytes:
-        out = bytearray(max(0, self.size - self._pos))
-        n = self.readinto(out)
-        del out[n:]
-        return bytes(out)
+        return self.read(-1)
 
     def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return self.readall()
-        out = bytearray(size)
+        remaining = max(0, self.size - self._pos)
+        out = bytearray(remaining if size is None or size < 0 else min(size, remaining))
         n = self.readinto(out)
-        del out[n:]
-        return bytes(out)
+        return bytes(out) if n == len(out) else bytes(out[:n])
 
     def _cached(self, pos: int, want: int) -> memoryview:
         if self._cache is not None:
@@ -321,19 +320,26 @@ class PanguFile(io.RawIOBase):
             reps.sort(key=lambda r: r["node"] != self.client.node)
             if SHORT_CIRCUIT and reps and reps[0]["node"] == self.client.node:
                 view = self._local_read(reps[0], chunk, off, n)
-                if view is not None:
+                if view is not None and len(view) == n:
                     return view
             for r in reps:
                 try:
-                    return _get(self.client.server(r["name"]).read.remote(
+                    data = _get(self.client.server(r["name"]).read.remote(
                         chunk["id"], chunk["version"], off, n))
+                    if len(data) == n:
+                        return data
+                    last = Unavailable(f"{r['name']} returned {len(data)} of {n} bytes of "
+                                       f"chunk {chunk['id']} at {off}: it is behind")
                 except (ChecksumError, StaleReplica, NotFound, ray.exceptions.RayError) as e:
                     last = e
-                    self._bad.add(r["name"])
-            # Every replica we knew failed: ask the master again (repairs may have run).
+                    if isinstance(e, ray.exceptions.RayActorError):
+                        self.client.forget(r["name"])  # the name may now be a new actor
+                self._bad.add(r["name"])
+            # Every replica we knew failed: ask the master again (repairs may have run), and
+            # give the ones that failed another chance once the list is fresh.
             time.sleep(RETRY_BACKOFF_S * (round_ + 1))
             self._refresh_locations()
-            self._bad.clear() if round_ == READ_ROUNDS_MAX - 2 else None
+            self._bad.clear()
         raise Unavailable(f"{self.path}: no replica of chunk {idx} could be read after "
                           f"{READ_ROUNDS_MAX} rounds; last error: {last}")
 
@@ -369,6 +375,7 @@ class PanguFile(io.RawIOBase):
             raise io.UnsupportedOperation(f"{self.path} is open for reading ({self.mode}); "
                                           f"open it with wb, ab or r+b to write")
         data = memoryview(b).cast("B")
+        self._dirty = True
         if self._kind == "a":
             self._pos = self.size
         if self._pos > self.size:
@@ -506,6 +513,10 @@ class PanguFile(io.RawIOBase):
             return self._relet(idx, lease, error.failed)
         if isinstance(error, (LeaseExpired, StaleReplica)):
             return self._relet(idx, lease, [])
+        if isinstance(error, ray.exceptions.RayActorError):
+            # The primary died, or the cached handle is of an earlier actor of that name (a
+            # restarted chunkserver): look it up again, and go on without it meanwhile.
+            self.client.forget(lease["primary"])
         if isinstance(error, (ray.exceptions.RayError, NoSpace)):
             # The primary is gone (its node died) or full: go on with the other replicas.
             return self._relet(idx, lease, [lease["primary"]])
@@ -533,6 +544,7 @@ class PanguFile(io.RawIOBase):
         self._size = size
         self._leases.clear()
         self._cache = None
+        self._dirty = True
         return size
 
     def close(self) -> None:

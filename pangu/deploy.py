@@ -51,8 +51,14 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
     ns = _namespace(cluster)
     life = {"lifetime": "detached"} if detached else {}
     mnames = [master_name(i) for i in range(1, masters + 1)]
-    mh = [PanguMaster.options(name=n, namespace=ns, get_if_exists=True, **life)
-          .remote(cluster, data_dir, ns, n, nuwa, settings) for n in mnames]
+    # Masters go to distinct nodes, the first to this process's node (the head, for `fuxi up`);
+    # soft, so a master still starts if that node is gone.
+    here = ray.get_runtime_context().get_node_id()
+    spots = [here] + [n for n in alive_nodes() if n != here]
+    mh = [PanguMaster.options(
+              name=n, namespace=ns, get_if_exists=True, **life,
+              scheduling_strategy=NodeAffinitySchedulingStrategy(spots[i % len(spots)], soft=True))
+          .remote(cluster, data_dir, ns, n, nuwa, settings) for i, n in enumerate(mnames)]
     roles = ray.get([m.start.remote() for m in mh], timeout=timeout_s)
     snames = []
     handles = []

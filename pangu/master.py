@@ -38,8 +38,9 @@ import ray
 
 from pangu import paths as P
 from pangu import placement
-from pangu.errors import (BadRequest, Busy, IsADir, NotActive, NotEnoughServers, NotFound, PanguError,
-                          Unavailable)
+from pangu.errors import (BadRequest, Busy, IsADir, NotActive, NotEnoughServers, NotFound,
+                          PanguError, Unavailable)
+from pangu.handles import Handles
 from pangu.journal import CHECKPOINT_EVERY, LocalJournal, NuwaJournal
 from pangu.namespace import Namespace
 
@@ -115,7 +116,7 @@ class PanguMaster:
         self.counters = collections.Counter()
         self._mut = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
-        self._handles: dict[str, Any] = {}
+        self._handles = Handles(namespace)
         self.nuwa = None
         self.election = None
 
@@ -210,19 +211,16 @@ class PanguMaster:
         logger.info("pangu master %s: %s", self.name, message)
 
     def _handle(self, name: str):
-        h = self._handles.get(name)
-        if h is None:
-            h = ray.get_actor(name, namespace=self.namespace)
-            self._handles[name] = h
-        return h
+        return self._handles.get(name)
 
-    async def _call(self, server: str, method: str, *args, timeout_s: float = CONTROL_CALL_TIMEOUT_S):
+    async def _call(self, server: str, method: str, *args,
+                    timeout_s: float = CONTROL_CALL_TIMEOUT_S):
         sv = self.servers[server]
         try:
             return await asyncio.wait_for(getattr(self._handle(sv.name), method).remote(*args),
                                           timeout_s)
         except Exception:
-            self._handles.pop(sv.name, None)
+            self._handles.forget(sv.name)
             raise
 
     # ------------------------------------------------------------ the journaled namespace
@@ -533,7 +531,7 @@ class PanguMaster:
             if sv.dead:
                 self._event("server_back", f"chunkserver {sv.id} is heartbeating again")
             if sv.name != rep["name"]:
-                self._handles.pop(sv.name, None)
+                self._handles.forget(sv.name)
             sv.update(rep, now)
         for cid in rep.get("corrupt", []):
             self._event("corrupt", f"chunk {cid}: the replica on {sv.id} failed its checksum "
@@ -550,7 +548,8 @@ class PanguMaster:
         if age >= self.dead_after_s:
             return False
         if self.expect_servers and age >= 2.5:
-            live = sum(1 for s in self.servers.values() if not s.dead and s.last > self.active_since)
+            live = sum(1 for s in self.servers.values()
+                       if not s.dead and s.last > self.active_since)
             return live < self.expect_servers
         return True
 
@@ -663,7 +662,8 @@ class PanguMaster:
         dests = [m.dest for m in moves if m.chunk == cid]
         return all(self.servers[d].chunks.get(cid, (0, 0))[0] >= cur for d in dests)
 
-    async def _copy_all(self, copies: list[tuple[str, str, str]], why: str) -> list[tuple[str, str]]:
+    async def _copy_all(self, copies: list[tuple[str, str, str]],
+                        why: str) -> list[tuple[str, str]]:
         sem = asyncio.Semaphore(REPAIR_CONCURRENCY)
         done: list[tuple[str, str]] = []
 

@@ -126,6 +126,34 @@ def test_up_submit_status_logs_down(tmp_path):
         assert st["creator"] == "cli" and st["version"] == 0 and st["data_len"] == 5
         fuxi(home, "nuwa", "rm", "/hello")
         assert "hello" not in fuxi(home, "nuwa", "ls", "/").stdout.split()
+        # Pangu from the shell: `fuxi up` started it (masters in Nuwa, three chunkservers).
+        fuxi(home, "pangu", "mkdir", "-p", "/in")
+        fuxi(home, "pangu", "put", "jobs/data/part-0.txt", "/in/part-0.txt")
+        assert fuxi(home, "pangu", "ls", "/in").stdout.split()[-1] == "part-0.txt"
+        with open("jobs/data/part-0.txt", "rb") as f:
+            original = f.read()
+        cat = subprocess.run([sys.executable, "-m", "cli.main", "pangu", "cat", "/in/part-0.txt"],
+                             cwd=REPO, capture_output=True, timeout=CMD_TIMEOUT_S,
+                             env={**{k: v for k, v in os.environ.items()
+                                     if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH",
+                                                  "RAY_ADDRESS")}, "FUXI_HOME": str(home)})
+        assert cat.returncode == 0 and cat.stdout == original
+        fuxi(home, "pangu", "mv", "/in/part-0.txt", "pangu:///in/p0.txt")
+        fuxi(home, "pangu", "get", "/in/p0.txt", str(tmp_path / "back.txt"))
+        assert (tmp_path / "back.txt").read_bytes() == original
+        st = json.loads(fuxi(home, "pangu", "stat", "/in/p0.txt", "--json").stdout)
+        assert st["size"] == len(original) and st["replication"] == 3
+        du = json.loads(fuxi(home, "pangu", "du", "/", "--json").stdout)
+        assert du["files"] == 1 and du["bytes"] == len(original)
+        fsck = json.loads(fuxi(home, "pangu", "fsck", "--json").stdout)
+        assert fsck["healthy"] and fsck["files"] == 1
+        pst = json.loads(fuxi(home, "pangu", "servers", "--json").stdout)
+        assert pst["active"] and len([x for x in pst["servers"] if not x["dead"]]) == 3
+        missing = fuxi(home, "pangu", "cat", "/in/nope", check=False)
+        assert missing.returncode == 2 and "NotFound" in missing.stderr
+        assert fuxi(home, "pangu", "ls", "/in/../x", check=False).returncode == 2
+        fuxi(home, "pangu", "rm", "-r", "/in")
+        assert fuxi(home, "pangu", "ls", "/").stdout.strip() == ""
         # Kill FuxiMaster: the next command starts a new one, which finds the job in Nuwa.
         kill = (f"import ray; ray.init(address={rec['address']!r}, log_to_driver=False); "
                 f"ray.kill(ray.get_actor('FuxiMaster', namespace='fuxi-default'))")

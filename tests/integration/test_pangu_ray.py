@@ -15,6 +15,7 @@ import pytest
 from pangu import client as PC
 from pangu import deploy
 from pangu import errors as PE
+from tests.integration.test_batch import _wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -25,14 +26,7 @@ SETTINGS = {"dead_after_s": 3.0, "maintain_s": 0.5, "seed": 7,
 
 
 def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    last = None
-    while time.time() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+    return _wait_for(lambda: pred() or time.sleep(0.2), timeout_s, what)
 
 
 def _node_id(resource: str) -> str:
@@ -639,3 +633,26 @@ class TestPanguOpen(AbstractOpenTests, PanguFixtures):
 
 class TestPanguPipe(AbstractPipeTests, PanguFixtures):
     pass
+
+
+def test_read_your_own_writes_in_update_mode_across_new_chunks(pg):
+    c, _ = pg
+    c.mkdir("/own", parents=True)
+    with c.open("/own/f", "wb", chunk_size=64 * 1024) as f:
+        f.write(b"a" * 1000)
+    with c.open("/own/f", "r+b") as f:
+        f.seek(0, io.SEEK_END)
+        f.write(b"b" * 200_000)  # appends across three new chunks
+        f.seek(500)
+        f.write(b"c" * 10)
+        f.seek(0)
+        got = f.read()
+        f.truncate(150_000)
+        f.seek(149_990)
+        tail = f.read()
+    exp = bytearray(b"a" * 1000 + b"b" * 200_000)
+    exp[500:510] = b"c" * 10
+    assert got == bytes(exp)
+    assert tail == bytes(exp[149_990:150_000])
+    assert read_file(c, "/own/f") == bytes(exp[:150_000])
+    c.rm("/own", recursive=True)
