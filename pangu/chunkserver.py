@@ -36,7 +36,7 @@ import pyarrow as pa
 import ray
 
 from pangu.chunkfile import BLOCK_BYTES, ChunkFile
-from pangu.errors import (BadRequest, ChecksumError, LeaseExpired, NoSpace, NotFound,
+from pangu.errors import (BadRequest, ChecksumError, LeaseExpired, NoSpace, NotActive, NotFound,
                           PanguError, ReplicaWriteFailed, StaleReplica)
 from pangu.handles import Handles
 
@@ -119,6 +119,8 @@ class ChunkServer:
         self.replicas: dict[str, _Replica] = {}
         self.leases: dict[str, tuple[int, list[str], float]] = {}  # cid -> version, secs, until
         self.corrupt: list[str] = []  # found bad since the last heartbeat
+        with open(os.path.join(self.dir, "server.json")) as f:
+            self.master_epoch = int(json.load(f).get("master_epoch", 0))  # newest term heard
         self.scrubbed = 0
         self.draining = False
         self._handles = Handles(namespace)
@@ -215,7 +217,8 @@ class ChunkServer:
                     self._handles.forget(m)
                     logger.debug("heartbeat to %s failed: %s", m, e)
                     continue
-                if reply and reply.get("active"):
+                if reply and reply.get("active") and reply.get("epoch", 0) >= self.master_epoch:
+                    self._raise_epoch(reply.get("epoch", 0))
                     self.corrupt = [c for c in self.corrupt if c not in sent_corrupt]
                     for cid, version in reply.get("delete", []):
                         await self._delete_one(cid, at_most=version)
@@ -245,8 +248,26 @@ class ChunkServer:
             if bad:
                 self._quarantine(cid, f"scrubber: bad blocks {bad[:5]}")
 
+    def _see_epoch(self, epoch: int) -> None:
+        """Masters number their terms (the Nuwa journal's epoch). Orders from a master older
+        than one already heard from are refused: a deposed master that has not noticed yet
+        must not delete chunks or change versions the new one made."""
+        if epoch < self.master_epoch:
+            raise NotActive(f"chunkserver {self.sid}: an order from a master of epoch {epoch}; "
+                            f"epoch {self.master_epoch} is active")
+        self._raise_epoch(epoch)
+
+    def _raise_epoch(self, epoch: int) -> None:
+        if epoch > self.master_epoch:  # kept on disk: a restart must not forget it
+            self.master_epoch = epoch
+            meta = os.path.join(self.dir, "server.json")
+            with open(meta) as f:
+                doc = json.load(f)
+            _write_json(meta, dict(doc, master_epoch=epoch))
+
     # ------------------------------------------------------------ chunk lifecycle
-    async def create_chunk(self, cid: str, version: int, capacity: int) -> dict:
+    async def create_chunk(self, cid: str, version: int, capacity: int, epoch: int = 0) -> dict:
+        self._see_epoch(epoch)
         r = self.replicas.get(cid)
         if r is not None:
             if r.version == version and r.length == 0:
@@ -259,7 +280,8 @@ class ChunkServer:
         self.replicas[cid] = _Replica(cf, version, 0)
         return {"created": True}
 
-    async def set_version(self, cid: str, version: int) -> int:
+    async def set_version(self, cid: str, version: int, epoch: int = 0) -> int:
+        self._see_epoch(epoch)
         r = self._replica(cid)
         async with r.lock:
             if version < r.version:
@@ -270,7 +292,8 @@ class ChunkServer:
         return r.version
 
     async def grant_lease(self, cid: str, version: int, secondaries: list[str],
-                          lease_s: float) -> None:
+                          lease_s: float, epoch: int = 0) -> None:
+        self._see_epoch(epoch)
         r = self._replica(cid)
         if r.version != version:
             raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, the lease "
@@ -292,7 +315,8 @@ class ChunkServer:
             async with r.lock:
                 await asyncio.to_thread(self._discard_files, cid)
 
-    async def delete(self, cids: list[str]) -> int:
+    async def delete(self, cids: list[str], epoch: int = 0) -> int:
+        self._see_epoch(epoch)
         n = 0
         for cid in cids:
             if cid in self.replicas:
@@ -300,7 +324,8 @@ class ChunkServer:
             await self._delete_one(cid)
         return n
 
-    async def truncate(self, cid: str, length: int, version: int) -> int:
+    async def truncate(self, cid: str, length: int, version: int, epoch: int = 0) -> int:
+        self._see_epoch(epoch)
         r = self._replica(cid)
         async with r.lock:
             if r.version >= version:
@@ -451,8 +476,10 @@ class ChunkServer:
                 raise
             return r.version, pa.py_buffer(view)
 
-    async def replicate(self, cid: str, version: int, capacity: int, source: str) -> int:
+    async def replicate(self, cid: str, version: int, capacity: int, source: str,
+                        epoch: int = 0) -> int:
         """Copy chunk ``cid`` at ``version`` from the chunkserver named ``source``."""
+        self._see_epoch(epoch)
         if cid in self.replicas:
             if self.replicas[cid].version >= version:
                 return self.replicas[cid].length

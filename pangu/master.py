@@ -186,6 +186,11 @@ class PanguMaster:
                 await self.election.resign()
             self._tasks.append(asyncio.get_running_loop().create_task(self._campaign()))
 
+    @property
+    def epoch(self) -> int:
+        """This master's term: the Nuwa journal's epoch (0 with a local journal)."""
+        return int(getattr(self.journal, "epoch_version", 0) or 0)
+
     def role(self) -> dict:
         return {"name": self.name, "active": self.active,
                 "journal_seq": self.journal.seq if self.journal else None}
@@ -199,6 +204,10 @@ class PanguMaster:
         return None
 
     async def _need_active(self) -> None:
+        if self.active and self.nuwa is not None and (self.nuwa._session is None
+                                                      or self.nuwa._session.expired):
+            # Our election entry went with the session: another master may be active now.
+            await self._step_down("its Nuwa session expired")
         if not self.active:
             leader = await self.active_master()
             raise NotActive(f"{self.name} is not the active Pangu master"
@@ -217,8 +226,8 @@ class PanguMaster:
                     timeout_s: float = CONTROL_CALL_TIMEOUT_S):
         sv = self.servers[server]
         try:
-            return await asyncio.wait_for(getattr(self._handle(sv.name), method).remote(*args),
-                                          timeout_s)
+            return await asyncio.wait_for(
+                getattr(self._handle(sv.name), method).remote(*args, epoch=self.epoch), timeout_s)
         except Exception:
             self._handles.forget(sv.name)
             raise
@@ -538,7 +547,7 @@ class PanguMaster:
                                    f"and was removed")
         if not self.active:
             return {"active": False}
-        return {"active": True, "delete": self._garbage(sv)}
+        return {"active": True, "epoch": self.epoch, "delete": self._garbage(sv)}
 
     def _settling(self) -> bool:
         """Just after becoming active, the replica map is incomplete until the chunkservers
@@ -725,7 +734,7 @@ class PanguMaster:
 
     async def status(self) -> dict:
         now = time.monotonic()
-        return {"master": self.name, "active": self.active,
+        return {"master": self.name, "active": self.active, "epoch": self.epoch,
                 "journal_seq": self.journal.seq if self.journal else None,
                 "servers": [{"id": s.id, "name": s.name, "node": s.node, "dead": s.dead,
                              "draining": s.draining, "capacity_bytes": s.capacity,

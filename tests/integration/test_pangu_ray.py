@@ -541,6 +541,15 @@ def test_master_failover_loses_no_acknowledged_write(ray_cluster, pangu_nodes, t
         assert read_file(c, "/ha/live") == b"".join(piece(i) for i in acked)
         assert len(acked) == 120
         wait_for(lambda: healthy(c, "/ha"), 60, "healthy after the failover")
+        # A deposed master that had not noticed could still send orders: chunkservers that
+        # have heard from the new term refuse the old one's.
+        info = c.call("locate", "/ha/live")
+        rep = info["chunks"][0]["replicas"][0]
+        cs = ray.get_actor(rep["name"], namespace=f"fuxi-{ha}")
+        assert st["epoch"] > 0
+        with pytest.raises(PE.NotActive, match="epoch"):
+            PC._get(cs.delete.remote([info["chunks"][0]["id"]], epoch=st["epoch"] - 1))
+        assert read_file(c, "/ha/live") == b"".join(piece(i) for i in acked)
     finally:
         stop_ha = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                    if a["namespace"] == "fuxi-pha"]
