@@ -321,9 +321,12 @@ def ensure_pangu(conn: "Connection") -> None:
     if conn.data_dir is None:
         raise ClusterError("Pangu is not running in this Ray program; start it with "
                            "pangu.deploy.start(cluster, data_dir)")
+    rec = None if conn.embedded else ClusterRecord.load(conn.cluster)
+    nuwa = rec.nuwa if rec is not None else None
     layout = pangu_layout(len(deploy.alive_nodes()))
-    deploy.start(conn.cluster, conn.data_dir, per_node=layout["per_node"],
-                 settings=layout["settings"], detached=not conn.embedded)
+    deploy.start(conn.cluster, conn.data_dir, masters=2 if nuwa else 1, nuwa=nuwa,
+                 per_node=layout["per_node"], settings=layout["settings"],
+                 detached=not conn.embedded)
 
 
 def _stop_nuwa(rec: ClusterRecord) -> None:

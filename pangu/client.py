@@ -48,6 +48,9 @@ RETRY_BACKOFF_S = 0.2
 SHORT_CIRCUIT = os.environ.get("PANGU_SHORT_CIRCUIT", "1") != "0"  # local replicas read directly
 
 
+_ONCE = frozenset({"mkdir", "rename", "delete", "open_write", "truncate"})  # by request id
+
+
 def master_name(i: int) -> str:
     return f"pangu-master-{i}"
 
@@ -118,13 +121,16 @@ class Client:
         return out
 
     def call(self, method: str, *args, timeout_s: float = MASTER_WAIT_S) -> Any:
+        """Call the active master, following failovers. Namespace changes carry a request id,
+        the same on every retry, so one whose reply was lost is not applied twice."""
         deadline = time.monotonic() + timeout_s
         last: BaseException | None = None
+        kw = {"request_id": uuid.uuid4().hex} if method in _ONCE else {}
         while True:
             cands = [self._active] if self._active is not None else self._masters()
             for m in cands:
                 try:
-                    res = _get(getattr(m, method).remote(*args), CALL_TIMEOUT_S)
+                    res = _get(getattr(m, method).remote(*args, **kw), CALL_TIMEOUT_S)
                     self._active = m
                     return res
                 except (NotActive, Unavailable, ray.exceptions.RayActorError,

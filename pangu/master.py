@@ -54,6 +54,8 @@ REPAIR_BYTES_PER_S = 256 * 1024 * 1024  # bandwidth cap of re-replication, all s
 REPAIR_CONCURRENCY = 4  # chunk copies in flight
 CONTROL_CALL_TIMEOUT_S = 10.0  # master -> chunkserver control call
 EVENTS_MAX = 1000
+REQUESTS_REMEMBERED_MAX = 100_000  # request ids kept for retried namespace changes
+
 REBALANCE_THRESHOLD = 0.10  # move data off servers this far above the mean utilisation
 ELECTION_RETRY_S = 1.0
 SESSION_TTL_S = 4.0  # a dead active master's election entry lapses after this long
@@ -85,7 +87,7 @@ class _ServerView:
                                 self.draining)
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
+@ray.remote(num_cpus=0, max_restarts=-1)
 class PanguMaster:
     def __init__(self, cluster: str, data_dir: str, namespace: str, name: str,
                  nuwa: list | None = None, settings: dict | None = None):
@@ -112,6 +114,7 @@ class PanguMaster:
         self.file_leases: dict[str, tuple[str, float]] = {}  # path -> writer, until
         self.chunk_leases: dict[str, dict] = {}  # cid -> primary, secondaries, version, until
         self.busy: set[str] = set()  # chunks being re-versioned, truncated or copied
+        self.requests: collections.OrderedDict = collections.OrderedDict()  # id -> result
         self.events: collections.deque = collections.deque(maxlen=EVENTS_MAX)
         self.counters = collections.Counter()
         self._mut = asyncio.Lock()
@@ -142,8 +145,11 @@ class PanguMaster:
 
     def _rebuild(self, ckpt: dict | None, entries: list[dict]) -> None:
         ns = Namespace.restore(ckpt) if ckpt else Namespace()
+        self.requests.clear()
         for cmd in entries:
-            ns.apply(cmd)  # a journaled command was valid when it was written
+            res = ns.apply(cmd)  # a journaled command was valid when it was written
+            if cmd.get("request_id"):
+                self._remember(cmd["request_id"], res)
         self.ns = ns
 
     def _become_active(self) -> None:
@@ -233,12 +239,18 @@ class PanguMaster:
             raise
 
     # ------------------------------------------------------------ the journaled namespace
-    async def _mutate(self, cmd: dict) -> dict:
-        """Apply one namespace command and make it durable before returning."""
+    async def _mutate(self, cmd: dict, request_id: str | None = None) -> dict:
+        """Apply one namespace command and make it durable before returning. A command with a
+        ``request_id`` already applied (a client retrying after a lost reply or a failover:
+        the ids are in the journal) returns the first result instead of applying again."""
         await self._need_active()
         async with self._mut:
             await self._need_active()
+            if request_id is not None and request_id in self.requests:
+                return self.requests[request_id]
             cmd = dict(cmd, now=time.time())
+            if request_id is not None:
+                cmd["request_id"] = request_id
             res = self.ns.apply(cmd)  # raises, leaving the namespace unchanged, if invalid
             try:
                 await self.journal.append(cmd)
@@ -250,9 +262,16 @@ class PanguMaster:
                     self._become_active()
                 raise Unavailable(f"the Pangu master could not make a change durable "
                                   f"({type(e).__name__}: {e}); retry") from None
+            if request_id is not None:
+                self._remember(request_id, res)
             if self.journal.seq % self.checkpoint_every == 0:
                 await self.journal.checkpoint(self.ns.snapshot())
             return res
+
+    def _remember(self, request_id: str, res: dict) -> None:
+        self.requests[request_id] = res
+        while len(self.requests) > REQUESTS_REMEMBERED_MAX:
+            self.requests.popitem(last=False)
 
     # ------------------------------------------------------------ replica views
     def _live(self, sid: str) -> bool:
@@ -276,9 +295,10 @@ class PanguMaster:
         return dict(st, chunks=out)
 
     # ------------------------------------------------------------ namespace API
-    async def mkdir(self, path: str, parents: bool = False, owner: str = "anonymous") -> dict:
+    async def mkdir(self, path: str, parents: bool = False, owner: str = "anonymous",
+                    request_id: str | None = None) -> dict:
         return await self._mutate({"op": "mkdir", "path": path, "parents": parents,
-                                   "owner": owner})
+                                   "owner": owner}, request_id)
 
     async def stat(self, path: str) -> dict:
         await self._need_active()
@@ -300,12 +320,15 @@ class PanguMaster:
         await self._need_active()
         return self._file_info(P.normalize(path))
 
-    async def rename(self, src: str, dst: str, overwrite: bool = False) -> dict:
+    async def rename(self, src: str, dst: str, overwrite: bool = False,
+                     request_id: str | None = None) -> dict:
         return await self._mutate({"op": "rename", "src": src, "dst": dst,
-                                   "overwrite": overwrite})
+                                   "overwrite": overwrite}, request_id)
 
-    async def delete(self, path: str, recursive: bool = False) -> dict:
-        res = await self._mutate({"op": "delete", "path": path, "recursive": recursive})
+    async def delete(self, path: str, recursive: bool = False,
+                     request_id: str | None = None) -> dict:
+        res = await self._mutate({"op": "delete", "path": path, "recursive": recursive},
+                                 request_id)
         p = res["path"]
         for fp in [f for f in self.file_leases if P.is_under(f, p)]:
             del self.file_leases[fp]
@@ -325,7 +348,8 @@ class PanguMaster:
         self.file_leases[path] = (writer, now + self.writer_lease_s)
 
     async def open_write(self, path: str, mode: str, writer: str, owner: str = "anonymous",
-                         replication: int | None = None, chunk_size: int | None = None) -> dict:
+                         replication: int | None = None, chunk_size: int | None = None,
+                         request_id: str | None = None) -> dict:
         """Take the file's writer lease. ``mode`` is ``w`` (create or truncate), ``x`` (create;
         the file must not exist), ``a`` (append; create if missing) or ``r+`` (update an
         existing file)."""
@@ -346,7 +370,7 @@ class PanguMaster:
                     cmd["replication"] = replication
                 if chunk_size is not None:
                     cmd["chunk_size"] = chunk_size
-                res = await self._mutate(cmd)
+                res = await self._mutate(cmd, request_id)
                 for cid in res["freed"]:
                     self.chunk_leases.pop(cid, None)
             return self._file_info(path)
@@ -498,12 +522,14 @@ class PanguMaster:
         return await self._mutate({"op": "commit", "chunk": cid, "version": version,
                                    "length": length})
 
-    async def truncate(self, path: str, length: int, writer: str | None = None) -> dict:
+    async def truncate(self, path: str, length: int, writer: str | None = None,
+                       request_id: str | None = None) -> dict:
         path = P.normalize(path)
         await self._need_active()
         self._check_writer(path, writer or f"truncate-{id(self)}-{time.monotonic()}")
         try:
-            res = await self._mutate({"op": "truncate", "path": path, "length": length})
+            res = await self._mutate({"op": "truncate", "path": path, "length": length},
+                                     request_id)
             cut = res.get("cut")
             for cid in res["freed"]:
                 self.chunk_leases.pop(cid, None)
@@ -531,6 +557,10 @@ class PanguMaster:
 
     # ------------------------------------------------------------ chunkservers
     async def heartbeat(self, rep: dict) -> dict:
+        if not self._tasks:
+            # Ray restarted this actor after its process died: chunkservers' heartbeats bring
+            # it back (it recovers from the journal, or campaigns again).
+            await self.start()
         now = time.monotonic()
         sv = self.servers.get(rep["id"])
         if sv is None:

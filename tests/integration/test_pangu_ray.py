@@ -665,3 +665,32 @@ def test_read_your_own_writes_in_update_mode_across_new_chunks(pg):
     assert tail == bytes(exp[149_990:150_000])
     assert read_file(c, "/own/f") == bytes(exp[:150_000])
     c.rm("/own", recursive=True)
+
+
+def test_a_crashed_master_process_comes_back_and_loses_nothing(pg):
+    """The single master (local journal) dies mid-stream; Ray restarts its process, the
+    chunkservers' heartbeats start it, it replays its journal, and the writer carries on.
+    Retried namespace changes are applied once (request ids are in the journal)."""
+    import ray
+
+    c, _ = pg
+    c.mkdir("/crash", parents=True)
+    piece = lambda i: bytes([i % 251]) * 20_000  # noqa: E731
+    acked, errors, stop = [], [], threading.Event()
+    t = _writer_thread(c, "/crash/live", 80, piece, acked, errors, stop)
+    wait_for(lambda: len(acked) >= 15, 60, "15 acknowledged writes")
+    master = ray.get_actor(PC.master_name(1), namespace=f"fuxi-{CLUSTER}")
+    pid = ray.get(master.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+    os.kill(pid, 9)
+    t.join(timeout=180)
+    assert not t.is_alive() and not errors, errors
+    assert read_file(c, "/crash/live") == b"".join(piece(i) for i in acked)
+    assert len(acked) == 80
+    # A retried mkdir with the same request id answers as the first one did.
+    first = PC._get(master.mkdir.remote("/crash/once", False, "t", request_id="r-1"))
+    again = PC._get(master.mkdir.remote("/crash/once", False, "t", request_id="r-1"))
+    assert first == again == {"path": "/crash/once", "created": True}
+    with pytest.raises(PE.Exists):
+        PC._get(master.mkdir.remote("/crash/once", False, "t", request_id="r-2"))
+    wait_for(lambda: healthy(c, "/crash"), 60, "healthy after the restart")
+    c.rm("/crash", recursive=True)
