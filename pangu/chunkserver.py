@@ -2,7 +2,7 @@
 chunk replicas as checksummed files (``pangu.chunkfile``) in a directory of its own.
 
 Directory ownership. A chunkserver adopts the first unclaimed directory under
-``<data_dir>/pangu/chunks/`` -- claimed by an exclusive ``flock`` that lives as long as the
+``<data_dir>/pangu/<kind>/chunks/`` -- claimed by an exclusive ``flock`` that lives as long as the
 actor's process -- or makes a new one. Its server id is stored in that directory, so a
 chunkserver restarted on the same disk comes back with the same id and the same chunks.
 
@@ -52,8 +52,17 @@ READ_BYTES_MAX = 64 * 1024 * 1024  # one read call
 CAPACITY_DEFAULT_BYTES = 1 << 40  # the cap when the disk itself is larger
 
 
-def chunk_root(data_dir: str) -> str:
-    return os.path.join(data_dir, "pangu", "chunks")
+def pangu_root(data_dir: str, kind: str) -> str:
+    """Pangu's files under a cluster's data directory. ``kind`` is the master's journal:
+    ``local`` (the embedded default, or `fuxi up` without Nuwa) or ``nuwa``. Each kind is a
+    separate file system with its own chunks, so one never collects the other's."""
+    if kind not in ("local", "nuwa"):
+        raise BadRequest(f"Pangu storage kind {kind!r}; expected local or nuwa")
+    return os.path.join(data_dir, "pangu", kind)
+
+
+def chunk_root(data_dir: str, kind: str = "local") -> str:
+    return os.path.join(pangu_root(data_dir, kind), "chunks")
 
 
 def claim_directory(root: str) -> tuple[str, str, int]:
@@ -105,10 +114,11 @@ class _Replica:
 class ChunkServer:
     def __init__(self, cluster: str, data_dir: str, namespace: str,
                  capacity_bytes: int | None = None, heartbeat_s: float = HEARTBEAT_S,
-                 scrub_interval_s: float = SCRUB_INTERVAL_S, name: str | None = None):
+                 scrub_interval_s: float = SCRUB_INTERVAL_S, name: str | None = None,
+                 kind: str = "local"):
         self.cluster = cluster
         self.namespace = namespace
-        self.sid, self.dir, self._lock_fd = claim_directory(chunk_root(data_dir))
+        self.sid, self.dir, self._lock_fd = claim_directory(chunk_root(data_dir, kind))
         self.name = name or f"pangu-{self.sid}"
         self.node = ray.get_runtime_context().get_node_id()
         st = os.statvfs(self.dir)
@@ -120,7 +130,10 @@ class ChunkServer:
         self.leases: dict[str, tuple[int, list[str], float]] = {}  # cid -> version, secs, until
         self.corrupt: list[str] = []  # found bad since the last heartbeat
         with open(os.path.join(self.dir, "server.json")) as f:
-            self.master_epoch = int(json.load(f).get("master_epoch", 0))  # newest term heard
+            doc = json.load(f)
+        self.master_epoch = int(doc.get("master_epoch", 0))  # the newest master term heard
+        self.fsid: str | None = doc.get("fsid")  # the file system these chunks belong to
+        self._foreign_warned = False
         self.scrubbed = 0
         self.draining = False
         self._handles = Handles(namespace)
@@ -197,7 +210,7 @@ class ChunkServer:
                 "chunks": len(self.replicas), "scrubbed": self.scrubbed}
 
     def report(self) -> dict:
-        return {"id": self.sid, "name": self.name, "node": self.node,
+        return {"id": self.sid, "name": self.name, "node": self.node, "fsid": self.fsid,
                 "capacity_bytes": self.capacity_bytes, "used_bytes": self.used_bytes(),
                 "chunks": {cid: [r.version, r.length] for cid, r in self.replicas.items()},
                 "corrupt": list(self.corrupt), "dir": self.dir}
@@ -216,6 +229,8 @@ class ChunkServer:
                 except Exception as e:  # a standby or a dead master: try the others
                     self._handles.forget(m)
                     logger.debug("heartbeat to %s failed: %s", m, e)
+                    continue
+                if reply and reply.get("active") and not self._same_fs(reply.get("fsid")):
                     continue
                 if reply and reply.get("active") and reply.get("epoch", 0) >= self.master_epoch:
                     self._raise_epoch(reply.get("epoch", 0))
@@ -247,6 +262,23 @@ class ChunkServer:
             self.scrubbed += 1
             if bad:
                 self._quarantine(cid, f"scrubber: bad blocks {bad[:5]}")
+
+    def _same_fs(self, fsid: str | None) -> bool:
+        """Adopt the first file system id a master gives; ignore masters of another one."""
+        if fsid is None:
+            return True
+        if self.fsid is None:
+            self.fsid = fsid
+            meta = os.path.join(self.dir, "server.json")
+            with open(meta) as f:
+                doc = json.load(f)
+            _write_json(meta, dict(doc, fsid=fsid))
+            return True
+        if fsid != self.fsid and not self._foreign_warned:
+            self._foreign_warned = True
+            logger.error("chunkserver %s holds chunks of file system %s; a master of file "
+                         "system %s is ignored", self.sid, self.fsid, fsid)
+        return fsid == self.fsid
 
     def _see_epoch(self, epoch: int) -> None:
         """Masters number their terms (the Nuwa journal's epoch). Orders from a master older

@@ -68,7 +68,8 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
             h = ChunkServer.options(
                 name=name, namespace=ns, get_if_exists=True,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False), **life,
-            ).remote(cluster, data_dir, ns, capacity_bytes, heartbeat_s, scrub_interval_s, name)
+            ).remote(cluster, data_dir, ns, capacity_bytes, heartbeat_s, scrub_interval_s, name,
+                     "nuwa" if nuwa else "local")
             snames.append(name)
             handles.append(h)
     _HANDLES.setdefault(cluster, []).extend(mh + handles)

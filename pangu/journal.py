@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import struct
+import uuid
 import zlib
 from typing import Any
 
@@ -56,9 +57,28 @@ class LocalJournal:
         self.ckpt_path = os.path.join(directory, "checkpoint.json")
         self.seq = 0  # last sequence number written or loaded
         self._fd: int | None = None
+        self.fsid: str | None = None
+
+    def _load_fsid(self) -> str:
+        """This file system's id, made when the journal is first used; chunkservers holding
+        another file system's chunks are not taken over (their chunks would look unknown)."""
+        path = os.path.join(self.dir, "fsid")
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            fsid = uuid.uuid4().hex
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(fsid)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            return fsid
 
     def load(self) -> tuple[dict | None, list[dict]]:
         """(checkpoint or None, the commands after it, in order); sets ``seq``."""
+        self.fsid = self._load_fsid()
         ckpt, base = None, 0
         if os.path.exists(self.ckpt_path):
             with open(self.ckpt_path) as f:
@@ -141,6 +161,7 @@ class NuwaJournal:
         self.identity = identity
         self.seq = 0
         self.epoch_version: int | None = None
+        self.fsid: str | None = None
 
     def _entry(self, seq: int) -> str:
         return f"{self.root}/log/{seq:012d}"
@@ -153,6 +174,10 @@ class NuwaJournal:
                 await self.client.create(d + "/", parents=True)
             except NE.NodeExists:
                 pass
+        try:
+            await self.client.create(f"{self.root}/fsid", uuid.uuid4().hex.encode())
+        except NE.NodeExists:
+            pass
         try:
             stat = await self.client.set(f"{self.root}/epoch", self.identity.encode())
         except NE.NoNode:
@@ -183,6 +208,8 @@ class NuwaJournal:
         from nuwa import errors as NE
 
         ckpt, base = None, 0
+        with contextlib.suppress(NE.NoNode):
+            self.fsid = (await self.client.get(f"{self.root}/fsid"))[0].decode()
         try:
             value, _ = await self.client.get(f"{self.root}/current")
             cur = json.loads(value)

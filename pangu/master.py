@@ -41,6 +41,7 @@ from pangu import placement
 from pangu.errors import (BadRequest, Busy, IsADir, NotActive, NotEnoughServers, NotFound,
                           PanguError, Unavailable)
 from pangu.handles import Handles
+from pangu.chunkserver import pangu_root
 from pangu.journal import CHECKPOINT_EVERY, LocalJournal, NuwaJournal
 from pangu.namespace import Namespace
 
@@ -115,6 +116,7 @@ class PanguMaster:
         self.chunk_leases: dict[str, dict] = {}  # cid -> primary, secondaries, version, until
         self.busy: set[str] = set()  # chunks being re-versioned, truncated or copied
         self.requests: collections.OrderedDict = collections.OrderedDict()  # id -> result
+        self.foreign: set[str] = set()  # chunkservers of another file system
         self.events: collections.deque = collections.deque(maxlen=EVENTS_MAX)
         self.counters = collections.Counter()
         self._mut = asyncio.Lock()
@@ -136,7 +138,8 @@ class PanguMaster:
             self.election = Election(self.nuwa, f"pangu-{self.cluster}", self.name)
             self._tasks.append(loop.create_task(self._campaign()))
         else:
-            self.journal = LocalJournal(os.path.join(self.data_dir, "pangu", "master"))
+            self.journal = LocalJournal(os.path.join(pangu_root(self.data_dir, "local"),
+                                                     "master"))
             ckpt, entries = self.journal.load()
             self._rebuild(ckpt, entries)
             self._become_active()
@@ -561,6 +564,14 @@ class PanguMaster:
             # Ray restarted this actor after its process died: chunkservers' heartbeats bring
             # it back (it recovers from the journal, or campaigns again).
             await self.start()
+        fsid = self.journal.fsid if self.journal is not None else None
+        if rep.get("fsid") and fsid and rep["fsid"] != fsid:
+            self.servers.pop(rep["id"], None)
+            if rep["id"] not in self.foreign:
+                self.foreign.add(rep["id"])
+                self._event("foreign_server", f"chunkserver {rep['id']} holds chunks of file "
+                                              f"system {rep['fsid']}, not {fsid}: ignored")
+            return {"active": False}
         now = time.monotonic()
         sv = self.servers.get(rep["id"])
         if sv is None:
@@ -577,7 +588,8 @@ class PanguMaster:
                                    f"and was removed")
         if not self.active:
             return {"active": False}
-        return {"active": True, "epoch": self.epoch, "delete": self._garbage(sv)}
+        return {"active": True, "epoch": self.epoch, "fsid": fsid,
+                "delete": self._garbage(sv)}
 
     def _settling(self) -> bool:
         """Just after becoming active, the replica map is incomplete until the chunkservers
@@ -765,6 +777,8 @@ class PanguMaster:
     async def status(self) -> dict:
         now = time.monotonic()
         return {"master": self.name, "active": self.active, "epoch": self.epoch,
+                "fsid": self.journal.fsid if self.journal else None,
+                "foreign_servers": sorted(self.foreign),
                 "journal_seq": self.journal.seq if self.journal else None,
                 "servers": [{"id": s.id, "name": s.name, "node": s.node, "dead": s.dead,
                              "draining": s.draining, "capacity_bytes": s.capacity,

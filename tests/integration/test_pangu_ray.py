@@ -694,3 +694,37 @@ def test_a_crashed_master_process_comes_back_and_loses_nothing(pg):
         PC._get(master.mkdir.remote("/crash/once", False, "t", request_id="r-2"))
     wait_for(lambda: healthy(c, "/crash"), 60, "healthy after the restart")
     c.rm("/crash", recursive=True)
+
+
+def test_chunkservers_of_another_file_system_are_left_alone(ray_cluster, tmp_path):
+    """Chunks stay on disk when a master of a different file system (its journal lost, or
+    another journal kind) meets them: they are reported foreign, never collected."""
+    import glob as g
+    import shutil
+
+    import ray
+
+    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "head" in n.get("Resources", {}))
+    opts = dict(nodes=[head], per_node=3, capacity_bytes=64 * 1024 * 1024, heartbeat_s=0.3,
+                settings=dict(SETTINGS, allow_same_node=True, dead_after_s=1.0))
+    deploy.start("pfs", str(tmp_path), **opts)
+    try:
+        c = PC.Client("pfs")
+        write_file(c, "/keep", os.urandom(3 * CS))
+        old_fsid = c.status()["fsid"]
+    finally:
+        deploy.stop("pfs")
+    chunk_files = sorted(g.glob(str(tmp_path / "pangu" / "local" / "chunks" / "*" / "*.data")))
+    assert len(chunk_files) == 9  # 3 chunks x 3 replicas
+    shutil.rmtree(tmp_path / "pangu" / "local" / "master")  # the namespace is gone
+    deploy.start("pfs", str(tmp_path), **dict(opts, wait=False))
+    try:
+        c = PC.Client("pfs")
+        st = wait_for(lambda: (lambda s: s if len(s["foreign_servers"]) == 3 else None)(
+            c.status()), 30, "three foreign chunkservers")
+        assert st["fsid"] != old_fsid and not [s for s in st["servers"] if not s["dead"]]
+        time.sleep(3)  # several heartbeats and maintenance rounds later...
+        assert sorted(g.glob(str(tmp_path / "pangu" / "local" / "chunks" / "*" / "*.data"))) \
+            == chunk_files  # ...nothing was collected
+    finally:
+        deploy.stop("pfs")
