@@ -523,8 +523,9 @@ class PanguFile(io.RawIOBase):
             # The primary died, or the cached handle is of an earlier actor of that name (a
             # restarted chunkserver): look it up again, and go on without it meanwhile.
             self.client.forget(lease["primary"])
-        if isinstance(error, (ray.exceptions.RayError, NoSpace)):
-            # The primary is gone (its node died) or full: go on with the other replicas.
+        if isinstance(error, (ray.exceptions.RayError, NoSpace, ChecksumError)):
+            # The primary is gone (its node died), full, or found its own copy corrupt (and
+            # took it out of service): go on with the other replicas.
             return self._relet(idx, lease, [lease["primary"]])
         raise error  # a refusal that a retry cannot fix (the file was deleted, ...)
 
