@@ -572,7 +572,7 @@ class PanguFile(io.RawIOBase):
         return f"<PanguFile {self.client.cluster}:{self.path} mode={self.mode!r}>"
 
 
-LOCALITY_NODES_MAX = 3
+LOCALITY_NODES_MAX = 8  # as many as a file can have replicas (REPLICATION_MAX)
 
 
 def locality(urls) -> tuple[str, ...]:
