@@ -35,6 +35,9 @@ PURE_CORE_MODULES = [
     "pangu.namespace",
     "pangu.journal",
     "pangu.errors",
+    "kuafu.frame",
+    "kuafu.flow",
+    "kuafu.errors",
 ]
 
 _PROBE = """
