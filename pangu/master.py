@@ -774,7 +774,11 @@ class PanguMaster:
                 "healthy": not (report["under_replicated"] or report["missing"]
                                 or report["stale_only"]), **report}
 
-    async def status(self) -> dict:
+    async def status(self, any_role: bool = False) -> dict:
+        """The active master's view (a standby answers NotActive, so clients reach the
+        active one); ``any_role`` asks this master whatever its role (debugging)."""
+        if not any_role:
+            await self._need_active()
         now = time.monotonic()
         return {"master": self.name, "active": self.active, "epoch": self.epoch,
                 "fsid": self.journal.fsid if self.journal else None,
