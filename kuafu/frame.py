@@ -40,6 +40,7 @@ HEADER_BYTES_MAX = 64 * 1024
 BODY_BYTES_MAX = 4 * 1024 * 1024  # one frame's body; bigger messages go in pieces
 MESSAGE_BYTES_MAX = 1024 * 1024 * 1024  # one whole message, all pieces together
 MAP_ENTRIES_MAX = 100_000
+MESSAGES_IN_PIECES_MAX = 1024  # messages arriving in pieces at once, per connection
 
 REQUEST, RESPONSE, ERROR, PIECE, CANCEL, PING, PONG = range(1, 8)
 KINDS = {REQUEST: "REQUEST", RESPONSE: "RESPONSE", ERROR: "ERROR", PIECE: "PIECE",
@@ -215,7 +216,8 @@ class FrameDecoder:
 class Assembler:
     """Joins a message's first frame and its PIECEs, per request id, within bounds."""
 
-    def __init__(self, bytes_max: int = MESSAGE_BYTES_MAX, open_max: int = 1024):
+    def __init__(self, bytes_max: int = MESSAGE_BYTES_MAX,
+                 open_max: int = MESSAGES_IN_PIECES_MAX):
         self.bytes_max = bytes_max
         self.open_max = open_max
         self._open: dict[int, tuple[Frame, bytearray, int]] = {}  # id -> first, body, next seq
@@ -229,7 +231,8 @@ class Assembler:
             if f.request_id in self._open:
                 raise FrameError(f"request {f.request_id} started twice")
             if len(self._open) >= self.open_max:
-                raise TooLarge(f"more than {self.open_max} messages arriving in pieces at once")
+                raise TooLarge(f"more than {self.open_max} messages arriving in pieces at once "
+                               f"(MESSAGES_IN_PIECES_MAX)")
             size = f.header.get("size")
             if not isinstance(size, int) or not 0 <= size <= self.bytes_max:
                 raise TooLarge(f"a message announcing {size!r} bytes; at most {self.bytes_max}")

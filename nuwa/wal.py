@@ -53,7 +53,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` durably: a temp file, fsync, rename, fsync the dir."""
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -187,7 +188,7 @@ class Wal:
         """Persist a snapshot (from our own state machine, or installed from the leader) and
         drop the log entries it covers."""
         payload = _encode_snapshot(snap)
-        _write_atomic(self.snap_path, struct.pack("<I", zlib.crc32(payload)) + payload)
+        write_atomic(self.snap_path, struct.pack("<I", zlib.crc32(payload)) + payload)
         self._snapshot = snap
         # Keep what follows the snapshot only if our log agrees with it at its index: an
         # installed snapshot may be ahead of us, or from a leader whose history differs from
@@ -204,7 +205,7 @@ class Wal:
             buf += self._record(_KIND_HARD_STATE, _encode_hs(self._hard_state))
         if self._f is not None:
             self._f.close()
-        _write_atomic(self.log_path, bytes(buf))
+        write_atomic(self.log_path, bytes(buf))
         self._entries = keep
         self._f = open(self.log_path, "ab")
 

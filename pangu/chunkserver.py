@@ -35,6 +35,7 @@ import time
 import pyarrow as pa
 import ray
 
+from nuwa.wal import write_atomic
 from pangu.chunkfile import BLOCK_BYTES, ChunkFile
 from pangu.errors import (BadRequest, ChecksumError, LeaseExpired, NoSpace, NotActive, NotFound,
                           PanguError, ReplicaWriteFailed, StaleReplica)
@@ -91,12 +92,7 @@ def claim_directory(root: str) -> tuple[str, str, int]:
 
 
 def _write_json(path: str, doc: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fdatasync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(doc).encode())
 
 
 class _Replica:
@@ -263,16 +259,20 @@ class ChunkServer:
             if bad:
                 self._quarantine(cid, f"scrubber: bad blocks {bad[:5]}")
 
+    def _record(self, **fields) -> None:
+        """Update this server's ``server.json`` (id, file system, newest master term)."""
+        meta = os.path.join(self.dir, "server.json")
+        with open(meta) as f:
+            doc = json.load(f)
+        _write_json(meta, dict(doc, **fields))
+
     def _same_fs(self, fsid: str | None) -> bool:
         """Adopt the first file system id a master gives; ignore masters of another one."""
         if fsid is None:
             return True
         if self.fsid is None:
             self.fsid = fsid
-            meta = os.path.join(self.dir, "server.json")
-            with open(meta) as f:
-                doc = json.load(f)
-            _write_json(meta, dict(doc, fsid=fsid))
+            self._record(fsid=fsid)
             return True
         if fsid != self.fsid and not self._foreign_warned:
             self._foreign_warned = True
@@ -292,10 +292,7 @@ class ChunkServer:
     def _raise_epoch(self, epoch: int) -> None:
         if epoch > self.master_epoch:  # kept on disk: a restart must not forget it
             self.master_epoch = epoch
-            meta = os.path.join(self.dir, "server.json")
-            with open(meta) as f:
-                doc = json.load(f)
-            _write_json(meta, dict(doc, master_epoch=epoch))
+            self._record(master_epoch=epoch)
 
     # ------------------------------------------------------------ chunk lifecycle
     async def create_chunk(self, cid: str, version: int, capacity: int, epoch: int = 0) -> dict:

@@ -220,6 +220,7 @@ class PanguFile(io.RawIOBase):
         self._inflight: collections.deque = collections.deque()
         self._bad: set[str] = set()
         self._dirty = False  # written since the layout in _info was fetched
+        self._local: dict[tuple, ChunkFile] = {}  # (chunk, version, dir) -> checked local replica
         if self._kind == "r":
             self._info = client.call("locate", path)
         else:
@@ -357,12 +358,19 @@ class PanguFile(io.RawIOBase):
         if not d:
             return None
         try:
-            with builtins.open(os.path.join(d, chunk["id"] + ".meta")) as f:
-                meta = json.load(f)
-            if int(meta["version"]) < chunk["version"]:
-                return None
-            return ChunkFile(d, chunk["id"], int(meta["capacity"])).read_view(off, n)
+            key = (chunk["id"], chunk["version"], d)
+            cf = self._local.get(key)
+            if cf is None:
+                # Checked once per handle and version: a replica's version only grows while
+                # it exists, and one deleted since makes read_view fail below.
+                with builtins.open(os.path.join(d, chunk["id"] + ".meta")) as f:
+                    meta = json.load(f)
+                if int(meta["version"]) < chunk["version"]:
+                    return None
+                cf = self._local[key] = ChunkFile(d, chunk["id"], int(meta["capacity"]))
+            return cf.read_view(off, n)
         except (OSError, ValueError, KeyError, PanguError):
+            self._local.pop((chunk["id"], chunk["version"], d), None)
             return None
 
     def _refresh_locations(self) -> None:

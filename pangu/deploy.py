@@ -18,6 +18,7 @@ from pangu.errors import BadRequest, Unavailable
 from pangu.master import PanguMaster
 
 START_TIMEOUT_S = 60.0
+CHUNKSERVERS_PER_NODE_MAX = 16
 # Non-detached actors live while a handle does: the process that started them keeps these.
 _HANDLES: dict[str, list] = {}
 
@@ -46,8 +47,9 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
     if masters > 1 and not nuwa:
         raise BadRequest("more than one Pangu master needs Nuwa (they elect the active one "
                          "there and share the journal)")
-    if not 1 <= per_node <= 16:
-        raise BadRequest(f"per_node={per_node}; expected 1..16 chunkservers per node")
+    if not 1 <= per_node <= CHUNKSERVERS_PER_NODE_MAX:
+        raise BadRequest(f"per_node={per_node}; expected 1..{CHUNKSERVERS_PER_NODE_MAX} "
+                         f"chunkservers per node (CHUNKSERVERS_PER_NODE_MAX)")
     ns = _namespace(cluster)
     life = {"lifetime": "detached"} if detached else {}
     mnames = [master_name(i) for i in range(1, masters + 1)]

@@ -25,6 +25,7 @@ import uuid
 import zlib
 from typing import Any
 
+from nuwa.wal import write_atomic
 from pangu.errors import PanguError
 
 CHECKPOINT_EVERY = 10_000  # log entries between checkpoints
@@ -68,12 +69,7 @@ class LocalJournal:
                 return f.read().strip()
         except FileNotFoundError:
             fsid = uuid.uuid4().hex
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(fsid)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, fsid.encode())
             return fsid
 
     def load(self) -> tuple[dict | None, list[dict]]:
@@ -122,12 +118,8 @@ class LocalJournal:
         return self.seq
 
     async def checkpoint(self, namespace_snapshot: dict) -> None:
-        tmp = self.ckpt_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"seq": self.seq, "namespace": namespace_snapshot}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.ckpt_path)
+        write_atomic(self.ckpt_path,
+                     json.dumps({"seq": self.seq, "namespace": namespace_snapshot}).encode())
         # Entries up to seq are in the checkpoint; start an empty log (a crash before this
         # truncation only leaves entries that load() skips).
         if self._fd is not None:

@@ -54,6 +54,7 @@ MAINTAIN_S = 1.0
 REPAIR_BYTES_PER_S = 256 * 1024 * 1024  # bandwidth cap of re-replication, all servers together
 REPAIR_CONCURRENCY = 4  # chunk copies in flight
 CONTROL_CALL_TIMEOUT_S = 10.0  # master -> chunkserver control call
+COPY_CALL_TIMEOUT_S = 120.0  # one whole-chunk copy (repair, rebalance)
 EVENTS_MAX = 1000
 REQUESTS_REMEMBERED_MAX = 100_000  # request ids kept for retried namespace changes
 
@@ -729,7 +730,8 @@ class PanguMaster:
                 self.busy.add(cid)
                 try:
                     length = await self._call(dest, "replicate", cid, version, node.chunk_size,
-                                              self.servers[src].name, timeout_s=120.0)
+                                              self.servers[src].name,
+                                              timeout_s=COPY_CALL_TIMEOUT_S)
                     self.servers[dest].chunks[cid] = (version, length)
                     done.append((cid, src))
                     self.counters[f"{why}_bytes"] += length
