@@ -1,4 +1,8 @@
-"""Kuafu's typed errors; each says what was wrong and what was expected."""
+"""Kuafu's typed errors; each says what was wrong and what was expected.
+
+On the wire an ERROR frame carries ``code`` (the class name below), ``msg`` and, for
+``RemoteError``, the remote exception's type and traceback; ``ex`` says whether the request
+may have run (``maybe_executed``)."""
 
 from __future__ import annotations
 
@@ -6,14 +10,90 @@ from __future__ import annotations
 class KuafuError(Exception):
     """Base of every Kuafu error."""
 
+    code = "KuafuError"
+    maybe_executed = False
+
+    def to_header(self) -> dict:
+        return {"code": self.code, "msg": str(self), "ex": int(bool(self.maybe_executed))}
+
 
 class FrameError(KuafuError, ValueError):
     """Bytes that are not a valid Kuafu frame: the connection that sent them is closed."""
+
+    code = "FrameError"
 
 
 class TooLarge(FrameError):
     """A frame, header or message over its named limit."""
 
+    code = "TooLarge"
+
+
+class BadRequest(KuafuError, ValueError):
+    """A well-formed frame asking for something invalid: an unknown service or method, a bad
+    header field, a message of the wrong type. Never executed."""
+
+    code = "BadRequest"
+
 
 class Overloaded(KuafuError):
-    """A flow-control window is full and the caller asked not to wait."""
+    """A flow-control window or queue is full and the caller asked not to wait (or the queue
+    in front of a service is at its bound). Never executed: safe to retry later."""
+
+    code = "Overloaded"
+
+
+class Unavailable(KuafuError):
+    """No endpoint could take the call, or the connection carrying it was lost.
+    ``maybe_executed`` is False when the request certainly did not reach a server (safe to
+    retry) and True when it was sent and its outcome is unknown."""
+
+    code = "Unavailable"
+
+    def __init__(self, msg: str = "", maybe_executed: bool = False):
+        super().__init__(msg)
+        self.maybe_executed = maybe_executed
+
+
+class TimedOut(KuafuError, TimeoutError):
+    """The deadline passed before a reply came. The outcome is unknown: the server may have
+    run the request."""
+
+    code = "TimedOut"
+    maybe_executed = True
+
+
+class RemoteError(KuafuError):
+    """The service's method raised. ``remote_type`` is the exception's qualified type name
+    and ``remote_traceback`` its formatted traceback on the server."""
+
+    code = "RemoteError"
+    maybe_executed = True
+
+    def __init__(self, msg: str = "", remote_type: str = "", remote_traceback: str = ""):
+        super().__init__(f"{remote_type}: {msg}" if remote_type else msg)
+        self.remote_message = msg
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+    def to_header(self) -> dict:
+        return {"code": self.code, "msg": self.remote_message, "rtype": self.remote_type,
+                "tb": self.remote_traceback, "ex": 1}
+
+
+CODES = {c.code: c for c in (KuafuError, FrameError, TooLarge, BadRequest, Overloaded,
+                             Unavailable, TimedOut, RemoteError)}
+
+
+def error_from_header(h: dict) -> KuafuError:
+    """The typed error an ERROR frame's header describes."""
+    code = h.get("code")
+    msg = str(h.get("msg", ""))
+    cls = CODES.get(code if isinstance(code, str) else "", KuafuError)
+    if cls is RemoteError:
+        return RemoteError(msg, str(h.get("rtype", "")), str(h.get("tb", "")))
+    if cls is Unavailable:
+        return Unavailable(msg, bool(h.get("ex")))
+    if cls is KuafuError and code != "KuafuError":
+        return KuafuError(f"{code}: {msg}")
+    return cls(msg)

@@ -111,7 +111,7 @@ def pack_body(message) -> tuple[str, Any]:
 
 def unpack_body(kind: str, body) -> Any:
     if kind == "bytes":
-        return bytes(body)
+        return body if type(body) is bytes else bytes(body)
     if kind == "str":
         try:
             return bytes(body).decode()
@@ -161,33 +161,113 @@ def encode_message(kind: int, header: dict, message) -> list[list]:
 
 # ------------------------------------------------------------------ decoding
 
-class FrameDecoder:
-    """Incremental decoder: ``feed(data)`` returns the frames completed so far."""
+class Budget:
+    """Bytes a process lets its connections hold in large bodies still arriving, so peers
+    that announce bodies and then stall cannot make it allocate without bound."""
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+READ_BUFFER_BYTES = 256 * 1024   # the decoder's fixed buffer for prefixes, headers, small bodies
+DIRECT_BODY_BYTES = 64 * 1024    # bodies larger than this are read straight into their own buffer
+
+
+class FrameDecoder:
+    """Incremental decoder. Two ways to use it:
+
+    * ``feed(data)`` returns the frames completed so far (copies ``data`` in);
+    * as the buffer of an ``asyncio.BufferedProtocol``: ``get_buffer()`` gives the memory the
+      next bytes should be received into and ``buffer_updated(n)`` returns the frames completed
+      by them. A large body is received straight into a buffer of its own size, so its bytes
+      are copied once, by the kernel.
+
+    Its own buffer has a fixed size (``READ_BUFFER_BYTES``) and is never resized, so a view
+    handed out by ``get_buffer`` stays valid. A body over ``DIRECT_BODY_BYTES`` is a
+    ``bytearray`` of its exact size, allocated only after the prefix and header checked out."""
+
+    def __init__(self, budget: "Budget | None" = None) -> None:
+        self.budget = budget
+        self._buf = bytearray(READ_BUFFER_BYTES)
+        self._start = 0
+        self._end = 0
+        self._big: tuple | None = None  # (kind, header, body bytearray, bytes filled)
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        big = self._big[3] + PREFIX.size if self._big is not None else 0
+        return self._end - self._start + big
 
-    def feed(self, data) -> list[Frame]:
-        self._buf += data
+    def close(self) -> None:
+        """Give back the budget of a body still being received (its connection is gone)."""
+        if self._big is not None and self.budget is not None:
+            self.budget.give(len(self._big[2]))
+        self._big = None
+
+    def get_buffer(self) -> memoryview:
+        if self._big is not None:
+            _, _, body, filled = self._big
+            return memoryview(body)[filled:]
+        if self._end == len(self._buf) or (self._start and len(self._buf) - self._end < 65536):
+            n = self._end - self._start
+            self._buf[:n] = self._buf[self._start:self._end]  # same size: no resize
+            self._start, self._end = 0, n
+        return memoryview(self._buf)[self._end:]
+
+    def buffer_updated(self, n: int) -> list[Frame]:
         out: list[Frame] = []
+        if self._big is not None:
+            kind, header, body, filled = self._big
+            filled += n
+            if filled < len(body):
+                self._big = (kind, header, body, filled)
+                return out
+            self._big = None
+            if self.budget is not None:
+                self.budget.give(len(body))
+            out.append(Frame(kind, header, body))
+            return out
+        self._end += n
         while True:
             f = self._next()
             if f is None:
-                return out
+                break
             out.append(f)
+        if self._start == self._end:
+            self._start = self._end = 0
+        return out
+
+    def feed(self, data) -> list[Frame]:
+        out: list[Frame] = []
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            buf = self.get_buffer()
+            n = min(buf.nbytes, view.nbytes)
+            buf[:n] = view[:n]
+            del buf
+            view = view[n:]
+            out.extend(self.buffer_updated(n))
+        return out
 
     def _next(self) -> Frame | None:
-        buf = self._buf
-        if len(buf) < PREFIX.size:
-            if buf[:2] and not MAGIC.startswith(bytes(buf[:2])):
-                raise FrameError(f"not a Kuafu frame: starts with {bytes(buf[:2])!r}, expected "
-                                 f"{MAGIC!r}")
+        buf, start = self._buf, self._start
+        avail = self._end - start
+        if avail < PREFIX.size:
+            if avail >= 1 and buf[start] != MAGIC[0] or avail >= 2 and buf[start + 1] != MAGIC[1]:
+                got = bytes(buf[start:start + min(avail, 2)])
+                raise FrameError(f"not a Kuafu frame: starts with {got!r}, expected {MAGIC!r}")
             return None
-        magic, version, kind, hlen, blen = PREFIX.unpack_from(buf)
+        magic, version, kind, hlen, blen = PREFIX.unpack_from(buf, start)
         if magic != MAGIC:
             raise FrameError(f"not a Kuafu frame: starts with {magic!r}, expected {MAGIC!r}")
         if version != FRAME_VERSION:
@@ -199,18 +279,34 @@ class FrameDecoder:
                            f"{HEADER_BYTES_MAX}")
         if blen > BODY_BYTES_MAX:
             raise TooLarge(f"a frame body of {blen} bytes; BODY_BYTES_MAX is {BODY_BYTES_MAX}")
-        end = PREFIX.size + hlen + blen
-        if len(buf) < end:
+        hstart = start + PREFIX.size
+        bstart = hstart + hlen
+        if avail < PREFIX.size + hlen:
+            return None
+        if blen <= DIRECT_BODY_BYTES and avail < PREFIX.size + hlen + blen:
             return None
         try:
-            header = msgpack.unpackb(bytes(buf[PREFIX.size:PREFIX.size + hlen]), raw=False)
+            header = msgpack.unpackb(memoryview(buf)[hstart:bstart], raw=False)
         except Exception as e:  # noqa: BLE001 - any decoding failure is a bad frame
             raise FrameError(f"a frame header that is not msgpack ({e})") from None
         if not isinstance(header, dict):
             raise FrameError(f"a frame header is a msgpack map; got {type(header).__name__}")
-        body = bytes(buf[PREFIX.size + hlen:end])
-        del buf[:end]
-        return Frame(kind, header, body)
+        have = min(blen, self._end - bstart)
+        if blen <= DIRECT_BODY_BYTES:
+            body = bytes(memoryview(buf)[bstart:bstart + blen])
+            self._start = bstart + blen
+            return Frame(kind, header, body)
+        if have < blen and self.budget is not None and not self.budget.take(blen):
+            raise TooLarge(f"a frame body of {blen} bytes while this process already receives "
+                           f"{self.budget.used} bytes of large bodies (budget "
+                           f"{self.budget.limit} bytes); try again later")
+        body = bytearray(blen)
+        body[:have] = memoryview(buf)[bstart:bstart + have]
+        self._start = bstart + have
+        if have == blen:
+            return Frame(kind, header, body)
+        self._big = (kind, header, body, have)  # the rest is received straight into it
+        return None
 
 
 class Assembler:
@@ -220,7 +316,7 @@ class Assembler:
                  open_max: int = MESSAGES_IN_PIECES_MAX):
         self.bytes_max = bytes_max
         self.open_max = open_max
-        self._open: dict[int, tuple[Frame, bytearray, int]] = {}  # id -> first, body, next seq
+        self._open: dict[int, tuple] = {}  # id -> first frame, body, next seq, filled
         self.buffered = 0
 
     def add(self, f: Frame) -> Frame | None:
@@ -236,34 +332,41 @@ class Assembler:
             size = f.header.get("size")
             if not isinstance(size, int) or not 0 <= size <= self.bytes_max:
                 raise TooLarge(f"a message announcing {size!r} bytes; at most {self.bytes_max}")
-            self._open[f.request_id] = (f, bytearray(f.body), 1)
+            if len(f.body) > size:
+                raise FrameError(f"request {f.request_id}: its first frame exceeds the announced "
+                                 f"{size} bytes")
+            body = bytearray(size)
+            body[:len(f.body)] = f.body
+            self._open[f.request_id] = (f, body, 1, len(f.body))
             self.buffered += len(f.body)
             return None
         entry = self._open.get(f.request_id)
         if entry is None:
             raise FrameError(f"a piece of request {f.request_id}, which has no first frame")
-        first, body, seq = entry
+        first, body, seq, filled = entry
         if f.header.get("seq") != seq:
             raise FrameError(f"piece {f.header.get('seq')!r} of request {f.request_id}; "
                              f"expected piece {seq}")
-        if len(body) + len(f.body) > first.header["size"]:
+        n = len(f.body)
+        if filled + n > len(body):
             raise FrameError(f"request {f.request_id}: pieces exceed the announced "
-                             f"{first.header['size']} bytes")
-        body += f.body
-        self.buffered += len(f.body)
+                             f"{len(body)} bytes")
+        body[filled:filled + n] = f.body
+        filled += n
+        self.buffered += n
         if f.more:
-            self._open[f.request_id] = (first, body, seq + 1)
+            self._open[f.request_id] = (first, body, seq + 1, filled)
             return None
         del self._open[f.request_id]
-        self.buffered -= len(body)
-        if len(body) != first.header["size"]:
-            raise FrameError(f"request {f.request_id}: {len(body)} bytes arrived, "
-                             f"{first.header['size']} announced")
+        self.buffered -= filled
+        if filled != len(body):
+            raise FrameError(f"request {f.request_id}: {filled} bytes arrived, "
+                             f"{len(body)} announced")
         header = dict(first.header)
         header.pop("more", None)
-        return Frame(first.kind, header, bytes(body))
+        return Frame(first.kind, header, body)
 
     def drop(self, request_id: int) -> None:
         entry = self._open.pop(request_id, None)
         if entry is not None:
-            self.buffered -= len(entry[1])
+            self.buffered -= entry[3]

@@ -1,0 +1,471 @@
+"""Kuafu clients: call a service by URI.
+
+    tcp://host:port[/service]     a proxy or a standalone server, directly
+    unix:///path/to/socket        a proxy's Unix socket (processes on its node)
+    nuwa://<cluster>/<service>    a service published in the cluster's Nuwa; calls go to the
+                                  local proxy, which resolves the service with a watch and
+                                  balances across its endpoints
+
+Three ways to call, over one multiplexed connection per client:
+
+* ``client.call_async(method, message)`` returns a ``Handle`` at once;
+  ``handle.result(timeout_s)`` receives the reply (the seed's asynchronous call);
+* ``client.call(method, message)`` waits for it (the synchronous call wraps the async one);
+* ``await aclient.acall(method, message)`` in asyncio programs (``kuafu.aconnect``).
+
+Every call has a deadline (``timeout_s``, default ``CALL_TIMEOUT_S``), sent with the request and
+inherited inside a Kuafu method. A full flow-control window makes the caller wait (bounded by
+its deadline) or, with ``wait=False``, raises ``Overloaded``. A call that certainly did not
+reach a server is retried (``UNAVAILABLE_RETRIES_MAX``); one that may have run is retried only
+when declared idempotent (``idempotent=True`` here, or ``@kuafu.method(idempotent=True)`` on
+the server)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import os
+import threading
+from urllib.parse import urlsplit
+
+from kuafu import flow
+from kuafu import frame as F
+from kuafu.conn import PING_INTERVAL_S, Conn
+from kuafu.errors import BadRequest, FrameError, TimedOut, Unavailable, error_from_header
+
+CALL_TIMEOUT_S = 30.0          # a call's deadline unless the caller gives one
+CONNECT_TIMEOUT_S = 5.0        # one connection attempt
+UNAVAILABLE_RETRIES_MAX = 3    # resends of a call that certainly did not run
+RETRY_BACKOFF_S = (0.05, 0.1, 0.2)
+
+
+def parse_uri(uri: str) -> tuple[str, str, str | None]:
+    """(scheme, where, service): tcp -> "host:port", unix -> path, nuwa -> cluster."""
+    if not isinstance(uri, str) or "://" not in uri:
+        raise BadRequest(f"Kuafu address {uri!r:.100}: expected tcp://host:port[/service], "
+                         f"unix:///path or nuwa://<cluster>/<service>")
+    u = urlsplit(uri)
+    if u.scheme == "tcp":
+        if not u.hostname or not u.port:
+            raise BadRequest(f"Kuafu address {uri!r}: tcp:// needs host:port")
+        svc = u.path.strip("/") or None
+        return "tcp", f"{u.hostname}:{u.port}", svc
+    if u.scheme == "unix":
+        path = u.netloc + u.path if u.netloc else u.path
+        if not path.startswith("/"):
+            raise BadRequest(f"Kuafu address {uri!r}: unix:// needs an absolute path")
+        return "unix", path, None
+    if u.scheme == "nuwa":
+        svc = u.path.strip("/")
+        if not u.netloc or not svc or "/" in svc:
+            raise BadRequest(f"Kuafu address {uri!r}: expected nuwa://<cluster>/<service>")
+        return "nuwa", u.netloc, svc
+    raise BadRequest(f"Kuafu address {uri!r}: unknown scheme {u.scheme!r}; expected tcp, unix "
+                     f"or nuwa")
+
+
+async def open_connection(address: str, factory, timeout_s: float = CONNECT_TIMEOUT_S):
+    """(transport, protocol) for ``tcp://host:port`` or ``unix://path``."""
+    scheme, where, _ = parse_uri(address)
+    loop = asyncio.get_running_loop()
+    try:
+        if scheme == "tcp":
+            host, _, port = where.rpartition(":")
+            coro = loop.create_connection(factory, host, int(port))
+        elif scheme == "unix":
+            coro = loop.create_unix_connection(factory, where)
+        else:
+            raise BadRequest(f"cannot open a connection to {address!r}; resolve it first")
+        return await asyncio.wait_for(coro, timeout_s)
+    except (OSError, asyncio.TimeoutError) as e:
+        raise Unavailable(f"cannot connect to {address}: {e or 'timed out'}") from None
+
+
+class _Pending:
+    __slots__ = ("fut", "nbytes", "timer", "sent", "conn")
+
+    def __init__(self, fut, nbytes):
+        self.fut, self.nbytes, self.timer, self.sent, self.conn = fut, nbytes, None, False, None
+
+
+class Channel:
+    """One multiplexed connection (reconnected on demand) on one event loop."""
+
+    def __init__(self, resolve, *, requests_max: int = flow.REQUESTS_IN_FLIGHT_MAX,
+                 bytes_max: int = flow.BYTES_IN_FLIGHT_MAX):
+        self.resolve = resolve  # async () -> "tcp://..." or "unix://..."
+        self.loop = asyncio.get_running_loop()
+        self.conn: Conn | None = None
+        self._connecting: asyncio.Future | None = None
+        self.ids = itertools.count(1)
+        self.pending: dict[int, _Pending] = {}
+        self.waiters = flow.Waiters(flow.Window(requests_max, bytes_max))
+        self.asm = F.Assembler()
+        self.closed = False
+        self._ping = None
+        self.address = None
+
+    # ------------------------------------------------------------ connection
+    async def _get_conn(self, deadline: float) -> Conn:
+        while True:
+            if self.closed:
+                raise Unavailable("the client is closed")
+            c = self.conn
+            if c is not None and not c.closed:
+                return c
+            if self._connecting is None:
+                self._connecting = self.loop.create_task(self._connect(deadline))
+            fut = self._connecting
+            try:
+                await asyncio.shield(fut)
+            finally:
+                if fut.done() and self._connecting is fut:
+                    self._connecting = None
+
+    async def _connect(self, deadline: float) -> None:
+        address = await self.resolve()
+        timeout = min(CONNECT_TIMEOUT_S, max(0.01, deadline - self.loop.time()))
+        _, conn = await open_connection(address, lambda: Conn(self, role="client"), timeout)
+        self.address = address
+        self.conn = conn
+        self.asm = F.Assembler()
+        if self._ping is None:
+            self._ping = self.loop.call_later(PING_INTERVAL_S, self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._ping = None
+        c = self.conn
+        if self.closed or c is None or c.closed:
+            return
+        if self.loop.time() - c.last_tx >= PING_INTERVAL_S / 2:
+            c.write(F.encode(F.PING, {"id": 0}))
+        self._ping = self.loop.call_later(PING_INTERVAL_S, self._keepalive)
+
+    def on_frame(self, conn: Conn, f: F.Frame) -> None:
+        p = self.pending.get(f.request_id)
+        if p is None:
+            if f.request_id == 0 and f.kind == F.ERROR:
+                conn.close()  # the peer refused our bytes; pending calls fail in on_lost
+            return
+        try:
+            whole = self.asm.add(f)
+        except FrameError as e:
+            conn.reject(e)
+            return
+        if whole is not None and not p.fut.done():
+            p.fut.set_result(whole)
+
+    def on_lost(self, conn: Conn, exc) -> None:
+        if self.conn is conn:
+            self.conn = None
+        for p in list(self.pending.values()):
+            if p.conn is conn and not p.fut.done():
+                p.fut.set_exception(Unavailable(
+                    f"the connection to {self.address} was lost"
+                    f"{': ' + str(exc) if exc else ''} with the call in flight; it may have run",
+                    maybe_executed=True))
+
+    # ------------------------------------------------------------ calls
+    async def request(self, service: str, method: str, message, timeout_s: float | None,
+                      idempotent: bool = False, wait: bool = True, credentials=None):
+        if not isinstance(method, str) or not method:
+            raise BadRequest(f"method {method!r:.80}: expected a non-empty str")
+        timeout_s = CALL_TIMEOUT_S if timeout_s is None else float(timeout_s)
+        from kuafu.server import context
+
+        ctx = context()
+        if ctx is not None:  # inside a Kuafu method: never outlive the caller's deadline
+            timeout_s = min(timeout_s, ctx.remaining_s())
+            if credentials is None:
+                credentials = ctx.credentials
+        if timeout_s <= 0:
+            raise TimedOut("the deadline had already passed; not sent")
+        btype, body = F.pack_body(message)  # bad messages fail here, before anything is sent
+        deadline = self.loop.time() + timeout_s
+        attempt = 0
+        while True:
+            try:
+                return await self._once(service, method, btype, body, deadline, idempotent,
+                                        wait, credentials)
+            except Unavailable as e:
+                retry = not e.maybe_executed or idempotent
+                if not retry or attempt >= UNAVAILABLE_RETRIES_MAX:
+                    raise
+                pause = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                if self.loop.time() + pause >= deadline:
+                    raise
+                attempt += 1
+                await asyncio.sleep(pause)
+
+    async def _once(self, service, method, btype, body, deadline, idempotent, wait, credentials):
+        conn = await self._get_conn(deadline)
+        rid = next(self.ids)
+        nbytes = memoryview(body).nbytes
+        fut = self.loop.create_future()
+        p = _Pending(fut, nbytes)
+        self.pending[rid] = p
+        p.timer = self.loop.call_at(deadline, self._expire, rid)
+        admitted = False
+        try:
+            if not wait:
+                self.waiters.window.acquire_or_raise(nbytes)
+                admitted = True
+            elif self.waiters.arrive(fut, nbytes):
+                admitted = True
+            else:
+                try:
+                    await fut  # set (to None) when admitted, or to TimedOut by the timer
+                except BaseException:
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        admitted = True  # granted just before we gave up: returned below
+                    else:
+                        self._leave(fut)
+                    raise
+                admitted = True
+                fut = p.fut = self.loop.create_future()
+            if conn.closed:
+                conn = await self._get_conn(deadline)
+            header = {"id": rid, "svc": service, "m": method, "type": btype,
+                      "dl": max(1, int((deadline - self.loop.time()) * 1000))}
+            if idempotent:
+                header["idem"] = 1
+            if credentials is not None:
+                header["cred"] = credentials
+            conn.write_frames(self._frames(header, body))
+            p.sent, p.conn = True, conn
+            if conn.write_paused:
+                await conn.drained()
+            f = await fut
+        except asyncio.CancelledError:
+            if p.sent and not conn.closed:
+                conn.write(F.encode(F.CANCEL, {"id": rid}))
+            raise
+        finally:
+            del self.pending[rid]
+            p.timer.cancel()
+            self.asm.drop(rid)
+            if admitted:
+                for token in self.waiters.release(nbytes):
+                    if not token.done():
+                        token.set_result(None)
+        if f.kind == F.ERROR:
+            raise error_from_header(f.header)
+        return F.unpack_body(f.header.get("type", "bytes"), f.body)
+
+    @staticmethod
+    def _frames(header: dict, body) -> list:
+        view = memoryview(body).cast("B")
+        if view.nbytes <= F.BODY_BYTES_MAX:
+            return [F.encode(F.REQUEST, header, view)]
+        if view.nbytes > F.MESSAGE_BYTES_MAX:
+            raise F.TooLarge(f"a message of {view.nbytes} bytes; MESSAGE_BYTES_MAX is "
+                             f"{F.MESSAGE_BYTES_MAX}")
+        out = []
+        rid = header["id"]
+        for seq, start in enumerate(range(0, view.nbytes, F.BODY_BYTES_MAX)):
+            part = view[start:start + F.BODY_BYTES_MAX]
+            if seq == 0:
+                out.append(F.encode(F.REQUEST, dict(header, more=True, size=view.nbytes), part))
+            else:
+                out.append(F.encode(F.PIECE, {"id": rid, "seq": seq,
+                                              "more": start + F.BODY_BYTES_MAX < view.nbytes},
+                                    part))
+        return out
+
+    def _leave(self, token) -> None:
+        _, admitted = self.waiters.leave(token)
+        for t in admitted:
+            if not t.done():
+                t.set_result(None)
+
+    def _expire(self, rid: int) -> None:
+        p = self.pending.get(rid)
+        if p is None or p.fut.done():
+            return
+        if p.sent:
+            if p.conn is not None and not p.conn.closed:
+                p.conn.write(F.encode(F.CANCEL, {"id": rid}))
+            p.fut.set_exception(TimedOut(f"no reply by the deadline (request {rid} to "
+                                         f"{self.address}); it may have run"))
+        else:
+            p.fut.set_exception(TimedOut(f"the deadline passed while the call waited for "
+                                         f"room in the flow-control window; not sent"))
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._ping is not None:
+            self._ping.cancel()
+        if self.conn is not None:
+            self.conn.close()
+
+    def stats(self) -> dict:
+        w = self.waiters.window
+        return {"in_flight": w.requests, "bytes_in_flight": w.bytes,
+                "waiting": len(self.waiters.queue), "address": self.address}
+
+
+# ------------------------------------------------------------------ resolving addresses
+
+def _resolver(uri: str, proxy: str | None):
+    scheme, where, _ = parse_uri(uri)
+    if scheme in ("tcp", "unix"):
+        address = f"tcp://{where}" if scheme == "tcp" else f"unix://{where}"
+
+        async def fixed():
+            return address
+        return fixed
+    cluster = where
+
+    async def local_proxy():
+        if proxy:
+            return proxy
+        env = os.environ.get("KUAFU_PROXY")
+        if env:
+            return env
+        return await asyncio.get_running_loop().run_in_executor(None, find_proxy, cluster)
+    return local_proxy
+
+
+def find_proxy(cluster: str) -> str:
+    """The address of a Kuafu proxy for ``cluster``: this node's Unix socket inside Ray; from
+    outside Ray, a proxy listed in the cluster's Nuwa (its Unix socket when it is on this
+    machine)."""
+    from kuafu import deploy
+
+    return deploy.find_proxy(cluster)
+
+
+class AsyncClient:
+    """A client whose connection lives on the running event loop (``kuafu.aconnect``)."""
+
+    def __init__(self, uri: str, *, service: str | None = None, timeout_s: float = CALL_TIMEOUT_S,
+                 proxy: str | None = None, credentials=None, **window):
+        _, _, svc = parse_uri(uri)
+        self.uri = uri
+        self.service = service or svc
+        self.timeout_s = timeout_s
+        self.credentials = credentials
+        self.channel = Channel(_resolver(uri, proxy), **window)
+
+    async def acall(self, method: str, message=b"", *, service: str | None = None,
+                    timeout_s: float | None = None, idempotent: bool = False,
+                    wait: bool = True):
+        svc = service or self.service
+        if not svc:
+            raise BadRequest(f"no service named: give one in the address ({self.uri}/<service>)"
+                             f" or as service=")
+        return await self.channel.request(svc, method, message,
+                                          self.timeout_s if timeout_s is None else timeout_s,
+                                          idempotent, wait, self.credentials)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+
+_bg_lock = threading.Lock()
+_bg: tuple | None = None
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """One event-loop thread per process carries every blocking client's connections."""
+    global _bg
+    with _bg_lock:
+        if _bg is None or not _bg[1].is_alive():
+            loop = asyncio.new_event_loop()
+            t = threading.Thread(target=loop.run_forever, name="kuafu-client", daemon=True)
+            t.start()
+            _bg = (loop, t)
+        return _bg[0]
+
+
+class Handle:
+    """The pending result of ``call_async``."""
+
+    def __init__(self, fut: concurrent.futures.Future, timeout_s: float):
+        self._fut, self._timeout_s = fut, timeout_s
+
+    def result(self, timeout_s: float | None = None):
+        """The reply, or the call's typed error. Waits at most ``timeout_s`` (default: until
+        the call's own deadline, which always ends it)."""
+        wait = self._timeout_s + 5.0 if timeout_s is None else timeout_s
+        try:
+            return self._fut.result(wait)
+        except concurrent.futures.TimeoutError:
+            if self._fut.done():
+                raise
+            raise TimedOut(f"no reply within result(timeout_s={wait:g}); the call goes on "
+                           f"until its deadline") from None
+
+    def done(self) -> bool:
+        return self._fut.done()
+
+    def cancel(self) -> bool:
+        """Stop waiting; the server is told to stop the call (it may already have run)."""
+        return self._fut.cancel()
+
+
+class Client:
+    """A blocking client; its connection lives on a shared background event loop."""
+
+    def __init__(self, uri: str, **kw):
+        self._loop = _background_loop()
+
+        async def make():
+            return AsyncClient(uri, **kw)
+        self._async = asyncio.run_coroutine_threadsafe(make(), self._loop).result(10)
+        self.uri = uri
+
+    @property
+    def service(self):
+        return self._async.service
+
+    def call_async(self, method: str, message=b"", *, service: str | None = None,
+                   timeout_s: float | None = None, idempotent: bool = False,
+                   wait: bool = True) -> Handle:
+        t = self._async.timeout_s if timeout_s is None else timeout_s
+        fut = asyncio.run_coroutine_threadsafe(
+            self._async.acall(method, message, service=service, timeout_s=t,
+                              idempotent=idempotent, wait=wait), self._loop)
+        return Handle(fut, t)
+
+    def call(self, method: str, message=b"", **kw):
+        return self.call_async(method, message, **kw).result()
+
+    async def acall(self, method: str, message=b"", **kw):
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+            self._async.acall(method, message, **kw), self._loop))
+
+    def stats(self) -> dict:
+        async def s():
+            return self._async.channel.stats()
+        return asyncio.run_coroutine_threadsafe(s(), self._loop).result(10)
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result(10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def connect(uri: str, **kw) -> Client:
+    """A blocking client for ``uri`` (see the module docstring)."""
+    return Client(uri, **kw)
+
+
+def aconnect(uri: str, **kw) -> AsyncClient:
+    """An asyncio client for ``uri``, bound to the running event loop."""
+    return AsyncClient(uri, **kw)
+
+
+__all__ = ["AsyncClient", "Client", "Handle", "connect", "aconnect", "parse_uri", "CALL_TIMEOUT_S"]

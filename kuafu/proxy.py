@@ -1,0 +1,820 @@
+"""The Kuafu proxy: one per node; clients talk to their local proxy, proxies talk to proxies.
+
+It listens on a Unix socket (processes on its node) and on TCP (other proxies and outside
+clients). A connection starts as a *client* connection; one that calls the control service
+``kuafu.register`` becomes a *server* connection, and the proxy sends it the requests for the
+services it registered. The proxy publishes every registered service in Nuwa as an
+ephemeral node ``/services/<service>/<endpoint>`` and watches ``/services`` (one watch, no
+per-call lookups), so it knows every endpoint in the cluster.
+
+A request is forwarded without decoding its body: the header's request id is rewritten for
+the connection it goes out on, and pieces follow their first frame. The target is chosen by
+power of two choices on the requests this proxy has in flight to each endpoint. A request
+for an endpoint on another node goes over a pooled, multiplexed connection to that node's
+proxy, which delivers it to the named endpoint.
+
+Retries: a request that certainly did not reach a server (no connection to the endpoint's
+proxy, the endpoint gone when it arrived) goes to another endpoint; one that may have run is
+sent again only when idempotent (the caller said so, or the server declared the method).
+
+Flow control: each connection the proxy sends requests on has a window (requests and bytes
+in flight) with a bounded FIFO of requests waiting for room (``SERVICE_QUEUE_MAX``; beyond it
+callers get ``Overloaded``). Bytes held for a source connection that are not yet forwarded are
+bounded (``SOURCE_QUEUED_BYTES_MAX``): above it the proxy stops reading that connection. A
+connection whose kernel buffer is full pauses whoever feeds it. Connections that stay silent
+or stall mid-frame are closed (``kuafu.conn`` timeouts), and so are connections past
+``CONNECTIONS_MAX``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import random
+import time
+
+from kuafu import flow
+from kuafu import frame as F
+from kuafu.conn import (HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, PARTIAL_FRAME_TIMEOUT_S,
+                        PING_INTERVAL_S, Conn, stale_reason)
+from kuafu.errors import (BadRequest, FrameError, KuafuError, Overloaded, TimedOut, Unavailable)
+from kuafu.server import CONTROL_SERVICE, DEADLINE_MAX_S, check_service_name
+
+log = logging.getLogger("kuafu.proxy")
+
+CONNECTIONS_MAX = 16_384            # accepted connections at once; more are closed at once
+SERVICE_QUEUE_MAX = 1024            # requests waiting for room toward one connection
+SERVER_REQUESTS_IN_FLIGHT_MAX = 256  # requests in flight to one attached server
+SOURCE_QUEUED_BYTES_MAX = 32 * 1024 * 1024  # request bytes held for one source, not yet sent
+PROXY_RETRIES_MAX = 3               # re-dispatches of one request to other endpoints
+PEER_CONNECTIONS_MAX = 2            # pooled connections to one other proxy
+PEER_SPREAD_REQUESTS = 64           # open another pooled connection above this many in flight
+PEER_DOWN_S = 2.0                   # a proxy we could not reach is skipped this long
+SWEEP_PERIOD_S = 0.25
+ENDPOINTS_PER_SERVICE_MAX = 10_000
+SERVICES_PATH = "/services"
+PROXIES_PATH = "/kuafu/proxies"
+NUWA_TIMEOUT_S = 10.0
+
+
+class Endpoint:
+    __slots__ = ("name", "service", "proxy_id", "address", "conn", "idem", "inflight", "node",
+                 "calls")
+
+    def __init__(self, name, service, proxy_id, address, conn=None, idem=(), node=""):
+        self.name, self.service, self.proxy_id = name, service, proxy_id
+        self.address, self.conn, self.idem = address, conn, set(idem)
+        self.inflight, self.node, self.calls = 0, node, 0
+
+    def describe(self) -> dict:
+        return {"endpoint": self.name, "service": self.service, "proxy": self.address,
+                "node": self.node, "local": self.conn is not None, "in_flight": self.inflight,
+                "idempotent": sorted(self.idem)}
+
+
+class Route:
+    """One request passing through: from (src, src_id) to (target, tid) at endpoint ep."""
+
+    __slots__ = ("src", "src_id", "svc", "method", "header", "body", "deadline", "idem", "nbytes",
+                 "more", "retryable", "target", "tid", "ep", "tried", "sent", "admitted",
+                 "queued", "pieces", "held", "retries", "resp_started", "nowait")
+
+    def __init__(self, src, src_id, header, body, deadline):
+        self.src, self.src_id, self.header, self.body = src, src_id, header, body
+        self.svc, self.method = header["svc"], header["m"]
+        self.deadline = deadline
+        self.idem = bool(header.get("idem"))
+        self.more = bool(header.get("more"))
+        self.nbytes = int(header.get("size", len(body))) if self.more else len(body)
+        self.retryable = not self.more  # a request in pieces is not kept whole for a resend
+        self.nowait = bool(header.get("nw"))
+        self.target = self.tid = self.ep = None
+        self.tried: set = set()
+        self.sent = self.admitted = self.queued = self.resp_started = False
+        self.pieces: list = []
+        self.held = 0  # request bytes held here for the source, not yet forwarded
+        self.retries = 0
+
+
+class ProxyCore:
+    def __init__(self, proxy_id: str, *, host: str = "127.0.0.1", port: int = 0,
+                 uds: str | None = None, nuwa=None, node: str = "",
+                 advertise_host: str | None = None,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S, hello_timeout_s: float = HELLO_TIMEOUT_S,
+                 partial_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S):
+        self.proxy_id, self.host, self.port, self.uds = proxy_id, host, port, uds
+        self.advertise_host = advertise_host or host
+        self.nuwa_addresses = nuwa
+        self.node = node
+        self.idle_timeout_s, self.hello_timeout_s = idle_timeout_s, hello_timeout_s
+        self.partial_timeout_s = partial_timeout_s
+        self.conns: set[Conn] = set()
+        self.local: dict[str, dict[str, Endpoint]] = {}
+        self.remote: dict[str, dict[str, Endpoint]] = {}
+        self.by_name: dict[str, Endpoint] = {}
+        self.routes: dict[tuple, Route] = {}
+        self.inbound: dict[tuple, Route] = {}
+        self.peers: dict[str, list[Conn]] = {}
+        self.peer_waiting: dict[str, list[Route]] = {}
+        self.peer_down: dict[str, float] = {}
+        self.ep_seq = itertools.count(1)
+        self.counters = {"requests": 0, "responses": 0, "errors": 0, "retries": 0,
+                         "overloaded": 0, "timed_out": 0, "rejected_frames": 0,
+                         "closed_stale": 0, "refused_connections": 0, "held_bytes_max": 0}
+        self.held_bytes = 0
+        self.nuwa = None
+        self.tcp_address = ""
+        self._servers: list = []
+        self._tasks: list[asyncio.Task] = []
+        self._published: dict[str, str] = {}  # endpoint name -> Nuwa path
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> dict:
+        self.loop = asyncio.get_running_loop()
+        if self.port is not None:
+            srv = await self.loop.create_server(lambda: Conn(self), self.host, self.port,
+                                                backlog=1024)
+            self._servers.append(srv)
+            self.port = srv.sockets[0].getsockname()[1]
+            self.tcp_address = f"tcp://{self.advertise_host}:{self.port}"
+        if self.uds:
+            os.makedirs(os.path.dirname(self.uds), mode=0o700, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.uds)  # a socket file outlives a killed proxy
+            srv = await self.loop.create_unix_server(lambda: Conn(self), self.uds, backlog=1024)
+            self._servers.append(srv)
+        self._tasks.append(self.loop.create_task(self._sweep()))
+        if self.nuwa_addresses:
+            await self._nuwa_start()
+        return self.info()
+
+    def info(self) -> dict:
+        return {"proxy_id": self.proxy_id, "tcp": self.tcp_address,
+                "uds": f"unix://{self.uds}" if self.uds else "", "node": self.node,
+                "pid": os.getpid()}
+
+    async def stop(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        for t in self._tasks:
+            t.cancel()
+        for c in list(self.conns):
+            c.close()
+        for conns in self.peers.values():
+            for c in conns:
+                c.close()
+        if self.nuwa is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nuwa.close(), NUWA_TIMEOUT_S)
+        if self.uds:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.uds)
+
+    # ------------------------------------------------------------ connection events
+    def on_open(self, conn: Conn) -> None:
+        if conn.role == "peer":
+            return
+        if len(self.conns) >= CONNECTIONS_MAX:
+            self.counters["refused_connections"] += 1
+            conn.reject(Overloaded(f"this proxy holds {len(self.conns)} connections "
+                                   f"(CONNECTIONS_MAX)"))
+            return
+        self.conns.add(conn)
+        conn.attrs["held"] = 0
+
+    def on_lost(self, conn: Conn, exc) -> None:
+        self.conns.discard(conn)
+        if conn.role == "peer":
+            pool = self.peers.get(conn.attrs.get("address"), [])
+            if conn in pool:
+                pool.remove(conn)
+        # Requests this connection was carrying toward a server or another proxy.
+        for key in [k for k in self.routes if k[0] is conn]:
+            r = self.routes.pop(key)
+            r.ep.inflight -= 1
+            r.target = None
+            r.admitted = False
+            if r.queued:
+                r.queued = False
+            if not r.sent:
+                self._retry(r, "its connection closed before it was sent")
+            elif r.idem and r.retryable and not r.resp_started:
+                self._retry(r, "the connection carrying it was lost; idempotent, so resent")
+            else:
+                self._fail(r, Unavailable(
+                    f"the endpoint {r.ep.name} of {r.svc!r} went away with the call in flight; "
+                    f"it may have run (declare the method idempotent to have it retried)",
+                    maybe_executed=True))
+        # Requests this connection had sent us.
+        for key in [k for k in self.inbound if k[0] is conn]:
+            r = self.inbound.pop(key)
+            self._drop_outbound(r, cancel=True)
+        for name in list(conn.attrs.get("endpoints", ())):
+            self._remove_local(name)
+
+    def on_frame(self, conn: Conn, f: F.Frame) -> None:
+        kind = f.kind
+        if conn.role == "client":
+            if kind == F.REQUEST:
+                self._on_request(conn, f)
+            elif kind == F.PIECE:
+                self._on_request_piece(conn, f)
+            elif kind == F.CANCEL:
+                r = self.inbound.pop((conn, f.request_id), None)
+                if r is not None:
+                    self._drop_outbound(r, cancel=True)
+            else:
+                conn.reject(FrameError(f"a {F.KINDS[kind]} frame from a client; a client sends "
+                                       f"REQUEST, PIECE, CANCEL and PING"))
+        else:  # server or peer: replies to what we sent it (a server may also call kuafu.*)
+            if kind in (F.RESPONSE, F.ERROR, F.PIECE):
+                self._on_reply(conn, f)
+            elif kind == F.REQUEST and f.header.get("svc") == CONTROL_SERVICE:
+                self._control(conn, f)
+            elif kind == F.REQUEST:
+                conn.write(self._error_frame(f.request_id, BadRequest(
+                    "a server connection may only call the control service "
+                    f"{CONTROL_SERVICE!r}; make calls on a client connection")))
+            elif kind == F.CANCEL:
+                pass
+            else:
+                conn.reject(FrameError(f"a {F.KINDS[kind]} frame from a {conn.role} connection"))
+
+    # ------------------------------------------------------------ requests in
+    def _on_request(self, src: Conn, f: F.Frame) -> None:
+        h = f.header
+        rid = f.request_id
+        if not isinstance(rid, int) or (src, rid) in self.inbound:
+            src.write(self._error_frame(rid if isinstance(rid, int) else 0, BadRequest(
+                f"request id {rid!r:.40} is in use or not an integer")))
+            return
+        svc, method = h.get("svc"), h.get("m")
+        if not isinstance(svc, str) or not isinstance(method, str):
+            src.write(self._error_frame(rid, BadRequest(
+                "a request header needs 'svc' (service) and 'm' (method) as strings")))
+            return
+        if svc == CONTROL_SERVICE:
+            self._control(src, f)
+            return
+        dl = h.get("dl")
+        timeout_s = min(float(dl) / 1000.0, DEADLINE_MAX_S) if isinstance(dl, (int, float)) \
+            else DEADLINE_MAX_S
+        self.counters["requests"] += 1
+        r = Route(src, rid, h, f.body, self.loop.time() + timeout_s)
+        if r.more and not (isinstance(h.get("size"), int) and 0 <= h["size"] <= F.MESSAGE_BYTES_MAX):
+            src.write(self._error_frame(rid, BadRequest(
+                f"a message in pieces must announce its size (0..{F.MESSAGE_BYTES_MAX})")))
+            return
+        self.inbound[(src, rid)] = r
+        self._hold(r, len(f.body))
+        if timeout_s <= 0:
+            self._fail(r, TimedOut("the deadline had passed when the request reached the proxy;"
+                                   " not sent"))
+            return
+        self._dispatch(r)
+
+    def _on_request_piece(self, src: Conn, f: F.Frame) -> None:
+        r = self.inbound.get((src, f.request_id))
+        if r is None or not r.more:
+            return  # its request failed or was cancelled: drop the rest
+        if not f.more:
+            r.more = False
+        if r.admitted and r.target is not None:
+            self._forward_piece(r, f)
+        else:
+            r.pieces.append(f)
+            self._hold(r, len(f.body))
+
+    def _forward_piece(self, r: Route, f: F.Frame) -> None:
+        h = {"id": r.tid, "seq": f.header.get("seq"), "more": f.more}
+        r.target.write(F.encode(F.PIECE, h, f.body))
+        self._backpressure(r.src, r.target)
+
+    # ------------------------------------------------------------ choosing and sending
+    def _candidates(self, r: Route) -> list[Endpoint]:
+        target = r.header.get("ep")
+        if target is not None:  # another proxy chose an endpoint of ours
+            ep = self.by_name.get(target)
+            return [ep] if ep is not None and ep.name not in r.tried else []
+        now = self.loop.time()
+        out = [ep for ep in self.local.get(r.svc, {}).values() if ep.name not in r.tried]
+        for ep in self.remote.get(r.svc, {}).values():
+            if ep.name not in r.tried and self.peer_down.get(ep.address, 0) <= now:
+                out.append(ep)
+        return out
+
+    def _choose(self, r: Route) -> Endpoint | None:
+        eps = self._candidates(r)
+        if not eps:
+            return None
+        if len(eps) == 1:
+            return eps[0]
+        a, b = random.sample(eps, 2)
+        if a.inflight != b.inflight:
+            return a if a.inflight < b.inflight else b
+        return a if a.conn is not None else b  # on a tie, stay on this node
+
+    def _dispatch(self, r: Route) -> None:
+        if self.loop.time() >= r.deadline:
+            self._fail(r, TimedOut(f"the deadline passed before {r.svc!r} could be reached; "
+                                   f"not sent"))
+            return
+        ep = self._choose(r)
+        if ep is None:
+            known = len(self.local.get(r.svc, {})) + len(self.remote.get(r.svc, {}))
+            if r.header.get("ep") is not None:
+                why = f"endpoint {r.header['ep']!r} of {r.svc!r} is not on this proxy any more"
+            elif r.tried:
+                why = f"all {len(r.tried)} endpoints of {r.svc!r} tried failed"
+            elif known:
+                why = f"no reachable endpoint of {r.svc!r} ({known} known)"
+            else:
+                why = f"no endpoint of service {r.svc!r} is registered"
+            self._fail(r, Unavailable(why + "; not sent", maybe_executed=False))
+            return
+        r.ep = ep
+        r.tried.add(ep.name)
+        if ep.conn is not None:
+            self._send_to(ep.conn, r)
+            return
+        conn = self._peer(ep.address)
+        if conn is not None:
+            self._send_to(conn, r)
+        else:
+            self.peer_waiting.setdefault(ep.address, []).append(r)
+
+    def _send_to(self, target: Conn, r: Route) -> None:
+        ids = target.attrs.get("ids")
+        if ids is None:
+            target.attrs["ids"] = ids = itertools.count(1)
+            w = flow.Window(SERVER_REQUESTS_IN_FLIGHT_MAX if target.role == "server"
+                            else flow.REQUESTS_IN_FLIGHT_MAX, flow.BYTES_IN_FLIGHT_MAX)
+            target.attrs["waiters"] = flow.Waiters(w, SERVICE_QUEUE_MAX)
+        waiters: flow.Waiters = target.attrs["waiters"]
+        r.target, r.tid = target, next(ids)
+        self.routes[(target, r.tid)] = r
+        r.ep.inflight += 1
+        try:
+            if r.nowait:
+                waiters.window.acquire_or_raise(r.nbytes)
+                ok = True
+            else:
+                ok = waiters.arrive(r, r.nbytes)
+        except Overloaded as e:
+            self.routes.pop((target, r.tid), None)
+            r.ep.inflight -= 1
+            r.target = None
+            self.counters["overloaded"] += 1
+            self._fail(r, Overloaded(f"{r.svc!r} at endpoint {r.ep.name}: {e}"))
+            return
+        if ok:
+            self._transmit(r)
+        else:
+            r.queued = True
+
+    def _transmit(self, r: Route) -> None:
+        r.queued = False
+        r.admitted = True
+        target = r.target
+        h = dict(r.header)
+        h["id"] = r.tid
+        h["dl"] = max(1, int((r.deadline - self.loop.time()) * 1000))
+        h.pop("nw", None)
+        if r.ep.conn is None:
+            h["ep"] = r.ep.name
+        else:
+            h.pop("ep", None)
+        if r.ep.idem and r.method in r.ep.idem:
+            r.idem = True
+        target.write(F.encode(F.REQUEST, h, r.body))
+        r.sent = True
+        r.ep.calls += 1
+        if not r.retryable:
+            r.body = b""
+        for p in r.pieces:
+            self._forward_piece(r, p)
+        self._unhold(r, r.held)
+        r.pieces = []
+        self._backpressure(r.src, target)
+
+    def _backpressure(self, src: Conn, target: Conn) -> None:
+        """Stop reading ``src`` while ``target``'s write buffer is over its high mark."""
+        if target.write_paused and not src.closed:
+            src.pause_reading(target)
+            target.when_writable(lambda: src.resume_reading(target))
+
+    def _hold(self, r: Route, n: int) -> None:
+        if not n:
+            return
+        r.held += n
+        src = r.src
+        src.attrs["held"] = src.attrs.get("held", 0) + n
+        self.held_bytes += n
+        self.counters["held_bytes_max"] = max(self.counters["held_bytes_max"], self.held_bytes)
+        if src.attrs["held"] > SOURCE_QUEUED_BYTES_MAX:
+            src.pause_reading("held")
+
+    def _unhold(self, r: Route, n: int) -> None:
+        if not n:
+            return
+        r.held -= n
+        src = r.src
+        src.attrs["held"] = src.attrs.get("held", 0) - n
+        self.held_bytes -= n
+        if src.attrs["held"] <= SOURCE_QUEUED_BYTES_MAX // 2:
+            src.resume_reading("held")
+
+    # ------------------------------------------------------------ replies
+    def _on_reply(self, t: Conn, f: F.Frame) -> None:
+        r = self.routes.get((t, f.request_id))
+        if r is None:
+            if f.request_id == 0 and f.kind == F.ERROR:
+                t.close()  # it refused our bytes
+            return  # a reply to a call that was cancelled or timed out
+        if f.kind == F.ERROR and not r.resp_started:
+            code = f.header.get("code")
+            if code == "Unavailable" and not f.header.get("ex") and r.retryable:
+                self._release(r)
+                self._retry(r, f"endpoint {r.ep.name}: {f.header.get('msg')}")
+                return
+            self.counters["errors"] += 1
+        h = dict(f.header)
+        h["id"] = r.src_id
+        r.src.write(F.encode(f.kind, h, f.body))
+        r.resp_started = True
+        if f.more:
+            self._backpressure(t, r.src)
+            return
+        self.counters["responses"] += 1
+        self.inbound.pop((r.src, r.src_id), None)
+        self._release(r)
+        self._backpressure(t, r.src)
+
+    def _release(self, r: Route) -> None:
+        """The target is done with ``r``: free its slot and admit whoever waits."""
+        t = r.target
+        if t is None:
+            return
+        self.routes.pop((t, r.tid), None)
+        r.ep.inflight -= 1
+        r.target = None
+        waiters: flow.Waiters = t.attrs["waiters"]
+        if r.admitted:
+            r.admitted = False
+            for nxt in waiters.release(r.nbytes):
+                if nxt.target is t and nxt.queued:
+                    self._transmit(nxt)
+        elif r.queued:
+            r.queued = False
+            _, admitted = waiters.leave(r)
+            for nxt in admitted:
+                if nxt.target is t and nxt.queued:
+                    self._transmit(nxt)
+
+    def _drop_outbound(self, r: Route, cancel: bool) -> None:
+        t = r.target
+        if t is not None and r.sent and cancel and not t.closed:
+            t.write(F.encode(F.CANCEL, {"id": r.tid}))
+        self._release(r)
+        self._unhold(r, r.held)
+        for addr, waiting in self.peer_waiting.items():
+            if r in waiting:
+                waiting.remove(r)
+
+    def _retry(self, r: Route, why: str) -> None:
+        if not r.retryable or r.retries >= PROXY_RETRIES_MAX:
+            self._fail(r, Unavailable(f"{r.svc}.{r.method}: {why}; no more retries "
+                                      f"(PROXY_RETRIES_MAX={PROXY_RETRIES_MAX})",
+                                      maybe_executed=r.sent))
+            return
+        r.retries += 1
+        r.sent = False
+        self.counters["retries"] += 1
+        self._dispatch(r)
+
+    def _fail(self, r: Route, err: KuafuError) -> None:
+        if isinstance(err, TimedOut):
+            self.counters["timed_out"] += 1
+        self.counters["errors"] += 1
+        self.inbound.pop((r.src, r.src_id), None)
+        self._drop_outbound(r, cancel=True)
+        if not r.src.closed:
+            r.src.write(self._error_frame(r.src_id, err))
+
+    @staticmethod
+    def _error_frame(rid: int, err: KuafuError) -> list:
+        h = err.to_header()
+        h["id"] = rid
+        return F.encode(F.ERROR, h)
+
+    # ------------------------------------------------------------ other proxies
+    def _peer(self, address: str) -> Conn | None:
+        pool = self.peers.get(address)
+        if pool:
+            best = min(pool, key=lambda c: c.attrs["waiters"].window.requests
+                       if "waiters" in c.attrs else 0)
+            busy = best.attrs["waiters"].window.requests if "waiters" in best.attrs else 0
+            if busy >= PEER_SPREAD_REQUESTS and len(pool) < PEER_CONNECTIONS_MAX \
+                    and address not in self.peer_waiting:
+                self.peer_waiting[address] = []
+                self.loop.create_task(self._connect_peer(address))
+            return best
+        if address not in self.peer_waiting:
+            self.peer_waiting[address] = []
+            self.loop.create_task(self._connect_peer(address))
+        return None
+
+    async def _connect_peer(self, address: str) -> None:
+        from kuafu.client import CONNECT_TIMEOUT_S, open_connection
+
+        try:
+            _, conn = await open_connection(address, lambda: Conn(self, role="peer"),
+                                            CONNECT_TIMEOUT_S)
+        except KuafuError as e:
+            self.peer_down[address] = self.loop.time() + PEER_DOWN_S
+            waiting = self.peer_waiting.pop(address, [])
+            for r in waiting:
+                for ep in self.remote.get(r.svc, {}).values():
+                    if ep.address == address:
+                        r.tried.add(ep.name)
+                self._retry(r, f"cannot reach the proxy at {address} ({e}); not sent")
+            return
+        conn.attrs["address"] = address
+        self.peers.setdefault(address, []).append(conn)
+        for r in self.peer_waiting.pop(address, []):
+            if (r.src, r.src_id) in self.inbound:
+                self._send_to(conn, r)
+
+    # ------------------------------------------------------------ sweeping
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_PERIOD_S)
+            try:
+                self._sweep_once()
+            except Exception:  # noqa: BLE001 - a sweeper must survive anything
+                log.exception("kuafu proxy sweep failed")
+
+    def _sweep_once(self) -> None:
+        now = self.loop.time()
+        for r in [r for r in self.inbound.values() if now >= r.deadline]:
+            self._fail(r, TimedOut(f"no reply from {r.svc}.{r.method} by the deadline"
+                                   + ("; it may have run" if r.sent else "; not sent")))
+        busy = {k[0] for k in self.routes} | {k[0] for k in self.inbound}
+        for c in list(self.conns):
+            if c in busy:
+                continue
+            why = stale_reason(c, now, self.idle_timeout_s, self.hello_timeout_s,
+                               self.partial_timeout_s)
+            if why:
+                self.counters["closed_stale"] += 1
+                c.close()
+        for pool in self.peers.values():
+            for c in pool:
+                if now - c.last_tx > PING_INTERVAL_S:
+                    c.write(F.encode(F.PING, {"id": 0}))
+
+    # ------------------------------------------------------------ control service
+    def _control(self, conn: Conn, f: F.Frame) -> None:
+        rid = f.request_id
+        try:
+            msg = F.unpack_body(f.header.get("type", "bytes"), f.body)
+            m = f.header.get("m")
+            if m == "ping":
+                conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid}, "pong"))
+            elif m == "stats":
+                conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid},
+                                                   json.dumps(self.stats())))
+            elif m == "resolve":
+                svc = msg.get("service") if isinstance(msg, dict) else None
+                eps = [e.describe() for e in self._all_endpoints(svc)]
+                conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid}, json.dumps(eps)))
+            elif m == "register":
+                self._register(conn, rid, msg)
+            elif m == "unregister":
+                self._unregister(conn, rid, msg)
+            else:
+                raise BadRequest(f"the control service {CONTROL_SERVICE!r} has no method "
+                                 f"{m!r:.60}; it offers ping, stats, resolve, register, "
+                                 f"unregister")
+        except KuafuError as e:
+            conn.write(self._error_frame(rid, e))
+
+    def _all_endpoints(self, svc: str | None) -> list[Endpoint]:
+        out = []
+        for table in (self.local, self.remote):
+            for s, eps in table.items():
+                if svc is None or s == svc:
+                    out.extend(eps.values())
+        return out
+
+    def _register(self, conn: Conn, rid: int, msg) -> None:
+        if not isinstance(msg, dict) or "service" not in msg:
+            raise BadRequest("register takes a map with 'service' (and 'idempotent': "
+                             "comma-separated method names)")
+        svc = check_service_name(msg["service"])
+        if svc == CONTROL_SERVICE:
+            raise BadRequest(f"{CONTROL_SERVICE!r} is the proxy's own service")
+        if len(self.local.get(svc, {})) >= ENDPOINTS_PER_SERVICE_MAX:
+            raise Overloaded(f"{svc!r} has {ENDPOINTS_PER_SERVICE_MAX} endpoints on this proxy "
+                             f"(ENDPOINTS_PER_SERVICE_MAX)")
+        idem = [m for m in msg.get("idempotent", "").split(",") if m]
+        if conn.role == "client" and any(k[0] is conn for k in self.inbound):
+            raise BadRequest("a connection with calls in flight cannot become a server "
+                             "connection; attach servers on their own connection")
+        conn.role = "server"
+        name = f"{self.proxy_id}~{next(self.ep_seq)}"
+        ep = Endpoint(name, svc, self.proxy_id, self.tcp_address, conn, idem, self.node)
+        self.local.setdefault(svc, {})[name] = ep
+        self.by_name[name] = ep
+        conn.attrs.setdefault("endpoints", set()).add(name)
+
+        async def publish():
+            try:
+                if self.nuwa is not None:
+                    await self._publish(ep)
+                conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid},
+                                                   {"endpoint": name}))
+            except Exception as e:  # noqa: BLE001 - told to the registering server
+                self._remove_local(name)
+                conn.write(self._error_frame(rid, Unavailable(
+                    f"could not publish {svc!r} in Nuwa: {e}")))
+        self.loop.create_task(publish())
+
+    def _unregister(self, conn: Conn, rid: int, msg) -> None:
+        svc = msg.get("service") if isinstance(msg, dict) else None
+        names = [n for n in conn.attrs.get("endpoints", ())
+                 if n in self.by_name and self.by_name[n].service == svc]
+        if not names:
+            raise BadRequest(f"this connection has no endpoint of {svc!r:.80} registered")
+
+        async def withdraw():
+            for n in names:
+                ep = self.by_name.get(n)
+                if ep is not None:
+                    # No new calls (local or from other proxies); calls in flight finish.
+                    self.local.get(ep.service, {}).pop(n, None)
+                    await self._unpublish(n)
+            conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid}, {"removed": str(len(names))}))
+        self.loop.create_task(withdraw())
+
+    def _remove_local(self, name: str) -> None:
+        ep = self.by_name.pop(name, None)
+        if ep is None:
+            return
+        self.local.get(ep.service, {}).pop(name, None)
+        if not self.local.get(ep.service):
+            self.local.pop(ep.service, None)
+        if ep.conn is not None:
+            ep.conn.attrs.get("endpoints", set()).discard(name)
+        if name in self._published and self.nuwa is not None:
+            self.loop.create_task(self._unpublish(name))
+
+    # ------------------------------------------------------------ Nuwa
+    async def _nuwa_start(self) -> None:
+        from nuwa.client import AsyncNuwa
+
+        self.nuwa = AsyncNuwa([tuple(a) for a in self.nuwa_addresses], NUWA_TIMEOUT_S,
+                              creator=f"kuafu-proxy:{self.proxy_id}")
+        await self._ensure_dir(SERVICES_PATH)
+        await self._ensure_dir(PROXIES_PATH)
+        await self._publish_self()
+        self._tasks.append(self.loop.create_task(self._follow()))
+        self._tasks.append(self.loop.create_task(self._keep_published()))
+
+    async def _ensure_dir(self, path: str) -> None:
+        from nuwa import errors as NE
+
+        with contextlib.suppress(NE.NodeExists):
+            await self.nuwa.create(path, b"", parents=True)
+
+    async def _create_ephemeral(self, path: str, value: bytes) -> None:
+        from nuwa import errors as NE
+
+        try:
+            await self.nuwa.create(path, value, ephemeral=True, parents=True)
+        except NE.NodeExists:
+            # Left by an earlier life of this proxy whose session has not expired yet.
+            with contextlib.suppress(NE.NoNode):
+                await self.nuwa.delete(path)
+            await self.nuwa.create(path, value, ephemeral=True, parents=True)
+
+    async def _publish_self(self) -> None:
+        await self._create_ephemeral(f"{PROXIES_PATH}/{self.proxy_id}",
+                                     json.dumps(self.info()).encode())
+
+    async def _publish(self, ep: Endpoint) -> None:
+        path = f"{SERVICES_PATH}/{ep.service}/{ep.name}"
+        value = json.dumps({"proxy": ep.address, "proxy_id": self.proxy_id, "node": self.node,
+                            "idempotent": sorted(ep.idem)}).encode()
+        await self._create_ephemeral(path, value)
+        self._published[ep.name] = path
+
+    async def _unpublish(self, name: str) -> None:
+        from nuwa import errors as NE
+
+        path = self._published.pop(name, None)
+        if path is not None and self.nuwa is not None:
+            with contextlib.suppress(NE.NoNode, NE.NuwaError):
+                await self.nuwa.delete(path)
+
+    async def _keep_published(self) -> None:
+        """After a Nuwa session loss (a partition longer than its TTL), publish again."""
+        session_id = None
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                s = await self.nuwa._ensure_session()
+                if session_id is not None and s.id != session_id:
+                    await self._publish_self()
+                    for ep in list(self.by_name.values()):
+                        if ep.name in self._published:
+                            await self._publish(ep)
+                session_id = s.id
+            except Exception as e:  # noqa: BLE001 - keep trying
+                log.warning("kuafu proxy %s: Nuwa session check failed: %s", self.proxy_id, e)
+
+    async def _follow(self) -> None:
+        """Keep ``self.remote`` equal to /services in Nuwa: watch first, then list."""
+        while True:
+            try:
+                w = await self.nuwa.watch(SERVICES_PATH, recursive=True)
+                self.remote = await self._list_services()
+                while True:
+                    ev = await w.__anext__()
+                    self._apply(ev)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - re-watch and re-list
+                log.warning("kuafu proxy %s: watch on %s ended (%s); re-watching",
+                            self.proxy_id, SERVICES_PATH, e)
+                await asyncio.sleep(0.5)
+
+    async def _list_services(self) -> dict:
+        from nuwa import errors as NE
+
+        out: dict[str, dict[str, Endpoint]] = {}
+        for svc in await self.nuwa.list(SERVICES_PATH):
+            try:
+                names = await self.nuwa.list(f"{SERVICES_PATH}/{svc}")
+            except NE.NoNode:
+                continue
+            for name in names:
+                try:
+                    value, _ = await self.nuwa.get(f"{SERVICES_PATH}/{svc}/{name}")
+                except NE.NoNode:
+                    continue
+                ep = self._endpoint_from(svc, name, value)
+                if ep is not None:
+                    out.setdefault(svc, {})[name] = ep
+        return out
+
+    def _endpoint_from(self, svc: str, name: str, value: bytes) -> Endpoint | None:
+        try:
+            d = json.loads(value)
+        except ValueError:
+            return None
+        if not isinstance(d, dict) or d.get("proxy_id") == self.proxy_id or not d.get("proxy"):
+            return None  # our own endpoints are in self.local
+        return Endpoint(name, svc, d["proxy_id"], d["proxy"], None, d.get("idempotent", ()),
+                        d.get("node", ""))
+
+    def _apply(self, ev: dict) -> None:
+        parts = ev["path"].split("/")
+        if len(parts) != 4:  # /services/<svc>/<endpoint>
+            return
+        _, _, svc, name = parts
+        if ev["type"] == "deleted":
+            eps = self.remote.get(svc)
+            if eps is not None:
+                eps.pop(name, None)
+                if not eps:
+                    self.remote.pop(svc, None)
+            return
+        ep = self._endpoint_from(svc, name, ev.get("value") or b"")
+        if ep is not None:
+            old = self.remote.get(svc, {}).get(name)
+            if old is not None:
+                ep.inflight = old.inflight
+            self.remote.setdefault(svc, {})[name] = ep
+
+    # ------------------------------------------------------------ status
+    def stats(self) -> dict:
+        roles: dict[str, int] = {}
+        for c in self.conns:
+            roles[c.role] = roles.get(c.role, 0) + 1
+        roles["peer"] = sum(len(p) for p in self.peers.values())
+        return {"proxy_id": self.proxy_id, "tcp": self.tcp_address, "node": self.node,
+                "connections": roles, "routes": len(self.routes), "inbound": len(self.inbound),
+                "held_bytes": self.held_bytes,
+                "queued": sum(len(c.attrs["waiters"].queue) for c in
+                              list(self.conns) + [c for p in self.peers.values() for c in p]
+                              if "waiters" in c.attrs),
+                "local_services": {s: len(e) for s, e in self.local.items()},
+                "remote_services": {s: len(e) for s, e in self.remote.items()},
+                "counters": dict(self.counters), "uptime_s": round(time.time() - self.started_at, 1)}
