@@ -307,7 +307,7 @@ class Channel:
 
 # ------------------------------------------------------------------ resolving addresses
 
-def _resolver(uri: str, proxy: str | None):
+def _resolver(uri: str, proxy: str | None, nuwa: list | None = None):
     scheme, where, _ = parse_uri(uri)
     if scheme in ("tcp", "unix"):
         address = f"tcp://{where}" if scheme == "tcp" else f"unix://{where}"
@@ -323,7 +323,12 @@ def _resolver(uri: str, proxy: str | None):
         env = os.environ.get("KUAFU_PROXY")
         if env:
             return env
-        return await asyncio.get_running_loop().run_in_executor(None, find_proxy, cluster)
+        loop = asyncio.get_running_loop()
+        if nuwa:
+            from kuafu.deploy import proxy_from_nuwa
+
+            return await loop.run_in_executor(None, proxy_from_nuwa, nuwa)
+        return await loop.run_in_executor(None, find_proxy, cluster)
     return local_proxy
 
 
@@ -337,16 +342,20 @@ def find_proxy(cluster: str) -> str:
 
 
 class AsyncClient:
-    """A client whose connection lives on the running event loop (``kuafu.aconnect``)."""
+    """A client whose connection lives on the running event loop (``kuafu.aconnect``).
+
+    ``proxy`` names the proxy to use for ``nuwa://`` (default: this node's, found through Ray
+    or the cluster's record); ``nuwa`` gives the Nuwa addresses to find one in instead."""
 
     def __init__(self, uri: str, *, service: str | None = None, timeout_s: float = CALL_TIMEOUT_S,
-                 proxy: str | None = None, credentials=None, **window):
+                 proxy: str | None = None, nuwa: list | None = None, credentials=None,
+                 **window):
         _, _, svc = parse_uri(uri)
         self.uri = uri
         self.service = service or svc
         self.timeout_s = timeout_s
         self.credentials = credentials
-        self.channel = Channel(_resolver(uri, proxy), **window)
+        self.channel = Channel(_resolver(uri, proxy, nuwa), **window)
 
     async def acall(self, method: str, message=b"", *, service: str | None = None,
                     timeout_s: float | None = None, idempotent: bool = False,

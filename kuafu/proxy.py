@@ -56,9 +56,10 @@ PEER_SPREAD_REQUESTS = 64           # open another pooled connection above this 
 PEER_DOWN_S = 2.0                   # a proxy we could not reach is skipped this long
 SWEEP_PERIOD_S = 0.25
 ENDPOINTS_PER_SERVICE_MAX = 10_000
-SERVICES_PATH = "/services"
-PROXIES_PATH = "/kuafu/proxies"
+SERVICES_PATH = "/services/"  # a Nuwa directory: its path ends with "/"
+PROXIES_PATH = "/kuafu/proxies/"
 NUWA_TIMEOUT_S = 10.0
+LOOKUP_MISS_TTL_S = 0.5  # after Nuwa says a service has no endpoint, fail fast for this long
 
 
 class Endpoint:
@@ -81,7 +82,7 @@ class Route:
 
     __slots__ = ("src", "src_id", "svc", "method", "header", "body", "deadline", "idem", "nbytes",
                  "more", "retryable", "target", "tid", "ep", "tried", "sent", "admitted",
-                 "queued", "pieces", "held", "retries", "resp_started", "nowait")
+                 "queued", "pieces", "held", "retries", "resp_started", "nowait", "looked_up")
 
     def __init__(self, src, src_id, header, body, deadline):
         self.src, self.src_id, self.header, self.body = src, src_id, header, body
@@ -98,6 +99,7 @@ class Route:
         self.pieces: list = []
         self.held = 0  # request bytes held here for the source, not yet forwarded
         self.retries = 0
+        self.looked_up = False
 
 
 class ProxyCore:
@@ -121,10 +123,13 @@ class ProxyCore:
         self.peers: dict[str, list[Conn]] = {}
         self.peer_waiting: dict[str, list[Route]] = {}
         self.peer_down: dict[str, float] = {}
+        self._lookups: dict[str, list[Route]] = {}
+        self._miss_until: dict[str, float] = {}
         self.ep_seq = itertools.count(1)
         self.counters = {"requests": 0, "responses": 0, "errors": 0, "retries": 0,
                          "overloaded": 0, "timed_out": 0, "rejected_frames": 0,
-                         "closed_stale": 0, "refused_connections": 0, "held_bytes_max": 0}
+                         "closed_stale": 0, "refused_connections": 0, "held_bytes_max": 0,
+                         "accepted": 0}
         self.held_bytes = 0
         self.nuwa = None
         self.tcp_address = ""
@@ -186,6 +191,7 @@ class ProxyCore:
                                    f"(CONNECTIONS_MAX)"))
             return
         self.conns.add(conn)
+        self.counters["accepted"] += 1
         conn.attrs["held"] = 0
 
     def on_lost(self, conn: Conn, exc) -> None:
@@ -326,6 +332,9 @@ class ProxyCore:
                                    f"not sent"))
             return
         ep = self._choose(r)
+        if ep is None and self._may_look_up(r):
+            self._look_up(r)
+            return
         if ep is None:
             known = len(self.local.get(r.svc, {})) + len(self.remote.get(r.svc, {}))
             if r.header.get("ep") is not None:
@@ -348,6 +357,47 @@ class ProxyCore:
             self._send_to(conn, r)
         else:
             self.peer_waiting.setdefault(ep.address, []).append(r)
+
+    def _may_look_up(self, r: Route) -> bool:
+        """A service this proxy knows no endpoint of may have been registered a moment ago
+        elsewhere (the watch has not told us yet): ask Nuwa once before failing the call."""
+        return (self.nuwa is not None and not r.tried and r.header.get("ep") is None
+                and not self.remote.get(r.svc) and not self.local.get(r.svc)
+                and self._miss_until.get(r.svc, 0) <= self.loop.time()
+                and not r.looked_up)
+
+    def _look_up(self, r: Route) -> None:
+        r.looked_up = True
+        waiting = self._lookups.get(r.svc)
+        if waiting is not None:
+            waiting.append(r)
+            return
+        self._lookups[r.svc] = [r]
+
+        async def look():
+            from nuwa import errors as NE
+
+            found = {}
+            try:
+                path = f"{SERVICES_PATH}{r.svc}/"
+                for name in await self.nuwa.list(path):
+                    with contextlib.suppress(NE.NoNode):
+                        value, _ = await self.nuwa.get(path + name)
+                        ep = self._endpoint_from(r.svc, name, value)
+                        if ep is not None:
+                            found[name] = ep
+            except Exception:  # noqa: BLE001 - a failed lookup is a miss
+                pass
+            if found:
+                known = self.remote.setdefault(r.svc, {})
+                for name, ep in found.items():
+                    known.setdefault(name, ep)
+            else:
+                self._miss_until[r.svc] = self.loop.time() + LOOKUP_MISS_TTL_S
+            for w in self._lookups.pop(r.svc, []):
+                if (w.src, w.src_id) in self.inbound:
+                    self._dispatch(w)
+        self.loop.create_task(look())
 
     def _send_to(self, target: Conn, r: Route) -> None:
         ids = target.attrs.get("ids")
@@ -653,14 +703,22 @@ class ProxyCore:
         if not names:
             raise BadRequest(f"this connection has no endpoint of {svc!r:.80} registered")
 
+        # From now on no request goes to these endpoints, from this node or from others (a
+        # proxy whose view lags gets "not here any more" and goes elsewhere). The reply
+        # follows every request already sent on this ordered connection, so once the server
+        # has it, what it must finish before leaving is exactly what it has received.
+        for n in names:
+            ep = self.by_name.pop(n)
+            self.local.get(ep.service, {}).pop(n, None)
+            if not self.local.get(ep.service):
+                self.local.pop(ep.service, None)
+            conn.attrs["endpoints"].discard(n)
+
         async def withdraw():
             for n in names:
-                ep = self.by_name.get(n)
-                if ep is not None:
-                    # No new calls (local or from other proxies); calls in flight finish.
-                    self.local.get(ep.service, {}).pop(n, None)
-                    await self._unpublish(n)
-            conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid}, {"removed": str(len(names))}))
+                await self._unpublish(n)
+            conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid},
+                                               {"removed": str(len(names))}))
         self.loop.create_task(withdraw())
 
     def _remove_local(self, name: str) -> None:
@@ -705,11 +763,11 @@ class ProxyCore:
             await self.nuwa.create(path, value, ephemeral=True, parents=True)
 
     async def _publish_self(self) -> None:
-        await self._create_ephemeral(f"{PROXIES_PATH}/{self.proxy_id}",
+        await self._create_ephemeral(f"{PROXIES_PATH}{self.proxy_id}",
                                      json.dumps(self.info()).encode())
 
     async def _publish(self, ep: Endpoint) -> None:
-        path = f"{SERVICES_PATH}/{ep.service}/{ep.name}"
+        path = f"{SERVICES_PATH}{ep.service}/{ep.name}"
         value = json.dumps({"proxy": ep.address, "proxy_id": self.proxy_id, "node": self.node,
                             "idempotent": sorted(ep.idem)}).encode()
         await self._create_ephemeral(path, value)
@@ -760,13 +818,16 @@ class ProxyCore:
 
         out: dict[str, dict[str, Endpoint]] = {}
         for svc in await self.nuwa.list(SERVICES_PATH):
+            if not svc.endswith("/"):
+                continue
+            svc = svc[:-1]
             try:
-                names = await self.nuwa.list(f"{SERVICES_PATH}/{svc}")
+                names = await self.nuwa.list(f"{SERVICES_PATH}{svc}/")
             except NE.NoNode:
                 continue
             for name in names:
                 try:
-                    value, _ = await self.nuwa.get(f"{SERVICES_PATH}/{svc}/{name}")
+                    value, _ = await self.nuwa.get(f"{SERVICES_PATH}{svc}/{name}")
                 except NE.NoNode:
                     continue
                 ep = self._endpoint_from(svc, name, value)
@@ -786,7 +847,7 @@ class ProxyCore:
 
     def _apply(self, ev: dict) -> None:
         parts = ev["path"].split("/")
-        if len(parts) != 4:  # /services/<svc>/<endpoint>
+        if len(parts) != 4 or not parts[3]:  # /services/<svc>/<endpoint>, not a directory
             return
         _, _, svc, name = parts
         if ev["type"] == "deleted":

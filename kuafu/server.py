@@ -42,6 +42,7 @@ SERVICE_NAME_CHARS_MAX = 200
 CONTROL_TIMEOUT_S = 10.0       # a register/unregister round trip to the proxy
 DRAIN_GRACE_S = 10.0           # how long stop() lets requests in flight finish
 SWEEP_PERIOD_S = 1.0
+REATTACH_BACKOFF_S = (0.1, 2.0)  # first and longest pause between attempts to re-attach
 TRACEBACK_CHARS_MAX = 8000
 CONTROL_SERVICE = "kuafu"
 
@@ -167,6 +168,10 @@ class Server:
         self._control_waits: dict[int, asyncio.Future] = {}
         self._listeners: list = []
         self._sweeper: asyncio.Task | None = None
+        self._pinger: asyncio.Task | None = None
+        self._reattacher: asyncio.Task | None = None
+        self.proxy_address: str | None = None
+        self.reattached = 0
         self.idle_timeout_s = IDLE_TIMEOUT_S
         self.stopping = False
         for name, obj in (services or {}).items():
@@ -201,6 +206,10 @@ class Server:
             for fut in self._control_waits.values():
                 if not fut.done():
                     fut.set_exception(Unavailable("the connection to the proxy was lost"))
+            for svc in self.services.values():
+                svc.endpoint = ""
+            if not self.stopping and self.proxy_address:
+                self._reattacher = self.loop.create_task(self._reattach())
 
     def on_frame(self, conn: Conn, f: F.Frame) -> None:
         if f.kind in (F.REQUEST, F.PIECE):
@@ -362,16 +371,36 @@ class Server:
         self.loop = asyncio.get_running_loop()
         _, conn = await open_connection(address, lambda: Conn(self, role="server"), timeout_s)
         self.proxy = conn
+        self.proxy_address = address
         out = {}
         for name in list(self.services):
             out[name] = await self.register(name, timeout_s)
-        self._pinger = self.loop.create_task(self._ping_proxy())
+        if self._pinger is None or self._pinger.done():
+            self._pinger = self.loop.create_task(self._ping_proxy())
         return out
+
+    async def _reattach(self) -> None:
+        """The proxy went away (restarted, say): attach again and re-register, with backoff,
+        until it works or the server stops."""
+        pause = REATTACH_BACKOFF_S[0]
+        while not self.stopping:
+            await asyncio.sleep(pause)
+            if self.stopping:
+                return
+            try:
+                await self.attach(self.proxy_address)
+                self.reattached += 1
+                return
+            except KuafuError:
+                if self.proxy is not None:
+                    self.proxy.close()
+                    self.proxy = None
+                pause = min(pause * 2, REATTACH_BACKOFF_S[1])
 
     async def _ping_proxy(self) -> None:
         from kuafu.conn import PING_INTERVAL_S
 
-        while self.proxy is not None and not self.proxy.closed:
+        while not self.stopping:
             await asyncio.sleep(PING_INTERVAL_S)
             if self.proxy is not None and self.loop.time() - self.proxy.last_tx > PING_INTERVAL_S / 2:
                 self.proxy.write(F.encode(F.PING, {"id": 0}))
@@ -424,8 +453,9 @@ class Server:
             await asyncio.sleep(0.02)
         for conn in list(self.conns):
             conn.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for t in (self._sweeper, self._pinger, self._reattacher):
+            if t is not None:
+                t.cancel()
         for svc in self.services.values():
             if svc.executor is not None:
                 svc.executor.shutdown(wait=False, cancel_futures=True)

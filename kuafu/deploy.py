@@ -1,0 +1,225 @@
+"""Kuafu on Ray: one ``KuafuProxy`` actor per node, and how programs find theirs.
+
+Each proxy is an async actor with no CPU reserved, pinned to its node and restarted by Ray if
+its process dies. It listens on a Unix socket at a path every process on the node can compute
+(``socket_path``) and on TCP, and publishes itself in Nuwa under ``/kuafu/proxies``. A program
+in Ray reaches its node's proxy through the socket; a program outside Ray (the ``fuxi`` CLI)
+looks the proxies up in the cluster's Nuwa.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from kuafu.errors import Unavailable
+
+PROXY_PREFIX = "kuafu-proxy-"
+START_TIMEOUT_S = 60.0
+INFO_TIMEOUT_S = 10.0
+FDS_WANTED = 65_536  # open files a proxy asks for (ten thousand idle connections and more)
+
+
+def socket_dir() -> str:
+    return os.environ.get("KUAFU_SOCKET_DIR") or f"/tmp/kuafu-{os.getuid()}"
+
+
+def socket_path(namespace: str, node_id: str) -> str:
+    """The Unix socket of ``node_id``'s proxy in the Ray namespace ``namespace`` (short: socket
+    paths must stay under ~107 bytes)."""
+    digest = hashlib.sha1(namespace.encode()).hexdigest()[:10]
+    return os.path.join(socket_dir(), f"{digest}-{node_id[:16]}.sock")
+
+
+def _namespace(cluster: str) -> str:
+    from fuxi.runtime import namespace
+
+    return namespace(cluster)
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+    class KuafuProxy:
+        async def __init__(self, namespace: str, node_id: str, nuwa, host: str, port: int,
+                           settings: dict | None = None, detached: bool = False):
+            import resource
+            import secrets
+
+            from kuafu.proxy import ProxyCore
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            want = min(hard, FDS_WANTED) if hard != resource.RLIM_INFINITY else FDS_WANTED
+            if soft < want:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            self.config = {"namespace": namespace, "nuwa": nuwa, "host": host,
+                           "settings": settings or {}, "detached": detached}
+            # A new incarnation token per start: endpoint names never repeat across restarts.
+            proxy_id = f"{node_id[:12]}.{secrets.token_hex(3)}"
+            self.core = ProxyCore(proxy_id, host=host, port=port,
+                                  uds=socket_path(namespace, node_id), nuwa=nuwa, node=node_id,
+                                  **(settings or {}))
+            await self.core.start()
+
+        async def info(self) -> dict:
+            return self.core.info()
+
+        async def get_config(self) -> dict:
+            return dict(self.config)
+
+        async def stats(self) -> dict:
+            return self.core.stats()
+
+        async def shutdown(self) -> None:
+            await self.core.stop()
+
+    return KuafuProxy
+
+
+_cls = None
+_held: dict = {}  # (namespace, node) -> handle: a non-detached actor lives while its handle does
+
+
+def proxy_class():
+    global _cls
+    if _cls is None:
+        _cls = _actor_class()
+    return _cls
+
+
+def alive_nodes() -> list[str]:
+    import ray
+
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+
+def start(namespace: str, nuwa: list | None, *, host: str = "127.0.0.1", port: int = 0,
+          nodes: list[str] | None = None, detached: bool = False, settings: dict | None = None,
+          timeout_s: float = START_TIMEOUT_S) -> list[dict]:
+    """Start (or find) a proxy on every node in ``nodes`` (default: every alive node); returns
+    their ``info()`` (proxy id, tcp and unix addresses, node). ``settings`` are ProxyCore
+    keyword arguments (``idle_timeout_s``, ``hello_timeout_s``, ``partial_timeout_s``)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    handles = []
+    for node in nodes or alive_nodes():
+        opts = {"name": PROXY_PREFIX + node, "namespace": namespace, "get_if_exists": True,
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+        if detached:
+            opts["lifetime"] = "detached"
+        h = proxy_class().options(**opts).remote(namespace, node, nuwa, host, port,
+                                                 dict(settings or {}), detached)
+        _held[(namespace, node)] = h
+        handles.append(h)
+    return ray.get([h.info.remote() for h in handles], timeout=timeout_s)
+
+
+def proxies(namespace: str) -> dict:
+    """{node id: actor handle} of the proxies in ``namespace``."""
+    import ray
+    from ray.util import list_named_actors
+
+    out = {}
+    for a in list_named_actors(all_namespaces=True):
+        if a.get("namespace") == namespace and a["name"].startswith(PROXY_PREFIX):
+            try:
+                out[a["name"][len(PROXY_PREFIX):]] = ray.get_actor(a["name"], namespace=namespace)
+            except ValueError:
+                pass
+    return out
+
+
+def stop(namespace: str, timeout_s: float = INFO_TIMEOUT_S) -> int:
+    """Stop every proxy in ``namespace`` (they withdraw from Nuwa first); returns how many."""
+    import ray
+
+    found = proxies(namespace)
+    for h in found.values():
+        try:
+            ray.get(h.shutdown.remote(), timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - killed below either way
+            pass
+        ray.kill(h, no_restart=True)
+    for key in [k for k in _held if k[0] == namespace]:
+        del _held[key]
+    return len(found)
+
+
+def ensure_local(namespace: str, timeout_s: float = START_TIMEOUT_S) -> str:
+    """The address of this node's proxy (inside Ray), starting one like the others if the
+    node has none yet (a node that joined after ``start``)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    path = socket_path(namespace, node)
+    if os.path.exists(path):
+        return f"unix://{path}"
+    found = proxies(namespace)
+    if node in found:
+        return ray.get(found[node].info.remote(), timeout=timeout_s)["uds"]
+    if not found:
+        raise Unavailable(f"Kuafu is not running in namespace {namespace!r}: no proxy on any "
+                          f"node (start them with kuafu.deploy.start or `fuxi up`)")
+    cfg = ray.get(next(iter(found.values())).get_config.remote(), timeout=timeout_s)
+    # Detached like the others when they are (a worker that started it may exit).
+    return start(namespace, cfg["nuwa"], host=cfg["host"], nodes=[node],
+                 settings=cfg["settings"], detached=cfg["detached"],
+                 timeout_s=timeout_s)[0]["uds"]
+
+
+def local_proxy(cluster: str) -> str:
+    """This node's proxy for a Fuxi cluster, from inside Ray."""
+    return ensure_local(_namespace(cluster))
+
+
+def find_proxy(cluster: str) -> str:
+    """A proxy address for ``cluster``: inside Ray this node's; outside, one published in the
+    cluster's Nuwa (its Unix socket when the socket is on this machine)."""
+    try:
+        import ray
+
+        inside = ray.is_initialized()
+    except ImportError:  # pragma: no cover - ray is a dependency
+        inside = False
+    if inside:
+        return local_proxy(cluster)
+    from fuxi.runtime import find_cluster
+
+    rec = find_cluster(cluster)
+    if rec is None:
+        raise Unavailable(f"no running cluster {cluster!r}: services live in a cluster started "
+                          f"with `fuxi up`; a standalone server is called as "
+                          f"tcp://host:port/<service>")
+    if not rec.nuwa:
+        raise Unavailable(f"cluster {cluster!r} runs without Nuwa, so nuwa:// addresses cannot "
+                          f"be resolved; call a proxy directly with tcp://host:port/<service>")
+    return proxy_from_nuwa(rec.nuwa)
+
+
+def proxy_from_nuwa(nuwa_addresses: list) -> str:
+    from nuwa import errors as NE
+    from nuwa.client import connect as nuwa_connect
+
+    from kuafu.proxy import PROXIES_PATH
+
+    with nuwa_connect([tuple(a) for a in nuwa_addresses]) as nw:
+        try:
+            names = nw.list(PROXIES_PATH)
+        except NE.NoNode:
+            names = []
+        infos = []
+        for n in names:
+            try:
+                infos.append(json.loads(nw.get(f"{PROXIES_PATH}{n}")[0]))
+            except (NE.NoNode, ValueError):
+                continue
+    if not infos:
+        raise Unavailable("no Kuafu proxy is published in the cluster's Nuwa (/kuafu/proxies)")
+    for info in infos:
+        uds = info.get("uds", "")
+        if uds.startswith("unix://") and os.path.exists(uds[len("unix://"):]):
+            return uds
+    return infos[0]["tcp"]
