@@ -101,7 +101,6 @@ class Channel:
         self.ids = itertools.count(1)
         self.pending: dict[int, _Pending] = {}
         self.waiters = flow.Waiters(flow.Window(requests_max, bytes_max))
-        self.asm = F.Assembler()
         self.closed = False
         self._ping = None
         self.address = None
@@ -126,10 +125,10 @@ class Channel:
     async def _connect(self, deadline: float) -> None:
         address = await self.resolve()
         timeout = min(CONNECT_TIMEOUT_S, max(0.01, deadline - self.loop.time()))
-        _, conn = await open_connection(address, lambda: Conn(self, role="client"), timeout)
+        _, conn = await open_connection(address, lambda: Conn(self, role="client",
+                                                              assemble=True), timeout)
         self.address = address
         self.conn = conn
-        self.asm = F.Assembler()
         if self._ping is None:
             self._ping = self.loop.call_later(PING_INTERVAL_S, self._keepalive)
 
@@ -149,7 +148,7 @@ class Channel:
                 conn.close()  # the peer refused our bytes; pending calls fail in on_lost
             return
         try:
-            whole = self.asm.add(f)
+            whole = conn.asm.add(f)
         except FrameError as e:
             conn.reject(e)
             return
@@ -232,7 +231,7 @@ class Channel:
                 header["idem"] = 1
             if credentials is not None:
                 header["cred"] = credentials
-            conn.write_frames(self._frames(header, body))
+            conn.write_frames(F.split_body(F.REQUEST, header, body))
             p.sent, p.conn = True, conn
             if conn.write_paused:
                 await conn.drained()
@@ -244,7 +243,8 @@ class Channel:
         finally:
             del self.pending[rid]
             p.timer.cancel()
-            self.asm.drop(rid)
+            if p.conn is not None:
+                p.conn.asm.drop(rid)
             if admitted:
                 for token in self.waiters.release(nbytes):
                     if not token.done():
@@ -252,26 +252,6 @@ class Channel:
         if f.kind == F.ERROR:
             raise error_from_header(f.header)
         return F.unpack_body(f.header.get("type", "bytes"), f.body)
-
-    @staticmethod
-    def _frames(header: dict, body) -> list:
-        view = memoryview(body).cast("B")
-        if view.nbytes <= F.BODY_BYTES_MAX:
-            return [F.encode(F.REQUEST, header, view)]
-        if view.nbytes > F.MESSAGE_BYTES_MAX:
-            raise F.TooLarge(f"a message of {view.nbytes} bytes; MESSAGE_BYTES_MAX is "
-                             f"{F.MESSAGE_BYTES_MAX}")
-        out = []
-        rid = header["id"]
-        for seq, start in enumerate(range(0, view.nbytes, F.BODY_BYTES_MAX)):
-            part = view[start:start + F.BODY_BYTES_MAX]
-            if seq == 0:
-                out.append(F.encode(F.REQUEST, dict(header, more=True, size=view.nbytes), part))
-            else:
-                out.append(F.encode(F.PIECE, {"id": rid, "seq": seq,
-                                              "more": start + F.BODY_BYTES_MAX < view.nbytes},
-                                    part))
-        return out
 
     def _leave(self, token) -> None:
         _, admitted = self.waiters.leave(token)
@@ -379,19 +359,18 @@ class AsyncClient:
 
 
 _bg_lock = threading.Lock()
-_bg: tuple | None = None
+_bg = None  # the LoopThread of blocking clients
 
 
 def _background_loop() -> asyncio.AbstractEventLoop:
     """One event-loop thread per process carries every blocking client's connections."""
     global _bg
     with _bg_lock:
-        if _bg is None or not _bg[1].is_alive():
-            loop = asyncio.new_event_loop()
-            t = threading.Thread(target=loop.run_forever, name="kuafu-client", daemon=True)
-            t.start()
-            _bg = (loop, t)
-        return _bg[0]
+        if _bg is None or not _bg.alive():
+            from kuafu.loops import LoopThread
+
+            _bg = LoopThread("kuafu-client")
+        return _bg.loop
 
 
 class Handle:

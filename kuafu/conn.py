@@ -34,10 +34,13 @@ class Conn(asyncio.BufferedProtocol):
     """``handler`` has ``on_frame(conn, frame)`` and ``on_lost(conn, exc)`` (and optionally
     ``on_open(conn)``)."""
 
-    def __init__(self, handler, role: str = "client", budget: F.Budget | None = None):
+    def __init__(self, handler, role: str = "client", budget: F.Budget | None = None,
+                 assemble: bool = False):
         self.handler = handler
         self.role = role
-        self.decoder = F.FrameDecoder(budget)
+        # Endpoints that consume whole messages assemble pieces in place; a proxy forwards.
+        self.asm = F.Assembler() if assemble else None
+        self.decoder = F.FrameDecoder(budget, self.asm.sink if assemble else None)
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False

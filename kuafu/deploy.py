@@ -41,13 +41,17 @@ def _namespace(cluster: str) -> str:
 def _actor_class():
     import ray
 
-    @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+    @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=16)
     class KuafuProxy:
-        async def __init__(self, namespace: str, node_id: str, nuwa, host: str, port: int,
-                           settings: dict | None = None, detached: bool = False):
+        """The proxy runs on an event loop of its own thread (uvloop when installed), apart
+        from Ray's: actor calls are only for control (info, stats, shutdown)."""
+
+        def __init__(self, namespace: str, node_id: str, nuwa, host: str, port: int,
+                     settings: dict | None = None, detached: bool = False):
             import resource
             import secrets
 
+            from kuafu.loops import LoopThread
             from kuafu.proxy import ProxyCore
 
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -58,22 +62,24 @@ def _actor_class():
                            "settings": settings or {}, "detached": detached}
             # A new incarnation token per start: endpoint names never repeat across restarts.
             proxy_id = f"{node_id[:12]}.{secrets.token_hex(3)}"
+            self.loop = LoopThread("kuafu-proxy")
             self.core = ProxyCore(proxy_id, host=host, port=port,
                                   uds=socket_path(namespace, node_id), nuwa=nuwa, node=node_id,
                                   **(settings or {}))
-            await self.core.start()
+            self.loop.run(self.core.start(), START_TIMEOUT_S)
 
-        async def info(self) -> dict:
+        def info(self) -> dict:
             return self.core.info()
 
-        async def get_config(self) -> dict:
+        def get_config(self) -> dict:
             return dict(self.config)
 
-        async def stats(self) -> dict:
-            return self.core.stats()
+        def stats(self) -> dict:
+            return self.loop.call(self.core.stats, INFO_TIMEOUT_S)
 
-        async def shutdown(self) -> None:
-            await self.core.stop()
+        def shutdown(self) -> None:
+            self.loop.run(self.core.stop(), INFO_TIMEOUT_S)
+            self.loop.stop()
 
     return KuafuProxy
 

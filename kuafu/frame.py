@@ -10,7 +10,7 @@
                   flags, the body's type, the piece number)
     ...     ...   body: the message bytes
 
-A message larger than BODY_BYTES_MAX travels as a first frame and PIECE frames with the same
+A message larger than PIECE_BYTES travels as a first frame and PIECE frames with the same
 request id, in order; every frame but the last has ``more`` set. Bodies are typed:
 
 * ``bytes`` -- as is; ``str`` -- UTF-8; ``map`` -- a msgpack map of str to str (the seed's
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from kuafu.errors import FrameError, TooLarge
 
@@ -37,7 +38,9 @@ MAGIC = b"KF"
 FRAME_VERSION = 1
 PREFIX = struct.Struct("<2sBBII")
 HEADER_BYTES_MAX = 64 * 1024
-BODY_BYTES_MAX = 4 * 1024 * 1024  # one frame's body; bigger messages go in pieces
+BODY_BYTES_MAX = 4 * 1024 * 1024  # the largest frame body a receiver accepts
+PIECE_BYTES = 1024 * 1024  # senders split messages larger than this into pieces of this size
+# (small pieces let a proxy forward a large message while it is still arriving)
 MESSAGE_BYTES_MAX = 1024 * 1024 * 1024  # one whole message, all pieces together
 MAP_ENTRIES_MAX = 100_000
 MESSAGES_IN_PIECES_MAX = 1024  # messages arriving in pieces at once, per connection
@@ -53,6 +56,7 @@ class Frame:
     kind: int
     header: dict = field(default_factory=dict)
     body: Any = b""  # bytes-like
+    placed: bool = False  # the body was received straight into a buffer its consumer gave
 
     @property
     def request_id(self) -> int:
@@ -138,24 +142,29 @@ def unpack_body(kind: str, body) -> Any:
 
 def encode_message(kind: int, header: dict, message) -> list[list]:
     """A message as frames (each a list of buffers): one, or a first one and PIECEs when the
-    body is over BODY_BYTES_MAX. Pieces are views of the body: nothing is copied."""
+    body is over PIECE_BYTES. Pieces are views of the body: nothing is copied."""
     btype, body = pack_body(message)
+    return split_body(kind, dict(header, type=btype), body)
+
+
+def split_body(kind: int, header: dict, body, piece_bytes: int | None = None) -> list[list]:
+    """Frames for an already packed body (``header`` names its type)."""
+    piece = piece_bytes or PIECE_BYTES
     view = memoryview(body).cast("B")
     if view.nbytes > MESSAGE_BYTES_MAX:
         raise TooLarge(f"a message of {view.nbytes} bytes; MESSAGE_BYTES_MAX is "
                        f"{MESSAGE_BYTES_MAX}")
-    header = dict(header, type=btype)
-    if view.nbytes <= BODY_BYTES_MAX:
+    if view.nbytes <= piece:
         return [encode(kind, header, view)]
     frames = []
     rid = header.get("id", 0)
-    for seq, start in enumerate(range(0, view.nbytes, BODY_BYTES_MAX)):
-        part = view[start:start + BODY_BYTES_MAX]
-        more = start + BODY_BYTES_MAX < view.nbytes
+    for seq, start in enumerate(range(0, view.nbytes, piece)):
+        part = view[start:start + piece]
         if seq == 0:
             frames.append(encode(kind, dict(header, more=True, size=view.nbytes), part))
         else:
-            frames.append(encode(PIECE, {"id": rid, "seq": seq, "more": more}, part))
+            frames.append(encode(PIECE, {"id": rid, "seq": seq,
+                                         "more": start + piece < view.nbytes}, part))
     return frames
 
 
@@ -179,6 +188,12 @@ class Budget:
         self.used -= n
 
 
+def alloc(n: int) -> memoryview:
+    """A writable buffer of ``n`` bytes that is not zero-filled first (a body is about to be
+    received into it; zeroing 16 MiB costs as much as copying it)."""
+    return memoryview(np.empty(n, dtype=np.uint8)).cast("B")
+
+
 READ_BUFFER_BYTES = 256 * 1024   # the decoder's fixed buffer for prefixes, headers, small bodies
 DIRECT_BODY_BYTES = 64 * 1024    # bodies larger than this are read straight into their own buffer
 
@@ -196,8 +211,9 @@ class FrameDecoder:
     handed out by ``get_buffer`` stays valid. A body over ``DIRECT_BODY_BYTES`` is a
     ``bytearray`` of its exact size, allocated only after the prefix and header checked out."""
 
-    def __init__(self, budget: "Budget | None" = None) -> None:
+    def __init__(self, budget: "Budget | None" = None, sink=None) -> None:
         self.budget = budget
+        self.sink = sink  # (kind, header, body length) -> a writable view to receive into, or None
         self._buf = bytearray(READ_BUFFER_BYTES)
         self._start = 0
         self._end = 0
@@ -205,19 +221,19 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        big = self._big[3] + PREFIX.size if self._big is not None else 0
+        big = self._big[3] + PREFIX.size if self._big is not None else 0  # noqa: E501
         return self._end - self._start + big
 
     def close(self) -> None:
         """Give back the budget of a body still being received (its connection is gone)."""
-        if self._big is not None and self.budget is not None:
+        if self._big is not None and self.budget is not None and not self._big[4]:
             self.budget.give(len(self._big[2]))
         self._big = None
 
     def get_buffer(self) -> memoryview:
         if self._big is not None:
-            _, _, body, filled = self._big
-            return memoryview(body)[filled:]
+            _, _, body, filled, _ = self._big
+            return body[filled:]
         if self._end == len(self._buf) or (self._start and len(self._buf) - self._end < 65536):
             n = self._end - self._start
             self._buf[:n] = self._buf[self._start:self._end]  # same size: no resize
@@ -227,15 +243,15 @@ class FrameDecoder:
     def buffer_updated(self, n: int) -> list[Frame]:
         out: list[Frame] = []
         if self._big is not None:
-            kind, header, body, filled = self._big
+            kind, header, body, filled, placed = self._big
             filled += n
             if filled < len(body):
-                self._big = (kind, header, body, filled)
+                self._big = (kind, header, body, filled, placed)
                 return out
             self._big = None
-            if self.budget is not None:
+            if self.budget is not None and not placed:
                 self.budget.give(len(body))
-            out.append(Frame(kind, header, body))
+            out.append(Frame(kind, header, body, placed))
             return out
         self._end += n
         while True:
@@ -296,77 +312,119 @@ class FrameDecoder:
             body = bytes(memoryview(buf)[bstart:bstart + blen])
             self._start = bstart + blen
             return Frame(kind, header, body)
-        if have < blen and self.budget is not None and not self.budget.take(blen):
-            raise TooLarge(f"a frame body of {blen} bytes while this process already receives "
-                           f"{self.budget.used} bytes of large bodies (budget "
-                           f"{self.budget.limit} bytes); try again later")
-        body = bytearray(blen)
+        body = self.sink(kind, header, blen) if self.sink is not None else None
+        placed = body is not None
+        if not placed:
+            if have < blen and self.budget is not None and not self.budget.take(blen):
+                raise TooLarge(f"a frame body of {blen} bytes while this process already "
+                               f"receives {self.budget.used} bytes of large bodies (budget "
+                               f"{self.budget.limit} bytes); try again later")
+            body = alloc(blen)
         body[:have] = memoryview(buf)[bstart:bstart + have]
         self._start = bstart + have
         if have == blen:
-            return Frame(kind, header, body)
-        self._big = (kind, header, body, have)  # the rest is received straight into it
+            return Frame(kind, header, body, placed)
+        self._big = (kind, header, body, have, placed)  # the rest is received straight into it
         return None
 
 
 class Assembler:
-    """Joins a message's first frame and its PIECEs, per request id, within bounds."""
+    """Joins a message's first frame and its PIECEs, per request id, within bounds.
+
+    ``sink`` (given to a ``FrameDecoder``) lets the decoder receive each large body straight
+    into its place in the message, so a message in pieces is copied once, by the kernel."""
 
     def __init__(self, bytes_max: int = MESSAGE_BYTES_MAX,
                  open_max: int = MESSAGES_IN_PIECES_MAX):
         self.bytes_max = bytes_max
         self.open_max = open_max
-        self._open: dict[int, tuple] = {}  # id -> first frame, body, next seq, filled
+        # id -> [first frame's header, body view, next piece number, bytes filled, kind]
+        self._open: dict[int, list] = {}
         self.buffered = 0
+
+    def _start(self, kind: int, header: dict) -> list:
+        rid = header.get("id", 0)
+        if rid in self._open:
+            raise FrameError(f"request {rid} started twice")
+        if len(self._open) >= self.open_max:
+            raise TooLarge(f"more than {self.open_max} messages arriving in pieces at once "
+                           f"(MESSAGES_IN_PIECES_MAX)")
+        size = header.get("size")
+        if not isinstance(size, int) or not 0 <= size <= self.bytes_max:
+            raise TooLarge(f"a message announcing {size!r} bytes; at most {self.bytes_max}")
+        entry = [header, alloc(size), 1, 0, kind]
+        self._open[rid] = entry
+        return entry
+
+    def sink(self, kind: int, header: dict, blen: int):
+        """Where the decoder should receive a body of ``blen`` bytes: a view into the message
+        it belongs to, or None (then ``add`` copies it, or refuses it)."""
+        rid = header.get("id", 0)
+        try:
+            if kind == PIECE:
+                e = self._open.get(rid)
+                if e is None or header.get("seq") != e[2] or e[3] + blen > len(e[1]):
+                    return None
+                e[2] = -e[2]  # being placed: add() must not copy it again
+                return e[1][e[3]:e[3] + blen]
+            if not header.get("more"):
+                return None
+            e = self._start(kind, header)
+        except FrameError:
+            return None  # add() raises the same error with the frame in hand
+        if blen > len(e[1]):
+            del self._open[rid]
+            return None
+        e[2] = -1
+        return e[1][:blen]
 
     def add(self, f: Frame) -> Frame | None:
         """The whole message once its last frame is in; None while pieces are missing."""
+        rid = f.request_id
+        n = len(f.body)
         if f.kind != PIECE:
             if not f.more:
                 return f
-            if f.request_id in self._open:
-                raise FrameError(f"request {f.request_id} started twice")
-            if len(self._open) >= self.open_max:
-                raise TooLarge(f"more than {self.open_max} messages arriving in pieces at once "
-                               f"(MESSAGES_IN_PIECES_MAX)")
-            size = f.header.get("size")
-            if not isinstance(size, int) or not 0 <= size <= self.bytes_max:
-                raise TooLarge(f"a message announcing {size!r} bytes; at most {self.bytes_max}")
-            if len(f.body) > size:
-                raise FrameError(f"request {f.request_id}: its first frame exceeds the announced "
-                                 f"{size} bytes")
-            body = bytearray(size)
-            body[:len(f.body)] = f.body
-            self._open[f.request_id] = (f, body, 1, len(f.body))
-            self.buffered += len(f.body)
+            if f.placed:
+                e = self._open[rid]
+                e[2], e[3] = 1, n
+            else:
+                e = self._start(f.kind, f.header)
+                if n > len(e[1]):
+                    del self._open[rid]
+                    raise FrameError(f"request {rid}: its first frame exceeds the announced "
+                                     f"{len(e[1])} bytes")
+                e[1][:n] = f.body
+                e[3] = n
+            self.buffered += n
             return None
-        entry = self._open.get(f.request_id)
-        if entry is None:
-            raise FrameError(f"a piece of request {f.request_id}, which has no first frame")
-        first, body, seq, filled = entry
-        if f.header.get("seq") != seq:
-            raise FrameError(f"piece {f.header.get('seq')!r} of request {f.request_id}; "
+        e = self._open.get(rid)
+        if e is None:
+            raise FrameError(f"a piece of request {rid}, which has no first frame")
+        header, body, seq, filled, kind = e
+        if f.placed:
+            seq = -seq
+        elif f.header.get("seq") != seq:
+            raise FrameError(f"piece {f.header.get('seq')!r} of request {rid}; "
                              f"expected piece {seq}")
-        n = len(f.body)
-        if filled + n > len(body):
-            raise FrameError(f"request {f.request_id}: pieces exceed the announced "
-                             f"{len(body)} bytes")
-        body[filled:filled + n] = f.body
+        elif filled + n > len(body):
+            raise FrameError(f"request {rid}: pieces exceed the announced {len(body)} bytes")
+        else:
+            body[filled:filled + n] = f.body
         filled += n
         self.buffered += n
         if f.more:
-            self._open[f.request_id] = (first, body, seq + 1, filled)
+            e[2], e[3] = seq + 1, filled
             return None
-        del self._open[f.request_id]
+        del self._open[rid]
         self.buffered -= filled
         if filled != len(body):
-            raise FrameError(f"request {f.request_id}: {filled} bytes arrived, "
-                             f"{len(body)} announced")
-        header = dict(first.header)
+            raise FrameError(f"request {rid}: {filled} bytes arrived, {len(body)} announced")
+        header = dict(header)
         header.pop("more", None)
-        return Frame(first.kind, header, body)
+        return Frame(kind, header, body)
 
     def drop(self, request_id: int) -> None:
-        entry = self._open.pop(request_id, None)
-        if entry is not None:
-            self.buffered -= entry[3]
+        e = self._open.pop(request_id, None)
+        if e is not None:
+            self.buffered -= e[3]

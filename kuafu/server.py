@@ -161,7 +161,6 @@ class Server:
         self.max_concurrency, self.queue_max = max_concurrency, queue_max
         self.conns: set[Conn] = set()
         self.tasks: dict[tuple, asyncio.Task] = {}
-        self.asm: dict[Conn, F.Assembler] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.proxy: Conn | None = None
         self._control_ids = itertools.count(1)
@@ -188,7 +187,7 @@ class Server:
 
     # ------------------------------------------------------------ connections
     def _protocol(self) -> Conn:
-        return Conn(self, role="server")
+        return Conn(self, role="server", assemble=True)
 
     def on_open(self, conn: Conn) -> None:
         self.conns.add(conn)
@@ -198,7 +197,6 @@ class Server:
 
     def on_lost(self, conn: Conn, exc) -> None:
         self.conns.discard(conn)
-        self.asm.pop(conn, None)
         for key in [k for k in self.tasks if k[0] is conn]:
             self.tasks.pop(key).cancel()  # nobody is left to answer
         if conn is self.proxy:
@@ -213,11 +211,8 @@ class Server:
 
     def on_frame(self, conn: Conn, f: F.Frame) -> None:
         if f.kind in (F.REQUEST, F.PIECE):
-            asm = self.asm.get(conn)
-            if asm is None:
-                asm = self.asm[conn] = F.Assembler()
             try:
-                whole = asm.add(f)
+                whole = conn.asm.add(f)
             except FrameError as e:
                 conn.reject(e)
                 return
@@ -227,9 +222,7 @@ class Server:
             t = self.tasks.pop((conn, f.request_id), None)
             if t is not None:
                 t.cancel()
-            asm = self.asm.get(conn)
-            if asm is not None:
-                asm.drop(f.request_id)
+            conn.asm.drop(f.request_id)
         elif f.kind in (F.RESPONSE, F.ERROR):
             fut = self._control_waits.pop(f.request_id, None)
             if fut is not None and not fut.done():
@@ -369,7 +362,7 @@ class Server:
         from kuafu.client import open_connection
 
         self.loop = asyncio.get_running_loop()
-        _, conn = await open_connection(address, lambda: Conn(self, role="server"), timeout_s)
+        _, conn = await open_connection(address, self._protocol, timeout_s)
         self.proxy = conn
         self.proxy_address = address
         out = {}
@@ -504,17 +497,15 @@ class ServerHandle:
 
 
 def _run_in_thread(setup) -> ServerHandle:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="kuafu-server", daemon=True)
-    thread.start()
+    from kuafu.loops import LoopThread
+
+    lt = LoopThread("kuafu-server")
     try:
-        server, addresses, endpoints = asyncio.run_coroutine_threadsafe(setup(), loop).result(
-            CONTROL_TIMEOUT_S + 5)
+        server, addresses, endpoints = lt.run(setup(), CONTROL_TIMEOUT_S + 5)
     except BaseException:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
+        lt.stop()
         raise
-    return ServerHandle(server, loop, thread, addresses, endpoints)
+    return ServerHandle(server, lt.loop, lt.thread, addresses, endpoints)
 
 
 def serve(services: dict, host: str = "127.0.0.1", port: int = 0, uds: str | None = None,

@@ -59,7 +59,7 @@ def test_arrow_tables_and_batches_round_trip():
 
 
 def test_a_message_over_the_frame_limit_goes_in_pieces_and_comes_back_whole(monkeypatch):
-    monkeypatch.setattr(F, "BODY_BYTES_MAX", 1000)
+    monkeypatch.setattr(F, "PIECE_BYTES", 1000)
     data = bytes(range(256)) * 20  # 5120 bytes -> 6 frames
     frames = F.encode_message(F.REQUEST, {"id": 9}, data)
     assert len(frames) == 6
@@ -70,7 +70,7 @@ def test_a_message_over_the_frame_limit_goes_in_pieces_and_comes_back_whole(monk
 
 
 def test_pieces_out_of_order_or_beyond_the_announced_size_are_refused(monkeypatch):
-    monkeypatch.setattr(F, "BODY_BYTES_MAX", 10)
+    monkeypatch.setattr(F, "PIECE_BYTES", 10)
     frames = feed_in_parts(wire(F.encode_message(F.REQUEST, {"id": 3}, b"x" * 35)), [])
     asm = F.Assembler()
     asm.add(frames[0])
