@@ -250,6 +250,7 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
     try:
         _start_nuwa(rec)  # bootstrapping order: Nuwa first, then FuxiMaster keeps its state there
         _start_pangu(rec)
+        _start_kuafu(rec)
         with connect(cluster, embedded_ok=False) as conn:
             conn.master  # noqa: B018 - created on connect
     except BaseException:
@@ -301,6 +302,22 @@ def _start_pangu(rec: ClusterRecord) -> None:
         layout = pangu_layout(len(deploy.alive_nodes()))
         deploy.start(rec.cluster, rec.data_dir, masters=2 if rec.nuwa else 1, nuwa=rec.nuwa,
                      per_node=layout["per_node"], settings=layout["settings"], detached=True)
+    finally:
+        ray.shutdown()
+
+
+def _start_kuafu(rec: ClusterRecord) -> None:
+    """Start a Kuafu proxy on every node; they publish themselves and the services attached
+    to them in the cluster's Nuwa, so `fuxi call nuwa://<cluster>/<service>` finds them."""
+    import ray
+
+    from kuafu import deploy
+
+    _set_auth_mode(rec.token_path)
+    _ray_init(address=rec.address, namespace=rec.namespace)
+    try:
+        host = rec.address.rpartition(":")[0] or "127.0.0.1"
+        deploy.start(rec.namespace, rec.nuwa, host=host, detached=True)
     finally:
         ray.shutdown()
 
@@ -404,6 +421,10 @@ def down(cluster: str = "default") -> dict:
                     from pangu import deploy
 
                     deploy.stop(cluster)
+                with contextlib.suppress(Exception):
+                    from kuafu import deploy as kuafu_deploy
+
+                    kuafu_deploy.stop(rec.namespace)  # withdraws from Nuwa before it stops
                 _stop_nuwa(rec)
     _stop_head(rec)
     rec.remove()

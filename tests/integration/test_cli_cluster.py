@@ -154,6 +154,32 @@ def test_up_submit_status_logs_down(tmp_path):
         assert fuxi(home, "pangu", "ls", "/in/../x", check=False).returncode == 2
         fuxi(home, "pangu", "rm", "-r", "/in")
         assert fuxi(home, "pangu", "ls", "/").stdout.strip() == ""
+        # Kuafu from the shell: a program outside Ray attaches a service to a proxy found in
+        # Nuwa, and `fuxi call nuwa://default/...` reaches it.
+        serve = ("import sys, time, kuafu\n"
+                 "from kuafu.deploy import find_proxy\n"
+                 "class Greeter:\n"
+                 "    def greet(self, m): return {'hello': m.get('name', '?')}\n"
+                 "    def echo(self, m): return m\n"
+                 "h = kuafu.attach({'greeter': Greeter()}, find_proxy('default'))\n"
+                 "print('ready', flush=True)\n"
+                 "sys.stdin.read()\n"
+                 "h.stop(5)\n")
+        senv = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+                "FUXI_HOME": str(home)}
+        server = subprocess.Popen([sys.executable, "-c", serve], cwd=REPO, env=senv,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout.readline().strip() == "ready"
+            assert fuxi(home, "call", "nuwa://default/greeter", "greet",
+                        "name=ann").stdout == "hello=ann\n"
+            got = json.loads(fuxi(home, "call", "nuwa://default/greeter", "echo", "--data",
+                                  "hi", "--json").stdout)
+            assert got == {"type": "str", "value": "hi"}
+            missing = fuxi(home, "call", "nuwa://default/nothing", "x", check=False)
+            assert missing.returncode == 1 and "Unavailable" in missing.stderr
+        finally:
+            server.communicate("", timeout=CMD_TIMEOUT_S)
         # Kill FuxiMaster: the next command starts a new one, which finds the job in Nuwa.
         kill = (f"import ray; ray.init(address={rec['address']!r}, log_to_driver=False); "
                 f"ray.kill(ray.get_actor('FuxiMaster', namespace='fuxi-default'))")
