@@ -229,6 +229,8 @@ class Channel:
                       "dl": max(1, int((deadline - self.loop.time()) * 1000))}
             if idempotent:
                 header["idem"] = 1
+            if not wait:
+                header["nw"] = 1  # the proxy refuses rather than queues it, too
             if credentials is not None:
                 header["cred"] = credentials
             conn.write_frames(F.split_body(F.REQUEST, header, body))

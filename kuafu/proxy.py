@@ -42,7 +42,7 @@ from kuafu import frame as F
 from kuafu.conn import (HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, PARTIAL_FRAME_TIMEOUT_S,
                         PING_INTERVAL_S, Conn, stale_reason)
 from kuafu.errors import (BadRequest, FrameError, KuafuError, Overloaded, TimedOut, Unavailable)
-from kuafu.server import CONTROL_SERVICE, DEADLINE_MAX_S, check_service_name
+from kuafu.server import CONTROL_SERVICE, check_service_name, timeout_from_header
 
 log = logging.getLogger("kuafu.proxy")
 
@@ -268,15 +268,16 @@ class ProxyCore:
         if svc == CONTROL_SERVICE:
             self._control(src, f)
             return
-        dl = h.get("dl")
-        timeout_s = min(float(dl) / 1000.0, DEADLINE_MAX_S) if isinstance(dl, (int, float)) \
-            else DEADLINE_MAX_S
+        size = h.get("size")
+        if h.get("more") and (isinstance(size, bool) or not isinstance(size, int)
+                              or not len(f.body) <= size <= F.MESSAGE_BYTES_MAX):
+            src.write(self._error_frame(rid, BadRequest(
+                f"a message in pieces must announce its size ({len(f.body)}.."
+                f"{F.MESSAGE_BYTES_MAX} bytes); got {size!r:.40}")))
+            return
+        timeout_s = timeout_from_header(h.get("dl"))
         self.counters["requests"] += 1
         r = Route(src, rid, h, f.body, self.loop.time() + timeout_s)
-        if r.more and not (isinstance(h.get("size"), int) and 0 <= h["size"] <= F.MESSAGE_BYTES_MAX):
-            src.write(self._error_frame(rid, BadRequest(
-                f"a message in pieces must announce its size (0..{F.MESSAGE_BYTES_MAX})")))
-            return
         self.inbound[(src, rid)] = r
         self._hold(r, len(f.body))
         if timeout_s <= 0:

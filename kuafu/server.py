@@ -23,6 +23,7 @@ import contextvars
 import functools
 import inspect
 import itertools
+import math
 import threading
 import time
 import traceback
@@ -78,6 +79,14 @@ _context: contextvars.ContextVar[Context | None] = contextvars.ContextVar("kuafu
 def context() -> Context | None:
     """The request being served by this method call, or None outside one."""
     return _context.get()
+
+
+def timeout_from_header(dl) -> float:
+    """Seconds left for a request from its header's ``dl`` (milliseconds), within
+    DEADLINE_MAX_S; a missing, non-numeric or non-finite value means DEADLINE_MAX_S."""
+    if isinstance(dl, bool) or not isinstance(dl, (int, float)) or not math.isfinite(dl):
+        return DEADLINE_MAX_S
+    return min(float(dl) / 1000.0, DEADLINE_MAX_S)
 
 
 def check_service_name(name) -> str:
@@ -249,9 +258,7 @@ class Server:
                 raise Overloaded(f"service {svc.name!r} runs {svc.running} and queues "
                                  f"{svc.queued} requests (max_concurrency="
                                  f"{svc.max_concurrency}, queue_max={svc.queue_max})")
-            dl = h.get("dl")
-            timeout_s = DEADLINE_MAX_S if not isinstance(dl, (int, float)) else min(
-                float(dl) / 1000.0, DEADLINE_MAX_S)
+            timeout_s = timeout_from_header(h.get("dl"))
             if timeout_s <= 0:
                 raise TimedOut(f"the request's deadline had passed when it reached "
                                f"{svc.name}.{h.get('m')}; not run")

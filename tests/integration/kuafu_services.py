@@ -4,52 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import ray
 
 import kuafu
-
-
-class Echo:
-    def __init__(self, tag: str):
-        self.tag = tag
-
-    @kuafu.method(idempotent=True)
-    async def echo(self, m):
-        return m
-
-    @kuafu.method
-    async def who(self, m):
-        return self.tag
-
-    @kuafu.method(idempotent=True)
-    async def who_idem(self, m):
-        await asyncio.sleep(float(m or 0))
-        return self.tag
-
-    @kuafu.method
-    async def sleep(self, m):
-        await asyncio.sleep(float(m))
-        return self.tag
-
-    @kuafu.method
-    def slow(self, m):
-        time.sleep(0.05)
-        return b"ok"
-
-    @kuafu.method
-    async def remaining(self, m):
-        return f"{kuafu.context().remaining_s():.3f}"
-
-    @kuafu.method
-    async def forward(self, m):
-        """Call m["uri"] m["method"] from inside a method: the deadline carries over."""
-        c = kuafu.aconnect(m["uri"])
-        try:
-            return await c.acall(m["method"], m.get("arg", ""))
-        finally:
-            await c.close()
+from tests.kuafu.services import Svc
 
 
 @ray.remote(num_cpus=0)
@@ -59,7 +18,7 @@ class ServerActor:
         from kuafu.deploy import local_proxy
 
         self.server = kuafu.Server(max_concurrency=max_concurrency, queue_max=queue_max)
-        self.server.add(service, Echo(tag))
+        self.server.add(service, Svc(tag))
         address = await asyncio.get_running_loop().run_in_executor(None, local_proxy, cluster)
         self.endpoints = await self.server.attach(address)
 

@@ -266,7 +266,8 @@ def test_slow_server_fast_sender_memory_bounded(kf):
                     over += 1
             assert ok + over == 1500 and ok > 0 and over > 0
             for info in kf.infos.values():
-                st = json.loads(kuafu.connect(info["tcp"] + "/kuafu").call("stats", b""))
+                with kuafu.connect(info["tcp"] + "/kuafu") as sc:
+                    st = json.loads(sc.call("stats", b""))
                 held_max = st["counters"]["held_bytes_max"]
                 assert held_max <= SOURCE_QUEUED_BYTES_MAX + 2 * len(payload) + (8 << 20), st
                 assert st["queued"] <= SERVICE_QUEUE_MAX
@@ -287,8 +288,7 @@ def test_deadline_propagates_into_nested_calls(kf):
             # A method that calls another with a long sleep: bounded by the outer deadline.
             t0 = time.time()
             with pytest.raises(kuafu.KuafuError) as ei:
-                c.call("forward", {"uri": f"nuwa://{CLUSTER}/nest", "method": "sleep",
-                                   "arg": "30"}, timeout_s=1.5)
+                c.call("nested", {"uri": f"nuwa://{CLUSTER}/nest", "arg": "30"}, timeout_s=1.5)
             assert isinstance(ei.value, (kuafu.TimedOut, kuafu.RemoteError)), ei.value
             assert time.time() - t0 < 10
     finally:

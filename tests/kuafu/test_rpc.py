@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 import time
 
 import pyarrow as pa
@@ -19,64 +18,7 @@ import kuafu
 from kuafu import frame as F
 from kuafu.loops import LoopThread
 from kuafu.proxy import ProxyCore
-
-
-class Svc:
-    def __init__(self, tag="s"):
-        self.tag = tag
-        self.cancelled = threading.Event()
-        self.ran = 0
-
-    @kuafu.method(idempotent=True)
-    async def echo(self, m):
-        return m
-
-    @kuafu.method
-    async def who(self, m):
-        self.ran += 1
-        return self.tag
-
-    @kuafu.method(idempotent=True)
-    async def who_idem(self, m):
-        await asyncio.sleep(float(m or 0))
-        return self.tag
-
-    @kuafu.method
-    async def sleep(self, m):
-        try:
-            await asyncio.sleep(float(m))
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
-        return self.tag
-
-    @kuafu.method
-    def blocking(self, m):
-        time.sleep(float(m))
-        return "slept"
-
-    @kuafu.method
-    def boom(self, m):
-        raise KeyError(f"no {m}")
-
-    @kuafu.method
-    def bad_result(self, m):
-        return 42
-
-    @kuafu.method
-    async def remaining(self, m):
-        return f"{kuafu.context().remaining_s():.3f}"
-
-    @kuafu.method
-    async def nested(self, m):
-        c = kuafu.aconnect(m["uri"])
-        try:
-            return await c.acall("sleep", m["arg"], timeout_s=60)
-        finally:
-            await c.close()
-
-    def _private(self, m):  # not exposed: marked methods exist
-        return m
+from tests.kuafu.services import Svc
 
 
 @pytest.fixture(scope="module")
@@ -306,9 +248,12 @@ def _valid_frames() -> st.SearchStrategy:
     headers = st.fixed_dictionaries({"id": st.integers(0, 2**40), "svc": st.text(max_size=8),
                                      "m": st.text(max_size=8)},
                                     optional={"more": st.booleans(),
-                                              "size": st.integers(-5, 2**33),
+                                              "size": st.one_of(st.integers(-5, 2**33),
+                                                                st.text(max_size=3),
+                                                                st.booleans()),
                                               "seq": st.integers(-1, 5),
-                                              "dl": st.one_of(st.integers(-5, 10**9), st.text()),
+                                              "dl": st.one_of(st.integers(-5, 10**9), st.text(),
+                                                              st.floats(), st.booleans()),
                                               "type": st.sampled_from(list(F.BODY_TYPES) + ["x"]),
                                               "ep": st.text(max_size=5)})
     kinds = st.sampled_from(sorted(F.KINDS))
