@@ -24,12 +24,13 @@ class BadInput(FuxiError):
 
 
 class SpecError(BadInput):
-    """A job spec is invalid. ``problems`` lists every problem found, one line each."""
+    """A job (or service) spec is invalid. ``problems`` lists every problem found, one line
+    each."""
 
-    def __init__(self, problems: list[str], source: str | None = None):
+    def __init__(self, problems: list[str], source: str | None = None, kind: str = "job"):
         self.problems = list(problems)
         self.source = source
-        head = f"invalid job spec {source}" if source else "invalid job spec"
+        head = f"invalid {kind} spec {source}" if source else f"invalid {kind} spec"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 

@@ -836,9 +836,11 @@ _GENERIC: dict[str, str] = {
 }
 
 
-def _model_at(loc: tuple) -> tuple[type[BaseModel] | None, str | None, tuple]:
-    """Walk an error location from JobSpec down to (innermost model, its field, rest of loc)."""
-    model: type[BaseModel] = JobSpec
+def _model_at(loc: tuple, root: type[BaseModel] | None = None
+              ) -> tuple[type[BaseModel] | None, str | None, tuple]:
+    """Walk an error location from ``root`` (JobSpec) down to (innermost model, its field,
+    rest of loc)."""
+    model: type[BaseModel] = root or JobSpec
     i = 0
     while i < len(loc):
         field = loc[i]
@@ -858,7 +860,7 @@ def _model_at(loc: tuple) -> tuple[type[BaseModel] | None, str | None, tuple]:
     return model, None, ()
 
 
-def _humane_errors(exc: ValidationError) -> list[str]:
+def _humane_errors(exc: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
     lines: list[str] = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -873,9 +875,10 @@ def _humane_errors(exc: ValidationError) -> list[str]:
         if kind == "value_error" and error is not None:
             lines.append(f"{path}: {error}")
             continue
-        model, field, rest = _model_at(loc)
+        model, field, rest = _model_at(loc, root)
         if kind == "extra_forbidden":
-            allowed = list(model.model_fields) if model else []
+            allowed = [info.alias or name for name, info in model.model_fields.items()] \
+                if model else []
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
             lines.append(f"{path}: unknown field{suffix}; expected one of: {', '.join(allowed)}")

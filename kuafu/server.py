@@ -18,6 +18,7 @@ credentials and the names involved; a client used inside a method inherits the d
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import functools
@@ -46,6 +47,7 @@ SWEEP_PERIOD_S = 1.0
 REATTACH_BACKOFF_S = (0.1, 2.0)  # first and longest pause between attempts to re-attach
 TRACEBACK_CHARS_MAX = 8000
 CONTROL_SERVICE = "kuafu"
+LATENCIES_KEPT = 1024          # recent call durations kept per service, for percentiles
 
 
 def method(fn=None, *, idempotent: bool = False, name: str | None = None):
@@ -109,6 +111,9 @@ class Service:
     queued: int = 0
     served: int = 0
     failed: int = 0
+    busy_s: float = 0.0      # total time spent in calls (for the mean)
+    latencies: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=LATENCIES_KEPT))
     endpoint: str = ""       # the name the proxy published it under
     sem: asyncio.Semaphore | None = None
     executor: ThreadPoolExecutor | None = None
@@ -275,6 +280,7 @@ class Server:
         if svc.sem is None:
             svc.sem = asyncio.Semaphore(svc.max_concurrency)
         started = False
+        t0 = time.monotonic()
         try:
             async with svc.sem:
                 svc.queued -= 1
@@ -317,6 +323,9 @@ class Server:
                                                     f"{type(e).__module__}.{type(e).__qualname__}",
                                                     tb))]
         self.tasks.pop((conn, rid), None)
+        took = time.monotonic() - t0
+        svc.busy_s += took
+        svc.latencies.append(took)
         conn.write_frames(frames)
 
     def inflight(self) -> int:
@@ -461,9 +470,16 @@ class Server:
                 svc.executor.shutdown(wait=False, cancel_futures=True)
 
     def stats(self) -> dict:
-        return {name: {"running": s.running, "queued": s.queued, "served": s.served,
-                       "failed": s.failed, "endpoint": s.endpoint}
-                for name, s in self.services.items()}
+        """Per service: running, queued, served and failed calls, and the p50/p99 latency (ms)
+        of the last LATENCIES_KEPT calls."""
+        out = {}
+        for name, s in self.services.items():
+            lat = sorted(s.latencies)
+            out[name] = {"running": s.running, "queued": s.queued, "served": s.served,
+                         "failed": s.failed, "endpoint": s.endpoint,
+                         "p50_ms": round(lat[len(lat) // 2] * 1e3, 3) if lat else None,
+                         "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 3) if lat else None}
+        return out
 
 
 # ------------------------------------------------------------------ blocking wrappers

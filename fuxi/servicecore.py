@@ -1,0 +1,293 @@
+"""The service manager's reconcile core (pure: no Ray, no I/O, no clock of its own).
+
+One ``ServiceCore`` per service holds the desired state (the spec, the last good spec to roll
+back to) and what it knows of the replicas. The shell feeds it what happened (a replica
+became ready, failed to start, failed health checks, died, stopped) and asks ``plan(now,
+nodes)`` what to do next: start replicas on chosen nodes, drain replicas, kill replicas.
+
+    replica states:  STARTING --ready--> READY --drain--> DRAINING --stopped--> (gone)
+                        |                  |
+                        +--failed--> FAILED <--unhealthy/died--+   --stopped--> (gone)
+
+Rules, each step:
+* The target version is the spec's. A live replica (STARTING or READY) of another version is
+  *old*.
+* Start replicas of the target version while there are fewer than ``replicas`` of it and
+  fewer than ``replicas + max_surge`` live in all, unless starts are backing off.
+* Drain old replicas while the READY count stays at least ``replicas - max_unavailable``
+  without them (an old replica that is not ready yet goes at once).
+* With no old replicas left, drain the extra ones of a scale-down (not-ready ones first).
+* A replica that fails to start or fails ``failure_threshold`` health checks in a row is
+  FAILED: killed, then replaced. Repeated failures of one version back off exponentially
+  (``START_BACKOFF_S``).
+* During an upgrade, ``ROLLBACK_AFTER_FAILURES`` failed replicas of the new version roll the
+  service back to the previous spec, which the same rules then restore.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+STARTING, READY, DRAINING, FAILED = "starting", "ready", "draining", "failed"
+LIVE = (STARTING, READY)
+START_BACKOFF_S = (0.5, 30.0)   # first and longest pause before starting after a failure
+ROLLBACK_AFTER_FAILURES = 2     # failed replicas of a new version before it is rolled back
+EVENTS_KEPT = 100
+
+
+@dataclass
+class Replica:
+    rid: str
+    version: str
+    node: str | None
+    state: str
+    created_at: float
+    ready_at: float | None = None
+    failures: int = 0          # health checks failed in a row
+    reason: str = ""
+    kill_sent: bool = False
+    drain_sent: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Action:
+    kind: str                   # "start" | "drain" | "kill"
+    rid: str
+    node: str | None = None
+    spec: dict | None = None    # for "start": the spec of the replica's version
+    grace_s: float = 0.0
+
+
+@dataclass
+class ServiceCore:
+    spec: dict                  # ServiceSpec.to_doc() of the target version
+    previous: dict | None = None  # the spec before the last upgrade (to roll back to)
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    seq: int = 0
+    crashes: int = 0            # failures of the target version in a row
+    backoff_until: float = 0.0
+    rollout: dict = field(default_factory=dict)  # {"from", "to", "state", "reason"}
+    events: list[str] = field(default_factory=list)
+    removing: bool = False
+
+    # ------------------------------------------------------------ desired state
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
+
+    @property
+    def version(self) -> str:
+        return self.spec["version"]
+
+    def scale(self, replicas: int, now: float) -> None:
+        self.spec = dict(self.spec, replicas=int(replicas))
+        if self.previous is not None:
+            self.previous = dict(self.previous, replicas=int(replicas))
+        self._event(now, f"scaled to {replicas} replicas")
+
+    def upgrade(self, spec: dict, now: float) -> None:
+        """A new spec. A new version starts a rolling upgrade; the same version with other
+        settings applies them to replicas started from now on."""
+        if spec["name"] != self.name:
+            raise ValueError(f"upgrade of {self.name!r} with a spec named {spec['name']!r}")
+        if spec["version"] != self.version:
+            self.previous = copy.deepcopy(self.spec)
+            self.rollout = {"from": self.version, "to": spec["version"], "state": "rolling",
+                            "reason": ""}
+            self.crashes, self.backoff_until = 0, 0.0
+            self._event(now, f"upgrade {self.version} -> {spec['version']} started")
+        self.spec = copy.deepcopy(spec)
+
+    def remove(self, now: float) -> None:
+        self.removing = True
+        self.spec = dict(self.spec, replicas=0)
+        self._event(now, "removal requested: draining every replica")
+
+    # ------------------------------------------------------------ what happened
+    def ready(self, rid: str, now: float) -> None:
+        r = self.replicas.get(rid)
+        if r is None or r.state != STARTING:
+            return
+        r.state, r.ready_at, r.failures = READY, now, 0
+        if r.version == self.version:
+            self.crashes = 0
+        self._event(now, f"{rid} ({r.version}) ready on {(r.node or '?')[:12]}")
+        self._check_rollout_done(now)
+
+    def start_failed(self, rid: str, error: str, now: float) -> None:
+        self._fail(rid, f"failed to start: {error}", now)
+
+    def health(self, rid: str, ok: bool, error: str, now: float) -> None:
+        r = self.replicas.get(rid)
+        if r is None or r.state != READY:
+            return
+        if ok:
+            r.failures = 0
+            return
+        r.failures += 1
+        threshold = int(self._spec_of(r.version)["health_check"]["failure_threshold"])
+        if r.failures >= threshold:
+            self._fail(rid, f"unhealthy: {r.failures} failed health checks in a row "
+                            f"(last: {error})", now)
+
+    def died(self, rid: str, error: str, now: float) -> None:
+        r = self.replicas.get(rid)
+        if r is None:
+            return
+        if r.state != DRAINING:
+            self._fail(rid, f"died: {error}", now)  # counts toward backoff and rollback
+        self.stopped(rid, now)  # nothing left to kill or drain
+
+    def stopped(self, rid: str, now: float) -> None:
+        r = self.replicas.pop(rid, None)
+        if r is not None:
+            self._event(now, f"{rid} ({r.version}) stopped{': ' + r.reason if r.reason else ''}")
+
+    def _fail(self, rid: str, reason: str, now: float) -> None:
+        r = self.replicas.get(rid)
+        if r is None or r.state in (FAILED, DRAINING):
+            return
+        r.state, r.reason = FAILED, reason
+        self._event(now, f"{rid} ({r.version}) {reason}")
+        if r.version == self.version:
+            self.crashes += 1
+            pause = min(START_BACKOFF_S[0] * 2 ** (self.crashes - 1), START_BACKOFF_S[1])
+            self.backoff_until = now + pause
+            if (self.rollout.get("state") == "rolling" and self.previous is not None
+                    and self.crashes >= ROLLBACK_AFTER_FAILURES):
+                self._roll_back(reason, now)
+
+    def _roll_back(self, reason: str, now: float) -> None:
+        bad = self.version
+        self.spec, self.previous = copy.deepcopy(self.previous), None
+        self.rollout = {"from": bad, "to": self.version, "state": "rolled_back",
+                        "reason": f"version {bad}: {reason}"}
+        self.crashes, self.backoff_until = 0, 0.0
+        self._event(now, f"rolled back to {self.version}: version {bad} failed "
+                         f"{ROLLBACK_AFTER_FAILURES} replicas ({reason})")
+
+    def _check_rollout_done(self, now: float) -> None:
+        if self.rollout.get("state") != "rolling":
+            return
+        live = [r for r in self.replicas.values() if r.state in LIVE]
+        ready_new = [r for r in live if r.version == self.version and r.state == READY]
+        if len(ready_new) >= self.spec["replicas"] and all(r.version == self.version
+                                                             for r in live):
+            self.rollout["state"] = "done"
+            self._event(now, f"upgrade to {self.version} done")
+
+    # ------------------------------------------------------------ deciding
+    def plan(self, now: float, nodes: dict[str, float]) -> list[Action]:
+        """Actions for now. ``nodes``: alive node id -> free CPU there (for placement)."""
+        acts: list[Action] = []
+        for r in self.replicas.values():
+            if r.state == FAILED and not r.kill_sent:
+                r.kill_sent = True
+                acts.append(Action("kill", r.rid))
+        live = [r for r in self.replicas.values() if r.state in LIVE]
+        n = int(self.spec["replicas"])
+        rollout = self.spec["rollout"]
+        new = [r for r in live if r.version == self.version]
+        old = [r for r in live if r.version != self.version]
+        # Start replicas of the target version.
+        room = n + int(rollout["max_surge"]) - len(live) if old else n - len(new)
+        want = min(n - len(new), room)
+        if want > 0 and now >= self.backoff_until and not self.removing:
+            load = self._load(nodes)
+            cpu = float(self.spec["resources"].get("cpu") or 0.0)
+            for _ in range(want):
+                node = self._place(load, nodes, cpu)
+                self.seq += 1
+                rid = f"{self.name}-{self.seq}"
+                rep = Replica(rid, self.version, node, STARTING, now)
+                self.replicas[rid] = rep
+                live.append(rep)
+                if node is not None:
+                    load[node] = load.get(node, 0) + 1
+                    nodes = dict(nodes, **{node: nodes.get(node, 0.0) - cpu})
+                acts.append(Action("start", rid, node, copy.deepcopy(self.spec)))
+        # Drain old replicas while enough stay ready.
+        min_ready = n - int(rollout["max_unavailable"])
+        ready = [r for r in live if r.state == READY]
+        for r in sorted(old, key=lambda r: (r.state == READY, r.created_at)):
+            was_ready = r.state == READY
+            if was_ready and len(ready) - 1 < min_ready and not self.removing:
+                break
+            acts.append(self._drain(r, "replaced by version " + self.version))
+            if was_ready:
+                ready.remove(r)
+            live.remove(r)
+        # Scale down (only when no old version remains).
+        new = [r for r in live if r.version == self.version]
+        if not old and len(new) > n:
+            crowd = self._load({})
+            extra = sorted(new, key=lambda r: (r.state == READY, -crowd.get(r.node, 0),
+                                               -r.created_at))
+            for r in extra[:len(new) - n]:
+                acts.append(self._drain(r, "scaled down" if not self.removing else "removed"))
+        self._check_rollout_done(now)
+        return acts
+
+    def _drain(self, r: Replica, reason: str) -> Action:
+        r.state, r.reason, r.drain_sent = DRAINING, reason, True
+        grace = float(self._spec_of(r.version).get("drain_grace_s", 10.0))
+        return Action("drain", r.rid, r.node, grace_s=grace)
+
+    def _load(self, nodes: dict) -> dict[str, int]:
+        load = {n: 0 for n in nodes}
+        for r in self.replicas.values():
+            if r.state in LIVE and r.node is not None:
+                load[r.node] = load.get(r.node, 0) + 1
+        return load
+
+    def _place(self, load: dict[str, int], nodes: dict[str, float], cpu: float) -> str | None:
+        if not nodes:
+            return None
+        fitting = [n for n in nodes if nodes[n] + 1e-9 >= cpu] or list(nodes)
+        if self.spec["placement"]["spread"]:
+            return min(fitting, key=lambda n: (load.get(n, 0), -nodes[n], n))
+        return max(fitting, key=lambda n: (load.get(n, 0), nodes[n], n))
+
+    def _spec_of(self, version: str) -> dict:
+        if version == self.version or self.previous is None:
+            return self.spec
+        return self.previous if self.previous["version"] == version else self.spec
+
+    def _event(self, now: float, text: str) -> None:
+        self.events = (self.events + [f"{now:.3f} {text}"])[-EVENTS_KEPT:]
+
+    # ------------------------------------------------------------ views and persistence
+    @property
+    def gone(self) -> bool:
+        """Removed and nothing left running."""
+        return self.removing and not self.replicas
+
+    def counts(self) -> dict:
+        c = {STARTING: 0, READY: 0, DRAINING: 0, FAILED: 0}
+        for r in self.replicas.values():
+            c[r.state] += 1
+        return c
+
+    def desired_doc(self) -> dict:
+        """What must survive a restart of the platform: the desired state, not the replicas
+        (those are found again as running actors)."""
+        return {"spec": self.spec, "previous": self.previous, "seq": self.seq,
+                "rollout": self.rollout, "removing": self.removing}
+
+    @classmethod
+    def from_desired(cls, doc: dict) -> "ServiceCore":
+        return cls(spec=doc["spec"], previous=doc.get("previous"), seq=int(doc.get("seq", 0)),
+                   rollout=dict(doc.get("rollout") or {}), removing=bool(doc.get("removing")))
+
+    def adopt(self, rid: str, version: str, node: str | None, now: float) -> None:
+        """A replica actor found running after a restart: checked before it counts as READY."""
+        if rid not in self.replicas:
+            self.replicas[rid] = Replica(rid, version, node, STARTING, now)
+            try:
+                self.seq = max(self.seq, int(rid.rsplit("-", 1)[1]))
+            except (IndexError, ValueError):
+                pass
