@@ -67,6 +67,7 @@ class FuxiMaster:
         self.nuwa_group = nuwa_group
         self.nuwa_events: list[str] = []
         self._supervisor = None
+        self.services = None  # the ServiceManager, made on first use
         self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -114,9 +115,40 @@ class FuxiMaster:
         self.nodes, self.node_info, self.nodes_at = nodes, info, now
 
     async def supervise(self) -> None:
-        """Start the Nuwa supervision loop (idempotent; called when the master is created)."""
+        """Start the Nuwa supervision loop and the service manager (idempotent; called when
+        the master is created)."""
         if self.nuwa_group and self._supervisor is None:
             self._supervisor = asyncio.get_event_loop().create_task(self._supervise_nuwa())
+        self._service_manager().start()
+
+    # ------------------------------------------------------------ online services
+
+    def _service_manager(self):
+        if self.services is None:
+            from fuxi.services import ServiceManager
+
+            ns = ray.get_runtime_context().namespace
+            self.services = ServiceManager(self.cluster, ns, self.store, self.detached)
+            self.services.start()
+        return self.services
+
+    def service_register(self, spec: dict) -> dict:
+        return self._service_manager().register(spec)
+
+    def service_upgrade(self, spec: dict) -> dict:
+        return self._service_manager().upgrade(spec)
+
+    def service_scale(self, name: str, replicas: int) -> dict:
+        return self._service_manager().scale(name, replicas)
+
+    def service_remove(self, name: str) -> dict:
+        return self._service_manager().remove(name)
+
+    def service_list(self) -> list[dict]:
+        return self._service_manager().list()
+
+    def service_status(self, name: str) -> dict:
+        return self._service_manager().status(name)
 
     async def _supervise_nuwa(self) -> None:
         from nuwa.group import Group

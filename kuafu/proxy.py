@@ -322,10 +322,8 @@ class ProxyCore:
             return None
         if len(eps) == 1:
             return eps[0]
-        a, b = random.sample(eps, 2)
-        if a.inflight != b.inflight:
-            return a if a.inflight < b.inflight else b
-        return a if a.conn is not None else b  # on a tie, stay on this node
+        a, b = random.sample(eps, 2)  # on a tie, the random draw decides: load spreads
+        return b if b.inflight < a.inflight else a
 
     def _dispatch(self, r: Route) -> None:
         if self.loop.time() >= r.deadline:

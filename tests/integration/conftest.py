@@ -58,3 +58,32 @@ def job(client, tmp_path):
         return st
 
     return run
+
+
+@pytest.fixture(scope="session")
+def kuafu_net(ray_cluster, tmp_path_factory):
+    """A 1-replica Nuwa and a Kuafu proxy on every node, in the test session's namespace
+    (cluster "test"); shared by the Kuafu and service tests."""
+    import time
+    from types import SimpleNamespace
+
+    import ray
+
+    from kuafu import deploy
+    from nuwa.group import start_group
+
+    g = start_group(1, str(tmp_path_factory.mktemp("kuafu-nuwa")),
+                    namespace=f"nuwa-kuafu-{time.time_ns()}")
+    try:
+        nuwa = [list(a) for a in g.client_addresses()]
+        infos = deploy.start("fuxi-test", nuwa, settings={
+            "hello_timeout_s": 3.0, "idle_timeout_s": 8.0, "partial_timeout_s": 3.0})
+        here = ray.get_runtime_context().get_node_id()
+        other = next(n for n in deploy.alive_nodes() if n != here)
+        yield SimpleNamespace(nuwa=nuwa, infos={i["node"]: i for i in infos}, here=here,
+                              other=other, group=g)
+    finally:
+        try:
+            deploy.stop("fuxi-test")
+        finally:
+            g.stop()

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -18,7 +17,6 @@ pytestmark = pytest.mark.ray
 
 CLUSTER = "test"            # the Ray namespace of the test session is fuxi-test
 NS = "fuxi-test"
-SETTINGS = {"hello_timeout_s": 3.0, "idle_timeout_s": 8.0, "partial_timeout_s": 3.0}
 
 
 def _pin(node: str):
@@ -28,27 +26,8 @@ def _pin(node: str):
 
 
 @pytest.fixture(scope="module")
-def kf(ray_cluster, tmp_path_factory):
-    import ray
-
-    from kuafu import deploy
-    from nuwa.group import start_group
-
-    g = start_group(1, str(tmp_path_factory.mktemp("kuafu-nuwa")),
-                    namespace=f"nuwa-kuafu-{time.time_ns()}")
-    try:
-        nuwa = [list(a) for a in g.client_addresses()]
-        infos = deploy.start(NS, nuwa, settings=SETTINGS)
-        here = ray.get_runtime_context().get_node_id()
-        nodes = deploy.alive_nodes()
-        other = next(n for n in nodes if n != here)
-        yield SimpleNamespace(nuwa=nuwa, infos={i["node"]: i for i in infos}, here=here,
-                              other=other, group=g)
-    finally:
-        try:
-            deploy.stop(NS)
-        finally:
-            g.stop()
+def kf(kuafu_net):
+    return kuafu_net
 
 
 def _server(node: str, service: str, tag: str, **kw):

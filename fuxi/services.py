@@ -1,0 +1,314 @@
+"""The service manager: FuxiMaster's reconcile loop for online services (the Ray shell around
+``fuxi.servicecore``).
+
+Every ``RECONCILE_S`` it asks each service's core what to do and does it: start replica actors
+(``fuxi.replica.ServiceReplica``, on the node the core chose, with the spec's resources),
+drain them, kill them. A started replica becomes READY once its constructor has run, its first
+health check has passed and it is registered with its node's Kuafu proxy. READY replicas are
+health-checked every ``health_check.period_s``; a Ray call that finds the actor dead reports it
+died. The desired state of each service is kept in FuxiMaster's store (Nuwa under `fuxi up`)
+at ``/services/<name>``, and replicas are named actors, so a restarted FuxiMaster finds both
+again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import ray
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from fuxi.errors import BadInput
+from fuxi.replica import REPLICA_PREFIX, ServiceReplica, replica_name
+from fuxi.servicecore import READY, ServiceCore
+
+logger = logging.getLogger(__name__)
+
+RECONCILE_S = 0.25
+STATS_EVERY_S = 2.0
+SERVICES_MAX = 1000
+CALL_TIMEOUT_S = 30.0     # a drain or stats call to a replica, beyond its own grace
+KEY = "/services/"
+
+
+class ServiceManager:
+    def __init__(self, cluster: str, namespace: str, store, detached: bool):
+        self.cluster, self.namespace, self.store, self.detached = cluster, namespace, store, detached
+        self.cores: dict[str, ServiceCore] = {}
+        self.handles: dict[str, object] = {}
+        self.busy: set[str] = set()          # replicas with a start/check/drain in progress
+        self.checked: dict[str, float] = {}  # replica -> last health check
+        self.stats: dict[str, dict] = {}     # replica -> last Kuafu stats
+        self.rates: dict[str, float] = {}    # service -> calls/s over the last stats period
+        self._served: dict[str, tuple[float, int]] = {}
+        self.saved: dict[str, str] = {}
+        self._task = None
+        self._stats_at = 0.0
+        for key in store.list(KEY):
+            doc = store.get(key)
+            if doc:
+                core = ServiceCore.from_desired(doc)
+                self.cores[core.name] = core
+                self.saved[core.name] = json.dumps(doc, sort_keys=True)
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Replica actors still running from before a FuxiMaster restart."""
+        from ray.util import list_named_actors
+
+        now = time.time()
+        for a in list_named_actors(all_namespaces=True):
+            if a.get("namespace") != self.namespace or not a["name"].startswith(REPLICA_PREFIX):
+                continue
+            rid = a["name"][len(REPLICA_PREFIX):]
+            name = rid.rsplit("-", 1)[0]
+            core = self.cores.get(name)
+            try:
+                h = ray.get_actor(a["name"], namespace=self.namespace)
+                info = ray.get(h.info.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - gone meanwhile
+                continue
+            if core is None:
+                ray.kill(h)  # a replica of a service nobody wants any more
+                continue
+            core.adopt(rid, info["version"], info["node"], now)
+            self.handles[rid] = h
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_event_loop().create_task(self._run())
+
+    # ------------------------------------------------------------ the API FuxiMaster exposes
+    def register(self, spec: dict) -> dict:
+        if spec["name"] in self.cores:
+            raise BadInput(f"service {spec['name']!r} is already registered; use `fuxi service "
+                           f"upgrade` to change it or `fuxi service remove` first")
+        if len(self.cores) >= SERVICES_MAX:
+            raise BadInput(f"{SERVICES_MAX} services are registered (SERVICES_MAX)")
+        core = ServiceCore(spec)
+        core._event(time.time(), f"registered version {core.version} with "
+                                 f"{spec['replicas']} replicas")
+        self.cores[core.name] = core
+        self._save(core)
+        return self.status(core.name)
+
+    def _core(self, name: str) -> ServiceCore:
+        core = self.cores.get(name)
+        if core is None or core.removing:
+            raise BadInput(f"no service {name!r}; registered: {sorted(self.cores) or 'none'}")
+        return core
+
+    def upgrade(self, spec: dict) -> dict:
+        core = self._core(spec["name"])
+        core.upgrade(spec, time.time())
+        self._save(core)
+        return self.status(core.name)
+
+    def scale(self, name: str, replicas: int) -> dict:
+        from fuxi.service_spec import REPLICAS_MAX
+
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= REPLICAS_MAX:
+            raise BadInput(f"replicas={replicas!r}: expected 0..{REPLICAS_MAX}")
+        core = self._core(name)
+        core.scale(replicas, time.time())
+        self._save(core)
+        return self.status(name)
+
+    def remove(self, name: str) -> dict:
+        core = self._core(name)
+        core.remove(time.time())
+        self._save(core)
+        return self.status(name)
+
+    def list(self) -> list[dict]:
+        return [self._summary(c) for c in self.cores.values()]
+
+    def _summary(self, core: ServiceCore) -> dict:
+        c = core.counts()
+        return {"name": core.name, "version": core.version, "desired": core.spec["replicas"],
+                "ready": c[READY], "starting": c["starting"], "draining": c["draining"],
+                "failed": c["failed"], "removing": core.removing,
+                "rollout": core.rollout.get("state", ""),
+                "requests_per_s": round(self.rates.get(core.name, 0.0), 1)}
+
+    def status(self, name: str) -> dict:
+        core = self.cores.get(name)
+        if core is None:
+            raise BadInput(f"no service {name!r}; registered: {sorted(self.cores) or 'none'}")
+        replicas = []
+        served = failed = 0
+        for r in sorted(core.replicas.values(), key=lambda r: r.created_at):
+            st = self.stats.get(r.rid, {})
+            served += st.get("served", 0)
+            failed += st.get("failed", 0)
+            replicas.append({"replica": r.rid, "version": r.version, "state": r.state,
+                             "health": "ok" if r.state == READY and not r.failures else
+                             (f"{r.failures} failed checks" if r.state == READY else r.state),
+                             "node": r.node, "reason": r.reason,
+                             "served": st.get("served", 0), "errors": st.get("failed", 0),
+                             "p50_ms": st.get("p50_ms"), "p99_ms": st.get("p99_ms")})
+        p99s = [x["p99_ms"] for x in replicas if x["p99_ms"] is not None]
+        return dict(self._summary(core), spec=core.spec, replicas=replicas,
+                    requests=served, errors=failed,
+                    p99_ms_max=max(p99s) if p99s else None,
+                    rollout_detail=core.rollout, events=core.events[-30:])
+
+    # ------------------------------------------------------------ the loop
+    async def _run(self) -> None:
+        while True:
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - one bad step must not stop the manager
+                logger.exception("service reconcile step failed")
+            await asyncio.sleep(RECONCILE_S)
+
+    def _nodes(self) -> dict[str, float]:
+        try:
+            from ray._private.state import available_resources_per_node
+
+            free = available_resources_per_node()
+        except Exception:  # noqa: BLE001 - fall back to totals
+            free = {}
+        out = {}
+        for n in ray.nodes():
+            if n.get("Alive"):
+                out[n["NodeID"]] = float(free.get(n["NodeID"], n.get("Resources", {})).get("CPU", 0.0))
+        return out
+
+    def _tick(self) -> None:
+        now = time.time()
+        nodes = self._nodes() if self.cores else {}
+        for name, core in list(self.cores.items()):
+            for act in core.plan(now, nodes):
+                if act.kind == "start":
+                    self._spawn(core, act.rid, self._start(core, act.rid, act.node, act.spec))
+                elif act.kind == "drain":
+                    self._spawn(core, act.rid, self._drain(core, act.rid, act.grace_s))
+                elif act.kind == "kill":
+                    h = self.handles.pop(act.rid, None)
+                    if h is not None:
+                        ray.kill(h)
+                    core.stopped(act.rid, now)
+            for r in list(core.replicas.values()):
+                period = core._spec_of(r.version)["health_check"]["period_s"]
+                if (r.state == READY and r.rid not in self.busy
+                        and now - self.checked.get(r.rid, 0.0) >= period):
+                    self._spawn(core, r.rid, self._check(core, r.rid))
+            if core.gone:
+                del self.cores[name]
+                self.store.delete(KEY + name)
+                self.saved.pop(name, None)
+                continue
+            self._save(core)
+        if now - self._stats_at >= STATS_EVERY_S:
+            self._stats_at = now
+            asyncio.get_event_loop().create_task(self._refresh_stats(now))
+
+    def _spawn(self, core: ServiceCore, rid: str, coro) -> None:
+        self.busy.add(rid)
+
+        async def run():
+            try:
+                await coro
+            except Exception:  # noqa: BLE001 - each helper reports to the core itself
+                logger.exception("service %s replica %s: step failed", core.name, rid)
+            finally:
+                self.busy.discard(rid)
+        asyncio.get_event_loop().create_task(run())
+
+    def _save(self, core: ServiceCore) -> None:
+        doc = core.desired_doc()
+        text = json.dumps(doc, sort_keys=True)
+        if self.saved.get(core.name) != text:
+            self.store.put(KEY + core.name, doc)
+            self.saved[core.name] = text
+
+    async def _start(self, core: ServiceCore, rid: str, node: str | None, spec: dict) -> None:
+        res = spec["resources"]
+        opts = {"name": replica_name(rid), "namespace": self.namespace,
+                "num_cpus": float(res.get("cpu") or 0.0)}
+        if res.get("memory_mb"):
+            opts["memory"] = float(res["memory_mb"]) * 1024 * 1024
+        if res.get("custom"):
+            opts["resources"] = dict(res["custom"])
+        if node is not None:
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+        if self.detached:
+            opts["lifetime"] = "detached"
+        h = None
+        try:
+            h = ServiceReplica.options(**opts).remote(self.cluster, spec, rid)
+            self.handles[rid] = h
+            info = await asyncio.wait_for(h.info.remote(), spec["start_timeout_s"])
+            r = core.replicas.get(rid)
+            if r is not None and r.node != info["node"]:
+                core._event(time.time(), f"{rid} asked for node {(node or '?')[:12]}, Ray placed "
+                                         f"it on {info['node'][:12]}")
+                r.node = info["node"]
+            await asyncio.wait_for(h.check.remote(), spec["health_check"]["timeout_s"])
+            await asyncio.wait_for(h.register.remote(), spec["start_timeout_s"])
+        except Exception as e:  # noqa: BLE001 - constructor, check or registration failed
+            core.start_failed(rid, _short(e), time.time())
+            return
+        self.checked[rid] = time.time()
+        core.ready(rid, time.time())
+
+    async def _check(self, core: ServiceCore, rid: str) -> None:
+        h = self.handles.get(rid)
+        r = core.replicas.get(rid)
+        if h is None or r is None:
+            return
+        self.checked[rid] = time.time()
+        timeout = core._spec_of(r.version)["health_check"]["timeout_s"]
+        try:
+            await asyncio.wait_for(h.check.remote(), timeout)
+        except RayActorError as e:
+            self.handles.pop(rid, None)
+            core.died(rid, _short(e), time.time())
+            return
+        except asyncio.TimeoutError:
+            core.health(rid, False, f"no answer within {timeout:g}s", time.time())
+            return
+        except Exception as e:  # noqa: BLE001 - the check raised
+            core.health(rid, False, _short(e), time.time())
+            return
+        core.health(rid, True, "", time.time())
+
+    async def _drain(self, core: ServiceCore, rid: str, grace_s: float) -> None:
+        h = self.handles.pop(rid, None)
+        try:
+            if h is not None:
+                await asyncio.wait_for(h.drain.remote(grace_s), grace_s + CALL_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - it goes either way
+            logger.warning("service %s: draining %s: %s", core.name, rid, _short(e))
+        finally:
+            if h is not None:
+                ray.kill(h)
+            self.stats.pop(rid, None)
+            self.checked.pop(rid, None)
+            core.stopped(rid, time.time())
+
+    async def _refresh_stats(self, now: float) -> None:
+        for name, core in list(self.cores.items()):
+            total = 0
+            for rid in [r.rid for r in core.replicas.values() if r.state == READY]:
+                h = self.handles.get(rid)
+                if h is None:
+                    continue
+                try:
+                    self.stats[rid] = await asyncio.wait_for(h.stats.remote(), 5.0)
+                except Exception:  # noqa: BLE001 - a dying replica has no stats
+                    continue
+                total += self.stats[rid]["served"] + self.stats[rid]["failed"]
+            prev = self._served.get(name)
+            if prev is not None and now > prev[0]:
+                self.rates[name] = max(0.0, (total - prev[1]) / (now - prev[0]))
+            self._served[name] = (now, total)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:500]

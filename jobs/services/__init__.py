@@ -1,0 +1,1 @@
+"""Example online services for `fuxi service register` (see the README)."""

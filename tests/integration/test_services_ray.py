@@ -1,0 +1,217 @@
+"""Online services on the two-node cluster: FuxiMaster's service manager starts replica actors,
+they become Kuafu endpoints when ready, and calls go on through scaling, rolling upgrades,
+rollbacks and crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+CLUSTER = "test"
+
+
+def _spec(name: str, version: str = "1", replicas: int = 2, **kw) -> dict:
+    from fuxi.service_spec import service_spec_from_dict
+
+    doc = {"name": name, "class": "jobs.services.echo:Echo", "version": version,
+           "replicas": replicas, "resources": {"cpu": 0},
+           "config": {"tag": f"v{version}"}, "drain_grace_s": 5.0,
+           "health_check": {"period_s": 0.5, "timeout_s": 2.0, "failure_threshold": 2}}
+    doc.update(kw)
+    return service_spec_from_dict(doc).to_doc()
+
+
+@pytest.fixture(scope="module")
+def master(client, kuafu_net):
+    return client.master
+
+
+def _wait(master, name: str, pred, timeout_s: float = 90.0) -> dict:
+    import ray
+
+    deadline = time.time() + timeout_s
+    while True:
+        st = ray.get(master.service_status.remote(name), timeout=30)
+        if pred(st):
+            return st
+        if time.time() > deadline:
+            raise AssertionError(f"service {name} did not get there in {timeout_s:g}s: "
+                                 f"{ {k: st[k] for k in ('ready', 'starting', 'draining', 'failed', 'version', 'rollout')} } "
+                                 f"events: {st['events'][-8:]}")
+        time.sleep(0.2)
+
+
+def _ready(n: int, version: str | None = None):
+    return lambda st: (st["ready"] == n and st["starting"] == 0 and st["draining"] == 0
+                       and (version is None or all(r["version"] == version
+                                                   for r in st["replicas"])))
+
+
+class Load:
+    """Threads calling a service without pause; counts failures and who answered."""
+
+    def __init__(self, name: str, method: str = "version", threads: int = 4):
+        self.name, self.method = name, method
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.answers: dict[str, int] = {}
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self):
+        import kuafu
+
+        with kuafu.connect(f"nuwa://{CLUSTER}/{self.name}") as c:
+            while not self.stop.is_set():
+                try:
+                    out = c.call(self.method, b"", timeout_s=20)
+                    self.ok += 1
+                    self.answers[out] = self.answers.get(out, 0) + 1
+                except Exception as e:  # noqa: BLE001 - counted
+                    self.failures.append(repr(e))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def _remove(master, name: str) -> None:
+    import ray
+
+    try:
+        ray.get(master.service_remove.remote(name), timeout=30)
+        deadline = time.time() + 60
+        while any(s["name"] == name for s in ray.get(master.service_list.remote(), timeout=30)):
+            assert time.time() < deadline, "the service was not removed"
+            time.sleep(0.2)
+    except Exception:  # noqa: BLE001 - best effort in teardown
+        pass
+
+
+def test_register_call_status_scale_and_remove(master, kuafu_net):
+    import ray
+
+    import kuafu
+    from fuxi.errors import BadInput
+
+    st = ray.get(master.service_register.remote(_spec("svc-basic")), timeout=30)
+    try:
+        assert st["desired"] == 2
+        st = _wait(master, "svc-basic", _ready(2))
+        assert {r["node"] for r in st["replicas"]} == {kuafu_net.here, kuafu_net.other}, \
+            st["events"]  # spread
+        assert all(r["health"] == "ok" and r["version"] == "1" for r in st["replicas"])
+        with kuafu.connect(f"nuwa://{CLUSTER}/svc-basic") as c:
+            assert c.call("echo", b"hi") == b"hi"
+            # The driver's proxy learns the other node's endpoint from its Nuwa watch.
+            deadline = time.time() + 10
+            while len(json.loads(c.call("resolve", {"service": "svc-basic"},
+                                        service="kuafu"))) < 2:
+                assert time.time() < deadline
+                time.sleep(0.05)
+            pids = {c.call("pid", b"") for _ in range(60)}
+            assert len(pids) == 2  # both replicas answer
+        with pytest.raises(BadInput, match="already registered"):
+            ray.get(master.service_register.remote(_spec("svc-basic")), timeout=30)
+        with Load("svc-basic") as load:
+            ray.get(master.service_scale.remote("svc-basic", 4), timeout=30)
+            _wait(master, "svc-basic", _ready(4))
+            ray.get(master.service_scale.remote("svc-basic", 1), timeout=30)
+            _wait(master, "svc-basic", _ready(1))
+            time.sleep(1.0)
+        assert load.failures == [], load.failures[:5]
+        assert load.ok > 100
+        st = ray.get(master.service_status.remote("svc-basic"), timeout=30)
+        assert st["requests"] > 0 and st["replicas"][0]["p50_ms"] is not None
+        assert any(s["name"] == "svc-basic" for s in ray.get(master.service_list.remote()))
+    finally:
+        _remove(master, "svc-basic")
+    with kuafu.connect(f"nuwa://{CLUSTER}/svc-basic") as c:
+        with pytest.raises(kuafu.Unavailable):
+            c.call("echo", b"", timeout_s=5)
+
+
+def test_rolling_upgrade_under_load_fails_no_request(master):
+    import ray
+
+    ray.get(master.service_register.remote(_spec("svc-roll", replicas=2)), timeout=30)
+    try:
+        _wait(master, "svc-roll", _ready(2))
+        with Load("svc-roll") as load:
+            time.sleep(1.0)
+            ray.get(master.service_upgrade.remote(_spec("svc-roll", "2", replicas=2)),
+                    timeout=30)
+            st = _wait(master, "svc-roll", _ready(2, "2"))
+            assert st["rollout"] == "done"
+            time.sleep(1.0)
+        assert load.failures == [], load.failures[:5]
+        assert set(load.answers) == {"v1", "v2"}, load.answers  # only old or new answered
+    finally:
+        _remove(master, "svc-roll")
+
+
+def test_an_upgrade_that_fails_health_checks_rolls_back(master):
+    import ray
+
+    ray.get(master.service_register.remote(_spec("svc-back", replicas=2)), timeout=30)
+    try:
+        _wait(master, "svc-back", _ready(2))
+        with Load("svc-back") as load:
+            bad = _spec("svc-back", "2", replicas=2, config={"tag": "v2", "healthy": False})
+            ray.get(master.service_upgrade.remote(bad), timeout=30)
+            st = _wait(master, "svc-back", lambda s: s["rollout"] == "rolled_back"
+                       and _ready(2, "1")(s))
+            time.sleep(0.5)
+        assert st["version"] == "1" and "version 2" in st["rollout_detail"]["reason"]
+        assert load.failures == [], load.failures[:5]
+        assert set(load.answers) == {"v1"}  # the bad version never served
+    finally:
+        _remove(master, "svc-back")
+
+
+def test_a_killed_replica_is_replaced_under_load(master):
+    import ray
+
+    ray.get(master.service_register.remote(_spec("svc-kill", replicas=2)), timeout=30)
+    try:
+        st = _wait(master, "svc-kill", _ready(2))
+        victim = st["replicas"][0]["replica"]
+        with Load("svc-kill", method="echo") as load:
+            time.sleep(1.0)
+            h = ray.get_actor(f"fuxi-svc-{victim}", namespace="fuxi-test")
+            pid = ray.get(h.info.remote(), timeout=10)["pid"]
+            os.kill(pid, 9)
+            st = _wait(master, "svc-kill", lambda s: _ready(2)(s) and victim not in
+                       [r["replica"] for r in s["replicas"]])
+            time.sleep(1.0)
+        total = load.ok + len(load.failures)
+        assert len(load.failures) <= total * 0.001, (len(load.failures), total,
+                                                      load.failures[:3])
+        assert any(f"{victim}" in e and "died" in e for e in st["events"]), st["events"]
+    finally:
+        _remove(master, "svc-kill")
+
+
+def test_bad_specs_are_refused_before_anything_runs():
+    from fuxi.errors import SpecError
+    from fuxi.service_spec import service_spec_from_dict
+
+    with pytest.raises(SpecError) as ei:
+        service_spec_from_dict({"name": "x", "class": "jobs.services.echo:Nope", "replicas": -1,
+                                "rollout": {"max_surge": 0}, "colour": 1})
+    text = str(ei.value)
+    for part in ("replicas: got -1", "max_unavailable and max_surge are both 0",
+                 "colour: unknown field"):
+        assert part in text, text
