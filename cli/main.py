@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import call, cluster, job, nuwa, pangu, submit
+from cli import call, cluster, job, nuwa, pangu, service, submit
 
 app = typer.Typer(
     name="fuxi",
@@ -20,6 +20,7 @@ app.command("status")(cluster.status)
 app.command("call")(call.call)
 app.add_typer(job.app, name="job", help="List, inspect, cancel jobs and read their logs.")
 app.add_typer(nuwa.app, name="nuwa", help="The Nuwa coordination service: ls, get, put, rm, stat, watch.")
+app.add_typer(service.app, name="service", help="Online services: register, list, status, scale, upgrade, remove.")
 app.add_typer(pangu.app, name="pangu", help="The Pangu file system: ls, put, get, cat, rm, mkdir, mv, stat, du, fsck.")
 
 

@@ -148,7 +148,7 @@ def service_spec_from_dict(doc: Any, overrides: Sequence[str] = (), source: str 
         raise SpecError([f"{source}: got {given} at top level, expected a mapping "
                          "(name:, class:, replicas:, ...)"], source=source, kind="service")
     doc = copy.deepcopy(doc)
-    _apply_overrides(doc, overrides)
+    _apply_overrides(doc, overrides, bare_key_root=None)  # replicas=3, config.tag=v2
     try:
         spec = ServiceSpec.model_validate(doc)
     except ValidationError as exc:

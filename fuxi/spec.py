@@ -711,28 +711,32 @@ def spec_from_dict(doc: dict, overrides: Sequence[str] = (), source: str = "<dic
 # ---- overrides and substitution ----
 
 
-def _apply_overrides(doc: dict, overrides: Sequence[str]) -> None:
+def _apply_overrides(doc: dict, overrides: Sequence[str],
+                     bare_key_root: str | None = "params") -> None:
     if isinstance(overrides, str):  # a lone string would otherwise be read character by character
         overrides = [overrides]
     problems = []
     for override in overrides:
-        problem = _apply_override(doc, override)
+        problem = _apply_override(doc, override, bare_key_root)
         if problem:
+            example = ("input=data/*.txt or tasks.map.instances=8" if bare_key_root
+                       else "replicas=3 or health_check.period_s=5")
             problems.append(f"override {override!r}: {problem}; expected the form key=value "
-                            "(e.g. input=data/*.txt or tasks.map.instances=8)")
+                            f"(e.g. {example})")
     if problems:
         raise BadInput("\n".join(problems))
 
 
-def _apply_override(doc: dict, override: Any) -> str | None:
-    """Apply one ``key=value``; return what is wrong with it, or None."""
+def _apply_override(doc: dict, override: Any, bare_key_root: str | None = "params") -> str | None:
+    """Apply one ``key=value``; return what is wrong with it, or None. A key without dots
+    goes under ``bare_key_root`` (job specs: ``params``), or at the top when it is None."""
     if not isinstance(override, str) or "=" not in override:
         return "no '='"
     key, text = override.split("=", 1)
     key = key.strip()
     if not key:
         return "empty key"
-    parts = key.split(".") if "." in key else ["params", key]
+    parts = key.split(".") if "." in key or bare_key_root is None else [bare_key_root, key]
     if any(not part for part in parts):
         return f"empty path segment in {key!r}"
     if text.strip() == "":

@@ -180,6 +180,21 @@ def test_up_submit_status_logs_down(tmp_path):
             assert missing.returncode == 1 and "Unavailable" in missing.stderr
         finally:
             server.communicate("", timeout=CMD_TIMEOUT_S)
+        # An online service: register, call, scale, status, remove.
+        st = json.loads(fuxi(home, "service", "register", "jobs/services/echo.yaml",
+                             "--set", "replicas=1", "--json").stdout)
+        assert st["name"] == "echo" and st["desired"] == 1
+        deadline = time.time() + 120
+        while st["ready"] < 1 or st["starting"]:
+            assert time.time() < deadline, st
+            time.sleep(1.0)
+            st = json.loads(fuxi(home, "service", "status", "echo", "--json").stdout)
+        assert st["replicas"][0]["health"] == "ok" and st["replicas"][0]["version"] == "1"
+        assert fuxi(home, "call", "nuwa://default/echo", "version").stdout == "v1\n"
+        assert "echo" in fuxi(home, "service", "list").stdout
+        bad = fuxi(home, "service", "scale", "nope", "2", check=False)
+        assert bad.returncode == 2 and "no service 'nope'" in bad.stderr
+        fuxi(home, "service", "remove", "echo")
         # Kill FuxiMaster: the next command starts a new one, which finds the job in Nuwa.
         kill = (f"import ray; ray.init(address={rec['address']!r}, log_to_driver=False); "
                 f"ray.kill(ray.get_actor('FuxiMaster', namespace='fuxi-default'))")

@@ -1,0 +1,120 @@
+"""``fuxi service register|list|status|scale|upgrade|remove``: online services on a running
+cluster (`fuxi up`). Services are called with `fuxi call nuwa://<cluster>/<name> METHOD`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+import typer
+
+from cli.common import ClusterOpt, handle, print_json
+
+app = typer.Typer(no_args_is_help=True)
+SetOpt = typer.Option(None, "--set", help="Override a field: key=value (dotted keys for nested).")
+
+
+def _master_call(cluster: str, method: str, *args):
+    import ray
+
+    from fuxi.client import CALL_TIMEOUT_S, _translate
+    from fuxi.errors import NoCluster
+    from fuxi.runtime import connect, find_cluster
+
+    try:
+        if find_cluster(cluster) is None:
+            raise NoCluster(f"no running cluster {cluster!r}: services run on a persistent "
+                            f"cluster; start one with `fuxi up`")
+        with connect(cluster, embedded_ok=False) as conn:
+            try:
+                return ray.get(getattr(conn.master, method).remote(*args), timeout=CALL_TIMEOUT_S)
+            except Exception as e:  # noqa: BLE001 - translated below
+                raise _translate(e, f"fuxi service {method.removeprefix('service_')}") from None
+    except Exception as e:  # noqa: BLE001 - our errors become exit codes
+        handle(e)
+
+
+def _load(spec: str, overrides: list[str]) -> dict:
+    from fuxi.service_spec import load_service_spec
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # service modules are found relative to the shell
+    try:
+        return load_service_spec(spec, overrides or ()).to_doc()
+    except Exception as e:  # noqa: BLE001
+        handle(e)
+
+
+def _show(st: dict) -> None:
+    typer.echo(f"{st['name']}  version {st['version']}  {st['ready']}/{st['desired']} ready"
+               f"{'  (removing)' if st['removing'] else ''}"
+               f"{'  rollout: ' + st['rollout'] if st['rollout'] else ''}")
+    typer.echo(f"requests {st['requests']}  errors {st['errors']}  "
+               f"{st['requests_per_s']}/s  p99 {st['p99_ms_max']} ms")
+    typer.echo(f"{'REPLICA':<28} {'VERSION':<10} {'STATE':<10} {'HEALTH':<16} {'NODE':<14} SERVED")
+    for r in st["replicas"]:
+        typer.echo(f"{r['replica']:<28} {r['version']:<10} {r['state']:<10} {r['health']:<16} "
+                   f"{(r['node'] or '-')[:12]:<14} {r['served']}")
+    for e in st["events"][-5:]:
+        typer.echo(f"  {e}")
+
+
+@app.command("register")
+def register(spec: str = typer.Argument(..., help="The service spec (YAML or JSON)."),
+             overrides: Optional[List[str]] = SetOpt,
+             as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """Register a service: Fuxi starts its replicas and keeps them running."""
+    st = _master_call(cluster, "service_register", _load(spec, overrides))
+    print_json(st) if as_json else _show(st)
+
+
+@app.command("upgrade")
+def upgrade(name: str, spec: str, overrides: Optional[List[str]] = SetOpt,
+            as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """Roll a service to a new spec (rolling, within max_unavailable/max_surge; rolled back
+    automatically when the new version's replicas fail)."""
+    doc = _load(spec, overrides)
+    if doc["name"] != name:
+        handle(__import__("fuxi.errors", fromlist=["BadInput"]).BadInput(
+            f"the spec {spec} is for service {doc['name']!r}, not {name!r}"))
+    st = _master_call(cluster, "service_upgrade", doc)
+    print_json(st) if as_json else _show(st)
+
+
+@app.command("scale")
+def scale(name: str, replicas: int, as_json: bool = typer.Option(False, "--json"),
+          cluster: str = ClusterOpt) -> None:
+    """Set the number of replicas."""
+    st = _master_call(cluster, "service_scale", name, replicas)
+    print_json(st) if as_json else _show(st)
+
+
+@app.command("remove")
+def remove(name: str, as_json: bool = typer.Option(False, "--json"),
+           cluster: str = ClusterOpt) -> None:
+    """Drain and stop every replica, then forget the service."""
+    st = _master_call(cluster, "service_remove", name)
+    print_json(st) if as_json else typer.echo(f"removing {name}: draining "
+                                               f"{len(st['replicas'])} replicas")
+
+
+@app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """Registered services."""
+    rows = _master_call(cluster, "service_list")
+    if as_json:
+        print_json(rows)
+        return
+    typer.echo(f"{'NAME':<24} {'VERSION':<10} {'READY':<9} {'REQ/S':<8} ROLLOUT")
+    for s in rows:
+        typer.echo(f"{s['name']:<24} {s['version']:<10} {str(s['ready']) + '/' + str(s['desired']):<9} "
+                   f"{s['requests_per_s']:<8} {s['rollout']}")
+
+
+@app.command("status")
+def status(name: str, as_json: bool = typer.Option(False, "--json"),
+           cluster: str = ClusterOpt) -> None:
+    """A service's replicas (version, state, health, node), requests, errors and latency."""
+    st = _master_call(cluster, "service_status", name)
+    print_json(st) if as_json else _show(st)
