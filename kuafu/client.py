@@ -167,7 +167,8 @@ class Channel:
 
     # ------------------------------------------------------------ calls
     async def request(self, service: str, method: str, message, timeout_s: float | None,
-                      idempotent: bool = False, wait: bool = True, credentials=None):
+                      idempotent: bool = False, wait: bool = True, credentials=None,
+                      backup: float | str | None = None):
         if not isinstance(method, str) or not method:
             raise BadRequest(f"method {method!r:.80}: expected a non-empty str")
         timeout_s = CALL_TIMEOUT_S if timeout_s is None else float(timeout_s)
@@ -180,13 +181,14 @@ class Channel:
                 credentials = ctx.credentials
         if timeout_s <= 0:
             raise TimedOut("the deadline had already passed; not sent")
+        bk = _backup_header(backup)
         btype, body = F.pack_body(message)  # bad messages fail here, before anything is sent
         deadline = self.loop.time() + timeout_s
         attempt = 0
         while True:
             try:
                 return await self._once(service, method, btype, body, deadline, idempotent,
-                                        wait, credentials)
+                                        wait, credentials, bk)
             except Unavailable as e:
                 retry = not e.maybe_executed or idempotent
                 if not retry or attempt >= UNAVAILABLE_RETRIES_MAX:
@@ -197,7 +199,8 @@ class Channel:
                 attempt += 1
                 await asyncio.sleep(pause)
 
-    async def _once(self, service, method, btype, body, deadline, idempotent, wait, credentials):
+    async def _once(self, service, method, btype, body, deadline, idempotent, wait, credentials,
+                    bk=None):
         conn = await self._get_conn(deadline)
         rid = next(self.ids)
         nbytes = memoryview(body).nbytes
@@ -231,6 +234,8 @@ class Channel:
                 header["idem"] = 1
             if not wait:
                 header["nw"] = 1  # the proxy refuses rather than queues it, too
+            if bk is not None:
+                header["bk"] = bk
             if credentials is not None:
                 header["cred"] = credentials
             conn.write_frames(F.split_body(F.REQUEST, header, body))
@@ -289,6 +294,23 @@ class Channel:
 
 # ------------------------------------------------------------------ resolving addresses
 
+def _backup_header(backup) -> dict | None:
+    """``backup``: a delay in milliseconds (a number) or a latency percentile ("p95")."""
+    if backup is None:
+        return None
+    if isinstance(backup, str) and backup.startswith("p"):
+        try:
+            p = float(backup[1:])
+        except ValueError:
+            p = -1.0
+        if 0 < p < 100:
+            return {"p": p}
+    elif isinstance(backup, (int, float)) and not isinstance(backup, bool) and 0 <= backup < 3.6e6:
+        return {"ms": float(backup)}
+    raise BadRequest(f"backup={backup!r}: expected a delay in milliseconds (0..3.6e6) or a "
+                     f"latency percentile such as 'p95'")
+
+
 def _resolver(uri: str, proxy: str | None, nuwa: list | None = None):
     scheme, where, _ = parse_uri(uri)
     if scheme in ("tcp", "unix"):
@@ -341,14 +363,17 @@ class AsyncClient:
 
     async def acall(self, method: str, message=b"", *, service: str | None = None,
                     timeout_s: float | None = None, idempotent: bool = False,
-                    wait: bool = True):
+                    wait: bool = True, backup: float | str | None = None):
+        """``backup``: for an idempotent call, have the proxy send a second copy to another
+        endpoint when no reply came within this many milliseconds, or within the service's
+        recent latency percentile ("p95"); the first reply wins."""
         svc = service or self.service
         if not svc:
             raise BadRequest(f"no service named: give one in the address ({self.uri}/<service>)"
                              f" or as service=")
         return await self.channel.request(svc, method, message,
                                           self.timeout_s if timeout_s is None else timeout_s,
-                                          idempotent, wait, self.credentials)
+                                          idempotent, wait, self.credentials, backup)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -418,11 +443,11 @@ class Client:
 
     def call_async(self, method: str, message=b"", *, service: str | None = None,
                    timeout_s: float | None = None, idempotent: bool = False,
-                   wait: bool = True) -> Handle:
+                   wait: bool = True, backup: float | str | None = None) -> Handle:
         t = self._async.timeout_s if timeout_s is None else timeout_s
         fut = asyncio.run_coroutine_threadsafe(
             self._async.acall(method, message, service=service, timeout_s=t,
-                              idempotent=idempotent, wait=wait), self._loop)
+                              idempotent=idempotent, wait=wait, backup=backup), self._loop)
         return Handle(fut, t)
 
     def call(self, method: str, message=b"", **kw):

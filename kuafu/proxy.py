@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import time
+from collections import deque
 
 from kuafu import flow
 from kuafu import frame as F
@@ -60,6 +61,8 @@ SERVICES_PATH = "/services/"  # a Nuwa directory: its path ends with "/"
 PROXIES_PATH = "/kuafu/proxies/"
 NUWA_TIMEOUT_S = 10.0
 LOOKUP_MISS_TTL_S = 0.5  # after Nuwa says a service has no endpoint, fail fast for this long
+LATENCIES_KEPT = 1024    # recent reply times kept per service (for backup percentiles)
+BACKUP_SAMPLES_MIN = 20  # replies seen before a percentile can time a backup
 
 
 class Endpoint:
@@ -82,7 +85,8 @@ class Route:
 
     __slots__ = ("src", "src_id", "svc", "method", "header", "body", "deadline", "idem", "nbytes",
                  "more", "retryable", "target", "tid", "ep", "tried", "sent", "admitted",
-                 "queued", "pieces", "held", "retries", "resp_started", "nowait", "looked_up")
+                 "queued", "pieces", "held", "retries", "resp_started", "nowait", "looked_up",
+                 "twin", "sent_at", "backup_timer", "is_backup")
 
     def __init__(self, src, src_id, header, body, deadline):
         self.src, self.src_id, self.header, self.body = src, src_id, header, body
@@ -100,6 +104,10 @@ class Route:
         self.held = 0  # request bytes held here for the source, not yet forwarded
         self.retries = 0
         self.looked_up = False
+        self.twin: Route | None = None      # the backup copy (or the original, for a backup)
+        self.sent_at = 0.0
+        self.backup_timer = None
+        self.is_backup = False
 
 
 class ProxyCore:
@@ -124,12 +132,13 @@ class ProxyCore:
         self.peer_waiting: dict[str, list[Route]] = {}
         self.peer_down: dict[str, float] = {}
         self._lookups: dict[str, list[Route]] = {}
+        self.latencies: dict[str, deque] = {}
         self._miss_until: dict[str, float] = {}
         self.ep_seq = itertools.count(1)
         self.counters = {"requests": 0, "responses": 0, "errors": 0, "retries": 0,
                          "overloaded": 0, "timed_out": 0, "rejected_frames": 0,
                          "closed_stale": 0, "refused_connections": 0, "held_bytes_max": 0,
-                         "accepted": 0}
+                         "accepted": 0, "backups_sent": 0, "backups_won": 0}
         self.held_bytes = 0
         self.nuwa = None
         self.tcp_address = ""
@@ -208,6 +217,16 @@ class ProxyCore:
             r.admitted = False
             if r.queued:
                 r.queued = False
+            if r.twin is not None:  # its backup (or original) still carries the call
+                other, r.twin = r.twin, None
+                other.twin = None
+                if r.backup_timer is not None:
+                    r.backup_timer.cancel()
+                if (r.src, r.src_id) in self.inbound:
+                    self.inbound[(r.src, r.src_id)] = other
+                continue
+            if r.is_backup:
+                continue  # a lone backup whose call was already answered or dropped
             if not r.sent:
                 self._retry(r, "its connection closed before it was sent")
             elif r.idem and r.retryable and not r.resp_started:
@@ -441,8 +460,12 @@ class ProxyCore:
             h.pop("ep", None)
         if r.ep.idem and r.method in r.ep.idem:
             r.idem = True
+        h.pop("bk", None)  # backups are decided here, by the caller's proxy
         target.write(F.encode(F.REQUEST, h, r.body))
         r.sent = True
+        r.sent_at = self.loop.time()
+        if not r.is_backup and r.twin is None and r.backup_timer is None:
+            self._arm_backup(r)
         r.ep.calls += 1
         if not r.retryable:
             r.body = b""
@@ -451,6 +474,59 @@ class ProxyCore:
         self._unhold(r, r.held)
         r.pieces = []
         self._backpressure(r.src, target)
+
+    # ------------------------------------------------------------ backup requests
+    def _arm_backup(self, r: Route) -> None:
+        """``bk`` in the header asks for a second copy of an idempotent call, sent to another
+        endpoint if no reply came within ``ms`` milliseconds, or within the service's recent
+        ``p``-th latency percentile. The first reply wins; the other copy is cancelled."""
+        bk = r.header.get("bk")
+        if not isinstance(bk, dict) or not r.idem or not r.retryable:
+            return
+        delay = None
+        ms = bk.get("ms")
+        if isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 <= ms < 3.6e6:
+            delay = ms / 1000.0
+        pct = bk.get("p")
+        if isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 < pct < 100:
+            lat = self._latency_percentile(r.svc, float(pct))
+            if lat is not None:
+                delay = lat if delay is None else max(delay, lat)
+        if delay is None:
+            return  # no explicit delay and too few samples for a percentile yet
+        r.backup_timer = self.loop.call_later(delay, self._send_backup, r)
+
+    def _latency_percentile(self, svc: str, pct: float) -> float | None:
+        lat = self.latencies.get(svc)
+        if lat is None or len(lat) < BACKUP_SAMPLES_MIN:
+            return None
+        ordered = sorted(lat)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100.0))]
+
+    def _send_backup(self, r: Route) -> None:
+        r.backup_timer = None
+        if ((r.src, r.src_id) not in self.inbound or self.inbound[(r.src, r.src_id)] is not r
+                or r.resp_started or r.twin is not None or r.target is None):
+            return
+        b = Route(r.src, r.src_id, r.header, r.body, r.deadline)
+        b.idem, b.is_backup, b.twin, r.twin = True, True, r, b
+        b.tried = set(r.tried)
+        if not self._candidates(b):
+            r.twin = None
+            return  # nowhere else to send it
+        self.counters["backups_sent"] += 1
+        self._dispatch(b)
+
+    def _settle_twin(self, winner: Route) -> None:
+        """``winner`` answered first: its twin is cancelled and forgotten."""
+        other = winner.twin
+        if other is None:
+            return
+        winner.twin = other.twin = None
+        if winner.is_backup:
+            self.counters["backups_won"] += 1
+            self.inbound[(winner.src, winner.src_id)] = winner
+        self._drop_outbound(other, cancel=True)
 
     def _backpressure(self, src: Conn, target: Conn) -> None:
         """Stop reading ``src`` while ``target``'s write buffer is over its high mark."""
@@ -493,10 +569,17 @@ class ProxyCore:
                 self._retry(r, f"endpoint {r.ep.name}: {f.header.get('msg')}")
                 return
             self.counters["errors"] += 1
+        if r.twin is not None:
+            self._settle_twin(r)
         h = dict(f.header)
         h["id"] = r.src_id
         r.src.write(F.encode(f.kind, h, f.body))
         r.resp_started = True
+        if f.kind == F.RESPONSE and not f.more:
+            lat = self.latencies.get(r.svc)
+            if lat is None:
+                lat = self.latencies[r.svc] = deque(maxlen=LATENCIES_KEPT)
+            lat.append(self.loop.time() - r.sent_at)
         if f.more:
             self._backpressure(t, r.src)
             return
@@ -527,6 +610,13 @@ class ProxyCore:
                     self._transmit(nxt)
 
     def _drop_outbound(self, r: Route, cancel: bool) -> None:
+        if r.backup_timer is not None:
+            r.backup_timer.cancel()
+            r.backup_timer = None
+        twin, r.twin = r.twin, None
+        if twin is not None:
+            twin.twin = None
+            self._drop_outbound(twin, cancel)
         t = r.target
         if t is not None and r.sent and cancel and not t.closed:
             t.write(F.encode(F.CANCEL, {"id": r.tid}))
@@ -548,6 +638,12 @@ class ProxyCore:
         self._dispatch(r)
 
     def _fail(self, r: Route, err: KuafuError) -> None:
+        if r.is_backup and r.twin is not None:
+            # A backup copy that could not go: the original still carries the call.
+            r.twin.twin = None
+            r.twin = None
+            self._drop_outbound(r, cancel=True)
+            return
         if isinstance(err, TimedOut):
             self.counters["timed_out"] += 1
         self.counters["errors"] += 1

@@ -29,6 +29,13 @@ class Svc:
         await asyncio.sleep(float(m or 0))
         return self.tag
 
+    @kuafu.method(idempotent=True)
+    async def lag(self, m):
+        """Slow only on the replica tagged "slow": a straggler for backup requests."""
+        if self.tag == "slow":
+            await asyncio.sleep(float(m))
+        return self.tag
+
     @kuafu.method
     async def sleep(self, m):
         try:

@@ -191,6 +191,35 @@ def test_proxy_balances_and_retries_idempotent_calls(proxy):
         b.stop(1)
 
 
+def test_backup_requests_beat_a_straggler(proxy):
+    """Half the calls land on a replica that takes 2 s. With a backup after 50 ms (or after
+    the service's p90, once the proxy has seen enough replies) every call returns from the
+    fast replica well before that, and the slow copies are cancelled."""
+    core, lt = proxy
+    uds = f"unix://{core.uds}"
+    slow, fast = _attach(uds, "slow"), _attach(uds, "fast")
+    try:
+        with kuafu.connect(uds, service="svc") as c:
+            t0 = time.time()
+            outs = [h.result(10) for h in [c.call_async("lag", "2", backup=50) for _ in range(20)]]
+            assert outs == ["fast"] * 20 and time.time() - t0 < 1.5
+            for _ in range(30):  # replies for the percentile (fast ones)
+                c.call("lag", "0", backup=50)
+            outs = [c.call("lag", "2", backup="p90") for _ in range(6)]
+            assert outs == ["fast"] * 6
+            stats = lt.call(lambda: dict(core.counters), 5)
+            assert stats["backups_sent"] >= 10 and stats["backups_won"] >= 10
+            # Without a backup, a call that lands on the straggler waits for it.
+            tags = {c.call("lag", "0.3") for _ in range(12)}
+            assert tags == {"slow", "fast"}
+            with pytest.raises(kuafu.BadRequest, match="percentile"):
+                c.call("lag", "0", backup="fast please")
+        assert lt.call(lambda: (len(core.routes), len(core.inbound)), 5) == (0, 0)
+    finally:
+        slow.stop(1)
+        fast.stop(1)
+
+
 def test_graceful_leave_and_no_endpoint(proxy):
     core, _ = proxy
     uds = f"unix://{core.uds}"
