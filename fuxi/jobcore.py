@@ -240,6 +240,7 @@ class JobCore:
         self.gone_nodes: set[str] = set()  # died while the job ran
         self.node_failures: dict[str, dict[str, int]] = {}
         self.worker_start_failures = 0
+        self.preempted = 0  # attempts stopped to make room for online services
         self._next_worker = 0
         self.key = job_id
         self.started_tasks: set[str] = set()
@@ -305,6 +306,7 @@ class JobCore:
             "output": self.plan.output,
             "workers": sum(1 for w in self.workers.values() if not w.dead),
             "blacklisted_nodes": sorted(self.bad_nodes),
+            "preempted_attempts": self.preempted,
             "tasks": tasks,
             "report": self.report,
         }
@@ -441,16 +443,22 @@ class JobCore:
             return []
         return self._end(now, J.CANCELLED, reason)
 
-    def shrink(self, shape_key: str, target: int, now: float) -> list[Any]:
+    def shrink(self, shape_key: str, target: int, now: float, preempt: bool = False) -> list[Any]:
         """FuxiMaster's fair-share target for a shape: workers beyond it drain (get no new
-        work) and are released as soon as their queue is empty; no running attempt is killed."""
+        work) and are released as soon as their queue is empty; no running attempt is killed.
+        With ``preempt`` (an online service is waiting for the room) they are stopped at
+        once: their running attempts are killed and their instances go back to the ready
+        queue, without counting as failures."""
         live = sorted((w for w in self.workers.values() if not w.dead and w.shape_key == shape_key),
                       key=lambda w: (len(w.queue), w.worker_id))
         excess = max(0, len(live) - max(target, 0))
         acts: list[Any] = []
         for i, w in enumerate(live):
             w.draining = i < excess
-            if w.draining and w.started and not w.queue:
+            if w.draining and preempt:
+                self.preempted += len(w.queue)  # attempts stopped (running or about to)
+                acts += self._retire(w, "preempted: its slot went to an online service", now)
+            elif w.draining and w.started and not w.queue:
                 acts += self._retire(w, "fair share: slot returned to FuxiMaster", now)
         return acts
 

@@ -451,8 +451,9 @@ class JobMaster:
         self.last_sync_ok = now
         for g in reply.get("grants", []):
             self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))
+        preempt = bool(reply.get("preempt"))
         for sk, target in reply.get("targets", {}).items():
-            self._apply(self.core.shrink(sk, target, now))
+            self._apply(self.core.shrink(sk, target, now, preempt=preempt))
 
     # ------------------------------------------------------------ logs
 

@@ -38,6 +38,7 @@ JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
 JOBMASTER_CALL_TIMEOUT_S = 10.0
 REQUESTS_REMEMBERED_MAX = 10_000
 WORKERS_PER_NODE_MAX = 64  # worker slots granted on one node, all jobs together (~50 MB each)
+SERVICE_PRIORITY = 1000  # online replicas come before every batch job (priorities 0..100)
 
 
 def _job_id(name: str) -> str:
@@ -132,6 +133,28 @@ class FuxiMaster:
             self.services.start()
         return self.services
 
+    def _service_slots(self) -> list:
+        """Bring the ledger in line with the online replicas that run, and return their
+        demands (priority SERVICE_PRIORITY, above every batch job)."""
+        if self.services is None:
+            return []
+        out, seen = [], set()
+        for did, shape, wanted, held in self.services.slot_demands():
+            seen.add(did)
+            demand = slots.Demand(did, did, SERVICE_PRIORITY, 0, shape, wanted)
+            have = self.ledger.held(did)
+            for node in set(have) | set(held):
+                diff = held.get(node, 0) - have.get(node, 0)
+                if diff > 0 and node in self.nodes:
+                    self.ledger.grant(demand, node, diff)
+                elif diff < 0:
+                    self.ledger.release(did, node, -diff)
+            out.append(demand)
+        for did in [d for d in self.ledger.to_dict()["grants"] if d.startswith("svc:")]:
+            if did not in seen:
+                self.ledger.release_job(did)
+        return out
+
     def service_register(self, spec: dict) -> dict:
         return self._service_manager().register(spec)
 
@@ -205,7 +228,13 @@ class FuxiMaster:
                     submit_seq=self.submit_seq.get(jid, 0), shape=d["shape"],
                     slots_wanted=int(d["wanted"]),
                 ))
+        services = self._service_slots()
+        all_demands += services
         targets = slots.fair_targets(self.nodes, all_demands) if all_demands else {}
+        # An online replica waits for room: jobs over their share give it back now.
+        waiting = any(d.slots_wanted > sum(self.ledger.held(d.demand_id).values())
+                      and targets.get(d.demand_id, 0) > sum(self.ledger.held(d.demand_id).values())
+                      for d in services)
         free = self.ledger.free(self.nodes)
         # A node with WORKERS_PER_NODE_MAX workers takes no more, whatever their shapes ask
         # (a task with cpu: 0 would otherwise get a worker per instance).
@@ -237,7 +266,7 @@ class FuxiMaster:
                 self.ledger.grant(demand, node, n)
                 free[node] = slots.subtract(free[node], d["shape"], n, allow_negative=True)
                 grants.append({"shape_key": sk, "shape": d["shape"], "node_id": node, "n": n})
-        return {"grants": grants, "targets": my_targets}
+        return {"grants": grants, "targets": my_targets, "preempt": waiting}
 
     # ------------------------------------------------------------ jobs
 

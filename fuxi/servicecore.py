@@ -48,6 +48,7 @@ class Replica:
     reason: str = ""
     kill_sent: bool = False
     drain_sent: bool = False
+    placed: bool = False       # Ray has scheduled its actor (it holds its resources)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -286,7 +287,7 @@ class ServiceCore:
     def adopt(self, rid: str, version: str, node: str | None, now: float) -> None:
         """A replica actor found running after a restart: checked before it counts as READY."""
         if rid not in self.replicas:
-            self.replicas[rid] = Replica(rid, version, node, STARTING, now)
+            self.replicas[rid] = Replica(rid, version, node, STARTING, now, placed=True)
             try:
                 self.seq = max(self.seq, int(rid.rsplit("-", 1)[1]))
             except (IndexError, ValueError):

@@ -123,6 +123,33 @@ class ServiceManager:
         self._save(core)
         return self.status(name)
 
+    def slot_demands(self) -> list[tuple[str, dict, int, dict]]:
+        """What online replicas need from FuxiMaster's ledger, per (service, version):
+        (demand id, shape, slots wanted, {node: slots held by live replicas})."""
+        from fuxi.spec import ResourceSpec
+        from fuxi.servicecore import LIVE
+
+        out = []
+        for core in self.cores.values():
+            versions = {r.version for r in core.replicas.values()} | {core.version}
+            for v in sorted(versions):
+                spec = core._spec_of(v)
+                shape = ResourceSpec.model_validate(spec["resources"]).ray_shape()
+                if not shape:
+                    continue  # needs nothing: no slot
+                live = [r for r in core.replicas.values() if r.version == v and r.state in LIVE]
+                held: dict[str, int] = {}
+                for r in live:
+                    if r.placed and r.node is not None:  # not yet: it waits for room
+                        held[r.node] = held.get(r.node, 0) + 1
+                wanted = len(live)
+                if v == core.version and not core.removing:
+                    surge = core.spec["rollout"]["max_surge"] if core.rollout.get(
+                        "state") == "rolling" else 0
+                    wanted = max(wanted, int(core.spec["replicas"]) + int(surge))
+                out.append((f"svc:{core.name}@{v}", shape, wanted, held))
+        return out
+
     def list(self) -> list[dict]:
         return [self._summary(c) for c in self.cores.values()]
 
@@ -184,7 +211,12 @@ class ServiceManager:
         for name, core in list(self.cores.items()):
             for act in core.plan(now, nodes):
                 if act.kind == "start":
-                    self._spawn(core, act.rid, self._start(core, act.rid, act.node, act.spec))
+                    cpu = float(act.spec["resources"].get("cpu") or 0.0)
+                    # Pinned where there is room now (Ray's soft affinity does not always
+                    # honour the node); left to Ray where the replica must wait for room.
+                    hard = act.node is not None and nodes.get(act.node, 0.0) + 1e-9 >= cpu
+                    self._spawn(core, act.rid, self._start(core, act.rid, act.node, act.spec,
+                                                           hard))
                 elif act.kind == "drain":
                     self._spawn(core, act.rid, self._drain(core, act.rid, act.grace_s))
                 elif act.kind == "kill":
@@ -226,7 +258,8 @@ class ServiceManager:
             self.store.put(KEY + core.name, doc)
             self.saved[core.name] = text
 
-    async def _start(self, core: ServiceCore, rid: str, node: str | None, spec: dict) -> None:
+    async def _start(self, core: ServiceCore, rid: str, node: str | None, spec: dict,
+                     hard: bool = False) -> None:
         res = spec["resources"]
         opts = {"name": replica_name(rid), "namespace": self.namespace,
                 "num_cpus": float(res.get("cpu") or 0.0)}
@@ -235,7 +268,7 @@ class ServiceManager:
         if res.get("custom"):
             opts["resources"] = dict(res["custom"])
         if node is not None:
-            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=not hard)
         if self.detached:
             opts["lifetime"] = "detached"
         h = None
@@ -244,6 +277,8 @@ class ServiceManager:
             self.handles[rid] = h
             info = await asyncio.wait_for(h.info.remote(), spec["start_timeout_s"])
             r = core.replicas.get(rid)
+            if r is not None:
+                r.placed = True
             if r is not None and r.node != info["node"]:
                 core._event(time.time(), f"{rid} asked for node {(node or '?')[:12]}, Ray placed "
                                          f"it on {info['node'][:12]}")

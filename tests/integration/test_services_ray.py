@@ -215,3 +215,39 @@ def test_bad_specs_are_refused_before_anything_runs():
     for part in ("replicas: got -1", "max_unavailable and max_surge are both 0",
                  "colour: unknown field"):
         assert part in text, text
+
+
+def test_a_service_needing_room_preempts_batch_and_the_job_still_succeeds(master, client,
+                                                                          tmp_path):
+    """The cluster's 4 CPUs are full of a batch job's workers. A service whose replicas need
+    a CPU each takes two of them back: the job's attempts there are stopped and retried
+    elsewhere, not failed, and the job succeeds with every instance's output once."""
+    import glob
+
+    import ray
+
+    from tests.integration.test_batch import read_output
+
+    marks = tmp_path / "marks"
+    spec = {"name": "hog", "params": {"dir": str(marks), "sleep_s": 2.0},
+            "speculation": {"enabled": False},
+            "tasks": {"t": {"fn": "tests.integration.taskfns:sleepy", "instances": 12,
+                            "resources": {"cpu": 1}, "output": str(tmp_path / "out")}}}
+    job_id = client.submit(spec)
+    deadline = time.time() + 60
+    while len(glob.glob(str(marks / "run-*"))) < 4:  # every CPU busy with the job
+        assert time.time() < deadline, "the job did not fill the cluster"
+        time.sleep(0.2)
+    ray.get(master.service_register.remote(
+        _spec("svc-pre", replicas=2, resources={"cpu": 1})), timeout=30)
+    try:
+        st = _wait(master, "svc-pre", _ready(2), timeout_s=90)
+        done = client.wait(job_id, timeout_s=180)
+        assert done["state"] == "succeeded", done.get("report")
+        assert done["preempted_attempts"] >= 1, done
+        out = read_output(str(tmp_path / "out"))
+        assert sorted(set(out.column("instance").to_pylist())) == list(range(12))
+        assert out.num_rows == 12 * 3  # each instance's rows exactly once
+        assert st["ready"] == 2
+    finally:
+        _remove(master, "svc-pre")
