@@ -41,9 +41,12 @@ def _load(spec: str, overrides: list[str]) -> dict:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # service modules are found relative to the shell
     try:
-        return load_service_spec(spec, overrides or ()).to_doc()
+        doc = load_service_spec(spec, overrides or ()).to_doc()
     except Exception as e:  # noqa: BLE001
         handle(e)
+    if doc.get("workdir") is None:
+        doc["workdir"] = os.getcwd()  # replicas run here, like jobs submitted from here
+    return doc
 
 
 def _show(st: dict) -> None:

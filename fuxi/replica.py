@@ -31,6 +31,13 @@ class ServiceReplica:
         from kuafu.loops import LoopThread
 
         self.cluster, self.spec, self.rid = cluster, spec, rid
+        workdir = spec.get("workdir")
+        if workdir:  # this process is the replica's own: its cwd and path are ours to set
+            import sys
+
+            os.chdir(workdir)
+            if workdir not in sys.path:
+                sys.path.insert(0, workdir)
         cls = resolve_fn(spec["class"])
         self.obj = cls(**spec.get("config", {}))
         method = spec["health_check"]["method"]

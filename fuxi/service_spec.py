@@ -19,6 +19,7 @@ problem, like job specs. This module never imports ``ray``.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -96,6 +97,17 @@ class ServiceSpec(BaseModel):
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
     drain_grace_s: float = Field(default=10.0, ge=0.0, le=DRAIN_GRACE_S_MAX, strict=True)
     start_timeout_s: float = Field(default=120.0, gt=0.0, le=START_TIMEOUT_S_MAX, strict=True)
+    # Where replicas run: their working directory, first on their import path. `fuxi service
+    # register` sets it to the directory it runs in, so relative paths in config and modules
+    # next to the spec work as they do for jobs.
+    workdir: str | None = Field(default=None)
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute(cls, value: Any) -> Any:
+        if value is not None and not os.path.isabs(value):
+            raise ValueError(f"workdir {value!r} must be an absolute path")
+        return value
 
     @field_validator("version", mode="before")
     @classmethod

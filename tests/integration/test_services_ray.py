@@ -251,3 +251,39 @@ def test_a_service_needing_room_preempts_batch_and_the_job_still_succeeds(master
         assert st["ready"] == 2
     finally:
         _remove(master, "svc-pre")
+
+
+def test_the_wordfreq_example_serves_the_wordcount_output(master, job, tmp_path):
+    """The README's walk-through: wordcount's output served by the example service."""
+    import ray
+
+    import kuafu
+    from fuxi.service_spec import load_service_spec
+    from jobs.wordcount import plain_count
+
+    out = tmp_path / "wc"
+    st = job({"name": "wc-for-svc", "params": {"input": "jobs/data/part-0.txt",
+                                               "output": str(out)},
+              "tasks": {"map": {"fn": "jobs.wordcount:map_words", "input": "${params.input}"},
+                        "reduce": {"fn": "jobs.wordcount:sum_counts", "instances": 2,
+                                   "depends_on": ["map"], "partition_by": ["word"],
+                                   "output": "${params.output}"}}})
+    assert st["state"] == "succeeded", st.get("report")
+    spec = load_service_spec("jobs/services/wordfreq.yaml",
+                             [f"config.counts={out}", "replicas=1"]).to_doc()
+    spec["workdir"] = os.getcwd()
+    ray.get(master.service_register.remote(spec), timeout=30)
+    try:
+        _wait(master, "wordfreq", _ready(1))
+        truth = plain_count(["jobs/data/part-0.txt"])
+        with kuafu.connect(f"nuwa://{CLUSTER}/wordfreq") as c:
+            got = c.call("lookup", {"words": "the,of,zzzunseen"})
+            assert got == {"the": str(truth["the"]), "of": str(truth["of"]), "zzzunseen": "0"}
+            top = c.call("top", {"n": "3"})
+            best = sorted(truth.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            assert list(zip(top.column("word").to_pylist(),
+                            top.column("count").to_pylist())) == best
+            with pytest.raises(kuafu.RemoteError, match="expected 1..1000"):
+                c.call("top", {"n": "0"})
+    finally:
+        _remove(master, "wordfreq")
