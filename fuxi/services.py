@@ -47,6 +47,7 @@ class ServiceManager:
         self.saved: dict[str, str] = {}
         self._task = None
         self._stats_at = 0.0
+        self.adopted: set[str] = set()  # replicas found running, to check before they count
         for key in store.list(KEY):
             doc = store.get(key)
             if doc:
@@ -76,6 +77,7 @@ class ServiceManager:
                 continue
             core.adopt(rid, info["version"], info["node"], now)
             self.handles[rid] = h
+            self.adopted.add(rid)
 
     def start(self) -> None:
         if self._task is None:
@@ -224,6 +226,10 @@ class ServiceManager:
                     if h is not None:
                         ray.kill(h)
                     core.stopped(act.rid, now)
+            for rid in [r.rid for r in core.replicas.values() if r.rid in self.adopted]:
+                if rid not in self.busy:
+                    self.adopted.discard(rid)
+                    self._spawn(core, rid, self._readopt(core, rid))
             for r in list(core.replicas.values()):
                 period = core._spec_of(r.version)["health_check"]["period_s"]
                 if (r.state == READY and r.rid not in self.busy
@@ -290,6 +296,26 @@ class ServiceManager:
             return
         self.checked[rid] = time.time()
         core.ready(rid, time.time())
+
+    async def _readopt(self, core: ServiceCore, rid: str) -> None:
+        """A replica that outlived a FuxiMaster restart: healthy and registered (again, if its
+        registration was lost) before it counts as READY."""
+        h = self.handles.get(rid)
+        r = core.replicas.get(rid)
+        if h is None or r is None:
+            return
+        spec = core._spec_of(r.version)
+        try:
+            await asyncio.wait_for(h.check.remote(), spec["health_check"]["timeout_s"])
+            await asyncio.wait_for(h.register.remote(), spec["start_timeout_s"])
+        except Exception as e:  # noqa: BLE001 - not usable: replaced
+            self.handles.pop(rid, None)
+            ray.kill(h)
+            core.died(rid, f"found after a restart but unusable: {_short(e)}", time.time())
+            return
+        self.checked[rid] = time.time()
+        core.ready(rid, time.time())
+        core._event(time.time(), f"{rid} adopted after a FuxiMaster restart")
 
     async def _check(self, core: ServiceCore, rid: str) -> None:
         h = self.handles.get(rid)

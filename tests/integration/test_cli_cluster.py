@@ -194,7 +194,7 @@ def test_up_submit_status_logs_down(tmp_path):
         assert "echo" in fuxi(home, "service", "list").stdout
         bad = fuxi(home, "service", "scale", "nope", "2", check=False)
         assert bad.returncode == 2 and "no service 'nope'" in bad.stderr
-        fuxi(home, "service", "remove", "echo")
+        replica = st["replicas"][0]["replica"]
         # Kill FuxiMaster: the next command starts a new one, which finds the job in Nuwa.
         kill = (f"import ray; ray.init(address={rec['address']!r}, log_to_driver=False); "
                 f"ray.kill(ray.get_actor('FuxiMaster', namespace='fuxi-default'))")
@@ -204,6 +204,17 @@ def test_up_submit_status_logs_down(tmp_path):
                        capture_output=True, env=env)
         again = json.loads(fuxi(home, "job", "status", job_id, "--json").stdout)
         assert again["state"] == "succeeded" and again["job_id"] == job_id
+        # ...and the service's desired state, and adopts its running replica (not a new one).
+        deadline = time.time() + 60
+        while True:
+            st = json.loads(fuxi(home, "service", "status", "echo", "--json").stdout)
+            if st["ready"] == 1 and not st["starting"]:
+                break
+            assert time.time() < deadline, st
+            time.sleep(1.0)
+        assert [r["replica"] for r in st["replicas"]] == [replica]
+        assert fuxi(home, "call", "nuwa://default/echo", "version").stdout == "v1\n"
+        fuxi(home, "service", "remove", "echo")
     finally:
         fuxi(home, "down")
     assert not session_pids(rec["head_pid"]), "processes of the head's session survived fuxi down"

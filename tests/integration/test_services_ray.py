@@ -287,3 +287,29 @@ def test_the_wordfreq_example_serves_the_wordcount_output(master, job, tmp_path)
                 c.call("top", {"n": "0"})
     finally:
         _remove(master, "wordfreq")
+
+
+def test_replicas_on_a_lost_node_come_back_elsewhere(master, ray_cluster, kuafu_net):
+    import ray
+
+    extra = ray_cluster.add_node(num_cpus=1, resources={"svc-extra": 1})
+    ray_cluster.wait_for_nodes(timeout=60)
+    gone = extra.node_id
+    try:
+        ray.get(master.service_register.remote(_spec("svc-node", replicas=3)), timeout=30)
+        st = _wait(master, "svc-node", _ready(3))
+        assert gone in {r["node"] for r in st["replicas"]}, st["replicas"]  # one per node
+        with Load("svc-node", method="echo") as load:
+            time.sleep(1.0)
+            ray_cluster.remove_node(extra, allow_graceful=False)
+            extra = None
+            st = _wait(master, "svc-node", lambda s: _ready(3)(s) and gone not in
+                       {r["node"] for r in s["replicas"]}, timeout_s=120)
+            time.sleep(1.0)
+        assert load.ok > 100
+        assert len(load.failures) <= 0.01 * (load.ok + len(load.failures)), load.failures[:3]
+        assert any("died" in e for e in st["events"]), st["events"]
+    finally:
+        _remove(master, "svc-node")
+        if extra is not None:
+            ray_cluster.remove_node(extra)
