@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fuxi.errors import BadInput, LimitExceeded, SpecError
 from fuxi.spec import (FN_REF_RE, SPEC_SUFFIXES, ResourceSpec, _apply_overrides, _humane_errors,
-                       _json_like_problem, _parse_text, _Problems, resolve_fn, spec_bytes_max)
+                       _parse_text, check_named_json, resolve_fn, spec_bytes_max)
 
 REPLICAS_MAX = 256
 MAX_CONCURRENCY_MAX = 10_000
@@ -121,16 +121,7 @@ class ServiceSpec(BaseModel):
     def _check_config(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        problems = []
-        for key, item in value.items():
-            if not isinstance(key, str) or not key.isidentifier():
-                problems.append((str(key), f"got key {key!r}, expected a keyword-argument name"))
-                continue
-            found = _json_like_problem(item, key)
-            if found:
-                problems.append(found)
-        if problems:
-            raise _Problems(problems)
+        check_named_json(value, str.isidentifier, "key", "a keyword-argument name")
         return value
 
     def to_doc(self) -> dict:

@@ -334,6 +334,22 @@ def _json_like_problem(value: Any, path: str) -> tuple[str, str] | None:
                   "(string, number, bool, null, list or mapping)")
 
 
+def check_named_json(value: dict, name_ok: Callable[[str], bool], what: str,
+                     expected: str) -> None:
+    """Raise ``_Problems`` for every key that is not a str passing ``name_ok`` and every value
+    that is not JSON-like (params of a job, config of a service)."""
+    problems = []
+    for key, item in value.items():
+        if not isinstance(key, str) or not name_ok(key):
+            problems.append((str(key), f"got {what} {key!r}, expected {expected}"))
+            continue
+        found = _json_like_problem(item, key)
+        if found:
+            problems.append(found)
+    if problems:
+        raise _Problems(problems)
+
+
 class JobSpec(BaseModel):
     """A whole job: named params, speculation policy, priority, retry backoff and the task DAG.
 
@@ -358,17 +374,8 @@ class JobSpec(BaseModel):
     def _check_params(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value  # pydantic reports the wrong type
-        problems = []
-        for key, item in value.items():
-            if not isinstance(key, str) or not PARAM_NAME_RE.match(key):
-                problems.append((str(key), f"got param name {key!r}, expected a name matching "
-                                           f"{PARAM_NAME_RE.pattern}"))
-                continue
-            found = _json_like_problem(item, key)
-            if found:
-                problems.append(found)
-        if problems:
-            raise _Problems(problems)
+        check_named_json(value, lambda k: bool(PARAM_NAME_RE.match(k)), "param name",
+                         f"a name matching {PARAM_NAME_RE.pattern}")
         return value
 
     @field_validator("tasks", mode="before")
