@@ -38,6 +38,17 @@ PURE_CORE_MODULES = [
     "kuafu.frame",
     "kuafu.flow",
     "kuafu.errors",
+    "kuafu.conn",
+    "kuafu.server",
+    "kuafu.client",
+    "kuafu.proxy",
+    "fuxi.service_spec",
+    "fuxi.servicecore",
+    "zhongkui.passwords",
+    "zhongkui.tokens",
+    "zhongkui.acl",
+    "zhongkui.audit",
+    "zhongkui.directory",
 ]
 
 _PROBE = """

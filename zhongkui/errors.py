@@ -1,0 +1,36 @@
+"""Zhongkui's typed errors. Messages never contain a token, a password or a key."""
+
+from __future__ import annotations
+
+
+class ZhongkuiError(Exception):
+    """Base of every Zhongkui error."""
+
+
+class BadCredentials(ZhongkuiError):
+    """No token, or a token that is malformed, forged, expired or signed by an unknown key;
+    or a wrong user name or password. Says which, never echoes the secret."""
+
+
+class Malformed(BadCredentials):
+    pass
+
+
+class BadSignature(BadCredentials):
+    pass
+
+
+class Expired(BadCredentials):
+    pass
+
+
+class UnknownKey(BadCredentials):
+    pass
+
+
+class Denied(ZhongkuiError):
+    """An authenticated caller without the permission asked for."""
+
+
+class BadInput(ZhongkuiError, ValueError):
+    """A bad user name, group, password, permission or ACL entry."""

@@ -1,0 +1,157 @@
+"""Signed tokens (HMAC-SHA256), a keyring with rotation, constant-time verification.
+
+    token = base64url(payload JSON) "." base64url(HMAC-SHA256(key[kid], payload JSON))
+
+The payload carries ``v`` (format version), ``kid`` (the signing key's id), ``sub`` (user),
+``grp`` (groups), ``iat``/``exp`` (seconds since the epoch), ``jti`` (a random id) and, for a
+token handed to a job or a service, ``scope`` (``{"kind": "job", "id": ...}``): such a token
+acts as its user and can never carry more than that user's rights.
+
+Rotation: ``Keyring.rotate()`` makes a new current key. Older keys keep verifying the tokens
+they signed until ``retire()`` drops them (after the longest token lifetime), so rotating
+logs nobody out at once. Pure: the clock is a parameter, keys are bytes the shell stores.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from zhongkui.errors import BadInput, BadSignature, Expired, Malformed, UnknownKey
+
+TOKEN_FORMAT = 1
+KEY_BYTES = 32
+TOKEN_BYTES_MAX = 4096
+TTL_S_DEFAULT = 12 * 3600.0
+TTL_S_MAX = 30 * 24 * 3600.0
+KEYS_KEPT_MAX = 16            # keys a keyring holds (current + rotated-out, still verifying)
+GROUPS_PER_TOKEN_MAX = 64
+CLOCK_SKEW_S = 60.0           # a token issued up to this far in the future is accepted
+
+
+def _b64e(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def _b64d(s: str) -> bytes:
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+@dataclass(frozen=True)
+class Claims:
+    user: str
+    groups: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+    key_id: str
+    token_id: str
+    scope: dict | None = None
+
+
+@dataclass
+class Keyring:
+    keys: dict[str, bytes] = field(default_factory=dict)   # kid -> secret
+    current: str = ""
+    rotated_at: dict[str, float] = field(default_factory=dict)  # kid -> when it stopped signing
+
+    @classmethod
+    def new(cls) -> "Keyring":
+        k = cls()
+        k.rotate(0.0)
+        return k
+
+    def rotate(self, now: float) -> str:
+        """A new signing key; the old ones still verify until ``retire``."""
+        if len(self.keys) >= KEYS_KEPT_MAX:
+            raise BadInput(f"{len(self.keys)} keys kept (KEYS_KEPT_MAX); retire old ones first")
+        if self.current:
+            self.rotated_at[self.current] = now
+        kid = secrets.token_hex(4)
+        while kid in self.keys:
+            kid = secrets.token_hex(4)
+        self.keys[kid] = os.urandom(KEY_BYTES)
+        self.current = kid
+        return kid
+
+    def retire(self, now: float, older_than_s: float = TTL_S_MAX) -> list[str]:
+        """Drop keys rotated out more than ``older_than_s`` ago: tokens they signed have all
+        expired by then."""
+        gone = [k for k, t in self.rotated_at.items() if now - t > older_than_s]
+        for k in gone:
+            self.keys.pop(k, None)
+            self.rotated_at.pop(k, None)
+        return gone
+
+    # ------------------------------------------------------------ tokens
+    def sign(self, user: str, groups=(), now: float = 0.0, ttl_s: float = TTL_S_DEFAULT,
+             scope: dict | None = None) -> str:
+        if not isinstance(user, str) or not user:
+            raise BadInput("a token needs a user name")
+        if not 0 < ttl_s <= TTL_S_MAX:
+            raise BadInput(f"ttl_s={ttl_s!r}: expected 0 < ttl_s <= {TTL_S_MAX:g}")
+        groups = sorted(set(groups))
+        if len(groups) > GROUPS_PER_TOKEN_MAX:
+            raise BadInput(f"{len(groups)} groups; a token carries at most "
+                           f"{GROUPS_PER_TOKEN_MAX}")
+        payload = {"v": TOKEN_FORMAT, "kid": self.current, "sub": user, "grp": groups,
+                   "iat": now, "exp": now + ttl_s, "jti": secrets.token_hex(8)}
+        if scope is not None:
+            payload["scope"] = scope
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        mac = hmac.new(self.keys[self.current], body, hashlib.sha256).digest()
+        token = f"{_b64e(body)}.{_b64e(mac)}"
+        if len(token) > TOKEN_BYTES_MAX:
+            raise BadInput(f"the token would be {len(token)} bytes; TOKEN_BYTES_MAX is "
+                           f"{TOKEN_BYTES_MAX}")
+        return token
+
+    def verify(self, token, now: float) -> Claims:
+        """The token's claims, or a BadCredentials subclass saying what is wrong with it."""
+        if not isinstance(token, str) or not token:
+            raise Malformed("no token")
+        if len(token) > TOKEN_BYTES_MAX:
+            raise Malformed(f"a token of {len(token)} bytes; at most {TOKEN_BYTES_MAX}")
+        head, dot, sig = token.partition(".")
+        if not dot or not head or not sig:
+            raise Malformed("a token has two base64url parts joined by '.'")
+        try:
+            body, mac = _b64d(head), _b64d(sig)
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise Malformed("a token part is not base64url JSON") from None
+        if not isinstance(payload, dict) or payload.get("v") != TOKEN_FORMAT:
+            raise Malformed(f"token format {payload.get('v') if isinstance(payload, dict) else '?'!r};"
+                            f" this side reads {TOKEN_FORMAT}")
+        key = self.keys.get(payload.get("kid")) if isinstance(payload.get("kid"), str) else None
+        if key is None:
+            raise UnknownKey("the token was signed by a key this cluster does not have "
+                             "(retired, or another cluster's)")
+        want = hmac.new(key, body, hashlib.sha256).digest()
+        if not hmac.compare_digest(want, mac):
+            raise BadSignature("the token's signature does not match its contents")
+        try:
+            user, groups = payload["sub"], tuple(payload["grp"])
+            iat, exp = float(payload["iat"]), float(payload["exp"])
+        except (KeyError, TypeError, ValueError):
+            raise Malformed("a signed token missing sub, grp, iat or exp") from None
+        if now >= exp:
+            raise Expired(f"the token expired {now - exp:.0f}s ago; log in again")
+        if iat > now + CLOCK_SKEW_S:
+            raise Malformed("the token was issued in the future")
+        return Claims(user, groups, iat, exp, payload["kid"], str(payload.get("jti", "")),
+                      payload.get("scope"))
+
+    # ------------------------------------------------------------ persistence
+    def to_doc(self) -> dict:
+        return {"current": self.current, "rotated_at": self.rotated_at,
+                "keys": {k: _b64e(v) for k, v in self.keys.items()}}
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "Keyring":
+        return cls({k: _b64d(v) for k, v in doc["keys"].items()}, doc["current"],
+                   {k: float(v) for k, v in doc.get("rotated_at", {}).items()})
