@@ -24,6 +24,13 @@ def fail(message: str, code: int) -> NoReturn:
 
 def handle(e: Exception) -> NoReturn:
     """Turn our errors into a message and an exit code; let bugs show their traceback."""
+    from zhongkui.errors import BadInput as ZBadInput
+    from zhongkui.errors import ZhongkuiError
+
+    if isinstance(e, ZBadInput):
+        fail(str(e), EXIT_BAD_INPUT)
+    if isinstance(e, ZhongkuiError):
+        fail(f"{type(e).__name__}: {e}", EXIT_JOB_FAILED)
     if isinstance(e, (BadInput, JobNotFound)):
         fail(str(e), EXIT_BAD_INPUT)
     if isinstance(e, ClusterError):

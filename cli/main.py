@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import call, cluster, job, nuwa, pangu, service, submit
+from cli import auth, call, cluster, job, nuwa, pangu, service, submit
 
 app = typer.Typer(
     name="fuxi",
@@ -18,6 +18,10 @@ app.command("up")(cluster.up)
 app.command("down")(cluster.down)
 app.command("status")(cluster.status)
 app.command("call")(call.call)
+app.command("login")(auth.login)
+app.command("whoami")(auth.whoami)
+app.command("audit")(auth.audit)
+app.add_typer(auth.user_app, name="user", help="Users of a cluster: add, rm, list, passwd (Zhongkui).")
 app.add_typer(job.app, name="job", help="List, inspect, cancel jobs and read their logs.")
 app.add_typer(nuwa.app, name="nuwa", help="The Nuwa coordination service: ls, get, put, rm, stat, watch.")
 app.add_typer(service.app, name="service", help="Online services: register, list, status, scale, upgrade, remove.")

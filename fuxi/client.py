@@ -59,8 +59,10 @@ def _translate(e: Exception, what: str) -> Exception:
     what to do."""
     import ray.exceptions as rex
 
+    from zhongkui.errors import ZhongkuiError
+
     cause = getattr(e, "cause", None)
-    if isinstance(cause, FuxiError):
+    if isinstance(cause, (FuxiError, ZhongkuiError)):
         return cause
     if isinstance(e, FuxiError):
         return e

@@ -69,6 +69,7 @@ class FuxiMaster:
         self.nuwa_events: list[str] = []
         self._supervisor = None
         self.services = None  # the ServiceManager, made on first use
+        self._authority = None  # Zhongkui's identity service, made on first use
         self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -121,6 +122,45 @@ class FuxiMaster:
         if self.nuwa_group and self._supervisor is None:
             self._supervisor = asyncio.get_event_loop().create_task(self._supervise_nuwa())
         self._service_manager().start()
+
+    # ------------------------------------------------------------ identities (Zhongkui)
+
+    def _auth(self):
+        if self._authority is None:
+            from zhongkui.authority import Authority
+
+            base = os.path.join(self.data_dir, "zhongkui") if self.data_dir else None
+            self._authority = Authority(
+                self.store, os.path.join(base, "keys.json") if base else None,
+                os.path.join(base, "audit.jsonl") if base else None)
+        return self._authority
+
+    def auth_bootstrap(self) -> dict | None:
+        return self._auth().bootstrap()
+
+    def auth_login(self, user: str, password: str) -> str:
+        return self._auth().login(user, password)
+
+    def auth_whoami(self, token: str) -> dict:
+        return self._auth().whoami(token)
+
+    def auth_users(self, token: str) -> list[dict]:
+        return self._auth().list_users(token)
+
+    def auth_user_add(self, token: str, name: str, password: str, groups: list) -> dict:
+        return self._auth().add_user(token, name, password, groups)
+
+    def auth_user_rm(self, token: str, name: str) -> None:
+        return self._auth().remove_user(token, name)
+
+    def auth_passwd(self, token: str, name: str, password: str) -> None:
+        return self._auth().set_password(token, name, password)
+
+    def auth_rotate(self, token: str) -> str:
+        return self._auth().rotate_keys(token)
+
+    def auth_audit(self, token: str, who: str | None = None, result: str | None = None) -> list:
+        return self._auth().audit_records(token, who=who, result=result)
 
     # ------------------------------------------------------------ online services
 

@@ -252,13 +252,29 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
         _start_pangu(rec)
         _start_kuafu(rec)
         with connect(cluster, embedded_ok=False) as conn:
-            conn.master  # noqa: B018 - created on connect
+            import ray
+
+            creds = ray.get(conn.master.auth_bootstrap.remote(), timeout=CONNECT_TIMEOUT_S)
+            if creds is not None:  # the first administrator: the operator's credentials
+                write_private(os.path.join(data_dir, CREDENTIALS_FILE), json.dumps(creds))
+                write_private(os.path.join(data_dir, TOKEN_FILE), creds["token"])
     except BaseException:
         with contextlib.suppress(Exception):
             down(cluster)
         rec.remove()
         raise
     return rec
+
+
+CREDENTIALS_FILE = "credentials.json"  # the first administrator's name, password and token
+TOKEN_FILE = "token"  # the signed-in user's token (`fuxi login`), sent by the CLI
+
+
+def write_private(path: str, text: str) -> None:
+    """Write a file only its owner can read (0600), atomically."""
+    from zhongkui.authority import _write_private
+
+    _write_private(path, text)
 
 
 def _start_nuwa(rec: ClusterRecord) -> None:

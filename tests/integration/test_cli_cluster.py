@@ -20,12 +20,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CMD_TIMEOUT_S = 180
 
 
-def fuxi(home, *args, check=True):
+def fuxi(home, *args, check=True, stdin=None):
     env = dict(os.environ, FUXI_HOME=str(home))
     for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
         env.pop(k, None)
     res = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
+                         capture_output=True, text=True, timeout=CMD_TIMEOUT_S, input=stdin)
     if check:
         assert res.returncode == 0, f"fuxi {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
     return res
@@ -180,6 +180,26 @@ def test_up_submit_status_logs_down(tmp_path):
             assert missing.returncode == 1 and "Unavailable" in missing.stderr
         finally:
             server.communicate("", timeout=CMD_TIMEOUT_S)
+        # Identities: `fuxi up` made an administrator and signed the operator in.
+        creds_path = home / "default" / "credentials.json"
+        assert oct(os.stat(creds_path).st_mode & 0o777) == "0o600"
+        creds = json.load(open(creds_path))
+        assert json.loads(fuxi(home, "whoami", "--json").stdout)["user"] == "admin"
+        fuxi(home, "user", "add", "bob", "-g", "dev", "--password-stdin", stdin="bobs-password")
+        fuxi(home, "login", "--user", "bob", "--password-stdin", stdin="bobs-password")
+        assert json.loads(fuxi(home, "whoami", "--json").stdout)["groups"] == ["dev"]
+        denied = fuxi(home, "user", "add", "carol", "--password-stdin", stdin="carols-pass",
+                      check=False)
+        assert denied.returncode == 1 and "administrators only" in denied.stderr
+        wrong = fuxi(home, "login", "--user", "bob", "--password-stdin", stdin="nope-nope",
+                     check=False)
+        assert wrong.returncode == 1 and "wrong user name or password" in wrong.stderr
+        fuxi(home, "login", "--user", "admin", "--password-stdin", stdin=creds["password"])
+        users = fuxi(home, "user", "list", "--json").stdout
+        assert [u["name"] for u in json.loads(users)] == ["admin", "bob"]
+        trail = fuxi(home, "audit", "--json").stdout
+        assert "bobs-password" not in trail + users and creds["password"] not in trail
+        assert any(r["result"] == "denied" and r["who"] == "bob" for r in json.loads(trail))
         # An online service: register, call, scale, status, remove.
         st = json.loads(fuxi(home, "service", "register", "jobs/services/echo.yaml",
                              "--set", "replicas=1", "--json").stdout)

@@ -1,0 +1,134 @@
+"""``fuxi login``, ``fuxi whoami``, ``fuxi user add|rm|list|passwd``, ``fuxi audit``:
+identities on a running cluster (Zhongkui). `fuxi up` creates the first administrator and
+writes its credentials to ``$FUXI_HOME/<cluster>/credentials.json`` (0600); `fuxi login`
+stores a token in ``$FUXI_HOME/<cluster>/token`` (0600), which these commands send."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+import typer
+
+from cli.common import EXIT_BAD_INPUT, ClusterOpt, fail, handle, print_json
+
+user_app = typer.Typer(no_args_is_help=True)
+PASSWORD_STDIN_BYTES_MAX = 1024
+
+
+def _call(cluster: str, method: str, *args):
+    import ray
+
+    from fuxi.client import CALL_TIMEOUT_S, _translate
+    from fuxi.errors import NoCluster
+    from fuxi.runtime import connect, find_cluster
+
+    try:
+        if find_cluster(cluster) is None:
+            raise NoCluster(f"no running cluster {cluster!r}; start one with `fuxi up`")
+        with connect(cluster, embedded_ok=False) as conn:
+            try:
+                return ray.get(getattr(conn.master, method).remote(*args), timeout=CALL_TIMEOUT_S)
+            except Exception as e:  # noqa: BLE001 - translated below
+                raise _translate(e, method) from None
+    except Exception as e:  # noqa: BLE001 - our errors become exit codes
+        handle(e)
+
+
+def _token_path(cluster: str) -> str:
+    from fuxi.runtime import TOKEN_FILE, cluster_dir
+
+    return os.path.join(cluster_dir(cluster), TOKEN_FILE)
+
+
+def _token(cluster: str) -> str:
+    path = _token_path(cluster)
+    if not os.path.exists(path):
+        fail(f"not signed in to cluster {cluster!r}: run `fuxi login` (the administrator's "
+             f"credentials are in $FUXI_HOME/{cluster}/credentials.json)", 1)
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _password(password_stdin: bool, prompt: str) -> str:
+    if password_stdin:
+        text = sys.stdin.read(PASSWORD_STDIN_BYTES_MAX + 1)
+        if len(text) > PASSWORD_STDIN_BYTES_MAX:
+            fail(f"a password on stdin is at most {PASSWORD_STDIN_BYTES_MAX} bytes", EXIT_BAD_INPUT)
+        return text.rstrip("\n")
+    return typer.prompt(prompt, hide_input=True)
+
+
+def login(user: str = typer.Option("admin", "--user", "-u"),
+          password_stdin: bool = typer.Option(False, "--password-stdin",
+                                               help="Read the password from stdin."),
+          cluster: str = ClusterOpt) -> None:
+    """Sign in; the token is kept for later commands (0600)."""
+    from fuxi.runtime import write_private
+
+    token = _call(cluster, "auth_login", user, _password(password_stdin, "Password"))
+    write_private(_token_path(cluster), token)
+    typer.echo(f"signed in as {user}")
+
+
+def whoami(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """The signed-in user, their groups and when the token expires."""
+    me = _call(cluster, "auth_whoami", _token(cluster))
+    if as_json:
+        print_json(me)
+    else:
+        typer.echo(f"{me['user']} (groups: {', '.join(me['groups']) or '-'})")
+
+
+@user_app.command("add")
+def user_add(name: str, groups: Optional[List[str]] = typer.Option(None, "--group", "-g"),
+             password_stdin: bool = typer.Option(False, "--password-stdin"),
+             cluster: str = ClusterOpt) -> None:
+    """Add a user (administrators only)."""
+    _call(cluster, "auth_user_add", _token(cluster), name,
+          _password(password_stdin, f"Password for {name}"), list(groups or []))
+    typer.echo(f"added {name}")
+
+
+@user_app.command("rm")
+def user_rm(name: str, cluster: str = ClusterOpt) -> None:
+    """Remove a user (administrators only)."""
+    _call(cluster, "auth_user_rm", _token(cluster), name)
+    typer.echo(f"removed {name}")
+
+
+@user_app.command("list")
+def user_list(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """Users and their groups (never their password hashes)."""
+    users = _call(cluster, "auth_users", _token(cluster))
+    if as_json:
+        print_json(users)
+        return
+    for u in users:
+        typer.echo(f"{u['name']:<24} {', '.join(u['groups'])}")
+
+
+@user_app.command("passwd")
+def user_passwd(name: str, password_stdin: bool = typer.Option(False, "--password-stdin"),
+                cluster: str = ClusterOpt) -> None:
+    """Change a password (your own, or anyone's as an administrator)."""
+    _call(cluster, "auth_passwd", _token(cluster), name,
+          _password(password_stdin, f"New password for {name}"))
+    typer.echo(f"password of {name} changed")
+
+
+def audit(who: Optional[str] = typer.Option(None, "--who"),
+          result: Optional[str] = typer.Option(None, "--result", help="ok or denied"),
+          as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """Denied and administrative operations (administrators only)."""
+    import datetime as dt
+
+    recs = _call(cluster, "auth_audit", _token(cluster), who, result)
+    if as_json:
+        print_json(recs)
+        return
+    for r in recs:
+        when = dt.datetime.fromtimestamp(r["time"]).strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{when} {r['who']:<16} {r['result']:<7} {r['action']} {r['resource']}"
+                   f"{' (' + r['detail'] + ')' if r['detail'] else ''}")
