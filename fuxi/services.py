@@ -47,6 +47,7 @@ class ServiceManager:
         self.saved: dict[str, str] = {}
         self._task = None
         self._stats_at = 0.0
+        self._stats_running = False  # one stats sweep at a time
         self.adopted: set[str] = set()  # replicas found running, to check before they count
         for key in store.list(KEY):
             doc = store.get(key)
@@ -241,8 +242,9 @@ class ServiceManager:
                 self.saved.pop(name, None)
                 continue
             self._save(core)
-        if now - self._stats_at >= STATS_EVERY_S:
+        if now - self._stats_at >= STATS_EVERY_S and not self._stats_running:
             self._stats_at = now
+            self._stats_running = True
             asyncio.get_event_loop().create_task(self._refresh_stats(now))
 
     def _spawn(self, core: ServiceCore, rid: str, coro) -> None:
@@ -353,6 +355,12 @@ class ServiceManager:
             core.stopped(rid, time.time())
 
     async def _refresh_stats(self, now: float) -> None:
+        try:
+            await self._refresh_stats_once(now)
+        finally:
+            self._stats_running = False
+
+    async def _refresh_stats_once(self, now: float) -> None:
         for name, core in list(self.cores.items()):
             total = 0
             for rid in [r.rid for r in core.replicas.values() if r.state == READY]:
