@@ -362,6 +362,22 @@ def ensure_pangu(conn: "Connection") -> None:
                  detached=not conn.embedded)
 
 
+def _stop_replicas(namespace: str) -> int:
+    """Kill every service replica actor of the cluster (they are detached under `fuxi up`)."""
+    import ray
+    from ray.util import list_named_actors
+
+    from fuxi.replica import REPLICA_PREFIX
+
+    n = 0
+    for a in list_named_actors(all_namespaces=True):
+        if a.get("namespace") == namespace and a["name"].startswith(REPLICA_PREFIX):
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(a["name"], namespace=namespace), no_restart=True)
+                n += 1
+    return n
+
+
 def _stop_nuwa(rec: ClusterRecord) -> None:
     import ray
 
@@ -437,6 +453,8 @@ def down(cluster: str = "default") -> dict:
                     from pangu import deploy
 
                     deploy.stop(cluster)
+                with contextlib.suppress(Exception):
+                    _stop_replicas(rec.namespace)  # detached: they would outlive FuxiMaster
                 with contextlib.suppress(Exception):
                     from kuafu import deploy as kuafu_deploy
 
