@@ -159,7 +159,6 @@ async def _tcp_client(port: int, a) -> dict:
     rl = None
 
     async def call(m):
-        nonlocal rl
         writer.write(struct.pack("<I", len(m)))
         writer.write(m)
         if not state["pipelined"]:

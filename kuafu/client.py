@@ -276,8 +276,8 @@ class Channel:
             p.fut.set_exception(TimedOut(f"no reply by the deadline (request {rid} to "
                                          f"{self.address}); it may have run"))
         else:
-            p.fut.set_exception(TimedOut(f"the deadline passed while the call waited for "
-                                         f"room in the flow-control window; not sent"))
+            p.fut.set_exception(TimedOut("the deadline passed while the call waited for "
+                                         "room in the flow-control window; not sent"))
 
     async def close(self) -> None:
         self.closed = True
