@@ -60,10 +60,11 @@ def job(client, tmp_path):
     return run
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kuafu_net(ray_cluster, tmp_path_factory):
     """A 1-replica Nuwa and a Kuafu proxy on every node, in the test session's namespace
-    (cluster "test"); shared by the Kuafu and service tests."""
+    (cluster "test"), for the Kuafu and the service test modules (each its own, so nothing of
+    it runs during other modules)."""
     import time
     from types import SimpleNamespace
 

@@ -335,8 +335,10 @@ def test_flipped_bit_is_detected_on_read_and_by_the_scrubber_and_repaired(pg):
     cb = c.call("locate", "/flip/b")["chunks"][1]
     ray.get(ray.get_actor(cb["replicas"][0]["name"], namespace=f"fuxi-{CLUSTER}")
             .corrupt_for_test.remote(cb["id"], 5), timeout=30)
+    # The scrubber verifies one idle replica per scrub_interval_s (0.5 s), oldest first, so
+    # reaching the new one takes as long as the server's replica count from earlier tests.
     wait_for(lambda: c.status()["counters"].get("corrupt", 0) >= before + len(reps),
-             60, "the corrupt replicas to be reported")
+             180, "the corrupt replicas to be reported")
     wait_for(lambda: healthy(c, "/flip"), 60, "repair of the corrupt replicas")
     assert read_file(c, "/flip/a") == data and read_file(c, "/flip/b") == data
     del h
