@@ -332,7 +332,9 @@ def _start_kuafu(rec: ClusterRecord) -> None:
     _set_auth_mode(rec.token_path)
     _ray_init(address=rec.address, namespace=rec.namespace)
     try:
-        host = rec.address.rpartition(":")[0] or "127.0.0.1"
+        head = rec.address.rpartition(":")[0]
+        # A local head: loopback only. A cluster we deployed onto: each node's own address.
+        host = "127.0.0.1" if head in ("", "127.0.0.1", "localhost") else deploy.NODE_IP
         deploy.start(rec.namespace, rec.nuwa, host=host, detached=True)
     finally:
         ray.shutdown()

@@ -19,6 +19,7 @@ PROXY_PREFIX = "kuafu-proxy-"
 START_TIMEOUT_S = 60.0
 INFO_TIMEOUT_S = 10.0
 FDS_WANTED = 65_536  # open files a proxy asks for (ten thousand idle connections and more)
+NODE_IP = "node"  # as a host: the address Ray knows the proxy's node by
 
 
 def socket_dir() -> str:
@@ -60,6 +61,8 @@ def _actor_class():
                 resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             self.config = {"namespace": namespace, "nuwa": nuwa, "host": host,
                            "settings": settings or {}, "detached": detached}
+            if host == NODE_IP:  # each proxy binds its own node's address
+                host = ray.util.get_node_ip_address()
             # A new incarnation token per start: endpoint names never repeat across restarts.
             proxy_id = f"{node_id[:12]}.{secrets.token_hex(3)}"
             self.loop = LoopThread("kuafu-proxy")
@@ -105,8 +108,10 @@ def start(namespace: str, nuwa: list | None, *, host: str = "127.0.0.1", port: i
           nodes: list[str] | None = None, detached: bool = False, settings: dict | None = None,
           timeout_s: float = START_TIMEOUT_S) -> list[dict]:
     """Start (or find) a proxy on every node in ``nodes`` (default: every alive node); returns
-    their ``info()`` (proxy id, tcp and unix addresses, node). ``settings`` are ProxyCore
-    keyword arguments (``idle_timeout_s``, ``hello_timeout_s``, ``partial_timeout_s``)."""
+    their ``info()`` (proxy id, tcp and unix addresses, node). ``host`` is the TCP address to
+    bind: an address, or ``NODE_IP`` for each node's own (clusters spanning machines).
+    ``settings`` are ProxyCore keyword arguments (``idle_timeout_s``, ``hello_timeout_s``,
+    ``partial_timeout_s``)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
