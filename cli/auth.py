@@ -11,29 +11,14 @@ from typing import List, Optional
 
 import typer
 
-from cli.common import EXIT_BAD_INPUT, ClusterOpt, fail, handle, print_json
+from cli.common import EXIT_BAD_INPUT, ClusterOpt, fail, master_call, print_json
 
 user_app = typer.Typer(no_args_is_help=True)
 PASSWORD_STDIN_BYTES_MAX = 1024
 
 
 def _call(cluster: str, method: str, *args):
-    import ray
-
-    from fuxi.client import CALL_TIMEOUT_S, _translate
-    from fuxi.errors import NoCluster
-    from fuxi.runtime import connect, find_cluster
-
-    try:
-        if find_cluster(cluster) is None:
-            raise NoCluster(f"no running cluster {cluster!r}; start one with `fuxi up`")
-        with connect(cluster, embedded_ok=False) as conn:
-            try:
-                return ray.get(getattr(conn.master, method).remote(*args), timeout=CALL_TIMEOUT_S)
-            except Exception as e:  # noqa: BLE001 - translated below
-                raise _translate(e, method) from None
-    except Exception as e:  # noqa: BLE001 - our errors become exit codes
-        handle(e)
+    return master_call(cluster, method, *args, needs="signing in")
 
 
 def _token_path(cluster: str) -> str:

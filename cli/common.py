@@ -43,3 +43,25 @@ def handle(e: Exception) -> NoReturn:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+def master_call(cluster: str, method: str, *args, needs: str = "this command"):
+    """Call FuxiMaster's ``method`` on the running cluster (never the embedded default);
+    our errors become exit codes."""
+    import ray
+
+    from fuxi.client import CALL_TIMEOUT_S, _translate
+    from fuxi.errors import NoCluster
+    from fuxi.runtime import connect, find_cluster
+
+    try:
+        if find_cluster(cluster) is None:
+            raise NoCluster(f"no running cluster {cluster!r}: {needs} needs a persistent "
+                            f"cluster; start one with `fuxi up`")
+        with connect(cluster, embedded_ok=False) as conn:
+            try:
+                return ray.get(getattr(conn.master, method).remote(*args), timeout=CALL_TIMEOUT_S)
+            except Exception as e:  # noqa: BLE001 - translated below
+                raise _translate(e, method) from None
+    except Exception as e:  # noqa: BLE001 - our errors become exit codes
+        handle(e)

@@ -9,30 +9,14 @@ from typing import List, Optional
 
 import typer
 
-from cli.common import ClusterOpt, handle, print_json
+from cli.common import ClusterOpt, handle, master_call, print_json
 
 app = typer.Typer(no_args_is_help=True)
 SetOpt = typer.Option(None, "--set", help="Override a field: key=value (dotted keys for nested).")
 
 
 def _master_call(cluster: str, method: str, *args):
-    import ray
-
-    from fuxi.client import CALL_TIMEOUT_S, _translate
-    from fuxi.errors import NoCluster
-    from fuxi.runtime import connect, find_cluster
-
-    try:
-        if find_cluster(cluster) is None:
-            raise NoCluster(f"no running cluster {cluster!r}: services run on a persistent "
-                            f"cluster; start one with `fuxi up`")
-        with connect(cluster, embedded_ok=False) as conn:
-            try:
-                return ray.get(getattr(conn.master, method).remote(*args), timeout=CALL_TIMEOUT_S)
-            except Exception as e:  # noqa: BLE001 - translated below
-                raise _translate(e, f"fuxi service {method.removeprefix('service_')}") from None
-    except Exception as e:  # noqa: BLE001 - our errors become exit codes
-        handle(e)
+    return master_call(cluster, method, *args, needs="an online service")
 
 
 def _load(spec: str, overrides: list[str]) -> dict:
@@ -79,8 +63,9 @@ def upgrade(name: str, spec: str, overrides: Optional[List[str]] = SetOpt,
     automatically when the new version's replicas fail)."""
     doc = _load(spec, overrides)
     if doc["name"] != name:
-        handle(__import__("fuxi.errors", fromlist=["BadInput"]).BadInput(
-            f"the spec {spec} is for service {doc['name']!r}, not {name!r}"))
+        from fuxi.errors import BadInput
+
+        handle(BadInput(f"the spec {spec} is for service {doc['name']!r}, not {name!r}"))
     st = _master_call(cluster, "service_upgrade", doc)
     print_json(st) if as_json else _show(st)
 

@@ -47,7 +47,6 @@ class Replica:
     failures: int = 0          # health checks failed in a row
     reason: str = ""
     kill_sent: bool = False
-    drain_sent: bool = False
     placed: bool = False       # Ray has scheduled its actor (it holds its resources)
 
     def to_dict(self) -> dict:
@@ -234,7 +233,7 @@ class ServiceCore:
         return acts
 
     def _drain(self, r: Replica, reason: str) -> Action:
-        r.state, r.reason, r.drain_sent = DRAINING, reason, True
+        r.state, r.reason = DRAINING, reason
         grace = float(self._spec_of(r.version).get("drain_grace_s", 10.0))
         return Action("drain", r.rid, r.node, grace_s=grace)
 

@@ -30,7 +30,10 @@ logger = logging.getLogger(__name__)
 RECONCILE_S = 0.25
 STATS_EVERY_S = 2.0
 SERVICES_MAX = 1000
-CALL_TIMEOUT_S = 30.0     # a drain or stats call to a replica, beyond its own grace
+CALL_TIMEOUT_S = 30.0     # a drain call to a replica, beyond its own grace
+STATS_TIMEOUT_S = 5.0     # one replica's stats
+ADOPT_TIMEOUT_S = 10.0    # asking a replica found after a restart who it is
+NODES_REFRESH_S = 1.0     # how stale the node view used for placement may be
 KEY = "/services/"
 
 
@@ -48,6 +51,8 @@ class ServiceManager:
         self._task = None
         self._stats_at = 0.0
         self._stats_running = False  # one stats sweep at a time
+        self._node_cpu: dict[str, float] = {}
+        self._nodes_at = 0.0
         self.adopted: set[str] = set()  # replicas found running, to check before they count
         for key in store.list(KEY):
             doc = store.get(key)
@@ -70,7 +75,7 @@ class ServiceManager:
             core = self.cores.get(name)
             try:
                 h = ray.get_actor(a["name"], namespace=self.namespace)
-                info = ray.get(h.info.remote(), timeout=10)
+                info = ray.get(h.info.remote(), timeout=ADOPT_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - gone meanwhile
                 continue
             if core is None:
@@ -195,7 +200,11 @@ class ServiceManager:
                 logger.exception("service reconcile step failed")
             await asyncio.sleep(RECONCILE_S)
 
-    def _nodes(self) -> dict[str, float]:
+    def _nodes(self, now: float) -> dict[str, float]:
+        """Free CPU per alive node, asked of Ray at most every NODES_REFRESH_S (not every
+        reconcile step)."""
+        if now - self._nodes_at < NODES_REFRESH_S:
+            return self._node_cpu
         try:
             from ray._private.state import available_resources_per_node
 
@@ -206,11 +215,12 @@ class ServiceManager:
         for n in ray.nodes():
             if n.get("Alive"):
                 out[n["NodeID"]] = float(free.get(n["NodeID"], n.get("Resources", {})).get("CPU", 0.0))
+        self._node_cpu, self._nodes_at = out, now
         return out
 
     def _tick(self) -> None:
         now = time.time()
-        nodes = self._nodes() if self.cores else {}
+        nodes = self._nodes(now) if self.cores else {}
         for name, core in list(self.cores.items()):
             for act in core.plan(now, nodes):
                 if act.kind == "start":
@@ -220,6 +230,7 @@ class ServiceManager:
                     hard = act.node is not None and nodes.get(act.node, 0.0) + 1e-9 >= cpu
                     self._spawn(core, act.rid, self._start(core, act.rid, act.node, act.spec,
                                                            hard))
+                    self._nodes_at = 0.0  # the room it takes shows in the next view
                 elif act.kind == "drain":
                     self._spawn(core, act.rid, self._drain(core, act.rid, act.grace_s))
                 elif act.kind == "kill":
@@ -368,7 +379,7 @@ class ServiceManager:
                 if h is None:
                     continue
                 try:
-                    self.stats[rid] = await asyncio.wait_for(h.stats.remote(), 5.0)
+                    self.stats[rid] = await asyncio.wait_for(h.stats.remote(), STATS_TIMEOUT_S)
                 except Exception:  # noqa: BLE001 - a dying replica has no stats
                     continue
                 total += self.stats[rid]["served"] + self.stats[rid]["failed"]

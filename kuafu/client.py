@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import threading
@@ -33,6 +34,7 @@ from kuafu import flow
 from kuafu import frame as F
 from kuafu.conn import PING_INTERVAL_S, Conn
 from kuafu.errors import BadRequest, FrameError, TimedOut, Unavailable, error_from_header
+from kuafu.server import context
 
 CALL_TIMEOUT_S = 30.0          # a call's deadline unless the caller gives one
 CONNECT_TIMEOUT_S = 5.0        # one connection attempt
@@ -172,8 +174,6 @@ class Channel:
         if not isinstance(method, str) or not method:
             raise BadRequest(f"method {method!r:.80}: expected a non-empty str")
         timeout_s = CALL_TIMEOUT_S if timeout_s is None else float(timeout_s)
-        from kuafu.server import context
-
         ctx = context()
         if ctx is not None:  # inside a Kuafu method: never outlive the caller's deadline
             timeout_s = min(timeout_s, ctx.remaining_s())
@@ -240,8 +240,9 @@ class Channel:
                 header["cred"] = credentials
             conn.write_frames(F.split_body(F.REQUEST, header, body))
             p.sent, p.conn = True, conn
-            if conn.write_paused:
-                await conn.drained()
+            if conn.write_paused:  # a peer that stops reading cannot hold us past the deadline
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(conn.drained(), max(0.0, deadline - self.loop.time()))
             f = await fut
         except asyncio.CancelledError:
             if p.sent and not conn.closed:

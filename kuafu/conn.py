@@ -157,10 +157,6 @@ class Conn(asyncio.BufferedProtocol):
         stop until ``when_writable`` calls back."""
         return self._out_bytes > WRITE_QUEUE_HIGH_BYTES and not self.closed
 
-    @property
-    def write_queued(self) -> int:
-        return self._out_bytes
-
     def when_writable(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the queue has drained to half its high mark (at once if it is
         not over it)."""

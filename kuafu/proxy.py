@@ -66,13 +66,12 @@ BACKUP_SAMPLES_MIN = 20  # replies seen before a percentile can time a backup
 
 
 class Endpoint:
-    __slots__ = ("name", "service", "proxy_id", "address", "conn", "idem", "inflight", "node",
-                 "calls")
+    __slots__ = ("name", "service", "proxy_id", "address", "conn", "idem", "inflight", "node")
 
     def __init__(self, name, service, proxy_id, address, conn=None, idem=(), node=""):
         self.name, self.service, self.proxy_id = name, service, proxy_id
         self.address, self.conn, self.idem = address, conn, set(idem)
-        self.inflight, self.node, self.calls = 0, node, 0
+        self.inflight, self.node = 0, node
 
     def describe(self) -> dict:
         return {"endpoint": self.name, "service": self.service, "proxy": self.address,
@@ -466,7 +465,6 @@ class ProxyCore:
         r.sent_at = self.loop.time()
         if not r.is_backup and r.twin is None and r.backup_timer is None:
             self._arm_backup(r)
-        r.ep.calls += 1
         if not r.retryable:
             r.body = b""
         for p in r.pieces:

@@ -328,9 +328,6 @@ class Server:
         svc.latencies.append(took)
         conn.write_frames(frames)
 
-    def inflight(self) -> int:
-        return len(self.tasks)
-
     # ------------------------------------------------------------ sweeping idle connections
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
