@@ -28,12 +28,13 @@ def _token_path(cluster: str) -> str:
 
 
 def _token(cluster: str) -> str:
-    path = _token_path(cluster)
-    if not os.path.exists(path):
+    from zhongkui import creds
+
+    tok = creds.token(cluster)
+    if not tok:
         fail(f"not signed in to cluster {cluster!r}: run `fuxi login` (the administrator's "
              f"credentials are in $FUXI_HOME/{cluster}/credentials.json)", 1)
-    with open(path) as f:
-        return f.read().strip()
+    return tok
 
 
 def _password(password_stdin: bool, prompt: str) -> str:
@@ -117,3 +118,74 @@ def audit(who: Optional[str] = typer.Option(None, "--who"),
         when = dt.datetime.fromtimestamp(r["time"]).strftime("%Y-%m-%d %H:%M:%S")
         typer.echo(f"{when} {r['who']:<16} {r['result']:<7} {r['action']} {r['resource']}"
                    f"{' (' + r['detail'] + ')' if r['detail'] else ''}")
+
+
+acl_app = typer.Typer(no_args_is_help=True)
+KIND_HELP = "nuwa, pangu (path prefixes), job (id or *), queue (name or *), service (name or *)"
+
+
+def _perms(perms: str) -> list[str]:
+    out = [p.strip() for p in perms.split(",") if p.strip()]
+    if not out:
+        fail(f"permissions {perms!r}: expected a comma-separated list, e.g. read,write",
+             EXIT_BAD_INPUT)
+    return out
+
+
+@acl_app.command("grant")
+def acl_grant(kind: str = typer.Argument(..., help=KIND_HELP),
+              resource: str = typer.Argument(..., help="A path prefix, id or name (* for all)."),
+              principal: str = typer.Argument(..., help="user:<name>, group:<name> or *"),
+              perms: str = typer.Argument(..., help="Comma-separated: read,write,create,delete,"
+                                                    "admin | submit,view,cancel | call,manage"),
+              cluster: str = ClusterOpt) -> None:
+    """Grant permissions on a resource (its owner or an administrator)."""
+    e = _call(cluster, "auth_grant", _token(cluster), kind, resource, principal, _perms(perms))
+    typer.echo(f"{e['principal']} may {','.join(e['perms'])} {e['kind']}:{e['resource']}")
+
+
+@acl_app.command("revoke")
+def acl_revoke(kind: str = typer.Argument(..., help=KIND_HELP),
+               resource: str = typer.Argument(...),
+               principal: str = typer.Argument(..., help="user:<name>, group:<name> or *"),
+               perms: Optional[str] = typer.Argument(None, help="Comma-separated; all if left "
+                                                                "out."),
+               cluster: str = ClusterOpt) -> None:
+    """Take permissions back (its owner or an administrator)."""
+    e = _call(cluster, "auth_revoke", _token(cluster), kind, resource, principal,
+              _perms(perms) if perms is not None else None)
+    typer.echo(f"{principal} on {kind}:{resource}: "
+               + (f"{','.join(e['perms'])} left" if e else "no permissions left"))
+
+
+@acl_app.command("show")
+def acl_show(kind: Optional[str] = typer.Argument(None, help=KIND_HELP),
+             resource: Optional[str] = typer.Argument(None, help="Entries covering this."),
+             as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """ACL entries (and the restricted Nuwa prefixes)."""
+    doc = _call(cluster, "auth_acl_show", _token(cluster), kind, resource)
+    if as_json:
+        print_json(doc)
+        return
+    for e in doc["entries"]:
+        typer.echo(f"{e['kind']:<8} {e['resource']:<32} {e['principal']:<20} "
+                   f"{','.join(e['perms'])}")
+    for p in doc["restricted"]:
+        typer.echo(f"restricted nuwa {p}")
+
+
+@acl_app.command("restrict")
+def acl_restrict(path: str = typer.Argument(..., help="A Nuwa path prefix."),
+                 undo: bool = typer.Option(False, "--undo", help="Open it again."),
+                 cluster: str = ClusterOpt) -> None:
+    """Close a Nuwa prefix to the open namespace: only its owner, administrators and ACL
+    entries reach it (its owner or an administrator)."""
+    _call(cluster, "auth_restrict", _token(cluster), path, not undo)
+    typer.echo(f"{path} is {'open again' if undo else 'restricted'}")
+
+
+def rotate_keys(cluster: str = ClusterOpt) -> None:
+    """A new signing key (administrators only); tokens signed before stay valid until they
+    expire."""
+    kid = _call(cluster, "auth_rotate", _token(cluster))
+    typer.echo(f"new signing key {kid}; earlier tokens stay valid until they expire")

@@ -14,6 +14,7 @@ def up(
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs the local head offers (default: all)."),
     auth_token_path: Optional[str] = typer.Option(None, "--auth-token-path", help="Ray auth token file of the cluster given by --address."),
     nuwa_replicas: int = typer.Option(3, "--nuwa-replicas", help="Nuwa replica group size: 1, 3 or 5 (0: no Nuwa)."),
+    auth: Optional[bool] = typer.Option(None, "--auth/--no-auth", help="Zhongkui access control: every call needs a token (default: on with --address, off for a local head)."),
     cluster: str = ClusterOpt,
 ) -> None:
     """Start a persistent local cluster (or deploy onto an existing Ray cluster)."""
@@ -25,10 +26,11 @@ def up(
 
             raise BadInput(f"--nuwa-replicas {nuwa_replicas}: expected 0, 1, 3 or 5")
         rec = runtime.up(cluster, address=address, num_cpus=num_cpus,
-                         auth_token_path=auth_token_path, nuwa_replicas=nuwa_replicas)
+                         auth_token_path=auth_token_path, nuwa_replicas=nuwa_replicas, auth=auth)
     except Exception as e:
         handle(e)
-    typer.echo(f"cluster {cluster!r} is up at {rec.address} (data in {rec.data_dir})")
+    typer.echo(f"cluster {cluster!r} is up at {rec.address} (data in {rec.data_dir})"
+               + ("; access control is on: you are signed in as admin" if rec.auth else ""))
 
 
 def down(cluster: str = ClusterOpt) -> None:

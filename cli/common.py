@@ -45,9 +45,10 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def master_call(cluster: str, method: str, *args, needs: str = "this command"):
+def master_call(cluster: str, method: str, *args, needs: str = "this command",
+                send_token: bool = False):
     """Call FuxiMaster's ``method`` on the running cluster (never the embedded default);
-    our errors become exit codes."""
+    our errors become exit codes. ``send_token``: pass the signed-in user's token as ``cred``."""
     import ray
 
     from fuxi.client import CALL_TIMEOUT_S, _translate
@@ -59,8 +60,14 @@ def master_call(cluster: str, method: str, *args, needs: str = "this command"):
             raise NoCluster(f"no running cluster {cluster!r}: {needs} needs a persistent "
                             f"cluster; start one with `fuxi up`")
         with connect(cluster, embedded_ok=False) as conn:
+            kw = {}
+            if send_token:
+                from zhongkui import creds
+
+                kw["cred"] = creds.token(cluster) or None
             try:
-                return ray.get(getattr(conn.master, method).remote(*args), timeout=CALL_TIMEOUT_S)
+                return ray.get(getattr(conn.master, method).remote(*args, **kw),
+                               timeout=CALL_TIMEOUT_S)
             except Exception as e:  # noqa: BLE001 - translated below
                 raise _translate(e, method) from None
     except Exception as e:  # noqa: BLE001 - our errors become exit codes

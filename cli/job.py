@@ -23,7 +23,7 @@ def _jobs(cluster: str) -> Iterator:
         yield OfflineJobs(cluster_dir(cluster))
         return
     with connect(cluster, embedded_ok=False) as conn:
-        yield FuxiClient(conn.master)
+        yield FuxiClient(conn.master, cluster)
 
 
 def _query(cluster: str, call):

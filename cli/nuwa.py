@@ -22,7 +22,9 @@ def _client(cluster: str):
     rec = find_cluster(cluster)
     if rec is None or not getattr(rec, "nuwa", None):
         fail(f"no running cluster {cluster!r} with Nuwa; start one with `fuxi up`", EXIT_JOB_FAILED)
-    return connect([tuple(a) for a in rec.nuwa], creator="cli")
+    from zhongkui import creds
+
+    return connect([tuple(a) for a in rec.nuwa], creator="cli", token=creds.token(cluster))
 
 
 def _run(cluster: str, fn):

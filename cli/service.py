@@ -16,7 +16,7 @@ SetOpt = typer.Option(None, "--set", help="Override a field: key=value (dotted k
 
 
 def _master_call(cluster: str, method: str, *args):
-    return master_call(cluster, method, *args, needs="an online service")
+    return master_call(cluster, method, *args, needs="an online service", send_token=True)
 
 
 def _load(spec: str, overrides: list[str]) -> dict:

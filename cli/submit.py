@@ -42,7 +42,7 @@ def submit(
         handle(e)
     try:
         with connect(cluster) as conn:
-            client = FuxiClient(conn.master)
+            client = FuxiClient(conn.master, cluster)
             if plan is None:  # pangu:// inputs are listed, and outputs prepared, in Pangu
                 ensure_pangu(conn)
                 plan = load(spec, set_ or (), overwrite=overwrite)

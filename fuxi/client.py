@@ -78,14 +78,23 @@ def _translate(e: Exception, what: str) -> Exception:
 
 
 class FuxiClient:
-    def __init__(self, master):
+    def __init__(self, master, cluster: str | None = None, token: str | None = None):
+        """``token``: what calls present to a cluster with access control (Zhongkui); default
+        this process's (``zhongkui.creds``: a job's own, ``FUXI_TOKEN``, or the one `fuxi
+        login` stored for ``cluster``)."""
         self.master = master
+        self.cluster = cluster
+        self.token = token
 
     def _call(self, method: str, *args, timeout_s: float = CALL_TIMEOUT_S):
         import ray
 
+        from zhongkui import creds
+
+        cred = self.token if self.token is not None else creds.token(self.cluster)
         try:
-            return ray.get(getattr(self.master, method).remote(*args), timeout=timeout_s)
+            return ray.get(getattr(self.master, method).remote(*args, cred=cred or None),
+                           timeout=timeout_s)
         except Exception as e:
             raise _translate(e, method) from None
 
@@ -136,7 +145,7 @@ def run(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = (),
 
     plan = load(spec, overrides, overwrite=overwrite)
     with connect(cluster) as conn:
-        client = FuxiClient(conn.master)
+        client = FuxiClient(conn.master, cluster)
         job_id = client.submit(plan)
         return client.wait(job_id, timeout_s=timeout_s)
 

@@ -61,10 +61,16 @@ class _Slot:
 @ray.remote(num_cpus=0, max_concurrency=64)
 class JobMaster:
     def __init__(self, job_id: str, plan: JobPlan, master, log_path: str,
-                 sys_path: list[str] | None = None):
+                 sys_path: list[str] | None = None, token: str = ""):
         self.job_id = job_id
         self.master = master
         self.sys_path = sys_path or []
+        # The job's scoped token: this process and its instances act as the submitter.
+        self.token = token
+        if token:
+            from zhongkui import creds
+
+            creds.set_token(token)
         self.core = jc.JobCore(job_id, plan, now=time.time())
         self.slots: dict[str, _Slot] = {}
         self.releases: list[tuple[str, str]] = []
@@ -370,7 +376,7 @@ class JobMaster:
                 self._warm_started.append(act.worker_id)
                 return
         handle = WorkerActor.options(**self._worker_options(act.node_id, act.shape)).remote(
-            self.job_id, act.worker_id, self.sys_path)
+            self.job_id, act.worker_id, self.sys_path, self.token)
         self.slots[act.worker_id] = _Slot(handle, handle.ping.remote(),
                                           time.time() + WORKER_START_TIMEOUT_S)
 
@@ -397,7 +403,7 @@ class JobMaster:
             spares = self.spares.setdefault(node, [])
             while len(spares) < SPARES_PER_NODE:
                 handle = WorkerActor.options(**self._worker_options(node, {})).remote(
-                    self.job_id, f"spare@{node[:8]}", self.sys_path)
+                    self.job_id, f"spare@{node[:8]}", self.sys_path, self.token)
                 spares.append((handle, handle.ping.remote()))
 
     def _kill(self, wid: str) -> None:

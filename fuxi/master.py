@@ -29,6 +29,8 @@ from fuxi.plan import JobPlan
 from fuxi.states import TERMINAL_JOB, JobState
 from fuxi.store import FileStore, MemoryStore, read_job_logs
 
+JOB_QUEUE = "default"  # the one job queue; ACL entries on queue:default (or *) cover every job
+
 logger = logging.getLogger(__name__)
 
 NODES_REFRESH_S = 1.0
@@ -38,6 +40,8 @@ JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
 JOBMASTER_CALL_TIMEOUT_S = 10.0
 REQUESTS_REMEMBERED_MAX = 10_000
 WORKERS_PER_NODE_MAX = 64  # worker slots granted on one node, all jobs together (~50 MB each)
+JOB_TOKEN_TTL_S = 7 * 24 * 3600.0      # a job's instances act as its submitter this long
+SERVICE_TOKEN_TTL_S = 30 * 24 * 3600.0  # a replica's token (renewed at every (re)start)
 SERVICE_PRIORITY = 1000  # online replicas come before every batch job (priorities 0..100)
 
 
@@ -48,8 +52,19 @@ def _job_id(name: str) -> str:
 @ray.remote(num_cpus=0, max_concurrency=256)
 class FuxiMaster:
     def __init__(self, cluster: str, data_dir: str | None, detached: bool = False,
-                 nuwa: list | None = None, nuwa_group: dict | None = None):
+                 nuwa: list | None = None, nuwa_group: dict | None = None, auth: bool = False):
+        from zhongkui.authority import load_or_create_keys
+        from zhongkui.guard import Guard, auth_doc
+        from zhongkui.tokens import Keyring
+
         self.cluster = cluster
+        self.auth_enabled = bool(auth)
+        # The cluster's keys (made by `fuxi up` before anything started): they sign this
+        # actor's own platform token, which its Nuwa client presents.
+        self.keys_path = os.path.join(data_dir, "zhongkui", "keys.json") if data_dir else None
+        self.keyring = load_or_create_keys(self.keys_path) if self.keys_path else Keyring.new()
+        self.platform_guard = Guard(auth_doc(self.auth_enabled, self.keyring), name="master")
+        self.platform_guard.keyring = self.keyring
         self.detached = detached  # JobMasters share the master's lifetime
         self._watchers: set = set()
         self.data_dir = data_dir
@@ -59,7 +74,8 @@ class FuxiMaster:
 
             from fuxi.store import NuwaStore
 
-            self.store = NuwaStore(nuwa_connect([tuple(a) for a in nuwa], creator="fuxi-master"))
+            self.store = NuwaStore(nuwa_connect([tuple(a) for a in nuwa], creator="fuxi-master",
+                                                token=self.platform_guard.platform_token))
         elif data_dir:
             self.store = FileStore(os.path.join(data_dir, "state"))
         else:
@@ -81,6 +97,7 @@ class FuxiMaster:
         self.jobmasters: dict[str, Any] = {}
         self.runs: dict[str, Any] = {}
         self.requests: dict[str, str] = {}
+        self.job_owners: dict[str, str] = {}  # job -> the user who submitted it
         self.nodes: dict[str, dict[str, float]] = {}
         self.node_info: dict[str, dict] = {}
         self.nodes_at = 0.0
@@ -131,9 +148,117 @@ class FuxiMaster:
 
             base = os.path.join(self.data_dir, "zhongkui") if self.data_dir else None
             self._authority = Authority(
-                self.store, os.path.join(base, "keys.json") if base else None,
-                os.path.join(base, "audit.jsonl") if base else None)
+                self.store, self.keys_path, os.path.join(base, "audit.jsonl") if base else None,
+                enabled=self.auth_enabled, keyring=self.keyring)
         return self._authority
+
+    def _who(self, cred):
+        """The verified caller of a job or service operation."""
+        a = self._auth()
+        try:
+            return a.principal(cred)
+        except Exception as e:
+            a.audit.record("?", "authenticate", "fuxi-master", "denied", type(e).__name__)
+            raise
+
+    def _job_owner(self, job_id: str) -> str | None:
+        owner = self.job_owners.get(job_id)
+        if owner is None:
+            st = self.store.get(f"/jobs/{job_id}/status") or {}
+            owner = st.get("owner")
+        return owner
+
+    def _may(self, who, job_id: str, perm: str) -> bool:
+        a = self._auth()
+        return (a.guard.decision(who, "job", job_id, perm, self._job_owner(job_id)).allowed
+                or a.guard.decision(who, "queue", JOB_QUEUE, perm).allowed)
+
+    def _check_job(self, cred, job_id: str, perm: str):
+        who = self._who(cred)
+        if not self._may(who, job_id, perm):
+            if self.store.get(f"/jobs/{job_id}/status") is None and job_id not in self.jobmasters:
+                raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known "
+                                  f"jobs")
+            self._auth().check(who, "job", job_id, perm, self._job_owner(job_id))
+        return who
+
+    def _service_owner(self, name: str) -> str | None:
+        doc = self.store.get(f"/service-owners/{name}")
+        return doc.get("user") if doc else None
+
+    def _check_service(self, cred, name: str, perm: str):
+        who = self._who(cred)
+        a = self._auth()
+        owner = self._service_owner(name)
+        if perm == "view":  # callers and managers may both look at a service
+            if a.guard.decision(who, "service", name, "call", owner).allowed:
+                return who
+            perm = "manage"
+        a.check(who, "service", name, perm, owner)
+        return who
+
+    def kuafu_start_node(self, node: str, cfg: dict) -> dict:
+        """A Kuafu proxy for a node that has none (one that joined after `fuxi up`), with the
+        keys only this actor and the platform's hold."""
+        from kuafu import deploy
+        from zhongkui.guard import auth_doc
+
+        return deploy.start(cfg["namespace"], self.nuwa or cfg["nuwa"], host=cfg["host"],
+                            nodes=[node], settings=cfg["settings"], detached=cfg["detached"],
+                            auth=auth_doc(self.auth_enabled, self.keyring))[0]
+
+    def auth_mode(self) -> dict:
+        return {"enabled": self.auth_enabled}
+
+    def auth_keys(self, proof: str) -> dict:
+        return self._auth().keys_for_platform(proof)
+
+    def auth_acl(self, proof: str) -> dict:
+        return self._auth().acl_for_platform(proof)
+
+    def auth_record(self, proof: str, rec: dict) -> None:
+        self._auth().record_from_platform(proof, rec)
+
+    def _owner_of(self, kind: str, resource: str) -> str | None:
+        """Who owns a resource (they may grant access to it)."""
+        if kind == "job":
+            return self._job_owner(resource)
+        if kind == "service":
+            return self._service_owner(resource)
+        if kind == "nuwa" and self.nuwa:
+            from nuwa.errors import NoNode
+
+            try:
+                return self.store.client.stat(resource)["creator"]
+            except NoNode:
+                return None
+        if kind == "pangu":
+            from pangu.client import Client
+            from pangu.errors import NotFound
+
+            try:
+                return Client(self.cluster, token=self.platform_guard.platform_token()).stat(
+                    resource).get("owner")
+            except NotFound:
+                return None
+        return None
+
+    def auth_grant(self, token: str, kind: str, resource: str, principal: str,
+                   perms: list) -> dict:
+        return self._auth().grant(token, kind, resource, principal, perms,
+                                  owner=self._owner_of(kind, resource))
+
+    def auth_revoke(self, token: str, kind: str, resource: str, principal: str,
+                    perms: list | None = None) -> dict | None:
+        return self._auth().revoke(token, kind, resource, principal, perms,
+                                   owner=self._owner_of(kind, resource))
+
+    def auth_restrict(self, token: str, path: str, on: bool = True) -> list:
+        return self._auth().restrict(token, path, on, owner=self._owner_of("nuwa", path))
+
+    def auth_acl_show(self, token: str, kind: str | None = None,
+                      resource: str | None = None) -> dict:
+        return self._auth().acl_show(token, kind, resource)
 
     def auth_bootstrap(self) -> dict | None:
         return self._auth().bootstrap()
@@ -157,7 +282,10 @@ class FuxiMaster:
         return self._auth().set_password(token, name, password)
 
     def auth_rotate(self, token: str) -> str:
-        return self._auth().rotate_keys(token)
+        kid = self._auth().rotate_keys(token)
+        self.platform_guard.set_keys(self.keyring.to_doc())
+        self.platform_guard.keyring = self.keyring
+        return kid
 
     def auth_audit(self, token: str, who: str | None = None, result: str | None = None) -> list:
         return self._auth().audit_records(token, who=who, result=result)
@@ -169,7 +297,8 @@ class FuxiMaster:
             from fuxi.services import ServiceManager
 
             ns = ray.get_runtime_context().namespace
-            self.services = ServiceManager(self.cluster, ns, self.store, self.detached)
+            self.services = ServiceManager(self.cluster, ns, self.store, self.detached,
+                                           token_for=self._service_token)
             self.services.start()
         return self.services
 
@@ -195,28 +324,64 @@ class FuxiMaster:
                 self.ledger.release_job(did)
         return out
 
-    def service_register(self, spec: dict) -> dict:
-        return self._service_manager().register(spec)
+    def service_register(self, spec: dict, cred: str | None = None) -> dict:
+        """Register a new service: any signed-in user may (and owns it); a name in use needs
+        `manage` on it (and `fuxi service upgrade`)."""
+        who = self._who(cred)
+        name = spec.get("name") if isinstance(spec, dict) else None
+        owner = self._service_owner(name) if isinstance(name, str) else None
+        if owner is not None and name in self._service_manager().cores:
+            self._auth().check(who, "service", name, "manage", owner)
+        elif who.scope is not None:
+            self._auth().check(who, "service", str(name), "manage", owner)
+        out = self._service_manager().register(spec)
+        self.store.put(f"/service-owners/{name}", who.to_doc())
+        return out
 
-    def service_upgrade(self, spec: dict) -> dict:
+    def service_upgrade(self, spec: dict, cred: str | None = None) -> dict:
+        self._check_service(cred, str(spec.get("name") if isinstance(spec, dict) else spec),
+                            "manage")
         return self._service_manager().upgrade(spec)
 
-    def service_scale(self, name: str, replicas: int) -> dict:
+    def service_scale(self, name: str, replicas: int, cred: str | None = None) -> dict:
+        self._check_service(cred, name, "manage")
         return self._service_manager().scale(name, replicas)
 
-    def service_remove(self, name: str) -> dict:
+    def service_remove(self, name: str, cred: str | None = None) -> dict:
+        self._check_service(cred, name, "manage")
         return self._service_manager().remove(name)
 
-    def service_list(self) -> list[dict]:
-        return self._service_manager().list()
+    def service_list(self, cred: str | None = None) -> list[dict]:
+        """The services the caller may call or manage."""
+        who = self._who(cred)
+        g = self._auth().guard
+        return [s for s in self._service_manager().list()
+                if g.decision(who, "service", s["name"], "call",
+                              self._service_owner(s["name"])).allowed
+                or g.decision(who, "service", s["name"], "manage",
+                              self._service_owner(s["name"])).allowed]
 
-    def service_status(self, name: str) -> dict:
+    def service_status(self, name: str, cred: str | None = None) -> dict:
+        self._check_service(cred, name, "view")
         return self._service_manager().status(name)
+
+    def _service_token(self, name: str) -> str:
+        """A replica's token: it registers with Kuafu and reaches the platform as the
+        service's owner (scoped to the service)."""
+        from zhongkui.guard import Principal
+
+        doc = self.store.get(f"/service-owners/{name}") or {}
+        if not doc:
+            return self.platform_guard.platform_token()
+        who = Principal(doc["user"], tuple(doc.get("groups", ())))
+        return self._auth().scoped_token(who, "service", name, ttl_s=SERVICE_TOKEN_TTL_S)
 
     async def _supervise_nuwa(self) -> None:
         from nuwa.group import Group
 
-        group = Group.from_dict(self.nuwa_group)
+        from zhongkui.guard import auth_doc
+
+        group = Group.from_dict(self.nuwa_group, auth_doc(self.auth_enabled, self.keyring))
         while True:
             await asyncio.sleep(NUWA_SUPERVISE_S)
             try:
@@ -310,7 +475,10 @@ class FuxiMaster:
 
     # ------------------------------------------------------------ jobs
 
-    def submit(self, plan: JobPlan, request_id: str, sys_path: list[str] | None = None) -> str:
+    def submit(self, plan: JobPlan, request_id: str, sys_path: list[str] | None = None,
+               cred: str | None = None) -> str:
+        who = self._who(cred)
+        self._auth().check(who, "queue", JOB_QUEUE, "submit")
         if request_id in self.requests:
             return self.requests[request_id]  # a retried submit: same job, no duplicate
         if len(self.jobmasters) >= JOBS_RUNNING_MAX:
@@ -328,7 +496,11 @@ class FuxiMaster:
         self.store.put(f"/jobs/{job_id}/status", {
             "job_id": job_id, "name": plan.name, "state": "pending", "submitted_at": now,
             "started_at": None, "finished_at": None, "output": plan.output, "tasks": {},
+            "owner": who.user,
         })
+        self.job_owners[job_id] = who.user
+        # The job's instances act as their submitter, with no more rights (a scoped token).
+        token = self._auth().scoped_token(who, "job", job_id, ttl_s=JOB_TOKEN_TTL_S)
         # JobMasters live next to FuxiMaster (the head in a `fuxi up` cluster): both are control
         # plane, and a worker node going away must not take a job's master with it.
         opts = {"lifetime": "detached"} if self.detached else {}
@@ -337,7 +509,7 @@ class FuxiMaster:
             **opts,
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False),
         ).remote(job_id, plan, ray.get_runtime_context().current_actor,
-                 os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path)
+                 os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path, token)
         self.jobmasters[job_id] = jm
         self.runs[job_id] = jm.run.remote()
         watcher = asyncio.get_event_loop().create_task(self._watch(job_id))
@@ -371,6 +543,8 @@ class FuxiMaster:
                     return  # already recorded (e.g. cancelled by `fuxi down`)
                 status.update(state=JobState.FAILED.value, finished_at=time.time(),
                               report=f"job master died: {type(e).__name__}: {e}")
+            if job_id in self.job_owners:
+                status["owner"] = self.job_owners[job_id]
             self.store.put(f"/jobs/{job_id}/status", status)
         except Exception:
             logger.exception("recording the end of job %s failed", job_id)
@@ -396,11 +570,17 @@ class FuxiMaster:
                 self.store.delete(f"/jobs/{jid}/status")
                 self.store.delete(f"/jobs/{jid}/spec")
 
-    async def status(self, job_id: str) -> dict:
+    async def status(self, job_id: str, cred: str | None = None) -> dict:
+        self._check_job(cred, job_id, "view")
+        return await self._status(job_id)
+
+    async def _status(self, job_id: str) -> dict:
         jm = self.jobmasters.get(job_id)
         if jm is not None:
             try:
-                return await asyncio.wait_for(jm.status.remote(), JOBMASTER_CALL_TIMEOUT_S)
+                st = await asyncio.wait_for(jm.status.remote(), JOBMASTER_CALL_TIMEOUT_S)
+                st.setdefault("owner", self.job_owners.get(job_id))
+                return st
             except Exception:
                 pass  # finishing right now: fall through to the stored record
         st = self.store.get(f"/jobs/{job_id}/status")
@@ -408,45 +588,53 @@ class FuxiMaster:
             raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
         return st
 
-    async def list_jobs(self) -> list[dict]:
+    async def list_jobs(self, cred: str | None = None) -> list[dict]:
+        """The jobs the caller may view."""
+        who = self._who(cred)
         out = []
         for key in self.store.list("/jobs/"):
             if key.endswith("/status"):
                 jid = key.split("/")[2]
+                if not self._may(who, jid, "view"):
+                    continue
                 if jid in self.jobmasters:
                     try:
-                        out.append(await self.status(jid))
+                        out.append(await self._status(jid))
                         continue
                     except Exception:
                         pass
                 out.append(self.store.get(key))
         return sorted(out, key=lambda s: s.get("submitted_at") or 0)
 
-    async def cancel(self, job_id: str) -> dict:
+    async def cancel(self, job_id: str, cred: str | None = None) -> dict:
+        self._check_job(cred, job_id, "cancel")
         jm = self.jobmasters.get(job_id)
         if jm is None:
-            st = await self.status(job_id)  # raises JobNotFound for unknown ids
+            st = await self._status(job_id)  # raises JobNotFound for unknown ids
             return {"job_id": job_id, "state": st.get("state"), "cancelling": False}
         await asyncio.wait_for(jm.cancel.remote(), JOBMASTER_CALL_TIMEOUT_S)
         return {"job_id": job_id, "cancelling": True}
 
-    async def wait(self, job_id: str, timeout_s: float) -> dict:
+    async def wait(self, job_id: str, timeout_s: float, cred: str | None = None) -> dict:
         """Wait up to ``timeout_s`` for a job to end; returns its status either way."""
+        self._check_job(cred, job_id, "view")
         ref = self.runs.get(job_id)
         if ref is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(ref), timeout_s)
             except asyncio.TimeoutError:
-                return await self.status(job_id)
+                return await self._status(job_id)
             except Exception:
                 pass  # the JobMaster died; _watch records that
             for _ in range(50):  # the job ended: give _watch a moment to store the record
                 if job_id not in self.jobmasters:
                     break
                 await asyncio.sleep(0.01)
-        return await self.status(job_id)
+        return await self._status(job_id)
 
-    def logs(self, job_id: str, task: str | None = None, instance: int | None = None) -> list[dict]:
+    def logs(self, job_id: str, task: str | None = None, instance: int | None = None,
+             cred: str | None = None) -> list[dict]:
+        self._check_job(cred, job_id, "view")
         if self.store.get(f"/jobs/{job_id}/status") is None:
             raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
         return read_job_logs(self.log_dir, job_id, task, instance)

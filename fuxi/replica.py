@@ -66,7 +66,14 @@ class ServiceReplica:
                                f"returned False")
         return True
 
-    def register(self) -> str:
+    def register(self, token: str = "") -> str:
+        """Attach to the node's proxy as the service's owner (``token``, scoped to this
+        service; the replica's own calls to the platform use it too)."""
+        if token:
+            from zhongkui import creds
+
+            creds.set_token(token)
+            self.server.credentials = token
         if not self.endpoint:
             from kuafu.deploy import local_proxy
 

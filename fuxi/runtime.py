@@ -71,6 +71,7 @@ class ClusterRecord:
     nuwa_group: dict | None = None  # nuwa.group.Group.to_dict(), for FuxiMaster's supervision
     nuwa_replicas: int = 0
     head_started: int | None = None  # the head's start time in clock ticks since boot
+    auth: bool = False  # Zhongkui enforces access control (`fuxi up --auth`)
 
     @classmethod
     def load(cls, cluster: str) -> "ClusterRecord | None":
@@ -179,7 +180,7 @@ def _ray_init(**kwargs) -> None:
 
 
 def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None,
-                  nuwa_group: dict | None = None):
+                  nuwa_group: dict | None = None, auth: bool = False):
     import ray
 
     from fuxi.master import FuxiMaster
@@ -187,15 +188,18 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
     opts = {"name": MASTER_NAME, "namespace": namespace(cluster), "get_if_exists": True}
     if detached:
         opts["lifetime"] = "detached"
-    master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa, nuwa_group)
+    master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa, nuwa_group, auth)
     ray.get(master.cluster_info.remote(), timeout=ACTOR_READY_TIMEOUT_S)
     ray.get(master.supervise.remote(), timeout=ACTOR_READY_TIMEOUT_S)
     return master
 
 
 def up(cluster: str = "default", address: str | None = None, num_cpus: int | None = None,
-       auth_token_path: str | None = None, nuwa_replicas: int = 3) -> ClusterRecord:
-    """Start (or deploy onto) a persistent cluster and record it."""
+       auth_token_path: str | None = None, nuwa_replicas: int = 3,
+       auth: bool | None = None) -> ClusterRecord:
+    """Start (or deploy onto) a persistent cluster and record it. ``auth``: Zhongkui enforces
+    access control everywhere (default: on for a cluster we deploy onto, which may span
+    machines; off for a local head, where the operator is the only user)."""
     existing = find_cluster(cluster)
     if existing is not None:
         raise ClusterError(f"cluster {cluster!r} is already up at {existing.address}; "
@@ -203,7 +207,11 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
     data_dir = cluster_dir(cluster)
     os.makedirs(data_dir, exist_ok=True)
     rec = ClusterRecord(cluster=cluster, address="", namespace=namespace(cluster),
-                        data_dir=data_dir, started_at=time.time())
+                        data_dir=data_dir, started_at=time.time(),
+                        auth=bool(address is not None if auth is None else auth))
+    if rec.auth and not nuwa_replicas:
+        raise BadInput("--auth needs Nuwa (users, ACL entries and the audit trail live there); "
+                       "use --nuwa-replicas 1, 3 or 5")
     if address is None:
         token_path = os.path.join(data_dir, "auth_token")
         if not os.path.exists(token_path):
@@ -248,9 +256,15 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
     rec.nuwa_replicas = nuwa_replicas
     rec.save()
     try:
-        _start_nuwa(rec)  # bootstrapping order: Nuwa first, then FuxiMaster keeps its state there
-        _start_pangu(rec)
-        _start_kuafu(rec)
+        # The cluster's signing keys come first: every platform actor is made with them.
+        from zhongkui.authority import load_or_create_keys
+        from zhongkui.guard import auth_doc
+
+        keys = load_or_create_keys(keys_path(cluster))
+        auth_config = auth_doc(rec.auth, keys) if rec.auth else None
+        _start_nuwa(rec, auth_config)  # then Nuwa: FuxiMaster keeps its state there
+        _start_pangu(rec, auth_config)
+        _start_kuafu(rec, auth_config)
         with connect(cluster, embedded_ok=False) as conn:
             import ray
 
@@ -266,6 +280,11 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
     return rec
 
 
+def keys_path(cluster: str) -> str:
+    """Zhongkui's signing keys (0600), readable only by the platform's OS user."""
+    return os.path.join(cluster_dir(cluster), "zhongkui", "keys.json")
+
+
 CREDENTIALS_FILE = "credentials.json"  # the first administrator's name, password and token
 TOKEN_FILE = "token"  # the signed-in user's token (`fuxi login`), sent by the CLI
 
@@ -277,7 +296,7 @@ def write_private(path: str, text: str) -> None:
     _write_private(path, text)
 
 
-def _start_nuwa(rec: ClusterRecord) -> None:
+def _start_nuwa(rec: ClusterRecord, auth: dict | None = None) -> None:
     """Start the cluster's Nuwa group (replicas recover their state from an earlier `fuxi up`)."""
     import ray
 
@@ -288,7 +307,7 @@ def _start_nuwa(rec: ClusterRecord) -> None:
     _set_auth_mode(rec.token_path)
     _ray_init(address=rec.address, namespace=rec.namespace)
     try:
-        group = start_group(rec.nuwa_replicas, rec.data_dir, rec.namespace)
+        group = start_group(rec.nuwa_replicas, rec.data_dir, rec.namespace, auth=auth)
         rec.nuwa = [list(a) for a in group.client_addresses()]
         rec.nuwa_group = group.to_dict()
         rec.save()
@@ -305,7 +324,7 @@ def pangu_layout(nodes: int) -> dict:
     return {"per_node": 1, "settings": {"expect_servers": nodes}}
 
 
-def _start_pangu(rec: ClusterRecord) -> None:
+def _start_pangu(rec: ClusterRecord, auth: dict | None = None) -> None:
     """Start the cluster's Pangu: two masters sharing a Nuwa journal (one without Nuwa) and a
     chunkserver per node. Files kept by an earlier `fuxi up` are found again on disk."""
     import ray
@@ -317,12 +336,13 @@ def _start_pangu(rec: ClusterRecord) -> None:
     try:
         layout = pangu_layout(len(deploy.alive_nodes()))
         deploy.start(rec.cluster, rec.data_dir, masters=2 if rec.nuwa else 1, nuwa=rec.nuwa,
-                     per_node=layout["per_node"], settings=layout["settings"], detached=True)
+                     per_node=layout["per_node"], settings=layout["settings"], detached=True,
+                     auth=auth)
     finally:
         ray.shutdown()
 
 
-def _start_kuafu(rec: ClusterRecord) -> None:
+def _start_kuafu(rec: ClusterRecord, auth: dict | None = None) -> None:
     """Start a Kuafu proxy on every node; they publish themselves and the services attached
     to them in the cluster's Nuwa, so `fuxi call nuwa://<cluster>/<service>` finds them."""
     import ray
@@ -335,7 +355,7 @@ def _start_kuafu(rec: ClusterRecord) -> None:
         head = rec.address.rpartition(":")[0]
         # A local head: loopback only. A cluster we deployed onto: each node's own address.
         host = "127.0.0.1" if head in ("", "127.0.0.1", "localhost") else deploy.NODE_IP
-        deploy.start(rec.namespace, rec.nuwa, host=host, detached=True)
+        deploy.start(rec.namespace, rec.nuwa, host=host, detached=True, auth=auth)
     finally:
         ray.shutdown()
 
@@ -523,7 +543,7 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
             master = ray.get_actor(MASTER_NAME, namespace=rec.namespace)
         except ValueError:
             master = _start_master(cluster, rec.data_dir, detached=True, nuwa=rec.nuwa,
-                                   nuwa_group=rec.nuwa_group)
+                                   nuwa_group=rec.nuwa_group, auth=rec.auth)
         yield Connection(cluster, master, rec.address, embedded=False, data_dir=rec.data_dir)
     finally:
         ray.shutdown()

@@ -38,8 +38,9 @@ KEY = "/services/"
 
 
 class ServiceManager:
-    def __init__(self, cluster: str, namespace: str, store, detached: bool):
+    def __init__(self, cluster: str, namespace: str, store, detached: bool, token_for=None):
         self.cluster, self.namespace, self.store, self.detached = cluster, namespace, store, detached
+        self.token_for = token_for or (lambda name: "")  # a replica's token, by service
         self.cores: dict[str, ServiceCore] = {}
         self.handles: dict[str, object] = {}
         self.busy: set[str] = set()          # replicas with a start/check/drain in progress
@@ -303,7 +304,8 @@ class ServiceManager:
                                          f"it on {info['node'][:12]}")
                 r.node = info["node"]
             await asyncio.wait_for(h.check.remote(), spec["health_check"]["timeout_s"])
-            await asyncio.wait_for(h.register.remote(), spec["start_timeout_s"])
+            await asyncio.wait_for(h.register.remote(self.token_for(core.name)),
+                                   spec["start_timeout_s"])
         except Exception as e:  # noqa: BLE001 - constructor, check or registration failed
             core.start_failed(rid, _short(e), time.time())
             return
@@ -320,7 +322,8 @@ class ServiceManager:
         spec = core._spec_of(r.version)
         try:
             await asyncio.wait_for(h.check.remote(), spec["health_check"]["timeout_s"])
-            await asyncio.wait_for(h.register.remote(), spec["start_timeout_s"])
+            await asyncio.wait_for(h.register.remote(self.token_for(core.name)),
+                                   spec["start_timeout_s"])
         except Exception as e:  # noqa: BLE001 - not usable: replaced
             self.handles.pop(rid, None)
             ray.kill(h)

@@ -65,7 +65,12 @@ def _interrupt(thread: threading.Thread) -> None:
 
 @ray.remote(num_cpus=0)
 class WorkerActor:
-    def __init__(self, job_id: str, worker_id: str, sys_path: list[str] | None = None):
+    def __init__(self, job_id: str, worker_id: str, sys_path: list[str] | None = None,
+                 token: str = ""):
+        if token:  # the job's scoped token: instances act as the submitter, no more
+            from zhongkui import creds
+
+            creds.set_token(token)
         for p in sys_path or []:  # the submit directory, where the job's own modules live
             if p not in sys.path:
                 sys.path.insert(0, p)

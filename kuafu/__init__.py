@@ -15,11 +15,11 @@
 See docs/kuafu.md."""
 
 from kuafu.client import AsyncClient, Client, Handle, aconnect, connect, parse_uri
-from kuafu.errors import (BadRequest, FrameError, KuafuError, Overloaded, RemoteError, TimedOut,
-                          TooLarge, Unavailable)
+from kuafu.errors import (BadRequest, Denied, FrameError, KuafuError, Overloaded, RemoteError,
+                          TimedOut, TooLarge, Unauthenticated, Unavailable)
 from kuafu.server import Context, Server, ServerHandle, attach, context, method, serve
 
 __all__ = ["AsyncClient", "Client", "Handle", "aconnect", "connect", "parse_uri",
            "BadRequest", "FrameError", "KuafuError", "Overloaded", "RemoteError", "TimedOut",
-           "TooLarge", "Unavailable", "Context", "Server", "ServerHandle", "attach", "context",
+           "TooLarge", "Unavailable", "Unauthenticated", "Denied", "Context", "Server", "ServerHandle", "attach", "context",
            "method", "serve"]

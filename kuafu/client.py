@@ -179,6 +179,10 @@ class Channel:
             timeout_s = min(timeout_s, ctx.remaining_s())
             if credentials is None:
                 credentials = ctx.credentials
+        if credentials is None:  # this process's token (Zhongkui), if it has one
+            from zhongkui import creds
+
+            credentials = creds.token() or None
         if timeout_s <= 0:
             raise TimedOut("the deadline had already passed; not sent")
         bk = _backup_header(backup)
@@ -359,6 +363,12 @@ class AsyncClient:
         self.uri = uri
         self.service = service or svc
         self.timeout_s = timeout_s
+        if credentials is None:
+            scheme, where, _ = parse_uri(uri)
+            if scheme == "nuwa":  # the token the user signed in to that cluster with
+                from zhongkui import creds
+
+                credentials = creds.token(where) or None
         self.credentials = credentials
         self.channel = Channel(_resolver(uri, proxy, nuwa), **window)
 

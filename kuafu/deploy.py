@@ -48,7 +48,8 @@ def _actor_class():
         from Ray's: actor calls are only for control (info, stats, shutdown)."""
 
         def __init__(self, namespace: str, node_id: str, nuwa, host: str, port: int,
-                     settings: dict | None = None, detached: bool = False):
+                     settings: dict | None = None, detached: bool = False,
+                     auth: dict | None = None):
             import resource
             import secrets
 
@@ -59,8 +60,13 @@ def _actor_class():
             want = min(hard, FDS_WANTED) if hard != resource.RLIM_INFINITY else FDS_WANTED
             if soft < want:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            from zhongkui.shell import make_guard
+
+            # The config a proxy for a new node copies; never the keys (FuxiMaster starts
+            # proxies when authentication is on: it holds them).
             self.config = {"namespace": namespace, "nuwa": nuwa, "host": host,
-                           "settings": settings or {}, "detached": detached}
+                           "settings": settings or {}, "detached": detached,
+                           "auth_enabled": bool((auth or {}).get("enabled"))}
             if host == NODE_IP:  # each proxy binds its own node's address
                 host = ray.util.get_node_ip_address()
             # A new incarnation token per start: endpoint names never repeat across restarts.
@@ -68,6 +74,7 @@ def _actor_class():
             self.loop = LoopThread("kuafu-proxy")
             self.core = ProxyCore(proxy_id, host=host, port=port,
                                   uds=socket_path(namespace, node_id), nuwa=nuwa, node=node_id,
+                                  guard=make_guard(auth, f"kuafu-{node_id[:8]}", namespace),
                                   **(settings or {}))
             self.loop.run(self.core.start(), START_TIMEOUT_S)
 
@@ -106,12 +113,13 @@ def alive_nodes() -> list[str]:
 
 def start(namespace: str, nuwa: list | None, *, host: str = "127.0.0.1", port: int = 0,
           nodes: list[str] | None = None, detached: bool = False, settings: dict | None = None,
-          timeout_s: float = START_TIMEOUT_S) -> list[dict]:
+          timeout_s: float = START_TIMEOUT_S, auth: dict | None = None) -> list[dict]:
     """Start (or find) a proxy on every node in ``nodes`` (default: every alive node); returns
     their ``info()`` (proxy id, tcp and unix addresses, node). ``host`` is the TCP address to
     bind: an address, or ``NODE_IP`` for each node's own (clusters spanning machines).
     ``settings`` are ProxyCore keyword arguments (``idle_timeout_s``, ``hello_timeout_s``,
-    ``partial_timeout_s``)."""
+    ``partial_timeout_s``). ``auth`` is Zhongkui's ``{"enabled", "keys"}`` (None: no
+    authentication)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -122,7 +130,7 @@ def start(namespace: str, nuwa: list | None, *, host: str = "127.0.0.1", port: i
         if detached:
             opts["lifetime"] = "detached"
         h = proxy_class().options(**opts).remote(namespace, node, nuwa, host, port,
-                                                 dict(settings or {}), detached)
+                                                 dict(settings or {}), detached, auth)
         _held[(namespace, node)] = h
         handles.append(h)
     return ray.get([h.info.remote() for h in handles], timeout=timeout_s)
@@ -175,6 +183,11 @@ def ensure_local(namespace: str, timeout_s: float = START_TIMEOUT_S) -> str:
         raise Unavailable(f"Kuafu is not running in namespace {namespace!r}: no proxy on any "
                           f"node (start them with kuafu.deploy.start or `fuxi up`)")
     cfg = ray.get(next(iter(found.values())).get_config.remote(), timeout=timeout_s)
+    if cfg.get("auth_enabled"):  # FuxiMaster holds the keys a new proxy needs
+        from fuxi.runtime import MASTER_NAME
+
+        master = ray.get_actor(MASTER_NAME, namespace=namespace)
+        return ray.get(master.kuafu_start_node.remote(node, cfg), timeout=timeout_s)["uds"]
     # Detached like the others when they are (a worker that started it may exit).
     return start(namespace, cfg["nuwa"], host=cfg["host"], nodes=[node],
                  settings=cfg["settings"], detached=cfg["detached"],
@@ -207,16 +220,18 @@ def find_proxy(cluster: str) -> str:
     if not rec.nuwa:
         raise Unavailable(f"cluster {cluster!r} runs without Nuwa, so nuwa:// addresses cannot "
                           f"be resolved; call a proxy directly with tcp://host:port/<service>")
-    return proxy_from_nuwa(rec.nuwa)
+    from zhongkui import creds
+
+    return proxy_from_nuwa(rec.nuwa, creds.token(cluster))
 
 
-def proxy_from_nuwa(nuwa_addresses: list) -> str:
+def proxy_from_nuwa(nuwa_addresses: list, token: str | None = None) -> str:
     from nuwa import errors as NE
     from nuwa.client import connect as nuwa_connect
 
     from kuafu.proxy import PROXIES_PATH
 
-    with nuwa_connect([tuple(a) for a in nuwa_addresses]) as nw:
+    with nuwa_connect([tuple(a) for a in nuwa_addresses], token=token) as nw:
         try:
             names = nw.list(PROXIES_PATH)
         except NE.NoNode:

@@ -63,6 +63,18 @@ class TimedOut(KuafuError, TimeoutError):
     maybe_executed = True
 
 
+class Unauthenticated(KuafuError):
+    """No token, or one that is malformed, forged, expired or of another cluster (Zhongkui)."""
+
+    code = "Unauthenticated"
+
+
+class Denied(KuafuError, PermissionError):
+    """A signed-in caller without the permission the call needs (Zhongkui)."""
+
+    code = "Denied"
+
+
 class RemoteError(KuafuError):
     """The service's method raised. ``remote_type`` is the exception's qualified type name
     and ``remote_traceback`` its formatted traceback on the server."""
@@ -82,6 +94,7 @@ class RemoteError(KuafuError):
 
 
 CODES = {c.code: c for c in (KuafuError, FrameError, TooLarge, BadRequest, Overloaded,
+                             Unauthenticated, Denied,
                              Unavailable, TimedOut, RemoteError)}
 
 

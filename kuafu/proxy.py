@@ -42,7 +42,8 @@ from kuafu import flow
 from kuafu import frame as F
 from kuafu.conn import (HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, PARTIAL_FRAME_TIMEOUT_S,
                         PING_INTERVAL_S, Conn, stale_reason)
-from kuafu.errors import (BadRequest, FrameError, KuafuError, Overloaded, TimedOut, Unavailable)
+from kuafu.errors import (BadRequest, Denied, FrameError, KuafuError, Overloaded, TimedOut,
+                          Unauthenticated, Unavailable)
 from kuafu.server import CONTROL_SERVICE, check_service_name, timeout_from_header
 
 log = logging.getLogger("kuafu.proxy")
@@ -66,17 +67,20 @@ BACKUP_SAMPLES_MIN = 20  # replies seen before a percentile can time a backup
 
 
 class Endpoint:
-    __slots__ = ("name", "service", "proxy_id", "address", "conn", "idem", "inflight", "node")
+    __slots__ = ("name", "service", "proxy_id", "address", "conn", "idem", "inflight", "node",
+                 "owner")
 
-    def __init__(self, name, service, proxy_id, address, conn=None, idem=(), node=""):
+    def __init__(self, name, service, proxy_id, address, conn=None, idem=(), node="",
+                 owner=None):
         self.name, self.service, self.proxy_id = name, service, proxy_id
         self.address, self.conn, self.idem = address, conn, set(idem)
         self.inflight, self.node = 0, node
+        self.owner = owner  # who registered it (Zhongkui: the service's owner)
 
     def describe(self) -> dict:
         return {"endpoint": self.name, "service": self.service, "proxy": self.address,
                 "node": self.node, "local": self.conn is not None, "in_flight": self.inflight,
-                "idempotent": sorted(self.idem)}
+                "idempotent": sorted(self.idem), "owner": self.owner}
 
 
 class Route:
@@ -85,7 +89,7 @@ class Route:
     __slots__ = ("src", "src_id", "svc", "method", "header", "body", "deadline", "idem", "nbytes",
                  "more", "retryable", "target", "tid", "ep", "tried", "sent", "admitted",
                  "queued", "pieces", "held", "retries", "resp_started", "nowait", "looked_up",
-                 "twin", "sent_at", "backup_timer", "is_backup")
+                 "twin", "sent_at", "backup_timer", "is_backup", "who", "authorized")
 
     def __init__(self, src, src_id, header, body, deadline):
         self.src, self.src_id, self.header, self.body = src, src_id, header, body
@@ -107,6 +111,8 @@ class Route:
         self.sent_at = 0.0
         self.backup_timer = None
         self.is_backup = False
+        self.who = None          # the verified caller (Zhongkui), when authentication is on
+        self.authorized = False  # allowed to call this service
 
 
 class ProxyCore:
@@ -114,8 +120,11 @@ class ProxyCore:
                  uds: str | None = None, nuwa=None, node: str = "",
                  advertise_host: str | None = None,
                  idle_timeout_s: float = IDLE_TIMEOUT_S, hello_timeout_s: float = HELLO_TIMEOUT_S,
-                 partial_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S):
+                 partial_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S, guard=None):
         self.proxy_id, self.host, self.port, self.uds = proxy_id, host, port, uds
+        # Zhongkui: every caller presents a token (``cred``), verified here; calls are allowed
+        # by ``service:<name> call`` on the endpoint's owner. None: no authentication.
+        self.guard = guard if guard is not None and guard.enabled else None
         self.advertise_host = advertise_host or host
         self.nuwa_addresses = nuwa
         self.node = node
@@ -137,7 +146,8 @@ class ProxyCore:
         self.counters = {"requests": 0, "responses": 0, "errors": 0, "retries": 0,
                          "overloaded": 0, "timed_out": 0, "rejected_frames": 0,
                          "closed_stale": 0, "refused_connections": 0, "held_bytes_max": 0,
-                         "accepted": 0, "backups_sent": 0, "backups_won": 0}
+                         "accepted": 0, "backups_sent": 0, "backups_won": 0,
+                         "unauthenticated": 0, "denied": 0}
         self.held_bytes = 0
         self.nuwa = None
         self.tcp_address = ""
@@ -302,7 +312,80 @@ class ProxyCore:
             self._fail(r, TimedOut("the deadline had passed when the request reached the proxy;"
                                    " not sent"))
             return
+        if self.guard is not None:
+            r.who = self._who(src, h.get("cred"))
+            if r.who is None:  # a key we have not seen: fetch the keyring, then go on
+                self.loop.create_task(self._identify_then_dispatch(r))
+                return
+            if isinstance(r.who, KuafuError):
+                err, r.who = r.who, None
+                self._fail(r, err)
+                return
         self._dispatch(r)
+
+    # ------------------------------------------------------------ Zhongkui
+    def _who(self, conn: Conn, cred):
+        """The verified caller of a request on ``conn`` (tokens are verified once per
+        connection and token), an Unauthenticated error, or None when the keyring must be
+        fetched first."""
+        from zhongkui.errors import BadCredentials, UnknownKey
+
+        hit = conn.attrs.get("who")
+        if hit is not None and hit[0] == cred and hit[1].expires_at > self.guard.clock():
+            return hit[1]
+        try:
+            who = self.guard.identify(cred)
+        except UnknownKey:
+            if self.guard.fetch_keys is not None:
+                return None
+            self.counters["unauthenticated"] += 1
+            return Unauthenticated("the token was signed by a key this cluster does not have")
+        except BadCredentials as e:
+            self.counters["unauthenticated"] += 1
+            return Unauthenticated(f"{type(e).__name__}: {e}")
+        conn.attrs["who"] = (cred, who)
+        return who
+
+    async def _identify_then_dispatch(self, r: Route) -> None:
+        from zhongkui.errors import BadCredentials
+
+        try:
+            r.who = await self.guard.aidentify(r.header.get("cred"))
+        except BadCredentials as e:
+            self.counters["unauthenticated"] += 1
+            self._fail(r, Unauthenticated(f"{type(e).__name__}: {e}"))
+            return
+        r.src.attrs["who"] = (r.header.get("cred"), r.who)
+        if (r.src, r.src_id) in self.inbound:
+            self._dispatch(r)
+
+    def _authorized(self, r: Route, ep: Endpoint) -> bool:
+        """May ``r``'s caller call ``ep``'s service? False when the call was failed or is
+        being decided again with fresh ACL entries."""
+        g = self.guard
+        if g.acl_stale():
+            g.refresh_soon()
+        if g.decision(r.who, "service", r.svc, "call", ep.owner).allowed:
+            r.authorized = True
+            return True
+        if g.fetch_acl is not None and not r.header.get("zk_refreshed"):
+            r.header["zk_refreshed"] = 1  # at most one refresh per call
+
+            async def again():
+                await g.refresh_acl()
+                if (r.src, r.src_id) in self.inbound:
+                    r.tried.discard(ep.name)
+                    self._dispatch(r)
+            self.loop.create_task(again())
+            return False
+        from zhongkui.errors import Denied as ZDenied
+
+        self.counters["denied"] += 1
+        try:
+            g.check(r.who, "service", r.svc, "call", ep.owner)  # records the denial
+        except ZDenied as e:
+            self._fail(r, Denied(str(e)))
+        return False
 
     def _on_request_piece(self, src: Conn, f: F.Frame) -> None:
         r = self.inbound.get((src, f.request_id))
@@ -366,6 +449,8 @@ class ProxyCore:
             return
         r.ep = ep
         r.tried.add(ep.name)
+        if self.guard is not None and not r.authorized and not self._authorized(r, ep):
+            return
         if ep.conn is not None:
             self._send_to(ep.conn, r)
             return
@@ -460,6 +545,16 @@ class ProxyCore:
         if r.ep.idem and r.method in r.ep.idem:
             r.idem = True
         h.pop("bk", None)  # backups are decided here, by the caller's proxy
+        h.pop("zk_refreshed", None)
+        if r.ep.conn is not None:
+            # To the server: who calls, as verified here; never the caller's token.
+            h.pop("cred", None)
+            if r.who is not None:
+                h["caller"] = r.who.user
+            else:
+                h.pop("caller", None)
+        else:
+            h.pop("caller", None)  # the next proxy verifies the token itself
         target.write(F.encode(F.REQUEST, h, r.body))
         r.sent = True
         r.sent_at = self.loop.time()
@@ -723,11 +818,18 @@ class ProxyCore:
                     c.write(F.encode(F.PING, {"id": 0}))
 
     # ------------------------------------------------------------ control service
-    def _control(self, conn: Conn, f: F.Frame) -> None:
+    def _control(self, conn: Conn, f: F.Frame, who=None) -> None:
         rid = f.request_id
         try:
             msg = F.unpack_body(f.header.get("type", "bytes"), f.body)
             m = f.header.get("m")
+            if self.guard is not None and m != "ping" and who is None:
+                who = self._who(conn, f.header.get("cred"))
+                if who is None:
+                    self.loop.create_task(self._identify_then_control(conn, f))
+                    return
+                if isinstance(who, KuafuError):
+                    raise who
             if m == "ping":
                 conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid}, "pong"))
             elif m == "stats":
@@ -738,7 +840,7 @@ class ProxyCore:
                 eps = [e.describe() for e in self._all_endpoints(svc)]
                 conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid}, json.dumps(eps)))
             elif m == "register":
-                self._register(conn, rid, msg)
+                self._register(conn, rid, msg, who)
             elif m == "unregister":
                 self._unregister(conn, rid, msg)
             else:
@@ -748,6 +850,23 @@ class ProxyCore:
         except KuafuError as e:
             conn.write(self._error_frame(rid, e))
 
+    async def _identify_then_control(self, conn: Conn, f: F.Frame) -> None:
+        from zhongkui.errors import BadCredentials
+
+        try:
+            who = await self.guard.aidentify(f.header.get("cred"))
+        except BadCredentials as e:
+            conn.write(self._error_frame(f.request_id, Unauthenticated(f"{type(e).__name__}: {e}")))
+            return
+        conn.attrs["who"] = (f.header.get("cred"), who)
+        self._control(conn, f, who)
+
+    def _service_owner(self, svc: str) -> str | None:
+        for ep in self._all_endpoints(svc):
+            if ep.owner:
+                return ep.owner
+        return None
+
     def _all_endpoints(self, svc: str | None) -> list[Endpoint]:
         out = []
         for table in (self.local, self.remote):
@@ -756,13 +875,27 @@ class ProxyCore:
                     out.extend(eps.values())
         return out
 
-    def _register(self, conn: Conn, rid: int, msg) -> None:
+    def _register(self, conn: Conn, rid: int, msg, who=None) -> None:
         if not isinstance(msg, dict) or "service" not in msg:
             raise BadRequest("register takes a map with 'service' (and 'idempotent': "
                              "comma-separated method names)")
         svc = check_service_name(msg["service"])
         if svc == CONTROL_SERVICE:
             raise BadRequest(f"{CONTROL_SERVICE!r} is the proxy's own service")
+        owner = None
+        if self.guard is not None:
+            # A service belongs to whoever serves it first; others need `manage` on it.
+            owner = who.user
+            current = self._service_owner(svc)
+            if current is not None and current != who.user:
+                from zhongkui.errors import Denied as ZDenied
+
+                try:
+                    self.guard.check(who, "service", svc, "manage", current)
+                except ZDenied as e:
+                    self.counters["denied"] += 1
+                    raise Denied(f"{e}: {svc!r} is served by {current!r}") from None
+                owner = current
         if len(self.local.get(svc, {})) >= ENDPOINTS_PER_SERVICE_MAX:
             raise Overloaded(f"{svc!r} has {ENDPOINTS_PER_SERVICE_MAX} endpoints on this proxy "
                              f"(ENDPOINTS_PER_SERVICE_MAX)")
@@ -772,7 +905,7 @@ class ProxyCore:
                              "connection; attach servers on their own connection")
         conn.role = "server"
         name = f"{self.proxy_id}~{next(self.ep_seq)}"
-        ep = Endpoint(name, svc, self.proxy_id, self.tcp_address, conn, idem, self.node)
+        ep = Endpoint(name, svc, self.proxy_id, self.tcp_address, conn, idem, self.node, owner)
         self.local.setdefault(svc, {})[name] = ep
         self.by_name[name] = ep
         conn.attrs.setdefault("endpoints", set()).add(name)
@@ -831,7 +964,8 @@ class ProxyCore:
         from nuwa.client import AsyncNuwa
 
         self.nuwa = AsyncNuwa([tuple(a) for a in self.nuwa_addresses], NUWA_TIMEOUT_S,
-                              creator=f"kuafu-proxy:{self.proxy_id}")
+                              creator=f"kuafu-proxy:{self.proxy_id}",
+                              token=self.guard.platform_token if self.guard else None)
         await self._ensure_dir(SERVICES_PATH)
         await self._ensure_dir(PROXIES_PATH)
         await self._publish_self()
@@ -862,7 +996,7 @@ class ProxyCore:
     async def _publish(self, ep: Endpoint) -> None:
         path = f"{SERVICES_PATH}{ep.service}/{ep.name}"
         value = json.dumps({"proxy": ep.address, "proxy_id": self.proxy_id, "node": self.node,
-                            "idempotent": sorted(ep.idem)}).encode()
+                            "idempotent": sorted(ep.idem), "owner": ep.owner}).encode()
         await self._create_ephemeral(path, value)
         self._published[ep.name] = path
 
@@ -936,7 +1070,7 @@ class ProxyCore:
         if not isinstance(d, dict) or d.get("proxy_id") == self.proxy_id or not d.get("proxy"):
             return None  # our own endpoints are in self.local
         return Endpoint(name, svc, d["proxy_id"], d["proxy"], None, d.get("idempotent", ()),
-                        d.get("node", ""))
+                        d.get("node", ""), d.get("owner"))
 
     def _apply(self, ev: dict) -> None:
         parts = ev["path"].split("/")

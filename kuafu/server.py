@@ -67,8 +67,9 @@ class Context:
     service: str
     method: str
     deadline: float            # time.monotonic() by which the caller wants the answer
-    credentials: object = None  # the caller's credentials (Zhongkui fills this slot)
+    credentials: object = None  # the caller's token, when it reached us without a proxy
     request_id: int = 0
+    caller: str | None = None  # the caller's user name as the proxy verified it (Zhongkui)
 
     def remaining_s(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -184,6 +185,7 @@ class Server:
         self._pinger: asyncio.Task | None = None
         self._reattacher: asyncio.Task | None = None
         self.proxy_address: str | None = None
+        self.credentials: str | None = None  # the token the server attaches with (Zhongkui)
         self.reattached = 0
         self.idle_timeout_s = IDLE_TIMEOUT_S
         self.stopping = False
@@ -271,7 +273,9 @@ class Server:
         except KuafuError as e:
             conn.write(_error_frame(rid, e))
             return
-        ctx = Context(svc.name, h["m"], time.monotonic() + timeout_s, h.get("cred"), rid)
+        caller = h.get("caller") if conn.attrs.get("via_proxy") else None
+        ctx = Context(svc.name, h["m"], time.monotonic() + timeout_s, h.get("cred"), rid,
+                      caller if isinstance(caller, str) else None)
         svc.queued += 1
         task = self.loop.create_task(self._run(conn, rid, svc, fn, message, ctx))
         self.tasks[(conn, rid)] = task
@@ -376,6 +380,7 @@ class Server:
 
         self.loop = asyncio.get_running_loop()
         _, conn = await open_connection(address, self._protocol, timeout_s)
+        conn.attrs["via_proxy"] = True  # requests on it were authenticated by the proxy
         self.proxy = conn
         self.proxy_address = address
         out = {}
@@ -417,9 +422,15 @@ class Server:
         rid = next(self._control_ids)
         fut = self.loop.create_future()
         self._control_waits[rid] = fut
-        self.proxy.write_frames(F.encode_message(
-            F.REQUEST, {"id": rid, "svc": CONTROL_SERVICE, "m": method,
-                        "dl": int(timeout_s * 1000)}, message))
+        header = {"id": rid, "svc": CONTROL_SERVICE, "m": method, "dl": int(timeout_s * 1000)}
+        cred = self.credentials
+        if cred is None:
+            from zhongkui import creds
+
+            cred = creds.token()
+        if cred:
+            header["cred"] = cred
+        self.proxy.write_frames(F.encode_message(F.REQUEST, header, message))
         try:
             f = await asyncio.wait_for(fut, timeout_s)
         except asyncio.TimeoutError:

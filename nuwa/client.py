@@ -88,12 +88,16 @@ WATCH_EARLY_MAX = 1024  # watches whose backlog may wait for the subscribe reply
 
 class AsyncNuwa:
     def __init__(self, addresses: Sequence[tuple[str, int]], timeout_s: float = CALL_TIMEOUT_S,
-                 creator: str = "anonymous"):
+                 creator: str = "anonymous", token=None):
+        """``token``: what each request presents to a cluster with authentication (Zhongkui)
+        -- a string, a function returning one (platform actors renew theirs), or None for
+        this process's token (``zhongkui.creds``)."""
         if not addresses:
             raise E.BadRequest("no Nuwa replica addresses given; expected host:port pairs")
         self.addresses = [tuple(a) for a in addresses]
         self.timeout_s = timeout_s
         self.creator = creator
+        self.token = token
         self.conn: _Connection | None = None
         self.leader: tuple[str, int] | None = None
         self._connecting = asyncio.Lock()
@@ -128,7 +132,17 @@ class AsyncNuwa:
                 await asyncio.sleep(RETRY_BACKOFF_S)
             raise E.Unavailable(f"no Nuwa replica reachable at {self.addresses}: {last!r}")
 
+    def _cred(self) -> str:
+        if self.token is None:
+            from zhongkui import creds
+
+            return creds.token()
+        return self.token() if callable(self.token) else self.token
+
     async def _call(self, req: dict, write: bool, timeout_s: float | None = None) -> Any:
+        cred = self._cred()
+        if cred:
+            req["cred"] = cred
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s if timeout_s is not None else self.timeout_s)
         while True:
@@ -389,15 +403,15 @@ class Nuwa:
     """Blocking client: the same calls as ``AsyncNuwa``, run on a private event-loop thread."""
 
     def __init__(self, addresses: Sequence[tuple[str, int]], timeout_s: float = CALL_TIMEOUT_S,
-                 creator: str = "anonymous"):
+                 creator: str = "anonymous", token=None):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="nuwa-client", daemon=True)
         self._thread.start()
         self.timeout_s = timeout_s
-        self._async = self._run(self._make(addresses, timeout_s, creator))
+        self._async = self._run(self._make(addresses, timeout_s, creator, token))
 
-    async def _make(self, addresses, timeout_s, creator) -> AsyncNuwa:
-        return AsyncNuwa(addresses, timeout_s, creator)
+    async def _make(self, addresses, timeout_s, creator, token) -> AsyncNuwa:
+        return AsyncNuwa(addresses, timeout_s, creator, token)
 
     def _run(self, coro, extra_s: float = 1.0):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout_s + extra_s)
@@ -442,8 +456,8 @@ class _BlockingWatch:
 
 
 def connect(addresses: Sequence[tuple[str, int]] | str, timeout_s: float = CALL_TIMEOUT_S,
-            creator: str = "anonymous") -> Nuwa:
+            creator: str = "anonymous", token=None) -> Nuwa:
     """Connect to a Nuwa group: a list of (host, port), or "host:port,host:port"."""
     if isinstance(addresses, str):
         addresses = [(h, int(p)) for h, _, p in (a.strip().rpartition(":") for a in addresses.split(","))]
-    return Nuwa(addresses, timeout_s, creator)
+    return Nuwa(addresses, timeout_s, creator, token)

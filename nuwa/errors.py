@@ -164,6 +164,14 @@ class SessionExpired(NuwaError):
     fields = ("session",)
 
 
+class Unauthenticated(NuwaError):
+    """No token, or one that is malformed, forged, expired or of another cluster (Zhongkui)."""
+
+
+class Denied(NuwaError):
+    """A signed-in caller without the permission the operation needs (Zhongkui)."""
+
+
 def _all_error_classes() -> dict[str, type[NuwaError]]:
     found: dict[str, type[NuwaError]] = {}
     todo: list[type[NuwaError]] = [NuwaError]

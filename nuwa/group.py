@@ -43,6 +43,14 @@ class Group:
     config: ServerConfig = ServerConfig()
     retired: list[int] = field(default_factory=list)  # ids removed by replacements (never reused)
     removing: list[int] = field(default_factory=list)  # replaced, but not yet removed
+    # Zhongkui's {"enabled", "keys"} for the replicas; never in to_dict (it holds the keys).
+    auth: dict | None = field(default=None, repr=False, compare=False)
+
+    def _token(self):
+        from zhongkui.guard import Guard
+
+        guard = Guard(self.auth, name="nuwa-admin")
+        return guard.platform_token
 
     def client_addresses(self) -> list[tuple[str, int]]:
         return [self.addresses[i] for i in sorted(self.addresses)]
@@ -63,7 +71,7 @@ class Group:
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.nodes[rid], soft=False),
             max_restarts=0,
         ).remote(rid, [] if join else self.voters, self.replica_dir(rid), self.config,
-                 rejoin and not join)
+                 rejoin and not join, self.auth)
         addr = tuple(ray.get(handle.start.remote(old_port), timeout=START_TIMEOUT_S))
         self.handles[rid] = handle
         self.addresses[rid] = addr
@@ -87,11 +95,12 @@ class Group:
                 "retired": list(self.retired), "removing": list(self.removing)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Group":
+    def from_dict(cls, d: dict, auth: dict | None = None) -> "Group":
         return cls(namespace=d["namespace"], data_dir=d["data_dir"], voters=list(d["voters"]),
                    nodes={int(k): v for k, v in d["nodes"].items()},
                    addresses={int(k): tuple(v) for k, v in d["addresses"].items()},
-                   retired=list(d.get("retired", [])), removing=list(d.get("removing", [])))
+                   retired=list(d.get("retired", [])), removing=list(d.get("removing", [])),
+                   auth=auth)
 
     def supervise_once(self, probe_timeout_s: float = 5.0) -> list[str]:
         """Bring the group back to full strength. A replica that is gone (its actor died or
@@ -148,7 +157,7 @@ class Group:
         from nuwa.client import AsyncNuwa
 
         async def run():
-            c = AsyncNuwa(self.client_addresses(), timeout_s=timeout_s)
+            c = AsyncNuwa(self.client_addresses(), timeout_s=timeout_s, token=self._token())
             try:
                 return await coro_fn(c)
             finally:
@@ -305,7 +314,7 @@ class Group:
 
 
 def start_group(size: int, data_dir: str, namespace: str,
-                config: ServerConfig = ServerConfig()) -> Group:
+                config: ServerConfig = ServerConfig(), auth: dict | None = None) -> Group:
     if size not in GROUP_SIZES:
         raise BadRequest(f"Nuwa group size {size} is not supported; expected one of {GROUP_SIZES}")
     alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
@@ -337,7 +346,7 @@ def start_group(size: int, data_dir: str, namespace: str,
         if rid in nodes and n in alive:
             nodes[rid] = n  # a replica goes back to its disk
     g = Group(namespace=namespace, data_dir=data_dir, voters=voters, nodes=nodes, config=config,
-              retired=retired, removing=removing)
+              retired=retired, removing=removing, auth=auth)
     if not existed:
         g._record()
     for rid in voters:

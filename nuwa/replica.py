@@ -14,9 +14,11 @@ from nuwa.server import ReplicaServer, ServerConfig
 @ray.remote(num_cpus=0, max_concurrency=64)
 class NuwaReplica:
     def __init__(self, replica_id: int, voters: list[int], data_dir: str,
-                 config: ServerConfig | None = None, rejoin: bool = False):
+                 config: ServerConfig | None = None, rejoin: bool = False,
+                 auth: dict | None = None):
         self.server = ReplicaServer(replica_id, voters, data_dir, config or ServerConfig(),
-                                    rejoin=rejoin)
+                                    rejoin=rejoin, auth=auth,
+                                    namespace=ray.get_runtime_context().namespace)
 
     async def start(self, port: int = 0) -> tuple[str, int]:
         port = await self.server.start("0.0.0.0", port)

@@ -64,8 +64,13 @@ READ_OPS = {"get", "list", "stat", "exists"}
 class ReplicaServer:
     def __init__(self, replica_id: int, voters: list[int], data_dir: str,
                  config: ServerConfig = ServerConfig(), seed: int | None = None,
-                 rejoin: bool = False):
+                 rejoin: bool = False, auth: dict | None = None, namespace: str | None = None):
+        from zhongkui.shell import make_guard
+
         self.id = replica_id
+        # Zhongkui: with authentication on, every request carries a token (``cred``) and each
+        # operation is decided on its path (the node's creator owns it).
+        self.guard = make_guard(auth, f"nuwa-{replica_id}", namespace)
         self.rejoin = rejoin  # the group existed before: an empty disk means the disk was lost
         self.voters = list(voters)
         self.config = config
@@ -458,8 +463,82 @@ class ReplicaServer:
             logger.exception("request %r failed", req.get("op"))
             conn.send({"id": rid, "error": E.NuwaError(f"internal error: {e!r}").to_dict()})
 
+    async def _who(self, conn: "_Conn", cred):
+        """The verified caller (tokens verified once per connection and token)."""
+        from zhongkui.errors import BadCredentials
+
+        hit = conn.who
+        if hit is not None and hit[0] == cred and hit[1].expires_at > time.time():
+            return hit[1]
+        try:
+            who = await self.guard.aidentify(cred)
+        except BadCredentials as e:
+            raise E.Unauthenticated(f"{type(e).__name__}: {e}") from None
+        conn.who = (cred, who)
+        return who
+
+    def _creator(self, path: str) -> str | None:
+        try:
+            return self.tree.stat(path).creator
+        except E.NuwaError:
+            return None
+
+    async def _allow(self, who, path, perm: str, owner_of: str | None = None) -> None:
+        from zhongkui.errors import Denied, ZhongkuiError
+
+        if not isinstance(path, str) or not path.startswith("/"):
+            return  # the operation itself refuses a bad path
+        try:
+            await self.guard.acheck(who, "nuwa", path, perm,
+                                    self._creator(owner_of if owner_of is not None else path))
+        except Denied as e:
+            raise E.Denied(str(e)) from None
+        except ZhongkuiError as e:
+            raise E.BadRequest(str(e)) from None
+
+    @staticmethod
+    def _parent(path) -> str:
+        if not isinstance(path, str):
+            return "/"
+        return path.rstrip("/").rpartition("/")[0] or "/"
+
+    async def _authorize(self, conn: "_Conn", req: dict, op) -> None:
+        """Zhongkui's decision for one request; fixes the creator of what it creates."""
+        who = await self._who(conn, req.get("cred"))
+        if op in ("status", "members", "unwatch", "session_keepalive"):
+            return
+        if op in ("conf_change", "transfer_leader"):
+            await self._allow(who, "/", "admin")
+            return
+        if op in READ_OPS or op == "watch":
+            await self._allow(who, req.get("path"), "read")
+            return
+        cmd = req.get("cmd")
+        if not isinstance(cmd, dict):
+            return  # refused as a bad command below
+        if op in ("session_open", "session_close"):
+            if op == "session_open":
+                cmd["owner"] = who.user
+            return
+        ops = cmd.get("ops") if op == "txn" else [cmd]
+        for c in ops if isinstance(ops, list) else ():
+            if not isinstance(c, dict):
+                continue
+            kind = c.get("op")
+            if kind == "create":
+                await self._allow(who, c.get("path"), "create", self._parent(c.get("path")))
+                c["creator"] = who.user  # the creator owns the node: as verified, not as told
+            elif kind in ("set", "set_value"):
+                await self._allow(who, c.get("path"), "write")
+            elif kind == "delete":
+                await self._allow(who, c.get("path"), "delete")
+            elif kind == "check":
+                await self._allow(who, c.get("path"), "read")
+
     async def _handle(self, conn: "_Conn", req: dict) -> Any:
         op = req.get("op")
+        if self.guard.enabled:
+            await self._authorize(conn, req, op)
         if op == "status":
             return self.status()
         if op == "members":
@@ -577,6 +656,7 @@ CONN_BUFFER_BYTES_MAX = 256 * 1024 * 1024  # unsent bytes to one client before i
 class _Conn:
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
+        self.who = None  # (token, Principal) last verified on this connection
 
     def send(self, msg: dict) -> None:
         if self.writer.is_closing():

@@ -37,8 +37,8 @@ import ray
 
 from nuwa.wal import write_atomic
 from pangu.chunkfile import BLOCK_BYTES, ChunkFile
-from pangu.errors import (BadRequest, ChecksumError, LeaseExpired, NoSpace, NotActive, NotFound,
-                          PanguError, ReplicaWriteFailed, StaleReplica)
+from pangu.errors import (BadRequest, ChecksumError, Denied, LeaseExpired, NoSpace, NotActive,
+                          NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unauthenticated)
 from pangu.handles import Handles
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,13 @@ class ChunkServer:
     def __init__(self, cluster: str, data_dir: str, namespace: str,
                  capacity_bytes: int | None = None, heartbeat_s: float = HEARTBEAT_S,
                  scrub_interval_s: float = SCRUB_INTERVAL_S, name: str | None = None,
-                 kind: str = "local"):
+                 kind: str = "local", auth: dict | None = None):
+        from zhongkui.shell import make_guard
+
         self.cluster = cluster
+        # Zhongkui: reads and writes carry the master's chunk access tokens, checked here;
+        # control calls come only from the platform's own actors.
+        self.guard = make_guard(auth, f"chunkserver-{name or '?'}", namespace)
         self.namespace = namespace
         self.sid, self.dir, self._lock_fd = claim_directory(chunk_root(data_dir, kind))
         self.name = name or f"pangu-{self.sid}"
@@ -191,6 +196,42 @@ class ChunkServer:
         self._discard_files(cid)
         self.corrupt.append(cid)
 
+    # ------------------------------------------------------------ Zhongkui
+    async def _platform(self, cred, what: str) -> None:
+        if not self.guard.enabled:
+            return
+        from zhongkui.errors import BadCredentials
+
+        try:
+            who = await self.guard.aidentify(cred)
+        except BadCredentials as e:
+            raise Unauthenticated(f"{type(e).__name__}: {e}") from None
+        if not who.platform:
+            self.guard._report(who.user, what, f"chunkserver:{self.name}", "not a platform actor")
+            raise Denied(f"user {who.user!r} may not {what}: the platform's own actors only")
+
+    async def _check_access(self, access, cid: str, mode: str) -> None:
+        """A chunk access token for this chunk, in this mode (a write token also reads), not
+        expired and signed by the cluster: refused otherwise, whoever holds it."""
+        if not self.guard.enabled:
+            return
+        from zhongkui.errors import BadCredentials
+
+        try:
+            who = await self.guard.aidentify(access)
+        except BadCredentials as e:
+            raise Unauthenticated(f"chunk {cid}: the access token is refused "
+                                  f"({type(e).__name__}: {e}); ask the master again") from None
+        if who.platform:
+            return
+        sc = who.scope or {}
+        if sc.get("kind") != "chunk" or sc.get("id") != cid or \
+                not (sc.get("mode") == mode or (mode == "r" and sc.get("mode") == "w")):
+            self.guard._report(who.user, f"chunk {mode}", f"chunk:{cid}",
+                               "an access token for another chunk or mode")
+            raise Denied(f"chunk {cid}: the access token is for chunk {sc.get('id')!r} mode "
+                         f"{sc.get('mode')!r}, not this chunk in mode {mode!r}")
+
     # ------------------------------------------------------------ control
     async def start(self, masters: list[str]) -> dict:
         """Start heartbeating to ``masters`` (actor names) and scrubbing; returns ``info``."""
@@ -220,8 +261,9 @@ class ChunkServer:
             sent_corrupt = list(self.corrupt)
             for m in self.masters:
                 try:
-                    reply = await asyncio.wait_for(self._handle(m).heartbeat.remote(rep),
-                                                   HEARTBEAT_TIMEOUT_S)
+                    reply = await asyncio.wait_for(
+                        self._handle(m).heartbeat.remote(rep, cred=self.guard.platform_token()),
+                        HEARTBEAT_TIMEOUT_S)
                 except Exception as e:  # a standby or a dead master: try the others
                     self._handles.forget(m)
                     logger.debug("heartbeat to %s failed: %s", m, e)
@@ -295,7 +337,9 @@ class ChunkServer:
             self._record(master_epoch=epoch)
 
     # ------------------------------------------------------------ chunk lifecycle
-    async def create_chunk(self, cid: str, version: int, capacity: int, epoch: int = 0) -> dict:
+    async def create_chunk(self, cid: str, version: int, capacity: int, epoch: int = 0,
+                           cred: str | None = None) -> dict:
+        await self._platform(cred, "create a chunk")
         self._see_epoch(epoch)
         r = self.replicas.get(cid)
         if r is not None:
@@ -309,7 +353,9 @@ class ChunkServer:
         self.replicas[cid] = _Replica(cf, version, 0)
         return {"created": True}
 
-    async def set_version(self, cid: str, version: int, epoch: int = 0) -> int:
+    async def set_version(self, cid: str, version: int, epoch: int = 0,
+                          cred: str | None = None) -> int:
+        await self._platform(cred, "set a chunk version")
         self._see_epoch(epoch)
         r = self._replica(cid)
         async with r.lock:
@@ -321,7 +367,8 @@ class ChunkServer:
         return r.version
 
     async def grant_lease(self, cid: str, version: int, secondaries: list[str],
-                          lease_s: float, epoch: int = 0) -> None:
+                          lease_s: float, epoch: int = 0, cred: str | None = None) -> None:
+        await self._platform(cred, "grant a lease")
         self._see_epoch(epoch)
         r = self._replica(cid)
         if r.version != version:
@@ -344,7 +391,8 @@ class ChunkServer:
             async with r.lock:
                 await asyncio.to_thread(self._discard_files, cid)
 
-    async def delete(self, cids: list[str], epoch: int = 0) -> int:
+    async def delete(self, cids: list[str], epoch: int = 0, cred: str | None = None) -> int:
+        await self._platform(cred, "delete chunks")
         self._see_epoch(epoch)
         n = 0
         for cid in cids:
@@ -353,7 +401,9 @@ class ChunkServer:
             await self._delete_one(cid)
         return n
 
-    async def truncate(self, cid: str, length: int, version: int, epoch: int = 0) -> int:
+    async def truncate(self, cid: str, length: int, version: int, epoch: int = 0,
+                       cred: str | None = None) -> int:
+        await self._platform(cred, "truncate a chunk")
         self._see_epoch(epoch)
         r = self._replica(cid)
         async with r.lock:
@@ -390,13 +440,14 @@ class ChunkServer:
             cond.notify_all()
 
     async def write(self, cid: str, version: int, offset: int, data: list, token: str = "",
-                    seq: int = 1) -> int:
+                    seq: int = 1, access: str = "") -> int:
         """The primary's entry point: ``data`` is ``[ObjectRef]`` of a pyarrow Buffer, piece
         ``seq`` of the writer's lease ``token``. Returns the chunk's new length once every
         replica has it on disk.
 
         Two phases: the bytes are written (not yet synced) at every replica, in the writer's
         order; then every replica syncs. The next piece's writes overlap this one's sync."""
+        await self._check_access(access, cid, "w")
         lease = self.leases.get(cid)
         if lease is None or lease[0] != version or time.monotonic() > lease[2]:
             raise LeaseExpired(f"chunkserver {self.sid} holds no valid lease on chunk {cid} at "
@@ -412,13 +463,13 @@ class ChunkServer:
             except ChecksumError as e:
                 self._quarantine(cid, str(e))
                 raise
-            others = [self._handle(s).apply.remote(cid, version, offset, data, sums)
-                      for s in secondaries]
+            others = [self._handle(s).apply.remote(cid, version, offset, data, sums,
+                                                   access=access) for s in secondaries]
             length = await self._apply(r, cid, version, offset, data, sums)  # raises: all failed
             live = await self._collect(secondaries, others, failed, errors)
         finally:
             await self._done_turn(cid, cond, token, seq)
-        syncs = [self._handle(s).sync.remote(cid, version) for s in live]
+        syncs = [self._handle(s).sync.remote(cid, version, access=access) for s in live]
         await asyncio.to_thread(r.file.sync)
         await self._collect(live, syncs, failed, errors)
         if failed:
@@ -440,12 +491,14 @@ class ChunkServer:
         return ok
 
     async def apply(self, cid: str, version: int, offset: int, data: list,
-                    sums: bytes | None = None) -> int:
+                    sums: bytes | None = None, access: str = "") -> int:
         """A secondary's first phase of a write the primary ordered (the bytes, not synced)."""
+        await self._check_access(access, cid, "w")
         return await self._apply(self._replica(cid), cid, version, offset, data, sums)
 
-    async def sync(self, cid: str, version: int) -> None:
+    async def sync(self, cid: str, version: int, access: str = "") -> None:
         """The second phase: make every write applied so far durable."""
+        await self._check_access(access, cid, "w")
         r = self._replica(cid)
         if r.version != version:
             raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, the "
@@ -475,7 +528,9 @@ class ChunkServer:
             return length
 
     # ------------------------------------------------------------ reads
-    async def read(self, cid: str, version: int, offset: int, n: int) -> pa.Buffer:
+    async def read(self, cid: str, version: int, offset: int, n: int,
+                   access: str = "") -> pa.Buffer:
+        await self._check_access(access, cid, "r")
         if not 0 <= n <= READ_BYTES_MAX:
             raise BadRequest(f"read of {n} bytes; expected 0..READ_BYTES_MAX={READ_BYTES_MAX}")
         r = self._replica(cid)
@@ -495,7 +550,8 @@ class ChunkServer:
                     raise
         return pa.py_buffer(view)
 
-    async def read_all(self, cid: str) -> tuple[int, pa.Buffer]:
+    async def read_all(self, cid: str, cred: str | None = None) -> tuple[int, pa.Buffer]:
+        await self._platform(cred, "copy a whole chunk")
         r = self._replica(cid)
         async with r.lock:
             try:
@@ -506,14 +562,16 @@ class ChunkServer:
             return r.version, pa.py_buffer(view)
 
     async def replicate(self, cid: str, version: int, capacity: int, source: str,
-                        epoch: int = 0) -> int:
+                        epoch: int = 0, cred: str | None = None) -> int:
         """Copy chunk ``cid`` at ``version`` from the chunkserver named ``source``."""
+        await self._platform(cred, "copy a chunk here")
         self._see_epoch(epoch)
         if cid in self.replicas:
             if self.replicas[cid].version >= version:
                 return self.replicas[cid].length
             await self._delete_one(cid)
-        src_version, buf = await asyncio.wait_for(self._handle(source).read_all.remote(cid),
+        src_version, buf = await asyncio.wait_for(self._handle(source).read_all.remote(
+            cid, cred=self.guard.platform_token()),
                                                   REPLICA_CALL_TIMEOUT_S)
         if src_version != version:
             raise StaleReplica(f"copy of chunk {cid}: the source {source} is at version "

@@ -32,7 +32,8 @@ import ray
 from pangu import paths as P
 from pangu.chunkfile import ChunkFile
 from pangu.errors import (BadPath, BadRequest, ChecksumError, LeaseExpired, NoSpace, NotActive,
-                          NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unavailable)
+                          NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unauthenticated,
+                          Unavailable)
 from pangu.handles import Handles
 
 MASTERS_MAX = 3  # pangu-master-1 .. -3 are tried
@@ -95,13 +96,16 @@ def _get(ref, timeout_s: float = CALL_TIMEOUT_S):
 class Client:
     """Talks to one cluster's Pangu (its actors live in Ray namespace ``fuxi-<cluster>``)."""
 
-    def __init__(self, cluster: str | None = None):
+    def __init__(self, cluster: str | None = None, token: str | None = None):
+        """``token``: what this client presents to a cluster with authentication (Zhongkui);
+        default this process's (``zhongkui.creds``)."""
         if not ray.is_initialized():
             from pangu.connect import attach
 
             attach(cluster or current_cluster())
         self.cluster = cluster or current_cluster()
         self.namespace = f"fuxi-{self.cluster}"
+        self.token = token
         self._active: Any = None
         self._servers = Handles(self.namespace)
         self.node = ray.get_runtime_context().get_node_id()
@@ -126,6 +130,9 @@ class Client:
         deadline = time.monotonic() + timeout_s
         last: BaseException | None = None
         kw = {"request_id": uuid.uuid4().hex} if method in _ONCE else {}
+        cred = self.cred()
+        if cred:
+            kw["cred"] = cred
         while True:
             cands = [self._active] if self._active is not None else self._masters()
             for m in cands:
@@ -141,6 +148,13 @@ class Client:
                 raise Unavailable(f"no active Pangu master answered {method} within "
                                   f"{timeout_s:g}s (MASTER_WAIT_S); last error: {last}") from None
             time.sleep(RETRY_BACKOFF_S)
+
+    def cred(self) -> str:
+        if self.token is not None:
+            return self.token
+        from zhongkui import creds
+
+        return creds.token(self.cluster)
 
     def server(self, name: str):
         return self._servers.get(name)
@@ -332,13 +346,14 @@ class PanguFile(io.RawIOBase):
             for r in reps:
                 try:
                     data = _get(self.client.server(r["name"]).read.remote(
-                        chunk["id"], chunk["version"], off, n))
+                        chunk["id"], chunk["version"], off, n, access=chunk.get("access", "")))
                     if len(data) == n:
                         return data
                     last = Unavailable(f"{r['name']} returned {len(data)} of {n} bytes of "
                                        f"chunk {chunk['id']} at {off}: it is behind")
-                except (ChecksumError, StaleReplica, NotFound, ray.exceptions.RayError) as e:
-                    last = e
+                except (ChecksumError, StaleReplica, NotFound, Unauthenticated,
+                        ray.exceptions.RayError) as e:
+                    last = e  # an expired access token is renewed with the locations
                     if isinstance(e, ray.exceptions.RayActorError):
                         self.client.forget(r["name"])  # the name may now be a new actor
                 self._bad.add(r["name"])
@@ -380,7 +395,8 @@ class PanguFile(io.RawIOBase):
             fresh = known.get(c["id"])
             if fresh is not None:
                 self._info["chunks"][i] = dict(c, replicas=fresh["replicas"],
-                                               version=max(c["version"], fresh["version"]))
+                                               version=max(c["version"], fresh["version"]),
+                                               access=fresh.get("access", ""))
 
     # ------------------------------------------------------------ writes
     def write(self, b) -> int:
@@ -475,7 +491,8 @@ class PanguFile(io.RawIOBase):
         lease = self._lease(idx)
         lease["seq"] += 1
         fut = self.client.server(lease["primary"]).write.remote(
-            lease["id"], lease["version"], off, [ref], lease["token"], lease["seq"])
+            lease["id"], lease["version"], off, [ref], lease["token"], lease["seq"],
+            access=lease.get("access", ""))
         self._inflight.append((fut, idx, off, ref, lease))
         self._settle(WRITE_INFLIGHT_MAX - 1)
 
@@ -511,7 +528,8 @@ class PanguFile(io.RawIOBase):
             lease["seq"] += 1
             try:
                 length = _get(self.client.server(lease["primary"]).write.remote(
-                    lease["id"], lease["version"], off, [ref], lease["token"], lease["seq"]))
+                    lease["id"], lease["version"], off, [ref], lease["token"], lease["seq"],
+                    access=lease.get("access", "")))
                 lease["written"] = max(lease["written"], length)
                 return
             except (PanguError, ray.exceptions.RayError) as e:
@@ -525,8 +543,8 @@ class PanguFile(io.RawIOBase):
     def _after_failure(self, idx: int, lease: dict, error) -> dict:
         if isinstance(error, ReplicaWriteFailed):
             return self._relet(idx, lease, error.failed)
-        if isinstance(error, (LeaseExpired, StaleReplica)):
-            return self._relet(idx, lease, [])
+        if isinstance(error, (LeaseExpired, StaleReplica, Unauthenticated)):
+            return self._relet(idx, lease, [])  # a fresh lease brings a fresh access token
         if isinstance(error, ray.exceptions.RayActorError):
             # The primary died, or the cached handle is of an earlier actor of that name (a
             # restarted chunkserver): look it up again, and go on without it meanwhile.

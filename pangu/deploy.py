@@ -39,9 +39,11 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
           nodes: list[str] | None = None, per_node: int = 1, settings: dict | None = None,
           capacity_bytes: int | None = None, heartbeat_s: float = HEARTBEAT_S,
           scrub_interval_s: float = SCRUB_INTERVAL_S, detached: bool = False,
-          wait: bool = True, timeout_s: float = START_TIMEOUT_S) -> dict:
+          wait: bool = True, timeout_s: float = START_TIMEOUT_S,
+          auth: dict | None = None) -> dict:
     """Start (or find) the masters and the chunkservers on ``nodes`` (default: every alive
-    node), ``per_node`` each. Returns {"masters": [...], "servers": [...]} (actor names)."""
+    node), ``per_node`` each. Returns {"masters": [...], "servers": [...]} (actor names).
+    ``auth`` is Zhongkui's ``{"enabled", "keys"}`` (None: no authentication)."""
     if not 1 <= masters <= MASTERS_MAX:
         raise BadRequest(f"masters={masters}; expected 1..{MASTERS_MAX}")
     if masters > 1 and not nuwa:
@@ -60,7 +62,7 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
     mh = [PanguMaster.options(
               name=n, namespace=ns, get_if_exists=True, **life,
               scheduling_strategy=NodeAffinitySchedulingStrategy(spots[i % len(spots)], soft=True))
-          .remote(cluster, data_dir, ns, n, nuwa, settings) for i, n in enumerate(mnames)]
+          .remote(cluster, data_dir, ns, n, nuwa, settings, auth) for i, n in enumerate(mnames)]
     roles = ray.get([m.start.remote() for m in mh], timeout=timeout_s)
     snames = []
     handles = []
@@ -71,7 +73,7 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
                 name=name, namespace=ns, get_if_exists=True,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False), **life,
             ).remote(cluster, data_dir, ns, capacity_bytes, heartbeat_s, scrub_interval_s, name,
-                     "nuwa" if nuwa else "local")
+                     "nuwa" if nuwa else "local", auth)
             snames.append(name)
             handles.append(h)
     _HANDLES.setdefault(cluster, []).extend(mh + handles)

@@ -83,3 +83,12 @@ class NotActive(PanguError):
 
 class Unavailable(PanguError):
     """No master or no replica could be reached within the time allowed."""
+
+
+class Unauthenticated(PanguError, PermissionError):
+    """No token, or a token (or chunk access token) that is malformed, forged, expired, of
+    another cluster, or for another chunk (Zhongkui)."""
+
+
+class Denied(PanguError, PermissionError):
+    """A signed-in caller without the permission the operation needs (Zhongkui)."""

@@ -38,8 +38,8 @@ import ray
 
 from pangu import paths as P
 from pangu import placement
-from pangu.errors import (BadRequest, Busy, IsADir, NotActive, NotEnoughServers, NotFound,
-                          PanguError, Unavailable)
+from pangu.errors import (BadRequest, Busy, Denied, IsADir, NotActive, NotEnoughServers,
+                          NotFound, PanguError, Unauthenticated, Unavailable)
 from pangu.handles import Handles
 from pangu.chunkserver import pangu_root
 from pangu.journal import CHECKPOINT_EVERY, LocalJournal, NuwaJournal
@@ -48,6 +48,7 @@ from pangu.namespace import Namespace
 logger = logging.getLogger(__name__)
 
 LEASE_S = 30.0  # a primary's lease on a chunk
+CHUNK_ACCESS_TTL_S = 600.0  # a chunk access token's life (a reader asks again after it)
 WRITER_LEASE_S = 60.0  # a writer's lease on a file, renewed by every call it makes
 DEAD_AFTER_S = 10.0
 MAINTAIN_S = 1.0
@@ -92,8 +93,15 @@ class _ServerView:
 @ray.remote(num_cpus=0, max_restarts=-1)
 class PanguMaster:
     def __init__(self, cluster: str, data_dir: str, namespace: str, name: str,
-                 nuwa: list | None = None, settings: dict | None = None):
+                 nuwa: list | None = None, settings: dict | None = None,
+                 auth: dict | None = None):
+        from zhongkui.shell import make_guard
+
         s = dict(settings or {})
+        # Zhongkui: namespace operations are decided on their paths (a file's or directory's
+        # owner is who created it); chunk reads and writes carry access tokens signed here
+        # and checked by the chunkservers.
+        self.guard = make_guard(auth, f"pangu-{name}", namespace)
         self.cluster, self.data_dir, self.namespace, self.name = cluster, data_dir, namespace, name
         self.nuwa_addresses = [tuple(a) for a in nuwa] if nuwa else None
         self.dead_after_s = float(s.get("dead_after_s", DEAD_AFTER_S))
@@ -135,7 +143,8 @@ class PanguMaster:
             from nuwa.client import AsyncNuwa
             from nuwa.recipes import Election
 
-            self.nuwa = AsyncNuwa(self.nuwa_addresses, creator=self.name)
+            self.nuwa = AsyncNuwa(self.nuwa_addresses, creator=self.name,
+                                  token=self.guard.platform_token if self.guard.enabled else None)
             self.election = Election(self.nuwa, f"pangu-{self.cluster}", self.name)
             self._tasks.append(loop.create_task(self._campaign()))
         else:
@@ -232,12 +241,72 @@ class PanguMaster:
     def _handle(self, name: str):
         return self._handles.get(name)
 
+    # ------------------------------------------------------------ Zhongkui
+    async def _who(self, cred):
+        from zhongkui.errors import BadCredentials
+
+        try:
+            return await self.guard.aidentify(cred)
+        except BadCredentials as e:
+            raise Unauthenticated(f"{type(e).__name__}: {e}") from None
+
+    def _owner_of(self, path: str) -> str | None:
+        try:
+            n = self.ns.nodes.get(P.normalize(path))
+        except PanguError:
+            return None
+        return n.owner if n is not None else None
+
+    async def _authz(self, cred, path, perm: str, owner_path: str | None = None):
+        """The verified caller, allowed ``perm`` on ``path`` (owned by ``owner_path``'s
+        owner, default the path's own), or Unauthenticated / Denied."""
+        from zhongkui.errors import Denied as ZDenied
+        from zhongkui.errors import ZhongkuiError
+
+        who = await self._who(cred)
+        if not self.guard.enabled:
+            return who
+        if not isinstance(path, str):
+            raise BadRequest(f"path {path!r:.60}: expected a str")
+        try:
+            await self.guard.acheck(who, "pangu", P.normalize(path), perm,
+                                    self._owner_of(owner_path or path))
+        except ZDenied as e:
+            raise Denied(str(e)) from None
+        except ZhongkuiError as e:
+            raise BadRequest(str(e)) from None
+        return who
+
+    async def _platform_only(self, cred, what: str) -> None:
+        who = await self._who(cred)
+        if self.guard.enabled and not who.platform:
+            raise Denied(f"user {who.user!r} may not {what}: the platform's own actors only")
+
+    async def _admin_only(self, cred, what: str) -> None:
+        who = await self._who(cred)
+        if self.guard.enabled and not who.admin:
+            self.guard._report(who.user, what, "pangu", "administrators only")
+            raise Denied(f"user {who.user!r} may not {what}: administrators only")
+
+    def _access(self, who, cid: str, mode: str) -> str:
+        """A chunk access token: user, chunk, mode (r or w), CHUNK_ACCESS_TTL_S."""
+        if not self.guard.enabled:
+            return ""
+        return self.guard.keyring.sign(who.user, (), now=time.time(), ttl_s=CHUNK_ACCESS_TTL_S,
+                                       scope={"kind": "chunk", "id": cid, "mode": mode})
+
+    def _owner_name(self, who, given: str) -> str:
+        return who.user if self.guard.enabled else given
+
     async def _call(self, server: str, method: str, *args,
                     timeout_s: float = CONTROL_CALL_TIMEOUT_S):
         sv = self.servers[server]
+        kw = {"epoch": self.epoch}
+        if self.guard.enabled:
+            kw["cred"] = self.guard.platform_token()
         try:
             return await asyncio.wait_for(
-                getattr(self._handle(sv.name), method).remote(*args, epoch=self.epoch), timeout_s)
+                getattr(self._handle(sv.name), method).remote(*args, **kw), timeout_s)
         except Exception:
             self._handles.forget(sv.name)
             raise
@@ -300,37 +369,53 @@ class PanguMaster:
 
     # ------------------------------------------------------------ namespace API
     async def mkdir(self, path: str, parents: bool = False, owner: str = "anonymous",
-                    request_id: str | None = None) -> dict:
+                    request_id: str | None = None, cred: str | None = None) -> dict:
+        who = await self._authz(cred, path, "create", P.parent(P.normalize(path))
+                                if isinstance(path, str) and path.startswith("/") else None)
         return await self._mutate({"op": "mkdir", "path": path, "parents": parents,
-                                   "owner": owner}, request_id)
+                                   "owner": self._owner_name(who, owner)}, request_id)
 
-    async def stat(self, path: str) -> dict:
+    async def stat(self, path: str, cred: str | None = None) -> dict:
         await self._need_active()
+        await self._authz(cred, path, "read")
         return self.ns.stat(path)
 
-    async def exists(self, path: str) -> bool:
+    async def exists(self, path: str, cred: str | None = None) -> bool:
         await self._need_active()
+        await self._authz(cred, path, "read")
         return self.ns.exists(P.normalize(path))
 
-    async def ls(self, path: str) -> list[dict]:
+    async def ls(self, path: str, cred: str | None = None) -> list[dict]:
         await self._need_active()
+        await self._authz(cred, path, "read")
         return self.ns.ls(path)
 
-    async def du(self, path: str) -> dict:
+    async def du(self, path: str, cred: str | None = None) -> dict:
         await self._need_active()
+        await self._authz(cred, path, "read")
         return self.ns.du(path)
 
-    async def locate(self, path: str) -> dict:
+    async def locate(self, path: str, cred: str | None = None) -> dict:
+        """The file's chunks and replicas, each chunk with a read access token."""
         await self._need_active()
-        return self._file_info(P.normalize(path))
+        who = await self._authz(cred, path, "read")
+        info = self._file_info(P.normalize(path))
+        if self.guard.enabled:
+            for c in info["chunks"]:
+                c["access"] = self._access(who, c["id"], "r")
+        return info
 
     async def rename(self, src: str, dst: str, overwrite: bool = False,
-                     request_id: str | None = None) -> dict:
+                     request_id: str | None = None, cred: str | None = None) -> dict:
+        await self._authz(cred, src, "delete")
+        if isinstance(dst, str) and dst.startswith("/"):
+            await self._authz(cred, dst, "create", P.parent(P.normalize(dst)))
         return await self._mutate({"op": "rename", "src": src, "dst": dst,
                                    "overwrite": overwrite}, request_id)
 
     async def delete(self, path: str, recursive: bool = False,
-                     request_id: str | None = None) -> dict:
+                     request_id: str | None = None, cred: str | None = None) -> dict:
+        await self._authz(cred, path, "delete")
         res = await self._mutate({"op": "delete", "path": path, "recursive": recursive},
                                  request_id)
         p = res["path"]
@@ -353,12 +438,17 @@ class PanguMaster:
 
     async def open_write(self, path: str, mode: str, writer: str, owner: str = "anonymous",
                          replication: int | None = None, chunk_size: int | None = None,
-                         request_id: str | None = None) -> dict:
+                         request_id: str | None = None, cred: str | None = None) -> dict:
         """Take the file's writer lease. ``mode`` is ``w`` (create or truncate), ``x`` (create;
         the file must not exist), ``a`` (append; create if missing) or ``r+`` (update an
         existing file)."""
         path = P.normalize(path)
         await self._need_active()
+        if self.ns.exists(path):
+            who = await self._authz(cred, path, "write")
+        else:
+            who = await self._authz(cred, path, "create", P.parent(path))
+        owner = self._owner_name(who, owner)
         if mode not in ("w", "x", "a", "r+"):
             raise BadRequest(f"mode {mode!r}; expected w, x, a or r+")
         self._check_writer(path, writer, take=True)
@@ -383,8 +473,9 @@ class PanguMaster:
                 del self.file_leases[path]
             raise
 
-    async def close_write(self, path: str, writer: str) -> None:
+    async def close_write(self, path: str, writer: str, cred: str | None = None) -> None:
         path = P.normalize(path)
+        await self._who(cred)
         held = self.file_leases.get(path)
         if held is not None and held[0] == writer:
             del self.file_leases[path]
@@ -392,11 +483,22 @@ class PanguMaster:
             if lease["writer"] == writer:
                 del self.chunk_leases[cid]
 
-    async def chunk_for_write(self, path: str, writer: str, index: int) -> dict:
+    async def chunk_for_write(self, path: str, writer: str, index: int,
+                              cred: str | None = None) -> dict:
         """The chunk at ``index`` of the file, created if it is the next one, with a primary
-        holding a lease: {id, version, length, capacity, primary, secondaries, lease_s}."""
+        holding a lease: {id, version, length, capacity, primary, secondaries, lease_s} and a
+        write access token."""
         path = P.normalize(path)
         await self._need_active()
+        who = await self._authz(cred, path, "write")
+        return self._with_access(who, await self._chunk_for_write(path, writer, index))
+
+    def _with_access(self, who, lease: dict) -> dict:
+        if self.guard.enabled:
+            lease = dict(lease, access=self._access(who, lease["id"], "w"))
+        return lease
+
+    async def _chunk_for_write(self, path: str, writer: str, index: int) -> dict:
         self._check_writer(path, writer)
         st = self.ns.stat(path)
         chunks = self.ns.chunks(path)
@@ -501,35 +603,41 @@ class PanguMaster:
                 "replicas": len(lease["replicas"]), "lease_s": self.lease_s * 0.8}
 
     async def write_failed(self, path: str, writer: str, cid: str, version: int,
-                           failed: list[str]) -> dict:
+                           failed: list[str], cred: str | None = None) -> dict:
         """Replicas named in ``failed`` missed a write: continue without them (they become
         stale with the next version) and return the new lease."""
         path = P.normalize(path)
         await self._need_active()
+        who = await self._authz(cred, path, "write")
         self._check_writer(path, writer)
         names = set(failed)
         bad = frozenset(sid for sid, sv in self.servers.items() if sv.name in names)
         self._event("stale", f"chunk {cid}: {sorted(bad)} missed a write at version {version}")
         self.chunk_leases.pop(cid, None)
-        return await self._lease(cid, writer, exclude=bad)
+        return self._with_access(who, await self._lease(cid, writer, exclude=bad))
 
-    async def renew_lease(self, path: str, writer: str, cid: str) -> dict:
+    async def renew_lease(self, path: str, writer: str, cid: str,
+                          cred: str | None = None) -> dict:
         path = P.normalize(path)
         await self._need_active()
+        who = await self._authz(cred, path, "write")
         self._check_writer(path, writer)
-        return await self._lease(cid, writer)
+        return self._with_access(who, await self._lease(cid, writer))
 
-    async def commit(self, path: str, writer: str, cid: str, version: int, length: int) -> dict:
+    async def commit(self, path: str, writer: str, cid: str, version: int, length: int,
+                     cred: str | None = None) -> dict:
         path = P.normalize(path)
         await self._need_active()
+        await self._authz(cred, path, "write")
         self._check_writer(path, writer)
         return await self._mutate({"op": "commit", "chunk": cid, "version": version,
                                    "length": length})
 
     async def truncate(self, path: str, length: int, writer: str | None = None,
-                       request_id: str | None = None) -> dict:
+                       request_id: str | None = None, cred: str | None = None) -> dict:
         path = P.normalize(path)
         await self._need_active()
+        await self._authz(cred, path, "write")
         self._check_writer(path, writer or f"truncate-{id(self)}-{time.monotonic()}")
         try:
             res = await self._mutate({"op": "truncate", "path": path, "length": length},
@@ -560,7 +668,8 @@ class PanguMaster:
                 self.file_leases.pop(path, None)
 
     # ------------------------------------------------------------ chunkservers
-    async def heartbeat(self, rep: dict) -> dict:
+    async def heartbeat(self, rep: dict, cred: str | None = None) -> dict:
+        await self._platform_only(cred, "report as a chunkserver")
         if not self._tasks:
             # Ray restarted this actor after its process died: chunkservers' heartbeats bring
             # it back (it recovers from the journal, or campaigns again).
@@ -628,8 +737,9 @@ class PanguMaster:
             self._event("gc", f"{len(out)} replica(s) on {sv.id} deleted (unreferenced or stale)")
         return out
 
-    async def drain(self, server: str, draining: bool = True) -> dict:
+    async def drain(self, server: str, draining: bool = True, cred: str | None = None) -> dict:
         await self._need_active()
+        await self._admin_only(cred, "drain a chunkserver")
         sv = self.servers.get(server)
         if sv is None:
             raise NotFound(f"no chunkserver {server!r}; known: {sorted(self.servers)}")
@@ -746,8 +856,9 @@ class PanguMaster:
         return done
 
     # ------------------------------------------------------------ reports
-    async def fsck(self, path: str = "/") -> dict:
+    async def fsck(self, path: str = "/", cred: str | None = None) -> dict:
         await self._need_active()
+        await self._admin_only(cred, "check the file system (fsck)")
         root = P.normalize(path)
         infos = self._chunk_infos()
         files = under = 0
@@ -776,11 +887,12 @@ class PanguMaster:
                 "healthy": not (report["under_replicated"] or report["missing"]
                                 or report["stale_only"]), **report}
 
-    async def status(self, any_role: bool = False) -> dict:
+    async def status(self, any_role: bool = False, cred: str | None = None) -> dict:
         """The active master's view (a standby answers NotActive, so clients reach the
         active one); ``any_role`` asks this master whatever its role (debugging)."""
         if not any_role:
             await self._need_active()
+        await self._who(cred)
         now = time.monotonic()
         return {"master": self.name, "active": self.active, "epoch": self.epoch,
                 "fsid": self.journal.fsid if self.journal else None,

@@ -37,6 +37,10 @@ PERMISSIONS = {
 PATH_KINDS = ("nuwa", "pangu")
 ADMIN_GROUP = "admins"
 PROTECTED_NUWA_PREFIXES = ("/fuxi/", "/pangu/", "/kuafu/", "/services/", "/zhongkui/")
+# Of those, what any signed-in user may still read: the service directory is public.
+READABLE_NUWA_PREFIXES = ("/kuafu/", "/services/")
+PLATFORM_GROUP = "platform"  # the platform's own actors; no user may be put in it
+RESERVED_GROUPS = (PLATFORM_GROUP,)
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 ENTRIES_MAX = 100_000
 RESOURCE_CHARS_MAX = 1024
@@ -131,8 +135,9 @@ def decide(entries, user: str, groups, kind: str, resource: str, perm: str,
         if covers(e, kind, resource) and names(e, user, groups) and (
                 perm in e.perms or (kind in PATH_KINDS and "admin" in e.perms)):
             return Decision(True, f"granted to {e.principal} on {kind}:{e.resource}")
-    if (kind == "nuwa" and perm != "admin"
-            and not any(under(resource, p) for p in PROTECTED_NUWA_PREFIXES)
-            and not any(under(resource, p) for p in restricted)):
-        return Decision(True, "open Nuwa namespace (the seed's default)")
+    if kind == "nuwa" and perm != "admin" and not any(under(resource, p) for p in restricted):
+        if not any(under(resource, p) for p in PROTECTED_NUWA_PREFIXES):
+            return Decision(True, "open Nuwa namespace (the seed's default)")
+        if perm == "read" and any(under(resource, p) for p in READABLE_NUWA_PREFIXES):
+            return Decision(True, "the service directory is public")
     return Decision(False, f"user {user!r} may not {perm} {kind}:{resource}")

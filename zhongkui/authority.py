@@ -13,13 +13,38 @@ import os
 import secrets
 import time
 
-from zhongkui.acl import ADMIN_GROUP
+import hashlib
+
+from zhongkui.acl import (ADMIN_GROUP, ENTRIES_MAX, PERMISSIONS, RESERVED_GROUPS, Entry,
+                          check_principal, under)
 from zhongkui.audit import AuditLog
 from zhongkui.directory import Directory
 from zhongkui.errors import BadCredentials, BadInput, Denied
-from zhongkui.tokens import TTL_S_DEFAULT, Claims, Keyring
+from zhongkui.guard import Guard, Principal, auth_doc
+from zhongkui.tokens import TTL_S_DEFAULT, TTL_S_MAX, Claims, Keyring
 
 ADMIN_USER = "admin"
+ACL_KEY = "/zhongkui/acl/"            # one entry per (kind, resource, principal)
+RESTRICTED_KEY = "/zhongkui/restricted/"  # Nuwa prefixes closed to the open namespace
+ACL_VERSION_KEY = "/zhongkui/acl-version"
+# What a fresh cluster allows beyond owners and administrators: any signed-in user may submit
+# jobs to any queue (revoke it with `fuxi acl revoke queue '*' '*' submit`).
+DEFAULT_ENTRIES = (("queue", "*", "*", ("submit",)),)
+RESTRICTED_MAX = 10_000
+
+
+def load_or_create_keys(path: str) -> Keyring:
+    """The cluster's keyring at ``path`` (0600), created on first use."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return Keyring.from_doc(json.load(f))
+    k = Keyring.new()
+    _write_private(path, json.dumps(k.to_doc()))
+    return k
+
+
+def _entry_key(kind: str, resource: str, principal: str) -> str:
+    return ACL_KEY + hashlib.sha256(f"{kind}\0{resource}\0{principal}".encode()).hexdigest()[:32]
 
 
 def _write_private(path: str, text: str) -> None:
@@ -34,17 +59,168 @@ def _write_private(path: str, text: str) -> None:
 
 
 class Authority:
-    def __init__(self, store, keys_path: str | None = None, audit_path: str | None = None):
+    def __init__(self, store, keys_path: str | None = None, audit_path: str | None = None,
+                 enabled: bool = True, keyring: Keyring | None = None):
         self.store = store
         self.keys_path = keys_path
-        if keys_path and os.path.exists(keys_path):
-            with open(keys_path) as f:
-                self.keyring = Keyring.from_doc(json.load(f))
-        else:
-            self.keyring = Keyring.new()
-            self._save_keys()
+        self.keyring = keyring or (load_or_create_keys(keys_path) if keys_path else Keyring.new())
         self.directory = Directory(store)
         self.audit = AuditLog(audit_path)
+        self.guard = Guard(auth_doc(enabled, self.keyring), name="master")
+        self.guard.keyring = self.keyring  # one keyring: a rotation here is seen at once
+        self._load_acl()
+
+    # ------------------------------------------------------------ ACL entries
+    def _load_acl(self) -> None:
+        entries = []
+        for k in sorted(self.store.list(ACL_KEY)):
+            doc = self.store.get(k)
+            if doc:
+                entries.append(doc)
+        restricted = [self.store.get(k)["path"] for k in sorted(self.store.list(RESTRICTED_KEY))]
+        self.guard.set_acl({"version": int(self.store.get(ACL_VERSION_KEY) or 0),
+                            "entries": entries, "restricted": restricted})
+
+    def acl_doc(self) -> dict:
+        return {"version": self.guard.acl_version,
+                "entries": [e.to_doc() for e in self.guard.entries],
+                "restricted": list(self.guard.restricted)}
+
+    def _bump_acl(self) -> None:
+        self.store.put(ACL_VERSION_KEY, self.guard.acl_version + 1)
+        self._load_acl()
+
+    def principal(self, token) -> Principal:
+        """The verified caller (the local operator when authentication is off)."""
+        return self.guard.identify(token)
+
+    def check(self, who: Principal, kind: str, resource: str, perm: str,
+              owner: str | None = None) -> None:
+        try:
+            self.guard.check(who, kind, resource, perm, owner)
+        except Denied as e:
+            self.audit.record(who.user, perm, f"{kind}:{resource}", "denied", str(e))
+            raise
+
+    def _platform(self, proof) -> Principal:
+        """A call only the platform's own actors may make: ``proof`` is a platform token."""
+        who = Guard(auth_doc(True, self.keyring)).identify(proof)
+        if not who.platform:
+            self.audit.record(who.user, "fetch platform secrets", "keys", "denied",
+                              "not a platform actor")
+            raise Denied(f"user {who.user!r} is not one of the platform's actors")
+        return who
+
+    def keys_for_platform(self, proof) -> dict:
+        self._platform(proof)
+        return self.keyring.to_doc()
+
+    def acl_for_platform(self, proof) -> dict:
+        self._platform(proof)
+        return self.acl_doc()
+
+    def record_from_platform(self, proof, rec: dict) -> None:
+        """A denial seen at another entry point (Nuwa, Pangu, Kuafu), for the one trail."""
+        self._platform(proof)
+        self.audit.record(str(rec.get("who", "?"))[:64], str(rec.get("action", ""))[:64],
+                          str(rec.get("resource", ""))[:256], str(rec.get("result", "denied")),
+                          str(rec.get("detail", "")))
+
+    def grant(self, token, kind: str, resource: str, principal: str, perms,
+              owner: str | None = None) -> dict:
+        """Add ``perms`` for ``principal`` on a resource. Administrators and the resource's
+        owner may grant."""
+        who = self.principal(token)
+        e = Entry.make(kind, resource, principal, perms)
+        self._may_administer(who, e.kind, e.resource, owner, "grant")
+        key = _entry_key(e.kind, e.resource, e.principal)
+        old = self.store.get(key)
+        if old is None and len(self.guard.entries) >= ENTRIES_MAX:
+            raise BadInput(f"{ENTRIES_MAX} ACL entries exist (ENTRIES_MAX)")
+        merged = Entry.make(e.kind, e.resource, e.principal,
+                            set(e.perms) | set(old["perms"] if old else ()))
+        self.store.put(key, merged.to_doc())
+        self._bump_acl()
+        self.audit.record(who.user, "grant", f"{kind}:{resource}", "ok",
+                          f"{principal} {sorted(e.perms)}")
+        return merged.to_doc()
+
+    def revoke(self, token, kind: str, resource: str, principal: str, perms=None,
+               owner: str | None = None) -> dict | None:
+        """Take ``perms`` (all when None) from ``principal``'s entry on the resource."""
+        who = self.principal(token)
+        if kind not in PERMISSIONS:
+            raise BadInput(f"resource kind {kind!r}; expected one of {sorted(PERMISSIONS)}")
+        check_principal(principal)
+        self._may_administer(who, kind, resource, owner, "revoke")
+        key = _entry_key(kind, resource, principal)
+        old = self.store.get(key)
+        if old is None:
+            raise BadInput(f"no ACL entry for {principal} on {kind}:{resource}; "
+                           f"`fuxi acl show` lists them")
+        left = set(old["perms"]) - set(perms or old["perms"])
+        if left:
+            doc = Entry.make(kind, resource, principal, left).to_doc()
+            self.store.put(key, doc)
+        else:
+            doc = None
+            self.store.delete(key)
+        self._bump_acl()
+        self.audit.record(who.user, "revoke", f"{kind}:{resource}", "ok",
+                          f"{principal} {sorted(set(old['perms']) - left)}")
+        return doc
+
+    def restrict(self, token, path: str, on: bool = True, owner: str | None = None) -> list:
+        """Close (or reopen) a Nuwa prefix to the open namespace: only its owner, the
+        administrators and ACL entries reach it then."""
+        who = self.principal(token)
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise BadInput(f"a Nuwa prefix is an absolute path; got {path!r:.60}")
+        self._may_administer(who, "nuwa", path, owner, "restrict")
+        key = RESTRICTED_KEY + hashlib.sha256(path.encode()).hexdigest()[:32]
+        if on:
+            if len(self.guard.restricted) >= RESTRICTED_MAX:
+                raise BadInput(f"{RESTRICTED_MAX} restricted prefixes (RESTRICTED_MAX)")
+            self.store.put(key, {"path": path, "by": who.user})
+        elif not self.store.delete(key):
+            raise BadInput(f"{path} is not restricted")
+        self._bump_acl()
+        self.audit.record(who.user, "restrict" if on else "unrestrict", f"nuwa:{path}", "ok")
+        return list(self.guard.restricted)
+
+    def acl_show(self, token, kind: str | None = None, resource: str | None = None) -> dict:
+        self.principal(token)
+        out = []
+        for e in self.guard.entries:
+            if kind and e.kind != kind:
+                continue
+            if resource and not (e.resource == resource or (
+                    e.kind in ("nuwa", "pangu") and under(resource, e.resource))):
+                continue
+            out.append(e.to_doc())
+        return {"entries": out, "restricted": list(self.guard.restricted)}
+
+    def _may_administer(self, who: Principal, kind: str, resource: str, owner: str | None,
+                        action: str) -> None:
+        if who.scope is not None:
+            self.audit.record(who.user, action, f"{kind}:{resource}", "denied", "scoped token")
+            raise Denied(f"a {who.scope.get('kind', 'scoped')} token may not {action} access")
+        if who.admin or (owner is not None and owner == who.user):
+            return
+        self.audit.record(who.user, action, f"{kind}:{resource}", "denied",
+                          "not the owner nor an administrator")
+        raise Denied(f"user {who.user!r} may not {action} access to {kind}:{resource}: only "
+                     f"its owner ({owner or 'none'}) or an administrator")
+
+    def scoped_token(self, who: Principal, kind: str, ident: str,
+                     ttl_s: float = TTL_S_DEFAULT) -> str:
+        """A token for a job's instances or a service's replicas: they act as ``who``, with no
+        more rights than that user."""
+        if not self.guard.enabled:
+            return ""
+        return self.keyring.sign(who.user, who.groups, now=time.time(),
+                                 ttl_s=min(max(ttl_s, 60.0), TTL_S_MAX),
+                                 scope={"kind": kind, "id": ident})
 
     def _save_keys(self) -> None:
         if self.keys_path:
@@ -58,6 +234,10 @@ class Authority:
             return None
         password = secrets.token_urlsafe(18)
         self.directory.add_user(ADMIN_USER, password, [ADMIN_GROUP])
+        for kind, resource, principal, perms in DEFAULT_ENTRIES:
+            e = Entry.make(kind, resource, principal, perms)
+            self.store.put(_entry_key(e.kind, e.resource, e.principal), e.to_doc())
+        self._bump_acl()
         self.audit.record("fuxi up", "create administrator", f"user:{ADMIN_USER}", "ok")
         return {"user": ADMIN_USER, "password": password,
                 "token": self.keyring.sign(ADMIN_USER, [ADMIN_GROUP], now=time.time())}
@@ -85,6 +265,9 @@ class Authority:
         except BadCredentials as e:
             self.audit.record("?", action, resource, "denied", type(e).__name__)
             raise
+        if c.scope is not None:
+            self.audit.record(c.user, action, resource, "denied", "scoped token")
+            raise Denied(f"a {c.scope.get('kind', 'scoped')} token may not {action}")
         if ADMIN_GROUP not in c.groups:
             self.audit.record(c.user, action, resource, "denied", "not an administrator")
             raise Denied(f"user {c.user!r} may not {action}: administrators only")
@@ -92,6 +275,9 @@ class Authority:
 
     def add_user(self, token: str, name: str, password: str, groups=()) -> dict:
         c = self._admin(token, "add user", f"user:{name}")
+        reserved = sorted(set(groups) & set(RESERVED_GROUPS))
+        if reserved:
+            raise BadInput(f"group {reserved[0]!r} is reserved for the platform's own actors")
         out = self.directory.add_user(name, password, groups)
         self.audit.record(c.user, "add user", f"user:{name}", "ok", f"groups {sorted(groups)}")
         return out
