@@ -72,6 +72,18 @@ def _expand_one(pattern: str, base_dir: str) -> list[FileInfo]:
                 found.append(FileInfo(name_of(p), int(info.get("size") or 0)))
     elif fs.isfile(path):
         found.append(FileInfo(name_of(path), int(fs.size(path) or 0)))
+    if not found and not local:
+        # fsspec's walk and glob swallow OSErrors: a refusal (Zhongkui) would read as "no
+        # files". Ask for the fixed part of the pattern directly, so it says so.
+        fixed = path
+        for c in _GLOB_CHARS:
+            fixed = fixed.split(c, 1)[0]
+        try:
+            fs.info(fixed.rstrip("/") or "/")
+        except PermissionError as e:
+            raise BadInput(f"input pattern {pattern!r}: {e}") from None
+        except (FileNotFoundError, OSError, ValueError):
+            pass
     return found
 
 

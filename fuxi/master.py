@@ -42,6 +42,7 @@ REQUESTS_REMEMBERED_MAX = 10_000
 WORKERS_PER_NODE_MAX = 64  # worker slots granted on one node, all jobs together (~50 MB each)
 JOB_TOKEN_TTL_S = 7 * 24 * 3600.0      # a job's instances act as its submitter this long
 SERVICE_TOKEN_TTL_S = 30 * 24 * 3600.0  # a replica's token (renewed at every (re)start)
+KEYS_PUSH_TIMEOUT_S = 10.0  # per platform actor, after a key rotation
 SERVICE_PRIORITY = 1000  # online replicas come before every batch job (priorities 0..100)
 
 
@@ -220,18 +221,32 @@ class FuxiMaster:
         self._auth().record_from_platform(proof, rec)
 
     def _owner_of(self, kind: str, resource: str) -> str | None:
-        """Who owns a resource (they may grant access to it)."""
+        """Who owns a resource (they may grant access to it); None for none, for ``*``, and
+        for a resource name that cannot exist (the grant then says what is wrong with it)."""
+        if not isinstance(resource, str) or resource == "*":
+            return None
+        from pangu.errors import PanguError
+
+        try:
+            return self._find_owner(kind, resource)
+        except (BadInput, PanguError):
+            return None
+
+    def _find_owner(self, kind: str, resource: str) -> str | None:
         if kind == "job":
             return self._job_owner(resource)
         if kind == "service":
             return self._service_owner(resource)
         if kind == "nuwa" and self.nuwa:
-            from nuwa.errors import NoNode
+            from nuwa.errors import NuwaError
 
-            try:
-                return self.store.client.stat(resource)["creator"]
-            except NoNode:
-                return None
+            other = resource.rstrip("/") if resource.endswith("/") else resource + "/"
+            for path in (resource, other):  # a directory, with or without its '/'
+                try:
+                    return self.store.client.stat(path)["creator"]
+                except NuwaError:
+                    continue
+            return None
         if kind == "pangu":
             from pangu.client import Client
             from pangu.errors import NotFound
@@ -282,10 +297,39 @@ class FuxiMaster:
         return self._auth().set_password(token, name, password)
 
     def auth_rotate(self, token: str) -> str:
+        """A new signing key. Every platform actor is handed the new keyring before anything
+        is signed with the new key (proved with a token signed with the old one); an actor
+        that misses it fetches the keyring when it first meets the new key."""
+        proof = self.platform_guard.platform_token()  # signed with the key everyone has
         kid = self._auth().rotate_keys(token)
-        self.platform_guard.set_keys(self.keyring.to_doc())
-        self.platform_guard.keyring = self.keyring
+        self._push_keys(proof, self.keyring.to_doc())
+        self.platform_guard._platform = None  # from now on signed with the new key
         return kid
+
+    def _push_keys(self, proof: str, doc: dict) -> list[str]:
+        from ray.util import list_named_actors
+
+        from kuafu.deploy import PROXY_PREFIX
+
+        ns = ray.get_runtime_context().namespace
+        refs, names = [], []
+        for a in list_named_actors(all_namespaces=True):
+            name = a["name"]
+            if a.get("namespace") != ns or not name.startswith(("nuwa-", "pangu-", PROXY_PREFIX)):
+                continue
+            try:
+                refs.append(ray.get_actor(name, namespace=ns).zk_set_keys.remote(proof, doc))
+                names.append(name)
+            except Exception:  # noqa: BLE001 - gone meanwhile
+                continue
+        missed = []
+        for name, ref in zip(names, refs):
+            try:
+                ray.get(ref, timeout=KEYS_PUSH_TIMEOUT_S)
+            except Exception as e:  # noqa: BLE001 - it fetches the keys when it needs them
+                missed.append(name)
+                logger.warning("could not hand the new keys to %s: %s", name, type(e).__name__)
+        return missed
 
     def auth_audit(self, token: str, who: str | None = None, result: str | None = None) -> list:
         return self._auth().audit_records(token, who=who, result=result)
@@ -384,6 +428,7 @@ class FuxiMaster:
         group = Group.from_dict(self.nuwa_group, auth_doc(self.auth_enabled, self.keyring))
         while True:
             await asyncio.sleep(NUWA_SUPERVISE_S)
+            group.auth = auth_doc(self.auth_enabled, self.keyring)  # keys as rotated
             try:
                 done = await asyncio.to_thread(group.supervise_once)
             except Exception as e:

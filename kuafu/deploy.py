@@ -87,6 +87,13 @@ def _actor_class():
         def stats(self) -> dict:
             return self.loop.call(self.core.stats, INFO_TIMEOUT_S)
 
+        def zk_set_keys(self, proof: str, doc: dict) -> int:
+            """Zhongkui's keys after a rotation (from FuxiMaster)."""
+            if self.core.guard is None:
+                return 0
+            return self.loop.call(lambda: self.core.guard.accept_keys(proof, doc),
+                                  INFO_TIMEOUT_S)
+
         def shutdown(self) -> None:
             self.loop.run(self.core.stop(), INFO_TIMEOUT_S)
             self.loop.stop()

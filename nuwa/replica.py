@@ -34,5 +34,9 @@ class NuwaReplica:
         st["role"] = getattr(st.get("role"), "name", st.get("role"))
         return st
 
+    async def zk_set_keys(self, proof: str, doc: dict) -> int:
+        """Zhongkui's keys after a rotation (from FuxiMaster)."""
+        return self.server.guard.accept_keys(proof, doc)
+
     async def stop(self) -> None:
         await self.server.stop()

@@ -478,10 +478,14 @@ class ReplicaServer:
         return who
 
     def _creator(self, path: str) -> str | None:
-        try:
-            return self.tree.stat(path).creator
-        except E.NuwaError:
-            return None
+        """Who created ``path`` (a directory is found with or without its trailing '/')."""
+        other = path.rstrip("/") if path.endswith("/") else path + "/"
+        for p in (path, other):
+            try:
+                return self.tree.stat(p).creator
+            except E.NuwaError:
+                continue
+        return None
 
     async def _allow(self, who, path, perm: str, owner_of: str | None = None) -> None:
         from zhongkui.errors import Denied, ZhongkuiError
@@ -500,7 +504,7 @@ class ReplicaServer:
     def _parent(path) -> str:
         if not isinstance(path, str):
             return "/"
-        return path.rstrip("/").rpartition("/")[0] or "/"
+        return path.rstrip("/").rpartition("/")[0] + "/"
 
     async def _authorize(self, conn: "_Conn", req: dict, op) -> None:
         """Zhongkui's decision for one request; fixes the creator of what it creates."""

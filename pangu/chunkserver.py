@@ -197,6 +197,10 @@ class ChunkServer:
         self.corrupt.append(cid)
 
     # ------------------------------------------------------------ Zhongkui
+    async def zk_set_keys(self, proof: str, doc: dict) -> int:
+        """Zhongkui's keys after a rotation (from FuxiMaster)."""
+        return self.guard.accept_keys(proof, doc)
+
     async def _platform(self, cred, what: str) -> None:
         if not self.guard.enabled:
             return

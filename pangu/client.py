@@ -235,11 +235,17 @@ class PanguFile(io.RawIOBase):
         self._bad: set[str] = set()
         self._dirty = False  # written since the layout in _info was fetched
         self._local: dict[tuple, ChunkFile] = {}  # (chunk, version, dir) -> checked local replica
-        if self._kind == "r":
-            self._info = client.call("locate", path)
-        else:
-            self._info = client.call("open_write", path, self._kind, self._writer, _user(),
-                                     replication, chunk_size)
+        try:
+            if self._kind == "r":
+                self._info = client.call("locate", path)
+            else:
+                self._info = client.call("open_write", path, self._kind, self._writer, _user(),
+                                         replication, chunk_size)
+        except BaseException:
+            # Never opened: nothing to flush or hand back, now or when collected (a close
+            # then would call the master, maybe after Ray has shut down).
+            super().close()
+            raise
         self._size = self._info["size"]
         self._cs = self._info["chunk_size"]
         if self._kind == "a":

@@ -79,15 +79,20 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
     _HANDLES.setdefault(cluster, []).extend(mh + handles)
     ray.get([h.start.remote(mnames) for h in handles], timeout=timeout_s)
     if wait:
-        wait_ready(cluster, len(snames), timeout_s)
+        from zhongkui.guard import Guard
+
+        # Whoever starts Pangu with the keys is the platform: it asks as the platform.
+        wait_ready(cluster, len(snames), timeout_s,
+                   token=Guard(auth, name="deploy").platform_token() or None)
     return {"masters": mnames, "servers": snames, "roles": roles}
 
 
-def wait_ready(cluster: str, servers: int, timeout_s: float = START_TIMEOUT_S) -> dict:
+def wait_ready(cluster: str, servers: int, timeout_s: float = START_TIMEOUT_S,
+               token: str | None = None) -> dict:
     """Wait until a master is active and knows ``servers`` live chunkservers."""
     from pangu.client import Client
 
-    c = Client(cluster)
+    c = Client(cluster, token=token)
     deadline = time.monotonic() + timeout_s
     st: dict = {}
     while time.monotonic() < deadline:

@@ -242,6 +242,10 @@ class PanguMaster:
         return self._handles.get(name)
 
     # ------------------------------------------------------------ Zhongkui
+    async def zk_set_keys(self, proof: str, doc: dict) -> int:
+        """Zhongkui's keys after a rotation (from FuxiMaster)."""
+        return self.guard.accept_keys(proof, doc)
+
     async def _who(self, cred):
         from zhongkui.errors import BadCredentials
 

@@ -23,6 +23,7 @@ hold. No user can be put in the ``platform`` group.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -30,6 +31,8 @@ from typing import Any, Awaitable, Callable
 from zhongkui.acl import ADMIN_GROUP, PLATFORM_GROUP, Decision, Entry, decide
 from zhongkui.errors import BadCredentials, Denied, UnknownKey
 from zhongkui.tokens import Keyring
+
+log = logging.getLogger("zhongkui.guard")
 
 KEYS_FETCH_INTERVAL_S = 2.0     # at most one keyring fetch per this, however many bad kids
 KEYS_FETCH_TIMEOUT_S = 5.0
@@ -96,6 +99,16 @@ class Guard:
         self.keyring = Keyring.from_doc(doc)
         self._platform = None
 
+    def accept_keys(self, proof, doc: dict) -> int:
+        """New keys pushed by FuxiMaster after a rotation; ``proof`` is a platform token
+        signed with a key this guard holds. Returns how many keys it holds now."""
+        if not self.enabled:
+            return 0
+        if not self.identify(proof).platform:
+            raise Denied("only the platform's own actors may hand out keys")
+        self.set_keys(doc)
+        return len(self.keyring.keys)
+
     def set_acl(self, doc: dict) -> None:
         """``{"version", "entries": [entry docs], "restricted": [nuwa prefixes]}``."""
         if doc.get("version", 0) < self.acl_version:
@@ -114,7 +127,8 @@ class Guard:
         try:
             self.set_acl(await self.fetch_acl(self.platform_token()))
             return True
-        except Exception:  # noqa: BLE001 - keep the entries we have; try again later
+        except Exception as e:  # noqa: BLE001 - keep the entries we have; try again later
+            log.warning("%s: fetching the ACL entries failed: %s", self.name, type(e).__name__)
             self._acl_at = self.clock() - ACL_REFRESH_S / 2
             return False
 
@@ -159,8 +173,9 @@ class Guard:
             self._keys_at = self.clock()
             try:
                 self.set_keys(await self.fetch_keys(self.platform_token()))
-            except Exception:  # noqa: BLE001 - answer with the original refusal
-                pass
+            except Exception as e:  # noqa: BLE001 - answer with the original refusal
+                log.warning("%s: fetching the cluster's keys failed: %s", self.name,
+                            type(e).__name__)
             return self.identify(token)
 
     # ------------------------------------------------------------ decide

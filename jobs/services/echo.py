@@ -30,5 +30,10 @@ class Echo:
     async def pid(self, msg):
         return str(os.getpid())
 
+    @kuafu.method(idempotent=True)
+    async def caller(self, msg):
+        """Who called, as the proxy verified it (Zhongkui); "" without access control."""
+        return kuafu.context().caller or ""
+
     def check_health(self) -> bool:
         return self.healthy

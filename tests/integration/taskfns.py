@@ -88,3 +88,12 @@ def sum_by_key(ctx):
 def count_rows(ctx):
     t = ctx.read_upstream()
     return pa.table({"instance": [ctx.instance], "rows": [t.num_rows]})
+
+
+def read_pangu(ctx):
+    """Read ``path`` from Pangu as whoever the job runs as (its submitter); one row: size."""
+    import pangu
+
+    with pangu.open(f"pangu://{ctx.params['cluster']}{ctx.params['path']}", "rb") as f:
+        data = f.read()
+    return pa.table({"size": [len(data)]})
