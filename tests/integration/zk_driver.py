@@ -113,7 +113,7 @@ def main() -> None:
 
         # ---------------------------------------------------------------- set-up, as bob
         step('set-up, as bob')
-        bob_nw, admin_nw = nw("bob"), nw("admin")
+        bob_nw = nw("bob")
         bob_nw.create("/apps/bob/", b"", parents=True)
         m("auth_restrict", tok["bob"], "/apps/bob", True)
         bob_nw.create("/apps/bob/x", b"bob's value")
