@@ -89,7 +89,14 @@ def call(uri: str = typer.Argument(..., help="tcp://host:port/<service> or nuwa:
                         "traceback": e.remote_traceback})
             raise typer.Exit(EXIT_JOB_FAILED)
         fail(f"the service raised {e}\n{e.remote_traceback}", EXIT_JOB_FAILED)
-    except kuafu.KuafuError as e:
+    except Exception as e:  # noqa: BLE001 - finding the proxy in Nuwa (a refused token, ...)
+        from nuwa.errors import NuwaError
+
+        if not isinstance(e, (NuwaError, kuafu.KuafuError)):
+            raise
+        if isinstance(e, NuwaError):
+            fail(f"finding a proxy in the cluster's Nuwa: {type(e).__name__}: {e}",
+                 EXIT_JOB_FAILED)
         if as_json:
             print_json({"error": e.code, "message": str(e),
                         "maybe_executed": bool(e.maybe_executed)})

@@ -612,6 +612,7 @@ class FuxiMaster:
             old = sorted(keys, key=lambda k: (self.store.get(k) or {}).get("submitted_at") or 0)
             for k in old[: len(keys) - JOB_RECORDS_MAX]:
                 jid = k.split("/")[2]
+                self.job_owners.pop(jid, None)
                 self.store.delete(f"/jobs/{jid}/status")
                 self.store.delete(f"/jobs/{jid}/spec")
 
@@ -640,6 +641,11 @@ class FuxiMaster:
         for key in self.store.list("/jobs/"):
             if key.endswith("/status"):
                 jid = key.split("/")[2]
+                st = self.store.get(key)
+                if st is None:
+                    continue
+                if st.get("owner") and jid not in self.job_owners:
+                    self.job_owners[jid] = st["owner"]
                 if not self._may(who, jid, "view"):
                     continue
                 if jid in self.jobmasters:
@@ -648,7 +654,7 @@ class FuxiMaster:
                         continue
                     except Exception:
                         pass
-                out.append(self.store.get(key))
+                out.append(st)
         return sorted(out, key=lambda s: s.get("submitted_at") or 0)
 
     async def cancel(self, job_id: str, cred: str | None = None) -> dict:

@@ -368,7 +368,7 @@ class ProxyCore:
         if g.decision(r.who, "service", r.svc, "call", ep.owner).allowed:
             r.authorized = True
             return True
-        if g.fetch_acl is not None and not r.header.get("zk_refreshed"):
+        if not r.header.get("zk_refreshed") and g.may_refresh_before_denial():
             r.header["zk_refreshed"] = 1  # at most one refresh per call
 
             async def again():
@@ -965,7 +965,7 @@ class ProxyCore:
 
         self.nuwa = AsyncNuwa([tuple(a) for a in self.nuwa_addresses], NUWA_TIMEOUT_S,
                               creator=f"kuafu-proxy:{self.proxy_id}",
-                              token=self.guard.platform_token if self.guard else None)
+                              token=self.guard.platform_token if self.guard else "")
         await self._ensure_dir(SERVICES_PATH)
         await self._ensure_dir(PROXIES_PATH)
         await self._publish_self()

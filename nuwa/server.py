@@ -500,6 +500,14 @@ class ReplicaServer:
         except ZhongkuiError as e:
             raise E.BadRequest(str(e)) from None
 
+    def _nearest(self, path) -> str:
+        """The nearest existing ancestor directory of ``path`` (its owner decides a create,
+        with parents=True too)."""
+        p = self._parent(path)
+        while p != "/" and self._creator(p) is None:
+            p = self._parent(p)
+        return p
+
     @staticmethod
     def _parent(path) -> str:
         if not isinstance(path, str):
@@ -509,8 +517,19 @@ class ReplicaServer:
     async def _authorize(self, conn: "_Conn", req: dict, op) -> None:
         """Zhongkui's decision for one request; fixes the creator of what it creates."""
         who = await self._who(conn, req.get("cred"))
-        if op in ("status", "members", "unwatch", "session_keepalive"):
+        if op in ("status", "members", "unwatch"):
             return
+        if op in ("session_keepalive", "session_close"):
+            sid = req.get("session") if op == "session_keepalive" else \
+                (req.get("cmd") or {}).get("session")
+            sess = self.tree._sessions.get(sid) if isinstance(sid, int) else None
+            owner = sess.owner if sess is not None else None
+            if owner is not None and owner != who.user and not who.admin:
+                self.guard._report(who.user, op, f"session:{sid}", "another user's session")
+                raise E.Denied(f"user {who.user!r} may not {op.replace('_', ' ')} {owner!r}'s "
+                               f"session")
+            if op == "session_keepalive":
+                return
         if op in ("conf_change", "transfer_leader"):
             await self._allow(who, "/", "admin")
             return
@@ -530,7 +549,7 @@ class ReplicaServer:
                 continue
             kind = c.get("op")
             if kind == "create":
-                await self._allow(who, c.get("path"), "create", self._parent(c.get("path")))
+                await self._allow(who, c.get("path"), "create", self._nearest(c.get("path")))
                 c["creator"] = who.user  # the creator owns the node: as verified, not as told
             elif kind in ("set", "set_value"):
                 await self._allow(who, c.get("path"), "write")
@@ -634,13 +653,29 @@ class ReplicaServer:
             raise E.Unavailable(f"watchers_max={self.config.watchers_max} watches on replica {self.id}")
         path, recursive = req["path"], bool(req.get("recursive", False))
         from_rev = int(req.get("from_revision", self.tree.revision))
-        backlog = self.tree.events_since(from_rev, path, recursive)  # raises Compacted
+        backlog = self._visible(conn, self.tree.events_since(from_rev, path, recursive))
         self._watch_seq += 1
         wid = self._watch_seq
         self.watchers[wid] = (conn, path, recursive)
         if backlog:
             conn.send({"watch": wid, "events": [_event(e) for e in backlog]})
         return {"watch": wid, "revision": self.tree.revision}
+
+    def _visible(self, conn: "_Conn", events: list) -> list:
+        """The events this watcher may read: a recursive watch on an open prefix must not
+        carry changes under a protected or restricted one (Zhongkui)."""
+        if not self.guard.enabled or not events or conn.who is None:
+            return events
+        who = conn.who[1]
+        if who.admin:
+            return events
+        out = []
+        for e in events:
+            path, stat = (e["path"], e["stat"]) if isinstance(e, dict) else (e.path, e.stat)
+            creator = stat["creator"] if isinstance(stat, dict) else stat.creator
+            if self.guard.decision(who, "nuwa", path, "read", creator).allowed:
+                out.append(e)
+        return out
 
     def _notify_watchers(self, rev_before: int) -> None:
         for wid, (conn, path, recursive) in list(self.watchers.items()):
@@ -650,6 +685,7 @@ class ReplicaServer:
                 conn.send({"watch": wid, "error": c.to_dict()})
                 del self.watchers[wid]
                 continue
+            evs = self._visible(conn, evs)
             if evs:
                 conn.send({"watch": wid, "events": [_event(e) for e in evs]})
 

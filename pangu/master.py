@@ -144,7 +144,7 @@ class PanguMaster:
             from nuwa.recipes import Election
 
             self.nuwa = AsyncNuwa(self.nuwa_addresses, creator=self.name,
-                                  token=self.guard.platform_token if self.guard.enabled else None)
+                                  token=self.guard.platform_token if self.guard.enabled else "")
             self.election = Election(self.nuwa, f"pangu-{self.cluster}", self.name)
             self._tasks.append(loop.create_task(self._campaign()))
         else:
@@ -254,12 +254,18 @@ class PanguMaster:
         except BadCredentials as e:
             raise Unauthenticated(f"{type(e).__name__}: {e}") from None
 
-    def _owner_of(self, path: str) -> str | None:
+    def _owner_of(self, path: str, nearest: bool = False) -> str | None:
+        """The owner of ``path``; with ``nearest``, of its nearest existing ancestor (what a
+        create with parents=True is decided on)."""
         try:
-            n = self.ns.nodes.get(P.normalize(path))
+            p = P.normalize(path)
         except PanguError:
             return None
-        return n.owner if n is not None else None
+        while True:
+            n = self.ns.nodes.get(p)
+            if n is not None or not nearest or p == "/":
+                return n.owner if n is not None else None
+            p = P.parent(p)
 
     async def _authz(self, cred, path, perm: str, owner_path: str | None = None):
         """The verified caller, allowed ``perm`` on ``path`` (owned by ``owner_path``'s
@@ -274,7 +280,7 @@ class PanguMaster:
             raise BadRequest(f"path {path!r:.60}: expected a str")
         try:
             await self.guard.acheck(who, "pangu", P.normalize(path), perm,
-                                    self._owner_of(owner_path or path))
+                                    self._owner_of(owner_path or path, nearest=perm == "create"))
         except ZDenied as e:
             raise Denied(str(e)) from None
         except ZhongkuiError as e:

@@ -209,10 +209,17 @@ class Guard:
                 self.refresh_soon()
             self.counters["allowed"] += 1
             return d
-        if self.fetch_acl is not None and self.clock() - self._acl_deny_at > ACL_DENY_REFRESH_S:
-            self._acl_deny_at = self.clock()
+        if self.may_refresh_before_denial():
             await self.refresh_acl()
         return self.check(who, kind, resource, perm, owner)
+
+    def may_refresh_before_denial(self) -> bool:
+        """True at most once per ACL_DENY_REFRESH_S: a flood of refused calls must not become
+        a flood of fetches."""
+        if self.fetch_acl is None or self.clock() - self._acl_deny_at <= ACL_DENY_REFRESH_S:
+            return False
+        self._acl_deny_at = self.clock()
+        return True
 
     def refresh_soon(self) -> None:
         """Refresh the entries in the background (one refresh at a time)."""

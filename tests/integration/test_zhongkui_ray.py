@@ -103,6 +103,10 @@ def test_what_the_grid_does_not_show(zk):
     assert c["protected_read_users"] == "denied" and c["protected_write_fuxi"] == "denied"
     assert c["services_dir_read"] == "ok"
     assert c["creator_is_verified"] == "carol"
+    # A recursive watch on "/" sees open changes, not the users' records; sessions are their
+    # owner's to close.
+    assert c["watch_root_sees_open"] and c["watch_root_hides_protected"]
+    assert c["close_other_session"] == "denied" and c["close_own_session"] == "ok"
     # Chunk access tokens: for that chunk, that mode, until they expire.
     assert c["chunk_own_token"] == "ok"
     assert c["chunk_other_chunk"] == "denied"

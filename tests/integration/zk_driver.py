@@ -243,6 +243,26 @@ def main() -> None:
         checks["protected_write_fuxi"] = run(lambda: car.create("/fuxi/evil", b""))
         checks["services_dir_read"] = run(lambda: car.list("/services/"))
         checks["creator_is_verified"] = car.stat("/open/carol")["creator"]
+        # A recursive watch on an open prefix does not carry changes under protected ones.
+        w = car.watch("/", recursive=True)
+        m("auth_user_add", admin, "eve", "eve-password-1", [])
+        bob_nw.set("/open/f", b"after the watch")
+        seen = []
+        deadline = time.time() + 10
+        while time.time() < deadline and "/open/f" not in seen:
+            try:
+                seen.append(w.next(timeout_s=2)["path"])
+            except Exception:  # noqa: BLE001 - nothing yet
+                pass
+        w.cancel()
+        checks["watch_root_sees_open"] = "/open/f" in seen
+        checks["watch_root_hides_protected"] = not any(p.startswith("/fuxi/") for p in seen)
+        # Another user's session cannot be closed (it holds their ephemeral nodes).
+        sess = bob_nw.session(30.0)
+        checks["close_other_session"] = run(lambda: car._run(car._async._call(
+            {"op": "session_close", "cmd": {"op": "session_close", "session": sess.id}},
+            True)))
+        checks["close_own_session"] = run(lambda: bob_nw._run(sess.close()))
 
         # ------------------------------------------------ chunk access tokens
         step('chunk access tokens')
