@@ -14,6 +14,8 @@ against PyJWT's, same run.
   proxy's Unix socket. On: every call carries a token, verified per connection and token,
   and decided as ``service:echo call`` against ``--entries`` entries.
 
+Each system runs ``--rounds`` off/on pairs, alternated; the medians are compared.
+
 Goals (ours; issue 7 sets none): verifying costs no more than PyJWT; access control adds at
 most 10% to Nuwa's and Kuafu's p50 and takes at most 10% of their throughput.
 
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY_TIMEOUT_S = 60.0
+THROUGHPUT_CALLS_MIN = 20_000  # calls in one throughput window (shorter ones are noise here)
 
 
 def _pcts(lat: list[float]) -> dict:
@@ -94,6 +99,17 @@ def serve(kind: str, auth_path: str, entries: int) -> None:
             time.sleep(3600)
 
 
+@contextlib.contextmanager
+def _server(kind: str, auth: dict, entries: int):
+    """The ``kind`` server in its own process, for the duration: yields its address info."""
+    proc, info = _start(kind, auth, entries)
+    try:
+        yield info
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def _start(kind: str, auth: dict, entries: int):
     fd, path = tempfile.mkstemp(prefix="zk-bench-auth-")
     with os.fdopen(fd, "w") as f:
@@ -120,7 +136,7 @@ async def _measure(call, calls: int, flight: int) -> dict:
         await call()
         lat.append(time.perf_counter() - t0)
     out = _pcts(lat)
-    total = calls * 2
+    total = max(calls * 4, THROUGHPUT_CALLS_MIN)
     sem = asyncio.Semaphore(flight)
 
     async def one():
@@ -135,8 +151,7 @@ async def _measure(call, calls: int, flight: int) -> dict:
 def bench_nuwa(auth: dict, token: str, calls: int, flight: int, entries: int) -> dict:
     from nuwa.client import AsyncNuwa
 
-    proc, info = _start("nuwa", auth, entries)
-    try:
+    with _server("nuwa", auth, entries) as info:
         async def run():
             c = AsyncNuwa([("127.0.0.1", info["port"])], token=token or "")
             deadline = time.time() + READY_TIMEOUT_S
@@ -154,16 +169,12 @@ def bench_nuwa(auth: dict, token: str, calls: int, flight: int, entries: int) ->
             finally:
                 await c.close()
         return asyncio.run(run())
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def bench_kuafu(auth: dict, token: str, calls: int, flight: int, entries: int) -> dict:
     import kuafu
 
-    proc, info = _start("kuafu", auth, entries)
-    try:
+    with _server("kuafu", auth, entries) as info:
         async def run():
             c = kuafu.aconnect(info["uds"], service="echo", credentials=token or "")
             try:
@@ -171,9 +182,6 @@ def bench_kuafu(auth: dict, token: str, calls: int, flight: int, entries: int) -
             finally:
                 await c.close()
         return asyncio.run(run())
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def bench_tokens(n: int) -> dict:
@@ -208,6 +216,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--flight", type=int, default=64)
     ap.add_argument("--entries", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="off/on pairs per system, alternated; medians are reported")
     ap.add_argument("--serve", choices=("nuwa", "kuafu"))
     ap.add_argument("--auth-file")
     a = ap.parse_args()
@@ -221,10 +231,14 @@ def main() -> None:
     bob = ring.sign("bob", ["dev"], now=time.time(), ttl_s=3600)
     out = {"tokens": bench_tokens(20_000)}
     for name, fn in (("nuwa", bench_nuwa), ("kuafu", bench_kuafu)):
-        off = fn(auth_doc(False, None), "", a.calls, a.flight, a.entries)
-        on = fn(auth_doc(True, ring), bob, a.calls, a.flight, a.entries)
+        runs = {"off": [], "on": []}
+        for _ in range(a.rounds):  # alternated, so drifts of this VM hit both alike
+            runs["off"].append(fn(auth_doc(False, None), "", a.calls, a.flight, a.entries))
+            runs["on"].append(fn(auth_doc(True, ring), bob, a.calls, a.flight, a.entries))
+        off, on = ({k: statistics.median(r[k] for r in runs[m]) for k in runs[m][0]}
+                   for m in ("off", "on"))
         out[name] = {"off": off, "on": on, "p50_ratio": on["p50_ms"] / off["p50_ms"],
-                     "throughput_ratio": on["per_s"] / off["per_s"]}
+                     "throughput_ratio": on["per_s"] / off["per_s"], "runs": runs}
     t = out["tokens"]
     print(f"token verify: zhongkui {t['zhongkui_us']:.1f} us ({t['token_bytes']} B), PyJWT "
           f"{t['pyjwt_us']:.1f} us ({t['jwt_bytes']} B): {t['ratio']:.2f}x (goal <= 1)")

@@ -40,6 +40,7 @@ ACL_REFRESH_S = 2.0             # cached ACL entries are at most this old when t
 ACL_DENY_REFRESH_S = 0.5        # a denial first refreshes the entries, at most this often
 ACL_FETCH_TIMEOUT_S = 5.0
 PLATFORM_TOKEN_TTL_S = 3600.0   # the platform's own tokens; renewed at half their life
+DECISIONS_CACHED_MAX = 8192     # decisions remembered until the entries change (then cleared)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Guard:
         self._keys_at = float("-inf")
         self._platform: tuple[str, float] | None = None
         self._refreshing = None  # the background refresh task, while one runs
+        self._decisions: dict[tuple, Decision] = {}  # for the entries as they are now
         self.counters = {"allowed": 0, "denied": 0, "bad_credentials": 0}
 
     # ------------------------------------------------------------ keys and ACL
@@ -115,6 +117,7 @@ class Guard:
             return
         self.entries = [Entry.from_doc(e) for e in doc.get("entries", ())]
         self.restricted = list(doc.get("restricted", ()))
+        self._decisions = {}
         self.acl_version = doc.get("version", 0)
         self._acl_at = self.clock()
 
@@ -185,8 +188,17 @@ class Guard:
             return Decision(True, "authentication is off")
         if who.expires_at <= self.clock():
             return Decision(False, f"the token of {who.user!r} expired; log in again")
-        return decide(self.entries, who.user, who.groups, kind, resource, perm, owner,
-                      self.restricted)
+        # A hot path (every Kuafu call, every Nuwa request): the same caller doing the same
+        # thing gets the remembered answer until the entries change.
+        key = (who.user, who.groups, kind, resource, perm, owner)
+        d = self._decisions.get(key)
+        if d is None:
+            d = decide(self.entries, who.user, who.groups, kind, resource, perm, owner,
+                       self.restricted)
+            if len(self._decisions) >= DECISIONS_CACHED_MAX:
+                self._decisions.clear()
+            self._decisions[key] = d
+        return d
 
     def check(self, who: Principal, kind: str, resource: str, perm: str,
               owner: str | None = None) -> Decision:

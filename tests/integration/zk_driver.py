@@ -307,23 +307,10 @@ def main() -> None:
         step('revocation takes effect')
         m("auth_revoke", tok["bob"], "nuwa", "/apps/bob", "user:dave", None)
         dave_nw = nw("dave")
-        deadline = time.time() + 10
-        revoked = "ok"
-        while time.time() < deadline:
-            revoked = run(lambda: dave_nw.get("/apps/bob/x"))
-            if revoked != "ok":
-                break
-            time.sleep(0.2)
-        checks["revoked_nuwa"] = revoked
+        checks["revoked_nuwa"] = _until_refused(lambda: dave_nw.get("/apps/bob/x"))
         m("auth_revoke", tok["bob"], "pangu", "/home/bob", "user:dave", None)
         dave_pg = pg("dave")
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            revoked = run(lambda: dave_pg.stat("/home/bob/f"))
-            if revoked != "ok":
-                break
-            time.sleep(0.2)
-        checks["revoked_pangu"] = revoked
+        checks["revoked_pangu"] = _until_refused(lambda: dave_pg.stat("/home/bob/f"))
 
         # ------------------------------------------------ key rotation
         step('key rotation')
@@ -365,6 +352,18 @@ def main() -> None:
         json.dump(result, f, indent=1, default=str)
     with open(secrets_path, "w") as f:
         json.dump(secrets, f)
+
+
+def _until_refused(fn, timeout_s: float = 10.0) -> str:
+    """Call ``fn`` until it is refused (guards see a revoke within their ACL refresh)."""
+    deadline = time.time() + timeout_s
+    got = "ok"
+    while time.time() < deadline:
+        got = run(fn)
+        if got != "ok":
+            break
+        time.sleep(0.2)
+    return got
 
 
 def _watch(client, owner_client) -> None:
