@@ -379,9 +379,15 @@ def ensure_pangu(conn: "Connection") -> None:
     rec = None if conn.embedded else ClusterRecord.load(conn.cluster)
     nuwa = rec.nuwa if rec is not None else None
     layout = pangu_layout(len(deploy.alive_nodes()))
+    auth = None
+    if rec is not None and rec.auth:  # the cluster's keys: Pangu enforces access like the rest
+        from zhongkui.authority import load_or_create_keys
+        from zhongkui.guard import auth_doc
+
+        auth = auth_doc(True, load_or_create_keys(keys_path(conn.cluster)))
     deploy.start(conn.cluster, conn.data_dir, masters=2 if nuwa else 1, nuwa=nuwa,
                  per_node=layout["per_node"], settings=layout["settings"],
-                 detached=not conn.embedded)
+                 detached=not conn.embedded, auth=auth)
 
 
 def _stop_replicas(namespace: str) -> int:

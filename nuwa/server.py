@@ -500,6 +500,16 @@ class ReplicaServer:
         except ZhongkuiError as e:
             raise E.BadRequest(str(e)) from None
 
+    async def _allow_subtree(self, who, path) -> None:
+        from zhongkui.acl import PROTECTED_NUWA_PREFIXES, under
+
+        if not isinstance(path, str):
+            return
+        for prefix in (*PROTECTED_NUWA_PREFIXES, *self.guard.restricted):
+            if prefix.rstrip("/") != path.rstrip("/") and under(prefix, path) and \
+                    self._creator(prefix) is not None:
+                await self._allow(who, prefix, "delete")
+
     def _nearest(self, path) -> str:
         """The nearest existing ancestor directory of ``path`` (its owner decides a create,
         with parents=True too)."""
@@ -555,6 +565,10 @@ class ReplicaServer:
                 await self._allow(who, c.get("path"), "write")
             elif kind == "delete":
                 await self._allow(who, c.get("path"), "delete")
+                if c.get("recursive"):
+                    # A subtree may hold protected or restricted prefixes the open namespace
+                    # does not reach: deleting it needs delete on each of them too.
+                    await self._allow_subtree(who, c.get("path"))
             elif kind == "check":
                 await self._allow(who, c.get("path"), "read")
 

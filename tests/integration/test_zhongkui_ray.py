@@ -103,6 +103,9 @@ def test_what_the_grid_does_not_show(zk):
     assert c["protected_read_users"] == "denied" and c["protected_write_fuxi"] == "denied"
     assert c["services_dir_read"] == "ok"
     assert c["creator_is_verified"] == "carol"
+    # Deleting "/" or a parent of a restricted prefix recursively reaches into it: refused.
+    assert c["delete_root_recursive"] == "denied" and c["delete_apps_recursive"] == "denied"
+    assert c["platform_intact"]
     # A recursive watch on "/" sees open changes, not the users' records; sessions are their
     # owner's to close.
     assert c["watch_root_sees_open"] and c["watch_root_hides_protected"]

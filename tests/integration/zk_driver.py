@@ -243,6 +243,10 @@ def main() -> None:
         checks["protected_write_fuxi"] = run(lambda: car.create("/fuxi/evil", b""))
         checks["services_dir_read"] = run(lambda: car.list("/services/"))
         checks["creator_is_verified"] = car.stat("/open/carol")["creator"]
+        # The open namespace does not reach into protected prefixes by deleting their parent.
+        checks["delete_root_recursive"] = run(lambda: car.delete("/", recursive=True))
+        checks["delete_apps_recursive"] = run(lambda: car.delete("/apps/", recursive=True))
+        checks["platform_intact"] = bool(nw("admin").list("/fuxi/"))
         # A recursive watch on an open prefix does not carry changes under protected ones.
         w = car.watch("/", recursive=True)
         m("auth_user_add", admin, "eve", "eve-password-1", [])
