@@ -14,6 +14,7 @@ from collections import deque
 
 RECORDS_KEPT = 10_000
 DETAIL_CHARS_MAX = 500
+FILE_BYTES_MAX = 64 * 1024 * 1024  # then the file is rotated to <path>.1 (one old file kept)
 # A signed token (two base64url parts, long), a key-like run of base64, or password=...
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}")
 _SECRET_KV = re.compile(r"(?i)(password|passwd|token|secret|key)(\s*[=:]\s*)(\S+)")
@@ -25,9 +26,10 @@ def redact(text: str) -> str:
 
 
 class AuditLog:
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, file_bytes_max: int = FILE_BYTES_MAX):
         self.records: deque = deque(maxlen=RECORDS_KEPT)
         self.path = path
+        self.file_bytes_max = file_bytes_max
 
     def record(self, who: str, action: str, resource: str, result: str, detail: str = "",
                now: float | None = None) -> dict:
@@ -36,6 +38,11 @@ class AuditLog:
                "detail": redact(detail)[:DETAIL_CHARS_MAX]}
         self.records.append(rec)
         if self.path:
+            try:
+                if os.path.getsize(self.path) >= self.file_bytes_max:
+                    os.replace(self.path, self.path + ".1")  # a flood cannot fill the disk
+            except FileNotFoundError:
+                pass
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             with os.fdopen(fd, "a") as f:
                 f.write(json.dumps(rec, sort_keys=True) + "\n")

@@ -40,6 +40,7 @@ ACL_REFRESH_S = 2.0             # cached ACL entries are at most this old when t
 ACL_DENY_REFRESH_S = 0.5        # a denial first refreshes the entries, at most this often
 ACL_FETCH_TIMEOUT_S = 5.0
 PLATFORM_TOKEN_TTL_S = 3600.0   # the platform's own tokens; renewed at half their life
+REPORTS_PER_S_MAX = 50.0        # denials a guard sends to the trail; the rest are counted
 DECISIONS_CACHED_MAX = 8192     # decisions remembered until the entries change (then cleared)
 
 
@@ -94,6 +95,9 @@ class Guard:
         self._platform: tuple[str, float] | None = None
         self._refreshing = None  # the background refresh task, while one runs
         self._decisions: dict[tuple, Decision] = {}  # for the entries as they are now
+        self._report_budget = REPORTS_PER_S_MAX
+        self._report_at = clock()
+        self.reports_suppressed = 0  # denials not sent (over REPORTS_PER_S_MAX), not yet told
         self.counters = {"allowed": 0, "denied": 0, "bad_credentials": 0}
 
     # ------------------------------------------------------------ keys and ACL
@@ -253,10 +257,25 @@ class Guard:
         return who
 
     def _report(self, who: str, action: str, resource: str, detail: str) -> None:
+        """Send a denial to the trail: at most REPORTS_PER_S_MAX per second (a client
+        hammering with a bad token must not become a flood of calls to FuxiMaster); those
+        over the budget are counted and the count goes with the next one sent."""
         if self.report is None:
             return
+        now = self.clock()
+        self._report_budget = min(REPORTS_PER_S_MAX, self._report_budget
+                                  + (now - self._report_at) * REPORTS_PER_S_MAX)
+        self._report_at = now
+        if self._report_budget < 1:
+            self.reports_suppressed += 1
+            return
+        self._report_budget -= 1
+        if self.reports_suppressed:
+            detail += f" ({self.reports_suppressed} more denials here were not recorded)"
+            self.reports_suppressed = 0
         try:
-            self.report(self.platform_token(), {"who": who, "action": action, "resource": resource,
-                         "result": "denied", "detail": f"at {self.name}: {detail}"})
+            self.report(self.platform_token(), {"who": who, "action": action,
+                                                "resource": resource, "result": "denied",
+                                                "detail": f"at {self.name}: {detail}"})
         except Exception:  # noqa: BLE001 - the trail must not break the answer
             pass

@@ -194,3 +194,34 @@ def test_grants_come_from_owners_and_administrators(tmp_path):
     # A reload from the store sees the same entries.
     b = Authority(a.store, str(tmp_path / "keys.json"), None, enabled=True)
     assert b.acl_doc() == a.acl_doc()
+
+
+def test_a_flood_of_denials_is_counted_not_sent():
+    from zhongkui.guard import REPORTS_PER_S_MAX
+
+    clock = Clock()
+    ring = Keyring.new()
+    sent = []
+    g = Guard(auth_doc(True, ring), clock=clock, report=lambda proof, rec: sent.append(rec))
+    for _ in range(1000):
+        with pytest.raises(Malformed):
+            g.identify("bad")
+    assert len(sent) == REPORTS_PER_S_MAX and g.reports_suppressed == 1000 - REPORTS_PER_S_MAX
+    clock.t += 1.0
+    with pytest.raises(Malformed):
+        g.identify("bad")
+    assert f"{1000 - int(REPORTS_PER_S_MAX)} more denials" in sent[-1]["detail"]
+    assert g.reports_suppressed == 0
+
+
+def test_the_audit_file_is_rotated_at_its_limit(tmp_path):
+    from zhongkui.audit import AuditLog
+
+    path = str(tmp_path / "audit.jsonl")
+    log = AuditLog(path, file_bytes_max=10_000)
+    for i in range(200):
+        log.record("bob", "read", f"pangu:/x/{i}", "denied", "x" * 100)
+    import os
+
+    assert os.path.getsize(path) < 10_000 + 1000 and os.path.exists(path + ".1")
+    assert os.stat(path).st_mode & 0o777 == 0o600
