@@ -479,13 +479,10 @@ class ReplicaServer:
 
     def _creator(self, path: str) -> str | None:
         """Who created ``path`` (a directory is found with or without its trailing '/')."""
-        other = path.rstrip("/") if path.endswith("/") else path + "/"
-        for p in (path, other):
-            try:
-                return self.tree.stat(p).creator
-            except E.NuwaError:
-                continue
-        return None
+        nodes = self.tree._nodes  # a dict lookup: this runs for every request
+        node = nodes.get(path) or nodes.get(path.rstrip("/") if path.endswith("/")
+                                            else path + "/")
+        return node.creator if node is not None else None
 
     async def _allow(self, who, path, perm: str, owner_of: str | None = None) -> None:
         from zhongkui.errors import Denied, ZhongkuiError
