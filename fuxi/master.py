@@ -214,8 +214,8 @@ class FuxiMaster:
     def auth_keys(self, proof: str) -> dict:
         return self._auth().keys_for_platform(proof)
 
-    def auth_acl(self, proof: str) -> dict:
-        return self._auth().acl_for_platform(proof)
+    def auth_acl(self, proof: str, have_version: int | None = None) -> dict:
+        return self._auth().acl_for_platform(proof, have_version)
 
     def auth_record(self, proof: str, rec: dict) -> None:
         self._auth().record_from_platform(proof, rec)

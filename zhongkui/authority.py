@@ -115,8 +115,12 @@ class Authority:
         self._platform(proof)
         return self.keyring.to_doc()
 
-    def acl_for_platform(self, proof) -> dict:
+    def acl_for_platform(self, proof, have_version: int | None = None) -> dict:
+        """The entries, or only the version when the asking guard has it already (guards
+        ask every ACL_REFRESH_S: most answers are this small one)."""
         self._platform(proof)
+        if have_version is not None and have_version == self.guard.acl_version:
+            return {"version": have_version, "unchanged": True}
         return self.acl_doc()
 
     def record_from_platform(self, proof, rec: dict) -> None:

@@ -76,7 +76,7 @@ class Guard:
     def __init__(self, auth: dict | None = None, *, name: str = "platform",
                  clock: Callable[[], float] = time.time,
                  fetch_keys: Callable[[str], Awaitable[dict]] | None = None,
-                 fetch_acl: Callable[[str], Awaitable[dict]] | None = None,
+                 fetch_acl: Callable[[str, int], Awaitable[dict]] | None = None,
                  report: Callable[[str, dict], Any] | None = None):
         auth = auth or {}
         self.enabled = bool(auth.get("enabled"))
@@ -116,8 +116,12 @@ class Guard:
         return len(self.keyring.keys)
 
     def set_acl(self, doc: dict) -> None:
-        """``{"version", "entries": [entry docs], "restricted": [nuwa prefixes]}``."""
-        if doc.get("version", 0) < self.acl_version:
+        """``{"version", "entries": [entry docs], "restricted": [nuwa prefixes]}``, or
+        ``{"version", "unchanged": True}`` when this guard has that version already."""
+        if doc.get("unchanged") and doc.get("version") == self.acl_version:
+            self._acl_at = self.clock()
+            return
+        if doc.get("version", 0) < self.acl_version or "entries" not in doc:
             return
         self.entries = [Entry.from_doc(e) for e in doc.get("entries", ())]
         self.restricted = list(doc.get("restricted", ()))
@@ -132,7 +136,7 @@ class Guard:
         if self.fetch_acl is None:
             return False
         try:
-            self.set_acl(await self.fetch_acl(self.platform_token()))
+            self.set_acl(await self.fetch_acl(self.platform_token(), self.acl_version))
             return True
         except Exception as e:  # noqa: BLE001 - keep the entries we have; try again later
             log.warning("%s: fetching the ACL entries failed: %s", self.name, type(e).__name__)

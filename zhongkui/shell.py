@@ -47,8 +47,8 @@ def make_guard(auth: dict | None, name: str, namespace: str | None) -> Guard:
     async def fetch_keys(proof: str) -> dict:
         return await master.call("auth_keys", KEYS_FETCH_TIMEOUT_S, proof)
 
-    async def fetch_acl(proof: str) -> dict:
-        return await master.call("auth_acl", ACL_FETCH_TIMEOUT_S, proof)
+    async def fetch_acl(proof: str, have_version: int) -> dict:
+        return await master.call("auth_acl", ACL_FETCH_TIMEOUT_S, proof, have_version)
 
     def report(proof: str, rec: dict) -> None:
         try:

@@ -77,7 +77,7 @@ def test_a_denial_refreshes_the_entries_once_before_it_is_final():
     acl = {"version": 1, "entries": [], "restricted": []}
     fetched = []
 
-    async def fetch_acl(proof):
+    async def fetch_acl(proof, have_version):
         fetched.append(proof)
         return acl
 
@@ -191,6 +191,9 @@ def test_grants_come_from_owners_and_administrators(tmp_path):
     with pytest.raises(Denied):
         a.keys_for_platform(admin)
     assert a.keys_for_platform(a.guard.platform_token())["current"] == a.keyring.current
+    v = a.guard.acl_version
+    assert a.acl_for_platform(a.guard.platform_token(), v) == {"version": v, "unchanged": True}
+    assert len(a.acl_for_platform(a.guard.platform_token(), v - 1)["entries"]) >= 1
     # A reload from the store sees the same entries.
     b = Authority(a.store, str(tmp_path / "keys.json"), None, enabled=True)
     assert b.acl_doc() == a.acl_doc()
