@@ -28,13 +28,15 @@ BAD = ("none", "malformed", "forged", "expired")
 GOOD = ("carol", "dave", "bob", "admin")
 OWNERS = {"dave", "bob", "admin"}  # granted, owner, administrator
 ALLOWED = {op: OWNERS for op in (
-    "nuwa.get", "nuwa.list", "nuwa.stat", "nuwa.create", "nuwa.set", "nuwa.delete", "nuwa.txn",
-    "nuwa.watch", "pangu.ls", "pangu.stat", "pangu.read", "pangu.write", "pangu.append",
-    "pangu.mkdir", "pangu.rename", "pangu.delete", "job.submit", "job.status", "job.logs",
+    "nuwa.get", "nuwa.list", "nuwa.stat", "nuwa.exists", "nuwa.create", "nuwa.set",
+    "nuwa.delete", "nuwa.txn", "nuwa.watch", "pangu.ls", "pangu.stat", "pangu.exists",
+    "pangu.du", "pangu.truncate", "pangu.read", "pangu.write", "pangu.append", "pangu.mkdir",
+    "pangu.rename", "pangu.delete", "job.submit", "job.status", "job.wait", "job.logs",
     "job.list", "job.cancel", "service.status", "service.list", "service.scale", "kuafu.call")}
 ALLOWED["service.register"] = set(GOOD)  # any signed-in user may register a new name
 ALLOWED["acl.grant"] = {"bob", "admin"}  # the owner grants; a grantee does not
 ALLOWED["user.add"] = ALLOWED["audit.read"] = {"admin"}
+ALLOWED["pangu.fsck"] = ALLOWED["pangu.drain"] = {"admin"}
 LISTINGS = ("job.list", "service.list")  # a listing hides what the caller may not see
 
 

@@ -137,6 +137,8 @@ def main() -> None:
                 f.write(b"r")
             with bob_pg.open(f"/home/bob/del-{who}", "wb") as f:
                 f.write(b"d")
+            with bob_pg.open(f"/home/bob/t-{who}", "wb") as f:
+                f.write(b"truncate me")
         m("auth_grant", tok["bob"], "pangu", "/home/bob", "user:dave",
           ["read", "write", "create", "delete"])
 
@@ -179,6 +181,8 @@ def main() -> None:
                                timeout_s=20) as c:
                 return c.call(method, b"hi", idempotent=True)
 
+        server_id = pg("admin").status()["servers"][0]["id"]
+
         # ---------------------------------------------------------------- the grid
         def grid(who):
             n, p, j = nw(who), pg(who), fx(who)
@@ -186,6 +190,7 @@ def main() -> None:
                 "nuwa.get": lambda: n.get("/apps/bob/x"),
                 "nuwa.list": lambda: n.list("/apps/bob/"),
                 "nuwa.stat": lambda: n.stat("/apps/bob/x"),
+                "nuwa.exists": lambda: n.exists("/apps/bob/x"),
                 "nuwa.create": lambda: n.create(f"/apps/bob/c-{who}", b"v"),
                 "nuwa.set": lambda: n.set("/apps/bob/x", b"changed"),
                 "nuwa.delete": lambda: n.delete(f"/apps/bob/d-{who}"),
@@ -194,6 +199,11 @@ def main() -> None:
                 "nuwa.watch": lambda: _watch(n, bob_nw),
                 "pangu.ls": lambda: p.ls("/home/bob"),
                 "pangu.stat": lambda: p.stat("/home/bob/f"),
+                "pangu.exists": lambda: p.exists("/home/bob/f"),
+                "pangu.du": lambda: p.du("/home/bob"),
+                "pangu.truncate": lambda: p.truncate(f"/home/bob/t-{who}", 4),
+                "pangu.fsck": lambda: p.fsck("/home/bob"),
+                "pangu.drain": lambda: p.call("drain", server_id, False),
                 "pangu.read": lambda: p.open("/home/bob/f", "rb").read(),
                 "pangu.write": lambda: _write(p, f"/home/bob/w-{who}", "wb"),
                 "pangu.append": lambda: _write(p, "/home/bob/g", "ab"),
@@ -202,6 +212,7 @@ def main() -> None:
                 "pangu.delete": lambda: p.rm(f"/home/bob/del-{who}"),
                 "job.submit": lambda: j.submit(noop),
                 "job.status": lambda: j.status(j1),
+                "job.wait": lambda: j.wait(j1, timeout_s=5),
                 "job.logs": lambda: j.logs(j1),
                 "job.list": lambda: any(s["job_id"] == j1 for s in j.list()),
                 "job.cancel": lambda: j.cancel(cancel_jobs[who]),
