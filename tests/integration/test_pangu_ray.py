@@ -19,6 +19,7 @@ from tests.integration.test_batch import _wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
+CORRUPT_TRIES_MAX = 10  # locate-then-corrupt rounds while the rebalancer moves replicas
 CLUSTER = "pt"
 CS = 256 * 1024  # small chunks: every test crosses chunk boundaries
 SETTINGS = {"dead_after_s": 3.0, "maintain_s": 0.5, "seed": 7,
@@ -320,15 +321,27 @@ def test_flipped_bit_is_detected_on_read_and_by_the_scrubber_and_repaired(pg):
     data = os.urandom(2 * CS)
     write_file(c, "/flip/a", data)
     write_file(c, "/flip/b", data)
-    info = c.call("locate", "/flip/a")
-    victim = info["chunks"][0]["replicas"][0]["name"]
-    h = ray.get_actor(victim, namespace=f"fuxi-{CLUSTER}")
     before = c.status()["counters"].get("corrupt", 0)
     # Corrupt the replica on *every* server but keep one good one: reads must still work.
-    reps = info["chunks"][0]["replicas"]
-    for r in reps[:-1]:
-        ray.get(ray.get_actor(r["name"], namespace=f"fuxi-{CLUSTER}")
-                .corrupt_for_test.remote(info["chunks"][0]["id"], 1000), timeout=30)
+    # The rebalancer may move a replica between locate and the corruption (earlier tests
+    # leave servers unevenly full): then locate again and corrupt the copies where they are.
+    done: set = set()  # corrupt_for_test flips a bit: never twice on one replica
+    for attempt in range(CORRUPT_TRIES_MAX):
+        info = c.call("locate", "/flip/a")
+        reps = info["chunks"][0]["replicas"]
+        try:
+            for r in reps[:-1]:
+                if r["name"] not in done:
+                    ray.get(ray.get_actor(r["name"], namespace=f"fuxi-{CLUSTER}")
+                            .corrupt_for_test.remote(info["chunks"][0]["id"], 1000),
+                            timeout=30)
+                    done.add(r["name"])
+            break
+        except ray.exceptions.RayTaskError as e:
+            if "NotFound" not in str(e) or attempt == CORRUPT_TRIES_MAX - 1:
+                raise
+            time.sleep(0.5)
+    h = ray.get_actor(reps[0]["name"], namespace=f"fuxi-{CLUSTER}")
     for _ in range(3):  # whichever replica the reader picks, the bytes are right
         assert read_file(c, "/flip/a") == data
     # The scrubber finds corruption in a chunk nobody reads.
