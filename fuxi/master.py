@@ -64,8 +64,8 @@ class FuxiMaster:
         # actor's own platform token, which its Nuwa client presents.
         self.keys_path = os.path.join(data_dir, "zhongkui", "keys.json") if data_dir else None
         self.keyring = load_or_create_keys(self.keys_path) if self.keys_path else Keyring.new()
-        self.platform_guard = Guard(auth_doc(self.auth_enabled, self.keyring), name="master")
-        self.platform_guard.keyring = self.keyring
+        self.platform_guard = Guard(auth_doc(self.auth_enabled, None), name="master",
+                                    keyring=self.keyring)
         self.detached = detached  # JobMasters share the master's lifetime
         self._watchers: set = set()
         self.data_dir = data_dir
@@ -303,7 +303,7 @@ class FuxiMaster:
         proof = self.platform_guard.platform_token()  # signed with the key everyone has
         kid = self._auth().rotate_keys(token)
         self._push_keys(proof, self.keyring.to_doc())
-        self.platform_guard._platform = None  # from now on signed with the new key
+        self.platform_guard.renew_platform_token()  # from now on signed with the new key
         return kid
 
     def _push_keys(self, proof: str, doc: dict) -> list[str]:

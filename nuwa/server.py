@@ -532,7 +532,7 @@ class ReplicaServer:
             sess = self.tree._sessions.get(sid) if isinstance(sid, int) else None
             owner = sess.owner if sess is not None else None
             if owner is not None and owner != who.user and not who.admin:
-                self.guard._report(who.user, op, f"session:{sid}", "another user's session")
+                self.guard.report_denial(who.user, op, f"session:{sid}", "another user's session")
                 raise E.Denied(f"user {who.user!r} may not {op.replace('_', ' ')} {owner!r}'s "
                                f"session")
             if op == "session_keepalive":

@@ -211,7 +211,7 @@ class ChunkServer:
         except BadCredentials as e:
             raise Unauthenticated(f"{type(e).__name__}: {e}") from None
         if not who.platform:
-            self.guard._report(who.user, what, f"chunkserver:{self.name}", "not a platform actor")
+            self.guard.report_denial(who.user, what, f"chunkserver:{self.name}", "not a platform actor")
             raise Denied(f"user {who.user!r} may not {what}: the platform's own actors only")
 
     async def _check_access(self, access, cid: str, mode: str) -> None:
@@ -231,7 +231,7 @@ class ChunkServer:
         sc = who.scope or {}
         if sc.get("kind") != "chunk" or sc.get("id") != cid or \
                 not (sc.get("mode") == mode or (mode == "r" and sc.get("mode") == "w")):
-            self.guard._report(who.user, f"chunk {mode}", f"chunk:{cid}",
+            self.guard.report_denial(who.user, f"chunk {mode}", f"chunk:{cid}",
                                "an access token for another chunk or mode")
             raise Denied(f"chunk {cid}: the access token is for chunk {sc.get('id')!r} mode "
                          f"{sc.get('mode')!r}, not this chunk in mode {mode!r}")

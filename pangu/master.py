@@ -295,7 +295,7 @@ class PanguMaster:
     async def _admin_only(self, cred, what: str) -> None:
         who = await self._who(cred)
         if self.guard.enabled and not who.admin:
-            self.guard._report(who.user, what, "pangu", "administrators only")
+            self.guard.report_denial(who.user, what, "pangu", "administrators only")
             raise Denied(f"user {who.user!r} may not {what}: administrators only")
 
     def _access(self, who, cid: str, mode: str) -> str:

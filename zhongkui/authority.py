@@ -66,8 +66,7 @@ class Authority:
         self.keyring = keyring or (load_or_create_keys(keys_path) if keys_path else Keyring.new())
         self.directory = Directory(store)
         self.audit = AuditLog(audit_path)
-        self.guard = Guard(auth_doc(enabled, self.keyring), name="master")
-        self.guard.keyring = self.keyring  # one keyring: a rotation here is seen at once
+        self.guard = Guard(auth_doc(enabled, None), name="master", keyring=self.keyring)
         self._load_acl()
 
     # ------------------------------------------------------------ ACL entries

@@ -77,10 +77,13 @@ class Guard:
                  clock: Callable[[], float] = time.time,
                  fetch_keys: Callable[[str], Awaitable[dict]] | None = None,
                  fetch_acl: Callable[[str, int], Awaitable[dict]] | None = None,
-                 report: Callable[[str, dict], Any] | None = None):
+                 report: Callable[[str, dict], Any] | None = None,
+                 keyring: Keyring | None = None):
+        """``keyring``: share this keyring object instead of one made from ``auth["keys"]``
+        (FuxiMaster's guards: a rotation there is seen by them at once)."""
         auth = auth or {}
         self.enabled = bool(auth.get("enabled"))
-        self.keyring = Keyring.from_doc(auth["keys"]) if auth.get("keys") else None
+        self.keyring = keyring or (Keyring.from_doc(auth["keys"]) if auth.get("keys") else None)
         if self.enabled and self.keyring is None:
             raise ValueError("an enabled guard needs the cluster's keys")
         self.name = name
@@ -103,6 +106,10 @@ class Guard:
     # ------------------------------------------------------------ keys and ACL
     def set_keys(self, doc: dict) -> None:
         self.keyring = Keyring.from_doc(doc)
+        self.renew_platform_token()
+
+    def renew_platform_token(self) -> None:
+        """The next platform token is signed afresh, with the keyring's current key."""
         self._platform = None
 
     def accept_keys(self, proof, doc: dict) -> int:
@@ -170,7 +177,7 @@ class Guard:
             c = self.keyring.verify(token, self.clock())
         except BadCredentials as e:
             self.counters["bad_credentials"] += 1
-            self._report("?", "authenticate", "-", type(e).__name__)
+            self.report_denial("?", "authenticate", "-", type(e).__name__)
             raise
         return Principal(c.user, tuple(c.groups), c.scope, c.expires_at)
 
@@ -216,7 +223,7 @@ class Guard:
             self.counters["allowed"] += 1
             return d
         self.counters["denied"] += 1
-        self._report(who.user, perm, f"{kind}:{resource}", d.reason)
+        self.report_denial(who.user, perm, f"{kind}:{resource}", d.reason)
         raise Denied(d.reason)
 
     async def acheck(self, who: Principal, kind: str, resource: str, perm: str,
@@ -260,7 +267,7 @@ class Guard:
         await self.acheck(who, kind, resource, perm, owner)
         return who
 
-    def _report(self, who: str, action: str, resource: str, detail: str) -> None:
+    def report_denial(self, who: str, action: str, resource: str, detail: str) -> None:
         """Send a denial to the trail: at most REPORTS_PER_S_MAX per second (a client
         hammering with a bad token must not become a flood of calls to FuxiMaster); those
         over the budget are counted and the count goes with the next one sent."""
