@@ -12,16 +12,36 @@ Retry rules, in the Jepsen sense of ok / fail / info:
   changed mid-way) raises ``OutcomeUnknown``. It may or may not have happened, and the client
   never retries it silently. Reads in that situation are simply retried.
 
-Watches resume where they left off: the client remembers the last revision it delivered and
-re-subscribes from there after a reconnect. It either misses nothing or raises ``Compacted``
-when the server no longer holds that history.
+Watches resume where they left off: one command can make several events at one revision (a
+txn, a recursive delete, a session expiry), so every event carries its position
+(``revision``, ``index``). The client remembers the position of the last event it delivered
+and re-subscribes from exactly there after a reconnect, so every event is delivered once, in
+order. It either misses nothing or raises ``Compacted`` when the server no longer holds that
+history.
+
+Sessions have a state, like kazoo's (``SessionState``)::
+
+    CONNECTED --keep-alive fails--> SUSPENDED --keep-alive answered--> CONNECTED
+    CONNECTED / SUSPENDED --expired on the server, or no keep-alive answered within
+                            the TTL--> LOST          (final)
+    CONNECTED / SUSPENDED --close()--> CLOSED        (final)
+
+``LOST`` is declared by the client itself once no keep-alive was answered within the TTL
+(counted on the monotonic clock from when the last answered one was *sent*), which is never
+later than the server can expire it: whoever holds a lock under a session stops claiming it
+before anyone else can get it. Listeners (``Session.add_listener``,
+``AsyncNuwa.add_session_listener``) hear every change. A lost session never comes back; the
+client opens a new, distinct session (a new id) for later ephemeral creates, and the recipes
+(``nuwa.recipes``) bound to the old one report their loss instead of carrying on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import itertools
+import logging
 import random
 import threading
 from typing import Any, AsyncIterator, Iterator, Sequence
@@ -36,6 +56,24 @@ CONNECT_TIMEOUT_S = 1.0
 RETRY_BACKOFF_S = 0.05
 WATCH_QUEUE_MAX = 100_000  # events buffered for one watch before the watch is failed
 SESSION_TTL_DEFAULT_S = 10.0
+SESSION_CLOSE_TIMEOUT_S = 2.0  # a lost session is closed on the server at best effort, this long
+
+logger = logging.getLogger(__name__)
+
+
+class SessionState(str, enum.Enum):
+    CONNECTED = "connected"  # keep-alives are answered
+    SUSPENDED = "suspended"  # the last keep-alive failed; the session may still be alive
+    LOST = "lost"            # expired, or not confirmed within its TTL: gone for good
+    CLOSED = "closed"        # closed by its owner
+
+
+_SESSION_MOVES = {
+    SessionState.CONNECTED: {SessionState.SUSPENDED, SessionState.LOST, SessionState.CLOSED},
+    SessionState.SUSPENDED: {SessionState.CONNECTED, SessionState.LOST, SessionState.CLOSED},
+    SessionState.LOST: set(),
+    SessionState.CLOSED: set(),
+}
 
 
 class _Connection:
@@ -103,6 +141,8 @@ class AsyncNuwa:
         self._connecting = asyncio.Lock()
         self._watches: dict[int, "_Watch"] = {}  # server watch id -> watch
         self._session: Session | None = None
+        self._sessions: set[Session] = set()  # open ones, told when the connection drops
+        self._session_listeners: list = []
         self._closing = False
         self._early: dict[int, list] = {}  # watch id -> messages that arrived before its reply
 
@@ -190,11 +230,26 @@ class AsyncNuwa:
     # ------------------------------------------------------------ namespace
 
     async def create(self, path: str, value: bytes = b"", *, ephemeral: bool = False,
-                     sequential: bool = False, parents: bool = False) -> str:
-        session = (await self._ensure_session()).id if ephemeral else None
-        res = await self._call({"op": "create", "cmd": {
-            "op": "create", "path": path, "value": bytes(value), "creator": self.creator,
-            "ephemeral_session": session, "sequential": sequential, "parents": parents}}, True)
+                     sequential: bool = False, parents: bool = False,
+                     session: "Session | None" = None) -> str:
+        """``ephemeral``: the node lives as long as ``session`` (default: this client's
+        default session, opened on first use and replaced by a new one once lost)."""
+        if ephemeral:
+            s = session if session is not None else await self._ensure_session()
+            if not s.alive:
+                raise E.SessionExpired(f"cannot create ephemeral {path}: session {s.id} is "
+                                       f"{s.state.value}", session=s.id)
+            sid = s.id
+        else:
+            s, sid = None, None
+        try:
+            res = await self._call({"op": "create", "cmd": {
+                "op": "create", "path": path, "value": bytes(value), "creator": self.creator,
+                "ephemeral_session": sid, "sequential": sequential, "parents": parents}}, True)
+        except E.NoSession:
+            if s is not None:  # the server no longer has it: it expired
+                s._end(SessionState.LOST, "the server says it is not open")
+            raise
         return res["path"]
 
     async def get(self, path: str) -> tuple[bytes, dict]:
@@ -246,30 +301,66 @@ class AsyncNuwa:
     # ------------------------------------------------------------ sessions
 
     async def session(self, ttl_s: float = SESSION_TTL_DEFAULT_S) -> "Session":
+        sent_at = asyncio.get_running_loop().time()
         res = await self._call({"op": "session_open", "cmd": {
             "op": "session_open", "ttl_s": float(ttl_s), "owner": self.creator}}, True)
-        s = Session(self, res["session"], float(res["ttl_s"]))
+        s = Session(self, res["session"], float(res["ttl_s"]), sent_at)
+        self._sessions.add(s)
         s.start()
+        self._tell(s, SessionState.CONNECTED)
         return s
 
     async def _ensure_session(self) -> "Session":
-        if self._session is None or self._session.expired:
+        """The default session; a lost one is replaced by a new, distinct session (new id,
+        announced as CONNECTED to the listeners): never silently revived."""
+        s = self._session
+        if s is not None and not s.alive:
+            s._end(SessionState.LOST, f"no keep-alive answered within {s.ttl_s}s")
+        if s is None or s.expired:
             self._session = await self.session()
         return self._session
+
+    async def default_session(self) -> "Session":
+        """This client's default session (the one ephemeral creates use unless told)."""
+        return await self._ensure_session()
+
+    def add_session_listener(self, fn) -> None:
+        """``fn(session, state)`` on every state change of every session of this client
+        (a new session is announced as CONNECTED). Called on the client's event loop; it must
+        not block. Exceptions are logged, never propagated."""
+        self._session_listeners.append(fn)
+
+    def remove_session_listener(self, fn) -> None:
+        with contextlib.suppress(ValueError):
+            self._session_listeners.remove(fn)
+
+    def _tell(self, session: "Session", state: SessionState) -> None:
+        for fn in list(self._session_listeners):
+            try:
+                fn(session, state)
+            except Exception:  # noqa: BLE001 - one bad listener must not stop the others
+                logger.exception("session listener %r failed", fn)
 
     # ------------------------------------------------------------ watches
 
     async def watch(self, path: str, recursive: bool = False,
-                    from_revision: int | None = None) -> "_Watch":
-        w = _Watch(self, path, recursive, from_revision)
+                    from_revision: int | None = None, from_index: int | None = None) -> "_Watch":
+        """Events after ``from_revision`` (default: from now on). With ``from_index`` too,
+        the events of ``from_revision`` after that index are also delivered: pass a
+        watch's ``position`` to resume it exactly."""
+        w = _Watch(self, path, recursive, from_revision, from_index)
         await w.subscribe()
         return w
 
     def _on_lost(self, conn: _Connection) -> None:
         """A connection dropped: if watches depend on it, reconnect now and resubscribe them
-        from their last revision (they must not wait for the next call to notice)."""
+        from their last position (they must not wait for the next call to notice); sessions
+        are suspended until a keep-alive is answered again."""
         if self.conn is conn:
             self.conn = None
+        if not self._closing and not conn.dropped:
+            for s in list(self._sessions):
+                s._connection_lost()
         if self._watches and not self._closing and not conn.dropped:
             asyncio.get_running_loop().create_task(self._rewatch())
 
@@ -301,56 +392,172 @@ class AsyncNuwa:
         if self._session is not None:
             with contextlib.suppress(Exception):
                 await self._session.close()
+        for s in list(self._sessions):  # the others end with the client (not closed remotely)
+            s._end(SessionState.CLOSED, "the client was closed")
         if self.conn is not None:
             self.conn.close()
             self.conn = None
 
 
 class Session:
-    """A client session: its ephemeral nodes vanish when it closes or stops being kept alive."""
+    """A client session: its ephemeral nodes vanish when it closes or stops being kept alive.
 
-    def __init__(self, client: AsyncNuwa, session_id: int, ttl_s: float):
+    ``state`` follows ``SessionState`` (see the module docstring); ``alive`` is what a lock
+    holder asks before acting as the owner; ``ended`` is set once it is LOST or CLOSED."""
+
+    def __init__(self, client: AsyncNuwa, session_id: int, ttl_s: float, sent_at: float):
         self.client, self.id, self.ttl_s = client, session_id, ttl_s
-        self.expired = False
+        self._loop = asyncio.get_running_loop()
+        self.state = SessionState.CONNECTED
+        # Monotonic (event-loop) time until which the server surely still holds the session:
+        # the send time of the last answered keep-alive (or the open) plus the TTL.
+        self.confirmed_until = sent_at + ttl_s
+        self.end_reason: str | None = None
+        self.ended = asyncio.Event()
+        self._listeners: list = []
+        self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+
+    @property
+    def expired(self) -> bool:
+        """True once LOST or CLOSED (kept for callers that asked before states existed)."""
+        return self.state in (SessionState.LOST, SessionState.CLOSED)
+
+    @property
+    def alive(self) -> bool:
+        """Not ended, and confirmed by the server within the TTL as of now. Checked against
+        the clock, so it turns False at the deadline even before the keep-alive task runs."""
+        return not self.expired and self._loop.time() < self.confirmed_until
+
+    def add_listener(self, fn) -> None:
+        """``fn(session, state)`` on each change; called at once if the session already
+        ended (a recipe that subscribes late still hears of it)."""
+        self._listeners.append(fn)
+        if self.expired:
+            self._call_listener(fn, self.state)
+
+    def remove_listener(self, fn) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(fn)
+
+    def _call_listener(self, fn, state: SessionState) -> None:
+        try:
+            fn(self, state)
+        except Exception:  # noqa: BLE001 - one bad listener must not stop the others
+            logger.exception("session listener %r failed", fn)
+
+    def _move(self, state: SessionState, why: str = "") -> None:
+        if state is self.state or self.expired:
+            return  # LOST and CLOSED are final
+        if state not in _SESSION_MOVES[self.state]:
+            raise AssertionError(f"session {self.id}: illegal move {self.state} -> {state}")
+        logger.info("nuwa session %s: %s -> %s %s", self.id, self.state.value, state.value, why)
+        self.state = state
+        if self.expired:
+            self.end_reason = why
+            self.ended.set()
+            self.client._sessions.discard(self)
+            if self._task is not None and self._task is not asyncio.current_task():
+                self._task.cancel()
+        for fn in list(self._listeners):
+            self._call_listener(fn, state)
+        self.client._tell(self, state)
+
+    def _end(self, state: SessionState, why: str) -> None:
+        was_open = not self.expired
+        self._move(state, why)
+        if was_open and state is SessionState.LOST:
+            # The server may still hold it (we stopped hearing from it first): close it
+            # there, so its ephemerals (a lock we no longer claim) free up now.
+            self._loop.create_task(self._close_remote("expired"))
+
+    def _connection_lost(self) -> None:
+        if self.state is SessionState.CONNECTED:
+            self._move(SessionState.SUSPENDED, "(the connection dropped)")
+        self._wake.set()  # keep alive at once over the next connection
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._keepalive())
 
     async def _keepalive(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.ttl_s / 3
         while not self.expired:
-            await asyncio.sleep(self.ttl_s / 3)
+            left = self.confirmed_until - loop.time()
+            wait = period if self.state is SessionState.CONNECTED else period / 2
+            if left > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(wait, left))
+            self._wake.clear()
+            if self.expired:
+                return
+            sent = loop.time()
+            if sent >= self.confirmed_until:
+                self._end(SessionState.LOST, f"no keep-alive answered within {self.ttl_s}s")
+                return
             try:
-                # Each try must end well inside the TTL, or one slow leader expires a live session.
+                # Each try ends before the deadline, so the loss is noticed on time.
                 await self.client._call({"op": "session_keepalive", "session": self.id}, False,
-                                        timeout_s=min(self.client.timeout_s, self.ttl_s / 3))
+                                        timeout_s=max(0.01, min(self.client.timeout_s, period,
+                                                                self.confirmed_until - sent)))
             except E.SessionExpired:
-                self.expired = True
-            except E.NuwaError:
-                pass  # a leader change: try again next period, the new leader grants a full TTL
+                self._end(SessionState.LOST, "the server expired it")
+                return
+            except E.NuwaError as e:
+                self._move(SessionState.SUSPENDED, f"(keep-alive failed: {e})")
+                continue  # a leader change: the new leader grants a full TTL
+            self.confirmed_until = max(self.confirmed_until, sent + self.ttl_s)
+            self._move(SessionState.CONNECTED, "(keep-alive answered)")
+
+    async def _close_remote(self, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.client._call({"op": "session_close", "cmd": {
+                "op": "session_close", "session": self.id, "reason": reason}}, True,
+                timeout_s=SESSION_CLOSE_TIMEOUT_S)
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
         if not self.expired:
-            self.expired = True
+            self._move(SessionState.CLOSED, "(closed by its owner)")
             await self.client._call({"op": "session_close", "cmd": {
                 "op": "session_close", "session": self.id, "reason": "closed"}}, True)
 
 
 class _Watch:
-    """Events for a path, in revision order, across reconnects; ``async for ev in watch``."""
+    """Events for a path, in (revision, index) order, each exactly once, across reconnects;
+    ``async for ev in watch``.
 
-    def __init__(self, client: AsyncNuwa, path: str, recursive: bool, from_revision: int | None):
+    ``last_revision``/``last_index`` is the position of the last event delivered; an index of
+    None means "every event of that revision" (where a watch starts)."""
+
+    def __init__(self, client: AsyncNuwa, path: str, recursive: bool, from_revision: int | None,
+                 from_index: int | None = None):
         self.client, self.path, self.recursive = client, path, recursive
         self.last_revision = from_revision
+        self.last_index = from_index if from_revision is not None else None
         self.queue: asyncio.Queue = asyncio.Queue(WATCH_QUEUE_MAX)
         self.server_id: int | None = None
+
+    @property
+    def position(self) -> tuple[int | None, int | None]:
+        """(revision, index) of the last event delivered: ``watch(..., *position)`` resumes."""
+        return (self.last_revision, self.last_index)
+
+    def _seen(self, ev: dict) -> bool:
+        if self.last_revision is None:
+            return False
+        rev, idx = ev["revision"], ev.get("index", 0)
+        if rev != self.last_revision:
+            return rev < self.last_revision
+        return self.last_index is None or idx <= self.last_index
 
     async def subscribe(self) -> None:
         req = {"op": "watch", "path": self.path, "recursive": self.recursive}
         if self.last_revision is not None:
             req["from_revision"] = self.last_revision
+            if self.last_index is not None:
+                req["from_index"] = self.last_index
         try:
             res = await self.client._call(req, False)
         except E.NuwaError as e:
@@ -368,16 +575,16 @@ class _Watch:
             self.queue.put_nowait(E.error_from_dict(msg["error"]))
             return
         for ev in msg["events"]:
-            if self.last_revision is not None and ev["revision"] <= self.last_revision:
+            if self._seen(ev):
                 continue  # a resubscription may replay what we already delivered
-            self.last_revision = ev["revision"]
             try:
                 self.queue.put_nowait(ev)
+                self.last_revision, self.last_index = ev["revision"], ev.get("index", 0)
             except asyncio.QueueFull:
                 self.queue = asyncio.Queue(1)
                 self.queue.put_nowait(E.NuwaError(
                     f"watch on {self.path} fell {WATCH_QUEUE_MAX} events behind "
-                    f"(WATCH_QUEUE_MAX); re-watch from revision {self.last_revision}"))
+                    f"(WATCH_QUEUE_MAX); re-watch from position {self.position}"))
                 return
 
     def __aiter__(self) -> AsyncIterator[dict]:
@@ -422,8 +629,9 @@ class Nuwa:
             return attr
         return lambda *a, **kw: self._run(attr(*a, **kw))
 
-    def watch(self, path: str, recursive: bool = False, from_revision: int | None = None):
-        w = self._run(self._async.watch(path, recursive, from_revision))
+    def watch(self, path: str, recursive: bool = False, from_revision: int | None = None,
+              from_index: int | None = None):
+        w = self._run(self._async.watch(path, recursive, from_revision, from_index))
         return _BlockingWatch(self, w)
 
     def close(self) -> None:

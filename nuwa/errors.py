@@ -164,6 +164,11 @@ class SessionExpired(NuwaError):
     fields = ("session",)
 
 
+class LockLost(SessionExpired):
+    """A recipe (lock, election, barrier, registration) lost what it held because its session
+    ended (expired, or not confirmed within its TTL): stop acting as its owner at once."""
+
+
 class Unauthenticated(NuwaError):
     """No token, or one that is malformed, forged, expired or of another cluster (Zhongkui)."""
 

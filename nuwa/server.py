@@ -14,7 +14,9 @@ Client requests are msgpack maps over the same socket (hello ``b"C"``). Writes a
 linearizable reads are served by the leader only; other replicas answer ``NotLeader`` with the
 leader's address. Sessions are timed by the leader, like etcd leases: keep-alives renew a
 leader-local deadline, and the leader proposes ``session_close(expired)`` once it passes. A
-new leader gives every session a full TTL again.
+new leader gives every session a full TTL again. The deadlines count the leader's own ticks
+(never wall time): a tick is at least ``tick_s`` of monotonic time, so a session lives at
+least its TTL after its last keep-alive, and a jump of the wall clock changes nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -53,6 +56,7 @@ class ServerConfig:
     #                                         behind catches up from the log, not a snapshot
     pending_max: int = 20_000  # proposals and reads waiting for an answer, per replica
     watchers_max: int = 10_000  # watches per replica
+    watch_events_per_frame_max: int = 1000  # events in one watch message (a big txn is split)
     client_inflight_max: int = 1024  # requests in flight on one client connection
     read_timeout_s: float = 5.0
 
@@ -88,7 +92,8 @@ class ReplicaServer:
         self._proposals: list[tuple[str, bytes]] = []  # (request id, entry) not yet in Raft
         self.reads: dict[bytes, asyncio.Future] = {}  # read-index ctx -> future of its index
         self.read_waiters: list[tuple[int, asyncio.Future]] = []  # (index, future) until applied
-        self.session_deadlines: dict[int, float] = {}
+        self.session_deadlines: dict[int, int] = {}  # session -> tick at which it expires
+        self._ticks = 0  # ticks of this replica's clock (session expiry counts these)
         self.was_leader = False
         self.watchers: dict[int, tuple[Any, str, bool]] = {}  # id -> (conn, path, recursive)
         self._watch_seq = 0
@@ -182,6 +187,7 @@ class ReplicaServer:
             await asyncio.sleep(self.config.tick_s)
             if self.stopped:
                 return
+            self._ticks += 1
             try:
                 self.node.tick()
                 self._leader_duties()
@@ -297,7 +303,7 @@ class ReplicaServer:
                 continue
             result = self.tree.apply(cmd)
             if cmd.get("op") == "session_open" and "error" not in result:
-                self.session_deadlines[cmd["session"]] = time.monotonic() + float(cmd["ttl_s"])
+                self.session_deadlines[cmd["session"]] = self._session_deadline(cmd["ttl_s"])
             elif cmd.get("op") == "session_close":
                 self.session_deadlines.pop(cmd["session"], None)
             fut = self.pending.pop(env.get("rid", ""), None)
@@ -329,12 +335,18 @@ class ReplicaServer:
 
     # ------------------------------------------------------------ leader duties: sessions
 
+    def _session_deadline(self, ttl_s) -> int:
+        """The tick after which a session renewed now expires: at least ``ttl_s`` from now,
+        since a tick never comes sooner than ``tick_s`` after the last (ticks only run late)."""
+        return self._ticks + math.ceil(float(ttl_s) / self.config.tick_s) + 1
+
     def _leader_duties(self) -> None:
         is_leader = self.node.role is Role.LEADER
-        now = time.monotonic()
+        now = self._ticks
         if is_leader and not self.was_leader:
             # New leader: every session gets a full TTL (a keep-alive may have gone to the old one).
-            self.session_deadlines = {s["session"]: now + s["ttl_s"] for s in self.tree.sessions()}
+            self.session_deadlines = {s["session"]: self._session_deadline(s["ttl_s"])
+                                      for s in self.tree.sessions()}
         if self.was_leader and not is_leader:
             # Our proposals may still commit under the next leader, or be overwritten: we
             # cannot tell, so the clients are told exactly that.
@@ -623,7 +635,7 @@ class ReplicaServer:
             ttl = next((s["ttl_s"] for s in self.tree.sessions() if s["session"] == sid), None)
             if ttl is None:
                 raise E.SessionExpired(f"session {sid} has expired or was closed")
-            self.session_deadlines[sid] = time.monotonic() + ttl
+            self.session_deadlines[sid] = self._session_deadline(ttl)
             return {"ttl_s": ttl}
         if op in READ_OPS:
             if req.get("linearizable", True):
@@ -660,17 +672,33 @@ class ReplicaServer:
     # ------------------------------------------------------------ watches
 
     def _watch(self, conn: "_Conn", req: dict) -> dict:
+        """Subscribe; the backlog is every event after the position (``from_revision``, and
+        ``from_index`` within it when given: a watcher cut off in the middle of a revision's
+        events resumes at the next one), sent before the answer, in (revision, index)
+        order. Each event carries its ``revision`` and ``index``."""
         if len(self.watchers) >= self.config.watchers_max:
             raise E.Unavailable(f"watchers_max={self.config.watchers_max} watches on replica {self.id}")
-        path, recursive = req["path"], bool(req.get("recursive", False))
-        from_rev = int(req.get("from_revision", self.tree.revision))
-        backlog = self._visible(conn, self.tree.events_since(from_rev, path, recursive))
+        path, recursive = req.get("path"), bool(req.get("recursive", False))
+        if not isinstance(path, str):
+            raise E.BadPath(f"watch: path must be a string, got {path!r}")
+        from_rev = req.get("from_revision", self.tree.revision)
+        if from_rev is None:
+            from_rev = self.tree.revision
+        # events_since refuses a revision or index that is not an int >= 0 (BadRequest).
+        backlog = self._visible(conn, self.tree.events_since(from_rev, path, recursive,
+                                                             index=req.get("from_index")))
         self._watch_seq += 1
         wid = self._watch_seq
         self.watchers[wid] = (conn, path, recursive)
-        if backlog:
-            conn.send({"watch": wid, "events": [_event(e) for e in backlog]})
+        self._send_events(conn, wid, backlog)
         return {"watch": wid, "revision": self.tree.revision}
+
+    def _send_events(self, conn: "_Conn", wid: int, events: list) -> None:
+        """Every event, in order, at most ``watch_events_per_frame_max`` per message (a
+        recursive delete of a big subtree must not make one huge frame)."""
+        step = max(1, self.config.watch_events_per_frame_max)
+        for i in range(0, len(events), step):
+            conn.send({"watch": wid, "events": [_event(e) for e in events[i:i + step]]})
 
     def _visible(self, conn: "_Conn", events: list) -> list:
         """The events this watcher may read: a recursive watch on an open prefix must not
@@ -696,9 +724,7 @@ class ReplicaServer:
                 conn.send({"watch": wid, "error": c.to_dict()})
                 del self.watchers[wid]
                 continue
-            evs = self._visible(conn, evs)
-            if evs:
-                conn.send({"watch": wid, "events": [_event(e) for e in evs]})
+            self._send_events(conn, wid, self._visible(conn, evs))
 
 
 CONN_BUFFER_BYTES_MAX = 256 * 1024 * 1024  # unsent bytes to one client before it is cut off

@@ -12,7 +12,11 @@ State
     sessions   id -> ttl_s, owner, the ephemeral files it owns
     revision   +1 per command that changed anything (a txn or a session close counts once)
     history    bounded list of Events (created / changed / deleted), whole revisions dropped
-               from the front; `history_floor` is the newest revision no longer complete
+               from the front; `history_floor` is the newest revision no longer complete.
+               One command may produce several events at one revision (a txn, a recursive
+               delete, a session close); each carries its position ``index`` (0, 1, ...) in
+               that revision, so (revision, index) orders every event and a watcher can
+               resume in the middle of a revision (``events_since(rev, path, index=i)``).
 
 Results
     create        {"path": actual_path, "stat": {...}}
@@ -118,14 +122,21 @@ class Event:
     path: str
     stat: Stat                        # after the change; for "deleted", the last stat
     value: bytes | None               # the new value; b"" for a directory; None for "deleted"
+    index: int = 0                    # position among all the events of this revision
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(revision, index): strictly increasing along the history."""
+        return (self.revision, self.index)
 
     def to_dict(self) -> dict:
-        return {"revision": self.revision, "type": self.type, "path": self.path,
-                "stat": self.stat.to_dict(), "value": self.value}
+        return {"revision": self.revision, "index": self.index, "type": self.type,
+                "path": self.path, "stat": self.stat.to_dict(), "value": self.value}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Event":
-        return cls(d["revision"], d["type"], d["path"], Stat.from_dict(d["stat"]), d["value"])
+        return cls(d["revision"], d["type"], d["path"], Stat.from_dict(d["stat"]), d["value"],
+                   d.get("index", 0))
 
 
 class _Node:
@@ -187,6 +198,9 @@ class Tree:
         self._history_head = 0
         self._history_value_bytes = 0
         self._history_floor = 0           # events with revision <= floor may be missing
+        # How many events the floor revision had (None: unknown, after a restore). Not
+        # replicated state: it only lets a watcher resume exactly at the end of the floor.
+        self._history_floor_events: int | None = 0
         # Scratch of the command being applied.
         self._undo: list[Callable[[], None]] = []
         self._pending: list[Event] = []
@@ -320,7 +334,8 @@ class Tree:
         self._value_bytes += grow
         self._undo.append(undo)
         stat = node.stat()
-        self._pending.append(Event(self._next_rev, EVENT_CHANGED, c.path, stat, c.value))
+        self._pending.append(Event(self._next_rev, EVENT_CHANGED, c.path, stat, c.value,
+                                   len(self._pending)))
         return {"stat": stat.to_dict()}
 
     def _delete(self, c: Delete) -> dict:
@@ -409,7 +424,7 @@ class Tree:
                 session.ephemerals.discard(path)
         self._undo.append(undo)
         self._pending.append(Event(self._next_rev, EVENT_CREATED, path, node.stat(),
-                                   node.value))
+                                   node.value, len(self._pending)))
 
     def _remove(self, path: str) -> None:
         node = self._nodes[path]
@@ -431,7 +446,8 @@ class Tree:
             if session is not None:
                 session.ephemerals.add(path)
         self._undo.append(undo)
-        self._pending.append(Event(self._next_rev, EVENT_DELETED, path, stat, None))
+        self._pending.append(Event(self._next_rev, EVENT_DELETED, path, stat, None,
+                                   len(self._pending)))
 
     def _subtree(self, top: str) -> list[str]:
         """`top` and everything below it, deepest first (reversed pre-order, sorted names)."""
@@ -503,11 +519,14 @@ class Tree:
                or self._history_value_bytes > limits.watch_history_value_bytes_max):
             # Drop the oldest revision whole, so "complete after history_floor" stays exact.
             rev = self._history[self._history_head].revision
+            dropped = 0
             while (self._history_head < len(self._history)
                    and self._history[self._history_head].revision == rev):
                 self._history_value_bytes -= len(self._history[self._history_head].value or b"")
                 self._history_head += 1
+                dropped += 1
             self._history_floor = rev
+            self._history_floor_events = dropped
         if self._history_head > 4096 and self._history_head * 2 > len(self._history):
             del self._history[: self._history_head]
             self._history_head = 0
@@ -518,20 +537,32 @@ class Tree:
         return self._history_floor
 
     def events_since(self, revision: int, path: str, recursive: bool = False,
-                     limit: int | None = None) -> list[Event]:
-        """Events with revision > `revision`, in revision order: on the file `path`, or on the
+                     limit: int | None = None, index: int | None = None) -> list[Event]:
+        """Events after a position, in (revision, index) order: on the file `path`, or on the
         directory `path` itself and its direct children (all descendants if `recursive`).
+        Without `index`, every event with revision > `revision`; with it, also the events of
+        `revision` whose index is > `index` (a watcher resuming in the middle of a txn).
         At most `limit` events when given. Raises Compacted if some were dropped."""
         validate_path(path)
         if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
             raise BadRequest(f"events_since: revision must be an int >= 0, got {revision!r}")
-        if revision < self._history_floor:
-            raise Compacted(f"events after revision {revision} were compacted; history is "
-                            f"complete only after revision {self._history_floor}: re-read the "
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int)
+                                  or index < 0):
+            raise BadRequest(f"events_since: index must be None or an int >= 0, got {index!r}")
+        floor = self._history_floor
+        if revision < floor or (index is not None and revision == floor and floor > 0 and (
+                self._history_floor_events is None or index + 1 < self._history_floor_events)):
+            raise Compacted(f"events after revision {revision}"
+                            f"{'' if index is None else f' index {index}'} were compacted; "
+                            f"history is complete only after revision {floor}: re-read the "
                             f"state, then watch from the revision of that read",
-                            oldest_revision=self._history_floor)
-        start = bisect.bisect_right(self._history, revision, lo=self._history_head,
-                                    key=lambda e: e.revision)
+                            oldest_revision=floor)
+        if index is None:
+            start = bisect.bisect_right(self._history, revision, lo=self._history_head,
+                                        key=lambda e: e.revision)
+        else:
+            start = bisect.bisect_right(self._history, (revision, index),
+                                        lo=self._history_head, key=lambda e: e.position)
         if is_dir_path(path):
             if recursive:
                 def wanted(p: str) -> bool:
@@ -606,8 +637,15 @@ class Tree:
             t._value_bytes += len(node.value)
         if ROOT not in t._nodes:
             raise CorruptSnapshot("the root / is missing")
+        # The index is not stored: whole revisions are dropped from the history, so the
+        # events of each revision are all there and numbered again in order from 0.
+        t._history_floor_events = None if t._history_floor > 0 else 0
+        prev_rev, index = None, 0
         for rev, typ, path, stat, value in doc["history"]:
-            t._history.append(Event(_int(rev), str(typ), str(path), Stat(*stat), _unb64(value)))
+            index = index + 1 if rev == prev_rev else 0
+            prev_rev = rev
+            t._history.append(Event(_int(rev), str(typ), str(path), Stat(*stat), _unb64(value),
+                                    index))
             t._history_value_bytes += len(t._history[-1].value or b"")
         problems = t.validate_state()
         if problems:
@@ -654,8 +692,11 @@ class Tree:
         if self._value_bytes != sum(len(n.value) for n in self._nodes.values()):
             problems.append("value byte count is off")
         live = self._history[self._history_head:]
-        if any(a.revision > b.revision for a, b in zip(live, live[1:])):
-            problems.append("history is out of revision order")
+        if any(a.position >= b.position for a, b in zip(live, live[1:])):
+            problems.append("history is out of (revision, index) order")
+        if any(b.index != (a.index + 1 if a.revision == b.revision else 0)
+               for a, b in zip(live, live[1:])) or (live and live[0].index != 0):
+            problems.append("history event indexes are not 0, 1, ... within each revision")
         if live and not self._history_floor < live[0].revision <= live[-1].revision <= self.revision:
             problems.append("history revisions outside (history_floor, revision]")
         if self._history_value_bytes != sum(len(e.value or b"") for e in live):
