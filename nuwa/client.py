@@ -349,7 +349,7 @@ class AsyncNuwa:
         the events of ``from_revision`` after that index are also delivered: pass a
         watch's ``position`` to resume it exactly."""
         w = _Watch(self, path, recursive, from_revision, from_index)
-        await w.subscribe()
+        await w.subscribe(initial=True)
         return w
 
     def _on_lost(self, conn: _Connection) -> None:
@@ -552,7 +552,9 @@ class _Watch:
             return rev < self.last_revision
         return self.last_index is None or idx <= self.last_index
 
-    async def subscribe(self) -> None:
+    async def subscribe(self, initial: bool = False) -> None:
+        """(Re)subscribe from our position. A refusal of the first subscription (a bad path
+        or position, Compacted) is raised; later ones end the watch with that error."""
         req = {"op": "watch", "path": self.path, "recursive": self.recursive}
         if self.last_revision is not None:
             req["from_revision"] = self.last_revision
@@ -561,6 +563,8 @@ class _Watch:
         try:
             res = await self.client._call(req, False)
         except E.NuwaError as e:
+            if initial:
+                raise
             self.queue.put_nowait(e)
             return
         self.server_id = res["watch"]
