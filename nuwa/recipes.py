@@ -104,7 +104,7 @@ class _Queue:
         """Create our ephemeral sequential node. "Protected" like kazoo's: the name carries a
         per-attempt GUID, so if the create's answer is lost (OutcomeUnknown) we can still find
         the node it may have made, instead of leaving an orphan that blocks everyone."""
-        self.refuse_if_joined()
+        await self.ready_to_join()
         session = self._session_given or await self.client.default_session()
         if not session.alive:
             raise E.LockLost(f"cannot join {self.dir}: session {session.id} is "
@@ -130,7 +130,11 @@ class _Queue:
         self.token = FencingToken((await self.client.stat(self.node))["created_rev"], self.dir,
                                   session.id, stale=session.expired)
 
-    def refuse_if_joined(self) -> None:
+    async def ready_to_join(self) -> None:
+        """Refuse to join twice; after a loss, first forget the node of the ended session
+        (the next join makes a new node in a new session, with a new token)."""
+        if self.node is not None and self.lost.is_set():
+            await self.leave()
         if self.node is not None:
             raise E.BadRequest(f"already in line or holding at {self.node}; release (or "
                                f"resign, leave) first")
@@ -258,7 +262,7 @@ class Lock:
         if the session ends first."""
         if not 0 < timeout_s <= LOCK_WAIT_S_MAX:
             raise E.BadRequest(f"timeout_s={timeout_s}; expected 0 < timeout_s <= {LOCK_WAIT_S_MAX}")
-        self.q.refuse_if_joined()  # before the try: failing must not release what we hold
+        await self.q.ready_to_join()  # before the try: failing must not release what we hold
         try:
             await self.q.join()
             await self.q.wait_first(timeout_s)
@@ -313,7 +317,7 @@ class Election:
     async def campaign(self, timeout_s: float = LOCK_WAIT_S_MAX) -> FencingToken:
         """Become a candidate and wait to lead; returns the leadership's fencing token. On a
         timeout or cancel it leaves the race (an abandoned candidate must not win later)."""
-        self.q.refuse_if_joined()
+        await self.q.ready_to_join()
         await self.q.join()
         try:
             await self.q.wait_first(timeout_s)
