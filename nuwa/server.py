@@ -636,6 +636,10 @@ class ReplicaServer:
             if ttl is None:
                 raise E.SessionExpired(f"session {sid} has expired or was closed")
             self.session_deadlines[sid] = self._session_deadline(ttl)
+            # Confirm we still lead (a heartbeat round) before the client counts on it: a
+            # deposed leader that has not noticed yet must not extend a session that the
+            # real leader may expire sooner (the holder would claim a lock it lost).
+            await self._read_barrier()
             return {"ttl_s": ttl}
         if op in READ_OPS:
             if req.get("linearizable", True):
