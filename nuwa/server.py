@@ -635,6 +635,13 @@ class ReplicaServer:
             ttl = next((s["ttl_s"] for s in self.tree.sessions() if s["session"] == sid), None)
             if ttl is None:
                 raise E.SessionExpired(f"session {sid} has expired or was closed")
+            if self.was_leader:  # (else our first tick as leader has not set the timers yet)
+                deadline = self.session_deadlines.get(sid)
+                if deadline is None or self._ticks > deadline:
+                    # Past its deadline, its close proposed: renewing it now would let the
+                    # client count on a session that is about to go.
+                    raise E.SessionExpired(f"session {sid} has expired; its close is being "
+                                           f"committed")
             self.session_deadlines[sid] = self._session_deadline(ttl)
             # Confirm we still lead (a heartbeat round) before the client counts on it: a
             # deposed leader that has not noticed yet must not extend a session that the

@@ -83,3 +83,31 @@ def test_session_expiry_counts_leader_ticks_not_any_clock_the_server_reads(
         offset[0] = 3600.0 * (step + 1)
 
     asyncio.run(asyncio.wait_for(_live_and_dead(tmp_path, jump), 100))
+
+
+def test_a_keepalive_after_the_deadline_is_refused_even_before_the_close_commits(tmp_path):
+    """The leader has decided a session expired (its close is proposed, not yet applied):
+    a keep-alive arriving now must not be answered ok, or the client would count on a
+    session that is about to vanish (and a lock that another client is about to get)."""
+    from nuwa import errors as E
+
+    async def main():
+        g = LocalGroup(tmp_path)
+        await g.start_all()
+        c = AsyncNuwa(list(g.addresses.values()), timeout_s=5)
+        try:
+            leader = g.servers[await g.leader()]
+            s = await c.session(ttl_s=TTL_S)
+            s._task.cancel()
+            # Its deadline passed and its close is proposed: _leader_duties has dropped the
+            # timer (the close commits a moment later; the tree still has the session).
+            del leader.session_deadlines[s.id]
+            assert any(x["session"] == s.id for x in leader.tree.sessions())
+            with pytest.raises(E.SessionExpired):
+                await c._call({"op": "session_keepalive", "session": s.id}, False)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(c.close(), 5)
+            await g.close()
+
+    asyncio.run(asyncio.wait_for(main(), 100))
