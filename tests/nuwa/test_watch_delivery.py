@@ -289,6 +289,12 @@ def test_watch_position_resumes_a_new_watch_exactly(tmp_path):
         w = await reader.watch("/p/", from_revision=rev, from_index=0)
         evs = await _drain(w, 2)
         assert [e["path"] for e in evs] == ["/p/b", "/p/c"] and w.position == (rev, 2)
+        for bad in ({"from_revision": "x"}, {"from_revision": -1},
+                    {"from_revision": rev, "from_index": -1},
+                    {"from_revision": rev, "from_index": True},
+                    {"from_revision": rev, "from_index": "0"}):
+            with pytest.raises(E.BadRequest):  # typed, never an internal error
+                await reader.watch("/p/", **bad)
         with pytest.raises(E.BadRequest):
-            await reader.watch("/p/", from_revision="x")
+            await reader._call({"op": "watch", "path": 7}, False)
     _run(tmp_path, body)
