@@ -241,8 +241,9 @@ class LogFile:
         kept durable, and open for appending. A missing file is created (header only).
         ``legacy(data) -> list[(kind, payload)] | None`` may read an older format: what it
         returns is rewritten in this format at once."""
+        if self.failed is not None:
+            return self._reopen_after_failure()
         self.close()
-        self.failed = None
         if not os.path.exists(self.path):
             self._write_new([])
             return Scanned(fid=self._fid)
@@ -266,6 +267,17 @@ class LogFile:
         self._sync()
         self._mark()
         return sc
+
+    def _reopen_after_failure(self) -> Scanned:
+        """After a failed fdatasync in this process: keep exactly what earlier, successful
+        syncs made durable, copied into a new file (new pages, fsynced, renamed), and go on
+        with that. The old file's pages are not trusted again (fsyncgate)."""
+        with open(self.path, "rb") as f:
+            data = f.read(self.synced_bytes)
+        sc = scan(data, self.path, self.name, self.record_bytes_max, self._corrupt)
+        self._write_new(sc.records)  # raises (and stays failed) if the disk still refuses
+        self.failed = None
+        return Scanned(fid=self._fid, records=sc.records, last_seq=self.last_seq, end=self.end)
 
     def _write_new(self, items: list[tuple[int, bytes]]) -> None:
         """A new file holding ``items``: temp file, fsync, rename, fsync the directory."""
@@ -309,9 +321,7 @@ class LogFile:
 
     def _typed(self, e: OSError, doing: str) -> OSError:
         cls = self._disk_full if e.errno in (errno.ENOSPC, errno.EDQUOT) else self._disk_failed
-        err = cls(f"{self.path}: {doing} failed: {e.strerror or e}")
-        err.errno, err.filename = e.errno, self.path
-        return err
+        return cls(e.errno, f"{self.path}: {doing} failed: {e.strerror or e}")
 
     def append(self, items: list[tuple[int, bytes]], sync: bool = True) -> None:
         """Append ``items``; with ``sync``, make them (and everything before) durable. Raises
@@ -327,10 +337,19 @@ class LogFile:
         for kind, payload in items:
             seq += 1
             buf += self._encode_checked(seq, self.synced_seq, kind, payload, self._seed)
+        start, start_seq = self.end, self.last_seq
         self._write(bytes(buf))
         self.last_seq = seq
         if sync:
-            self._sync()
+            try:
+                self._sync()
+            except OSError:
+                # Not durable, and never to be made so by this file: cut it out of what this
+                # process reads back, so a reopen does not replay an append that failed.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
+                self.end, self.last_seq = start, start_seq
+                raise
             self._mark()
 
     def _write(self, buf: bytes) -> None:

@@ -214,14 +214,14 @@ class Wal:
         """Persist a snapshot (from our own state machine, or installed from the leader) and
         drop the log entries it covers."""
         if self._log.failed is not None:
-            raise DiskFailed(f"{self.log_path}: an earlier fsync failed; this replica must "
-                             f"restart before writing again")
+            raise DiskFailed(self._log.failed.errno, f"{self.log_path}: an earlier fsync "
+                             f"failed; this replica must restart before writing again")
         payload = _encode_snapshot(snap)
         try:
             write_atomic(self.snap_path, struct.pack("<I", zlib.crc32(payload)) + payload)
         except OSError as e:
             cls = DiskFull if e.errno == errno.ENOSPC else DiskFailed
-            raise cls(f"{self.snap_path}: writing the snapshot failed: {e}") from None
+            raise cls(e.errno, f"{self.snap_path}: writing the snapshot failed: {e}") from None
         self._snapshot = snap
         # Keep what follows the snapshot only if our log agrees with it at its index: an
         # installed snapshot may be ahead of us, or from a leader whose history differs from
