@@ -97,6 +97,8 @@ class _ServerView:
                        for c, (v, n) in rep["chunks"].items()}
         self.last = now
         self.dead = False
+        if rep.get("disk_failed"):
+            self.draining = True  # its disk failed: no new replicas there, its data moves away
 
     def as_server(self) -> placement.Server:
         return placement.Server(self.id, self.node, self.capacity, self.used, not self.dead,
