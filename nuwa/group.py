@@ -115,6 +115,12 @@ class Group:
             try:
                 h = ray.get_actor(f"nuwa-{rid}", namespace=self.namespace)
                 st = ray.get(h.status.remote(), timeout=probe_timeout_s)
+                if st.get("stopped"):
+                    # Its Raft loop stopped on a failure (a disk that failed or filled up): a
+                    # restart recovers it from what is on its disk (and stops it again if the
+                    # disk still refuses).
+                    ray.kill(h, no_restart=True)
+                    raise RuntimeError(f"nuwa-{rid} had stopped")
                 self.handles[rid] = h
                 if st.get("voter") is False and rid in st.get("voters", ()):
                     to_replace.append(rid)  # lost its disk: a non-voter for good
