@@ -247,15 +247,16 @@ class PanguMaster:
         if self.disk_failed is not None and not self.active:
             # The local journal's disk failed: try to reopen it (a new file holding what is
             # durable); until that works, every call says why.
-            try:
-                ckpt, entries = self.journal.load()
-            except DiskFailed:
-                raise DiskFailed(self.disk_failed.errno, f"{self.name}: the journal's disk "
-                                 f"failed ({self.disk_failed}); the master serves nothing "
-                                 f"until it can write again") from None
             async with self._mut:
-                self._rebuild(ckpt, entries)
-                self._become_active()
+                if self.disk_failed is not None and not self.active:
+                    try:
+                        ckpt, entries = self.journal.load()
+                    except DiskFailed:
+                        raise DiskFailed(self.disk_failed.errno, f"{self.name}: the journal's "
+                                         f"disk failed ({self.disk_failed}); the master serves "
+                                         f"nothing until it can write again") from None
+                    self._rebuild(ckpt, entries)
+                    self._become_active()
         if self.active and self.nuwa is not None and (self.nuwa._session is None
                                                       or self.nuwa._session.expired):
             # Our election entry went with the session: another master may be active now.
