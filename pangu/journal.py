@@ -42,6 +42,8 @@ CHECKPOINT_PART_BYTES = 512 * 1024  # one Nuwa value of a checkpoint
 ENTRY_BYTES_MAX = 256 * 1024  # one command, encoded
 _HEAD = struct.Struct("<II")  # the old (v1) local format: length, crc32
 _KIND_ENTRY = 1
+_CKPT_MAGIC = b"PGCK2\n"  # a checkpoint: magic, _CKPT_HEAD, JSON
+_CKPT_HEAD = struct.Struct("<II")  # crc32 of the JSON, its length
 
 
 class Deposed(PanguError):
@@ -90,11 +92,7 @@ class LocalJournal:
         """(checkpoint or None, the commands after it, in order); sets ``seq``. Raises
         ``JournalCorrupt`` (the file unchanged) for damage before the last synced entry."""
         self.fsid = self._load_fsid()
-        ckpt, base = None, 0
-        if os.path.exists(self.ckpt_path):
-            with open(self.ckpt_path) as f:
-                doc = json.load(f)
-            ckpt, base = doc["namespace"], int(doc["seq"])
+        ckpt, base = self._read_checkpoint()
         sc = self._log.open(legacy=self._legacy)
         entries: list[dict] = []
         for kind, body in sc.records:
@@ -116,6 +114,34 @@ class LocalJournal:
                 entries.append(cmd)
         self.seq = base + len(entries)
         return ckpt, entries
+
+    def _read_checkpoint(self) -> tuple[dict | None, int]:
+        """(namespace, seq) of the checkpoint, verified; (None, 0) if there is none. Written
+        as ``_CKPT_MAGIC [u32 crc32][u32 length] json``; an older one is plain JSON."""
+        try:
+            with open(self.ckpt_path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None, 0
+        body = raw
+        if raw.startswith(_CKPT_MAGIC):
+            at = len(_CKPT_MAGIC)
+            crc, n = (_CKPT_HEAD.unpack_from(raw, at) if len(raw) >= at + _CKPT_HEAD.size
+                      else (0, -1))
+            body = raw[at + _CKPT_HEAD.size:]
+            if n != len(body) or zlib.crc32(body) != crc:
+                e = JournalCorrupt(f"{self.ckpt_path}: damaged at byte 0: the checkpoint fails "
+                                   f"its checksum; refusing to start from it")
+                e.path, e.offset = self.ckpt_path, 0
+                raise e
+        try:
+            doc = json.loads(body)
+            return doc["namespace"], int(doc["seq"])
+        except (ValueError, KeyError, TypeError):
+            e = JournalCorrupt(f"{self.ckpt_path}: damaged at byte 0: not a checkpoint; "
+                               f"refusing to start from it")
+            e.path, e.offset = self.ckpt_path, 0
+            raise e from None
 
     def _legacy(self, raw: bytes) -> list[tuple[int, bytes]] | None:
         """Entries of a v1 journal (no durable marker), to rewrite in the current format; None
@@ -150,8 +176,9 @@ class LocalJournal:
         return self.seq
 
     async def checkpoint(self, namespace_snapshot: dict) -> None:
+        body = json.dumps({"seq": self.seq, "namespace": namespace_snapshot}).encode()
         write_atomic(self.ckpt_path,
-                     json.dumps({"seq": self.seq, "namespace": namespace_snapshot}).encode())
+                     _CKPT_MAGIC + _CKPT_HEAD.pack(zlib.crc32(body), len(body)) + body)
         # Entries up to seq are in the checkpoint; start an empty log, atomically (a crash
         # before this only leaves entries that load() skips).
         self._log.rewrite([])

@@ -116,3 +116,20 @@ def test_a_v1_journal_is_read_and_rewritten_in_the_current_format(tmp_path):
     with pytest.raises(JournalCorrupt, match="followed by intact"):
         LocalJournal(str(tmp_path)).load()
     assert (tmp_path / "journal.log").read_bytes() == bytes(damaged)
+
+
+@SETTINGS
+@given(where=st.floats(0, 1, exclude_max=True), value=st.integers(1, 255))
+def test_a_damaged_checkpoint_is_refused(where, value):
+    with tempfile.TemporaryDirectory() as d:
+        j = LocalJournal(d)
+        j.load()
+        asyncio.run(j.append({"op": "mkdir", "path": "/a"}))
+        asyncio.run(j.checkpoint({"format": "test", "nodes": {"/a": 1}}))
+        j.close()
+        assert LocalJournal(d).load()[0] == {"format": "test", "nodes": {"/a": 1}}
+        data = bytearray(open(j.ckpt_path, "rb").read())
+        data[int(where * len(data))] ^= value
+        open(j.ckpt_path, "wb").write(bytes(data))
+        with pytest.raises(JournalCorrupt, match="checkpoint"):
+            LocalJournal(d).load()
