@@ -290,7 +290,9 @@ class LogFile:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             faults.check(self.points + ".write", self.path)
-            os.write(fd, bytes(buf))
+            done = 0
+            while done < len(buf):
+                done += os.write(fd, buf[done:])
             faults.check(self.points + ".fsync", self.path)
             os.fsync(fd)
         except OSError as e:
@@ -299,8 +301,11 @@ class LogFile:
                 os.unlink(tmp)
             raise self._typed(e, "writing a new log file") from None
         os.close(fd)
-        os.replace(tmp, self.path)
-        _fsync_dir(os.path.dirname(self.path))
+        try:
+            os.replace(tmp, self.path)
+            _fsync_dir(os.path.dirname(self.path))
+        except OSError as e:
+            raise self._typed(e, "renaming a new log file into place") from None
         self.close()
         self._fid, self._seed = fid, seed
         self._fd = os.open(self.path, os.O_WRONLY)
