@@ -143,3 +143,19 @@ def test_a_v1_log_is_read_and_rewritten_in_the_current_format(tmp_path):
     assert rec.entries == [Entry(1, 1, b"x")] and rec.hard_state == HardState(1, 1, 1)
     assert (tmp_path / "wal.log").read_bytes().startswith(b"FxR1")
     assert Wal(str(tmp_path)).recover().entries == [Entry(1, 1, b"x")]
+
+
+@SETTINGS
+@given(batches=batches_st, where=st.floats(0, 1))
+def test_a_file_cut_anywhere_recovers_a_prefix_and_starts(batches, where):
+    """Losing a suffix of the file (pages, or a truncation) never stops the replica from
+    starting: it recovers the entries before the cut, in order. (Whether a cut removed synced
+    entries cannot be told when every record that would say so is gone with it.)"""
+    with tempfile.TemporaryDirectory() as d:
+        path, entries, _, _ = _write(d, batches)
+        full = open(path, "rb").read()
+        header_end = 33 + 8 + len("nuwa-wal")
+        cut = header_end + int(where * (len(full) - header_end))
+        open(path, "wb").write(full[:cut])
+        got = Wal(d).recover().entries
+        assert got == entries[:len(got)]
