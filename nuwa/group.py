@@ -13,6 +13,7 @@ membership changes (``nuwa.raft``). The group keeps its full size and fault tole
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -72,7 +73,14 @@ class Group:
             max_restarts=0,
         ).remote(rid, [] if join else self.voters, self.replica_dir(rid), self.config,
                  rejoin and not join, self.auth)
-        addr = tuple(ray.get(handle.start.remote(old_port), timeout=START_TIMEOUT_S))
+        try:
+            addr = tuple(ray.get(handle.start.remote(old_port), timeout=START_TIMEOUT_S))
+        except Exception:
+            # E.g. its WAL is corrupt and it refuses to start: leave no half-started actor
+            # holding the name, so a later start (after the operator's repair) can take it.
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+            raise
         self.handles[rid] = handle
         self.addresses[rid] = addr
         return addr
