@@ -13,6 +13,7 @@ membership changes (``nuwa.raft``). The group keeps its full size and fault tole
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -72,7 +73,14 @@ class Group:
             max_restarts=0,
         ).remote(rid, [] if join else self.voters, self.replica_dir(rid), self.config,
                  rejoin and not join, self.auth)
-        addr = tuple(ray.get(handle.start.remote(old_port), timeout=START_TIMEOUT_S))
+        try:
+            addr = tuple(ray.get(handle.start.remote(old_port), timeout=START_TIMEOUT_S))
+        except Exception:
+            # E.g. its WAL is corrupt and it refuses to start: leave no half-started actor
+            # holding the name, so a later start (after the operator's repair) can take it.
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+            raise
         self.handles[rid] = handle
         self.addresses[rid] = addr
         return addr
@@ -115,6 +123,12 @@ class Group:
             try:
                 h = ray.get_actor(f"nuwa-{rid}", namespace=self.namespace)
                 st = ray.get(h.status.remote(), timeout=probe_timeout_s)
+                if st.get("stopped"):
+                    # Its Raft loop stopped on a failure (a disk that failed or filled up): a
+                    # restart recovers it from what is on its disk (and stops it again if the
+                    # disk still refuses).
+                    ray.kill(h, no_restart=True)
+                    raise RuntimeError(f"nuwa-{rid} had stopped")
                 self.handles[rid] = h
                 if st.get("voter") is False and rid in st.get("voters", ()):
                     to_replace.append(rid)  # lost its disk: a non-voter for good

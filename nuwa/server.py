@@ -175,9 +175,12 @@ class ReplicaServer:
 
     def status(self) -> dict:
         st = dict(self.node.status()) if self.node else {}
+        if self.stopped and st.get("role") is Role.LEADER:
+            st["role"] = Role.FOLLOWER  # stopped (its disk failed, or stop()): it leads nothing
         st.update(revision=self.tree.revision, applied=self.applied, voter=self.voter,
                   address=self.addresses.get(self.id), wal_bytes=self.wal.size_bytes(),
                   sessions=len(self.tree.sessions()), watchers=len(self.watchers))
+        st["stopped"] = self.stopped
         return st
 
     # ------------------------------------------------------------ raft loop

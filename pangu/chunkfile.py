@@ -11,19 +11,42 @@ at any offset (random write, append) first verifies the partial blocks at its ed
 re-checksum bytes that are already corrupt -- then writes the data and the new sums. A crash
 between the two leaves a mismatch that the next read or the scrubber detects; a replica that
 missed writes is caught by the chunk version the master keeps, not here.
+
+A disk that refuses a write raises ``DiskFull`` (ENOSPC) or ``DiskFailed``; a write that
+failed is cut back to the replica's old length, so space returning is all it takes to write
+again. A failed fdatasync raises ``DiskFailed``: the bytes since the last good sync are in
+doubt and the chunkserver must not acknowledge them (it stops taking writes; the master
+leaves the replica behind at an older version). Fault points ``pangu.chunk.write`` and
+``pangu.chunk.fsync`` (``base.faults``) inject these in tests.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import struct
 import zlib
 
-from pangu.errors import BadRequest, ChecksumError, NotFound
+from base import faults
+from pangu.errors import BadRequest, ChecksumError, DiskFailed, DiskFull, NotFound
 
 BLOCK_BYTES = 64 * 1024
 _SUM = struct.Struct("<I")
 CHUNK_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-_")
+
+
+def _disk_error(e: OSError, chunk: str, doing: str) -> DiskFailed:
+    cls = DiskFull if e.errno in (errno.ENOSPC, errno.EDQUOT) else DiskFailed
+    return cls(e.errno, f"chunk {chunk}: {doing} failed: {e.strerror or e}")
+
+
+def _fdatasync(fd: int, path: str, chunk: str) -> None:
+    try:
+        faults.check("pangu.chunk.fsync", path)
+        os.fdatasync(fd)
+    except OSError as e:
+        raise _disk_error(e, chunk, "fdatasync") from None
 
 
 def _check_id(chunk: str) -> str:
@@ -147,13 +170,20 @@ class ChunkFile:
         dfd = os.open(self.data_path, os.O_WRONLY)
         sfd = os.open(self.sums_path, os.O_WRONLY)
         try:
-            done = 0
-            while done < len(data):  # the caller's buffer goes to the file with no copy
-                done += os.pwrite(dfd, data[done:], offset + done)
-            os.pwrite(sfd, sums, first * _SUM.size)
+            try:
+                done = 0
+                while done < len(data):  # the caller's buffer goes to the file with no copy
+                    done += os.pwrite(dfd, data[done:], offset + done)
+                faults.check("pangu.chunk.write", self.sums_path)  # the disk fills up midway
+                os.pwrite(sfd, sums, first * _SUM.size)
+            except OSError as e:
+                if end > length:  # leave no half-written tail behind the checksums
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(dfd, length)
+                raise _disk_error(e, self.chunk, "writing") from None
             if sync:
-                os.fdatasync(dfd)
-                os.fdatasync(sfd)
+                _fdatasync(dfd, self.data_path, self.chunk)
+                _fdatasync(sfd, self.sums_path, self.chunk)
         finally:
             os.close(dfd)
             os.close(sfd)
@@ -187,7 +217,7 @@ class ChunkFile:
         for p in (self.data_path, self.sums_path):
             fd = os.open(p, os.O_RDONLY)
             try:
-                os.fdatasync(fd)
+                _fdatasync(fd, p, self.chunk)
             finally:
                 os.close(fd)
 
@@ -210,4 +240,4 @@ class ChunkFile:
             f.truncate(keep_blocks * _SUM.size)
             if sync:
                 f.flush()
-                os.fdatasync(f.fileno())
+                _fdatasync(f.fileno(), self.sums_path, self.chunk)

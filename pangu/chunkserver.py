@@ -39,6 +39,7 @@ from nuwa.wal import write_atomic
 from pangu.chunkfile import BLOCK_BYTES, ChunkFile
 from pangu.errors import (BadRequest, ChecksumError, Denied, LeaseExpired, NoSpace, NotActive,
                           NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unauthenticated)
+from pangu.errors import DiskFailed
 from pangu.handles import Handles
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class ChunkServer:
         self._order: dict[str, asyncio.Condition] = {}  # cid -> the writer's turn
         self._seq: dict[str, tuple[str, int]] = {}  # cid -> (lease token, last piece applied)
         self._tasks: list[asyncio.Task] = []
+        self.disk_failed: OSError | None = None  # a failed fdatasync: no more writes here
         self._load()
 
     # ------------------------------------------------------------ state on disk
@@ -254,7 +256,22 @@ class ChunkServer:
         return {"id": self.sid, "name": self.name, "node": self.node, "fsid": self.fsid,
                 "capacity_bytes": self.capacity_bytes, "used_bytes": self.used_bytes(),
                 "chunks": {cid: [r.version, r.length] for cid, r in self.replicas.items()},
-                "corrupt": list(self.corrupt), "dir": self.dir}
+                "corrupt": list(self.corrupt), "dir": self.dir,
+                "disk_failed": self.disk_failed is not None}
+
+    def _writable(self) -> None:
+        """Refuse writes once an fdatasync failed (never fsync again and trust it): the
+        master moves this server's data away and a restart on a working disk recovers."""
+        if self.disk_failed is not None:
+            raise DiskFailed(self.disk_failed.errno, f"chunkserver {self.sid}: its disk "
+                             f"failed ({self.disk_failed}); it takes no writes until restarted")
+
+    async def _sync_replica(self, r: _Replica) -> None:
+        try:
+            await asyncio.to_thread(r.file.sync)
+        except DiskFailed as e:
+            self.disk_failed = e
+            raise
 
     def _handle(self, name: str):
         return self._handles.get(name)
@@ -345,6 +362,7 @@ class ChunkServer:
                            cred: str | None = None) -> dict:
         await self._platform(cred, "create a chunk")
         self._see_epoch(epoch)
+        self._writable()
         r = self.replicas.get(cid)
         if r is not None:
             if r.version == version and r.length == 0:
@@ -474,7 +492,7 @@ class ChunkServer:
         finally:
             await self._done_turn(cid, cond, token, seq)
         syncs = [self._handle(s).sync.remote(cid, version, access=access) for s in live]
-        await asyncio.to_thread(r.file.sync)
+        await self._sync_replica(r)
         await self._collect(live, syncs, failed, errors)
         if failed:
             raise ReplicaWriteFailed(f"chunk {cid}: write at {offset} failed on "
@@ -507,7 +525,7 @@ class ChunkServer:
         if r.version != version:
             raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, the "
                                f"write is at version {version}")
-        await asyncio.to_thread(r.file.sync)
+        await self._sync_replica(r)
 
     async def _apply(self, r: _Replica, cid: str, version: int, offset: int, data: list,
                      sums: bytes | None = None) -> int:
@@ -517,6 +535,7 @@ class ChunkServer:
                 raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, the "
                                    f"write is at version {version}")
             view = memoryview(buf)
+            self._writable()
             self._room_for(offset + len(view) - r.length)
             try:
                 length = await asyncio.to_thread(r.file.write, offset, view, sync=False,
@@ -570,6 +589,7 @@ class ChunkServer:
         """Copy chunk ``cid`` at ``version`` from the chunkserver named ``source``."""
         await self._platform(cred, "copy a chunk here")
         self._see_epoch(epoch)
+        self._writable()
         if cid in self.replicas:
             if self.replicas[cid].version >= version:
                 return self.replicas[cid].length

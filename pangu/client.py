@@ -31,6 +31,7 @@ import ray
 
 from pangu import paths as P
 from pangu.chunkfile import ChunkFile
+from pangu.errors import DiskFailed
 from pangu.errors import (BadPath, BadRequest, ChecksumError, LeaseExpired, NoSpace, NotActive,
                           NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unauthenticated,
                           Unavailable)
@@ -555,9 +556,9 @@ class PanguFile(io.RawIOBase):
             # The primary died, or the cached handle is of an earlier actor of that name (a
             # restarted chunkserver): look it up again, and go on without it meanwhile.
             self.client.forget(lease["primary"])
-        if isinstance(error, (ray.exceptions.RayError, NoSpace, ChecksumError)):
-            # The primary is gone (its node died), full, or found its own copy corrupt (and
-            # took it out of service): go on with the other replicas.
+        if isinstance(error, (ray.exceptions.RayError, NoSpace, DiskFailed, ChecksumError)):
+            # The primary is gone (its node died), full, its disk failed, or it found its own
+            # copy corrupt (and took it out of service): go on with the other replicas.
             return self._relet(idx, lease, [lease["primary"]])
         raise error  # a refusal that a retry cannot fix (the file was deleted, ...)
 

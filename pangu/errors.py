@@ -50,6 +50,17 @@ class NoSpace(PanguError, OSError):
     pass
 
 
+class DiskFailed(PanguError, OSError):
+    """A disk refused a write or an fdatasync (``errno``: EIO, ENOSPC, ...) under the master's
+    journal or a chunk replica. After a failed fdatasync nothing written to that file since
+    its last good sync is trusted (never fsync again and believe it): the component stops
+    writing there until it restarts."""
+
+
+class DiskFull(DiskFailed, NoSpace):
+    """ENOSPC: the disk is full. Writes are refused until space returns; nothing is lost."""
+
+
 class NotEnoughServers(PanguError):
     """Placement could not find enough distinct, live nodes with room."""
 

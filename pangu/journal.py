@@ -4,10 +4,18 @@ latest checkpoint plus the entries after it.
 
 Two implementations of one small interface (``append``, ``load``, ``checkpoint``):
 
-* ``LocalJournal`` -- a file on the master's disk (the embedded single-machine default):
-  length- and CRC-framed JSON records, fdatasync per append; a torn last record from a crash is
-  ignored on load. Checkpoints are written atomically (temp file, fsync, rename) and the log is
-  then restarted.
+* ``LocalJournal`` -- a file on the master's disk (the embedded single-machine default): JSON
+  entries in a ``base.logfile`` log (sequence numbers, CRCs over every byte, a durable marker
+  after each sync), fdatasync per append. On load, a torn tail (the one entry being appended
+  when the master crashed, never acknowledged) is cut off; damage to anything synced before it
+  is corruption: ``JournalCorrupt`` names the file and byte offset and nothing is truncated --
+  a truncation would drop acknowledged changes, and the garbage collector would then delete
+  their chunks. ``base.logfile``'s docstring proves the rule. A failed write raises
+  ``DiskFull`` (ENOSPC; the file is left as before, appends work again once space returns) or
+  ``DiskFailed``; after a failed fdatasync the journal refuses every append until it is
+  reopened by a restarted master (fsyncgate: never fsync again and believe it). Fault points
+  ``pangu.journal.write`` / ``pangu.journal.fsync``. Checkpoints are written atomically
+  (temp file, fsync, rename) and the log is then restarted (a new file, atomically).
 * ``NuwaJournal`` -- entries are Nuwa nodes ``<root>/log/<seq>`` (Raft-replicated), the design
   of HDFS's quorum journal with Nuwa as the quorum. Appending is *create-if-absent* at the next
   sequence number, which fences a deposed master: once a new master has written entry N, the
@@ -25,21 +33,27 @@ import uuid
 import zlib
 from typing import Any
 
+from base.logfile import LogCorrupt, LogFile
 from nuwa.wal import write_atomic
-from pangu.errors import PanguError
+from pangu.errors import DiskFailed, DiskFull, PanguError
 
 CHECKPOINT_EVERY = 10_000  # log entries between checkpoints
 CHECKPOINT_PART_BYTES = 512 * 1024  # one Nuwa value of a checkpoint
 ENTRY_BYTES_MAX = 256 * 1024  # one command, encoded
-_HEAD = struct.Struct("<II")  # length, crc32
+_HEAD = struct.Struct("<II")  # the old (v1) local format: length, crc32
+_KIND_ENTRY = 1
+_CKPT_MAGIC = b"PGCK2\n"  # a checkpoint: magic, _CKPT_HEAD, JSON
+_CKPT_HEAD = struct.Struct("<II")  # crc32 of the JSON, its length
 
 
 class Deposed(PanguError):
     """Another master has written to the journal: this one is no longer active."""
 
 
-class JournalCorrupt(PanguError):
-    pass
+class JournalCorrupt(PanguError, LogCorrupt):
+    """The journal is damaged in a way a crash cannot explain; ``path`` and ``offset`` (for the
+    local journal) say where. The master refuses to start rather than drop acknowledged
+    changes."""
 
 
 def _encode(obj: Any) -> bytes:
@@ -57,7 +71,9 @@ class LocalJournal:
         self.log_path = os.path.join(directory, "journal.log")
         self.ckpt_path = os.path.join(directory, "checkpoint.json")
         self.seq = 0  # last sequence number written or loaded
-        self._fd: int | None = None
+        self._log = LogFile(self.log_path, "pangu-journal", "pangu.journal",
+                            ENTRY_BYTES_MAX + 64, corrupt=JournalCorrupt,
+                            disk_failed=DiskFailed, disk_full=DiskFull)
         self.fsid: str | None = None
 
     def _load_fsid(self) -> str:
@@ -73,70 +89,107 @@ class LocalJournal:
             return fsid
 
     def load(self) -> tuple[dict | None, list[dict]]:
-        """(checkpoint or None, the commands after it, in order); sets ``seq``."""
+        """(checkpoint or None, the commands after it, in order); sets ``seq``. Raises
+        ``JournalCorrupt`` (the file unchanged) for damage before the last synced entry."""
         self.fsid = self._load_fsid()
-        ckpt, base = None, 0
-        if os.path.exists(self.ckpt_path):
-            with open(self.ckpt_path) as f:
-                doc = json.load(f)
-            ckpt, base = doc["namespace"], int(doc["seq"])
+        ckpt, base = self._read_checkpoint()
+        sc = self._log.open(legacy=self._legacy)
         entries: list[dict] = []
-        good_bytes = 0
-        if os.path.exists(self.log_path):
-            with open(self.log_path, "rb") as f:
-                raw = f.read()
-            pos = 0
-            while pos + _HEAD.size <= len(raw):
-                n, crc = _HEAD.unpack_from(raw, pos)
-                body = raw[pos + _HEAD.size: pos + _HEAD.size + n]
-                if len(body) < n or zlib.crc32(body) != crc:
-                    break  # a torn write at the tail: the command was never acknowledged
+        for kind, body in sc.records:
+            try:
                 rec = json.loads(body)
-                if rec["seq"] > base:
-                    if rec["seq"] != base + len(entries) + 1:
-                        raise JournalCorrupt(f"{self.log_path}: entry {rec['seq']} follows "
-                                             f"{base + len(entries)}")
-                    entries.append(rec["cmd"])
-                pos += _HEAD.size + n
-                good_bytes = pos
-            if good_bytes < len(raw):
-                os.truncate(self.log_path, good_bytes)
+                seq, cmd = int(rec["seq"]), rec["cmd"]
+            except (ValueError, KeyError, TypeError):
+                self._log.close()
+                raise JournalCorrupt(f"{self.log_path}: an entry with a good checksum is not "
+                                     f"a journal entry: {body[:80]!r}") from None
+            if kind != _KIND_ENTRY:
+                self._log.close()
+                raise JournalCorrupt(f"{self.log_path}: unknown record kind {kind}")
+            if seq > base:
+                if seq != base + len(entries) + 1:
+                    self._log.close()
+                    raise JournalCorrupt(f"{self.log_path}: entry {seq} follows "
+                                         f"{base + len(entries)}")
+                entries.append(cmd)
         self.seq = base + len(entries)
         return ckpt, entries
 
-    def _open(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        return self._fd
+    def _read_checkpoint(self) -> tuple[dict | None, int]:
+        """(namespace, seq) of the checkpoint, verified; (None, 0) if there is none. Written
+        as ``_CKPT_MAGIC [u32 crc32][u32 length] json``; an older one is plain JSON."""
+        try:
+            with open(self.ckpt_path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None, 0
+        body = raw
+        if raw.startswith(_CKPT_MAGIC):
+            at = len(_CKPT_MAGIC)
+            crc, n = (_CKPT_HEAD.unpack_from(raw, at) if len(raw) >= at + _CKPT_HEAD.size
+                      else (0, -1))
+            body = raw[at + _CKPT_HEAD.size:]
+            if n != len(body) or zlib.crc32(body) != crc:
+                e = JournalCorrupt(f"{self.ckpt_path}: damaged at byte 0: the checkpoint fails "
+                                   f"its checksum; refusing to start from it")
+                e.path, e.offset = self.ckpt_path, 0
+                raise e
+        try:
+            doc = json.loads(body)
+            return doc["namespace"], int(doc["seq"])
+        except (ValueError, KeyError, TypeError):
+            e = JournalCorrupt(f"{self.ckpt_path}: damaged at byte 0: not a checkpoint; "
+                               f"refusing to start from it")
+            e.path, e.offset = self.ckpt_path, 0
+            raise e from None
+
+    def _legacy(self, raw: bytes) -> list[tuple[int, bytes]] | None:
+        """Entries of a v1 journal (no durable marker), to rewrite in the current format; None
+        if ``raw`` is not one. Damage followed by an intact entry is corruption."""
+        items, pos = [], 0
+        while pos + _HEAD.size <= len(raw):
+            n, crc = _HEAD.unpack_from(raw, pos)
+            body = raw[pos + _HEAD.size: pos + _HEAD.size + n]
+            if n > ENTRY_BYTES_MAX + 64 or len(body) < n or zlib.crc32(body) != crc:
+                break
+            items.append((_KIND_ENTRY, bytes(body)))
+            pos += _HEAD.size + n
+        if raw and not items:
+            return None
+        for at in range(pos + 1, len(raw) - _HEAD.size + 1):
+            n, crc = _HEAD.unpack_from(raw, at)
+            body = raw[at + _HEAD.size: at + _HEAD.size + n]
+            if n <= ENTRY_BYTES_MAX + 64 and len(body) == n and zlib.crc32(body) == crc:
+                e = JournalCorrupt(f"{self.log_path}: a damaged entry at byte {pos} of this v1 "
+                                   f"journal is followed by intact ones; refusing to drop them")
+                e.path, e.offset = self.log_path, pos
+                raise e
+        return items
 
     async def append(self, cmd: dict) -> int:
+        """Make ``cmd`` durable as entry ``seq + 1``. ``DiskFull``/``DiskFailed`` if the disk
+        refuses; then the entry is not in the journal (after ``DiskFailed`` it may or may not
+        be on disk: the journal takes no more appends until reopened)."""
         body = _encode({"seq": self.seq + 1, "cmd": cmd})
-        fd = self._open()
-        os.write(fd, _HEAD.pack(len(body), zlib.crc32(body)) + body)
-        os.fdatasync(fd)
+        self._log.append([(_KIND_ENTRY, body)])
         self.seq += 1
         return self.seq
 
     async def checkpoint(self, namespace_snapshot: dict) -> None:
+        body = json.dumps({"seq": self.seq, "namespace": namespace_snapshot}).encode()
         write_atomic(self.ckpt_path,
-                     json.dumps({"seq": self.seq, "namespace": namespace_snapshot}).encode())
-        # Entries up to seq are in the checkpoint; start an empty log (a crash before this
-        # truncation only leaves entries that load() skips).
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        with open(self.log_path, "wb") as f:
-            os.fsync(f.fileno())
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+                     _CKPT_MAGIC + _CKPT_HEAD.pack(zlib.crc32(body), len(body)) + body)
+        # Entries up to seq are in the checkpoint; start an empty log, atomically (a crash
+        # before this only leaves entries that load() skips).
+        self._log.rewrite([])
+
+    @property
+    def failed(self) -> OSError | None:
+        """The fdatasync error that ended this open journal, if any."""
+        return self._log.failed
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._log.close()
 
 
 class NuwaJournal:

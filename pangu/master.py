@@ -40,6 +40,7 @@ from pangu import paths as P
 from pangu import placement
 from pangu.errors import (BadRequest, Busy, Denied, IsADir, NotActive, NotEnoughServers,
                           NotFound, PanguError, Unauthenticated, Unavailable)
+from pangu.errors import DiskFailed
 from pangu.handles import Handles
 from pangu.chunkserver import pangu_root
 from pangu.journal import CHECKPOINT_EVERY, LocalJournal, NuwaJournal
@@ -64,6 +65,18 @@ ELECTION_RETRY_S = 1.0
 SESSION_TTL_S = 4.0  # a dead active master's election entry lapses after this long
 
 
+def _chunks_changed(cmd: dict, res: dict) -> set[str]:
+    """The chunks whose fate a namespace command changed: those it freed (every command that
+    drops chunks reports them in ``freed``) and those it re-versioned (a replica at the old
+    version would look stale)."""
+    out = set(res.get("freed") or ())
+    if cmd.get("op") == "bump_version" and isinstance(res.get("chunk"), str):
+        out.add(res["chunk"])
+    if res.get("cut"):
+        out.add(res["cut"]["chunk"])
+    return out
+
+
 class _ServerView:
     __slots__ = ("id", "name", "node", "capacity", "used", "last", "chunks", "draining", "dead",
                  "dir")
@@ -84,6 +97,8 @@ class _ServerView:
                        for c, (v, n) in rep["chunks"].items()}
         self.last = now
         self.dead = False
+        if rep.get("disk_failed"):
+            self.draining = True  # its disk failed: no new replicas there, its data moves away
 
     def as_server(self) -> placement.Server:
         return placement.Server(self.id, self.node, self.capacity, self.used, not self.dead,
@@ -124,6 +139,10 @@ class PanguMaster:
         self.file_leases: dict[str, tuple[str, float]] = {}  # path -> writer, until
         self.chunk_leases: dict[str, dict] = {}  # cid -> primary, secondaries, version, until
         self.busy: set[str] = set()  # chunks being re-versioned, truncated or copied
+        # Chunks that a namespace change not yet durable freed or re-versioned: the garbage
+        # collector leaves them alone until the journal append returns (issue 14, defect 4).
+        self.undurable: set[str] = set()
+        self.disk_failed: Exception | None = None  # the local journal's disk failed
         self.requests: collections.OrderedDict = collections.OrderedDict()  # id -> result
         self.foreign: set[str] = set()  # chunkservers of another file system
         self.events: collections.deque = collections.deque(maxlen=EVENTS_MAX)
@@ -164,6 +183,8 @@ class PanguMaster:
             if cmd.get("request_id"):
                 self._remember(cmd["request_id"], res)
         self.ns = ns
+        self.undurable = set()  # the namespace is exactly what is durable again
+        self.disk_failed = None
 
     def _become_active(self) -> None:
         self.active = True
@@ -223,6 +244,19 @@ class PanguMaster:
         return None
 
     async def _need_active(self) -> None:
+        if self.disk_failed is not None and not self.active:
+            # The local journal's disk failed: try to reopen it (a new file holding what is
+            # durable); until that works, every call says why.
+            async with self._mut:
+                if self.disk_failed is not None and not self.active:
+                    try:
+                        ckpt, entries = self.journal.load()
+                    except DiskFailed:
+                        raise DiskFailed(self.disk_failed.errno, f"{self.name}: the journal's "
+                                         f"disk failed ({self.disk_failed}); the master serves "
+                                         f"nothing until it can write again") from None
+                    self._rebuild(ckpt, entries)
+                    self._become_active()
         if self.active and self.nuwa is not None and (self.nuwa._session is None
                                                       or self.nuwa._session.expired):
             # Our election entry went with the session: another master may be active now.
@@ -335,16 +369,32 @@ class PanguMaster:
             if request_id is not None:
                 cmd["request_id"] = request_id
             res = self.ns.apply(cmd)  # raises, leaving the namespace unchanged, if invalid
+            # Memory is now ahead of the journal: what this change freed is not garbage until
+            # the change is durable (a heartbeat may run while the append awaits).
+            changed = _chunks_changed(cmd, res)
+            self.undurable |= changed
             try:
                 await self.journal.append(cmd)
             except Exception as e:  # noqa: BLE001 - memory is now ahead of the journal
                 await self._step_down(f"journal write failed ({type(e).__name__}: {e})")
                 if self.election is None:  # the local journal: reload what is durable
-                    ckpt, entries = self.journal.load()
+                    try:
+                        ckpt, entries = self.journal.load()
+                    except DiskFailed as e2:
+                        # The disk still refuses: stay down, with what is durable on disk
+                        # untouched; a restart (or the disk coming back) recovers.
+                        self.disk_failed = e2
+                        raise DiskFailed(e2.errno, f"the Pangu master's journal disk failed "
+                                                   f"({e2}); it serves nothing until it can "
+                                                   f"write again") from None
                     self._rebuild(ckpt, entries)
                     self._become_active()
+                if isinstance(e, DiskFailed):  # typed: this change did not happen
+                    raise type(e)(e.errno, f"the Pangu master could not make a change durable "
+                                           f"({e}); nothing was changed") from None
                 raise Unavailable(f"the Pangu master could not make a change durable "
                                   f"({type(e).__name__}: {e}); retry") from None
+            self.undurable -= changed
             if request_id is not None:
                 self._remember(request_id, res)
             if self.journal.seq % self.checkpoint_every == 0:
@@ -731,7 +781,7 @@ class PanguMaster:
             return []
         out: list[tuple[str, int]] = []
         for cid, (version, _) in list(sv.chunks.items()):
-            if cid in self.busy:
+            if cid in self.busy or cid in self.undurable:
                 continue
             loc = self.ns.chunk_index.get(cid)
             if loc is None:
@@ -799,7 +849,8 @@ class PanguMaster:
             return {"settling": True}  # chunkservers are still reporting to a new master
         infos = self._chunk_infos()
         leased = {cid for cid, l in self.chunk_leases.items() if l["until"] > now}
-        quiet = {cid: i for cid, i in infos.items() if cid not in leased and cid not in self.busy}
+        quiet = {cid: i for cid, i in infos.items()
+                 if cid not in leased and cid not in self.busy and cid not in self.undurable}
         servers = [s.as_server() for s in self.servers.values()]
         budget = int(self.repair_bytes_per_s * self.maintain_s)
         copies, missing = placement.repair_plan(quiet, servers, self.rng, budget_bytes=budget,

@@ -49,6 +49,8 @@ PURE_CORE_MODULES = [
     "zhongkui.acl",
     "zhongkui.audit",
     "zhongkui.directory",
+    "base.faults",
+    "base.logfile",
 ]
 
 _PROBE = """
