@@ -565,6 +565,10 @@ class PanguFile(io.RawIOBase):
             return self._relet(idx, lease, error.failed)
         if isinstance(error, (LeaseExpired, StaleReplica, Unauthenticated)):
             return self._relet(idx, lease, [])  # a fresh lease brings a fresh access token
+        if isinstance(error, NotFound):
+            # The primary has no such chunk: go on without it, or learn from the master why
+            # (the file was replaced, a newer fencing token was seen).
+            return self._relet(idx, lease, [lease["primary"]])
         if isinstance(error, ray.exceptions.RayActorError):
             # The primary died, or the cached handle is of an earlier actor of that name (a
             # restarted chunkserver): look it up again, and go on without it meanwhile.

@@ -332,6 +332,14 @@ class PanguMaster:
         if self.ns.fencing.newer(*fence):
             await self._mutate({"op": "fence", "fencing": list(fence)})
 
+    def _parse_fence(self, fencing) -> tuple[str, int] | None:
+        """A caller's fencing token, valid and not stale (checked first, so a stale holder
+        learns that rather than what its stale view of the file got wrong)."""
+        fence = F.parse(fencing)
+        if fence is not None:
+            self.ns.fencing.check(*fence)
+        return fence
+
     @staticmethod
     def _fenced(cmd: dict, fence: tuple[str, int] | None) -> dict:
         return dict(cmd, fencing=list(fence)) if fence is not None else cmd
@@ -416,7 +424,7 @@ class PanguMaster:
                                 if isinstance(path, str) and path.startswith("/") else None)
         return await self._mutate(self._fenced({"op": "mkdir", "path": path, "parents": parents,
                                                 "owner": self._owner_name(who, owner)},
-                                               F.parse(fencing)), request_id)
+                                               self._parse_fence(fencing)), request_id)
 
     async def stat(self, path: str, cred: str | None = None) -> dict:
         await self._need_active()
@@ -454,17 +462,15 @@ class PanguMaster:
         await self._authz(cred, src, "delete")
         if isinstance(dst, str) and dst.startswith("/"):
             await self._authz(cred, dst, "create", P.parent(P.normalize(dst)))
-        return await self._mutate(self._fenced({"op": "rename", "src": src, "dst": dst,
-                                                "overwrite": overwrite}, F.parse(fencing)),
-                                  request_id)
+        cmd = {"op": "rename", "src": src, "dst": dst, "overwrite": overwrite}
+        return await self._mutate(self._fenced(cmd, self._parse_fence(fencing)), request_id)
 
     async def delete(self, path: str, recursive: bool = False,
                      request_id: str | None = None, cred: str | None = None,
                      fencing=None) -> dict:
         await self._authz(cred, path, "delete")
-        res = await self._mutate(self._fenced({"op": "delete", "path": path,
-                                               "recursive": recursive}, F.parse(fencing)),
-                                 request_id)
+        cmd = {"op": "delete", "path": path, "recursive": recursive}
+        res = await self._mutate(self._fenced(cmd, self._parse_fence(fencing)), request_id)
         p = res["path"]
         for fp in [f for f in self.file_leases if P.is_under(f, p)]:
             del self.file_leases[fp]
@@ -517,7 +523,7 @@ class PanguMaster:
         if mode not in ("w", "x", "a", "r+"):
             raise BadRequest(f"mode {mode!r}; expected w, x, a or r+")
         writer = self._writer_key(who, writer)
-        fence = F.parse(fencing)
+        fence = self._parse_fence(fencing)
         self._check_writer(path, writer, take=True, fence=fence)
         try:
             exists = self.ns.exists(path)
@@ -562,7 +568,7 @@ class PanguMaster:
         who = await self._authz(cred, path, "write")
         if isinstance(index, bool) or not isinstance(index, int):
             raise BadRequest(f"chunk index {index!r:.40}: expected an int")
-        writer, fence = self._writer_key(who, writer), F.parse(fencing)
+        writer, fence = self._writer_key(who, writer), self._parse_fence(fencing)
         self._check_writer(path, writer, fence=fence)
         await self._fence(fence)
         return self._with_access(who, await self._chunk_for_write(path, writer, index))
@@ -684,7 +690,7 @@ class PanguMaster:
         path = P.normalize(path)
         await self._need_active()
         who = await self._authz(cred, path, "write")
-        writer, fence = self._writer_key(who, writer), F.parse(fencing)
+        writer, fence = self._writer_key(who, writer), self._parse_fence(fencing)
         if not isinstance(failed, list) or len(failed) > REPLICATION_MAX or \
                 not all(isinstance(n, str) and 0 < len(n) <= 256 for n in failed):
             raise BadRequest(f"failed {failed!r:.80}: expected a list of at most "
@@ -704,7 +710,7 @@ class PanguMaster:
         path = P.normalize(path)
         await self._need_active()
         who = await self._authz(cred, path, "write")
-        writer, fence = self._writer_key(who, writer), F.parse(fencing)
+        writer, fence = self._writer_key(who, writer), self._parse_fence(fencing)
         self.ns.chunk_of(path, cid)
         self._check_writer(path, writer, fence=fence)
         await self._fence(fence)
@@ -716,7 +722,7 @@ class PanguMaster:
         path = P.normalize(path)
         await self._need_active()
         who = await self._authz(cred, path, "write")
-        writer, fence = self._writer_key(who, writer), F.parse(fencing)
+        writer, fence = self._writer_key(who, writer), self._parse_fence(fencing)
         self.ns.chunk_of(path, cid)
         self._check_writer(path, writer, fence=fence)
         # The path goes into the command: applied only if the chunk is still that file's.
@@ -729,7 +735,7 @@ class PanguMaster:
         path = P.normalize(path)
         await self._need_active()
         who = await self._authz(cred, path, "write")
-        fence = F.parse(fencing)
+        fence = self._parse_fence(fencing)
         self._check_writer(path, self._writer_key(who, writer) if writer is not None
                            else f"truncate-{id(self)}-{time.monotonic()}", fence=fence)
         try:
