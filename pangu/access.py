@@ -12,6 +12,20 @@ it is verified.
 from __future__ import annotations
 
 
+WRITER_CHARS_MAX = 128  # a writer id (the client makes one per open file)
+
+
+def writer_key(user: str | None, writer) -> str:
+    """The writer id a client chose, bound to the verified ``user`` (None: access control is
+    off): another user who learns or guesses it cannot act as that writer."""
+    from pangu.errors import BadRequest
+
+    if not isinstance(writer, str) or not 0 < len(writer) <= WRITER_CHARS_MAX:
+        raise BadRequest(f"writer {writer!r:.80}: expected a str of 1-{WRITER_CHARS_MAX} "
+                         f"characters (WRITER_CHARS_MAX)")
+    return writer if user is None else f"{user}:{writer}"
+
+
 def chunk_scope(cid: str, mode: str, version: int | None = None) -> dict:
     scope = {"kind": "chunk", "id": cid, "mode": mode}
     if mode == "w":

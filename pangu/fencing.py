@@ -44,6 +44,20 @@ def parse(fencing) -> tuple[str, int] | None:
     return lock, token
 
 
+def admit(table: "FencingTable", fencing) -> tuple[str, int] | None:
+    """A caller's fencing value parsed and checked against ``table`` (stale is refused first,
+    so a stale holder learns that rather than what its stale view of a file got wrong)."""
+    fence = parse(fencing)
+    if fence is not None:
+        table.check(*fence)
+    return fence
+
+
+def with_fence(cmd: dict, fence: tuple[str, int] | None) -> dict:
+    """A namespace command carrying ``fence`` (checked and recorded when applied)."""
+    return dict(cmd, fencing=list(fence)) if fence is not None else cmd
+
+
 class FencingTable:
     def __init__(self, limit: int = FENCING_LOCKS_MAX):
         self.newest: dict[str, int] = {}

@@ -39,7 +39,7 @@ import ray
 from pangu import fencing as F
 from pangu import paths as P
 from pangu import placement
-from pangu.access import chunk_scope
+from pangu.access import chunk_scope, writer_key
 from pangu.errors import (BadRequest, Busy, Denied, IsADir, NotActive, NotEnoughServers,
                           NotFound, PanguError, Unauthenticated, Unavailable)
 from pangu.handles import Handles
@@ -60,7 +60,6 @@ CONTROL_CALL_TIMEOUT_S = 10.0  # master -> chunkserver control call
 COPY_CALL_TIMEOUT_S = 120.0  # one whole-chunk copy (repair, rebalance)
 EVENTS_MAX = 1000
 REQUESTS_REMEMBERED_MAX = 100_000  # request ids kept for retried namespace changes
-WRITER_CHARS_MAX = 128  # a writer id (the client makes one per open file)
 
 REBALANCE_THRESHOLD = 0.10  # move data off servers this far above the mean utilisation
 ELECTION_RETRY_S = 1.0
@@ -316,12 +315,7 @@ class PanguMaster:
                                        scope=chunk_scope(cid, mode, version))
 
     def _writer_key(self, who, writer) -> str:
-        """The writer id a client chose, bound to the verified user: another user who learns
-        or guesses it cannot act as that writer (renew, commit, close its lease)."""
-        if not isinstance(writer, str) or not 0 < len(writer) <= WRITER_CHARS_MAX:
-            raise BadRequest(f"writer {writer!r:.80}: expected a str of 1-{WRITER_CHARS_MAX} "
-                             f"characters (WRITER_CHARS_MAX)")
-        return f"{who.user}:{writer}" if self.guard.enabled else writer
+        return writer_key(who.user if self.guard.enabled else None, writer)
 
     async def _fence(self, fence: tuple[str, int] | None) -> None:
         """Refuse a stale fencing token; journal a newer one before the write it comes with
@@ -333,16 +327,7 @@ class PanguMaster:
             await self._mutate({"op": "fence", "fencing": list(fence)})
 
     def _parse_fence(self, fencing) -> tuple[str, int] | None:
-        """A caller's fencing token, valid and not stale (checked first, so a stale holder
-        learns that rather than what its stale view of the file got wrong)."""
-        fence = F.parse(fencing)
-        if fence is not None:
-            self.ns.fencing.check(*fence)
-        return fence
-
-    @staticmethod
-    def _fenced(cmd: dict, fence: tuple[str, int] | None) -> dict:
-        return dict(cmd, fencing=list(fence)) if fence is not None else cmd
+        return F.admit(self.ns.fencing, fencing)
 
     def _owner_name(self, who, given: str) -> str:
         return who.user if self.guard.enabled else given
@@ -422,7 +407,7 @@ class PanguMaster:
                     fencing=None) -> dict:
         who = await self._authz(cred, path, "create", P.parent(P.normalize(path))
                                 if isinstance(path, str) and path.startswith("/") else None)
-        return await self._mutate(self._fenced({"op": "mkdir", "path": path, "parents": parents,
+        return await self._mutate(F.with_fence({"op": "mkdir", "path": path, "parents": parents,
                                                 "owner": self._owner_name(who, owner)},
                                                self._parse_fence(fencing)), request_id)
 
@@ -463,14 +448,14 @@ class PanguMaster:
         if isinstance(dst, str) and dst.startswith("/"):
             await self._authz(cred, dst, "create", P.parent(P.normalize(dst)))
         cmd = {"op": "rename", "src": src, "dst": dst, "overwrite": overwrite}
-        return await self._mutate(self._fenced(cmd, self._parse_fence(fencing)), request_id)
+        return await self._mutate(F.with_fence(cmd, self._parse_fence(fencing)), request_id)
 
     async def delete(self, path: str, recursive: bool = False,
                      request_id: str | None = None, cred: str | None = None,
                      fencing=None) -> dict:
         await self._authz(cred, path, "delete")
         cmd = {"op": "delete", "path": path, "recursive": recursive}
-        res = await self._mutate(self._fenced(cmd, self._parse_fence(fencing)), request_id)
+        res = await self._mutate(F.with_fence(cmd, self._parse_fence(fencing)), request_id)
         p = res["path"]
         for fp in [f for f in self.file_leases if P.is_under(f, p)]:
             del self.file_leases[fp]
@@ -537,7 +522,7 @@ class PanguMaster:
                     cmd["replication"] = replication
                 if chunk_size is not None:
                     cmd["chunk_size"] = chunk_size
-                res = await self._mutate(self._fenced(cmd, fence), request_id)
+                res = await self._mutate(F.with_fence(cmd, fence), request_id)
                 for cid in res["freed"]:
                     self.chunk_leases.pop(cid, None)
             else:
@@ -726,7 +711,7 @@ class PanguMaster:
         self.ns.chunk_of(path, cid)
         self._check_writer(path, writer, fence=fence)
         # The path goes into the command: applied only if the chunk is still that file's.
-        return await self._mutate(self._fenced({"op": "commit", "chunk": cid, "path": path,
+        return await self._mutate(F.with_fence({"op": "commit", "chunk": cid, "path": path,
                                                 "version": version, "length": length}, fence))
 
     async def truncate(self, path: str, length: int, writer: str | None = None,
@@ -739,7 +724,7 @@ class PanguMaster:
         self._check_writer(path, self._writer_key(who, writer) if writer is not None
                            else f"truncate-{id(self)}-{time.monotonic()}", fence=fence)
         try:
-            res = await self._mutate(self._fenced({"op": "truncate", "path": path,
+            res = await self._mutate(F.with_fence({"op": "truncate", "path": path,
                                                    "length": length}, fence), request_id)
             cut = res.get("cut")
             for cid in res["freed"]:
@@ -866,6 +851,11 @@ class PanguMaster:
     async def _maintain_loop(self) -> None:
         while True:
             await asyncio.sleep(self.maintain_s)
+            if self.active and self.nuwa is not None and (self.nuwa._session is None
+                                                          or self.nuwa._session.expired):
+                # Paused or cut off past its session: another master may be active. Step
+                # down now, not at the next client call (issue 14, the paused-master fault).
+                await self._step_down("its Nuwa session expired")
             if not self.active:
                 continue
             try:
