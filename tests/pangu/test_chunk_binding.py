@@ -151,3 +151,25 @@ def test_the_owner_still_works(tmp_path):
         finally:
             await stop(m)
     run(go())
+
+
+@pytest.mark.parametrize("scope,cid,mode,version,ok", [
+    ({"kind": "chunk", "id": "c1", "mode": "r"}, "c1", "r", None, True),
+    ({"kind": "chunk", "id": "c1", "mode": "w", "version": 3}, "c1", "r", None, True),
+    ({"kind": "chunk", "id": "c1", "mode": "w", "version": 3}, "c1", "w", 3, True),
+    ({"kind": "chunk", "id": "c1", "mode": "r"}, "c1", "w", 3, False),  # read-for-write
+    ({"kind": "chunk", "id": "c1", "mode": "w", "version": 3}, "c2", "w", 3, False),
+    ({"kind": "chunk", "id": "c1", "mode": "r"}, "c2", "r", None, False),
+    ({"kind": "chunk", "id": "c1", "mode": "w", "version": 2}, "c1", "w", 3, False),
+    ({"kind": "chunk", "id": "c1", "mode": "w", "version": 4}, "c1", "w", 3, False),
+    ({"kind": "chunk", "id": "c1", "mode": "w"}, "c1", "w", 3, False),  # no version
+    ({"kind": "chunk", "id": "c1", "mode": "w", "version": 1}, "c1", "w", True, False),
+    ({"kind": "chunk", "id": "c1", "mode": "rw"}, "c1", "r", None, False),
+    ({"kind": "job", "id": "c1", "mode": "w"}, "c1", "r", None, False),
+    (None, "c1", "r", None, False), ("chunk", "c1", "r", None, False),
+    ({"kind": "chunk", "id": "c1", "mode": "r"}, "c1", "x", None, False),
+])
+def test_chunk_token_scope(scope, cid, mode, version, ok):
+    from pangu.access import refusal
+
+    assert (refusal(scope, cid, mode, version) is None) == ok
