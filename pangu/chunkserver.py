@@ -54,6 +54,7 @@ READ_BYTES_MAX = 64 * 1024 * 1024  # one read call
 CAPACITY_DEFAULT_BYTES = 1 << 40  # the cap when the disk itself is larger
 WRITE_TOKEN_CHARS_MAX = 256  # a writer's lease token (it numbers its pieces under it)
 WRITE_SEQ_MAX = 2 ** 62  # a piece's number under that token
+MASTERS_NAMED_MAX = 8  # masters a chunkserver heartbeats to
 
 
 def pangu_root(data_dir: str, kind: str) -> str:
@@ -238,8 +239,15 @@ class ChunkServer:
             raise Denied(f"chunk {cid}: the access token is refused for {mode!r}: {why}")
 
     # ------------------------------------------------------------ control
-    async def start(self, masters: list[str]) -> dict:
-        """Start heartbeating to ``masters`` (actor names) and scrubbing; returns ``info``."""
+    async def start(self, masters: list[str], cred: str | None = None) -> dict:
+        """Start heartbeating to ``masters`` (actor names) and scrubbing; returns ``info``.
+        The platform's own (deploy) only: whoever names the masters is obeyed by this server
+        (their heartbeat replies order deletions)."""
+        await self._platform(cred, "name this chunkserver's masters")
+        if not isinstance(masters, list) or not 0 < len(masters) <= MASTERS_NAMED_MAX or \
+                not all(isinstance(m, str) and 0 < len(m) <= 256 for m in masters):
+            raise BadRequest(f"masters {masters!r:.80}: expected a list of 1-"
+                             f"{MASTERS_NAMED_MAX} actor names")
         self.masters = list(masters)
         if not self._tasks:
             self._tasks = [asyncio.get_running_loop().create_task(self._heartbeat_loop()),
@@ -611,8 +619,10 @@ class ChunkServer:
         self.replicas[cid].written_at = time.monotonic()
         return length
 
-    def corrupt_for_test(self, cid: str, offset: int) -> str:
-        """Flip one bit of a replica's data file behind its checksum (fault tests)."""
+    async def corrupt_for_test(self, cid: str, offset: int, cred: str | None = None) -> str:
+        """Flip one bit of a replica's data file behind its checksum (fault tests; the
+        platform's own only)."""
+        await self._platform(cred, "corrupt a replica (fault tests)")
         r = self._replica(cid)
         with open(r.file.data_path, "r+b") as f:
             f.seek(offset)

@@ -235,3 +235,22 @@ def test_master_chunk_ops_with_bad_credentials(pg):
             with pytest.raises(PE.Unauthenticated):
                 bad.call(method, *args, timeout_s=10)
     _x_intact(pg)
+
+
+def test_control_calls_need_the_platform(pg):
+    """Naming a chunkserver's masters (their heartbeat replies order deletions) and the
+    fault-test bit flip are the platform's: refused to a user, an administrator and a chunk
+    token; the server keeps its masters and X its bytes."""
+    c, keys, now = pg["c"], pg["keys"], time.time()
+    info = c.call("locate", "/adv/x")
+    for r in info["chunks"][0]["replicas"]:
+        srv = c.server(r["name"])
+        for cred in (None, "", pg["admin"], keys.sign("dave", (), now=now, ttl_s=60),
+                     info["chunks"][0]["access"]):
+            with pytest.raises(REFUSED):
+                _get(srv.start.remote(["pangu-fake-master"], cred=cred))
+            with pytest.raises(REFUSED):
+                _get(srv.corrupt_for_test.remote(info["chunks"][0]["id"], 0, cred=cred))
+    time.sleep(1.5)  # a few heartbeats: still to the real master
+    assert all(not s["dead"] for s in c.status()["servers"])
+    _x_intact(pg)
