@@ -142,3 +142,26 @@ def test_without_a_newer_token_the_lease_is_not_taken_over(tmp_path):
         finally:
             await stop(m)
     asyncio.run(go())
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["/a", "/b", "/c", "/d", "/e"]),
+                          st.integers(1, 40)), max_size=60), st.integers(1, 4))
+def test_the_bounded_table_never_allows_what_an_unbounded_one_refuses(ops, limit):
+    """Safety of the bound: whatever it forgets, the table refuses every token older than
+    the newest seen for its lock (it may refuse more, never less)."""
+    t, model = F.FencingTable(limit=limit), {}
+    for lock, token in ops:
+        stale = token < model.get(lock, 0)
+        try:
+            t.check(lock, token)
+        except PE.StaleFencingToken:
+            continue
+        assert not stale, f"token {token} of {lock} allowed; newest seen {model[lock]}"
+        t.record(lock, token)
+        model[lock] = max(model.get(lock, 0), token)
+        assert len(t.newest) <= limit
