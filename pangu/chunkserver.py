@@ -36,6 +36,7 @@ import pyarrow as pa
 import ray
 
 from nuwa.wal import write_atomic
+from pangu import access as A
 from pangu.chunkfile import BLOCK_BYTES, ChunkFile
 from pangu.errors import (BadRequest, ChecksumError, Denied, LeaseExpired, NoSpace, NotActive,
                           NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unauthenticated)
@@ -52,6 +53,9 @@ REPLICA_CALL_TIMEOUT_S = 60.0  # primary -> secondary write, or a copy's read fr
 WRITE_ORDER_WAIT_S = 60.0  # a piece waits this long for the writer's previous one
 READ_BYTES_MAX = 64 * 1024 * 1024  # one read call
 CAPACITY_DEFAULT_BYTES = 1 << 40  # the cap when the disk itself is larger
+WRITE_TOKEN_CHARS_MAX = 256  # a writer's lease token (it numbers its pieces under it)
+WRITE_SEQ_MAX = 2 ** 62  # a piece's number under that token
+MASTERS_NAMED_MAX = 8  # masters a chunkserver heartbeats to
 
 
 def pangu_root(data_dir: str, kind: str) -> str:
@@ -216,9 +220,10 @@ class ChunkServer:
             self.guard.report_denial(who.user, what, f"chunkserver:{self.name}", "not a platform actor")
             raise Denied(f"user {who.user!r} may not {what}: the platform's own actors only")
 
-    async def _check_access(self, access, cid: str, mode: str) -> None:
-        """A chunk access token for this chunk, in this mode (a write token also reads), not
-        expired and signed by the cluster: refused otherwise, whoever holds it."""
+    async def _check_access(self, access, cid: str, mode: str, version=None) -> None:
+        """A chunk access token for this chunk, in this mode (a write token also reads; it
+        writes only at the version of its lease), not expired and signed by the cluster:
+        refused otherwise, whoever holds it (``pangu.access``)."""
         if not self.guard.enabled:
             return
         from zhongkui.errors import BadCredentials
@@ -230,17 +235,21 @@ class ChunkServer:
                                   f"({type(e).__name__}: {e}); ask the master again") from None
         if who.platform:
             return
-        sc = who.scope or {}
-        if sc.get("kind") != "chunk" or sc.get("id") != cid or \
-                not (sc.get("mode") == mode or (mode == "r" and sc.get("mode") == "w")):
-            self.guard.report_denial(who.user, f"chunk {mode}", f"chunk:{cid}",
-                               "an access token for another chunk or mode")
-            raise Denied(f"chunk {cid}: the access token is for chunk {sc.get('id')!r} mode "
-                         f"{sc.get('mode')!r}, not this chunk in mode {mode!r}")
+        why = A.refusal(who.scope, cid, mode, version)
+        if why is not None:
+            self.guard.report_denial(who.user, f"chunk {mode}", f"chunk:{cid}", why)
+            raise Denied(f"chunk {cid}: the access token is refused for {mode!r}: {why}")
 
     # ------------------------------------------------------------ control
-    async def start(self, masters: list[str]) -> dict:
-        """Start heartbeating to ``masters`` (actor names) and scrubbing; returns ``info``."""
+    async def start(self, masters: list[str], cred: str | None = None) -> dict:
+        """Start heartbeating to ``masters`` (actor names) and scrubbing; returns ``info``.
+        The platform's own (deploy) only: whoever names the masters is obeyed by this server
+        (their heartbeat replies order deletions)."""
+        await self._platform(cred, "name this chunkserver's masters")
+        if not isinstance(masters, list) or not 0 < len(masters) <= MASTERS_NAMED_MAX or \
+                not all(isinstance(m, str) and 0 < len(m) <= 256 for m in masters):
+            raise BadRequest(f"masters {masters!r:.80}: expected a list of 1-"
+                             f"{MASTERS_NAMED_MAX} actor names")
         self.masters = list(masters)
         if not self._tasks:
             self._tasks = [asyncio.get_running_loop().create_task(self._heartbeat_loop()),
@@ -446,6 +455,9 @@ class ChunkServer:
             if self._seq.get(cid, ("", 0))[0] != token:
                 if seq == 1:
                     self._seq[cid] = (token, 0)  # a new lease: numbering starts again
+            elif seq <= self._seq[cid][1]:
+                raise BadRequest(f"chunk {cid}: piece {seq} of writer {token:.40} was applied "
+                                 f"already (a replay); a retry is sent with the next number")
             try:
                 await asyncio.wait_for(cond.wait_for(
                     lambda: self._seq.get(cid) == (token, seq - 1)), WRITE_ORDER_WAIT_S)
@@ -469,7 +481,8 @@ class ChunkServer:
 
         Two phases: the bytes are written (not yet synced) at every replica, in the writer's
         order; then every replica syncs. The next piece's writes overlap this one's sync."""
-        await self._check_access(access, cid, "w")
+        _check_write_args(cid, version, offset, data, token, seq)
+        await self._check_access(access, cid, "w", version)
         lease = self.leases.get(cid)
         if lease is None or lease[0] != version or time.monotonic() > lease[2]:
             raise LeaseExpired(f"chunkserver {self.sid} holds no valid lease on chunk {cid} at "
@@ -479,19 +492,22 @@ class ChunkServer:
         cond = await self._turn(cid, token, seq)
         failed, errors = [], []
         try:
-            buf = await data[0]
+            buf = _bytes_of(await data[0], cid)
             try:  # one checksum computation serves every replica
                 sums = await asyncio.to_thread(r.file.checksums, offset, memoryview(buf))
             except ChecksumError as e:
                 self._quarantine(cid, str(e))
                 raise
+            # The secondaries take writes from a primary only (its platform token): a writer
+            # cannot bypass the primary's order and lease by writing to one replica.
+            fwd = self.guard.platform_token()
             others = [self._handle(s).apply.remote(cid, version, offset, data, sums,
-                                                   access=access) for s in secondaries]
+                                                   access=fwd) for s in secondaries]
             length = await self._apply(r, cid, version, offset, data, sums)  # raises: all failed
             live = await self._collect(secondaries, others, failed, errors)
         finally:
             await self._done_turn(cid, cond, token, seq)
-        syncs = [self._handle(s).sync.remote(cid, version, access=access) for s in live]
+        syncs = [self._handle(s).sync.remote(cid, version, access=fwd) for s in live]
         await self._sync_replica(r)
         await self._collect(live, syncs, failed, errors)
         if failed:
@@ -514,13 +530,15 @@ class ChunkServer:
 
     async def apply(self, cid: str, version: int, offset: int, data: list,
                     sums: bytes | None = None, access: str = "") -> int:
-        """A secondary's first phase of a write the primary ordered (the bytes, not synced)."""
-        await self._check_access(access, cid, "w")
+        """A secondary's first phase of a write the primary ordered (the bytes, not synced).
+        ``access`` is the primary's platform token: nobody else writes to a secondary."""
+        await self._platform(access, "write to a secondary replica (primaries only)")
+        _check_write_args(cid, version, offset, data)
         return await self._apply(self._replica(cid), cid, version, offset, data, sums)
 
     async def sync(self, cid: str, version: int, access: str = "") -> None:
-        """The second phase: make every write applied so far durable."""
-        await self._check_access(access, cid, "w")
+        """The second phase: make every write applied so far durable (primaries only)."""
+        await self._platform(access, "sync a secondary replica (primaries only)")
         r = self._replica(cid)
         if r.version != version:
             raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, the "
@@ -529,7 +547,7 @@ class ChunkServer:
 
     async def _apply(self, r: _Replica, cid: str, version: int, offset: int, data: list,
                      sums: bytes | None = None) -> int:
-        buf = await data[0]
+        buf = _bytes_of(await data[0], cid)
         async with r.lock:
             if r.version != version:
                 raise StaleReplica(f"chunk {cid} on {self.sid} is at version {r.version}, the "
@@ -554,6 +572,9 @@ class ChunkServer:
     async def read(self, cid: str, version: int, offset: int, n: int,
                    access: str = "") -> pa.Buffer:
         await self._check_access(access, cid, "r")
+        for what, v in (("version", version), ("offset", offset), ("n", n)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise BadRequest(f"read of chunk {cid}: {what}={v!r:.40}; expected an int >= 0")
         if not 0 <= n <= READ_BYTES_MAX:
             raise BadRequest(f"read of {n} bytes; expected 0..READ_BYTES_MAX={READ_BYTES_MAX}")
         r = self._replica(cid)
@@ -618,8 +639,10 @@ class ChunkServer:
         self.replicas[cid].written_at = time.monotonic()
         return length
 
-    def corrupt_for_test(self, cid: str, offset: int) -> str:
-        """Flip one bit of a replica's data file behind its checksum (fault tests)."""
+    async def corrupt_for_test(self, cid: str, offset: int, cred: str | None = None) -> str:
+        """Flip one bit of a replica's data file behind its checksum (fault tests; the
+        platform's own only)."""
+        await self._platform(cred, "corrupt a replica (fault tests)")
         r = self._replica(cid)
         with open(r.file.data_path, "r+b") as f:
             f.seek(offset)
@@ -630,6 +653,30 @@ class ChunkServer:
 
     def block_bytes(self) -> int:
         return BLOCK_BYTES
+
+
+def _bytes_of(obj, cid: str):
+    """The bytes a write's object reference holds; anything else is refused."""
+    if not isinstance(obj, (pa.Buffer, bytes, bytearray, memoryview)):
+        raise BadRequest(f"write to chunk {cid}: the object holds a {type(obj).__name__}; "
+                         f"expected bytes (a pyarrow Buffer)")
+    return obj
+
+
+def _check_write_args(cid, version, offset, data, token: str = "", seq: int = 1) -> None:
+    """Every field of a write a stranger controls, range-checked before it touches state."""
+    for what, v, lo, hi in (("version", version, 1, 2 ** 63 - 1),
+                            ("offset", offset, 0, 2 ** 63 - 1), ("seq", seq, 1, WRITE_SEQ_MAX)):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise BadRequest(f"write to chunk {cid!r:.80}: {what}={v!r:.40}; expected an int "
+                             f"in {lo}..{hi}")
+    if not isinstance(token, str) or len(token) > WRITE_TOKEN_CHARS_MAX:
+        raise BadRequest(f"write to chunk {cid!r:.80}: the writer's token is a str of at most "
+                         f"{WRITE_TOKEN_CHARS_MAX} characters (WRITE_TOKEN_CHARS_MAX)")
+    if not isinstance(data, list) or len(data) != 1 or \
+            not isinstance(data[0], ray.ObjectRef):
+        raise BadRequest(f"write to chunk {cid!r:.80}: data is [ObjectRef] of the bytes (one "
+                         f"reference put by the writer), got {type(data).__name__}")
 
 
 def _short(e: BaseException) -> str:

@@ -125,12 +125,16 @@ class Client:
                               f"with `fuxi up`, or pangu.deploy.start in a Ray program")
         return out
 
-    def call(self, method: str, *args, timeout_s: float = MASTER_WAIT_S) -> Any:
+    def call(self, method: str, *args, timeout_s: float = MASTER_WAIT_S,
+             fencing: tuple | None = None) -> Any:
         """Call the active master, following failovers. Namespace changes carry a request id,
-        the same on every retry, so one whose reply was lost is not applied twice."""
+        the same on every retry, so one whose reply was lost is not applied twice. ``fencing``
+        is a Nuwa lock's (path, token): the master refuses the call if it is stale."""
         deadline = time.monotonic() + timeout_s
         last: BaseException | None = None
         kw = {"request_id": uuid.uuid4().hex} if method in _ONCE else {}
+        if fencing is not None:
+            kw["fencing"] = list(fencing)
         cred = self.cred()
         if cred:
             kw["cred"] = cred
@@ -174,20 +178,24 @@ class Client:
     def exists(self, path: str) -> bool:
         return self.call("exists", parse_url(path)[1])
 
-    def mkdir(self, path: str, parents: bool = False, owner: str | None = None) -> dict:
-        return self.call("mkdir", parse_url(path)[1], parents, owner or _user())
+    def mkdir(self, path: str, parents: bool = False, owner: str | None = None,
+              fencing: tuple | None = None) -> dict:
+        return self.call("mkdir", parse_url(path)[1], parents, owner or _user(),
+                         fencing=fencing)
 
-    def rm(self, path: str, recursive: bool = False) -> dict:
-        return self.call("delete", parse_url(path)[1], recursive)
+    def rm(self, path: str, recursive: bool = False, fencing: tuple | None = None) -> dict:
+        return self.call("delete", parse_url(path)[1], recursive, fencing=fencing)
 
-    def mv(self, src: str, dst: str, overwrite: bool = False) -> dict:
-        return self.call("rename", parse_url(src)[1], parse_url(dst)[1], overwrite)
+    def mv(self, src: str, dst: str, overwrite: bool = False,
+           fencing: tuple | None = None) -> dict:
+        return self.call("rename", parse_url(src)[1], parse_url(dst)[1], overwrite,
+                         fencing=fencing)
 
     def du(self, path: str = "/") -> dict:
         return self.call("du", parse_url(path)[1])
 
-    def truncate(self, path: str, length: int) -> dict:
-        return self.call("truncate", parse_url(path)[1], length)
+    def truncate(self, path: str, length: int, fencing: tuple | None = None) -> dict:
+        return self.call("truncate", parse_url(path)[1], length, fencing=fencing)
 
     def fsck(self, path: str = "/") -> dict:
         return self.call("fsck", parse_url(path)[1])
@@ -196,9 +204,9 @@ class Client:
         return self.call("status")
 
     def open(self, path: str, mode: str = "rb", *, replication: int | None = None,
-             chunk_size: int | None = None) -> "PanguFile":
+             chunk_size: int | None = None, fencing: tuple | None = None) -> "PanguFile":
         return PanguFile(self, parse_url(path)[1], mode, replication=replication,
-                         chunk_size=chunk_size)
+                         chunk_size=chunk_size, fencing=fencing)
 
 
 def _user() -> str:
@@ -218,8 +226,12 @@ class PanguFile(io.RawIOBase):
     """A standard binary file object over one Pangu file."""
 
     def __init__(self, client: Client, path: str, mode: str, *, replication: int | None = None,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, fencing: tuple | None = None):
+        """``fencing``: a Nuwa lock's ``(path, token)`` (``Lock.acquire`` returns the token);
+        every write of this file carries it, and the master refuses them all
+        (``StaleFencingToken``) once a newer token of that lock has been seen."""
         super().__init__()
+        self._fencing = tuple(fencing) if fencing is not None else None
         if mode not in _MODES:
             raise BadRequest(f"mode {mode!r}: expected one of rb, wb, xb, ab, r+b (Pangu files are "
                              f"binary; wrap in io.TextIOWrapper for text)")
@@ -241,7 +253,7 @@ class PanguFile(io.RawIOBase):
                 self._info = client.call("locate", path)
             else:
                 self._info = client.call("open_write", path, self._kind, self._writer, _user(),
-                                         replication, chunk_size)
+                                         replication, chunk_size, fencing=self._fencing)
         except BaseException:
             # Never opened: nothing to flush or hand back, now or when collected (a close
             # then would call the master, maybe after Ray has shut down).
@@ -464,7 +476,7 @@ class PanguFile(io.RawIOBase):
             lease = self._leases[idx]
             if lease["written"] > lease["length"]:
                 self.client.call("commit", self.path, self._writer, lease["id"],
-                                 lease["version"], lease["written"])
+                                 lease["version"], lease["written"], fencing=self._fencing)
                 lease["length"] = lease["written"]
 
     def _lease(self, idx: int, fresh: bool = False) -> dict:
@@ -474,10 +486,12 @@ class PanguFile(io.RawIOBase):
             lease = self._leases.get(idx)
             written = lease["written"] if lease is not None else 0
             if lease is not None and not fresh:
-                lease = self.client.call("renew_lease", self.path, self._writer, lease["id"])
+                lease = self.client.call("renew_lease", self.path, self._writer, lease["id"],
+                                         fencing=self._fencing)
             else:
                 self._commit_pending()  # a new chunk needs the ones before it full, on record
-                lease = self.client.call("chunk_for_write", self.path, self._writer, idx)
+                lease = self.client.call("chunk_for_write", self.path, self._writer, idx,
+                                         fencing=self._fencing)
             self._install(idx, lease, written)
         return lease
 
@@ -552,6 +566,10 @@ class PanguFile(io.RawIOBase):
             return self._relet(idx, lease, error.failed)
         if isinstance(error, (LeaseExpired, StaleReplica, Unauthenticated)):
             return self._relet(idx, lease, [])  # a fresh lease brings a fresh access token
+        if isinstance(error, NotFound):
+            # The primary has no such chunk: go on without it, or learn from the master why
+            # (the file was replaced, a newer fencing token was seen).
+            return self._relet(idx, lease, [lease["primary"]])
         if isinstance(error, ray.exceptions.RayActorError):
             # The primary died, or the cached handle is of an earlier actor of that name (a
             # restarted chunkserver): look it up again, and go on without it meanwhile.
@@ -565,9 +583,10 @@ class PanguFile(io.RawIOBase):
     def _relet(self, idx: int, lease: dict, failed: list[str]) -> dict:
         if failed:
             new = self.client.call("write_failed", self.path, self._writer, lease["id"],
-                                   lease["version"], list(failed))
+                                   lease["version"], list(failed), fencing=self._fencing)
         else:
-            new = self.client.call("renew_lease", self.path, self._writer, lease["id"])
+            new = self.client.call("renew_lease", self.path, self._writer, lease["id"],
+                                   fencing=self._fencing)
         new["length"] = max(new["length"], lease["length"])
         return self._install(idx, new, lease["written"])
 
@@ -580,7 +599,7 @@ class PanguFile(io.RawIOBase):
         if size > self._size:
             raise BadRequest(f"truncate {self.path} to {size}: longer than its {self._size} "
                              f"bytes (truncate only shortens)")
-        self.client.call("truncate", self.path, size, self._writer)
+        self.client.call("truncate", self.path, size, self._writer, fencing=self._fencing)
         self._size = size
         self._leases.clear()
         self._cache = None
@@ -644,9 +663,10 @@ def _split(url: str) -> tuple[Client, str]:
 
 
 def open(url: str, mode: str = "rb", *, replication: int | None = None,  # noqa: A001
-         chunk_size: int | None = None) -> PanguFile:
+         chunk_size: int | None = None, fencing: tuple | None = None) -> PanguFile:
+    """``fencing=(lock path, token)``: see ``PanguFile`` and docs/pangu.md, "Fencing tokens"."""
     c, path = _split(url)
-    return c.open(path, mode, replication=replication, chunk_size=chunk_size)
+    return c.open(path, mode, replication=replication, chunk_size=chunk_size, fencing=fencing)
 
 
 def ls(url: str = "/", detail: bool = False) -> list:
@@ -664,19 +684,19 @@ def exists(url: str) -> bool:
     return c.exists(path)
 
 
-def mkdir(url: str, parents: bool = False) -> dict:
+def mkdir(url: str, parents: bool = False, fencing: tuple | None = None) -> dict:
     c, path = _split(url)
-    return c.mkdir(path, parents)
+    return c.mkdir(path, parents, fencing=fencing)
 
 
-def rm(url: str, recursive: bool = False) -> dict:
+def rm(url: str, recursive: bool = False, fencing: tuple | None = None) -> dict:
     c, path = _split(url)
-    return c.rm(path, recursive)
+    return c.rm(path, recursive, fencing=fencing)
 
 
-def mv(src: str, dst: str, overwrite: bool = False) -> dict:
+def mv(src: str, dst: str, overwrite: bool = False, fencing: tuple | None = None) -> dict:
     c, s = _split(src)
-    return c.mv(s, parse_url(dst)[1], overwrite)
+    return c.mv(s, parse_url(dst)[1], overwrite, fencing=fencing)
 
 
 def du(url: str = "/") -> dict:

@@ -77,13 +77,13 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
             snames.append(name)
             handles.append(h)
     _HANDLES.setdefault(cluster, []).extend(mh + handles)
-    ray.get([h.start.remote(mnames) for h in handles], timeout=timeout_s)
-    if wait:
-        from zhongkui.guard import Guard
+    from zhongkui.guard import Guard
 
-        # Whoever starts Pangu with the keys is the platform: it asks as the platform.
-        wait_ready(cluster, len(snames), timeout_s,
-                   token=Guard(auth, name="deploy").platform_token() or None)
+    # Whoever starts Pangu with the keys is the platform: it asks as the platform.
+    token = Guard(auth, name="deploy").platform_token() or None
+    ray.get([h.start.remote(mnames, cred=token) for h in handles], timeout=timeout_s)
+    if wait:
+        wait_ready(cluster, len(snames), timeout_s, token=token)
     return {"masters": mnames, "servers": snames, "roles": roles}
 
 

@@ -103,3 +103,8 @@ class Unauthenticated(PanguError, PermissionError):
 
 class Denied(PanguError, PermissionError):
     """A signed-in caller without the permission the operation needs (Zhongkui)."""
+
+
+class StaleFencingToken(PanguError, PermissionError):
+    """A write carried a fencing token (a Nuwa lock path and its token) older than the newest
+    this file system has seen for that lock: its holder lost the lock (issue 14, defect 16)."""

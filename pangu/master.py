@@ -36,15 +36,17 @@ from typing import Any
 
 import ray
 
+from pangu import fencing as F
 from pangu import paths as P
 from pangu import placement
+from pangu.access import chunk_scope, writer_key
 from pangu.errors import (BadRequest, Busy, Denied, IsADir, NotActive, NotEnoughServers,
                           NotFound, PanguError, Unauthenticated, Unavailable)
 from pangu.errors import DiskFailed
 from pangu.handles import Handles
 from pangu.chunkserver import pangu_root
 from pangu.journal import CHECKPOINT_EVERY, LocalJournal, NuwaJournal
-from pangu.namespace import Namespace
+from pangu.namespace import REPLICATION_MAX, Namespace
 
 logger = logging.getLogger(__name__)
 
@@ -284,9 +286,14 @@ class PanguMaster:
         from zhongkui.errors import BadCredentials
 
         try:
-            return await self.guard.aidentify(cred)
+            who = await self.guard.aidentify(cred)
         except BadCredentials as e:
             raise Unauthenticated(f"{type(e).__name__}: {e}") from None
+        if (who.scope or {}).get("kind") == "chunk":
+            # A chunk access token opens one chunk on the chunkservers, nothing here.
+            raise Unauthenticated("a chunk access token is not a credential for the master; "
+                                  "present the user's token")
+        return who
 
     def _owner_of(self, path: str, nearest: bool = False) -> str | None:
         """The owner of ``path``; with ``nearest``, of its nearest existing ancestor (what a
@@ -332,12 +339,29 @@ class PanguMaster:
             self.guard.report_denial(who.user, what, "pangu", "administrators only")
             raise Denied(f"user {who.user!r} may not {what}: administrators only")
 
-    def _access(self, who, cid: str, mode: str) -> str:
-        """A chunk access token: user, chunk, mode (r or w), CHUNK_ACCESS_TTL_S."""
+    def _access(self, who, cid: str, mode: str, version: int | None = None) -> str:
+        """A chunk access token: user, chunk, mode (r or w), CHUNK_ACCESS_TTL_S; a write
+        token also names the lease's version, so it dies with the lease (a writer that lost
+        the file, or whose lease moved on, cannot write with it)."""
         if not self.guard.enabled:
             return ""
         return self.guard.keyring.sign(who.user, (), now=time.time(), ttl_s=CHUNK_ACCESS_TTL_S,
-                                       scope={"kind": "chunk", "id": cid, "mode": mode})
+                                       scope=chunk_scope(cid, mode, version))
+
+    def _writer_key(self, who, writer) -> str:
+        return writer_key(who.user if self.guard.enabled else None, writer)
+
+    async def _fence(self, fence: tuple[str, int] | None) -> None:
+        """Refuse a stale fencing token; journal a newer one before the write it comes with
+        goes on (a failover must not forget it)."""
+        if fence is None:
+            return
+        self.ns.fencing.check(*fence)
+        if self.ns.fencing.newer(*fence):
+            await self._mutate({"op": "fence", "fencing": list(fence)})
+
+    def _parse_fence(self, fencing) -> tuple[str, int] | None:
+        return F.admit(self.ns.fencing, fencing)
 
     def _owner_name(self, who, given: str) -> str:
         return who.user if self.guard.enabled else given
@@ -429,11 +453,13 @@ class PanguMaster:
 
     # ------------------------------------------------------------ namespace API
     async def mkdir(self, path: str, parents: bool = False, owner: str = "anonymous",
-                    request_id: str | None = None, cred: str | None = None) -> dict:
+                    request_id: str | None = None, cred: str | None = None,
+                    fencing=None) -> dict:
         who = await self._authz(cred, path, "create", P.parent(P.normalize(path))
                                 if isinstance(path, str) and path.startswith("/") else None)
-        return await self._mutate({"op": "mkdir", "path": path, "parents": parents,
-                                   "owner": self._owner_name(who, owner)}, request_id)
+        return await self._mutate(F.with_fence({"op": "mkdir", "path": path, "parents": parents,
+                                                "owner": self._owner_name(who, owner)},
+                                               self._parse_fence(fencing)), request_id)
 
     async def stat(self, path: str, cred: str | None = None) -> dict:
         await self._need_active()
@@ -466,18 +492,20 @@ class PanguMaster:
         return info
 
     async def rename(self, src: str, dst: str, overwrite: bool = False,
-                     request_id: str | None = None, cred: str | None = None) -> dict:
+                     request_id: str | None = None, cred: str | None = None,
+                     fencing=None) -> dict:
         await self._authz(cred, src, "delete")
         if isinstance(dst, str) and dst.startswith("/"):
             await self._authz(cred, dst, "create", P.parent(P.normalize(dst)))
-        return await self._mutate({"op": "rename", "src": src, "dst": dst,
-                                   "overwrite": overwrite}, request_id)
+        cmd = {"op": "rename", "src": src, "dst": dst, "overwrite": overwrite}
+        return await self._mutate(F.with_fence(cmd, self._parse_fence(fencing)), request_id)
 
     async def delete(self, path: str, recursive: bool = False,
-                     request_id: str | None = None, cred: str | None = None) -> dict:
+                     request_id: str | None = None, cred: str | None = None,
+                     fencing=None) -> dict:
         await self._authz(cred, path, "delete")
-        res = await self._mutate({"op": "delete", "path": path, "recursive": recursive},
-                                 request_id)
+        cmd = {"op": "delete", "path": path, "recursive": recursive}
+        res = await self._mutate(F.with_fence(cmd, self._parse_fence(fencing)), request_id)
         p = res["path"]
         for fp in [f for f in self.file_leases if P.is_under(f, p)]:
             del self.file_leases[fp]
@@ -486,19 +514,37 @@ class PanguMaster:
         return res
 
     # ------------------------------------------------------------ writer leases
-    def _check_writer(self, path: str, writer: str, take: bool = False) -> None:
+    def _check_writer(self, path: str, writer: str, take: bool = False,
+                      fence: tuple[str, int] | None = None) -> None:
+        """Take or renew ``writer``'s lease on ``path`` (writer, until, fencing token). A
+        writer with a newer fencing token of the same lock takes the lease over from one
+        holding an older token: the old holder lost the lock."""
+        if fence is not None:
+            self.ns.fencing.check(*fence)
         now = time.monotonic()
         held = self.file_leases.get(path)
         if held is not None and held[0] != writer and held[1] > now:
-            raise Busy(f"{path} is open for writing by another client (its lease ends in "
-                       f"{held[1] - now:.0f}s unless renewed); one writer per file")
+            old = held[2] if len(held) > 2 else None
+            if fence is not None and old is not None and old[0] == fence[0] \
+                    and old[1] < fence[1]:
+                self._event("fenced", f"{path}: the writer holding token {old[1]} of lock "
+                                      f"{old[0]} is replaced by one holding token {fence[1]}")
+                for cid, lease in list(self.chunk_leases.items()):
+                    if lease["writer"] == held[0]:
+                        del self.chunk_leases[cid]
+            else:
+                raise Busy(f"{path} is open for writing by another client (its lease ends in "
+                           f"{held[1] - now:.0f}s unless renewed); one writer per file")
         if held is None and not take and not self.ns.exists(path):
             raise NotFound(f"{path} no longer exists (deleted or moved while open)")
-        self.file_leases[path] = (writer, now + self.writer_lease_s)
+        if fence is None and held is not None and held[0] == writer and len(held) > 2:
+            fence = held[2]  # the same writer renewing: it keeps the token it opened with
+        self.file_leases[path] = (writer, now + self.writer_lease_s, fence)
 
     async def open_write(self, path: str, mode: str, writer: str, owner: str = "anonymous",
                          replication: int | None = None, chunk_size: int | None = None,
-                         request_id: str | None = None, cred: str | None = None) -> dict:
+                         request_id: str | None = None, cred: str | None = None,
+                         fencing=None) -> dict:
         """Take the file's writer lease. ``mode`` is ``w`` (create or truncate), ``x`` (create;
         the file must not exist), ``a`` (append; create if missing) or ``r+`` (update an
         existing file)."""
@@ -511,7 +557,9 @@ class PanguMaster:
         owner = self._owner_name(who, owner)
         if mode not in ("w", "x", "a", "r+"):
             raise BadRequest(f"mode {mode!r}; expected w, x, a or r+")
-        self._check_writer(path, writer, take=True)
+        writer = self._writer_key(who, writer)
+        fence = self._parse_fence(fencing)
+        self._check_writer(path, writer, take=True, fence=fence)
         try:
             exists = self.ns.exists(path)
             if exists and self.ns.stat(path)["type"] != "file":
@@ -524,9 +572,11 @@ class PanguMaster:
                     cmd["replication"] = replication
                 if chunk_size is not None:
                     cmd["chunk_size"] = chunk_size
-                res = await self._mutate(cmd, request_id)
+                res = await self._mutate(F.with_fence(cmd, fence), request_id)
                 for cid in res["freed"]:
                     self.chunk_leases.pop(cid, None)
+            else:
+                await self._fence(fence)
             return self._file_info(path)
         except BaseException:
             if self.file_leases.get(path, ("",))[0] == writer:
@@ -535,7 +585,7 @@ class PanguMaster:
 
     async def close_write(self, path: str, writer: str, cred: str | None = None) -> None:
         path = P.normalize(path)
-        await self._who(cred)
+        writer = self._writer_key(await self._who(cred), writer)  # only one's own writer
         held = self.file_leases.get(path)
         if held is not None and held[0] == writer:
             del self.file_leases[path]
@@ -544,18 +594,23 @@ class PanguMaster:
                 del self.chunk_leases[cid]
 
     async def chunk_for_write(self, path: str, writer: str, index: int,
-                              cred: str | None = None) -> dict:
+                              cred: str | None = None, fencing=None) -> dict:
         """The chunk at ``index`` of the file, created if it is the next one, with a primary
         holding a lease: {id, version, length, capacity, primary, secondaries, lease_s} and a
         write access token."""
         path = P.normalize(path)
         await self._need_active()
         who = await self._authz(cred, path, "write")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise BadRequest(f"chunk index {index!r:.40}: expected an int")
+        writer, fence = self._writer_key(who, writer), self._parse_fence(fencing)
+        self._check_writer(path, writer, fence=fence)
+        await self._fence(fence)
         return self._with_access(who, await self._chunk_for_write(path, writer, index))
 
     def _with_access(self, who, lease: dict) -> dict:
         if self.guard.enabled:
-            lease = dict(lease, access=self._access(who, lease["id"], "w"))
+            lease = dict(lease, access=self._access(who, lease["id"], "w", lease["version"]))
         return lease
 
     async def _chunk_for_write(self, path: str, writer: str, index: int) -> dict:
@@ -663,13 +718,21 @@ class PanguMaster:
                 "replicas": len(lease["replicas"]), "lease_s": self.lease_s * 0.8}
 
     async def write_failed(self, path: str, writer: str, cid: str, version: int,
-                           failed: list[str], cred: str | None = None) -> dict:
+                           failed: list[str], cred: str | None = None, fencing=None) -> dict:
         """Replicas named in ``failed`` missed a write: continue without them (they become
-        stale with the next version) and return the new lease."""
+        stale with the next version) and return the new lease. Only for a chunk of ``path``,
+        by the writer holding its lease."""
         path = P.normalize(path)
         await self._need_active()
         who = await self._authz(cred, path, "write")
-        self._check_writer(path, writer)
+        writer, fence = self._writer_key(who, writer), self._parse_fence(fencing)
+        if not isinstance(failed, list) or len(failed) > REPLICATION_MAX or \
+                not all(isinstance(n, str) and 0 < len(n) <= 256 for n in failed):
+            raise BadRequest(f"failed {failed!r:.80}: expected a list of at most "
+                             f"{REPLICATION_MAX} chunkserver names")
+        self.ns.chunk_of(path, cid)
+        self._check_writer(path, writer, fence=fence)
+        await self._fence(fence)
         names = set(failed)
         bad = frozenset(sid for sid, sv in self.servers.items() if sv.name in names)
         self._event("stale", f"chunk {cid}: {sorted(bad)} missed a write at version {version}")
@@ -677,31 +740,42 @@ class PanguMaster:
         return self._with_access(who, await self._lease(cid, writer, exclude=bad))
 
     async def renew_lease(self, path: str, writer: str, cid: str,
-                          cred: str | None = None) -> dict:
+                          cred: str | None = None, fencing=None) -> dict:
+        """A fresh lease (and write access token) on chunk ``cid`` of ``path``."""
         path = P.normalize(path)
         await self._need_active()
         who = await self._authz(cred, path, "write")
-        self._check_writer(path, writer)
+        writer, fence = self._writer_key(who, writer), self._parse_fence(fencing)
+        self.ns.chunk_of(path, cid)
+        self._check_writer(path, writer, fence=fence)
+        await self._fence(fence)
         return self._with_access(who, await self._lease(cid, writer))
 
     async def commit(self, path: str, writer: str, cid: str, version: int, length: int,
-                     cred: str | None = None) -> dict:
+                     cred: str | None = None, fencing=None) -> dict:
+        """Record chunk ``cid`` of ``path`` at ``length`` bytes (the writer's lease holder)."""
         path = P.normalize(path)
         await self._need_active()
-        await self._authz(cred, path, "write")
-        self._check_writer(path, writer)
-        return await self._mutate({"op": "commit", "chunk": cid, "version": version,
-                                   "length": length})
+        who = await self._authz(cred, path, "write")
+        writer, fence = self._writer_key(who, writer), self._parse_fence(fencing)
+        self.ns.chunk_of(path, cid)
+        self._check_writer(path, writer, fence=fence)
+        # The path goes into the command: applied only if the chunk is still that file's.
+        return await self._mutate(F.with_fence({"op": "commit", "chunk": cid, "path": path,
+                                                "version": version, "length": length}, fence))
 
     async def truncate(self, path: str, length: int, writer: str | None = None,
-                       request_id: str | None = None, cred: str | None = None) -> dict:
+                       request_id: str | None = None, cred: str | None = None,
+                       fencing=None) -> dict:
         path = P.normalize(path)
         await self._need_active()
-        await self._authz(cred, path, "write")
-        self._check_writer(path, writer or f"truncate-{id(self)}-{time.monotonic()}")
+        who = await self._authz(cred, path, "write")
+        fence = self._parse_fence(fencing)
+        self._check_writer(path, self._writer_key(who, writer) if writer is not None
+                           else f"truncate-{id(self)}-{time.monotonic()}", fence=fence)
         try:
-            res = await self._mutate({"op": "truncate", "path": path, "length": length},
-                                     request_id)
+            res = await self._mutate(F.with_fence({"op": "truncate", "path": path,
+                                                   "length": length}, fence), request_id)
             cut = res.get("cut")
             for cid in res["freed"]:
                 self.chunk_leases.pop(cid, None)
@@ -827,6 +901,11 @@ class PanguMaster:
     async def _maintain_loop(self) -> None:
         while True:
             await asyncio.sleep(self.maintain_s)
+            if self.active and self.nuwa is not None and (self.nuwa._session is None
+                                                          or self.nuwa._session.expired):
+                # Paused or cut off past its session: another master may be active. Step
+                # down now, not at the next client call (issue 14, the paused-master fault).
+                await self._step_down("its Nuwa session expired")
             if not self.active:
                 continue
             try:

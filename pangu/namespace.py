@@ -17,8 +17,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from pangu import fencing as F
 from pangu import paths as P
-from pangu.errors import BadRequest, Exists, IsADir, NotADir, NotEmpty, NotFound
+from pangu.errors import BadRequest, Denied, Exists, IsADir, NotADir, NotEmpty, NotFound
 
 REPLICATION_DEFAULT = 3
 REPLICATION_MAX = 8
@@ -60,6 +61,7 @@ class Namespace:
         self.nodes: dict[str, Inode] = {P.ROOT: Inode("dir", "root", 0.0, 0.0)}
         self.next_chunk = 1
         self.chunk_index: dict[str, tuple[str, int]] = {}  # chunk id -> (path, index in file)
+        self.fencing = F.FencingTable()  # lock path -> newest fencing token seen (defect 16)
 
     # ------------------------------------------------------------ queries
     def _get(self, path: str) -> Inode:
@@ -127,6 +129,20 @@ class Namespace:
     def chunks(self, path: str) -> list[Chunk]:
         return list(self._file(P.normalize(path)).chunks)
 
+    def chunk_of(self, path: str, cid: object) -> tuple[Inode, int]:
+        """The file ``path`` and the index in it of chunk ``cid``, which must be one of that
+        file's chunks: a caller authorized for ``path`` acts on its chunks only (a chunk id
+        of another file, learnt from ``locate`` or guessed, is ``Denied``)."""
+        if not isinstance(cid, str) or not 0 < len(cid) <= 64:
+            raise BadRequest(f"chunk id {cid!r:.80}: expected a str of 1-64 characters "
+                             f"(an id from locate or a lease)")
+        f = self._file(path)
+        loc = self.chunk_index.get(cid)
+        if loc is None or loc[0] != path:
+            raise Denied(f"chunk {cid} is not a chunk of {path}: a chunk operation acts only "
+                         f"on chunks of the file it names")
+        return f, loc[1]
+
     def all_chunks(self) -> dict[str, dict]:
         """chunk id -> {path, index, version, length, replication} (for the master's repair)."""
         out = {}
@@ -155,8 +171,23 @@ class Namespace:
         if handler is None:
             raise BadRequest(f"unknown namespace op {cmd['op']!r}; expected one of "
                              f"mkdir, create, add_chunk, commit, bump_version, truncate, "
-                             f"rename, delete")
-        return handler(cmd)
+                             f"rename, delete, fence")
+        # A command may carry a fencing token: checked before anything changes, recorded
+        # (as the newest for its lock) only once the command has been applied.
+        fence = F.parse(cmd.get("fencing"))
+        if fence is not None:
+            self.fencing.check(*fence)
+        res = handler(cmd)
+        if fence is not None:
+            self.fencing.record(*fence)
+        return res
+
+    def _op_fence(self, cmd: dict) -> dict:
+        """Only the fencing token (checked and recorded by ``apply``): a newer token seen on
+        a write that changes nothing else in the namespace (a lease) is journaled this way."""
+        if cmd.get("fencing") is None:
+            raise BadRequest("a fence command carries fencing: (lock path, token)")
+        return {}
 
     @staticmethod
     def _owner(cmd: dict) -> str:
@@ -258,6 +289,9 @@ class Namespace:
         """Record that a chunk now holds ``length`` bytes (writes acknowledged by every
         replica at ``version``)."""
         path, f, i = self._locate(cmd.get("chunk"))
+        if "path" in cmd and P.normalize(cmd["path"]) != path:
+            raise Denied(f"chunk {cmd.get('chunk')} is not a chunk of {cmd['path']}: a "
+                         f"commit acts only on chunks of the file it names")
         length, version = cmd.get("length"), cmd.get("version")
         c = f.chunks[i]
         if version != c.version:
@@ -361,7 +395,8 @@ class Namespace:
                               "mtime": n.mtime, "replication": n.replication,
                               "chunk_size": n.chunk_size,
                               "chunks": [[c.id, c.version, c.length] for c in n.chunks]}
-                          for p, n in self.nodes.items()}}
+                          for p, n in self.nodes.items()},
+                "fencing": self.fencing.snapshot()}
 
     @classmethod
     def restore(cls, snap: dict) -> "Namespace":
@@ -370,6 +405,7 @@ class Namespace:
         ns = cls()
         ns.nodes = {}
         ns.next_chunk = int(snap["next_chunk"])
+        ns.fencing = F.FencingTable.restore(snap.get("fencing"))
         for p, d in snap["nodes"].items():
             ns.nodes[p] = Inode(d["kind"], d["owner"], d["ctime"], d["mtime"],
                                 d["replication"], d["chunk_size"],

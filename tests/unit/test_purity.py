@@ -35,6 +35,8 @@ PURE_CORE_MODULES = [
     "pangu.namespace",
     "pangu.journal",
     "pangu.errors",
+    "pangu.fencing",
+    "pangu.access",
     "kuafu.frame",
     "kuafu.flow",
     "kuafu.errors",
