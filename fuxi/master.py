@@ -378,6 +378,9 @@ class FuxiMaster:
             self._auth().check(who, "service", name, "manage", owner)
         elif who.scope is not None:
             self._auth().check(who, "service", str(name), "manage", owner)
+        claim = self._service_manager().claimed_by(name)  # Kuafu: attached before, by another
+        if claim is not None and claim != who.user:
+            self._auth().check(who, "service", str(name), "manage", claim)
         out = self._service_manager().register(spec)
         self.store.put(f"/service-owners/{name}", who.to_doc())
         return out

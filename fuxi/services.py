@@ -35,6 +35,7 @@ STATS_TIMEOUT_S = 5.0     # one replica's stats
 ADOPT_TIMEOUT_S = 10.0    # asking a replica found after a restart who it is
 NODES_REFRESH_S = 1.0     # how stale the node view used for placement may be
 KEY = "/services/"
+KUAFU_CLAIMS_PATH = "/kuafu/claims/"  # names claimed at Kuafu by their first attacher (kuafu.proxy)
 
 
 class ServiceManager:
@@ -103,6 +104,24 @@ class ServiceManager:
         self.cores[core.name] = core
         self._save(core)
         return self.status(core.name)
+
+    def claimed_by(self, name: str) -> str | None:
+        """Who claimed ``name`` at Kuafu by attaching it before any registration (None: no
+        one, or no Nuwa): registering it over their claim needs `manage` on it."""
+        client = getattr(self.store, "client", None)
+        if client is None or not isinstance(name, str):
+            return None
+        from nuwa.errors import NoNode
+
+        try:
+            value, _ = client.get(KUAFU_CLAIMS_PATH + name)
+        except NoNode:
+            return None
+        try:
+            user = json.loads(value).get("user")
+        except (ValueError, AttributeError):
+            user = None
+        return user if isinstance(user, str) else "?"
 
     def _core(self, name: str) -> ServiceCore:
         core = self.cores.get(name)
