@@ -205,7 +205,9 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
         raise ClusterError(f"cluster {cluster!r} is already up at {existing.address}; "
                            f"`fuxi down --cluster {cluster}` first")
     data_dir = cluster_dir(cluster)
-    os.makedirs(data_dir, exist_ok=True)
+    from zhongkui.files import private_files
+
+    private_files(fuxi_home(), data_dir)  # before the first write: 0600 files, 0700 dirs
     rec = ClusterRecord(cluster=cluster, address="", namespace=namespace(cluster),
                         data_dir=data_dir, started_at=time.time(),
                         auth=bool(address is not None if auth is None else auth))
@@ -523,7 +525,9 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
         # Each embedded run gets its own temp dir (two `fuxi submit` at once must not share a
         # session) and a throwaway token, so its head is not open to anyone on the network.
         temp_dir = ray_temp_dir(cluster, f"embedded-{os.getpid()}")
-        os.makedirs(temp_dir, exist_ok=True)
+        from zhongkui.files import private_files
+
+        private_files(fuxi_home(), temp_dir)  # before the first write: 0600 files, 0700 dirs
         token_path = os.path.join(temp_dir, "auth_token")
         fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
