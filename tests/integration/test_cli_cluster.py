@@ -138,6 +138,12 @@ def test_up_submit_status_logs_down(tmp_path):
                                      if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH",
                                                   "RAY_ADDRESS")}, "FUXI_HOME": str(home)})
         assert cat.returncode == 0 and cat.stdout == original
+        # After `fuxi up`, a job, Nuwa writes and a Pangu put: nothing the platform wrote --
+        # WAL, snapshots, journal, chunks, job logs, audit trail, keys, Ray's session files --
+        # is open to another local user (issue 14, defect 9).
+        from zhongkui.files import exposed
+
+        assert exposed(str(home)) == [] and exposed(rec["temp_dir"]) == []
         fuxi(home, "pangu", "mv", "/in/part-0.txt", "pangu:///in/p0.txt")
         fuxi(home, "pangu", "get", "/in/p0.txt", str(tmp_path / "back.txt"))
         assert (tmp_path / "back.txt").read_bytes() == original
