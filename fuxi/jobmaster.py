@@ -44,6 +44,8 @@ SPARES_PER_NODE = 1  # warm workers kept per node once a job starts replacing wo
 COMMIT_TIMEOUT_S = 300.0  # one commit, retries included; past it the job cannot succeed
 FINALIZE_TIMEOUT_S = 300.0  # the final check of every output, retries included
 COMMIT_RETRY_S = 1.0  # pause between tries of a commit that hit an unavailable store
+LOOP_STALL_S = 5.0  # the loop came round this much later than it should: this process was
+#                     paused (SIGSTOP, a frozen VM); the time lost is nobody else's fault
 
 
 class _Slot:
@@ -148,7 +150,12 @@ class JobMaster:
     # ------------------------------------------------------------ the loop
 
     async def _loop(self) -> None:
+        came_round = time.monotonic()
         while not self.core.done():
+            mono = time.monotonic()
+            if mono - came_round > LOOP_STALL_S:
+                self._resumed(mono - came_round)
+            came_round = mono
             now = time.time()
             if self._cancel_reason is not None:
                 self._apply(self.core.cancel(now, self._cancel_reason))
@@ -176,6 +183,22 @@ class JobMaster:
                 self._keep_spares()
             self._flush()
             await asyncio.sleep(0 if refs else TICK_S)
+
+    def _resumed(self, gap_s: float) -> None:
+        """This process did not run for ``gap_s`` (it was paused): the workers and FuxiMaster
+        did not miss their deadlines, we did. Their clocks restart from now (no worker is
+        killed as wedged, the job is not abandoned for a silent FuxiMaster), and it syncs
+        with FuxiMaster at once, so demand and grants are brought up to date first."""
+        logger.warning("job master %s did not run for %.1fs (paused?); deadlines moved on, "
+                       "syncing with FuxiMaster first", self.job_id, gap_s)
+        self.last_sync_ok += gap_s
+        for s in self.slots.values():
+            s.exchange_at += gap_s
+            s.start_deadline += gap_s
+            for ack, (res, refs, at) in list(s.take.items()):
+                s.take[ack] = (res, refs, at + gap_s)
+        if self.sync_ref is None:
+            self.last_sync = 0.0  # sync at once
 
     def _pending_refs(self) -> list:
         refs = []
