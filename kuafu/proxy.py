@@ -200,7 +200,9 @@ class ProxyCore:
             self.port = srv.sockets[0].getsockname()[1]
             self.tcp_address = f"tcp://{self.advertise_host}:{self.port}"
         if self.uds:
-            os.makedirs(os.path.dirname(self.uds), mode=0o700, exist_ok=True)
+            from zhongkui.files import private_dir
+
+            private_dir(os.path.dirname(self.uds))  # only this user may reach the socket
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.uds)  # a socket file outlives a killed proxy
             srv = await self.loop.create_unix_server(self._accept, self.uds, backlog=1024)
