@@ -6,10 +6,10 @@ were at risk of being killed as wedged. Now it moves its deadlines on by the pau
 first, and the job succeeds.
 
 Known gap: after such a pause the workers are replaced once and their attempts run again
-(counted as retries). The GCS log of the run shows why: Ray itself destroys actors whose
-owner stops answering ("The out of scope actor is already dead" for each worker), and the
-JobMaster owns its workers. Surviving that needs workers owned elsewhere; this test does not
-assert that nothing ran twice."""
+(counted as retries). The cause is not settled: the Ray logs of the run show the workers
+killed and reported out of scope by the GCS right at the resume, which suggests Ray itself
+gives up on actors whose owner (the JobMaster) stopped answering. This test therefore does
+not assert that nothing ran twice."""
 
 from __future__ import annotations
 
