@@ -31,6 +31,9 @@ app.add_typer(pangu.app, name="pangu", help="The Pangu file system: ls, put, get
 
 
 def main() -> None:
+    from zhongkui.files import private_files
+
+    private_files()  # everything this process writes under $FUXI_HOME: 0600/0700 (issue 14)
     app()
 
 

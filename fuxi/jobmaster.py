@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -37,6 +38,14 @@ WORKER_REPLY_TIMEOUT_S = 60.0  # an exchange or take unanswered this long (beyon
 JOB_LOG_BYTES_MAX = 64 * 1024**2  # log lines kept per job on disk
 STOPPING_POLL_S = 1.0  # how often an otherwise idle worker that is stopping an attempt is asked
 SPARES_PER_NODE = 1  # warm workers kept per node once a job starts replacing workers
+# Output commits and the final check run on a thread of their own, one at a time and in order
+# (see fuxi.output: only the JobMaster commits, one call at a time), never on the event loop:
+# a Pangu master paused or failing over must not stop the loop that hears from the workers.
+COMMIT_TIMEOUT_S = 300.0  # one commit, retries included; past it the job cannot succeed
+FINALIZE_TIMEOUT_S = 300.0  # the final check of every output, retries included
+COMMIT_RETRY_S = 1.0  # pause between tries of a commit that hit an unavailable store
+LOOP_STALL_S = 5.0  # the loop came round this much later than it should: this process was
+#                     paused (SIGSTOP, a frozen VM); the time lost is nobody else's fault
 
 
 class _Slot:
@@ -62,6 +71,9 @@ class _Slot:
 class JobMaster:
     def __init__(self, job_id: str, plan: JobPlan, master, log_path: str,
                  sys_path: list[str] | None = None, token: str = ""):
+        from zhongkui.files import private_files
+
+        private_files()  # the job's log: 0600 under 0700 directories (issue 14)
         self.job_id = job_id
         self.master = master
         self.sys_path = sys_path or []
@@ -87,6 +99,9 @@ class JobMaster:
         self.spare_nodes: set[str] = set()  # nodes where this job keeps spares
         self._warm_started: list[str] = []  # workers taken from spares, to report as started
         self._commit_errors: list[str] = []
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{job_id[:12]}")
+        self._commits: list[asyncio.Future] = []  # in order; each resolves to an error or None
+        self._done: jc.JobDone | None = None  # the core's verdict, before outputs are final
         self._last_tick = 0.0
         self._nodes_alive: tuple[float, set] = (0.0, set())
         self._finalized: dict | None = None
@@ -97,6 +112,10 @@ class JobMaster:
         st = self.core.status(time.time())
         if self._finalized is not None:
             st.update(self._finalized)
+        elif self.core.done() and self._done is not None:
+            # Every instance ended, but commits or the final check are still running: the
+            # job has no verdict yet.
+            st.update(state=JobState.RUNNING.value, finishing=True)
         return st
 
     def cancel(self, reason: str = "cancelled by user") -> dict:
@@ -110,6 +129,7 @@ class JobMaster:
         """Drive the job to its end; returns the final status."""
         try:
             await self._loop()
+            await self._finish()
         except Exception as e:  # a bug in the shell: fail the job loudly rather than hang
             logger.exception("job master loop crashed")
             if not self.core.done():
@@ -124,12 +144,18 @@ class JobMaster:
                 for handle, _ in spares:
                     self._kill_handle(handle)
             self._log_file.close()
+            self._committer.shutdown(wait=False, cancel_futures=True)
         return self.status()
 
     # ------------------------------------------------------------ the loop
 
     async def _loop(self) -> None:
+        came_round = time.monotonic()
         while not self.core.done():
+            mono = time.monotonic()
+            if mono - came_round > LOOP_STALL_S:
+                self._resumed(mono - came_round)
+            came_round = mono
             now = time.time()
             if self._cancel_reason is not None:
                 self._apply(self.core.cancel(now, self._cancel_reason))
@@ -157,6 +183,22 @@ class JobMaster:
                 self._keep_spares()
             self._flush()
             await asyncio.sleep(0 if refs else TICK_S)
+
+    def _resumed(self, gap_s: float) -> None:
+        """This process did not run for ``gap_s`` (it was paused): the workers and FuxiMaster
+        did not miss their deadlines, we did. Their clocks restart from now (no worker is
+        killed as wedged, the job is not abandoned for a silent FuxiMaster), and it syncs
+        with FuxiMaster at once, so demand and grants are brought up to date first."""
+        logger.warning("job master %s did not run for %.1fs (paused?); deadlines moved on, "
+                       "syncing with FuxiMaster first", self.job_id, gap_s)
+        self.last_sync_ok += gap_s
+        for s in self.slots.values():
+            s.exchange_at += gap_s
+            s.start_deadline += gap_s
+            for ack, (res, refs, at) in list(s.take.items()):
+                s.take[ack] = (res, refs, at + gap_s)
+        if self.sync_ref is None:
+            self.last_sync = 0.0  # sync at once
 
     def _pending_refs(self) -> list:
         refs = []
@@ -317,11 +359,8 @@ class JobMaster:
             elif isinstance(act, jc.ReleaseSlot):
                 self.releases.append((act.shape_key, act.node_id))
             elif isinstance(act, jc.Commit):
-                try:
-                    OutputLocation(act.output).commit(act.task, act.instance, act.attempt)
-                except Exception as e:  # the job must not report success without this part
-                    self._commit_errors.append(
-                        f"committing {act.task}[{act.instance}] attempt {act.attempt}: {e!r}")
+                self._commits.append(asyncio.get_running_loop().run_in_executor(
+                    self._committer, _commit, act))
             elif isinstance(act, jc.JobDone):
                 self._job_done(act)
         while self._warm_started and not self.core.done():
@@ -419,17 +458,31 @@ class JobMaster:
             pass
 
     def _job_done(self, act: jc.JobDone) -> None:
+        self._done = act  # the outputs are settled in _finish, off the event loop
+
+    async def _finish(self) -> None:
+        """After the core's verdict: wait for every commit (they run on their own thread),
+        then check and seal the outputs -- awaited, never blocking the loop."""
+        act = self._done
+        if act is None:
+            return
+        for fut in self._commits:
+            try:
+                err = await asyncio.wait_for(asyncio.shield(fut), COMMIT_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                err = f"a commit did not finish within {COMMIT_TIMEOUT_S:g}s (COMMIT_TIMEOUT_S)"
+            if err:
+                self._commit_errors.append(err)
         extra: dict[str, Any] = {}
         if act.state is JobState.SUCCEEDED and self._commit_errors:
             extra.update(state=JobState.FAILED.value,
                          report="output commit failed:\n" + "\n".join(self._commit_errors[:20]))
         elif act.state is JobState.SUCCEEDED:
+            tasks = [(t.name, t.output, t.num_instances) for t in self.core.plan.tasks if t.output]
             try:
-                summaries = {}
-                for t in self.core.plan.tasks:
-                    if t.output:
-                        summaries[t.name] = OutputLocation(t.output).finalize(t.num_instances)
-                extra["output_summary"] = summaries
+                extra["output_summary"] = await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(self._committer, _finalize, tasks),
+                    FINALIZE_TIMEOUT_S)
             except Exception as e:
                 # Every instance succeeded but the output is not whole: the job did not succeed.
                 extra.update(state=JobState.FAILED.value, report=f"finalizing output failed: {e!r}")
@@ -476,3 +529,46 @@ class JobMaster:
             self._log_file.write(rec + "\n")
         if lines:
             self._log_file.flush()
+
+
+# ------------------------------------------------------------ output, on the commit thread
+
+def _transient(e: BaseException) -> bool:
+    """An error a later try may not meet: the store was unreachable, not the output wrong."""
+    from pangu.errors import Unavailable as PanguUnavailable
+
+    return isinstance(e, (PanguUnavailable, ray.exceptions.RayError, TimeoutError,
+                          ConnectionError))
+
+
+def _commit(act: jc.Commit) -> str | None:
+    """Make an attempt the instance's output (on the commit thread); an error text, or None.
+    A commit that met an unavailable store is tried again until COMMIT_TIMEOUT_S (``commit``
+    is safe to repeat: a part already in place is left as it is)."""
+    deadline = time.monotonic() + COMMIT_TIMEOUT_S
+    while True:
+        try:
+            OutputLocation(act.output).commit(act.task, act.instance, act.attempt)
+            return None
+        except Exception as e:  # the job must not report success without this part
+            if not _transient(e) or time.monotonic() + COMMIT_RETRY_S > deadline:
+                return f"committing {act.task}[{act.instance}] attempt {act.attempt}: {e!r}"
+            logger.warning("commit of %s[%s] hit %r; trying again", act.task, act.instance, e)
+            time.sleep(COMMIT_RETRY_S)
+
+
+def _finalize(tasks: list) -> dict:
+    """Check and seal each task's output (on the commit thread), retrying an unavailable
+    store until FINALIZE_TIMEOUT_S."""
+    deadline = time.monotonic() + FINALIZE_TIMEOUT_S
+    out = {}
+    for name, output, n in tasks:
+        while True:
+            try:
+                out[name] = OutputLocation(output).finalize(n)
+                break
+            except Exception as e:
+                if not _transient(e) or time.monotonic() + COMMIT_RETRY_S > deadline:
+                    raise
+                time.sleep(COMMIT_RETRY_S)
+    return out

@@ -55,9 +55,11 @@ class FuxiMaster:
     def __init__(self, cluster: str, data_dir: str | None, detached: bool = False,
                  nuwa: list | None = None, nuwa_group: dict | None = None, auth: bool = False):
         from zhongkui.authority import load_or_create_keys
+        from zhongkui.files import private_files
         from zhongkui.guard import Guard, auth_doc
         from zhongkui.tokens import Keyring
 
+        private_files()  # logs, state, keys, audit trail: 0600/0700 from creation (issue 14)
         self.cluster = cluster
         self.auth_enabled = bool(auth)
         # The cluster's keys (made by `fuxi up` before anything started): they sign this
@@ -378,6 +380,9 @@ class FuxiMaster:
             self._auth().check(who, "service", name, "manage", owner)
         elif who.scope is not None:
             self._auth().check(who, "service", str(name), "manage", owner)
+        claim = self._service_manager().claimed_by(name)  # Kuafu: attached before, by another
+        if claim is not None and claim != who.user:
+            self._auth().check(who, "service", str(name), "manage", claim)
         out = self._service_manager().register(spec)
         self.store.put(f"/service-owners/{name}", who.to_doc())
         return out

@@ -51,9 +51,11 @@ def namespace(cluster: str) -> str:
 
 
 def ray_temp_dir(cluster: str, kind: str) -> str:
-    """A short, private temp dir for Ray (Unix socket paths must stay under ~107 bytes)."""
+    """A short, private temp dir for Ray (Unix socket paths must stay under ~107 bytes). Ray
+    makes its temp dir world-writable (0777), so it lives in ``/tmp/fuxi-<uid>/``, a directory
+    only we may enter (``zhongkui.files.private_dir``, made before Ray starts)."""
     digest = hashlib.sha1(cluster_dir(cluster).encode()).hexdigest()[:10]
-    return f"/tmp/fuxi-{os.getuid()}-{digest}-{kind}"
+    return f"/tmp/fuxi-{os.getuid()}/{digest}-{kind}"
 
 
 @dataclass
@@ -205,7 +207,9 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
         raise ClusterError(f"cluster {cluster!r} is already up at {existing.address}; "
                            f"`fuxi down --cluster {cluster}` first")
     data_dir = cluster_dir(cluster)
-    os.makedirs(data_dir, exist_ok=True)
+    from zhongkui.files import private_files
+
+    private_files(fuxi_home(), data_dir)  # before the first write: 0600 files, 0700 dirs
     rec = ClusterRecord(cluster=cluster, address="", namespace=namespace(cluster),
                         data_dir=data_dir, started_at=time.time(),
                         auth=bool(address is not None if auth is None else auth))
@@ -219,6 +223,9 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32))
         temp_dir = ray_temp_dir(cluster, "head")
+        from zhongkui.files import private_dir
+
+        private_dir(os.path.dirname(temp_dir))  # Ray opens its own dir to all: ours is closed
         port = _free_port()
         env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path,
                    RAY_USAGE_STATS_ENABLED="0")
@@ -523,7 +530,9 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
         # Each embedded run gets its own temp dir (two `fuxi submit` at once must not share a
         # session) and a throwaway token, so its head is not open to anyone on the network.
         temp_dir = ray_temp_dir(cluster, f"embedded-{os.getpid()}")
-        os.makedirs(temp_dir, exist_ok=True)
+        from zhongkui.files import private_files
+
+        private_files(fuxi_home(), os.path.dirname(temp_dir), temp_dir)  # 0600 files, 0700 dirs
         token_path = os.path.join(temp_dir, "auth_token")
         fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -35,6 +35,7 @@ STATS_TIMEOUT_S = 5.0     # one replica's stats
 ADOPT_TIMEOUT_S = 10.0    # asking a replica found after a restart who it is
 NODES_REFRESH_S = 1.0     # how stale the node view used for placement may be
 KEY = "/services/"
+KUAFU_CLAIMS_PATH = "/kuafu/claims/"  # names claimed at Kuafu by their first attacher (kuafu.proxy)
 
 
 class ServiceManager:
@@ -55,20 +56,21 @@ class ServiceManager:
         self._node_cpu: dict[str, float] = {}
         self._nodes_at = 0.0
         self.adopted: set[str] = set()  # replicas found running, to check before they count
+        self._saving: dict[str, asyncio.Future] = {}  # service -> its reconcile write in flight
         for key in store.list(KEY):
             doc = store.get(key)
             if doc:
                 core = ServiceCore.from_desired(doc)
                 self.cores[core.name] = core
                 self.saved[core.name] = json.dumps(doc, sort_keys=True)
-        self._adopt()
 
-    def _adopt(self) -> None:
-        """Replica actors still running from before a FuxiMaster restart."""
+    async def _adopt(self) -> None:
+        """Replica actors still running from before a FuxiMaster restart (awaited before the
+        first reconcile step: the loop must not start replicas it already has)."""
         from ray.util import list_named_actors
 
         now = time.time()
-        for a in list_named_actors(all_namespaces=True):
+        for a in await asyncio.to_thread(list_named_actors, True):
             if a.get("namespace") != self.namespace or not a["name"].startswith(REPLICA_PREFIX):
                 continue
             rid = a["name"][len(REPLICA_PREFIX):]
@@ -76,7 +78,7 @@ class ServiceManager:
             core = self.cores.get(name)
             try:
                 h = ray.get_actor(a["name"], namespace=self.namespace)
-                info = ray.get(h.info.remote(), timeout=ADOPT_TIMEOUT_S)
+                info = await asyncio.wait_for(h.info.remote(), ADOPT_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - gone meanwhile
                 continue
             if core is None:
@@ -103,6 +105,24 @@ class ServiceManager:
         self.cores[core.name] = core
         self._save(core)
         return self.status(core.name)
+
+    def claimed_by(self, name: str) -> str | None:
+        """Who claimed ``name`` at Kuafu by attaching it before any registration (None: no
+        one, or no Nuwa): registering it over their claim needs `manage` on it."""
+        client = getattr(self.store, "client", None)
+        if client is None or not isinstance(name, str):
+            return None
+        from nuwa.errors import NoNode
+
+        try:
+            value, _ = client.get(KUAFU_CLAIMS_PATH + name)
+        except NoNode:
+            return None
+        try:
+            user = json.loads(value).get("user")
+        except (ValueError, AttributeError):
+            user = None
+        return user if isinstance(user, str) else "?"
 
     def _core(self, name: str) -> ServiceCore:
         core = self.cores.get(name)
@@ -194,8 +214,15 @@ class ServiceManager:
 
     # ------------------------------------------------------------ the loop
     async def _run(self) -> None:
+        try:
+            await self._adopt()
+        except Exception:  # noqa: BLE001 - adopt what we can; the rest is started anew
+            logger.exception("adopting running replicas failed")
         while True:
             try:
+                # Ray's node table is a blocking GCS call: asked off the event loop.
+                if self.cores and time.time() - self._nodes_at >= NODES_REFRESH_S:
+                    await asyncio.to_thread(self._nodes, time.time())
                 self._tick()
             except Exception:  # noqa: BLE001 - one bad step must not stop the manager
                 logger.exception("service reconcile step failed")
@@ -250,10 +277,12 @@ class ServiceManager:
                     self._spawn(core, r.rid, self._check(core, r.rid))
             if core.gone:
                 del self.cores[name]
-                self.store.delete(KEY + name)
                 self.saved.pop(name, None)
+                self.store.delete(KEY + name)  # rare, and a later register must not race it
                 continue
-            self._save(core)
+            doc = core.desired_doc()
+            if self.saved.get(name) != json.dumps(doc, sort_keys=True):
+                self._write_later(name, doc)
         if now - self._stats_at >= STATS_EVERY_S and not self._stats_running:
             self._stats_at = now
             self._stats_running = True
@@ -270,6 +299,33 @@ class ServiceManager:
             finally:
                 self.busy.discard(rid)
         asyncio.get_event_loop().create_task(run())
+
+    def _write_later(self, name: str, doc: dict) -> None:
+        """The reconcile loop's writes of desired state go to the store on a thread (Nuwa may
+        be electing a leader: the loop must not wait for it), one per service at a time, the
+        newest state winning."""
+        if name in self._saving:
+            return  # the write in flight is followed by the newest state when it ends
+        text = json.dumps(doc, sort_keys=True)
+
+        def write():
+            self.store.put(KEY + name, doc)
+
+        fut = asyncio.ensure_future(asyncio.to_thread(write))
+        self._saving[name] = fut
+
+        def done(f):
+            self._saving.pop(name, None)
+            if f.cancelled() or f.exception() is not None:
+                logger.warning("saving service %s failed: %r; trying again", name,
+                               None if f.cancelled() else f.exception())
+                return  # the next reconcile step sees it unsaved and writes again
+            if name in self.cores:
+                self.saved[name] = text
+                now = json.dumps(self.cores[name].desired_doc(), sort_keys=True)
+                if now != text:
+                    self._write_later(name, self.cores[name].desired_doc())
+        fut.add_done_callback(done)
 
     def _save(self, core: ServiceCore) -> None:
         doc = core.desired_doc()

@@ -67,6 +67,9 @@ def _interrupt(thread: threading.Thread) -> None:
 class WorkerActor:
     def __init__(self, job_id: str, worker_id: str, sys_path: list[str] | None = None,
                  token: str = ""):
+        from zhongkui.files import private_files
+
+        private_files()  # anything an instance writes locally (issue 14)
         if token:  # the job's scoped token: instances act as the submitter, no more
             from zhongkui import creds
 

@@ -35,12 +35,18 @@ class Conn(asyncio.BufferedProtocol):
     ``on_open(conn)``)."""
 
     def __init__(self, handler, role: str = "client", budget: F.Budget | None = None,
-                 assemble: bool = False):
+                 assemble: bool = False, preauth_bytes_max: int | None = None):
+        """``preauth_bytes_max``: until the owner calls ``authenticated()``, frames are at most
+        this big unless the handler's ``admit(conn, kind, header, body_bytes)`` lets a larger
+        one in (its own token checks out); None: no such limit."""
         self.handler = handler
         self.role = role
         # Endpoints that consume whole messages assemble pieces in place; a proxy forwards.
         self.asm = F.Assembler() if assemble else None
-        self.decoder = F.FrameDecoder(budget, self.asm.sink if assemble else None)
+        admit = getattr(handler, "admit", None)
+        self.decoder = F.FrameDecoder(
+            budget, self.asm.sink if assemble else None, preauth_bytes_max,
+            (lambda kind, header, blen: admit(self, kind, header, blen)) if admit else None)
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
@@ -186,6 +192,15 @@ class Conn(asyncio.BufferedProtocol):
     @property
     def reading_paused(self) -> bool:
         return bool(self._reading_paused_by)
+
+    @property
+    def preauth(self) -> bool:
+        """True while the pre-authentication frame limit holds."""
+        return self.decoder.preauth_bytes_max is not None
+
+    def authenticated(self) -> None:
+        """The owner verified a token on this connection: lift the pre-auth frame limit."""
+        self.decoder.lift_preauth()
 
     # ------------------------------------------------------------ ending
     def reject(self, err: Exception) -> None:

@@ -53,6 +53,9 @@ def _actor_class():
             import resource
             import secrets
 
+            from zhongkui.files import private_files
+
+            private_files()  # its socket directory and anything it writes (issue 14)
             from kuafu.loops import LoopThread
             from kuafu.proxy import ProxyCore
 

@@ -211,10 +211,19 @@ class FrameDecoder:
     handed out by ``get_buffer`` stays valid. A body over ``DIRECT_BODY_BYTES`` is a
     ``bytearray`` of its exact size, allocated only after the prefix and header checked out."""
 
-    def __init__(self, budget: "Budget | None" = None, sink=None) -> None:
+    def __init__(self, budget: "Budget | None" = None, sink=None,
+                 preauth_bytes_max: int | None = None, gate=None) -> None:
         self.budget = budget
         self.sink = sink  # (kind, header, body length) -> a writable view to receive into, or None
-        self._buf = bytearray(READ_BUFFER_BYTES)
+        # Until the connection authenticates (``lift_preauth``), a frame's header and body
+        # together may be at most ``preauth_bytes_max`` bytes, and the buffer is only that
+        # big: a stranger costs little memory. A larger frame goes on only if ``gate(kind,
+        # header, body length)`` says so (its header carries a valid token), checked before
+        # its body is received. None: no such limit.
+        self.preauth_bytes_max = preauth_bytes_max
+        self.gate = gate
+        self._buf = bytearray(READ_BUFFER_BYTES if preauth_bytes_max is None
+                              else PREFIX.size + preauth_bytes_max)
         self._start = 0
         self._end = 0
         self._big: tuple | None = None  # (kind, header, body bytearray, bytes filled)
@@ -223,6 +232,17 @@ class FrameDecoder:
     def buffered(self) -> int:
         big = self._big[3] + PREFIX.size if self._big is not None else 0  # noqa: E501
         return self._end - self._start + big
+
+    def lift_preauth(self) -> None:
+        """The connection authenticated: frames up to the normal limits from now on."""
+        if self.preauth_bytes_max is None:
+            return
+        self.preauth_bytes_max = None
+        if len(self._buf) < READ_BUFFER_BYTES and self._big is None:
+            n = self._end - self._start
+            new = bytearray(READ_BUFFER_BYTES)
+            new[:n] = self._buf[self._start:self._end]
+            self._buf, self._start, self._end = new, 0, n
 
     def close(self) -> None:
         """Give back the budget of a body still being received (its connection is gone)."""
@@ -295,10 +315,19 @@ class FrameDecoder:
                            f"{HEADER_BYTES_MAX}")
         if blen > BODY_BYTES_MAX:
             raise TooLarge(f"a frame body of {blen} bytes; BODY_BYTES_MAX is {BODY_BYTES_MAX}")
+        if self.preauth_bytes_max is not None and hlen > self.preauth_bytes_max:
+            raise TooLarge(f"a frame header of {hlen} bytes before the connection "
+                           f"authenticated; at most {self.preauth_bytes_max} "
+                           f"(PREAUTH_FRAME_BYTES_MAX)")
         hstart = start + PREFIX.size
         bstart = hstart + hlen
         if avail < PREFIX.size + hlen:
             return None
+        if self.preauth_bytes_max is not None and hlen + blen > self.preauth_bytes_max:
+            self._admit_large(kind, hstart, bstart, blen)
+            buf, start = self._buf, self._start  # lifting the limit may have moved the bytes
+            hstart = start + PREFIX.size
+            bstart = hstart + hlen
         if blen <= DIRECT_BODY_BYTES and avail < PREFIX.size + hlen + blen:
             return None
         try:
@@ -328,6 +357,19 @@ class FrameDecoder:
         return None
 
 
+    def _admit_large(self, kind: int, hstart: int, bstart: int, blen: int) -> None:
+        limit = self.preauth_bytes_max
+        try:
+            header = msgpack.unpackb(memoryview(self._buf)[hstart:bstart], raw=False)
+        except Exception as e:  # noqa: BLE001 - any decoding failure is a bad frame
+            raise FrameError(f"a frame header that is not msgpack ({e})") from None
+        if not isinstance(header, dict) or self.gate is None or not self.gate(kind, header, blen):
+            raise TooLarge(f"a frame of {bstart - hstart + blen} bytes before the connection "
+                           f"authenticated; at most {limit} (PREAUTH_FRAME_BYTES_MAX) unless "
+                           f"the frame itself carries a valid token")
+        self.lift_preauth()
+
+
 class Assembler:
     """Joins a message's first frame and its PIECEs, per request id, within bounds.
 
@@ -341,6 +383,7 @@ class Assembler:
         # id -> [first frame's header, body view, next piece number, bytes filled, kind]
         self._open: dict[int, list] = {}
         self.buffered = 0
+        self.announced = 0  # the sizes of the messages in ``_open``, together
 
     def _start(self, kind: int, header: dict) -> list:
         rid = header.get("id", 0)
@@ -350,10 +393,15 @@ class Assembler:
             raise TooLarge(f"more than {self.open_max} messages arriving in pieces at once "
                            f"(MESSAGES_IN_PIECES_MAX)")
         size = header.get("size")
-        if not isinstance(size, int) or not 0 <= size <= self.bytes_max:
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= self.bytes_max:
             raise TooLarge(f"a message announcing {size!r} bytes; at most {self.bytes_max}")
+        if self.announced + size > self.bytes_max:
+            raise TooLarge(f"a message announcing {size} bytes while {self.announced} bytes of "
+                           f"other messages are still arriving on this connection; at most "
+                           f"{self.bytes_max} in all (MESSAGE_BYTES_MAX)")
         entry = [header, alloc(size), 1, 0, kind]
         self._open[rid] = entry
+        self.announced += size
         return entry
 
     def sink(self, kind: int, header: dict, blen: int):
@@ -373,7 +421,7 @@ class Assembler:
         except FrameError:
             return None  # add() raises the same error with the frame in hand
         if blen > len(e[1]):
-            del self._open[rid]
+            self._forget(rid)
             return None
         e[2] = -1
         return e[1][:blen]
@@ -391,7 +439,7 @@ class Assembler:
             else:
                 e = self._start(f.kind, f.header)
                 if n > len(e[1]):
-                    del self._open[rid]
+                    self._forget(rid)
                     raise FrameError(f"request {rid}: its first frame exceeds the announced "
                                      f"{len(e[1])} bytes")
                 e[1][:n] = f.body
@@ -416,7 +464,7 @@ class Assembler:
         if f.more:
             e[2], e[3] = seq + 1, filled
             return None
-        del self._open[rid]
+        self._forget(rid)
         self.buffered -= filled
         if filled != len(body):
             raise FrameError(f"request {rid}: {filled} bytes arrived, {len(body)} announced")
@@ -424,7 +472,13 @@ class Assembler:
         header.pop("more", None)
         return Frame(kind, header, body)
 
+    def _forget(self, rid: int) -> list | None:
+        e = self._open.pop(rid, None)
+        if e is not None:
+            self.announced -= len(e[1])
+        return e
+
     def drop(self, request_id: int) -> None:
-        e = self._open.pop(request_id, None)
+        e = self._forget(request_id)
         if e is not None:
             self.buffered -= e[3]

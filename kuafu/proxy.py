@@ -36,7 +36,7 @@ import logging
 import os
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from kuafu import flow
 from kuafu import frame as F
@@ -64,6 +64,21 @@ NUWA_TIMEOUT_S = 10.0
 LOOKUP_MISS_TTL_S = 0.5  # after Nuwa says a service has no endpoint, fail fast for this long
 LATENCIES_KEPT = 1024    # recent reply times kept per service (for backup percentiles)
 BACKUP_SAMPLES_MIN = 20  # replies seen before a percentile can time a backup
+# Hardening (issue 14): every map filled from what a stranger sends is bounded.
+PREAUTH_FRAME_BYTES_MAX = 16 * 1024  # header + body of a frame before the connection authenticated
+PREAUTH_CONNECTIONS_MAX = 1024      # connections not yet authenticated; more evict the oldest
+SOURCE_REQUESTS_IN_FLIGHT_MAX = 4096  # requests one connection has in flight at this proxy
+MISSES_KEPT_MAX = 4096              # services remembered as having no endpoint (oldest evicted)
+LOOKUPS_IN_FLIGHT_MAX = 256         # services being looked up in Nuwa at once
+LATENCY_SERVICES_MAX = 4096         # services whose reply times are kept (oldest evicted)
+ENDPOINTS_PER_CONNECTION_MAX = 64   # endpoints one server connection may register
+LOCAL_ENDPOINTS_MAX = 65_536        # endpoints attached to this proxy in all
+CLAIMS_MAX = 10_000                 # names claimed at Kuafu (unregistered with Fuxi), in all
+CLAIMS_PATH = "/kuafu/claims/"      # persistent: a claimed name stays its claimer's
+SERVICE_RECORDS_ROOT = "/fuxi"      # FuxiMaster's store in Nuwa: <root>/services/<name> is a
+#                                     registered service, <root>/service-owners/<name> its owner
+CLAIM_POLICIES = ("signed-in", "granted")  # who may claim a free name: anyone signed in, or
+#                                     only those granted `manage` on it (and administrators)
 
 
 class Endpoint:
@@ -120,7 +135,12 @@ class ProxyCore:
                  uds: str | None = None, nuwa=None, node: str = "",
                  advertise_host: str | None = None,
                  idle_timeout_s: float = IDLE_TIMEOUT_S, hello_timeout_s: float = HELLO_TIMEOUT_S,
-                 partial_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S, guard=None):
+                 partial_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S, guard=None,
+                 conn_max: int = CONNECTIONS_MAX,
+                 preauth_frame_bytes_max: int = PREAUTH_FRAME_BYTES_MAX,
+                 preauth_conn_max: int = PREAUTH_CONNECTIONS_MAX,
+                 claim_policy: str = "signed-in", registry=None,
+                 records_root: str = SERVICE_RECORDS_ROOT):
         self.proxy_id, self.host, self.port, self.uds = proxy_id, host, port, uds
         # Zhongkui: every caller presents a token (``cred``), verified here; calls are allowed
         # by ``service:<name> call`` on the endpoint's owner. None: no authentication.
@@ -130,6 +150,18 @@ class ProxyCore:
         self.node = node
         self.idle_timeout_s, self.hello_timeout_s = idle_timeout_s, hello_timeout_s
         self.partial_timeout_s = partial_timeout_s
+        if claim_policy not in CLAIM_POLICIES:
+            raise BadRequest(f"claim_policy={claim_policy!r}: expected one of {CLAIM_POLICIES}")
+        self.conn_max, self.preauth_conn_max = int(conn_max), int(preauth_conn_max)
+        self.preauth_frame_bytes_max = int(preauth_frame_bytes_max)
+        self.claim_policy = claim_policy
+        # Who owns a service name: FuxiMaster's registration record (``registry(name)`` ->
+        # {"owner": user} or None; by default read from Nuwa under ``records_root``), else
+        # the persistent Kuafu claim of whoever attached it first.
+        self.registry = registry
+        self.records_root = records_root.rstrip("/")
+        self._claims: OrderedDict[str, str] = OrderedDict()  # without Nuwa: name -> owner
+        self._preauth: OrderedDict[Conn, None] = OrderedDict()  # oldest first
         self.conns: set[Conn] = set()
         self.local: dict[str, dict[str, Endpoint]] = {}
         self.remote: dict[str, dict[str, Endpoint]] = {}
@@ -140,14 +172,15 @@ class ProxyCore:
         self.peer_waiting: dict[str, list[Route]] = {}
         self.peer_down: dict[str, float] = {}
         self._lookups: dict[str, list[Route]] = {}
-        self.latencies: dict[str, deque] = {}
-        self._miss_until: dict[str, float] = {}
+        self.latencies: OrderedDict[str, deque] = OrderedDict()
+        self._miss_until: OrderedDict[str, float] = OrderedDict()
         self.ep_seq = itertools.count(1)
         self.counters = {"requests": 0, "responses": 0, "errors": 0, "retries": 0,
                          "overloaded": 0, "timed_out": 0, "rejected_frames": 0,
                          "closed_stale": 0, "refused_connections": 0, "held_bytes_max": 0,
                          "accepted": 0, "backups_sent": 0, "backups_won": 0,
-                         "unauthenticated": 0, "denied": 0}
+                         "unauthenticated": 0, "denied": 0, "closed_unauthenticated": 0,
+                         "evicted_preauth": 0, "misses_evicted": 0}
         self.held_bytes = 0
         self.nuwa = None
         self.tcp_address = ""
@@ -161,16 +194,18 @@ class ProxyCore:
     async def start(self) -> dict:
         self.loop = asyncio.get_running_loop()
         if self.port is not None:
-            srv = await self.loop.create_server(lambda: Conn(self), self.host, self.port,
+            srv = await self.loop.create_server(self._accept, self.host, self.port,
                                                 backlog=1024)
             self._servers.append(srv)
             self.port = srv.sockets[0].getsockname()[1]
             self.tcp_address = f"tcp://{self.advertise_host}:{self.port}"
         if self.uds:
-            os.makedirs(os.path.dirname(self.uds), mode=0o700, exist_ok=True)
+            from zhongkui.files import private_dir
+
+            private_dir(os.path.dirname(self.uds))  # only this user may reach the socket
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.uds)  # a socket file outlives a killed proxy
-            srv = await self.loop.create_unix_server(lambda: Conn(self), self.uds, backlog=1024)
+            srv = await self.loop.create_unix_server(self._accept, self.uds, backlog=1024)
             self._servers.append(srv)
         self._tasks.append(self.loop.create_task(self._sweep()))
         if self.nuwa_addresses:
@@ -200,20 +235,60 @@ class ProxyCore:
                 os.unlink(self.uds)
 
     # ------------------------------------------------------------ connection events
+    def _accept(self) -> Conn:
+        """An accepted connection: with access control on, it may send only small frames
+        until it presents a valid token (PREAUTH_FRAME_BYTES_MAX)."""
+        return Conn(self, preauth_bytes_max=self.preauth_frame_bytes_max
+                    if self.guard is not None else None)
+
     def on_open(self, conn: Conn) -> None:
         if conn.role == "peer":
             return
-        if len(self.conns) >= CONNECTIONS_MAX:
+        if len(self.conns) >= self.conn_max:
             self.counters["refused_connections"] += 1
             conn.reject(Overloaded(f"this proxy holds {len(self.conns)} connections "
-                                   f"(CONNECTIONS_MAX)"))
+                                   f"(CONNECTIONS_MAX={self.conn_max})"))
             return
         self.conns.add(conn)
         self.counters["accepted"] += 1
         conn.attrs["held"] = 0
+        conn.attrs["inflight"] = 0
+        if conn.preauth:
+            self._preauth[conn] = None
+            while len(self._preauth) > self.preauth_conn_max:
+                # Legitimate clients authenticate with their first request; the oldest
+                # stranger goes (refusing the newest would let strangers lock everyone out).
+                old, _ = self._preauth.popitem(last=False)
+                self.counters["evicted_preauth"] += 1
+                old.reject(Overloaded(f"{self.preauth_conn_max} connections are waiting to "
+                                      f"authenticate (PREAUTH_CONNECTIONS_MAX); this was the "
+                                      f"oldest"))
+
+    def admit(self, conn: Conn, kind: int, header: dict, body_bytes: int) -> bool:
+        """May a frame larger than the pre-auth limit arrive on ``conn``? Only if it carries a
+        valid token itself (decided before its body is received)."""
+        if self.guard is None:
+            return True
+        if kind != F.REQUEST:
+            return False
+        who = self._who(conn, header.get("cred"))
+        return who is not None and not isinstance(who, KuafuError)
+
+    def _authenticated(self, conn: Conn, cred, who) -> None:
+        conn.attrs["who"] = (cred, who)
+        if conn.preauth:
+            conn.authenticated()
+        self._preauth.pop(conn, None)
+
+    def _inbound_pop(self, key) -> Route | None:
+        r = self.inbound.pop(key, None)
+        if r is not None:
+            key[0].attrs["inflight"] = key[0].attrs.get("inflight", 1) - 1
+        return r
 
     def on_lost(self, conn: Conn, exc) -> None:
         self.conns.discard(conn)
+        self._preauth.pop(conn, None)
         if conn.role == "peer":
             pool = self.peers.get(conn.attrs.get("address"), [])
             if conn in pool:
@@ -247,7 +322,7 @@ class ProxyCore:
                     maybe_executed=True))
         # Requests this connection had sent us.
         for key in [k for k in self.inbound if k[0] is conn]:
-            r = self.inbound.pop(key)
+            r = self._inbound_pop(key)
             self._drop_outbound(r, cancel=True)
         for name in list(conn.attrs.get("endpoints", ())):
             self._remove_local(name)
@@ -260,7 +335,7 @@ class ProxyCore:
             elif kind == F.PIECE:
                 self._on_request_piece(conn, f)
             elif kind == F.CANCEL:
-                r = self.inbound.pop((conn, f.request_id), None)
+                r = self._inbound_pop((conn, f.request_id))
                 if r is not None:
                     self._drop_outbound(r, cancel=True)
             else:
@@ -296,6 +371,17 @@ class ProxyCore:
         if svc == CONTROL_SERVICE:
             self._control(src, f)
             return
+        try:
+            check_service_name(svc)  # it becomes a Nuwa path and a key of bounded maps
+        except BadRequest as e:
+            src.write(self._error_frame(rid, e))
+            return
+        if src.attrs.get("inflight", 0) >= SOURCE_REQUESTS_IN_FLIGHT_MAX:
+            self.counters["overloaded"] += 1
+            src.write(self._error_frame(rid, Overloaded(
+                f"this connection has {SOURCE_REQUESTS_IN_FLIGHT_MAX} requests in flight at "
+                f"the proxy (SOURCE_REQUESTS_IN_FLIGHT_MAX); not sent")))
+            return
         size = h.get("size")
         if h.get("more") and (isinstance(size, bool) or not isinstance(size, int)
                               or not len(f.body) <= size <= F.MESSAGE_BYTES_MAX):
@@ -307,6 +393,7 @@ class ProxyCore:
         self.counters["requests"] += 1
         r = Route(src, rid, h, f.body, self.loop.time() + timeout_s)
         self.inbound[(src, rid)] = r
+        src.attrs["inflight"] = src.attrs.get("inflight", 0) + 1
         self._hold(r, len(f.body))
         if timeout_s <= 0:
             self._fail(r, TimedOut("the deadline had passed when the request reached the proxy;"
@@ -343,7 +430,7 @@ class ProxyCore:
         except BadCredentials as e:
             self.counters["unauthenticated"] += 1
             return Unauthenticated(f"{type(e).__name__}: {e}")
-        conn.attrs["who"] = (cred, who)
+        self._authenticated(conn, cred, who)
         return who
 
     async def _identify_then_dispatch(self, r: Route) -> None:
@@ -355,7 +442,7 @@ class ProxyCore:
             self.counters["unauthenticated"] += 1
             self._fail(r, Unauthenticated(f"{type(e).__name__}: {e}"))
             return
-        r.src.attrs["who"] = (r.header.get("cred"), r.who)
+        self._authenticated(r.src, r.header.get("cred"), r.who)
         if (r.src, r.src_id) in self.inbound:
             self._dispatch(r)
 
@@ -474,6 +561,12 @@ class ProxyCore:
         if waiting is not None:
             waiting.append(r)
             return
+        if len(self._lookups) >= LOOKUPS_IN_FLIGHT_MAX:
+            self.counters["overloaded"] += 1
+            self._fail(r, Overloaded(
+                f"no endpoint of {r.svc!r} is known here and {len(self._lookups)} other "
+                f"services are being looked up in Nuwa (LOOKUPS_IN_FLIGHT_MAX); not sent"))
+            return
         self._lookups[r.svc] = [r]
 
         async def look():
@@ -495,11 +588,20 @@ class ProxyCore:
                 for name, ep in found.items():
                     known.setdefault(name, ep)
             else:
-                self._miss_until[r.svc] = self.loop.time() + LOOKUP_MISS_TTL_S
+                self._note_miss(r.svc)
             for w in self._lookups.pop(r.svc, []):
                 if (w.src, w.src_id) in self.inbound:
                     self._dispatch(w)
         self.loop.create_task(look())
+
+    def _note_miss(self, svc: str) -> None:
+        """Remember for LOOKUP_MISS_TTL_S that ``svc`` has no endpoint; at most
+        MISSES_KEPT_MAX names (the oldest is forgotten: it only costs another lookup)."""
+        self._miss_until.pop(svc, None)
+        self._miss_until[svc] = self.loop.time() + LOOKUP_MISS_TTL_S
+        while len(self._miss_until) > MISSES_KEPT_MAX:
+            self._miss_until.popitem(last=False)
+            self.counters["misses_evicted"] += 1
 
     def _send_to(self, target: Conn, r: Route) -> None:
         ids = target.attrs.get("ids")
@@ -672,12 +774,16 @@ class ProxyCore:
             lat = self.latencies.get(r.svc)
             if lat is None:
                 lat = self.latencies[r.svc] = deque(maxlen=LATENCIES_KEPT)
+                while len(self.latencies) > LATENCY_SERVICES_MAX:
+                    self.latencies.popitem(last=False)
+            else:
+                self.latencies.move_to_end(r.svc)
             lat.append(self.loop.time() - r.sent_at)
         if f.more:
             self._backpressure(t, r.src)
             return
         self.counters["responses"] += 1
-        self.inbound.pop((r.src, r.src_id), None)
+        self._inbound_pop((r.src, r.src_id))
         self._release(r)
         self._backpressure(t, r.src)
 
@@ -740,7 +846,7 @@ class ProxyCore:
         if isinstance(err, TimedOut):
             self.counters["timed_out"] += 1
         self.counters["errors"] += 1
-        self.inbound.pop((r.src, r.src_id), None)
+        self._inbound_pop((r.src, r.src_id))
         self._drop_outbound(r, cancel=True)
         if not r.src.closed:
             r.src.write(self._error_frame(r.src_id, err))
@@ -784,6 +890,10 @@ class ProxyCore:
                 self._retry(r, f"cannot reach the proxy at {address} ({e}); not sent")
             return
         conn.attrs["address"] = address
+        if self.guard is not None:  # authenticate the pooled connection at once (id -1: no route)
+            conn.write_frames(F.encode_message(F.REQUEST, {
+                "id": -1, "svc": CONTROL_SERVICE, "m": "hello", "dl": 10_000,
+                "cred": self.guard.platform_token()}, b""))
         self.peers.setdefault(address, []).append(conn)
         for r in self.peer_waiting.pop(address, []):
             if (r.src, r.src_id) in self.inbound:
@@ -800,6 +910,21 @@ class ProxyCore:
 
     def _sweep_once(self) -> None:
         now = self.loop.time()
+        while self._miss_until:  # oldest first; all share one TTL
+            svc, until = next(iter(self._miss_until.items()))
+            if until > now:
+                break
+            del self._miss_until[svc]
+        for addr in [a for a, t in self.peer_down.items() if t <= now]:
+            del self.peer_down[addr]
+        while self._preauth:  # oldest first: strangers that never authenticated
+            c = next(iter(self._preauth))
+            if now - c.opened_at <= self.hello_timeout_s:
+                break
+            del self._preauth[c]
+            self.counters["closed_unauthenticated"] += 1
+            c.reject(Unauthenticated(f"no valid token within {self.hello_timeout_s:g}s of "
+                                     f"connecting (HELLO_TIMEOUT_S)"))
         for r in [r for r in self.inbound.values() if now >= r.deadline]:
             self._fail(r, TimedOut(f"no reply from {r.svc}.{r.method} by the deadline"
                                    + ("; it may have run" if r.sent else "; not sent")))
@@ -839,14 +964,19 @@ class ProxyCore:
                 svc = msg.get("service") if isinstance(msg, dict) else None
                 eps = [e.describe() for e in self._all_endpoints(svc)]
                 conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid}, json.dumps(eps)))
+            elif m == "hello":  # authenticates the connection (lifts the pre-auth limit)
+                conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid},
+                                                   {"user": who.user if who else "operator"}))
             elif m == "register":
                 self._register(conn, rid, msg, who)
+            elif m == "release":
+                self.loop.create_task(self._release_claim(conn, rid, msg, who))
             elif m == "unregister":
                 self._unregister(conn, rid, msg)
             else:
                 raise BadRequest(f"the control service {CONTROL_SERVICE!r} has no method "
-                                 f"{m!r:.60}; it offers ping, stats, resolve, register, "
-                                 f"unregister")
+                                 f"{m!r:.60}; it offers ping, hello, stats, resolve, "
+                                 f"register, unregister, release")
         except KuafuError as e:
             conn.write(self._error_frame(rid, e))
 
@@ -858,14 +988,8 @@ class ProxyCore:
         except BadCredentials as e:
             conn.write(self._error_frame(f.request_id, Unauthenticated(f"{type(e).__name__}: {e}")))
             return
-        conn.attrs["who"] = (f.header.get("cred"), who)
+        self._authenticated(conn, f.header.get("cred"), who)
         self._control(conn, f, who)
-
-    def _service_owner(self, svc: str) -> str | None:
-        for ep in self._all_endpoints(svc):
-            if ep.owner:
-                return ep.owner
-        return None
 
     def _all_endpoints(self, svc: str | None) -> list[Endpoint]:
         out = []
@@ -882,28 +1006,46 @@ class ProxyCore:
         svc = check_service_name(msg["service"])
         if svc == CONTROL_SERVICE:
             raise BadRequest(f"{CONTROL_SERVICE!r} is the proxy's own service")
-        owner = None
-        if self.guard is not None:
-            # A service belongs to whoever serves it first; others need `manage` on it.
-            owner = who.user
-            current = self._service_owner(svc)
-            if current is not None and current != who.user:
-                from zhongkui.errors import Denied as ZDenied
-
-                try:
-                    self.guard.check(who, "service", svc, "manage", current)
-                except ZDenied as e:
-                    self.counters["denied"] += 1
-                    raise Denied(f"{e}: {svc!r} is served by {current!r}") from None
-                owner = current
-        if len(self.local.get(svc, {})) >= ENDPOINTS_PER_SERVICE_MAX:
-            raise Overloaded(f"{svc!r} has {ENDPOINTS_PER_SERVICE_MAX} endpoints on this proxy "
-                             f"(ENDPOINTS_PER_SERVICE_MAX)")
         idem = [m for m in msg.get("idempotent", "").split(",") if m]
+        self._check_may_serve(conn, svc)
+        conn.role = "server"
+        if self.guard is None:
+            self._attach(conn, rid, svc, idem, None)
+            return
+
+        async def decide():
+            # Who owns the name decides who may serve it: FuxiMaster's registration record,
+            # else the persistent claim of whoever attached it first -- never whoever
+            # happens to hold a live endpoint now.
+            try:
+                owner = await self._owner_for(svc, who)
+                self._check_may_serve(conn, svc)
+            except KuafuError as e:
+                conn.write(self._error_frame(rid, e))
+                return
+            except Exception as e:  # noqa: BLE001 - Nuwa trouble: fail closed
+                conn.write(self._error_frame(rid, Unavailable(
+                    f"could not decide who owns {svc!r}: {type(e).__name__}: {e}")))
+                return
+            if not conn.closed:
+                self._attach(conn, rid, svc, idem, owner)
+        self.loop.create_task(decide())
+
+    def _check_may_serve(self, conn: Conn, svc: str) -> None:
         if conn.role == "client" and any(k[0] is conn for k in self.inbound):
             raise BadRequest("a connection with calls in flight cannot become a server "
                              "connection; attach servers on their own connection")
-        conn.role = "server"
+        if len(self.local.get(svc, {})) >= ENDPOINTS_PER_SERVICE_MAX:
+            raise Overloaded(f"{svc!r} has {ENDPOINTS_PER_SERVICE_MAX} endpoints on this proxy "
+                             f"(ENDPOINTS_PER_SERVICE_MAX)")
+        if len(conn.attrs.get("endpoints", ())) >= ENDPOINTS_PER_CONNECTION_MAX:
+            raise Overloaded(f"this connection registered {ENDPOINTS_PER_CONNECTION_MAX} "
+                             f"endpoints (ENDPOINTS_PER_CONNECTION_MAX)")
+        if len(self.by_name) >= LOCAL_ENDPOINTS_MAX:
+            raise Overloaded(f"this proxy holds {LOCAL_ENDPOINTS_MAX} endpoints "
+                             f"(LOCAL_ENDPOINTS_MAX)")
+
+    def _attach(self, conn: Conn, rid: int, svc: str, idem: list, owner) -> None:
         name = f"{self.proxy_id}~{next(self.ep_seq)}"
         ep = Endpoint(name, svc, self.proxy_id, self.tcp_address, conn, idem, self.node, owner)
         self.local.setdefault(svc, {})[name] = ep
@@ -921,6 +1063,138 @@ class ProxyCore:
                 conn.write(self._error_frame(rid, Unavailable(
                     f"could not publish {svc!r} in Nuwa: {e}")))
         self.loop.create_task(publish())
+
+    # ------------------------------------------------------------ who owns a service name
+    def _deny(self, who, svc: str, why: str) -> Denied:
+        self.counters["denied"] += 1
+        self.guard.report_denial(who.user, "attach", f"service:{svc}", why)
+        return Denied(f"{who.user!r} may not attach {svc!r}: {why}")
+
+    async def _owner_for(self, svc: str, who) -> str:
+        """The owner the endpoint is published with, or Denied. A name registered as a Fuxi
+        service is served only by that service's replicas (a token scoped to it, of its
+        owner) and administrators; a free name is claimed by its first attacher (if
+        ``claim_policy`` allows) and stays theirs; others need ``manage`` on it."""
+        scope = who.scope if isinstance(who.scope, dict) else None
+        admin = who.admin and scope is None  # a scoped token acts only for its scope
+        own_scope = scope == {"kind": "service", "id": svc}
+        rec = await self._registration(svc)
+        if rec is not None:
+            owner = rec.get("owner") if isinstance(rec.get("owner"), str) else None
+            if admin:
+                return owner or who.user
+            if own_scope and owner in (None, who.user):
+                return who.user
+            raise self._deny(who, svc, f"it is a registered Fuxi service (owner {owner!r}); "
+                                       f"only its replicas (with the service's own token) or an "
+                                       f"administrator may attach it")
+        if scope is not None and scope.get("kind") == "service" and not own_scope:
+            raise self._deny(who, svc, f"a token of service {scope.get('id')!r:.80} attaches "
+                                       f"only that service")
+        claim = await self._claim_of(svc)
+        if claim is None:
+            if not (admin or self.claim_policy == "signed-in"
+                    or self.guard.decision(who, "service", svc, "manage").allowed):
+                raise self._deny(who, svc, "it is not registered and claiming a free name "
+                                           "needs `manage` on it (claim_policy='granted')")
+            claim = await self._claim(svc, who.user)
+        if claim == who.user or admin:
+            return claim
+        if self.guard.decision(who, "service", svc, "manage", claim).allowed:
+            return claim
+        if self.guard.may_refresh_before_denial():
+            await self.guard.refresh_acl()
+            if self.guard.decision(who, "service", svc, "manage", claim).allowed:
+                return claim
+        raise self._deny(who, svc, f"the name is claimed by {claim!r}, even while no endpoint "
+                                   f"of it is live; serving it needs `manage` on it")
+
+    async def _registration(self, svc: str) -> dict | None:
+        """FuxiMaster's record of ``svc`` as a registered service ({"owner": user}), or None."""
+        if self.registry is not None:
+            return await self.registry(svc)
+        if self.nuwa is None:
+            return None
+        from nuwa import errors as NE
+
+        try:
+            await asyncio.wait_for(self.nuwa.get(f"{self.records_root}/services/{svc}"),
+                                   NUWA_TIMEOUT_S)
+        except NE.NoNode:
+            return None
+        try:
+            value, _ = await asyncio.wait_for(
+                self.nuwa.get(f"{self.records_root}/service-owners/{svc}"), NUWA_TIMEOUT_S)
+            doc = json.loads(value)
+        except (NE.NoNode, ValueError):
+            doc = {}  # registered a moment ago: its owner is being written
+        return {"owner": doc.get("user") if isinstance(doc, dict) else None}
+
+    async def _claim_of(self, svc: str) -> str | None:
+        if self.nuwa is None:
+            return self._claims.get(svc)
+        from nuwa import errors as NE
+
+        try:
+            value, _ = await asyncio.wait_for(self.nuwa.get(CLAIMS_PATH + svc), NUWA_TIMEOUT_S)
+        except NE.NoNode:
+            return None
+        try:
+            user = json.loads(value).get("user")
+        except (ValueError, AttributeError):
+            user = None
+        if not isinstance(user, str):
+            raise Unavailable(f"the claim record of {svc!r} is damaged; an administrator may "
+                              f"remove {CLAIMS_PATH}{svc}")
+        return user
+
+    async def _claim(self, svc: str, user: str) -> str:
+        """Claim ``svc`` for ``user``; returns the owner (another's, if they were first)."""
+        if self.nuwa is None:
+            if svc not in self._claims and len(self._claims) >= CLAIMS_MAX:
+                raise Overloaded(f"{CLAIMS_MAX} names are claimed (CLAIMS_MAX)")
+            return self._claims.setdefault(svc, user)
+        from nuwa import errors as NE
+
+        try:
+            n = len(await asyncio.wait_for(self.nuwa.list(CLAIMS_PATH), NUWA_TIMEOUT_S))
+        except NE.NoNode:
+            n = 0
+        if n >= CLAIMS_MAX:
+            raise Overloaded(f"{n} names are claimed at Kuafu (CLAIMS_MAX={CLAIMS_MAX}); "
+                             f"register the service with Fuxi or release a claim")
+        value = json.dumps({"user": user, "at": time.time()}).encode()
+        try:
+            await asyncio.wait_for(self.nuwa.create(CLAIMS_PATH + svc, value, parents=True),
+                                   NUWA_TIMEOUT_S)
+            return user
+        except NE.NodeExists:  # someone else was first
+            owner = await self._claim_of(svc)
+            return owner if owner is not None else user
+
+    async def _release_claim(self, conn: Conn, rid: int, msg, who) -> None:
+        try:
+            svc = check_service_name(msg.get("service") if isinstance(msg, dict) else None)
+            if self.guard is None:
+                raise BadRequest("with access control off names are not claimed")
+            claim = await self._claim_of(svc)
+            if claim is None:
+                raise BadRequest(f"{svc!r} is not claimed")
+            if claim != who.user and not (who.admin and who.scope is None):
+                raise self._deny(who, svc, f"the claim is {claim!r}'s")
+            if self._all_endpoints(svc):
+                raise BadRequest(f"{svc!r} still has endpoints; detach them first")
+            if self.nuwa is None:
+                self._claims.pop(svc, None)
+            else:
+                from nuwa import errors as NE
+
+                with contextlib.suppress(NE.NoNode):
+                    await asyncio.wait_for(self.nuwa.delete(CLAIMS_PATH + svc), NUWA_TIMEOUT_S)
+        except KuafuError as e:
+            conn.write(self._error_frame(rid, e))
+            return
+        conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid}, {"released": svc}))
 
     def _unregister(self, conn: Conn, rid: int, msg) -> None:
         svc = msg.get("service") if isinstance(msg, dict) else None
@@ -1099,7 +1373,8 @@ class ProxyCore:
         roles["peer"] = sum(len(p) for p in self.peers.values())
         return {"proxy_id": self.proxy_id, "tcp": self.tcp_address, "node": self.node,
                 "connections": roles, "routes": len(self.routes), "inbound": len(self.inbound),
-                "held_bytes": self.held_bytes,
+                "held_bytes": self.held_bytes, "preauth_connections": len(self._preauth),
+                "misses_kept": len(self._miss_until), "lookups": len(self._lookups),
                 "queued": sum(len(c.attrs["waiters"].queue) for c in
                               list(self.conns) + [c for p in self.peers.values() for c in p]
                               if "waiters" in c.attrs),

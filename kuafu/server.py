@@ -48,6 +48,7 @@ REATTACH_BACKOFF_S = (0.1, 2.0)  # first and longest pause between attempts to r
 TRACEBACK_CHARS_MAX = 8000
 CONTROL_SERVICE = "kuafu"
 LATENCIES_KEPT = 1024          # recent call durations kept per service, for percentiles
+CONNECTIONS_MAX = 16_384       # connections a standalone server accepts at once; more are closed
 
 
 def method(fn=None, *, idempotent: bool = False, name: str | None = None):
@@ -206,6 +207,10 @@ class Server:
         return Conn(self, role="server", assemble=True)
 
     def on_open(self, conn: Conn) -> None:
+        if len(self.conns) >= CONNECTIONS_MAX and conn is not self.proxy:
+            conn.reject(Overloaded(f"this server holds {len(self.conns)} connections "
+                                   f"(CONNECTIONS_MAX)"))
+            return
         self.conns.add(conn)
         if self.loop is None:
             self.loop = asyncio.get_running_loop()

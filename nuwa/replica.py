@@ -16,6 +16,9 @@ class NuwaReplica:
     def __init__(self, replica_id: int, voters: list[int], data_dir: str,
                  config: ServerConfig | None = None, rejoin: bool = False,
                  auth: dict | None = None):
+        from zhongkui.files import private_files
+
+        private_files()  # the WAL and snapshots hold password hashes: 0600/0700 (issue 14)
         self.server = ReplicaServer(replica_id, voters, data_dir, config or ServerConfig(),
                                     rejoin=rejoin, auth=auth,
                                     namespace=ray.get_runtime_context().namespace)

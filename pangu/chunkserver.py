@@ -117,7 +117,10 @@ class ChunkServer:
                  capacity_bytes: int | None = None, heartbeat_s: float = HEARTBEAT_S,
                  scrub_interval_s: float = SCRUB_INTERVAL_S, name: str | None = None,
                  kind: str = "local", auth: dict | None = None):
+        from zhongkui.files import private_files
         from zhongkui.shell import make_guard
+
+        private_files()  # chunks: 0600 files under 0700 directories (issue 14)
 
         self.cluster = cluster
         # Zhongkui: reads and writes carry the master's chunk access tokens, checked here;

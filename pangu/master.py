@@ -112,8 +112,10 @@ class PanguMaster:
     def __init__(self, cluster: str, data_dir: str, namespace: str, name: str,
                  nuwa: list | None = None, settings: dict | None = None,
                  auth: dict | None = None):
+        from zhongkui.files import private_files
         from zhongkui.shell import make_guard
 
+        private_files()  # the journal and checkpoints: 0600/0700 from creation (issue 14)
         s = dict(settings or {})
         # Zhongkui: namespace operations are decided on their paths (a file's or directory's
         # owner is who created it); chunk reads and writes carry access tokens signed here

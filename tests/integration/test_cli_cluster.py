@@ -138,6 +138,18 @@ def test_up_submit_status_logs_down(tmp_path):
                                      if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH",
                                                   "RAY_ADDRESS")}, "FUXI_HOME": str(home)})
         assert cat.returncode == 0 and cat.stdout == original
+        # After `fuxi up`, a job, Nuwa writes and a Pangu put: nothing the platform wrote --
+        # WAL, snapshots, journal, chunks, job logs, audit trail, keys, Ray's session files --
+        # is open to another local user (issue 14, defect 9).
+        from zhongkui.files import exposed
+
+        assert exposed(str(home)) == []
+        # Ray opens its own temp dir to everyone (0777); the directory holding it is ours.
+        from kuafu.deploy import socket_dir
+
+        for d in (os.path.dirname(rec["temp_dir"]), socket_dir()):
+            st_ = os.stat(d)
+            assert st_.st_uid == os.getuid() and st_.st_mode & 0o077 == 0, (d, oct(st_.st_mode))
         fuxi(home, "pangu", "mv", "/in/part-0.txt", "pangu:///in/p0.txt")
         fuxi(home, "pangu", "get", "/in/p0.txt", str(tmp_path / "back.txt"))
         assert (tmp_path / "back.txt").read_bytes() == original
