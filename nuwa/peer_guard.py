@@ -93,7 +93,8 @@ def check_message(m, *, peer_id: int, self_id: int, members: Collection[int], te
     if type(m.type) is not MsgType:
         raise PeerMessageRejected("bad_type", f"type {m.type!r} is not a MsgType")
     for name in _INT_FIELDS:
-        _int(name, getattr(m, name), 0, INDEX_MAX if name not in ("frm", "to") else PEER_ID_MAX)
+        _int(name, getattr(m, name), 0, INDEX_MAX if name not in ("frm", "to") else PEER_ID_MAX,
+             "term_out_of_range" if name == "term" else "out_of_range")
     if m.frm != peer_id:
         raise PeerMessageRejected("impersonation", f"frm={m.frm} on the connection "
                                                    f"authenticated as replica {peer_id}")
