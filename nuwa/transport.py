@@ -7,8 +7,9 @@ Ray method calls cost ~1 ms; a Python asyncio TCP round trip inside an actor cos
 A peer then proves, and checks, membership of this cluster with a mutual HMAC challenge over the
 cluster's peer secret (``nuwa.peer_auth``) within ``HANDSHAKE_TIMEOUT_S``. A replica given no
 secret uses one drawn at random for its process (``PROCESS_PEER_SECRET``): replicas in one
-process (tests, an embedded group) reach each other, nobody outside can. Every message on an authenticated peer connection is handed up
-with the peer's authenticated id (the shell drops those whose ``frm`` differs).
+process (tests, an embedded group) reach each other, nobody outside can. Every message on an
+authenticated peer connection is handed up with the peer's authenticated id (the shell drops
+those whose ``frm`` differs).
 
 Outgoing peer traffic is written straight to the peer's socket, up to
 ``PEER_BUFFER_BYTES_MAX`` unsent bytes; while a peer is not connected it waits in a bounded
@@ -242,7 +243,8 @@ class Transport:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._accepted.add(writer)
         try:
-            hello = await asyncio.wait_for(read_frame(reader, HELLO_BYTES_MAX), CONNECT_TIMEOUT_S * 5)
+            hello = await asyncio.wait_for(read_frame(reader, HELLO_BYTES_MAX),
+                                           CONNECT_TIMEOUT_S * 5)
             if hello[:1] == b"P":
                 await self._serve_peer(hello, reader, writer)
             elif hello[:1] == b"C":
