@@ -11,6 +11,12 @@ through its v3 JSON gateway on persistent HTTP/1.1 connections, Nuwa through its
 Measured: put p50/p99 (one client, 256-byte values), put throughput (N concurrent clients),
 linearizable get throughput, watch notification p50, and the time from killing the leader to
 the next successful write.
+
+Leader loss is checked, not assumed (issue 14): just before the kill every member is asked
+its role and term, and the victim must be the one leader of the highest term; the kill is a
+SIGKILL of its process, and the clock starts before it; afterwards a survivor must lead a
+*newer* term. The report gives the recovery time and the elections it took (terms elapsed).
+A run where any check fails raises instead of printing a figure.
 """
 
 from __future__ import annotations
@@ -135,6 +141,22 @@ class Etcd:
                             h.close()
         raise RuntimeError("no etcd leader")
 
+    async def roles(self, exclude: int | None = None) -> dict[int, tuple[bool, int]]:
+        """member -> (leads, raft term), asked of every live member."""
+        out = {}
+        for i, p in self.procs.items():
+            if p.poll() is not None or i == exclude:
+                continue
+            h = Http("127.0.0.1", self.members[i][0])
+            try:
+                st = await h.post("/v3/maintenance/status", {})
+            except Exception:
+                continue
+            finally:
+                h.close()
+            out[i] = (st["leader"] == st["header"]["member_id"], int(st["raftTerm"]))
+        return out
+
     def kill(self, member: int) -> None:
         self.procs[member].send_signal(signal.SIGKILL)
         self.procs[member].wait(timeout=10)
@@ -199,6 +221,8 @@ class NuwaSystem:
     def __init__(self, tmp: str):
         self.tmp = tmp
         self.group = None
+        self.pids: dict[int, int] = {}
+        self.killed: list = []
 
     def start(self) -> None:
         import ray
@@ -213,6 +237,8 @@ class NuwaSystem:
     def stop(self) -> None:
         import ray
 
+        for h in self.killed:
+            ray.kill(h, no_restart=True)
         self.group.stop()
         ray.shutdown()
 
@@ -235,17 +261,26 @@ class NuwaSystem:
     async def term(self) -> int:
         return max([(await h.status.remote())["term"] for h in self.group.handles.values()])
 
-    def kill(self, rid: int) -> None:
-        import ray
-
-        handle = self.group.handles[rid]
-        self.group.stop_replica(rid)
-        while True:  # ray.kill returns before the process is dead: wait until it is
+    async def roles(self, exclude: int | None = None) -> dict[int, tuple[bool, int]]:
+        """replica -> (leads, term), asked of every replica (its pid is kept for the kill)."""
+        out = {}
+        for rid, h in self.group.handles.items():
+            if rid == exclude:
+                continue
             try:
-                ray.get(handle.status.remote(), timeout=1)
-                time.sleep(0.005)
+                st = await asyncio.wait_for(h.status.remote(), 5)
             except Exception:
-                return
+                continue
+            self.pids[rid] = st["pid"]
+            out[rid] = (st["role"] == "LEADER", st["term"])
+        return out
+
+    def kill(self, rid: int) -> None:
+        """An instant crash: SIGKILL the replica's process (``ray.kill`` returns before the
+        process is dead, and the old code started the clock only once it was, so a new leader
+        could already be in office at t0)."""
+        os.kill(self.pids[rid], signal.SIGKILL)
+        self.killed.append(self.group.handles.pop(rid))  # ray.kill'ed in stop(), off the clock
 
 
 class NuwaClient:
@@ -420,6 +455,15 @@ async def measure(system, ops: int, clients: int, seconds: float) -> dict:
     return await _recovery(system, c, out)
 
 
+def _sole_leader(roles: dict[int, tuple[bool, int]]) -> tuple[int, int] | None:
+    """(leader, term) if exactly one member leads the highest term any member reports."""
+    if not roles:
+        return None
+    top = max(term for _, term in roles.values())
+    leaders = [m for m, (leads, term) in roles.items() if leads and term == top]
+    return (leaders[0], top) if len(leaders) == 1 else None
+
+
 async def _recovery(system, c, out: dict) -> dict:
     # Leader recovery: kill the leader, then time the next successful write. The client talks
     # only to the survivors (a write the dying leader still answered would prove nothing), and
@@ -436,8 +480,19 @@ async def _recovery(system, c, out: dict) -> dict:
     if hasattr(system, "term"):
         out["elections_during_load"] = await system.term() - out.pop("_term0")
     await c.close()
-    system.kill(leader)
+    checked = hasattr(system, "roles")
+    if checked:
+        # Confirm, just before the kill, that the victim is the one leader of the newest term.
+        for _ in range(20):
+            sole = _sole_leader(await system.roles())
+            if sole is not None:
+                break
+            await asyncio.sleep(0.1)
+        if sole is None:
+            raise RuntimeError(f"{system.name}: no single leader of the newest term to kill")
+        leader, led_term = sole
     t0 = time.perf_counter()
+    system.kill(leader)
     c2 = system.client(exclude=leader, attempt_timeout_s=0.2)
     while True:
         try:
@@ -449,6 +504,21 @@ async def _recovery(system, c, out: dict) -> dict:
             raise RuntimeError("no write within 30 s of killing the leader")
     out["leader_recovery_s"] = round(time.perf_counter() - t0, 3)
     await c2.close()
+    if checked:
+        # A survivor must now lead a newer term: otherwise the victim was not the leader.
+        after = None
+        for _ in range(50):
+            after = _sole_leader(await system.roles(exclude=leader))
+            if after is not None:
+                break
+            await asyncio.sleep(0.1)
+        if after is None or after[1] <= led_term:
+            raise RuntimeError(f"{system.name}: after killing member {leader} (leader of term "
+                               f"{led_term}) no survivor leads a newer term ({after}); the "
+                               f"figure would not be a leader loss")
+        out["leader_recovery_elections"] = after[1] - led_term
+        out["leader_loss"] = (f"killed {leader}, leader of term {led_term}; {after[0]} leads "
+                              f"term {after[1]}")
     return out
 
 
@@ -460,6 +530,10 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("etcd") is None:
         raise SystemExit("etcd is not installed: apt-get install -y etcd-server")
+    try:
+        import pysyncobj  # noqa: F401
+    except ImportError:
+        raise SystemExit("pysyncobj is not installed: pip install pysyncobj") from None
     results = {}
     for cls in (Etcd, NuwaSystem, PySyncObj):
         tmp = tempfile.mkdtemp(prefix=f"fuxi-bench-{cls.name}-")
@@ -480,6 +554,9 @@ def main() -> None:
         print(f"  {k:24} {e[k]!s:>9} {n[k]!s:>9} {p[k]!s:>10}   {ratio}")
     print("  (pysyncobj: gets read a node's local copy — not linearizable; no watches)")
     print(f"  nuwa elections during the load phases: {n.get('elections_during_load')}")
+    for name, r in (("etcd", e), ("nuwa", n)):
+        print(f"  {name} leader loss: {r['leader_loss']}; {r['leader_recovery_elections']} "
+              f"election(s), next write after {r['leader_recovery_s']} s")
     report("nuwa", etcd=e, nuwa=n, pysyncobj=p)
 
 

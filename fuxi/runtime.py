@@ -308,13 +308,19 @@ def _start_nuwa(rec: ClusterRecord, auth: dict | None = None) -> None:
     import ray
 
     from nuwa.group import start_group
+    from nuwa.replica import LOOPBACK, NODE_IP
 
     if not rec.nuwa_replicas:
         return
     _set_auth_mode(rec.token_path)
     _ray_init(address=rec.address, namespace=rec.namespace)
     try:
-        group = start_group(rec.nuwa_replicas, rec.data_dir, rec.namespace, auth=auth)
+        # As for Kuafu: a local head binds loopback; a cluster we deployed onto, each node's
+        # own address. start_group also creates the cluster's peer secret (0600).
+        head = rec.address.rpartition(":")[0]
+        host = LOOPBACK if head in ("", "127.0.0.1", "localhost") else NODE_IP
+        group = start_group(rec.nuwa_replicas, rec.data_dir, rec.namespace, auth=auth,
+                            host=host)
         rec.nuwa = [list(a) for a in group.client_addresses()]
         rec.nuwa_group = group.to_dict()
         rec.save()

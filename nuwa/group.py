@@ -8,6 +8,13 @@ A replica whose node is gone (or whose disk was lost) is *replaced*, not just re
 ``replace_replica`` starts a brand-new replica with a new id, adds it as a learner, waits
 until it has caught up, promotes it, and removes the old one -- three single-server
 membership changes (``nuwa.raft``). The group keeps its full size and fault tolerance.
+
+Peer authentication (``nuwa.peer_auth``): ``start_group`` creates the cluster's peer secret
+(``PEER_SECRET_BYTES`` random bytes) once, in ``<data_dir>/nuwa/peer.secret`` (0600, its
+directory 0700), and hands it to every replica as a constructor argument. A ``Group`` rebuilt
+from ``to_dict`` (FuxiMaster's supervisor) reads it from that file; ``to_dict`` and ``repr``
+never contain it. Replicas bind ``host``: loopback for a one-machine cluster, each node's own
+address (``NODE_IP``) when the group spans machines.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +32,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from nuwa.errors import BadRequest
-from nuwa.replica import NuwaReplica
+from nuwa.peer_auth import SECRET_BYTES as PEER_SECRET_BYTES
+from nuwa.replica import LOOPBACK, NODE_IP, NuwaReplica
 from nuwa.server import ServerConfig
 
 GROUP_SIZES = (1, 3, 5)
@@ -31,6 +41,57 @@ START_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 120.0  # a new replica must reach the leader's commit index within this
 CONF_CHANGE_TIMEOUT_S = 30.0  # one membership change, including waiting for a leader
 ADMIN_CALL_TIMEOUT_S = 10.0  # one admin request or status probe to a replica
+PEER_SECRET_FILE = "peer.secret"  # under <data_dir>/nuwa/
+
+
+class PeerSecretError(RuntimeError):
+    """The cluster's peer secret file is missing, malformed or readable by others."""
+
+
+def peer_secret_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "nuwa", PEER_SECRET_FILE)
+
+
+def load_peer_secret(data_dir: str) -> bytes:
+    """The cluster's peer secret; PeerSecretError if it is absent, not PEER_SECRET_BYTES
+    long, or not private to this OS user (0600)."""
+    path = peer_secret_path(data_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise PeerSecretError(f"no Nuwa peer secret at {path}; start_group creates it") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        data = f.read(PEER_SECRET_BYTES + 1)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PeerSecretError(f"the Nuwa peer secret {path} has mode {stat.S_IMODE(mode):04o}; "
+                              f"expected 0600 (readable by its owner only)")
+    if len(data) != PEER_SECRET_BYTES:
+        raise PeerSecretError(f"the Nuwa peer secret {path} holds {len(data)} bytes; expected "
+                              f"{PEER_SECRET_BYTES}")
+    return data
+
+
+def load_or_create_peer_secret(data_dir: str) -> bytes:
+    """Create the cluster's peer secret on first use (0600, atomically: concurrent creators
+    end up with the same one), then return it."""
+    path = peer_secret_path(data_dir)
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(PEER_SECRET_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # fails if another creator was first: keep theirs
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    return load_peer_secret(data_dir)
 
 
 @dataclass
@@ -46,6 +107,14 @@ class Group:
     removing: list[int] = field(default_factory=list)  # replaced, but not yet removed
     # Zhongkui's {"enabled", "keys"} for the replicas; never in to_dict (it holds the keys).
     auth: dict | None = field(default=None, repr=False, compare=False)
+    host: str = LOOPBACK  # what replicas bind: an address, or NODE_IP (each node's own)
+    # The cluster's peer secret; never in to_dict or repr. None: read from the data dir.
+    peer_secret: bytes | None = field(default=None, repr=False, compare=False)
+
+    def _peer_secret(self) -> bytes:
+        if self.peer_secret is None:
+            self.peer_secret = load_peer_secret(self.data_dir)
+        return self.peer_secret
 
     def _token(self):
         from zhongkui.guard import Guard
@@ -72,7 +141,7 @@ class Group:
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.nodes[rid], soft=False),
             max_restarts=0,
         ).remote(rid, [] if join else self.voters, self.replica_dir(rid), self.config,
-                 rejoin and not join, self.auth)
+                 rejoin and not join, self.auth, self._peer_secret(), self.host)
         try:
             addr = tuple(ray.get(handle.start.remote(old_port), timeout=START_TIMEOUT_S))
         except Exception:
@@ -100,7 +169,8 @@ class Group:
         return {"namespace": self.namespace, "data_dir": self.data_dir, "voters": self.voters,
                 "nodes": {str(k): v for k, v in self.nodes.items()},
                 "addresses": {str(k): list(v) for k, v in self.addresses.items()},
-                "retired": list(self.retired), "removing": list(self.removing)}
+                "retired": list(self.retired), "removing": list(self.removing),
+                "host": self.host}
 
     @classmethod
     def from_dict(cls, d: dict, auth: dict | None = None) -> "Group":
@@ -108,7 +178,7 @@ class Group:
                    nodes={int(k): v for k, v in d["nodes"].items()},
                    addresses={int(k): tuple(v) for k, v in d["addresses"].items()},
                    retired=list(d.get("retired", [])), removing=list(d.get("removing", [])),
-                   auth=auth)
+                   auth=auth, host=d.get("host", NODE_IP))  # (records before "host": node address)
 
     def supervise_once(self, probe_timeout_s: float = 5.0) -> list[str]:
         """Bring the group back to full strength. A replica that is gone (its actor died or
@@ -328,12 +398,21 @@ class Group:
 
 
 def start_group(size: int, data_dir: str, namespace: str,
-                config: ServerConfig = ServerConfig(), auth: dict | None = None) -> Group:
+                config: ServerConfig = ServerConfig(), auth: dict | None = None,
+                host: str | None = None) -> Group:
+    """Start (or restart) the group's replicas. ``host``: what they bind -- an address, or
+    ``NODE_IP`` for each node's own; default loopback when every Ray node is on one machine,
+    else ``NODE_IP``. The cluster's peer secret is created here on first start."""
     if size not in GROUP_SIZES:
         raise BadRequest(f"Nuwa group size {size} is not supported; expected one of {GROUP_SIZES}")
-    alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    alive_nodes = [n for n in ray.nodes() if n.get("Alive")]
+    alive = sorted(n["NodeID"] for n in alive_nodes)
     if not alive:
         raise BadRequest("no alive Ray node to place Nuwa replicas on")
+    if host is None:
+        machines = {n.get("NodeManagerAddress") for n in alive_nodes}
+        host = LOOPBACK if len(machines) == 1 else NODE_IP
+    peer_secret = load_or_create_peer_secret(data_dir)
     # Remember that this group exists: any later start is a *rejoin*, so a replica that finds
     # no disk (a new host, a wiped one) comes back as a non-voter instead of voting with an
     # empty log and overwriting committed entries. Replacements update the record.
@@ -360,7 +439,7 @@ def start_group(size: int, data_dir: str, namespace: str,
         if rid in nodes and n in alive:
             nodes[rid] = n  # a replica goes back to its disk
     g = Group(namespace=namespace, data_dir=data_dir, voters=voters, nodes=nodes, config=config,
-              retired=retired, removing=removing, auth=auth)
+              retired=retired, removing=removing, auth=auth, host=host, peer_secret=peer_secret)
     if not existed:
         g._record()
     for rid in voters:

@@ -22,6 +22,7 @@ least its TTL after its last keep-alive, and a jump of the wall clock changes no
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import math
@@ -35,7 +36,8 @@ from typing import Any
 import msgpack
 
 from nuwa import errors as E
-from nuwa.codec import decode_message, encode_message
+from nuwa import peer_guard
+from nuwa.codec import encode_message
 from nuwa.commands import parse_command
 from nuwa.raft import ConfChangeRefused, MemoryStorage, MsgType, NotLeader, RaftNode, Role
 from nuwa.raft_types import ProposalDropped
@@ -68,7 +70,8 @@ READ_OPS = {"get", "list", "stat", "exists"}
 class ReplicaServer:
     def __init__(self, replica_id: int, voters: list[int], data_dir: str,
                  config: ServerConfig = ServerConfig(), seed: int | None = None,
-                 rejoin: bool = False, auth: dict | None = None, namespace: str | None = None):
+                 rejoin: bool = False, auth: dict | None = None, namespace: str | None = None,
+                 peer_secret: bytes | None = None):
         from zhongkui.shell import make_guard
 
         self.id = replica_id
@@ -84,7 +87,11 @@ class ReplicaServer:
         self.storage = MemoryStorage()
         self.tree = Tree()
         self.node: RaftNode | None = None
-        self.transport = Transport(replica_id, self._on_peer, self._on_client)
+        # Peers prove membership with the cluster's peer secret (nuwa.peer_auth); without one,
+        # only replicas in this same process can be peers (nuwa.transport.PROCESS_PEER_SECRET).
+        self.transport = Transport(replica_id, self._on_peer, self._on_client,
+                                   peer_secret=peer_secret, is_member=self._is_peer_member)
+        self.peer_dropped: collections.Counter = collections.Counter()  # reason -> messages
         self.addresses: dict[int, tuple[str, int]] = {}
         self.applied = 0
         self._last_hs = None
@@ -105,8 +112,10 @@ class ReplicaServer:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self, host: str = "0.0.0.0", port: int = 0) -> int:
-        """Recover from disk and start serving; ``port`` 0 picks a free one. A restarted
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Recover from disk and start serving on ``host`` (clients and peers share the
+        port): loopback unless the group spans machines, then the node's own address
+        (``nuwa.group``), never every interface. ``port`` 0 picks a free one. A restarted
         replica asks for its old port so the addresses clients hold stay valid."""
         rec = self.wal.recover()
         if rec.snapshot is not None:
@@ -179,7 +188,9 @@ class ReplicaServer:
             st["role"] = Role.FOLLOWER  # stopped (its disk failed, or stop()): it leads nothing
         st.update(revision=self.tree.revision, applied=self.applied, voter=self.voter,
                   address=self.addresses.get(self.id), wal_bytes=self.wal.size_bytes(),
-                  sessions=len(self.tree.sessions()), watchers=len(self.watchers))
+                  sessions=len(self.tree.sessions()), watchers=len(self.watchers),
+                  peer_dropped=dict(self.peer_dropped),
+                  peer_auth_failed=self.transport.peer_auth_failures)
         st["stopped"] = self.stopped
         return st
 
@@ -198,16 +209,34 @@ class ReplicaServer:
             except Exception as e:
                 self._fatal(e)
 
-    def _on_peer(self, payload: bytes) -> None:
+    def _is_peer_member(self, peer_id: int) -> bool:
+        """A peer may connect if it is in our configuration (voters and learners, from the
+        log) or among the peers the platform published (a replica joining the group is
+        published before its add_learner commits, and knows no configuration yet)."""
+        if self.node is None or peer_id == self.id:
+            return False
+        return peer_id in self.node.voters or peer_id in self.node.learners \
+            or peer_id in self.addresses
+
+    def _on_peer(self, peer_id: int, payload: bytes) -> None:
+        """One frame from authenticated peer ``peer_id``: checked in full before the Raft
+        core sees it (``nuwa.peer_guard``); a bad one is counted and dropped, never raised."""
         if self.stopped:
             return
-        try:
-            msg = decode_message(payload)
-        except ValueError as e:
-            logger.warning("replica %s: dropping a malformed peer message: %s", self.id, e)
-            return
-        self.node.step(msg)
-        self._schedule_ready()
+        members = {*self.node.voters, *self.node.learners, *self.addresses} - {self.id}
+        reason = peer_guard.deliver(self.node, payload, peer_id=peer_id, members=members,
+                                    validate_snapshot=Tree.restore, on_drop=self._peer_drop)
+        if reason is None:
+            self._schedule_ready()
+
+    def _peer_drop(self, reason: str, detail: str) -> None:
+        self.peer_dropped[reason] += 1
+        n = self.peer_dropped[reason]
+        if n & (n - 1) == 0:  # 1, 2, 4, ...: a flood of bad messages cannot flood the log
+            logger.warning("replica %s dropped a peer message (%s, %s so far): %s", self.id,
+                           reason, n, detail)
+        if reason == "step_failed":
+            self._schedule_ready()  # the step may have queued output before it failed
 
     def _schedule_ready(self) -> None:
         """Batch: handle every message that arrived in this loop iteration, then one Ready."""

@@ -3,7 +3,13 @@
 Ray method calls cost ~1 ms; a Python asyncio TCP round trip inside an actor costs ~25 µs
 (RAY_NOTES.md), so consensus traffic and client calls go over plain sockets. Every frame is
 ``[u32 length][payload]``, at most ``FRAME_BYTES_MAX``. A connection starts with a hello frame
-saying who is calling (``b"P" + u32 replica id`` for a peer, ``b"C"`` for a client).
+(at most ``HELLO_BYTES_MAX``) saying who is calling: ``b"C"`` for a client, ``b"P"`` for a peer.
+A peer then proves, and checks, membership of this cluster with a mutual HMAC challenge over the
+cluster's peer secret (``nuwa.peer_auth``) within ``HANDSHAKE_TIMEOUT_S``. A replica given no
+secret uses one drawn at random for its process (``PROCESS_PEER_SECRET``): replicas in one
+process (tests, an embedded group) reach each other, nobody outside can. Every message on an
+authenticated peer connection is handed up with the peer's authenticated id (the shell drops
+those whose ``frm`` differs).
 
 Outgoing peer traffic is written straight to the peer's socket, up to
 ``PEER_BUFFER_BYTES_MAX`` unsent bytes; while a peer is not connected it waits in a bounded
@@ -18,8 +24,11 @@ import asyncio
 import collections
 import contextlib
 import logging
+import secrets
 import struct
 from typing import Awaitable, Callable
+
+from nuwa import peer_auth
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +38,11 @@ _MORE = 1 << 31  # top bit of the length word: more fragments of this message fo
 PEER_QUEUE_MAX = 4096  # messages waiting for one peer while it is not connected
 PEER_BUFFER_BYTES_MAX = 64 * 1024 * 1024  # unsent bytes to one peer; beyond it, messages are dropped
 CONNECT_TIMEOUT_S = 1.0
+HELLO_BYTES_MAX = 1024  # the first frame of a connection, read before anyone is authenticated
+HANDSHAKE_FRAME_BYTES_MAX = 256  # challenge and proof frames of the peer handshake
+HANDSHAKE_TIMEOUT_S = 5.0  # hello to proof, on either side
+# The secret of replicas given none: random per process, so it proves only "same process".
+PROCESS_PEER_SECRET = secrets.token_bytes(peer_auth.SECRET_BYTES)
 RECONNECT_BACKOFF_MAX_S = 1.0
 _LEN = struct.Struct("<I")
 
@@ -54,7 +68,8 @@ def frame(payload: bytes) -> bytes:
     return b"".join(parts)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
+async def read_frame(reader: asyncio.StreamReader, bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+    """One whole message of at most ``bytes_max`` bytes (FrameError beyond, before reading it)."""
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -64,8 +79,9 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes:
             raise FrameError(f"incoming fragment of {n} bytes exceeds FRAGMENT_BYTES_MAX="
                              f"{FRAGMENT_BYTES_MAX}")
         total += n
-        if total > FRAME_BYTES_MAX:
-            raise FrameError(f"incoming message exceeds FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
+        if total > bytes_max:
+            raise FrameError(f"incoming message of {total}+ bytes exceeds its limit of "
+                             f"{bytes_max} bytes")
         chunks.append(await reader.readexactly(n))
         if not more:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -77,14 +93,25 @@ class _Peer:
     fsync starts, or the two fsyncs run one after the other). While not connected, messages
     wait in a bounded queue and are flushed, in order, as soon as the link is up."""
 
-    def __init__(self, peer_id: int, host: str, port: int, hello: bytes):
+    def __init__(self, peer_id: int, host: str, port: int, my_id: int, secret: bytes):
         self.peer_id = peer_id
         self.host, self.port = host, port
         self.queue: collections.deque[bytes] = collections.deque()
-        self.hello = hello
+        self.my_id = my_id
+        self._secret = secret
         self.task: asyncio.Task | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.dropped = 0
+        self.auth_failures = 0
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Prove our membership to the peer and check its proof (``nuwa.peer_auth``)."""
+        n_mine = secrets.token_bytes(peer_auth.NONCE_BYTES)
+        writer.write(frame(peer_auth.hello(self.my_id, n_mine)))
+        got = await read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX)
+        n_theirs = peer_auth.open_challenge(self._secret, got, self.my_id, self.peer_id, n_mine)
+        writer.write(frame(peer_auth.proof(self._secret, self.my_id, self.peer_id, n_mine,
+                                           n_theirs)))
 
     async def run(self) -> None:
         backoff = 0.05
@@ -96,9 +123,25 @@ class _Peer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
                 continue
+            try:
+                await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_TIMEOUT_S)
+            except (peer_auth.PeerAuthFailed, FrameError, OSError, ConnectionError,
+                    asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+                # Not our peer, not of this cluster, or it refused us (not yet a member):
+                # back off and try again, without resetting the backoff.
+                self.auth_failures += 1
+                if self.auth_failures & (self.auth_failures - 1) == 0:  # 1, 2, 4, ...: rate-limited
+                    logger.warning("replica %s: peer handshake with replica %s at %s:%s failed "
+                                   "(%s times): %s", self.my_id, self.peer_id, self.host,
+                                   self.port, self.auth_failures, type(e).__name__ + ": " + str(e))
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
+                continue
             backoff = 0.05
             try:
-                writer.write(frame(self.hello))
                 if self.queue:
                     self._write(writer, list(self.queue))
                     self.queue.clear()
@@ -143,17 +186,27 @@ class Transport:
     """One listening socket per replica; peers and clients both connect to it."""
 
     def __init__(self, replica_id: int,
-                 on_peer_message: Callable[[bytes], None],
-                 on_client: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]):
+                 on_peer_message: Callable[[int, bytes], None],
+                 on_client: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                 peer_secret: bytes | None = None,
+                 is_member: Callable[[int], bool] = lambda peer_id: False):
+        """``on_peer_message(peer_id, payload)`` gets each frame of an authenticated peer;
+        ``is_member(peer_id)`` says whether a peer may connect now; ``peer_secret`` None:
+        ``PROCESS_PEER_SECRET``."""
         self.replica_id = replica_id
         self.on_peer_message = on_peer_message
         self.on_client = on_client
+        self._secret = peer_auth.check_secret(
+            PROCESS_PEER_SECRET if peer_secret is None else peer_secret)
+        self.is_member = is_member
         self.peers: dict[int, _Peer] = {}
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self._accepted: set[asyncio.StreamWriter] = set()
+        self.peer_auth_failures = 0  # incoming peer handshakes refused
+        self.peer_frame_errors = 0  # authenticated peer connections cut by a broken frame
 
-    async def listen(self, host: str = "0.0.0.0", port: int = 0) -> int:
+    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.server = await asyncio.start_server(self._accept, host, port)
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
@@ -168,7 +221,7 @@ class Transport:
                 continue
             if old is not None and old.task is not None:
                 old.task.cancel()
-            p = _Peer(pid, host, port, b"P" + struct.pack("<I", self.replica_id))
+            p = _Peer(pid, host, port, self.replica_id, self._secret)
             p.task = asyncio.get_running_loop().create_task(p.run())
             self.peers[pid] = p
 
@@ -190,10 +243,10 @@ class Transport:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._accepted.add(writer)
         try:
-            hello = await asyncio.wait_for(read_frame(reader), CONNECT_TIMEOUT_S * 5)
+            hello = await asyncio.wait_for(read_frame(reader, HELLO_BYTES_MAX),
+                                           CONNECT_TIMEOUT_S * 5)
             if hello[:1] == b"P":
-                while True:
-                    self.on_peer_message(await read_frame(reader))
+                await self._serve_peer(hello, reader, writer)
             elif hello[:1] == b"C":
                 await self.on_client(reader, writer)
             else:
@@ -205,6 +258,47 @@ class Transport:
         finally:
             self._accepted.discard(writer)
             writer.close()
+
+    async def _authenticate(self, hello: bytes, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> int:
+        """The id the dialling peer proved (``nuwa.peer_auth``); PeerAuthFailed otherwise."""
+        peer_id, n_theirs = peer_auth.parse_hello(hello)
+        if peer_id == self.replica_id or not self.is_member(peer_id):
+            raise peer_auth.PeerAuthFailed(f"replica {peer_id} is not a current member")
+        n_mine = secrets.token_bytes(peer_auth.NONCE_BYTES)
+        writer.write(frame(peer_auth.challenge(self._secret, self.replica_id, peer_id, n_theirs,
+                                               n_mine)))
+        got = await read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX)
+        peer_auth.check_proof(self._secret, got, peer_id, self.replica_id, n_theirs, n_mine)
+        return peer_id
+
+    async def _serve_peer(self, hello: bytes, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        try:
+            peer_id = await asyncio.wait_for(self._authenticate(hello, reader, writer),
+                                             HANDSHAKE_TIMEOUT_S)
+        except (peer_auth.PeerAuthFailed, FrameError, asyncio.TimeoutError,
+                asyncio.IncompleteReadError) as e:
+            self.peer_auth_failures += 1
+            n = self.peer_auth_failures
+            if n & (n - 1) == 0:  # 1, 2, 4, ...: a flood of bad handshakes cannot flood the log
+                peer = writer.get_extra_info("peername")
+                logger.warning("replica %s refused a peer connection from %s (%s refused so "
+                               "far): %s: %s", self.replica_id, peer, n, type(e).__name__, e)
+            return
+        while True:
+            try:
+                payload = await read_frame(reader)
+            except FrameError as e:  # the stream is out of step: only a new connection helps
+                self.peer_frame_errors += 1
+                logger.warning("replica %s: dropping the connection of replica %s: %s",
+                               self.replica_id, peer_id, e)
+                return
+            try:
+                self.on_peer_message(peer_id, payload)
+            except Exception:  # the handler never raises; if it does, one message is lost
+                logger.exception("replica %s: handling a message of replica %s failed",
+                                 self.replica_id, peer_id)
 
     async def close(self) -> None:
         """Stop listening and drop every connection, in and out."""

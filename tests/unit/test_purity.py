@@ -24,6 +24,8 @@ PURE_CORE_MODULES = [
     "nuwa.raft_progress",
     "nuwa.raft_types",
     "nuwa.codec",
+    "nuwa.peer_auth",
+    "nuwa.peer_guard",
     "nuwa.tree",
     "nuwa.paths",
     "nuwa.commands",
