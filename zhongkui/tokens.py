@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -38,8 +39,25 @@ def _b64e(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+# The last character of an unpadded base64url text of length 4k+2 / 4k+3 carries 4 / 2
+# unused bits; they must be zero, or two texts would decode to the same bytes.
+_LAST_2 = frozenset("AQgw")                         # 4 low bits zero
+_LAST_3 = frozenset("AEIMQUYcgkosw048")             # 2 low bits zero
+
+
 def _b64d(s: str) -> bytes:
-    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    """Strict base64url without padding: the alphabet only, no '=', no whitespace, zero
+    unused bits, so exactly one text decodes to given bytes (a token is not malleable)."""
+    if not isinstance(s, str) or not _B64URL.fullmatch(s):
+        raise ValueError("not unpadded base64url (A-Z a-z 0-9 - _ only)")
+    rest = len(s) % 4
+    if rest == 1 or (rest == 2 and s[-1] not in _LAST_2) or (rest == 3 and s[-1] not in _LAST_3):
+        raise ValueError("not canonical base64url (bad length or non-zero unused bits)")
+    out = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    if _b64e(out) != s:  # belt and braces: the only text for these bytes
+        raise ValueError("not canonical base64url")
+    return out
 
 
 @dataclass(frozen=True)
@@ -117,13 +135,16 @@ class Keyring:
         if len(token) > TOKEN_BYTES_MAX:
             raise Malformed(f"a token of {len(token)} bytes; at most {TOKEN_BYTES_MAX}")
         head, dot, sig = token.partition(".")
-        if not dot or not head or not sig:
+        if not dot or not head or not sig or "." in sig:
             raise Malformed("a token has two base64url parts joined by '.'")
         try:
             body, mac = _b64d(head), _b64d(sig)
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise Malformed("a token part is not base64url JSON") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise Malformed("a token part is not canonical unpadded base64url JSON") from None
+        if len(mac) != hashlib.sha256().digest_size:
+            raise Malformed(f"a token's signature is {len(mac)} bytes; expected "
+                            f"{hashlib.sha256().digest_size}")
         if not isinstance(payload, dict) or payload.get("v") != TOKEN_FORMAT:
             raise Malformed(f"token format {payload.get('v') if isinstance(payload, dict) else '?'!r};"
                             f" this side reads {TOKEN_FORMAT}")
