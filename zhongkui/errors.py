@@ -28,6 +28,11 @@ class UnknownKey(BadCredentials):
     pass
 
 
+class Revoked(BadCredentials):
+    """A token that verified but no longer counts: its user was removed (or removed and
+    re-created), or the key that signed it was revoked (``fuxi rotate-keys --revoke-old``)."""
+
+
 class Denied(ZhongkuiError):
     """An authenticated caller without the permission asked for."""
 

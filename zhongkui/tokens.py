@@ -23,16 +23,18 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
-from zhongkui.errors import BadInput, BadSignature, Expired, Malformed, UnknownKey
+from zhongkui.errors import BadInput, BadSignature, Expired, Malformed, Revoked, UnknownKey
 
 TOKEN_FORMAT = 1
 KEY_BYTES = 32
 TOKEN_BYTES_MAX = 4096
 TTL_S_DEFAULT = 12 * 3600.0
 TTL_S_MAX = 30 * 24 * 3600.0
-KEYS_KEPT_MAX = 16            # keys a keyring holds (current + rotated-out, still verifying)
+KEYS_KEPT_MAX = 16            # keys a keyring holds (current + rotated-out, still verifying);
+#                               a rotation at the limit retires the oldest rotated-out key
+REVOKED_KEYS_KEPT_MAX = 256   # ids of revoked keys remembered (refused with Revoked)
 GROUPS_PER_TOKEN_MAX = 64
-CLOCK_SKEW_S = 60.0           # a token issued up to this far in the future is accepted
+CLOCK_SKEW_S = 60.0           # slack on a token's lifetime (exp - iat) for rounding
 
 
 def _b64e(b: bytes) -> str:
@@ -69,6 +71,7 @@ class Claims:
     key_id: str
     token_id: str
     scope: dict | None = None
+    gen: str = ""               # the user's generation when signed (a re-created user differs)
 
 
 @dataclass
@@ -76,6 +79,8 @@ class Keyring:
     keys: dict[str, bytes] = field(default_factory=dict)   # kid -> secret
     current: str = ""
     rotated_at: dict[str, float] = field(default_factory=dict)  # kid -> when it stopped signing
+    revoked: list[str] = field(default_factory=list)  # kids refused outright (newest last)
+    evicted: list[str] = field(default_factory=list)  # retired by the last rotate (not kept)
 
     @classmethod
     def new(cls) -> "Keyring":
@@ -84,13 +89,20 @@ class Keyring:
         return k
 
     def rotate(self, now: float) -> str:
-        """A new signing key; the old ones still verify until ``retire``."""
-        if len(self.keys) >= KEYS_KEPT_MAX:
-            raise BadInput(f"{len(self.keys)} keys kept (KEYS_KEPT_MAX); retire old ones first")
+        """A new signing key; the old ones still verify until ``retire``. At KEYS_KEPT_MAX
+        the oldest rotated-out keys are retired first (``evicted`` names them): rotating more
+        often than KEYS_KEPT_MAX times per token lifetime ends the oldest tokens early, it
+        never fails."""
+        self.evicted = []
+        while len(self.keys) >= KEYS_KEPT_MAX and self.rotated_at:
+            oldest = min(self.rotated_at, key=lambda k: (self.rotated_at[k], k))
+            self.keys.pop(oldest, None)
+            self.rotated_at.pop(oldest, None)
+            self.evicted.append(oldest)
         if self.current:
             self.rotated_at[self.current] = now
         kid = secrets.token_hex(4)
-        while kid in self.keys:
+        while kid in self.keys or kid in self.revoked:
             kid = secrets.token_hex(4)
         self.keys[kid] = os.urandom(KEY_BYTES)
         self.current = kid
@@ -105,9 +117,27 @@ class Keyring:
             self.rotated_at.pop(k, None)
         return gone
 
+    def revoke_old(self) -> list[str]:
+        """Every key but the current one stops verifying at once (after a leak): their
+        tokens are refused with Revoked."""
+        gone = sorted(k for k in self.keys if k != self.current)
+        self.revoke(gone)
+        return gone
+
+    def revoke(self, kids) -> None:
+        """Refuse these key ids from now on (the current key cannot be revoked here)."""
+        for k in kids:
+            if not isinstance(k, str) or k == self.current:
+                continue
+            self.keys.pop(k, None)
+            self.rotated_at.pop(k, None)
+            if k not in self.revoked:
+                self.revoked.append(k)
+        del self.revoked[:-REVOKED_KEYS_KEPT_MAX]
+
     # ------------------------------------------------------------ tokens
     def sign(self, user: str, groups=(), now: float = 0.0, ttl_s: float = TTL_S_DEFAULT,
-             scope: dict | None = None) -> str:
+             scope: dict | None = None, gen: str = "") -> str:
         if not isinstance(user, str) or not user:
             raise BadInput("a token needs a user name")
         if not 0 < ttl_s <= TTL_S_MAX:
@@ -120,6 +150,8 @@ class Keyring:
                    "iat": now, "exp": now + ttl_s, "jti": secrets.token_hex(8)}
         if scope is not None:
             payload["scope"] = scope
+        if gen:
+            payload["gen"] = str(gen)
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         mac = hmac.new(self.keys[self.current], body, hashlib.sha256).digest()
         token = f"{_b64e(body)}.{_b64e(mac)}"
@@ -148,7 +180,11 @@ class Keyring:
         if not isinstance(payload, dict) or payload.get("v") != TOKEN_FORMAT:
             raise Malformed(f"token format {payload.get('v') if isinstance(payload, dict) else '?'!r};"
                             f" this side reads {TOKEN_FORMAT}")
-        key = self.keys.get(payload.get("kid")) if isinstance(payload.get("kid"), str) else None
+        kid = payload.get("kid")
+        key = self.keys.get(kid) if isinstance(kid, str) else None
+        if key is None and kid in self.revoked:
+            raise Revoked("the token was signed by a key that was revoked (`fuxi rotate-keys "
+                          "--revoke-old`); log in again")
         if key is None:
             raise UnknownKey("the token was signed by a key this cluster does not have "
                              "(retired, or another cluster's)")
@@ -162,17 +198,22 @@ class Keyring:
             raise Malformed("a signed token missing sub, grp, iat or exp") from None
         if now >= exp:
             raise Expired(f"the token expired {now - exp:.0f}s ago; log in again")
-        if iat > now + CLOCK_SKEW_S:
-            raise Malformed("the token was issued in the future")
+        # No check of iat against this clock: a signed iat is ours, and a wall clock stepped
+        # back (NTP, an operator) must not log everybody out. The lifetime stays bounded.
+        if not exp - iat <= TTL_S_MAX + CLOCK_SKEW_S:
+            raise Malformed(f"a token living {exp - iat:.0f}s; at most {TTL_S_MAX:g}")
+        gen = payload.get("gen", "")
         return Claims(user, groups, iat, exp, payload["kid"], str(payload.get("jti", "")),
-                      payload.get("scope"))
+                      payload.get("scope"), gen if isinstance(gen, str) else "")
 
     # ------------------------------------------------------------ persistence
     def to_doc(self) -> dict:
         return {"current": self.current, "rotated_at": self.rotated_at,
-                "keys": {k: _b64e(v) for k, v in self.keys.items()}}
+                "keys": {k: _b64e(v) for k, v in self.keys.items()},
+                "revoked": list(self.revoked)}
 
     @classmethod
     def from_doc(cls, doc: dict) -> "Keyring":
         return cls({k: _b64d(v) for k, v in doc["keys"].items()}, doc["current"],
-                   {k: float(v) for k, v in doc.get("rotated_at", {}).items()})
+                   {k: float(v) for k, v in doc.get("rotated_at", {}).items()},
+                   [str(k) for k in doc.get("revoked", ())][-REVOKED_KEYS_KEPT_MAX:])
