@@ -72,20 +72,22 @@ class Group:
             max_restarts=0,
         ).remote(rid, [] if join else self.voters, self.replica_dir(rid), self.config,
                  rejoin and not join, self.auth)
-        addr = tuple(ray.get(handle.start.remote(old_port), timeout=START_TIMEOUT_S))
+        addr = tuple(ray.get(handle.start.remote(old_port, cred=self._token()()),
+                             timeout=START_TIMEOUT_S))
         self.handles[rid] = handle
         self.addresses[rid] = addr
         return addr
 
     def publish_peers(self) -> None:
-        ray.get([h.set_peers.remote(self.addresses) for h in self.handles.values()],
+        tok = self._token()()
+        ray.get([h.set_peers.remote(self.addresses, cred=tok) for h in self.handles.values()],
                 timeout=START_TIMEOUT_S)
 
     def stop_replica(self, rid: int, kill: bool = True) -> None:
         h = self.handles.pop(rid, None)
         if h is not None:
             if not kill:
-                ray.get(h.stop.remote(), timeout=START_TIMEOUT_S)
+                ray.get(h.stop.remote(cred=self._token()()), timeout=START_TIMEOUT_S)
             ray.kill(h, no_restart=True)
 
     def to_dict(self) -> dict:

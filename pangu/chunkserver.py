@@ -237,8 +237,9 @@ class ChunkServer:
                          f"{sc.get('mode')!r}, not this chunk in mode {mode!r}")
 
     # ------------------------------------------------------------ control
-    async def start(self, masters: list[str]) -> dict:
+    async def start(self, masters: list[str], cred: str | None = None) -> dict:
         """Start heartbeating to ``masters`` (actor names) and scrubbing; returns ``info``."""
+        await self._platform(cred, "start a chunkserver")  # issue 14, defect 8
         self.masters = list(masters)
         if not self._tasks:
             self._tasks = [asyncio.get_running_loop().create_task(self._heartbeat_loop()),
@@ -598,8 +599,10 @@ class ChunkServer:
         self.replicas[cid].written_at = time.monotonic()
         return length
 
-    def corrupt_for_test(self, cid: str, offset: int) -> str:
-        """Flip one bit of a replica's data file behind its checksum (fault tests)."""
+    async def corrupt_for_test(self, cid: str, offset: int, cred: str | None = None) -> str:
+        """Flip one bit of a replica's data file behind its checksum (fault tests; the
+        platform only when access control is on)."""
+        await self._platform(cred, "corrupt a chunk")
         r = self._replica(cid)
         with open(r.file.data_path, "r+b") as f:
             f.seek(offset)

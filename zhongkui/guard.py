@@ -422,3 +422,36 @@ class Guard:
                                                 "detail": f"at {self.name}: {detail}"})
         except Exception:  # noqa: BLE001 - the trail must not break the answer
             pass
+
+
+# ---------------------------------------------------------------- actor methods (defect 8)
+# Ray does not say who called an actor method: every method that changes state takes a
+# credential and checks it with one of these (deny by default). docs/zhongkui.md lists them.
+
+def require_platform(guard: "Guard | None", cred, what: str, admin_ok: bool = False):
+    """The caller of an actor method must be one of the platform's own actors (or, with
+    ``admin_ok``, an administrator with an unscoped token); BadCredentials or Denied
+    otherwise. Nothing is asked when ``guard`` is off (every caller is the operator)."""
+    if guard is None or not guard.enabled:
+        return None
+    who = guard.identify(cred)
+    if who.platform or (admin_ok and who.admin and who.scope is None):
+        return who
+    guard.report_denial(who.user, what, f"actor:{guard.name}",
+                        "not a platform actor" + (" nor an administrator" if admin_ok else ""))
+    raise Denied(f"user {who.user!r} may not {what}: the platform's own actors only"
+                 + (" (or an administrator)" if admin_ok else ""))
+
+
+def require_capability(expected: str, given, what: str) -> None:
+    """A per-job (or per-replica) call: the caller must present the token this actor was
+    created with (its job's scoped token), compared in constant time. Nothing is asked when
+    the actor has none (access control off)."""
+    import hmac
+
+    if not expected:
+        return
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Denied(f"{what}: only the job's own master and workers may call this "
+                     f"(the call did not carry the job's token)")
+
