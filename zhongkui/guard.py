@@ -221,7 +221,7 @@ class Guard:
         current groups (a token's groups are what they were when it was signed)."""
         if not self.enabled or who is LOCAL_OPERATOR:
             return who
-        if self.cut_off:
+        if self.cut_off and not who.platform:  # FuxiMaster's push must still get through
             raise Revoked(f"this entry point ({self.name}) is waiting for the cluster's new "
                           f"keys: {self.cut_off}")
         if self.keyring is not None and who.key_id and who.key_id in self.keyring.revoked:
