@@ -307,7 +307,7 @@ class PanguMaster:
             return ""
         return self.guard.keyring.sign(who.user, (), now=time.time(), ttl_s=CHUNK_ACCESS_TTL_S,
                                        scope={"kind": "chunk", "id": cid, "mode": mode},
-                                       gen=who.gen)  # revoked with its user (defect 5)
+                                       gen=self.guard.chunk_gen(who))  # revoked with its user
 
     def _owner_name(self, who, given: str) -> str:
         return who.user if self.guard.enabled else given

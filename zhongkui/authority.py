@@ -294,7 +294,9 @@ class Authority:
         ident = self._identities.get(c.user)
         if ident is None:
             raise Revoked(f"user {c.user!r} no longer exists")
-        if ident["gen"] != c.gen:
+        want = ident["gen"] if (c.scope or {}).get("kind") != "chunk" else \
+            f"{ident['gen']}/{ident.get('gv', 0)}"
+        if want != c.gen:
             raise Revoked(f"the token belongs to an earlier account named {c.user!r} "
                           f"(removed since); log in again")
         return replace(who, groups=tuple(sorted(ident["groups"])))

@@ -61,6 +61,7 @@ class Directory:
         if doc is None:
             raise BadInput(f"no user {name!r}")
         doc["groups"] = self._groups(groups)
+        doc["gv"] = int(doc.get("gv", 0)) + 1  # chunk access tokens of the old groups end
         self.store.put(KEY + name, doc)
         return self.public(doc)
 
@@ -84,7 +85,8 @@ class Directory:
         except BadInput:
             return None
         return None if doc is None else {"gen": doc.get("gen", ""),
-                                         "groups": list(doc.get("groups", ()))}
+                                         "groups": list(doc.get("groups", ())),
+                                         "gv": int(doc.get("gv", 0))}
 
     def identities(self) -> dict[str, dict]:
         """Every user's ``{"gen", "groups"}``: what the guards check tokens against."""
@@ -93,7 +95,8 @@ class Directory:
             doc = self.store.get(k)
             if doc:
                 out[doc["name"]] = {"gen": doc.get("gen", ""),
-                                    "groups": list(doc.get("groups", ()))}
+                                    "groups": list(doc.get("groups", ())),
+                                    "gv": int(doc.get("gv", 0))}
         return out
 
     def list_users(self) -> list[dict]:
@@ -102,7 +105,7 @@ class Directory:
     @staticmethod
     def public(doc: dict) -> dict:
         """A user's record without its password hash (nor its generation)."""
-        return {k: v for k, v in doc.items() if k not in ("password", "gen")}
+        return {k: v for k, v in doc.items() if k not in ("password", "gen", "gv")}
 
 
 _DUMMY = hash_password("not-a-real-password")

@@ -129,8 +129,9 @@ class Guard:
         self._report_at = monotonic()
         self.reports_suppressed = 0  # denials not sent (over REPORTS_PER_S_MAX), not yet told
         self.counters = {"allowed": 0, "denied": 0, "bad_credentials": 0, "revoked": 0}
-        # user -> (generation, current groups); None until learned (then not checked)
-        self.users: dict[str, tuple[str, tuple[str, ...]]] | None = None
+        # user -> (generation, current groups, groups version); None until learned (then
+        # not checked)
+        self.users: dict[str, tuple[str, tuple[str, ...], int]] | None = None
         self.cut_off = ""  # why this guard's own proof is refused (its keys were revoked)
         self._refresh_started = float("-inf")
 
@@ -176,7 +177,8 @@ class Guard:
         """``{"users": {name: {"gen", "groups"}}, "revoked_keys": [kid]}``."""
         users = ids.get("users")
         if isinstance(users, dict):
-            self.users = {str(u): (str(d.get("gen", "")), tuple(sorted(d.get("groups", ()))))
+            self.users = {str(u): (str(d.get("gen", "")), tuple(sorted(d.get("groups", ()))),
+                                   int(d.get("gv", 0)))
                           for u, d in users.items() if isinstance(d, dict)}
         revoked = ids.get("revoked_keys")
         if self.keyring is not None and isinstance(revoked, list):
@@ -215,6 +217,12 @@ class Guard:
         except Exception:  # noqa: BLE001 - timed out or failed: decide on what is known
             pass
 
+    def chunk_gen(self, who: Principal) -> str:
+        """What a chunk access token for ``who`` carries as its generation: the account's
+        and its groups' version, so the token ends when either changes."""
+        rec = (self.users or {}).get(who.user)
+        return f"{rec[0]}/{rec[2]}" if rec is not None else who.gen
+
     def current(self, who: Principal) -> Principal:
         """``who`` as the directory has them now: Revoked when the user is gone, was
         re-created, or the key that signed the token was revoked; else with the user's
@@ -231,7 +239,10 @@ class Guard:
         rec = self.users.get(who.user)
         if rec is None:
             raise Revoked(f"user {who.user!r} no longer exists")
-        gen, groups = rec
+        gen, groups, gv = rec
+        if (who.scope or {}).get("kind") == "chunk":
+            # A chunk access token was decided on the groups of its day: it ends with them.
+            gen = f"{gen}/{gv}"
         if who.gen != gen:
             raise Revoked(f"the token belongs to an earlier account named {who.user!r} "
                           f"(removed since); log in again")

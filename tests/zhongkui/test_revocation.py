@@ -275,3 +275,30 @@ def test_actor_method_checks_deny_by_default(tmp_path):
     for bad in (None, "", "job-token=", "other", 7):
         with pytest.raises(Denied):
             require_capability("job-token", bad, "exchange")
+
+
+def test_chunk_access_tokens_end_with_the_account_or_groups_they_were_decided_on(tmp_path):
+    """What a chunkserver checks: an access token minted while the user was an
+    administrator (or in the group that granted the read) stops working once that ends."""
+    w = World(tmp_path)
+    w.a.add_user(w.admin, "bob", "bobs-password", ["admins"])
+    bob = w.a.login("bob", "bobs-password")
+
+    async def go():
+        who = await w.g.aidentify(bob)
+        access = w.a.keyring.sign("bob", (), now=w.wall.t, ttl_s=600, gen=w.g.chunk_gen(who),
+                                  scope={"kind": "chunk", "id": "c1", "mode": "r"})
+        assert (await w.g.aidentify(access)).scope["id"] == "c1"
+        w.a.set_groups(w.admin, "bob", [])
+        w.later(REVOKE_WITHIN_S)
+        with pytest.raises(Revoked):
+            await w.g.aidentify(access)
+        who = await w.g.aidentify(bob)  # a fresh one works, until the account goes
+        access = w.a.keyring.sign("bob", (), now=w.wall.t, ttl_s=600, gen=w.g.chunk_gen(who),
+                                  scope={"kind": "chunk", "id": "c1", "mode": "r"})
+        assert (await w.g.aidentify(access)).user == "bob"
+        w.a.remove_user(w.admin, "bob")
+        w.later(REVOKE_WITHIN_S)
+        with pytest.raises(Revoked):
+            await w.g.aidentify(access)
+    w.run(go())
