@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
 from zhongkui.acl import ADMIN_GROUP, PLATFORM_GROUP, Decision, Entry, decide
-from zhongkui.errors import BadCredentials, Denied, Revoked, UnknownKey
+from zhongkui.errors import BadCredentials, Denied, Revoked, UnknownKey, UnknownUser
 from zhongkui.tokens import Keyring
 
 log = logging.getLogger("zhongkui.guard")
@@ -238,13 +238,13 @@ class Guard:
             return who
         rec = self.users.get(who.user)
         if rec is None:
-            raise Revoked(f"user {who.user!r} no longer exists")
+            raise UnknownUser(f"user {who.user!r} no longer exists")
         gen, groups, gv = rec
         if (who.scope or {}).get("kind") == "chunk":
             # A chunk access token was decided on the groups of its day: it ends with them.
             gen = f"{gen}/{gv}"
         if who.gen != gen:
-            raise Revoked(f"the token belongs to an earlier account named {who.user!r} "
+            raise UnknownUser(f"the token belongs to an earlier account named {who.user!r} "
                           f"(removed since); log in again")
         return who if groups == who.groups else replace(who, groups=groups)
 
@@ -314,11 +314,24 @@ class Guard:
     async def aidentify(self, token) -> Principal:
         """``identify``, on identities confirmed within REVOCATION_CONFIRM_S, fetching the
         keyring again when the token's key is new to us."""
+        try:
+            who = await self._identify_fetching_keys(token)
+        except UnknownUser:
+            # Removed -- or added since our last poll: ask once more (rate limited) first.
+            if not self.may_refresh_before_denial():
+                raise
+            await self.refresh_acl()
+            return self.identify(token)
+        if who.platform or not self.must_confirm():
+            return who  # the platform's own tokens end only with their key (pushed)
         await self.confirm()
+        return self.identify(token)
+
+    async def _identify_fetching_keys(self, token) -> Principal:
         try:
             return self.identify(token)
-        except UnknownKey:
-            if self.fetch_keys is None or \
+        except UnknownKey as e:
+            if isinstance(e, Revoked) or self.fetch_keys is None or \
                     self.monotonic() - self._keys_at < KEYS_FETCH_INTERVAL_S:
                 raise
             self._keys_at = self.monotonic()
@@ -370,7 +383,8 @@ class Guard:
         allowed call never waits for FuxiMaster unless its identities are older than
         REVOCATION_CONFIRM_S), and once more, awaited, before a denial."""
         before = self._acl_at
-        await self.confirm()
+        if not who.platform:
+            await self.confirm()
         just_fetched = self._acl_at != before
         d = self.decision(who, kind, resource, perm, owner)
         if d.allowed:

@@ -302,3 +302,20 @@ def test_chunk_access_tokens_end_with_the_account_or_groups_they_were_decided_on
         with pytest.raises(Revoked):
             await w.g.aidentify(access)
     w.run(go())
+
+
+def test_a_user_added_since_the_last_poll_is_not_taken_for_a_removed_one(tmp_path):
+    w = World(tmp_path)
+
+    async def go():
+        assert await w.may(w.admin, "nuwa", "/open/x", "write")  # the guard has polled
+        w.a.add_user(w.admin, "newbie", "newbies-password")
+        newbie = w.a.login("newbie", "newbies-password")
+        assert await w.may(newbie, "nuwa", "/open/x", "write")  # asks again, finds them
+        cached = w.g.identify(newbie)
+        w.a.remove_user(w.admin, "newbie")
+        w.a.add_user(w.admin, "newbie", "newbies-password")
+        w.later(REVOKE_WITHIN_S)
+        with pytest.raises(Denied, match="earlier account"):
+            await w.g.acheck(cached, "nuwa", "/open/x", "write")
+    w.run(go())
