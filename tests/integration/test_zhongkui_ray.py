@@ -160,7 +160,8 @@ def test_revocation_is_honoured_at_every_entry_point(zk):
         if got != "ok":
             problems.append(f"revoke-old: {ep} before: {got}")
     for ep, got in d["after"].items():
-        if got["result"] != "unauth":
+        # unauth on a new connection; denied where the verified caller was cached on one
+        if got["result"] not in ("unauth", "denied"):
             problems.append(f"revoke-old: {ep} {got['result']} after {got['after_s']}s")
         elif got["after_s"] > REVOKE_WITHIN_S + REVOKE_POLL_SLACK_S:
             problems.append(f"revoke-old: {ep} refused only after {got['after_s']}s")
@@ -168,6 +169,7 @@ def test_revocation_is_honoured_at_every_entry_point(zk):
         problems.append(f"revoke-old: old admin {d['old_admin']}, new login {d['new_login']}")
     assert set(r["removed"]) == {"nuwa", "pangu", "chunkserver", "fuxi", "kuafu"}
     assert not problems, "\n".join(problems)
+    print(json.dumps({k: r[k] for k in ("removed", "group", "admins")}), json.dumps(d))
 
 
 def test_platform_actor_methods_refuse_code_inside_the_cluster(zk):

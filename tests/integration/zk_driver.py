@@ -500,7 +500,10 @@ def _actor_calls(namespace, tok, other_job, pangu_status) -> dict:
     def attack(namespace, creds, other_job, chunkserver):
         from ray.util import list_named_actors
 
+        import pangu.errors as PE
         from zhongkui.errors import BadCredentials, Denied
+
+        refusals = (BadCredentials, Denied, PE.Denied, PE.Unauthenticated)  # typed, each
 
         def h(name):
             return ray.get_actor(name, namespace=namespace)
@@ -539,7 +542,7 @@ def _actor_calls(namespace, tok, other_job, pangu_status) -> dict:
                 try:
                     ray.get(fn(c), timeout=30)
                     out[f"{name} as {label}"] = "allowed"
-                except (BadCredentials, Denied) as e:
+                except refusals as e:
                     out[f"{name} as {label}"] = f"refused: {type(e).__name__}"
                 except Exception as e:  # noqa: BLE001 - anything else is a finding
                     out[f"{name} as {label}"] = f"error: {type(e).__name__}: {e}"[:200]
