@@ -139,6 +139,9 @@ class PanguMaster:
         from zhongkui.guard import require_platform
 
         require_platform(self.guard, cred, "start a Pangu master")  # issue 14, defect 8
+        return await self._start()
+
+    async def _start(self) -> dict:
         if self._tasks:
             return self.role()
         loop = asyncio.get_running_loop()
@@ -687,7 +690,7 @@ class PanguMaster:
         if not self._tasks:
             # Ray restarted this actor after its process died: chunkservers' heartbeats bring
             # it back (it recovers from the journal, or campaigns again).
-            await self.start()
+            await self._start()
         fsid = self.journal.fsid if self.journal is not None else None
         if rep.get("fsid") and fsid and rep["fsid"] != fsid:
             self.servers.pop(rep["id"], None)
