@@ -384,21 +384,13 @@ class FuxiMaster:
                     continue
             return out
 
-        found = await asyncio.to_thread(targets)  # GCS look-ups block: not on this loop
-        gate = asyncio.Semaphore(KEYS_PUSH_CONCURRENCY_MAX)
+        from zhongkui.shell import push_all
 
-        async def one(name: str, handle) -> str | None:
-            async with gate:
-                try:
-                    await asyncio.wait_for(handle.zk_set_keys.remote(proof, doc),
-                                           KEYS_PUSH_TIMEOUT_S)
-                    return None
-                except Exception as e:  # noqa: BLE001 - retried, or it fetches the keys
-                    logger.warning("could not hand the new keys to %s: %s", name,
-                                   type(e).__name__)
-                    return name
-        done = await asyncio.gather(*(one(n, h) for n, h in found))
-        return [n for n in done if n is not None]
+        found = await asyncio.to_thread(targets)  # GCS look-ups block: not on this loop
+
+        async def push(handle):
+            return await handle.zk_set_keys.remote(proof, doc)
+        return await push_all(found, push, KEYS_PUSH_CONCURRENCY_MAX, KEYS_PUSH_TIMEOUT_S)
 
     async def _push_again(self, proof: str, doc: dict, missed: list[str]) -> None:
         for _ in range(KEYS_PUSH_RETRIES_MAX):
