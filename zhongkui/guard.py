@@ -134,6 +134,7 @@ class Guard:
         self.users: dict[str, tuple[str, tuple[str, ...], int]] | None = None
         self.cut_off = ""  # why this guard's own proof is refused (its keys were revoked)
         self._refresh_started = float("-inf")
+        self._refresh_seq = 0  # refreshes started so far
 
     # ------------------------------------------------------------ keys and ACL
     def set_keys(self, doc: dict) -> None:
@@ -382,10 +383,12 @@ class Guard:
         """``check`` for async shells: stale entries are refreshed in the background (an
         allowed call never waits for FuxiMaster unless its identities are older than
         REVOCATION_CONFIRM_S), and once more, awaited, before a denial."""
-        before = self._acl_at
+        before, seq = self._acl_at, self._refresh_seq
         if not who.platform:
             await self.confirm()
-        just_fetched = self._acl_at != before
+        # Fetched for this call -- not a refresh that was already under way when it came
+        # (that one may predate a grant made just before this call).
+        just_fetched = self._acl_at != before and self._refresh_seq > seq
         d = self.decision(who, kind, resource, perm, owner)
         if d.allowed:
             if self.acl_stale():
@@ -417,6 +420,7 @@ class Guard:
                 self._refreshing = None
         self._refreshing = asyncio.get_running_loop().create_task(run())
         self._refresh_started = self.monotonic()
+        self._refresh_seq += 1
 
     async def authorize(self, token, kind: str, resource: str, perm: str,
                         owner: str | None = None) -> Principal:

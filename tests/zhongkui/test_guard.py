@@ -265,3 +265,31 @@ def test_a_key_push_is_concurrent_bounded_and_leaves_the_loop_free():
         assert peak[0] <= 8
         assert len(ticks) > 5  # the loop went on serving while the push waited
     asyncio.run(go())
+
+
+def test_a_refresh_already_under_way_does_not_hide_a_grant_made_meanwhile():
+    """A denial asks again unless the entries were fetched for this very call: a refresh
+    that was in flight when a grant was made answers with the entries from before it."""
+    from zhongkui.guard import REVOCATION_CONFIRM_S
+
+    clock = Clock()
+    ring = Keyring.new()
+    source = {"version": 1, "entries": [], "restricted": []}
+
+    async def fetch_acl(proof, have_version):
+        snapshot = dict(source)  # what the identity service had when asked
+        await asyncio.sleep(0.05)
+        return snapshot
+
+    g = Guard(auth_doc(True, ring), clock=clock, fetch_acl=fetch_acl)
+    bob = g.identify(ring.sign("bob", now=clock.t))
+
+    async def go():
+        await g.refresh_acl()
+        clock.t += REVOCATION_CONFIRM_S + 0.5
+        g.refresh_soon()  # under way (a busy guard's background refresh) ...
+        source.update(version=2, entries=[{"kind": "pangu", "resource": "/data",
+                                           "principal": "user:bob", "perms": ["read"]}])
+        # ... when the grant lands and bob's call comes
+        assert (await g.acheck(bob, "pangu", "/data/x", "read")).allowed
+    asyncio.run(go())
