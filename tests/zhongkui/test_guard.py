@@ -288,6 +288,7 @@ def test_a_refresh_already_under_way_does_not_hide_a_grant_made_meanwhile():
         await g.refresh_acl()
         clock.t += REVOCATION_CONFIRM_S + 0.5
         g.refresh_soon()  # under way (a busy guard's background refresh) ...
+        await asyncio.sleep(0)  # it has asked
         source.update(version=2, entries=[{"kind": "pangu", "resource": "/data",
                                            "principal": "user:bob", "perms": ["read"]}])
         # ... when the grant lands and bob's call comes
