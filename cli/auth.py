@@ -84,6 +84,15 @@ def user_rm(name: str, cluster: str = ClusterOpt) -> None:
     typer.echo(f"removed {name}")
 
 
+@user_app.command("groups")
+def user_groups(name: str, groups: Optional[List[str]] = typer.Option(None, "--group", "-g"),
+                cluster: str = ClusterOpt) -> None:
+    """Replace a user's groups (administrators only; no -g: no groups). Every entry point
+    decides with the new groups within revoke_within_s (5 s)."""
+    u = _call(cluster, "auth_user_groups", _token(cluster), name, list(groups or []))
+    typer.echo(f"{name}: groups {', '.join(u['groups']) or '-'}")
+
+
 @user_app.command("list")
 def user_list(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
     """Users and their groups (never their password hashes)."""
@@ -184,8 +193,15 @@ def acl_restrict(path: str = typer.Argument(..., help="A Nuwa path prefix."),
     typer.echo(f"{path} is {'open again' if undo else 'restricted'}")
 
 
-def rotate_keys(cluster: str = ClusterOpt) -> None:
+def rotate_keys(revoke_old: bool = typer.Option(
+                    False, "--revoke-old",
+                    help="After a leak: every earlier key stops verifying at once, so every "
+                         "earlier token is refused everywhere within 5 s (log in again)."),
+                cluster: str = ClusterOpt) -> None:
     """A new signing key (administrators only); tokens signed before stay valid until they
-    expire."""
-    kid = _call(cluster, "auth_rotate", _token(cluster))
-    typer.echo(f"new signing key {kid}; earlier tokens stay valid until they expire")
+    expire, unless --revoke-old."""
+    kid = _call(cluster, "auth_rotate", _token(cluster), revoke_old)
+    if revoke_old:
+        typer.echo(f"new signing key {kid}; every earlier key is revoked: log in again")
+    else:
+        typer.echo(f"new signing key {kid}; earlier tokens stay valid until they expire")

@@ -105,6 +105,7 @@ class JobMaster:
         self._last_tick = 0.0
         self._nodes_alive: tuple[float, set] = (0.0, set())
         self._finalized: dict | None = None
+        self._started = False
 
     # ------------------------------------------------------------ public calls
 
@@ -118,15 +119,25 @@ class JobMaster:
             st.update(state=JobState.RUNNING.value, finishing=True)
         return st
 
-    def cancel(self, reason: str = "cancelled by user") -> dict:
+    def cancel(self, reason: str = "cancelled by user", cred: str | None = None) -> dict:
+        from zhongkui.guard import require_capability
+
+        require_capability(self.token, cred, f"cancel job {self.job_id}")  # FuxiMaster only
         self._cancel_reason = reason
         return {"job_id": self.job_id, "cancelling": True}
 
     def story(self, task: str, instance: int) -> list[str]:
         return self.core.story(task, instance)
 
-    async def run(self) -> dict:
-        """Drive the job to its end; returns the final status."""
+    async def run(self, cred: str | None = None) -> dict:
+        """Drive the job to its end; returns the final status (FuxiMaster starts it once,
+        with the job's token)."""
+        from zhongkui.guard import require_capability
+
+        require_capability(self.token, cred, f"run job {self.job_id}")
+        if self._started:
+            raise RuntimeError(f"job {self.job_id} is running already")
+        self._started = True
         try:
             await self._loop()
             await self._finish()
@@ -327,10 +338,11 @@ class JobMaster:
             if res.get("ok") and res.get("parts"):
                 a = self.core.attempts.get(key)
                 if a is None or a.state.value in ("killed", "failed", "lost"):
-                    s.handle.drop_outputs.remote([key])  # a loser: nobody will read it
+                    s.handle.drop_outputs.remote([key], cred=self.token)  # a loser: nobody will read it
                     continue
                 n = len(res["parts"])
-                refs = s.handle.take_outputs.options(num_returns=n + 1).remote(key)
+                refs = s.handle.take_outputs.options(num_returns=n + 1).remote(key,
+                                                                             cred=self.token)
                 s.take[refs[0]] = (res, refs[1:], now)
                 continue
             finished.append(jc.AttemptResult(
@@ -375,7 +387,7 @@ class JobMaster:
                 if s.front or s.skip:  # urgent: don't wait for the in-flight exchange
                     front, s.front = s.front, []
                     skip, s.skip = s.skip, []
-                    s.handle.control.remote(front, skip)  # failures surface via the exchange
+                    s.handle.control.remote(front, skip, cred=self.token)  # failures surface via the exchange
                 continue
             w = self.core.workers.get(wid)
             if w is None or w.dead:
@@ -387,7 +399,8 @@ class JobMaster:
                 push, s.outbox = s.outbox, []
                 front, s.front = s.front, []
                 skip, s.skip = s.skip, []
-                s.exchange = s.handle.exchange.remote(push, skip, EXCHANGE_WAIT_S, front)
+                s.exchange = s.handle.exchange.remote(push, skip, EXCHANGE_WAIT_S, front,
+                                                      cred=self.token)
                 s.exchange_at = now
 
     def _worker_options(self, node_id: str, shape: dict[str, float]) -> dict[str, Any]:
@@ -494,7 +507,8 @@ class JobMaster:
         demands = {k: {"shape": shape, "wanted": n} for k, (shape, n) in self.core.demands().items()}
         releases, self.releases = self.releases, []
         self.sync_ref = self.master.sync.remote(self.job_id, self.core.plan.priority, demands,
-                                                releases, sorted(self.core.bad_nodes))
+                                                releases, sorted(self.core.bad_nodes),
+                                                cred=self.token)
         self._sync_releases = releases
         self.last_sync = time.time()
 

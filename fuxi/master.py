@@ -43,6 +43,9 @@ WORKERS_PER_NODE_MAX = 64  # worker slots granted on one node, all jobs together
 JOB_TOKEN_TTL_S = 7 * 24 * 3600.0      # a job's instances act as its submitter this long
 SERVICE_TOKEN_TTL_S = 30 * 24 * 3600.0  # a replica's token (renewed at every (re)start)
 KEYS_PUSH_TIMEOUT_S = 10.0  # per platform actor, after a key rotation
+KEYS_PUSH_CONCURRENCY_MAX = 32  # pushes in flight at once (each awaited, none blocking)
+KEYS_PUSH_RETRIES_MAX = 5       # an actor that missed the push is retried this often...
+KEYS_PUSH_RETRY_S = 5.0         # ...this far apart, in the background
 SERVICE_PRIORITY = 1000  # online replicas come before every batch job (priorities 0..100)
 
 
@@ -98,6 +101,7 @@ class FuxiMaster:
         self.submit_seq: dict[str, int] = {}
         self.seq = 0
         self.jobmasters: dict[str, Any] = {}
+        self._job_tokens: dict[str, str] = {}  # job -> its scoped token (JobMaster's calls)
         self.runs: dict[str, Any] = {}
         self.requests: dict[str, str] = {}
         self.job_owners: dict[str, str] = {}  # job -> the user who submitted it
@@ -136,9 +140,12 @@ class FuxiMaster:
                     self.ledger.release(did, node, n)
         self.nodes, self.node_info, self.nodes_at = nodes, info, now
 
-    async def supervise(self) -> None:
+    async def supervise(self, cred: str | None = None) -> None:
         """Start the Nuwa supervision loop and the service manager (idempotent; called when
-        the master is created)."""
+        the master is created, by the platform or an administrator)."""
+        if self._supervisor is not None or (not self.nuwa_group and self.services is not None):
+            return  # running already: nothing changes, nothing to check
+        self._require(cred, "start FuxiMaster's loops", admin_ok=True)
         if self.nuwa_group and self._supervisor is None:
             self._supervisor = asyncio.get_event_loop().create_task(self._supervise_nuwa())
         self._service_manager().start()
@@ -154,6 +161,20 @@ class FuxiMaster:
                 self.store, self.keys_path, os.path.join(base, "audit.jsonl") if base else None,
                 enabled=self.auth_enabled, keyring=self.keyring)
         return self._authority
+
+    def _require(self, cred, what: str, admin_ok: bool = False):
+        """A control method of this actor: the platform's own actors (or administrators,
+        with ``admin_ok``) only, when access control is on (issue 14, defect 8)."""
+        if not self.auth_enabled:
+            return None
+        from zhongkui.guard import require_platform
+
+        a = self._auth()
+        try:
+            return require_platform(a.guard, cred, what, admin_ok=admin_ok)
+        except Exception as e:
+            a.audit.record("?", what, "fuxi-master", "denied", type(e).__name__)
+            raise
 
     def _who(self, cred):
         """The verified caller of a job or service operation."""
@@ -200,15 +221,36 @@ class FuxiMaster:
         a.check(who, "service", name, perm, owner)
         return who
 
-    def kuafu_start_node(self, node: str, cfg: dict) -> dict:
+    async def kuafu_start_node(self, node: str, cfg: dict | None = None,
+                               cred: str | None = None) -> dict:
         """A Kuafu proxy for a node that has none (one that joined after `fuxi up`), with the
-        keys only this actor and the platform's hold."""
+        keys only this actor and the platform's hold. Any signed-in caller may ask (code on
+        a new node needs its proxy), but nothing it sends is used beyond the node id: the
+        namespace and Nuwa are this cluster's, and host, settings and lifetime are copied
+        from a running proxy (a caller-chosen Nuwa address would receive a platform
+        token). ``cfg`` is ignored; it stays for older callers."""
         from kuafu import deploy
         from zhongkui.guard import auth_doc
 
-        return deploy.start(cfg["namespace"], self.nuwa or cfg["nuwa"], host=cfg["host"],
-                            nodes=[node], settings=cfg["settings"], detached=cfg["detached"],
-                            auth=auth_doc(self.auth_enabled, self.keyring))[0]
+        self._who(cred)
+        if not isinstance(node, str):
+            raise BadInput(f"node {node!r:.40}: expected a Ray node id")
+        self._refresh_nodes(force=True)
+        if node not in self.nodes:
+            raise BadInput(f"node {node[:16]!r} is not a live node of cluster {self.cluster!r}")
+        ns = ray.get_runtime_context().namespace
+        found = await asyncio.to_thread(deploy.proxies, ns)
+        if node in found:
+            return await asyncio.wait_for(found[node].info.remote(), KEYS_PUSH_TIMEOUT_S)
+        if not found:
+            raise BadInput(f"Kuafu is not running in cluster {self.cluster!r}: no proxy to copy "
+                           f"the configuration from")
+        mine = await asyncio.wait_for(next(iter(found.values())).get_config.remote(),
+                                      KEYS_PUSH_TIMEOUT_S)
+        return (await asyncio.to_thread(
+            deploy.start, ns, self.nuwa or mine["nuwa"], host=mine["host"], nodes=[node],
+            settings=mine["settings"], detached=mine["detached"],
+            auth=auth_doc(self.auth_enabled, self.keyring)))[0]
 
     def auth_mode(self) -> dict:
         return {"enabled": self.auth_enabled}
@@ -277,7 +319,10 @@ class FuxiMaster:
                       resource: str | None = None) -> dict:
         return self._auth().acl_show(token, kind, resource)
 
-    def auth_bootstrap(self) -> dict | None:
+    def auth_bootstrap(self, cred: str | None = None) -> dict | None:
+        """The first administrator's credentials, for `fuxi up` (which proves itself with a
+        platform token signed with the keys it made): nobody else may take them."""
+        self._require(cred, "create the first administrator")
         return self._auth().bootstrap()
 
     def auth_login(self, user: str, password: str) -> str:
@@ -295,43 +340,68 @@ class FuxiMaster:
     def auth_user_rm(self, token: str, name: str) -> None:
         return self._auth().remove_user(token, name)
 
+    def auth_user_groups(self, token: str, name: str, groups: list) -> dict:
+        return self._auth().set_groups(token, name, groups)
+
     def auth_passwd(self, token: str, name: str, password: str) -> None:
         return self._auth().set_password(token, name, password)
 
-    def auth_rotate(self, token: str) -> str:
+    async def auth_rotate(self, token: str, revoke_old: bool = False) -> str:
         """A new signing key. Every platform actor is handed the new keyring before anything
         is signed with the new key (proved with a token signed with the old one); an actor
-        that misses it fetches the keyring when it first meets the new key."""
+        that misses it fetches the keyring when it first meets the new key, or, after
+        ``revoke_old`` (when its own proof no longer counts), is pushed to again in the
+        background. The pushes run concurrently (at most KEYS_PUSH_CONCURRENCY_MAX in
+        flight, each bounded by KEYS_PUSH_TIMEOUT_S), never blocking this actor's loop."""
         proof = self.platform_guard.platform_token()  # signed with the key everyone has
-        kid = self._auth().rotate_keys(token)
-        self._push_keys(proof, self.keyring.to_doc())
+        kid = self._auth().rotate_keys(token, revoke_old=revoke_old)
         self.platform_guard.renew_platform_token()  # from now on signed with the new key
+        doc = self.keyring.to_doc()
+        missed = await self._push_keys(proof, doc)
+        if missed:
+            t = asyncio.get_running_loop().create_task(self._push_again(proof, doc, missed))
+            self._watchers.add(t)
+            t.add_done_callback(self._watchers.discard)
         return kid
 
-    def _push_keys(self, proof: str, doc: dict) -> list[str]:
-        from ray.util import list_named_actors
-
+    async def _push_keys(self, proof: str, doc: dict, only: list[str] | None = None) -> list[str]:
+        """Hand ``doc`` to every Nuwa replica, Pangu master, chunkserver and Kuafu proxy;
+        returns the names that did not take it."""
         from kuafu.deploy import PROXY_PREFIX
 
         ns = ray.get_runtime_context().namespace
-        refs, names = [], []
-        for a in list_named_actors(all_namespaces=True):
-            name = a["name"]
-            if a.get("namespace") != ns or not name.startswith(("nuwa-", "pangu-", PROXY_PREFIX)):
-                continue
-            try:
-                refs.append(ray.get_actor(name, namespace=ns).zk_set_keys.remote(proof, doc))
-                names.append(name)
-            except Exception:  # noqa: BLE001 - gone meanwhile
-                continue
-        missed = []
-        for name, ref in zip(names, refs):
-            try:
-                ray.get(ref, timeout=KEYS_PUSH_TIMEOUT_S)
-            except Exception as e:  # noqa: BLE001 - it fetches the keys when it needs them
-                missed.append(name)
-                logger.warning("could not hand the new keys to %s: %s", name, type(e).__name__)
-        return missed
+
+        def targets() -> list:
+            from ray.util import list_named_actors
+
+            out = []
+            for a in list_named_actors(all_namespaces=True):
+                name = a["name"]
+                if a.get("namespace") != ns or not name.startswith(
+                        ("nuwa-", "pangu-", PROXY_PREFIX)) or (only and name not in only):
+                    continue
+                try:
+                    out.append((name, ray.get_actor(name, namespace=ns)))
+                except Exception:  # noqa: BLE001 - gone meanwhile
+                    continue
+            return out
+
+        from zhongkui.shell import push_all
+
+        found = await asyncio.to_thread(targets)  # GCS look-ups block: not on this loop
+
+        async def push(handle):
+            return await handle.zk_set_keys.remote(proof, doc)
+        return await push_all(found, push, KEYS_PUSH_CONCURRENCY_MAX, KEYS_PUSH_TIMEOUT_S)
+
+    async def _push_again(self, proof: str, doc: dict, missed: list[str]) -> None:
+        for _ in range(KEYS_PUSH_RETRIES_MAX):
+            await asyncio.sleep(KEYS_PUSH_RETRY_S)
+            missed = await self._push_keys(proof, doc, only=missed)
+            if not missed:
+                return
+        logger.warning("the new keys never reached %s; they refuse every caller until they "
+                       "restart", missed)
 
     def auth_audit(self, token: str, who: str | None = None, result: str | None = None) -> list:
         return self._auth().audit_records(token, who=who, result=result)
@@ -416,14 +486,13 @@ class FuxiMaster:
 
     def _service_token(self, name: str) -> str:
         """A replica's token: it registers with Kuafu and reaches the platform as the
-        service's owner (scoped to the service)."""
-        from zhongkui.guard import Principal
-
+        service's owner (scoped to the service). Signed from the directory as it is now --
+        never from the groups stored at registration; Denied once the owner is gone."""
         doc = self.store.get(f"/service-owners/{name}") or {}
         if not doc:
             return self.platform_guard.platform_token()
-        who = Principal(doc["user"], tuple(doc.get("groups", ())))
-        return self._auth().scoped_token(who, "service", name, ttl_s=SERVICE_TOKEN_TTL_S)
+        return self._auth().scoped_token(doc["user"], "service", name,
+                                         ttl_s=SERVICE_TOKEN_TTL_S)
 
     async def _supervise_nuwa(self) -> None:
         from nuwa.group import Group
@@ -465,7 +534,18 @@ class FuxiMaster:
     # ------------------------------------------------------------ slot grants
 
     def sync(self, job_id: str, priority: int, demands: dict, releases: list,
-             avoid_nodes: list) -> dict:
+             avoid_nodes: list, cred: str | None = None) -> dict:
+        """A JobMaster's heartbeat: only that job's own token (or the platform's) may give
+        back or ask for its slots."""
+        if self.auth_enabled:
+            who = self._who(cred)
+            if not (who.platform or who.scope == {"kind": "job", "id": job_id}):
+                from zhongkui.errors import Denied
+
+                self._auth().audit.record(who.user, "sync", f"job:{job_id}", "denied",
+                                          "not the job's own token")
+                raise Denied(f"user {who.user!r} may not sync job {job_id!r}: only its own "
+                             f"JobMaster (the job's token) may")
         self._refresh_nodes()
         for shape_key, node in releases:
             did = f"{job_id}/{shape_key}"
@@ -561,7 +641,8 @@ class FuxiMaster:
         ).remote(job_id, plan, ray.get_runtime_context().current_actor,
                  os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path, token)
         self.jobmasters[job_id] = jm
-        self.runs[job_id] = jm.run.remote()
+        self._job_tokens[job_id] = token  # what its JobMaster takes calls with
+        self.runs[job_id] = jm.run.remote(token)
         watcher = asyncio.get_event_loop().create_task(self._watch(job_id))
         self._watchers.add(watcher)  # asyncio keeps only weak references to tasks
         watcher.add_done_callback(self._watchers.discard)
@@ -603,6 +684,7 @@ class FuxiMaster:
 
     def _forget(self, job_id: str) -> None:
         jm = self.jobmasters.pop(job_id, None)
+        self._job_tokens.pop(job_id, None)
         self.runs.pop(job_id, None)
         self.demands.pop(job_id, None)
         self.priorities.pop(job_id, None)
@@ -668,7 +750,8 @@ class FuxiMaster:
         if jm is None:
             st = await self._status(job_id)  # raises JobNotFound for unknown ids
             return {"job_id": job_id, "state": st.get("state"), "cancelling": False}
-        await asyncio.wait_for(jm.cancel.remote(), JOBMASTER_CALL_TIMEOUT_S)
+        await asyncio.wait_for(jm.cancel.remote(cred=self._job_tokens.get(job_id, "")),
+                               JOBMASTER_CALL_TIMEOUT_S)
         return {"job_id": job_id, "cancelling": True}
 
     async def wait(self, job_id: str, timeout_s: float, cred: str | None = None) -> dict:
@@ -695,8 +778,9 @@ class FuxiMaster:
             raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
         return read_job_logs(self.log_dir, job_id, task, instance)
 
-    def shutdown_jobs(self) -> int:
-        """Stop every running job (used by ``fuxi down``)."""
+    def shutdown_jobs(self, cred: str | None = None) -> int:
+        """Stop every running job (used by ``fuxi down``): the platform or an administrator."""
+        self._require(cred, "stop every job", admin_ok=True)
         n = 0
         for jid in list(self.jobmasters):
             st = self.store.get(f"/jobs/{jid}/status") or {"job_id": jid}

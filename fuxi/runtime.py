@@ -192,8 +192,27 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
         opts["lifetime"] = "detached"
     master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa, nuwa_group, auth)
     ray.get(master.cluster_info.remote(), timeout=ACTOR_READY_TIMEOUT_S)
-    ray.get(master.supervise.remote(), timeout=ACTOR_READY_TIMEOUT_S)
+    ray.get(master.supervise.remote(operator_proof(cluster)), timeout=ACTOR_READY_TIMEOUT_S)
     return master
+
+
+def operator_proof(cluster: str) -> str:
+    """What the operator's commands (`fuxi up`, `fuxi down`) prove themselves with to the
+    platform's control methods: a platform token signed with the cluster's keys when this
+    machine holds them (the platform's OS user), else the signed-in user's token."""
+    path = keys_path(cluster)
+    if os.path.exists(path):
+        from zhongkui.authority import load_or_create_keys
+        from zhongkui.guard import Guard, auth_doc
+
+        try:
+            return Guard(auth_doc(True, load_or_create_keys(path)),
+                         name="operator").platform_token()
+        except (OSError, ValueError, KeyError):
+            pass
+    from zhongkui import creds
+
+    return creds.token(cluster)
 
 
 def up(cluster: str = "default", address: str | None = None, num_cpus: int | None = None,
@@ -275,7 +294,8 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
         with connect(cluster, embedded_ok=False) as conn:
             import ray
 
-            creds = ray.get(conn.master.auth_bootstrap.remote(), timeout=CONNECT_TIMEOUT_S)
+            creds = ray.get(conn.master.auth_bootstrap.remote(operator_proof(cluster)),
+                            timeout=CONNECT_TIMEOUT_S)
             if creds is not None:  # the first administrator: the operator's credentials
                 write_private(os.path.join(data_dir, CREDENTIALS_FILE), json.dumps(creds))
                 write_private(os.path.join(data_dir, TOKEN_FILE), creds["token"])
@@ -488,18 +508,20 @@ def down(cluster: str = "default") -> dict:
             with connect(cluster, embedded_ok=False) as conn:
                 import ray
 
-                stopped_jobs = ray.get(conn.master.shutdown_jobs.remote(), timeout=CONNECT_TIMEOUT_S)
+                proof = operator_proof(cluster)
+                stopped_jobs = ray.get(conn.master.shutdown_jobs.remote(proof),
+                                       timeout=CONNECT_TIMEOUT_S)
                 ray.kill(conn.master, no_restart=True)
                 with contextlib.suppress(Exception):
                     from pangu import deploy
 
-                    deploy.stop(cluster)
+                    deploy.stop(cluster, token=proof)
                 with contextlib.suppress(Exception):
                     _stop_replicas(rec.namespace)  # detached: they would outlive FuxiMaster
                 with contextlib.suppress(Exception):
                     from kuafu import deploy as kuafu_deploy
 
-                    kuafu_deploy.stop(rec.namespace)  # withdraws from Nuwa before it stops
+                    kuafu_deploy.stop(rec.namespace, token=proof)  # withdraws from Nuwa first
                 _stop_nuwa(rec)
     _stop_head(rec)
     rec.remove()

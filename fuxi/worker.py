@@ -79,6 +79,7 @@ class WorkerActor:
                 sys.path.insert(0, p)
         self.job_id = job_id
         self.worker_id = worker_id
+        self._token = token  # calls that change this worker carry it (only its JobMaster)
         self._cond = threading.Condition()
         self._queue: deque = deque()
         self._skip: set = set()
@@ -104,7 +105,14 @@ class WorkerActor:
     def ping(self) -> dict:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
-    async def exchange(self, push: list, skip: list, wait_s: float, front: list = ()) -> dict:
+    def _caller(self, cred, what: str) -> None:
+        from zhongkui.guard import require_capability
+
+        require_capability(self._token, cred, f"{what} on worker {self.worker_id}")
+
+    async def exchange(self, push: list, skip: list, wait_s: float, front: list = (),
+                       cred: str | None = None) -> dict:
+        self._caller(cred, "exchange")
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._event = asyncio.Event()
@@ -157,9 +165,10 @@ class WorkerActor:
         else:
             self._skip.add(key)
 
-    def control(self, front: list, skip: list) -> None:
+    def control(self, front: list, skip: list, cred: str | None = None) -> None:
         """Urgent changes while an ``exchange`` is in flight: backups to the front of the queue,
         attempts to stop. (The JobMaster would otherwise wait for the exchange to return.)"""
+        self._caller(cred, "control")
         with self._cond:
             if len(self._queue) + len(front) > QUEUE_MAX:
                 raise RuntimeError(f"worker queue would exceed QUEUE_MAX={QUEUE_MAX}")
@@ -168,16 +177,18 @@ class WorkerActor:
             self._queue.extendleft(reversed(front))
             self._cond.notify()
 
-    def take_outputs(self, key: tuple) -> tuple:
+    def take_outputs(self, key: tuple, cred: str | None = None) -> tuple:
         """Hand over an attempt's partitions: (True, table, table, ...) — see module doc."""
+        self._caller(cred, "take outputs")
         with self._cond:
             tables = self._outputs.pop(tuple(key), None)
         if tables is None:
             raise RuntimeError(f"worker {self.worker_id} holds no output for attempt {key}")
         return (True, *tables)
 
-    def drop_outputs(self, keys: list) -> int:
+    def drop_outputs(self, keys: list, cred: str | None = None) -> int:
         """Forget outputs nobody will take (the attempt lost its race)."""
+        self._caller(cred, "drop outputs")
         with self._cond:
             return sum(1 for k in keys if self._outputs.pop(tuple(k), None) is not None)
 

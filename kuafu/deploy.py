@@ -97,7 +97,13 @@ def _actor_class():
             return self.loop.call(lambda: self.core.guard.accept_keys(proof, doc),
                                   INFO_TIMEOUT_S)
 
-        def shutdown(self) -> None:
+        def shutdown(self, cred: str | None = None) -> None:
+            from zhongkui.guard import require_platform
+
+            if self.core.guard is not None:  # the platform only (issue 14, defect 8)
+                self.loop.call(lambda: require_platform(self.core.guard, cred,
+                                                        "shut a Kuafu proxy down"),
+                               INFO_TIMEOUT_S)
             self.loop.run(self.core.stop(), INFO_TIMEOUT_S)
             self.loop.stop()
 
@@ -161,14 +167,15 @@ def proxies(namespace: str) -> dict:
     return out
 
 
-def stop(namespace: str, timeout_s: float = INFO_TIMEOUT_S) -> int:
-    """Stop every proxy in ``namespace`` (they withdraw from Nuwa first); returns how many."""
+def stop(namespace: str, timeout_s: float = INFO_TIMEOUT_S, token: str | None = None) -> int:
+    """Stop every proxy in ``namespace`` (they withdraw from Nuwa first); returns how many.
+    ``token``: a platform token for their orderly shutdown when access control is on."""
     import ray
 
     found = proxies(namespace)
     for h in found.values():
         try:
-            ray.get(h.shutdown.remote(), timeout=timeout_s)
+            ray.get(h.shutdown.remote(cred=token), timeout=timeout_s)
         except Exception:  # noqa: BLE001 - killed below either way
             pass
         ray.kill(h, no_restart=True)
@@ -197,7 +204,10 @@ def ensure_local(namespace: str, timeout_s: float = START_TIMEOUT_S) -> str:
         from fuxi.runtime import MASTER_NAME
 
         master = ray.get_actor(MASTER_NAME, namespace=namespace)
-        return ray.get(master.kuafu_start_node.remote(node, cfg), timeout=timeout_s)["uds"]
+        from zhongkui import creds
+
+        return ray.get(master.kuafu_start_node.remote(node, None, creds.token()),
+                       timeout=timeout_s)["uds"]
     # Detached like the others when they are (a worker that started it may exit).
     return start(namespace, cfg["nuwa"], host=cfg["host"], nodes=[node],
                  settings=cfg["settings"], detached=cfg["detached"],

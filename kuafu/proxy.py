@@ -450,6 +450,18 @@ class ProxyCore:
         """May ``r``'s caller call ``ep``'s service? False when the call was failed or is
         being decided again with fresh ACL entries."""
         g = self.guard
+        if g.must_confirm() and not r.header.get("zk_confirmed"):
+            # Identities older than REVOCATION_CONFIRM_S: learn revocations first (Zhongkui's
+            # revoke_within_s bound), then decide this call again.
+            r.header["zk_confirmed"] = 1
+
+            async def confirmed():
+                await g.confirm()
+                if (r.src, r.src_id) in self.inbound:
+                    r.tried.discard(ep.name)
+                    self._dispatch(r)
+            self.loop.create_task(confirmed())
+            return False
         if g.acl_stale():
             g.refresh_soon()
         if g.decision(r.who, "service", r.svc, "call", ep.owner).allowed:

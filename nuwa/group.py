@@ -143,7 +143,7 @@ class Group:
         ).remote(rid, [] if join else self.voters, self.replica_dir(rid), self.config,
                  rejoin and not join, self.auth, self._peer_secret(), self.host)
         try:
-            addr = tuple(ray.get(handle.start.remote(old_port), timeout=START_TIMEOUT_S))
+            addr = tuple(ray.get(handle.start.remote(old_port, cred=self._token()()), timeout=START_TIMEOUT_S))
         except Exception:
             # E.g. its WAL is corrupt and it refuses to start: leave no half-started actor
             # holding the name, so a later start (after the operator's repair) can take it.
@@ -155,14 +155,15 @@ class Group:
         return addr
 
     def publish_peers(self) -> None:
-        ray.get([h.set_peers.remote(self.addresses) for h in self.handles.values()],
+        tok = self._token()()
+        ray.get([h.set_peers.remote(self.addresses, cred=tok) for h in self.handles.values()],
                 timeout=START_TIMEOUT_S)
 
     def stop_replica(self, rid: int, kill: bool = True) -> None:
         h = self.handles.pop(rid, None)
         if h is not None:
             if not kill:
-                ray.get(h.stop.remote(), timeout=START_TIMEOUT_S)
+                ray.get(h.stop.remote(cred=self._token()()), timeout=START_TIMEOUT_S)
             ray.kill(h, no_restart=True)
 
     def to_dict(self) -> dict:

@@ -37,13 +37,22 @@ class NuwaReplica:
                                     peer_secret=peer_secret)
         self.host = ray.util.get_node_ip_address() if host == NODE_IP else host
 
-    async def start(self, port: int = 0) -> tuple[str, int]:
+    def _require(self, cred, what: str) -> None:
+        """Control calls: the platform's own actors only, when access control is on."""
+        from zhongkui.guard import require_platform
+
+        require_platform(self.server.guard, cred, what)
+
+    async def start(self, port: int = 0, cred: str | None = None) -> tuple[str, int]:
+        self._require(cred, "start a Nuwa replica")
         port = await self.server.start(self.host, port)
         addr = (self.host, port)  # what we bound is what clients and peers dial
         self.server.addresses.setdefault(self.server.id, addr)  # known before peers are published
         return addr
 
-    async def set_peers(self, addresses: dict[int, tuple[str, int]]) -> None:
+    async def set_peers(self, addresses: dict[int, tuple[str, int]],
+                        cred: str | None = None) -> None:
+        self._require(cred, "set a Nuwa replica's peers")
         self.server.set_peers({int(k): tuple(v) for k, v in addresses.items()})
 
     async def status(self) -> dict:
@@ -56,5 +65,6 @@ class NuwaReplica:
         """Zhongkui's keys after a rotation (from FuxiMaster)."""
         return self.server.guard.accept_keys(proof, doc)
 
-    async def stop(self) -> None:
+    async def stop(self, cred: str | None = None) -> None:
+        self._require(cred, "stop a Nuwa replica")
         await self.server.stop()

@@ -513,7 +513,10 @@ class ReplicaServer:
 
         hit = conn.who
         if hit is not None and hit[0] == cred and hit[1].expires_at > time.time():
-            return hit[1]
+            try:  # as the directory has them now (Zhongkui's revocation, issue 14 defect 5)
+                return self.guard.current(hit[1])
+            except BadCredentials as e:
+                raise E.Unauthenticated(f"{type(e).__name__}: {e}") from None
         try:
             who = await self.guard.aidentify(cred)
         except BadCredentials as e:

@@ -63,7 +63,10 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
               name=n, namespace=ns, get_if_exists=True, **life,
               scheduling_strategy=NodeAffinitySchedulingStrategy(spots[i % len(spots)], soft=True))
           .remote(cluster, data_dir, ns, n, nuwa, settings, auth) for i, n in enumerate(mnames)]
-    roles = ray.get([m.start.remote() for m in mh], timeout=timeout_s)
+    from zhongkui.guard import Guard
+
+    proof = Guard(auth, name="deploy").platform_token() or None  # control calls need it
+    roles = ray.get([m.start.remote(cred=proof) for m in mh], timeout=timeout_s)
     snames = []
     handles = []
     for node in nodes or alive_nodes():
@@ -77,13 +80,10 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
             snames.append(name)
             handles.append(h)
     _HANDLES.setdefault(cluster, []).extend(mh + handles)
-    from zhongkui.guard import Guard
-
-    # Whoever starts Pangu with the keys is the platform: it asks as the platform.
-    token = Guard(auth, name="deploy").platform_token() or None
-    ray.get([h.start.remote(mnames, cred=token) for h in handles], timeout=timeout_s)
+    ray.get([h.start.remote(mnames, cred=proof) for h in handles], timeout=timeout_s)
     if wait:
-        wait_ready(cluster, len(snames), timeout_s, token=token)
+        # Whoever starts Pangu with the keys is the platform: it asks as the platform.
+        wait_ready(cluster, len(snames), timeout_s, token=proof)
     return {"masters": mnames, "servers": snames, "roles": roles}
 
 
@@ -108,8 +108,10 @@ def wait_ready(cluster: str, servers: int, timeout_s: float = START_TIMEOUT_S,
                       f"{ {k: st.get(k) for k in ('master', 'active', 'servers')} }")
 
 
-def stop(cluster: str) -> int:
-    """Kill the cluster's Pangu actors (their data stays on disk). Returns how many."""
+def stop(cluster: str, token: str | None = None) -> int:
+    """Kill the cluster's Pangu actors (their data stays on disk). Returns how many.
+    ``token``: a platform token, for the masters' orderly stop when access control is on
+    (without it they are killed all the same)."""
     ns = _namespace(cluster)
     n = 0
     _HANDLES.pop(cluster, None)
@@ -122,7 +124,7 @@ def stop(cluster: str) -> int:
             continue
         if name.startswith("pangu-master-"):
             try:
-                ray.get(h.stop.remote(), timeout=5)
+                ray.get(h.stop.remote(cred=token), timeout=5)
             except Exception:  # noqa: BLE001 - killed below anyway
                 pass
         ray.kill(h, no_restart=True)

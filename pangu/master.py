@@ -158,7 +158,13 @@ class PanguMaster:
         self.election = None
 
     # ------------------------------------------------------------ start and roles
-    async def start(self) -> dict:
+    async def start(self, cred: str | None = None) -> dict:
+        from zhongkui.guard import require_platform
+
+        require_platform(self.guard, cred, "start a Pangu master")  # issue 14, defect 8
+        return await self._start()
+
+    async def _start(self) -> dict:
         if self._tasks:
             return self.role()
         loop = asyncio.get_running_loop()
@@ -348,7 +354,8 @@ class PanguMaster:
         if not self.guard.enabled:
             return ""
         return self.guard.keyring.sign(who.user, (), now=time.time(), ttl_s=CHUNK_ACCESS_TTL_S,
-                                       scope=chunk_scope(cid, mode, version))
+                                       scope=chunk_scope(cid, mode, version),
+                                       gen=self.guard.chunk_gen(who))  # revoked with its user
 
     def _writer_key(self, who, writer) -> str:
         return writer_key(who.user if self.guard.enabled else None, writer)
@@ -809,7 +816,7 @@ class PanguMaster:
         if not self._tasks:
             # Ray restarted this actor after its process died: chunkservers' heartbeats bring
             # it back (it recovers from the journal, or campaigns again).
-            await self.start()
+            await self._start()
         fsid = self.journal.fsid if self.journal is not None else None
         if rep.get("fsid") and fsid and rep["fsid"] != fsid:
             self.servers.pop(rep["id"], None)
@@ -911,12 +918,19 @@ class PanguMaster:
             if not self.active:
                 continue
             try:
-                await self.maintain_once()
+                await self._maintain_once()
             except Exception as e:  # noqa: BLE001 - one bad round must not stop healing
                 logger.exception("pangu maintenance round failed")
                 self._event("maintain_error", f"{type(e).__name__}: {e}")
 
-    async def maintain_once(self) -> dict:
+    async def maintain_once(self, cred: str | None = None) -> dict:
+        """One maintenance round on demand (tests, operators): the platform only."""
+        from zhongkui.guard import require_platform
+
+        require_platform(self.guard, cred, "run Pangu maintenance", admin_ok=True)
+        return await self._maintain_once()
+
+    async def _maintain_once(self) -> dict:
         now = time.monotonic()
         for sv in self.servers.values():
             if not sv.dead and now - sv.last > self.dead_after_s:
@@ -1049,7 +1063,10 @@ class PanguMaster:
                 "chunks": len(self.ns.chunk_index), "writers": len(self.file_leases),
                 "counters": dict(self.counters), "events": list(self.events)[-50:]}
 
-    async def stop(self) -> None:
+    async def stop(self, cred: str | None = None) -> None:
+        from zhongkui.guard import require_platform
+
+        require_platform(self.guard, cred, "stop a Pangu master")
         for t in self._tasks:
             t.cancel()
         if self.journal is not None:

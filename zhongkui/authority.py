@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import time
+from dataclasses import replace
 
 import hashlib
 
@@ -19,9 +20,9 @@ from zhongkui.acl import (ADMIN_GROUP, ENTRIES_MAX, PERMISSIONS, RESERVED_GROUPS
                           check_principal, under)
 from zhongkui.audit import AuditLog
 from zhongkui.directory import Directory
-from zhongkui.errors import BadCredentials, BadInput, Denied
+from zhongkui.errors import BadCredentials, BadInput, Denied, Revoked
 from zhongkui.guard import Guard, Principal, auth_doc
-from zhongkui.tokens import TTL_S_DEFAULT, TTL_S_MAX, Claims, Keyring
+from zhongkui.tokens import TTL_S_DEFAULT, TTL_S_MAX, Keyring
 
 ADMIN_USER = "admin"
 ACL_KEY = "/zhongkui/acl/"            # one entry per (kind, resource, principal)
@@ -67,6 +68,7 @@ class Authority:
         self.directory = Directory(store)
         self.audit = AuditLog(audit_path)
         self.guard = Guard(auth_doc(enabled, None), name="master", keyring=self.keyring)
+        self._identities = self.directory.identities()  # user -> {"gen", "groups"}
         self._load_acl()
 
     # ------------------------------------------------------------ ACL entries
@@ -78,16 +80,32 @@ class Authority:
                 entries.append(doc)
         restricted = [self.store.get(k)["path"] for k in sorted(self.store.list(RESTRICTED_KEY))]
         self.guard.set_acl({"version": int(self.store.get(ACL_VERSION_KEY) or 0),
-                            "entries": entries, "restricted": restricted})
+                            "entries": entries, "restricted": restricted,
+                            "identities": self.identities_doc()})
+
+    def identities_doc(self) -> dict:
+        """What every guard checks tokens against (issue 14, defect 5): each user's
+        generation and current groups, and the revoked key ids."""
+        return {"users": self._identities, "revoked_keys": list(self.keyring.revoked)}
 
     def acl_doc(self) -> dict:
         return {"version": self.guard.acl_version,
                 "entries": [e.to_doc() for e in self.guard.entries],
-                "restricted": list(self.guard.restricted)}
+                "restricted": list(self.guard.restricted),
+                "identities": self.identities_doc()}
 
     def _bump_acl(self) -> None:
-        self.store.put(ACL_VERSION_KEY, self.guard.acl_version + 1)
+        """A new version of what guards poll: entries, restrictions or identities changed."""
+        self.store.put(ACL_VERSION_KEY, max(self.guard.acl_version, 0) + 1)
         self._load_acl()
+
+    def _identity_changed(self, name: str) -> None:
+        ident = self.directory.identity(name)
+        if ident is None:
+            self._identities.pop(name, None)
+        else:
+            self._identities[name] = ident
+        self._bump_acl()
 
     def principal(self, token) -> Principal:
         """The verified caller (the local operator when authentication is off)."""
@@ -215,15 +233,22 @@ class Authority:
         raise Denied(f"user {who.user!r} may not {action} access to {kind}:{resource}: only "
                      f"its owner ({owner or 'none'}) or an administrator")
 
-    def scoped_token(self, who: Principal, kind: str, ident: str,
+    def scoped_token(self, who: Principal | str, kind: str, ident: str,
                      ttl_s: float = TTL_S_DEFAULT) -> str:
         """A token for a job's instances or a service's replicas: they act as ``who``, with no
-        more rights than that user."""
+        more rights than that user. Signed from the directory as it is now (groups and the
+        account's generation), never from what was stored beside a job or service: Denied
+        when the user no longer exists."""
         if not self.guard.enabled:
             return ""
-        return self.keyring.sign(who.user, who.groups, now=time.time(),
+        user = who if isinstance(who, str) else who.user
+        ident_now = self._identities.get(user)
+        if ident_now is None:
+            raise Denied(f"user {user!r} no longer exists: no token is signed for their "
+                         f"{kind} {ident!r}")
+        return self.keyring.sign(user, ident_now["groups"], now=time.time(),
                                  ttl_s=min(max(ttl_s, 60.0), TTL_S_MAX),
-                                 scope={"kind": kind, "id": ident})
+                                 scope={"kind": kind, "id": ident}, gen=ident_now["gen"])
 
     def _save_keys(self) -> None:
         if self.keys_path:
@@ -240,10 +265,15 @@ class Authority:
         for kind, resource, principal, perms in DEFAULT_ENTRIES:
             e = Entry.make(kind, resource, principal, perms)
             self.store.put(_entry_key(e.kind, e.resource, e.principal), e.to_doc())
-        self._bump_acl()
+        self._identity_changed(ADMIN_USER)
         self.audit.record("fuxi up", "create administrator", f"user:{ADMIN_USER}", "ok")
         return {"user": ADMIN_USER, "password": password,
-                "token": self.keyring.sign(ADMIN_USER, [ADMIN_GROUP], now=time.time())}
+                "token": self._sign_login(ADMIN_USER)}
+
+    def _sign_login(self, user: str, ttl_s: float = TTL_S_DEFAULT) -> str:
+        ident = self._identities.get(user) or self.directory.identity(user) or {}
+        return self.keyring.sign(user, ident.get("groups", ()), now=time.time(), ttl_s=ttl_s,
+                                 gen=ident.get("gen", ""))
 
     def login(self, user: str, password: str, ttl_s: float = TTL_S_DEFAULT) -> str:
         try:
@@ -252,17 +282,31 @@ class Authority:
             self.audit.record(str(user)[:64], "login", f"user:{str(user)[:64]}", "denied",
                               "wrong user name or password")
             raise
-        return self.keyring.sign(u["name"], u["groups"], now=time.time(), ttl_s=ttl_s)
+        return self._sign_login(u["name"], ttl_s=ttl_s)
 
-    def verify(self, token: str) -> Claims:
-        return self.keyring.verify(token, time.time())
+    def verify(self, token: str) -> Principal:
+        """The caller as the directory has them now (Revoked when removed or re-created, or
+        the token's key was revoked), whether or not access control is enforced."""
+        c = self.keyring.verify(token, time.time())
+        who = Principal(c.user, tuple(c.groups), c.scope, c.expires_at, c.gen, c.key_id)
+        if who.platform:
+            return who
+        ident = self._identities.get(c.user)
+        if ident is None:
+            raise Revoked(f"user {c.user!r} no longer exists")
+        want = ident["gen"] if (c.scope or {}).get("kind") != "chunk" else \
+            f"{ident['gen']}/{ident.get('gv', 0)}"
+        if want != c.gen:
+            raise Revoked(f"the token belongs to an earlier account named {c.user!r} "
+                          f"(removed since); log in again")
+        return replace(who, groups=tuple(sorted(ident["groups"])))
 
     def whoami(self, token: str) -> dict:
         c = self.verify(token)
         return {"user": c.user, "groups": list(c.groups), "expires_at": c.expires_at,
                 "key_id": c.key_id, "scope": c.scope}
 
-    def _admin(self, token: str, action: str, resource: str) -> Claims:
+    def _admin(self, token: str, action: str, resource: str) -> Principal:
         try:
             c = self.verify(token)
         except BadCredentials as e:
@@ -282,7 +326,23 @@ class Authority:
         if reserved:
             raise BadInput(f"group {reserved[0]!r} is reserved for the platform's own actors")
         out = self.directory.add_user(name, password, groups)
+        self._identity_changed(name)
         self.audit.record(c.user, "add user", f"user:{name}", "ok", f"groups {sorted(groups)}")
+        return out
+
+    def set_groups(self, token: str, name: str, groups) -> dict:
+        """Replace a user's groups (administrators only); every entry point decides with
+        the new ones within REVOKE_WITHIN_S, whatever groups the user's tokens name."""
+        c = self._admin(token, "set groups", f"user:{name}")
+        reserved = sorted(set(groups) & set(RESERVED_GROUPS))
+        if reserved:
+            raise BadInput(f"group {reserved[0]!r} is reserved for the platform's own actors")
+        if name == c.user and ADMIN_GROUP not in groups:
+            raise BadInput("an administrator cannot take themselves out of "
+                           f"{ADMIN_GROUP!r}")
+        out = self.directory.set_groups(name, groups)
+        self._identity_changed(name)
+        self.audit.record(c.user, "set groups", f"user:{name}", "ok", f"groups {sorted(groups)}")
         return out
 
     def remove_user(self, token: str, name: str) -> None:
@@ -290,6 +350,7 @@ class Authority:
         if name == c.user:
             raise BadInput("an administrator cannot remove themselves")
         self.directory.remove_user(name)
+        self._identity_changed(name)
         self.audit.record(c.user, "remove user", f"user:{name}", "ok")
 
     def list_users(self, token: str) -> list[dict]:
@@ -305,12 +366,18 @@ class Authority:
         self.directory.set_password(name, password)
         self.audit.record(c.user, "set password", f"user:{name}", "ok")
 
-    def rotate_keys(self, token: str) -> str:
+    def rotate_keys(self, token: str, revoke_old: bool = False) -> str:
+        """A new signing key. With ``revoke_old`` (after a leak) every older key stops
+        verifying at once: their tokens are refused everywhere within REVOKE_WITHIN_S."""
         c = self._admin(token, "rotate keys", "keys")
         kid = self.keyring.rotate(time.time())
-        self.keyring.retire(time.time())
+        retired = self.keyring.retire(time.time()) + list(self.keyring.evicted)
+        revoked = self.keyring.revoke_old() if revoke_old else []
         self._save_keys()
-        self.audit.record(c.user, "rotate keys", "keys", "ok", f"new key {kid}")
+        self._bump_acl()  # guards learn the revoked key ids with their next poll
+        self.audit.record(c.user, "rotate keys", "keys", "ok",
+                          f"new key {kid}" + (f"; revoked {len(revoked)}" if revoke_old else "")
+                          + (f"; retired {len(retired)}" if retired else ""))
         return kid
 
     def audit_records(self, token: str, **query) -> list[dict]:

@@ -4,6 +4,7 @@ the same answer for an unknown user and a wrong password, so names cannot be pro
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from zhongkui.acl import check_name
@@ -29,8 +30,11 @@ class Directory:
         if len(self.store.list(KEY)) >= USERS_MAX:
             raise BadInput(f"{USERS_MAX} users exist (USERS_MAX)")
         groups = self._groups(groups)
+        # ``gen``: this account's generation, carried in its tokens. A user removed and added
+        # again gets a new one, so the old account's tokens name nobody (issue 14, defect 5).
         doc = {"name": name, "groups": groups, "password": hash_password(password),
-               "created_at": time.time() if now is None else now}
+               "created_at": time.time() if now is None else now,
+               "gen": secrets.token_hex(8)}
         self.store.put(KEY + name, doc)
         return self.public(doc)
 
@@ -57,6 +61,7 @@ class Directory:
         if doc is None:
             raise BadInput(f"no user {name!r}")
         doc["groups"] = self._groups(groups)
+        doc["gv"] = int(doc.get("gv", 0)) + 1  # chunk access tokens of the old groups end
         self.store.put(KEY + name, doc)
         return self.public(doc)
 
@@ -73,13 +78,34 @@ class Directory:
             raise BadCredentials("wrong user name or password")
         return self.public(doc)
 
+    def identity(self, name: str) -> dict | None:
+        """``{"gen", "groups"}`` of a user as they are now; None when there is no such user."""
+        try:
+            doc = self._get(name)
+        except BadInput:
+            return None
+        return None if doc is None else {"gen": doc.get("gen", ""),
+                                         "groups": list(doc.get("groups", ())),
+                                         "gv": int(doc.get("gv", 0))}
+
+    def identities(self) -> dict[str, dict]:
+        """Every user's ``{"gen", "groups"}``: what the guards check tokens against."""
+        out = {}
+        for k in sorted(self.store.list(KEY)):
+            doc = self.store.get(k)
+            if doc:
+                out[doc["name"]] = {"gen": doc.get("gen", ""),
+                                    "groups": list(doc.get("groups", ())),
+                                    "gv": int(doc.get("gv", 0))}
+        return out
+
     def list_users(self) -> list[dict]:
         return [self.public(self.store.get(k)) for k in sorted(self.store.list(KEY))]
 
     @staticmethod
     def public(doc: dict) -> dict:
-        """A user's record without its password hash."""
-        return {k: v for k, v in doc.items() if k != "password"}
+        """A user's record without its password hash (nor its generation)."""
+        return {k: v for k, v in doc.items() if k not in ("password", "gen", "gv")}
 
 
 _DUMMY = hash_password("not-a-real-password")

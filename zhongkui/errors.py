@@ -28,6 +28,17 @@ class UnknownKey(BadCredentials):
     pass
 
 
+class Revoked(BadCredentials):
+    """A token that verified but no longer counts: its user was removed (or removed and
+    re-created), or the key that signed it was revoked (``fuxi rotate-keys --revoke-old``)."""
+
+
+class UnknownUser(Revoked, UnknownKey):
+    """The token's user (or this generation of the account) is not in the identities this
+    guard knows: removed -- or added since its last poll, so the guard asks again first
+    (an UnknownKey too: callers that fetch on an unknown key go the asking path)."""
+
+
 class Denied(ZhongkuiError):
     """An authenticated caller without the permission asked for."""
 

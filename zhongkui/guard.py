@@ -16,6 +16,21 @@ ACL entries come from FuxiMaster's identity service and are cached here for
 ``ACL_REFRESH_S``; before saying no, the guard fetches them again (at most once per
 ``ACL_DENY_REFRESH_S``), so a fresh grant works at once and a revoke within ACL_REFRESH_S.
 
+**Revocation** (issue 14, defect 5) rides on the same poll: the ACL document carries the
+cluster's identities -- every user's generation and current groups, and the revoked key ids.
+A token names a user *and* the generation of that account; the guard refuses it (``Revoked``)
+once the user is gone or was re-created, and decides with the user's groups as the directory
+has them now, not as the token says. Every decision re-applies this, so a principal cached on a
+connection is refused too. A guard allows nothing on identities older than
+``REVOCATION_CONFIRM_S``: past that, the call first waits (at most ``REVOCATION_WAIT_S``) for a
+fresh answer. So a revocation is honoured everywhere within ``REVOKE_WITHIN_S``. While the
+identity service cannot be reached the guard keeps the last state it learned (availability),
+except that a guard whose own proof is refused (its keys were revoked) refuses everyone until
+FuxiMaster hands it the new keys.
+
+Timers (refresh ages, rate limits) run on a monotonic clock; only token lifetimes use the
+wall clock, so a wall clock stepped by an hour neither freezes the refresh nor floods it.
+
 The platform's own actors call each other with ``platform_token()``: a short-lived token of
 user ``fuxi-<name>`` in the groups ``admins`` and ``platform``, signed with the keys they
 hold. No user can be put in the ``platform`` group.
@@ -25,11 +40,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
 from zhongkui.acl import ADMIN_GROUP, PLATFORM_GROUP, Decision, Entry, decide
-from zhongkui.errors import BadCredentials, Denied, UnknownKey
+from zhongkui.errors import BadCredentials, Denied, Revoked, UnknownKey, UnknownUser
 from zhongkui.tokens import Keyring
 
 log = logging.getLogger("zhongkui.guard")
@@ -42,6 +57,10 @@ ACL_FETCH_TIMEOUT_S = 5.0
 PLATFORM_TOKEN_TTL_S = 3600.0   # the platform's own tokens; renewed at half their life
 REPORTS_PER_S_MAX = 50.0        # denials a guard sends to the trail; the rest are counted
 DECISIONS_CACHED_MAX = 8192     # decisions remembered until the entries change (then cleared)
+REVOKE_WITHIN_S = 5.0           # a removed user, changed groups or revoked key: refused by then
+REVOCATION_CONFIRM_S = 3.0      # identities older than this are confirmed before allowing
+REVOCATION_WAIT_S = 1.0         # how long a call waits for that confirmation, at most
+assert REVOCATION_CONFIRM_S + REVOCATION_WAIT_S < REVOKE_WITHIN_S
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,8 @@ class Principal:
     groups: tuple[str, ...] = ()
     scope: dict | None = None       # a job's or a service's token: acts as ``user``
     expires_at: float = float("inf")
+    gen: str = ""                   # the account's generation the token was signed for
+    key_id: str = ""                # the key that signed it
 
     @property
     def admin(self) -> bool:
@@ -78,16 +99,22 @@ class Guard:
                  fetch_keys: Callable[[str], Awaitable[dict]] | None = None,
                  fetch_acl: Callable[[str, int], Awaitable[dict]] | None = None,
                  report: Callable[[str, dict], Any] | None = None,
-                 keyring: Keyring | None = None):
+                 keyring: Keyring | None = None,
+                 monotonic: Callable[[], float] | None = None):
         """``keyring``: share this keyring object instead of one made from ``auth["keys"]``
-        (FuxiMaster's guards: a rotation there is seen by them at once)."""
+        (FuxiMaster's guards: a rotation there is seen by them at once). ``monotonic``: the
+        clock of ages and rate limits; by default time.monotonic, or ``clock`` when a test
+        gives one clock only."""
+        if monotonic is None:
+            monotonic = time.monotonic if clock is time.time else clock
         auth = auth or {}
         self.enabled = bool(auth.get("enabled"))
         self.keyring = keyring or (Keyring.from_doc(auth["keys"]) if auth.get("keys") else None)
         if self.enabled and self.keyring is None:
             raise ValueError("an enabled guard needs the cluster's keys")
         self.name = name
-        self.clock = clock
+        self.clock = clock          # wall clock: token lifetimes
+        self.monotonic = monotonic  # ages, intervals and rate limits
         self.fetch_keys, self.fetch_acl, self.report = fetch_keys, fetch_acl, report
         self.entries: list[Entry] = []
         self.restricted: list[str] = []
@@ -99,13 +126,21 @@ class Guard:
         self._refreshing = None  # the background refresh task, while one runs
         self._decisions: dict[tuple, Decision] = {}  # for the entries as they are now
         self._report_budget = REPORTS_PER_S_MAX
-        self._report_at = clock()
+        self._report_at = monotonic()
         self.reports_suppressed = 0  # denials not sent (over REPORTS_PER_S_MAX), not yet told
-        self.counters = {"allowed": 0, "denied": 0, "bad_credentials": 0}
+        self.counters = {"allowed": 0, "denied": 0, "bad_credentials": 0, "revoked": 0}
+        # user -> (generation, current groups, groups version); None until learned (then
+        # not checked)
+        self.users: dict[str, tuple[str, tuple[str, ...], int]] | None = None
+        self.cut_off = ""  # why this guard's own proof is refused (its keys were revoked)
+        self._refresh_started = float("-inf")
+        self._refresh_seq = 0  # refreshes started so far
 
     # ------------------------------------------------------------ keys and ACL
     def set_keys(self, doc: dict) -> None:
         self.keyring = Keyring.from_doc(doc)
+        self.cut_off = ""
+        self._acl_at = float("-inf")  # confirm the identities with the new proof at once
         self.renew_platform_token()
 
     def renew_platform_token(self) -> None:
@@ -126,28 +161,112 @@ class Guard:
         """``{"version", "entries": [entry docs], "restricted": [nuwa prefixes]}``, or
         ``{"version", "unchanged": True}`` when this guard has that version already."""
         if doc.get("unchanged") and doc.get("version") == self.acl_version:
-            self._acl_at = self.clock()
+            self._acl_at = self.monotonic()
             return
         if doc.get("version", 0) < self.acl_version or "entries" not in doc:
             return
         self.entries = [Entry.from_doc(e) for e in doc.get("entries", ())]
         self.restricted = list(doc.get("restricted", ()))
+        ids = doc.get("identities")
+        if isinstance(ids, dict):
+            self.set_identities(ids)
         self._decisions = {}
         self.acl_version = doc.get("version", 0)
-        self._acl_at = self.clock()
+        self._acl_at = self.monotonic()
+
+    def set_identities(self, ids: dict) -> None:
+        """``{"users": {name: {"gen", "groups"}}, "revoked_keys": [kid]}``."""
+        users = ids.get("users")
+        if isinstance(users, dict):
+            self.users = {str(u): (str(d.get("gen", "")), tuple(sorted(d.get("groups", ()))),
+                                   int(d.get("gv", 0)))
+                          for u, d in users.items() if isinstance(d, dict)}
+        revoked = ids.get("revoked_keys")
+        if self.keyring is not None and isinstance(revoked, list):
+            fresh = [k for k in revoked if k not in self.keyring.revoked]
+            if fresh:
+                self.keyring.revoke(fresh)
+        self._decisions = {}
 
     def acl_stale(self) -> bool:
-        return self.enabled and self.clock() - self._acl_at > ACL_REFRESH_S
+        return self.enabled and self.monotonic() - self._acl_at > ACL_REFRESH_S
+
+    def must_confirm(self) -> bool:
+        """True when identities must be confirmed before anything is allowed (they are older
+        than REVOCATION_CONFIRM_S and a refresh is possible)."""
+        return (self.enabled and self.fetch_acl is not None
+                and self.monotonic() - self._acl_at > REVOCATION_CONFIRM_S)
+
+    async def confirm(self) -> None:
+        """Bring the identities up to date, waiting at most REVOCATION_WAIT_S; one refresh
+        at a time, shared by every caller. A refresh that has run longer than that (the
+        authority is slow or down) is not waited for again: calls go on with what is known."""
+        import asyncio
+
+        if not self.must_confirm():
+            return
+        task = self._refreshing
+        if task is None:
+            self.refresh_soon()
+            task = self._refreshing
+        elif self.monotonic() - self._refresh_started > REVOCATION_WAIT_S:
+            return
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), REVOCATION_WAIT_S)
+        except Exception:  # noqa: BLE001 - timed out or failed: decide on what is known
+            pass
+
+    def chunk_gen(self, who: Principal) -> str:
+        """What a chunk access token for ``who`` carries as its generation: the account's
+        and its groups' version, so the token ends when either changes."""
+        rec = (self.users or {}).get(who.user)
+        return f"{rec[0]}/{rec[2]}" if rec is not None else who.gen
+
+    def current(self, who: Principal) -> Principal:
+        """``who`` as the directory has them now: Revoked when the user is gone, was
+        re-created, or the key that signed the token was revoked; else with the user's
+        current groups (a token's groups are what they were when it was signed)."""
+        if not self.enabled or who is LOCAL_OPERATOR:
+            return who
+        if self.cut_off and not who.platform:  # FuxiMaster's push must still get through
+            raise Revoked(f"this entry point ({self.name}) is waiting for the cluster's new "
+                          f"keys: {self.cut_off}")
+        if self.keyring is not None and who.key_id and who.key_id in self.keyring.revoked:
+            raise Revoked("the token was signed by a key that was revoked; log in again")
+        if who.platform or self.users is None:
+            return who
+        rec = self.users.get(who.user)
+        if rec is None:
+            raise UnknownUser(f"user {who.user!r} no longer exists")
+        gen, groups, gv = rec
+        if (who.scope or {}).get("kind") == "chunk":
+            # A chunk access token was decided on the groups of its day: it ends with them.
+            gen = f"{gen}/{gv}"
+        if who.gen != gen:
+            raise UnknownUser(f"the token belongs to an earlier account named {who.user!r} "
+                          f"(removed since); log in again")
+        return who if groups == who.groups else replace(who, groups=groups)
 
     async def refresh_acl(self) -> bool:
         if self.fetch_acl is None:
             return False
         try:
             self.set_acl(await self.fetch_acl(self.platform_token(), self.acl_version))
+            self.cut_off = ""
             return True
+        except (BadCredentials, Denied) as e:
+            # Our own proof is refused: our keys were revoked and the push of the new ones
+            # missed us. Fail closed until they arrive (FuxiMaster pushes again).
+            self.cut_off = f"its proof was refused ({type(e).__name__})"
+            log.warning("%s: the identity service refuses this guard's proof: %s", self.name,
+                        type(e).__name__)
+            self._acl_at = self.monotonic() - ACL_REFRESH_S / 2
+            return False
         except Exception as e:  # noqa: BLE001 - keep the entries we have; try again later
             log.warning("%s: fetching the ACL entries failed: %s", self.name, type(e).__name__)
-            self._acl_at = self.clock() - ACL_REFRESH_S / 2
+            self._acl_at = self.monotonic() - ACL_REFRESH_S / 2
             return False
 
     def platform_token(self) -> str:
@@ -175,20 +294,48 @@ class Guard:
             return LOCAL_OPERATOR
         try:
             c = self.keyring.verify(token, self.clock())
+            who = self.current(Principal(c.user, tuple(c.groups), c.scope, c.expires_at,
+                                         c.gen, c.key_id))
         except BadCredentials as e:
             self.counters["bad_credentials"] += 1
+            if isinstance(e, Revoked):
+                self.counters["revoked"] += 1
             self.report_denial("?", "authenticate", "-", type(e).__name__)
             raise
-        return Principal(c.user, tuple(c.groups), c.scope, c.expires_at)
+        if self.acl_stale():
+            self._refresh_from_sync_code()
+        return who
+
+    def _refresh_from_sync_code(self) -> None:
+        try:
+            self.refresh_soon()
+        except RuntimeError:  # no running event loop here: the next async caller refreshes
+            pass
 
     async def aidentify(self, token) -> Principal:
-        """``identify``, fetching the keyring again when the token's key is new to us."""
+        """``identify``, on identities confirmed within REVOCATION_CONFIRM_S, fetching the
+        keyring again when the token's key is new to us."""
+        try:
+            who = await self._identify_fetching_keys(token)
+        except UnknownUser:
+            # Removed -- or added since our last poll: ask once more (rate limited) first.
+            if not self.may_refresh_before_denial():
+                raise
+            await self.refresh_acl()
+            return self.identify(token)
+        if who.platform or not self.must_confirm():
+            return who  # the platform's own tokens end only with their key (pushed)
+        await self.confirm()
+        return self.identify(token)
+
+    async def _identify_fetching_keys(self, token) -> Principal:
         try:
             return self.identify(token)
-        except UnknownKey:
-            if self.fetch_keys is None or self.clock() - self._keys_at < KEYS_FETCH_INTERVAL_S:
+        except UnknownKey as e:
+            if isinstance(e, Revoked) or self.fetch_keys is None or \
+                    self.monotonic() - self._keys_at < KEYS_FETCH_INTERVAL_S:
                 raise
-            self._keys_at = self.clock()
+            self._keys_at = self.monotonic()
             try:
                 self.set_keys(await self.fetch_keys(self.platform_token()))
             except Exception as e:  # noqa: BLE001 - answer with the original refusal
@@ -203,6 +350,11 @@ class Guard:
             return Decision(True, "authentication is off")
         if who.expires_at <= self.clock():
             return Decision(False, f"the token of {who.user!r} expired; log in again")
+        try:
+            who = self.current(who)  # a principal cached on a connection is checked again
+        except Revoked as e:
+            self.counters["revoked"] += 1
+            return Decision(False, str(e))
         # A hot path (every Kuafu call, every Nuwa request): the same caller doing the same
         # thing gets the remembered answer until the entries change.
         key = (who.user, who.groups, kind, resource, perm, owner)
@@ -229,23 +381,30 @@ class Guard:
     async def acheck(self, who: Principal, kind: str, resource: str, perm: str,
                      owner: str | None = None) -> Decision:
         """``check`` for async shells: stale entries are refreshed in the background (an
-        allowed call never waits for FuxiMaster), and once more, awaited, before a denial."""
+        allowed call never waits for FuxiMaster unless its identities are older than
+        REVOCATION_CONFIRM_S), and once more, awaited, before a denial."""
+        before, seq = self._acl_at, self._refresh_seq
+        if not who.platform:
+            await self.confirm()
+        # Fetched for this call -- not a refresh that was already under way when it came
+        # (that one may predate a grant made just before this call).
+        just_fetched = self._acl_at != before and self._refresh_seq > seq
         d = self.decision(who, kind, resource, perm, owner)
         if d.allowed:
             if self.acl_stale():
                 self.refresh_soon()
             self.counters["allowed"] += 1
             return d
-        if self.may_refresh_before_denial():
+        if not just_fetched and self.may_refresh_before_denial():
             await self.refresh_acl()
         return self.check(who, kind, resource, perm, owner)
 
     def may_refresh_before_denial(self) -> bool:
         """True at most once per ACL_DENY_REFRESH_S: a flood of refused calls must not become
         a flood of fetches."""
-        if self.fetch_acl is None or self.clock() - self._acl_deny_at <= ACL_DENY_REFRESH_S:
+        if self.fetch_acl is None or self.monotonic() - self._acl_deny_at <= ACL_DENY_REFRESH_S:
             return False
-        self._acl_deny_at = self.clock()
+        self._acl_deny_at = self.monotonic()
         return True
 
     def refresh_soon(self) -> None:
@@ -260,6 +419,8 @@ class Guard:
             finally:
                 self._refreshing = None
         self._refreshing = asyncio.get_running_loop().create_task(run())
+        self._refresh_started = self.monotonic()
+        self._refresh_seq += 1
 
     async def authorize(self, token, kind: str, resource: str, perm: str,
                         owner: str | None = None) -> Principal:
@@ -273,9 +434,9 @@ class Guard:
         over the budget are counted and the count goes with the next one sent."""
         if self.report is None:
             return
-        now = self.clock()
+        now = self.monotonic()
         self._report_budget = min(REPORTS_PER_S_MAX, self._report_budget
-                                  + (now - self._report_at) * REPORTS_PER_S_MAX)
+                                  + max(0.0, now - self._report_at) * REPORTS_PER_S_MAX)
         self._report_at = now
         if self._report_budget < 1:
             self.reports_suppressed += 1
@@ -290,3 +451,36 @@ class Guard:
                                                 "detail": f"at {self.name}: {detail}"})
         except Exception:  # noqa: BLE001 - the trail must not break the answer
             pass
+
+
+# ---------------------------------------------------------------- actor methods (defect 8)
+# Ray does not say who called an actor method: every method that changes state takes a
+# credential and checks it with one of these (deny by default). docs/zhongkui.md lists them.
+
+def require_platform(guard: "Guard | None", cred, what: str, admin_ok: bool = False):
+    """The caller of an actor method must be one of the platform's own actors (or, with
+    ``admin_ok``, an administrator with an unscoped token); BadCredentials or Denied
+    otherwise. Nothing is asked when ``guard`` is off (every caller is the operator)."""
+    if guard is None or not guard.enabled:
+        return None
+    who = guard.identify(cred)
+    if who.platform or (admin_ok and who.admin and who.scope is None):
+        return who
+    guard.report_denial(who.user, what, f"actor:{guard.name}",
+                        "not a platform actor" + (" nor an administrator" if admin_ok else ""))
+    raise Denied(f"user {who.user!r} may not {what}: the platform's own actors only"
+                 + (" (or an administrator)" if admin_ok else ""))
+
+
+def require_capability(expected: str, given, what: str) -> None:
+    """A per-job (or per-replica) call: the caller must present the token this actor was
+    created with (its job's scoped token), compared in constant time. Nothing is asked when
+    the actor has none (access control off)."""
+    import hmac
+
+    if not expected:
+        return
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Denied(f"{what}: only the job's own master and workers may call this "
+                     f"(the call did not carry the job's token)")
+

@@ -58,3 +58,22 @@ def make_guard(auth: dict | None, name: str, namespace: str | None) -> Guard:
             log.info("could not send a denial to the audit trail: %s", type(e).__name__)
 
     return Guard(auth, name=name, fetch_keys=fetch_keys, fetch_acl=fetch_acl, report=report)
+
+
+async def push_all(targets, push, concurrency_max: int, timeout_s: float) -> list[str]:
+    """``await push(handle)`` for every ``(name, handle)`` in ``targets`` at once, at most
+    ``concurrency_max`` in flight, each bounded by ``timeout_s``, never blocking the loop;
+    returns the names that failed or timed out (a rotation's key push, issue 14 defect 11)."""
+    gate = asyncio.Semaphore(concurrency_max)
+
+    async def one(name, handle):
+        async with gate:
+            try:
+                await asyncio.wait_for(push(handle), timeout_s)
+                return None
+            except Exception as e:  # noqa: BLE001 - retried, or it fetches the keys itself
+                log.warning("could not hand the new keys to %s: %s", name, type(e).__name__)
+                return name
+    done = await asyncio.gather(*(one(n, h) for n, h in targets))
+    return [n for n in done if n is not None]
+

@@ -2,8 +2,13 @@
 test session's Ray is another cluster).
 
 - The matrix: every public operation of Nuwa, Pangu, Fuxi jobs, services and Kuafu calls as
-  {no token, malformed, forged signature, expired, another user without a grant, another user
-  with the grant, the owner, the administrator} (``zk_driver.py`` runs it).
+  {no token, malformed, forged signature, expired, junk appended, a removed user's, a
+  re-created user's old one, another user without a grant, another user with the grant, the
+  owner, the administrator} (``zk_driver.py`` runs it).
+- Revocation at every entry point (Nuwa, Pangu master, a chunkserver, FuxiMaster, Kuafu)
+  within revoke_within_s: user removed, out of the granting group, out of admins,
+  `rotate-keys --revoke-old`.
+- Platform actor control methods called from a plain Ray task: refused.
 - Chunk access tokens reused on another chunk, after expiry, in another mode; a job reading as
   its submitter; key rotation; revocation; the seed's open Nuwa namespace.
 - The CLI: `fuxi acl`, `fuxi rotate-keys`, bad input.
@@ -24,7 +29,9 @@ from tests.integration.test_cli_cluster import REPO, fuxi
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 CLUSTER = "zk"
 DRIVER_TIMEOUT_S = 300
-BAD = ("none", "malformed", "forged", "expired")
+BAD = ("none", "malformed", "forged", "expired", "appended", "revoked", "recreated")
+REVOKE_WITHIN_S = 5.0    # zhongkui.guard.REVOKE_WITHIN_S
+REVOKE_POLL_SLACK_S = 1.5  # the driver polls every 0.25 s; a call on a loaded 2-core VM
 GOOD = ("carol", "dave", "bob", "admin")
 OWNERS = {"dave", "bob", "admin"}  # granted, owner, administrator
 ALLOWED = {op: OWNERS for op in (
@@ -131,6 +138,49 @@ def test_what_the_grid_does_not_show(zk):
     # Denials from every entry point reach the one trail.
     assert c["audit_denials"] > 50
     assert c["audit_from_nuwa"] and c["audit_from_pangu"] and c["audit_from_kuafu"]
+
+
+def test_revocation_is_honoured_at_every_entry_point(zk):
+    from zhongkui.guard import REVOKE_WITHIN_S as BOUND
+
+    assert BOUND == REVOKE_WITHIN_S
+    r = zk["result"]["checks"]["revocation"]
+    problems = []
+    for case in ("removed", "group", "admins"):
+        for ep, got in r[f"{case}_before"].items():
+            if got != "ok":
+                problems.append(f"{case}: {ep} before the revocation: {got}")
+        for ep, got in r[case].items():
+            if got["result"] not in ("denied", "unauth"):
+                problems.append(f"{case}: {ep} still {got['result']} after {got['after_s']}s")
+            elif got["after_s"] > REVOKE_WITHIN_S + REVOKE_POLL_SLACK_S:
+                problems.append(f"{case}: {ep} refused only after {got['after_s']}s")
+    d = zk["result"]["checks"]["revoke_old"]
+    for ep, got in d["before"].items():
+        if got != "ok":
+            problems.append(f"revoke-old: {ep} before: {got}")
+    for ep, got in d["after"].items():
+        # unauth on a new connection; denied where the verified caller was cached on one
+        if got["result"] not in ("unauth", "denied"):
+            problems.append(f"revoke-old: {ep} {got['result']} after {got['after_s']}s")
+        elif got["after_s"] > REVOKE_WITHIN_S + REVOKE_POLL_SLACK_S:
+            problems.append(f"revoke-old: {ep} refused only after {got['after_s']}s")
+    if d["old_admin"] != "unauth" or d["new_login"] != "ok":
+        problems.append(f"revoke-old: old admin {d['old_admin']}, new login {d['new_login']}")
+    assert set(r["removed"]) == {"nuwa", "pangu", "chunkserver", "fuxi", "kuafu"}
+    assert not problems, "\n".join(problems)
+    print(json.dumps({k: r[k] for k in ("removed", "group", "admins")}), json.dumps(d))
+
+
+def test_platform_actor_methods_refuse_code_inside_the_cluster(zk):
+    calls = zk["result"]["checks"]["actor_calls"]
+    assert len(calls) >= 30
+    # Any signed-in caller may ask for a proxy on a node (code there needs one); what it
+    # sends is not used, so bob's call is answered with the node's existing proxy.
+    bad = {k: v for k, v in calls.items()
+           if not v.startswith("refused") and k != "fuxi.kuafu_start_node as bob"}
+    assert not bad, "\n".join(f"{k}: {v}" for k, v in sorted(bad.items()))
+    assert not calls["fuxi.kuafu_start_node as bob"].startswith("error"), calls
 
 
 def test_acl_commands(zk):

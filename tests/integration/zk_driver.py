@@ -22,7 +22,13 @@ import traceback
 
 CLUSTER = sys.argv[1] if len(sys.argv) > 1 else "zk"
 PASSWORDS = {"bob": "bob-Secret-pw-1", "carol": "carol-Secret-pw-2", "dave": "dave-Secret-pw-3"}
-IDENTITIES = ("none", "malformed", "forged", "expired", "carol", "dave", "bob", "admin")
+IDENTITIES = ("none", "malformed", "forged", "expired", "appended", "revoked", "recreated",
+              "carol", "dave", "bob", "admin")
+# The malformed cells (issue 14): bob's token with '=' appended; a user granted what dave is,
+# then removed; the old token of a user removed and added again. Cheap: no job of their own.
+CHEAP_BAD = ("appended", "revoked", "recreated")
+REVOKE_WITHIN_S = 5.0  # zhongkui.guard.REVOKE_WITHIN_S: by then every entry point refuses
+REVOKE_POLL_S = 0.25
 WAIT_S = 60.0  # any wait in this driver
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -87,6 +93,12 @@ def main() -> None:
         tok = {"admin": admin, "none": "", "malformed": "not-a-token"}
         for u, pw in PASSWORDS.items():
             tok[u] = m("auth_login", u, pw)
+        tok["appended"] = tok["bob"] + "="
+        for u in ("rex", "rita"):
+            m("auth_user_add", admin, u, f"{u}-Secret-pw-9", [])
+            secrets["passwords"].append(f"{u}-Secret-pw-9")
+        tok["revoked"] = m("auth_login", "rex", "rex-Secret-pw-9")
+        tok["recreated"] = m("auth_login", "rita", "rita-Secret-pw-9")
         # A forged token: bob's, promoted to the administrators, with bob's signature kept.
         head, sig = tok["bob"].split(".")
         payload = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
@@ -119,8 +131,9 @@ def main() -> None:
         bob_nw.create("/apps/bob/x", b"bob's value")
         for who in IDENTITIES:
             bob_nw.create(f"/apps/bob/d-{who}", b"")
-        m("auth_grant", tok["bob"], "nuwa", "/apps/bob", "user:dave",
-          ["read", "write", "create", "delete"])
+        for u in ("dave", "rex", "rita"):
+            m("auth_grant", tok["bob"], "nuwa", "/apps/bob", f"user:{u}",
+              ["read", "write", "create", "delete"])
         bob_nw.create("/open/", b"")
         bob_nw.create("/open/f", b"bob")
 
@@ -139,8 +152,9 @@ def main() -> None:
                 f.write(b"d")
             with bob_pg.open(f"/home/bob/t-{who}", "wb") as f:
                 f.write(b"truncate me")
-        m("auth_grant", tok["bob"], "pangu", "/home/bob", "user:dave",
-          ["read", "write", "create", "delete"])
+        for u in ("dave", "rex", "rita"):
+            m("auth_grant", tok["bob"], "pangu", "/home/bob", f"user:{u}",
+              ["read", "write", "create", "delete"])
 
         # Jobs: only granted users submit (the default everyone-submits entry is revoked).
         step("jobs")
@@ -155,7 +169,11 @@ def main() -> None:
         bob_fx = fx("bob")
         j1 = bob_fx.submit(noop)
         bob_fx.wait(j1, timeout_s=WAIT_S)
-        cancel_jobs = {who: bob_fx.submit(sleepy) for who in IDENTITIES}
+        cancel_jobs = {who: bob_fx.submit(sleepy) for who in IDENTITIES if who not in CHEAP_BAD}
+        for who in CHEAP_BAD:  # their tokens are refused before any job is looked at
+            cancel_jobs[who] = cancel_jobs["none"]
+        for u in ("rex", "rita"):
+            m("auth_grant", admin, "queue", "default", f"user:{u}", ["submit", "view", "cancel"])
 
         # Services: bob's echo, callable and manageable by dave.
         step("services")
@@ -170,7 +188,13 @@ def main() -> None:
             return doc
 
         m("service_register", svc_doc("zkecho", 1), cred=tok["bob"])
-        m("auth_grant", tok["bob"], "service", "zkecho", "user:dave", ["call", "manage"])
+        for u in ("dave", "rex", "rita"):
+            m("auth_grant", tok["bob"], "service", "zkecho", f"user:{u}", ["call", "manage"])
+        # rex goes; rita goes and comes back (a new account: her old token names nobody).
+        m("auth_user_rm", admin, "rex")
+        m("auth_user_rm", admin, "rita")
+        m("auth_user_add", admin, "rita", "rita-Secret-pw-9", [])
+        revoked_at = time.time()
         deadline = time.time() + WAIT_S
         while m("service_status", "zkecho", cred=admin)["ready"] < 1:
             assert time.time() < deadline, "zkecho never became ready"
@@ -235,6 +259,7 @@ def main() -> None:
                 row[op] = run(fn)
             return row
 
+        time.sleep(max(0.0, revoked_at + REVOKE_WITHIN_S - time.time()))
         for who in IDENTITIES:
             result["cells"][who] = grid(who)
         # carol's acl.grant must not have stuck, and neither an admin's: undo the admin's.
@@ -345,6 +370,16 @@ def main() -> None:
             checks[f"rotation_{label}_call"] = run(lambda: call("bob"))
         tok["bob"] = old_bob
 
+        # ------------------------------------------------ platform actors, from inside
+        step('platform actor methods called from a plain Ray task')
+        checks["actor_calls"] = _actor_calls(rec.namespace, tok, cancel_jobs["carol"],
+                                             pg("admin").status())
+
+        # ------------------------------------------------ revocation at every entry point
+        step('revocation at every entry point')
+        checks["revocation"] = _revocations(m, tok, admin, nw, pg, fx, call, bob_pg, j1,
+                                            secrets)
+
         # ------------------------------------------------ the trail
         step('the trail')
         trail = m("auth_audit", admin, None, "denied")
@@ -357,6 +392,12 @@ def main() -> None:
                 fx("admin").cancel(jid)
             except Exception:  # noqa: BLE001 - already cancelled in the grid
                 pass
+        # ------------------------------------------------ rotate-keys --revoke-old, last
+        # (it ends every token signed before, the administrator's and the services' too)
+        step('rotate-keys --revoke-old')
+        checks["revoke_old"] = _revoke_old(m, tok, admin, creds_doc, nw, pg, fx, call, bob_pg,
+                                           j1, secrets)
+        admin = tok["admin"]
         for n_ in ("zkecho", *[f"zk-{w}" for w in IDENTITIES]):
             try:
                 m("service_remove", n_, cred=admin)
@@ -367,6 +408,148 @@ def main() -> None:
         json.dump(result, f, indent=1, default=str)
     with open(secrets_path, "w") as f:
         json.dump(secrets, f)
+
+
+def _refused_within(fn) -> dict:
+    """Call ``fn`` until it is refused; how it was refused and how long after the revocation
+    (the caller revoked just before)."""
+    t0 = time.time()
+    got = "ok"
+    while time.time() < t0 + 3 * REVOKE_WITHIN_S:
+        got = run(fn)
+        if got != "ok":
+            break
+        time.sleep(REVOKE_POLL_S)
+    return {"result": got, "after_s": round(time.time() - t0, 2)}
+
+
+def _entry_points(tok_of, nw, pg, fx, call_as, bob_pg, j1):
+    """One call per entry point as a user who may make it; connections opened before the
+    revocation are kept (their verified principal is cached there)."""
+    import ray
+
+    info = bob_pg.call("locate", "/home/bob/f")
+    chunk = info["chunks"][0]
+    n, p = nw(tok_of), pg(tok_of)
+    access = p.call("locate", "/home/bob/f")["chunks"][0]["access"]
+    server = bob_pg.server(chunk["replicas"][0]["name"])
+    return {
+        "nuwa": lambda: n.get("/apps/bob/x"),
+        "pangu": lambda: p.stat("/home/bob/f"),
+        "chunkserver": lambda: ray.get(server.read.remote(chunk["id"], chunk["version"], 0, 4,
+                                                          access=access), timeout=WAIT_S),
+        "fuxi": lambda: fx(tok_of).status(j1),
+        "kuafu": lambda: call_as(tok_of),
+    }, access
+
+
+def _revocations(m, tok, admin, nw, pg, fx, call, bob_pg, j1, secrets) -> dict:
+    """(a) the user removed, (b) out of the group that granted access, (c) out of admins:
+    each entry point refuses a token that worked, within REVOKE_WITHIN_S."""
+    out = {}
+    m("auth_user_add", admin, "ra", "ra-Secret-pw-1", [])
+    m("auth_user_add", admin, "rg", "rg-Secret-pw-1", ["zkg"])
+    m("auth_user_add", admin, "rd", "rd-Secret-pw-1", ["admins"])
+    secrets["passwords"] += ["ra-Secret-pw-1", "rg-Secret-pw-1", "rd-Secret-pw-1"]
+    for principal in ("user:ra", "group:zkg"):
+        m("auth_grant", tok["bob"], "nuwa", "/apps/bob", principal, ["read"])
+        m("auth_grant", tok["bob"], "pangu", "/home/bob", principal, ["read"])
+        m("auth_grant", tok["bob"], "service", "zkecho", principal, ["call"])
+        m("auth_grant", admin, "queue", "default", principal, ["view"])
+    how = {"removed": ("ra", lambda: m("auth_user_rm", admin, "ra")),
+           "group": ("rg", lambda: m("auth_user_groups", admin, "rg", [])),
+           "admins": ("rd", lambda: m("auth_user_groups", admin, "rd", []))}
+    for case, (user, revoke) in how.items():
+        tok[user] = m("auth_login", user, f"{user}-Secret-pw-1")
+        secrets["tokens"].append(tok[user])
+
+        calls, access = _entry_points(user, nw, pg, fx, call, bob_pg, j1)
+        secrets["tokens"].append(access)
+        out[f"{case}_before"] = {ep: run(fn) for ep, fn in calls.items()}
+        revoke()
+        out[case] = {ep: _refused_within(fn) for ep, fn in calls.items()}
+    return out
+
+
+def _revoke_old(m, tok, admin, creds_doc, nw, pg, fx, call, bob_pg, j1, secrets) -> dict:
+    """(d) `fuxi rotate-keys --revoke-old`: every token signed before is refused at every
+    entry point; a new login works. The administrator logs in again (the CLI's token file
+    too, for the tests that follow)."""
+    from fuxi.runtime import TOKEN_FILE, cluster_dir, write_private
+
+    calls, access = _entry_points("bob", nw, pg, fx, call, bob_pg, j1)
+    secrets["tokens"].append(access)
+    out = {"before": {ep: run(fn) for ep, fn in calls.items()}}
+    m("auth_rotate", admin, True)
+    out["after"] = {ep: _refused_within(fn) for ep, fn in calls.items()}
+    out["old_admin"] = run(lambda: m("auth_whoami", admin))
+    new_admin = tok["admin"] = m("auth_login", "admin", creds_doc["password"])
+    tok["bob"] = m("auth_login", "bob", PASSWORDS["bob"])
+    secrets["tokens"] += [new_admin, tok["bob"]]
+    out["new_login"] = run(lambda: nw("bob").get("/apps/bob/x"))
+    write_private(os.path.join(cluster_dir(CLUSTER), TOKEN_FILE), new_admin)
+    return out
+
+
+def _actor_calls(namespace, tok, other_job, pangu_status) -> dict:
+    """Every state-changing control method of the platform's actors, called from a plain Ray
+    task inside the cluster without a platform token (none, and bob's): each refused."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def attack(namespace, creds, other_job, chunkserver):
+        from ray.util import list_named_actors
+
+        import pangu.errors as PE
+        from zhongkui.errors import BadCredentials, Denied
+
+        refusals = (BadCredentials, Denied, PE.Denied, PE.Unauthenticated)  # typed, each
+
+        def h(name):
+            return ray.get_actor(name, namespace=namespace)
+        proxy = next(a["name"] for a in list_named_actors(all_namespaces=True)
+                     if a.get("namespace") == namespace and a["name"].startswith("kuafu-proxy-"))
+        node = ray.get_runtime_context().get_node_id()
+        evil = {"namespace": namespace, "nuwa": [["127.0.0.1", 9]], "host": "0.0.0.0",
+                "settings": {}, "detached": True}
+        calls = {
+            "fuxi.shutdown_jobs": lambda c: h("FuxiMaster").shutdown_jobs.remote(c),
+            "fuxi.sync_other_job": lambda c: h("FuxiMaster").sync.remote(
+                other_job, 50, {}, [], [], cred=c),
+            "fuxi.auth_bootstrap": lambda c: h("FuxiMaster").auth_bootstrap.remote(c),
+            "fuxi.kuafu_start_node": lambda c: h("FuxiMaster").kuafu_start_node.remote(
+                node, evil, c),
+            "jobmaster.cancel": lambda c: h(f"jobmaster-{other_job}").cancel.remote(
+                "attack", cred=c),
+            "jobmaster.run": lambda c: h(f"jobmaster-{other_job}").run.remote(c),
+            "nuwa.stop": lambda c: h("nuwa-1").stop.remote(cred=c),
+            "nuwa.set_peers": lambda c: h("nuwa-1").set_peers.remote({}, cred=c),
+            "nuwa.start": lambda c: h("nuwa-1").start.remote(0, cred=c),
+            "nuwa.set_keys": lambda c: h("nuwa-1").zk_set_keys.remote(c, {"keys": {}}),
+            "pangu.master_stop": lambda c: h("pangu-master-1").stop.remote(cred=c),
+            "pangu.master_start": lambda c: h("pangu-master-1").start.remote(cred=c),
+            "pangu.maintain_once": lambda c: h("pangu-master-1").maintain_once.remote(cred=c),
+            "chunkserver.start": lambda c: h(chunkserver).start.remote([], cred=c),
+            "chunkserver.corrupt": lambda c: h(chunkserver).corrupt_for_test.remote(
+                "c", 0, cred=c),
+            "chunkserver.delete": lambda c: h(chunkserver).delete.remote(["c"], cred=c),
+            "kuafu.shutdown": lambda c: h(proxy).shutdown.remote(cred=c),
+            "kuafu.set_keys": lambda c: h(proxy).zk_set_keys.remote(c, {"keys": {}}),
+        }
+        out = {}
+        for name, fn in calls.items():
+            for label, c in creds.items():
+                try:
+                    ray.get(fn(c), timeout=30)
+                    out[f"{name} as {label}"] = "allowed"
+                except refusals as e:
+                    out[f"{name} as {label}"] = f"refused: {type(e).__name__}"
+                except Exception as e:  # noqa: BLE001 - anything else is a finding
+                    out[f"{name} as {label}"] = f"error: {type(e).__name__}: {e}"[:200]
+        return out
+
+    return ray.get(attack.remote(namespace, {"none": None, "bob": tok["bob"]}, other_job,
+                                 pangu_status["servers"][0]["name"]), timeout=5 * WAIT_S)
 
 
 def _until_refused(fn, timeout_s: float = 10.0) -> str:

@@ -61,12 +61,8 @@ def test_any_changed_byte_is_refused(pos, delta):
     changed = t[:i] + chr((ord(t[i]) + delta) % 128 or 1) + t[i + 1:]
     if changed == t:
         return
-    try:
-        c = k.verify(changed, now=1.0)
-    except BadCredentials:
-        return
-    # base64 padding bits can change without changing the bytes: then it is the same token
-    assert (c.user, c.groups) == ("carol", ("g",))
+    with pytest.raises(BadCredentials):  # strict base64url: no second text for one token
+        k.verify(changed, now=1.0)
 
 
 def test_rotation_keeps_old_tokens_until_retired():

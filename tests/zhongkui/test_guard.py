@@ -228,3 +228,69 @@ def test_the_audit_file_is_rotated_at_its_limit(tmp_path):
 
     assert os.path.getsize(path) < 10_000 + 1000 and os.path.exists(path + ".1")
     assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_a_key_push_is_concurrent_bounded_and_leaves_the_loop_free():
+    """Issue 14, defect 11: FuxiMaster handed the new keys to each actor in turn, with a
+    blocking wait of up to KEYS_PUSH_TIMEOUT_S each on its event loop. Now: all at once, at
+    most concurrency_max in flight, a hung actor costs one timeout, and the loop runs."""
+    from zhongkui.shell import push_all
+
+    async def go():
+        inflight, peak, done, ticks = [0], [0], [], []
+        hang = asyncio.Event()
+
+        async def push(handle):
+            inflight[0] += 1
+            peak[0] = max(peak[0], inflight[0])
+            try:
+                if handle == "stuck":
+                    await hang.wait()  # a paused actor: never answers
+                await asyncio.sleep(0.01)
+                if handle == "broken":
+                    raise RuntimeError("actor died")
+                done.append(handle)
+            finally:
+                inflight[0] -= 1
+
+        async def ticker():
+            while True:
+                ticks.append(1)
+                await asyncio.sleep(0.01)
+        t = asyncio.get_running_loop().create_task(ticker())
+        targets = [(f"a{i}", f"h{i}") for i in range(40)] + [("s", "stuck"), ("b", "broken")]
+        missed = await push_all(targets, push, concurrency_max=8, timeout_s=0.5)
+        t.cancel()
+        assert sorted(missed) == ["b", "s"] and len(done) == 40
+        assert peak[0] <= 8
+        assert len(ticks) > 5  # the loop went on serving while the push waited
+    asyncio.run(go())
+
+
+def test_a_refresh_already_under_way_does_not_hide_a_grant_made_meanwhile():
+    """A denial asks again unless the entries were fetched for this very call: a refresh
+    that was in flight when a grant was made answers with the entries from before it."""
+    from zhongkui.guard import REVOCATION_CONFIRM_S
+
+    clock = Clock()
+    ring = Keyring.new()
+    source = {"version": 1, "entries": [], "restricted": []}
+
+    async def fetch_acl(proof, have_version):
+        snapshot = dict(source)  # what the identity service had when asked
+        await asyncio.sleep(0.05)
+        return snapshot
+
+    g = Guard(auth_doc(True, ring), clock=clock, fetch_acl=fetch_acl)
+    bob = g.identify(ring.sign("bob", now=clock.t))
+
+    async def go():
+        await g.refresh_acl()
+        clock.t += REVOCATION_CONFIRM_S + 0.5
+        g.refresh_soon()  # under way (a busy guard's background refresh) ...
+        await asyncio.sleep(0)  # it has asked
+        source.update(version=2, entries=[{"kind": "pangu", "resource": "/data",
+                                           "principal": "user:bob", "perms": ["read"]}])
+        # ... when the grant lands and bob's call comes
+        assert (await g.acheck(bob, "pangu", "/data/x", "read")).allowed
+    asyncio.run(go())
