@@ -31,9 +31,9 @@ class Cluster:
         # The guard's I/O hooks reach FuxiMaster over Ray: here the entries are set directly.
         m.guard.fetch_acl = m.guard.fetch_keys = m.guard.report = None
         m.guard.set_acl({"version": 1, "entries": self.grants})
-        await m.start()
+        await m.start(cred=m.guard.platform_token())
         return m
 
 
 async def stop(m) -> None:
-    await m.stop()
+    await m.stop(cred=m.guard.platform_token())
