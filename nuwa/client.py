@@ -123,7 +123,9 @@ class AsyncNuwa:
                                                       min(CONNECT_TIMEOUT_S, max(0.01, deadline - loop.time())))
                         w.write(frame(b"C"))
                         self._early.clear()  # watch ids belong to a connection
-                        self.conn = _Connection(r, w, self._on_watch, self._on_lost)
+                        conn = _Connection(r, w, self._on_watch, self._on_lost)
+                        await self._sign_in(conn, deadline)
+                        self.conn = conn
                         self.leader = (host, port)
                         await self._resubscribe()
                         return self.conn
@@ -131,6 +133,24 @@ class AsyncNuwa:
                         last = e
                 await asyncio.sleep(RETRY_BACKOFF_S)
             raise E.Unavailable(f"no Nuwa replica reachable at {self.addresses}: {last!r}")
+
+    async def _sign_in(self, conn: _Connection, deadline: float) -> None:
+        """Show the token in a small first request: a replica with authentication on takes
+        only small frames (PREAUTH_FRAME_BYTES_MAX) before it has seen a valid one."""
+        cred = self._cred()
+        if not cred:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            msg = await asyncio.wait_for(conn.request({"op": "auth", "cred": cred}),
+                                         max(0.01, deadline - loop.time()))
+        except (ConnectionError, asyncio.TimeoutError):
+            conn.close()
+            raise
+        if "error" in msg:
+            conn.dropped = True
+            conn.close()
+            raise E.error_from_dict(msg["error"])
 
     def _cred(self) -> str:
         if self.token is None:

@@ -29,6 +29,9 @@ _MORE = 1 << 31  # top bit of the length word: more fragments of this message fo
 PEER_QUEUE_MAX = 4096  # messages waiting for one peer while it is not connected
 PEER_BUFFER_BYTES_MAX = 64 * 1024 * 1024  # unsent bytes to one peer; beyond it, messages are dropped
 CONNECT_TIMEOUT_S = 1.0
+HELLO_BYTES_MAX = 64 * 1024  # the first frame of an accepted connection, before anything is known
+HELLO_TIMEOUT_S = 5.0
+CONNECTIONS_MAX = 4096  # accepted connections; beyond it, new ones are closed at once
 RECONNECT_BACKOFF_MAX_S = 1.0
 _LEN = struct.Struct("<I")
 
@@ -54,7 +57,9 @@ def frame(payload: bytes) -> bytes:
     return b"".join(parts)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
+async def read_frame(reader: asyncio.StreamReader, bytes_max: int = FRAME_BYTES_MAX) -> bytes:
+    """One message; FrameError once it is over ``bytes_max`` (checked before its bytes are
+    read, so a huge length word costs nothing)."""
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -64,8 +69,9 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes:
             raise FrameError(f"incoming fragment of {n} bytes exceeds FRAGMENT_BYTES_MAX="
                              f"{FRAGMENT_BYTES_MAX}")
         total += n
-        if total > FRAME_BYTES_MAX:
-            raise FrameError(f"incoming message exceeds FRAME_BYTES_MAX={FRAME_BYTES_MAX}")
+        if total > min(bytes_max, FRAME_BYTES_MAX):
+            raise FrameError(f"incoming message of at least {total} bytes exceeds "
+                             f"{min(bytes_max, FRAME_BYTES_MAX)} bytes")
         chunks.append(await reader.readexactly(n))
         if not more:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -152,6 +158,8 @@ class Transport:
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self._accepted: set[asyncio.StreamWriter] = set()
+        self.connections_max = CONNECTIONS_MAX
+        self.refused = 0  # connections closed at once because connections_max were open
 
     async def listen(self, host: str = "0.0.0.0", port: int = 0) -> int:
         self.server = await asyncio.start_server(self._accept, host, port)
@@ -188,9 +196,13 @@ class Transport:
                 p.send(payloads)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._accepted) >= self.connections_max:
+            self.refused += 1  # the descriptors left are the WAL's and the snapshots'
+            writer.close()
+            return
         self._accepted.add(writer)
         try:
-            hello = await asyncio.wait_for(read_frame(reader), CONNECT_TIMEOUT_S * 5)
+            hello = await asyncio.wait_for(read_frame(reader, HELLO_BYTES_MAX), HELLO_TIMEOUT_S)
             if hello[:1] == b"P":
                 while True:
                     self.on_peer_message(await read_frame(reader))
