@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import json
 import logging
 import os
@@ -749,7 +750,7 @@ class ReplicaServer:
         if op == "auth":
             return who.to_doc() if who is not None else {"user": None}
         if op == "status":
-            return self.status()
+            return _plain(self.status())
         if op == "members":
             return {str(k): list(v) for k, v in self.addresses.items()}
         if op in WRITE_OPS or op == "session_close":
@@ -913,6 +914,17 @@ class _Conn:
             logger.warning("closing a client %s bytes behind (CONN_BUFFER_BYTES_MAX)",
                            self.writer.transport.get_write_buffer_size())
             self.writer.close()
+
+
+def _plain(obj):
+    """``obj`` as msgpack can carry it to any client: enums as their names, map keys as str."""
+    if isinstance(obj, enum.Enum):
+        return obj.name
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def _stat(stat) -> dict:
