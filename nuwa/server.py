@@ -892,7 +892,7 @@ def connections_cap(config: ServerConfig) -> int:
         return config.connections_max
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return config.connections_max
-    return max(1, min(config.connections_max, soft - config.fds_reserved, soft // 2 or 1))
+    return max(1, min(config.connections_max, soft - min(config.fds_reserved, soft // 2)))
 
 
 class _Conn:

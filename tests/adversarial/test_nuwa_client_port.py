@@ -454,3 +454,65 @@ def test_limits_are_named_in_the_config():
     assert {"connections_max", "hello_timeout_s", "idle_timeout_s", "preauth_connections_max",
             "connections_per_user_max", "sessions_per_user_max", "watches_per_user_max",
             "ephemerals_per_user_max", "pending_per_user_max"} <= names
+
+
+FD_CHILD = r"""
+import asyncio, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from nuwa.server import ReplicaServer, ServerConfig
+
+async def main():
+    s = ReplicaServer(1, [1], sys.argv[1], ServerConfig(snapshot_every_entries=20,
+                      snapshot_trailing_entries=5), seed=1)
+    port = await s.start("127.0.0.1")
+    s.set_peers({1: ("127.0.0.1", port)})
+    print(port, flush=True)
+    while not s.stopped:
+        await asyncio.sleep(0.05)
+    print("STOPPED", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_running_out_of_file_descriptors_does_not_stop_the_replica(tmp_path):
+    """A replica whose process may open 128 files is sent 150 connections that stay open,
+    while a client keeps writing (and the replica keeps writing snapshots, which need new
+    files). The connections beyond the cap are refused; every write succeeds."""
+    import subprocess
+    import sys
+
+    from nuwa.client import AsyncNuwa
+
+    proc = subprocess.Popen([sys.executable, "-c", FD_CHILD, str(tmp_path / "r1"), "128"],
+                            stdout=subprocess.PIPE, text=True)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 30)
+        port = int(line)
+        c = AsyncNuwa([("127.0.0.1", port)], timeout_s=5, token="")
+        await c.create("/fd/", parents=True)
+        flood = []
+        for _ in range(150):
+            with contextlib.suppress(OSError):
+                flood.append(await Raw.open(port))
+        await asyncio.sleep(0.5)
+        for i in range(60):  # three snapshots' worth of writes
+            await c.create(f"/fd/n{i}", b"v")
+        assert proc.poll() is None, "the replica process died"
+        for r in flood:
+            r.close()
+        await asyncio.sleep(0.5)
+        fresh = AsyncNuwa([("127.0.0.1", port)], timeout_s=5, token="")
+        assert len(await fresh.list("/fd/")) == 60
+        await fresh.close()
+        await c.close()
+
+    try:
+        run(main())
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        assert "STOPPED" not in out
