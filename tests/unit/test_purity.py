@@ -27,6 +27,7 @@ PURE_CORE_MODULES = [
     "nuwa.tree",
     "nuwa.paths",
     "nuwa.commands",
+    "nuwa.wire",
     "nuwa.errors",
     "nuwa.linearizability",
     "pangu.paths",
