@@ -57,6 +57,8 @@ class _Connection:
                 if "watch" in msg and "id" not in msg:
                     self.on_watch(msg)
                     continue
+                if msg.get("id") is None and "error" in msg:
+                    break  # the replica is closing this connection (idle, or a bad frame)
                 fut = self.futures.pop(msg.get("id"), None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)

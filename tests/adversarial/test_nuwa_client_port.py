@@ -331,6 +331,24 @@ def test_idle_connections_are_closed_but_watchers_are_not(tmp_path):
     run(main())
 
 
+def test_the_client_signs_in_first_and_reconnects_after_an_idle_close(tmp_path):
+    from nuwa.client import AsyncNuwa
+
+    async def main():
+        node, _ = await seeded(tmp_path, SHORT)
+        try:
+            c = AsyncNuwa([("127.0.0.1", node.port)], timeout_s=5, token=node.token("bob"))
+            # The first request is bigger than PREAUTH_FRAME_BYTES_MAX: the client signed in.
+            await c.create("/open/bob", b"v" * (512 * 1024))
+            await asyncio.sleep(3 * SHORT.idle_timeout_s)  # the replica closes the connection
+            await c.set("/open/bob", b"w")  # a write after it: no OutcomeUnknown
+            assert (await c.get("/open/bob"))[0] == b"w"
+            await c.close()
+        finally:
+            await node.stop()
+    run(main())
+
+
 def test_many_connections_are_capped_and_the_replica_keeps_serving(tmp_path):
     cfg = ServerConfig(connections_max=24, preauth_connections_max=8, hello_timeout_s=30)
 
