@@ -29,15 +29,16 @@ _MORE = 1 << 31  # top bit of the length word: more fragments of this message fo
 PEER_QUEUE_MAX = 4096  # messages waiting for one peer while it is not connected
 PEER_BUFFER_BYTES_MAX = 64 * 1024 * 1024  # unsent bytes to one peer; beyond it, messages are dropped
 CONNECT_TIMEOUT_S = 1.0
-HELLO_BYTES_MAX = 64 * 1024  # the first frame of an accepted connection, before anything is known
-HELLO_TIMEOUT_S = 5.0
-CONNECTIONS_MAX = 4096  # accepted connections; beyond it, new ones are closed at once
 RECONNECT_BACKOFF_MAX_S = 1.0
 _LEN = struct.Struct("<I")
 
 
 class FrameError(Exception):
     """A peer sent something that is not a valid frame."""
+
+
+HELLO_BYTES_MAX = 1024  # the first frame of a connection, read before anyone is authenticated
+CONNECTIONS_MAX = 4096  # accepted connections; beyond it, new ones are closed at once
 
 
 def frame(payload: bytes) -> bytes:
@@ -58,8 +59,7 @@ def frame(payload: bytes) -> bytes:
 
 
 async def read_frame(reader: asyncio.StreamReader, bytes_max: int = FRAME_BYTES_MAX) -> bytes:
-    """One message; FrameError once it is over ``bytes_max`` (checked before its bytes are
-    read, so a huge length word costs nothing)."""
+    """One whole message of at most ``bytes_max`` bytes (FrameError beyond, before reading it)."""
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -69,9 +69,9 @@ async def read_frame(reader: asyncio.StreamReader, bytes_max: int = FRAME_BYTES_
             raise FrameError(f"incoming fragment of {n} bytes exceeds FRAGMENT_BYTES_MAX="
                              f"{FRAGMENT_BYTES_MAX}")
         total += n
-        if total > min(bytes_max, FRAME_BYTES_MAX):
-            raise FrameError(f"incoming message of at least {total} bytes exceeds "
-                             f"{min(bytes_max, FRAME_BYTES_MAX)} bytes")
+        if total > bytes_max:
+            raise FrameError(f"incoming message of {total}+ bytes exceeds its limit of "
+                             f"{bytes_max} bytes")
         chunks.append(await reader.readexactly(n))
         if not more:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -202,7 +202,7 @@ class Transport:
             return
         self._accepted.add(writer)
         try:
-            hello = await asyncio.wait_for(read_frame(reader, HELLO_BYTES_MAX), HELLO_TIMEOUT_S)
+            hello = await asyncio.wait_for(read_frame(reader, HELLO_BYTES_MAX), CONNECT_TIMEOUT_S * 5)
             if hello[:1] == b"P":
                 while True:
                     self.on_peer_message(await read_frame(reader))
