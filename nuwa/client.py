@@ -38,6 +38,7 @@ client opens a new, distinct session (a new id) for later ephemeral creates, and
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import itertools
@@ -94,6 +95,8 @@ class _Connection:
                 if "watch" in msg and "id" not in msg:
                     self.on_watch(msg)
                     continue
+                if msg.get("id") is None and "error" in msg:
+                    break  # the replica is closing this connection (idle, or a bad frame)
                 fut = self.futures.pop(msg.get("id"), None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
@@ -163,7 +166,9 @@ class AsyncNuwa:
                                                       min(CONNECT_TIMEOUT_S, max(0.01, deadline - loop.time())))
                         w.write(frame(b"C"))
                         self._early.clear()  # watch ids belong to a connection
-                        self.conn = _Connection(r, w, self._on_watch, self._on_lost)
+                        conn = _Connection(r, w, self._on_watch, self._on_lost)
+                        await self._sign_in(conn, deadline)
+                        self.conn = conn
                         self.leader = (host, port)
                         await self._resubscribe()
                         return self.conn
@@ -171,6 +176,24 @@ class AsyncNuwa:
                         last = e
                 await asyncio.sleep(RETRY_BACKOFF_S)
             raise E.Unavailable(f"no Nuwa replica reachable at {self.addresses}: {last!r}")
+
+    async def _sign_in(self, conn: _Connection, deadline: float) -> None:
+        """Show the token in a small first request: a replica with authentication on takes
+        only small frames (PREAUTH_FRAME_BYTES_MAX) before it has seen a valid one."""
+        cred = self._cred()
+        if not cred:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            msg = await asyncio.wait_for(conn.request({"op": "auth", "cred": cred}),
+                                         max(0.01, deadline - loop.time()))
+        except (ConnectionError, asyncio.TimeoutError):
+            conn.close()
+            raise
+        if "error" in msg:
+            conn.dropped = True
+            conn.close()
+            raise E.error_from_dict(msg["error"])
 
     def _cred(self) -> str:
         if self.token is None:
@@ -610,8 +633,20 @@ class _Watch:
                 await self.client._call({"op": "unwatch", "watch": self.server_id}, False)
 
 
+# The blocking client's calls that only read; every other call may write, and a write whose
+# answer did not come in time is OutcomeUnknown, never a plain TimeoutError.
+READ_METHODS = frozenset({"get", "list", "stat", "exists", "status"})
+BLOCKING_SLACK_S = 1.0  # a blocking call waits this much longer than its own timeouts
+LOOP_GRACE_S = 1.0  # ... and this much more for the client's own event loop (if it is stuck)
+
+
 class Nuwa:
-    """Blocking client: the same calls as ``AsyncNuwa``, run on a private event-loop thread."""
+    """Blocking client: the same calls as ``AsyncNuwa``, run on a private event-loop thread.
+
+    Every call ends with its answer, a typed error, or -- for a call that may write, when the
+    answer did not come within the call's timeouts -- ``OutcomeUnknown`` (the call is then
+    cancelled: nothing more of it is sent). Reads that time out raise ``nuwa.errors.Timeout``.
+    """
 
     def __init__(self, addresses: Sequence[tuple[str, int]], timeout_s: float = CALL_TIMEOUT_S,
                  creator: str = "anonymous", token=None):
@@ -619,23 +654,61 @@ class Nuwa:
         self._thread = threading.Thread(target=self._loop.run_forever, name="nuwa-client", daemon=True)
         self._thread.start()
         self.timeout_s = timeout_s
-        self._async = self._run(self._make(addresses, timeout_s, creator, token))
+        self._async = self._run(self._make(addresses, timeout_s, creator, token), write=False)
 
     async def _make(self, addresses, timeout_s, creator, token) -> AsyncNuwa:
         return AsyncNuwa(addresses, timeout_s, creator, token)
 
-    def _run(self, coro, extra_s: float = 1.0):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout_s + extra_s)
+    def _run(self, coro, write: bool = True, bound_s: float | None = None, what: str = "call"):
+        """Run ``coro`` on the client's loop for at most ``bound_s``; the outcome is its
+        result, a NuwaError, or (timed out) OutcomeUnknown for a write, Timeout for a read."""
+        bound_s = self.timeout_s + BLOCKING_SLACK_S if bound_s is None else bound_s
+
+        def not_in_time(why: str) -> E.NuwaError:
+            if write:
+                return E.OutcomeUnknown(f"{what}: {why}; it may or may not have happened")
+            return E.Timeout(f"{what}: {why}")
+
+        async def bounded():
+            try:
+                return await asyncio.wait_for(coro, bound_s)  # cancels coro when it overruns
+            except asyncio.TimeoutError:
+                raise not_in_time(f"no answer within {bound_s:g}s") from None
+            except (ConnectionError, OSError) as e:
+                if write:
+                    raise not_in_time(f"the connection failed ({e!r})") from None
+                raise E.Unavailable(f"{what}: the connection failed ({e!r})") from None
+            except asyncio.CancelledError:
+                raise not_in_time("cancelled (the client is closing)") from None
+
+        cf = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
+        try:
+            return cf.result(bound_s + LOOP_GRACE_S)
+        except concurrent.futures.TimeoutError:
+            cf.cancel()  # the client's loop is stuck: the call must not go on once it runs
+            raise not_in_time(f"the client's event loop did not finish it within "
+                              f"{bound_s + LOOP_GRACE_S:g}s") from None
+        except concurrent.futures.CancelledError:
+            raise not_in_time("cancelled (the client is closing)") from None
+
+    def _bound_s(self, name: str, kw: dict) -> float:
+        """How long a blocking call may take: its own timeouts (an ephemeral create opens a
+        session first: two calls), plus slack."""
+        per_call = max(self.timeout_s, kw.get("timeout_s") or 0.0)
+        calls = 2 if name == "create" and kw.get("ephemeral") else 1
+        return calls * per_call + BLOCKING_SLACK_S
 
     def __getattr__(self, name: str):
         attr = getattr(self._async, name)
         if not callable(attr) or not asyncio.iscoroutinefunction(attr):
             return attr
-        return lambda *a, **kw: self._run(attr(*a, **kw))
+        return lambda *a, **kw: self._run(attr(*a, **kw), write=name not in READ_METHODS,
+                                          bound_s=self._bound_s(name, kw), what=name)
 
     def watch(self, path: str, recursive: bool = False, from_revision: int | None = None,
               from_index: int | None = None):
-        w = self._run(self._async.watch(path, recursive, from_revision, from_index))
+        w = self._run(self._async.watch(path, recursive, from_revision, from_index),
+                      write=False, what="watch")
         return _BlockingWatch(self, w)
 
     def close(self) -> None:

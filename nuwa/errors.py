@@ -5,7 +5,9 @@
     │   ├── BadPath           path syntax (relative, '//', '.', '..', control chars, too long,
     │   │                     a directory path where a file is expected or the reverse)
     │   ├── LimitExceeded     a named limit (children per directory, txn ops, sessions, ...)
-    │   │   └── ValueTooLarge a value over VALUE_BYTES_MAX (never truncated)
+    │   │   ├── ValueTooLarge a value over VALUE_BYTES_MAX (never truncated)
+    │   │   └── QuotaExceeded a per-user limit (sessions, watches, ephemerals, requests in
+    │   │                     flight, connections) that `user` has reached
     │   ├── NodeExists        create of a path that exists (or exists as the other kind)
     │   ├── NoNode            the path (or the parent directory of a create) does not exist
     │   ├── NotEmpty          delete of a non-empty directory without recursive=True
@@ -36,7 +38,7 @@ __all__ = [
     "NuwaError", "BadRequest", "BadPath", "LimitExceeded", "ValueTooLarge", "NodeExists",
     "NoNode", "NotEmpty", "BadVersion", "NotADirectory", "IsADirectory", "NoSession",
     "TxnFailed", "Compacted", "CorruptSnapshot", "NotLeader", "Unavailable", "Timeout",
-    "OutcomeUnknown", "SessionExpired", "error_from_dict",
+    "OutcomeUnknown", "SessionExpired", "QuotaExceeded", "error_from_dict",
 ]
 
 
@@ -91,6 +93,12 @@ class LimitExceeded(BadRequest):
 
 class ValueTooLarge(LimitExceeded):
     fields = ("limit", "limit_value", "path", "value_bytes")
+
+
+class QuotaExceeded(LimitExceeded):
+    """User `user` holds as much of something as one user may (`limit`, `limit_value`);
+    other users are not affected. Release some (close sessions, cancel watches) first."""
+    fields = ("limit", "limit_value", "user")
 
 
 class NodeExists(BadRequest):

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import dataclasses
+import enum
 import json
 import logging
 import math
@@ -35,15 +38,17 @@ from typing import Any
 
 import msgpack
 
+from nuwa import commands as C
 from nuwa import errors as E
 from nuwa import peer_guard
 from nuwa.codec import encode_message
-from nuwa.commands import parse_command
 from nuwa.raft import ConfChangeRefused, MemoryStorage, MsgType, NotLeader, RaftNode, Role
 from nuwa.raft_types import ProposalDropped
-from nuwa.transport import Transport, frame, read_frame
+from nuwa.transport import FrameError, Transport, frame, read_frame
 from nuwa.tree import Tree
 from nuwa.wal import Wal
+from nuwa.wire import (READ_OPS, REQUEST_OPS, WRITE_OPS, Request, command_dict, command_ops,
+                       parse_request, request_id)
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +66,24 @@ class ServerConfig:
     watch_events_per_frame_max: int = 1000  # events in one watch message (a big txn is split)
     client_inflight_max: int = 1024  # requests in flight on one client connection
     read_timeout_s: float = 5.0
+    # Hardening (issue 14): connections and what one user may hold. See docs/nuwa.md.
+    connections_max: int = 4096  # accepted sockets, peers included; also kept fds_reserved
+    #                              below this process's file descriptor limit
+    fds_reserved: int = 128  # file descriptors never used for connections (WAL, snapshots)
+    preauth_connections_max: int = 256  # client connections that have not signed in yet
+    hello_timeout_s: float = 5.0  # from connecting to a first request with a valid token
+    idle_timeout_s: float = 600.0  # no request, none in flight and no watch: closed
+    connections_per_user_max: int = 256
+    sessions_per_user_max: int = 1024
+    watches_per_user_max: int = 2048
+    ephemerals_per_user_max: int = 20_000
+    pending_per_user_max: int = 4096  # requests of one user in flight at this replica
 
 
-WRITE_OPS = {"create", "set", "delete", "txn"}
-READ_OPS = {"get", "list", "stat", "exists"}
+# Frames a client may send: before a valid token only small ones (a first request that is
+# bigger signs in with ``auth`` first); after it, the biggest valid txn with room to spare.
+PREAUTH_FRAME_BYTES_MAX = 64 * 1024
+CLIENT_FRAME_BYTES_MAX = C.TXN_OPS_MAX * (C.VALUE_BYTES_MAX + 16 * 1024) + 1024 * 1024
 
 
 class ReplicaServer:
@@ -92,6 +111,11 @@ class ReplicaServer:
         self.transport = Transport(replica_id, self._on_peer, self._on_client,
                                    peer_secret=peer_secret, is_member=self._is_peer_member)
         self.peer_dropped: collections.Counter = collections.Counter()  # reason -> messages
+        self.transport.connections_max = connections_cap(config)
+        self._clients: set[_Conn] = set()  # open client connections
+        self._pending_by_user: dict[str, int] = {}  # user -> requests in flight (bounded
+        #                                             by the connections' inflight limits)
+        self._reserved: dict[tuple[str, str], int] = {}  # (user, what) -> being proposed
         self.addresses: dict[int, tuple[str, int]] = {}
         self.applied = 0
         self._last_hs = None
@@ -469,27 +493,95 @@ class ReplicaServer:
         return E.NotLeader(f"replica {self.id} is not the leader", leader_hint=hint)
 
     # ------------------------------------------------------------ client connections
+    #
+    # Hardening (issue 14): a client connection must show a valid token in its first request
+    # (a small frame, within hello_timeout_s); until then it is read one request at a time.
+    # It is then bound to that user (connections_per_user_max), and closed once idle for
+    # idle_timeout_s (no request in flight, no watch). Per-user quotas bound what one user can
+    # hold of the replica's shared limits; the platform's own actors are bounded only by those.
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Conn(writer)
-        inflight: set[asyncio.Task] = set()
+        conn.signed_in = not self.guard.enabled
+        cfg = self.config
+        if not conn.signed_in and sum(not c.signed_in for c in self._clients) >= \
+                cfg.preauth_connections_max:
+            conn.send({"id": None, "error": E.Unavailable(
+                f"preauth_connections_max={cfg.preauth_connections_max} connections are "
+                f"waiting to sign in at replica {self.id}; try again later").to_dict()})
+            return
+        self._clients.add(conn)
+        watchdog = asyncio.get_running_loop().create_task(self._watchdog(conn))
         try:
-            while True:
-                req = msgpack.unpackb(await read_frame(reader), raw=False)
-                if len(inflight) >= self.config.client_inflight_max:
-                    conn.send({"id": req.get("id"), "error": E.Unavailable(
-                        f"client_inflight_max={self.config.client_inflight_max} requests in "
+            while not writer.is_closing():
+                limit = CLIENT_FRAME_BYTES_MAX if conn.signed_in else PREAUTH_FRAME_BYTES_MAX
+                try:
+                    payload = await read_frame(reader, limit)
+                except FrameError as e:
+                    name = "CLIENT_FRAME_BYTES_MAX" if conn.signed_in else "PREAUTH_FRAME_BYTES_MAX"
+                    conn.send({"id": None, "error": E.LimitExceeded(
+                        f"{e}; {name}={limit} bytes (before a valid token, frames must be small)",
+                        limit=name, limit_value=limit).to_dict()})
+                    return
+                conn.last_request_at = time.monotonic()
+                try:
+                    req = msgpack.unpackb(payload, raw=False)
+                except Exception as e:  # noqa: BLE001 - whatever the bytes are, refuse them
+                    conn.send({"id": None, "error": E.BadRequest(
+                        f"undecodable request ({type(e).__name__}); expected a msgpack map "
+                        f"with op, id and cred").to_dict()})
+                    return
+                if not conn.signed_in and not await self._sign_in(conn, req):
+                    return
+                if len(conn.inflight) >= cfg.client_inflight_max:
+                    conn.send({"id": request_id(req), "error": E.Unavailable(
+                        f"client_inflight_max={cfg.client_inflight_max} requests in "
                         f"flight on this connection").to_dict()})
                     continue
                 t = asyncio.get_running_loop().create_task(self._serve(conn, req))
-                inflight.add(t)
-                t.add_done_callback(inflight.discard)
+                conn.inflight.add(t)
+                t.add_done_callback(conn.inflight.discard)
         finally:
-            for wid in [w for w, (c, _, _) in self.watchers.items() if c is conn]:
+            watchdog.cancel()
+            self._clients.discard(conn)
+            for wid in [w for w, (c, *_) in self.watchers.items() if c is conn]:
                 del self.watchers[wid]
 
+    async def _sign_in(self, conn: "_Conn", req) -> bool:
+        """The first request of a connection must carry a valid token; else the connection
+        is told why and closed."""
+        try:
+            await self._who(conn, req.get("cred") if isinstance(req, dict) else None)
+        except E.NuwaError as e:
+            conn.send({"id": request_id(req), "error": e.to_dict()})
+            conn.writer.close()
+            return False
+        return True
+
+    async def _watchdog(self, conn: "_Conn") -> None:
+        """Close a connection that does not sign in within hello_timeout_s, or that is idle
+        (no request for idle_timeout_s, none in flight, no watch)."""
+        cfg = self.config
+        while not conn.writer.is_closing():
+            now = time.monotonic()
+            if not conn.signed_in:
+                left = conn.opened_at + cfg.hello_timeout_s - now
+                why = f"no valid token within hello_timeout_s={cfg.hello_timeout_s}"
+            elif conn.inflight or any(w[0] is conn for w in self.watchers.values()):
+                left, why = cfg.idle_timeout_s, ""
+                conn.last_request_at = now
+            else:
+                left = conn.last_request_at + cfg.idle_timeout_s - now
+                why = f"idle for idle_timeout_s={cfg.idle_timeout_s}"
+            if left <= 0:
+                conn.send({"id": None, "error": E.Timeout(f"closing the connection: {why}")
+                           .to_dict()})
+                conn.writer.close()
+                return
+            await asyncio.sleep(left)
+
     async def _serve(self, conn: "_Conn", req: dict) -> None:
-        rid = req.get("id")
+        rid = request_id(req)
         try:
             result = await self._handle(conn, req)
             conn.send({"id": rid, "ok": result})
@@ -504,11 +596,12 @@ class ReplicaServer:
             conn.send({"id": rid, "error": E.Timeout("the replica could not confirm the read in "
                                                      f"{self.config.read_timeout_s}s").to_dict()})
         except Exception as e:  # a bug: say so rather than leave the client waiting
-            logger.exception("request %r failed", req.get("op"))
+            logger.exception("request %r failed", req.get("op") if isinstance(req, dict) else req)
             conn.send({"id": rid, "error": E.NuwaError(f"internal error: {e!r}").to_dict()})
 
     async def _who(self, conn: "_Conn", cred):
-        """The verified caller (tokens verified once per connection and token)."""
+        """The verified caller (tokens verified once per connection and token). A connection
+        belongs to the first user it signs in as: another user's token on it is refused."""
         from zhongkui.errors import BadCredentials
 
         hit = conn.who
@@ -517,25 +610,72 @@ class ReplicaServer:
                 return self.guard.current(hit[1])
             except BadCredentials as e:
                 raise E.Unauthenticated(f"{type(e).__name__}: {e}") from None
+        if not isinstance(cred, str) or not cred:
+            raise E.Unauthenticated("no token (cred); expected a Zhongkui token with every "
+                                    "request (`fuxi login`)")
         try:
             who = await self.guard.aidentify(cred)
         except BadCredentials as e:
             raise E.Unauthenticated(f"{type(e).__name__}: {e}") from None
+        if conn.user is None:
+            if not who.platform and sum(c.user == who.user for c in self._clients) >= \
+                    self.config.connections_per_user_max:
+                raise self._quota(who.user, "connections_per_user_max",
+                                  self.config.connections_per_user_max, "connections")
+            conn.user = who.user
+        elif conn.user != who.user:
+            raise E.Denied(f"this connection is signed in as {conn.user!r}; a token of "
+                           f"{who.user!r} needs a connection of its own")
         conn.who = (cred, who)
+        conn.signed_in = True
         return who
 
+    def _quota(self, user: str, limit: str, value: int, what: str) -> E.QuotaExceeded:
+        return E.QuotaExceeded(f"user {user!r} holds {limit}={value} {what} at replica "
+                               f"{self.id}; release some first", limit=limit, limit_value=value,
+                               user=user)
+
+    def _check_quota(self, who, limit: str, what: str, in_use: int, adding: int = 1) -> None:
+        """Refuse ``adding`` more of ``what`` when ``who`` would hold more than the named
+        per-user limit (counting what is still being proposed). The platform is exempt."""
+        if who is None or who.platform or adding <= 0:
+            return
+        value = getattr(self.config, limit)
+        if in_use + self._reserved.get((who.user, what), 0) + adding > value:
+            raise self._quota(who.user, limit, value, what)
+
+    @contextlib.contextmanager
+    def _reserve(self, who, what: str, n: int):
+        """Count ``n`` of ``what`` as held by ``who`` while their proposal is in flight."""
+        key = (who.user, what) if who is not None and n > 0 else None
+        if key is not None:
+            self._reserved[key] = self._reserved.get(key, 0) + n
+        try:
+            yield
+        finally:
+            if key is not None:
+                left = self._reserved[key] - n
+                if left:
+                    self._reserved[key] = left
+                else:
+                    del self._reserved[key]
+
+    def _sessions_of(self, user: str) -> list:
+        return [s for s in self.tree._sessions.values() if s.owner == user]
+
     def _creator(self, path: str) -> str | None:
-        """Who created ``path`` (a directory is found with or without its trailing '/')."""
+        """Who created ``path`` (a directory is found with or without its trailing '/'). The
+        root belongs to no user: a user named like its creator must not own the cluster."""
+        if path == "/":
+            return None
         nodes = self.tree._nodes  # a dict lookup: this runs for every request
         node = nodes.get(path) or nodes.get(path.rstrip("/") if path.endswith("/")
                                             else path + "/")
         return node.creator if node is not None else None
 
-    async def _allow(self, who, path, perm: str, owner_of: str | None = None) -> None:
+    async def _allow(self, who, path: str, perm: str, owner_of: str | None = None) -> None:
         from zhongkui.errors import Denied, ZhongkuiError
 
-        if not isinstance(path, str) or not path.startswith("/"):
-            return  # the operation itself refuses a bad path
         try:
             await self.guard.acheck(who, "nuwa", path, perm,
                                     self._creator(owner_of if owner_of is not None else path))
@@ -544,11 +684,9 @@ class ReplicaServer:
         except ZhongkuiError as e:
             raise E.BadRequest(str(e)) from None
 
-    async def _allow_subtree(self, who, path) -> None:
+    async def _allow_subtree(self, who, path: str) -> None:
         from zhongkui.acl import PROTECTED_NUWA_PREFIXES, under
 
-        if not isinstance(path, str):
-            return
         for prefix in (*PROTECTED_NUWA_PREFIXES, *self.guard.restricted):
             if prefix.rstrip("/") != path.rstrip("/") and under(prefix, path) and \
                     self._creator(prefix) is not None:
@@ -568,84 +706,130 @@ class ReplicaServer:
             return "/"
         return path.rstrip("/").rpartition("/")[0] + "/"
 
-    async def _authorize(self, conn: "_Conn", req: dict, op) -> None:
-        """Zhongkui's decision for one request; fixes the creator of what it creates."""
-        who = await self._who(conn, req.get("cred"))
-        if op in ("status", "members", "unwatch"):
-            return
-        if op in ("session_keepalive", "session_close"):
-            sid = req.get("session") if op == "session_keepalive" else \
-                (req.get("cmd") or {}).get("session")
-            sess = self.tree._sessions.get(sid) if isinstance(sid, int) else None
-            owner = sess.owner if sess is not None else None
-            if owner is not None and owner != who.user and not who.admin:
-                self.guard.report_denial(who.user, op, f"session:{sid}", "another user's session")
-                raise E.Denied(f"user {who.user!r} may not {op.replace('_', ' ')} {owner!r}'s "
-                               f"session")
-            if op == "session_keepalive":
-                return
+    def _own_session(self, who, sid: int, action: str, missing=E.NoSession):
+        """The open session ``sid`` if ``who`` owns it (administrators may act on any)."""
+        sess = self.tree._sessions.get(sid)
+        if sess is None:
+            raise missing(f"session {sid} is not open (expired or closed)", session=sid)
+        if sess.owner != who.user and not who.admin:
+            self.guard.report_denial(who.user, action, f"session:{sid}", "another user's session")
+            raise E.Denied(f"user {who.user!r} may not {action} {sess.owner!r}'s session {sid}")
+        return sess
+
+    async def _authorize(self, conn: "_Conn", who, r: Request):
+        """Zhongkui's decision on the parsed request; returns the command to propose (for
+        writes: the parsed command with each creator set to the verified caller). Every node
+        operation of the command tree is checked; an op this does not know is refused."""
+        op = r.op
+        if op in ("auth", "status", "members", "unwatch"):
+            return None  # any signed-in user; unwatch touches only the caller's own watches
+        if op in READ_OPS or op == "watch":
+            await self._allow(who, r.path, "read")
+            return None
         if op in ("conf_change", "transfer_leader"):
             await self._allow(who, "/", "admin")
-            return
-        if op in READ_OPS or op == "watch":
-            await self._allow(who, req.get("path"), "read")
-            return
-        cmd = req.get("cmd")
-        if not isinstance(cmd, dict):
-            return  # refused as a bad command below
-        if op in ("session_open", "session_close"):
-            if op == "session_open":
-                cmd["owner"] = who.user
-            return
-        ops = cmd.get("ops") if op == "txn" else [cmd]
-        for c in ops if isinstance(ops, list) else ():
-            if not isinstance(c, dict):
-                continue
-            kind = c.get("op")
-            if kind == "create":
-                await self._allow(who, c.get("path"), "create", self._nearest(c.get("path")))
-                c["creator"] = who.user  # the creator owns the node: as verified, not as told
-            elif kind in ("set", "set_value"):
-                await self._allow(who, c.get("path"), "write")
-            elif kind == "delete":
-                await self._allow(who, c.get("path"), "delete")
-                if c.get("recursive"):
-                    # A subtree may hold protected or restricted prefixes the open namespace
-                    # does not reach: deleting it needs delete on each of them too.
-                    await self._allow_subtree(who, c.get("path"))
-            elif kind == "check":
-                await self._allow(who, c.get("path"), "read")
+            return None
+        if op == "session_keepalive":
+            self._own_session(who, r.session, "keep alive", E.SessionExpired)
+            return None
+        if op == "session_open":
+            return None  # opened in the caller's name (``_execute``), within their quota
+        if op == "session_close" and isinstance(r.cmd, C.SessionClose):
+            self._own_session(who, r.cmd.session, "close")
+            return r.cmd
+        if op in WRITE_OPS and isinstance(r.cmd, (C.Create, C.Set, C.Delete, C.Txn)) and \
+                (op == "txn") == isinstance(r.cmd, C.Txn):
+            ops = [await self._allow_node_op(who, c) for c in command_ops(r.cmd)]
+            return C.Txn(tuple(ops)) if isinstance(r.cmd, C.Txn) else ops[0]
+        self.guard.report_denial(who.user, str(op), "nuwa", "an operation the guard does not know")
+        raise E.Denied(f"op {op!r} is not one the guard knows; refused")
+
+    async def _allow_node_op(self, who, c):
+        if isinstance(c, C.Create):
+            await self._allow(who, c.path, "create", self._nearest(c.path))
+            if c.ephemeral_session is not None:
+                self._own_session(who, c.ephemeral_session, "create an ephemeral node in")
+            # The creator owns the node: as verified, not as told.
+            return dataclasses.replace(c, creator=who.user)
+        if isinstance(c, C.Set):
+            await self._allow(who, c.path, "write")
+            return c
+        if isinstance(c, C.Delete):
+            await self._allow(who, c.path, "delete")
+            if c.recursive:
+                # A subtree may hold protected or restricted prefixes the open namespace
+                # does not reach: deleting it needs delete on each of them too.
+                await self._allow_subtree(who, c.path)
+            return c
+        if isinstance(c, C.Check):
+            await self._allow(who, c.path, "read")
+            return c
+        raise E.Denied(f"txn op {type(c).__name__} is not one the guard knows; refused")
 
     async def _handle(self, conn: "_Conn", req: dict) -> Any:
-        op = req.get("op")
-        if self.guard.enabled:
-            await self._authorize(conn, req, op)
+        r = parse_request(req)  # what is decided on below is exactly what is executed
+        who = await self._who(conn, r.cred) if self.guard.enabled else None
+        if who is None or who.platform:
+            return await self._execute(conn, who, r)
+        n = self._pending_by_user.get(who.user, 0)
+        if n >= self.config.pending_per_user_max:
+            raise self._quota(who.user, "pending_per_user_max",
+                              self.config.pending_per_user_max, "requests in flight")
+        self._pending_by_user[who.user] = n + 1
+        try:
+            return await self._execute(conn, who, r)
+        finally:
+            left = self._pending_by_user[who.user] - 1
+            if left:
+                self._pending_by_user[who.user] = left
+            else:
+                del self._pending_by_user[who.user]
+
+    async def _execute(self, conn: "_Conn", who, r: Request) -> Any:
+        op = r.op
+        leader = self.node.role is Role.LEADER
+        # Leader-only ops are refused at a follower before anything is decided on its
+        # (possibly older) tree.
+        if not leader and op not in ("auth", "status", "members", "unwatch") and \
+                not (op in READ_OPS and not r.linearizable):
+            raise self._leader_error()
+        cmd = await self._authorize(conn, who, r) if who is not None else r.cmd
+        if op == "auth":
+            return who.to_doc() if who is not None else {"user": None}
         if op == "status":
-            return self.status()
+            return _plain(self.status())
         if op == "members":
             return {str(k): list(v) for k, v in self.addresses.items()}
-        leader = self.node.role is Role.LEADER
-        if op in WRITE_OPS or op in ("session_open", "session_close"):
-            if not leader:
-                raise self._leader_error()
-            cmd = dict(req["cmd"])
-            if op == "session_open":
-                cmd["session"] = secrets.randbits(62) or 1  # 0 is not a valid session id
-            # Refuse bad or oversized commands here, before they become log entries: an entry
-            # that cannot be framed would cut the leader off from its peers.
-            parse_command(cmd)
-            result = await self._propose(cmd)
+        if op in WRITE_OPS or op == "session_close":
+            ephemerals = sum(isinstance(c, C.Create) and c.ephemeral_session is not None
+                             for c in command_ops(cmd))
+            if ephemerals and who is not None:
+                self._check_quota(who, "ephemerals_per_user_max", "ephemerals",
+                                  sum(len(s.ephemerals) for s in self._sessions_of(who.user)),
+                                  ephemerals)
+            # Bad or oversized commands were refused by the parser, before they could become
+            # log entries: an entry that cannot be framed would cut the leader off its peers.
+            with self._reserve(who, "ephemerals", ephemerals):
+                result = await self._propose(command_dict(cmd, r.cmd_request_id))
             if "error" in result:
                 raise E.error_from_dict(result["error"])
-            if op == "session_open":
-                return {"session": cmd["session"], "ttl_s": cmd["ttl_s"]}
             return result
+        if op == "session_open":
+            if who is not None:
+                self._check_quota(who, "sessions_per_user_max", "sessions",
+                                  len(self._sessions_of(who.user)))
+            owner = who.user if who is not None else (r.owner or "anonymous")
+            session = secrets.randbits(62) or 1  # 0 is not a valid session id
+            with self._reserve(who, "sessions", 1):
+                result = await self._propose(command_dict(
+                    C.SessionOpen(session, r.ttl_s, owner), r.cmd_request_id))
+            if "error" in result:
+                raise E.error_from_dict(result["error"])
+            return {"session": session, "ttl_s": r.ttl_s}
         if op == "conf_change":
             # A single-server membership change (nuwa.group drives replacements with it).
-            if not leader:
-                raise self._leader_error()
             try:
-                index = self.node.propose_conf_change(str(req.get("change")), req.get("member"))
+                index = self.node.propose_conf_change(r.change, r.member)
             except ConfChangeRefused as e:
                 raise E.BadRequest(str(e)) from None
             fut = asyncio.get_running_loop().create_future()
@@ -653,9 +837,7 @@ class ReplicaServer:
             self._schedule_ready()
             return await fut
         if op == "transfer_leader":
-            if not leader:
-                raise self._leader_error()
-            to = req.get("to")
+            to = r.to
             if to not in self.node.voters:
                 raise E.BadRequest(f"cannot hand the leadership to {to!r}: voters are "
                                    f"{list(self.node.voters)}")
@@ -663,9 +845,7 @@ class ReplicaServer:
             self._schedule_ready()
             return {"to": to}
         if op == "session_keepalive":
-            if not leader:
-                raise self._leader_error()
-            sid = req["session"]
+            sid = r.session
             # The tree is the truth (a new leader may not have rebuilt its timers yet).
             ttl = next((s["ttl_s"] for s in self.tree.sessions() if s["session"] == sid), None)
             if ttl is None:
@@ -684,26 +864,23 @@ class ReplicaServer:
             await self._read_barrier()
             return {"ttl_s": ttl}
         if op in READ_OPS:
-            if req.get("linearizable", True):
-                if not leader:
-                    raise self._leader_error()
+            if r.linearizable:
                 await self._read_barrier()
-            return self._read(op, req["path"])
+            return self._read(op, r.path)
         if op == "watch":
             # Served by the leader: it applies first, while a follower learns of a commit only
             # with the next append or heartbeat. After a leader change the client resubscribes
             # there from its last revision.
-            if not leader:
-                raise self._leader_error()
-            return self._watch(conn, req)
+            if who is not None:
+                self._check_quota(who, "watches_per_user_max", "watches",
+                                  sum(w[0].user == who.user for w in self.watchers.values()))
+            return self._watch(conn, r.watch_request())
         if op == "unwatch":
-            w = self.watchers.get(req["watch"])
+            w = self.watchers.get(r.watch)
             if w is not None and w[0] is conn:  # only the caller's own watches
-                del self.watchers[req["watch"]]
+                del self.watchers[r.watch]
             return True
-        raise E.BadRequest(f"unknown op {op!r}; expected one of create, set, delete, txn, get, "
-                           f"list, stat, exists, session_open, session_keepalive, session_close, "
-                           f"watch, unwatch, status, members, conf_change, transfer_leader")
+        raise E.BadRequest(f"unknown op {op!r}; expected one of {', '.join(REQUEST_OPS)}")
 
     def _read(self, op: str, path: str) -> Any:
         if op == "get":
@@ -776,10 +953,28 @@ class ReplicaServer:
 CONN_BUFFER_BYTES_MAX = 256 * 1024 * 1024  # unsent bytes to one client before it is cut off
 
 
+def connections_cap(config: ServerConfig) -> int:
+    """connections_max, kept fds_reserved below this process's file descriptor limit: a
+    flood of connections must never take the descriptors the WAL and snapshots need."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return config.connections_max
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return config.connections_max
+    return max(1, min(config.connections_max, soft - min(config.fds_reserved, soft // 2)))
+
+
 class _Conn:
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
         self.who = None  # (token, Principal) last verified on this connection
+        self.user: str | None = None  # the user this connection signed in as
+        self.signed_in = False  # a valid token was shown (always, with authentication off)
+        self.inflight: set[asyncio.Task] = set()
+        self.opened_at = self.last_request_at = time.monotonic()
 
     def send(self, msg: dict) -> None:
         if self.writer.is_closing():
@@ -791,6 +986,17 @@ class _Conn:
             logger.warning("closing a client %s bytes behind (CONN_BUFFER_BYTES_MAX)",
                            self.writer.transport.get_write_buffer_size())
             self.writer.close()
+
+
+def _plain(obj):
+    """``obj`` as msgpack can carry it to any client: enums as their names, map keys as str."""
+    if isinstance(obj, enum.Enum):
+        return obj.name
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def _stat(stat) -> dict:

@@ -51,6 +51,9 @@ class FrameError(Exception):
     """A peer sent something that is not a valid frame."""
 
 
+CONNECTIONS_MAX = 4096  # accepted connections; beyond it, new ones are closed at once
+
+
 def frame(payload: bytes) -> bytes:
     """One message as one or more fragments of at most FRAGMENT_BYTES_MAX (snapshots and big
     watch batches exceed one fragment; they are split here rather than refused)."""
@@ -205,6 +208,8 @@ class Transport:
         self._accepted: set[asyncio.StreamWriter] = set()
         self.peer_auth_failures = 0  # incoming peer handshakes refused
         self.peer_frame_errors = 0  # authenticated peer connections cut by a broken frame
+        self.connections_max = CONNECTIONS_MAX
+        self.refused = 0  # connections closed at once because connections_max were open
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.server = await asyncio.start_server(self._accept, host, port)
@@ -241,6 +246,10 @@ class Transport:
                 p.send(payloads)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._accepted) >= self.connections_max:
+            self.refused += 1  # the descriptors left are the WAL's and the snapshots'
+            writer.close()
+            return
         self._accepted.add(writer)
         try:
             hello = await asyncio.wait_for(read_frame(reader, HELLO_BYTES_MAX),

@@ -29,6 +29,7 @@ PURE_CORE_MODULES = [
     "nuwa.tree",
     "nuwa.paths",
     "nuwa.commands",
+    "nuwa.wire",
     "nuwa.errors",
     "nuwa.linearizability",
     "pangu.paths",
