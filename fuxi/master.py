@@ -414,9 +414,26 @@ class FuxiMaster:
 
             ns = ray.get_runtime_context().namespace
             self.services = ServiceManager(self.cluster, ns, self.store, self.detached,
-                                           token_for=self._service_token)
+                                           token_for=self._service_token,
+                                           control_secret=self._replica_control_secret())
             self.services.start()
         return self.services
+
+    def _replica_control_secret(self) -> bytes | None:
+        """With access control on, the secret the replicas' control keys derive from
+        (``fuxi.replica.control_key``): a 0600 file beside the keys, so a restarted
+        FuxiMaster can still register and drain the replicas it adopts."""
+        if not self.auth_enabled:
+            return None
+        from fuxi.replica import CONTROL_SECRET_BYTES
+
+        if not self.data_dir:
+            return secrets.token_bytes(CONTROL_SECRET_BYTES)  # no restart to survive
+        from zhongkui.files import load_or_create_secret
+
+        return load_or_create_secret(
+            os.path.join(self.data_dir, "zhongkui", "replica-control.secret"),
+            CONTROL_SECRET_BYTES, "replica control secret")
 
     def _service_slots(self) -> list:
         """Bring the ledger in line with the online replicas that run, and return their

@@ -5,11 +5,19 @@ The actor constructs the object (``class(**config)``) and a Kuafu ``Server`` on 
 thread of its own, but does not attach to the node's proxy until the service manager has seen
 its first health check pass and calls ``register``: only a ready replica becomes an endpoint.
 ``drain`` unregisters it, lets calls in flight finish for the grace period, then detaches.
+
+With access control on, ``register`` and ``drain`` change what callers reach, so they take the
+replica's *control key* (issue 14, defect 8): FuxiMaster derives it from a secret of its own
+(``control_key``) and gives the replica only its SHA-256 at creation, so neither Ray's record of
+the creation arguments nor a caller who reads it learns the key. A restarted FuxiMaster
+derives the same key for the replicas it adopts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 
 import ray
@@ -17,6 +25,16 @@ import ray
 REGISTER_TIMEOUT_S = 30.0
 STATS_TIMEOUT_S = 10.0
 REPLICA_PREFIX = "fuxi-svc-"
+CONTROL_SECRET_BYTES = 32
+
+
+def control_key(secret: bytes, rid: str) -> str:
+    """The key that lets FuxiMaster (and only it) register and drain replica ``rid``."""
+    return hmac.new(secret, b"fuxi-replica-control\0" + rid.encode(), hashlib.sha256).hexdigest()
+
+
+def control_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def replica_name(rid: str) -> str:
@@ -25,7 +43,7 @@ def replica_name(rid: str) -> str:
 
 @ray.remote(max_restarts=0, max_concurrency=8)
 class ServiceReplica:
-    def __init__(self, cluster: str, spec: dict, rid: str):
+    def __init__(self, cluster: str, spec: dict, rid: str, control: str = ""):
         import kuafu
         from fuxi.spec import resolve_fn
         from kuafu.loops import LoopThread
@@ -49,6 +67,17 @@ class ServiceReplica:
                                    queue_max=spec["queue_max"])
         self.server.add(spec["name"], self.obj)
         self.endpoint = ""
+        self._control = control  # SHA-256 of the control key; "" with access control off
+
+    def _require_control(self, key, what: str) -> None:
+        from zhongkui.errors import Denied
+
+        if not self._control:
+            return
+        if not isinstance(key, str) or not hmac.compare_digest(control_digest(key),
+                                                                 self._control):
+            raise Denied(f"{what} replica {self.rid}: FuxiMaster's control key is required "
+                         f"(only the service manager registers and drains replicas)")
 
     def info(self) -> dict:
         return {"rid": self.rid, "version": self.spec["version"], "pid": os.getpid(),
@@ -66,9 +95,10 @@ class ServiceReplica:
                                f"returned False")
         return True
 
-    def register(self, token: str = "") -> str:
+    def register(self, token: str = "", control: str = "") -> str:
         """Attach to the node's proxy as the service's owner (``token``, scoped to this
         service; the replica's own calls to the platform use it too)."""
+        self._require_control(control, "register")
         if token:
             from zhongkui import creds
 
@@ -82,7 +112,8 @@ class ServiceReplica:
             self.endpoint = eps[self.spec["name"]]
         return self.endpoint
 
-    def drain(self, grace_s: float) -> None:
+    def drain(self, grace_s: float, control: str = "") -> None:
+        self._require_control(control, "drain")
         self.loop.run(self.server.stop(grace_s), grace_s + REGISTER_TIMEOUT_S)
         self.endpoint = ""
 

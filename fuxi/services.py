@@ -22,7 +22,8 @@ from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fuxi.errors import BadInput
-from fuxi.replica import REPLICA_PREFIX, ServiceReplica, replica_name
+from fuxi.replica import (REPLICA_PREFIX, ServiceReplica, control_digest, control_key,
+                          replica_name)
 from fuxi.servicecore import READY, ServiceCore
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,12 @@ KUAFU_CLAIMS_PATH = "/kuafu/claims/"  # names claimed at Kuafu by their first at
 
 
 class ServiceManager:
-    def __init__(self, cluster: str, namespace: str, store, detached: bool, token_for=None):
+    def __init__(self, cluster: str, namespace: str, store, detached: bool, token_for=None,
+                 control_secret: bytes | None = None):
         self.cluster, self.namespace, self.store, self.detached = cluster, namespace, store, detached
+        # With access control on: the secret replicas' control keys derive from (register and
+        # drain need the key; fuxi.replica). None: replicas take control calls from anyone.
+        self.control_secret = control_secret
         self.token_for = token_for or (lambda name: "")  # a replica's token, by service
         self.cores: dict[str, ServiceCore] = {}
         self.handles: dict[str, object] = {}
@@ -87,6 +92,9 @@ class ServiceManager:
             core.adopt(rid, info["version"], info["node"], now)
             self.handles[rid] = h
             self.adopted.add(rid)
+
+    def _control(self, rid: str) -> str:
+        return control_key(self.control_secret, rid) if self.control_secret else ""
 
     def start(self) -> None:
         if self._task is None:
@@ -349,7 +357,9 @@ class ServiceManager:
             opts["lifetime"] = "detached"
         h = None
         try:
-            h = ServiceReplica.options(**opts).remote(self.cluster, spec, rid)
+            h = ServiceReplica.options(**opts).remote(self.cluster, spec, rid,
+                                                      control_digest(self._control(rid))
+                                                      if self.control_secret else "")
             self.handles[rid] = h
             info = await asyncio.wait_for(h.info.remote(), spec["start_timeout_s"])
             r = core.replicas.get(rid)
@@ -360,7 +370,8 @@ class ServiceManager:
                                          f"it on {info['node'][:12]}")
                 r.node = info["node"]
             await asyncio.wait_for(h.check.remote(), spec["health_check"]["timeout_s"])
-            await asyncio.wait_for(h.register.remote(self.token_for(core.name)),
+            await asyncio.wait_for(h.register.remote(self.token_for(core.name),
+                                                     self._control(rid)),
                                    spec["start_timeout_s"])
         except Exception as e:  # noqa: BLE001 - constructor, check or registration failed
             core.start_failed(rid, _short(e), time.time())
@@ -378,7 +389,8 @@ class ServiceManager:
         spec = core._spec_of(r.version)
         try:
             await asyncio.wait_for(h.check.remote(), spec["health_check"]["timeout_s"])
-            await asyncio.wait_for(h.register.remote(self.token_for(core.name)),
+            await asyncio.wait_for(h.register.remote(self.token_for(core.name),
+                                                     self._control(rid)),
                                    spec["start_timeout_s"])
         except Exception as e:  # noqa: BLE001 - not usable: replaced
             self.handles.pop(rid, None)
@@ -414,7 +426,8 @@ class ServiceManager:
         h = self.handles.pop(rid, None)
         try:
             if h is not None:
-                await asyncio.wait_for(h.drain.remote(grace_s), grace_s + CALL_TIMEOUT_S)
+                await asyncio.wait_for(h.drain.remote(grace_s, self._control(rid)),
+                                       grace_s + CALL_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - it goes either way
             logger.warning("service %s: draining %s: %s", core.name, rid, _short(e))
         finally:

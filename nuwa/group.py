@@ -55,43 +55,19 @@ def peer_secret_path(data_dir: str) -> str:
 def load_peer_secret(data_dir: str) -> bytes:
     """The cluster's peer secret; PeerSecretError if it is absent, not PEER_SECRET_BYTES
     long, or not private to this OS user (0600)."""
-    path = peer_secret_path(data_dir)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise PeerSecretError(f"no Nuwa peer secret at {path}; start_group creates it") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        data = f.read(PEER_SECRET_BYTES + 1)
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise PeerSecretError(f"the Nuwa peer secret {path} has mode {stat.S_IMODE(mode):04o}; "
-                              f"expected 0600 (readable by its owner only)")
-    if len(data) != PEER_SECRET_BYTES:
-        raise PeerSecretError(f"the Nuwa peer secret {path} holds {len(data)} bytes; expected "
-                              f"{PEER_SECRET_BYTES}")
-    return data
+    from zhongkui.files import load_secret
+
+    return load_secret(peer_secret_path(data_dir), PEER_SECRET_BYTES, "Nuwa peer secret",
+                       PeerSecretError, hint="start_group creates it")
 
 
 def load_or_create_peer_secret(data_dir: str) -> bytes:
     """Create the cluster's peer secret on first use (0600, atomically: concurrent creators
     end up with the same one), then return it."""
-    path = peer_secret_path(data_dir)
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(PEER_SECRET_BYTES))
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # fails if another creator was first: keep theirs
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(tmp)
-    return load_peer_secret(data_dir)
+    from zhongkui.files import load_or_create_secret
+
+    return load_or_create_secret(peer_secret_path(data_dir), PEER_SECRET_BYTES,
+                                 "Nuwa peer secret", PeerSecretError)
 
 
 @dataclass

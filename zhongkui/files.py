@@ -54,3 +54,46 @@ def exposed(root: str) -> list[str]:
             if stat.S_IMODE(st.st_mode) & 0o077:
                 out.append(f"{name} {stat.filemode(st.st_mode)}")
     return sorted(set(out))
+
+
+def load_secret(path: str, nbytes: int, what: str, error: type[Exception] = PermissionError,
+                hint: str = "") -> bytes:
+    """The ``nbytes`` random bytes at ``path``; ``error`` if the file is absent, of another
+    length, or readable by anyone but its owner (0600 expected). Symlinks are not followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise error(f"no {what} at {path}{'; ' + hint if hint else ''}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        data = f.read(nbytes + 1)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise error(f"the {what} {path} has mode {stat.S_IMODE(mode):04o}; expected 0600 "
+                    f"(readable by its owner only)")
+    if len(data) != nbytes:
+        raise error(f"the {what} {path} holds {len(data)} bytes; expected {nbytes}")
+    return data
+
+
+def load_or_create_secret(path: str, nbytes: int, what: str,
+                          error: type[Exception] = PermissionError) -> bytes:
+    """Create the secret on first use (0600, atomically: concurrent creators end up with the
+    same one, the first to link it), then return it."""
+    import secrets
+
+    if not os.path.exists(path):
+        private_dir(os.path.dirname(path))
+        tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(nbytes))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # fails if another creator was first: keep theirs
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    return load_secret(path, nbytes, what, error)

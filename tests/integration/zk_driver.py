@@ -509,6 +509,8 @@ def _actor_calls(namespace, tok, other_job, pangu_status) -> dict:
             return ray.get_actor(name, namespace=namespace)
         proxy = next(a["name"] for a in list_named_actors(all_namespaces=True)
                      if a.get("namespace") == namespace and a["name"].startswith("kuafu-proxy-"))
+        replica = next(a["name"] for a in list_named_actors(all_namespaces=True)
+                       if a.get("namespace") == namespace and a["name"].startswith("fuxi-svc-"))
         node = ray.get_runtime_context().get_node_id()
         evil = {"namespace": namespace, "nuwa": [["127.0.0.1", 9]], "host": "0.0.0.0",
                 "settings": {}, "detached": True}
@@ -534,6 +536,9 @@ def _actor_calls(namespace, tok, other_job, pangu_status) -> dict:
                 "c", 0, cred=c),
             "chunkserver.delete": lambda c: h(chunkserver).delete.remote(["c"], cred=c),
             "kuafu.shutdown": lambda c: h(proxy).shutdown.remote(cred=c),
+            # A service replica's control calls take FuxiMaster's control key, not a token.
+            "replica.drain": lambda c: h(replica).drain.remote(0.1, c),
+            "replica.register": lambda c: h(replica).register.remote(c or "", c),
             "kuafu.set_keys": lambda c: h(proxy).zk_set_keys.remote(c, {"keys": {}}),
         }
         out = {}
