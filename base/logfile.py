@@ -201,7 +201,8 @@ def scan(data: bytes, path: str, name: str, record_bytes_max: int,
                            f"byte {pos} says records up to {r.synced} had been made durable")
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a rename or create in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -303,7 +304,7 @@ class LogFile:
         os.close(fd)
         try:
             os.replace(tmp, self.path)
-            _fsync_dir(os.path.dirname(self.path))
+            fsync_dir(os.path.dirname(self.path))
         except OSError as e:
             raise self._typed(e, "renaming a new log file into place") from None
         self.close()

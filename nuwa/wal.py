@@ -68,14 +68,6 @@ class DiskFull(DiskFailed, logfile.DiskFull):
     """ENOSPC under the WAL; the replica stops and recovers when restarted with space."""
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: str, data: bytes) -> None:
     """Replace ``path`` with ``data`` durably: a temp file, fsync, rename, fsync the dir."""
     tmp = path + ".tmp"
@@ -84,7 +76,7 @@ def write_atomic(path: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
+    logfile.fsync_dir(os.path.dirname(path))
 
 
 @dataclass
