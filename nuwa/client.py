@@ -232,6 +232,11 @@ class AsyncNuwa:
                 continue
             if "error" in msg:
                 err = E.error_from_dict(msg["error"])
+                if isinstance(err, E.Unauthenticated):
+                    # A replica closes a connection whose first request has no valid token:
+                    # the next call must not be sent on it (it would be lost unanswered and
+                    # reported OutcomeUnknown although it never ran).
+                    self._drop(conn)
                 if isinstance(err, E.NotLeader):
                     self._drop(conn)
                     hint = getattr(err, "leader_hint", None)
