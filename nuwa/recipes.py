@@ -231,6 +231,19 @@ class _Queue:
             finally:
                 await w.cancel()
 
+    async def take(self, timeout_s: float) -> FencingToken:
+        """Join and wait to be first; returns the fencing token. On a timeout, a cancel or a
+        lost session the entry is left (an abandoned entry must not win later)."""
+        await self.ready_to_join()  # before the try: failing must not release what we hold
+        try:
+            await self.join()
+            await self.wait_first(timeout_s)
+        except BaseException:
+            await self.leave()
+            raise
+        self.held = True
+        return self.token
+
     async def leave(self) -> None:
         self.held = False
         if self.token is not None:
@@ -247,7 +260,28 @@ class _Queue:
             self.node = self.token = None
 
 
-class Lock:
+class _Held:
+    """What the queue-based recipes share: the loss event, its callbacks and the token."""
+
+    q: _Queue
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """Set when the session ended while in line or holding."""
+        return self.q.lost
+
+    def on_lost(self, fn) -> None:
+        """``fn()`` (on the client's loop, must not block) when it is lost while held."""
+        self.q.add_lost_callback(fn)
+
+    @property
+    def token(self) -> FencingToken | None:
+        """The fencing token while in line or holding (``stale`` once lost); None after
+        release."""
+        return self.q.token
+
+
+class Lock(_Held):
     """A mutex. ``is_held`` is True only while this holder owns it under a live session;
     ``on_lost(fn)`` runs ``fn()`` when the session ends while held; ``async with lock:``
     raises ``LockLost`` at the end of a block during which the lock was lost."""
@@ -262,15 +296,7 @@ class Lock:
         if the session ends first."""
         if not 0 < timeout_s <= LOCK_WAIT_S_MAX:
             raise E.BadRequest(f"timeout_s={timeout_s}; expected 0 < timeout_s <= {LOCK_WAIT_S_MAX}")
-        await self.q.ready_to_join()  # before the try: failing must not release what we hold
-        try:
-            await self.q.join()
-            await self.q.wait_first(timeout_s)
-        except BaseException:
-            await self.q.leave()
-            raise
-        self.q.held = True
-        return self.q.token
+        return await self.q.take(timeout_s)
 
     async def release(self) -> None:
         await self.q.leave()
@@ -278,21 +304,6 @@ class Lock:
     @property
     def is_held(self) -> bool:
         return self.q.owns
-
-    @property
-    def lost(self) -> asyncio.Event:
-        """Set when the session ended while in line or holding."""
-        return self.q.lost
-
-    def on_lost(self, fn) -> None:
-        """``fn()`` (on the client's loop, must not block) when the lock is lost while held."""
-        self.q.add_lost_callback(fn)
-
-    @property
-    def token(self) -> FencingToken | None:
-        """The fencing token while in line or holding (``stale`` once lost); None after
-        release."""
-        return self.q.token
 
     async def __aenter__(self) -> FencingToken:
         return await self.acquire()
@@ -305,7 +316,7 @@ class Lock:
             raise err  # the block ran (partly) without the lock: say so
 
 
-class Election:
+class Election(_Held):
     """Leader election. ``is_leader`` is True only while this candidate leads under a live
     session; ``on_lost(fn)`` runs ``fn()`` when it loses the leadership with its session."""
 
@@ -317,30 +328,11 @@ class Election:
     async def campaign(self, timeout_s: float = LOCK_WAIT_S_MAX) -> FencingToken:
         """Become a candidate and wait to lead; returns the leadership's fencing token. On a
         timeout or cancel it leaves the race (an abandoned candidate must not win later)."""
-        await self.q.ready_to_join()
-        await self.q.join()
-        try:
-            await self.q.wait_first(timeout_s)
-        except BaseException:
-            await self.q.leave()
-            raise
-        self.q.held = True
-        return self.q.token
+        return await self.q.take(timeout_s)
 
     @property
     def is_leader(self) -> bool:
         return self.q.owns
-
-    @property
-    def lost(self) -> asyncio.Event:
-        return self.q.lost
-
-    def on_lost(self, fn) -> None:
-        self.q.add_lost_callback(fn)
-
-    @property
-    def token(self) -> FencingToken | None:
-        return self.q.token
 
     async def leader(self) -> str | None:
         members = await self.q.members()
@@ -419,7 +411,7 @@ class ServiceRegistry:
         return await self.client.watch(f"{self.ROOT}{name}/")
 
 
-class Barrier:
+class Barrier(_Held):
     """``entered`` is True while this member is in the barrier under a live session; a
     session lost while waiting makes ``wait`` raise ``LockLost`` (our entry is gone)."""
 
@@ -430,10 +422,6 @@ class Barrier:
     @property
     def entered(self) -> bool:
         return self.q.owns
-
-    @property
-    def lost(self) -> asyncio.Event:
-        return self.q.lost
 
     async def wait(self, count: int, timeout_s: float = 60.0) -> None:
         """Enter, then return once ``count`` members have entered (Timeout otherwise)."""

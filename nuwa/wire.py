@@ -101,6 +101,17 @@ class Request:
         return d
 
 
+def _command_of(op: str, req: dict) -> dict:
+    """The request's command map, whose own op must be the request's (decided on what runs)."""
+    cmd = req["cmd"]
+    if not isinstance(cmd, dict):
+        raise BadRequest(f"{op}: cmd must be a command map, got {type(cmd).__name__}")
+    if cmd.get("op") != op:
+        raise BadRequest(f"request op {op!r} carries a command of op {cmd.get('op')!r:.40}; "
+                         f"expected the same op in both")
+    return cmd
+
+
 def _int(op: str, name: str, v: Any, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise BadRequest(f"{op}: {name} must be an int in {lo}..{hi}, got {v!r:.80}")
@@ -154,23 +165,13 @@ def parse_request(req: Any) -> Request:
                          f"{type(cred).__name__}")
     base = {"op": op, "id": rid, "cred": cred or None}
     if op in WRITE_OPS or op == "session_close":
-        cmd = req["cmd"]
-        if not isinstance(cmd, dict):
-            raise BadRequest(f"{op}: cmd must be a command map, got {type(cmd).__name__}")
-        if cmd.get("op") != op:
-            raise BadRequest(f"request op {op!r} carries a command of op {cmd.get('op')!r:.40}; "
-                             f"expected the same op in both")
+        cmd = _command_of(op, req)
         parsed = C.parse_command(cmd)
         if isinstance(parsed, C.Txn):
             parsed = C.Txn(tuple(_parse_txn_op(i, raw) for i, raw in enumerate(parsed.ops)))
         return Request(**base, cmd=parsed, cmd_request_id=cmd.get("request_id"))
     if op == "session_open":
-        cmd = req["cmd"]
-        if not isinstance(cmd, dict):
-            raise BadRequest(f"{op}: cmd must be a command map, got {type(cmd).__name__}")
-        if cmd.get("op") != op:
-            raise BadRequest(f"request op {op!r} carries a command of op {cmd.get('op')!r:.40}; "
-                             f"expected the same op in both")
+        cmd = _command_of(op, req)
         if "session" in cmd:
             raise BadRequest("session_open: the replica picks the session id; expected no "
                              "'session' key")
