@@ -8,12 +8,12 @@ test exercises -- no mock replaces it.
 
 Arming:
 
-* in-process (tests): ``arm("nuwa.wal.fsync", "EIO", under=replica_dir, times=1)``, or the
+* in-process (tests): ``arm("nuwa.io.wal.fsync", "EIO", under=replica_dir, times=1)``, or the
   context manager ``armed(...)``; ``disarm()`` clears. ``under`` limits the fault to files
   below one directory, so several replicas in one process fail independently; ``times``
   limits how often it fires (``None``: until disarmed).
 * in an actor's process: the environment variable ``FUXI_FAULTS``, read once when this
-  module is first imported, e.g. ``FUXI_FAULTS="pangu.journal.fsync=EIO,pangu.chunk.write=ENOSPC@/data/x"``
+  module is first imported, e.g. ``FUXI_FAULTS="pangu.io.journal.fsync=EIO,pangu.chunk.write=ENOSPC@/data/x"``
   (``point=ERRNO[@directory][*times]``, comma separated). Unset or empty: nothing is armed.
 
 Only the points in ``POINTS`` exist; arming another name is refused (a typo must not make a
@@ -29,10 +29,10 @@ import threading
 from dataclasses import dataclass
 
 POINTS = frozenset({
-    "nuwa.wal.write",       # appending records to a Nuwa replica's WAL
-    "nuwa.wal.fsync",       # its fdatasync (group commit)
-    "pangu.journal.write",  # appending an entry to the Pangu master's local journal
-    "pangu.journal.fsync",  # its fdatasync
+    "nuwa.io.wal.write",       # appending records to a Nuwa replica's WAL
+    "nuwa.io.wal.fsync",       # its fdatasync (group commit)
+    "pangu.io.journal.write",  # appending an entry to the Pangu master's local journal
+    "pangu.io.journal.fsync",  # its fdatasync
     "pangu.chunk.write",    # writing bytes or checksums of a chunk replica
     "pangu.chunk.fsync",    # making a chunk replica durable
 })

@@ -1,6 +1,6 @@
 """An append-only log file that never drops a record it acknowledged: the framing and the
-recovery rule shared by the Nuwa WAL (``nuwa.wal``) and the Pangu master's local journal
-(``pangu.journal``).
+recovery rule shared by the Nuwa WAL (``nuwa.io.wal``) and the Pangu master's local journal
+(``pangu.io.journal``).
 
 Records
 -------

@@ -66,7 +66,7 @@ def serve(kind: str, auth_path: str, entries: int) -> None:
     guard.set_acl({"version": 1, "entries": _entries(entries), "restricted": []})
 
     if kind == "nuwa":
-        from nuwa.server import ReplicaServer, ServerConfig
+        from nuwa.io.server import ReplicaServer, ServerConfig
 
         async def main():
             d = tempfile.mkdtemp(prefix="zk-bench-nuwa-")
@@ -78,8 +78,8 @@ def serve(kind: str, auth_path: str, entries: int) -> None:
         asyncio.run(main())
     else:
         import kuafu
-        from kuafu.loops import LoopThread
-        from kuafu.proxy import ProxyCore
+        from kuafu.io.loops import LoopThread
+        from kuafu.io.proxy import ProxyCore
 
         sock = os.path.join(tempfile.mkdtemp(prefix="zkb-", dir="/tmp"), "p.sock")
         lt = LoopThread("bench-proxy")
@@ -187,7 +187,7 @@ def bench_kuafu(auth: dict, token: str, calls: int, flight: int, entries: int) -
 def bench_tokens(n: int) -> dict:
     import jwt
 
-    from zhongkui.tokens import Keyring
+    from zhongkui.core.tokens import Keyring
 
     ring = Keyring.new()
     now = time.time()
@@ -225,7 +225,7 @@ def main() -> None:
         serve(a.serve, a.auth_file, a.entries)
         return
     from zhongkui.guard import auth_doc
-    from zhongkui.tokens import Keyring
+    from zhongkui.core.tokens import Keyring
 
     ring = Keyring.new()
     bob = ring.sign("bob", ["dev"], now=time.time(), ttl_s=3600)

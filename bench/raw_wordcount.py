@@ -20,7 +20,7 @@ def main(out_dir: str) -> None:
 
     @ray.remote
     def map_words(path: str, n: int):
-        from fuxi.shuffle import hash_partition_ids, split_by_ids
+        from fuxi.io.shuffle import hash_partition_ids, split_by_ids
         from jobs.wordcount import tokenize
 
         counts: dict[str, int] = {}

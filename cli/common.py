@@ -8,11 +8,11 @@ from typing import Any, NoReturn
 
 import typer
 
-from fuxi.errors import BadInput, ClusterError, FuxiError, JobNotFound
+from base.errors import EXIT_BAD_INPUT, EXIT_OK, ClusterError, PlatformError, exit_code
+from base.errors import EXIT_FAILED as EXIT_JOB_FAILED
+from fuxi.errors import FuxiError
 
-EXIT_OK = 0
-EXIT_JOB_FAILED = 1  # the job failed or was cancelled
-EXIT_BAD_INPUT = 2  # the spec, a flag or an id was wrong
+__all__ = ["EXIT_OK", "EXIT_JOB_FAILED", "EXIT_BAD_INPUT", "fail", "handle", "print_json"]
 
 ClusterOpt = typer.Option("default", "--cluster", "-c", help="Cluster name (records live in $FUXI_HOME/<name>).")
 
@@ -23,21 +23,12 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def handle(e: Exception) -> NoReturn:
-    """Turn our errors into a message and an exit code; let bugs show their traceback."""
-    from zhongkui.errors import BadInput as ZBadInput
-    from zhongkui.errors import ZhongkuiError
-
-    if isinstance(e, ZBadInput):
-        fail(str(e), EXIT_BAD_INPUT)
-    if isinstance(e, ZhongkuiError):
-        fail(f"{type(e).__name__}: {e}", EXIT_JOB_FAILED)
-    if isinstance(e, (BadInput, JobNotFound)):
-        fail(str(e), EXIT_BAD_INPUT)
-    if isinstance(e, ClusterError):
-        fail(str(e), EXIT_JOB_FAILED)
-    if isinstance(e, FuxiError):
-        fail(str(e), EXIT_JOB_FAILED)
-    raise e
+    """Turn our errors into a message and an exit code (one table for every command:
+    ``base.errors.exit_code``); let bugs show their traceback."""
+    if not isinstance(e, PlatformError):
+        raise e
+    # Fuxi's own messages are written for the command line; the others name their class.
+    fail(str(e) if isinstance(e, (FuxiError, ClusterError)) else f"{type(e).__name__}: {e}", exit_code(e))
 
 
 def print_json(obj: Any) -> None:

@@ -10,13 +10,13 @@ from typing import Optional
 
 import typer
 
-from cli.common import EXIT_BAD_INPUT, EXIT_JOB_FAILED, ClusterOpt, fail, print_json
+from cli.common import EXIT_JOB_FAILED, ClusterOpt, fail, handle, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
 
 def _client(cluster: str):
-    from fuxi.runtime import find_cluster
+    from base.cluster import find_cluster
     from nuwa.client import connect
 
     rec = find_cluster(cluster)
@@ -28,15 +28,13 @@ def _client(cluster: str):
 
 
 def _run(cluster: str, fn):
-    from nuwa.errors import BadRequest, NuwaError
+    from base.errors import PlatformError
 
     c = _client(cluster)
     try:
         return fn(c)
-    except BadRequest as e:
-        fail(str(e), EXIT_BAD_INPUT)
-    except NuwaError as e:
-        fail(f"{type(e).__name__}: {e}", EXIT_JOB_FAILED)
+    except PlatformError as e:
+        handle(e)
     finally:
         c.close()
 

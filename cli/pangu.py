@@ -23,18 +23,11 @@ COPY_BLOCK_BYTES = 8 * 1024 * 1024
 def _pangu(cluster: str) -> Iterator:
     from fuxi.runtime import connect, ensure_pangu
     from pangu.client import Client
-    from pangu.errors import (BadPath, BadRequest, Busy, Exists, IsADir, NotADir, NotEmpty,
-                              NotFound, PanguError)
 
     try:
         with connect(cluster) as conn:
             ensure_pangu(conn)
-            try:
-                yield Client(cluster)
-            except (BadPath, BadRequest, NotFound, Exists, IsADir, NotADir, NotEmpty, Busy) as e:
-                fail(f"{type(e).__name__}: {e}", EXIT_BAD_INPUT)
-            except PanguError as e:
-                fail(f"{type(e).__name__}: {e}", EXIT_JOB_FAILED)
+            yield Client(cluster)
     except typer.Exit:
         raise
     except Exception as e:  # noqa: BLE001

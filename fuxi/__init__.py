@@ -20,7 +20,7 @@ from fuxi.errors import (
     NoCluster,
     SpecError,
 )
-from fuxi.spec import JobSpec, ResourceSpec, SpeculationSpec, TaskSpec, load_job_spec
+from fuxi.core.spec import JobSpec, ResourceSpec, SpeculationSpec, TaskSpec, load_job_spec
 
 __version__ = "0.1.0"
 

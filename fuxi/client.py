@@ -22,10 +22,11 @@ import time
 import uuid
 from typing import Callable, Sequence
 
-from fuxi.errors import ClusterError, FuxiError, JobNotFound
-from fuxi.plan import JobPlan, build_plan
-from fuxi.spec import JobSpec, check_importable, load_job_spec, spec_from_dict
-from fuxi.states import TERMINAL_JOB
+from base.errors import PlatformError
+from fuxi.errors import ClusterError, JobNotFound, OutcomeUnknown
+from fuxi.core.plan import JobPlan, build_plan
+from fuxi.core.spec import JobSpec, check_importable, load_job_spec, spec_from_dict
+from fuxi.core.states import TERMINAL_JOB
 
 CALL_TIMEOUT_S = 60.0
 POLL_S = 0.3
@@ -59,15 +60,13 @@ def _translate(e: Exception, what: str) -> Exception:
     what to do."""
     import ray.exceptions as rex
 
-    from zhongkui.errors import ZhongkuiError
-
     cause = getattr(e, "cause", None)
-    if isinstance(cause, (FuxiError, ZhongkuiError)):
+    if isinstance(cause, PlatformError):
         return cause
-    if isinstance(e, FuxiError):
+    if isinstance(e, PlatformError):
         return e
     if isinstance(e, rex.GetTimeoutError):
-        return ClusterError(f"{what}: FuxiMaster did not answer within {CALL_TIMEOUT_S:g}s "
+        return OutcomeUnknown(f"{what}: FuxiMaster did not answer within {CALL_TIMEOUT_S:g}s "
                             f"(CALL_TIMEOUT_S); the outcome is unknown — check `fuxi job list`")
     if isinstance(e, (rex.RayActorError, rex.RaySystemError)):
         return ClusterError(f"{what}: FuxiMaster is gone ({type(e).__name__}); was the cluster "
@@ -106,8 +105,8 @@ class FuxiClient:
             try:
                 # Workers import task modules from the directory the job was submitted from.
                 return self._call("submit", plan, request_id, [os.getcwd()])
-            except ClusterError as e:
-                if "did not answer" not in str(e) or attempt == SUBMIT_TRIES_MAX - 1:
+            except OutcomeUnknown:
+                if attempt == SUBMIT_TRIES_MAX - 1:
                     raise
         raise AssertionError("unreachable")
 
@@ -155,7 +154,7 @@ class OfflineJobs:
     used when no cluster is running (e.g. jobs that ran on the embedded default)."""
 
     def __init__(self, data_dir: str):
-        from fuxi.store import FileStore
+        from fuxi.io.store import FileStore
 
         self.data_dir = data_dir
         self.store = FileStore(os.path.join(data_dir, "state"))
@@ -172,7 +171,7 @@ class OfflineJobs:
         return sorted((self.store.get(k) for k in keys), key=lambda s: s.get("submitted_at") or 0)
 
     def logs(self, job_id: str, task: str | None = None, instance: int | None = None) -> list[dict]:
-        from fuxi.store import read_job_logs
+        from fuxi.io.store import read_job_logs
 
         self.status(job_id)
         return read_job_logs(os.path.join(self.data_dir, "logs"), job_id, task, instance)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from fuxi.errors import LimitExceeded
-from fuxi.shuffle import concat_tables, to_table
+from fuxi.io.shuffle import concat_tables, to_table
 
 
 class _ListHandler(logging.Handler):

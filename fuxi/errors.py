@@ -1,11 +1,13 @@
-"""One exception tree for the Fuxi scheduler (see STYLE.md rule 7).
+"""The Fuxi scheduler's errors (see STYLE.md rule 7); the root derives from
+``base.errors.PlatformError``, and each shared condition from its base class.
 
     FuxiError
     ├── BadInput              -- the caller gave something wrong; CLI exit code 2
     │   ├── SpecError         -- a job spec failed validation (names file, field, given, expected)
     │   └── LimitExceeded     -- a named limit (``*_max``, ``*_s``) was exceeded
     ├── ClusterError          -- the cluster could not be reached, started or stopped
-    │   └── NoCluster         -- no running cluster was found where one was required
+    │   ├── NoCluster         -- no running cluster was found where one was required
+    │   └── OutcomeUnknown    -- FuxiMaster did not answer: the request may have taken effect
     ├── JobNotFound           -- an unknown job id
     └── JobFailed             -- a job ended failed or cancelled (carries the report)
 
@@ -14,12 +16,14 @@ Ray exceptions are translated in one place (``fuxi.client._translate``).
 
 from __future__ import annotations
 
+from base import errors as base_errors
 
-class FuxiError(Exception):
+
+class FuxiError(base_errors.PlatformError):
     """Base of every error Fuxi raises on purpose."""
 
 
-class BadInput(FuxiError):
+class BadInput(FuxiError, base_errors.BadInput):
     """The caller gave something wrong. The message says what was given and what was expected."""
 
 
@@ -34,23 +38,24 @@ class SpecError(BadInput):
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
-class LimitExceeded(BadInput):
+class LimitExceeded(BadInput, base_errors.LimitExceeded):
     """A named limit was exceeded; the message names the limit, its value and what was asked."""
 
 
-class ClusterError(FuxiError):
-    """The cluster could not be reached, started or stopped."""
+ClusterError = base_errors.ClusterError  # cluster discovery lives in base.cluster
+NoCluster = base_errors.NoCluster
 
 
-class NoCluster(ClusterError):
-    """No running Fuxi cluster was found."""
+class OutcomeUnknown(FuxiError, ClusterError, base_errors.OutcomeUnknown):
+    """FuxiMaster did not answer in time: the request may or may not have taken effect
+    (a submit is retried with the same request id, which makes it idempotent)."""
 
 
-class JobNotFound(FuxiError):
+class JobNotFound(FuxiError, base_errors.NotFound):
     """No job has this id."""
 
 
-class JobFailed(FuxiError):
+class JobFailed(FuxiError, base_errors.Failed):
     """A job ended failed or cancelled."""
 
     def __init__(self, message: str, status: dict | None = None):

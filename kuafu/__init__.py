@@ -17,7 +17,7 @@ See docs/kuafu.md."""
 from kuafu.client import AsyncClient, Client, Handle, aconnect, connect, parse_uri
 from kuafu.errors import (BadRequest, Denied, FrameError, KuafuError, Overloaded, RemoteError,
                           TimedOut, TooLarge, Unauthenticated, Unavailable)
-from kuafu.server import Context, Server, ServerHandle, attach, context, method, serve
+from kuafu.io.server import Context, Server, ServerHandle, attach, context, method, serve
 
 __all__ = ["AsyncClient", "Client", "Handle", "aconnect", "connect", "parse_uri",
            "BadRequest", "FrameError", "KuafuError", "Overloaded", "RemoteError", "TimedOut",

@@ -30,11 +30,11 @@ import os
 import threading
 from urllib.parse import urlsplit
 
-from kuafu import flow
+from kuafu.core import flow
 from kuafu import frame as F
-from kuafu.conn import PING_INTERVAL_S, Conn
+from kuafu.io.conn import PING_INTERVAL_S, Conn
 from kuafu.errors import BadRequest, FrameError, TimedOut, Unavailable, error_from_header
-from kuafu.server import context
+from kuafu.io.server import context
 
 CALL_TIMEOUT_S = 30.0          # a call's deadline unless the caller gives one
 CONNECT_TIMEOUT_S = 5.0        # one connection attempt
@@ -405,7 +405,7 @@ def _background_loop() -> asyncio.AbstractEventLoop:
     global _bg
     with _bg_lock:
         if _bg is None or not _bg.alive():
-            from kuafu.loops import LoopThread
+            from kuafu.io.loops import LoopThread
 
             _bg = LoopThread("kuafu-client")
         return _bg.loop

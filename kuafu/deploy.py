@@ -34,7 +34,7 @@ def socket_path(namespace: str, node_id: str) -> str:
 
 
 def _namespace(cluster: str) -> str:
-    from fuxi.runtime import namespace
+    from base.cluster import namespace
 
     return namespace(cluster)
 
@@ -56,8 +56,8 @@ def _actor_class():
             from zhongkui.files import private_files
 
             private_files()  # its socket directory and anything it writes (issue 14)
-            from kuafu.loops import LoopThread
-            from kuafu.proxy import ProxyCore
+            from kuafu.io.loops import LoopThread
+            from kuafu.io.proxy import ProxyCore
 
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             want = min(hard, FDS_WANTED) if hard != resource.RLIM_INFINITY else FDS_WANTED
@@ -201,7 +201,7 @@ def ensure_local(namespace: str, timeout_s: float = START_TIMEOUT_S) -> str:
                           f"node (start them with kuafu.deploy.start or `fuxi up`)")
     cfg = ray.get(next(iter(found.values())).get_config.remote(), timeout=timeout_s)
     if cfg.get("auth_enabled"):  # FuxiMaster holds the keys a new proxy needs
-        from fuxi.runtime import MASTER_NAME
+        from base.cluster import MASTER_NAME
 
         master = ray.get_actor(MASTER_NAME, namespace=namespace)
         from zhongkui import creds
@@ -230,7 +230,7 @@ def find_proxy(cluster: str) -> str:
         inside = False
     if inside:
         return local_proxy(cluster)
-    from fuxi.runtime import find_cluster
+    from base.cluster import find_cluster
 
     rec = find_cluster(cluster)
     if rec is None:
@@ -249,7 +249,7 @@ def proxy_from_nuwa(nuwa_addresses: list, token: str | None = None) -> str:
     from nuwa import errors as NE
     from nuwa.client import connect as nuwa_connect
 
-    from kuafu.proxy import PROXIES_PATH
+    from kuafu.io.proxy import PROXIES_PATH
 
     with nuwa_connect([tuple(a) for a in nuwa_addresses], token=token) as nw:
         try:

@@ -6,8 +6,10 @@ may have run (``maybe_executed``)."""
 
 from __future__ import annotations
 
+from base import errors as base_errors
 
-class KuafuError(Exception):
+
+class KuafuError(base_errors.PlatformError):
     """Base of every Kuafu error."""
 
     code = "KuafuError"
@@ -17,33 +19,33 @@ class KuafuError(Exception):
         return {"code": self.code, "msg": str(self), "ex": int(bool(self.maybe_executed))}
 
 
-class FrameError(KuafuError, ValueError):
+class FrameError(KuafuError, base_errors.BadInput):
     """Bytes that are not a valid Kuafu frame: the connection that sent them is closed."""
 
     code = "FrameError"
 
 
-class TooLarge(FrameError):
+class TooLarge(FrameError, base_errors.LimitExceeded):
     """A frame, header or message over its named limit."""
 
     code = "TooLarge"
 
 
-class BadRequest(KuafuError, ValueError):
+class BadRequest(KuafuError, base_errors.BadInput):
     """A well-formed frame asking for something invalid: an unknown service or method, a bad
     header field, a message of the wrong type. Never executed."""
 
     code = "BadRequest"
 
 
-class Overloaded(KuafuError):
+class Overloaded(KuafuError, base_errors.Unavailable):
     """A flow-control window or queue is full and the caller asked not to wait (or the queue
     in front of a service is at its bound). Never executed: safe to retry later."""
 
     code = "Overloaded"
 
 
-class Unavailable(KuafuError):
+class Unavailable(KuafuError, base_errors.Unavailable):
     """No endpoint could take the call, or the connection carrying it was lost.
     ``maybe_executed`` is False when the request certainly did not reach a server (safe to
     retry) and True when it was sent and its outcome is unknown."""
@@ -55,7 +57,7 @@ class Unavailable(KuafuError):
         self.maybe_executed = maybe_executed
 
 
-class TimedOut(KuafuError, TimeoutError):
+class TimedOut(KuafuError, base_errors.OutcomeUnknown, TimeoutError):
     """The deadline passed before a reply came. The outcome is unknown: the server may have
     run the request."""
 
@@ -63,19 +65,19 @@ class TimedOut(KuafuError, TimeoutError):
     maybe_executed = True
 
 
-class Unauthenticated(KuafuError):
+class Unauthenticated(KuafuError, base_errors.Unauthenticated):
     """No token, or one that is malformed, forged, expired or of another cluster (Zhongkui)."""
 
     code = "Unauthenticated"
 
 
-class Denied(KuafuError, PermissionError):
+class Denied(KuafuError, base_errors.Denied):
     """A signed-in caller without the permission the call needs (Zhongkui)."""
 
     code = "Denied"
 
 
-class RemoteError(KuafuError):
+class RemoteError(KuafuError, base_errors.Failed):
     """The service's method raised. ``remote_type`` is the exception's qualified type name
     and ``remote_traceback`` its formatted traceback on the server."""
 

@@ -50,7 +50,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 import msgpack
 
 from nuwa import errors as E
-from nuwa.transport import frame, read_frame
+from nuwa.io.transport import frame, read_frame
 
 CALL_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 1.0

@@ -32,6 +32,8 @@ an actor method raises) goes through the same dict, so the fields survive.
 
 from __future__ import annotations
 
+from base import errors as base_errors
+
 from typing import Any
 
 __all__ = [
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 
-class NuwaError(Exception):
+class NuwaError(base_errors.PlatformError):
     """Base of every Nuwa error. `fields` names the extra attributes carried on the wire."""
 
     fields: tuple[str, ...] = ()
@@ -77,7 +79,7 @@ class NuwaError(Exception):
         return (error_from_dict, (self.to_dict(),))
 
 
-class BadRequest(NuwaError):
+class BadRequest(NuwaError, base_errors.BadInput):
     """The request is invalid for the current state; the message says what was given and
     what was expected. Deterministic: every replica refuses it the same way."""
 
@@ -86,7 +88,7 @@ class BadPath(BadRequest):
     fields = ("path",)
 
 
-class LimitExceeded(BadRequest):
+class LimitExceeded(BadRequest, base_errors.LimitExceeded):
     """A named limit was hit; `limit` is the constant's name, `limit_value` its value."""
     fields = ("limit", "limit_value")
 
@@ -101,11 +103,11 @@ class QuotaExceeded(LimitExceeded):
     fields = ("limit", "limit_value", "user")
 
 
-class NodeExists(BadRequest):
+class NodeExists(BadRequest, base_errors.Conflict):
     fields = ("path",)
 
 
-class NoNode(BadRequest):
+class NoNode(BadRequest, base_errors.NotFound):
     fields = ("path",)
 
 
@@ -113,7 +115,7 @@ class NotEmpty(BadRequest):
     fields = ("path",)
 
 
-class BadVersion(BadRequest):
+class BadVersion(BadRequest, base_errors.Conflict):
     fields = ("path", "expected_version", "actual_version")
 
 
@@ -151,20 +153,20 @@ class CorruptSnapshot(NuwaError):
     pass
 
 
-class NotLeader(NuwaError):
+class NotLeader(NuwaError, base_errors.Unavailable):
     fields = ("leader_hint",)
     retryable = True
 
 
-class Unavailable(NuwaError):
+class Unavailable(NuwaError, base_errors.Unavailable):
     retryable = True
 
 
-class Timeout(NuwaError):
+class Timeout(NuwaError, base_errors.Unavailable):
     pass
 
 
-class OutcomeUnknown(NuwaError):
+class OutcomeUnknown(NuwaError, base_errors.OutcomeUnknown):
     pass
 
 
@@ -177,11 +179,11 @@ class LockLost(SessionExpired):
     ended (expired, or not confirmed within its TTL): stop acting as its owner at once."""
 
 
-class Unauthenticated(NuwaError):
+class Unauthenticated(NuwaError, base_errors.Unauthenticated):
     """No token, or one that is malformed, forged, expired or of another cluster (Zhongkui)."""
 
 
-class Denied(NuwaError):
+class Denied(NuwaError, base_errors.Denied):
     """A signed-in caller without the permission the operation needs (Zhongkui)."""
 
 

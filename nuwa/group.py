@@ -7,9 +7,9 @@ restarted replica finds its own disk again. Replica ``i`` keeps its WAL and snap
 A replica whose node is gone (or whose disk was lost) is *replaced*, not just restarted:
 ``replace_replica`` starts a brand-new replica with a new id, adds it as a learner, waits
 until it has caught up, promotes it, and removes the old one -- three single-server
-membership changes (``nuwa.raft``). The group keeps its full size and fault tolerance.
+membership changes (``nuwa.core.raft``). The group keeps its full size and fault tolerance.
 
-Peer authentication (``nuwa.peer_auth``): ``start_group`` creates the cluster's peer secret
+Peer authentication (``nuwa.core.peer_auth``): ``start_group`` creates the cluster's peer secret
 (``PEER_SECRET_BYTES`` random bytes) once, in ``<data_dir>/nuwa/peer.secret`` (0600, its
 directory 0700), and hands it to every replica as a constructor argument. A ``Group`` rebuilt
 from ``to_dict`` (FuxiMaster's supervisor) reads it from that file; ``to_dict`` and ``repr``
@@ -32,9 +32,9 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from nuwa.errors import BadRequest
-from nuwa.peer_auth import SECRET_BYTES as PEER_SECRET_BYTES
+from nuwa.core.peer_auth import SECRET_BYTES as PEER_SECRET_BYTES
 from nuwa.replica import LOOPBACK, NODE_IP, NuwaReplica
-from nuwa.server import ServerConfig
+from nuwa.io.server import ServerConfig
 
 GROUP_SIZES = (1, 3, 5)
 START_TIMEOUT_S = 60.0

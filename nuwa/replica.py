@@ -3,7 +3,7 @@
 All Raft and client traffic goes over the server's own TCP socket. Ray is used only to place
 the replica on a node, start it, hand it its peers' addresses, ask its status, and stop it.
 
-The cluster's peer secret (``nuwa.peer_auth``) arrives as a constructor argument from
+The cluster's peer secret (``nuwa.core.peer_auth``) arrives as a constructor argument from
 ``nuwa.group`` -- only platform code creates replicas -- and is never logged or returned.
 ``host`` is the address to bind for clients and peers: loopback on a local head, or
 ``NODE_IP`` for each node's own address when the group spans machines.
@@ -15,7 +15,7 @@ import os
 
 import ray
 
-from nuwa.server import ReplicaServer, ServerConfig
+from nuwa.io.server import ReplicaServer, ServerConfig
 
 
 LOOPBACK = "127.0.0.1"

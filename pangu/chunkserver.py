@@ -1,5 +1,5 @@
 """The Pangu chunkserver: one async Ray actor per node (several per node in tests), keeping
-chunk replicas as checksummed files (``pangu.chunkfile``) in a directory of its own.
+chunk replicas as checksummed files (``pangu.io.chunkfile``) in a directory of its own.
 
 Directory ownership. A chunkserver adopts the first unclaimed directory under
 ``<data_dir>/pangu/<kind>/chunks/`` -- claimed by an exclusive ``flock`` that lives as long as the
@@ -35,9 +35,9 @@ import time
 import pyarrow as pa
 import ray
 
-from nuwa.wal import write_atomic
-from pangu import access as A
-from pangu.chunkfile import BLOCK_BYTES, ChunkFile
+from nuwa.io.wal import write_atomic
+from pangu.core import access as A
+from pangu.io.chunkfile import BLOCK_BYTES, ChunkFile
 from pangu.errors import (BadRequest, ChecksumError, Denied, LeaseExpired, NoSpace, NotActive,
                           NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unauthenticated)
 from pangu.errors import DiskFailed
@@ -226,7 +226,7 @@ class ChunkServer:
     async def _check_access(self, access, cid: str, mode: str, version=None) -> None:
         """A chunk access token for this chunk, in this mode (a write token also reads; it
         writes only at the version of its lease), not expired and signed by the cluster:
-        refused otherwise, whoever holds it (``pangu.access``)."""
+        refused otherwise, whoever holds it (``pangu.core.access``)."""
         if not self.guard.enabled:
             return
         from zhongkui.errors import BadCredentials

@@ -29,8 +29,8 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from pangu import paths as P
-from pangu.chunkfile import ChunkFile
+from pangu.core import paths as P
+from pangu.io.chunkfile import ChunkFile
 from pangu.errors import DiskFailed
 from pangu.errors import (BadPath, BadRequest, ChecksumError, LeaseExpired, NoSpace, NotActive,
                           NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unauthenticated,

@@ -3,19 +3,18 @@
 
 from __future__ import annotations
 
+from base.cluster import find_cluster, ray_init, set_auth_mode
+from base.errors import PlatformError
 from pangu.errors import Unavailable
 
 
 def attach(cluster: str) -> None:
-    from fuxi.errors import FuxiError
-    from fuxi.runtime import _ray_init, _set_auth_mode, find_cluster
-
     try:
         rec = find_cluster(cluster)
-    except FuxiError as e:
+    except PlatformError as e:
         raise Unavailable(str(e)) from None
     if rec is None:
         raise Unavailable(f"no running cluster {cluster!r} to reach Pangu in: start one with "
                           f"`fuxi up`, or call ray.init() and pangu.deploy.start() first")
-    _set_auth_mode(rec.token_path)
-    _ray_init(address=rec.address, namespace=rec.namespace)
+    set_auth_mode(rec.token_path)
+    ray_init(address=rec.address, namespace=rec.namespace)

@@ -1,37 +1,40 @@
-"""Pangu's errors: each says what was wrong and what was expected."""
+"""Pangu's errors: each says what was wrong and what was expected. The root derives from
+``base.errors.PlatformError`` and each shared condition from its base class."""
 
 from __future__ import annotations
 
+from base import errors as base_errors
 
-class PanguError(Exception):
+
+class PanguError(base_errors.PlatformError):
     """Base of every Pangu error."""
 
 
-class BadPath(PanguError, ValueError):
+class BadPath(PanguError, base_errors.BadInput):
     pass
 
 
-class NotFound(PanguError, FileNotFoundError):
+class NotFound(PanguError, base_errors.NotFound, FileNotFoundError):
     pass
 
 
-class Exists(PanguError, FileExistsError):
+class Exists(PanguError, base_errors.Conflict, FileExistsError):
     pass
 
 
-class NotADir(PanguError, NotADirectoryError):
+class NotADir(PanguError, base_errors.Conflict, NotADirectoryError):
     pass
 
 
-class IsADir(PanguError, IsADirectoryError):
+class IsADir(PanguError, base_errors.Conflict, IsADirectoryError):
     pass
 
 
-class NotEmpty(PanguError, OSError):
+class NotEmpty(PanguError, base_errors.Conflict, OSError):
     pass
 
 
-class BadRequest(PanguError, ValueError):
+class BadRequest(PanguError, base_errors.BadInput):
     pass
 
 
@@ -65,7 +68,7 @@ class NotEnoughServers(PanguError):
     """Placement could not find enough distinct, live nodes with room."""
 
 
-class Busy(PanguError):
+class Busy(PanguError, base_errors.Conflict):
     """The file is open for writing by another client (one writer per file)."""
 
 
@@ -88,23 +91,23 @@ class ReplicaWriteFailed(PanguError):
         return (type(self), (str(self), self.failed))
 
 
-class NotActive(PanguError):
+class NotActive(PanguError, base_errors.Unavailable):
     """This master is a standby (or was deposed): ask the active master."""
 
 
-class Unavailable(PanguError):
+class Unavailable(PanguError, base_errors.Unavailable):
     """No master or no replica could be reached within the time allowed."""
 
 
-class Unauthenticated(PanguError, PermissionError):
+class Unauthenticated(PanguError, base_errors.Unauthenticated, PermissionError):
     """No token, or a token (or chunk access token) that is malformed, forged, expired, of
     another cluster, or for another chunk (Zhongkui)."""
 
 
-class Denied(PanguError, PermissionError):
+class Denied(PanguError, base_errors.Denied):
     """A signed-in caller without the permission the operation needs (Zhongkui)."""
 
 
-class StaleFencingToken(PanguError, PermissionError):
+class StaleFencingToken(PanguError, base_errors.Denied):
     """A write carried a fencing token (a Nuwa lock path and its token) older than the newest
     this file system has seen for that lock: its holder lost the lock (issue 14, defect 16)."""

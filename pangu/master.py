@@ -1,7 +1,7 @@
 """The Pangu master: namespace, chunk versions, chunkserver registry, leases and self-healing.
 
-One async Ray actor (no CPU) per master. The namespace (``pangu.namespace``) changes only
-through commands that are made durable in the journal (``pangu.journal``) before they are
+One async Ray actor (no CPU) per master. The namespace (``pangu.core.namespace``) changes only
+through commands that are made durable in the journal (``pangu.io.journal``) before they are
 acknowledged. Replica locations are *not* journaled: chunkservers report their chunks in every
 heartbeat (to every master, so a standby's view is warm), as in GFS and HDFS.
 
@@ -36,17 +36,17 @@ from typing import Any
 
 import ray
 
-from pangu import fencing as F
-from pangu import paths as P
-from pangu import placement
-from pangu.access import chunk_scope, writer_key
+from pangu.core import fencing as F
+from pangu.core import paths as P
+from pangu.core import placement
+from pangu.core.access import chunk_scope, writer_key
 from pangu.errors import (BadRequest, Busy, Denied, IsADir, NotActive, NotEnoughServers,
                           NotFound, PanguError, Unauthenticated, Unavailable)
 from pangu.errors import DiskFailed
 from pangu.handles import Handles
 from pangu.chunkserver import pangu_root
-from pangu.journal import CHECKPOINT_EVERY, LocalJournal, NuwaJournal
-from pangu.namespace import REPLICATION_MAX, Namespace
+from pangu.io.journal import CHECKPOINT_EVERY, LocalJournal, NuwaJournal
+from pangu.core.namespace import REPLICATION_MAX, Namespace
 
 logger = logging.getLogger(__name__)
 

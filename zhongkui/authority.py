@@ -16,13 +16,13 @@ from dataclasses import replace
 
 import hashlib
 
-from zhongkui.acl import (ADMIN_GROUP, ENTRIES_MAX, PERMISSIONS, RESERVED_GROUPS, Entry,
+from zhongkui.core.acl import (ADMIN_GROUP, ENTRIES_MAX, PERMISSIONS, RESERVED_GROUPS, Entry,
                           check_principal, under)
 from zhongkui.audit import AuditLog
-from zhongkui.directory import Directory
+from zhongkui.core.directory import Directory
 from zhongkui.errors import BadCredentials, BadInput, Denied, Revoked
 from zhongkui.guard import Guard, Principal, auth_doc
-from zhongkui.tokens import TTL_S_DEFAULT, TTL_S_MAX, Keyring
+from zhongkui.core.tokens import TTL_S_DEFAULT, TTL_S_MAX, Keyring
 
 ADMIN_USER = "admin"
 ACL_KEY = "/zhongkui/acl/"            # one entry per (kind, resource, principal)

@@ -36,7 +36,7 @@ def token(cluster: str | None = None) -> str:
     env = os.environ.get(ENV_TOKEN)
     if env:
         return env.strip()
-    from fuxi.runtime import cluster_dir
+    from base.cluster import cluster_dir
 
     path = os.path.join(cluster_dir(cluster or os.environ.get("FUXI_CLUSTER", "default")),
                         TOKEN_FILE)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from base import errors as base_errors
 
-class ZhongkuiError(Exception):
+
+class ZhongkuiError(base_errors.PlatformError):
     """Base of every Zhongkui error."""
 
 
-class BadCredentials(ZhongkuiError):
+class BadCredentials(ZhongkuiError, base_errors.Unauthenticated):
     """No token, or a token that is malformed, forged, expired or signed by an unknown key;
     or a wrong user name or password. Says which, never echoes the secret."""
 
@@ -39,9 +41,9 @@ class UnknownUser(Revoked, UnknownKey):
     (an UnknownKey too: callers that fetch on an unknown key go the asking path)."""
 
 
-class Denied(ZhongkuiError):
+class Denied(ZhongkuiError, base_errors.Denied):
     """An authenticated caller without the permission asked for."""
 
 
-class BadInput(ZhongkuiError, ValueError):
+class BadInput(ZhongkuiError, base_errors.BadInput):
     """A bad user name, group, password, permission or ACL entry."""

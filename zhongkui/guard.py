@@ -43,9 +43,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
-from zhongkui.acl import ADMIN_GROUP, PLATFORM_GROUP, Decision, Entry, decide
+from zhongkui.core.acl import ADMIN_GROUP, PLATFORM_GROUP, Decision, Entry, decide
 from zhongkui.errors import BadCredentials, Denied, Revoked, UnknownKey, UnknownUser
-from zhongkui.tokens import Keyring
+from zhongkui.core.tokens import Keyring
 
 log = logging.getLogger("zhongkui.guard")
 

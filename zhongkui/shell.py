@@ -23,7 +23,7 @@ class _Master:
     def get(self):
         import ray
 
-        from fuxi.runtime import MASTER_NAME
+        from base.cluster import MASTER_NAME
 
         if self.handle is None:
             self.handle = ray.get_actor(MASTER_NAME, namespace=self.namespace)

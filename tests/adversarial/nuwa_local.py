@@ -11,12 +11,12 @@ import time
 
 import msgpack
 
-from nuwa.raft import Role
-from nuwa.server import ReplicaServer, ServerConfig
-from nuwa.transport import frame, read_frame
-from zhongkui.acl import ADMIN_GROUP
+from nuwa.core.raft import Role
+from nuwa.io.server import ReplicaServer, ServerConfig
+from nuwa.io.transport import frame, read_frame
+from zhongkui.core.acl import ADMIN_GROUP
 from zhongkui.guard import Guard, auth_doc
-from zhongkui.tokens import Keyring
+from zhongkui.core.tokens import Keyring
 
 ANSWER_TIMEOUT_S = 10.0
 LEADER_TIMEOUT_S = 10.0

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from nuwa.server import ReplicaServer, ServerConfig
+from nuwa.io.server import ReplicaServer, ServerConfig
 
 STATUS_EVERY_S = 0.02
 

@@ -15,10 +15,10 @@ import msgpack
 import pytest
 
 import kuafu
-import kuafu.proxy as P
+import kuafu.io.proxy as P
 from kuafu import frame as F
 from tests.kuafu.authed import AuthedCluster
-from zhongkui.tokens import Keyring
+from zhongkui.core.tokens import Keyring
 
 pytestmark = pytest.mark.timeout(180)
 HELLO_S = 1.0  # the proxy's hello timeout here

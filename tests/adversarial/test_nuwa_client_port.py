@@ -14,7 +14,7 @@ import dataclasses
 
 import pytest
 
-from nuwa.server import ServerConfig
+from nuwa.io.server import ServerConfig
 from tests.adversarial.nuwa_local import Node, Raw, error_type, length_word
 
 pytestmark = pytest.mark.timeout(120)
@@ -445,7 +445,7 @@ def test_garbage_frames_are_refused_and_the_replica_keeps_serving(tmp_path):
     async def main():
         node, seed = await seeded(tmp_path)
         try:
-            from nuwa.transport import frame
+            from nuwa.io.transport import frame
             for payload in (b"\xc1", b"\x91" * 5000, b"\xdf\xff\xff\xff\xff", b"not msgpack"):
                 r = await node.raw(mallory_token(node))
                 assert "ok" in await r.call({"op": "auth"})
@@ -477,7 +477,7 @@ def test_limits_are_named_in_the_config():
 FD_CHILD = r"""
 import asyncio, resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-from nuwa.server import ReplicaServer, ServerConfig
+from nuwa.io.server import ReplicaServer, ServerConfig
 
 async def main():
     s = ReplicaServer(1, [1], sys.argv[1], ServerConfig(snapshot_every_entries=20,

@@ -24,8 +24,8 @@ import pytest
 
 from nuwa import errors as E
 from nuwa.client import AsyncNuwa
-from nuwa.server import ServerConfig
-from nuwa.transport import frame, read_frame
+from nuwa.io.server import ServerConfig
+from nuwa.io.transport import frame, read_frame
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -17,13 +17,13 @@ import msgpack
 import pytest
 
 from nuwa import errors as E
-from nuwa import peer_auth as A
+from nuwa.core import peer_auth as A
 from nuwa.client import AsyncNuwa
-from nuwa.codec import encode_message
-from nuwa.raft import Entry, Message, MsgType, Role
-from nuwa.server import ReplicaServer, ServerConfig
-from nuwa.transport import frame, read_frame
-from nuwa.wal import Wal
+from nuwa.core.codec import encode_message
+from nuwa.core.raft import Entry, Message, MsgType, Role
+from nuwa.io.server import ReplicaServer, ServerConfig
+from nuwa.io.transport import frame, read_frame
+from nuwa.io.wal import Wal
 
 pytestmark = pytest.mark.timeout(180)
 CFG = ServerConfig()

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from fuxi import jobmaster as JM
+from fuxi.shells import jobmaster as JM
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(500)]
 PAUSE_S = JM.MASTER_LOST_S + 5.0  # past every deadline the JobMaster keeps

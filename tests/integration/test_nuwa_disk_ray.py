@@ -68,7 +68,7 @@ def test_a_leader_whose_fsync_fails_is_replaced_and_then_restarted_by_supervisio
     for i in range(20):
         c.create(f"/disk/n{i}", b"x")
         acked.append(i)
-    assert ray.get(group.handles[victim].__ray_call__.remote(_arm("nuwa.wal.fsync", "EIO", 1)),
+    assert ray.get(group.handles[victim].__ray_call__.remote(_arm("nuwa.io.wal.fsync", "EIO", 1)),
                    timeout=30)
     for i in range(20, 40):
         try:

@@ -109,7 +109,7 @@ def test_ephemeral_node_vanishes_when_its_session_dies(group):
 def test_fuxi_master_restarts_a_replica_that_died(group):
     import ray
 
-    from fuxi.master import FuxiMaster
+    from fuxi.shells.master import FuxiMaster
 
     master = FuxiMaster.options(namespace=group.namespace, name="FuxiMaster").remote(
         "sup", None, False, [list(a) for a in group.client_addresses()], group.to_dict())

@@ -52,7 +52,7 @@ def test_a_delete_whose_journal_fsync_fails_keeps_the_file_and_its_chunks(pg):
     data = bytes(range(256)) * 3000  # three chunks
     write_file(c, "/disk/keep", data)
     master = _actor(PC.master_name(1))
-    assert ray.get(master.__ray_call__.remote(_arm("pangu.journal.fsync", "EIO", 1)), timeout=30)
+    assert ray.get(master.__ray_call__.remote(_arm("pangu.io.journal.fsync", "EIO", 1)), timeout=30)
     with pytest.raises(PE.DiskFailed):
         c.rm("/disk/keep")
     time.sleep(2.0)  # several heartbeats: none may order the chunks deleted

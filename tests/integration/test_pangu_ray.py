@@ -585,7 +585,7 @@ def test_deposed_master_cannot_write_the_journal(ray_cluster, tmp_path):
     from nuwa.client import AsyncNuwa
     from nuwa.group import start_group
 
-    from pangu.journal import Deposed, NuwaJournal
+    from pangu.io.journal import Deposed, NuwaJournal
 
     g = start_group(3, str(tmp_path / "nuwa"), namespace=f"nuwa-fence-{time.time_ns()}")
     try:

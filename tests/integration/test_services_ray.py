@@ -17,7 +17,7 @@ CLUSTER = "test"
 
 
 def _spec(name: str, version: str = "1", replicas: int = 2, **kw) -> dict:
-    from fuxi.service_spec import service_spec_from_dict
+    from fuxi.core.service_spec import service_spec_from_dict
 
     doc = {"name": name, "class": "jobs.services.echo:Echo", "version": version,
            "replicas": replicas, "resources": {"cpu": 0},
@@ -206,7 +206,7 @@ def test_a_killed_replica_is_replaced_under_load(master):
 
 def test_bad_specs_are_refused_before_anything_runs():
     from fuxi.errors import SpecError
-    from fuxi.service_spec import service_spec_from_dict
+    from fuxi.core.service_spec import service_spec_from_dict
 
     with pytest.raises(SpecError) as ei:
         service_spec_from_dict({"name": "x", "class": "jobs.services.echo:Nope", "replicas": -1,
@@ -258,7 +258,7 @@ def test_the_wordfreq_example_serves_the_wordcount_output(master, job, tmp_path)
     import ray
 
     import kuafu
-    from fuxi.service_spec import load_service_spec
+    from fuxi.core.service_spec import load_service_spec
     from jobs.wordcount import plain_count
 
     out = tmp_path / "wc"

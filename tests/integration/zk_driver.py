@@ -72,7 +72,7 @@ def main() -> None:
     from fuxi.client import FuxiClient
     from fuxi.runtime import cluster_dir, connect, find_cluster, keys_path
     from nuwa.client import connect as nuwa_connect
-    from zhongkui.tokens import Keyring
+    from zhongkui.core.tokens import Keyring
 
     out_path, secrets_path = sys.argv[2], sys.argv[3]
     rec = find_cluster(CLUSTER)
@@ -177,7 +177,7 @@ def main() -> None:
 
         # Services: bob's echo, callable and manageable by dave.
         step("services")
-        from fuxi.service_spec import service_spec_from_dict
+        from fuxi.core.service_spec import service_spec_from_dict
 
         def svc_doc(name: str, replicas: int) -> dict:
             doc = service_spec_from_dict({

@@ -3,7 +3,7 @@ Ray): what the ownership and raw-wire tests run against.
 
 ``AuthedCluster`` holds the Nuwa replica and proxy on their own event-loop threads, the
 cluster's keyring (tokens for any user, group or scope), FuxiMaster's registration records
-written the way FuxiMaster writes them (``fuxi.store.NuwaStore``), and servers attached with a
+written the way FuxiMaster writes them (``fuxi.io.store.NuwaStore``), and servers attached with a
 given token."""
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ import tempfile
 import time
 
 import kuafu
-from kuafu.loops import LoopThread
-from kuafu.proxy import ProxyCore
-from kuafu.server import Server
+from kuafu.io.loops import LoopThread
+from kuafu.io.proxy import ProxyCore
+from kuafu.io.server import Server
 from tests.kuafu.services import Svc
 from zhongkui.guard import Guard, Principal
-from zhongkui.tokens import Keyring
+from zhongkui.core.tokens import Keyring
 
 WAIT_S = 20.0  # any wait in these tests
 
 
 class AuthedCluster:
     def __init__(self, **proxy_kw):
-        from nuwa.server import ReplicaServer
+        from nuwa.io.server import ReplicaServer
 
         self.dir = tempfile.mkdtemp(prefix="kza-", dir="/tmp")  # socket paths stay short
         self.ring = Keyring.new()
@@ -86,7 +86,7 @@ class AuthedCluster:
     def register_fuxi_service(self, name: str, owner: str) -> None:
         """FuxiMaster's records of a registered service, as `fuxi service register` leaves
         them in Nuwa (the service manager's desired state and the owner record)."""
-        from fuxi.store import NuwaStore
+        from fuxi.io.store import NuwaStore
         from nuwa.client import connect
 
         with connect(self.nuwa, creator="fuxi-master") as c:
@@ -95,7 +95,7 @@ class AuthedCluster:
             store.put(f"/service-owners/{name}", Principal(owner).to_doc())
 
     def remove_fuxi_service(self, name: str) -> None:
-        from fuxi.store import NuwaStore
+        from fuxi.io.store import NuwaStore
         from nuwa.client import connect
 
         with connect(self.nuwa, creator="fuxi-master") as c:

@@ -13,8 +13,8 @@ import tempfile
 
 import pytest
 
-from kuafu.proxy import ProxyCore
-from nuwa import commands as C
+from kuafu.io.proxy import ProxyCore
+from nuwa.core import commands as C
 from nuwa.client import AsyncNuwa
 from tests.nuwa.test_group_local import LocalGroup
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from kuafu.errors import Overloaded
-from kuafu.flow import Waiters, Window
+from kuafu.core.flow import Waiters, Window
 
 
 class WindowModel(RuleBasedStateMachine):

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import kuafu
 from kuafu import frame as F
-from kuafu.loops import LoopThread
-from kuafu.proxy import ProxyCore
+from kuafu.io.loops import LoopThread
+from kuafu.io.proxy import ProxyCore
 from tests.kuafu.services import Svc
 
 

@@ -1,12 +1,12 @@
 """Simulated Nuwa clients on the Raft simulator (``sim_raft``), recording a history for the
 linearizability checker (``nuwa.linearizability``).
 
-Every replica applies committed entries to its own ``nuwa.tree.Tree`` (snapshots carry the
+Every replica applies committed entries to its own ``nuwa.core.tree.Tree`` (snapshots carry the
 tree, so a replica restored from a snapshot or restarted from its disk rebuilds it). Each
 tree starts from the same genesis: the files ``/k0`` .. ``/k4`` holding ``b"init"``. On top,
 3-5 clients run one operation at a time, each through a simulated client network (per-run
 drops and delays, no duplicates: it stands for a TCP connection) to the replica they believe
-leads. The client-facing shell of a replica mirrors ``nuwa.server``:
+leads. The client-facing shell of a replica mirrors ``nuwa.io.server``:
 
 * ``put k v``  -> the command ``set(k, v)``, proposed with a request id; answered ``ok`` when
   this replica applies the entry with that request id;
@@ -52,12 +52,12 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from nuwa.commands import decode_command, encode_command, set_value
+from nuwa.core.commands import decode_command, encode_command, set_value
 from nuwa.errors import BadRequest
 from nuwa.linearizability import CheckResult, History
-from nuwa.codec import decode_message
-from nuwa.raft import Entry, NotLeader, ProposalDropped, ReadState, Role
-from nuwa.tree import Tree
+from nuwa.core.codec import decode_message
+from nuwa.core.raft import Entry, NotLeader, ProposalDropped, ReadState, Role
+from nuwa.core.tree import Tree
 from tests.nuwa.sim_raft import ELECTION_TICKS, Replica, Sim, SimConfig
 
 KEYS = tuple(f"/k{i}" for i in range(5))
@@ -322,7 +322,7 @@ class ClientSim(Sim):
                 shell.reads.pop(ctx, None)
                 self._respond(cid, op, attempt, "dropped")
             return
-        # put / cas: the leader only, like nuwa.server.
+        # put / cas: the leader only, like nuwa.io.server.
         if node.role is not Role.LEADER:
             self._respond(cid, op, attempt, "not_leader", node.lead)
             return
@@ -348,7 +348,7 @@ class ClientSim(Sim):
             self._respond(cid, op, attempt, "ok", {"stat": None})
 
     def _sweep_leadership(self) -> None:
-        """Like nuwa.server's leader duties: a replica that lost leadership tells the clients
+        """Like nuwa.io.server's leader duties: a replica that lost leadership tells the clients
         waiting on its proposals that the outcome is unknown."""
         for i, shell in self.shells.items():
             if not shell.writes:

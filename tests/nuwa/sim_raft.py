@@ -3,9 +3,9 @@
 One seed fixes everything: fault rates, the schedule of partitions, crashes, restarts and disk
 losses, message delays, drops, duplicates and reorders, client proposals and reads, and each
 replica's election-timeout randomness. Time is ticks; nothing sleeps. Messages go through
-``nuwa.codec`` both ways, as they would on a socket.
+``nuwa.core.codec`` both ways, as they would on a socket.
 
-What the simulated shell does, like ``nuwa.server``: after every input it drains the node's
+What the simulated shell does, like ``nuwa.io.server``: after every input it drains the node's
 Ready -- persist snapshot, entries and hard state to the replica's "disk" (a MemoryStorage that
 survives crashes), send messages, apply committed entries to a toy state machine (a hash chain
 over the applied entries), hand out read states, advance -- and sometimes takes a snapshot and
@@ -20,7 +20,7 @@ Faults:
   lost) and rebuilt from the disk.
 * crash without disk ("disk lost"): the replica comes back with empty storage and
   ``voter=False``: it catches up by log or snapshot and counts for commit and read quorums
-  but never votes or campaigns again (see ``nuwa.raft``'s docstring for why voting again
+  but never votes or campaigns again (see ``nuwa.core.raft``'s docstring for why voting again
   would be unsafe). The lost-disk marker is kept with its new disk. At most (n-1)//2 replicas
   lose their disk per run, so a quorum of voters remains and the liveness check is fair.
 
@@ -59,8 +59,8 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 
-from nuwa.codec import decode_message, encode_message
-from nuwa.raft import (
+from nuwa.core.codec import decode_message, encode_message
+from nuwa.core.raft import (
     ConfChangeRefused,
     Entry,
     MemoryStorage,

@@ -15,8 +15,8 @@ import pytest
 
 from nuwa import errors as E
 from nuwa.client import connect
-from nuwa.raft import Role
-from nuwa.server import ReplicaServer, ServerConfig
+from nuwa.core.raft import Role
+from nuwa.io.server import ReplicaServer, ServerConfig
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,7 @@ import pytest
 from base import faults
 from nuwa import errors as E
 from nuwa.client import AsyncNuwa
-from nuwa.raft import Role
+from nuwa.core.raft import Role
 from tests.nuwa.test_group_local import LocalGroup
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,7 +38,7 @@ async def _serving_leader(group: LocalGroup, timeout_s: float = 10.0,
     raise AssertionError(f"no single serving leader within {timeout_s}s")
 
 
-@pytest.mark.parametrize("point,err", [("nuwa.wal.fsync", "EIO"), ("nuwa.wal.write", "ENOSPC")])
+@pytest.mark.parametrize("point,err", [("nuwa.io.wal.fsync", "EIO"), ("nuwa.io.wal.write", "ENOSPC")])
 def test_a_leader_whose_wal_fails_steps_down_and_nothing_acknowledged_is_lost(
         tmp_path, point, err):
     group = LocalGroup(tmp_path)

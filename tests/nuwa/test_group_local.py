@@ -11,9 +11,9 @@ import pytest
 
 from nuwa import errors as E
 from nuwa.client import AsyncNuwa
-from nuwa.raft import Role
+from nuwa.core.raft import Role
 from nuwa.recipes import Lock, ServiceRegistry
-from nuwa.server import ReplicaServer, ServerConfig
+from nuwa.io.server import ReplicaServer, ServerConfig
 
 pytestmark = pytest.mark.timeout(120)
 CFG = ServerConfig(snapshot_every_entries=200)
@@ -362,7 +362,7 @@ def test_a_restarted_replica_keeps_its_recorded_configuration(group, tmp_path):
 def test_a_snapshot_larger_than_one_fragment_reaches_a_rejoining_replica(tmp_path):
     import shutil
 
-    from nuwa.transport import FRAGMENT_BYTES_MAX
+    from nuwa.io.transport import FRAGMENT_BYTES_MAX
 
     cfg = ServerConfig(snapshot_every_entries=10, snapshot_trailing_entries=0)
 

@@ -2,7 +2,7 @@
 
 Simulated clients (``sim_clients``) talk to a 3- or 5-replica Raft group (``sim_raft``) that
 drops, delays, duplicates and reorders messages, partitions, crashes and restarts replicas
-with and without their disks. Every replica applies the log to its own ``nuwa.tree.Tree``.
+with and without their disks. Every replica applies the log to its own ``nuwa.core.tree.Tree``.
 Each run's whole client history (invoke / ok / fail / unknown) must be linearizable against
 the key-value model (``nuwa.linearizability``); "could not decide" fails too.
 
@@ -18,7 +18,7 @@ from collections import Counter
 
 import pytest
 
-from nuwa.raft import RaftNode
+from nuwa.core.raft import RaftNode
 from tests.nuwa.sim_clients import Broken, ClientSim, SimBug, simulate_clients
 from tests.nuwa.sim_raft import InvariantError
 

@@ -1,5 +1,5 @@
-"""The Raft peer port's pure checks: the mutual HMAC handshake (``nuwa.peer_auth``) and the
-admission of every peer message before the Raft core sees it (``nuwa.peer_guard``).
+"""The Raft peer port's pure checks: the mutual HMAC handshake (``nuwa.core.peer_auth``) and the
+admission of every peer message before the Raft core sees it (``nuwa.core.peer_guard``).
 
 Property: whatever a peer sends -- bytes of any shape, any field of any type or size --
 ``deliver`` never raises, drops anything it does not admit without touching the node, and
@@ -15,17 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nuwa import peer_auth as A
-from nuwa import peer_guard as G
-from nuwa.codec import (
+from nuwa.core import peer_auth as A
+from nuwa.core import peer_guard as G
+from nuwa.core.codec import (
     encode_entry,
     encode_hard_state,
     encode_message,
     encode_snapshot,
 )
-from nuwa.raft import Entry, HardState, MemoryStorage, Message, MsgType, RaftNode, Role, Snapshot
-from nuwa.raft_types import encode_conf
-from nuwa.tree import Tree
+from nuwa.core.raft import Entry, HardState, MemoryStorage, Message, MsgType, RaftNode, Role, Snapshot
+from nuwa.core.raft_types import encode_conf
+from nuwa.core.tree import Tree
 
 SECRET = bytes(range(32))
 MEMBERS = {2, 3}

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nuwa.codec import (
+from nuwa.core.codec import (
     decode_entry,
     decode_hard_state,
     decode_message,
@@ -25,7 +25,7 @@ from nuwa.codec import (
     encode_snapshot,
     encode_snapshot_meta,
 )
-from nuwa.raft import (
+from nuwa.core.raft import (
     ConfChangeRefused,
     Entry,
     HardState,

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from nuwa.raft import RaftNode
+from nuwa.core.raft import RaftNode
 from tests.nuwa.sim_raft import InvariantError, Sim, simulate
 
 SEEDS = ([int(os.environ["NUWA_SEED"])] if os.environ.get("NUWA_SEED")

@@ -1,6 +1,6 @@
 """Nuwa decides on what it executes (issue 14, defect 1).
 
-``nuwa.wire.parse_request`` parses a client request, command tree included, before anything is
+``nuwa.core.wire.parse_request`` parses a client request, command tree included, before anything is
 decided; the replica authorizes that tree and proposes the command rebuilt from it. Unit tests
 of the parser, and two properties over arbitrary request maps: the parser never lets through a
 command whose op differs from the request's or that re-parses differently, and -- through a
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nuwa import commands as C
+from nuwa.core import commands as C
 from nuwa import errors as E
-from nuwa.wire import REQUEST_OPS, command_dict, command_ops, parse_request
+from nuwa.core.wire import REQUEST_OPS, command_dict, command_ops, parse_request
 from tests.adversarial.nuwa_local import Node
 
 pytestmark = pytest.mark.timeout(300)

@@ -13,7 +13,7 @@ import types
 
 import pytest
 
-from nuwa import server as server_mod
+from nuwa.io import server as server_mod
 from nuwa.client import AsyncNuwa, SessionState
 from tests.nuwa.test_group_local import LocalGroup
 

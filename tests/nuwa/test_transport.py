@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from nuwa import transport as T
+from nuwa.io import transport as T
 
 
 def test_large_messages_are_split_into_fragments_and_reassembled():

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nuwa import commands as C
+from nuwa.core import commands as C
 from nuwa import errors as E
-from nuwa.paths import KIND_DIR, KIND_FILE, validate_path
-from nuwa.tree import (
+from nuwa.core.paths import KIND_DIR, KIND_FILE, validate_path
+from nuwa.core.tree import (
     SEQUENCE_MAX, VALUE_BYTES_MAX, Tree, TreeLimits, decode_command, encode_command,
 )
 
@@ -600,7 +600,7 @@ def test_commands_encode_and_decode():
 
 
 def test_tree_core_imports_no_ray_clock_or_randomness():
-    probe = ("import sys, nuwa.tree; bad = [m for m in ('ray', 'random', 'time', 'socket', "
+    probe = ("import sys, nuwa.core.tree; bad = [m for m in ('ray', 'random', 'time', 'socket', "
              "'asyncio') if m in sys.modules and m not in before]; print(bad)")
     code = "import sys; before = set(sys.modules); " + probe
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from nuwa.raft import Entry, HardState, Snapshot
-from nuwa.wal import Wal, WalCorrupt
+from nuwa.core.raft import Entry, HardState, Snapshot
+from nuwa.io.wal import Wal, WalCorrupt
 
 
 def entries(lo, hi, term=1):
@@ -97,8 +97,8 @@ def test_a_crash_mid_write_loses_only_what_was_never_acknowledged(tmp_path):
     script = f"""
 import os, sys
 sys.path.insert(0, {os.getcwd()!r})
-from nuwa.raft import Entry, HardState
-from nuwa.wal import Wal
+from nuwa.core.raft import Entry, HardState
+from nuwa.io.wal import Wal
 w = Wal({str(tmp_path)!r}); w.recover()
 for i in range(1, 100000):
     w.save(HardState(1, 1, i), [Entry(term=1, index=i, data=b"x" * 300)])

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nuwa.raft import Entry, HardState
-from nuwa.wal import Wal, WalCorrupt
+from nuwa.core.raft import Entry, HardState
+from nuwa.io.wal import Wal, WalCorrupt
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -132,7 +132,7 @@ def test_a_v1_log_is_read_and_rewritten_in_the_current_format(tmp_path):
     import struct
     import zlib
 
-    from nuwa.codec import encode_entry, encode_hard_state
+    from nuwa.core.codec import encode_entry, encode_hard_state
 
     def v1(kind, payload):
         return struct.pack("<IIB", len(payload), zlib.crc32(bytes([kind]) + payload),

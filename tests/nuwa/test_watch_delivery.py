@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nuwa import commands as C
+from nuwa.core import commands as C
 from nuwa import errors as E
 from nuwa.client import AsyncNuwa, _Watch
-from nuwa.server import ReplicaServer, ServerConfig
-from nuwa.tree import Tree, TreeLimits
+from nuwa.io.server import ReplicaServer, ServerConfig
+from nuwa.core.tree import Tree, TreeLimits
 from tests.nuwa.test_group_local import LocalGroup
 
 pytestmark = pytest.mark.timeout(120)

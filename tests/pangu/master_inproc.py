@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 
 from pangu.master import PanguMaster
-from zhongkui.acl import Entry
+from zhongkui.core.acl import Entry
 from zhongkui.guard import auth_doc
-from zhongkui.tokens import Keyring
+from zhongkui.core.tokens import Keyring
 
 MasterClass = PanguMaster.__ray_metadata__.modified_class
 

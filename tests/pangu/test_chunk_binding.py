@@ -170,6 +170,6 @@ def test_the_owner_still_works(tmp_path):
     ({"kind": "chunk", "id": "c1", "mode": "r"}, "c1", "x", None, False),
 ])
 def test_chunk_token_scope(scope, cid, mode, version, ok):
-    from pangu.access import refusal
+    from pangu.core.access import refusal
 
     assert (refusal(scope, cid, mode, version) is None) == ok

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pangu.chunkfile import BLOCK_BYTES, ChunkFile
+from pangu.io.chunkfile import BLOCK_BYTES, ChunkFile
 from pangu.errors import BadRequest, ChecksumError
 
 CAP = 5 * BLOCK_BYTES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from base import faults
-from pangu.chunkfile import BLOCK_BYTES, ChunkFile
+from pangu.io.chunkfile import BLOCK_BYTES, ChunkFile
 from pangu.errors import DiskFailed, DiskFull, NoSpace
 
 

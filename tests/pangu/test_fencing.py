@@ -10,8 +10,8 @@ import asyncio
 import pytest
 
 from pangu import errors as PE
-from pangu import fencing as F
-from pangu.namespace import Namespace
+from pangu.core import fencing as F
+from pangu.core.namespace import Namespace
 from tests.pangu.master_inproc import Cluster, stop
 
 LOCK = "/locks/report/"

@@ -67,7 +67,7 @@ CHANGES = {
                                       "chunk_size": CHUNK}),
     "truncate": lambda m: m.truncate("/f", 5),
 }
-FAULTS = [("pangu.journal.fsync", "EIO", DiskFailed), ("pangu.journal.write", "ENOSPC", DiskFull)]
+FAULTS = [("pangu.io.journal.fsync", "EIO", DiskFailed), ("pangu.io.journal.write", "ENOSPC", DiskFull)]
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
@@ -120,7 +120,7 @@ def test_a_master_whose_journal_disk_keeps_failing_serves_nothing_until_it_works
     async def main():
         m = await _master(str(tmp_path))
         await _file_with_two_chunks(m)
-        faults.arm("pangu.journal.fsync", "EIO", under=str(tmp_path))
+        faults.arm("pangu.io.journal.fsync", "EIO", under=str(tmp_path))
         with pytest.raises(DiskFailed):
             await m.mkdir("/a")
         with pytest.raises(DiskFailed):

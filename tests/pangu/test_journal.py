@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pangu.journal import JournalCorrupt, LocalJournal
-from pangu.namespace import Namespace
+from pangu.io.journal import JournalCorrupt, LocalJournal
+from pangu.core.namespace import Namespace
 
 
 def run(coro):

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from pangu.errors import BadRequest, Exists, IsADir, NotADir, NotEmpty, NotFound, PanguError
-from pangu.namespace import CHUNK_BYTES_MIN, Namespace
+from pangu.core.namespace import CHUNK_BYTES_MIN, Namespace
 
 CS = CHUNK_BYTES_MIN
 # A small path space, so that steps keep meeting the same files and directories.

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pangu import paths as P
+from pangu.core import paths as P
 from pangu.errors import BadPath, NotEnoughServers
-from pangu.placement import (ChunkInfo, Server, choose, excess_replicas, rebalance_plan,
+from pangu.core.placement import (ChunkInfo, Server, choose, excess_replicas, rebalance_plan,
                              repair_plan)
 
 GiB = 1 << 30

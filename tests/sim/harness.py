@@ -4,9 +4,9 @@ One seed fixes everything: the cluster (nodes x worker slots), the job (one stag
 reduce over a hash / broadcast / one_to_one edge), every attempt's duration and fate, worker
 crashes, network latency. Time is a float on a simulated clock; nothing sleeps.
 
-What is modelled, following ``fuxi.jobmaster`` and ``fuxi.worker``:
+What is modelled, following ``fuxi.shells.jobmaster`` and ``fuxi.shells.worker``:
 
-* FuxiMaster: a sync every 250 ms grants slots (``fuxi.slots.fair_targets`` / ``place``) and
+* FuxiMaster: a sync every 250 ms grants slots (``fuxi.core.slots.fair_targets`` / ``place``) and
   sends a fair-share target that the shell turns into ``shrink``; sometimes another job shows
   up for a while and squeezes our share.
 * Worker start takes a while and may fail; ``worker_started`` / ``worker_start_failed``.
@@ -33,8 +33,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from fuxi import slots as slotlib
-from fuxi.jobcore import (
+from fuxi.core import slots as slotlib
+from fuxi.core.jobcore import (
     AttemptResult,
     Commit,
     JobCore,
@@ -46,9 +46,9 @@ from fuxi.jobcore import (
     StopAttempt,
     StopWorker,
 )
-from fuxi.plan import Edge, JobPlan, TaskPlan, shape_key
-from fuxi.speculation import SpeculationPolicy
-from fuxi.states import TERMINAL_ATTEMPT, AttemptState, InstanceState, JobState
+from fuxi.core.plan import Edge, JobPlan, TaskPlan, shape_key
+from fuxi.core.speculation import SpeculationPolicy
+from fuxi.core.states import TERMINAL_ATTEMPT, AttemptState, InstanceState, JobState
 
 TICK_S = 0.02
 SYNC_S = 0.25

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from fuxi.states import JobState
+from fuxi.core.states import JobState
 from tests.sim.harness import make_scenario, simulate
 
 SEEDS = [int(os.environ["SEED"])] if os.environ.get("SEED") else list(

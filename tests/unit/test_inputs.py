@@ -1,4 +1,4 @@
-"""fuxi.inputs: pattern expansion (local, file://, memory://) and byte-balanced splits."""
+"""fuxi.io.inputs: pattern expansion (local, file://, memory://) and byte-balanced splits."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuxi import inputs
+from fuxi.io import inputs
 from fuxi.errors import BadInput, LimitExceeded
-from fuxi.inputs import FileInfo, expand_inputs, split_files
+from fuxi.io.inputs import FileInfo, expand_inputs, split_files
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """JobCore scenarios: events in, actions out, time passed as ``now``.
 
-Each test builds a small JobPlan by hand, feeds the events the Ray shell (``fuxi.jobmaster``)
+Each test builds a small JobPlan by hand, feeds the events the Ray shell (``fuxi.shells.jobmaster``)
 would feed, and asserts on the actions a user would notice: what runs where and when, what is
 retried, what is committed, what the failure report says.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fuxi.jobcore import (
+from fuxi.core.jobcore import (
     AttemptResult,
     Commit,
     JobCore,
@@ -21,9 +21,9 @@ from fuxi.jobcore import (
     StopAttempt,
     StopWorker,
 )
-from fuxi.plan import Edge, JobPlan, TaskPlan
-from fuxi.speculation import SpeculationPolicy
-from fuxi.states import AttemptState, IllegalTransition, InstanceState, JobState, move
+from fuxi.core.plan import Edge, JobPlan, TaskPlan
+from fuxi.core.speculation import SpeculationPolicy
+from fuxi.core.states import AttemptState, IllegalTransition, InstanceState, JobState, move
 
 CPU1 = {"CPU": 1.0}
 SK = "CPU=1"
@@ -285,7 +285,7 @@ def test_timeout_fails_the_attempt_and_stops_it_on_its_worker():
     assert core.tick(15.0) == []  # exactly at the limit: not yet
     acts = core.tick(15.01)
     # The worker interrupts the attempt and carries on; the shell kills and reports the worker
-    # dead only if the attempt will not stop (see fuxi.worker).
+    # dead only if the attempt will not stop (see fuxi.shells.worker).
     assert StopAttempt(w1, ("a", 0, 0)) in acts
     assert not of(acts, ReleaseSlot)
     inst = core.instances["a"][0]

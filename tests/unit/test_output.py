@@ -1,4 +1,4 @@
-"""fuxi.output: attempts, first-commit-wins, finalize, prepare, read back — locally and in memory://."""
+"""fuxi.io.output: attempts, first-commit-wins, finalize, prepare, read back — locally and in memory://."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from fuxi.errors import BadInput, LimitExceeded
-from fuxi.output import OutputLocation
+from fuxi.io.output import OutputLocation
 
 
 @pytest.fixture(params=["local", "file_url", "memory"])

@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuxi.service_spec import ServiceSpec
-from fuxi.servicecore import DRAINING, FAILED, READY, STARTING, ServiceCore
+from fuxi.core.service_spec import ServiceSpec
+from fuxi.core.servicecore import DRAINING, FAILED, READY, STARTING, ServiceCore
 
 NODES = {"n1": 2.0, "n2": 2.0, "n3": 2.0}
 

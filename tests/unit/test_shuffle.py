@@ -1,4 +1,4 @@
-"""fuxi.shuffle: deterministic hash partitioning, splits, modes, concat and conversion."""
+"""fuxi.io.shuffle: deterministic hash partitioning, splits, modes, concat and conversion."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuxi.errors import BadInput, LimitExceeded
-from fuxi.shuffle import (
+from fuxi.io.shuffle import (
     concat_tables,
     hash_partition_ids,
     num_partitions_max,
@@ -98,7 +98,7 @@ def test_ids_are_the_same_in_a_process_with_another_hash_seed():
     script = textwrap.dedent(t_code) + textwrap.dedent(
         """
         import sys
-        from fuxi.shuffle import hash_partition_ids
+        from fuxi.io.shuffle import hash_partition_ids
         for cols in (["s"], ["i"], ["f"], ["b"], ["d"], ["t"], ["s", "i", "d"]):
             print(",".join(map(str, hash_partition_ids(t, cols, 13).tolist())))
         """

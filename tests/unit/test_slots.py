@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuxi import slots
-from fuxi.slots import Demand, Ledger, add, fair_assignment, fair_targets, fits, place, subtract
+from fuxi.core import slots
+from fuxi.core.slots import Demand, Ledger, add, fair_assignment, fair_targets, fits, place, subtract
 
 CPU1 = {"CPU": 1.0}
 

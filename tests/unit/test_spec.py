@@ -1,4 +1,4 @@
-"""Unit tests for fuxi.spec: what a user sees for good and bad job specs."""
+"""Unit tests for fuxi.core.spec: what a user sees for good and bad job specs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fuxi.errors import BadInput, LimitExceeded, SpecError
-from fuxi.spec import (
+from fuxi.core.spec import (
     JobSpec,
     ResourceSpec,
     SpeculationSpec,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuxi import speculation
-from fuxi.speculation import RunningInstance, SpeculationPolicy, backup_cap, pick_backups, straggler_threshold_s
+from fuxi.core import speculation
+from fuxi.core.speculation import RunningInstance, SpeculationPolicy, backup_cap, pick_backups, straggler_threshold_s
 
 
 def task_timeline(

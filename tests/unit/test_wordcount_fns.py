@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 
 from fuxi.errors import BadInput
-from fuxi.inputs import expand_inputs, split_files
-from fuxi.shuffle import concat_tables, partition_table
+from fuxi.io.inputs import expand_inputs, split_files
+from fuxi.io.shuffle import concat_tables, partition_table
 from jobs import gen_corpus, wordcount
 from jobs.wordcount import map_words, plain_count, sum_counts, tokenize
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from fuxi.store import MemoryStore
+from fuxi.io.store import MemoryStore
 from zhongkui.authority import Authority
 from zhongkui.errors import BadCredentials, BadInput, Denied
 

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuxi.store import MemoryStore
-from zhongkui import acl
+from fuxi.io.store import MemoryStore
+from zhongkui.core import acl
 from zhongkui.audit import AuditLog, redact
-from zhongkui.directory import Directory
+from zhongkui.core.directory import Directory
 from zhongkui.errors import BadCredentials, BadInput, BadSignature, Expired, Malformed, UnknownKey
-from zhongkui.passwords import hash_password, verify_password
-from zhongkui.tokens import Keyring, _b64d, _b64e
+from zhongkui.core.passwords import hash_password, verify_password
+from zhongkui.core.tokens import Keyring, _b64d, _b64e
 
 
 def test_passwords_are_salted_slow_hashes():

@@ -20,8 +20,8 @@ _WRITER = textwrap.dedent("""
     os.umask(0o022)               # what a login shell hands a process
     if not skip:
         private_files(root, old)  # the call every platform process makes first
-    from fuxi.store import FileStore
-    from nuwa.wal import Wal
+    from fuxi.io.store import FileStore
+    from nuwa.io.wal import Wal
     from zhongkui.authority import load_or_create_keys
     FileStore(os.path.join(root, "state")).put("/jobs/j/status", {"state": "ok"})
     os.makedirs(os.path.join(root, "logs", "deep", "er"))

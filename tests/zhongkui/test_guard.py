@@ -8,13 +8,13 @@ import asyncio
 
 import pytest
 
-from fuxi.store import MemoryStore
-from zhongkui.acl import ADMIN_GROUP, PLATFORM_GROUP
+from fuxi.io.store import MemoryStore
+from zhongkui.core.acl import ADMIN_GROUP, PLATFORM_GROUP
 from zhongkui.authority import Authority
 from zhongkui.errors import BadInput, Denied, Expired, Malformed, UnknownKey
 from zhongkui.guard import (ACL_REFRESH_S, KEYS_FETCH_INTERVAL_S, LOCAL_OPERATOR, Guard,
                             auth_doc)
-from zhongkui.tokens import Keyring
+from zhongkui.core.tokens import Keyring
 
 
 class Clock:

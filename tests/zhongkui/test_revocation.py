@@ -11,12 +11,12 @@ import asyncio
 
 import pytest
 
-from fuxi.store import MemoryStore
+from fuxi.io.store import MemoryStore
 from zhongkui.authority import Authority
 from zhongkui.errors import BadCredentials, Denied, Revoked
 from zhongkui.guard import (REVOCATION_CONFIRM_S, REVOKE_WITHIN_S, Guard, auth_doc,
                             require_capability, require_platform)
-from zhongkui.tokens import KEYS_KEPT_MAX, Keyring
+from zhongkui.core.tokens import KEYS_KEPT_MAX, Keyring
 
 
 class Clock:

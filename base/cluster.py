@@ -1,0 +1,185 @@
+"""Cluster records and discovery: where a cluster's files live, the record `fuxi up` writes,
+finding a running cluster, and making this process speak its Ray (address, auth token). Every
+package finds its cluster here, so none has to import the scheduler to do it.
+
+    <FUXI_HOME>/<cluster>/cluster.json    the record (``ClusterRecord``)
+    /tmp/fuxi-<uid>/<digest>-<kind>       Ray's temp dirs (short: Unix socket paths)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sys
+from dataclasses import asdict, dataclass
+
+from base.errors import BadInput, ClusterError
+
+MASTER_NAME = "FuxiMaster"  # the scheduler's named actor, in the cluster's namespace
+
+
+def fuxi_home() -> str:
+    return os.path.abspath(os.path.expanduser(os.environ.get("FUXI_HOME", "~/.fuxi")))
+
+
+def cluster_dir(cluster: str) -> str:
+    if not cluster.replace("-", "").replace("_", "").isalnum():
+        raise BadInput(f"cluster name {cluster!r} is not valid; expected letters, digits, - and _")
+    return os.path.join(fuxi_home(), cluster)
+
+
+def namespace(cluster: str) -> str:
+    return f"fuxi-{cluster}"
+
+
+def ray_temp_dir(cluster: str, kind: str) -> str:
+    """A short, private temp dir for Ray (Unix socket paths must stay under ~107 bytes). Ray
+    makes its temp dir world-writable (0777), so it lives in ``/tmp/fuxi-<uid>/``, a directory
+    only we may enter (``zhongkui.files.private_dir``, made before Ray starts)."""
+    digest = hashlib.sha1(cluster_dir(cluster).encode()).hexdigest()[:10]
+    return f"/tmp/fuxi-{os.getuid()}/{digest}-{kind}"
+
+
+@dataclass
+class ClusterRecord:
+    cluster: str
+    address: str
+    namespace: str
+    data_dir: str
+    started_at: float
+    head_pid: int | None = None  # set when `fuxi up` started the Ray head itself
+    token_path: str | None = None
+    temp_dir: str | None = None
+    boot_id: str | None = None  # with head_started, proves head_pid is still our head
+    nuwa: list | None = None  # [host, port] of each Nuwa replica
+    nuwa_group: dict | None = None  # nuwa.group.Group.to_dict(), for FuxiMaster's supervision
+    nuwa_replicas: int = 0
+    head_started: int | None = None  # the head's start time in clock ticks since boot
+    auth: bool = False  # Zhongkui enforces access control (`fuxi up --auth`)
+
+    @classmethod
+    def load(cls, cluster: str) -> "ClusterRecord | None":
+        path = os.path.join(cluster_dir(cluster), "cluster.json")
+        try:
+            with open(path) as f:
+                return cls(**json.load(f))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as e:
+            raise ClusterError(f"cluster record {path} is unreadable ({e}); delete it and run "
+                               f"`fuxi up` again") from e
+
+    def save(self) -> None:
+        d = cluster_dir(self.cluster)
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, "cluster.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+        os.replace(tmp, os.path.join(d, "cluster.json"))
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(cluster_dir(self.cluster), "cluster.json"))
+
+
+def _port_open(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def head_is_ours(rec: ClusterRecord) -> bool:
+    """True only if ``rec.head_pid`` is still the very process `fuxi up` started: same boot,
+    same start time. After a reboot or PID reuse it is someone else's, and must not be touched."""
+    if not rec.head_pid or rec.boot_id is None or rec.head_started is None:
+        return False
+    return _boot_id() == rec.boot_id and _start_ticks(rec.head_pid) == rec.head_started
+
+
+def find_cluster(cluster: str) -> ClusterRecord | None:
+    """The running cluster's record, or None when no cluster is recorded. A record of a head we
+    started that is gone is removed. A recorded external cluster that cannot be reached is an
+    error: silently running on the embedded default instead would surprise its user."""
+    rec = ClusterRecord.load(cluster)
+    if rec is None:
+        return None
+    if rec.head_pid is not None:
+        if not head_is_ours(rec) or not session_pids(rec.head_pid):
+            rec.remove()
+            return None
+        return rec if _port_open(rec.address) else None
+    if not _port_open(rec.address):
+        raise ClusterError(f"cluster {cluster!r} is recorded at {rec.address} but cannot be "
+                           f"reached; start it again, or forget it with `fuxi down -c {cluster}`")
+    return rec
+
+
+def set_auth_mode(token_path: str | None) -> None:
+    """Make this process speak the cluster's auth: a token file of our own, or none (an external
+    cluster without auth). Ray reads the mode when it is imported, so refresh its cached config."""
+    if token_path:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = token_path
+    else:
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    if "ray" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+def quiet_ray_env() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def ray_init(**kwargs) -> None:
+    import ray
+
+    quiet_ray_env()
+    ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes in session ``sid`` (Linux /proc). The head runs in a session of its own
+    (``start_new_session``), and every Ray process it spawns stays in it — worker processes
+    get their own process group, so a process-group kill would miss them."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(name))
+    return pids

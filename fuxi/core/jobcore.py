@@ -1,0 +1,922 @@
+"""The JobMaster's pure core: instances, attempts, workers, retries, backups, blacklists.
+
+Events go in (slots granted, a worker started or died, a worker's report of started and
+finished attempts, a clock tick, cancel); *actions* come out (start or stop a worker, push
+attempts to a worker, commit an instance's output, release a slot, the job is done). The Ray
+shell (``fuxi.shells.jobmaster``) executes the actions and feeds results back. Time is an argument
+(``now``, seconds), never read here, so whole jobs replay deterministically in unit tests.
+
+Dispatch is batched: each worker has a small queue of attempts whose depth adapts to how long
+the task's instances take (``batch_target_s`` worth of work, between 1 and
+``worker_queue_max``), so very short instances are not bound by the cost of one Ray call each
+while long ones never wait behind each other.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from fuxi.core.plan import Edge, JobPlan, TaskPlan
+from fuxi.core.speculation import RunningInstance, pick_backups
+from fuxi.core.states import (
+    TERMINAL_ATTEMPT,
+    TERMINAL_INSTANCE,
+    TERMINAL_JOB,
+    AttemptState,
+    InstanceState,
+    JobState,
+    move,
+)
+
+A, I, J = AttemptState, InstanceState, JobState
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Bounds on the job master's own behaviour (not the user's task limits)."""
+
+    batch_target_s: float = 0.05  # queue about this much work per worker
+    prefetch_below_s: float = 1.0  # instances shorter than this get one extra queued attempt
+    worker_queue_max: int = 256  # attempts queued on one worker at most
+    worker_failures_max: int = 3  # failed attempts on one worker before it is blacklisted
+    node_failures_max: int = 6  # failed attempts on one node (from >= 2 workers) before blacklisting
+    workers_max: int = 1024  # worker slots one job asks for at most
+    worker_start_failures_max: int = 8  # failed worker starts before the job gives up
+    idle_release_s: float = 2.0  # an idle worker with nothing left to do is released after this
+    error_chars_max: int = 8000  # traceback text kept per failed attempt
+    # An instance whose input has replicas on some nodes (Pangu) waits at most this long for a
+    # worker there -- started or starting -- before it runs elsewhere (delay scheduling).
+    locality_wait_s: float = 1.0
+
+
+# ---------------------------------------------------------------- actions (plain data)
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """Everything a worker needs to run one attempt. Sent to the worker; picklable."""
+
+    job_id: str
+    task: str
+    instance: int
+    num_instances: int
+    attempt: int
+    fn: str
+    params: dict[str, Any]
+    input_paths: tuple[str, ...]
+    upstream: tuple[Any, ...]  # opaque object references to this instance's upstream partitions
+    downstream: tuple[Edge, ...]
+    output: str | None
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.task, self.instance, self.attempt)
+
+
+@dataclass(frozen=True)
+class StartWorker:
+    worker_id: str
+    node_id: str
+    shape: dict[str, float]
+
+
+@dataclass(frozen=True)
+class StopWorker:
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Push:
+    worker_id: str
+    attempts: tuple[AttemptSpec, ...]
+    front: bool = False  # backups jump the worker's queue: a straggler is on the critical path
+
+
+@dataclass(frozen=True)
+class Commit:
+    task: str
+    instance: int
+    attempt: int
+    output: str
+
+
+@dataclass(frozen=True)
+class ReleaseSlot:
+    shape_key: str
+    node_id: str
+
+
+@dataclass(frozen=True)
+class JobDone:
+    state: JobState
+    report: str
+
+
+# ---------------------------------------------------------------- events' payloads
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """A finished attempt as reported by a worker."""
+
+    key: tuple[str, int, int]
+    ok: bool
+    duration_s: float
+    error: str = ""
+    rows: int = 0
+    outputs: dict[Any, Any] = field(default_factory=dict)  # (consumer, partition) -> object ref
+    logs: tuple[str, ...] = ()
+    kind: str = "error"  # for failures: "error" (raised) | "lost_output"
+
+
+# ---------------------------------------------------------------- internal records
+
+
+@dataclass
+class Attempt:
+    key: tuple[str, int, int]
+    worker_id: str
+    node_id: str
+    backup: bool
+    state: AttemptState = A.QUEUED
+    queued_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str = ""
+
+
+@dataclass
+class Instance:
+    task: str
+    index: int
+    state: InstanceState = I.WAITING
+    attempts: list[Attempt] = field(default_factory=list)
+    failures: int = 0
+    not_before: float = 0.0
+    winner: Attempt | None = None
+    outputs: dict[Any, Any] = field(default_factory=dict)
+    bad_workers: set[str] = field(default_factory=set)
+    bad_nodes: set[str] = field(default_factory=set)
+    last_error: str = ""
+    ready_at: float = 0.0  # when it first became ready (the locality wait counts from here)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.task, self.index)
+
+    def live(self) -> list[Attempt]:
+        return [a for a in self.attempts if a.state not in TERMINAL_ATTEMPT]
+
+
+@dataclass
+class Worker:
+    worker_id: str
+    node_id: str
+    shape_key: str
+    shape: dict[str, float]
+    started: bool = False
+    dead: bool = False
+    queue: list[tuple[str, int, int]] = field(default_factory=list)  # attempts pushed, not finished
+    failures: int = 0
+    idle_since: float | None = None
+    draining: bool = False  # over the fair share: gets no new work, released when empty
+
+
+@dataclass
+class TaskStats:
+    succeeded: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    backups_launched: int = 0
+    backups_won: int = 0
+    data_local: int = 0  # instances whose winning attempt ran on a node holding their input
+    durations: list[float] = field(default_factory=list)
+    _median: float | None = None
+
+    def median_s(self) -> float | None:
+        if self._median is None and self.durations:
+            self._median = statistics.median(self.durations)
+        return self._median
+
+    def add_duration(self, d: float) -> None:
+        self.durations.append(d)
+        self._median = None
+
+
+# ---------------------------------------------------------------- the core
+
+
+class JobCore:
+    def __init__(self, job_id: str, plan: JobPlan, now: float, limits: JobLimits = JobLimits()):
+        self.job_id = job_id
+        self.plan = plan
+        self.limits = limits
+        self.state = J.PENDING
+        self.created_at = now
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.report = ""
+        self.tasks: dict[str, TaskPlan] = {t.name: t for t in plan.tasks}
+        self.order = [t.name for t in plan.tasks]
+        self.instances: dict[str, list[Instance]] = {
+            t.name: [Instance(t.name, i) for i in range(t.num_instances)] for t in plan.tasks
+        }
+        self.stats: dict[str, TaskStats] = {t.name: TaskStats() for t in plan.tasks}
+        self.remaining: dict[str, int] = {t.name: t.num_instances for t in plan.tasks}
+        self.workers: dict[str, Worker] = {}
+        self.attempts: dict[tuple[str, int, int], Attempt] = {}
+        self.ready: dict[str, deque[Instance]] = {}  # per shape key, in task then index order
+        self.delayed: list[tuple[float, int, str, int]] = []  # (not_before, seq, task, index)
+        self._seq = 0
+        self.backups_pending: deque[Instance] = deque()
+        self.bad_nodes: set[str] = set()  # blacklisted for this job
+        self.gone_nodes: set[str] = set()  # died while the job ran
+        self.node_failures: dict[str, dict[str, int]] = {}
+        self.worker_start_failures = 0
+        self.preempted = 0  # attempts stopped to make room for online services
+        self._next_worker = 0
+        self.key = job_id
+        self.started_tasks: set[str] = set()
+        for name in self.order:
+            if not self.tasks[name].upstream:
+                self._make_ready(name, now)
+
+    # ------------------------------------------------------------ queries
+
+    def done(self) -> bool:
+        return self.state in TERMINAL_JOB
+
+    def demands(self) -> dict[str, tuple[dict[str, float], int]]:
+        """Worker slots wanted per shape: enough for every instance that could run now."""
+        want: dict[str, int] = {}
+        shapes: dict[str, dict[str, float]] = {}
+        if self.done():
+            return {}
+        for name in self.order:
+            t = self.tasks[name]
+            active = self.remaining[name] if name in self.started_tasks else 0
+            if active:
+                want[t.shape_key] = want.get(t.shape_key, 0) + active
+                shapes[t.shape_key] = t.shape
+        for inst in self.backups_pending:
+            sk = self.tasks[inst.task].shape_key
+            want[sk] = want.get(sk, 0) + 1
+        return {k: (shapes[k], min(n, self.limits.workers_max)) for k, n in want.items()}
+
+    def held(self) -> dict[str, dict[str, int]]:
+        """Slots held per shape per node (one per live worker)."""
+        out: dict[str, dict[str, int]] = {}
+        for w in self.workers.values():
+            if not w.dead:
+                out.setdefault(w.shape_key, {}).setdefault(w.node_id, 0)
+                out[w.shape_key][w.node_id] += 1
+        return out
+
+    def status(self, now: float) -> dict[str, Any]:
+        tasks = {}
+        for name in self.order:
+            insts = self.instances[name]
+            st = self.stats[name]
+            tasks[name] = {
+                "instances": len(insts),
+                "succeeded": st.succeeded,
+                "failed": st.failed,
+                "running": sum(1 for i in insts if i.state is I.RUNNING),
+                "attempts": st.attempts,
+                "retries": st.retries,
+                "backups_launched": st.backups_launched,
+                "backups_won": st.backups_won,
+            }
+            if self.tasks[name].preferred_nodes:
+                tasks[name]["data_local"] = st.data_local
+        return {
+            "job_id": self.job_id,
+            "name": self.plan.name,
+            "state": self.state.value,
+            "submitted_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "output": self.plan.output,
+            "workers": sum(1 for w in self.workers.values() if not w.dead),
+            "blacklisted_nodes": sorted(self.bad_nodes),
+            "preempted_attempts": self.preempted,
+            "tasks": tasks,
+            "report": self.report,
+        }
+
+    def story(self, task: str, index: int) -> list[str]:
+        """What happened to one instance, attempt by attempt (for reports and debugging)."""
+        inst = self.instances[task][index]
+        lines = [f"{task}[{index}]: {inst.state.value}, {inst.failures} failed attempt(s)"]
+        for a in inst.attempts:
+            kind = "backup" if a.backup else "attempt"
+            lines.append(
+                f"  {kind} {a.key[2]} on worker {a.worker_id} (node {a.node_id[:12]}): {a.state.value}"
+                + (f" — {a.error.strip().splitlines()[-1]}" if a.error.strip() else "")
+            )
+        return lines
+
+    # ------------------------------------------------------------ events
+
+    def slots_granted(self, shape_key: str, shape: dict[str, float], node_id: str, n: int,
+                      now: float) -> list[Any]:
+        if self.done():
+            return [ReleaseSlot(shape_key, node_id) for _ in range(n)]
+        return [self._new_worker(node_id, shape_key, shape) for _ in range(n)]
+
+    def worker_started(self, worker_id: str, now: float) -> list[Any]:
+        w = self.workers.get(worker_id)
+        if w is None or w.dead or self.done():
+            return []
+        w.started = True
+        w.idle_since = now
+        if self.state is J.PENDING:
+            move(self, J.RUNNING, "first worker up")
+            self.started_at = now
+        return self._dispatch(now)
+
+    def worker_start_failed(self, worker_id: str, error: str, now: float,
+                            node_alive: bool = True) -> list[Any]:
+        """A worker did not come up. A start on a node that has since died is not counted
+        against ``worker_start_failures_max``: FuxiMaster grants the slot elsewhere."""
+        w = self.workers.get(worker_id)
+        if w is None or w.dead or self.done():
+            return []
+        w.dead = True
+        if not node_alive:
+            self.gone_nodes.add(w.node_id)
+            return [ReleaseSlot(w.shape_key, w.node_id)]
+        self.worker_start_failures += 1
+        acts: list[Any] = [ReleaseSlot(w.shape_key, w.node_id)]
+        if self.worker_start_failures > self.limits.worker_start_failures_max:
+            acts += self._fail(
+                now,
+                f"could not start workers: {self.worker_start_failures} starts failed "
+                f"(worker_start_failures_max={self.limits.worker_start_failures_max}); last: {error}",
+            )
+        return acts
+
+    def worker_report(self, worker_id: str, started: list[tuple[tuple[str, int, int], float]],
+                      finished: list[AttemptResult], now: float) -> list[Any]:
+        """``started``: (attempt key, seconds it has been running) for attempts now running."""
+        acts: list[Any] = []
+        w = self.workers.get(worker_id)
+        for key, elapsed in started:
+            a = self.attempts.get(key)
+            if a is not None and a.state is A.QUEUED:
+                move(a, A.RUNNING, "worker reported it running")
+                a.started_at = now - max(0.0, elapsed)
+        for res in finished:
+            acts += self._attempt_finished(res, now)
+        if w is not None and not w.dead and not w.queue:
+            w.idle_since = now
+            if w.draining:
+                acts += self._retire(w, "fair share: slot returned to FuxiMaster", now)
+        if not self.done():
+            acts += self._dispatch(now)
+        return acts
+
+    def worker_died(self, worker_id: str, error: str, now: float, node_alive: bool = True,
+                    blame: bool = True) -> list[Any]:
+        """The worker process is gone (crashed, killed, or its node died). ``blame=False`` when
+        the JobMaster killed it itself (an attempt would not stop): its running attempt is then
+        requeued without being charged a retry. A worker on a dead node is not replaced there."""
+        w = self.workers.get(worker_id)
+        if w is None or w.dead or self.done():
+            return []
+        acts: list[Any] = []
+        w.dead = True
+        if not node_alive:
+            self.gone_nodes.add(w.node_id)
+        for key in list(w.queue):
+            a = self.attempts[key]
+            inst = self.instances[key[0]][key[1]]
+            if a.state is A.RUNNING and not blame:
+                move(a, A.KILLED, f"worker {worker_id} was stopped: {error}")
+                a.ended_at = now
+                if a.key in w.queue:
+                    w.queue.remove(a.key)
+                acts += self._after_attempt_end(inst, now)
+            elif a.state is A.RUNNING:
+                acts += self._attempt_failed(a, inst, f"worker {worker_id} died: {error}", now,
+                                             charge_worker=True)
+            elif a.state is A.QUEUED:
+                # Never started: put the instance back without charging a retry.
+                move(a, A.LOST, "worker died before it started")
+                a.ended_at = now
+                acts += self._after_attempt_end(inst, now)
+        w.queue.clear()
+        if self.done():
+            return acts
+        # Replace the worker on the same slot unless its node is blacklisted or gone.
+        if w.node_id in self.bad_nodes or w.node_id in self.gone_nodes:
+            acts.append(ReleaseSlot(w.shape_key, w.node_id))
+        else:
+            acts.append(self._new_worker(w.node_id, w.shape_key, w.shape))
+        acts += self._dispatch(now)
+        return acts
+
+    def tick(self, now: float) -> list[Any]:
+        if self.done():
+            return []
+        acts: list[Any] = []
+        acts += self._timeouts(now)
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, task, index = heapq.heappop(self.delayed)
+            inst = self.instances[task][index]
+            if inst.state is I.READY:
+                self.ready.setdefault(self.tasks[task].shape_key, deque()).append(inst)
+        acts += self._speculate(now)
+        acts += self._dispatch(now)
+        acts += self._release_idle(now)
+        return acts
+
+    def cancel(self, now: float, reason: str = "cancelled by user") -> list[Any]:
+        if self.done():
+            return []
+        return self._end(now, J.CANCELLED, reason)
+
+    def shrink(self, shape_key: str, target: int, now: float, preempt: bool = False) -> list[Any]:
+        """FuxiMaster's fair-share target for a shape: workers beyond it drain (get no new
+        work) and are released as soon as their queue is empty; no running attempt is killed.
+        With ``preempt`` (an online service is waiting for the room) they are stopped at
+        once: their running attempts are killed and their instances go back to the ready
+        queue, without counting as failures."""
+        live = sorted((w for w in self.workers.values() if not w.dead and w.shape_key == shape_key),
+                      key=lambda w: (len(w.queue), w.worker_id))
+        excess = max(0, len(live) - max(target, 0))
+        acts: list[Any] = []
+        for i, w in enumerate(live):
+            w.draining = i < excess
+            if w.draining and preempt:
+                self.preempted += len(w.queue)  # attempts stopped (running or about to)
+                acts += self._retire(w, "preempted: its slot went to an online service", now)
+            elif w.draining and w.started and not w.queue:
+                acts += self._retire(w, "fair share: slot returned to FuxiMaster", now)
+        return acts
+
+    # ------------------------------------------------------------ internals: instances
+
+    def _make_ready(self, task: str, now: float) -> None:
+        t = self.tasks[task]
+        self.started_tasks.add(task)
+        q = self.ready.setdefault(t.shape_key, deque())
+        for inst in self.instances[task]:
+            move(inst, I.READY, "upstream done")
+            inst.ready_at = now
+            q.append(inst)
+
+    def _attempt_finished(self, res: AttemptResult, now: float) -> list[Any]:
+        a = self.attempts.get(res.key)
+        if a is None or a.state in TERMINAL_ATTEMPT:
+            return []  # a late report for an attempt we already settled (e.g. killed)
+        inst = self.instances[res.key[0]][res.key[1]]
+        w = self.workers.get(a.worker_id)
+        if w is not None and res.key in w.queue:
+            w.queue.remove(res.key)
+        if a.started_at is None:
+            a.started_at = now - res.duration_s
+        if not res.ok:
+            return self._attempt_failed(a, inst, res.error, now, charge_worker=True)
+        move(a, A.SUCCEEDED, "worker reported success")
+        a.ended_at = now
+        if inst.state is not I.RUNNING:
+            return []  # job cancelled/failed meanwhile; the output is simply dropped
+        st = self.stats[inst.task]
+        move(inst, I.SUCCEEDED, f"attempt {a.key[2]} succeeded")
+        inst.winner = a
+        inst.outputs = dict(res.outputs)
+        st.succeeded += 1
+        if a.node_id in self._preferred(inst):
+            st.data_local += 1
+        st.add_duration(res.duration_s)
+        if a.backup:
+            st.backups_won += 1
+        acts: list[Any] = []
+        t = self.tasks[inst.task]
+        if t.output:
+            acts.append(Commit(inst.task, inst.index, a.key[2], t.output))
+        for other in inst.live():
+            acts += self._kill_attempt(other, now, f"attempt {a.key[2]} won")
+        self.remaining[inst.task] -= 1
+        if self.remaining[inst.task] == 0:
+            acts += self._task_done(inst.task, now)
+        return acts
+
+    def _attempt_failed(self, a: Attempt, inst: Instance, error: str, now: float,
+                        charge_worker: bool) -> list[Any]:
+        move(a, A.FAILED, "attempt failed")
+        a.ended_at = now
+        a.error = error[-self.limits.error_chars_max:]
+        inst.failures += 1
+        inst.last_error = a.error
+        inst.bad_workers.add(a.worker_id)
+        inst.bad_nodes.add(a.node_id)
+        w = self.workers.get(a.worker_id)
+        if w is not None and a.key in w.queue:
+            w.queue.remove(a.key)
+        acts: list[Any] = []
+        if charge_worker and w is not None:
+            acts += self._charge(w, now)
+        if inst.state is I.RUNNING:
+            acts += self._after_attempt_end(inst, now)
+        return acts
+
+    def _after_attempt_end(self, inst: Instance, now: float) -> list[Any]:
+        """An attempt ended without success: retry, requeue or fail the instance."""
+        if inst.state is not I.RUNNING or inst.live():
+            return []  # another attempt (a backup or the original) is still running
+        t = self.tasks[inst.task]
+        if inst.failures > t.max_retries:
+            move(inst, I.FAILED, "retries exhausted")
+            self.stats[inst.task].failed += 1
+            return self._fail(now, self._failure_report(inst))
+        move(inst, I.READY, "retry")
+        if inst.failures:
+            backoff = min(
+                self.plan.retry_backoff_s * (2 ** (inst.failures - 1)), self.plan.retry_backoff_max_s
+            )
+            inst.not_before = now + backoff
+            self._seq += 1
+            heapq.heappush(self.delayed, (inst.not_before, self._seq, inst.task, inst.index))
+        else:
+            self.ready.setdefault(t.shape_key, deque()).appendleft(inst)
+        return []
+
+    def _failure_report(self, inst: Instance) -> str:
+        t = self.tasks[inst.task]
+        lines = [
+            f"task {inst.task!r} instance {inst.index} failed after {inst.failures} attempt(s) "
+            f"(max_retries={t.max_retries})",
+            *self.story(inst.task, inst.index),
+            "last traceback:",
+            inst.last_error.rstrip() or "(none)",
+        ]
+        return "\n".join(lines)
+
+    def _task_done(self, task: str, now: float) -> list[Any]:
+        acts: list[Any] = []
+        for name in self.order:
+            t = self.tasks[name]
+            if any(e.producer == task for e in t.upstream) and all(
+                self.remaining[e.producer] == 0 for e in t.upstream
+            ):
+                self._make_ready(name, now)
+        # Shuffle data of a producer whose consumers have all finished is no longer needed:
+        # drop the references so Ray can free it (nothing will retry those consumers now).
+        for e in self.tasks[task].upstream:
+            if all(self.remaining[d.consumer] == 0 for d in self.tasks[e.producer].downstream):
+                for up in self.instances[e.producer]:
+                    up.outputs = {}
+        if all(n == 0 for n in self.remaining.values()):
+            acts += self._end(now, J.SUCCEEDED, "")
+        return acts
+
+    # ------------------------------------------------------------ internals: workers
+
+    def _new_worker(self, node_id: str, shape_key: str, shape: dict[str, float]) -> StartWorker:
+        self._next_worker += 1
+        wid = f"w{self._next_worker}"
+        self.workers[wid] = Worker(wid, node_id, shape_key, dict(shape))
+        return StartWorker(wid, node_id, dict(shape))
+
+    def _charge(self, w: Worker, now: float) -> list[Any]:
+        """Count a failure against a worker and its node; blacklist repeat offenders."""
+        w.failures += 1
+        per_node = self.node_failures.setdefault(w.node_id, {})
+        per_node[w.worker_id] = per_node.get(w.worker_id, 0) + 1
+        acts: list[Any] = []
+        others_exist = any(
+            not o.dead and o.worker_id != w.worker_id and o.shape_key == w.shape_key
+            for o in self.workers.values()
+        )
+        if not w.dead and w.failures >= self.limits.worker_failures_max and others_exist:
+            acts += self._retire(w, f"blacklisted: {w.failures} failed attempts in this job",
+                                 now, replace=True)
+        node_total = sum(per_node.values())
+        other_nodes = {o.node_id for o in self.workers.values() if not o.dead} - {w.node_id}
+        if (
+            w.node_id not in self.bad_nodes
+            and node_total >= self.limits.node_failures_max
+            and len(per_node) >= 2
+            and other_nodes - self.bad_nodes
+        ):
+            self.bad_nodes.add(w.node_id)
+            for o in list(self.workers.values()):
+                if o.node_id == w.node_id and not o.dead:
+                    acts += self._retire(o, f"node {w.node_id[:12]} blacklisted for this job", now)
+        return acts
+
+    def _retire(self, w: Worker, reason: str, now: float, replace: bool = False) -> list[Any]:
+        """Stop a worker; its queued attempts go back to ready, running ones are killed."""
+        acts: list[Any] = [StopWorker(w.worker_id, reason)]
+        w.dead = True
+        for key in list(w.queue):
+            a = self.attempts[key]
+            inst = self.instances[key[0]][key[1]]
+            if a.state is A.QUEUED:
+                move(a, A.LOST, reason)
+            elif a.state is A.RUNNING:
+                move(a, A.KILLED, reason)
+            a.ended_at = now
+            if inst.state is I.RUNNING and not inst.live():
+                if inst.failures > self.tasks[inst.task].max_retries:
+                    # Its last hope was a backup on this worker: retries are used up.
+                    acts += self._after_attempt_end(inst, now)
+                    continue
+                move(inst, I.READY, "requeue: worker retired")
+                self.ready.setdefault(self.tasks[inst.task].shape_key, deque()).appendleft(inst)
+        w.queue.clear()
+        if replace and w.node_id not in self.bad_nodes and not self.done():
+            acts.append(self._new_worker(w.node_id, w.shape_key, w.shape))
+        else:
+            acts.append(ReleaseSlot(w.shape_key, w.node_id))
+        return acts
+
+    def _kill_attempt(self, a: Attempt, now: float, reason: str) -> list[Any]:
+        """Stop a losing or cancelled attempt. The worker skips it if still queued, or
+        interrupts it if running (and carries on with its queue on a fresh thread); if the
+        attempt does not stop within the worker's grace period, the shell kills the worker and
+        reports it dead, which replaces it (see ``fuxi.shells.worker``)."""
+        w = self.workers[a.worker_id]
+        if a.state not in (A.QUEUED, A.RUNNING):
+            return []
+        move(a, A.KILLED, reason)
+        a.ended_at = now
+        if a.key in w.queue:
+            w.queue.remove(a.key)
+        return [] if w.dead else [StopAttempt(w.worker_id, a.key)]
+
+    def _release_idle(self, now: float) -> list[Any]:
+        """Give back workers that have had nothing to do for a while and have nothing coming."""
+        acts: list[Any] = []
+        demand = self.demands()
+        live_by_shape: dict[str, list[Worker]] = {}
+        for w in self.workers.values():
+            if not w.dead and w.started:
+                live_by_shape.setdefault(w.shape_key, []).append(w)
+        for sk, ws in live_by_shape.items():
+            wanted = demand.get(sk, (None, 0))[1]
+            pending_downstream = any(
+                self.tasks[n].shape_key == sk and n not in self.started_tasks for n in self.order
+            )
+            excess = len(ws) - max(wanted, 0)
+            for w in ws:
+                if excess <= 0:
+                    break
+                idle_for = now - (w.idle_since if w.idle_since is not None else now)
+                if not w.queue and (not pending_downstream) and idle_for >= self.limits.idle_release_s:
+                    acts += self._retire(w, "idle: nothing left for this worker", now)
+                    excess -= 1
+        return acts
+
+    # ------------------------------------------------------------ internals: dispatch
+
+    def _depth(self, task: str) -> int:
+        """Attempts a worker may hold (running + queued) for this task: one when instances are
+        long or unknown; for short ones about ``batch_target_s`` of work plus one prefetched,
+        so the worker never idles for a round trip."""
+        med = self.stats[task].median_s()
+        if med is None or med >= self.limits.prefetch_below_s:
+            return 1
+        if med <= 0:
+            return self.limits.worker_queue_max
+        return min(self.limits.worker_queue_max, max(2, 1 + math.ceil(self.limits.batch_target_s / med)))
+
+    def _dispatch(self, now: float) -> list[Any]:
+        if self.done():
+            return []
+        pushes: dict[str, list[AttemptSpec]] = {}
+        front: dict[str, list[AttemptSpec]] = {}
+        workers_by_shape: dict[str, list[Worker]] = {}
+        for w in self.workers.values():
+            if w.started and not w.dead and not w.draining:
+                workers_by_shape.setdefault(w.shape_key, []).append(w)
+        # Backups first: a straggler is on the job's critical path.
+        still_pending: deque[Instance] = deque()
+        while self.backups_pending:
+            inst = self.backups_pending.popleft()
+            if inst.state is not I.RUNNING or len(inst.live()) != 1:
+                continue
+            sk = self.tasks[inst.task].shape_key
+            running = inst.live()[0]
+            w = self._pick_worker(workers_by_shape.get(sk, []), inst, avoid={running.worker_id},
+                                  avoid_nodes={running.node_id}, strict=True)
+            if w is None:
+                still_pending.append(inst)
+                continue
+            front.setdefault(w.worker_id, []).append(self._launch(inst, w, now, backup=True))
+        self.backups_pending = still_pending
+        for sk, q in self.ready.items():
+            ws = workers_by_shape.get(sk)
+            if not ws:
+                continue
+            skipped: list[Instance] = []
+            while q:
+                inst = q[0]
+                if inst.state is not I.READY or inst.not_before > now:
+                    q.popleft()  # stale entry; a delayed retry is re-added by tick()
+                    continue
+                w = self._pick_worker(ws, inst, avoid=inst.bad_workers, avoid_nodes=inst.bad_nodes)
+                if w is not None and self._wait_for_local(inst, w, now):
+                    skipped.append(q.popleft())
+                    if len(skipped) > 64:
+                        break
+                    continue
+                if w is None:
+                    if inst.bad_workers and any(self._has_room(x, inst.task) for x in ws):
+                        # Only workers that already failed this instance have room: let it
+                        # wait for a better one, but keep the others flowing.
+                        skipped.append(q.popleft())
+                        if len(skipped) > 64:
+                            break
+                        continue
+                    break
+                q.popleft()
+                pushes.setdefault(w.worker_id, []).append(self._launch(inst, w, now, backup=False))
+            for inst in reversed(skipped):
+                q.appendleft(inst)
+        return [Push(wid, tuple(specs), front=True) for wid, specs in front.items()] + [
+            Push(wid, tuple(specs)) for wid, specs in pushes.items()]
+
+    def _wait_for_local(self, inst: Instance, w: Worker, now: float) -> bool:
+        """Hold the instance back from non-local worker ``w`` while a worker on a node with
+        its data exists (busy or still starting) and it has waited less than
+        ``locality_wait_s``. Retries never wait."""
+        local = self._preferred(inst)
+        if not local or w.node_id in local or inst.attempts:
+            return False
+        if now - inst.ready_at >= self.limits.locality_wait_s:
+            return False
+        sk = self.tasks[inst.task].shape_key
+        return any(x.node_id in local and not x.dead and not x.draining and x.shape_key == sk
+                   and x.node_id not in inst.bad_nodes for x in self.workers.values())
+
+    def _preferred(self, inst: Instance) -> tuple[str, ...]:
+        pref = self.tasks[inst.task].preferred_nodes
+        return pref[inst.index] if inst.index < len(pref) else ()
+
+    def _has_room(self, w: Worker, task: str) -> bool:
+        return len(w.queue) < self._depth(task)
+
+    def _pick_worker(self, ws: list[Worker], inst: Instance, avoid: set[str], avoid_nodes: set[str],
+                     strict: bool = False) -> Worker | None:
+        """Least-loaded worker with room, preferring ones (and nodes) that have not failed this
+        instance. ``strict`` (backups): never the avoided worker itself, and one attempt beyond
+        the queue depth is allowed (the backup goes to the front of that worker's queue)."""
+        best: Worker | None = None
+        best_rank: tuple[int, int, int, int, str] | None = None
+        healthy = [w for w in ws if w.worker_id not in avoid]
+        local = self._preferred(inst)
+        for w in ws:
+            if strict:
+                if len(w.queue) >= min(self._depth(inst.task) + 1, self.limits.worker_queue_max):
+                    continue
+            elif not self._has_room(w, inst.task):
+                continue
+            bad_w = w.worker_id in avoid
+            if bad_w and (strict or healthy):
+                continue
+            # Data locality (a node holding the instance's input) comes after avoiding
+            # failures and before load: local workers fill their queues first.
+            rank = (int(w.node_id in avoid_nodes), int(bad_w), int(w.node_id not in local),
+                    len(w.queue), w.worker_id)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = w, rank
+        return best
+
+    def _launch(self, inst: Instance, w: Worker, now: float, backup: bool) -> AttemptSpec:
+        t = self.tasks[inst.task]
+        n = len(inst.attempts)
+        a = Attempt(key=(inst.task, inst.index, n), worker_id=w.worker_id, node_id=w.node_id,
+                    backup=backup, queued_at=now)
+        inst.attempts.append(a)
+        self.attempts[a.key] = a
+        w.queue.append(a.key)
+        w.idle_since = None
+        st = self.stats[inst.task]
+        st.attempts += 1
+        if backup:
+            st.backups_launched += 1
+        else:
+            if inst.failures or n:
+                st.retries += 1
+            move(inst, I.RUNNING, f"dispatched to {w.worker_id}")
+        return AttemptSpec(
+            job_id=self.job_id,
+            task=inst.task,
+            instance=inst.index,
+            num_instances=t.num_instances,
+            attempt=n,
+            fn=t.fn,
+            params=self.plan.params,
+            input_paths=t.inputs[inst.index],
+            upstream=self._upstream_refs(t, inst.index),
+            downstream=t.downstream,
+            output=t.output,
+        )
+
+    def _upstream_refs(self, t: TaskPlan, index: int) -> tuple[Any, ...]:
+        refs: list[Any] = []
+        for e in t.upstream:
+            for up in self.instances[e.producer]:
+                ref = up.outputs.get((t.name, index))
+                if ref is None:
+                    ref = up.outputs.get((t.name, -1))
+                if ref is not None:
+                    refs.append(ref)
+        return tuple(refs)
+
+    # ------------------------------------------------------------ internals: time-driven
+
+    def _timeouts(self, now: float) -> list[Any]:
+        acts: list[Any] = []
+        running = [self.attempts[k] for w in self.workers.values() if not w.dead for k in w.queue]
+        for a in running:
+            if a.state is not A.RUNNING or a.started_at is None:
+                continue
+            w = self.workers[a.worker_id]
+            limit = self.tasks[a.key[0]].timeout_s
+            if now - a.started_at > limit:
+                inst = self.instances[a.key[0]][a.key[1]]
+                acts.append(StopAttempt(w.worker_id, a.key))  # interrupt; kill if it won't stop
+                acts += self._attempt_failed(
+                    a, inst, f"TimeoutError: attempt ran {now - a.started_at:.1f}s, "
+                             f"longer than timeout_s={limit:g}", now, charge_worker=False)
+        return acts
+
+    def _speculate(self, now: float) -> list[Any]:
+        policy = self.plan.speculation
+        if not policy.enabled:
+            return []
+        for name in self.order:
+            st = self.stats[name]
+            if not st.durations or self.remaining[name] == 0:
+                continue
+            insts = self.instances[name]
+            running: list[RunningInstance] = []
+            backups_running = 0
+            queued = {id(i) for i in self.backups_pending}
+            for inst in insts:
+                if inst.state is not I.RUNNING:
+                    continue
+                live = inst.live()
+                if len(live) >= 2:
+                    backups_running += 1
+                if id(inst) in queued:
+                    backups_running += 1
+                    continue
+                started = [a.started_at for a in live if a.started_at is not None]
+                if not started or len(live) != 1:
+                    continue
+                running.append(RunningInstance(inst.index, now - min(started), len(live)))
+            if not running:
+                continue
+            for index in pick_backups(policy, len(insts), st.durations, running, backups_running):
+                self.backups_pending.append(insts[index])
+        return []
+
+    # ------------------------------------------------------------ internals: ending
+
+    def _fail(self, now: float, report: str) -> list[Any]:
+        return self._end(now, J.FAILED, report)
+
+    def _end(self, now: float, state: JobState, report: str) -> list[Any]:
+        move(self, state, report.splitlines()[0] if report else "")
+        self.finished_at = now
+        self.report = report
+        acts: list[Any] = []
+        for name in self.order:
+            for inst in self.instances[name]:
+                if inst.state not in TERMINAL_INSTANCE:
+                    for a in inst.live():
+                        move(a, A.KILLED, state.value)
+                        a.ended_at = now
+                    move(inst, I.CANCELLED, state.value)
+        for w in self.workers.values():
+            if not w.dead:
+                w.dead = True
+                w.queue.clear()
+                acts.append(StopWorker(w.worker_id, f"job {state.value}"))
+                acts.append(ReleaseSlot(w.shape_key, w.node_id))
+        self.ready.clear()
+        self.delayed.clear()
+        self.backups_pending.clear()
+        acts.append(JobDone(state, report))
+        return acts
+
+
+@dataclass(frozen=True)
+class StopAttempt:
+    """Tell a worker to stop an attempt: skip it if queued, interrupt it if running (it lost the
+    race to another attempt, timed out, or its job ended)."""
+
+    worker_id: str
+    key: tuple[str, int, int]

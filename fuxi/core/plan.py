@@ -1,0 +1,178 @@
+"""A job spec resolved into a plan: what each task runs, on how many instances, with which
+inputs and how data flows between tasks. Plain frozen dataclasses, picklable, no Ray.
+
+The client builds the plan (``build_plan``) before anything runs, so bad input (a glob that
+matches nothing, an output directory that is not empty) fails at submit time with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from fuxi.core.speculation import SpeculationPolicy
+
+
+def shape_key(shape: dict[str, float]) -> str:
+    """A stable name for a resource shape: workers are pooled per shape."""
+    return ",".join(f"{k}={shape[k]:g}" for k in sorted(shape)) or "none"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """How the ``consumer`` task reads rows emitted by the ``producer`` task."""
+
+    producer: str
+    consumer: str
+    mode: str  # "hash" | "one_to_one" | "broadcast"
+    partition_by: tuple[str, ...]
+    num_partitions: int  # the consumer's instance count
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    name: str
+    fn: str
+    num_instances: int
+    inputs: tuple[tuple[str, ...], ...]  # per instance: the files it reads
+    shape: dict[str, float]
+    max_retries: int
+    timeout_s: float
+    upstream: tuple[Edge, ...]  # edges into this task
+    downstream: tuple[Edge, ...]  # edges out of this task
+    output: str | None  # absolute path or URL where emitted rows land as Parquet
+    # per instance: nodes holding most of its input bytes (Pangu inputs), for locality
+    preferred_nodes: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def shape_key(self) -> str:
+        return shape_key(self.shape)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    name: str
+    tasks: tuple[TaskPlan, ...]  # in topological order
+    params: dict[str, Any] = field(default_factory=dict)
+    speculation: SpeculationPolicy = SpeculationPolicy()
+    priority: int = 50
+    retry_backoff_s: float = 0.2
+    retry_backoff_max_s: float = 10.0
+    spec: dict[str, Any] = field(default_factory=dict)  # the validated spec, for the record
+
+    def task(self, name: str) -> TaskPlan:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def output(self) -> str | None:
+        """The final task's output location (the last sink in topological order that has one)."""
+        for t in reversed(self.tasks):
+            if t.output and not t.downstream:
+                return t.output
+        for t in reversed(self.tasks):
+            if t.output:
+                return t.output
+        return None
+
+
+def _absolute(location: str, base_dir: str) -> str:
+    if "://" in location:
+        return location
+    return os.path.abspath(os.path.join(base_dir, os.path.expanduser(location)))
+
+
+def build_plan(spec, base_dir: str | None = None, overwrite: bool = False) -> JobPlan:
+    """Resolve a validated ``JobSpec``: expand inputs, split them, wire the edges, check outputs.
+
+    Relative paths are resolved against ``base_dir`` (the submitter's working directory).
+    """
+    from fuxi.io.inputs import expand_inputs, split_files
+    from fuxi.io.output import OutputLocation
+
+    base_dir = base_dir or os.getcwd()
+    order = spec.topological_order()
+    edges: dict[str, list[Edge]] = {name: [] for name in order}
+    ins: dict[str, list[Edge]] = {name: [] for name in order}
+    for name in order:
+        t = spec.tasks[name]
+        for producer in t.depends_on:
+            e = Edge(
+                producer=producer,
+                consumer=name,
+                mode=t.shuffle_mode,
+                partition_by=tuple(t.partition_by or ()),
+                num_partitions=0,  # filled below once instance counts are known
+            )
+            ins[name].append(e)
+
+    counts: dict[str, int] = {}
+    inputs: dict[str, tuple[tuple[str, ...], ...]] = {}
+    preferred: dict[str, tuple[tuple[str, ...], ...]] = {}
+    for name in order:
+        t = spec.tasks[name]
+        if t.input is not None:
+            files = expand_inputs(t.input, base_dir)
+            n = t.instances or len(files)
+            split = split_files(files, n)
+            inputs[name] = tuple(tuple(paths) for paths in split)
+            if any(p.startswith("pangu://") for paths in split for p in paths):
+                from pangu.client import locality
+
+                preferred[name] = tuple(locality(paths) for paths in split)
+        else:
+            n = t.instances
+            inputs[name] = tuple(() for _ in range(n))
+        counts[name] = n
+
+    wired_in: dict[str, tuple[Edge, ...]] = {}
+    for name in order:
+        wired = tuple(
+            Edge(e.producer, e.consumer, e.mode, e.partition_by, counts[name]) for e in ins[name]
+        )
+        wired_in[name] = wired
+        for e in wired:
+            edges[e.producer].append(e)
+
+    tasks = []
+    for name in order:
+        t = spec.tasks[name]
+        output = _absolute(t.output, base_dir) if t.output else None
+        if output:
+            OutputLocation(output).prepare(overwrite=overwrite)
+        tasks.append(
+            TaskPlan(
+                name=name,
+                fn=t.fn,
+                num_instances=counts[name],
+                inputs=inputs[name],
+                shape=t.resources.ray_shape(),
+                max_retries=t.max_retries,
+                timeout_s=float(t.timeout_s),
+                upstream=wired_in[name],
+                downstream=tuple(edges[name]),
+                output=output,
+                preferred_nodes=preferred.get(name, ()),
+            )
+        )
+    sp = spec.speculation
+    return JobPlan(
+        name=spec.name,
+        tasks=tuple(tasks),
+        params=dict(spec.params),
+        speculation=SpeculationPolicy(
+            enabled=sp.enabled,
+            min_done_fraction=sp.min_done_fraction,
+            slowdown=sp.slowdown,
+            min_runtime_s=sp.min_runtime_s,
+            max_backup_fraction=sp.max_backup_fraction,
+        ),
+        priority=spec.priority,
+        retry_backoff_s=spec.retry_backoff_s,
+        retry_backoff_max_s=spec.retry_backoff_max_s,
+        spec=json.loads(json.dumps(spec.to_json_dict())),
+    )

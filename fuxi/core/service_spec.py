@@ -1,0 +1,187 @@
+"""The service spec: Fuxi's public contract for a long-running online service.
+
+A spec arrives as a YAML/JSON file (``load_service_spec``), a dict (``service_spec_from_dict``)
+or Python objects (``ServiceSpec(...)``). Errors come back as one ``SpecError`` with a line per
+problem, like job specs. This module never imports ``ray``.
+
+    name: wordfreq
+    class: jobs.services.wordfreq:WordFreq    # module:Class, constructed with **config
+    version: "1"
+    replicas: 2
+    resources: {cpu: 0.5}                      # per replica
+    config: {counts: out/wordcount}
+    max_concurrency: 16                        # requests one replica runs at once
+    health_check: {method: check_health, period_s: 2, timeout_s: 2, failure_threshold: 3}
+    rollout: {max_unavailable: 0, max_surge: 1}
+    placement: {spread: true}
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fuxi.errors import BadInput, LimitExceeded, SpecError
+from fuxi.core.spec import (FN_REF_RE, SPEC_SUFFIXES, ResourceSpec, _apply_overrides, _humane_errors,
+                       _parse_text, check_named_json, resolve_fn, spec_bytes_max)
+
+REPLICAS_MAX = 256
+MAX_CONCURRENCY_MAX = 10_000
+QUEUE_MAX_MAX = 100_000
+HEALTH_PERIOD_S_MAX = 3600.0
+HEALTH_TIMEOUT_S_MAX = 600.0
+FAILURE_THRESHOLD_MAX = 100
+DRAIN_GRACE_S_MAX = 3600.0
+START_TIMEOUT_S_MAX = 3600.0
+SERVICE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+
+
+class HealthCheckSpec(BaseModel):
+    """``method``: the replica's method to call (no argument; it raises or returns False when
+    unhealthy). Default: ``check_health`` if the class has one, else only liveness (the
+    replica answers). A replica is replaced after ``failure_threshold`` failures in a row,
+    each a raise, a False, or no answer within ``timeout_s``; checks run every ``period_s``."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    method: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    period_s: float = Field(default=2.0, gt=0.0, le=HEALTH_PERIOD_S_MAX, strict=True)
+    timeout_s: float = Field(default=2.0, gt=0.0, le=HEALTH_TIMEOUT_S_MAX, strict=True)
+    failure_threshold: int = Field(default=3, ge=1, le=FAILURE_THRESHOLD_MAX, strict=True)
+
+
+class RolloutSpec(BaseModel):
+    """During an upgrade (or a replacement), at most ``max_unavailable`` of the desired
+    replicas may be missing and at most ``max_surge`` extra may run."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_unavailable: int = Field(default=0, ge=0, le=REPLICAS_MAX, strict=True)
+    max_surge: int = Field(default=1, ge=0, le=REPLICAS_MAX, strict=True)
+
+    @model_validator(mode="after")
+    def _progress(self) -> "RolloutSpec":
+        if self.max_unavailable == 0 and self.max_surge == 0:
+            raise ValueError("max_unavailable and max_surge are both 0: an upgrade could never "
+                             "start; allow at least one")
+        return self
+
+
+class PlacementSpec(BaseModel):
+    """``spread``: put replicas on different nodes while there are nodes with room."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spread: bool = Field(default=True, strict=True)
+
+
+class ServiceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    name: str = Field(pattern=SERVICE_NAME_RE.pattern)
+    class_: str = Field(alias="class", pattern=FN_REF_RE.pattern)
+    version: str = Field(default="1", pattern=VERSION_RE.pattern)
+    replicas: int = Field(default=1, ge=0, le=REPLICAS_MAX, strict=True)
+    resources: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu=0.5))
+    config: dict[str, Any] = Field(default_factory=dict)
+    max_concurrency: int = Field(default=16, ge=1, le=MAX_CONCURRENCY_MAX, strict=True)
+    queue_max: int = Field(default=1024, ge=0, le=QUEUE_MAX_MAX, strict=True)
+    health_check: HealthCheckSpec = Field(default_factory=HealthCheckSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    drain_grace_s: float = Field(default=10.0, ge=0.0, le=DRAIN_GRACE_S_MAX, strict=True)
+    start_timeout_s: float = Field(default=120.0, gt=0.0, le=START_TIMEOUT_S_MAX, strict=True)
+    # Where replicas run: their working directory, first on their import path. `fuxi service
+    # register` sets it to the directory it runs in, so relative paths in config and modules
+    # next to the spec work as they do for jobs.
+    workdir: str | None = Field(default=None)
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute(cls, value: Any) -> Any:
+        if value is not None and not os.path.isabs(value):
+            raise ValueError(f"workdir {value!r} must be an absolute path")
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return value  # pydantic reports it
+        return str(value) if isinstance(value, (int, float)) else value
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _check_config(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        check_named_json(value, str.isidentifier, "key", "a keyword-argument name")
+        return value
+
+    def to_doc(self) -> dict:
+        """The spec as a JSON-able dict with its public field names (``class``)."""
+        return self.model_dump(by_alias=True)
+
+
+def check_service_class(spec: ServiceSpec, source: str | None = None) -> None:
+    """Import ``class`` now, so a typo fails at register time rather than in every replica."""
+    try:
+        cls = resolve_fn(spec.class_)
+    except Exception as exc:  # noqa: BLE001 - reported with the spec's name
+        raise SpecError([f"{source or spec.name}: class: {exc}"], source=source, kind="service") from None
+    if not isinstance(cls, type):
+        raise SpecError([f"{source or spec.name}: class: {spec.class_} is a "
+                         f"{type(cls).__name__}, expected a class"], source=source, kind="service")
+    hc = spec.health_check.method
+    if hc is not None and not callable(getattr(cls, hc, None)):
+        raise SpecError([f"{source or spec.name}: health_check.method: {spec.class_} has no "
+                         f"method {hc!r}"], source=source, kind="service")
+
+
+def service_spec_from_dict(doc: Any, overrides: Sequence[str] = (), source: str = "<dict>",
+                           check_class: bool = True) -> ServiceSpec:
+    if not isinstance(doc, dict):
+        given = "an empty document" if doc is None else type(doc).__name__
+        raise SpecError([f"{source}: got {given} at top level, expected a mapping "
+                         "(name:, class:, replicas:, ...)"], source=source, kind="service")
+    doc = copy.deepcopy(doc)
+    _apply_overrides(doc, overrides, bare_key_root=None)  # replicas=3, config.tag=v2
+    try:
+        spec = ServiceSpec.model_validate(doc)
+    except ValidationError as exc:
+        raise SpecError([f"{source}: {line}" for line in _humane_errors(exc, ServiceSpec)],
+                        source=source, kind="service") from None
+    if check_class:
+        check_service_class(spec, source)
+    return spec
+
+
+def load_service_spec(path: str | Path, overrides: Sequence[str] = (),
+                      check_class: bool = True) -> ServiceSpec:
+    path = Path(path)
+    source = str(path)
+    if path.suffix.lower() not in SPEC_SUFFIXES:
+        raise BadInput(f"service spec {source}: got extension {path.suffix or '(none)'!r}, "
+                       f"expected one of " + ", ".join(SPEC_SUFFIXES))
+    if not path.is_file():
+        raise BadInput(f"service spec {source}: file not found")
+    raw = path.read_bytes()[:spec_bytes_max + 1]
+    if len(raw) > spec_bytes_max:
+        raise LimitExceeded(f"service spec {source}: larger than spec_bytes_max="
+                            f"{spec_bytes_max} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})"],
+                        source=source, kind="service") from None
+    try:
+        doc = _parse_text(text, path.suffix.lower(), source)
+    except SpecError as e:
+        raise SpecError(e.problems, source, kind="service") from None
+    return service_spec_from_dict(doc, overrides, source, check_class)

@@ -1,0 +1,224 @@
+"""Atomic per-instance output commit through fsspec URLs (no Ray).
+
+Layout of a task's output location ``base`` (a plain path or an fsspec URL such as
+``file:///x`` or ``memory://x``)::
+
+    base/_attempts/<task>-<instance:05d>-a<attempt>.parquet   one file per running attempt
+    base/part-<instance:05d>.parquet                           the committed output of an instance
+    base/_SUCCESS                                              JSON written by finalize()
+
+Life of an output::
+
+    prepare() --> write_attempt() --> commit()  (first attempt of an instance wins)
+                              \\--> discard()   (losing or failed attempts)
+    ... every instance committed ... --> finalize() --> read()
+
+Why this is safe:
+
+* ``write_attempt`` writes ``<name>.tmp`` and renames it, so nobody sees half a Parquet file.
+* ``commit`` renames the attempt file onto ``part-NNNNN.parquet`` only if that part does not
+  exist yet. Check-then-rename is not atomic on its own; it is race-free here because one
+  decider — the job's single JobMaster — commits instances one at a time. With speculative
+  attempts, the first attempt the JobMaster commits wins and later commits of the same
+  instance return ``False`` (the caller then discards that attempt).
+* On the local filesystem ``fs.mv`` is ``os.rename``, which is atomic within one filesystem
+  (the attempts live under ``base`` so they are on the same one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fuxi.errors import BadInput, LimitExceeded
+from fuxi.io.shuffle import concat_tables, to_table
+
+__all__ = ["OutputLocation", "instances_max", "ATTEMPTS_DIR", "SUCCESS_FILE"]
+
+#: Part files are numbered with five digits, so an output holds at most this many instances.
+instances_max = 100_000
+
+ATTEMPTS_DIR = "_attempts"
+SUCCESS_FILE = "_SUCCESS"
+_PART_RE = re.compile(r"^part-(\d{5})\.parquet$")
+_TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _is_url(url: str) -> bool:
+    return "://" in url
+
+
+class OutputLocation:
+    """One task output location. ``fs`` is its fsspec filesystem, ``path`` the path inside it."""
+
+    def __init__(self, url: str):
+        if not isinstance(url, str) or not url:
+            raise BadInput(f"output location must be a non-empty path or URL; got {url!r}")
+        self.url = url if _is_url(url) else os.path.abspath(url)
+        self.fs, path = fsspec.core.url_to_fs(self.url)
+        self.path = path.rstrip("/") or "/"
+
+    def __repr__(self) -> str:
+        return f"OutputLocation({self.url!r})"
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def _join(self, *names: str) -> str:
+        return posixpath.join(self.path, *names)
+
+    def part_path(self, instance: int) -> str:
+        _check_instance(instance)
+        return self._join(f"part-{instance:05d}.parquet")
+
+    def attempt_path(self, task: str, instance: int, attempt: int) -> str:
+        """Where attempt ``attempt`` of ``task`` instance ``instance`` writes its output."""
+        if not isinstance(task, str) or not _TASK_NAME_RE.match(task):
+            raise BadInput(
+                f"task name {task!r} cannot be used in a file name; expected letters, digits, "
+                "'_', '.' or '-'"
+            )
+        _check_instance(instance)
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+            raise BadInput(f"attempt must be an int >= 0; got {attempt!r}")
+        return self._join(ATTEMPTS_DIR, f"{task}-{instance:05d}-a{attempt}.parquet")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def prepare(self, overwrite: bool = False) -> None:
+        """Create the location. Refuse one holding files from an earlier run unless ``overwrite``."""
+        fs, path = self.fs, self.path
+        if fs.exists(path):
+            if not fs.isdir(path):
+                raise BadInput(
+                    f"output location {self.url} is a file; expected an empty or missing "
+                    "directory — delete it or choose another output"
+                )
+            if fs.ls(path, detail=False):
+                if not overwrite:
+                    raise BadInput(
+                        f"output location {self.url} is not empty; expected an empty or missing "
+                        "directory — delete it or choose another output"
+                    )
+                fs.rm(path, recursive=True)
+        fs.makedirs(path, exist_ok=True)
+
+    def write_attempt(self, task: str, instance: int, attempt: int, table: pa.Table) -> dict:
+        """Write one attempt's output as Parquet; return ``{"path", "rows", "bytes"}``."""
+        table = to_table(table)
+        final = self.attempt_path(task, instance, attempt)
+        tmp = final + ".tmp"
+        self.fs.makedirs(self._join(ATTEMPTS_DIR), exist_ok=True)
+        with self.fs.open(tmp, "wb") as f:
+            pq.write_table(table, f)
+        self.fs.mv(tmp, final)
+        return {"path": final, "rows": table.num_rows, "bytes": self.fs.size(final)}
+
+    def commit(self, task: str, instance: int, attempt: int) -> bool:
+        """Make this attempt the instance's output. ``False`` if the instance was already committed.
+
+        Only the job's JobMaster calls this, one call at a time, so the existence check and the
+        rename cannot race (see the module docstring).
+        """
+        source = self.attempt_path(task, instance, attempt)
+        part = self.part_path(instance)
+        if self.fs.exists(part):
+            return False
+        if not self.fs.exists(source):
+            raise BadInput(
+                f"cannot commit {task} instance {instance} attempt {attempt}: {source} does not "
+                "exist; expected write_attempt() to have finished first"
+            )
+        self.fs.mv(source, part)
+        return True
+
+    def discard(self, task: str, instance: int, attempt: int) -> None:
+        """Remove an attempt's files (finished or half-written). Idempotent."""
+        final = self.attempt_path(task, instance, attempt)
+        for p in (final, final + ".tmp"):
+            if self.fs.exists(p):
+                self.fs.rm(p)
+
+    def committed_instances(self) -> list[int]:
+        """Instances whose part file exists, ascending."""
+        if not self.fs.exists(self.path):
+            return []
+        found = []
+        for p in self.fs.ls(self.path, detail=False):
+            m = _PART_RE.match(posixpath.basename(p.rstrip("/")))
+            if m:
+                found.append(int(m.group(1)))
+        return sorted(found)
+
+    def finalize(self, num_instances: int) -> dict:
+        """Check that parts ``0..num_instances-1`` exist, drop ``_attempts/``, write ``_SUCCESS``.
+
+        Returns the ``_SUCCESS`` content: ``{"num_parts", "rows", "bytes"}``. Calling it again
+        after success recomputes and rewrites the same summary.
+        """
+        _check_instance_count(num_instances)
+        committed = set(self.committed_instances())
+        expected = set(range(num_instances))
+        missing = sorted(expected - committed)
+        unexpected = sorted(committed - expected)
+        if missing or unexpected:
+            problems = []
+            if missing:
+                problems.append(f"missing parts for instances {_short(missing)}")
+            if unexpected:
+                problems.append(f"unexpected parts for instances {_short(unexpected)}")
+            raise BadInput(
+                f"cannot finalize output {self.url}: {'; '.join(problems)}; expected exactly "
+                f"parts 0..{num_instances - 1}, one committed per instance"
+            )
+        rows = total_bytes = 0
+        for i in range(num_instances):
+            part = self.part_path(i)
+            with self.fs.open(part, "rb") as f:
+                rows += pq.ParquetFile(f).metadata.num_rows
+            total_bytes += self.fs.size(part)
+        attempts = self._join(ATTEMPTS_DIR)
+        if self.fs.exists(attempts):
+            self.fs.rm(attempts, recursive=True)
+        summary = {"num_parts": num_instances, "rows": rows, "bytes": total_bytes}
+        success = self._join(SUCCESS_FILE)
+        with self.fs.open(success + ".tmp", "wb") as f:
+            f.write(json.dumps(summary, sort_keys=True).encode() + b"\n")
+        self.fs.mv(success + ".tmp", success)
+        return summary
+
+    def is_finalized(self) -> bool:
+        return self.fs.exists(self._join(SUCCESS_FILE))
+
+    def read(self) -> pa.Table:
+        """All committed parts concatenated in instance order (empty table if none)."""
+        tables = []
+        for i in self.committed_instances():
+            with self.fs.open(self.part_path(i), "rb") as f:
+                tables.append(pq.read_table(f))
+        return concat_tables(tables)
+
+
+def _check_instance(instance: int) -> None:
+    if isinstance(instance, bool) or not isinstance(instance, int) or instance < 0:
+        raise BadInput(f"instance must be an int >= 0; got {instance!r}")
+    if instance >= instances_max:
+        raise LimitExceeded(f"instances_max is {instances_max}; got instance {instance}")
+
+
+def _check_instance_count(num_instances: int) -> None:
+    if isinstance(num_instances, bool) or not isinstance(num_instances, int) or num_instances < 1:
+        raise BadInput(f"num_instances must be an int >= 1; got {num_instances!r}")
+    if num_instances > instances_max:
+        raise LimitExceeded(f"instances_max is {instances_max}; got num_instances {num_instances}")
+
+
+def _short(items: list[int], shown_max: int = 20) -> str:
+    if len(items) <= shown_max:
+        return str(items)
+    return f"{items[:shown_max]} and {len(items) - shown_max} more"

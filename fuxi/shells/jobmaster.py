@@ -1,0 +1,588 @@
+"""The JobMaster actor: the Ray shell around ``JobCore``, one per job.
+
+It owns no policy. It asks FuxiMaster for worker slots (``sync``: demand in, grants and a
+fair-share target out), starts worker actors pinned to the granted nodes, keeps at most one
+``exchange`` call in flight per worker, feeds every completion back to the core as an event,
+and carries out the actions the core returns. Time enters the core only through ``now``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from fuxi.core import jobcore as jc
+from fuxi.io.output import OutputLocation
+from fuxi.core.plan import JobPlan
+from fuxi.core.states import JobState
+from fuxi.shells.worker import WorkerActor
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.02  # how often the loop wakes without news
+EXCHANGE_WAIT_S = 0.1  # a busy worker reports at least this often
+HEARTBEAT_S = 0.25  # demand/grant sync with FuxiMaster at least this often
+WORKER_START_TIMEOUT_S = 120.0  # a worker that is not up by then counts as failed to start
+MASTER_CALL_TIMEOUT_S = 30.0  # a sync with FuxiMaster unanswered this long is sent again
+MASTER_LOST_S = 120.0  # no successful sync for this long: FuxiMaster is gone, fail the job
+WORKER_REPLY_TIMEOUT_S = 60.0  # an exchange or take unanswered this long (beyond its own wait)
+#                                means the worker is wedged: it is killed and counted dead
+JOB_LOG_BYTES_MAX = 64 * 1024**2  # log lines kept per job on disk
+STOPPING_POLL_S = 1.0  # how often an otherwise idle worker that is stopping an attempt is asked
+SPARES_PER_NODE = 1  # warm workers kept per node once a job starts replacing workers
+# Output commits and the final check run on a thread of their own, one at a time and in order
+# (see fuxi.io.output: only the JobMaster commits, one call at a time), never on the event loop:
+# a Pangu master paused or failing over must not stop the loop that hears from the workers.
+COMMIT_TIMEOUT_S = 300.0  # one commit, retries included; past it the job cannot succeed
+FINALIZE_TIMEOUT_S = 300.0  # the final check of every output, retries included
+COMMIT_RETRY_S = 1.0  # pause between tries of a commit that hit an unavailable store
+LOOP_STALL_S = 5.0  # the loop came round this much later than it should: this process was
+#                     paused (SIGSTOP, a frozen VM); the time lost is nobody else's fault
+
+
+class _Slot:
+    __slots__ = ("handle", "exchange", "exchange_at", "take", "start_ref", "start_deadline",
+                 "outbox", "front", "skip", "stopping", "polled_at", "retiring")
+
+    def __init__(self, handle, start_ref, deadline):
+        self.handle = handle
+        self.start_ref = start_ref
+        self.start_deadline = deadline
+        self.exchange = None  # the in-flight exchange call, if any
+        self.exchange_at = 0.0
+        self.take: dict = {}  # pending take_outputs: ack ref -> (result dict, refs, sent at)
+        self.retiring: str | None = None  # why it will be killed once its takes are in
+        self.outbox: list = []
+        self.front: list = []  # attempts that jump the worker's queue (backups)
+        self.skip: list = []
+        self.stopping = 0  # attempts the worker is still stopping (polled until they end)
+        self.polled_at = 0.0
+
+
+@ray.remote(num_cpus=0, max_concurrency=64)
+class JobMaster:
+    def __init__(self, job_id: str, plan: JobPlan, master, log_path: str,
+                 sys_path: list[str] | None = None, token: str = ""):
+        from zhongkui.files import private_files
+
+        private_files()  # the job's log: 0600 under 0700 directories (issue 14)
+        self.job_id = job_id
+        self.master = master
+        self.sys_path = sys_path or []
+        # The job's scoped token: this process and its instances act as the submitter.
+        self.token = token
+        if token:
+            from zhongkui import creds
+
+            creds.set_token(token)
+        self.core = jc.JobCore(job_id, plan, now=time.time())
+        self.slots: dict[str, _Slot] = {}
+        self.releases: list[tuple[str, str]] = []
+        self.last_sync = 0.0
+        self.last_sync_ok = time.time()
+        self.sync_ref = None
+        self.log_path = log_path
+        self.log_bytes = 0
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        self._log_file = open(log_path, "a", encoding="utf-8")
+        self._cancel_reason: str | None = None
+        self._sync_releases: list = []
+        self.spares: dict[str, list] = {}  # node -> [(handle, ping ref)], warm, unassigned
+        self.spare_nodes: set[str] = set()  # nodes where this job keeps spares
+        self._warm_started: list[str] = []  # workers taken from spares, to report as started
+        self._commit_errors: list[str] = []
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{job_id[:12]}")
+        self._commits: list[asyncio.Future] = []  # in order; each resolves to an error or None
+        self._done: jc.JobDone | None = None  # the core's verdict, before outputs are final
+        self._last_tick = 0.0
+        self._nodes_alive: tuple[float, set] = (0.0, set())
+        self._finalized: dict | None = None
+        self._started = False
+
+    # ------------------------------------------------------------ public calls
+
+    def status(self) -> dict:
+        st = self.core.status(time.time())
+        if self._finalized is not None:
+            st.update(self._finalized)
+        elif self.core.done() and self._done is not None:
+            # Every instance ended, but commits or the final check are still running: the
+            # job has no verdict yet.
+            st.update(state=JobState.RUNNING.value, finishing=True)
+        return st
+
+    def cancel(self, reason: str = "cancelled by user", cred: str | None = None) -> dict:
+        from zhongkui.guard import require_capability
+
+        require_capability(self.token, cred, f"cancel job {self.job_id}")  # FuxiMaster only
+        self._cancel_reason = reason
+        return {"job_id": self.job_id, "cancelling": True}
+
+    def story(self, task: str, instance: int) -> list[str]:
+        return self.core.story(task, instance)
+
+    async def run(self, cred: str | None = None) -> dict:
+        """Drive the job to its end; returns the final status (FuxiMaster starts it once,
+        with the job's token)."""
+        from zhongkui.guard import require_capability
+
+        require_capability(self.token, cred, f"run job {self.job_id}")
+        if self._started:
+            raise RuntimeError(f"job {self.job_id} is running already")
+        self._started = True
+        try:
+            await self._loop()
+            await self._finish()
+        except Exception as e:  # a bug in the shell: fail the job loudly rather than hang
+            logger.exception("job master loop crashed")
+            if not self.core.done():
+                self._apply(self.core._fail(time.time(), f"job master error: {e!r}"))
+            elif self._finalized is None:  # ended, but its output was never finalized
+                self._finalized = {"state": JobState.FAILED.value,
+                                   "report": f"job master error while finishing: {e!r}"}
+        finally:
+            for wid in list(self.slots):
+                self._kill(wid)
+            for spares in self.spares.values():
+                for handle, _ in spares:
+                    self._kill_handle(handle)
+            self._log_file.close()
+            self._committer.shutdown(wait=False, cancel_futures=True)
+        return self.status()
+
+    # ------------------------------------------------------------ the loop
+
+    async def _loop(self) -> None:
+        came_round = time.monotonic()
+        while not self.core.done():
+            mono = time.monotonic()
+            if mono - came_round > LOOP_STALL_S:
+                self._resumed(mono - came_round)
+            came_round = mono
+            now = time.time()
+            if self._cancel_reason is not None:
+                self._apply(self.core.cancel(now, self._cancel_reason))
+                break
+            if now - self.last_sync_ok > MASTER_LOST_S:
+                # Its FuxiMaster is gone (an orphan would hold workers nobody accounts for).
+                self._apply(self.core._fail(now, f"FuxiMaster unreachable for {MASTER_LOST_S:g}s "
+                                                 f"(MASTER_LOST_S); job abandoned"))
+                break
+            if self.sync_ref is None and (self.releases or now - self.last_sync >= HEARTBEAT_S):
+                self._start_sync()
+            refs = self._pending_refs()
+            ready: list = []
+            if refs:
+                # Blocks the actor's event loop for at most TICK_S; status/cancel calls are
+                # served between rounds (the await below).
+                ready, _ = ray.wait(refs, num_returns=1, timeout=TICK_S, fetch_local=False)
+                if ready and len(refs) > 1:
+                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            self._drain(set(ready), time.time())
+            now = time.time()
+            if not self.core.done() and now - self._last_tick >= TICK_S:
+                self._last_tick = now
+                self._apply(self.core.tick(now))
+                self._keep_spares()
+            self._flush()
+            await asyncio.sleep(0 if refs else TICK_S)
+
+    def _resumed(self, gap_s: float) -> None:
+        """This process did not run for ``gap_s`` (it was paused): the workers and FuxiMaster
+        did not miss their deadlines, we did. Their clocks restart from now (no worker is
+        killed as wedged, the job is not abandoned for a silent FuxiMaster), and it syncs
+        with FuxiMaster at once, so demand and grants are brought up to date first."""
+        logger.warning("job master %s did not run for %.1fs (paused?); deadlines moved on, "
+                       "syncing with FuxiMaster first", self.job_id, gap_s)
+        self.last_sync_ok += gap_s
+        for s in self.slots.values():
+            s.exchange_at += gap_s
+            s.start_deadline += gap_s
+            for ack, (res, refs, at) in list(s.take.items()):
+                s.take[ack] = (res, refs, at + gap_s)
+        if self.sync_ref is None:
+            self.last_sync = 0.0  # sync at once
+
+    def _pending_refs(self) -> list:
+        refs = []
+        if self.sync_ref is not None:
+            refs.append(self.sync_ref)
+        for s in self.slots.values():
+            if s.start_ref is not None:
+                refs.append(s.start_ref)
+            if s.exchange is not None:
+                refs.append(s.exchange)
+            refs.extend(s.take.keys())
+        return refs
+
+    def _drain(self, ready_set: set, now: float) -> None:
+        """Process every completed call, and give up on calls past their deadline."""
+        if self.sync_ref is not None:
+            if self.sync_ref in ready_set:
+                self._finish_sync()
+            elif now - self.last_sync > MASTER_CALL_TIMEOUT_S:
+                logger.warning("FuxiMaster did not answer sync within %ss; sending it again",
+                               MASTER_CALL_TIMEOUT_S)
+                self.sync_ref = None
+                self.releases.extend(self._sync_releases)
+        for wid, s in list(self.slots.items()):
+            if self.core.done():
+                return
+            if self.slots.get(wid) is not s:
+                continue  # killed earlier in this pass
+            if s.start_ref is not None:
+                if s.start_ref in ready_set:
+                    ref, s.start_ref = s.start_ref, None
+                    try:
+                        ray.get(ref, timeout=0)
+                    except Exception as e:
+                        self._start_failed(wid, f"{type(e).__name__}: {e}", now)
+                        continue
+                    self._apply(self.core.worker_started(wid, now))
+                elif now > s.start_deadline:
+                    self._start_failed(wid, f"not started after {WORKER_START_TIMEOUT_S:g}s "
+                                            f"(WORKER_START_TIMEOUT_S)", now)
+                    continue
+            # Taken outputs first: they belong to the JobMaster even if the worker is now gone.
+            for ack in list(s.take):
+                if ack in ready_set or now - s.take[ack][2] > WORKER_REPLY_TIMEOUT_S:
+                    self._took(wid, s, ack, ready=ack in ready_set)
+            if self.slots.get(wid) is not s:
+                continue
+            if s.exchange is not None:
+                if s.exchange in ready_set:
+                    ref, s.exchange = s.exchange, None
+                    try:
+                        reply = ray.get(ref, timeout=0)
+                    except Exception as e:
+                        self._died(wid, e, now)
+                        continue
+                    self._handle_reply(wid, s, reply, now)
+                elif now - s.exchange_at > EXCHANGE_WAIT_S + WORKER_REPLY_TIMEOUT_S:
+                    self._died(wid, TimeoutError(
+                        f"worker did not answer within {WORKER_REPLY_TIMEOUT_S:g}s "
+                        f"(WORKER_REPLY_TIMEOUT_S)"), now)
+                    continue
+            if s.retiring and not s.take and s.exchange is None:
+                self._died(wid, RuntimeError(s.retiring), now, blame=False)
+
+    def _took(self, wid: str, s: _Slot, ack, ready: bool) -> None:
+        res, refs, _ = s.take.pop(ack)
+        key = tuple(res["key"])
+        try:
+            if not ready:
+                raise TimeoutError(f"no answer within {WORKER_REPLY_TIMEOUT_S:g}s "
+                                   f"(WORKER_REPLY_TIMEOUT_S)")
+            ray.get(ack, timeout=0)
+            result = jc.AttemptResult(key=key, ok=True, duration_s=res["duration_s"],
+                                      rows=res.get("rows", 0),
+                                      outputs=dict(zip((tuple(p) for p in res["parts"]), refs)),
+                                      logs=tuple(res.get("logs", ())))
+        except Exception as e:
+            result = jc.AttemptResult(key=key, ok=False, duration_s=res["duration_s"],
+                                      kind="lost_output",
+                                      error=f"output of a finished attempt was lost: {e!r}")
+        self._apply(self.core.worker_report(wid, [], [result], time.time()))
+
+    # ------------------------------------------------------------ worker events
+
+    def _node_alive(self, node_id: str) -> bool:
+        at, alive = self._nodes_alive
+        if time.time() - at > 0.5:
+            try:
+                alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            except Exception:
+                return True  # cannot tell: assume alive, the start will fail if not
+            self._nodes_alive = (time.time(), alive)
+        return node_id in alive
+
+    def _start_failed(self, wid: str, error: str, now: float) -> None:
+        s = self.slots.pop(wid, None)
+        if s is not None:
+            self._kill_handle(s.handle)
+        w = self.core.workers.get(wid)
+        alive = self._node_alive(w.node_id) if w is not None else True
+        self._apply(self.core.worker_start_failed(wid, error, now, node_alive=alive))
+
+    def _died(self, wid: str, error: Exception, now: float, blame: bool = True) -> None:
+        s = self.slots.pop(wid, None)
+        if s is not None:
+            self._kill_handle(s.handle)
+        w = self.core.workers.get(wid)
+        alive = self._node_alive(w.node_id) if w is not None else True
+        if w is not None and alive:
+            self.spare_nodes.add(w.node_id)  # replacing workers here: keep one warm
+        self._apply(self.core.worker_died(wid, f"{type(error).__name__}: {error}", now,
+                                          node_alive=alive, blame=blame))
+
+    def _handle_reply(self, wid: str, s: _Slot, reply: dict, now: float) -> None:
+        s.stopping = reply.get("stopping", 0)
+        if reply.get("stuck") and not s.retiring:
+            key, age = reply["stuck"][0]
+            # Kill it once the outputs it already finished are collected (see _drain); its
+            # other attempts are requeued without blame.
+            s.retiring = (f"attempt {tuple(key)} did not stop {age:.0f}s after it was "
+                          f"interrupted (STOP_GRACE_S); worker replaced")
+        finished = []
+        for res in reply["finished"]:
+            self._write_logs(res)
+            key = tuple(res["key"])
+            if res.get("ok") and res.get("parts"):
+                a = self.core.attempts.get(key)
+                if a is None or a.state.value in ("killed", "failed", "lost"):
+                    s.handle.drop_outputs.remote([key], cred=self.token)  # a loser: nobody will read it
+                    continue
+                n = len(res["parts"])
+                refs = s.handle.take_outputs.options(num_returns=n + 1).remote(key,
+                                                                             cred=self.token)
+                s.take[refs[0]] = (res, refs[1:], now)
+                continue
+            finished.append(jc.AttemptResult(
+                key=key, ok=bool(res.get("ok")), duration_s=res["duration_s"],
+                error=res.get("error", ""), rows=res.get("rows", 0), logs=tuple(res.get("logs", ())),
+            ))
+        started = [(tuple(k), el) for k, el in reply["running"]]
+        self._apply(self.core.worker_report(wid, started, finished, now))
+
+    # ------------------------------------------------------------ actions
+
+    def _apply(self, actions: list) -> None:
+        for act in actions:
+            if isinstance(act, jc.Push):
+                s = self.slots.get(act.worker_id)
+                if s is not None:
+                    (s.front if act.front else s.outbox).extend(act.attempts)
+            elif isinstance(act, jc.StopAttempt):
+                s = self.slots.get(act.worker_id)
+                if s is not None:
+                    s.skip.append(act.key)
+            elif isinstance(act, jc.StartWorker):
+                self._start_worker(act)
+            elif isinstance(act, jc.StopWorker):
+                self._kill(act.worker_id)
+            elif isinstance(act, jc.ReleaseSlot):
+                self.releases.append((act.shape_key, act.node_id))
+            elif isinstance(act, jc.Commit):
+                self._commits.append(asyncio.get_running_loop().run_in_executor(
+                    self._committer, _commit, act))
+            elif isinstance(act, jc.JobDone):
+                self._job_done(act)
+        while self._warm_started and not self.core.done():
+            self._apply(self.core.worker_started(self._warm_started.pop(0), time.time()))
+
+    def _flush(self) -> None:
+        """Send pending pushes to every worker that has no exchange in flight."""
+        for wid, s in self.slots.items():
+            if s.start_ref is not None or s.retiring:
+                continue
+            if s.exchange is not None:
+                if s.front or s.skip:  # urgent: don't wait for the in-flight exchange
+                    front, s.front = s.front, []
+                    skip, s.skip = s.skip, []
+                    s.handle.control.remote(front, skip, cred=self.token)  # failures surface via the exchange
+                continue
+            w = self.core.workers.get(wid)
+            if w is None or w.dead:
+                continue
+            now = time.time()
+            if (s.outbox or s.front or s.skip or w.queue
+                    or (s.stopping and now - s.polled_at > STOPPING_POLL_S)):
+                s.polled_at = now
+                push, s.outbox = s.outbox, []
+                front, s.front = s.front, []
+                skip, s.skip = s.skip, []
+                s.exchange = s.handle.exchange.remote(push, skip, EXCHANGE_WAIT_S, front,
+                                                      cred=self.token)
+                s.exchange_at = now
+
+    def _worker_options(self, node_id: str, shape: dict[str, float]) -> dict[str, Any]:
+        """Workers take their CPU and memory from FuxiMaster's ledger, not from Ray's counters
+        (Fuxi decides, Ray executes): that lets a warm spare replace a killed worker at once.
+        Resources Ray must hand out itself (GPUs, custom resources) are still asked of Ray."""
+        opts: dict[str, Any] = {
+            "num_cpus": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
+            "max_restarts": 0,
+        }
+        if shape.get("GPU"):
+            opts["num_gpus"] = shape["GPU"]
+        custom = {k: v for k, v in shape.items() if k not in ("CPU", "memory", "GPU")}
+        if custom:
+            opts["resources"] = custom
+        return opts
+
+    def _start_worker(self, act: jc.StartWorker) -> None:
+        plain = all(k in ("CPU", "memory") for k in act.shape)
+        if plain and act.node_id in self.spare_nodes:
+            handle = self._take_spare(act.node_id)
+            if handle is not None:
+                self.slots[act.worker_id] = _Slot(handle, None, 0.0)
+                self._warm_started.append(act.worker_id)
+                return
+        handle = WorkerActor.options(**self._worker_options(act.node_id, act.shape)).remote(
+            self.job_id, act.worker_id, self.sys_path, self.token)
+        self.slots[act.worker_id] = _Slot(handle, handle.ping.remote(),
+                                          time.time() + WORKER_START_TIMEOUT_S)
+
+    def _take_spare(self, node_id: str):
+        spares = self.spares.get(node_id, [])
+        while spares:
+            ready, _ = ray.wait([s[1] for s in spares], num_returns=1, timeout=0)
+            if not ready:
+                return None
+            i = next(i for i, s in enumerate(spares) if s[1] == ready[0])
+            handle, ref = spares.pop(i)
+            try:
+                ray.get(ref, timeout=MASTER_CALL_TIMEOUT_S)
+                return handle
+            except Exception:
+                self._kill_handle(handle)
+        return None
+
+    def _keep_spares(self) -> None:
+        """Keep SPARES_PER_NODE warm workers on nodes where this job has had to replace a worker
+        (it died, or an attempt would not stop): the next replacement there is then instant.
+        Backups do not need spares: losing attempts are interrupted, not killed."""
+        for node in self.spare_nodes - self.core.bad_nodes:
+            spares = self.spares.setdefault(node, [])
+            while len(spares) < SPARES_PER_NODE:
+                handle = WorkerActor.options(**self._worker_options(node, {})).remote(
+                    self.job_id, f"spare@{node[:8]}", self.sys_path, self.token)
+                spares.append((handle, handle.ping.remote()))
+
+    def _kill(self, wid: str) -> None:
+        s = self.slots.pop(wid, None)
+        if s is not None:
+            self._kill_handle(s.handle)
+
+    @staticmethod
+    def _kill_handle(handle) -> None:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:
+            pass
+
+    def _job_done(self, act: jc.JobDone) -> None:
+        self._done = act  # the outputs are settled in _finish, off the event loop
+
+    async def _finish(self) -> None:
+        """After the core's verdict: wait for every commit (they run on their own thread),
+        then check and seal the outputs -- awaited, never blocking the loop."""
+        act = self._done
+        if act is None:
+            return
+        for fut in self._commits:
+            try:
+                err = await asyncio.wait_for(asyncio.shield(fut), COMMIT_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                err = f"a commit did not finish within {COMMIT_TIMEOUT_S:g}s (COMMIT_TIMEOUT_S)"
+            if err:
+                self._commit_errors.append(err)
+        extra: dict[str, Any] = {}
+        if act.state is JobState.SUCCEEDED and self._commit_errors:
+            extra.update(state=JobState.FAILED.value,
+                         report="output commit failed:\n" + "\n".join(self._commit_errors[:20]))
+        elif act.state is JobState.SUCCEEDED:
+            tasks = [(t.name, t.output, t.num_instances) for t in self.core.plan.tasks if t.output]
+            try:
+                extra["output_summary"] = await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(self._committer, _finalize, tasks),
+                    FINALIZE_TIMEOUT_S)
+            except Exception as e:
+                # Every instance succeeded but the output is not whole: the job did not succeed.
+                extra.update(state=JobState.FAILED.value, report=f"finalizing output failed: {e!r}")
+        self._finalized = extra
+
+    # ------------------------------------------------------------ FuxiMaster sync
+
+    def _start_sync(self) -> None:
+        demands = {k: {"shape": shape, "wanted": n} for k, (shape, n) in self.core.demands().items()}
+        releases, self.releases = self.releases, []
+        self.sync_ref = self.master.sync.remote(self.job_id, self.core.plan.priority, demands,
+                                                releases, sorted(self.core.bad_nodes),
+                                                cred=self.token)
+        self._sync_releases = releases
+        self.last_sync = time.time()
+
+    def _finish_sync(self) -> None:
+        ref, self.sync_ref = self.sync_ref, None
+        try:
+            reply = ray.get(ref, timeout=MASTER_CALL_TIMEOUT_S)
+        except Exception as e:
+            logger.warning("sync with FuxiMaster failed: %r", e)
+            self.releases.extend(self._sync_releases)  # try again next heartbeat
+            return
+        now = time.time()
+        self.last_sync_ok = now
+        for g in reply.get("grants", []):
+            self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))
+        preempt = bool(reply.get("preempt"))
+        for sk, target in reply.get("targets", {}).items():
+            self._apply(self.core.shrink(sk, target, now, preempt=preempt))
+
+    # ------------------------------------------------------------ logs
+
+    def _write_logs(self, res: dict) -> None:
+        task, instance, attempt = res["key"]
+        lines = list(res.get("logs", ()))
+        if not res.get("ok") and res.get("error"):
+            lines.extend(res["error"].rstrip().splitlines())
+        for line in lines:
+            rec = json.dumps({"task": task, "instance": instance, "attempt": attempt, "line": line})
+            if self.log_bytes + len(rec) > JOB_LOG_BYTES_MAX:
+                return
+            self.log_bytes += len(rec) + 1
+            self._log_file.write(rec + "\n")
+        if lines:
+            self._log_file.flush()
+
+
+# ------------------------------------------------------------ output, on the commit thread
+
+def _transient(e: BaseException) -> bool:
+    """An error a later try may not meet: the store was unreachable, not the output wrong."""
+    from pangu.errors import Unavailable as PanguUnavailable
+
+    return isinstance(e, (PanguUnavailable, ray.exceptions.RayError, TimeoutError,
+                          ConnectionError))
+
+
+def _commit(act: jc.Commit) -> str | None:
+    """Make an attempt the instance's output (on the commit thread); an error text, or None.
+    A commit that met an unavailable store is tried again until COMMIT_TIMEOUT_S (``commit``
+    is safe to repeat: a part already in place is left as it is)."""
+    deadline = time.monotonic() + COMMIT_TIMEOUT_S
+    while True:
+        try:
+            OutputLocation(act.output).commit(act.task, act.instance, act.attempt)
+            return None
+        except Exception as e:  # the job must not report success without this part
+            if not _transient(e) or time.monotonic() + COMMIT_RETRY_S > deadline:
+                return f"committing {act.task}[{act.instance}] attempt {act.attempt}: {e!r}"
+            logger.warning("commit of %s[%s] hit %r; trying again", act.task, act.instance, e)
+            time.sleep(COMMIT_RETRY_S)
+
+
+def _finalize(tasks: list) -> dict:
+    """Check and seal each task's output (on the commit thread), retrying an unavailable
+    store until FINALIZE_TIMEOUT_S."""
+    deadline = time.monotonic() + FINALIZE_TIMEOUT_S
+    out = {}
+    for name, output, n in tasks:
+        while True:
+            try:
+                out[name] = OutputLocation(output).finalize(n)
+                break
+            except Exception as e:
+                if not _transient(e) or time.monotonic() + COMMIT_RETRY_S > deadline:
+                    raise
+                time.sleep(COMMIT_RETRY_S)
+    return out

@@ -1,0 +1,809 @@
+"""FuxiMaster: the cluster's resource view, slot grants to jobs, and the job registry.
+
+One detached, named actor per cluster (``FuxiMaster`` in namespace ``fuxi-<cluster>``), no CPU.
+Policy is pure (``fuxi.core.slots``); this shell keeps the ledger of what it granted, refreshes the
+node view from Ray, starts a JobMaster per job, and keeps job records (spec and final status)
+in a ``StateStore`` so they outlive the JobMaster.
+
+JobMasters call ``sync`` every heartbeat with their demand and the slots they gave back; the
+reply carries new grants (placed on nodes with free room, spread out) and the fair-share
+target per shape, which a job over its share meets by returning idle workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import tempfile
+import time
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from fuxi.core import slots
+from fuxi.errors import BadInput, JobNotFound
+from fuxi.core.plan import JobPlan
+from fuxi.core.states import TERMINAL_JOB, JobState
+from fuxi.io.store import FileStore, MemoryStore, read_job_logs
+
+JOB_QUEUE = "default"  # the one job queue; ACL entries on queue:default (or *) cover every job
+
+logger = logging.getLogger(__name__)
+
+NODES_REFRESH_S = 1.0
+NUWA_SUPERVISE_S = 2.0  # how often FuxiMaster checks its Nuwa replicas and restarts dead ones
+JOBS_RUNNING_MAX = 256  # concurrent jobs per cluster
+JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
+JOBMASTER_CALL_TIMEOUT_S = 10.0
+REQUESTS_REMEMBERED_MAX = 10_000
+WORKERS_PER_NODE_MAX = 64  # worker slots granted on one node, all jobs together (~50 MB each)
+JOB_TOKEN_TTL_S = 7 * 24 * 3600.0      # a job's instances act as its submitter this long
+SERVICE_TOKEN_TTL_S = 30 * 24 * 3600.0  # a replica's token (renewed at every (re)start)
+KEYS_PUSH_TIMEOUT_S = 10.0  # per platform actor, after a key rotation
+KEYS_PUSH_CONCURRENCY_MAX = 32  # pushes in flight at once (each awaited, none blocking)
+KEYS_PUSH_RETRIES_MAX = 5       # an actor that missed the push is retried this often...
+KEYS_PUSH_RETRY_S = 5.0         # ...this far apart, in the background
+SERVICE_PRIORITY = 1000  # online replicas come before every batch job (priorities 0..100)
+
+
+def _job_id(name: str) -> str:
+    return f"{name[:40]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@ray.remote(num_cpus=0, max_concurrency=256)
+class FuxiMaster:
+    def __init__(self, cluster: str, data_dir: str | None, detached: bool = False,
+                 nuwa: list | None = None, nuwa_group: dict | None = None, auth: bool = False):
+        from zhongkui.authority import load_or_create_keys
+        from zhongkui.files import private_files
+        from zhongkui.guard import Guard, auth_doc
+        from zhongkui.core.tokens import Keyring
+
+        private_files()  # logs, state, keys, audit trail: 0600/0700 from creation (issue 14)
+        self.cluster = cluster
+        self.auth_enabled = bool(auth)
+        # The cluster's keys (made by `fuxi up` before anything started): they sign this
+        # actor's own platform token, which its Nuwa client presents.
+        self.keys_path = os.path.join(data_dir, "zhongkui", "keys.json") if data_dir else None
+        self.keyring = load_or_create_keys(self.keys_path) if self.keys_path else Keyring.new()
+        self.platform_guard = Guard(auth_doc(self.auth_enabled, None), name="master",
+                                    keyring=self.keyring)
+        self.detached = detached  # JobMasters share the master's lifetime
+        self._watchers: set = set()
+        self.data_dir = data_dir
+        self.nuwa = nuwa
+        if nuwa:  # a `fuxi up` cluster: hard state is replicated in Nuwa
+            from nuwa.client import connect as nuwa_connect
+
+            from fuxi.io.store import NuwaStore
+
+            self.store = NuwaStore(nuwa_connect([tuple(a) for a in nuwa], creator="fuxi-master",
+                                                token=self.platform_guard.platform_token))
+        elif data_dir:
+            self.store = FileStore(os.path.join(data_dir, "state"))
+        else:
+            self.store = MemoryStore()
+        # Fuxi coordinates the actor groups: FuxiMaster replaces Nuwa replicas that die.
+        self.nuwa_group = nuwa_group
+        self.nuwa_events: list[str] = []
+        self._supervisor = None
+        self.services = None  # the ServiceManager, made on first use
+        self._authority = None  # Zhongkui's identity service, made on first use
+        self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.ledger = slots.Ledger()
+        self.demands: dict[str, dict[str, dict]] = {}  # job -> shape_key -> {shape, wanted}
+        self.priorities: dict[str, int] = {}
+        self.submit_seq: dict[str, int] = {}
+        self.seq = 0
+        self.jobmasters: dict[str, Any] = {}
+        self._job_tokens: dict[str, str] = {}  # job -> its scoped token (JobMaster's calls)
+        self.runs: dict[str, Any] = {}
+        self.requests: dict[str, str] = {}
+        self.job_owners: dict[str, str] = {}  # job -> the user who submitted it
+        self.nodes: dict[str, dict[str, float]] = {}
+        self.node_info: dict[str, dict] = {}
+        self.nodes_at = 0.0
+        self.started_at = time.time()
+        # Finished jobs whose JobMaster exited: restore what the store remembers.
+        for key in self.store.list("/jobs/"):
+            if key.endswith("/status"):
+                st = self.store.get(key) or {}
+                if st.get("state") not in {s.value for s in TERMINAL_JOB}:
+                    st.update(state=JobState.FAILED.value,
+                              report="FuxiMaster restarted while the job ran; its JobMaster is gone")
+                    self.store.put(key, st)
+
+    # ------------------------------------------------------------ cluster view
+
+    def _refresh_nodes(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.nodes_at < NODES_REFRESH_S:
+            return
+        nodes, info = {}, {}
+        for n in ray.nodes():
+            if not n.get("Alive"):
+                continue
+            res = {k: float(v) for k, v in n.get("Resources", {}).items()
+                   if not k.startswith("node:") and k != "object_store_memory"}
+            nodes[n["NodeID"]] = res
+            info[n["NodeID"]] = {"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"),
+                                 "resources": res}
+        # Grants on nodes that vanished are void: their workers are dead too.
+        for did in list(self.ledger.to_dict()["grants"]):
+            for node, n in self.ledger.held(did).items():
+                if node not in nodes:
+                    self.ledger.release(did, node, n)
+        self.nodes, self.node_info, self.nodes_at = nodes, info, now
+
+    async def supervise(self, cred: str | None = None) -> None:
+        """Start the Nuwa supervision loop and the service manager (idempotent; called when
+        the master is created, by the platform or an administrator)."""
+        if self._supervisor is not None or (not self.nuwa_group and self.services is not None):
+            return  # running already: nothing changes, nothing to check
+        self._require(cred, "start FuxiMaster's loops", admin_ok=True)
+        if self.nuwa_group and self._supervisor is None:
+            self._supervisor = asyncio.get_event_loop().create_task(self._supervise_nuwa())
+        self._service_manager().start()
+
+    # ------------------------------------------------------------ identities (Zhongkui)
+
+    def _auth(self):
+        if self._authority is None:
+            from zhongkui.authority import Authority
+
+            base = os.path.join(self.data_dir, "zhongkui") if self.data_dir else None
+            self._authority = Authority(
+                self.store, self.keys_path, os.path.join(base, "audit.jsonl") if base else None,
+                enabled=self.auth_enabled, keyring=self.keyring)
+        return self._authority
+
+    def _require(self, cred, what: str, admin_ok: bool = False):
+        """A control method of this actor: the platform's own actors (or administrators,
+        with ``admin_ok``) only, when access control is on (issue 14, defect 8)."""
+        if not self.auth_enabled:
+            return None
+        from zhongkui.guard import require_platform
+
+        a = self._auth()
+        try:
+            return require_platform(a.guard, cred, what, admin_ok=admin_ok)
+        except Exception as e:
+            a.audit.record("?", what, "fuxi-master", "denied", type(e).__name__)
+            raise
+
+    def _who(self, cred):
+        """The verified caller of a job or service operation."""
+        a = self._auth()
+        try:
+            return a.principal(cred)
+        except Exception as e:
+            a.audit.record("?", "authenticate", "fuxi-master", "denied", type(e).__name__)
+            raise
+
+    def _job_owner(self, job_id: str) -> str | None:
+        owner = self.job_owners.get(job_id)
+        if owner is None:
+            st = self.store.get(f"/jobs/{job_id}/status") or {}
+            owner = st.get("owner")
+        return owner
+
+    def _may(self, who, job_id: str, perm: str) -> bool:
+        a = self._auth()
+        return (a.guard.decision(who, "job", job_id, perm, self._job_owner(job_id)).allowed
+                or a.guard.decision(who, "queue", JOB_QUEUE, perm).allowed)
+
+    def _check_job(self, cred, job_id: str, perm: str):
+        who = self._who(cred)
+        if not self._may(who, job_id, perm):
+            if self.store.get(f"/jobs/{job_id}/status") is None and job_id not in self.jobmasters:
+                raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known "
+                                  f"jobs")
+            self._auth().check(who, "job", job_id, perm, self._job_owner(job_id))
+        return who
+
+    def _service_owner(self, name: str) -> str | None:
+        doc = self.store.get(f"/service-owners/{name}")
+        return doc.get("user") if doc else None
+
+    def _check_service(self, cred, name: str, perm: str):
+        who = self._who(cred)
+        a = self._auth()
+        owner = self._service_owner(name)
+        if perm == "view":  # callers and managers may both look at a service
+            if a.guard.decision(who, "service", name, "call", owner).allowed:
+                return who
+            perm = "manage"
+        a.check(who, "service", name, perm, owner)
+        return who
+
+    async def kuafu_start_node(self, node: str, cfg: dict | None = None,
+                               cred: str | None = None) -> dict:
+        """A Kuafu proxy for a node that has none (one that joined after `fuxi up`), with the
+        keys only this actor and the platform's hold. Any signed-in caller may ask (code on
+        a new node needs its proxy), but nothing it sends is used beyond the node id: the
+        namespace and Nuwa are this cluster's, and host, settings and lifetime are copied
+        from a running proxy (a caller-chosen Nuwa address would receive a platform
+        token). ``cfg`` is ignored; it stays for older callers."""
+        from kuafu import deploy
+        from zhongkui.guard import auth_doc
+
+        self._who(cred)
+        if not isinstance(node, str):
+            raise BadInput(f"node {node!r:.40}: expected a Ray node id")
+        self._refresh_nodes(force=True)
+        if node not in self.nodes:
+            raise BadInput(f"node {node[:16]!r} is not a live node of cluster {self.cluster!r}")
+        ns = ray.get_runtime_context().namespace
+        found = await asyncio.to_thread(deploy.proxies, ns)
+        if node in found:
+            return await asyncio.wait_for(found[node].info.remote(), KEYS_PUSH_TIMEOUT_S)
+        if not found:
+            raise BadInput(f"Kuafu is not running in cluster {self.cluster!r}: no proxy to copy "
+                           f"the configuration from")
+        mine = await asyncio.wait_for(next(iter(found.values())).get_config.remote(),
+                                      KEYS_PUSH_TIMEOUT_S)
+        return (await asyncio.to_thread(
+            deploy.start, ns, self.nuwa or mine["nuwa"], host=mine["host"], nodes=[node],
+            settings=mine["settings"], detached=mine["detached"],
+            auth=auth_doc(self.auth_enabled, self.keyring)))[0]
+
+    def auth_mode(self) -> dict:
+        return {"enabled": self.auth_enabled}
+
+    def auth_keys(self, proof: str) -> dict:
+        return self._auth().keys_for_platform(proof)
+
+    def auth_acl(self, proof: str, have_version: int | None = None) -> dict:
+        return self._auth().acl_for_platform(proof, have_version)
+
+    def auth_record(self, proof: str, rec: dict) -> None:
+        self._auth().record_from_platform(proof, rec)
+
+    def _owner_of(self, kind: str, resource: str) -> str | None:
+        """Who owns a resource (they may grant access to it); None for none, for ``*``, and
+        for a resource name that cannot exist (the grant then says what is wrong with it)."""
+        if not isinstance(resource, str) or resource == "*":
+            return None
+        from pangu.errors import PanguError
+
+        try:
+            return self._find_owner(kind, resource)
+        except (BadInput, PanguError):
+            return None
+
+    def _find_owner(self, kind: str, resource: str) -> str | None:
+        if kind == "job":
+            return self._job_owner(resource)
+        if kind == "service":
+            return self._service_owner(resource)
+        if kind == "nuwa" and self.nuwa:
+            from nuwa.errors import NuwaError
+
+            other = resource.rstrip("/") if resource.endswith("/") else resource + "/"
+            for path in (resource, other):  # a directory, with or without its '/'
+                try:
+                    return self.store.client.stat(path)["creator"]
+                except NuwaError:
+                    continue
+            return None
+        if kind == "pangu":
+            from pangu.client import Client
+            from pangu.errors import NotFound
+
+            try:
+                return Client(self.cluster, token=self.platform_guard.platform_token()).stat(
+                    resource).get("owner")
+            except NotFound:
+                return None
+        return None
+
+    def auth_grant(self, token: str, kind: str, resource: str, principal: str,
+                   perms: list) -> dict:
+        return self._auth().grant(token, kind, resource, principal, perms,
+                                  owner=self._owner_of(kind, resource))
+
+    def auth_revoke(self, token: str, kind: str, resource: str, principal: str,
+                    perms: list | None = None) -> dict | None:
+        return self._auth().revoke(token, kind, resource, principal, perms,
+                                   owner=self._owner_of(kind, resource))
+
+    def auth_restrict(self, token: str, path: str, on: bool = True) -> list:
+        return self._auth().restrict(token, path, on, owner=self._owner_of("nuwa", path))
+
+    def auth_acl_show(self, token: str, kind: str | None = None,
+                      resource: str | None = None) -> dict:
+        return self._auth().acl_show(token, kind, resource)
+
+    def auth_bootstrap(self, cred: str | None = None) -> dict | None:
+        """The first administrator's credentials, for `fuxi up` (which proves itself with a
+        platform token signed with the keys it made): nobody else may take them."""
+        self._require(cred, "create the first administrator")
+        return self._auth().bootstrap()
+
+    def auth_login(self, user: str, password: str) -> str:
+        return self._auth().login(user, password)
+
+    def auth_whoami(self, token: str) -> dict:
+        return self._auth().whoami(token)
+
+    def auth_users(self, token: str) -> list[dict]:
+        return self._auth().list_users(token)
+
+    def auth_user_add(self, token: str, name: str, password: str, groups: list) -> dict:
+        return self._auth().add_user(token, name, password, groups)
+
+    def auth_user_rm(self, token: str, name: str) -> None:
+        return self._auth().remove_user(token, name)
+
+    def auth_user_groups(self, token: str, name: str, groups: list) -> dict:
+        return self._auth().set_groups(token, name, groups)
+
+    def auth_passwd(self, token: str, name: str, password: str) -> None:
+        return self._auth().set_password(token, name, password)
+
+    async def auth_rotate(self, token: str, revoke_old: bool = False) -> str:
+        """A new signing key. Every platform actor is handed the new keyring before anything
+        is signed with the new key (proved with a token signed with the old one); an actor
+        that misses it fetches the keyring when it first meets the new key, or, after
+        ``revoke_old`` (when its own proof no longer counts), is pushed to again in the
+        background. The pushes run concurrently (at most KEYS_PUSH_CONCURRENCY_MAX in
+        flight, each bounded by KEYS_PUSH_TIMEOUT_S), never blocking this actor's loop."""
+        proof = self.platform_guard.platform_token()  # signed with the key everyone has
+        kid = self._auth().rotate_keys(token, revoke_old=revoke_old)
+        self.platform_guard.renew_platform_token()  # from now on signed with the new key
+        doc = self.keyring.to_doc()
+        missed = await self._push_keys(proof, doc)
+        if missed:
+            t = asyncio.get_running_loop().create_task(self._push_again(proof, doc, missed))
+            self._watchers.add(t)
+            t.add_done_callback(self._watchers.discard)
+        return kid
+
+    async def _push_keys(self, proof: str, doc: dict, only: list[str] | None = None) -> list[str]:
+        """Hand ``doc`` to every Nuwa replica, Pangu master, chunkserver and Kuafu proxy;
+        returns the names that did not take it."""
+        from kuafu.deploy import PROXY_PREFIX
+
+        ns = ray.get_runtime_context().namespace
+
+        def targets() -> list:
+            from ray.util import list_named_actors
+
+            out = []
+            for a in list_named_actors(all_namespaces=True):
+                name = a["name"]
+                if a.get("namespace") != ns or not name.startswith(
+                        ("nuwa-", "pangu-", PROXY_PREFIX)) or (only and name not in only):
+                    continue
+                try:
+                    out.append((name, ray.get_actor(name, namespace=ns)))
+                except Exception:  # noqa: BLE001 - gone meanwhile
+                    continue
+            return out
+
+        from zhongkui.shell import push_all
+
+        found = await asyncio.to_thread(targets)  # GCS look-ups block: not on this loop
+
+        async def push(handle):
+            return await handle.zk_set_keys.remote(proof, doc)
+        return await push_all(found, push, KEYS_PUSH_CONCURRENCY_MAX, KEYS_PUSH_TIMEOUT_S)
+
+    async def _push_again(self, proof: str, doc: dict, missed: list[str]) -> None:
+        for _ in range(KEYS_PUSH_RETRIES_MAX):
+            await asyncio.sleep(KEYS_PUSH_RETRY_S)
+            missed = await self._push_keys(proof, doc, only=missed)
+            if not missed:
+                return
+        logger.warning("the new keys never reached %s; they refuse every caller until they "
+                       "restart", missed)
+
+    def auth_audit(self, token: str, who: str | None = None, result: str | None = None) -> list:
+        return self._auth().audit_records(token, who=who, result=result)
+
+    # ------------------------------------------------------------ online services
+
+    def _service_manager(self):
+        if self.services is None:
+            from fuxi.shells.services import ServiceManager
+
+            ns = ray.get_runtime_context().namespace
+            self.services = ServiceManager(self.cluster, ns, self.store, self.detached,
+                                           token_for=self._service_token,
+                                           control_secret=self._replica_control_secret())
+            self.services.start()
+        return self.services
+
+    def _replica_control_secret(self) -> bytes | None:
+        """With access control on, the secret the replicas' control keys derive from
+        (``fuxi.shells.replica.control_key``): a 0600 file beside the keys, so a restarted
+        FuxiMaster can still register and drain the replicas it adopts."""
+        if not self.auth_enabled:
+            return None
+        from fuxi.shells.replica import CONTROL_SECRET_BYTES
+
+        if not self.data_dir:
+            return secrets.token_bytes(CONTROL_SECRET_BYTES)  # no restart to survive
+        from zhongkui.files import load_or_create_secret
+
+        return load_or_create_secret(
+            os.path.join(self.data_dir, "zhongkui", "replica-control.secret"),
+            CONTROL_SECRET_BYTES, "replica control secret")
+
+    def _service_slots(self) -> list:
+        """Bring the ledger in line with the online replicas that run, and return their
+        demands (priority SERVICE_PRIORITY, above every batch job)."""
+        if self.services is None:
+            return []
+        out, seen = [], set()
+        for did, shape, wanted, held in self.services.slot_demands():
+            seen.add(did)
+            demand = slots.Demand(did, did, SERVICE_PRIORITY, 0, shape, wanted)
+            have = self.ledger.held(did)
+            for node in set(have) | set(held):
+                diff = held.get(node, 0) - have.get(node, 0)
+                if diff > 0 and node in self.nodes:
+                    self.ledger.grant(demand, node, diff)
+                elif diff < 0:
+                    self.ledger.release(did, node, -diff)
+            out.append(demand)
+        for did in [d for d in self.ledger.to_dict()["grants"] if d.startswith("svc:")]:
+            if did not in seen:
+                self.ledger.release_job(did)
+        return out
+
+    def service_register(self, spec: dict, cred: str | None = None) -> dict:
+        """Register a new service: any signed-in user may (and owns it); a name in use needs
+        `manage` on it (and `fuxi service upgrade`)."""
+        who = self._who(cred)
+        name = spec.get("name") if isinstance(spec, dict) else None
+        owner = self._service_owner(name) if isinstance(name, str) else None
+        if owner is not None and name in self._service_manager().cores:
+            self._auth().check(who, "service", name, "manage", owner)
+        elif who.scope is not None:
+            self._auth().check(who, "service", str(name), "manage", owner)
+        claim = self._service_manager().claimed_by(name)  # Kuafu: attached before, by another
+        if claim is not None and claim != who.user:
+            self._auth().check(who, "service", str(name), "manage", claim)
+        out = self._service_manager().register(spec)
+        self.store.put(f"/service-owners/{name}", who.to_doc())
+        return out
+
+    def service_upgrade(self, spec: dict, cred: str | None = None) -> dict:
+        self._check_service(cred, str(spec.get("name") if isinstance(spec, dict) else spec),
+                            "manage")
+        return self._service_manager().upgrade(spec)
+
+    def service_scale(self, name: str, replicas: int, cred: str | None = None) -> dict:
+        self._check_service(cred, name, "manage")
+        return self._service_manager().scale(name, replicas)
+
+    def service_remove(self, name: str, cred: str | None = None) -> dict:
+        self._check_service(cred, name, "manage")
+        return self._service_manager().remove(name)
+
+    def service_list(self, cred: str | None = None) -> list[dict]:
+        """The services the caller may call or manage."""
+        who = self._who(cred)
+        g = self._auth().guard
+        return [s for s in self._service_manager().list()
+                if g.decision(who, "service", s["name"], "call",
+                              self._service_owner(s["name"])).allowed
+                or g.decision(who, "service", s["name"], "manage",
+                              self._service_owner(s["name"])).allowed]
+
+    def service_status(self, name: str, cred: str | None = None) -> dict:
+        self._check_service(cred, name, "view")
+        return self._service_manager().status(name)
+
+    def _service_token(self, name: str) -> str:
+        """A replica's token: it registers with Kuafu and reaches the platform as the
+        service's owner (scoped to the service). Signed from the directory as it is now --
+        never from the groups stored at registration; Denied once the owner is gone."""
+        doc = self.store.get(f"/service-owners/{name}") or {}
+        if not doc:
+            return self.platform_guard.platform_token()
+        return self._auth().scoped_token(doc["user"], "service", name,
+                                         ttl_s=SERVICE_TOKEN_TTL_S)
+
+    async def _supervise_nuwa(self) -> None:
+        from nuwa.group import Group
+
+        from zhongkui.guard import auth_doc
+
+        group = Group.from_dict(self.nuwa_group, auth_doc(self.auth_enabled, self.keyring))
+        while True:
+            await asyncio.sleep(NUWA_SUPERVISE_S)
+            group.auth = auth_doc(self.auth_enabled, self.keyring)  # keys as rotated
+            try:
+                done = await asyncio.to_thread(group.supervise_once)
+            except Exception as e:
+                done = [f"supervising Nuwa failed: {e!r}"]
+            if done:  # a replacement changes the members and their addresses
+                self.nuwa_group = group.to_dict()
+                self.nuwa = [list(a) for a in group.client_addresses()]
+            for line in done:
+                logger.warning("%s", line)
+                self.nuwa_events = (self.nuwa_events + [f"{time.strftime('%H:%M:%S')} {line}"])[-100:]
+
+    def cluster_info(self) -> dict:
+        self._refresh_nodes(force=True)
+        running = [j for j in self.jobmasters]
+        free = self.ledger.free(self.nodes)
+        return {
+            "cluster": self.cluster,
+            "nodes": [
+                {**self.node_info[n], "free": free.get(n, {})} for n in sorted(self.node_info)
+            ],
+            "jobs_running": running,
+            "master_node_id": self.node_id,
+            "nuwa": self.nuwa,
+            "nuwa_events": self.nuwa_events,
+            "store": type(self.store).__name__,
+            "started_at": self.started_at,
+        }
+
+    # ------------------------------------------------------------ slot grants
+
+    def sync(self, job_id: str, priority: int, demands: dict, releases: list,
+             avoid_nodes: list, cred: str | None = None) -> dict:
+        """A JobMaster's heartbeat: only that job's own token (or the platform's) may give
+        back or ask for its slots."""
+        if self.auth_enabled:
+            who = self._who(cred)
+            if not (who.platform or who.scope == {"kind": "job", "id": job_id}):
+                from zhongkui.errors import Denied
+
+                self._auth().audit.record(who.user, "sync", f"job:{job_id}", "denied",
+                                          "not the job's own token")
+                raise Denied(f"user {who.user!r} may not sync job {job_id!r}: only its own "
+                             f"JobMaster (the job's token) may")
+        self._refresh_nodes()
+        for shape_key, node in releases:
+            did = f"{job_id}/{shape_key}"
+            if self.ledger.held(did).get(node, 0) > 0:
+                self.ledger.release(did, node, 1)
+        if job_id not in self.jobmasters:
+            return {"grants": [], "targets": {}}
+        self.demands[job_id] = demands
+        self.priorities[job_id] = priority
+        all_demands = []
+        for jid, ds in self.demands.items():
+            for sk, d in ds.items():
+                all_demands.append(slots.Demand(
+                    demand_id=f"{jid}/{sk}", job_id=jid, priority=self.priorities.get(jid, 50),
+                    submit_seq=self.submit_seq.get(jid, 0), shape=d["shape"],
+                    slots_wanted=int(d["wanted"]),
+                ))
+        services = self._service_slots()
+        all_demands += services
+        targets = slots.fair_targets(self.nodes, all_demands) if all_demands else {}
+        # An online replica waits for room: jobs over their share give it back now.
+        waiting = any(d.slots_wanted > sum(self.ledger.held(d.demand_id).values())
+                      and targets.get(d.demand_id, 0) > sum(self.ledger.held(d.demand_id).values())
+                      for d in services)
+        free = self.ledger.free(self.nodes)
+        # A node with WORKERS_PER_NODE_MAX workers takes no more, whatever their shapes ask
+        # (a task with cpu: 0 would otherwise get a worker per instance).
+        workers_on = {n: 0 for n in self.nodes}
+        for did in self.ledger.to_dict()["grants"]:
+            for node, n in self.ledger.held(did).items():
+                workers_on[node] = workers_on.get(node, 0) + n
+        free = {n: f for n, f in free.items() if workers_on.get(n, 0) < WORKERS_PER_NODE_MAX}
+        grants, my_targets = [], {}
+        for sk, d in demands.items():
+            did = f"{job_id}/{sk}"
+            held = self.ledger.held(did)
+            target = targets.get(did, 0)
+            my_targets[sk] = target
+            want = target - sum(held.values())
+            if want <= 0:
+                continue
+            placed = slots.place(free, d["shape"], want, held_on_node=held,
+                                 avoid_nodes=set(avoid_nodes))
+            for node in list(placed):
+                room = WORKERS_PER_NODE_MAX - workers_on.get(node, 0)
+                placed[node] = min(placed[node], max(room, 0))
+                workers_on[node] = workers_on.get(node, 0) + placed[node]
+                if placed[node] == 0:
+                    del placed[node]
+            demand = slots.Demand(did, job_id, priority, self.submit_seq.get(job_id, 0),
+                                  d["shape"], int(d["wanted"]))
+            for node, n in placed.items():
+                self.ledger.grant(demand, node, n)
+                free[node] = slots.subtract(free[node], d["shape"], n, allow_negative=True)
+                grants.append({"shape_key": sk, "shape": d["shape"], "node_id": node, "n": n})
+        return {"grants": grants, "targets": my_targets, "preempt": waiting}
+
+    # ------------------------------------------------------------ jobs
+
+    def submit(self, plan: JobPlan, request_id: str, sys_path: list[str] | None = None,
+               cred: str | None = None) -> str:
+        who = self._who(cred)
+        self._auth().check(who, "queue", JOB_QUEUE, "submit")
+        if request_id in self.requests:
+            return self.requests[request_id]  # a retried submit: same job, no duplicate
+        if len(self.jobmasters) >= JOBS_RUNNING_MAX:
+            raise BadInput(f"{len(self.jobmasters)} jobs are running; JOBS_RUNNING_MAX is "
+                           f"{JOBS_RUNNING_MAX}; wait for some to finish")
+        from fuxi.shells.jobmaster import JobMaster
+
+        self._check_fits(plan)
+        job_id = _job_id(plan.name)
+        self.seq += 1
+        self.submit_seq[job_id] = self.seq
+        self.priorities[job_id] = plan.priority
+        self.store.put(f"/jobs/{job_id}/spec", plan.spec)
+        now = time.time()
+        self.store.put(f"/jobs/{job_id}/status", {
+            "job_id": job_id, "name": plan.name, "state": "pending", "submitted_at": now,
+            "started_at": None, "finished_at": None, "output": plan.output, "tasks": {},
+            "owner": who.user,
+        })
+        self.job_owners[job_id] = who.user
+        # The job's instances act as their submitter, with no more rights (a scoped token).
+        token = self._auth().scoped_token(who, "job", job_id, ttl_s=JOB_TOKEN_TTL_S)
+        # JobMasters live next to FuxiMaster (the head in a `fuxi up` cluster): both are control
+        # plane, and a worker node going away must not take a job's master with it.
+        opts = {"lifetime": "detached"} if self.detached else {}
+        jm = JobMaster.options(
+            name=f"jobmaster-{job_id}",
+            **opts,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False),
+        ).remote(job_id, plan, ray.get_runtime_context().current_actor,
+                 os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path, token)
+        self.jobmasters[job_id] = jm
+        self._job_tokens[job_id] = token  # what its JobMaster takes calls with
+        self.runs[job_id] = jm.run.remote(token)
+        watcher = asyncio.get_event_loop().create_task(self._watch(job_id))
+        self._watchers.add(watcher)  # asyncio keeps only weak references to tasks
+        watcher.add_done_callback(self._watchers.discard)
+        self.requests[request_id] = job_id
+        if len(self.requests) > REQUESTS_REMEMBERED_MAX:
+            self.requests.pop(next(iter(self.requests)))
+        return job_id
+
+    def _check_fits(self, plan: JobPlan) -> None:
+        """Refuse a job with a task whose resources no node has: it would wait forever."""
+        self._refresh_nodes(force=True)
+        for t in plan.tasks:
+            if not any(slots.fits(total, t.shape) for total in self.nodes.values()):
+                biggest = max(self.nodes.values(), key=lambda r: r.get("CPU", 0), default={})
+                raise BadInput(
+                    f"task {t.name!r} asks for {t.shape} per instance, which no node of cluster "
+                    f"{self.cluster!r} has (largest node: {biggest}); lower `resources` or add "
+                    f"a bigger node")
+
+    async def _watch(self, job_id: str) -> None:
+        """Wait for a JobMaster to finish; record its final status and free its slots."""
+        ref = self.runs[job_id]
+        try:
+            try:
+                status = await ref
+            except Exception as e:
+                status = self.store.get(f"/jobs/{job_id}/status") or {"job_id": job_id}
+                if status.get("state") in {s.value for s in TERMINAL_JOB}:
+                    return  # already recorded (e.g. cancelled by `fuxi down`)
+                status.update(state=JobState.FAILED.value, finished_at=time.time(),
+                              report=f"job master died: {type(e).__name__}: {e}")
+            if job_id in self.job_owners:
+                status["owner"] = self.job_owners[job_id]
+            self.store.put(f"/jobs/{job_id}/status", status)
+        except Exception:
+            logger.exception("recording the end of job %s failed", job_id)
+        finally:
+            self._forget(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        jm = self.jobmasters.pop(job_id, None)
+        self._job_tokens.pop(job_id, None)
+        self.runs.pop(job_id, None)
+        self.demands.pop(job_id, None)
+        self.priorities.pop(job_id, None)
+        self.ledger.release_job(job_id)
+        if jm is not None:
+            try:
+                ray.kill(jm, no_restart=True)
+            except Exception:
+                pass
+        keys = [k for k in self.store.list("/jobs/") if k.endswith("/status")]
+        if len(keys) > JOB_RECORDS_MAX:
+            old = sorted(keys, key=lambda k: (self.store.get(k) or {}).get("submitted_at") or 0)
+            for k in old[: len(keys) - JOB_RECORDS_MAX]:
+                jid = k.split("/")[2]
+                self.job_owners.pop(jid, None)
+                self.store.delete(f"/jobs/{jid}/status")
+                self.store.delete(f"/jobs/{jid}/spec")
+
+    async def status(self, job_id: str, cred: str | None = None) -> dict:
+        self._check_job(cred, job_id, "view")
+        return await self._status(job_id)
+
+    async def _status(self, job_id: str) -> dict:
+        jm = self.jobmasters.get(job_id)
+        if jm is not None:
+            try:
+                st = await asyncio.wait_for(jm.status.remote(), JOBMASTER_CALL_TIMEOUT_S)
+                st.setdefault("owner", self.job_owners.get(job_id))
+                return st
+            except Exception:
+                pass  # finishing right now: fall through to the stored record
+        st = self.store.get(f"/jobs/{job_id}/status")
+        if st is None:
+            raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
+        return st
+
+    async def list_jobs(self, cred: str | None = None) -> list[dict]:
+        """The jobs the caller may view."""
+        who = self._who(cred)
+        out = []
+        for key in self.store.list("/jobs/"):
+            if key.endswith("/status"):
+                jid = key.split("/")[2]
+                st = self.store.get(key)
+                if st is None:
+                    continue
+                if st.get("owner") and jid not in self.job_owners:
+                    self.job_owners[jid] = st["owner"]
+                if not self._may(who, jid, "view"):
+                    continue
+                if jid in self.jobmasters:
+                    try:
+                        out.append(await self._status(jid))
+                        continue
+                    except Exception:
+                        pass
+                out.append(st)
+        return sorted(out, key=lambda s: s.get("submitted_at") or 0)
+
+    async def cancel(self, job_id: str, cred: str | None = None) -> dict:
+        self._check_job(cred, job_id, "cancel")
+        jm = self.jobmasters.get(job_id)
+        if jm is None:
+            st = await self._status(job_id)  # raises JobNotFound for unknown ids
+            return {"job_id": job_id, "state": st.get("state"), "cancelling": False}
+        await asyncio.wait_for(jm.cancel.remote(cred=self._job_tokens.get(job_id, "")),
+                               JOBMASTER_CALL_TIMEOUT_S)
+        return {"job_id": job_id, "cancelling": True}
+
+    async def wait(self, job_id: str, timeout_s: float, cred: str | None = None) -> dict:
+        """Wait up to ``timeout_s`` for a job to end; returns its status either way."""
+        self._check_job(cred, job_id, "view")
+        ref = self.runs.get(job_id)
+        if ref is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(ref), timeout_s)
+            except asyncio.TimeoutError:
+                return await self._status(job_id)
+            except Exception:
+                pass  # the JobMaster died; _watch records that
+            for _ in range(50):  # the job ended: give _watch a moment to store the record
+                if job_id not in self.jobmasters:
+                    break
+                await asyncio.sleep(0.01)
+        return await self._status(job_id)
+
+    def logs(self, job_id: str, task: str | None = None, instance: int | None = None,
+             cred: str | None = None) -> list[dict]:
+        self._check_job(cred, job_id, "view")
+        if self.store.get(f"/jobs/{job_id}/status") is None:
+            raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
+        return read_job_logs(self.log_dir, job_id, task, instance)
+
+    def shutdown_jobs(self, cred: str | None = None) -> int:
+        """Stop every running job (used by ``fuxi down``): the platform or an administrator."""
+        self._require(cred, "stop every job", admin_ok=True)
+        n = 0
+        for jid in list(self.jobmasters):
+            st = self.store.get(f"/jobs/{jid}/status") or {"job_id": jid}
+            st.update(state=JobState.CANCELLED.value, finished_at=time.time(),
+                      report="cluster shut down")
+            self.store.put(f"/jobs/{jid}/status", st)
+            self._forget(jid)
+            n += 1
+        return n

@@ -1,0 +1,466 @@
+"""The service manager: FuxiMaster's reconcile loop for online services (the Ray shell around
+``fuxi.core.servicecore``).
+
+Every ``RECONCILE_S`` it asks each service's core what to do and does it: start replica actors
+(``fuxi.shells.replica.ServiceReplica``, on the node the core chose, with the spec's resources),
+drain them, kill them. A started replica becomes READY once its constructor has run, its first
+health check has passed and it is registered with its node's Kuafu proxy. READY replicas are
+health-checked every ``health_check.period_s``; a Ray call that finds the actor dead reports it
+died. The desired state of each service is kept in FuxiMaster's store (Nuwa under `fuxi up`)
+at ``/services/<name>``, and replicas are named actors, so a restarted FuxiMaster finds both
+again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import ray
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from fuxi.errors import BadInput
+from fuxi.shells.replica import (REPLICA_PREFIX, ServiceReplica, control_digest, control_key,
+                          replica_name)
+from fuxi.core.servicecore import READY, ServiceCore
+
+logger = logging.getLogger(__name__)
+
+RECONCILE_S = 0.25
+STATS_EVERY_S = 2.0
+SERVICES_MAX = 1000
+CALL_TIMEOUT_S = 30.0     # a drain call to a replica, beyond its own grace
+STATS_TIMEOUT_S = 5.0     # one replica's stats
+ADOPT_TIMEOUT_S = 10.0    # asking a replica found after a restart who it is
+NODES_REFRESH_S = 1.0     # how stale the node view used for placement may be
+KEY = "/services/"
+KUAFU_CLAIMS_PATH = "/kuafu/claims/"  # names claimed at Kuafu by their first attacher (kuafu.io.proxy)
+
+
+class ServiceManager:
+    def __init__(self, cluster: str, namespace: str, store, detached: bool, token_for=None,
+                 control_secret: bytes | None = None):
+        self.cluster, self.namespace, self.store, self.detached = cluster, namespace, store, detached
+        # With access control on: the secret replicas' control keys derive from (register and
+        # drain need the key; fuxi.shells.replica). None: replicas take control calls from anyone.
+        self.control_secret = control_secret
+        self.token_for = token_for or (lambda name: "")  # a replica's token, by service
+        self.cores: dict[str, ServiceCore] = {}
+        self.handles: dict[str, object] = {}
+        self.busy: set[str] = set()          # replicas with a start/check/drain in progress
+        self.checked: dict[str, float] = {}  # replica -> last health check
+        self.stats: dict[str, dict] = {}     # replica -> last Kuafu stats
+        self.rates: dict[str, float] = {}    # service -> calls/s over the last stats period
+        self._served: dict[str, tuple[float, int]] = {}
+        self.saved: dict[str, str] = {}
+        self._task = None
+        self._stats_at = 0.0
+        self._stats_running = False  # one stats sweep at a time
+        self._node_cpu: dict[str, float] = {}
+        self._nodes_at = 0.0
+        self.adopted: set[str] = set()  # replicas found running, to check before they count
+        self._saving: dict[str, asyncio.Future] = {}  # service -> its reconcile write in flight
+        for key in store.list(KEY):
+            doc = store.get(key)
+            if doc:
+                core = ServiceCore.from_desired(doc)
+                self.cores[core.name] = core
+                self.saved[core.name] = json.dumps(doc, sort_keys=True)
+
+    async def _adopt(self) -> None:
+        """Replica actors still running from before a FuxiMaster restart (awaited before the
+        first reconcile step: the loop must not start replicas it already has)."""
+        from ray.util import list_named_actors
+
+        now = time.time()
+        for a in await asyncio.to_thread(list_named_actors, True):
+            if a.get("namespace") != self.namespace or not a["name"].startswith(REPLICA_PREFIX):
+                continue
+            rid = a["name"][len(REPLICA_PREFIX):]
+            name = rid.rsplit("-", 1)[0]
+            core = self.cores.get(name)
+            try:
+                h = ray.get_actor(a["name"], namespace=self.namespace)
+                info = await asyncio.wait_for(h.info.remote(), ADOPT_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - gone meanwhile
+                continue
+            if core is None:
+                ray.kill(h)  # a replica of a service nobody wants any more
+                continue
+            core.adopt(rid, info["version"], info["node"], now)
+            self.handles[rid] = h
+            self.adopted.add(rid)
+
+    def _control(self, rid: str) -> str:
+        return control_key(self.control_secret, rid) if self.control_secret else ""
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_event_loop().create_task(self._run())
+
+    # ------------------------------------------------------------ the API FuxiMaster exposes
+    def register(self, spec: dict) -> dict:
+        if spec["name"] in self.cores:
+            raise BadInput(f"service {spec['name']!r} is already registered; use `fuxi service "
+                           f"upgrade` to change it or `fuxi service remove` first")
+        if len(self.cores) >= SERVICES_MAX:
+            raise BadInput(f"{SERVICES_MAX} services are registered (SERVICES_MAX)")
+        core = ServiceCore(spec)
+        core._event(time.time(), f"registered version {core.version} with "
+                                 f"{spec['replicas']} replicas")
+        self.cores[core.name] = core
+        self._save(core)
+        return self.status(core.name)
+
+    def claimed_by(self, name: str) -> str | None:
+        """Who claimed ``name`` at Kuafu by attaching it before any registration (None: no
+        one, or no Nuwa): registering it over their claim needs `manage` on it."""
+        client = getattr(self.store, "client", None)
+        if client is None or not isinstance(name, str):
+            return None
+        from nuwa.errors import NoNode
+
+        try:
+            value, _ = client.get(KUAFU_CLAIMS_PATH + name)
+        except NoNode:
+            return None
+        try:
+            user = json.loads(value).get("user")
+        except (ValueError, AttributeError):
+            user = None
+        return user if isinstance(user, str) else "?"
+
+    def _core(self, name: str) -> ServiceCore:
+        core = self.cores.get(name)
+        if core is None or core.removing:
+            raise BadInput(f"no service {name!r}; registered: {sorted(self.cores) or 'none'}")
+        return core
+
+    def upgrade(self, spec: dict) -> dict:
+        core = self._core(spec["name"])
+        core.upgrade(spec, time.time())
+        self._save(core)
+        return self.status(core.name)
+
+    def scale(self, name: str, replicas: int) -> dict:
+        from fuxi.core.service_spec import REPLICAS_MAX
+
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= REPLICAS_MAX:
+            raise BadInput(f"replicas={replicas!r}: expected 0..{REPLICAS_MAX}")
+        core = self._core(name)
+        core.scale(replicas, time.time())
+        self._save(core)
+        return self.status(name)
+
+    def remove(self, name: str) -> dict:
+        core = self._core(name)
+        core.remove(time.time())
+        self._save(core)
+        return self.status(name)
+
+    def slot_demands(self) -> list[tuple[str, dict, int, dict]]:
+        """What online replicas need from FuxiMaster's ledger, per (service, version):
+        (demand id, shape, slots wanted, {node: slots held by live replicas})."""
+        from fuxi.core.spec import ResourceSpec
+        from fuxi.core.servicecore import LIVE
+
+        out = []
+        for core in self.cores.values():
+            versions = {r.version for r in core.replicas.values()} | {core.version}
+            for v in sorted(versions):
+                spec = core._spec_of(v)
+                shape = ResourceSpec.model_validate(spec["resources"]).ray_shape()
+                if not shape:
+                    continue  # needs nothing: no slot
+                live = [r for r in core.replicas.values() if r.version == v and r.state in LIVE]
+                held: dict[str, int] = {}
+                for r in live:
+                    if r.placed and r.node is not None:  # not yet: it waits for room
+                        held[r.node] = held.get(r.node, 0) + 1
+                wanted = len(live)
+                if v == core.version and not core.removing:
+                    surge = core.spec["rollout"]["max_surge"] if core.rollout.get(
+                        "state") == "rolling" else 0
+                    wanted = max(wanted, int(core.spec["replicas"]) + int(surge))
+                out.append((f"svc:{core.name}@{v}", shape, wanted, held))
+        return out
+
+    def list(self) -> list[dict]:
+        return [self._summary(c) for c in self.cores.values()]
+
+    def _summary(self, core: ServiceCore) -> dict:
+        c = core.counts()
+        return {"name": core.name, "version": core.version, "desired": core.spec["replicas"],
+                "ready": c[READY], "starting": c["starting"], "draining": c["draining"],
+                "failed": c["failed"], "removing": core.removing,
+                "rollout": core.rollout.get("state", ""),
+                "requests_per_s": round(self.rates.get(core.name, 0.0), 1)}
+
+    def status(self, name: str) -> dict:
+        core = self.cores.get(name)
+        if core is None:
+            raise BadInput(f"no service {name!r}; registered: {sorted(self.cores) or 'none'}")
+        replicas = []
+        served = failed = 0
+        for r in sorted(core.replicas.values(), key=lambda r: r.created_at):
+            st = self.stats.get(r.rid, {})
+            served += st.get("served", 0)
+            failed += st.get("failed", 0)
+            replicas.append({"replica": r.rid, "version": r.version, "state": r.state,
+                             "health": "ok" if r.state == READY and not r.failures else
+                             (f"{r.failures} failed checks" if r.state == READY else r.state),
+                             "node": r.node, "reason": r.reason,
+                             "served": st.get("served", 0), "errors": st.get("failed", 0),
+                             "p50_ms": st.get("p50_ms"), "p99_ms": st.get("p99_ms")})
+        p99s = [x["p99_ms"] for x in replicas if x["p99_ms"] is not None]
+        return dict(self._summary(core), spec=core.spec, replicas=replicas,
+                    requests=served, errors=failed,
+                    p99_ms_max=max(p99s) if p99s else None,
+                    rollout_detail=core.rollout, events=core.events[-30:])
+
+    # ------------------------------------------------------------ the loop
+    async def _run(self) -> None:
+        try:
+            await self._adopt()
+        except Exception:  # noqa: BLE001 - adopt what we can; the rest is started anew
+            logger.exception("adopting running replicas failed")
+        while True:
+            try:
+                # Ray's node table is a blocking GCS call: asked off the event loop.
+                if self.cores and time.time() - self._nodes_at >= NODES_REFRESH_S:
+                    await asyncio.to_thread(self._nodes, time.time())
+                self._tick()
+            except Exception:  # noqa: BLE001 - one bad step must not stop the manager
+                logger.exception("service reconcile step failed")
+            await asyncio.sleep(RECONCILE_S)
+
+    def _nodes(self, now: float) -> dict[str, float]:
+        """Free CPU per alive node, asked of Ray at most every NODES_REFRESH_S (not every
+        reconcile step)."""
+        if now - self._nodes_at < NODES_REFRESH_S:
+            return self._node_cpu
+        try:
+            from ray._private.state import available_resources_per_node
+
+            free = available_resources_per_node()
+        except Exception:  # noqa: BLE001 - fall back to totals
+            free = {}
+        out = {}
+        for n in ray.nodes():
+            if n.get("Alive"):
+                out[n["NodeID"]] = float(free.get(n["NodeID"], n.get("Resources", {})).get("CPU", 0.0))
+        self._node_cpu, self._nodes_at = out, now
+        return out
+
+    def _tick(self) -> None:
+        now = time.time()
+        nodes = self._nodes(now) if self.cores else {}
+        for name, core in list(self.cores.items()):
+            for act in core.plan(now, nodes):
+                if act.kind == "start":
+                    cpu = float(act.spec["resources"].get("cpu") or 0.0)
+                    # Pinned where there is room now (Ray's soft affinity does not always
+                    # honour the node); left to Ray where the replica must wait for room.
+                    hard = act.node is not None and nodes.get(act.node, 0.0) + 1e-9 >= cpu
+                    self._spawn(core, act.rid, self._start(core, act.rid, act.node, act.spec,
+                                                           hard))
+                    self._nodes_at = 0.0  # the room it takes shows in the next view
+                elif act.kind == "drain":
+                    self._spawn(core, act.rid, self._drain(core, act.rid, act.grace_s))
+                elif act.kind == "kill":
+                    h = self.handles.pop(act.rid, None)
+                    if h is not None:
+                        ray.kill(h)
+                    core.stopped(act.rid, now)
+            for rid in [r.rid for r in core.replicas.values() if r.rid in self.adopted]:
+                if rid not in self.busy:
+                    self.adopted.discard(rid)
+                    self._spawn(core, rid, self._readopt(core, rid))
+            for r in list(core.replicas.values()):
+                period = core._spec_of(r.version)["health_check"]["period_s"]
+                if (r.state == READY and r.rid not in self.busy
+                        and now - self.checked.get(r.rid, 0.0) >= period):
+                    self._spawn(core, r.rid, self._check(core, r.rid))
+            if core.gone:
+                del self.cores[name]
+                self.saved.pop(name, None)
+                self.store.delete(KEY + name)  # rare, and a later register must not race it
+                continue
+            doc = core.desired_doc()
+            if self.saved.get(name) != json.dumps(doc, sort_keys=True):
+                self._write_later(name, doc)
+        if now - self._stats_at >= STATS_EVERY_S and not self._stats_running:
+            self._stats_at = now
+            self._stats_running = True
+            asyncio.get_event_loop().create_task(self._refresh_stats(now))
+
+    def _spawn(self, core: ServiceCore, rid: str, coro) -> None:
+        self.busy.add(rid)
+
+        async def run():
+            try:
+                await coro
+            except Exception:  # noqa: BLE001 - each helper reports to the core itself
+                logger.exception("service %s replica %s: step failed", core.name, rid)
+            finally:
+                self.busy.discard(rid)
+        asyncio.get_event_loop().create_task(run())
+
+    def _write_later(self, name: str, doc: dict) -> None:
+        """The reconcile loop's writes of desired state go to the store on a thread (Nuwa may
+        be electing a leader: the loop must not wait for it), one per service at a time, the
+        newest state winning."""
+        if name in self._saving:
+            return  # the write in flight is followed by the newest state when it ends
+        text = json.dumps(doc, sort_keys=True)
+
+        def write():
+            self.store.put(KEY + name, doc)
+
+        fut = asyncio.ensure_future(asyncio.to_thread(write))
+        self._saving[name] = fut
+
+        def done(f):
+            self._saving.pop(name, None)
+            if f.cancelled() or f.exception() is not None:
+                logger.warning("saving service %s failed: %r; trying again", name,
+                               None if f.cancelled() else f.exception())
+                return  # the next reconcile step sees it unsaved and writes again
+            if name in self.cores:
+                self.saved[name] = text
+                now = json.dumps(self.cores[name].desired_doc(), sort_keys=True)
+                if now != text:
+                    self._write_later(name, self.cores[name].desired_doc())
+        fut.add_done_callback(done)
+
+    def _save(self, core: ServiceCore) -> None:
+        doc = core.desired_doc()
+        text = json.dumps(doc, sort_keys=True)
+        if self.saved.get(core.name) != text:
+            self.store.put(KEY + core.name, doc)
+            self.saved[core.name] = text
+
+    async def _start(self, core: ServiceCore, rid: str, node: str | None, spec: dict,
+                     hard: bool = False) -> None:
+        res = spec["resources"]
+        opts = {"name": replica_name(rid), "namespace": self.namespace,
+                "num_cpus": float(res.get("cpu") or 0.0)}
+        if res.get("memory_mb"):
+            opts["memory"] = float(res["memory_mb"]) * 1024 * 1024
+        if res.get("custom"):
+            opts["resources"] = dict(res["custom"])
+        if node is not None:
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=not hard)
+        if self.detached:
+            opts["lifetime"] = "detached"
+        h = None
+        try:
+            h = ServiceReplica.options(**opts).remote(self.cluster, spec, rid,
+                                                      control_digest(self._control(rid))
+                                                      if self.control_secret else "")
+            self.handles[rid] = h
+            info = await asyncio.wait_for(h.info.remote(), spec["start_timeout_s"])
+            r = core.replicas.get(rid)
+            if r is not None:
+                r.placed = True
+            if r is not None and r.node != info["node"]:
+                core._event(time.time(), f"{rid} asked for node {(node or '?')[:12]}, Ray placed "
+                                         f"it on {info['node'][:12]}")
+                r.node = info["node"]
+            await asyncio.wait_for(h.check.remote(), spec["health_check"]["timeout_s"])
+            await asyncio.wait_for(h.register.remote(self.token_for(core.name),
+                                                     self._control(rid)),
+                                   spec["start_timeout_s"])
+        except Exception as e:  # noqa: BLE001 - constructor, check or registration failed
+            core.start_failed(rid, _short(e), time.time())
+            return
+        self.checked[rid] = time.time()
+        core.ready(rid, time.time())
+
+    async def _readopt(self, core: ServiceCore, rid: str) -> None:
+        """A replica that outlived a FuxiMaster restart: healthy and registered (again, if its
+        registration was lost) before it counts as READY."""
+        h = self.handles.get(rid)
+        r = core.replicas.get(rid)
+        if h is None or r is None:
+            return
+        spec = core._spec_of(r.version)
+        try:
+            await asyncio.wait_for(h.check.remote(), spec["health_check"]["timeout_s"])
+            await asyncio.wait_for(h.register.remote(self.token_for(core.name),
+                                                     self._control(rid)),
+                                   spec["start_timeout_s"])
+        except Exception as e:  # noqa: BLE001 - not usable: replaced
+            self.handles.pop(rid, None)
+            ray.kill(h)
+            core.died(rid, f"found after a restart but unusable: {_short(e)}", time.time())
+            return
+        self.checked[rid] = time.time()
+        core.ready(rid, time.time())
+        core._event(time.time(), f"{rid} adopted after a FuxiMaster restart")
+
+    async def _check(self, core: ServiceCore, rid: str) -> None:
+        h = self.handles.get(rid)
+        r = core.replicas.get(rid)
+        if h is None or r is None:
+            return
+        self.checked[rid] = time.time()
+        timeout = core._spec_of(r.version)["health_check"]["timeout_s"]
+        try:
+            await asyncio.wait_for(h.check.remote(), timeout)
+        except RayActorError as e:
+            self.handles.pop(rid, None)
+            core.died(rid, _short(e), time.time())
+            return
+        except asyncio.TimeoutError:
+            core.health(rid, False, f"no answer within {timeout:g}s", time.time())
+            return
+        except Exception as e:  # noqa: BLE001 - the check raised
+            core.health(rid, False, _short(e), time.time())
+            return
+        core.health(rid, True, "", time.time())
+
+    async def _drain(self, core: ServiceCore, rid: str, grace_s: float) -> None:
+        h = self.handles.pop(rid, None)
+        try:
+            if h is not None:
+                await asyncio.wait_for(h.drain.remote(grace_s, self._control(rid)),
+                                       grace_s + CALL_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - it goes either way
+            logger.warning("service %s: draining %s: %s", core.name, rid, _short(e))
+        finally:
+            if h is not None:
+                ray.kill(h)
+            self.stats.pop(rid, None)
+            self.checked.pop(rid, None)
+            core.stopped(rid, time.time())
+
+    async def _refresh_stats(self, now: float) -> None:
+        try:
+            await self._refresh_stats_once(now)
+        finally:
+            self._stats_running = False
+
+    async def _refresh_stats_once(self, now: float) -> None:
+        for name, core in list(self.cores.items()):
+            total = 0
+            for rid in [r.rid for r in core.replicas.values() if r.state == READY]:
+                h = self.handles.get(rid)
+                if h is None:
+                    continue
+                try:
+                    self.stats[rid] = await asyncio.wait_for(h.stats.remote(), STATS_TIMEOUT_S)
+                except Exception:  # noqa: BLE001 - a dying replica has no stats
+                    continue
+                total += self.stats[rid]["served"] + self.stats[rid]["failed"]
+            prev = self._served.get(name)
+            if prev is not None and now > prev[0]:
+                self.rates[name] = max(0.0, (total - prev[1]) / (now - prev[0]))
+            self._served[name] = (now, total)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"[:500]

@@ -1,0 +1,1 @@
+"""Kuafu's pure core: flow control (no I/O, no clock, no Ray)."""

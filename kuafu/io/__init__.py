@@ -1,0 +1,1 @@
+"""Kuafu's I/O: connections, the service server, the per-node proxy and event loops."""

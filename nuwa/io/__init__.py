@@ -1,0 +1,1 @@
+"""Nuwa's I/O: the WAL on disk, the peer transport and the replica server."""

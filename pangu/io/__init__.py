@@ -1,0 +1,1 @@
+"""Pangu's local files: chunk replicas and the master's journal."""
