@@ -57,7 +57,7 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
                     "jobs_running": [], "data_dir": runtime.cluster_dir(cluster)}
         else:
             with runtime.connect(cluster, embedded_ok=False) as conn:
-                info = ray.get(conn.master.cluster_info.remote(), timeout=runtime.CONNECT_TIMEOUT_S)
+                info = ray.get(conn.master.cluster_info.remote(), timeout=runtime.CLUSTER_CONNECT_TIMEOUT_S)
             info.update(address=rec.address, running=True, data_dir=rec.data_dir,
                         namespace=rec.namespace, fuxi_master="FuxiMaster",
                         nuwa=[f"{h}:{p}" for h, p in (rec.nuwa or [])])

@@ -28,7 +28,7 @@ from fuxi.core.plan import JobPlan, build_plan
 from fuxi.core.spec import JobSpec, check_importable, load_job_spec, spec_from_dict
 from fuxi.core.states import TERMINAL_JOB
 
-CALL_TIMEOUT_S = 60.0
+MASTER_REPLY_TIMEOUT_S = 60.0
 POLL_S = 0.3
 SUBMIT_TRIES_MAX = 3  # a submit that times out is retried with the same request id (idempotent)
 TERMINAL = {s.value for s in TERMINAL_JOB}
@@ -66,8 +66,8 @@ def _translate(e: Exception, what: str) -> Exception:
     if isinstance(e, PlatformError):
         return e
     if isinstance(e, rex.GetTimeoutError):
-        return OutcomeUnknown(f"{what}: FuxiMaster did not answer within {CALL_TIMEOUT_S:g}s "
-                            f"(CALL_TIMEOUT_S); the outcome is unknown — check `fuxi job list`")
+        return OutcomeUnknown(f"{what}: FuxiMaster did not answer within {MASTER_REPLY_TIMEOUT_S:g}s "
+                            f"(MASTER_REPLY_TIMEOUT_S); the outcome is unknown — check `fuxi job list`")
     if isinstance(e, (rex.RayActorError, rex.RaySystemError)):
         return ClusterError(f"{what}: FuxiMaster is gone ({type(e).__name__}); was the cluster "
                             f"stopped? `fuxi status` shows what is running")
@@ -85,7 +85,7 @@ class FuxiClient:
         self.cluster = cluster
         self.token = token
 
-    def _call(self, method: str, *args, timeout_s: float = CALL_TIMEOUT_S):
+    def _call(self, method: str, *args, timeout_s: float = MASTER_REPLY_TIMEOUT_S):
         import ray
 
         from zhongkui import creds
@@ -129,7 +129,7 @@ class FuxiClient:
         wait = 0.0
         while True:
             # FuxiMaster.wait returns early when the job ends, so this is no busy poll.
-            st = self._call("wait", job_id, wait, timeout_s=wait + CALL_TIMEOUT_S)
+            st = self._call("wait", job_id, wait, timeout_s=wait + MASTER_REPLY_TIMEOUT_S)
             if on_update is not None:
                 on_update(st)
             if st["state"] in TERMINAL or (deadline is not None and time.time() >= deadline):

@@ -34,7 +34,7 @@ from fuxi.errors import BadInput, ClusterError, NoCluster
 
 HEAD_START_TIMEOUT_S = 60.0
 HEAD_STOP_TIMEOUT_S = 3.0  # grace after SIGTERM before SIGKILL (the head keeps no state)
-CONNECT_TIMEOUT_S = 30.0
+CLUSTER_CONNECT_TIMEOUT_S = 30.0
 ACTOR_READY_TIMEOUT_S = 60.0
 
 
@@ -152,7 +152,7 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
             import ray
 
             creds = ray.get(conn.master.auth_bootstrap.remote(operator_proof(cluster)),
-                            timeout=CONNECT_TIMEOUT_S)
+                            timeout=CLUSTER_CONNECT_TIMEOUT_S)
             if creds is not None:  # the first administrator: the operator's credentials
                 write_private(os.path.join(data_dir, CREDENTIALS_FILE), json.dumps(creds))
                 write_private(os.path.join(data_dir, TOKEN_FILE), creds["token"])
@@ -348,7 +348,7 @@ def down(cluster: str = "default") -> dict:
 
                 proof = operator_proof(cluster)
                 stopped_jobs = ray.get(conn.master.shutdown_jobs.remote(proof),
-                                       timeout=CONNECT_TIMEOUT_S)
+                                       timeout=CLUSTER_CONNECT_TIMEOUT_S)
                 ray.kill(conn.master, no_restart=True)
                 with contextlib.suppress(Exception):
                     from pangu import deploy

@@ -13,7 +13,7 @@ Three ways to call, over one multiplexed connection per client:
 * ``client.call(method, message)`` waits for it (the synchronous call wraps the async one);
 * ``await aclient.acall(method, message)`` in asyncio programs (``kuafu.aconnect``).
 
-Every call has a deadline (``timeout_s``, default ``CALL_TIMEOUT_S``), sent with the request and
+Every call has a deadline (``timeout_s``, default ``CALL_DEADLINE_S``), sent with the request and
 inherited inside a Kuafu method. A full flow-control window makes the caller wait (bounded by
 its deadline) or, with ``wait=False``, raises ``Overloaded``. A call that certainly did not
 reach a server is retried (``UNAVAILABLE_RETRIES_MAX``); one that may have run is retried only
@@ -36,10 +36,10 @@ from kuafu.io.conn import PING_INTERVAL_S, Conn
 from kuafu.errors import BadRequest, FrameError, TimedOut, Unavailable, error_from_header
 from kuafu.io.server import context
 
-CALL_TIMEOUT_S = 30.0          # a call's deadline unless the caller gives one
-CONNECT_TIMEOUT_S = 5.0        # one connection attempt
+CALL_DEADLINE_S = 30.0          # a call's deadline unless the caller gives one
+KUAFU_CONNECT_TIMEOUT_S = 5.0        # one connection attempt
 UNAVAILABLE_RETRIES_MAX = 3    # resends of a call that certainly did not run
-RETRY_BACKOFF_S = (0.05, 0.1, 0.2)
+RESEND_BACKOFF_S = (0.05, 0.1, 0.2)
 
 
 def parse_uri(uri: str) -> tuple[str, str, str | None]:
@@ -67,7 +67,7 @@ def parse_uri(uri: str) -> tuple[str, str, str | None]:
                      f"or nuwa")
 
 
-async def open_connection(address: str, factory, timeout_s: float = CONNECT_TIMEOUT_S):
+async def open_connection(address: str, factory, timeout_s: float = KUAFU_CONNECT_TIMEOUT_S):
     """(transport, protocol) for ``tcp://host:port`` or ``unix://path``."""
     scheme, where, _ = parse_uri(address)
     loop = asyncio.get_running_loop()
@@ -126,7 +126,7 @@ class Channel:
 
     async def _connect(self, deadline: float) -> None:
         address = await self.resolve()
-        timeout = min(CONNECT_TIMEOUT_S, max(0.01, deadline - self.loop.time()))
+        timeout = min(KUAFU_CONNECT_TIMEOUT_S, max(0.01, deadline - self.loop.time()))
         _, conn = await open_connection(address, lambda: Conn(self, role="client",
                                                               assemble=True), timeout)
         self.address = address
@@ -173,7 +173,7 @@ class Channel:
                       backup: float | str | None = None):
         if not isinstance(method, str) or not method:
             raise BadRequest(f"method {method!r:.80}: expected a non-empty str")
-        timeout_s = CALL_TIMEOUT_S if timeout_s is None else float(timeout_s)
+        timeout_s = CALL_DEADLINE_S if timeout_s is None else float(timeout_s)
         ctx = context()
         if ctx is not None:  # inside a Kuafu method: never outlive the caller's deadline
             timeout_s = min(timeout_s, ctx.remaining_s())
@@ -197,7 +197,7 @@ class Channel:
                 retry = not e.maybe_executed or idempotent
                 if not retry or attempt >= UNAVAILABLE_RETRIES_MAX:
                     raise
-                pause = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                pause = RESEND_BACKOFF_S[min(attempt, len(RESEND_BACKOFF_S) - 1)]
                 if self.loop.time() + pause >= deadline:
                     raise
                 attempt += 1
@@ -356,7 +356,7 @@ class AsyncClient:
     ``proxy`` names the proxy to use for ``nuwa://`` (default: this node's, found through Ray
     or the cluster's record); ``nuwa`` gives the Nuwa addresses to find one in instead."""
 
-    def __init__(self, uri: str, *, service: str | None = None, timeout_s: float = CALL_TIMEOUT_S,
+    def __init__(self, uri: str, *, service: str | None = None, timeout_s: float = CALL_DEADLINE_S,
                  proxy: str | None = None, nuwa: list | None = None, credentials=None,
                  **window):
         _, _, svc = parse_uri(uri)
@@ -494,4 +494,4 @@ def aconnect(uri: str, **kw) -> AsyncClient:
     return AsyncClient(uri, **kw)
 
 
-__all__ = ["AsyncClient", "Client", "Handle", "connect", "aconnect", "parse_uri", "CALL_TIMEOUT_S"]
+__all__ = ["AsyncClient", "Client", "Handle", "connect", "aconnect", "parse_uri", "CALL_DEADLINE_S"]

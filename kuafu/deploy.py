@@ -16,7 +16,7 @@ import os
 from kuafu.errors import Unavailable
 
 PROXY_PREFIX = "kuafu-proxy-"
-START_TIMEOUT_S = 60.0
+PROXY_START_TIMEOUT_S = 60.0
 INFO_TIMEOUT_S = 10.0
 FDS_WANTED = 65_536  # open files a proxy asks for (ten thousand idle connections and more)
 NODE_IP = "node"  # as a host: the address Ray knows the proxy's node by
@@ -79,7 +79,7 @@ def _actor_class():
                                   uds=socket_path(namespace, node_id), nuwa=nuwa, node=node_id,
                                   guard=make_guard(auth, f"kuafu-{node_id[:8]}", namespace),
                                   **(settings or {}))
-            self.loop.run(self.core.start(), START_TIMEOUT_S)
+            self.loop.run(self.core.start(), PROXY_START_TIMEOUT_S)
 
         def info(self) -> dict:
             return self.core.info()
@@ -129,7 +129,7 @@ def alive_nodes() -> list[str]:
 
 def start(namespace: str, nuwa: list | None, *, host: str = "127.0.0.1", port: int = 0,
           nodes: list[str] | None = None, detached: bool = False, settings: dict | None = None,
-          timeout_s: float = START_TIMEOUT_S, auth: dict | None = None) -> list[dict]:
+          timeout_s: float = PROXY_START_TIMEOUT_S, auth: dict | None = None) -> list[dict]:
     """Start (or find) a proxy on every node in ``nodes`` (default: every alive node); returns
     their ``info()`` (proxy id, tcp and unix addresses, node). ``host`` is the TCP address to
     bind: an address, or ``NODE_IP`` for each node's own (clusters spanning machines).
@@ -184,7 +184,7 @@ def stop(namespace: str, timeout_s: float = INFO_TIMEOUT_S, token: str | None = 
     return len(found)
 
 
-def ensure_local(namespace: str, timeout_s: float = START_TIMEOUT_S) -> str:
+def ensure_local(namespace: str, timeout_s: float = PROXY_START_TIMEOUT_S) -> str:
     """The address of this node's proxy (inside Ray), starting one like the others if the
     node has none yet (a node that joined after ``start``)."""
     import ray

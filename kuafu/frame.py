@@ -318,7 +318,7 @@ class FrameDecoder:
         if self.preauth_bytes_max is not None and hlen > self.preauth_bytes_max:
             raise TooLarge(f"a frame header of {hlen} bytes before the connection "
                            f"authenticated; at most {self.preauth_bytes_max} "
-                           f"(PREAUTH_FRAME_BYTES_MAX)")
+                           f"(KUAFU_PREAUTH_FRAME_BYTES_MAX)")
         hstart = start + PREFIX.size
         bstart = hstart + hlen
         if avail < PREFIX.size + hlen:
@@ -365,7 +365,7 @@ class FrameDecoder:
             raise FrameError(f"a frame header that is not msgpack ({e})") from None
         if not isinstance(header, dict) or self.gate is None or not self.gate(kind, header, blen):
             raise TooLarge(f"a frame of {bstart - hstart + blen} bytes before the connection "
-                           f"authenticated; at most {limit} (PREAUTH_FRAME_BYTES_MAX) unless "
+                           f"authenticated; at most {limit} (KUAFU_PREAUTH_FRAME_BYTES_MAX) unless "
                            f"the frame itself carries a valid token")
         self.lift_preauth()
 

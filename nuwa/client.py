@@ -50,11 +50,10 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 import msgpack
 
 from nuwa import errors as E
-from nuwa.io.transport import frame, read_frame
+from nuwa.io.transport import CONNECT_TIMEOUT_S, frame, read_frame
 
-CALL_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 1.0
-RETRY_BACKOFF_S = 0.05
+REQUEST_TIMEOUT_S = 5.0
+LEADER_RETRY_BACKOFF_S = 0.05
 WATCH_QUEUE_MAX = 100_000  # events buffered for one watch before the watch is failed
 SESSION_TTL_DEFAULT_S = 10.0
 SESSION_CLOSE_TIMEOUT_S = 2.0  # a lost session is closed on the server at best effort, this long
@@ -128,7 +127,7 @@ WATCH_EARLY_MAX = 1024  # watches whose backlog may wait for the subscribe reply
 
 
 class AsyncNuwa:
-    def __init__(self, addresses: Sequence[tuple[str, int]], timeout_s: float = CALL_TIMEOUT_S,
+    def __init__(self, addresses: Sequence[tuple[str, int]], timeout_s: float = REQUEST_TIMEOUT_S,
                  creator: str = "anonymous", token=None):
         """``token``: what each request presents to a cluster with authentication (Zhongkui)
         -- a string, a function returning one (platform actors renew theirs), or None for
@@ -174,12 +173,12 @@ class AsyncNuwa:
                         return self.conn
                     except (OSError, asyncio.TimeoutError) as e:
                         last = e
-                await asyncio.sleep(RETRY_BACKOFF_S)
+                await asyncio.sleep(LEADER_RETRY_BACKOFF_S)
             raise E.Unavailable(f"no Nuwa replica reachable at {self.addresses}: {last!r}")
 
     async def _sign_in(self, conn: _Connection, deadline: float) -> None:
         """Show the token in a small first request: a replica with authentication on takes
-        only small frames (PREAUTH_FRAME_BYTES_MAX) before it has seen a valid one."""
+        only small frames (NUWA_PREAUTH_FRAME_BYTES_MAX) before it has seen a valid one."""
         cred = self._cred()
         if not cred:
             return
@@ -244,7 +243,7 @@ class AsyncNuwa:
                     if loop.time() >= deadline:
                         raise E.Unavailable(f"{req['op']}: no leader within {self.timeout_s}s")
                     if not hint:
-                        await asyncio.sleep(RETRY_BACKOFF_S)  # an election is under way
+                        await asyncio.sleep(LEADER_RETRY_BACKOFF_S)  # an election is under way
                     continue
                 raise err
             return msg["ok"]
@@ -653,7 +652,7 @@ class Nuwa:
     cancelled: nothing more of it is sent). Reads that time out raise ``nuwa.errors.Timeout``.
     """
 
-    def __init__(self, addresses: Sequence[tuple[str, int]], timeout_s: float = CALL_TIMEOUT_S,
+    def __init__(self, addresses: Sequence[tuple[str, int]], timeout_s: float = REQUEST_TIMEOUT_S,
                  creator: str = "anonymous", token=None):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="nuwa-client", daemon=True)
@@ -733,7 +732,7 @@ class _BlockingWatch:
     def __init__(self, client: Nuwa, w: _Watch):
         self.client, self.w = client, w
 
-    def next(self, timeout_s: float = CALL_TIMEOUT_S) -> dict:
+    def next(self, timeout_s: float = REQUEST_TIMEOUT_S) -> dict:
         return asyncio.run_coroutine_threadsafe(self.w.next(timeout_s), self.client._loop).result(
             timeout_s + 1.0)
 
@@ -745,7 +744,7 @@ class _BlockingWatch:
         self.client._run(self.w.cancel())
 
 
-def connect(addresses: Sequence[tuple[str, int]] | str, timeout_s: float = CALL_TIMEOUT_S,
+def connect(addresses: Sequence[tuple[str, int]] | str, timeout_s: float = REQUEST_TIMEOUT_S,
             creator: str = "anonymous", token=None) -> Nuwa:
     """Connect to a Nuwa group: a list of (host, port), or "host:port,host:port"."""
     if isinstance(addresses, str):

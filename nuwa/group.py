@@ -37,7 +37,7 @@ from nuwa.replica import LOOPBACK, NODE_IP, NuwaReplica
 from nuwa.io.server import ServerConfig
 
 GROUP_SIZES = (1, 3, 5)
-START_TIMEOUT_S = 60.0
+GROUP_START_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 120.0  # a new replica must reach the leader's commit index within this
 CONF_CHANGE_TIMEOUT_S = 30.0  # one membership change, including waiting for a leader
 ADMIN_CALL_TIMEOUT_S = 10.0  # one admin request or status probe to a replica
@@ -119,7 +119,7 @@ class Group:
         ).remote(rid, [] if join else self.voters, self.replica_dir(rid), self.config,
                  rejoin and not join, self.auth, self._peer_secret(), self.host)
         try:
-            addr = tuple(ray.get(handle.start.remote(old_port, cred=self._token()()), timeout=START_TIMEOUT_S))
+            addr = tuple(ray.get(handle.start.remote(old_port, cred=self._token()()), timeout=GROUP_START_TIMEOUT_S))
         except Exception:
             # E.g. its WAL is corrupt and it refuses to start: leave no half-started actor
             # holding the name, so a later start (after the operator's repair) can take it.
@@ -133,13 +133,13 @@ class Group:
     def publish_peers(self) -> None:
         tok = self._token()()
         ray.get([h.set_peers.remote(self.addresses, cred=tok) for h in self.handles.values()],
-                timeout=START_TIMEOUT_S)
+                timeout=GROUP_START_TIMEOUT_S)
 
     def stop_replica(self, rid: int, kill: bool = True) -> None:
         h = self.handles.pop(rid, None)
         if h is not None:
             if not kill:
-                ray.get(h.stop.remote(cred=self._token()()), timeout=START_TIMEOUT_S)
+                ray.get(h.stop.remote(cred=self._token()()), timeout=GROUP_START_TIMEOUT_S)
             ray.kill(h, no_restart=True)
 
     def to_dict(self) -> dict:

@@ -39,14 +39,14 @@ from pangu.handles import Handles
 
 MASTERS_MAX = 3  # pangu-master-1 .. -3 are tried
 MASTER_WAIT_S = 60.0  # how long a call waits for an active master (covers a failover)
-CALL_TIMEOUT_S = 60.0
+PANGU_CALL_TIMEOUT_S = 60.0
 WRITE_BUFFER_BYTES = 8 * 1024 * 1024
 READ_AHEAD_BYTES = 8 * 1024 * 1024
 RANDOM_READ_MIN_BYTES = 4096
 WRITE_RETRIES_MAX = 6
 WRITE_INFLIGHT_MAX = 2  # pieces of one file sent and not yet acknowledged
 READ_ROUNDS_MAX = 3  # re-locate the file this many times before a read gives up
-RETRY_BACKOFF_S = 0.2
+MASTER_RETRY_BACKOFF_S = 0.2
 SHORT_CIRCUIT = os.environ.get("PANGU_SHORT_CIRCUIT", "1") != "0"  # local replicas read directly
 
 
@@ -87,7 +87,7 @@ def _unwrap(e: BaseException) -> BaseException:
     return cause if isinstance(cause, PanguError) else e
 
 
-def _get(ref, timeout_s: float = CALL_TIMEOUT_S):
+def _get(ref, timeout_s: float = PANGU_CALL_TIMEOUT_S):
     try:
         return ray.get(ref, timeout=timeout_s)
     except ray.exceptions.RayTaskError as e:
@@ -142,7 +142,7 @@ class Client:
             cands = [self._active] if self._active is not None else self._masters()
             for m in cands:
                 try:
-                    res = _get(getattr(m, method).remote(*args, **kw), CALL_TIMEOUT_S)
+                    res = _get(getattr(m, method).remote(*args, **kw), PANGU_CALL_TIMEOUT_S)
                     self._active = m
                     return res
                 except (NotActive, Unavailable, ray.exceptions.RayActorError,
@@ -152,7 +152,7 @@ class Client:
             if time.monotonic() > deadline:
                 raise Unavailable(f"no active Pangu master answered {method} within "
                                   f"{timeout_s:g}s (MASTER_WAIT_S); last error: {last}") from None
-            time.sleep(RETRY_BACKOFF_S)
+            time.sleep(MASTER_RETRY_BACKOFF_S)
 
     def cred(self) -> str:
         if self.token is not None:
@@ -378,7 +378,7 @@ class PanguFile(io.RawIOBase):
                 self._bad.add(r["name"])
             # Every replica we knew failed: ask the master again (repairs may have run), and
             # give the ones that failed another chance once the list is fresh.
-            time.sleep(RETRY_BACKOFF_S * (round_ + 1))
+            time.sleep(MASTER_RETRY_BACKOFF_S * (round_ + 1))
             self._refresh_locations()
             self._bad.clear()
         raise Unavailable(f"{self.path}: no replica of chunk {idx} could be read after "
@@ -555,7 +555,7 @@ class PanguFile(io.RawIOBase):
                 return
             except (PanguError, ray.exceptions.RayError) as e:
                 error = last = e
-            time.sleep(RETRY_BACKOFF_S * attempt)
+            time.sleep(MASTER_RETRY_BACKOFF_S * attempt)
         if isinstance(last, NoSpace):
             raise NoSpace(f"{self.path}: no replica of chunk {idx} has room: {last}")
         raise Unavailable(f"{self.path}: a write to chunk {idx} failed {WRITE_RETRIES_MAX} "

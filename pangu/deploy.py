@@ -17,7 +17,7 @@ from pangu.client import MASTERS_MAX, master_name
 from pangu.errors import BadRequest, Unavailable
 from pangu.master import PanguMaster
 
-START_TIMEOUT_S = 60.0
+PANGU_START_TIMEOUT_S = 60.0
 CHUNKSERVERS_PER_NODE_MAX = 16
 # Non-detached actors live while a handle does: the process that started them keeps these.
 _HANDLES: dict[str, list] = {}
@@ -39,7 +39,7 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
           nodes: list[str] | None = None, per_node: int = 1, settings: dict | None = None,
           capacity_bytes: int | None = None, heartbeat_s: float = HEARTBEAT_S,
           scrub_interval_s: float = SCRUB_INTERVAL_S, detached: bool = False,
-          wait: bool = True, timeout_s: float = START_TIMEOUT_S,
+          wait: bool = True, timeout_s: float = PANGU_START_TIMEOUT_S,
           auth: dict | None = None) -> dict:
     """Start (or find) the masters and the chunkservers on ``nodes`` (default: every alive
     node), ``per_node`` each. Returns {"masters": [...], "servers": [...]} (actor names).
@@ -87,7 +87,7 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
     return {"masters": mnames, "servers": snames, "roles": roles}
 
 
-def wait_ready(cluster: str, servers: int, timeout_s: float = START_TIMEOUT_S,
+def wait_ready(cluster: str, servers: int, timeout_s: float = PANGU_START_TIMEOUT_S,
                token: str | None = None) -> dict:
     """Wait until a master is active and knows ``servers`` live chunkservers."""
     from pangu.client import Client

@@ -60,7 +60,7 @@ REPAIR_CONCURRENCY = 4  # chunk copies in flight
 CONTROL_CALL_TIMEOUT_S = 10.0  # master -> chunkserver control call
 COPY_CALL_TIMEOUT_S = 120.0  # one whole-chunk copy (repair, rebalance)
 EVENTS_MAX = 1000
-REQUESTS_REMEMBERED_MAX = 100_000  # request ids kept for retried namespace changes
+NAMESPACE_REQUESTS_REMEMBERED_MAX = 100_000  # request ids kept for retried namespace changes
 
 REBALANCE_THRESHOLD = 0.10  # move data off servers this far above the mean utilisation
 ELECTION_RETRY_S = 1.0
@@ -436,7 +436,7 @@ class PanguMaster:
 
     def _remember(self, request_id: str, res: dict) -> None:
         self.requests[request_id] = res
-        while len(self.requests) > REQUESTS_REMEMBERED_MAX:
+        while len(self.requests) > NAMESPACE_REQUESTS_REMEMBERED_MAX:
             self.requests.popitem(last=False)
 
     # ------------------------------------------------------------ replica views

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import hashlib
 
-from zhongkui.core.acl import (ADMIN_GROUP, ENTRIES_MAX, PERMISSIONS, RESERVED_GROUPS, Entry,
+from zhongkui.core.acl import (ADMIN_GROUP, ACL_ENTRIES_MAX, PERMISSIONS, RESERVED_GROUPS, Entry,
                           check_principal, under)
 from zhongkui.audit import AuditLog
 from zhongkui.core.directory import Directory
@@ -156,8 +156,8 @@ class Authority:
         self._may_administer(who, e.kind, e.resource, owner, "grant")
         key = _entry_key(e.kind, e.resource, e.principal)
         old = self.store.get(key)
-        if old is None and len(self.guard.entries) >= ENTRIES_MAX:
-            raise BadInput(f"{ENTRIES_MAX} ACL entries exist (ENTRIES_MAX)")
+        if old is None and len(self.guard.entries) >= ACL_ENTRIES_MAX:
+            raise BadInput(f"{ACL_ENTRIES_MAX} ACL entries exist (ACL_ENTRIES_MAX)")
         merged = Entry.make(e.kind, e.resource, e.principal,
                             set(e.perms) | set(old["perms"] if old else ()))
         self.store.put(key, merged.to_doc())

@@ -1,7 +1,7 @@
 """Hard state behind a small key/value interface, so Nuwa can back it later without rework.
 
 Keys are absolute ``/``-separated paths (``/jobs/<id>/status``); values are JSON documents of
-at most ``VALUE_BYTES_MAX`` (Nuwa's limit). ``FileStore`` writes each key to its own file with
+at most ``STATE_VALUE_BYTES_MAX`` (Nuwa's limit). ``FileStore`` writes each key to its own file with
 write-to-temp-then-rename, so a crash never leaves a half-written value.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from fuxi.errors import BadInput, LimitExceeded
 
-VALUE_BYTES_MAX = 1024 * 1024
+STATE_VALUE_BYTES_MAX = 1024 * 1024
 _KEY_RE = re.compile(r"^(/[A-Za-z0-9_.@=+-]+)+$")
 
 
@@ -27,8 +27,8 @@ def _check_key(key: str) -> None:
 
 def _encode(key: str, value: Any) -> bytes:
     data = json.dumps(value, sort_keys=True, default=str).encode()
-    if len(data) > VALUE_BYTES_MAX:
-        raise LimitExceeded(f"value for {key} is {len(data)} bytes; VALUE_BYTES_MAX is {VALUE_BYTES_MAX}")
+    if len(data) > STATE_VALUE_BYTES_MAX:
+        raise LimitExceeded(f"value for {key} is {len(data)} bytes; STATE_VALUE_BYTES_MAX is {STATE_VALUE_BYTES_MAX}")
     return data
 
 

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 TICK_S = 0.02  # how often the loop wakes without news
 EXCHANGE_WAIT_S = 0.1  # a busy worker reports at least this often
-HEARTBEAT_S = 0.25  # demand/grant sync with FuxiMaster at least this often
+SYNC_PERIOD_S = 0.25  # demand/grant sync with FuxiMaster at least this often
 WORKER_START_TIMEOUT_S = 120.0  # a worker that is not up by then counts as failed to start
 MASTER_CALL_TIMEOUT_S = 30.0  # a sync with FuxiMaster unanswered this long is sent again
 MASTER_LOST_S = 120.0  # no successful sync for this long: FuxiMaster is gone, fail the job
@@ -176,7 +176,7 @@ class JobMaster:
                 self._apply(self.core._fail(now, f"FuxiMaster unreachable for {MASTER_LOST_S:g}s "
                                                  f"(MASTER_LOST_S); job abandoned"))
                 break
-            if self.sync_ref is None and (self.releases or now - self.last_sync >= HEARTBEAT_S):
+            if self.sync_ref is None and (self.releases or now - self.last_sync >= SYNC_PERIOD_S):
                 self._start_sync()
             refs = self._pending_refs()
             ready: list = []

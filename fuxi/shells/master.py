@@ -28,17 +28,17 @@ from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
+from fuxi.shells.services import NODES_REFRESH_S
 
 JOB_QUEUE = "default"  # the one job queue; ACL entries on queue:default (or *) cover every job
 
 logger = logging.getLogger(__name__)
 
-NODES_REFRESH_S = 1.0
 NUWA_SUPERVISE_S = 2.0  # how often FuxiMaster checks its Nuwa replicas and restarts dead ones
 JOBS_RUNNING_MAX = 256  # concurrent jobs per cluster
 JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
 JOBMASTER_CALL_TIMEOUT_S = 10.0
-REQUESTS_REMEMBERED_MAX = 10_000
+SUBMITS_REMEMBERED_MAX = 10_000
 WORKERS_PER_NODE_MAX = 64  # worker slots granted on one node, all jobs together (~50 MB each)
 JOB_TOKEN_TTL_S = 7 * 24 * 3600.0      # a job's instances act as its submitter this long
 SERVICE_TOKEN_TTL_S = 30 * 24 * 3600.0  # a replica's token (renewed at every (re)start)
@@ -664,7 +664,7 @@ class FuxiMaster:
         self._watchers.add(watcher)  # asyncio keeps only weak references to tasks
         watcher.add_done_callback(self._watchers.discard)
         self.requests[request_id] = job_id
-        if len(self.requests) > REQUESTS_REMEMBERED_MAX:
+        if len(self.requests) > SUBMITS_REMEMBERED_MAX:
             self.requests.pop(next(iter(self.requests)))
         return job_id
 

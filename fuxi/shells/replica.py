@@ -23,7 +23,7 @@ import os
 import ray
 
 REGISTER_TIMEOUT_S = 30.0
-STATS_TIMEOUT_S = 10.0
+SERVICE_STATS_TIMEOUT_S = 10.0
 REPLICA_PREFIX = "fuxi-svc-"
 CONTROL_SECRET_BYTES = 32
 
@@ -118,4 +118,4 @@ class ServiceReplica:
         self.endpoint = ""
 
     def stats(self) -> dict:
-        return self.loop.call(self.server.stats, STATS_TIMEOUT_S)[self.spec["name"]]
+        return self.loop.call(self.server.stats, SERVICE_STATS_TIMEOUT_S)[self.spec["name"]]

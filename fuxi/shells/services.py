@@ -31,10 +31,10 @@ logger = logging.getLogger(__name__)
 RECONCILE_S = 0.25
 STATS_EVERY_S = 2.0
 SERVICES_MAX = 1000
-CALL_TIMEOUT_S = 30.0     # a drain call to a replica, beyond its own grace
-STATS_TIMEOUT_S = 5.0     # one replica's stats
+DRAIN_CALL_TIMEOUT_S = 30.0     # a drain call to a replica, beyond its own grace
+NODES_REFRESH_S = 1.0     # how stale the node view used for placement (jobs and services) may be
+REPLICA_STATS_TIMEOUT_S = 5.0     # one replica's stats
 ADOPT_TIMEOUT_S = 10.0    # asking a replica found after a restart who it is
-NODES_REFRESH_S = 1.0     # how stale the node view used for placement may be
 KEY = "/services/"
 KUAFU_CLAIMS_PATH = "/kuafu/claims/"  # names claimed at Kuafu by their first attacher (kuafu.io.proxy)
 
@@ -427,7 +427,7 @@ class ServiceManager:
         try:
             if h is not None:
                 await asyncio.wait_for(h.drain.remote(grace_s, self._control(rid)),
-                                       grace_s + CALL_TIMEOUT_S)
+                                       grace_s + DRAIN_CALL_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - it goes either way
             logger.warning("service %s: draining %s: %s", core.name, rid, _short(e))
         finally:
@@ -451,7 +451,7 @@ class ServiceManager:
                 if h is None:
                     continue
                 try:
-                    self.stats[rid] = await asyncio.wait_for(h.stats.remote(), STATS_TIMEOUT_S)
+                    self.stats[rid] = await asyncio.wait_for(h.stats.remote(), REPLICA_STATS_TIMEOUT_S)
                 except Exception:  # noqa: BLE001 - a dying replica has no stats
                     continue
                 total += self.stats[rid]["served"] + self.stats[rid]["failed"]

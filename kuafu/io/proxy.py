@@ -23,7 +23,7 @@ callers get ``Overloaded``). Bytes held for a source connection that are not yet
 bounded (``SOURCE_QUEUED_BYTES_MAX``): above it the proxy stops reading that connection. A
 connection whose kernel buffer is full pauses whoever feeds it. Connections that stay silent
 or stall mid-frame are closed (``kuafu.io.conn`` timeouts), and so are connections past
-``CONNECTIONS_MAX``.
+``PROXY_CONNECTIONS_MAX``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from kuafu.io.server import CONTROL_SERVICE, check_service_name, timeout_from_he
 
 log = logging.getLogger("kuafu.io.proxy")
 
-CONNECTIONS_MAX = 16_384            # accepted connections at once; more are closed at once
+PROXY_CONNECTIONS_MAX = 16_384            # accepted connections at once; more are closed at once
 SERVICE_QUEUE_MAX = 1024            # requests waiting for room toward one connection
 SERVER_REQUESTS_IN_FLIGHT_MAX = 256  # requests in flight to one attached server
 SOURCE_QUEUED_BYTES_MAX = 32 * 1024 * 1024  # request bytes held for one source, not yet sent
@@ -56,7 +56,7 @@ PROXY_RETRIES_MAX = 3               # re-dispatches of one request to other endp
 PEER_CONNECTIONS_MAX = 2            # pooled connections to one other proxy
 PEER_SPREAD_REQUESTS = 64           # open another pooled connection above this many in flight
 PEER_DOWN_S = 2.0                   # a proxy we could not reach is skipped this long
-SWEEP_PERIOD_S = 0.25
+PROXY_SWEEP_PERIOD_S = 0.25
 ENDPOINTS_PER_SERVICE_MAX = 10_000
 SERVICES_PATH = "/services/"  # a Nuwa directory: its path ends with "/"
 PROXIES_PATH = "/kuafu/proxies/"
@@ -65,7 +65,7 @@ LOOKUP_MISS_TTL_S = 0.5  # after Nuwa says a service has no endpoint, fail fast 
 LATENCIES_KEPT = 1024    # recent reply times kept per service (for backup percentiles)
 BACKUP_SAMPLES_MIN = 20  # replies seen before a percentile can time a backup
 # Hardening (issue 14): every map filled from what a stranger sends is bounded.
-PREAUTH_FRAME_BYTES_MAX = 16 * 1024  # header + body of a frame before the connection authenticated
+KUAFU_PREAUTH_FRAME_BYTES_MAX = 16 * 1024  # header + body of a frame before the connection authenticated
 PREAUTH_CONNECTIONS_MAX = 1024      # connections not yet authenticated; more evict the oldest
 SOURCE_REQUESTS_IN_FLIGHT_MAX = 4096  # requests one connection has in flight at this proxy
 MISSES_KEPT_MAX = 4096              # services remembered as having no endpoint (oldest evicted)
@@ -136,8 +136,8 @@ class ProxyCore:
                  advertise_host: str | None = None,
                  idle_timeout_s: float = IDLE_TIMEOUT_S, hello_timeout_s: float = HELLO_TIMEOUT_S,
                  partial_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S, guard=None,
-                 conn_max: int = CONNECTIONS_MAX,
-                 preauth_frame_bytes_max: int = PREAUTH_FRAME_BYTES_MAX,
+                 conn_max: int = PROXY_CONNECTIONS_MAX,
+                 preauth_frame_bytes_max: int = KUAFU_PREAUTH_FRAME_BYTES_MAX,
                  preauth_conn_max: int = PREAUTH_CONNECTIONS_MAX,
                  claim_policy: str = "signed-in", registry=None,
                  records_root: str = SERVICE_RECORDS_ROOT):
@@ -237,7 +237,7 @@ class ProxyCore:
     # ------------------------------------------------------------ connection events
     def _accept(self) -> Conn:
         """An accepted connection: with access control on, it may send only small frames
-        until it presents a valid token (PREAUTH_FRAME_BYTES_MAX)."""
+        until it presents a valid token (KUAFU_PREAUTH_FRAME_BYTES_MAX)."""
         return Conn(self, preauth_bytes_max=self.preauth_frame_bytes_max
                     if self.guard is not None else None)
 
@@ -247,7 +247,7 @@ class ProxyCore:
         if len(self.conns) >= self.conn_max:
             self.counters["refused_connections"] += 1
             conn.reject(Overloaded(f"this proxy holds {len(self.conns)} connections "
-                                   f"(CONNECTIONS_MAX={self.conn_max})"))
+                                   f"(PROXY_CONNECTIONS_MAX={self.conn_max})"))
             return
         self.conns.add(conn)
         self.counters["accepted"] += 1
@@ -887,11 +887,11 @@ class ProxyCore:
         return None
 
     async def _connect_peer(self, address: str) -> None:
-        from kuafu.client import CONNECT_TIMEOUT_S, open_connection
+        from kuafu.client import KUAFU_CONNECT_TIMEOUT_S, open_connection
 
         try:
             _, conn = await open_connection(address, lambda: Conn(self, role="peer"),
-                                            CONNECT_TIMEOUT_S)
+                                            KUAFU_CONNECT_TIMEOUT_S)
         except KuafuError as e:
             self.peer_down[address] = self.loop.time() + PEER_DOWN_S
             waiting = self.peer_waiting.pop(address, [])
@@ -914,7 +914,7 @@ class ProxyCore:
     # ------------------------------------------------------------ sweeping
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_PERIOD_S)
+            await asyncio.sleep(PROXY_SWEEP_PERIOD_S)
             try:
                 self._sweep_once()
             except Exception:  # noqa: BLE001 - a sweeper must survive anything

@@ -43,12 +43,12 @@ DEADLINE_MAX_S = 3600.0        # the longest deadline a request may carry
 SERVICE_NAME_CHARS_MAX = 200
 CONTROL_TIMEOUT_S = 10.0       # a register/unregister round trip to the proxy
 DRAIN_GRACE_S = 10.0           # how long stop() lets requests in flight finish
-SWEEP_PERIOD_S = 1.0
+SERVER_SWEEP_PERIOD_S = 1.0
 REATTACH_BACKOFF_S = (0.1, 2.0)  # first and longest pause between attempts to re-attach
 TRACEBACK_CHARS_MAX = 8000
 CONTROL_SERVICE = "kuafu"
 LATENCIES_KEPT = 1024          # recent call durations kept per service, for percentiles
-CONNECTIONS_MAX = 16_384       # connections a standalone server accepts at once; more are closed
+SERVER_CONNECTIONS_MAX = 16_384       # connections a standalone server accepts at once; more are closed
 
 
 def method(fn=None, *, idempotent: bool = False, name: str | None = None):
@@ -207,9 +207,9 @@ class Server:
         return Conn(self, role="server", assemble=True)
 
     def on_open(self, conn: Conn) -> None:
-        if len(self.conns) >= CONNECTIONS_MAX and conn is not self.proxy:
+        if len(self.conns) >= SERVER_CONNECTIONS_MAX and conn is not self.proxy:
             conn.reject(Overloaded(f"this server holds {len(self.conns)} connections "
-                                   f"(CONNECTIONS_MAX)"))
+                                   f"(SERVER_CONNECTIONS_MAX)"))
             return
         self.conns.add(conn)
         if self.loop is None:
@@ -344,7 +344,7 @@ class Server:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_PERIOD_S)
+            await asyncio.sleep(SERVER_SWEEP_PERIOD_S)
             now = self.loop.time()
             for conn in list(self.conns):
                 if conn is self.proxy:

@@ -10,12 +10,12 @@ Pure string functions; nothing here looks at a tree.
 
 from __future__ import annotations
 
+from base.limits import COMPONENT_BYTES_MAX, PATH_BYTES_MAX
+
 import re
 
 from nuwa.errors import BadPath
 
-PATH_BYTES_MAX = 4096        # whole path, UTF-8
-COMPONENT_BYTES_MAX = 255    # one name between slashes, UTF-8
 ROOT = "/"
 
 KIND_ANY = "any"

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Callable, Collection
 
 from nuwa.core.codec import decode_message
+from nuwa.core.peer_auth import PEER_ID_MAX
 from nuwa.core.raft_types import (
     CONF_MEMBERS_MAX,
     ENTRY_KINDS,
@@ -46,7 +47,6 @@ TERM_MAX = 1 << 62  # absolute: far below 2**64, so a campaign's term + 1 always
 INDEX_MAX = 1 << 62  # log indexes, commits and hints
 CONTEXT_BYTES_MAX = 64  # read-index contexts are 8 bytes, a hand-off's is b"transfer"
 ENTRIES_PER_MESSAGE_MAX = 1 << 16  # entries in one APPEND (the leader sends <= 256 by default)
-PEER_ID_MAX = (1 << 32) - 1
 
 _RESPONSES = (MsgType.PRE_VOTE_RESP, MsgType.VOTE_RESP, MsgType.APPEND_RESP)
 _INT_FIELDS = ("frm", "to", "term", "log_term", "index", "commit", "reject_hint")

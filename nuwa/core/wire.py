@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nuwa.core import commands as C
+from nuwa.core.commands import REQUEST_ID_BYTES_MAX
 from nuwa.errors import BadRequest, NuwaError, TxnFailed
 from nuwa.core.paths import KIND_ANY, validate_path
 
@@ -39,7 +40,6 @@ WRITE_OPS = ("create", "set", "delete", "txn")
 READ_OPS = ("get", "list", "stat", "exists")
 SESSION_OPS = ("session_open", "session_keepalive", "session_close")
 CONF_CHANGES = ("add_learner", "promote", "remove")
-REQUEST_ID_BYTES_MAX = 128   # a str ``id``
 CRED_BYTES_MAX = 16 * 1024   # a token
 MEMBER_ID_MAX = (1 << 64) - 1
 WATCH_ID_MAX = (1 << 63) - 1

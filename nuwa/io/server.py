@@ -82,7 +82,7 @@ class ServerConfig:
 
 # Frames a client may send: before a valid token only small ones (a first request that is
 # bigger signs in with ``auth`` first); after it, the biggest valid txn with room to spare.
-PREAUTH_FRAME_BYTES_MAX = 64 * 1024
+NUWA_PREAUTH_FRAME_BYTES_MAX = 64 * 1024
 CLIENT_FRAME_BYTES_MAX = C.TXN_OPS_MAX * (C.VALUE_BYTES_MAX + 16 * 1024) + 1024 * 1024
 
 
@@ -514,11 +514,11 @@ class ReplicaServer:
         watchdog = asyncio.get_running_loop().create_task(self._watchdog(conn))
         try:
             while not writer.is_closing():
-                limit = CLIENT_FRAME_BYTES_MAX if conn.signed_in else PREAUTH_FRAME_BYTES_MAX
+                limit = CLIENT_FRAME_BYTES_MAX if conn.signed_in else NUWA_PREAUTH_FRAME_BYTES_MAX
                 try:
                     payload = await read_frame(reader, limit)
                 except FrameError as e:
-                    name = "CLIENT_FRAME_BYTES_MAX" if conn.signed_in else "PREAUTH_FRAME_BYTES_MAX"
+                    name = "CLIENT_FRAME_BYTES_MAX" if conn.signed_in else "NUWA_PREAUTH_FRAME_BYTES_MAX"
                     conn.send({"id": None, "error": E.LimitExceeded(
                         f"{e}; {name}={limit} bytes (before a valid token, frames must be small)",
                         limit=name, limit_value=limit).to_dict()})

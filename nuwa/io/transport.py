@@ -51,7 +51,7 @@ class FrameError(Exception):
     """A peer sent something that is not a valid frame."""
 
 
-CONNECTIONS_MAX = 4096  # accepted connections; beyond it, new ones are closed at once
+CLIENT_CONNECTIONS_MAX = 4096  # accepted connections; beyond it, new ones are closed at once
 
 
 def frame(payload: bytes) -> bytes:
@@ -208,7 +208,7 @@ class Transport:
         self._accepted: set[asyncio.StreamWriter] = set()
         self.peer_auth_failures = 0  # incoming peer handshakes refused
         self.peer_frame_errors = 0  # authenticated peer connections cut by a broken frame
-        self.connections_max = CONNECTIONS_MAX
+        self.connections_max = CLIENT_CONNECTIONS_MAX
         self.refused = 0  # connections closed at once because connections_max were open
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> int:

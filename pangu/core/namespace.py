@@ -26,7 +26,7 @@ REPLICATION_MAX = 8
 CHUNK_BYTES_DEFAULT = 64 * 1024 * 1024
 CHUNK_BYTES_MIN = 64 * 1024  # one checksum block
 CHUNK_BYTES_MAX = 1024 * 1024 * 1024
-ENTRIES_MAX = 1_000_000  # files plus directories
+NAMESPACE_ENTRIES_MAX = 1_000_000  # files plus directories
 CHUNKS_PER_FILE_MAX = 1_000_000
 OWNER_CHARS_MAX = 128
 
@@ -205,8 +205,8 @@ class Namespace:
         return float(now)
 
     def _room(self, n: int = 1) -> None:
-        if len(self.nodes) + n > ENTRIES_MAX:
-            raise BadRequest(f"the namespace is full: ENTRIES_MAX={ENTRIES_MAX} files and "
+        if len(self.nodes) + n > NAMESPACE_ENTRIES_MAX:
+            raise BadRequest(f"the namespace is full: NAMESPACE_ENTRIES_MAX={NAMESPACE_ENTRIES_MAX} files and "
                              f"directories")
 
     def _op_mkdir(self, cmd: dict) -> dict:

@@ -8,12 +8,12 @@ Pure string functions.
 
 from __future__ import annotations
 
+from base.limits import COMPONENT_BYTES_MAX, PATH_BYTES_MAX
+
 import re
 
 from pangu.errors import BadPath
 
-PATH_BYTES_MAX = 4096
-COMPONENT_BYTES_MAX = 255
 ROOT = "/"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 

@@ -28,8 +28,8 @@ CORE_FORBIDDEN_MODULES = {
     "random", "secrets", "uuid", "signal", "fcntl", "mmap", "http", "urllib", "logging",
 }
 CORE_FORBIDDEN_CALLS = {"open", "input", "print"}
-# Besides the standard library, a core may use its package's errors and the base error tree
-# (plain declarations), and these libraries, which compute on values and do no I/O.
+# Besides the standard library, a core may use its package's errors, the base error tree and
+# base.limits (plain declarations), and these libraries, which compute on values and do no I/O.
 CORE_PURE_LIBRARIES = {"pydantic", "yaml"}
 
 # Limit names: a module-level constant whose name ends so is a named limit and is defined once.
@@ -179,7 +179,7 @@ def core_violations(mods=None) -> list[str]:
             top = target.split(".")[0]
             if top == "__future__" or target == own_core or target.startswith(own_core + "."):
                 continue
-            if target in (f"{parts[0]}.errors", "base.errors") or top in CORE_PURE_LIBRARIES:
+            if target in (f"{parts[0]}.errors", "base.errors", "base.limits") or top in CORE_PURE_LIBRARIES:
                 continue
             if top in RANKS or top in CORE_FORBIDDEN_MODULES or top not in sys.stdlib_module_names:
                 out.append(f"{rel}:{line}: core module imports {target}")

@@ -42,7 +42,7 @@ READABLE_NUWA_PREFIXES = ("/kuafu/", "/services/")
 PLATFORM_GROUP = "platform"  # the platform's own actors; no user may be put in it
 RESERVED_GROUPS = (PLATFORM_GROUP,)
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-ENTRIES_MAX = 100_000
+ACL_ENTRIES_MAX = 100_000
 RESOURCE_CHARS_MAX = 1024
 
 

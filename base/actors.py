@@ -1,0 +1,78 @@
+"""The platform's one boundary to Ray's calls: a method call on an actor, blocking or awaited,
+with a deadline, and the one translation of Ray's exceptions into ours (``base.errors``).
+
+    from base import actors
+    status = actors.call(master.status, job_id, timeout_s=30)          # a client, blocking
+    status = await actors.acall(master.status, job_id, timeout_s=30)   # inside an actor
+
+What comes back:
+
+* an error the actor raised on purpose (a ``PlatformError``) comes back as itself;
+* no answer within ``timeout_s``: ``OutcomeUnknown`` (the call may have run);
+* the actor is gone, or the cluster: ``Unavailable`` (it did not run, or ran and died);
+* anything else Ray raises: ``Failed`` with Ray's type and message.
+
+An actor's event loop must never block: inside an actor use ``acall`` (it awaits the
+ObjectRef), never ``call``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from base.errors import Failed, OutcomeUnknown, PlatformError, Unavailable
+
+CALL_TIMEOUT_S_MAX = 3600.0  # no platform call waits longer than an hour for one answer
+
+
+def _check_timeout(timeout_s: float) -> float:
+    if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s <= CALL_TIMEOUT_S_MAX):
+        raise ValueError(f"timeout_s={timeout_s!r}: expected a number of seconds in "
+                         f"(0, {CALL_TIMEOUT_S_MAX:g}] (CALL_TIMEOUT_S_MAX)")
+    return float(timeout_s)
+
+
+def _name(method: Any) -> str:
+    return getattr(method, "_method_name", None) or getattr(method, "__name__", None) or "call"
+
+
+def translate(e: BaseException, what: str, timeout_s: float | None = None) -> BaseException:
+    """Ray's exception ``e`` from calling ``what``, as one of ours (or ``e`` if it is ours)."""
+    import ray.exceptions as rex
+
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, PlatformError):
+        return cause
+    if isinstance(e, PlatformError):
+        return e
+    if isinstance(e, (rex.GetTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        within = f" within {timeout_s:g} s" if timeout_s is not None else ""
+        return OutcomeUnknown(f"{what}: no answer{within}; it may or may not have taken effect")
+    if isinstance(e, (rex.RayActorError, rex.RaySystemError)):
+        return Unavailable(f"{what}: the actor is gone or unreachable ({type(e).__name__})")
+    if isinstance(e, rex.RayError):
+        return Failed(f"{what}: {type(e).__name__}: {e}")
+    return e
+
+
+def call(method: Callable, *args: Any, timeout_s: float, **kwargs: Any) -> Any:
+    """Call an actor method and wait (at most ``timeout_s``) for its result. Blocking: for
+    clients and drivers only, never inside an actor's event loop."""
+    import ray
+
+    t = _check_timeout(timeout_s)
+    try:
+        return ray.get(method.remote(*args, **kwargs), timeout=t)
+    except Exception as e:  # noqa: BLE001 - every failure leaves as one of ours
+        raise translate(e, _name(method), t) from None
+
+
+async def acall(method: Callable, *args: Any, timeout_s: float, **kwargs: Any) -> Any:
+    """Call an actor method from inside an actor (or any asyncio code) without blocking the
+    event loop: the ObjectRef is awaited, at most ``timeout_s``."""
+    t = _check_timeout(timeout_s)
+    try:
+        return await asyncio.wait_for(method.remote(*args, **kwargs), t)
+    except Exception as e:  # noqa: BLE001 - every failure leaves as one of ours
+        raise translate(e, _name(method), t) from None
