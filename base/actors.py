@@ -76,3 +76,15 @@ async def acall(method: Callable, *args: Any, timeout_s: float, **kwargs: Any) -
         return await asyncio.wait_for(method.remote(*args, **kwargs), t)
     except Exception as e:  # noqa: BLE001 - every failure leaves as one of ours
         raise translate(e, _name(method), t) from None
+
+
+def reload_ray_auth_config() -> None:
+    """Make an already imported Ray re-read its auth mode and token from the environment.
+
+    Ray has no public API for this, so this is the one place the platform reaches Ray's private
+    names (``tests/layout`` allows them in this module only); a Ray upgrade is checked here."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+

@@ -148,10 +148,9 @@ def set_auth_mode(token_path: str | None) -> None:
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     os.environ.pop("RAY_AUTH_TOKEN", None)
     if "ray" in sys.modules:
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from base.actors import reload_ray_auth_config
 
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
+        reload_ray_auth_config()
 
 
 def quiet_ray_env() -> None:

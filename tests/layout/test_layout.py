@@ -114,3 +114,12 @@ def test_private_reach_and_duplicate_limits_are_found(tmp_path, monkeypatch):
 
 def test_every_module_parses():
     assert all(isinstance(t, ast.Module) for _, _, t in MODS)
+
+
+def test_only_the_ray_boundary_may_reach_rays_private_names(tmp_path, monkeypatch):
+    mods = _tree(tmp_path, monkeypatch, {
+        "base/__init__.py": "", "fuxi/__init__.py": "", "nuwa/__init__.py": "",
+        "base/actors.py": "def f():\n    from ray._raylet import Config\n",
+        "base/other.py": "def f():\n    from ray._raylet import Config\n"})
+    assert rules.private_violations(mods) == [
+        "base/other.py:2: imports from private module ray._raylet"]
