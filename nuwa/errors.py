@@ -40,7 +40,8 @@ __all__ = [
     "NuwaError", "BadRequest", "BadPath", "LimitExceeded", "ValueTooLarge", "NodeExists",
     "NoNode", "NotEmpty", "BadVersion", "NotADirectory", "IsADirectory", "NoSession",
     "TxnFailed", "Compacted", "CorruptSnapshot", "NotLeader", "Unavailable", "Timeout",
-    "OutcomeUnknown", "SessionExpired", "QuotaExceeded", "error_from_dict",
+    "OutcomeUnknown", "SessionExpired", "LockLost", "QuotaExceeded", "Unauthenticated",
+    "Denied", "error_from_dict",
 ]
 
 

@@ -31,16 +31,8 @@ Rules implemented (Raft paper / thesis section in brackets):
   heartbeat round acknowledged by a quorum; followers forward to the leader.
 * Leadership hand-off (``transfer_leadership``) via TIMEOUT_NOW [thesis §3.10].
 
-Membership changes, one server at a time [thesis §4.1]: ``propose_conf_change`` appends a
-``conf`` entry holding the whole new configuration (voters and learners). Each replica uses
-the latest configuration in its log, committed or not, and falls back to the previous one if
-that entry is overwritten. Any majority of the old and of the new voters then overlap. A
-leader allows one change at a time (the next waits until this one commits). A new leader
-first commits an entry of its own term (the fix for the bug found in single-server changes
-in 2015). A new replica joins as a *learner*: it replicates and applies but counts for no
-quorum. Once caught up it is promoted; then the replica it replaces is removed. The leader
-never removes itself: hand the leadership off first. Learners do answer vote requests, as in
-etcd: the candidate may already hold the entry that promotes them.
+Membership changes, one server at a time [thesis §4.1] (``propose_conf_change``): what is
+valid, and how the configuration follows the log, is told in ``nuwa.core.raft_conf``.
 
 A replica that lost its disk, kept under its old id, runs with ``voter=False``. It
 replicates and applies (and counts towards commit and read quorums, which is safe) but
@@ -55,17 +47,13 @@ such a replica with a new id through the membership changes above (``nuwa.group`
 
 from __future__ import annotations
 
-import random
-import struct
-from collections import OrderedDict
 from typing import Sequence
 
+from nuwa.core.raft_conf import changed_config, check_conf_request, latest_config
 from nuwa.core.raft_log import MemoryStorage, RaftLog
 from nuwa.core.raft_progress import Progress, ProgressState
+from nuwa.core.raft_read import ReadRounds
 from nuwa.core.raft_types import (
-    CONF_MEMBERS_MAX,
-    CONF_OPS,
-    ENTRY_KINDS,
     ConfChangeRefused,
     Entry,
     EntryUnavailable,
@@ -79,16 +67,17 @@ from nuwa.core.raft_types import (
     RaftError,
     ReadState,
     Ready,
+    Rng,
     Role,
     Snapshot,
-    decode_conf,
     encode_conf,
+    well_formed,
 )
 
 __all__ = [
     "Role", "Entry", "Snapshot", "HardState", "ReadState", "MsgType", "Message", "Ready",
     "MemoryStorage", "RaftNode", "RaftError", "NotLeader", "ProposalDropped", "LogCompacted",
-    "EntryUnavailable", "IllegalTransition", "ConfChangeRefused",
+    "EntryUnavailable", "IllegalTransition", "ConfChangeRefused", "Rng",
 ]
 
 _ALLOWED = {
@@ -99,7 +88,6 @@ _ALLOWED = {
 }
 
 _TRANSFER = b"transfer"  # context of VOTE messages of a leadership hand-off
-_ROUND = struct.Struct(">Q")  # heartbeat context: a read-index round id
 _REPLICATION = (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT)
 
 
@@ -107,7 +95,7 @@ class RaftNode:
     """One replica's Raft state. Not thread-safe; the shell serialises all calls."""
 
     def __init__(self, node_id: int, voters: Sequence[int], storage: MemoryStorage,
-                 rng: random.Random, *, election_ticks: int = 10, heartbeat_ticks: int = 1,
+                 rng: Rng, *, election_ticks: int = 10, heartbeat_ticks: int = 1,
                  pre_vote: bool = True, check_quorum: bool = True,
                  entries_per_append_max: int = 256, bytes_per_append_max: int = 1 << 20,
                  inflight_appends_max: int = 64, applied: int = 0,
@@ -135,7 +123,6 @@ class RaftNode:
         self.bytes_per_append_max = bytes_per_append_max
         self.inflight_appends_max = inflight_appends_max
         self.uncommitted_entries_max = uncommitted_entries_max
-        self.pending_reads_max = pending_reads_max
         # False for a replica that lost its disk: it must never vote again (module docstring).
         self.is_voter_replica = voter
 
@@ -167,9 +154,7 @@ class RaftNode:
         self.msgs: list[Message] = []
         self.read_states: list[ReadState] = []
         # Leader only: reads waiting for the first commit of this term, and heartbeat rounds.
-        self._reads_waiting_for_commit: list[tuple[int, bytes]] = []
-        self._read_rounds: OrderedDict[int, tuple[int, set[int], int, bytes]] = OrderedDict()
-        self._read_round_seq = 0
+        self.reads = ReadRounds(pending_reads_max)
         self._prev_hard_state = hs
         self._prev_soft = (self.lead, self.role)
         self._refresh_config()  # conf entries in the log after the snapshot
@@ -216,40 +201,14 @@ class RaftNode:
         commits an entry of its own term. Invalid changes raise ``ConfChangeRefused``."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.lead)
-        if op not in CONF_OPS:
-            raise ConfChangeRefused(f"unknown membership change {op!r}; expected one of {CONF_OPS}")
-        if not isinstance(member, int) or member < 1:
-            raise ConfChangeRefused(f"member must be a replica id >= 1, got {member!r}")
+        check_conf_request(op, member)
         if not self._committed_in_term():
             raise ProposalDropped("a new leader must commit an entry of its term before a "
                                   "membership change; retry shortly")
         if self._conf_index > self.log.committed:
             raise ProposalDropped(f"the membership change at index {self._conf_index} has not "
                                   f"committed yet; one change at a time")
-        voters, learners = set(self.voters), set(self.learners)
-        if op == "add_learner":
-            if member in voters or member in learners:
-                raise ConfChangeRefused(f"replica {member} is already a member")
-            if len(voters) + len(learners) >= CONF_MEMBERS_MAX:
-                raise ConfChangeRefused(f"the group already has CONF_MEMBERS_MAX="
-                                        f"{CONF_MEMBERS_MAX} members")
-            learners.add(member)
-        elif op == "promote":
-            if member not in learners:
-                raise ConfChangeRefused(f"replica {member} is not a learner (voters "
-                                        f"{sorted(voters)}, learners {sorted(learners)})")
-            learners.discard(member)
-            voters.add(member)
-        else:
-            if member not in voters and member not in learners:
-                raise ConfChangeRefused(f"replica {member} is not a member")
-            if member == self.id:
-                raise ConfChangeRefused("the leader cannot remove itself; transfer the "
-                                        "leadership first, then ask the new leader")
-            if voters == {member}:
-                raise ConfChangeRefused("cannot remove the last voter")
-            voters.discard(member)
-            learners.discard(member)
+        voters, learners = changed_config(self.voters, self.learners, op, member, self.id)
         return self._propose(encode_conf(voters, learners), "conf")
 
     def config_at(self, index: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -257,10 +216,7 @@ class RaftNode:
         if index >= self._conf_index:
             return self.voters, self.learners
         base, voters, learners = self._config_base()
-        for e in self._entries_between(base + 1, index):
-            if e.kind == "conf":
-                voters, learners = decode_conf(e.data)
-        return voters, learners
+        return latest_config(voters, learners, self._entries_between(base + 1, index))[:2]
 
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read point; a ReadState(index, context) appears in a later
@@ -362,8 +318,7 @@ class RaftNode:
         self.votes = {}
         self.prs = {}
         self.lead_transferee = 0
-        self._reads_waiting_for_commit = []
-        self._read_rounds.clear()
+        self.reads.clear()
 
     def _become_follower(self, term: int, lead: int) -> None:
         self._transition(Role.FOLLOWER)
@@ -426,7 +381,7 @@ class RaftNode:
             self.lead_transferee = 0  # a hand-off that did not happen in time is abandoned
         if self.heartbeat_elapsed >= self.heartbeat_ticks:
             self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat(self._latest_read_round())
+            self._broadcast_heartbeat(self.reads.latest_round_context())
 
     def _quorum_active(self) -> bool:
         active = 0
@@ -492,7 +447,7 @@ class RaftNode:
     # ================================================================ stepping
     def step(self, m: Message) -> None:
         """Handle one message. Malformed or misdirected input is dropped, never raised."""
-        if not self._well_formed(m):
+        if not well_formed(m, self.id):
             return
         if m.term > self.term:
             if m.type in (MsgType.PRE_VOTE, MsgType.VOTE):
@@ -527,22 +482,6 @@ class RaftNode:
             self._step_candidate(m)
         else:
             self._step_follower(m)
-
-    def _well_formed(self, m: Message) -> bool:
-        if not isinstance(m, Message) or m.to != self.id or m.frm < 1 or m.frm == self.id:
-            return False
-        if m.term < 0 or m.index < 0 or m.commit < 0 or m.log_term < 0:
-            return False
-        if m.type is MsgType.APPEND:
-            for i, e in enumerate(m.entries):
-                if (e.index != m.index + 1 + i or e.term > m.term or e.term < 1
-                        or e.kind not in ENTRY_KINDS):
-                    return False
-            if m.entries and m.entries[0].term < m.log_term:
-                return False
-        if m.type is MsgType.SNAPSHOT and (m.snapshot is None or m.snapshot.index < 1):
-            return False
-        return True
 
     def _step_leader(self, m: Message) -> None:
         pr = self.prs.get(m.frm)
@@ -673,9 +612,8 @@ class RaftNode:
         matches = sorted((self.prs[v].match for v in self.voters), reverse=True)
         if not self.log.maybe_commit(matches[self.quorum - 1], self.term):
             return False
-        if self._reads_waiting_for_commit and self._committed_in_term():
-            waiting, self._reads_waiting_for_commit = self._reads_waiting_for_commit, []
-            for frm, ctx in waiting:
+        if self.reads.waiting_for_commit and self._committed_in_term():
+            for frm, ctx in self.reads.take_waiting_for_commit():
                 self._leader_read(frm, ctx)
         return True
 
@@ -764,46 +702,26 @@ class RaftNode:
             # An append (even empty) both repairs a lost one and carries the commit index
             # through the log-matching check, which a replica without its disk relies on.
             self._send_append(m.frm)
-        if len(m.context) == _ROUND.size:
-            self._ack_read_round(_ROUND.unpack(m.context)[0], m.frm)
+        rid = self.reads.round_of(m.context)
+        if rid is not None:
+            self._ack_read_round(rid, m.frm)
 
     # ================================================================ read index
     def _leader_read(self, frm: int, context: bytes) -> None:
-        pending = len(self._reads_waiting_for_commit) + len(self._read_rounds)
-        if pending >= self.pending_reads_max:
-            raise ProposalDropped(f"{pending} reads pending (pending_reads_max); retry later")
+        self.reads.check_room()
         if not self._committed_in_term():
             # Until this term commits, our commit index may be behind the last leader's.
-            self._reads_waiting_for_commit.append((frm, context))
+            self.reads.wait_for_commit(frm, context)
             return
         if len(self.voters) == 1:
             self._answer_read(frm, self.log.committed, context)
             return
-        self._read_round_seq += 1
-        rid = self._read_round_seq
-        self._read_rounds[rid] = (self.log.committed, {self.id}, frm, context)
-        self._broadcast_heartbeat(_ROUND.pack(rid))
-
-    def _latest_read_round(self) -> bytes:
-        if not self._read_rounds:
-            return b""
-        return _ROUND.pack(next(reversed(self._read_rounds)))
+        self._broadcast_heartbeat(self.reads.start_round(self.log.committed, self.id, frm,
+                                                         context))
 
     def _ack_read_round(self, rid: int, frm: int) -> None:
-        entry = self._read_rounds.get(rid)
-        if entry is None:
-            return
-        entry[1].add(frm)
-        if len(entry[1] & set(self.voters)) < self.quorum:
-            return
-        # A quorum still followed us when it answered round `rid`; that also confirms every
-        # earlier round.
-        while self._read_rounds:
-            first, (index, _, requester, ctx) = next(iter(self._read_rounds.items()))
-            del self._read_rounds[first]
-            self._answer_read(requester, index, ctx)
-            if first == rid:
-                break
+        for answer in self.reads.ack(rid, frm, self.voters, self.quorum):
+            self._answer_read(*answer)
 
     def _answer_read(self, requester: int, index: int, context: bytes) -> None:
         if requester == self.id:
@@ -834,11 +752,8 @@ class RaftNode:
         """Recompute the configuration from the newest snapshot plus the conf entries after
         it. Called only when a conf entry arrives or the log under one changed."""
         base, voters, learners = self._config_base()
-        conf_index = conf_term = 0
-        for e in self._entries_between(base + 1, self.log.last_index()):
-            if e.kind == "conf":
-                voters, learners = decode_conf(e.data)
-                conf_index, conf_term = e.index, e.term
+        voters, learners, conf_index, conf_term = latest_config(
+            voters, learners, self._entries_between(base + 1, self.log.last_index()))
         self._set_config(tuple(sorted(voters)), tuple(sorted(learners)), conf_index, conf_term)
 
     def _set_config(self, voters, learners, conf_index: int, conf_term: int) -> None:
@@ -864,9 +779,8 @@ class RaftNode:
             if peer not in self.prs:
                 self.prs[peer] = Progress(last + 1, self.inflight_appends_max)
                 self._send_append(peer)
-        for rid, (_, acks, _, _) in list(self._read_rounds.items()):
-            if len(acks & set(voters)) >= self.quorum:
-                self._ack_read_round(rid, self.id)
+        for answer in self.reads.recount(self.id, voters, self.quorum):
+            self._answer_read(*answer)
         self._maybe_commit()  # a smaller quorum may commit more
 
     # ================================================================ plumbing

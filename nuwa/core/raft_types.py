@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = [
     "Role", "Entry", "Snapshot", "HardState", "ReadState", "MsgType", "Message", "Ready",
     "ENTRY_KINDS", "CONF_OPS", "CONF_MEMBERS_MAX", "encode_conf", "decode_conf", "ConfChangeRefused",
     "RaftError", "NotLeader", "ProposalDropped", "LogCompacted",
-    "EntryUnavailable", "IllegalTransition",
+    "EntryUnavailable", "IllegalTransition", "Rng", "well_formed",
 ]
+
+
+class Rng(Protocol):
+    """The randomness a Raft node draws (election timeouts): a seeded ``random.Random`` from
+    the caller, so a whole cluster replays from one seed. The core never makes its own."""
+
+    def randrange(self, stop: int, /) -> int: ...
 
 
 class Role(enum.Enum):
@@ -142,6 +150,27 @@ class Message:
     reject_hint: int = 0
     snapshot: Snapshot | None = None
     context: bytes = b""
+
+
+def well_formed(m: "Message", to: int) -> bool:
+    """Whether ``m`` is a message replica ``to`` may step: addressed to it from another
+    replica, no negative numbers, an append's entries contiguous after its preceding index
+    with terms in order and no newer than the message's, a snapshot that has an index.
+    Anything else is dropped unseen (``RaftNode.step`` never raises on input)."""
+    if not isinstance(m, Message) or m.to != to or m.frm < 1 or m.frm == to:
+        return False
+    if m.term < 0 or m.index < 0 or m.commit < 0 or m.log_term < 0:
+        return False
+    if m.type is MsgType.APPEND:
+        for i, e in enumerate(m.entries):
+            if (e.index != m.index + 1 + i or e.term > m.term or e.term < 1
+                    or e.kind not in ENTRY_KINDS):
+                return False
+        if m.entries and m.entries[0].term < m.log_term:
+            return False
+    if m.type is MsgType.SNAPSHOT and (m.snapshot is None or m.snapshot.index < 1):
+        return False
+    return True
 
 
 @dataclass

@@ -390,6 +390,19 @@ class Tree:
         return [{"session": sid, "ttl_s": s.ttl_s, "owner": s.owner, "opened_rev": s.opened_rev,
                  "ephemerals": len(s.ephemerals)} for sid, s in sorted(self._sessions.items())]
 
+    def session(self, session: int) -> _Session | None:
+        """The open session ``session`` (its ``ttl_s``, ``owner``, ``ephemerals``), or None."""
+        return self._sessions.get(session)
+
+    def sessions_of(self, owner: str) -> list[_Session]:
+        """The open sessions of ``owner`` (per-user quotas count them and their ephemerals)."""
+        return [s for s in self._sessions.values() if s.owner == owner]
+
+    def creator_of(self, path: str) -> str | None:
+        """Who created the node at exactly ``path`` (a directory ends with '/'), or None."""
+        node = self._nodes.get(path)
+        return node.creator if node is not None else None
+
     # ------------------------------------------------------------------ primitives (with undo)
 
     def _insert(self, path: str, node: _Node) -> None:

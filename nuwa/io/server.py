@@ -14,21 +14,20 @@ Client requests are msgpack maps over the same socket (hello ``b"C"``). Writes a
 linearizable reads are served by the leader only; other replicas answer ``NotLeader`` with the
 leader's address. Sessions are timed by the leader, like etcd leases: keep-alives renew a
 leader-local deadline, and the leader proposes ``session_close(expired)`` once it passes. A
-new leader gives every session a full TTL again. The deadlines count the leader's own ticks
-(never wall time): a tick is at least ``tick_s`` of monotonic time, so a session lives at
-least its TTL after its last keep-alive, and a jump of the wall clock changes nothing.
+new leader gives every session a full TTL again. The policy is the pure
+``nuwa.core.sessions.SessionTimers`` (the simulator drives it too); its time is this
+replica's tick count, never wall time.
+
+Composed here: ``nuwa.io.access`` (who may do what, per-user quotas), ``nuwa.io.watches``
+(the watches served), ``nuwa.io.conn`` (one client connection).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import dataclasses
-import enum
 import json
 import logging
-import math
 import os
 import random
 import secrets
@@ -44,11 +43,15 @@ from nuwa.core import peer_guard
 from nuwa.core.codec import encode_message
 from nuwa.core.raft import ConfChangeRefused, MemoryStorage, MsgType, NotLeader, RaftNode, Role
 from nuwa.core.raft_types import ProposalDropped
-from nuwa.io.transport import FrameError, Transport, frame, read_frame
+from nuwa.core.sessions import SessionTimers
 from nuwa.core.tree import Tree
-from nuwa.io.wal import Wal
 from nuwa.core.wire import (READ_OPS, REQUEST_OPS, WRITE_OPS, Request, command_dict, command_ops,
-                       parse_request, request_id)
+                            parse_request, request_id)
+from nuwa.io.access import Access
+from nuwa.io.conn import ClientConn, connections_cap, plain
+from nuwa.io.transport import FrameError, Transport, read_frame
+from nuwa.io.wal import Wal
+from nuwa.io.watches import Watches
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ class ReplicaServer:
         self.id = replica_id
         # Zhongkui: with authentication on, every request carries a token (``cred``) and each
         # operation is decided on its path (the node's creator owns it).
-        self.guard = make_guard(auth, f"nuwa-{replica_id}", namespace)
+        guard = make_guard(auth, f"nuwa-{replica_id}", namespace)
         self.rejoin = rejoin  # the group existed before: an empty disk means the disk was lost
         self.voters = list(voters)
         self.config = config
@@ -111,11 +114,11 @@ class ReplicaServer:
         self.transport = Transport(replica_id, self._on_peer, self._on_client,
                                    peer_secret=peer_secret, is_member=self._is_peer_member)
         self.peer_dropped: collections.Counter = collections.Counter()  # reason -> messages
-        self.transport.connections_max = connections_cap(config)
-        self._clients: set[_Conn] = set()  # open client connections
-        self._pending_by_user: dict[str, int] = {}  # user -> requests in flight (bounded
-        #                                             by the connections' inflight limits)
-        self._reserved: dict[tuple[str, str], int] = {}  # (user, what) -> being proposed
+        self.transport.connections_max = connections_cap(config.connections_max,
+                                                         config.fds_reserved)
+        self.clients: set[ClientConn] = set()  # open client connections
+        self.access = Access(replica_id, config, guard, lambda: self.tree, self.clients)
+        self.watches = Watches(replica_id, config, guard, lambda: self.tree)
         self.addresses: dict[int, tuple[str, int]] = {}
         self.applied = 0
         self._last_hs = None
@@ -123,16 +126,23 @@ class ReplicaServer:
         self._proposals: list[tuple[str, bytes]] = []  # (request id, entry) not yet in Raft
         self.reads: dict[bytes, asyncio.Future] = {}  # read-index ctx -> future of its index
         self.read_waiters: list[tuple[int, asyncio.Future]] = []  # (index, future) until applied
-        self.session_deadlines: dict[int, int] = {}  # session -> tick at which it expires
+        self.sessions = SessionTimers(config.tick_s)  # the leader's session deadlines
         self._ticks = 0  # ticks of this replica's clock (session expiry counts these)
         self.was_leader = False
-        self.watchers: dict[int, tuple[Any, str, bool]] = {}  # id -> (conn, path, recursive)
-        self._watch_seq = 0
         self._seq = 0
         self._tick_task: asyncio.Task | None = None
         self._ready_scheduled = False
         self.stopped = False
         self.started_at = time.time()
+
+    @property
+    def guard(self):
+        """The Zhongkui guard every request is decided by (tests and benchmarks set their own)."""
+        return self.access.guard
+
+    @guard.setter
+    def guard(self, guard) -> None:
+        self.access.guard = self.watches.guard = guard
 
     # ------------------------------------------------------------ lifecycle
 
@@ -212,7 +222,7 @@ class ReplicaServer:
             st["role"] = Role.FOLLOWER  # stopped (its disk failed, or stop()): it leads nothing
         st.update(revision=self.tree.revision, applied=self.applied, voter=self.voter,
                   address=self.addresses.get(self.id), wal_bytes=self.wal.size_bytes(),
-                  sessions=len(self.tree.sessions()), watchers=len(self.watchers),
+                  sessions=len(self.tree.sessions()), watchers=len(self.watches),
                   peer_dropped=dict(self.peer_dropped),
                   peer_auth_failed=self.transport.peer_auth_failures)
         st["stopped"] = self.stopped
@@ -303,8 +313,8 @@ class ReplicaServer:
                 self.storage.apply_snapshot(rd.snapshot)
                 self.tree = tree
                 self.applied = rd.snapshot.index
-                if self.watchers:
-                    self._notify_watchers(old_rev)
+                if self.watches:
+                    self.watches.notify(old_rev)
             # A leader may replicate its new entries before they are on its own disk (Raft
             # thesis 10.2.1): followers' fsyncs then overlap ours. Its commit still waits for
             # this fsync, because committed entries only come in a later Ready. Everything
@@ -359,14 +369,14 @@ class ReplicaServer:
                 continue
             result = self.tree.apply(cmd)
             if cmd.get("op") == "session_open" and "error" not in result:
-                self.session_deadlines[cmd["session"]] = self._session_deadline(cmd["ttl_s"])
+                self.sessions.opened(cmd["session"], cmd["ttl_s"], self._ticks)
             elif cmd.get("op") == "session_close":
-                self.session_deadlines.pop(cmd["session"], None)
+                self.sessions.closed(cmd["session"])
             fut = self.pending.pop(env.get("rid", ""), None)
             if fut is not None and not fut.done():
                 fut.set_result(result)
-        if self.tree.revision != rev_before and self.watchers:
-            self._notify_watchers(rev_before)
+        if self.tree.revision != rev_before and self.watches:
+            self.watches.notify(rev_before)
 
     def _release_reads(self) -> None:
         still = []
@@ -391,19 +401,14 @@ class ReplicaServer:
 
     # ------------------------------------------------------------ leader duties: sessions
 
-    def _session_deadline(self, ttl_s) -> int:
-        """The tick after which a session renewed now expires: at least ``ttl_s`` from now,
-        since a tick never comes sooner than ``tick_s`` after the last (ticks only run late)."""
-        return self._ticks + math.ceil(float(ttl_s) / self.config.tick_s) + 1
-
     def _leader_duties(self) -> None:
         is_leader = self.node.role is Role.LEADER
         now = self._ticks
         if is_leader and not self.was_leader:
             # New leader: every session gets a full TTL (a keep-alive may have gone to the old one).
-            self.session_deadlines = {s["session"]: self._session_deadline(s["ttl_s"])
-                                      for s in self.tree.sessions()}
+            self.sessions.lead(((s["session"], s["ttl_s"]) for s in self.tree.sessions()), now)
         if self.was_leader and not is_leader:
+            self.sessions.follow()
             # Our proposals may still commit under the next leader, or be overwritten: we
             # cannot tell, so the clients are told exactly that.
             for fut in self.pending.values():
@@ -416,30 +421,23 @@ class ReplicaServer:
                 if not fut.done():
                     fut.set_exception(self._leader_error())
             self.reads.clear()
-            # Watches are served by the leader: drop their connections so each client
-            # resubscribes at the new leader from its last revision (rather than going quiet).
-            for conn in {c for c, _, _ in self.watchers.values()}:
-                conn.writer.close()
-            self.watchers.clear()
+            self.watches.close_all()  # served by the leader: clients resubscribe there
         self.was_leader = is_leader
         if not is_leader:
             return
-        for sid, deadline in list(self.session_deadlines.items()):
-            if now > deadline:
-                try:
-                    fut = self._propose({"op": "session_close", "session": sid,
-                                         "reason": "expired"})
-                except (E.NuwaError, NotLeader, ProposalDropped):
-                    continue  # refused for now: try again next tick
-                del self.session_deadlines[sid]
-                fut.add_done_callback(
-                    lambda f, sid=sid, deadline=deadline: self._close_refused(f, sid, deadline))
+        for sid, deadline in self.sessions.due(now):
+            try:
+                fut = self._propose({"op": "session_close", "session": sid, "reason": "expired"})
+            except (E.NuwaError, NotLeader, ProposalDropped):
+                continue  # refused for now: try again next tick
+            self.sessions.closing(sid)
+            fut.add_done_callback(
+                lambda f, sid=sid, deadline=deadline: self._close_refused(f, sid, deadline))
 
-    def _close_refused(self, fut: asyncio.Future, sid: int, deadline: float) -> None:
+    def _close_refused(self, fut: asyncio.Future, sid: int, deadline: int) -> None:
         """A session_close that Raft refused (nothing appended) is tried again next tick."""
         if not fut.cancelled() and isinstance(fut.exception(), (NotLeader, ProposalDropped)):
-            if self.was_leader:
-                self.session_deadlines.setdefault(sid, deadline)
+            self.sessions.close_refused(sid, deadline)
 
     # ------------------------------------------------------------ proposals and reads
 
@@ -501,16 +499,16 @@ class ReplicaServer:
     # hold of the replica's shared limits; the platform's own actors are bounded only by those.
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Conn(writer)
+        conn = ClientConn(writer)
         conn.signed_in = not self.guard.enabled
         cfg = self.config
-        if not conn.signed_in and sum(not c.signed_in for c in self._clients) >= \
+        if not conn.signed_in and sum(not c.signed_in for c in self.clients) >= \
                 cfg.preauth_connections_max:
             conn.send({"id": None, "error": E.Unavailable(
                 f"preauth_connections_max={cfg.preauth_connections_max} connections are "
                 f"waiting to sign in at replica {self.id}; try again later").to_dict()})
             return
-        self._clients.add(conn)
+        self.clients.add(conn)
         watchdog = asyncio.get_running_loop().create_task(self._watchdog(conn))
         try:
             while not writer.is_closing():
@@ -543,22 +541,21 @@ class ReplicaServer:
                 t.add_done_callback(conn.inflight.discard)
         finally:
             watchdog.cancel()
-            self._clients.discard(conn)
-            for wid in [w for w, (c, *_) in self.watchers.items() if c is conn]:
-                del self.watchers[wid]
+            self.clients.discard(conn)
+            self.watches.drop_connection(conn)
 
-    async def _sign_in(self, conn: "_Conn", req) -> bool:
+    async def _sign_in(self, conn: ClientConn, req) -> bool:
         """The first request of a connection must carry a valid token; else the connection
         is told why and closed."""
         try:
-            await self._who(conn, req.get("cred") if isinstance(req, dict) else None)
+            await self.access.who(conn, req.get("cred") if isinstance(req, dict) else None)
         except E.NuwaError as e:
             conn.send({"id": request_id(req), "error": e.to_dict()})
             conn.writer.close()
             return False
         return True
 
-    async def _watchdog(self, conn: "_Conn") -> None:
+    async def _watchdog(self, conn: ClientConn) -> None:
         """Close a connection that does not sign in within hello_timeout_s, or that is idle
         (no request for idle_timeout_s, none in flight, no watch)."""
         cfg = self.config
@@ -567,7 +564,7 @@ class ReplicaServer:
             if not conn.signed_in:
                 left = conn.opened_at + cfg.hello_timeout_s - now
                 why = f"no valid token within hello_timeout_s={cfg.hello_timeout_s}"
-            elif conn.inflight or any(w[0] is conn for w in self.watchers.values()):
+            elif conn.inflight or self.watches.held_by(conn):
                 left, why = cfg.idle_timeout_s, ""
                 conn.last_request_at = now
             else:
@@ -580,7 +577,7 @@ class ReplicaServer:
                 return
             await asyncio.sleep(left)
 
-    async def _serve(self, conn: "_Conn", req: dict) -> None:
+    async def _serve(self, conn: ClientConn, req: dict) -> None:
         rid = request_id(req)
         try:
             result = await self._handle(conn, req)
@@ -599,193 +596,13 @@ class ReplicaServer:
             logger.exception("request %r failed", req.get("op") if isinstance(req, dict) else req)
             conn.send({"id": rid, "error": E.NuwaError(f"internal error: {e!r}").to_dict()})
 
-    async def _who(self, conn: "_Conn", cred):
-        """The verified caller (tokens verified once per connection and token). A connection
-        belongs to the first user it signs in as: another user's token on it is refused."""
-        from zhongkui.errors import BadCredentials
-
-        hit = conn.who
-        if hit is not None and hit[0] == cred and hit[1].expires_at > time.time():
-            try:  # as the directory has them now (Zhongkui's revocation, issue 14 defect 5)
-                return self.guard.current(hit[1])
-            except BadCredentials as e:
-                raise E.Unauthenticated(f"{type(e).__name__}: {e}") from None
-        if not isinstance(cred, str) or not cred:
-            raise E.Unauthenticated("no token (cred); expected a Zhongkui token with every "
-                                    "request (`fuxi login`)")
-        try:
-            who = await self.guard.aidentify(cred)
-        except BadCredentials as e:
-            raise E.Unauthenticated(f"{type(e).__name__}: {e}") from None
-        if conn.user is None:
-            if not who.platform and sum(c.user == who.user for c in self._clients) >= \
-                    self.config.connections_per_user_max:
-                raise self._quota(who.user, "connections_per_user_max",
-                                  self.config.connections_per_user_max, "connections")
-            conn.user = who.user
-        elif conn.user != who.user:
-            raise E.Denied(f"this connection is signed in as {conn.user!r}; a token of "
-                           f"{who.user!r} needs a connection of its own")
-        conn.who = (cred, who)
-        conn.signed_in = True
-        return who
-
-    def _quota(self, user: str, limit: str, value: int, what: str) -> E.QuotaExceeded:
-        return E.QuotaExceeded(f"user {user!r} holds {limit}={value} {what} at replica "
-                               f"{self.id}; release some first", limit=limit, limit_value=value,
-                               user=user)
-
-    def _check_quota(self, who, limit: str, what: str, in_use: int, adding: int = 1) -> None:
-        """Refuse ``adding`` more of ``what`` when ``who`` would hold more than the named
-        per-user limit (counting what is still being proposed). The platform is exempt."""
-        if who is None or who.platform or adding <= 0:
-            return
-        value = getattr(self.config, limit)
-        if in_use + self._reserved.get((who.user, what), 0) + adding > value:
-            raise self._quota(who.user, limit, value, what)
-
-    @contextlib.contextmanager
-    def _reserve(self, who, what: str, n: int):
-        """Count ``n`` of ``what`` as held by ``who`` while their proposal is in flight."""
-        key = (who.user, what) if who is not None and n > 0 else None
-        if key is not None:
-            self._reserved[key] = self._reserved.get(key, 0) + n
-        try:
-            yield
-        finally:
-            if key is not None:
-                left = self._reserved[key] - n
-                if left:
-                    self._reserved[key] = left
-                else:
-                    del self._reserved[key]
-
-    def _sessions_of(self, user: str) -> list:
-        return [s for s in self.tree._sessions.values() if s.owner == user]
-
-    def _creator(self, path: str) -> str | None:
-        """Who created ``path`` (a directory is found with or without its trailing '/'). The
-        root belongs to no user: a user named like its creator must not own the cluster."""
-        if path == "/":
-            return None
-        nodes = self.tree._nodes  # a dict lookup: this runs for every request
-        node = nodes.get(path) or nodes.get(path.rstrip("/") if path.endswith("/")
-                                            else path + "/")
-        return node.creator if node is not None else None
-
-    async def _allow(self, who, path: str, perm: str, owner_of: str | None = None) -> None:
-        from zhongkui.errors import Denied, ZhongkuiError
-
-        try:
-            await self.guard.acheck(who, "nuwa", path, perm,
-                                    self._creator(owner_of if owner_of is not None else path))
-        except Denied as e:
-            raise E.Denied(str(e)) from None
-        except ZhongkuiError as e:
-            raise E.BadRequest(str(e)) from None
-
-    async def _allow_subtree(self, who, path: str) -> None:
-        from zhongkui.core.acl import PROTECTED_NUWA_PREFIXES, under
-
-        for prefix in (*PROTECTED_NUWA_PREFIXES, *self.guard.restricted):
-            if prefix.rstrip("/") != path.rstrip("/") and under(prefix, path) and \
-                    self._creator(prefix) is not None:
-                await self._allow(who, prefix, "delete")
-
-    def _nearest(self, path) -> str:
-        """The nearest existing ancestor directory of ``path`` (its owner decides a create,
-        with parents=True too)."""
-        p = self._parent(path)
-        while p != "/" and self._creator(p) is None:
-            p = self._parent(p)
-        return p
-
-    @staticmethod
-    def _parent(path) -> str:
-        if not isinstance(path, str):
-            return "/"
-        return path.rstrip("/").rpartition("/")[0] + "/"
-
-    def _own_session(self, who, sid: int, action: str, missing=E.NoSession):
-        """The open session ``sid`` if ``who`` owns it (administrators may act on any)."""
-        sess = self.tree._sessions.get(sid)
-        if sess is None:
-            raise missing(f"session {sid} is not open (expired or closed)", session=sid)
-        if sess.owner != who.user and not who.admin:
-            self.guard.report_denial(who.user, action, f"session:{sid}", "another user's session")
-            raise E.Denied(f"user {who.user!r} may not {action} {sess.owner!r}'s session {sid}")
-        return sess
-
-    async def _authorize(self, conn: "_Conn", who, r: Request):
-        """Zhongkui's decision on the parsed request; returns the command to propose (for
-        writes: the parsed command with each creator set to the verified caller). Every node
-        operation of the command tree is checked; an op this does not know is refused."""
-        op = r.op
-        if op in ("auth", "status", "members", "unwatch"):
-            return None  # any signed-in user; unwatch touches only the caller's own watches
-        if op in READ_OPS or op == "watch":
-            await self._allow(who, r.path, "read")
-            return None
-        if op in ("conf_change", "transfer_leader"):
-            await self._allow(who, "/", "admin")
-            return None
-        if op == "session_keepalive":
-            self._own_session(who, r.session, "keep alive", E.SessionExpired)
-            return None
-        if op == "session_open":
-            return None  # opened in the caller's name (``_execute``), within their quota
-        if op == "session_close" and isinstance(r.cmd, C.SessionClose):
-            self._own_session(who, r.cmd.session, "close")
-            return r.cmd
-        if op in WRITE_OPS and isinstance(r.cmd, (C.Create, C.Set, C.Delete, C.Txn)) and \
-                (op == "txn") == isinstance(r.cmd, C.Txn):
-            ops = [await self._allow_node_op(who, c) for c in command_ops(r.cmd)]
-            return C.Txn(tuple(ops)) if isinstance(r.cmd, C.Txn) else ops[0]
-        self.guard.report_denial(who.user, str(op), "nuwa", "an operation the guard does not know")
-        raise E.Denied(f"op {op!r} is not one the guard knows; refused")
-
-    async def _allow_node_op(self, who, c):
-        if isinstance(c, C.Create):
-            await self._allow(who, c.path, "create", self._nearest(c.path))
-            if c.ephemeral_session is not None:
-                self._own_session(who, c.ephemeral_session, "create an ephemeral node in")
-            # The creator owns the node: as verified, not as told.
-            return dataclasses.replace(c, creator=who.user)
-        if isinstance(c, C.Set):
-            await self._allow(who, c.path, "write")
-            return c
-        if isinstance(c, C.Delete):
-            await self._allow(who, c.path, "delete")
-            if c.recursive:
-                # A subtree may hold protected or restricted prefixes the open namespace
-                # does not reach: deleting it needs delete on each of them too.
-                await self._allow_subtree(who, c.path)
-            return c
-        if isinstance(c, C.Check):
-            await self._allow(who, c.path, "read")
-            return c
-        raise E.Denied(f"txn op {type(c).__name__} is not one the guard knows; refused")
-
-    async def _handle(self, conn: "_Conn", req: dict) -> Any:
+    async def _handle(self, conn: ClientConn, req: dict) -> Any:
         r = parse_request(req)  # what is decided on below is exactly what is executed
-        who = await self._who(conn, r.cred) if self.guard.enabled else None
-        if who is None or who.platform:
+        who = await self.access.who(conn, r.cred) if self.guard.enabled else None
+        async with self.access.in_flight(who):
             return await self._execute(conn, who, r)
-        n = self._pending_by_user.get(who.user, 0)
-        if n >= self.config.pending_per_user_max:
-            raise self._quota(who.user, "pending_per_user_max",
-                              self.config.pending_per_user_max, "requests in flight")
-        self._pending_by_user[who.user] = n + 1
-        try:
-            return await self._execute(conn, who, r)
-        finally:
-            left = self._pending_by_user[who.user] - 1
-            if left:
-                self._pending_by_user[who.user] = left
-            else:
-                del self._pending_by_user[who.user]
 
-    async def _execute(self, conn: "_Conn", who, r: Request) -> Any:
+    async def _execute(self, conn: ClientConn, who, r: Request) -> Any:
         op = r.op
         leader = self.node.role is Role.LEADER
         # Leader-only ops are refused at a follower before anything is decided on its
@@ -793,34 +610,34 @@ class ReplicaServer:
         if not leader and op not in ("auth", "status", "members", "unwatch") and \
                 not (op in READ_OPS and not r.linearizable):
             raise self._leader_error()
-        cmd = await self._authorize(conn, who, r) if who is not None else r.cmd
+        cmd = await self.access.authorize(who, r) if who is not None else r.cmd
         if op == "auth":
             return who.to_doc() if who is not None else {"user": None}
         if op == "status":
-            return _plain(self.status())
+            return plain(self.status())
         if op == "members":
             return {str(k): list(v) for k, v in self.addresses.items()}
         if op in WRITE_OPS or op == "session_close":
             ephemerals = sum(isinstance(c, C.Create) and c.ephemeral_session is not None
                              for c in command_ops(cmd))
             if ephemerals and who is not None:
-                self._check_quota(who, "ephemerals_per_user_max", "ephemerals",
-                                  sum(len(s.ephemerals) for s in self._sessions_of(who.user)),
-                                  ephemerals)
+                self.access.check_quota(
+                    who, "ephemerals_per_user_max", "ephemerals",
+                    sum(len(s.ephemerals) for s in self.tree.sessions_of(who.user)), ephemerals)
             # Bad or oversized commands were refused by the parser, before they could become
             # log entries: an entry that cannot be framed would cut the leader off its peers.
-            with self._reserve(who, "ephemerals", ephemerals):
+            with self.access.reserve(who, "ephemerals", ephemerals):
                 result = await self._propose(command_dict(cmd, r.cmd_request_id))
             if "error" in result:
                 raise E.error_from_dict(result["error"])
             return result
         if op == "session_open":
             if who is not None:
-                self._check_quota(who, "sessions_per_user_max", "sessions",
-                                  len(self._sessions_of(who.user)))
+                self.access.check_quota(who, "sessions_per_user_max", "sessions",
+                                        len(self.tree.sessions_of(who.user)))
             owner = who.user if who is not None else (r.owner or "anonymous")
             session = secrets.randbits(62) or 1  # 0 is not a valid session id
-            with self._reserve(who, "sessions", 1):
+            with self.access.reserve(who, "sessions", 1):
                 result = await self._propose(command_dict(
                     C.SessionOpen(session, r.ttl_s, owner), r.cmd_request_id))
             if "error" in result:
@@ -850,14 +667,11 @@ class ReplicaServer:
             ttl = next((s["ttl_s"] for s in self.tree.sessions() if s["session"] == sid), None)
             if ttl is None:
                 raise E.SessionExpired(f"session {sid} has expired or was closed")
-            if self.was_leader:  # (else our first tick as leader has not set the timers yet)
-                deadline = self.session_deadlines.get(sid)
-                if deadline is None or self._ticks > deadline:
-                    # Past its deadline, its close proposed: renewing it now would let the
-                    # client count on a session that is about to go.
-                    raise E.SessionExpired(f"session {sid} has expired; its close is being "
-                                           f"committed")
-            self.session_deadlines[sid] = self._session_deadline(ttl)
+            if not self.sessions.keep_alive(sid, ttl, self._ticks):
+                # Past its deadline, its close proposed: renewing it now would let the
+                # client count on a session that is about to go.
+                raise E.SessionExpired(f"session {sid} has expired; its close is being "
+                                       f"committed")
             # Confirm we still lead (a heartbeat round) before the client counts on it: a
             # deposed leader that has not noticed yet must not extend a session that the
             # real leader may expire sooner (the holder would claim a lock it lost).
@@ -872,13 +686,11 @@ class ReplicaServer:
             # with the next append or heartbeat. After a leader change the client resubscribes
             # there from its last revision.
             if who is not None:
-                self._check_quota(who, "watches_per_user_max", "watches",
-                                  sum(w[0].user == who.user for w in self.watchers.values()))
-            return self._watch(conn, r.watch_request())
+                self.access.check_quota(who, "watches_per_user_max", "watches",
+                                        self.watches.count_of(who.user))
+            return self.watches.watch(conn, r.watch_request())
         if op == "unwatch":
-            w = self.watchers.get(r.watch)
-            if w is not None and w[0] is conn:  # only the caller's own watches
-                del self.watchers[r.watch]
+            self.watches.unwatch(conn, r.watch)
             return True
         raise E.BadRequest(f"unknown op {op!r}; expected one of {', '.join(REQUEST_OPS)}")
 
@@ -892,116 +704,7 @@ class ReplicaServer:
             return {"stat": _stat(self.tree.stat(path)), "revision": self.tree.revision}
         return {"exists": self.tree.exists(path), "revision": self.tree.revision}
 
-    # ------------------------------------------------------------ watches
-
-    def _watch(self, conn: "_Conn", req: dict) -> dict:
-        """Subscribe; the backlog is every event after the position (``from_revision``, and
-        ``from_index`` within it when given: a watcher cut off in the middle of a revision's
-        events resumes at the next one), sent before the answer, in (revision, index)
-        order. Each event carries its ``revision`` and ``index``."""
-        if len(self.watchers) >= self.config.watchers_max:
-            raise E.Unavailable(f"watchers_max={self.config.watchers_max} watches on replica {self.id}")
-        path, recursive = req.get("path"), bool(req.get("recursive", False))
-        if not isinstance(path, str):
-            raise E.BadPath(f"watch: path must be a string, got {path!r}")
-        from_rev = req.get("from_revision", self.tree.revision)
-        if from_rev is None:
-            from_rev = self.tree.revision
-        # events_since refuses a revision or index that is not an int >= 0 (BadRequest).
-        backlog = self._visible(conn, self.tree.events_since(from_rev, path, recursive,
-                                                             index=req.get("from_index")))
-        self._watch_seq += 1
-        wid = self._watch_seq
-        self.watchers[wid] = (conn, path, recursive)
-        self._send_events(conn, wid, backlog)
-        return {"watch": wid, "revision": self.tree.revision}
-
-    def _send_events(self, conn: "_Conn", wid: int, events: list) -> None:
-        """Every event, in order, at most ``watch_events_per_frame_max`` per message (a
-        recursive delete of a big subtree must not make one huge frame)."""
-        step = max(1, self.config.watch_events_per_frame_max)
-        for i in range(0, len(events), step):
-            conn.send({"watch": wid, "events": [_event(e) for e in events[i:i + step]]})
-
-    def _visible(self, conn: "_Conn", events: list) -> list:
-        """The events this watcher may read: a recursive watch on an open prefix must not
-        carry changes under a protected or restricted one (Zhongkui)."""
-        if not self.guard.enabled or not events or conn.who is None:
-            return events
-        who = conn.who[1]
-        if who.admin:
-            return events
-        out = []
-        for e in events:
-            path, stat = (e["path"], e["stat"]) if isinstance(e, dict) else (e.path, e.stat)
-            creator = stat["creator"] if isinstance(stat, dict) else stat.creator
-            if self.guard.decision(who, "nuwa", path, "read", creator).allowed:
-                out.append(e)
-        return out
-
-    def _notify_watchers(self, rev_before: int) -> None:
-        for wid, (conn, path, recursive) in list(self.watchers.items()):
-            try:
-                evs = self.tree.events_since(rev_before, path, recursive)
-            except E.Compacted as c:
-                conn.send({"watch": wid, "error": c.to_dict()})
-                del self.watchers[wid]
-                continue
-            self._send_events(conn, wid, self._visible(conn, evs))
-
-
-CONN_BUFFER_BYTES_MAX = 256 * 1024 * 1024  # unsent bytes to one client before it is cut off
-
-
-def connections_cap(config: ServerConfig) -> int:
-    """connections_max, kept fds_reserved below this process's file descriptor limit: a
-    flood of connections must never take the descriptors the WAL and snapshots need."""
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):
-        return config.connections_max
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        return config.connections_max
-    return max(1, min(config.connections_max, soft - min(config.fds_reserved, soft // 2)))
-
-
-class _Conn:
-    def __init__(self, writer: asyncio.StreamWriter):
-        self.writer = writer
-        self.who = None  # (token, Principal) last verified on this connection
-        self.user: str | None = None  # the user this connection signed in as
-        self.signed_in = False  # a valid token was shown (always, with authentication off)
-        self.inflight: set[asyncio.Task] = set()
-        self.opened_at = self.last_request_at = time.monotonic()
-
-    def send(self, msg: dict) -> None:
-        if self.writer.is_closing():
-            return
-        self.writer.write(frame(msgpack.packb(msg, use_bin_type=True)))
-        if self.writer.transport.get_write_buffer_size() > CONN_BUFFER_BYTES_MAX:
-            # A client that does not read (a stalled watcher) must not grow our memory without
-            # bound: drop it; its watches resubscribe from their last revision on reconnect.
-            logger.warning("closing a client %s bytes behind (CONN_BUFFER_BYTES_MAX)",
-                           self.writer.transport.get_write_buffer_size())
-            self.writer.close()
-
-
-def _plain(obj):
-    """``obj`` as msgpack can carry it to any client: enums as their names, map keys as str."""
-    if isinstance(obj, enum.Enum):
-        return obj.name
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in obj]
-    return obj
-
 
 def _stat(stat) -> dict:
     return stat if isinstance(stat, dict) else stat.to_dict()
 
-
-def _event(e) -> dict:
-    return e if isinstance(e, dict) else e.to_dict()

@@ -494,7 +494,7 @@ class Sim:
         if leader is None:
             return
         node = leader.node
-        if node._conf_index > node.log.committed:
+        if node.status()["conf_index"] > node.log.committed:
             return  # the last step has not committed yet
         try:
             if new not in node.voters and new not in node.learners:

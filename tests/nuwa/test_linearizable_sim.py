@@ -108,7 +108,7 @@ def test_paused_leaders_exercise_the_read_index_round(monkeypatch):
 
     def read_without_quorum_round(self, frm, context):
         if not self._committed_in_term():
-            self._reads_waiting_for_commit.append((frm, context))
+            self.reads.wait_for_commit(frm, context)
             return
         self._answer_read(frm, self.log.committed, context)
 

@@ -13,6 +13,8 @@ import types
 
 import pytest
 
+from nuwa.io import access as access_mod
+from nuwa.io import conn as conn_mod
 from nuwa.io import server as server_mod
 from nuwa.client import AsyncNuwa, SessionState
 from tests.nuwa.test_group_local import LocalGroup
@@ -71,13 +73,14 @@ def test_a_wall_clock_jump_neither_expires_live_sessions_nor_keeps_dead_ones(
 
 def test_session_expiry_counts_leader_ticks_not_any_clock_the_server_reads(
         tmp_path, monkeypatch):
-    """Every clock the server module can read (wall and monotonic) jumps an hour ahead;
+    """Every clock the server modules can read (wall and monotonic) jumps an hour ahead;
     expiry follows the leader's ticks, so the live session stays and the dead one goes on
     time. (With deadlines on time.monotonic(), the jump would expire every session.)"""
     offset = [0.0]
     fake = types.SimpleNamespace(time=lambda: time.time() + offset[0],
                                  monotonic=lambda: time.monotonic() + offset[0])
-    monkeypatch.setattr(server_mod, "time", fake)
+    for mod in (server_mod, access_mod, conn_mod):  # the replica's modules that read clocks
+        monkeypatch.setattr(mod, "time", fake)
 
     def jump(step: int) -> None:
         offset[0] = 3600.0 * (step + 1)
@@ -101,7 +104,7 @@ def test_a_keepalive_after_the_deadline_is_refused_even_before_the_close_commits
             s._task.cancel()
             # Its deadline passed and its close is proposed: _leader_duties has dropped the
             # timer (the close commits a moment later; the tree still has the session).
-            del leader.session_deadlines[s.id]
+            leader.sessions.closing(s.id)
             assert any(x["session"] == s.id for x in leader.tree.sessions())
             with pytest.raises(E.SessionExpired):
                 await c._call({"op": "session_keepalive", "session": s.id}, False)

@@ -118,7 +118,7 @@ def test_watcher_delivers_exactly_the_history_under_disconnects_and_replays(tmp_
     w = _Watch(client, "/w/", True, start)
     got: list[dict] = []
     conn = _FakeConn()
-    srv._watch(conn, {"path": "/w/", "recursive": True, "from_revision": start})
+    srv.watches.watch(conn, {"path": "/w/", "recursive": True, "from_revision": start})
     read_frames: list[dict] = []  # every frame delivered so far, for replays
     sid = 1000
 
@@ -145,23 +145,23 @@ def test_watcher_delivers_exactly_the_history_under_disconnects_and_replays(tmp_
             srv.tree.apply(C.session_open(sid, 5.0, "u"))
             for p in arg:
                 srv.tree.apply(C.create(p, b"e", creator="u", ephemeral_session=sid, parents=True))
-            srv._notify_watchers(before)
+            srv.watches.notify(before)
             before = srv.tree.revision
             cmd = C.session_close(sid, "expired")
         srv.tree.apply(cmd)
         if srv.tree.revision != before:
-            srv._notify_watchers(before)
+            srv.watches.notify(before)
         if fault == "deliver_some":
             read(n)
         elif fault == "disconnect":
             read(n)  # some frames arrived, the rest die with the connection
-            srv.watchers.clear()
+            srv.watches.watchers.clear()
             conn = _FakeConn()
             rev, idx = w.position
             req = {"path": "/w/", "recursive": True, "from_revision": rev}
             if idx is not None:
                 req["from_index"] = idx
-            srv._watch(conn, req)
+            srv.watches.watch(conn, req)
         elif fault == "replay":
             # A lagging new leader resends (on a new connection) what the watcher already has.
             read()
