@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 from base.errors import PlatformError
 from fuxi.errors import ClusterError, JobNotFound, OutcomeUnknown
 from fuxi.core.plan import JobPlan, build_plan
+from fuxi.io.resolve import check_outputs, resolve_facts
 from fuxi.core.spec import JobSpec, check_importable, load_job_spec, spec_from_dict
 from fuxi.core.states import TERMINAL_JOB
 
@@ -38,7 +39,8 @@ def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = ()
          base_dir: str | None = None, overwrite: bool = False) -> JobPlan:
     """Validate a spec (file path, dict or ``JobSpec``) and resolve it into a plan.
 
-    Raises ``SpecError``/``BadInput`` before anything runs."""
+    Raises ``SpecError``/``BadInput`` before anything runs. Reads only: with ``overwrite``
+    the old output is cleared by the job's JobMaster, once FuxiMaster admitted the job."""
     base_dir = base_dir or os.getcwd()
     if base_dir not in sys.path:
         sys.path.insert(0, base_dir)  # task modules are found relative to where you submit
@@ -51,7 +53,9 @@ def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = ()
         js = spec_from_dict(spec, overrides)
     else:
         js = load_job_spec(spec, overrides)
-    return build_plan(js, base_dir=base_dir, overwrite=overwrite)
+    plan = build_plan(js, resolve_facts(js, base_dir), overwrite=overwrite)
+    check_outputs(plan)
+    return plan
 
 
 def _translate(e: Exception, what: str) -> Exception:

@@ -19,6 +19,8 @@ PURE_CORE_MODULES = [
     "fuxi.io.store",
     "fuxi.core.plan",
     "fuxi.core.jobcore",
+    "fuxi.core.jobtypes",
+    "fuxi.io.resolve",
     "nuwa.core.raft",
     "nuwa.core.raft_log",
     "nuwa.core.raft_progress",
