@@ -25,8 +25,8 @@ from typing import Callable, Sequence
 from base.errors import PlatformError
 from fuxi.errors import ClusterError, JobNotFound, OutcomeUnknown
 from fuxi.core.plan import JobPlan, build_plan
-from fuxi.io.resolve import check_outputs, resolve_facts
-from fuxi.core.spec import JobSpec, check_importable, load_job_spec, spec_from_dict
+from fuxi.core.spec import JobSpec, check_importable, spec_from_dict
+from fuxi.io.specfile import load_job_spec
 from fuxi.core.states import TERMINAL_JOB
 
 MASTER_REPLY_TIMEOUT_S = 60.0
@@ -53,6 +53,8 @@ def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = ()
         js = spec_from_dict(spec, overrides)
     else:
         js = load_job_spec(spec, overrides)
+    from fuxi.io.resolve import check_outputs, resolve_facts  # fsspec, pyarrow: on first use
+
     plan = build_plan(js, resolve_facts(js, base_dir), overwrite=overwrite)
     check_outputs(plan)
     return plan
@@ -139,6 +141,9 @@ class FuxiClient:
             if st["state"] in TERMINAL or (deadline is not None and time.time() >= deadline):
                 return st
             wait = poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.time()))
+
+
+Client = FuxiClient  # the short public name: ``fuxi.Client(conn.master)``
 
 
 def run(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = (),

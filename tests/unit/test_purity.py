@@ -50,6 +50,8 @@ PURE_CORE_MODULES = [
     "kuafu.client",
     "kuafu.io.proxy",
     "fuxi.core.service_spec",
+    "fuxi.core.specparse",
+    "fuxi.io.specfile",
     "fuxi.core.servicecore",
     "zhongkui.core.passwords",
     "zhongkui.core.tokens",
