@@ -60,7 +60,7 @@ def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = ()
     return plan
 
 
-def _translate(e: Exception, what: str) -> Exception:
+def translate_error(e: Exception, what: str) -> Exception:
     """The one place Ray's exceptions become ours: errors we raised inside an actor come back
     as themselves; the platform being unreachable or gone becomes a ``ClusterError`` that says
     what to do."""
@@ -101,7 +101,7 @@ class FuxiClient:
             return ray.get(getattr(self.master, method).remote(*args, cred=cred or None),
                            timeout=timeout_s)
         except Exception as e:
-            raise _translate(e, method) from None
+            raise translate_error(e, method) from None
 
     def submit(self, spec: JobPlan | JobSpec | str | dict, overrides: Sequence[str] = (),
                request_id: str | None = None, overwrite: bool = False) -> str:
