@@ -2,16 +2,17 @@
 inputs and how data flows between tasks. Plain frozen dataclasses, picklable, no Ray.
 
 ``build_plan`` is pure: the validated spec and facts already resolved by a shell
-(``fuxi.io.resolve``: the files each instance reads, where they live, the absolute outputs) in,
-the plan out. The client resolves the facts read-only before submitting (so a glob that matches
-nothing fails at submit time with exit code 2); what changes the world — clearing an old output
-with ``--overwrite`` — happens in the JobMaster, after FuxiMaster admitted the job.
+(``fuxi.io.resolve``: the files each instance reads, the absolute outputs) in, the plan out.
+The client lists inputs read-only before submitting (so a glob that matches nothing fails at
+submit time with exit code 2); asking Pangu where inputs live (``with_preferred_nodes``) and
+preparing the outputs — clearing an old one with ``--overwrite`` — happen in the JobMaster,
+after FuxiMaster admitted the job.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fuxi.core.speculation import SpeculationPolicy
@@ -96,6 +97,14 @@ class PlanFacts:
     inputs: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     preferred_nodes: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+
+
+def with_preferred_nodes(plan: JobPlan,
+                         preferred: dict[str, tuple[tuple[str, ...], ...]]) -> JobPlan:
+    """The plan with each named task's per-instance preferred nodes (locality) set."""
+    tasks = tuple(replace(t, preferred_nodes=tuple(tuple(n) for n in preferred[t.name]))
+                  if t.name in preferred else t for t in plan.tasks)
+    return replace(plan, tasks=tasks)
 
 
 def build_plan(spec, facts: PlanFacts = PlanFacts(), overwrite: bool = False) -> JobPlan:

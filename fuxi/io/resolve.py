@@ -1,15 +1,15 @@
 """The facts a job plan needs from the world, and the one step that changes it.
 
 * :func:`resolve_facts` (read-only): list each task's input files and split them over its
-  instances, ask Pangu where ``pangu://`` inputs live (locality), make outputs absolute. The
-  client runs it before submitting, so a glob that matches nothing fails with exit code 2
-  before any cluster is asked anything.
+  instances, make outputs absolute. The client runs it before submitting, so a glob that
+  matches nothing fails with exit code 2 before any cluster is asked anything.
 * :func:`check_outputs` (read-only): an output that is a file, or a non-empty directory
   without ``--overwrite``, is refused at once (exit code 2).
-* :func:`prepare_outputs` (destructive): create each output location and, for a job submitted
-  with ``--overwrite``, clear what an earlier run left there. The JobMaster runs it (in a
-  thread) before its first task, i.e. only after FuxiMaster admitted the job: a submit that is
-  refused (a duplicate, a quota, ACL, or a task no node can hold) leaves the old output alone.
+* :func:`locate_inputs` (read-only, asks Pangu) and :func:`prepare_outputs` (destructive:
+  create each output location and, for a job submitted with ``--overwrite``, clear what an
+  earlier run left there). The JobMaster runs both (in a thread) before its first task, i.e.
+  only after FuxiMaster admitted the job: a submit that is refused (a duplicate, a quota, ACL,
+  or a task no node can hold) asks Pangu nothing and leaves the old output alone.
 
 The pure part, wiring the facts into a plan, is ``fuxi.core.plan.build_plan``.
 """
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 
-from fuxi.core.plan import JobPlan, PlanFacts
+from fuxi.core.plan import JobPlan, PlanFacts, with_preferred_nodes
 from fuxi.io.inputs import expand_inputs, split_files
 from fuxi.io.output import OutputLocation
 
-__all__ = ["absolute", "check_outputs", "prepare_outputs", "resolve_facts"]
+__all__ = ["absolute", "check_outputs", "locate_inputs", "prepare_outputs", "resolve_facts"]
 
 
 def absolute(location: str, base_dir: str) -> str:
@@ -33,10 +33,9 @@ def absolute(location: str, base_dir: str) -> str:
 
 
 def resolve_facts(spec, base_dir: str) -> PlanFacts:
-    """List and split the inputs of a validated ``JobSpec``, locate Pangu inputs, resolve
-    outputs against ``base_dir`` (the submitter's working directory). Reads only."""
+    """List and split the inputs of a validated ``JobSpec``, resolve outputs against
+    ``base_dir`` (the submitter's working directory). Reads only."""
     inputs: dict[str, tuple[tuple[str, ...], ...]] = {}
-    preferred: dict[str, tuple[tuple[str, ...], ...]] = {}
     outputs: dict[str, str] = {}
     for name in spec.topological_order():
         t = spec.tasks[name]
@@ -44,13 +43,21 @@ def resolve_facts(spec, base_dir: str) -> PlanFacts:
             files = expand_inputs(t.input, base_dir)
             split = split_files(files, t.instances or len(files))
             inputs[name] = tuple(tuple(paths) for paths in split)
-            if any(p.startswith("pangu://") for paths in split for p in paths):
-                from pangu.client import locality
-
-                preferred[name] = tuple(locality(paths) for paths in split)
         if t.output:
             outputs[name] = absolute(t.output, base_dir)
-    return PlanFacts(inputs=inputs, preferred_nodes=preferred, outputs=outputs)
+    return PlanFacts(inputs=inputs, outputs=outputs)
+
+
+def locate_inputs(plan: JobPlan) -> JobPlan:
+    """The plan with, per instance reading ``pangu://`` files, the nodes holding most of its
+    input bytes (for data-local scheduling). Asks Pangu; changes nothing."""
+    preferred = {}
+    for t in plan.tasks:
+        if any(p.startswith("pangu://") for paths in t.inputs for p in paths):
+            from pangu.client import locality
+
+            preferred[t.name] = tuple(locality(paths) for paths in t.inputs)
+    return with_preferred_nodes(plan, preferred) if preferred else plan
 
 
 def _outputs(plan: JobPlan) -> list[str]:

@@ -85,7 +85,7 @@ nodes_st = st.dictionaries(st.sampled_from(["n1", "n2", "n3"]),
                            max_size=3)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(nodes_st, st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 8),
                                     st.sampled_from([0.0, 0.5, 1.0, 2.0])), max_size=5),
        st.integers(0, 10_000))
