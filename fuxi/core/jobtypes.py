@@ -11,7 +11,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from fuxi.core.states import TERMINAL_ATTEMPT, AttemptState, InstanceState
+from fuxi.core.plan import Edge
+from fuxi.core.states import TERMINAL_ATTEMPT, AttemptState, InstanceState, JobState
 
 A, I = AttemptState, InstanceState
 
