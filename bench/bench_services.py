@@ -149,7 +149,7 @@ def _fuxi_side(a, tmp: str) -> dict:
     import ray
 
     from fuxi.runtime import connect
-    from fuxi.core.service_spec import load_service_spec
+    from fuxi.io.specfile import load_service_spec
     from kuafu import deploy
 
     os.environ["RAY_AUTH_MODE"] = "disabled"

@@ -42,7 +42,7 @@ def master_call(cluster: str, method: str, *args, needs: str = "this command",
     our errors become exit codes. ``send_token``: pass the signed-in user's token as ``cred``."""
     import ray
 
-    from fuxi.client import MASTER_REPLY_TIMEOUT_S, _translate
+    from fuxi.client import MASTER_REPLY_TIMEOUT_S, translate_error
     from fuxi.errors import NoCluster
     from fuxi.runtime import connect, find_cluster
 
@@ -60,6 +60,6 @@ def master_call(cluster: str, method: str, *args, needs: str = "this command",
                 return ray.get(getattr(conn.master, method).remote(*args, **kw),
                                timeout=MASTER_REPLY_TIMEOUT_S)
             except Exception as e:  # noqa: BLE001 - translated below
-                raise _translate(e, method) from None
+                raise translate_error(e, method) from None
     except Exception as e:  # noqa: BLE001 - our errors become exit codes
         handle(e)

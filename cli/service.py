@@ -20,7 +20,7 @@ def _master_call(cluster: str, method: str, *args):
 
 
 def _load(spec: str, overrides: list[str]) -> dict:
-    from fuxi.core.service_spec import load_service_spec
+    from fuxi.io.specfile import load_service_spec
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # service modules are found relative to the shell

@@ -30,7 +30,7 @@ def submit(
         pass  # load() reports the unreadable spec
     plan = None
     try:
-        # Checked before loading: loading with --overwrite already clears the old output.
+        # Checked first: no spec is read for a command that cannot run.
         if not wait and find_cluster(cluster) is None:
             fail("--no-wait needs a running cluster (the embedded default stops when this command "
                  "ends); start one with `fuxi up`", EXIT_BAD_INPUT)

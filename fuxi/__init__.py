@@ -5,7 +5,7 @@ Public API (the spec contract is documented in ``docs/jobs.md``)::
     import fuxi
     fuxi.run("jobs/wordcount.yaml")                 # submit and wait (embedded default)
     fuxi.JobSpec / fuxi.TaskSpec                    # the same contract as Python objects
-    with fuxi.connect() as conn: fuxi.FuxiClient(conn.master).submit(...)
+    with fuxi.connect() as conn: fuxi.Client(conn.master).submit(...)   # Client = FuxiClient
 
 Importing ``fuxi`` does not import Ray; the Ray shells load on first use.
 """
@@ -20,13 +20,14 @@ from fuxi.errors import (
     NoCluster,
     SpecError,
 )
-from fuxi.core.spec import JobSpec, ResourceSpec, SpeculationSpec, TaskSpec, load_job_spec
+from fuxi.core.spec import JobSpec, ResourceSpec, SpeculationSpec, TaskSpec
+from fuxi.io.specfile import load_job_spec
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy: keep `import fuxi` free of Ray
-    if name in ("FuxiClient", "run", "load"):
+    if name in ("FuxiClient", "Client", "run", "load"):
         from fuxi import client
 
         return getattr(client, name)
@@ -40,5 +41,5 @@ def __getattr__(name):  # lazy: keep `import fuxi` free of Ray
 __all__ = [
     "BadInput", "ClusterError", "FuxiError", "JobFailed", "JobNotFound", "LimitExceeded",
     "NoCluster", "SpecError", "JobSpec", "ResourceSpec", "SpeculationSpec", "TaskSpec",
-    "load_job_spec", "FuxiClient", "run", "load", "connect", "up", "down",
+    "load_job_spec", "FuxiClient", "Client", "run", "load", "connect", "up", "down",
 ]

@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 from base.errors import PlatformError
 from fuxi.errors import ClusterError, JobNotFound, OutcomeUnknown
 from fuxi.core.plan import JobPlan, build_plan
-from fuxi.core.spec import JobSpec, check_importable, load_job_spec, spec_from_dict
+from fuxi.core.spec import JobSpec, check_importable, spec_from_dict
+from fuxi.io.specfile import load_job_spec
 from fuxi.core.states import TERMINAL_JOB
 
 MASTER_REPLY_TIMEOUT_S = 60.0
@@ -38,7 +39,8 @@ def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = ()
          base_dir: str | None = None, overwrite: bool = False) -> JobPlan:
     """Validate a spec (file path, dict or ``JobSpec``) and resolve it into a plan.
 
-    Raises ``SpecError``/``BadInput`` before anything runs."""
+    Raises ``SpecError``/``BadInput`` before anything runs. Reads only: with ``overwrite``
+    the old output is cleared by the job's JobMaster, once FuxiMaster admitted the job."""
     base_dir = base_dir or os.getcwd()
     if base_dir not in sys.path:
         sys.path.insert(0, base_dir)  # task modules are found relative to where you submit
@@ -51,10 +53,14 @@ def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = ()
         js = spec_from_dict(spec, overrides)
     else:
         js = load_job_spec(spec, overrides)
-    return build_plan(js, base_dir=base_dir, overwrite=overwrite)
+    from fuxi.io.resolve import check_outputs, resolve_facts  # fsspec, pyarrow: on first use
+
+    plan = build_plan(js, resolve_facts(js, base_dir), overwrite=overwrite)
+    check_outputs(plan)
+    return plan
 
 
-def _translate(e: Exception, what: str) -> Exception:
+def translate_error(e: Exception, what: str) -> Exception:
     """The one place Ray's exceptions become ours: errors we raised inside an actor come back
     as themselves; the platform being unreachable or gone becomes a ``ClusterError`` that says
     what to do."""
@@ -95,7 +101,7 @@ class FuxiClient:
             return ray.get(getattr(self.master, method).remote(*args, cred=cred or None),
                            timeout=timeout_s)
         except Exception as e:
-            raise _translate(e, method) from None
+            raise translate_error(e, method) from None
 
     def submit(self, spec: JobPlan | JobSpec | str | dict, overrides: Sequence[str] = (),
                request_id: str | None = None, overwrite: bool = False) -> str:
@@ -135,6 +141,9 @@ class FuxiClient:
             if st["state"] in TERMINAL or (deadline is not None and time.time() >= deadline):
                 return st
             wait = poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.time()))
+
+
+Client = FuxiClient  # the short public name: ``fuxi.Client(conn.master)``
 
 
 def run(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = (),

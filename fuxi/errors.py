@@ -11,7 +11,7 @@
     ├── JobNotFound           -- an unknown job id
     └── JobFailed             -- a job ended failed or cancelled (carries the report)
 
-Ray exceptions are translated in one place (``fuxi.client._translate``).
+Ray exceptions are translated in one place (``fuxi.client.translate_error``).
 """
 
 from __future__ import annotations

@@ -1,15 +1,18 @@
 """A job spec resolved into a plan: what each task runs, on how many instances, with which
 inputs and how data flows between tasks. Plain frozen dataclasses, picklable, no Ray.
 
-The client builds the plan (``build_plan``) before anything runs, so bad input (a glob that
-matches nothing, an output directory that is not empty) fails at submit time with exit code 2.
+``build_plan`` is pure: the validated spec and facts already resolved by a shell
+(``fuxi.io.resolve``: the files each instance reads, the absolute outputs) in, the plan out.
+The client lists inputs read-only before submitting (so a glob that matches nothing fails at
+submit time with exit code 2); asking Pangu where inputs live (``with_preferred_nodes``) and
+preparing the outputs — clearing an old one with ``--overwrite`` — happen in the JobMaster,
+after FuxiMaster admitted the job.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fuxi.core.speculation import SpeculationPolicy
@@ -61,6 +64,7 @@ class JobPlan:
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 10.0
     spec: dict[str, Any] = field(default_factory=dict)  # the validated spec, for the record
+    overwrite: bool = False  # the JobMaster clears non-empty outputs before the first task
 
     def task(self, name: str) -> TaskPlan:
         for t in self.tasks:
@@ -80,21 +84,31 @@ class JobPlan:
         return None
 
 
-def _absolute(location: str, base_dir: str) -> str:
-    if "://" in location:
-        return location
-    return os.path.abspath(os.path.join(base_dir, os.path.expanduser(location)))
+@dataclass(frozen=True)
+class PlanFacts:
+    """What a shell found out about a spec's world, for :func:`build_plan` (plain data).
 
-
-def build_plan(spec, base_dir: str | None = None, overwrite: bool = False) -> JobPlan:
-    """Resolve a validated ``JobSpec``: expand inputs, split them, wire the edges, check outputs.
-
-    Relative paths are resolved against ``base_dir`` (the submitter's working directory).
+    ``inputs``: per task with an ``input``, the files each instance reads (one tuple per
+    instance, so its length is the instance count). ``preferred_nodes``: per task, the nodes
+    holding most of each instance's input bytes (Pangu inputs only). ``outputs``: per task
+    with an ``output``, its absolute path or URL.
     """
-    from fuxi.io.inputs import expand_inputs, split_files
-    from fuxi.io.output import OutputLocation
 
-    base_dir = base_dir or os.getcwd()
+    inputs: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    preferred_nodes: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def with_preferred_nodes(plan: JobPlan,
+                         preferred: dict[str, tuple[tuple[str, ...], ...]]) -> JobPlan:
+    """The plan with each named task's per-instance preferred nodes (locality) set."""
+    tasks = tuple(replace(t, preferred_nodes=tuple(tuple(n) for n in preferred[t.name]))
+                  if t.name in preferred else t for t in plan.tasks)
+    return replace(plan, tasks=tasks)
+
+
+def build_plan(spec, facts: PlanFacts = PlanFacts(), overwrite: bool = False) -> JobPlan:
+    """Wire a validated ``JobSpec`` and the ``facts`` resolved for it into a plan (pure)."""
     order = spec.topological_order()
     edges: dict[str, list[Edge]] = {name: [] for name in order}
     ins: dict[str, list[Edge]] = {name: [] for name in order}
@@ -112,22 +126,15 @@ def build_plan(spec, base_dir: str | None = None, overwrite: bool = False) -> Jo
 
     counts: dict[str, int] = {}
     inputs: dict[str, tuple[tuple[str, ...], ...]] = {}
-    preferred: dict[str, tuple[tuple[str, ...], ...]] = {}
     for name in order:
         t = spec.tasks[name]
         if t.input is not None:
-            files = expand_inputs(t.input, base_dir)
-            n = t.instances or len(files)
-            split = split_files(files, n)
-            inputs[name] = tuple(tuple(paths) for paths in split)
-            if any(p.startswith("pangu://") for paths in split for p in paths):
-                from pangu.client import locality
-
-                preferred[name] = tuple(locality(paths) for paths in split)
+            if name not in facts.inputs:
+                raise ValueError(f"task {name!r} reads input but the facts list no files for it")
+            inputs[name] = tuple(tuple(paths) for paths in facts.inputs[name])
         else:
-            n = t.instances
-            inputs[name] = tuple(() for _ in range(n))
-        counts[name] = n
+            inputs[name] = tuple(() for _ in range(t.instances))
+        counts[name] = len(inputs[name])
 
     wired_in: dict[str, tuple[Edge, ...]] = {}
     for name in order:
@@ -141,9 +148,7 @@ def build_plan(spec, base_dir: str | None = None, overwrite: bool = False) -> Jo
     tasks = []
     for name in order:
         t = spec.tasks[name]
-        output = _absolute(t.output, base_dir) if t.output else None
-        if output:
-            OutputLocation(output).prepare(overwrite=overwrite)
+        output = facts.outputs.get(name, t.output) if t.output else None
         tasks.append(
             TaskPlan(
                 name=name,
@@ -156,7 +161,7 @@ def build_plan(spec, base_dir: str | None = None, overwrite: bool = False) -> Jo
                 upstream=wired_in[name],
                 downstream=tuple(edges[name]),
                 output=output,
-                preferred_nodes=preferred.get(name, ()),
+                preferred_nodes=facts.preferred_nodes.get(name, ()),
             )
         )
     sp = spec.speculation
@@ -175,4 +180,5 @@ def build_plan(spec, base_dir: str | None = None, overwrite: bool = False) -> Jo
         retry_backoff_s=spec.retry_backoff_s,
         retry_backoff_max_s=spec.retry_backoff_max_s,
         spec=json.loads(json.dumps(spec.to_json_dict())),
+        overwrite=bool(overwrite),
     )

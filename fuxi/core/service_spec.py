@@ -1,8 +1,9 @@
 """The service spec: Fuxi's public contract for a long-running online service.
 
-A spec arrives as a YAML/JSON file (``load_service_spec``), a dict (``service_spec_from_dict``)
-or Python objects (``ServiceSpec(...)``). Errors come back as one ``SpecError`` with a line per
-problem, like job specs. This module never imports ``ray``.
+A spec arrives as a YAML/JSON file (``fuxi.io.specfile.load_service_spec`` reads it), a dict
+(``service_spec_from_dict``) or Python objects (``ServiceSpec(...)``). Errors come back as one
+``SpecError`` with a line per problem, like job specs. This module never imports ``ray`` and
+reads no files.
 
     name: wordfreq
     class: jobs.services.wordfreq:WordFreq    # module:Class, constructed with **config
@@ -19,16 +20,15 @@ problem, like job specs. This module never imports ``ray``.
 from __future__ import annotations
 
 import copy
-import os
+import posixpath
 import re
-from pathlib import Path
 from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fuxi.errors import BadInput, LimitExceeded, SpecError
-from fuxi.core.spec import (FN_REF_RE, SPEC_SUFFIXES, ResourceSpec, _apply_overrides, _humane_errors,
-                       _parse_text, check_named_json, resolve_fn, spec_bytes_max)
+from fuxi.errors import SpecError
+from fuxi.core.spec import FIELD_EXPECTATIONS, FN_REF_RE, ResourceSpec, check_named_json, resolve_fn
+from fuxi.core.specparse import apply_overrides, humane_errors
 
 REPLICAS_MAX = 256
 MAX_CONCURRENCY_MAX = 10_000
@@ -105,7 +105,7 @@ class ServiceSpec(BaseModel):
     @field_validator("workdir")
     @classmethod
     def _absolute(cls, value: Any) -> Any:
-        if value is not None and not os.path.isabs(value):
+        if value is not None and not posixpath.isabs(value):
             raise ValueError(f"workdir {value!r} must be an absolute path")
         return value
 
@@ -151,37 +151,12 @@ def service_spec_from_dict(doc: Any, overrides: Sequence[str] = (), source: str 
         raise SpecError([f"{source}: got {given} at top level, expected a mapping "
                          "(name:, class:, replicas:, ...)"], source=source, kind="service")
     doc = copy.deepcopy(doc)
-    _apply_overrides(doc, overrides, bare_key_root=None)  # replicas=3, config.tag=v2
+    apply_overrides(doc, overrides, bare_key_root=None)  # replicas=3, config.tag=v2
     try:
         spec = ServiceSpec.model_validate(doc)
     except ValidationError as exc:
-        raise SpecError([f"{source}: {line}" for line in _humane_errors(exc, ServiceSpec)],
+        raise SpecError([f"{source}: {line}" for line in humane_errors(exc, ServiceSpec, FIELD_EXPECTATIONS)],
                         source=source, kind="service") from None
     if check_class:
         check_service_class(spec, source)
     return spec
-
-
-def load_service_spec(path: str | Path, overrides: Sequence[str] = (),
-                      check_class: bool = True) -> ServiceSpec:
-    path = Path(path)
-    source = str(path)
-    if path.suffix.lower() not in SPEC_SUFFIXES:
-        raise BadInput(f"service spec {source}: got extension {path.suffix or '(none)'!r}, "
-                       f"expected one of " + ", ".join(SPEC_SUFFIXES))
-    if not path.is_file():
-        raise BadInput(f"service spec {source}: file not found")
-    raw = path.read_bytes()[:spec_bytes_max + 1]
-    if len(raw) > spec_bytes_max:
-        raise LimitExceeded(f"service spec {source}: larger than spec_bytes_max="
-                            f"{spec_bytes_max} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError([f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})"],
-                        source=source, kind="service") from None
-    try:
-        doc = _parse_text(text, path.suffix.lower(), source)
-    except SpecError as e:
-        raise SpecError(e.problems, source, kind="service") from None
-    return service_spec_from_dict(doc, overrides, source, check_class)

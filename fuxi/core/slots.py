@@ -24,6 +24,15 @@ Bookkeeping (:class:`Ledger`)
     What has been granted, by (demand_id, node_id); serialisable because it is
     hard state that FuxiMaster persists.
 
+One sync (:func:`grant`, then :func:`apply_grants`)
+    Nomad-style: :func:`grant` reads the node totals, the ledger and every
+    demand (an immutable view) and returns a :class:`GrantPlan` as plain data —
+    the new grants for one job, its fair-share targets (a job above its target
+    returns slots: the revocation side) and whether an online replica waits for
+    room. :func:`apply_grants` re-checks each grant against the ledger as it is
+    then and commits what still fits. FuxiMaster's ``sync`` and the scheduler
+    simulator (``tests/sim``) call exactly these two functions.
+
 Everything here is pure: no Ray, no I/O, no clocks.
 """
 
@@ -37,12 +46,17 @@ from typing import Any, Collection, Mapping, Sequence
 
 __all__ = [
     "RESOURCE_TOLERANCE",
+    "WORKERS_PER_NODE_MAX",
     "Demand",
+    "Grant",
+    "GrantPlan",
     "Ledger",
     "add",
+    "apply_grants",
     "fair_assignment",
     "fair_targets",
     "fits",
+    "grant",
     "place",
     "subtract",
 ]
@@ -50,6 +64,11 @@ __all__ = [
 # Fractional shapes (0.5 CPU, 0.1 GPU) accumulate rounding error: 10 * 0.1 is
 # not exactly 1.0. Differences smaller than this count as equal.
 RESOURCE_TOLERANCE = 1e-9
+
+# Worker slots granted on one node, all jobs together (~50 MB each): a node holding this many
+# takes no more, whatever their shapes ask (a task with cpu: 0 would otherwise get a worker per
+# instance).
+WORKERS_PER_NODE_MAX = 64
 
 Resources = Mapping[str, float]
 
@@ -378,3 +397,112 @@ class Ledger:
             if nodes:
                 ledger._grants[str(demand_id)] = _Granted(str(e["job_id"]), shape, nodes)
         return ledger
+
+
+# --------------------------------------------------------------------------- one sync: plan, then apply
+
+
+@dataclass(frozen=True)
+class Grant:
+    """``n`` new slots of demand ``demand_id`` on node ``node_id``."""
+
+    demand_id: str
+    node_id: str
+    n: int
+
+
+@dataclass(frozen=True)
+class GrantPlan:
+    """What one sync of one job should change, as plain data (nothing is applied yet)."""
+
+    grants: tuple[Grant, ...]
+    # demand_id -> the fair-share target of each of the asking job's demands: a job holding
+    # more gives the difference back (idle workers first).
+    targets: Mapping[str, int]
+    # An online replica (of ``online_ids``) wants slots its share allows but has none free:
+    # jobs over their share should return theirs now rather than when idle.
+    preempt: bool
+
+
+def _workers_on(ledger: Ledger, nodes: Collection[str]) -> dict[str, int]:
+    workers = {n: 0 for n in nodes}
+    for did in ledger.to_dict()["grants"]:
+        for node, n in ledger.held(did).items():
+            workers[node] = workers.get(node, 0) + n
+    return workers
+
+
+def grant(
+    node_totals: Mapping[str, Resources],
+    ledger: Ledger,
+    demands: Sequence[Demand],
+    job_id: str,
+    avoid_nodes: Collection[str] = (),
+    online_ids: Collection[str] = (),
+    workers_per_node_max: int = WORKERS_PER_NODE_MAX,
+) -> GrantPlan:
+    """Plan one sync of ``job_id``: grant its demands (among ``demands``, every demand of the
+    cluster) up to their fair targets, on nodes with free room, spread out.
+
+    Pure: reads ``ledger``, never changes it. ``avoid_nodes`` (where the job's attempts
+    failed) are used only when nothing else fits. ``online_ids``: demand ids of online
+    replicas, for :attr:`GrantPlan.preempt`.
+    """
+    targets = fair_targets(node_totals, demands) if demands else {}
+
+    def held_total(did: str) -> int:
+        return sum(ledger.held(did).values())
+
+    online = set(online_ids)
+    preempt = any(d.slots_wanted > held_total(d.demand_id)
+                  and targets.get(d.demand_id, 0) > held_total(d.demand_id)
+                  for d in demands if d.demand_id in online)
+    workers_on = _workers_on(ledger, node_totals)
+    free = {n: f for n, f in ledger.free(node_totals).items()
+            if workers_on.get(n, 0) < workers_per_node_max}
+    grants: list[Grant] = []
+    mine = [d for d in demands if d.job_id == job_id]
+    for d in mine:
+        held = ledger.held(d.demand_id)
+        want = targets.get(d.demand_id, 0) - sum(held.values())
+        if want <= 0:
+            continue
+        placed = place(free, d.shape, want, held_on_node=held, avoid_nodes=avoid_nodes)
+        for node in list(placed):
+            room = workers_per_node_max - workers_on.get(node, 0)
+            placed[node] = min(placed[node], max(room, 0))
+            workers_on[node] = workers_on.get(node, 0) + placed[node]
+            if placed[node] == 0:
+                del placed[node]
+        for node, n in placed.items():
+            free[node] = subtract(free[node], d.shape, n, allow_negative=True)
+            grants.append(Grant(d.demand_id, node, n))
+    return GrantPlan(grants=tuple(grants),
+                     targets={d.demand_id: targets.get(d.demand_id, 0) for d in mine},
+                     preempt=preempt)
+
+
+def apply_grants(
+    ledger: Ledger,
+    node_totals: Mapping[str, Resources],
+    plan: GrantPlan,
+    demands: Sequence[Demand],
+    workers_per_node_max: int = WORKERS_PER_NODE_MAX,
+) -> list[Grant]:
+    """Commit ``plan``'s grants to ``ledger``, each re-checked against the ledger as it is
+    now: a node that is gone, full, or at ``workers_per_node_max`` workers gets nothing (the
+    grant is dropped, the next sync plans again). Returns the grants applied, in order."""
+    by_id = {d.demand_id: d for d in demands}
+    workers_on = _workers_on(ledger, node_totals)
+    applied: list[Grant] = []
+    for g in plan.grants:
+        d = by_id.get(g.demand_id)
+        if d is None or g.node_id not in node_totals or g.n <= 0:
+            continue
+        free = subtract(node_totals[g.node_id], ledger.used_on(g.node_id), allow_negative=True)
+        if not fits(free, d.shape, g.n) or workers_on.get(g.node_id, 0) + g.n > workers_per_node_max:
+            continue
+        ledger.grant(d, g.node_id, g.n)
+        workers_on[g.node_id] = workers_on.get(g.node_id, 0) + g.n
+        applied.append(g)
+    return applied

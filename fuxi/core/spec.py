@@ -1,34 +1,29 @@
 """The job spec: Fuxi's public contract for a batch job (a DAG of tasks).
 
-A spec arrives as a YAML/JSON file (``load_job_spec``), a plain dict (``spec_from_dict``) or
-Python objects (``JobSpec(...)``). The file/dict path runs in this order, each step reporting
-every problem it finds at once as one ``SpecError``:
+A spec arrives as a YAML/JSON file (``fuxi.io.specfile.load_job_spec`` reads it), a plain
+dict (``spec_from_dict``) or Python objects (``JobSpec(...)``). The file/dict path runs in this
+order, each step reporting every problem it finds at once as one ``SpecError``:
 
     read file -> apply ``--set key=value`` overrides -> substitute ``${params.NAME}``
     -> pydantic validation (fields, then DAG checks) -> optionally import every task ``fn``
 
 pydantic lives only here, at the boundary (STYLE.md rule 5); the rest of Fuxi reads the
-validated models. This module never imports ``ray``.
+validated models. Parsing, overrides and readable errors, shared with the service spec, are in
+``fuxi.core.specparse``. This module never imports ``ray`` and reads no files.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import heapq
 import importlib
 import inspect
-import json
 import math
-import os
 import re
 import sys
-import typing
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -39,9 +34,11 @@ from pydantic import (
     model_validator,
 )
 
-from fuxi.errors import BadInput, LimitExceeded, SpecError
+from fuxi.core.specparse import Problems, apply_overrides, fspath_of, humane_errors, join_path
+from fuxi.errors import BadInput, SpecError
 
 __all__ = [
+    "FIELD_EXPECTATIONS",
     "JobSpec",
     "ResourceSpec",
     "SHUFFLE_MODES",
@@ -49,7 +46,6 @@ __all__ = [
     "TaskSpec",
     "check_importable",
     "instances_max",
-    "load_job_spec",
     "resolve_fn",
     "spec_bytes_max",
     "spec_from_dict",
@@ -82,30 +78,6 @@ _PARAM_REF_RE = re.compile(r"^params\.([A-Za-z_][A-Za-z0-9_]*)$")
 _WHOLE_REF_RE = re.compile(r"^\$\{params\.([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
-class _Problems(ValueError):
-    """Several problems found by one validator. Each is ``(relative field path, message)``.
-
-    Carried inside pydantic's ``value_error`` so the converter can emit one line per problem
-    with its own field path, instead of one blob per validator.
-    """
-
-    def __init__(self, problems: list[tuple[str, str]]):
-        self.problems = problems
-        super().__init__("\n".join(f"{p}: {m}" if p else m for p, m in problems))
-
-
-def _join_path(*parts: str | int) -> str:
-    out = ""
-    for part in parts:
-        if part == "":
-            continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out = f"{out}.{part}" if out else str(part)
-    return out
-
-
 # ---- models ----
 
 
@@ -134,7 +106,7 @@ class ResourceSpec(BaseModel):
                   or not math.isfinite(amount) or amount <= 0):
                 problems.append((name, f"got {amount!r}, expected a number > 0"))
         if problems:
-            raise _Problems(problems)
+            raise Problems(problems)
         return value
 
     def ray_shape(self) -> dict[str, float]:
@@ -236,28 +208,26 @@ class TaskSpec(BaseModel):
     def _check_input(cls, value: Any) -> Any:
         if value is None:
             return None
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
+        value = fspath_of(value)
         if isinstance(value, str):
             if not value:
                 raise ValueError("got '', expected a non-empty path, glob or URL")
             return value
         if isinstance(value, (list, tuple)):
-            items = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+            items = [fspath_of(v) for v in value]
             if not items or len(items) > input_entries_max:
                 raise ValueError(f"got a list of {len(items)} entries, expected 1..{input_entries_max} "
                                  "(input_entries_max)")
             bad = [(i, v) for i, v in enumerate(items) if not isinstance(v, str) or not v]
             if bad:
-                raise _Problems([(f"[{i}]", f"got {v!r}, expected a non-empty path, glob or URL") for i, v in bad])
+                raise Problems([(f"[{i}]", f"got {v!r}, expected a non-empty path, glob or URL") for i, v in bad])
             return items
         raise ValueError(f"got {value!r}, expected a path/glob/URL string or a list of them")
 
     @field_validator("output", mode="before")
     @classmethod
     def _check_output(cls, value: Any) -> Any:
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
+        value = fspath_of(value)
         if value is not None and (not isinstance(value, str) or not value):
             raise ValueError(f"got {value!r}, expected a non-empty directory path or URL")
         return value
@@ -279,7 +249,7 @@ class TaskSpec(BaseModel):
         if dupes:
             problems.append(("", f"got duplicates {dupes}, expected each name once"))
         if problems:
-            raise _Problems(problems)
+            raise Problems(problems)
         return list(value)
 
     @model_validator(mode="after")
@@ -299,7 +269,7 @@ class TaskSpec(BaseModel):
             problems.append((field, f"got {field} on a task with no `depends_on`, expected it only "
                                     "on tasks that read upstream output"))
         if problems:
-            raise _Problems(problems)
+            raise Problems(problems)
         return self
 
     @property
@@ -318,7 +288,7 @@ def _json_like_problem(value: Any, path: str) -> tuple[str, str] | None:
         return None if math.isfinite(value) else (path, f"got {value!r}, expected a finite number")
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            found = _json_like_problem(item, _join_path(path, i))
+            found = _json_like_problem(item, join_path(path, i))
             if found:
                 return found
         return None
@@ -326,7 +296,7 @@ def _json_like_problem(value: Any, path: str) -> tuple[str, str] | None:
         for key, item in value.items():
             if not isinstance(key, str):
                 return (path, f"got key {key!r}, expected string keys")
-            found = _json_like_problem(item, _join_path(path, key))
+            found = _json_like_problem(item, join_path(path, key))
             if found:
                 return found
         return None
@@ -336,7 +306,7 @@ def _json_like_problem(value: Any, path: str) -> tuple[str, str] | None:
 
 def check_named_json(value: dict, name_ok: Callable[[str], bool], what: str,
                      expected: str) -> None:
-    """Raise ``_Problems`` for every key that is not a str passing ``name_ok`` and every value
+    """Raise ``Problems`` for every key that is not a str passing ``name_ok`` and every value
     that is not JSON-like (params of a job, config of a service)."""
     problems = []
     for key, item in value.items():
@@ -347,7 +317,7 @@ def check_named_json(value: dict, name_ok: Callable[[str], bool], what: str,
         if found:
             problems.append(found)
     if problems:
-        raise _Problems(problems)
+        raise Problems(problems)
 
 
 class JobSpec(BaseModel):
@@ -389,7 +359,7 @@ class JobSpec(BaseModel):
             raise ValueError(f"got {len(value)} tasks, expected at most tasks_max={tasks_max}")
         bad = [k for k in value if not isinstance(k, str) or not TASK_NAME_RE.match(k)]
         if bad:
-            raise _Problems([(str(k), f"got task name {k!r}, expected a name matching "
+            raise Problems([(str(k), f"got task name {k!r}, expected a name matching "
                                       f"{TASK_NAME_RE.pattern}") for k in bad])
         return value
 
@@ -401,7 +371,7 @@ class JobSpec(BaseModel):
                                                     f"retry_backoff_s ({self.retry_backoff_s!r})"))
         problems += _dag_problems({name: task.depends_on for name, task in self.tasks.items()})
         if problems:
-            raise _Problems(problems)
+            raise Problems(problems)
         return self
 
     # ---- DAG queries ----
@@ -609,97 +579,16 @@ def _prefix(source: str | None, line: str) -> str:
     return f"{source}: {line}" if source else line
 
 
-# ---- reading files ----
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and keeps timestamps as strings.
-
-    A duplicate task name would otherwise silently replace the first task, and dates are not
-    JSON-like, so ``date: 2024-01-01`` stays the string a user would expect in a param.
-    """
-
-
-_SpecLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _construct_mapping(loader: _SpecLoader, node: yaml.MappingNode) -> dict:
-    loader.flatten_mapping(node)
-    mapping: dict = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"found duplicate key {key!r}", key_node.start_mark)
-        mapping[key] = loader.construct_object(value_node, deep=True)
-    return mapping
-
-
-_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _parse_text(text: str, suffix: str, source: str) -> Any:
-    if suffix == ".json":
-        def no_duplicates(pairs):
-            keys = [k for k, _ in pairs]
-            dupes = sorted({k for k in keys if keys.count(k) > 1})
-            if dupes:
-                raise ValueError(f"duplicate keys {dupes}")
-            return dict(pairs)
-        try:
-            return json.loads(text, object_pairs_hook=no_duplicates)
-        except json.JSONDecodeError as exc:
-            raise SpecError([f"{source}: line {exc.lineno} column {exc.colno}: {exc.msg}"], source=source) from exc
-        except ValueError as exc:
-            raise SpecError([f"{source}: {exc}"], source=source) from exc
-    try:
-        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - _SpecLoader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
-        what = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        detail = f"{what} ({context})" if context else what
-        raise SpecError([f"{source}: {where}invalid YAML: {detail}"], source=source) from exc
-
-
-def load_job_spec(path: str | Path, overrides: Sequence[str] = (),
-                  check_functions: bool = True) -> JobSpec:
-    """Read, override, substitute and validate a YAML/JSON job spec file."""
-    path = Path(path)
-    source = str(path)
-    suffix = path.suffix.lower()
-    if suffix not in SPEC_SUFFIXES:
-        raise BadInput(f"job spec {source}: got extension {path.suffix or '(none)'!r}, expected one of "
-                       + ", ".join(SPEC_SUFFIXES))
-    if not path.exists():
-        raise BadInput(f"job spec {source}: file not found")
-    if not path.is_file():
-        raise BadInput(f"job spec {source}: not a regular file")
-    with path.open("rb") as f:
-        raw = f.read(spec_bytes_max + 1)  # read one byte more than allowed to detect overflow
-    if len(raw) > spec_bytes_max:
-        raise LimitExceeded(f"job spec {source}: larger than spec_bytes_max={spec_bytes_max} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError([f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})"], source=source) from exc
-    doc = _parse_text(text, suffix, source)
-    return spec_from_dict(doc, overrides, source=source, check_functions=check_functions)
-
-
 def spec_from_dict(doc: dict, overrides: Sequence[str] = (), source: str = "<dict>",
                    check_functions: bool = True) -> JobSpec:
-    """Same as ``load_job_spec`` after the file is parsed. ``doc`` is not modified."""
+    """Override, substitute and validate a parsed spec (what ``load_job_spec`` does after
+    reading the file). ``doc`` is not modified."""
     if not isinstance(doc, dict):
         given = "an empty document" if doc is None else type(doc).__name__
         raise SpecError([f"{source}: got {given} at top level, expected a mapping "
                          "(name:, tasks:, ...)"], source=source)
     doc = copy.deepcopy(doc)
-    _apply_overrides(doc, overrides)
+    apply_overrides(doc, overrides)
     problems: list[str] = []
     doc = _substitute_params(doc, problems)
     if problems:
@@ -707,7 +596,7 @@ def spec_from_dict(doc: dict, overrides: Sequence[str] = (), source: str = "<dic
     try:
         spec = JobSpec.model_validate(doc)
     except ValidationError as exc:
-        lines = _humane_errors(exc)
+        lines = humane_errors(exc, JobSpec, FIELD_EXPECTATIONS)
         lines += [line for line in _raw_dag_problems(doc) if line not in lines]
         raise SpecError([f"{source}: {line}" for line in lines], source=source) from None
     if check_functions:
@@ -716,54 +605,6 @@ def spec_from_dict(doc: dict, overrides: Sequence[str] = (), source: str = "<dic
 
 
 # ---- overrides and substitution ----
-
-
-def _apply_overrides(doc: dict, overrides: Sequence[str],
-                     bare_key_root: str | None = "params") -> None:
-    if isinstance(overrides, str):  # a lone string would otherwise be read character by character
-        overrides = [overrides]
-    problems = []
-    for override in overrides:
-        problem = _apply_override(doc, override, bare_key_root)
-        if problem:
-            example = ("input=data/*.txt or tasks.map.instances=8" if bare_key_root
-                       else "replicas=3 or health_check.period_s=5")
-            problems.append(f"override {override!r}: {problem}; expected the form key=value "
-                            f"(e.g. {example})")
-    if problems:
-        raise BadInput("\n".join(problems))
-
-
-def _apply_override(doc: dict, override: Any, bare_key_root: str | None = "params") -> str | None:
-    """Apply one ``key=value``; return what is wrong with it, or None. A key without dots
-    goes under ``bare_key_root`` (job specs: ``params``), or at the top when it is None."""
-    if not isinstance(override, str) or "=" not in override:
-        return "no '='"
-    key, text = override.split("=", 1)
-    key = key.strip()
-    if not key:
-        return "empty key"
-    parts = key.split(".") if "." in key or bare_key_root is None else [bare_key_root, key]
-    if any(not part for part in parts):
-        return f"empty path segment in {key!r}"
-    if text.strip() == "":
-        value: Any = ""  # `--set output=` means an empty string, not YAML's null
-    else:
-        try:
-            value = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - _SpecLoader is a SafeLoader
-        except yaml.YAMLError as exc:
-            return f"value {text!r} is not valid YAML ({getattr(exc, 'problem', None) or exc})"
-    node: Any = doc
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            return (f"{'.'.join(parts[:i + 1])} is {type(child).__name__} {child!r}, not a mapping, "
-                    "so the key cannot go through it")
-        node = child
-    node[parts[-1]] = value
-    return None
 
 
 def _substitute_params(doc: dict, problems: list[str]) -> dict:
@@ -778,9 +619,9 @@ def _substitute_params(doc: dict, problems: list[str]) -> dict:
 
 def _substitute(value: Any, path: str, params: dict, problems: list[str]) -> Any:
     if isinstance(value, dict):
-        return {k: _substitute(v, _join_path(path, str(k)), params, problems) for k, v in value.items()}
+        return {k: _substitute(v, join_path(path, str(k)), params, problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, _join_path(path, i), params, problems) for i, v in enumerate(value)]
+        return [_substitute(v, join_path(path, i), params, problems) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
     known = ", ".join(params) or "(none)"
@@ -813,7 +654,7 @@ def _substitute(value: Any, path: str, params: dict, problems: list[str]) -> Any
 
 # ---- pydantic errors -> one readable line each ----
 
-_EXPECTED: dict[tuple[str, str], str] = {
+FIELD_EXPECTATIONS: dict[tuple[str, str], str] = {
     ("JobSpec", "name"): f"a job name matching {JOB_NAME_RE.pattern}",
     ("JobSpec", "priority"): f"an integer from 0 to {priority_max} (higher runs first)",
     ("JobSpec", "retry_backoff_s"): f"a number of seconds from 0 to {retry_backoff_s_max:g}",
@@ -838,71 +679,3 @@ _EXPECTED: dict[tuple[str, str], str] = {
     ("ResourceSpec", "custom"): "a mapping of resource names to numbers > 0",
 }
 
-_GENERIC: dict[str, str] = {
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
-    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
-    "bool_type": "true or false", "bool_parsing": "true or false",
-    "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
-    "model_type": "a mapping", "model_attributes_type": "a mapping",
-}
-
-
-def _model_at(loc: tuple, root: type[BaseModel] | None = None
-              ) -> tuple[type[BaseModel] | None, str | None, tuple]:
-    """Walk an error location from ``root`` (JobSpec) down to (innermost model, its field,
-    rest of loc)."""
-    model: type[BaseModel] = root or JobSpec
-    i = 0
-    while i < len(loc):
-        field = loc[i]
-        info = model.model_fields.get(field) if isinstance(field, str) else None
-        if info is None:
-            return model, None, loc[i:]
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and i + 1 < len(loc):
-            model, i = annotation, i + 1
-            continue
-        args = typing.get_args(annotation)
-        if (typing.get_origin(annotation) is dict and len(args) == 2 and isinstance(args[1], type)
-                and issubclass(args[1], BaseModel) and i + 2 < len(loc)):
-            model, i = args[1], i + 2
-            continue
-        return model, field, loc[i + 1:]
-    return model, None, ()
-
-
-def _humane_errors(exc: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
-    lines: list[str] = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        path = _join_path(*loc)
-        kind = err["type"]
-        error = (err.get("ctx") or {}).get("error")
-        if kind == "value_error" and isinstance(error, _Problems):
-            for rel, message in error.problems:
-                full = (f"{path}{rel}" if rel.startswith("[") else _join_path(path, rel)) if rel else path
-                lines.append(f"{full}: {message}" if full else message)
-            continue
-        if kind == "value_error" and error is not None:
-            lines.append(f"{path}: {error}")
-            continue
-        model, field, rest = _model_at(loc, root)
-        if kind == "extra_forbidden":
-            allowed = [info.alias or name for name, info in model.model_fields.items()] \
-                if model else []
-            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
-            lines.append(f"{path}: unknown field{suffix}; expected one of: {', '.join(allowed)}")
-        elif kind == "missing":
-            lines.append(f"{path}: required field is missing")
-        else:
-            expected = _EXPECTED.get((model.__name__, field)) if model and field and not rest else None
-            if expected is None:
-                expected = _GENERIC.get(kind) or _lower_first(err["msg"])
-            lines.append(f"{path}: got {err['input']!r}, expected {expected}")
-    return lines
-
-
-def _lower_first(text: str) -> str:
-    text = text.removeprefix("Input should be ").removeprefix("Value error, ")
-    return text[:1].lower() + text[1:]

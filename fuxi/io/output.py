@@ -90,23 +90,31 @@ class OutputLocation:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def check(self, overwrite: bool = False) -> bool:
+        """Whether the location holds files from an earlier run (that ``prepare`` would clear).
+        Refuses a file, or a non-empty directory unless ``overwrite``. Changes nothing."""
+        fs, path = self.fs, self.path
+        if not fs.exists(path):
+            return False
+        if not fs.isdir(path):
+            raise BadInput(
+                f"output location {self.url} is a file; expected an empty or missing "
+                "directory — delete it or choose another output"
+            )
+        if not fs.ls(path, detail=False):
+            return False
+        if not overwrite:
+            raise BadInput(
+                f"output location {self.url} is not empty; expected an empty or missing "
+                "directory — delete it or choose another output"
+            )
+        return True
+
     def prepare(self, overwrite: bool = False) -> None:
         """Create the location. Refuse one holding files from an earlier run unless ``overwrite``."""
-        fs, path = self.fs, self.path
-        if fs.exists(path):
-            if not fs.isdir(path):
-                raise BadInput(
-                    f"output location {self.url} is a file; expected an empty or missing "
-                    "directory — delete it or choose another output"
-                )
-            if fs.ls(path, detail=False):
-                if not overwrite:
-                    raise BadInput(
-                        f"output location {self.url} is not empty; expected an empty or missing "
-                        "directory — delete it or choose another output"
-                    )
-                fs.rm(path, recursive=True)
-        fs.makedirs(path, exist_ok=True)
+        if self.check(overwrite=overwrite):
+            self.fs.rm(self.path, recursive=True)
+        self.fs.makedirs(self.path, exist_ok=True)
 
     def write_attempt(self, task: str, instance: int, attempt: int, table: pa.Table) -> dict:
         """Write one attempt's output as Parquet; return ``{"path", "rows", "bytes"}``."""

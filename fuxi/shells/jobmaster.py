@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fuxi.core import jobcore as jc
 from fuxi.io.output import OutputLocation
+from fuxi.io.resolve import locate_inputs, prepare_outputs
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import JobState
 from fuxi.shells.worker import WorkerActor
@@ -43,6 +44,7 @@ SPARES_PER_NODE = 1  # warm workers kept per node once a job starts replacing wo
 # a Pangu master paused or failing over must not stop the loop that hears from the workers.
 COMMIT_TIMEOUT_S = 300.0  # one commit, retries included; past it the job cannot succeed
 FINALIZE_TIMEOUT_S = 300.0  # the final check of every output, retries included
+JOB_PREPARE_TIMEOUT_S = 300.0  # locating Pangu inputs, creating (--overwrite: clearing) outputs
 COMMIT_RETRY_S = 1.0  # pause between tries of a commit that hit an unavailable store
 LOOP_STALL_S = 5.0  # the loop came round this much later than it should: this process was
 #                     paused (SIGSTOP, a frozen VM); the time lost is nobody else's fault
@@ -139,12 +141,13 @@ class JobMaster:
             raise RuntimeError(f"job {self.job_id} is running already")
         self._started = True
         try:
+            await self._prepare()
             await self._loop()
             await self._finish()
         except Exception as e:  # a bug in the shell: fail the job loudly rather than hang
             logger.exception("job master loop crashed")
             if not self.core.done():
-                self._apply(self.core._fail(time.time(), f"job master error: {e!r}"))
+                self._apply(self.core.fail(time.time(), f"job master error: {e!r}"))
             elif self._finalized is None:  # ended, but its output was never finalized
                 self._finalized = {"state": JobState.FAILED.value,
                                    "report": f"job master error while finishing: {e!r}"}
@@ -157,6 +160,24 @@ class JobMaster:
             self._log_file.close()
             self._committer.shutdown(wait=False, cancel_futures=True)
         return self.status()
+
+    async def _prepare(self) -> None:
+        """Before the first task, off the event loop: ask Pangu where the inputs live, and
+        create the outputs (clearing old ones for ``--overwrite``) -- only now, with the job
+        admitted, may an earlier run's output go."""
+        def prepare(plan):
+            plan = locate_inputs(plan)
+            prepare_outputs(plan)
+            return plan
+
+        try:
+            plan = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                self._committer, prepare, self.core.plan), JOB_PREPARE_TIMEOUT_S)
+        except Exception as e:
+            self._apply(self.core.fail(time.time(), f"preparing the job failed: {e}"))
+            return
+        if plan is not self.core.plan:  # nothing has happened yet: the core starts afresh
+            self.core = jc.JobCore(self.job_id, plan, now=time.time())
 
     # ------------------------------------------------------------ the loop
 
@@ -173,7 +194,7 @@ class JobMaster:
                 break
             if now - self.last_sync_ok > MASTER_LOST_S:
                 # Its FuxiMaster is gone (an orphan would hold workers nobody accounts for).
-                self._apply(self.core._fail(now, f"FuxiMaster unreachable for {MASTER_LOST_S:g}s "
+                self._apply(self.core.fail(now, f"FuxiMaster unreachable for {MASTER_LOST_S:g}s "
                                                  f"(MASTER_LOST_S); job abandoned"))
                 break
             if self.sync_ref is None and (self.releases or now - self.last_sync >= SYNC_PERIOD_S):

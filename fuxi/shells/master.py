@@ -39,7 +39,6 @@ JOBS_RUNNING_MAX = 256  # concurrent jobs per cluster
 JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
 JOBMASTER_CALL_TIMEOUT_S = 10.0
 SUBMITS_REMEMBERED_MAX = 10_000
-WORKERS_PER_NODE_MAX = 64  # worker slots granted on one node, all jobs together (~50 MB each)
 JOB_TOKEN_TTL_S = 7 * 24 * 3600.0      # a job's instances act as its submitter this long
 SERVICE_TOKEN_TTL_S = 30 * 24 * 3600.0  # a replica's token (renewed at every (re)start)
 KEYS_PUSH_TIMEOUT_S = 10.0  # per platform actor, after a key rotation
@@ -582,43 +581,16 @@ class FuxiMaster:
                 ))
         services = self._service_slots()
         all_demands += services
-        targets = slots.fair_targets(self.nodes, all_demands) if all_demands else {}
-        # An online replica waits for room: jobs over their share give it back now.
-        waiting = any(d.slots_wanted > sum(self.ledger.held(d.demand_id).values())
-                      and targets.get(d.demand_id, 0) > sum(self.ledger.held(d.demand_id).values())
-                      for d in services)
-        free = self.ledger.free(self.nodes)
-        # A node with WORKERS_PER_NODE_MAX workers takes no more, whatever their shapes ask
-        # (a task with cpu: 0 would otherwise get a worker per instance).
-        workers_on = {n: 0 for n in self.nodes}
-        for did in self.ledger.to_dict()["grants"]:
-            for node, n in self.ledger.held(did).items():
-                workers_on[node] = workers_on.get(node, 0) + n
-        free = {n: f for n, f in free.items() if workers_on.get(n, 0) < WORKERS_PER_NODE_MAX}
-        grants, my_targets = [], {}
-        for sk, d in demands.items():
-            did = f"{job_id}/{sk}"
-            held = self.ledger.held(did)
-            target = targets.get(did, 0)
-            my_targets[sk] = target
-            want = target - sum(held.values())
-            if want <= 0:
-                continue
-            placed = slots.place(free, d["shape"], want, held_on_node=held,
-                                 avoid_nodes=set(avoid_nodes))
-            for node in list(placed):
-                room = WORKERS_PER_NODE_MAX - workers_on.get(node, 0)
-                placed[node] = min(placed[node], max(room, 0))
-                workers_on[node] = workers_on.get(node, 0) + placed[node]
-                if placed[node] == 0:
-                    del placed[node]
-            demand = slots.Demand(did, job_id, priority, self.submit_seq.get(job_id, 0),
-                                  d["shape"], int(d["wanted"]))
-            for node, n in placed.items():
-                self.ledger.grant(demand, node, n)
-                free[node] = slots.subtract(free[node], d["shape"], n, allow_negative=True)
-                grants.append({"shape_key": sk, "shape": d["shape"], "node_id": node, "n": n})
-        return {"grants": grants, "targets": my_targets, "preempt": waiting}
+        # The policy proposes (pure, the same function the simulator drives); the ledger
+        # re-checks and commits.
+        plan = slots.grant(self.nodes, self.ledger, all_demands, job_id, avoid_nodes=avoid_nodes,
+                           online_ids={d.demand_id for d in services})
+        applied = slots.apply_grants(self.ledger, self.nodes, plan, all_demands)
+        sk_of = {f"{job_id}/{sk}": sk for sk in demands}
+        grants = [{"shape_key": sk_of[g.demand_id], "shape": demands[sk_of[g.demand_id]]["shape"],
+                   "node_id": g.node_id, "n": g.n} for g in applied]
+        return {"grants": grants, "targets": {sk_of[did]: t for did, t in plan.targets.items()},
+                "preempt": plan.preempt}
 
     # ------------------------------------------------------------ jobs
 

@@ -73,6 +73,8 @@ def test_instance_that_fails_twice_then_succeeds(job, tmp_path):
     spec = {
         "name": "flaky",
         "params": {"dir": str(tmp_path / "marks"), "bad": 1, "fails": 2},
+        # Pinned: under load a backup (speculation) would add an attempt this test does not count.
+        "speculation": {"enabled": False},
         "retry_backoff_s": 0.05,
         "tasks": {"t": {"fn": f"{FNS}:flaky", "instances": 3, "max_retries": 3,
                         "output": str(tmp_path / "out")}},
@@ -163,7 +165,9 @@ def test_attempt_past_timeout_is_retried(job, tmp_path):
     }
     st = job(spec, timeout_s=90)
     assert st["state"] == "succeeded", st.get("report")
-    assert st["tasks"]["t"]["retries"] == 1
+    # What is promised: the hung attempt was retried, within max_retries (3). Not exactly once:
+    # on a loaded machine a quick retry can itself run past the 1 s timeout and be retried.
+    assert 1 <= st["tasks"]["t"]["retries"] <= 3
     out = read_output(str(tmp_path / "out"))
     assert sorted(set(out.column("instance").to_pylist())) == [0, 1]
 
@@ -221,6 +225,35 @@ def test_task_that_fits_no_node_is_refused_at_submit(client):
                                             "resources": {"cpu": 64}}}}
     with pytest.raises(BadInput, match="no node of cluster"):
         client.submit(spec)
+
+
+def test_refused_overwrite_keeps_the_old_output(client, tmp_path):
+    """`--overwrite` clears the old output only once the job is admitted: a submit FuxiMaster
+    refuses (here: a task no node can hold) leaves what an earlier run wrote."""
+    from fuxi.errors import BadInput
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-00000.parquet").write_text("the previous run's output")
+    spec = {"name": "refused", "tasks": {"t": {"fn": f"{FNS}:noop", "instances": 1,
+                                               "resources": {"cpu": 64}, "output": str(out)}}}
+    with pytest.raises(BadInput, match="no node of cluster"):
+        client.submit(spec, overwrite=True)
+    assert (out / "part-00000.parquet").read_text() == "the previous run's output"
+
+
+def test_admitted_overwrite_replaces_the_old_output(client, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    spec = {"name": "overwrite", "tasks": {"t": {"fn": f"{FNS}:flaky", "instances": 2,
+                                                 "output": str(out)}},
+            "params": {"dir": str(tmp_path / "marks"), "bad": -1, "fails": 0}}
+    job_id = client.submit(spec, overwrite=True)
+    st = client.wait(job_id, timeout_s=120)
+    assert st["state"] == "succeeded", st.get("report")
+    assert not (out / "stale.txt").exists()
+    assert sorted(set(read_output(str(out)).column("instance").to_pylist())) == [0, 1]
 
 
 def test_many_instances_use_few_ray_calls_and_all_succeed(job):

@@ -258,7 +258,7 @@ def test_the_wordfreq_example_serves_the_wordcount_output(master, job, tmp_path)
     import ray
 
     import kuafu
-    from fuxi.core.service_spec import load_service_spec
+    from fuxi.io.specfile import load_service_spec
     from jobs.wordcount import plain_count
 
     out = tmp_path / "wc"

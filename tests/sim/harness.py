@@ -6,9 +6,10 @@ crashes, network latency. Time is a float on a simulated clock; nothing sleeps.
 
 What is modelled, following ``fuxi.shells.jobmaster`` and ``fuxi.shells.worker``:
 
-* FuxiMaster: a sync every 250 ms grants slots (``fuxi.core.slots.fair_targets`` / ``place``) and
-  sends a fair-share target that the shell turns into ``shrink``; sometimes another job shows
-  up for a while and squeezes our share.
+* FuxiMaster: a sync every 250 ms grants slots with the very functions FuxiMaster's ``sync``
+  calls (``fuxi.core.slots.grant`` plans, ``apply_grants`` re-checks and commits to a real
+  ``Ledger``) and sends the fair-share target that the shell turns into ``shrink``; sometimes
+  another job shows up for a while and squeezes our share.
 * Worker start takes a while and may fail; ``worker_started`` / ``worker_start_failed``.
 * One ``exchange`` in flight per worker: it carries pushes and skips, returns as soon as an
   attempt finished (or after 100 ms) with every finished result plus the running attempt and
@@ -198,7 +199,7 @@ class Sim:
         self.now = 0.0
         self.core = JobCore(f"job{sc.seed}", sc.plan, now=0.0, limits=sc.limits)
         self.nodes = [f"node{i}" for i in range(sc.nodes)]
-        self.ledger: dict[str, int] = {n: 0 for n in self.nodes}  # slots this job holds per node
+        self.ledger = slotlib.Ledger()  # what "FuxiMaster" granted (only this job holds slots)
         self.workers: dict[str, SimWorker] = {}
         self.events: list = []
         self._seq = 0
@@ -274,7 +275,7 @@ class Sim:
         core = self.core
         if isinstance(act, StartWorker):
             self.check(act.worker_id not in self.workers, f"worker id reused: {act}")
-            self.check(act.node_id in self.ledger, f"StartWorker on unknown node: {act}")
+            self.check(act.node_id in self.nodes, f"StartWorker on unknown node: {act}")
             w = self.workers[act.worker_id] = SimWorker(act.worker_id, act.node_id)
             self.at(self.now + self.rng.uniform(0.005, 0.1), "start_done", w.wid)
         elif isinstance(act, Push):
@@ -296,9 +297,10 @@ class Sim:
             w.tracked = False  # the shell forgets it: late replies are dropped
             self.kill(w)
         elif isinstance(act, ReleaseSlot):
-            self.check(self.ledger.get(act.node_id, 0) > 0,
+            did = f"me/{act.shape_key}"
+            self.check(self.ledger.held(did).get(act.node_id, 0) > 0,
                        f"ReleaseSlot for a slot the job does not hold: {act}")
-            self.ledger[act.node_id] -= 1
+            self.ledger.release(did, act.node_id, 1)
         elif isinstance(act, Commit):
             key = (act.task, act.instance)
             self.check(key not in self.commits,
@@ -338,18 +340,15 @@ class Sim:
         if sq and sq[0] <= self.now < sq[1]:
             ds.append(slotlib.Demand("other/x", "other", 50, 1, dict(SHAPE),
                                      self.sc.nodes * self.sc.slots_per_node))
-        targets = slotlib.fair_targets(totals, ds) if ds else {}
+        plan = slotlib.grant(totals, self.ledger, ds, "me", avoid_nodes=set(self.core.bad_nodes))
+        applied = slotlib.apply_grants(self.ledger, totals, plan, ds)
+        self.check(list(applied) == list(plan.grants),
+                   f"a grant planned this instant did not fit: {plan.grants} vs {applied}")
         for sk, (shape, _) in demands.items():
-            target = targets.get(f"me/{sk}", 0)
-            held = sum(self.ledger.values())
-            if target > held:
-                free = {n: {"CPU": float(self.sc.slots_per_node - self.ledger[n])} for n in self.nodes}
-                placed = slotlib.place(free, shape, target - held, held_on_node=dict(self.ledger),
-                                       avoid_nodes=set(self.core.bad_nodes))
-                for node, n in sorted(placed.items()):
-                    self.ledger[node] += n
-                    self.call("slots_granted", self.core.slots_granted(sk, shape, node, n, self.now))
-            self.call("shrink", self.core.shrink(sk, target, self.now))
+            did = f"me/{sk}"
+            for g in sorted((g for g in applied if g.demand_id == did), key=lambda g: g.node_id):
+                self.call("slots_granted", self.core.slots_granted(sk, shape, g.node_id, g.n, self.now))
+            self.call("shrink", self.core.shrink(sk, plan.targets.get(did, 0), self.now))
 
     # ------------------------------------------------------------ worker lifecycle
 
@@ -594,8 +593,9 @@ class Sim:
             for w in core.workers.values():
                 if not w.dead:
                     per_node[w.node_id] += 1
-            self.check(per_node == self.ledger,
-                       f"slots held {self.ledger} != live workers per node {per_node}")
+            held = {n: self.ledger.held(f"me/{SK}").get(n, 0) for n in self.nodes}
+            self.check(per_node == held,
+                       f"slots held {held} != live workers per node {per_node}")
 
     def faults(self) -> dict[tuple[str, int], int]:
         """Per instance: attempts that began running and did not deliver a success — raised,

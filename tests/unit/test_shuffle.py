@@ -213,9 +213,11 @@ def test_one_million_strings_partition_fast():
 
     rng = np.random.default_rng(7)
     t = pa.table({"w": pa.array([f"w{x}" for x in rng.integers(0, 10**6, 10**6)])})
-    start = time.perf_counter()
+    # CPU time of this process, not the wall clock: other work on a loaded machine must not
+    # fail it; what it guards against (a Python loop per row) costs seconds of CPU by itself.
+    start = time.process_time()
     hash_partition_ids(t, ["w"], 64)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 # -- split_by_ids ---------------------------------------------------------------------------

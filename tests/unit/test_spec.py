@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fuxi.errors import BadInput, LimitExceeded, SpecError
+from fuxi.io.specfile import load_job_spec
 from fuxi.core.spec import (
     JobSpec,
     ResourceSpec,
     SpeculationSpec,
     TaskSpec,
     check_importable,
-    load_job_spec,
     resolve_fn,
     spec_bytes_max,
     spec_from_dict,
