@@ -29,10 +29,12 @@ import itertools
 import os
 import threading
 
-from kuafu.core import flow
+from kuafu import deploy
 from kuafu import frame as F
+from kuafu.core import flow
 from kuafu.io.addresses import KUAFU_CONNECT_TIMEOUT_S, open_connection, parse_uri
 from kuafu.io.conn import PING_INTERVAL_S, Conn
+from kuafu.io.loops import LoopThread
 from kuafu.errors import BadRequest, FrameError, TimedOut, Unavailable, error_from_header
 from kuafu.io.server import context
 
@@ -291,9 +293,7 @@ def _resolver(uri: str, proxy: str | None, nuwa: list | None = None):
             return env
         loop = asyncio.get_running_loop()
         if nuwa:
-            from kuafu.deploy import proxy_from_nuwa
-
-            return await loop.run_in_executor(None, proxy_from_nuwa, nuwa)
+            return await loop.run_in_executor(None, deploy.proxy_from_nuwa, nuwa)
         return await loop.run_in_executor(None, find_proxy, cluster)
     return local_proxy
 
@@ -302,8 +302,6 @@ def find_proxy(cluster: str) -> str:
     """The address of a Kuafu proxy for ``cluster``: this node's Unix socket inside Ray; from
     outside Ray, a proxy listed in the cluster's Nuwa (its Unix socket when it is on this
     machine)."""
-    from kuafu import deploy
-
     return deploy.find_proxy(cluster)
 
 
@@ -362,8 +360,6 @@ def _background_loop() -> asyncio.AbstractEventLoop:
     global _bg
     with _bg_lock:
         if _bg is None or not _bg.alive():
-            from kuafu.io.loops import LoopThread
-
             _bg = LoopThread("kuafu-client")
         return _bg.loop
 
