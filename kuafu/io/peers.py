@@ -62,9 +62,6 @@ class PeerPool:
             if r in waiting:
                 waiting.remove(r)
 
-    def is_down(self, address: str, now: float) -> bool:
-        return self.down.get(address, 0) > now
-
     async def _connect(self, address: str) -> None:
         try:
             _, conn = await open_connection(address, lambda: Conn(self.handler, role="peer"),

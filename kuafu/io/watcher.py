@@ -19,7 +19,7 @@ from kuafu.core import routing
 from kuafu.core.routing import SERVICES_PATH
 from kuafu.errors import Overloaded
 
-log = logging.getLogger("kuafu.io.proxy")
+log = logging.getLogger("kuafu.io.proxy")  # the proxy's log, as before the split
 
 PROXIES_PATH = "/kuafu/proxies/"
 NUWA_TIMEOUT_S = 10.0
