@@ -12,14 +12,21 @@
             return msg
     kuafu.serve({"echo": Echo()}, port=9000)          # standalone, no Ray
 
-See docs/kuafu.md."""
+    kuafu.attach({"echo": Echo()}, kuafu.deploy.local_proxy("default"))  # through a proxy
 
-from kuafu.client import AsyncClient, Client, Handle, aconnect, connect, parse_uri
+See docs/kuafu.md. The layers inside: ``kuafu.core`` (frame layout, flow control, routing
+decisions: pure), ``kuafu.io`` (connections, servers, the proxy), ``kuafu.deploy`` (proxies
+on Ray) and ``kuafu.client``."""
+
+from kuafu import deploy
+from kuafu.client import CALL_DEADLINE_S, AsyncClient, Client, Handle, aconnect, connect
 from kuafu.errors import (BadRequest, Denied, FrameError, KuafuError, Overloaded, RemoteError,
                           TimedOut, TooLarge, Unauthenticated, Unavailable)
+from kuafu.io.addresses import parse_uri
 from kuafu.io.server import Context, Server, ServerHandle, attach, context, method, serve
 
 __all__ = ["AsyncClient", "Client", "Handle", "aconnect", "connect", "parse_uri",
+           "CALL_DEADLINE_S", "deploy",
            "BadRequest", "FrameError", "KuafuError", "Overloaded", "RemoteError", "TimedOut",
-           "TooLarge", "Unavailable", "Unauthenticated", "Denied", "Context", "Server", "ServerHandle", "attach", "context",
-           "method", "serve"]
+           "TooLarge", "Unavailable", "Unauthenticated", "Denied",
+           "Context", "Server", "ServerHandle", "attach", "context", "method", "serve"]

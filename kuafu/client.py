@@ -28,60 +28,19 @@ import contextlib
 import itertools
 import os
 import threading
-from urllib.parse import urlsplit
 
-from kuafu.core import flow
+from kuafu import deploy
 from kuafu import frame as F
+from kuafu.core import flow
+from kuafu.io.addresses import KUAFU_CONNECT_TIMEOUT_S, open_connection, parse_uri
 from kuafu.io.conn import PING_INTERVAL_S, Conn
+from kuafu.io.loops import LoopThread
 from kuafu.errors import BadRequest, FrameError, TimedOut, Unavailable, error_from_header
 from kuafu.io.server import context
 
 CALL_DEADLINE_S = 30.0          # a call's deadline unless the caller gives one
-KUAFU_CONNECT_TIMEOUT_S = 5.0        # one connection attempt
 UNAVAILABLE_RETRIES_MAX = 3    # resends of a call that certainly did not run
 RESEND_BACKOFF_S = (0.05, 0.1, 0.2)
-
-
-def parse_uri(uri: str) -> tuple[str, str, str | None]:
-    """(scheme, where, service): tcp -> "host:port", unix -> path, nuwa -> cluster."""
-    if not isinstance(uri, str) or "://" not in uri:
-        raise BadRequest(f"Kuafu address {uri!r:.100}: expected tcp://host:port[/service], "
-                         f"unix:///path or nuwa://<cluster>/<service>")
-    u = urlsplit(uri)
-    if u.scheme == "tcp":
-        if not u.hostname or not u.port:
-            raise BadRequest(f"Kuafu address {uri!r}: tcp:// needs host:port")
-        svc = u.path.strip("/") or None
-        return "tcp", f"{u.hostname}:{u.port}", svc
-    if u.scheme == "unix":
-        path = u.netloc + u.path if u.netloc else u.path
-        if not path.startswith("/"):
-            raise BadRequest(f"Kuafu address {uri!r}: unix:// needs an absolute path")
-        return "unix", path, None
-    if u.scheme == "nuwa":
-        svc = u.path.strip("/")
-        if not u.netloc or not svc or "/" in svc:
-            raise BadRequest(f"Kuafu address {uri!r}: expected nuwa://<cluster>/<service>")
-        return "nuwa", u.netloc, svc
-    raise BadRequest(f"Kuafu address {uri!r}: unknown scheme {u.scheme!r}; expected tcp, unix "
-                     f"or nuwa")
-
-
-async def open_connection(address: str, factory, timeout_s: float = KUAFU_CONNECT_TIMEOUT_S):
-    """(transport, protocol) for ``tcp://host:port`` or ``unix://path``."""
-    scheme, where, _ = parse_uri(address)
-    loop = asyncio.get_running_loop()
-    try:
-        if scheme == "tcp":
-            host, _, port = where.rpartition(":")
-            coro = loop.create_connection(factory, host, int(port))
-        elif scheme == "unix":
-            coro = loop.create_unix_connection(factory, where)
-        else:
-            raise BadRequest(f"cannot open a connection to {address!r}; resolve it first")
-        return await asyncio.wait_for(coro, timeout_s)
-    except (OSError, asyncio.TimeoutError) as e:
-        raise Unavailable(f"cannot connect to {address}: {e or 'timed out'}") from None
 
 
 class _Pending:
@@ -334,9 +293,7 @@ def _resolver(uri: str, proxy: str | None, nuwa: list | None = None):
             return env
         loop = asyncio.get_running_loop()
         if nuwa:
-            from kuafu.deploy import proxy_from_nuwa
-
-            return await loop.run_in_executor(None, proxy_from_nuwa, nuwa)
+            return await loop.run_in_executor(None, deploy.proxy_from_nuwa, nuwa)
         return await loop.run_in_executor(None, find_proxy, cluster)
     return local_proxy
 
@@ -345,8 +302,6 @@ def find_proxy(cluster: str) -> str:
     """The address of a Kuafu proxy for ``cluster``: this node's Unix socket inside Ray; from
     outside Ray, a proxy listed in the cluster's Nuwa (its Unix socket when it is on this
     machine)."""
-    from kuafu import deploy
-
     return deploy.find_proxy(cluster)
 
 
@@ -405,8 +360,6 @@ def _background_loop() -> asyncio.AbstractEventLoop:
     global _bg
     with _bg_lock:
         if _bg is None or not _bg.alive():
-            from kuafu.io.loops import LoopThread
-
             _bg = LoopThread("kuafu-client")
         return _bg.loop
 

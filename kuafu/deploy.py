@@ -249,7 +249,7 @@ def proxy_from_nuwa(nuwa_addresses: list, token: str | None = None) -> str:
     from nuwa import errors as NE
     from nuwa.client import connect as nuwa_connect
 
-    from kuafu.io.proxy import PROXIES_PATH
+    from kuafu.io.watcher import PROXIES_PATH
 
     with nuwa_connect([tuple(a) for a in nuwa_addresses], token=token) as nw:
         try:

@@ -1,14 +1,7 @@
-"""Kuafu's wire format: versioned, length-prefixed frames (pure: no I/O, no clock).
-
-    offset  size  field
-    0       2     magic b"KF"
-    2       1     version (FRAME_VERSION)
-    3       1     kind: REQUEST, RESPONSE, ERROR, PIECE, CANCEL, PING, PONG
-    4       4     header length, little-endian u32 (at most HEADER_BYTES_MAX)
-    8       4     body length, little-endian u32 (at most BODY_BYTES_MAX)
-    12      ...   header: a msgpack map (request id, service, method, deadline, credentials,
-                  flags, the body's type, the piece number)
-    ...     ...   body: the message bytes
+"""Kuafu's frame codecs: headers as msgpack maps, typed bodies (msgpack maps, Arrow), and the
+incremental decoder. The layout itself -- prefix, kinds, limits, the checks on a prefix, how
+a message is cut into pieces -- is the pure ``kuafu.core.frame``; its names are re-exported
+here, so ``kuafu.frame`` is the one module senders and receivers use.
 
 A message larger than PIECE_BYTES travels as a first frame and PIECE frames with the same
 request id, in order; every frame but the last has ``more`` set. Bodies are typed:
@@ -25,61 +18,33 @@ it buffers more than the prefix: a sender cannot make a receiver allocate by cla
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from kuafu.core.frame import (BODY_BYTES_MAX, BODY_TYPES, CANCEL, DEADLINE_MAX_S, ERROR,
+                              FRAME_VERSION, HEADER_BYTES_MAX, KINDS, MAGIC, MAP_ENTRIES_MAX,
+                              MESSAGE_BYTES_MAX, MESSAGES_IN_PIECES_MAX, PIECE, PIECE_BYTES, PING,
+                              PONG, PREFIX, REQUEST, RESPONSE, Frame, check_kind, check_magic,
+                              check_sizes, pack_prefix, parse_prefix, piece_ranges,
+                              timeout_from_header)
 from kuafu.errors import FrameError, TooLarge
-
-MAGIC = b"KF"
-FRAME_VERSION = 1
-PREFIX = struct.Struct("<2sBBII")
-HEADER_BYTES_MAX = 64 * 1024
-BODY_BYTES_MAX = 4 * 1024 * 1024  # the largest frame body a receiver accepts
-PIECE_BYTES = 1024 * 1024  # senders split messages larger than this into pieces of this size
-# (small pieces let a proxy forward a large message while it is still arriving)
-MESSAGE_BYTES_MAX = 1024 * 1024 * 1024  # one whole message, all pieces together
-MAP_ENTRIES_MAX = 100_000
-MESSAGES_IN_PIECES_MAX = 1024  # messages arriving in pieces at once, per connection
-
-REQUEST, RESPONSE, ERROR, PIECE, CANCEL, PING, PONG = range(1, 8)
-KINDS = {REQUEST: "REQUEST", RESPONSE: "RESPONSE", ERROR: "ERROR", PIECE: "PIECE",
-         CANCEL: "CANCEL", PING: "PING", PONG: "PONG"}
-BODY_TYPES = ("bytes", "str", "map", "arrow")
-
-
-@dataclass
-class Frame:
-    kind: int
-    header: dict = field(default_factory=dict)
-    body: Any = b""  # bytes-like
-    placed: bool = False  # the body was received straight into a buffer its consumer gave
-
-    @property
-    def request_id(self) -> int:
-        return self.header.get("id", 0)
-
-    @property
-    def more(self) -> bool:
-        return bool(self.header.get("more", False))
-
 
 def encode(kind: int, header: dict, body=b"") -> list:
     """The frame as a list of buffers to write (the body is not copied)."""
-    if kind not in KINDS:
-        raise FrameError(f"frame kind {kind!r}; expected one of {sorted(KINDS)}")
+    check_kind(kind)
     head = msgpack.packb(header, use_bin_type=True)
-    if len(head) > HEADER_BYTES_MAX:
-        raise TooLarge(f"frame header of {len(head)} bytes; HEADER_BYTES_MAX is "
-                       f"{HEADER_BYTES_MAX}")
     n = memoryview(body).nbytes
-    if n > BODY_BYTES_MAX:
-        raise TooLarge(f"frame body of {n} bytes; BODY_BYTES_MAX is {BODY_BYTES_MAX} (split "
-                       f"bigger messages with encode_message)")
-    return [PREFIX.pack(MAGIC, FRAME_VERSION, kind, len(head), n) + head, body]
+    check_sizes(len(head), n)
+    return [pack_prefix(kind, len(head), n) + head, body]
+
+
+def error_frame(request_id: int, err) -> list:
+    """The ERROR frame answering ``request_id`` with a KuafuError."""
+    h = err.to_header()
+    h["id"] = request_id
+    return encode(ERROR, h)
 
 
 # ------------------------------------------------------------------ typed message bodies
@@ -149,22 +114,19 @@ def encode_message(kind: int, header: dict, message) -> list[list]:
 
 def split_body(kind: int, header: dict, body, piece_bytes: int | None = None) -> list[list]:
     """Frames for an already packed body (``header`` names its type)."""
-    piece = piece_bytes or PIECE_BYTES
     view = memoryview(body).cast("B")
-    if view.nbytes > MESSAGE_BYTES_MAX:
-        raise TooLarge(f"a message of {view.nbytes} bytes; MESSAGE_BYTES_MAX is "
-                       f"{MESSAGE_BYTES_MAX}")
-    if view.nbytes <= piece:
+    ranges = piece_ranges(view.nbytes, piece_bytes or PIECE_BYTES)
+    if len(ranges) == 1:
         return [encode(kind, header, view)]
     frames = []
     rid = header.get("id", 0)
-    for seq, start in enumerate(range(0, view.nbytes, piece)):
-        part = view[start:start + piece]
+    for seq, (start, end) in enumerate(ranges):
+        part = view[start:end]
         if seq == 0:
             frames.append(encode(kind, dict(header, more=True, size=view.nbytes), part))
         else:
-            frames.append(encode(PIECE, {"id": rid, "seq": seq,
-                                         "more": start + piece < view.nbytes}, part))
+            frames.append(encode(PIECE, {"id": rid, "seq": seq, "more": end < view.nbytes},
+                                 part))
     return frames
 
 
@@ -299,26 +261,10 @@ class FrameDecoder:
         buf, start = self._buf, self._start
         avail = self._end - start
         if avail < PREFIX.size:
-            if avail >= 1 and buf[start] != MAGIC[0] or avail >= 2 and buf[start + 1] != MAGIC[1]:
-                got = bytes(buf[start:start + min(avail, 2)])
-                raise FrameError(f"not a Kuafu frame: starts with {got!r}, expected {MAGIC!r}")
+            if avail:
+                check_magic(buf[start:start + min(avail, 2)])
             return None
-        magic, version, kind, hlen, blen = PREFIX.unpack_from(buf, start)
-        if magic != MAGIC:
-            raise FrameError(f"not a Kuafu frame: starts with {magic!r}, expected {MAGIC!r}")
-        if version != FRAME_VERSION:
-            raise FrameError(f"frame version {version}; this side speaks {FRAME_VERSION}")
-        if kind not in KINDS:
-            raise FrameError(f"frame kind {kind}; expected one of {sorted(KINDS)}")
-        if hlen > HEADER_BYTES_MAX:
-            raise TooLarge(f"a frame header of {hlen} bytes; HEADER_BYTES_MAX is "
-                           f"{HEADER_BYTES_MAX}")
-        if blen > BODY_BYTES_MAX:
-            raise TooLarge(f"a frame body of {blen} bytes; BODY_BYTES_MAX is {BODY_BYTES_MAX}")
-        if self.preauth_bytes_max is not None and hlen > self.preauth_bytes_max:
-            raise TooLarge(f"a frame header of {hlen} bytes before the connection "
-                           f"authenticated; at most {self.preauth_bytes_max} "
-                           f"(KUAFU_PREAUTH_FRAME_BYTES_MAX)")
+        kind, hlen, blen = parse_prefix(buf, start, self.preauth_bytes_max)
         hstart = start + PREFIX.size
         bstart = hstart + hlen
         if avail < PREFIX.size + hlen:

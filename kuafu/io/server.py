@@ -24,7 +24,7 @@ import contextvars
 import functools
 import inspect
 import itertools
-import math
+import os
 import threading
 import time
 import traceback
@@ -32,21 +32,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kuafu import frame as F
-from kuafu.io.conn import (HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, PARTIAL_FRAME_TIMEOUT_S, Conn,
-                        stale_reason)
+from kuafu.core.frame import timeout_from_header
+from kuafu.core.routing import CONTROL_SERVICE, check_service_name
+from kuafu.io.addresses import open_connection
+from kuafu.io.conn import (HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, PARTIAL_FRAME_TIMEOUT_S,
+                           PING_INTERVAL_S, Conn, stale_reason)
+from kuafu.io.loops import LoopThread
 from kuafu.errors import (BadRequest, FrameError, KuafuError, Overloaded, RemoteError, TimedOut,
                           Unavailable, error_from_header)
 
 MAX_CONCURRENCY_DEFAULT = 16   # requests one service runs at once
 QUEUE_MAX_DEFAULT = 1024       # requests queued behind them before callers get Overloaded
-DEADLINE_MAX_S = 3600.0        # the longest deadline a request may carry
-SERVICE_NAME_CHARS_MAX = 200
 CONTROL_TIMEOUT_S = 10.0       # a register/unregister round trip to the proxy
 DRAIN_GRACE_S = 10.0           # how long stop() lets requests in flight finish
 SERVER_SWEEP_PERIOD_S = 1.0
 REATTACH_BACKOFF_S = (0.1, 2.0)  # first and longest pause between attempts to re-attach
 TRACEBACK_CHARS_MAX = 8000
-CONTROL_SERVICE = "kuafu"
 LATENCIES_KEPT = 1024          # recent call durations kept per service, for percentiles
 SERVER_CONNECTIONS_MAX = 16_384       # connections a standalone server accepts at once; more are closed
 
@@ -83,22 +84,6 @@ _context: contextvars.ContextVar[Context | None] = contextvars.ContextVar("kuafu
 def context() -> Context | None:
     """The request being served by this method call, or None outside one."""
     return _context.get()
-
-
-def timeout_from_header(dl) -> float:
-    """Seconds left for a request from its header's ``dl`` (milliseconds), within
-    DEADLINE_MAX_S; a missing, non-numeric or non-finite value means DEADLINE_MAX_S."""
-    if isinstance(dl, bool) or not isinstance(dl, (int, float)) or not math.isfinite(dl):
-        return DEADLINE_MAX_S
-    return min(float(dl) / 1000.0, DEADLINE_MAX_S)
-
-
-def check_service_name(name) -> str:
-    if (not isinstance(name, str) or not name or len(name) > SERVICE_NAME_CHARS_MAX
-            or not all(c.isalnum() or c in "-_." for c in name) or name.startswith(".")):
-        raise BadRequest(f"service name {name!r:.80}: expected 1-{SERVICE_NAME_CHARS_MAX} "
-                         f"letters, digits, '-', '_' or '.' (not starting with '.')")
-    return name
 
 
 @dataclass
@@ -160,12 +145,6 @@ def _result_frames(rid: int, result) -> list:
     except FrameError as e:
         raise RemoteError(f"the method's return value cannot be sent: {e}", "kuafu.BadResult",
                           "") from None
-
-
-def _error_frame(rid: int, err: KuafuError) -> list:
-    h = err.to_header()
-    h["id"] = rid
-    return F.encode(F.ERROR, h)
 
 
 class Server:
@@ -276,7 +255,7 @@ class Server:
                                f"{svc.name}.{h.get('m')}; not run")
             message = F.unpack_body(h.get("type", "bytes"), f.body)
         except KuafuError as e:
-            conn.write(_error_frame(rid, e))
+            conn.write(F.error_frame(rid, e))
             return
         caller = h.get("caller") if conn.attrs.get("via_proxy") else None
         ctx = Context(svc.name, h["m"], time.monotonic() + timeout_s, h.get("cred"), rid,
@@ -324,11 +303,11 @@ class Server:
             return  # cancelled by the caller or the connection went away: nobody to answer
         except KuafuError as e:
             svc.failed += 1
-            frames = [_error_frame(rid, e)]
+            frames = [F.error_frame(rid, e)]
         except Exception as e:  # noqa: BLE001 - the method's own failure goes to the caller
             svc.failed += 1
             tb = traceback.format_exc()[-TRACEBACK_CHARS_MAX:]
-            frames = [_error_frame(rid, RemoteError(str(e)[:4000],
+            frames = [F.error_frame(rid, RemoteError(str(e)[:4000],
                                                     f"{type(e).__module__}.{type(e).__qualname__}",
                                                     tb))]
         self.tasks.pop((conn, rid), None)
@@ -369,8 +348,6 @@ class Server:
             out.append(f"tcp://{h}:{p}")
         if uds:
             with contextlib.suppress(FileNotFoundError):
-                import os
-
                 os.unlink(uds)
             srv = await self.loop.create_unix_server(self._protocol, uds)
             self._listeners.append(srv)
@@ -381,8 +358,6 @@ class Server:
     async def attach(self, address: str, timeout_s: float = CONTROL_TIMEOUT_S) -> dict:
         """Connect to a proxy (``unix://path`` or ``tcp://host:port``) and register every
         service; returns {service: endpoint name}."""
-        from kuafu.client import open_connection
-
         self.loop = asyncio.get_running_loop()
         _, conn = await open_connection(address, self._protocol, timeout_s)
         conn.attrs["via_proxy"] = True  # requests on it were authenticated by the proxy
@@ -414,8 +389,6 @@ class Server:
                 pause = min(pause * 2, REATTACH_BACKOFF_S[1])
 
     async def _ping_proxy(self) -> None:
-        from kuafu.io.conn import PING_INTERVAL_S
-
         while not self.stopping:
             await asyncio.sleep(PING_INTERVAL_S)
             if self.proxy is not None and self.loop.time() - self.proxy.last_tx > PING_INTERVAL_S / 2:
@@ -533,8 +506,6 @@ class ServerHandle:
 
 
 def _run_in_thread(setup) -> ServerHandle:
-    from kuafu.io.loops import LoopThread
-
     lt = LoopThread("kuafu-server")
     try:
         server, addresses, endpoints = lt.run(setup(), CONTROL_TIMEOUT_S + 5)

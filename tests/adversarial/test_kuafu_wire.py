@@ -15,7 +15,8 @@ import msgpack
 import pytest
 
 import kuafu
-import kuafu.io.proxy as P
+import kuafu.core.routing as routing
+import kuafu.io.forward as forward
 from kuafu import frame as F
 from tests.kuafu.authed import AuthedCluster
 from zhongkui.core.tokens import Keyring
@@ -87,7 +88,7 @@ WHERE = ["unix", "tcp"]
 
 
 def test_a_flood_of_lookups_keeps_the_miss_cache_bounded(zc, monkeypatch):
-    monkeypatch.setattr(P, "MISSES_KEPT_MAX", 64)
+    monkeypatch.setattr(routing, "MISSES_KEPT_MAX", 64)
     s = raw(zc, "tcp")
     try:
         n = 400
@@ -101,7 +102,7 @@ def test_a_flood_of_lookups_keeps_the_miss_cache_bounded(zc, monkeypatch):
                 got[f.request_id] = f
         assert len(got) == n
         assert {f.header["code"] for f in got.values()} <= {"Unavailable", "Overloaded"}
-        sizes = zc.loop.call(lambda: (len(zc.core._miss_until), len(zc.core._lookups)), 10)
+        sizes = zc.loop.call(lambda: (len(zc.core.watcher.misses), len(zc.core.watcher.lookups)), 10)
         assert sizes[0] <= 64 and sizes[1] == 0, sizes
         assert zc.core.counters["misses_evicted"] > 0
     finally:
@@ -238,7 +239,7 @@ def test_strangers_waiting_to_authenticate_are_bounded(zc):
         deadline = time.time() + READ_S
         while zc.core.counters["evicted_preauth"] < 80 - 32 and time.time() < deadline:
             time.sleep(0.05)
-        assert len(zc.core._preauth) <= 32
+        assert len(zc.core.admission.preauth) <= 32
         assert zc.core.counters["evicted_preauth"] >= 80 - 32
         still_serving(zc)  # a real client connecting now is not locked out
     finally:
@@ -286,7 +287,7 @@ def test_every_bad_identity_is_refused_and_the_owner_served(zc, where):
 
 
 def test_requests_in_flight_per_connection_are_bounded(zc, monkeypatch):
-    monkeypatch.setattr(P, "SOURCE_REQUESTS_IN_FLIGHT_MAX", 8)
+    monkeypatch.setattr(forward, "SOURCE_REQUESTS_IN_FLIGHT_MAX", 8)
     s = raw(zc, "unix")
     try:
         s.sendall(b"".join(frame(F.REQUEST, request(i, "echo", "sleep", zc.bob), b"1")

@@ -227,7 +227,7 @@ def test_slow_server_fast_sender_memory_bounded(kf):
     their bounds, the excess is refused as Overloaded (never lost silently), and the proxy
     keeps serving."""
     import kuafu
-    from kuafu.io.proxy import SERVICE_QUEUE_MAX, SOURCE_QUEUED_BYTES_MAX
+    from kuafu.io.forward import SERVICE_QUEUE_MAX, SOURCE_QUEUED_BYTES_MAX
 
     srv, _ = _server(kf.other, "slowpoke", "s", max_concurrency=2, queue_max=8)
     try:

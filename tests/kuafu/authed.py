@@ -129,7 +129,7 @@ class AuthedCluster:
             return c.call(method, message, timeout_s=timeout_s)
 
     def endpoints(self, service: str) -> list[dict]:
-        return self.loop.call(lambda: [e.describe() for e in self.core._all_endpoints(service)],
+        return self.loop.call(lambda: [e.describe() for e in self.core.endpoints.all(service)],
                               WAIT_S)
 
     def close(self) -> None:

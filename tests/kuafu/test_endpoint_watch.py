@@ -51,7 +51,7 @@ def test_the_endpoint_table_sees_every_change_of_a_multi_event_revision(tmp_path
             await writer.create("/services/svc/sentinel", _ep(0))
 
             def names() -> set:
-                return set(core.remote.get("svc", {}))
+                return set(core.endpoints.remote.get("svc", {}))
 
             await _until(lambda: names() == {"sentinel"}, "the proxy follows /services")
             await writer.txn([C.create(f"/services/svc/e{i}", _ep(i), creator="u")
@@ -66,7 +66,7 @@ def test_the_endpoint_table_sees_every_change_of_a_multi_event_revision(tmp_path
             await _until(lambda: names() == {"sentinel", "e1", "e2", "e3"},
                          f"every endpoint of the closed session gone (has {names()})")
             await writer.delete("/services/svc/", recursive=True)
-            await _until(lambda: "svc" not in core.remote,
+            await _until(lambda: "svc" not in core.endpoints.remote,
                          f"every endpoint of the deleted subtree gone (has {names()})")
         finally:
             with contextlib.suppress(Exception):

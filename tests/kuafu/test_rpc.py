@@ -184,7 +184,7 @@ def test_proxy_balances_and_retries_idempotent_calls(proxy):
                     results.append("lost")
             assert "lost" in results and "a" in results
             assert all(x.result(10) in ("a", "b") for x in idem)
-            assert lt.call(lambda: (len(core.routes), len(core.inbound), core.held_bytes), 5) \
+            assert lt.call(lambda: (len(core.forwarder.routes), len(core.forwarder.inbound), core.forwarder.held_bytes), 5) \
                 == (0, 0, 0)
     finally:
         a.stop(1)
@@ -214,7 +214,7 @@ def test_backup_requests_beat_a_straggler(proxy):
             assert tags == {"slow", "fast"}
             with pytest.raises(kuafu.BadRequest, match="percentile"):
                 c.call("lag", "0", backup="fast please")
-        assert lt.call(lambda: (len(core.routes), len(core.inbound)), 5) == (0, 0)
+        assert lt.call(lambda: (len(core.forwarder.routes), len(core.forwarder.inbound)), 5) == (0, 0)
     finally:
         slow.stop(1)
         fast.stop(1)
@@ -302,7 +302,7 @@ def test_fuzz_a_live_proxy(fuzz_proxy, parts, cut):
     got = _exchange(address, data)
     F.FrameDecoder().feed(got)  # whatever it sent back is well-formed frames
     deadline = time.time() + 5
-    while lt.call(lambda: (len(core.inbound), len(core.routes), core.held_bytes), 5) != (0, 0, 0):
+    while lt.call(lambda: (len(core.forwarder.inbound), len(core.forwarder.routes), core.forwarder.held_bytes), 5) != (0, 0, 0):
         assert time.time() < deadline, "the proxy kept state for a closed connection"
         time.sleep(0.01)
     with kuafu.connect(address, service="kuafu") as c:
