@@ -3,12 +3,12 @@ and, where they mean one of the shared conditions below, from that class too —
 catch ``base.errors.Denied`` whichever layer refused, and nothing ever matches a message::
 
     PlatformError
-    ├── BadInput            the caller sent something wrong (also a ValueError)      exit 2
+    ├── BadInput            the caller sent something wrong                          exit 2
     │   └── LimitExceeded   a named limit (``*_max``, ``*_bytes_max``, ``*_s``) was exceeded
     ├── NotFound            the job, file, node, user or service named does not exist  exit 2
     ├── Conflict            it exists, is busy, or changed under the caller (versions)  exit 2
     ├── Unauthenticated     no credentials, or ones that do not verify
-    ├── Denied              authenticated, but without the permission (PermissionError)
+    ├── Denied              authenticated, but without the permission
     ├── Unavailable         the service cannot be reached or is not serving now
     │   ├── ClusterError    the cluster could not be found, reached, started or stopped
     │   │   └── NoCluster   no running cluster where one was required
@@ -17,6 +17,10 @@ catch ``base.errors.Denied`` whichever layer refused, and nothing ever matches a
 
 Exit codes: 0 success, 2 the caller's input was wrong (fix the command), 1 anything else
 (the message names the class).
+
+The base classes derive from no builtin exception, so an ``except OSError`` or ``except
+ValueError`` around I/O never swallows one of ours by accident; a package adds a builtin base
+where its users expect one (Pangu's ``NotFound`` is a ``FileNotFoundError``, as fsspec wants).
 
 The CLI maps this tree to exit codes in one place (``exit_code``). Ray's own exceptions
 become these in one place too (``base.actors.translate``).
@@ -29,7 +33,7 @@ class PlatformError(Exception):
     """Base of every error the platform raises on purpose."""
 
 
-class BadInput(PlatformError, ValueError):
+class BadInput(PlatformError):
     """The caller gave something wrong; the message says what was given and what was expected."""
 
 
@@ -49,7 +53,7 @@ class Unauthenticated(PlatformError):
     """No credentials, or credentials that are malformed, forged, expired or revoked."""
 
 
-class Denied(PlatformError, PermissionError):
+class Denied(PlatformError):
     """An authenticated caller without the permission asked for."""
 
 

@@ -19,7 +19,7 @@ class KuafuError(base_errors.PlatformError):
         return {"code": self.code, "msg": str(self), "ex": int(bool(self.maybe_executed))}
 
 
-class FrameError(KuafuError, base_errors.BadInput):
+class FrameError(KuafuError, base_errors.BadInput, ValueError):
     """Bytes that are not a valid Kuafu frame: the connection that sent them is closed."""
 
     code = "FrameError"
@@ -31,7 +31,7 @@ class TooLarge(FrameError, base_errors.LimitExceeded):
     code = "TooLarge"
 
 
-class BadRequest(KuafuError, base_errors.BadInput):
+class BadRequest(KuafuError, base_errors.BadInput, ValueError):
     """A well-formed frame asking for something invalid: an unknown service or method, a bad
     header field, a message of the wrong type. Never executed."""
 
@@ -71,7 +71,7 @@ class Unauthenticated(KuafuError, base_errors.Unauthenticated):
     code = "Unauthenticated"
 
 
-class Denied(KuafuError, base_errors.Denied):
+class Denied(KuafuError, base_errors.Denied, PermissionError):
     """A signed-in caller without the permission the call needs (Zhongkui)."""
 
     code = "Denied"

@@ -10,7 +10,7 @@ class PanguError(base_errors.PlatformError):
     """Base of every Pangu error."""
 
 
-class BadPath(PanguError, base_errors.BadInput):
+class BadPath(PanguError, base_errors.BadInput, ValueError):
     pass
 
 
@@ -34,7 +34,7 @@ class NotEmpty(PanguError, base_errors.Conflict, OSError):
     pass
 
 
-class BadRequest(PanguError, base_errors.BadInput):
+class BadRequest(PanguError, base_errors.BadInput, ValueError):
     pass
 
 
@@ -104,10 +104,10 @@ class Unauthenticated(PanguError, base_errors.Unauthenticated, PermissionError):
     another cluster, or for another chunk (Zhongkui)."""
 
 
-class Denied(PanguError, base_errors.Denied):
+class Denied(PanguError, base_errors.Denied, PermissionError):
     """A signed-in caller without the permission the operation needs (Zhongkui)."""
 
 
-class StaleFencingToken(PanguError, base_errors.Denied):
+class StaleFencingToken(PanguError, base_errors.Denied, PermissionError):
     """A write carried a fencing token (a Nuwa lock path and its token) older than the newest
     this file system has seen for that lock: its holder lost the lock (issue 14, defect 16)."""

@@ -45,5 +45,5 @@ class Denied(ZhongkuiError, base_errors.Denied):
     """An authenticated caller without the permission asked for."""
 
 
-class BadInput(ZhongkuiError, base_errors.BadInput):
+class BadInput(ZhongkuiError, base_errors.BadInput, ValueError):
     """A bad user name, group, password, permission or ACL entry."""
