@@ -746,7 +746,19 @@ class _BlockingWatch:
 
 def connect(addresses: Sequence[tuple[str, int]] | str, timeout_s: float = REQUEST_TIMEOUT_S,
             creator: str = "anonymous", token=None) -> Nuwa:
-    """Connect to a Nuwa group: a list of (host, port), or "host:port,host:port"."""
+    """Connect to a Nuwa group: a list of (host, port), "host:port,host:port", or the name of a
+    running `fuxi up` cluster ("default"), whose replicas are found in its record and whose
+    signed-in token (`fuxi login`) is sent unless ``token`` is given."""
+    if isinstance(addresses, str) and ":" not in addresses:
+        from base.cluster import find_cluster
+        from zhongkui import creds
+
+        rec = find_cluster(addresses)
+        if rec is None or not rec.nuwa:
+            raise E.Unavailable(f"no running cluster {addresses!r} with Nuwa: start one with "
+                                f"`fuxi up`, or give the replicas as 'host:port,host:port'")
+        token = creds.token(addresses) if token is None else token
+        addresses = [tuple(a) for a in rec.nuwa]
     if isinstance(addresses, str):
         addresses = [(h, int(p)) for h, _, p in (a.strip().rpartition(":") for a in addresses.split(","))]
     return Nuwa(addresses, timeout_s, creator, token)
