@@ -44,6 +44,7 @@ SPARES_PER_NODE = 1  # warm workers kept per node once a job starts replacing wo
 COMMIT_TIMEOUT_S = 300.0  # one commit, retries included; past it the job cannot succeed
 FINALIZE_TIMEOUT_S = 300.0  # the final check of every output, retries included
 COMMIT_RETRY_S = 1.0  # pause between tries of a commit that hit an unavailable store
+NODES_ALIVE_REFRESH_S = 0.5  # how stale the view of alive nodes (is a dead worker's node gone?) may be
 LOOP_STALL_S = 5.0  # the loop came round this much later than it should: this process was
 #                     paused (SIGSTOP, a frozen VM); the time lost is nobody else's fault
 
@@ -138,6 +139,7 @@ class JobMaster:
         if self._started:
             raise RuntimeError(f"job {self.job_id} is running already")
         self._started = True
+        nodes = asyncio.get_running_loop().create_task(self._watch_nodes())
         try:
             await self._loop()
             await self._finish()
@@ -149,6 +151,7 @@ class JobMaster:
                 self._finalized = {"state": JobState.FAILED.value,
                                    "report": f"job master error while finishing: {e!r}"}
         finally:
+            nodes.cancel()
             for wid in list(self.slots):
                 self._kill(wid)
             for spares in self.spares.values():
@@ -296,13 +299,22 @@ class JobMaster:
 
     def _node_alive(self, node_id: str) -> bool:
         at, alive = self._nodes_alive
-        if time.time() - at > 0.5:
-            try:
-                alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-            except Exception:
-                return True  # cannot tell: assume alive, the start will fail if not
-            self._nodes_alive = (time.time(), alive)
+        if not at:
+            return True  # cannot tell yet: assume alive, the start will fail if not
         return node_id in alive
+
+    async def _watch_nodes(self) -> None:
+        """Keep the view of alive nodes at most NODES_ALIVE_REFRESH_S old, asking Ray's node
+        table on a thread (a GCS call must not block this loop; issue 14, defect 11)."""
+        def alive() -> set:
+            return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+        while True:
+            try:
+                self._nodes_alive = (time.time(), await asyncio.to_thread(alive))
+            except Exception:  # noqa: BLE001 - keep the last view; ask again
+                pass
+            await asyncio.sleep(NODES_ALIVE_REFRESH_S)
 
     def _start_failed(self, wid: str, error: str, now: float) -> None:
         s = self.slots.pop(wid, None)
