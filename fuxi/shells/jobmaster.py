@@ -44,7 +44,7 @@ SPARES_PER_NODE = 1  # warm workers kept per node once a job starts replacing wo
 COMMIT_TIMEOUT_S = 300.0  # one commit, retries included; past it the job cannot succeed
 FINALIZE_TIMEOUT_S = 300.0  # the final check of every output, retries included
 COMMIT_RETRY_S = 1.0  # pause between tries of a commit that hit an unavailable store
-NODES_ALIVE_REFRESH_S = 0.5  # how stale the view of alive nodes (is a dead worker's node gone?) may be
+NODES_ALIVE_REFRESH_S = 0.5  # how stale the alive-nodes view (did a dead worker's node go?) may be
 LOOP_STALL_S = 5.0  # the loop came round this much later than it should: this process was
 #                     paused (SIGSTOP, a frozen VM); the time lost is nobody else's fault
 

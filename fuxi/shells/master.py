@@ -9,10 +9,9 @@ JobMasters call ``sync`` every heartbeat with their demand and the slots they ga
 reply carries new grants (placed on nodes with free room, spread out) and the fair-share
 target per shape, which a job over its share meets by returning idle workers.
 
-Composed of: the online services (``fuxi.shells.services.ServiceManager``) and the supervisor
-of the Nuwa and Kuafu groups (``fuxi.shells.supervisor.Supervisor``). Its event loop never
-blocks (issue 14, defect 11): store calls and Ray's control-plane look-ups are awaited on
-bounded thread pools of their own (``fuxi.shells.offloop``).
+Composed of the online services (``fuxi.shells.services.ServiceManager``) and the supervisor of
+the Nuwa and Kuafu groups (``fuxi.shells.supervisor``). Its event loop never blocks (issue 14,
+defect 11): store and Ray control-plane calls are awaited on bounded pools (``.offloop``).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
 from fuxi.shells.services import NODES_REFRESH_S
-from fuxi.shells.supervisor import NUWA_SUPERVISE_S, Supervisor  # noqa: F401 - re-exported
+from fuxi.shells.supervisor import Supervisor
 
 JOB_QUEUE = "default"  # the one job queue; ACL entries on queue:default (or *) cover every job
 
@@ -155,11 +154,11 @@ class FuxiMaster:
                 st.update(state=JobState.FAILED.value,
                           report="FuxiMaster restarted while the job ran; its JobMaster is gone")
                 self.store.put(f"/jobs/{jid}/status", st)
-        from fuxi.shells.services import ServiceManager
+        from fuxi.shells.services import ServiceManager, replica_control_secret
 
-        self.services = ServiceManager(self.cluster, ns, self.astore, self.detached,
-                                       token_for=self._service_token,
-                                       control_secret=self._replica_control_secret())
+        self.services = ServiceManager(
+            self.cluster, ns, self.astore, self.detached, token_for=self._service_token,
+            control_secret=replica_control_secret(self.data_dir) if self.auth_enabled else None)
 
     @property
     def nuwa(self) -> list | None:
@@ -439,27 +438,9 @@ class FuxiMaster:
         self.services.start()
         return self.services
 
-    def _replica_control_secret(self) -> bytes | None:
-        """With access control on, the secret the replicas' control keys derive from
-        (``fuxi.shells.replica.control_key``): a 0600 file beside the keys, so a restarted
-        FuxiMaster can still register and drain the replicas it adopts."""
-        if not self.auth_enabled:
-            return None
-        from fuxi.shells.replica import CONTROL_SECRET_BYTES
-
-        if not self.data_dir:
-            return secrets.token_bytes(CONTROL_SECRET_BYTES)  # no restart to survive
-        from zhongkui.files import load_or_create_secret
-
-        return load_or_create_secret(
-            os.path.join(self.data_dir, "zhongkui", "replica-control.secret"),
-            CONTROL_SECRET_BYTES, "replica control secret")
-
     def _service_slots(self) -> list:
         """Bring the ledger in line with the online replicas that run, and return their
         demands (priority SERVICE_PRIORITY, above every batch job)."""
-        if self.services is None:
-            return []
         out, seen = [], set()
         for did, shape, wanted, held in self.services.slot_demands():
             seen.add(did)
@@ -532,14 +513,13 @@ class FuxiMaster:
 
     async def cluster_info(self) -> dict:
         await self._refresh_nodes(force=True)
-        running = [j for j in self.jobmasters]
         free = self.ledger.free(self.nodes)
         return {
             "cluster": self.cluster,
             "nodes": [
                 {**self.node_info[n], "free": free.get(n, {})} for n in sorted(self.node_info)
             ],
-            "jobs_running": running,
+            "jobs_running": list(self.jobmasters),
             "master_node_id": self.node_id,
             "nuwa": self.nuwa,
             "nuwa_events": self.supervisor.events,

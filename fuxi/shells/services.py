@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import secrets
 import time
 
 import ray
@@ -42,6 +44,20 @@ ADOPT_TIMEOUT_S = 10.0    # asking a replica found after a restart who it is
 KEY = "/services/"
 OWNERS_KEY = "/service-owners/"  # who registered each service: {"user", ...} (Principal.to_doc)
 KUAFU_CLAIMS_PATH = "/kuafu/claims/"  # names claimed at Kuafu by their first attacher (kuafu.io.proxy)
+
+
+def replica_control_secret(data_dir: str | None) -> bytes:
+    """The secret the replicas' control keys derive from (``fuxi.shells.replica.control_key``;
+    used with access control on): a 0600 file beside the cluster's keys, so a restarted
+    FuxiMaster can still register and drain the replicas it adopts."""
+    from fuxi.shells.replica import CONTROL_SECRET_BYTES
+
+    if not data_dir:
+        return secrets.token_bytes(CONTROL_SECRET_BYTES)  # no restart to survive
+    from zhongkui.files import load_or_create_secret
+
+    return load_or_create_secret(os.path.join(data_dir, "zhongkui", "replica-control.secret"),
+                                 CONTROL_SECRET_BYTES, "replica control secret")
 
 
 class ServiceManager:
