@@ -120,12 +120,12 @@ class FuxiMaster:
         # The blocking store (``self.store``) is used before the loop serves and by the
         # identity service; this actor's own calls await it on its own threads.
         self.astore = AsyncStore(self.store, OffLoop("fuxi-store", STORE_THREADS_MAX))
-        self.gcs = OffLoop("fuxi-gcs", GCS_THREADS_MAX)  # ray.nodes(), named actors, deploys
+        self.gcs = OffLoop("fuxi-gcs", GCS_THREADS_MAX)  # ray.nodes()
         self._log_reads = OffLoop("fuxi-logs", LOG_READS_MAX)
         ns = ray.get_runtime_context().namespace
         # Fuxi coordinates the actor groups: the supervisor replaces Nuwa replicas that die.
         self.supervisor = Supervisor(cluster, ns, nuwa, nuwa_group,
-                                     lambda: auth_doc(self.auth_enabled, self.keyring), self.gcs)
+                                     lambda: auth_doc(self.auth_enabled, self.keyring))
         self._authority = None  # Zhongkui's identity service, made on first use
         self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
         os.makedirs(self.log_dir, exist_ok=True)

@@ -5,8 +5,8 @@ It is a part of FuxiMaster, not an actor of its own: it signs with the master's 
 rotated: ``auth`` is asked each round), its view of the Nuwa addresses is what FuxiMaster's
 ``cluster_info`` reports, and a second detached actor would itself need supervising. Every
 blocking call here (the Nuwa group's round, Kuafu's deploy, the GCS look-ups) runs off the
-master's event loop (``fuxi.shells.offloop``).
-"""
+master's event loop, on threads of its own (``fuxi.shells.offloop``): a replica restart that
+takes seconds holds up neither the store's calls nor the master's node view."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 NUWA_SUPERVISE_S = 2.0  # how often FuxiMaster checks its Nuwa replicas and restarts dead ones
 NUWA_EVENTS_MAX = 100  # supervision lines kept for `fuxi cluster status`
 KUAFU_CALL_TIMEOUT_S = 10.0  # asking a running Kuafu proxy for its info or configuration
+SUPERVISE_THREADS_MAX = 2  # blocking supervision steps in flight (a Nuwa round, a Kuafu deploy)
 
 
 class Supervisor:
@@ -31,14 +32,14 @@ class Supervisor:
     Kuafu proxies of one cluster."""
 
     def __init__(self, cluster: str, namespace: str, nuwa: list | None, nuwa_group: dict | None,
-                 auth: Callable[[], dict], offloop: OffLoop):
+                 auth: Callable[[], dict], offloop: OffLoop | None = None):
         self.cluster = cluster
         self.namespace = namespace
         self.nuwa = nuwa  # client addresses [[host, port], ...], updated after a replacement
         self.nuwa_group = nuwa_group
         self.events: list[str] = []
         self.auth = auth  # the auth document for actors started now (keys as rotated)
-        self.offloop = offloop
+        self.offloop = offloop or OffLoop("fuxi-supervise", SUPERVISE_THREADS_MAX)
         self._task: asyncio.Task | None = None
 
     @property
