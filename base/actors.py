@@ -88,3 +88,14 @@ def reload_ray_auth_config() -> None:
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
 
+
+def available_resources_per_node() -> dict[str, dict[str, float]]:
+    """Free resources per alive node, by node id, as Ray's scheduler sees them now. Blocking
+    (a GCS call): run it off an actor's event loop.
+
+    Ray has no public API for this without ``ray[default]`` (``ray.util.state`` needs the
+    dashboard; ``ray.available_resources()`` sums over nodes and drops keys at zero), so the
+    private module is reached here, the one place that knows Ray's internals."""
+    from ray._private.state import available_resources_per_node as per_node
+
+    return per_node()

@@ -3,39 +3,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any, Callable
 
 import pyarrow as pa
 
 from fuxi.errors import LimitExceeded
 from fuxi.io.shuffle import concat_tables, to_table
-
-
-class _ListHandler(logging.Handler):
-    """Collects formatted log lines for the attempt being run (bounded). Only records logged
-    from the attempt's own thread count: a stopped attempt may still be winding down on
-    another thread of the same worker."""
-
-    def __init__(self, lines_max: int, line_chars_max: int):
-        super().__init__(logging.DEBUG)
-        self.thread_id = threading.get_ident()
-        self.lines: list[str] = []
-        self.dropped = 0
-        self.lines_max = lines_max
-        self.line_chars_max = line_chars_max
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread != self.thread_id:
-            return
-        if len(self.lines) >= self.lines_max:
-            self.dropped += 1
-            return
-        try:
-            self.lines.append(self.format(record)[: self.line_chars_max])
-        except Exception:  # a bad format string must not fail the task
-            self.lines.append(str(record.msg)[: self.line_chars_max])
 
 
 class TaskContext:

@@ -46,6 +46,7 @@ COMMIT_TIMEOUT_S = 300.0  # one commit, retries included; past it the job cannot
 FINALIZE_TIMEOUT_S = 300.0  # the final check of every output, retries included
 JOB_PREPARE_TIMEOUT_S = 300.0  # locating Pangu inputs, creating (--overwrite: clearing) outputs
 COMMIT_RETRY_S = 1.0  # pause between tries of a commit that hit an unavailable store
+NODES_ALIVE_REUSE_S = 0.5  # a view of alive nodes this much older than a worker's failure is reused
 LOOP_STALL_S = 5.0  # the loop came round this much later than it should: this process was
 #                     paused (SIGSTOP, a frozen VM); the time lost is nobody else's fault
 
@@ -105,7 +106,10 @@ class JobMaster:
         self._commits: list[asyncio.Future] = []  # in order; each resolves to an error or None
         self._done: jc.JobDone | None = None  # the core's verdict, before outputs are final
         self._last_tick = 0.0
-        self._nodes_alive: tuple[float, set] = (0.0, set())
+        # When Ray's node table was last asked, and the alive nodes (None: it could not say).
+        self._nodes_alive: tuple[float, set | None] = (float("-inf"), set())
+        self._verdicts: list = []  # (node, failed at, judge): failures waiting for a fresh view
+        self._nodes_wanted = asyncio.Event()
         self._finalized: dict | None = None
         self._started = False
 
@@ -140,6 +144,7 @@ class JobMaster:
         if self._started:
             raise RuntimeError(f"job {self.job_id} is running already")
         self._started = True
+        nodes = asyncio.get_running_loop().create_task(self._watch_nodes())
         try:
             await self._prepare()
             await self._loop()
@@ -152,6 +157,7 @@ class JobMaster:
                 self._finalized = {"state": JobState.FAILED.value,
                                    "report": f"job master error while finishing: {e!r}"}
         finally:
+            nodes.cancel()
             for wid in list(self.slots):
                 self._kill(wid)
             for spares in self.spares.values():
@@ -208,6 +214,7 @@ class JobMaster:
                 if ready and len(refs) > 1:
                     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
             self._drain(set(ready), time.time())
+            self._give_verdicts()
             now = time.time()
             if not self.core.done() and now - self._last_tick >= TICK_S:
                 self._last_tick = now
@@ -315,34 +322,63 @@ class JobMaster:
 
     # ------------------------------------------------------------ worker events
 
-    def _node_alive(self, node_id: str) -> bool:
-        at, alive = self._nodes_alive
-        if time.time() - at > 0.5:
+    def _on_node(self, node_id: str | None, at: float, judge) -> None:
+        """``judge(alive)`` with whether ``node_id`` was alive when a worker there failed at
+        ``at``: at once if the view of alive nodes is fresh enough (at most
+        NODES_ALIVE_REUSE_S older than the failure), otherwise once ``_watch_nodes`` asked
+        Ray's node table on a thread (a GCS call must not block this loop; issue 14, defect
+        11). Verdicts are given in the order the failures came."""
+        seen_at, alive = self._nodes_alive
+        if node_id is None:
+            judge(True)
+        elif not self._verdicts and at - seen_at <= NODES_ALIVE_REUSE_S:
+            judge(alive is None or node_id in alive)
+        else:
+            self._verdicts.append((node_id, at, judge))
+            self._nodes_wanted.set()
+
+    def _give_verdicts(self) -> None:
+        seen_at, alive = self._nodes_alive
+        while self._verdicts and self._verdicts[0][1] - seen_at <= NODES_ALIVE_REUSE_S:
+            node_id, _, judge = self._verdicts.pop(0)
+            judge(alive is None or node_id in alive)  # None: cannot tell, assume alive
+
+    async def _watch_nodes(self) -> None:
+        """Ask Ray which nodes are alive whenever a failure needs to know (on a thread)."""
+        def alive() -> set:
+            return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+        while True:
+            await self._nodes_wanted.wait()
+            self._nodes_wanted.clear()
+            asked_at = time.time()
             try:
-                alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-            except Exception:
-                return True  # cannot tell: assume alive, the start will fail if not
-            self._nodes_alive = (time.time(), alive)
-        return node_id in alive
+                self._nodes_alive = (asked_at, await asyncio.to_thread(alive))
+            except Exception:  # noqa: BLE001 - cannot tell: the failures count as the worker's
+                self._nodes_alive = (asked_at, None)
 
     def _start_failed(self, wid: str, error: str, now: float) -> None:
         s = self.slots.pop(wid, None)
         if s is not None:
             self._kill_handle(s.handle)
         w = self.core.workers.get(wid)
-        alive = self._node_alive(w.node_id) if w is not None else True
-        self._apply(self.core.worker_start_failed(wid, error, now, node_alive=alive))
+
+        def judge(alive: bool) -> None:
+            self._apply(self.core.worker_start_failed(wid, error, now, node_alive=alive))
+        self._on_node(w.node_id if w is not None else None, now, judge)
 
     def _died(self, wid: str, error: Exception, now: float, blame: bool = True) -> None:
         s = self.slots.pop(wid, None)
         if s is not None:
             self._kill_handle(s.handle)
         w = self.core.workers.get(wid)
-        alive = self._node_alive(w.node_id) if w is not None else True
-        if w is not None and alive:
-            self.spare_nodes.add(w.node_id)  # replacing workers here: keep one warm
-        self._apply(self.core.worker_died(wid, f"{type(error).__name__}: {error}", now,
-                                          node_alive=alive, blame=blame))
+
+        def judge(alive: bool) -> None:
+            if w is not None and alive:
+                self.spare_nodes.add(w.node_id)  # replacing workers here: keep one warm
+            self._apply(self.core.worker_died(wid, f"{type(error).__name__}: {error}", now,
+                                              node_alive=alive, blame=blame))
+        self._on_node(w.node_id if w is not None else None, now, judge)
 
     def _handle_reply(self, wid: str, s: _Slot, reply: dict, now: float) -> None:
         s.stopping = reply.get("stopping", 0)

@@ -8,6 +8,10 @@ in a ``StateStore`` so they outlive the JobMaster.
 JobMasters call ``sync`` every heartbeat with their demand and the slots they gave back; the
 reply carries new grants (placed on nodes with free room, spread out) and the fair-share
 target per shape, which a job over its share meets by returning idle workers.
+
+Composed of the online services (``fuxi.shells.services.ServiceManager``) and the supervisor of
+the Nuwa and Kuafu groups (``fuxi.shells.supervisor``). Its event loop never blocks (issue 14,
+defect 11): store and Ray control-plane calls are awaited on bounded pools (``.offloop``).
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
+from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
 from fuxi.shells.services import NODES_REFRESH_S
+from fuxi.shells.supervisor import Supervisor
 
 JOB_QUEUE = "default"  # the one job queue; ACL entries on queue:default (or *) cover every job
 
 logger = logging.getLogger(__name__)
 
-NUWA_SUPERVISE_S = 2.0  # how often FuxiMaster checks its Nuwa replicas and restarts dead ones
 JOBS_RUNNING_MAX = 256  # concurrent jobs per cluster
 JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
 JOBMASTER_CALL_TIMEOUT_S = 10.0
@@ -46,10 +51,37 @@ KEYS_PUSH_CONCURRENCY_MAX = 32  # pushes in flight at once (each awaited, none b
 KEYS_PUSH_RETRIES_MAX = 5       # an actor that missed the push is retried this often...
 KEYS_PUSH_RETRY_S = 5.0         # ...this far apart, in the background
 SERVICE_PRIORITY = 1000  # online replicas come before every batch job (priorities 0..100)
+LOG_READS_MAX = 2  # `fuxi job logs` file reads in flight at once (off the event loop)
 
 
 def _job_id(name: str) -> str:
     return f"{name[:40]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _statuses(store) -> list[tuple[str, dict]]:
+    """Every stored job status, (job id, status) (blocking: run off the loop)."""
+    out = []
+    for key in store.list("/jobs/"):
+        if key.endswith("/status"):
+            st = store.get(key)
+            if st is not None:
+                out.append((key.split("/")[2], st))
+    return out
+
+
+def _drop_old_records(store, kept_max: int) -> list[str]:
+    """Delete the oldest job records beyond ``kept_max``; returns their job ids (blocking)."""
+    keys = [k for k in store.list("/jobs/") if k.endswith("/status")]
+    if len(keys) <= kept_max:
+        return []
+    old = sorted(keys, key=lambda k: (store.get(k) or {}).get("submitted_at") or 0)
+    dropped = []
+    for k in old[: len(keys) - kept_max]:
+        jid = k.split("/")[2]
+        store.delete(f"/jobs/{jid}/status")
+        store.delete(f"/jobs/{jid}/spec")
+        dropped.append(jid)
+    return dropped
 
 
 @ray.remote(num_cpus=0, max_concurrency=256)
@@ -73,7 +105,6 @@ class FuxiMaster:
         self.detached = detached  # JobMasters share the master's lifetime
         self._watchers: set = set()
         self.data_dir = data_dir
-        self.nuwa = nuwa
         if nuwa:  # a `fuxi up` cluster: hard state is replicated in Nuwa
             from nuwa.client import connect as nuwa_connect
 
@@ -85,11 +116,15 @@ class FuxiMaster:
             self.store = FileStore(os.path.join(data_dir, "state"))
         else:
             self.store = MemoryStore()
-        # Fuxi coordinates the actor groups: FuxiMaster replaces Nuwa replicas that die.
-        self.nuwa_group = nuwa_group
-        self.nuwa_events: list[str] = []
-        self._supervisor = None
-        self.services = None  # the ServiceManager, made on first use
+        # The blocking store (``self.store``) is used before the loop serves and by the
+        # identity service; this actor's own calls await it on its own threads.
+        self.astore = AsyncStore(self.store, OffLoop("fuxi-store", STORE_THREADS_MAX))
+        self.gcs = OffLoop("fuxi-gcs", GCS_THREADS_MAX)  # ray.nodes()
+        self._log_reads = OffLoop("fuxi-logs", LOG_READS_MAX)
+        ns = ray.get_runtime_context().namespace
+        # Fuxi coordinates the actor groups: the supervisor replaces Nuwa replicas that die.
+        self.supervisor = Supervisor(cluster, ns, nuwa, nuwa_group,
+                                     lambda: auth_doc(self.auth_enabled, self.keyring))
         self._authority = None  # Zhongkui's identity service, made on first use
         self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
         os.makedirs(self.log_dir, exist_ok=True)
@@ -103,28 +138,40 @@ class FuxiMaster:
         self._job_tokens: dict[str, str] = {}  # job -> its scoped token (JobMaster's calls)
         self.runs: dict[str, Any] = {}
         self.requests: dict[str, str] = {}
-        self.job_owners: dict[str, str] = {}  # job -> the user who submitted it
+        self._submitting: dict[str, asyncio.Future] = {}  # request id -> its submit in flight
+        # job -> the user who submitted it, for every stored job (this actor is the only
+        # writer of job records: kept here, a permission check never waits for the store)
+        self.job_owners: dict[str, str | None] = {}
         self.nodes: dict[str, dict[str, float]] = {}
         self.node_info: dict[str, dict] = {}
         self.nodes_at = 0.0
         self.started_at = time.time()
         # Finished jobs whose JobMaster exited: restore what the store remembers.
-        for key in self.store.list("/jobs/"):
-            if key.endswith("/status"):
-                st = self.store.get(key) or {}
-                if st.get("state") not in {s.value for s in TERMINAL_JOB}:
-                    st.update(state=JobState.FAILED.value,
-                              report="FuxiMaster restarted while the job ran; its JobMaster is gone")
-                    self.store.put(key, st)
+        for jid, st in _statuses(self.store):
+            self.job_owners[jid] = st.get("owner")
+            if st.get("state") not in {s.value for s in TERMINAL_JOB}:
+                st.update(state=JobState.FAILED.value,
+                          report="FuxiMaster restarted while the job ran; its JobMaster is gone")
+                self.store.put(f"/jobs/{jid}/status", st)
+        from fuxi.shells.services import ServiceManager, replica_control_secret
+
+        self.services = ServiceManager(
+            self.cluster, ns, self.astore, self.detached, token_for=self._service_token,
+            control_secret=replica_control_secret(self.data_dir) if self.auth_enabled else None)
+
+    @property
+    def nuwa(self) -> list | None:
+        """The Nuwa group's client addresses, as the supervisor last found them."""
+        return self.supervisor.nuwa
 
     # ------------------------------------------------------------ cluster view
 
-    def _refresh_nodes(self, force: bool = False) -> None:
+    async def _refresh_nodes(self, force: bool = False) -> None:
         now = time.time()
         if not force and now - self.nodes_at < NODES_REFRESH_S:
             return
         nodes, info = {}, {}
-        for n in ray.nodes():
+        for n in await self.gcs.run(ray.nodes):  # a GCS call: never on this loop
             if not n.get("Alive"):
                 continue
             res = {k: float(v) for k, v in n.get("Resources", {}).items()
@@ -138,17 +185,6 @@ class FuxiMaster:
                 if node not in nodes:
                     self.ledger.release(did, node, n)
         self.nodes, self.node_info, self.nodes_at = nodes, info, now
-
-    async def supervise(self, cred: str | None = None) -> None:
-        """Start the Nuwa supervision loop and the service manager (idempotent; called when
-        the master is created, by the platform or an administrator)."""
-        if self._supervisor is not None or (not self.nuwa_group and self.services is not None):
-            return  # running already: nothing changes, nothing to check
-        self._require(cred, "start FuxiMaster's loops", admin_ok=True)
-        if self.nuwa_group and self._supervisor is None:
-            self._supervisor = asyncio.get_event_loop().create_task(self._supervise_nuwa())
-        self._service_manager().start()
-
     # ------------------------------------------------------------ identities (Zhongkui)
 
     def _auth(self):
@@ -185,11 +221,7 @@ class FuxiMaster:
             raise
 
     def _job_owner(self, job_id: str) -> str | None:
-        owner = self.job_owners.get(job_id)
-        if owner is None:
-            st = self.store.get(f"/jobs/{job_id}/status") or {}
-            owner = st.get("owner")
-        return owner
+        return self.job_owners.get(job_id)  # every stored job is here (loaded at start)
 
     def _may(self, who, job_id: str, perm: str) -> bool:
         a = self._auth()
@@ -199,15 +231,14 @@ class FuxiMaster:
     def _check_job(self, cred, job_id: str, perm: str):
         who = self._who(cred)
         if not self._may(who, job_id, perm):
-            if self.store.get(f"/jobs/{job_id}/status") is None and job_id not in self.jobmasters:
+            if job_id not in self.job_owners and job_id not in self.jobmasters:
                 raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known "
                                   f"jobs")
             self._auth().check(who, "job", job_id, perm, self._job_owner(job_id))
         return who
 
     def _service_owner(self, name: str) -> str | None:
-        doc = self.store.get(f"/service-owners/{name}")
-        return doc.get("user") if doc else None
+        return self.services.owner(name)
 
     def _check_service(self, cred, name: str, perm: str):
         who = self._who(cred)
@@ -220,6 +251,18 @@ class FuxiMaster:
         a.check(who, "service", name, perm, owner)
         return who
 
+
+    # ------------------------------------------------------------ supervision (the actor groups)
+
+    async def supervise(self, cred: str | None = None) -> None:
+        """Start the Nuwa supervision loop and the service manager (idempotent; called when
+        the master is created, by the platform or an administrator)."""
+        if self.supervisor.running or (not self.supervisor.nuwa_group and self.services.started):
+            return  # running already: nothing changes, nothing to check
+        self._require(cred, "start FuxiMaster's loops", admin_ok=True)
+        self.supervisor.start()
+        self.services.start()
+
     async def kuafu_start_node(self, node: str, cfg: dict | None = None,
                                cred: str | None = None) -> dict:
         """A Kuafu proxy for a node that has none (one that joined after `fuxi up`), with the
@@ -228,28 +271,10 @@ class FuxiMaster:
         namespace and Nuwa are this cluster's, and host, settings and lifetime are copied
         from a running proxy (a caller-chosen Nuwa address would receive a platform
         token). ``cfg`` is ignored; it stays for older callers."""
-        from kuafu import deploy
-        from zhongkui.guard import auth_doc
-
         self._who(cred)
-        if not isinstance(node, str):
-            raise BadInput(f"node {node!r:.40}: expected a Ray node id")
-        self._refresh_nodes(force=True)
-        if node not in self.nodes:
-            raise BadInput(f"node {node[:16]!r} is not a live node of cluster {self.cluster!r}")
-        ns = ray.get_runtime_context().namespace
-        found = await asyncio.to_thread(deploy.proxies, ns)
-        if node in found:
-            return await asyncio.wait_for(found[node].info.remote(), KEYS_PUSH_TIMEOUT_S)
-        if not found:
-            raise BadInput(f"Kuafu is not running in cluster {self.cluster!r}: no proxy to copy "
-                           f"the configuration from")
-        mine = await asyncio.wait_for(next(iter(found.values())).get_config.remote(),
-                                      KEYS_PUSH_TIMEOUT_S)
-        return (await asyncio.to_thread(
-            deploy.start, ns, self.nuwa or mine["nuwa"], host=mine["host"], nodes=[node],
-            settings=mine["settings"], detached=mine["detached"],
-            auth=auth_doc(self.auth_enabled, self.keyring)))[0]
+        if isinstance(node, str):
+            await self._refresh_nodes(force=True)
+        return await self.supervisor.kuafu_start_node(node, self.nodes)
 
     def auth_mode(self) -> dict:
         return {"enabled": self.auth_enabled}
@@ -408,37 +433,13 @@ class FuxiMaster:
     # ------------------------------------------------------------ online services
 
     def _service_manager(self):
-        if self.services is None:
-            from fuxi.shells.services import ServiceManager
-
-            ns = ray.get_runtime_context().namespace
-            self.services = ServiceManager(self.cluster, ns, self.store, self.detached,
-                                           token_for=self._service_token,
-                                           control_secret=self._replica_control_secret())
-            self.services.start()
+        """The service manager, its reconcile loop started (on first use)."""
+        self.services.start()
         return self.services
-
-    def _replica_control_secret(self) -> bytes | None:
-        """With access control on, the secret the replicas' control keys derive from
-        (``fuxi.shells.replica.control_key``): a 0600 file beside the keys, so a restarted
-        FuxiMaster can still register and drain the replicas it adopts."""
-        if not self.auth_enabled:
-            return None
-        from fuxi.shells.replica import CONTROL_SECRET_BYTES
-
-        if not self.data_dir:
-            return secrets.token_bytes(CONTROL_SECRET_BYTES)  # no restart to survive
-        from zhongkui.files import load_or_create_secret
-
-        return load_or_create_secret(
-            os.path.join(self.data_dir, "zhongkui", "replica-control.secret"),
-            CONTROL_SECRET_BYTES, "replica control secret")
 
     def _service_slots(self) -> list:
         """Bring the ledger in line with the online replicas that run, and return their
         demands (priority SERVICE_PRIORITY, above every batch job)."""
-        if self.services is None:
-            return []
         out, seen = [], set()
         for did, shape, wanted, held in self.services.slot_demands():
             seen.add(did)
@@ -456,35 +457,35 @@ class FuxiMaster:
                 self.ledger.release_job(did)
         return out
 
-    def service_register(self, spec: dict, cred: str | None = None) -> dict:
+
+    async def service_register(self, spec: dict, cred: str | None = None) -> dict:
         """Register a new service: any signed-in user may (and owns it); a name in use needs
         `manage` on it (and `fuxi service upgrade`)."""
         who = self._who(cred)
+        svc = self._service_manager()
         name = spec.get("name") if isinstance(spec, dict) else None
         owner = self._service_owner(name) if isinstance(name, str) else None
-        if owner is not None and name in self._service_manager().cores:
+        if owner is not None and name in svc.cores:
             self._auth().check(who, "service", name, "manage", owner)
         elif who.scope is not None:
             self._auth().check(who, "service", str(name), "manage", owner)
-        claim = self._service_manager().claimed_by(name)  # Kuafu: attached before, by another
+        claim = await svc.claimed_by(name)  # Kuafu: attached before, by another
         if claim is not None and claim != who.user:
             self._auth().check(who, "service", str(name), "manage", claim)
-        out = self._service_manager().register(spec)
-        self.store.put(f"/service-owners/{name}", who.to_doc())
-        return out
+        return await svc.register(spec, owner=who.to_doc())
 
-    def service_upgrade(self, spec: dict, cred: str | None = None) -> dict:
+    async def service_upgrade(self, spec: dict, cred: str | None = None) -> dict:
         self._check_service(cred, str(spec.get("name") if isinstance(spec, dict) else spec),
                             "manage")
-        return self._service_manager().upgrade(spec)
+        return await self._service_manager().upgrade(spec)
 
-    def service_scale(self, name: str, replicas: int, cred: str | None = None) -> dict:
+    async def service_scale(self, name: str, replicas: int, cred: str | None = None) -> dict:
         self._check_service(cred, name, "manage")
-        return self._service_manager().scale(name, replicas)
+        return await self._service_manager().scale(name, replicas)
 
-    def service_remove(self, name: str, cred: str | None = None) -> dict:
+    async def service_remove(self, name: str, cred: str | None = None) -> dict:
         self._check_service(cred, name, "manage")
-        return self._service_manager().remove(name)
+        return await self._service_manager().remove(name)
 
     def service_list(self, cred: str | None = None) -> list[dict]:
         """The services the caller may call or manage."""
@@ -504,53 +505,31 @@ class FuxiMaster:
         """A replica's token: it registers with Kuafu and reaches the platform as the
         service's owner (scoped to the service). Signed from the directory as it is now --
         never from the groups stored at registration; Denied once the owner is gone."""
-        doc = self.store.get(f"/service-owners/{name}") or {}
-        if not doc:
+        user = self.services.owner(name)
+        if user is None:
             return self.platform_guard.platform_token()
-        return self._auth().scoped_token(doc["user"], "service", name,
-                                         ttl_s=SERVICE_TOKEN_TTL_S)
+        return self._auth().scoped_token(user, "service", name, ttl_s=SERVICE_TOKEN_TTL_S)
 
-    async def _supervise_nuwa(self) -> None:
-        from nuwa.group import Group
-
-        from zhongkui.guard import auth_doc
-
-        group = Group.from_dict(self.nuwa_group, auth_doc(self.auth_enabled, self.keyring))
-        while True:
-            await asyncio.sleep(NUWA_SUPERVISE_S)
-            group.auth = auth_doc(self.auth_enabled, self.keyring)  # keys as rotated
-            try:
-                done = await asyncio.to_thread(group.supervise_once)
-            except Exception as e:
-                done = [f"supervising Nuwa failed: {e!r}"]
-            if done:  # a replacement changes the members and their addresses
-                self.nuwa_group = group.to_dict()
-                self.nuwa = [list(a) for a in group.client_addresses()]
-            for line in done:
-                logger.warning("%s", line)
-                self.nuwa_events = (self.nuwa_events + [f"{time.strftime('%H:%M:%S')} {line}"])[-100:]
-
-    def cluster_info(self) -> dict:
-        self._refresh_nodes(force=True)
-        running = [j for j in self.jobmasters]
+    async def cluster_info(self) -> dict:
+        await self._refresh_nodes(force=True)
         free = self.ledger.free(self.nodes)
         return {
             "cluster": self.cluster,
             "nodes": [
                 {**self.node_info[n], "free": free.get(n, {})} for n in sorted(self.node_info)
             ],
-            "jobs_running": running,
+            "jobs_running": list(self.jobmasters),
             "master_node_id": self.node_id,
             "nuwa": self.nuwa,
-            "nuwa_events": self.nuwa_events,
+            "nuwa_events": self.supervisor.events,
             "store": type(self.store).__name__,
             "started_at": self.started_at,
         }
 
     # ------------------------------------------------------------ slot grants
 
-    def sync(self, job_id: str, priority: int, demands: dict, releases: list,
-             avoid_nodes: list, cred: str | None = None) -> dict:
+    async def sync(self, job_id: str, priority: int, demands: dict, releases: list,
+                   avoid_nodes: list, cred: str | None = None) -> dict:
         """A JobMaster's heartbeat: only that job's own token (or the platform's) may give
         back or ask for its slots."""
         if self.auth_enabled:
@@ -562,7 +541,7 @@ class FuxiMaster:
                                           "not the job's own token")
                 raise Denied(f"user {who.user!r} may not sync job {job_id!r}: only its own "
                              f"JobMaster (the job's token) may")
-        self._refresh_nodes()
+        await self._refresh_nodes()
         for shape_key, node in releases:
             did = f"{job_id}/{shape_key}"
             if self.ledger.held(did).get(node, 0) > 0:
@@ -592,27 +571,52 @@ class FuxiMaster:
         return {"grants": grants, "targets": {sk_of[did]: t for did, t in plan.targets.items()},
                 "preempt": plan.preempt}
 
+
     # ------------------------------------------------------------ jobs
 
-    def submit(self, plan: JobPlan, request_id: str, sys_path: list[str] | None = None,
-               cred: str | None = None) -> str:
+    async def submit(self, plan: JobPlan, request_id: str, sys_path: list[str] | None = None,
+                     cred: str | None = None) -> str:
         who = self._who(cred)
         self._auth().check(who, "queue", JOB_QUEUE, "submit")
         if request_id in self.requests:
             return self.requests[request_id]  # a retried submit: same job, no duplicate
-        if len(self.jobmasters) >= JOBS_RUNNING_MAX:
+        pending = self._submitting.get(request_id)
+        if pending is not None:  # retried while the first try still runs: its answer
+            return await asyncio.shield(pending)
+        if len(self.jobmasters) + len(self._submitting) >= JOBS_RUNNING_MAX:
             raise BadInput(f"{len(self.jobmasters)} jobs are running; JOBS_RUNNING_MAX is "
                            f"{JOBS_RUNNING_MAX}; wait for some to finish")
+        fut = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
+        self._submitting[request_id] = fut
+        try:
+            job_id = await self._admit(plan, who, sys_path)
+        except Exception as e:
+            fut.set_exception(e)  # a retry waiting on this try fails the same way
+            raise
+        except BaseException:
+            fut.cancel()
+            raise
+        finally:
+            self._submitting.pop(request_id, None)
+        fut.set_result(job_id)
+        self.requests[request_id] = job_id
+        if len(self.requests) > SUBMITS_REMEMBERED_MAX:
+            self.requests.pop(next(iter(self.requests)))
+        return job_id
+
+    async def _admit(self, plan: JobPlan, who, sys_path: list[str] | None) -> str:
+        """Record a job and start its JobMaster; its id."""
         from fuxi.shells.jobmaster import JobMaster
 
-        self._check_fits(plan)
+        await self._check_fits(plan)
         job_id = _job_id(plan.name)
         self.seq += 1
         self.submit_seq[job_id] = self.seq
         self.priorities[job_id] = plan.priority
-        self.store.put(f"/jobs/{job_id}/spec", plan.spec)
+        await self.astore.put(f"/jobs/{job_id}/spec", plan.spec)
         now = time.time()
-        self.store.put(f"/jobs/{job_id}/status", {
+        await self.astore.put(f"/jobs/{job_id}/status", {
             "job_id": job_id, "name": plan.name, "state": "pending", "submitted_at": now,
             "started_at": None, "finished_at": None, "output": plan.output, "tasks": {},
             "owner": who.user,
@@ -632,17 +636,14 @@ class FuxiMaster:
         self.jobmasters[job_id] = jm
         self._job_tokens[job_id] = token  # what its JobMaster takes calls with
         self.runs[job_id] = jm.run.remote(token)
-        watcher = asyncio.get_event_loop().create_task(self._watch(job_id))
+        watcher = asyncio.get_running_loop().create_task(self._watch(job_id))
         self._watchers.add(watcher)  # asyncio keeps only weak references to tasks
         watcher.add_done_callback(self._watchers.discard)
-        self.requests[request_id] = job_id
-        if len(self.requests) > SUBMITS_REMEMBERED_MAX:
-            self.requests.pop(next(iter(self.requests)))
         return job_id
 
-    def _check_fits(self, plan: JobPlan) -> None:
+    async def _check_fits(self, plan: JobPlan) -> None:
         """Refuse a job with a task whose resources no node has: it would wait forever."""
-        self._refresh_nodes(force=True)
+        await self._refresh_nodes(force=True)
         for t in plan.tasks:
             if not any(slots.fits(total, t.shape) for total in self.nodes.values()):
                 biggest = max(self.nodes.values(), key=lambda r: r.get("CPU", 0), default={})
@@ -658,20 +659,20 @@ class FuxiMaster:
             try:
                 status = await ref
             except Exception as e:
-                status = self.store.get(f"/jobs/{job_id}/status") or {"job_id": job_id}
+                status = await self.astore.get(f"/jobs/{job_id}/status") or {"job_id": job_id}
                 if status.get("state") in {s.value for s in TERMINAL_JOB}:
                     return  # already recorded (e.g. cancelled by `fuxi down`)
                 status.update(state=JobState.FAILED.value, finished_at=time.time(),
                               report=f"job master died: {type(e).__name__}: {e}")
-            if job_id in self.job_owners:
+            if self.job_owners.get(job_id):
                 status["owner"] = self.job_owners[job_id]
-            self.store.put(f"/jobs/{job_id}/status", status)
+            await self.astore.put(f"/jobs/{job_id}/status", status)
         except Exception:
             logger.exception("recording the end of job %s failed", job_id)
         finally:
-            self._forget(job_id)
+            await self._forget(job_id)
 
-    def _forget(self, job_id: str) -> None:
+    async def _forget(self, job_id: str) -> None:
         jm = self.jobmasters.pop(job_id, None)
         self._job_tokens.pop(job_id, None)
         self.runs.pop(job_id, None)
@@ -683,14 +684,9 @@ class FuxiMaster:
                 ray.kill(jm, no_restart=True)
             except Exception:
                 pass
-        keys = [k for k in self.store.list("/jobs/") if k.endswith("/status")]
-        if len(keys) > JOB_RECORDS_MAX:
-            old = sorted(keys, key=lambda k: (self.store.get(k) or {}).get("submitted_at") or 0)
-            for k in old[: len(keys) - JOB_RECORDS_MAX]:
-                jid = k.split("/")[2]
+        if len(self.job_owners) > JOB_RECORDS_MAX:
+            for jid in await self.astore.call(_drop_old_records, self.store, JOB_RECORDS_MAX):
                 self.job_owners.pop(jid, None)
-                self.store.delete(f"/jobs/{jid}/status")
-                self.store.delete(f"/jobs/{jid}/spec")
 
     async def status(self, job_id: str, cred: str | None = None) -> dict:
         self._check_job(cred, job_id, "view")
@@ -705,7 +701,7 @@ class FuxiMaster:
                 return st
             except Exception:
                 pass  # finishing right now: fall through to the stored record
-        st = self.store.get(f"/jobs/{job_id}/status")
+        st = await self.astore.get(f"/jobs/{job_id}/status")
         if st is None:
             raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
         return st
@@ -714,23 +710,18 @@ class FuxiMaster:
         """The jobs the caller may view."""
         who = self._who(cred)
         out = []
-        for key in self.store.list("/jobs/"):
-            if key.endswith("/status"):
-                jid = key.split("/")[2]
-                st = self.store.get(key)
-                if st is None:
+        for jid, st in await self.astore.call(_statuses, self.store):
+            if st.get("owner") and jid not in self.job_owners:
+                self.job_owners[jid] = st["owner"]
+            if not self._may(who, jid, "view"):
+                continue
+            if jid in self.jobmasters:
+                try:
+                    out.append(await self._status(jid))
                     continue
-                if st.get("owner") and jid not in self.job_owners:
-                    self.job_owners[jid] = st["owner"]
-                if not self._may(who, jid, "view"):
-                    continue
-                if jid in self.jobmasters:
-                    try:
-                        out.append(await self._status(jid))
-                        continue
-                    except Exception:
-                        pass
-                out.append(st)
+                except Exception:
+                    pass
+            out.append(st)
         return sorted(out, key=lambda s: s.get("submitted_at") or 0)
 
     async def cancel(self, job_id: str, cred: str | None = None) -> dict:
@@ -760,22 +751,22 @@ class FuxiMaster:
                 await asyncio.sleep(0.01)
         return await self._status(job_id)
 
-    def logs(self, job_id: str, task: str | None = None, instance: int | None = None,
-             cred: str | None = None) -> list[dict]:
+    async def logs(self, job_id: str, task: str | None = None, instance: int | None = None,
+                   cred: str | None = None) -> list[dict]:
         self._check_job(cred, job_id, "view")
-        if self.store.get(f"/jobs/{job_id}/status") is None:
+        if job_id not in self.job_owners:
             raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
-        return read_job_logs(self.log_dir, job_id, task, instance)
+        return await self._log_reads.run(read_job_logs, self.log_dir, job_id, task, instance)
 
-    def shutdown_jobs(self, cred: str | None = None) -> int:
+    async def shutdown_jobs(self, cred: str | None = None) -> int:
         """Stop every running job (used by ``fuxi down``): the platform or an administrator."""
         self._require(cred, "stop every job", admin_ok=True)
         n = 0
         for jid in list(self.jobmasters):
-            st = self.store.get(f"/jobs/{jid}/status") or {"job_id": jid}
+            st = await self.astore.get(f"/jobs/{jid}/status") or {"job_id": jid}
             st.update(state=JobState.CANCELLED.value, finished_at=time.time(),
                       report="cluster shut down")
-            self.store.put(f"/jobs/{jid}/status", st)
-            self._forget(jid)
+            await self.astore.put(f"/jobs/{jid}/status", st)
+            await self._forget(jid)
             n += 1
         return n

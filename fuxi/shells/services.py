@@ -8,19 +8,25 @@ health check has passed and it is registered with its node's Kuafu proxy. READY 
 health-checked every ``health_check.period_s``; a Ray call that finds the actor dead reports it
 died. The desired state of each service is kept in FuxiMaster's store (Nuwa under `fuxi up`)
 at ``/services/<name>``, and replicas are named actors, so a restarted FuxiMaster finds both
-again."""
+again. Who registered each service (its owner, ``/service-owners/<name>``) is kept here too.
+
+Nothing here blocks FuxiMaster's event loop: the store is an ``AsyncStore``
+(``fuxi.shells.offloop``), and Ray's control-plane look-ups run on threads."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
+import secrets
 import time
 
 import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from base import actors
 from fuxi.errors import BadInput
 from fuxi.shells.replica import (REPLICA_PREFIX, ServiceReplica, control_digest, control_key,
                           replica_name)
@@ -36,12 +42,29 @@ NODES_REFRESH_S = 1.0     # how stale the node view used for placement (jobs and
 REPLICA_STATS_TIMEOUT_S = 5.0     # one replica's stats
 ADOPT_TIMEOUT_S = 10.0    # asking a replica found after a restart who it is
 KEY = "/services/"
+OWNERS_KEY = "/service-owners/"  # who registered each service: {"user", ...} (Principal.to_doc)
 KUAFU_CLAIMS_PATH = "/kuafu/claims/"  # names claimed at Kuafu by their first attacher (kuafu.io.proxy)
+
+
+def replica_control_secret(data_dir: str | None) -> bytes:
+    """The secret the replicas' control keys derive from (``fuxi.shells.replica.control_key``;
+    used with access control on): a 0600 file beside the cluster's keys, so a restarted
+    FuxiMaster can still register and drain the replicas it adopts."""
+    from fuxi.shells.replica import CONTROL_SECRET_BYTES
+
+    if not data_dir:
+        return secrets.token_bytes(CONTROL_SECRET_BYTES)  # no restart to survive
+    from zhongkui.files import load_or_create_secret
+
+    return load_or_create_secret(os.path.join(data_dir, "zhongkui", "replica-control.secret"),
+                                 CONTROL_SECRET_BYTES, "replica control secret")
 
 
 class ServiceManager:
     def __init__(self, cluster: str, namespace: str, store, detached: bool, token_for=None,
                  control_secret: bytes | None = None):
+        """``store``: an ``AsyncStore``; read here through its blocking side (before the
+        actor serves)."""
         self.cluster, self.namespace, self.store, self.detached = cluster, namespace, store, detached
         # With access control on: the secret replicas' control keys derive from (register and
         # drain need the key; fuxi.shells.replica). None: replicas take control calls from anyone.
@@ -62,27 +85,41 @@ class ServiceManager:
         self._nodes_at = 0.0
         self.adopted: set[str] = set()  # replicas found running, to check before they count
         self._saving: dict[str, asyncio.Future] = {}  # service -> its reconcile write in flight
-        for key in store.list(KEY):
-            doc = store.get(key)
+        self._save_lock = asyncio.Lock()  # the API's writes of desired state, in call order
+        for key in store.sync.list(KEY):
+            doc = store.sync.get(key)
             if doc:
                 core = ServiceCore.from_desired(doc)
                 self.cores[core.name] = core
                 self.saved[core.name] = json.dumps(doc, sort_keys=True)
+        # service -> its owner's document; FuxiMaster is the only writer, so this is the truth
+        self.owners: dict[str, dict] = {}
+        for key in store.sync.list(OWNERS_KEY):
+            doc = store.sync.get(key)
+            if doc:
+                self.owners[key[len(OWNERS_KEY):]] = doc
 
     async def _adopt(self) -> None:
         """Replica actors still running from before a FuxiMaster restart (awaited before the
         first reconcile step: the loop must not start replicas it already has)."""
         from ray.util import list_named_actors
 
+        def found() -> list:  # GCS look-ups block: run on a thread
+            out = []
+            for a in list_named_actors(True):
+                if a.get("namespace") == self.namespace and a["name"].startswith(REPLICA_PREFIX):
+                    try:
+                        out.append((a["name"], ray.get_actor(a["name"], namespace=self.namespace)))
+                    except Exception:  # noqa: BLE001 - gone meanwhile
+                        continue
+            return out
+
         now = time.time()
-        for a in await asyncio.to_thread(list_named_actors, True):
-            if a.get("namespace") != self.namespace or not a["name"].startswith(REPLICA_PREFIX):
-                continue
-            rid = a["name"][len(REPLICA_PREFIX):]
+        for actor_name, h in await asyncio.to_thread(found):
+            rid = actor_name[len(REPLICA_PREFIX):]
             name = rid.rsplit("-", 1)[0]
             core = self.cores.get(name)
             try:
-                h = ray.get_actor(a["name"], namespace=self.namespace)
                 info = await asyncio.wait_for(h.info.remote(), ADOPT_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - gone meanwhile
                 continue
@@ -100,8 +137,26 @@ class ServiceManager:
         if self._task is None:
             self._task = asyncio.get_event_loop().create_task(self._run())
 
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
     # ------------------------------------------------------------ the API FuxiMaster exposes
-    def register(self, spec: dict) -> dict:
+    def owner(self, name) -> str | None:
+        """The user who registered service ``name`` (None: nobody, or not a name)."""
+        doc = self.owners.get(name) if isinstance(name, str) else None
+        return doc.get("user") if doc else None
+
+    async def register(self, spec: dict, owner: dict | None = None) -> dict:
+        """A new service, owned by ``owner`` (a ``Principal.to_doc()``; FuxiMaster checked
+        that the caller may register it)."""
+        out = await self._register(spec)
+        if owner is not None:
+            await self.store.put(OWNERS_KEY + spec["name"], owner)
+            self.owners[spec["name"]] = owner
+        return out
+
+    async def _register(self, spec: dict) -> dict:
         if spec["name"] in self.cores:
             raise BadInput(f"service {spec['name']!r} is already registered; use `fuxi service "
                            f"upgrade` to change it or `fuxi service remove` first")
@@ -111,19 +166,19 @@ class ServiceManager:
         core._event(time.time(), f"registered version {core.version} with "
                                  f"{spec['replicas']} replicas")
         self.cores[core.name] = core
-        self._save(core)
+        await self._save(core)
         return self.status(core.name)
 
-    def claimed_by(self, name: str) -> str | None:
+    async def claimed_by(self, name: str) -> str | None:
         """Who claimed ``name`` at Kuafu by attaching it before any registration (None: no
         one, or no Nuwa): registering it over their claim needs `manage` on it."""
-        client = getattr(self.store, "client", None)
+        client = getattr(self.store.sync, "client", None)
         if client is None or not isinstance(name, str):
             return None
         from nuwa.errors import NoNode
 
         try:
-            value, _ = client.get(KUAFU_CLAIMS_PATH + name)
+            value, _ = await self.store.call(client.get, KUAFU_CLAIMS_PATH + name)
         except NoNode:
             return None
         try:
@@ -138,26 +193,26 @@ class ServiceManager:
             raise BadInput(f"no service {name!r}; registered: {sorted(self.cores) or 'none'}")
         return core
 
-    def upgrade(self, spec: dict) -> dict:
+    async def upgrade(self, spec: dict) -> dict:
         core = self._core(spec["name"])
         core.upgrade(spec, time.time())
-        self._save(core)
+        await self._save(core)
         return self.status(core.name)
 
-    def scale(self, name: str, replicas: int) -> dict:
+    async def scale(self, name: str, replicas: int) -> dict:
         from fuxi.core.service_spec import REPLICAS_MAX
 
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= REPLICAS_MAX:
             raise BadInput(f"replicas={replicas!r}: expected 0..{REPLICAS_MAX}")
         core = self._core(name)
         core.scale(replicas, time.time())
-        self._save(core)
+        await self._save(core)
         return self.status(name)
 
-    def remove(self, name: str) -> dict:
+    async def remove(self, name: str) -> dict:
         core = self._core(name)
         core.remove(time.time())
-        self._save(core)
+        await self._save(core)
         return self.status(name)
 
     def slot_demands(self) -> list[tuple[str, dict, int, dict]]:
@@ -231,7 +286,7 @@ class ServiceManager:
                 # Ray's node table is a blocking GCS call: asked off the event loop.
                 if self.cores and time.time() - self._nodes_at >= NODES_REFRESH_S:
                     await asyncio.to_thread(self._nodes, time.time())
-                self._tick()
+                await self._tick()
             except Exception:  # noqa: BLE001 - one bad step must not stop the manager
                 logger.exception("service reconcile step failed")
             await asyncio.sleep(RECONCILE_S)
@@ -242,9 +297,7 @@ class ServiceManager:
         if now - self._nodes_at < NODES_REFRESH_S:
             return self._node_cpu
         try:
-            from ray._private.state import available_resources_per_node
-
-            free = available_resources_per_node()
+            free = actors.available_resources_per_node()
         except Exception:  # noqa: BLE001 - fall back to totals
             free = {}
         out = {}
@@ -254,9 +307,9 @@ class ServiceManager:
         self._node_cpu, self._nodes_at = out, now
         return out
 
-    def _tick(self) -> None:
+    async def _tick(self) -> None:
         now = time.time()
-        nodes = self._nodes(now) if self.cores else {}
+        nodes = self._node_cpu if self.cores else {}  # refreshed off the loop by _run
         for name, core in list(self.cores.items()):
             for act in core.plan(now, nodes):
                 if act.kind == "start":
@@ -284,9 +337,11 @@ class ServiceManager:
                         and now - self.checked.get(r.rid, 0.0) >= period):
                     self._spawn(core, r.rid, self._check(core, r.rid))
             if core.gone:
+                # Deleted before the core goes (rare): a register of the name meanwhile is
+                # refused as a duplicate, so its write cannot race this delete.
+                await self.store.delete(KEY + name)
                 del self.cores[name]
                 self.saved.pop(name, None)
-                self.store.delete(KEY + name)  # rare, and a later register must not race it
                 continue
             doc = core.desired_doc()
             if self.saved.get(name) != json.dumps(doc, sort_keys=True):
@@ -315,11 +370,7 @@ class ServiceManager:
         if name in self._saving:
             return  # the write in flight is followed by the newest state when it ends
         text = json.dumps(doc, sort_keys=True)
-
-        def write():
-            self.store.put(KEY + name, doc)
-
-        fut = asyncio.ensure_future(asyncio.to_thread(write))
+        fut = asyncio.ensure_future(self.store.put(KEY + name, doc))
         self._saving[name] = fut
 
         def done(f):
@@ -335,12 +386,13 @@ class ServiceManager:
                     self._write_later(name, self.cores[name].desired_doc())
         fut.add_done_callback(done)
 
-    def _save(self, core: ServiceCore) -> None:
+    async def _save(self, core: ServiceCore) -> None:
         doc = core.desired_doc()
         text = json.dumps(doc, sort_keys=True)
-        if self.saved.get(core.name) != text:
-            self.store.put(KEY + core.name, doc)
-            self.saved[core.name] = text
+        async with self._save_lock:  # one at a time: the newest call's state lands last
+            if self.saved.get(core.name) != text:
+                await self.store.put(KEY + core.name, doc)
+                self.saved[core.name] = text
 
     async def _start(self, core: ServiceCore, rid: str, node: str | None, spec: dict,
                      hard: bool = False) -> None:

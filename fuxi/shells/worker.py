@@ -38,7 +38,7 @@ from typing import Any
 
 import ray
 
-from fuxi.context import TaskContext, _ListHandler
+from fuxi.context import TaskContext
 from fuxi.io.output import OutputLocation
 from fuxi.io.shuffle import partition_table
 from fuxi.core.spec import resolve_fn
@@ -51,6 +51,32 @@ UPSTREAM_GET_TIMEOUT_S = 600.0
 QUEUE_MAX = 4096  # attempts queued on one worker (the JobMaster keeps far fewer)
 STOP_GRACE_S = 10.0  # a stopped attempt still running after this makes the worker "stuck"
 REPLY_RESULTS_MAX = 512  # finished results returned by one exchange (the rest wait for the next)
+
+
+class AttemptLogHandler(logging.Handler):
+    """Collects formatted log lines for the attempt being run (bounded). Only records logged
+    from the attempt's own thread count: a stopped attempt may still be winding down on
+    another thread of the same worker."""
+
+    def __init__(self, lines_max: int, line_chars_max: int):
+        super().__init__(logging.DEBUG)
+        self.thread_id = threading.get_ident()
+        self.lines: list[str] = []
+        self.dropped = 0
+        self.lines_max = lines_max
+        self.line_chars_max = line_chars_max
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread_id:
+            return
+        if len(self.lines) >= self.lines_max:
+            self.dropped += 1
+            return
+        try:
+            self.lines.append(self.format(record)[: self.line_chars_max])
+        except Exception:  # a bad format string must not fail the task
+            self.lines.append(str(record.msg)[: self.line_chars_max])
 
 
 class AttemptStopped(BaseException):
@@ -225,7 +251,7 @@ class WorkerActor:
         return ray.get(list(refs), timeout=UPSTREAM_GET_TIMEOUT_S)
 
     def _run_one(self, spec) -> dict:
-        handler = _ListHandler(RESULT_LOG_LINES_MAX, LOG_LINE_CHARS_MAX)
+        handler = AttemptLogHandler(RESULT_LOG_LINES_MAX, LOG_LINE_CHARS_MAX)
         self._log.addHandler(handler)
         t0 = time.monotonic()
         result: dict[str, Any] = {"key": spec.key, "ok": False}
