@@ -278,7 +278,8 @@ class Namespace:
         f.mtime = self._now(cmd)
         return {"chunk": cid, "index": len(f.chunks) - 1, "version": 1}
 
-    def _locate(self, cid: object) -> tuple[str, Inode, int]:
+    def locate_chunk(self, cid: object) -> tuple[str, Inode, int]:
+        """The file holding chunk ``cid``: (path, file, index of the chunk in it)."""
         loc = self.chunk_index.get(cid) if isinstance(cid, str) else None
         if loc is None:
             raise NotFound(f"chunk {cid!r} belongs to no file")
@@ -288,7 +289,7 @@ class Namespace:
     def _op_commit(self, cmd: dict) -> dict:
         """Record that a chunk now holds ``length`` bytes (writes acknowledged by every
         replica at ``version``)."""
-        path, f, i = self._locate(cmd.get("chunk"))
+        path, f, i = self.locate_chunk(cmd.get("chunk"))
         if "path" in cmd and P.normalize(cmd["path"]) != path:
             raise Denied(f"chunk {cmd.get('chunk')} is not a chunk of {cmd['path']}: a "
                          f"commit acts only on chunks of the file it names")
@@ -308,7 +309,7 @@ class Namespace:
 
     def _op_bump_version(self, cmd: dict) -> dict:
         """A new lease or a replica marked stale: replicas at older versions are stale."""
-        _, f, i = self._locate(cmd.get("chunk"))
+        _, f, i = self.locate_chunk(cmd.get("chunk"))
         f.chunks[i].version += 1
         return {"chunk": f.chunks[i].id, "version": f.chunks[i].version}
 

@@ -28,7 +28,7 @@ async def _setup(tmp_path):
     # Carol writes X: two full chunks and a partial one (chunk_size 64 KiB).
     await m.open_write("/x", "w", "wx", chunk_size=64 * 1024, cred=carol)
     for i, length in enumerate((64 * 1024, 64 * 1024, 100)):
-        cid = (await m._mutate({"op": "add_chunk", "path": "/x"}))["chunk"]
+        cid = (await m.mastership.mutate({"op": "add_chunk", "path": "/x"}))["chunk"]
         await m.commit("/x", "wx", cid, 1, length, cred=carol)
     await m.close_write("/x", "wx", cred=carol)
     await m.open_write("/y", "w", "wy", chunk_size=64 * 1024, cred=dave)
@@ -36,7 +36,7 @@ async def _setup(tmp_path):
 
 
 def _x(m) -> dict:
-    return m.ns.snapshot()["nodes"]["/x"]
+    return m.mastership.ns.snapshot()["nodes"]["/x"]
 
 
 def test_every_chunk_op_on_another_files_chunk_is_refused(tmp_path):
@@ -45,7 +45,7 @@ def test_every_chunk_op_on_another_files_chunk_is_refused(tmp_path):
         try:
             info = await m.locate("/x", cred=dave)  # read access: the ids are no secret
             ids = [ch["id"] for ch in info["chunks"]]
-            before, seq = _x(m), m.journal.seq
+            before, seq = _x(m), m.mastership.journal.seq
             attempts = []
             for cid in ids:
                 attempts += [
@@ -71,8 +71,8 @@ def test_every_chunk_op_on_another_files_chunk_is_refused(tmp_path):
                     await coro
                 assert "Denied" in type(e.value).__name__ or "chunk" in str(e.value), what
             assert _x(m) == before, "file X changed"
-            assert m.journal.seq == seq, "something was journaled"
-            assert not set(ids) & set(m.chunk_leases), "a lease on X's chunk was granted"
+            assert m.mastership.journal.seq == seq, "something was journaled"
+            assert not set(ids) & set(m.leases.chunks), "a lease on X's chunk was granted"
             assert not [ev for ev in m.events if any(i in ev["message"] for i in ids)]
         finally:
             await stop(m)
@@ -83,7 +83,7 @@ def test_chunk_ids_of_no_file_and_malformed_are_typed_errors(tmp_path):
     async def go():
         c, m, carol, dave = await _setup(tmp_path)
         try:
-            before = m.ns.snapshot()
+            before = m.mastership.ns.snapshot()
             for cid in ("c999999999999", "", "x" * 10_000, None, 7, ["c000000000001"],
                         {"id": "c000000000001"}):
                 for coro in (m.renew_lease("/y", "wy", cid, cred=dave),
@@ -100,7 +100,7 @@ def test_chunk_ids_of_no_file_and_malformed_are_typed_errors(tmp_path):
             for writer in (None, "", "w" * 1000, 5):
                 with pytest.raises(PE.BadRequest):
                     await m.open_write("/y", "a", writer, cred=dave)
-            assert m.ns.snapshot() == before
+            assert m.mastership.ns.snapshot() == before
         finally:
             await stop(m)
     run(go())
@@ -112,9 +112,9 @@ def test_a_writer_id_is_bound_to_its_user(tmp_path):
         c, m, carol, dave = await _setup(tmp_path)
         try:
             await m.open_write("/x", "a", "wx2", cred=carol)
-            held = m.file_leases["/x"]
+            held = m.leases.files["/x"]
             await m.close_write("/x", "wx2", cred=dave)
-            assert m.file_leases["/x"] == held, "another user closed carol's writer lease"
+            assert m.leases.files["/x"] == held, "another user closed carol's writer lease"
             # Dave, even granted write on Y, is not carol's writer on Y.
             await m.close_write("/y", "wy", cred=dave)
             await m.open_write("/y", "a", "wy", cred=dave)
@@ -144,7 +144,7 @@ def test_the_owner_still_works(tmp_path):
     async def go():
         c, m, carol, dave = await _setup(tmp_path)
         try:
-            last = m.ns.snapshot()["nodes"]["/x"]["chunks"][-1][0]
+            last = m.mastership.ns.snapshot()["nodes"]["/x"]["chunks"][-1][0]
             await m.open_write("/x", "a", "wx3", cred=carol)
             res = await m.commit("/x", "wx3", last, 1, 200, cred=carol)
             assert res["size"] == 2 * 64 * 1024 + 200

@@ -85,11 +85,11 @@ def test_a_failed_fdatasync_is_not_acknowledged_and_stops_writes(tmp_path):
 
 
 def test_the_master_drains_a_server_whose_disk_failed():
-    from pangu.master import _ServerView
+    from pangu.fleet import ServerView
 
     rep = {"id": "cs-1", "name": "n", "node": "x", "capacity_bytes": 10, "used_bytes": 0,
            "chunks": {}}
-    sv = _ServerView(rep, 0.0)
+    sv = ServerView(rep, 0.0)
     assert not sv.draining
     sv.update(dict(rep, disk_failed=True), 1.0)
     assert sv.draining and sv.as_server().draining

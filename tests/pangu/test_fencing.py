@@ -74,11 +74,11 @@ def test_the_older_holder_is_refused_also_after_a_master_restart(tmp_path, check
         tok = c.token("app")
         a, b = [LOCK, 5], [LOCK, 9]
         await m.open_write("/f", "w", "wa", chunk_size=64 * 1024, cred=tok, fencing=a)
-        cid_a = (await m._mutate({"op": "add_chunk", "path": "/f"}))["chunk"]
+        cid_a = (await m.mastership.mutate({"op": "add_chunk", "path": "/f"}))["chunk"]
         await m.commit("/f", "wa", cid_a, 1, 10, cred=tok, fencing=a)
         # B takes the lock later and opens the file while A's lease is still held.
         await m.open_write("/f", "w", "wb", chunk_size=64 * 1024, cred=tok, fencing=b)
-        cid_b = (await m._mutate({"op": "add_chunk", "path": "/f"}))["chunk"]
+        cid_b = (await m.mastership.mutate({"op": "add_chunk", "path": "/f"}))["chunk"]
         await m.commit("/f", "wb", cid_b, 1, 20, cred=tok, fencing=b)
 
         async def a_is_refused(m):
@@ -94,14 +94,14 @@ def test_the_older_holder_is_refused_also_after_a_master_restart(tmp_path, check
                          m.mkdir("/k", cred=tok, fencing=a)):
                 with pytest.raises(PE.StaleFencingToken):
                     await coro
-            st = m.ns.snapshot()["nodes"]
+            st = m.mastership.ns.snapshot()["nodes"]
             assert st["/f"]["chunks"] == [[cid_b, 1, 20]] and "/g" not in st
         await a_is_refused(m)
         await m.close_write("/f", "wb", cred=tok)
         await stop(m)
         m2 = await c.master()  # a new master process: the journal (and checkpoint) only
         try:
-            assert m2.ns.fencing.newest == {LOCK: 9}
+            assert m2.mastership.ns.fencing.newest == {LOCK: 9}
             await a_is_refused(m2)
             await m2.open_write("/f", "a", "wb2", cred=tok, fencing=b)  # B goes on
         finally:

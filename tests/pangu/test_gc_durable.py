@@ -39,31 +39,31 @@ async def _master(data_dir: str):
 
 def _report(m, chunks: dict) -> dict:
     return {"id": "cs-1", "name": "pangu-cs-1", "node": "n1", "capacity_bytes": 1 << 30,
-            "used_bytes": 0, "chunks": chunks, "fsid": m.journal.fsid}
+            "used_bytes": 0, "chunks": chunks, "fsid": m.mastership.journal.fsid}
 
 
 async def _file_with_two_chunks(m) -> list[str]:
-    await m._mutate({"op": "create", "path": "/f", "chunk_size": CHUNK, "replication": 1})
+    await m.mastership.mutate({"op": "create", "path": "/f", "chunk_size": CHUNK, "replication": 1})
     cids = []
     for length in (CHUNK, 10):
-        cid = (await m._mutate({"op": "add_chunk", "path": "/f"}))["chunk"]
-        await m._mutate({"op": "commit", "chunk": cid, "version": 1, "length": length})
+        cid = (await m.mastership.mutate({"op": "add_chunk", "path": "/f"}))["chunk"]
+        await m.mastership.mutate({"op": "commit", "chunk": cid, "version": 1, "length": length})
         cids.append(cid)
     return cids
 
 
 def _slow_journal(m) -> None:
-    append = m.journal.append
+    append = m.mastership.journal.append
 
     async def slow(cmd):
         await asyncio.sleep(0.2)  # a journal round trip: the event loop runs meanwhile
         return await append(cmd)
-    m.journal.append = slow
+    m.mastership.journal.append = slow
 
 
 CHANGES = {
     "delete": lambda m: m.delete("/f"),
-    "overwrite": lambda m: m._mutate({"op": "create", "path": "/f", "overwrite": True,
+    "overwrite": lambda m: m.mastership.mutate({"op": "create", "path": "/f", "overwrite": True,
                                       "chunk_size": CHUNK}),
     "truncate": lambda m: m.truncate("/f", 5),
 }
@@ -93,7 +93,7 @@ def test_chunks_freed_by_a_change_whose_journal_write_fails_are_never_deleted(
         await m.stop()
         # Restarted from its journal: the file is there, whole, and nothing is garbage.
         m2 = await _master(str(tmp_path))
-        info = m2._file_info("/f")
+        info = m2.fleet.file_info("/f")
         assert [c["id"] for c in info["chunks"]] == cids and info["size"] == CHUNK + 10
         assert (await m2.heartbeat(_report(m2, held)))["delete"] == []
         await m2.stop()
@@ -132,6 +132,6 @@ def test_a_master_whose_journal_disk_keeps_failing_serves_nothing_until_it_works
         await m.mkdir("/a")
         await m.stop()
         m2 = await _master(str(tmp_path))
-        assert m2.ns.exists("/a") and m2.ns.exists("/f")
+        assert m2.mastership.ns.exists("/a") and m2.mastership.ns.exists("/f")
         await m2.stop()
     asyncio.run(main())

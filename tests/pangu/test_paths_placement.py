@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from pangu.core import paths as P
 from pangu.errors import BadPath, NotEnoughServers
-from pangu.core.placement import (ChunkInfo, Server, choose, excess_replicas, rebalance_plan,
-                             repair_plan)
+from pangu.core.placement import Server, choose
+from pangu.core.repair import ChunkInfo, excess_replicas, rebalance_plan, repair_plan
 
 GiB = 1 << 30
 
