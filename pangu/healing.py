@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 
-from pangu.core import paths as P
 from pangu.core import placement
 from pangu.core import repair
 from pangu.core.leases import Leases
