@@ -74,7 +74,7 @@ class Healer:
                              self.fleet.held(live_only=True),
                              skip=self.fleet.busy | self.mastership.undurable)
         for cid, _ in out:
-            sv.chunks.pop(cid, None)
+            self.fleet.forget_replica(sv.id, cid)
         if out:
             self.log.record("gc", f"{len(out)} replica(s) on {sv.id} deleted (unreferenced or "
                                   f"stale)")
@@ -156,7 +156,7 @@ class Healer:
                     length = await self.fleet.call(dest, "replicate", cid, version,
                                                    node.chunk_size, self.fleet.servers[src].name,
                                                    timeout_s=COPY_CALL_TIMEOUT_S)
-                    self.fleet.servers[dest].chunks[cid] = (version, length)
+                    self.fleet.set_replica(dest, cid, version, length)
                     done.append((cid, src))
                     self.log.count(f"{why}_bytes", length)
                     self.log.count(f"{why}_chunks")
