@@ -3,6 +3,8 @@ commits. FuxiMaster's ``sync`` and the simulator (``tests/sim``) both call exact
 
 from __future__ import annotations
 
+import asyncio
+
 import ast
 import inspect
 import random
@@ -141,7 +143,10 @@ def _fake_master(nodes):
     fake = SimpleNamespace(
         auth_enabled=False, ledger=Ledger(), jobmasters={"j": object()}, demands={},
         priorities={}, submit_seq={"j": 1}, nodes=nodes)
-    fake._refresh_nodes = lambda force=False: None
+    async def refresh(force=False):
+        return None
+
+    fake._refresh_nodes = refresh
     fake._service_slots = lambda: []
     return fake
 
@@ -149,7 +154,11 @@ def _fake_master(nodes):
 def test_a_change_of_policy_in_the_core_shows_in_the_master_and_the_simulator(monkeypatch):
     from tests.sim import harness
 
-    sync = _master_sync()
+    master_sync = _master_sync()
+
+    def sync(*args):  # FuxiMaster.sync is a coroutine (it must not block the actor's loop)
+        return asyncio.run(master_sync(*args))
+
     demands = {"cpu=1": {"shape": CPU1, "wanted": 3}}
     normal = sync(_fake_master({"n1": {"CPU": 4}}), "j", 50, demands, [], [])
     assert sum(g["n"] for g in normal["grants"]) == 3
