@@ -175,9 +175,9 @@ TOKEN_FILE = "token"  # the signed-in user's token (`fuxi login`), sent by the C
 
 def write_private(path: str, text: str) -> None:
     """Write a file only its owner can read (0600), atomically."""
-    from zhongkui.authority import _write_private
+    from zhongkui.files import write_private as write
 
-    _write_private(path, text)
+    write(path, text)
 
 
 def _start_nuwa(rec: ClusterRecord, auth: dict | None = None) -> None:

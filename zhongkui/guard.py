@@ -45,7 +45,7 @@ from typing import Any, Awaitable, Callable
 
 from zhongkui.core.acl import ADMIN_GROUP, PLATFORM_GROUP, Decision, Entry, decide
 from zhongkui.errors import BadCredentials, Denied, Revoked, UnknownKey, UnknownUser
-from zhongkui.core.tokens import Keyring
+from zhongkui.keys import Keyring
 
 log = logging.getLogger("zhongkui.guard")
 
@@ -156,6 +156,17 @@ class Guard:
             raise Denied("only the platform's own actors may hand out keys")
         self.set_keys(doc)
         return len(self.keyring.keys)
+
+    def accept_acl(self, proof, doc: dict) -> int:
+        """ACL entries and identities pushed by the authority after a change (FuxiMaster
+        decides jobs and services on them, and signs its jobs' tokens from them); ``proof``
+        is a platform token. Returns the version this guard holds now."""
+        if not self.enabled:
+            return self.acl_version
+        if not self.identify(proof).platform:
+            raise Denied("only the platform's own actors may hand out ACL entries")
+        self.set_acl(doc)
+        return self.acl_version
 
     def set_acl(self, doc: dict) -> None:
         """``{"version", "entries": [entry docs], "restricted": [nuwa prefixes]}``, or

@@ -60,7 +60,7 @@ class FuxiMaster:
         from zhongkui.authority import load_or_create_keys
         from zhongkui.files import private_files
         from zhongkui.guard import Guard, auth_doc
-        from zhongkui.core.tokens import Keyring
+        from zhongkui.keys import Keyring
 
         private_files()  # logs, state, keys, audit trail: 0600/0700 from creation (issue 14)
         self.cluster = cluster

@@ -18,7 +18,7 @@ import kuafu
 import kuafu.io.proxy as P
 from kuafu import frame as F
 from tests.kuafu.authed import AuthedCluster
-from zhongkui.core.tokens import Keyring
+from zhongkui.keys import Keyring
 
 pytestmark = pytest.mark.timeout(180)
 HELLO_S = 1.0  # the proxy's hello timeout here

@@ -72,7 +72,7 @@ def main() -> None:
     from fuxi.client import FuxiClient
     from fuxi.runtime import cluster_dir, connect, find_cluster, keys_path
     from nuwa.client import connect as nuwa_connect
-    from zhongkui.core.tokens import Keyring
+    from zhongkui.keys import Keyring
 
     out_path, secrets_path = sys.argv[2], sys.argv[3]
     rec = find_cluster(CLUSTER)
