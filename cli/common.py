@@ -37,9 +37,10 @@ def print_json(obj: Any) -> None:
 
 
 def master_call(cluster: str, method: str, *args, needs: str = "this command",
-                send_token: bool = False):
+                send_token: bool = False, actor: str = "master"):
     """Call FuxiMaster's ``method`` on the running cluster (never the embedded default);
-    our errors become exit codes. ``send_token``: pass the signed-in user's token as ``cred``."""
+    our errors become exit codes. ``send_token``: pass the signed-in user's token as ``cred``.
+    ``actor="authority"``: call Zhongkui's authority actor instead."""
     import ray
 
     from fuxi.client import MASTER_REPLY_TIMEOUT_S, _translate
@@ -57,7 +58,7 @@ def master_call(cluster: str, method: str, *args, needs: str = "this command",
 
                 kw["cred"] = creds.token(cluster) or None
             try:
-                return ray.get(getattr(conn.master, method).remote(*args, **kw),
+                return ray.get(getattr(getattr(conn, actor), method).remote(*args, **kw),
                                timeout=MASTER_REPLY_TIMEOUT_S)
             except Exception as e:  # noqa: BLE001 - translated below
                 raise _translate(e, method) from None

@@ -45,13 +45,16 @@ def _entry_key(kind: str, resource: str, principal: str) -> str:
 class Authority:
     def __init__(self, store, keys_path: str | None = None, audit_path: str | None = None,
                  enabled: bool = True, keyring: Keyring | None = None):
-        self.store = store
+        """``store``: a state store, or a function of a token source returning one (the
+        store then proves itself with this authority's own platform token, which is renewed
+        when the keys rotate)."""
         self.keys_path = keys_path
         self.keyring = keyring or (load_or_create_keys(keys_path) if keys_path else Keyring.new())
-        self.directory = Directory(store, secrets.token_bytes)
-        self.audit = AuditLog(audit_path)
         self.guard = Guard(auth_doc(enabled, None), name=AUTHORITY_GUARD_NAME,
                            keyring=self.keyring)
+        self.store = store(self.guard.platform_token) if callable(store) else store
+        self.directory = Directory(self.store, secrets.token_bytes)
+        self.audit = AuditLog(audit_path)
         self._identities = self.directory.identities()  # user -> {"gen", "groups"}
         self._load_acl()
 

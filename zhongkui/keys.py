@@ -23,13 +23,20 @@ class Keyring(tokens.Keyring):
 
 
 def load_or_create_keys(path: str) -> Keyring:
-    """The cluster's keyring at ``path`` (0600), created on first use."""
-    if os.path.exists(path):
-        with open(path) as f:
-            return Keyring.from_doc(json.load(f))
-    k = Keyring.new()
-    write_private(path, json.dumps(k.to_doc()))
-    return k
+    """The cluster's keyring at ``path`` (0600), created on first use -- once: processes
+    creating it at the same time (the authority and FuxiMaster starting together) all end
+    up with the keyring of the first to link its file."""
+    if not os.path.exists(path):
+        tmp = f"{path}.new-{os.getpid()}-{secrets.token_hex(4)}"
+        write_private(tmp, json.dumps(Keyring.new().to_doc()))
+        try:
+            os.link(tmp, path)  # fails if another creator was first: keep theirs
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    with open(path) as f:
+        return Keyring.from_doc(json.load(f))
 
 
 def save_keys(path: str, keyring: tokens.Keyring) -> None:
