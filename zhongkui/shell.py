@@ -17,7 +17,7 @@ from zhongkui.keys import Keyring
 
 log = logging.getLogger(__name__)
 
-AUTHORITY_NAME = "ZhongkuiAuthority"  # the identity service's named actor, in the cluster's namespace
+AUTHORITY_NAME = "ZhongkuiAuthority"  # the authority's actor, in the cluster's namespace
 SCOPED_TOKEN_TTL_S_MIN = 60.0
 
 
