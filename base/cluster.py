@@ -85,7 +85,7 @@ class ClusterRecord:
             os.remove(os.path.join(cluster_dir(self.cluster), "cluster.json"))
 
 
-def _port_open(address: str) -> bool:
+def port_open(address: str) -> bool:
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=1.0):
@@ -94,7 +94,7 @@ def _port_open(address: str) -> bool:
         return False
 
 
-def _boot_id() -> str | None:
+def boot_id() -> str | None:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()
@@ -102,7 +102,7 @@ def _boot_id() -> str | None:
         return None
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
@@ -116,7 +116,7 @@ def head_is_ours(rec: ClusterRecord) -> bool:
     same start time. After a reboot or PID reuse it is someone else's, and must not be touched."""
     if not rec.head_pid or rec.boot_id is None or rec.head_started is None:
         return False
-    return _boot_id() == rec.boot_id and _start_ticks(rec.head_pid) == rec.head_started
+    return boot_id() == rec.boot_id and start_ticks(rec.head_pid) == rec.head_started
 
 
 def find_cluster(cluster: str) -> ClusterRecord | None:
@@ -130,8 +130,8 @@ def find_cluster(cluster: str) -> ClusterRecord | None:
         if not head_is_ours(rec) or not session_pids(rec.head_pid):
             rec.remove()
             return None
-        return rec if _port_open(rec.address) else None
-    if not _port_open(rec.address):
+        return rec if port_open(rec.address) else None
+    if not port_open(rec.address):
         raise ClusterError(f"cluster {cluster!r} is recorded at {rec.address} but cannot be "
                            f"reached; start it again, or forget it with `fuxi down -c {cluster}`")
     return rec

@@ -27,9 +27,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
-from base.cluster import (MASTER_NAME, ClusterRecord, cluster_dir, find_cluster, fuxi_home,
-                          head_is_ours, namespace, quiet_ray_env, ray_init, ray_temp_dir,
-                          session_pids, set_auth_mode)
+from base.cluster import (MASTER_NAME, ClusterRecord, boot_id, cluster_dir, find_cluster,
+                          fuxi_home, head_is_ours, namespace, port_open, quiet_ray_env, ray_init,
+                          ray_temp_dir, session_pids, set_auth_mode, start_ticks)
 from fuxi.errors import BadInput, ClusterError, NoCluster
 
 HEAD_START_TIMEOUT_S = 60.0
@@ -157,12 +157,12 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
         rec.head_pid = proc.pid
         rec.token_path = token_path
         rec.temp_dir = temp_dir
-        rec.boot_id = _boot_id()
-        rec.head_started = _start_ticks(proc.pid)
+        rec.boot_id = boot_id()
+        rec.head_started = start_ticks(proc.pid)
         rec.save()  # at once: an interrupted `fuxi up` can still be undone by `fuxi down`
         deadline = time.time() + HEAD_START_TIMEOUT_S
         try:
-            while not _port_open(rec.address):
+            while not port_open(rec.address):
                 if proc.poll() is not None or time.time() > deadline:
                     raise ClusterError(f"the Ray head did not start within "
                                        f"{HEAD_START_TIMEOUT_S:g}s (HEAD_START_TIMEOUT_S); "
@@ -380,7 +380,7 @@ def down(cluster: str = "default") -> dict:
     if rec.head_pid is not None and not head_is_ours(rec):
         rec.remove()  # the head is long gone (reboot, PID reused): nothing of ours to stop
         return {"cluster": cluster, "stopped_jobs": 0, "stopped_head": False}
-    if _port_open(rec.address):
+    if port_open(rec.address):
         with contextlib.suppress(Exception):
             with connect(cluster, embedded_ok=False) as conn:
                 import ray
