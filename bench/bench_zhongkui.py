@@ -187,7 +187,7 @@ def bench_kuafu(auth: dict, token: str, calls: int, flight: int, entries: int) -
 def bench_tokens(n: int) -> dict:
     import jwt
 
-    from zhongkui.core.tokens import Keyring
+    from zhongkui.keys import Keyring
 
     ring = Keyring.new()
     now = time.time()
@@ -225,7 +225,7 @@ def main() -> None:
         serve(a.serve, a.auth_file, a.entries)
         return
     from zhongkui.guard import auth_doc
-    from zhongkui.core.tokens import Keyring
+    from zhongkui.keys import Keyring
 
     ring = Keyring.new()
     bob = ring.sign("bob", ["dev"], now=time.time(), ttl_s=3600)

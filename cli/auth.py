@@ -18,7 +18,7 @@ PASSWORD_STDIN_BYTES_MAX = 1024
 
 
 def _call(cluster: str, method: str, *args):
-    return master_call(cluster, method, *args, needs="signing in")
+    return master_call(cluster, method, *args, needs="signing in", actor="authority")
 
 
 def _token_path(cluster: str) -> str:
@@ -53,14 +53,14 @@ def login(user: str = typer.Option("admin", "--user", "-u"),
     """Sign in; the token is kept for later commands (0600)."""
     from fuxi.runtime import write_private
 
-    token = _call(cluster, "auth_login", user, _password(password_stdin, "Password"))
+    token = _call(cluster, "login", user, _password(password_stdin, "Password"))
     write_private(_token_path(cluster), token)
     typer.echo(f"signed in as {user}")
 
 
 def whoami(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
     """The signed-in user, their groups and when the token expires."""
-    me = _call(cluster, "auth_whoami", _token(cluster))
+    me = _call(cluster, "whoami", _token(cluster))
     if as_json:
         print_json(me)
     else:
@@ -72,7 +72,7 @@ def user_add(name: str, groups: Optional[List[str]] = typer.Option(None, "--grou
              password_stdin: bool = typer.Option(False, "--password-stdin"),
              cluster: str = ClusterOpt) -> None:
     """Add a user (administrators only)."""
-    _call(cluster, "auth_user_add", _token(cluster), name,
+    _call(cluster, "user_add", _token(cluster), name,
           _password(password_stdin, f"Password for {name}"), list(groups or []))
     typer.echo(f"added {name}")
 
@@ -80,7 +80,7 @@ def user_add(name: str, groups: Optional[List[str]] = typer.Option(None, "--grou
 @user_app.command("rm")
 def user_rm(name: str, cluster: str = ClusterOpt) -> None:
     """Remove a user (administrators only)."""
-    _call(cluster, "auth_user_rm", _token(cluster), name)
+    _call(cluster, "user_rm", _token(cluster), name)
     typer.echo(f"removed {name}")
 
 
@@ -89,14 +89,14 @@ def user_groups(name: str, groups: Optional[List[str]] = typer.Option(None, "--g
                 cluster: str = ClusterOpt) -> None:
     """Replace a user's groups (administrators only; no -g: no groups). Every entry point
     decides with the new groups within revoke_within_s (5 s)."""
-    u = _call(cluster, "auth_user_groups", _token(cluster), name, list(groups or []))
+    u = _call(cluster, "user_groups", _token(cluster), name, list(groups or []))
     typer.echo(f"{name}: groups {', '.join(u['groups']) or '-'}")
 
 
 @user_app.command("list")
 def user_list(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
     """Users and their groups (never their password hashes)."""
-    users = _call(cluster, "auth_users", _token(cluster))
+    users = _call(cluster, "users", _token(cluster))
     if as_json:
         print_json(users)
         return
@@ -108,7 +108,7 @@ def user_list(as_json: bool = typer.Option(False, "--json"), cluster: str = Clus
 def user_passwd(name: str, password_stdin: bool = typer.Option(False, "--password-stdin"),
                 cluster: str = ClusterOpt) -> None:
     """Change a password (your own, or anyone's as an administrator)."""
-    _call(cluster, "auth_passwd", _token(cluster), name,
+    _call(cluster, "passwd", _token(cluster), name,
           _password(password_stdin, f"New password for {name}"))
     typer.echo(f"password of {name} changed")
 
@@ -119,7 +119,7 @@ def audit(who: Optional[str] = typer.Option(None, "--who"),
     """Denied and administrative operations (administrators only)."""
     import datetime as dt
 
-    recs = _call(cluster, "auth_audit", _token(cluster), who, result)
+    recs = _call(cluster, "audit", _token(cluster), who, result)
     if as_json:
         print_json(recs)
         return
@@ -149,7 +149,7 @@ def acl_grant(kind: str = typer.Argument(..., help=KIND_HELP),
                                                     "admin | submit,view,cancel | call,manage"),
               cluster: str = ClusterOpt) -> None:
     """Grant permissions on a resource (its owner or an administrator)."""
-    e = _call(cluster, "auth_grant", _token(cluster), kind, resource, principal, _perms(perms))
+    e = _call(cluster, "grant", _token(cluster), kind, resource, principal, _perms(perms))
     typer.echo(f"{e['principal']} may {','.join(e['perms'])} {e['kind']}:{e['resource']}")
 
 
@@ -161,7 +161,7 @@ def acl_revoke(kind: str = typer.Argument(..., help=KIND_HELP),
                                                                 "out."),
                cluster: str = ClusterOpt) -> None:
     """Take permissions back (its owner or an administrator)."""
-    e = _call(cluster, "auth_revoke", _token(cluster), kind, resource, principal,
+    e = _call(cluster, "revoke", _token(cluster), kind, resource, principal,
               _perms(perms) if perms is not None else None)
     typer.echo(f"{principal} on {kind}:{resource}: "
                + (f"{','.join(e['perms'])} left" if e else "no permissions left"))
@@ -172,7 +172,7 @@ def acl_show(kind: Optional[str] = typer.Argument(None, help=KIND_HELP),
              resource: Optional[str] = typer.Argument(None, help="Entries covering this."),
              as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
     """ACL entries (and the restricted Nuwa prefixes)."""
-    doc = _call(cluster, "auth_acl_show", _token(cluster), kind, resource)
+    doc = _call(cluster, "acl_show", _token(cluster), kind, resource)
     if as_json:
         print_json(doc)
         return
@@ -189,7 +189,7 @@ def acl_restrict(path: str = typer.Argument(..., help="A Nuwa path prefix."),
                  cluster: str = ClusterOpt) -> None:
     """Close a Nuwa prefix to the open namespace: only its owner, administrators and ACL
     entries reach it (its owner or an administrator)."""
-    _call(cluster, "auth_restrict", _token(cluster), path, not undo)
+    _call(cluster, "restrict", _token(cluster), path, not undo)
     typer.echo(f"{path} is {'open again' if undo else 'restricted'}")
 
 
@@ -200,7 +200,7 @@ def rotate_keys(revoke_old: bool = typer.Option(
                 cluster: str = ClusterOpt) -> None:
     """A new signing key (administrators only); tokens signed before stay valid until they
     expire, unless --revoke-old."""
-    kid = _call(cluster, "auth_rotate", _token(cluster), revoke_old)
+    kid = _call(cluster, "rotate", _token(cluster), revoke_old)
     if revoke_old:
         typer.echo(f"new signing key {kid}; every earlier key is revoked: log in again")
     else:

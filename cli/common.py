@@ -59,9 +59,10 @@ def _master_error(e: PlatformError, method: str) -> PlatformError:
 
 
 def master_call(cluster: str, method: str, *args, needs: str = "this command",
-                send_token: bool = False):
+                send_token: bool = False, actor: str = "master"):
     """Call FuxiMaster's ``method`` on the running cluster (never the embedded default);
-    our errors become exit codes. ``send_token``: pass the signed-in user's token as ``cred``."""
+    our errors become exit codes. ``send_token``: pass the signed-in user's token as ``cred``.
+    ``actor="authority"``: call Zhongkui's authority actor instead."""
     from base import actors
     from fuxi.client import MASTER_REPLY_TIMEOUT_S
     from fuxi.errors import NoCluster
@@ -78,7 +79,7 @@ def master_call(cluster: str, method: str, *args, needs: str = "this command",
 
                 kw["cred"] = creds.token(cluster) or None
             try:
-                return actors.call(getattr(conn.master, method), *args,
+                return actors.call(getattr(getattr(conn, actor), method), *args,
                                    timeout_s=MASTER_REPLY_TIMEOUT_S, **kw)
             except PlatformError as e:
                 raise _master_error(e, method) from None

@@ -25,9 +25,9 @@ import sys
 import time
 from typing import Iterator
 
-from base.cluster import (MASTER_NAME, ClusterRecord, boot_id, cluster_dir, find_cluster, fuxi_home,
-                          head_is_ours, namespace, ray_init, ray_temp_dir,
-                          port_open, session_pids, set_auth_mode, start_ticks)
+from base.cluster import (MASTER_NAME, ClusterRecord, boot_id, cluster_dir, find_cluster,
+                          fuxi_home, head_is_ours, namespace, port_open, ray_init,
+                          ray_temp_dir, session_pids, set_auth_mode, start_ticks)
 from fuxi.errors import BadInput, ClusterError, NoCluster
 
 HEAD_START_TIMEOUT_S = 60.0
@@ -42,13 +42,52 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
 
     from fuxi.shells.master import FuxiMaster
 
+    authority = _start_authority(cluster, data_dir, detached, nuwa, auth)  # FuxiMaster asks it
     opts = {"name": MASTER_NAME, "namespace": namespace(cluster), "get_if_exists": True}
     if detached:
         opts["lifetime"] = "detached"
     master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa, nuwa_group, auth)
-    ray.get(master.cluster_info.remote(), timeout=ACTOR_READY_TIMEOUT_S)
+    ray.get([authority.mode.remote(), master.cluster_info.remote()],
+            timeout=ACTOR_READY_TIMEOUT_S)
     ray.get(master.supervise.remote(operator_proof(cluster)), timeout=ACTOR_READY_TIMEOUT_S)
     return master
+
+
+def _start_authority(cluster: str, data_dir: str | None, detached: bool,
+                     nuwa: list | None, auth: bool):
+    """Zhongkui's authority actor (keys, users, ACL entries, the audit trail), next to
+    FuxiMaster: its state in the same store (Nuwa under `fuxi up`), FuxiMaster its registry
+    (who owns what; told every change)."""
+    import functools
+
+    from kuafu.deploy import PROXY_PREFIX
+    from zhongkui.actor import AUTHORITY_NAME, ZhongkuiAuthority
+
+    # The actors holding the cluster's keys, by name prefix: a rotation hands them new ones.
+    key_holders = ("nuwa-", "pangu-", PROXY_PREFIX, MASTER_NAME)
+    opts = {"name": AUTHORITY_NAME, "namespace": namespace(cluster), "get_if_exists": True}
+    if detached:
+        opts["lifetime"] = "detached"
+    zk = os.path.join(data_dir, "zhongkui") if data_dir else None
+    return ZhongkuiAuthority.options(**opts).remote(
+        functools.partial(authority_store, nuwa, data_dir),
+        os.path.join(zk, "keys.json") if zk else None,
+        os.path.join(zk, "audit.jsonl") if zk else None, auth, MASTER_NAME, key_holders)
+
+
+def authority_store(nuwa: list | None, data_dir: str | None, token):
+    """The authority's state store, where FuxiMaster keeps its own (it runs in the
+    authority's process: zhongkui does not import the stores)."""
+    from fuxi.io.store import FileStore, MemoryStore, NuwaStore
+
+    if nuwa:
+        from nuwa.client import connect as nuwa_connect
+
+        return NuwaStore(nuwa_connect([tuple(a) for a in nuwa], creator="fuxi-zhongkui",
+                                      token=token))
+    if data_dir:
+        return FileStore(os.path.join(data_dir, "state"))
+    return MemoryStore()
 
 
 def operator_proof(cluster: str) -> str:
@@ -149,7 +188,7 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
         with connect(cluster, embedded_ok=False) as conn:
             import ray
 
-            creds = ray.get(conn.master.auth_bootstrap.remote(operator_proof(cluster)),
+            creds = ray.get(conn.authority.bootstrap.remote(operator_proof(cluster)),
                             timeout=CLUSTER_CONNECT_TIMEOUT_S)
             if creds is not None:  # the first administrator: the operator's credentials
                 write_private(os.path.join(data_dir, CREDENTIALS_FILE), json.dumps(creds))
@@ -173,9 +212,9 @@ TOKEN_FILE = "token"  # the signed-in user's token (`fuxi login`), sent by the C
 
 def write_private(path: str, text: str) -> None:
     """Write a file only its owner can read (0600), atomically."""
-    from zhongkui.authority import _write_private
+    from zhongkui.files import write_private as write
 
-    _write_private(path, text)
+    write(path, text)
 
 
 def _start_nuwa(rec: ClusterRecord, auth: dict | None = None) -> None:
@@ -349,6 +388,8 @@ def down(cluster: str = "default") -> dict:
                                        timeout=CLUSTER_CONNECT_TIMEOUT_S)
                 ray.kill(conn.master, no_restart=True)
                 with contextlib.suppress(Exception):
+                    ray.kill(conn.authority, no_restart=True)
+                with contextlib.suppress(Exception):
                     from pangu import deploy
 
                     deploy.stop(cluster, token=proof)
@@ -373,6 +414,15 @@ class Connection:
         self.address = address
         self.embedded = embedded
         self.data_dir = data_dir
+
+    @property
+    def authority(self):
+        """Zhongkui's authority actor (identities, ACL entries, keys, the audit trail)."""
+        import ray
+
+        from zhongkui.actor import AUTHORITY_NAME
+
+        return ray.get_actor(AUTHORITY_NAME, namespace=namespace(self.cluster))
 
 
 @contextlib.contextmanager
@@ -419,6 +469,9 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
         raise ClusterError(f"cannot connect to cluster {cluster!r} at {rec.address}: {e}") from e
     try:
         try:
+            from zhongkui.actor import AUTHORITY_NAME
+
+            ray.get_actor(AUTHORITY_NAME, namespace=rec.namespace)
             master = ray.get_actor(MASTER_NAME, namespace=rec.namespace)
         except ValueError:
             master = _start_master(cluster, rec.data_dir, detached=True, nuwa=rec.nuwa,

@@ -678,6 +678,8 @@ class Nuwa:
                 return await asyncio.wait_for(coro, bound_s)  # cancels coro when it overruns
             except asyncio.TimeoutError:
                 raise not_in_time(f"no answer within {bound_s:g}s") from None
+            except E.NuwaError:
+                raise  # the replica's answer (Denied is a PermissionError, an OSError, too)
             except (ConnectionError, OSError) as e:
                 if write:
                     raise not_in_time(f"the connection failed ({e!r})") from None

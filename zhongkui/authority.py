@@ -1,28 +1,31 @@
 """The cluster's identity service: signing keys, users, ACL entries and the audit trail, in
-one object that FuxiMaster holds (the shell around the pure cores).
+one object (the shell around the pure cores) that the authority actor holds
+(``zhongkui.actor.ZhongkuiAuthority``).
 
 Keys live in a file readable only by the platform's OS user (0600); users and ACL entries in
 the platform's state store (Nuwa under ``fuxi up``). ``bootstrap`` creates the first
 administrator once and returns its credentials, which ``fuxi up`` writes to the operator's
-credentials file. Tokens are signed here and verified wherever the keys are."""
+credentials file. Tokens are signed here and verified wherever the keys are. This is where
+the pure cores get their clock (``time.time()``) and randomness (the OS CSPRNG,
+``secrets``)."""
 
 from __future__ import annotations
 
-import json
-import os
+import hashlib
 import secrets
 import time
 from dataclasses import replace
 
-import hashlib
-
 from zhongkui.core.acl import (ADMIN_GROUP, ACL_ENTRIES_MAX, PERMISSIONS, RESERVED_GROUPS, Entry,
-                          check_principal, under)
+                               check_principal, under)
 from zhongkui.audit import AuditLog
 from zhongkui.core.directory import Directory
 from zhongkui.errors import BadCredentials, BadInput, Denied, Revoked
 from zhongkui.guard import Guard, Principal, auth_doc
-from zhongkui.core.tokens import TTL_S_DEFAULT, TTL_S_MAX, Keyring
+from zhongkui.core.tokens import TTL_S_DEFAULT, TTL_S_MAX
+from zhongkui.keys import Keyring, load_or_create_keys, save_keys
+
+__all__ = ["Authority", "load_or_create_keys"]
 
 ADMIN_USER = "admin"
 ACL_KEY = "/zhongkui/acl/"            # one entry per (kind, resource, principal)
@@ -32,42 +35,26 @@ ACL_VERSION_KEY = "/zhongkui/acl-version"
 # jobs to any queue (revoke it with `fuxi acl revoke queue '*' '*' submit`).
 DEFAULT_ENTRIES = (("queue", "*", "*", ("submit",)),)
 RESTRICTED_MAX = 10_000
-
-
-def load_or_create_keys(path: str) -> Keyring:
-    """The cluster's keyring at ``path`` (0600), created on first use."""
-    if os.path.exists(path):
-        with open(path) as f:
-            return Keyring.from_doc(json.load(f))
-    k = Keyring.new()
-    _write_private(path, json.dumps(k.to_doc()))
-    return k
+AUTHORITY_GUARD_NAME = "zhongkui"  # its platform token's user is fuxi-zhongkui
 
 
 def _entry_key(kind: str, resource: str, principal: str) -> str:
     return ACL_KEY + hashlib.sha256(f"{kind}\0{resource}\0{principal}".encode()).hexdigest()[:32]
 
 
-def _write_private(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Authority:
     def __init__(self, store, keys_path: str | None = None, audit_path: str | None = None,
                  enabled: bool = True, keyring: Keyring | None = None):
-        self.store = store
+        """``store``: a state store, or a function of a token source returning one (the
+        store then proves itself with this authority's own platform token, which is renewed
+        when the keys rotate)."""
         self.keys_path = keys_path
         self.keyring = keyring or (load_or_create_keys(keys_path) if keys_path else Keyring.new())
-        self.directory = Directory(store)
+        self.guard = Guard(auth_doc(enabled, None), name=AUTHORITY_GUARD_NAME,
+                           keyring=self.keyring)
+        self.store = store(self.guard.platform_token) if callable(store) else store
+        self.directory = Directory(self.store, secrets.token_bytes)
         self.audit = AuditLog(audit_path)
-        self.guard = Guard(auth_doc(enabled, None), name="master", keyring=self.keyring)
         self._identities = self.directory.identities()  # user -> {"gen", "groups"}
         self._load_acl()
 
@@ -252,7 +239,7 @@ class Authority:
 
     def _save_keys(self) -> None:
         if self.keys_path:
-            _write_private(self.keys_path, json.dumps(self.keyring.to_doc()))
+            save_keys(self.keys_path, self.keyring)
 
     # ------------------------------------------------------------ identities
     def bootstrap(self) -> dict | None:
@@ -261,7 +248,7 @@ class Authority:
         if self.directory.list_users():
             return None
         password = secrets.token_urlsafe(18)
-        self.directory.add_user(ADMIN_USER, password, [ADMIN_GROUP])
+        self.directory.add_user(ADMIN_USER, password, [ADMIN_GROUP], now=time.time())
         for kind, resource, principal, perms in DEFAULT_ENTRIES:
             e = Entry.make(kind, resource, principal, perms)
             self.store.put(_entry_key(e.kind, e.resource, e.principal), e.to_doc())
@@ -325,7 +312,7 @@ class Authority:
         reserved = sorted(set(groups) & set(RESERVED_GROUPS))
         if reserved:
             raise BadInput(f"group {reserved[0]!r} is reserved for the platform's own actors")
-        out = self.directory.add_user(name, password, groups)
+        out = self.directory.add_user(name, password, groups, now=time.time())
         self._identity_changed(name)
         self.audit.record(c.user, "add user", f"user:{name}", "ok", f"groups {sorted(groups)}")
         return out

@@ -56,6 +56,19 @@ def exposed(root: str) -> list[str]:
     return sorted(set(out))
 
 
+def write_private(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so only its owner can read it (0600, its directory 0700),
+    atomically: a reader sees the old content or the new, never a part."""
+    os.makedirs(os.path.dirname(path), mode=PRIVATE_DIR_MODE, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def load_secret(path: str, nbytes: int, what: str, error: type[Exception] = PermissionError,
                 hint: str = "") -> bytes:
     """The ``nbytes`` random bytes at ``path``; ``error`` if the file is absent, of another

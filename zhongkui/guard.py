@@ -12,7 +12,7 @@ A guard is built from an ``auth`` document, ``{"enabled": bool, "keys": <keyring
   rotated after it started) makes it fetch the keyring again, at most once per
   ``KEYS_FETCH_INTERVAL_S``, proving with a token of its own that it holds a key already.
 
-ACL entries come from FuxiMaster's identity service and are cached here for
+ACL entries come from the authority actor (zhongkui.actor) and are cached here for
 ``ACL_REFRESH_S``; before saying no, the guard fetches them again (at most once per
 ``ACL_DENY_REFRESH_S``), so a fresh grant works at once and a revoke within ACL_REFRESH_S.
 
@@ -26,7 +26,7 @@ connection is refused too. A guard allows nothing on identities older than
 fresh answer. So a revocation is honoured everywhere within ``REVOKE_WITHIN_S``. While the
 identity service cannot be reached the guard keeps the last state it learned (availability),
 except that a guard whose own proof is refused (its keys were revoked) refuses everyone until
-FuxiMaster hands it the new keys.
+the authority hands it the new keys.
 
 Timers (refresh ages, rate limits) run on a monotonic clock; only token lifetimes use the
 wall clock, so a wall clock stepped by an hour neither freezes the refresh nor floods it.
@@ -45,7 +45,7 @@ from typing import Any, Awaitable, Callable
 
 from zhongkui.core.acl import ADMIN_GROUP, PLATFORM_GROUP, Decision, Entry, decide
 from zhongkui.errors import BadCredentials, Denied, Revoked, UnknownKey, UnknownUser
-from zhongkui.core.tokens import Keyring
+from zhongkui.keys import Keyring
 
 log = logging.getLogger("zhongkui.guard")
 
@@ -102,7 +102,7 @@ class Guard:
                  keyring: Keyring | None = None,
                  monotonic: Callable[[], float] | None = None):
         """``keyring``: share this keyring object instead of one made from ``auth["keys"]``
-        (FuxiMaster's guards: a rotation there is seen by them at once). ``monotonic``: the
+        (the authority's guard: a rotation there is seen by it at once). ``monotonic``: the
         clock of ages and rate limits; by default time.monotonic, or ``clock`` when a test
         gives one clock only."""
         if monotonic is None:
@@ -148,7 +148,7 @@ class Guard:
         self._platform = None
 
     def accept_keys(self, proof, doc: dict) -> int:
-        """New keys pushed by FuxiMaster after a rotation; ``proof`` is a platform token
+        """New keys pushed by the authority after a rotation; ``proof`` is a platform token
         signed with a key this guard holds. Returns how many keys it holds now."""
         if not self.enabled:
             return 0
@@ -156,6 +156,17 @@ class Guard:
             raise Denied("only the platform's own actors may hand out keys")
         self.set_keys(doc)
         return len(self.keyring.keys)
+
+    def accept_acl(self, proof, doc: dict) -> int:
+        """ACL entries and identities pushed by the authority after a change (FuxiMaster
+        decides jobs and services on them, and signs its jobs' tokens from them); ``proof``
+        is a platform token. Returns the version this guard holds now."""
+        if not self.enabled:
+            return self.acl_version
+        if not self.identify(proof).platform:
+            raise Denied("only the platform's own actors may hand out ACL entries")
+        self.set_acl(doc)
+        return self.acl_version
 
     def set_acl(self, doc: dict) -> None:
         """``{"version", "entries": [entry docs], "restricted": [nuwa prefixes]}``, or
@@ -230,7 +241,7 @@ class Guard:
         current groups (a token's groups are what they were when it was signed)."""
         if not self.enabled or who is LOCAL_OPERATOR:
             return who
-        if self.cut_off and not who.platform:  # FuxiMaster's push must still get through
+        if self.cut_off and not who.platform:  # the authority's push must still get through
             raise Revoked(f"this entry point ({self.name}) is waiting for the cluster's new "
                           f"keys: {self.cut_off}")
         if self.keyring is not None and who.key_id and who.key_id in self.keyring.revoked:
@@ -258,7 +269,7 @@ class Guard:
             return True
         except (BadCredentials, Denied) as e:
             # Our own proof is refused: our keys were revoked and the push of the new ones
-            # missed us. Fail closed until they arrive (FuxiMaster pushes again).
+            # missed us. Fail closed until they arrive (the authority pushes again).
             self.cut_off = f"its proof was refused ({type(e).__name__})"
             log.warning("%s: the identity service refuses this guard's proof: %s", self.name,
                         type(e).__name__)
@@ -381,7 +392,7 @@ class Guard:
     async def acheck(self, who: Principal, kind: str, resource: str, perm: str,
                      owner: str | None = None) -> Decision:
         """``check`` for async shells: stale entries are refreshed in the background (an
-        allowed call never waits for FuxiMaster unless its identities are older than
+        allowed call never waits for the authority unless its identities are older than
         REVOCATION_CONFIRM_S), and once more, awaited, before a denial."""
         before, seq = self._acl_at, self._refresh_seq
         if not who.platform:
@@ -430,7 +441,7 @@ class Guard:
 
     def report_denial(self, who: str, action: str, resource: str, detail: str) -> None:
         """Send a denial to the trail: at most REPORTS_PER_S_MAX per second (a client
-        hammering with a bad token must not become a flood of calls to FuxiMaster); those
+        hammering with a bad token must not become a flood of calls to the authority); those
         over the budget are counted and the count goes with the next one sent."""
         if self.report is None:
             return

@@ -46,10 +46,7 @@ JOBMASTER_CALL_TIMEOUT_S = 10.0
 SUBMITS_REMEMBERED_MAX = 10_000
 JOB_TOKEN_TTL_S = 7 * 24 * 3600.0      # a job's instances act as its submitter this long
 SERVICE_TOKEN_TTL_S = 30 * 24 * 3600.0  # a replica's token (renewed at every (re)start)
-KEYS_PUSH_TIMEOUT_S = 10.0  # per platform actor, after a key rotation
-KEYS_PUSH_CONCURRENCY_MAX = 32  # pushes in flight at once (each awaited, none blocking)
-KEYS_PUSH_RETRIES_MAX = 5       # an actor that missed the push is retried this often...
-KEYS_PUSH_RETRY_S = 5.0         # ...this far apart, in the background
+AUTHORITY_FETCH_TIMEOUT_S = 30.0  # the entries and identities, from the authority, at start
 SERVICE_PRIORITY = 1000  # online replicas come before every batch job (priorities 0..100)
 LOG_READS_MAX = 2  # `fuxi job logs` file reads in flight at once (off the event loop)
 
@@ -88,20 +85,26 @@ def _drop_old_records(store, kept_max: int) -> list[str]:
 class FuxiMaster:
     def __init__(self, cluster: str, data_dir: str | None, detached: bool = False,
                  nuwa: list | None = None, nuwa_group: dict | None = None, auth: bool = False):
-        from zhongkui.authority import load_or_create_keys
         from zhongkui.files import private_files
-        from zhongkui.guard import Guard, auth_doc
-        from zhongkui.core.tokens import Keyring
+        from zhongkui.guard import auth_doc
+        from zhongkui.keys import Keyring, load_or_create_keys
+        from zhongkui.shell import Delegate, fetch_acl_now, make_guard
 
-        private_files()  # logs, state, keys, audit trail: 0600/0700 from creation (issue 14)
+        private_files()  # logs, state, job logs: 0600/0700 from creation (issue 14)
         self.cluster = cluster
         self.auth_enabled = bool(auth)
         # The cluster's keys (made by `fuxi up` before anything started): they sign this
-        # actor's own platform token, which its Nuwa client presents.
+        # actor's own platform token, which its Nuwa client presents, and its jobs' and
+        # services' tokens. One guard holds them; the authority actor (zhongkui.actor)
+        # pushes it rotated keys and every change of ACL entries and identities.
         self.keys_path = os.path.join(data_dir, "zhongkui", "keys.json") if data_dir else None
-        self.keyring = load_or_create_keys(self.keys_path) if self.keys_path else Keyring.new()
-        self.platform_guard = Guard(auth_doc(self.auth_enabled, None), name="master",
-                                    keyring=self.keyring)
+        ns = ray.get_runtime_context().namespace
+        self.platform_guard = make_guard(
+            auth_doc(self.auth_enabled, None), "master", ns,
+            keyring=load_or_create_keys(self.keys_path) if self.keys_path else Keyring.new())
+        if self.auth_enabled:  # decide nothing on identities never learned
+            fetch_acl_now(self.platform_guard, ns, AUTHORITY_FETCH_TIMEOUT_S)
+        self._authority = Delegate(self.platform_guard)  # decisions, trail, scoped tokens
         self.detached = detached  # JobMasters share the master's lifetime
         self._watchers: set = set()
         self.data_dir = data_dir
@@ -121,11 +124,9 @@ class FuxiMaster:
         self.astore = AsyncStore(self.store, OffLoop("fuxi-store", STORE_THREADS_MAX))
         self.gcs = OffLoop("fuxi-gcs", GCS_THREADS_MAX)  # ray.nodes()
         self._log_reads = OffLoop("fuxi-logs", LOG_READS_MAX)
-        ns = ray.get_runtime_context().namespace
         # Fuxi coordinates the actor groups: the supervisor replaces Nuwa replicas that die.
         self.supervisor = Supervisor(cluster, ns, nuwa, nuwa_group,
                                      lambda: auth_doc(self.auth_enabled, self.keyring))
-        self._authority = None  # Zhongkui's identity service, made on first use
         self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -187,38 +188,45 @@ class FuxiMaster:
         self.nodes, self.node_info, self.nodes_at = nodes, info, now
     # ------------------------------------------------------------ identities (Zhongkui)
 
-    def _auth(self):
-        if self._authority is None:
-            from zhongkui.authority import Authority
+    @property
+    def keyring(self):
+        """The cluster's keys as this actor holds them now (a rotation replaces them)."""
+        return self.platform_guard.keyring
 
-            base = os.path.join(self.data_dir, "zhongkui") if self.data_dir else None
-            self._authority = Authority(
-                self.store, self.keys_path, os.path.join(base, "audit.jsonl") if base else None,
-                enabled=self.auth_enabled, keyring=self.keyring)
+    def _auth(self):
+        """Zhongkui's delegate here: decisions on jobs and services, the trail, scoped tokens
+        (the authority itself is its own actor, zhongkui.actor)."""
         return self._authority
 
     def _require(self, cred, what: str, admin_ok: bool = False):
         """A control method of this actor: the platform's own actors (or administrators,
-        with ``admin_ok``) only, when access control is on (issue 14, defect 8)."""
+        with ``admin_ok``) only, when access control is on (issue 14, defect 8). A refusal
+        reaches the trail through the guard."""
         if not self.auth_enabled:
             return None
         from zhongkui.guard import require_platform
 
-        a = self._auth()
-        try:
-            return require_platform(a.guard, cred, what, admin_ok=admin_ok)
-        except Exception as e:
-            a.audit.record("?", what, "fuxi-master", "denied", type(e).__name__)
-            raise
+        return require_platform(self.platform_guard, cred, what, admin_ok=admin_ok)
 
     def _who(self, cred):
-        """The verified caller of a job or service operation."""
-        a = self._auth()
-        try:
-            return a.principal(cred)
-        except Exception as e:
-            a.audit.record("?", "authenticate", "fuxi-master", "denied", type(e).__name__)
-            raise
+        """The verified caller of a job or service operation (a bad token reaches the
+        trail through the guard)."""
+        return self._auth().principal(cred)
+
+    def zk_set_keys(self, proof: str, doc: dict) -> int:
+        """Zhongkui's keys after a rotation (from the authority)."""
+        return self.platform_guard.accept_keys(proof, doc)
+
+    def zk_set_acl(self, proof: str, doc: dict) -> int:
+        """The ACL entries and identities after a change (from the authority, before it
+        answers the change)."""
+        return self.platform_guard.accept_acl(proof, doc)
+
+    def owner_of(self, proof: str, kind: str, resource: str) -> str | None:
+        """Who owns a resource, for the authority deciding who may grant access to it (the
+        platform's own actors only)."""
+        self._require(proof, "look up a resource's owner")
+        return self._owner_of(kind, resource)
 
     def _job_owner(self, job_id: str) -> str | None:
         return self.job_owners.get(job_id)  # every stored job is here (loaded at start)
@@ -276,18 +284,6 @@ class FuxiMaster:
             await self._refresh_nodes(force=True)
         return await self.supervisor.kuafu_start_node(node, self.nodes)
 
-    def auth_mode(self) -> dict:
-        return {"enabled": self.auth_enabled}
-
-    def auth_keys(self, proof: str) -> dict:
-        return self._auth().keys_for_platform(proof)
-
-    def auth_acl(self, proof: str, have_version: int | None = None) -> dict:
-        return self._auth().acl_for_platform(proof, have_version)
-
-    def auth_record(self, proof: str, rec: dict) -> None:
-        self._auth().record_from_platform(proof, rec)
-
     def _owner_of(self, kind: str, resource: str) -> str | None:
         """Who owns a resource (they may grant access to it); None for none, for ``*``, and
         for a resource name that cannot exist (the grant then says what is wrong with it)."""
@@ -325,110 +321,6 @@ class FuxiMaster:
             except NotFound:
                 return None
         return None
-
-    def auth_grant(self, token: str, kind: str, resource: str, principal: str,
-                   perms: list) -> dict:
-        return self._auth().grant(token, kind, resource, principal, perms,
-                                  owner=self._owner_of(kind, resource))
-
-    def auth_revoke(self, token: str, kind: str, resource: str, principal: str,
-                    perms: list | None = None) -> dict | None:
-        return self._auth().revoke(token, kind, resource, principal, perms,
-                                   owner=self._owner_of(kind, resource))
-
-    def auth_restrict(self, token: str, path: str, on: bool = True) -> list:
-        return self._auth().restrict(token, path, on, owner=self._owner_of("nuwa", path))
-
-    def auth_acl_show(self, token: str, kind: str | None = None,
-                      resource: str | None = None) -> dict:
-        return self._auth().acl_show(token, kind, resource)
-
-    def auth_bootstrap(self, cred: str | None = None) -> dict | None:
-        """The first administrator's credentials, for `fuxi up` (which proves itself with a
-        platform token signed with the keys it made): nobody else may take them."""
-        self._require(cred, "create the first administrator")
-        return self._auth().bootstrap()
-
-    def auth_login(self, user: str, password: str) -> str:
-        return self._auth().login(user, password)
-
-    def auth_whoami(self, token: str) -> dict:
-        return self._auth().whoami(token)
-
-    def auth_users(self, token: str) -> list[dict]:
-        return self._auth().list_users(token)
-
-    def auth_user_add(self, token: str, name: str, password: str, groups: list) -> dict:
-        return self._auth().add_user(token, name, password, groups)
-
-    def auth_user_rm(self, token: str, name: str) -> None:
-        return self._auth().remove_user(token, name)
-
-    def auth_user_groups(self, token: str, name: str, groups: list) -> dict:
-        return self._auth().set_groups(token, name, groups)
-
-    def auth_passwd(self, token: str, name: str, password: str) -> None:
-        return self._auth().set_password(token, name, password)
-
-    async def auth_rotate(self, token: str, revoke_old: bool = False) -> str:
-        """A new signing key. Every platform actor is handed the new keyring before anything
-        is signed with the new key (proved with a token signed with the old one); an actor
-        that misses it fetches the keyring when it first meets the new key, or, after
-        ``revoke_old`` (when its own proof no longer counts), is pushed to again in the
-        background. The pushes run concurrently (at most KEYS_PUSH_CONCURRENCY_MAX in
-        flight, each bounded by KEYS_PUSH_TIMEOUT_S), never blocking this actor's loop."""
-        proof = self.platform_guard.platform_token()  # signed with the key everyone has
-        kid = self._auth().rotate_keys(token, revoke_old=revoke_old)
-        self.platform_guard.renew_platform_token()  # from now on signed with the new key
-        doc = self.keyring.to_doc()
-        missed = await self._push_keys(proof, doc)
-        if missed:
-            t = asyncio.get_running_loop().create_task(self._push_again(proof, doc, missed))
-            self._watchers.add(t)
-            t.add_done_callback(self._watchers.discard)
-        return kid
-
-    async def _push_keys(self, proof: str, doc: dict, only: list[str] | None = None) -> list[str]:
-        """Hand ``doc`` to every Nuwa replica, Pangu master, chunkserver and Kuafu proxy;
-        returns the names that did not take it."""
-        from kuafu.deploy import PROXY_PREFIX
-
-        ns = ray.get_runtime_context().namespace
-
-        def targets() -> list:
-            from ray.util import list_named_actors
-
-            out = []
-            for a in list_named_actors(all_namespaces=True):
-                name = a["name"]
-                if a.get("namespace") != ns or not name.startswith(
-                        ("nuwa-", "pangu-", PROXY_PREFIX)) or (only and name not in only):
-                    continue
-                try:
-                    out.append((name, ray.get_actor(name, namespace=ns)))
-                except Exception:  # noqa: BLE001 - gone meanwhile
-                    continue
-            return out
-
-        from zhongkui.shell import push_all
-
-        found = await asyncio.to_thread(targets)  # GCS look-ups block: not on this loop
-
-        async def push(handle):
-            return await handle.zk_set_keys.remote(proof, doc)
-        return await push_all(found, push, KEYS_PUSH_CONCURRENCY_MAX, KEYS_PUSH_TIMEOUT_S)
-
-    async def _push_again(self, proof: str, doc: dict, missed: list[str]) -> None:
-        for _ in range(KEYS_PUSH_RETRIES_MAX):
-            await asyncio.sleep(KEYS_PUSH_RETRY_S)
-            missed = await self._push_keys(proof, doc, only=missed)
-            if not missed:
-                return
-        logger.warning("the new keys never reached %s; they refuse every caller until they "
-                       "restart", missed)
-
-    def auth_audit(self, token: str, who: str | None = None, result: str | None = None) -> list:
-        return self._auth().audit_records(token, who=who, result=result)
 
     # ------------------------------------------------------------ online services
 

@@ -16,7 +16,7 @@ from nuwa.io.server import ReplicaServer, ServerConfig
 from nuwa.io.transport import frame, read_frame
 from zhongkui.core.acl import ADMIN_GROUP
 from zhongkui.guard import Guard, auth_doc
-from zhongkui.core.tokens import Keyring
+from zhongkui.keys import Keyring
 
 ANSWER_TIMEOUT_S = 10.0
 LEADER_TIMEOUT_S = 10.0

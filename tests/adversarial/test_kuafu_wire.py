@@ -19,7 +19,7 @@ import kuafu.core.routing as routing
 import kuafu.io.forward as forward
 from kuafu import frame as F
 from tests.kuafu.authed import AuthedCluster
-from zhongkui.core.tokens import Keyring
+from zhongkui.keys import Keyring
 
 pytestmark = pytest.mark.timeout(180)
 HELLO_S = 1.0  # the proxy's hello timeout here

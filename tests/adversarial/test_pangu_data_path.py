@@ -38,7 +38,7 @@ def pg(tmp_path_factory):
     import ray
 
     from zhongkui.guard import auth_doc
-    from zhongkui.core.tokens import Keyring
+    from zhongkui.keys import Keyring
 
     started = not ray.is_initialized()
     if started:
@@ -83,7 +83,7 @@ def _x_intact(pg) -> None:
 
 def _tokens(pg, cid: str, version: int, other_write: str) -> dict:
     """Every kind of bad token for writing chunk ``cid`` at ``version``."""
-    from zhongkui.core.tokens import Keyring
+    from zhongkui.keys import Keyring
 
     keys, now = pg["keys"], time.time()
     good = keys.sign("carol", (), now=now, ttl_s=600, scope=chunk_scope(cid, "w", version))
@@ -217,7 +217,7 @@ def test_malformed_and_oversized_writes_are_typed_errors(pg):
 
 
 def test_master_chunk_ops_with_bad_credentials(pg):
-    from zhongkui.core.tokens import Keyring
+    from zhongkui.keys import Keyring
 
     c, keys, now = pg["c"], pg["keys"], time.time()
     ch = c.call("locate", "/adv/x")["chunks"][0]

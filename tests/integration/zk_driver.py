@@ -72,7 +72,7 @@ def main() -> None:
     from fuxi.client import FuxiClient
     from fuxi.runtime import cluster_dir, connect, find_cluster, keys_path
     from nuwa.client import connect as nuwa_connect
-    from zhongkui.core.tokens import Keyring
+    from zhongkui.keys import Keyring
 
     out_path, secrets_path = sys.argv[2], sys.argv[3]
     rec = find_cluster(CLUSTER)
@@ -87,18 +87,23 @@ def main() -> None:
         def m(method, *args, **kw):
             return ray.get(getattr(master, method).remote(*args, **kw), timeout=WAIT_S)
 
+        authority = conn.authority
+
+        def z(method, *args, **kw):
+            return ray.get(getattr(authority, method).remote(*args, **kw), timeout=WAIT_S)
+
         admin = creds_doc["token"]
         for u, pw in PASSWORDS.items():
-            m("auth_user_add", admin, u, pw, [])
+            z("user_add", admin, u, pw, [])
         tok = {"admin": admin, "none": "", "malformed": "not-a-token"}
         for u, pw in PASSWORDS.items():
-            tok[u] = m("auth_login", u, pw)
+            tok[u] = z("login", u, pw)
         tok["appended"] = tok["bob"] + "="
         for u in ("rex", "rita"):
-            m("auth_user_add", admin, u, f"{u}-Secret-pw-9", [])
+            z("user_add", admin, u, f"{u}-Secret-pw-9", [])
             secrets["passwords"].append(f"{u}-Secret-pw-9")
-        tok["revoked"] = m("auth_login", "rex", "rex-Secret-pw-9")
-        tok["recreated"] = m("auth_login", "rita", "rita-Secret-pw-9")
+        tok["revoked"] = z("login", "rex", "rex-Secret-pw-9")
+        tok["recreated"] = z("login", "rita", "rita-Secret-pw-9")
         # A forged token: bob's, promoted to the administrators, with bob's signature kept.
         head, sig = tok["bob"].split(".")
         payload = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
@@ -127,18 +132,18 @@ def main() -> None:
         step('set-up, as bob')
         bob_nw = nw("bob")
         bob_nw.create("/apps/bob/", b"", parents=True)
-        m("auth_restrict", tok["bob"], "/apps/bob", True)
+        z("restrict", tok["bob"], "/apps/bob", True)
         bob_nw.create("/apps/bob/x", b"bob's value")
         for who in IDENTITIES:
             bob_nw.create(f"/apps/bob/d-{who}", b"")
         for u in ("dave", "rex", "rita"):
-            m("auth_grant", tok["bob"], "nuwa", "/apps/bob", f"user:{u}",
+            z("grant", tok["bob"], "nuwa", "/apps/bob", f"user:{u}",
               ["read", "write", "create", "delete"])
         bob_nw.create("/open/", b"")
         bob_nw.create("/open/f", b"bob")
 
         pg("admin").mkdir("/home")
-        m("auth_grant", admin, "pangu", "/home", "user:bob", ["create"])
+        z("grant", admin, "pangu", "/home", "user:bob", ["create"])
         bob_pg = pg("bob")
         bob_pg.mkdir("/home/bob")
         with bob_pg.open("/home/bob/f", "wb") as f:
@@ -153,14 +158,14 @@ def main() -> None:
             with bob_pg.open(f"/home/bob/t-{who}", "wb") as f:
                 f.write(b"truncate me")
         for u in ("dave", "rex", "rita"):
-            m("auth_grant", tok["bob"], "pangu", "/home/bob", f"user:{u}",
+            z("grant", tok["bob"], "pangu", "/home/bob", f"user:{u}",
               ["read", "write", "create", "delete"])
 
         # Jobs: only granted users submit (the default everyone-submits entry is revoked).
         step("jobs")
-        m("auth_revoke", admin, "queue", "*", "*", None)
-        m("auth_grant", admin, "queue", "default", "user:bob", ["submit"])
-        m("auth_grant", admin, "queue", "default", "user:dave", ["submit", "view", "cancel"])
+        z("revoke", admin, "queue", "*", "*", None)
+        z("grant", admin, "queue", "default", "user:bob", ["submit"])
+        z("grant", admin, "queue", "default", "user:dave", ["submit", "view", "cancel"])
         sleepy = {"name": "zk-sleepy", "params": {"dir": "/tmp/zk-driver-marks", "sleep_s": 300},
                   "tasks": {"t": {"fn": "tests.integration.taskfns:sleepy", "instances": 1,
                                   "resources": {"cpu": 0}, "max_retries": 0}}}
@@ -173,7 +178,7 @@ def main() -> None:
         for who in CHEAP_BAD:  # their tokens are refused before any job is looked at
             cancel_jobs[who] = cancel_jobs["none"]
         for u in ("rex", "rita"):
-            m("auth_grant", admin, "queue", "default", f"user:{u}", ["submit", "view", "cancel"])
+            z("grant", admin, "queue", "default", f"user:{u}", ["submit", "view", "cancel"])
 
         # Services: bob's echo, callable and manageable by dave.
         step("services")
@@ -189,11 +194,11 @@ def main() -> None:
 
         m("service_register", svc_doc("zkecho", 1), cred=tok["bob"])
         for u in ("dave", "rex", "rita"):
-            m("auth_grant", tok["bob"], "service", "zkecho", f"user:{u}", ["call", "manage"])
+            z("grant", tok["bob"], "service", "zkecho", f"user:{u}", ["call", "manage"])
         # rex goes; rita goes and comes back (a new account: her old token names nobody).
-        m("auth_user_rm", admin, "rex")
-        m("auth_user_rm", admin, "rita")
-        m("auth_user_add", admin, "rita", "rita-Secret-pw-9", [])
+        z("user_rm", admin, "rex")
+        z("user_rm", admin, "rita")
+        z("user_add", admin, "rita", "rita-Secret-pw-9", [])
         revoked_at = time.time()
         deadline = time.time() + WAIT_S
         while m("service_status", "zkecho", cred=admin)["ready"] < 1:
@@ -247,11 +252,11 @@ def main() -> None:
                 "service.register": lambda: m("service_register", svc_doc(f"zk-{who}", 0),
                                               cred=tok[who] or None),
                 "kuafu.call": lambda: call(who),
-                "acl.grant": lambda: m("auth_grant", tok[who], "nuwa", "/apps/bob",
+                "acl.grant": lambda: z("grant", tok[who], "nuwa", "/apps/bob",
                                        "user:carol", ["read"]),
-                "user.add": lambda: m("auth_user_add", tok[who], f"u-{who}", "password-123",
+                "user.add": lambda: z("user_add", tok[who], f"u-{who}", "password-123",
                                       []),
-                "audit.read": lambda: m("auth_audit", tok[who]),
+                "audit.read": lambda: z("audit", tok[who]),
             }
             row = {}
             for op, fn in ops.items():
@@ -263,7 +268,7 @@ def main() -> None:
         for who in IDENTITIES:
             result["cells"][who] = grid(who)
         # carol's acl.grant must not have stuck, and neither an admin's: undo the admin's.
-        m("auth_revoke", admin, "nuwa", "/apps/bob", "user:carol", None)
+        z("revoke", admin, "nuwa", "/apps/bob", "user:carol", None)
 
         checks = result["checks"]
         # ------------------------------------------------ the service sees who calls
@@ -285,7 +290,7 @@ def main() -> None:
         checks["platform_intact"] = bool(nw("admin").list("/fuxi/"))
         # A recursive watch on an open prefix does not carry changes under protected ones.
         w = car.watch("/", recursive=True)
-        m("auth_user_add", admin, "eve", "eve-password-1", [])
+        z("user_add", admin, "eve", "eve-password-1", [])
         bob_nw.set("/open/f", b"after the watch")
         seen = []
         deadline = time.time() + 10
@@ -333,7 +338,7 @@ def main() -> None:
         reader = {"name": "zk-reader", "params": {"cluster": CLUSTER, "path": "/home/bob/f"},
                   "tasks": {"t": {"fn": "tests.integration.taskfns:read_pangu", "instances": 1,
                                   "resources": {"cpu": 0}, "max_retries": 0}}}
-        m("auth_grant", admin, "queue", "default", "user:carol", ["submit"])
+        z("grant", admin, "queue", "default", "user:carol", ["submit"])
         jc = fx("carol").submit(reader)
         stc = fx("carol").wait(jc, timeout_s=WAIT_S)
         logs = fx("carol").logs(jc)
@@ -345,18 +350,18 @@ def main() -> None:
 
         # ------------------------------------------------ revocation takes effect
         step('revocation takes effect')
-        m("auth_revoke", tok["bob"], "nuwa", "/apps/bob", "user:dave", None)
+        z("revoke", tok["bob"], "nuwa", "/apps/bob", "user:dave", None)
         dave_nw = nw("dave")
         checks["revoked_nuwa"] = _until_refused(lambda: dave_nw.get("/apps/bob/x"))
-        m("auth_revoke", tok["bob"], "pangu", "/home/bob", "user:dave", None)
+        z("revoke", tok["bob"], "pangu", "/home/bob", "user:dave", None)
         dave_pg = pg("dave")
         checks["revoked_pangu"] = _until_refused(lambda: dave_pg.stat("/home/bob/f"))
 
         # ------------------------------------------------ key rotation
         step('key rotation')
         old_bob = tok["bob"]
-        m("auth_rotate", admin)
-        new_bob = m("auth_login", "bob", PASSWORDS["bob"])
+        z("rotate", admin)
+        new_bob = z("login", "bob", PASSWORDS["bob"])
         secrets["tokens"].append(new_bob)
         checks["rotated_kid_differs"] = (json.loads(base64.urlsafe_b64decode(
             new_bob.split(".")[0] + "==="))["kid"] != json.loads(base64.urlsafe_b64decode(
@@ -377,12 +382,12 @@ def main() -> None:
 
         # ------------------------------------------------ revocation at every entry point
         step('revocation at every entry point')
-        checks["revocation"] = _revocations(m, tok, admin, nw, pg, fx, call, bob_pg, j1,
+        checks["revocation"] = _revocations(z, tok, admin, nw, pg, fx, call, bob_pg, j1,
                                             secrets)
 
         # ------------------------------------------------ the trail
         step('the trail')
-        trail = m("auth_audit", admin, None, "denied")
+        trail = z("audit", admin, None, "denied")
         checks["audit_denials"] = len(trail)
         checks["audit_from_nuwa"] = any("at nuwa-" in r["detail"] for r in trail)
         checks["audit_from_pangu"] = any("at pangu-" in r["detail"] for r in trail)
@@ -395,7 +400,7 @@ def main() -> None:
         # ------------------------------------------------ rotate-keys --revoke-old, last
         # (it ends every token signed before, the administrator's and the services' too)
         step('rotate-keys --revoke-old')
-        checks["revoke_old"] = _revoke_old(m, tok, admin, creds_doc, nw, pg, fx, call, bob_pg,
+        checks["revoke_old"] = _revoke_old(z, tok, admin, creds_doc, nw, pg, fx, call, bob_pg,
                                            j1, secrets)
         admin = tok["admin"]
         for n_ in ("zkecho", *[f"zk-{w}" for w in IDENTITIES]):
@@ -443,24 +448,24 @@ def _entry_points(tok_of, nw, pg, fx, call_as, bob_pg, j1):
     }, access
 
 
-def _revocations(m, tok, admin, nw, pg, fx, call, bob_pg, j1, secrets) -> dict:
+def _revocations(z, tok, admin, nw, pg, fx, call, bob_pg, j1, secrets) -> dict:
     """(a) the user removed, (b) out of the group that granted access, (c) out of admins:
     each entry point refuses a token that worked, within REVOKE_WITHIN_S."""
     out = {}
-    m("auth_user_add", admin, "ra", "ra-Secret-pw-1", [])
-    m("auth_user_add", admin, "rg", "rg-Secret-pw-1", ["zkg"])
-    m("auth_user_add", admin, "rd", "rd-Secret-pw-1", ["admins"])
+    z("user_add", admin, "ra", "ra-Secret-pw-1", [])
+    z("user_add", admin, "rg", "rg-Secret-pw-1", ["zkg"])
+    z("user_add", admin, "rd", "rd-Secret-pw-1", ["admins"])
     secrets["passwords"] += ["ra-Secret-pw-1", "rg-Secret-pw-1", "rd-Secret-pw-1"]
     for principal in ("user:ra", "group:zkg"):
-        m("auth_grant", tok["bob"], "nuwa", "/apps/bob", principal, ["read"])
-        m("auth_grant", tok["bob"], "pangu", "/home/bob", principal, ["read"])
-        m("auth_grant", tok["bob"], "service", "zkecho", principal, ["call"])
-        m("auth_grant", admin, "queue", "default", principal, ["view"])
-    how = {"removed": ("ra", lambda: m("auth_user_rm", admin, "ra")),
-           "group": ("rg", lambda: m("auth_user_groups", admin, "rg", [])),
-           "admins": ("rd", lambda: m("auth_user_groups", admin, "rd", []))}
+        z("grant", tok["bob"], "nuwa", "/apps/bob", principal, ["read"])
+        z("grant", tok["bob"], "pangu", "/home/bob", principal, ["read"])
+        z("grant", tok["bob"], "service", "zkecho", principal, ["call"])
+        z("grant", admin, "queue", "default", principal, ["view"])
+    how = {"removed": ("ra", lambda: z("user_rm", admin, "ra")),
+           "group": ("rg", lambda: z("user_groups", admin, "rg", [])),
+           "admins": ("rd", lambda: z("user_groups", admin, "rd", []))}
     for case, (user, revoke) in how.items():
-        tok[user] = m("auth_login", user, f"{user}-Secret-pw-1")
+        tok[user] = z("login", user, f"{user}-Secret-pw-1")
         secrets["tokens"].append(tok[user])
 
         calls, access = _entry_points(user, nw, pg, fx, call, bob_pg, j1)
@@ -471,7 +476,7 @@ def _revocations(m, tok, admin, nw, pg, fx, call, bob_pg, j1, secrets) -> dict:
     return out
 
 
-def _revoke_old(m, tok, admin, creds_doc, nw, pg, fx, call, bob_pg, j1, secrets) -> dict:
+def _revoke_old(z, tok, admin, creds_doc, nw, pg, fx, call, bob_pg, j1, secrets) -> dict:
     """(d) `fuxi rotate-keys --revoke-old`: every token signed before is refused at every
     entry point; a new login works. The administrator logs in again (the CLI's token file
     too, for the tests that follow)."""
@@ -480,11 +485,11 @@ def _revoke_old(m, tok, admin, creds_doc, nw, pg, fx, call, bob_pg, j1, secrets)
     calls, access = _entry_points("bob", nw, pg, fx, call, bob_pg, j1)
     secrets["tokens"].append(access)
     out = {"before": {ep: run(fn) for ep, fn in calls.items()}}
-    m("auth_rotate", admin, True)
+    z("rotate", admin, True)
     out["after"] = {ep: _refused_within(fn) for ep, fn in calls.items()}
-    out["old_admin"] = run(lambda: m("auth_whoami", admin))
-    new_admin = tok["admin"] = m("auth_login", "admin", creds_doc["password"])
-    tok["bob"] = m("auth_login", "bob", PASSWORDS["bob"])
+    out["old_admin"] = run(lambda: z("whoami", admin))
+    new_admin = tok["admin"] = z("login", "admin", creds_doc["password"])
+    tok["bob"] = z("login", "bob", PASSWORDS["bob"])
     secrets["tokens"] += [new_admin, tok["bob"]]
     out["new_login"] = run(lambda: nw("bob").get("/apps/bob/x"))
     write_private(os.path.join(cluster_dir(CLUSTER), TOKEN_FILE), new_admin)
@@ -518,7 +523,13 @@ def _actor_calls(namespace, tok, other_job, pangu_status) -> dict:
             "fuxi.shutdown_jobs": lambda c: h("FuxiMaster").shutdown_jobs.remote(c),
             "fuxi.sync_other_job": lambda c: h("FuxiMaster").sync.remote(
                 other_job, 50, {}, [], [], cred=c),
-            "fuxi.auth_bootstrap": lambda c: h("FuxiMaster").auth_bootstrap.remote(c),
+            "zhongkui.bootstrap": lambda c: h("ZhongkuiAuthority").bootstrap.remote(c),
+            "zhongkui.keys": lambda c: h("ZhongkuiAuthority").keys.remote(c),
+            "zhongkui.acl": lambda c: h("ZhongkuiAuthority").acl.remote(c),
+            "fuxi.set_keys": lambda c: h("FuxiMaster").zk_set_keys.remote(c, {"keys": {}}),
+            "fuxi.set_acl": lambda c: h("FuxiMaster").zk_set_acl.remote(
+                c, {"version": 10 ** 9, "entries": []}),
+            "fuxi.owner_of": lambda c: h("FuxiMaster").owner_of.remote(c, "job", other_job),
             "fuxi.kuafu_start_node": lambda c: h("FuxiMaster").kuafu_start_node.remote(
                 node, evil, c),
             "jobmaster.cancel": lambda c: h(f"jobmaster-{other_job}").cancel.remote(

@@ -19,7 +19,7 @@ from kuafu.io.proxy import ProxyCore
 from kuafu.io.server import Server
 from tests.kuafu.services import Svc
 from zhongkui.guard import Guard, Principal
-from zhongkui.core.tokens import Keyring
+from zhongkui.keys import Keyring
 
 WAIT_S = 20.0  # any wait in these tests
 

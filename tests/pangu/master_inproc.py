@@ -10,7 +10,7 @@ import time
 from pangu.master import PanguMaster
 from zhongkui.core.acl import Entry
 from zhongkui.guard import auth_doc
-from zhongkui.core.tokens import Keyring
+from zhongkui.keys import Keyring
 
 MasterClass = PanguMaster.__ray_metadata__.modified_class
 

@@ -4,6 +4,8 @@ the user directory."""
 from __future__ import annotations
 
 import json
+import os
+import random
 import time
 
 import pytest
@@ -16,16 +18,18 @@ from zhongkui.audit import AuditLog, redact
 from zhongkui.core.directory import Directory
 from zhongkui.errors import BadCredentials, BadInput, BadSignature, Expired, Malformed, UnknownKey
 from zhongkui.core.passwords import hash_password, verify_password
-from zhongkui.core.tokens import Keyring, _b64d, _b64e
+from zhongkui.core.tokens import _b64d, _b64e
+from zhongkui.keys import Keyring
 
 
 def test_passwords_are_salted_slow_hashes():
-    a, b = hash_password("correct horse"), hash_password("correct horse")
+    a, b = (hash_password("correct horse", os.urandom(16)),
+            hash_password("correct horse", os.urandom(16)))
     assert a != b and a.startswith("scrypt$") and "correct" not in a
     assert verify_password("correct horse", a) and not verify_password("correct hors", a)
     assert not verify_password("x", "not a hash") and not verify_password("x" * 10, "")
     with pytest.raises(BadInput, match="at least 8"):
-        hash_password("short")
+        hash_password("short", os.urandom(16))
 
 
 def test_tokens_verify_expire_and_carry_scope():
@@ -119,11 +123,11 @@ def test_audit_never_keeps_secrets(tmp_path):
 
 
 def test_directory():
-    d = Directory(MemoryStore())
-    u = d.add_user("alice", "wonderland1", ["dev"])
+    d = Directory(MemoryStore(), random.Random(7).randbytes)
+    u = d.add_user("alice", "wonderland1", ["dev"], now=1000.0)
     assert u == {"name": "alice", "groups": ["dev"], "created_at": u["created_at"]}
     with pytest.raises(BadInput, match="exists"):
-        d.add_user("alice", "another-one")
+        d.add_user("alice", "another-one", (), now=1001.0)
     assert d.authenticate("alice", "wonderland1")["groups"] == ["dev"]
     for name, pw in (("alice", "wrong-password"), ("nobody", "wonderland1"), ("Bad Name", "x")):
         with pytest.raises(BadCredentials, match="wrong user name or password"):

@@ -14,7 +14,7 @@ from zhongkui.authority import Authority
 from zhongkui.errors import BadInput, Denied, Expired, Malformed, UnknownKey
 from zhongkui.guard import (ACL_REFRESH_S, KEYS_FETCH_INTERVAL_S, LOCAL_OPERATOR, Guard,
                             auth_doc)
-from zhongkui.core.tokens import Keyring
+from zhongkui.keys import Keyring
 
 
 class Clock:

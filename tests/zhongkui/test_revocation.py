@@ -16,7 +16,8 @@ from zhongkui.authority import Authority
 from zhongkui.errors import BadCredentials, Denied, Revoked
 from zhongkui.guard import (REVOCATION_CONFIRM_S, REVOKE_WITHIN_S, Guard, auth_doc,
                             require_capability, require_platform)
-from zhongkui.core.tokens import KEYS_KEPT_MAX, Keyring
+from zhongkui.core.tokens import KEYS_KEPT_MAX
+from zhongkui.keys import Keyring
 
 
 class Clock:

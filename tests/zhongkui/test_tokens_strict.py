@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zhongkui.errors import BadCredentials, Malformed
-from zhongkui.core.tokens import Keyring, _b64d, _b64e
+from zhongkui.core.tokens import _b64d, _b64e
+from zhongkui.keys import Keyring
 
 RING = Keyring.new()
 TOKENS = [RING.sign("carol", ["g"], now=0.0), RING.sign("dave", [], now=0.0, ttl_s=77,

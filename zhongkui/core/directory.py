@@ -1,15 +1,18 @@
 """Users and groups, kept in a ``StateStore`` (Nuwa under ``fuxi up``) at
 ``/zhongkui/users/<name>``. Passwords are stored only as scrypt hashes. Authentication gives
-the same answer for an unknown user and a wrong password, so names cannot be probed."""
+the same answer for an unknown user and a wrong password, so names cannot be probed.
+
+Pure: the time (``now``) and the randomness (``rand``: n -> n random bytes, for salts and
+account generations) come from the caller -- the shell (``zhongkui.authority``) gives
+``time.time()`` and ``secrets.token_bytes``."""
 
 from __future__ import annotations
 
-import secrets
-import time
+from typing import Callable
 
 from zhongkui.core.acl import check_name
 from zhongkui.errors import BadCredentials, BadInput
-from zhongkui.core.passwords import hash_password, verify_password
+from zhongkui.core.passwords import SALT_BYTES, hash_password, verify_password
 
 USERS_MAX = 100_000
 GROUPS_PER_USER_MAX = 64
@@ -17,13 +20,14 @@ KEY = "/zhongkui/users/"
 
 
 class Directory:
-    def __init__(self, store):
+    def __init__(self, store, rand: Callable[[int], bytes]):
         self.store = store
+        self.rand = rand
 
     def _get(self, name: str) -> dict | None:
         return self.store.get(KEY + check_name(name))
 
-    def add_user(self, name: str, password: str, groups=(), now: float | None = None) -> dict:
+    def add_user(self, name: str, password: str, groups, now: float) -> dict:
         check_name(name)
         if self._get(name) is not None:
             raise BadInput(f"user {name!r} exists; `fuxi user passwd` changes a password")
@@ -32,9 +36,9 @@ class Directory:
         groups = self._groups(groups)
         # ``gen``: this account's generation, carried in its tokens. A user removed and added
         # again gets a new one, so the old account's tokens name nobody (issue 14, defect 5).
-        doc = {"name": name, "groups": groups, "password": hash_password(password),
-               "created_at": time.time() if now is None else now,
-               "gen": secrets.token_hex(8)}
+        doc = {"name": name, "groups": groups,
+               "password": hash_password(password, self.rand(SALT_BYTES)),
+               "created_at": now, "gen": self.rand(8).hex()}
         self.store.put(KEY + name, doc)
         return self.public(doc)
 
@@ -53,7 +57,7 @@ class Directory:
         doc = self._get(name)
         if doc is None:
             raise BadInput(f"no user {name!r}")
-        doc["password"] = hash_password(password)
+        doc["password"] = hash_password(password, self.rand(SALT_BYTES))
         self.store.put(KEY + name, doc)
 
     def set_groups(self, name: str, groups) -> dict:
@@ -108,4 +112,5 @@ class Directory:
         return {k: v for k, v in doc.items() if k not in ("password", "gen", "gv")}
 
 
-_DUMMY = hash_password("not-a-real-password")
+# Only there to make an unknown user cost one scrypt too: its salt needs no secrecy.
+_DUMMY = hash_password("not-a-real-password", bytes(SALT_BYTES))

@@ -1,14 +1,15 @@
 """Passwords, stored only as salted scrypt hashes (hashlib, the standard library).
 
 Stored form: ``scrypt$<n>$<r>$<p>$<salt base64>$<hash base64>``. Verification recomputes the
-hash with the stored parameters and compares in constant time."""
+hash with the stored parameters and compares in constant time. Pure: the salt is the
+caller's (the directory draws it from the randomness it was given; the shell gives the OS
+CSPRNG)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
-import os
 
 from zhongkui.errors import BadInput
 
@@ -30,9 +31,11 @@ def check_password(password: str) -> bytes:
     return raw
 
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
+def hash_password(password: str, salt: bytes) -> str:
+    """The stored form of ``password`` with ``salt`` (SALT_BYTES random bytes, at least)."""
     raw = check_password(password)
-    salt = salt or os.urandom(SALT_BYTES)
+    if not isinstance(salt, bytes) or len(salt) < SALT_BYTES:
+        raise ValueError(f"a salt is at least {SALT_BYTES} random bytes")
     digest = hashlib.scrypt(raw, salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=HASH_BYTES,
                             maxmem=64 * 1024 * 1024)
     b64 = base64.b64encode

@@ -9,7 +9,11 @@ acts as its user and can never carry more than that user's rights.
 
 Rotation: ``Keyring.rotate()`` makes a new current key. Older keys keep verifying the tokens
 they signed until ``retire()`` drops them (after the longest token lifetime), so rotating
-logs nobody out at once. Pure: the clock is a parameter, keys are bytes the shell stores.
+logs nobody out at once. Pure: the clock (``now``) and the randomness (``rand``, a function
+of a byte count returning that many random bytes) are parameters, keys are bytes the shell
+stores. A keyring without ``rand`` cannot make keys or sign (it only verifies): the shell
+(``zhongkui.keys.Keyring``) binds it to the OS CSPRNG, ``secrets.token_bytes``; tests give a
+seeded ``random.Random(seed).randbytes``.
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import re
-import secrets
 from dataclasses import dataclass, field
+from typing import Callable
 
 from zhongkui.errors import BadInput, BadSignature, Expired, Malformed, Revoked, UnknownKey
 
@@ -81,12 +84,23 @@ class Keyring:
     rotated_at: dict[str, float] = field(default_factory=dict)  # kid -> when it stopped signing
     revoked: list[str] = field(default_factory=list)  # kids refused outright (newest last)
     evicted: list[str] = field(default_factory=list)  # retired by the last rotate (not kept)
+    # n -> n random bytes: key material, key ids and token ids. None: verify only.
+    rand: Callable[[int], bytes] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def new(cls) -> "Keyring":
-        k = cls()
+    def new(cls, rand: Callable[[int], bytes] | None = None) -> "Keyring":
+        k = cls() if rand is None else cls(rand=rand)
         k.rotate(0.0)
         return k
+
+    def _random(self, n: int) -> bytes:
+        if self.rand is None:
+            raise ValueError("this keyring has no source of randomness (rand): it verifies "
+                             "tokens but cannot make keys or sign")
+        out = self.rand(n)
+        if not isinstance(out, bytes) or len(out) != n:
+            raise ValueError(f"rand({n}) returned {type(out).__name__} of another length")
+        return out
 
     def rotate(self, now: float) -> str:
         """A new signing key; the old ones still verify until ``retire``. At KEYS_KEPT_MAX
@@ -101,10 +115,10 @@ class Keyring:
             self.evicted.append(oldest)
         if self.current:
             self.rotated_at[self.current] = now
-        kid = secrets.token_hex(4)
+        kid = self._random(4).hex()
         while kid in self.keys or kid in self.revoked:
-            kid = secrets.token_hex(4)
-        self.keys[kid] = os.urandom(KEY_BYTES)
+            kid = self._random(4).hex()
+        self.keys[kid] = self._random(KEY_BYTES)
         self.current = kid
         return kid
 
@@ -147,7 +161,7 @@ class Keyring:
             raise BadInput(f"{len(groups)} groups; a token carries at most "
                            f"{GROUPS_PER_TOKEN_MAX}")
         payload = {"v": TOKEN_FORMAT, "kid": self.current, "sub": user, "grp": groups,
-                   "iat": now, "exp": now + ttl_s, "jti": secrets.token_hex(8)}
+                   "iat": now, "exp": now + ttl_s, "jti": self._random(8).hex()}
         if scope is not None:
             payload["scope"] = scope
         if gen:
@@ -213,7 +227,8 @@ class Keyring:
                 "revoked": list(self.revoked)}
 
     @classmethod
-    def from_doc(cls, doc: dict) -> "Keyring":
+    def from_doc(cls, doc: dict, rand: Callable[[int], bytes] | None = None) -> "Keyring":
+        more = {} if rand is None else {"rand": rand}
         return cls({k: _b64d(v) for k, v in doc["keys"].items()}, doc["current"],
                    {k: float(v) for k, v in doc.get("rotated_at", {}).items()},
-                   [str(k) for k in doc.get("revoked", ())][-REVOKED_KEYS_KEPT_MAX:])
+                   [str(k) for k in doc.get("revoked", ())][-REVOKED_KEYS_KEPT_MAX:], **more)
