@@ -49,6 +49,7 @@ SERVICE_TOKEN_TTL_S = 30 * 24 * 3600.0  # a replica's token (renewed at every (r
 AUTHORITY_FETCH_TIMEOUT_S = 30.0  # the entries and identities, from the authority, at start
 SERVICE_PRIORITY = 1000  # online replicas come before every batch job (priorities 0..100)
 LOG_READS_MAX = 2  # `fuxi job logs` file reads in flight at once (off the event loop)
+OWNER_LOOKUPS_MAX = 2  # owner lookups for the authority (a Nuwa stat, a Pangu stat) at once
 
 
 def _job_id(name: str) -> str:
@@ -124,6 +125,7 @@ class FuxiMaster:
         self.astore = AsyncStore(self.store, OffLoop("fuxi-store", STORE_THREADS_MAX))
         self.gcs = OffLoop("fuxi-gcs", GCS_THREADS_MAX)  # ray.nodes()
         self._log_reads = OffLoop("fuxi-logs", LOG_READS_MAX)
+        self._owner_lookups = OffLoop("fuxi-owners", OWNER_LOOKUPS_MAX)  # Nuwa, Pangu stats
         # Fuxi coordinates the actor groups: the supervisor replaces Nuwa replicas that die.
         self.supervisor = Supervisor(cluster, ns, nuwa, nuwa_group,
                                      lambda: auth_doc(self.auth_enabled, self.keyring))
@@ -222,11 +224,11 @@ class FuxiMaster:
         answers the change)."""
         return self.platform_guard.accept_acl(proof, doc)
 
-    def owner_of(self, proof: str, kind: str, resource: str) -> str | None:
+    async def owner_of(self, proof: str, kind: str, resource: str) -> str | None:
         """Who owns a resource, for the authority deciding who may grant access to it (the
-        platform's own actors only)."""
+        platform's own actors only). A Nuwa or Pangu lookup blocks: it runs off the loop."""
         self._require(proof, "look up a resource's owner")
-        return self._owner_of(kind, resource)
+        return await self._owner_lookups.run(self._owner_of, kind, resource)
 
     def _job_owner(self, job_id: str) -> str | None:
         return self.job_owners.get(job_id)  # every stored job is here (loaded at start)
