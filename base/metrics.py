@@ -231,6 +231,29 @@ class Registry:
         return "\n".join(line for m in metrics for line in m.render()) + "\n"
 
 
+class CountsDict(dict):
+    """A dict of counts (``counts[kind] += n``, a missing kind reads 0) whose every increase
+    also goes to the labelled counter ``metric{kind=...}`` — for components that already keep
+    their counters in a dict and show it in their status. A decrease (a high-water mark
+    reset) is kept in the dict and not sent: a Prometheus counter never goes down."""
+
+    def __init__(self, metric: "Counter", initial: dict | None = None):
+        super().__init__(initial or {})
+        if metric.labels != ("kind",):
+            raise ValueError(f"metric {metric.name}: labels {list(metric.labels)}; expected "
+                             f"['kind']")
+        self.metric = metric
+
+    def __missing__(self, key):
+        return 0
+
+    def __setitem__(self, key, value):
+        delta = value - self.get(key, 0) if isinstance(value, (int, float)) else 0
+        super().__setitem__(key, value)
+        if delta > 0:
+            self.metric.inc(delta, kind=key)
+
+
 REGISTRY = Registry()
 counter = REGISTRY.counter
 gauge = REGISTRY.gauge

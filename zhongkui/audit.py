@@ -12,6 +12,8 @@ import re
 import time
 from collections import deque
 
+from base import metrics
+
 RECORDS_KEPT = 10_000
 DETAIL_CHARS_MAX = 500
 FILE_BYTES_MAX = 64 * 1024 * 1024  # then the file is rotated to <path>.1 (one old file kept)
@@ -19,6 +21,10 @@ FILE_BYTES_MAX = 64 * 1024 * 1024  # then the file is rotated to <path>.1 (one o
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}")
 _SECRET_KV = re.compile(r"(?i)(password|passwd|token|secret|key)(\s*[=:]\s*)(\S+)")
 
+
+DECISIONS = metrics.counter("zhongkui_audited_total",
+                            "Decisions written to the audit trail, by result (allowed, denied...).",
+                            labels=("result",), series_max=16)
 
 def redact(text: str) -> str:
     text = _TOKEN.sub("[token]", str(text))
@@ -37,6 +43,7 @@ class AuditLog:
                "action": redact(action), "resource": redact(resource), "result": result,
                "detail": redact(detail)[:DETAIL_CHARS_MAX]}
         self.records.append(rec)
+        DECISIONS.inc(result=result)
         if self.path:
             try:
                 if os.path.getsize(self.path) >= self.file_bytes_max:

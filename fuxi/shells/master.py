@@ -27,6 +27,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from base import events, metrics
 from fuxi.core import slots
 from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
@@ -50,6 +51,11 @@ AUTHORITY_FETCH_TIMEOUT_S = 30.0  # the entries and identities, from the authori
 SERVICE_PRIORITY = 1000  # online replicas come before every batch job (priorities 0..100)
 LOG_READS_MAX = 2  # `fuxi job logs` file reads in flight at once (off the event loop)
 OWNER_LOOKUPS_MAX = 2  # owner lookups for the authority (a Nuwa stat, a Pangu stat) at once
+
+JOBS_ADMITTED = metrics.counter("fuxi_jobs_admitted_total", "Jobs FuxiMaster admitted.")
+TERMINAL_STATES = frozenset(s.value for s in TERMINAL_JOB)
+JOBS_ENDED = metrics.counter("fuxi_jobs_ended_total", "Jobs that ended, by final state.",
+                             labels=("state",))
 
 
 def _job_id(name: str) -> str:
@@ -485,6 +491,7 @@ class FuxiMaster:
         self._submitting[request_id] = fut
         try:
             job_id = await self._admit(plan, who, sys_path)
+            JOBS_ADMITTED.inc()
         except Exception as e:
             fut.set_exception(e)  # a retry waiting on this try fails the same way
             raise
@@ -561,6 +568,10 @@ class FuxiMaster:
             if self.job_owners.get(job_id):
                 status["owner"] = self.job_owners[job_id]
             await self.astore.put(f"/jobs/{job_id}/status", status)
+            state = str(status.get("state"))
+            JOBS_ENDED.inc(state=state if state in TERMINAL_STATES else "other")
+            events.emit("fuxi", "job_ended", f"job {job_id} {state}", job=job_id, state=state,
+                        severity="info" if state == JobState.SUCCEEDED.value else "warning")
         except Exception:
             logger.exception("recording the end of job %s failed", job_id)
         finally:

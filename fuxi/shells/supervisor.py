@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Callable
 
-from base import actors
+from base import actors, events
 from fuxi.errors import BadInput
 from fuxi.shells.offloop import OffLoop
 
@@ -67,6 +67,7 @@ class Supervisor:
                 self.nuwa = [list(a) for a in group.client_addresses()]
             for line in done:
                 logger.warning("%s", line)
+                events.emit("fuxi.supervisor", "nuwa_supervision", line, severity="warning")
                 self.events = (self.events + [f"{time.strftime('%H:%M:%S')} {line}"]
                                )[-NUWA_EVENTS_MAX:]
 

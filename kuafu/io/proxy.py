@@ -34,6 +34,7 @@ import os
 import random
 import time
 
+from base import metrics
 from kuafu import frame as F
 from kuafu.core import routing
 from kuafu.core.routing import CONTROL_SERVICE
@@ -54,6 +55,11 @@ COUNTERS = ("requests", "responses", "errors", "retries", "overloaded", "timed_o
             "rejected_frames", "closed_stale", "refused_connections", "held_bytes_max",
             "accepted", "backups_sent", "backups_won", "unauthenticated", "denied",
             "closed_unauthenticated", "evicted_preauth", "misses_evicted")
+
+PROXY_EVENTS = metrics.counter(
+    "kuafu_proxy_events_total",
+    "What Kuafu proxies did and refused (accepted, denied, overloaded, retries, backups, ...).",
+    labels=("kind",))
 
 
 class ProxyCore:
@@ -77,7 +83,8 @@ class ProxyCore:
         self.advertise_host = advertise_host or host
         self.nuwa_addresses = nuwa
         self.node = node
-        self.counters = {k: 0 for k in COUNTERS}
+        # Each count also goes to the process's metrics (base.metrics), for the operators' view.
+        self.counters = metrics.CountsDict(PROXY_EVENTS, {k: 0 for k in COUNTERS})
         self.endpoints = routing.EndpointTable(proxy_id)
         self.admission = Admission(self.guard, self.counters, conn_max=conn_max,
                                    preauth_conn_max=preauth_conn_max,

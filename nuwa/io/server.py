@@ -37,6 +37,7 @@ from typing import Any
 
 import msgpack
 
+from base import events, metrics
 from nuwa.core import commands as C
 from nuwa import errors as E
 from nuwa.core import peer_guard
@@ -54,6 +55,12 @@ from nuwa.io.wal import Wal
 from nuwa.io.watches import Watches
 
 logger = logging.getLogger(__name__)
+
+TERM = metrics.gauge("nuwa_term", "The Raft term each replica of this process is in.",
+                     labels=("replica",))
+LEADERSHIPS = metrics.counter("nuwa_leaderships_total",
+                              "Times each replica of this process became leader.",
+                              labels=("replica",))
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,7 @@ class ReplicaServer:
         self._tick_task: asyncio.Task | None = None
         self._ready_scheduled = False
         self.stopped = False
+        self._reported_role = None  # the role last reported to base.events
         self.started_at = time.time()
 
     @property
@@ -302,10 +310,22 @@ class ReplicaServer:
             if not fut.done():
                 fut.set_exception(E.OutcomeUnknown(f"replica {self.id} stopped: {e!r}"))
 
+    def _report_role(self, role) -> None:
+        """A change of this replica's role, to the process's events and metrics."""
+        self._reported_role = role
+        term = getattr(self.node, "term", 0)
+        TERM.set(term, replica=str(self.id))
+        if role is Role.LEADER:
+            LEADERSHIPS.inc(replica=str(self.id))
+        events.emit("nuwa", "role_changed", f"replica {self.id} is {role.name.lower()} in term "
+                    f"{term}", replica=self.id, role=role.name.lower(), term=term)
+
     def _process_ready(self) -> None:
         self._flush_proposals()
         while self.node.has_ready():
             rd = self.node.ready()
+            if rd.role is not self._reported_role:
+                self._report_role(rd.role)
             if rd.snapshot is not None:
                 tree = Tree.restore(rd.snapshot.data)  # validate before it is on disk
                 old_rev = self.tree.revision
