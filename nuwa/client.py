@@ -337,19 +337,26 @@ class AsyncNuwa:
         self._tell(s, SessionState.CONNECTED)
         return s
 
-    async def _ensure_session(self) -> "Session":
+    async def _ensure_session(self, ttl_s: float | None = None) -> "Session":
         """The default session; a lost one is replaced by a new, distinct session (new id,
         announced as CONNECTED to the listeners): never silently revived."""
         s = self._session
         if s is not None and not s.alive:
             s._end(SessionState.LOST, f"no keep-alive answered within {s.ttl_s}s")
         if s is None or s.expired:
-            self._session = await self.session()
+            self._session = await (self.session() if ttl_s is None else self.session(ttl_s))
         return self._session
 
-    async def default_session(self) -> "Session":
-        """This client's default session (the one ephemeral creates use unless told)."""
-        return await self._ensure_session()
+    async def default_session(self, ttl_s: float | None = None) -> "Session":
+        """This client's default session (the one ephemeral creates use unless told); when a
+        new one must be made, with ``ttl_s`` (default SESSION_TTL_DEFAULT_S)."""
+        return await self._ensure_session(ttl_s)
+
+    @property
+    def default_session_expired(self) -> bool:
+        """True when this client has no live default session (none yet, or it expired): its
+        ephemeral nodes, and an election entry made with it, are gone."""
+        return self._session is None or self._session.expired
 
     def add_session_listener(self, fn) -> None:
         """``fn(session, state)`` on every state change of every session of this client

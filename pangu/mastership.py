@@ -115,18 +115,14 @@ class Mastership:
     def session_expired(self) -> bool:
         """With Nuwa: our session (and with it our election entry) is gone, so another master
         may be active now."""
-        # AsyncNuwa keeps the default session in ``_session`` and has no public setter for
-        # one with our TTL; reading and replacing it here is the one place that does so.
-        return self.nuwa is not None and (self.nuwa._session is None
-                                          or self.nuwa._session.expired)
+        return self.nuwa is not None and self.nuwa.default_session_expired
 
     async def campaign(self) -> None:
         from nuwa import errors as NE
 
         while True:
             try:
-                if self.nuwa._session is None or self.nuwa._session.expired:
-                    self.nuwa._session = await self.nuwa.session(self.session_ttl_s)
+                await self.nuwa.default_session(self.session_ttl_s)  # a new one if it expired
                 await self.election.campaign()
                 journal = NuwaJournal(self.nuwa, f"/pangu/{self.cluster}", self.name)
                 await journal.claim()
