@@ -25,6 +25,7 @@ Two implementations of one small interface (``append``, ``load``, ``checkpoint``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -169,14 +170,23 @@ class LocalJournal:
     async def append(self, cmd: dict) -> int:
         """Make ``cmd`` durable as entry ``seq + 1``. ``DiskFull``/``DiskFailed`` if the disk
         refuses; then the entry is not in the journal (after ``DiskFailed`` it may or may not
-        be on disk: the journal takes no more appends until reopened)."""
+        be on disk: the journal takes no more appends until reopened).
+
+        The write and its fdatasync run on a thread, so the master's event loop (heartbeats,
+        reads, lease renewals) goes on meanwhile; the caller serialises appends (the master's
+        mutation lock), so entries stay in order."""
         body = _encode({"seq": self.seq + 1, "cmd": cmd})
-        self._log.append([(_KIND_ENTRY, body)])
+        await asyncio.to_thread(self._log.append, [(_KIND_ENTRY, body)])
         self.seq += 1
         return self.seq
 
     async def checkpoint(self, namespace_snapshot: dict) -> None:
+        """Write the namespace (serialised here, on the caller's loop, so it is the state of
+        this moment) and start an empty log; the file writes and fsyncs run on a thread."""
         body = json.dumps({"seq": self.seq, "namespace": namespace_snapshot}).encode()
+        await asyncio.to_thread(self._write_checkpoint, body)
+
+    def _write_checkpoint(self, body: bytes) -> None:
         write_atomic(self.ckpt_path,
                      _CKPT_MAGIC + _CKPT_HEAD.pack(zlib.crc32(body), len(body)) + body)
         # Entries up to seq are in the checkpoint; start an empty log, atomically (a crash

@@ -85,3 +85,45 @@ def test_a_gap_in_the_log_is_refused(tmp_path):
     j.close()
     with pytest.raises(JournalCorrupt, match="follows"):
         LocalJournal(str(tmp_path)).load()
+
+
+def test_a_slow_disk_does_not_stop_the_masters_loop(tmp_path, monkeypatch):
+    """The append's write and fdatasync run off the event loop (issue 14, defect 11): while a
+    slow disk holds one append, other coroutines (heartbeats, reads) go on."""
+    import threading
+    import time
+
+    j = LocalJournal(str(tmp_path))
+    j.load()
+    released = threading.Event()
+    real = j._log.append
+
+    def slow_append(records):
+        assert released.wait(30), "the loop never got to run while the append waited"
+        return real(records)
+
+    monkeypatch.setattr(j._log, "append", slow_append)
+
+    async def main():
+        ticks = 0
+
+        async def heartbeat():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                if ticks == 5:
+                    released.set()  # only a loop that runs can let the disk go on
+                await asyncio.sleep(0.001)
+
+        hb = asyncio.create_task(heartbeat())
+        try:
+            seq = await asyncio.wait_for(j.append({"op": "mkdir", "path": "/a"}), 60)
+        finally:
+            hb.cancel()
+        return seq, ticks
+
+    t0 = time.monotonic()
+    seq, ticks = asyncio.run(main())
+    assert seq == 1 and ticks >= 5 and time.monotonic() - t0 < 60
+    j.close()
+    assert LocalJournal(str(tmp_path)).load()[1] == [{"op": "mkdir", "path": "/a"}]
