@@ -88,25 +88,33 @@ def load_secret(path: str, nbytes: int, what: str, error: type[Exception] = Perm
     return data
 
 
-def load_or_create_secret(path: str, nbytes: int, what: str,
-                          error: type[Exception] = PermissionError) -> bytes:
-    """Create the secret on first use (0600, atomically: concurrent creators end up with the
-    same one, the first to link it), then return it."""
+def create_once(path: str, make) -> None:
+    """Create ``path`` (0600) with the bytes ``make()`` returns, unless it exists; atomically
+    and once: concurrent creators all end up with the file of the first to link it."""
     import secrets
 
-    if not os.path.exists(path):
-        private_dir(os.path.dirname(path))
-        tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    if os.path.exists(path):
+        return
+    private_dir(os.path.dirname(path) or ".")
+    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(make())
+            f.flush()
+            os.fsync(f.fileno())
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(nbytes))
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # fails if another creator was first: keep theirs
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(tmp)
+            os.link(tmp, path)  # fails if another creator was first: keep theirs
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
+def load_or_create_secret(path: str, nbytes: int, what: str,
+                          error: type[Exception] = PermissionError) -> bytes:
+    """Create the secret on first use (0600, once: see ``create_once``), then return it."""
+    import secrets
+
+    create_once(path, lambda: secrets.token_bytes(nbytes))
     return load_secret(path, nbytes, what, error)

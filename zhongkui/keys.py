@@ -7,13 +7,12 @@ seeded source."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable
 
 from zhongkui.core import tokens
-from zhongkui.files import write_private
+from zhongkui.files import create_once, write_private
 
 
 @dataclass
@@ -26,15 +25,7 @@ def load_or_create_keys(path: str) -> Keyring:
     """The cluster's keyring at ``path`` (0600), created on first use -- once: processes
     creating it at the same time (the authority and FuxiMaster starting together) all end
     up with the keyring of the first to link its file."""
-    if not os.path.exists(path):
-        tmp = f"{path}.new-{os.getpid()}-{secrets.token_hex(4)}"
-        write_private(tmp, json.dumps(Keyring.new().to_doc()))
-        try:
-            os.link(tmp, path)  # fails if another creator was first: keep theirs
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
+    create_once(path, lambda: json.dumps(Keyring.new().to_doc()).encode())
     with open(path) as f:
         return Keyring.from_doc(json.load(f))
 
