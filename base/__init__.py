@@ -1,3 +1,6 @@
-"""Foundations shared by every Fuxi package: plain standard-library code, no Ray, no I/O of
-their own beyond what their callers ask for (``base.faults``: named fault points for tests;
-``base.logfile``: the record framing and recovery rule of the Nuwa WAL and the Pangu journal)."""
+"""The ground floor every package stands on, importing none of them: the one error tree
+(``errors``), cluster records and discovery (``cluster``), the one boundary to Ray's calls
+(``actors``: Ray is imported only when a call is made), named limits shared by layers
+(``limits``), the metrics registry and event log every component reports to (``metrics``,
+``events``), named disk fault points for tests (``faults``) and the record format of the Nuwa
+WAL and the Pangu journal (``logfile``)."""
