@@ -75,6 +75,13 @@ class _Metric:
         self._lock = threading.Lock()
         self._series: dict[tuple[str, ...], object] = {}
 
+    def __reduce__(self):
+        # A metric travels (Ray pickles an actor class with the globals its methods use) as
+        # its declaration, and arrives as the metric of that name in the receiving process's
+        # registry: each process counts for itself, and no lock is ever pickled.
+        return (_declared, (self.kind, self.name, self.help, self.labels, self.series_max,
+                            getattr(self, "buckets", None)))
+
     def _key(self, labels: dict) -> tuple[str, ...]:
         if set(labels) != set(self.labels):
             raise ValueError(f"metric {self.name}: labels {sorted(labels)} given, expected "
@@ -179,6 +186,16 @@ class Histogram(_Metric):
         out.append(f"{self.name}_sum{self._label_text(key)} {_fmt(s)}")
         out.append(f"{self.name}_count{self._label_text(key)} {n}")
         return out
+
+
+def _declared(kind, name, help, labels, series_max, buckets):
+    """The metric ``name`` of this process's registry, declared as given (see __reduce__)."""
+    if name == REGISTRY.dropped.name:
+        return REGISTRY.dropped
+    if kind == "histogram":
+        return REGISTRY.histogram(name, help, labels, series_max, buckets=buckets)
+    return {"counter": REGISTRY.counter, "gauge": REGISTRY.gauge}[kind](name, help, labels,
+                                                                         series_max)
 
 
 def _le(bound: str) -> str:

@@ -104,3 +104,23 @@ def test_event_fields_and_messages_are_bounded():
         log.emit("a", "b", "c", **{f"f{i}": i for i in range(events.EVENT_FIELDS_MAX + 1)})
     with pytest.raises(ValueError):
         log.emit("a", "b", "c", severity="catastrophic")
+
+
+def test_a_metric_travels_as_its_declaration_not_its_samples():
+    """Ray pickles an actor class with the globals its methods use (cloudpickle, by value):
+    a metric must pickle, and arrive as the receiving process's metric of that name."""
+    import pickle
+
+    from ray import cloudpickle
+
+    c = metrics.counter("travel_total", "x", labels=("k",))
+    c.inc(k="a")
+    h = metrics.histogram("travel_seconds", "x", buckets=(1.0, 2.0))
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        assert pickle.loads(dumps(c)) is c  # same process: the very same metric
+        assert pickle.loads(dumps(h)).buckets == (1.0, 2.0)
+
+    def method():  # a function using the global, as an actor method would
+        return c
+
+    assert cloudpickle.loads(cloudpickle.dumps(method))() is c
