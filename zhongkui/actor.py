@@ -28,6 +28,8 @@ pushed to again in the background."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 from typing import Callable
 
@@ -67,23 +69,36 @@ class ZhongkuiAuthority:
         self.key_holders = tuple(key_holders)
         self._registry = None
         self._tasks: set = set()  # background pushes (asyncio keeps weak references only)
+        # Every call into the Authority (scrypt, the store's Nuwa writes, the audit file) runs
+        # on this one thread: off the event loop, and one at a time, as on the loop before.
+        self._serial = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zhongkui")
+
+    async def _do(self, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on the authority's own thread, awaited."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._serial, functools.partial(fn, *args, **kwargs))
 
     # ------------------------------------------------------------ the platform's actors
     def mode(self) -> dict:
         return {"enabled": self.enabled}
 
-    def keys(self, proof: str) -> dict:
-        return self.authority.keys_for_platform(proof)
+    async def keys(self, proof: str) -> dict:
+        return await self._do(self.authority.keys_for_platform, proof)
 
-    def acl(self, proof: str, have_version: int | None = None) -> dict:
-        return self.authority.acl_for_platform(proof, have_version)
+    async def acl(self, proof: str, have_version: int | None = None) -> dict:
+        return await self._do(self.authority.acl_for_platform, proof, have_version)
 
-    def record(self, proof: str, rec: dict) -> None:
-        self.authority.record_from_platform(proof, rec)
+    async def record(self, proof: str, rec: dict) -> None:
+        await self._do(self.authority.record_from_platform, proof, rec)
 
     async def bootstrap(self, cred: str | None = None) -> dict | None:
         """The first administrator's credentials, for `fuxi up` (which proves itself with a
         platform token signed with the keys it made): nobody else may take them."""
+        out = await self._do(self._bootstrap, cred)
+        await self._tell_registry()
+        return out
+
+    def _bootstrap(self, cred):
         if self.enabled:
             try:
                 require_platform(self.authority.guard, cred, "create the first administrator")
@@ -91,64 +106,64 @@ class ZhongkuiAuthority:
                 self.authority.audit.record("?", "create the first administrator",
                                             "zhongkui", "denied", type(e).__name__)
                 raise
-        out = self.authority.bootstrap()
-        await self._tell_registry()
-        return out
+        return self.authority.bootstrap()
 
     # ------------------------------------------------------------ identities
-    def login(self, user: str, password: str) -> str:
-        return self.authority.login(user, password)
+    async def login(self, user: str, password: str) -> str:
+        return await self._do(self.authority.login, user, password)
 
-    def whoami(self, token: str) -> dict:
-        return self.authority.whoami(token)
+    async def whoami(self, token: str) -> dict:
+        return await self._do(self.authority.whoami, token)
 
-    def users(self, token: str) -> list[dict]:
-        return self.authority.list_users(token)
+    async def users(self, token: str) -> list[dict]:
+        return await self._do(self.authority.list_users, token)
 
     async def user_add(self, token: str, name: str, password: str, groups: list) -> dict:
-        out = self.authority.add_user(token, name, password, groups)
+        out = await self._do(self.authority.add_user, token, name, password, groups)
         await self._tell_registry()
         return out
 
     async def user_rm(self, token: str, name: str) -> None:
-        self.authority.remove_user(token, name)
+        await self._do(self.authority.remove_user, token, name)
         await self._tell_registry()
 
     async def user_groups(self, token: str, name: str, groups: list) -> dict:
-        out = self.authority.set_groups(token, name, groups)
+        out = await self._do(self.authority.set_groups, token, name, groups)
         await self._tell_registry()
         return out
 
-    def passwd(self, token: str, name: str, password: str) -> None:
-        return self.authority.set_password(token, name, password)
+    async def passwd(self, token: str, name: str, password: str) -> None:
+        return await self._do(self.authority.set_password, token, name, password)
 
-    def audit(self, token: str, who: str | None = None, result: str | None = None) -> list:
-        return self.authority.audit_records(token, who=who, result=result)
+    async def audit(self, token: str, who: str | None = None, result: str | None = None) -> list:
+        return await self._do(self.authority.audit_records, token, who=who, result=result)
 
     # ------------------------------------------------------------ access
     async def grant(self, token: str, kind: str, resource: str, principal: str,
                     perms: list) -> dict:
         owner = await self._owner_of(kind, resource)
-        out = self.authority.grant(token, kind, resource, principal, perms, owner=owner)
+        out = await self._do(self.authority.grant, token, kind, resource, principal, perms,
+                             owner=owner)
         await self._tell_registry()
         return out
 
     async def revoke(self, token: str, kind: str, resource: str, principal: str,
                      perms: list | None = None) -> dict | None:
         owner = await self._owner_of(kind, resource)
-        out = self.authority.revoke(token, kind, resource, principal, perms, owner=owner)
+        out = await self._do(self.authority.revoke, token, kind, resource, principal, perms,
+                             owner=owner)
         await self._tell_registry()
         return out
 
     async def restrict(self, token: str, path: str, on: bool = True) -> list:
         owner = await self._owner_of("nuwa", path)
-        out = self.authority.restrict(token, path, on, owner=owner)
+        out = await self._do(self.authority.restrict, token, path, on, owner=owner)
         await self._tell_registry()
         return out
 
-    def acl_show(self, token: str, kind: str | None = None,
-                 resource: str | None = None) -> dict:
-        return self.authority.acl_show(token, kind, resource)
+    async def acl_show(self, token: str, kind: str | None = None,
+                       resource: str | None = None) -> dict:
+        return await self._do(self.authority.acl_show, token, kind, resource)
 
     # ------------------------------------------------------------ keys
     async def rotate(self, token: str, revoke_old: bool = False) -> str:
@@ -158,16 +173,19 @@ class ZhongkuiAuthority:
         ``revoke_old`` (when its own proof no longer counts), is pushed to again in the
         background. The pushes run concurrently (at most KEYS_PUSH_CONCURRENCY_MAX in
         flight, each bounded by KEYS_PUSH_TIMEOUT_S), never blocking this actor's loop."""
-        a = self.authority
-        proof = a.guard.platform_token()  # signed with the key everyone has
-        kid = a.rotate_keys(token, revoke_old=revoke_old)
-        a.guard.renew_platform_token()  # from now on signed with the new key
-        doc = a.keyring.to_doc()
+        proof, kid, doc = await self._do(self._rotate, token, revoke_old)
         missed = await self._push_keys(proof, doc)
         if missed:
             self._background(self._push_again(proof, doc, missed))
         await self._tell_registry()  # the revoked key ids, with the identities
         return kid
+
+    def _rotate(self, token: str, revoke_old: bool):
+        a = self.authority
+        proof = a.guard.platform_token()  # signed with the key everyone has
+        kid = a.rotate_keys(token, revoke_old=revoke_old)
+        a.guard.renew_platform_token()  # from now on signed with the new key
+        return proof, kid, a.keyring.to_doc()
 
     async def _push_keys(self, proof: str, doc: dict, only: list[str] | None = None) -> list[str]:
         """Hand ``doc`` to every key holder; returns the names that did not take it."""
@@ -232,8 +250,9 @@ class ZhongkuiAuthority:
         if handle is None:
             return None
         try:
-            return await actors.acall(handle.owner_of, self.authority.guard.platform_token(),
-                                      kind, resource, timeout_s=OWNER_LOOKUP_TIMEOUT_S)
+            proof = await self._do(self.authority.guard.platform_token)
+            return await actors.acall(handle.owner_of, proof, kind, resource,
+                                      timeout_s=OWNER_LOOKUP_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - no owner known: administrators only
             self._registry = None
             log.warning("could not ask %s who owns %s:%.60s: %s", self.registry_name, kind,
@@ -249,8 +268,9 @@ class ZhongkuiAuthority:
         if handle is None:
             return
         try:
-            await actors.acall(handle.zk_set_acl, self.authority.guard.platform_token(),
-                               self.authority.acl_doc(), timeout_s=ACL_PUSH_TIMEOUT_S)
+            proof, doc = await self._do(
+                lambda: (self.authority.guard.platform_token(), self.authority.acl_doc()))
+            await actors.acall(handle.zk_set_acl, proof, doc, timeout_s=ACL_PUSH_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - it polls too: it learns within ACL_REFRESH_S
             self._registry = None
             log.warning("could not hand the new entries to %s: %s", self.registry_name,
