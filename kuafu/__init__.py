@@ -21,12 +21,12 @@ on Ray) and ``kuafu.client``."""
 from kuafu import deploy
 from kuafu.client import CALL_DEADLINE_S, AsyncClient, Client, Handle, aconnect, connect
 from kuafu.errors import (BadRequest, Denied, FrameError, KuafuError, Overloaded, RemoteError,
-                          TimedOut, TooLarge, Unauthenticated, Unavailable)
+                          TimedOut, TooLarge, Unauthenticated, Unavailable, UnavailableInFlight)
 from kuafu.io.addresses import parse_uri
 from kuafu.io.server import Context, Server, ServerHandle, attach, context, method, serve
 
 __all__ = ["AsyncClient", "Client", "Handle", "aconnect", "connect", "parse_uri",
            "CALL_DEADLINE_S", "deploy",
            "BadRequest", "FrameError", "KuafuError", "Overloaded", "RemoteError", "TimedOut",
-           "TooLarge", "Unavailable", "Unauthenticated", "Denied",
+           "TooLarge", "Unavailable", "UnavailableInFlight", "Unauthenticated", "Denied",
            "Context", "Server", "ServerHandle", "attach", "context", "method", "serve"]

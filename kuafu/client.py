@@ -35,7 +35,8 @@ from kuafu.core import flow
 from kuafu.io.addresses import KUAFU_CONNECT_TIMEOUT_S, open_connection, parse_uri
 from kuafu.io.conn import PING_INTERVAL_S, Conn
 from kuafu.io.loops import LoopThread
-from kuafu.errors import BadRequest, FrameError, TimedOut, Unavailable, error_from_header
+from kuafu.errors import (BadRequest, FrameError, TimedOut, Unavailable, UnavailableInFlight,
+                          error_from_header)
 from kuafu.io.server import context
 
 CALL_DEADLINE_S = 30.0          # a call's deadline unless the caller gives one
@@ -121,10 +122,9 @@ class Channel:
             self.conn = None
         for p in list(self.pending.values()):
             if p.conn is conn and not p.fut.done():
-                p.fut.set_exception(Unavailable(
+                p.fut.set_exception(UnavailableInFlight(
                     f"the connection to {self.address} was lost"
-                    f"{': ' + str(exc) if exc else ''} with the call in flight; it may have run",
-                    maybe_executed=True))
+                    f"{': ' + str(exc) if exc else ''} with the call in flight; it may have run"))
 
     # ------------------------------------------------------------ calls
     async def request(self, service: str, method: str, message, timeout_s: float | None,

@@ -57,6 +57,15 @@ class Unavailable(KuafuError, base_errors.Unavailable):
         self.maybe_executed = maybe_executed
 
 
+class UnavailableInFlight(Unavailable, base_errors.OutcomeUnknown):
+    """The connection or the endpoint was lost with the call in flight: it may have run
+    (``maybe_executed`` is True). On the wire it is an ``Unavailable`` with ``ex`` set; as a
+    type it is an ``OutcomeUnknown``, so callers test the type, never the flag alone."""
+
+    def __init__(self, msg: str = ""):
+        super().__init__(msg, maybe_executed=True)
+
+
 class TimedOut(KuafuError, base_errors.OutcomeUnknown, TimeoutError):
     """The deadline passed before a reply came. The outcome is unknown: the server may have
     run the request."""
@@ -108,7 +117,7 @@ def error_from_header(h: dict) -> KuafuError:
     if cls is RemoteError:
         return RemoteError(msg, str(h.get("rtype", "")), str(h.get("tb", "")))
     if cls is Unavailable:
-        return Unavailable(msg, bool(h.get("ex")))
+        return UnavailableInFlight(msg) if h.get("ex") else Unavailable(msg)
     if cls is KuafuError and code != "KuafuError":
         return KuafuError(f"{code}: {msg}")
     return cls(msg)

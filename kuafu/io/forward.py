@@ -25,7 +25,8 @@ import itertools
 from kuafu import frame as F
 from kuafu.core import flow, routing
 from kuafu.core.frame import check_announced_size, timeout_from_header
-from kuafu.errors import BadRequest, KuafuError, Overloaded, TimedOut, Unavailable
+from kuafu.errors import (BadRequest, KuafuError, Overloaded, TimedOut, Unavailable,
+                          UnavailableInFlight)
 from kuafu.io.conn import Conn
 
 SERVICE_QUEUE_MAX = 1024            # requests waiting for room toward one connection
@@ -495,10 +496,9 @@ class Forwarder:
             elif r.idem and r.retryable and not r.resp_started:
                 self._retry(r, "the connection carrying it was lost; idempotent, so resent")
             else:
-                self.fail(r, Unavailable(
+                self.fail(r, UnavailableInFlight(
                     f"the endpoint {r.ep.name} of {r.svc!r} went away with the call in flight; "
-                    f"it may have run (declare the method idempotent to have it retried)",
-                    maybe_executed=True))
+                    f"it may have run (declare the method idempotent to have it retried)"))
         # Requests this connection had sent us.
         for key in [k for k in self.inbound if k[0] is conn]:
             r = self.inbound_pop(key)
