@@ -36,35 +36,13 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def _master_error(e: PlatformError, method: str) -> PlatformError:
-    """What the user reads when the Ray boundary (``base.actors``), not FuxiMaster, failed the
-    call: the advice the CLI always gave. An error FuxiMaster raised itself passes unchanged
-    (the boundary hands it back as the very object the Ray error carries)."""
-    import ray.exceptions as rex
-
-    from fuxi.client import MASTER_REPLY_TIMEOUT_S
-    from fuxi.errors import OutcomeUnknown as FuxiOutcomeUnknown
-
-    ray_error = e.__context__
-    if not isinstance(ray_error, rex.RayError) or getattr(ray_error, "cause", None) is e:
-        return e
-    if isinstance(ray_error, rex.GetTimeoutError):
-        return FuxiOutcomeUnknown(
-            f"{method}: FuxiMaster did not answer within {MASTER_REPLY_TIMEOUT_S:g}s "
-            f"(MASTER_REPLY_TIMEOUT_S); the outcome is unknown — check `fuxi job list`")
-    if isinstance(ray_error, (rex.RayActorError, rex.RaySystemError)):
-        return ClusterError(f"{method}: FuxiMaster is gone ({type(ray_error).__name__}); was "
-                            f"the cluster stopped? `fuxi status` shows what is running")
-    return ClusterError(f"{method}: {type(ray_error).__name__}: {ray_error}")
-
-
 def master_call(cluster: str, method: str, *args, needs: str = "this command",
                 send_token: bool = False, actor: str = "master"):
     """Call FuxiMaster's ``method`` on the running cluster (never the embedded default);
     our errors become exit codes. ``send_token``: pass the signed-in user's token as ``cred``.
     ``actor="authority"``: call Zhongkui's authority actor instead."""
     from base import actors
-    from fuxi.client import MASTER_REPLY_TIMEOUT_S
+    from fuxi.client import MASTER_REPLY_TIMEOUT_S, explain
     from fuxi.errors import NoCluster
     from fuxi.runtime import connect, find_cluster
 
@@ -82,6 +60,6 @@ def master_call(cluster: str, method: str, *args, needs: str = "this command",
                 return actors.call(getattr(getattr(conn, actor), method), *args,
                                    timeout_s=MASTER_REPLY_TIMEOUT_S, **kw)
             except PlatformError as e:
-                raise _master_error(e, method) from None
+                raise explain(e, method) from None
     except Exception as e:  # noqa: BLE001 - our errors become exit codes
         handle(e)

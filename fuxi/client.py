@@ -60,26 +60,23 @@ def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = ()
     return plan
 
 
-def translate_error(e: Exception, what: str) -> Exception:
-    """The one place Ray's exceptions become ours: errors we raised inside an actor come back
-    as themselves; the platform being unreachable or gone becomes a ``ClusterError`` that says
-    what to do."""
+def explain(e: PlatformError, what: str, timeout_s: float = MASTER_REPLY_TIMEOUT_S) -> PlatformError:
+    """What a user reads when FuxiMaster's call failed at the Ray boundary (``base.actors``,
+    the one translation of Ray's errors): the advice the CLI always gave. An error FuxiMaster
+    raised itself passes unchanged (the boundary hands back the very object Ray carried)."""
     import ray.exceptions as rex
 
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, PlatformError):
-        return cause
-    if isinstance(e, PlatformError):
+    ray_error = e.__context__
+    if not isinstance(ray_error, rex.RayError) or getattr(ray_error, "cause", None) is e:
         return e
-    if isinstance(e, rex.GetTimeoutError):
-        return OutcomeUnknown(f"{what}: FuxiMaster did not answer within {MASTER_REPLY_TIMEOUT_S:g}s "
-                            f"(MASTER_REPLY_TIMEOUT_S); the outcome is unknown — check `fuxi job list`")
-    if isinstance(e, (rex.RayActorError, rex.RaySystemError)):
-        return ClusterError(f"{what}: FuxiMaster is gone ({type(e).__name__}); was the cluster "
-                            f"stopped? `fuxi status` shows what is running")
-    if isinstance(e, rex.RayError):
-        return ClusterError(f"{what}: {type(e).__name__}: {e}")
-    return e
+    if isinstance(ray_error, rex.GetTimeoutError):
+        return OutcomeUnknown(f"{what}: FuxiMaster did not answer within {timeout_s:g}s "
+                              f"(MASTER_REPLY_TIMEOUT_S); the outcome is unknown — check "
+                              f"`fuxi job list`")
+    if isinstance(ray_error, (rex.RayActorError, rex.RaySystemError)):
+        return ClusterError(f"{what}: FuxiMaster is gone ({type(ray_error).__name__}); was "
+                            f"the cluster stopped? `fuxi status` shows what is running")
+    return ClusterError(f"{what}: {type(ray_error).__name__}: {ray_error}")
 
 
 class FuxiClient:
@@ -92,16 +89,15 @@ class FuxiClient:
         self.token = token
 
     def _call(self, method: str, *args, timeout_s: float = MASTER_REPLY_TIMEOUT_S):
-        import ray
-
+        from base import actors
         from zhongkui import creds
 
         cred = self.token if self.token is not None else creds.token(self.cluster)
         try:
-            return ray.get(getattr(self.master, method).remote(*args, cred=cred or None),
-                           timeout=timeout_s)
-        except Exception as e:
-            raise translate_error(e, method) from None
+            return actors.call(getattr(self.master, method), *args, cred=cred or None,
+                               timeout_s=timeout_s)
+        except PlatformError as e:
+            raise explain(e, method, timeout_s) from None
 
     def submit(self, spec: JobPlan | JobSpec | str | dict, overrides: Sequence[str] = (),
                request_id: str | None = None, overwrite: bool = False) -> str:

@@ -11,7 +11,8 @@
     ├── JobNotFound           -- an unknown job id
     └── JobFailed             -- a job ended failed or cancelled (carries the report)
 
-Ray exceptions are translated in one place (``fuxi.client.translate_error``).
+Ray exceptions are translated in one place (``base.actors.translate``); ``fuxi.client.explain``
+adds what to do when FuxiMaster could not be reached.
 """
 
 from __future__ import annotations

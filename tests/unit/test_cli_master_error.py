@@ -9,7 +9,7 @@ import ray.exceptions as rex
 
 from base import actors
 from base.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClusterError, PlatformError, exit_code
-from cli.common import _master_error
+from fuxi.client import explain
 from fuxi.errors import JobNotFound, OutcomeUnknown
 
 
@@ -39,7 +39,7 @@ CASES = [
 
 @pytest.mark.parametrize("ray_error, cls, words, code", CASES)
 def test_boundary_failures_read_as_before(ray_error, cls, words, code):
-    out = _master_error(_through_boundary(ray_error), "status")
+    out = explain(_through_boundary(ray_error), "status")
     assert isinstance(out, cls)
     assert words in str(out)
     assert exit_code(out) == code
@@ -48,11 +48,11 @@ def test_boundary_failures_read_as_before(ray_error, cls, words, code):
 def test_an_error_the_master_raised_passes_unchanged():
     mine = JobNotFound("no job with id 'x'")
     wrapped = rex.RayTaskError("status", "tb", mine).as_instanceof_cause()
-    out = _master_error(_through_boundary(wrapped), "status")
+    out = explain(_through_boundary(wrapped), "status")
     assert out is mine
     assert exit_code(out) == EXIT_BAD_INPUT
 
 
 def test_an_error_raised_outside_ray_passes_unchanged():
     e = ClusterError("no running cluster 'x'")
-    assert _master_error(e, "status") is e
+    assert explain(e, "status") is e
