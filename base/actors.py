@@ -68,6 +68,19 @@ def call(method: Callable, *args: Any, timeout_s: float, **kwargs: Any) -> Any:
         raise translate(e, _name(method), t) from None
 
 
+def call_each(methods: list, *args: Any, timeout_s: float, **kwargs: Any) -> list:
+    """Call each of ``methods`` (the same method of several actors, say) with the same
+    arguments, all at once, and wait at most ``timeout_s`` for every answer. Blocking."""
+    import ray
+
+    t = _check_timeout(timeout_s)
+    what = _name(methods[0]) if methods else "call"
+    try:
+        return ray.get([m.remote(*args, **kwargs) for m in methods], timeout=t)
+    except Exception as e:  # noqa: BLE001 - every failure leaves as one of ours
+        raise translate(e, what, t) from None
+
+
 async def acall(method: Callable, *args: Any, timeout_s: float, **kwargs: Any) -> Any:
     """Call an actor method from inside an actor (or any asyncio code) without blocking the
     event loop: the ObjectRef is awaited, at most ``timeout_s``."""

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from base import actors
 from cli.common import ClusterOpt, handle, print_json
 
 
@@ -46,8 +47,6 @@ def down(cluster: str = ClusterOpt) -> None:
 
 def status(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
     """The cluster: name, address, nodes and their free resources, running jobs."""
-    import ray
-
     from fuxi import runtime
 
     try:
@@ -57,7 +56,8 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
                     "jobs_running": [], "data_dir": runtime.cluster_dir(cluster)}
         else:
             with runtime.connect(cluster, embedded_ok=False) as conn:
-                info = ray.get(conn.master.cluster_info.remote(), timeout=runtime.CLUSTER_CONNECT_TIMEOUT_S)
+                info = actors.call(conn.master.cluster_info,
+                                   timeout_s=runtime.CLUSTER_CONNECT_TIMEOUT_S)
             info.update(address=rec.address, running=True, data_dir=rec.data_dir,
                         namespace=rec.namespace, fuxi_master="FuxiMaster",
                         nuwa=[f"{h}:{p}" for h, p in (rec.nuwa or [])])

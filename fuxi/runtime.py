@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Iterator
 
+from base import actors
 from base.cluster import (MASTER_NAME, ClusterRecord, boot_id, cluster_dir, find_cluster,
                           fuxi_home, head_is_ours, namespace, port_open, ray_init,
                           ray_temp_dir, session_pids, set_auth_mode, start_ticks)
@@ -38,8 +39,6 @@ ACTOR_READY_TIMEOUT_S = 60.0
 
 def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None,
                   nuwa_group: dict | None = None, auth: bool = False):
-    import ray
-
     from fuxi.shells.master import FuxiMaster
 
     authority = _start_authority(cluster, data_dir, detached, nuwa, auth)  # FuxiMaster asks it
@@ -47,9 +46,9 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
     if detached:
         opts["lifetime"] = "detached"
     master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa, nuwa_group, auth)
-    ray.get([authority.mode.remote(), master.cluster_info.remote()],
-            timeout=ACTOR_READY_TIMEOUT_S)
-    ray.get(master.supervise.remote(operator_proof(cluster)), timeout=ACTOR_READY_TIMEOUT_S)
+    actors.call(authority.mode, timeout_s=ACTOR_READY_TIMEOUT_S)
+    actors.call(master.cluster_info, timeout_s=ACTOR_READY_TIMEOUT_S)
+    actors.call(master.supervise, operator_proof(cluster), timeout_s=ACTOR_READY_TIMEOUT_S)
     return master
 
 
@@ -186,10 +185,8 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
         _start_pangu(rec, auth_config)
         _start_kuafu(rec, auth_config)
         with connect(cluster, embedded_ok=False) as conn:
-            import ray
-
-            creds = ray.get(conn.authority.bootstrap.remote(operator_proof(cluster)),
-                            timeout=CLUSTER_CONNECT_TIMEOUT_S)
+            creds = actors.call(conn.authority.bootstrap, operator_proof(cluster),
+                                timeout_s=CLUSTER_CONNECT_TIMEOUT_S)
             if creds is not None:  # the first administrator: the operator's credentials
                 write_private(os.path.join(data_dir, CREDENTIALS_FILE), json.dumps(creds))
                 write_private(os.path.join(data_dir, TOKEN_FILE), creds["token"])
@@ -384,8 +381,8 @@ def down(cluster: str = "default") -> dict:
                 import ray
 
                 proof = operator_proof(cluster)
-                stopped_jobs = ray.get(conn.master.shutdown_jobs.remote(proof),
-                                       timeout=CLUSTER_CONNECT_TIMEOUT_S)
+                stopped_jobs = actors.call(conn.master.shutdown_jobs, proof,
+                                           timeout_s=CLUSTER_CONNECT_TIMEOUT_S)
                 ray.kill(conn.master, no_restart=True)
                 with contextlib.suppress(Exception):
                     ray.kill(conn.authority, no_restart=True)

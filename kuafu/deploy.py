@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 
+from base import actors
 from kuafu.errors import Unavailable
 
 PROXY_PREFIX = "kuafu-proxy-"
@@ -136,7 +137,6 @@ def start(namespace: str, nuwa: list | None, *, host: str = "127.0.0.1", port: i
     ``settings`` are ProxyCore keyword arguments (``idle_timeout_s``, ``hello_timeout_s``,
     ``partial_timeout_s``). ``auth`` is Zhongkui's ``{"enabled", "keys"}`` (None: no
     authentication)."""
-    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     handles = []
@@ -149,7 +149,7 @@ def start(namespace: str, nuwa: list | None, *, host: str = "127.0.0.1", port: i
                                                  dict(settings or {}), detached, auth)
         _held[(namespace, node)] = h
         handles.append(h)
-    return ray.get([h.info.remote() for h in handles], timeout=timeout_s)
+    return actors.call_each([h.info for h in handles], timeout_s=timeout_s)
 
 
 def proxies(namespace: str) -> dict:
@@ -175,7 +175,7 @@ def stop(namespace: str, timeout_s: float = INFO_TIMEOUT_S, token: str | None = 
     found = proxies(namespace)
     for h in found.values():
         try:
-            ray.get(h.shutdown.remote(cred=token), timeout=timeout_s)
+            actors.call(h.shutdown, cred=token, timeout_s=timeout_s)
         except Exception:  # noqa: BLE001 - killed below either way
             pass
         ray.kill(h, no_restart=True)
@@ -195,19 +195,19 @@ def ensure_local(namespace: str, timeout_s: float = PROXY_START_TIMEOUT_S) -> st
         return f"unix://{path}"
     found = proxies(namespace)
     if node in found:
-        return ray.get(found[node].info.remote(), timeout=timeout_s)["uds"]
+        return actors.call(found[node].info, timeout_s=timeout_s)["uds"]
     if not found:
         raise Unavailable(f"Kuafu is not running in namespace {namespace!r}: no proxy on any "
                           f"node (start them with kuafu.deploy.start or `fuxi up`)")
-    cfg = ray.get(next(iter(found.values())).get_config.remote(), timeout=timeout_s)
+    cfg = actors.call(next(iter(found.values())).get_config, timeout_s=timeout_s)
     if cfg.get("auth_enabled"):  # FuxiMaster holds the keys a new proxy needs
         from base.cluster import MASTER_NAME
 
         master = ray.get_actor(MASTER_NAME, namespace=namespace)
         from zhongkui import creds
 
-        return ray.get(master.kuafu_start_node.remote(node, None, creds.token()),
-                       timeout=timeout_s)["uds"]
+        return actors.call(master.kuafu_start_node, node, None, creds.token(),
+                           timeout_s=timeout_s)["uds"]
     # Detached like the others when they are (a worker that started it may exit).
     return start(namespace, cfg["nuwa"], host=cfg["host"], nodes=[node],
                  settings=cfg["settings"], detached=cfg["detached"],

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from base import actors
 from nuwa.errors import BadRequest
 from nuwa.core.peer_auth import SECRET_BYTES as PEER_SECRET_BYTES
 from nuwa.replica import LOOPBACK, NODE_IP, NuwaReplica
@@ -119,7 +120,8 @@ class Group:
         ).remote(rid, [] if join else self.voters, self.replica_dir(rid), self.config,
                  rejoin and not join, self.auth, self._peer_secret(), self.host)
         try:
-            addr = tuple(ray.get(handle.start.remote(old_port, cred=self._token()()), timeout=GROUP_START_TIMEOUT_S))
+            addr = tuple(actors.call(handle.start, old_port, cred=self._token()(),
+                                     timeout_s=GROUP_START_TIMEOUT_S))
         except Exception:
             # E.g. its WAL is corrupt and it refuses to start: leave no half-started actor
             # holding the name, so a later start (after the operator's repair) can take it.
@@ -132,14 +134,14 @@ class Group:
 
     def publish_peers(self) -> None:
         tok = self._token()()
-        ray.get([h.set_peers.remote(self.addresses, cred=tok) for h in self.handles.values()],
-                timeout=GROUP_START_TIMEOUT_S)
+        actors.call_each([h.set_peers for h in self.handles.values()], self.addresses, cred=tok,
+                         timeout_s=GROUP_START_TIMEOUT_S)
 
     def stop_replica(self, rid: int, kill: bool = True) -> None:
         h = self.handles.pop(rid, None)
         if h is not None:
             if not kill:
-                ray.get(h.stop.remote(cred=self._token()()), timeout=GROUP_START_TIMEOUT_S)
+                actors.call(h.stop, cred=self._token()(), timeout_s=GROUP_START_TIMEOUT_S)
             ray.kill(h, no_restart=True)
 
     def to_dict(self) -> dict:
@@ -169,7 +171,7 @@ class Group:
         for rid in list(self.voters):
             try:
                 h = ray.get_actor(f"nuwa-{rid}", namespace=self.namespace)
-                st = ray.get(h.status.remote(), timeout=probe_timeout_s)
+                st = actors.call(h.status, timeout_s=probe_timeout_s)
                 if st.get("stopped"):
                     # Its Raft loop stopped on a failure (a disk that failed or filled up): a
                     # restart recovers it from what is on its disk (and stops it again if the
@@ -253,7 +255,7 @@ class Group:
         best = None
         for rid, h in list(self.handles.items()):
             try:
-                st = ray.get(h.status.remote(), timeout=ADMIN_CALL_TIMEOUT_S)
+                st = actors.call(h.status, timeout_s=ADMIN_CALL_TIMEOUT_S)
             except Exception:
                 continue
             if st.get("role") == "LEADER" and (best is None or st["term"] > best["term"]):
@@ -322,7 +324,7 @@ class Group:
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
         target = self.leader_status()["commit"]
         while True:
-            st = ray.get(self.handles[new].status.remote(), timeout=ADMIN_CALL_TIMEOUT_S)
+            st = actors.call(self.handles[new].status, timeout_s=ADMIN_CALL_TIMEOUT_S)
             if st.get("applied", 0) >= target:
                 break
             if time.monotonic() > deadline:

@@ -12,12 +12,14 @@ import time
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from base import actors
 from pangu.chunkserver import HEARTBEAT_S, SCRUB_INTERVAL_S, ChunkServer
 from pangu.client import MASTERS_MAX, master_name
 from pangu.errors import BadRequest, Unavailable
 from pangu.master import PanguMaster
 
 PANGU_START_TIMEOUT_S = 60.0
+MASTER_STOP_TIMEOUT_S = 5.0  # a Pangu master's orderly stop before it is killed
 CHUNKSERVERS_PER_NODE_MAX = 16
 # Non-detached actors live while a handle does: the process that started them keeps these.
 _HANDLES: dict[str, list] = {}
@@ -66,7 +68,7 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
     from zhongkui.guard import Guard
 
     proof = Guard(auth, name="deploy").platform_token() or None  # control calls need it
-    roles = ray.get([m.start.remote(cred=proof) for m in mh], timeout=timeout_s)
+    roles = actors.call_each([m.start for m in mh], cred=proof, timeout_s=timeout_s)
     snames = []
     handles = []
     for node in nodes or alive_nodes():
@@ -80,7 +82,7 @@ def start(cluster: str, data_dir: str, *, masters: int = 1, nuwa: list | None = 
             snames.append(name)
             handles.append(h)
     _HANDLES.setdefault(cluster, []).extend(mh + handles)
-    ray.get([h.start.remote(mnames, cred=proof) for h in handles], timeout=timeout_s)
+    actors.call_each([h.start for h in handles], mnames, cred=proof, timeout_s=timeout_s)
     if wait:
         # Whoever starts Pangu with the keys is the platform: it asks as the platform.
         wait_ready(cluster, len(snames), timeout_s, token=proof)
@@ -124,7 +126,7 @@ def stop(cluster: str, token: str | None = None) -> int:
             continue
         if name.startswith("pangu-master-"):
             try:
-                ray.get(h.stop.remote(cred=token), timeout=5)
+                actors.call(h.stop, cred=token, timeout_s=MASTER_STOP_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - killed below anyway
                 pass
         ray.kill(h, no_restart=True)
