@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import weakref
 from typing import Iterable
 
 NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -115,6 +116,31 @@ class Counter(_Metric):
 
     kind = "counter"
 
+    def add_source(self, counts: dict) -> None:
+        """Read ``counts`` ({kind: n}, a ``CountsDict``) into this metric whenever it is read,
+        for as long as ``counts`` lives."""
+        with self._lock:
+            if not hasattr(self, "_sources"):
+                self._sources = weakref.WeakValueDictionary()  # by id: dicts do not hash
+            self._sources[id(counts)] = counts
+
+    def _merged(self) -> dict:
+        out = dict(self._series)
+        for counts in list(getattr(self, "_sources", {}).values()):
+            for kind, n in list(counts.items()):
+                if isinstance(n, (int, float)):
+                    key = (label_value(kind),)
+                    out[key] = out.get(key, 0.0) + n
+        return out
+
+    def render(self) -> list[str]:
+        out = [f"# HELP {self.name} {_escape(self.help)}", f"# TYPE {self.name} {self.kind}"]
+        with self._lock:
+            items = sorted(self._merged().items())
+        for key, value in items:
+            out.extend(self._render_series(key, value))
+        return out
+
     def inc(self, amount: float = 1.0, **labels) -> None:
         if not (isinstance(amount, (int, float)) and amount >= 0 and math.isfinite(amount)):
             raise ValueError(f"counter {self.name}: inc({amount!r}); expected a finite number >= 0")
@@ -128,7 +154,7 @@ class Counter(_Metric):
 
     def value(self, **labels) -> float:
         with self._lock:
-            return self._series.get(tuple(label_value(labels[lb]) for lb in self.labels), 0.0)
+            return self._merged().get(tuple(label_value(labels[lb]) for lb in self.labels), 0.0)
 
 
 class Gauge(_Metric):
@@ -249,26 +275,20 @@ class Registry:
 
 
 class CountsDict(dict):
-    """A dict of counts (``counts[kind] += n``, a missing kind reads 0) whose every increase
-    also goes to the labelled counter ``metric{kind=...}`` — for components that already keep
-    their counters in a dict and show it in their status. A decrease (a high-water mark
-    reset) is kept in the dict and not sent: a Prometheus counter never goes down."""
+    """A dict of counts (``counts[kind] += n``, a missing kind reads 0) that the labelled
+    counter ``metric{kind=...}`` reads when it is rendered -- for components that already keep
+    their counters in a dict and show it in their status. Counting costs nothing more than
+    the dict (hot paths count per request); every live CountsDict of a metric is summed."""
 
     def __init__(self, metric: "Counter", initial: dict | None = None):
         super().__init__(initial or {})
         if metric.labels != ("kind",):
             raise ValueError(f"metric {metric.name}: labels {list(metric.labels)}; expected "
                              f"['kind']")
-        self.metric = metric
+        metric.add_source(self)
 
     def __missing__(self, key):
         return 0
-
-    def __setitem__(self, key, value):
-        delta = value - self.get(key, 0) if isinstance(value, (int, float)) else 0
-        super().__setitem__(key, value)
-        if delta > 0:
-            self.metric.inc(delta, kind=key)
 
 
 REGISTRY = Registry()
