@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fuxi.core.attempt_faults import FaultPolicy
 from fuxi.core.speculation import SpeculationPolicy
 
 
@@ -65,6 +66,8 @@ class JobPlan:
     retry_backoff_max_s: float = 10.0
     spec: dict[str, Any] = field(default_factory=dict)  # the validated spec, for the record
     overwrite: bool = False  # the JobMaster clears non-empty outputs before the first task
+    queue: str = "default"  # the quota group whose queue the job waits in, whose share it uses
+    faults: FaultPolicy | None = None  # injected attempt faults (the spec's ``faults:``; tests)
 
     def task(self, name: str) -> TaskPlan:
         for t in self.tasks:
@@ -181,4 +184,11 @@ def build_plan(spec, facts: PlanFacts = PlanFacts(), overwrite: bool = False) ->
         retry_backoff_max_s=spec.retry_backoff_max_s,
         spec=json.loads(json.dumps(spec.to_json_dict())),
         overwrite=bool(overwrite),
+        queue=spec.queue,
+        faults=None if spec.faults is None else FaultPolicy(
+            attempt_fail_fraction=spec.faults.attempt_fail_fraction,
+            attempt_hang_fraction=spec.faults.attempt_hang_fraction,
+            hang_s=spec.faults.hang_s,
+            seed=spec.faults.seed,
+        ),
     )

@@ -34,6 +34,8 @@ from pydantic import (
     model_validator,
 )
 
+from fuxi.core.attempt_faults import fraction_max as fault_fraction_max
+from fuxi.core.attempt_faults import hang_s_max as fault_hang_s_max
 from fuxi.core.specparse import Problems, apply_overrides, fspath_of, humane_errors, join_path
 from fuxi.errors import BadInput, SpecError
 
@@ -68,6 +70,7 @@ SHUFFLE_MODES = ("hash", "one_to_one", "broadcast")
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 JOB_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+QUEUE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")  # a quota group (FuxiMaster's queues)
 TASK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -142,6 +145,28 @@ class SpeculationSpec(BaseModel):
     slowdown: float = Field(default=2.0, ge=1.0, strict=True)
     min_runtime_s: float = Field(default=1.0, ge=0.0, strict=True)
     max_backup_fraction: float = Field(default=0.1, gt=0.0, le=1.0, strict=True)
+
+
+class FaultSpec(BaseModel):
+    """Fault injection for testing (never on by default): ``attempt_fail_fraction`` of the
+    job's attempts fail before their function runs, ``attempt_hang_fraction`` hang for
+    ``hang_s`` seconds and then fail. Which attempts is decided by ``seed`` (the same spec
+    gives the same faults on every run). See ``fuxi.core.attempt_faults``."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    attempt_fail_fraction: float = Field(default=0.0, ge=0.0, le=fault_fraction_max, strict=True)
+    attempt_hang_fraction: float = Field(default=0.0, ge=0.0, le=fault_fraction_max, strict=True)
+    hang_s: float = Field(default=60.0, gt=0.0, le=fault_hang_s_max, strict=True)
+    seed: int = Field(default=0, strict=True)
+
+    @model_validator(mode="after")
+    def _check_total(self) -> FaultSpec:
+        total = self.attempt_fail_fraction + self.attempt_hang_fraction
+        if total > fault_fraction_max:
+            raise ValueError(f"attempt_fail_fraction + attempt_hang_fraction is {total:g}, "
+                             f"expected at most {fault_fraction_max}")
+        return self
 
 
 def _fn_ref_of_callable(fn: Callable) -> str:
@@ -337,6 +362,8 @@ class JobSpec(BaseModel):
     priority: int = Field(default=50, ge=0, le=priority_max, strict=True)
     retry_backoff_s: float = Field(default=0.2, ge=0.0, le=retry_backoff_s_max, strict=True)
     retry_backoff_max_s: float = Field(default=10.0, ge=0.0, le=retry_backoff_cap_s_max, strict=True)
+    queue: str = Field(default="default", pattern=QUEUE_NAME_RE.pattern)
+    faults: FaultSpec | None = None
     tasks: dict[str, TaskSpec]
 
     @field_validator("params", mode="before")
@@ -662,6 +689,12 @@ FIELD_EXPECTATIONS: dict[tuple[str, str], str] = {
     ("JobSpec", "params"): "a mapping of param names to values",
     ("JobSpec", "tasks"): "a mapping of task names to tasks",
     ("JobSpec", "speculation"): "a mapping (enabled, min_done_fraction, slowdown, ...)",
+    ("JobSpec", "queue"): f"a queue (quota group) name matching {QUEUE_NAME_RE.pattern}",
+    ("JobSpec", "faults"): "a mapping (attempt_fail_fraction, attempt_hang_fraction, hang_s, seed)",
+    ("FaultSpec", "attempt_fail_fraction"): f"a number from 0 to {fault_fraction_max}",
+    ("FaultSpec", "attempt_hang_fraction"): f"a number from 0 to {fault_fraction_max}",
+    ("FaultSpec", "hang_s"): f"a number of seconds > 0 and <= {fault_hang_s_max:g}",
+    ("FaultSpec", "seed"): "an integer",
     ("SpeculationSpec", "enabled"): "true or false",
     ("SpeculationSpec", "min_done_fraction"): "a number > 0 and <= 1",
     ("SpeculationSpec", "slowdown"): "a number >= 1.0",

@@ -197,6 +197,9 @@ def model_at(loc: tuple, root: type[BaseModel]
         if info is None:
             return model, None, loc[i:]
         annotation = info.annotation
+        optional = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(optional) == 1 and type(None) in typing.get_args(annotation):
+            annotation = optional[0]  # ``Model | None``: errors inside are the model's
         if isinstance(annotation, type) and issubclass(annotation, BaseModel) and i + 1 < len(loc):
             model, i = annotation, i + 1
             continue

@@ -87,6 +87,8 @@ class JobMaster:
 
             creds.set_token(token)
         self.core = jc.JobCore(job_id, plan, now=time.time())
+        # The spec's fault injection (tests and bench_faults only), handed to every worker.
+        self._faults = plan.faults.to_dict() if plan.faults is not None else None
         self.slots: dict[str, _Slot] = {}
         self.releases: list[tuple[str, str]] = []
         self.last_sync = 0.0
@@ -485,7 +487,7 @@ class JobMaster:
                 self._warm_started.append(act.worker_id)
                 return
         handle = WorkerActor.options(**self._worker_options(act.node_id, act.shape)).remote(
-            self.job_id, act.worker_id, self.sys_path, self.token)
+            self.job_id, act.worker_id, self.sys_path, self.token, self._faults)
         self.slots[act.worker_id] = _Slot(handle, handle.ping.remote(),
                                           time.time() + WORKER_START_TIMEOUT_S)
 
@@ -512,7 +514,7 @@ class JobMaster:
             spares = self.spares.setdefault(node, [])
             while len(spares) < SPARES_PER_NODE:
                 handle = WorkerActor.options(**self._worker_options(node, {})).remote(
-                    self.job_id, f"spare@{node[:8]}", self.sys_path, self.token)
+                    self.job_id, f"spare@{node[:8]}", self.sys_path, self.token, self._faults)
                 spares.append((handle, handle.ping.remote()))
 
     def _kill(self, wid: str) -> None:

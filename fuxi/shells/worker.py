@@ -41,6 +41,8 @@ import ray
 from fuxi.context import TaskContext
 from fuxi.io.output import OutputLocation
 from fuxi.io.shuffle import partition_table
+from fuxi.core import attempt_faults as faults
+from fuxi.core.attempt_faults import FaultPolicy
 from fuxi.core.spec import resolve_fn
 
 # Limits (units last). The JobMaster enforces timeouts; these bound the worker's own memory.
@@ -50,6 +52,7 @@ EMIT_BYTES_MAX = 8 * 1024**3
 UPSTREAM_GET_TIMEOUT_S = 600.0
 QUEUE_MAX = 4096  # attempts queued on one worker (the JobMaster keeps far fewer)
 STOP_GRACE_S = 10.0  # a stopped attempt still running after this makes the worker "stuck"
+FAULT_SLEEP_STEP_S = 0.05  # an injected hang sleeps in steps this long, so a stop lands
 REPLY_RESULTS_MAX = 512  # finished results returned by one exchange (the rest wait for the next)
 
 
@@ -92,7 +95,7 @@ def _interrupt(thread: threading.Thread) -> None:
 @ray.remote(num_cpus=0)
 class WorkerActor:
     def __init__(self, job_id: str, worker_id: str, sys_path: list[str] | None = None,
-                 token: str = ""):
+                 token: str = "", faults: dict | None = None):
         from zhongkui.files import private_files
 
         private_files()  # anything an instance writes locally (issue 14)
@@ -105,6 +108,7 @@ class WorkerActor:
                 sys.path.insert(0, p)
         self.job_id = job_id
         self.worker_id = worker_id
+        self._faults = FaultPolicy.from_dict(faults)  # the job's fault injection (tests only)
         self._token = token  # calls that change this worker carry it (only its JobMaster)
         self._cond = threading.Condition()
         self._queue: deque = deque()
@@ -250,6 +254,22 @@ class WorkerActor:
     def _get_upstream(self, refs: tuple) -> list:
         return ray.get(list(refs), timeout=UPSTREAM_GET_TIMEOUT_S)
 
+    def _inject(self, spec) -> None:
+        """The job's fault injection (``faults:`` in its spec; never on by default): fail this
+        attempt, or hang it for ``hang_s`` (in short sleeps, so a stop still lands) and fail."""
+        what = faults.decide(self._faults, spec.task, spec.instance, spec.attempt)
+        if what == faults.FAIL:
+            raise faults.InjectedFault(
+                f"injected attempt failure (faults.attempt_fail_fraction="
+                f"{self._faults.attempt_fail_fraction:g}, seed {self._faults.seed})")
+        if what == faults.HANG:
+            until = time.monotonic() + self._faults.hang_s
+            while time.monotonic() < until:
+                time.sleep(min(FAULT_SLEEP_STEP_S, max(until - time.monotonic(), 0.0)))
+            raise faults.InjectedFault(
+                f"injected hang of {self._faults.hang_s:g}s ended (faults.attempt_hang_fraction="
+                f"{self._faults.attempt_hang_fraction:g}, seed {self._faults.seed})")
+
     def _run_one(self, spec) -> dict:
         handler = AttemptLogHandler(RESULT_LOG_LINES_MAX, LOG_LINE_CHARS_MAX)
         self._log.addHandler(handler)
@@ -264,6 +284,7 @@ class WorkerActor:
             with self._fn_lock:
                 self._in_fn[me] = spec.key
             try:
+                self._inject(spec)  # inside the fn region: a hang is stopped like the fn is
                 returned = fn(ctx)
             finally:
                 with self._fn_lock:
