@@ -46,9 +46,13 @@ def list_(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterO
     if as_json:
         print_json(rows)
         return
-    typer.echo(f"{'JOB ID':<44} {'STATE':<10} {'SUBMITTED':<20} NAME")
+    typer.echo(f"{'JOB ID':<44} {'STATE':<10} {'QUEUE':<12} {'SUBMITTED':<20} NAME")
     for st in rows:
-        typer.echo(f"{st['job_id']:<44} {st['state']:<10} {_when(st.get('submitted_at')):<20} {st.get('name', '')}")
+        state = st["state"]
+        if state == "queued" and st.get("position"):
+            state = f"queued #{st['position']}"  # its place: 1 starts next
+        typer.echo(f"{st['job_id']:<44} {state:<10} {st.get('queue') or 'default':<12} "
+                   f"{_when(st.get('submitted_at')):<20} {st.get('name', '')}")
 
 
 @app.command("status")
@@ -59,6 +63,10 @@ def status(job_id: str, as_json: bool = typer.Option(False, "--json"), cluster: 
         print_json(st)
         return
     typer.echo(f"job {st['job_id']} ({st.get('name')}): {st['state']}")
+    if st["state"] == "queued" and st.get("position"):
+        typer.echo(f"  waiting in queue {st.get('group')!r}: #{st['position']} in the cluster, "
+                   f"#{st['group_position']} in its queue (effective priority "
+                   f"{st.get('effective_priority')})")
     typer.echo(f"  started {_when(st.get('started_at'))}, finished {_when(st.get('finished_at'))}")
     if st.get("output"):
         typer.echo(f"  output {st['output']}")

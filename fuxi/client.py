@@ -121,6 +121,16 @@ class FuxiClient:
     def cancel(self, job_id: str) -> dict:
         return self._call("cancel", job_id)
 
+    def queues(self) -> dict:
+        """The queues (quota groups): each one's limit, running and waiting jobs."""
+        return self._call("queues")
+
+    def configure_queues(self, queues: dict | None = None,
+                         jobs_running_max: int | None = None) -> dict:
+        """Replace the queues (name -> {"jobs_running_max": int or None}) and/or the cluster's
+        jobs_running_max (an administrator's call)."""
+        return self._call("configure_queues", queues, jobs_running_max)
+
     def logs(self, job_id: str, task: str | None = None, instance: int | None = None) -> list[dict]:
         return self._call("logs", job_id, task, instance)
 

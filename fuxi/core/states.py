@@ -18,7 +18,10 @@ Attempt (one try of an instance on one worker)::
       ├──requeued──▶ LOST   (its worker went away before it started; no retry is charged)
       ├──succeeded / failed / killed  (a fast attempt may finish before we saw it start)
 
-Job: PENDING ──▶ RUNNING ──▶ SUCCEEDED | FAILED | CANCELLED (PENDING may go straight to an end).
+Job: [QUEUED ──admitted──▶] PENDING ──▶ RUNNING ──▶ SUCCEEDED | FAILED | CANCELLED (PENDING may
+go straight to an end). QUEUED is FuxiMaster's alone: the job waits in its quota group's queue
+(``fuxi.core.jobqueue``) for room and has no JobMaster yet; it ends only by being admitted or
+cancelled. A JobCore always starts in PENDING.
 
 Every change goes through ``move``; an unlisted change raises ``IllegalTransition`` because it
 means the scheduler's bookkeeping is wrong, and continuing would risk duplicate output.
@@ -52,6 +55,7 @@ class AttemptState(str, enum.Enum):
 
 
 class JobState(str, enum.Enum):
+    QUEUED = "queued"  # FuxiMaster's only: waiting in its quota group's queue, no JobMaster yet
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -86,6 +90,8 @@ ATTEMPT_TRANSITIONS: dict[tuple[AttemptState, AttemptState], str] = {
 }
 
 JOB_TRANSITIONS: dict[tuple[JobState, JobState], str] = {
+    (J.QUEUED, J.PENDING): "admitted",
+    (J.QUEUED, J.CANCELLED): "cancel",
     (J.PENDING, J.RUNNING): "first_worker",
     (J.PENDING, J.SUCCEEDED): "succeeded",
     (J.PENDING, J.FAILED): "failed",

@@ -33,15 +33,13 @@ from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
+from fuxi.shells.admission import CONFIG_KEY, DEFAULT_QUEUE, Admissions
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
 from fuxi.shells.services import NODES_REFRESH_S
 from fuxi.shells.supervisor import Supervisor
 
-JOB_QUEUE = "default"  # the one job queue; ACL entries on queue:default (or *) cover every job
-
 logger = logging.getLogger(__name__)
 
-JOBS_RUNNING_MAX = 256  # concurrent jobs per cluster
 JOB_RECORDS_MAX = 10_000  # finished job records kept (oldest dropped first)
 JOBMASTER_CALL_TIMEOUT_S = 10.0
 SUBMITS_REMEMBERED_MAX = 10_000
@@ -155,10 +153,19 @@ class FuxiMaster:
         self.node_info: dict[str, dict] = {}
         self.nodes_at = 0.0
         self.started_at = time.time()
+        # Room for jobs, and the queues (quota groups) where those without room wait.
+        self.admissions = Admissions(self.astore, self.store.get(CONFIG_KEY),
+                                     lambda: self.jobmasters, self._start, self._watchers)
         # Finished jobs whose JobMaster exited: restore what the store remembers.
         for jid, st in _statuses(self.store):
             self.job_owners[jid] = st.get("owner")
-            if st.get("state") not in {s.value for s in TERMINAL_JOB}:
+            self.admissions.job_queues[jid] = st.get("queue") or DEFAULT_QUEUE
+            if st.get("state") == JobState.QUEUED.value:  # its plan waited in the old process
+                st.update(state=JobState.FAILED.value, finished_at=time.time(),
+                          report="FuxiMaster restarted while the job waited in its queue; "
+                                 "submit it again")
+                self.store.put(f"/jobs/{jid}/status", st)
+            elif st.get("state") not in {s.value for s in TERMINAL_JOB}:
                 st.update(state=JobState.FAILED.value,
                           report="FuxiMaster restarted while the job ran; its JobMaster is gone")
                 self.store.put(f"/jobs/{jid}/status", st)
@@ -242,7 +249,9 @@ class FuxiMaster:
     def _may(self, who, job_id: str, perm: str) -> bool:
         a = self._auth()
         return (a.guard.decision(who, "job", job_id, perm, self._job_owner(job_id)).allowed
-                or a.guard.decision(who, "queue", JOB_QUEUE, perm).allowed)
+                or a.guard.decision(who, "queue",
+                                    self.admissions.job_queues.get(job_id, DEFAULT_QUEUE),
+                                    perm).allowed)
 
     def _check_job(self, cred, job_id: str, perm: str):
         who = self._who(cred)
@@ -477,15 +486,14 @@ class FuxiMaster:
     async def submit(self, plan: JobPlan, request_id: str, sys_path: list[str] | None = None,
                      cred: str | None = None) -> str:
         who = self._who(cred)
-        self._auth().check(who, "queue", JOB_QUEUE, "submit")
+        queue = plan.queue
+        self.admissions.check_queue(queue, self.cluster)
+        self._auth().check(who, "queue", queue, "submit")
         if request_id in self.requests:
             return self.requests[request_id]  # a retried submit: same job, no duplicate
         pending = self._submitting.get(request_id)
         if pending is not None:  # retried while the first try still runs: its answer
             return await asyncio.shield(pending)
-        if len(self.jobmasters) + len(self._submitting) >= JOBS_RUNNING_MAX:
-            raise BadInput(f"{len(self.jobmasters)} jobs are running; JOBS_RUNNING_MAX is "
-                           f"{JOBS_RUNNING_MAX}; wait for some to finish")
         fut = asyncio.get_running_loop().create_future()
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
         self._submitting[request_id] = fut
@@ -507,9 +515,7 @@ class FuxiMaster:
         return job_id
 
     async def _admit(self, plan: JobPlan, who, sys_path: list[str] | None) -> str:
-        """Record a job and start its JobMaster; its id."""
-        from fuxi.shells.jobmaster import JobMaster
-
+        """Record a job and start its JobMaster, or queue it when there is no room; its id."""
         await self._check_fits(plan)
         job_id = _job_id(plan.name)
         self.seq += 1
@@ -517,12 +523,28 @@ class FuxiMaster:
         self.priorities[job_id] = plan.priority
         await self.astore.put(f"/jobs/{job_id}/spec", plan.spec)
         now = time.time()
-        await self.astore.put(f"/jobs/{job_id}/status", {
-            "job_id": job_id, "name": plan.name, "state": "pending", "submitted_at": now,
-            "started_at": None, "finished_at": None, "output": plan.output, "tasks": {},
-            "owner": who.user,
-        })
+        # Room is reserved (or the job queued) with nothing awaited in between.
+        now_room = self.admissions.reserve(job_id, plan.queue, plan, who, sys_path, self.seq, now)
         self.job_owners[job_id] = who.user
+        try:
+            await self.astore.put(f"/jobs/{job_id}/status", {
+                "job_id": job_id, "name": plan.name,
+                "state": (JobState.PENDING if now_room else JobState.QUEUED).value,
+                "submitted_at": now, "started_at": None, "finished_at": None,
+                "output": plan.output, "tasks": {}, "owner": who.user, "queue": plan.queue,
+            })
+        except BaseException:
+            self.admissions.unreserve(job_id)
+            raise
+        if now_room:
+            self._start(job_id, plan, who, sys_path)
+        return job_id
+
+    def _start(self, job_id: str, plan: JobPlan, who, sys_path: list[str] | None) -> None:
+        """Create the job's JobMaster and start it (no await: the room reserved stays taken)."""
+        from fuxi.shells.jobmaster import JobMaster
+
+        self.admissions.started(job_id)
         # The job's instances act as their submitter, with no more rights (a scoped token).
         token = self._auth().scoped_token(who, "job", job_id, ttl_s=JOB_TOKEN_TTL_S)
         # JobMasters live next to FuxiMaster (the head in a `fuxi up` cluster): both are control
@@ -540,7 +562,6 @@ class FuxiMaster:
         watcher = asyncio.get_running_loop().create_task(self._watch(job_id))
         self._watchers.add(watcher)  # asyncio keeps only weak references to tasks
         watcher.add_done_callback(self._watchers.discard)
-        return job_id
 
     async def _check_fits(self, plan: JobPlan) -> None:
         """Refuse a job with a task whose resources no node has: it would wait forever."""
@@ -584,6 +605,7 @@ class FuxiMaster:
         self.demands.pop(job_id, None)
         self.priorities.pop(job_id, None)
         self.ledger.release_job(job_id)
+        self.admissions.start_waiting()  # its place goes to the next waiting job
         if jm is not None:
             try:
                 ray.kill(jm, no_restart=True)
@@ -592,6 +614,7 @@ class FuxiMaster:
         if len(self.job_owners) > JOB_RECORDS_MAX:
             for jid in await self.astore.call(_drop_old_records, self.store, JOB_RECORDS_MAX):
                 self.job_owners.pop(jid, None)
+                self.admissions.job_queues.pop(jid, None)
 
     async def status(self, job_id: str, cred: str | None = None) -> dict:
         self._check_job(cred, job_id, "view")
@@ -609,7 +632,7 @@ class FuxiMaster:
         st = await self.astore.get(f"/jobs/{job_id}/status")
         if st is None:
             raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
-        return st
+        return self.admissions.with_position(job_id, st)
 
     async def list_jobs(self, cred: str | None = None) -> list[dict]:
         """The jobs the caller may view."""
@@ -618,6 +641,7 @@ class FuxiMaster:
         for jid, st in await self.astore.call(_statuses, self.store):
             if st.get("owner") and jid not in self.job_owners:
                 self.job_owners[jid] = st["owner"]
+                self.admissions.job_queues[jid] = st.get("queue") or DEFAULT_QUEUE
             if not self._may(who, jid, "view"):
                 continue
             if jid in self.jobmasters:
@@ -626,11 +650,17 @@ class FuxiMaster:
                     continue
                 except Exception:
                     pass
-            out.append(st)
+            out.append(self.admissions.with_position(jid, st))
         return sorted(out, key=lambda s: s.get("submitted_at") or 0)
 
     async def cancel(self, job_id: str, cred: str | None = None) -> dict:
         self._check_job(cred, job_id, "cancel")
+        st = await self.admissions.cancel(job_id)
+        if st is not None:  # it waited in its queue: never started, nothing to stop
+            JOBS_ENDED.inc(state=JobState.CANCELLED.value)
+            events.emit("fuxi", "job_ended", f"job {job_id} cancelled in its queue", job=job_id,
+                        state=JobState.CANCELLED.value, severity="warning")
+            return {"job_id": job_id, "state": JobState.CANCELLED.value, "cancelling": False}
         jm = self.jobmasters.get(job_id)
         if jm is None:
             st = await self._status(job_id)  # raises JobNotFound for unknown ids
@@ -642,6 +672,10 @@ class FuxiMaster:
     async def wait(self, job_id: str, timeout_s: float, cred: str | None = None) -> dict:
         """Wait up to ``timeout_s`` for a job to end; returns its status either way."""
         self._check_job(cred, job_id, "view")
+        left = await self.admissions.wait_started(job_id, timeout_s)  # queued: its start first
+        if left is None:
+            return await self._status(job_id)
+        timeout_s = left
         ref = self.runs.get(job_id)
         if ref is not None:
             try:
@@ -663,10 +697,25 @@ class FuxiMaster:
             raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
         return await self._log_reads.run(read_job_logs, self.log_dir, job_id, task, instance)
 
+    async def queues(self, cred: str | None = None) -> dict:
+        """The queues (quota groups): limits, running and waiting jobs; jobs_running_max."""
+        self._who(cred)
+        return self.admissions.view()
+
+    async def configure_queues(self, queues: dict | None = None, jobs_running_max: int | None = None,
+                               cred: str | None = None) -> dict:
+        """Set the queues (name -> {"jobs_running_max": int or None}; "default" always exists)
+        and the cluster's jobs_running_max: the platform or an administrator."""
+        self._require(cred, "configure the job queues", admin_ok=True)
+        return await self.admissions.configure(queues, jobs_running_max)
+
     async def shutdown_jobs(self, cred: str | None = None) -> int:
         """Stop every running job (used by ``fuxi down``): the platform or an administrator."""
         self._require(cred, "stop every job", admin_ok=True)
         n = 0
+        for q in self.admissions.queue.order(time.time()):  # waiting ones never start
+            if await self.admissions.cancel(q.job_id) is not None:
+                n += 1
         for jid in list(self.jobmasters):
             st = await self.astore.get(f"/jobs/{jid}/status") or {"job_id": jid}
             st.update(state=JobState.CANCELLED.value, finished_at=time.time(),

@@ -115,6 +115,14 @@ def test_up_submit_status_logs_down(tmp_path):
         assert st["state"] == "succeeded", st
         listing = fuxi(home, "job", "list").stdout
         assert job_id in listing
+        # Queues from the shell (kept in Nuwa: /config/admission).
+        q = json.loads(fuxi(home, "queue", "set", "etl", "--jobs-running-max", "2", "--json").stdout)
+        assert q["queues"]["etl"] == {"jobs_running_max": 2, "running": 0, "waiting": 0}
+        assert "etl" in fuxi(home, "queue", "list").stdout
+        assert fuxi(home, "queue", "rm", "default", check=False).returncode == 2
+        bad = fuxi(home, "queue", "limit", "0", check=False)
+        assert bad.returncode == 2 and "jobs_running_max: got 0" in bad.stderr
+        assert "etl" not in json.loads(fuxi(home, "queue", "rm", "etl", "--json").stdout)["queues"]
         assert "read" in fuxi(home, "job", "logs", job_id, "--task", "map").stdout
         # Nuwa from the shell, and the job's record kept in it.
         assert len(info["nuwa"]) == 3
