@@ -27,8 +27,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from base import events, metrics
-from fuxi.core import slots
+from base import actors, events, metrics
+from fuxi.core import nodeview, slots
 from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
@@ -187,14 +187,24 @@ class FuxiMaster:
         if not force and now - self.nodes_at < NODES_REFRESH_S:
             return
         nodes, info = {}, {}
-        for n in await self.gcs.run(ray.nodes):  # a GCS call: never on this loop
+        raw = await self.gcs.run(ray.nodes)  # GCS calls: never on this loop
+        try:
+            available = await self.gcs.run(actors.available_resources_per_node)
+        except Exception:  # noqa: BLE001 - without Ray's counters, assume no foreign work
+            logger.warning("Ray's available resources could not be read; foreign work on the "
+                           "cluster is not subtracted this time", exc_info=True)
+            available = {}
+        for n in raw:
             if not n.get("Alive"):
                 continue
             res = {k: float(v) for k, v in n.get("Resources", {}).items()
                    if not k.startswith("node:") and k != "object_store_memory"}
-            nodes[n["NodeID"]] = res
+            # Work that is not Fuxi's (other Ray users of the cluster) is not granted again.
+            foreign = nodeview.foreign_use(res, available.get(n["NodeID"]),
+                                           self.ledger.used_on(n["NodeID"]))
+            nodes[n["NodeID"]] = nodeview.capacity(res, foreign)
             info[n["NodeID"]] = {"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"),
-                                 "resources": res}
+                                 "resources": res, "foreign": foreign}
         # Grants on nodes that vanished are void: their workers are dead too.
         for did in list(self.ledger.to_dict()["grants"]):
             for node, n in self.ledger.held(did).items():
@@ -566,9 +576,10 @@ class FuxiMaster:
     async def _check_fits(self, plan: JobPlan) -> None:
         """Refuse a job with a task whose resources no node has: it would wait forever."""
         await self._refresh_nodes(force=True)
+        totals = [i["resources"] for i in self.node_info.values()]  # foreign work ends
         for t in plan.tasks:
-            if not any(slots.fits(total, t.shape) for total in self.nodes.values()):
-                biggest = max(self.nodes.values(), key=lambda r: r.get("CPU", 0), default={})
+            if not any(slots.fits(total, t.shape) for total in totals):
+                biggest = max(totals, key=lambda r: r.get("CPU", 0), default={})
                 raise BadInput(
                     f"task {t.name!r} asks for {t.shape} per instance, which no node of cluster "
                     f"{self.cluster!r} has (largest node: {biggest}); lower `resources` or add "
