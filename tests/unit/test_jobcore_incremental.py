@@ -11,8 +11,9 @@ instance or worker.
   replays it, ``JOBCORE_SEEDS=2000`` widens the run.
 * ``test_work_per_event_does_not_grow_with_instances``: the instance lists and the workers
   dict count how often they are walked or indexed; a steady stream of completions, ticks and
-  ``status()`` calls walks neither and indexes the same number of instances per event at 1,000
-  and at 20,000 instances.
+  ``status()`` calls walks neither and indexes about the same number of instances per event at
+  1,000 and at 20,000 instances (the scanning core walked all instances twice and the workers
+  six times per cycle).
 """
 
 from __future__ import annotations
@@ -238,4 +239,6 @@ def test_work_per_event_does_not_grow_with_instances():
     small = steady_state_work(1_000)
     large = steady_state_work(20_000)
     assert small[:2] == large[:2] == (0, 0)  # never a walk over all instances or all workers
-    assert small[2] == large[2]  # the same instances looked at, however many there are
+    # About the same instances looked at per event however many there are (ended attempts
+    # leave the start-order heap in bulk now and then, so the counts differ a little).
+    assert large[2] <= 1.1 * small[2] and small[2] <= 4 * 300
