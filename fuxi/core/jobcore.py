@@ -523,13 +523,18 @@ class JobCore:
         """Give back workers that have had nothing to do for a while and have nothing coming."""
         acts: list[Any] = []
         demand = self.demands()
-        for sk, started in list(self.index.started.items()):
+        release: list[tuple[str, int]] = []
+        for sk, started in self.index.started.items():
             excess = started - max(demand.get(sk, (None, 0))[1], 0)
-            if excess <= 0 or not self.index.idle.get(sk) or any(
+            if excess > 0 and self.index.idle.get(sk) and not any(
                 self.tasks[n].shape_key == sk and n not in self.started_tasks for n in self.order
-            ):
-                continue  # all wanted, none idle, or a downstream task of this shape will want them
-            for wid in self.index.in_order(self.index.idle[sk]):  # oldest first
+            ):  # else all wanted, none idle, or a downstream task of this shape will want them
+                release.append((sk, excess))
+        if len(release) > 1:  # shapes in the order of their oldest started worker, as ever
+            release.sort(key=lambda r: min(self.index.seq[w] for w in self.index.live_by_shape[r[0]]
+                                           if self.workers[w].started))
+        for sk, excess in release:
+            for wid in self.index.in_order(self.index.idle.get(sk, ())):  # oldest first
                 if excess <= 0:
                     break
                 w = self.workers[wid]
