@@ -9,6 +9,10 @@ instance or worker.
   speculation, timeouts and two shapes; ``JobCore.validate_state()`` after every event. A
   failure names its seed: ``JOBCORE_SEED=<n> python -m pytest tests/unit/test_jobcore_incremental.py``
   replays it, ``JOBCORE_SEEDS=2000`` widens the run.
+* ``test_same_actions_as_the_scanning_core``: the same random sequences through the JobCore of
+  commit 3a924bd (which scanned; loaded from git into a temporary package, skipped without
+  git) give exactly the same actions, in the same order, event by event (1,000 sequences;
+  ``JOBCORE_DIFF_SEEDS`` changes that).
 * ``test_work_per_event_does_not_grow_with_instances``: the instance lists and the workers
   dict count how often they are walked or indexed; a steady stream of completions, ticks and
   ``status()`` calls walks neither and indexes about the same number of instances per event at
@@ -18,8 +22,13 @@ instance or worker.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -168,6 +177,48 @@ def test_validate_state_catches_a_worker_change_the_index_missed():
     core.workers[sw.worker_id].draining = True  # behind the core's back: no _touch
     with pytest.raises(AssertionError, match="workers taking work"):
         core.validate_state()
+
+
+SCANNING_COMMIT = "3a924bd"  # the last JobCore that rescanned workers and instances per event
+
+
+def scanning_core(tmp: Path):
+    """``fuxi.core.jobcore`` as of SCANNING_COMMIT (with the jobtypes and speculation it used)
+    as package ``scanning``, or None when git or the commit is not at hand."""
+    root = Path(__file__).resolve().parents[2]
+    pkg = tmp / "scanning"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    names = ("jobcore", "jobtypes", "speculation")
+    for name in names:
+        try:
+            src = subprocess.run(["git", "-C", str(root), "show", f"{SCANNING_COMMIT}:fuxi/core/{name}.py"],
+                                 check=True, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        for other in names:
+            src = src.replace(f"fuxi.core.{other}", f"scanning.{other}")
+        (pkg / f"{name}.py").write_text(src)
+    sys.path.insert(0, str(tmp))
+    try:
+        return importlib.import_module("scanning.jobcore")
+    finally:
+        sys.path.remove(str(tmp))
+
+
+def test_same_actions_as_the_scanning_core(tmp_path):
+    old = scanning_core(tmp_path)
+    if old is None:
+        pytest.skip(f"git or commit {SCANNING_COMMIT} not available")
+    diff_seeds = seeds() if "JOBCORE_SEED" in os.environ else range(int(os.environ.get("JOBCORE_DIFF_SEEDS", "1000")))
+    for seed in diff_seeds:
+        a, b = RandomDriver(old, seed), RandomDriver(jc, seed)
+        for i in range(EVENTS_MAX):
+            x = [(type(act).__name__, dataclasses.asdict(act)) for act in a.step()]
+            y = [(type(act).__name__, dataclasses.asdict(act)) for act in b.step()]
+            assert x == y, f"JOBCORE_SEED={seed}, event {i}: the scanning core did {x}, this one {y}"
+            if a.core.done():
+                break
 
 
 # ---------------------------------------------------------------- work per event
