@@ -10,6 +10,12 @@ Dispatch is batched: each worker has a small queue of attempts whose depth adapt
 the task's instances take (``batch_target_s`` worth of work, between 1 and
 ``worker_queue_max``), so very short instances are not bound by the cost of one Ray call each
 while long ones never wait behind each other.
+
+No event costs a pass over all workers or instances (issue 16): workers are found through
+``fuxi.core.jobindex.WorkerIndex`` (updated by ``_touch`` after every change to a worker),
+instance states are counted per task as they move (``_move``), running attempts sit in a
+deadline heap (timeouts) and per task in start order (speculation), and the median duration is
+kept as durations arrive. ``validate_state`` recomputes all of it from scratch (tests call it).
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import math
 from collections import deque
 from typing import Any
 
+from fuxi.core import jobcheck, stragglers
+from fuxi.core.jobindex import WorkerIndex
 from fuxi.core.plan import JobPlan, TaskPlan
-from fuxi.core.speculation import RunningInstance, pick_backups
+from fuxi.core.speculation import CANDIDATE, GONE, StartOrder
 from fuxi.core.states import (
     TERMINAL_ATTEMPT,
     TERMINAL_INSTANCE,
@@ -88,6 +96,13 @@ class JobCore:
         self._next_worker = 0
         self.key = job_id
         self.started_tasks: set[str] = set()
+        # Incremental state (issue 16); jobcheck.validate recomputes each from scratch.
+        self.index = WorkerIndex()
+        self.counts: dict[str, dict[InstanceState, int]] = {
+            t.name: {I.WAITING: t.num_instances} for t in plan.tasks}
+        self.by_start: dict[str, StartOrder] = {t.name: StartOrder() for t in plan.tasks}
+        self.deadlines: list[tuple[float, int, tuple[str, int, int]]] = []  # (timeout at, seq, key)
+        self.doubled: dict[str, set[int]] = {t.name: set() for t in plan.tasks}  # got a backup
         for name in self.order:
             if not self.tasks[name].upstream:
                 self._make_ready(name, now)
@@ -116,12 +131,7 @@ class JobCore:
 
     def held(self) -> dict[str, dict[str, int]]:
         """Slots held per shape per node (one per live worker)."""
-        out: dict[str, dict[str, int]] = {}
-        for w in self.workers.values():
-            if not w.dead:
-                out.setdefault(w.shape_key, {}).setdefault(w.node_id, 0)
-                out[w.shape_key][w.node_id] += 1
-        return out
+        return {sk: dict(per_node) for sk, per_node in self.index.held.items()}
 
     def status(self, now: float) -> dict[str, Any]:
         tasks = {}
@@ -132,7 +142,7 @@ class JobCore:
                 "instances": len(insts),
                 "succeeded": st.succeeded,
                 "failed": st.failed,
-                "running": sum(1 for i in insts if i.state is I.RUNNING),
+                "running": self.counts[name].get(I.RUNNING, 0),
                 "attempts": st.attempts,
                 "retries": st.retries,
                 "backups_launched": st.backups_launched,
@@ -148,7 +158,7 @@ class JobCore:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "output": self.plan.output,
-            "workers": sum(1 for w in self.workers.values() if not w.dead),
+            "workers": self.index.live_total,
             "blacklisted_nodes": sorted(self.bad_nodes),
             "preempted_attempts": self.preempted,
             "tasks": tasks,
@@ -181,6 +191,7 @@ class JobCore:
             return []
         w.started = True
         w.idle_since = now
+        self._touch(w)
         if self.state is J.PENDING:
             move(self, J.RUNNING, "first worker up")
             self.started_at = now
@@ -194,6 +205,7 @@ class JobCore:
         if w is None or w.dead or self.done():
             return []
         w.dead = True
+        self._touch(w)
         if not node_alive:
             self.gone_nodes.add(w.node_id)
             return [ReleaseSlot(w.shape_key, w.node_id)]
@@ -217,6 +229,7 @@ class JobCore:
             if a is not None and a.state is A.QUEUED:
                 move(a, A.RUNNING, "worker reported it running")
                 a.started_at = now - max(0.0, elapsed)
+                self._running(a)
         for res in finished:
             acts += self._attempt_finished(res, now)
         if w is not None and not w.dead and not w.queue:
@@ -237,6 +250,7 @@ class JobCore:
             return []
         acts: list[Any] = []
         w.dead = True
+        self._touch(w)
         if not node_alive:
             self.gone_nodes.add(w.node_id)
         for key in list(w.queue):
@@ -247,6 +261,7 @@ class JobCore:
                 a.ended_at = now
                 if a.key in w.queue:
                     w.queue.remove(a.key)
+                    self._touch(w)
                 acts += self._after_attempt_end(inst, now)
             elif a.state is A.RUNNING:
                 acts += self._attempt_failed(a, inst, f"worker {worker_id} died: {error}", now,
@@ -257,6 +272,7 @@ class JobCore:
                 a.ended_at = now
                 acts += self._after_attempt_end(inst, now)
         w.queue.clear()
+        self._touch(w)
         if self.done():
             return acts
         # Replace the worker on the same slot unless its node is blacklisted or gone.
@@ -293,12 +309,14 @@ class JobCore:
         With ``preempt`` (an online service is waiting for the room) they are stopped at
         once: their running attempts are killed and their instances go back to the ready
         queue, without counting as failures."""
-        live = sorted((w for w in self.workers.values() if not w.dead and w.shape_key == shape_key),
+        live = sorted((self.workers[wid] for wid in self.index.live_by_shape.get(shape_key, ())),
                       key=lambda w: (len(w.queue), w.worker_id))
         excess = max(0, len(live) - max(target, 0))
         acts: list[Any] = []
         for i, w in enumerate(live):
-            w.draining = i < excess
+            if w.draining != (i < excess):
+                w.draining = i < excess
+                self._touch(w)
             if w.draining and preempt:
                 self.preempted += len(w.queue)  # attempts stopped (running or about to)
                 acts += self._retire(w, "preempted: its slot went to an online service", now)
@@ -313,7 +331,7 @@ class JobCore:
         self.started_tasks.add(task)
         q = self.ready.setdefault(t.shape_key, deque())
         for inst in self.instances[task]:
-            move(inst, I.READY, "upstream done")
+            self._move(inst, I.READY, "upstream done")
             inst.ready_at = now
             q.append(inst)
 
@@ -325,6 +343,7 @@ class JobCore:
         w = self.workers.get(a.worker_id)
         if w is not None and res.key in w.queue:
             w.queue.remove(res.key)
+            self._touch(w)
         if a.started_at is None:
             a.started_at = now - res.duration_s
         if not res.ok:
@@ -334,7 +353,7 @@ class JobCore:
         if inst.state is not I.RUNNING:
             return []  # job cancelled/failed meanwhile; the output is simply dropped
         st = self.stats[inst.task]
-        move(inst, I.SUCCEEDED, f"attempt {a.key[2]} succeeded")
+        self._move(inst, I.SUCCEEDED, f"attempt {a.key[2]} succeeded")
         inst.winner = a
         inst.outputs = dict(res.outputs)
         st.succeeded += 1
@@ -366,6 +385,7 @@ class JobCore:
         w = self.workers.get(a.worker_id)
         if w is not None and a.key in w.queue:
             w.queue.remove(a.key)
+            self._touch(w)
         acts: list[Any] = []
         if charge_worker and w is not None:
             acts += self._charge(w, now)
@@ -379,10 +399,10 @@ class JobCore:
             return []  # another attempt (a backup or the original) is still running
         t = self.tasks[inst.task]
         if inst.failures > t.max_retries:
-            move(inst, I.FAILED, "retries exhausted")
+            self._move(inst, I.FAILED, "retries exhausted")
             self.stats[inst.task].failed += 1
             return self.fail(now, self._failure_report(inst))
-        move(inst, I.READY, "retry")
+        self._move(inst, I.READY, "retry")
         if inst.failures:
             backoff = min(
                 self.plan.retry_backoff_s * (2 ** (inst.failures - 1)), self.plan.retry_backoff_max_s
@@ -428,7 +448,9 @@ class JobCore:
     def _new_worker(self, node_id: str, shape_key: str, shape: dict[str, float]) -> StartWorker:
         self._next_worker += 1
         wid = f"w{self._next_worker}"
-        self.workers[wid] = Worker(wid, node_id, shape_key, dict(shape))
+        w = self.workers[wid] = Worker(wid, node_id, shape_key, dict(shape))
+        self.index.add(wid, shape_key, node_id)
+        self._touch(w)
         return StartWorker(wid, node_id, dict(shape))
 
     def _charge(self, w: Worker, now: float) -> list[Any]:
@@ -437,24 +459,20 @@ class JobCore:
         per_node = self.node_failures.setdefault(w.node_id, {})
         per_node[w.worker_id] = per_node.get(w.worker_id, 0) + 1
         acts: list[Any] = []
-        others_exist = any(
-            not o.dead and o.worker_id != w.worker_id and o.shape_key == w.shape_key
-            for o in self.workers.values()
-        )
+        others_exist = len(self.index.live_by_shape.get(w.shape_key, ())) > (0 if w.dead else 1)
         if not w.dead and w.failures >= self.limits.worker_failures_max and others_exist:
             acts += self._retire(w, f"blacklisted: {w.failures} failed attempts in this job",
                                  now, replace=True)
         node_total = sum(per_node.values())
-        other_nodes = {o.node_id for o in self.workers.values() if not o.dead} - {w.node_id}
         if (
             w.node_id not in self.bad_nodes
             and node_total >= self.limits.node_failures_max
             and len(per_node) >= 2
-            and other_nodes - self.bad_nodes
+            and any(n != w.node_id and n not in self.bad_nodes for n in self.index.live_on_node)
         ):
             self.bad_nodes.add(w.node_id)
-            for o in list(self.workers.values()):
-                if o.node_id == w.node_id and not o.dead:
+            for o in [self.workers[x] for x in self.index.in_order(self.index.live_on_node.get(w.node_id, ()))]:
+                if not o.dead:
                     acts += self._retire(o, f"node {w.node_id[:12]} blacklisted for this job", now)
         return acts
 
@@ -462,6 +480,7 @@ class JobCore:
         """Stop a worker; its queued attempts go back to ready, running ones are killed."""
         acts: list[Any] = [StopWorker(w.worker_id, reason)]
         w.dead = True
+        self._touch(w)
         for key in list(w.queue):
             a = self.attempts[key]
             inst = self.instances[key[0]][key[1]]
@@ -475,9 +494,10 @@ class JobCore:
                     # Its last hope was a backup on this worker: retries are used up.
                     acts += self._after_attempt_end(inst, now)
                     continue
-                move(inst, I.READY, "requeue: worker retired")
+                self._move(inst, I.READY, "requeue: worker retired")
                 self.ready.setdefault(self.tasks[inst.task].shape_key, deque()).appendleft(inst)
         w.queue.clear()
+        self._touch(w)
         if replace and w.node_id not in self.bad_nodes and not self.done():
             acts.append(self._new_worker(w.node_id, w.shape_key, w.shape))
         else:
@@ -496,27 +516,30 @@ class JobCore:
         a.ended_at = now
         if a.key in w.queue:
             w.queue.remove(a.key)
+            self._touch(w)
         return [] if w.dead else [StopAttempt(w.worker_id, a.key)]
 
     def _release_idle(self, now: float) -> list[Any]:
         """Give back workers that have had nothing to do for a while and have nothing coming."""
         acts: list[Any] = []
         demand = self.demands()
-        live_by_shape: dict[str, list[Worker]] = {}
-        for w in self.workers.values():
-            if not w.dead and w.started:
-                live_by_shape.setdefault(w.shape_key, []).append(w)
-        for sk, ws in live_by_shape.items():
-            wanted = demand.get(sk, (None, 0))[1]
-            pending_downstream = any(
+        release: list[tuple[str, int]] = []
+        for sk, started in self.index.started.items():
+            excess = started - max(demand.get(sk, (None, 0))[1], 0)
+            if excess > 0 and self.index.idle.get(sk) and not any(
                 self.tasks[n].shape_key == sk and n not in self.started_tasks for n in self.order
-            )
-            excess = len(ws) - max(wanted, 0)
-            for w in ws:
+            ):  # else all wanted, none idle, or a downstream task of this shape will want them
+                release.append((sk, excess))
+        if len(release) > 1:  # shapes in the order of their oldest started worker, as ever
+            release.sort(key=lambda r: min(self.index.seq[w] for w in self.index.live_by_shape[r[0]]
+                                           if self.workers[w].started))
+        for sk, excess in release:
+            for wid in self.index.in_order(self.index.idle.get(sk, ())):  # oldest first
                 if excess <= 0:
                     break
+                w = self.workers[wid]
                 idle_for = now - (w.idle_since if w.idle_since is not None else now)
-                if not w.queue and (not pending_downstream) and idle_for >= self.limits.idle_release_s:
+                if idle_for >= self.limits.idle_release_s:
                     acts += self._retire(w, "idle: nothing left for this worker", now)
                     excess -= 1
         return acts
@@ -539,10 +562,6 @@ class JobCore:
             return []
         pushes: dict[str, list[AttemptSpec]] = {}
         front: dict[str, list[AttemptSpec]] = {}
-        workers_by_shape: dict[str, list[Worker]] = {}
-        for w in self.workers.values():
-            if w.started and not w.dead and not w.draining:
-                workers_by_shape.setdefault(w.shape_key, []).append(w)
         # Backups first: a straggler is on the job's critical path.
         still_pending: deque[Instance] = deque()
         while self.backups_pending:
@@ -551,16 +570,15 @@ class JobCore:
                 continue
             sk = self.tasks[inst.task].shape_key
             running = inst.live()[0]
-            w = self._pick_worker(workers_by_shape.get(sk, []), inst, avoid={running.worker_id},
-                                  avoid_nodes={running.node_id}, strict=True)
+            w = self._pick_worker(sk, inst, avoid={running.worker_id}, avoid_nodes={running.node_id},
+                                  strict=True)
             if w is None:
                 still_pending.append(inst)
                 continue
             front.setdefault(w.worker_id, []).append(self._launch(inst, w, now, backup=True))
         self.backups_pending = still_pending
         for sk, q in self.ready.items():
-            ws = workers_by_shape.get(sk)
-            if not ws:
+            if not self.index.taking.get(sk):
                 continue
             skipped: list[Instance] = []
             while q:
@@ -568,14 +586,14 @@ class JobCore:
                 if inst.state is not I.READY or inst.not_before > now:
                     q.popleft()  # stale entry; a delayed retry is re-added by tick()
                     continue
-                w = self._pick_worker(ws, inst, avoid=inst.bad_workers, avoid_nodes=inst.bad_nodes)
+                w = self._pick_worker(sk, inst, avoid=inst.bad_workers, avoid_nodes=inst.bad_nodes)
                 if w is not None and self._wait_for_local(inst, w, now):
                     skipped.append(q.popleft())
                     if len(skipped) > 64:
                         break
                     continue
                 if w is None:
-                    if inst.bad_workers and any(self._has_room(x, inst.task) for x in ws):
+                    if inst.bad_workers and self.index.has_room(sk, self._depth(inst.task)):
                         # Only workers that already failed this instance have room: let it
                         # wait for a better one, but keep the others flowing.
                         skipped.append(q.popleft())
@@ -599,42 +617,23 @@ class JobCore:
             return False
         if now - inst.ready_at >= self.limits.locality_wait_s:
             return False
-        sk = self.tasks[inst.task].shape_key
-        return any(x.node_id in local and not x.dead and not x.draining and x.shape_key == sk
-                   and x.node_id not in inst.bad_nodes for x in self.workers.values())
+        return self.index.any_placed(self.tasks[inst.task].shape_key, local, inst.bad_nodes)
 
     def _preferred(self, inst: Instance) -> tuple[str, ...]:
         pref = self.tasks[inst.task].preferred_nodes
         return pref[inst.index] if inst.index < len(pref) else ()
 
-    def _has_room(self, w: Worker, task: str) -> bool:
-        return len(w.queue) < self._depth(task)
-
-    def _pick_worker(self, ws: list[Worker], inst: Instance, avoid: set[str], avoid_nodes: set[str],
+    def _pick_worker(self, sk: str, inst: Instance, avoid: set[str], avoid_nodes: set[str],
                      strict: bool = False) -> Worker | None:
-        """Least-loaded worker with room, preferring ones (and nodes) that have not failed this
-        instance. ``strict`` (backups): never the avoided worker itself, and one attempt beyond
-        the queue depth is allowed (the backup goes to the front of that worker's queue)."""
-        best: Worker | None = None
-        best_rank: tuple[int, int, int, int, str] | None = None
-        healthy = [w for w in ws if w.worker_id not in avoid]
-        local = self._preferred(inst)
-        for w in ws:
-            if strict:
-                if len(w.queue) >= min(self._depth(inst.task) + 1, self.limits.worker_queue_max):
-                    continue
-            elif not self._has_room(w, inst.task):
-                continue
-            bad_w = w.worker_id in avoid
-            if bad_w and (strict or healthy):
-                continue
-            # Data locality (a node holding the instance's input) comes after avoiding
-            # failures and before load: local workers fill their queues first.
-            rank = (int(w.node_id in avoid_nodes), int(bad_w), int(w.node_id not in local),
-                    len(w.queue), w.worker_id)
-            if best_rank is None or rank < best_rank:
-                best, best_rank = w, rank
-        return best
+        """Least-loaded worker of shape ``sk`` with room, preferring ones (and nodes) that have
+        not failed this instance; data locality (a node holding the instance's input) comes
+        after avoiding failures and before load, so local workers fill their queues first.
+        ``strict`` (backups): never the avoided worker itself, and one attempt beyond the queue
+        depth is allowed (the backup goes to the front of that worker's queue)."""
+        depth = self._depth(inst.task)
+        cap = min(depth + 1, self.limits.worker_queue_max) if strict else depth
+        wid = self.index.pick(sk, cap, avoid, avoid_nodes, self._preferred(inst), strict)
+        return None if wid is None else self.workers[wid]
 
     def _launch(self, inst: Instance, w: Worker, now: float, backup: bool) -> AttemptSpec:
         t = self.tasks[inst.task]
@@ -645,14 +644,16 @@ class JobCore:
         self.attempts[a.key] = a
         w.queue.append(a.key)
         w.idle_since = None
+        self._touch(w)
         st = self.stats[inst.task]
         st.attempts += 1
         if backup:
             st.backups_launched += 1
+            self.doubled[inst.task].add(inst.index)
         else:
             if inst.failures or n:
                 st.retries += 1
-            move(inst, I.RUNNING, f"dispatched to {w.worker_id}")
+            self._move(inst, I.RUNNING, f"dispatched to {w.worker_id}")
         return AttemptSpec(
             job_id=self.job_id,
             task=inst.task,
@@ -681,50 +682,38 @@ class JobCore:
     # ------------------------------------------------------------ internals: time-driven
 
     def _timeouts(self, now: float) -> list[Any]:
-        acts: list[Any] = []
-        running = [self.attempts[k] for w in self.workers.values() if not w.dead for k in w.queue]
-        for a in running:
-            if a.state is not A.RUNNING or a.started_at is None:
-                continue
+        """Fail attempts running longer than their task's ``timeout_s``: only the front of the
+        deadline heap is looked at. Handled in the order of the worker scan this replaces
+        (workers oldest first, each queue in order)."""
+        slack = 1e-12 * (abs(now) + 1.0)  # started_at + limit may round below now - started_at
+        due: list[tuple[int, int, Attempt]] = []
+        while self.deadlines and self.deadlines[0][0] <= now + slack:
+            at, seq, key = heapq.heappop(self.deadlines)
+            a = self.attempts[key]
             w = self.workers[a.worker_id]
+            if a.state is not A.RUNNING or w.dead or key not in w.queue:
+                continue  # ended (or its worker did): nothing to time out
+            if now - a.started_at > self.tasks[key[0]].timeout_s:
+                due.append((self.index.seq[w.worker_id], w.queue.index(key), a))
+            else:
+                due.append((-1, seq, a))  # within the rounding slack: not due yet, put back
+        acts: list[Any] = []
+        for order, pos, a in sorted(due, key=lambda d: d[:2]):
+            if order < 0:
+                heapq.heappush(self.deadlines, (a.started_at + self.tasks[a.key[0]].timeout_s, pos, a.key))
+                continue
+            if a.state is not A.RUNNING:
+                continue
             limit = self.tasks[a.key[0]].timeout_s
-            if now - a.started_at > limit:
-                inst = self.instances[a.key[0]][a.key[1]]
-                acts.append(StopAttempt(w.worker_id, a.key))  # interrupt; kill if it won't stop
-                acts += self._attempt_failed(
-                    a, inst, f"TimeoutError: attempt ran {now - a.started_at:.1f}s, "
-                             f"longer than timeout_s={limit:g}", now, charge_worker=False)
+            inst = self.instances[a.key[0]][a.key[1]]
+            acts.append(StopAttempt(a.worker_id, a.key))  # interrupt; kill if it won't stop
+            acts += self._attempt_failed(
+                a, inst, f"TimeoutError: attempt ran {now - a.started_at:.1f}s, "
+                         f"longer than timeout_s={limit:g}", now, charge_worker=False)
         return acts
 
     def _speculate(self, now: float) -> list[Any]:
-        policy = self.plan.speculation
-        if not policy.enabled:
-            return []
-        for name in self.order:
-            st = self.stats[name]
-            if not st.durations or self.remaining[name] == 0:
-                continue
-            insts = self.instances[name]
-            running: list[RunningInstance] = []
-            backups_running = 0
-            queued = {id(i) for i in self.backups_pending}
-            for inst in insts:
-                if inst.state is not I.RUNNING:
-                    continue
-                live = inst.live()
-                if len(live) >= 2:
-                    backups_running += 1
-                if id(inst) in queued:
-                    backups_running += 1
-                    continue
-                started = [a.started_at for a in live if a.started_at is not None]
-                if not started or len(live) != 1:
-                    continue
-                running.append(RunningInstance(inst.index, now - min(started), len(live)))
-            if not running:
-                continue
-            for index in pick_backups(policy, len(insts), st.durations, running, backups_running):
-                self.backups_pending.append(insts[index])
+        self.backups_pending.extend(stragglers.backups_due(self, now))
         return []
 
     # ------------------------------------------------------------ internals: ending
@@ -745,15 +734,52 @@ class JobCore:
                     for a in inst.live():
                         move(a, A.KILLED, state.value)
                         a.ended_at = now
-                    move(inst, I.CANCELLED, state.value)
+                    self._move(inst, I.CANCELLED, state.value)
         for w in self.workers.values():
             if not w.dead:
                 w.dead = True
                 w.queue.clear()
+                self._touch(w)
                 acts.append(StopWorker(w.worker_id, f"job {state.value}"))
                 acts.append(ReleaseSlot(w.shape_key, w.node_id))
         self.ready.clear()
         self.delayed.clear()
         self.backups_pending.clear()
+        self.deadlines.clear()
+        for order in self.by_start.values():
+            order.heap.clear()
         acts.append(JobDone(state, report))
         return acts
+
+    # ------------------------------------------------------------ internals: the indexes
+
+    def _touch(self, w: Worker) -> None:
+        """After any change to ``w``'s queue, ``dead``, ``started`` or ``draining``."""
+        self.index.update(w.worker_id, not w.dead, w.started, w.draining, len(w.queue))
+
+    def _move(self, inst: Instance, to: InstanceState, why: str) -> None:
+        frm = inst.state
+        move(inst, to, why)
+        counts = self.counts[inst.task]
+        counts[frm] -= 1
+        counts[to] = counts.get(to, 0) + 1
+
+    def _running(self, a: Attempt) -> None:
+        """``a`` started running: it can time out, and it can straggle."""
+        task, index, n = a.key
+        self._seq += 1
+        heapq.heappush(self.deadlines, (a.started_at + self.tasks[task].timeout_s, self._seq, a.key))
+        order = self.by_start[task]
+        order.add(a.started_at, index, n)
+        running = sum(c.get(I.RUNNING, 0) for c in self.counts.values())
+        if len(self.deadlines) > 4 * running + 64:  # mostly ended attempts: drop them in one go
+            self.deadlines = [d for d in self.deadlines if self.attempts[d[2]].state is A.RUNNING]
+            heapq.heapify(self.deadlines)
+        if len(order) > 4 * self.counts[task].get(I.RUNNING, 0) + 64:
+            order.compact(lambda i, k: CANDIDATE if self.instances[task][i].attempts[k].state
+                          is A.RUNNING else GONE)
+
+    def validate_state(self) -> None:
+        """Recompute every incremental count and index from scratch and raise AssertionError
+        naming the first that differs (``fuxi.core.jobcheck``). For tests: it costs O(all)."""
+        jobcheck.validate(self)

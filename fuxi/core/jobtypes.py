@@ -7,11 +7,11 @@ boundary — what the shell executes and feeds back — are listed in one place.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from fuxi.core.plan import Edge
+from fuxi.core.speculation import RunningMedian
 from fuxi.core.states import TERMINAL_ATTEMPT, AttemptState, InstanceState, JobState
 
 A, I = AttemptState, InstanceState
@@ -179,16 +179,14 @@ class TaskStats:
     backups_won: int = 0
     data_local: int = 0  # instances whose winning attempt ran on a node holding their input
     durations: list[float] = field(default_factory=list)
-    _median: float | None = None
+    running_median: RunningMedian = field(default_factory=RunningMedian)  # of durations
 
     def median_s(self) -> float | None:
-        if self._median is None and self.durations:
-            self._median = statistics.median(self.durations)
-        return self._median
+        return self.running_median.median()
 
     def add_duration(self, d: float) -> None:
         self.durations.append(d)
-        self._median = None
+        self.running_median.add(d)
 
 
 # ---------------------------------------------------------------- the core

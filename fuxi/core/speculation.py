@@ -14,19 +14,29 @@ Backups are wasted work when the whole task is simply slow, so the policy
 waits until a fraction of instances has finished (to know what "normal" is),
 only flags instances far slower than the median, and caps how many backups
 run at once.
+
+The job master asks every tick, so the answer must not cost a pass over the task's history:
+``RunningMedian`` keeps the exact median of finished durations as they arrive (two heaps), and
+``StartOrder`` keeps running attempts oldest first, so that only those already past the
+threshold are looked at (``pick_stragglers`` is ``pick_backups`` on those precomputed facts).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 __all__ = [
     "SpeculationPolicy",
     "RunningInstance",
     "pick_backups",
+    "pick_stragglers",
+    "enough_done",
+    "RunningMedian",
+    "StartOrder",
     "straggler_threshold_s",
     "backup_cap",
 ]
@@ -103,6 +113,11 @@ def straggler_threshold_s(policy: SpeculationPolicy, finished_durations_s: Seque
     return max(policy.slowdown * statistics.median(finished_durations_s), policy.min_runtime_s)
 
 
+def enough_done(policy: SpeculationPolicy, num_instances: int, done: int) -> bool:
+    """Whether enough instances have finished (``min_done_fraction``) to judge anyone slow."""
+    return done > 0 and done + _FRACTION_EPSILON >= policy.min_done_fraction * num_instances
+
+
 def pick_backups(
     policy: SpeculationPolicy,
     num_instances: int,
@@ -120,13 +135,110 @@ def pick_backups(
         raise ValueError(f"backups_running={backups_running!r}: expected >= 0")
     if not policy.enabled or not finished_durations_s:
         return []
-    if len(finished_durations_s) + _FRACTION_EPSILON < policy.min_done_fraction * num_instances:
+    return pick_stragglers(policy, num_instances, len(finished_durations_s),
+                           statistics.median(finished_durations_s), running, backups_running)
+
+
+def pick_stragglers(
+    policy: SpeculationPolicy,
+    num_instances: int,
+    done: int,
+    median_s: float | None,
+    running: Sequence[RunningInstance],
+    backups_running: int,
+) -> list[int]:
+    """:func:`pick_backups` given how many instances finished and their median duration
+    (for a caller that keeps both up to date, e.g. with :class:`RunningMedian`)."""
+    if backups_running < 0:
+        raise ValueError(f"backups_running={backups_running!r}: expected >= 0")
+    if not policy.enabled or median_s is None or not enough_done(policy, num_instances, done):
         return []
-    threshold_s = straggler_threshold_s(policy, finished_durations_s)
-    assert threshold_s is not None  # finished_durations_s is not empty
+    threshold_s = max(policy.slowdown * median_s, policy.min_runtime_s)
     room = max(0, backup_cap(policy, num_instances) - backups_running)
     if room == 0:
         return []
     stragglers = [r for r in running if r.attempts_running == 1 and r.running_for_s > threshold_s]
     stragglers.sort(key=lambda r: (-r.running_for_s, r.instance))
     return [r.instance for r in stragglers[:room]]
+
+
+class RunningMedian:
+    """The exact median of a growing list of numbers, O(log n) per ``add`` and O(1) per
+    ``median``: the lower half in a max-heap, the upper half in a min-heap. Equal to
+    ``statistics.median`` of the same numbers, bit for bit (the same two middle values, added
+    and halved the same way)."""
+
+    def __init__(self) -> None:
+        self._low: list[float] = []  # negated: a max-heap of the lower half
+        self._high: list[float] = []  # a min-heap of the upper half
+
+    def __len__(self) -> int:
+        return len(self._low) + len(self._high)
+
+    def add(self, x: float) -> None:
+        if self._low and x > -self._low[0]:
+            heapq.heappush(self._high, x)
+        else:
+            heapq.heappush(self._low, -x)
+        if len(self._low) > len(self._high) + 1:
+            heapq.heappush(self._high, -heapq.heappop(self._low))
+        elif len(self._high) > len(self._low):
+            heapq.heappush(self._low, -heapq.heappop(self._high))
+
+    def median(self) -> float | None:
+        if not self._low:
+            return None
+        if len(self._low) > len(self._high):
+            return -self._low[0]
+        return (-self._low[0] + self._high[0]) / 2
+
+
+# What StartOrder's caller says about one entry: still a candidate, not one now (it has a
+# backup, or one is queued) but may be again, or ended for good (dropped).
+CANDIDATE, NOT_NOW, GONE = "candidate", "not_now", "gone"
+
+
+class StartOrder:
+    """Running attempts of one task by start time, oldest first (a heap of
+    ``(started_at, instance, attempt)``). Entries are never updated in place: the caller says
+    what each one is when it is met (``CANDIDATE``, ``NOT_NOW``, ``GONE``), so an attempt that
+    ended costs nothing until it reaches the front, and ``compact`` drops ended ones in bulk."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+    def add(self, started_at: float, instance: int, attempt: int) -> None:
+        heapq.heappush(self.heap, (started_at, instance, attempt))
+
+    def compact(self, judge: Callable[[int, int], str]) -> None:
+        self.heap = [e for e in self.heap if judge(e[1], e[2]) != GONE]
+        heapq.heapify(self.heap)
+
+    def older_than(self, now: float, threshold_s: float, want: int,
+                   judge: Callable[[int, int], str]) -> list[RunningInstance]:
+        """Candidates that have run longer than ``threshold_s`` at ``now``: the ``want``
+        longest-running (plus any tied with the last of them), which are the ones
+        :func:`pick_stragglers` would choose among. Looks only at entries past the threshold:
+        ended ones (dropped), ``NOT_NOW`` ones (kept) and the answer."""
+        out: list[RunningInstance] = []
+        kept: list[tuple[float, int, int]] = []
+        while self.heap:
+            started_at, instance, attempt = self.heap[0]
+            running_for_s = now - started_at  # never increases along the heap (rounding is monotone)
+            if not running_for_s > threshold_s:
+                break
+            if len(out) >= want and running_for_s != out[-1].running_for_s:
+                break
+            entry = heapq.heappop(self.heap)
+            verdict = judge(instance, attempt)
+            if verdict == GONE:
+                continue
+            kept.append(entry)
+            if verdict == CANDIDATE:
+                out.append(RunningInstance(instance, running_for_s, 1))
+        for entry in kept:
+            heapq.heappush(self.heap, entry)
+        return out

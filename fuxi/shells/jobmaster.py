@@ -9,6 +9,7 @@ and carries out the actions the core returns. Time enters the core only through 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import os
@@ -47,15 +48,18 @@ FINALIZE_TIMEOUT_S = 300.0  # the final check of every output, retries included
 JOB_PREPARE_TIMEOUT_S = 300.0  # locating Pangu inputs, creating (--overwrite: clearing) outputs
 COMMIT_RETRY_S = 1.0  # pause between tries of a commit that hit an unavailable store
 NODES_ALIVE_REUSE_S = 0.5  # a view of alive nodes this much older than a worker's failure is reused
+DEADLINE_SLACK_S = 0.001  # a slot's deadlines are looked at this long after they pass (rounding)
 LOOP_STALL_S = 5.0  # the loop came round this much later than it should: this process was
 #                     paused (SIGSTOP, a frozen VM); the time lost is nobody else's fault
 
 
 class _Slot:
     __slots__ = ("handle", "exchange", "exchange_at", "take", "start_ref", "start_deadline",
-                 "outbox", "front", "skip", "stopping", "polled_at", "retiring")
+                 "outbox", "front", "skip", "stopping", "polled_at", "retiring", "order", "check_at")
 
-    def __init__(self, handle, start_ref, deadline):
+    def __init__(self, handle, start_ref, deadline, order):
+        self.order = order  # creation order: slots are handled in it, as JobCore's workers are
+        self.check_at: float | None = None  # its entry in JobMaster._checks
         self.handle = handle
         self.start_ref = start_ref
         self.start_deadline = deadline
@@ -90,6 +94,15 @@ class JobMaster:
         # The spec's fault injection (tests and bench_faults only), handed to every worker.
         self._faults = plan.faults.to_dict() if plan.faults is not None else None
         self.slots: dict[str, _Slot] = {}
+        # Per round the loop looks only at slots with news (issue 16): a call of theirs
+        # answered (``_owner``: pending call -> slot), a deadline come (``_checks``: a heap of
+        # (when, order, slot), one current entry per slot), or something to send (``_dirty``,
+        # and ``_stopping``: slots polled while they stop an attempt).
+        self._owner: dict = {}
+        self._checks: list[tuple[float, int, str]] = []
+        self._dirty: set[str] = set()
+        self._stopping: set[str] = set()
+        self._slot_seq = 0
         self.releases: list[tuple[str, str]] = []
         self.last_sync = 0.0
         self.last_sync_ok = time.time()
@@ -233,25 +246,56 @@ class JobMaster:
         logger.warning("job master %s did not run for %.1fs (paused?); deadlines moved on, "
                        "syncing with FuxiMaster first", self.job_id, gap_s)
         self.last_sync_ok += gap_s
-        for s in self.slots.values():
+        for wid, s in self.slots.items():
             s.exchange_at += gap_s
             s.start_deadline += gap_s
             for ack, (res, refs, at) in list(s.take.items()):
                 s.take[ack] = (res, refs, at + gap_s)
+            s.check_at = None  # its entry is early now: superseded by this one
+            self._arm(wid, s)
         if self.sync_ref is None:
             self.last_sync = 0.0  # sync at once
 
     def _pending_refs(self) -> list:
-        refs = []
-        if self.sync_ref is not None:
-            refs.append(self.sync_ref)
-        for s in self.slots.values():
-            if s.start_ref is not None:
-                refs.append(s.start_ref)
-            if s.exchange is not None:
-                refs.append(s.exchange)
-            refs.extend(s.take.keys())
+        refs = [] if self.sync_ref is None else [self.sync_ref]
+        refs.extend(self._owner)
         return refs
+
+    def _own(self, wid: str, ref) -> None:
+        self._owner[ref] = wid
+
+    def _pop_slot(self, wid: str) -> _Slot | None:
+        s = self.slots.pop(wid, None)
+        if s is not None:
+            for ref in (s.start_ref, s.exchange, *s.take):
+                self._owner.pop(ref, None)
+        self._stopping.discard(wid)
+        self._dirty.discard(wid)
+        return s
+
+    def _arm(self, wid: str, s: _Slot) -> None:
+        """Make sure the loop looks at slot ``wid`` once its earliest deadline has passed."""
+        due = [at + WORKER_REPLY_TIMEOUT_S for _, _, at in s.take.values()]
+        if s.start_ref is not None:
+            due.append(s.start_deadline)
+        if s.exchange is not None:
+            due.append(s.exchange_at + EXCHANGE_WAIT_S + WORKER_REPLY_TIMEOUT_S)
+        if due:
+            at = min(due) + DEADLINE_SLACK_S
+            if s.check_at is None or at < s.check_at:
+                s.check_at = at
+                heapq.heappush(self._checks, (at, s.order, wid))
+
+    def _with_news(self, ready_set: set, now: float) -> list[str]:
+        """Slots with an answered call or a deadline passed, in creation order."""
+        visit = {self._owner[r] for r in ready_set if r in self._owner}
+        while self._checks and self._checks[0][0] < now:
+            at, _, wid = heapq.heappop(self._checks)
+            s = self.slots.get(wid)
+            if s is not None and s.check_at == at:
+                s.check_at = None
+                visit.add(wid)
+        return sorted((w for w in visit if w in self.slots), key=lambda w: self.slots[w].order)
 
     def _drain(self, ready_set: set, now: float) -> None:
         """Process every completed call, and give up on calls past their deadline."""
@@ -263,49 +307,60 @@ class JobMaster:
                                MASTER_CALL_TIMEOUT_S)
                 self.sync_ref = None
                 self.releases.extend(self._sync_releases)
-        for wid, s in list(self.slots.items()):
+        for wid in self._with_news(ready_set, now):
             if self.core.done():
                 return
-            if self.slots.get(wid) is not s:
+            s = self.slots.get(wid)
+            if s is None:
                 continue  # killed earlier in this pass
-            if s.start_ref is not None:
-                if s.start_ref in ready_set:
-                    ref, s.start_ref = s.start_ref, None
-                    try:
-                        ray.get(ref, timeout=0)
-                    except Exception as e:
-                        self._start_failed(wid, f"{type(e).__name__}: {e}", now)
-                        continue
-                    self._apply(self.core.worker_started(wid, now))
-                elif now > s.start_deadline:
-                    self._start_failed(wid, f"not started after {WORKER_START_TIMEOUT_S:g}s "
-                                            f"(WORKER_START_TIMEOUT_S)", now)
-                    continue
-            # Taken outputs first: they belong to the JobMaster even if the worker is now gone.
-            for ack in list(s.take):
-                if ack in ready_set or now - s.take[ack][2] > WORKER_REPLY_TIMEOUT_S:
-                    self._took(wid, s, ack, ready=ack in ready_set)
-            if self.slots.get(wid) is not s:
-                continue
-            if s.exchange is not None:
-                if s.exchange in ready_set:
-                    ref, s.exchange = s.exchange, None
-                    try:
-                        reply = ray.get(ref, timeout=0)
-                    except Exception as e:
-                        self._died(wid, e, now)
-                        continue
-                    self._handle_reply(wid, s, reply, now)
-                elif now - s.exchange_at > EXCHANGE_WAIT_S + WORKER_REPLY_TIMEOUT_S:
-                    self._died(wid, TimeoutError(
-                        f"worker did not answer within {WORKER_REPLY_TIMEOUT_S:g}s "
-                        f"(WORKER_REPLY_TIMEOUT_S)"), now)
-                    continue
-            if s.retiring and not s.take and s.exchange is None:
-                self._died(wid, RuntimeError(s.retiring), now, blame=False)
+            self._visit(wid, s, ready_set, now)
+            if self.slots.get(wid) is s:
+                self._dirty.add(wid)
+                self._arm(wid, s)
+
+    def _visit(self, wid: str, s: _Slot, ready_set: set, now: float) -> None:
+        """One slot's news: its start, taken outputs and exchange answered or overdue."""
+        if s.start_ref is not None:
+            if s.start_ref in ready_set:
+                ref, s.start_ref = s.start_ref, None
+                self._owner.pop(ref, None)
+                try:
+                    ray.get(ref, timeout=0)
+                except Exception as e:
+                    self._start_failed(wid, f"{type(e).__name__}: {e}", now)
+                    return
+                self._apply(self.core.worker_started(wid, now))
+            elif now > s.start_deadline:
+                self._start_failed(wid, f"not started after {WORKER_START_TIMEOUT_S:g}s "
+                                        f"(WORKER_START_TIMEOUT_S)", now)
+                return
+        # Taken outputs first: they belong to the JobMaster even if the worker is now gone.
+        for ack in list(s.take):
+            if ack in ready_set or now - s.take[ack][2] > WORKER_REPLY_TIMEOUT_S:
+                self._took(wid, s, ack, ready=ack in ready_set)
+        if self.slots.get(wid) is not s:
+            return
+        if s.exchange is not None:
+            if s.exchange in ready_set:
+                ref, s.exchange = s.exchange, None
+                self._owner.pop(ref, None)
+                try:
+                    reply = ray.get(ref, timeout=0)
+                except Exception as e:
+                    self._died(wid, e, now)
+                    return
+                self._handle_reply(wid, s, reply, now)
+            elif now - s.exchange_at > EXCHANGE_WAIT_S + WORKER_REPLY_TIMEOUT_S:
+                self._died(wid, TimeoutError(
+                    f"worker did not answer within {WORKER_REPLY_TIMEOUT_S:g}s "
+                    f"(WORKER_REPLY_TIMEOUT_S)"), now)
+                return
+        if s.retiring and not s.take and s.exchange is None:
+            self._died(wid, RuntimeError(s.retiring), now, blame=False)
 
     def _took(self, wid: str, s: _Slot, ack, ready: bool) -> None:
         res, refs, _ = s.take.pop(ack)
+        self._owner.pop(ack, None)
         key = tuple(res["key"])
         try:
             if not ready:
@@ -360,7 +415,7 @@ class JobMaster:
                 self._nodes_alive = (asked_at, None)
 
     def _start_failed(self, wid: str, error: str, now: float) -> None:
-        s = self.slots.pop(wid, None)
+        s = self._pop_slot(wid)
         if s is not None:
             self._kill_handle(s.handle)
         w = self.core.workers.get(wid)
@@ -370,7 +425,7 @@ class JobMaster:
         self._on_node(w.node_id if w is not None else None, now, judge)
 
     def _died(self, wid: str, error: Exception, now: float, blame: bool = True) -> None:
-        s = self.slots.pop(wid, None)
+        s = self._pop_slot(wid)
         if s is not None:
             self._kill_handle(s.handle)
         w = self.core.workers.get(wid)
@@ -384,6 +439,7 @@ class JobMaster:
 
     def _handle_reply(self, wid: str, s: _Slot, reply: dict, now: float) -> None:
         s.stopping = reply.get("stopping", 0)
+        (self._stopping.add if s.stopping else self._stopping.discard)(wid)
         if reply.get("stuck") and not s.retiring:
             key, age = reply["stuck"][0]
             # Kill it once the outputs it already finished are collected (see _drain); its
@@ -403,6 +459,7 @@ class JobMaster:
                 refs = s.handle.take_outputs.options(num_returns=n + 1).remote(key,
                                                                              cred=self.token)
                 s.take[refs[0]] = (res, refs[1:], now)
+                self._own(wid, refs[0])
                 continue
             finished.append(jc.AttemptResult(
                 key=key, ok=bool(res.get("ok")), duration_s=res["duration_s"],
@@ -419,10 +476,12 @@ class JobMaster:
                 s = self.slots.get(act.worker_id)
                 if s is not None:
                     (s.front if act.front else s.outbox).extend(act.attempts)
+                    self._dirty.add(act.worker_id)
             elif isinstance(act, jc.StopAttempt):
                 s = self.slots.get(act.worker_id)
                 if s is not None:
                     s.skip.append(act.key)
+                    self._dirty.add(act.worker_id)
             elif isinstance(act, jc.StartWorker):
                 self._start_worker(act)
             elif isinstance(act, jc.StopWorker):
@@ -438,8 +497,12 @@ class JobMaster:
             self._apply(self.core.worker_started(self._warm_started.pop(0), time.time()))
 
     def _flush(self) -> None:
-        """Send pending pushes to every worker that has no exchange in flight."""
-        for wid, s in self.slots.items():
+        """Send pending pushes to every worker that has no exchange in flight. Only slots
+        that may have something to send are looked at: given work or a stop since the last
+        flush, heard from this round, or stopping an attempt (polled)."""
+        dirty, self._dirty = self._dirty | self._stopping, set()
+        for wid in sorted((w for w in dirty if w in self.slots), key=lambda w: self.slots[w].order):
+            s = self.slots[wid]
             if s.start_ref is not None or s.retiring:
                 continue
             if s.exchange is not None:
@@ -461,6 +524,8 @@ class JobMaster:
                 s.exchange = s.handle.exchange.remote(push, skip, EXCHANGE_WAIT_S, front,
                                                       cred=self.token)
                 s.exchange_at = now
+                self._own(wid, s.exchange)
+                self._arm(wid, s)
 
     def _worker_options(self, node_id: str, shape: dict[str, float]) -> dict[str, Any]:
         """Workers take their CPU and memory from FuxiMaster's ledger, not from Ray's counters
@@ -483,13 +548,17 @@ class JobMaster:
         if plain and act.node_id in self.spare_nodes:
             handle = self._take_spare(act.node_id)
             if handle is not None:
-                self.slots[act.worker_id] = _Slot(handle, None, 0.0)
+                self._slot_seq += 1
+                self.slots[act.worker_id] = _Slot(handle, None, 0.0, self._slot_seq)
                 self._warm_started.append(act.worker_id)
                 return
         handle = WorkerActor.options(**self._worker_options(act.node_id, act.shape)).remote(
             self.job_id, act.worker_id, self.sys_path, self.token, self._faults)
-        self.slots[act.worker_id] = _Slot(handle, handle.ping.remote(),
-                                          time.time() + WORKER_START_TIMEOUT_S)
+        self._slot_seq += 1
+        s = self.slots[act.worker_id] = _Slot(handle, handle.ping.remote(),
+                                              time.time() + WORKER_START_TIMEOUT_S, self._slot_seq)
+        self._own(act.worker_id, s.start_ref)
+        self._arm(act.worker_id, s)
 
     def _take_spare(self, node_id: str):
         spares = self.spares.get(node_id, [])
@@ -518,7 +587,7 @@ class JobMaster:
                 spares.append((handle, handle.ping.remote()))
 
     def _kill(self, wid: str) -> None:
-        s = self.slots.pop(wid, None)
+        s = self._pop_slot(wid)
         if s is not None:
             self._kill_handle(s.handle)
 
