@@ -37,6 +37,17 @@ def test_a_jobs_slots_spread_over_the_nodes():
     s.validate()
 
 
+def test_spread_comes_before_room():
+    """A demand's next slot goes to a node where it holds none, even if another has more room
+    (one lost machine should cost a job few instances)."""
+    s = Scheduler()
+    s.add_node("big", {"CPU": 8.0})
+    s.add_node("small", {"CPU": 2.0})
+    demand(s, "a", 3)
+    s.schedule(0.0)
+    assert s.held("a") == {"big": 2, "small": 1}
+
+
 def test_locality_node_then_rack_then_cluster():
     s = cluster(4, cpu=1.0, racks=2)  # r0: n0, n2; r1: n1, n3
     demand(s, "a", 0)
