@@ -155,20 +155,30 @@ class FreeIndex:
                excluded: Collection[str]) -> tuple[str, str] | None:
         """A node for one more slot of ``sh``'s shape: ``(node_id, locality)`` or None.
 
-        Preferred nodes first (the one with most room), then the roomiest node of a
+        Preferred nodes first (the one with most room among at most ``spread_probes_max`` of
+        them; those looked at go to the back of ``prefer_nodes``, so a long list is walked
+        round over successive decisions), then the roomiest node of a
         preferred rack, then of the cluster. At the rack and cluster levels the node where the
         demand holds fewest slots wins (spread), among the roomiest ``spread_probes_max``;
         ``avoid`` nodes only when nothing else fits; ``excluded`` nodes never.
         """
         best = None
-        for nid, want in prefer_nodes.items():
+        looked: list[str] = []
+        for nid in prefer_nodes:
+            if len(looked) >= self.probes_max:
+                break
+            looked.append(nid)
             node = self.nodes.get(nid)
-            if want <= 0 or node is None or nid in excluded:
+            if node is None or nid in excluded:
                 continue
             f = self.fit(node, sh.needs)
             self.visits += 1
             if f > 0 and (best is None or (nid not in avoid, f, nid) > best):
                 best = (nid not in avoid, f, nid)
+        if len(prefer_nodes) > len(looked) and isinstance(prefer_nodes, dict):
+            for nid in looked:  # to the back: the next decision looks at the others
+                if best is None or nid != best[2]:
+                    prefer_nodes[nid] = prefer_nodes.pop(nid)
         if best is not None and best[0]:
             return best[2], LOCALITY_NODE
         for rack, want in prefer_racks.items():

@@ -19,7 +19,9 @@ QUOTA_GROUPS_MAX = 64  # quota groups one scheduler knows (each is scanned per d
 # avoided: the bound that keeps a decision O(log N) when a job already holds slots on the
 # roomiest nodes (its next slot then goes to the least-held of these).
 SPREAD_PROBES_MAX = 16
-PREFERRED_PLACES_MAX = 64  # node- or rack-level preferences one demand may carry at once
+# Node- or rack-level preferences one demand may carry at once (a decision looks at no more
+# than SPREAD_PROBES_MAX of them, rotating through the rest).
+PREFERRED_PLACES_MAX = 10_000
 RECLAIM_VICTIMS_MAX = 512  # running slots one reclaim looks at before it gives up
 AGEING_STEP_S = 30.0  # a waiting demand's priority rises by one per this many seconds
 AGEING_BOOST_MAX = 100  # ... but by no more than this in all

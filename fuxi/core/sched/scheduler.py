@@ -57,6 +57,10 @@ from fuxi.core.sched.quota import borrow_share, guaranteed, over_min, under_max
 from fuxi.core.sched.resources import check_resources, fit_count, give, needs_of, take
 from fuxi.errors import BadInput, LimitExceeded
 
+# Slots granted (anywhere) before a queue whose making room failed tries again: new slots are
+# new victims. Bounds the cost of a guarantee that cannot be met (say, GPUs that no borrower
+# holds) to one bounded victim scan per this many grants.
+ROOM_RETRY_GRANTS = 64
 PARK_RETRY = "retry"  # fits somewhere, but not where this demand may go: next schedule()
 
 
@@ -100,10 +104,10 @@ class Scheduler:
         self.group_used: dict[str, dict[str, float]] = {g: {} for g in self.groups}
         self._queues: dict[tuple, list] = {}  # (group, needs) -> heap of (key, version)
         self._quota_full: set[tuple] = set()  # (group, needs) whose group is at its max
-        # (group, needs) whose shape fits nowhere -> the priority for which making room failed
-        # as things stand: no demand of that priority or lower tries again until a slot is
-        # released or a node added
-        self._room_failed: dict[tuple, int] = {}
+        # (group, needs) whose shape fits nowhere -> (the priority for which making room
+        # failed, the slot count then): no demand of that priority or lower tries again until
+        # ROOM_RETRY_GRANTS more slots were granted (new victims) or a node was added
+        self._room_failed: dict[tuple, tuple[int, int]] = {}
         self._retry: set[str] = set()
         self.demands: dict[str, _Demand] = {}
         self.job_held: dict[str, int] = {}
@@ -280,7 +284,6 @@ class Scheduler:
             self.index.grew(node)  # clears the full mark of every shape that fits there now
         if self._quota_full:
             self._quota_full = {q for q in self._quota_full if q[0] != d.group}
-        self._room_failed.clear()
         for did in self.job_demands.get(d.job, ()):  # the job's keys got better
             other = self.demands[did]
             if other.parked is None:
@@ -345,7 +348,7 @@ class Scheduler:
                 if node_id is None:
                     if self.index.top_fit(d.sh) == 0:
                         d.sh.full = True  # until a node has room for the shape
-                        self._room_failed[(d.group, d.needs)] = d.priority
+                        self._room_failed[(d.group, d.needs)] = (d.priority, self._slot_seq)
                         self._push(d)
                     else:
                         self._park(d, PARK_RETRY)
@@ -440,8 +443,12 @@ class Scheduler:
             if sh is None:
                 continue
             d = self._top(heap)
-            if d is None or (sh.full and self._room_failed.get(q, -1 << 62) >= d.priority):
+            if d is None:
                 continue
+            if sh.full and q in self._room_failed:
+                prio, at = self._room_failed[q]
+                if prio >= d.priority and self._slot_seq - at < ROOM_RETRY_GRANTS:
+                    continue
             name = q[0]
             group, used = self.groups[name], self.group_used[name]
             if sh.full and not preempting and not guaranteed(group, used, d.needs):
@@ -513,6 +520,7 @@ class Scheduler:
             return [], None
         popped: list = []
         freed: dict[str, list] = {}  # node -> [(start seq, victim demand)]
+        room: dict[str, dict[str, float]] = {}  # node -> its free resources once those go
         used: dict[str, dict[str, float]] = {}  # the victims' groups as if revoked
         nodes = self.index.nodes
         found = None
@@ -537,10 +545,11 @@ class Scheduler:
             on = freed.setdefault(where[1], [])
             on.append((seq, v))
             node = nodes[where[1]]
-            room = dict(node.free)
-            for _, x in on:
-                give(room, x.needs)
-            if fit_count(room, d.needs, self.index.workers_max - node.workers + len(on)) > 0:
+            r = room.get(where[1])
+            if r is None:
+                r = room[where[1]] = dict(node.free)
+            give(r, v.needs)
+            if fit_count(r, d.needs, self.index.workers_max - node.workers + len(on)) > 0:
                 found = where[1]
                 break
         taken = {s for s, _ in freed.get(found, ())} if found else set()
