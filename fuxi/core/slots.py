@@ -33,6 +33,15 @@ One sync (:func:`grant`, then :func:`apply_grants`)
     then and commits what still fits. FuxiMaster's ``sync`` and the scheduler
     simulator (``tests/sim``) call exactly these two functions.
 
+    Since issue 16, :func:`grant` is a thin adapter over the incremental
+    scheduling core (``fuxi.core.sched``): it loads the nodes, the ledger and
+    the demands into a :class:`~fuxi.core.sched.Scheduler`, takes its fluid
+    fair-share targets and asks it for the job's grants (each decision
+    O(log N) in the free index). :func:`fair_targets`, :func:`fair_assignment`
+    and :func:`place` are the pre-issue-16 algorithm (one slot at a time,
+    every node rescanned per slot), kept as the baseline that
+    ``bench/bench_scheduler.py`` measures the core against.
+
 Everything here is pure: no Ray, no I/O, no clocks.
 """
 
@@ -43,6 +52,9 @@ import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Collection, Mapping, Sequence
+
+from fuxi.core import sched
+from fuxi.core.sched import RESOURCE_TOLERANCE, WORKERS_PER_NODE_MAX
 
 __all__ = [
     "RESOURCE_TOLERANCE",
@@ -61,14 +73,8 @@ __all__ = [
     "subtract",
 ]
 
-# Fractional shapes (0.5 CPU, 0.1 GPU) accumulate rounding error: 10 * 0.1 is
-# not exactly 1.0. Differences smaller than this count as equal.
-RESOURCE_TOLERANCE = 1e-9
-
-# Worker slots granted on one node, all jobs together (~50 MB each): a node holding this many
-# takes no more, whatever their shapes ask (a task with cpu: 0 would otherwise get a worker per
-# instance).
-WORKERS_PER_NODE_MAX = 64
+# RESOURCE_TOLERANCE and WORKERS_PER_NODE_MAX live in the core (fuxi.core.sched.*) and are
+# re-exported here.
 
 Resources = Mapping[str, float]
 
@@ -158,6 +164,7 @@ class Demand:
     submit_seq: int  # earlier (smaller) first among equal priority
     shape: Mapping[str, float]
     slots_wanted: int
+    quota_group: str = sched.DEFAULT_GROUP
 
     def __post_init__(self) -> None:
         if self.slots_wanted < 0:
@@ -432,6 +439,39 @@ def _workers_on(ledger: Ledger, nodes: Collection[str]) -> dict[str, int]:
     return workers
 
 
+def scheduler_for(
+    node_totals: Mapping[str, Resources],
+    ledger: Ledger,
+    demands: Sequence[Demand],
+    workers_per_node_max: int = WORKERS_PER_NODE_MAX,
+    quota_groups: Mapping[str, Mapping] | None = None,
+) -> sched.Scheduler:
+    """A scheduling core loaded with the nodes, what ``ledger`` holds on them and every demand.
+
+    O(nodes x shapes + grants + demands): no per-slot work. Ledger entries of demands that no
+    longer ask count as held (wanting nothing more); entries on nodes not in ``node_totals``
+    (gone) are left out, as :meth:`Ledger.free` does.
+    """
+    s = sched.Scheduler(sched.SchedConfig(workers_per_node_max=workers_per_node_max,
+                                          quota_groups=quota_groups))
+    for node in sorted(node_totals):
+        s.add_node(node, node_totals[node])
+    seen: set[str] = set()
+    for d in demands:
+        if d.demand_id in seen:
+            raise ValueError(f"demand_id {d.demand_id!r} appears twice: expected one demand per (job, shape)")
+        seen.add(d.demand_id)
+        s.set_demand(sched.DemandSpec(d.demand_id, d.job_id, d.priority, d.submit_seq, d.shape,
+                                      d.quota_group), wanted=d.slots_wanted)
+    for did, e in ledger.to_dict()["grants"].items():
+        if did not in seen:
+            s.set_demand(sched.DemandSpec(did, e["job_id"], 0, 0, e["shape"]), wanted=0)
+        for node, n in e["nodes"].items():
+            if node in node_totals:
+                s.load_grant(did, node, n)
+    return s
+
+
 def grant(
     node_totals: Mapping[str, Resources],
     ledger: Ledger,
@@ -440,15 +480,20 @@ def grant(
     avoid_nodes: Collection[str] = (),
     online_ids: Collection[str] = (),
     workers_per_node_max: int = WORKERS_PER_NODE_MAX,
+    quota_groups: Mapping[str, Mapping] | None = None,
+    excluded_nodes: Collection[str] = (),
 ) -> GrantPlan:
     """Plan one sync of ``job_id``: grant its demands (among ``demands``, every demand of the
     cluster) up to their fair targets, on nodes with free room, spread out.
 
     Pure: reads ``ledger``, never changes it. ``avoid_nodes`` (where the job's attempts
-    failed) are used only when nothing else fits. ``online_ids``: demand ids of online
-    replicas, for :attr:`GrantPlan.preempt`.
+    failed) are used only when nothing else fits; ``excluded_nodes`` never. ``online_ids``:
+    demand ids of online replicas, for :attr:`GrantPlan.preempt`. ``quota_groups``: the
+    groups' configuration (``{name: {"min":…, "max":…, "weight":…}}``; see
+    ``fuxi.core.sched.QuotaGroup``), each demand naming its ``quota_group``.
     """
-    targets = fair_targets(node_totals, demands) if demands else {}
+    s = scheduler_for(node_totals, ledger, demands, workers_per_node_max, quota_groups)
+    targets = s.targets() if demands else {}
 
     def held_total(did: str) -> int:
         return sum(ledger.held(did).values())
@@ -457,27 +502,14 @@ def grant(
     preempt = any(d.slots_wanted > held_total(d.demand_id)
                   and targets.get(d.demand_id, 0) > held_total(d.demand_id)
                   for d in demands if d.demand_id in online)
-    workers_on = _workers_on(ledger, node_totals)
-    free = {n: f for n, f in ledger.free(node_totals).items()
-            if workers_on.get(n, 0) < workers_per_node_max}
-    grants: list[Grant] = []
     mine = [d for d in demands if d.job_id == job_id]
     for d in mine:
-        held = ledger.held(d.demand_id)
-        want = targets.get(d.demand_id, 0) - sum(held.values())
-        if want <= 0:
-            continue
-        placed = place(free, d.shape, want, held_on_node=held, avoid_nodes=avoid_nodes)
-        for node in list(placed):
-            room = workers_per_node_max - workers_on.get(node, 0)
-            placed[node] = min(placed[node], max(room, 0))
-            workers_on[node] = workers_on.get(node, 0) + placed[node]
-            if placed[node] == 0:
-                del placed[node]
-        for node, n in placed.items():
-            free[node] = subtract(free[node], d.shape, n, allow_negative=True)
-            grants.append(Grant(d.demand_id, node, n))
-    return GrantPlan(grants=tuple(grants),
+        s.set_avoid(d.demand_id, avoid_nodes, excluded_nodes)
+    plan = s.schedule_job(job_id, 0.0, targets)
+    merged: dict[tuple[str, str], int] = {}
+    for g in plan.grants:
+        merged[(g.demand_id, g.node_id)] = merged.get((g.demand_id, g.node_id), 0) + g.n
+    return GrantPlan(grants=tuple(Grant(did, node, n) for (did, node), n in merged.items()),
                      targets={d.demand_id: targets.get(d.demand_id, 0) for d in mine},
                      preempt=preempt)
 

@@ -1,0 +1,486 @@
+"""The scheduling core at scale: a seeded discrete-event simulation of a cluster (issue 16).
+
+    python -m bench.bench_scheduler --nodes 5000 --jobs 1000 --instances 100000 --json [--seed 1]
+
+A cluster of ``--nodes`` nodes (8 to 32 CPUs, 6 GB per CPU, some with GPUs, in racks of
+``--rack-nodes``) and ``--jobs`` jobs with ``--instances`` instances between them (a few big
+jobs, many small ones), arriving over the first part of the run, in four quota groups
+(guarantees, a cap, lending by weight), with priorities 0-3. Every instance asks for one slot
+of its job's shape, half of them at a preferred node (their input's); each runs for a mixed
+duration (1 to 60 s), some fail and ask again, some straggle (10x) and get a backup. The
+driver talks to ``fuxi.core.sched.Scheduler`` only through its deltas (``ask``, ``release``)
+and decisions (``decide``); the scheduler's revocations (quota reclaim) kill the instance
+that held the slot, which asks again.
+
+Measured (time with ``perf_counter``; the simulated clock is separate):
+    decisions_per_s     grants / the wall time spent inside the scheduler (decisions, asks and
+                        releases together: what a master would spend)
+    p99_decision_ms     the 99th percentile of one ``decide`` call that granted a slot
+    cpu_utilisation     CPU granted / CPU of the cluster, integrated over simulated time while
+                        an instance of a CPU-and-memory shape waits for a slot in a group
+                        below its max (scheduled utilisation while there is demand the CPUs
+                        could serve; GPU shapes waiting for the few GPU nodes, or a capped
+                        group waiting for its own slots, do not make idle CPUs usable)
+    memory_utilisation  the same for memory
+    *_any_pending       the same integrated while anything at all waits
+Checked at the end (and every ``--check-every`` events): every instance finished, no node is
+overcommitted in any resource, no group above its max, the scheduler's books consistent.
+
+The baseline, in the same run: the pre-issue-16 algorithm (``fuxi.core.slots.fair_targets``,
+which hands out one slot at a time and rescans every node per slot) against the core on the
+same small cluster (``--baseline-nodes``); their decisions per second and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+import sys
+import time
+from collections import deque
+
+from fuxi.core import slots
+from fuxi.core.sched import DemandSpec, SchedConfig, Scheduler
+
+SHAPES = [  # (shape, share of jobs)
+    ({"CPU": 1.0, "memory": 4.0}, 0.35),
+    ({"CPU": 2.0, "memory": 8.0}, 0.25),
+    ({"CPU": 4.0, "memory": 16.0}, 0.12),
+    ({"CPU": 0.5, "memory": 2.0}, 0.13),
+    ({"CPU": 1.0, "memory": 12.0}, 0.10),  # memory-heavy
+    ({"CPU": 4.0, "memory": 16.0, "GPU": 1.0}, 0.05),
+]
+DURATIONS_S = [1.0, 5.0, 20.0, 60.0]
+P_FAIL = 0.03
+P_STRAGGLE = 0.02
+STRAGGLE_FACTOR = 10.0
+BACKUP_AFTER = 3.0  # a backup is asked for once an attempt ran this many times its base
+P_LOCAL = 0.5  # instances that prefer a node (where their input is)
+
+
+def quota_config(cpus: float) -> dict:
+    return {
+        "prod": {"min": {"CPU": 0.30 * cpus}, "weight": 3.0},
+        "batch": {"min": {"CPU": 0.20 * cpus}, "weight": 2.0},
+        "adhoc": {"max": {"CPU": 0.25 * cpus}, "weight": 1.0},
+    }
+
+
+class Sim:
+    def __init__(self, args):
+        self.args = args
+        rng = self.rng = random.Random(args.seed)
+        self.s = None
+        self.node_ids = [f"n{i:06d}" for i in range(args.nodes)]
+        self.totals = {}
+        for i, nid in enumerate(self.node_ids):
+            cpu = rng.choice([8.0, 16.0, 16.0, 32.0])
+            total = {"CPU": cpu, "memory": 6.0 * cpu}
+            if rng.random() < 0.1:
+                total["GPU"] = 4.0
+            self.totals[nid] = total
+        self.cpus = sum(t["CPU"] for t in self.totals.values())
+        self.mem = sum(t["memory"] for t in self.totals.values())
+        # Job sizes: a Zipf-like split of the instances over the jobs, at least 1 each.
+        weights = [1.0 / (i + 1) ** 0.8 for i in range(args.jobs)]
+        rng.shuffle(weights)
+        scale = (args.instances - args.jobs) / sum(weights)
+        sizes = [1 + int(w * scale) for w in weights]
+        sizes[0] += args.instances - sum(sizes)
+        shapes = [s for s, _ in SHAPES]
+        shares = [p for _, p in SHAPES]
+        self.jobs = []
+        for j, size in enumerate(sizes):
+            shape = rng.choices(shapes, shares)[0]
+            base = rng.choice(DURATIONS_S)
+            group = rng.choices(["prod", "batch", "adhoc", "default"], [0.3, 0.3, 0.2, 0.2])[0]
+            self.jobs.append({"id": f"j{j:05d}", "size": size, "shape": shape, "base": base,
+                              "group": group, "priority": rng.randint(0, 3),
+                              "cpu": shape["CPU"], "mem": shape["memory"]})
+        work = sum(j["size"] * j["base"] * j["cpu"] for j in self.jobs)
+        self.arrive_by_s = 0.3 * work / self.cpus  # demand keeps the cluster busy meanwhile
+        self.events: list = []
+        self.eseq = 0
+        self.now = 0.0
+        # per job: waiting instance attempts (FIFO) and by preferred node
+        self.waiting: dict[str, deque] = {}
+        self.waiting_at: dict[str, dict[str, list]] = {}
+        self.waiting_n = 0
+        self.running: dict[tuple[str, str], list] = {}  # (job, node) -> attempt ids (LIFO)
+        self.attempts: dict[int, dict] = {}
+        self.aseq = 0
+        self.done_instances = 0
+        self.total_instances = sum(j["size"] for j in self.jobs)
+        self.inst_done: dict[tuple[str, int], bool] = {}
+        self.used_cpu = 0.0
+        self.used_mem = 0.0
+        self.busy_cpu_s = 0.0
+        self.busy_mem_s = 0.0
+        self.pending_s = 0.0
+        self.busy_any_cpu_s = self.busy_any_mem_s = self.pending_any_s = 0.0
+        self.waiting_by: dict[tuple[str, bool], int] = {}  # (group, GPU shape?) -> waiting
+        self.decide_times: list[float] = []
+        self.sched_s = 0.0
+        self.decisions = 0
+        self.revocations = 0
+        self.local = {"node": 0, "rack": 0, "off": 0, "none": 0}
+        self.failures = self.stragglers = self.backups = self.backups_won = 0
+        self.events_n = 0
+        self.attempts_of: dict[tuple[str, int], list[int]] = {}  # instances with a backup
+
+    # ------------------------------------------------------------ plumbing
+
+    def at(self, t, kind, *payload):
+        self.eseq += 1
+        heapq.heappush(self.events, (t, self.eseq, kind, payload))
+
+    def timed(self, fn, *a, **kw):
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        self.sched_s += time.perf_counter() - t0
+        return out
+
+    def wait_count(self, jid: str, n: int) -> None:
+        job = self.jobs[int(jid[1:])]
+        key = (job["group"], "GPU" in job["shape"])
+        self.waiting_by[key] = self.waiting_by.get(key, 0) + n
+        self.waiting_n += n
+
+    def cpu_demand_waits(self) -> bool:
+        s = self.s
+        for (group, gpu), n in self.waiting_by.items():
+            if n <= 0 or gpu:
+                continue
+            cap = s.groups[group].max
+            if cap and s.group_used[group].get("CPU", 0.0) > cap["CPU"] - 4.0:
+                continue  # at its max: its waiting is the quota's choice
+            return True
+        return False
+
+    def rack_of(self, nid: str) -> str:
+        return f"r{int(nid[1:]) // self.args.rack_nodes}"
+
+    # ------------------------------------------------------------ the run
+
+    def build(self):
+        t0 = time.perf_counter()
+        s = self.s = Scheduler(SchedConfig(quota_groups=quota_config(self.cpus)))
+        for nid in self.node_ids:
+            s.add_node(nid, self.totals[nid], rack=self.rack_of(nid))
+        self.build_s = time.perf_counter() - t0
+        rng = self.rng
+        for j, job in enumerate(self.jobs):
+            self.at(rng.uniform(0, self.arrive_by_s) if j else 0.0, "arrive", j)
+
+    def run(self):
+        self.build()
+        wall0 = time.perf_counter()
+        last_t = 0.0
+        while self.events:
+            t = self.events[0][0]
+            dt = t - last_t
+            if self.waiting_n > 0 and dt > 0:
+                self.busy_any_cpu_s += self.used_cpu * dt
+                self.busy_any_mem_s += self.used_mem * dt
+                self.pending_any_s += dt
+                if self.cpu_demand_waits():
+                    self.busy_cpu_s += self.used_cpu * dt
+                    self.busy_mem_s += self.used_mem * dt
+                    self.pending_s += dt
+            last_t = self.now = t
+            while self.events and self.events[0][0] == t:
+                _, _, kind, payload = heapq.heappop(self.events)
+                self.events_n += 1
+                getattr(self, f"on_{kind}")(*payload)
+                if self.args.check_every and self.events_n % self.args.check_every == 0:
+                    self.check()
+            self.schedule()
+        self.wall_s = time.perf_counter() - wall0
+        self.makespan_s = self.now
+        self.check()
+        assert self.done_instances == self.total_instances, (self.done_instances, self.total_instances)
+        return self
+
+    def schedule(self):
+        s, now = self.s, self.now
+        while True:
+            t0 = time.perf_counter()
+            g, revs = s.decide(now)
+            dt = time.perf_counter() - t0
+            self.sched_s += dt
+            for r in revs:
+                self.revoked(r)
+            if g is None:
+                return
+            self.decisions += 1
+            self.decide_times.append(dt)
+            self.granted(g)
+
+    # ------------------------------------------------------------ events
+
+    def on_arrive(self, j):
+        job = self.jobs[j]
+        jid = job["id"]
+        self.timed(self.s.set_demand, DemandSpec(jid, jid, job["priority"], j, job["shape"],
+                                                 job["group"]), 0, self.now)
+        self.waiting[jid] = deque()
+        self.waiting_at[jid] = {}
+        for i in range(job["size"]):
+            self.inst_done[(jid, i)] = False
+            self.enqueue(jid, i, backup=False)
+
+    def enqueue(self, jid, i, backup, avoid=None):
+        rng = self.rng
+        self.aseq += 1
+        a = {"id": self.aseq, "job": jid, "i": i, "node": None, "backup": backup, "live": True,
+             "pref": None}
+        self.attempts[a["id"]] = a
+        if rng.random() < P_LOCAL:
+            pref = self.node_ids[rng.randrange(len(self.node_ids))]
+            if pref != avoid:
+                a["pref"] = pref
+        self.waiting[jid].append(a)
+        if a["pref"] is not None:
+            self.waiting_at[jid].setdefault(a["pref"], []).append(a)
+        self.wait_count(jid, 1)
+        if (jid, i) in self.attempts_of and not backup:
+            self.attempts_of[(jid, i)].append(a["id"])
+        self.timed(self.s.ask, jid, 1, self.now, node=a["pref"])
+
+    def take_waiting(self, jid, node):
+        at = self.waiting_at[jid].get(node)
+        while at:
+            a = at.pop()
+            if a["node"] is None and a["live"]:
+                return a
+        q = self.waiting[jid]
+        while q:
+            a = q.popleft()
+            if a["node"] is None and a["live"]:
+                return a
+        raise AssertionError(f"grant for {jid} with nothing waiting")
+
+    def granted(self, g):
+        jid, node = g.demand_id, g.node_id
+        job = self.jobs[int(jid[1:])]
+        a = self.take_waiting(jid, node)
+        self.wait_count(jid, -1)
+        a["node"] = node
+        self.running.setdefault((jid, node), []).append(a["id"])
+        self.used_cpu += job["cpu"]
+        self.used_mem += job["mem"]
+        if a["pref"] is None:
+            self.local["none"] += 1
+        elif a["pref"] == node:
+            self.local["node"] += 1
+        elif self.rack_of(a["pref"]) == self.rack_of(node):
+            self.local["rack"] += 1
+        else:
+            self.local["off"] += 1
+        rng = self.rng
+        d = job["base"] * rng.uniform(0.5, 1.5)
+        if rng.random() < P_STRAGGLE and not a["backup"]:
+            self.stragglers += 1
+            self.at(self.now + job["base"] * BACKUP_AFTER, "backup", a["id"])
+            d *= STRAGGLE_FACTOR
+        if rng.random() < P_FAIL:
+            self.at(self.now + d * rng.random(), "end", a["id"], False)
+        else:
+            self.at(self.now + d, "end", a["id"], True)
+
+    def free_slot(self, a):
+        jid, node = a["job"], a["node"]
+        job = self.jobs[int(jid[1:])]
+        self.running[(jid, node)].remove(a["id"])
+        self.used_cpu -= job["cpu"]
+        self.used_mem -= job["mem"]
+
+    def on_end(self, aid, ok):
+        a = self.attempts.get(aid)
+        if a is None or not a["live"] or a["node"] is None:
+            return  # killed (lost a race or revoked) before it ended
+        a["live"] = False
+        self.free_slot(a)
+        key = (a["job"], a["i"])
+        if not ok:
+            self.failures += 1
+            self.timed(self.s.release, a["job"], a["node"])
+            if not self.inst_done[key]:
+                self.enqueue(a["job"], a["i"], backup=False, avoid=a["node"])
+            self.timed(self.s.ask, a["job"], -1, self.now)
+            return
+        self.timed(self.s.ask, a["job"], -1, self.now)
+        self.timed(self.s.release, a["job"], a["node"])
+        if self.inst_done[key]:
+            return
+        self.inst_done[key] = True
+        self.done_instances += 1
+        if a["backup"]:
+            self.backups_won += 1
+        for other in self.attempts_of.get(key, ()):  # the losers of a race stop now
+            o = self.attempts[other]
+            if o["live"] and o["id"] != aid:
+                o["live"] = False
+                if o["node"] is not None:
+                    self.free_slot(o)
+                    self.timed(self.s.release, o["job"], o["node"])
+                else:
+                    self.wait_count(o["job"], -1)
+                self.timed(self.s.ask, o["job"], -1, self.now)
+        self.attempts_of.pop(key, None)
+        if a["id"] in self.attempts:
+            del self.attempts[a["id"]]
+
+    def on_backup(self, aid):
+        a = self.attempts.get(aid)
+        key = (a["job"], a["i"]) if a else None
+        if a is None or not a["live"] or self.inst_done[key]:
+            return
+        self.backups += 1
+        self.attempts_of.setdefault(key, [aid])
+        self.enqueue(a["job"], a["i"], backup=True, avoid=a["node"])
+        self.attempts_of[key].append(self.aseq)
+
+    def revoked(self, r):
+        """The scheduler took slots back: kill the instances there (most recent first)."""
+        self.revocations += r.n
+        ids = self.running[(r.demand_id, r.node_id)]
+        for _ in range(r.n):
+            a = self.attempts[ids[-1]]
+            self.free_slot(a)  # removes it from ``ids``
+            a["live"] = False
+            if not self.inst_done[(a["job"], a["i"])]:
+                # its slot is gone and wanted is unchanged: the same count waits again
+                self.aseq += 1
+                b = dict(a, id=self.aseq, node=None, live=True, pref=None)
+                self.attempts[b["id"]] = b
+                self.waiting[a["job"]].append(b)
+                self.wait_count(a["job"], 1)
+                key = (a["job"], a["i"])
+                if key in self.attempts_of:
+                    self.attempts_of[key].append(b["id"])
+            else:
+                self.timed(self.s.ask, a["job"], -1, self.now)
+
+    # ------------------------------------------------------------ checks
+
+    def check(self):
+        s = self.s
+        for node in s.index.nodes.values():
+            for k, v in node.free.items():
+                assert v >= -1e-6, f"node {node.node_id} overcommitted in {k}: free {v}"
+            assert node.workers <= s.config.workers_per_node_max
+        for name, group in s.groups.items():
+            if group.max:
+                for k, cap in group.max.items():
+                    assert s.group_used[name].get(k, 0.0) <= cap + 1e-6, (name, k)
+        s.validate()
+
+    def result(self) -> dict:
+        ts = sorted(self.decide_times)
+
+        def pct(p):
+            return ts[min(len(ts) - 1, int(math.ceil(p * len(ts))) - 1)] * 1000 if ts else 0.0
+
+        decide_s = sum(ts)
+        placed = sum(self.local.values())
+        return {
+            "seed": self.args.seed, "nodes": self.args.nodes, "jobs": self.args.jobs,
+            "instances": self.total_instances, "instances_finished": self.done_instances,
+            "decisions": self.decisions,
+            "decisions_per_s": round(self.decisions / self.sched_s) if self.sched_s else None,
+            "decisions_per_s_decide_only": round(self.decisions / decide_s) if decide_s else None,
+            "p50_decision_ms": round(pct(0.50), 4), "p99_decision_ms": round(pct(0.99), 4),
+            "max_decision_ms": round(ts[-1] * 1000, 3) if ts else None,
+            "cpu_utilisation": round(self.busy_cpu_s / (self.cpus * self.pending_s), 4)
+            if self.pending_s else None,
+            "memory_utilisation": round(self.busy_mem_s / (self.mem * self.pending_s), 4)
+            if self.pending_s else None,
+            "cpu_utilisation_any_pending": round(
+                self.busy_any_cpu_s / (self.cpus * self.pending_any_s), 4)
+            if self.pending_any_s else None,
+            "memory_utilisation_any_pending": round(
+                self.busy_any_mem_s / (self.mem * self.pending_any_s), 4)
+            if self.pending_any_s else None,
+            "pending_s": round(self.pending_s, 1), "pending_any_s": round(self.pending_any_s, 1), "sim_makespan_s": round(self.makespan_s, 1),
+            "events": self.events_n, "scheduler_s": round(self.sched_s, 3),
+            "wall_s": round(self.wall_s, 2), "build_s": round(self.build_s, 2),
+            "node_visits_per_decision": round(self.s.index.visits / max(1, self.decisions), 2),
+            "revocations": self.revocations, "failures": self.failures,
+            "stragglers": self.stragglers, "backups": self.backups,
+            "backups_won": self.backups_won,
+            "node_local": round(self.local["node"] / placed, 4) if placed else None,
+            "rack_local": round(self.local["rack"] / placed, 4) if placed else None,
+            "cluster_cpus": self.cpus,
+        }
+
+
+def baseline(nodes: int, jobs: int, seed: int) -> dict:
+    """The old algorithm and the core on one small cluster: decisions (slots handed out) per
+    second of one full pass each."""
+    rng = random.Random(seed)
+    totals = {f"n{i:04d}": {"CPU": 16.0, "memory": 64.0} for i in range(nodes)}
+    demands = [slots.Demand(f"j{j}/s", f"j{j}", rng.randint(0, 1), j,
+                            rng.choice([{"CPU": 1.0, "memory": 4.0}, {"CPU": 2.0, "memory": 8.0}]),
+                            rng.randint(10, 400)) for j in range(jobs)]
+    t0 = time.perf_counter()
+    old = slots.fair_assignment(totals, demands)
+    old_s = time.perf_counter() - t0
+    old_slots = sum(sum(v.values()) for v in old.values())
+    t0 = time.perf_counter()
+    s = Scheduler()
+    for n, tot in totals.items():
+        s.add_node(n, tot)
+    for d in demands:
+        s.set_demand(DemandSpec(d.demand_id, d.job_id, d.priority, d.submit_seq, d.shape),
+                     wanted=d.slots_wanted)
+    plan = s.schedule(0.0)
+    new_s = time.perf_counter() - t0
+    s.validate()
+    t0 = time.perf_counter()
+    slots.grant(totals, slots.Ledger(), demands, demands[0].job_id)
+    grant_s = time.perf_counter() - t0
+    old_rate, new_rate = old_slots / old_s, len(plan.grants) / new_s
+    return {"baseline": "fuxi.core.slots.fair_assignment (pre-issue-16: one slot at a time, "
+                        "every node rescanned per slot)",
+            "baseline_nodes": nodes, "baseline_jobs": jobs,
+            "old_slots": old_slots, "old_s": round(old_s, 3),
+            "old_decisions_per_s": round(old_rate),
+            "core_slots": len(plan.grants), "core_s": round(new_s, 4),
+            "core_decisions_per_s": round(new_rate),
+            "core_vs_old_ratio": round(new_rate / old_rate, 1),
+            "slots_grant_one_sync_s": round(grant_s, 4)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=5000)
+    ap.add_argument("--jobs", type=int, default=1000)
+    ap.add_argument("--instances", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rack-nodes", type=int, default=40)
+    ap.add_argument("--check-every", type=int, default=0,
+                    help="check the invariants every this many events (0: at the end only)")
+    ap.add_argument("--baseline-nodes", type=int, default=200, help="0: no baseline")
+    ap.add_argument("--baseline-jobs", type=int, default=50)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    if args.instances < args.jobs or args.jobs < 1 or args.nodes < 1:
+        ap.error("expected --nodes >= 1, --jobs >= 1 and --instances >= --jobs")
+    out = {"bench": "scheduler", "date": time.strftime("%Y-%m-%d %H:%M")}
+    out.update(Sim(args).run().result())
+    if args.baseline_nodes:
+        out.update(baseline(args.baseline_nodes, args.baseline_jobs, args.seed))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:32s} {v}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

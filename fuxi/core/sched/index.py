@@ -1,0 +1,240 @@
+"""The free-resource index: which node has room for one more slot of a shape, in O(log N).
+
+Per shape in use there is a max-heap of nodes keyed by how many slots of that shape still fit
+(``(-fit, node_id)``), one for the whole cluster and one per rack: the locality tree's cluster
+and rack levels (the node level is the node itself, checked directly). Heaps are kept lazily,
+which is what makes a decision cheap:
+
+* a node whose room *grows* (a release, a node added or enlarged) gets a fresh entry in every
+  shape's heaps at once;
+* a node whose room *shrinks* (a grant) is left alone: its entry now claims too much, and
+  whoever finds it at the top recomputes the node's real fit and pushes it back lower (or
+  drops it when nothing fits);
+* an entry that claims *less* than the node has is a leftover of an older state (a fresher,
+  larger one was pushed when the room grew) and is dropped.
+
+So an entry at the top whose claim equals the node's real fit is the truth, and a decision
+pops only stale entries (each paid for by the change that made it) plus at most
+``spread_probes_max`` real candidates. Heaps that fill up with stale entries are rebuilt
+(amortised O(1) per push).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Collection, Mapping
+
+from fuxi.core.sched.model import LOCALITY_CLUSTER, LOCALITY_NODE, LOCALITY_RACK
+from fuxi.core.sched.resources import Needs, fit_count, give
+
+DEFAULT_RACK = "default"
+
+
+class Node:
+    __slots__ = ("node_id", "rack", "total", "free", "workers")
+
+    def __init__(self, node_id: str, total: Mapping[str, float], rack: str):
+        self.node_id = node_id
+        self.rack = rack
+        self.total = dict(total)
+        self.free = dict(total)
+        self.workers = 0
+
+
+class ShapeIndex:
+    """One shape's heaps and the demands that ask for it."""
+
+    __slots__ = ("needs", "heap", "racks", "demands", "full", "total_fit")
+
+    def __init__(self, needs: Needs):
+        self.needs = needs
+        self.heap: list = []
+        self.racks: dict[str, list] = {}
+        self.demands: set[str] = set()
+        self.full = False  # no node had room when a demand last looked (cleared by growth)
+        self.total_fit = 0  # slots of this shape the cluster holds when empty (targets use it)
+
+
+class FreeIndex:
+    def __init__(self, workers_per_node_max: int, spread_probes_max: int):
+        self.workers_max = workers_per_node_max
+        self.probes_max = spread_probes_max
+        self.nodes: dict[str, Node] = {}
+        self.racks: dict[str, set[str]] = {}
+        self.shapes: dict[Needs, ShapeIndex] = {}
+        self.capacity: dict[str, float] = {}  # the totals of every node, summed
+        self.visits = 0  # heap entries looked at, all decisions together (tests bound it)
+
+    # ------------------------------------------------------------ nodes
+
+    def fit(self, node: Node, needs: Needs) -> int:
+        return fit_count(node.free, needs, self.workers_max - node.workers)
+
+    def empty_fit(self, total: Mapping[str, float], needs: Needs) -> int:
+        return fit_count(total, needs, self.workers_max)
+
+    def add_node(self, node_id: str, total: Mapping[str, float], rack: str = DEFAULT_RACK) -> Node:
+        node = self.nodes[node_id] = Node(node_id, total, rack)
+        self.racks.setdefault(rack, set()).add(node_id)
+        give(self.capacity, tuple(node.total.items()))
+        for sh in self.shapes.values():
+            sh.total_fit += self.empty_fit(node.total, sh.needs)
+        self.grew(node)
+        return node
+
+    def remove_node(self, node_id: str) -> Node:
+        node = self.nodes.pop(node_id)
+        members = self.racks[node.rack]
+        members.discard(node_id)
+        if not members:
+            del self.racks[node.rack]
+        for k, v in node.total.items():
+            self.capacity[k] = self.capacity.get(k, 0.0) - v
+        for sh in self.shapes.values():
+            sh.total_fit -= self.empty_fit(node.total, sh.needs)
+            if node.rack not in self.racks:
+                sh.racks.pop(node.rack, None)
+        return node  # its heap entries die lazily (the node is no longer in ``nodes``)
+
+    def grew(self, node: Node) -> None:
+        """``node`` has more room than before: every shape hears of it at once."""
+        for sh in self.shapes.values():
+            f = self.fit(node, sh.needs)
+            if f > 0:
+                sh.full = False
+                entry = (-f, node.node_id)
+                self._push(sh, sh.heap, entry)
+                heapq.heappush(sh.racks.setdefault(node.rack, []), entry)
+
+    def _push(self, sh: ShapeIndex, heap: list, entry: tuple) -> None:
+        heapq.heappush(heap, entry)
+        if len(heap) > 4 * len(self.nodes) + 64:
+            self._rebuild(sh)
+
+    def _rebuild(self, sh: ShapeIndex) -> None:
+        sh.heap = [(-f, n.node_id) for n in self.nodes.values() if (f := self.fit(n, sh.needs)) > 0]
+        heapq.heapify(sh.heap)
+        sh.racks = {}
+        for negf, nid in sh.heap:
+            sh.racks.setdefault(self.nodes[nid].rack, []).append((negf, nid))
+        for h in sh.racks.values():
+            heapq.heapify(h)
+
+    # ------------------------------------------------------------ shapes
+
+    def shape(self, needs: Needs) -> ShapeIndex:
+        sh = self.shapes.get(needs)
+        if sh is None:
+            sh = self.shapes[needs] = ShapeIndex(needs)
+            sh.total_fit = sum(self.empty_fit(n.total, needs) for n in self.nodes.values())
+            self._rebuild(sh)
+        return sh
+
+    def drop_shape(self, needs: Needs) -> None:
+        self.shapes.pop(needs, None)
+
+    # ------------------------------------------------------------ one decision
+
+    def top_fit(self, sh: ShapeIndex) -> int:
+        """The most slots of the shape any node still has room for (0: it fits nowhere)."""
+        heap = sh.heap
+        while heap:
+            negf, nid = heap[0]
+            self.visits += 1
+            node = self.nodes.get(nid)
+            real = self.fit(node, sh.needs) if node is not None else 0
+            if real == -negf:
+                return real
+            heapq.heappop(heap)
+            if 0 < real < -negf:
+                heapq.heappush(heap, (-real, nid))
+        return 0
+
+    def choose(self, sh: ShapeIndex, held: Mapping[str, int], prefer_nodes: Mapping[str, int],
+               prefer_racks: Mapping[str, int], avoid: Collection[str],
+               excluded: Collection[str]) -> tuple[str, str] | None:
+        """A node for one more slot of ``sh``'s shape: ``(node_id, locality)`` or None.
+
+        Preferred nodes first (the one with most room among at most ``spread_probes_max`` of
+        them; those looked at go to the back of ``prefer_nodes``, so a long list is walked
+        round over successive decisions), then the roomiest node of a
+        preferred rack, then of the cluster. At the rack and cluster levels the node where the
+        demand holds fewest slots wins (spread), among the roomiest ``spread_probes_max``;
+        ``avoid`` nodes only when nothing else fits; ``excluded`` nodes never.
+        """
+        best = None
+        looked: list[str] = []
+        for nid in prefer_nodes:
+            if len(looked) >= self.probes_max:
+                break
+            looked.append(nid)
+            node = self.nodes.get(nid)
+            if node is None or nid in excluded:
+                continue
+            f = self.fit(node, sh.needs)
+            self.visits += 1
+            if f > 0 and (best is None or (nid not in avoid, f, nid) > best):
+                best = (nid not in avoid, f, nid)
+        if len(prefer_nodes) > len(looked) and isinstance(prefer_nodes, dict):
+            for nid in looked:  # to the back: the next decision looks at the others
+                if best is None or nid != best[2]:
+                    prefer_nodes[nid] = prefer_nodes.pop(nid)
+        if best is not None and best[0]:
+            return best[2], LOCALITY_NODE
+        for rack, want in prefer_racks.items():
+            heap = sh.racks.get(rack)
+            if want <= 0 or not heap:
+                continue
+            got = self._probe(sh, heap, held, avoid, excluded, last_resort=False)
+            if got is not None:
+                return got, LOCALITY_RACK
+        got = self._probe(sh, sh.heap, held, avoid, excluded, last_resort=True)
+        if got is not None:
+            return got, LOCALITY_CLUSTER
+        if best is not None:  # only avoided preferred nodes had room
+            return best[2], LOCALITY_NODE
+        return None
+
+    def _probe(self, sh: ShapeIndex, heap: list, held: Mapping[str, int], avoid: Collection[str],
+               excluded: Collection[str], last_resort: bool) -> str | None:
+        needs, nodes = sh.needs, self.nodes
+        kept: list = []  # real entries popped on the way, pushed back afterwards
+        seen: set[str] = set()
+        spread: list = []  # (held here, -fit, node) of nodes where the demand already holds
+        avoided: list = []
+        chosen = None
+        probes = 0
+        while heap and probes < self.probes_max:
+            negf, nid = heap[0]
+            self.visits += 1
+            node = nodes.get(nid)
+            real = self.fit(node, needs) if node is not None else 0
+            heapq.heappop(heap)
+            if real != -negf:  # stale: push back what is true (if it claimed too much)
+                if 0 < real < -negf:
+                    heapq.heappush(heap, (-real, nid))
+                continue
+            if nid in seen:
+                continue  # a duplicate of an entry already looked at
+            seen.add(nid)
+            kept.append((negf, nid))
+            if nid in excluded:
+                continue
+            if nid in avoid:
+                avoided.append((held.get(nid, 0), negf, nid))
+                continue
+            h = held.get(nid, 0)
+            if h == 0:
+                chosen = nid
+                break
+            spread.append((h, negf, nid))
+            probes += 1
+        for entry in kept:
+            heapq.heappush(heap, entry)
+        if chosen is not None:
+            return chosen
+        if spread:
+            return min(spread)[2]
+        if avoided and last_resort:  # the heap ran out: nothing else has room
+            return min(avoided)[2]
+        return None

@@ -1,0 +1,604 @@
+"""The incremental scheduler: one long-lived state, changed by deltas, deciding one slot at a
+time in O(log N).
+
+Deltas in (each O(log N) or better, never a scan of all nodes or slots):
+    add_node / remove_node / exclude_node     the cluster changes
+    set_demand / ask / set_wanted / remove_demand   a job asks for more (or fewer) slots,
+                                               optionally at a node or rack (locality)
+    release                                    a job gives a slot back
+    load_grant                                 rebuild from a ledger (after a restart)
+Decisions out:
+    decide(now) -> (Grant | None, [Revocation])    the next slot, and what it revoked
+    schedule(now) -> Plan                          decide until nothing more fits
+    schedule_job(job, now, caps) -> Plan           one job's grants, capped (FuxiMaster's sync)
+    targets() -> {demand_id: slots}                fair shares (see ``fairshare``)
+
+Which demand goes next: the quota group whose next slot is within its guarantee first
+(tier 0), then by effective priority (priority plus ageing), then the group borrowing least
+for its weight (idle quota lent in proportion), then the job holding fewest slots (max-min
+fairness), then the demand holding fewest, then submit order. Where: the free index
+(``index``).
+
+Demands wait in one lazy heap per (quota group, shape). A shape that fits on no node marks
+its heaps full until a node gets room for it; a group at its max marks its heaps full until
+the group releases a slot; so a saturated cluster costs nothing per decision but a scan of
+those few heaps. A demand that fits somewhere, but not where it may go (its exclusions), is
+parked alone until the next ``schedule``.
+When a demand within its group's guarantee fits nowhere, running slots of groups above their
+guarantee are revoked (reclaim): least important first, most recently started first, on one
+node until the slot fits. With ``preempt_priority_gap`` set, a demand may also revoke slots of
+priority at least that much lower. The core applies its own decisions to its state at once
+(so the next one sees them); the shell re-checks each grant against its ledger and releases
+here any it did not apply.
+
+Pure: no clocks (``now`` is passed in), no randomness, no I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Collection, Mapping
+
+from fuxi.core.sched import fairshare
+from fuxi.core.sched.index import DEFAULT_RACK, FreeIndex
+from fuxi.core.sched.model import (
+    LOCALITY_CLUSTER,
+    LOCALITY_NODE,
+    LOCALITY_RACK,
+    PREFERRED_PLACES_MAX,
+    DemandSpec,
+    Grant,
+    Plan,
+    Revocation,
+    SchedConfig,
+    quota_groups,
+)
+from fuxi.core.sched.quota import borrow_share, guaranteed, over_min, under_max
+from fuxi.core.sched.resources import check_resources, fit_count, give, needs_of, take
+from fuxi.errors import BadInput, LimitExceeded
+
+# Slots granted (anywhere) before a queue whose making room failed tries again: new slots are
+# new victims. Bounds the cost of a guarantee that cannot be met (say, GPUs that no borrower
+# holds) to one bounded victim scan per this many grants.
+ROOM_RETRY_GRANTS = 64
+PARK_RETRY = "retry"  # fits somewhere, but not where this demand may go: next schedule()
+
+
+class _Demand:
+    __slots__ = ("spec", "did", "job", "group", "priority", "seq", "needs", "sh", "wanted",
+                 "held", "held_total", "prefer_nodes", "prefer_racks", "avoid", "excluded",
+                 "waiting_since", "boost", "version", "parked", "wait_stamp")
+
+    def __init__(self, spec: DemandSpec, sh, now: float):
+        self.spec = spec
+        self.did = spec.demand_id
+        self.job = spec.job_id
+        self.group = spec.quota_group
+        self.priority = spec.priority
+        self.seq = spec.submit_seq
+        self.needs = sh.needs
+        self.sh = sh
+        self.wanted = 0
+        self.held: dict[str, int] = {}
+        self.held_total = 0
+        self.prefer_nodes: dict[str, int] = {}
+        self.prefer_racks: dict[str, int] = {}
+        self.avoid: frozenset = frozenset()
+        self.excluded: frozenset = frozenset()
+        self.waiting_since = now
+        self.boost = 0
+        self.version = 0
+        self.parked: str | None = None
+        self.wait_stamp = 0
+
+    @property
+    def pending(self) -> int:
+        return self.wanted - self.held_total
+
+
+class Scheduler:
+    def __init__(self, config: SchedConfig = SchedConfig()):
+        self.config = config
+        self.index = FreeIndex(config.workers_per_node_max, config.spread_probes_max)
+        self.groups = quota_groups(config.quota_groups)
+        self.group_used: dict[str, dict[str, float]] = {g: {} for g in self.groups}
+        self._queues: dict[tuple, list] = {}  # (group, needs) -> heap of (key, version)
+        self._quota_full: set[tuple] = set()  # (group, needs) whose group is at its max
+        # (group, needs) whose shape fits nowhere -> (the priority for which making room
+        # failed, the slot count then): no demand of that priority or lower tries again until
+        # ROOM_RETRY_GRANTS more slots were granted (new victims) or a node was added
+        self._room_failed: dict[tuple, tuple[int, int]] = {}
+        self._retry: set[str] = set()
+        self.demands: dict[str, _Demand] = {}
+        self.job_held: dict[str, int] = {}
+        self.job_demands: dict[str, set[str]] = {}
+        self.excluded_nodes: set[str] = set()  # cluster-level hard exclusion
+        self._slot_seq = 0
+        self._slots: dict[tuple[str, str], list[int]] = {}  # (demand, node) -> start seqs
+        self._live: dict[int, tuple[str, str]] = {}  # start seq -> (demand, node)
+        self._victims: list = []  # (priority, -start seq, start seq): preemption order
+        self._ageing: list = []  # (due time, demand id, wait stamp)
+        self.decisions = 0
+        self.revoked = 0
+
+    # ------------------------------------------------------------ the cluster
+
+    def add_node(self, node_id: str, total: Mapping[str, float], rack: str = DEFAULT_RACK) -> None:
+        if node_id in self.index.nodes:
+            raise BadInput(f"node {node_id!r} is known already; remove it first to change it")
+        self.index.add_node(node_id, check_resources(f"node {node_id!r}", total), rack)
+        self._room_failed.clear()
+
+    def remove_node(self, node_id: str) -> list[Revocation]:
+        """Forget a node; every slot on it is void (returned as ``node_gone`` revocations)."""
+        if node_id not in self.index.nodes:
+            return []
+        out = []
+        for d in list(self.demands.values()):
+            n = d.held.get(node_id, 0)
+            if n:
+                self.release(d.did, node_id, n)
+                out.append(Revocation(d.did, node_id, n, "node_gone"))
+        self.index.remove_node(node_id)
+        return out
+
+    def exclude_node(self, node_id: str, excluded: bool = True) -> None:
+        """Cluster-level hard exclusion (a blacklisted node gets no new slot of anyone)."""
+        if excluded:
+            self.excluded_nodes.add(node_id)
+        else:
+            self.excluded_nodes.discard(node_id)
+            self._unpark_retry()
+
+    def free(self, node_id: str) -> dict[str, float]:
+        return dict(self.index.nodes[node_id].free)
+
+    # ------------------------------------------------------------ demands
+
+    def set_demand(self, spec: DemandSpec, wanted: int | None = None, now: float = 0.0) -> None:
+        """Create or update a demand (priority, group and preferences may change; its shape may
+        not while it holds slots)."""
+        if spec.quota_group not in self.groups:
+            raise BadInput(f"demand {spec.demand_id!r}: quota group {spec.quota_group!r} is not "
+                           f"configured; expected one of {sorted(self.groups)}")
+        d = self.demands.get(spec.demand_id)
+        needs = needs_of(spec.shape)
+        if d is not None and (d.needs != needs or d.job != spec.job_id) and d.held_total:
+            raise BadInput(f"demand {spec.demand_id!r} holds {d.held_total} slots as job "
+                           f"{d.job!r} shape {dict(d.needs)!r}; got job {spec.job_id!r} shape "
+                           f"{dict(needs)!r}: a changed demand needs a new id")
+        if d is not None and (d.needs != needs or d.job != spec.job_id):
+            self.remove_demand(spec.demand_id)
+            d = None
+        if d is None:
+            sh = self.index.shape(needs)
+            sh.demands.add(spec.demand_id)
+            d = self.demands[spec.demand_id] = _Demand(spec, sh, now)
+            self.job_demands.setdefault(d.job, set()).add(d.did)
+            self.job_held.setdefault(d.job, 0)
+        elif d.group != spec.quota_group or d.priority != spec.priority or d.seq != spec.submit_seq:
+            if d.held_total:
+                take(self.group_used[d.group], d.needs, d.held_total)
+                give(self.group_used[spec.quota_group], d.needs, d.held_total)
+            self._unpark(d)
+            d.spec, d.group, d.priority, d.seq = spec, spec.quota_group, spec.priority, spec.submit_seq
+        if wanted is not None:
+            self.set_wanted(spec.demand_id, wanted, now)
+        else:
+            self._push(d)
+
+    def remove_demand(self, demand_id: str) -> dict[str, int]:
+        """Forget a demand and release what it holds; returns node -> slots released."""
+        d = self.demands.get(demand_id)
+        if d is None:
+            return {}
+        released = dict(d.held)
+        for node, n in released.items():
+            self.release(demand_id, node, n)
+        self._unpark(d)
+        d.sh.demands.discard(demand_id)
+        del self.demands[demand_id]
+        jd = self.job_demands[d.job]
+        jd.discard(demand_id)
+        if not jd:
+            del self.job_demands[d.job]
+            del self.job_held[d.job]
+        if not d.sh.demands:
+            self.index.drop_shape(d.needs)
+        return released
+
+    def ask(self, demand_id: str, n: int = 1, now: float = 0.0, node: str | None = None,
+            rack: str | None = None) -> None:
+        """A delta: ``n`` more slots wanted (negative: fewer), optionally preferred on one node or
+        one rack (the locality tree's node and rack levels; without either, anywhere)."""
+        d = self._demand(demand_id)
+        self._set(d, d.wanted + n, now)
+        if n > 0 and (node is not None or rack is not None):
+            prefs, place = (d.prefer_nodes, node) if node is not None else (d.prefer_racks, rack)
+            if place not in prefs and len(prefs) >= PREFERRED_PLACES_MAX:
+                raise LimitExceeded(f"demand {demand_id!r} prefers {len(prefs)} places already: "
+                                    f"PREFERRED_PLACES_MAX is {PREFERRED_PLACES_MAX}")
+            prefs[place] = prefs.get(place, 0) + n
+
+    def set_wanted(self, demand_id: str, wanted: int, now: float = 0.0) -> None:
+        """The absolute form of ``ask``: ``wanted`` slots in all (held ones included)."""
+        self._set(self._demand(demand_id), wanted, now)
+
+    def set_avoid(self, demand_id: str, avoid: Collection[str] = (),
+                  excluded: Collection[str] = ()) -> None:
+        """Nodes this demand uses only when nothing else fits (``avoid``), or never."""
+        d = self._demand(demand_id)
+        d.avoid, d.excluded = frozenset(avoid), frozenset(excluded)
+        if d.parked == PARK_RETRY:
+            self._unpark(d)
+            self._push(d)
+
+    def _set(self, d: _Demand, wanted: int, now: float) -> None:
+        if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 0:
+            raise BadInput(f"demand {d.did!r}: wanted={wanted!r}: expected an integer >= 0")
+        was = d.pending
+        d.wanted = wanted
+        if d.pending > 0 and was <= 0:
+            d.waiting_since, d.boost = now, 0
+            self._age_later(d)
+        if d.pending <= 0:
+            d.prefer_nodes.clear()
+            d.prefer_racks.clear()
+        if d.parked is None:
+            self._push(d)
+
+    def _demand(self, demand_id: str) -> _Demand:
+        d = self.demands.get(demand_id)
+        if d is None:
+            raise BadInput(f"unknown demand {demand_id!r}: set_demand() it first")
+        return d
+
+    def held(self, demand_id: str) -> dict[str, int]:
+        d = self.demands.get(demand_id)
+        return dict(d.held) if d else {}
+
+    # ------------------------------------------------------------ grants held
+
+    def release(self, demand_id: str, node_id: str, n: int = 1) -> None:
+        d = self._demand(demand_id)
+        have = d.held.get(node_id, 0)
+        if n < 0 or n > have:
+            raise BadInput(f"release {n} slots of {demand_id!r} on {node_id!r}: {have} held")
+        if n == 0:
+            return
+        stack = self._slots[(demand_id, node_id)]
+        for _ in range(n):
+            self._live.pop(stack.pop(), None)  # the most recently started go first
+        if not stack:
+            del self._slots[(demand_id, node_id)]
+        d.held[node_id] = have - n
+        if not d.held[node_id]:
+            del d.held[node_id]
+        d.held_total -= n
+        self.job_held[d.job] -= n
+        take(self.group_used[d.group], d.needs, n)
+        node = self.index.nodes.get(node_id)
+        if node is not None:
+            give(node.free, d.needs, n)
+            node.workers -= n
+            self.index.grew(node)  # clears the full mark of every shape that fits there now
+        if self._quota_full:
+            self._quota_full = {q for q in self._quota_full if q[0] != d.group}
+        for did in self.job_demands.get(d.job, ()):  # the job's keys got better
+            other = self.demands[did]
+            if other.parked is None:
+                self._push(other)
+
+    def load_grant(self, demand_id: str, node_id: str, n: int) -> None:
+        """Record ``n`` slots held on ``node_id`` without a fit check (rebuilding from a ledger;
+        a node that shrank below what it holds is overcommitted until slots are released)."""
+        d = self._demand(demand_id)
+        if node_id not in self.index.nodes:
+            raise BadInput(f"load_grant of {demand_id!r} on unknown node {node_id!r}")
+        for _ in range(n):
+            self._record(d, node_id)
+
+    def _record(self, d: _Demand, node_id: str) -> None:
+        node = self.index.nodes[node_id]
+        take(node.free, d.needs)
+        node.workers += 1
+        d.held[node_id] = d.held.get(node_id, 0) + 1
+        d.held_total += 1
+        self.job_held[d.job] += 1
+        give(self.group_used[d.group], d.needs)
+        self._slot_seq += 1
+        seq = self._slot_seq
+        self._slots.setdefault((d.did, node_id), []).append(seq)
+        self._live[seq] = (d.did, node_id)
+        heapq.heappush(self._victims, (d.priority, -seq, seq))
+
+    # ------------------------------------------------------------ decisions
+
+    def schedule(self, now: float, decisions_max: int | None = None) -> Plan:
+        """Decide until nothing more fits (or ``decisions_max``): every demand of the cluster."""
+        self._unpark_retry()
+        grants: list[Grant] = []
+        revs: list[Revocation] = []
+        while decisions_max is None or len(grants) < decisions_max:
+            g, r = self.decide(now)
+            revs.extend(r)
+            if g is None:
+                break
+            grants.append(g)
+        return Plan(tuple(grants), tuple(revs))
+
+    def decide(self, now: float) -> tuple[Grant | None, list[Revocation]]:
+        """The next slot: the most deserving demand (see the module doc), where it fits best."""
+        self._advance(now)
+        while True:
+            d = self._pick()
+            if d is None:
+                return None, []
+            group = self.groups[d.group]
+            if not under_max(group, self.group_used[d.group], d.needs):
+                self._quota_full.add((d.group, d.needs))
+                self._push(d)
+                continue
+            excluded = self._excluded_for(d)
+            got = self.index.choose(d.sh, d.held, d.prefer_nodes, d.prefer_racks, d.avoid,
+                                    excluded)
+            revs: list[Revocation] = []
+            if got is None:
+                revs, node_id = self._make_room(d, excluded)
+                if node_id is None:
+                    if self.index.top_fit(d.sh) == 0:
+                        d.sh.full = True  # until a node has room for the shape
+                        self._room_failed[(d.group, d.needs)] = (d.priority, self._slot_seq)
+                        self._push(d)
+                    else:
+                        self._park(d, PARK_RETRY)
+                    continue
+                got = (node_id, LOCALITY_CLUSTER)
+            node_id, locality = got
+            self._grant(d, node_id, locality, now)
+            return Grant(d.did, node_id, 1, locality), revs
+
+    def schedule_job(self, job_id: str, now: float, caps: Mapping[str, int]) -> Plan:
+        """Grants for one job's demands only, each up to ``caps[demand_id]`` slots held (the
+        fair target): what FuxiMaster's sync hands the job that called it."""
+        grants: list[Grant] = []
+        mine = sorted((self.demands[x] for x in self.job_demands.get(job_id, ())),
+                      key=lambda d: (d.held_total, d.seq, d.did))
+        for d in mine:
+            want = min(caps.get(d.did, 0), d.wanted) - d.held_total
+            excluded = self._excluded_for(d)
+            while want > 0 and under_max(self.groups[d.group], self.group_used[d.group], d.needs):
+                got = self.index.choose(d.sh, d.held, d.prefer_nodes, d.prefer_racks, d.avoid,
+                                        excluded)
+                if got is None:
+                    break
+                self._grant(d, got[0], got[1], now)
+                grants.append(Grant(d.did, got[0], 1, got[1]))
+                want -= 1
+        return Plan(tuple(grants), ())
+
+    def targets(self) -> dict[str, int]:
+        """Each demand's fair share of the cluster as it is (see ``fairshare.targets``)."""
+        return fairshare.targets(self)
+
+    def _grant(self, d: _Demand, node_id: str, locality: str, now: float) -> None:
+        self._record(d, node_id)
+        if locality == LOCALITY_NODE or node_id in d.prefer_nodes:
+            _consume(d.prefer_nodes, node_id)
+        elif locality == LOCALITY_RACK or d.prefer_racks:
+            _consume(d.prefer_racks, self.index.nodes[node_id].rack)
+        d.waiting_since, d.boost = now, 0  # served: its age starts again
+        self.decisions += 1
+        if d.pending > 0:
+            self._age_later(d)
+            self._push(d)
+
+    def _excluded_for(self, d: _Demand) -> Collection[str]:
+        if not self.excluded_nodes:
+            return d.excluded
+        if not d.excluded:
+            return self.excluded_nodes
+        return self.excluded_nodes | d.excluded
+
+    # ------------------------------------------------------------ the order of demands
+
+    def key(self, d: _Demand) -> tuple:
+        return (-(d.priority + d.boost), self.job_held[d.job], d.held_total, d.seq, d.did)
+
+    def _push(self, d: _Demand) -> None:
+        if d.pending <= 0 or d.parked is not None:
+            return
+        d.version += 1
+        q = self._queues.get((d.group, d.needs))
+        if q is None:
+            q = self._queues[(d.group, d.needs)] = []
+        heapq.heappush(q, (self.key(d), d.version))
+
+    def _top(self, heap: list) -> _Demand | None:
+        """A queue's most deserving demand (stale heap entries dropped or re-filed)."""
+        while heap:
+            k, version = heap[0]
+            d = self.demands.get(k[-1])
+            if d is None or d.version != version or d.parked is not None or d.pending <= 0:
+                heapq.heappop(heap)
+                continue
+            now_key = self.key(d)
+            if now_key != k:
+                heapq.heappop(heap)
+                d.version += 1
+                heapq.heappush(heap, (now_key, d.version))
+                continue
+            return d
+        return None
+
+    def _pick(self) -> _Demand | None:
+        best, best_key, best_heap = None, None, None
+        shares: dict[str, float] = {}
+        shapes, quota_full = self.index.shapes, self._quota_full
+        preempting = self.config.preempt_priority_gap is not None
+        for q, heap in self._queues.items():
+            if not heap or q in quota_full:
+                continue
+            sh = shapes.get(q[1])
+            if sh is None:
+                continue
+            d = self._top(heap)
+            if d is None:
+                continue
+            if sh.full and q in self._room_failed:
+                prio, at = self._room_failed[q]
+                if prio >= d.priority and self._slot_seq - at < ROOM_RETRY_GRANTS:
+                    continue
+            name = q[0]
+            group, used = self.groups[name], self.group_used[name]
+            if sh.full and not preempting and not guaranteed(group, used, d.needs):
+                continue  # fits nowhere, and may not make room
+            share = shares.get(name)
+            if share is None:
+                share = shares[name] = borrow_share(group, used, self.index.capacity)
+            gk = (0 if guaranteed(group, used, d.needs) else 1, -(d.priority + d.boost), share,
+                  self.key(d))
+            if best_key is None or gk < best_key:
+                best, best_key, best_heap = d, gk, heap
+        if best is not None:
+            heapq.heappop(best_heap)  # it is the top (checked by _top)
+            best.version += 1  # re-filed if it still wants more
+        return best
+
+    def _park(self, d: _Demand, why: str) -> None:
+        d.parked = why
+        self._retry.add(d.did)
+
+    def _unpark(self, d: _Demand) -> None:
+        if d.parked is not None:
+            self._retry.discard(d.did)
+        d.parked = None
+
+    def _unpark_retry(self) -> None:
+        for did in list(self._retry):
+            d = self.demands[did]
+            self._unpark(d)
+            self._push(d)
+
+    # ------------------------------------------------------------ ageing
+
+    def _age_later(self, d: _Demand) -> None:
+        if d.boost >= self.config.ageing_boost_max:
+            return
+        d.wait_stamp += 1
+        due = d.waiting_since + (d.boost + 1) * self.config.ageing_step_s
+        heapq.heappush(self._ageing, (due, d.did, d.wait_stamp))
+
+    def _advance(self, now: float) -> None:
+        """Raise the priority of demands that have waited another ageing step by ``now``."""
+        heap, step = self._ageing, self.config.ageing_step_s
+        while heap and heap[0][0] <= now:
+            _, did, stamp = heapq.heappop(heap)
+            d = self.demands.get(did)
+            if d is None or d.wait_stamp != stamp or d.pending <= 0:
+                continue
+            d.boost = min(self.config.ageing_boost_max, int((now - d.waiting_since) // step))
+            self._age_later(d)
+            if d.parked is None:
+                self._push(d)
+
+    def effective_priority(self, demand_id: str) -> int:
+        d = self._demand(demand_id)
+        return d.priority + d.boost
+
+    # ------------------------------------------------------------ making room
+
+    def _make_room(self, d: _Demand, excluded: Collection[str]) -> tuple[list[Revocation], str | None]:
+        """Revoke running slots so that one slot of ``d`` fits on one node: reclaim for a group
+        within its guarantee, or preemption by priority when configured. Victims: least
+        important first, most recently started first; a group is never pushed below its
+        guarantee. Returns the revocations and the node that now has room (or [], None)."""
+        group = self.groups[d.group]
+        reclaim = guaranteed(group, self.group_used[d.group], d.needs)
+        gap = self.config.preempt_priority_gap
+        if not reclaim and gap is None:
+            return [], None
+        popped: list = []
+        freed: dict[str, list] = {}  # node -> [(start seq, victim demand)]
+        room: dict[str, dict[str, float]] = {}  # node -> its free resources once those go
+        used: dict[str, dict[str, float]] = {}  # the victims' groups as if revoked
+        nodes = self.index.nodes
+        found = None
+        looked = 0
+        while self._victims and looked < self.config.reclaim_victims_max:
+            entry = heapq.heappop(self._victims)
+            seq = entry[2]
+            where = self._live.get(seq)
+            if where is None:
+                continue  # released already
+            popped.append(entry)
+            looked += 1
+            v = self.demands[where[0]]
+            if not reclaim and v.priority > d.priority - gap:
+                break  # the heap is in priority order: nobody further is less important
+            if (reclaim and v.group == d.group) or v.did == d.did or where[1] in excluded:
+                continue
+            vu = used.setdefault(v.group, dict(self.group_used[v.group]))
+            if not over_min(self.groups[v.group], vu):
+                continue  # within its own guarantee
+            take(vu, v.needs)
+            on = freed.setdefault(where[1], [])
+            on.append((seq, v))
+            node = nodes[where[1]]
+            r = room.get(where[1])
+            if r is None:
+                r = room[where[1]] = dict(node.free)
+            give(r, v.needs)
+            if fit_count(r, d.needs, self.index.workers_max - node.workers + len(on)) > 0:
+                found = where[1]
+                break
+        taken = {s for s, _ in freed.get(found, ())} if found else set()
+        for entry in popped:
+            if entry[2] not in taken:
+                heapq.heappush(self._victims, entry)
+        if found is None:
+            return [], None
+        counts: dict[str, int] = {}
+        for _, v in freed[found]:
+            counts[v.did] = counts.get(v.did, 0) + 1
+        revs = []
+        reason = "reclaim" if reclaim else "priority"
+        for did, n in counts.items():
+            self.release(did, found, n)
+            revs.append(Revocation(did, found, n, reason))
+        self.revoked += sum(counts.values())
+        return revs, found
+
+    # ------------------------------------------------------------ checks
+
+    def validate(self) -> None:
+        """Raise AssertionError if the state is inconsistent (tests call it after each step)."""
+        per_node: dict[str, dict[str, float]] = {n: {} for n in self.index.nodes}
+        workers = {n: 0 for n in self.index.nodes}
+        group_used: dict[str, dict[str, float]] = {g: {} for g in self.groups}
+        for d in self.demands.values():
+            assert d.held_total == sum(d.held.values()) and all(v > 0 for v in d.held.values())
+            for node, n in d.held.items():
+                give(per_node[node], d.needs, n)
+                give(group_used[d.group], d.needs, n)
+                workers[node] += n
+                assert len(self._slots[(d.did, node)]) == n
+        for node_id, node in self.index.nodes.items():
+            expect = dict(node.total)
+            give(expect, tuple((k, -v) for k, v in per_node[node_id].items()))
+            for k in set(expect) | set(node.free):
+                assert abs(expect.get(k, 0.0) - node.free.get(k, 0.0)) < 1e-6, (node_id, k)
+            assert workers[node_id] == node.workers
+        for g, u in group_used.items():
+            for k in set(u) | set(self.group_used[g]):
+                assert abs(u.get(k, 0.0) - self.group_used[g].get(k, 0.0)) < 1e-6, (g, k)
+        for job, ds in self.job_demands.items():
+            assert self.job_held[job] == sum(self.demands[x].held_total for x in ds)
+
+
+def _consume(prefs: dict[str, int], place: str) -> None:
+    n = prefs.get(place, 0)
+    if n > 1:
+        prefs[place] = n - 1
+    elif n == 1:
+        del prefs[place]
