@@ -26,6 +26,7 @@ from base import metrics
 from fuxi.core.jobqueue import JobQueue
 from fuxi.core.plan import JobPlan
 from fuxi.core.spec import QUEUE_NAME_RE
+from fuxi.core.spec import priority_max as PRIORITY_MAX
 from fuxi.core.states import JobState
 from fuxi.errors import BadInput
 
@@ -88,6 +89,12 @@ class Admissions:
     # ---------------------------------------------------------------- room
 
     def check_queue(self, queue: str, cluster: str) -> None:
+        """A submitted plan's queue, decided on before anything is recorded: a caller builds
+        the plan, so its type is checked here too (an unhashable value must not escape as a
+        TypeError)."""
+        if not isinstance(queue, str) or not QUEUE_NAME_RE.match(queue):
+            raise BadInput(f"queue: got {str(queue)[:80]!r}, expected a queue name matching "
+                           f"{QUEUE_NAME_RE.pattern}")
         if queue not in self.queues:
             raise BadInput(f"no queue named {queue!r} in cluster {cluster!r}; known queues: "
                            f"{', '.join(sorted(self.queues))} (`fuxi queue list`)")
@@ -106,6 +113,11 @@ class Admissions:
                 now: float) -> bool:
         """Take room for ``job_id`` now (True), or queue it (False; ``QueueFull`` when the
         queues are full). Synchronous: no other submit can take the same room meanwhile."""
+        priority = plan.priority
+        if isinstance(priority, bool) or not isinstance(priority, int) \
+                or not 0 <= priority <= PRIORITY_MAX:
+            raise BadInput(f"priority: got {str(priority)[:80]!r}, expected an integer from 0 to "
+                           f"{PRIORITY_MAX}")
         self.job_queues[job_id] = queue
         if self._has_room(queue) and not self.queue.by_group().get(queue):
             self._starting.add(job_id)
