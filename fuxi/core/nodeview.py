@@ -8,10 +8,12 @@ counters. So, per node and per resource::
     foreign  = total - available - (what Fuxi's own workers asked Ray for)
     capacity = total - foreign            (what the ledger may grant, Fuxi's and all)
 
-Fuxi's workers ask Ray only for GPUs and custom resources (those Ray must hand out itself),
-so for CPU and memory the middle term is 0; for the others it is what the ledger holds on the
-node. A negative figure (a worker granted but not yet started, counters read a moment apart)
-counts as 0. Pure: plain dicts in and out.
+Fuxi's batch workers ask Ray only for GPUs and custom resources (those Ray must hand out
+itself), so for CPU and memory their middle term is 0; for the others it is what the ledger
+holds for them on the node. Online service replicas ask Ray for everything they hold (their
+CPU too), so all of their ledger share is in the middle term. A negative figure (a worker
+granted but not yet started, counters read a moment apart) counts as 0. Pure: plain dicts in
+and out.
 """
 
 from __future__ import annotations
@@ -25,14 +27,19 @@ LEDGER_ONLY = frozenset({"CPU", "memory"})
 
 
 def foreign_use(total: Mapping[str, float], available: Mapping[str, float] | None,
-                ours_in_ledger: Mapping[str, float]) -> dict[str, float]:
+                ours_in_ledger: Mapping[str, float],
+                ours_asked_of_ray: Mapping[str, float] | None = None) -> dict[str, float]:
     """What work that is not Fuxi's holds on one node (``available`` None: Ray said nothing
-    about the node, so nothing is assumed)."""
+    about the node, so nothing is assumed). ``ours_in_ledger``: what the ledger holds there
+    for batch workers (only their GPUs and custom resources are in Ray's counters);
+    ``ours_asked_of_ray``: what it holds for actors that ask Ray for all of it (service
+    replicas)."""
     if available is None:
         return {}
+    whole = ours_asked_of_ray or {}
     out: dict[str, float] = {}
     for k, t in total.items():
-        held = t - float(available.get(k, 0.0))
+        held = t - float(available.get(k, 0.0)) - float(whole.get(k, 0.0))
         if k not in LEDGER_ONLY:
             held -= float(ours_in_ledger.get(k, 0.0))
         if held > 1e-9:

@@ -51,7 +51,7 @@ import heapq
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from fuxi.core import sched
 from fuxi.core.sched import RESOURCE_TOLERANCE, WORKERS_PER_NODE_MAX
@@ -364,9 +364,12 @@ class Ledger:
     def demands_of(self, job_id: str) -> list[str]:
         return sorted(d for d, e in self._grants.items() if e.job_id == job_id)
 
-    def used_on(self, node_id: str) -> dict[str, float]:
+    def used_on(self, node_id: str, which: Callable[[str], bool] | None = None) -> dict[str, float]:
+        """What the ledger holds on ``node_id`` (of the demand ids ``which`` accepts; all)."""
         used: dict[str, float] = {}
-        for entry in self._grants.values():
+        for did, entry in self._grants.items():
+            if which is not None and not which(did):
+                continue
             n = entry.nodes.get(node_id, 0)
             if n:
                 used = add(used, entry.shape, n)

@@ -200,8 +200,10 @@ class FuxiMaster:
             res = {k: float(v) for k, v in n.get("Resources", {}).items()
                    if not k.startswith("node:") and k != "object_store_memory"}
             # Work that is not Fuxi's (other Ray users of the cluster) is not granted again.
-            foreign = nodeview.foreign_use(res, available.get(n["NodeID"]),
-                                           self.ledger.used_on(n["NodeID"]))
+            # Batch workers ask Ray only for GPUs/custom resources; service replicas for all.
+            svc = self.ledger.used_on(n["NodeID"], lambda did: did.startswith("svc:"))
+            batch = self.ledger.used_on(n["NodeID"], lambda did: not did.startswith("svc:"))
+            foreign = nodeview.foreign_use(res, available.get(n["NodeID"]), batch, svc)
             nodes[n["NodeID"]] = nodeview.capacity(res, foreign)
             info[n["NodeID"]] = {"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"),
                                  "resources": res, "foreign": foreign}

@@ -29,12 +29,14 @@ class Probe:
 
 
 @pytest.fixture(scope="module")
-def probe():
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+def probe(ray_cluster):
+    # The session's shared cluster (conftest): a module of its own ray.init would fail
+    # whenever an earlier module had started that cluster.
+    p = Probe.remote()
     try:
-        yield Probe.remote()
+        yield p
     finally:
-        ray.shutdown()
+        ray.kill(p)
 
 
 def test_answers_errors_of_ours_and_timeouts(probe):

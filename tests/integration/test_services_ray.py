@@ -243,7 +243,7 @@ def test_a_service_needing_room_preempts_batch_and_the_job_still_succeeds(master
     try:
         st = _wait(master, "svc-pre", _ready(2), timeout_s=90)
         done = client.wait(job_id, timeout_s=180)
-        assert done["state"] == "succeeded", done.get("report")
+        assert done["state"] == "succeeded", repr(done)
         assert done["preempted_attempts"] >= 1, done
         out = read_output(str(tmp_path / "out"))
         assert sorted(set(out.column("instance").to_pylist())) == list(range(12))

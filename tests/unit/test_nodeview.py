@@ -36,3 +36,12 @@ def test_capacity_is_never_negative_nor_above_the_total(avail, ours):
     cap = capacity(TOTAL, foreign_use(TOTAL, avail, ours))
     assert set(cap) == set(TOTAL)
     assert all(0.0 <= cap[k] <= TOTAL[k] for k in TOTAL)
+
+
+def test_service_replicas_ask_ray_for_their_cpu_and_are_not_foreign():
+    # Two replicas of 1 CPU each hold 2 CPUs in Ray's counters and in the ledger: not foreign
+    # (else the node would look 2 CPUs smaller and the ledger full — batch starved for good).
+    avail = {"CPU": 5.0, "memory": 32e9, "GPU": 2.0, "disk_a": 1.0}
+    f = foreign_use(TOTAL, avail, ours_in_ledger={"CPU": 3.0}, ours_asked_of_ray={"CPU": 2.0})
+    assert f == {"CPU": 1.0}  # the third CPU Ray holds is someone else's
+    assert capacity(TOTAL, f)["CPU"] == 7.0
