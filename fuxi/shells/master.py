@@ -34,6 +34,7 @@ from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
 from fuxi.shells.admission import CONFIG_KEY, DEFAULT_QUEUE, Admissions
+from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
 from fuxi.shells.services import NODES_REFRESH_S
 from fuxi.shells.supervisor import Supervisor
@@ -156,6 +157,14 @@ class FuxiMaster:
         # Room for jobs, and the queues (quota groups) where those without room wait.
         self.admissions = Admissions(self.astore, self.store.get(CONFIG_KEY),
                                      lambda: self.jobmasters, self._start, self._watchers)
+        # Jobs still running (their JobMasters are detached) are adopted, not failed.
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        try:
+            alive = live_jobmasters()
+        except Exception:  # noqa: BLE001 - without the list, no job can be adopted
+            logger.exception("listing running JobMasters failed; none can be adopted")
+            alive = set()
+        self.adoption = Adoption(restarted, alive)
         # Finished jobs whose JobMaster exited: restore what the store remembers.
         for jid, st in _statuses(self.store):
             self.job_owners[jid] = st.get("owner")
@@ -165,7 +174,7 @@ class FuxiMaster:
                           report="FuxiMaster restarted while the job waited in its queue; "
                                  "submit it again")
                 self.store.put(f"/jobs/{jid}/status", st)
-            elif st.get("state") not in {s.value for s in TERMINAL_JOB}:
+            elif st.get("state") not in {s.value for s in TERMINAL_JOB} and jid not in alive:
                 st.update(state=JobState.FAILED.value,
                           report="FuxiMaster restarted while the job ran; its JobMaster is gone")
                 self.store.put(f"/jobs/{jid}/status", st)
@@ -174,6 +183,18 @@ class FuxiMaster:
         self.services = ServiceManager(
             self.cluster, ns, self.astore, self.detached, token_for=self._service_token,
             control_secret=replica_control_secret(self.data_dir) if self.auth_enabled else None)
+        if restarted or alive:  # adopt the running jobs as soon as the loop serves
+            ray.get_runtime_context().current_actor.resume.remote()
+
+    async def resume(self) -> list[str]:
+        """After a restart (or a start on a cluster with jobs running): adopt the running jobs
+        and, after a restart, start again the loops the first start was asked to run.
+        Idempotent; it changes nothing on a FuxiMaster that neither restarted nor found jobs."""
+        adopted = await self.adoption.resume(self)
+        if self.adoption.restarted:
+            self.supervisor.start()
+            self.services.start()
+        return adopted
 
     @property
     def nuwa(self) -> list | None:
@@ -441,6 +462,7 @@ class FuxiMaster:
             ],
             "jobs_running": list(self.jobmasters),
             "master_node_id": self.node_id,
+            "master": self.adoption.info(),  # restarted?, jobs adopted
             "nuwa": self.nuwa,
             "nuwa_events": self.supervisor.events,
             "store": type(self.store).__name__,
@@ -450,7 +472,7 @@ class FuxiMaster:
     # ------------------------------------------------------------ slot grants
 
     async def sync(self, job_id: str, priority: int, demands: dict, releases: list,
-                   avoid_nodes: list, cred: str | None = None) -> dict:
+                   avoid_nodes: list, cred: str | None = None, held: dict | None = None) -> dict:
         """A JobMaster's heartbeat: only that job's own token (or the platform's) may give
         back or ask for its slots."""
         if self.auth_enabled:
@@ -463,7 +485,12 @@ class FuxiMaster:
                 raise Denied(f"user {who.user!r} may not sync job {job_id!r}: only its own "
                              f"JobMaster (the job's token) may")
         await self._refresh_nodes()
-        for shape_key, node in releases:
+        if self.adoption.expected:
+            await self.adoption.resume(self)
+        # An adopted job's first sync rebuilds its slots; its releases are already out of it.
+        fresh = self.adoption.first_sync(self, job_id, priority, held, cred,
+                                         who.user if self.auth_enabled else None)
+        for shape_key, node in ([] if fresh else releases):
             did = f"{job_id}/{shape_key}"
             if self.ledger.held(did).get(node, 0) > 0:
                 self.ledger.release(did, node, 1)
@@ -561,16 +588,18 @@ class FuxiMaster:
         token = self._auth().scoped_token(who, "job", job_id, ttl_s=JOB_TOKEN_TTL_S)
         # JobMasters live next to FuxiMaster (the head in a `fuxi up` cluster): both are control
         # plane, and a worker node going away must not take a job's master with it.
-        opts = {"lifetime": "detached"} if self.detached else {}
+        # Detached: the JobMaster outlives a FuxiMaster that dies, and its successor adopts it
+        # (fuxi.shells.adoption); one nobody collects ends itself (ORPHAN_LINGER_S).
         jm = JobMaster.options(
-            name=f"jobmaster-{job_id}",
-            **opts,
+            name=jobmaster_name(job_id), lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False),
         ).remote(job_id, plan, ray.get_runtime_context().current_actor,
                  os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path, token)
         self.jobmasters[job_id] = jm
         self._job_tokens[job_id] = token  # what its JobMaster takes calls with
-        self.runs[job_id] = jm.run.remote(token)
+        # It starts itself (a run call sent from here would die with this process if it had
+        # not been delivered yet); its verdict is read with ``final``, as an adopter does.
+        self.runs[job_id] = jm.final.remote()
         watcher = asyncio.get_running_loop().create_task(self._watch(job_id))
         self._watchers.add(watcher)  # asyncio keeps only weak references to tasks
         watcher.add_done_callback(self._watchers.discard)
@@ -630,6 +659,8 @@ class FuxiMaster:
                 self.admissions.job_queues.pop(jid, None)
 
     async def status(self, job_id: str, cred: str | None = None) -> dict:
+        if self.adoption.expected:  # just restarted: the running jobs first
+            await self.adoption.resume(self)
         self._check_job(cred, job_id, "view")
         return await self._status(job_id)
 
@@ -684,6 +715,8 @@ class FuxiMaster:
 
     async def wait(self, job_id: str, timeout_s: float, cred: str | None = None) -> dict:
         """Wait up to ``timeout_s`` for a job to end; returns its status either way."""
+        if self.adoption.expected:  # just restarted: the running jobs first
+            await self.adoption.resume(self)
         self._check_job(cred, job_id, "view")
         left = await self.admissions.wait_started(job_id, timeout_s)  # queued: its start first
         if left is None:

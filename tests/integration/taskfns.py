@@ -97,3 +97,10 @@ def read_pangu(ctx):
     with pangu.open(f"pangu://{ctx.params['cluster']}{ctx.params['path']}", "rb") as f:
         data = f.read()
     return pa.table({"size": [len(data)]})
+
+
+def slow_gen(ctx):
+    """``gen_numbers`` after ``sleep_s``, marked: a test can act while the stage runs."""
+    _mark(ctx, "run")
+    time.sleep(float(ctx.params.get("sleep_s", 1.0)))
+    return gen_numbers(ctx)

@@ -143,6 +143,9 @@ def _fake_master(nodes):
     fake = SimpleNamespace(
         auth_enabled=False, ledger=Ledger(), jobmasters={"j": object()}, demands={},
         priorities={}, submit_seq={"j": 1}, nodes=nodes)
+    from fuxi.shells.adoption import Adoption
+
+    fake.adoption = Adoption(False, set())  # a master that found no job to adopt
     async def refresh(force=False):
         return None
 
