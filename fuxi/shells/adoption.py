@@ -104,6 +104,7 @@ class Adoption:
         self.expected = set(expected)  # job ids with a live JobMaster, not adopted yet
         self.unledgered: set[str] = set()  # adopted; their first sync rebuilds their slots
         self.adopted: dict[str, float] = {}  # job id -> when it was adopted
+        self.rebuilt: dict[str, float] = {}  # job id -> when its first sync refilled the ledger
         self.started_at = time.time()
         self.resumed_at: float | None = None
         self._lock = asyncio.Lock()
@@ -149,6 +150,7 @@ class Adoption:
             return False
         checked = check_held(held, master.nodes)
         self.unledgered.discard(job_id)
+        self.rebuilt[job_id] = time.time()
         if isinstance(cred, str) and cred:
             master._job_tokens.setdefault(job_id, cred)  # it was checked by sync already
         if owner is not None:  # the job's token names its submitter (no record survived)
@@ -162,4 +164,5 @@ class Adoption:
 
     def info(self) -> dict:
         return {"restarted": self.restarted, "adopted_jobs": sorted(self.adopted),
-                "started_at": self.started_at, "resumed_at": self.resumed_at}
+                "started_at": self.started_at, "resumed_at": self.resumed_at,
+                "rebuilt_at": dict(self.rebuilt)}

@@ -112,3 +112,30 @@ def test_a_job_that_ends_while_fuxi_master_is_down_still_gets_its_verdict(client
     ray.kill(client.master, no_restart=False)  # at once: the job ends while it restarts
     done = client.wait(job_id, timeout_s=120)
     assert done["state"] == "succeeded", repr(done)
+
+
+def test_fuxi_master_and_a_worker_die_at_once(client, tmp_path):
+    """Two faults at once: a worker process is killed in the same instant as FuxiMaster. The
+    adopted JobMaster retries the lost attempt; the output is whole, each instance once."""
+    import json
+    import os
+    import signal
+
+    marks = tmp_path / "marks"
+    spec = {"name": "failover-two", "params": {"dir": str(marks), "sleep_s": 3.0},
+            "speculation": {"enabled": False},
+            "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 8, "resources": {"cpu": 1},
+                            "output": str(tmp_path / "out")}}}
+    job_id = client.submit(spec)
+    _wait_marks(str(marks / "run-*"), 2)
+    victim = sorted(glob.glob(str(marks / "run-*")))[0]
+    with open(victim) as f:
+        pid = json.load(f)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    _kill_master(client)
+    done = client.wait(job_id, timeout_s=180)
+    assert done["state"] == "succeeded", repr(done)
+    assert done["tasks"]["t"]["attempts"] >= 9  # the killed worker's attempt ran again
+    out = _read(str(tmp_path / "out"))
+    assert sorted(set(out.column("instance").to_pylist())) == list(range(8))
+    assert out.num_rows == 8 * 3  # each instance's rows exactly once
