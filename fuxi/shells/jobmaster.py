@@ -635,8 +635,9 @@ class JobMaster:
         demands = {k: {"shape": shape, "wanted": n} for k, (shape, n) in self.core.demands().items()}
         releases, self.releases = self.releases, []
         self.sync_ref = self.master.sync.remote(self.job_id, self.core.plan.priority, demands,
-                                                releases, sorted(self.core.bad_nodes),
-                                                cred=self.token)
+                                                releases, self.core.blacklist.ordered(),
+                                                cred=self.token,
+                                                node_failures=dict(self.core.blacklist.totals))
         self._sync_releases = releases
         self.last_sync = time.time()
 
@@ -650,6 +651,7 @@ class JobMaster:
             return
         now = time.time()
         self.last_sync_ok = now
+        self.core.blacklist.set_outside(reply.get("excluded", ()))  # cluster level, and capped
         for g in reply.get("grants", []):
             self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))
         preempt = bool(reply.get("preempt"))
