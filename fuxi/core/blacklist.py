@@ -116,10 +116,13 @@ class JobBlacklist:
         what FuxiMaster excludes for it (:meth:`set_outside`)."""
         return self._nodes
 
-    def set_outside(self, nodes: Collection[str]) -> None:
-        """FuxiMaster's exclusions for this job (cluster level), as its last sync said."""
+    def set_outside(self, nodes: Collection[str]) -> frozenset[str]:
+        """FuxiMaster's exclusions for this job (cluster level), as its last sync said; the
+        nodes newly excluded by them."""
+        new = frozenset(nodes) - self._nodes
         self.outside = frozenset(nodes)
         self._nodes = frozenset(self.entries) | self.outside
+        return new
 
     def ordered(self) -> list[str]:
         """The excluded nodes, oldest entry first (what the JobMaster reports)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from typing import Any
+from typing import Any, Collection
 
 from fuxi.core import jobcheck, stragglers
 from fuxi.core.blacklist import JobBlacklist
@@ -475,10 +475,18 @@ class JobCore:
                                  now, replace=True)
         others = any(n != w.node_id and n not in self.bad_nodes for n in self.index.live_on_node)
         if self.blacklist.charge(w.node_id, w.worker_id, now, others, self.gone_nodes):
-            for o in [self.workers[x] for x in self.index.in_order(self.index.live_on_node.get(w.node_id, ()))]:
-                if not o.dead:
-                    acts += self._retire(o, f"node {w.node_id[:12]} blacklisted for this job", now)
+            acts += self._leave(w.node_id, f"node {w.node_id[:12]} blacklisted for this job", now)
         return acts
+
+    def exclude(self, nodes: Collection[str], now: float) -> list[Any]:
+        """FuxiMaster's exclusions for this job (the cluster level, told in its sync): the
+        job's workers on a newly excluded node stop, as for the job's own blacklist."""
+        return [a for node in sorted(self.blacklist.set_outside(nodes))
+                for a in self._leave(node, f"node {node[:12]} blacklisted for every job", now)]
+
+    def _leave(self, node: str, reason: str, now: float) -> list[Any]:
+        live = [self.workers[x] for x in self.index.in_order(self.index.live_on_node.get(node, ()))]
+        return [a for o in live if not o.dead for a in self._retire(o, reason, now)]
 
     def _retire(self, w: Worker, reason: str, now: float, replace: bool = False) -> list[Any]:
         """Stop a worker; its queued attempts go back to ready, running ones are killed."""

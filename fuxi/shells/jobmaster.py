@@ -651,7 +651,7 @@ class JobMaster:
             return
         now = time.time()
         self.last_sync_ok = now
-        self.core.blacklist.set_outside(reply.get("excluded", ()))  # cluster level, and capped
+        self._apply(self.core.exclude(reply.get("excluded", ()), now))  # cluster level, capped
         for g in reply.get("grants", []):
             self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))
         preempt = bool(reply.get("preempt"))

@@ -92,6 +92,7 @@ def test_outside_exclusions_join_the_jobs_own():
     b = job_bl()
     b.add("n0", "x", 0.0)
     b.set_outside({"n5"})
+    assert b.set_outside({"n5"}) == frozenset()  # told again: nothing newly excluded
     assert b.nodes() == {"n0", "n5"} and b.ordered() == ["n0"]  # only its own are reported
     b.expire(1e9)
     assert b.nodes() == {"n5"}
@@ -282,7 +283,7 @@ def test_cluster_level_capped_bounded_and_expiring(evs, n_alive):
 
 # ---------------------------------------------------------------- JobCore uses it
 
-from fuxi.core.jobcore import JobCore, JobLimits, ReleaseSlot, StartWorker  # noqa: E402
+from fuxi.core.jobcore import JobCore, JobLimits, ReleaseSlot, StartWorker, StopWorker  # noqa: E402
 from fuxi.core.speculation import SpeculationPolicy  # noqa: E402
 from tests.unit.test_jobcore import (  # noqa: E402
     CPU1, SK, fail, finish, job, ok, of, pushed, run, task, up)
@@ -327,10 +328,15 @@ def test_fuxi_masters_exclusions_are_hard_for_the_job_too():
     limits = JobLimits(idle_release_s=1e6)
     core = JobCore("j", job(task("a", 4, max_retries=5), backoff_s=0.0), now=0.0, limits=limits)
     (w1, w2), _ = up(core, ["n1", "n2"])
-    core.blacklist.set_outside({"n1"})  # the cluster level, from the last sync
+    run(core, w1, ("a", 0, 0), 0.5)
+    acts = core.exclude({"n1"}, 1.0)  # the cluster level, from the last sync
+    assert [a.worker_id for a in of(acts, StopWorker)] == [w1] and not of(acts, StartWorker)
+    assert ReleaseSlot(SK, "n1") in acts
+    assert core.instances["a"][0].failures == 0  # its attempt goes back, uncharged
     assert of(core.slots_granted(SK, CPU1, "n1", 1, 1.0), ReleaseSlot)
-    acts = core.worker_died(w1, "ActorDiedError", 1.0)
-    assert not of(acts, StartWorker) and ReleaseSlot(SK, "n1") in acts  # not replaced there
+    assert core.exclude({"n1"}, 2.0) == []  # told again: nothing new
+    core.exclude(set(), 3.0)
+    assert core.bad_nodes == frozenset()
 
 
 def test_a_straggler_beaten_by_its_backup_elsewhere_counts_against_its_node():
