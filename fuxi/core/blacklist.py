@@ -5,7 +5,9 @@ jobs it applies to until its entry expires; the ledger's re-check refuses grants
 
 job level (:class:`JobBlacklist`, kept by the job's ``JobCore``)
     A node where this job's attempts failed ``failures_max`` times, from at least two of its
-    workers (one bad worker is that worker's fault, not the node's), is excluded for this job
+    workers (one bad worker is that worker's fault, not the node's), and fail there at a rate
+    of at least ``NODE_FAILURE_RATE_MIN`` and ``NODE_FAILURE_RATE_RATIO_MIN`` times the job's
+    rate on its other nodes (random faults hit every node alike), is excluded for this job
     for ``expiry_s`` (``JOB_BLACKLIST_EXPIRY_S`` by default). A straggler beaten by its backup
     on another node counts as a failure of its node (it slowed the job). When the entry
     expires the node comes back with its counts cleared; it comes back ``returns_max`` times
@@ -56,6 +58,10 @@ JOBS_PER_NODE_TRACKED_MAX = 256  # jobs whose failures are tallied per node (old
 NODE_REPORT_ENTRIES_MAX = 4096  # nodes named in one sync's blacklist or failure report
 FAILURE_COUNT_MAX = 10**9  # a failure total one report may claim for a node
 REASON_CHARS_MAX = 200  # characters of an entry's reason kept
+# A node is blacklisted for a job only when its attempts fail (or straggle) far more often than
+# the job's do elsewhere: random faults spread over every node, a broken node's do not.
+NODE_FAILURE_RATE_MIN = 0.3  # failed or slow attempts per ended attempt on the node, at least
+NODE_FAILURE_RATE_RATIO_MIN = 2.0  # times the job's rate on its other nodes, at least
 JOB_NODES_KNOWN_MAX = 100_000  # nodes one job's blacklist remembers it was granted
 SWEEP_PERIOD_S = 1.0  # the cluster blacklist's tallies are swept for age at most this often
 
@@ -101,6 +107,8 @@ class JobBlacklist:
         self.entries: dict[str, Entry] = {}  # oldest first
         self.failures: dict[str, dict[str, int]] = {}  # node -> worker -> since it came back
         self.totals: dict[str, int] = {}  # node -> failures in the whole job (for FuxiMaster)
+        self.ended: dict[str, int] = {}  # node -> attempts ended there (failed, slow or won)
+        self._failed_all = self._ended_all = 0  # the sums of both, kept as they grow
         self.returns: dict[str, int] = {}  # node -> times its entry expired
         self.known: set[str] = set()  # nodes this job has been granted
         self.refused = 0  # entries not made: the cap would have been exceeded
@@ -128,6 +136,12 @@ class JobBlacklist:
         """The excluded nodes, oldest entry first (what the JobMaster reports)."""
         return list(self.entries)
 
+    def succeeded(self, node: str) -> None:
+        """An attempt won on ``node`` (the other side of its failure rate)."""
+        if node in self.known:
+            self.ended[node] = self.ended.get(node, 0) + 1
+            self._ended_all += 1
+
     def charge(self, node: str, worker_id: str, now: float, others_usable: bool,
                gone: Collection[str] = ()) -> bool:
         """Count one failure (or straggler) on ``node`` by ``worker_id``; True if that made
@@ -135,14 +149,25 @@ class JobBlacklist:
         is not blacklisted (the caller knows its workers) -- without one, nothing is made."""
         per = self.failures.setdefault(node, {})
         per[worker_id] = per.get(worker_id, 0) + 1
-        self.totals[node] = min(FAILURE_COUNT_MAX, self.totals.get(node, 0) + 1)
+        self.totals[node] = self.totals.get(node, 0) + 1
+        self.ended[node] = self.ended.get(node, 0) + 1
+        self._failed_all += 1
+        self._ended_all += 1
         if node in self.entries or not others_usable:
             return False
         total = sum(per.values())
-        if total < self.failures_max or len(per) < 2:
+        if total < self.failures_max or len(per) < 2 or not self._stands_out(node):
             return False
         return self.add(node, f"{total} failed or slow attempts of this job from {len(per)} "
                               f"workers", now, gone)
+
+    def _stands_out(self, node: str) -> bool:
+        """``node`` fails this job much more often than its other nodes do."""
+        here = self.totals[node] / self.ended[node]
+        others_failed = self._failed_all - self.totals[node]
+        others_ended = self._ended_all - self.ended[node]
+        elsewhere = others_failed / others_ended if others_ended else 0.0
+        return here >= NODE_FAILURE_RATE_MIN and here >= NODE_FAILURE_RATE_RATIO_MIN * elsewhere
 
     def add(self, node: str, reason: str, now: float, gone: Collection[str] = ()) -> bool:
         """Blacklist ``node`` for this job unless the cap forbids it (then ``refused`` grows)."""

@@ -368,6 +368,7 @@ class JobCore:
         st.add_duration(res.duration_s)
         if a.backup:
             st.backups_won += 1
+        self.blacklist.succeeded(a.node_id)  # a node's failure rate counts its wins too
         acts: list[Any] = []
         t = self.tasks[inst.task]
         if t.output:

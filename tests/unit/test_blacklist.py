@@ -67,6 +67,27 @@ def test_a_node_is_blacklisted_after_failures_from_two_workers_and_expires_once(
     assert b.totals["n0"] == 5  # what FuxiMaster hears: every failure in the job
 
 
+def test_random_faults_on_every_node_blacklist_none_a_broken_node_stands_out():
+    """Faults at 10 % everywhere: each node passes failures_max, none fails much more often
+    than the others, so none is excluded. Then one node fails every attempt: it is."""
+    b = job_bl(nodes=["a", "b", "c"], failures_max=3)
+    t = 0.0
+    for i in range(100):  # 10 % of each node's attempts fail, from two workers each
+        for node in ("a", "b", "c"):
+            t += 1.0
+            if i % 10 == 0:
+                assert not b.charge(node, f"{node}-w{i % 20}", t, others_usable=True)
+            else:
+                b.succeeded(node)
+    assert b.totals == {"a": 10, "b": 10, "c": 10} and b.nodes() == frozenset()
+    for i in range(40):  # now "c" is broken: 40 of its next 40 attempts fail
+        made = b.charge("c", f"c-w{i % 2}", t + i, others_usable=True)
+        if made:
+            break
+    assert b.nodes() == {"c"}
+    assert b.totals["c"] / b.ended["c"] >= bl.NODE_FAILURE_RATE_MIN
+
+
 def test_no_entry_without_another_usable_node():
     b = job_bl()
     for w in ("w1", "w2", "w3"):
