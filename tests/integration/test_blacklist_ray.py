@@ -66,6 +66,8 @@ def test_a_node_failing_jobs_is_excluded_first_for_the_job_then_for_all(ray_clus
                               sorted(glob.glob(str(tmp_path / "first" / "out" / "part-*.parquet")))])
         assert sorted(set(t.column("instance").to_pylist())) == list(range(20))
         assert t.num_rows == 60 and bad not in set(t.column("node").to_pylist())
+        print(f"first job: {st['tasks']['t']['attempts']} attempts for 20 instances, "
+              f"{st['finished_at'] - st['started_at']:.1f}s, entry {entry}")  # for the record (-s)
         runs = marks(str(tmp_path / "first" / "marks"))
         late = [m for m in runs if m["node"] == bad and m["t"] > entry["since"] + KILL_SLACK_S]
         assert not late, f"attempts started on the blacklisted node afterwards: {late}"
