@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Collection
+from typing import Any, Callable, Collection
 
 from fuxi.errors import BadInput
 
@@ -142,21 +142,23 @@ class JobBlacklist:
             self.ended[node] = self.ended.get(node, 0) + 1
             self._ended_all += 1
 
-    def charge(self, node: str, worker_id: str, now: float, others_usable: bool,
-               gone: Collection[str] = ()) -> bool:
+    def charge(self, node: str, worker_id: str, now: float,
+               others_usable: bool | Callable[[], bool], gone: Collection[str] = ()) -> bool:
         """Count one failure (or straggler) on ``node`` by ``worker_id``; True if that made
-        ``node`` blacklisted. ``others_usable``: the job has live workers on another node that
-        is not blacklisted (the caller knows its workers) -- without one, nothing is made."""
+        ``node`` blacklisted. ``others_usable`` (or a function asked only when the rest
+        holds): the job has live workers on another node that is not blacklisted (the caller
+        knows its workers) -- without one, nothing is made."""
         per = self.failures.setdefault(node, {})
         per[worker_id] = per.get(worker_id, 0) + 1
         self.totals[node] = self.totals.get(node, 0) + 1
         self.ended[node] = self.ended.get(node, 0) + 1
         self._failed_all += 1
         self._ended_all += 1
-        if node in self.entries or not others_usable:
-            return False
         total = sum(per.values())
-        if total < self.failures_max or len(per) < 2 or not self._stands_out(node):
+        if node in self.entries or total < self.failures_max or len(per) < 2 \
+                or not self._stands_out(node):
+            return False
+        if not (others_usable() if callable(others_usable) else others_usable):
             return False
         return self.add(node, f"{total} failed or slow attempts of this job from {len(per)} "
                               f"workers", now, gone)

@@ -474,7 +474,8 @@ class JobCore:
         if not slow and not w.dead and w.failures >= self.limits.worker_failures_max and others_exist:
             acts += self._retire(w, f"blacklisted: {w.failures} failed attempts in this job",
                                  now, replace=True)
-        others = any(n != w.node_id and n not in self.bad_nodes for n in self.index.live_on_node)
+        others = lambda: any(n != w.node_id and n not in self.bad_nodes  # noqa: E731
+                             for n in self.index.live_on_node)  # asked only when it matters
         if self.blacklist.charge(w.node_id, w.worker_id, now, others, self.gone_nodes):
             acts += self._leave(w.node_id, f"node {w.node_id[:12]} blacklisted for this job", now)
         return acts
