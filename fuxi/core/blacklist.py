@@ -114,6 +114,7 @@ class JobBlacklist:
         self.refused = 0  # entries not made: the cap would have been exceeded
         self.outside: frozenset[str] = frozenset()  # excluded by FuxiMaster (cluster level)
         self._nodes: frozenset[str] = frozenset()
+        self._due = math.inf  # the earliest expiry: a tick before it costs nothing
 
     def saw(self, node: str) -> None:
         if len(self.known) < JOB_NODES_KNOWN_MAX:
@@ -183,16 +184,21 @@ class JobBlacklist:
         final = self.returns.get(node, 0) >= self.returns_max
         self.entries[node] = Entry(node, JOB, reason[:REASON_CHARS_MAX], now,
                                    None if final else now + self.expiry_s)
+        self._due = min(self._due, math.inf if final else now + self.expiry_s)
         self._nodes = frozenset(self.entries) | self.outside
         return True
 
     def expire(self, now: float) -> list[str]:
         """Drop entries whose time is up; their nodes come back with clean counts."""
+        if now < self._due:
+            return []
         back = [n for n, e in self.entries.items() if e.expires_at is not None and e.expires_at <= now]
         for n in back:
             del self.entries[n]
             self.failures.pop(n, None)
             self.returns[n] = self.returns.get(n, 0) + 1
+        self._due = min((e.expires_at for e in self.entries.values() if e.expires_at is not None),
+                        default=math.inf)
         if back:
             self._nodes = frozenset(self.entries) | self.outside
         return back
