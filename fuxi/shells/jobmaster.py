@@ -664,8 +664,9 @@ class JobMaster:
         held = {sk: {"shape": shapes.get(sk, {}), "nodes": per_node}
                 for sk, per_node in self.core.held().items() if per_node}
         self.sync_ref = self.master.sync.remote(self.job_id, self.core.plan.priority, demands,
-                                                releases, sorted(self.core.bad_nodes),
-                                                cred=self.token, held=held)
+                                                releases, self.core.blacklist.ordered(),
+                                                cred=self.token, held=held,
+                                                node_failures=dict(self.core.blacklist.totals))
         self._sync_releases = releases
         self.last_sync = time.time()
 
@@ -679,6 +680,7 @@ class JobMaster:
             return
         now = time.time()
         self.last_sync_ok = now
+        self._apply(self.core.exclude(reply.get("excluded", ()), now))  # cluster level, capped
         for g in reply.get("grants", []):
             self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))
         preempt = bool(reply.get("preempt"))

@@ -28,7 +28,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from base import actors, events, metrics
-from fuxi.core import nodeview, slots
+from fuxi.core import blacklist, nodeview, slots
 from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
@@ -138,6 +138,7 @@ class FuxiMaster:
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.ledger = slots.Ledger()
+        self.blacklists = blacklist.ClusterBlacklist()  # soft: rebuilt from JobMasters' reports
         self.demands: dict[str, dict[str, dict]] = {}  # job -> shape_key -> {shape, wanted}
         self.priorities: dict[str, int] = {}
         self.submit_seq: dict[str, int] = {}
@@ -455,11 +456,13 @@ class FuxiMaster:
     async def cluster_info(self) -> dict:
         await self._refresh_nodes(force=True)
         free = self.ledger.free(self.nodes)
+        self.blacklists.expire(time.time(), self.nodes)
+        bl = self.blacklists.node_view(time.time())
         return {
             "cluster": self.cluster,
-            "nodes": [
-                {**self.node_info[n], "free": free.get(n, {})} for n in sorted(self.node_info)
-            ],
+            "nodes": [{**self.node_info[n], "free": free.get(n, {}), "blacklisted": bl.get(n)}
+                      for n in sorted(self.node_info)],
+            "blacklist": list(bl.values()),  # cluster level: excluded for every job
             "jobs_running": list(self.jobmasters),
             "master_node_id": self.node_id,
             "master": self.adoption.info(),  # restarted?, jobs adopted
@@ -472,7 +475,8 @@ class FuxiMaster:
     # ------------------------------------------------------------ slot grants
 
     async def sync(self, job_id: str, priority: int, demands: dict, releases: list,
-                   avoid_nodes: list, cred: str | None = None, held: dict | None = None) -> dict:
+                   avoid_nodes: list, cred: str | None = None,
+                   node_failures: dict | None = None, held: dict | None = None) -> dict:
         """A JobMaster's heartbeat: only that job's own token (or the platform's) may give
         back or ask for its slots."""
         if self.auth_enabled:
@@ -496,6 +500,9 @@ class FuxiMaster:
                 self.ledger.release(did, node, 1)
         if job_id not in self.jobmasters:
             return {"grants": [], "targets": {}}
+        # Its blacklist and failures per node: hard exclusions, capped (fuxi.core.blacklist).
+        excluded, avoided = self.blacklists.sync(job_id, avoid_nodes, node_failures, self.nodes,
+                                                 time.time())
         self.demands[job_id] = demands
         self.priorities[job_id] = priority
         all_demands = []
@@ -510,14 +517,15 @@ class FuxiMaster:
         all_demands += services
         # The policy proposes (pure, the same function the simulator drives); the ledger
         # re-checks and commits.
-        plan = slots.grant(self.nodes, self.ledger, all_demands, job_id, avoid_nodes=avoid_nodes,
-                           online_ids={d.demand_id for d in services})
-        applied = slots.apply_grants(self.ledger, self.nodes, plan, all_demands)
+        plan = slots.grant(self.nodes, self.ledger, all_demands, job_id, avoid_nodes=avoided,
+                           online_ids={d.demand_id for d in services}, excluded_nodes=excluded)
+        applied = slots.apply_grants(self.ledger, self.nodes, plan, all_demands,
+                                     excluded_nodes=excluded)
         sk_of = {f"{job_id}/{sk}": sk for sk in demands}
         grants = [{"shape_key": sk_of[g.demand_id], "shape": demands[sk_of[g.demand_id]]["shape"],
                    "node_id": g.node_id, "n": g.n} for g in applied]
         return {"grants": grants, "targets": {sk_of[did]: t for did, t in plan.targets.items()},
-                "preempt": plan.preempt}
+                "preempt": plan.preempt, "excluded": sorted(excluded)}
 
 
     # ------------------------------------------------------------ jobs
@@ -670,6 +678,8 @@ class FuxiMaster:
             try:
                 st = await asyncio.wait_for(jm.status.remote(), JOBMASTER_CALL_TIMEOUT_S)
                 st.setdefault("owner", self.job_owners.get(job_id))
+                st["blacklisted_nodes"] = [*st.get("blacklisted_nodes", ()),
+                                           *self.blacklists.view(time.time())]
                 return st
             except Exception:
                 pass  # finishing right now: fall through to the stored record
