@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import tempfile
 import time
 from typing import Any
@@ -35,6 +34,7 @@ from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
 from fuxi.shells.admission import CONFIG_KEY, DEFAULT_QUEUE, Admissions
 from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
+from fuxi.shells.jobrecords import drop_old_records, new_job_id, restore_records, statuses
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
 from fuxi.shells.services import NODES_REFRESH_S
 from fuxi.shells.supervisor import Supervisor
@@ -55,36 +55,6 @@ JOBS_ADMITTED = metrics.counter("fuxi_jobs_admitted_total", "Jobs FuxiMaster adm
 TERMINAL_STATES = frozenset(s.value for s in TERMINAL_JOB)
 JOBS_ENDED = metrics.counter("fuxi_jobs_ended_total", "Jobs that ended, by final state.",
                              labels=("state",))
-
-
-def _job_id(name: str) -> str:
-    return f"{name[:40]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def _statuses(store) -> list[tuple[str, dict]]:
-    """Every stored job status, (job id, status) (blocking: run off the loop)."""
-    out = []
-    for key in store.list("/jobs/"):
-        if key.endswith("/status"):
-            st = store.get(key)
-            if st is not None:
-                out.append((key.split("/")[2], st))
-    return out
-
-
-def _drop_old_records(store, kept_max: int) -> list[str]:
-    """Delete the oldest job records beyond ``kept_max``; returns their job ids (blocking)."""
-    keys = [k for k in store.list("/jobs/") if k.endswith("/status")]
-    if len(keys) <= kept_max:
-        return []
-    old = sorted(keys, key=lambda k: (store.get(k) or {}).get("submitted_at") or 0)
-    dropped = []
-    for k in old[: len(keys) - kept_max]:
-        jid = k.split("/")[2]
-        store.delete(f"/jobs/{jid}/status")
-        store.delete(f"/jobs/{jid}/spec")
-        dropped.append(jid)
-    return dropped
 
 
 @ray.remote(num_cpus=0, max_concurrency=256)
@@ -167,18 +137,7 @@ class FuxiMaster:
             alive = set()
         self.adoption = Adoption(restarted, alive)
         # Finished jobs whose JobMaster exited: restore what the store remembers.
-        for jid, st in _statuses(self.store):
-            self.job_owners[jid] = st.get("owner")
-            self.admissions.job_queues[jid] = st.get("queue") or DEFAULT_QUEUE
-            if st.get("state") == JobState.QUEUED.value:  # its plan waited in the old process
-                st.update(state=JobState.FAILED.value, finished_at=time.time(),
-                          report="FuxiMaster restarted while the job waited in its queue; "
-                                 "submit it again")
-                self.store.put(f"/jobs/{jid}/status", st)
-            elif st.get("state") not in {s.value for s in TERMINAL_JOB} and jid not in alive:
-                st.update(state=JobState.FAILED.value,
-                          report="FuxiMaster restarted while the job ran; its JobMaster is gone")
-                self.store.put(f"/jobs/{jid}/status", st)
+        restore_records(self.store, alive, self.job_owners, self.admissions.job_queues)
         from fuxi.shells.services import ServiceManager, replica_control_secret
 
         self.services = ServiceManager(
@@ -564,7 +523,7 @@ class FuxiMaster:
     async def _admit(self, plan: JobPlan, who, sys_path: list[str] | None) -> str:
         """Record a job and start its JobMaster, or queue it when there is no room; its id."""
         await self._check_fits(plan)
-        job_id = _job_id(plan.name)
+        job_id = new_job_id(plan.name)
         self.seq += 1
         self.submit_seq[job_id] = self.seq
         self.priorities[job_id] = plan.priority
@@ -662,7 +621,7 @@ class FuxiMaster:
             except Exception:
                 pass
         if len(self.job_owners) > JOB_RECORDS_MAX:
-            for jid in await self.astore.call(_drop_old_records, self.store, JOB_RECORDS_MAX):
+            for jid in await self.astore.call(drop_old_records, self.store, JOB_RECORDS_MAX):
                 self.job_owners.pop(jid, None)
                 self.admissions.job_queues.pop(jid, None)
 
@@ -692,7 +651,7 @@ class FuxiMaster:
         """The jobs the caller may view."""
         who = self._who(cred)
         out = []
-        for jid, st in await self.astore.call(_statuses, self.store):
+        for jid, st in await self.astore.call(statuses, self.store):
             if st.get("owner") and jid not in self.job_owners:
                 self.job_owners[jid] = st["owner"]
                 self.admissions.job_queues[jid] = st.get("queue") or DEFAULT_QUEUE
