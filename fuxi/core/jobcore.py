@@ -43,6 +43,7 @@ from fuxi.core.jobtypes import (  # the core's vocabulary, re-exported: shells i
     Attempt,
     AttemptResult,
     AttemptSpec,
+    Checkpoint,
     Commit,
     Instance,
     JobDone,
@@ -66,7 +67,8 @@ A, I, J = AttemptState, InstanceState, JobState
 
 
 class JobCore:
-    def __init__(self, job_id: str, plan: JobPlan, now: float, limits: JobLimits = JobLimits()):
+    def __init__(self, job_id: str, plan: JobPlan, now: float, limits: JobLimits = JobLimits(),
+                 recover: Any = None):
         self.job_id = job_id
         self.plan = plan
         self.limits = limits
@@ -103,6 +105,9 @@ class JobCore:
         self.by_start: dict[str, StartOrder] = {t.name: StartOrder() for t in plan.tasks}
         self.deadlines: list[tuple[float, int, tuple[str, int, int]]] = []  # (timeout at, seq, key)
         self.doubled: dict[str, set[int]] = {t.name: set() for t in plan.tasks}  # got a backup
+        self.resumed = 0  # JobMasters before this one (set by ``recover``)
+        if recover is not None:  # fuxi.core.checkpoint: recovered instances end before any is ready
+            recover(self)
         for name in self.order:
             if not self.tasks[name].upstream:
                 self._make_ready(name, now)
@@ -147,6 +152,7 @@ class JobCore:
                 "retries": st.retries,
                 "backups_launched": st.backups_launched,
                 "backups_won": st.backups_won,
+                "recovered": st.recovered, "rerun": st.rerun,
             }
             if self.tasks[name].preferred_nodes:
                 tasks[name]["data_local"] = st.data_local
@@ -161,6 +167,7 @@ class JobCore:
             "workers": self.index.live_total,
             "blacklisted_nodes": sorted(self.bad_nodes),
             "preempted_attempts": self.preempted,
+            "jobmaster_restarts": self.resumed,
             "tasks": tasks,
             "report": self.report,
         }
@@ -331,6 +338,8 @@ class JobCore:
         self.started_tasks.add(task)
         q = self.ready.setdefault(t.shape_key, deque())
         for inst in self.instances[task]:
+            if inst.state is not I.WAITING:
+                continue  # recovered from a checkpoint (fuxi.core.checkpoint.resume)
             self._move(inst, I.READY, "upstream done")
             inst.ready_at = now
             q.append(inst)
@@ -366,6 +375,8 @@ class JobCore:
         t = self.tasks[inst.task]
         if t.output:
             acts.append(Commit(inst.task, inst.index, a.key[2], t.output))
+        if self.plan.checkpoint:  # after its Commit: the record says the output is in place
+            acts.append(Checkpoint(inst.task, inst.index, a.key[2], a.node_id, inst.outputs, bool(t.output)))
         for other in inst.live():
             acts += self._kill_attempt(other, now, f"attempt {a.key[2]} won")
         self.remaining[inst.task] -= 1
@@ -653,6 +664,8 @@ class JobCore:
         else:
             if inst.failures or n:
                 st.retries += 1
+            elif self.resumed:
+                st.rerun += 1
             self._move(inst, I.RUNNING, f"dispatched to {w.worker_id}")
         return AttemptSpec(
             job_id=self.job_id,
