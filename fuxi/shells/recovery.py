@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -152,6 +151,13 @@ def verify(plan, records: dict, root: str) -> tuple[dict, list[str]]:
     return good, problems
 
 
+def _record_bytes(rec: dict) -> int:
+    """An upper bound of a record's JSON size, without encoding it (the event loop's time):
+    the fixed fields take under 300 bytes, a piece its consumer's name plus under 40."""
+    return (300 + len(rec["task"]) + len(rec["node"]) + len(rec["file"] or "")
+            + sum(40 + len(p[0]) for p in rec["parts"]))
+
+
 def _put_parts(parts: list[DurablePart]) -> dict:
     """Read one recovered instance's file (checked) and put its pieces into the object
     store (on a loader thread); (consumer, partition) -> object reference."""
@@ -236,7 +242,7 @@ class Checkpointer:
         if self.batch is None and self.pending:
             n, size = 0, 0
             while n < len(self.pending) and n < CKPT_SYNC_RECORDS_MAX:
-                size += len(json.dumps(self.pending[n]))
+                size += _record_bytes(self.pending[n])
                 if n and size > CKPT_SYNC_BYTES_MAX:
                     break
                 n += 1
