@@ -397,6 +397,13 @@ class MasterRecovery:
     async def restart(self, job_id: str, error: BaseException) -> str | None:
         """After ``job_id``'s JobMaster died: start a new one that resumes from the records
         (None), or why not (a line for the job's report)."""
+        try:
+            return await self._restart(job_id, error)
+        except Exception as e:  # noqa: BLE001 - the store failed: the job fails, as before
+            logger.exception("restarting the JobMaster of job %s failed", job_id)
+            return f"(not restarted: {type(e).__name__}: {e})"
+
+    async def _restart(self, job_id: str, error: BaseException) -> str | None:
         m = self.master
         if not isinstance(error, ray.exceptions.ActorDiedError):
             return "(not restarted: the JobMaster did not die)"

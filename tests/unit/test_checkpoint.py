@@ -280,3 +280,39 @@ def test_checkpoint_files_round_trip_and_damage_is_detected(tmp_path):
     good, bad = recovery.verify(plan, records, os.path.join(root, "j"))
     assert good == {} and "cannot be read" in bad[0]
     assert not [p for p in os.listdir(os.path.join(root, "j")) if p.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------- FuxiMaster's records
+
+
+def test_fuxi_master_keeps_batches_idempotently_and_drops_malformed_ones(tmp_path):
+    import asyncio
+    from types import SimpleNamespace
+
+    from fuxi.io.store import MemoryStore
+    from fuxi.shells import recovery
+    from fuxi.shells.offloop import AsyncStore, OffLoop
+
+    store = MemoryStore()
+    master = SimpleNamespace(log_dir=str(tmp_path / "logs"), store=store,
+                             astore=AsyncStore(store, OffLoop("t", 1)))
+    rec = recovery.MasterRecovery(master)
+    assert rec.root == str(tmp_path / "ckpt")
+    good = {"gen": 0, "seq": 1, "records": [record("gen", 0), record("gen", 1)]}
+
+    async def go():
+        await rec.store_batch("j", good)
+        await rec.store_batch("j", good)  # a resent sync: the same key, nothing doubled
+        for bad in ("junk", {"gen": -1, "seq": 1, "records": []}, {"gen": 0, "seq": "x", "records": []},
+                    {"gen": 0, "seq": 2, "records": [{}] * (recovery.CKPT_SYNC_RECORDS_MAX + 1)}):
+            await rec.store_batch("j", bad)  # dropped with a warning, never raises
+    asyncio.run(go())
+    assert store.list("/jobs/j/ckpt/") == ["/jobs/j/ckpt/g0-1"]
+    raws = recovery.load_records(store, "j")
+    records, problems = ck.parse_records(three_stage(), raws, ROOT)
+    assert problems == [] and set(records) == {("gen", 0), ("gen", 1)}
+    d = tmp_path / "ckpt" / "j"
+    d.mkdir(parents=True)
+    (d / "x.arrow").write_bytes(b"x")
+    recovery.discard(store, "j", str(d))
+    assert store.list("/jobs/j/") == [] and not d.exists()
