@@ -42,7 +42,7 @@ import ray
 from base import events
 from fuxi.core import checkpoint as ck
 from fuxi.core.checkpoint import DurablePart
-from fuxi.core.states import TERMINAL_JOB
+from fuxi.core.states import TERMINAL_JOB, AttemptState
 
 logger = logging.getLogger(__name__)
 
@@ -290,6 +290,9 @@ class Checkpointer:
                             f"JobMaster resumed: {e}; the job fails rather than read wrong data")
         out, still = [], []
         for wid, front, spec in self._held:
+            a = core.attempts.get(spec.key)
+            if a is None or a.state is not AttemptState.QUEUED:
+                continue  # stopped or lost while it waited: nothing to send
             keys = {(u.task, u.instance) for u in spec.upstream if isinstance(u, DurablePart)}
             if keys <= self._loaded.keys():
                 up = tuple(self._loaded[(u.task, u.instance)][(u.consumer, u.partition)]
