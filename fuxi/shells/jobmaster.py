@@ -219,6 +219,7 @@ class JobMaster:
             records, self.ckpt.report = found
             self.core, acts = ckpt_core.resumed_core(self.job_id, plan, time.time(), records,
                                                      self.ckpt.gen)
+            self.core.created_at = self._resume.get("submitted_at") or self.core.created_at
             self._apply(acts)
             logger.warning("job %s resumed by JobMaster %d: %s; %d record(s) refused",
                            self.job_id, self.ckpt.gen, ckpt_core.summary(self.core),

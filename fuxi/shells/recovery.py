@@ -372,7 +372,8 @@ class MasterRecovery:
         self.root = os.path.join(os.path.dirname(master.log_dir), "ckpt")
         self.launches: dict[str, tuple] = {}  # job -> (plan, who, sys_path) it was started with
         self.cancelled: set[str] = set()  # jobs being cancelled: never restarted
-        self.stored: dict[str, int] = {}  # job -> records stored (bounded: CKPT_RECORDS_MAX)
+        # job -> batch key -> records in it (a resent batch replaces itself; CKPT_RECORDS_MAX)
+        self.stored: dict[str, dict[str, int]] = {}
 
     def launched(self, job_id: str, plan, who, sys_path) -> None:
         self.launches[job_id] = (plan, who, sys_path)
@@ -390,10 +391,12 @@ class MasterRecovery:
             if len(recs) > CKPT_SYNC_RECORDS_MAX:
                 raise ValueError(f"{len(recs)} records in one sync; CKPT_SYNC_RECORDS_MAX is "
                                  f"{CKPT_SYNC_RECORDS_MAX}")
-            if self.stored.get(job_id, 0) + len(recs) > ck.CKPT_RECORDS_MAX:
+            key = _ckpt_key(job_id, gen, seq)
+            batches = self.stored.setdefault(job_id, {})
+            if sum(batches.values()) - batches.get(key, 0) + len(recs) > ck.CKPT_RECORDS_MAX:
                 raise ValueError(f"job has CKPT_RECORDS_MAX={ck.CKPT_RECORDS_MAX} records")
-            await self.master.astore.put(_ckpt_key(job_id, gen, seq), {"records": recs})
-            self.stored[job_id] = self.stored.get(job_id, 0) + len(recs)
+            await self.master.astore.put(key, {"records": recs})
+            batches[key] = len(recs)
         except Exception as e:  # noqa: BLE001 - a checkpoint lost is work redone, not a failure
             logger.warning("checkpoint batch of job %s dropped: %s", job_id, e)
 
@@ -427,7 +430,7 @@ class MasterRecovery:
                          f"{len(records)} checkpoint record(s)")
         await m.astore.put(key, st)
         plan, who, sys_path = self.launches[job_id]
-        resume = {"gen": restarts + 1, "records": records}
+        resume = {"gen": restarts + 1, "records": records, "submitted_at": st.get("submitted_at")}
         deadline = time.monotonic() + JOBMASTER_NAME_WAIT_S
         while True:
             try:

@@ -78,6 +78,7 @@ def test_a_killed_jobmaster_resumes_a_three_stage_job_without_rerunning_the_firs
     # The first stage ran once per instance, before the kill; the new JobMaster says so.
     assert ran(marks, "gen") == gens
     assert st["jobmaster_restarts"] == 1
+    assert st["submitted_at"] <= before["submitted_at"]  # the job's, not the new JobMaster's
     assert st["tasks"]["gen"]["recovered"] == gens and st["tasks"]["gen"]["attempts"] == 0
     for name, task in st["tasks"].items():
         assert task["recovered"] + task["rerun"] == task["instances"], (name, task)

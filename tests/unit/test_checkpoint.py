@@ -308,6 +308,7 @@ def test_fuxi_master_keeps_batches_idempotently_and_drops_malformed_ones(tmp_pat
             await rec.store_batch("j", bad)  # dropped with a warning, never raises
     asyncio.run(go())
     assert store.list("/jobs/j/ckpt/") == ["/jobs/j/ckpt/g0-1"]
+    assert rec.stored["j"] == {"/jobs/j/ckpt/g0-1": 2}  # the resend did not count twice
     raws = recovery.load_records(store, "j")
     records, problems = ck.parse_records(three_stage(), raws, ROOT)
     assert problems == [] and set(records) == {("gen", 0), ("gen", 1)}
