@@ -40,3 +40,20 @@ def work_total(ctx):
     time.sleep(float(ctx.params["work_s"]))
     t = ctx.read_upstream()
     return pa.table({"total": [pc.sum(t.column("v_sum")).as_py()], "keys": [t.num_rows]})
+
+
+def rows_gen(ctx):
+    """``rows`` rows keyed for a shuffle, at once (bench_recovery's first stage)."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows = int(ctx.params["rows"])
+    v = np.arange(ctx.instance * rows, (ctx.instance + 1) * rows, dtype=np.int64)
+    return pa.table({"key": v % 101, "v": v})
+
+
+def rows_pass(ctx):
+    """``work_s`` of waiting, then the upstream rows passed on (bench_recovery's middle stage)."""
+    time.sleep(float(ctx.params["work_s"]))
+    t = ctx.read_upstream()
+    return t if t.num_rows else None

@@ -70,13 +70,24 @@ def status(job_id: str, as_json: bool = typer.Option(False, "--json"), cluster: 
     typer.echo(f"  started {_when(st.get('started_at'))}, finished {_when(st.get('finished_at'))}")
     if st.get("output"):
         typer.echo(f"  output {st['output']}")
+    restarts = st.get("jobmaster_restarts") or 0
+    if restarts:  # a JobMaster died and a new one resumed from its checkpoint
+        typer.echo(f"  resumed {restarts} time(s) after its JobMaster died: per task, instances "
+                   f"recovered from the checkpoint vs run again")
     for name, t in st.get("tasks", {}).items():
-        typer.echo(f"  {name}: {t['succeeded']}/{t['instances']} done, {t['running']} running, "
-                   f"{t['failed']} failed, {t['attempts']} attempts, {t['retries']} retries, "
-                   f"backups {t['backups_won']}/{t['backups_launched']} won")
+        resumed = (f", {t.get('recovered', 0)} recovered, {t.get('rerun', 0)} re-run"
+                   if restarts else "")
+        typer.echo(f"  {name}: {t['succeeded']}/{t['instances']} done{resumed}, {t['running']} "
+                   f"running, {t['failed']} failed, {t['attempts']} attempts, {t['retries']} "
+                   f"retries, backups {t['backups_won']}/{t['backups_launched']} won")
     for e in st.get("blacklisted_nodes") or ():
         if isinstance(e, dict):  # records of before issue 16 part 6 held bare node ids
             typer.echo(f"  blacklisted {e['node'][:12]}: {blacklist_text(e)}")
+    ck = st.get("checkpoint") or {}
+    if ck.get("resume_report"):
+        typer.echo("  checkpoint records refused (those instances ran again):")
+        for line in ck["resume_report"]:
+            typer.echo(f"    {line}")
     if st.get("report"):
         typer.echo(st["report"])
 

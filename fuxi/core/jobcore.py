@@ -25,7 +25,7 @@ import math
 from collections import deque
 from typing import Any, Collection
 
-from fuxi.core import jobcheck, stragglers
+from fuxi.core import jobcheck, jobreport, stragglers
 from fuxi.core.blacklist import JobBlacklist
 from fuxi.core.jobindex import WorkerIndex
 from fuxi.core.plan import JobPlan, TaskPlan
@@ -44,6 +44,7 @@ from fuxi.core.jobtypes import (  # the core's vocabulary, re-exported: shells i
     Attempt,
     AttemptResult,
     AttemptSpec,
+    Checkpoint,
     Commit,
     Instance,
     JobDone,
@@ -67,7 +68,8 @@ A, I, J = AttemptState, InstanceState, JobState
 
 
 class JobCore:
-    def __init__(self, job_id: str, plan: JobPlan, now: float, limits: JobLimits = JobLimits()):
+    def __init__(self, job_id: str, plan: JobPlan, now: float, limits: JobLimits = JobLimits(),
+                 recover: Any = None):
         self.job_id = job_id
         self.plan = plan
         self.limits = limits
@@ -104,6 +106,9 @@ class JobCore:
         self.by_start: dict[str, StartOrder] = {t.name: StartOrder() for t in plan.tasks}
         self.deadlines: list[tuple[float, int, tuple[str, int, int]]] = []  # (timeout at, seq, key)
         self.doubled: dict[str, set[int]] = {t.name: set() for t in plan.tasks}  # got a backup
+        self.resumed = 0  # JobMasters before this one (set by ``recover``)
+        if recover is not None:  # fuxi.core.checkpoint: recovered instances end before any is ready
+            recover(self)
         for name in self.order:
             if not self.tasks[name].upstream:
                 self._make_ready(name, now)
@@ -140,48 +145,11 @@ class JobCore:
         return {sk: dict(per_node) for sk, per_node in self.index.held.items()}
 
     def status(self, now: float) -> dict[str, Any]:
-        tasks = {}
-        for name in self.order:
-            insts = self.instances[name]
-            st = self.stats[name]
-            tasks[name] = {
-                "instances": len(insts),
-                "succeeded": st.succeeded,
-                "failed": st.failed,
-                "running": self.counts[name].get(I.RUNNING, 0),
-                "attempts": st.attempts,
-                "retries": st.retries,
-                "backups_launched": st.backups_launched,
-                "backups_won": st.backups_won,
-            }
-            if self.tasks[name].preferred_nodes:
-                tasks[name]["data_local"] = st.data_local
-        return {
-            "job_id": self.job_id,
-            "name": self.plan.name,
-            "state": self.state.value,
-            "submitted_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "output": self.plan.output,
-            "workers": self.index.live_total,
-            "blacklisted_nodes": self.blacklist.view(now),  # level, reason, expiry
-            "preempted_attempts": self.preempted,
-            "tasks": tasks,
-            "report": self.report,
-        }
+        return jobreport.status(self, now)
 
     def story(self, task: str, index: int) -> list[str]:
         """What happened to one instance, attempt by attempt (for reports and debugging)."""
-        inst = self.instances[task][index]
-        lines = [f"{task}[{index}]: {inst.state.value}, {inst.failures} failed attempt(s)"]
-        for a in inst.attempts:
-            kind = "backup" if a.backup else "attempt"
-            lines.append(
-                f"  {kind} {a.key[2]} on worker {a.worker_id} (node {a.node_id[:12]}): {a.state.value}"
-                + (f" — {a.error.strip().splitlines()[-1]}" if a.error.strip() else "")
-            )
-        return lines
+        return jobreport.story(self, task, index)
 
     # ------------------------------------------------------------ events
 
@@ -337,6 +305,8 @@ class JobCore:
         self.started_tasks.add(task)
         q = self.ready.setdefault(t.shape_key, deque())
         for inst in self.instances[task]:
+            if inst.state is not I.WAITING:
+                continue  # recovered from a checkpoint (fuxi.core.checkpoint.resume)
             self._move(inst, I.READY, "upstream done")
             inst.ready_at = now
             q.append(inst)
@@ -373,6 +343,8 @@ class JobCore:
         t = self.tasks[inst.task]
         if t.output:
             acts.append(Commit(inst.task, inst.index, a.key[2], t.output))
+        if self.plan.checkpoint:  # after its Commit: the record says the output is in place
+            acts.append(Checkpoint(inst.task, inst.index, a.key[2], a.node_id, inst.outputs, bool(t.output)))
         losers = inst.live()
         for other in losers:
             acts += self._kill_attempt(other, now, f"attempt {a.key[2]} won")
@@ -667,6 +639,8 @@ class JobCore:
         else:
             if inst.failures or n:
                 st.retries += 1
+            elif self.resumed:
+                st.rerun += 1
             self._move(inst, I.RUNNING, f"dispatched to {w.worker_id}")
         return AttemptSpec(
             job_id=self.job_id,

@@ -90,6 +90,21 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """An instance succeeded: make its outputs durable and record it (``fuxi.core.checkpoint``),
+    so a JobMaster that replaces this one need not run it again. ``outputs``: (consumer,
+    partition) -> opaque reference, as in ``AttemptResult``; ``commit``: its final output is
+    committed first (by the ``Commit`` just before this action)."""
+
+    task: str
+    instance: int
+    attempt: int
+    node_id: str
+    outputs: dict[Any, Any]
+    commit: bool
+
+
+@dataclass(frozen=True)
 class ReleaseSlot:
     shape_key: str
     node_id: str
@@ -180,6 +195,8 @@ class TaskStats:
     backups_launched: int = 0
     backups_won: int = 0
     data_local: int = 0  # instances whose winning attempt ran on a node holding their input
+    recovered: int = 0  # instances taken as done from a dead JobMaster's checkpoint
+    rerun: int = 0  # in a resumed job: instances this JobMaster ran (again) itself
     durations: list[float] = field(default_factory=list)
     running_median: RunningMedian = field(default_factory=RunningMedian)  # of durations
 

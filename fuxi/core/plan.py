@@ -68,6 +68,7 @@ class JobPlan:
     overwrite: bool = False  # the JobMaster clears non-empty outputs before the first task
     queue: str = "default"  # the quota group whose queue the job waits in, whose share it uses
     faults: FaultPolicy | None = None  # injected attempt faults (the spec's ``faults:``; tests)
+    checkpoint: bool = True  # finished instances are made durable so a new JobMaster resumes
 
     def task(self, name: str) -> TaskPlan:
         for t in self.tasks:
@@ -184,6 +185,7 @@ def build_plan(spec, facts: PlanFacts = PlanFacts(), overwrite: bool = False) ->
         retry_backoff_max_s=spec.retry_backoff_max_s,
         spec=json.loads(json.dumps(spec.to_json_dict())),
         overwrite=bool(overwrite),
+        checkpoint=spec.checkpoint,
         queue=spec.queue,
         faults=None if spec.faults is None else FaultPolicy(
             attempt_fail_fraction=spec.faults.attempt_fail_fraction,

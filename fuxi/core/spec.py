@@ -364,6 +364,9 @@ class JobSpec(BaseModel):
     retry_backoff_max_s: float = Field(default=10.0, ge=0.0, le=retry_backoff_cap_s_max, strict=True)
     queue: str = Field(default="default", pattern=QUEUE_NAME_RE.pattern)
     faults: FaultSpec | None = None
+    # Finished instances' outputs are written durably so a restarted JobMaster resumes without
+    # running them again (docs/jobs.md, "Recovery"); off: a dead JobMaster's job starts over.
+    checkpoint: bool = Field(default=True, strict=True)
     tasks: dict[str, TaskSpec]
 
     @field_validator("params", mode="before")
@@ -690,6 +693,7 @@ FIELD_EXPECTATIONS: dict[tuple[str, str], str] = {
     ("JobSpec", "tasks"): "a mapping of task names to tasks",
     ("JobSpec", "speculation"): "a mapping (enabled, min_done_fraction, slowdown, ...)",
     ("JobSpec", "queue"): f"a queue (quota group) name matching {QUEUE_NAME_RE.pattern}",
+    ("JobSpec", "checkpoint"): "true or false (make finished instances durable for recovery)",
     ("JobSpec", "faults"): "a mapping (attempt_fail_fraction, attempt_hang_fraction, hang_s, seed)",
     ("FaultSpec", "attempt_fail_fraction"): f"a number from 0 to {fault_fraction_max}",
     ("FaultSpec", "attempt_hang_fraction"): f"a number from 0 to {fault_fraction_max}",

@@ -9,6 +9,7 @@ Instance of a task (one unit of work, retried and backed up as *attempts*)::
        │                          └─retry───┼──────────┘
        │                                    │ (worker lost before the attempt started: requeue)
        └──────────── cancel (from WAITING, READY or RUNNING) ─────────────────────▶ CANCELLED
+    WAITING ──recovered (a dead JobMaster's checkpoint, before anything runs)──▶ SUCCEEDED
 
 Attempt (one try of an instance on one worker)::
 
@@ -72,6 +73,7 @@ INSTANCE_TRANSITIONS: dict[tuple[InstanceState, InstanceState], str] = {
     (I.READY, I.RUNNING): "dispatch",
     (I.RUNNING, I.READY): "retry",  # also "requeue" when the attempt never started
     (I.RUNNING, I.SUCCEEDED): "attempt_succeeded",
+    (I.WAITING, I.SUCCEEDED): "recovered",  # from a dead JobMaster's checkpoint, on resume
     (I.RUNNING, I.FAILED): "retries_exhausted",
     (I.WAITING, I.CANCELLED): "cancel",
     (I.READY, I.CANCELLED): "cancel",

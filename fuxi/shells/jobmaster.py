@@ -20,11 +20,13 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from fuxi.core import checkpoint as ckpt_core
 from fuxi.core import jobcore as jc
 from fuxi.io.output import OutputLocation
 from fuxi.io.resolve import locate_inputs, prepare_outputs
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import JobState
+from fuxi.shells import recovery
 from fuxi.shells.worker import WorkerActor
 
 logger = logging.getLogger(__name__)
@@ -81,7 +83,8 @@ class _Slot:
 @ray.remote(num_cpus=0, max_concurrency=64)
 class JobMaster:
     def __init__(self, job_id: str, plan: JobPlan, master, log_path: str,
-                 sys_path: list[str] | None = None, token: str = ""):
+                 sys_path: list[str] | None = None, token: str = "",
+                 ckpt_root: str | None = None, resume: dict | None = None):
         from zhongkui.files import private_files
 
         private_files()  # the job's log: 0600 under 0700 directories (issue 14)
@@ -95,6 +98,12 @@ class JobMaster:
 
             creds.set_token(token)
         self.core = jc.JobCore(job_id, plan, now=time.time())
+        # Finished instances made durable (fuxi.shells.recovery); ``resume``: {"gen": JobMasters
+        # before this one, "records": theirs}, for a JobMaster started in place of a dead one.
+        self._resume = resume
+        self.ckpt = recovery.Checkpointer(job_id, ckpt_root, int(resume["gen"]) if resume else 0,
+                                          plan.checkpoint)
+        self._sync_ckpt: dict | None = None
         # The spec's fault injection (tests and bench_faults only), handed to every worker.
         self._faults = plan.faults.to_dict() if plan.faults is not None else None
         self.slots: dict[str, _Slot] = {}
@@ -140,6 +149,7 @@ class JobMaster:
 
     def status(self) -> dict:
         st = self.core.status(time.time())
+        st["checkpoint"] = self.ckpt.status()
         if self._finalized is not None:
             st.update(self._finalized)
         elif self.core.done() and self._done is not None:
@@ -194,6 +204,7 @@ class JobMaster:
                     self._kill_handle(handle)
             self._log_file.close()
             self._committer.shutdown(wait=False, cancel_futures=True)
+            self.ckpt.close()
             self._ended.set()
             asyncio.get_running_loop().create_task(self._end_if_orphaned())
         return self.status()
@@ -212,17 +223,31 @@ class JobMaster:
         admitted, may an earlier run's output go."""
         def prepare(plan):
             plan = locate_inputs(plan)
-            prepare_outputs(plan)
-            return plan
+            if self._resume is None:
+                prepare_outputs(plan)
+                return plan, None
+            recovery.reopen_outputs(plan)  # a resumed job's outputs hold recovered parts
+            if not (self.ckpt.enabled and self._resume.get("records")):
+                return plan, ({}, [])
+            return plan, recovery.resumable(plan, self._resume["records"], self.ckpt.dir)
 
         try:
-            plan = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+            plan, found = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
                 self._committer, prepare, self.core.plan), JOB_PREPARE_TIMEOUT_S)
         except Exception as e:
             self._apply(self.core.fail(time.time(), f"preparing the job failed: {e}"))
             return
-        if plan is not self.core.plan:  # nothing has happened yet: the core starts afresh
+        if plan is not self.core.plan and found is None:  # nothing happened yet: start afresh
             self.core = jc.JobCore(self.job_id, plan, now=time.time())
+        if found is not None:  # carry on from the dead JobMaster's checkpoint
+            records, self.ckpt.report = found
+            self.core, acts = ckpt_core.resumed_core(self.job_id, plan, time.time(), records,
+                                                     self.ckpt.gen)
+            self.core.created_at = self._resume.get("submitted_at") or self.core.created_at
+            self._apply(acts)
+            logger.warning("job %s resumed by JobMaster %d: %s; %d record(s) refused",
+                           self.job_id, self.ckpt.gen, ckpt_core.summary(self.core),
+                           len(self.ckpt.report))
 
     # ------------------------------------------------------------ the loop
 
@@ -253,6 +278,8 @@ class JobMaster:
                 if ready and len(refs) > 1:
                     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
             self._drain(set(ready), time.time())
+            if self.core.resumed:
+                self._send_recovered()
             self._give_verdicts()
             now = time.time()
             if not self.core.done() and now - self._last_tick >= TICK_S:
@@ -261,6 +288,17 @@ class JobMaster:
                 self._keep_spares()
             self._flush()
             await asyncio.sleep(0 if refs else TICK_S)
+
+    def _send_recovered(self) -> None:
+        """Attempts held until their recovered inputs were loaded (``recovery.Checkpointer``)."""
+        specs, error = self.ckpt.released(self.core)
+        if error is not None and not self.core.done():
+            self._apply(self.core.fail(time.time(), error))
+        for wid, front, spec in specs:
+            s = self.slots.get(wid)
+            if s is not None:  # else the worker died: the core has requeued the attempt
+                (s.front if front else s.outbox).append(spec)
+                self._dirty.add(wid)
 
     def _resumed(self, gap_s: float) -> None:
         """This process did not run for ``gap_s`` (it was paused): the workers and FuxiMaster
@@ -499,7 +537,11 @@ class JobMaster:
             if isinstance(act, jc.Push):
                 s = self.slots.get(act.worker_id)
                 if s is not None:
-                    (s.front if act.front else s.outbox).extend(act.attempts)
+                    specs = list(act.attempts)
+                    if self.core.resumed:  # those reading recovered parts wait for their load
+                        specs = [a for a in specs if not self.ckpt.needs_load(a)
+                                 or self.ckpt.hold(self.core, act.worker_id, act.front, a)]
+                    (s.front if act.front else s.outbox).extend(specs)
                     self._dirty.add(act.worker_id)
             elif isinstance(act, jc.StopAttempt):
                 s = self.slots.get(act.worker_id)
@@ -515,6 +557,9 @@ class JobMaster:
             elif isinstance(act, jc.Commit):
                 self._commits.append(asyncio.get_running_loop().run_in_executor(
                     self._committer, _commit, act))
+            elif isinstance(act, jc.Checkpoint):  # on the commit thread, after its commit
+                self.ckpt.write(act, self.core.tasks[act.task].output,
+                                asyncio.get_running_loop(), self._committer)
             elif isinstance(act, jc.JobDone):
                 self._job_done(act)
         while self._warm_started and not self.core.done():
@@ -663,10 +708,12 @@ class JobMaster:
         shapes = {t.shape_key: t.shape for t in self.core.tasks.values()}
         held = {sk: {"shape": shapes.get(sk, {}), "nodes": per_node}
                 for sk, per_node in self.core.held().items() if per_node}
+        self._sync_ckpt = batch = self.ckpt.next_batch()  # sent again until answered
         self.sync_ref = self.master.sync.remote(self.job_id, self.core.plan.priority, demands,
                                                 releases, self.core.blacklist.ordered(),
                                                 cred=self.token, held=held,
-                                                node_failures=dict(self.core.blacklist.totals))
+                                                node_failures=dict(self.core.blacklist.totals),
+                                                **({"ckpt": batch} if batch else {}))
         self._sync_releases = releases
         self.last_sync = time.time()
 
@@ -680,6 +727,7 @@ class JobMaster:
             return
         now = time.time()
         self.last_sync_ok = now
+        self.ckpt.sync_ok(self._sync_ckpt)
         self._apply(self.core.exclude(reply.get("excluded", ()), now))  # cluster level, capped
         for g in reply.get("grants", []):
             self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))

@@ -36,6 +36,7 @@ from fuxi.shells.admission import CONFIG_KEY, DEFAULT_QUEUE, Admissions
 from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
 from fuxi.shells.jobrecords import drop_old_records, new_job_id, restore_records, statuses
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
+from fuxi.shells.recovery import MasterRecovery
 from fuxi.shells.services import NODES_REFRESH_S
 from fuxi.shells.supervisor import Supervisor
 
@@ -109,6 +110,7 @@ class FuxiMaster:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.ledger = slots.Ledger()
         self.blacklists = blacklist.ClusterBlacklist()  # soft: rebuilt from JobMasters' reports
+        self.recovery = MasterRecovery(self)  # checkpoints of jobs, restarts of JobMasters
         self.demands: dict[str, dict[str, dict]] = {}  # job -> shape_key -> {shape, wanted}
         self.priorities: dict[str, int] = {}
         self.submit_seq: dict[str, int] = {}
@@ -434,8 +436,8 @@ class FuxiMaster:
     # ------------------------------------------------------------ slot grants
 
     async def sync(self, job_id: str, priority: int, demands: dict, releases: list,
-                   avoid_nodes: list, cred: str | None = None,
-                   node_failures: dict | None = None, held: dict | None = None) -> dict:
+                   avoid_nodes: list, cred: str | None = None, node_failures: dict | None = None,
+                   held: dict | None = None, ckpt: dict | None = None) -> dict:
         """A JobMaster's heartbeat: only that job's own token (or the platform's) may give
         back or ask for its slots."""
         if self.auth_enabled:
@@ -462,6 +464,8 @@ class FuxiMaster:
         # Its blacklist and failures per node: hard exclusions, capped (fuxi.core.blacklist).
         excluded, avoided = self.blacklists.sync(job_id, avoid_nodes, node_failures, self.nodes,
                                                  time.time())
+        if ckpt:  # finished instances the JobMaster made durable (fuxi.shells.recovery)
+            await self.recovery.store_batch(job_id, ckpt)
         self.demands[job_id] = demands
         self.priorities[job_id] = priority
         all_demands = []
@@ -546,8 +550,10 @@ class FuxiMaster:
             self._start(job_id, plan, who, sys_path)
         return job_id
 
-    def _start(self, job_id: str, plan: JobPlan, who, sys_path: list[str] | None) -> None:
-        """Create the job's JobMaster and start it (no await: the room reserved stays taken)."""
+    def _start(self, job_id: str, plan: JobPlan, who, sys_path: list[str] | None,
+               resume: dict | None = None) -> None:
+        """Create the job's JobMaster and start it (no await: the room reserved stays taken);
+        ``resume``: a dead JobMaster's checkpoint records to carry on from."""
         from fuxi.shells.jobmaster import JobMaster
 
         self.admissions.started(job_id)
@@ -561,7 +567,9 @@ class FuxiMaster:
             name=jobmaster_name(job_id), lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False),
         ).remote(job_id, plan, ray.get_runtime_context().current_actor,
-                 os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path, token)
+                 os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path, token,
+                 ckpt_root=self.recovery.root, resume=resume)
+        self.recovery.launched(job_id, plan, who, sys_path)
         self.jobmasters[job_id] = jm
         self._job_tokens[job_id] = token  # what its JobMaster takes calls with
         # It starts itself (a run call sent from here would die with this process if it had
@@ -586,15 +594,20 @@ class FuxiMaster:
     async def _watch(self, job_id: str) -> None:
         """Wait for a JobMaster to finish; record its final status and free its slots."""
         ref = self.runs[job_id]
+        restarted = False
         try:
             try:
                 status = await ref
             except Exception as e:
+                why_not = await self.recovery.restart(job_id, e)  # resumes from its checkpoint
+                if why_not is None:
+                    restarted = True  # the new JobMaster has its own watcher
+                    return
                 status = await self.astore.get(f"/jobs/{job_id}/status") or {"job_id": job_id}
                 if status.get("state") in {s.value for s in TERMINAL_JOB}:
                     return  # already recorded (e.g. cancelled by `fuxi down`)
                 status.update(state=JobState.FAILED.value, finished_at=time.time(),
-                              report=f"job master died: {type(e).__name__}: {e}")
+                              report=f"job master died: {type(e).__name__}: {e} {why_not}")
             if self.job_owners.get(job_id):
                 status["owner"] = self.job_owners[job_id]
             await self.astore.put(f"/jobs/{job_id}/status", status)
@@ -605,7 +618,8 @@ class FuxiMaster:
         except Exception:
             logger.exception("recording the end of job %s failed", job_id)
         finally:
-            await self._forget(job_id)
+            if not restarted:
+                await self._forget(job_id)
 
     async def _forget(self, job_id: str) -> None:
         jm = self.jobmasters.pop(job_id, None)
@@ -615,6 +629,7 @@ class FuxiMaster:
         self.priorities.pop(job_id, None)
         self.ledger.release_job(job_id)
         self.admissions.start_waiting()  # its place goes to the next waiting job
+        await self.recovery.forget(job_id)
         if jm is not None:
             try:
                 ray.kill(jm, no_restart=True)
@@ -678,6 +693,7 @@ class FuxiMaster:
         if jm is None:
             st = await self._status(job_id)  # raises JobNotFound for unknown ids
             return {"job_id": job_id, "state": st.get("state"), "cancelling": False}
+        self.recovery.cancelled.add(job_id)  # a JobMaster dying now is not restarted
         await asyncio.wait_for(jm.cancel.remote(cred=self._job_tokens.get(job_id, "")),
                                JOBMASTER_CALL_TIMEOUT_S)
         return {"job_id": job_id, "cancelling": True}

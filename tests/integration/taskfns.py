@@ -118,3 +118,46 @@ def fails_on_node(ctx):
     time.sleep(float(ctx.params.get("sleep_s", 0.3)))
     t = emit_instance(ctx)
     return t.append_column("node", pa.array([node] * t.num_rows))
+
+
+def _count_run(ctx) -> None:
+    """A file per attempt actually run, whatever its number (a resumed JobMaster numbers its
+    attempts from 0 again): tests count these to see what ran twice."""
+    import uuid
+
+    d = ctx.params["dir"]
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, f"ran-{ctx.task}-{ctx.instance}-{uuid.uuid4().hex}"), "w").close()
+
+
+def gen_counted(ctx):
+    _count_run(ctx)
+    return gen_numbers(ctx)
+
+
+def pass_slowly(ctx):
+    """Reads its shuffled input and passes it on after ``sleep_s`` (a window to kill in)."""
+    _count_run(ctx)
+    t = ctx.read_upstream()
+    time.sleep(float(ctx.params.get("sleep_s", 3.0)))
+    return t if t.num_rows else None
+
+
+def sum_counted(ctx):
+    _count_run(ctx)
+    return sum_by_key(ctx)
+
+
+def map_words_counted(ctx):
+    from jobs.wordcount import map_words
+
+    _count_run(ctx)
+    return map_words(ctx)
+
+
+def sum_counts_slowly(ctx):
+    from jobs.wordcount import sum_counts
+
+    _count_run(ctx)
+    time.sleep(float(ctx.params.get("sleep_s", 3.0)))
+    return sum_counts(ctx)

@@ -37,6 +37,7 @@ from typing import Any
 from fuxi.core import slots as slotlib
 from fuxi.core.jobcore import (
     AttemptResult,
+    Checkpoint,
     Commit,
     JobCore,
     JobDone,
@@ -208,6 +209,7 @@ class Sim:
         self.start_failures = 0
         self.done: list[JobDone] = []
         self.commits: dict[tuple[str, int], Commit] = {}
+        self.checkpoints: dict[tuple[str, int], Checkpoint] = {}
         self.winners: dict[tuple[str, int], tuple] = {}
         self.started_keys: set = set()  # attempts a worker began executing
         self.delivered_ok: set = set()  # attempts whose success reached the core in time
@@ -309,6 +311,16 @@ class Sim:
                        f"Commit of an attempt that never reported success: {act}")
             self.check(act.output == core.tasks[act.task].output, f"Commit to the wrong place: {act}")
             self.commits[key] = act
+        elif isinstance(act, Checkpoint):
+            # Only a succeeded attempt is checkpointed, once per instance, and after the
+            # Commit of an instance with output (the record says the output is in place).
+            key = (act.task, act.instance)
+            self.check(key not in self.checkpoints, f"second Checkpoint for {key}: {act}")
+            self.check((act.task, act.instance, act.attempt) in self.delivered_ok,
+                       f"Checkpoint of an attempt that never reported success: {act}")
+            self.check(not act.commit or key in self.commits,
+                       f"Checkpoint before the Commit of {key}: {act}")
+            self.checkpoints[key] = act
         elif isinstance(act, JobDone):
             self.check(not self.done, f"second JobDone: {act}")
             self.done.append(act)

@@ -90,3 +90,23 @@ def test_job_commands_without_a_cluster_read_records_offline(tmp_path, monkeypat
     assert res.exit_code == 2 and "no job with id 'nope-123'" in res.output
     res = runner.invoke(app, ["job", "list", "--json"])
     assert res.exit_code == 0 and json.loads(res.output) == []
+
+
+def test_job_status_shows_recovered_vs_rerun_instances_of_a_resumed_job(tmp_path, monkeypatch):
+    from fuxi.io.store import FileStore
+
+    monkeypatch.setenv("FUXI_HOME", str(tmp_path / "home"))
+    task = {"instances": 4, "succeeded": 4, "failed": 0, "running": 0, "attempts": 1,
+            "retries": 0, "backups_launched": 0, "backups_won": 0}
+    FileStore(str(tmp_path / "home" / "default" / "state")).put("/jobs/j-1/status", {
+        "job_id": "j-1", "name": "three", "state": "succeeded", "jobmaster_restarts": 1,
+        "tasks": {"gen": {**task, "attempts": 0, "recovered": 4, "rerun": 0},
+                  "sum": {**task, "recovered": 3, "rerun": 1}},
+        "checkpoint": {"resume_report": ["gen[2] runs again: checkpoint file x does not match "
+                                         "its checksum"]}})
+    res = runner.invoke(app, ["job", "status", "j-1"])
+    assert res.exit_code == 0, res.output
+    assert "resumed 1 time(s)" in res.output
+    assert "gen: 4/4 done, 4 recovered, 0 re-run" in res.output
+    assert "sum: 4/4 done, 3 recovered, 1 re-run" in res.output
+    assert "gen[2] runs again" in res.output
