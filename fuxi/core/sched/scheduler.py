@@ -24,9 +24,11 @@ its heaps full until a node gets room for it; a group at its max marks its heaps
 the group releases a slot; so a saturated cluster costs nothing per decision but a scan of
 those few heaps. A demand that fits somewhere, but not where it may go (its exclusions), is
 parked alone until the next ``schedule``.
-When a demand within its group's guarantee fits nowhere, running slots of groups above their
-guarantee are revoked (reclaim): least important first, most recently started first, on one
-node until the slot fits. With ``preempt_priority_gap`` set, a demand may also revoke slots of
+When a demand within its group's guarantee fits nowhere, borrowed running slots of other
+groups are revoked (reclaim): least important first, most recently started first, on one
+node until the slot fits. "Within the guarantee" and "borrowed" are one rule seen from both
+sides (``quota.guaranteed`` / ``quota.borrowed``), so a slot reclaim grants can never be
+reclaimed back by its victim's group: with nothing released, a pass of reclaims ends. With ``preempt_priority_gap`` set, a demand may also revoke slots of
 priority at least that much lower. The core applies its own decisions to its state at once
 (so the next one sees them); the shell re-checks each grant against its ledger and releases
 here any it did not apply.
@@ -53,7 +55,7 @@ from fuxi.core.sched.model import (
     SchedConfig,
     quota_groups,
 )
-from fuxi.core.sched.quota import borrow_share, guaranteed, over_min, under_max
+from fuxi.core.sched.quota import borrow_share, borrowed, guaranteed, under_max
 from fuxi.core.sched.resources import check_resources, fit_count, give, needs_of, take
 from fuxi.errors import BadInput, LimitExceeded
 
@@ -511,8 +513,9 @@ class Scheduler:
     def _make_room(self, d: _Demand, excluded: Collection[str]) -> tuple[list[Revocation], str | None]:
         """Revoke running slots so that one slot of ``d`` fits on one node: reclaim for a group
         within its guarantee, or preemption by priority when configured. Victims: least
-        important first, most recently started first; a group is never pushed below its
-        guarantee. Returns the revocations and the node that now has room (or [], None)."""
+        important first, most recently started first; only borrowed slots (``quota.borrowed``:
+        the group is above its guarantee in a resource the slot uses), so a slot within a
+        group's guarantee is never taken. Returns the revocations and the node that now has room (or [], None)."""
         group = self.groups[d.group]
         reclaim = guaranteed(group, self.group_used[d.group], d.needs)
         gap = self.config.preempt_priority_gap
@@ -539,8 +542,8 @@ class Scheduler:
             if (reclaim and v.group == d.group) or v.did == d.did or where[1] in excluded:
                 continue
             vu = used.setdefault(v.group, dict(self.group_used[v.group]))
-            if not over_min(self.groups[v.group], vu):
-                continue  # within its own guarantee
+            if not borrowed(self.groups[v.group], vu, v.needs):
+                continue  # within its own guarantee (see quota.borrowed)
             take(vu, v.needs)
             on = freed.setdefault(where[1], [])
             on.append((seq, v))
