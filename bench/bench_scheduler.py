@@ -24,7 +24,8 @@ Measured (time with ``perf_counter``; the simulated clock is separate):
     memory_utilisation  the same for memory
     *_any_pending       the same integrated while anything at all waits
 Checked at the end (and every ``--check-every`` events): every instance finished, no node is
-overcommitted in any resource, no group above its max, the scheduler's books consistent.
+overcommitted in any resource, no group above its max, the scheduler's books consistent; and
+in every round, that the scheduler stops (``ROUND_GRANTS_PER_SLOT_MAX``).
 
 The baseline, in the same run: the pre-issue-16 algorithm (``fuxi.core.slots.fair_targets``,
 which hands out one slot at a time and rescans every node per slot) against the core on the
@@ -59,6 +60,11 @@ P_STRAGGLE = 0.02
 STRAGGLE_FACTOR = 10.0
 BACKUP_AFTER = 3.0  # a backup is asked for once an attempt ran this many times its base
 P_LOCAL = 0.5  # instances that prefer a node (where their input is)
+# Grants in one scheduling round (one simulated instant, nothing released meanwhile), as a
+# multiple of the cluster's worker slots: a round can grant every free slot plus those its
+# reclaims free, never this many times the cluster over. Past it the core is chasing its
+# tail (revoking and re-granting), and the run stops with an error instead of never ending.
+ROUND_GRANTS_PER_SLOT_MAX = 4
 
 
 def quota_config(cpus: float) -> dict:
@@ -206,6 +212,8 @@ class Sim:
 
     def schedule(self):
         s, now = self.s, self.now
+        round_max = ROUND_GRANTS_PER_SLOT_MAX * s.config.workers_per_node_max * len(s.index.nodes)
+        granted, revoked0 = 0, self.revocations
         while True:
             t0 = time.perf_counter()
             g, revs = s.decide(now)
@@ -218,6 +226,12 @@ class Sim:
             self.decisions += 1
             self.decide_times.append(dt)
             self.granted(g)
+            granted += 1
+            if granted > round_max:
+                raise AssertionError(
+                    f"seed {self.args.seed}: {granted} grants and "
+                    f"{self.revocations - revoked0} revocations at t={now:.3f}s with nothing "
+                    f"released: the scheduler is revoking and re-granting without end")
 
     # ------------------------------------------------------------ events
 
@@ -455,7 +469,8 @@ def baseline(nodes: int, jobs: int, seed: int) -> dict:
             "slots_grant_one_sync_s": round(grant_s, 4)}
 
 
-def main(argv=None) -> dict:
+def parse(argv=None) -> argparse.Namespace:
+    """The command line (also what tests/sim builds a small run from)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=5000)
     ap.add_argument("--jobs", type=int, default=1000)
@@ -470,6 +485,11 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.instances < args.jobs or args.jobs < 1 or args.nodes < 1:
         ap.error("expected --nodes >= 1, --jobs >= 1 and --instances >= --jobs")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
     out = {"bench": "scheduler", "date": time.strftime("%Y-%m-%d %H:%M")}
     out.update(Sim(args).run().result())
     if args.baseline_nodes:
