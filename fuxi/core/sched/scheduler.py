@@ -61,7 +61,10 @@ from fuxi.errors import BadInput, LimitExceeded
 
 # Slots granted (anywhere) before a queue whose making room failed tries again: new slots are
 # new victims. Bounds the cost of a guarantee that cannot be met (say, GPUs that no borrower
-# holds) to one bounded victim scan per this many grants.
+# holds) to one bounded victim scan per this many grants. At least the scan's own length
+# (``reclaim_victims_max``) is waited: the scan reads the least important, most recent slots
+# first, so a retry after fewer new grants mostly re-reads victims it has just turned down
+# (at 5,000 nodes a retry every 64 grants made failed GPU reclaims a third of decide's time).
 ROOM_RETRY_GRANTS = 64
 PARK_RETRY = "retry"  # fits somewhere, but not where this demand may go: next schedule()
 
@@ -111,6 +114,7 @@ class Scheduler:
         # ROOM_RETRY_GRANTS more slots were granted (new victims) or a node was added
         self._room_failed: dict[tuple, tuple[int, int]] = {}
         self._retry: set[str] = set()
+        self._room_retry = max(ROOM_RETRY_GRANTS, config.reclaim_victims_max)
         self.demands: dict[str, _Demand] = {}
         self.job_held: dict[str, int] = {}
         self.job_demands: dict[str, set[str]] = {}
@@ -444,22 +448,25 @@ class Scheduler:
             sh = shapes.get(q[1])
             if sh is None:
                 continue
+            name = q[0]
+            group = self.groups[name]
+            if sh.full and not preempting and not group.min:
+                continue  # fits nowhere, and a group without a guarantee may not make room
             d = self._top(heap)
             if d is None:
                 continue
             if sh.full and q in self._room_failed:
                 prio, at = self._room_failed[q]
-                if prio >= d.priority and self._slot_seq - at < ROOM_RETRY_GRANTS:
+                if prio >= d.priority and self._slot_seq - at < self._room_retry:
                     continue
-            name = q[0]
-            group, used = self.groups[name], self.group_used[name]
-            if sh.full and not preempting and not guaranteed(group, used, d.needs):
+            used = self.group_used[name]
+            within = guaranteed(group, used, d.needs)
+            if sh.full and not preempting and not within:
                 continue  # fits nowhere, and may not make room
             share = shares.get(name)
             if share is None:
                 share = shares[name] = borrow_share(group, used, self.index.capacity)
-            gk = (0 if guaranteed(group, used, d.needs) else 1, -(d.priority + d.boost), share,
-                  self.key(d))
+            gk = (0 if within else 1, -(d.priority + d.boost), share, self.key(d))
             if best_key is None or gk < best_key:
                 best, best_key, best_heap = d, gk, heap
         if best is not None:
@@ -515,7 +522,8 @@ class Scheduler:
         within its guarantee, or preemption by priority when configured. Victims: least
         important first, most recently started first; only borrowed slots (``quota.borrowed``:
         the group is above its guarantee in a resource the slot uses), so a slot within a
-        group's guarantee is never taken. Returns the revocations and the node that now has room (or [], None)."""
+        group's guarantee is never taken. Returns the revocations and the node that now has
+        room (or [], None)."""
         group = self.groups[d.group]
         reclaim = guaranteed(group, self.group_used[d.group], d.needs)
         gap = self.config.preempt_priority_gap
