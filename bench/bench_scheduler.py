@@ -45,6 +45,7 @@ from collections import deque
 
 from fuxi.core import slots
 from fuxi.core.sched import DemandSpec, SchedConfig, Scheduler
+from fuxi.errors import LimitExceeded
 
 SHAPES = [  # (shape, share of jobs)
     ({"CPU": 1.0, "memory": 4.0}, 0.35),
@@ -135,6 +136,7 @@ class Sim:
         self.local = {"node": 0, "rack": 0, "off": 0, "none": 0}
         self.failures = self.stragglers = self.backups = self.backups_won = 0
         self.events_n = 0
+        self.prefs_dropped = 0  # preferences the core refused (PREFERRED_PLACES_MAX)
         self.attempts_of: dict[tuple[str, int], list[int]] = {}  # instances with a backup
 
     # ------------------------------------------------------------ plumbing
@@ -262,7 +264,13 @@ class Sim:
         self.wait_count(jid, 1)
         if (jid, i) in self.attempts_of and not backup:
             self.attempts_of[(jid, i)].append(a["id"])
-        self.timed(self.s.ask, jid, 1, self.now, node=a["pref"])
+        try:
+            self.timed(self.s.ask, jid, 1, self.now, node=a["pref"])
+        except LimitExceeded:  # PREFERRED_PLACES_MAX places preferred already: ask for anywhere
+            self.waiting_at[jid][a["pref"]].remove(a)
+            a["pref"] = None
+            self.prefs_dropped += 1
+            self.timed(self.s.ask, jid, 1, self.now)
 
     def take_waiting(self, jid, node):
         at = self.waiting_at[jid].get(node)
@@ -426,6 +434,7 @@ class Sim:
             "revocations": self.revocations, "failures": self.failures,
             "stragglers": self.stragglers, "backups": self.backups,
             "backups_won": self.backups_won,
+            "preferences_dropped": self.prefs_dropped,
             "node_local": round(self.local["node"] / placed, 4) if placed else None,
             "rack_local": round(self.local["rack"] / placed, 4) if placed else None,
             "cluster_cpus": self.cpus,

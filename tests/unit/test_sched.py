@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fuxi.core.sched import DemandSpec, Plan, Revocation, SchedConfig, Scheduler
+from fuxi.core.sched import DemandSpec, Plan, Revocation, SchedConfig, Scheduler, scheduler
 from fuxi.errors import BadInput, LimitExceeded
 
 CPU1 = {"CPU": 1.0}
@@ -347,6 +347,22 @@ def test_bad_input_says_what_was_wrong(call, match):
     demand(s, "a", 0)
     with pytest.raises(BadInput, match=match):
         call(s)
+
+
+def test_a_preference_past_its_limit_is_refused_and_changes_nothing(monkeypatch):
+    """A job asking for more preferred places than PREFERRED_PLACES_MAX: the ask that goes
+    past it is refused with the limit named, and its slot is not counted as wanted either (it
+    used to be: wanted went up, then the error), so the caller can ask again without a place."""
+    monkeypatch.setattr(scheduler, "PREFERRED_PLACES_MAX", 3)
+    s = cluster(1, cpu=1.0)
+    demand(s, "a", 0)
+    for i in range(3):
+        s.ask("a", 1, node=f"n{i}")
+    with pytest.raises(LimitExceeded, match="PREFERRED_PLACES_MAX is 3"):
+        s.ask("a", 1, node="n9")
+    assert s.demands["a"].wanted == 3
+    s.ask("a", 1)  # without a place: fine
+    assert s.demands["a"].wanted == 4
 
 
 def test_quota_config_is_checked():

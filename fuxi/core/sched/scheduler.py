@@ -218,12 +218,15 @@ class Scheduler:
         """A delta: ``n`` more slots wanted (negative: fewer), optionally preferred on one node or
         one rack (the locality tree's node and rack levels; without either, anywhere)."""
         d = self._demand(demand_id)
-        self._set(d, d.wanted + n, now)
+        prefs = place = None
         if n > 0 and (node is not None or rack is not None):
             prefs, place = (d.prefer_nodes, node) if node is not None else (d.prefer_racks, rack)
-            if place not in prefs and len(prefs) >= PREFERRED_PLACES_MAX:
+            if place not in prefs and len(prefs) >= PREFERRED_PLACES_MAX:  # before any change
                 raise LimitExceeded(f"demand {demand_id!r} prefers {len(prefs)} places already: "
-                                    f"PREFERRED_PLACES_MAX is {PREFERRED_PLACES_MAX}")
+                                    f"PREFERRED_PLACES_MAX is {PREFERRED_PLACES_MAX}; ask "
+                                    f"without a place (nothing was changed)")
+        self._set(d, d.wanted + n, now)
+        if prefs is not None:
             prefs[place] = prefs.get(place, 0) + n
 
     def set_wanted(self, demand_id: str, wanted: int, now: float = 0.0) -> None:
