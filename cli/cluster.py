@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from base import actors
-from cli.common import ClusterOpt, handle, print_json
+from cli.common import ClusterOpt, blacklist_text, handle, print_json
 
 
 def up(
@@ -46,7 +46,8 @@ def down(cluster: str = ClusterOpt) -> None:
 
 
 def status(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
-    """The cluster: name, address, nodes and their free resources, running jobs."""
+    """The cluster: name, address, nodes and their free resources, running jobs, the nodes
+    blacklisted for every job."""
     from fuxi import runtime
 
     try:
@@ -79,3 +80,7 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
         res = n["resources"]
         free = n.get("free", {})
         typer.echo(f"  {n['node_id'][:12]} {n.get('address')}: CPU {free.get('CPU', 0):g}/{res.get('CPU', 0):g} free")
+    if info.get("blacklist"):
+        typer.echo("  blacklisted for every job (cluster level):")
+    for e in info.get("blacklist", []):
+        typer.echo(f"    {e['node'][:12]}: {blacklist_text(e)}")

@@ -12,7 +12,8 @@ from base.errors import EXIT_BAD_INPUT, EXIT_OK, ClusterError, PlatformError, ex
 from base.errors import EXIT_FAILED as EXIT_JOB_FAILED
 from fuxi.errors import FuxiError
 
-__all__ = ["EXIT_OK", "EXIT_JOB_FAILED", "EXIT_BAD_INPUT", "fail", "handle", "print_json"]
+__all__ = ["EXIT_OK", "EXIT_JOB_FAILED", "EXIT_BAD_INPUT", "blacklist_text", "fail", "handle",
+           "print_json"]
 
 ClusterOpt = typer.Option("default", "--cluster", "-c", help="Cluster name (records live in $FUXI_HOME/<name>).")
 
@@ -34,6 +35,20 @@ def handle(e: Exception) -> NoReturn:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+def blacklist_text(entry: dict | None) -> str:
+    """One blacklist entry (``fuxi.core.blacklist.Entry.view``) for a person: level, reason,
+    how long it has left; "-" for none."""
+    if not entry:
+        return "-"
+    left = entry.get("expires_in_s")
+    if left is None:
+        until = "for the rest of the job"
+    else:
+        m, s = divmod(int(round(left)), 60)
+        until = f"expires in {m}m{s:02d}s" if m else f"expires in {s}s"
+    return f"{entry.get('level')} level: {entry.get('reason')}, {until}"
 
 
 def master_call(cluster: str, method: str, *args, needs: str = "this command",

@@ -8,7 +8,7 @@ from typing import Iterator, Optional
 
 import typer
 
-from cli.common import EXIT_JOB_FAILED, ClusterOpt, handle, print_json
+from cli.common import EXIT_JOB_FAILED, ClusterOpt, blacklist_text, handle, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -74,6 +74,9 @@ def status(job_id: str, as_json: bool = typer.Option(False, "--json"), cluster: 
         typer.echo(f"  {name}: {t['succeeded']}/{t['instances']} done, {t['running']} running, "
                    f"{t['failed']} failed, {t['attempts']} attempts, {t['retries']} retries, "
                    f"backups {t['backups_won']}/{t['backups_launched']} won")
+    for e in st.get("blacklisted_nodes") or ():
+        if isinstance(e, dict):  # records of before issue 16 part 6 held bare node ids
+            typer.echo(f"  blacklisted {e['node'][:12]}: {blacklist_text(e)}")
     if st.get("report"):
         typer.echo(st["report"])
 

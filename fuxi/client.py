@@ -23,7 +23,7 @@ import uuid
 from typing import Callable, Sequence
 
 from base.errors import PlatformError
-from fuxi.errors import ClusterError, JobNotFound, OutcomeUnknown
+from fuxi.errors import ClusterError, JobNotFound, MasterGone, OutcomeUnknown
 from fuxi.core.plan import JobPlan, build_plan
 from fuxi.core.spec import JobSpec, check_importable, spec_from_dict
 from fuxi.io.specfile import load_job_spec
@@ -32,6 +32,8 @@ from fuxi.core.states import TERMINAL_JOB
 MASTER_REPLY_TIMEOUT_S = 60.0
 POLL_S = 0.3
 SUBMIT_TRIES_MAX = 3  # a submit that times out is retried with the same request id (idempotent)
+MASTER_FAILOVER_WAIT_S = 60.0  # a read whose FuxiMaster died is asked again for this long
+FAILOVER_RETRY_S = 0.5  # pause between those tries (the new FuxiMaster is starting)
 TERMINAL = {s.value for s in TERMINAL_JOB}
 
 
@@ -73,7 +75,11 @@ def explain(e: PlatformError, what: str, timeout_s: float = MASTER_REPLY_TIMEOUT
         return OutcomeUnknown(f"{what}: FuxiMaster did not answer within {timeout_s:g}s "
                               f"(MASTER_REPLY_TIMEOUT_S); the outcome is unknown — check "
                               f"`fuxi job list`")
-    if isinstance(ray_error, (rex.RayActorError, rex.RaySystemError)):
+    if isinstance(ray_error, rex.RayActorError):
+        return MasterGone(f"{what}: FuxiMaster died while answering ({type(ray_error).__name__});"
+                          f" Ray starts it again and it adopts the running jobs — if this "
+                          f"persists, `fuxi status` shows what is running")
+    if isinstance(ray_error, rex.RaySystemError):
         return ClusterError(f"{what}: FuxiMaster is gone ({type(ray_error).__name__}); was "
                             f"the cluster stopped? `fuxi status` shows what is running")
     return ClusterError(f"{what}: {type(ray_error).__name__}: {ray_error}")
@@ -99,6 +105,17 @@ class FuxiClient:
         except PlatformError as e:
             raise explain(e, method, timeout_s) from None
 
+    def _read(self, method: str, *args, timeout_s: float = MASTER_REPLY_TIMEOUT_S):
+        """A call that changes nothing, asked again while FuxiMaster fails over."""
+        deadline = time.monotonic() + MASTER_FAILOVER_WAIT_S
+        while True:
+            try:
+                return self._call(method, *args, timeout_s=timeout_s)
+            except MasterGone:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(FAILOVER_RETRY_S)
+
     def submit(self, spec: JobPlan | JobSpec | str | dict, overrides: Sequence[str] = (),
                request_id: str | None = None, overwrite: bool = False) -> str:
         plan = spec if isinstance(spec, JobPlan) else load(spec, overrides, overwrite=overwrite)
@@ -113,17 +130,17 @@ class FuxiClient:
         raise AssertionError("unreachable")
 
     def status(self, job_id: str) -> dict:
-        return self._call("status", job_id)
+        return self._read("status", job_id)
 
     def list(self) -> list[dict]:
-        return self._call("list_jobs")
+        return self._read("list_jobs")
 
     def cancel(self, job_id: str) -> dict:
         return self._call("cancel", job_id)
 
     def queues(self) -> dict:
         """The queues (quota groups): each one's limit, running and waiting jobs."""
-        return self._call("queues")
+        return self._read("queues")
 
     def configure_queues(self, queues: dict | None = None,
                          jobs_running_max: int | None = None) -> dict:
@@ -132,7 +149,7 @@ class FuxiClient:
         return self._call("configure_queues", queues, jobs_running_max)
 
     def logs(self, job_id: str, task: str | None = None, instance: int | None = None) -> list[dict]:
-        return self._call("logs", job_id, task, instance)
+        return self._read("logs", job_id, task, instance)
 
     def wait(self, job_id: str, timeout_s: float | None = None,
              on_update: Callable[[dict], None] | None = None, poll_s: float = POLL_S) -> dict:
@@ -141,7 +158,7 @@ class FuxiClient:
         wait = 0.0
         while True:
             # FuxiMaster.wait returns early when the job ends, so this is no busy poll.
-            st = self._call("wait", job_id, wait, timeout_s=wait + MASTER_REPLY_TIMEOUT_S)
+            st = self._read("wait", job_id, wait, timeout_s=wait + MASTER_REPLY_TIMEOUT_S)
             if on_update is not None:
                 on_update(st)
             if st["state"] in TERMINAL or (deadline is not None and time.time() >= deadline):

@@ -7,7 +7,8 @@
     │   └── LimitExceeded     -- a named limit (``*_max``, ``*_s``) was exceeded
     ├── ClusterError          -- the cluster could not be reached, started or stopped
     │   ├── NoCluster         -- no running cluster was found where one was required
-    │   └── OutcomeUnknown    -- FuxiMaster did not answer: the request may have taken effect
+    │   ├── OutcomeUnknown    -- FuxiMaster did not answer: the request may have taken effect
+    │   └── MasterGone        -- FuxiMaster died during the call (Ray restarts it)
     ├── JobNotFound           -- an unknown job id
     └── JobFailed             -- a job ended failed or cancelled (carries the report)
 
@@ -50,6 +51,11 @@ NoCluster = base_errors.NoCluster
 class OutcomeUnknown(FuxiError, ClusterError, base_errors.OutcomeUnknown):
     """FuxiMaster did not answer in time: the request may or may not have taken effect
     (a submit is retried with the same request id, which makes it idempotent)."""
+
+
+class MasterGone(FuxiError, ClusterError):
+    """FuxiMaster's process died while the call was in flight. Ray starts it again and the
+    new one adopts the running jobs; a read (status, wait, list) is simply asked again."""
 
 
 class JobNotFound(FuxiError, base_errors.NotFound):

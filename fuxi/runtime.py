@@ -35,6 +35,7 @@ HEAD_START_TIMEOUT_S = 60.0
 HEAD_STOP_TIMEOUT_S = 3.0  # grace after SIGTERM before SIGKILL (the head keeps no state)
 CLUSTER_CONNECT_TIMEOUT_S = 30.0
 ACTOR_READY_TIMEOUT_S = 60.0
+MASTER_RESTARTS_MAX = 100  # times Ray brings a dead FuxiMaster back before it stays dead
 
 
 def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None,
@@ -42,7 +43,10 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
     from fuxi.shells.master import FuxiMaster
 
     authority = _start_authority(cluster, data_dir, detached, nuwa, auth)  # FuxiMaster asks it
-    opts = {"name": MASTER_NAME, "namespace": namespace(cluster), "get_if_exists": True}
+    # Ray restarts a FuxiMaster that dies (its process, its node); the new one adopts the
+    # running jobs (fuxi.shells.adoption). Calls in flight when it died fail; callers retry.
+    opts = {"name": MASTER_NAME, "namespace": namespace(cluster), "get_if_exists": True,
+            "max_restarts": MASTER_RESTARTS_MAX}
     if detached:
         opts["lifetime"] = "detached"
     master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa, nuwa_group, auth)

@@ -23,9 +23,10 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from typing import Any
+from typing import Any, Collection
 
 from fuxi.core import jobcheck, stragglers
+from fuxi.core.blacklist import JobBlacklist
 from fuxi.core.jobindex import WorkerIndex
 from fuxi.core.plan import JobPlan, TaskPlan
 from fuxi.core.speculation import CANDIDATE, GONE, StartOrder
@@ -88,9 +89,9 @@ class JobCore:
         self.delayed: list[tuple[float, int, str, int]] = []  # (not_before, seq, task, index)
         self._seq = 0
         self.backups_pending: deque[Instance] = deque()
-        self.bad_nodes: set[str] = set()  # blacklisted for this job
+        # Nodes excluded for this job (hard, with expiry): fuxi.core.blacklist.
+        self.blacklist = JobBlacklist(limits.node_failures_max, limits.node_blacklist_s)
         self.gone_nodes: set[str] = set()  # died while the job ran
-        self.node_failures: dict[str, dict[str, int]] = {}
         self.worker_start_failures = 0
         self.preempted = 0  # attempts stopped to make room for online services
         self._next_worker = 0
@@ -111,6 +112,11 @@ class JobCore:
 
     def done(self) -> bool:
         return self.state in TERMINAL_JOB
+
+    @property
+    def bad_nodes(self) -> frozenset[str]:
+        """Nodes blacklisted for this job now: none of its workers runs or starts there."""
+        return self.blacklist.nodes()
 
     def demands(self) -> dict[str, tuple[dict[str, float], int]]:
         """Worker slots wanted per shape: enough for every instance that could run now."""
@@ -159,7 +165,7 @@ class JobCore:
             "finished_at": self.finished_at,
             "output": self.plan.output,
             "workers": self.index.live_total,
-            "blacklisted_nodes": sorted(self.bad_nodes),
+            "blacklisted_nodes": self.blacklist.view(now),  # level, reason, expiry
             "preempted_attempts": self.preempted,
             "tasks": tasks,
             "report": self.report,
@@ -181,7 +187,7 @@ class JobCore:
 
     def slots_granted(self, shape_key: str, shape: dict[str, float], node_id: str, n: int,
                       now: float) -> list[Any]:
-        if self.done():
+        if self.done() or node_id in self.bad_nodes:  # granted before FuxiMaster heard of it
             return [ReleaseSlot(shape_key, node_id) for _ in range(n)]
         return [self._new_worker(node_id, shape_key, shape) for _ in range(n)]
 
@@ -286,8 +292,8 @@ class JobCore:
     def tick(self, now: float) -> list[Any]:
         if self.done():
             return []
-        acts: list[Any] = []
-        acts += self._timeouts(now)
+        self.blacklist.expire(now)  # expired nodes may take new workers again
+        acts: list[Any] = self._timeouts(now)
         while self.delayed and self.delayed[0][0] <= now:
             _, _, task, index = heapq.heappop(self.delayed)
             inst = self.instances[task][index]
@@ -362,12 +368,17 @@ class JobCore:
         st.add_duration(res.duration_s)
         if a.backup:
             st.backups_won += 1
+        self.blacklist.succeeded(a.node_id)  # a node's failure rate counts its wins too
         acts: list[Any] = []
         t = self.tasks[inst.task]
         if t.output:
             acts.append(Commit(inst.task, inst.index, a.key[2], t.output))
-        for other in inst.live():
+        losers = inst.live()
+        for other in losers:
             acts += self._kill_attempt(other, now, f"attempt {a.key[2]} won")
+        for other in losers if a.backup else ():  # a straggler slowed the job: its node pays
+            if other.node_id != a.node_id:
+                acts += self._charge(self.workers[other.worker_id], now, slow=True)
         self.remaining[inst.task] -= 1
         if self.remaining[inst.task] == 0:
             acts += self._task_done(inst.task, now)
@@ -450,31 +461,34 @@ class JobCore:
         wid = f"w{self._next_worker}"
         w = self.workers[wid] = Worker(wid, node_id, shape_key, dict(shape))
         self.index.add(wid, shape_key, node_id)
+        self.blacklist.saw(node_id)
         self._touch(w)
         return StartWorker(wid, node_id, dict(shape))
 
-    def _charge(self, w: Worker, now: float) -> list[Any]:
-        """Count a failure against a worker and its node; blacklist repeat offenders."""
-        w.failures += 1
-        per_node = self.node_failures.setdefault(w.node_id, {})
-        per_node[w.worker_id] = per_node.get(w.worker_id, 0) + 1
+    def _charge(self, w: Worker, now: float, slow: bool = False) -> list[Any]:
+        """Count a failure (``slow``: a straggler its backup beat elsewhere, the node only)
+        against a worker and its node; blacklist repeat offenders (fuxi.core.blacklist)."""
         acts: list[Any] = []
         others_exist = len(self.index.live_by_shape.get(w.shape_key, ())) > (0 if w.dead else 1)
-        if not w.dead and w.failures >= self.limits.worker_failures_max and others_exist:
+        w.failures += 0 if slow else 1
+        if not slow and not w.dead and w.failures >= self.limits.worker_failures_max and others_exist:
             acts += self._retire(w, f"blacklisted: {w.failures} failed attempts in this job",
                                  now, replace=True)
-        node_total = sum(per_node.values())
-        if (
-            w.node_id not in self.bad_nodes
-            and node_total >= self.limits.node_failures_max
-            and len(per_node) >= 2
-            and any(n != w.node_id and n not in self.bad_nodes for n in self.index.live_on_node)
-        ):
-            self.bad_nodes.add(w.node_id)
-            for o in [self.workers[x] for x in self.index.in_order(self.index.live_on_node.get(w.node_id, ()))]:
-                if not o.dead:
-                    acts += self._retire(o, f"node {w.node_id[:12]} blacklisted for this job", now)
+        others = lambda: any(n != w.node_id and n not in self.bad_nodes  # noqa: E731
+                             for n in self.index.live_on_node)  # asked only when it matters
+        if self.blacklist.charge(w.node_id, w.worker_id, now, others, self.gone_nodes):
+            acts += self._leave(w.node_id, f"node {w.node_id[:12]} blacklisted for this job", now)
         return acts
+
+    def exclude(self, nodes: Collection[str], now: float) -> list[Any]:
+        """FuxiMaster's exclusions for this job (the cluster level, told in its sync): the
+        job's workers on a newly excluded node stop, as for the job's own blacklist."""
+        return [a for node in sorted(self.blacklist.set_outside(nodes))
+                for a in self._leave(node, f"node {node[:12]} blacklisted for every job", now)]
+
+    def _leave(self, node: str, reason: str, now: float) -> list[Any]:
+        live = [self.workers[x] for x in self.index.in_order(self.index.live_on_node.get(node, ()))]
+        return [a for o in live if not o.dead for a in self._retire(o, reason, now)]
 
     def _retire(self, w: Worker, reason: str, now: float, replace: bool = False) -> list[Any]:
         """Stop a worker; its queued attempts go back to ready, running ones are killed."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fuxi.core.blacklist import JOB_BLACKLIST_EXPIRY_S
 from fuxi.core.plan import Edge
 from fuxi.core.speculation import RunningMedian
 from fuxi.core.states import TERMINAL_ATTEMPT, AttemptState, InstanceState, JobState
@@ -26,6 +27,7 @@ class JobLimits:
     worker_queue_max: int = 256  # attempts queued on one worker at most
     worker_failures_max: int = 3  # failed attempts on one worker before it is blacklisted
     node_failures_max: int = 6  # failed attempts on one node (from >= 2 workers) before blacklisting
+    node_blacklist_s: float = JOB_BLACKLIST_EXPIRY_S  # a node blacklisted for the job stays out this long
     workers_max: int = 1024  # worker slots one job asks for at most
     worker_start_failures_max: int = 8  # failed worker starts before the job gives up
     idle_release_s: float = 2.0  # an idle worker with nothing left to do is released after this

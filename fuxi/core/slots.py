@@ -523,16 +523,19 @@ def apply_grants(
     plan: GrantPlan,
     demands: Sequence[Demand],
     workers_per_node_max: int = WORKERS_PER_NODE_MAX,
+    excluded_nodes: Collection[str] = (),
 ) -> list[Grant]:
     """Commit ``plan``'s grants to ``ledger``, each re-checked against the ledger as it is
-    now: a node that is gone, full, or at ``workers_per_node_max`` workers gets nothing (the
-    grant is dropped, the next sync plans again). Returns the grants applied, in order."""
+    now: a node that is gone, full, at ``workers_per_node_max`` workers, or excluded (a
+    blacklisted node, ``fuxi.core.blacklist``) gets nothing (the grant is dropped, the next
+    sync plans again). Returns the grants applied, in order."""
+    excluded = frozenset(excluded_nodes)
     by_id = {d.demand_id: d for d in demands}
     workers_on = _workers_on(ledger, node_totals)
     applied: list[Grant] = []
     for g in plan.grants:
         d = by_id.get(g.demand_id)
-        if d is None or g.node_id not in node_totals or g.n <= 0:
+        if d is None or g.node_id not in node_totals or g.n <= 0 or g.node_id in excluded:
             continue
         free = subtract(node_totals[g.node_id], ledger.used_on(g.node_id), allow_negative=True)
         if not fits(free, d.shape, g.n) or workers_on.get(g.node_id, 0) + g.n > workers_per_node_max:

@@ -51,6 +51,10 @@ NODES_ALIVE_REUSE_S = 0.5  # a view of alive nodes this much older than a worker
 DEADLINE_SLACK_S = 0.001  # a slot's deadlines are looked at this long after they pass (rounding)
 LOOP_STALL_S = 5.0  # the loop came round this much later than it should: this process was
 #                     paused (SIGSTOP, a frozen VM); the time lost is nobody else's fault
+# A JobMaster outlives its FuxiMaster (it is detached): a restarted FuxiMaster adopts it and
+# reads its verdict with ``final``. One whose job ended and that nobody collects (FuxiMaster
+# gone for good) ends itself after this long, so no orphan is left on the cluster.
+ORPHAN_LINGER_S = 600.0
 
 
 class _Slot:
@@ -127,6 +131,10 @@ class JobMaster:
         self._nodes_wanted = asyncio.Event()
         self._finalized: dict | None = None
         self._started = False
+        self._ended = asyncio.Event()  # run() has returned: ``final`` answers
+        # It starts itself, with its own token: a run call FuxiMaster sent would be lost if
+        # FuxiMaster died before it was delivered, and a successor cannot present the token.
+        ray.get_runtime_context().current_actor.run.remote(token)
 
     # ------------------------------------------------------------ public calls
 
@@ -150,9 +158,15 @@ class JobMaster:
     def story(self, task: str, instance: int) -> list[str]:
         return self.core.story(task, instance)
 
+    async def final(self) -> dict:
+        """The job's final status once it has ended (waits until then). A FuxiMaster that
+        adopted this JobMaster after a restart watches it with this, not with ``run``."""
+        await self._ended.wait()
+        return self.status()
+
     async def run(self, cred: str | None = None) -> dict:
-        """Drive the job to its end; returns the final status (FuxiMaster starts it once,
-        with the job's token)."""
+        """Drive the job to its end; returns the final status (the JobMaster starts it
+        itself, once, with the job's token)."""
         from zhongkui.guard import require_capability
 
         require_capability(self.token, cred, f"run job {self.job_id}")
@@ -180,7 +194,17 @@ class JobMaster:
                     self._kill_handle(handle)
             self._log_file.close()
             self._committer.shutdown(wait=False, cancel_futures=True)
+            self._ended.set()
+            asyncio.get_running_loop().create_task(self._end_if_orphaned())
         return self.status()
+
+    async def _end_if_orphaned(self) -> None:
+        """FuxiMaster kills this actor once it has recorded the verdict; if none does within
+        ORPHAN_LINGER_S (its FuxiMaster is gone for good), end it here."""
+        await asyncio.sleep(ORPHAN_LINGER_S)
+        logger.warning("job %s ended %.0fs ago and no FuxiMaster collected it: exiting",
+                       self.job_id, ORPHAN_LINGER_S)
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def _prepare(self) -> None:
         """Before the first task, off the event loop: ask Pangu where the inputs live, and
@@ -634,9 +658,15 @@ class JobMaster:
     def _start_sync(self) -> None:
         demands = {k: {"shape": shape, "wanted": n} for k, (shape, n) in self.core.demands().items()}
         releases, self.releases = self.releases, []
+        # What the job holds, every time: a FuxiMaster that restarted rebuilds its ledger from
+        # it (it adopts this job at its first sync; after that it is ignored).
+        shapes = {t.shape_key: t.shape for t in self.core.tasks.values()}
+        held = {sk: {"shape": shapes.get(sk, {}), "nodes": per_node}
+                for sk, per_node in self.core.held().items() if per_node}
         self.sync_ref = self.master.sync.remote(self.job_id, self.core.plan.priority, demands,
-                                                releases, sorted(self.core.bad_nodes),
-                                                cred=self.token)
+                                                releases, self.core.blacklist.ordered(),
+                                                cred=self.token, held=held,
+                                                node_failures=dict(self.core.blacklist.totals))
         self._sync_releases = releases
         self.last_sync = time.time()
 
@@ -650,6 +680,7 @@ class JobMaster:
             return
         now = time.time()
         self.last_sync_ok = now
+        self._apply(self.core.exclude(reply.get("excluded", ()), now))  # cluster level, capped
         for g in reply.get("grants", []):
             self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))
         preempt = bool(reply.get("preempt"))

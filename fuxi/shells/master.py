@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import tempfile
 import time
 from typing import Any
@@ -28,12 +27,14 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from base import actors, events, metrics
-from fuxi.core import nodeview, slots
+from fuxi.core import blacklist, nodeview, slots
 from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
 from fuxi.shells.admission import CONFIG_KEY, DEFAULT_QUEUE, Admissions
+from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
+from fuxi.shells.jobrecords import drop_old_records, new_job_id, restore_records, statuses
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
 from fuxi.shells.services import NODES_REFRESH_S
 from fuxi.shells.supervisor import Supervisor
@@ -54,36 +55,6 @@ JOBS_ADMITTED = metrics.counter("fuxi_jobs_admitted_total", "Jobs FuxiMaster adm
 TERMINAL_STATES = frozenset(s.value for s in TERMINAL_JOB)
 JOBS_ENDED = metrics.counter("fuxi_jobs_ended_total", "Jobs that ended, by final state.",
                              labels=("state",))
-
-
-def _job_id(name: str) -> str:
-    return f"{name[:40]}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def _statuses(store) -> list[tuple[str, dict]]:
-    """Every stored job status, (job id, status) (blocking: run off the loop)."""
-    out = []
-    for key in store.list("/jobs/"):
-        if key.endswith("/status"):
-            st = store.get(key)
-            if st is not None:
-                out.append((key.split("/")[2], st))
-    return out
-
-
-def _drop_old_records(store, kept_max: int) -> list[str]:
-    """Delete the oldest job records beyond ``kept_max``; returns their job ids (blocking)."""
-    keys = [k for k in store.list("/jobs/") if k.endswith("/status")]
-    if len(keys) <= kept_max:
-        return []
-    old = sorted(keys, key=lambda k: (store.get(k) or {}).get("submitted_at") or 0)
-    dropped = []
-    for k in old[: len(keys) - kept_max]:
-        jid = k.split("/")[2]
-        store.delete(f"/jobs/{jid}/status")
-        store.delete(f"/jobs/{jid}/spec")
-        dropped.append(jid)
-    return dropped
 
 
 @ray.remote(num_cpus=0, max_concurrency=256)
@@ -137,6 +108,7 @@ class FuxiMaster:
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.ledger = slots.Ledger()
+        self.blacklists = blacklist.ClusterBlacklist()  # soft: rebuilt from JobMasters' reports
         self.demands: dict[str, dict[str, dict]] = {}  # job -> shape_key -> {shape, wanted}
         self.priorities: dict[str, int] = {}
         self.submit_seq: dict[str, int] = {}
@@ -156,24 +128,33 @@ class FuxiMaster:
         # Room for jobs, and the queues (quota groups) where those without room wait.
         self.admissions = Admissions(self.astore, self.store.get(CONFIG_KEY),
                                      lambda: self.jobmasters, self._start, self._watchers)
+        # Jobs still running (their JobMasters are detached) are adopted, not failed.
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        try:
+            alive = live_jobmasters()
+        except Exception:  # noqa: BLE001 - without the list, no job can be adopted
+            logger.exception("listing running JobMasters failed; none can be adopted")
+            alive = set()
+        self.adoption = Adoption(restarted, alive)
         # Finished jobs whose JobMaster exited: restore what the store remembers.
-        for jid, st in _statuses(self.store):
-            self.job_owners[jid] = st.get("owner")
-            self.admissions.job_queues[jid] = st.get("queue") or DEFAULT_QUEUE
-            if st.get("state") == JobState.QUEUED.value:  # its plan waited in the old process
-                st.update(state=JobState.FAILED.value, finished_at=time.time(),
-                          report="FuxiMaster restarted while the job waited in its queue; "
-                                 "submit it again")
-                self.store.put(f"/jobs/{jid}/status", st)
-            elif st.get("state") not in {s.value for s in TERMINAL_JOB}:
-                st.update(state=JobState.FAILED.value,
-                          report="FuxiMaster restarted while the job ran; its JobMaster is gone")
-                self.store.put(f"/jobs/{jid}/status", st)
+        restore_records(self.store, alive, self.job_owners, self.admissions.job_queues)
         from fuxi.shells.services import ServiceManager, replica_control_secret
 
         self.services = ServiceManager(
             self.cluster, ns, self.astore, self.detached, token_for=self._service_token,
             control_secret=replica_control_secret(self.data_dir) if self.auth_enabled else None)
+        if restarted or alive:  # adopt the running jobs as soon as the loop serves
+            ray.get_runtime_context().current_actor.resume.remote()
+
+    async def resume(self) -> list[str]:
+        """After a restart (or a start on a cluster with jobs running): adopt the running jobs
+        and, after a restart, start again the loops the first start was asked to run.
+        Idempotent; it changes nothing on a FuxiMaster that neither restarted nor found jobs."""
+        adopted = await self.adoption.resume(self)
+        if self.adoption.restarted:
+            self.supervisor.start()
+            self.services.start()
+        return adopted
 
     @property
     def nuwa(self) -> list | None:
@@ -434,13 +415,16 @@ class FuxiMaster:
     async def cluster_info(self) -> dict:
         await self._refresh_nodes(force=True)
         free = self.ledger.free(self.nodes)
+        self.blacklists.expire(time.time(), self.nodes)
+        bl = self.blacklists.node_view(time.time())
         return {
             "cluster": self.cluster,
-            "nodes": [
-                {**self.node_info[n], "free": free.get(n, {})} for n in sorted(self.node_info)
-            ],
+            "nodes": [{**self.node_info[n], "free": free.get(n, {}), "blacklisted": bl.get(n)}
+                      for n in sorted(self.node_info)],
+            "blacklist": list(bl.values()),  # cluster level: excluded for every job
             "jobs_running": list(self.jobmasters),
             "master_node_id": self.node_id,
+            "master": self.adoption.info(),  # restarted?, jobs adopted
             "nuwa": self.nuwa,
             "nuwa_events": self.supervisor.events,
             "store": type(self.store).__name__,
@@ -450,7 +434,8 @@ class FuxiMaster:
     # ------------------------------------------------------------ slot grants
 
     async def sync(self, job_id: str, priority: int, demands: dict, releases: list,
-                   avoid_nodes: list, cred: str | None = None) -> dict:
+                   avoid_nodes: list, cred: str | None = None,
+                   node_failures: dict | None = None, held: dict | None = None) -> dict:
         """A JobMaster's heartbeat: only that job's own token (or the platform's) may give
         back or ask for its slots."""
         if self.auth_enabled:
@@ -463,12 +448,20 @@ class FuxiMaster:
                 raise Denied(f"user {who.user!r} may not sync job {job_id!r}: only its own "
                              f"JobMaster (the job's token) may")
         await self._refresh_nodes()
-        for shape_key, node in releases:
+        if self.adoption.expected:
+            await self.adoption.resume(self)
+        # An adopted job's first sync rebuilds its slots; its releases are already out of it.
+        fresh = self.adoption.first_sync(self, job_id, priority, held, cred,
+                                         who.user if self.auth_enabled else None)
+        for shape_key, node in ([] if fresh else releases):
             did = f"{job_id}/{shape_key}"
             if self.ledger.held(did).get(node, 0) > 0:
                 self.ledger.release(did, node, 1)
         if job_id not in self.jobmasters:
             return {"grants": [], "targets": {}}
+        # Its blacklist and failures per node: hard exclusions, capped (fuxi.core.blacklist).
+        excluded, avoided = self.blacklists.sync(job_id, avoid_nodes, node_failures, self.nodes,
+                                                 time.time())
         self.demands[job_id] = demands
         self.priorities[job_id] = priority
         all_demands = []
@@ -483,14 +476,15 @@ class FuxiMaster:
         all_demands += services
         # The policy proposes (pure, the same function the simulator drives); the ledger
         # re-checks and commits.
-        plan = slots.grant(self.nodes, self.ledger, all_demands, job_id, avoid_nodes=avoid_nodes,
-                           online_ids={d.demand_id for d in services})
-        applied = slots.apply_grants(self.ledger, self.nodes, plan, all_demands)
+        plan = slots.grant(self.nodes, self.ledger, all_demands, job_id, avoid_nodes=avoided,
+                           online_ids={d.demand_id for d in services}, excluded_nodes=excluded)
+        applied = slots.apply_grants(self.ledger, self.nodes, plan, all_demands,
+                                     excluded_nodes=excluded)
         sk_of = {f"{job_id}/{sk}": sk for sk in demands}
         grants = [{"shape_key": sk_of[g.demand_id], "shape": demands[sk_of[g.demand_id]]["shape"],
                    "node_id": g.node_id, "n": g.n} for g in applied]
         return {"grants": grants, "targets": {sk_of[did]: t for did, t in plan.targets.items()},
-                "preempt": plan.preempt}
+                "preempt": plan.preempt, "excluded": sorted(excluded)}
 
 
     # ------------------------------------------------------------ jobs
@@ -529,7 +523,7 @@ class FuxiMaster:
     async def _admit(self, plan: JobPlan, who, sys_path: list[str] | None) -> str:
         """Record a job and start its JobMaster, or queue it when there is no room; its id."""
         await self._check_fits(plan)
-        job_id = _job_id(plan.name)
+        job_id = new_job_id(plan.name)
         self.seq += 1
         self.submit_seq[job_id] = self.seq
         self.priorities[job_id] = plan.priority
@@ -561,16 +555,18 @@ class FuxiMaster:
         token = self._auth().scoped_token(who, "job", job_id, ttl_s=JOB_TOKEN_TTL_S)
         # JobMasters live next to FuxiMaster (the head in a `fuxi up` cluster): both are control
         # plane, and a worker node going away must not take a job's master with it.
-        opts = {"lifetime": "detached"} if self.detached else {}
+        # Detached: the JobMaster outlives a FuxiMaster that dies, and its successor adopts it
+        # (fuxi.shells.adoption); one nobody collects ends itself (ORPHAN_LINGER_S).
         jm = JobMaster.options(
-            name=f"jobmaster-{job_id}",
-            **opts,
+            name=jobmaster_name(job_id), lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False),
         ).remote(job_id, plan, ray.get_runtime_context().current_actor,
                  os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path, token)
         self.jobmasters[job_id] = jm
         self._job_tokens[job_id] = token  # what its JobMaster takes calls with
-        self.runs[job_id] = jm.run.remote(token)
+        # It starts itself (a run call sent from here would die with this process if it had
+        # not been delivered yet); its verdict is read with ``final``, as an adopter does.
+        self.runs[job_id] = jm.final.remote()
         watcher = asyncio.get_running_loop().create_task(self._watch(job_id))
         self._watchers.add(watcher)  # asyncio keeps only weak references to tasks
         watcher.add_done_callback(self._watchers.discard)
@@ -625,11 +621,13 @@ class FuxiMaster:
             except Exception:
                 pass
         if len(self.job_owners) > JOB_RECORDS_MAX:
-            for jid in await self.astore.call(_drop_old_records, self.store, JOB_RECORDS_MAX):
+            for jid in await self.astore.call(drop_old_records, self.store, JOB_RECORDS_MAX):
                 self.job_owners.pop(jid, None)
                 self.admissions.job_queues.pop(jid, None)
 
     async def status(self, job_id: str, cred: str | None = None) -> dict:
+        if self.adoption.expected:  # just restarted: the running jobs first
+            await self.adoption.resume(self)
         self._check_job(cred, job_id, "view")
         return await self._status(job_id)
 
@@ -639,6 +637,8 @@ class FuxiMaster:
             try:
                 st = await asyncio.wait_for(jm.status.remote(), JOBMASTER_CALL_TIMEOUT_S)
                 st.setdefault("owner", self.job_owners.get(job_id))
+                st["blacklisted_nodes"] = [*st.get("blacklisted_nodes", ()),
+                                           *self.blacklists.view(time.time())]
                 return st
             except Exception:
                 pass  # finishing right now: fall through to the stored record
@@ -651,7 +651,7 @@ class FuxiMaster:
         """The jobs the caller may view."""
         who = self._who(cred)
         out = []
-        for jid, st in await self.astore.call(_statuses, self.store):
+        for jid, st in await self.astore.call(statuses, self.store):
             if st.get("owner") and jid not in self.job_owners:
                 self.job_owners[jid] = st["owner"]
                 self.admissions.job_queues[jid] = st.get("queue") or DEFAULT_QUEUE
@@ -684,6 +684,8 @@ class FuxiMaster:
 
     async def wait(self, job_id: str, timeout_s: float, cred: str | None = None) -> dict:
         """Wait up to ``timeout_s`` for a job to end; returns its status either way."""
+        if self.adoption.expected:  # just restarted: the running jobs first
+            await self.adoption.resume(self)
         self._check_job(cred, job_id, "view")
         left = await self.admissions.wait_started(job_id, timeout_s)  # queued: its start first
         if left is None:

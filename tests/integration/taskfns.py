@@ -97,3 +97,24 @@ def read_pangu(ctx):
     with pangu.open(f"pangu://{ctx.params['cluster']}{ctx.params['path']}", "rb") as f:
         data = f.read()
     return pa.table({"size": [len(data)]})
+
+
+def slow_gen(ctx):
+    """``gen_numbers`` after ``sleep_s``, marked: a test can act while the stage runs."""
+    _mark(ctx, "run")
+    time.sleep(float(ctx.params.get("sleep_s", 1.0)))
+    return gen_numbers(ctx)
+
+
+def fails_on_node(ctx):
+    """Fails at once when it runs on node ``bad_node`` (a machine broken for this job);
+    elsewhere sleeps ``sleep_s`` and emits its instance, tagged with the node it ran on."""
+    import ray
+
+    _mark(ctx, "run")
+    node = ray.get_runtime_context().get_node_id()
+    if node == ctx.params["bad_node"]:
+        raise RuntimeError(f"node {node[:12]} is broken for this job")
+    time.sleep(float(ctx.params.get("sleep_s", 0.3)))
+    t = emit_instance(ctx)
+    return t.append_column("node", pa.array([node] * t.num_rows))

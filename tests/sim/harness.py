@@ -340,8 +340,9 @@ class Sim:
         if sq and sq[0] <= self.now < sq[1]:
             ds.append(slotlib.Demand("other/x", "other", 50, 1, dict(SHAPE),
                                      self.sc.nodes * self.sc.slots_per_node))
-        plan = slotlib.grant(totals, self.ledger, ds, "me", avoid_nodes=set(self.core.bad_nodes))
-        applied = slotlib.apply_grants(self.ledger, totals, plan, ds)
+        bad = set(self.core.bad_nodes)  # hard exclusions (issue 16 part 6), as FuxiMaster's
+        plan = slotlib.grant(totals, self.ledger, ds, "me", excluded_nodes=bad)
+        applied = slotlib.apply_grants(self.ledger, totals, plan, ds, excluded_nodes=bad)
         self.check(list(applied) == list(plan.grants),
                    f"a grant planned this instant did not fit: {plan.grants} vs {applied}")
         for sk, (shape, _) in demands.items():

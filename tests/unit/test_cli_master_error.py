@@ -10,7 +10,7 @@ import ray.exceptions as rex
 from base import actors
 from base.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClusterError, PlatformError, exit_code
 from fuxi.client import explain
-from fuxi.errors import JobNotFound, OutcomeUnknown
+from fuxi.errors import JobNotFound, MasterGone, OutcomeUnknown
 
 
 def _through_boundary(ray_error: BaseException) -> PlatformError:
@@ -28,8 +28,10 @@ CASES = [
     # (what Ray raised, the class the user gets, words of the message, exit code)
     (rex.GetTimeoutError("t"), OutcomeUnknown,
      "status: FuxiMaster did not answer within 60s (MASTER_REPLY_TIMEOUT_S)", EXIT_FAILED),
-    (rex.ActorDiedError(), ClusterError,
-     "status: FuxiMaster is gone (ActorDiedError); was the cluster stopped?", EXIT_FAILED),
+    # Died during the call: a ClusterError still, of its own kind (reads are asked again).
+    (rex.ActorDiedError(), MasterGone,
+     "status: FuxiMaster died while answering (ActorDiedError); Ray starts it again",
+     EXIT_FAILED),
     (rex.RaySystemError("s"), ClusterError, "status: FuxiMaster is gone (RaySystemError)",
      EXIT_FAILED),
     (rex.RayTaskError("status", "tb", TypeError("bug")).as_instanceof_cause(), ClusterError,
@@ -56,3 +58,7 @@ def test_an_error_the_master_raised_passes_unchanged():
 def test_an_error_raised_outside_ray_passes_unchanged():
     e = ClusterError("no running cluster 'x'")
     assert explain(e, "status") is e
+
+
+def test_master_gone_is_a_cluster_error():
+    assert issubclass(MasterGone, ClusterError)

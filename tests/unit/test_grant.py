@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuxi.core import slots
+from fuxi.core.blacklist import ClusterBlacklist
 from fuxi.core.slots import Demand, Grant, GrantPlan, Ledger, apply_grants, grant
 
 CPU1 = {"CPU": 1.0}
@@ -142,7 +143,10 @@ def test_the_simulator_and_the_master_call_the_same_grant_functions():
 def _fake_master(nodes):
     fake = SimpleNamespace(
         auth_enabled=False, ledger=Ledger(), jobmasters={"j": object()}, demands={},
-        priorities={}, submit_seq={"j": 1}, nodes=nodes)
+        priorities={}, submit_seq={"j": 1}, nodes=nodes, blacklists=ClusterBlacklist())
+    from fuxi.shells.adoption import Adoption
+
+    fake.adoption = Adoption(False, set())  # a master that found no job to adopt
     async def refresh(force=False):
         return None
 

@@ -216,6 +216,8 @@ def test_same_actions_as_the_scanning_core(tmp_path):
         for i in range(EVENTS_MAX):
             x = [(type(act).__name__, dataclasses.asdict(act)) for act in a.step()]
             y = [(type(act).__name__, dataclasses.asdict(act)) for act in b.step()]
+            if a.core.bad_nodes or b.core.bad_nodes or b.core.blacklist.refused:
+                break  # node blacklisting changed on purpose (issue 16 part 6): compared up to it
             assert x == y, f"JOBCORE_SEED={seed}, event {i}: the scanning core did {x}, this one {y}"
             if a.core.done():
                 break
