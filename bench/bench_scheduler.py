@@ -24,7 +24,8 @@ Measured (time with ``perf_counter``; the simulated clock is separate):
     memory_utilisation  the same for memory
     *_any_pending       the same integrated while anything at all waits
 Checked at the end (and every ``--check-every`` events): every instance finished, no node is
-overcommitted in any resource, no group above its max, the scheduler's books consistent.
+overcommitted in any resource, no group above its max, the scheduler's books consistent; and
+in every round, that the scheduler stops (``ROUND_GRANTS_PER_SLOT_MAX``).
 
 The baseline, in the same run: the pre-issue-16 algorithm (``fuxi.core.slots.fair_targets``,
 which hands out one slot at a time and rescans every node per slot) against the core on the
@@ -44,6 +45,7 @@ from collections import deque
 
 from fuxi.core import slots
 from fuxi.core.sched import DemandSpec, SchedConfig, Scheduler
+from fuxi.errors import LimitExceeded
 
 SHAPES = [  # (shape, share of jobs)
     ({"CPU": 1.0, "memory": 4.0}, 0.35),
@@ -59,6 +61,11 @@ P_STRAGGLE = 0.02
 STRAGGLE_FACTOR = 10.0
 BACKUP_AFTER = 3.0  # a backup is asked for once an attempt ran this many times its base
 P_LOCAL = 0.5  # instances that prefer a node (where their input is)
+# Grants in one scheduling round (one simulated instant, nothing released meanwhile), as a
+# multiple of the cluster's worker slots: a round can grant every free slot plus those its
+# reclaims free, never this many times the cluster over. Past it the core is chasing its
+# tail (revoking and re-granting), and the run stops with an error instead of never ending.
+ROUND_GRANTS_PER_SLOT_MAX = 4
 
 
 def quota_config(cpus: float) -> dict:
@@ -129,6 +136,7 @@ class Sim:
         self.local = {"node": 0, "rack": 0, "off": 0, "none": 0}
         self.failures = self.stragglers = self.backups = self.backups_won = 0
         self.events_n = 0
+        self.prefs_dropped = 0  # preferences the core refused (PREFERRED_PLACES_MAX)
         self.attempts_of: dict[tuple[str, int], list[int]] = {}  # instances with a backup
 
     # ------------------------------------------------------------ plumbing
@@ -206,6 +214,8 @@ class Sim:
 
     def schedule(self):
         s, now = self.s, self.now
+        round_max = ROUND_GRANTS_PER_SLOT_MAX * s.config.workers_per_node_max * len(s.index.nodes)
+        granted, revoked0 = 0, self.revocations
         while True:
             t0 = time.perf_counter()
             g, revs = s.decide(now)
@@ -218,6 +228,12 @@ class Sim:
             self.decisions += 1
             self.decide_times.append(dt)
             self.granted(g)
+            granted += 1
+            if granted > round_max:
+                raise AssertionError(
+                    f"seed {self.args.seed}: {granted} grants and "
+                    f"{self.revocations - revoked0} revocations at t={now:.3f}s with nothing "
+                    f"released: the scheduler is revoking and re-granting without end")
 
     # ------------------------------------------------------------ events
 
@@ -248,7 +264,13 @@ class Sim:
         self.wait_count(jid, 1)
         if (jid, i) in self.attempts_of and not backup:
             self.attempts_of[(jid, i)].append(a["id"])
-        self.timed(self.s.ask, jid, 1, self.now, node=a["pref"])
+        try:
+            self.timed(self.s.ask, jid, 1, self.now, node=a["pref"])
+        except LimitExceeded:  # PREFERRED_PLACES_MAX places preferred already: ask for anywhere
+            self.waiting_at[jid][a["pref"]].remove(a)
+            a["pref"] = None
+            self.prefs_dropped += 1
+            self.timed(self.s.ask, jid, 1, self.now)
 
     def take_waiting(self, jid, node):
         at = self.waiting_at[jid].get(node)
@@ -412,6 +434,7 @@ class Sim:
             "revocations": self.revocations, "failures": self.failures,
             "stragglers": self.stragglers, "backups": self.backups,
             "backups_won": self.backups_won,
+            "preferences_dropped": self.prefs_dropped,
             "node_local": round(self.local["node"] / placed, 4) if placed else None,
             "rack_local": round(self.local["rack"] / placed, 4) if placed else None,
             "cluster_cpus": self.cpus,
@@ -455,7 +478,8 @@ def baseline(nodes: int, jobs: int, seed: int) -> dict:
             "slots_grant_one_sync_s": round(grant_s, 4)}
 
 
-def main(argv=None) -> dict:
+def parse(argv=None) -> argparse.Namespace:
+    """The command line (also what tests/sim builds a small run from)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=5000)
     ap.add_argument("--jobs", type=int, default=1000)
@@ -470,6 +494,11 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.instances < args.jobs or args.jobs < 1 or args.nodes < 1:
         ap.error("expected --nodes >= 1, --jobs >= 1 and --instances >= --jobs")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
     out = {"bench": "scheduler", "date": time.strftime("%Y-%m-%d %H:%M")}
     out.update(Sim(args).run().result())
     if args.baseline_nodes:

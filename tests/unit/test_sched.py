@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fuxi.core.sched import DemandSpec, Revocation, SchedConfig, Scheduler
+from fuxi.core.sched import DemandSpec, Plan, Revocation, SchedConfig, Scheduler, scheduler
 from fuxi.errors import BadInput, LimitExceeded
 
 CPU1 = {"CPU": 1.0}
@@ -245,6 +245,49 @@ def test_reclaim_takes_the_most_recently_started_slots_first():
     assert [(r.demand_id, r.n) for r in plan.revocations] == [("new", 1)]
 
 
+def test_reclaim_never_takes_from_a_group_within_its_guarantee():
+    """Two groups guaranteed CPU only, both below their guarantee, slots that also use memory:
+    a resource the guarantee does not name is no borrowing. Before the fix each group counted
+    the other as a borrower (it held memory, and its min names none), so each reclaim made the
+    victim's group guaranteed again, it reclaimed back, and ``schedule`` never returned (the
+    5,000-node simulation's endless run)."""
+    groups = {"a": {"min": {"CPU": 4.0}}, "b": {"min": {"CPU": 4.0}}}
+    s = cluster(1, cpu=8.0, quota_groups=groups)
+    shape = {"CPU": 1.0, "memory": 1.0}
+    demand(s, "x", 4, shape, priority=9, seq=0)  # no guarantee: borrows the idle quota
+    demand(s, "a", 2, shape, group="a", seq=1)
+    demand(s, "b", 2, shape, group="b", seq=2)
+    s.schedule(0.0)
+    assert (total(s, "x"), total(s, "a"), total(s, "b")) == (4, 2, 2)
+    s.set_wanted("a", 4, 1.0)
+    s.set_wanted("b", 4, 1.0)
+    plan = s.schedule(1.0, decisions_max=100)  # bounded: the bug made it endless
+    assert (total(s, "a"), total(s, "b"), total(s, "x")) == (4, 4, 0)
+    assert sorted((r.demand_id, r.n) for r in plan.revocations) == [("x", 1)] * 4
+    assert s.schedule(2.0, decisions_max=100) == Plan()  # quiet: nothing more moves
+    s.validate()
+
+
+def test_a_guarantee_covers_only_slots_that_use_what_it_names():
+    """A group guaranteed GPUs has no claim on CPU-only slots: they wait behind higher
+    priorities like anyone's and cannot reclaim; and such slots it holds are borrowed."""
+    s = Scheduler(SchedConfig(quota_groups={"g": {"min": {"GPU": 2.0}}}))
+    s.add_node("n0", {"CPU": 4.0, "GPU": 2.0})
+    demand(s, "x", 4, priority=9)
+    s.schedule(0.0)
+    demand(s, "cpu-only", 2, group="g", seq=1)
+    assert s.schedule(1.0) == Plan() and total(s, "x") == 4
+    s.set_wanted("x", 2, 2.0)
+    s.release("x", "n0", 2)
+    s.schedule(2.0)
+    assert total(s, "cpu-only") == 2
+    demand(s, "gpu", 1, {"CPU": 1.0, "GPU": 1.0}, group="g", seq=2)
+    plan = s.schedule(3.0)  # within the guarantee: reclaims from the borrower x
+    assert total(s, "gpu") == 1
+    assert all(r.reason == "reclaim" and r.demand_id == "x" for r in plan.revocations)
+    s.validate()
+
+
 def test_lending_in_proportion_to_weight():
     groups = {"owner": {"min": {"CPU": 16.0}}, "a": {"weight": 1.0}, "b": {"weight": 3.0}}
     s = cluster(4, quota_groups=groups)  # the owner's 16 CPUs idle, lent to a and b
@@ -304,6 +347,22 @@ def test_bad_input_says_what_was_wrong(call, match):
     demand(s, "a", 0)
     with pytest.raises(BadInput, match=match):
         call(s)
+
+
+def test_a_preference_past_its_limit_is_refused_and_changes_nothing(monkeypatch):
+    """A job asking for more preferred places than PREFERRED_PLACES_MAX: the ask that goes
+    past it is refused with the limit named, and its slot is not counted as wanted either (it
+    used to be: wanted went up, then the error), so the caller can ask again without a place."""
+    monkeypatch.setattr(scheduler, "PREFERRED_PLACES_MAX", 3)
+    s = cluster(1, cpu=1.0)
+    demand(s, "a", 0)
+    for i in range(3):
+        s.ask("a", 1, node=f"n{i}")
+    with pytest.raises(LimitExceeded, match="PREFERRED_PLACES_MAX is 3"):
+        s.ask("a", 1, node="n9")
+    assert s.demands["a"].wanted == 3
+    s.ask("a", 1)  # without a place: fine
+    assert s.demands["a"].wanted == 4
 
 
 def test_quota_config_is_checked():

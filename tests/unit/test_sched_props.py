@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuxi.core.sched import RESOURCE_TOLERANCE, DemandSpec, SchedConfig, Scheduler
+from fuxi.core.sched import RESOURCE_TOLERANCE, DemandSpec, Plan, SchedConfig, Scheduler
 
 SHAPES = [{"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 2.0, "memory": 4.0}, {"CPU": 1.0, "GPU": 1.0},
           {"memory": 2.0}, {"CPU": 0.0}]
@@ -154,6 +154,58 @@ def test_quota_min_is_guaranteed_by_reclaiming_lent_slots(mins, weights, borrowe
     for i, m in enumerate(mins):
         assert sum(s.held(f"own{i}").values()) >= m
     assert all(r.demand_id == "borrow" and r.reason == "reclaim" for r in plan.revocations)
+    check_safe(s)
+
+
+RECLAIM_SHAPES = [{"CPU": 1.0, "memory": 1.0}, {"CPU": 2.0, "memory": 8.0}, {"CPU": 1.0},
+                  {"memory": 4.0}, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 4.0, "memory": 2.0}]
+GUARANTEED_KINDS = ["CPU", "memory", "GPU"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.dictionaries(st.sampled_from(GUARANTEED_KINDS), st.integers(1, 8),
+                                          min_size=1, max_size=2),
+                          st.lists(st.tuples(st.sampled_from(range(len(RECLAIM_SHAPES))),
+                                             st.integers(0, 6)), min_size=1, max_size=2)),
+                min_size=2, max_size=4),
+       st.sampled_from(range(len(RECLAIM_SHAPES))), st.integers(0, 40), st.integers(0, 9))
+def test_reclaim_ends_and_never_takes_slots_within_a_guarantee(groups, borrower_shape,
+                                                               borrower_want, borrower_pri):
+    """Groups guaranteed some resources (not all they use), a borrower that filled the
+    cluster first, then every group asks: with nothing released meanwhile, the pass ends on
+    its own (reclaim does not chase its tail: a slot taken back is never re-granted to its old
+    group by reclaiming from the new one), nothing moves in a second pass, and a group that
+    asked only for what its guarantee covers loses nothing."""
+    cfg = {f"g{i}": {"min": {k: float(v) for k, v in mins.items()}}
+           for i, (mins, _) in enumerate(groups)}
+    s = Scheduler(SchedConfig(quota_groups=cfg, workers_per_node_max=16))
+    for i in range(3):
+        s.add_node(f"n{i}", {"CPU": 6.0, "memory": 12.0, "GPU": 2.0 if i == 0 else 0.0})
+    s.set_demand(DemandSpec("borrow", "borrow", borrower_pri, 0,
+                            RECLAIM_SHAPES[borrower_shape]), wanted=borrower_want)
+    s.schedule(0.0)
+    seq = 1
+    within: set[str] = set()  # demands of groups that ask only what their guarantee covers
+    for i, (mins, asks) in enumerate(groups):
+        ask_total: dict[str, float] = {}
+        dids = []
+        for shape_i, want in asks:
+            did = f"g{i}d{seq}"
+            s.set_demand(DemandSpec(did, did, 0, seq, RECLAIM_SHAPES[shape_i], f"g{i}"),
+                         wanted=want)
+            for k, v in RECLAIM_SHAPES[shape_i].items():
+                ask_total[k] = ask_total.get(k, 0.0) + v * want
+            dids.append(did)
+            seq += 1
+        covered = all(any(k in mins for k in RECLAIM_SHAPES[si]) for si, w in asks if w)
+        if covered and all(ask_total.get(k, 0.0) <= v for k, v in mins.items()):
+            within.update(dids)
+    wanted = borrower_want + sum(w for _, asks in groups for _, w in asks)
+    bound = 10 * wanted + 10  # far more than any ending pass needs
+    plan = s.schedule(1.0, decisions_max=bound)
+    assert len(plan.grants) < bound, "reclaim went round in circles"
+    assert s.schedule(2.0, decisions_max=bound) == Plan()  # quiet: nothing changed, nothing moves
+    assert not [r for r in plan.revocations if r.demand_id in within]
     check_safe(s)
 
 

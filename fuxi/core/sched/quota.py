@@ -10,16 +10,38 @@ from fuxi.core.sched.resources import RESOURCE_TOLERANCE, Needs, dominant_share,
 
 
 def guaranteed(group: QuotaGroup, used: Mapping[str, float], needs: Needs) -> bool:
-    """True if one more slot of ``needs`` keeps ``group`` within its guaranteed minimum."""
-    return bool(group.min) and within(used, needs, group.min)
+    """True if one more slot of ``needs`` is within ``group``'s guaranteed minimum: the slot
+    uses some resource the guarantee names, and ``used`` plus the slot stays within the
+    guarantee in every such resource. (A slot that uses none of them, a CPU-only slot of a
+    group guaranteed GPUs, is no more guaranteed than anyone's: it could otherwise reclaim
+    without end.)"""
+    if not group.min:
+        return False
+    return any(k in group.min for k, _ in needs) and within(used, needs, group.min)
 
 
-def over_min(group: QuotaGroup, used: Mapping[str, float]) -> bool:
-    """True if ``group`` uses more than its guarantee in some resource (it is borrowing)."""
-    for k, v in used.items():
-        if v > group.min.get(k, 0.0) + RESOURCE_TOLERANCE:
+def borrowed(group: QuotaGroup, used: Mapping[str, float], needs: Needs) -> bool:
+    """True if a slot of ``needs`` that ``group`` holds (``used`` includes it) is borrowed
+    quota, which reclaim may take back: exactly when the same slot would not be
+    ``guaranteed`` on top of ``used`` less itself. The group uses more than its guarantee in
+    a resource the slot uses and the guarantee names, or the slot uses none of those, or the
+    group has no guarantee.
+
+    Both rules must name the same slots. A resource the guarantee does not name (memory
+    beside a CPU guarantee) is not borrowing: when it counted as such, two groups below their
+    CPU guarantees each saw the other as a borrower, every reclaim made its victim's group
+    guaranteed again, and the two revoked each other's slots for ever."""
+    if not group.min:
+        return True
+    named = False
+    for k, _ in needs:
+        m = group.min.get(k)
+        if m is None:
+            continue
+        named = True
+        if used.get(k, 0.0) > m + RESOURCE_TOLERANCE:
             return True
-    return False
+    return not named
 
 
 def under_max(group: QuotaGroup, used: Mapping[str, float], needs: Needs) -> bool:

@@ -24,9 +24,11 @@ its heaps full until a node gets room for it; a group at its max marks its heaps
 the group releases a slot; so a saturated cluster costs nothing per decision but a scan of
 those few heaps. A demand that fits somewhere, but not where it may go (its exclusions), is
 parked alone until the next ``schedule``.
-When a demand within its group's guarantee fits nowhere, running slots of groups above their
-guarantee are revoked (reclaim): least important first, most recently started first, on one
-node until the slot fits. With ``preempt_priority_gap`` set, a demand may also revoke slots of
+When a demand within its group's guarantee fits nowhere, borrowed running slots of other
+groups are revoked (reclaim): least important first, most recently started first, on one
+node until the slot fits. "Within the guarantee" and "borrowed" are one rule seen from both
+sides (``quota.guaranteed`` / ``quota.borrowed``), so a slot reclaim grants can never be
+reclaimed back by its victim's group: with nothing released, a pass of reclaims ends. With ``preempt_priority_gap`` set, a demand may also revoke slots of
 priority at least that much lower. The core applies its own decisions to its state at once
 (so the next one sees them); the shell re-checks each grant against its ledger and releases
 here any it did not apply.
@@ -53,13 +55,16 @@ from fuxi.core.sched.model import (
     SchedConfig,
     quota_groups,
 )
-from fuxi.core.sched.quota import borrow_share, guaranteed, over_min, under_max
+from fuxi.core.sched.quota import borrow_share, borrowed, guaranteed, under_max
 from fuxi.core.sched.resources import check_resources, fit_count, give, needs_of, take
 from fuxi.errors import BadInput, LimitExceeded
 
 # Slots granted (anywhere) before a queue whose making room failed tries again: new slots are
 # new victims. Bounds the cost of a guarantee that cannot be met (say, GPUs that no borrower
-# holds) to one bounded victim scan per this many grants.
+# holds) to one bounded victim scan per this many grants. At least the scan's own length
+# (``reclaim_victims_max``) is waited: the scan reads the least important, most recent slots
+# first, so a retry after fewer new grants mostly re-reads victims it has just turned down
+# (at 5,000 nodes a retry every 64 grants made failed GPU reclaims a third of decide's time).
 ROOM_RETRY_GRANTS = 64
 PARK_RETRY = "retry"  # fits somewhere, but not where this demand may go: next schedule()
 
@@ -109,6 +114,7 @@ class Scheduler:
         # ROOM_RETRY_GRANTS more slots were granted (new victims) or a node was added
         self._room_failed: dict[tuple, tuple[int, int]] = {}
         self._retry: set[str] = set()
+        self._room_retry = max(ROOM_RETRY_GRANTS, config.reclaim_victims_max)
         self.demands: dict[str, _Demand] = {}
         self.job_held: dict[str, int] = {}
         self.job_demands: dict[str, set[str]] = {}
@@ -212,12 +218,15 @@ class Scheduler:
         """A delta: ``n`` more slots wanted (negative: fewer), optionally preferred on one node or
         one rack (the locality tree's node and rack levels; without either, anywhere)."""
         d = self._demand(demand_id)
-        self._set(d, d.wanted + n, now)
+        prefs = place = None
         if n > 0 and (node is not None or rack is not None):
             prefs, place = (d.prefer_nodes, node) if node is not None else (d.prefer_racks, rack)
-            if place not in prefs and len(prefs) >= PREFERRED_PLACES_MAX:
+            if place not in prefs and len(prefs) >= PREFERRED_PLACES_MAX:  # before any change
                 raise LimitExceeded(f"demand {demand_id!r} prefers {len(prefs)} places already: "
-                                    f"PREFERRED_PLACES_MAX is {PREFERRED_PLACES_MAX}")
+                                    f"PREFERRED_PLACES_MAX is {PREFERRED_PLACES_MAX}; ask "
+                                    f"without a place (nothing was changed)")
+        self._set(d, d.wanted + n, now)
+        if prefs is not None:
             prefs[place] = prefs.get(place, 0) + n
 
     def set_wanted(self, demand_id: str, wanted: int, now: float = 0.0) -> None:
@@ -442,22 +451,25 @@ class Scheduler:
             sh = shapes.get(q[1])
             if sh is None:
                 continue
+            name = q[0]
+            group = self.groups[name]
+            if sh.full and not preempting and not group.min:
+                continue  # fits nowhere, and a group without a guarantee may not make room
             d = self._top(heap)
             if d is None:
                 continue
             if sh.full and q in self._room_failed:
                 prio, at = self._room_failed[q]
-                if prio >= d.priority and self._slot_seq - at < ROOM_RETRY_GRANTS:
+                if prio >= d.priority and self._slot_seq - at < self._room_retry:
                     continue
-            name = q[0]
-            group, used = self.groups[name], self.group_used[name]
-            if sh.full and not preempting and not guaranteed(group, used, d.needs):
+            used = self.group_used[name]
+            within = guaranteed(group, used, d.needs)
+            if sh.full and not preempting and not within:
                 continue  # fits nowhere, and may not make room
             share = shares.get(name)
             if share is None:
                 share = shares[name] = borrow_share(group, used, self.index.capacity)
-            gk = (0 if guaranteed(group, used, d.needs) else 1, -(d.priority + d.boost), share,
-                  self.key(d))
+            gk = (0 if within else 1, -(d.priority + d.boost), share, self.key(d))
             if best_key is None or gk < best_key:
                 best, best_key, best_heap = d, gk, heap
         if best is not None:
@@ -511,8 +523,10 @@ class Scheduler:
     def _make_room(self, d: _Demand, excluded: Collection[str]) -> tuple[list[Revocation], str | None]:
         """Revoke running slots so that one slot of ``d`` fits on one node: reclaim for a group
         within its guarantee, or preemption by priority when configured. Victims: least
-        important first, most recently started first; a group is never pushed below its
-        guarantee. Returns the revocations and the node that now has room (or [], None)."""
+        important first, most recently started first; only borrowed slots (``quota.borrowed``:
+        the group is above its guarantee in a resource the slot uses), so a slot within a
+        group's guarantee is never taken. Returns the revocations and the node that now has
+        room (or [], None)."""
         group = self.groups[d.group]
         reclaim = guaranteed(group, self.group_used[d.group], d.needs)
         gap = self.config.preempt_priority_gap
@@ -539,8 +553,8 @@ class Scheduler:
             if (reclaim and v.group == d.group) or v.did == d.did or where[1] in excluded:
                 continue
             vu = used.setdefault(v.group, dict(self.group_used[v.group]))
-            if not over_min(self.groups[v.group], vu):
-                continue  # within its own guarantee
+            if not borrowed(self.groups[v.group], vu, v.needs):
+                continue  # within its own guarantee (see quota.borrowed)
             take(vu, v.needs)
             on = freed.setdefault(where[1], [])
             on.append((seq, v))
