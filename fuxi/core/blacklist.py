@@ -66,6 +66,7 @@ JOB_NODES_KNOWN_MAX = 100_000  # nodes one job's blacklist remembers it was gran
 SWEEP_PERIOD_S = 1.0  # the cluster blacklist's tallies are swept for age at most this often
 
 JOB, CLUSTER = "job", "cluster"
+UNHEALTHY_PREFIX = "unhealthy: "  # the reason of an entry the health input made
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,17 @@ class ClusterBlacklist:
         every job (within the cap). True if an entry was made."""
         if not isinstance(node, str) or node not in alive:
             return False
-        return self._add(node, f"unhealthy: {reason}", alive, now)
+        return self._add(node, f"{UNHEALTHY_PREFIX}{reason}", alive, now)
+
+    def recovered(self, node: str) -> bool:
+        """The health input again: ``node`` is healthy once more, so an entry ``unhealthy``
+        made is dropped before its expiry (one made for failures across jobs stays). True if
+        one was dropped."""
+        e = self.entries.get(node) if isinstance(node, str) else None
+        if e is None or not e.reason.startswith(UNHEALTHY_PREFIX):
+            return False
+        del self.entries[node]
+        return True
 
     def expire(self, now: float, alive: Collection[str]) -> list[str]:
         """Drop entries whose time is up (their tallies start afresh) or whose node is gone;
