@@ -112,3 +112,24 @@ def available_resources_per_node() -> dict[str, dict[str, float]]:
     from ray._private.state import available_resources_per_node as per_node
 
     return per_node()
+
+
+def actor_table(actor_id: str | None = None, state: str | None = None) -> dict:
+    """Ray's actor table (GCS): one actor by hex id (``{}`` if unknown), or every actor in
+    ``state`` ("ALIVE", "DEAD", ...): id -> {"ActorClassName", "Address": {"NodeID"}, "Pid",
+    "State", "DeathCause" (a protobuf ``ActorDeathCause``), "EndTime" (ms)}. Blocking (a GCS
+    call). Private in Ray (``ray.util.state`` needs the dashboard): reached here only."""
+    from ray._private.state import state as gcs
+
+    if actor_id is not None:
+        return gcs.actor_table(actor_id)
+    return gcs.actor_table(None, actor_state_name=state)
+
+
+def temp_dir() -> str | None:
+    """This Ray node's temp directory (its sessions, logs and spilled objects), or None
+    outside a Ray worker. Private in Ray: reached here only."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node.get_temp_dir_path() if node is not None else None

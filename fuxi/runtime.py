@@ -397,6 +397,10 @@ def down(cluster: str = "default") -> dict:
                 with contextlib.suppress(Exception):
                     _stop_replicas(rec.namespace)  # detached: they would outlive FuxiMaster
                 with contextlib.suppress(Exception):
+                    from fuxi.shells.agents import stop_agents
+
+                    stop_agents(rec.namespace)  # detached too
+                with contextlib.suppress(Exception):
                     from kuafu import deploy as kuafu_deploy
 
                     kuafu_deploy.stop(rec.namespace, token=proof)  # withdraws from Nuwa first

@@ -34,6 +34,7 @@ from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
 from fuxi.shells.admission import CONFIG_KEY, DEFAULT_QUEUE, Admissions
 from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
+from fuxi.shells.agents import Agents
 from fuxi.shells.jobrecords import drop_old_records, new_job_id, restore_records, statuses
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
 from fuxi.shells.recovery import MasterRecovery
@@ -110,6 +111,7 @@ class FuxiMaster:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.ledger = slots.Ledger()
         self.blacklists = blacklist.ClusterBlacklist()  # soft: rebuilt from JobMasters' reports
+        self.agents = Agents(self)  # a FuxiAgent per node; its heartbeats feed the blacklist
         self.recovery = MasterRecovery(self)  # checkpoints of jobs, restarts of JobMasters
         self.demands: dict[str, dict[str, dict]] = {}  # job -> shape_key -> {shape, wanted}
         self.priorities: dict[str, int] = {}
@@ -156,6 +158,7 @@ class FuxiMaster:
         if self.adoption.restarted:
             self.supervisor.start()
             self.services.start()
+            self.agents.start()
         return adopted
 
     @property
@@ -196,6 +199,7 @@ class FuxiMaster:
                 if node not in nodes:
                     self.ledger.release(did, node, n)
         self.nodes, self.node_info, self.nodes_at = nodes, info, now
+        self.agents.refresh(nodes, now)  # missing or unhealthy agents: excluded (cluster level)
     # ------------------------------------------------------------ identities (Zhongkui)
 
     @property
@@ -282,6 +286,7 @@ class FuxiMaster:
         self._require(cred, "start FuxiMaster's loops", admin_ok=True)
         self.supervisor.start()
         self.services.start()
+        self.agents.start()
 
     async def kuafu_start_node(self, node: str, cfg: dict | None = None,
                                cred: str | None = None) -> dict:
@@ -418,10 +423,11 @@ class FuxiMaster:
         await self._refresh_nodes(force=True)
         free = self.ledger.free(self.nodes)
         self.blacklists.expire(time.time(), self.nodes)
-        bl = self.blacklists.node_view(time.time())
+        bl, ag = self.blacklists.node_view(time.time()), self.agents.node_view(time.time())
         return {
             "cluster": self.cluster,
-            "nodes": [{**self.node_info[n], "free": free.get(n, {}), "blacklisted": bl.get(n)}
+            "nodes": [{**self.node_info[n], "free": free.get(n, {}), "blacklisted": bl.get(n),
+                       "agent": ag.get(n)}
                       for n in sorted(self.node_info)],
             "blacklist": list(bl.values()),  # cluster level: excluded for every job
             "jobs_running": list(self.jobmasters),
@@ -429,9 +435,14 @@ class FuxiMaster:
             "master": self.adoption.info(),  # restarted?, jobs adopted
             "nuwa": self.nuwa,
             "nuwa_events": self.supervisor.events,
+            "agent_events": self.agents.events,
             "store": type(self.store).__name__,
             "started_at": self.started_at,
         }
+
+    def agent_heartbeat(self, node: str, token: str, doc: dict) -> dict:
+        """A FuxiAgent's heartbeat, signed with its node's token (fuxi.shells.agents)."""
+        return self.agents.heartbeat(node, token, doc)
 
     # ------------------------------------------------------------ slot grants
 

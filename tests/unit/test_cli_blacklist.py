@@ -20,7 +20,9 @@ INFO = {"cluster": "c", "nodes": [
     {"node_id": "abcdef0123456789", "address": "10.0.0.2", "resources": {"CPU": 4.0},
      "free": {"CPU": 4.0}, "blacklisted": ENTRY},
     {"node_id": "0123456789abcdef", "address": "10.0.0.1", "resources": {"CPU": 4.0},
-     "free": {"CPU": 1.0}, "blacklisted": None}],
+     "free": {"CPU": 1.0}, "blacklisted": None,
+     "agent": {"state": "missing", "heartbeat_age_s": 12.34, "mem_available_bytes": 2 * 1024**3,
+               "disk_free_bytes": 80 * 1024**3, "reason": "agent silent"}}],
     "blacklist": [ENTRY], "jobs_running": [], "nuwa_events": []}
 
 
@@ -40,6 +42,9 @@ def test_node_list_has_a_blacklist_column(monkeypatch):
     assert lines[0].split()[-1] == "BLACKLIST"
     assert "abcdef012345" in lines[1] and "cluster level: failures in 3 jobs" in lines[1]
     assert "0123456789ab" in lines[2] and lines[2].rstrip().endswith(" -")
+    assert lines[0].split()[-2] == "AGENT"
+    assert "missing 12.3s mem 2.0G disk 80G" in lines[2]  # its agent: state, age, health
+    assert " - " in lines[1]  # no agent known
 
 
 def test_status_lists_the_cluster_level(monkeypatch):
