@@ -79,7 +79,7 @@ BAD_STATES = frozenset({AgentState.UNHEALTHY, AgentState.MISSING})
 # memory monitor's messages), lower case.
 OOM_MARKERS = ("outofmemoryerror", "out of memory", "running low on memory", "oom killer",
                "killed due to memory", "memory pressure")
-TIMEOUT_MARKERS = ("timeouterror", "did not answer within", "not started after")
+TIMEOUT_MARKERS = ("timeouterror", "did not answer within", "not started after", "did not stop")
 
 
 def classify_exit(exit_code: int | None = None, signal: int | None = None, *,
@@ -114,6 +114,13 @@ def cause_of_error(error_type: str, message: str) -> ExitCause:
     if "ray.kill" in text or "intended" in text:
         return ExitCause.PREEMPTED
     return ExitCause.CRASH
+
+
+def death_text(error: BaseException) -> str:
+    """A dead worker's error as its attempts' error and story show it, its cause first:
+    ``"[oom] OutOfMemoryError: ..."``."""
+    return f"[{cause_of_error(type(error).__name__, str(error)).value}] " \
+           f"{type(error).__name__}: {error}"
 
 
 # --------------------------------------------------------------------------- heartbeats

@@ -21,6 +21,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fuxi.core import checkpoint as ckpt_core
+from fuxi.core.agentview import death_text
 from fuxi.core import jobcore as jc
 from fuxi.io.output import OutputLocation
 from fuxi.io.resolve import locate_inputs, prepare_outputs
@@ -495,7 +496,7 @@ class JobMaster:
         def judge(alive: bool) -> None:
             if w is not None and alive:
                 self.spare_nodes.add(w.node_id)  # replacing workers here: keep one warm
-            self._apply(self.core.worker_died(wid, f"{type(error).__name__}: {error}", now,
+            self._apply(self.core.worker_died(wid, death_text(error), now,  # its cause first
                                               node_alive=alive, blame=blame))
         self._on_node(w.node_id if w is not None else None, now, judge)
 

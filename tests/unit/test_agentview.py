@@ -220,3 +220,9 @@ def test_property_state_follows_the_last_heartbeats(events):
         assert not set(t.recovered) - ever_bad
         ever_bad |= set(t.bad)
         assert set(t.bad) <= {A, B}
+
+
+def test_a_dead_workers_error_carries_its_cause_first():
+    assert av.death_text(TimeoutError("worker did not answer within 60s")) == \
+        "[timed_out] TimeoutError: worker did not answer within 60s"
+    assert av.death_text(RuntimeError("boom")).startswith("[crash] RuntimeError")
