@@ -36,7 +36,7 @@ from typing import Any
 from fuxi.errors import BadInput
 
 AGENT_HEARTBEAT_S = 1.0  # an agent heartbeats this often
-AGENT_MISSED_HEARTBEATS_MAX = 4  # heartbeats missed in a row before its node counts as missing
+AGENT_MISSED_HEARTBEATS_MAX = 5  # heartbeats missed in a row before its node counts as missing
 AGENT_START_GRACE_S = 60.0  # a deployed agent not heard from for this long counts as missing
 AGENT_HEALTHY_HEARTBEATS_MIN = 3  # good heartbeats in a row before a bad node comes back
 MEM_AVAILABLE_BYTES_MIN = 256 * 1024**2  # less available memory than this: memory exhausted
@@ -293,6 +293,7 @@ class AgentView:
         self.start_grace_s, self.healthy_min = float(start_grace_s), int(healthy_min)
         self.agents: dict[str, NodeAgent] = {}
         self._recovered: list[str] = []  # came back since the last tick
+        self._ticked_at: float | None = None
         self.refused = 0  # heartbeats refused (bad token, garbage, unknown node)
 
     @property
@@ -365,9 +366,19 @@ class AgentView:
 
     def tick(self, now: float) -> Verdicts:
         """Mark agents missing whose heartbeats stopped; every bad node (to exclude, which is
-        idempotent) and the nodes that came back since the last tick."""
+        idempotent) and the nodes that came back since the last tick.
+
+        A master that hears nobody blames nobody: no agent is judged missing when this view
+        itself was not looked at for longer than the missing limit (FuxiMaster's loop stalled
+        or its process was paused: the heartbeats queued meanwhile are not yet read), nor
+        when every one of two or more agents is silent (more likely the master's side)."""
+        stalled = self._ticked_at is not None and now - self._ticked_at > self.missing_after_s
+        self._ticked_at = now
+        heard = [a.heard_at for a in self.agents.values() if a.heard_at is not None]
+        all_silent = len(self.agents) > 1 and bool(heard) \
+            and now - max(heard) > self.missing_after_s
         for a in self.agents.values():
-            if a.state is AgentState.MISSING:
+            if a.state is AgentState.MISSING or stalled or (all_silent and a.heard_at is not None):
                 continue
             if a.heard_at is None:
                 silent = now - a.deployed_at

@@ -172,7 +172,7 @@ def _actor_class():
             gone = [aid for aid in self._workers if aid not in alive]
             for aid in gone[:EXIT_LOOKUPS_MAX]:
                 info = actors.actor_table(aid) or {}
-                if info.get("State") != "DEAD":
+                if info and info.get("State") != "DEAD":  # {}: Ray forgot it, so dead
                     alive[aid] = self._workers[aid]  # restarting: look again next scan
                     continue
                 cause, code, detail = death_cause(info, mem_available_bytes)

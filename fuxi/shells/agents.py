@@ -103,7 +103,8 @@ class Agents:
             # again (the same one, so adopt calls arriving out of order agree).
             token = self.view.token_of(node) or secrets.token_urlsafe(24)
             try:
-                h = self.handles.get(node) or await self.offloop.run(self._create, node, token, me)
+                # Asked by name every time: a dead agent's name is free, and a new one starts.
+                h = await self.offloop.run(self._create, node, token, me)
                 self.view.deployed(node, token, time.time())  # before it can heartbeat with it
                 h.adopt.remote(token, me)  # an agent found running gets this master's token
                 self.handles[node] = h

@@ -59,6 +59,8 @@ def test_the_master_side_excludes_a_missing_node_and_gives_it_back():
     late = 1.0 + av.AGENT_HEARTBEAT_S * av.AGENT_MISSED_HEARTBEATS_MAX + 0.5
     beat(b, 2, late)
     beat(c, 2, late)
+    agents.refresh(nodes, 1.0)
+    agents.refresh(nodes, 4.0)  # FuxiMaster looks every few seconds
     agents.refresh(nodes, late)
     assert set(master.blacklists.entries) == {a}
     assert master.blacklists.entries[a].reason.startswith("unhealthy: missing")

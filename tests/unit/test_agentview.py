@@ -37,13 +37,38 @@ def test_healthy_heartbeats_make_a_healthy_node_with_its_health_shown():
     assert v.tick(1.5).bad == {}
 
 
+LIMIT = av.AGENT_HEARTBEAT_S * av.AGENT_MISSED_HEARTBEATS_MAX
+
+
 def test_a_silent_agent_is_missing_after_the_named_number_of_heartbeats():
     v = view()
     v.heartbeat(A, "tok-a", hb(), now=1.0)
-    limit = av.AGENT_HEARTBEAT_S * av.AGENT_MISSED_HEARTBEATS_MAX
-    assert A not in v.tick(1.0 + limit - 0.01).bad
-    bad = v.tick(1.0 + limit + 0.01).bad
-    assert A in bad and "missing" in bad[A] and "AGENT_MISSED_HEARTBEATS_MAX" in bad[A]
+    v.heartbeat(B, "tok-b", hb(node=B), now=1.0)
+    assert A not in v.tick(1.0 + LIMIT - 0.01).bad
+    v.heartbeat(B, "tok-b", hb(node=B, seq=2), now=1.0 + LIMIT)  # B still speaks
+    bad = v.tick(1.0 + LIMIT + 0.01).bad
+    assert set(bad) == {A} and "missing" in bad[A] and "AGENT_MISSED_HEARTBEATS_MAX" in bad[A]
+
+
+def test_a_master_that_hears_nobody_blames_nobody():
+    v = view()
+    v.heartbeat(A, "tok-a", hb(), now=1.0)
+    v.heartbeat(B, "tok-b", hb(node=B), now=1.0)
+    assert v.tick(1.0 + 3 * LIMIT).bad == {}  # every agent silent: the master's side
+    one = view(nodes=(A,))
+    one.heartbeat(A, "tok-a", hb(), now=1.0)
+    assert A in one.tick(1.0 + LIMIT + 0.01).bad  # one agent alone is judged
+
+
+def test_no_agent_is_judged_on_the_first_tick_after_the_master_stalled():
+    v = view()
+    for n in (A, B):
+        v.heartbeat(n, f"tok-{n[0]}", hb(node=n), now=1.0)
+    v.tick(1.0)
+    v.heartbeat(B, "tok-b", hb(node=B, seq=2), now=1.0 + 2 * LIMIT)  # read late, before the tick
+    assert v.tick(1.0 + 2 * LIMIT).bad == {}  # the view was not looked at: no verdict
+    v.heartbeat(B, "tok-b", hb(node=B, seq=3), now=2.0 + 2 * LIMIT)
+    assert set(v.tick(2.0 + 2 * LIMIT).bad) == {A}  # the next round judges
 
 
 def test_an_agent_never_heard_from_is_missing_after_the_start_grace():
@@ -64,9 +89,11 @@ def test_bad_health_makes_a_node_unhealthy_with_the_threshold_named(mem, disk, w
 
 
 def test_a_node_comes_back_only_after_enough_good_heartbeats_in_a_row():
-    v = view()
+    v = view(nodes=(A,))
     v.heartbeat(A, "tok-a", hb(seq=1), now=1.0)
-    v.tick(100.0)  # silent: missing
+    v.tick(1.0)
+    v.tick(1.0 + LIMIT / 2)
+    assert A in v.tick(1.0 + LIMIT + 0.5).bad  # silent: missing
     now = 100.0
     for seq in range(2, 2 + av.AGENT_HEALTHY_HEARTBEATS_MIN - 1):
         now += 1
