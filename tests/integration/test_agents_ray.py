@@ -112,3 +112,43 @@ def test_agents_heartbeat_and_a_silent_node_is_excluded_until_it_comes_back(ray_
         if pid is not None:
             os.kill(pid, signal.SIGCONT)
         ray.kill(master, no_restart=True)  # its agents are its own: they end with it
+
+
+def test_an_agent_is_deployed_on_a_node_that_joins_and_retired_when_it_leaves(ray_cluster,
+                                                                             tmp_path):
+    """A node of this test's own (added, then removed: the fixture's two stay)."""
+    import ray
+
+    from fuxi.shells.agents import agent_name
+    from fuxi.shells.master import FuxiMaster
+
+    ns = f"fuxi-agents-join-{time.time_ns()}"
+    master = FuxiMaster.options(namespace=ns, name="FuxiMaster").remote("agents-join",
+                                                                        str(tmp_path / "data"))
+    extra = None
+    try:
+        ray.get(master.supervise.remote(), timeout=ANSWER_TIMEOUT_S)
+        extra = ray_cluster.add_node(num_cpus=1, resources={"agents-extra": 1})
+        ray_cluster.wait_for_nodes(timeout=60)
+        new = next(n["NodeID"] for n in ray.nodes()
+                   if n["Alive"] and "agents-extra" in n["Resources"])
+        wait_for(master, "an agent on the node that joined", AGENTS_UP_TIMEOUT_S,
+                 lambda ns_: (ns_.get(new, {}).get("agent") or {}).get("state") == "healthy")
+        ray_cluster.remove_node(extra)
+        extra = None
+        wait_for(master, "the node gone from the view", BACK_TIMEOUT_S, lambda ns_: new not in ns_)
+        deadline = time.monotonic() + BACK_TIMEOUT_S
+        while time.monotonic() < deadline:  # retired: its actor is killed, its name free
+            try:
+                ray.get_actor(agent_name(new), namespace=ns)
+            except ValueError:
+                break
+            time.sleep(POLL_S)
+        else:
+            raise AssertionError("the agent of the node that left was not retired")
+        info = ray.get(master.cluster_info.remote(), timeout=ANSWER_TIMEOUT_S)
+        assert any("retired" in e for e in info["agent_events"]), info["agent_events"]
+    finally:
+        if extra is not None:
+            ray_cluster.remove_node(extra)
+        ray.kill(master, no_restart=True)

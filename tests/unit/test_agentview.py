@@ -253,3 +253,22 @@ def test_a_dead_workers_error_carries_its_cause_first():
     assert av.death_text(TimeoutError("worker did not answer within 60s")) == \
         "[timed_out] TimeoutError: worker did not answer within 60s"
     assert av.death_text(RuntimeError("boom")).startswith("[crash] RuntimeError")
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=5) | st.integers(), inner, max_size=3),
+                     max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(av.HEARTBEAT_FIELDS) + ["x"]), _json, max_size=10),
+       st.booleans())
+def test_property_any_document_is_a_heartbeat_or_a_bad_input(fields, complete):
+    """Whatever a stranger sends: a checked heartbeat or BadInput, never another exception."""
+    doc = {**hb(), **fields} if complete else fields
+    try:
+        parsed = av.parse_heartbeat(doc)
+    except BadInput:
+        return
+    assert isinstance(parsed.seq, int) and 0 <= parsed.mem_available_bytes <= av.REPORTED_BYTES_MAX
