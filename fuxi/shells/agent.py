@@ -97,11 +97,12 @@ def death_cause(info: dict, mem_available_bytes: int) -> tuple[av.ExitCause, int
 def _actor_class():
     @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=4)
     class FuxiAgent:
-        def __init__(self, node: str, token: str, master, heartbeat_s: float = av.AGENT_HEARTBEAT_S):
+        def __init__(self, node: str, token: str, master, heartbeat_s: float = av.AGENT_HEARTBEAT_S,
+                     namespace: str | None = None):
             self.node = node
             self.token = token
             self.master = master
-            self.namespace = ray.get_runtime_context().namespace
+            self.namespace = namespace or ray.get_runtime_context().namespace  # FuxiMaster's
             self.heartbeat_s = float(heartbeat_s)
             self.boot = secrets.token_hex(8)  # a restart starts its seq afresh
             self.seq = 0

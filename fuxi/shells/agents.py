@@ -22,6 +22,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from base.cluster import namespace
 from fuxi.core.agentview import AGENT_HEARTBEAT_S, AgentState, AgentView
 from fuxi.shells.agent import AGENT_PREFIX, agent_class
 from fuxi.shells.offloop import OffLoop
@@ -44,6 +45,9 @@ class Agents:
 
     def __init__(self, master):
         self.m = master  # the FuxiMaster instance (its nodes, blacklist, handle)
+        # The cluster's namespace, named explicitly: an actor's children are otherwise named
+        # in its Ray job's namespace, where two clusters' masters would share agents.
+        self.namespace = namespace(master.cluster)
         self.view = AgentView()
         self.handles: dict[str, Any] = {}
         self.offloop = OffLoop("fuxi-agents", AGENT_THREADS_MAX)
@@ -118,11 +122,12 @@ class Agents:
 
     def _create(self, node: str, token: str, me):
         opts: dict[str, Any] = {
-            "name": agent_name(node), "get_if_exists": True,
+            "name": agent_name(node), "namespace": self.namespace, "get_if_exists": True,
             "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
         if self.m.detached:
             opts["lifetime"] = "detached"
-        return agent_class().options(**opts).remote(node, token, me, AGENT_HEARTBEAT_S)
+        return agent_class().options(**opts).remote(node, token, me, AGENT_HEARTBEAT_S,
+                                                    self.namespace)
 
     def _note(self, line: str) -> None:
         logger.info("%s", line)

@@ -25,7 +25,7 @@ def doc(node=A, seq=1, mem=8 * GIB, boot="b1", **extra):
 
 @pytest.fixture
 def agents():
-    master = SimpleNamespace(blacklists=ClusterBlacklist(), detached=False)
+    master = SimpleNamespace(blacklists=ClusterBlacklist(), detached=False, cluster="c")
     ag = Agents(master)
     for n in NODES:
         ag.view.deployed(n, f"secret-{n[0]}", 0.0)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from base.cluster import namespace
 from fuxi.core import agentview as av
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -71,7 +72,7 @@ def test_agents_heartbeat_and_a_silent_node_is_excluded_until_it_comes_back(ray_
             assert a["mem_available_bytes"] > av.MEM_AVAILABLE_BYTES_MIN and a["disk_free_bytes"] > 0
             assert nodes[n]["blacklisted"] is None
 
-        agent = ray.get_actor(agent_name(second), namespace=ns)
+        agent = ray.get_actor(agent_name(second), namespace=namespace("agents"))
         pid = ray.get(agent.info.remote(), timeout=ANSWER_TIMEOUT_S)["pid"]
         os.kill(pid, signal.SIGSTOP)
         paused_at = time.monotonic()
@@ -140,7 +141,7 @@ def test_an_agent_is_deployed_on_a_node_that_joins_and_retired_when_it_leaves(ra
         deadline = time.monotonic() + BACK_TIMEOUT_S
         while time.monotonic() < deadline:  # retired: its actor is killed, its name free
             try:
-                ray.get_actor(agent_name(new), namespace=ns)
+                ray.get_actor(agent_name(new), namespace=namespace("agents-join"))
             except ValueError:
                 break
             time.sleep(POLL_S)

@@ -44,7 +44,7 @@ def test_rays_death_causes_become_ours():
 def test_the_master_side_excludes_a_missing_node_and_gives_it_back():
     a, b, c = "a" * 56, "b" * 56, "c" * 56
     nodes = {a: {}, b: {}, c: {}}
-    master = SimpleNamespace(blacklists=ClusterBlacklist(), detached=False)
+    master = SimpleNamespace(blacklists=ClusterBlacklist(), detached=False, cluster="c")
     agents = Agents(master)
     for n in nodes:
         agents.view.deployed(n, f"t{n[0]}", 0.0)
