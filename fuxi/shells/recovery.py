@@ -40,6 +40,7 @@ import pyarrow as pa
 import ray
 
 from base import events
+from base.logfile import fsync_dir
 from fuxi.core import checkpoint as ck
 from fuxi.core.checkpoint import DurablePart
 from fuxi.core.states import TERMINAL_JOB, AttemptState
@@ -59,14 +60,6 @@ CKPT_PENDING_MAX = 100_000  # records written but not yet acknowledged by FuxiMa
 
 def job_ckpt_dir(root: str, job_id: str) -> str:
     return os.path.join(os.path.abspath(root), job_id)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------ files (JobMaster threads)
@@ -97,7 +90,7 @@ def write_parts(directory: str, name: str, tables: dict[tuple[str, int], pa.Tabl
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return {"file": final, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
             "parts": parts}
 
