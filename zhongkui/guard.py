@@ -54,6 +54,9 @@ KEYS_FETCH_TIMEOUT_S = 5.0
 ACL_REFRESH_S = 2.0             # cached ACL entries are at most this old when they allow
 ACL_DENY_REFRESH_S = 0.5        # a denial first refreshes the entries, at most this often
 ACL_FETCH_TIMEOUT_S = 5.0
+# A call about to be denied waits for a refresh that starts after it (so a grant made before
+# the call is always seen), shared with every other call waiting then: at most this long.
+ACL_DENY_WAIT_S = ACL_DENY_REFRESH_S + 2 * ACL_FETCH_TIMEOUT_S
 PLATFORM_TOKEN_TTL_S = 3600.0   # the platform's own tokens; renewed at half their life
 REPORTS_PER_S_MAX = 50.0        # denials a guard sends to the trail; the rest are counted
 DECISIONS_CACHED_MAX = 8192     # decisions remembered until the entries change (then cleared)
@@ -134,7 +137,9 @@ class Guard:
         self.users: dict[str, tuple[str, tuple[str, ...], int]] | None = None
         self.cut_off = ""  # why this guard's own proof is refused (its keys were revoked)
         self._refresh_started = float("-inf")
-        self._refresh_seq = 0  # refreshes started so far
+        self._deny_refresh = None  # (task, started at): what denials wait for, while it runs
+        self._refresh_no = 0  # refreshes of the entries started so far
+        self._fresh_no = 0  # the number of the newest one that succeeded
 
     # ------------------------------------------------------------ keys and ACL
     def set_keys(self, doc: dict) -> None:
@@ -263,9 +268,12 @@ class Guard:
     async def refresh_acl(self) -> bool:
         if self.fetch_acl is None:
             return False
+        self._refresh_no += 1
+        number = self._refresh_no
         try:
             self.set_acl(await self.fetch_acl(self.platform_token(), self.acl_version))
             self.cut_off = ""
+            self._fresh_no = max(self._fresh_no, number)
             return True
         except (BadCredentials, Denied) as e:
             # Our own proof is refused: our keys were revoked and the push of the new ones
@@ -326,13 +334,14 @@ class Guard:
     async def aidentify(self, token) -> Principal:
         """``identify``, on identities confirmed within REVOCATION_CONFIRM_S, fetching the
         keyring again when the token's key is new to us."""
+        arrived = self._refresh_no
         try:
             who = await self._identify_fetching_keys(token)
         except UnknownUser:
-            # Removed -- or added since our last poll: ask once more (rate limited) first.
-            if not self.may_refresh_before_denial():
+            # Removed -- or added since our last poll: ask once more (shared, rate limited).
+            if self.fetch_acl is None:
                 raise
-            await self.refresh_acl()
+            await self.refresh_before_denial(arrived)
             return self.identify(token)
         if who.platform or not self.must_confirm():
             return who  # the platform's own tokens end only with their key (pushed)
@@ -394,29 +403,71 @@ class Guard:
         """``check`` for async shells: stale entries are refreshed in the background (an
         allowed call never waits for the authority unless its identities are older than
         REVOCATION_CONFIRM_S), and once more, awaited, before a denial."""
-        before, seq = self._acl_at, self._refresh_seq
+        arrived = self._refresh_no
         if not who.platform:
             await self.confirm()
-        # Fetched for this call -- not a refresh that was already under way when it came
-        # (that one may predate a grant made just before this call).
-        just_fetched = self._acl_at != before and self._refresh_seq > seq
         d = self.decision(who, kind, resource, perm, owner)
         if d.allowed:
             if self.acl_stale():
                 self.refresh_soon()
             self.counters["allowed"] += 1
             return d
-        if not just_fetched and self.may_refresh_before_denial():
-            await self.refresh_acl()
+        await self.refresh_before_denial(arrived)
         return self.check(who, kind, resource, perm, owner)
 
     def may_refresh_before_denial(self) -> bool:
         """True at most once per ACL_DENY_REFRESH_S: a flood of refused calls must not become
-        a flood of fetches."""
+        a flood of fetches. (Synchronous callers; async ones use refresh_before_denial.)"""
         if self.fetch_acl is None or self.monotonic() - self._acl_deny_at <= ACL_DENY_REFRESH_S:
             return False
         self._acl_deny_at = self.monotonic()
         return True
+
+    async def refresh_before_denial(self, since: int | None = None) -> None:
+        """Before a denial: wait for a refresh of the entries that *starts after the call
+        came*, so a grant (or a new user) the authority had before the call is seen. One
+        such refresh at a time, shared by every call waiting; at most one per
+        ACL_DENY_REFRESH_S (a call that comes sooner waits for the next one instead of being
+        denied on stale entries -- a flood of refused calls is slowed, not turned into
+        fetches). ``since``: ``refresh_no`` when the call came (a refresh started after it,
+        for instance to confirm its identities, is enough); default now."""
+        import asyncio
+
+        if self.fetch_acl is None:
+            return
+        since = self._refresh_no if since is None else since
+        slept = False
+        for _ in range(3):  # a sleep, one refresh under way from before, ours
+            if self._fresh_no > since:
+                return
+            if self._deny_refresh is None:
+                gap = self._acl_deny_at + ACL_DENY_REFRESH_S - self.monotonic()
+                if gap > 0 and not slept:
+                    slept = True
+                    await asyncio.sleep(min(gap, ACL_DENY_REFRESH_S))
+                    continue
+                self._start_deny_refresh()
+            task, number = self._deny_refresh
+            try:
+                await asyncio.wait_for(asyncio.shield(task), ACL_FETCH_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - timed out: decide on what is known
+                return
+            if number > since:
+                return  # asked after the call came (and failed, if _fresh_no is older)
+
+    def _start_deny_refresh(self) -> None:
+        import asyncio
+
+        self._acl_deny_at = self.monotonic()
+
+        async def run():
+            try:
+                await self.refresh_acl()
+            finally:
+                self._deny_refresh = None
+        # refresh_acl numbers itself synchronously, before its first await
+        task = asyncio.get_running_loop().create_task(run())
+        self._deny_refresh = (task, self._refresh_no + 1)
 
     def refresh_soon(self) -> None:
         """Refresh the entries in the background (one refresh at a time)."""
@@ -431,7 +482,6 @@ class Guard:
                 self._refreshing = None
         self._refreshing = asyncio.get_running_loop().create_task(run())
         self._refresh_started = self.monotonic()
-        self._refresh_seq += 1
 
     async def authorize(self, token, kind: str, resource: str, perm: str,
                         owner: str | None = None) -> Principal:

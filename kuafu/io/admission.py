@@ -146,11 +146,11 @@ class Admission:
         if g.decision(r.who, "service", r.svc, "call", ep.owner).allowed:
             r.authorized = True
             return True
-        if not r.header.get("zk_refreshed") and g.may_refresh_before_denial():
-            r.header["zk_refreshed"] = 1  # at most one refresh per call
+        if not r.header.get("zk_refreshed") and g.fetch_acl is not None:
+            r.header["zk_refreshed"] = 1  # at most one refresh per call (shared, rate limited)
 
             async def refreshed():
-                await g.refresh_acl()
+                await g.refresh_before_denial()
                 again()
             self.loop.create_task(refreshed())
             return False

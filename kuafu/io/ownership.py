@@ -77,10 +77,9 @@ class Ownership:
             return claim
         if self.guard.decision(who, "service", svc, "manage", claim).allowed:
             return claim
-        if self.guard.may_refresh_before_denial():
-            await self.guard.refresh_acl()
-            if self.guard.decision(who, "service", svc, "manage", claim).allowed:
-                return claim
+        await self.guard.refresh_before_denial()
+        if self.guard.decision(who, "service", svc, "manage", claim).allowed:
+            return claim
         raise self.deny(who, svc, routing.claimed_refusal(claim))
 
     async def registration(self, svc: str) -> dict | None:

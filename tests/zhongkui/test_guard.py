@@ -294,3 +294,42 @@ def test_a_refresh_already_under_way_does_not_hide_a_grant_made_meanwhile():
         # ... when the grant lands and bob's call comes
         assert (await g.acheck(bob, "pangu", "/data/x", "read")).allowed
     asyncio.run(go())
+
+
+def test_a_grant_just_after_another_denial_is_seen_and_a_flood_of_denials_shares_fetches():
+    """The CI failure of 2 December: a call denied (and refreshed for) a moment earlier left
+    the next caller's denial rate-limited, so a grant made between the two was not seen.
+    Now a denial always waits for a refresh that starts after it -- shared by every call
+    waiting then, at most one per ACL_DENY_REFRESH_S -- and a flood of refused calls costs
+    a couple of fetches, not one each."""
+    from zhongkui.guard import ACL_DENY_REFRESH_S
+
+    clock = Clock()
+    ring = Keyring.new()
+    source = {"version": 1, "entries": [], "restricted": []}
+    fetches = []
+
+    async def fetch_acl(proof, have_version):
+        fetches.append(have_version)
+        snapshot = dict(source)
+        await asyncio.sleep(0.01)
+        return snapshot
+
+    g = Guard(auth_doc(True, ring), clock=clock, fetch_acl=fetch_acl)
+    carol = g.identify(ring.sign("carol", now=clock.t))
+    bob = g.identify(ring.sign("bob", now=clock.t))
+
+    async def go():
+        with pytest.raises(Denied):
+            await g.acheck(carol, "pangu", "/data/x", "read")  # refreshes, then denies
+        source.update(version=2, entries=[{"kind": "pangu", "resource": "/data",
+                                           "principal": "user:bob", "perms": ["read"]}])
+        started = asyncio.get_running_loop().time()
+        assert (await g.acheck(bob, "pangu", "/data/x", "read")).allowed
+        assert asyncio.get_running_loop().time() - started < ACL_DENY_REFRESH_S + 1.0
+        n = len(fetches)
+        calls = [g.acheck(carol, "pangu", f"/data/{i}", "write") for i in range(200)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, Denied) for r in results)
+        assert len(fetches) - n <= 2, fetches[n:]
+    asyncio.run(go())
