@@ -208,12 +208,24 @@ class Writes:
             primary = choose_primary(reps, self.fleet.used_bytes())
             secondaries = [s for s in reps if s != primary]
             until = time.monotonic() + self.lease_s
-            await self.fleet.call(primary, "grant_lease", cid, version,
-                                  [self.fleet.servers[s].name for s in secondaries],
-                                  self.lease_s)
-            lease = self.leases.grant(cid, primary, reps, version, writer, until)
+            try:
+                await self.fleet.call(primary, "grant_lease", cid, version,
+                                      [self.fleet.servers[s].name for s in secondaries],
+                                      self.lease_s)
+            except Exception as e:  # noqa: BLE001 - that primary is gone: lease the others
+                self.log.record("stale", f"chunk {cid}: primary {primary} refused the lease "
+                                         f"at version {version} ({e})")
+                lost = primary
+            else:
+                lost = None
+                lease = self.leases.grant(cid, primary, reps, version, writer, until)
         finally:
             self.fleet.busy.discard(cid)
+        if lost is not None:
+            # Its node died between the version bump and the lease (seen in CI): a new
+            # version on the replicas left, so the lost one is stale if it ever comes back.
+            # Each retry excludes one more server: at most a replica set's worth.
+            return await self.lease(cid, writer, exclude=exclude | {lost})
         return self._lease_reply(cid, lease, f)
 
     def _lease_reply(self, cid: str, lease: ChunkLease, f) -> dict:
