@@ -339,6 +339,10 @@ class JobCore:
         if a.backup:
             st.backups_won += 1
         self.blacklist.succeeded(a.node_id)  # a node's failure rate counts its wins too
+        w = self.workers.get(a.worker_id)
+        if w is not None:
+            w.succeeded += 1
+            w.failure_streak = 0
         acts: list[Any] = []
         t = self.tasks[inst.task]
         if t.output:
@@ -442,9 +446,16 @@ class JobCore:
         against a worker and its node; blacklist repeat offenders (fuxi.core.blacklist)."""
         acts: list[Any] = []
         others_exist = len(self.index.live_by_shape.get(w.shape_key, ())) > (0 if w.dead else 1)
-        w.failures += 0 if slow else 1
-        if not slow and not w.dead and w.failures >= self.limits.worker_failures_max and others_exist:
-            acts += self._retire(w, f"blacklisted: {w.failures} failed attempts in this job",
+        if not slow:
+            w.failures += 1
+            w.failure_streak += 1
+        lim = self.limits
+        bad = w.failure_streak >= lim.worker_failures_max or (
+            w.failures >= lim.worker_failures_max
+            and w.failures > lim.worker_failure_fraction_max * (w.failures + w.succeeded))
+        if not slow and not w.dead and bad and others_exist:
+            acts += self._retire(w, f"blacklisted: {w.failures} failed attempts in this job "
+                                    f"({w.failure_streak} in a row, {w.succeeded} succeeded)",
                                  now, replace=True)
         others = lambda: any(n != w.node_id and n not in self.bad_nodes  # noqa: E731
                              for n in self.index.live_on_node)  # asked only when it matters

@@ -35,6 +35,7 @@ def status(core, now: float) -> dict[str, Any]:
         "finished_at": core.finished_at,
         "output": core.plan.output,
         "workers": core.index.live_total,
+        "workers_started": len(core.workers),  # replacements of blacklisted workers included
         "blacklisted_nodes": core.blacklist.view(now),  # level, reason, expiry
         "preempted_attempts": core.preempted,
         "jobmaster_restarts": core.resumed,

@@ -25,7 +25,12 @@ class JobLimits:
     batch_target_s: float = 0.05  # queue about this much work per worker
     prefetch_below_s: float = 1.0  # instances shorter than this get one extra queued attempt
     worker_queue_max: int = 256  # attempts queued on one worker at most
-    worker_failures_max: int = 3  # failed attempts on one worker before it is blacklisted
+    # A worker is blacklisted after this many failed attempts *in a row*, or after at least
+    # this many that are more than worker_failure_fraction_max of the attempts it finished:
+    # random faults (another service's hiccup, an injected fault) spread over every worker
+    # and must not cost a new worker each time a total of three is reached.
+    worker_failures_max: int = 3
+    worker_failure_fraction_max: float = 0.5
     node_failures_max: int = 6  # failed attempts on one node (from >= 2 workers) before blacklisting
     node_blacklist_s: float = JOB_BLACKLIST_EXPIRY_S  # a node blacklisted for the job stays out this long
     workers_max: int = 1024  # worker slots one job asks for at most
@@ -182,6 +187,8 @@ class Worker:
     dead: bool = False
     queue: list[tuple[str, int, int]] = field(default_factory=list)  # attempts pushed, not finished
     failures: int = 0
+    failure_streak: int = 0  # failed attempts since its last success
+    succeeded: int = 0
     idle_since: float | None = None
     draining: bool = False  # over the fair share: gets no new work, released when empty
 

@@ -596,9 +596,40 @@ def test_worker_blacklisted_after_worker_failures_max_when_others_exist():
     nxt = pushed(finish(core, w1, fail(("a", 0, 0)), 1.0))
     assert nxt == [(w1, ("a", 2, 0))]  # a fresh instance may still use w1
     acts = finish(core, w1, fail(("a", 2, 0)), 2.0)
-    assert StopWorker(w1, "blacklisted: 2 failed attempts in this job") in acts
+    assert StopWorker(w1, "blacklisted: 2 failed attempts in this job (2 in a row, 0 "
+                          "succeeded)") in acts
     assert [s.node_id for s in of(acts, StartWorker)] == ["n1"]  # a fresh worker in its slot
     assert core.workers[w1].dead
+
+
+def test_scattered_failures_do_not_blacklist_a_worker_but_a_high_share_does():
+    """Random faults (10 % of attempts, bench/bench_faults.py) spread over every worker: a
+    worker is blacklisted for failures in a row, or for failing more than
+    worker_failure_fraction_max of what it ran -- not each time its total reaches
+    worker_failures_max (that replaced a worker every ~30 attempts and cost +27 %)."""
+    limits = JobLimits(worker_failures_max=3, prefetch_below_s=0.0)
+    core = JobCore("j", job(task("a", 40, max_retries=5), backoff_s=0.0), now=0.0,
+                   limits=limits)
+    (w1, w2), acts = up(core, ["n1", "n2"])
+    t = 1.0
+    stops = []
+    # w1: fail, ok, ok, fail, ok, ok, fail, ok: 3 failures of 8, never 2 in a row.
+    for outcome in "FSSFSSFS":
+        key = next(k for k in core.workers[w1].queue)
+        res = fail(key) if outcome == "F" else ok(key, duration_s=0.1)
+        acts = finish(core, w1, res, t)
+        stops += [a for a in acts if isinstance(a, StopWorker)]
+        t += 1.0
+    assert not stops and not core.workers[w1].dead
+    assert core.workers[w1].failures == 3 and core.workers[w1].succeeded == 5
+    # w2: ok, fail, fail, ok, fail: 3 of 5 failed (> 0.5): blacklisted at the third.
+    for outcome in "SFFSF":
+        key = next(k for k in core.workers[w2].queue)
+        res = fail(key) if outcome == "F" else ok(key, duration_s=0.1)
+        acts = finish(core, w2, res, t)
+        stops += [a for a in acts if isinstance(a, StopWorker)]
+        t += 1.0
+    assert [s.worker_id for s in stops] == [w2] and core.workers[w2].dead
 
 
 def test_a_lone_worker_is_not_blacklisted():

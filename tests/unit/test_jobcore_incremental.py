@@ -220,6 +220,9 @@ def test_same_actions_as_the_scanning_core(tmp_path):
                  if not isinstance(act, jc.Checkpoint)]
             if a.core.bad_nodes or b.core.bad_nodes or b.core.blacklist.refused:
                 break  # node blacklisting changed on purpose (issue 16 part 6): compared up to it
+            if any(w.failures >= b.core.limits.worker_failures_max for w in b.core.workers.values()):
+                break  # so did worker blacklisting (a streak or a share, not a total): the same
+                # up to the first worker that reaches worker_failures_max
             assert x == y, f"JOBCORE_SEED={seed}, event {i}: the scanning core did {x}, this one {y}"
             if a.core.done():
                 break
