@@ -187,3 +187,51 @@ def test_usage_counts_per_queue_and_keeps_the_peak():
     ledger.release_job("b")
     usage.observe(ledger, QUEUES, "default")
     assert usage.view("bronze") == {"used": {}, "used_peak": {"cpu": 3.0}}
+
+
+# ------------------------------------------------------------------ hard state
+
+
+def test_a_quota_is_stored_with_the_queues_and_a_new_master_loads_it(tmp_path):
+    """What ``configure`` writes to the store is what a restarted FuxiMaster's Admissions
+    reads back (a FileStore, as a `fuxi up` cluster without Nuwa keeps it); a refused change
+    writes nothing."""
+    import asyncio
+
+    from fuxi.io.store import FileStore
+    from fuxi.shells.admission import CONFIG_KEY, Admissions
+    from fuxi.shells.offloop import AsyncStore, OffLoop
+
+    store = FileStore(str(tmp_path / "state"))
+    loop_threads = OffLoop("test-store", 1)
+    try:
+        def admissions():
+            return Admissions(AsyncStore(store, loop_threads), store.get(CONFIG_KEY),
+                              running=lambda: (), start=lambda *a: None, tasks=set())
+
+        async def configure(adm, queues):
+            return await adm.configure(queues, None)
+
+        first = admissions()
+        asyncio.run(configure(first, {"prod": {"min": {"cpu": 2}, "max": {"cpu": 4},
+                                               "weight": 2}}))
+        with pytest.raises(BadInput, match="unknown resource 'cpus'"):
+            asyncio.run(configure(first, {"prod": {"min": {"cpus": 2}}}))
+        again = admissions()  # a FuxiMaster started after a restart
+        assert again.queues == first.queues
+        assert again.queues["prod"] == {"jobs_running_max": None, "min": {"cpu": 2.0},
+                                        "max": {"cpu": 4.0}, "weight": 2.0}
+        assert again.quota_groups()["prod"].min == {"CPU": 2.0}
+        view = again.view()["queues"]["prod"]
+        assert (view["min"], view["max"], view["weight"], view["used"]) == (
+            {"cpu": 2.0}, {"cpu": 4.0}, 2.0, {})
+    finally:
+        loop_threads.shutdown()
+
+
+def test_a_hostile_stored_config_is_refused_at_load_naming_the_field():
+    from fuxi.shells.admission import Admissions
+
+    with pytest.raises(BadInput, match=r"queue 'prod' max\['cpu'\]: got 'nan'"):
+        Admissions(None, {"queues": {"prod": {"max": {"cpu": math.nan}}}}, running=lambda: (),
+                   start=lambda *a: None, tasks=set())
