@@ -215,8 +215,8 @@ class Admissions:
         return quotas.demands(job_demands, priorities, submit_seq, self.job_queues, self.queues,
                               DEFAULT_QUEUE)
 
-    def quota_groups(self) -> dict:
-        return quotas.core_groups(self.queues)
+    def quota_groups(self, node_totals: dict) -> dict:
+        return quotas.core_groups(self.queues, node_totals)
 
     def observe(self, ledger) -> None:
         self.usage.observe(ledger, self.job_queues, DEFAULT_QUEUE)

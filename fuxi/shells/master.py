@@ -37,7 +37,7 @@ from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
 from fuxi.shells.agents import Agents
 from fuxi.shells.jobrecords import drop_old_records, new_job_id, restore_records, statuses
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
-from fuxi.shells.quotas import SHARED_GROUP
+from fuxi.shells.quotas import SERVICES_GROUP
 from fuxi.shells.recovery import MasterRecovery
 from fuxi.shells.services import NODES_REFRESH_S
 from fuxi.shells.supervisor import Supervisor
@@ -353,7 +353,8 @@ class FuxiMaster:
         out, seen = [], set()
         for did, shape, wanted, held in self.services.slot_demands():
             seen.add(did)
-            demand = slots.Demand(did, did, SERVICE_PRIORITY, 0, shape, wanted, SHARED_GROUP)
+            demand = slots.Demand(did, did, SERVICE_PRIORITY, 0, shape, wanted,
+                                  SERVICES_GROUP)
             have = self.ledger.held(did)
             for node in set(have) | set(held):
                 diff = held.get(node, 0) - have.get(node, 0)
@@ -488,7 +489,7 @@ class FuxiMaster:
         # re-checks and commits.
         plan = slots.grant(self.nodes, self.ledger, all_demands, job_id, avoid_nodes=avoided,
                            online_ids={d.demand_id for d in services}, excluded_nodes=excluded,
-                           quota_groups=self.admissions.quota_groups())
+                           quota_groups=self.admissions.quota_groups(self.nodes))
         applied = slots.apply_grants(self.ledger, self.nodes, plan, all_demands,
                                      excluded_nodes=excluded)
         self.admissions.observe(self.ledger)

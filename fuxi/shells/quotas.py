@@ -7,9 +7,13 @@ An operator writes quotas in the job spec's vocabulary: ``cpu`` (CPUs), ``memory
 ``{"min": {"cpu": 2}, "max": {"cpu": 4}, "weight": 2}``. The core counts in Ray's
 (``CPU``, ``memory`` in bytes, ``GPU``, ``NAME``); :func:`core_groups` translates.
 
-Queues without a quota (no min, no max, weight 1) and the online services share one pool
-group (:data:`SHARED_GROUP`, not a valid queue name), so a cluster with no quota configured
-is scheduled exactly as before: one group, priorities, max-min by job. A queue with a quota
+Queues without a quota (no min, no max, weight 1) share one pool group
+(:data:`SHARED_GROUP`, not a valid queue name), so a cluster with no quota configured is
+scheduled exactly as before: one group, priorities, max-min by job. The online services are
+a group of their own (:data:`SERVICES_GROUP`) guaranteed the whole cluster: a guarantee comes
+before priority in the core, so without it a queue's ``min`` would beat the services; with
+it they come first, as they always have (and their wait makes batch workers stop at once:
+``GrantPlan.preempt``). A queue with a quota
 is a group of its own: its jobs' slots within ``min`` come before anyone's (and are
 reclaimed from borrowers: their fair-share targets drop, and their JobMasters give the slots
 back as their workers go idle), it never holds more than ``max``, and what nobody is
@@ -28,9 +32,10 @@ from fuxi.core import slots
 from fuxi.core.sched import QUOTA_GROUPS_MAX, QuotaGroup
 from fuxi.errors import BadInput
 
-SHARED_GROUP = "*shared"  # the core's group for queues without a quota, and for services
-# Queues that may carry a quota: the core also holds the shared pool and its own default.
-QUOTA_QUEUES_MAX = QUOTA_GROUPS_MAX - 2
+SHARED_GROUP = "*shared"  # the core's group for queues without a quota
+SERVICES_GROUP = "*services"  # the online replicas' group (guaranteed the whole cluster)
+# Queues that may carry a quota: the core also holds the pool, the services and its default.
+QUOTA_QUEUES_MAX = QUOTA_GROUPS_MAX - 3
 QUOTA_RESOURCES_MAX = 16  # resources one min or max may name
 QUOTA_AMOUNT_MAX = 1e15  # any one amount (CPUs, MiB, GPUs, custom units)
 WEIGHT_MAX = 1e6
@@ -127,9 +132,16 @@ def group_of(queues: Mapping[str, Mapping], queue: str) -> str:
     return queue if conf is not None and has_quota(conf) else SHARED_GROUP
 
 
-def core_groups(queues: Mapping[str, Mapping]) -> dict[str, QuotaGroup]:
-    """The queues' quotas as the core's groups (``slots.grant(quota_groups=...)``)."""
-    out = {SHARED_GROUP: QuotaGroup(SHARED_GROUP)}
+def core_groups(queues: Mapping[str, Mapping],
+                node_totals: Mapping[str, Mapping[str, float]] | None = None
+                ) -> dict[str, QuotaGroup]:
+    """The queues' quotas as the core's groups (``slots.grant(quota_groups=...)``), and the
+    services' group, guaranteed every resource of ``node_totals`` (the cluster now)."""
+    capacity: dict[str, float] = {}
+    for total in (node_totals or {}).values():
+        capacity = slots.add(capacity, {k: v for k, v in total.items() if v > 0})
+    out = {SHARED_GROUP: QuotaGroup(SHARED_GROUP),
+           SERVICES_GROUP: QuotaGroup(SERVICES_GROUP, capacity)}
     for name, conf in queues.items():
         if has_quota(conf):
             out[name] = QuotaGroup(name, to_ray(conf.get("min") or {}),

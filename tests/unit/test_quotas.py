@@ -92,8 +92,9 @@ def test_queues_map_to_core_groups_in_rays_vocabulary():
     conf = checked_queues({"prod": {"min": {"cpu": 2, "memory_mb": 3}, "max": {"custom:acc": 1},
                                     "weight": 3}, "plain": {"jobs_running_max": 2},
                            "light": {"weight": 0.5}})
-    groups = quotas.core_groups(conf)
-    assert set(groups) == {quotas.SHARED_GROUP, "prod", "light"}
+    groups = quotas.core_groups(conf, {"n1": {"CPU": 2.0, "memory": 5.0}, "n2": {"CPU": 2.0}})
+    assert set(groups) == {quotas.SHARED_GROUP, quotas.SERVICES_GROUP, "prod", "light"}
+    assert groups[quotas.SERVICES_GROUP].min == {"CPU": 4.0, "memory": 5.0}  # the cluster
     assert groups["prod"].min == {"CPU": 2.0, "memory": 3.0 * MIB}
     assert groups["prod"].max == {"acc": 1.0} and groups["prod"].weight == 3.0
     assert groups["light"].max is None and groups["light"].weight == 0.5
@@ -162,14 +163,21 @@ def test_without_quotas_the_mapping_is_the_old_single_group():
     assert _held(ledger, "c") == 4  # the default queue has no cap: all four CPUs
 
 
-def test_services_keep_their_priority_over_batch_in_the_shared_pool():
+@pytest.mark.parametrize("job", ["c", "a"])  # a plain queue's job, a guaranteed queue's job
+def test_services_keep_coming_before_batch_even_a_guarantee(job):
     ledger = slots.Ledger()
-    ds = _demands({"c": 10})
-    _sync(ledger, ds, "c")
-    svc = slots.Demand("svc:web", "svc:web", 1000, 0, {"CPU": 1.0}, 2, quotas.SHARED_GROUP)
-    plan = slots.grant(NODES, ledger, ds + [svc], "c", online_ids={"svc:web"},
-                       quota_groups=quotas.core_groups(CONF))
-    assert plan.targets == {"c/t": 2} and plan.preempt  # the replica waits: batch is stopped
+    ds = _demands({job: 10})
+    _sync(ledger, ds, job)
+    assert _held(ledger, job) == 4  # alone on the cluster: all of it (gold borrows past min)
+    svc = slots.Demand("svc:web", "svc:web", 1000, 0, {"CPU": 1.0}, 2, quotas.SERVICES_GROUP)
+    plan = slots.grant(NODES, ledger, ds + [svc], job, online_ids={"svc:web"},
+                       quota_groups=quotas.core_groups(CONF, NODES))
+    assert plan.targets == {f"{job}/t": 2} and plan.preempt  # the replica waits: batch stops
+    # Without the services' own group, gold's guarantee would beat the replica.
+    plan = slots.grant(NODES, ledger, ds + [svc], job, online_ids={"svc:web"},
+                       quota_groups=quotas.core_groups(CONF) | {
+                           quotas.SERVICES_GROUP: quotas.QuotaGroup(quotas.SERVICES_GROUP)})
+    assert plan.targets[f"{job}/t"] == (3 if job == "a" else 2)
 
 
 def test_usage_counts_per_queue_and_keeps_the_peak():
@@ -177,7 +185,7 @@ def test_usage_counts_per_queue_and_keeps_the_peak():
     ds = _demands({"b": 10, "a": 1})
     _sync(ledger, ds, "b")
     _sync(ledger, ds, "a")
-    svc = slots.Demand("svc:x", "svc:x", 1000, 0, {"CPU": 0.5}, 1, quotas.SHARED_GROUP)
+    svc = slots.Demand("svc:x", "svc:x", 1000, 0, {"CPU": 0.5}, 1, quotas.SERVICES_GROUP)
     ledger.grant(svc, "n1", 1)  # services are in no queue
     usage = quotas.QuotaUsage()
     usage.observe(ledger, QUEUES, "default")
@@ -221,7 +229,7 @@ def test_a_quota_is_stored_with_the_queues_and_a_new_master_loads_it(tmp_path):
         assert again.queues == first.queues
         assert again.queues["prod"] == {"jobs_running_max": None, "min": {"cpu": 2.0},
                                         "max": {"cpu": 4.0}, "weight": 2.0}
-        assert again.quota_groups()["prod"].min == {"CPU": 2.0}
+        assert again.quota_groups({})["prod"].min == {"CPU": 2.0}
         view = again.view()["queues"]["prod"]
         assert (view["min"], view["max"], view["weight"], view["used"]) == (
             {"cpu": 2.0}, {"cpu": 4.0}, 2.0, {})
