@@ -8,8 +8,12 @@ an operator raises a limit; then it starts like any other. A newcomer never jump
 own queue that already waits. The queue is soft state: the plans wait in this process, and a
 FuxiMaster restart fails the jobs that were waiting (their records say so).
 
-The configuration (the queues and the cluster's limit) is hard state, in the store at
-``/config/admission``.
+A queue is also a quota group: its configuration may carry a resource quota (``min``,
+``max``, ``weight``; checked and mapped onto the scheduling core in ``fuxi.shells.quotas``),
+which FuxiMaster's sync applies to the slots of the queue's jobs.
+
+The configuration (the queues, their quotas and the cluster's limit) is hard state, in the
+store at ``/config/admission``.
 
 This class lives in FuxiMaster's actor and runs on its event loop; it starts JobMasters
 through the ``start`` callback the master gives it.
