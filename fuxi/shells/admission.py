@@ -8,8 +8,12 @@ an operator raises a limit; then it starts like any other. A newcomer never jump
 own queue that already waits. The queue is soft state: the plans wait in this process, and a
 FuxiMaster restart fails the jobs that were waiting (their records say so).
 
-The configuration (the queues and the cluster's limit) is hard state, in the store at
-``/config/admission``.
+A queue is also a quota group: its configuration may carry a resource quota (``min``,
+``max``, ``weight``; checked and mapped onto the scheduling core in ``fuxi.shells.quotas``),
+which FuxiMaster's sync applies to the slots of the queue's jobs.
+
+The configuration (the queues, their quotas and the cluster's limit) is hard state, in the
+store at ``/config/admission``.
 
 This class lives in FuxiMaster's actor and runs on its event loop; it starts JobMasters
 through the ``start`` callback the master gives it.
@@ -29,6 +33,7 @@ from fuxi.core.spec import QUEUE_NAME_RE
 from fuxi.core.spec import priority_max as PRIORITY_MAX
 from fuxi.core.states import JobState
 from fuxi.errors import BadInput
+from fuxi.shells import quotas
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +61,17 @@ def checked_queues(queues) -> dict[str, dict]:
             raise BadInput(f"queue name: got {name!r}, expected a name matching "
                            f"{QUEUE_NAME_RE.pattern}")
         conf = {} if conf is None else conf
-        if not isinstance(conf, dict) or set(conf) - {"jobs_running_max"}:
-            raise BadInput(f"queue {name!r}: got {conf!r}, expected a mapping with at most the key "
-                           f"jobs_running_max")
+        if not isinstance(conf, dict) or set(conf) - {"jobs_running_max", *quotas.QUOTA_KEYS}:
+            raise BadInput(f"queue {name!r}: got {str(conf)[:200]!r}, expected a mapping with at "
+                           f"most the keys jobs_running_max, min, max, weight")
         cap = conf.get("jobs_running_max")
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)
                                 or not 1 <= cap <= JOBS_RUNNING_MAX):
             raise BadInput(f"queue {name!r}: jobs_running_max got {cap!r}, expected an integer "
                            f"from 1 to {JOBS_RUNNING_MAX} or null")
-        out[name] = {"jobs_running_max": cap}
-    out.setdefault(DEFAULT_QUEUE, {"jobs_running_max": None})
+        out[name] = {"jobs_running_max": cap, **quotas.checked_quota(name, conf)}
+    out.setdefault(DEFAULT_QUEUE, {"jobs_running_max": None, **quotas.checked_quota(DEFAULT_QUEUE, {})})
+    quotas.check_count(out)
     return out
 
 
@@ -78,6 +84,7 @@ class Admissions:
         self.queues: dict[str, dict] = checked_queues(stored.get("queues") or {})
         self.jobs_running_max = int(stored.get("jobs_running_max") or JOBS_RUNNING_MAX)
         self.queue = JobQueue()
+        self.usage = quotas.QuotaUsage()  # what each queue's jobs hold (FuxiMaster's sync)
         self.job_queues: dict[str, str] = {}  # every known job -> its queue (ACL on queue:NAME)
         self._running = running  # ids of jobs whose JobMaster exists
         self._start = start
@@ -205,13 +212,26 @@ class Admissions:
             return None
         return max(0.0, timeout_s - (time.monotonic() - t0))
 
+    # ---------------------------------------------------------------- quotas
+
+    def demands(self, job_demands: dict, priorities: dict, submit_seq: dict) -> list:
+        """Every job's demands, each in its queue's quota group (``fuxi.shells.quotas``)."""
+        return quotas.demands(job_demands, priorities, submit_seq, self.job_queues, self.queues,
+                              DEFAULT_QUEUE)
+
+    def quota_groups(self, node_totals: dict) -> dict:
+        return quotas.core_groups(self.queues, node_totals)
+
+    def observe(self, ledger) -> None:
+        self.usage.observe(ledger, self.job_queues, DEFAULT_QUEUE)
+
     # ---------------------------------------------------------------- configuration
 
     def view(self) -> dict:
         waiting = self.queue.by_group()
         return {"jobs_running_max": self.jobs_running_max,
                 "queues": {name: {**conf, "running": self.running_in(name),
-                                  "waiting": waiting.get(name, 0)}
+                                  "waiting": waiting.get(name, 0), **self.usage.view(name)}
                            for name, conf in sorted(self.queues.items())}}
 
     async def configure(self, queues: dict | None, jobs_running_max: int | None) -> dict:

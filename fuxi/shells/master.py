@@ -37,6 +37,7 @@ from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
 from fuxi.shells.agents import Agents
 from fuxi.shells.jobrecords import drop_old_records, new_job_id, restore_records, statuses
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
+from fuxi.shells.quotas import SERVICES_GROUP
 from fuxi.shells.recovery import MasterRecovery
 from fuxi.shells.services import NODES_REFRESH_S
 from fuxi.shells.supervisor import Supervisor
@@ -352,7 +353,8 @@ class FuxiMaster:
         out, seen = [], set()
         for did, shape, wanted, held in self.services.slot_demands():
             seen.add(did)
-            demand = slots.Demand(did, did, SERVICE_PRIORITY, 0, shape, wanted)
+            demand = slots.Demand(did, did, SERVICE_PRIORITY, 0, shape, wanted,
+                                  SERVICES_GROUP)
             have = self.ledger.held(did)
             for node in set(have) | set(held):
                 diff = held.get(node, 0) - have.get(node, 0)
@@ -479,22 +481,18 @@ class FuxiMaster:
             await self.recovery.store_batch(job_id, ckpt)
         self.demands[job_id] = demands
         self.priorities[job_id] = priority
-        all_demands = []
-        for jid, ds in self.demands.items():
-            for sk, d in ds.items():
-                all_demands.append(slots.Demand(
-                    demand_id=f"{jid}/{sk}", job_id=jid, priority=self.priorities.get(jid, 50),
-                    submit_seq=self.submit_seq.get(jid, 0), shape=d["shape"],
-                    slots_wanted=int(d["wanted"]),
-                ))
+        # Each job's demands in its queue's quota group (fuxi.shells.quotas).
+        all_demands = self.admissions.demands(self.demands, self.priorities, self.submit_seq)
         services = self._service_slots()
         all_demands += services
         # The policy proposes (pure, the same function the simulator drives); the ledger
         # re-checks and commits.
         plan = slots.grant(self.nodes, self.ledger, all_demands, job_id, avoid_nodes=avoided,
-                           online_ids={d.demand_id for d in services}, excluded_nodes=excluded)
+                           online_ids={d.demand_id for d in services}, excluded_nodes=excluded,
+                           quota_groups=self.admissions.quota_groups(self.nodes))
         applied = slots.apply_grants(self.ledger, self.nodes, plan, all_demands,
                                      excluded_nodes=excluded)
+        self.admissions.observe(self.ledger)
         sk_of = {f"{job_id}/{sk}": sk for sk in demands}
         grants = [{"shape_key": sk_of[g.demand_id], "shape": demands[sk_of[g.demand_id]]["shape"],
                    "node_id": g.node_id, "n": g.n} for g in applied]
@@ -740,14 +738,17 @@ class FuxiMaster:
         return await self._log_reads.run(read_job_logs, self.log_dir, job_id, task, instance)
 
     async def queues(self, cred: str | None = None) -> dict:
-        """The queues (quota groups): limits, running and waiting jobs; jobs_running_max."""
+        """The queues (quota groups): limits, quotas, what their jobs hold, running and
+        waiting jobs; jobs_running_max."""
         self._who(cred)
+        self.admissions.observe(self.ledger)
         return self.admissions.view()
 
     async def configure_queues(self, queues: dict | None = None, jobs_running_max: int | None = None,
                                cred: str | None = None) -> dict:
-        """Set the queues (name -> {"jobs_running_max": int or None}; "default" always exists)
-        and the cluster's jobs_running_max: the platform or an administrator."""
+        """Set the queues (name -> {"jobs_running_max": int or None, "min", "max", "weight":
+        its quota}; "default" always exists) and the cluster's jobs_running_max: the platform
+        or an administrator."""
         self._require(cred, "configure the job queues", admin_ok=True)
         return await self.admissions.configure(queues, jobs_running_max)
 

@@ -116,9 +116,22 @@ def test_up_submit_status_logs_down(tmp_path):
         listing = fuxi(home, "job", "list").stdout
         assert job_id in listing
         # Queues from the shell (kept in Nuwa: /config/admission).
-        q = json.loads(fuxi(home, "queue", "set", "etl", "--jobs-running-max", "2", "--json").stdout)
-        assert q["queues"]["etl"] == {"jobs_running_max": 2, "running": 0, "waiting": 0}
-        assert "etl" in fuxi(home, "queue", "list").stdout
+        q = json.loads(fuxi(home, "queue", "set", "etl", "--jobs-running-max", "2", "--min",
+                            "cpu=1", "--max", "cpu=2,memory_mb=512", "--weight", "2",
+                            "--json").stdout)
+        assert q["queues"]["etl"] == {"jobs_running_max": 2, "running": 0, "waiting": 0,
+                                      "min": {"cpu": 1.0}, "max": {"cpu": 2.0, "memory_mb": 512.0},
+                                      "weight": 2.0, "used": {}, "used_peak": {}}
+        # A later `set` keeps the quota it does not name; garbage is refused naming the field.
+        q = json.loads(fuxi(home, "queue", "set", "etl", "--jobs-running-max", "3",
+                            "--json").stdout)["queues"]["etl"]
+        assert (q["jobs_running_max"], q["min"], q["weight"]) == (3, {"cpu": 1.0}, 2.0)
+        bad = fuxi(home, "queue", "set", "etl", "--min", "cpus=1", check=False)
+        assert bad.returncode == 2 and "unknown resource 'cpus'" in bad.stderr
+        bad = fuxi(home, "queue", "set", "etl", "--min", "cpu=3", check=False)
+        assert bad.returncode == 2 and "is above max['cpu']=2" in bad.stderr
+        listed = fuxi(home, "queue", "list").stdout
+        assert "etl" in listed and "cpu=2,memory_mb=512" in listed
         assert fuxi(home, "queue", "rm", "default", check=False).returncode == 2
         bad = fuxi(home, "queue", "limit", "0", check=False)
         assert bad.returncode == 2 and "jobs_running_max: got 0" in bad.stderr

@@ -82,7 +82,7 @@ def test_bad_queue_names_and_limits_are_refused_with_the_reason(limits, tmp_path
         ({"Bad Name": {}}, None, "queue name: got 'Bad Name'"),
         ({"q": {"jobs_running_max": 0}}, None, "jobs_running_max got 0"),
         ({"q": {"jobs_running_max": True}}, None, "jobs_running_max got True"),
-        ({"q": {"cpu": 3}}, None, "expected a mapping with at most the key jobs_running_max"),
+        ({"q": {"cpu": 3}}, None, "expected a mapping with at most the keys jobs_running_max, min, max, weight"),
         ([1, 2], None, "queues: got list"),
         (None, 0, "jobs_running_max: got 0"),
         (None, 10**6, "jobs_running_max: got 1000000"),
