@@ -39,7 +39,7 @@ MASTER_RESTARTS_MAX = 100  # times Ray brings a dead FuxiMaster back before it s
 
 
 def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None,
-                  nuwa_group: dict | None = None, auth: bool = False):
+                  nuwa_group: dict | None = None, auth: bool = False, agents: bool = True):
     from fuxi.shells.master import FuxiMaster
 
     authority = _start_authority(cluster, data_dir, detached, nuwa, auth)  # FuxiMaster asks it
@@ -52,7 +52,8 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
     master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa, nuwa_group, auth)
     actors.call(authority.mode, timeout_s=ACTOR_READY_TIMEOUT_S)
     actors.call(master.cluster_info, timeout_s=ACTOR_READY_TIMEOUT_S)
-    actors.call(master.supervise, operator_proof(cluster), timeout_s=ACTOR_READY_TIMEOUT_S)
+    actors.call(master.supervise, operator_proof(cluster), agents,
+                timeout_s=ACTOR_READY_TIMEOUT_S)
     return master
 
 
@@ -460,7 +461,8 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
         ray_init(address="local", namespace=namespace(cluster), include_dashboard=False,
                   _temp_dir=temp_dir, num_cpus=num_cpus)
         try:
-            master = _start_master(cluster, cluster_dir(cluster), detached=False)
+            # No FuxiAgent: one node, this machine, for one command's lifetime.
+            master = _start_master(cluster, cluster_dir(cluster), detached=False, agents=False)
             yield Connection(cluster, master, "embedded", embedded=True,
                              data_dir=cluster_dir(cluster))
         finally:

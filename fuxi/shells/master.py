@@ -279,15 +279,18 @@ class FuxiMaster:
 
     # ------------------------------------------------------------ supervision (the actor groups)
 
-    async def supervise(self, cred: str | None = None) -> None:
-        """Start the Nuwa supervision loop and the service manager (idempotent; called when
-        the master is created, by the platform or an administrator)."""
+    async def supervise(self, cred: str | None = None, agents: bool = True) -> None:
+        """Start the Nuwa supervision loop, the service manager and (``agents``) the FuxiAgents
+        (idempotent; called when the master is created, by the platform or an administrator).
+        The embedded default starts none: its one node is the machine of the command itself,
+        and an agent's process cost its cold start ~1.5 s (docs/benchmarks.md)."""
         if self.supervisor.running or (not self.supervisor.nuwa_group and self.services.started):
             return  # running already: nothing changes, nothing to check
         self._require(cred, "start FuxiMaster's loops", admin_ok=True)
         self.supervisor.start()
         self.services.start()
-        self.agents.start()
+        if agents:
+            self.agents.start()
 
     async def kuafu_start_node(self, node: str, cfg: dict | None = None,
                                cred: str | None = None) -> dict:
@@ -492,7 +495,8 @@ class FuxiMaster:
                            quota_groups=self.admissions.quota_groups(self.nodes))
         applied = slots.apply_grants(self.ledger, self.nodes, plan, all_demands,
                                      excluded_nodes=excluded)
-        self.admissions.observe(self.ledger)
+        if applied:  # a queue's use (and its peak) rises only with a grant
+            self.admissions.observe(self.ledger)
         sk_of = {f"{job_id}/{sk}": sk for sk in demands}
         grants = [{"shape_key": sk_of[g.demand_id], "shape": demands[sk_of[g.demand_id]]["shape"],
                    "node_id": g.node_id, "n": g.n} for g in applied]
