@@ -212,3 +212,32 @@ def test_a_node_is_killed_by_pid_and_the_head_is_refused(ray_cluster, client, au
             _chaos(client).find("node", nid)
     finally:
         ray_cluster.remove_node(extra, allow_graceful=False)
+
+
+def test_a_killed_worker_is_a_crash_its_job_runs_again(client, authority, tmp_path):
+    """`kill worker <job> <pid>`: the process of one running attempt dies (SIGKILL); the job
+    runs the attempt again and its output is whole, each instance once."""
+    import json
+
+    marks = tmp_path / "marks"
+    spec = {"name": "chaos-worker", "params": {"dir": str(marks), "sleep_s": 3.0},
+            "speculation": {"enabled": False},
+            "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 4, "resources": {"cpu": 1},
+                            "output": str(tmp_path / "out")}}}
+    job_id = client.submit(spec)
+    deadline = time.time() + WAIT_S
+    while not glob.glob(str(marks / "run-*")):
+        assert time.time() < deadline, "no attempt started"
+        time.sleep(POLL_S)
+    with open(sorted(glob.glob(str(marks / "run-*")))[0]) as f:
+        pid = json.load(f)["pid"]  # the worker process running that attempt
+    with pytest.raises(TargetNotFound, match="names no worker; its workers are"):
+        _chaos(client).find("worker", job_id, "4194303")
+    out = _kill(client, authority, "worker", job_id, str(pid))
+    assert out["pids"] == [pid], out
+    st = client.wait(job_id, timeout_s=WAIT_S)
+    assert st["state"] == "succeeded", st.get("report")
+    assert st["tasks"]["t"]["attempts"] >= 5  # the killed attempt ran again
+    t = pa.concat_tables([pq.read_table(p) for p in
+                          sorted(glob.glob(str(tmp_path / "out" / "part-*.parquet")))])
+    assert sorted(t.column("instance").to_pylist()) == [i for i in range(4) for _ in range(3)]  # 3 rows each, once
