@@ -74,6 +74,14 @@ def authorize(authority, token: str | None, target: Target) -> dict:
                        target.resource, timeout_s=MASTER_REPLY_TIMEOUT_S)
 
 
+def _killer(handle, restart: bool) -> Callable[[], dict]:
+    def kill() -> dict:
+        actors.kill(handle, restart=restart)
+        return {"restart": restart}
+
+    return kill
+
+
 # ------------------------------------------------------------------ this machine's processes
 
 def local_processes(proc_dir: str = PROC_DIR) -> list[tuple[int, int, list[str]]]:
@@ -164,7 +172,7 @@ class Chaos:
         return Target("master", f"FuxiMaster ({self._where(info)}, restarted "
                                 f"{info.get('NumRestarts', 0)} times so far)",
                       f"fuxi:{MASTER_NAME}", after,
-                      lambda: (actors.kill(h, restart=not no_restart), {"restart": not no_restart})[1])
+                      _killer(h, restart=not no_restart))
 
     def _running_job(self, job_id: Any) -> dict:
         job_id = cc.check_job_id(job_id)
@@ -193,13 +201,20 @@ class Chaos:
                       f"job:{job_id}",
                       "FuxiMaster's recovery starts a new JobMaster from the job's checkpoint "
                       "(`fuxi job status` counts jobmaster_restarts)",
-                      lambda: (actors.kill(h, restart=False), {})[1])
+                      _killer(h, restart=False))
 
     def _under(self, nid: str, raylet_too: bool = False) -> set[int]:
         """The node's processes on this machine now (looked at again just before a SIGKILL:
         a pid that ended meanwhile may belong to someone else by then)."""
         pids = cc.node_processes(nid, self.procs())
         return set(pids if raylet_too else pids[1:])
+
+    def _signal(self, nid: str, pids: list[int], raylet_too: bool) -> dict:
+        killed = _sigkill([p for p in pids if p in self._under(nid, raylet_too)])
+        if not killed:
+            raise TargetNotFound(f"pid {', '.join(map(str, pids[:cc.CHOICES_SHOWN_MAX]))} of "
+                                 f"node {nid[:12]} ended before it was killed: nothing killed")
+        return {"pids": killed}
 
     def _node(self, ref: Any) -> dict:
         return dict(cc.resolve_node(ref, actors.nodes()))
@@ -217,7 +232,7 @@ class Chaos:
                       f"the node shows its agent missing in `fuxi node list` after "
                       f"{missing_s:g} s and is excluded for every job; FuxiMaster deploys a "
                       f"new agent about {AGENT_READOPT_S:g} s later and the node comes back",
-                      lambda: (actors.kill(h, restart=False), {})[1])
+                      _killer(h, restart=False))
 
     def _worker(self, job_id, which, _no_restart) -> Target:
         if which is not None:
@@ -240,7 +255,7 @@ class Chaos:
                                 f"node {nid[:12]})", f"job:{job_id}",
                       "its JobMaster sees the worker gone and runs its attempts again "
                       "(the node's agent reports the exit as a crash)",
-                      lambda: {"pids": _sigkill([p for p in [pid] if p in self._under(nid)])})
+                      lambda: self._signal(nid, [pid], raylet_too=False))
 
     def _kill_node(self, ref, _which, _no_restart) -> Target:
         node = self._node(ref)
@@ -265,4 +280,4 @@ class Chaos:
                               f"{on_it})", f"node:{nid}",
                       "Ray marks the node dead; its workers' attempts run again elsewhere, "
                       "and actors that may restart (FuxiMaster) start on another node",
-                      lambda: {"pids": _sigkill([p for p in pids if p in self._under(nid, True)])})
+                      lambda: self._signal(nid, pids, raylet_too=True))

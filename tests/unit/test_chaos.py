@@ -260,3 +260,16 @@ def test_the_command_refuses_a_missing_or_extra_argument(argv, tmp_path, monkeyp
 
     monkeypatch.setenv("FUXI_HOME", str(tmp_path))
     assert runner.invoke(app, argv).exit_code == 2
+
+
+def test_a_process_that_ended_or_left_its_raylet_before_the_signal_is_not_killed():
+    """The process list is read again just before SIGKILL: a pid no longer under the node's
+    raylet (it ended; the number may be someone else's by then) is never signalled."""
+    procs = [list(PROCS)]
+    c = sc.Chaos("ns", Jobs({}), procs=lambda: procs[0])
+    procs[0] = [p for p in PROCS if p[0] != 101] + [(101, 1, ["someone else"])]
+    with pytest.raises(TargetNotFound, match="ended before it was killed"):
+        c._signal(SECOND, [101], raylet_too=False)
+    procs[0] = []
+    with pytest.raises(TargetNotFound, match="nothing killed"):
+        c._signal(SECOND, [100, 101], raylet_too=True)
