@@ -60,14 +60,10 @@ class Target:
         out.update(self._kill())
         return out
 
-    def view(self) -> dict:
-        return {"kind": self.kind, "target": self.what, "resource": self.resource,
-                "after": self.after}
 
-
-def authorize(authority, token: str | None, target: Target) -> dict:
+def authorize(authority, token: str | None, target: Target) -> str:
     """Zhongkui's verdict on this kill (administrators only when access control is on; Denied
-    otherwise), recorded in the cluster's audit trail either way."""
+    otherwise), recorded in the cluster's audit trail either way; who it was recorded as."""
     from fuxi.client import MASTER_REPLY_TIMEOUT_S
 
     return actors.call(authority.approve, token or None, f"{AUDIT_ACTION} {target.kind}",
@@ -136,8 +132,10 @@ class Chaos:
         malformed request, TargetNotFound when nothing matches (both exit 2)."""
         kind = cc.check_kind(kind)
         if no_restart and kind != "master":
-            raise BadInput(f"--no-restart applies to `master` only: a killed {kind} is not "
-                           f"restarted by Ray but by the platform, which always does")
+            raise BadInput(f"--no-restart applies to `master` only, not {kind}: Ray restarts "
+                           f"FuxiMaster alone; JobMasters and agents are brought back by "
+                           f"FuxiMaster, workers replaced by their JobMaster, and a killed node "
+                           f"stays dead")
         needs = {"master": 0, "jobmaster": 1, "agent": 1, "worker": 1, "node": 1}[kind]
         if needs and ident is None:
             noun = "a job id (`fuxi job list`)" if kind in ("jobmaster", "worker") \
