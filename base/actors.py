@@ -133,3 +133,46 @@ def temp_dir() -> str | None:
 
     node = getattr(ray._private.worker, "_global_node", None)
     return node.get_temp_dir_path() if node is not None else None
+
+
+def named_actor(name: str, namespace: str):
+    """The handle of the live actor ``name`` in ``namespace``, or None if there is none.
+    Blocking (a GCS call)."""
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None
+
+
+def actor_id(handle: Any) -> str:
+    """An actor handle's Ray actor id, in hex (to find it in ``actor_table``). Private in Ray:
+    reached here only."""
+    return handle._actor_id.hex()
+
+
+def kill(handle: Any, restart: bool) -> None:
+    """Kill an actor's process now (its calls in flight fail). ``restart``: Ray starts it
+    again if it has restarts left (``max_restarts``); else it stays dead."""
+    import ray
+
+    try:
+        ray.kill(handle, no_restart=not restart)
+    except Exception as e:  # noqa: BLE001 - every failure leaves as one of ours
+        raise translate(e, "kill") from None
+
+
+def nodes() -> list[dict]:
+    """Ray's node table (alive and dead nodes): NodeID, Alive, NodeManagerAddress,
+    Resources, ... Blocking (a GCS call)."""
+    import ray
+
+    return ray.nodes()
+
+
+def this_node_id() -> str:
+    """The Ray node this process (driver or actor) is attached to."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import auth, call, cluster, job, node, nuwa, pangu, queue, service, submit
+from cli import auth, call, cluster, debug, job, node, nuwa, pangu, queue, service, submit
 
 app = typer.Typer(
     name="fuxi",
@@ -29,6 +29,8 @@ app.add_typer(node.app, name="node", help="The cluster's nodes: list (free resou
 app.add_typer(queue.app, name="queue", help="Queues (quota groups) where jobs wait for room: list, set, rm, limit.")
 app.add_typer(nuwa.app, name="nuwa", help="The Nuwa coordination service: ls, get, put, rm, stat, watch.")
 app.add_typer(service.app, name="service", help="Online services: register, list, status, scale, upgrade, remove.")
+app.add_typer(debug.app, name="debug", help="Fault injection on a running cluster: kill a "
+                                            "master, JobMaster, agent, worker or node.")
 app.add_typer(pangu.app, name="pangu", help="The Pangu file system: ls, put, get, cat, rm, mkdir, mv, stat, du, fsck.")
 
 

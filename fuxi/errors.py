@@ -68,3 +68,8 @@ class JobFailed(FuxiError, base_errors.Failed):
     def __init__(self, message: str, status: dict | None = None):
         self.status = status or {}
         super().__init__(message)
+
+
+class TargetNotFound(FuxiError, base_errors.NotFound):
+    """Fault injection (``fuxi debug kill``): no node, job, actor or process to kill matches
+    what was asked, or the cluster has nothing of that kind to kill now."""

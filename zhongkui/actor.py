@@ -7,7 +7,7 @@ ACL entries, the audit trail -- and serves:
     ``fuxi up`` (a platform token)              bootstrap
     users (their token, or their password)      login, whoami, users, user_add, user_rm,
                                                 user_groups, passwd, grant, revoke, restrict,
-                                                acl_show, rotate, audit
+                                                acl_show, rotate, audit, approve
     anyone                                      mode
 
 Two things it does not know, it learns from the **registry**, the actor named at start
@@ -137,6 +137,11 @@ class ZhongkuiAuthority:
 
     async def audit(self, token: str, who: str | None = None, result: str | None = None) -> list:
         return await self._do(self.authority.audit_records, token, who=who, result=result)
+
+    async def approve(self, token: str | None, action: str, resource: str) -> str:
+        """An administrator's operation another entry point performs (``fuxi debug kill``):
+        Denied unless an administrator asks (when access control is on); recorded either way."""
+        return await self._do(self.authority.approve_admin, token, action, resource)
 
     # ------------------------------------------------------------ access
     async def grant(self, token: str, kind: str, resource: str, principal: str,

@@ -307,6 +307,22 @@ class Authority:
             raise Denied(f"user {c.user!r} may not {action}: administrators only")
         return c
 
+    def approve_admin(self, token, action: str, resource: str) -> str:
+        """An administrator's operation done outside this service (``fuxi debug kill``):
+        administrators only when access control is on; recorded in the audit trail either
+        way. Returns who did it ("operator" when access control is off and no valid token
+        came)."""
+        action, resource = str(action)[:64], str(resource)[:256]
+        if self.guard.enabled:
+            who = self._admin(token, action, resource).user
+        else:
+            try:
+                who = self.verify(token).user if isinstance(token, str) and token else "operator"
+            except BadCredentials:
+                who = "operator"
+        self.audit.record(who, action, resource, "ok")
+        return who
+
     def add_user(self, token: str, name: str, password: str, groups=()) -> dict:
         c = self._admin(token, "add user", f"user:{name}")
         reserved = sorted(set(groups) & set(RESERVED_GROUPS))

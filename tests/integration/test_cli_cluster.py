@@ -248,13 +248,20 @@ def test_up_submit_status_logs_down(tmp_path):
         bad = fuxi(home, "service", "scale", "nope", "2", check=False)
         assert bad.returncode == 2 and "no service 'nope'" in bad.stderr
         replica = st["replicas"][0]["replica"]
-        # Kill FuxiMaster: the next command starts a new one, which finds the job in Nuwa.
-        kill = (f"import ray; ray.init(address={rec['address']!r}, log_to_driver=False); "
-                f"ray.kill(ray.get_actor('FuxiMaster', namespace='fuxi-default'))")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=rec["token_path"])
-        subprocess.run([sys.executable, "-c", kill], check=True, timeout=CMD_TIMEOUT_S,
-                       capture_output=True, env=env)
+        # The operator's fault injection refuses what is not there, naming where to look...
+        bad = fuxi(home, "debug", "kill", "jobmaster", job_id, "--yes", check=False)
+        assert bad.returncode == 2 and "has ended (succeeded)" in bad.stderr, bad.stderr
+        bad = fuxi(home, "debug", "kill", "agent", "ffffffff", "--yes", check=False)
+        assert bad.returncode == 2 and "fuxi node list" in bad.stderr, bad.stderr
+        bad = fuxi(home, "debug", "kill", "master", check=False)  # no terminal to confirm on
+        assert bad.returncode == 1 and "--yes" in bad.stderr, bad.stderr
+        # ...and kills FuxiMaster for good: the next command starts a new one, which finds
+        # the job in Nuwa. The kill is in the audit trail.
+        out = json.loads(fuxi(home, "debug", "kill", "master", "--no-restart", "--yes",
+                              "--json").stdout)
+        assert out["kind"] == "master" and out["restart"] is False, out
+        trail = json.loads(fuxi(home, "audit", "--json").stdout)
+        assert any(r["action"] == "kill master" and r["result"] == "ok" for r in trail), trail
         again = json.loads(fuxi(home, "job", "status", job_id, "--json").stdout)
         assert again["state"] == "succeeded" and again["job_id"] == job_id
         # ...and the service's desired state, and adopts its running replica (not a new one).

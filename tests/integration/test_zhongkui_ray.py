@@ -42,7 +42,7 @@ ALLOWED = {op: OWNERS for op in (
     "job.list", "job.cancel", "service.status", "service.list", "service.scale", "kuafu.call")}
 ALLOWED["service.register"] = set(GOOD)  # any signed-in user may register a new name
 ALLOWED["acl.grant"] = {"bob", "admin"}  # the owner grants; a grantee does not
-ALLOWED["user.add"] = ALLOWED["audit.read"] = {"admin"}
+ALLOWED["user.add"] = ALLOWED["audit.read"] = ALLOWED["debug.kill"] = {"admin"}
 ALLOWED["pangu.fsck"] = ALLOWED["pangu.drain"] = {"admin"}
 LISTINGS = ("job.list", "service.list")  # a listing hides what the caller may not see
 

@@ -257,6 +257,8 @@ def main() -> None:
                 "user.add": lambda: z("user_add", tok[who], f"u-{who}", "password-123",
                                       []),
                 "audit.read": lambda: z("audit", tok[who]),
+                # `fuxi debug kill` asks this before it kills (the approval alone kills nothing)
+                "debug.kill": lambda: z("approve", tok[who], "kill agent", "node:zk-grid"),
             }
             row = {}
             for op, fn in ops.items():

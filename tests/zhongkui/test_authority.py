@@ -45,3 +45,29 @@ def test_authority(tmp_path):
     assert any(r["result"] == "denied" for r in a.audit_records(admin))
     with pytest.raises(Denied):
         a.audit_records(bob)
+
+
+def test_an_operation_done_elsewhere_is_approved_for_administrators_only_and_recorded(tmp_path):
+    """``fuxi debug kill`` asks the authority before it kills: with access control on only an
+    administrator (with an unscoped token) may; every answer is in the audit trail."""
+    a = Authority(MemoryStore(), None, str(tmp_path / "audit.jsonl"), enabled=True)
+    admin = a.bootstrap()["token"]
+    a.add_user(admin, "bob", "bobs-password", ["dev"])
+    bob = a.login("bob", "bobs-password")
+    assert a.approve_admin(admin, "kill jobmaster", "job:j-1") == "admin"
+    for token in (bob, None, "", "garbage", 42, bob[:-3] + "AAA"):
+        with pytest.raises((Denied, BadCredentials)):
+            a.approve_admin(token, "kill node", "node:abcd")
+    scoped = a.scoped_token("admin", "job", "j-1", ttl_s=60)
+    with pytest.raises(Denied, match="token may not"):
+        a.approve_admin(scoped, "kill master", "fuxi:FuxiMaster")
+    recs = a.audit_records(admin)
+    assert any(r["action"] == "kill jobmaster" and r["result"] == "ok" and r["who"] == "admin"
+               for r in recs), recs
+    assert any(r["who"] == "bob" and r["action"] == "kill node" and r["result"] == "denied"
+               for r in recs), recs
+    # Access control off: anyone who can run the command is the operator; still recorded.
+    off = Authority(MemoryStore(), None, None, enabled=False)
+    assert off.approve_admin(None, "kill master", "fuxi:FuxiMaster") == "operator"
+    assert off.approve_admin("garbage", "k" * 500, "r" * 5000) == "operator"
+    assert [len(r["action"]) for r in off.audit.query()][-1] <= 64
