@@ -11,7 +11,8 @@ by Ray after a crash, or started anew on a cluster that still runs jobs -- there
 2. adopts each expected job on its first call (``resume``, which FuxiMaster sends itself when
    it starts): the job's handle, a watcher of ``JobMaster.final`` (so a job that ended while
    FuxiMaster was down still has its verdict recorded), its priority and owner from the
-   record;
+   record, and its launch record (``fuxi.shells.recovery``: plan, user, sys_path), so a
+   JobMaster of an adopted job that dies is restarted from its checkpoint like any other;
 3. rebuilds that job's part of the slot ledger from the job's own first sync (``held``: what
    its live workers hold per shape and node) -- the soft state comes from those who hold it.
    The releases of that same sync are already out of ``held`` and are not applied again.
@@ -122,6 +123,7 @@ class Adoption:
                 except ValueError:
                     continue  # ended (and was killed) meanwhile
                 self._adopt(master, job_id, handle)
+                await master.recovery.adopt(job_id)  # its launch: a dead JobMaster restarts
                 done.append(job_id)
             self.resumed_at = self.resumed_at or time.time()
         if done:

@@ -543,6 +543,7 @@ class FuxiMaster:
         self.submit_seq[job_id] = self.seq
         self.priorities[job_id] = plan.priority
         await self.astore.put(f"/jobs/{job_id}/spec", plan.spec)
+        await self.recovery.persist(job_id, plan, who, sys_path)  # a new master may restart it
         now = time.time()
         # Room is reserved (or the job queued) with nothing awaited in between.
         now_room = self.admissions.reserve(job_id, plan.queue, plan, who, sys_path, self.seq, now)
@@ -663,6 +664,7 @@ class FuxiMaster:
             try:
                 st = await asyncio.wait_for(jm.status.remote(), JOBMASTER_CALL_TIMEOUT_S)
                 st.setdefault("owner", self.job_owners.get(job_id))
+                st["recovery"] = self.recovery.view(job_id)  # can a dead JobMaster come back?
                 st["blacklisted_nodes"] = [*st.get("blacklisted_nodes", ()),
                                            *self.blacklists.view(time.time())]
                 return st
