@@ -99,12 +99,15 @@ def encode(job_id: str, plan: JobPlan, user: str | None, sys_path: Any) -> dict:
         raw = _canonical(body)
     except (AttributeError, TypeError, ValueError) as e:  # a value JSON cannot hold, NaN
         raise NotPersistable(f"the plan is not plain JSON: {str(e)[:200]}") from None
-    # The envelope adds ~150 bytes beside the body.
-    if len(raw) + 256 > LAUNCH_RECORD_BYTES_MAX:
-        raise NotPersistable(f"the launch record would be {len(raw)} bytes; "
+    if len(raw) > LAUNCH_RECORD_BYTES_MAX:  # before the bigger form below is made
+        raise NotPersistable(f"the launch record would be over {len(raw)} bytes; "
                              f"LAUNCH_RECORD_BYTES_MAX is {LAUNCH_RECORD_BYTES_MAX}")
     doc = {"v": LAUNCH_FORMAT_VERSION, "job_id": job_id,
            "sha256": hashlib.sha256(raw).hexdigest(), "body": json.loads(raw)}
+    stored = len(json.dumps(doc, sort_keys=True))  # as a store writes it (with spaces)
+    if stored > LAUNCH_RECORD_BYTES_MAX:
+        raise NotPersistable(f"the launch record would be {stored} bytes; "
+                             f"LAUNCH_RECORD_BYTES_MAX is {LAUNCH_RECORD_BYTES_MAX}")
     try:
         back = decode(doc, job_id)
     except BadLaunch as e:

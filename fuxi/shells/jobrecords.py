@@ -15,6 +15,7 @@ import time
 
 from fuxi.core import launch
 from fuxi.core.states import TERMINAL_JOB, JobState
+from fuxi.errors import LimitExceeded
 from fuxi.shells.admission import DEFAULT_QUEUE
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,12 @@ def persist_launch(store, job_id: str, plan, user: str | None, sys_path) -> str 
         why = str(e)[:NOT_KEPT_REASON_CHARS_MAX]
         doc = {"v": launch.LAUNCH_FORMAT_VERSION, "job_id": job_id, "not_kept": why}
         logger.warning("the launch of job %s is not kept: %s", job_id, why)
-    store.put(launch_key(job_id), doc)
+    try:
+        store.put(launch_key(job_id), doc)
+    except LimitExceeded as e:  # a store with a smaller value limit than ours
+        why = f"the store refused its launch record: {str(e)[:NOT_KEPT_REASON_CHARS_MAX - 40]}"
+        store.put(launch_key(job_id), {"v": launch.LAUNCH_FORMAT_VERSION, "job_id": job_id,
+                                       "not_kept": why})
     return why
 
 

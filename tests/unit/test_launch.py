@@ -75,6 +75,33 @@ def test_a_plan_too_big_to_keep_is_refused_with_the_limit_named():
         launch.encode("j-1", plan, "alice", [])
 
 
+def test_the_size_limit_counts_the_record_as_a_store_writes_it():
+    import dataclasses
+
+    # Many tiny values: the store's JSON (", " and ": ") is half again the compact form.
+    n = launch.LAUNCH_RECORD_BYTES_MAX // 3
+    plan = dataclasses.replace(three_stage(), params={"zeros": [0] * n})
+    assert len(json.dumps({"zeros": [0] * n}, separators=(",", ":"))) < launch.LAUNCH_RECORD_BYTES_MAX
+    with pytest.raises(launch.NotPersistable, match="LAUNCH_RECORD_BYTES_MAX"):
+        launch.encode("j-1", plan, None, [])
+
+
+def test_a_store_that_refuses_the_record_leaves_the_marker(monkeypatch):
+    from fuxi.errors import LimitExceeded
+
+    store, put = MemoryStore(), MemoryStore.put
+
+    def small_put(self, key, value):
+        if len(json.dumps(value)) > 1000:
+            raise LimitExceeded("value over 1000 bytes")
+        put(self, key, value)
+
+    monkeypatch.setattr(MemoryStore, "put", small_put)
+    why = jobrecords.persist_launch(store, "j-1", three_stage(), "alice", [])
+    assert "store refused" in why and "over 1000 bytes" in why
+    assert "store refused" in jobrecords.load_launch(store, "j-1")[1]
+
+
 def test_a_plan_json_cannot_keep_is_refused():
     import dataclasses
 
