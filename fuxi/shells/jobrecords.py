@@ -77,14 +77,16 @@ def drop_old_records(store, kept_max: int) -> list[str]:
     return dropped
 
 
-def restore_records(store, alive: set[str], owners: dict, queues: dict) -> None:
+def restore_records(store, alive: set[str], owners: dict, queues: dict) -> set[str]:
     """A starting FuxiMaster's view of the stored jobs: owners and queues remembered; a job
-    that waited in a queue (its plan was soft state) or whose JobMaster is gone failed, with
-    a report; a job whose JobMaster is alive (``alive``) keeps its state (it is adopted).
-    Launch records of jobs that ended (one that ended as the old FuxiMaster died) go."""
+    that waited in a queue (its plan was soft state) failed, with a report; a job whose
+    JobMaster is alive (``alive``) keeps its state (it is adopted); one whose JobMaster is gone
+    is returned when it has a launch record (an orphan, resumed from its checkpoint), else
+    failed. Launch records of jobs that ended (as the old FuxiMaster died) go."""
     terminal = {s.value for s in TERMINAL_JOB}
     keys = store.list("/jobs/")
     launches = {k.split("/")[2] for k in keys if k.endswith("/launch")}
+    orphans = set()
     for jid, st in _statuses(store, keys):
         owners[jid] = st.get("owner")
         queues[jid] = st.get("queue") or DEFAULT_QUEUE
@@ -93,12 +95,15 @@ def restore_records(store, alive: set[str], owners: dict, queues: dict) -> None:
                       report="FuxiMaster restarted while the job waited in its queue; "
                              "submit it again")
             store.put(f"/jobs/{jid}/status", st)
+        elif st.get("state") not in terminal and jid not in alive and jid in launches:
+            orphans.add(jid)
         elif st.get("state") not in terminal and jid not in alive:
             st.update(state=JobState.FAILED.value,
                       report="FuxiMaster restarted while the job ran; its JobMaster is gone")
             store.put(f"/jobs/{jid}/status", st)
         if jid in launches and st.get("state") in terminal:
             store.delete(launch_key(jid))
+    return orphans
 
 
 def persist_launch(store, job_id: str, plan, user: str | None, sys_path) -> str | None:

@@ -141,13 +141,14 @@ class FuxiMaster:
             alive = set()
         self.adoption = Adoption(restarted, alive)
         # Finished jobs whose JobMaster exited: restore what the store remembers.
-        restore_records(self.store, alive, self.job_owners, self.admissions.job_queues)
+        self.adoption.orphans = restore_records(self.store, alive, self.job_owners,
+                                                self.admissions.job_queues)
         from fuxi.shells.services import ServiceManager, replica_control_secret
 
         self.services = ServiceManager(
             self.cluster, ns, self.astore, self.detached, token_for=self._service_token,
             control_secret=replica_control_secret(self.data_dir) if self.auth_enabled else None)
-        if restarted or alive:  # adopt the running jobs as soon as the loop serves
+        if restarted or alive or self.adoption.orphans:  # adopt (or resume) the running jobs
             ray.get_runtime_context().current_actor.resume.remote()
 
     async def resume(self) -> list[str]:

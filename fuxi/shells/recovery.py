@@ -49,7 +49,7 @@ from base import events
 from base.logfile import fsync_dir
 from fuxi.core import checkpoint as ck
 from fuxi.core.checkpoint import DurablePart
-from fuxi.core.states import TERMINAL_JOB, AttemptState
+from fuxi.core.states import TERMINAL_JOB, AttemptState, JobState
 from fuxi.shells.jobrecords import launch_key, load_launch, persist_launch
 
 logger = logging.getLogger(__name__)
@@ -463,6 +463,42 @@ class MasterRecovery:
         if job_id not in self.launches:
             why = self.unloaded.get(job_id) or "this FuxiMaster does not know how it was started"
             return f"(not restarted after FuxiMaster's restart: {why})"
+        return await self._relaunch(job_id, f"JobMaster died ({type(error).__name__})")
+
+    async def restart_orphan(self, job_id: str) -> str | None:
+        """A job whose record says it ran but whose JobMaster was gone when this FuxiMaster
+        started (it died while no FuxiMaster listened): a new JobMaster resumes it from its
+        launch record and checkpoint (None), or the job fails saying why not (returned)."""
+        m = self.master
+        try:
+            await self.adopt(job_id)
+            if job_id not in self.launches:
+                why = f"(not restarted: {self.unloaded.get(job_id)})"
+            else:
+                m.seq += 1
+                m.submit_seq.setdefault(job_id, m.seq)
+                why = await self._relaunch(job_id, "JobMaster gone while FuxiMaster was down")
+        except Exception as e:  # noqa: BLE001 - the job fails with the reason, FuxiMaster goes on
+            logger.exception("restarting the JobMaster of job %s failed", job_id)
+            why = f"(not restarted: {type(e).__name__}: {e})"
+        if why is None:
+            return None
+        try:
+            key = f"/jobs/{job_id}/status"
+            st = await m.astore.get(key)  # none: an in-memory store lost it, invent none
+            if st is not None and st.get("state") not in {s.value for s in TERMINAL_JOB}:
+                st.update(state=JobState.FAILED.value, finished_at=time.time(),
+                          report=f"FuxiMaster restarted while the job ran; its JobMaster is gone "
+                                 f"{why}")
+                await m.astore.put(key, st)
+            await self.forget(job_id)
+        except Exception:  # noqa: BLE001 - the store failed: the record stays as it was
+            logger.exception("recording the failure of job %s failed", job_id)
+        return why
+
+    async def _relaunch(self, job_id: str, cause: str) -> str | None:
+        """Start a new JobMaster for ``job_id`` from its checkpoint (None), or why not."""
+        m = self.master
         key = f"/jobs/{job_id}/status"
         st = await m.astore.get(key) or {"job_id": job_id}
         if st.get("state") in {s.value for s in TERMINAL_JOB}:
@@ -474,8 +510,7 @@ class MasterRecovery:
         m.demands.pop(job_id, None)
         records = await m.astore.call(load_records, m.store, job_id)
         st.update(jobmaster_restarts=restarts + 1, resumed_at=time.time(),
-                  report=f"JobMaster died ({type(error).__name__}); resumed from "
-                         f"{len(records)} checkpoint record(s)")
+                  report=f"{cause}; resumed from {len(records)} checkpoint record(s)")
         await m.astore.put(key, st)
         plan, who, sys_path = self.launches[job_id]
         resume = {"gen": restarts + 1, "records": records, "submitted_at": st.get("submitted_at")}

@@ -193,3 +193,56 @@ def test_an_adopted_job_too_big_to_keep_runs_and_fails_with_the_reason_if_its_jo
     assert done["state"] == "failed"
     assert "not restarted after FuxiMaster's restart" in done["report"], done["report"]
     assert "LAUNCH_RECORD_BYTES_MAX" in done["report"], done["report"]
+
+
+def test_fuxi_master_and_the_jobmaster_killed_at_once(durable, tmp_path):
+    """Two faults at once: the JobMaster dies while FuxiMaster is down, so the new FuxiMaster
+    finds the job's record running and no JobMaster alive. It resumes the job from its launch
+    record and checkpoint (an orphan) -- or, if the JobMaster's name was still listed, adopts
+    it and restarts it when its death is seen. Either way: the right output, and the first
+    stage is not run again."""
+    import ray
+
+    client, master, jobs = durable
+    marks, out = tmp_path / "marks", tmp_path / "out"
+    n, gens = 300, 3
+    spec = {"name": "both-at-once", "params": {"dir": str(marks), "n": n, "sleep_s": 6.0},
+            "speculation": {"enabled": False},
+            "tasks": {
+                "gen": {"fn": f"{FNS}:gen_counted", "instances": gens},
+                "shuffle": {"fn": f"{FNS}:pass_slowly", "instances": 2, "depends_on": ["gen"],
+                            "partition_by": ["key"]},
+                "sum": {"fn": f"{FNS}:sum_counted", "instances": 2, "depends_on": ["shuffle"],
+                        "shuffle": "one_to_one", "output": str(out)}}}
+    job_id = client.submit(spec)
+    jobs.append(job_id)
+    wait_status(client, job_id,
+                lambda st: st["checkpoint"]["stored"] >= gens and ran(marks, "shuffle") > 0,
+                "the first stage checkpointed and the second running")
+    before = ray.get(master.cluster_info.remote(), timeout=ANSWER_TIMEOUT_S)
+    jm = jobmaster(job_id)
+    ray.kill(master, no_restart=False)  # Ray restarts it ...
+    ray.kill(jm, no_restart=True)  # ... and its JobMaster dies while it is down
+    deadline = time.time() + MASTER_BACK_S
+    while True:
+        try:
+            info = ray.get(master.cluster_info.remote(), timeout=10)
+            if info["started_at"] != before["started_at"]:
+                break
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+        assert time.time() < deadline, f"FuxiMaster did not come back within {MASTER_BACK_S}s"
+        time.sleep(POLL_S)
+    st = client.wait(job_id, timeout_s=WAIT_S)
+    assert st["state"] == "succeeded", st.get("report")
+    info = ray.get(master.cluster_info.remote(), timeout=ANSWER_TIMEOUT_S)["master"]
+    print("taken back as:", "orphan" if job_id in info["relaunched_jobs"] else "adopted")  # -s
+    assert job_id in info["relaunched_jobs"] or job_id in info["adopted_jobs"], info
+    t = read_output(out)
+    assert sorted(t.column("key").to_pylist()) == list(range(97))
+    assert sum(t.column("v_sum").to_pylist()) == sum(range(gens * n))
+    assert sum(t.column("v_count").to_pylist()) == gens * n
+    assert ran(marks, "gen") == gens  # checkpointed before the kills: never run again
+    # 1, or 2 when the dying FuxiMaster already began a restart (its record counts it).
+    assert 1 <= st["jobmaster_restarts"] <= 2, st["jobmaster_restarts"]
+    assert st["tasks"]["gen"]["recovered"] == gens and st["tasks"]["gen"]["attempts"] == 0

@@ -253,7 +253,7 @@ def test_a_damaged_status_never_stops_a_starting_master(tmp_path):
         f.write(b'{"job_id": "bad", "sta')  # half-written
     fs.put("/jobs/list/status", ["not", "a", "mapping"])
     owners, queues = {}, {}
-    jobrecords.restore_records(fs, {"run"}, owners, queues)  # no exception
+    assert jobrecords.restore_records(fs, {"run"}, owners, queues) == set()  # no exception
     assert set(owners) == {"ok", "run"}
     assert fs.get("/jobs/ok/launch") is None  # trimmed: the job ended
     assert fs.get("/jobs/run/launch") is not None  # adopted: kept
@@ -281,6 +281,7 @@ class Master:
         self.store, self.log_dir = store, log_dir
         self.astore = AsyncStore(store, OffLoop("test-store", 2))
         self.jobmasters, self.demands, self.ledger = {}, {}, FakeLedger()
+        self.seq, self.submit_seq = 0, {}
         self.started = []
 
     def _start(self, job_id, plan, who, sys_path, resume=None):
@@ -357,6 +358,44 @@ def test_a_restart_that_comes_while_the_record_loads_waits_for_it(tmp_path):
         return why
 
     assert run(go()) is None and len(m.started) == 1
+
+
+def test_a_job_whose_jobmaster_died_while_no_master_listened_is_an_orphan(tmp_path):
+    """Its record says it ran, its JobMaster is not alive: with a launch record it is handed
+    back to be resumed; without one it failed, as before."""
+    fs = FileStore(str(tmp_path / "state"))
+    for jid in ("kept", "lost"):
+        fs.put(f"/jobs/{jid}/status", {"job_id": jid, "state": "running", "submitted_at": 1.0})
+    jobrecords.persist_launch(fs, "kept", three_stage(), "alice", [])
+    assert jobrecords.restore_records(fs, set(), {}, {}) == {"kept"}
+    assert fs.get("/jobs/kept/status")["state"] == "running"
+    assert fs.get("/jobs/lost/status")["state"] == "failed"
+
+
+@pytest.mark.parametrize("record, says", [
+    ("good", None),
+    ({"v": 1, "job_id": "j-1", "not_kept": "too big"}, "not kept at submit: too big"),
+    ({"v": 1, "job_id": "j-1", "sha256": "x", "body": {}}, "checksum"),
+])
+def test_an_orphan_is_resumed_from_its_launch_record_or_failed_with_the_reason(tmp_path, record,
+                                                                              says):
+    plan = three_stage()
+    m = _adopted_master(tmp_path, launch.encode("j-1", plan, "alice", ["/a"])
+                        if record == "good" else record)
+    del m.jobmasters["j-1"]  # gone while no FuxiMaster listened
+    fs = m.store
+    fs.put("/jobs/j-1/ckpt/g0-1", {"records": [{"task": "gen"}]})
+    why = run(m.recovery.restart_orphan("j-1"))
+    st = fs.get("/jobs/j-1/status")
+    if says is None:
+        assert why is None and st["state"] == "running" and st["jobmaster_restarts"] == 1
+        ((jid, got, who, sys_path, resume),) = m.started
+        assert (got, who, resume["gen"], len(resume["records"])) == (plan, "alice", 1, 1)
+        assert "gone while FuxiMaster was down" in st["report"]
+    else:
+        assert m.started == [] and says in why
+        assert st["state"] == "failed" and says in st["report"], st
+        assert fs.list("/jobs/j-1/ckpt/") == [] and fs.get("/jobs/j-1/launch") is None
 
 
 def test_persist_at_submit_and_the_status_view(tmp_path):
