@@ -83,6 +83,12 @@ def status(job_id: str, as_json: bool = typer.Option(False, "--json"), cluster: 
     for e in st.get("blacklisted_nodes") or ():
         if isinstance(e, dict):  # records of before issue 16 part 6 held bare node ids
             typer.echo(f"  blacklisted {e['node'][:12]}: {blacklist_text(e)}")
+    rec = st.get("recovery") or {}
+    if rec and not rec.get("restartable", True):
+        typer.echo(f"  not recoverable: its JobMaster would not be restarted if it died "
+                   f"({rec.get('why_not')})")
+    elif rec and not rec.get("after_master_restart", True):
+        typer.echo(f"  not recoverable after a FuxiMaster restart: {rec.get('why_not')}")
     ck = st.get("checkpoint") or {}
     if ck.get("resume_report"):
         typer.echo("  checkpoint records refused (those instances ran again):")

@@ -6,12 +6,14 @@ started them, keep their workers and keep syncing (a sync that fails is sent aga
 by Ray after a crash, or started anew on a cluster that still runs jobs -- therefore:
 
 1. before it serves, lists the JobMasters alive in its namespace (one GCS call). A job whose
-   record is not final and whose JobMaster is gone failed (as before); every other job with a
-   live JobMaster is *expected*;
+   record is not final and whose JobMaster is gone is an *orphan* when it has a launch record
+   (``resume`` starts a new JobMaster from its checkpoint, or fails it saying why), else it
+   failed (as before); every other job with a live JobMaster is *expected*;
 2. adopts each expected job on its first call (``resume``, which FuxiMaster sends itself when
    it starts): the job's handle, a watcher of ``JobMaster.final`` (so a job that ended while
    FuxiMaster was down still has its verdict recorded), its priority and owner from the
-   record;
+   record, and its launch record (``fuxi.shells.recovery``: plan, user, sys_path), so a
+   JobMaster of an adopted job that dies is restarted from its checkpoint like any other;
 3. rebuilds that job's part of the slot ledger from the job's own first sync (``held``: what
    its live workers hold per shape and node) -- the soft state comes from those who hold it.
    The releases of that same sync are already out of ``held`` and are not applied again.
@@ -102,6 +104,10 @@ class Adoption:
     def __init__(self, restarted: bool, expected: set[str]):
         self.restarted = restarted
         self.expected = set(expected)  # job ids with a live JobMaster, not adopted yet
+        # job ids whose record says they ran, whose JobMaster was gone, that have a launch
+        # record: a new JobMaster resumes them from their checkpoint (or they fail)
+        self.orphans: set[str] = set()
+        self.relaunched: dict[str, float] = {}  # orphan -> when its new JobMaster started
         self.unledgered: set[str] = set()  # adopted; their first sync rebuilds their slots
         self.adopted: dict[str, float] = {}  # job id -> when it was adopted
         self.rebuilt: dict[str, float] = {}  # job id -> when its first sync refilled the ledger
@@ -119,10 +125,17 @@ class Adoption:
                 self.expected.discard(job_id)
                 try:
                     handle = await master.gcs.run(ray.get_actor, jobmaster_name(job_id))
-                except ValueError:
-                    continue  # ended (and was killed) meanwhile
+                except ValueError:  # died since it was listed: resumed, or failed (below)
+                    self.orphans.add(job_id)
+                    continue
                 self._adopt(master, job_id, handle)
+                await master.recovery.adopt(job_id)  # its launch: a dead JobMaster restarts
                 done.append(job_id)
+            while self.orphans:
+                job_id = min(self.orphans)
+                self.orphans.discard(job_id)
+                if await master.recovery.restart_orphan(job_id) is None:
+                    self.relaunched[job_id] = time.time()
             self.resumed_at = self.resumed_at or time.time()
         if done:
             logger.warning("FuxiMaster adopted %d running job(s) after a restart: %s",
@@ -164,5 +177,6 @@ class Adoption:
 
     def info(self) -> dict:
         return {"restarted": self.restarted, "adopted_jobs": sorted(self.adopted),
+                "relaunched_jobs": sorted(self.relaunched),
                 "started_at": self.started_at, "resumed_at": self.resumed_at,
                 "rebuilt_at": dict(self.rebuilt)}

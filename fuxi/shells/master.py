@@ -142,13 +142,14 @@ class FuxiMaster:
             alive = set()
         self.adoption = Adoption(restarted, alive)
         # Finished jobs whose JobMaster exited: restore what the store remembers.
-        restore_records(self.store, alive, self.job_owners, self.admissions.job_queues)
+        self.adoption.orphans = restore_records(self.store, alive, self.job_owners,
+                                                self.admissions.job_queues)
         from fuxi.shells.services import ServiceManager, replica_control_secret
 
         self.services = ServiceManager(
             self.cluster, ns, self.astore, self.detached, token_for=self._service_token,
             control_secret=replica_control_secret(self.data_dir) if self.auth_enabled else None)
-        if restarted or alive:  # adopt the running jobs as soon as the loop serves
+        if restarted or alive or self.adoption.orphans:  # adopt (or resume) the running jobs
             ray.get_runtime_context().current_actor.resume.remote()
 
     async def resume(self) -> list[str]:
@@ -545,6 +546,7 @@ class FuxiMaster:
         self.submit_seq[job_id] = self.seq
         self.priorities[job_id] = plan.priority
         await self.astore.put(f"/jobs/{job_id}/spec", plan.spec)
+        await self.recovery.persist(job_id, plan, who, sys_path)  # a new master may restart it
         now = time.time()
         # Room is reserved (or the job queued) with nothing awaited in between.
         now_room = self.admissions.reserve(job_id, plan.queue, plan, who, sys_path, self.seq, now)
@@ -665,6 +667,7 @@ class FuxiMaster:
             try:
                 st = await asyncio.wait_for(jm.status.remote(), JOBMASTER_CALL_TIMEOUT_S)
                 st.setdefault("owner", self.job_owners.get(job_id))
+                st["recovery"] = self.recovery.view(job_id)  # can a dead JobMaster come back?
                 st["blacklisted_nodes"] = [*st.get("blacklisted_nodes", ()),
                                            *self.blacklists.view(time.time())]
                 return st

@@ -16,6 +16,12 @@ The pieces, in the order data flows:
   under ``/jobs/<id>/ckpt/g<gen>-<seq>``; when a JobMaster's ``run`` raises ``ActorDiedError``
   and the job is neither ended nor being cancelled, it releases the dead one's grants and starts
   a new JobMaster (at most JOBMASTER_RESTARTS_MAX times per job) with the records.
+* What that restart needs -- the plan, the user, ``sys_path`` -- is kept at submit in the
+  job's launch record (``/jobs/<id>/launch``, ``fuxi.core.launch``), so a FuxiMaster that
+  adopted the job after a restart loads it (``adopt``) and restarts a dead JobMaster exactly as
+  the one that submitted it would. A plan too big to keep, or a record that is missing or
+  damaged, leaves the job running but not restartable; ``fuxi job status`` says why, and the
+  job fails with that reason if its JobMaster dies.
 * The new JobMaster checks every record against its plan (``fuxi.core.checkpoint``) and every
   file (present, size, checksum, and a committed part for tasks with ``output:``); what fails
   a check is run again, never read. The core resumes from the rest. A recovered instance's
@@ -43,7 +49,8 @@ from base import events
 from base.logfile import fsync_dir
 from fuxi.core import checkpoint as ck
 from fuxi.core.checkpoint import DurablePart
-from fuxi.core.states import TERMINAL_JOB, AttemptState
+from fuxi.core.states import TERMINAL_JOB, AttemptState, JobState
+from fuxi.shells.jobrecords import launch_key, load_launch, persist_launch
 
 logger = logging.getLogger(__name__)
 
@@ -349,9 +356,11 @@ def load_records(store, job_id: str) -> list:
 
 
 def discard(store, job_id: str, directory: str | None) -> None:
-    """A job ended: its checkpoint records and files are no longer needed (blocking)."""
+    """A job ended: its checkpoint records, files and launch record are no longer needed
+    (blocking)."""
     for key in store.list(f"/jobs/{job_id}/ckpt/"):
         store.delete(key)
+    store.delete(launch_key(job_id))
     if directory and os.path.isdir(directory):
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -364,12 +373,52 @@ class MasterRecovery:
         self.master = master
         self.root = os.path.join(os.path.dirname(master.log_dir), "ckpt")
         self.launches: dict[str, tuple] = {}  # job -> (plan, who, sys_path) it was started with
+        self.not_kept: dict[str, str] = {}  # job -> why its launch record could not be stored
+        self.unloaded: dict[str, str] = {}  # adopted job -> why its launch record is unusable
+        self._loads: dict[str, asyncio.Task] = {}  # adopted job -> its launch record loading
         self.cancelled: set[str] = set()  # jobs being cancelled: never restarted
         # job -> batch key -> records in it (a resent batch replaces itself; CKPT_RECORDS_MAX)
         self.stored: dict[str, dict[str, int]] = {}
 
     def launched(self, job_id: str, plan, who, sys_path) -> None:
         self.launches[job_id] = (plan, who, sys_path)
+
+    async def persist(self, job_id: str, plan, who, sys_path) -> None:
+        """At submit, before the job's status: keep its launch record (encoded off the loop)."""
+        why = await self.master.astore.call(persist_launch, self.master.store, job_id, plan,
+                                            getattr(who, "user", who), sys_path)
+        if why is not None:
+            self.not_kept[job_id] = why
+
+    async def adopt(self, job_id: str) -> None:
+        """An adopted job: load its launch record, so its JobMaster can be restarted if it
+        dies (a restart that comes meanwhile waits for this)."""
+        task = self._loads.get(job_id)
+        if task is None:
+            task = self._loads[job_id] = asyncio.get_running_loop().create_task(self._load(job_id))
+        await asyncio.shield(task)
+
+    async def _load(self, job_id: str) -> None:
+        try:
+            got, why = await self.master.astore.call(load_launch, self.master.store, job_id)
+        except Exception as e:  # noqa: BLE001 - the store failed: not restartable, still runs
+            got, why = None, f"its launch record could not be read: {type(e).__name__}: {e}"
+        if got is not None:
+            self.launches.setdefault(job_id, (got.plan, got.user, list(got.sys_path)))
+            self.unloaded.pop(job_id, None)
+        else:
+            self.unloaded[job_id] = why
+            logger.warning("adopted job %s cannot have its JobMaster restarted: %s", job_id, why)
+
+    def view(self, job_id: str) -> dict:
+        """For ``fuxi job status``: can a dead JobMaster of this job be restarted now, and
+        after a restart of FuxiMaster (once it adopted the job)?"""
+        why = self.unloaded.get(job_id) or self.not_kept.get(job_id)
+        if why is None and type(self.master.store).__name__ == "MemoryStore":
+            why = ("FuxiMaster keeps its records in memory (no data dir, no Nuwa): they do not "
+                   "outlive it")
+        return {"restartable": job_id in self.launches, "after_master_restart": why is None,
+                "why_not": why or ""}
 
     async def store_batch(self, job_id: str, batch: Any) -> None:
         """Keep a sync's records (idempotent: a resent batch lands on the same key). A batch
@@ -406,8 +455,50 @@ class MasterRecovery:
         m = self.master
         if not isinstance(error, ray.exceptions.ActorDiedError):
             return "(not restarted: the JobMaster did not die)"
-        if job_id in self.cancelled or job_id not in m.jobmasters or job_id not in self.launches:
+        load = self._loads.get(job_id)
+        if load is not None:  # adopted: its launch record is being read
+            await asyncio.shield(load)
+        if job_id in self.cancelled or job_id not in m.jobmasters:
             return "(not restarted: the job was being cancelled or is unknown)"
+        if job_id not in self.launches:
+            why = self.unloaded.get(job_id) or "this FuxiMaster does not know how it was started"
+            return f"(not restarted after FuxiMaster's restart: {why})"
+        return await self._relaunch(job_id, f"JobMaster died ({type(error).__name__})")
+
+    async def restart_orphan(self, job_id: str) -> str | None:
+        """A job whose record says it ran but whose JobMaster was gone when this FuxiMaster
+        started (it died while no FuxiMaster listened): a new JobMaster resumes it from its
+        launch record and checkpoint (None), or the job fails saying why not (returned)."""
+        m = self.master
+        try:
+            await self.adopt(job_id)
+            if job_id not in self.launches:
+                why = f"(not restarted: {self.unloaded.get(job_id)})"
+            else:
+                m.seq += 1
+                m.submit_seq.setdefault(job_id, m.seq)
+                why = await self._relaunch(job_id, "JobMaster gone while FuxiMaster was down")
+        except Exception as e:  # noqa: BLE001 - the job fails with the reason, FuxiMaster goes on
+            logger.exception("restarting the JobMaster of job %s failed", job_id)
+            why = f"(not restarted: {type(e).__name__}: {e})"
+        if why is None:
+            return None
+        try:
+            key = f"/jobs/{job_id}/status"
+            st = await m.astore.get(key)  # none: an in-memory store lost it, invent none
+            if st is not None and st.get("state") not in {s.value for s in TERMINAL_JOB}:
+                st.update(state=JobState.FAILED.value, finished_at=time.time(),
+                          report=f"FuxiMaster restarted while the job ran; its JobMaster is gone "
+                                 f"{why}")
+                await m.astore.put(key, st)
+            await self.forget(job_id)
+        except Exception:  # noqa: BLE001 - the store failed: the record stays as it was
+            logger.exception("recording the failure of job %s failed", job_id)
+        return why
+
+    async def _relaunch(self, job_id: str, cause: str) -> str | None:
+        """Start a new JobMaster for ``job_id`` from its checkpoint (None), or why not."""
+        m = self.master
         key = f"/jobs/{job_id}/status"
         st = await m.astore.get(key) or {"job_id": job_id}
         if st.get("state") in {s.value for s in TERMINAL_JOB}:
@@ -419,8 +510,7 @@ class MasterRecovery:
         m.demands.pop(job_id, None)
         records = await m.astore.call(load_records, m.store, job_id)
         st.update(jobmaster_restarts=restarts + 1, resumed_at=time.time(),
-                  report=f"JobMaster died ({type(error).__name__}); resumed from "
-                         f"{len(records)} checkpoint record(s)")
+                  report=f"{cause}; resumed from {len(records)} checkpoint record(s)")
         await m.astore.put(key, st)
         plan, who, sys_path = self.launches[job_id]
         resume = {"gen": restarts + 1, "records": records, "submitted_at": st.get("submitted_at")}
@@ -439,6 +529,9 @@ class MasterRecovery:
 
     async def forget(self, job_id: str) -> None:
         self.launches.pop(job_id, None)
+        self.not_kept.pop(job_id, None)
+        self.unloaded.pop(job_id, None)
+        self._loads.pop(job_id, None)
         self.cancelled.discard(job_id)
         self.stored.pop(job_id, None)
         try:
