@@ -31,6 +31,10 @@ def master(jobs=("evil", "good")):
     from fuxi.shells.adoption import Adoption
 
     fake.adoption = Adoption(False, set())  # a master that found no job to adopt
+    from fuxi.shells.admission import Admissions
+
+    fake.admissions = Admissions(None, None, running=lambda: fake.jobmasters,
+                                 start=lambda *a: None, tasks=set())  # queues: default only
 
     async def refresh(force=False):
         return None
