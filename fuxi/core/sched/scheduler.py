@@ -487,6 +487,7 @@ class Scheduler:
         best, best_key, best_heap = None, None, None
         shares: dict[str, float] = {}
         shapes, quota_full = self.index.shapes, self._quota_full
+        demands, job_held = self.demands, self.job_held
         preempting = self.config.preempt_priority_gap is not None
         for q, heap in self._queues.items():
             if not heap or q in quota_full:
@@ -498,21 +499,27 @@ class Scheduler:
             group = self.groups[name]
             if sh.full and not preempting and not group.min:
                 continue  # fits nowhere, and a group without a guarantee may not make room
-            d = self._top(heap)
-            if d is None:
-                continue
+            k, version = heap[0]  # the common case of _top inlined: the top is current
+            d = demands.get(k[-1])
+            if (d is None or d.version != version or d.parked is not None
+                    or d.wanted <= d.held_total or k[0] != -(d.priority + d.boost)
+                    or k[1] != job_held[d.job] or k[2] != d.held_total or k[3] != d.seq):
+                d = self._top(heap)
+                if d is None:
+                    continue
+                k = heap[0][0]
             if sh.full and q in self._room_failed:
                 prio, at = self._room_failed[q]
                 if prio >= d.priority and self._slot_seq - at < self._room_retry:
                     continue
             used = self.group_used[name]
-            within = guaranteed(group, used, d.needs)
+            within = bool(group.min) and guaranteed(group, used, d.needs)
             if sh.full and not preempting and not within:
                 continue  # fits nowhere, and may not make room
             share = shares.get(name)
             if share is None:
                 share = shares[name] = borrow_share(group, used, self.index.capacity)
-            gk = (0 if within else 1, -(d.priority + d.boost), share, self.key(d))
+            gk = (0 if within else 1, k[0], share, k)
             if best_key is None or gk < best_key:
                 best, best_key, best_heap = d, gk, heap
         if best is not None:
