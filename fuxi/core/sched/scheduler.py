@@ -658,6 +658,16 @@ class Scheduler:
                 assert abs(u.get(k, 0.0) - self.group_used[g].get(k, 0.0)) < 1e-6, (g, k)
         for job, ds in self.job_demands.items():
             assert self.job_held[job] == sum(self.demands[x].held_total for x in ds)
+        for node in self.index.nodes.values():  # the fit cache says what a fresh count says
+            for sh, f in node.fits.items():
+                assert f == self.index.fit(node, sh.needs), (node.node_id, sh.needs, f)
+        # the preemption order: every live slot once, by priority, then most recent first
+        order = [seq for seq, _ in self._victim_order()]
+        assert sorted(order) == sorted(self._live), "victim lists lost or repeated a slot"
+        prio_of = {seq: p for p, lst in self._victims.items() for seq in lst}
+        keys = [(prio_of[seq], -seq) for seq in order]
+        assert keys == sorted(keys), "victim order is not (priority, most recent first)"
+        assert self._victim_prios == sorted(self._victims)
 
 
 def _consume(prefs: dict[str, int], place: str) -> None:
