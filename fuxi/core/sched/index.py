@@ -1,8 +1,8 @@
 """The free-resource index: which node has room for one more slot of a shape, in O(log N).
 
 Per shape in use there is a max-heap of nodes keyed by how many slots of that shape still fit
-(``(-fit, node_id)``), one for the whole cluster and one per rack: the locality tree's cluster
-and rack levels (the node level is the node itself, checked directly). Heaps are kept lazily,
+(``(-fit, node_id)``), one for the whole cluster and one per rack (made when a demand first
+prefers that rack): the locality tree's cluster and rack levels (the node level is the node itself, checked directly). Heaps are kept lazily,
 which is what makes a decision cheap:
 
 * a node whose room *grows* (a release, a node added or enlarged) gets a fresh entry in every
@@ -120,7 +120,9 @@ class FreeIndex:
                 sh.full = False
                 entry = (-f, nid)
                 self._push(sh, sh.heap, entry)
-                heapq.heappush(sh.racks.setdefault(node.rack, []), entry)
+                rack_heap = sh.racks.get(node.rack)
+                if rack_heap is not None:  # only racks some demand preferred are kept
+                    heapq.heappush(rack_heap, entry)
 
     def _push(self, sh: ShapeIndex, heap: list, entry: tuple) -> None:
         heapq.heappush(heap, entry)
@@ -130,11 +132,16 @@ class FreeIndex:
     def _rebuild(self, sh: ShapeIndex) -> None:
         sh.heap = [(-f, n.node_id) for n in self.nodes.values() if (f := self.fit_sh(n, sh)) > 0]
         heapq.heapify(sh.heap)
-        sh.racks = {}
-        for negf, nid in sh.heap:
-            sh.racks.setdefault(self.nodes[nid].rack, []).append((negf, nid))
-        for h in sh.racks.values():
-            heapq.heapify(h)
+        sh.racks = {rack: self._rack_heap(sh, rack) for rack in sh.racks if rack in self.racks}
+
+    def _rack_heap(self, sh: ShapeIndex, rack: str) -> list:
+        """A fresh heap of the rack's nodes with room for ``sh``. Rack heaps are made when a
+        demand first prefers the rack, and kept from then on: a cluster where nobody prefers
+        racks pays nothing for them on a release."""
+        nodes = self.nodes
+        heap = [(-f, nid) for nid in self.racks.get(rack, ()) if (f := self.fit_sh(nodes[nid], sh)) > 0]
+        heapq.heapify(heap)
+        return heap
 
     # ------------------------------------------------------------ shapes
 
@@ -203,8 +210,12 @@ class FreeIndex:
         if best is not None and best[0]:
             return best[2], LOCALITY_NODE
         for rack, want in prefer_racks.items():
+            if want <= 0:
+                continue
             heap = sh.racks.get(rack)
-            if want <= 0 or not heap:
+            if heap is None:
+                heap = sh.racks[rack] = self._rack_heap(sh, rack)
+            if not heap:
                 continue
             got = self._probe(sh, heap, held, avoid, excluded, last_resort=False)
             if got is not None:
