@@ -2,8 +2,8 @@
 
 Per shape in use there is a max-heap of nodes keyed by how many slots of that shape still fit
 (``(-fit, node_id)``), one for the whole cluster and one per rack (made when a demand first
-prefers that rack): the locality tree's cluster and rack levels (the node level is the node itself, checked directly). Heaps are kept lazily,
-which is what makes a decision cheap:
+prefers that rack): the locality tree's cluster and rack levels (the node level is the node
+itself, checked directly). Heaps are kept lazily, which is what makes a decision cheap:
 
 * a node whose room *grows* (a release, a node added or enlarged) gets a fresh entry in every
   shape's heaps at once;
