@@ -214,6 +214,8 @@ class FreeIndex:
                 continue
             heap = sh.racks.get(rack)
             if heap is None:
+                if rack not in self.racks:
+                    continue  # no such rack (yet): nothing kept for a name nobody has
                 heap = sh.racks[rack] = self._rack_heap(sh, rack)
             if not heap:
                 continue
