@@ -61,6 +61,37 @@ def test_locality_node_then_rack_then_cluster():
     assert len(where) == 3 and where[2][0] != "n3"
 
 
+def test_a_rack_heap_is_made_when_first_preferred_and_then_kept_true():
+    """Rack heaps are built on first use: a rack preferred after its nodes filled, emptied and
+    grew again still finds them, and a node joining the rack later is found there too."""
+    s = cluster(4, cpu=1.0, racks=2)  # r0: n0, n2; r1: n1, n3
+    demand(s, "fill", 4)
+    s.schedule(0.0)
+    s.release("fill", "n2")  # r0's n2 has room again, before anyone preferred r0
+    demand(s, "a", 0)
+    s.ask("a", 1, rack="r0")
+    g = s.schedule(0.0).grants
+    assert [(x.node_id, x.locality) for x in g] == [("n2", "rack")]
+    s.add_node("n9", {"CPU": 1.0, "memory": 16.0}, rack="r0")  # joins a rack with a heap now
+    s.ask("a", 1, rack="r0")
+    g = s.schedule(0.0).grants
+    assert [(x.node_id, x.locality) for x in g] == [("n9", "rack")]
+    s.validate()
+
+
+def test_preferring_racks_that_do_not_exist_keeps_nothing_for_them():
+    """A hostile caller naming made-up racks gets cluster-level grants and leaves no heap per
+    name behind (the index would otherwise grow by one list per name and shape)."""
+    s = cluster(2, cpu=4.0)
+    demand(s, "a", 0)
+    for i in range(200):
+        s.ask("a", 1, rack=f"nope{i}")
+    plan = s.schedule(0.0)
+    assert len(plan.grants) == 8 and {g.locality for g in plan.grants} == {"cluster"}
+    assert all(set(sh.racks) <= set(s.index.racks) for sh in s.index.shapes.values())
+    s.validate()
+
+
 def test_avoided_nodes_are_a_last_choice_and_excluded_ones_never():
     s = cluster(2, cpu=2.0)
     demand(s, "a", 4)

@@ -1,9 +1,9 @@
 """The free-resource index: which node has room for one more slot of a shape, in O(log N).
 
 Per shape in use there is a max-heap of nodes keyed by how many slots of that shape still fit
-(``(-fit, node_id)``), one for the whole cluster and one per rack: the locality tree's cluster
-and rack levels (the node level is the node itself, checked directly). Heaps are kept lazily,
-which is what makes a decision cheap:
+(``(-fit, node_id)``), one for the whole cluster and one per rack (made when a demand first
+prefers that rack): the locality tree's cluster and rack levels (the node level is the node
+itself, checked directly). Heaps are kept lazily, which is what makes a decision cheap:
 
 * a node whose room *grows* (a release, a node added or enlarged) gets a fresh entry in every
   shape's heaps at once;
@@ -22,6 +22,7 @@ pops only stale entries (each paid for by the change that made it) plus at most
 from __future__ import annotations
 
 import heapq
+from itertools import islice
 from typing import Collection, Mapping
 
 from fuxi.core.sched.model import LOCALITY_CLUSTER, LOCALITY_NODE, LOCALITY_RACK
@@ -31,7 +32,7 @@ DEFAULT_RACK = "default"
 
 
 class Node:
-    __slots__ = ("node_id", "rack", "total", "free", "workers")
+    __slots__ = ("node_id", "rack", "total", "free", "workers", "fits")
 
     def __init__(self, node_id: str, total: Mapping[str, float], rack: str):
         self.node_id = node_id
@@ -39,6 +40,11 @@ class Node:
         self.total = dict(total)
         self.free = dict(total)
         self.workers = 0
+        # ShapeIndex -> slots of that shape that fit here now: a cache, emptied by whoever
+        # changes ``free`` or ``workers`` (the scheduler's grants and releases). A node changes once per
+        # grant or release but is asked its fit many times in between (every preferred-node
+        # probe, every heap top, every shape on a release), so most asks are one dict read.
+        self.fits: dict = {}
 
 
 class ShapeIndex:
@@ -70,6 +76,13 @@ class FreeIndex:
     def fit(self, node: Node, needs: Needs) -> int:
         return fit_count(node.free, needs, self.workers_max - node.workers)
 
+    def fit_sh(self, node: Node, sh: ShapeIndex) -> int:
+        """``fit(node, sh.needs)``, from the node's cache when nothing changed since."""
+        f = node.fits.get(sh)
+        if f is None:
+            f = node.fits[sh] = fit_count(node.free, sh.needs, self.workers_max - node.workers)
+        return f
+
     def empty_fit(self, total: Mapping[str, float], needs: Needs) -> int:
         return fit_count(total, needs, self.workers_max)
 
@@ -98,13 +111,18 @@ class FreeIndex:
 
     def grew(self, node: Node) -> None:
         """``node`` has more room than before: every shape hears of it at once."""
+        fits, free, room, nid = node.fits, node.free, self.workers_max - node.workers, node.node_id
         for sh in self.shapes.values():
-            f = self.fit(node, sh.needs)
+            f = fits.get(sh)
+            if f is None:
+                f = fits[sh] = fit_count(free, sh.needs, room)
             if f > 0:
                 sh.full = False
-                entry = (-f, node.node_id)
+                entry = (-f, nid)
                 self._push(sh, sh.heap, entry)
-                heapq.heappush(sh.racks.setdefault(node.rack, []), entry)
+                rack_heap = sh.racks.get(node.rack)
+                if rack_heap is not None:  # only racks some demand preferred are kept
+                    heapq.heappush(rack_heap, entry)
 
     def _push(self, sh: ShapeIndex, heap: list, entry: tuple) -> None:
         heapq.heappush(heap, entry)
@@ -112,13 +130,18 @@ class FreeIndex:
             self._rebuild(sh)
 
     def _rebuild(self, sh: ShapeIndex) -> None:
-        sh.heap = [(-f, n.node_id) for n in self.nodes.values() if (f := self.fit(n, sh.needs)) > 0]
+        sh.heap = [(-f, n.node_id) for n in self.nodes.values() if (f := self.fit_sh(n, sh)) > 0]
         heapq.heapify(sh.heap)
-        sh.racks = {}
-        for negf, nid in sh.heap:
-            sh.racks.setdefault(self.nodes[nid].rack, []).append((negf, nid))
-        for h in sh.racks.values():
-            heapq.heapify(h)
+        sh.racks = {rack: self._rack_heap(sh, rack) for rack in sh.racks if rack in self.racks}
+
+    def _rack_heap(self, sh: ShapeIndex, rack: str) -> list:
+        """A fresh heap of the rack's nodes with room for ``sh``. Rack heaps are made when a
+        demand first prefers the rack, and kept from then on: a cluster where nobody prefers
+        racks pays nothing for them on a release."""
+        nodes = self.nodes
+        heap = [(-f, nid) for nid in self.racks.get(rack, ()) if (f := self.fit_sh(nodes[nid], sh)) > 0]
+        heapq.heapify(heap)
+        return heap
 
     # ------------------------------------------------------------ shapes
 
@@ -142,7 +165,7 @@ class FreeIndex:
             negf, nid = heap[0]
             self.visits += 1
             node = self.nodes.get(nid)
-            real = self.fit(node, sh.needs) if node is not None else 0
+            real = self.fit_sh(node, sh) if node is not None else 0
             if real == -negf:
                 return real
             heapq.heappop(heap)
@@ -163,18 +186,23 @@ class FreeIndex:
         ``avoid`` nodes only when nothing else fits; ``excluded`` nodes never.
         """
         best = None
-        looked: list[str] = []
-        for nid in prefer_nodes:
-            if len(looked) >= self.probes_max:
-                break
-            looked.append(nid)
-            node = self.nodes.get(nid)
-            if node is None or nid in excluded:
-                continue
-            f = self.fit(node, sh.needs)
-            self.visits += 1
-            if f > 0 and (best is None or (nid not in avoid, f, nid) > best):
-                best = (nid not in avoid, f, nid)
+        looked = list(islice(prefer_nodes, self.probes_max)) if prefer_nodes else ()
+        if looked:
+            nodes, needs, visits = self.nodes, sh.needs, 0
+            for nid in looked:
+                node = nodes.get(nid)
+                if node is None or nid in excluded:
+                    continue
+                f = node.fits.get(sh)
+                if f is None:
+                    f = node.fits[sh] = fit_count(node.free, needs,
+                                                  self.workers_max - node.workers)
+                visits += 1
+                if f > 0:
+                    cand = (nid not in avoid, f, nid)
+                    if best is None or cand > best:
+                        best = cand
+            self.visits += visits
         if len(prefer_nodes) > len(looked) and isinstance(prefer_nodes, dict):
             for nid in looked:  # to the back: the next decision looks at the others
                 if best is None or nid != best[2]:
@@ -182,8 +210,14 @@ class FreeIndex:
         if best is not None and best[0]:
             return best[2], LOCALITY_NODE
         for rack, want in prefer_racks.items():
+            if want <= 0:
+                continue
             heap = sh.racks.get(rack)
-            if want <= 0 or not heap:
+            if heap is None:
+                if rack not in self.racks:
+                    continue  # no such rack (yet): nothing kept for a name nobody has
+                heap = sh.racks[rack] = self._rack_heap(sh, rack)
+            if not heap:
                 continue
             got = self._probe(sh, heap, held, avoid, excluded, last_resort=False)
             if got is not None:
@@ -208,7 +242,13 @@ class FreeIndex:
             negf, nid = heap[0]
             self.visits += 1
             node = nodes.get(nid)
-            real = self.fit(node, needs) if node is not None else 0
+            if node is None:
+                real = 0
+            else:
+                real = node.fits.get(sh)
+                if real is None:
+                    real = node.fits[sh] = fit_count(node.free, needs,
+                                                     self.workers_max - node.workers)
             heapq.heappop(heap)
             if real != -negf:  # stale: push back what is true (if it claimed too much)
                 if 0 < real < -negf:

@@ -38,6 +38,7 @@ Pure: no clocks (``now`` is passed in), no randomness, no I/O.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from typing import Collection, Mapping
 
@@ -66,6 +67,7 @@ from fuxi.errors import BadInput, LimitExceeded
 # first, so a retry after fewer new grants mostly re-reads victims it has just turned down
 # (at 5,000 nodes a retry every 64 grants made failed GPU reclaims a third of decide's time).
 ROOM_RETRY_GRANTS = 64
+VICTIM_SLACK = 64  # released slots the victim lists may keep beyond twice the live ones
 PARK_RETRY = "retry"  # fits somewhere, but not where this demand may go: next schedule()
 
 
@@ -122,7 +124,14 @@ class Scheduler:
         self._slot_seq = 0
         self._slots: dict[tuple[str, str], list[int]] = {}  # (demand, node) -> start seqs
         self._live: dict[int, tuple[str, str]] = {}  # start seq -> (demand, node)
-        self._victims: list = []  # (priority, -start seq, start seq): preemption order
+        # The preemption order without a heap: priority -> start seqs in the order started
+        # (seqs only grow, so appending keeps each list sorted). Least important first is the
+        # lowest priority; most recently started first is the list read from its end. A reclaim
+        # reads it in place, where a heap had it pop and push back every slot it looked at.
+        # Released slots stay until the lists hold twice the live ones (then compacted).
+        self._victims: dict[int, list[int]] = {}
+        self._victim_prios: list[int] = []  # the keys of _victims, ascending
+        self._victim_entries = 0
         self._ageing: list = []  # (due time, demand id, wait stamp)
         self.decisions = 0
         self.revoked = 0
@@ -290,6 +299,7 @@ class Scheduler:
         if node is not None:
             give(node.free, d.needs, n)
             node.workers -= n
+            node.fits.clear()
             self.index.grew(node)  # clears the full mark of every shape that fits there now
         if self._quota_full:
             self._quota_full = {q for q in self._quota_full if q[0] != d.group}
@@ -311,6 +321,7 @@ class Scheduler:
         node = self.index.nodes[node_id]
         take(node.free, d.needs)
         node.workers += 1
+        node.fits.clear()
         d.held[node_id] = d.held.get(node_id, 0) + 1
         d.held_total += 1
         self.job_held[d.job] += 1
@@ -319,7 +330,39 @@ class Scheduler:
         seq = self._slot_seq
         self._slots.setdefault((d.did, node_id), []).append(seq)
         self._live[seq] = (d.did, node_id)
-        heapq.heappush(self._victims, (d.priority, -seq, seq))
+        lst = self._victims.get(d.priority)
+        if lst is None:
+            lst = self._victims[d.priority] = []
+            bisect.insort(self._victim_prios, d.priority)
+        lst.append(seq)
+        self._victim_entries += 1
+        if self._victim_entries > 2 * len(self._live) + VICTIM_SLACK:
+            self._compact_victims()
+
+    def _compact_victims(self) -> None:
+        live = self._live
+        for prio in list(self._victims):
+            kept = [seq for seq in self._victims[prio] if seq in live]
+            if kept:
+                self._victims[prio] = kept
+            else:
+                del self._victims[prio]
+        self._victim_prios = sorted(self._victims)
+        self._victim_entries = sum(len(v) for v in self._victims.values())
+
+    def _victim_order(self):
+        """The live slots in preemption order: (start seq, (demand id, node id))."""
+        live = self._live
+        for prio in self._victim_prios:
+            lst = self._victims[prio]
+            while lst and lst[-1] not in live:  # released at the end: gone for good
+                lst.pop()
+                self._victim_entries -= 1
+            for i in range(len(lst) - 1, -1, -1):
+                seq = lst[i]
+                where = live.get(seq)
+                if where is not None:
+                    yield seq, where
 
     # ------------------------------------------------------------ decisions
 
@@ -444,6 +487,7 @@ class Scheduler:
         best, best_key, best_heap = None, None, None
         shares: dict[str, float] = {}
         shapes, quota_full = self.index.shapes, self._quota_full
+        demands, job_held = self.demands, self.job_held
         preempting = self.config.preempt_priority_gap is not None
         for q, heap in self._queues.items():
             if not heap or q in quota_full:
@@ -455,21 +499,27 @@ class Scheduler:
             group = self.groups[name]
             if sh.full and not preempting and not group.min:
                 continue  # fits nowhere, and a group without a guarantee may not make room
-            d = self._top(heap)
-            if d is None:
-                continue
+            k, version = heap[0]  # the common case of _top inlined: the top is current
+            d = demands.get(k[-1])
+            if (d is None or d.version != version or d.parked is not None
+                    or d.wanted <= d.held_total or k[0] != -(d.priority + d.boost)
+                    or k[1] != job_held[d.job] or k[2] != d.held_total or k[3] != d.seq):
+                d = self._top(heap)
+                if d is None:
+                    continue
+                k = heap[0][0]
             if sh.full and q in self._room_failed:
                 prio, at = self._room_failed[q]
                 if prio >= d.priority and self._slot_seq - at < self._room_retry:
                     continue
             used = self.group_used[name]
-            within = guaranteed(group, used, d.needs)
+            within = bool(group.min) and guaranteed(group, used, d.needs)
             if sh.full and not preempting and not within:
                 continue  # fits nowhere, and may not make room
             share = shares.get(name)
             if share is None:
                 share = shares[name] = borrow_share(group, used, self.index.capacity)
-            gk = (0 if within else 1, -(d.priority + d.boost), share, self.key(d))
+            gk = (0 if within else 1, k[0], share, k)
             if best_key is None or gk < best_key:
                 best, best_key, best_heap = d, gk, heap
         if best is not None:
@@ -532,33 +582,37 @@ class Scheduler:
         gap = self.config.preempt_priority_gap
         if not reclaim and gap is None:
             return [], None
-        popped: list = []
         freed: dict[str, list] = {}  # node -> [(start seq, victim demand)]
         room: dict[str, dict[str, float]] = {}  # node -> its free resources once those go
         used: dict[str, dict[str, float]] = {}  # the victims' groups as if revoked
+        hopeful: dict[str, bool] = {}  # node -> could the slot fit there at all (when empty)
         nodes = self.index.nodes
         found = None
         looked = 0
-        while self._victims and looked < self.config.reclaim_victims_max:
-            entry = heapq.heappop(self._victims)
-            seq = entry[2]
-            where = self._live.get(seq)
-            if where is None:
-                continue  # released already
-            popped.append(entry)
+        looked_max = self.config.reclaim_victims_max
+        for seq, where in self._victim_order():
+            if looked >= looked_max:
+                break
             looked += 1
             v = self.demands[where[0]]
             if not reclaim and v.priority > d.priority - gap:
                 break  # the heap is in priority order: nobody further is less important
             if (reclaim and v.group == d.group) or v.did == d.did or where[1] in excluded:
                 continue
-            vu = used.setdefault(v.group, dict(self.group_used[v.group]))
+            vu = used.get(v.group)
+            if vu is None:
+                vu = used[v.group] = dict(self.group_used[v.group])
             if not borrowed(self.groups[v.group], vu, v.needs):
                 continue  # within its own guarantee (see quota.borrowed)
-            take(vu, v.needs)
+            take(vu, v.needs)  # counted as revoked even where it makes no room (as before)
+            node = nodes[where[1]]
+            hope = hopeful.get(where[1])
+            if hope is None:  # free plus what goes never exceeds the total: no room when empty
+                hope = hopeful[where[1]] = self.index.empty_fit(node.total, d.needs) > 0
+            if not hope:
+                continue
             on = freed.setdefault(where[1], [])
             on.append((seq, v))
-            node = nodes[where[1]]
             r = room.get(where[1])
             if r is None:
                 r = room[where[1]] = dict(node.free)
@@ -566,10 +620,6 @@ class Scheduler:
             if fit_count(r, d.needs, self.index.workers_max - node.workers + len(on)) > 0:
                 found = where[1]
                 break
-        taken = {s for s, _ in freed.get(found, ())} if found else set()
-        for entry in popped:
-            if entry[2] not in taken:
-                heapq.heappush(self._victims, entry)
         if found is None:
             return [], None
         counts: dict[str, int] = {}
@@ -608,6 +658,16 @@ class Scheduler:
                 assert abs(u.get(k, 0.0) - self.group_used[g].get(k, 0.0)) < 1e-6, (g, k)
         for job, ds in self.job_demands.items():
             assert self.job_held[job] == sum(self.demands[x].held_total for x in ds)
+        for node in self.index.nodes.values():  # the fit cache says what a fresh count says
+            for sh, f in node.fits.items():
+                assert f == self.index.fit(node, sh.needs), (node.node_id, sh.needs, f)
+        # the preemption order: every live slot once, by priority, then most recent first
+        order = [seq for seq, _ in self._victim_order()]
+        assert sorted(order) == sorted(self._live), "victim lists lost or repeated a slot"
+        prio_of = {seq: p for p, lst in self._victims.items() for seq in lst}
+        keys = [(prio_of[seq], -seq) for seq in order]
+        assert keys == sorted(keys), "victim order is not (priority, most recent first)"
+        assert self._victim_prios == sorted(self._victims)
 
 
 def _consume(prefs: dict[str, int], place: str) -> None:
