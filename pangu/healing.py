@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 REPAIR_CONCURRENCY = 4  # chunk copies in flight
 COPY_CALL_TIMEOUT_S = 120.0  # one whole-chunk copy (repair, rebalance)
+LEASE_END_MARGIN_S = 1.0  # no copy of a chunk whose lease ended less than this ago
 SETTLE_REPORTS_S = 2.5  # after taking over, the expected servers have reported twice by now
 
 
@@ -127,6 +128,16 @@ class Healer:
         return {"repaired": len(done), "missing": len(plan.missing),
                 "excess_dropped": len(plan.excess), "moved": moved}
 
+    def copyable(self, cid: str) -> bool:
+        """A copy of ``cid`` may start now: the chunk still exists, nothing else is changing
+        its replicas (a lease being granted, a truncate, another copy) and no lease on it
+        ended less than ``LEASE_END_MARGIN_S`` ago (its primary's clock started later than
+        ours, so it may still take a write)."""
+        if cid not in self.mastership.ns.chunk_index or cid in self.fleet.busy:
+            return False
+        lease = self.leases.chunks.get(cid)
+        return lease is None or lease.until + LEASE_END_MARGIN_S < time.monotonic()
+
     def copy_still_current(self, cid: str, moves) -> bool:
         ns = self.mastership.ns
         loc = ns.chunk_index.get(cid)
@@ -143,14 +154,18 @@ class Healer:
         done: list[tuple[str, str]] = []
 
         async def one(cid: str, src: str, dest: str) -> None:
-            ns = self.mastership.ns
-            loc = ns.chunk_index.get(cid)
-            if loc is None:
-                return
-            path, i = loc
-            node = ns.nodes[path]
-            version = node.chunks[i].version
             async with sem:
+                # Checked when the copy starts, not when it was planned: a writer may have
+                # leased the chunk meanwhile. A copy that overlapped writes at the chunk's
+                # version would be a replica at that version missing bytes — current in the
+                # master's eyes, and a primary that refuses the next append (a hole). A
+                # lease started later bumps the version, which makes this copy stale instead.
+                if not self.copyable(cid):
+                    return
+                ns = self.mastership.ns
+                path, i = ns.chunk_index[cid]
+                node = ns.nodes[path]
+                version = node.chunks[i].version
                 self.fleet.busy.add(cid)
                 try:
                     length = await self.fleet.call(dest, "replicate", cid, version,

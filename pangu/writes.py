@@ -126,25 +126,34 @@ class Writes:
         if index == len(chunks):
             res = await self.mastership.mutate({"op": "add_chunk", "path": path})
             cid = res["chunk"]
-            cs = st["chunk_size"]
+            # Busy until the lease is granted: a repair must not copy the new, still empty
+            # chunk while its first writer fills it at the same version (see Healer.copyable).
+            self.fleet.busy.add(cid)
             try:
-                sids = placement.choose(self.fleet.as_servers(), st["replication"], cs,
-                                        self.rng, allow_same_node=self.allow_same_node)
-            except NotEnoughServers as e:
-                sids = self.fewer(st["replication"], cs)
-                if not sids:
-                    raise NotEnoughServers(f"no chunkserver can take a new chunk of {path}: "
-                                           f"{e}") from None
-                self.log.record("under_replicated_write",
-                                f"chunk {cid} of {path} starts on {len(sids)} of "
-                                f"{st['replication']} replicas ({e})")
-            ok = await self.create_on(cid, sids, 1, cs)
-            if not ok:
-                raise Unavailable(f"no chunkserver could create chunk {cid} of {path}")
-            return await self.lease(cid, writer, fresh=ok)
+                return await self._new_chunk(path, writer, cid, st)
+            finally:
+                self.fleet.busy.discard(cid)
         if not 0 <= index < len(chunks):
             raise BadRequest(f"chunk index {index} of {path}: expected 0..{len(chunks)}")
         return await self.lease(chunks[index].id, writer)
+
+    async def _new_chunk(self, path: str, writer: str, cid: str, st: dict) -> dict:
+        cs = st["chunk_size"]
+        try:
+            sids = placement.choose(self.fleet.as_servers(), st["replication"], cs,
+                                    self.rng, allow_same_node=self.allow_same_node)
+        except NotEnoughServers as e:
+            sids = self.fewer(st["replication"], cs)
+            if not sids:
+                raise NotEnoughServers(f"no chunkserver can take a new chunk of {path}: "
+                                       f"{e}") from None
+            self.log.record("under_replicated_write",
+                            f"chunk {cid} of {path} starts on {len(sids)} of "
+                            f"{st['replication']} replicas ({e})")
+        ok = await self.create_on(cid, sids, 1, cs)
+        if not ok:
+            raise Unavailable(f"no chunkserver could create chunk {cid} of {path}")
+        return await self.lease(cid, writer, fresh=ok)
 
     def fewer(self, n: int, size: int) -> list[str]:
         """Servers for as many replicas as possible below ``n`` (at least one), or none."""

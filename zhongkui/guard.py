@@ -137,7 +137,7 @@ class Guard:
         self.users: dict[str, tuple[str, tuple[str, ...], int]] | None = None
         self.cut_off = ""  # why this guard's own proof is refused (its keys were revoked)
         self._refresh_started = float("-inf")
-        self._deny_refresh = None  # (task, started at): what denials wait for, while it runs
+        self._deny_refresh = None  # (task, its refresh number): what denials wait for, while it runs
         self._refresh_no = 0  # refreshes of the entries started so far
         self._fresh_no = 0  # the number of the newest one that succeeded
 

@@ -13,13 +13,10 @@ disk."""
 
 from __future__ import annotations
 
-import glob
-import os
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from tests.integration.jobhelpers import jobmaster, kill_jobmaster, ran, read_output, wait_status
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 
@@ -61,22 +58,6 @@ def durable(ray_cluster, tmp_path_factory):
         ray.kill(master, no_restart=True)  # its agents are its own: they end with it
 
 
-def ran(marks, task: str) -> int:
-    return len(glob.glob(os.path.join(str(marks), f"ran-{task}-*")))
-
-
-def wait_status(client, job_id: str, ready, what: str) -> dict:
-    deadline = time.time() + WAIT_S
-    while True:
-        st = client.status(job_id)
-        assert st["state"] not in ("succeeded", "failed", "cancelled"), \
-            f"the job ended before {what}: {st.get('report')}"
-        if ready(st):
-            return st
-        assert time.time() < deadline, f"never saw {what}: {st}"
-        time.sleep(POLL_S)
-
-
 def kill_master_until_adopted(master, job_id: str) -> dict:
     """Kill FuxiMaster's process (Ray restarts it) and wait until the new one adopted the
     job; its cluster_info then."""
@@ -96,25 +77,6 @@ def kill_master_until_adopted(master, job_id: str) -> dict:
             pass
         assert time.time() < deadline, f"FuxiMaster did not come back within {MASTER_BACK_S}s"
         time.sleep(POLL_S)
-
-
-def jobmaster(job_id: str):
-    """The job's JobMaster, in whichever namespace it lives (the Ray job's, today)."""
-    import ray
-
-    name = f"jobmaster-{job_id}"
-    (found,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"] == name]
-    return ray.get_actor(name, namespace=found["namespace"])
-
-
-def kill_jobmaster(job_id: str) -> None:
-    import ray
-
-    ray.kill(jobmaster(job_id), no_restart=True)
-
-
-def read_output(path) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{path}/part-*.parquet"))])
 
 
 def test_an_adopted_job_whose_jobmaster_dies_is_recovered_from_its_checkpoint(durable, tmp_path):

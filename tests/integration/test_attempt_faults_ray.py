@@ -4,21 +4,15 @@ the attempts the seed predicts (speculation pinned off, so no backup adds one)."
 
 from __future__ import annotations
 
-import glob
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from fuxi.core import attempt_faults as af
+from tests.integration.jobhelpers import read_output
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 FNS = "tests.integration.taskfns"
-
-
-def read_output(path: str) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{path}/part-*.parquet"))])
 
 
 def predicted_attempts(policy: af.FaultPolicy, task: str, instances: int) -> int:

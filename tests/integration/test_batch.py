@@ -7,17 +7,12 @@ import json
 import os
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from tests.integration.jobhelpers import read_output
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 FNS = "tests.integration.taskfns"
-
-
-def read_output(path: str) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{path}/part-*.parquet"))])
 
 
 def test_wordcount_equals_plain_python_count(job, tmp_path):

@@ -15,7 +15,6 @@ The session's FuxiMaster is the one killed (as in test_master_failover_ray.py)."
 from __future__ import annotations
 
 import glob
-import os
 import time
 
 import pyarrow as pa
@@ -25,6 +24,7 @@ import pytest
 from base.cluster import namespace
 from base.errors import NotFound
 from fuxi.errors import BadInput, TargetNotFound
+from tests.integration.jobhelpers import ran
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(500)]
 
@@ -88,10 +88,6 @@ def test_with_access_control_on_a_kill_needs_an_administrator(client):
         ray.kill(zk, no_restart=True)
 
 
-def _ran(marks, task: str) -> int:
-    return len(glob.glob(os.path.join(str(marks), f"ran-{task}-*")))
-
-
 def test_a_three_stage_job_survives_its_jobmaster_and_then_fuxi_master_killed(client, authority,
                                                                                 tmp_path):
     import ray
@@ -113,7 +109,7 @@ def test_a_three_stage_job_survives_its_jobmaster_and_then_fuxi_master_killed(cl
     while True:  # the first stage checkpointed, the second running
         st = client.status(job_id)
         assert st["state"] not in ("succeeded", "failed", "cancelled"), st.get("report")
-        if st["checkpoint"]["stored"] >= gens and _ran(marks, "shuffle") > 0:
+        if st["checkpoint"]["stored"] >= gens and ran(marks, "shuffle") > 0:
             break
         assert time.time() < deadline, f"never saw the second stage running: {st}"
         time.sleep(POLL_S)
@@ -150,7 +146,7 @@ def test_a_three_stage_job_survives_its_jobmaster_and_then_fuxi_master_killed(cl
         s, c = want.get(v % 97, (0, 0))
         want[v % 97] = (s + v, c + 1)
     assert got == want and t.num_rows == 97
-    assert _ran(marks, "gen") == gens  # checkpointed before the kills: not run again
+    assert ran(marks, "gen") == gens  # checkpointed before the kills: not run again
     assert st["jobmaster_restarts"] >= 1
     with pytest.raises(TargetNotFound, match=r"has ended \(succeeded\)"):
         _chaos(client).find("worker", job_id)

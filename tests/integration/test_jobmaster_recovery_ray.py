@@ -12,22 +12,13 @@ import glob
 import os
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from tests.integration.jobhelpers import ran, read_output
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 
 FNS = "tests.integration.taskfns"
 WAIT_S = 180.0
-
-
-def ran(marks, task: str) -> int:
-    return len(glob.glob(os.path.join(str(marks), f"ran-{task}-*")))
-
-
-def read_output(path) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{path}/part-*.parquet"))])
 
 
 def kill_jobmaster_when(client, job_id: str, ready, what: str) -> dict:

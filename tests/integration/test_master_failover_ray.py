@@ -9,18 +9,13 @@ from __future__ import annotations
 import glob
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import ray
+from tests.integration.jobhelpers import read_output
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 
 FNS = "tests.integration.taskfns"
-
-
-def _read(path: str) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{path}/part-*.parquet"))])
 
 
 def _wait_marks(pattern: str, n: int, timeout_s: float = 90.0) -> None:
@@ -72,7 +67,7 @@ def test_a_job_survives_its_fuxi_master_dying_and_nothing_runs_twice(client, tmp
                                                                       "count": 3}, done["tasks"]
     assert sorted(p.split("/")[-1] for p in glob.glob(str(marks / "run-gen-*"))) == \
         sorted(f"run-gen-{i}-0" for i in range(6))
-    out = _read(str(tmp_path / "out"))
+    out = read_output(str(tmp_path / "out"))
     keys_per_sum = sum(out.column("rows").to_pylist())
     assert keys_per_sum == 97  # every key once, across the three sum partitions
 
@@ -101,7 +96,7 @@ def test_the_ledger_is_rebuilt_from_what_the_adopted_job_holds(client, tmp_path)
     done = client.wait(job_id, timeout_s=120)
     assert done["state"] == "succeeded", repr(done)
     assert done["tasks"]["t"]["attempts"] == 4
-    assert sorted(set(_read(str(tmp_path / "out")).column("instance").to_pylist())) == [0, 1, 2, 3]
+    assert sorted(set(read_output(str(tmp_path / "out")).column("instance").to_pylist())) == [0, 1, 2, 3]
 
 
 def test_a_job_that_ends_while_fuxi_master_is_down_still_gets_its_verdict(client, tmp_path):
@@ -136,6 +131,6 @@ def test_fuxi_master_and_a_worker_die_at_once(client, tmp_path):
     done = client.wait(job_id, timeout_s=180)
     assert done["state"] == "succeeded", repr(done)
     assert done["tasks"]["t"]["attempts"] >= 9  # the killed worker's attempt ran again
-    out = _read(str(tmp_path / "out"))
+    out = read_output(str(tmp_path / "out"))
     assert sorted(set(out.column("instance").to_pylist())) == list(range(8))
     assert out.num_rows == 8 * 3  # each instance's rows exactly once

@@ -8,14 +8,12 @@ timing."""
 
 from __future__ import annotations
 
-import glob
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from fuxi.errors import BadInput
+from tests.integration.jobhelpers import read_output
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -31,10 +29,6 @@ def spec(name: str, tmp_path, queue: str, instances: int, sleep_s: float) -> dic
             "params": {"dir": str(tmp_path / name), "sleep_s": sleep_s},
             "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": instances,
                             "output": str(tmp_path / name / "out")}}}
-
-
-def read_output(path: str) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{path}/part-*.parquet"))])
 
 
 @pytest.fixture
