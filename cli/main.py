@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import auth, call, cluster, debug, job, node, nuwa, pangu, queue, service, submit
+from cli import auth, call, cluster, debug, job, node, nuwa, pangu, queue, service, submit, top
 
 app = typer.Typer(
     name="fuxi",
@@ -17,6 +17,7 @@ app.command("submit")(submit.submit)
 app.command("up")(cluster.up)
 app.command("down")(cluster.down)
 app.command("status")(cluster.status)
+app.command("top")(top.top)
 app.command("call")(call.call)
 app.command("login")(auth.login)
 app.command("whoami")(auth.whoami)

@@ -277,12 +277,16 @@ class JobCore:
             return []
         return self._end(now, J.CANCELLED, reason)
 
-    def shrink(self, shape_key: str, target: int, now: float, preempt: bool = False) -> list[Any]:
+    def shrink(self, shape_key: str, target: int, now: float,
+               preempt: bool | str = False) -> list[Any]:
         """FuxiMaster's fair-share target for a shape: workers beyond it drain (get no new
         work) and are released as soon as their queue is empty; no running attempt is killed.
-        With ``preempt`` (an online service is waiting for the room) they are stopped at
-        once: their running attempts are killed and their instances go back to the ready
-        queue, without counting as failures."""
+        With ``preempt`` (an online service is waiting for the room, or a queue's guarantee
+        waited too long: its text says which) they are stopped at once: their running
+        attempts are killed and their instances go back to the ready queue, without counting
+        as failures."""
+        why = preempt if isinstance(preempt, str) and preempt else \
+            "preempted: its slot went to an online service"
         live = sorted((self.workers[wid] for wid in self.index.live_by_shape.get(shape_key, ())),
                       key=lambda w: (len(w.queue), w.worker_id))
         excess = max(0, len(live) - max(target, 0))
@@ -293,7 +297,7 @@ class JobCore:
                 self._touch(w)
             if w.draining and preempt:
                 self.preempted += len(w.queue)  # attempts stopped (running or about to)
-                acts += self._retire(w, "preempted: its slot went to an online service", now)
+                acts += self._retire(w, why[:200], now)
             elif w.draining and w.started and not w.queue:
                 acts += self._retire(w, "fair share: slot returned to FuxiMaster", now)
         return acts

@@ -432,6 +432,10 @@ class GrantPlan:
     # An online replica (of ``online_ids``) wants slots its share allows but has none free:
     # jobs over their share should return theirs now rather than when idle.
     preempt: bool
+    # Demands (of any job) waiting for slots within their quota group's guarantee that their
+    # fair target gives them: the shell forces a reclaim when one waited too long
+    # (``fuxi.core.reclaim``).
+    reclaim_wait: tuple[str, ...] = ()
 
 
 def _workers_on(ledger: Ledger, nodes: Collection[str]) -> dict[str, int]:
@@ -509,12 +513,16 @@ def grant(
     for d in mine:
         s.set_avoid(d.demand_id, avoid_nodes, excluded_nodes)
     plan = s.schedule_job(job_id, 0.0, targets)
+    reclaim_wait = tuple(sorted(
+        d.demand_id for d in demands if d.demand_id not in online
+        and targets.get(d.demand_id, 0) > sum(s.held(d.demand_id).values())
+        and s.waits_within_guarantee(d.demand_id)))
     merged: dict[tuple[str, str], int] = {}
     for g in plan.grants:
         merged[(g.demand_id, g.node_id)] = merged.get((g.demand_id, g.node_id), 0) + g.n
     return GrantPlan(grants=tuple(Grant(did, node, n) for (did, node), n in merged.items()),
                      targets={d.demand_id: targets.get(d.demand_id, 0) for d in mine},
-                     preempt=preempt)
+                     preempt=preempt, reclaim_wait=reclaim_wait)
 
 
 def apply_grants(

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 from base import metrics
 from fuxi.core.jobqueue import JobQueue
 from fuxi.core.plan import JobPlan
+from fuxi.core.reclaim import ReclaimClock
 from fuxi.core.spec import QUEUE_NAME_RE
 from fuxi.core.spec import priority_max as PRIORITY_MAX
 from fuxi.core.states import JobState
@@ -92,6 +93,7 @@ class Admissions:
         self._queued: dict[str, tuple[JobPlan, Any, list[str] | None]] = {}
         self._starting: set[str] = set()  # room reserved, JobMaster not created yet
         self._admitted: dict[str, asyncio.Event] = {}  # queued job -> set when it starts or ends
+        self.reclaim = ReclaimClock()  # guarantees waiting on borrowers (forced reclaim)
 
     # ---------------------------------------------------------------- room
 
@@ -221,6 +223,15 @@ class Admissions:
 
     def quota_groups(self, node_totals: dict) -> dict:
         return quotas.core_groups(self.queues, node_totals)
+
+    def preempt(self, plan, now: float) -> str | None:
+        """Why the syncing job must stop its workers beyond its target now, if it must: an
+        online replica waits (``plan.preempt``), or a queue's guarantee has waited past
+        ``RECLAIM_GRACE_S`` for borrowers to give back (``fuxi.core.reclaim``)."""
+        due = self.reclaim.due(plan.reclaim_wait, now)
+        if plan.preempt:
+            return "preempted: its slot went to an online service"
+        return due
 
     def observe(self, ledger) -> None:
         self.usage.observe(ledger, self.job_queues, DEFAULT_QUEUE)

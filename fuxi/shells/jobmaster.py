@@ -732,9 +732,10 @@ class JobMaster:
         self._apply(self.core.exclude(reply.get("excluded", ()), now))  # cluster level, capped
         for g in reply.get("grants", []):
             self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))
-        preempt = bool(reply.get("preempt"))
+        why = reply.get("preempt")  # why workers beyond the target stop now (or a bool)
+        why = why if isinstance(why, str) else bool(why)
         for sk, target in reply.get("targets", {}).items():
-            self._apply(self.core.shrink(sk, target, now, preempt=preempt))
+            self._apply(self.core.shrink(sk, target, now, preempt=why))
 
     # ------------------------------------------------------------ logs
 

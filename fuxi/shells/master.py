@@ -502,7 +502,8 @@ class FuxiMaster:
         grants = [{"shape_key": sk_of[g.demand_id], "shape": demands[sk_of[g.demand_id]]["shape"],
                    "node_id": g.node_id, "n": g.n} for g in applied]
         return {"grants": grants, "targets": {sk_of[did]: t for did, t in plan.targets.items()},
-                "preempt": plan.preempt, "excluded": sorted(excluded)}
+                "preempt": self.admissions.preempt(plan, time.monotonic()),
+                "excluded": sorted(excluded)}
 
 
     # ------------------------------------------------------------ jobs

@@ -16,7 +16,8 @@ it they come first, as they always have (and their wait makes batch workers stop
 ``GrantPlan.preempt``). A queue with a quota
 is a group of its own: its jobs' slots within ``min`` come before anyone's (and are
 reclaimed from borrowers: their fair-share targets drop, and their JobMasters give the slots
-back as their workers go idle), it never holds more than ``max``, and what nobody is
+back as their workers go idle — or at once, once the owner has waited
+``fuxi.core.reclaim.RECLAIM_GRACE_S``), it never holds more than ``max``, and what nobody is
 guaranteed is lent in proportion to ``weight``.
 
 Pure: no Ray, no I/O.

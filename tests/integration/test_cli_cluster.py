@@ -245,6 +245,11 @@ def test_up_submit_status_logs_down(tmp_path):
         assert st["replicas"][0]["health"] == "ok" and st["replicas"][0]["version"] == "1"
         assert fuxi(home, "call", "nuwa://default/echo", "version").stdout == "v1\n"
         assert "echo" in fuxi(home, "service", "list").stdout
+        # `fuxi top` (not a terminal here: one frame): the node, the service, no job running.
+        frame = fuxi(home, "top", "--once").stdout
+        assert "cluster 'default': 1 node(s), 0 job(s) running" in frame, frame
+        assert info["nodes"][0]["node_id"][:12] in frame and "echo" in frame and "1/1" in frame
+        assert fuxi(home, "top", "--interval", "-1", check=False).returncode == 2
         bad = fuxi(home, "service", "scale", "nope", "2", check=False)
         assert bad.returncode == 2 and "no service 'nope'" in bad.stderr
         replica = st["replicas"][0]["replica"]

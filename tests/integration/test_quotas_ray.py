@@ -8,11 +8,13 @@ timing."""
 
 from __future__ import annotations
 
+import glob
 import time
 
 import pytest
 
 from fuxi.errors import BadInput
+from fuxi.core.reclaim import RECLAIM_GRACE_S
 from tests.integration.jobhelpers import read_output
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -92,6 +94,37 @@ def test_two_quota_groups_lend_cap_and_reclaim(limits, tmp_path):
         got = sorted(t.column("instance").to_pylist())
         assert got == sorted(list(range(n)) * 3), (name, got)
         assert ends[bronze if name == "bronze" else gold]["tasks"]["t"]["succeeded"] == n
+
+
+def test_a_guarantee_is_reclaimed_by_force_from_workers_that_never_go_idle(limits, tmp_path):
+    """Bronze's three attempts each sleep far longer than the reclaim grace, so none of its
+    workers would go idle before gold's job is done: gold holds its guarantee only because,
+    after RECLAIM_GRACE_S, FuxiMaster's syncs said preempt and bronze's JobMaster stopped two
+    busy workers. No bronze attempt has finished by then (counted on disk); the preempted
+    instances run again, and both outputs are exact."""
+    client = limits
+    client.configure_queues({"gold": {"min": {"cpu": 3}}, "bronze": {"max": {"cpu": 3}}})
+    long_s = RECLAIM_GRACE_S * 3
+    seen: list[dict] = []
+    bronze = client.submit(spec("bronze", tmp_path, "bronze", 3, long_s))
+    bronze_dir = str(tmp_path / "bronze")
+    watch_until(client, lambda v: cpu(v, "bronze") >= 3.0, BORROW_WAIT_S, seen)
+    watch_until(client, lambda v: len(glob.glob(f"{bronze_dir}/run-*")) >= 3, BORROW_WAIT_S,
+                seen)  # all three attempts are running, none will end for long_s
+    gold = client.submit(spec("gold", tmp_path, "gold", 3, long_s))
+    watch_until(client, lambda v: cpu(v, "gold") >= 3.0, RECLAIM_GRACE_S + BORROW_WAIT_S, seen)
+    assert glob.glob(f"{bronze_dir}/done-*") == [], "a bronze attempt ended: not a forced reclaim"
+    st = client.status(bronze)
+    assert st["preempted_attempts"] >= 2, st
+    ends = {j: client.wait(j, timeout_s=long_s * 4 + 60) for j in (bronze, gold)}
+    assert all(s["state"] == "succeeded" for s in ends.values()), \
+        {j: (s["state"], s.get("report")) for j, s in ends.items()}
+    for name in ("bronze", "gold"):
+        got = sorted(read_output(str(tmp_path / name / "out")).column("instance").to_pylist())
+        assert got == sorted(list(range(3)) * 3), (name, got)
+    assert ends[bronze]["tasks"]["t"]["failed"] == 0  # preempted attempts are no failures
+    for view in seen:
+        assert cpu(view, "bronze") + cpu(view, "gold") <= CLUSTER_CPUS
 
 
 def test_a_quota_survives_in_the_config_and_garbage_is_refused(limits):

@@ -429,6 +429,13 @@ class Scheduler:
                 want -= 1
         return Plan(tuple(grants), ())
 
+    def waits_within_guarantee(self, demand_id: str) -> bool:
+        """The demand wants more than it holds and its next slot is within its group's
+        guaranteed minimum (what a reclaim would give it)."""
+        d = self.demands[demand_id]
+        return d.wanted > d.held_total and guaranteed(
+            self.groups[d.group], self.group_used[d.group], d.needs)
+
     def targets(self) -> dict[str, int]:
         """Each demand's fair share of the cluster as it is (see ``fairshare.targets``)."""
         return fairshare.targets(self)
