@@ -59,6 +59,7 @@ class ClusterRecord:
     nuwa_replicas: int = 0
     head_started: int | None = None  # the head's start time in clock ticks since boot
     auth: bool = False  # Zhongkui enforces access control (`fuxi up --auth`)
+    web: str | None = None  # the web console's URL (`fuxi up --web-port`)
 
     @classmethod
     def load(cls, cluster: str) -> "ClusterRecord | None":

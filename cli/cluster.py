@@ -16,6 +16,8 @@ def up(
     auth_token_path: Optional[str] = typer.Option(None, "--auth-token-path", help="Ray auth token file of the cluster given by --address."),
     nuwa_replicas: int = typer.Option(3, "--nuwa-replicas", help="Nuwa replica group size: 1, 3 or 5 (0: no Nuwa)."),
     auth: Optional[bool] = typer.Option(None, "--auth/--no-auth", help="Zhongkui access control: every call needs a token (default: on with --address, off for a local head)."),
+    web_port: int = typer.Option(8790, "--web-port", help="Port of the web console (0: any free port, -1: no console)."),
+    web_host: str = typer.Option("127.0.0.1", "--web-host", help="Address the web console listens on (0.0.0.0: every interface)."),
     cluster: str = ClusterOpt,
 ) -> None:
     """Start a persistent local cluster (or deploy onto an existing Ray cluster)."""
@@ -26,12 +28,20 @@ def up(
             from fuxi.errors import BadInput
 
             raise BadInput(f"--nuwa-replicas {nuwa_replicas}: expected 0, 1, 3 or 5")
+        if not -1 <= web_port <= 65535:
+            from fuxi.errors import BadInput
+
+            raise BadInput(f"--web-port {web_port}: expected a port 1..65535, 0 (any free "
+                           f"port) or -1 (no console)")
         rec = runtime.up(cluster, address=address, num_cpus=num_cpus,
-                         auth_token_path=auth_token_path, nuwa_replicas=nuwa_replicas, auth=auth)
+                         auth_token_path=auth_token_path, nuwa_replicas=nuwa_replicas, auth=auth,
+                         web_host=web_host, web_port=web_port)
     except Exception as e:
         handle(e)
     typer.echo(f"cluster {cluster!r} is up at {rec.address} (data in {rec.data_dir})"
                + ("; access control is on: you are signed in as admin" if rec.auth else ""))
+    if rec.web:
+        typer.echo(f"web console: {rec.web}")
 
 
 def down(cluster: str = ClusterOpt) -> None:
@@ -60,7 +70,7 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
                 info = actors.call(conn.master.cluster_info,
                                    timeout_s=runtime.CLUSTER_CONNECT_TIMEOUT_S)
             info.update(address=rec.address, running=True, data_dir=rec.data_dir,
-                        namespace=rec.namespace, fuxi_master="FuxiMaster",
+                        namespace=rec.namespace, fuxi_master="FuxiMaster", web=rec.web,
                         nuwa=[f"{h}:{p}" for h, p in (rec.nuwa or [])])
     except Exception as e:
         handle(e)
@@ -72,6 +82,8 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
         return
     typer.echo(f"cluster {cluster!r} at {info['address']}: {len(info['nodes'])} node(s), "
                f"{len(info['jobs_running'])} job(s) running")
+    if info.get("web"):
+        typer.echo(f"  web console: {info['web']}")
     if info.get("nuwa"):
         typer.echo(f"  nuwa: {', '.join(info['nuwa'])}")
     for line in info.get("nuwa_events", [])[-5:]:

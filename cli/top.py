@@ -25,6 +25,7 @@ TOP_INTERVAL_S_MAX = 3600.0
 TOP_CALL_TIMEOUT_S = 10.0  # one poll of FuxiMaster
 TOP_JOBS_MAX = 20  # jobs asked for their per-task counts in one frame
 TOP_ROWS_MAX = 50  # rows shown per table (the rest counted)
+PIPE_WIDTH = 200  # columns of a frame printed to a pipe or file (no terminal to measure)
 EXIT_INTERRUPTED = 130
 
 ACTIVE = ("running", "queued", "pending", "starting")
@@ -174,8 +175,9 @@ def top(
             raise NoCluster(f"no running cluster {cluster!r}: `fuxi top` needs a persistent "
                             f"cluster; start one with `fuxi up`")
         with connect(cluster, embedded_ok=False) as conn:
-            console = Console()
-            if once or not sys.stdout.isatty():
+            tty = sys.stdout.isatty()
+            console = Console(width=None if tty else PIPE_WIDTH)
+            if once or not tty:
                 console.print(frame(snapshot(cluster, conn)))
                 return
             try:

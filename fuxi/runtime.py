@@ -115,7 +115,8 @@ def operator_proof(cluster: str) -> str:
 
 def up(cluster: str = "default", address: str | None = None, num_cpus: int | None = None,
        auth_token_path: str | None = None, nuwa_replicas: int = 3,
-       auth: bool | None = None) -> ClusterRecord:
+       auth: bool | None = None, web_host: str = "127.0.0.1",
+       web_port: int | None = None) -> ClusterRecord:
     """Start (or deploy onto) a persistent cluster and record it. ``auth``: Zhongkui enforces
     access control everywhere (default: on for a cluster we deploy onto, which may span
     machines; off for a local head, where the operator is the only user)."""
@@ -195,12 +196,33 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
             if creds is not None:  # the first administrator: the operator's credentials
                 write_private(os.path.join(data_dir, CREDENTIALS_FILE), json.dumps(creds))
                 write_private(os.path.join(data_dir, TOKEN_FILE), creds["token"])
+            rec.web = _start_console(rec, web_host, web_port)
+            rec.save()
     except BaseException:
         with contextlib.suppress(Exception):
             down(cluster)
         rec.remove()
         raise
     return rec
+
+
+def _start_console(rec: ClusterRecord, host: str, port: int | None) -> str | None:
+    """The web console on the head (``fuxi.shells.console``); its URL, or None when
+    ``port`` is negative (no console). Port 0: a free port, chosen now so that a restarted
+    console serves at the same URL."""
+    from fuxi.shells.console import WEB_PORT_DEFAULT, start_console
+
+    port = WEB_PORT_DEFAULT if port is None else port
+    if port < 0:
+        return None
+    if port == 0:
+        port = _free_port()
+    try:
+        return start_console(rec.cluster, rec.namespace, host, port, rec.auth, detached=True,
+                             node_id=actors.this_node_id())
+    except Exception as e:  # noqa: BLE001 - the port is taken, the host is not ours
+        raise ClusterError(f"the web console could not listen on {host}:{port} ({e}); choose "
+                           f"another with --web-port (0: any free port, -1: no console)") from None
 
 
 def keys_path(cluster: str) -> str:
@@ -397,6 +419,10 @@ def down(cluster: str = "default") -> dict:
                     deploy.stop(cluster, token=proof)
                 with contextlib.suppress(Exception):
                     _stop_replicas(rec.namespace)  # detached: they would outlive FuxiMaster
+                with contextlib.suppress(Exception):
+                    from fuxi.shells.console import stop_console
+
+                    stop_console(rec.namespace)  # detached
                 with contextlib.suppress(Exception):
                     from fuxi.shells.agents import stop_agents
 

@@ -98,7 +98,7 @@ def test_failed_job_exits_1_with_report(tmp_path):
 def test_up_submit_status_logs_down(tmp_path):
     home = tmp_path / "home"
     out = tmp_path / "wc"
-    fuxi(home, "up", "--num-cpus", "2")
+    fuxi(home, "up", "--num-cpus", "2", "--web-port", "0")
     rec = json.load(open(home / "default" / "cluster.json"))
     try:
         info = json.loads(fuxi(home, "status", "--json").stdout)
