@@ -241,3 +241,68 @@ def test_no_secret_in_any_log_or_output(zk):
     for holder in ("keys.json", "credentials.json"):
         path = glob.glob(os.path.join(home, CLUSTER, "**", holder), recursive=True)[0]
         assert os.stat(path).st_mode & 0o777 == 0o600, path
+
+
+def test_the_web_console_needs_a_login_and_shows_only_what_the_user_may_read(zk):
+    """With access control on, every console page needs a sign-in (the authority checks the
+    password); a signed-in user's pages are read with their own token, so carol sees her
+    jobs and none of bob's, as `fuxi job list` would show her."""
+    import http.cookiejar
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.integration.zk_driver import PASSWORDS
+
+    home = zk["home"]
+    with open(home / CLUSTER / "cluster.json") as f:
+        web = json.load(f)["web"]
+    assert web, "no console URL recorded by `fuxi up`"
+    jobs = json.loads(fuxi(home, "job", "list", "--json", "-c", CLUSTER).stdout)  # admin
+    owners = {j["job_id"]: j.get("owner") for j in jobs}
+    assert "bob" in owners.values() and "carol" in owners.values(), owners
+
+    def opener():
+        return urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def get(op, path):
+        try:
+            with op.open(web + path, timeout=30) as r:
+                return r.status, r.geturl(), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.geturl(), e.read().decode()
+
+    anon = opener()
+    code, url, body = get(anon, "/jobs")
+    assert code == 200 and url.endswith("/login") and "Sign in to Fuxi" in body
+    assert get(anon, "/jobs?partial=1")[0] == 401
+    assert not any(jid in body for jid in owners)
+
+    def login(op, user, password):
+        data = urllib.parse.urlencode({"user": user, "password": password}).encode()
+        try:
+            with op.open(web + "/login", data=data, timeout=30) as r:
+                return r.status, r.geturl(), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.geturl(), e.read().decode()
+
+    code, _, body = login(anon, "carol", "not-her-password")
+    assert code == 401 and "wrong user or password" in body
+    assert login(anon, "x" * 65, "pw")[0] == 400
+    carol = opener()
+    code, url, body = login(carol, "carol", PASSWORDS["carol"])
+    assert code == 200 and not url.endswith("/login"), (code, url)
+    assert PASSWORDS["carol"] not in body
+    code, _, page = get(carol, "/jobs")
+    assert code == 200 and "carol" in page  # the header names who is signed in
+    for jid, owner in owners.items():
+        if owner == "carol":
+            assert jid[:44] in page, f"carol's job {jid} not on her page"
+        elif owner == "bob":
+            assert jid[:44] not in page, f"bob's job {jid} shown to carol"
+    bob_job = next(j for j, o in owners.items() if o == "bob")
+    code, _, page = get(carol, f"/jobs/{bob_job}")
+    assert code == 200 and ("denied" in page.lower() or "may not" in page), page[:2000]
+    assert get(carol, "/logout")[1].endswith("/login")
+    assert get(carol, "/jobs")[1].endswith("/login")  # the session ended with the sign-out
