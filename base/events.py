@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import itertools
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -84,7 +85,12 @@ class EventLog:
     def since(self, seq: int = 0, limit: int = EVENTS_KEPT_MAX) -> list[Event]:
         """Events with a sequence number above ``seq``, oldest first, at most ``limit``."""
         with self._lock:
-            return [e for e in self._ring if e.seq > seq][:max(0, limit)]
+            # Sequence numbers are contiguous: the newer ones are the last ``_seq - seq``
+            # records, read from the right (a reader that keeps up costs O(new), not O(ring)).
+            newer = min(len(self._ring), max(0, self._seq - seq))
+            out = list(itertools.islice(reversed(self._ring), newer))
+            out.reverse()
+            return out[:max(0, limit)]
 
     def last_seq(self) -> int:
         with self._lock:
