@@ -18,6 +18,7 @@ import enum
 import itertools
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -99,3 +100,13 @@ class EventLog:
 
 LOG = EventLog()
 emit = LOG.emit
+BOOT = uuid.uuid4().hex[:12]  # this process: a restarted one numbers its events from 1 again
+REPORT_EVENTS_MAX = 500  # events one report hands out (a collector asks again for more)
+
+
+def report(seq: int = 0, limit: int = REPORT_EVENTS_MAX) -> dict:
+    """This process's events after ``seq``, for a collector that pulls by sequence number:
+    ``{"boot": BOOT, "events": [...]}`` (``fuxi.shells.clusterlog``)."""
+    n = limit if isinstance(limit, int) and 0 < limit <= REPORT_EVENTS_MAX else REPORT_EVENTS_MAX
+    s = seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else 0
+    return {"boot": BOOT, "events": [e.to_dict() for e in LOG.since(s, n)]}

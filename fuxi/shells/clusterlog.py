@@ -38,7 +38,10 @@ from base import eventfile, events
 from fuxi.errors import BadInput
 
 EVENTS_TAIL_MAX = 20_000  # newest events kept in memory (older ones are read from the files)
-EVENT_REPORT_MAX = 500  # events one report (a JobMaster's sync) may carry
+EVENT_REPORT_MAX = events.REPORT_EVENTS_MAX  # events one report may carry (base.events)
+EVENTS_PULL_S = 2.0  # how often Pangu masters' and Nuwa replicas' rings are pulled
+EVENTS_PULL_TIMEOUT_S = 5.0  # one component's answer; a silent one is asked again next round
+PULLED_PREFIXES = ("pangu-master-", "nuwa-")  # named actors of the cluster's namespace pulled
 EVENTS_QUERY_MAX = 10_000  # events one query returns
 EVENTS_WAIT_S_MAX = 30.0  # a long poll (``fuxi events --follow``) waits at most this long
 EVENT_FOLLOWERS_MAX = 64  # long polls waiting at once; more are answered at once
@@ -177,6 +180,32 @@ class ClusterEvents:
         except BadInput as e:
             logger.warning("%s", e)
 
+    def start_pulling(self, namespace: str, token) -> None:
+        """Pull the rings of the cluster's Pangu masters and Nuwa replicas every
+        EVENTS_PULL_S, on a thread of its own (idempotent)."""
+        from fuxi.shells.offloop import OffLoop
+
+        if getattr(self, "_puller", None) is None or self._puller.done():
+            self._puller = asyncio.get_running_loop().create_task(
+                self._pull_loop(OffLoop("fuxi-events", 1), namespace, token))
+
+    async def _pull_loop(self, offloop, namespace: str, token) -> None:
+        at: dict[str, tuple[str, int]] = {}  # actor name -> (its boot, last seq taken)
+        while True:
+            await asyncio.sleep(EVENTS_PULL_S)
+            try:
+                got = await offloop.run(pull_components, namespace, token(), at)
+            except Exception:  # noqa: BLE001 - listing actors failed: next round
+                logger.warning("pulling components' events failed", exc_info=True)
+                continue
+            for name, batch in got:
+                try:
+                    seq = self.report(name, batch)
+                except BadInput as e:
+                    logger.warning("%s", e)
+                    continue
+                at[name] = (batch["boot"], seq)
+
     # ------------------------------------------------------------ out
 
     def _read(self, since_id: int, since_at: float | None, kinds: list[str], limit: int,
@@ -227,6 +256,33 @@ class ClusterEvents:
             finally:
                 self.followers -= 1
             self.pull_local()
+
+
+def pull_components(namespace: str, token: str, at: dict) -> list[tuple[str, dict]]:
+    """One round (blocking, on a thread): each pulled component's events after what was
+    taken from its current process (``at``: name -> (boot, seq)); a restarted one (another
+    boot) from its start."""
+    import ray
+
+    from base import actors
+
+    out = []
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        name = a.get("name", "")
+        if a.get("namespace") != namespace or not name.startswith(PULLED_PREFIXES):
+            continue
+        try:
+            h = ray.get_actor(name, namespace=namespace)
+            boot, seq = at.get(name, ("", 0))
+            batch = actors.call(h.events_since, seq, cred=token or None,
+                                timeout_s=EVENTS_PULL_TIMEOUT_S)
+            if isinstance(batch, dict) and batch.get("boot") != boot and seq:
+                batch = actors.call(h.events_since, 0, cred=token or None,
+                                    timeout_s=EVENTS_PULL_TIMEOUT_S)  # restarted: from 1
+            out.append((name, batch))
+        except Exception:  # noqa: BLE001 - gone, restarting, or an older version: skipped
+            continue
+    return out
 
 
 def note_nodes(old: dict, new: dict, info: dict) -> None:

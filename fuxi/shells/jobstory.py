@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 from base import events
 from fuxi.core import jobcore as jc
-from fuxi.shells.clusterlog import EVENT_REPORT_MAX  # events one sync carries
 
 ATTEMPTS_RECORDED_MAX = 200_000  # attempts in one job's record; past it failed, killed and
 #                                  backup attempts are kept first, the rest sampled by order
@@ -42,7 +40,7 @@ def _last_line(text: str) -> str:
 class JobStory:
     def __init__(self, job_id: str):
         self.job_id = job_id
-        self.boot = uuid.uuid4().hex[:12]  # this JobMaster process (a restarted one differs)
+        self.boot = events.BOOT  # this JobMaster process (a restarted one differs)
         self.acked = 0
         self._raced: set[tuple[str, int]] = set()
 
@@ -115,10 +113,9 @@ class JobStory:
                     node=w.node_id, worker=w.worker_id, loser_attempt=a.key[2],
                     loser_node=a.node_id)
 
-    def batch(self, limit: int = EVENT_REPORT_MAX) -> dict:
+    def batch(self) -> dict:
         """What the next sync carries: this process's events FuxiMaster has not acknowledged."""
-        return {"boot": self.boot,
-                "events": [e.to_dict() for e in events.LOG.since(self.acked, limit)]}
+        return events.report(self.acked)
 
     def acknowledged(self, seq) -> None:
         if isinstance(seq, int) and seq > self.acked:

@@ -161,6 +161,7 @@ class FuxiMaster:
         Idempotent; it changes nothing on a FuxiMaster that neither restarted nor found jobs."""
         adopted = await self.adoption.resume(self)
         if self.adoption.restarted:
+            self._pull_events()
             self.supervisor.start()
             self.services.start()
             self.agents.start()
@@ -261,10 +262,15 @@ class FuxiMaster:
         if self.supervisor.running or (not self.supervisor.nuwa_group and self.services.started):
             return  # running already: nothing changes, nothing to check
         self._require(cred, "start FuxiMaster's loops", admin_ok=True)
+        self._pull_events()
         self.supervisor.start()
         self.services.start()
         if agents:
             self.agents.start()
+
+    def _pull_events(self) -> None:  # Pangu masters' and Nuwa replicas' (fuxi.shells.clusterlog)
+        self.events.start_pulling(ray.get_runtime_context().namespace,
+                                  lambda: self.platform_guard.platform_token)
 
     async def kuafu_start_node(self, node: str, cfg: dict | None = None,
                                cred: str | None = None) -> dict:

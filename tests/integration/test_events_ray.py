@@ -109,3 +109,34 @@ def test_timeline_of_a_job_with_stragglers_shows_backups_that_won(client, tmp_pa
     assert any(e["name"] == "t[0]#0" and e["args"]["state"] == "killed" for e in xs), xs
     assert {e["name"] for e in xs} >= {f"t[{i}]#0" for i in range(6)}
     json.dumps(trace)  # what `fuxi job timeline` writes
+
+
+def test_a_nuwa_replicas_leadership_is_pulled_by_sequence_number(ray_cluster, tmp_path):
+    """What FuxiMaster's puller does every EVENTS_PULL_S, one round at a time: a replica's
+    ring after what was taken, nothing twice, and a restarted replica from its start."""
+    from fuxi.shells.clusterlog import ClusterEvents, pull_components
+    from nuwa.group import start_group
+
+    ns = f"nuwa-events-{time.time_ns()}"
+    g = start_group(1, str(tmp_path / "nuwa"), namespace=ns)
+    try:
+        log, at = ClusterEvents(None), {}
+
+        def round_():
+            for name, batch in pull_components(ns, "", at):
+                at[name] = (batch["boot"], log.report(name, batch))
+            return [r for r in log.tail if r["origin"].startswith("nuwa-")]
+
+        got = _wait_for(lambda: [r for r in round_() if r["kind"] == "role_changed"
+                                 and "leader" in r["message"]], 30, "the replica to lead")
+        assert got[0]["origin"].startswith("nuwa-1/")
+        n = len(round_())
+        assert len(round_()) == n  # pulled again: nothing new, nothing twice
+        g.stop_replica(1)
+        g.start_replica(1, rejoin=True)
+        again = _wait_for(lambda: [r for r in round_() if r["kind"] == "role_changed"
+                                   and r["origin"] != got[0]["origin"]], 30,
+                          "the restarted replica's events")
+        assert again[0]["origin_seq"] == 1  # its new process, from the start
+    finally:
+        g.stop()
