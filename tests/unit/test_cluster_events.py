@@ -364,3 +364,55 @@ def test_cli_reads_the_files_of_a_stopped_cluster(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "#2 " in r.output and "#1 " not in r.output
     r = CliRunner().invoke(app, ["events", "--follow"])
     assert r.exit_code == 2 and "--follow needs a running cluster" in r.output
+
+
+def test_follow_prints_one_json_object_per_line_and_exits_130_on_ctrl_c(monkeypatch):
+    import contextlib
+
+    import cli.job
+    from cli.main import app
+
+    class Following:  # stands in for the cluster's client: CLI plumbing only
+        def follow_events(self, since_id, since_at, kinds, wait_s):
+            assert (since_id, kinds) == (7, ["job_*"])
+            yield rec(8, "job_submitted")
+            yield rec(9, "job_failed")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.job, "jobs_client", lambda cluster: contextlib.nullcontext(Following()))
+    r = CliRunner().invoke(app, ["events", "--follow", "--json", "--since", "7", "-k", "job_*"])
+    assert r.exit_code == 130, r.output
+    assert [json.loads(x)["id"] for x in r.stdout.splitlines()] == [8, 9]
+
+
+def test_timeline_and_explain_of_a_job_on_a_stopped_cluster(tmp_path, monkeypatch):
+    from cli.main import app
+    from fuxi.io.store import FileStore
+
+    monkeypatch.setenv("FUXI_HOME", str(tmp_path))
+    core, _ = straggler_job()
+    acts = core.tick(2.1)
+    where, key = pushed(acts)[0]
+    run(core, where, key, 2.2)
+    finish(core, where, ok(key, duration_s=0.5), 2.7)
+    d = tmp_path / "default"
+    FileStore(str(d / "state")).put("/jobs/j/status", {"job_id": "j", "state": "succeeded"})
+    (d / "logs").mkdir(parents=True)
+    JobStory("j").write(core, str(d / "logs" / "j.attempts.json"))
+    out = tmp_path / "trace.json"
+    r = CliRunner().invoke(app, ["job", "timeline", "j", "--out", str(out)])
+    assert r.exit_code == 0 and "5 attempt(s)" in r.output, r.output
+    trace = json.loads(out.read_text())
+    assert sum(e["cat"] == "backup" for e in trace["traceEvents"] if e["ph"] == "X") == 1
+    r = CliRunner().invoke(app, ["explain", "job", "j", "--task", "a", "--instance", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    story = json.loads(r.stdout)
+    assert story["winner"] == 1 and story["attempts"][1]["backup"]
+    r = CliRunner().invoke(app, ["explain", "job", "j", "--task", "a", "--instance", "3"])
+    assert "backup 1 on node n" in r.output and "attempt 1 won" in r.output
+    for args, match in [(["--task", "b", "--instance", "0"], "has no task 'b'"),
+                        (["--task", "a", "--instance", "9"], "instances 0..3")]:
+        r = CliRunner().invoke(app, ["explain", "job", "j", *args])
+        assert r.exit_code == 2 and match in r.output, r.output
+    r = CliRunner().invoke(app, ["job", "timeline", "j", "--out", str(tmp_path / "no" / "t.json")])
+    assert r.exit_code == 2 and "cannot write it" in r.output
