@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import collections
 import enum
+import itertools
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -84,7 +86,12 @@ class EventLog:
     def since(self, seq: int = 0, limit: int = EVENTS_KEPT_MAX) -> list[Event]:
         """Events with a sequence number above ``seq``, oldest first, at most ``limit``."""
         with self._lock:
-            return [e for e in self._ring if e.seq > seq][:max(0, limit)]
+            # Sequence numbers are contiguous: the newer ones are the last ``_seq - seq``
+            # records, read from the right (a reader that keeps up costs O(new), not O(ring)).
+            newer = min(len(self._ring), max(0, self._seq - seq))
+            out = list(itertools.islice(reversed(self._ring), newer))
+            out.reverse()
+            return out[:max(0, limit)]
 
     def last_seq(self) -> int:
         with self._lock:
@@ -93,3 +100,13 @@ class EventLog:
 
 LOG = EventLog()
 emit = LOG.emit
+BOOT = uuid.uuid4().hex[:12]  # this process: a restarted one numbers its events from 1 again
+REPORT_EVENTS_MAX = 500  # events one report hands out (a collector asks again for more)
+
+
+def report(seq: int = 0, limit: int = REPORT_EVENTS_MAX) -> dict:
+    """This process's events after ``seq``, for a collector that pulls by sequence number:
+    ``{"boot": BOOT, "events": [...]}`` (``fuxi.shells.clusterlog``)."""
+    n = limit if isinstance(limit, int) and 0 < limit <= REPORT_EVENTS_MAX else REPORT_EVENTS_MAX
+    s = seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else 0
+    return {"boot": BOOT, "events": [e.to_dict() for e in LOG.since(s, n)]}

@@ -8,13 +8,14 @@ from typing import Iterator, Optional
 
 import typer
 
-from cli.common import EXIT_JOB_FAILED, ClusterOpt, blacklist_text, handle, print_json
+from cli.common import (EXIT_BAD_INPUT, EXIT_JOB_FAILED, ClusterOpt, blacklist_text, fail, handle,
+                        print_json)
 
 app = typer.Typer(no_args_is_help=True)
 
 
 @contextlib.contextmanager
-def _jobs(cluster: str) -> Iterator:
+def jobs_client(cluster: str) -> Iterator:
     """The running cluster's client, or the records on disk when no cluster runs (no Ray)."""
     from fuxi.client import FuxiClient, OfflineJobs
     from fuxi.runtime import cluster_dir, connect, find_cluster
@@ -29,7 +30,7 @@ def _jobs(cluster: str) -> Iterator:
 def _query(cluster: str, call):
     """Run ``call(jobs)`` on the running cluster or the records on disk; errors become exit codes."""
     try:
-        with _jobs(cluster) as jobs:
+        with jobs_client(cluster) as jobs:
             return call(jobs)
     except Exception as e:
         handle(e)
@@ -111,13 +112,36 @@ def logs(
         typer.echo(f"{r['task']}[{r['instance']}] a{r['attempt']}: {r['line']}")
 
 
+@app.command("timeline")
+def timeline(
+    job_id: str,
+    out: str = typer.Option("trace.json", "--out", "-o", help="Where to write the trace."),
+    cluster: str = ClusterOpt,
+) -> None:
+    """The job's attempts as Chrome trace events (open in https://ui.perfetto.dev)."""
+    import json
+    import time
+
+    from fuxi.core.story import chrome_trace
+
+    trace = chrome_trace(_query(cluster, lambda jobs: jobs.attempts(job_id)), now=time.time())
+    n = sum(1 for e in trace["traceEvents"] if e["ph"] == "X")
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(trace, f)
+    except OSError as e:
+        fail(f"--out {out!r}: cannot write it: {e.strerror or e}", EXIT_BAD_INPUT)
+    typer.echo(f"{n} attempt(s) of job {job_id} written to {out} (open it in "
+               f"https://ui.perfetto.dev or chrome://tracing)")
+
+
 @app.command("cancel")
 def cancel(job_id: str, cluster: str = ClusterOpt) -> None:
     """Stop a running job and every one of its workers."""
     from fuxi.client import OfflineJobs
 
     try:
-        with _jobs(cluster) as jobs:
+        with jobs_client(cluster) as jobs:
             if isinstance(jobs, OfflineJobs):
                 st = jobs.status(job_id)
                 typer.echo(f"job {job_id} is {st['state']}; no cluster is running")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import auth, call, cluster, debug, job, node, nuwa, pangu, queue, service, submit, top
+from cli import auth, call, cluster, debug, events, job, node, nuwa, pangu, queue, service, submit, top
 
 app = typer.Typer(
     name="fuxi",
@@ -19,6 +19,9 @@ app.command("down")(cluster.down)
 app.command("status")(cluster.status)
 app.command("top")(top.top)
 app.command("call")(call.call)
+app.command("events")(events.events)
+app.add_typer(events.explain_app, name="explain", help="The story of a job's instance or a "
+                                                       "service's replica: where, why, what happened.")
 app.command("login")(auth.login)
 app.command("whoami")(auth.whoami)
 app.command("audit")(auth.audit)

@@ -151,6 +151,29 @@ class FuxiClient:
     def logs(self, job_id: str, task: str | None = None, instance: int | None = None) -> list[dict]:
         return self._read("logs", job_id, task, instance)
 
+    def attempts(self, job_id: str) -> dict:
+        """Every attempt of a job (``fuxi.core.story`` tells and draws them)."""
+        return self._read("job_attempts", job_id)
+
+    def events(self, since_id: int = 0, since_at: float | None = None, kinds=None,
+               limit: int = 1000, wait_s: float = 0.0, match: dict | None = None) -> dict:
+        """The cluster's event log: ``{"events": [...], "last_id": n}``, oldest first; with
+        ``wait_s``, waits that long (at most EVENTS_WAIT_S_MAX) for the first new one."""
+        return self._read("events_since", since_id, since_at, kinds, limit, wait_s, match,
+                          timeout_s=wait_s + MASTER_REPLY_TIMEOUT_S)
+
+    def follow_events(self, since_id: int = 0, since_at: float | None = None, kinds=None,
+                      wait_s: float = 10.0, match: dict | None = None):
+        """Every event from ``since_id`` on, as it happens (long polls of ``wait_s`` each,
+        resumed from the last id seen); runs until the caller stops iterating."""
+        while True:
+            got = self.events(since_id, since_at, kinds, 1000, wait_s, match)
+            for e in got["events"]:
+                since_id = max(since_id, e["id"])
+                yield e
+            if not got["events"]:
+                since_id = max(since_id, got.get("last_id", since_id))
+
     def wait(self, job_id: str, timeout_s: float | None = None,
              on_update: Callable[[dict], None] | None = None, poll_s: float = POLL_S) -> dict:
         """Wait until the job ends (or ``timeout_s`` passes); returns the last status."""
@@ -207,3 +230,15 @@ class OfflineJobs:
 
         self.status(job_id)
         return read_job_logs(os.path.join(self.data_dir, "logs"), job_id, task, instance)
+
+    def attempts(self, job_id: str) -> dict:
+        from fuxi.shells.jobstory import read_attempts
+
+        self.status(job_id)
+        return read_attempts(os.path.join(self.data_dir, "logs"), job_id)
+
+    def events(self, since_id: int = 0, since_at: float | None = None, kinds=None,
+               limit: int = 1000, wait_s: float = 0.0, match: dict | None = None) -> dict:
+        from fuxi.shells.clusterlog import offline_events
+
+        return offline_events(self.data_dir, since_id, since_at, kinds, limit, match)

@@ -168,6 +168,7 @@ class Group:
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         done = []
         to_replace = []
+        leaders: list[tuple[int, int]] = []  # (term, replica) of those that said they lead
         for rid in list(self.voters):
             try:
                 h = ray.get_actor(f"nuwa-{rid}", namespace=self.namespace)
@@ -179,6 +180,8 @@ class Group:
                     ray.kill(h, no_restart=True)
                     raise RuntimeError(f"nuwa-{rid} had stopped")
                 self.handles[rid] = h
+                if st.get("role") == "LEADER" and isinstance(st.get("term"), int):
+                    leaders.append((st["term"], rid))
                 if st.get("voter") is False and rid in st.get("voters", ()):
                     to_replace.append(rid)  # lost its disk: a non-voter for good
                 continue
@@ -211,6 +214,7 @@ class Group:
                 done.append(f"replaced nuwa-{rid} by nuwa-{new} on node {node[:12]}")
             except Exception as e:
                 done.append(f"could not replace nuwa-{rid}: {e!r}")
+        self.leader = max(leaders) if leaders else None  # (term, replica) seen this round
         return done
 
     # ------------------------------------------------------------ membership

@@ -61,6 +61,13 @@ class NuwaReplica:
         st["pid"] = os.getpid()  # fault tests and the benchmark kill or pause this process
         return st
 
+    async def events_since(self, seq: int = 0, cred: str | None = None) -> dict:
+        """This process's events after ``seq`` (FuxiMaster's event log pulls them)."""
+        from base import events
+
+        self._require(cred, "read a Nuwa replica's events")
+        return events.report(seq)
+
     async def zk_set_keys(self, proof: str, doc: dict) -> int:
         """Zhongkui's keys after a rotation (from FuxiMaster)."""
         return self.server.guard.accept_keys(proof, doc)

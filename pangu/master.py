@@ -242,6 +242,13 @@ class PanguMaster:
         self.auth.require_platform(cred, "run Pangu maintenance", admin_ok=True)
         return await self.healer.maintain_once()
 
+    async def events_since(self, seq: int = 0, cred: str | None = None) -> dict:
+        """This process's events after ``seq`` (FuxiMaster's event log pulls them)."""
+        from base import events
+
+        self.auth.require_platform(cred, "read a Pangu master's events", admin_ok=True)
+        return events.report(seq)
+
     # ------------------------------------------------------------ reports
     async def fsck(self, path: str = "/", cred: str | None = None) -> dict:
         await self.mastership.need_active()

@@ -12,7 +12,7 @@ import re
 import time
 from collections import deque
 
-from base import metrics
+from base import events, metrics
 
 RECORDS_KEPT = 10_000
 DETAIL_CHARS_MAX = 500
@@ -44,6 +44,10 @@ class AuditLog:
                "detail": redact(detail)[:DETAIL_CHARS_MAX]}
         self.records.append(rec)
         DECISIONS.inc(result=result)
+        if result == "denied":  # the cluster's event log collects those of FuxiMaster's process
+            events.emit("zhongkui", "denied", f"{rec['who']} was refused {rec['action']} on "
+                        f"{rec['resource']}", severity="warning", who=rec["who"],
+                        action=rec["action"], resource=rec["resource"])
         if self.path:
             try:
                 if os.path.getsize(self.path) >= self.file_bytes_max:

@@ -152,6 +152,7 @@ class Attempt:
     started_at: float | None = None
     ended_at: float | None = None
     error: str = ""
+    why: str = ""  # the reason of its last move (for a killed or lost one: why it ended)
 
 
 @dataclass

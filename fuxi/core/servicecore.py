@@ -259,6 +259,7 @@ class ServiceCore:
 
     def _event(self, now: float, text: str) -> None:
         self.events = (self.events + [f"{now:.3f} {text}"])[-EVENTS_KEPT:]
+        self.events_total = getattr(self, "events_total", 0) + 1  # the shell forwards the new
 
     # ------------------------------------------------------------ views and persistence
     @property

@@ -124,4 +124,6 @@ def move(obj, to, why: str = "") -> str:
             f"legal transition ({why or 'no reason given'})"
         )
     obj.state = to
+    if to.__class__ is AttemptState:  # an attempt keeps why it last moved (``fuxi explain``)
+        obj.why = why
     return name

@@ -23,11 +23,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fuxi.core import checkpoint as ckpt_core
 from fuxi.core.agentview import death_text
 from fuxi.core import jobcore as jc
-from fuxi.io.output import OutputLocation
 from fuxi.io.resolve import locate_inputs, prepare_outputs
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import JobState
 from fuxi.shells import recovery
+from fuxi.shells.jobstory import JobStory, attempts_path
+from fuxi.shells.commits import COMMIT_TIMEOUT_S, FINALIZE_TIMEOUT_S, commit, finalize
 from fuxi.shells.worker import WorkerActor
 
 logger = logging.getLogger(__name__)
@@ -46,10 +47,7 @@ SPARES_PER_NODE = 1  # warm workers kept per node once a job starts replacing wo
 # Output commits and the final check run on a thread of their own, one at a time and in order
 # (see fuxi.io.output: only the JobMaster commits, one call at a time), never on the event loop:
 # a Pangu master paused or failing over must not stop the loop that hears from the workers.
-COMMIT_TIMEOUT_S = 300.0  # one commit, retries included; past it the job cannot succeed
-FINALIZE_TIMEOUT_S = 300.0  # the final check of every output, retries included
 JOB_PREPARE_TIMEOUT_S = 300.0  # locating Pangu inputs, creating (--overwrite: clearing) outputs
-COMMIT_RETRY_S = 1.0  # pause between tries of a commit that hit an unavailable store
 NODES_ALIVE_REUSE_S = 0.5  # a view of alive nodes this much older than a worker's failure is reused
 DEADLINE_SLACK_S = 0.001  # a slot's deadlines are looked at this long after they pass (rounding)
 LOOP_STALL_S = 5.0  # the loop came round this much later than it should: this process was
@@ -99,6 +97,7 @@ class JobMaster:
 
             creds.set_token(token)
         self.core = jc.JobCore(job_id, plan, now=time.time())
+        self.story = JobStory(job_id)  # its events (fuxi.shells.jobstory) and attempts' record
         # Finished instances made durable (fuxi.shells.recovery); ``resume``: {"gen": JobMasters
         # before this one, "records": theirs}, for a JobMaster started in place of a dead one.
         self._resume = resume
@@ -169,11 +168,15 @@ class JobMaster:
     def story(self, task: str, instance: int) -> list[str]:
         return self.core.story(task, instance)
 
+    def attempts(self) -> dict:
+        """Every attempt so far (``fuxi job timeline``, ``fuxi explain``)."""
+        return self.story.record(self.core)
+
     async def final(self) -> dict:
         """The job's final status once it has ended (waits until then). A FuxiMaster that
         adopted this JobMaster after a restart watches it with this, not with ``run``."""
         await self._ended.wait()
-        return self.status()
+        return {**self.status(), "events": self.story.batch()}  # the ones no sync carried
 
     async def run(self, cred: str | None = None) -> dict:
         """Drive the job to its end; returns the final status (the JobMaster starts it
@@ -204,6 +207,11 @@ class JobMaster:
                 for handle, _ in spares:
                     self._kill_handle(handle)
             self._log_file.close()
+            try:
+                self.story.write(self.core, attempts_path(os.path.dirname(self.log_path),
+                                                          self.job_id))
+            except Exception:  # noqa: BLE001 - the job's verdict does not depend on it
+                logger.exception("writing the record of job %s's attempts failed", self.job_id)
             self._committer.shutdown(wait=False, cancel_futures=True)
             self.ckpt.close()
             self._ended.set()
@@ -535,6 +543,7 @@ class JobMaster:
 
     def _apply(self, actions: list) -> None:
         for act in actions:
+            self.story.note(self.core, act)  # retries, backups, preemptions: events
             if isinstance(act, jc.Push):
                 s = self.slots.get(act.worker_id)
                 if s is not None:
@@ -557,7 +566,7 @@ class JobMaster:
                 self.releases.append((act.shape_key, act.node_id))
             elif isinstance(act, jc.Commit):
                 self._commits.append(asyncio.get_running_loop().run_in_executor(
-                    self._committer, _commit, act))
+                    self._committer, commit, act))
             elif isinstance(act, jc.Checkpoint):  # on the commit thread, after its commit
                 self.ckpt.write(act, self.core.tasks[act.task].output,
                                 asyncio.get_running_loop(), self._committer)
@@ -692,7 +701,7 @@ class JobMaster:
             tasks = [(t.name, t.output, t.num_instances) for t in self.core.plan.tasks if t.output]
             try:
                 extra["output_summary"] = await asyncio.wait_for(
-                    asyncio.get_running_loop().run_in_executor(self._committer, _finalize, tasks),
+                    asyncio.get_running_loop().run_in_executor(self._committer, finalize, tasks),
                     FINALIZE_TIMEOUT_S)
             except Exception as e:
                 # Every instance succeeded but the output is not whole: the job did not succeed.
@@ -714,6 +723,7 @@ class JobMaster:
                                                 releases, self.core.blacklist.ordered(),
                                                 cred=self.token, held=held,
                                                 node_failures=dict(self.core.blacklist.totals),
+                                                events=self.story.batch(),
                                                 **({"ckpt": batch} if batch else {}))
         self._sync_releases = releases
         self.last_sync = time.time()
@@ -729,6 +739,7 @@ class JobMaster:
         now = time.time()
         self.last_sync_ok = now
         self.ckpt.sync_ok(self._sync_ckpt)
+        self.story.acknowledged(reply.get("events_acked"))
         self._apply(self.core.exclude(reply.get("excluded", ()), now))  # cluster level, capped
         for g in reply.get("grants", []):
             self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))
@@ -752,46 +763,3 @@ class JobMaster:
             self._log_file.write(rec + "\n")
         if lines:
             self._log_file.flush()
-
-
-# ------------------------------------------------------------ output, on the commit thread
-
-def _transient(e: BaseException) -> bool:
-    """An error a later try may not meet: the store was unreachable, not the output wrong."""
-    from pangu.errors import Unavailable as PanguUnavailable
-
-    return isinstance(e, (PanguUnavailable, ray.exceptions.RayError, TimeoutError,
-                          ConnectionError))
-
-
-def _commit(act: jc.Commit) -> str | None:
-    """Make an attempt the instance's output (on the commit thread); an error text, or None.
-    A commit that met an unavailable store is tried again until COMMIT_TIMEOUT_S (``commit``
-    is safe to repeat: a part already in place is left as it is)."""
-    deadline = time.monotonic() + COMMIT_TIMEOUT_S
-    while True:
-        try:
-            OutputLocation(act.output).commit(act.task, act.instance, act.attempt)
-            return None
-        except Exception as e:  # the job must not report success without this part
-            if not _transient(e) or time.monotonic() + COMMIT_RETRY_S > deadline:
-                return f"committing {act.task}[{act.instance}] attempt {act.attempt}: {e!r}"
-            logger.warning("commit of %s[%s] hit %r; trying again", act.task, act.instance, e)
-            time.sleep(COMMIT_RETRY_S)
-
-
-def _finalize(tasks: list) -> dict:
-    """Check and seal each task's output (on the commit thread), retrying an unavailable
-    store until FINALIZE_TIMEOUT_S."""
-    deadline = time.monotonic() + FINALIZE_TIMEOUT_S
-    out = {}
-    for name, output, n in tasks:
-        while True:
-            try:
-                out[name] = OutputLocation(output).finalize(n)
-                break
-            except Exception as e:
-                if not _transient(e) or time.monotonic() + COMMIT_RETRY_S > deadline:
-                    raise
-                time.sleep(COMMIT_RETRY_S)
-    return out

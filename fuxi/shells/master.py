@@ -26,8 +26,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from base import actors, events, metrics
-from fuxi.core import blacklist, nodeview, slots
+from base import events, metrics
+from fuxi.core import blacklist, slots
 from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
@@ -35,11 +35,13 @@ from fuxi.io.store import FileStore, MemoryStore, read_job_logs
 from fuxi.shells.admission import CONFIG_KEY, DEFAULT_QUEUE, Admissions
 from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
 from fuxi.shells.agents import Agents
+from fuxi.shells.clusterlog import ClusterEvents
+from fuxi.shells.jobstory import read_attempts
+from fuxi.shells.nodetable import refresh_nodes
 from fuxi.shells.jobrecords import drop_old_records, new_job_id, restore_records, statuses
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
 from fuxi.shells.quotas import SERVICES_GROUP
 from fuxi.shells.recovery import MasterRecovery
-from fuxi.shells.services import NODES_REFRESH_S
 from fuxi.shells.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class FuxiMaster:
         self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.events = ClusterEvents(os.path.join(data_dir, "events") if data_dir else None)
         self.ledger = slots.Ledger()
         self.blacklists = blacklist.ClusterBlacklist()  # soft: rebuilt from JobMasters' reports
         self.agents = Agents(self)  # a FuxiAgent per node; its heartbeats feed the blacklist
@@ -158,6 +161,7 @@ class FuxiMaster:
         Idempotent; it changes nothing on a FuxiMaster that neither restarted nor found jobs."""
         adopted = await self.adoption.resume(self)
         if self.adoption.restarted:
+            self._pull_events()
             self.supervisor.start()
             self.services.start()
             self.agents.start()
@@ -171,37 +175,7 @@ class FuxiMaster:
     # ------------------------------------------------------------ cluster view
 
     async def _refresh_nodes(self, force: bool = False) -> None:
-        now = time.time()
-        if not force and now - self.nodes_at < NODES_REFRESH_S:
-            return
-        nodes, info = {}, {}
-        raw = await self.gcs.run(ray.nodes)  # GCS calls: never on this loop
-        try:
-            available = await self.gcs.run(actors.available_resources_per_node)
-        except Exception:  # noqa: BLE001 - without Ray's counters, assume no foreign work
-            logger.warning("Ray's available resources could not be read; foreign work on the "
-                           "cluster is not subtracted this time", exc_info=True)
-            available = {}
-        for n in raw:
-            if not n.get("Alive"):
-                continue
-            res = {k: float(v) for k, v in n.get("Resources", {}).items()
-                   if not k.startswith("node:") and k != "object_store_memory"}
-            # Work that is not Fuxi's (other Ray users of the cluster) is not granted again.
-            # Batch workers ask Ray only for GPUs/custom resources; service replicas for all.
-            svc = self.ledger.used_on(n["NodeID"], lambda did: did.startswith("svc:"))
-            batch = self.ledger.used_on(n["NodeID"], lambda did: not did.startswith("svc:"))
-            foreign = nodeview.foreign_use(res, available.get(n["NodeID"]), batch, svc)
-            nodes[n["NodeID"]] = nodeview.capacity(res, foreign)
-            info[n["NodeID"]] = {"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"),
-                                 "resources": res, "foreign": foreign}
-        # Grants on nodes that vanished are void: their workers are dead too.
-        for did in list(self.ledger.to_dict()["grants"]):
-            for node, n in self.ledger.held(did).items():
-                if node not in nodes:
-                    self.ledger.release(did, node, n)
-        self.nodes, self.node_info, self.nodes_at = nodes, info, now
-        self.agents.refresh(nodes, now)  # missing or unhealthy agents: excluded (cluster level)
+        await refresh_nodes(self, force)  # fuxi.shells.nodetable
     # ------------------------------------------------------------ identities (Zhongkui)
 
     @property
@@ -288,10 +262,15 @@ class FuxiMaster:
         if self.supervisor.running or (not self.supervisor.nuwa_group and self.services.started):
             return  # running already: nothing changes, nothing to check
         self._require(cred, "start FuxiMaster's loops", admin_ok=True)
+        self._pull_events()
         self.supervisor.start()
         self.services.start()
         if agents:
             self.agents.start()
+
+    def _pull_events(self) -> None:  # Pangu masters' and Nuwa replicas' (fuxi.shells.clusterlog)
+        self.events.start_pulling(ray.get_runtime_context().namespace,
+                                  lambda: self.platform_guard.platform_token)
 
     async def kuafu_start_node(self, node: str, cfg: dict | None = None,
                                cred: str | None = None) -> dict:
@@ -448,13 +427,15 @@ class FuxiMaster:
 
     def agent_heartbeat(self, node: str, token: str, doc: dict) -> dict:
         """A FuxiAgent's heartbeat, signed with its node's token (fuxi.shells.agents)."""
+        self.events.pull_local()  # the agents' heartbeats are this master's clock for it
         return self.agents.heartbeat(node, token, doc)
 
     # ------------------------------------------------------------ slot grants
 
     async def sync(self, job_id: str, priority: int, demands: dict, releases: list,
                    avoid_nodes: list, cred: str | None = None, node_failures: dict | None = None,
-                   held: dict | None = None, ckpt: dict | None = None) -> dict:
+                   held: dict | None = None, ckpt: dict | None = None,
+                   events: dict | None = None) -> dict:
         """A JobMaster's heartbeat: only that job's own token (or the platform's) may give
         back or ask for its slots."""
         if self.auth_enabled:
@@ -466,6 +447,7 @@ class FuxiMaster:
                                           "not the job's own token")
                 raise Denied(f"user {who.user!r} may not sync job {job_id!r}: only its own "
                              f"JobMaster (the job's token) may")
+        acked = 0 if events is None else self.events.report(f"jobmaster-{job_id}", events)
         await self._refresh_nodes()
         if self.adoption.expected:
             await self.adoption.resume(self)
@@ -503,7 +485,7 @@ class FuxiMaster:
                    "node_id": g.node_id, "n": g.n} for g in applied]
         return {"grants": grants, "targets": {sk_of[did]: t for did, t in plan.targets.items()},
                 "preempt": self.admissions.preempt(plan, time.monotonic()),
-                "excluded": sorted(excluded)}
+                "excluded": sorted(excluded), "events_acked": acked}
 
 
     # ------------------------------------------------------------ jobs
@@ -562,6 +544,8 @@ class FuxiMaster:
         except BaseException:
             self.admissions.unreserve(job_id)
             raise
+        events.emit("fuxi", "job_submitted", f"job {job_id} submitted by {who.user or '-'} to "
+                    f"queue {plan.queue}", job=job_id, queue=plan.queue, queued=not now_room)
         if now_room:
             self._start(job_id, plan, who, sys_path)
         return job_id
@@ -614,6 +598,7 @@ class FuxiMaster:
         try:
             try:
                 status = await ref
+                self.events.report_last(f"jobmaster-{job_id}", status.pop("events", None))
             except Exception as e:
                 why_not = await self.recovery.restart(job_id, e)  # resumes from its checkpoint
                 if why_not is None:
@@ -629,7 +614,7 @@ class FuxiMaster:
             await self.astore.put(f"/jobs/{job_id}/status", status)
             state = str(status.get("state"))
             JOBS_ENDED.inc(state=state if state in TERMINAL_STATES else "other")
-            events.emit("fuxi", "job_ended", f"job {job_id} {state}", job=job_id, state=state,
+            events.emit("fuxi", f"job_{state}", f"job {job_id} {state}", job=job_id, state=state,
                         severity="info" if state == JobState.SUCCEEDED.value else "warning")
         except Exception:
             logger.exception("recording the end of job %s failed", job_id)
@@ -703,7 +688,7 @@ class FuxiMaster:
         st = await self.admissions.cancel(job_id)
         if st is not None:  # it waited in its queue: never started, nothing to stop
             JOBS_ENDED.inc(state=JobState.CANCELLED.value)
-            events.emit("fuxi", "job_ended", f"job {job_id} cancelled in its queue", job=job_id,
+            events.emit("fuxi", "job_cancelled", f"job {job_id} cancelled in its queue", job=job_id,
                         state=JobState.CANCELLED.value, severity="warning")
             return {"job_id": job_id, "state": JobState.CANCELLED.value, "cancelling": False}
         jm = self.jobmasters.get(job_id)
@@ -744,6 +729,29 @@ class FuxiMaster:
         if job_id not in self.job_owners:
             raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
         return await self._log_reads.run(read_job_logs, self.log_dir, job_id, task, instance)
+
+    async def job_attempts(self, job_id: str, cred: str | None = None) -> dict:
+        """Every attempt of a job (``fuxi job timeline``, ``fuxi explain``): from its JobMaster
+        while it runs, from the record it left (``<job>.attempts.json``) once it ended."""
+        self._check_job(cred, job_id, "view")
+        jm = self.jobmasters.get(job_id)
+        if jm is not None:
+            try:
+                return await asyncio.wait_for(jm.attempts.remote(), JOBMASTER_CALL_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - ending right now: its record follows
+                pass
+        return await self._log_reads.run(read_attempts, self.log_dir, job_id)
+
+    async def events_since(self, since_id: int = 0, since_at: float | None = None,
+                           kinds: list | None = None, limit: int = 1000, wait_s: float = 0.0,
+                           match: dict | None = None, cred: str | None = None) -> dict:
+        """The cluster's event log (``fuxi events``; fuxi.shells.clusterlog): a long poll."""
+        who = self._who(cred)
+        got = await self.events.query(since_id, since_at, kinds, limit, wait_s, match)
+        if self.auth_enabled and not who.admin:  # a job's events only to those who may view it
+            got["events"] = [e for e in got["events"] if not e.get("fields", {}).get("job")
+                             or self._may(who, e["fields"]["job"], "view")]
+        return got
 
     async def queues(self, cred: str | None = None) -> dict:
         """The queues (quota groups): limits, quotas, what their jobs hold, running and

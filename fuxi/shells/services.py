@@ -26,7 +26,8 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from base import actors
+from base import actors, events
+from fuxi.shells.clusterlog import forward_service_events
 from fuxi.errors import BadInput
 from fuxi.shells.replica import (REPLICA_PREFIX, ServiceReplica, control_digest, control_key,
                           replica_name)
@@ -71,6 +72,7 @@ class ServiceManager:
         self.control_secret = control_secret
         self.token_for = token_for or (lambda name: "")  # a replica's token, by service
         self.cores: dict[str, ServiceCore] = {}
+        self._forwarded: dict[str, int] = {}  # service -> core event lines sent to the log
         self.handles: dict[str, object] = {}
         self.busy: set[str] = set()          # replicas with a start/check/drain in progress
         self.checked: dict[str, float] = {}  # replica -> last health check
@@ -311,8 +313,12 @@ class ServiceManager:
         now = time.time()
         nodes = self._node_cpu if self.cores else {}  # refreshed off the loop by _run
         for name, core in list(self.cores.items()):
+            forward_service_events(name, core, self._forwarded)  # the cluster's event log
             for act in core.plan(now, nodes):
                 if act.kind == "start":
+                    events.emit("fuxi.services", "replica_placed", f"service {name}: {act.rid} "
+                                f"placed on node {(act.node or 'any')[:12]}", service=name,
+                                replica=act.rid, node=act.node)
                     cpu = float(act.spec["resources"].get("cpu") or 0.0)
                     # Pinned where there is room now (Ray's soft affinity does not always
                     # honour the node); left to Ray where the replica must wait for room.

@@ -38,6 +38,7 @@ class Supervisor:
         self.nuwa = nuwa  # client addresses [[host, port], ...], updated after a replacement
         self.nuwa_group = nuwa_group
         self.events: list[str] = []
+        self.leader: tuple[int, int] | None = None  # Nuwa's (term, leading replica), last seen
         self.auth = auth  # the auth document for actors started now (keys as rotated)
         self.offloop = offloop or OffLoop("fuxi-supervise", SUPERVISE_THREADS_MAX)
         self._task: asyncio.Task | None = None
@@ -62,6 +63,16 @@ class Supervisor:
                 done = await self.offloop.run(group.supervise_once)
             except Exception as e:  # noqa: BLE001 - reported, and tried again next round
                 done = [f"supervising Nuwa failed: {e!r}"]
+            leader = getattr(group, "leader", None)
+            if leader is not None and leader != self.leader:  # (term, replica)
+                events.emit("nuwa", "leader_changed", f"nuwa-{leader[1]} leads term {leader[0]}"
+                            + (f" (was nuwa-{self.leader[1]})" if self.leader else ""),
+                            term=leader[0], leader=leader[1])
+                self.leader = leader
+            elif leader is None and self.leader is not None and not done:
+                events.emit("nuwa", "no_leader", "no Nuwa replica says it leads",
+                            severity="warning", term=self.leader[0])
+                self.leader = None
             if done:  # a replacement changes the members and their addresses
                 self.nuwa_group = group.to_dict()
                 self.nuwa = [list(a) for a in group.client_addresses()]
