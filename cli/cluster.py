@@ -70,7 +70,7 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
                 info = actors.call(conn.master.cluster_info,
                                    timeout_s=runtime.CLUSTER_CONNECT_TIMEOUT_S)
             info.update(address=rec.address, running=True, data_dir=rec.data_dir,
-                        namespace=rec.namespace, fuxi_master="FuxiMaster", web=rec.web,
+                        namespace=rec.namespace, fuxi_master="FuxiMaster", web=getattr(rec, "web", None),
                         nuwa=[f"{h}:{p}" for h, p in (rec.nuwa or [])])
     except Exception as e:
         handle(e)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import html
 import logging
 import re
 import secrets
@@ -173,8 +174,8 @@ class ConsoleApp:
     def _checked(value: str, what: str) -> str:
         web = ConsoleApp._web()
         if not ID_RE.match(value or ""):
-            raise web.HTTPBadRequest(text=f"{what} {value[:80]!r}: expected letters, digits "
-                                          f"and _.:- (at most 128)\n")
+            raise web.HTTPBadRequest(text=f"{what} {html.escape(repr(value[:80]))}: expected "
+                                          f"letters, digits and _.:- (at most 128)\n")
         return value
 
     # ------------------------------------------------------------ pages

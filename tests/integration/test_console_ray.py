@@ -96,7 +96,7 @@ def test_the_console_shows_nodes_a_job_with_a_backup_services_storage_and_nuwa(
     node = info["nodes"][0]["node_id"]
 
     # Overview: the node, its CPUs.
-    wait_page(browser, web + "/", lambda d: node[:16] in d.find_element(By.CSS_SELECTOR,
+    wait_page(browser, web + "/", lambda d: node[:12] in d.find_element(By.CSS_SELECTOR,
                                                                         "table.nodes").text,
               "the node")
     assert "Cluster default" in browser.find_element(By.TAG_NAME, "h2").text
