@@ -59,6 +59,7 @@ class ClusterRecord:
     nuwa_replicas: int = 0
     head_started: int | None = None  # the head's start time in clock ticks since boot
     auth: bool = False  # Zhongkui enforces access control (`fuxi up --auth`)
+    metrics: str | None = None  # the head's /metrics URL (FuxiWeb), None when not serving
 
     @classmethod
     def load(cls, cluster: str) -> "ClusterRecord | None":

@@ -16,6 +16,8 @@ def up(
     auth_token_path: Optional[str] = typer.Option(None, "--auth-token-path", help="Ray auth token file of the cluster given by --address."),
     nuwa_replicas: int = typer.Option(3, "--nuwa-replicas", help="Nuwa replica group size: 1, 3 or 5 (0: no Nuwa)."),
     auth: Optional[bool] = typer.Option(None, "--auth/--no-auth", help="Zhongkui access control: every call needs a token (default: on with --address, off for a local head)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Port of the head's Prometheus /metrics endpoint (default 9469; 0: any free port)."),
+    metrics_host: Optional[str] = typer.Option(None, "--metrics-host", help="Address /metrics binds (default 127.0.0.1; 0.0.0.0 to be scraped from other machines)."),
     cluster: str = ClusterOpt,
 ) -> None:
     """Start a persistent local cluster (or deploy onto an existing Ray cluster)."""
@@ -27,11 +29,14 @@ def up(
 
             raise BadInput(f"--nuwa-replicas {nuwa_replicas}: expected 0, 1, 3 or 5")
         rec = runtime.up(cluster, address=address, num_cpus=num_cpus,
-                         auth_token_path=auth_token_path, nuwa_replicas=nuwa_replicas, auth=auth)
+                         auth_token_path=auth_token_path, nuwa_replicas=nuwa_replicas, auth=auth,
+                         metrics_port=metrics_port, metrics_host=metrics_host)
     except Exception as e:
         handle(e)
     typer.echo(f"cluster {cluster!r} is up at {rec.address} (data in {rec.data_dir})"
                + ("; access control is on: you are signed in as admin" if rec.auth else ""))
+    if rec.metrics:
+        typer.echo(f"metrics: {rec.metrics}")
 
 
 def down(cluster: str = ClusterOpt) -> None:
@@ -61,7 +66,8 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
                                    timeout_s=runtime.CLUSTER_CONNECT_TIMEOUT_S)
             info.update(address=rec.address, running=True, data_dir=rec.data_dir,
                         namespace=rec.namespace, fuxi_master="FuxiMaster",
-                        nuwa=[f"{h}:{p}" for h, p in (rec.nuwa or [])])
+                        nuwa=[f"{h}:{p}" for h, p in (rec.nuwa or [])],
+                        metrics=rec.metrics, web=None)  # web: the console (issue 17 part 4)
     except Exception as e:
         handle(e)
     if as_json:
@@ -74,6 +80,8 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
                f"{len(info['jobs_running'])} job(s) running")
     if info.get("nuwa"):
         typer.echo(f"  nuwa: {', '.join(info['nuwa'])}")
+    if info.get("metrics"):
+        typer.echo(f"  metrics: {info['metrics']}")
     for line in info.get("nuwa_events", [])[-5:]:
         typer.echo(f"  nuwa event: {line}")
     for n in info["nodes"]:

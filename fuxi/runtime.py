@@ -115,10 +115,21 @@ def operator_proof(cluster: str) -> str:
 
 def up(cluster: str = "default", address: str | None = None, num_cpus: int | None = None,
        auth_token_path: str | None = None, nuwa_replicas: int = 3,
-       auth: bool | None = None) -> ClusterRecord:
+       auth: bool | None = None, metrics_port: int | None = None,
+       metrics_host: str | None = None) -> ClusterRecord:
     """Start (or deploy onto) a persistent cluster and record it. ``auth``: Zhongkui enforces
     access control everywhere (default: on for a cluster we deploy onto, which may span
-    machines; off for a local head, where the operator is the only user)."""
+    machines; off for a local head, where the operator is the only user). ``metrics_port``
+    and ``metrics_host``: where FuxiWeb serves ``/metrics`` (defaults in fuxi.shells.webactor;
+    port 0: a free one); with ``FUXI_METRICS=0`` nothing is served."""
+    from fuxi.shells.webactor import METRICS_HOST_DEFAULT, METRICS_PORT_DEFAULT
+
+    metrics_port = METRICS_PORT_DEFAULT if metrics_port is None else metrics_port
+    metrics_host = metrics_host or METRICS_HOST_DEFAULT
+    if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) \
+            or not 0 <= metrics_port <= 65535:
+        raise BadInput(f"--metrics-port {metrics_port!r}: expected a port number from 0 to "
+                       f"65535 (0: any free port)")
     existing = find_cluster(cluster)
     if existing is not None:
         raise ClusterError(f"cluster {cluster!r} is already up at {existing.address}; "
@@ -195,6 +206,7 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
             if creds is not None:  # the first administrator: the operator's credentials
                 write_private(os.path.join(data_dir, CREDENTIALS_FILE), json.dumps(creds))
                 write_private(os.path.join(data_dir, TOKEN_FILE), creds["token"])
+        _start_web(rec, metrics_host, metrics_port)
     except BaseException:
         with contextlib.suppress(Exception):
             down(cluster)
@@ -287,6 +299,27 @@ def _start_kuafu(rec: ClusterRecord, auth: dict | None = None) -> None:
         deploy.start(rec.namespace, rec.nuwa, host=host, detached=True, auth=auth)
     finally:
         ray.shutdown()
+
+
+def _start_web(rec: ClusterRecord, host: str, port: int) -> None:
+    """Start FuxiWeb (the head's /metrics) next to FuxiMaster and record its URL."""
+    from base import metrics
+    from fuxi.shells.webactor import start_web
+
+    if not metrics.ENABLED:
+        return  # FUXI_METRICS=0: no endpoint
+    with connect(rec.cluster, embedded_ok=False) as conn:
+        node = actors.call(conn.master.cluster_info,
+                           timeout_s=CLUSTER_CONNECT_TIMEOUT_S).get("master_node_id")
+        try:
+            info = start_web(rec.cluster, rec.namespace, rec.data_dir, host, port, node,
+                             ACTOR_READY_TIMEOUT_S)
+        except Exception as e:
+            raise ClusterError(f"the metrics endpoint did not start on {host}:{port} ({e}); "
+                               f"is the port taken? pick another --metrics-port (0: any free "
+                               f"one), or set FUXI_METRICS=0") from None
+    rec.metrics = info["metrics"]
+    rec.save()
 
 
 def ensure_pangu(conn: "Connection") -> None:
@@ -401,6 +434,10 @@ def down(cluster: str = "default") -> dict:
                     from fuxi.shells.agents import stop_agents
 
                     stop_agents(rec.namespace)  # detached too
+                with contextlib.suppress(Exception):
+                    from fuxi.shells.webactor import stop_web
+
+                    stop_web(rec.namespace, rec.data_dir)
                 with contextlib.suppress(Exception):
                     from kuafu import deploy as kuafu_deploy
 
