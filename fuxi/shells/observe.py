@@ -36,11 +36,11 @@ class _Out:
             f = self.fams[name] = cls(name, help, labels=list(labels))
         return f
 
-    def add(self, kind: str, name: str, help: str, value, **labels) -> None:
+    def add(self, typ: str, name: str, help: str, value, **labels) -> None:
         v = _num(value)
         if v is None:
             return
-        cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        cls = CounterMetricFamily if typ == "counter" else GaugeMetricFamily
         f = self._fam(cls, name, help, tuple(labels))
         if len(f.samples) < FAMILY_SERIES_MAX:
             f.add_metric([label_value(x) for x in labels.values()], v)
@@ -83,7 +83,7 @@ def kuafu_proxy(st: dict) -> list:
     counters = st.get("counters") if isinstance(st.get("counters"), dict) else {}
     for kind, n in counters.items():
         if kind == "held_bytes_max":  # a high-water mark, not a count
-            out.add("gauge", "kuafu_proxy_held_bytes_peak", "Most bytes a proxy ever held.", n)
+            out.add("gauge", "kuafu_proxy_peak_held_bytes", "Most bytes a proxy ever held.", n)
             continue
         out.add("counter", "kuafu_proxy_events_total",
                 "What Kuafu proxies did and refused (requests, errors, retries, backups, ...).",

@@ -14,7 +14,7 @@ bounded by ``SCRAPE_CALL_TIMEOUT_S`` -- and turns the answers into one expositio
 Every sample gets the labels ``component``, ``node`` (the Ray node, first 12 hex digits; a
 metric that describes a node keeps its own) and ``instance`` (the actor). A component that does
 not answer in time, or answers garbage, is left out of that scrape and counted in
-``fuxi_scrape_skipped_total{component}``: a scrape never waits on a stuck actor.
+``fuxi_scrape_skipped_total{target}`` (``target``: the component): a scrape never waits on a stuck actor.
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ COMPONENTS = tuple(sorted({c for _, c, _ in TARGETS}))
 
 SKIPPED = metrics.counter("fuxi_scrape_skipped_total",
                           "Components left out of a scrape (no answer in time, or garbage).",
-                          labels=("component",), series_max=32)
+                          labels=("target",), series_max=32)
 SCRAPE_SECONDS = metrics.histogram("fuxi_scrape_duration_seconds",
                                    "Time to gather every component's metrics for /metrics.",
                                    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 SCRAPE_TARGETS = metrics.gauge("fuxi_scrape_targets", "Actors asked in the last scrape.",
-                               labels=("component",), series_max=32)
+                               labels=("target",), series_max=32)
 
 
 def component_of(name: str) -> tuple[str, str] | None:
@@ -111,6 +111,7 @@ class Scraper:
         self._targets_at = 0.0
         self._lock = asyncio.Lock()  # one discovery at a time
         self.last_skipped: list[str] = []
+        self.node: str | None = None  # this process's Ray node (first 12 hex digits)
 
     def _discover(self) -> list[dict]:
         """Blocking (GCS calls): every named actor we scrape, its handle, node and restarts."""
@@ -129,7 +130,7 @@ class Scraper:
                         "handle": handle, "node": (row.get("Address") or {}).get("NodeID", ""),
                         "restarts": row.get("NumRestarts", 0)})
         for name in names[TARGETS_MAX:]:
-            SKIPPED.inc(component=component_of(name)[0])
+            SKIPPED.inc(target=component_of(name)[0])
         return out
 
     async def targets(self) -> list[dict]:
@@ -157,7 +158,7 @@ class Scraper:
             targets = await self.targets()
         except Exception:  # noqa: BLE001 - no actor list: serve what this process has
             targets = []
-            SKIPPED.inc(component="discovery")
+            SKIPPED.inc(target="discovery")
         if components:
             targets = [t for t in targets if t["component"] in components]
         answers = await asyncio.gather(
@@ -177,7 +178,7 @@ class Scraper:
                     fams.add_family(fam, extra)
             except Exception:  # noqa: BLE001 - an answer we cannot read: skipped, counted
                 skipped.append(t["name"])
-                SKIPPED.inc(component=t["component"])
+                SKIPPED.inc(target=t["component"])
         self.last_skipped = skipped
         SCRAPE_TARGETS.replace({(c,): n for c, n in counts.items()})
         for fam in observe.restarts_family(restarts):
@@ -185,10 +186,18 @@ class Scraper:
         SCRAPE_SECONDS.observe(time.monotonic() - t0)
         if fams.dropped:
             metrics.REGISTRY.dropped.inc(fams.dropped)
-        own = {"component": "web", "node": actors.this_node_id()[:12], "instance": "FuxiWeb"}
+        own = {"component": "web", "node": self._own_node(), "instance": "FuxiWeb"}
         for fam in text_string_to_metric_families(metrics.REGISTRY.render()):
             fams.add_family(fam, own)
         return fams.render()
+
+    def _own_node(self) -> str:
+        if self.node is None:
+            try:
+                self.node = actors.this_node_id()[:12]
+            except Exception:  # noqa: BLE001 - outside Ray (tests): no node
+                self.node = ""
+        return self.node
 
     def _families(self, t: dict, answer) -> list:
         if isinstance(answer, BaseException):
