@@ -53,28 +53,28 @@ def jobmaster(st: dict) -> list:
     out = _Out()
     job = str(st.get("job_id", ""))
     out.add("gauge", "fuxi_jobmaster_workers", "Workers a running job holds.",
-            st.get("workers"), job=job)
+            st.get("workers"), job_id=job)
     out.add("counter", "fuxi_jobmaster_workers_started_total",
-            "Workers a running job started.", st.get("workers_started"), job=job)
+            "Workers a running job started.", st.get("workers_started"), job_id=job)
     tasks = st.get("tasks") if isinstance(st.get("tasks"), dict) else {}
     for task, t in list(tasks.items())[:FAMILY_SERIES_MAX]:
         if not isinstance(t, dict):
             continue
         out.add("gauge", "fuxi_jobmaster_task_instances", "Instances of each task of a running job.",
-                t.get("instances"), job=job, task=task)
+                t.get("instances"), job_id=job, task=task)
         for state in INSTANCE_STATES:
             out.add("gauge", "fuxi_jobmaster_instances", "Instances of a running job by state.",
-                    t.get(state), job=job, task=task, state=state)
+                    t.get(state), job_id=job, task=task, state=state)
         out.add("counter", "fuxi_jobmaster_attempts_total", "Attempts a running job started.",
-                t.get("attempts"), job=job, task=task)
+                t.get("attempts"), job_id=job, task=task)
         out.add("counter", "fuxi_jobmaster_retries_total", "Attempts of a running job retried.",
-                t.get("retries"), job=job, task=task)
+                t.get("retries"), job_id=job, task=task)
         out.add("counter", "fuxi_jobmaster_backups_launched_total",
                 "Backup instances a running job launched for stragglers.",
-                t.get("backups_launched"), job=job, task=task)
+                t.get("backups_launched"), job_id=job, task=task)
         out.add("counter", "fuxi_jobmaster_backups_won_total",
                 "Backup instances of a running job that beat their original.",
-                t.get("backups_won"), job=job, task=task)
+                t.get("backups_won"), job_id=job, task=task)
     return out.list()
 
 

@@ -96,7 +96,7 @@ def test_every_declared_metric_follows_the_naming_conventions():
 def test_status_answers_become_families_and_garbage_is_left_out():
     fams = {f.name: f for f in observe.families("jobmaster", sample_answers()["jobmaster"])}
     runs = {tuple(sorted(s.labels.items())): s.value for s in fams["fuxi_jobmaster_instances"].samples}
-    assert runs[(("job", "j1"), ("state", "succeeded"), ("task", "map"))] == 3
+    assert runs[(("job_id", "j1"), ("state", "succeeded"), ("task", "map"))] == 3
     fams = {f.name: f for f in observe.families("service", sample_answers()["service"])}
     lat = {s.labels["quantile"]: s.value for s in fams["fuxi_service_latency_seconds"].samples}
     assert lat == {"0.5": 0.0015, "0.99": 0.009}
@@ -177,7 +177,7 @@ def test_the_scraper_merges_labels_and_skips_what_does_not_answer():
     assert samples[("fuxi_actor_restarts_total", (("component", "agent"),
                                                   ("instance", "fuxi-agent-n1"),
                                                   ("node", "abcdef012345")))] == 2
-    assert any(k[0] == "fuxi_jobmaster_instances" and ("job", "j1") in k[1] for k in samples)
+    assert any(k[0] == "fuxi_jobmaster_instances" and ("job_id", "j1") in k[1] for k in samples)
     # only some components
     text = asyncio.run(s.scrape({"agent"}))
     names = {f.name for f in text_string_to_metric_families(text)}
