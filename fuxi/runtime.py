@@ -124,7 +124,12 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
     port 0: a free one); with ``FUXI_METRICS=0`` nothing is served."""
     from fuxi.shells.webactor import METRICS_HOST_DEFAULT, METRICS_PORT_DEFAULT
 
-    metrics_port = METRICS_PORT_DEFAULT if metrics_port is None else metrics_port
+    if metrics_port is None:  # FUXI_METRICS_PORT: the default for every `fuxi up` (tests: 0)
+        env_port = os.environ.get("FUXI_METRICS_PORT", "").strip()
+        if env_port and not env_port.isdigit():
+            raise BadInput(f"FUXI_METRICS_PORT={env_port!r}: expected a port number from 0 to "
+                           f"65535 (0: any free port)")
+        metrics_port = int(env_port) if env_port else METRICS_PORT_DEFAULT
     metrics_host = metrics_host or METRICS_HOST_DEFAULT
     if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) \
             or not 0 <= metrics_port <= 65535:
@@ -444,6 +449,10 @@ def down(cluster: str = "default") -> dict:
                     kuafu_deploy.stop(rec.namespace, token=proof)  # withdraws from Nuwa first
                 _stop_nuwa(rec)
     _stop_head(rec)
+    from fuxi.shells.webactor import file_sd_path
+
+    with contextlib.suppress(OSError):
+        os.remove(file_sd_path(rec.data_dir))  # FuxiWeb is gone with the head
     rec.remove()
     return {"cluster": cluster, "stopped_jobs": stopped_jobs, "stopped_head": bool(rec.head_pid)}
 

@@ -9,6 +9,9 @@ import pytest
 
 os.environ["RAY_AUTH_MODE"] = "disabled"  # a private loopback test cluster
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# `fuxi up` in tests: /metrics on any free port, never the fixed default another cluster on
+# this machine may hold.
+os.environ.setdefault("FUXI_METRICS_PORT", "0")
 
 FAST_HEALTH = {
     "health_check_period_ms": 500,

@@ -265,3 +265,33 @@ def test_a_taken_port_is_a_clear_error(server):
         other.start_in_thread("127.0.0.1", server.port)
     with pytest.raises(ValueError, match="expected an int"):
         WebServer().start_in_thread("127.0.0.1", 70000)
+
+
+@pytest.mark.parametrize("port, env, match", [
+    (70000, None, "--metrics-port 70000: expected a port number"),
+    (-1, None, "--metrics-port -1: expected a port number"),
+    (True, None, "--metrics-port True: expected a port number"),
+    (None, "nine", "FUXI_METRICS_PORT='nine': expected a port number"),
+    (None, "-3", "FUXI_METRICS_PORT='-3': expected a port number"),
+])
+def test_a_bad_metrics_port_is_refused_before_anything_starts(port, env, match, monkeypatch,
+                                                              tmp_path):
+    from fuxi import runtime
+    from fuxi.errors import BadInput
+
+    monkeypatch.setenv("FUXI_HOME", str(tmp_path))
+    if env is None:
+        monkeypatch.delenv("FUXI_METRICS_PORT", raising=False)
+    else:
+        monkeypatch.setenv("FUXI_METRICS_PORT", env)
+    with pytest.raises(BadInput, match=re.escape(match)):
+        runtime.up("nope", metrics_port=port)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_the_file_sd_document_names_every_component():
+    from fuxi.shells.webactor import file_sd
+
+    doc = file_sd("c1", "0.0.0.0", 9469)
+    assert {t["labels"]["__param_component"] for t in doc} == set(scrape.COMPONENTS)
+    assert all(t["targets"] == ["127.0.0.1:9469"] and t["labels"]["cluster"] == "c1" for t in doc)
