@@ -44,6 +44,7 @@ LABEL_VALUE_BYTES_MAX = 128  # a longer label value is cut (and marked with "...
 METRICS_MAX = 1000  # metrics in one registry
 HELP_BYTES_MAX = 512
 OVERFLOW = "_other"
+_FAST_CHARS_MAX = LABEL_VALUE_BYTES_MAX // 4  # UTF-8 is at most 4 bytes a character
 DEFAULT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -101,10 +102,15 @@ class _Metric:
                             getattr(self, "buckets", None)))
 
     def _key(self, labels: dict) -> tuple[str, ...]:
-        if set(labels) != set(self.labels):
+        try:
+            if len(labels) != len(self.labels):
+                raise KeyError
+            # a short str needs no encoding to be within LABEL_VALUE_BYTES_MAX (the hot path)
+            key = tuple([v if type(v) is str and len(v) <= _FAST_CHARS_MAX else label_value(v)
+                         for v in map(labels.__getitem__, self.labels)])
+        except KeyError:
             raise ValueError(f"metric {self.name}: labels {sorted(labels)} given, expected "
-                             f"exactly {list(self.labels)}")
-        key = tuple(label_value(labels[lb]) for lb in self.labels)
+                             f"exactly {list(self.labels)}") from None
         if key not in self._series and len(self._series) >= self.series_max:
             self.registry.dropped.inc_unlabelled()
             key = (OVERFLOW,) * len(self.labels)
