@@ -117,7 +117,8 @@ class Scraper:
         """Blocking (GCS calls): every named actor we scrape, its handle, node and restarts."""
         from ray.util import list_named_actors
 
-        names = sorted(n for n in list_named_actors() if component_of(n))
+        names = sorted(a["name"] for a in list_named_actors(all_namespaces=True)
+                       if a.get("namespace") == self.namespace and component_of(a["name"]))
         table = actors.actor_table(state="ALIVE")
         out = []
         for name in names[:TARGETS_MAX]:

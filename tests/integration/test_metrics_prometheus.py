@@ -5,7 +5,7 @@ metrics port); Prometheus (Debian's `prometheus`, installed by .ci/run) runs as 
 on 127.0.0.1 with a temp config and storage and a 1 s scrape interval, scraping the
 aggregate endpoint and the per-component targets of our file_sd file. The test asks
 Prometheus's HTTP API: jobs succeeded goes up after a job, Nuwa and Pangu series are there,
-every file_sd target is up. It also sends garbage to the endpoint and pauses the Nuwa replica
+every file_sd target is up, a killed FuxiMaster's restart is counted. It also sends garbage to the endpoint and pauses the Nuwa replica
 (SIGSTOP): the scrape still answers in bounded time and counts the replica skipped."""
 
 from __future__ import annotations
@@ -141,6 +141,14 @@ def test_a_real_prometheus_scrapes_the_head(tmp_path):
             res = query(prom, 'up{job="fuxi-components"}')
             return len(res) == len(targets) and all(r["value"][1] == "1" for r in res)
         wait_for("every file_sd target up", components_up)
+
+        # a killed FuxiMaster comes back (Ray restarts it) and its restart shows
+        restarts = 'fuxi_actor_restarts_total{job="fuxi",instance="FuxiMaster"}'
+        assert value(prom, restarts) == 0
+        fuxi(home, "debug", "kill", "master", "--yes", "--cluster", "prom")
+        wait_for("the restart in fuxi_actor_restarts_total", lambda: value(prom, restarts) == 1)
+        wait_for("the new FuxiMaster scraped",
+                 lambda: query(prom, 'fuxi_node_cpus{job="fuxi",instance="FuxiMaster"}'))
 
         # a component that does not answer is skipped and counted; the scrape still answers
         rec = json.loads((home / "prom" / "cluster.json").read_text())
