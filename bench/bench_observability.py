@@ -15,6 +15,7 @@ it is switched off only by starting with ``FUXI_METRICS=0``.
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 import timeit
@@ -40,12 +41,45 @@ def recording_ns() -> tuple[float, float]:
     return on, off
 
 
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by ``root`` and each process below it (the
+    local Ray this driver started: GCS, raylet, workers, actors), by pid."""
+    parent, cpu = {}, {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        parent[int(name)] = int(fields[1])
+        cpu[int(name)] = (int(fields[11]) + int(fields[12])) / tick
+    out = {}
+    for pid in cpu:
+        p = pid
+        while p and p != root and p in parent:
+            p = parent[p]
+        if p == root:
+            out[pid] = cpu[pid]
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two ``tree_cpu`` readings (a process that ended meanwhile
+    is not counted: the idle cluster keeps its processes)."""
+    return sum(max(0.0, c - before.get(pid, 0.0)) for pid, c in after.items())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scrape-interval-s", type=float, default=1.0)
+    ap.add_argument("--idle-s", type=float, default=10.0)
     args = ap.parse_args()
     ray = start_ray(args.cpus)
 
@@ -82,6 +116,15 @@ def main() -> None:
         t = threading.Thread(target=scraper, args=(info["metrics"],), daemon=True)
         t.start()
         run(client)  # warm-up: workers' pool, imports
+        # CPU per scrape, on the idle cluster: the whole process tree, scraped vs not.
+        time.sleep(args.idle_s)  # the warm-up job's workers end first
+        idle = {}
+        for mode in ("off", "on", "off2", "on2"):
+            scraping.set() if mode.startswith("on") else scraping.clear()
+            n0, c0 = len(scrapes), tree_cpu(os.getpid())
+            time.sleep(args.idle_s)
+            idle[mode] = (cpu_used(c0, tree_cpu(os.getpid())), len(scrapes) - n0)
+        scraping.clear()
         off, on = [], []
         for _ in range(args.rounds):
             scraping.clear()
@@ -102,11 +145,20 @@ def main() -> None:
     if scrapes:
         print(f"  scrapes: {len(scrapes)}, p50 {scrapes[len(scrapes) // 2] * 1e3:.0f} ms, "
               f"max {scrapes[-1] * 1e3:.0f} ms")
+    cpu_off = (idle["off"][0] + idle["off2"][0]) / 2
+    cpu_on = (idle["on"][0] + idle["on2"][0]) / 2
+    n_idle = max(1, (idle["on"][1] + idle["on2"][1]) / 2)
+    per_scrape_ms = (cpu_on - cpu_off) / n_idle * 1e3
+    print(f"  idle cluster, {args.idle_s:g}s: {cpu_off:.2f} CPU-s not scraped, {cpu_on:.2f} CPU-s "
+          f"scraped ({n_idle:.0f} scrapes): {per_scrape_ms:.0f} CPU-ms per scrape = "
+          f"{per_scrape_ms / 1e3 / args.cpus * 100:.1f} % of the machine at 1 scrape/s, "
+          f"{per_scrape_ms / 1e3 / 15 / args.cpus * 100:.2f} % at Prometheus's default 15 s")
     print(f"  counter inc: {rec_on:.0f} ns recording, {rec_off:.0f} ns with FUXI_METRICS=0")
     print(f"  all runs (running s): off {[round(x[0], 2) for x in off]}, "
           f"on {[round(x[0], 2) for x in on]}")
     report("observability", n=args.n, off_s=off_s, on_s=on_s, cost=cost,
-           scrapes=len(scrapes), inc_ns=rec_on, inc_off_ns=rec_off)
+           scrapes=len(scrapes), inc_ns=rec_on, inc_off_ns=rec_off,
+           cpu_ms_per_scrape=per_scrape_ms)
 
 
 if __name__ == "__main__":
