@@ -38,6 +38,7 @@ METRICS_HOST_DEFAULT = "127.0.0.1"  # `fuxi up --metrics-host`; 0.0.0.0 to be sc
 FILE_SD_NAME = "prometheus_targets.json"
 WEB_RESTARTS_MAX = 100
 COMPONENT_PARAMS_MAX = 16  # ?component= values in one request
+SCRAPES_WAITING_MAX = 16  # /metrics requests waiting for the one scrape in progress; more: 503
 
 
 def file_sd_path(data_dir: str) -> str:
@@ -63,6 +64,7 @@ class FuxiWeb:
         self.server.route("GET", "/", self._index)
         self.host, self.port = self.server.start_in_thread(host, port)
         self._scrape_lock: asyncio.Lock | None = None  # made on the server's loop
+        self._waiting = 0  # requests for /metrics in or waiting for the scrape lock
         if data_dir:
             path = file_sd_path(data_dir)
             tmp = path + ".tmp"
@@ -89,8 +91,15 @@ class FuxiWeb:
                                 f"{COMPONENT_PARAMS_MAX} of {list(COMPONENTS)}\n")
         if self._scrape_lock is None:
             self._scrape_lock = asyncio.Lock()
-        async with self._scrape_lock:  # one scrape at a time: a flood queues, never fans out
-            text = await self.scraper.scrape(set(wanted) or None)
+        if self._waiting >= SCRAPES_WAITING_MAX:
+            return web.Response(status=503, text=f"{self._waiting} scrapes already waiting "
+                                f"(SCRAPES_WAITING_MAX); try again\n")
+        self._waiting += 1
+        try:
+            async with self._scrape_lock:  # one scrape at a time: a flood waits, never fans out
+                text = await self.scraper.scrape(set(wanted) or None)
+        finally:
+            self._waiting -= 1
         return web.Response(body=text.encode("utf-8"),
                             headers={"Content-Type": metrics.CONTENT_TYPE})
 
