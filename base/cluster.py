@@ -59,7 +59,8 @@ class ClusterRecord:
     nuwa_replicas: int = 0
     head_started: int | None = None  # the head's start time in clock ticks since boot
     auth: bool = False  # Zhongkui enforces access control (`fuxi up --auth`)
-    web: str | None = None  # the web console's URL (`fuxi up --web-port`)
+    metrics: str | None = None  # the head's /metrics URL (FuxiWeb), None when not serving
+    web: str | None = None  # the web console's URL (FuxiWeb's root)
 
     @classmethod
     def load(cls, cluster: str) -> "ClusterRecord | None":

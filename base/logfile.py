@@ -72,10 +72,11 @@ import errno
 import os
 import secrets
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 
-from base import faults
+from base import faults, metrics
 
 MAGIC = b"FxR1"
 _HEAD = struct.Struct("<4sIIQQBI")  # magic, hcrc, length, seq, synced, kind, pcrc
@@ -84,6 +85,11 @@ KIND_HEADER = 0
 KIND_MARK = 255
 FILE_MODE = 0o600
 FID_BYTES = 8
+FSYNC_SECONDS = metrics.histogram(
+    "fuxi_log_fsync_duration_seconds",
+    "fdatasync latency of the platform's logs (log=nuwa.io.wal: Nuwa's WAL; pangu: journals).",
+    labels=("log",), series_max=16,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 
 
 class LogCorrupt(Exception):
@@ -375,7 +381,9 @@ class LogFile:
     def _sync(self) -> None:
         try:
             faults.check(self.points + ".fsync", self.path)
+            t0 = time.perf_counter()
             os.fdatasync(self._fd)
+            FSYNC_SECONDS.observe(time.perf_counter() - t0, log=self.points)
         except OSError as e:
             self.failed = e  # never fsync this file again and believe it (fsyncgate)
             raise self._typed(e, "fdatasync") from None

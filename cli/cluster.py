@@ -16,8 +16,8 @@ def up(
     auth_token_path: Optional[str] = typer.Option(None, "--auth-token-path", help="Ray auth token file of the cluster given by --address."),
     nuwa_replicas: int = typer.Option(3, "--nuwa-replicas", help="Nuwa replica group size: 1, 3 or 5 (0: no Nuwa)."),
     auth: Optional[bool] = typer.Option(None, "--auth/--no-auth", help="Zhongkui access control: every call needs a token (default: on with --address, off for a local head)."),
-    web_port: int = typer.Option(8790, "--web-port", help="Port of the web console (0: any free port, -1: no console)."),
-    web_host: str = typer.Option("127.0.0.1", "--web-host", help="Address the web console listens on (0.0.0.0: every interface)."),
+    web_port: Optional[int] = typer.Option(None, "--web-port", "--metrics-port", help="Port of the head's web server: the console at / and Prometheus's /metrics (default 9469, or FUXI_WEB_PORT; 0: any free port)."),
+    web_host: Optional[str] = typer.Option(None, "--web-host", "--metrics-host", help="Address the web server binds (default 127.0.0.1; 0.0.0.0 to be reached from other machines)."),
     cluster: str = ClusterOpt,
 ) -> None:
     """Start a persistent local cluster (or deploy onto an existing Ray cluster)."""
@@ -28,20 +28,15 @@ def up(
             from fuxi.errors import BadInput
 
             raise BadInput(f"--nuwa-replicas {nuwa_replicas}: expected 0, 1, 3 or 5")
-        if not -1 <= web_port <= 65535:
-            from fuxi.errors import BadInput
-
-            raise BadInput(f"--web-port {web_port}: expected a port 1..65535, 0 (any free "
-                           f"port) or -1 (no console)")
         rec = runtime.up(cluster, address=address, num_cpus=num_cpus,
                          auth_token_path=auth_token_path, nuwa_replicas=nuwa_replicas, auth=auth,
-                         web_host=web_host, web_port=web_port)
+                         web_port=web_port, web_host=web_host)
     except Exception as e:
         handle(e)
     typer.echo(f"cluster {cluster!r} is up at {rec.address} (data in {rec.data_dir})"
                + ("; access control is on: you are signed in as admin" if rec.auth else ""))
     if rec.web:
-        typer.echo(f"web console: {rec.web}")
+        typer.echo(f"web console: {rec.web} (metrics: {rec.metrics or 'off'})")
 
 
 def down(cluster: str = ClusterOpt) -> None:
@@ -70,8 +65,9 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
                 info = actors.call(conn.master.cluster_info,
                                    timeout_s=runtime.CLUSTER_CONNECT_TIMEOUT_S)
             info.update(address=rec.address, running=True, data_dir=rec.data_dir,
-                        namespace=rec.namespace, fuxi_master="FuxiMaster", web=getattr(rec, "web", None),
-                        nuwa=[f"{h}:{p}" for h, p in (rec.nuwa or [])])
+                        namespace=rec.namespace, fuxi_master="FuxiMaster",
+                        nuwa=[f"{h}:{p}" for h, p in (rec.nuwa or [])],
+                        metrics=getattr(rec, "metrics", None), web=getattr(rec, "web", None))
     except Exception as e:
         handle(e)
     if as_json:
@@ -86,6 +82,8 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
         typer.echo(f"  web console: {info['web']}")
     if info.get("nuwa"):
         typer.echo(f"  nuwa: {', '.join(info['nuwa'])}")
+    if info.get("metrics"):
+        typer.echo(f"  metrics: {info['metrics']}")
     for line in info.get("nuwa_events", [])[-5:]:
         typer.echo(f"  nuwa event: {line}")
     for n in info["nodes"]:

@@ -115,11 +115,26 @@ def operator_proof(cluster: str) -> str:
 
 def up(cluster: str = "default", address: str | None = None, num_cpus: int | None = None,
        auth_token_path: str | None = None, nuwa_replicas: int = 3,
-       auth: bool | None = None, web_host: str = "127.0.0.1",
-       web_port: int | None = None) -> ClusterRecord:
+       auth: bool | None = None, web_port: int | None = None,
+       web_host: str | None = None) -> ClusterRecord:
     """Start (or deploy onto) a persistent cluster and record it. ``auth``: Zhongkui enforces
     access control everywhere (default: on for a cluster we deploy onto, which may span
-    machines; off for a local head, where the operator is the only user)."""
+    machines; off for a local head, where the operator is the only user). ``web_port`` and
+    ``web_host``: where FuxiWeb serves the web console (``/``) and ``/metrics`` (defaults in
+    fuxi.shells.webactor, or ``FUXI_WEB_PORT``; port 0: a free one)."""
+    from fuxi.shells.webactor import WEB_HOST_DEFAULT, WEB_PORT_DEFAULT
+
+    if web_port is None:  # FUXI_WEB_PORT: the default for every `fuxi up` (tests: 0)
+        env_port = os.environ.get("FUXI_WEB_PORT", "").strip()
+        if env_port and not env_port.isdigit():
+            raise BadInput(f"FUXI_WEB_PORT={env_port!r}: expected a port number from 0 to "
+                           f"65535 (0: any free port)")
+        web_port = int(env_port) if env_port else WEB_PORT_DEFAULT
+    web_host = web_host or WEB_HOST_DEFAULT
+    if isinstance(web_port, bool) or not isinstance(web_port, int) \
+            or not 0 <= web_port <= 65535:
+        raise BadInput(f"--web-port {web_port!r}: expected a port number from 0 to "
+                       f"65535 (0: any free port)")
     existing = find_cluster(cluster)
     if existing is not None:
         raise ClusterError(f"cluster {cluster!r} is already up at {existing.address}; "
@@ -196,33 +211,13 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
             if creds is not None:  # the first administrator: the operator's credentials
                 write_private(os.path.join(data_dir, CREDENTIALS_FILE), json.dumps(creds))
                 write_private(os.path.join(data_dir, TOKEN_FILE), creds["token"])
-            rec.web = _start_console(rec, web_host, web_port)
-            rec.save()
+        _start_web(rec, web_host, web_port)
     except BaseException:
         with contextlib.suppress(Exception):
             down(cluster)
         rec.remove()
         raise
     return rec
-
-
-def _start_console(rec: ClusterRecord, host: str, port: int | None) -> str | None:
-    """The web console on the head (``fuxi.shells.console``); its URL, or None when
-    ``port`` is negative (no console). Port 0: a free port, chosen now so that a restarted
-    console serves at the same URL."""
-    from fuxi.shells.console import WEB_PORT_DEFAULT, start_console
-
-    port = WEB_PORT_DEFAULT if port is None else port
-    if port < 0:
-        return None
-    if port == 0:
-        port = _free_port()
-    try:
-        return start_console(rec.cluster, rec.namespace, host, port, rec.auth, detached=True,
-                             node_id=actors.this_node_id())
-    except Exception as e:  # noqa: BLE001 - the port is taken, the host is not ours
-        raise ClusterError(f"the web console could not listen on {host}:{port} ({e}); choose "
-                           f"another with --web-port (0: any free port, -1: no console)") from None
 
 
 def keys_path(cluster: str) -> str:
@@ -309,6 +304,24 @@ def _start_kuafu(rec: ClusterRecord, auth: dict | None = None) -> None:
         deploy.start(rec.namespace, rec.nuwa, host=host, detached=True, auth=auth)
     finally:
         ray.shutdown()
+
+
+def _start_web(rec: ClusterRecord, host: str, port: int) -> None:
+    """Start FuxiWeb (the web console and the head's /metrics) next to FuxiMaster and record
+    its URLs."""
+    from fuxi.shells.webactor import start_web
+
+    with connect(rec.cluster, embedded_ok=False) as conn:
+        node = actors.call(conn.master.cluster_info,
+                           timeout_s=CLUSTER_CONNECT_TIMEOUT_S).get("master_node_id")
+        try:
+            info = start_web(rec.cluster, rec.namespace, rec.data_dir, host, port, node,
+                             ACTOR_READY_TIMEOUT_S, auth=rec.auth)
+        except Exception as e:
+            raise ClusterError(f"the web server did not start on {host}:{port} ({e}); is the "
+                               f"port taken? pick another --web-port (0: any free one)") from None
+    rec.metrics, rec.web = info["metrics"], info["web"]
+    rec.save()
 
 
 def ensure_pangu(conn: "Connection") -> None:
@@ -420,19 +433,23 @@ def down(cluster: str = "default") -> dict:
                 with contextlib.suppress(Exception):
                     _stop_replicas(rec.namespace)  # detached: they would outlive FuxiMaster
                 with contextlib.suppress(Exception):
-                    from fuxi.shells.console import stop_console
-
-                    stop_console(rec.namespace)  # detached
-                with contextlib.suppress(Exception):
                     from fuxi.shells.agents import stop_agents
 
                     stop_agents(rec.namespace)  # detached too
+                with contextlib.suppress(Exception):
+                    from fuxi.shells.webactor import stop_web
+
+                    stop_web(rec.namespace, rec.data_dir)
                 with contextlib.suppress(Exception):
                     from kuafu import deploy as kuafu_deploy
 
                     kuafu_deploy.stop(rec.namespace, token=proof)  # withdraws from Nuwa first
                 _stop_nuwa(rec)
     _stop_head(rec)
+    from fuxi.shells.webactor import file_sd_path
+
+    with contextlib.suppress(OSError):
+        os.remove(file_sd_path(rec.data_dir))  # FuxiWeb is gone with the head
     rec.remove()
     return {"cluster": cluster, "stopped_jobs": stopped_jobs, "stopped_head": bool(rec.head_pid)}
 

@@ -12,14 +12,58 @@ The cluster's peer secret (``nuwa.core.peer_auth``) arrives as a constructor arg
 from __future__ import annotations
 
 import os
+import re
 
 import ray
 
-from nuwa.io.server import ReplicaServer, ServerConfig
+from base import metrics
+from nuwa.io.server import TERM, ReplicaServer, ServerConfig
 
 
 LOOPBACK = "127.0.0.1"
 NODE_IP = "node"  # as a host: the address Ray knows the replica's node by
+PEERS_SHOWN_MAX = 16  # peers whose lag a leader shows (groups have 1, 3 or 5 members)
+
+_MATCH = re.compile(r"match=(\d+)")
+_GAUGES = {key: metrics.gauge(f"nuwa_{name}", help, labels=("replica",), series_max=16)
+           for key, name, help in (
+               ("is_leader", "is_leader", "1 if this replica is the group's leader."),
+               ("commit", "commit_index", "The highest log index known committed."),
+               ("applied", "applied_index", "The highest log index applied to the tree."),
+               ("last_index", "last_index", "The last index in this replica's log."),
+               ("revision", "revision", "The tree's revision (one per change)."),
+               ("wal_bytes", "wal_bytes", "Bytes of this replica's write-ahead log."),
+               ("sessions", "sessions", "Client sessions open."),
+               ("watchers", "watchers", "Watches registered."),
+               ("voters", "voters", "Voting members in this replica's configuration."))}
+PEER_LAG = metrics.gauge("nuwa_peer_lag_entries",
+                         "Entries a follower is behind the leader's log (shown by the leader).",
+                         labels=("replica", "peer"), series_max=PEERS_SHOWN_MAX * 4)
+PEER_DROPPED = metrics.gauge("nuwa_peer_messages_dropped",
+                             "Peer messages this replica dropped since it started, by reason.",
+                             labels=("replica", "reason"), series_max=64)
+
+
+def _set_gauges(st: dict) -> None:
+    """This replica's status as the process's gauges (``NuwaReplica.metrics``)."""
+    rid = str(st.get("id", ""))
+    leader = st.get("role") == "LEADER"
+    values = {**st, "is_leader": int(leader), "voters": len(st.get("voters") or ())}
+    for key, g in _GAUGES.items():
+        v = values.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) or key == "is_leader":
+            g.set(float(v), replica=rid)
+    if isinstance(st.get("term"), int):
+        TERM.set(st["term"], replica=rid)
+    lag = {}
+    if leader:
+        for peer, prog in list((st.get("progress") or {}).items())[:PEERS_SHOWN_MAX]:
+            m = _MATCH.search(str(prog))
+            if m and str(peer) != rid:
+                lag[(rid, str(peer))] = max(0, int(st.get("last_index", 0)) - int(m.group(1)))
+    PEER_LAG.replace(lag)
+    PEER_DROPPED.replace({(rid, str(k)): v for k, v in (st.get("peer_dropped") or {}).items()
+                          if isinstance(v, (int, float))})
 
 
 @ray.remote(num_cpus=0, max_concurrency=64)
@@ -67,6 +111,13 @@ class NuwaReplica:
 
         self._require(cred, "read a Nuwa replica's events")
         return events.report(seq)
+
+    async def metrics(self) -> str:
+        """This replica's metrics as Prometheus text (numbers only: no cred needed)."""
+        st = self.server.status()
+        st["role"] = getattr(st.get("role"), "name", st.get("role"))
+        _set_gauges(st)
+        return metrics.REGISTRY.render()
 
     async def zk_set_keys(self, proof: str, doc: dict) -> int:
         """Zhongkui's keys after a rotation (from FuxiMaster)."""

@@ -18,6 +18,7 @@ from pangu.core import placement
 from pangu.core import repair
 from pangu.core.leases import Leases
 from pangu.eventlog import EventLog
+from pangu.observe import REREPLICATED
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ class Healer:
                     self.fleet.set_replica(dest, cid, version, length)
                     done.append((cid, src))
                     self.log.count(f"{why}_bytes", length)
+                    REREPLICATED.inc(length, why=why)
                     self.log.count(f"{why}_chunks")
                 except Exception as e:  # noqa: BLE001 - retried next round
                     self.log.record(f"{why}_failed", f"copy of {cid} {src}->{dest}: {e}")

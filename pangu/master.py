@@ -30,6 +30,7 @@ from pangu.fleet import Fleet
 from pangu.healing import Healer
 from pangu.io.journal import CHECKPOINT_EVERY
 from pangu.mastership import Mastership
+from pangu.observe import MasterMetrics
 from pangu.writes import Writes
 
 LEASE_S = 30.0  # a primary's lease on a chunk
@@ -72,6 +73,7 @@ class PanguMaster:
                              self.rng, lease_s=float(s.get("lease_s", LEASE_S)),
                              writer_lease_s=float(s.get("writer_lease_s", WRITER_LEASE_S)),
                              allow_same_node=allow_same_node)
+        self.observer = MasterMetrics()
         self.healer = Healer(
             self.mastership, self.fleet, self.leases, self.events, self.rng,
             maintain_s=float(s.get("maintain_s", MAINTAIN_S)),
@@ -261,6 +263,15 @@ class PanguMaster:
         if not any_role:
             await self.mastership.need_active()
         await self.auth.who(cred)
+        return self._status()
+
+    async def metrics(self) -> str:
+        """This master's metrics as Prometheus text (numbers only: no cred needed)."""
+        active = bool(self.mastership.active)
+        return self.observer.render(active, self.epoch, self._status() if active else None,
+                                    self.healer)
+
+    def _status(self) -> dict:
         ms, ns = self.mastership, self.mastership.ns
         return {"master": self.name, "active": ms.active, "epoch": self.epoch,
                 "fsid": ms.fsid, "foreign_servers": sorted(self.fleet.foreign),

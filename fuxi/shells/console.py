@@ -1,21 +1,22 @@
-"""The web console (issue 17 part 4): one actor on the head, ``fuxi-console`` in the cluster's
-namespace, serving HTML pages with aiohttp — overview (nodes, resources, platform events),
-jobs (per job its DAG as a picture and a timeline of attempts), services (replicas, versions,
-health, latency), storage (Pangu usage and chunk health) and coordination (Nuwa members,
-leader, lag). No build step: the pages are server-rendered (``fuxi.core.webpages``) and a few
-lines of script refresh their ``<main>`` part every ``POLL_MS``.
+"""The web console (issue 17 part 4): HTML pages served by FuxiWeb (``fuxi.shells.webactor``,
+the head's one HTTP server, beside ``/metrics``) — overview (nodes, resources, platform
+events), jobs (per job its DAG as a picture and a timeline of attempts), services (replicas,
+versions, health, latency), storage (Pangu usage and chunk health) and coordination (Nuwa
+members, leader, lag). No build step: the pages are server-rendered (``fuxi.core.webpages``)
+and a few lines of script refresh their ``<main>`` part every ``POLL_MS``.
 
 What a page shows is read from the platform with the viewer's own token: with access control
 on (``fuxi up --auth``) the console asks for a login (Zhongkui's authority checks the
 password), keeps the token in memory against a random session cookie (HttpOnly,
-SameSite=Strict; at most ``CONSOLE_SESSIONS_MAX``), and FuxiMaster, Pangu and the proxies
-decide what that user may read, as for the CLI. Without access control the console is open to
-whoever reaches its port, which ``fuxi up`` binds to 127.0.0.1 unless told otherwise.
+SameSite=Strict; at most ``CONSOLE_SESSIONS_MAX``; a restarted FuxiWeb forgets them and
+browsers sign in again), and FuxiMaster, Pangu and the proxies decide what that user may
+read, as for the CLI. Without access control the console is open to whoever reaches its port,
+which ``fuxi up`` binds to 127.0.0.1 unless told otherwise.
 
 Every platform call is bounded (``CONSOLE_CALL_TIMEOUT_S``); one that fails is shown on the
-page, never a 500. Request bodies are bounded (``CONSOLE_REQUEST_BYTES_MAX``), paths are
-matched exactly (a job id or service name is checked before it is used), and only GET, HEAD
-and the login POST are served.
+page, never a 500. Request targets and bodies are bounded by the server
+(``fuxi.shells.web``), a job id or service name is checked before it is used, and only GET
+(and the login's POST) are routed: anything else is 405.
 """
 
 from __future__ import annotations
@@ -26,11 +27,7 @@ import html
 import logging
 import re
 import secrets
-import threading
 import time
-from typing import Any
-
-import ray
 
 from base import actors
 from base.cluster import MASTER_NAME
@@ -38,11 +35,7 @@ from fuxi.core import webpages as wp
 
 logger = logging.getLogger(__name__)
 
-CONSOLE_NAME = "fuxi-console"
-WEB_PORT_DEFAULT = 8790  # `fuxi up --web-port` (0: any free port)
 CONSOLE_CALL_TIMEOUT_S = 10.0  # one call the console makes to a platform actor
-CONSOLE_START_TIMEOUT_S = 30.0  # the console's server bound and listening
-CONSOLE_REQUEST_BYTES_MAX = 16 * 1024  # a request body (the login form)
 CONSOLE_SESSIONS_MAX = 1000  # signed-in browsers kept; the oldest is signed out beyond it
 CONSOLE_NUWA_REPLICAS_MAX = 9  # Nuwa replicas asked for their status
 CONSOLE_PANGU_MASTERS_MAX = 4
@@ -53,43 +46,32 @@ PASSWORD_CHARS_MAX = 1024
 
 
 class ConsoleApp:
-    """The pages and the sign-in, served by aiohttp on an event loop of their own."""
+    """The pages and the sign-in; ``routes`` adds them to a ``WebServer``, whose event loop
+    (a thread of its own) runs every handler."""
 
     def __init__(self, cluster: str, namespace: str, auth: bool = False):
         self.cluster = cluster
         self.namespace = namespace
         self.auth = bool(auth)
         self.sessions: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
-        self.runner = None
-        self.url = None
         self.served = 0
 
-    async def serve(self, host: str, port: int) -> str:
-        """Serve on ``host:port`` (0: a free port); the console's URL."""
-        from aiohttp import web
+    def routes(self, server) -> None:
+        """Add the console's pages to ``server`` (``fuxi.shells.web.WebServer``)."""
+        for path, build, title in (
+                ("/", self.overview, "overview"), ("/jobs", self.jobs, "jobs"),
+                ("/jobs/{job_id}", self.job, "job"), ("/services", self.services, "services"),
+                ("/services/{name}", self.service, "service"),
+                ("/storage", self.storage, "storage"),
+                ("/coordination", self.coordination, "coordination")):
+            server.route("GET", path, self._signed_in(self._page(build, title)))
+        server.route("GET", "/login", self._login_form)
+        server.route("POST", "/login", self._login)
+        server.route("GET", "/logout", self._logout)
+        server.route("GET", "/healthz", self._healthz)
 
-        app = web.Application(client_max_size=CONSOLE_REQUEST_BYTES_MAX,
-                              middlewares=[self._guard])
-        r = app.router
-        r.add_get("/", self._page(self.overview, "overview"))
-        r.add_get("/jobs", self._page(self.jobs, "jobs"))
-        r.add_get("/jobs/{job_id}", self._page(self.job, "job"))
-        r.add_get("/services", self._page(self.services, "services"))
-        r.add_get("/services/{name}", self._page(self.service, "service"))
-        r.add_get("/storage", self._page(self.storage, "storage"))
-        r.add_get("/coordination", self._page(self.coordination, "coordination"))
-        r.add_get("/login", self._login_form)
-        r.add_post("/login", self._login)
-        r.add_get("/logout", self._logout)
-        r.add_get("/healthz", self._healthz)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host, int(port))
-        await site.start()
-        bound = self.runner.addresses[0]
-        self.url = f"http://{host}:{bound[1]}"
-        logger.info("fuxi console for %s at %s", self.cluster, self.url)
-        return self.url
+    def info(self) -> dict:
+        return {"served": self.served, "sessions": len(self.sessions), "auth": self.auth}
 
     # ------------------------------------------------------------ plumbing
 
@@ -103,29 +85,19 @@ class ConsoleApp:
         sid = request.cookies.get(SESSION_COOKIE, "")
         return self.sessions.get(sid) if sid else None
 
-    def _middleware_ok(self, request) -> bool:
-        return request.path in ("/login", "/healthz") or not self.auth or \
-            self._session(request) is not None
-
-    @property
-    def _guard(self):
+    def _signed_in(self, handler):
+        """Pages need a signed-in browser when access control is on: a page load goes to
+        /login, a refresh of its part gets 401 (the page's script then goes to /login)."""
         web = self._web()
 
-        @web.middleware
-        async def guard(request, handler):
-            if request.method not in ("GET", "HEAD", "POST") or \
-                    (request.method == "POST" and request.path != "/login"):
-                return web.Response(status=405, text="method not allowed: the console is "
-                                                     "read-only (GET), but for POST /login\n")
-            if len(request.path) > 512:
-                return web.Response(status=414, text="path longer than 512 characters\n")
-            if not self._middleware_ok(request):
+        async def guarded(request):
+            if self.auth and self._session(request) is None:
                 if request.query.get("partial"):
                     return web.Response(status=401, text="sign in first\n")
                 raise web.HTTPFound("/login")
             self.served += 1
             return await handler(request)
-        return guard
+        return guarded
 
     def _page(self, build, title: str):
         web = self._web()
@@ -293,67 +265,3 @@ class ConsoleApp:
 
     async def _healthz(self, request):
         return self._web().Response(text="ok\n")
-
-
-@ray.remote(num_cpus=0, max_restarts=-1)
-class FuxiConsole:
-    """The console's actor: it serves from a thread of its own (its own event loop), started
-    when the actor is made — so when Ray restarts the actor, the console serves again on the
-    same port with no one having to ask (sign-ins are lost: browsers sign in again)."""
-
-    def __init__(self, cluster: str, namespace: str, auth: bool, host: str, port: int):
-        self.app = ConsoleApp(cluster, namespace, auth)
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(host, port),
-                                        name="fuxi-console", daemon=True)
-        self._thread.start()
-
-    def _run(self, host: str, port: int) -> None:
-        async def main():
-            try:
-                await self.app.serve(host, port)
-            except BaseException as e:  # noqa: BLE001 - start() reports it
-                self._error = e
-                return
-            finally:
-                self._ready.set()
-            while True:
-                await asyncio.sleep(3600)
-
-        asyncio.run(main())
-
-    def url(self) -> str:
-        """The URL once it serves (waits at most CONSOLE_START_TIMEOUT_S)."""
-        if not self._ready.wait(CONSOLE_START_TIMEOUT_S):
-            raise TimeoutError(f"the console did not start serving within "
-                               f"CONSOLE_START_TIMEOUT_S={CONSOLE_START_TIMEOUT_S:g}s")
-        if self._error is not None:
-            raise RuntimeError(f"the console could not serve: {self._error}")
-        return self.app.url
-
-    def info(self) -> dict:
-        return {"url": self.app.url, "served": self.app.served,
-                "sessions": len(self.app.sessions), "auth": self.app.auth}
-
-
-def start_console(cluster: str, namespace: str, host: str, port: int, auth: bool,
-                  detached: bool, node_id: str | None = None) -> str:
-    """Start (or find) the cluster's console on ``node_id`` (the head) and serve; its URL."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    opts: dict[str, Any] = {"name": CONSOLE_NAME, "namespace": namespace, "get_if_exists": True}
-    if detached:
-        opts["lifetime"] = "detached"
-    if node_id:
-        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
-    h = FuxiConsole.options(**opts).remote(cluster, namespace, auth, host, port)
-    return actors.call(h.url, timeout_s=CONSOLE_START_TIMEOUT_S + CONSOLE_CALL_TIMEOUT_S)
-
-
-def stop_console(namespace: str) -> bool:
-    h = actors.named_actor(CONSOLE_NAME, namespace)
-    if h is None:
-        return False
-    ray.kill(h, no_restart=True)
-    return True

@@ -32,6 +32,7 @@ from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
+from fuxi.shells import mastermetrics
 from fuxi.shells.admission import CONFIG_KEY, DEFAULT_QUEUE, Admissions
 from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
 from fuxi.shells.agents import Agents
@@ -425,6 +426,10 @@ class FuxiMaster:
             "started_at": self.started_at,
         }
 
+    def metrics(self) -> str:
+        """This process's metrics as Prometheus text (aggregates only: no cred needed)."""
+        return mastermetrics.snapshot(self)
+
     def agent_heartbeat(self, node: str, token: str, doc: dict) -> dict:
         """A FuxiAgent's heartbeat, signed with its node's token (fuxi.shells.agents)."""
         self.events.pull_local()  # the agents' heartbeats are this master's clock for it
@@ -614,6 +619,7 @@ class FuxiMaster:
             await self.astore.put(f"/jobs/{job_id}/status", status)
             state = str(status.get("state"))
             JOBS_ENDED.inc(state=state if state in TERMINAL_STATES else "other")
+            mastermetrics.job_ended(status)
             events.emit("fuxi", f"job_{state}", f"job {job_id} {state}", job=job_id, state=state,
                         severity="info" if state == JobState.SUCCEEDED.value else "warning")
         except Exception:

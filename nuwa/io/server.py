@@ -61,6 +61,9 @@ TERM = metrics.gauge("nuwa_term", "The Raft term each replica of this process is
 LEADERSHIPS = metrics.counter("nuwa_leaderships_total",
                               "Times each replica of this process became leader.",
                               labels=("replica",))
+OPS_APPLIED = metrics.counter("nuwa_ops_applied_total",
+                              "Commands each replica of this process applied to its tree.",
+                              labels=("replica",))
 
 
 @dataclass(frozen=True)
@@ -369,6 +372,7 @@ class ReplicaServer:
         if not entries:
             return
         rev_before = self.tree.revision
+        ops = 0
         for e in entries:
             if e.index <= self.applied:
                 continue
@@ -388,6 +392,7 @@ class ReplicaServer:
                 logger.error("replica %s: undecodable entry %d: %s", self.id, e.index, err)
                 continue
             result = self.tree.apply(cmd)
+            ops += 1
             if cmd.get("op") == "session_open" and "error" not in result:
                 self.sessions.opened(cmd["session"], cmd["ttl_s"], self._ticks)
             elif cmd.get("op") == "session_close":
@@ -395,6 +400,8 @@ class ReplicaServer:
             fut = self.pending.pop(env.get("rid", ""), None)
             if fut is not None and not fut.done():
                 fut.set_result(result)
+        if ops:
+            OPS_APPLIED.inc(ops, replica=str(self.id))
         if self.tree.revision != rev_before and self.watches:
             self.watches.notify(rev_before)
 

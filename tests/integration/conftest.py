@@ -9,6 +9,9 @@ import pytest
 
 os.environ["RAY_AUTH_MODE"] = "disabled"  # a private loopback test cluster
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# `fuxi up` in tests: /metrics on any free port, never the fixed default another cluster on
+# this machine may hold.
+os.environ.setdefault("FUXI_WEB_PORT", "0")  # test clusters never fight over the fixed port
 
 FAST_HEALTH = {
     "health_check_period_ms": 500,

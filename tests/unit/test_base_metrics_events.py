@@ -113,9 +113,9 @@ def test_a_metric_travels_as_its_declaration_not_its_samples():
 
     from ray import cloudpickle
 
-    c = metrics.counter("travel_total", "x", labels=("k",))
+    c = metrics.counter("fuxi_test_travel_total", "x", labels=("k",))
     c.inc(k="a")
-    h = metrics.histogram("travel_seconds", "x", buckets=(1.0, 2.0))
+    h = metrics.histogram("fuxi_test_travel_seconds", "x", buckets=(1.0, 2.0))
     for dumps in (pickle.dumps, cloudpickle.dumps):
         assert pickle.loads(dumps(c)) is c  # same process: the very same metric
         assert pickle.loads(dumps(h)).buckets == (1.0, 2.0)
