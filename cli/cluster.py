@@ -18,6 +18,7 @@ def up(
     auth: Optional[bool] = typer.Option(None, "--auth/--no-auth", help="Zhongkui access control: every call needs a token (default: on with --address, off for a local head)."),
     web_port: Optional[int] = typer.Option(None, "--web-port", "--metrics-port", help="Port of the head's web server: the console at / and Prometheus's /metrics (default 9469, or FUXI_WEB_PORT; 0: any free port)."),
     web_host: Optional[str] = typer.Option(None, "--web-host", "--metrics-host", help="Address the web server binds (default 127.0.0.1; 0.0.0.0 to be reached from other machines)."),
+    alert_rules: Optional[str] = typer.Option(None, "--alert-rules", help="A YAML file of alert rules replacing the default set (see docs/operations.md)."),
     cluster: str = ClusterOpt,
 ) -> None:
     """Start a persistent local cluster (or deploy onto an existing Ray cluster)."""
@@ -30,7 +31,7 @@ def up(
             raise BadInput(f"--nuwa-replicas {nuwa_replicas}: expected 0, 1, 3 or 5")
         rec = runtime.up(cluster, address=address, num_cpus=num_cpus,
                          auth_token_path=auth_token_path, nuwa_replicas=nuwa_replicas, auth=auth,
-                         web_port=web_port, web_host=web_host)
+                         web_port=web_port, web_host=web_host, alert_rules=alert_rules)
     except Exception as e:
         handle(e)
     typer.echo(f"cluster {cluster!r} is up at {rec.address} (data in {rec.data_dir})"

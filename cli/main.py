@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import auth, call, cluster, debug, events, job, node, nuwa, pangu, queue, service, submit, top
+from cli import alerts, auth, call, cluster, debug, events, job, node, nuwa, pangu, queue, service, submit, top
 
 app = typer.Typer(
     name="fuxi",
@@ -18,6 +18,7 @@ app.command("up")(cluster.up)
 app.command("down")(cluster.down)
 app.command("status")(cluster.status)
 app.command("top")(top.top)
+app.command("alerts")(alerts.alerts)
 app.command("call")(call.call)
 app.command("events")(events.events)
 app.add_typer(events.explain_app, name="explain", help="The story of a job's instance or a "

@@ -116,7 +116,7 @@ def operator_proof(cluster: str) -> str:
 def up(cluster: str = "default", address: str | None = None, num_cpus: int | None = None,
        auth_token_path: str | None = None, nuwa_replicas: int = 3,
        auth: bool | None = None, web_port: int | None = None,
-       web_host: str | None = None) -> ClusterRecord:
+       web_host: str | None = None, alert_rules: str | None = None) -> ClusterRecord:
     """Start (or deploy onto) a persistent cluster and record it. ``auth``: Zhongkui enforces
     access control everywhere (default: on for a cluster we deploy onto, which may span
     machines; off for a local head, where the operator is the only user). ``web_port`` and
@@ -135,6 +135,16 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
             or not 0 <= web_port <= 65535:
         raise BadInput(f"--web-port {web_port!r}: expected a port number from 0 to "
                        f"65535 (0: any free port)")
+    rules_text = None
+    if alert_rules is not None:  # checked before anything starts: one line per problem
+        from fuxi.core.alerts import ALERT_RULES_BYTES_MAX, parse_rules
+
+        try:
+            with open(alert_rules, "rb") as f:
+                rules_text = f.read(ALERT_RULES_BYTES_MAX + 1).decode("utf-8", "replace")
+        except OSError as e:
+            raise BadInput(f"--alert-rules {alert_rules}: cannot read it ({e.strerror})") from None
+        parse_rules(rules_text, alert_rules)
     existing = find_cluster(cluster)
     if existing is not None:
         raise ClusterError(f"cluster {cluster!r} is already up at {existing.address}; "
@@ -143,6 +153,13 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
     from zhongkui.files import private_files
 
     private_files(fuxi_home(), data_dir)  # before the first write: 0600 files, 0700 dirs
+    from fuxi.shells.alerting import RULES_FILE
+
+    rules_path = os.path.join(data_dir, RULES_FILE)
+    if rules_text is not None:
+        write_private(rules_path, rules_text)  # FuxiMaster reads it when it starts
+    elif os.path.exists(rules_path):
+        os.remove(rules_path)  # an earlier `fuxi up`'s rules: this one asked for the defaults
     rec = ClusterRecord(cluster=cluster, address="", namespace=namespace(cluster),
                         data_dir=data_dir, started_at=time.time(),
                         auth=bool(address is not None if auth is None else auth))

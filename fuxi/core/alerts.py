@@ -157,15 +157,16 @@ DEFAULT_RULES_YAML = """
   severity: critical
   summary: "no Nuwa replica leads: the coordination service has no quorum"
 - name: UnderReplicatedChunks
-  metric: pangu_chunks
-  labels: {state: under_replicated}
+  metric: pangu_chunks_under_replicated
+  aggregate: max
   op: ">"
   value: 0
   for_s: 30
   severity: warning
   summary: "{value:g} Pangu chunks have fewer replicas than their factor"
 - name: ServiceNotReady
-  metric: fuxi_service_replicas_ready
+  metric: fuxi_service_replicas
+  labels: {state: ready}
   op: "<"
   value: 1
   for_s: 15

@@ -138,6 +138,23 @@ def nodes_table(nodes: list[Mapping[str, Any]]) -> str:
 ACTIVE = ("running", "queued", "pending", "starting")
 
 
+def alerts_table(alerts: list[Mapping[str, Any]], view: Mapping[str, Any]) -> str:
+    note = (f'<p class="warn">{esc(view["metrics_error"])}</p>'
+            if view.get("metrics_error") else "")
+    if not alerts:
+        return note + '<p class="ok alerts-none">no active alert</p>'
+    cls = {"critical": "bad", "warning": "warn"}
+    rows = [[f'<span class="{"bad" if a.get("state") == "firing" else "muted"}">'
+             f'{esc(a.get("state", ""))}</span>',
+             f'<span class="{cls.get(a.get("severity"), "")}">{esc(a.get("severity", ""))}</span>',
+             esc(a.get("rule", "")),
+             esc(", ".join(f"{k}={v}" for k, v in (a.get("labels") or {}).items()) or "-"),
+             esc(when(a.get("fired_at") or a.get("since"))), esc(cut(a.get("summary", ""), 200))]
+            for a in alerts]
+    return note + table(("state", "severity", "rule", "labels", "since", "summary"), rows,
+                        "alerts")
+
+
 def overview(info: Mapping[str, Any] | None, jobs: list[Mapping[str, Any]],
              services: list[Mapping[str, Any]], errors: Iterable[str] = ()) -> str:
     info = info or {}
@@ -148,12 +165,16 @@ def overview(info: Mapping[str, Any] | None, jobs: list[Mapping[str, Any]],
     cpu_total = sum(float((n.get("resources") or {}).get("CPU", 0) or 0) for n in nodes)
     cpu_free = sum(float((n.get("free") or {}).get("CPU", 0) or 0) for n in nodes)
     unready = [s for s in services if (s.get("ready") or 0) < (s.get("desired") or 0)]
-    cards = [("nodes", len(nodes)), ("CPUs in use", f"{cpu_total - cpu_free:g} / {cpu_total:g}"),
+    alerts = (info.get("alerts") or {}).get("active") or []
+    firing = [a for a in alerts if a.get("state") == "firing"]
+    cards = [("alerts firing", len(firing)), ("nodes", len(nodes)),
+             ("CPUs in use", f"{cpu_total - cpu_free:g} / {cpu_total:g}"),
              ("jobs running", running), ("jobs waiting", waiting), ("jobs failed", failed),
              ("services", len(services)), ("services not ready", len(unready))]
     body = [f'<h2>Cluster {esc(info.get("cluster", ""))}</h2>', errors_html(errors),
             '<div class="cards">' + "".join(f'<div class="card"><b>{esc(v)}</b>{esc(k)}</div>'
                                             for k, v in cards) + "</div>",
+            "<h3>Alerts</h3>", alerts_table(alerts, (info.get("alerts") or {})),
             "<h3>Nodes</h3>", nodes_table(nodes)]
     if info.get("blacklist"):
         body.append("<h3>Blacklisted for every job</h3>" + table(

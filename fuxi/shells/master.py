@@ -36,6 +36,7 @@ from fuxi.shells import mastermetrics
 from fuxi.shells.admission import CONFIG_KEY, DEFAULT_QUEUE, Admissions
 from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
 from fuxi.shells.agents import Agents
+from fuxi.shells.alerting import Alerting
 from fuxi.shells.clusterlog import ClusterEvents
 from fuxi.shells.jobstory import read_attempts
 from fuxi.shells.nodetable import refresh_nodes
@@ -114,6 +115,7 @@ class FuxiMaster:
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.events = ClusterEvents(os.path.join(data_dir, "events") if data_dir else None)
+        self.alerting = Alerting(self.events, ns, data_dir, bool(nuwa))  # fuxi.shells.alerting
         self.ledger = slots.Ledger()
         self.blacklists = blacklist.ClusterBlacklist()  # soft: rebuilt from JobMasters' reports
         self.agents = Agents(self)  # a FuxiAgent per node; its heartbeats feed the blacklist
@@ -264,6 +266,7 @@ class FuxiMaster:
             return  # running already: nothing changes, nothing to check
         self._require(cred, "start FuxiMaster's loops", admin_ok=True)
         self._pull_events()
+        self.alerting.start(self._watchers)
         self.supervisor.start()
         self.services.start()
         if agents:
@@ -423,7 +426,7 @@ class FuxiMaster:
             "nuwa_events": self.supervisor.events,
             "agent_events": self.agents.events,
             "store": type(self.store).__name__,
-            "started_at": self.started_at,
+            "started_at": self.started_at, "alerts": self.alerting.view(),
         }
 
     def metrics(self) -> str:

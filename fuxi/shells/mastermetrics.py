@@ -55,6 +55,10 @@ QUEUE_USED = metrics.gauge("fuxi_queue_used", "Resources a quota group's jobs ho
                            labels=("queue", "resource"), series_max=QUEUE_SERIES_MAX)
 QUEUE_JOBS = metrics.gauge("fuxi_queue_jobs", "Jobs of a queue, running or waiting.",
                            labels=("queue", "state"), series_max=QUEUE_SERIES_MAX)
+SERVICE_SERIES_MAX = 1000
+SERVICE_REPLICAS = metrics.gauge("fuxi_service_replicas",
+                                 "A service's replicas: desired, ready, starting, draining, failed.",
+                                 labels=("service", "state"), series_max=SERVICE_SERIES_MAX * 5)
 
 
 def _n(x) -> float | None:
@@ -124,4 +128,10 @@ def snapshot(master) -> str:
     QUEUE_USED.replace(used)
     QUEUE_JOBS.replace(jobs)
     JOBS.replace({("running",): len(master.jobmasters), ("waiting",): waiting})
+    replicas = {}
+    for svc in (master.services.list() if master.services is not None else [])[:SERVICE_SERIES_MAX]:
+        for state in ("desired", "ready", "starting", "draining", "failed"):
+            if _n(svc.get(state)) is not None:
+                replicas[(svc["name"], state)] = svc[state]
+    SERVICE_REPLICAS.replace(replicas)
     return metrics.REGISTRY.render()

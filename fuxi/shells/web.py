@@ -117,6 +117,19 @@ class WebServer:
             raise OSError(f"cannot serve on {host}:{port}: {failure[0]}") from failure[0]
         return self.host, self.port
 
+    def run(self, coro, timeout_s: float):
+        """Run ``coro`` on the server's loop from another thread; its result (at most
+        ``timeout_s``: a ``TimeoutError`` after)."""
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("the server is not started")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout_s)
+        except TimeoutError:
+            fut.cancel()
+            raise
+
     def stop(self) -> None:
         loop, runner = self._loop, self._runner
         if loop is None or runner is None:

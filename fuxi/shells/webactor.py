@@ -39,6 +39,7 @@ WEB_HOST_DEFAULT = "127.0.0.1"  # `fuxi up --web-host`; 0.0.0.0 to be reached fr
 FILE_SD_NAME = "prometheus_targets.json"
 WEB_RESTARTS_MAX = 100
 COMPONENT_PARAMS_MAX = 16  # ?component= values in one request
+SCRAPE_TEXT_TIMEOUT_S = 30.0  # scrape_text(): one whole scrape for the alert rules
 SCRAPES_WAITING_MAX = 16  # /metrics requests waiting for the one scrape in progress; more: 503
 
 
@@ -85,6 +86,17 @@ class FuxiWeb:
 
     def stop(self) -> None:
         self.server.stop()
+
+    def scrape_text(self) -> str:
+        """One scrape of every component, as ``/metrics`` would answer (FuxiMaster's alert
+        rules read it); run on the server's loop, where the scraper lives."""
+        return self.server.run(self._scrape_once(None), SCRAPE_TEXT_TIMEOUT_S)
+
+    async def _scrape_once(self, wanted) -> str:
+        if self._scrape_lock is None:
+            self._scrape_lock = asyncio.Lock()
+        async with self._scrape_lock:
+            return await self.scraper.scrape(wanted)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         wanted = request.query.getall("component", [])
