@@ -174,3 +174,37 @@ def test_a_metric_alert_fires_exactly_when_the_condition_held_for_its_duration(s
         active = b.view()["active"]
         assert (bool(active) and active[0]["state"] == "firing") == want
 
+
+
+def test_the_shell_reads_samples_from_an_exposition_and_rules_from_the_data_dir(tmp_path):
+    from fuxi.shells import alerting
+
+    text = ('# TYPE nuwa_is_leader gauge\nnuwa_is_leader{replica="1",component="nuwa"} 1\n'
+            '# TYPE fuxi_jobs_ended_total counter\nfuxi_jobs_ended_total{state="failed"} 3\n')
+    got = alerting.samples_of(text)
+    assert ("nuwa_is_leader", {"replica": "1", "component": "nuwa"}, 1.0) in got
+    assert ("fuxi_jobs_ended_total", {"state": "failed"}, 3.0) in got
+    rules, source = alerting.load_rules(str(tmp_path), has_nuwa=False)
+    assert source == "default rules" and "NuwaNoQuorum" not in {r.name for r in rules}
+    (tmp_path / alerting.RULES_FILE).write_text("- {name: Mine, metric: m, op: '>', value: 1}")
+    rules, source = alerting.load_rules(str(tmp_path), has_nuwa=True)
+    assert [r.name for r in rules] == ["Mine"] and source.endswith(alerting.RULES_FILE)
+    (tmp_path / alerting.RULES_FILE).write_text("- {name: Bad}")
+    with pytest.raises(BadInput, match="exactly one of metric"):
+        alerting.load_rules(str(tmp_path), has_nuwa=True)
+
+
+def test_fuxi_up_refuses_a_bad_rules_file_before_anything_starts(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("FUXI_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("- {name: a, metric: m, op: '=~'}\n- {name: b, event: e}\n")
+    r = CliRunner().invoke(app, ["up", "--alert-rules", str(bad)])
+    assert r.exit_code == 2, r.output
+    assert "rule 1 (a): op" in r.output and "rule 2 (b)" in r.output
+    r = CliRunner().invoke(app, ["up", "--alert-rules", str(tmp_path / "missing.yaml")])
+    assert r.exit_code == 2 and "cannot read it" in r.output
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("cluster.json"))
