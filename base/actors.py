@@ -176,3 +176,21 @@ def this_node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
+
+
+def driver_messages_to_stderr() -> None:
+    """Ray prints the messages its raylets publish to every driver ("N worker processes have
+    been started…") on the driver's stdout, where they corrupt a command's ``--json`` output:
+    send them to stderr instead. Private in Ray (its only printer of those messages); a Ray
+    without it keeps its own behaviour."""
+    import ray._private.worker as w
+
+    orig = getattr(w, "print_to_stdstream", None)
+    if orig is None or getattr(orig, "fuxi_to_stderr", False):
+        return
+
+    def to_stderr(data, *args, **kwargs):
+        return orig(dict(data, is_err=True), *args, **kwargs)
+
+    to_stderr.fuxi_to_stderr = True
+    w.print_to_stdstream = to_stderr

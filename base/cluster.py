@@ -163,7 +163,10 @@ def quiet_ray_env() -> None:
 def ray_init(**kwargs) -> None:
     import ray
 
+    from base.actors import driver_messages_to_stderr
+
     quiet_ray_env()
+    driver_messages_to_stderr()  # a raylet's warnings must not land in a command's stdout
     ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
 
 
