@@ -180,21 +180,21 @@ class ClusterEvents:
         except BadInput as e:
             logger.warning("%s", e)
 
-    def start_pulling(self, namespace: str, token) -> None:
-        """Pull the rings of the cluster's Pangu masters and Nuwa replicas every
-        EVENTS_PULL_S, on a thread of its own (idempotent)."""
+    def start_pulling(self, namespaces: list[str], token) -> None:
+        """Pull the rings of the cluster's Pangu masters and Nuwa replicas (named actors of
+        ``namespaces``) every EVENTS_PULL_S, on a thread of its own (idempotent)."""
         from fuxi.shells.offloop import OffLoop
 
         if getattr(self, "_puller", None) is None or self._puller.done():
             self._puller = asyncio.get_running_loop().create_task(
-                self._pull_loop(OffLoop("fuxi-events", 1), namespace, token))
+                self._pull_loop(OffLoop("fuxi-events", 1), namespaces, token))
 
-    async def _pull_loop(self, offloop, namespace: str, token) -> None:
+    async def _pull_loop(self, offloop, namespaces: list[str], token) -> None:
         at: dict[str, tuple[str, int]] = {}  # actor name -> (its boot, last seq taken)
         while True:
             await asyncio.sleep(EVENTS_PULL_S)
             try:
-                got = await offloop.run(pull_components, namespace, token(), at)
+                got = await offloop.run(pull_components, namespaces, token(), at)
             except Exception:  # noqa: BLE001 - listing actors failed: next round
                 logger.warning("pulling components' events failed", exc_info=True)
                 continue
@@ -258,7 +258,7 @@ class ClusterEvents:
             self.pull_local()
 
 
-def pull_components(namespace: str, token: str, at: dict) -> list[tuple[str, dict]]:
+def pull_components(namespaces: list[str] | str, token: str, at: dict) -> list[tuple[str, dict]]:
     """One round (blocking, on a thread): each pulled component's events after what was
     taken from its current process (``at``: name -> (boot, seq)); a restarted one (another
     boot) from its start."""
@@ -266,10 +266,11 @@ def pull_components(namespace: str, token: str, at: dict) -> list[tuple[str, dic
 
     from base import actors
 
+    wanted = {namespaces} if isinstance(namespaces, str) else set(namespaces)
     out = []
     for a in ray.util.list_named_actors(all_namespaces=True):
-        name = a.get("name", "")
-        if a.get("namespace") != namespace or not name.startswith(PULLED_PREFIXES):
+        name, namespace = a.get("name", ""), a.get("namespace")
+        if namespace not in wanted or not name.startswith(PULLED_PREFIXES):
             continue
         try:
             h = ray.get_actor(name, namespace=namespace)

@@ -273,8 +273,10 @@ class FuxiMaster:
             self.agents.start()
 
     def _pull_events(self) -> None:  # Pangu masters' and Nuwa replicas' (fuxi.shells.clusterlog)
-        self.events.start_pulling(ray.get_runtime_context().namespace,
-                                  lambda: self.platform_guard.platform_token)
+        ns = {ray.get_runtime_context().namespace,
+              (self.supervisor.nuwa_group or {}).get("namespace")}  # Nuwa's may differ (tests)
+        self.events.start_pulling(sorted(n for n in ns if n),
+                                  lambda: self.platform_guard.platform_token())
 
     async def kuafu_start_node(self, node: str, cfg: dict | None = None,
                                cred: str | None = None) -> dict:

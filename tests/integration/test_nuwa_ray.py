@@ -150,6 +150,20 @@ def test_fuxi_master_restarts_a_replica_that_died(group):
             back = ray.get(h.status.remote(), timeout=5)
         assert len(c.list("/sup/")) == 20
         c.close()
+        # The cluster's event log (issue 17): the supervisor's restart and the leaders it saw,
+        # and the replicas' own role changes, pulled from their processes by sequence number.
+        deadline = time.time() + 30
+        while True:
+            got = ray.get(master.events_since.remote(0, None, ["leader_changed", "role_changed",
+                                                               "nuwa_supervision"]), timeout=30)
+            kinds = [e["kind"] for e in got["events"]]
+            pulled = {e["origin"].split("/")[0] for e in got["events"] if e["kind"] == "role_changed"}
+            leaders = [e["fields"]["leader"] for e in got["events"] if e["kind"] == "leader_changed"]
+            if leaders and leaders[-1] != victim and "nuwa_supervision" in kinds and \
+                    f"nuwa-{victim}" in pulled and len(pulled) >= 2:
+                break
+            assert time.time() < deadline, got
+            time.sleep(0.5)
     finally:
         ray.kill(master)
 

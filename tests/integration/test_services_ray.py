@@ -200,6 +200,14 @@ def test_a_killed_replica_is_replaced_under_load(master):
         assert len(load.failures) <= total * 0.001, (len(load.failures), total,
                                                       load.failures[:3])
         assert any(f"{victim}" in e and "died" in e for e in st["events"]), st["events"]
+        # `fuxi explain service` (issue 17): the victim's story from the cluster's event log
+        from fuxi.core.story import service_story
+
+        got = ray.get(master.events_since.remote(0, None, None, 10_000, 0.0,
+                                                 {"service": "svc-kill"}), timeout=30)["events"]
+        kinds = [e["kind"] for e in service_story("svc-kill", victim, got)["events"]]
+        assert kinds[0] == "replica_placed" and "replica_ready" in kinds, kinds
+        assert "replica_died" in kinds, kinds
     finally:
         _remove(master, "svc-kill")
 
