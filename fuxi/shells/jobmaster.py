@@ -159,10 +159,12 @@ class JobMaster:
             st.update(state=JobState.RUNNING.value, finishing=True)
         return st
 
-    def cancel(self, reason: str = "cancelled by user", cred: str | None = None) -> dict:
+    def cancel(self, reason: str = "cancelled by user", cred: str | None = None,
+               term: int | None = None) -> dict:
         from zhongkui.guard import require_capability
 
         require_capability(self.token, cred, f"cancel job {self.job_id}")  # FuxiMaster only
+        getattr(self.master, "check", lambda *a: None)(term, "cancel")  # older term: refused
         self._cancel_reason = reason
         return {"job_id": self.job_id, "cancelling": True}
 
@@ -725,7 +727,9 @@ class JobMaster:
         except Exception as e:
             logger.warning("sync with FuxiMaster failed: %r", e)
             self.releases.extend(self._sync_releases)  # try again next heartbeat
-            return
+            return getattr(self.master, "failed", lambda e: None)(e)  # find the leader
+        if not getattr(self.master, "fresh", lambda r: True)(reply):
+            return  # from a deposed FuxiMaster (an older term than seen): ignored
         now = time.time()
         self.last_sync_ok = now
         self.ckpt.sync_ok(self._sync_ckpt)
