@@ -368,8 +368,8 @@ class JobMaster:
             if self.sync_ref in ready_set:
                 self._finish_sync()
             elif now - self.last_sync > MASTER_CALL_TIMEOUT_S:
-                logger.warning("FuxiMaster did not answer sync within %ss; sending it again",
-                               MASTER_CALL_TIMEOUT_S)
+                logger.warning("FuxiMaster: no sync answer in %ss; asking again", MASTER_CALL_TIMEOUT_S)
+                getattr(self.master, "failed", lambda e: None)(TimeoutError("sync unanswered"))
                 self.sync_ref = None
                 self.releases.extend(self._sync_releases)
         for wid in self._with_news(ready_set, now):

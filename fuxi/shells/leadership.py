@@ -319,15 +319,13 @@ class MasterLink:
         return True
 
     def failed(self, error: BaseException) -> None:
-        """The last call failed: follow a standby's hint, else the next candidate (one GCS
-        lookup; once all were tried it starts over with the next failure)."""
+        """The last call failed (a standby's NotLeader, a dead or silent handle): follow the
+        standby's hint, else the next candidate (one GCS lookup; once all were tried it
+        starts over with the next failure)."""
         from base.actors import translate
 
         err = translate(error, "sync")
         hint = err.leader if isinstance(err, NotLeader) else None
-        if not isinstance(err, NotLeader) and self._tried == 0:
-            self._tried = 1  # the handle itself may be restarting: give it one more try
-            return
         name = next_candidate(self.candidates, self.name, hint, self._tried)
         if name is None:
             self._tried, name = 0, self.candidates[0]
