@@ -110,9 +110,12 @@ class FuxiClient:
                 return actors.call(getattr(self.master, method), *args, cred=cred or None,
                                    timeout_s=timeout_s)
             except NotLeader as e:  # a standby answered, having done nothing: ask the leader
-                if e.leader is None or hop == LEADER_HOPS_MAX:
+                if hop == LEADER_HOPS_MAX or (e.leader is None and not self.candidates):
                     raise MasterGone(f"{method}: {e}") from None  # a read asks again
-                self.master = self._named(e.leader)
+                if e.leader is None:
+                    self._find_leader()
+                else:
+                    self.master = self._named(e.leader)
             except PlatformError as e:
                 err = explain(e, method, timeout_s)
                 if isinstance(err, MasterGone) and self.candidates:

@@ -36,6 +36,7 @@ HEAD_STOP_TIMEOUT_S = 3.0  # grace after SIGTERM before SIGKILL (the head keeps 
 CLUSTER_CONNECT_TIMEOUT_S = 30.0
 ACTOR_READY_TIMEOUT_S = 60.0
 MASTER_RESTARTS_MAX = 100  # times Ray brings a dead FuxiMaster back before it stays dead
+_CANDIDATE_HANDLES: dict = {}  # name -> handle of the non-detached candidates this driver made
 
 
 def master_candidates(nuwa: list | None, name: str = MASTER_NAME,
@@ -70,13 +71,15 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
     for i, nm in enumerate(names):
         opts = {"name": nm, "namespace": namespace(cluster), "get_if_exists": True,
                 "max_restarts": MASTER_RESTARTS_MAX}
-        if len(names) > 1:  # soft: on one node, or when that node is gone, anywhere
+        if len(names) > 1:  # hard: Ray's soft affinity was measured to ignore the node
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                nodes[i % len(nodes)], soft=True)
+                nodes[i % len(nodes)], soft=False)
         if detached:
             opts["lifetime"] = "detached"
         handles.append(FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa,
                                                          nuwa_group, auth, nm, names))
+    if not detached:  # owned by this driver: a handle dropped would end its actor
+        _CANDIDATE_HANDLES.update((nm, h) for nm, h in zip(names, handles))
     actors.call(authority.mode, timeout_s=ACTOR_READY_TIMEOUT_S)
     master = handles[0] if len(names) == 1 else find_leader(
         namespace(cluster), names, handles[0], timeout_s=ACTOR_READY_TIMEOUT_S)

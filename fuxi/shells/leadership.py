@@ -59,6 +59,7 @@ LEADER_NODE = "/fuxi/leader"  # its version after the leader set it is the leade
 FIND_LEADER_WAIT_S = 60.0  # a driver looking for the leader (across a take-over) waits this long
 FIND_LEADER_RETRY_S = 0.2  # between rounds over the candidates
 LEADER_INFO_TIMEOUT_S = 10.0
+LINK_STAYS_MAX = 20  # a JobMaster's syncs that doubt a hint naming a dead candidate (~5 s)
 
 # Methods a standby answers too: its role, and the keys the authority pushes to every holder.
 LEADER_FREE = frozenset({"campaign", "leader_info", "zk_set_keys", "zk_set_acl"})
@@ -205,6 +206,7 @@ class Leadership:
             return
         if self._in_takeover():
             return
+        self.start()  # a call before the campaign's own message: campaign now
         if self.leading:
             try:
                 await asyncio.wait_for(self._served.wait(), TAKEOVER_WAIT_S)
@@ -299,6 +301,8 @@ class MasterLink:
         self.candidates = check_candidates(candidates)
         self.gate = TermGate(term)
         self._tried = 0
+        self.dead: str | None = None  # the candidate whose call last failed outright
+        self._stays = 0  # failures in a row that kept this handle (LINK_STAYS_MAX)
 
     @property
     def sync(self):
@@ -315,7 +319,7 @@ class MasterLink:
     def fresh(self, reply: Any) -> bool:
         if not isinstance(reply, dict) or not self.gate.fresh(reply.get("term", 0)):
             return False
-        self._tried = 0
+        self._tried, self.dead, self._stays = 0, None, 0
         return True
 
     def failed(self, error: BaseException) -> None:
@@ -325,6 +329,12 @@ class MasterLink:
         from base.actors import translate
 
         err = translate(error, "sync")
+        if not isinstance(err, NotLeader):
+            self.dead = self.name  # dead, restarting or silent: not where a hint should lead
+        elif (err.leader is None or err.leader == self.dead) and self._stays < LINK_STAYS_MAX:
+            self._stays += 1  # a standby while the election settles (it may be next): ask
+            return  # it again -- for a bounded while: the dead one may come back and lead
+        self._stays = 0
         hint = err.leader if isinstance(err, NotLeader) else None
         name = next_candidate(self.candidates, self.name, hint, self._tried)
         if name is None:

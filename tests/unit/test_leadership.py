@@ -169,3 +169,39 @@ def test_master_link_ignores_a_deposed_leaders_reply_and_refuses_its_commands():
     with pytest.raises(StaleTerm):
         link.check(None, "cancel")  # a command with no term, once terms are in use
     assert pickle.loads(pickle.dumps(link.gate)).seen == 5
+
+
+def test_master_link_stays_with_a_standby_while_the_election_settles():
+    """The dead leader's entry still heads the election for a session TTL: a standby names it.
+    The link must not go back to the dead one; it asks the standby again (it may be next)."""
+    from fuxi.shells.leadership import MasterLink
+
+    standby = object()
+    link = MasterLink(standby, "m-2", ["m", "m-2"], term=1)
+    link.dead = "m"  # its last call to m failed outright
+    link.failed(NotLeader("standby", leader="m"))
+    assert link.handle is standby and link.name == "m-2"
+    link.failed(NotLeader("no leader yet", leader=None))
+    assert link.handle is standby
+    assert link.fresh({"term": 2}) and link.dead is None  # the new leader answered
+
+
+def test_master_link_believes_the_hint_in_the_end(monkeypatch):
+    """The dead candidate may come back (Ray restarts it) and win: after LINK_STAYS_MAX
+    doubts the link follows the hint after all (never stuck on a standby)."""
+    from fuxi.shells import leadership
+    from fuxi.shells.leadership import LINK_STAYS_MAX, MasterLink
+
+    looked_up = []
+    monkeypatch.setattr(leadership.ray, "get_actor",  # no cluster in a unit test
+                        lambda name: looked_up.append(name) or f"handle:{name}")
+    standby = object()
+    link = MasterLink(standby, "m-2", ["m", "m-2"], term=1)
+    link.dead = "m"
+    for _ in range(LINK_STAYS_MAX):
+        link.failed(NotLeader("standby", leader="m"))
+        assert link.handle is standby
+    link.failed(NotLeader("standby", leader="m"))
+    assert (link.handle, link.name, looked_up) == ("handle:m", "m", ["m"])
+    link.failed(RuntimeError("m died"))  # not a standby's answer: the next candidate
+    assert (link.name, link.dead) == ("m-2", "m")
