@@ -78,7 +78,7 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
             opts["lifetime"] = "detached"
         handles.append(FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa,
                                                          nuwa_group, auth, nm, names))
-    if not detached:  # owned by this driver: a handle dropped would end its actor
+    if not detached and len(names) > 1:  # this driver owns them: a dropped handle ends one
         _CANDIDATE_HANDLES.update((nm, h) for nm, h in zip(names, handles))
     actors.call(authority.mode, timeout_s=ACTOR_READY_TIMEOUT_S)
     master = handles[0] if len(names) == 1 else find_leader(

@@ -41,8 +41,7 @@ def _wait_marks(pattern: str, n: int, timeout_s: float = 90.0) -> None:
 def _info(name: str, timeout_s: float = 10.0) -> dict | None:
     try:
         return ray.get(ray.get_actor(name).leader_info.remote(), timeout=timeout_s)
-    except (ValueError, ray.exceptions.RayError) as e:
-        print(f"{name}: {type(e).__name__}: {e}"[:2000])
+    except (ValueError, ray.exceptions.RayError):
         return None
 
 
@@ -193,9 +192,9 @@ def test_a_deposed_leader_cannot_write_or_command(standby, tmp_path):
     client, names = standby.client, standby.names
     marks = tmp_path / "marks"
     job_id = client.submit({"name": "standby-fenced",
-                            "params": {"dir": str(marks), "sleep_s": 3.0},
+                            "params": {"dir": str(marks), "sleep_s": 4.0},
                             "speculation": {"enabled": False},
-                            "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 4,
+                            "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 8,
                                             "output": str(tmp_path / "out")}}})
     _wait_marks(str(marks / "run-*"), 1)
     old, info = _leader(names)
@@ -238,4 +237,5 @@ def test_a_deposed_leader_cannot_write_or_command(standby, tmp_path):
         time.sleep(0.2)
     done = client.wait(job_id, timeout_s=120)
     assert done["state"] == "succeeded", repr(done)
-    assert sorted(set(_read(str(tmp_path / "out")).column("instance").to_pylist())) == [0, 1, 2, 3]
+    assert sorted(set(_read(str(tmp_path / "out")).column("instance").to_pylist())) == \
+        list(range(8))
