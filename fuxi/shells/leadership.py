@@ -63,6 +63,10 @@ LINK_STAYS_MAX = 20  # a JobMaster's syncs that doubt a hint naming a dead candi
 
 # Methods a standby answers too: its role, and the keys the authority pushes to every holder.
 LEADER_FREE = frozenset({"campaign", "leader_info", "zk_set_keys", "zk_set_acl"})
+# Calls other platform actors make by FuxiMaster's first name (the authority's owner lookups,
+# Kuafu's proxy for a new node): a standby passes them on to the leader.
+FORWARDED = frozenset({"owner_of", "kuafu_start_node"})
+FORWARD_TIMEOUT_S = 30.0
 
 
 def leader_only(cls):
@@ -71,7 +75,14 @@ def leader_only(cls):
     for name, fn in list(vars(cls).items()):
         if name.startswith("_") or name in LEADER_FREE or not inspect.isfunction(fn):
             continue
-        if inspect.iscoroutinefunction(fn):
+        if inspect.iscoroutinefunction(fn) and name in FORWARDED:
+            async def guarded(self, *a, __fn=fn, __name=name, **kw):
+                try:
+                    await self.leadership.admit(__name)
+                except NotLeader as e:
+                    return await self.leadership.forward(e, __name, *a, **kw)
+                return await __fn(self, *a, **kw)
+        elif inspect.iscoroutinefunction(fn):
             async def guarded(self, *a, __fn=fn, __name=name, **kw):
                 await self.leadership.admit(__name)
                 return await __fn(self, *a, **kw)
@@ -227,6 +238,15 @@ class Leadership:
                 raise NotLeader(f"{what}: no FuxiMaster leads yet (election under way for "
                                 f"{ELECTION_WAIT_S:g}s, ELECTION_WAIT_S)", leader=None)
             await asyncio.sleep(LEADER_POLL_S)
+
+    async def forward(self, refusal: NotLeader, method: str, *args, **kwargs):
+        """A standby passes a FORWARDED call on to the leader ``refusal`` names (else raises
+        it): the caller knew only FuxiMaster's first name."""
+        if refusal.leader is None or refusal.leader == self.me:
+            raise refusal
+        handle = await asyncio.to_thread(ray.get_actor, refusal.leader)  # a GCS lookup
+        return await asyncio.wait_for(getattr(handle, method).remote(*args, **kwargs),
+                                      FORWARD_TIMEOUT_S)
 
     def admit_now(self, what: str) -> None:
         """``admit`` for a synchronous method: never waits."""

@@ -205,3 +205,63 @@ def test_master_link_believes_the_hint_in_the_end(monkeypatch):
     assert (link.handle, link.name, looked_up) == ("handle:m", "m", ["m"])
     link.failed(RuntimeError("m died"))  # not a standby's answer: the next candidate
     assert (link.name, link.dead) == ("m-2", "m")
+
+
+# ------------------------------------------------------------ queued jobs at a take-over
+
+def test_queued_jobs_are_handed_over_in_submit_order_not_failed():
+    from fuxi.io.store import MemoryStore
+    from fuxi.shells.jobrecords import launch_key, restore_records
+
+    store = MemoryStore()
+    for jid, at in (("late", 30.0), ("early", 10.0), ("middle", 20.0)):
+        store.put(f"/jobs/{jid}/status", {"job_id": jid, "state": "queued", "submitted_at": at})
+        store.put(launch_key(jid), {"v": 1})
+    store.put("/jobs/nolaunch/status", {"job_id": "nolaunch", "state": "queued",
+                                        "submitted_at": 5.0})
+    queued: list = []
+    assert restore_records(store, set(), {}, {}, queued) == set()
+    assert queued == ["early", "middle", "late"]
+    assert store.get("/jobs/early/status")["state"] == "queued"  # left for the re-queue
+    gone = store.get("/jobs/nolaunch/status")  # no plan kept: it cannot wait again
+    assert gone["state"] == "failed" and "submit it again" in gone["report"]
+
+
+def test_without_a_queue_list_queued_jobs_fail_as_before():
+    from fuxi.io.store import MemoryStore
+    from fuxi.shells.jobrecords import launch_key, restore_records
+
+    store = MemoryStore()
+    store.put("/jobs/q/status", {"job_id": "q", "state": "queued", "submitted_at": 1.0})
+    store.put(launch_key("q"), {"v": 1})
+    restore_records(store, set(), {}, {})
+    assert store.get("/jobs/q/status")["state"] == "failed"
+
+
+def test_a_standby_passes_platform_lookups_on_to_the_leader(monkeypatch):
+    """owner_of / kuafu_start_node reach FuxiMaster's first name, which may be a standby: it
+    forwards them to the leader it knows; with none known the refusal stands."""
+    from fuxi.shells import leadership
+    from fuxi.shells.leadership import Leadership
+
+    class Method:
+        def __init__(self, name):
+            self.name = name
+
+        def remote(self, *a, **kw):
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result((self.name, a))
+            return fut
+
+    class Handle:
+        owner_of = Method("owner_of")
+
+    monkeypatch.setattr(leadership.ray, "get_actor", lambda name: Handle())
+    role = Leadership.__new__(Leadership)  # only what forward needs
+    role.me = "m"
+    got = asyncio.run(role.forward(NotLeader("standby", leader="m-2"), "owner_of", "p", "job", "j"))
+    assert got == ("owner_of", ("p", "job", "j"))
+    with pytest.raises(NotLeader):
+        asyncio.run(role.forward(NotLeader("election under way", leader=None), "owner_of"))
+    with pytest.raises(NotLeader):  # never to itself
+        asyncio.run(role.forward(NotLeader("me", leader="m"), "owner_of"))
