@@ -155,9 +155,12 @@ class Leadership:
                 return
             except asyncio.CancelledError:
                 raise
-            except (NE.NuwaError, OSError) as e:
-                if self.leading:  # a take-over that failed half-way: start afresh
+            except Exception as e:  # noqa: BLE001 - retried; a half-done take-over fail-stops
+                if self.leading:  # a take-over that failed half-way: start afresh (restart)
+                    logger.exception("%s: take-over of term %d failed", self.me, self.term)
                     self._lost(f"take-over failed: {type(e).__name__}: {e}")
+                if not isinstance(e, (NE.NuwaError, OSError)):
+                    logger.exception("%s: campaign failed", self.me)
                 logger.warning("%s: campaign failed (%s); retrying", self.me, e)
                 with contextlib.suppress(Exception):
                     await self.election.resign()
