@@ -251,6 +251,19 @@ class Leadership:
         return await asyncio.wait_for(getattr(handle, method).remote(*args, **kwargs),
                                       FORWARD_TIMEOUT_S)
 
+    async def pass_on(self, method: str, *args) -> None:
+        """On a standby: send a call it has applied itself on to the leader as well (bounded
+        by FORWARD_TIMEOUT_S; a failure is logged -- the leader polls as every guard does)."""
+        if not self.elected or self.serving:
+            return
+        leader = await self._read_leader()
+        if leader is None or leader == self.me:
+            return
+        try:
+            await self.forward(NotLeader("", leader=leader), method, *args)
+        except Exception as e:  # noqa: BLE001 - the leader's own poll catches up
+            logger.warning("%s: passing %s on to %s failed: %s", self.me, method, leader, e)
+
     def admit_now(self, what: str) -> None:
         """``admit`` for a synchronous method: never waits."""
         if self.serving:

@@ -244,10 +244,13 @@ class FuxiMaster:
         """Zhongkui's keys after a rotation (from the authority)."""
         return self.platform_guard.accept_keys(proof, doc)
 
-    def zk_set_acl(self, proof: str, doc: dict) -> int:
+    async def zk_set_acl(self, proof: str, doc: dict) -> int:
         """The ACL entries and identities after a change (from the authority, before it
-        answers the change)."""
-        return self.platform_guard.accept_acl(proof, doc)
+        answers the change); a standby hands them on to the leader too (it is told by
+        FuxiMaster's first name)."""
+        version = self.platform_guard.accept_acl(proof, doc)
+        await self.leadership.pass_on("zk_set_acl", proof, doc)
+        return version
 
     async def owner_of(self, proof: str, kind: str, resource: str) -> str | None:
         """Who owns a resource, for the authority deciding who may grant access to it (the
