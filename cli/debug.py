@@ -71,7 +71,8 @@ def kill_master(no_restart: bool = typer.Option(
                     help="Ray does not start it again (default: it does, and the new one "
                          "adopts the running jobs)."),
                 yes: bool = YesOpt, as_json: bool = JsonOpt, cluster: str = ClusterOpt) -> None:
-    """Kill FuxiMaster's process; Ray restarts it and the running jobs are adopted."""
+    """Kill the leading FuxiMaster's process; a standby takes over where there is one (else
+    Ray restarts it), and the running jobs are adopted."""
     run_kill(cluster, "master", yes=yes, no_restart=no_restart, as_json=as_json)
 
 

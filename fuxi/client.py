@@ -23,7 +23,7 @@ import uuid
 from typing import Callable, Sequence
 
 from base.errors import PlatformError
-from fuxi.errors import ClusterError, JobNotFound, MasterGone, OutcomeUnknown
+from fuxi.errors import ClusterError, JobNotFound, MasterGone, NotLeader, OutcomeUnknown
 from fuxi.core.plan import JobPlan, build_plan
 from fuxi.core.spec import JobSpec, check_importable, spec_from_dict
 from fuxi.io.specfile import load_job_spec
@@ -34,6 +34,7 @@ POLL_S = 0.3
 SUBMIT_TRIES_MAX = 3  # a submit that times out is retried with the same request id (idempotent)
 MASTER_FAILOVER_WAIT_S = 60.0  # a read whose FuxiMaster died is asked again for this long
 FAILOVER_RETRY_S = 0.5  # pause between those tries (the new FuxiMaster is starting)
+LEADER_HOPS_MAX = 3  # standbys' NotLeader hints followed in one call
 TERMINAL = {s.value for s in TERMINAL_JOB}
 
 
@@ -86,24 +87,59 @@ def explain(e: PlatformError, what: str, timeout_s: float = MASTER_REPLY_TIMEOUT
 
 
 class FuxiClient:
-    def __init__(self, master, cluster: str | None = None, token: str | None = None):
+    def __init__(self, master, cluster: str | None = None, token: str | None = None,
+                 candidates: list[str] | None = None, namespace: str | None = None):
         """``token``: what calls present to a cluster with access control (Zhongkui); default
         this process's (``zhongkui.creds``: a job's own, ``FUXI_TOKEN``, or the one `fuxi
-        login` stored for ``cluster``)."""
+        login` stored for ``cluster``). ``candidates``: the FuxiMaster candidates' names
+        (hot standby, ``fuxi.shells.leadership``), tried when ``master`` dies; a standby's
+        ``NotLeader`` is followed to the leader it names in any case."""
         self.master = master
         self.cluster = cluster
         self.token = token
+        self.candidates = list(candidates or ())
+        self.namespace = namespace
 
     def _call(self, method: str, *args, timeout_s: float = MASTER_REPLY_TIMEOUT_S):
         from base import actors
         from zhongkui import creds
 
         cred = self.token if self.token is not None else creds.token(self.cluster)
+        for hop in range(LEADER_HOPS_MAX + 1):
+            try:
+                return actors.call(getattr(self.master, method), *args, cred=cred or None,
+                                   timeout_s=timeout_s)
+            except NotLeader as e:  # a standby answered, having done nothing: ask the leader
+                if hop == LEADER_HOPS_MAX or (e.leader is None and not self.candidates):
+                    raise MasterGone(f"{method}: {e}") from None  # a read asks again
+                if e.leader is None:
+                    self._find_leader()
+                else:
+                    self.master = self._named(e.leader)
+            except PlatformError as e:
+                err = explain(e, method, timeout_s)
+                if isinstance(err, MasterGone) and self.candidates:
+                    self._find_leader()  # the handle's actor died: try the candidates
+                raise err from None
+        raise AssertionError("unreachable")
+
+    def _named(self, name: str):
+        import ray
+
         try:
-            return actors.call(getattr(self.master, method), *args, cred=cred or None,
-                               timeout_s=timeout_s)
-        except PlatformError as e:
-            raise explain(e, method, timeout_s) from None
+            return ray.get_actor(name, **({"namespace": self.namespace} if self.namespace
+                                          else {}))
+        except ValueError:
+            raise MasterGone(f"FuxiMaster {name!r} (named the leader) does not exist; "
+                             f"a take-over is under way") from None
+
+    def _find_leader(self) -> None:
+        from fuxi.shells.leadership import find_leader
+
+        try:
+            self.master = find_leader(self.namespace, self.candidates, timeout_s=FAILOVER_RETRY_S)
+        except PlatformError:
+            pass  # none serves yet: the caller's retry comes back here
 
     def _read(self, method: str, *args, timeout_s: float = MASTER_REPLY_TIMEOUT_S):
         """A call that changes nothing, asked again while FuxiMaster fails over."""

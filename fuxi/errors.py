@@ -8,7 +8,9 @@
     ├── ClusterError          -- the cluster could not be reached, started or stopped
     │   ├── NoCluster         -- no running cluster was found where one was required
     │   ├── OutcomeUnknown    -- FuxiMaster did not answer: the request may have taken effect
-    │   └── MasterGone        -- FuxiMaster died during the call (Ray restarts it)
+    │   ├── MasterGone        -- FuxiMaster died during the call (Ray restarts it)
+    │   └── NotLeader         -- a standby FuxiMaster answered: ``leader`` names the leader
+    ├── StaleTerm             -- a deposed FuxiMaster's write or command (an older term), refused
     ├── JobNotFound           -- an unknown job id
     └── JobFailed             -- a job ended failed or cancelled (carries the report)
 
@@ -73,3 +75,21 @@ class JobFailed(FuxiError, base_errors.Failed):
 class TargetNotFound(FuxiError, base_errors.NotFound):
     """Fault injection (``fuxi debug kill``): no node, job, actor or process to kill matches
     what was asked, or the cluster has nothing of that kind to kill now."""
+
+
+class NotLeader(FuxiError, ClusterError):
+    """This FuxiMaster is a standby (``fuxi.shells.leadership``): ``leader`` is the actor name
+    of the one that leads (None while an election is under way). Nothing was done: ask the
+    leader."""
+
+    def __init__(self, message: str, leader: str | None = None):
+        super().__init__(message)
+        self.leader = leader
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.leader))
+
+
+class StaleTerm(FuxiError, base_errors.Denied):
+    """A write or command from a FuxiMaster whose leadership term is older than one already
+    seen (it was deposed -- paused, partitioned -- without knowing it): refused, not applied."""

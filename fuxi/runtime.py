@@ -36,21 +36,53 @@ HEAD_STOP_TIMEOUT_S = 3.0  # grace after SIGTERM before SIGKILL (the head keeps 
 CLUSTER_CONNECT_TIMEOUT_S = 30.0
 ACTOR_READY_TIMEOUT_S = 60.0
 MASTER_RESTARTS_MAX = 100  # times Ray brings a dead FuxiMaster back before it stays dead
+_CANDIDATE_HANDLES: dict = {}  # name -> handle of the non-detached candidates this driver made
+
+
+def master_candidates(nuwa: list | None, name: str = MASTER_NAME,
+                      n: int | None = None) -> list[str]:
+    """The FuxiMaster candidates' actor names: ``MASTER_CANDIDATES`` of them on a cluster
+    with Nuwa (hot standby behind an election), one without (fuxi.shells.leadership)."""
+    from fuxi.core.leadership import candidate_names
+    from fuxi.shells.leadership import MASTER_CANDIDATES
+
+    return candidate_names(name, (n or MASTER_CANDIDATES) if nuwa else 1)
 
 
 def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None,
-                  nuwa_group: dict | None = None, auth: bool = False, agents: bool = True):
+                  nuwa_group: dict | None = None, auth: bool = False, agents: bool = True,
+                  name: str = MASTER_NAME, candidates: int | None = None):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from fuxi.shells.leadership import find_leader
     from fuxi.shells.master import FuxiMaster
 
     authority = _start_authority(cluster, data_dir, detached, nuwa, auth)  # FuxiMaster asks it
-    # Ray restarts a FuxiMaster that dies (its process, its node); the new one adopts the
-    # running jobs (fuxi.shells.adoption). Calls in flight when it died fail; callers retry.
-    opts = {"name": MASTER_NAME, "namespace": namespace(cluster), "get_if_exists": True,
-            "max_restarts": MASTER_RESTARTS_MAX}
-    if detached:
-        opts["lifetime"] = "detached"
-    master = FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa, nuwa_group, auth)
+    # Ray restarts a FuxiMaster that dies (its process, its node). With Nuwa there are
+    # several candidates, on different nodes where there are several: the election's winner
+    # leads and the others stand by (fuxi.shells.leadership); without, the restarted one
+    # adopts the running jobs (fuxi.shells.adoption). Calls in flight fail; callers retry.
+    names = master_candidates(nuwa, name, candidates)
+    here = ray.get_runtime_context().get_node_id()
+    nodes = [here] + sorted(n["NodeID"] for n in ray.nodes()
+                            if n.get("Alive") and n["NodeID"] != here)
+    handles = []
+    for i, nm in enumerate(names):
+        opts = {"name": nm, "namespace": namespace(cluster), "get_if_exists": True,
+                "max_restarts": MASTER_RESTARTS_MAX}
+        if len(names) > 1:  # hard: Ray's soft affinity was measured to ignore the node
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                nodes[i % len(nodes)], soft=False)
+        if detached:
+            opts["lifetime"] = "detached"
+        handles.append(FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa,
+                                                         nuwa_group, auth, nm, names))
+    if not detached and len(names) > 1:  # this driver owns them: a dropped handle ends one
+        _CANDIDATE_HANDLES.update((nm, h) for nm, h in zip(names, handles))
     actors.call(authority.mode, timeout_s=ACTOR_READY_TIMEOUT_S)
+    master = handles[0] if len(names) == 1 else find_leader(
+        namespace(cluster), names, handles[0], timeout_s=ACTOR_READY_TIMEOUT_S)
     actors.call(master.cluster_info, timeout_s=ACTOR_READY_TIMEOUT_S)
     actors.call(master.supervise, operator_proof(cluster), agents,
                 timeout_s=ACTOR_READY_TIMEOUT_S)
@@ -440,6 +472,9 @@ def down(cluster: str = "default") -> dict:
                 proof = operator_proof(cluster)
                 stopped_jobs = actors.call(conn.master.shutdown_jobs, proof,
                                            timeout_s=CLUSTER_CONNECT_TIMEOUT_S)
+                for nm in reversed(master_candidates(rec.nuwa)):  # standbys first: no take-over
+                    with contextlib.suppress(Exception):
+                        ray.kill(ray.get_actor(nm, namespace=rec.namespace), no_restart=True)
                 ray.kill(conn.master, no_restart=True)
                 with contextlib.suppress(Exception):
                     ray.kill(conn.authority, no_restart=True)
@@ -540,6 +575,11 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
 
             ray.get_actor(AUTHORITY_NAME, namespace=rec.namespace)
             master = ray.get_actor(MASTER_NAME, namespace=rec.namespace)
+            if rec.nuwa:  # hot standby: the one that leads (fuxi.shells.leadership)
+                from fuxi.shells.leadership import find_leader
+
+                master = find_leader(rec.namespace, master_candidates(rec.nuwa), master,
+                                     timeout_s=CLUSTER_CONNECT_TIMEOUT_S)
         except ValueError:
             master = _start_master(cluster, rec.data_dir, detached=True, nuwa=rec.nuwa,
                                    nuwa_group=rec.nuwa_group, auth=rec.auth)

@@ -142,6 +142,27 @@ class NuwaStore:
     def __init__(self, client, root: str = "/fuxi") -> None:
         self.client = client
         self.root = root.rstrip("/")
+        # (Nuwa path, version): with a fence set, every write is a transaction that first
+        # checks the path still has that version -- a deposed FuxiMaster's writes are refused
+        # (``StaleTerm``) instead of overwriting its successor's (fuxi.core.leadership).
+        self.fence: tuple[str, int] | None = None
+
+    def _fenced(self, op: dict) -> None:
+        from nuwa.core import commands as C
+        from nuwa.errors import TxnFailed
+
+        from fuxi.errors import StaleTerm
+
+        path, version = self.fence
+        try:
+            self.client.txn([C.check(path, version=version), op])
+        except TxnFailed as e:
+            if getattr(e, "index", None) == 0:
+                raise StaleTerm(f"write to {op['path']} refused: {path} is no longer at "
+                                f"version {version} (this FuxiMaster's term); a newer leader "
+                                f"has been elected") from None
+            inner = getattr(e, "error", None)  # the op's own error (NoNode, NodeExists)
+            raise inner if isinstance(inner, Exception) else e
 
     def _path(self, key: str) -> str:
         _check_key(key)
@@ -156,6 +177,9 @@ class NuwaStore:
         path = self._path(key)
         for attempt in range(self.PUT_TRIES_MAX):
             try:
+                if self.fence is not None:
+                    self._fenced_put(path, data)
+                    return
                 try:
                     self.client.set(path, data)
                 except NoNode:
@@ -167,6 +191,20 @@ class NuwaStore:
             except (OutcomeUnknown, Unavailable):
                 if attempt == self.PUT_TRIES_MAX - 1:
                     raise
+
+    def _fenced_put(self, path: str, data: bytes) -> None:
+        """A set (or a create, parents made, when there is none yet) under the fence."""
+        from nuwa.core import commands as C
+        from nuwa.errors import NodeExists, NoNode
+
+        try:
+            self._fenced(C.set_value(path, data))
+        except NoNode:
+            try:
+                self._fenced({"op": "create", "path": path, "value": data,  # creator: the client's
+                              "ephemeral_session": None, "sequential": False, "parents": True})
+            except NodeExists:  # created by an earlier try whose answer was lost
+                self._fenced(C.set_value(path, data))
 
     def get(self, key: str, default: Any = None) -> Any:
         from nuwa.errors import NoNode
@@ -181,7 +219,12 @@ class NuwaStore:
         from nuwa.errors import NoNode
 
         try:
-            self.client.delete(self._path(key))
+            if self.fence is not None:
+                from nuwa.core import commands as C
+
+                self._fenced(C.delete(self._path(key)))
+            else:
+                self.client.delete(self._path(key))
             return True
         except NoNode:
             return False

@@ -36,6 +36,7 @@ import ray
 from base import events
 from fuxi.core import slots
 from fuxi.core.sched.model import WORKERS_PER_NODE_MAX
+from fuxi.core.states import JobState
 from fuxi.errors import BadInput
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ class Adoption:
         self.unledgered: set[str] = set()  # adopted; their first sync rebuilds their slots
         self.adopted: dict[str, float] = {}  # job id -> when it was adopted
         self.rebuilt: dict[str, float] = {}  # job id -> when its first sync refilled the ledger
+        self.queued: list[str] = []  # jobs that waited in a queue, in submit order: re-queued
+        self.requeued: list[str] = []
+        self.loops: dict | None = None  # the loops a predecessor ran (None: not known, all)
         self.started_at = time.time()
         self.resumed_at: float | None = None
         self._lock = asyncio.Lock()
@@ -140,6 +144,50 @@ class Adoption:
         if done:
             logger.warning("FuxiMaster adopted %d running job(s) after a restart: %s",
                            len(done), ", ".join(done[:20]))
+        return done
+
+    async def requeue(self, master) -> list[str]:
+        """Jobs that waited in a queue when the last FuxiMaster died: queued again, in their
+        submit order, from their launch records (a plan that cannot be read fails the job,
+        saying why); those with room now start. Idempotent: each is taken once."""
+        from fuxi.shells.jobrecords import load_launch
+
+        done = []
+        async with self._lock:
+            while self.queued:
+                job_id = self.queued.pop(0)
+                key = f"/jobs/{job_id}/status"
+                st = await master.astore.get(key) or {"job_id": job_id}
+                got, why = await master.astore.call(load_launch, master.store, job_id)
+                if got is None:
+                    st.update(state=JobState.FAILED.value, finished_at=time.time(),
+                              report=f"FuxiMaster changed while the job waited in its queue, "
+                                     f"and it cannot be queued again: {why}")
+                    await master.astore.put(key, st)
+                    continue
+                master.seq += 1
+                master.submit_seq[job_id] = master.seq
+                master.priorities[job_id] = got.plan.priority
+                at = st.get("submitted_at")
+                try:
+                    now_room = master.admissions.reserve(
+                        job_id, got.plan.queue, got.plan, got.user, list(got.sys_path),
+                        master.seq, at if isinstance(at, (int, float)) else time.time())
+                except BadInput as e:  # QueueFull, a queue removed meanwhile
+                    st.update(state=JobState.FAILED.value, finished_at=time.time(),
+                              report=f"FuxiMaster changed while the job waited in its queue, "
+                                     f"and it cannot be queued again: {e}")
+                    await master.astore.put(key, st)
+                    continue
+                if now_room:
+                    master._start(job_id, got.plan, got.user, list(got.sys_path))
+                    st.update(state=JobState.PENDING.value)
+                    await master.astore.put(key, st)
+                done.append(job_id)
+            self.requeued.extend(done)
+        if done:
+            logger.warning("FuxiMaster queued %d waiting job(s) again: %s", len(done),
+                           ", ".join(done[:20]))
         return done
 
     def _adopt(self, master, job_id: str, handle) -> None:
@@ -177,6 +225,37 @@ class Adoption:
 
     def info(self) -> dict:
         return {"restarted": self.restarted, "adopted_jobs": sorted(self.adopted),
+                "requeued_jobs": list(self.requeued),
                 "relaunched_jobs": sorted(self.relaunched),
                 "started_at": self.started_at, "resumed_at": self.resumed_at,
                 "rebuilt_at": dict(self.rebuilt)}
+
+
+def leader_state(master, restarted: bool) -> None:
+    """The leader's state, read from the store (blocking; one GCS call): the queues, the
+    running jobs to adopt, the stored records, the service manager. Run by a FuxiMaster
+    that serves as it starts (no election), or by the winner of the election."""
+    from fuxi.shells.admission import CONFIG_KEY, Admissions
+    from fuxi.shells.jobrecords import restore_records
+    from fuxi.shells.services import ServiceManager, replica_control_secret
+
+    m = master
+    # Room for jobs, and the queues (quota groups) where those without room wait.
+    m.admissions = Admissions(m.astore, m.store.get(CONFIG_KEY), lambda: m.jobmasters,
+                              m._start, m._watchers)
+    # Jobs still running (their JobMasters are detached) are adopted, not failed.
+    try:
+        alive = live_jobmasters()
+    except Exception:  # noqa: BLE001 - without the list, no job can be adopted
+        logger.exception("listing running JobMasters failed; none can be adopted")
+        alive = set()
+    m.adoption = Adoption(restarted, alive)
+    # Finished jobs whose JobMaster exited: restore what the store remembers; queued jobs
+    # are queued again (their launch records hold their plans).
+    m.adoption.orphans = restore_records(m.store, alive, m.job_owners,
+                                         m.admissions.job_queues, m.adoption.queued)
+    if m.leadership.elected:  # Nuwa keeps every job of ours: one with no record is not ours
+        m.adoption.expected &= set(m.job_owners)
+    m.services = ServiceManager(
+        m.cluster, m.namespace, m.astore, m.detached, token_for=m._service_token,
+        control_secret=replica_control_secret(m.data_dir) if m.auth_enabled else None)

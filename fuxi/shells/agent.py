@@ -35,6 +35,7 @@ import ray
 
 from base import actors
 from fuxi.core import agentview as av
+from fuxi.core.leadership import TermGate
 
 logger = logging.getLogger(__name__)
 
@@ -114,17 +115,21 @@ def _actor_class():
             self._workers: dict[str, int] = {}  # actor id -> pid, alive at the last scan
             self._scanned_at = float("-inf")
             self._lock = threading.Lock()
+            self.terms = TermGate()  # the highest FuxiMaster term seen (fuxi.core.leadership)
             threading.Thread(target=self._run, name="fuxi-agent-heartbeat", daemon=True).start()
 
-        def adopt(self, token: str, master) -> dict:
+        def adopt(self, token: str, master, term: int = 0) -> dict:
             """FuxiMaster (new, restarted or taking over) takes this agent: its token and
-            handle from now on."""
+            handle from now on -- unless its leadership term is older than one this agent
+            has seen (a deposed FuxiMaster: ``StaleTerm``, nothing changes)."""
             with self._lock:
+                self.terms.admit(term, f"adopt the agent of node {self.node[:12]}")
                 self.token, self.master = token, master
             return self.info()
 
         def info(self) -> dict:
             return {"node": self.node, "pid": os.getpid(), "boot": self.boot, "seq": self.seq,
+                    "term": self.terms.seen, "stale_refused": self.terms.refused,
                     "last_error": self.last_error, "workers": len(self._workers),
                     "exits_dropped": self.exits_dropped}
 

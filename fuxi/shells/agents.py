@@ -110,7 +110,8 @@ class Agents:
                 # Asked by name every time: a dead agent's name is free, and a new one starts.
                 h = await self.offloop.run(self._create, node, token, me)
                 self.view.deployed(node, token, time.time())  # before it can heartbeat with it
-                h.adopt.remote(token, me)  # an agent found running gets this master's token
+                # an agent found running gets this master's token (refused from an older term)
+                h.adopt.remote(token, me, term=self.m.leadership.term)
                 self.handles[node] = h
                 self._adopted_at[node] = time.time()
             except Exception as e:  # noqa: BLE001 - tried again next round

@@ -160,16 +160,21 @@ class Chaos:
         return f"pid {info.get('Pid', '?')} on node {node[:12] or '?'}"
 
     def _master(self, _ident, _which, no_restart: bool) -> Target:
-        h, info = self._actor(MASTER_NAME)
+        # The leading FuxiMaster: the one this client talks to (it follows the leader).
+        h = getattr(self.client, "master", None)
+        info = (actors.actor_table(actors.actor_id(h)) or {}) if h is not None else {}
+        if not info:
+            h, info = self._actor(MASTER_NAME)
         if h is None or info.get("State") not in ("ALIVE", "RESTARTING", "PENDING_CREATION"):
             raise TargetNotFound(f"no FuxiMaster is alive in namespace {self.namespace!r}: "
                                  f"nothing to kill (`fuxi status`)")
         after = ("it stays dead: no job is scheduled until the next `fuxi` command starts a "
                  "new one (which adopts the running jobs)" if no_restart else
-                 "Ray starts it again; the new one adopts the running jobs")
+                 "a standby takes over where there is one (else Ray starts it again); the "
+                 "new leader adopts the running jobs")
         return Target("master", f"FuxiMaster ({self._where(info)}, restarted "
                                 f"{info.get('NumRestarts', 0)} times so far)",
-                      f"fuxi:{MASTER_NAME}", after,
+                      f"fuxi:{info.get('Name') or MASTER_NAME}", after,
                       _killer(h, restart=not no_restart))
 
     def _running_job(self, job_id: Any) -> dict:

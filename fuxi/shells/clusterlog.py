@@ -334,3 +334,12 @@ def offline_events(data_dir: str, since_id: int = 0, since_at: float | None = No
         if r["id"] > since_id and _matches(r, since_at, kinds, match) and len(out) < limit:
             out.append(r)
     return {"events": out, "last_id": last, "torn": reading.torn}
+
+
+def visible_to(got: dict, who, auth_enabled: bool, may_view) -> dict:
+    """A query's answer as ``who`` may see it: with access control on, a job's events only to
+    those who may view that job (``may_view(job_id)``); administrators see everything."""
+    if auth_enabled and not who.admin:
+        got["events"] = [e for e in got["events"] if not e.get("fields", {}).get("job")
+                         or may_view(e["fields"]["job"])]
+    return got

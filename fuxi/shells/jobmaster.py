@@ -158,10 +158,12 @@ class JobMaster:
             st.update(state=JobState.RUNNING.value, finishing=True)
         return st
 
-    def cancel(self, reason: str = "cancelled by user", cred: str | None = None) -> dict:
+    def cancel(self, reason: str = "cancelled by user", cred: str | None = None,
+               term: int | None = None) -> dict:
         from zhongkui.guard import require_capability
 
         require_capability(self.token, cred, f"cancel job {self.job_id}")  # FuxiMaster only
+        getattr(self.master, "check", lambda *a: None)(term, "cancel")  # older term: refused
         self._cancel_reason = reason
         return {"job_id": self.job_id, "cancelling": True}
 
@@ -374,8 +376,8 @@ class JobMaster:
             if self.sync_ref in ready_set:
                 self._finish_sync()
             elif now - self.last_sync > MASTER_CALL_TIMEOUT_S:
-                logger.warning("FuxiMaster did not answer sync within %ss; sending it again",
-                               MASTER_CALL_TIMEOUT_S)
+                logger.warning("FuxiMaster: no sync answer in %ss; asking again", MASTER_CALL_TIMEOUT_S)
+                getattr(self.master, "failed", lambda e: None)(TimeoutError("sync unanswered"))
                 self.sync_ref = None
                 self.releases.extend(self._sync_releases)
         for wid in self._with_news(ready_set, now):
@@ -735,7 +737,9 @@ class JobMaster:
         except Exception as e:
             logger.warning("sync with FuxiMaster failed: %r", e)
             self.releases.extend(self._sync_releases)  # try again next heartbeat
-            return
+            return getattr(self.master, "failed", lambda e: None)(e)  # find the leader
+        if not getattr(self.master, "fresh", lambda r: True)(reply):
+            return  # from a deposed FuxiMaster (an older term than seen): ignored
         now = time.time()
         self.last_sync_ok = now
         self.ckpt.sync_ok(self._sync_ckpt)

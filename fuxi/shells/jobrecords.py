@@ -21,6 +21,7 @@ from fuxi.shells.admission import DEFAULT_QUEUE
 logger = logging.getLogger(__name__)
 
 NOT_KEPT_REASON_CHARS_MAX = 1000  # why a job's launch was not kept, as stored
+LOOPS_KEY = "/master/loops"  # which of FuxiMaster's loops were started (a successor's too)
 
 
 def new_job_id(name: str) -> str:
@@ -77,9 +78,11 @@ def drop_old_records(store, kept_max: int) -> list[str]:
     return dropped
 
 
-def restore_records(store, alive: set[str], owners: dict, queues: dict) -> set[str]:
+def restore_records(store, alive: set[str], owners: dict, queues: dict,
+                    queued: list | None = None) -> set[str]:
     """A starting FuxiMaster's view of the stored jobs: owners and queues remembered; a job
-    that waited in a queue (its plan was soft state) failed, with a report; a job whose
+    that waited in a queue is appended to ``queued`` (in submit order) when that is given
+    and it has a launch record (its plan), else it failed, with a report; a job whose
     JobMaster is alive (``alive``) keeps its state (it is adopted); one whose JobMaster is gone
     is returned when it has a launch record (an orphan, resumed from its checkpoint), else
     failed. Launch records of jobs that ended (as the old FuxiMaster died) go."""
@@ -87,10 +90,14 @@ def restore_records(store, alive: set[str], owners: dict, queues: dict) -> set[s
     keys = store.list("/jobs/")
     launches = {k.split("/")[2] for k in keys if k.endswith("/launch")}
     orphans = set()
+    waiting = []
     for jid, st in _statuses(store, keys):
         owners[jid] = st.get("owner")
         queues[jid] = st.get("queue") or DEFAULT_QUEUE
-        if st.get("state") == JobState.QUEUED.value:  # its plan waited in the old process
+        if st.get("state") == JobState.QUEUED.value and queued is not None and jid in launches:
+            at = st.get("submitted_at")
+            waiting.append((at if isinstance(at, (int, float)) else 0.0, jid))
+        elif st.get("state") == JobState.QUEUED.value:  # its plan waited in the old process
             st.update(state=JobState.FAILED.value, finished_at=time.time(),
                       report="FuxiMaster restarted while the job waited in its queue; "
                              "submit it again")
@@ -103,6 +110,8 @@ def restore_records(store, alive: set[str], owners: dict, queues: dict) -> set[s
             store.put(f"/jobs/{jid}/status", st)
         if jid in launches and st.get("state") in terminal:
             store.delete(launch_key(jid))
+    if queued is not None:
+        queued.extend(jid for _, jid in sorted(waiting))
     return orphans
 
 

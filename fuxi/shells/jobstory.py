@@ -181,3 +181,18 @@ def read_attempts(log_dir: str, job_id: str) -> dict:
     if not isinstance(doc, dict) or not isinstance(doc.get("attempts"), list):
         raise JobNotFound(f"the record of job {job_id!r}'s attempts ({path}) is not a record")
     return doc
+
+
+async def attempts_of(jobmasters: dict, reads, log_dir: str, job_id: str,
+                      timeout_s: float) -> dict:
+    """A job's attempts (``FuxiMaster.job_attempts``): from its JobMaster while it runs, from
+    the record it left (``<job>.attempts.json``) once it ended."""
+    import asyncio
+
+    jm = jobmasters.get(job_id)
+    if jm is not None:
+        try:
+            return await asyncio.wait_for(jm.attempts.remote(), timeout_s)
+        except Exception:  # noqa: BLE001 - ending right now: its record follows
+            pass
+    return await reads.run(read_attempts, log_dir, job_id)  # reads: an OffLoop

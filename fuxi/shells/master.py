@@ -27,20 +27,22 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from base import events, metrics
+from base.cluster import MASTER_NAME
 from fuxi.core import blacklist, slots
 from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
 from fuxi.shells import mastermetrics
-from fuxi.shells.admission import CONFIG_KEY, DEFAULT_QUEUE, Admissions
-from fuxi.shells.adoption import Adoption, jobmaster_name, live_jobmasters
+from fuxi.shells.admission import DEFAULT_QUEUE
+from fuxi.shells.adoption import jobmaster_name, leader_state
 from fuxi.shells.agents import Agents
 from fuxi.shells.alerting import Alerting
-from fuxi.shells.clusterlog import ClusterEvents
-from fuxi.shells.jobstory import read_attempts
+from fuxi.shells.clusterlog import ClusterEvents, visible_to
+from fuxi.shells.jobstory import attempts_of
+from fuxi.shells.leadership import Leadership, MasterLink, leader_only
 from fuxi.shells.nodetable import refresh_nodes
-from fuxi.shells.jobrecords import drop_old_records, new_job_id, restore_records, statuses
+from fuxi.shells.jobrecords import LOOPS_KEY, drop_old_records, new_job_id, statuses
 from fuxi.shells.offloop import GCS_THREADS_MAX, STORE_THREADS_MAX, AsyncStore, OffLoop
 from fuxi.shells.quotas import SERVICES_GROUP
 from fuxi.shells.recovery import MasterRecovery
@@ -65,9 +67,11 @@ JOBS_ENDED = metrics.counter("fuxi_jobs_ended_total", "Jobs that ended, by final
 
 
 @ray.remote(num_cpus=0, max_concurrency=256)
+@leader_only  # a standby answers NotLeader (fuxi.shells.leadership)
 class FuxiMaster:
     def __init__(self, cluster: str, data_dir: str | None, detached: bool = False,
-                 nuwa: list | None = None, nuwa_group: dict | None = None, auth: bool = False):
+                 nuwa: list | None = None, nuwa_group: dict | None = None, auth: bool = False,
+                 name: str = MASTER_NAME, candidates: list | None = None):
         from zhongkui.files import private_files
         from zhongkui.guard import auth_doc
         from zhongkui.keys import Keyring, load_or_create_keys
@@ -81,7 +85,7 @@ class FuxiMaster:
         # services' tokens. One guard holds them; the authority actor (zhongkui.actor)
         # pushes it rotated keys and every change of ACL entries and identities.
         self.keys_path = os.path.join(data_dir, "zhongkui", "keys.json") if data_dir else None
-        ns = ray.get_runtime_context().namespace
+        self.namespace = ns = ray.get_runtime_context().namespace
         self.platform_guard = make_guard(
             auth_doc(self.auth_enabled, None), "master", ns,
             keyring=load_or_create_keys(self.keys_path) if self.keys_path else Keyring.new())
@@ -110,7 +114,7 @@ class FuxiMaster:
         self._owner_lookups = OffLoop("fuxi-owners", OWNER_LOOKUPS_MAX)  # Nuwa, Pangu stats
         # Fuxi coordinates the actor groups: the supervisor replaces Nuwa replicas that die.
         self.supervisor = Supervisor(cluster, ns, nuwa, nuwa_group,
-                                     lambda: auth_doc(self.auth_enabled, self.keyring))
+                                     lambda: auth_doc(self.auth_enabled, self.platform_guard.keyring))
         self.log_dir = os.path.join(data_dir or tempfile.mkdtemp(prefix="fuxi-master-"), "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -136,55 +140,53 @@ class FuxiMaster:
         self.node_info: dict[str, dict] = {}
         self.nodes_at = 0.0
         self.started_at = time.time()
-        # Room for jobs, and the queues (quota groups) where those without room wait.
-        self.admissions = Admissions(self.astore, self.store.get(CONFIG_KEY),
-                                     lambda: self.jobmasters, self._start, self._watchers)
-        # Jobs still running (their JobMasters are detached) are adopted, not failed.
-        restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        try:
-            alive = live_jobmasters()
-        except Exception:  # noqa: BLE001 - without the list, no job can be adopted
-            logger.exception("listing running JobMasters failed; none can be adopted")
-            alive = set()
-        self.adoption = Adoption(restarted, alive)
-        # Finished jobs whose JobMaster exited: restore what the store remembers.
-        self.adoption.orphans = restore_records(self.store, alive, self.job_owners,
-                                                self.admissions.job_queues)
-        from fuxi.shells.services import ServiceManager, replica_control_secret
+        # With Nuwa, one of several candidates: the election's winner builds the leader's
+        # state and takes over; without, the only one, serving at once (as before).
+        self.leadership = Leadership(self, name, candidates or [name], nuwa,
+                                     self.platform_guard.platform_token)
+        me = ray.get_runtime_context().current_actor
+        if self.leadership.elected:
+            me.campaign.remote()
+            return
+        leader_state(self, ray.get_runtime_context().was_current_actor_reconstructed)
+        if self.adoption.restarted or self.adoption.expected or self.adoption.orphans \
+                or self.adoption.queued:  # adopt (or resume, re-queue) the jobs
+            me.resume.remote()
 
-        self.services = ServiceManager(
-            self.cluster, ns, self.astore, self.detached, token_for=self._service_token,
-            control_secret=replica_control_secret(self.data_dir) if self.auth_enabled else None)
-        if restarted or alive or self.adoption.orphans:  # adopt (or resume) the running jobs
-            ray.get_runtime_context().current_actor.resume.remote()
+    async def campaign(self) -> dict:
+        """Enter the election (sent to itself at start; idempotent)."""
+        self.leadership.start()
+        return self.leadership.info()
+
+    def leader_info(self) -> dict:
+        """This candidate's role (answered by standbys too): leading?, term, the leader."""
+        return {**self.leadership.info(), "node_id": self.node_id,
+                "restarted": ray.get_runtime_context().was_current_actor_reconstructed}
 
     async def resume(self) -> list[str]:
         """After a restart (or a start on a cluster with jobs running): adopt the running jobs
         and, after a restart, start again the loops the first start was asked to run.
         Idempotent; it changes nothing on a FuxiMaster that neither restarted nor found jobs."""
+        return await self._resume()
+
+    async def _resume(self) -> list[str]:
         adopted = await self.adoption.resume(self)
-        if self.adoption.restarted:
+        await self.adoption.requeue(self)
+        loops = self.adoption.loops
+        if self.adoption.restarted and (loops is None or loops):
             self._pull_events()
+            self.alerting.start(self._watchers)
             self.supervisor.start()
             self.services.start()
-            self.agents.start()
+            if loops is None or loops.get("agents", True):
+                self.agents.start()
         return adopted
-
-    @property
-    def nuwa(self) -> list | None:
-        """The Nuwa group's client addresses, as the supervisor last found them."""
-        return self.supervisor.nuwa
 
     # ------------------------------------------------------------ cluster view
 
     async def _refresh_nodes(self, force: bool = False) -> None:
         await refresh_nodes(self, force)  # fuxi.shells.nodetable
     # ------------------------------------------------------------ identities (Zhongkui)
-
-    @property
-    def keyring(self):
-        """The cluster's keys as this actor holds them now (a rotation replaces them)."""
-        return self.platform_guard.keyring
 
     def _auth(self):
         """Zhongkui's delegate here: decisions on jobs and services, the trail, scoped tokens
@@ -210,10 +212,13 @@ class FuxiMaster:
         """Zhongkui's keys after a rotation (from the authority)."""
         return self.platform_guard.accept_keys(proof, doc)
 
-    def zk_set_acl(self, proof: str, doc: dict) -> int:
+    async def zk_set_acl(self, proof: str, doc: dict) -> int:
         """The ACL entries and identities after a change (from the authority, before it
-        answers the change)."""
-        return self.platform_guard.accept_acl(proof, doc)
+        answers the change); a standby hands them on to the leader too (it is told by
+        FuxiMaster's first name)."""
+        version = self.platform_guard.accept_acl(proof, doc)
+        await self.leadership.pass_on("zk_set_acl", proof, doc)
+        return version
 
     async def owner_of(self, proof: str, kind: str, resource: str) -> str | None:
         """Who owns a resource, for the authority deciding who may grant access to it (the
@@ -265,6 +270,7 @@ class FuxiMaster:
         if self.supervisor.running or (not self.supervisor.nuwa_group and self.services.started):
             return  # running already: nothing changes, nothing to check
         self._require(cred, "start FuxiMaster's loops", admin_ok=True)
+        await self.astore.put(LOOPS_KEY, {"agents": bool(agents)})  # a successor starts them
         self._pull_events()
         self.alerting.start(self._watchers)
         self.supervisor.start()
@@ -308,7 +314,7 @@ class FuxiMaster:
             return self._job_owner(resource)
         if kind == "service":
             return self._service_owner(resource)
-        if kind == "nuwa" and self.nuwa:
+        if kind == "nuwa" and self.supervisor.nuwa:
             from nuwa.errors import NuwaError
 
             other = resource.rstrip("/") if resource.endswith("/") else resource + "/"
@@ -424,7 +430,7 @@ class FuxiMaster:
             "jobs_running": list(self.jobmasters),
             "master_node_id": self.node_id,
             "master": self.adoption.info(),  # restarted?, jobs adopted
-            "nuwa": self.nuwa,
+            "nuwa": self.supervisor.nuwa,  # the group's client addresses, as last found
             "nuwa_events": self.supervisor.events,
             "agent_events": self.agents.events,
             "store": type(self.store).__name__,
@@ -469,7 +475,7 @@ class FuxiMaster:
             if self.ledger.held(did).get(node, 0) > 0:
                 self.ledger.release(did, node, 1)
         if job_id not in self.jobmasters:
-            return {"grants": [], "targets": {}}
+            return {"grants": [], "targets": {}, "term": self.leadership.term}
         # Its blacklist and failures per node: hard exclusions, capped (fuxi.core.blacklist).
         excluded, avoided = self.blacklists.sync(job_id, avoid_nodes, node_failures, self.nodes,
                                                  time.time())
@@ -495,7 +501,8 @@ class FuxiMaster:
                    "node_id": g.node_id, "n": g.n} for g in applied]
         return {"grants": grants, "targets": {sk_of[did]: t for did, t in plan.targets.items()},
                 "preempt": self.admissions.preempt(plan, time.monotonic()),
-                "excluded": sorted(excluded), "events_acked": acked}
+                "excluded": sorted(excluded), "events_acked": acked,
+                "term": self.leadership.term}  # a JobMaster refuses an older one
 
 
     # ------------------------------------------------------------ jobs
@@ -576,8 +583,9 @@ class FuxiMaster:
         jm = JobMaster.options(
             name=jobmaster_name(job_id), lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False),
-        ).remote(job_id, plan, ray.get_runtime_context().current_actor,
-                 os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path, token,
+        ).remote(job_id, plan, MasterLink(ray.get_runtime_context().current_actor,
+                                          self.leadership.me, self.leadership.candidates,
+                                          self.leadership.term), os.path.join(self.log_dir, f"{job_id}.jsonl"), sys_path, token,
                  ckpt_root=self.recovery.root, resume=resume)
         self.recovery.launched(job_id, plan, who, sys_path)
         self.jobmasters[job_id] = jm
@@ -707,7 +715,8 @@ class FuxiMaster:
             st = await self._status(job_id)  # raises JobNotFound for unknown ids
             return {"job_id": job_id, "state": st.get("state"), "cancelling": False}
         self.recovery.cancelled.add(job_id)  # a JobMaster dying now is not restarted
-        await asyncio.wait_for(jm.cancel.remote(cred=self._job_tokens.get(job_id, "")),
+        await asyncio.wait_for(jm.cancel.remote(cred=self._job_tokens.get(job_id, ""),
+                                                term=self.leadership.term),
                                JOBMASTER_CALL_TIMEOUT_S)
         return {"job_id": job_id, "cancelling": True}
 
@@ -745,13 +754,8 @@ class FuxiMaster:
         """Every attempt of a job (``fuxi job timeline``, ``fuxi explain``): from its JobMaster
         while it runs, from the record it left (``<job>.attempts.json``) once it ended."""
         self._check_job(cred, job_id, "view")
-        jm = self.jobmasters.get(job_id)
-        if jm is not None:
-            try:
-                return await asyncio.wait_for(jm.attempts.remote(), JOBMASTER_CALL_TIMEOUT_S)
-            except Exception:  # noqa: BLE001 - ending right now: its record follows
-                pass
-        return await self._log_reads.run(read_attempts, self.log_dir, job_id)
+        return await attempts_of(self.jobmasters, self._log_reads, self.log_dir, job_id,
+                                 JOBMASTER_CALL_TIMEOUT_S)
 
     async def events_since(self, since_id: int = 0, since_at: float | None = None,
                            kinds: list | None = None, limit: int = 1000, wait_s: float = 0.0,
@@ -759,10 +763,7 @@ class FuxiMaster:
         """The cluster's event log (``fuxi events``; fuxi.shells.clusterlog): a long poll."""
         who = self._who(cred)
         got = await self.events.query(since_id, since_at, kinds, limit, wait_s, match)
-        if self.auth_enabled and not who.admin:  # a job's events only to those who may view it
-            got["events"] = [e for e in got["events"] if not e.get("fields", {}).get("job")
-                             or self._may(who, e["fields"]["job"], "view")]
-        return got
+        return visible_to(got, who, self.auth_enabled, lambda j: self._may(who, j, "view"))
 
     async def queues(self, cred: str | None = None) -> dict:
         """The queues (quota groups): limits, quotas, what their jobs hold, running and
