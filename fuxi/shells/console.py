@@ -31,6 +31,8 @@ import time
 
 from base import actors
 from base.cluster import MASTER_NAME
+from base.errors import Unavailable
+from fuxi.errors import NotLeader
 from fuxi.core import webpages as wp
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class ConsoleApp:
         self.auth = bool(auth)
         self.sessions: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.served = 0
+        self._leader = None  # the serving FuxiMaster's handle, once found
 
     def routes(self, server) -> None:
         """Add the console's pages to ``server`` (``fuxi.shells.web.WebServer``)."""
@@ -126,18 +129,36 @@ class ConsoleApp:
         return handler
 
     def _master(self):
-        h = actors.named_actor(MASTER_NAME, self.namespace)
-        if h is None:
+        """The serving FuxiMaster (blocking: run off the loop). With candidates behind an
+        election, the leader (``fuxi.shells.leadership.find_leader``, bounded); the handle is
+        kept until a call through it fails."""
+        if self._leader is not None:
+            return self._leader
+        from ray.util import list_named_actors
+
+        from fuxi.shells.leadership import find_leader
+
+        names = sorted((a["name"] for a in list_named_actors(all_namespaces=True)
+                        if a.get("namespace") == self.namespace
+                        and re.fullmatch(re.escape(MASTER_NAME) + r"(-\d+)?", a["name"])),
+                       key=lambda n: (len(n), n))
+        if not names:
             raise LookupError(f"FuxiMaster is not running in {self.namespace}")
-        return h
+        self._leader = find_leader(self.namespace, names, timeout_s=CONSOLE_CALL_TIMEOUT_S)
+        return self._leader
 
     async def _ask(self, errors: list, what: str, method: str, *args, cred=None,
                    with_cred: bool = True, actor=None):
         try:
             h = actor if actor is not None else await asyncio.to_thread(self._master)
             kw = {"cred": cred} if with_cred else {}
-            return await actors.acall(getattr(h, method), *args,
-                                      timeout_s=CONSOLE_CALL_TIMEOUT_S, **kw)
+            try:
+                return await actors.acall(getattr(h, method), *args,
+                                          timeout_s=CONSOLE_CALL_TIMEOUT_S, **kw)
+            except (Unavailable, NotLeader):
+                if actor is None:
+                    self._leader = None  # a take-over: find the new leader next time
+                raise
         except Exception as e:  # noqa: BLE001 - shown on the page
             errors.append(f"{what}: {type(e).__name__}: {str(e)[:300]}")
             return None
