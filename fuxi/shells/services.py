@@ -26,7 +26,7 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from base import actors, events
+from base import actors, events, metrics
 from fuxi.shells.clusterlog import forward_service_events
 from fuxi.errors import BadInput
 from fuxi.shells.replica import (REPLICA_PREFIX, ServiceReplica, control_digest, control_key,
@@ -34,6 +34,9 @@ from fuxi.shells.replica import (REPLICA_PREFIX, ServiceReplica, control_digest,
 from fuxi.core.servicecore import READY, ServiceCore
 
 logger = logging.getLogger(__name__)
+REPLICA_DEATHS = metrics.counter("fuxi_service_replica_deaths_total",
+                                 "Service replicas found dead (their process or node); each is "
+                                 "replaced.", labels=("service",), series_max=1000)
 
 RECONCILE_S = 0.25
 STATS_EVERY_S = 2.0
@@ -470,6 +473,7 @@ class ServiceManager:
             await asyncio.wait_for(h.check.remote(), timeout)
         except RayActorError as e:
             self.handles.pop(rid, None)
+            REPLICA_DEATHS.inc(service=core.name)
             core.died(rid, _short(e), time.time())
             return
         except asyncio.TimeoutError:

@@ -143,13 +143,37 @@ def test_a_real_prometheus_scrapes_the_head(tmp_path):
             return len(res) == len(targets) and all(r["value"][1] == "1" for r in res)
         wait_for("every file_sd target up", components_up)
 
-        # a killed FuxiMaster comes back (Ray restarts it) and its restart shows
-        restarts = 'fuxi_actor_restarts_total{job="fuxi",instance="FuxiMaster"}'
+        # a service's calls are counted per replica; a killed replica is counted and replaced
+        fuxi(home, "service", "register", "jobs/services/echo.yaml", "--set", "replicas=1",
+             "--cluster", "prom")
+        wait_for("the echo replica ready", lambda: json.loads(fuxi(
+            home, "service", "status", "echo", "--json", "--cluster", "prom").stdout)["ready"] >= 1)
+        for _ in range(5):
+            assert fuxi(home, "call", "nuwa://prom/echo", "version",
+                        "--cluster", "prom").stdout == "v1\n"
+        served = 'sum(fuxi_service_requests_total{job="fuxi",service="echo"}) or vector(0)'
+        wait_for("echo's calls counted", lambda: value(prom, served) >= 5)
+        wait_for("echo's ready replica in fuxi_service_replicas", lambda: value(
+            prom, 'fuxi_service_replicas{job="fuxi",service="echo",state="ready"}') == 1)
+        deaths = 'sum(fuxi_service_replica_deaths_total{job="fuxi",service="echo"}) or vector(0)'
+        assert value(prom, deaths) == 0
+        rec = json.loads((home / "prom" / "cluster.json").read_text())
+        replica_pids = [p for p in session_pids(rec["head_pid"])
+                        if _cmdline(p).startswith("ray::ServiceReplica")]
+        assert len(replica_pids) == 1, replica_pids
+        os.kill(replica_pids[0], signal.SIGKILL)
+        wait_for("the killed replica counted", lambda: value(prom, deaths) == 1)
+        wait_for("a replacement ready", lambda: value(
+            prom, 'fuxi_service_replicas{job="fuxi",service="echo",state="ready"}') == 1)
+
+        # the leading FuxiMaster killed: a candidate leads (the standby, or the killed one
+        # restarted by Ray) and the restart is counted
+        restarts = 'sum(fuxi_actor_restarts_total{job="fuxi",instance=~"FuxiMaster.*"}) or vector(0)'
         assert value(prom, restarts) == 0
         fuxi(home, "debug", "kill", "master", "--yes", "--cluster", "prom")
         wait_for("the restart in fuxi_actor_restarts_total", lambda: value(prom, restarts) == 1)
-        wait_for("the new FuxiMaster scraped",
-                 lambda: query(prom, 'fuxi_node_cpus{job="fuxi",instance="FuxiMaster"}'))
+        wait_for("the serving FuxiMaster scraped again",
+                 lambda: query(prom, 'fuxi_node_cpus{job="fuxi",instance=~"FuxiMaster.*"}'))
 
         # a component that does not answer is skipped and counted; the scrape still answers
         rec = json.loads((home / "prom" / "cluster.json").read_text())
