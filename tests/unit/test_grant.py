@@ -156,6 +156,11 @@ def _fake_master(nodes):
 
     fake._refresh_nodes = refresh
     fake._service_slots = lambda: []
+
+    async def admit(name):  # the serving leader (fuxi.shells.leadership): every call runs
+        return None
+
+    fake.leadership = SimpleNamespace(term=1, admit=admit, admit_now=lambda name: None)
     return fake
 
 
