@@ -289,6 +289,28 @@ def _ray_side(a, tmp: str) -> tuple[dict, dict]:
         ray.shutdown()
 
 
+def _metrics_ab(a) -> None:
+    """Kuafu's calls/s and p50 with metrics recording on vs off, alternated, best of each."""
+    got: dict[str, list[dict]] = {"on": [], "off": []}
+    try:
+        for _ in range(a.metrics_ab):
+            for mode, flag in (("on", "1"), ("off", "0")):
+                os.environ["FUXI_METRICS"] = flag  # the local Ray and the client inherit it
+                with tempfile.TemporaryDirectory(prefix="kfb-", dir="/tmp") as tmp:
+                    got[mode].append(_ray_side(a, tmp)[0])
+    finally:
+        os.environ.pop("FUXI_METRICS", None)
+    best = {m: max(v, key=lambda r: r["calls_per_s"]) for m, v in got.items()}
+    for m, r in best.items():
+        print(f"kuafu metrics {m:3}: {r['calls_per_s']:9.0f} calls/s ({a.flight} in flight), "
+              f"p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms  "
+              f"(all rounds: {[round(x['calls_per_s']) for x in got[m]]})")
+    cost = 1 - best["on"]["calls_per_s"] / best["off"]["calls_per_s"]
+    print(f"cost of metrics on Kuafu throughput: {cost * 100:+.1f} % (goal <= 3 %)")
+    print(json.dumps({"bench": "kuafu_metrics_ab", "on": best["on"], "off": best["off"],
+                      "cost": cost, "rounds": a.metrics_ab}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--calls", type=int, default=3000)
@@ -299,6 +321,9 @@ def main() -> None:
     p.add_argument("--port-file", help=argparse.SUPPRESS)
     p.add_argument("--client", help=argparse.SUPPRESS)
     p.add_argument("--only", default="kuafu,grpc,tcp,tcpuv,ray")
+    p.add_argument("--metrics-ab", type=int, default=0,
+                   help="Rounds of Kuafu alone with metrics recording on, then off "
+                        "(FUXI_METRICS=0 in every process), alternated: the cost of metrics.")
     a = p.parse_args()
     if a.serve:
         if a.serve == "tcpuv":
@@ -308,6 +333,9 @@ def main() -> None:
         return
     if a.client:
         _client_main(a)
+        return
+    if a.metrics_ab:
+        _metrics_ab(a)
         return
     only = set(a.only.split(","))
     res = {}
