@@ -41,6 +41,9 @@ def master(jobs=("evil", "good")):
 
     fake._refresh_nodes = refresh
     fake._service_slots = lambda: []
+    from fuxi.shells.leadership import Leadership
+
+    fake.leadership = Leadership(fake, "FuxiMaster", ["FuxiMaster"], None, None)  # no election
     return fake
 
 

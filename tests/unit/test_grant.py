@@ -156,11 +156,9 @@ def _fake_master(nodes):
 
     fake._refresh_nodes = refresh
     fake._service_slots = lambda: []
+    from fuxi.shells.leadership import Leadership
 
-    async def admit(name):  # the serving leader (fuxi.shells.leadership): every call runs
-        return None
-
-    fake.leadership = SimpleNamespace(term=1, admit=admit, admit_now=lambda name: None)
+    fake.leadership = Leadership(fake, "FuxiMaster", ["FuxiMaster"], None, None)  # no election
     return fake
 
 
