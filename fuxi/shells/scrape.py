@@ -62,8 +62,11 @@ SCRAPE_TARGETS = metrics.gauge("fuxi_scrape_targets", "Actors asked in the last 
 def component_of(name: str) -> tuple[str, str] | None:
     """(component, method) for an actor name, or None if it is not one we scrape."""
     for prefix, component, method in TARGETS:
-        if name == prefix or (prefix.endswith("-") and name.startswith(prefix)):
-            return component, method
+        if prefix.endswith("-"):
+            if name.startswith(prefix):
+                return component, method
+        elif name == prefix or (name.startswith(prefix + "-") and name[len(prefix) + 1:].isdigit()):
+            return component, method  # FuxiMaster and its candidates FuxiMaster-2, ...
     return None
 
 

@@ -29,9 +29,30 @@ def node_lost(view: dict) -> list[dict]:
     return [a for a in view["active"] if a["rule"] == "NodeLost"]
 
 
-def test_a_removed_node_fires_node_lost_and_a_joining_node_resolves_it(ray_cluster, client):
+@pytest.fixture
+def fresh(ray_cluster):
+    """A FuxiMaster of its own (its own namespace, no store), so its alerts start from what
+    this test does: the session's FuxiMaster may still count a node an earlier test removed
+    and never replaced (NodeLost then rightly stays firing)."""
     import ray
 
+    from fuxi.client import FuxiClient
+    from fuxi.shells.master import FuxiMaster
+
+    stamp = time.time_ns()
+    master = FuxiMaster.options(namespace=f"fuxi-alerts-{stamp}", name="FuxiMaster").remote(
+        f"alerts-{stamp}", None)
+    try:
+        ray.get(master.supervise.remote(None, False), timeout=60)  # no agents: not needed
+        yield FuxiClient(master)
+    finally:
+        ray.kill(master, no_restart=True)
+
+
+def test_a_removed_node_fires_node_lost_and_a_joining_node_resolves_it(ray_cluster, fresh):
+    import ray
+
+    client = fresh
     view = wait_alerts(client, lambda v: v["rounds"] >= 1, "a first round of the rules")
     assert "NodeLost" in view["rules"] and not node_lost(view), view
     extra = ray_cluster.add_node(num_cpus=1)

@@ -149,8 +149,7 @@ def test_a_real_prometheus_scrapes_the_head(tmp_path):
         wait_for("the echo replica ready", lambda: json.loads(fuxi(
             home, "service", "status", "echo", "--json", "--cluster", "prom").stdout)["ready"] >= 1)
         for _ in range(5):
-            assert fuxi(home, "call", "nuwa://prom/echo", "version",
-                        "--cluster", "prom").stdout == "v1\n"
+            assert fuxi(home, "call", "nuwa://prom/echo", "version").stdout == "v1\n"
         served = 'sum(fuxi_service_requests_total{job="fuxi",service="echo"}) or vector(0)'
         wait_for("echo's calls counted", lambda: value(prom, served) >= 5)
         wait_for("echo's ready replica in fuxi_service_replicas", lambda: value(

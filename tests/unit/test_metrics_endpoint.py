@@ -187,6 +187,8 @@ def test_the_scraper_merges_labels_and_skips_what_does_not_answer():
 def test_component_names_map_to_targets():
     assert scrape.component_of("FuxiMaster") == ("fuxi", "metrics")
     assert scrape.component_of("FuxiMasterX") is None
+    assert scrape.component_of("FuxiMaster-2") == ("fuxi", "metrics")  # a standby candidate
+    assert scrape.component_of("FuxiMaster-x") is None
     assert scrape.component_of("jobmaster-abc") == ("jobmaster", "status")
     assert scrape.component_of("someone-else") is None
 
