@@ -15,6 +15,8 @@ FNS = "tests.integration.taskfns"
 STATUS_WAIT_S = 180.0  # a job reaching the state a test waits for
 STATUS_POLL_S = 0.1
 FINAL = ("succeeded", "failed", "cancelled")
+MARKS_WAIT_S = 90.0  # a job's attempts leaving the mark files a test waits for
+WAIT_POLL_S = 0.05
 
 
 def read_output(path) -> pa.Table:
@@ -56,3 +58,34 @@ def kill_jobmaster(job_id: str) -> None:
     import ray
 
     ray.kill(jobmaster(job_id), no_restart=True)
+
+
+def wait_for(pred, timeout_s: float, what: str):
+    """Poll ``pred()`` until it returns something true (returned), at most ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(WAIT_POLL_S)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def wait_marks(pattern: str, n: int, timeout_s: float = MARKS_WAIT_S) -> None:
+    """At least ``n`` mark files matching ``pattern`` (attempts that started, see taskfns)."""
+    wait_for(lambda: len(glob.glob(pattern)) >= n, timeout_s, f"{n} of {pattern}")
+
+
+def three_stage(name: str, marks, out) -> dict:
+    """gen (6 instances, 2 s each) -> sum by key (hash shuffle) -> count (one-to-one), the
+    job the failover tests kill masters under: its first stage runs long enough to be
+    caught running."""
+    return {"name": name, "params": {"dir": str(marks), "sleep_s": 2.0, "n": 400},
+            "speculation": {"enabled": False},
+            "tasks": {
+                "gen": {"fn": f"{FNS}:slow_gen", "instances": 6},
+                "sum": {"fn": f"{FNS}:sum_by_key", "instances": 3, "depends_on": ["gen"],
+                        "partition_by": ["key"]},
+                "count": {"fn": f"{FNS}:count_rows", "instances": 3, "depends_on": ["sum"],
+                          "output": str(out)},
+            }}

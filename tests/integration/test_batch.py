@@ -9,6 +9,7 @@ import time
 
 import pytest
 from tests.integration.jobhelpers import read_output
+from tests.integration.jobhelpers import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -101,16 +102,6 @@ def test_instance_that_always_fails_fails_the_job_with_a_report(job, client, tmp
     assert any("disk on fire" in r["line"] for r in logs)
 
 
-def _wait_for(pred, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 def test_worker_killed_mid_job_is_retried(client, tmp_path):
     marks = tmp_path / "marks"
     spec = {
@@ -119,7 +110,7 @@ def test_worker_killed_mid_job_is_retried(client, tmp_path):
         "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 4, "output": str(tmp_path / "out")}},
     }
     job_id = client.submit(spec)
-    first = _wait_for(lambda: sorted(glob.glob(str(marks / "run-t-*-0"))), 60, "an attempt to start")
+    first = wait_for(lambda: sorted(glob.glob(str(marks / "run-t-*-0"))), 60, "an attempt to start")
     victim = json.load(open(first[0]))["pid"]
     os.kill(victim, 9)
     st = client.wait(job_id, timeout_s=120)
@@ -172,7 +163,7 @@ def test_cancel_stops_every_worker(client, tmp_path):
     spec = {"name": "cancelme", "params": {"dir": str(marks), "sleep_s": 60},
             "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 6}}}
     job_id = client.submit(spec)
-    runs = _wait_for(lambda: glob.glob(str(marks / "run-*")) if len(glob.glob(str(marks / "run-*"))) >= 2 else None,
+    runs = wait_for(lambda: glob.glob(str(marks / "run-*")) if len(glob.glob(str(marks / "run-*"))) >= 2 else None,
                      60, "two attempts running")
     pids = {json.load(open(p))["pid"] for p in runs}
     client.cancel(job_id)
@@ -189,7 +180,7 @@ def test_cancel_stops_every_worker(client, tmp_path):
                 pass
         return not alive
 
-    _wait_for(all_dead, 30, f"worker processes {pids} to exit")
+    wait_for(all_dead, 30, f"worker processes {pids} to exit")
     assert not glob.glob(str(marks / "done-*"))
 
 

@@ -12,18 +12,9 @@ import threading
 import time
 
 from fuxi.core.story import chrome_trace, instance_story, story_text
+from tests.integration.jobhelpers import wait_for
 
 FNS = "tests.integration.taskfns"
-
-
-def _wait_for(pred, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def _job_events(client, job_id: str, since: int, last_kind: str, timeout_s: float = 60.0):
@@ -53,14 +44,14 @@ def test_follow_sees_a_jobs_events_in_order_and_explain_names_the_killed_workers
             "speculation": {"enabled": False},
             "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 4, "output": str(tmp_path / "out")}}}
     job_id = client.submit(spec)
-    first = _wait_for(lambda: sorted(glob.glob(str(marks / "run-t-*-0"))), 60, "an attempt")
+    first = wait_for(lambda: sorted(glob.glob(str(marks / "run-t-*-0"))), 60, "an attempt")
     mark = json.load(open(first[0]))
     victim_instance = int(os.path.basename(first[0]).split("-")[2])
 
     def running():  # the JobMaster knows it runs: its death is then the attempt's failure
         return any(a["instance"] == victim_instance and a["attempt"] == 0
                    and a["state"] == "running" for a in client.attempts(job_id)["attempts"])
-    _wait_for(running, 30, "the JobMaster to see the attempt running")
+    wait_for(running, 30, "the JobMaster to see the attempt running")
     os.kill(mark["pid"], 9)
     evs = _job_events(client, job_id, start, "job_succeeded")
     kinds = [e["kind"] for e in evs]
@@ -127,14 +118,14 @@ def test_a_nuwa_replicas_leadership_is_pulled_by_sequence_number(ray_cluster, tm
                 at[name] = (batch["boot"], log.report(name, batch))
             return [r for r in log.tail if r["origin"].startswith("nuwa-")]
 
-        got = _wait_for(lambda: [r for r in round_() if r["kind"] == "role_changed"
+        got = wait_for(lambda: [r for r in round_() if r["kind"] == "role_changed"
                                  and "leader" in r["message"]], 30, "the replica to lead")
         assert got[0]["origin"].startswith("nuwa-1/")
         n = len(round_())
         assert len(round_()) == n  # pulled again: nothing new, nothing twice
         g.stop_replica(1)
         g.start_replica(1, rejoin=True)
-        again = _wait_for(lambda: [r for r in round_() if r["kind"] == "role_changed"
+        again = wait_for(lambda: [r for r in round_() if r["kind"] == "role_changed"
                                    and r["origin"] != got[0]["origin"]], 30,
                           "the restarted replica's events")
         assert again[0]["origin_seq"] == 1  # its new process, from the start

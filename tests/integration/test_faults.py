@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.test_batch import FNS, _wait_for, read_output
+from tests.integration.jobhelpers import FNS, read_output, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -32,7 +32,7 @@ def test_node_removed_mid_job(ray_cluster, client, tmp_path):
                     return p
             return None
 
-        _wait_for(running_on_doomed, 90, "an attempt on the node to be removed")
+        wait_for(running_on_doomed, 90, "an attempt on the node to be removed")
     finally:
         ray_cluster.remove_node(node, allow_graceful=False)
     st = client.wait(job_id, timeout_s=180)

@@ -12,17 +12,11 @@ import time
 import pytest
 import ray
 from tests.integration.jobhelpers import read_output
+from tests.integration.jobhelpers import three_stage, wait_marks
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 
 FNS = "tests.integration.taskfns"
-
-
-def _wait_marks(pattern: str, n: int, timeout_s: float = 90.0) -> None:
-    deadline = time.time() + timeout_s
-    while len(glob.glob(pattern)) < n:
-        assert time.time() < deadline, f"fewer than {n} of {pattern} within {timeout_s}s"
-        time.sleep(0.1)
 
 
 def _kill_master(client) -> float:
@@ -44,17 +38,9 @@ def _kill_master(client) -> float:
 
 def test_a_job_survives_its_fuxi_master_dying_and_nothing_runs_twice(client, tmp_path):
     marks = tmp_path / "marks"
-    spec = {"name": "failover-3stage", "params": {"dir": str(marks), "sleep_s": 2.0, "n": 400},
-            "speculation": {"enabled": False},
-            "tasks": {
-                "gen": {"fn": f"{FNS}:slow_gen", "instances": 6},
-                "sum": {"fn": f"{FNS}:sum_by_key", "instances": 3, "depends_on": ["gen"],
-                        "partition_by": ["key"]},
-                "count": {"fn": f"{FNS}:count_rows", "instances": 3, "depends_on": ["sum"],
-                          "output": str(tmp_path / "out")},
-            }}
+    spec = three_stage("failover-3stage", marks, tmp_path / "out")
     job_id = client.submit(spec)
-    _wait_marks(str(marks / "run-gen-*"), 2)  # the first stage is running
+    wait_marks(str(marks / "run-gen-*"), 2)  # the first stage is running
     took_s = _kill_master(client)
     assert took_s < 60
     info = ray.get(client.master.cluster_info.remote(), timeout=30)
@@ -81,7 +67,7 @@ def test_the_ledger_is_rebuilt_from_what_the_adopted_job_holds(client, tmp_path)
             "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 4, "resources": {"cpu": 1},
                             "output": str(tmp_path / "out")}}}
     job_id = client.submit(spec)
-    _wait_marks(str(marks / "run-*"), 4)  # all four CPUs of the cluster hold its workers
+    wait_marks(str(marks / "run-*"), 4)  # all four CPUs of the cluster hold its workers
 
     def used() -> float:
         info = ray.get(client.master.cluster_info.remote(), timeout=30)
@@ -122,7 +108,7 @@ def test_fuxi_master_and_a_worker_die_at_once(client, tmp_path):
             "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 8, "resources": {"cpu": 1},
                             "output": str(tmp_path / "out")}}}
     job_id = client.submit(spec)
-    _wait_marks(str(marks / "run-*"), 2)
+    wait_marks(str(marks / "run-*"), 2)
     victim = sorted(glob.glob(str(marks / "run-*")))[0]
     with open(victim) as f:
         pid = json.load(f)["pid"]

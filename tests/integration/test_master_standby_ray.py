@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from tests.integration.jobhelpers import three_stage, wait_marks
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -29,13 +30,6 @@ TAKEOVER_LIMIT_S = 15.0  # what the test insists on (a loaded 2-core machine)
 
 def _read(path: str) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{path}/part-*.parquet"))])
-
-
-def _wait_marks(pattern: str, n: int, timeout_s: float = 90.0) -> None:
-    deadline = time.time() + timeout_s
-    while len(glob.glob(pattern)) < n:
-        assert time.time() < deadline, f"fewer than {n} of {pattern} within {timeout_s}s"
-        time.sleep(0.1)
 
 
 def _info(name: str, timeout_s: float = 10.0) -> dict | None:
@@ -116,17 +110,9 @@ def test_the_leader_is_killed_during_a_three_stage_job_and_the_standby_takes_ove
                                                                                  tmp_path):
     client, names = standby.client, standby.names
     marks = tmp_path / "marks"
-    spec = {"name": "standby-3stage", "params": {"dir": str(marks), "sleep_s": 2.0, "n": 400},
-            "speculation": {"enabled": False},
-            "tasks": {
-                "gen": {"fn": f"{FNS}:slow_gen", "instances": 6},
-                "sum": {"fn": f"{FNS}:sum_by_key", "instances": 3, "depends_on": ["gen"],
-                        "partition_by": ["key"]},
-                "count": {"fn": f"{FNS}:count_rows", "instances": 3, "depends_on": ["sum"],
-                          "output": str(tmp_path / "out")},
-            }}
+    spec = three_stage("standby-3stage", marks, tmp_path / "out")
     job_id = client.submit(spec)
-    _wait_marks(str(marks / "run-gen-*"), 2)  # the first stage is running
+    wait_marks(str(marks / "run-gen-*"), 2)  # the first stage is running
     old, info = _leader(names)
     t0 = time.time()
     os.kill(info["pid"], signal.SIGKILL)  # the leading FuxiMaster's process
@@ -164,7 +150,7 @@ def test_a_queued_job_survives_the_take_over_and_runs(standby, tmp_path):
                                 "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 2,
                                                 "output": str(tmp_path / "out-b")}}})
         assert client.status(second)["state"] == "queued"
-        _wait_marks(str(tmp_path / "a" / "run-*"), 1)
+        wait_marks(str(tmp_path / "a" / "run-*"), 1)
         old, info = _leader(names)
         os.kill(info["pid"], signal.SIGKILL)
         new, _, _ = _wait_new_leader(names, old, info["term"], time.time())
@@ -196,7 +182,7 @@ def test_a_deposed_leader_cannot_write_or_command(standby, tmp_path):
                             "speculation": {"enabled": False},
                             "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": 8,
                                             "output": str(tmp_path / "out")}}})
-    _wait_marks(str(marks / "run-*"), 1)
+    wait_marks(str(marks / "run-*"), 1)
     old, info = _leader(names)
     os.kill(info["pid"], signal.SIGSTOP)
     try:

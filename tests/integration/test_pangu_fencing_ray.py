@@ -16,7 +16,7 @@ import pytest
 from pangu import client as PC
 from pangu import deploy
 from pangu import errors as PE
-from tests.integration.test_batch import _wait_for
+from tests.integration.jobhelpers import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -90,7 +90,7 @@ def test_a_stale_lock_holder_cannot_write(ray_cluster, tmp_path):
         # The master's process dies; Ray restarts it and it replays its journal.
         ns = f"fuxi-{CLUSTER}"
         ray.kill(ray.get_actor("pangu-master-1", namespace=ns), no_restart=False)
-        _wait_for(lambda: _answers(c), WAIT_S, "the restarted master to answer")
+        wait_for(lambda: _answers(c), WAIT_S, "the restarted master to answer")
         for call in (lambda: c.open("/fence/out", "ab", fencing=(LOCK, t1)),
                      lambda: c.open("/fence/new", "wb", fencing=(LOCK, t1)),
                      lambda: c.truncate("/fence/out", 0, fencing=(LOCK, t1)),

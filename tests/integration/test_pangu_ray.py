@@ -15,7 +15,7 @@ import pytest
 from pangu import client as PC
 from pangu import deploy
 from pangu import errors as PE
-from tests.integration.test_batch import _wait_for
+from tests.integration.jobhelpers import wait_for as poll_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -27,7 +27,7 @@ SETTINGS = {"dead_after_s": 3.0, "maintain_s": 0.5, "seed": 7,
 
 
 def wait_for(pred, timeout_s: float, what: str):
-    return _wait_for(lambda: pred() or time.sleep(0.2), timeout_s, what)
+    return poll_for(lambda: pred() or time.sleep(0.2), timeout_s, what)
 
 
 def _node_id(resource: str) -> str:

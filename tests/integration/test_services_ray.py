@@ -234,7 +234,7 @@ def test_a_service_needing_room_preempts_batch_and_the_job_still_succeeds(master
 
     import ray
 
-    from tests.integration.test_batch import read_output
+    from tests.integration.jobhelpers import read_output
 
     marks = tmp_path / "marks"
     spec = {"name": "hog", "params": {"dir": str(marks), "sleep_s": 2.0},
