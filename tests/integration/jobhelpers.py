@@ -49,7 +49,8 @@ def jobmaster(job_id: str):
 
     name = f"jobmaster-{job_id}"
     found = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"] == name]
-    assert len(found) == 1, f"expected one actor named {name}, found {found}"
+    if len(found) != 1:  # a ValueError, as ray.get_actor raises for a name it does not know
+        raise ValueError(f"expected one actor named {name}, found {found}")
     return ray.get_actor(name, namespace=found[0]["namespace"])
 
 
