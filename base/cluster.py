@@ -170,11 +170,10 @@ def ray_init(**kwargs) -> None:
     ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live processes in session ``sid`` (Linux /proc). The head runs in a session of its own
-    (``start_new_session``), and every Ray process it spawns stays in it — worker processes
-    get their own process group, so a process-group kill would miss them."""
-    pids = []
+def proc_stats():
+    """(pid, fields) of every process's ``/proc/<pid>/stat`` after its name (``fields[0]``
+    the state, ``[1]`` the parent, ``[3]`` the session, ``[11]``/``[12]`` user/system ticks);
+    a process that ended meanwhile is skipped (Linux)."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -183,7 +182,11 @@ def session_pids(sid: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(name))
-    return pids
+        yield int(name), stat[stat.rindex(")") + 2:].split()
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes in session ``sid`` (Linux /proc). The head runs in a session of its own
+    (``start_new_session``), and every Ray process it spawns stays in it — worker processes
+    get their own process group, so a process-group kill would miss them."""
+    return [pid for pid, fields in proc_stats() if fields[0] != "Z" and int(fields[3]) == sid]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench.common import machine, report, start_ray
+from bench.common import machine, report, run_noop, start_ray
 
 
 def main() -> None:
@@ -36,13 +36,7 @@ def main() -> None:
     from fuxi.runtime import connect
 
     def fuxi_run(client, checkpoint: bool) -> tuple[float, float]:
-        spec = {"name": "noop", "speculation": {"enabled": False}, "checkpoint": checkpoint,
-                "tasks": {"t": {"fn": "bench.fns:noop", "instances": args.n}}}
-        t0 = time.perf_counter()
-        st = client.wait(client.submit(spec), timeout_s=600)
-        e2e_s = time.perf_counter() - t0
-        assert st["state"] == "succeeded", st
-        return st["finished_at"] - st["started_at"], e2e_s
+        return run_noop(client, args.n, 600, checkpoint=checkpoint)
 
     with connect("bench") as conn:
         client = FuxiClient(conn.master)

@@ -21,7 +21,7 @@ import time
 import timeit
 import urllib.request
 
-from bench.common import machine, report, start_ray
+from bench.common import machine, report, run_noop, start_ray
 
 SCRAPE_HTTP_TIMEOUT_S = 30.0
 
@@ -44,19 +44,13 @@ def recording_ns() -> tuple[float, float]:
 def tree_cpu(root: int) -> dict[int, float]:
     """CPU seconds (user + system) used so far by ``root`` and each process below it (the
     local Ray this driver started: GCS, raylet, workers, actors), by pid."""
+    from base.cluster import proc_stats
+
     parent, cpu = {}, {}
     tick = os.sysconf("SC_CLK_TCK")
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        parent[int(name)] = int(fields[1])
-        cpu[int(name)] = (int(fields[11]) + int(fields[12])) / tick
+    for pid, fields in proc_stats():
+        parent[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
     out = {}
     for pid in cpu:
         p = pid
@@ -101,13 +95,7 @@ def main() -> None:
             stop.wait(args.scrape_interval_s)
 
     def run(client) -> tuple[float, float]:
-        spec = {"name": "noop", "speculation": {"enabled": False},
-                "tasks": {"t": {"fn": "bench.fns:noop", "instances": args.n}}}
-        t0 = time.perf_counter()
-        st = client.wait(client.submit(spec), timeout_s=900)
-        e2e_s = time.perf_counter() - t0
-        assert st["state"] == "succeeded", st
-        return st["finished_at"] - st["started_at"], e2e_s
+        return run_noop(client, args.n, 900)
 
     with connect("bench") as conn:
         client = FuxiClient(conn.master)

@@ -25,3 +25,15 @@ def machine() -> str:
 
 def report(name: str, **fields) -> None:
     print(json.dumps({"bench": name, "date": time.strftime("%Y-%m-%d %H:%M"), **fields}))
+
+
+def run_noop(client, n: int, timeout_s: float, **spec) -> tuple[float, float]:
+    """One job of ``n`` no-op instances (speculation off; ``spec`` adds fields): its running
+    seconds (start to finish, as its status says) and the seconds from submit to the end."""
+    doc = {"name": "noop", "speculation": {"enabled": False}, **spec,
+           "tasks": {"t": {"fn": "bench.fns:noop", "instances": n}}}
+    t0 = time.perf_counter()
+    st = client.wait(client.submit(doc), timeout_s=timeout_s)
+    e2e_s = time.perf_counter() - t0
+    assert st["state"] == "succeeded", st
+    return st["finished_at"] - st["started_at"], e2e_s

@@ -65,6 +65,7 @@ class Alerting:
         self.metrics_error: str | None = "not evaluated yet"
         self.rounds = 0
         self.task: asyncio.Task | None = None
+        self.web = None  # FuxiWeb's handle, once found
 
     def start(self, tasks: set) -> None:
         if self.task is None or self.task.done():
@@ -83,13 +84,15 @@ class Alerting:
         from fuxi.shells.webactor import WEB_NAME
 
         try:
-            web = await asyncio.to_thread(actors.named_actor, WEB_NAME, self.namespace)
-            if web is None:
+            if self.web is None:  # looked up again only after a failure (a GCS call)
+                self.web = await asyncio.to_thread(actors.named_actor, WEB_NAME, self.namespace)
+            if self.web is None:
                 self.metrics_error = "no FuxiWeb in this cluster: metric rules not evaluated"
                 return None
-            text = await actors.acall(web.scrape_text, timeout_s=ALERT_SCRAPE_TIMEOUT_S)
+            text = await actors.acall(self.web.scrape_text, timeout_s=ALERT_SCRAPE_TIMEOUT_S)
             samples = await asyncio.to_thread(samples_of, text)
         except Exception as e:  # noqa: BLE001 - an unknown is not a zero
+            self.web = None
             self.metrics_error = f"scrape failed: {type(e).__name__}: {str(e)[:200]}"
             return None
         self.metrics_error = None
