@@ -35,7 +35,6 @@ HEAD_START_TIMEOUT_S = 60.0
 HEAD_STOP_TIMEOUT_S = 3.0  # grace after SIGTERM before SIGKILL (the head keeps no state)
 CLUSTER_CONNECT_TIMEOUT_S = 30.0
 ACTOR_READY_TIMEOUT_S = 60.0
-MASTER_RESTARTS_MAX = 100  # times Ray brings a dead FuxiMaster back before it stays dead
 _CANDIDATE_HANDLES: dict = {}  # name -> handle of the non-detached candidates this driver made
 
 
@@ -51,10 +50,14 @@ def master_candidates(nuwa: list | None, name: str = MASTER_NAME,
 
 def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None,
                   nuwa_group: dict | None = None, auth: bool = False, agents: bool = True,
-                  name: str = MASTER_NAME, candidates: int | None = None):
+                  name: str = MASTER_NAME, candidates: int | None = None,
+                  candidate_nodes: list[str] | None = None):
+    """Start Zhongkui's authority and FuxiMaster's candidates; the serving leader's handle.
+    ``candidate_nodes``: the nodes to pin the candidates to, in order (default: this node,
+    then the others in sorted order)."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from fuxi.shells.candidates import candidate_options
     from fuxi.shells.leadership import find_leader
     from fuxi.shells.master import FuxiMaster
 
@@ -65,17 +68,13 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
     # adopts the running jobs (fuxi.shells.adoption). Calls in flight fail; callers retry.
     names = master_candidates(nuwa, name, candidates)
     here = ray.get_runtime_context().get_node_id()
-    nodes = [here] + sorted(n["NodeID"] for n in ray.nodes()
-                            if n.get("Alive") and n["NodeID"] != here)
+    nodes = candidate_nodes or [here] + sorted(n["NodeID"] for n in ray.nodes()
+                                               if n.get("Alive") and n["NodeID"] != here)
     handles = []
     for i, nm in enumerate(names):
-        opts = {"name": nm, "namespace": namespace(cluster), "get_if_exists": True,
-                "max_restarts": MASTER_RESTARTS_MAX}
-        if len(names) > 1:  # hard: Ray's soft affinity was measured to ignore the node
-            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                nodes[i % len(nodes)], soft=False)
-        if detached:
-            opts["lifetime"] = "detached"
+        # Pinned (hard: Ray's soft affinity was measured to ignore the node) where several.
+        opts = candidate_options(nm, namespace(cluster),
+                                 nodes[i % len(nodes)] if len(names) > 1 else None, detached)
         handles.append(FuxiMaster.options(**opts).remote(cluster, data_dir, detached, nuwa,
                                                          nuwa_group, auth, nm, names))
     if not detached and len(names) > 1:  # this driver owns them: a dropped handle ends one

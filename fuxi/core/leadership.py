@@ -102,3 +102,30 @@ def next_candidate(candidates: Sequence[str], current: str | None, hint: str | N
     if current in names:
         return names[(names.index(current) + 1) % len(names)]
     return names[0]
+
+
+def respawn_places(candidates: Sequence[str], me: str, live: dict[str, str | None],
+                   alive_nodes: Sequence[str]) -> dict[str, str]:
+    """Where to create again the candidates that are gone for good (their actor dead, e.g. with
+    the node it was pinned to): ``live`` maps each candidate to the node its live actor runs
+    on, or None when there is no live actor of that name; ``me`` (the leader) is never
+    respawned. Each one goes to an alive node that holds no live candidate yet (other than the
+    leader's where possible), so a second node failure still leaves a standby; when every node
+    holds one, to a node other than the leader's; on a one-node cluster, next to the leader
+    (a standby for its process). Deterministic: nodes in sorted order. {} when nothing is gone
+    or no node is alive."""
+    alive = sorted(set(alive_nodes))
+    if not alive:
+        return {}
+    taken = {n for n in live.values() if n is not None}
+    mine = live.get(me)
+    places: dict[str, str] = {}
+    for name in candidates:
+        if name == me or live.get(name) is not None:
+            continue
+        free = [n for n in alive if n not in taken and n != mine]
+        others = [n for n in alive if n != mine]
+        node = (free or others or alive)[0]
+        places[name] = node
+        taken.add(node)
+    return places

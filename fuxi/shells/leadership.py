@@ -44,7 +44,8 @@ from typing import Any
 
 import ray
 
-from fuxi.core.leadership import TermGate, check_candidates, next_candidate
+from fuxi.core.leadership import CANDIDATES_MAX, TermGate, check_candidates, next_candidate
+from fuxi.shells.candidates import CandidateKeeper
 from fuxi.errors import NotLeader
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ def leader_only(cls):
 class Leadership:
     """One candidate's part in the election: its role, its term, the take-over."""
 
-    def __init__(self, master, me: str, candidates: list[str], nuwa: list | None, token):
+    def __init__(self, master, me: str, candidates: list[str], nuwa: list | None, token,
+                 spawn: tuple | None = None):
         self.master = master
         self.me = me
         self.candidates = check_candidates(candidates)
@@ -115,6 +117,7 @@ class Leadership:
         self._served = asyncio.Event()
         self._takeover_task: asyncio.Task | None = None
         self._task: asyncio.Task | None = None
+        self.keeper = CandidateKeeper(self, spawn)  # candidates gone with their node: again
 
     @property
     def elected(self) -> bool:
@@ -286,7 +289,7 @@ class Leadership:
                 "leading": self.leading, "serving": self.serving, "term": self.term,
                 "leader": self.me if self.serving else self.leader, "pid": os.getpid(),
                 "elected_at": self.elected_at, "served_at": self.served_at,
-                "takeover_s": self.takeover_s}
+                "takeover_s": self.takeover_s, "respawned": self.keeper.respawned[-CANDIDATES_MAX:]}
 
 
 # ------------------------------------------------------------ callers finding the leader

@@ -142,8 +142,8 @@ class FuxiMaster:
         self.started_at = time.time()
         # With Nuwa, one of several candidates: the election's winner builds the leader's
         # state and takes over; without, the only one, serving at once (as before).
-        self.leadership = Leadership(self, name, candidates or [name], nuwa,
-                                     self.platform_guard.platform_token)
+        self.leadership = Leadership(self, name, candidates or [name], nuwa, self.platform_guard.platform_token,
+                                     (FuxiMaster, (cluster, data_dir, detached, nuwa, nuwa_group, auth)))
         me = ray.get_runtime_context().current_actor
         if self.leadership.elected:
             me.campaign.remote()
