@@ -19,7 +19,7 @@ from fuxi.core.sched.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(120)
 
-SIZE = ["--nodes", "50", "--jobs", "50", "--instances", "2000", "--baseline-nodes", "0"]
+SIZE = ["--nodes", "50", "--jobs", "50", "--instances", "2000", "--baseline-nodes", "0", "--unbatched"]
 # seed -> (sha256 of the decisions, first 16 hex digits; grants; revocations), pre-perf16 core
 PINNED = {
     0: ("de23595a47bcf820", 2140, 34),
