@@ -8,14 +8,25 @@ jobs, many small ones), arriving over the first part of the run, in four quota g
 (guarantees, a cap, lending by weight), with priorities 0-3. Every instance asks for one slot
 of its job's shape, half of them at a preferred node (their input's); each runs for a mixed
 duration (1 to 60 s), some fail and ask again, some straggle (10x) and get a backup. The
-driver talks to ``fuxi.core.sched.Scheduler`` only through its deltas (``ask``, ``release``)
-and decisions (``decide``); the scheduler's revocations (quota reclaim) kill the instance
-that held the slot, which asks again.
+driver talks to ``fuxi.core.sched.Scheduler`` only through its deltas (``ask_at``, ``ask``,
+``release``) and decisions (``decide``); the scheduler's revocations (quota reclaim) kill the
+instance that held the slot, which asks again.
+
+It drives the core the way a JobMaster talks to FuxiMaster (the default, batched): a job's
+instances are asked for in one ``ask_at`` when it arrives (each preferred node with its
+count, the rest anywhere), each ``decide`` may grant up to ``GRANT_SLOTS_MAX`` slots of one
+demand on one node (``batch.batch_slots`` says how many), an instance that ends gives its
+slot back and wants one fewer in one ``release(..., done=True)``; a slot granted off its
+place goes to an instance that prefers no node first. ``--unbatched`` drives it one slot per
+call as before (one ``ask`` per instance, ``decide(now)`` of one slot, ``ask(-1)`` plus
+``release``): tests/sim/test_scheduler_decisions_pinned.py pins that run's decisions.
 
 Measured (time with ``perf_counter``; the simulated clock is separate):
-    decisions_per_s     grants / the wall time spent inside the scheduler (decisions, asks and
-                        releases together: what a master would spend)
-    p99_decision_ms     the 99th percentile of one ``decide`` call that granted a slot
+    decisions_per_s     slots granted (instances placed) / the wall time spent inside the
+                        scheduler: every call into the core counts (decides, asks, releases:
+                        what a master would spend), so a grant of k slots counts k
+    grant_calls         decide calls that granted; slots_per_grant = decisions / grant_calls
+    p99_decision_ms     the 99th percentile of one ``decide`` call that granted (its k slots)
     cpu_utilisation     CPU granted / CPU of the cluster, integrated over simulated time while
                         an instance of a CPU-and-memory shape waits for a slot in a group
                         below its max (scheduled utilisation while there is demand the CPUs

@@ -45,10 +45,12 @@ def slots_within(used, needs, limit, cap: int) -> int:
     return n if n > 0 else 0
 
 
-def batch_slots(s, d, node_id: str, locality: str, slots_max: int, runner) -> int:
+def batch_slots(s, d, node_id: str, locality: str, slots_max: int, runner, mate) -> int:
     """The slots of demand ``d`` that one grant on ``node_id`` may carry (>= 1: the one slot
-    the decision already found room for). ``s`` is the Scheduler, ``runner`` the order key of
-    the pick's runner-up (or None)."""
+    the decision already found room for). ``s`` is the Scheduler, ``runner`` the pick's
+    runner-up among the other queues (``(tier, -priority, share, key)``, or None), ``mate``
+    the key of the next demand in ``d``'s own queue (same group and shape: same tier and
+    share; or None)."""
     n = min(slots_max, d.wanted - d.held_total)
     if n <= 1:
         return 1
@@ -69,11 +71,18 @@ def batch_slots(s, d, node_id: str, locality: str, slots_max: int, runner) -> in
     if group.min and guaranteed(group, used, d.needs):
         tier = 0
         n = min(n, slots_within(used, d.needs, group.min, n))
-    if runner is not None and runner[0] == tier and runner[1] == -(d.priority + d.boost):
-        key = runner[3]  # (-(priority + boost), job slots held, demand slots held, seq, id)
-        other = s.demands.get(key[-1])
-        if other is not None and other.job == d.job:
-            n = min(n, key[2] - d.held_total + 1)
-        else:
-            n = min(n, key[1] - s.job_held[d.job] + 1)
+    prio = -(d.priority + d.boost)
+    if runner is not None and runner[0] == tier and runner[1] == prio:
+        n = _fair_cap(s, d, runner[3], n)
+    if mate is not None and mate[0] == prio:
+        n = _fair_cap(s, d, mate, n)
     return n if n > 1 else 1
+
+
+def _fair_cap(s, d, key, n: int) -> int:
+    """No more than lifts ``d`` one past the demand of order ``key`` (-(priority + boost),
+    job slots held, demand slots held, seq, id) in what max-min fairness compares."""
+    other = s.demands.get(key[-1])
+    if other is not None and other.job == d.job:
+        return min(n, key[2] - d.held_total + 1)
+    return min(n, key[1] - s.job_held[d.job] + 1)

@@ -494,8 +494,10 @@ class Scheduler:
                 got = (node_id, LOCALITY_CLUSTER)
             node_id, locality = got
             n = 1
-            if slots_max > 1 and not revs:
-                n = batch_slots(self, d, node_id, locality, slots_max, self._runner)
+            if slots_max > 1 and not revs:  # the runner-ups: other queues' and its own queue's
+                mate = self._top(self._queues[(d.group, d.needs)])
+                n = batch_slots(self, d, node_id, locality, slots_max, self._runner,
+                                mate and self.key(mate))
             self._grant(d, node_id, locality, now, n)
             return Grant(d.did, node_id, n, locality), revs
 
