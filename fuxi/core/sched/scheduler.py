@@ -1,14 +1,14 @@
-"""The incremental scheduler: one long-lived state, changed by deltas, deciding one slot at a
-time in O(log N).
+"""The incremental scheduler: one long-lived state, changed by deltas, deciding one grant
+(of one slot, or batched of many of one demand on one node: ``batch``) at a time in O(log N).
 
 Deltas in (each O(log N) or better, never a scan of all nodes or slots):
     add_node / remove_node / exclude_node     the cluster changes
-    set_demand / ask / set_wanted / remove_demand   a job asks for more (or fewer) slots,
-                                               optionally at a node or rack (locality)
-    release                                    a job gives a slot back
+    set_demand / ask / ask_at / set_wanted / remove_demand   a job asks for more (or fewer)
+                                               slots, optionally at nodes or a rack (locality)
+    release                                    a job gives slots back (done: wants fewer too)
     load_grant                                 rebuild from a ledger (after a restart)
 Decisions out:
-    decide(now) -> (Grant | None, [Revocation])    the next slot, and what it revoked
+    decide(now, slots_max) -> (Grant | None, [Revocation])    the next grant, and what it revoked
     schedule(now) -> Plan                          decide until nothing more fits
     schedule_job(job, now, caps) -> Plan           one job's grants, capped (FuxiMaster's sync)
     targets() -> {demand_id: slots}                fair shares (see ``fairshare``)
