@@ -8,14 +8,25 @@ jobs, many small ones), arriving over the first part of the run, in four quota g
 (guarantees, a cap, lending by weight), with priorities 0-3. Every instance asks for one slot
 of its job's shape, half of them at a preferred node (their input's); each runs for a mixed
 duration (1 to 60 s), some fail and ask again, some straggle (10x) and get a backup. The
-driver talks to ``fuxi.core.sched.Scheduler`` only through its deltas (``ask``, ``release``)
-and decisions (``decide``); the scheduler's revocations (quota reclaim) kill the instance
-that held the slot, which asks again.
+driver talks to ``fuxi.core.sched.Scheduler`` only through its deltas (``ask_at``, ``ask``,
+``release``) and decisions (``decide``); the scheduler's revocations (quota reclaim) kill the
+instance that held the slot, which asks again.
+
+It drives the core the way a JobMaster talks to FuxiMaster (the default, batched): a job's
+instances are asked for in one ``ask_at`` when it arrives (each preferred node with its
+count, the rest anywhere), each ``decide`` may grant up to ``GRANT_SLOTS_MAX`` slots of one
+demand on one node (``batch.batch_slots`` says how many), an instance that ends gives its
+slot back and wants one fewer in one ``release(..., done=True)``; a slot granted off its
+place goes to an instance that prefers no node first. ``--unbatched`` drives it one slot per
+call as before (one ``ask`` per instance, ``decide(now)`` of one slot, ``ask(-1)`` plus
+``release``): tests/sim/test_scheduler_decisions_pinned.py pins that run's decisions.
 
 Measured (time with ``perf_counter``; the simulated clock is separate):
-    decisions_per_s     grants / the wall time spent inside the scheduler (decisions, asks and
-                        releases together: what a master would spend)
-    p99_decision_ms     the 99th percentile of one ``decide`` call that granted a slot
+    decisions_per_s     slots granted (instances placed) / the wall time spent inside the
+                        scheduler: every call into the core counts (decides, asks, releases:
+                        what a master would spend), so a grant of k slots counts k
+    grant_calls         decide calls that granted; slots_per_grant = decisions / grant_calls
+    p99_decision_ms     the 99th percentile of one ``decide`` call that granted (its k slots)
     cpu_utilisation     CPU granted / CPU of the cluster, integrated over simulated time while
                         an instance of a CPU-and-memory shape waits for a slot in a group
                         below its max (scheduled utilisation while there is demand the CPUs
@@ -66,6 +77,9 @@ P_LOCAL = 0.5  # instances that prefer a node (where their input is)
 # reclaims free, never this many times the cluster over. Past it the core is chasing its
 # tail (revoking and re-granting), and the run stops with an error instead of never ending.
 ROUND_GRANTS_PER_SLOT_MAX = 4
+# Slots one grant may carry when the driver talks to the core batched (the default): a node
+# holds at most WORKERS_PER_NODE_MAX workers, so this is "as many as the core allows".
+GRANT_SLOTS_MAX = 64
 
 
 def quota_config(cpus: float) -> dict:
@@ -115,6 +129,7 @@ class Sim:
         # per job: waiting instance attempts (FIFO) and by preferred node
         self.waiting: dict[str, deque] = {}
         self.waiting_at: dict[str, dict[str, list]] = {}
+        self.waiting_any: dict[str, deque] = {}  # batched: those that prefer no node
         self.waiting_n = 0
         self.running: dict[tuple[str, str], list] = {}  # (job, node) -> attempt ids (LIFO)
         self.attempts: dict[int, dict] = {}
@@ -131,7 +146,10 @@ class Sim:
         self.waiting_by: dict[tuple[str, bool], int] = {}  # (group, GPU shape?) -> waiting
         self.decide_times: list[float] = []
         self.sched_s = 0.0
-        self.decisions = 0
+        self.decisions = 0  # slots granted (instances placed)
+        self.grant_calls = 0  # decide calls that granted (each of g.n slots)
+        self.batched = not args.unbatched
+        self.slots_max = GRANT_SLOTS_MAX if self.batched else 1
         self.revocations = 0
         self.local = {"node": 0, "rack": 0, "off": 0, "none": 0}
         self.failures = self.stragglers = self.backups = self.backups_won = 0
@@ -216,19 +234,21 @@ class Sim:
         s, now = self.s, self.now
         round_max = ROUND_GRANTS_PER_SLOT_MAX * s.config.workers_per_node_max * len(s.index.nodes)
         granted, revoked0 = 0, self.revocations
+        slots_max = self.slots_max
         while True:
             t0 = time.perf_counter()
-            g, revs = s.decide(now)
+            g, revs = s.decide(now, slots_max)
             dt = time.perf_counter() - t0
             self.sched_s += dt
             for r in revs:
                 self.revoked(r)
             if g is None:
                 return
-            self.decisions += 1
+            self.decisions += g.n
+            self.grant_calls += 1
             self.decide_times.append(dt)
             self.granted(g)
-            granted += 1
+            granted += g.n
             if granted > round_max:
                 raise AssertionError(
                     f"seed {self.args.seed}: {granted} grants and "
@@ -244,11 +264,35 @@ class Sim:
                                                  job["group"]), 0, self.now)
         self.waiting[jid] = deque()
         self.waiting_at[jid] = {}
+        self.waiting_any[jid] = deque()
+        if not self.batched:
+            for i in range(job["size"]):
+                self.inst_done[(jid, i)] = False
+                self.enqueue(jid, i, backup=False)
+            return
+        # as a JobMaster asks when a task starts: one delta for all its instances, each
+        # preferred node with its count, the rest anywhere
+        counts: dict[str, int] = {}
+        anywhere = 0
         for i in range(job["size"]):
             self.inst_done[(jid, i)] = False
-            self.enqueue(jid, i, backup=False)
+            a = self.new_attempt(jid, i, backup=False)
+            if a["pref"] is None:
+                anywhere += 1
+            else:
+                counts[a["pref"]] = counts.get(a["pref"], 0) + 1
+        self.wait_count(jid, job["size"])
+        try:
+            self.timed(self.s.ask_at, jid, counts, self.now, anywhere)
+        except LimitExceeded:  # too many places at once: the places are dropped, not the ask
+            for a in self.waiting[jid]:
+                a["pref"] = None
+                self.waiting_any[jid].append(a)
+            self.prefs_dropped += sum(counts.values())
+            self.waiting_at[jid].clear()
+            self.timed(self.s.ask, jid, job["size"], self.now)
 
-    def enqueue(self, jid, i, backup, avoid=None):
+    def new_attempt(self, jid, i, backup, avoid=None):
         rng = self.rng
         self.aseq += 1
         a = {"id": self.aseq, "job": jid, "i": i, "node": None, "backup": backup, "live": True,
@@ -261,6 +305,12 @@ class Sim:
         self.waiting[jid].append(a)
         if a["pref"] is not None:
             self.waiting_at[jid].setdefault(a["pref"], []).append(a)
+        elif self.batched:
+            self.waiting_any[jid].append(a)
+        return a
+
+    def enqueue(self, jid, i, backup, avoid=None):
+        a = self.new_attempt(jid, i, backup, avoid)
         self.wait_count(jid, 1)
         if (jid, i) in self.attempts_of and not backup:
             self.attempts_of[(jid, i)].append(a["id"])
@@ -278,6 +328,12 @@ class Sim:
             a = at.pop()
             if a["node"] is None and a["live"]:
                 return a
+        if self.batched:  # a slot found off its place goes to one that prefers no place first
+            q = self.waiting_any[jid]
+            while q:
+                a = q.popleft()
+                if a["node"] is None and a["live"]:
+                    return a
         q = self.waiting[jid]
         while q:
             a = q.popleft()
@@ -286,6 +342,10 @@ class Sim:
         raise AssertionError(f"grant for {jid} with nothing waiting")
 
     def granted(self, g):
+        for _ in range(g.n):
+            self.place(g)
+
+    def place(self, g):
         jid, node = g.demand_id, g.node_id
         job = self.jobs[int(jid[1:])]
         a = self.take_waiting(jid, node)
@@ -329,13 +389,21 @@ class Sim:
         key = (a["job"], a["i"])
         if not ok:
             self.failures += 1
+            if self.batched:  # the slot back and one fewer wanted, then the re-run's ask
+                self.timed(self.s.release, a["job"], a["node"], 1, True)
+                if not self.inst_done[key]:
+                    self.enqueue(a["job"], a["i"], backup=False, avoid=a["node"])
+                return
             self.timed(self.s.release, a["job"], a["node"])
             if not self.inst_done[key]:
                 self.enqueue(a["job"], a["i"], backup=False, avoid=a["node"])
             self.timed(self.s.ask, a["job"], -1, self.now)
             return
-        self.timed(self.s.ask, a["job"], -1, self.now)
-        self.timed(self.s.release, a["job"], a["node"])
+        if self.batched:
+            self.timed(self.s.release, a["job"], a["node"], 1, True)
+        else:
+            self.timed(self.s.ask, a["job"], -1, self.now)
+            self.timed(self.s.release, a["job"], a["node"])
         if self.inst_done[key]:
             return
         self.inst_done[key] = True
@@ -348,6 +416,9 @@ class Sim:
                 o["live"] = False
                 if o["node"] is not None:
                     self.free_slot(o)
+                    if self.batched:
+                        self.timed(self.s.release, o["job"], o["node"], 1, True)
+                        continue
                     self.timed(self.s.release, o["job"], o["node"])
                 else:
                     self.wait_count(o["job"], -1)
@@ -380,6 +451,8 @@ class Sim:
                 b = dict(a, id=self.aseq, node=None, live=True, pref=None)
                 self.attempts[b["id"]] = b
                 self.waiting[a["job"]].append(b)
+                if self.batched:
+                    self.waiting_any[a["job"]].append(b)
                 self.wait_count(a["job"], 1)
                 key = (a["job"], a["i"])
                 if key in self.attempts_of:
@@ -412,7 +485,10 @@ class Sim:
         return {
             "seed": self.args.seed, "nodes": self.args.nodes, "jobs": self.args.jobs,
             "instances": self.total_instances, "instances_finished": self.done_instances,
-            "decisions": self.decisions,
+            "decisions": self.decisions, "grant_calls": self.grant_calls,
+            "slots_per_grant": round(self.decisions / self.grant_calls, 2)
+            if self.grant_calls else None,
+            "batched": self.batched,
             "decisions_per_s": round(self.decisions / self.sched_s) if self.sched_s else None,
             "decisions_per_s_decide_only": round(self.decisions / decide_s) if decide_s else None,
             "p50_decision_ms": round(pct(0.50), 4), "p99_decision_ms": round(pct(0.99), 4),
@@ -491,6 +567,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--baseline-nodes", type=int, default=200, help="0: no baseline")
     ap.add_argument("--baseline-jobs", type=int, default=50)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--unbatched", action="store_true",
+                    help="drive the core one slot per call (one ask per instance, grants of "
+                         "one slot, ask(-1) and release per end): the pre-batching protocol")
     args = ap.parse_args(argv)
     if args.instances < args.jobs or args.jobs < 1 or args.nodes < 1:
         ap.error("expected --nodes >= 1, --jobs >= 1 and --instances >= --jobs")

@@ -1,11 +1,17 @@
 """The scheduling core decides exactly what it decided before its speed-ups (issue 16 part 2).
 
-Every grant (demand, node, locality) and revocation (demand, node, count, reason) of the
-50-node simulator run is hashed in order; the hashes below were recorded with the core as it
-was before the perf16 branch (commit 29f4366: one heap of victims, no fit cache) and must not
-move. A change that *means* to decide differently updates them on purpose, saying why in its
-commit. A negative control reads the victims oldest-first instead and must move the hash of a
-run with reclaims, so this file can fail.
+Every grant (demand, node, locality, and its count when not 1) and revocation (demand, node,
+count, reason) of the 50-node simulator run is hashed in order. ``PINNED``: the simulator
+driving the core one slot per call (``--unbatched``); recorded with the core as it was
+before the perf16 branch (commit 29f4366: one heap of victims, no fit cache) and unchanged
+by the batch16 branch (batched grants, cached group facts, lazy claims in the free index):
+``decide(now)`` of one slot still decides exactly that. ``PINNED_BATCHED``: the default,
+batched driver (``ask_at``, ``decide(now, 64)``, ``release(done=True)``), which decides
+differently on purpose (grants of many slots), recorded with branch batch16's core; it pins
+what the batched protocol decides from now on. A change that *means* to decide differently
+updates them on purpose, saying why in its commit. Negative controls: victims read
+oldest-first move an unbatched hash, and batches without their fairness cap move a batched
+one, so this file can fail.
 """
 
 from __future__ import annotations
@@ -15,17 +21,26 @@ import hashlib
 import pytest
 
 from bench.bench_scheduler import Sim, parse
+from fuxi.core.sched import batch
 from fuxi.core.sched.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(120)
 
 SIZE = ["--nodes", "50", "--jobs", "50", "--instances", "2000", "--baseline-nodes", "0"]
+UNBATCHED = ["--unbatched"]
 # seed -> (sha256 of the decisions, first 16 hex digits; grants; revocations), pre-perf16 core
 PINNED = {
     0: ("de23595a47bcf820", 2140, 34),
     4: ("03aab8b5560a99b8", 2320, 240),
     5: ("463c19a69ddfa9e4", 2325, 232),
     9: ("ed3fe9f97b845868", 2220, 115),
+}
+# seed -> (hash, slots granted, revocations), the batched driver, branch batch16's core
+PINNED_BATCHED = {
+    0: ("ff1562792ecc72f9", 2128, 34),
+    4: ("a2d197fc52cb88d1", 2311, 209),
+    5: ("235a54997a72b214", 2339, 247),
+    9: ("6307efadb26413f2", 2212, 113),
 }
 
 
@@ -35,7 +50,8 @@ class Traced(Sim):
         self.trace = hashlib.sha256()
 
     def granted(self, g):
-        self.trace.update(f"G{g.demand_id},{g.node_id},{g.locality};".encode())
+        n = f"x{g.n}" if g.n != 1 else ""  # one-slot grants hash as they always did
+        self.trace.update(f"G{g.demand_id},{g.node_id},{g.locality}{n};".encode())
         super().granted(g)
 
     def revoked(self, r):
@@ -43,8 +59,8 @@ class Traced(Sim):
         super().revoked(r)
 
 
-def traced(seed: int) -> tuple[str, int, int]:
-    sim = Traced(parse(SIZE + ["--seed", str(seed)])).run()
+def traced(seed: int, extra=UNBATCHED) -> tuple[str, int, int]:
+    sim = Traced(parse(SIZE + list(extra) + ["--seed", str(seed)])).run()
     r = sim.result()
     return sim.trace.hexdigest()[:16], r["decisions"], r["revocations"]
 
@@ -65,3 +81,14 @@ def test_negative_control_another_victim_order_moves_the_hash(monkeypatch):
     monkeypatch.setattr(Scheduler, "_victim_order", oldest_first)
     got = traced(4)
     assert got[0] != PINNED[4][0], "a different reclaim order left the trace unchanged"
+
+
+@pytest.mark.parametrize("seed", sorted(PINNED_BATCHED))
+def test_batched_decisions_are_pinned(seed):
+    assert traced(seed, ()) == PINNED_BATCHED[seed], f"seed={seed}: batched decisions moved"
+
+
+def test_negative_control_batches_without_their_fairness_cap_move_the_hash(monkeypatch):
+    monkeypatch.setattr(batch, "_fair_cap", lambda s, d, key, n: n)
+    got = traced(4, ())
+    assert got[0] != PINNED_BATCHED[4][0], "batches without the fairness cap left the trace"

@@ -32,7 +32,7 @@ DEFAULT_RACK = "default"
 
 
 class Node:
-    __slots__ = ("node_id", "rack", "total", "free", "workers", "fits")
+    __slots__ = ("node_id", "rack", "total", "free", "workers", "fits", "claims")
 
     def __init__(self, node_id: str, total: Mapping[str, float], rack: str):
         self.node_id = node_id
@@ -45,6 +45,11 @@ class Node:
         # grant or release but is asked its fit many times in between (every preferred-node
         # probe, every heap top, every shape on a release), so most asks are one dict read.
         self.fits: dict = {}
+        # ShapeIndex -> a claim the shape's cluster heap holds an entry for this node of, at
+        # least (0 or missing: maybe none). A node whose room grows to no more than that
+        # needs no new entry: the higher one is corrected to the truth when it reaches the
+        # top. Lowered to what is pushed back whenever the highest entry is popped.
+        self.claims: dict = {}
 
 
 class ShapeIndex:
@@ -112,6 +117,7 @@ class FreeIndex:
     def grew(self, node: Node) -> None:
         """``node`` has more room than before: every shape hears of it at once."""
         fits, free, room, nid = node.fits, node.free, self.workers_max - node.workers, node.node_id
+        claims = node.claims
         for sh in self.shapes.values():
             f = fits.get(sh)
             if f is None:
@@ -119,7 +125,9 @@ class FreeIndex:
             if f > 0:
                 sh.full = False
                 entry = (-f, nid)
-                self._push(sh, sh.heap, entry)
+                if f > claims.get(sh, 0):
+                    claims[sh] = f
+                    self._push(sh, sh.heap, entry)
                 rack_heap = sh.racks.get(node.rack)
                 if rack_heap is not None:  # only racks some demand preferred are kept
                     heapq.heappush(rack_heap, entry)
@@ -130,8 +138,12 @@ class FreeIndex:
             self._rebuild(sh)
 
     def _rebuild(self, sh: ShapeIndex) -> None:
-        sh.heap = [(-f, n.node_id) for n in self.nodes.values() if (f := self.fit_sh(n, sh)) > 0]
-        heapq.heapify(sh.heap)
+        heap = sh.heap = []
+        for n in self.nodes.values():
+            f = n.claims[sh] = self.fit_sh(n, sh)
+            if f > 0:
+                heap.append((-f, n.node_id))
+        heapq.heapify(heap)
         sh.racks = {rack: self._rack_heap(sh, rack) for rack in sh.racks if rack in self.racks}
 
     def _rack_heap(self, sh: ShapeIndex, rack: str) -> list:
@@ -154,7 +166,10 @@ class FreeIndex:
         return sh
 
     def drop_shape(self, needs: Needs) -> None:
-        self.shapes.pop(needs, None)
+        sh = self.shapes.pop(needs, None)
+        if sh is not None:  # no node keeps a claim for a shape nobody asks for any more
+            for node in self.nodes.values():
+                node.claims.pop(sh, None)
 
     # ------------------------------------------------------------ one decision
 
@@ -169,8 +184,11 @@ class FreeIndex:
             if real == -negf:
                 return real
             heapq.heappop(heap)
-            if 0 < real < -negf:
-                heapq.heappush(heap, (-real, nid))
+            back = real if 0 < real < -negf else 0
+            if back:
+                heapq.heappush(heap, (-back, nid))
+            if node is not None and node.claims.get(sh, 0) == -negf:
+                node.claims[sh] = back  # the highest entry went: what is left claims back
         return 0
 
     def choose(self, sh: ShapeIndex, held: Mapping[str, int], prefer_nodes: Mapping[str, int],
@@ -251,8 +269,11 @@ class FreeIndex:
                                                      self.workers_max - node.workers)
             heapq.heappop(heap)
             if real != -negf:  # stale: push back what is true (if it claimed too much)
-                if 0 < real < -negf:
-                    heapq.heappush(heap, (-real, nid))
+                back = real if 0 < real < -negf else 0
+                if back:
+                    heapq.heappush(heap, (-back, nid))
+                if heap is sh.heap and node is not None and node.claims.get(sh, 0) == -negf:
+                    node.claims[sh] = back  # the highest entry went: what is left claims back
                 continue
             if nid in seen:
                 continue  # a duplicate of an entry already looked at

@@ -1,14 +1,14 @@
-"""The incremental scheduler: one long-lived state, changed by deltas, deciding one slot at a
-time in O(log N).
+"""The incremental scheduler: one long-lived state, changed by deltas, deciding one grant
+(of one slot, or batched of many of one demand on one node: ``batch``) at a time in O(log N).
 
 Deltas in (each O(log N) or better, never a scan of all nodes or slots):
     add_node / remove_node / exclude_node     the cluster changes
-    set_demand / ask / set_wanted / remove_demand   a job asks for more (or fewer) slots,
-                                               optionally at a node or rack (locality)
-    release                                    a job gives a slot back
+    set_demand / ask / ask_at / set_wanted / remove_demand   a job asks for more (or fewer)
+                                               slots, optionally at nodes or a rack (locality)
+    release                                    a job gives slots back (done: wants fewer too)
     load_grant                                 rebuild from a ledger (after a restart)
 Decisions out:
-    decide(now) -> (Grant | None, [Revocation])    the next slot, and what it revoked
+    decide(now, slots_max) -> (Grant | None, [Revocation])    the next grant, and what it revoked
     schedule(now) -> Plan                          decide until nothing more fits
     schedule_job(job, now, caps) -> Plan           one job's grants, capped (FuxiMaster's sync)
     targets() -> {demand_id: slots}                fair shares (see ``fairshare``)
@@ -56,6 +56,7 @@ from fuxi.core.sched.model import (
     SchedConfig,
     quota_groups,
 )
+from fuxi.core.sched.batch import batch_slots
 from fuxi.core.sched.quota import borrow_share, borrowed, guaranteed, under_max
 from fuxi.core.sched.resources import check_resources, fit_count, give, needs_of, take
 from fuxi.errors import BadInput, LimitExceeded
@@ -69,12 +70,13 @@ from fuxi.errors import BadInput, LimitExceeded
 ROOM_RETRY_GRANTS = 64
 VICTIM_SLACK = 64  # released slots the victim lists may keep beyond twice the live ones
 PARK_RETRY = "retry"  # fits somewhere, but not where this demand may go: next schedule()
+SHARE = "share"  # the key of a group's borrowing share among its cached facts
 
 
 class _Demand:
     __slots__ = ("spec", "did", "job", "group", "priority", "seq", "needs", "sh", "wanted",
                  "held", "held_total", "prefer_nodes", "prefer_racks", "avoid", "excluded",
-                 "waiting_since", "boost", "version", "parked", "wait_stamp")
+                 "waiting_since", "boost", "version", "parked", "wait_stamp", "pref_total")
 
     def __init__(self, spec: DemandSpec, sh, now: float):
         self.spec = spec
@@ -97,6 +99,7 @@ class _Demand:
         self.version = 0
         self.parked: str | None = None
         self.wait_stamp = 0
+        self.pref_total = 0  # the counts of prefer_nodes and prefer_racks, summed
 
     @property
     def pending(self) -> int:
@@ -133,6 +136,13 @@ class Scheduler:
         self._victim_prios: list[int] = []  # the keys of _victims, ascending
         self._victim_entries = 0
         self._ageing: list = []  # (due time, demand id, wait stamp)
+        # the second most deserving queue top of the last pick (its order key): how far a
+        # batched grant may go before someone else deserves the next slot more
+        self._runner: tuple | None = None
+        # per quota group, what _pick asks of it while its usage stays the same: its
+        # borrowing share (key SHARE) and, per shape, whether the next slot is guaranteed.
+        # Dropped whenever the group's usage (or the cluster's capacity) changes.
+        self._group_facts: dict[str, dict] = {}
         self.decisions = 0
         self.revoked = 0
 
@@ -143,6 +153,7 @@ class Scheduler:
             raise BadInput(f"node {node_id!r} is known already; remove it first to change it")
         self.index.add_node(node_id, check_resources(f"node {node_id!r}", total), rack)
         self._room_failed.clear()
+        self._group_facts.clear()  # the capacity changed: every borrowing share did
 
     def remove_node(self, node_id: str) -> list[Revocation]:
         """Forget a node; every slot on it is void (returned as ``node_gone`` revocations)."""
@@ -155,6 +166,7 @@ class Scheduler:
                 self.release(d.did, node_id, n)
                 out.append(Revocation(d.did, node_id, n, "node_gone"))
         self.index.remove_node(node_id)
+        self._group_facts.clear()
         return out
 
     def exclude_node(self, node_id: str, excluded: bool = True) -> None:
@@ -195,6 +207,8 @@ class Scheduler:
             if d.held_total:
                 take(self.group_used[d.group], d.needs, d.held_total)
                 give(self.group_used[spec.quota_group], d.needs, d.held_total)
+                self._group_facts.pop(d.group, None)
+                self._group_facts.pop(spec.quota_group, None)
             self._unpark(d)
             d.spec, d.group, d.priority, d.seq = spec, spec.quota_group, spec.priority, spec.submit_seq
         if wanted is not None:
@@ -237,6 +251,41 @@ class Scheduler:
         self._set(d, d.wanted + n, now)
         if prefs is not None:
             prefs[place] = prefs.get(place, 0) + n
+            d.pref_total += n
+
+    def ask_at(self, demand_id: str, counts: Mapping[str, int], now: float = 0.0,
+               anywhere: int = 0) -> None:
+        """One delta for many slots: ``counts[node]`` more slots preferred on each node, plus
+        ``anywhere`` more without a place (what a JobMaster asks when a task's instances
+        start: one message, not one per instance). All or nothing: bad input changes nothing."""
+        d = self._demand(demand_id)
+        if not isinstance(counts, Mapping):
+            raise BadInput(f"ask_at {demand_id!r}: counts={counts!r}: expected a mapping of "
+                           f"node id to a slot count")
+        if isinstance(anywhere, bool) or not isinstance(anywhere, int) or anywhere < 0:
+            raise BadInput(f"ask_at {demand_id!r}: anywhere={anywhere!r}: expected an integer >= 0")
+        prefs = d.prefer_nodes
+        new = 0
+        total = anywhere
+        for node, n in counts.items():
+            if not isinstance(node, str) or not node:
+                raise BadInput(f"ask_at {demand_id!r}: node {node!r}: expected a non-empty string")
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                raise BadInput(f"ask_at {demand_id!r}: {n!r} slots on {node!r}: expected an "
+                               f"integer > 0")
+            total += n
+            if node not in prefs:
+                new += 1
+        if len(prefs) + new > PREFERRED_PLACES_MAX:
+            raise LimitExceeded(f"demand {demand_id!r} prefers {len(prefs)} places and asks for "
+                                f"{new} more: PREFERRED_PLACES_MAX is {PREFERRED_PLACES_MAX}; "
+                                f"ask for the rest without a place (nothing was changed)")
+        self._set(d, d.wanted + total, now)
+        placed = total - anywhere
+        if placed:
+            for node, n in counts.items():
+                prefs[node] = prefs.get(node, 0) + n
+            d.pref_total += placed
 
     def set_wanted(self, demand_id: str, wanted: int, now: float = 0.0) -> None:
         """The absolute form of ``ask``: ``wanted`` slots in all (held ones included)."""
@@ -262,6 +311,7 @@ class Scheduler:
         if d.pending <= 0:
             d.prefer_nodes.clear()
             d.prefer_racks.clear()
+            d.pref_total = 0
         if d.parked is None:
             self._push(d)
 
@@ -277,13 +327,21 @@ class Scheduler:
 
     # ------------------------------------------------------------ grants held
 
-    def release(self, demand_id: str, node_id: str, n: int = 1) -> None:
+    def release(self, demand_id: str, node_id: str, n: int = 1, done: bool = False) -> None:
+        """Give back ``n`` slots of one demand on one node in one delta (the most recently
+        started first). ``done``: their work is finished, so the demand also wants ``n`` fewer
+        (``ask(-n)`` and the release as one call, what a JobMaster sends when instances end)."""
         d = self._demand(demand_id)
         have = d.held.get(node_id, 0)
-        if n < 0 or n > have:
-            raise BadInput(f"release {n} slots of {demand_id!r} on {node_id!r}: {have} held")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n > have:
+            raise BadInput(f"release {n!r} slots of {demand_id!r} on {node_id!r}: {have} held; "
+                           f"expected an integer from 0 to {have}")
         if n == 0:
             return
+        if done:
+            if d.wanted < n:
+                raise BadInput(f"release {n} done slots of {demand_id!r}: it wants {d.wanted} "
+                               f"in all; expected done only for slots it still wants")
         stack = self._slots[(demand_id, node_id)]
         for _ in range(n):
             self._live.pop(stack.pop(), None)  # the most recently started go first
@@ -295,6 +353,7 @@ class Scheduler:
         d.held_total -= n
         self.job_held[d.job] -= n
         take(self.group_used[d.group], d.needs, n)
+        self._group_facts.pop(d.group, None)
         node = self.index.nodes.get(node_id)
         if node is not None:
             give(node.free, d.needs, n)
@@ -303,6 +362,12 @@ class Scheduler:
             self.index.grew(node)  # clears the full mark of every shape that fits there now
         if self._quota_full:
             self._quota_full = {q for q in self._quota_full if q[0] != d.group}
+        if done:  # after the release, so a demand that still waits keeps its preferences
+            d.wanted -= n  # fewer wanted never starts a wait: no ageing to file
+            if d.wanted <= d.held_total:
+                d.prefer_nodes.clear()
+                d.prefer_racks.clear()
+                d.pref_total = 0
         for did in self.job_demands.get(d.job, ()):  # the job's keys got better
             other = self.demands[did]
             if other.parked is None:
@@ -314,28 +379,43 @@ class Scheduler:
         d = self._demand(demand_id)
         if node_id not in self.index.nodes:
             raise BadInput(f"load_grant of {demand_id!r} on unknown node {node_id!r}")
-        for _ in range(n):
-            self._record(d, node_id)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise BadInput(f"load_grant of {demand_id!r} on {node_id!r}: n={n!r}: expected an "
+                           f"integer >= 0")
+        if n:
+            self._record(d, node_id, n)
 
-    def _record(self, d: _Demand, node_id: str) -> None:
+    def _record(self, d: _Demand, node_id: str, n: int = 1) -> None:
         node = self.index.nodes[node_id]
-        take(node.free, d.needs)
-        node.workers += 1
+        take(node.free, d.needs, n)
+        node.workers += n
         node.fits.clear()
-        d.held[node_id] = d.held.get(node_id, 0) + 1
-        d.held_total += 1
-        self.job_held[d.job] += 1
-        give(self.group_used[d.group], d.needs)
-        self._slot_seq += 1
-        seq = self._slot_seq
-        self._slots.setdefault((d.did, node_id), []).append(seq)
-        self._live[seq] = (d.did, node_id)
+        d.held[node_id] = d.held.get(node_id, 0) + n
+        d.held_total += n
+        self.job_held[d.job] += n
+        give(self.group_used[d.group], d.needs, n)
+        self._group_facts.pop(d.group, None)
+        where = (d.did, node_id)
         lst = self._victims.get(d.priority)
         if lst is None:
             lst = self._victims[d.priority] = []
             bisect.insort(self._victim_prios, d.priority)
-        lst.append(seq)
-        self._victim_entries += 1
+        stack = self._slots.get(where)
+        if stack is None:
+            stack = self._slots[where] = []
+        if n == 1:
+            self._slot_seq += 1
+            seq = self._slot_seq
+            stack.append(seq)
+            self._live[seq] = where
+            lst.append(seq)
+        else:
+            seqs = range(self._slot_seq + 1, self._slot_seq + n + 1)
+            self._slot_seq += n
+            stack.extend(seqs)
+            self._live.update(dict.fromkeys(seqs, where))
+            lst.extend(seqs)
+        self._victim_entries += n
         if self._victim_entries > 2 * len(self._live) + VICTIM_SLACK:
             self._compact_victims()
 
@@ -366,21 +446,27 @@ class Scheduler:
 
     # ------------------------------------------------------------ decisions
 
-    def schedule(self, now: float, decisions_max: int | None = None) -> Plan:
-        """Decide until nothing more fits (or ``decisions_max``): every demand of the cluster."""
+    def schedule(self, now: float, decisions_max: int | None = None, slots_max: int = 1) -> Plan:
+        """Decide until nothing more fits (or ``decisions_max`` grants): every demand of the
+        cluster. ``slots_max``: as in ``decide``."""
         self._unpark_retry()
         grants: list[Grant] = []
         revs: list[Revocation] = []
         while decisions_max is None or len(grants) < decisions_max:
-            g, r = self.decide(now)
+            g, r = self.decide(now, slots_max)
             revs.extend(r)
             if g is None:
                 break
             grants.append(g)
         return Plan(tuple(grants), tuple(revs))
 
-    def decide(self, now: float) -> tuple[Grant | None, list[Revocation]]:
-        """The next slot: the most deserving demand (see the module doc), where it fits best."""
+    def decide(self, now: float, slots_max: int = 1) -> tuple[Grant | None, list[Revocation]]:
+        """The next grant: the most deserving demand (see the module doc), where it fits best,
+        of up to ``slots_max`` slots on that one node (``batch_slots``: no more than fit there,
+        than the demand waits for, than its place preference names, than its quota allows, and
+        no more than keep it the most deserving; 1 is always allowed)."""
+        if isinstance(slots_max, bool) or not isinstance(slots_max, int) or slots_max < 1:
+            raise BadInput(f"decide slots_max={slots_max!r}: expected an integer >= 1")
         self._advance(now)
         while True:
             d = self._pick()
@@ -407,8 +493,13 @@ class Scheduler:
                     continue
                 got = (node_id, LOCALITY_CLUSTER)
             node_id, locality = got
-            self._grant(d, node_id, locality, now)
-            return Grant(d.did, node_id, 1, locality), revs
+            n = 1
+            if slots_max > 1 and not revs:  # the runner-ups: other queues' and its own queue's
+                mate = self._top(self._queues[(d.group, d.needs)])
+                n = batch_slots(self, d, node_id, locality, slots_max, self._runner,
+                                mate and self.key(mate))
+            self._grant(d, node_id, locality, now, n)
+            return Grant(d.did, node_id, n, locality), revs
 
     def schedule_job(self, job_id: str, now: float, caps: Mapping[str, int]) -> Plan:
         """Grants for one job's demands only, each up to ``caps[demand_id]`` slots held (the
@@ -440,14 +531,14 @@ class Scheduler:
         """Each demand's fair share of the cluster as it is (see ``fairshare.targets``)."""
         return fairshare.targets(self)
 
-    def _grant(self, d: _Demand, node_id: str, locality: str, now: float) -> None:
-        self._record(d, node_id)
+    def _grant(self, d: _Demand, node_id: str, locality: str, now: float, n: int = 1) -> None:
+        self._record(d, node_id, n)
         if locality == LOCALITY_NODE or node_id in d.prefer_nodes:
-            _consume(d.prefer_nodes, node_id)
+            d.pref_total -= _consume(d.prefer_nodes, node_id, n)
         elif locality == LOCALITY_RACK or d.prefer_racks:
-            _consume(d.prefer_racks, self.index.nodes[node_id].rack)
+            d.pref_total -= _consume(d.prefer_racks, self.index.nodes[node_id].rack, n)
         d.waiting_since, d.boost = now, 0  # served: its age starts again
-        self.decisions += 1
+        self.decisions += n
         if d.pending > 0:
             self._age_later(d)
             self._push(d)
@@ -491,8 +582,8 @@ class Scheduler:
         return None
 
     def _pick(self) -> _Demand | None:
-        best, best_key, best_heap = None, None, None
-        shares: dict[str, float] = {}
+        best, best_key, best_heap, runner = None, None, None, None
+        group_facts = self._group_facts
         shapes, quota_full = self.index.shapes, self._quota_full
         demands, job_held = self.demands, self.job_held
         preempting = self.config.preempt_priority_gap is not None
@@ -519,16 +610,26 @@ class Scheduler:
                 prio, at = self._room_failed[q]
                 if prio >= d.priority and self._slot_seq - at < self._room_retry:
                     continue
-            used = self.group_used[name]
-            within = bool(group.min) and guaranteed(group, used, d.needs)
+            facts = group_facts.get(name)
+            if facts is None:
+                facts = group_facts[name] = {}
+            within = facts.get(q[1])
+            if within is None:
+                within = facts[q[1]] = bool(group.min) and guaranteed(
+                    group, self.group_used[name], q[1])
             if sh.full and not preempting and not within:
                 continue  # fits nowhere, and may not make room
-            share = shares.get(name)
+            share = facts.get(SHARE)
             if share is None:
-                share = shares[name] = borrow_share(group, used, self.index.capacity)
+                share = facts[SHARE] = borrow_share(group, self.group_used[name],
+                                                    self.index.capacity)
             gk = (0 if within else 1, k[0], share, k)
             if best_key is None or gk < best_key:
+                runner = best_key
                 best, best_key, best_heap = d, gk, heap
+            elif runner is None or gk < runner:
+                runner = gk
+        self._runner = runner
         if best is not None:
             heapq.heappop(best_heap)  # it is the top (checked by _top)
             best.version += 1  # re-filed if it still wants more
@@ -675,11 +776,21 @@ class Scheduler:
         keys = [(prio_of[seq], -seq) for seq in order]
         assert keys == sorted(keys), "victim order is not (priority, most recent first)"
         assert self._victim_prios == sorted(self._victims)
+        for g, facts in self._group_facts.items():  # the cached group facts are current
+            group, used = self.groups[g], self.group_used[g]
+            for key, v in facts.items():
+                if key == SHARE:
+                    assert v == borrow_share(group, used, self.index.capacity), (g, v)
+                else:
+                    assert v == (bool(group.min) and guaranteed(group, used, key)), (g, key)
 
 
-def _consume(prefs: dict[str, int], place: str) -> None:
-    n = prefs.get(place, 0)
-    if n > 1:
-        prefs[place] = n - 1
-    elif n == 1:
+def _consume(prefs: dict[str, int], place: str, n: int = 1) -> int:
+    """Take up to ``n`` off the preference for ``place``; returns how many were taken."""
+    have = prefs.get(place, 0)
+    if have > n:
+        prefs[place] = have - n
+        return n
+    if have:
         del prefs[place]
+    return have
