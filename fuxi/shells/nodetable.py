@@ -51,3 +51,4 @@ async def refresh_nodes(m, force: bool = False) -> None:
     note_nodes(m.nodes, nodes, info)  # node_joined / node_lost events
     m.nodes, m.node_info, m.nodes_at = nodes, info, now
     m.agents.refresh(nodes, now)  # missing or unhealthy agents: excluded (cluster level)
+    await m.drains.poll(now)  # which nodes are being drained (fuxi.shells.drains)
