@@ -26,6 +26,7 @@ import logging
 import ray
 
 from base import actors
+from base.cluster import namespace
 from fuxi.core.servicecore import DRAINING, LIVE
 from fuxi.shells.offloop import OffLoop
 
@@ -58,7 +59,7 @@ class MasterDrains:
         auth = sup.auth() if callable(getattr(sup, "auth", None)) else None
 
         def make():
-            return nodekeeper.start_keeper(m.cluster, m.namespace, m.data_dir, sup.nuwa,
+            return nodekeeper.start_keeper(m.cluster, namespace(m.cluster), m.data_dir, sup.nuwa,
                                            auth, m.detached)
         fut = self.offloop.run(make)
 
@@ -82,7 +83,7 @@ class MasterDrains:
             self._looked_at = now
             from fuxi.shells.nodekeeper import find_keeper
 
-            self._keeper = await self.m.gcs.run(find_keeper, self.m.namespace)
+            self._keeper = await self.m.gcs.run(find_keeper, namespace(self.m.cluster))
             if self._keeper is None:
                 return
         try:
@@ -121,7 +122,7 @@ def equip_node(m, node: str, resources: dict) -> list[str]:
     chunkserver (when Pangu runs and the node is not compute-only). Blocking (GCS calls): run
     off the event loop. Returns what was started."""
     done = []
-    ns = m.namespace
+    ns = namespace(m.cluster)  # named explicitly: the actor's own is its Ray job's
     from kuafu import deploy as kuafu_deploy
 
     found = kuafu_deploy.proxies(ns)

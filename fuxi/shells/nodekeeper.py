@@ -95,7 +95,10 @@ class NodeKeeper:
             if self._thread is not None:
                 return True
             self._thread = threading.Thread(target=self._rounds, daemon=True, name="keeper")
-        self._round()
+        try:
+            self._round()  # FuxiMaster may still be starting: the rounds go on regardless
+        except Exception as e:  # noqa: BLE001 - said in view()
+            self.errors.append(f"first round: {e!r:.200}")
         self._thread.start()
         return True
 
