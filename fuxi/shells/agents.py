@@ -149,12 +149,16 @@ class Agents:
 
 
 def stop_agents(namespace: str) -> int:
-    """Kill every agent of a cluster (``fuxi down``: detached ones would outlive FuxiMaster)."""
+    """Kill every agent of a cluster, and the node keeper started with them (``fuxi down``:
+    detached ones would outlive FuxiMaster)."""
     from ray.util import list_named_actors
+
+    from fuxi.shells.nodekeeper import KEEPER_NAME
 
     n = 0
     for a in list_named_actors(all_namespaces=True):
-        if a.get("namespace") == namespace and a["name"].startswith(AGENT_PREFIX):
+        if a.get("namespace") == namespace and (a["name"].startswith(AGENT_PREFIX)
+                                                or a["name"] == KEEPER_NAME):
             try:
                 ray.kill(ray.get_actor(a["name"], namespace=namespace), no_restart=True)
                 n += 1

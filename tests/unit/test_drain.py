@@ -265,3 +265,44 @@ def test_an_overdue_node_moves_its_attempts_without_counting_failures():
     assert not core.done() and core.preempted == 1
     (w2,), acts = up(core, ["n2"], 2.0)  # the move: it runs elsewhere
     assert key[:2] in [k[:2] for _, k in pushed(acts)]
+
+
+# ---------------------------------------------------------------- the CLI
+
+def test_node_list_shows_each_nodes_state_and_what_it_holds(monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli import node as cli_node
+    from cli.main import app
+
+    info = {"nodes": [{"node_id": A, "address": "10.0.0.1", "resources": {"CPU": 2.0},
+                       "free": {"CPU": 2.0}, "blacklisted": None},
+                      {"node_id": B, "address": "10.0.0.2", "resources": {"CPU": 2.0},
+                       "free": {"CPU": 0.0}, "blacklisted": None}]}
+    b = book(**{A: Holdings(replicas=1, chunks=40), B: EMPTY, C: EMPTY})
+    b.drain(A, 0.0)
+    b.drain(B, 0.0)
+    b.observe({A: Holdings(replicas=1, chunks=40), B: EMPTY}, 1.0)
+    monkeypatch.setattr(cli_node, "master_call", lambda *a, **k: info)
+    monkeypatch.setattr(cli_node, "keeper_call", lambda *a, **k: {"nodes": b.view(1.0)})
+    res = CliRunner().invoke(app, ["node", "list"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert "STATE" in lines[0]
+    assert "draining [1 replicas, 40 chunks]" in lines[1]
+    assert "drained (removable)" in lines[2]
+    assert lines[3].startswith(C[:12]) and "dead" in lines[3]
+
+
+@pytest.mark.parametrize("args, what", [
+    (["node", "drain", A, "--timeout", "-1"], "timeout"),
+    (["node", "drain", A, "--timeout", "nan"], "timeout"),
+    (["node", "drain", A, "--timeout", "1e9"], "timeout"),
+])
+def test_node_drain_refuses_bad_input_with_exit_2(args, what):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and what in res.output, res.output
