@@ -30,7 +30,7 @@ app.add_typer(auth.acl_app, name="acl", help="Access control entries: grant, rev
 app.command("rotate-keys")(auth.rotate_keys)
 app.add_typer(auth.user_app, name="user", help="Users of a cluster: add, rm, list, passwd (Zhongkui).")
 app.add_typer(job.app, name="job", help="List, inspect, cancel jobs and read their logs.")
-app.add_typer(node.app, name="node", help="The cluster's nodes: list (free resources, blacklist).")
+app.add_typer(node.app, name="node", help="The cluster's nodes: list (free resources, blacklist, drain state), drain, undrain.")
 app.add_typer(queue.app, name="queue", help="Queues (quota groups) where jobs wait for room: list, set, rm, limit.")
 app.add_typer(nuwa.app, name="nuwa", help="The Nuwa coordination service: ls, get, put, rm, stat, watch.")
 app.add_typer(service.app, name="service", help="Online services: register, list, status, scale, upgrade, remove.")

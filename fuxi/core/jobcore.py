@@ -27,6 +27,7 @@ from typing import Any, Collection
 
 from fuxi.core import jobcheck, jobreport, stragglers
 from fuxi.core.blacklist import JobBlacklist
+from fuxi.core.jobdrain import NodeDrainMixin
 from fuxi.core.jobindex import WorkerIndex
 from fuxi.core.plan import JobPlan, TaskPlan
 from fuxi.core.speculation import CANDIDATE, GONE, StartOrder
@@ -67,7 +68,7 @@ __all__ = [
 A, I, J = AttemptState, InstanceState, JobState
 
 
-class JobCore:
+class JobCore(NodeDrainMixin):
     def __init__(self, job_id: str, plan: JobPlan, now: float, limits: JobLimits = JobLimits(),
                  recover: Any = None):
         self.job_id = job_id
@@ -288,12 +289,12 @@ class JobCore:
         why = preempt if isinstance(preempt, str) and preempt else \
             "preempted: its slot went to an online service"
         live = sorted((self.workers[wid] for wid in self.index.live_by_shape.get(shape_key, ())),
-                      key=lambda w: (len(w.queue), w.worker_id))
+                      key=lambda w: (w.node_id not in self.leaving, len(w.queue), w.worker_id))
         excess = max(0, len(live) - max(target, 0))
         acts: list[Any] = []
         for i, w in enumerate(live):
-            if w.draining != (i < excess):
-                w.draining = i < excess
+            if w.draining != (i < excess or w.node_id in self.leaving):  # fuxi.core.jobdrain
+                w.draining = i < excess or w.node_id in self.leaving
                 self._touch(w)
             if w.draining and preempt:
                 self.preempted += len(w.queue)  # attempts stopped (running or about to)

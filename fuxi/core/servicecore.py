@@ -181,8 +181,14 @@ class ServiceCore:
             self._event(now, f"upgrade to {self.version} done")
 
     # ------------------------------------------------------------ deciding
-    def plan(self, now: float, nodes: dict[str, float]) -> list[Action]:
-        """Actions for now. ``nodes``: alive node id -> free CPU there (for placement)."""
+    def plan(self, now: float, nodes: dict[str, float],
+             leaving: frozenset[str] = frozenset()) -> list[Action]:
+        """Actions for now. ``nodes``: alive node id -> free CPU there (for placement).
+        ``leaving``: nodes being drained (``fuxi.core.drain``): nothing is placed there, and
+        their replicas are replaced like old ones, surge first: a replacement starts
+        elsewhere (even when ``max_surge`` is 0) and the replica there drains only once the
+        ready count stays at ``replicas`` without it."""
+        nodes = {k: v for k, v in nodes.items() if k not in leaving}
         acts: list[Action] = []
         for r in self.replicas.values():
             if r.state == FAILED and not r.kill_sent:
@@ -191,10 +197,12 @@ class ServiceCore:
         live = [r for r in self.replicas.values() if r.state in LIVE]
         n = int(self.spec["replicas"])
         rollout = self.spec["rollout"]
-        new = [r for r in live if r.version == self.version]
-        old = [r for r in live if r.version != self.version]
+        new = [r for r in live if r.version == self.version and r.node not in leaving]
+        old = [r for r in live if r.version != self.version or r.node in leaving]
+        moving = any(r.node in leaving for r in old)
         # Start replicas of the target version.
-        room = n + int(rollout["max_surge"]) - len(live) if old else n - len(new)
+        surge = max(int(rollout["max_surge"]), 1 if moving else 0)
+        room = n + surge - len(live) if old else n - len(new)
         want = min(n - len(new), room)
         if want > 0 and now >= self.backoff_until and not self.removing:
             load = self._load(nodes)
@@ -215,9 +223,11 @@ class ServiceCore:
         ready = [r for r in live if r.state == READY]
         for r in sorted(old, key=lambda r: (r.state == READY, r.created_at)):
             was_ready = r.state == READY
-            if was_ready and len(ready) - 1 < min_ready and not self.removing:
-                break
-            acts.append(self._drain(r, "replaced by version " + self.version))
+            floor = n if r.node in leaving else min_ready  # a move never lowers the ready count
+            if was_ready and len(ready) - 1 < floor and not self.removing:
+                continue
+            acts.append(self._drain(r, "moved: its node is draining" if r.node in leaving
+                                    else "replaced by version " + self.version))
             if was_ready:
                 ready.remove(r)
             live.remove(r)

@@ -489,6 +489,7 @@ def grant(
     workers_per_node_max: int = WORKERS_PER_NODE_MAX,
     quota_groups: Mapping[str, Mapping] | None = None,
     excluded_nodes: Collection[str] = (),
+    draining_nodes: Collection[str] = (),
 ) -> GrantPlan:
     """Plan one sync of ``job_id``: grant its demands (among ``demands``, every demand of the
     cluster) up to their fair targets, on nodes with free room, spread out.
@@ -498,6 +499,8 @@ def grant(
     demand ids of online replicas, for :attr:`GrantPlan.preempt`. ``quota_groups``: the
     groups' configuration (``{name: {"min":…, "max":…, "weight":…}}``; see
     ``fuxi.core.sched.QuotaGroup``), each demand naming its ``quota_group``.
+    ``draining_nodes`` (``fuxi.core.drain``: an operator is emptying them) get nothing new
+    either; what is held there stays counted until it is released.
     """
     s = scheduler_for(node_totals, ledger, demands, workers_per_node_max, quota_groups)
     targets = s.targets() if demands else {}
@@ -510,8 +513,9 @@ def grant(
                   and targets.get(d.demand_id, 0) > held_total(d.demand_id)
                   for d in demands if d.demand_id in online)
     mine = [d for d in demands if d.job_id == job_id]
+    closed = frozenset(excluded_nodes) | frozenset(draining_nodes)
     for d in mine:
-        s.set_avoid(d.demand_id, avoid_nodes, excluded_nodes)
+        s.set_avoid(d.demand_id, avoid_nodes, closed)
     plan = s.schedule_job(job_id, 0.0, targets)
     reclaim_wait = tuple(sorted(
         d.demand_id for d in demands if d.demand_id not in online
@@ -532,12 +536,14 @@ def apply_grants(
     demands: Sequence[Demand],
     workers_per_node_max: int = WORKERS_PER_NODE_MAX,
     excluded_nodes: Collection[str] = (),
+    draining_nodes: Collection[str] = (),
 ) -> list[Grant]:
     """Commit ``plan``'s grants to ``ledger``, each re-checked against the ledger as it is
     now: a node that is gone, full, at ``workers_per_node_max`` workers, or excluded (a
     blacklisted node, ``fuxi.core.blacklist``) gets nothing (the grant is dropped, the next
-    sync plans again). Returns the grants applied, in order."""
-    excluded = frozenset(excluded_nodes)
+    sync plans again), and so does a draining one (``fuxi.core.drain``). Returns the grants
+    applied, in order."""
+    excluded = frozenset(excluded_nodes) | frozenset(draining_nodes)
     by_id = {d.demand_id: d for d in demands}
     workers_on = _workers_on(ledger, node_totals)
     applied: list[Grant] = []

@@ -25,6 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from base.cluster import namespace
 from fuxi.core.agentview import AGENT_HEARTBEAT_S, AgentState, AgentView
 from fuxi.shells.agent import AGENT_PREFIX, agent_class
+from fuxi.shells.drains import equip_later
 from fuxi.shells.offloop import OffLoop
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Agents:
         """Deploy and watch agents from now on (idempotent)."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop().create_task(self._reconcile_loop())
+            self.m.drains.start()  # the node keeper (node drain), with the agents
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -120,6 +122,7 @@ class Agents:
                 continue
             if node in new:
                 self._note(f"agent deployed on node {node[:12]}")
+                equip_later(self.m, node, self._note)  # its proxy and chunkserver
 
     def _create(self, node: str, token: str, me):
         opts: dict[str, Any] = {
@@ -146,12 +149,16 @@ class Agents:
 
 
 def stop_agents(namespace: str) -> int:
-    """Kill every agent of a cluster (``fuxi down``: detached ones would outlive FuxiMaster)."""
+    """Kill every agent of a cluster, and the node keeper started with them (``fuxi down``:
+    detached ones would outlive FuxiMaster)."""
     from ray.util import list_named_actors
+
+    from fuxi.shells.nodekeeper import KEEPER_NAME
 
     n = 0
     for a in list_named_actors(all_namespaces=True):
-        if a.get("namespace") == namespace and a["name"].startswith(AGENT_PREFIX):
+        if a.get("namespace") == namespace and (a["name"].startswith(AGENT_PREFIX)
+                                                or a["name"] == KEEPER_NAME):
             try:
                 ray.kill(ray.get_actor(a["name"], namespace=namespace), no_restart=True)
                 n += 1

@@ -745,6 +745,7 @@ class JobMaster:
         self.ckpt.sync_ok(self._sync_ckpt)
         self.story.acknowledged(reply.get("events_acked"))
         self._apply(self.core.exclude(reply.get("excluded", ()), now))  # cluster level, capped
+        self._apply(self.core.nodes_leaving(reply.get("draining", ()), reply.get("overdue", ()), now))
         for g in reply.get("grants", []):
             self._apply(self.core.slots_granted(g["shape_key"], g["shape"], g["node_id"], g["n"], now))
         why = reply.get("preempt")  # why workers beyond the target stop now (or a bool)

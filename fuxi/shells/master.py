@@ -37,6 +37,7 @@ from fuxi.shells import mastermetrics
 from fuxi.shells.admission import DEFAULT_QUEUE
 from fuxi.shells.adoption import jobmaster_name, leader_state
 from fuxi.shells.agents import Agents
+from fuxi.shells.drains import MasterDrains
 from fuxi.shells.alerting import Alerting
 from fuxi.shells.clusterlog import ClusterEvents, visible_to
 from fuxi.shells.jobstory import attempts_of
@@ -123,6 +124,7 @@ class FuxiMaster:
         self.ledger = slots.Ledger()
         self.blacklists = blacklist.ClusterBlacklist()  # soft: rebuilt from JobMasters' reports
         self.agents = Agents(self)  # a FuxiAgent per node; its heartbeats feed the blacklist
+        self.drains = MasterDrains(self)  # nodes being drained (fuxi.shells.drains)
         self.recovery = MasterRecovery(self)  # checkpoints of jobs, restarts of JobMasters
         self.demands: dict[str, dict[str, dict]] = {}  # job -> shape_key -> {shape, wanted}
         self.priorities: dict[str, int] = {}
@@ -421,10 +423,11 @@ class FuxiMaster:
         free = self.ledger.free(self.nodes)
         self.blacklists.expire(time.time(), self.nodes)
         bl, ag = self.blacklists.node_view(time.time()), self.agents.node_view(time.time())
+        holds = self.drains.holdings()  # replicas and batch slots per node (node drain)
         return {
             "cluster": self.cluster,
             "nodes": [{**self.node_info[n], "free": free.get(n, {}), "blacklisted": bl.get(n),
-                       "agent": ag.get(n)}
+                       "agent": ag.get(n), "holds": holds.get(n, {"replicas": [], "slots": 0})}
                       for n in sorted(self.node_info)],
             "blacklist": list(bl.values()),  # cluster level: excluded for every job
             "jobs_running": list(self.jobmasters),
@@ -491,9 +494,10 @@ class FuxiMaster:
         # re-checks and commits.
         plan = slots.grant(self.nodes, self.ledger, all_demands, job_id, avoid_nodes=avoided,
                            online_ids={d.demand_id for d in services}, excluded_nodes=excluded,
-                           quota_groups=self.admissions.quota_groups(self.nodes))
+                           quota_groups=self.admissions.quota_groups(self.nodes),
+                           draining_nodes=self.drains.draining)
         applied = slots.apply_grants(self.ledger, self.nodes, plan, all_demands,
-                                     excluded_nodes=excluded)
+                                     excluded_nodes=excluded, draining_nodes=self.drains.draining)
         if applied:  # a queue's use (and its peak) rises only with a grant
             self.admissions.observe(self.ledger)
         sk_of = {f"{job_id}/{sk}": sk for sk in demands}
@@ -501,9 +505,8 @@ class FuxiMaster:
                    "node_id": g.node_id, "n": g.n} for g in applied]
         return {"grants": grants, "targets": {sk_of[did]: t for did, t in plan.targets.items()},
                 "preempt": self.admissions.preempt(plan, time.monotonic()),
-                "excluded": sorted(excluded), "events_acked": acked,
+                "excluded": sorted(excluded), "events_acked": acked, **self.drains.reply(),
                 "term": self.leadership.term}  # a JobMaster refuses an older one
-
 
     # ------------------------------------------------------------ jobs
 

@@ -52,3 +52,4 @@ async def refresh_nodes(m, force: bool = False) -> None:
     m.nodes, m.node_info, m.nodes_at = nodes, info, now
     m.agents.refresh(nodes, now)  # missing or unhealthy agents: excluded (cluster level)
     m.leadership.keeper.refresh(nodes, now)  # candidates gone with their node: created again
+    await m.drains.poll(now)  # which nodes are being drained (fuxi.shells.drains)

@@ -88,6 +88,7 @@ class ServiceManager:
         self._stats_running = False  # one stats sweep at a time
         self._node_cpu: dict[str, float] = {}
         self._nodes_at = 0.0
+        self.leaving: frozenset[str] = frozenset()  # draining nodes (fuxi.shells.drains sets it)
         self.adopted: set[str] = set()  # replicas found running, to check before they count
         self._saving: dict[str, asyncio.Future] = {}  # service -> its reconcile write in flight
         self._save_lock = asyncio.Lock()  # the API's writes of desired state, in call order
@@ -317,7 +318,7 @@ class ServiceManager:
         nodes = self._node_cpu if self.cores else {}  # refreshed off the loop by _run
         for name, core in list(self.cores.items()):
             forward_service_events(name, core, self._forwarded)  # the cluster's event log
-            for act in core.plan(now, nodes):
+            for act in core.plan(now, nodes, self.leaving):
                 if act.kind == "start":
                     events.emit("fuxi.services", "replica_placed", f"service {name}: {act.rid} "
                                 f"placed on node {(act.node or 'any')[:12]}", service=name,

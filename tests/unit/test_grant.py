@@ -159,7 +159,23 @@ def _fake_master(nodes):
     from fuxi.shells.leadership import Leadership
 
     fake.leadership = Leadership(fake, "FuxiMaster", ["FuxiMaster"], None, None)  # no election
+    from fuxi.shells.drains import MasterDrains
+
+    fake.drains = MasterDrains(fake)  # no node is draining unless a test says so
     return fake
+
+
+def test_the_master_grants_nothing_on_a_draining_node_and_tells_the_jobmaster():
+    master_sync = _master_sync()
+    demands = {"cpu=1": {"shape": CPU1, "wanted": 6}}
+    fake = _fake_master({"n1": {"CPU": 4}, "n2": {"CPU": 4}})
+    fake.drains.draining, fake.drains.overdue = frozenset({"n1"}), frozenset({"n1"})
+    out = asyncio.run(master_sync(fake, "j", 50, demands, [], []))
+    assert {g["node_id"] for g in out["grants"]} == {"n2"}
+    assert out["draining"] == ["n1"] and out["overdue"] == ["n1"]
+    fake = _fake_master({"n1": {"CPU": 4}, "n2": {"CPU": 4}})  # negative control
+    out = asyncio.run(master_sync(fake, "j", 50, demands, [], []))
+    assert {g["node_id"] for g in out["grants"]} == {"n1", "n2"} and out["draining"] == []
 
 
 def test_a_change_of_policy_in_the_core_shows_in_the_master_and_the_simulator(monkeypatch):
