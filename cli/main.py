@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Optional
+
 import typer
 
 from cli import alerts, auth, call, cluster, debug, events, job, node, nuwa, pangu, queue, service, submit, top
@@ -10,9 +13,30 @@ app = typer.Typer(
     name="fuxi",
     help="Fuxi: batch DAG jobs and services on Ray (a re-creation of the Feitian kernel).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        import fuxi
+
+        typer.echo(f"fuxi {fuxi.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(cluster: Optional[str] = typer.Option(
+              None, "--cluster", help="The cluster every command talks to unless it names one "
+                                      "with -c; default $FUXI_CLUSTER, the cluster at "
+                                      "$RAY_ADDRESS, or 'default'."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Fuxi: batch DAG jobs and services on Ray (a re-creation of the Feitian kernel).
+
+    Exit codes: 0 success, 1 the job or call failed, 2 bad input, 3 the platform is
+    unavailable or refused (no cluster, unreachable, auth), 4 a wait timed out, 130 Ctrl-C."""
 app.command("submit")(submit.submit)
 app.command("up")(cluster.up)
 app.command("down")(cluster.down)
@@ -43,7 +67,24 @@ def main() -> None:
     from zhongkui.files import private_files
 
     private_files()  # everything this process writes under $FUXI_HOME: 0600/0700 (issue 14)
-    app()
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(args: list[str]) -> int:
+    """Run one command; its exit code. Ctrl-C is EXIT_INTERRUPTED (130), not click's 1."""
+    from cli.common import EXIT_INTERRUPTED
+
+    try:
+        rv = app(args, prog_name="fuxi", standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("fuxi: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if not (hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int)):
+            raise  # a bug: its traceback
+        e.show()  # click's usage errors (exit 2) and the like, as in standalone mode
+        return e.exit_code
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":
