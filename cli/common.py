@@ -31,9 +31,8 @@ def pick_cluster(ctx: typer.Context, _param, value: str | None) -> str:
 
 
 ClusterOpt = typer.Option(None, "--cluster", "-c", callback=pick_cluster, show_default=False,
-                          help="Cluster name (records live in $FUXI_HOME/<name>); default the "
-                               "global --cluster, $FUXI_CLUSTER, the cluster at $RAY_ADDRESS, "
-                               "or 'default'.")
+                          help="The cluster's name (its record: $FUXI_HOME/<name>); default "
+                               "fuxi --cluster, $FUXI_CLUSTER, $RAY_ADDRESS's, or 'default'.")
 
 
 def fail(message: str, code: int) -> NoReturn:

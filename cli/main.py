@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import typer
@@ -67,24 +66,10 @@ def main() -> None:
     from zhongkui.files import private_files
 
     private_files()  # everything this process writes under $FUXI_HOME: 0600/0700 (issue 14)
-    sys.exit(run(sys.argv[1:]))
-
-
-def run(args: list[str]) -> int:
-    """Run one command; its exit code. Ctrl-C is EXIT_INTERRUPTED (130), not click's 1."""
-    from cli.common import EXIT_INTERRUPTED
-
-    try:
-        rv = app(args, prog_name="fuxi", standalone_mode=False)
-    except (KeyboardInterrupt, typer.Abort):
-        typer.echo("fuxi: interrupted", err=True)
-        return EXIT_INTERRUPTED
-    except Exception as e:
-        if not (hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int)):
-            raise  # a bug: its traceback
-        e.show()  # click's usage errors (exit 2) and the like, as in standalone mode
-        return e.exit_code
-    return rv if isinstance(rv, int) else 0
+    # Standalone: usage errors exit 2, and Ctrl-C exits 130 (EXIT_INTERRUPTED; typer's own
+    # mapping, which commands that follow a job use too). The name makes completion's
+    # variable _FUXI_COMPLETE however the command was started (`python -m cli.main`).
+    app(prog_name="fuxi")
 
 
 if __name__ == "__main__":
