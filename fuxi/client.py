@@ -183,8 +183,14 @@ class FuxiClient:
         return self._call("service_scale", name, replicas)
 
     def cluster_info(self) -> dict:
-        """The cluster: its nodes (free resources, agent, blacklist), running jobs."""
-        return self._read("cluster_info")
+        """The cluster: its nodes (free resources, agent, blacklist), running jobs (a read
+        that takes no credentials, as for `fuxi status`)."""
+        from base import actors
+
+        try:
+            return actors.call(self.master.cluster_info, timeout_s=MASTER_REPLY_TIMEOUT_S)
+        except PlatformError as e:
+            raise explain(e, "cluster_info") from None
 
     def list(self) -> list[dict]:
         return self._read("list_jobs")

@@ -58,8 +58,8 @@ SHELL_CMD_TIMEOUT_S = 300  # one README command (the first submit starts a Ray o
 USING_IT = [
     ("fuxi submit jobs/wordcount.yaml", r"job wordcount-\S+ succeeded"),
     ("fuxi up", r"cluster 'default'"),
-    ("fuxi status --json", r'"cluster": "default"'),
-    ("fuxi node list", r"NODE ID .*\n\S{12} +127\.0\.0\.1"),
+    ("fuxi status --json", r'"running": true'),
+    ("fuxi node list", r"NODE ID .*\n[0-9a-f]{12} +\S+ +\d+(\.\d+)?/\d"),
     ("fuxi top --once", r"cluster 'default': 1 node\(s\)"),
     ("fuxi alerts", r"."),
     ("ID=$(fuxi submit jobs/stragglers.yaml --no-wait --request-id readme-stragglers)",
