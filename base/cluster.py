@@ -139,6 +139,37 @@ def find_cluster(cluster: str) -> ClusterRecord | None:
     return rec
 
 
+CLUSTER_RECORDS_SCANNED_MAX = 1000  # directories under $FUXI_HOME read to match $RAY_ADDRESS
+
+
+def cluster_for(name: str | None = None) -> str:
+    """The cluster a command means when it names none: ``name``, else ``$FUXI_CLUSTER``, else
+    the recorded cluster whose Ray address is ``$RAY_ADDRESS`` (a ``ray://`` prefix ignored),
+    else "default". The name is checked (``cluster_dir`` raises ``BadInput``)."""
+    name = name or os.environ.get("FUXI_CLUSTER") or _cluster_at(os.environ.get("RAY_ADDRESS"))
+    name = name or "default"
+    cluster_dir(name)
+    return name
+
+
+def _cluster_at(address: str | None) -> str | None:
+    if not address:
+        return None
+    address = address.removeprefix("ray://")
+    try:
+        names = sorted(os.listdir(fuxi_home()))
+    except OSError:
+        return None
+    for name in names[:CLUSTER_RECORDS_SCANNED_MAX]:
+        try:
+            with open(os.path.join(fuxi_home(), name, "cluster.json")) as f:
+                if json.load(f).get("address") == address:
+                    return name
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
 def set_auth_mode(token_path: str | None) -> None:
     """Make this process speak the cluster's auth: a token file of our own, or none (an external
     cluster without auth). Ray reads the mode when it is imported, so refresh its cached config."""

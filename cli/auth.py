@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from cli.common import EXIT_BAD_INPUT, ClusterOpt, fail, master_call, print_json
+from cli.common import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ClusterOpt, fail, master_call, print_json
 
 user_app = typer.Typer(no_args_is_help=True)
 PASSWORD_STDIN_BYTES_MAX = 1024
@@ -33,7 +33,7 @@ def _token(cluster: str) -> str:
     tok = creds.token(cluster)
     if not tok:
         fail(f"not signed in to cluster {cluster!r}: run `fuxi login` (the administrator's "
-             f"credentials are in $FUXI_HOME/{cluster}/credentials.json)", 1)
+             f"credentials are in $FUXI_HOME/{cluster}/credentials.json)", EXIT_UNAVAILABLE)
     return tok
 
 

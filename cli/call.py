@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import typer
 
+from base.errors import exit_code
 from cli.common import EXIT_BAD_INPUT, EXIT_JOB_FAILED, fail, print_json
 
 DATA_FILE_BYTES_MAX = 1024 * 1024 * 1024  # what --data @file may send
@@ -94,14 +95,14 @@ def call(uri: str = typer.Argument(..., help="tcp://host:port/<service> or nuwa:
 
         if not isinstance(e, (NuwaError, kuafu.KuafuError)):
             raise
-        if isinstance(e, NuwaError):
+        if isinstance(e, NuwaError):  # no quorum, refused token: the platform, exit 3
             fail(f"finding a proxy in the cluster's Nuwa: {type(e).__name__}: {e}",
-                 EXIT_JOB_FAILED)
-        if as_json:
+                 exit_code(e))
+        if as_json:  # unreachable, overloaded, denied: 3; timed out mid-call: 3 (unknown)
             print_json({"error": e.code, "message": str(e),
                         "maybe_executed": bool(e.maybe_executed)})
-            raise typer.Exit(EXIT_JOB_FAILED)
-        fail(f"{type(e).__name__}: {e}", EXIT_JOB_FAILED)
+            raise typer.Exit(exit_code(e))
+        fail(f"{type(e).__name__}: {e}", exit_code(e))
     if as_json:
         print_json(_as_json(reply))
     elif isinstance(reply, bytes):
@@ -113,4 +114,22 @@ def call(uri: str = typer.Argument(..., help="tcp://host:port/<service> or nuwa:
     elif isinstance(reply, str):
         typer.echo(reply)
     else:
-        typer.echo(reply.to_pandas().to_string(index=False))
+        typer.echo(arrow_text(reply))
+
+
+ARROW_ROWS_SHOWN_MAX = 1000  # rows of an Arrow reply printed as text (--json prints all)
+
+
+def arrow_text(table) -> str:
+    """An Arrow table as aligned text columns, with pyarrow alone (a plain install has no
+    pandas); at most ARROW_ROWS_SHOWN_MAX rows, then how many were left out."""
+    names = list(table.column_names)
+    shown = table.slice(0, ARROW_ROWS_SHOWN_MAX)
+    cols = [["" if v is None else str(v) for v in shown.column(n).to_pylist()] for n in names]
+    widths = [max([len(n)] + [len(v) for v in col]) for n, col in zip(names, cols)]
+    lines = [" ".join(n.rjust(w) for n, w in zip(names, widths))]
+    for i in range(shown.num_rows):
+        lines.append(" ".join(col[i].rjust(w) for col, w in zip(cols, widths)))
+    if table.num_rows > shown.num_rows:
+        lines.append(f"... {table.num_rows - shown.num_rows} more row(s) (--json prints all)")
+    return "\n".join(lines)

@@ -8,14 +8,31 @@ from typing import Any, NoReturn
 
 import typer
 
-from base.errors import EXIT_BAD_INPUT, EXIT_OK, ClusterError, PlatformError, exit_code
+from base.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT,
+                         EXIT_UNAVAILABLE, ClusterError, PlatformError, exit_code)
 from base.errors import EXIT_FAILED as EXIT_JOB_FAILED
 from fuxi.errors import FuxiError
 
-__all__ = ["EXIT_OK", "EXIT_JOB_FAILED", "EXIT_BAD_INPUT", "blacklist_text", "fail", "handle",
-           "print_json"]
+__all__ = ["EXIT_OK", "EXIT_JOB_FAILED", "EXIT_BAD_INPUT", "EXIT_UNAVAILABLE", "EXIT_TIMEOUT",
+           "EXIT_INTERRUPTED", "blacklist_text", "fail", "handle", "print_json", "pick_cluster"]
 
-ClusterOpt = typer.Option("default", "--cluster", "-c", help="Cluster name (records live in $FUXI_HOME/<name>).")
+
+def pick_cluster(ctx: typer.Context, _param, value: str | None) -> str:
+    """Which cluster a command talks to: its own ``-c``, else the global ``fuxi --cluster``,
+    else ``$FUXI_CLUSTER``, else the recorded cluster whose Ray address is ``$RAY_ADDRESS``,
+    else "default" (``base.cluster.cluster_for``)."""
+    from base.cluster import cluster_for
+
+    root = ctx.find_root().params.get("cluster") if ctx is not None else None
+    try:
+        return cluster_for(value or root)
+    except PlatformError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+ClusterOpt = typer.Option(None, "--cluster", "-c", callback=pick_cluster, show_default=False,
+                          help="The cluster's name (its record: $FUXI_HOME/<name>); default "
+                               "fuxi --cluster, $FUXI_CLUSTER, $RAY_ADDRESS's, or 'default'.")
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -47,7 +47,7 @@ def run_kill(cluster: str, kind: str, ident: str | None = None, which: str | Non
             if not yes:
                 if not sys.stdin.isatty():
                     fail(f"would kill {target.what}; pass --yes to do it without a terminal "
-                         f"to confirm on", 1)
+                         f"to confirm on", EXIT_BAD_INPUT)
                 typer.echo(f"about to kill {target.what}\n  then: {target.after}")
                 if not typer.confirm("kill it?", default=False):
                     fail("not killed", 1)

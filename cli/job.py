@@ -10,8 +10,11 @@ import typer
 
 from cli.common import (EXIT_BAD_INPUT, EXIT_JOB_FAILED, ClusterOpt, blacklist_text, fail, handle,
                         print_json)
+from cli.complete import job_ids
+from cli.waiting import check_timeout, finish, interrupted
 
 app = typer.Typer(no_args_is_help=True)
+JobIdArg = typer.Argument(..., help="The job's id (`fuxi job list`).", autocompletion=job_ids)
 
 
 @contextlib.contextmanager
@@ -57,7 +60,7 @@ def list_(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterO
 
 
 @app.command("status")
-def status(job_id: str, as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+def status(job_id: str = JobIdArg, as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
     """One job's state and per-task counts."""
     st = _query(cluster, lambda jobs: jobs.status(job_id))
     if as_json:
@@ -114,7 +117,7 @@ def logs(
 
 @app.command("timeline")
 def timeline(
-    job_id: str,
+    job_id: str = JobIdArg,
     out: str = typer.Option("trace.json", "--out", "-o", help="Where to write the trace."),
     cluster: str = ClusterOpt,
 ) -> None:
@@ -136,7 +139,7 @@ def timeline(
 
 
 @app.command("cancel")
-def cancel(job_id: str, cluster: str = ClusterOpt) -> None:
+def cancel(job_id: str = JobIdArg, cluster: str = ClusterOpt) -> None:
     """Stop a running job and every one of its workers."""
     from fuxi.client import OfflineJobs
 
@@ -156,3 +159,39 @@ def cancel(job_id: str, cluster: str = ClusterOpt) -> None:
         typer.echo(f"job {job_id} already ended: {st['state']}")
     else:
         typer.echo(f"job {job_id}: {st['state']}")
+
+
+@app.command("wait")
+def wait(job_id: str = JobIdArg,
+         timeout_s: Optional[float] = typer.Option(
+             None, "--timeout", help="Give up after this many seconds (exit 4; the job keeps "
+                                     "running). Default: wait as long as it takes."),
+         cancel_on_interrupt: bool = typer.Option(
+             False, "--cancel-on-interrupt", help="Ctrl-C cancels the job (default: it keeps "
+                                                  "running; exit 130 either way)."),
+         as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
+         cluster: str = ClusterOpt) -> None:
+    """Wait until a job ends. Exit 0 succeeded, 1 failed or cancelled, 4 still running at
+    --timeout, 2 no such job, 3 no cluster, 130 Ctrl-C."""
+    from fuxi.client import TERMINAL, OfflineJobs
+    from fuxi.errors import NoCluster
+
+    check_timeout(timeout_s)
+    try:
+        with jobs_client(cluster) as jobs:
+            if isinstance(jobs, OfflineJobs):  # a record on disk that already ended will do
+                st = jobs.status(job_id)
+                if st["state"] not in TERMINAL:
+                    raise NoCluster(f"job {job_id} was {st['state']} when cluster {cluster!r} "
+                                    f"stopped, and no cluster {cluster!r} is running; start "
+                                    f"one with `fuxi up`")
+            else:
+                try:
+                    st = jobs.wait(job_id, timeout_s=timeout_s)
+                except KeyboardInterrupt:
+                    interrupted(jobs, job_id, cancel_on_interrupt)
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001 - our errors become exit codes
+        handle(e)
+    finish(st, timeout_s, as_json)

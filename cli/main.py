@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from cli import alerts, auth, call, cluster, debug, events, job, node, nuwa, pangu, queue, service, submit, top
@@ -10,9 +12,30 @@ app = typer.Typer(
     name="fuxi",
     help="Fuxi: batch DAG jobs and services on Ray (a re-creation of the Feitian kernel).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        import fuxi
+
+        typer.echo(f"fuxi {fuxi.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(cluster: Optional[str] = typer.Option(
+              None, "--cluster", help="The cluster every command talks to unless it names one "
+                                      "with -c; default $FUXI_CLUSTER, the cluster at "
+                                      "$RAY_ADDRESS, or 'default'."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Fuxi: batch DAG jobs and services on Ray (a re-creation of the Feitian kernel).
+
+    Exit codes: 0 success, 1 the job or call failed, 2 bad input, 3 the platform is
+    unavailable or refused (no cluster, unreachable, auth), 4 a wait timed out, 130 Ctrl-C."""
 app.command("submit")(submit.submit)
 app.command("up")(cluster.up)
 app.command("down")(cluster.down)
@@ -43,7 +66,10 @@ def main() -> None:
     from zhongkui.files import private_files
 
     private_files()  # everything this process writes under $FUXI_HOME: 0600/0700 (issue 14)
-    app()
+    # Standalone: usage errors exit 2, and Ctrl-C exits 130 (EXIT_INTERRUPTED; typer's own
+    # mapping, which commands that follow a job use too). The name makes completion's
+    # variable _FUXI_COMPLETE however the command was started (`python -m cli.main`).
+    app(prog_name="fuxi")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import EXIT_JOB_FAILED, ClusterOpt, fail, handle, print_json
+from cli.common import EXIT_UNAVAILABLE, ClusterOpt, fail, handle, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -21,7 +21,7 @@ def _client(cluster: str):
 
     rec = find_cluster(cluster)
     if rec is None or not getattr(rec, "nuwa", None):
-        fail(f"no running cluster {cluster!r} with Nuwa; start one with `fuxi up`", EXIT_JOB_FAILED)
+        fail(f"no running cluster {cluster!r} with Nuwa; start one with `fuxi up`", EXIT_UNAVAILABLE)
     from zhongkui import creds
 
     return connect([tuple(a) for a in rec.nuwa], creator="cli", token=creds.token(cluster))
@@ -62,9 +62,12 @@ def get(path: str, as_json: bool = typer.Option(False, "--json"), cluster: str =
 @app.command("put")
 def put(path: str, value: Optional[str] = typer.Argument(None, help="The value; read from stdin if omitted."),
         version: Optional[int] = typer.Option(None, "--version", help="Only if the current version is this."),
-        parents: bool = typer.Option(False, "--parents", "-p", help="Create missing parent directories."),
+        parents: bool = typer.Option(True, "--parents/--no-parents", "-p/-P",
+                                     help="Create missing parent directories (the default, "
+                                          "like etcdctl); --no-parents refuses instead."),
         cluster: str = ClusterOpt) -> None:
-    """Create or overwrite a file (a path ending in '/' creates a directory)."""
+    """Create or overwrite a file (a path ending in '/' creates a directory); missing parent
+    directories are created unless --no-parents."""
     from nuwa.errors import NoNode
 
     data = value.encode() if value is not None else sys.stdin.buffer.read()

@@ -10,9 +10,17 @@ from typing import List, Optional
 import typer
 
 from cli.common import ClusterOpt, handle, master_call, print_json
+from cli.complete import service_names
+from cli.waiting import SERVICE_WAIT_TIMEOUT_S, check_timeout, wait_service
 
 app = typer.Typer(no_args_is_help=True)
 SetOpt = typer.Option(None, "--set", help="Override a field: key=value (dotted keys for nested).")
+NameArg = typer.Argument(..., help="The service's name (`fuxi service list`).",
+                         autocompletion=service_names)
+WaitOpt = typer.Option(False, "--wait", help="Return once every replica of this version is "
+                                             "ready (exit 1 if rolled back, 4 at --timeout).")
+TimeoutOpt = typer.Option(SERVICE_WAIT_TIMEOUT_S, "--timeout", help="How long --wait waits, "
+                                                                    "in seconds.")
 
 
 def _master_call(cluster: str, method: str, *args):
@@ -50,28 +58,38 @@ def _show(st: dict) -> None:
 @app.command("register")
 def register(spec: str = typer.Argument(..., help="The service spec (YAML or JSON)."),
              overrides: Optional[List[str]] = SetOpt,
+             wait: bool = WaitOpt, timeout_s: float = TimeoutOpt,
              as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
     """Register a service: Fuxi starts its replicas and keeps them running."""
-    st = _master_call(cluster, "service_register", _load(spec, overrides))
+    check_timeout(timeout_s)
+    doc = _load(spec, overrides)
+    st = _master_call(cluster, "service_register", doc)
+    if wait:
+        st = wait_service(cluster, doc["name"], doc["version"], timeout_s)
     print_json(st) if as_json else _show(st)
 
 
 @app.command("upgrade")
-def upgrade(name: str, spec: str, overrides: Optional[List[str]] = SetOpt,
+def upgrade(name: str = NameArg, spec: str = typer.Argument(..., help="The new spec."),
+            overrides: Optional[List[str]] = SetOpt, wait: bool = WaitOpt,
+            timeout_s: float = TimeoutOpt,
             as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
     """Roll a service to a new spec (rolling, within max_unavailable/max_surge; rolled back
     automatically when the new version's replicas fail)."""
+    check_timeout(timeout_s)
     doc = _load(spec, overrides)
     if doc["name"] != name:
         from fuxi.errors import BadInput
 
         handle(BadInput(f"the spec {spec} is for service {doc['name']!r}, not {name!r}"))
     st = _master_call(cluster, "service_upgrade", doc)
+    if wait:
+        st = wait_service(cluster, name, doc["version"], timeout_s)
     print_json(st) if as_json else _show(st)
 
 
 @app.command("scale")
-def scale(name: str, replicas: int, as_json: bool = typer.Option(False, "--json"),
+def scale(name: str = NameArg, replicas: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json"),
           cluster: str = ClusterOpt) -> None:
     """Set the number of replicas."""
     st = _master_call(cluster, "service_scale", name, replicas)
@@ -79,7 +97,7 @@ def scale(name: str, replicas: int, as_json: bool = typer.Option(False, "--json"
 
 
 @app.command("remove")
-def remove(name: str, as_json: bool = typer.Option(False, "--json"),
+def remove(name: str = NameArg, as_json: bool = typer.Option(False, "--json"),
            cluster: str = ClusterOpt) -> None:
     """Drain and stop every replica, then forget the service."""
     st = _master_call(cluster, "service_remove", name)
@@ -101,7 +119,7 @@ def list_(as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterO
 
 
 @app.command("status")
-def status(name: str, as_json: bool = typer.Option(False, "--json"),
+def status(name: str = NameArg, as_json: bool = typer.Option(False, "--json"),
            cluster: str = ClusterOpt) -> None:
     """A service's replicas (version, state, health, node), requests, errors and latency."""
     st = _master_call(cluster, "service_status", name)

@@ -6,8 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from cli.common import EXIT_BAD_INPUT, EXIT_JOB_FAILED, ClusterOpt, fail, handle, print_json
+from cli.common import EXIT_JOB_FAILED, EXIT_UNAVAILABLE, ClusterOpt, fail, handle, print_json
 from cli.progress import progress_for
+from cli.waiting import interrupted, summary
 
 
 def submit(
@@ -16,9 +17,12 @@ def submit(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job until it ends (default) or return its id at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the final status (or the job id with --no-wait) as JSON."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty output location first."),
+    request_id: Optional[str] = typer.Option(None, "--request-id", help="Make the submit idempotent: the same id with the same spec gives the same job (a safe retry); with another spec it is refused."),
+    cancel_on_interrupt: bool = typer.Option(False, "--cancel-on-interrupt", help="Ctrl-C cancels the job (default: it keeps running on a `fuxi up` cluster; the embedded default always stops)."),
     cluster: str = ClusterOpt,
 ) -> None:
-    """Submit a batch job. Exit code 0 succeeded, 1 failed or cancelled, 2 bad input."""
+    """Submit a batch job. Exit code 0 succeeded, 1 failed or cancelled, 2 bad input, 3 no
+    cluster / unreachable / refused, 130 Ctrl-C."""
     from fuxi.client import FuxiClient, load
     from fuxi.runtime import connect, ensure_pangu, find_cluster
 
@@ -31,9 +35,13 @@ def submit(
     plan = None
     try:
         # Checked first: no spec is read for a command that cannot run.
+        if request_id is not None:
+            from fuxi.core.submits import check_request_id
+
+            check_request_id(request_id)
         if not wait and find_cluster(cluster) is None:
             fail("--no-wait needs a running cluster (the embedded default stops when this command "
-                 "ends); start one with `fuxi up`", EXIT_BAD_INPUT)
+                 "ends); start one with `fuxi up`", EXIT_UNAVAILABLE)
         if not uses_pangu:
             plan = load(spec, set_ or (), overwrite=overwrite)
     except typer.Exit:
@@ -46,7 +54,7 @@ def submit(
             if plan is None:  # pangu:// inputs are listed, and outputs prepared, in Pangu
                 ensure_pangu(conn)
                 plan = load(spec, set_ or (), overwrite=overwrite)
-            job_id = client.submit(plan)
+            job_id = client.submit(plan, request_id=request_id)
             if not wait:
                 print_json({"job_id": job_id}) if as_json else typer.echo(job_id)
                 return
@@ -54,13 +62,8 @@ def submit(
             try:
                 with progress_for(job_id, enabled=not as_json) as prog:
                     st = client.wait(job_id, on_update=prog.update)
-            except KeyboardInterrupt:
-                if conn.embedded:
-                    client.cancel(job_id)
-                    typer.echo(f"cancelled {job_id}", err=True)
-                else:
-                    typer.echo(f"detached; {job_id} keeps running (`fuxi job cancel {job_id}`)", err=True)
-                raise typer.Exit(EXIT_JOB_FAILED)
+            except KeyboardInterrupt:  # the embedded default ends with this command anyway
+                interrupted(client, job_id, cancel_on_interrupt or conn.embedded)
     except typer.Exit:
         raise
     except Exception as e:
@@ -68,17 +71,6 @@ def submit(
     if as_json:
         print_json(st)
     else:
-        _summary(st)
+        summary(st)
     if st["state"] != "succeeded":
         raise typer.Exit(EXIT_JOB_FAILED)
-
-
-def _summary(st: dict) -> None:
-    took = ""
-    if st.get("started_at") and st.get("finished_at"):
-        took = f" in {st['finished_at'] - st['started_at']:.2f}s"
-    typer.echo(f"job {st['job_id']} {st['state']}{took}")
-    if st["state"] == "succeeded" and st.get("output"):
-        typer.echo(f"output: {st['output']}")
-    if st.get("report"):
-        typer.echo(st["report"], err=True)

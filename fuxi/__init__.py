@@ -5,7 +5,8 @@ Public API (the spec contract is documented in ``docs/jobs.md``)::
     import fuxi
     fuxi.run("jobs/wordcount.yaml")                 # submit and wait (embedded default)
     fuxi.JobSpec / fuxi.TaskSpec                    # the same contract as Python objects
-    with fuxi.connect() as conn: fuxi.Client(conn.master).submit(...)   # Client = FuxiClient
+    with fuxi.Client() as c: c.jobs.submit(...); c.jobs.wait(id)   # a `fuxi up` cluster, no Ray handle
+    with fuxi.connect() as conn: fuxi.FuxiClient(conn.master).submit(...)   # with a Ray handle
 
 Importing ``fuxi`` does not import Ray; the Ray shells load on first use.
 """
@@ -16,6 +17,7 @@ from fuxi.errors import (
     FuxiError,
     JobFailed,
     JobNotFound,
+    JobWaitTimeout,
     LimitExceeded,
     NoCluster,
     SpecError,
@@ -27,7 +29,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy: keep `import fuxi` free of Ray
-    if name in ("FuxiClient", "Client", "run", "load"):
+    if name == "Client":
+        from fuxi.facade import Client
+
+        return Client
+    if name in ("FuxiClient", "run", "load"):
         from fuxi import client
 
         return getattr(client, name)
@@ -39,7 +45,7 @@ def __getattr__(name):  # lazy: keep `import fuxi` free of Ray
 
 
 __all__ = [
-    "BadInput", "ClusterError", "FuxiError", "JobFailed", "JobNotFound", "LimitExceeded",
+    "BadInput", "ClusterError", "FuxiError", "JobFailed", "JobNotFound", "JobWaitTimeout", "LimitExceeded",
     "NoCluster", "SpecError", "JobSpec", "ResourceSpec", "SpeculationSpec", "TaskSpec",
     "load_job_spec", "FuxiClient", "Client", "run", "load", "connect", "up", "down",
 ]

@@ -23,7 +23,8 @@ import uuid
 from typing import Callable, Sequence
 
 from base.errors import PlatformError
-from fuxi.errors import ClusterError, JobNotFound, MasterGone, NotLeader, OutcomeUnknown
+from fuxi.errors import (ClusterError, JobFailed, JobNotFound, JobWaitTimeout, MasterGone,
+                         NotLeader, OutcomeUnknown)
 from fuxi.core.plan import JobPlan, build_plan
 from fuxi.core.spec import JobSpec, check_importable, spec_from_dict
 from fuxi.io.specfile import load_job_spec
@@ -154,6 +155,10 @@ class FuxiClient:
 
     def submit(self, spec: JobPlan | JobSpec | str | dict, overrides: Sequence[str] = (),
                request_id: str | None = None, overwrite: bool = False) -> str:
+        from fuxi.core.submits import check_request_id
+
+        if request_id is not None:
+            check_request_id(request_id)  # before the spec is read
         plan = spec if isinstance(spec, JobPlan) else load(spec, overrides, overwrite=overwrite)
         request_id = request_id or uuid.uuid4().hex
         for attempt in range(SUBMIT_TRIES_MAX):
@@ -167,6 +172,25 @@ class FuxiClient:
 
     def status(self, job_id: str) -> dict:
         return self._read("status", job_id)
+
+    def service_list(self) -> list[dict]:
+        return self._read("service_list")
+
+    def service_status(self, name: str) -> dict:
+        return self._read("service_status", name)
+
+    def service_scale(self, name: str, replicas: int) -> dict:
+        return self._call("service_scale", name, replicas)
+
+    def cluster_info(self) -> dict:
+        """The cluster: its nodes (free resources, agent, blacklist), running jobs (a read
+        that takes no credentials, as for `fuxi status`)."""
+        from base import actors
+
+        try:
+            return actors.call(self.master.cluster_info, timeout_s=MASTER_REPLY_TIMEOUT_S)
+        except PlatformError as e:
+            raise explain(e, "cluster_info") from None
 
     def list(self) -> list[dict]:
         return self._read("list_jobs")
@@ -225,19 +249,34 @@ class FuxiClient:
             wait = poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.time()))
 
 
-Client = FuxiClient  # the short public name: ``fuxi.Client(conn.master)``
+def checked(st: dict, timeout_s: float | None) -> dict:
+    """A wait's last status, or the error it means: ``JobFailed`` (failed, cancelled) or
+    ``JobWaitTimeout`` (still running after ``timeout_s``), each carrying ``status``."""
+    if st["state"] == "succeeded":
+        return st
+    if st["state"] in TERMINAL:
+        first = (st.get("report") or "").strip().splitlines()[:1]
+        raise JobFailed(f"job {st['job_id']} {st['state']}" + (f": {first[0]}" if first else ""),
+                        st)
+    raise JobWaitTimeout(f"job {st['job_id']} is still {st['state']} after {timeout_s:g}s; it "
+                         f"keeps running", st)
 
 
 def run(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = (),
-        cluster: str = "default", timeout_s: float | None = None, overwrite: bool = False) -> dict:
-    """Submit a job and wait for it (on the running cluster, or the embedded default)."""
+        cluster: str = "default", timeout_s: float | None = None, overwrite: bool = False,
+        check: bool = True, request_id: str | None = None) -> dict:
+    """Submit a job and wait for it (on the running cluster, or the embedded default); the
+    final status. ``check`` (the default): a job that failed or was cancelled raises
+    ``JobFailed`` and one still running after ``timeout_s`` raises ``JobWaitTimeout``, each
+    with ``.status``; ``check=False`` returns the status whatever it is."""
     from fuxi.runtime import connect
 
     plan = load(spec, overrides, overwrite=overwrite)
     with connect(cluster) as conn:
         client = FuxiClient(conn.master, cluster)
-        job_id = client.submit(plan)
-        return client.wait(job_id, timeout_s=timeout_s)
+        job_id = client.submit(plan, request_id=request_id)
+        st = client.wait(job_id, timeout_s=timeout_s)
+    return checked(st, timeout_s) if check else st
 
 
 class OfflineJobs:

@@ -12,7 +12,9 @@
     │   └── NotLeader         -- a standby FuxiMaster answered: ``leader`` names the leader
     ├── StaleTerm             -- a deposed FuxiMaster's write or command (an older term), refused
     ├── JobNotFound           -- an unknown job id
-    └── JobFailed             -- a job ended failed or cancelled (carries the report)
+    ├── JobFailed             -- a job ended failed or cancelled (carries the status)
+    ├── JobWaitTimeout        -- a wait ran out before the job ended (carries the status)
+    └── RequestConflict       -- a submit's request id was used for a different spec
 
 Ray exceptions are translated in one place (``base.actors.translate``); ``fuxi.client.explain``
 adds what to do when FuxiMaster could not be reached.
@@ -72,6 +74,10 @@ class JobFailed(FuxiError, base_errors.Failed):
         super().__init__(message)
 
 
+class JobWaitTimeout(FuxiError, base_errors.WaitTimedOut):
+    """A wait ran out before the job ended; the job goes on. ``status``: the last status."""
+
+
 class TargetNotFound(FuxiError, base_errors.NotFound):
     """Fault injection (``fuxi debug kill``): no node, job, actor or process to kill matches
     what was asked, or the cluster has nothing of that kind to kill now."""
@@ -93,3 +99,8 @@ class NotLeader(FuxiError, ClusterError):
 class StaleTerm(FuxiError, base_errors.Denied):
     """A write or command from a FuxiMaster whose leadership term is older than one already
     seen (it was deposed -- paused, partitioned -- without knowing it): refused, not applied."""
+
+
+class RequestConflict(FuxiError, base_errors.Conflict):
+    """A submit's request id was used already for a different job spec: refused (the same
+    id with the same spec is a retry and gets the same job)."""

@@ -28,7 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from base import events, metrics
 from base.cluster import MASTER_NAME
-from fuxi.core import blacklist, slots
+from fuxi.core import blacklist, slots, submits
 from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
@@ -133,7 +133,7 @@ class FuxiMaster:
         self.jobmasters: dict[str, Any] = {}
         self._job_tokens: dict[str, str] = {}  # job -> its scoped token (JobMaster's calls)
         self.runs: dict[str, Any] = {}
-        self.requests: dict[str, str] = {}
+        self.requests: dict[str, tuple[str, str]] = {}
         self._submitting: dict[str, asyncio.Future] = {}  # request id -> its submit in flight
         # job -> the user who submitted it, for every stored job (this actor is the only
         # writer of job records: kept here, a permission check never waits for the store)
@@ -516,8 +516,9 @@ class FuxiMaster:
         queue = plan.queue
         self.admissions.check_queue(queue, self.cluster)
         self._auth().check(who, "queue", queue, "submit")
-        if request_id in self.requests:
-            return self.requests[request_id]  # a retried submit: same job, no duplicate
+        submits.check_request_id(request_id)
+        if request_id in self.requests:  # a retried submit: same job, no duplicate (same spec)
+            return submits.same_request(self.requests, request_id, plan)
         pending = self._submitting.get(request_id)
         if pending is not None:  # retried while the first try still runs: its answer
             return await asyncio.shield(pending)
@@ -536,9 +537,7 @@ class FuxiMaster:
         finally:
             self._submitting.pop(request_id, None)
         fut.set_result(job_id)
-        self.requests[request_id] = job_id
-        if len(self.requests) > SUBMITS_REMEMBERED_MAX:
-            self.requests.pop(next(iter(self.requests)))
+        submits.remember(self.requests, request_id, plan, job_id, SUBMITS_REMEMBERED_MAX)
         return job_id
 
     async def _admit(self, plan: JobPlan, who, sys_path: list[str] | None) -> str:

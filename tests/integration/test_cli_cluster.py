@@ -210,7 +210,7 @@ def test_up_submit_status_logs_down(tmp_path):
                                   "hi", "--json").stdout)
             assert got == {"type": "str", "value": "hi"}
             missing = fuxi(home, "call", "nuwa://default/nothing", "x", check=False)
-            assert missing.returncode == 1 and "Unavailable" in missing.stderr
+            assert missing.returncode == 3 and "Unavailable" in missing.stderr  # not serving
         finally:
             server.communicate("", timeout=CMD_TIMEOUT_S)
         # Identities: `fuxi up` made an administrator and signed the operator in.
@@ -223,10 +223,10 @@ def test_up_submit_status_logs_down(tmp_path):
         assert json.loads(fuxi(home, "whoami", "--json").stdout)["groups"] == ["dev"]
         denied = fuxi(home, "user", "add", "carol", "--password-stdin", stdin="carols-pass",
                       check=False)
-        assert denied.returncode == 1 and "administrators only" in denied.stderr
+        assert denied.returncode == 3 and "administrators only" in denied.stderr  # refused
         wrong = fuxi(home, "login", "--user", "bob", "--password-stdin", stdin="nope-nope",
                      check=False)
-        assert wrong.returncode == 1 and "wrong user name or password" in wrong.stderr
+        assert wrong.returncode == 3 and "wrong user name or password" in wrong.stderr
         fuxi(home, "login", "--user", "admin", "--password-stdin", stdin=creds["password"])
         users = fuxi(home, "user", "list", "--json").stdout
         assert [u["name"] for u in json.loads(users)] == ["admin", "bob"]
@@ -259,7 +259,7 @@ def test_up_submit_status_logs_down(tmp_path):
         bad = fuxi(home, "debug", "kill", "agent", "ffffffff", "--yes", check=False)
         assert bad.returncode == 2 and "fuxi node list" in bad.stderr, bad.stderr
         bad = fuxi(home, "debug", "kill", "master", check=False)  # no terminal to confirm on
-        assert bad.returncode == 1 and "--yes" in bad.stderr, bad.stderr
+        assert bad.returncode == 2 and "--yes" in bad.stderr, bad.stderr  # a flag missing
         # ...and kills FuxiMaster for good: the next command starts a new one, which finds
         # the job in Nuwa. The kill is in the audit trail.
         out = json.loads(fuxi(home, "debug", "kill", "master", "--no-restart", "--yes",

@@ -81,7 +81,7 @@ def test_non_empty_output_is_refused_unless_overwrite(tmp_path):
 def test_no_wait_needs_a_running_cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("FUXI_HOME", str(tmp_path / "home"))
     res = submit(tmp_path, GOOD, "--no-wait", suffix=".json")
-    assert res.exit_code == 2 and "fuxi up" in res.output
+    assert res.exit_code == 3 and "fuxi up" in res.output  # no cluster: unavailable
 
 
 def test_job_commands_without_a_cluster_read_records_offline(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """The CLI's calls to FuxiMaster go through the Ray boundary (``base.actors``); what the user
-reads and the exit code stay what they were: the boundary's own failures get the CLI's advice,
+reads stays what it was (the exit code is 3, the platform unavailable, since issue 18): the boundary's own failures get the CLI's advice,
 an error FuxiMaster raised passes unchanged."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import ray.exceptions as rex
 
 from base import actors
-from base.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClusterError, PlatformError, exit_code
+from base.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ClusterError, PlatformError, exit_code
 from fuxi.client import explain
 from fuxi.errors import JobNotFound, MasterGone, OutcomeUnknown
 
@@ -27,15 +27,15 @@ def _through_boundary(ray_error: BaseException) -> PlatformError:
 CASES = [
     # (what Ray raised, the class the user gets, words of the message, exit code)
     (rex.GetTimeoutError("t"), OutcomeUnknown,
-     "status: FuxiMaster did not answer within 60s (MASTER_REPLY_TIMEOUT_S)", EXIT_FAILED),
+     "status: FuxiMaster did not answer within 60s (MASTER_REPLY_TIMEOUT_S)", EXIT_UNAVAILABLE),
     # Died during the call: a ClusterError still, of its own kind (reads are asked again).
     (rex.ActorDiedError(), MasterGone,
      "status: FuxiMaster died while answering (ActorDiedError); Ray starts it again",
-     EXIT_FAILED),
+     EXIT_UNAVAILABLE),
     (rex.RaySystemError("s"), ClusterError, "status: FuxiMaster is gone (RaySystemError)",
-     EXIT_FAILED),
+     EXIT_UNAVAILABLE),
     (rex.RayTaskError("status", "tb", TypeError("bug")).as_instanceof_cause(), ClusterError,
-     "status: RayTaskError", EXIT_FAILED),
+     "status: RayTaskError", EXIT_UNAVAILABLE),
 ]
 
 

@@ -62,7 +62,9 @@ def test_a_kuafu_call_lost_in_flight_is_outcome_unknown_on_both_sides_of_the_wir
 
 @pytest.mark.parametrize("error,code", [
     (B.BadInput("x"), 2), (B.LimitExceeded("x"), 2), (B.NotFound("x"), 2), (B.Conflict("x"), 2),
-    (B.Denied("x"), 1), (B.Unavailable("x"), 1), (B.OutcomeUnknown("x"), 1), (B.Failed("x"), 1),
+    (B.Denied("x"), 3), (B.Unauthenticated("x"), 3), (B.Unavailable("x"), 3),
+    (B.OutcomeUnknown("x"), 3), (B.ClusterError("x"), 3), (B.NoCluster("x"), 3),
+    (B.Failed("x"), 1), (B.WaitTimedOut("x"), 4), (KeyboardInterrupt(), 130),
     (RuntimeError("a bug"), 1),
 ])
 def test_exit_codes_come_from_one_table(error, code):

@@ -81,5 +81,5 @@ def test_a_bad_interval_is_refused_with_exit_2():
 def test_no_running_cluster_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("FUXI_HOME", str(tmp_path))
     r = CliRunner().invoke(app, ["top", "--once", "--cluster", "nowhere"])
-    assert r.exit_code != 0 and "no running cluster 'nowhere'" in r.output
+    assert r.exit_code == 3 and "no running cluster 'nowhere'" in r.output
     assert "Traceback" not in r.output
