@@ -414,8 +414,10 @@ def ensure_pangu(conn: "Connection") -> None:
         from zhongkui.guard import auth_doc
 
         auth = auth_doc(True, load_or_create_keys(keys_path(conn.cluster)))
-    deploy.start(conn.cluster, conn.data_dir, masters=2 if nuwa else 1, nuwa=nuwa,
-                 per_node=layout["per_node"], settings=layout["settings"],
+    from fuxi.io.clusterconfig import store_dir
+
+    deploy.start(conn.cluster, store_dir(rec) or conn.data_dir, masters=2 if nuwa else 1,
+                 nuwa=nuwa, per_node=layout["per_node"], settings=layout["settings"],
                  detached=not conn.embedded, auth=auth)
 
 

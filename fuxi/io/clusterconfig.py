@@ -235,3 +235,14 @@ def read_stored(rec, token=None) -> tuple[dict | None, str]:
         if doc is not None:
             return doc, "nuwa:/fuxi" + cc.STORE_KEY
     return getattr(rec, "config", None), "cluster record"
+
+
+def store_dir(rec) -> str | None:
+    """The configured per-node data directory of a recorded cluster (None: its record's)."""
+    doc = getattr(rec, "config", None) if rec is not None else None
+    if not doc:
+        return None
+    try:
+        return cc.from_stored(doc).config.data_dir
+    except BadInput:
+        return None
