@@ -1,8 +1,8 @@
 """``fuxi config show|set|reference``, and the configuration ``fuxi up --config`` starts with.
 
 The model and its layering (flag > FUXI_* env > file > default) are fuxi.core.clusterconfig's;
-reading the layers and keeping the result (the cluster record, Nuwa's /fuxi/config) are
-fuxi.io.clusterconfig's. ``show`` reads Nuwa directly, so it answers while FuxiMaster is down.
+reading the layers and keeping the result (the cluster record, Nuwa's /fuxi/config/cluster)
+are fuxi.io.clusterconfig's. ``show`` reads Nuwa directly, so it answers while FuxiMaster is down.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
     ``web_host``: where FuxiWeb serves the web console (``/``) and ``/metrics`` (defaults in
     fuxi.shells.webactor, or ``FUXI_WEB_PORT``; port 0: a free one). ``config``: the
     effective configuration (``fuxi.io.clusterconfig.effective``): fixed ports, data dir,
-    Pangu's layout; kept in the record and in Nuwa (/fuxi/config)."""
+    Pangu's layout; kept in the record and in Nuwa (/fuxi/config/cluster)."""
     from fuxi.io import clusterconfig as cfg_io
 
     cfg = config.config if config is not None else None

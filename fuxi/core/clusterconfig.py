@@ -349,7 +349,7 @@ def check_online_set(key: str) -> None:
                        f"it in --config, FUXI_* or a flag); online: {', '.join(sorted(ONLINE))}")
 
 
-STORE_KEY = "/config"  # in FuxiMaster's store: Nuwa path /fuxi/config
+STORE_KEY = "/config/cluster"  # FuxiMaster's store (Nuwa: /fuxi/config/cluster), by /config/admission
 STORED_FORMAT = 1
 
 

@@ -199,7 +199,7 @@ def pangu_layout(cfg: cc.ClusterConfig, layout: dict) -> dict:
             "capacity_bytes": cap // per_node if cap else None}
 
 
-# ---- where it is kept: Nuwa (/fuxi/config), and the cluster record ----
+# ---- where it is kept: Nuwa (/fuxi/config/cluster), and the cluster record ----
 
 
 def _nuwa_store(rec, token):
@@ -212,7 +212,7 @@ def _nuwa_store(rec, token):
 
 def publish(rec, doc: dict, token=None) -> None:
     """Keep the stored configuration in the cluster record and, when it has Nuwa, at
-    /fuxi/config, where the running components read the online settings."""
+    /fuxi/config/cluster, where the running components read the online settings."""
     rec.config = doc
     rec.save()
     if rec.nuwa:

@@ -1,6 +1,6 @@
 """The online settings (``fuxi.core.clusterconfig.ONLINE``) of a running FuxiMaster: read
-from its store (Nuwa's /fuxi/config, written by `fuxi up --config` and `fuxi config set`) at
-every round of the alert loop, and applied to the loops that use them -- the alert loop's
+from its store (Nuwa's /fuxi/config/cluster, written by `fuxi up --config` and `fuxi config
+set`) at every round of the alert loop, and applied to the loops that use them -- the alert loop's
 period (``alerts.eval_s``) and the cluster log's pull period (``events.pull_s``). No restart,
 no new public method: the loops read their period from these attributes each time round.
 
@@ -17,7 +17,7 @@ from fuxi.core import clusterconfig as cc
 
 logger = logging.getLogger(__name__)
 
-LIVE_CONFIG_READ_TIMEOUT_S = 5.0  # one read of /fuxi/config; a slow store is tried next round
+LIVE_CONFIG_READ_TIMEOUT_S = 5.0  # one read of the stored configuration (next round: again)
 
 
 class LiveConfig:

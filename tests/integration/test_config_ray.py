@@ -20,7 +20,7 @@ from base.cluster import port_open
 from tests.integration.test_cli_cluster import CMD_TIMEOUT_S, REPO
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
-PICKUP_WAIT_S = 60.0  # the alert loop reads /fuxi/config every round (5 s by default)
+PICKUP_WAIT_S = 60.0  # the alert loop reads the stored configuration every round (5 s default)
 
 
 def fuxi(home, *args, check=True, env=None):
@@ -119,7 +119,7 @@ pangu: {{replication: 2}}
 
         res = fuxi(home, "config", "show", "--json", "-c", "cfgtest")
         shown = json.loads(res.stdout)
-        assert shown["read_from"] == "nuwa:/fuxi/config"
+        assert shown["read_from"] == "nuwa:/fuxi/config/cluster"
         s = shown["settings"]
         assert (s["ray.port"]["value"], s["ray.port"]["source"]) == (gcs, "file")
         assert (s["alerts.eval_s"]["value"], s["alerts.eval_s"]["source"]) == (4.0, "env")
@@ -157,7 +157,7 @@ pangu: {{replication: 2}}
         # (`config show` never asks FuxiMaster).
         fuxi(home, "debug", "kill", "master", "--no-restart", "--yes", "-c", "cfgtest")
         shown = json.loads(fuxi(home, "config", "show", "--json", "-c", "cfgtest").stdout)
-        assert shown["read_from"] == "nuwa:/fuxi/config"
+        assert shown["read_from"] == "nuwa:/fuxi/config/cluster"
         assert shown["settings"]["kuafu.port"]["value"] == kuafu
     finally:
         fuxi(home, "down", "-c", "cfgtest", check=False)
