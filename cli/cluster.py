@@ -14,24 +14,29 @@ def up(
     address: Optional[str] = typer.Option(None, "--address", help="Deploy onto this existing Ray cluster (host:port) instead of starting one."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs the local head offers (default: all)."),
     auth_token_path: Optional[str] = typer.Option(None, "--auth-token-path", help="Ray auth token file of the cluster given by --address."),
-    nuwa_replicas: int = typer.Option(3, "--nuwa-replicas", help="Nuwa replica group size: 1, 3 or 5 (0: no Nuwa)."),
+    nuwa_replicas: Optional[int] = typer.Option(None, "--nuwa-replicas", help="Nuwa replica group size: 1, 3 or 5 (0: no Nuwa; default 3)."),
     auth: Optional[bool] = typer.Option(None, "--auth/--no-auth", help="Zhongkui access control: every call needs a token (default: on with --address, off for a local head)."),
     web_port: Optional[int] = typer.Option(None, "--web-port", "--metrics-port", help="Port of the head's web server: the console at / and Prometheus's /metrics (default 9469, or FUXI_WEB_PORT; 0: any free port)."),
     web_host: Optional[str] = typer.Option(None, "--web-host", "--metrics-host", help="Address the web server binds (default 127.0.0.1; 0.0.0.0 to be reached from other machines)."),
     alert_rules: Optional[str] = typer.Option(None, "--alert-rules", help="A YAML file of alert rules replacing the default set (see docs/operations.md)."),
-    cluster: str = ClusterOpt,
+    config: Optional[str] = typer.Option(None, "--config", help="A cluster configuration file (YAML; docs/config.md). Precedence: flag > FUXI_* env > file > default."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", "-c", help="Cluster name (default: FUXI_CLUSTER, the config file's, or 'default')."),
 ) -> None:
     """Start a persistent local cluster (or deploy onto an existing Ray cluster)."""
+    from cli.config import start_config
     from fuxi import runtime
 
     try:
-        if nuwa_replicas not in (0, 1, 3, 5):
-            from fuxi.errors import BadInput
-
-            raise BadInput(f"--nuwa-replicas {nuwa_replicas}: expected 0, 1, 3 or 5")
-        rec = runtime.up(cluster, address=address, num_cpus=num_cpus,
-                         auth_token_path=auth_token_path, nuwa_replicas=nuwa_replicas, auth=auth,
-                         web_port=web_port, web_host=web_host, alert_rules=alert_rules)
+        eff = start_config(config, {"cluster": cluster, "ray.address": address,
+                                    "ray.num_cpus": num_cpus, "ray.auth_token_path": auth_token_path,
+                                    "nuwa.replicas": nuwa_replicas, "auth": auth, "web.port": web_port,
+                                    "web.host": web_host, "web.alert_rules": alert_rules})
+        c = eff.config
+        cluster = c.cluster
+        rec = runtime.up(cluster, address=c.ray.address, num_cpus=c.ray.num_cpus,
+                         auth_token_path=c.ray.auth_token_path, nuwa_replicas=c.nuwa.replicas,
+                         auth=c.auth, web_port=c.web.port, web_host=c.web.host,
+                         alert_rules=c.web.alert_rules, config=eff)
     except Exception as e:
         handle(e)
     typer.echo(f"cluster {cluster!r} is up at {rec.address} (data in {rec.data_dir})"

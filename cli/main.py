@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cli import alerts, auth, call, cluster, debug, events, job, node, nuwa, pangu, queue, service, submit, top
+from cli import alerts, auth, call, cluster, config, debug, events, job, node, nuwa, pangu, queue, service, submit, top
 
 app = typer.Typer(
     name="fuxi",
@@ -59,6 +59,7 @@ app.add_typer(nuwa.app, name="nuwa", help="The Nuwa coordination service: ls, ge
 app.add_typer(service.app, name="service", help="Online services: register, list, status, scale, upgrade, remove.")
 app.add_typer(debug.app, name="debug", help="Fault injection on a running cluster: kill a "
                                             "master, JobMaster, agent, worker or node.")
+app.add_typer(config.app, name="config", help="The cluster's configuration: show (with sources), set (online settings), reference.")
 app.add_typer(pangu.app, name="pangu", help="The Pangu file system: ls, put, get, cat, rm, mkdir, mv, stat, du, fsck.")
 
 

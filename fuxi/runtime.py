@@ -147,12 +147,18 @@ def operator_proof(cluster: str) -> str:
 def up(cluster: str = "default", address: str | None = None, num_cpus: int | None = None,
        auth_token_path: str | None = None, nuwa_replicas: int = 3,
        auth: bool | None = None, web_port: int | None = None,
-       web_host: str | None = None, alert_rules: str | None = None) -> ClusterRecord:
+       web_host: str | None = None, alert_rules: str | None = None,
+       config=None) -> ClusterRecord:
     """Start (or deploy onto) a persistent cluster and record it. ``auth``: Zhongkui enforces
     access control everywhere (default: on for a cluster we deploy onto, which may span
     machines; off for a local head, where the operator is the only user). ``web_port`` and
     ``web_host``: where FuxiWeb serves the web console (``/``) and ``/metrics`` (defaults in
-    fuxi.shells.webactor, or ``FUXI_WEB_PORT``; port 0: a free one)."""
+    fuxi.shells.webactor, or ``FUXI_WEB_PORT``; port 0: a free one). ``config``: the
+    effective configuration (``fuxi.io.clusterconfig.effective``): fixed ports, data dir,
+    Pangu's layout; kept in the record and in Nuwa (/fuxi/config/cluster)."""
+    from fuxi.io import clusterconfig as cfg_io
+
+    cfg = config.config if config is not None else None
     from fuxi.shells.webactor import WEB_HOST_DEFAULT, WEB_PORT_DEFAULT
 
     if web_port is None:  # FUXI_WEB_PORT: the default for every `fuxi up` (tests: 0)
@@ -207,7 +213,7 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
         from zhongkui.files import private_dir
 
         private_dir(os.path.dirname(temp_dir))  # Ray opens its own dir to all: ours is closed
-        port = _free_port()
+        port = (cfg.ray.port if cfg else 0) or _free_port()
         env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path,
                    RAY_USAGE_STATS_ENABLED="0")
         env.pop("RAY_AUTH_TOKEN", None)
@@ -216,6 +222,7 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
                "--disable-usage-stats"]
         if num_cpus is not None:
             cmd.append(f"--num-cpus={num_cpus}")
+        cmd += cfg_io.ray_start_args(cfg) if cfg else []
         with open(os.path.join(data_dir, "head.log"), "ab") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
@@ -250,9 +257,13 @@ def up(cluster: str = "default", address: str | None = None, num_cpus: int | Non
 
         keys = load_or_create_keys(keys_path(cluster))
         auth_config = auth_doc(rec.auth, keys) if rec.auth else None
-        _start_nuwa(rec, auth_config)  # then Nuwa: FuxiMaster keeps its state there
-        _start_pangu(rec, auth_config)
-        _start_kuafu(rec, auth_config)
+        _start_nuwa(rec, auth_config, cfg)  # then Nuwa: FuxiMaster keeps its state there
+        if config is not None:  # before FuxiMaster starts: it reads the online settings
+            from fuxi.core.clusterconfig import stored_doc
+
+            cfg_io.publish(rec, stored_doc(config), token=operator_proof(cluster))
+        _start_pangu(rec, auth_config, cfg)
+        _start_kuafu(rec, auth_config, cfg)
         with connect(cluster, embedded_ok=False) as conn:
             creds = actors.call(conn.authority.bootstrap, operator_proof(cluster),
                                 timeout_s=CLUSTER_CONNECT_TIMEOUT_S)
@@ -284,7 +295,7 @@ def write_private(path: str, text: str) -> None:
     write(path, text)
 
 
-def _start_nuwa(rec: ClusterRecord, auth: dict | None = None) -> None:
+def _start_nuwa(rec: ClusterRecord, auth: dict | None = None, cfg=None) -> None:
     """Start the cluster's Nuwa group (replicas recover their state from an earlier `fuxi up`)."""
     import ray
 
@@ -300,8 +311,8 @@ def _start_nuwa(rec: ClusterRecord, auth: dict | None = None) -> None:
         # own address. start_group also creates the cluster's peer secret (0600).
         head = rec.address.rpartition(":")[0]
         host = LOOPBACK if head in ("", "127.0.0.1", "localhost") else NODE_IP
-        group = start_group(rec.nuwa_replicas, rec.data_dir, rec.namespace, auth=auth,
-                            host=host)
+        group = start_group(rec.nuwa_replicas, (cfg and cfg.data_dir) or rec.data_dir,
+                            rec.namespace, auth=auth, host=host, ports=cfg and cfg.nuwa.ports)
         rec.nuwa = [list(a) for a in group.client_addresses()]
         rec.nuwa_group = group.to_dict()
         rec.save()
@@ -318,7 +329,7 @@ def pangu_layout(nodes: int) -> dict:
     return {"per_node": 1, "settings": {"expect_servers": nodes}}
 
 
-def _start_pangu(rec: ClusterRecord, auth: dict | None = None) -> None:
+def _start_pangu(rec: ClusterRecord, auth: dict | None = None, cfg=None) -> None:
     """Start the cluster's Pangu: two masters sharing a Nuwa journal (one without Nuwa) and a
     chunkserver per node. Files kept by an earlier `fuxi up` are found again on disk."""
     import ray
@@ -329,14 +340,19 @@ def _start_pangu(rec: ClusterRecord, auth: dict | None = None) -> None:
     ray_init(address=rec.address, namespace=rec.namespace)
     try:
         layout = pangu_layout(len(deploy.alive_nodes()))
-        deploy.start(rec.cluster, rec.data_dir, masters=2 if rec.nuwa else 1, nuwa=rec.nuwa,
+        if cfg is not None:  # the configuration's masters, layout, capacity, replication
+            from fuxi.io.clusterconfig import pangu_layout as configured
+
+            layout = configured(cfg, layout)
+        deploy.start(rec.cluster, (cfg and cfg.data_dir) or rec.data_dir,
+                     masters=layout.get("masters", 2 if rec.nuwa else 1), nuwa=rec.nuwa,
                      per_node=layout["per_node"], settings=layout["settings"], detached=True,
-                     auth=auth)
+                     auth=auth, capacity_bytes=layout.get("capacity_bytes"))
     finally:
         ray.shutdown()
 
 
-def _start_kuafu(rec: ClusterRecord, auth: dict | None = None) -> None:
+def _start_kuafu(rec: ClusterRecord, auth: dict | None = None, cfg=None) -> None:
     """Start a Kuafu proxy on every node; they publish themselves and the services attached
     to them in the cluster's Nuwa, so `fuxi call nuwa://<cluster>/<service>` finds them."""
     import ray
@@ -349,7 +365,8 @@ def _start_kuafu(rec: ClusterRecord, auth: dict | None = None) -> None:
         head = rec.address.rpartition(":")[0]
         # A local head: loopback only. A cluster we deployed onto: each node's own address.
         host = "127.0.0.1" if head in ("", "127.0.0.1", "localhost") else deploy.NODE_IP
-        deploy.start(rec.namespace, rec.nuwa, host=host, detached=True, auth=auth)
+        deploy.start(rec.namespace, rec.nuwa, host=host, detached=True, auth=auth,
+                     port=cfg.kuafu.port if cfg else 0)
     finally:
         ray.shutdown()
 
@@ -397,8 +414,10 @@ def ensure_pangu(conn: "Connection") -> None:
         from zhongkui.guard import auth_doc
 
         auth = auth_doc(True, load_or_create_keys(keys_path(conn.cluster)))
-    deploy.start(conn.cluster, conn.data_dir, masters=2 if nuwa else 1, nuwa=nuwa,
-                 per_node=layout["per_node"], settings=layout["settings"],
+    from fuxi.io.clusterconfig import store_dir
+
+    deploy.start(conn.cluster, store_dir(rec) or conn.data_dir, masters=2 if nuwa else 1,
+                 nuwa=nuwa, per_node=layout["per_node"], settings=layout["settings"],
                  detached=not conn.embedded, auth=auth)
 
 

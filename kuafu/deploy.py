@@ -68,7 +68,7 @@ def _actor_class():
 
             # The config a proxy for a new node copies; never the keys (FuxiMaster starts
             # proxies when authentication is on: it holds them).
-            self.config = {"namespace": namespace, "nuwa": nuwa, "host": host,
+            self.config = {"namespace": namespace, "nuwa": nuwa, "host": host, "port": port,
                            "settings": settings or {}, "detached": detached,
                            "auth_enabled": bool((auth or {}).get("enabled"))}
             if host == NODE_IP:  # each proxy binds its own node's address

@@ -382,10 +382,11 @@ class Group:
 
 def start_group(size: int, data_dir: str, namespace: str,
                 config: ServerConfig = ServerConfig(), auth: dict | None = None,
-                host: str | None = None) -> Group:
+                host: str | None = None, ports: list[int] | None = None) -> Group:
     """Start (or restart) the group's replicas. ``host``: what they bind -- an address, or
     ``NODE_IP`` for each node's own; default loopback when every Ray node is on one machine,
-    else ``NODE_IP``. The cluster's peer secret is created here on first start."""
+    else ``NODE_IP``. ``ports``: a fixed port per replica, in voter order (none: free ones).
+    The cluster's peer secret is created here on first start."""
     if size not in GROUP_SIZES:
         raise BadRequest(f"Nuwa group size {size} is not supported; expected one of {GROUP_SIZES}")
     alive_nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -425,6 +426,8 @@ def start_group(size: int, data_dir: str, namespace: str,
               retired=retired, removing=removing, auth=auth, host=host, peer_secret=peer_secret)
     if not existed:
         g._record()
+    for rid, port in zip(voters, ports or []):
+        g.addresses[rid] = (host, int(port))  # start_replica asks for the port it had
     for rid in voters:
         # A node that just died may still be listed alive for a moment: if a replica cannot
         # be placed there, try the other nodes before giving up.

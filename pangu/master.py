@@ -72,7 +72,7 @@ class PanguMaster:
         self.writes = Writes(self.mastership, self.fleet, self.auth, self.leases, self.events,
                              self.rng, lease_s=float(s.get("lease_s", LEASE_S)),
                              writer_lease_s=float(s.get("writer_lease_s", WRITER_LEASE_S)),
-                             allow_same_node=allow_same_node)
+                             allow_same_node=allow_same_node, replication=s.get("replication"))
         self.observer = MasterMetrics()
         self.healer = Healer(
             self.mastership, self.fleet, self.leases, self.events, self.rng,

@@ -27,12 +27,14 @@ SERVER_NAME_CHARS_MAX = 256  # a chunkserver name a writer reports as failed
 
 class Writes:
     def __init__(self, mastership, fleet, auth, leases: Leases, log: EventLog, rng: placement.Rng,
-                 *, lease_s: float, writer_lease_s: float, allow_same_node: bool):
+                 *, lease_s: float, writer_lease_s: float, allow_same_node: bool,
+                 replication: int | None = None):
         self.mastership, self.fleet, self.auth = mastership, fleet, auth
         self.leases, self.log, self.rng = leases, log, rng
         self.lease_s = lease_s
         self.writer_lease_s = writer_lease_s
         self.allow_same_node = allow_same_node
+        self.replication = replication  # the cluster's default (`fuxi up`: pangu.replication)
 
     @property
     def ns(self):
@@ -77,8 +79,9 @@ class Writes:
                 raise NotFound(f"{path} does not exist (mode r+ needs an existing file)")
             if mode in ("w", "x") or not exists:
                 cmd = {"op": "create", "path": path, "overwrite": mode != "x", "owner": owner}
-                if replication is not None:
-                    cmd["replication"] = replication
+                rf = replication if replication is not None else self.replication
+                if rf is not None:
+                    cmd["replication"] = rf
                 if chunk_size is not None:
                     cmd["chunk_size"] = chunk_size
                 res = await self.mastership.mutate(F.with_fence(cmd, fence), request_id)

@@ -56,7 +56,10 @@ def samples_of(text: str) -> list[tuple[str, dict, float]]:
 
 
 class Alerting:
-    def __init__(self, cluster_events, namespace: str, data_dir: str | None, has_nuwa: bool):
+    def __init__(self, cluster_events, namespace: str, data_dir: str | None, has_nuwa: bool,
+                 store=None):
+        from fuxi.shells.liveconfig import LiveConfig
+
         self.log = cluster_events  # fuxi.shells.clusterlog.ClusterEvents
         self.namespace = namespace
         self.rules, self.source = load_rules(data_dir, has_nuwa)
@@ -66,6 +69,8 @@ class Alerting:
         self.rounds = 0
         self.task: asyncio.Task | None = None
         self.web = None  # FuxiWeb's handle, once found
+        self.eval_s = ALERT_EVAL_S  # online: `fuxi config set alerts.eval_s` (liveconfig)
+        self.live = LiveConfig(store, self, cluster_events)
 
     def start(self, tasks: set) -> None:
         if self.task is None or self.task.done():
@@ -78,7 +83,8 @@ class Alerting:
                 await self.once(time.time())
             except Exception:  # noqa: BLE001 - the next round tries again
                 logger.exception("alert evaluation failed")
-            await asyncio.sleep(ALERT_EVAL_S)
+            await self.live.refresh()  # the online settings, this loop's period among them
+            await asyncio.sleep(self.eval_s)
 
     async def _scrape(self) -> list[tuple[str, dict, float]] | None:
         from fuxi.shells.webactor import WEB_NAME
@@ -123,5 +129,6 @@ class Alerting:
         v = self.book.view()
         v["resolved"] = v["resolved"][:20]
         v.update(source=self.source, rounds=self.rounds, metrics_error=self.metrics_error,
-                 eval_s=ALERT_EVAL_S)
+                 eval_s=self.eval_s, live_config=self.live.applied,
+                 live_config_error=self.live.error)
         return v

@@ -118,6 +118,7 @@ class ClusterEvents:
         self._changed = asyncio.Event()
         self.followers = 0
         self.write_errors = 0
+        self.pull_s = EVENTS_PULL_S  # online: `fuxi config set events.pull_s` (liveconfig)
 
     # ------------------------------------------------------------ in
 
@@ -192,7 +193,7 @@ class ClusterEvents:
     async def _pull_loop(self, offloop, namespaces: list[str], token) -> None:
         at: dict[str, tuple[str, int]] = {}  # actor name -> (its boot, last seq taken)
         while True:
-            await asyncio.sleep(EVENTS_PULL_S)
+            await asyncio.sleep(self.pull_s)
             try:
                 got = await offloop.run(pull_components, namespaces, token(), at)
             except Exception:  # noqa: BLE001 - listing actors failed: next round

@@ -120,7 +120,7 @@ class FuxiMaster:
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.events = ClusterEvents(os.path.join(data_dir, "events") if data_dir else None)
-        self.alerting = Alerting(self.events, ns, data_dir, bool(nuwa))  # fuxi.shells.alerting
+        self.alerting = Alerting(self.events, ns, data_dir, bool(nuwa), self.store)  # alerting.py
         self.ledger = slots.Ledger()
         self.blacklists = blacklist.ClusterBlacklist()  # soft: rebuilt from JobMasters' reports
         self.agents = Agents(self)  # a FuxiAgent per node; its heartbeats feed the blacklist

@@ -101,6 +101,6 @@ class Supervisor:
                                   timeout_s=KUAFU_CALL_TIMEOUT_S)
         started = await self.offloop.run(
             deploy.start, self.namespace, self.nuwa or mine["nuwa"], host=mine["host"],
-            nodes=[node], settings=mine["settings"], detached=mine["detached"],
+            port=mine.get("port", 0), nodes=[node], settings=mine["settings"], detached=mine["detached"],
             auth=self.auth())
         return started[0]

@@ -58,6 +58,7 @@ SHELL_CMD_TIMEOUT_S = 300  # one README command (the first submit starts a Ray o
 USING_IT = [
     ("fuxi submit jobs/wordcount.yaml", r"job wordcount-\S+ succeeded"),
     ("fuxi up", r"cluster 'default'"),
+    ("fuxi config show", r"web\.port = \d+"),
     ("fuxi status --json", r'"running": true'),
     ("fuxi node list", r"NODE ID .*\n[0-9a-f]{12} +\S+ +\d+(\.\d+)?/\d"),
     ("fuxi top --once", r"cluster 'default': 1 node\(s\)"),
