@@ -34,6 +34,7 @@ from fuxi.core import tasklog as tl
 FLUSH_S = 0.25  # how often buffered output goes to disk (live reads see it after this)
 PENDING_BYTES_MAX = 64 * 1024  # a partial line (no newline yet) longer than this is written
 LISTED_ENTRIES_MAX = 10_000  # directory entries one listing looks at
+TRIM_JOBS_MAX = 64  # jobs whose bytes-since-last-walk one process remembers
 CLUSTER_PREFIX = "fuxi-"  # Ray namespace of a cluster: fuxi-<cluster> (base.cluster.namespace)
 
 
@@ -85,8 +86,7 @@ class AttemptSink:
                  job_bytes_max: int = tl.JOB_NODE_LOG_BYTES_MAX):
         self.path = path
         self.job_dir = job_dir
-        self.job_bytes_max = job_bytes_max
-        os.makedirs(path, exist_ok=True)
+        self.job_bytes_max = job_bytes_max  # the directory is made by the first line written
         self.layout = tl.parse_layout(_listing(path))
         self._lock = threading.Lock()
         self._file: io.BufferedWriter | None = None
@@ -94,6 +94,7 @@ class AttemptSink:
         self._dirty = False
         self.closed = False
         self.written_bytes = 0
+        self._counted = 0  # of written_bytes, what _written_since_trim already has
 
     def write(self, stream: str, text: str) -> None:
         """Text as a stream wrote it: whole lines go out, a trailing partial line waits."""
@@ -121,6 +122,8 @@ class AttemptSink:
             if plan.new_segment is not None:
                 if self._file is not None:
                     self._file.close()
+                else:
+                    os.makedirs(self.path, exist_ok=True)
                 self._file = open(os.path.join(self.path, tl.segment_name(plan.new_segment)), "ab")
                 self.layout.segments.append((plan.new_segment, 0))
                 self._trim_job()
@@ -143,9 +146,21 @@ class AttemptSink:
         self.layout.segments = [(s, n) for s, n in self.layout.segments if s != start]
 
     def _trim_job(self) -> None:
-        """Keep the job's attempts on this node within JOB_NODE_LOG_BYTES_MAX (at rotation)."""
+        """Keep the job's attempts on this node within JOB_NODE_LOG_BYTES_MAX (at rotation).
+        The job's directory is walked only after this process wrote another segment's worth
+        for the job since it last looked (so many small attempts cost no walk each); the
+        bound is overshot by at most a segment per process writing for the job."""
         if not self.job_dir:
             return
+        with _trim_lock:
+            since = _written_since_trim.get(self.job_dir, 0) + self.written_bytes - self._counted
+            self._counted = self.written_bytes
+            if self.job_dir in _written_since_trim and since < tl.SEGMENT_BYTES_MAX:
+                _written_since_trim[self.job_dir] = since
+                return
+            _written_since_trim[self.job_dir] = 0
+            if len(_written_since_trim) > TRIM_JOBS_MAX:  # bounded: forget the oldest job
+                _written_since_trim.pop(next(iter(_written_since_trim)))
         layouts, ages = {}, {}
         count = 0
         for root, _dirs, files in os.walk(self.job_dir):
@@ -192,6 +207,10 @@ class AttemptSink:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+_trim_lock = threading.Lock()
+_written_since_trim: dict[str, int] = {}  # job dir -> bytes this process wrote since a walk
 
 
 def _size(p: str) -> int:

@@ -329,11 +329,12 @@ class WorkerActor:
             handler.lines.append(f"attempt failed: {type(e).__name__}: {e}")
         finally:
             self._log.removeHandler(handler)
-            if sink is not None:
+            if sink is not None:  # an attempt that wrote nothing and succeeded leaves no file
                 if result.get("error"):
                     sink.line("fuxi", result["error"].rstrip())
-                sink.line("fuxi", f"[fuxi] attempt {'succeeded' if result.get('ok') else 'failed'}"
-                                  f" after {time.monotonic() - t0:.2f}s")
+                if sink.written_bytes:
+                    how = "succeeded" if result.get("ok") else "failed"
+                    sink.line("fuxi", f"[fuxi] attempt {how} after {time.monotonic() - t0:.2f}s")
                 tasklogs.end(sink)
         result["duration_s"] = time.monotonic() - t0
         if handler.dropped:
