@@ -107,12 +107,40 @@ def logs(
     job_id: str,
     task: Optional[str] = typer.Option(None, "--task", help="Only this task."),
     instance: Optional[int] = typer.Option(None, "--instance", help="Only this instance (0-based)."),
+    attempt: Optional[int] = typer.Option(None, "--attempt", help="Only this attempt (0 first)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream live until the job ends."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object a line, with cursors."),
+    cursor: str = typer.Option("", "--cursor", help="Go on from a cursor --json printed."),
     cluster: str = ClusterOpt,
 ) -> None:
-    """Lines the job's tasks wrote to ctx.log, and tracebacks of failed attempts."""
-    rows = _query(cluster, lambda jobs: jobs.logs(job_id, task, instance))
-    for r in rows:
-        typer.echo(f"{r['task']}[{r['instance']}] a{r['attempt']}: {r['line']}")
+    """Lines the job's tasks wrote to ctx.log, tracebacks of failed attempts, and what they
+    printed (stdout, stderr, logging). -f streams it live; --json, --attempt, --cursor read
+    the captured stream (every stream, ctx.log too)."""
+    from cli import logs as out
+
+    cursors = out.check_inputs(attempt, cursor)
+    stream_mode = follow or as_json or attempt is not None or bool(cursor)
+    try:
+        with jobs_client(cluster) as jobs:
+            out.check_selection(jobs.status(job_id), task, instance)
+
+            def read(tok: str) -> dict:
+                return jobs.output(job_id, task, instance, attempt, tok)
+
+            if not stream_mode:  # today's lines, then what the attempts printed
+                for r in jobs.logs(job_id, task, instance):
+                    typer.echo(f"{r['task']}[{r['instance']}] a{r['attempt']}: {r['line']}")
+                out.read_all(read, cursors, False, False, skip_streams=("ctx.log", "fuxi"))
+                return
+            if not follow:
+                out.read_all(read, cursors, as_json, False)
+                return
+            code = out.follow_job(jobs, job_id, read, cursors, as_json)
+    except typer.Exit:
+        raise
+    except Exception as e:
+        handle(e)
+    raise typer.Exit(code)
 
 
 @app.command("timeline")

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from cli.common import ClusterOpt, handle, master_call, print_json
+from cli.common import EXIT_BAD_INPUT, ClusterOpt, fail, handle, master_call, print_json
 from cli.complete import service_names
 from cli.waiting import SERVICE_WAIT_TIMEOUT_S, check_timeout, wait_service
 
@@ -124,3 +124,45 @@ def status(name: str = NameArg, as_json: bool = typer.Option(False, "--json"),
     """A service's replicas (version, state, health, node), requests, errors and latency."""
     st = _master_call(cluster, "service_status", name)
     print_json(st) if as_json else _show(st)
+
+
+@app.command("logs")
+def logs(
+    name: str,
+    replica: Optional[str] = typer.Option(None, "--replica", help="Only this replica."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream live until Ctrl-C."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object a line, with cursors."),
+    cursor: str = typer.Option("", "--cursor", help="Go on from a cursor --json printed."),
+    cluster: str = ClusterOpt,
+) -> None:
+    """What the service's replicas printed and logged (stdout, stderr, logging)."""
+    from cli import logs as out
+    from fuxi.client import FuxiClient
+    from fuxi.runtime import connect, find_cluster
+
+    cursors = out.check_inputs(None, cursor)
+    try:
+        if find_cluster(cluster) is None:
+            from fuxi.errors import NoCluster
+
+            raise NoCluster(f"no running cluster {cluster!r}: service logs need a persistent "
+                            f"cluster; start one with `fuxi up`")
+        with connect(cluster, embedded_ok=False) as conn:
+            client = FuxiClient(conn.master, cluster)
+
+            def read(tok: str) -> dict:
+                return client.service_output(name, replica, tok)
+
+            if replica is not None and not read("")["attempts"]:
+                fail(f"service {name!r} has no output kept for replica {replica!r}; `fuxi "
+                     f"service status {name}` lists its replicas", EXIT_BAD_INPUT)
+
+            if not follow:
+                out.read_all(read, cursors, as_json, True)
+                return
+            code = out.follow_service(read, cursors, as_json)
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001 - our errors become exit codes
+        handle(e)
+    raise typer.Exit(code)

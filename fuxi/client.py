@@ -101,7 +101,7 @@ class FuxiClient:
         self.candidates = list(candidates or ())
         self.namespace = namespace
 
-    def _call(self, method: str, *args, timeout_s: float = MASTER_REPLY_TIMEOUT_S):
+    def _call(self, method: str, *args, timeout_s: float = MASTER_REPLY_TIMEOUT_S, **kw):
         from base import actors
         from zhongkui import creds
 
@@ -109,7 +109,7 @@ class FuxiClient:
         for hop in range(LEADER_HOPS_MAX + 1):
             try:
                 return actors.call(getattr(self.master, method), *args, cred=cred or None,
-                                   timeout_s=timeout_s)
+                                   timeout_s=timeout_s, **kw)
             except NotLeader as e:  # a standby answered, having done nothing: ask the leader
                 if hop == LEADER_HOPS_MAX or (e.leader is None and not self.candidates):
                     raise MasterGone(f"{method}: {e}") from None  # a read asks again
@@ -142,12 +142,12 @@ class FuxiClient:
         except PlatformError:
             pass  # none serves yet: the caller's retry comes back here
 
-    def _read(self, method: str, *args, timeout_s: float = MASTER_REPLY_TIMEOUT_S):
+    def _read(self, method: str, *args, timeout_s: float = MASTER_REPLY_TIMEOUT_S, **kw):
         """A call that changes nothing, asked again while FuxiMaster fails over."""
         deadline = time.monotonic() + MASTER_FAILOVER_WAIT_S
         while True:
             try:
-                return self._call(method, *args, timeout_s=timeout_s)
+                return self._call(method, *args, timeout_s=timeout_s, **kw)
             except MasterGone:
                 if time.monotonic() >= deadline:
                     raise
@@ -215,6 +215,22 @@ class FuxiClient:
         """Every attempt of a job (``fuxi.core.story`` tells and draws them)."""
         return self._read("job_attempts", job_id)
 
+    def output(self, job_id: str, task: str | None = None, instance: int | None = None,
+               attempt: int | None = None, cursor: str = "", bytes_max: int | None = None) -> dict:
+        """Captured stdout, stderr and logging of a job's attempts from ``cursor`` on (a token
+        of a previous reply's ``cursor``): {attempts: [{task, instance, attempt, lines:
+        [[stream, text]], cursor, ...}], more, unreachable} -- see docs/operations.md."""
+        return self._read("logs", job_id, output=output_query(task, instance, attempt, cursor,
+                                                              bytes_max))
+
+    def service_output(self, name: str, replica: str | None = None, cursor: str = "",
+                       bytes_max: int | None = None) -> dict:
+        """Captured output of a service's replicas, like ``output``."""
+        q = {"replica": replica, "cursors": cursor}
+        if bytes_max is not None:
+            q["bytes_max"] = bytes_max
+        return self._read("service_status", name, output=q)
+
     def events(self, since_id: int = 0, since_at: float | None = None, kinds=None,
                limit: int = 1000, wait_s: float = 0.0, match: dict | None = None) -> dict:
         """The cluster's event log: ``{"events": [...], "last_id": n}``, oldest first; with
@@ -279,6 +295,13 @@ def run(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = (),
     return checked(st, timeout_s) if check else st
 
 
+def output_query(task, instance, attempt, cursor: str, bytes_max) -> dict:
+    q = {"task": task, "instance": instance, "attempt": attempt, "cursors": cursor}
+    if bytes_max is not None:
+        q["bytes_max"] = bytes_max
+    return q
+
+
 class OfflineJobs:
     """Read job records and logs straight from a cluster's data directory, without Ray —
     used when no cluster is running (e.g. jobs that ran on the embedded default)."""
@@ -305,6 +328,15 @@ class OfflineJobs:
 
         self.status(job_id)
         return read_job_logs(os.path.join(self.data_dir, "logs"), job_id, task, instance)
+
+    def output(self, job_id: str, task: str | None = None, instance: int | None = None,
+               attempt: int | None = None, cursor: str = "", bytes_max: int | None = None) -> dict:
+        """Captured output kept on this machine (``FuxiClient.output``), read without Ray."""
+        from fuxi.shells.logreads import check_query, read_local
+
+        self.status(job_id)
+        q = check_query("job", output_query(task, instance, attempt, cursor, bytes_max))
+        return {**read_local(os.path.join(self.data_dir, "logs"), "job", job_id, q), "unreachable": []}
 
     def attempts(self, job_id: str) -> dict:
         from fuxi.shells.jobstory import read_attempts

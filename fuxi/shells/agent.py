@@ -133,6 +133,22 @@ def _actor_class():
                     "last_error": self.last_error, "workers": len(self._workers),
                     "exits_dropped": self.exits_dropped}
 
+        def read_logs(self, token: str, kind: str, name: str, query: dict) -> dict:
+            """This node's captured output of a job or service (issue 18 part 2), for
+            FuxiMaster only (it checked the caller; ``token`` is the one it gave this agent)."""
+            import hmac
+
+            from fuxi.shells import logreads, tasklogs
+
+            with self._lock:
+                mine = self.token
+            if not isinstance(token, str) or not hmac.compare_digest(token, mine):
+                raise PermissionError(f"read_logs on the agent of node {self.node[:12]}: only "
+                                      f"FuxiMaster reads through it")
+            q = logreads.check_query(kind, query)
+            return logreads.read_local(
+                tasklogs.logs_root(tasklogs.cluster_of_namespace(self.namespace)), kind, name, q)
+
         # ---------------------------------------------------------------- the thread
 
         def _run(self) -> None:

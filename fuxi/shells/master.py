@@ -33,7 +33,7 @@ from fuxi.errors import BadInput, JobNotFound
 from fuxi.core.plan import JobPlan
 from fuxi.core.states import TERMINAL_JOB, JobState
 from fuxi.io.store import FileStore, MemoryStore, read_job_logs
-from fuxi.shells import mastermetrics
+from fuxi.shells import logreads, mastermetrics
 from fuxi.shells.admission import DEFAULT_QUEUE
 from fuxi.shells.adoption import jobmaster_name, leader_state
 from fuxi.shells.agents import Agents
@@ -405,8 +405,10 @@ class FuxiMaster:
                 or g.decision(who, "service", s["name"], "manage",
                               self._service_owner(s["name"])).allowed]
 
-    def service_status(self, name: str, cred: str | None = None) -> dict:
+    async def service_status(self, name: str, cred: str | None = None, output=None) -> dict:
         self._check_service(cred, name, "view")
+        if output is not None:  # its replicas' captured output (fuxi.shells.logreads)
+            return await logreads.gather(self.cluster, self.agents, "service", name, output)
         return self._service_manager().status(name)
 
     def _service_token(self, name: str) -> str:
@@ -430,8 +432,7 @@ class FuxiMaster:
                        "agent": ag.get(n), "holds": holds.get(n, {"replicas": [], "slots": 0})}
                       for n in sorted(self.node_info)],
             "blacklist": list(bl.values()),  # cluster level: excluded for every job
-            "jobs_running": list(self.jobmasters),
-            "master_node_id": self.node_id,
+            "jobs_running": list(self.jobmasters), "master_node_id": self.node_id,
             "master": self.adoption.info(),  # restarted?, jobs adopted
             "nuwa": self.supervisor.nuwa,  # the group's client addresses, as last found
             "nuwa_events": self.supervisor.events,
@@ -746,10 +747,12 @@ class FuxiMaster:
         return await self._status(job_id)
 
     async def logs(self, job_id: str, task: str | None = None, instance: int | None = None,
-                   cred: str | None = None) -> list[dict]:
+                   cred: str | None = None, output: dict | None = None) -> list[dict] | dict:
         self._check_job(cred, job_id, "view")
         if job_id not in self.job_owners:
             raise JobNotFound(f"no job with id {job_id!r}; `fuxi job list` shows the known jobs")
+        if output is not None:  # captured stdout, stderr, logging instead (fuxi.shells.logreads)
+            return await logreads.gather(self.cluster, self.agents, "job", job_id, output)
         return await self._log_reads.run(read_job_logs, self.log_dir, job_id, task, instance)
 
     async def job_attempts(self, job_id: str, cred: str | None = None) -> dict:

@@ -49,6 +49,12 @@ class ServiceReplica:
         from kuafu.io.loops import LoopThread
 
         self.cluster, self.spec, self.rid = cluster, spec, rid
+        from fuxi.shells import tasklogs
+
+        # Everything this process prints or logs, from any thread, is the replica's (issue 18).
+        self._sink = tasklogs.open_replica(cluster, spec["name"], rid)
+        if self._sink is not None:
+            tasklogs.begin(self._sink)
         workdir = spec.get("workdir")
         if workdir:  # this process is the replica's own: its cwd and path are ours to set
             import sys

@@ -44,6 +44,7 @@ from fuxi.io.shuffle import partition_table
 from fuxi.core import attempt_faults as faults
 from fuxi.core.attempt_faults import FaultPolicy
 from fuxi.core.spec import resolve_fn
+from fuxi.shells import tasklogs
 
 # Limits (units last). The JobMaster enforces timeouts; these bound the worker's own memory.
 RESULT_LOG_LINES_MAX = 2000
@@ -270,11 +271,23 @@ class WorkerActor:
                 f"injected hang of {self._faults.hang_s:g}s ended (faults.attempt_hang_fraction="
                 f"{self._faults.attempt_hang_fraction:g}, seed {self._faults.seed})")
 
+    def _capture(self, spec):
+        """Start capturing this thread's output into the attempt's files (None: cannot)."""
+        sink = tasklogs.open_attempt(tasklogs.cluster_of_namespace(
+            ray.get_runtime_context().namespace), spec.job_id, spec.task, spec.instance,
+            spec.attempt)
+        if sink is not None:
+            tasklogs.begin(sink)
+            if tasklogs.CTX_HANDLER not in self._log.handlers:
+                self._log.addHandler(tasklogs.CTX_HANDLER)
+        return sink
+
     def _run_one(self, spec) -> dict:
         handler = AttemptLogHandler(RESULT_LOG_LINES_MAX, LOG_LINE_CHARS_MAX)
         self._log.addHandler(handler)
         t0 = time.monotonic()
         result: dict[str, Any] = {"key": spec.key, "ok": False}
+        sink = self._capture(spec)  # print(), stderr, logging of this attempt (issue 18)
         try:
             fn = self._fns.get(spec.fn)
             if fn is None:
@@ -316,6 +329,13 @@ class WorkerActor:
             handler.lines.append(f"attempt failed: {type(e).__name__}: {e}")
         finally:
             self._log.removeHandler(handler)
+            if sink is not None:  # an attempt that wrote nothing and succeeded leaves no file
+                if result.get("error"):
+                    sink.line("fuxi", result["error"].rstrip())
+                if sink.written_bytes:
+                    how = "succeeded" if result.get("ok") else "failed"
+                    sink.line("fuxi", f"[fuxi] attempt {how} after {time.monotonic() - t0:.2f}s")
+                tasklogs.end(sink)
         result["duration_s"] = time.monotonic() - t0
         if handler.dropped:
             handler.lines.append(f"... {handler.dropped} more lines dropped "

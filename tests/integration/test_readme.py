@@ -85,6 +85,7 @@ USING_IT = [
     ("fuxi service register jobs/services/wordfreq.yaml --set config.counts=$PWD/out/wordcount "
      "--wait", r"wordfreq +version 1 +2/2 ready"),
     ("fuxi service status wordfreq", r"wordfreq +version 1 +2/2 ready"),
+    ("fuxi service logs wordfreq", r""),  # exit 0; its replicas may print nothing
     ("fuxi call nuwa://default/wordfreq lookup word=the", r"^the=[1-9]\d*$"),
     ("fuxi service upgrade wordfreq jobs/services/wordfreq.yaml --set version=2 "
      "--set config.counts=$PWD/out/wordcount --wait", r"wordfreq +version 2 +2/2 ready"),
