@@ -261,7 +261,6 @@ class FuxiMaster:
         a.check(who, "service", name, perm, owner)
         return who
 
-
     # ------------------------------------------------------------ supervision (the actor groups)
 
     async def supervise(self, cred: str | None = None, agents: bool = True) -> None:
@@ -364,7 +363,6 @@ class FuxiMaster:
             if did not in seen:
                 self.ledger.release_job(did)
         return out
-
 
     async def service_register(self, spec: dict, cred: str | None = None) -> dict:
         """Register a new service: any signed-in user may (and owns it); a name in use needs
