@@ -38,10 +38,10 @@ class StartLog:
         finally:
             took = time.perf_counter() - t0
             self.steps.append((name, took))
-            self.say(f"{name} {took:.2f} s", fine)
+            self.say(f"{name} {took:.1f} s", fine)
 
     def mark(self, name: str, since: float, fine: bool = False) -> None:
         """A step that began at ``since`` (``time.perf_counter()``) and ends now."""
         took = time.perf_counter() - since
         self.steps.append((name, took))
-        self.say(f"{name} {took:.2f} s", fine)
+        self.say(f"{name} {took:.1f} s", fine)
