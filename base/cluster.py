@@ -222,3 +222,29 @@ def session_pids(sid: int) -> list[int]:
     (``start_new_session``), and every Ray process it spawns stays in it — worker processes
     get their own process group, so a process-group kill would miss them."""
     return [pid for pid, fields in proc_stats() if fields[0] != "Z" and int(fields[3]) == sid]
+
+
+RAY_MONITOR_SCRIPT = "/ray/autoscaler/_private/monitor.py"  # how Ray starts its autoscaler
+
+
+def stop_autoscaler_monitor() -> int:
+    """SIGKILL the autoscaler monitor that ``ray.init(address="local")`` started as a child of
+    this process (Linux /proc); returns how many were stopped. A private single-node Ray that
+    lives for one command scales nothing, and the monitor ignores SIGTERM: ``ray.shutdown``
+    waits a full second for it before killing it. Ray reaps it at shutdown."""
+    import signal
+
+    me, n = os.getpid(), 0
+    for pid, fields in proc_stats():
+        if fields[0] == "Z" or int(fields[1]) != me:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if RAY_MONITOR_SCRIPT in cmd:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                n += 1
+    return n

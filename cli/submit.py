@@ -49,7 +49,7 @@ def submit(
     except Exception as e:
         handle(e)
     try:
-        with connect(cluster) as conn:
+        with connect(cluster, progress=lambda line: typer.echo(line, err=True)) as conn:
             client = FuxiClient(conn.master, cluster)
             if plan is None:  # pangu:// inputs are listed, and outputs prepared, in Pangu
                 ensure_pangu(conn)

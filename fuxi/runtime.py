@@ -28,8 +28,10 @@ from typing import Iterator
 from base import actors
 from base.cluster import (MASTER_NAME, ClusterRecord, boot_id, cluster_dir, find_cluster,
                           fuxi_home, head_is_ours, namespace, port_open, ray_init,
-                          ray_temp_dir, session_pids, set_auth_mode, start_ticks)
+                          ray_temp_dir, session_pids, set_auth_mode, start_ticks,
+                          stop_autoscaler_monitor)
 from fuxi.errors import BadInput, ClusterError, NoCluster
+from fuxi.startlog import StartLog
 
 HEAD_START_TIMEOUT_S = 60.0
 HEAD_STOP_TIMEOUT_S = 3.0  # grace after SIGTERM before SIGKILL (the head keeps no state)
@@ -50,18 +52,24 @@ def master_candidates(nuwa: list | None, name: str = MASTER_NAME,
 
 def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None,
                   nuwa_group: dict | None = None, auth: bool = False, agents: bool = True,
-                  name: str = MASTER_NAME, candidates: int | None = None,
-                  candidate_nodes: list[str] | None = None):
-    """Start Zhongkui's authority and FuxiMaster's candidates; the serving leader's handle.
-    ``candidate_nodes``: the nodes to pin the candidates to, in order (default: this node,
-    then the others in sorted order)."""
-    import ray
+                  name: str = MASTER_NAME, candidates: int | None = None, log=None,
+                  authority: bool = True, candidate_nodes: list[str] | None = None):
+    """Start FuxiMaster (its candidates) and, with ``authority``, Zhongkui's authority.
+    Without access control nothing asks the authority anything (``zhongkui.shell.make_guard``
+    gives such guards no link to it): the embedded default starts none, which saves the cold
+    start a worker process. ``candidate_nodes``: the nodes to pin the candidates to, in order
+    (default: this node, then the others in sorted order)."""
+    log = log or StartLog()
+    with log.step("import FuxiMaster", fine=True):
+        import ray
 
-    from fuxi.shells.candidates import candidate_options
-    from fuxi.shells.leadership import find_leader
-    from fuxi.shells.master import FuxiMaster
+        from fuxi.shells.candidates import candidate_options
+        from fuxi.shells.leadership import find_leader
+        from fuxi.shells.master import FuxiMaster
 
-    authority = _start_authority(cluster, data_dir, detached, nuwa, auth)  # FuxiMaster asks it
+    if auth and not authority:
+        raise ClusterError("access control needs Zhongkui's authority; start it with FuxiMaster")
+    zk = _start_authority(cluster, data_dir, detached, nuwa, auth) if authority else None
     # Ray restarts a FuxiMaster that dies (its process, its node). With Nuwa there are
     # several candidates, on different nodes where there are several: the election's winner
     # leads and the others stand by (fuxi.shells.leadership); without, the restarted one
@@ -79,12 +87,16 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
                                                          nuwa_group, auth, nm, names))
     if not detached and len(names) > 1:  # this driver owns them: a dropped handle ends one
         _CANDIDATE_HANDLES.update((nm, h) for nm, h in zip(names, handles))
-    actors.call(authority.mode, timeout_s=ACTOR_READY_TIMEOUT_S)
+    if zk is not None:  # FuxiMaster asks it for the entries and identities as it starts
+        with log.step("Zhongkui ready", fine=True):
+            actors.call(zk.mode, timeout_s=ACTOR_READY_TIMEOUT_S)
     master = handles[0] if len(names) == 1 else find_leader(
         namespace(cluster), names, handles[0], timeout_s=ACTOR_READY_TIMEOUT_S)
-    actors.call(master.cluster_info, timeout_s=ACTOR_READY_TIMEOUT_S)
-    actors.call(master.supervise, operator_proof(cluster), agents,
-                timeout_s=ACTOR_READY_TIMEOUT_S)
+    with log.step("FuxiMaster answers", fine=True):
+        actors.call(master.cluster_info, timeout_s=ACTOR_READY_TIMEOUT_S)
+    with log.step("FuxiMaster loops", fine=True):
+        actors.call(master.supervise, operator_proof(cluster), agents,
+                    timeout_s=ACTOR_READY_TIMEOUT_S)
     return master
 
 
@@ -546,9 +558,12 @@ class Connection:
 
 @contextlib.contextmanager
 def connect(cluster: str = "default", embedded_ok: bool = True,
-            num_cpus: int | None = None) -> Iterator[Connection]:
-    """Connect to the running cluster, or (``embedded_ok``) start the embedded default."""
-    import ray
+            num_cpus: int | None = None, progress=None) -> Iterator[Connection]:
+    """Connect to the running cluster, or (``embedded_ok``) start the embedded default.
+    ``progress``: called with one short line per start-up step (fuxi.startlog)."""
+    log = StartLog(progress)
+    with log.step("import ray", fine=True):
+        import ray
 
     if ray.is_initialized():
         # Already inside a Ray program (tests, a user's driver): use it as it is.
@@ -571,15 +586,23 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
         set_auth_mode(token_path)
-        ray_init(address="local", namespace=namespace(cluster), include_dashboard=False,
-                  _temp_dir=temp_dir, num_cpus=num_cpus)
+        log.say("starting an embedded Ray (no cluster recorded)…")
+        with log.step("Ray started"):
+            ray_init(address="local", namespace=namespace(cluster), include_dashboard=False,
+                     _temp_dir=temp_dir, num_cpus=num_cpus)
         try:
-            # No FuxiAgent: one node, this machine, for one command's lifetime.
-            master = _start_master(cluster, cluster_dir(cluster), detached=False, agents=False)
+            # Its autoscaler has nothing to scale, and would hold up ray.shutdown by 1 s.
+            stop_autoscaler_monitor()
+            # No FuxiAgent: one node, this machine, for one command's lifetime. No Zhongkui
+            # authority: access control is off, so no guard would ever ask it anything.
+            with log.step("FuxiMaster ready"):
+                master = _start_master(cluster, cluster_dir(cluster), detached=False,
+                                       agents=False, log=log, authority=False)
             yield Connection(cluster, master, "embedded", embedded=True,
                              data_dir=cluster_dir(cluster))
         finally:
-            ray.shutdown()
+            with log.step("Ray stopped", fine=True):
+                ray.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
         return
     set_auth_mode(rec.token_path)
