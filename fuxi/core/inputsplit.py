@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fuxi.errors import BadInput, LimitExceeded
 
 __all__ = ["SplitSpec", "OutputFormatSpec", "OUTPUT_FORMATS", "ByteRange", "split_ranges", "encode_range", "decode_input",
-           "record_bytes_max", "split_bytes_default", "split_bytes_min", "ranges_max"]
+           "record_bytes_max", "split_bytes_default", "split_shares_max", "split_bytes_min", "ranges_max"]
 
 #: The largest fixed record size ``format: records`` accepts.
 record_bytes_max = 1024 * 1024
@@ -43,6 +43,8 @@ record_bytes_max = 1024 * 1024
 split_bytes_default = 64 * 1024 * 1024
 #: The smallest ``split_bytes`` (smaller shares cost more in scheduling than they save).
 split_bytes_min = 4096
+#: The most shares (instances) one split makes (as many as a task may have instances).
+split_shares_max = 100_000
 #: The most ranges one split may produce over all instances.
 ranges_max = 1_000_000
 
@@ -155,11 +157,9 @@ def split_ranges(files: Sequence[tuple[str, int]], split: SplitSpec,
         num_instances = max(1, -(-total // split.split_bytes))
     if isinstance(num_instances, bool) or not isinstance(num_instances, int) or num_instances < 1:
         raise BadInput(f"num_instances must be an int >= 1; got {num_instances!r}")
-    from fuxi.core.spec import instances_max
-
-    if num_instances > instances_max:
-        raise LimitExceeded(f"instances_max is {instances_max}; the split needs {num_instances} "
-                            f"instances (raise split_bytes or set instances)")
+    if num_instances > split_shares_max:
+        raise LimitExceeded(f"split_shares_max is {split_shares_max}; the split needs "
+                            f"{num_instances} instances (raise split_bytes or set instances)")
     if num_instances + len(ordered) > ranges_max:
         raise LimitExceeded(f"ranges_max is {ranges_max}; {len(ordered)} files over "
                             f"{num_instances} instances could make more")
