@@ -105,6 +105,7 @@ def main() -> None:
                          reducers=args.reducers)
         results["ours_s"] = ours_s
         results["ours_running_s"] = st["finished_at"] - st["started_at"]
+        print(f"  (generate {gen_s:.2f}s, ours {ours_s:.2f}s)", flush=True)  # seen if cut short
         check_s, _ = run("jobs/sort/validate.yaml", input=out, expect=src, output=val,
                          checkers=args.maps)
     _parquet_copy(src, f"{base}/pq")
