@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
+from fuxi.core.inputsplit import ByteRange, decode_input
 from fuxi.errors import LimitExceeded
 from fuxi.io.shuffle import concat_tables, to_table
 
@@ -14,7 +15,7 @@ from fuxi.io.shuffle import concat_tables, to_table
 class TaskContext:
     """Per-attempt context. Attributes: ``job_id``, ``task``, ``instance`` (0-based),
     ``num_instances``, ``attempt`` (0 first, counting up over retries and backups), ``params``,
-    ``input_paths``; methods ``read_upstream()``, ``emit(table)``; ``log`` (a logger whose lines
+    ``input_paths``, ``input_splits``, ``output``; methods ``read_upstream()``, ``emit(table)``; ``log`` (a logger whose lines
     ``fuxi job logs`` shows)."""
 
     def __init__(self, spec, get_upstream: Callable[[tuple], list[pa.Table]], log: logging.Logger,
@@ -25,7 +26,15 @@ class TaskContext:
         self.num_instances: int = spec.num_instances
         self.attempt: int = spec.attempt
         self.params: dict[str, Any] = dict(spec.params)
-        self.input_paths: list[str] = list(spec.input_paths)
+        # Whole files, or byte ranges of them for a task with ``split:`` (fuxi.core.inputsplit):
+        # ``input_splits`` has one ``ByteRange(path, start, end)`` per entry (a whole file's
+        # end is None: its size is not looked up here), ``input_paths`` the distinct files.
+        self.input_splits: list[ByteRange] = []
+        for entry in spec.input_paths:
+            r = decode_input(entry)
+            self.input_splits.append(ByteRange(entry, 0, None) if r is None else r)
+        self.input_paths: list[str] = list(dict.fromkeys(r.path for r in self.input_splits))
+        self.output: str | None = spec.output  # this task's output location, if it has one
         self.log = log
         self._upstream = spec.upstream
         self._get_upstream = get_upstream

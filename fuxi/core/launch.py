@@ -38,7 +38,7 @@ LAUNCH_TEXT_CHARS_MAX = 4096  # one path, name, function reference or node id
 LAUNCH_TASKS_MAX = 1000  # the spec's tasks_max
 LAUNCH_INSTANCES_MAX = 100_000  # the spec's instances_max
 LAUNCH_FILES_PER_INSTANCE_MAX = 100_000
-SHUFFLE_MODES = frozenset({"hash", "one_to_one", "broadcast"})
+SHUFFLE_MODES = frozenset({"hash", "one_to_one", "broadcast", "direct"})
 
 
 class BadLaunch(ValueError):

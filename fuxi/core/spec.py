@@ -37,6 +37,7 @@ from pydantic import (
 from fuxi.core.attempt_faults import fraction_max as fault_fraction_max
 from fuxi.core.attempt_faults import hang_s_max as fault_hang_s_max
 from fuxi.core.specparse import Problems, apply_overrides, fspath_of, humane_errors, join_path
+from fuxi.core.inputsplit import OutputFormatSpec, SplitSpec
 from fuxi.errors import BadInput, SpecError
 
 __all__ = [
@@ -66,7 +67,7 @@ retry_backoff_cap_s_max = 600.0  # upper bound of ``retry_backoff_max_s``
 input_entries_max = 10_000  # entries in a task's ``input`` list (each may still be a glob)
 partition_columns_max = 64
 
-SHUFFLE_MODES = ("hash", "one_to_one", "broadcast")
+SHUFFLE_MODES = ("hash", "one_to_one", "broadcast", "direct")
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 JOB_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -216,8 +217,15 @@ class TaskSpec(BaseModel):
     timeout_s: float = Field(default=3600.0, gt=0.0, le=timeout_s_max, strict=True)
     depends_on: list[str] = Field(default_factory=list)
     partition_by: list[str] | None = None
-    shuffle: Literal["hash", "one_to_one", "broadcast"] | None = None
+    shuffle: Literal["hash", "one_to_one", "broadcast", "direct"] | None = None
     output: str | None = None
+    split: SplitSpec | None = None  # cut input files by byte ranges (fuxi.core.inputsplit)
+    output_format: OutputFormatSpec | None = None  # parquet (default), arrow or raw records
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _output_format_name(cls, value: Any) -> Any:
+        return {"format": value} if isinstance(value, str) else value
 
     @field_validator("fn", mode="before")
     @classmethod
@@ -285,9 +293,20 @@ class TaskSpec(BaseModel):
         if self.shuffle == "hash" and not self.partition_by:
             problems.append(("shuffle", "got 'hash' without `partition_by`, expected `partition_by: "
                                         "[column, ...]` to hash on"))
-        if self.partition_by and self.shuffle not in (None, "hash"):
+        if self.shuffle == "direct" and len(self.partition_by or ()) != 1:
+            problems.append(("shuffle", "got 'direct' without exactly one `partition_by` column, "
+                                        "expected `partition_by: [column]` holding each row's "
+                                        "consumer instance"))
+        if self.partition_by and self.shuffle not in (None, "hash", "direct"):
             problems.append(("partition_by", f"got partition_by with shuffle {self.shuffle!r}, expected "
-                                             "shuffle 'hash' (or omitted) when partition_by is set"))
+                                             "shuffle 'hash' or 'direct' (or omitted) when "
+                                             "partition_by is set"))
+        if self.split is not None and self.input is None:
+            problems.append(("split", "got split on a task with no `input`, expected it only "
+                                      "on tasks that read input files"))
+        if self.output_format is not None and self.output is None:
+            problems.append(("output_format", "got output_format on a task with no `output`, "
+                                              "expected it only with `output`"))
         # Shuffling only makes sense for rows coming from upstream tasks.
         if not self.depends_on and (self.shuffle is not None or self.partition_by):
             field = "shuffle" if self.shuffle is not None else "partition_by"

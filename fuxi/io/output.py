@@ -3,9 +3,19 @@
 Layout of a task's output location ``base`` (a plain path or an fsspec URL such as
 ``file:///x`` or ``memory://x``)::
 
-    base/_attempts/<task>-<instance:05d>-a<attempt>.parquet   one file per running attempt
-    base/part-<instance:05d>.parquet                           the committed output of an instance
-    base/_SUCCESS                                              JSON written by finalize()
+    base/_attempts/<task>-<instance:05d>-a<attempt>.<ext>   one file per running attempt
+    base/part-<instance:05d>.<ext>                           the committed output of an instance
+    base/_SUCCESS                                            JSON written by finalize()
+    base/_FORMAT                                             JSON, only for a format but Parquet
+
+Formats (a task's ``output_format:``; ``prepare`` records it in ``_FORMAT`` so every writer
+of the location, in any process, writes the same one):
+
+* ``parquet`` (``.parquet``, the default: no ``_FORMAT`` file);
+* ``arrow`` (``.arrow``): an Arrow IPC file;
+* ``records`` (``.records``): raw fixed-size records, each row its columns' bytes one after
+  another; every column must be fixed-size binary and a row exactly ``record_bytes`` long.
+  Read back as one ``record`` column (``fixed_size_binary(record_bytes)``).
 
 Life of an output::
 
@@ -15,7 +25,7 @@ Life of an output::
 
 Why this is safe:
 
-* ``write_attempt`` writes ``<name>.tmp`` and renames it, so nobody sees half a Parquet file.
+* ``write_attempt`` writes ``<name>.tmp`` and renames it, so nobody sees half a file.
 * ``commit`` renames the attempt file onto ``part-NNNNN.parquet`` only if that part does not
   exist yet. Check-then-rename is not atomic on its own; it is race-free here because one
   decider — the job's single JobMaster — commits instances one at a time. With speculative
@@ -33,20 +43,27 @@ import posixpath
 import re
 
 import fsspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.ipc  # noqa: F401  (pa.ipc)
 import pyarrow.parquet as pq
 
 from fuxi.errors import BadInput, LimitExceeded
 from fuxi.io.shuffle import concat_tables, to_table
 
-__all__ = ["OutputLocation", "instances_max", "ATTEMPTS_DIR", "SUCCESS_FILE"]
+__all__ = ["OutputLocation", "instances_max", "ATTEMPTS_DIR", "SUCCESS_FILE", "FORMAT_FILE",
+           "records_bytes"]
 
 #: Part files are numbered with five digits, so an output holds at most this many instances.
 instances_max = 100_000
 
 ATTEMPTS_DIR = "_attempts"
 SUCCESS_FILE = "_SUCCESS"
-_PART_RE = re.compile(r"^part-(\d{5})\.parquet$")
+FORMAT_FILE = "_FORMAT"
+#: A ``_FORMAT`` file larger than this is not ours.
+format_file_bytes_max = 4096
+_EXTENSIONS = {"parquet": "parquet", "arrow": "arrow", "records": "records"}
+_PART_RE = re.compile(r"^part-(\d{5})\.([a-z]+)$")
 _TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -63,6 +80,34 @@ class OutputLocation:
         self.url = url if _is_url(url) else os.path.abspath(url)
         self.fs, path = fsspec.core.url_to_fs(self.url)
         self.path = path.rstrip("/") or "/"
+        self._format: dict | None = None  # read from _FORMAT on first use
+
+    @property
+    def format(self) -> dict:
+        """``{"format": "parquet" | "arrow" | "records", "record_bytes": int | None}``."""
+        if self._format is None:
+            self._format = self._read_format()
+        return self._format
+
+    def _read_format(self) -> dict:
+        marker = self._join(FORMAT_FILE)
+        try:
+            with self.fs.open(marker, "rb") as f:
+                raw = f.read(format_file_bytes_max + 1)
+        except FileNotFoundError:
+            return {"format": "parquet", "record_bytes": None}
+        try:
+            doc = json.loads(raw.decode())
+            fmt, width = doc["format"], doc.get("record_bytes")
+            _check_format(fmt, width)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, BadInput) as e:
+            raise BadInput(f"{self.url}/{FORMAT_FILE} is not an output format record ({e}); "
+                           "expected JSON {\"format\": ..., \"record_bytes\": ...}") from None
+        return {"format": fmt, "record_bytes": width}
+
+    @property
+    def _ext(self) -> str:
+        return _EXTENSIONS[self.format["format"]]
 
     def __repr__(self) -> str:
         return f"OutputLocation({self.url!r})"
@@ -74,7 +119,7 @@ class OutputLocation:
 
     def part_path(self, instance: int) -> str:
         _check_instance(instance)
-        return self._join(f"part-{instance:05d}.parquet")
+        return self._join(f"part-{instance:05d}.{self._ext}")
 
     def attempt_path(self, task: str, instance: int, attempt: int) -> str:
         """Where attempt ``attempt`` of ``task`` instance ``instance`` writes its output."""
@@ -86,7 +131,7 @@ class OutputLocation:
         _check_instance(instance)
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
             raise BadInput(f"attempt must be an int >= 0; got {attempt!r}")
-        return self._join(ATTEMPTS_DIR, f"{task}-{instance:05d}-a{attempt}.parquet")
+        return self._join(ATTEMPTS_DIR, f"{task}-{instance:05d}-a{attempt}.{self._ext}")
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -110,22 +155,63 @@ class OutputLocation:
             )
         return True
 
-    def prepare(self, overwrite: bool = False) -> None:
-        """Create the location. Refuse one holding files from an earlier run unless ``overwrite``."""
+    def prepare(self, overwrite: bool = False, fmt: str = "parquet",
+                record_bytes: int | None = None) -> None:
+        """Create the location in format ``fmt``. Refuse one holding files from an earlier run
+        unless ``overwrite``."""
+        _check_format(fmt, record_bytes)
         if self.check(overwrite=overwrite):
             self.fs.rm(self.path, recursive=True)
         self.fs.makedirs(self.path, exist_ok=True)
+        if fmt != "parquet":
+            marker = self._join(FORMAT_FILE)
+            with self.fs.open(marker + ".tmp", "wb") as f:
+                f.write(json.dumps({"format": fmt, "record_bytes": record_bytes}).encode())
+            self.fs.mv(marker + ".tmp", marker)
+        self._format = {"format": fmt, "record_bytes": record_bytes}
 
     def write_attempt(self, task: str, instance: int, attempt: int, table: pa.Table) -> dict:
-        """Write one attempt's output as Parquet; return ``{"path", "rows", "bytes"}``."""
+        """Write one attempt's output in the location's format; return
+        ``{"path", "rows", "bytes"}``."""
         table = to_table(table)
+        fmt = self.format
+        data = records_bytes(table, fmt["record_bytes"]) if fmt["format"] == "records" else None
         final = self.attempt_path(task, instance, attempt)
         tmp = final + ".tmp"
         self.fs.makedirs(self._join(ATTEMPTS_DIR), exist_ok=True)
         with self.fs.open(tmp, "wb") as f:
-            pq.write_table(table, f)
+            if data is not None:
+                f.write(data)
+            elif fmt["format"] == "arrow":
+                with pa.ipc.new_file(f, table.schema) as writer:
+                    writer.write_table(table)
+            else:
+                pq.write_table(table, f)
         self.fs.mv(tmp, final)
         return {"path": final, "rows": table.num_rows, "bytes": self.fs.size(final)}
+
+    def _rows(self, part: str) -> int:
+        fmt = self.format
+        if fmt["format"] == "records":
+            return self.fs.size(part) // fmt["record_bytes"]
+        with self.fs.open(part, "rb") as f:
+            if fmt["format"] == "arrow":
+                return pa.ipc.open_file(f).count_rows()
+            return pq.ParquetFile(f).metadata.num_rows
+
+    def read_part(self, instance: int) -> pa.Table:
+        """One committed part as a table (``records``: one ``record`` column)."""
+        part, fmt = self.part_path(instance), self.format
+        with self.fs.open(part, "rb") as f:
+            if fmt["format"] == "records":
+                data = f.read()
+                width = fmt["record_bytes"]
+                arr = pa.FixedSizeBinaryArray.from_buffers(
+                    pa.binary(width), len(data) // width, [None, pa.py_buffer(data)])
+                return pa.table({"record": arr})
+            if fmt["format"] == "arrow":
+                return pa.ipc.open_file(f).read_all()
+            return pq.read_table(f)
 
     def commit(self, task: str, instance: int, attempt: int) -> bool:
         """Make this attempt the instance's output. ``False`` if the instance was already committed.
@@ -159,7 +245,7 @@ class OutputLocation:
         found = []
         for p in self.fs.ls(self.path, detail=False):
             m = _PART_RE.match(posixpath.basename(p.rstrip("/")))
-            if m:
+            if m and m.group(2) == self._ext:
                 found.append(int(m.group(1)))
         return sorted(found)
 
@@ -187,8 +273,7 @@ class OutputLocation:
         rows = total_bytes = 0
         for i in range(num_instances):
             part = self.part_path(i)
-            with self.fs.open(part, "rb") as f:
-                rows += pq.ParquetFile(f).metadata.num_rows
+            rows += self._rows(part)
             total_bytes += self.fs.size(part)
         attempts = self._join(ATTEMPTS_DIR)
         if self.fs.exists(attempts):
@@ -205,11 +290,46 @@ class OutputLocation:
 
     def read(self) -> pa.Table:
         """All committed parts concatenated in instance order (empty table if none)."""
-        tables = []
-        for i in self.committed_instances():
-            with self.fs.open(self.part_path(i), "rb") as f:
-                tables.append(pq.read_table(f))
-        return concat_tables(tables)
+        return concat_tables([self.read_part(i) for i in self.committed_instances()])
+
+
+def _check_format(fmt, record_bytes) -> None:
+    from fuxi.core.inputsplit import OUTPUT_FORMATS, record_bytes_max
+
+    if fmt not in OUTPUT_FORMATS:
+        raise BadInput(f"output format {str(fmt)[:40]!r}; expected one of {list(OUTPUT_FORMATS)}")
+    if fmt == "records":
+        if isinstance(record_bytes, bool) or not isinstance(record_bytes, int) \
+                or not 1 <= record_bytes <= record_bytes_max:
+            raise BadInput(f"format 'records' needs record_bytes from 1 to {record_bytes_max}; "
+                           f"got {record_bytes!r}")
+    elif record_bytes is not None:
+        raise BadInput(f"record_bytes is only for format 'records'; got format {fmt!r}")
+
+
+def records_bytes(table: pa.Table, record_bytes: int) -> bytes:
+    """A table as raw records: each row its columns' bytes in column order. Every column must
+    be fixed-size binary without nulls, and their widths must add up to ``record_bytes``."""
+    widths = []
+    for name, col in zip(table.column_names, table.columns):
+        if not pa.types.is_fixed_size_binary(col.type) or col.null_count:
+            raise BadInput(f"format 'records' writes fixed-size binary columns without nulls; "
+                           f"column {name!r} is {col.type} with {col.null_count} nulls")
+        widths.append(col.type.byte_width)
+    if sum(widths) != record_bytes:
+        raise BadInput(f"format 'records' with record_bytes={record_bytes}: the columns "
+                       f"{table.column_names} are {sum(widths)} bytes a row ({widths})")
+    n = table.num_rows
+    if n == 0:
+        return b""
+    views = []
+    for col, width in zip(table.columns, widths):
+        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        data = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+        views.append(data[arr.offset * width:(arr.offset + n) * width].reshape(n, width))
+    if len(views) == 1:
+        return views[0].tobytes()
+    return np.hstack(views).tobytes()
 
 
 def _check_instance(instance: int) -> None:

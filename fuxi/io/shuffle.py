@@ -44,6 +44,7 @@ __all__ = [
     "MODES",
     "num_partitions_max",
     "hash_partition_ids",
+    "range_partition_ids",
     "split_by_ids",
     "partition_table",
     "concat_tables",
@@ -54,7 +55,7 @@ __all__ = [
 num_partitions_max = 100_000
 
 #: Partitioning modes understood by :func:`partition_table`.
-MODES = ("hash", "one_to_one", "broadcast")
+MODES = ("hash", "one_to_one", "broadcast", "direct")
 
 #: Key in :func:`partition_table`'s result meaning "every consumer instance reads this".
 BROADCAST = -1
@@ -241,6 +242,69 @@ def hash_partition_ids(
 
 
 # ---------------------------------------------------------------------------------------------
+# Range partitioning (a sort's partitioner: the producer computes ids, ``direct`` routes them)
+
+
+def _sortable(arr, column: str) -> np.ndarray:
+    """Values of a key column as a numpy array whose order is the column's byte/number order."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if not isinstance(arr, pa.Array):
+        arr = pa.array(arr)
+    if arr.null_count:
+        raise BadInput(f"cannot range-partition by column {column!r}: it has "
+                       f"{arr.null_count} nulls; expected no nulls")
+    t = arr.type
+    if pa.types.is_fixed_size_binary(t):
+        width = t.byte_width
+        data = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+        data = data[arr.offset * width:(arr.offset + len(arr)) * width]
+        # Equal-width 'S' strings compare like memcmp (trailing NULs only pad equal widths).
+        return data.view(f"S{width}") if width else np.zeros(len(arr), "S1")
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return arr.to_numpy(zero_copy_only=False)
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return np.array(arr.to_pylist(), dtype=object)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return np.array([v.encode() for v in arr.to_pylist()], dtype=object)
+    raise BadInput(f"cannot range-partition by column {column!r} of type {t}; expected "
+                   "fixed-size binary, binary, string, integer or float")
+
+
+def range_partition_ids(keys, boundaries, column: str = "key") -> np.ndarray:
+    """An int32 partition id per key: the number of ``boundaries`` that are ``<= key``.
+
+    ``boundaries`` (``R - 1`` of them for ``R`` partitions, ascending) cut the key space into
+    ranges: partition ``p`` holds keys in ``[boundaries[p-1], boundaries[p])``, so reading the
+    partitions in order reads the keys in order. Bytes compare byte by byte (unsigned).
+    """
+    values = _sortable(keys, column)
+    bounds = _sortable(boundaries, "boundaries")
+    _check_num_partitions(len(bounds) + 1)
+    if len(bounds) > 1 and not bool(np.all(bounds[:-1] <= bounds[1:])):
+        raise BadInput("range boundaries must be in ascending order; got them out of order")
+    if values.dtype.kind == "S" and bounds.dtype.kind == "S" and values.dtype != bounds.dtype:
+        raise BadInput(f"keys of column {column!r} are {values.dtype.itemsize} bytes but the "
+                       f"boundaries {bounds.dtype.itemsize}; expected the same width")
+    return np.searchsorted(bounds, values, side="right").astype(np.int32)
+
+
+def _direct_ids(table: pa.Table, column: str, num_partitions: int) -> np.ndarray:
+    if column not in table.column_names:
+        raise BadInput(f"cannot route by column {column!r}: the table has no such column; "
+                       f"expected one of {table.column_names}")
+    col = table.column(column)
+    if not pa.types.is_integer(col.type) or col.null_count:
+        raise BadInput(f"shuffle 'direct' routes by column {column!r}, which must be an integer "
+                       f"column without nulls; got {col.type} with {col.null_count} nulls")
+    ids = col.to_numpy()
+    if ids.size and (ids.min() < 0 or ids.max() >= num_partitions):
+        raise BadInput(f"column {column!r} holds consumer instances in [{ids.min()}, "
+                       f"{ids.max()}]; expected values in [0, {num_partitions})")
+    return ids.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
 # Splitting
 
 
@@ -279,8 +343,12 @@ def partition_table(
 ) -> dict[int, pa.Table]:
     """The pieces that producer instance ``source_instance`` sends to a consumer task.
 
-    * ``"hash"``: ``{p: rows whose partition_by key hashes to p}`` for every ``p`` in
-      ``range(num_partitions)``; partitions without rows are 0-row tables with the schema.
+    * ``"hash"``: ``{p: rows whose partition_by key hashes to p}``; a partition without
+      rows gets no piece at all (no object for it in the store: with M producers and R
+      consumers most of the M*R pieces of a small or skewed job are empty).
+    * ``"direct"``: ``{p: rows whose partition_by column holds p}`` (the producer chose each
+      row's consumer, e.g. by :func:`range_partition_ids`); that column is dropped from the
+      pieces; no piece for a partition without rows.
     * ``"one_to_one"``: ``{source_instance % num_partitions: table}``.
     * ``"broadcast"``: ``{-1: table}``, meaning every consumer instance reads it.
     """
@@ -292,7 +360,15 @@ def partition_table(
                 f"{partition_by!r}; expected a non-empty list of column names"
             )
         ids = hash_partition_ids(table, partition_by, num_partitions)
-        return dict(enumerate(split_by_ids(table, ids, num_partitions)))
+        pieces = split_by_ids(table, ids, num_partitions)
+        return {p: t for p, t in enumerate(pieces) if t.num_rows}
+    if mode == "direct":
+        if not partition_by or len(partition_by) != 1:
+            raise BadInput(f"mode 'direct' needs exactly one partition_by column (the consumer "
+                           f"instance of each row); got {partition_by!r}")
+        ids = _direct_ids(table, partition_by[0], num_partitions)
+        pieces = split_by_ids(table.drop_columns([partition_by[0]]), ids, num_partitions)
+        return {p: t for p, t in enumerate(pieces) if t.num_rows}
     if mode == "one_to_one":
         if source_instance < 0:
             raise BadInput(f"source_instance must be >= 0; got {source_instance}")

@@ -203,7 +203,7 @@ GARBAGE = [
     ({**record("gen", 0), "sha256": "xyz"}, "sha256="),
     ({**record("gen", 0), "file": "/etc/passwd"}, "not inside"),
     ({**record("gen", 0), "file": f"{ROOT}/../../etc/passwd"}, "not inside"),
-    (record("gen", 0, parts=[["shuffle", 0, 0, 1]]), "expected none"),  # pieces missing
+    (record("gen", 0, parts=[["nosuch", 0, 0, 1]]), "expected none"),  # not a consumer
     (record("gen", 0, parts=[["sum", 0, 0, 1], ["sum", 1, 1, 1], ["sum", 2, 2, 1]]), "expected"),
     (record("gen", 0, parts=[["shuffle", 0, 0, 1]] * 3), "expected"),  # duplicates
     (record("gen", 0, parts=[["shuffle", 0, -1, 1]]), "part"),

@@ -1,0 +1,104 @@
+"""The sort benchmark's jobs (jobs/sort) as ordinary Fuxi jobs on the shared two-node Ray
+cluster, submitted from their YAML files: gen -> sort -> validate for uniform and skewed keys
+and for one large input file split across instances; the validator failing a damaged output
+(negative control); a text file split by lines across instances counting exactly like the
+plain count."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from jobs.sort import records
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+JOB_WAIT_S = 180.0
+
+
+def _run(client, path: str, **params) -> dict:
+    job_id = client.submit(path, [f"params.{k}={v}" for k, v in params.items()])
+    st = client.wait(job_id, timeout_s=JOB_WAIT_S)
+    assert st["state"] in ("succeeded", "failed", "cancelled"), f"job did not end: {st}"
+    return st
+
+
+def _records(directory) -> "records.np.ndarray":
+    data = b"".join(open(p, "rb").read() for p in sorted(glob.glob(f"{directory}/part-*.records")))
+    return records.rows_of_bytes(data)
+
+
+@pytest.mark.parametrize("skew,files,maps,reducers", [
+    (0, 3, 4, 3),  # uniform keys
+    (4, 3, 3, 4),  # skewed keys: most keys crowd the low end, the sample still balances
+    (0, 1, 4, 2),  # one large input file, cut into four record-aligned ranges
+])
+def test_gen_sort_validate(client, tmp_path, skew, files, maps, reducers):
+    src, out, val = tmp_path / "in", tmp_path / "sorted", tmp_path / "val"
+    size = 6000 * 100
+    st = _run(client, "jobs/sort/gen.yaml", size=size, files=files, seed=3, skew=skew,
+              output=str(src))
+    assert st["state"] == "succeeded", st.get("report")
+    assert len(glob.glob(f"{src}/part-*.records")) == files
+    assert len(glob.glob(f"{src}/_checksum/part-*.json")) == files
+    st = _run(client, "jobs/sort/sort.yaml", input=str(src), output=str(out), maps=maps,
+              reducers=reducers)
+    assert st["state"] == "succeeded", st.get("report")
+    assert st["tasks"]["partition"]["succeeded"] == maps  # even from a single file
+    parts = sorted(glob.glob(f"{out}/part-*.records"))
+    assert len(parts) == reducers
+    got, original = _records(out), _records(src)
+    assert got.shape == (6000, 100) and records.is_sorted(got)
+    assert sorted(map(bytes, got)) == sorted(map(bytes, original))
+    sizes = [os.path.getsize(p) // 100 for p in parts]
+    assert min(sizes) > 6000 // reducers // 3, sizes  # ranges from the sample, not empty ones
+    st = _run(client, "jobs/sort/validate.yaml", input=str(out), expect=str(src),
+              output=str(val), checkers=2)
+    assert st["state"] == "succeeded", st.get("report")
+    from tests.integration.jobhelpers import read_output
+
+    verdict = read_output(str(val)).to_pylist()[0]
+    assert verdict["ok"] and verdict["records"] == 6000
+
+
+def test_validator_fails_a_damaged_output(client, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "sorted"
+    assert _run(client, "jobs/sort/gen.yaml", size=2000 * 100, files=2, seed=9,
+                output=str(src))["state"] == "succeeded"
+    assert _run(client, "jobs/sort/sort.yaml", input=str(src), output=str(out), maps=2,
+                reducers=2)["state"] == "succeeded"
+    first = sorted(glob.glob(f"{out}/part-*.records"))[0]
+    data = bytearray(open(first, "rb").read())
+    data[150] ^= 0x01  # a payload byte of the second record: still sorted, not the same data
+    open(first, "wb").write(bytes(data))
+    st = _run(client, "jobs/sort/validate.yaml", input=str(out), expect=str(src),
+              output=str(tmp_path / "val"), checkers=2)
+    assert st["state"] == "failed"
+    assert "checksum" in str(st.get("report")), st.get("report")
+
+
+def test_one_text_file_split_by_lines_counts_like_plain_python(job, tmp_path):
+    from jobs.wordcount import plain_count
+
+    text = b"".join(open(p, "rb").read() for p in sorted(glob.glob("jobs/data/*.txt")))
+    big = tmp_path / "big.txt"
+    big.write_bytes(text)
+    spec = {
+        "name": "wordcount-lines",
+        "tasks": {
+            "map": {"fn": "jobs.wordcount:map_lines", "input": str(big), "instances": 5,
+                    "split": {"format": "lines"}},
+            "reduce": {"fn": "jobs.wordcount:sum_counts", "instances": 2, "depends_on": ["map"],
+                       "partition_by": ["word"], "output": str(tmp_path / "wc")},
+        },
+    }
+    st = job(spec)
+    assert st["state"] == "succeeded", st.get("report")
+    assert st["tasks"]["map"]["succeeded"] == 5
+    from tests.integration.jobhelpers import read_output
+
+    t = read_output(str(tmp_path / "wc"))
+    got = dict(zip(t.column("word").to_pylist(), t.column("count").to_pylist()))
+    assert got == plain_count([str(big)])
