@@ -16,6 +16,7 @@ def submit(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job until it ends (default) or return its id at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the final status (or the job id with --no-wait) as JSON."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty output location first."),
+    working_dir: Optional[str] = typer.Option(None, "--working-dir", help="Ship this directory to every worker (their working directory and import path); default: none on one machine, the submit directory on a cluster spanning machines."),
     cluster: str = ClusterOpt,
 ) -> None:
     """Submit a batch job. Exit code 0 succeeded, 1 failed or cancelled, 2 bad input."""
@@ -35,7 +36,7 @@ def submit(
             fail("--no-wait needs a running cluster (the embedded default stops when this command "
                  "ends); start one with `fuxi up`", EXIT_BAD_INPUT)
         if not uses_pangu:
-            plan = load(spec, set_ or (), overwrite=overwrite)
+            plan = load(spec, set_ or (), overwrite=overwrite, working_dir=working_dir)
     except typer.Exit:
         raise
     except Exception as e:
@@ -45,7 +46,7 @@ def submit(
             client = FuxiClient(conn.master, cluster)
             if plan is None:  # pangu:// inputs are listed, and outputs prepared, in Pangu
                 ensure_pangu(conn)
-                plan = load(spec, set_ or (), overwrite=overwrite)
+                plan = load(spec, set_ or (), overwrite=overwrite, working_dir=working_dir)
             job_id = client.submit(plan)
             if not wait:
                 print_json({"job_id": job_id}) if as_json else typer.echo(job_id)
