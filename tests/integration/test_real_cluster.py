@@ -28,15 +28,21 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CMD_TIMEOUT_S = 240
 JOB_WAIT_S = 180
+SECOND_IP = "127.0.0.2"
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 JOB_MODULE = '''
 import os
+import time
+
+import ray
 
 def count(ctx):
-    """Each instance: its index squared, and where its code was imported from."""
+    """Each instance: its index squared, and where (node, directory) its code came from."""
     i = ctx.instance
-    return {"i": [i], "sq": [i * i], "file": [os.path.abspath(__file__)], "cwd": [os.getcwd()]}
+    time.sleep(2)  # held long enough that the four instances run at once, on both nodes
+    return {"i": [i], "sq": [i * i], "file": [os.path.abspath(__file__)], "cwd": [os.getcwd()],
+            "node": [ray.get_runtime_context().get_node_id()]}
 '''
 JOB_SPEC = """
 name: shipped
@@ -75,7 +81,8 @@ factor = int(sys.argv[2])
 def scaled(ctx):
     return {"i": [ctx.instance], "v": [ctx.instance * factor]}
 
-spec = JobSpec(name="byvalue", tasks={"t": TaskSpec(fn=scaled, instances=3, output=sys.argv[1])})
+spec = JobSpec(name="byvalue", tasks={"t": TaskSpec(fn=scaled, instances=3,
+                                                   output={"path": sys.argv[1], "shared": True})})
 from fuxi.runtime import connect
 with connect("default", embedded_ok=False) as conn:
     client = fuxi.Client(conn.master, "default")
@@ -210,16 +217,26 @@ def test_code_only_in_the_submit_dir_runs_on_a_real_two_raylet_cluster(tmp_path)
         _run([RAY, "start", "--head", f"--port={port}", f"--temp-dir={head_tmp}",
               "--num-cpus=2", "--include-dashboard=false", "--node-ip-address=127.0.0.1",
               "--disable-usage-stats"], str(other), env)
-        # A second raylet on this machine, its own temp dir: a node of its own to Ray.
+        # A second raylet on this machine, its own temp dir: a node of its own to Ray, on
+        # another loopback address (127.0.0.0/8 is all this host), so to Fuxi the cluster
+        # spans two machines, as a real one does.
         _run([RAY, "start", f"--address={address}", f"--temp-dir={node_tmp}", "--num-cpus=2",
-              "--node-ip-address=127.0.0.1", "--disable-usage-stats"], str(other), env)
+              f"--node-ip-address={SECOND_IP}", "--disable-usage-stats"], str(other), env)
         assert _alive_nodes(address, env, str(other)) == 2
         _fuxi(home, str(other), "up", "--address", address, "--no-auth", "--nuwa-replicas", "1",
               "--web-port", "0")
 
-        # A job whose module exists only in `code`, shipped with --working-dir.
-        job_id = _fuxi(home, str(code), "submit", "job.yaml", "--working-dir", ".",
-                       "--no-wait").stdout.strip()
+        # A local output on a cluster spanning machines: refused at submit, pointing to Pangu.
+        (code / "job.yaml").write_text(JOB_SPEC.format(out=out))
+        refused = _fuxi(home, str(code), "submit", "job.yaml", "--working-dir", ".",
+                        "--no-wait", check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert "tasks.sq.output" in refused.stderr and "pangu://" in refused.stderr
+        assert "2 machines" in refused.stderr, refused.stderr
+        # Declared shared (here it is: one host), the job runs. Its module exists only in
+        # `code`: with no --working-dir, a cluster spanning machines ships the submit dir.
+        (code / "job.yaml").write_text(JOB_SPEC.format(out=f"{{path: {out}, shared: true}}"))
+        job_id = _fuxi(home, str(code), "submit", "job.yaml", "--no-wait").stdout.strip()
         shutil.copytree(code, tmp_path / "code-copy")
         shutil.rmtree(code)  # uploaded at submit: the workers never need the original
         st = _wait_job(home, str(other), job_id)
@@ -231,6 +248,8 @@ def test_code_only_in_the_submit_dir_runs_on_a_real_two_raylet_cluster(tmp_path)
         for r in rows:  # imported from Ray's unpacked package, not from the submit directory
             assert not r["file"].startswith(str(tmp_path / "code")), r
             assert "runtime_resources" in r["file"] and r["cwd"] == os.path.dirname(r["file"]), r
+        # 4 instances of 1 CPU held 2 s each on two 2-CPU nodes: both nodes ran the code.
+        assert len({r["node"] for r in rows}) == 2, rows
 
         # A service registered the same way answers calls.
         shutil.copytree(tmp_path / "code-copy", code)
