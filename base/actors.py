@@ -206,10 +206,16 @@ def upload_code(runtime_env: dict) -> dict:
     from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
     from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
 
+    import shutil
+    import tempfile
+
     env = dict(runtime_env)
+    scratch = tempfile.mkdtemp(prefix="fuxi-pkg-")  # the zip is made here, not in the cwd
     try:
-        env = upload_working_dir_if_needed(env, include_gitignore=True)
-        env = upload_py_modules_if_needed(env, include_gitignore=True)
+        env = upload_working_dir_if_needed(env, include_gitignore=True, scratch_dir=scratch)
+        env = upload_py_modules_if_needed(env, include_gitignore=True, scratch_dir=scratch)
     except Exception as e:  # noqa: BLE001 - one of ours, naming Ray's complaint
         raise Failed(f"packaging the job's code: {type(e).__name__}: {str(e)[:300]}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return env
