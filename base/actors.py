@@ -194,3 +194,28 @@ def driver_messages_to_stderr() -> None:
 
     to_stderr.fuxi_to_stderr = True
     w.print_to_stdstream = to_stderr
+
+
+def upload_code(runtime_env: dict) -> dict:
+    """``runtime_env`` with its local ``working_dir`` and ``py_modules`` packaged and uploaded
+    to the GCS once, each replaced by its ``gcs://_ray_pkg_<hash>.zip`` URI (a URI already
+    there is not uploaded again: the name is the content's hash). Ray does this itself only
+    for ``ray.init(runtime_env=...)``; an actor's ``.options(runtime_env=...)`` must be given
+    URIs, because the process creating the actor (a JobMaster on the head) may not have the
+    submitter's files. Private in Ray (its packaging module); needs a connected driver."""
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    import shutil
+    import tempfile
+
+    env = dict(runtime_env)
+    scratch = tempfile.mkdtemp(prefix="fuxi-pkg-")  # the zip is made here, not in the cwd
+    try:
+        env = upload_working_dir_if_needed(env, include_gitignore=True, scratch_dir=scratch)
+        env = upload_py_modules_if_needed(env, include_gitignore=True, scratch_dir=scratch)
+    except Exception as e:  # noqa: BLE001 - one of ours, naming Ray's complaint
+        raise Failed(f"packaging the job's code: {type(e).__name__}: {str(e)[:300]}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return env

@@ -27,16 +27,27 @@ def _master_call(cluster: str, method: str, *args):
     return master_call(cluster, method, *args, needs="an online service", send_token=True)
 
 
-def _load(spec: str, overrides: list[str]) -> dict:
+WorkingDirOpt = typer.Option(None, "--working-dir", help="Ship this directory to every replica "
+                             "(its working directory and import path) instead of running in "
+                             "this directory, which other machines do not have.")
+
+
+def _load(spec: str, overrides: list[str], working_dir: str | None = None,
+          cluster: str | None = None) -> dict:
     from fuxi.io.specfile import load_service_spec
 
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # service modules are found relative to the shell
+    for where in (os.getcwd(), working_dir and os.path.abspath(working_dir)):
+        if where and where not in sys.path:
+            sys.path.insert(0, where)  # service modules are found relative to the shell
     try:
         doc = load_service_spec(spec, overrides or ()).to_doc()
+        if working_dir is not None or doc.get("runtime_env"):
+            from cli.shipping import ship_service_code
+
+            doc = ship_service_code(doc, working_dir, cluster)
     except Exception as e:  # noqa: BLE001
         handle(e)
-    if doc.get("workdir") is None:
+    if doc.get("workdir") is None and not (doc.get("runtime_env") or {}).get("working_dir"):
         doc["workdir"] = os.getcwd()  # replicas run here, like jobs submitted from here
     return doc
 
@@ -59,10 +70,11 @@ def _show(st: dict) -> None:
 def register(spec: str = typer.Argument(..., help="The service spec (YAML or JSON)."),
              overrides: Optional[List[str]] = SetOpt,
              wait: bool = WaitOpt, timeout_s: float = TimeoutOpt,
-             as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+             as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt,
+             working_dir: Optional[str] = WorkingDirOpt) -> None:
     """Register a service: Fuxi starts its replicas and keeps them running."""
     check_timeout(timeout_s)
-    doc = _load(spec, overrides)
+    doc = _load(spec, overrides, working_dir, cluster)
     st = _master_call(cluster, "service_register", doc)
     if wait:
         st = wait_service(cluster, doc["name"], doc["version"], timeout_s)
@@ -73,11 +85,12 @@ def register(spec: str = typer.Argument(..., help="The service spec (YAML or JSO
 def upgrade(name: str = NameArg, spec: str = typer.Argument(..., help="The new spec."),
             overrides: Optional[List[str]] = SetOpt, wait: bool = WaitOpt,
             timeout_s: float = TimeoutOpt,
-            as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+            as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt,
+            working_dir: Optional[str] = WorkingDirOpt) -> None:
     """Roll a service to a new spec (rolling, within max_unavailable/max_surge; rolled back
     automatically when the new version's replicas fail)."""
     check_timeout(timeout_s)
-    doc = _load(spec, overrides)
+    doc = _load(spec, overrides, working_dir, cluster)
     if doc["name"] != name:
         from fuxi.errors import BadInput
 

@@ -19,6 +19,7 @@ def submit(
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty output location first."),
     request_id: Optional[str] = typer.Option(None, "--request-id", help="Make the submit idempotent: the same id with the same spec gives the same job (a safe retry); with another spec it is refused."),
     cancel_on_interrupt: bool = typer.Option(False, "--cancel-on-interrupt", help="Ctrl-C cancels the job (default: it keeps running on a `fuxi up` cluster; the embedded default always stops)."),
+    working_dir: Optional[str] = typer.Option(None, "--working-dir", help="Ship this directory to every worker (their working directory and import path); default: none on one machine, the submit directory on a cluster spanning machines."),
     cluster: str = ClusterOpt,
 ) -> None:
     """Submit a batch job. Exit code 0 succeeded, 1 failed or cancelled, 2 bad input, 3 no
@@ -43,7 +44,7 @@ def submit(
             fail("--no-wait needs a running cluster (the embedded default stops when this command "
                  "ends); start one with `fuxi up`", EXIT_UNAVAILABLE)
         if not uses_pangu:
-            plan = load(spec, set_ or (), overwrite=overwrite)
+            plan = load(spec, set_ or (), overwrite=overwrite, working_dir=working_dir)
     except typer.Exit:
         raise
     except Exception as e:
@@ -53,7 +54,7 @@ def submit(
             client = FuxiClient(conn.master, cluster)
             if plan is None:  # pangu:// inputs are listed, and outputs prepared, in Pangu
                 ensure_pangu(conn)
-                plan = load(spec, set_ or (), overwrite=overwrite)
+                plan = load(spec, set_ or (), overwrite=overwrite, working_dir=working_dir)
             job_id = client.submit(plan, request_id=request_id)
             if not wait:
                 print_json({"job_id": job_id}) if as_json else typer.echo(job_id)

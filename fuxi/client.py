@@ -16,6 +16,7 @@ or, against a running cluster, with the same spec as Python objects::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -40,18 +41,28 @@ TERMINAL = {s.value for s in TERMINAL_JOB}
 
 
 def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = (),
-         base_dir: str | None = None, overwrite: bool = False) -> JobPlan:
+         base_dir: str | None = None, overwrite: bool = False,
+         working_dir: str | None = None) -> JobPlan:
     """Validate a spec (file path, dict or ``JobSpec``) and resolve it into a plan.
 
     Raises ``SpecError``/``BadInput`` before anything runs. Reads only: with ``overwrite``
-    the old output is cleared by the job's JobMaster, once FuxiMaster admitted the job."""
+    the old output is cleared by the job's JobMaster, once FuxiMaster admitted the job.
+    ``working_dir``: ship that directory to every worker (``fuxi.io.codeship``), over the
+    spec's ``runtime_env.working_dir``."""
+    from fuxi.io import codeship
+
     base_dir = base_dir or os.getcwd()
-    if base_dir not in sys.path:
-        sys.path.insert(0, base_dir)  # task modules are found relative to where you submit
+    for where in (base_dir, working_dir and os.path.abspath(os.path.join(base_dir, working_dir))):
+        if where and where not in sys.path:
+            sys.path.insert(0, where)  # task modules are found relative to where you submit
     if isinstance(spec, JobSpec):
         js = spec
-        if overrides:
-            js = spec_from_dict(spec.to_json_dict(), overrides, source="<JobSpec>")
+        if overrides:  # functions given by value are kept across the overrides
+            js = spec_from_dict(spec.to_json_dict(), overrides, source="<JobSpec>",
+                                check_functions=False)
+            js = js.model_copy(update={"tasks": {
+                n: t.shipping(spec.tasks[n].by_value) if n in spec.tasks else t
+                for n, t in js.tasks.items()}})
         check_importable(js)
     elif isinstance(spec, dict):
         js = spec_from_dict(spec, overrides)
@@ -59,6 +70,7 @@ def load(spec: str | os.PathLike | dict | JobSpec, overrides: Sequence[str] = ()
         js = load_job_spec(spec, overrides)
     from fuxi.io.resolve import check_outputs, resolve_facts  # fsspec, pyarrow: on first use
 
+    js = codeship.prepare(js, base_dir, working_dir)
     plan = build_plan(js, resolve_facts(js, base_dir), overwrite=overwrite)
     check_outputs(plan)
     return plan
@@ -156,15 +168,26 @@ class FuxiClient:
     def submit(self, spec: JobPlan | JobSpec | str | dict, overrides: Sequence[str] = (),
                request_id: str | None = None, overwrite: bool = False) -> str:
         from fuxi.core.submits import check_request_id
+        from fuxi.io import codeship
 
         if request_id is not None:
             check_request_id(request_id)  # before the spec is read
         plan = spec if isinstance(spec, JobPlan) else load(spec, overrides, overwrite=overwrite)
+        machine_count = codeship.cluster_machines()
+        codeship.check_shared_outputs(plan, machine_count)
+        env = plan.runtime_env
+        if machine_count > 1 and not codeship.shipped_working_dir(env):
+            # Across machines the submit directory is not on the workers' disks: ship it.
+            env = codeship.prepare_working_dir(env, os.getcwd())
+        if env:  # packaged and uploaded once, here; workers get URIs
+            plan = dataclasses.replace(plan, runtime_env=codeship.ship(env))
+        # Workers import task modules from the directory the job was submitted from, unless
+        # that directory was shipped (then it is their working directory).
+        sys_path = [] if codeship.shipped_working_dir(plan.runtime_env) else [os.getcwd()]
         request_id = request_id or uuid.uuid4().hex
         for attempt in range(SUBMIT_TRIES_MAX):
             try:
-                # Workers import task modules from the directory the job was submitted from.
-                return self._call("submit", plan, request_id, [os.getcwd()])
+                return self._call("submit", plan, request_id, sys_path)
             except OutcomeUnknown:
                 if attempt == SUBMIT_TRIES_MAX - 1:
                     raise

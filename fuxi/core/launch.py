@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fuxi.core.attempt_faults import FaultPolicy
+from fuxi.core.codeenv import RuntimeEnvSpec
 from fuxi.core.plan import Edge, JobPlan, TaskPlan
 from fuxi.core.speculation import SpeculationPolicy
 
@@ -85,7 +86,8 @@ def plan_doc(plan: JobPlan) -> dict:
             "priority": plan.priority, "retry_backoff_s": plan.retry_backoff_s,
             "retry_backoff_max_s": plan.retry_backoff_max_s, "spec": plan.spec,
             "overwrite": plan.overwrite, "queue": plan.queue,
-            "faults": _policy_doc(plan.faults), "checkpoint": plan.checkpoint}
+            "faults": _policy_doc(plan.faults), "checkpoint": plan.checkpoint,
+            **({"runtime_env": plan.runtime_env} if plan.runtime_env else {})}
 
 
 def encode(job_id: str, plan: JobPlan, user: str | None, sys_path: Any) -> dict:
@@ -243,8 +245,22 @@ _PLAN_FIELDS = {"name", "tasks", "params", "speculation", "priority", "retry_bac
                 "retry_backoff_max_s", "spec", "overwrite", "queue", "faults", "checkpoint"}
 
 
+def _runtime_env(v: Any) -> dict:
+    """The shipped code (package URIs, pip, env_vars) a resumed job's workers start with."""
+    from pydantic import ValidationError
+
+    try:
+        env = RuntimeEnvSpec.model_validate(v)
+    except ValidationError as e:
+        raise BadLaunch(f"plan.runtime_env: {str(e.errors()[0].get('msg'))[:200]}") from None
+    if env.excludes or env.is_empty():
+        raise BadLaunch("plan.runtime_env: expected shipped package URIs, pip or env_vars")
+    return env.model_dump(exclude_defaults=True)
+
+
 def _plan(v: Any) -> JobPlan:
-    d = _keys(v, "plan", _PLAN_FIELDS)
+    # A plan without shipped code has no runtime_env field (records written before issue 18).
+    d = _keys(v, "plan", _PLAN_FIELDS | ({"runtime_env"} & set(v) if isinstance(v, dict) else set()))
     raw_tasks = _list(d["tasks"], "plan.tasks", LAUNCH_TASKS_MAX)
     if not raw_tasks:
         raise BadLaunch("plan.tasks: a plan has at least one task")
@@ -264,7 +280,8 @@ def _plan(v: Any) -> JobPlan:
         retry_backoff_max_s=_num(d["retry_backoff_max_s"], "plan.retry_backoff_max_s"),
         spec=d["spec"], overwrite=d["overwrite"], queue=_text(d["queue"], "plan.queue"),
         faults=None if d["faults"] is None else _policy(FaultPolicy, d["faults"], "plan.faults"),
-        checkpoint=d["checkpoint"])
+        checkpoint=d["checkpoint"],
+        runtime_env=_runtime_env(d["runtime_env"]) if "runtime_env" in d else None)
 
 
 def decode(doc: Any, job_id: str) -> Launch:

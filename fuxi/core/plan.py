@@ -69,6 +69,9 @@ class JobPlan:
     queue: str = "default"  # the quota group whose queue the job waits in, whose share it uses
     faults: FaultPolicy | None = None  # injected attempt faults (the spec's ``faults:``; tests)
     checkpoint: bool = True  # finished instances are made durable so a new JobMaster resumes
+    # What Ray ships to every worker (fuxi.core.codeenv): local paths until the client uploads
+    # them (fuxi.io.codeship), package URIs from then on; None: workers import from sys_path.
+    runtime_env: dict[str, Any] | None = None
 
     def task(self, name: str) -> TaskPlan:
         for t in self.tasks:
@@ -187,6 +190,8 @@ def build_plan(spec, facts: PlanFacts = PlanFacts(), overwrite: bool = False) ->
         overwrite=bool(overwrite),
         checkpoint=spec.checkpoint,
         queue=spec.queue,
+        runtime_env=(None if spec.runtime_env is None or spec.runtime_env.is_empty()
+                     else spec.runtime_env.model_dump(exclude_defaults=True)),
         faults=None if spec.faults is None else FaultPolicy(
             attempt_fail_fraction=spec.faults.attempt_fail_fraction,
             attempt_hang_fraction=spec.faults.attempt_hang_fraction,

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fuxi.errors import SpecError
+from fuxi.core.codeenv import RuntimeEnvSpec
 from fuxi.core.spec import FIELD_EXPECTATIONS, FN_REF_RE, ResourceSpec, check_named_json, resolve_fn
 from fuxi.core.specparse import apply_overrides, humane_errors
 
@@ -101,6 +102,9 @@ class ServiceSpec(BaseModel):
     # register` sets it to the directory it runs in, so relative paths in config and modules
     # next to the spec work as they do for jobs.
     workdir: str | None = Field(default=None)
+    # What Ray ships to every replica (fuxi.core.codeenv): with a working_dir, replicas run
+    # in their unpacked copy of it instead of ``workdir`` (`--working-dir` of register).
+    runtime_env: RuntimeEnvSpec | None = None
 
     @field_validator("workdir")
     @classmethod

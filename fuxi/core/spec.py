@@ -28,6 +28,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -36,6 +37,7 @@ from pydantic import (
 
 from fuxi.core.attempt_faults import fraction_max as fault_fraction_max
 from fuxi.core.attempt_faults import hang_s_max as fault_hang_s_max
+from fuxi.core.codeenv import PICKLED_PREFIX, RuntimeEnvSpec
 from fuxi.core.specparse import Problems, apply_overrides, fspath_of, humane_errors, join_path
 from fuxi.core.inputsplit import OutputFormatSpec, SplitSpec
 from fuxi.errors import BadInput, SpecError
@@ -227,6 +229,48 @@ class TaskSpec(BaseModel):
     def _output_format_name(cls, value: Any) -> Any:
         return {"format": value} if isinstance(value, str) else value
 
+    # The output is a path every node sees (a shared mount): allowed on a multi-machine cluster.
+    output_shared: bool = Field(default=False, strict=True)
+    # A callable no worker can import by name, shipped by value (``fuxi.io.codeship``).
+    _by_value: Callable | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _unwrap(cls, data: Any, handler: Any) -> Any:
+        """``output: {path, shared}`` into ``output`` + ``output_shared``; a function defined in
+        ``__main__``, a notebook, a lambda or a closure kept aside to be shipped by value."""
+        by_value = None
+        if isinstance(data, dict):
+            out = data.get("output")
+            if isinstance(out, dict):
+                extra = sorted(set(map(str, out)) - {"path", "shared"})
+                if extra or "path" not in out:
+                    raise ValueError(f"output: got keys {sorted(map(str, out))}, expected "
+                                     "{path: ..., shared: true|false}")
+                data = {**data, "output": out["path"], "output_shared": out.get("shared", False)}
+            fn = data.get("fn")
+            if callable(fn) and not isinstance(fn, str):
+                try:
+                    _fn_ref_of_callable(fn)
+                except ValueError:
+                    by_value = fn
+                    data = {**data, "fn": f"{PICKLED_PREFIX}pending:fn"}
+        model = handler(data)
+        if by_value is not None:
+            model._by_value = by_value
+        return model
+
+    @property
+    def by_value(self) -> Callable | None:
+        """The callable to ship by value, when ``fn`` could not be named (else None)."""
+        return self._by_value
+
+    def shipping(self, fn: Callable | None) -> TaskSpec:
+        """A copy that ships ``fn`` by value (kept across ``--set`` overrides)."""
+        task = self.model_copy()
+        task._by_value = fn
+        return task
+
     @field_validator("fn", mode="before")
     @classmethod
     def _check_fn(cls, value: Any) -> Any:
@@ -386,6 +430,9 @@ class JobSpec(BaseModel):
     # Finished instances' outputs are written durably so a restarted JobMaster resumes without
     # running them again (docs/jobs.md, "Recovery"); off: a dead JobMaster's job starts over.
     checkpoint: bool = Field(default=True, strict=True)
+    # What Ray ships to every worker: code (working_dir, py_modules), pip, env_vars
+    # (fuxi.core.codeenv; docs/jobs.md "How code reaches workers").
+    runtime_env: RuntimeEnvSpec | None = None
     tasks: dict[str, TaskSpec]
 
     @field_validator("params", mode="before")
@@ -616,6 +663,8 @@ def check_importable(spec: JobSpec, source: str | None = None) -> None:
     """Resolve every task's ``fn`` here and now, so a typo fails at submit, not on a worker."""
     problems = []
     for name, task in spec.tasks.items():
+        if task.by_value is not None:
+            continue  # shipped by value: never imported (nor run) here
         try:
             resolve_fn(task.fn)
         except BadInput as exc:

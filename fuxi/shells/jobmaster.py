@@ -617,6 +617,8 @@ class JobMaster:
             "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
             "max_restarts": 0,
         }
+        if self.core.plan.runtime_env:  # the job's shipped code, pip and env (fuxi.io.codeship)
+            opts["runtime_env"] = self.core.plan.runtime_env
         if shape.get("GPU"):
             opts["num_gpus"] = shape["GPU"]
         custom = {k: v for k, v in shape.items() if k not in ("CPU", "memory", "GPU")}

@@ -572,6 +572,7 @@ class FuxiMaster:
                resume: dict | None = None) -> None:
         """Create the job's JobMaster and start it (no await: the room reserved stays taken);
         ``resume``: a dead JobMaster's checkpoint records to carry on from."""
+        from fuxi.io.codeship import code_holder
         from fuxi.shells.jobmaster import JobMaster
 
         self.admissions.started(job_id)
@@ -582,7 +583,7 @@ class FuxiMaster:
         # Detached: the JobMaster outlives a FuxiMaster that dies, and its successor adopts it
         # (fuxi.shells.adoption); one nobody collects ends itself (ORPHAN_LINGER_S).
         jm = JobMaster.options(
-            name=jobmaster_name(job_id), lifetime="detached",
+            name=jobmaster_name(job_id), lifetime="detached", **code_holder(plan.runtime_env),
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False),
         ).remote(job_id, plan, MasterLink(ray.get_runtime_context().current_actor,
                                           self.leadership.me, self.leadership.candidates,

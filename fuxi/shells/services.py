@@ -417,6 +417,8 @@ class ServiceManager:
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=not hard)
         if self.detached:
             opts["lifetime"] = "detached"
+        if spec.get("runtime_env"):  # shipped code (gcs:// URIs uploaded at register), pip, env
+            opts["runtime_env"] = {k: v for k, v in spec["runtime_env"].items() if v}
         h = None
         try:
             h = ServiceReplica.options(**opts).remote(self.cluster, spec, rid,

@@ -140,15 +140,20 @@ def test_callable_fn_in_python_api_becomes_module_qualname():
     assert resolve_fn(spec.tasks["a"].fn) is specfns.ok_fn
 
 
-def test_python_api_rejects_lambda_and_closure():
-    with pytest.raises(ValidationError, match="lambdas"):
-        TaskSpec(fn=lambda rows: rows, instances=1)
+def test_python_api_keeps_lambdas_and_closures_to_ship_by_value():
+    """Issue 18: what no worker can import by name is shipped by value (fuxi.io.codeship),
+    not refused; an importable function is still named."""
+    lam = lambda rows: rows  # noqa: E731
+    task = TaskSpec(fn=lam, instances=1)
+    assert task.fn.startswith("fuxi_fn_") and task.by_value is lam
 
     def inner(rows):
         return rows
 
-    with pytest.raises(ValidationError, match="module-level"):
-        TaskSpec(fn=inner, instances=1)
+    spec = JobSpec(name="py", tasks={"a": TaskSpec(fn=inner, instances=1)})
+    assert spec.tasks["a"].by_value is inner
+    check_importable(spec)  # not imported here: it is never run on the submitter either
+    assert TaskSpec(fn=specfns.ok_fn, instances=1).by_value is None
 
 
 def test_dag_queries_are_deterministic():
