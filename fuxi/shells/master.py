@@ -578,10 +578,9 @@ class FuxiMaster:
         self.admissions.started(job_id)
         # The job's instances act as their submitter, with no more rights (a scoped token).
         token = self._auth().scoped_token(who, "job", job_id, ttl_s=JOB_TOKEN_TTL_S)
-        # JobMasters live next to FuxiMaster (the head in a `fuxi up` cluster): both are control
-        # plane, and a worker node going away must not take a job's master with it.
-        # Detached: the JobMaster outlives a FuxiMaster that dies, and its successor adopts it
-        # (fuxi.shells.adoption); one nobody collects ends itself (ORPHAN_LINGER_S).
+        # JobMasters live next to FuxiMaster (control plane: a worker node going away must not
+        # take a job's master with it). Detached: the JobMaster outlives a FuxiMaster that dies,
+        # and its successor adopts it (fuxi.shells.adoption); one nobody collects ends itself.
         jm = JobMaster.options(
             name=jobmaster_name(job_id), lifetime="detached", **code_holder(plan.runtime_env),
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False),
