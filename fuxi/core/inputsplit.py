@@ -51,6 +51,17 @@ ranges_max = 1_000_000
 _RANGE_RE = re.compile(r"^range:(\d{1,19}):(\d{1,19}):(.+)$", re.S)
 
 
+def check_record_bytes(spec):
+    """``record_bytes`` is given exactly when ``format`` is ``records`` (a split or an output)."""
+    if spec.format == "records" and spec.record_bytes is None:
+        raise ValueError("format 'records' needs record_bytes (the size of one record, "
+                         f"1..{record_bytes_max})")
+    if spec.format != "records" and spec.record_bytes is not None:
+        raise ValueError(f"record_bytes is only for format 'records'; got format "
+                         f"{spec.format!r}")
+    return spec
+
+
 class SplitSpec(BaseModel):
     """A task's ``split:`` option: how its input files may be cut into byte ranges."""
 
@@ -63,13 +74,7 @@ class SplitSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check_record_bytes(self) -> SplitSpec:
-        if self.format == "records" and self.record_bytes is None:
-            raise ValueError("format 'records' needs record_bytes (the size of one record, "
-                             f"1..{record_bytes_max})")
-        if self.format != "records" and self.record_bytes is not None:
-            raise ValueError(f"record_bytes is only for format 'records'; got format "
-                             f"{self.format!r}")
-        return self
+        return check_record_bytes(self)
 
 
 #: What a task's ``output_format:`` may name (``fuxi.io.output`` writes each).
@@ -88,13 +93,7 @@ class OutputFormatSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check_record_bytes(self) -> OutputFormatSpec:
-        if self.format == "records" and self.record_bytes is None:
-            raise ValueError("format 'records' needs record_bytes (the size of one record, "
-                             f"1..{record_bytes_max})")
-        if self.format != "records" and self.record_bytes is not None:
-            raise ValueError(f"record_bytes is only for format 'records'; got format "
-                             f"{self.format!r}")
-        return self
+        return check_record_bytes(self)
 
 
 @dataclass(frozen=True, order=True)

@@ -69,7 +69,7 @@ _COMBINE_PRIME = _U64(0x100000001B3)  # FNV-64 prime, to make the column order m
 _SEED = _U64(0x66757869)  # b"fuxi"
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64: ``x + golden`` then its finaliser. uint64 in, uint64 out, wraps mod 2**64."""
     with np.errstate(over="ignore"):
         z = x + _GOLDEN
@@ -105,7 +105,7 @@ def _hash_ints(values: np.ndarray) -> np.ndarray:
         bits = values.astype(np.uint64, copy=False)
     else:
         bits = values.astype(np.int64, copy=False).view(np.uint64)
-    return _mix64(bits)
+    return mix64(bits)
 
 
 def _hash_numeric(arr: pa.Array) -> np.ndarray:
@@ -114,10 +114,10 @@ def _hash_numeric(arr: pa.Array) -> np.ndarray:
         values = pc.fill_null(arr, 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
         values = values + 0.0  # folds -0.0 onto 0.0
         values[np.isnan(values)] = np.nan  # one canonical NaN
-        return _mix64(values.view(np.uint64))
+        return mix64(values.view(np.uint64))
     if pa.types.is_boolean(t):
         values = pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
-        return _mix64(values.astype(np.uint64))
+        return mix64(values.astype(np.uint64))
     if pa.types.is_temporal(t):
         arr = arr.view(pa.int32() if t.bit_width == 32 else pa.int64())
     values = pc.fill_null(arr, 0).to_numpy(zero_copy_only=False)
@@ -155,7 +155,7 @@ def _hash_bytes_layout(arr: pa.Array) -> np.ndarray:
         # Keep only the bytes that belong to this value (the window may run into the next).
         with np.errstate(over="ignore"):
             keep = ~_U64(0) >> (_U64(64) - valid_bytes.astype(np.uint64) * _U64(8))
-        contrib = _mix64((words & keep) ^ _mix64(word_in_value.astype(np.uint64)))
+        contrib = mix64((words & keep) ^ mix64(word_in_value.astype(np.uint64)))
         with np.errstate(over="ignore"):
             # Per-value sum through a wrapping prefix sum (reduceat mishandles empty values).
             prefix = np.concatenate(([_U64(0)], np.cumsum(contrib, dtype=np.uint64)))
@@ -163,7 +163,7 @@ def _hash_bytes_layout(arr: pa.Array) -> np.ndarray:
     else:
         sums = np.zeros(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        return _mix64(sums ^ _mix64(lengths.astype(np.uint64) * _MUL2))
+        return mix64(sums ^ mix64(lengths.astype(np.uint64) * _MUL2))
 
 
 def _hash_chunk(arr: pa.Array, column: str) -> np.ndarray:
@@ -237,7 +237,7 @@ def hash_partition_ids(
     h = np.full(table.num_rows, _SEED, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for name in columns:
-            h = _mix64(h * _COMBINE_PRIME + _hash_column(table.column(name), name))
+            h = mix64(h * _COMBINE_PRIME + _hash_column(table.column(name), name))
     return (h % _U64(num_partitions)).astype(np.int32)
 
 

@@ -17,6 +17,8 @@ import re
 import numpy as np
 import pyarrow as pa
 
+from fuxi.io.shuffle import mix64  # the same splitmix64 the hash shuffle uses
+
 from fuxi.errors import BadInput
 
 RECORD_BYTES = 100
@@ -35,10 +37,6 @@ _UNITS = {None: 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mi
           "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3, "t": 1024**4,
           "tib": 1024**4, "tb": 1000**4}
 
-_U64 = np.uint64
-_GOLDEN = _U64(0x9E3779B97F4A7C15)
-_MUL1 = _U64(0xBF58476D1CE4E5B9)
-_MUL2 = _U64(0x94D049BB133111EB)
 
 
 def parse_size(value) -> int:
@@ -60,15 +58,7 @@ def parse_size(value) -> int:
     return n
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> _U64(30))) * _MUL1
-        z = (z ^ (z >> _U64(27))) * _MUL2
-        return z ^ (z >> _U64(31))
-
-
-_WORD_SALT = _mix64(np.arange(13, dtype=np.uint64))
+_WORD_SALT = mix64(np.arange(13, dtype=np.uint64))
 
 
 def record_hashes(rows: np.ndarray) -> np.ndarray:
@@ -79,8 +69,8 @@ def record_hashes(rows: np.ndarray) -> np.ndarray:
     padded[:, :RECORD_BYTES] = rows
     words = padded.view("<u8")  # (n, 13)
     with np.errstate(over="ignore"):
-        mixed = _mix64(words ^ _WORD_SALT)
-        return _mix64(mixed.sum(axis=1, dtype=np.uint64))
+        mixed = mix64(words ^ _WORD_SALT)
+        return mix64(mixed.sum(axis=1, dtype=np.uint64))
 
 
 def checksum(rows: np.ndarray) -> tuple[int, int]:
