@@ -202,6 +202,15 @@ def ray_init(**kwargs) -> None:
     ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
 
 
+def cmdline(pid: int | str) -> str | None:
+    """A process's command line, arguments joined by spaces (None if it is gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+
+
 def proc_stats():
     """(pid, fields) of every process's ``/proc/<pid>/stat`` after its name (``fields[0]``
     the state, ``[1]`` the parent, ``[3]`` the session, ``[11]``/``[12]`` user/system ticks);
@@ -238,12 +247,8 @@ def stop_autoscaler_monitor() -> int:
     for pid, fields in proc_stats():
         if fields[0] == "Z" or int(fields[1]) != me:
             continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if RAY_MONITOR_SCRIPT in cmd:
+        cmd = cmdline(pid)
+        if cmd is not None and RAY_MONITOR_SCRIPT in cmd:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
                 n += 1

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from base.cluster import cmdline
 from fuxi.runtime import ray_temp_dir, session_pids
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
@@ -35,12 +36,8 @@ def processes_mentioning(text: str) -> list[str]:
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmd:
+            cmd = cmdline(name)
+            if cmd is not None and text in cmd:
                 out.append(f"{name}: {cmd[:120]}")
     return out
 

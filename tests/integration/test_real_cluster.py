@@ -24,6 +24,8 @@ import time
 
 import pytest
 
+from base.cluster import cmdline
+
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CMD_TIMEOUT_S = 240
@@ -122,12 +124,8 @@ def _pids_under(text: str) -> list[int]:
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) != os.getpid():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmd:
+            cmd = cmdline(name)
+            if cmd is not None and text in cmd:
                 out.append(int(name))
     return out
 
