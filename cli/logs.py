@@ -92,33 +92,37 @@ def read_all(read, cursors: dict, as_json: bool, service: bool, skip_streams=())
 def follow_job(jobs, job_id: str, read, cursors: dict, as_json: bool) -> int:
     """Stream until the job ends; the exit code by its state."""
     from fuxi.core.states import TERMINAL_JOB
-    from fuxi.core.tasklog import format_cursor
 
     terminal = {getattr(s, "value", s) for s in TERMINAL_JOB}
-    checked, state = 0.0, None
-    try:
-        while True:
-            if time.monotonic() - checked >= FOLLOW_STATUS_S:
-                checked = time.monotonic()
-                state = jobs.status(job_id)["state"]
-            if state in terminal:
-                read_all(read, cursors, as_json, False)  # what was written before it ended
-                return EXIT_OK if state == "succeeded" else EXIT_JOB_FAILED
-            reply = read(format_cursor(cursors))
-            _emit(reply, cursors, as_json, False)
-            if not reply.get("more"):
-                time.sleep(FOLLOW_POLL_S)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    seen = {"checked": 0.0, "state": None}
+
+    def ended() -> int | None:
+        if time.monotonic() - seen["checked"] >= FOLLOW_STATUS_S:
+            seen["checked"] = time.monotonic()
+            seen["state"] = jobs.status(job_id)["state"]
+        if seen["state"] not in terminal:
+            return None
+        read_all(read, cursors, as_json, False)  # what was written before it ended
+        return EXIT_OK if seen["state"] == "succeeded" else EXIT_JOB_FAILED
+
+    return _follow(read, cursors, as_json, False, ended)
 
 
 def follow_service(read, cursors: dict, as_json: bool) -> int:
+    return _follow(read, cursors, as_json, True, lambda: None)
+
+
+def _follow(read, cursors: dict, as_json: bool, service: bool, ended) -> int:
+    """Poll ``read`` from the cursors until ``ended()`` gives an exit code, or Ctrl-C (130)."""
     from fuxi.core.tasklog import format_cursor
 
     try:
         while True:
+            code = ended()
+            if code is not None:
+                return code
             reply = read(format_cursor(cursors))
-            _emit(reply, cursors, as_json, True)
+            _emit(reply, cursors, as_json, service)
             if not reply.get("more"):
                 time.sleep(FOLLOW_POLL_S)
     except KeyboardInterrupt:
