@@ -44,6 +44,9 @@ def master(jobs=("evil", "good")):
     from fuxi.shells.leadership import Leadership
 
     fake.leadership = Leadership(fake, "FuxiMaster", ["FuxiMaster"], None, None)  # no election
+    from fuxi.shells.drains import MasterDrains
+
+    fake.drains = MasterDrains(fake)  # no node is draining
     return fake
 
 
