@@ -340,8 +340,15 @@ def partition_table(
     num_partitions: int,
     source_instance: int,
     partition_by: Sequence[str] | None,
+    num_sources: int | None = None,
 ) -> dict[int, pa.Table]:
     """The pieces that producer instance ``source_instance`` sends to a consumer task.
+
+    ``num_sources`` (the producer task's instance count): with ``hash`` and ``direct``, the
+    producer also keeps the 0-row piece of each partition ``p`` with ``p % num_sources ==
+    source_instance``, so that every consumer instance receives at least one piece and reads
+    the producers' schema even when no producer had a row for it -- at most one empty object
+    per consumer instance, never M*R.
 
     * ``"hash"``: ``{p: rows whose partition_by key hashes to p}``; a partition without
       rows gets no piece at all (no object for it in the store: with M producers and R
@@ -360,15 +367,14 @@ def partition_table(
                 f"{partition_by!r}; expected a non-empty list of column names"
             )
         ids = hash_partition_ids(table, partition_by, num_partitions)
-        pieces = split_by_ids(table, ids, num_partitions)
-        return {p: t for p, t in enumerate(pieces) if t.num_rows}
+        return _kept(split_by_ids(table, ids, num_partitions), source_instance, num_sources)
     if mode == "direct":
         if not partition_by or len(partition_by) != 1:
             raise BadInput(f"mode 'direct' needs exactly one partition_by column (the consumer "
                            f"instance of each row); got {partition_by!r}")
         ids = _direct_ids(table, partition_by[0], num_partitions)
         pieces = split_by_ids(table.drop_columns([partition_by[0]]), ids, num_partitions)
-        return {p: t for p, t in enumerate(pieces) if t.num_rows}
+        return _kept(pieces, source_instance, num_sources)
     if mode == "one_to_one":
         if source_instance < 0:
             raise BadInput(f"source_instance must be >= 0; got {source_instance}")
@@ -376,6 +382,16 @@ def partition_table(
     if mode == "broadcast":
         return {BROADCAST: table}
     raise BadInput(f"unknown partition mode {mode!r}; expected one of {list(MODES)}")
+
+
+def _kept(pieces: list[pa.Table], source: int, num_sources: int | None) -> dict[int, pa.Table]:
+    """The non-empty pieces, and the empty ones this producer carries the schema for."""
+    if num_sources is not None and (isinstance(num_sources, bool) or not isinstance(num_sources, int)
+                                    or not 0 < num_sources <= num_partitions_max):
+        raise BadInput(f"num_sources must be an integer from 1 to {num_partitions_max}; "
+                       f"got {num_sources!r}")
+    return {p: t for p, t in enumerate(pieces)
+            if t.num_rows or (num_sources is not None and p % num_sources == source % num_sources)}
 
 
 # ---------------------------------------------------------------------------------------------

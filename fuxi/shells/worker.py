@@ -310,7 +310,7 @@ class WorkerActor:
             if table.num_columns:
                 for edge in spec.downstream:
                     pieces = partition_table(table, edge.mode, edge.num_partitions, spec.instance,
-                                             edge.partition_by)
+                                             edge.partition_by, spec.num_instances)
                     for p, piece in sorted(pieces.items()):
                         parts.append((edge.consumer, p))
                         tables.append(piece)

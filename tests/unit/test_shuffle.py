@@ -302,3 +302,36 @@ def test_to_table_accepts_the_documented_shapes():
 def test_to_table_accepts_pandas_when_installed():
     pd = pytest.importorskip("pandas")
     assert to_table(pd.DataFrame({"a": [1, 2]})) == pa.table({"a": [1, 2]})
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 6), r=st.integers(1, 12),
+       rows=st.lists(st.lists(st.integers(0, 3), max_size=5), min_size=6, max_size=6))
+def test_every_consumer_gets_the_schema_and_at_most_one_empty_piece_each(m, r, rows):
+    """hash with num_sources: each consumer instance receives at least one piece (so it reads
+    the producers' columns even with no row for it), and the empty pieces across all M
+    producers are at most R -- never M*R objects."""
+    from fuxi.io.shuffle import concat_tables, partition_table
+
+    got: dict[int, list] = {}
+    empty = 0
+    for i in range(m):
+        t = pa.table({"k": pa.array(rows[i], pa.int64()), "v": pa.array(rows[i], pa.int64())})
+        for p, piece in partition_table(t, "hash", r, i, ["k"], m).items():
+            got.setdefault(p, []).append(piece)
+            empty += piece.num_rows == 0
+    assert sorted(got) == list(range(r)) and empty <= r
+    for p, pieces in got.items():
+        assert concat_tables(pieces).column_names == ["k", "v"]
+    total = sum(concat_tables(pcs).num_rows for pcs in got.values())
+    assert total == sum(len(x) for x in rows[:m])
+
+
+def test_num_sources_must_be_a_positive_integer():
+    from fuxi.errors import BadInput
+    from fuxi.io.shuffle import partition_table
+
+    t = pa.table({"k": [1, 2]})
+    for bad in (0, -1, True, 2.5, "3"):
+        with pytest.raises(BadInput, match="num_sources"):
+            partition_table(t, "hash", 4, 0, ["k"], bad)
