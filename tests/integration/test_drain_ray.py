@@ -82,8 +82,11 @@ def test_a_joining_node_gets_data_and_a_drain_empties_it_with_no_loss(ray_cluste
                           JOIN_TIMEOUT_S, "a chunkserver started by itself on the new node")
         wait_for(lambda: next(s for s in c.status()["servers"] if s["id"] == server["id"])
                  ["chunks"] > 0, JOIN_TIMEOUT_S, "Pangu's rebalance to move data onto it")
-        view = actors.call(keeper.view, timeout_s=ANSWER_TIMEOUT_S)["nodes"]
-        assert view[new]["state"] == "active" and view[new]["holds"]["chunks"] > 0, view[new]
+        # The keeper reads Pangu's status on its own round (every second): wait for it.
+        node = wait_for(lambda: (lambda v: v if v["holds"]["chunks"] > 0 else None)(
+            actors.call(keeper.view, timeout_s=ANSWER_TIMEOUT_S)["nodes"][new]),
+            JOIN_TIMEOUT_S, "the node keeper to see the new node's chunks")
+        assert node["state"] == "active", node
 
         # A job with instances running on the new node when the drain starts.
         client = FuxiClient(master)

@@ -85,10 +85,8 @@ def scaled(ctx):
 
 spec = JobSpec(name="byvalue", tasks={"t": TaskSpec(fn=scaled, instances=3,
                                                    output={"path": sys.argv[1], "shared": True})})
-from fuxi.runtime import connect
-with connect("default", embedded_ok=False) as conn:
-    client = fuxi.Client(conn.master, "default")
-    st = client.wait(client.submit(spec), timeout_s=120)
+with fuxi.Client("default") as client:  # the facade: no Ray handle to manage
+    st = client.jobs.wait(client.jobs.submit(spec), timeout_s=120, check=False)
 print(json.dumps({"state": st["state"], "report": st.get("report")}))
 '''
 

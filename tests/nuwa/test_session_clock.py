@@ -89,6 +89,9 @@ def test_session_expiry_counts_leader_ticks_not_any_clock_the_server_reads(
     asyncio.run(asyncio.wait_for(_live_and_dead(tmp_path, jump), 100))
 
 
+LEADER_TICKS_WAIT_MAX = 200  # 50 ms polls for a new leader's timers to start (10 s)
+
+
 def test_a_keepalive_after_the_deadline_is_refused_even_before_the_close_commits(tmp_path):
     """The leader has decided a session expired (its close is proposed, not yet applied):
     a keep-alive arriving now must not be answered ok, or the client would count on a
@@ -106,6 +109,12 @@ def test_a_keepalive_after_the_deadline_is_refused_even_before_the_close_commits
                 term = leader.node.term
                 s = await c.session(ttl_s=TTL_S)
                 s._task.cancel()
+                # A close is proposed only once the leader's timers run (its first tick after
+                # winning: ``lead``); before that a keep-alive only renews, by design.
+                for _ in range(LEADER_TICKS_WAIT_MAX):
+                    if leader.sessions.leading:
+                        break
+                    await asyncio.sleep(0.05)
                 # Its deadline passed and its close is proposed: _leader_duties has dropped
                 # the timer (the close commits a moment later; the tree still has it).
                 leader.sessions.closing(s.id)

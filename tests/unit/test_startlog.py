@@ -3,13 +3,12 @@ default stops (base.cluster.stop_autoscaler_monitor), without Ray."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-from base.cluster import RAY_MONITOR_SCRIPT, stop_autoscaler_monitor
 from fuxi.startlog import TRACE_ENV, StartLog
 
 WAIT_S = 10.0
@@ -56,31 +55,40 @@ def test_a_failing_step_is_still_timed():
     assert [name for name, _ in log.steps] == ["FuxiMaster ready"]
 
 
-def _child(name: str) -> subprocess.Popen:
-    """A sleeping child of this process with ``name`` on its command line (as Ray's monitor
-    has its script's path)."""
+CHILDREN_SCRIPT = r"""
+import json, subprocess, sys, time
+from base.cluster import RAY_MONITOR_SCRIPT, cmdline, stop_autoscaler_monitor
+
+def child(name):  # a sleeping child with name on its command line, as Ray's monitor has
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", name])
+
+monitor = child("/site-packages" + RAY_MONITOR_SCRIPT)
+other = child("/site-packages/ray/_private/log_monitor.py")  # negative control
+try:
+    deadline = time.time() + 30
+    while time.time() < deadline and RAY_MONITOR_SCRIPT not in (cmdline(monitor.pid) or ""):
+        time.sleep(0.02)  # its command line is there once exec is done
+    first = stop_autoscaler_monitor()
+    code = monitor.wait(timeout=30)
+    print(json.dumps({"first": first, "code": code, "other_alive": other.poll() is None,
+                      "again": stop_autoscaler_monitor()}))
+finally:
+    for p in (monitor, other):
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=30)
+"""
 
 
 def test_stops_only_our_autoscaler_monitor():
-    monitor = _child("/site-packages" + RAY_MONITOR_SCRIPT)
-    other = _child("/site-packages/ray/_private/log_monitor.py")  # negative control
-    try:
-        deadline = time.time() + WAIT_S
-        while time.time() < deadline:  # its command line is there once exec is done
-            try:
-                with open(f"/proc/{monitor.pid}/cmdline", "rb") as f:
-                    if RAY_MONITOR_SCRIPT.encode() in f.read():
-                        break
-            except OSError:
-                pass
-            time.sleep(0.02)
-        assert stop_autoscaler_monitor() == 1
-        assert monitor.wait(timeout=WAIT_S) == -9
-        assert other.poll() is None, "a process that is not the monitor was stopped"
-        assert stop_autoscaler_monitor() == 0  # reaped: nothing left to stop
-    finally:
-        for p in (monitor, other):
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=WAIT_S)
+    """In a fresh process of its own: this one may hold a real Ray head (the integration
+    tests' cluster), whose monitor is also its child."""
+    import json
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = subprocess.run([sys.executable, "-c", CHILDREN_SCRIPT], capture_output=True,
+                         text=True, timeout=WAIT_S * 4, cwd=repo,
+                         env={**os.environ, "PYTHONPATH": repo})
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got == {"first": 1, "code": -9, "other_alive": True, "again": 0}, got
