@@ -125,16 +125,9 @@ def _start_authority(cluster: str, data_dir: str | None, detached: bool,
 def authority_store(nuwa: list | None, data_dir: str | None, token):
     """The authority's state store, where FuxiMaster keeps its own (it runs in the
     authority's process: zhongkui does not import the stores)."""
-    from fuxi.io.store import FileStore, MemoryStore, NuwaStore
+    from fuxi.io.store import open_store
 
-    if nuwa:
-        from nuwa.client import connect as nuwa_connect
-
-        return NuwaStore(nuwa_connect([tuple(a) for a in nuwa], creator="fuxi-zhongkui",
-                                      token=token))
-    if data_dir:
-        return FileStore(os.path.join(data_dir, "state"))
-    return MemoryStore()
+    return open_store(nuwa, data_dir, "fuxi-zhongkui", token)
 
 
 def operator_proof(cluster: str) -> str:

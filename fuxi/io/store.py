@@ -247,3 +247,16 @@ class NuwaStore:
                 elif (d + c).startswith(prefix):
                     out.append(d + c)
         return sorted(out)
+
+
+def open_store(nuwa: list | None, data_dir: str | None, creator: str, token) -> StateStore:
+    """A platform actor's hard-state store: Nuwa when the cluster has it (a ``fuxi up``
+    cluster), else files under ``<data_dir>/state``, else memory (lost with the process).
+    ``token``: the platform token (or a callable giving it) the Nuwa client presents."""
+    if nuwa:
+        from nuwa.client import connect as nuwa_connect
+
+        return NuwaStore(nuwa_connect([tuple(a) for a in nuwa], creator=creator, token=token))
+    if data_dir:
+        return FileStore(os.path.join(data_dir, "state"))
+    return MemoryStore()

@@ -15,7 +15,6 @@ book is guarded by one lock."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -61,21 +60,9 @@ class NodeKeeper:
 
         self.cluster, self.namespace = cluster, namespace
         self.guard = Guard(auth, name="nodes")
-        if nuwa:
-            from nuwa.client import connect as nuwa_connect
+        from fuxi.io.store import open_store
 
-            from fuxi.io.store import NuwaStore
-
-            self.store = NuwaStore(nuwa_connect([tuple(a) for a in nuwa], creator="fuxi-nodes",
-                                                token=self.guard.platform_token))
-        elif data_dir:
-            from fuxi.io.store import FileStore
-
-            self.store = FileStore(os.path.join(data_dir, "state"))
-        else:
-            from fuxi.io.store import MemoryStore
-
-            self.store = MemoryStore()
+        self.store = open_store(nuwa, data_dir, "fuxi-nodes", self.guard.platform_token)
         self.lock = threading.Lock()
         doc = self.store.get(DRAINS_KEY)
         try:
