@@ -42,7 +42,7 @@ def pg(tmp_path_factory):
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  namespace="fuxi-adv-test")
     keys = Keyring.new()
     data = str(tmp_path_factory.mktemp("adv-pangu"))
