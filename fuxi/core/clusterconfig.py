@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fuxi.core import blacklist as bl
 from fuxi.core.specparse import Problems, humane_errors, join_path
 from fuxi.errors import BadInput, SpecError
 
@@ -121,6 +122,18 @@ class EventsConfig(_Section):
         2.0, description="How often the cluster log pulls Pangu's and Nuwa's event rings")
 
 
+class BlacklistConfig(_Section):
+    cluster_expiry_s: Annotated[float, Field(ge=1, le=7 * 86400)] = Field(
+        bl.CLUSTER_BLACKLIST_EXPIRY_S, description="How long the cluster-level blacklist "
+                                                    "excludes a node")
+    cluster_failure_window_s: Annotated[float, Field(ge=1, le=7 * 86400)] = Field(
+        bl.CLUSTER_FAILURE_WINDOW_S, description="Failures of distinct jobs on a node count "
+                                                  "together within this window")
+    cluster_failure_jobs_min: Annotated[int, Field(ge=1, le=1000)] = Field(
+        bl.CLUSTER_FAILURE_JOBS_MIN, description="Distinct jobs failing on a node before the "
+                                                 "cluster excludes it")
+
+
 class ClusterConfig(_Section):
     cluster: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = Field(
         "default", description="The cluster's name (its record: $FUXI_HOME/<name>)")
@@ -136,6 +149,7 @@ class ClusterConfig(_Section):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     alerts: AlertsConfig = AlertsConfig()
     events: EventsConfig = EventsConfig()
+    blacklist: BlacklistConfig = BlacklistConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "ClusterConfig":
@@ -181,7 +195,13 @@ SECTIONS = [n for n, f in ClusterConfig.model_fields.items()
             if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)]
 EXPECTED = {("ClusterConfig", "cluster"): "1 to 64 letters, digits, - and _"}
 ONLINE = {"alerts.eval_s": "FuxiMaster's alert loop, at its next round",
-          "events.pull_s": "the cluster log's pull loop, at its next round"}
+          "events.pull_s": "the cluster log's pull loop, at its next round",
+          "blacklist.cluster_expiry_s": "FuxiMaster's cluster blacklist, for entries made after "
+                                        "its next alert round",
+          "blacklist.cluster_failure_window_s": "FuxiMaster's cluster blacklist, at its next "
+                                                "alert round",
+          "blacklist.cluster_failure_jobs_min": "FuxiMaster's cluster blacklist, at its next "
+                                                "alert round"}
 
 
 def ray_port_fields() -> list[str]:

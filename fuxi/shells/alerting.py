@@ -57,7 +57,7 @@ def samples_of(text: str) -> list[tuple[str, dict, float]]:
 
 class Alerting:
     def __init__(self, cluster_events, namespace: str, data_dir: str | None, has_nuwa: bool,
-                 store=None):
+                 store=None, blacklists=None):
         from fuxi.shells.liveconfig import LiveConfig
 
         self.log = cluster_events  # fuxi.shells.clusterlog.ClusterEvents
@@ -70,7 +70,7 @@ class Alerting:
         self.task: asyncio.Task | None = None
         self.web = None  # FuxiWeb's handle, once found
         self.eval_s = ALERT_EVAL_S  # online: `fuxi config set alerts.eval_s` (liveconfig)
-        self.live = LiveConfig(store, self, cluster_events)
+        self.live = LiveConfig(store, self, cluster_events, blacklists)
 
     def start(self, tasks: set) -> None:
         if self.task is None or self.task.done():

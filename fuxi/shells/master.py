@@ -120,9 +120,9 @@ class FuxiMaster:
         os.makedirs(self.log_dir, exist_ok=True)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.events = ClusterEvents(os.path.join(data_dir, "events") if data_dir else None)
-        self.alerting = Alerting(self.events, ns, data_dir, bool(nuwa), self.store)  # alerting.py
-        self.ledger = slots.Ledger()
         self.blacklists = blacklist.ClusterBlacklist()  # soft: rebuilt from JobMasters' reports
+        self.alerting = Alerting(self.events, ns, data_dir, bool(nuwa), self.store, self.blacklists)
+        self.ledger = slots.Ledger()
         self.agents = Agents(self)  # a FuxiAgent per node; its heartbeats feed the blacklist
         self.drains = MasterDrains(self)  # nodes being drained (fuxi.shells.drains)
         self.recovery = MasterRecovery(self)  # checkpoints of jobs, restarts of JobMasters

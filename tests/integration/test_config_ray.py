@@ -140,6 +140,14 @@ pangu: {{replication: 2}}
             assert time.time() < deadline, status["alerts"]
             time.sleep(1.0)
         assert status["alerts"]["live_config"]["alerts.eval_s"] == 1.5
+        # A scheduler setting: the cluster blacklist's threshold, applied by the same loop.
+        fuxi(home, "config", "set", "blacklist.cluster_failure_jobs_min", "5", "-c", "cfgtest")
+        while True:
+            live = json.loads(fuxi(home, "status", "--json", "-c", "cfgtest").stdout)["alerts"]
+            if live["live_config"].get("blacklist.cluster_failure_jobs_min") == 5:
+                break
+            assert time.time() < deadline + PICKUP_WAIT_S, live
+            time.sleep(1.0)
         s = json.loads(fuxi(home, "config", "show", "--json", "-c", "cfgtest").stdout)["settings"]
         assert s["alerts.eval_s"]["source"] == "set"
 
