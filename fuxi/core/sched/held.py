@@ -12,7 +12,8 @@ next instance without the slot going through the free index and back. It is a de
 the core, not of the JobMaster: a slot is kept only when the demand would be the one to get
 it anyway, by the core's own order (``scheduler``'s module doc) against every waiting queue
 top whose shape fits on that node once the slot is free (guarantee tier, effective priority
-with ageing, borrowing share, max-min by job), never on a node the demand excludes or
+with ageing, borrowing share, max-min by job) or that may make room (within its guarantee,
+which may reclaim; any, when priority preemption is on), never on a node the demand excludes or
 avoids, never above what the demand waits for, and off its preferred places only for the
 instances that prefer none. When any waiting demand deserves the slot more, nothing is
 kept and the slot is released as usual, so the normal ``decide`` gives it to the better one.
@@ -183,6 +184,7 @@ class HeldSlots:
         give(free, d.needs, n)
         room = self.index.workers_max - node.workers + n
         best = None
+        preempting = self.config.preempt_priority_gap is not None
         for q, heap in self._queues.items():
             if not heap or q in self._quota_full:
                 continue
@@ -191,9 +193,7 @@ class HeldSlots:
                 entry = heapq.heappop(heap)
                 r = self._top(heap)
                 heapq.heappush(heap, entry)
-            if r is None or fit_count(free, r.needs, room) <= 0:
-                continue
-            if node_id in r.excluded or node_id in r.avoid:
+            if r is None or node_id in r.excluded:
                 continue
             rg = self.groups[r.group]
             if r.group == d.group:
@@ -209,9 +209,10 @@ class HeldSlots:
             if r.job == d.job:  # the job's count as if the n went back
                 rkey = (rkey[0], job_held) + rkey[2:]
             theirs = (0 if within else 1, rkey[0], share, rkey)
-            if theirs < mine:
-                return 0  # someone deserves the slot more: it goes back
-            if best is None or theirs < best[0]:
+            fits = fit_count(free, r.needs, room) > 0
+            if theirs < mine and (fits or theirs[0] == 0 or preempting):
+                return 0  # someone deserves the slot more (or may make room): it goes back
+            if fits and (best is None or theirs < best[0]):
                 best = (theirs, r)
         if best is not None and best[0][:2] == mine[:2] and k > 1:  # max-min, as batch_slots
             theirs, r = best
