@@ -12,6 +12,14 @@ driver talks to ``fuxi.core.sched.Scheduler`` only through its deltas (``ask_at`
 ``release``) and decisions (``decide``); the scheduler's revocations (quota reclaim) kill the
 instance that held the slot, which asks again.
 
+By default ends travel in the JobMaster's heartbeat (``--heartbeat-s``, 0.05 s): the ends of
+one heartbeat go to the core as one delta per job (``release_many(done=True)``), except
+slots of a job with an instance waiting, which it asks to keep (``reuse``: the core says how
+many it may; ``--no-reuse`` never asks); the core schedules once per heartbeat that carried
+anything, and at once on an ask (a job's arrival, a re-run, a backup), after the ends sent
+so far. ``--heartbeat-s 0`` sends every end at once and schedules after every simulated
+instant, as before heartbeats.
+
 It drives the core the way a JobMaster talks to FuxiMaster (the default, batched): a job's
 instances are asked for in one ``ask_at`` when it arrives (each preferred node with its
 count, the rest anywhere), each ``decide`` may grant up to ``GRANT_SLOTS_MAX`` slots of one
@@ -26,6 +34,12 @@ Measured (time with ``perf_counter``; the simulated clock is separate):
                         scheduler: every call into the core counts (decides, asks, releases:
                         what a master would spend), so a grant of k slots counts k
     grant_calls         decide calls that granted; slots_per_grant = decisions / grant_calls
+    reused              slots the core let a job keep for its next waiting instance
+                        (``Scheduler.reuse``: a decision of the core, by its own order, so it
+                        counts in decisions); grants_per_s leaves them out
+    p99_reuse_ms        the 99th percentile of one ``reuse`` call that kept a slot
+    cpu_over_wall       the run's process CPU time over its wall time (below 1: the machine
+                        was shared, and every figure per second is that much lower)
     p99_decision_ms     the 99th percentile of one ``decide`` call that granted (its k slots)
     cpu_utilisation     CPU granted / CPU of the cluster, integrated over simulated time while
                         an instance of a CPU-and-memory shape waits for a slot in a group
@@ -278,7 +292,7 @@ class Sim:
 
     def run(self):
         self.build()
-        wall0 = time.perf_counter()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         last_t = 0.0
         while self.events:
             t = self.events[0][0]
@@ -305,6 +319,7 @@ class Sim:
                 self.flush()
                 self.schedule()
         self.wall_s = time.perf_counter() - wall0
+        self.cpu_s = time.process_time() - cpu0
         self.makespan_s = self.now
         self.check()
         assert self.done_instances == self.total_instances, (self.done_instances, self.total_instances)
@@ -594,6 +609,9 @@ class Sim:
             "pending_s": round(self.pending_s, 1), "pending_any_s": round(self.pending_any_s, 1), "sim_makespan_s": round(self.makespan_s, 1),
             "events": self.events_n, "scheduler_s": round(self.sched_s, 3),
             "wall_s": round(self.wall_s, 2), "build_s": round(self.build_s, 2),
+            # the run's CPU time over its wall time: below 1, other work had this core part
+            # of the time, and every figure per second above is that much lower
+            "cpu_over_wall": round(self.cpu_s / self.wall_s, 3) if self.wall_s else None,
             "node_visits_per_decision": round(self.s.index.visits / max(1, self.decisions), 2),
             "revocations": self.revocations, "failures": self.failures,
             "stragglers": self.stragglers, "backups": self.backups,
