@@ -314,3 +314,21 @@ def test_whatever_reuse_keeps_a_decision_would_have_granted_to_the_same_demand(
     if kept:
         g, _ = twin.decide(1.0)
         assert g is not None and g.demand_id == did, (kept, g)
+
+
+@pytest.mark.timeout(20)
+def test_ageing_ends_when_a_due_time_rounds_below_its_step():
+    """``(now - since) // step`` gives 2 for since=50.468685581739024, now=since + 90 (float
+    rounding), so the next due time was ``now`` again and ``decide`` never returned (found by
+    the simulator's heartbeats, whose times fall on such sums)."""
+    since = 50.468685581739024
+    now = since + 3 * 30.0
+    assert int((now - since) // 30.0) == 2  # the rounding this test is about
+    s = cluster(ageing_step_s=30.0)
+    demand(s, "busy", 4)
+    fill(s, "busy")
+    s.set_demand(DemandSpec("waiter", "waiter", 0, 1, CPU1), wanted=1, now=since)
+    g, _ = s.decide(now)
+    assert g is None
+    assert s.effective_priority("waiter") == 3
+    s.validate()

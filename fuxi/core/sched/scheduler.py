@@ -626,7 +626,13 @@ class Scheduler(HeldSlots):
             d = self.demands.get(did)
             if d is None or d.wait_stamp != stamp or d.pending <= 0:
                 continue
-            d.boost = min(self.config.ageing_boost_max, int((now - d.waiting_since) // step))
+            boost = int((now - d.waiting_since) // step)
+            # (now - since) // step can round one below the step whose due time is ``now``
+            # (since + 3 * step == now, yet the division gives 2.99..): the next due time
+            # would again be ``now``, and this loop would never end
+            while d.waiting_since + (boost + 1) * step <= now:
+                boost += 1
+            d.boost = min(self.config.ageing_boost_max, boost)
             self._age_later(d)
             if d.parked is None:
                 self._push(d)
