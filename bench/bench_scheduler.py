@@ -12,6 +12,14 @@ driver talks to ``fuxi.core.sched.Scheduler`` only through its deltas (``ask_at`
 ``release``) and decisions (``decide``); the scheduler's revocations (quota reclaim) kill the
 instance that held the slot, which asks again.
 
+By default ends travel in the JobMaster's heartbeat (``--heartbeat-s``, 0.05 s): the ends of
+one heartbeat go to the core as one delta per job (``release_many(done=True)``), except
+slots of a job with an instance waiting, which it asks to keep (``reuse``: the core says how
+many it may; ``--no-reuse`` never asks); the core schedules once per heartbeat that carried
+anything, and at once on an ask (a job's arrival, a re-run, a backup), after the ends sent
+so far. ``--heartbeat-s 0`` sends every end at once and schedules after every simulated
+instant, as before heartbeats.
+
 It drives the core the way a JobMaster talks to FuxiMaster (the default, batched): a job's
 instances are asked for in one ``ask_at`` when it arrives (each preferred node with its
 count, the rest anywhere), each ``decide`` may grant up to ``GRANT_SLOTS_MAX`` slots of one
@@ -26,6 +34,12 @@ Measured (time with ``perf_counter``; the simulated clock is separate):
                         scheduler: every call into the core counts (decides, asks, releases:
                         what a master would spend), so a grant of k slots counts k
     grant_calls         decide calls that granted; slots_per_grant = decisions / grant_calls
+    reused              slots the core let a job keep for its next waiting instance
+                        (``Scheduler.reuse``: a decision of the core, by its own order, so it
+                        counts in decisions); grants_per_s leaves them out
+    p99_reuse_ms        the 99th percentile of one ``reuse`` call that kept a slot
+    cpu_over_wall       the run's process CPU time over its wall time (below 1: the machine
+                        was shared, and every figure per second is that much lower)
     p99_decision_ms     the 99th percentile of one ``decide`` call that granted (its k slots)
     cpu_utilisation     CPU granted / CPU of the cluster, integrated over simulated time while
                         an instance of a CPU-and-memory shape waits for a slot in a group
@@ -55,7 +69,7 @@ import time
 from collections import deque
 
 from fuxi.core import slots
-from fuxi.core.sched import DemandSpec, SchedConfig, Scheduler
+from fuxi.core.sched import DemandSpec, Grant, SchedConfig, Scheduler
 from fuxi.errors import LimitExceeded
 
 SHAPES = [  # (shape, share of jobs)
@@ -80,6 +94,13 @@ ROUND_GRANTS_PER_SLOT_MAX = 4
 # Slots one grant may carry when the driver talks to the core batched (the default): a node
 # holds at most WORKERS_PER_NODE_MAX workers, so this is "as many as the core allows".
 GRANT_SLOTS_MAX = 64
+# The JobMaster's heartbeat (batched driver): ends of instances are sent to the core once per
+# heartbeat, as one delta per job (``release_many``, or ``reuse`` for the slots the job has a
+# next instance for), and the core schedules once per heartbeat in which anything was sent,
+# not once per event; an ask (a job's arrival, a re-run, a backup) is scheduled at once, as
+# FuxiMaster answers a request. 0 (``--heartbeat-s 0``): everything per event, as before.
+JM_HEARTBEAT_S = 0.05
+BUSY = "busy"  # ``tick_at`` while a heartbeat is handled: its own calls need no other
 
 
 def quota_config(cpus: float) -> dict:
@@ -156,6 +177,17 @@ class Sim:
         self.events_n = 0
         self.prefs_dropped = 0  # preferences the core refused (PREFERRED_PLACES_MAX)
         self.attempts_of: dict[tuple[str, int], list[int]] = {}  # instances with a backup
+        self.heartbeat = args.heartbeat_s if self.batched else 0.0
+        self.reuse = self.heartbeat > 0 and not args.no_reuse
+        self.tick_at = None  # the next heartbeat's time (None: none is due)
+        self.asked = False  # an ask since the last round: scheduled at once, not at the tick
+        self.ticks = 0
+        self.ended: dict[str, dict[str, int]] = {}  # job -> node -> slots whose instance ended
+        self.failed: dict[str, dict[str, int]] = {}  # ... whose instance failed (not reused)
+        self.waiting_job: dict[str, int] = {}  # job -> attempts waiting for a slot
+        self.reused = 0  # slots the core let a job keep for its next instance
+        self.reuse_calls = 0
+        self.reuse_times: list[float] = []
 
     # ------------------------------------------------------------ plumbing
 
@@ -167,13 +199,70 @@ class Sim:
         t0 = time.perf_counter()
         out = fn(*a, **kw)
         self.sched_s += time.perf_counter() - t0
+        if self.heartbeat:
+            self.due()
         return out
+
+    def due(self):
+        """Something was sent to the core: the next heartbeat schedules."""
+        if self.tick_at is None:
+            t = (int(self.now / self.heartbeat) + 1) * self.heartbeat
+            self.tick_at = t if t > self.now else self.now + self.heartbeat
+            self.at(self.tick_at, "tick")
+
+    def give_back(self, jid, node, ok):
+        """An instance ended on ``node``: its slot goes back (at once, or in the heartbeat)."""
+        if not self.heartbeat:
+            self.timed(self.s.release, jid, node, 1, True)
+            return
+        per = (self.ended if ok else self.failed).setdefault(jid, {})
+        per[node] = per.get(node, 0) + 1
+        self.due()
+
+    def on_tick(self):
+        """One heartbeat: each job's ended slots kept (``reuse``) or given back in one delta,
+        then one scheduling round."""
+        self.ticks += 1
+        self.tick_at = BUSY
+        self.flush()
+        self.schedule()
+        self.tick_at = None
+
+    def flush(self):
+        """The ends not yet sent (each job's in one delta): before any round, so that no
+        revocation hits a slot whose instance has ended."""
+        s, now, due = self.s, self.now, self.tick_at
+        self.tick_at = BUSY
+        failed, self.failed = self.failed, {}
+        for jid, nodes in self.ended.items():
+            rest = failed.pop(jid, {})
+            for node, n in nodes.items():
+                if self.reuse and self.waiting_job.get(jid, 0) > 0:  # kept or given back
+                    t0 = time.perf_counter()
+                    k = s.reuse(jid, node, n, now)
+                    dt = time.perf_counter() - t0
+                    self.sched_s += dt
+                    self.reuse_calls += 1
+                    if k:
+                        self.reuse_times.append(dt)
+                        self.reused += k
+                        self.decisions += k
+                        self.granted(Grant(jid, node, k, "reuse"))
+                else:
+                    rest[node] = rest.get(node, 0) + n
+            if rest:
+                self.timed(s.release_many, jid, rest, True)
+        for jid, rest in failed.items():
+            self.timed(s.release_many, jid, rest, True)
+        self.ended = {}
+        self.tick_at = due
 
     def wait_count(self, jid: str, n: int) -> None:
         job = self.jobs[int(jid[1:])]
         key = (job["group"], "GPU" in job["shape"])
         self.waiting_by[key] = self.waiting_by.get(key, 0) + n
         self.waiting_n += n
+        self.waiting_job[jid] = self.waiting_job.get(jid, 0) + n
 
     def cpu_demand_waits(self) -> bool:
         s = self.s
@@ -203,7 +292,7 @@ class Sim:
 
     def run(self):
         self.build()
-        wall0 = time.perf_counter()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         last_t = 0.0
         while self.events:
             t = self.events[0][0]
@@ -223,8 +312,14 @@ class Sim:
                 getattr(self, f"on_{kind}")(*payload)
                 if self.args.check_every and self.events_n % self.args.check_every == 0:
                     self.check()
-            self.schedule()
+            if not self.heartbeat:
+                self.schedule()
+            elif self.asked:  # a request is answered at once, with the ends sent so far
+                self.asked = False
+                self.flush()
+                self.schedule()
         self.wall_s = time.perf_counter() - wall0
+        self.cpu_s = time.process_time() - cpu0
         self.makespan_s = self.now
         self.check()
         assert self.done_instances == self.total_instances, (self.done_instances, self.total_instances)
@@ -262,6 +357,7 @@ class Sim:
         jid = job["id"]
         self.timed(self.s.set_demand, DemandSpec(jid, jid, job["priority"], j, job["shape"],
                                                  job["group"]), 0, self.now)
+        self.asked = True
         self.waiting[jid] = deque()
         self.waiting_at[jid] = {}
         self.waiting_any[jid] = deque()
@@ -312,6 +408,7 @@ class Sim:
     def enqueue(self, jid, i, backup, avoid=None):
         a = self.new_attempt(jid, i, backup, avoid)
         self.wait_count(jid, 1)
+        self.asked = True
         if (jid, i) in self.attempts_of and not backup:
             self.attempts_of[(jid, i)].append(a["id"])
         try:
@@ -390,7 +487,7 @@ class Sim:
         if not ok:
             self.failures += 1
             if self.batched:  # the slot back and one fewer wanted, then the re-run's ask
-                self.timed(self.s.release, a["job"], a["node"], 1, True)
+                self.give_back(a["job"], a["node"], False)
                 if not self.inst_done[key]:
                     self.enqueue(a["job"], a["i"], backup=False, avoid=a["node"])
                 return
@@ -400,7 +497,7 @@ class Sim:
             self.timed(self.s.ask, a["job"], -1, self.now)
             return
         if self.batched:
-            self.timed(self.s.release, a["job"], a["node"], 1, True)
+            self.give_back(a["job"], a["node"], True)
         else:
             self.timed(self.s.ask, a["job"], -1, self.now)
             self.timed(self.s.release, a["job"], a["node"])
@@ -416,8 +513,8 @@ class Sim:
                 o["live"] = False
                 if o["node"] is not None:
                     self.free_slot(o)
-                    if self.batched:
-                        self.timed(self.s.release, o["job"], o["node"], 1, True)
+                    if self.batched:  # a loser's slot is not its instance's to reuse
+                        self.give_back(o["job"], o["node"], False)
                         continue
                     self.timed(self.s.release, o["job"], o["node"])
                 else:
@@ -481,6 +578,7 @@ class Sim:
             return ts[min(len(ts) - 1, int(math.ceil(p * len(ts))) - 1)] * 1000 if ts else 0.0
 
         decide_s = sum(ts)
+        rts = sorted(self.reuse_times)
         placed = sum(self.local.values())
         return {
             "seed": self.args.seed, "nodes": self.args.nodes, "jobs": self.args.jobs,
@@ -488,7 +586,12 @@ class Sim:
             "decisions": self.decisions, "grant_calls": self.grant_calls,
             "slots_per_grant": round(self.decisions / self.grant_calls, 2)
             if self.grant_calls else None,
-            "batched": self.batched,
+            "batched": self.batched, "heartbeat_s": self.heartbeat, "ticks": self.ticks,
+            "reused": self.reused, "reuse_calls": self.reuse_calls,
+            "grants_per_s": round((self.decisions - self.reused) / self.sched_s)
+            if self.sched_s else None,
+            "p99_reuse_ms": round(rts[min(len(rts) - 1, int(math.ceil(0.99 * len(rts))) - 1)]
+                                  * 1000, 4) if rts else None,
             "decisions_per_s": round(self.decisions / self.sched_s) if self.sched_s else None,
             "decisions_per_s_decide_only": round(self.decisions / decide_s) if decide_s else None,
             "p50_decision_ms": round(pct(0.50), 4), "p99_decision_ms": round(pct(0.99), 4),
@@ -506,6 +609,9 @@ class Sim:
             "pending_s": round(self.pending_s, 1), "pending_any_s": round(self.pending_any_s, 1), "sim_makespan_s": round(self.makespan_s, 1),
             "events": self.events_n, "scheduler_s": round(self.sched_s, 3),
             "wall_s": round(self.wall_s, 2), "build_s": round(self.build_s, 2),
+            # the run's CPU time over its wall time: below 1, other work had this core part
+            # of the time, and every figure per second above is that much lower
+            "cpu_over_wall": round(self.cpu_s / self.wall_s, 3) if self.wall_s else None,
             "node_visits_per_decision": round(self.s.index.visits / max(1, self.decisions), 2),
             "revocations": self.revocations, "failures": self.failures,
             "stragglers": self.stragglers, "backups": self.backups,
@@ -570,7 +676,14 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--unbatched", action="store_true",
                     help="drive the core one slot per call (one ask per instance, grants of "
                          "one slot, ask(-1) and release per end): the pre-batching protocol")
+    ap.add_argument("--heartbeat-s", type=float, default=JM_HEARTBEAT_S,
+                    help="batched: ends go to the core and the core schedules once per this "
+                         "many simulated seconds (0: per event)")
+    ap.add_argument("--no-reuse", action="store_true",
+                    help="batched: a job never keeps an ended instance's slot for its next one")
     args = ap.parse_args(argv)
+    if not (args.heartbeat_s >= 0 and math.isfinite(args.heartbeat_s)):
+        ap.error(f"--heartbeat-s {args.heartbeat_s!r}: expected a finite number >= 0")
     if args.instances < args.jobs or args.jobs < 1 or args.nodes < 1:
         ap.error("expected --nodes >= 1, --jobs >= 1 and --instances >= --jobs")
     return args

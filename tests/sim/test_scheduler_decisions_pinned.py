@@ -11,7 +11,9 @@ differently on purpose (grants of many slots), recorded with branch batch16's co
 what the batched protocol decides from now on. A change that *means* to decide differently
 updates them on purpose, saying why in its commit. Negative controls: victims read
 oldest-first move an unbatched hash, and batches without their fairness cap move a batched
-one, so this file can fail.
+one, and slot reuse that ignores waiting rivals moves a heartbeat one, so this file can
+fail. ``PINNED_HEARTBEAT``: the default driver since heartbeats (ends sent once per 0.05 s
+heartbeat, ``reuse`` of a finished slot for the job's next instance; branch sched).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import hashlib
 import pytest
 
 from bench.bench_scheduler import Sim, parse
-from fuxi.core.sched import batch
+from fuxi.core.sched import batch, held
 from fuxi.core.sched.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(120)
 
 SIZE = ["--nodes", "50", "--jobs", "50", "--instances", "2000", "--baseline-nodes", "0"]
 UNBATCHED = ["--unbatched"]
+PER_EVENT = ["--heartbeat-s", "0"]  # the batched driver as it was before heartbeats
 # seed -> (sha256 of the decisions, first 16 hex digits; grants; revocations), pre-perf16 core
 PINNED = {
     0: ("de23595a47bcf820", 2140, 34),
@@ -41,6 +44,15 @@ PINNED_BATCHED = {
     4: ("a2d197fc52cb88d1", 2311, 209),
     5: ("235a54997a72b214", 2339, 247),
     9: ("6307efadb26413f2", 2212, 113),
+}
+
+# seed -> (hash, slots decided, revocations), the default driver: heartbeats of 0.05 s, slot
+# reuse (kept slots hash as grants of locality "reuse"); branch sched's core
+PINNED_HEARTBEAT = {
+    0: ("ac6d9cefeedff7c7", 2132, 34),
+    4: ("5faf482c3e7a04f8", 2294, 206),
+    5: ("1ff8cc13f2231c0d", 2337, 250),
+    9: ("ffa708d9b675d6b9", 2191, 103),
 }
 
 
@@ -85,10 +97,21 @@ def test_negative_control_another_victim_order_moves_the_hash(monkeypatch):
 
 @pytest.mark.parametrize("seed", sorted(PINNED_BATCHED))
 def test_batched_decisions_are_pinned(seed):
-    assert traced(seed, ()) == PINNED_BATCHED[seed], f"seed={seed}: batched decisions moved"
+    assert traced(seed, PER_EVENT) == PINNED_BATCHED[seed], f"seed={seed}: batched decisions moved"
 
 
 def test_negative_control_batches_without_their_fairness_cap_move_the_hash(monkeypatch):
     monkeypatch.setattr(batch, "_fair_cap", lambda s, d, key, n: n)
-    got = traced(4, ())
+    got = traced(4, PER_EVENT)
     assert got[0] != PINNED_BATCHED[4][0], "batches without the fairness cap left the trace"
+
+
+@pytest.mark.parametrize("seed", sorted(PINNED_HEARTBEAT))
+def test_heartbeat_and_reuse_decisions_are_pinned(seed):
+    assert traced(seed, ()) == PINNED_HEARTBEAT[seed], f"seed={seed}: heartbeat decisions moved"
+
+
+def test_negative_control_reuse_that_ignores_rivals_moves_the_hash(monkeypatch):
+    monkeypatch.setattr(held.HeldSlots, "_keepable", lambda self, d, node, n: min(n, d.pending))
+    got = traced(4, ())
+    assert got[0] != PINNED_HEARTBEAT[4][0], "reuse without its rules left the trace unchanged"

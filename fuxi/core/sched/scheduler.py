@@ -57,6 +57,7 @@ from fuxi.core.sched.model import (
     quota_groups,
 )
 from fuxi.core.sched.batch import batch_slots
+from fuxi.core.sched.held import SHARE, HeldSlots, consume
 from fuxi.core.sched.quota import borrow_share, borrowed, guaranteed, under_max
 from fuxi.core.sched.resources import check_resources, fit_count, give, needs_of, take
 from fuxi.errors import BadInput, LimitExceeded
@@ -70,7 +71,6 @@ from fuxi.errors import BadInput, LimitExceeded
 ROOM_RETRY_GRANTS = 64
 VICTIM_SLACK = 64  # released slots the victim lists may keep beyond twice the live ones
 PARK_RETRY = "retry"  # fits somewhere, but not where this demand may go: next schedule()
-SHARE = "share"  # the key of a group's borrowing share among its cached facts
 
 
 class _Demand:
@@ -106,7 +106,7 @@ class _Demand:
         return self.wanted - self.held_total
 
 
-class Scheduler:
+class Scheduler(HeldSlots):
     def __init__(self, config: SchedConfig = SchedConfig()):
         self.config = config
         self.index = FreeIndex(config.workers_per_node_max, config.spread_probes_max)
@@ -143,7 +143,8 @@ class Scheduler:
         # borrowing share (key SHARE) and, per shape, whether the next slot is guaranteed.
         # Dropped whenever the group's usage (or the cluster's capacity) changes.
         self._group_facts: dict[str, dict] = {}
-        self.decisions = 0
+        self.decisions = 0  # slots granted, kept slots (``reuse``) included
+        self.reused = 0  # of those, slots a demand kept for its next instance
         self.revoked = 0
 
     # ------------------------------------------------------------ the cluster
@@ -327,52 +328,6 @@ class Scheduler:
 
     # ------------------------------------------------------------ grants held
 
-    def release(self, demand_id: str, node_id: str, n: int = 1, done: bool = False) -> None:
-        """Give back ``n`` slots of one demand on one node in one delta (the most recently
-        started first). ``done``: their work is finished, so the demand also wants ``n`` fewer
-        (``ask(-n)`` and the release as one call, what a JobMaster sends when instances end)."""
-        d = self._demand(demand_id)
-        have = d.held.get(node_id, 0)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n > have:
-            raise BadInput(f"release {n!r} slots of {demand_id!r} on {node_id!r}: {have} held; "
-                           f"expected an integer from 0 to {have}")
-        if n == 0:
-            return
-        if done:
-            if d.wanted < n:
-                raise BadInput(f"release {n} done slots of {demand_id!r}: it wants {d.wanted} "
-                               f"in all; expected done only for slots it still wants")
-        stack = self._slots[(demand_id, node_id)]
-        for _ in range(n):
-            self._live.pop(stack.pop(), None)  # the most recently started go first
-        if not stack:
-            del self._slots[(demand_id, node_id)]
-        d.held[node_id] = have - n
-        if not d.held[node_id]:
-            del d.held[node_id]
-        d.held_total -= n
-        self.job_held[d.job] -= n
-        take(self.group_used[d.group], d.needs, n)
-        self._group_facts.pop(d.group, None)
-        node = self.index.nodes.get(node_id)
-        if node is not None:
-            give(node.free, d.needs, n)
-            node.workers -= n
-            node.fits.clear()
-            self.index.grew(node)  # clears the full mark of every shape that fits there now
-        if self._quota_full:
-            self._quota_full = {q for q in self._quota_full if q[0] != d.group}
-        if done:  # after the release, so a demand that still waits keeps its preferences
-            d.wanted -= n  # fewer wanted never starts a wait: no ageing to file
-            if d.wanted <= d.held_total:
-                d.prefer_nodes.clear()
-                d.prefer_racks.clear()
-                d.pref_total = 0
-        for did in self.job_demands.get(d.job, ()):  # the job's keys got better
-            other = self.demands[did]
-            if other.parked is None:
-                self._push(other)
-
     def load_grant(self, demand_id: str, node_id: str, n: int) -> None:
         """Record ``n`` slots held on ``node_id`` without a fit check (rebuilding from a ledger;
         a node that shrank below what it holds is overcommitted until slots are released)."""
@@ -395,6 +350,10 @@ class Scheduler:
         self.job_held[d.job] += n
         give(self.group_used[d.group], d.needs, n)
         self._group_facts.pop(d.group, None)
+        self._stamp(d, node_id, n)
+
+    def _stamp(self, d: _Demand, node_id: str, n: int) -> None:
+        """``n`` slots of ``d`` on ``node_id`` start now: their places in the preemption order."""
         where = (d.did, node_id)
         lst = self._victims.get(d.priority)
         if lst is None:
@@ -534,9 +493,9 @@ class Scheduler:
     def _grant(self, d: _Demand, node_id: str, locality: str, now: float, n: int = 1) -> None:
         self._record(d, node_id, n)
         if locality == LOCALITY_NODE or node_id in d.prefer_nodes:
-            d.pref_total -= _consume(d.prefer_nodes, node_id, n)
+            d.pref_total -= consume(d.prefer_nodes, node_id, n)
         elif locality == LOCALITY_RACK or d.prefer_racks:
-            d.pref_total -= _consume(d.prefer_racks, self.index.nodes[node_id].rack, n)
+            d.pref_total -= consume(d.prefer_racks, self.index.nodes[node_id].rack, n)
         d.waiting_since, d.boost = now, 0  # served: its age starts again
         self.decisions += n
         if d.pending > 0:
@@ -667,7 +626,13 @@ class Scheduler:
             d = self.demands.get(did)
             if d is None or d.wait_stamp != stamp or d.pending <= 0:
                 continue
-            d.boost = min(self.config.ageing_boost_max, int((now - d.waiting_since) // step))
+            boost = int((now - d.waiting_since) // step)
+            # (now - since) // step can round one below the step whose due time is ``now``
+            # (since + 3 * step == now, yet the division gives 2.99..): the next due time
+            # would again be ``now``, and this loop would never end
+            while d.waiting_since + (boost + 1) * step <= now:
+                boost += 1
+            d.boost = min(self.config.ageing_boost_max, boost)
             self._age_later(d)
             if d.parked is None:
                 self._push(d)
@@ -783,14 +748,3 @@ class Scheduler:
                     assert v == borrow_share(group, used, self.index.capacity), (g, v)
                 else:
                     assert v == (bool(group.min) and guaranteed(group, used, key)), (g, key)
-
-
-def _consume(prefs: dict[str, int], place: str, n: int = 1) -> int:
-    """Take up to ``n`` off the preference for ``place``; returns how many were taken."""
-    have = prefs.get(place, 0)
-    if have > n:
-        prefs[place] = have - n
-        return n
-    if have:
-        del prefs[place]
-    return have
