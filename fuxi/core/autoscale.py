@@ -146,15 +146,16 @@ class Autoscaler:
 
 def replica_load(prev: dict | None, now_stats: dict, period_s: float) -> ReplicaLoad:
     """One replica's load over a stats period, from two of Kuafu's ``Server.stats`` samples
-    (``prev`` None: the first one). The mean in flight is the time spent in calls per second
-    of the period (Little's law: only finished calls count), or what runs and waits now if
-    that is more (calls longer than the period)."""
+    (``prev`` None: the first one). The mean in flight is the time spent in finished calls
+    (queued or running) per second of the period, by Little's law. With no call finished in
+    the period (the first sample, or calls longer than it) it is what runs and waits now."""
     now_inflight = float(now_stats.get("running", 0)) + float(now_stats.get("queued", 0))
     calls = 0
     mean = 0.0
     if prev is not None and period_s > 0:
         calls = max(0, (now_stats.get("served", 0) + now_stats.get("failed", 0))
                     - (prev.get("served", 0) + prev.get("failed", 0)))
-        mean = max(0.0, float(now_stats.get("busy_s", 0.0)) - float(prev.get("busy_s", 0.0))) / period_s
-    return ReplicaLoad(max(mean, now_inflight), calls, now_stats.get("p50_ms"),
+        busy = float(now_stats.get("busy_s", 0.0)) - float(prev.get("busy_s", 0.0))
+        mean = max(0.0, busy) / period_s
+    return ReplicaLoad(mean if calls > 0 else now_inflight, calls, now_stats.get("p50_ms"),
                        now_stats.get("p99_ms"))
