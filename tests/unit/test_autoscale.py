@@ -200,3 +200,32 @@ def test_autoscaling_garbage_types_and_the_start_count():
         "target_in_flight": 2, "min_replicas": 2, "max_replicas": 5})).to_doc()
     assert spec["replicas"] == 5  # the start count is brought within min..max
     assert service_spec_from_dict(BASE).to_doc()["autoscaling"] is None
+
+
+def test_a_decision_is_a_core_event_of_kind_service_autoscaled_and_shows_in_status(capsys):
+    from cli.service import _show
+    from fuxi.core.servicecore import ServiceCore
+    from fuxi.shells.clusterlog import SERVICE_EVENT_KINDS
+
+    spec = service_spec_from_dict(dict(BASE, autoscaling={"target_in_flight": 2})).to_doc()
+    core = ServiceCore(spec)
+    a = Autoscaler()
+    policy = spec["autoscaling"]
+    d = None
+    for t in range(0, 8):
+        d = a.step(policy, 1, _loads(7, 1), float(t)) or d
+    assert d is not None and (d.before, d.after) == (1, 3)  # capped at 2 a step
+    core.scale(d.after, d.at, d.reason)
+    assert core.spec["replicas"] == 3
+    text = core.events[-1].partition(" ")[2]
+    assert text.startswith("autoscaled 1 -> 3 replicas: 7.0 calls in flight")
+    assert next(k for words, k in SERVICE_EVENT_KINDS if words in text) == "service_autoscaled"
+    core.scale(2, 9.0)  # by hand: the old wording and kind
+    assert core.events[-1].endswith("scaled to 2 replicas")
+    st = {"name": "svc", "version": "1", "ready": 3, "desired": 3, "removing": False,
+          "rollout": "", "requests": 5, "errors": 0, "requests_per_s": 1.0, "p99_ms_max": 2.0,
+          "replicas": [], "events": [], "autoscaling": a.view(policy, 3)}
+    _show(st)
+    out = capsys.readouterr().out
+    assert "autoscaling: target 2 in flight per replica, 1..4 replicas; current 3" in out
+    assert "last decision: 1 -> 3: 7.0 calls in flight" in out
