@@ -229,3 +229,37 @@ def test_a_decision_is_a_core_event_of_kind_service_autoscaled_and_shows_in_stat
     out = capsys.readouterr().out
     assert "autoscaling: target 2 in flight per replica, 1..4 replicas; current 3" in out
     assert "last decision: 1 -> 3: 7.0 calls in flight" in out
+
+
+def test_the_manager_refuses_a_manual_scale_and_an_upgrade_keeps_the_autoscaled_count():
+    """The service manager shell's API on a memory store (no Ray is started)."""
+    import asyncio
+
+    from fuxi.errors import BadInput
+    from fuxi.io.store import MemoryStore
+    from fuxi.shells.offloop import AsyncStore, OffLoop
+    from fuxi.shells.services import ServiceManager
+
+    async def go():
+        mgr = ServiceManager("c", "ns", AsyncStore(MemoryStore(), OffLoop("t", 1)), False)
+        spec = service_spec_from_dict(dict(BASE, autoscaling={
+            "target_in_flight": 2, "min_replicas": 1, "max_replicas": 6})).to_doc()
+        await mgr.register(spec)
+        core = mgr.cores["svc"]
+        mgr._autoscale(core, _loads(20, 1), 0.0)
+        mgr._autoscale(core, _loads(20, 1), 6.0)
+        assert core.spec["replicas"] == 3  # 1 + max_change_per_step after the 5 s delay
+        with pytest.raises(BadInput, match="is autoscaled .1..6 replicas"):
+            await mgr.scale("svc", 2)
+        v2 = service_spec_from_dict(dict(BASE, version="2", autoscaling={
+            "target_in_flight": 2, "min_replicas": 1, "max_replicas": 2})).to_doc()
+        st = await mgr.upgrade(v2)
+        assert st["desired"] == 2 and st["autoscaling"]["max"] == 2  # kept, within new bounds
+        plain = service_spec_from_dict(dict(BASE, version="3", replicas=5)).to_doc()
+        st = await mgr.upgrade(plain)  # autoscaling off again: the spec's count, by hand after
+        assert st["desired"] == 5 and st["autoscaling"] is None
+        mgr._autoscale(core, _loads(20, 1), 20.0)
+        assert "svc" not in mgr.autoscalers
+        assert (await mgr.scale("svc", 1))["desired"] == 1
+
+    asyncio.run(go())
