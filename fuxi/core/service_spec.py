@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fuxi.errors import SpecError
 from fuxi.core.codeenv import RuntimeEnvSpec
-from fuxi.core.spec import FIELD_EXPECTATIONS, FN_REF_RE, ResourceSpec, check_named_json, resolve_fn
+from fuxi.core.spec import FIELD_EXPECTATIONS, FN_REF_RE, ResourceSpec, check_named_json, missing_dependency, resolve_fn
 from fuxi.core.specparse import apply_overrides, humane_errors
 
 REPLICAS_MAX = 256
@@ -194,10 +194,14 @@ class ServiceSpec(BaseModel):
 
 
 def check_service_class(spec: ServiceSpec, source: str | None = None) -> None:
-    """Import ``class`` now, so a typo fails at register time rather than in every replica."""
+    """Import ``class`` now, so a typo fails at register time rather than in every replica
+    (unless it needs a module that only the replicas' ``runtime_env.pip`` provides)."""
     try:
         cls = resolve_fn(spec.class_)
     except Exception as exc:  # noqa: BLE001 - reported with the spec's name
+        if spec.runtime_env is not None and spec.runtime_env.pip and \
+                missing_dependency(spec.class_, exc.__cause__):
+            return  # a dependency its pip requirements give the replicas: checked there
         raise SpecError([f"{source or spec.name}: class: {exc}"], source=source, kind="service") from None
     if not isinstance(cls, type):
         raise SpecError([f"{source or spec.name}: class: {spec.class_} is a "

@@ -51,6 +51,7 @@ __all__ = [
     "TaskSpec",
     "check_importable",
     "instances_max",
+    "missing_dependency",
     "resolve_fn",
     "spec_bytes_max",
     "spec_from_dict",
@@ -660,7 +661,9 @@ def _exc_text(exc: BaseException) -> str:
 
 
 def check_importable(spec: JobSpec, source: str | None = None) -> None:
-    """Resolve every task's ``fn`` here and now, so a typo fails at submit, not on a worker."""
+    """Resolve every task's ``fn`` here and now, so a typo fails at submit, not on a worker
+    (left to the worker when only a dependency is missing that ``runtime_env.pip`` gives it)."""
+    pip = bool(spec.runtime_env is not None and spec.runtime_env.pip)
     problems = []
     for name, task in spec.tasks.items():
         if task.by_value is not None:
@@ -668,9 +671,19 @@ def check_importable(spec: JobSpec, source: str | None = None) -> None:
         try:
             resolve_fn(task.fn)
         except BadInput as exc:
+            if pip and missing_dependency(task.fn, exc.__cause__):
+                continue
             problems.append(_prefix(source, f"tasks.{name}.fn: {exc}"))
     if problems:
         raise SpecError(problems, source=source)
+
+
+def missing_dependency(ref: str, exc: BaseException | None) -> bool:
+    """Whether ``ref``'s import failed for want of a module not on its own path (a dependency)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return False
+    own = ref.split(":", 1)[0]
+    return not (own == exc.name or own.startswith(exc.name + "."))
 
 
 def _prefix(source: str | None, line: str) -> str:

@@ -11,8 +11,12 @@ import os
 import threading
 import time
 
+import pytest
+
 from fuxi.core.story import chrome_trace, instance_story, story_text
 from tests.integration.jobhelpers import wait_for
+
+pytestmark = pytest.mark.ray
 
 FNS = "tests.integration.taskfns"
 

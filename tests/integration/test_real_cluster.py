@@ -91,6 +91,50 @@ print(json.dumps({"state": st["state"], "report": st.get("report")}))
 '''
 
 
+# A requirement installed for real by Ray's pip runtime_env: a wheel of our own, found by pip
+# in a local directory (PIP_FIND_LINKS, PIP_NO_INDEX on the raylets' environment), so the test
+# needs no network and still runs pip's resolver, Ray's virtualenv and the install.
+PIP_JOB_SPEC = """
+name: withpip
+runtime_env:
+  pip: ["fuxiprobe==0.1.0"]
+tasks:
+  t:
+    fn: usesprobe:where
+    instances: 2
+    output: {{path: {out}, shared: true}}
+"""
+PIP_JOB_MODULE = '''
+import fuxiprobe
+
+def where(ctx):
+    return {"i": [ctx.instance], "magic": [fuxiprobe.MAGIC], "file": [fuxiprobe.__file__]}
+'''
+
+
+def _probe_wheel(wheels) -> None:
+    """fuxiprobe 0.1.0 as a wheel file (a zip with its dist-info), written by hand."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {"fuxiprobe.py": "MAGIC = 'installed-by-pip-0.1.0'\n",
+             "fuxiprobe-0.1.0.dist-info/METADATA":
+                 "Metadata-Version: 2.1\nName: fuxiprobe\nVersion: 0.1.0\n",
+             "fuxiprobe-0.1.0.dist-info/WHEEL":
+                 "Wheel-Version: 1.0\nGenerator: fuxi-tests\nRoot-Is-Purelib: true\n"
+                 "Tag: py3-none-any\n"}
+    record = []
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{name},sha256={digest.decode()},{len(text.encode())}")
+    record.append("fuxiprobe-0.1.0.dist-info/RECORD,,")
+    files["fuxiprobe-0.1.0.dist-info/RECORD"] = "\n".join(record) + "\n"
+    with zipfile.ZipFile(wheels / "fuxiprobe-0.1.0-py3-none-any.whl", "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -206,7 +250,12 @@ def test_code_only_in_the_submit_dir_runs_on_a_real_two_raylet_cluster(tmp_path)
     (code / "greetsvc.py").write_text(textwrap.dedent(SERVICE_MODULE))
     (code / "greeter.yaml").write_text(SERVICE_SPEC)
     (code / "byvalue.py").write_text(BY_VALUE_SCRIPT)
-    env = _env(home)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _probe_wheel(wheels)
+    (code / "usesprobe.py").write_text(textwrap.dedent(PIP_JOB_MODULE))
+    (code / "pipjob.yaml").write_text(PIP_JOB_SPEC.format(out=tmp_path / "out3"))
+    env = dict(_env(home), PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheels))
     port = _free_port()
     address = f"127.0.0.1:{port}"
     try:
@@ -271,6 +320,19 @@ def test_code_only_in_the_submit_dir_runs_on_a_real_two_raylet_cluster(tmp_path)
         assert got["state"] == "succeeded", got
         rows = sorted(pq.read_table(str(out2)).to_pylist(), key=lambda r: r["i"])
         assert [(r["i"], r["v"]) for r in rows] == [(0, 0), (1, 7), (2, 14)]
+
+        # A pip requirement: installed by Ray into the job's own virtualenv on each node, not
+        # in the submitter's environment (which lacks it).
+        res = _run([sys.executable, "-c", "import fuxiprobe"], str(code), env, check=False)
+        assert res.returncode != 0, "the probe must not be installed where the test runs"
+        job_id = _fuxi(home, str(code), "submit", "pipjob.yaml", "--working-dir", ".",
+                       "--no-wait").stdout.strip()
+        st = _wait_job(home, str(other), job_id)
+        assert st["state"] == "succeeded", st.get("report") or st
+        rows = sorted(pq.read_table(str(tmp_path / "out3")).to_pylist(), key=lambda r: r["i"])
+        assert [(r["i"], r["magic"]) for r in rows] == [(0, "installed-by-pip-0.1.0"),
+                                                        (1, "installed-by-pip-0.1.0")]
+        assert all("runtime_resources" in r["file"] and "pip" in r["file"] for r in rows), rows
 
         # `fuxi down` stops Fuxi, not the Ray cluster it was deployed onto.
         _fuxi(home, str(other), "down")
