@@ -58,6 +58,14 @@ def _show(st: dict) -> None:
                f"{'  rollout: ' + st['rollout'] if st['rollout'] else ''}")
     typer.echo(f"requests {st['requests']}  errors {st['errors']}  "
                f"{st['requests_per_s']}/s  p99 {st['p99_ms_max']} ms")
+    a = st.get("autoscaling")
+    if a:
+        typer.echo(f"autoscaling: target {a['target']}, {a['min']}..{a['max']} replicas; "
+                   f"current {a['current']}, recommended {a['recommended'] if a['recommended'] is not None else '-'}"
+                   f"{' (waiting out the ' + a['pending'] + ' delay)' if a['pending'] else ''}")
+        last = a.get("last")
+        typer.echo(f"  last decision: {last['from']} -> {last['to']}: {last['reason']}" if last
+                   else "  last decision: none yet")
     typer.echo(f"{'REPLICA':<28} {'VERSION':<10} {'STATE':<10} {'HEALTH':<16} {'NODE':<14} SERVED")
     for r in st["replicas"]:
         typer.echo(f"{r['replica']:<28} {r['version']:<10} {r['state']:<10} {r['health']:<16} "

@@ -15,6 +15,13 @@ reads no files.
     health_check: {method: check_health, period_s: 2, timeout_s: 2, failure_threshold: 3}
     rollout: {max_unavailable: 0, max_surge: 1}
     placement: {spread: true}
+    autoscaling:                               # optional: replicas follow the load
+      target_in_flight: 4                      # calls in flight per replica (or target_latency_ms)
+      min_replicas: 1
+      max_replicas: 8
+      scale_up_delay_s: 5
+      scale_down_delay_s: 30
+      max_change_per_step: 2
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ HEALTH_TIMEOUT_S_MAX = 600.0
 FAILURE_THRESHOLD_MAX = 100
 DRAIN_GRACE_S_MAX = 3600.0
 START_TIMEOUT_S_MAX = 3600.0
+TARGET_IN_FLIGHT_MAX = float(MAX_CONCURRENCY_MAX + QUEUE_MAX_MAX)
+TARGET_LATENCY_MS_MAX = 3_600_000.0
+SCALE_DELAY_S_MAX = 3600.0
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
@@ -82,6 +92,47 @@ class PlacementSpec(BaseModel):
     spread: bool = Field(default=True, strict=True)
 
 
+class AutoscalingSpec(BaseModel):
+    """Replicas follow the load (``fuxi.core.autoscale``). The target is per replica: either
+    ``target_in_flight`` (calls running or queued at one replica, averaged over the stats
+    period) or ``target_latency_ms`` of the ``latency_percentile`` (p50 or p99) of the
+    slowest replica. The count stays within ``min_replicas``..``max_replicas``; it rises only
+    once more replicas were wanted for ``scale_up_delay_s`` without a break (falls: fewer, for
+    ``scale_down_delay_s``), by at most ``max_change_per_step`` at a time."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    target_in_flight: float | None = Field(default=None, gt=0.0, le=TARGET_IN_FLIGHT_MAX)
+    target_latency_ms: float | None = Field(default=None, gt=0.0, le=TARGET_LATENCY_MS_MAX)
+    latency_percentile: str = Field(default="p99", pattern=r"^p(50|99)$")
+    min_replicas: int = Field(default=1, ge=0, le=REPLICAS_MAX, strict=True)
+    max_replicas: int = Field(default=4, ge=1, le=REPLICAS_MAX, strict=True)
+    scale_up_delay_s: float = Field(default=5.0, ge=0.0, le=SCALE_DELAY_S_MAX)
+    scale_down_delay_s: float = Field(default=30.0, ge=0.0, le=SCALE_DELAY_S_MAX)
+    max_change_per_step: int = Field(default=2, ge=1, le=REPLICAS_MAX, strict=True)
+
+    @field_validator("target_in_flight", "target_latency_ms", "scale_up_delay_s",
+                     "scale_down_delay_s", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (value is not None and not isinstance(value, (int, float))):
+            raise ValueError(f"got {type(value).__name__} {value!r:.40}, expected a number")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AutoscalingSpec":
+        if (self.target_in_flight is None) == (self.target_latency_ms is None):
+            raise ValueError("give exactly one target: target_in_flight (calls in flight per "
+                             "replica) or target_latency_ms (with latency_percentile p50|p99)")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas "
+                             f"{self.max_replicas}: expected min_replicas <= max_replicas")
+        if self.min_replicas == 0:
+            raise ValueError("min_replicas 0 (scale to zero) is not supported yet: a call "
+                             "to a service with no replica would fail; expected >= 1")
+        return self
+
+
 class ServiceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
@@ -105,6 +156,15 @@ class ServiceSpec(BaseModel):
     # What Ray ships to every replica (fuxi.core.codeenv): with a working_dir, replicas run
     # in their unpacked copy of it instead of ``workdir`` (`--working-dir` of register).
     runtime_env: RuntimeEnvSpec | None = None
+    # Replicas that follow the load; ``replicas`` is then only the start (within min..max).
+    autoscaling: AutoscalingSpec | None = None
+
+    @model_validator(mode="after")
+    def _start_within_bounds(self) -> "ServiceSpec":
+        a = self.autoscaling
+        if a is not None and not a.min_replicas <= self.replicas <= a.max_replicas:
+            self.replicas = min(max(self.replicas, a.min_replicas), a.max_replicas)
+        return self
 
     @field_validator("workdir")
     @classmethod

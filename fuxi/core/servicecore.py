@@ -83,11 +83,14 @@ class ServiceCore:
     def version(self) -> str:
         return self.spec["version"]
 
-    def scale(self, replicas: int, now: float) -> None:
+    def scale(self, replicas: int, now: float, reason: str = "") -> None:
+        """A new desired count: by hand, or the autoscaler's (``reason``: its why)."""
+        before = self.spec["replicas"]
         self.spec = dict(self.spec, replicas=int(replicas))
         if self.previous is not None:
             self.previous = dict(self.previous, replicas=int(replicas))
-        self._event(now, f"scaled to {replicas} replicas")
+        self._event(now, f"autoscaled {before} -> {replicas} replicas: {reason}" if reason
+                    else f"scaled to {replicas} replicas")
 
     def upgrade(self, spec: dict, now: float) -> None:
         """A new spec. A new version starts a rolling upgrade; the same version with other

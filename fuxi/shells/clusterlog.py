@@ -297,6 +297,7 @@ def note_nodes(old: dict, new: dict, info: dict) -> None:
 
 
 SERVICE_EVENT_KINDS = (  # (words in the core's text, kind), first match wins
+    ("autoscaled", "service_autoscaled"),
     ("ready on", "replica_ready"), ("adopted", "replica_adopted"),
     ("asked for node", "replica_misplaced"), ("died", "replica_died"),
     ("health", "replica_unhealthy"), ("stopped", "replica_stopped"),

@@ -31,6 +31,7 @@ from fuxi.shells.clusterlog import forward_service_events
 from fuxi.errors import BadInput
 from fuxi.shells.replica import (REPLICA_PREFIX, ServiceReplica, control_digest, control_key,
                           replica_name)
+from fuxi.core.autoscale import Autoscaler, replica_load
 from fuxi.core.servicecore import READY, ServiceCore
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class ServiceManager:
         self.stats: dict[str, dict] = {}     # replica -> last Kuafu stats
         self.rates: dict[str, float] = {}    # service -> calls/s over the last stats period
         self._served: dict[str, tuple[float, int]] = {}
+        # Replicas following the load (fuxi.core.autoscale): one autoscaler per autoscaled
+        # service, fed each stats sweep; the previous sample of each replica and its time.
+        self.autoscalers: dict[str, Autoscaler] = {}
+        self._stats_at_of: dict[str, float] = {}
         self.saved: dict[str, str] = {}
         self._task = None
         self._stats_at = 0.0
@@ -201,6 +206,10 @@ class ServiceManager:
 
     async def upgrade(self, spec: dict) -> dict:
         core = self._core(spec["name"])
+        auto = spec.get("autoscaling")
+        if auto and core.spec.get("autoscaling"):  # the autoscaler's count goes on (in bounds)
+            spec = dict(spec, replicas=min(max(int(core.spec["replicas"]), auto["min_replicas"]),
+                                           auto["max_replicas"]))
         core.upgrade(spec, time.time())
         await self._save(core)
         return self.status(core.name)
@@ -211,6 +220,11 @@ class ServiceManager:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= REPLICAS_MAX:
             raise BadInput(f"replicas={replicas!r}: expected 0..{REPLICAS_MAX}")
         core = self._core(name)
+        auto = core.spec.get("autoscaling")
+        if auto:
+            raise BadInput(f"service {name!r} is autoscaled ({auto['min_replicas']}.."
+                           f"{auto['max_replicas']} replicas): its autoscaler sets the count; "
+                           f"change min_replicas/max_replicas with `fuxi service upgrade`")
         core.scale(replicas, time.time())
         await self._save(core)
         return self.status(name)
@@ -276,7 +290,13 @@ class ServiceManager:
                              "served": st.get("served", 0), "errors": st.get("failed", 0),
                              "p50_ms": st.get("p50_ms"), "p99_ms": st.get("p99_ms")})
         p99s = [x["p99_ms"] for x in replicas if x["p99_ms"] is not None]
+        auto = core.spec.get("autoscaling")
+        scaler = self.autoscalers.get(name)
+        autoscaling = None
+        if auto:
+            autoscaling = (scaler or Autoscaler()).view(auto, int(core.spec["replicas"]))
         return dict(self._summary(core), spec=core.spec, replicas=replicas,
+                    autoscaling=autoscaling,
                     requests=served, errors=failed,
                     p99_ms_max=max(p99s) if p99s else None,
                     rollout_detail=core.rollout, events=core.events[-30:])
@@ -352,6 +372,7 @@ class ServiceManager:
                 await self.store.delete(KEY + name)
                 del self.cores[name]
                 self.saved.pop(name, None)
+                self.autoscalers.pop(name, None)
                 continue
             doc = core.desired_doc()
             if self.saved.get(name) != json.dumps(doc, sort_keys=True):
@@ -499,6 +520,7 @@ class ServiceManager:
             if h is not None:
                 ray.kill(h)
             self.stats.pop(rid, None)
+            self._stats_at_of.pop(rid, None)
             self.checked.pop(rid, None)
             core.stopped(rid, time.time())
 
@@ -511,19 +533,37 @@ class ServiceManager:
     async def _refresh_stats_once(self, now: float) -> None:
         for name, core in list(self.cores.items()):
             total = 0
+            loads = []
             for rid in [r.rid for r in core.replicas.values() if r.state == READY]:
                 h = self.handles.get(rid)
                 if h is None:
                     continue
                 try:
-                    self.stats[rid] = await asyncio.wait_for(h.stats.remote(), REPLICA_STATS_TIMEOUT_S)
+                    got = await asyncio.wait_for(h.stats.remote(), REPLICA_STATS_TIMEOUT_S)
                 except Exception:  # noqa: BLE001 - a dying replica has no stats
                     continue
+                at, prev_at = time.time(), self._stats_at_of.get(rid)
+                loads.append(replica_load(self.stats.get(rid) if prev_at else None, got,
+                                          at - prev_at if prev_at else 0.0))
+                self.stats[rid], self._stats_at_of[rid] = got, at
                 total += self.stats[rid]["served"] + self.stats[rid]["failed"]
             prev = self._served.get(name)
             if prev is not None and now > prev[0]:
                 self.rates[name] = max(0.0, (total - prev[1]) / (now - prev[0]))
             self._served[name] = (now, total)
+            self._autoscale(core, loads, time.time())
+
+    def _autoscale(self, core: ServiceCore, loads: list, now: float) -> None:
+        """Feed the service's autoscaler the sweep's numbers; its decision is the new desired
+        count (saved by the next reconcile step), with its reason as the core's event."""
+        auto = core.spec.get("autoscaling")
+        if not auto or core.removing:
+            self.autoscalers.pop(core.name, None)
+            return
+        scaler = self.autoscalers.setdefault(core.name, Autoscaler())
+        decision = scaler.step(auto, int(core.spec["replicas"]), loads, now)
+        if decision is not None:
+            core.scale(decision.after, now, decision.reason)
 
 
 def _short(e: BaseException) -> str:

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
 import kuafu
+
+ECHO_SLEEP_S_MAX = 10.0  # the longest `sleep` call the echo service takes
 
 
 class Echo:
@@ -21,6 +24,18 @@ class Echo:
     @kuafu.method(idempotent=True)
     async def echo(self, msg):
         return msg
+
+    @kuafu.method(idempotent=True)
+    async def sleep(self, msg):
+        """Answer after ``msg`` seconds (a number, or its text): load for the autoscaler."""
+        try:
+            secs = float(msg.decode() if isinstance(msg, bytes) else msg)
+        except (TypeError, ValueError, UnicodeDecodeError):
+            raise ValueError(f"sleep: got {msg!r:.40}, expected seconds as a number") from None
+        if not 0.0 <= secs <= ECHO_SLEEP_S_MAX:
+            raise ValueError(f"sleep: {secs!r} s, expected 0..{ECHO_SLEEP_S_MAX:g}")
+        await asyncio.sleep(secs)
+        return b"slept"
 
     @kuafu.method(idempotent=True)
     async def version(self, msg):

@@ -456,13 +456,15 @@ class Server:
                 svc.executor.shutdown(wait=False, cancel_futures=True)
 
     def stats(self) -> dict:
-        """Per service: running, queued, served and failed calls, and the p50/p99 latency (ms)
+        """Per service: running, queued, served and failed calls, the seconds spent in calls
+        (queued or running, summed over finished ones), and the p50/p99 latency (ms)
         of the last LATENCIES_KEPT calls."""
         out = {}
         for name, s in self.services.items():
             lat = sorted(s.latencies)
             out[name] = {"running": s.running, "queued": s.queued, "served": s.served,
                          "failed": s.failed, "endpoint": s.endpoint,
+                         "busy_s": round(s.busy_s, 6),  # time in calls: the autoscaler's mean
                          "p50_ms": round(lat[len(lat) // 2] * 1e3, 3) if lat else None,
                          "p99_ms": round(lat[int(len(lat) * 0.99)] * 1e3, 3) if lat else None}
         return out

@@ -65,6 +65,7 @@ PURE_CORE_MODULES = [
     "fuxi.core.specparse",
     "fuxi.io.specfile",
     "fuxi.core.servicecore",
+    "fuxi.core.autoscale",
     "zhongkui.core.passwords",
     "zhongkui.core.tokens",
     "zhongkui.core.acl",

@@ -1,0 +1,152 @@
+"""Autoscaling on the two-node cluster (issue 20 part 1): a load ramp, rising then falling,
+against an autoscaled echo service. The replicas follow the load, never before the configured
+delays, and no call fails on the way up or down."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+CLUSTER = "test"
+NAME = "svc-auto"
+CALL_S = 0.1          # each call of the load sleeps this long at the replica
+UP_DELAY_S, DOWN_DELAY_S = 2.0, 6.0
+FOLLOW_TIMEOUT_S = 120.0  # generous: replicas start on a shared 2-core machine
+
+
+def _spec() -> dict:
+    from fuxi.core.service_spec import service_spec_from_dict
+
+    return service_spec_from_dict({
+        "name": NAME, "class": "jobs.services.echo:Echo", "replicas": 1,
+        "resources": {"cpu": 0}, "drain_grace_s": 5.0,
+        "health_check": {"period_s": 1.0, "timeout_s": 5.0, "failure_threshold": 3},
+        "autoscaling": {"target_in_flight": 2, "min_replicas": 1, "max_replicas": 4,
+                        "scale_up_delay_s": UP_DELAY_S, "scale_down_delay_s": DOWN_DELAY_S,
+                        "max_change_per_step": 2}}).to_doc()
+
+
+class Ramp:
+    """Closed-loop callers, each keeping one `sleep` call in flight; added and removed one by
+    one while running. Counts every call and every failure."""
+
+    def __init__(self):
+        self.ok = 0
+        self.failures: list[str] = []
+        self.workers: list[tuple[threading.Thread, threading.Event]] = []
+        self.lock = threading.Lock()
+
+    def _run(self, stop: threading.Event) -> None:
+        import kuafu
+
+        with kuafu.connect(f"nuwa://{CLUSTER}/{NAME}") as c:
+            while not stop.is_set():
+                try:
+                    assert c.call("sleep", str(CALL_S).encode(), timeout_s=30) == b"slept"
+                    with self.lock:
+                        self.ok += 1
+                except Exception as e:  # noqa: BLE001 - counted
+                    with self.lock:
+                        self.failures.append(repr(e))
+
+    def set(self, n: int) -> None:
+        while len(self.workers) < n:
+            stop = threading.Event()
+            t = threading.Thread(target=self._run, args=(stop,), daemon=True)
+            t.start()
+            self.workers.append((t, stop))
+        while len(self.workers) > n:
+            t, stop = self.workers.pop()
+            stop.set()
+            t.join(60)
+
+
+def _status(master) -> dict:
+    import ray
+
+    return ray.get(master.service_status.remote(NAME), timeout=30)
+
+
+def _until(master, pred, what: str) -> dict:
+    deadline = time.time() + FOLLOW_TIMEOUT_S
+    while True:
+        st = _status(master)
+        if pred(st):
+            return st
+        if time.time() > deadline:
+            raise AssertionError(f"{what}: not within {FOLLOW_TIMEOUT_S:g}s: "
+                                 f"{st['autoscaling']} events {st['events'][-8:]}")
+        time.sleep(0.3)
+
+
+def _decisions(st: dict) -> list[tuple[float, int, int]]:
+    out = []
+    for line in st["events"]:
+        m = re.match(r"^(\d+\.\d+) autoscaled (\d+) -> (\d+) replicas: ", line)
+        if m:
+            out.append((float(m[1]), int(m[2]), int(m[3])))
+    return out
+
+
+def _settled(n: int):
+    return lambda st: (st["desired"] == n and st["ready"] == n and st["starting"] == 0
+                       and st["draining"] == 0)
+
+
+def test_a_load_ramp_is_followed_up_and_down_within_the_delays_and_no_call_fails(client,
+                                                                                  kuafu_net):
+    import ray
+
+    from fuxi.errors import BadInput
+
+    master = client.master
+    ray.get(master.service_register.remote(_spec()), timeout=30)
+    ramp = Ramp()
+    try:
+        _until(master, _settled(1), "one replica at the start")
+        with pytest.raises(BadInput, match="autoscaled"):
+            ray.get(master.service_scale.remote(NAME, 3), timeout=30)
+        ramp.set(1)  # ~1 call in flight: one replica is enough (target 2 per replica)
+        time.sleep(UP_DELAY_S + 4)
+        st = _status(master)
+        assert st["desired"] == 1 and _decisions(st) == [], st["events"][-5:]
+        assert st["autoscaling"]["recommended"] == 1
+
+        rise = time.time()
+        ramp.set(8)  # ~8 in flight: ceil(8 / 2) = 4 replicas (the maximum)
+        st = _until(master, _settled(4), "scaled up to 4 under 8 callers")
+        ups = [d for d in _decisions(st) if d[0] >= rise - 1]
+        assert ups and all(b < a for _, b, a in ups), ups  # only up while it rises
+        assert all(a - b <= 2 for _, b, a in ups), ups      # max_change_per_step
+        assert ups[0][0] - rise >= UP_DELAY_S - 0.1, ups    # not before its delay
+        time.sleep(DOWN_DELAY_S)  # the load holds: the count holds (no flapping)
+        st = _status(master)
+        assert st["desired"] == 4 and [d for d in _decisions(st) if d[0] >= rise - 1] == ups
+
+        fall = time.time()
+        ramp.set(1)
+        st = _until(master, _settled(1), "scaled down to 1 after the load fell")
+        downs = [d for d in _decisions(st) if d[0] >= fall]
+        assert downs and all(b > a for _, b, a in downs), downs
+        assert downs[0][0] - fall >= DOWN_DELAY_S - 0.1, downs
+        assert st["autoscaling"]["last"]["to"] == 1
+        assert "calls in flight" in st["autoscaling"]["last"]["reason"]
+        time.sleep(1.0)
+        ramp.set(0)
+        assert ramp.failures == [], ramp.failures[:5]
+        assert ramp.ok > 100
+    finally:
+        ramp.set(0)
+        try:
+            ray.get(master.service_remove.remote(NAME), timeout=30)
+            deadline = time.time() + 60
+            while any(s["name"] == NAME for s in ray.get(master.service_list.remote(), timeout=30)):
+                assert time.time() < deadline
+                time.sleep(0.2)
+        except Exception:  # noqa: BLE001 - best effort in teardown
+            pass
