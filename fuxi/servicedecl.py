@@ -58,12 +58,17 @@ class ServiceWaitTimeout(FuxiError, base_errors.WaitTimedOut):
     """Not every replica of the version was ready in time; the platform keeps trying."""
 
 
+MARKED_BY = "fuxi.service"  # in a mark this module set (not the user's ``@kuafu.method``)
+
+
 def exposed_methods(cls: type) -> list[str]:
-    """The methods Kuafu serves for an instance of ``cls`` (``kuafu.io.server.Service``): the
-    ones marked ``@kuafu.method`` if any, else every public one."""
-    members = inspect.getmembers(cls, callable)
-    marked = [n for n, f in members if hasattr(f, KUAFU_ATTR)]
-    return marked or [n for n, f in members if not n.startswith("_") and not isinstance(f, type)]
+    """The methods a service of ``cls`` serves, as Kuafu chooses (``kuafu.io.server.Service``):
+    the ones the user marked ``@kuafu.method`` if any, else every public one. Marks this
+    module set (on a base class declared before) do not count as the user's."""
+    members = [(n, f) for n, f in inspect.getmembers(cls, callable) if not isinstance(f, type)]
+    marked = [n for n, f in members
+              if hasattr(f, KUAFU_ATTR) and getattr(f, KUAFU_ATTR).get("by") != MARKED_BY]
+    return marked or [n for n, f in members if not n.startswith("_")]
 
 
 def check_class(cls: Any, what: str = "fuxi.service") -> list[str]:
@@ -115,7 +120,8 @@ def mark_methods(cls: type, idempotent: Any = ()) -> list[str]:
         if owner is not cls or not inspect.isfunction(fn):
             fn = _forwarder(raw, name)
             setattr(cls, name, fn)
-        info = dict(getattr(fn, KUAFU_ATTR, None) or {"idempotent": False, "name": name})
+        info = dict(getattr(fn, KUAFU_ATTR, None) or {"idempotent": False, "name": name,
+                                                      "by": MARKED_BY})
         info["idempotent"] = bool(info.get("idempotent")) or name in idem
         setattr(fn, KUAFU_ATTR, info)
     return methods

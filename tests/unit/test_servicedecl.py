@@ -196,3 +196,22 @@ def test_facade_input_checks_need_no_cluster():
     with pytest.raises(BadInput, match="expected a class"):
         c.services.register(lambda m: m)
     assert exposed_methods(Plain) == ["echo", "version"]
+
+
+def test_a_subclass_of_a_declared_class_exposes_its_new_methods():
+    @fuxi.service(idempotent=["echo"])
+    class Base(Plain):
+        pass
+
+    @fuxi.service
+    class Child(Base):
+        def echo(self, msg):  # overridden, not declared idempotent here
+            return b"child:" + msg
+
+        def more(self, msg):
+            return b"more"
+
+    svc = Service.build("c", Child(), 1, 1)
+    assert sorted(svc.methods) == ["echo", "more", "version"], svc.methods
+    assert svc.idempotent == set() and svc.methods["echo"](b"x") == b"child:x"
+    assert Service.build("b", Base(), 1, 1).idempotent == {"echo"}
