@@ -144,8 +144,9 @@ class Agents:
     def heartbeat(self, node: Any, token: Any, doc: Any) -> dict:
         """One agent's heartbeat (BadInput for garbage, or for a node it is not the agent of)."""
         took = self.view.heartbeat(node, token, doc, time.time())
-        if took:
-            self.hot.judge(self.view.view(time.time()), self.m.nodes, time.time(), self.m)
+        if took:  # the alive nodes' totals: the master's (none yet: nothing judged)
+            self.hot.judge(self.view.view(time.time()), getattr(self.m, "nodes", None) or {},
+                           time.time(), self.m)
         return {"taken": took, "heartbeat_s": self.view.heartbeat_s}
 
     def node_view(self, now: float) -> dict[str, dict]:
