@@ -145,8 +145,8 @@ class Agents:
         """One agent's heartbeat (BadInput for garbage, or for a node it is not the agent of)."""
         took = self.view.heartbeat(node, token, doc, time.time())
         if took:  # the alive nodes' totals: the master's (none yet: nothing judged)
-            self.hot.judge(self.view.view(time.time()), getattr(self.m, "nodes", None) or {},
-                           time.time(), self.m)
+            self.hot.judge(lambda: self.view.view(time.time()),
+                           getattr(self.m, "nodes", None) or {}, time.time(), self.m)
         return {"taken": took, "heartbeat_s": self.view.heartbeat_s}
 
     def node_view(self, now: float) -> dict[str, dict]:

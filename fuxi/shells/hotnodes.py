@@ -23,12 +23,14 @@ class HotNodeWatch:
         self.judged_at = float("-inf")
         self.hot: frozenset = frozenset()
 
-    def judge(self, agents: dict, totals: dict, now: float, master=None) -> frozenset:
-        """Judge again if ``HOT_NODES_CHECK_S`` passed; tell the service manager."""
+    def judge(self, agents, totals: dict, now: float, master=None) -> frozenset:
+        """Judge again if ``HOT_NODES_CHECK_S`` passed; tell the service manager. ``agents``:
+        the agents' view (node -> state, load), or a callable making it (asked only then:
+        every heartbeat comes here, and the view walks every node)."""
         if now - self.judged_at < HOT_NODES_CHECK_S:
             return self.hot
         self.judged_at = now
-        change = self.nodes.update(agents, totals)
+        change = self.nodes.update(agents() if callable(agents) else agents, totals)
         for node, load, med in change.flagged:
             HOT_NODE_CHANGES.inc(change="flagged")
             events.emit("fuxi", "node_hot", f"node {str(node)[:12]} runs {load:.2f} load per "
