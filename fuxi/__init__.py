@@ -7,6 +7,7 @@ Public API (the spec contract is documented in ``docs/jobs.md``)::
     fuxi.JobSpec / fuxi.TaskSpec                    # the same contract as Python objects
     with fuxi.Client() as c: c.jobs.submit(...); c.jobs.wait(id)   # a `fuxi up` cluster, no Ray handle
     with fuxi.connect() as conn: fuxi.FuxiClient(conn.master).submit(...)   # with a Ray handle
+    @fuxi.service(replicas=2) class Echo: ...; fuxi.Client().services.register(Echo)   # a service
 
 Importing ``fuxi`` does not import Ray; the Ray shells load on first use.
 """
@@ -33,6 +34,10 @@ def __getattr__(name):  # lazy: keep `import fuxi` free of Ray
         from fuxi.facade import Client
 
         return Client
+    if name in ("service", "ServiceFailed", "ServiceWaitTimeout"):
+        from fuxi import servicedecl
+
+        return getattr(servicedecl, name)
     if name in ("FuxiClient", "run", "load"):
         from fuxi import client
 
@@ -47,5 +52,5 @@ def __getattr__(name):  # lazy: keep `import fuxi` free of Ray
 __all__ = [
     "BadInput", "ClusterError", "FuxiError", "JobFailed", "JobNotFound", "JobWaitTimeout", "LimitExceeded",
     "NoCluster", "SpecError", "JobSpec", "ResourceSpec", "SpeculationSpec", "TaskSpec",
-    "load_job_spec", "FuxiClient", "Client", "run", "load", "connect", "up", "down",
+    "load_job_spec", "FuxiClient", "Client", "service", "ServiceFailed", "ServiceWaitTimeout", "run", "load", "connect", "up", "down",
 ]

@@ -205,6 +205,16 @@ class FuxiClient:
     def service_scale(self, name: str, replicas: int) -> dict:
         return self._call("service_scale", name, replicas)
 
+    def service_register(self, spec: dict) -> dict:
+        """Register a service from its spec document (``ServiceSpec.to_doc()``, code shipped)."""
+        return self._call("service_register", spec)
+
+    def service_upgrade(self, spec: dict) -> dict:
+        return self._call("service_upgrade", spec)
+
+    def service_remove(self, name: str) -> dict:
+        return self._call("service_remove", name)
+
     def cluster_info(self) -> dict:
         """The cluster: its nodes (free resources, agent, blacklist), running jobs (a read
         that takes no credentials, as for `fuxi status`)."""

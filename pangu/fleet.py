@@ -8,13 +8,17 @@ Replica locations are *not* journaled: chunkservers report their chunks in every
 
 from __future__ import annotations
 
-from base import actors
+from base import actors, metrics
 from pangu.core import placement
+from pangu.core.hotservers import HotServers
 from pangu.errors import IsADir, NotFound
 from pangu.eventlog import EventLog
 from pangu.handles import Handles
 
 CONTROL_CALL_TIMEOUT_S = 10.0  # master -> chunkserver control call
+HOT_SERVERS_CHECK_S = 2.0  # how often chunkservers' disk use is judged again (on a heartbeat)
+HOT_SERVERS = metrics.gauge("pangu_hot_chunkservers", "Chunkservers far fuller than their "
+                            "peers; new replicas avoid them while others have room.")
 
 
 class ServerView:
@@ -40,9 +44,9 @@ class ServerView:
         if rep.get("disk_failed"):
             self.draining = True  # its disk failed: no new replicas there, its data moves away
 
-    def as_server(self) -> placement.Server:
+    def as_server(self, hot: bool = False) -> placement.Server:
         return placement.Server(self.id, self.node, self.capacity, self.used, not self.dead,
-                                self.draining)
+                                self.draining, hot)
 
 
 class Fleet:
@@ -54,6 +58,8 @@ class Fleet:
         self.auth = auth
         self.mastership = mastership  # its term goes with every call; its namespace
         self.handles = Handles(namespace)
+        self.hot = HotServers()  # disks far fuller than their peers' (issue 20 part 2)
+        self._hot_judged_at = float("-inf")
 
     # ------------------------------------------------------------ reports
     def report(self, rep: dict, fsid: str | None, now: float) -> ServerView | None:
@@ -80,7 +86,22 @@ class Fleet:
         for cid in rep.get("corrupt", []):
             self.log.record("corrupt", f"chunk {cid}: the replica on {sv.id} failed its "
                                        f"checksum and was removed")
+        if now - self._hot_judged_at >= HOT_SERVERS_CHECK_S:
+            self._judge_hot(now)
         return sv
+
+    def _judge_hot(self, now: float) -> None:
+        """Flag (and clear) chunkservers far fuller than their peers: an event each, the
+        ``pangu_hot_chunkservers`` gauge; placement reads ``ServerView.as_server().hot``."""
+        self._hot_judged_at = now
+        change = self.hot.update(sv.as_server() for sv in self.servers.values())
+        for sid, use, med in change.flagged:
+            self.log.record("server_hot", f"chunkserver {sid} is {use:.0%} full, its peers "
+                                          f"{med:.0%}: new replicas go elsewhere while they fit")
+        for sid, _, _ in change.cleared:
+            self.log.record("server_hot_cleared", f"chunkserver {sid} is back in line with "
+                                                  f"its peers' disk use")
+        HOT_SERVERS.set(len(change.hot))
 
     def declare_dead(self, now: float, dead_after_s: float) -> list[str]:
         """Servers silent for ``dead_after_s``, newly declared dead."""
@@ -108,7 +129,8 @@ class Fleet:
 
     # ------------------------------------------------------------ replica views
     def as_servers(self) -> list[placement.Server]:
-        return [s.as_server() for s in self.servers.values()]
+        hot = self.hot.hot
+        return [s.as_server(s.id in hot) for s in self.servers.values()]
 
     def held(self, live_only: bool = False) -> dict[str, dict]:
         """Server id -> its replicas (chunk id -> (version, length)), live servers only if

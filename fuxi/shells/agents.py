@@ -26,6 +26,7 @@ from base.cluster import namespace
 from fuxi.core.agentview import AGENT_HEARTBEAT_S, AgentState, AgentView
 from fuxi.shells.agent import AGENT_PREFIX, agent_class
 from fuxi.shells.drains import equip_later
+from fuxi.shells.hotnodes import HotNodeWatch
 from fuxi.shells.offloop import OffLoop
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Agents:
         # in its Ray job's namespace, where two clusters' masters would share agents.
         self.namespace = namespace(master.cluster)
         self.view = AgentView()
+        self.hot = HotNodeWatch()  # nodes well above their peers' load (issue 20 part 2)
         self.handles: dict[str, Any] = {}
         self.offloop = OffLoop("fuxi-agents", AGENT_THREADS_MAX)
         self._round: asyncio.Task | None = None
@@ -142,6 +144,9 @@ class Agents:
     def heartbeat(self, node: Any, token: Any, doc: Any) -> dict:
         """One agent's heartbeat (BadInput for garbage, or for a node it is not the agent of)."""
         took = self.view.heartbeat(node, token, doc, time.time())
+        if took:  # the alive nodes' totals: the master's (none yet: nothing judged)
+            self.hot.judge(lambda: self.view.view(time.time()),
+                           getattr(self.m, "nodes", None) or {}, time.time(), self.m)
         return {"taken": took, "heartbeat_s": self.view.heartbeat_s}
 
     def node_view(self, now: float) -> dict[str, dict]:

@@ -489,10 +489,10 @@ class FuxiMaster:
         all_demands = self.admissions.demands(self.demands, self.priorities, self.submit_seq)
         services = self._service_slots()
         all_demands += services
-        # The policy proposes (pure, the same function the simulator drives); the ledger
-        # re-checks and commits.
-        plan = slots.grant(self.nodes, self.ledger, all_demands, job_id, avoid_nodes=avoided,
-                           online_ids={d.demand_id for d in services}, excluded_nodes=excluded,
+        # The policy proposes (pure, as the simulator drives it); the ledger re-checks, commits.
+        plan = slots.grant(self.nodes, self.ledger, all_demands, job_id, excluded_nodes=excluded,
+                           online_ids={d.demand_id for d in services}, avoid_nodes=avoided
+                           | self.agents.hot.hot,  # and hot nodes (fuxi.shells.hotnodes)
                            quota_groups=self.admissions.quota_groups(self.nodes),
                            draining_nodes=self.drains.draining)
         applied = slots.apply_grants(self.ledger, self.nodes, plan, all_demands,

@@ -32,6 +32,7 @@ from fuxi.errors import BadInput
 from fuxi.shells.replica import (REPLICA_PREFIX, ServiceReplica, control_digest, control_key,
                           replica_name)
 from fuxi.core.autoscale import Autoscaler, replica_load
+from fuxi.core.hotnodes import hot_last
 from fuxi.core.servicecore import READY, ServiceCore
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class ServiceManager:
         self._node_cpu: dict[str, float] = {}
         self._nodes_at = 0.0
         self.leaving: frozenset[str] = frozenset()  # draining nodes (fuxi.shells.drains sets it)
+        self.hot_nodes: frozenset[str] = frozenset()  # loaded well above peers (shells.hotnodes)
         self.adopted: set[str] = set()  # replicas found running, to check before they count
         self._saving: dict[str, asyncio.Future] = {}  # service -> its reconcile write in flight
         self._save_lock = asyncio.Lock()  # the API's writes of desired state, in call order
@@ -335,7 +337,8 @@ class ServiceManager:
 
     async def _tick(self) -> None:
         now = time.time()
-        nodes = self._node_cpu if self.cores else {}  # refreshed off the loop by _run
+        # refreshed off the loop by _run; hot nodes' room hidden while others have some
+        nodes = hot_last(self._node_cpu, self.hot_nodes) if self.cores else {}
         for name, core in list(self.cores.items()):
             forward_service_events(name, core, self._forwarded)  # the cluster's event log
             for act in core.plan(now, nodes, self.leaving):

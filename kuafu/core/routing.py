@@ -188,8 +188,11 @@ class EndpointTable:
                              f"(LOCAL_ENDPOINTS_MAX)")
 
 
-def choose(candidates: list[Endpoint], rng) -> Endpoint | None:
-    """Power of two choices on the requests in flight; ``rng`` is a ``random.Random``."""
+def choose(candidates: list[Endpoint], rng, avoid=frozenset()) -> Endpoint | None:
+    """Power of two choices on the requests in flight; ``rng`` is a ``random.Random``.
+    ``avoid``: names of hot endpoints (``kuafu.core.hotroute``), left out while others remain."""
+    if avoid:  # the hot-spot hook: steer away, never to nothing
+        candidates = [c for c in candidates if c.name not in avoid] or candidates
     if not candidates:
         return None
     if len(candidates) == 1:

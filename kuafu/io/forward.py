@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 
 from kuafu import frame as F
-from kuafu.core import flow, routing
+from kuafu.core import flow, hotroute, routing
 from kuafu.core.frame import check_announced_size, timeout_from_header
 from kuafu.errors import (BadRequest, KuafuError, Overloaded, TimedOut, Unavailable,
                           UnavailableInFlight)
@@ -78,6 +78,7 @@ class Forwarder:
         self.rng = rng              # a random.Random: the draw of power of two choices
         self.peers = None           # the PeerPool, wired by the proxy
         self.latencies = routing.Latencies()
+        self.hot = hotroute.HotEndpoints()  # hot replicas, steered away from (issue 20 part 2)
         self.routes: dict[tuple, Route] = {}   # (target conn, its id) -> route
         self.inbound: dict[tuple, Route] = {}  # (source conn, its id) -> route
         self.held_bytes = 0
@@ -182,12 +183,25 @@ class Forwarder:
         return self.endpoints.candidates(r.svc, r.tried, r.header.get("ep"),
                                          self.peers.down, self.loop.time())
 
+    def _avoid(self, r: Route) -> frozenset:
+        """The service's hot endpoints (none for a call pinned to one); each flag change
+        becomes an event and a metric."""
+        if r.header.get("ep") is not None:
+            return frozenset()
+        out = self.hot.avoid(r.svc, self.loop.time(), self.rng,
+                             lambda: {e.name for e in self.endpoints.all(r.svc)})
+        if self.hot.pending:
+            from kuafu.io.hotspots import report
+
+            report(self.hot.changes(), self.hot)
+        return out
+
     def dispatch(self, r: Route) -> None:
         if self.loop.time() >= r.deadline:
             self.fail(r, TimedOut(f"the deadline passed before {r.svc!r} could be reached; "
                                   f"not sent"))
             return
-        ep = routing.choose(self._candidates(r), self.rng)
+        ep = routing.choose(self._candidates(r), self.rng, self._avoid(r))
         if ep is None and self.watcher is not None and self.watcher.nuwa is not None \
                 and routing.may_look_up(self.endpoints, self.watcher.misses, r.svc,
                                         tried=bool(r.tried), pinned=r.header.get("ep"),
@@ -401,6 +415,7 @@ class Forwarder:
         r.resp_started = True
         if f.kind == F.RESPONSE and not f.more:
             self.latencies.record(r.svc, self.loop.time() - r.sent_at)
+            self.hot.record(r.svc, r.ep.name, self.loop.time() - r.sent_at)
         if f.more:
             self._backpressure(t, r.src)
             return

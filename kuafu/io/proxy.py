@@ -294,4 +294,5 @@ class ProxyCore:
                               if "waiters" in c.attrs),
                 "local_services": {s: len(e) for s, e in self.endpoints.local.items()},
                 "remote_services": {s: len(e) for s, e in self.endpoints.remote.items()},
+                "hot": fw.hot.snapshot(),
                 "counters": dict(self.counters), "uptime_s": round(time.time() - self.started_at, 1)}

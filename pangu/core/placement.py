@@ -9,6 +9,8 @@ Rules:
 * Only live, non-draining servers with room for the chunk receive replicas. Among those,
   nodes are drawn with probability proportional to their free bytes, so fuller disks fill
   more slowly (capacity-aware) and load spreads.
+* Hot servers (``Server.hot``, ``pangu.core.hotservers``) receive replicas only when the
+  others cannot hold them all.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Server:
     used_bytes: int = 0
     alive: bool = True
     draining: bool = False
+    hot: bool = False  # far fuller than its peers (pangu.core.hotservers): used last
 
     @property
     def free_bytes(self) -> int:
@@ -51,6 +54,15 @@ def choose(servers: Iterable[Server], n: int, size_bytes: int, rng: Rng, *,
     saying how many were possible and why."""
     if n < 1:
         return []
+    servers = list(servers)
+    if any(s.hot for s in servers):  # hot servers only when the others are not enough
+        try:
+            return choose([s for s in servers if not s.hot], n, size_bytes, rng,
+                          exclude_nodes=exclude_nodes, exclude_servers=exclude_servers,
+                          allow_same_node=allow_same_node)
+        except NotEnoughServers:
+            servers = [s if not s.hot else Server(s.id, s.node, s.capacity_bytes, s.used_bytes,
+                                                  s.alive, s.draining) for s in servers]
     ex_nodes, ex_servers = set(exclude_nodes), set(exclude_servers)
     ok = sorted((s for s in servers if s.alive and not s.draining
                  and s.free_bytes >= size_bytes and s.id not in ex_servers),

@@ -31,6 +31,9 @@ def master(jobs=("evil", "good")):
     from fuxi.shells.adoption import Adoption
 
     fake.adoption = Adoption(False, set())  # a master that found no job to adopt
+    from fuxi.shells.hotnodes import HotNodeWatch
+
+    fake.agents = SimpleNamespace(hot=HotNodeWatch())  # no node judged hot
     from fuxi.shells.admission import Admissions
 
     fake.admissions = Admissions(None, None, running=lambda: fake.jobmasters,

@@ -1,0 +1,61 @@
+"""Hot nodes from agents' heartbeats (``fuxi.core.hotnodes``, ``fuxi.shells.hotnodes``) and
+what placement does with them (pure: no Ray)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from base import events
+from fuxi.core.hotnodes import HOT_NODE_LOAD_FLOOR, HotNodes, hot_last, node_loads
+from fuxi.core.slots import Demand, Ledger, grant
+from fuxi.shells.hotnodes import HOT_NODE_CHANGES, HOT_NODES_CHECK_S, HotNodeWatch
+
+TOTALS = {"a": {"CPU": 4}, "b": {"CPU": 4}, "c": {"CPU": 4}, "d": {"CPU": 2}}
+
+
+def agents(**loads):
+    return {n: {"state": "healthy", "load": v} for n, v in loads.items()}
+
+
+def test_load_is_per_cpu_and_only_of_healthy_heard_nodes():
+    got = node_loads({**agents(a=8.0, d=3.0), "b": {"state": "missing", "load": 40.0},
+                      "c": {"state": "healthy", "load": None}, "zz": {"state": "healthy",
+                                                                      "load": 9.0}}, TOTALS)
+    assert got == {"a": 2.0, "d": 1.5}  # b missing, c silent, zz not an alive node
+
+
+def test_flag_and_clear_with_hysteresis():
+    h = HotNodes()
+    assert h.update(agents(a=3.2, b=3.2, c=14.0), TOTALS).hot == {"c"}  # 3.5/CPU vs 0.8
+    assert h.update(agents(a=3.2, b=3.2, c=6.0), TOTALS).hot == {"c"}  # 1.9x: stays
+    assert h.update(agents(a=3.2, b=3.2, c=4.0), TOTALS).hot == frozenset()  # 1.25x: clears
+    assert h.update(agents(a=3.2, b=3.2, c=6.0), TOTALS).hot == frozenset()  # 1.9x: not again
+    assert h.update(agents(a=0.2, b=0.2, c=3.6), TOTALS).hot == frozenset()  # 18x, under floor
+    # A busy cluster where every node is loaded alike: nobody is hot.
+    assert h.update(agents(a=12.0, b=12.0, c=12.0), TOTALS).hot == frozenset()
+    assert HOT_NODE_LOAD_FLOOR > 0
+
+
+def test_hot_nodes_are_placed_last():
+    assert hot_last({"a": 2.0, "b": 3.0}, frozenset({"b"})) == {"a": 2.0, "b": 0.0}
+    assert hot_last({"b": 3.0}, frozenset({"b"})) == {"b": 3.0}  # the only one: still used
+    demand = Demand(demand_id="j/cpu", job_id="j", shape={"CPU": 1}, slots_wanted=2,
+                    priority=0, submit_seq=1)
+    plan = grant({"a": {"CPU": 4}, "b": {"CPU": 4}}, Ledger(), [demand], "j",
+                 avoid_nodes={"a"})  # what FuxiMaster's sync passes with "a" hot
+    assert {(g.node_id, g.n) for g in plan.grants} == {("b", 2)}
+
+
+def test_the_watch_emits_events_metrics_and_tells_the_services():
+    w = HotNodeWatch()
+    m = SimpleNamespace(services=SimpleNamespace(hot_nodes=frozenset()))
+    seen = events.LOG.last_seq()
+    before = HOT_NODE_CHANGES.value(change="flagged")
+    assert w.judge(agents(a=1.0, b=1.0, c=16.0), TOTALS, 100.0, m) == {"c"}
+    assert m.services.hot_nodes == {"c"}
+    assert HOT_NODE_CHANGES.value(change="flagged") == before + 1
+    # judged again only after HOT_NODES_CHECK_S, whatever the heartbeats say meanwhile
+    assert w.judge(agents(a=1.0, b=1.0, c=1.0), TOTALS, 100.0 + HOT_NODES_CHECK_S / 2, m) == {"c"}
+    assert w.judge(agents(a=1.0, b=1.0, c=1.0), TOTALS, 100.0 + HOT_NODES_CHECK_S, m) == frozenset()
+    kinds = [e.kind for e in events.LOG.since(seen) if e.source == "fuxi"]
+    assert kinds == ["node_hot", "node_hot_cleared"] and m.services.hot_nodes == frozenset()
