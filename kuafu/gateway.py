@@ -345,7 +345,7 @@ class HttpGateway:
         idem = parse_flag(request.headers, request.query, "X-Fuxi-Idempotent", "idempotent")
         backup = parse_backup(request.headers, request.query)
         if method.startswith("_"):
-            raise HttpError(404, "BadRequest", f"service {svc!r:.80} has no method "
+            raise HttpError(404, "NotFound", f"service {svc!r:.80} has no method "
                                                f"{method!r:.80} (names starting with '_' are "
                                                f"never exposed)")
         body = await request.read()

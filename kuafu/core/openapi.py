@@ -41,7 +41,7 @@ def _kind(annotation) -> str | None:
     if annotation is inspect.Signature.empty or annotation is None:
         return None
     name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    name = str(name).replace("typing.", "").lower()
+    name = str(name).strip("'\"").replace("typing.", "").lower()
     if name.startswith("dict"):
         return "map"
     if name in ("str",):
@@ -114,8 +114,11 @@ def openapi(description: dict, server_url: str = "") -> dict:
     """An OpenAPI 3 document for one service from its description (``describe``'s JSON)."""
     svc = str(description.get("service", ""))
     paths = {}
-    for m in description.get("methods", []):
-        name = str(m.get("name", ""))
+    methods = description.get("methods")
+    for m in methods if isinstance(methods, list) else []:
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"]:
+            continue  # a description from a server of another version: skip what is odd
+        name = m["name"]
         responses = {"200": {"description": "the method's reply",
                              "content": _body_schemas(m.get("output"))}}
         for code, text in ERROR_RESPONSES.items():
