@@ -34,12 +34,13 @@ from aiohttp import web
 from kuafu.io.channel import CALL_DEADLINE_S, Channel
 from kuafu.core.frame import DEADLINE_MAX_S
 from kuafu.core.openapi import ARROW_TYPE, DESCRIBE_METHOD, openapi, status_of
-from kuafu.errors import BadRequest, KuafuError, RemoteError, TooLarge
+from kuafu.errors import BadRequest, KuafuError, RemoteError
 
 log = logging.getLogger("kuafu.http")
 
 HTTP_BODY_BYTES_MAX = 16 * 1024 * 1024   # a request body; more is 413 before it is read
 HTTP_CALLS_IN_FLIGHT_MAX = 1024           # calls at once through one front door; more: 429
+HTTP_BODIES_HELD_BYTES_MAX = 256 * 1024 * 1024  # request bodies held by calls in flight; more: 429
 HTTP_TARGET_BYTES_MAX = 2048              # path and query; longer: 414
 HTTP_KEEPALIVE_S = 75.0                   # an idle keep-alive connection is closed after this
 HTTP_SHUTDOWN_TIMEOUT_S = 5.0             # calls in flight get this long when it stops
@@ -186,13 +187,16 @@ class HttpGateway:
 
     def __init__(self, core, *, host: str = "127.0.0.1", port: int = 0,
                  body_bytes_max: int = HTTP_BODY_BYTES_MAX,
-                 calls_max: int = HTTP_CALLS_IN_FLIGHT_MAX, target: str | None = None,
+                 calls_max: int = HTTP_CALLS_IN_FLIGHT_MAX,
+                 held_bytes_max: int = HTTP_BODIES_HELD_BYTES_MAX, target: str | None = None,
                  fallback_free_port: bool = True):
-        if body_bytes_max < 1 or calls_max < 1:
-            raise BadRequest(f"body_bytes_max and calls_max must be >= 1; got "
-                             f"{body_bytes_max}, {calls_max}")
+        if body_bytes_max < 1 or calls_max < 1 or held_bytes_max < body_bytes_max:
+            raise BadRequest(f"expected body_bytes_max >= 1, calls_max >= 1 and held_bytes_max "
+                             f">= body_bytes_max; got {body_bytes_max}, {calls_max}, "
+                             f"{held_bytes_max}")
         self.core, self.host, self.port = core, host, int(port)
         self.body_bytes_max, self.calls_max = int(body_bytes_max), int(calls_max)
+        self.held_bytes_max, self.held_bytes = int(held_bytes_max), 0
         self.target = target
         self.fallback_free_port = fallback_free_port
         self.note = ""
@@ -242,7 +246,8 @@ class HttpGateway:
         return out
 
     def stats(self) -> dict:
-        return {"url": self.url, "in_flight": self.in_flight, **self.counters}
+        return {"url": self.url, "in_flight": self.in_flight, "held_bytes": self.held_bytes,
+                **self.counters}
 
     def _channel(self) -> Channel:
         if self.channel is None:
@@ -318,23 +323,34 @@ class HttpGateway:
             raise HttpError(401, "Unauthenticated", f"{type(e).__name__}: {e}",
                             {"WWW-Authenticate": 'Bearer realm="fuxi"'}) from None
 
-    async def _forward(self, request: web.Request, svc: str, method: str, message,
-                       timeout_s: float, idempotent: bool = False, backup=None):
+    def _admit(self, reserve: int) -> None:
+        """Room for one more call holding ``reserve`` body bytes, or 429."""
         if self.in_flight >= self.calls_max:
-            self.counters["refused"] += 1
-            raise HttpError(429, "Overloaded", f"{self.in_flight} calls are in flight through "
-                                               f"this front door (HTTP_CALLS_IN_FLIGHT_MAX="
-                                               f"{self.calls_max}); retry later",
-                            {"Retry-After": "1"})
-        token = self._token(request)
-        await self._verify(token)
-        self.in_flight += 1
-        self.counters["calls"] += 1
+            why = (f"{self.in_flight} calls are in flight through this front door "
+                   f"(HTTP_CALLS_IN_FLIGHT_MAX={self.calls_max})")
+        elif self.held_bytes + reserve > self.held_bytes_max:
+            why = (f"{self.held_bytes} body bytes are held by calls in flight "
+                   f"(HTTP_BODIES_HELD_BYTES_MAX={self.held_bytes_max})")
+        else:
+            self.in_flight += 1
+            self.held_bytes += reserve
+            self.counters["calls"] += 1
+            return
+        self.counters["refused"] += 1
+        raise HttpError(429, "Overloaded", why + "; retry later", {"Retry-After": "1"})
+
+    def _release(self, reserve: int) -> None:
+        self.in_flight -= 1
+        self.held_bytes -= reserve
+
+    async def _forward(self, svc: str, method: str, message, timeout_s: float, token: str,
+                       idempotent: bool = False, backup=None):
         try:
             return await self._channel().request(svc, method, message, timeout_s, idempotent,
                                                  True, token, backup)
-        finally:
-            self.in_flight -= 1
+        except KuafuError:
+            self.counters["errors"] += 1
+            raise
 
     async def _call(self, request: web.Request) -> web.Response:
         svc, method = request.match_info["svc"], request.match_info["method"]
@@ -348,31 +364,42 @@ class HttpGateway:
             raise HttpError(404, "NotFound", f"service {svc!r:.80} has no method "
                                                f"{method!r:.80} (names starting with '_' are "
                                                f"never exposed)")
-        body = await request.read()
-        ct = request.content_type
-        message = decode_body(ct, body)
-        want_arrow = ct == ARROW_TYPE or ARROW_TYPE in request.headers.get("Accept", "")
+        token = self._token(request)  # before the body is read: strangers send none
+        await self._verify(token)
+        # A body of unknown length (chunked) may grow to the limit: reserve that much.
+        reserve = size if size is not None else self.body_bytes_max
+        self._admit(reserve)
         try:
-            result = await self._forward(request, svc, method, message, timeout_s, idem, backup)
-        except (TooLarge, BadRequest) as e:
-            self.counters["errors"] += 1
-            return _kuafu_error_response(e)
-        except KuafuError as e:
-            self.counters["errors"] += 1
-            return _kuafu_error_response(e)
+            body = await request.read()
+            ct = request.content_type
+            message = decode_body(ct, body)
+            del body
+            want_arrow = ct == ARROW_TYPE or ARROW_TYPE in request.headers.get("Accept", "")
+            try:
+                result = await self._forward(svc, method, message, timeout_s, token, idem,
+                                             backup)
+            except KuafuError as e:
+                return _kuafu_error_response(e)
+        finally:
+            self._release(reserve)
         self.counters["ok"] += 1
         return encode_reply(result, want_arrow)
 
     async def _openapi(self, request: web.Request) -> web.Response:
         svc = request.match_info["svc"]
         timeout_s = parse_deadline(request.headers, request.query)
+        token = self._token(request)
+        await self._verify(token)
+        self._admit(0)
         try:
-            raw = await self._forward(request, svc, DESCRIBE_METHOD, b"", timeout_s, True)
+            raw = await self._forward(svc, DESCRIBE_METHOD, b"", timeout_s, token, True)
             description = json.loads(raw)
         except KuafuError as e:
             return _kuafu_error_response(e)
         except ValueError:
             raise HttpError(502, "KuafuError", f"service {svc!r} sent a description that is "
                                                f"not JSON") from None
+        finally:
+            self._release(0)
         return web.Response(content_type="application/json",
                             text=json.dumps(openapi(description, self.url)))

@@ -223,6 +223,27 @@ def test_calls_in_flight_are_bounded(door):
     assert st == 200
 
 
+def test_body_bytes_held_are_bounded(door):
+    gw = door.gw
+    door.loop.call(lambda: gw._admit(gw.held_bytes_max), 10)  # as if a call held them all
+    try:
+        st, out, _ = post(door.svc("svc", "echo"), b'"x"')
+        assert st == 429 and "HTTP_BODIES_HELD_BYTES_MAX" in error_of(out)["message"]
+    finally:
+        door.loop.call(lambda: gw._release(gw.held_bytes_max), 10)
+    st, out, _ = post(door.svc("svc", "echo"), b'"x"')
+    assert st == 200 and gw.stats()["held_bytes"] == 0 and gw.stats()["in_flight"] == 0
+
+
+def test_bad_limits_are_refused():
+    from kuafu.errors import BadRequest
+
+    for kw in ({"body_bytes_max": 0}, {"calls_max": 0},
+               {"body_bytes_max": 100, "held_bytes_max": 99}):
+        with pytest.raises(BadRequest, match="expected body_bytes_max"):
+            HttpGateway(None, **kw)
+
+
 def test_openapi_description(door):
     with urllib.request.urlopen(f"{door.url}/v1/services/svc/openapi.json", timeout=10) as r:
         doc = json.loads(r.read())
