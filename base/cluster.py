@@ -61,6 +61,7 @@ class ClusterRecord:
     auth: bool = False  # Zhongkui enforces access control (`fuxi up --auth`)
     metrics: str | None = None  # the head's /metrics URL (FuxiWeb), None when not serving
     web: str | None = None  # the web console's URL (FuxiWeb's root)
+    http: str | None = None  # the head node's HTTP front door (Kuafu), None when not serving
     config: dict | None = None  # `fuxi up`'s configuration layers (fuxi.core.clusterconfig)
 
     @classmethod

@@ -43,6 +43,8 @@ def up(
                + ("; access control is on: you are signed in as admin" if rec.auth else ""))
     if rec.web:
         typer.echo(f"web console: {rec.web} (metrics: {rec.metrics or 'off'})")
+    if rec.http:
+        typer.echo(f"HTTP front door: {rec.http}/v1/services/<name>/<method>")
 
 
 def down(cluster: str = ClusterOpt) -> None:
@@ -73,7 +75,8 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
             info.update(address=rec.address, running=True, data_dir=rec.data_dir,
                         namespace=rec.namespace, fuxi_master="FuxiMaster",
                         nuwa=[f"{h}:{p}" for h, p in (rec.nuwa or [])],
-                        metrics=getattr(rec, "metrics", None), web=getattr(rec, "web", None))
+                        metrics=getattr(rec, "metrics", None), web=getattr(rec, "web", None),
+                        http=getattr(rec, "http", None))
     except Exception as e:
         handle(e)
     if as_json:
@@ -86,6 +89,8 @@ def status(as_json: bool = typer.Option(False, "--json"), cluster: str = Cluster
                f"{len(info['jobs_running'])} job(s) running")
     if info.get("web"):
         typer.echo(f"  web console: {info['web']}")
+    if info.get("http"):
+        typer.echo(f"  HTTP front door: {info['http']}/v1/services/<name>/<method>")
     if info.get("nuwa"):
         typer.echo(f"  nuwa: {', '.join(info['nuwa'])}")
     if info.get("metrics"):

@@ -370,8 +370,14 @@ def _start_kuafu(rec: ClusterRecord, auth: dict | None = None, cfg=None) -> None
         head = rec.address.rpartition(":")[0]
         # A local head: loopback only. A cluster we deployed onto: each node's own address.
         host = "127.0.0.1" if head in ("", "127.0.0.1", "localhost") else deploy.NODE_IP
-        deploy.start(rec.namespace, rec.nuwa, host=host, detached=True, auth=auth,
-                     port=cfg.kuafu.port if cfg else 0)
+        infos = deploy.start(rec.namespace, rec.nuwa, host=host, detached=True, auth=auth,
+                             port=cfg.kuafu.port if cfg else 0,
+                             settings={deploy.HTTP_PORT_SETTING: cfg.kuafu.http_port if cfg
+                                       else 0})
+        here = ray.get_runtime_context().get_node_id()  # the driver runs on the head
+        rec.http = next((i.get("http") for i in infos if i.get("node") == here),
+                        infos[0].get("http") if infos else None)
+        rec.save()
     finally:
         ray.shutdown()
 

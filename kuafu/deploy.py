@@ -21,6 +21,7 @@ PROXY_START_TIMEOUT_S = 60.0
 INFO_TIMEOUT_S = 10.0
 FDS_WANTED = 65_536  # open files a proxy asks for (ten thousand idle connections and more)
 NODE_IP = "node"  # as a host: the address Ray knows the proxy's node by
+HTTP_PORT_SETTING = "http_port"  # in ``settings``: start the HTTP front door on this port
 
 
 def socket_dir() -> str:
@@ -75,11 +76,20 @@ def _actor_class():
                 host = ray.util.get_node_ip_address()
             # A new incarnation token per start: endpoint names never repeat across restarts.
             proxy_id = f"{node_id[:12]}.{secrets.token_hex(3)}"
+            core_settings = dict(settings or {})
+            http_port = core_settings.pop(HTTP_PORT_SETTING, None)  # not ProxyCore's
             self.loop = LoopThread("kuafu-proxy")
             self.core = ProxyCore(proxy_id, host=host, port=port,
                                   uds=socket_path(namespace, node_id), nuwa=nuwa, node=node_id,
                                   guard=make_guard(auth, f"kuafu-{node_id[:8]}", namespace),
-                                  **(settings or {}))
+                                  **core_settings)
+            self.gateway = None
+            if http_port is not None:  # before start: the proxy publishes its URL in Nuwa
+                from kuafu.gateway import HttpGateway
+
+                self.gateway = HttpGateway(self.core, host=host, port=int(http_port))
+                self.loop.run(self.gateway.start(), PROXY_START_TIMEOUT_S)
+                self.core.extra.update(self.gateway.info())
             self.loop.run(self.core.start(), PROXY_START_TIMEOUT_S)
 
         def info(self) -> dict:
@@ -89,7 +99,12 @@ def _actor_class():
             return dict(self.config)
 
         def stats(self) -> dict:
-            return self.loop.call(self.core.stats, INFO_TIMEOUT_S)
+            def both():
+                out = self.core.stats()
+                if self.gateway is not None:
+                    out["http"] = self.gateway.stats()
+                return out
+            return self.loop.call(both, INFO_TIMEOUT_S)
 
         def zk_set_keys(self, proof: str, doc: dict) -> int:
             """Zhongkui's keys after a rotation (from FuxiMaster)."""
@@ -105,6 +120,8 @@ def _actor_class():
                 self.loop.call(lambda: require_platform(self.core.guard, cred,
                                                         "shut a Kuafu proxy down"),
                                INFO_TIMEOUT_S)
+            if self.gateway is not None:
+                self.loop.run(self.gateway.stop(), INFO_TIMEOUT_S)
             self.loop.run(self.core.stop(), INFO_TIMEOUT_S)
             self.loop.stop()
 
@@ -135,7 +152,8 @@ def start(namespace: str, nuwa: list | None, *, host: str = "127.0.0.1", port: i
     their ``info()`` (proxy id, tcp and unix addresses, node). ``host`` is the TCP address to
     bind: an address, or ``NODE_IP`` for each node's own (clusters spanning machines).
     ``settings`` are ProxyCore keyword arguments (``idle_timeout_s``, ``hello_timeout_s``,
-    ``partial_timeout_s``). ``auth`` is Zhongkui's ``{"enabled", "keys"}`` (None: no
+    ``partial_timeout_s``; and ``http_port``: serve the HTTP front door, ``kuafu.gateway``,
+    on that port, 0 for a free one, on each proxy). ``auth`` is Zhongkui's ``{"enabled", "keys"}`` (None: no
     authentication)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -89,6 +89,8 @@ class NuwaConfig(_Section):
 
 class KuafuConfig(_Section):
     port: Port = Field(0, description="Every node's Kuafu proxy TCP port (0: a free one)")
+    http_port: Port = Field(0, description="Every node's HTTP front door, POST /v1/services/"
+                                           "<name>/<method> (0: a free one)")
 
 
 class PanguConfig(_Section):
@@ -215,6 +217,7 @@ def fixed_ports(cfg: ClusterConfig) -> list[tuple[str, int]]:
     out += [("web.port", cfg.web.port)] if cfg.web.port else []
     out += [(f"nuwa.ports[{i}]", p) for i, p in enumerate(cfg.nuwa.ports) if p]
     out += [("kuafu.port", cfg.kuafu.port)] if cfg.kuafu.port else []
+    out += [("kuafu.http_port", cfg.kuafu.http_port)] if cfg.kuafu.http_port else []
     return out
 
 

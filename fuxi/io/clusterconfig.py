@@ -143,7 +143,8 @@ PORT_NAMES = {"ray.port": "the Ray head (GCS)", "ray.node_manager_port": "Ray's 
               "ray.dashboard_agent_grpc_port": "Ray's dashboard agent (gRPC)",
               "ray.dashboard_agent_listen_port": "Ray's dashboard agent (HTTP)",
               "ray.client_server_port": "the Ray Client server",
-              "web.port": "FuxiWeb (console and /metrics)", "kuafu.port": "the Kuafu proxy"}
+              "web.port": "FuxiWeb (console and /metrics)", "kuafu.port": "the Kuafu proxy",
+              "kuafu.http_port": "the Kuafu HTTP front door"}
 RAY_FLAGS = {"port": "--port", "node_manager_port": "--node-manager-port",
              "object_manager_port": "--object-manager-port",
              "metrics_export_port": "--metrics-export-port",

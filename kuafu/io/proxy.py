@@ -106,6 +106,7 @@ class ProxyCore:
         self.registrar = Registrar(proxy_id, node, self.endpoints, self.watcher, self.ownership,
                                    self.guard, self.forwarder.has_calls_from)
         self.tcp_address = ""
+        self.extra: dict = {}  # more to publish in info() (the HTTP front door's URL)
         self._servers: list = []
         self._tasks: list[asyncio.Task] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -139,7 +140,7 @@ class ProxyCore:
     def info(self) -> dict:
         return {"proxy_id": self.proxy_id, "tcp": self.tcp_address,
                 "uds": f"unix://{self.uds}" if self.uds else "", "node": self.node,
-                "pid": os.getpid()}
+                "pid": os.getpid(), **self.extra}
 
     async def stop(self) -> None:
         for srv in self._servers:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from kuafu import frame as F
 from kuafu.core.frame import timeout_from_header
+from kuafu.core.openapi import DESCRIBE_METHOD, describe
 from kuafu.core.routing import CONTROL_SERVICE, check_service_name
 from kuafu.io.addresses import open_connection
 from kuafu.io.conn import (HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, PARTIAL_FRAME_TIMEOUT_S,
@@ -240,6 +241,10 @@ class Server:
                 raise BadRequest(f"no service {h.get('svc')!r:.80} here; this server offers "
                                  f"{sorted(self.services)}")
             fn = svc.methods.get(h.get("m"))
+            if fn is None and h.get("m") == DESCRIBE_METHOD:  # the HTTP front door's OpenAPI
+                conn.write_frames(F.encode_message(F.RESPONSE, {"id": rid}, describe(
+                    svc.name, svc.methods, svc.idempotent)))
+                return
             if fn is None:
                 raise BadRequest(f"service {svc.name!r} has no method {h.get('m')!r:.80}; it "
                                  f"offers {sorted(svc.methods)}")

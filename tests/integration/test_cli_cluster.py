@@ -208,6 +208,14 @@ def test_up_submit_status_logs_down(tmp_path):
             assert got == {"type": "str", "value": "hi"}
             missing = fuxi(home, "call", "nuwa://default/nothing", "x", check=False)
             assert missing.returncode == 3 and "Unavailable" in missing.stderr  # not serving
+            # The same service over HTTP at the head's front door, which `fuxi up` started
+            # and `fuxi status` shows (issue 20 part 3).
+            url = json.loads(fuxi(home, "status", "--json").stdout)["http"]
+            assert url and url == rec["http"] and url in fuxi(home, "status").stdout
+            got = subprocess.run(["curl", "-s", "-H", "Content-Type: application/json",
+                                  "-d", '{"name": "bo"}', f"{url}/v1/services/greeter/greet"],
+                                 capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
+            assert json.loads(got.stdout) == {"hello": "bo"}, got
         finally:
             server.communicate("", timeout=CMD_TIMEOUT_S)
         # Identities: `fuxi up` made an administrator and signed the operator in.
