@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 
 from kuafu import frame as F
 from kuafu.core.frame import timeout_from_header
-from kuafu.core.routing import CONTROL_SERVICE, check_service_name
+from kuafu.core.routing import (CONTROL_SERVICE, check_service_name, check_share,
+                                check_version)
 from kuafu.io.addresses import open_connection
 from kuafu.io.conn import (HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, PARTIAL_FRAME_TIMEOUT_S,
                            PING_INTERVAL_S, Conn, stale_reason)
@@ -102,6 +103,8 @@ class Service:
     latencies: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=LATENCIES_KEPT))
     endpoint: str = ""       # the name the proxy published it under
+    version: str = ""        # the version it registers with (routing groups by it)
+    share: float | None = None  # a canary's percent of the service's calls (None: the rest)
     sem: asyncio.Semaphore | None = None
     executor: ThreadPoolExecutor | None = None
 
@@ -173,11 +176,15 @@ class Server:
             self.add(name, obj)
 
     def add(self, name: str, obj, *, max_concurrency: int | None = None,
-            queue_max: int | None = None) -> Service:
+            queue_max: int | None = None, version: str = "",
+            share: float | None = None) -> Service:
+        """``version`` and ``share``: registered with the proxy; an endpoint with a share
+        (a canary) gets that percent of the service's calls, the others share the rest."""
         if name in self.services:
             raise BadRequest(f"service {name!r} is already served here")
         svc = Service.build(name, obj, max_concurrency or self.max_concurrency,
                             self.queue_max if queue_max is None else queue_max)
+        svc.version, svc.share = check_version(version), check_share(share)
         self.services[name] = svc
         return svc
 
@@ -421,9 +428,12 @@ class Server:
 
     async def register(self, name: str, timeout_s: float = CONTROL_TIMEOUT_S) -> str:
         svc = self.services[name]
-        f = await self._control("register", {"service": name,
-                                             "idempotent": ",".join(sorted(svc.idempotent))},
-                                timeout_s)
+        msg = {"service": name, "idempotent": ",".join(sorted(svc.idempotent))}
+        if svc.version:
+            msg["version"] = svc.version
+        if svc.share is not None:
+            msg["share"] = repr(svc.share)
+        f = await self._control("register", msg, timeout_s)
         svc.endpoint = F.unpack_body(f.header.get("type", "map"), f.body)["endpoint"]
         return svc.endpoint
 
