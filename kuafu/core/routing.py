@@ -63,28 +63,30 @@ def check_service_name(name) -> str:
 
 class Endpoint:
     __slots__ = ("name", "service", "proxy_id", "address", "conn", "idem", "inflight", "node",
-                 "owner", "version", "share")
+                 "owner", "version", "share", "never")
 
     def __init__(self, name, service, proxy_id, address, conn=None, idem=(), node="",
-                 owner=None, version="", share=None):
+                 owner=None, version="", share=None, never=()):
         self.name, self.service, self.proxy_id = name, service, proxy_id
         self.address, self.conn, self.idem = address, conn, set(idem)
         self.inflight, self.node = 0, node
         self.owner = owner  # who registered it (Zhongkui: the service's owner)
         self.version = version  # the service version it serves ("" when not said)
         self.share = share      # percent of the service's calls its version gets (a canary)
+        self.never = set(never)  # methods the server declared never idempotent
 
     def describe(self) -> dict:
         return {"endpoint": self.name, "service": self.service, "proxy": self.address,
                 "node": self.node, "local": self.conn is not None, "in_flight": self.inflight,
                 "idempotent": sorted(self.idem), "owner": self.owner, "version": self.version,
-                "share": self.share}
+                "share": self.share, "never_idempotent": sorted(self.never)}
 
     def record(self, proxy_id: str, node: str) -> bytes:
         """What the proxy publishes at ``/services/<service>/<endpoint>``."""
         return json.dumps({"proxy": self.address, "proxy_id": proxy_id, "node": node,
                            "idempotent": sorted(self.idem), "owner": self.owner,
-                           "version": self.version, "share": self.share}).encode()
+                           "version": self.version, "share": self.share,
+                           "never": sorted(self.never)}).encode()
 
 
 def check_version(value) -> str:
@@ -128,8 +130,11 @@ def endpoint_from_record(svc: str, name: str, value: bytes, own_proxy_id: str) -
         version, share = check_version(d.get("version")), check_share(d.get("share"))
     except BadRequest:
         return None  # damaged: routing by a share we cannot read would skew the split
+    never = d.get("never") or []  # older proxies publish none
+    if not isinstance(never, list) or not all(isinstance(m, str) for m in never):
+        return None  # damaged: we could not tell which calls must never be resent
     return Endpoint(name, svc, d["proxy_id"], d["proxy"], None, d.get("idempotent", ()),
-                    d.get("node", ""), d.get("owner"), version, share)
+                    d.get("node", ""), d.get("owner"), version, share, never)
 
 
 class EndpointTable:
@@ -276,6 +281,15 @@ def choose(candidates: list[Endpoint], rng) -> Endpoint | None:
         return group[0]
     a, b = rng.sample(group, 2)  # on a tie, the random draw decides: load spreads
     return b if b.inflight < a.inflight else a
+
+
+def call_idempotent(method: str, caller_says: bool, declared: set, never: set) -> bool:
+    """Is a call idempotent at this endpoint? The server's declaration wins: a method it
+    declared ``idempotent=False`` never is, one it declared True always is; an undeclared
+    one is only when the caller said so. The safe default: not idempotent."""
+    if method in never:
+        return False
+    return method in declared or bool(caller_says)
 
 
 def may_resend(*, sent: bool, idempotent: bool, retryable: bool, answered: bool,

@@ -283,8 +283,8 @@ class Forwarder:
             h["ep"] = r.ep.name
         else:
             h.pop("ep", None)
-        if r.ep.idem and r.method in r.ep.idem:
-            r.idem = True
+        r.idem = routing.call_idempotent(r.method, bool(r.header.get("idem")), r.ep.idem,
+                                         r.ep.never)
         h.pop("bk", None)  # backups are decided here, by the caller's proxy
         h.pop("zk_refreshed", None)
         if r.ep.conn is not None:
@@ -514,9 +514,13 @@ class Forwarder:
             elif not r.sent:
                 self._retry(r, "its connection closed before it was sent")  # fails: not kept
             else:
+                never = r.method in r.ep.never
                 self.fail(r, UnavailableInFlight(
                     f"the endpoint {r.ep.name} of {r.svc!r} went away with the call in flight; "
-                    f"it may have run (declare the method idempotent to have it retried)"))
+                    f"it may have run " + ("(its method is declared never idempotent: not "
+                                           "resent)" if never else
+                                           "(declare the method idempotent to have it "
+                                           "retried)"), no_resend=never))
         # Requests this connection had sent us.
         for key in [k for k in self.inbound if k[0] is conn]:
             r = self.inbound_pop(key)

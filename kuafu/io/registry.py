@@ -42,8 +42,10 @@ class Registrar:
         if svc == routing.CONTROL_SERVICE:
             raise BadRequest(f"{routing.CONTROL_SERVICE!r} is the proxy's own service")
         idem = [m for m in str(msg.get("idempotent", "")).split(",") if m]
+        never = [m for m in str(msg.get("never", "")).split(",") if m]  # idempotent=False
         # A canary's endpoints say their version and the share of the calls it gets.
-        traffic = (routing.check_version(msg.get("version")), routing.check_share(msg.get("share")))
+        traffic = (routing.check_version(msg.get("version")), routing.check_share(msg.get("share")),
+                   never)
         self._check_may_serve(conn, svc)
         conn.role = "server"
         if self.guard is None:
@@ -75,7 +77,7 @@ class Registrar:
         self.endpoints.check_capacity(svc, len(conn.attrs.get("endpoints", ())))
 
     def _attach(self, conn: Conn, rid: int, svc: str, idem: list, owner,
-                traffic: tuple = ("", None)) -> None:
+                traffic: tuple = ("", None, ())) -> None:
         name = f"{self.proxy_id}~{next(self.ep_seq)}"
         ep = routing.Endpoint(name, svc, self.proxy_id, self.address, conn, idem, self.node,
                               owner, *traffic)

@@ -53,13 +53,17 @@ LATENCIES_KEPT = 1024          # recent call durations kept per service, for per
 SERVER_CONNECTIONS_MAX = 16_384       # connections a standalone server accepts at once; more are closed
 
 
-def method(fn=None, *, idempotent: bool = False, name: str | None = None):
+def method(fn=None, *, idempotent: bool | None = None, name: str | None = None):
     """Mark a method as exposed (``@kuafu.method``). ``idempotent=True`` lets Kuafu retry a
     call on another endpoint when the first may have run; only say so when running it twice
-    is harmless."""
+    is harmless. Undeclared (None), a method is not idempotent, but a caller may say a call
+    of it is (``idempotent=True`` at the client); ``idempotent=False`` says it never is: no
+    proxy or client resends a call of it that may have run, whatever the caller says."""
+    if idempotent is not None and not isinstance(idempotent, bool):
+        raise TypeError(f"idempotent={idempotent!r}: expected True, False or None")
 
     def mark(f):
-        f.__kuafu__ = {"idempotent": bool(idempotent), "name": name or f.__name__}
+        f.__kuafu__ = {"idempotent": idempotent, "name": name or f.__name__}
         return f
 
     return mark(fn) if fn is not None else mark
@@ -105,6 +109,7 @@ class Service:
     endpoint: str = ""       # the name the proxy published it under
     version: str = ""        # the version it registers with (routing groups by it)
     share: float | None = None  # a canary's percent of the service's calls (None: the rest)
+    never: set = field(default_factory=set)  # methods declared idempotent=False
     sem: asyncio.Semaphore | None = None
     executor: ThreadPoolExecutor | None = None
 
@@ -116,14 +121,15 @@ class Service:
         if max_concurrency < 1 or queue_max < 0:
             raise BadRequest(f"max_concurrency >= 1 and queue_max >= 0 expected; got "
                              f"{max_concurrency}, {queue_max}")
-        methods, idem = {}, set()
+        methods, idem, never = {}, set(), set()
         if isinstance(obj, dict):  # {"method": callable}
             for k, fn in obj.items():
                 if not callable(fn):
                     raise BadRequest(f"service {name!r}: {k!r} is not callable")
                 methods[k] = fn
-                if getattr(fn, "__kuafu__", {}).get("idempotent"):
-                    idem.add(k)
+                declared = getattr(fn, "__kuafu__", {}).get("idempotent")
+                if declared is not None:
+                    (idem if declared else never).add(k)
         else:
             members = inspect.getmembers(type(obj), callable)
             marked = [(n, f) for n, f in members if hasattr(f, "__kuafu__")]
@@ -132,12 +138,14 @@ class Service:
                 info = getattr(f, "__kuafu__", {})
                 wire = info.get("name", n)
                 methods[wire] = getattr(obj, n)
-                if info.get("idempotent"):
-                    idem.add(wire)
+                if info.get("idempotent") is not None:
+                    (idem if info["idempotent"] else never).add(wire)
         if not methods:
             raise BadRequest(f"service {name!r} exposes no methods; give it public methods or "
                              f"mark some with @kuafu.method")
-        return cls(name, obj, methods, idem, max_concurrency, queue_max)
+        svc = cls(name, obj, methods, idem, max_concurrency, queue_max)
+        svc.never = never
+        return svc
 
 
 def _result_frames(rid: int, result) -> list:
@@ -429,6 +437,8 @@ class Server:
     async def register(self, name: str, timeout_s: float = CONTROL_TIMEOUT_S) -> str:
         svc = self.services[name]
         msg = {"service": name, "idempotent": ",".join(sorted(svc.idempotent))}
+        if svc.never:
+            msg["never"] = ",".join(sorted(svc.never))
         if svc.version:
             msg["version"] = svc.version
         if svc.share is not None:

@@ -24,6 +24,14 @@ def test_a_drain_sends_the_calls_queued_for_it_elsewhere_unsent(proxy, monkeypat
     uds = f"unix://{core.uds}"
     a = _attach(uds, "a")
     b = None
+    received = []  # every request frame a's server got
+    start = a.server._start
+
+    def spy(conn, f):
+        received.append(f.header.get("m"))
+        start(conn, f)
+
+    a.server._start = spy
     try:
         with kuafu.connect(uds, service="svc") as c:
             calls = [c.call_async("sleep", "0.5") for _ in range(8)]  # NOT idempotent
@@ -32,8 +40,11 @@ def test_a_drain_sends_the_calls_queued_for_it_elsewhere_unsent(proxy, monkeypat
             a.stop(5)  # unregister, finish the two it received, close
             results = [x.result(10) for x in calls]
         assert sorted(results) == ["a"] * 2 + ["b"] * 6
+        # The draining server got only the two it had before it unregistered: the six that
+        # waited at the proxy were never written to it (so none could be lost in flight).
+        assert received == ["sleep"] * 2
         counters = lt.call(lambda: dict(core.counters), 5)
-        assert counters["redirected"] == 6 and counters["errors"] == 0
+        assert counters["errors"] == 0 and counters["retries"] == 6
         assert b.stats()["svc"]["served"] == 6
     finally:
         if b is not None:
@@ -60,6 +71,47 @@ def test_a_non_idempotent_call_lost_in_flight_fails_and_is_not_resent(proxy):  #
                     lost += 1
             assert lost > 0
             assert lt.call(lambda: core.counters["retries"], 5) == before
+    finally:
+        a.stop(1)
+        b.stop(1)
+
+
+class Pay:
+    """A method declared never idempotent, next to an undeclared one."""
+
+    def __init__(self):
+        self.runs = 0
+
+    @kuafu.method(idempotent=False)
+    async def pay(self, m):
+        import asyncio
+
+        self.runs += 1
+        await asyncio.sleep(float(m))
+        return "paid"
+
+
+def test_a_method_declared_never_idempotent_is_not_resent_even_if_the_caller_says_so(
+        proxy):  # noqa: F811
+    core, lt = proxy
+    uds = f"unix://{core.uds}"
+    pa, pb = Pay(), Pay()
+    a, b = kuafu.attach({"svc": pa}, uds), kuafu.attach({"svc": pb}, uds)
+    try:
+        with kuafu.connect(uds, service="svc") as c:
+            calls = [c.call_async("pay", "1", idempotent=True) for _ in range(6)]
+            _wait(lambda: pa.runs + pb.runs == 6)
+            b.loop.call_soon_threadsafe(b.server.proxy.abort)
+            lost = 0
+            for x in calls:
+                try:
+                    assert x.result(10) == "paid"
+                except kuafu.Unavailable as e:
+                    assert e.maybe_executed and e.no_resend and "never idempotent" in str(e)
+                    lost += 1
+            assert lost == pb.runs > 0
+            time.sleep(0.3)
+            assert pa.runs + pb.runs == 6  # neither the proxy nor the client sent one again
     finally:
         a.stop(1)
         b.stop(1)

@@ -153,3 +153,48 @@ def test_a_non_idempotent_call_that_may_have_run_is_never_resent(sent, retryable
 def test_backups_are_only_for_idempotent_calls():
     assert R.backup_delay({"ms": 5}, False, True, lambda p: 0.1) is None
     assert R.backup_delay({"ms": 5}, True, True, lambda p: None) == 0.005
+
+
+# ------------------------------------------------------------------ who says a call is idempotent
+
+@pytest.mark.parametrize("method,caller,expected", [
+    ("get", False, True),      # declared idempotent: always
+    ("get", True, True),
+    ("pay", True, False),      # declared never: not even when the caller says so
+    ("pay", False, False),
+    ("other", False, False),   # undeclared: the safe default...
+    ("other", True, True),     # ...unless the caller says so
+])
+def test_the_servers_declaration_wins(method, caller, expected):
+    assert R.call_idempotent(method, caller, {"get"}, {"pay"}) is expected
+
+
+def test_declarations_travel_with_the_endpoint_record():
+    e = R.Endpoint("p1~1", "svc", "p1", "tcp://h:1", None, ["get"], "n1", None, never=["pay"])
+    back = R.endpoint_from_record("svc", "p1~1", e.record("p1", "n1"), "p9")
+    assert back.idem == {"get"} and back.never == {"pay"}
+    bad = json.dumps({"proxy": "tcp://h:1", "proxy_id": "p1", "never": "pay"}).encode()
+    assert R.endpoint_from_record("svc", "x", bad, "p9") is None  # fail closed
+
+
+def test_the_method_decorator_records_three_states():
+    import kuafu
+    from kuafu.io.server import Service
+
+    class S:
+        @kuafu.method(idempotent=True)
+        def get(self, m):
+            return m
+
+        @kuafu.method(idempotent=False)
+        def pay(self, m):
+            return m
+
+        @kuafu.method
+        def other(self, m):
+            return m
+
+    svc = Service.build("s", S(), 1, 0)
+    assert svc.idempotent == {"get"} and svc.never == {"pay"}
+    with pytest.raises(TypeError, match="expected True, False or None"):
+        kuafu.method(idempotent="yes")
