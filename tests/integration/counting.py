@@ -18,7 +18,7 @@ class Counter:
         self.path = os.path.join(log_dir, f"{tag}-{os.getpid()}.log")
         self.lock = threading.Lock()
 
-    @kuafu.method  # NOT idempotent: Kuafu must never run it twice
+    @kuafu.method(idempotent=False)  # never idempotent: Kuafu must never run it twice
     def count(self, msg):
         rid = msg.decode() if isinstance(msg, (bytes, bytearray, memoryview)) else str(msg)
         time.sleep(self.work_s)  # long enough for drains to find calls in flight
