@@ -115,3 +115,34 @@ def test_no_canary_to_promote_or_roll_back_and_none_during_a_rollout():
     sim.run(30)
     with pytest.raises(ValueError, match="named 'other'"):
         sim.core.start_canary(bad, 10, sim.now)
+
+
+def test_a_restarted_master_adopts_the_canary_replicas_as_canaries():
+    sim = settled(2)
+    sim.core.start_canary(spec("2"), 10, sim.now)
+    sim.run(10)
+    doc = sim.core.desired_doc()
+    found = [(r.rid, r.version, r.node, r.share) for r in sim.core.replicas.values()]
+    again = ServiceCore.from_desired(doc)
+    for rid, version, node, share in found:
+        again.adopt(rid, version, node, sim.now, share)
+    for r in again.replicas.values():
+        again.ready(r.rid, sim.now)
+    # Nothing to start or drain: the adopted canary counts as the canary.
+    assert [a.kind for a in again.plan(sim.now + 1, {"n1": 2.0, "n2": 2.0, "n3": 2.0})] == []
+
+
+def test_a_canary_on_a_leaving_node_moves_once_its_replacement_is_ready():
+    sim = settled(2)
+    sim.core.start_canary(spec("2"), 10, sim.now)
+    sim.run(10)
+    (canary,) = [r for r in sim.core.replicas.values() if r.share is not None]
+    acts = sim.core.plan(sim.now + 1, {"n1": 2.0, "n2": 2.0, "n3": 2.0},
+                         leaving=frozenset({canary.node}))
+    starts = [a for a in acts if a.kind == "start" and a.spec.get("traffic_share") == 10.0]
+    assert len(starts) == 1 and starts[0].node != canary.node
+    assert not any(a.kind == "drain" and a.rid == canary.rid for a in acts)  # not yet
+    sim.core.ready(starts[0].rid, sim.now + 1)
+    acts = sim.core.plan(sim.now + 2, {"n1": 2.0, "n2": 2.0, "n3": 2.0},
+                         leaving=frozenset({canary.node}))
+    assert any(a.kind == "drain" and a.rid == canary.rid for a in acts)
