@@ -1,5 +1,5 @@
-"""``fuxi service register|list|status|scale|upgrade|remove``: online services on a running
-cluster (`fuxi up`). Services are called with `fuxi call nuwa://<cluster>/<name> METHOD`."""
+"""``fuxi service register|list|status|scale|upgrade|canary|promote|rollback|remove``:
+online services on a running cluster (`fuxi up`). Services are called with `fuxi call nuwa://<cluster>/<name> METHOD`."""
 
 from __future__ import annotations
 
@@ -56,6 +56,10 @@ def _show(st: dict) -> None:
     typer.echo(f"{st['name']}  version {st['version']}  {st['ready']}/{st['desired']} ready"
                f"{'  (removing)' if st['removing'] else ''}"
                f"{'  rollout: ' + st['rollout'] if st['rollout'] else ''}")
+    c = st.get("canary")
+    if c:
+        typer.echo(f"canary {c['version']}: {c['percent']:g}% of calls, {c['replicas']} "
+                   f"replica(s)")
     typer.echo(f"requests {st['requests']}  errors {st['errors']}  "
                f"{st['requests_per_s']}/s  p99 {st['p99_ms_max']} ms")
     a = st.get("autoscaling")
@@ -106,6 +110,46 @@ def upgrade(name: str = NameArg, spec: str = typer.Argument(..., help="The new s
     st = _master_call(cluster, "service_upgrade", doc)
     if wait:
         st = wait_service(cluster, name, doc["version"], timeout_s)
+    print_json(st) if as_json else _show(st)
+
+
+@app.command("canary")
+def canary(name: str = NameArg, spec: str = typer.Argument(..., help="The new version's spec."),
+           percent: float = typer.Option(..., "--percent", help="The share of the calls the "
+                                         "new version gets, in percent (0.1 to below 100)."),
+           overrides: Optional[List[str]] = SetOpt,
+           as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt,
+           working_dir: Optional[str] = WorkingDirOpt) -> None:
+    """Run a new version beside the current one, taking --percent of the calls; then
+    `fuxi service promote` or `fuxi service rollback` it."""
+    from fuxi.errors import BadInput
+
+    if not 0.1 <= percent < 100.0:  # NaN fails too
+        handle(BadInput(f"--percent {percent!r}: expected a share of the calls from 0.1 to "
+                        f"below 100"))
+    doc = _load(spec, overrides, working_dir, cluster)
+    if doc["name"] != name:
+        handle(BadInput(f"the spec {spec} is for service {doc['name']!r}, not {name!r}"))
+    st = _master_call(cluster, "service_upgrade", doc, {"canary": percent})
+    print_json(st) if as_json else _show(st)
+
+
+@app.command("promote")
+def promote(name: str = NameArg, wait: bool = WaitOpt, timeout_s: float = TimeoutOpt,
+            as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """Make the canary's version the service's: a rolling upgrade to it."""
+    check_timeout(timeout_s)
+    st = _master_call(cluster, "service_upgrade", name, {"promote": True})
+    if wait:
+        st = wait_service(cluster, name, st["version"], timeout_s)
+    print_json(st) if as_json else _show(st)
+
+
+@app.command("rollback")
+def rollback(name: str = NameArg, as_json: bool = typer.Option(False, "--json"),
+             cluster: str = ClusterOpt) -> None:
+    """Stop the canary: its replicas drain and every call goes to the current version."""
+    st = _master_call(cluster, "service_upgrade", name, {"rollback": True})
     print_json(st) if as_json else _show(st)
 
 

@@ -52,9 +52,18 @@ class Unavailable(KuafuError, base_errors.Unavailable):
 
     code = "Unavailable"
 
-    def __init__(self, msg: str = "", maybe_executed: bool = False):
+    def __init__(self, msg: str = "", maybe_executed: bool = False, no_resend: bool = False):
         super().__init__(msg)
         self.maybe_executed = maybe_executed
+        # The server declared the method never idempotent: not even a caller who says the
+        # call is idempotent resends it (``nr`` on the wire).
+        self.no_resend = no_resend
+
+    def to_header(self) -> dict:
+        h = super().to_header()
+        if self.no_resend:
+            h["nr"] = 1
+        return h
 
 
 class UnavailableInFlight(Unavailable, base_errors.OutcomeUnknown):
@@ -62,8 +71,8 @@ class UnavailableInFlight(Unavailable, base_errors.OutcomeUnknown):
     (``maybe_executed`` is True). On the wire it is an ``Unavailable`` with ``ex`` set; as a
     type it is an ``OutcomeUnknown``, so callers test the type, never the flag alone."""
 
-    def __init__(self, msg: str = ""):
-        super().__init__(msg, maybe_executed=True)
+    def __init__(self, msg: str = "", no_resend: bool = False):
+        super().__init__(msg, maybe_executed=True, no_resend=no_resend)
 
 
 class TimedOut(KuafuError, base_errors.OutcomeUnknown, TimeoutError):
@@ -117,7 +126,9 @@ def error_from_header(h: dict) -> KuafuError:
     if cls is RemoteError:
         return RemoteError(msg, str(h.get("rtype", "")), str(h.get("tb", "")))
     if cls is Unavailable:
-        return UnavailableInFlight(msg) if h.get("ex") else Unavailable(msg)
+        if h.get("ex"):
+            return UnavailableInFlight(msg, no_resend=bool(h.get("nr")))
+        return Unavailable(msg)
     if cls is KuafuError and code != "KuafuError":
         return KuafuError(f"{code}: {msg}")
     return cls(msg)

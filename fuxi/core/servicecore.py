@@ -22,11 +22,17 @@ Rules, each step:
   (``START_BACKOFF_S``).
 * During an upgrade, ``ROLLBACK_AFTER_FAILURES`` failed replicas of the new version roll the
   service back to the previous spec, which the same rules then restore.
+* A canary (``start_canary``) runs a new version beside the current one, apart from these
+  rules: ``canary_replicas_wanted`` replicas started with its share of the calls (``share``,
+  registered with Kuafu, which routes that percent to them). ``promote_canary`` rolls the
+  service to its version (its replicas are replaced like old ones); ``rollback_canary`` -- or
+  ``ROLLBACK_AFTER_FAILURES`` failed canary replicas -- drains them.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 
 STARTING, READY, DRAINING, FAILED = "starting", "ready", "draining", "failed"
@@ -34,6 +40,7 @@ LIVE = (STARTING, READY)
 START_BACKOFF_S = (0.5, 30.0)   # first and longest pause before starting after a failure
 ROLLBACK_AFTER_FAILURES = 2     # failed replicas of a new version before it is rolled back
 EVENTS_KEPT = 100
+CANARY_PERCENT_MIN = 0.1        # the smallest share of calls a canary may take, in percent
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Replica:
     reason: str = ""
     kill_sent: bool = False
     placed: bool = False       # Ray has scheduled its actor (it holds its resources)
+    share: float | None = None  # a canary replica's percent of the calls (its endpoint's)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +81,7 @@ class ServiceCore:
     rollout: dict = field(default_factory=dict)  # {"from", "to", "state", "reason"}
     events: list[str] = field(default_factory=list)
     removing: bool = False
+    canary: dict | None = None  # {"spec", "percent"}: a new version taking a share of calls
 
     # ------------------------------------------------------------ desired state
     @property
@@ -156,6 +165,9 @@ class ServiceCore:
             return
         r.state, r.reason = FAILED, reason
         self._event(now, f"{rid} ({r.version}) {reason}")
+        if self._is_canary(r):
+            self._canary_failed(reason, now)
+            return
         if r.version == self.version:
             self.crashes += 1
             pause = min(START_BACKOFF_S[0] * 2 ** (self.crashes - 1), START_BACKOFF_S[1])
@@ -177,9 +189,10 @@ class ServiceCore:
         if self.rollout.get("state") != "rolling":
             return
         live = [r for r in self.replicas.values() if r.state in LIVE]
-        ready_new = [r for r in live if r.version == self.version and r.state == READY]
-        if len(ready_new) >= self.spec["replicas"] and all(r.version == self.version
-                                                             for r in live):
+        ready_new = [r for r in live if r.version == self.version and r.state == READY
+                     and r.share is None]
+        if len(ready_new) >= self.spec["replicas"] and all(
+                r.version == self.version and r.share is None for r in live):
             self.rollout["state"] = "done"
             self._event(now, f"upgrade to {self.version} done")
 
@@ -197,11 +210,14 @@ class ServiceCore:
             if r.state == FAILED and not r.kill_sent:
                 r.kill_sent = True
                 acts.append(Action("kill", r.rid))
-        live = [r for r in self.replicas.values() if r.state in LIVE]
+        canary_acts = self._plan_canary(now, nodes, leaving)  # its replicas are apart
+        live = [r for r in self.replicas.values() if r.state in LIVE and not self._is_canary(r)]
         n = int(self.spec["replicas"])
         rollout = self.spec["rollout"]
-        new = [r for r in live if r.version == self.version and r.node not in leaving]
-        old = [r for r in live if r.version != self.version or r.node in leaving]
+        new = [r for r in live if r.version == self.version and r.node not in leaving
+               and r.share is None]
+        old = [r for r in live if r.version != self.version or r.node in leaving
+               or r.share is not None]  # a canary replica left over is replaced
         moving = any(r.node in leaving for r in old)
         # Start replicas of the target version.
         surge = max(int(rollout["max_surge"]), 1 if moving else 0)
@@ -235,7 +251,7 @@ class ServiceCore:
                 ready.remove(r)
             live.remove(r)
         # Scale down (only when no old version remains).
-        new = [r for r in live if r.version == self.version]
+        new = [r for r in live if r.version == self.version and r.share is None]
         if not old and len(new) > n:
             crowd = self._load({})
             extra = sorted(new, key=lambda r: (r.state == READY, -crowd.get(r.node, 0),
@@ -243,6 +259,106 @@ class ServiceCore:
             for r in extra[:len(new) - n]:
                 acts.append(self._drain(r, "scaled down" if not self.removing else "removed"))
         self._check_rollout_done(now)
+        return acts + canary_acts
+
+    # ------------------------------------------------------------ canary (traffic split)
+    def _is_canary(self, r: Replica) -> bool:
+        """A replica of the canary now running (its version, started with its share)."""
+        c = self.canary
+        return (c is not None and r.share is not None and r.version == c["spec"]["version"]
+                and r.share == c["percent"])
+
+    def canary_replicas_wanted(self) -> int:
+        """Replicas of a canary at ``percent``: its share of the stable replica count, at
+        least one (the routing gives it ``percent`` of the calls however many it has)."""
+        if self.canary is None:
+            return 0
+        return max(1, math.ceil(int(self.spec["replicas"]) * self.canary["percent"] / 100.0))
+
+    def start_canary(self, spec: dict, percent: float, now: float) -> None:
+        """Run ``spec`` (a new version) beside the current one, taking ``percent`` of the
+        calls. A canary already running is replaced (another version or percent)."""
+        if spec["name"] != self.name:
+            raise ValueError(f"canary of {self.name!r} with a spec named {spec['name']!r}")
+        if spec["version"] == self.version:
+            raise ValueError(f"{self.name!r} already runs version {self.version}; a canary "
+                             f"needs a new version")
+        if self.removing:
+            raise ValueError(f"{self.name!r} is being removed")
+        if self.rollout.get("state") == "rolling":
+            raise ValueError(f"{self.name!r} is rolling to version {self.version}; a canary "
+                             f"can start once it is done")
+        if isinstance(percent, bool) or not isinstance(percent, (int, float)) \
+                or not CANARY_PERCENT_MIN <= percent < 100.0:
+            raise ValueError(f"canary percent {percent!r}: expected a number from "
+                             f"{CANARY_PERCENT_MIN:g} to below 100")
+        self.canary = {"spec": copy.deepcopy(spec), "percent": float(percent), "failures": 0,
+                       "backoff_until": 0.0}
+        self._event(now, f"canary {spec['version']} started: {float(percent):g}% of calls "
+                         f"(stable {self.version})")
+
+    def promote_canary(self, now: float) -> None:
+        """The canary's version becomes the service's: a rolling upgrade to it with the
+        stable replica count (its canary replicas are replaced like old ones)."""
+        if self.canary is None:
+            raise ValueError(f"{self.name!r} has no canary to promote")
+        spec = dict(copy.deepcopy(self.canary["spec"]), replicas=int(self.spec["replicas"]))
+        self.canary = None
+        self._event(now, f"canary {spec['version']} promoted")
+        self.upgrade(spec, now)
+
+    def rollback_canary(self, now: float, reason: str = "by command") -> None:
+        """Stop the canary: its replicas drain; every call goes to the stable version."""
+        if self.canary is None:
+            raise ValueError(f"{self.name!r} has no canary to roll back")
+        version = self.canary["spec"]["version"]
+        self.canary = None
+        self._event(now, f"canary {version} rolled back ({reason}); all calls to "
+                         f"{self.version}")
+
+    def _canary_failed(self, reason: str, now: float) -> None:
+        c = self.canary
+        c["failures"] = int(c.get("failures", 0)) + 1
+        pause = min(START_BACKOFF_S[0] * 2 ** (c["failures"] - 1), START_BACKOFF_S[1])
+        c["backoff_until"] = now + pause
+        if c["failures"] >= ROLLBACK_AFTER_FAILURES:
+            self.rollback_canary(now, f"{c['failures']} of its replicas failed: {reason}")
+
+    def _plan_canary(self, now: float, nodes: dict[str, float],
+                     leaving: frozenset[str]) -> list[Action]:
+        """Keep ``canary_replicas_wanted`` canary replicas (off leaving nodes)."""
+        if self.canary is not None and self.removing:
+            self.canary = None  # its replicas are old now: drained with the rest
+        c = self.canary
+        if c is None:
+            return []
+        ours = [r for r in self.replicas.values() if r.state in LIVE and self._is_canary(r)]
+        fresh = [r for r in ours if r.node not in leaving]
+        want = self.canary_replicas_wanted()
+        acts: list[Action] = []
+        if len(fresh) < want and now >= float(c.get("backoff_until", 0.0)):
+            load = self._load(nodes)
+            cpu = float(c["spec"]["resources"].get("cpu") or 0.0)
+            for _ in range(want - len(fresh)):
+                node = self._place(load, nodes, cpu)
+                self.seq += 1
+                rid = f"{self.name}-{self.seq}"
+                rep = Replica(rid, c["spec"]["version"], node, STARTING, now,
+                              share=c["percent"])
+                self.replicas[rid] = rep
+                fresh.append(rep)
+                if node is not None:
+                    load[node] = load.get(node, 0) + 1
+                    nodes = dict(nodes, **{node: nodes.get(node, 0.0) - cpu})
+                acts.append(Action("start", rid, node,
+                                   dict(copy.deepcopy(c["spec"]), traffic_share=c["percent"])))
+        ready = sum(1 for r in fresh if r.state == READY)
+        for r in ours:
+            if r.node in leaving and ready >= want:  # moved once its replacement serves
+                acts.append(self._drain(r, "moved: its node is draining"))
+        extra = sorted(fresh, key=lambda r: (r.state == READY, -r.created_at))
+        for r in extra[:max(0, len(fresh) - want)]:
+            acts.append(self._drain(r, "canary scaled down"))
         return acts
 
     def _drain(self, r: Replica, reason: str) -> Action:
@@ -266,6 +382,9 @@ class ServiceCore:
         return max(fitting, key=lambda n: (load.get(n, 0), nodes[n], n))
 
     def _spec_of(self, version: str) -> dict:
+        if self.canary is not None and version == self.canary["spec"]["version"] \
+                and version != self.version:
+            return self.canary["spec"]
         if version == self.version or self.previous is None:
             return self.spec
         return self.previous if self.previous["version"] == version else self.spec
@@ -290,17 +409,20 @@ class ServiceCore:
         """What must survive a restart of the platform: the desired state, not the replicas
         (those are found again as running actors)."""
         return {"spec": self.spec, "previous": self.previous, "seq": self.seq,
-                "rollout": self.rollout, "removing": self.removing}
+                "rollout": self.rollout, "removing": self.removing, "canary": self.canary}
 
     @classmethod
     def from_desired(cls, doc: dict) -> "ServiceCore":
         return cls(spec=doc["spec"], previous=doc.get("previous"), seq=int(doc.get("seq", 0)),
-                   rollout=dict(doc.get("rollout") or {}), removing=bool(doc.get("removing")))
+                   rollout=dict(doc.get("rollout") or {}), removing=bool(doc.get("removing")),
+                   canary=doc.get("canary"))
 
-    def adopt(self, rid: str, version: str, node: str | None, now: float) -> None:
+    def adopt(self, rid: str, version: str, node: str | None, now: float,
+              share: float | None = None) -> None:
         """A replica actor found running after a restart: checked before it counts as READY."""
         if rid not in self.replicas:
-            self.replicas[rid] = Replica(rid, version, node, STARTING, now, placed=True)
+            self.replicas[rid] = Replica(rid, version, node, STARTING, now, placed=True,
+                                         share=share)
             try:
                 self.seq = max(self.seq, int(rid.rsplit("-", 1)[1]))
             except (IndexError, ValueError):

@@ -301,6 +301,7 @@ SERVICE_EVENT_KINDS = (  # (words in the core's text, kind), first match wins
     ("ready on", "replica_ready"), ("adopted", "replica_adopted"),
     ("asked for node", "replica_misplaced"), ("died", "replica_died"),
     ("health", "replica_unhealthy"), ("stopped", "replica_stopped"),
+    ("canary", "service_canary"),  # started, promoted, rolled back
     ("rolled back", "service_rolled_back"), ("upgrade", "service_upgrade"),
     ("scaled", "service_scaled"), ("registered", "service_registered"),
     ("removal", "service_removing"))

@@ -380,10 +380,10 @@ class FuxiMaster:
             self._auth().check(who, "service", str(name), "manage", claim)
         return await svc.register(spec, owner=who.to_doc())
 
-    async def service_upgrade(self, spec: dict, cred: str | None = None) -> dict:
+    async def service_upgrade(self, spec, traffic=None, cred: str | None = None) -> dict:
         self._check_service(cred, str(spec.get("name") if isinstance(spec, dict) else spec),
-                            "manage")
-        return await self._service_manager().upgrade(spec)
+                            "manage")  # traffic: a canary's start, promotion or rollback
+        return await self._service_manager().upgrade(spec, traffic)
 
     async def service_scale(self, name: str, replicas: int, cred: str | None = None) -> dict:
         self._check_service(cred, name, "manage")

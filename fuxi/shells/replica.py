@@ -4,7 +4,10 @@ methods through Kuafu.
 The actor constructs the object (``class(**config)``) and a Kuafu ``Server`` on an event-loop
 thread of its own, but does not attach to the node's proxy until the service manager has seen
 its first health check pass and calls ``register``: only a ready replica becomes an endpoint.
-``drain`` unregisters it, lets calls in flight finish for the grace period, then detaches.
+``drain`` unregisters it (the proxy routes no new call to it, and calls that waited at the
+proxy for room go to another replica unsent), lets the calls it received finish for the grace
+period (``drain_grace_s``), then detaches: a drain never makes the proxy resend a call that
+may have run, so non-idempotent methods see no failure and no duplicate.
 
 With access control on, ``register`` and ``drain`` change what callers reach, so they take the
 replica's *control key* (issue 14, defect 8): FuxiMaster derives it from a secret of its own
@@ -71,7 +74,10 @@ class ServiceReplica:
         self.loop = LoopThread(f"svc-{rid}")
         self.server = kuafu.Server(max_concurrency=spec["max_concurrency"],
                                    queue_max=spec["queue_max"])
-        self.server.add(spec["name"], self.obj)
+        # A canary's replicas register their share of the calls (``traffic_share``, percent;
+        # fuxi.core.servicecore): the proxies route by it.
+        self.server.add(spec["name"], self.obj, version=str(spec["version"]),
+                        share=spec.get("traffic_share"))
         self.endpoint = ""
         self._control = control  # SHA-256 of the control key; "" with access control off
 
@@ -87,7 +93,8 @@ class ServiceReplica:
 
     def info(self) -> dict:
         return {"rid": self.rid, "version": self.spec["version"], "pid": os.getpid(),
-                "node": ray.get_runtime_context().get_node_id(), "endpoint": self.endpoint}
+                "node": ray.get_runtime_context().get_node_id(), "endpoint": self.endpoint,
+                "share": self.spec.get("traffic_share")}
 
     def check(self) -> bool:
         """Run the health check; raises (or returns False) when unhealthy."""

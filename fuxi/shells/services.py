@@ -139,7 +139,7 @@ class ServiceManager:
             if core is None:
                 ray.kill(h)  # a replica of a service nobody wants any more
                 continue
-            core.adopt(rid, info["version"], info["node"], now)
+            core.adopt(rid, info["version"], info["node"], now, info.get("share"))
             self.handles[rid] = h
             self.adopted.add(rid)
 
@@ -206,15 +206,46 @@ class ServiceManager:
             raise BadInput(f"no service {name!r}; registered: {sorted(self.cores) or 'none'}")
         return core
 
-    async def upgrade(self, spec: dict) -> dict:
-        core = self._core(spec["name"])
-        auto = spec.get("autoscaling")
-        if auto and core.spec.get("autoscaling"):  # the autoscaler's count goes on (in bounds)
-            spec = dict(spec, replicas=min(max(int(core.spec["replicas"]), auto["min_replicas"]),
-                                           auto["max_replicas"]))
-        core.upgrade(spec, time.time())
+    async def upgrade(self, spec, traffic: dict | None = None) -> dict:
+        """A new spec (a rolling upgrade), or with ``traffic`` a canary: {"canary": percent}
+        runs ``spec`` beside the current version with that share of the calls;
+        {"promote": True} or {"rollback": True} (``spec``: the service's name) ends it."""
+        if traffic is None:
+            core = self._core(spec["name"])
+            if core.canary is not None:
+                raise BadInput(f"service {core.name!r} runs a canary of version "
+                               f"{core.canary['spec']['version']}; `fuxi service promote` or "
+                               f"`fuxi service rollback` it before an upgrade")
+            auto = spec.get("autoscaling")
+            if auto and core.spec.get("autoscaling"):  # the autoscaler's count goes on
+                spec = dict(spec, replicas=min(max(int(core.spec["replicas"]),
+                                                   auto["min_replicas"]), auto["max_replicas"]))
+            core.upgrade(spec, time.time())
+        else:
+            core = self._traffic(spec, traffic)
         await self._save(core)
         return self.status(core.name)
+
+    def _traffic(self, spec, traffic) -> ServiceCore:
+        """Start, promote or roll back a canary (``upgrade`` with ``traffic``)."""
+        keys = sorted(traffic) if isinstance(traffic, dict) else None
+        if keys not in (["canary"], ["promote"], ["rollback"]):
+            raise BadInput(f"traffic {traffic!r:.80}: expected {{'canary': percent}}, "
+                           f"{{'promote': True}} or {{'rollback': True}}")
+        name = spec["name"] if isinstance(spec, dict) else spec
+        core = self._core(name)
+        try:
+            if keys == ["canary"]:
+                if not isinstance(spec, dict):
+                    raise ValueError("a canary needs the new version's spec")
+                core.start_canary(spec, traffic["canary"], time.time())
+            elif keys == ["promote"]:
+                core.promote_canary(time.time())
+            else:
+                core.rollback_canary(time.time())
+        except ValueError as e:
+            raise BadInput(str(e)) from None
+        return core
 
     async def scale(self, name: str, replicas: int) -> dict:
         from fuxi.core.service_spec import REPLICAS_MAX
@@ -273,6 +304,10 @@ class ServiceManager:
                 "ready": c[READY], "starting": c["starting"], "draining": c["draining"],
                 "failed": c["failed"], "removing": core.removing,
                 "rollout": core.rollout.get("state", ""),
+                "canary": None if core.canary is None else {
+                    "version": core.canary["spec"]["version"],
+                    "percent": core.canary["percent"],
+                    "replicas": core.canary_replicas_wanted()},
                 "requests_per_s": round(self.rates.get(core.name, 0.0), 1)}
 
     def status(self, name: str) -> dict:
@@ -286,6 +321,7 @@ class ServiceManager:
             served += st.get("served", 0)
             failed += st.get("failed", 0)
             replicas.append({"replica": r.rid, "version": r.version, "state": r.state,
+                             "share": r.share,
                              "health": "ok" if r.state == READY and not r.failures else
                              (f"{r.failures} failed checks" if r.state == READY else r.state),
                              "node": r.node, "reason": r.reason,

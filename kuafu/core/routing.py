@@ -7,8 +7,12 @@ The proxy's shells feed this module what they learned -- Nuwa watch events and l
 * ``EndpointTable``: the endpoints of every service, this proxy's own (``local``, by name in
   ``by_name``) and those published by other proxies (``remote``, kept equal to
   ``/services/<service>/<endpoint>`` in Nuwa by ``apply`` and ``replace_remote``);
-* ``choose``: the endpoint a call goes to, by power of two choices on the requests in flight
-  to each (ties fall to the random draw, so load spreads);
+* ``choose``: the endpoint a call goes to: first a traffic group by weight (a canary
+  version's endpoints declare their ``share`` of the service's calls, in percent; the others
+  share the rest), then power of two choices on the requests in flight within it (ties fall
+  to the random draw, so load spreads);
+* ``may_resend``: the no-resend rule -- a call goes again only when it certainly did not
+  run, or it is idempotent and no reply has begun;
 * ``MissCache``: services Nuwa said have no endpoint, remembered for ``LOOKUP_MISS_TTL_S``,
   at most ``MISSES_KEPT_MAX`` of them;
 * ``Latencies`` and ``backup_delay``: when a backup copy of an idempotent call goes out;
@@ -39,6 +43,8 @@ BACKUP_DELAY_MS_MAX = 3.6e6         # the longest explicit backup delay a header
 ENDPOINTS_PER_SERVICE_MAX = 10_000
 ENDPOINTS_PER_CONNECTION_MAX = 64   # endpoints one server connection may register
 LOCAL_ENDPOINTS_MAX = 65_536        # endpoints attached to this proxy in all
+ENDPOINT_VERSION_CHARS_MAX = 64   # the version label an endpoint registers with
+SHARE_PERCENT_MAX = 100.0           # an endpoint's share of its service's calls, in percent
 CLAIM_POLICIES = ("signed-in", "granted")  # who may claim a free name: anyone signed in, or
 #                                     only those granted `manage` on it (and administrators)
 
@@ -57,24 +63,58 @@ def check_service_name(name) -> str:
 
 class Endpoint:
     __slots__ = ("name", "service", "proxy_id", "address", "conn", "idem", "inflight", "node",
-                 "owner")
+                 "owner", "version", "share", "never")
 
     def __init__(self, name, service, proxy_id, address, conn=None, idem=(), node="",
-                 owner=None):
+                 owner=None, version="", share=None, never=()):
         self.name, self.service, self.proxy_id = name, service, proxy_id
         self.address, self.conn, self.idem = address, conn, set(idem)
         self.inflight, self.node = 0, node
         self.owner = owner  # who registered it (Zhongkui: the service's owner)
+        self.version = version  # the service version it serves ("" when not said)
+        self.share = share      # percent of the service's calls its version gets (a canary)
+        self.never = set(never)  # methods the server declared never idempotent
 
     def describe(self) -> dict:
         return {"endpoint": self.name, "service": self.service, "proxy": self.address,
                 "node": self.node, "local": self.conn is not None, "in_flight": self.inflight,
-                "idempotent": sorted(self.idem), "owner": self.owner}
+                "idempotent": sorted(self.idem), "owner": self.owner, "version": self.version,
+                "share": self.share, "never_idempotent": sorted(self.never)}
 
     def record(self, proxy_id: str, node: str) -> bytes:
         """What the proxy publishes at ``/services/<service>/<endpoint>``."""
         return json.dumps({"proxy": self.address, "proxy_id": proxy_id, "node": node,
-                           "idempotent": sorted(self.idem), "owner": self.owner}).encode()
+                           "idempotent": sorted(self.idem), "owner": self.owner,
+                           "version": self.version, "share": self.share,
+                           "never": sorted(self.never)}).encode()
+
+
+def check_version(value) -> str:
+    """The version label an endpoint registers with ("" for none); BadRequest otherwise."""
+    if value is None or value == "":
+        return ""
+    if (not isinstance(value, str) or len(value) > ENDPOINT_VERSION_CHARS_MAX
+            or not all(c.isalnum() or c in "-_.+" for c in value)):
+        raise BadRequest(f"version {value!r:.80}: expected up to {ENDPOINT_VERSION_CHARS_MAX} "
+                         f"letters, digits, '-', '_', '.' or '+'")
+    return value
+
+
+def check_share(value) -> float | None:
+    """An endpoint's traffic share in percent (0 < share < SHARE_PERCENT_MAX), or None for
+    "no share of its own" (it takes part in the rest). Text is accepted (control messages
+    are maps of strings); BadRequest for anything else."""
+    if value is None or value == "":
+        return None
+    try:
+        share = float(value) if isinstance(value, (str, int, float)) and \
+            not isinstance(value, bool) else None
+    except ValueError:
+        share = None
+    if share is None or not 0.0 < share < SHARE_PERCENT_MAX:  # NaN fails both tests
+        raise BadRequest(f"share {value!r:.40}: expected a percentage of the service's calls "
+                         f"above 0 and below {SHARE_PERCENT_MAX:g}")
+    return share
 
 
 def endpoint_from_record(svc: str, name: str, value: bytes, own_proxy_id: str) -> Endpoint | None:
@@ -86,8 +126,15 @@ def endpoint_from_record(svc: str, name: str, value: bytes, own_proxy_id: str) -
         return None
     if not isinstance(d, dict) or d.get("proxy_id") == own_proxy_id or not d.get("proxy"):
         return None
+    try:
+        version, share = check_version(d.get("version")), check_share(d.get("share"))
+    except BadRequest:
+        return None  # damaged: routing by a share we cannot read would skew the split
+    never = d.get("never") or []  # older proxies publish none
+    if not isinstance(never, list) or not all(isinstance(m, str) for m in never):
+        return None  # damaged: we could not tell which calls must never be resent
     return Endpoint(name, svc, d["proxy_id"], d["proxy"], None, d.get("idempotent", ()),
-                    d.get("node", ""), d.get("owner"))
+                    d.get("node", ""), d.get("owner"), version, share, never)
 
 
 class EndpointTable:
@@ -188,8 +235,43 @@ class EndpointTable:
                              f"(LOCAL_ENDPOINTS_MAX)")
 
 
+def traffic_groups(candidates: list[Endpoint]) -> list[tuple[float, list[Endpoint]]]:
+    """The candidates by traffic group, each with its weight: the endpoints that declare a
+    share, by (version, share), weigh that share; those that declare none weigh what is left
+    of 100 (nothing when the shares add up to 100 or more). Groups keep the candidates' order;
+    the declared ones come first."""
+    declared: dict[tuple, list[Endpoint]] = {}
+    rest: list[Endpoint] = []
+    for ep in candidates:
+        if ep.share is None:
+            rest.append(ep)
+        else:
+            declared.setdefault((ep.version, ep.share), []).append(ep)
+    groups = [(key[1], eps) for key, eps in declared.items()]
+    if rest:
+        groups.append((max(0.0, SHARE_PERCENT_MAX - sum(w for w, _ in groups)), rest))
+    return groups
+
+
+def pick_group(groups: list[tuple[float, list]], rng) -> list:
+    """One group, drawn by weight (uniformly when every weight is 0)."""
+    if len(groups) == 1:
+        return groups[0][1]
+    total = sum(w for w, _ in groups)
+    if total <= 0:
+        return groups[rng.randrange(len(groups))][1]
+    x = rng.random() * total
+    for w, eps in groups:
+        if x < w:
+            return eps
+        x -= w
+    return groups[-1][1]  # float rounding at the top end
+
+
 def choose(candidates: list[Endpoint], rng, avoid=frozenset()) -> Endpoint | None:
-    """Power of two choices on the requests in flight; ``rng`` is a ``random.Random``.
+    """A traffic group by weight (``traffic_groups``), then power of two choices on the
+    requests in flight within it; ``rng`` is a ``random.Random``. A group whose endpoints are
+    all tried or unreachable is not a candidate, so its share goes to the others.
     ``avoid``: names of hot endpoints (``kuafu.core.hotroute``), left out while others remain."""
     if avoid:  # the hot-spot hook: steer away, never to nothing
         candidates = [c for c in candidates if c.name not in avoid] or candidates
@@ -197,8 +279,36 @@ def choose(candidates: list[Endpoint], rng, avoid=frozenset()) -> Endpoint | Non
         return None
     if len(candidates) == 1:
         return candidates[0]
-    a, b = rng.sample(candidates, 2)  # on a tie, the random draw decides: load spreads
+    group = pick_group(traffic_groups(candidates), rng)
+    if len(group) == 1:
+        return group[0]
+    a, b = rng.sample(group, 2)  # on a tie, the random draw decides: load spreads
     return b if b.inflight < a.inflight else a
+
+
+def call_idempotent(method: str, caller_says: bool, declared: set, never: set) -> bool:
+    """Is a call idempotent at this endpoint? The server's declaration wins: a method it
+    declared ``idempotent=False`` never is, one it declared True always is; an undeclared
+    one is only when the caller said so. The safe default: not idempotent."""
+    if method in never:
+        return False
+    return method in declared or bool(caller_says)
+
+
+def may_resend(*, sent: bool, idempotent: bool, retryable: bool, answered: bool,
+               not_run: bool = False) -> bool:
+    """The no-resend rule: may the proxy send a call again (to another endpoint)?
+
+    Never once a reply has begun (``answered``) or when its body was not kept whole
+    (``retryable`` False: a message in pieces). Otherwise yes when it certainly did not run --
+    it was never written to a connection (``sent`` False), or the server answered that it did
+    not run it (``not_run``: an ``Unavailable`` without ``ex``) -- and, for a call that may
+    have run (the connection carrying it was lost), only when it is ``idempotent``."""
+    if answered or not retryable:
+        return False
+    if not sent or not_run:
+        return True
+    return idempotent
 
 
 def no_endpoint_reason(svc: str, pinned: str | None, tried: int, known: int) -> str:

@@ -130,7 +130,9 @@ class Channel:
                 return await self._once(service, method, btype, body, deadline, idempotent,
                                         wait, credentials, bk)
             except Unavailable as e:
-                retry = not e.maybe_executed or idempotent
+                # A call that may have run goes again only when the caller said it is
+                # idempotent and the server did not declare its method never so.
+                retry = not e.maybe_executed or (idempotent and not e.no_resend)
                 if not retry or attempt >= UNAVAILABLE_RETRIES_MAX:
                     raise
                 pause = RESEND_BACKOFF_S[min(attempt, len(RESEND_BACKOFF_S) - 1)]

@@ -283,6 +283,12 @@ class Forwarder:
         r.queued = False
         r.admitted = True
         target = r.target
+        if r.ep.conn is not None and self.endpoints.by_name.get(r.ep.name) is not r.ep:
+            # Its endpoint unregistered (a drain) while the call waited here for room: it was
+            # never written, so it goes elsewhere -- on the next turn of the loop, since this
+            # may run inside another call's release.
+            self.loop.call_soon(self._redirect, r, target)
+            return
         h = dict(r.header)
         h["id"] = r.tid
         h["dl"] = max(1, int((r.deadline - self.loop.time()) * 1000))
@@ -291,8 +297,8 @@ class Forwarder:
             h["ep"] = r.ep.name
         else:
             h.pop("ep", None)
-        if r.ep.idem and r.method in r.ep.idem:
-            r.idem = True
+        r.idem = routing.call_idempotent(r.method, bool(r.header.get("idem")), r.ep.idem,
+                                         r.ep.never)
         h.pop("bk", None)  # backups are decided here, by the caller's proxy
         h.pop("zk_refreshed", None)
         if r.ep.conn is not None:
@@ -316,6 +322,14 @@ class Forwarder:
         self._unhold(r, r.held)
         r.pieces = []
         self._backpressure(r.src, target)
+
+    def _redirect(self, r: Route, target: Conn) -> None:
+        if r.target is not target or r.sent or not self._live(r):
+            return  # answered, cancelled or timed out meanwhile
+        self._release(r)
+        self.counters["redirected"] += 1
+        self._retry(r, f"endpoint {r.ep.name} was withdrawn before the call was sent to it; "
+                       f"not sent")
 
     # ------------------------------------------------------------ other proxies
     def peer_ready(self, conn: Conn, waiting: list) -> None:
@@ -402,7 +416,9 @@ class Forwarder:
             return  # a reply to a call that was cancelled or timed out
         if f.kind == F.ERROR and not r.resp_started:
             code = f.header.get("code")
-            if code == "Unavailable" and not f.header.get("ex") and r.retryable:
+            if code == "Unavailable" and not f.header.get("ex") and routing.may_resend(
+                    sent=r.sent, idempotent=r.idem, retryable=r.retryable, answered=False,
+                    not_run=True):  # the server says it did not run it
                 self._release(r)
                 self._retry(r, f"endpoint {r.ep.name}: {f.header.get('msg')}")
                 return
@@ -506,14 +522,20 @@ class Forwarder:
                 continue
             if r.is_backup:
                 continue  # a lone backup whose call was already answered or dropped
-            if not r.sent:
-                self._retry(r, "its connection closed before it was sent")
-            elif r.idem and r.retryable and not r.resp_started:
-                self._retry(r, "the connection carrying it was lost; idempotent, so resent")
+            if routing.may_resend(sent=r.sent, idempotent=r.idem, retryable=r.retryable,
+                                  answered=r.resp_started):
+                self._retry(r, "its connection closed before it was sent" if not r.sent else
+                            "the connection carrying it was lost; idempotent, so resent")
+            elif not r.sent:
+                self._retry(r, "its connection closed before it was sent")  # fails: not kept
             else:
+                never = r.method in r.ep.never
                 self.fail(r, UnavailableInFlight(
                     f"the endpoint {r.ep.name} of {r.svc!r} went away with the call in flight; "
-                    f"it may have run (declare the method idempotent to have it retried)"))
+                    f"it may have run " + ("(its method is declared never idempotent: not "
+                                           "resent)" if never else
+                                           "(declare the method idempotent to have it "
+                                           "retried)"), no_resend=never))
         # Requests this connection had sent us.
         for key in [k for k in self.inbound if k[0] is conn]:
             r = self.inbound_pop(key)

@@ -54,7 +54,7 @@ PROXY_SWEEP_PERIOD_S = 0.25
 COUNTERS = ("requests", "responses", "errors", "retries", "overloaded", "timed_out",
             "rejected_frames", "closed_stale", "refused_connections", "held_bytes_max",
             "accepted", "backups_sent", "backups_won", "unauthenticated", "denied",
-            "closed_unauthenticated", "evicted_preauth", "misses_evicted")
+            "closed_unauthenticated", "evicted_preauth", "misses_evicted", "redirected")
 
 PROXY_EVENTS = metrics.counter(
     "kuafu_proxy_events_total",

@@ -36,15 +36,20 @@ class Registrar:
     def register(self, conn: Conn, rid: int, msg, who=None) -> None:
         if not isinstance(msg, dict) or "service" not in msg:
             raise BadRequest("register takes a map with 'service' (and 'idempotent': "
-                             "comma-separated method names)")
+                             "comma-separated method names; 'version' and 'share': a canary's "
+                             "version and its percent of the calls)")
         svc = routing.check_service_name(msg["service"])
         if svc == routing.CONTROL_SERVICE:
             raise BadRequest(f"{routing.CONTROL_SERVICE!r} is the proxy's own service")
-        idem = [m for m in msg.get("idempotent", "").split(",") if m]
+        idem = [m for m in str(msg.get("idempotent", "")).split(",") if m]
+        never = [m for m in str(msg.get("never", "")).split(",") if m]  # idempotent=False
+        # A canary's endpoints say their version and the share of the calls it gets.
+        traffic = (routing.check_version(msg.get("version")), routing.check_share(msg.get("share")),
+                   never)
         self._check_may_serve(conn, svc)
         conn.role = "server"
         if self.guard is None:
-            self._attach(conn, rid, svc, idem, None)
+            self._attach(conn, rid, svc, idem, None, traffic)
             return
 
         async def decide():
@@ -62,7 +67,7 @@ class Registrar:
                     f"could not decide who owns {svc!r}: {type(e).__name__}: {e}")))
                 return
             if not conn.closed:
-                self._attach(conn, rid, svc, idem, owner)
+                self._attach(conn, rid, svc, idem, owner, traffic)
         self.loop.create_task(decide())
 
     def _check_may_serve(self, conn: Conn, svc: str) -> None:
@@ -71,10 +76,11 @@ class Registrar:
                              "connection; attach servers on their own connection")
         self.endpoints.check_capacity(svc, len(conn.attrs.get("endpoints", ())))
 
-    def _attach(self, conn: Conn, rid: int, svc: str, idem: list, owner) -> None:
+    def _attach(self, conn: Conn, rid: int, svc: str, idem: list, owner,
+                traffic: tuple = ("", None, ())) -> None:
         name = f"{self.proxy_id}~{next(self.ep_seq)}"
         ep = routing.Endpoint(name, svc, self.proxy_id, self.address, conn, idem, self.node,
-                              owner)
+                              owner, *traffic)
         self.endpoints.add_local(ep)
         conn.attrs.setdefault("endpoints", set()).add(name)
 

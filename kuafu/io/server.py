@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from kuafu import frame as F
 from kuafu.core.frame import timeout_from_header
 from kuafu.core.openapi import DESCRIBE_METHOD, describe
-from kuafu.core.routing import CONTROL_SERVICE, check_service_name
+from kuafu.core.routing import (CONTROL_SERVICE, check_service_name, check_share,
+                                check_version)
 from kuafu.io.addresses import open_connection
 from kuafu.io.conn import (HELLO_TIMEOUT_S, IDLE_TIMEOUT_S, PARTIAL_FRAME_TIMEOUT_S,
                            PING_INTERVAL_S, Conn, stale_reason)
@@ -53,13 +54,17 @@ LATENCIES_KEPT = 1024          # recent call durations kept per service, for per
 SERVER_CONNECTIONS_MAX = 16_384       # connections a standalone server accepts at once; more are closed
 
 
-def method(fn=None, *, idempotent: bool = False, name: str | None = None):
+def method(fn=None, *, idempotent: bool | None = None, name: str | None = None):
     """Mark a method as exposed (``@kuafu.method``). ``idempotent=True`` lets Kuafu retry a
     call on another endpoint when the first may have run; only say so when running it twice
-    is harmless."""
+    is harmless. Undeclared (None), a method is not idempotent, but a caller may say a call
+    of it is (``idempotent=True`` at the client); ``idempotent=False`` says it never is: no
+    proxy or client resends a call of it that may have run, whatever the caller says."""
+    if idempotent is not None and not isinstance(idempotent, bool):
+        raise TypeError(f"idempotent={idempotent!r}: expected True, False or None")
 
     def mark(f):
-        f.__kuafu__ = {"idempotent": bool(idempotent), "name": name or f.__name__}
+        f.__kuafu__ = {"idempotent": idempotent, "name": name or f.__name__}
         return f
 
     return mark(fn) if fn is not None else mark
@@ -103,6 +108,9 @@ class Service:
     latencies: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=LATENCIES_KEPT))
     endpoint: str = ""       # the name the proxy published it under
+    version: str = ""        # the version it registers with (routing groups by it)
+    share: float | None = None  # a canary's percent of the service's calls (None: the rest)
+    never: set = field(default_factory=set)  # methods declared idempotent=False
     sem: asyncio.Semaphore | None = None
     executor: ThreadPoolExecutor | None = None
 
@@ -114,14 +122,15 @@ class Service:
         if max_concurrency < 1 or queue_max < 0:
             raise BadRequest(f"max_concurrency >= 1 and queue_max >= 0 expected; got "
                              f"{max_concurrency}, {queue_max}")
-        methods, idem = {}, set()
+        methods, idem, never = {}, set(), set()
         if isinstance(obj, dict):  # {"method": callable}
             for k, fn in obj.items():
                 if not callable(fn):
                     raise BadRequest(f"service {name!r}: {k!r} is not callable")
                 methods[k] = fn
-                if getattr(fn, "__kuafu__", {}).get("idempotent"):
-                    idem.add(k)
+                declared = getattr(fn, "__kuafu__", {}).get("idempotent")
+                if declared is not None:
+                    (idem if declared else never).add(k)
         else:
             members = inspect.getmembers(type(obj), callable)
             marked = [(n, f) for n, f in members if hasattr(f, "__kuafu__")]
@@ -130,12 +139,14 @@ class Service:
                 info = getattr(f, "__kuafu__", {})
                 wire = info.get("name", n)
                 methods[wire] = getattr(obj, n)
-                if info.get("idempotent"):
-                    idem.add(wire)
+                if info.get("idempotent") is not None:
+                    (idem if info["idempotent"] else never).add(wire)
         if not methods:
             raise BadRequest(f"service {name!r} exposes no methods; give it public methods or "
                              f"mark some with @kuafu.method")
-        return cls(name, obj, methods, idem, max_concurrency, queue_max)
+        svc = cls(name, obj, methods, idem, max_concurrency, queue_max)
+        svc.never = never
+        return svc
 
 
 def _result_frames(rid: int, result) -> list:
@@ -174,11 +185,15 @@ class Server:
             self.add(name, obj)
 
     def add(self, name: str, obj, *, max_concurrency: int | None = None,
-            queue_max: int | None = None) -> Service:
+            queue_max: int | None = None, version: str = "",
+            share: float | None = None) -> Service:
+        """``version`` and ``share``: registered with the proxy; an endpoint with a share
+        (a canary) gets that percent of the service's calls, the others share the rest."""
         if name in self.services:
             raise BadRequest(f"service {name!r} is already served here")
         svc = Service.build(name, obj, max_concurrency or self.max_concurrency,
                             self.queue_max if queue_max is None else queue_max)
+        svc.version, svc.share = check_version(version), check_share(share)
         self.services[name] = svc
         return svc
 
@@ -426,9 +441,14 @@ class Server:
 
     async def register(self, name: str, timeout_s: float = CONTROL_TIMEOUT_S) -> str:
         svc = self.services[name]
-        f = await self._control("register", {"service": name,
-                                             "idempotent": ",".join(sorted(svc.idempotent))},
-                                timeout_s)
+        msg = {"service": name, "idempotent": ",".join(sorted(svc.idempotent))}
+        if svc.never:
+            msg["never"] = ",".join(sorted(svc.never))
+        if svc.version:
+            msg["version"] = svc.version
+        if svc.share is not None:
+            msg["share"] = repr(svc.share)
+        f = await self._control("register", msg, timeout_s)
         svc.endpoint = F.unpack_body(f.header.get("type", "map"), f.body)["endpoint"]
         return svc.endpoint
 
