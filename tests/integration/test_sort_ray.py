@@ -141,7 +141,10 @@ def test_sort_forced_to_spill_and_with_a_straggler_overtaken_by_a_backup(client,
     st = client.wait(job_id, timeout_s=JOB_WAIT_S)
     assert st["state"] == "succeeded", st.get("report")
     t = st["tasks"]["sort"]
-    assert t["backups_launched"] >= 1 and t["backups_won"] >= 1, t
+    story = [(a["instance"], a["attempt"], a["backup"], a["state"], a["worker"], a["node"],
+              round(a["started_at"] or 0, 2), round(a["ended_at"] or 0, 2), a["why"])
+             for a in client.attempts(job_id)["attempts"] if a["task"] == "sort"]
+    assert t["backups_launched"] >= 1 and t["backups_won"] >= 1, (t, slow, story)
     got, original = _records(out), _records(src)
     assert got.shape == (n, 100) and records.is_sorted(got)
     assert records.checksum(got) == records.checksum(original)
