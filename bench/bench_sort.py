@@ -306,7 +306,7 @@ def main() -> None:
     os.makedirs(base)
     ray = start_ray(args.cpus)
     from fuxi.client import FuxiClient
-    from fuxi.runtime import connect, ensure_pangu
+    from fuxi.runtime import connect
 
     results = []
     print(machine(), flush=True)
@@ -314,12 +314,14 @@ def main() -> None:
         client = FuxiClient(conn.master)
         storage = base
         if args.storage == "pangu":
-            ensure_pangu(conn)
-            storage = f"pangu://{PANGU_BASE}"
-            from pangu.client import client as pangu_client
+            # Pangu as `fuxi up` lays it out on one machine: three chunkservers, replication 3.
+            from pangu import deploy
+            from fuxi.runtime import pangu_layout
 
-            if pangu_client().exists(PANGU_BASE):
-                pangu_client().rm(PANGU_BASE, recursive=True)
+            layout = pangu_layout(len(deploy.alive_nodes()))
+            deploy.start(conn.cluster, f"{base}/pangu-data", per_node=layout["per_node"],
+                         settings=layout["settings"])
+            storage = f"pangu://{PANGU_BASE}"
         for size in sizes:
             res = _sort_one(client, size, args, base, storage)
             _print(res, args, storage)
@@ -327,6 +329,8 @@ def main() -> None:
             report("sort", storage=args.storage, files=args.files, maps=args.maps,
                    reducers=args.reducers, sort_memory=args.sort_memory,
                    **{k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()})
+        if args.storage == "pangu":
+            deploy.stop(conn.cluster)
     ray.shutdown()
     if args.plot:
         _plot(results, args.plot, storage)
