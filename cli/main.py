@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cli import alerts, auth, call, cluster, config, debug, events, job, node, nuwa, pangu, queue, service, submit, top
+from cli import alerts, auth, call, cluster, config, debug, events, job, node, nuwa, pangu, queue, service, submit, top, validate
 
 app = typer.Typer(
     name="fuxi",
@@ -41,6 +41,7 @@ app.command("up")(cluster.up)
 app.command("down")(cluster.down)
 app.command("status")(cluster.status)
 app.command("top")(top.top)
+app.command("validate")(validate.validate)
 app.command("alerts")(alerts.alerts)
 app.command("call")(call.call)
 app.command("events")(events.events)

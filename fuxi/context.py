@@ -8,18 +8,23 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from fuxi.core.inputsplit import ByteRange, decode_input
-from fuxi.errors import LimitExceeded
+from fuxi.errors import BadInput, LimitExceeded
 from fuxi.io.shuffle import concat_tables, to_table
+
+#: ``iter_upstream`` yields tables of at most about this many bytes (a block of a piece).
+UPSTREAM_BLOCK_BYTES_MAX = 64 * 1024 * 1024
 
 
 class TaskContext:
     """Per-attempt context. Attributes: ``job_id``, ``task``, ``instance`` (0-based),
     ``num_instances``, ``attempt`` (0 first, counting up over retries and backups), ``params``,
-    ``input_paths``, ``input_splits``, ``output``; methods ``read_upstream()``, ``emit(table)``; ``log`` (a logger whose lines
+    ``input_paths``, ``input_splits``, ``output``; methods ``read_upstream()``,
+    ``iter_upstream()`` (the same rows in bounded blocks), ``emit(table)``,
+    ``write_output(table)`` (stream rows to the task's output); ``log`` (a logger whose lines
     ``fuxi job logs`` shows)."""
 
     def __init__(self, spec, get_upstream: Callable[[tuple], list[pa.Table]], log: logging.Logger,
-                 emit_bytes_max: int):
+                 emit_bytes_max: int, open_output: Callable | None = None):
         self.job_id: str = spec.job_id
         self.task: str = spec.task
         self.instance: int = spec.instance
@@ -42,6 +47,8 @@ class TaskContext:
         self._emitted_bytes = 0
         self._emit_bytes_max = emit_bytes_max
         self._upstream_table: pa.Table | None = None
+        self._open_output = open_output  # () -> an AttemptWriter of this attempt's output
+        self._output_writer = None
 
     def read_upstream(self) -> pa.Table:
         """This instance's partition of every upstream task's rows, as one table."""
@@ -49,6 +56,37 @@ class TaskContext:
             tables = self._get_upstream(self._upstream) if self._upstream else []
             self._upstream_table = concat_tables(tables)
         return self._upstream_table
+
+    def iter_upstream(self, block_bytes: int = UPSTREAM_BLOCK_BYTES_MAX):
+        """This instance's partition of the upstream rows as tables of at most about
+        ``block_bytes`` bytes each (a single row larger than that is a block of its own). The
+        pieces are fetched one at a time and a piece is let go once its blocks were yielded,
+        so the whole partition is never in this process at once."""
+        if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) \
+                or not 1 <= block_bytes <= UPSTREAM_BLOCK_BYTES_MAX:
+            raise BadInput(f"block_bytes {block_bytes!r}: expected an int from 1 to "
+                           f"UPSTREAM_BLOCK_BYTES_MAX={UPSTREAM_BLOCK_BYTES_MAX}")
+        for ref in self._upstream or ():
+            (piece,) = self._get_upstream((ref,))
+            piece = to_table(piece)
+            if not piece.num_rows:
+                continue
+            row_bytes = max(1, piece.nbytes // piece.num_rows)
+            step = max(1, block_bytes // row_bytes)
+            for start in range(0, piece.num_rows, step):
+                yield piece.slice(start, step)
+            del piece
+
+    def write_output(self, table) -> None:
+        """Stream rows to this task's output (its ``output:`` location, in its format) now,
+        instead of holding them until the attempt ends; many calls ok, one schema. A task
+        that writes its output this way does not also emit or return rows to it."""
+        if self._open_output is None:
+            raise BadInput(f"task {self.task!r} has no output location; expected `output:` in "
+                           "its spec to use write_output()")
+        if self._output_writer is None:
+            self._output_writer = self._open_output()
+        self._output_writer.write(table)
 
     def emit(self, table) -> None:
         """Add rows to this attempt's output (a pyarrow Table or RecordBatch; many calls ok)."""

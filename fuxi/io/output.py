@@ -51,8 +51,8 @@ import pyarrow.parquet as pq
 from fuxi.errors import BadInput, LimitExceeded
 from fuxi.io.shuffle import concat_tables, to_table
 
-__all__ = ["OutputLocation", "instances_max", "ATTEMPTS_DIR", "SUCCESS_FILE", "FORMAT_FILE",
-           "records_bytes"]
+__all__ = ["OutputLocation", "AttemptWriter", "instances_max", "ATTEMPTS_DIR", "SUCCESS_FILE",
+           "FORMAT_FILE", "records_bytes"]
 
 #: Part files are numbered with five digits, so an output holds at most this many instances.
 instances_max = 100_000
@@ -190,6 +190,11 @@ class OutputLocation:
         self.fs.mv(tmp, final)
         return {"path": final, "rows": table.num_rows, "bytes": self.fs.size(final)}
 
+    def open_attempt(self, task: str, instance: int, attempt: int) -> "AttemptWriter":
+        """A writer that streams one attempt's output in pieces (``write`` many times, then
+        ``close``): the same file ``write_attempt`` makes, without the whole output in memory."""
+        return AttemptWriter(self, task, instance, attempt)
+
     def _rows(self, part: str) -> int:
         fmt = self.format
         if fmt["format"] == "records":
@@ -291,6 +296,75 @@ class OutputLocation:
     def read(self) -> pa.Table:
         """All committed parts concatenated in instance order (empty table if none)."""
         return concat_tables([self.read_part(i) for i in self.committed_instances()])
+
+
+class AttemptWriter:
+    """Streams one attempt's output to ``<attempt>.tmp`` and renames it into place on
+    :meth:`close` (so, as with ``write_attempt``, nobody sees half a file); :meth:`abort`
+    removes the temporary file. Every piece must have the first piece's schema (Parquet and
+    Arrow IPC write one schema per file); ``records`` pieces are appended as raw bytes."""
+
+    def __init__(self, location: OutputLocation, task: str, instance: int, attempt: int):
+        self.location = location
+        self.final = location.attempt_path(task, instance, attempt)
+        self.tmp = self.final + ".tmp"
+        self.rows = 0
+        self._fmt = location.format
+        self._writer = None
+        self._schema: pa.Schema | None = None
+        location.fs.makedirs(location._join(ATTEMPTS_DIR), exist_ok=True)
+        self._file = location.fs.open(self.tmp, "wb")
+
+    def write(self, table) -> None:
+        if self._file is None:
+            raise BadInput(f"the output writer of {self.final} is closed; expected write() "
+                           "before close()")
+        table = to_table(table)
+        fmt = self._fmt["format"]
+        if fmt == "records":
+            self._file.write(records_bytes(table, self._fmt["record_bytes"]))
+            self.rows += table.num_rows
+            return
+        if self._schema is None:
+            self._schema = table.schema
+            self._writer = (pa.ipc.new_file(self._file, table.schema) if fmt == "arrow"
+                            else pq.ParquetWriter(self._file, table.schema))
+        elif not table.schema.equals(self._schema):
+            raise BadInput(f"streamed output pieces must share one schema; the first was "
+                           f"{self._schema.names} {self._schema.types}, this one "
+                           f"{table.schema.names} {table.schema.types}")
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> dict:
+        """Finish the file and rename it into place; ``{"path", "rows", "bytes"}``."""
+        if self._file is None:
+            raise BadInput(f"the output writer of {self.final} is already closed")
+        if self._writer is not None:
+            self._writer.close()
+        elif self._fmt["format"] != "records":  # no piece: still a valid, empty file
+            empty = pa.schema([])
+            w = (pa.ipc.new_file(self._file, empty) if self._fmt["format"] == "arrow"
+                 else pq.ParquetWriter(self._file, empty))
+            w.close()
+        self._file.close()
+        self._file = None
+        fs = self.location.fs
+        fs.mv(self.tmp, self.final)
+        return {"path": self.final, "rows": self.rows, "bytes": fs.size(self.final)}
+
+    def abort(self) -> None:
+        """Drop the half-written file (idempotent)."""
+        if self._file is not None:
+            try:
+                if self._writer is not None:
+                    self._writer.close()
+            except Exception:  # noqa: BLE001 - the file is being thrown away
+                pass
+            self._file.close()
+            self._file = None
+        if self.location.fs.exists(self.tmp):
+            self.location.fs.rm(self.tmp)
 
 
 def _check_format(fmt, record_bytes) -> None:

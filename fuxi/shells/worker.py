@@ -39,6 +39,7 @@ from typing import Any
 import ray
 
 from fuxi.context import TaskContext
+from fuxi.errors import BadInput
 from fuxi.io.output import OutputLocation
 from fuxi.io.shuffle import partition_table
 from fuxi.core import attempt_faults as faults
@@ -55,6 +56,14 @@ QUEUE_MAX = 4096  # attempts queued on one worker (the JobMaster keeps far fewer
 STOP_GRACE_S = 10.0  # a stopped attempt still running after this makes the worker "stuck"
 FAULT_SLEEP_STEP_S = 0.05  # an injected hang sleeps in steps this long, so a stop lands
 REPLY_RESULTS_MAX = 512  # finished results returned by one exchange (the rest wait for the next)
+
+
+def _output_opener(spec):
+    """For ``ctx.write_output``: opens this attempt's streamed output file (None: no output)."""
+    if not spec.output:
+        return None
+    return lambda: OutputLocation(spec.output).open_attempt(spec.task, spec.instance,
+                                                            spec.attempt)
 
 
 class AttemptLogHandler(logging.Handler):
@@ -288,11 +297,13 @@ class WorkerActor:
         t0 = time.monotonic()
         result: dict[str, Any] = {"key": spec.key, "ok": False}
         sink = self._capture(spec)  # print(), stderr, logging of this attempt (issue 18)
+        ctx = None
         try:
             fn = self._fns.get(spec.fn)
             if fn is None:
                 fn = self._fns[spec.fn] = resolve_fn(spec.fn)
-            ctx = TaskContext(spec, self._get_upstream, self._log, EMIT_BYTES_MAX)
+            ctx = TaskContext(spec, self._get_upstream, self._log, EMIT_BYTES_MAX,
+                              _output_opener(spec))
             me = threading.get_ident()
             with self._fn_lock:
                 self._in_fn[me] = spec.key
@@ -305,6 +316,14 @@ class WorkerActor:
             if returned is not None:
                 ctx.emit(returned)
             table = ctx._output()
+            streamed, ctx._output_writer = ctx._output_writer, None
+            if streamed is not None:  # the fn wrote its output itself (ctx.write_output)
+                if table.num_rows and not spec.downstream:
+                    streamed.abort()
+                    raise BadInput(f"task {spec.task!r} both streamed its output with "
+                                   f"write_output() and returned or emitted {table.num_rows} "
+                                   "rows; expected one or the other")
+                streamed = streamed.close()
             parts: list[tuple] = []
             tables: list = []
             if table.num_columns:
@@ -314,17 +333,20 @@ class WorkerActor:
                     for p, piece in sorted(pieces.items()):
                         parts.append((edge.consumer, p))
                         tables.append(piece)
-                if spec.output:
+                if spec.output and streamed is None:
                     OutputLocation(spec.output).write_attempt(spec.task, spec.instance,
                                                               spec.attempt, table)
-            elif spec.output:
+            elif spec.output and streamed is None:
                 OutputLocation(spec.output).write_attempt(spec.task, spec.instance, spec.attempt,
                                                           table)
             if tables:
                 with self._cond:
                     self._outputs[spec.key] = tables
-            result.update(ok=True, rows=table.num_rows, parts=parts)
+            rows = table.num_rows if streamed is None or spec.downstream else streamed["rows"]
+            result.update(ok=True, rows=rows, parts=parts)
         except BaseException as e:  # the user's code may raise anything; report it, stay alive
+            if ctx is not None and ctx._output_writer is not None:
+                ctx._output_writer.abort()
             result["error"] = "".join(traceback.format_exception(e))
             handler.lines.append(f"attempt failed: {type(e).__name__}: {e}")
         finally:

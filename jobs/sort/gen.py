@@ -15,10 +15,9 @@ import posixpath
 import fsspec
 
 from fuxi.errors import BadInput
+from fuxi.io.valsort import CHECKSUM_DIR, read_checksum_files  # noqa: F401 (validate's)
 from jobs.sort.records import (RECORD_BYTES, add_checksums, checksum, gen_block_records_max,
                                generate, parse_size, table_of_rows)
-
-CHECKSUM_DIR = "_checksum"
 
 
 def part_records(total_records: int, parts: int, part: int) -> tuple[int, int]:
@@ -66,30 +65,3 @@ def write_checksum(output: str, part: int, summary: tuple[int, int]) -> None:
     with fs.open(path + ".tmp", "wb") as f:
         f.write(json.dumps({"records": summary[0], "sum": f"{summary[1]:016x}"}).encode())
     fs.mv(path + ".tmp", path)
-
-
-#: The most checksum files :func:`read_checksums` reads (one per generator part).
-checksum_files_max = 100_000
-
-
-def read_checksum_files(paths) -> tuple[int, int, int]:
-    """``(parts, records, sum)`` from the generator's checksum files ``paths``."""
-    paths = list(paths)
-    if not paths:
-        raise BadInput("no checksum files; expected the generator output's _checksum/*.json")
-    if len(paths) > checksum_files_max:
-        raise BadInput(f"{len(paths)} checksum files; checksum_files_max is {checksum_files_max}")
-    total = (0, 0)
-    for name in paths:
-        with fsspec.open(name, "rb") as f:
-            raw = f.read(4096)
-        try:
-            doc = json.loads(raw)
-            records, value = int(doc["records"]), int(doc["sum"], 16)
-            if records < 0 or not 0 <= value < 1 << 64:
-                raise ValueError("out of range")
-        except (ValueError, KeyError, TypeError) as e:
-            raise BadInput(f"checksum file {name} is damaged ({e}); expected "
-                           '{"records": N, "sum": "<16 hex digits>"}') from None
-        total = add_checksums(total, (records, value))
-    return len(paths), total[0], total[1]

@@ -17,12 +17,11 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from fuxi.io.shuffle import mix64  # the same splitmix64 the hash shuffle uses
-
 from fuxi.errors import BadInput
+# The record format and its checksum are defined once, where `fuxi validate` reads them.
+from fuxi.io.valsort import (RECORD_BYTES, SORT_KEY_BYTES, add_checksums,  # noqa: F401
+                             checksum, record_hashes)
 
-RECORD_BYTES = 100
-SORT_KEY_BYTES = 10
 PAYLOAD_BYTES = RECORD_BYTES - SORT_KEY_BYTES
 RECORD_TYPE = pa.binary(RECORD_BYTES)
 SCHEMA = pa.schema([("record", RECORD_TYPE)])
@@ -56,32 +55,6 @@ def parse_size(value) -> int:
         raise BadInput(f"size {value!r} is {n} bytes; expected 1 to {gen_bytes_max} "
                        "(gen_bytes_max)")
     return n
-
-
-_WORD_SALT = mix64(np.arange(13, dtype=np.uint64))
-
-
-def record_hashes(rows: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per record of an ``(n, 100)`` uint8 array."""
-    rows = _rows(rows)
-    n = rows.shape[0]
-    padded = np.zeros((n, 104), dtype=np.uint8)
-    padded[:, :RECORD_BYTES] = rows
-    words = padded.view("<u8")  # (n, 13)
-    with np.errstate(over="ignore"):
-        mixed = mix64(words ^ _WORD_SALT)
-        return mix64(mixed.sum(axis=1, dtype=np.uint64))
-
-
-def checksum(rows: np.ndarray) -> tuple[int, int]:
-    """``(count, sum of record hashes mod 2**64)`` of an ``(n, 100)`` uint8 array."""
-    h = record_hashes(rows)
-    with np.errstate(over="ignore"):
-        return int(h.shape[0]), int(h.sum(dtype=np.uint64))
-
-
-def add_checksums(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
-    return a[0] + b[0], (a[1] + b[1]) % (1 << 64)
 
 
 def _rows(rows) -> np.ndarray:

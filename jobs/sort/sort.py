@@ -8,12 +8,15 @@ its range's instance, sort each range, write the ranges in key order.
   tags each record with its range (``fuxi.io.shuffle.range_partition_ids``); the ``direct``
   shuffle sends each record to that instance of ``sort``, and no piece is made for a range
   an instance has no record of;
-* ``sort`` (``reducers`` instances): sorts its records by key (numpy on the first 8 key bytes,
-  a second pass only for ties) and returns them; output ``records`` makes
-  ``part-NNNNN.records`` in instance order, which is key order.
+* ``sort`` (``reducers`` instances): reads its records in bounded blocks
+  (``ctx.iter_upstream``), sorts them by key (numpy on the first 8 key bytes, a second pass
+  only for ties) -- past ``params.sort_memory`` (default :data:`SORT_MEMORY_DEFAULT`) as sorted
+  runs spilled under ``params.spill_dir`` (default ``$FUXI_SPILL_DIR`` or the temp dir; a
+  ``pangu://`` URL works too) and k-way merged (``jobs.sort.spill``) -- and streams them to its
+  output (``ctx.write_output``); output ``records`` makes ``part-NNNNN.records`` in instance
+  order, which is key order.
 
-Everything between the stages is Arrow (one ``fixed_size_binary(100)`` column). Not done:
-runs larger than memory are not spilled and merged (a ``sort`` instance holds its range).
+Everything between the stages is Arrow (one ``fixed_size_binary(100)`` column).
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ import fsspec
 from fuxi.errors import BadInput
 from fuxi.io.shuffle import range_partition_ids
 from fuxi.io.splits import read_records
-from jobs.sort.records import (SORT_KEY_BYTES, RECORD_BYTES, keys_table, rows_of_bytes,
-                               rows_of_table, sort_order, table_of_rows)
+from jobs.sort.records import (SORT_KEY_BYTES, RECORD_BYTES, keys_table, parse_size,
+                               rows_of_bytes, rows_of_table, table_of_rows)
+from jobs.sort.spill import RunSorter, default_spill_dir
 
 #: Windows read per input range by the sampler, and records per window.
 sample_windows = 16
 sample_window_records = 128
 #: The most range boundaries (sort instances - 1) the sampler computes.
 reducers_max = 10_000
+#: Records a ``sort`` instance holds before it spills a sorted run (``params.sort_memory``).
+SORT_MEMORY_DEFAULT = "512MiB"
 
 
 def _reducers(ctx) -> int:
@@ -100,9 +106,25 @@ def partition(ctx) -> None:
     ctx.log.info("routed %d records over %d ranges", records, len(bounds) + 1)
 
 
-def sort_range(ctx) -> pa.Table:
-    """This instance's range of records, sorted by key."""
-    rows = rows_of_table(ctx.read_upstream())
-    order = sort_order(rows)
-    ctx.log.info("sorted %d records", rows.shape[0])
-    return table_of_rows(rows[order])
+def _sort_params(ctx) -> tuple[int, str]:
+    memory = parse_size(ctx.params.get("sort_memory", SORT_MEMORY_DEFAULT))
+    spill_dir = ctx.params.get("spill_dir") or default_spill_dir()
+    if not isinstance(spill_dir, str):
+        raise BadInput(f"spill_dir {spill_dir!r}: expected a directory path or URL")
+    return memory, spill_dir
+
+
+def sort_range(ctx) -> None:
+    """This instance's range of records, sorted by key: read in bounded blocks
+    (``ctx.iter_upstream``), spilled as sorted runs past ``params.sort_memory`` and merged
+    (``jobs.sort.spill``), streamed to the output (or emitted, for a task without one)."""
+    memory, spill_dir = _sort_params(ctx)
+    out = ctx.write_output if ctx.output else ctx.emit
+    with RunSorter(memory, spill_dir) as sorter:
+        for t in ctx.iter_upstream():
+            sorter.add(rows_of_table(t))
+        for rows in sorter.sorted_blocks():
+            out(table_of_rows(rows))
+        ctx.log.info("sorted %d records (%d sorted runs, %d bytes spilled under %s, memory "
+                     "bound %d bytes)", sorter.records, len(sorter.runs),
+                     sorter.spilled_bytes, spill_dir, memory)

@@ -102,3 +102,67 @@ def test_one_text_file_split_by_lines_counts_like_plain_python(job, tmp_path):
     t = read_output(str(tmp_path / "wc"))
     got = dict(zip(t.column("word").to_pylist(), t.column("count").to_pylist()))
     assert got == plain_count([str(big)])
+
+
+def _hang_seed(maps: int, reducers: int, fraction: float) -> tuple[int, int]:
+    """A fault seed under which exactly one attempt of the sort job hangs: the first attempt
+    of the last `sort` instance (not its backup, nor any sample or partition attempt). The
+    last, because a worker runs its queue in order: instances queued behind a hung attempt on
+    the same worker wait for it (a backup is only made for a running attempt once enough
+    instances have finished), so a hung first instance on a job's only worker would hold the
+    others back until its hang ends -- a gap of the platform's speculation, not of the sort."""
+    from fuxi.core.attempt_faults import FaultPolicy, decide
+
+    for seed in range(10_000):
+        p = FaultPolicy(attempt_hang_fraction=fraction, hang_s=60.0, seed=seed)
+        hung = [(t, i, a) for t, n in (("sample", 1), ("partition", maps), ("sort", reducers))
+                for i in range(n) for a in range(4) if decide(p, t, i, a)]
+        if hung == [("sort", reducers - 1, 0)]:
+            return seed, hung[0][1]
+    raise AssertionError("no seed hangs exactly one first sort attempt")
+
+
+@pytest.mark.parametrize("skew", [0, 4])
+def test_sort_forced_to_spill_and_with_a_straggler_overtaken_by_a_backup(client, tmp_path,
+                                                                         skew):
+    """A 64 KiB memory bound on sort instances holding ~200 KB each: every one spills several
+    sorted runs to its own spill directory and merges them. One sort instance's first attempt
+    hangs (fault injection, 60 s); a backup overtakes it. The output is sorted, complete and
+    checksum-equal (validate.yaml), and the spill directories are gone afterwards."""
+    src, out, val, spill = (tmp_path / d for d in ("in", "sorted", "val", "spill"))
+    spill.mkdir()
+    n, maps, reducers = 8000, 3, 4
+    assert _run(client, "jobs/sort/gen.yaml", size=n * 100, files=2, seed=5, skew=skew,
+                output=str(src))["state"] == "succeeded"
+    seed, slow = _hang_seed(maps, reducers, 0.1)
+    overrides = [f"params.{k}={v}" for k, v in dict(
+        input=src, output=out, maps=maps, reducers=reducers, sort_memory="64KiB",
+        spill_dir=spill).items()]
+    overrides += [f"faults.attempt_hang_fraction=0.1", "faults.hang_s=60", f"faults.seed={seed}",
+                  "speculation.min_done_fraction=0.5", "speculation.slowdown=2.0",
+                  "speculation.min_runtime_s=0.5", "speculation.max_backup_fraction=0.5"]
+    job_id = client.submit("jobs/sort/sort.yaml", overrides)
+    st = client.wait(job_id, timeout_s=JOB_WAIT_S)
+    assert st["state"] == "succeeded", st.get("report")
+    t = st["tasks"]["sort"]
+    story = [(a["instance"], a["attempt"], a["backup"], a["state"], a["worker"], a["node"],
+              round(a["started_at"] or 0, 2), round(a["ended_at"] or 0, 2), a["why"])
+             for a in client.attempts(job_id)["attempts"] if a["task"] == "sort"]
+    for row in story:
+        print("attempt", row)
+    assert t["backups_launched"] >= 1 and t["backups_won"] >= 1, (t, slow)
+    got, original = _records(out), _records(src)
+    assert got.shape == (n, 100) and records.is_sorted(got)
+    assert records.checksum(got) == records.checksum(original)
+    assert os.listdir(spill) == []  # each attempt removed its runs
+    text = str(client.logs(job_id, "sort"))
+    import re
+
+    runs = [int(m) for m in re.findall(r"sorted \d+ records \((\d+) sorted runs", text)]
+    assert len(runs) >= reducers and min(runs) >= 2, text[-2000:]  # every instance spilled
+    won = [a for a in client.attempts(job_id).get("attempts", [])
+           if a.get("task") == "sort" and a.get("instance") == slow and a.get("won")]
+    assert won and won[0]["attempt"] >= 1, won  # the hung first attempt did not win
+    st = _run(client, "jobs/sort/validate.yaml", input=str(out), expect=str(src),
+              output=str(val), checkers=2)
+    assert st["state"] == "succeeded", st.get("report")

@@ -46,6 +46,11 @@ class Ctx:
     def read_upstream(self):
         return concat_tables(self.upstream)
 
+    def iter_upstream(self, block_rows=37):  # small blocks, as a stream of pieces would come
+        for t in self.upstream:
+            for s in range(0, t.num_rows, block_rows):
+                yield t.slice(s, block_rows)
+
     def result(self, returned=None):
         if returned is not None:
             self.emitted.append(returned)
