@@ -66,19 +66,15 @@ def finish(st: dict, timeout_s: float | None, as_json: bool) -> None:
 
 
 def service_verdict(st: dict, version: str) -> str | None:
-    """A service waited for: "ready" when ``desired`` replicas of ``version`` are ready and no
-    rollout is under way, a reason when that cannot happen (rolled back, being removed),
-    None while it may still come."""
-    if st.get("removing"):
-        return f"service {st['name']} is being removed"
-    if st.get("rollout") == "rolled_back" and st.get("version") != version:
-        return (f"service {st['name']}: version {version} was rolled back to {st.get('version')}"
-                f" (`fuxi service status {st['name']}` shows why)")
-    if st.get("version") != version or st.get("rollout") == "rolling":
-        return None
-    ready = sum(1 for r in st.get("replicas", ()) if r.get("version") == version
-                and r.get("state") == "ready")
-    return "ready" if ready >= st.get("desired", 0) else None
+    """``fuxi.servicedecl.service_verdict`` (the Python API's wait decides the same way), with
+    the command that shows why a rollback happened."""
+    from fuxi.servicedecl import service_verdict as verdict
+
+    out = verdict(st, version)
+    if out is not None and "rolled back" in out:
+        out = out.replace("(its status's events say why)",
+                          f"(`fuxi service status {st['name']}` shows why)")
+    return out
 
 
 def wait_service(cluster: str, name: str, version: str, timeout_s: float) -> dict:

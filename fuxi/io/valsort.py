@@ -45,7 +45,8 @@ problems_shown_max = 10
 _WORD_SALT = mix64(np.arange(13, dtype=np.uint64))
 
 
-def _check_rows(rows) -> np.ndarray:
+def check_rows(rows) -> np.ndarray:
+    """``rows`` if it is an (n, RECORD_BYTES) uint8 array; BadInput naming what it is otherwise."""
     if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 \
             or rows.shape[1] != RECORD_BYTES:
         raise BadInput(f"records must be an (n, {RECORD_BYTES}) uint8 array; got "
@@ -55,7 +56,7 @@ def _check_rows(rows) -> np.ndarray:
 
 def record_hashes(rows: np.ndarray) -> np.ndarray:
     """A 64-bit hash per record of an ``(n, 100)`` uint8 array."""
-    rows = _check_rows(rows)
+    rows = check_rows(rows)
     n = rows.shape[0]
     padded = np.zeros((n, 104), dtype=np.uint8)
     padded[:, :RECORD_BYTES] = rows

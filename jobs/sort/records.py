@@ -20,7 +20,7 @@ import pyarrow as pa
 from fuxi.errors import BadInput
 # The record format and its checksum are defined once, where `fuxi validate` reads them.
 from fuxi.io.valsort import (RECORD_BYTES, SORT_KEY_BYTES, add_checksums,  # noqa: F401
-                             checksum, record_hashes)
+                             check_rows, checksum, record_hashes)
 
 PAYLOAD_BYTES = RECORD_BYTES - SORT_KEY_BYTES
 RECORD_TYPE = pa.binary(RECORD_BYTES)
@@ -57,14 +57,6 @@ def parse_size(value) -> int:
     return n
 
 
-def _rows(rows) -> np.ndarray:
-    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 \
-            or rows.shape[1] != RECORD_BYTES:
-        raise BadInput(f"records must be an (n, {RECORD_BYTES}) uint8 array; got "
-                       f"{getattr(rows, 'shape', type(rows).__name__)}")
-    return rows
-
-
 def rows_of_bytes(data: bytes) -> np.ndarray:
     """Raw record bytes as an ``(n, 100)`` uint8 array (no copy)."""
     if len(data) % RECORD_BYTES:
@@ -89,7 +81,7 @@ def rows_of_table(table: pa.Table) -> np.ndarray:
 
 def table_of_rows(rows: np.ndarray) -> pa.Table:
     """An ``(n, 100)`` uint8 array as a one-column ``record`` table (no copy when contiguous)."""
-    rows = np.ascontiguousarray(_rows(rows))
+    rows = np.ascontiguousarray(check_rows(rows))
     arr = pa.FixedSizeBinaryArray.from_buffers(RECORD_TYPE, rows.shape[0],
                                                [None, pa.py_buffer(rows)])
     return pa.Table.from_arrays([arr], schema=SCHEMA)
@@ -98,7 +90,7 @@ def table_of_rows(rows: np.ndarray) -> pa.Table:
 def key_words(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The keys as ``(hi, lo)``: bytes 0-7 as a big-endian uint64 and bytes 8-9 as a uint16,
     so ``(hi, lo)`` order is key byte order."""
-    rows = _rows(rows)
+    rows = check_rows(rows)
     hi = np.ascontiguousarray(rows[:, :8]).view(">u8").ravel().astype(np.uint64)
     lo = np.ascontiguousarray(rows[:, 8:SORT_KEY_BYTES]).view(">u2").ravel().astype(np.uint16)
     return hi, lo
@@ -106,7 +98,7 @@ def key_words(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def keys_table(rows: np.ndarray) -> pa.Array:
     """The keys as a ``fixed_size_binary(10)`` array."""
-    keys = np.ascontiguousarray(_rows(rows)[:, :SORT_KEY_BYTES])
+    keys = np.ascontiguousarray(check_rows(rows)[:, :SORT_KEY_BYTES])
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(SORT_KEY_BYTES), keys.shape[0],
                                                 [None, pa.py_buffer(keys)])
 
