@@ -42,6 +42,7 @@ HTTP_BODY_BYTES_MAX = 16 * 1024 * 1024   # a request body; more is 413 before it
 HTTP_CALLS_IN_FLIGHT_MAX = 1024           # calls at once through one front door; more: 429
 HTTP_BODIES_HELD_BYTES_MAX = 256 * 1024 * 1024  # request bodies held by calls in flight; more: 429
 HTTP_TARGET_BYTES_MAX = 2048              # path and query; longer: 414
+HTTP_CONNECTIONS_MAX = 512                # open connections to one front door; more: 503, closed
 HTTP_KEEPALIVE_S = 75.0                   # an idle keep-alive connection is closed after this
 HTTP_SHUTDOWN_TIMEOUT_S = 5.0             # calls in flight get this long when it stops
 SUPPORTED_TYPES = ("application/json", "text/plain", "application/octet-stream", ARROW_TYPE)
@@ -189,11 +190,15 @@ class HttpGateway:
                  body_bytes_max: int = HTTP_BODY_BYTES_MAX,
                  calls_max: int = HTTP_CALLS_IN_FLIGHT_MAX,
                  held_bytes_max: int = HTTP_BODIES_HELD_BYTES_MAX, target: str | None = None,
-                 fallback_free_port: bool = True):
-        if body_bytes_max < 1 or calls_max < 1 or held_bytes_max < body_bytes_max:
-            raise BadRequest(f"expected body_bytes_max >= 1, calls_max >= 1 and held_bytes_max "
-                             f">= body_bytes_max; got {body_bytes_max}, {calls_max}, "
-                             f"{held_bytes_max}")
+                 fallback_free_port: bool = True,
+                 connections_max: int = HTTP_CONNECTIONS_MAX):
+        if body_bytes_max < 1 or calls_max < 1 or held_bytes_max < body_bytes_max \
+                or connections_max < 1:
+            raise BadRequest(f"expected body_bytes_max >= 1, calls_max >= 1, held_bytes_max "
+                             f">= body_bytes_max and connections_max >= 1; got "
+                             f"{body_bytes_max}, {calls_max}, {held_bytes_max}, "
+                             f"{connections_max}")
+        self.connections_max = int(connections_max)
         self.core, self.host, self.port = core, host, int(port)
         self.body_bytes_max, self.calls_max = int(body_bytes_max), int(calls_max)
         self.held_bytes_max, self.held_bytes = int(held_bytes_max), 0
@@ -201,7 +206,8 @@ class HttpGateway:
         self.fallback_free_port = fallback_free_port
         self.note = ""
         self.in_flight = 0
-        self.counters = {"calls": 0, "ok": 0, "errors": 0, "refused": 0}
+        self.counters = {"calls": 0, "ok": 0, "errors": 0, "refused": 0,
+                         "connections_refused": 0}
         self.channel: Channel | None = None
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -216,6 +222,7 @@ class HttpGateway:
         self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=HTTP_KEEPALIVE_S,
                                     shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await self.runner.setup()
+        self._cap_connections(self.runner.server)
         try:
             site = web.TCPSite(self.runner, self.host, self.port, backlog=1024)
             await site.start()
@@ -230,6 +237,27 @@ class HttpGateway:
         self.port = site._server.sockets[0].getsockname()[1]
         self.url = f"http://{self.host}:{self.port}"
         return self.url
+
+    def _cap_connections(self, server) -> None:
+        """At most ``connections_max`` open connections (idle keep-alive ones and strangers
+        that never finish a request count too): one more is answered 503 and closed at once,
+        so a flood of sockets cannot take the proxy process's file descriptors."""
+        made = server.connection_made
+        body = json.dumps({"error": {"type": "Overloaded", "message": (
+            f"this front door holds {self.connections_max} connections "
+            f"(HTTP_CONNECTIONS_MAX); retry later")}}).encode()
+        refusal = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                   b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                   + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+        def connection_made(handler, transport) -> None:
+            made(handler, transport)
+            if len(server.connections) > self.connections_max:
+                self.counters["connections_refused"] += 1
+                transport.write(refusal)
+                transport.close()
+
+        server.connection_made = connection_made  # this Server object's, called per connection
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -325,3 +325,56 @@ def test_curl_with_and_without_a_token(authed):
     st, body = curl(zc.door.svc("pay", "who"), "-X", "POST",
                     "-H", f"Authorization: Bearer {zc.bob}")
     assert st == 200 and json.loads(body) == "bob"
+
+
+def test_a_flood_of_idle_connections_is_capped_and_the_door_keeps_serving():
+    """Strangers opening sockets and sending nothing: past ``connections_max`` each new one
+    is answered 503 and closed; once they go, calls are served again."""
+    import socket
+    import time
+
+    d = tempfile.mkdtemp(prefix="kgwc-", dir="/tmp")
+    lt = LoopThread("test-proxy-cap")
+    core = ProxyCore("tgc", uds=os.path.join(d, "p.sock"))
+    lt.run(core.start(), 10)
+    slt = LoopThread("test-server-cap")
+    srv = Server({"svc": Svc("one")})
+    slt.run(srv.attach(f"unix://{core.uds}"), 10)
+    door = Door(core, lt, connections_max=8)
+    host, port = door.url.removeprefix("http://").rsplit(":", 1)
+    idle = []
+    try:
+        for _ in range(8):
+            idle.append(socket.create_connection((host, int(port)), timeout=10))
+        time.sleep(0.3)  # every one accepted by the loop
+        extra = socket.create_connection((host, int(port)), timeout=10)
+        got = b""
+        while True:
+            chunk = extra.recv(4096)
+            if not chunk:
+                break  # closed by the door
+            got += chunk
+        extra.close()
+        assert got.startswith(b"HTTP/1.1 503") and b"HTTP_CONNECTIONS_MAX" in got, got[:200]
+        assert door.gw.stats()["connections_refused"] >= 1
+        for s in idle:
+            s.close()
+        idle.clear()
+        deadline = time.time() + 10
+        while True:
+            st, body, _ = post(door.svc("svc", "who"))
+            if st == 200 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert st == 200 and json.loads(body) == "one"
+        with pytest.raises(Exception, match="connections_max"):
+            HttpGateway(core, connections_max=0)
+    finally:
+        for s in idle:
+            s.close()
+        door.close()
+        slt.run(srv.stop(0.5), 10)
+        slt.stop()
+        lt.run(core.stop(), 10)
+        lt.stop()
+        shutil.rmtree(d, ignore_errors=True)
