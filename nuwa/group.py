@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
 import stat
@@ -37,11 +38,14 @@ from nuwa.core.peer_auth import SECRET_BYTES as PEER_SECRET_BYTES
 from nuwa.replica import LOOPBACK, NODE_IP, NuwaReplica
 from nuwa.io.server import ServerConfig
 
+logger = logging.getLogger(__name__)
+
 GROUP_SIZES = (1, 3, 5)
 GROUP_START_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 120.0  # a new replica must reach the leader's commit index within this
 CONF_CHANGE_TIMEOUT_S = 30.0  # one membership change, including waiting for a leader
 ADMIN_CALL_TIMEOUT_S = 10.0  # one admin request or status probe to a replica
+NAME_RELEASE_TIMEOUT_S = 10.0  # a killed replica's actor name given back by Ray's GCS
 PEER_SECRET_FILE = "peer.secret"  # under <data_dir>/nuwa/
 
 
@@ -143,6 +147,20 @@ class Group:
             if not kill:
                 actors.call(h.stop, cred=self._token()(), timeout_s=GROUP_START_TIMEOUT_S)
             ray.kill(h, no_restart=True)
+            self._wait_name_released(f"nuwa-{rid}")
+
+    def _wait_name_released(self, name: str) -> None:
+        """``ray.kill`` returns before the GCS gives the name back: a replica started again
+        at once would find it taken (ActorAlreadyExistsError). Wait, bounded."""
+        deadline = time.monotonic() + NAME_RELEASE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name, namespace=self.namespace)
+            except ValueError:
+                return
+            time.sleep(0.05)
+        logger.warning("the name %s in %s was not released within %.0f s "
+                       "(NAME_RELEASE_TIMEOUT_S)", name, self.namespace, NAME_RELEASE_TIMEOUT_S)
 
     def to_dict(self) -> dict:
         return {"namespace": self.namespace, "data_dir": self.data_dir, "voters": self.voters,
