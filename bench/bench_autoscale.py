@@ -31,6 +31,8 @@ import tempfile
 import threading
 import time
 
+from bench.common import start_ray
+
 POLICY = {"target_in_flight": 2, "min_replicas": 1, "max_replicas": 4,
           "scale_up_delay_s": 2.0, "scale_down_delay_s": 6.0}
 SAMPLE_S = 0.5
@@ -118,9 +120,7 @@ def _fuxi_side(a, tmp: str) -> dict:
     from fuxi.runtime import connect
     from kuafu import deploy
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", include_dashboard=False, num_cpus=2, namespace="fuxi-autobench",
-             _temp_dir=os.path.join(tmp, "ray-fuxi"), log_to_driver=False)
+    start_ray(namespace="fuxi-autobench", temp_dir=os.path.join(tmp, "ray-fuxi"))
     try:
         uds = deploy.start("fuxi-autobench", None)[0]["uds"]
         with connect("autobench") as conn:
@@ -159,9 +159,7 @@ def _serve_side(a, tmp: str) -> dict:
     import ray
     from ray import serve
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", include_dashboard=False, num_cpus=2, namespace="serve-autobench",
-             _temp_dir=os.path.join(tmp, "ray-serve"), log_to_driver=False)
+    start_ray(namespace="serve-autobench", temp_dir=os.path.join(tmp, "ray-serve"))
     try:
         serve.start()
         call_s = a.call_s

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 
+from bench.common import start_ray
 from bench.bench_services import MSG, _fuxi_client, _free_port, _load, _wait_ready
 
 
@@ -61,9 +62,7 @@ def _fuxi_side(a, tmp: str) -> dict:
     from fuxi.runtime import connect
     from kuafu import deploy
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", include_dashboard=False, num_cpus=2, namespace="fuxi-httpbench",
-             _temp_dir=os.path.join(tmp, "ray-fuxi"), log_to_driver=False)
+    start_ray(namespace="fuxi-httpbench", temp_dir=os.path.join(tmp, "ray-fuxi"))
     try:
         info = deploy.start("fuxi-httpbench", None,
                             settings={deploy.HTTP_PORT_SETTING: 0})[0]
@@ -86,9 +85,7 @@ def _serve_side(a, tmp: str) -> dict:
     from ray import serve
     from starlette.responses import Response
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", include_dashboard=False, num_cpus=2, namespace="serve-httpbench",
-             _temp_dir=os.path.join(tmp, "ray-serve"), log_to_driver=False)
+    start_ray(namespace="serve-httpbench", temp_dir=os.path.join(tmp, "ray-serve"))
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})

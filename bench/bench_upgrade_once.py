@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.request
 
+from bench.common import start_ray
 from tests.integration.counting import counted
 
 CALL_TIMEOUT_S = 30.0
@@ -83,9 +84,7 @@ def _fuxi_side(a, tmp: str) -> dict:
     from kuafu import deploy
 
     log_dir = os.path.join(tmp, "fuxi-counts")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", include_dashboard=False, num_cpus=2, namespace="fuxi-oncebench",
-             _temp_dir=os.path.join(tmp, "ray-fuxi"), log_to_driver=False)
+    start_ray(namespace="fuxi-oncebench", temp_dir=os.path.join(tmp, "ray-fuxi"))
     try:
         uds = deploy.start("fuxi-oncebench", None)[0]["uds"]
 
@@ -137,9 +136,7 @@ def _serve_side(a, tmp: str) -> dict:
     from ray import serve
 
     log_dir = os.path.join(tmp, "serve-counts")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", include_dashboard=False, num_cpus=2, namespace="serve-oncebench",
-             _temp_dir=os.path.join(tmp, "ray-serve"), log_to_driver=False)
+    start_ray(namespace="serve-oncebench", temp_dir=os.path.join(tmp, "ray-serve"))
     try:
         from bench._serve_counter import ServeCounter
 

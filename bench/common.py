@@ -11,11 +11,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def start_ray(num_cpus: int = 2):
+def start_ray(num_cpus: int = 2, namespace: str = "fuxi-bench", temp_dir: str | None = None):
+    """A fresh local Ray for one side of a benchmark (token auth off: a private loopback
+    cluster)."""
     import ray
 
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             namespace="fuxi-bench", _temp_dir=f"/tmp/fuxi-bench-{os.getuid()}")
+             namespace=namespace, _temp_dir=temp_dir or f"/tmp/fuxi-bench-{os.getuid()}")
     return ray
 
 
