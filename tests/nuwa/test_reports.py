@@ -9,6 +9,7 @@ import pytest
 
 from base import events, metrics
 from nuwa.io import server
+from nuwa.core.raft import Role
 from tests.nuwa.test_group_local import LocalGroup
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,6 +23,12 @@ def test_a_leader_change_is_an_event_and_a_metric(tmp_path):
         try:
             await g.start_all()
             first = await g.leader()
+            # The node's role changes before its server drains the Ready that reports it;
+            # stopping the leader in between would leave its leadership unreported.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10.0
+            while g.servers[first]._reported_role is not Role.LEADER and loop.time() < deadline:
+                await asyncio.sleep(0.02)
             await g.stop(first)
             second = await g.leader()
             return first, second
