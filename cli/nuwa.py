@@ -1,4 +1,5 @@
-"""``fuxi nuwa ls|get|put|rm|stat|watch PATH``: the coordination service from the shell.
+"""``fuxi nuwa ls|get|put|rm|stat|watch PATH`` and ``fuxi nuwa snapshot save|status|restore``:
+the coordination service from the shell.
 
 These talk to the Nuwa replicas' sockets directly (the addresses are in the cluster record),
 so they need no Ray and answer in milliseconds."""
@@ -10,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import EXIT_UNAVAILABLE, ClusterOpt, fail, handle, print_json
+from cli.common import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, ClusterOpt, fail, handle, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -125,3 +126,75 @@ def watch(path: str, recursive: bool = typer.Option(False, "--recursive", "-r"),
             pass
 
     _run(cluster, do)
+
+
+snapshot_app = typer.Typer(no_args_is_help=True, help="Online backup of the Nuwa tree, checks "
+                           "and restore (like etcdctl snapshot save / etcdutl snapshot restore).")
+app.add_typer(snapshot_app, name="snapshot")
+
+
+@snapshot_app.command("save")
+def snapshot_save(file: str = typer.Argument(..., help="Where to write the backup (0600)."),
+                  as_json: bool = typer.Option(False, "--json"), cluster: str = ClusterOpt) -> None:
+    """Write one consistent image of the running cluster's Nuwa tree to FILE (administrators
+    only; the cluster keeps serving)."""
+    from nuwa.backup import save
+
+    meta = _run(cluster, lambda c: save(c, file))
+    if as_json:
+        print_json(meta)
+    else:
+        typer.echo(f"saved revision {meta['revision']} ({meta['nodes']} nodes, "
+                   f"{meta['image_bytes']} bytes) to {file}")
+
+
+def _checked(fn):
+    from nuwa.core.backup import BackupCorrupt
+    from nuwa.errors import BadRequest
+
+    try:
+        return fn()
+    except FileNotFoundError as e:
+        fail(f"no such backup file: {e.filename}", EXIT_BAD_INPUT)
+    except (BackupCorrupt, BadRequest) as e:
+        fail(str(e), EXIT_BAD_INPUT)
+
+
+@snapshot_app.command("status")
+def snapshot_status(file: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Check a backup file end to end (magic, checksum, a full read of the tree) and show
+    its revision, node and session counts."""
+    from nuwa.backup import status
+
+    info = _checked(lambda: status(file))
+    if as_json:
+        print_json(info)
+    else:
+        for k in ("revision", "index", "nodes", "sessions", "image_bytes", "sha256", "taken_at"):
+            typer.echo(f"{k}: {info[k]}")
+
+
+@snapshot_app.command("restore")
+def snapshot_restore(file: str,
+                     replicas: int = typer.Option(3, "--nuwa-replicas",
+                                                  help="Voters of the new group (1, 3 or 5)."),
+                     data_dir: Optional[str] = typer.Option(
+                         None, "--data-dir", help="The new cluster's data dir (default: "
+                         "$FUXI_HOME/<cluster>, as `fuxi up` uses)."),
+                     as_json: bool = typer.Option(False, "--json"),
+                     cluster: str = ClusterOpt) -> None:
+    """Make a new Nuwa group's disks from FILE; the next `fuxi up` of that cluster starts
+    from it. Refuses a data dir that already holds a group, and a running cluster."""
+    from base.cluster import cluster_dir, find_cluster
+    from nuwa.backup import restore
+
+    if data_dir is None and find_cluster(cluster) is not None:
+        fail(f"cluster {cluster!r} is running; `fuxi down` it first (a restore makes new "
+             f"disks)", EXIT_BAD_INPUT)
+    out = _checked(lambda: restore(file, data_dir or cluster_dir(cluster), replicas))
+    if as_json:
+        print_json(out)
+    else:
+        typer.echo(f"restored revision {out['revision']} ({out['nodes']} nodes) into "
+                   f"{out['data_dir']}; start it with `fuxi up`"
+                   f"{'' if replicas == 3 else f' --nuwa-replicas {replicas}'}")

@@ -41,6 +41,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
+import hashlib
 import itertools
 import logging
 import random
@@ -56,6 +57,7 @@ REQUEST_TIMEOUT_S = 5.0
 LEADER_RETRY_BACKOFF_S = 0.05
 WATCH_QUEUE_MAX = 100_000  # events buffered for one watch before the watch is failed
 SESSION_TTL_DEFAULT_S = 10.0
+SNAPSHOT_ATTEMPTS_MAX = 3  # a backup image started again after a leader change, at most
 SESSION_CLOSE_TIMEOUT_S = 2.0  # a lost session is closed on the server at best effort, this long
 
 logger = logging.getLogger(__name__)
@@ -320,6 +322,30 @@ class AsyncNuwa:
         whole add-catch-up-promote-remove sequence."""
         return await self._call({"op": "conf_change", "change": change, "member": member},
                                 True, timeout_s)
+
+    async def snapshot(self, timeout_s: float | None = None) -> tuple[dict, bytes]:
+        """One consistent image of the whole tree, from the leader (administrators only):
+        ``(meta, image)``, the image checked against the leader's SHA-256. A leader change
+        in the middle starts it again, at most ``SNAPSHOT_ATTEMPTS_MAX`` times."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout_s or self.timeout_s)
+        for attempt in range(SNAPSHOT_ATTEMPTS_MAX):
+            left = lambda: max(0.01, deadline - loop.time())  # noqa: E731
+            part = await self._call({"op": "snapshot"}, False, left())
+            meta, parts, got = part["meta"], [part["data"]], len(part["data"])
+            try:
+                while got < meta["image_bytes"] and part["data"]:
+                    part = await self._call({"op": "snapshot", "export": part["export"],
+                                             "offset": got}, False, left())
+                    parts.append(part["data"])
+                    got += len(part["data"])
+            except E.BadRequest:
+                continue  # the export went (a new leader, or idle too long): take a new one
+            image = b"".join(parts)
+            if hashlib.sha256(image).hexdigest() == meta["sha256"]:
+                return meta, image
+        raise E.Unavailable(f"snapshot: no complete image in {SNAPSHOT_ATTEMPTS_MAX} attempts "
+                            f"(SNAPSHOT_ATTEMPTS_MAX)")
 
     async def transfer_leader(self, to: int) -> dict:
         """Ask the leader to hand its leadership to voter ``to`` (returns at once)."""
@@ -646,7 +672,7 @@ class _Watch:
 
 # The blocking client's calls that only read; every other call may write, and a write whose
 # answer did not come in time is OutcomeUnknown, never a plain TimeoutError.
-READ_METHODS = frozenset({"get", "list", "stat", "exists", "status"})
+READ_METHODS = frozenset({"get", "list", "stat", "exists", "status", "snapshot"})
 BLOCKING_SLACK_S = 1.0  # a blocking call waits this much longer than its own timeouts
 LOOP_GRACE_S = 1.0  # ... and this much more for the client's own event loop (if it is stuck)
 

@@ -514,6 +514,10 @@ class Tree:
     def stat(self, path: str) -> Stat:
         return self._lookup(validate_path(path)).stat()
 
+    def node_count(self) -> int:
+        """Files and directories, the root included."""
+        return len(self._nodes)
+
     def exists(self, path: str) -> bool:
         return validate_path(path) in self._nodes
 

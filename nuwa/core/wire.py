@@ -66,6 +66,7 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "auth": ((), ()),
     "status": ((), ()),
     "members": ((), ()),
+    "snapshot": ((), ("export", "offset")),  # a backup image (nuwa.io.export), administrators only
 }
 REQUEST_OPS = tuple(_KEYS)
 
@@ -90,6 +91,8 @@ class Request:
     change: str | None = None
     member: int | None = None
     to: int | None = None
+    export: str | None = None    # snapshot: the image being handed out (None: take a new one)
+    offset: int = 0              # snapshot: where the next chunk starts
 
     def watch_request(self) -> dict:
         """A watch as the replica's watch code reads it."""
@@ -203,6 +206,16 @@ def parse_request(req: Any) -> Request:
                        member=_int(op, "member", req["member"], 1, MEMBER_ID_MAX))
     if op == "transfer_leader":
         return Request(**base, to=_int(op, "to", req["to"], 1, MEMBER_ID_MAX))
+    if op == "snapshot":
+        export, offset = req.get("export"), req.get("offset", 0)
+        if export is not None and not (isinstance(export, str) and 0 < len(export) <= 64
+                                       and all(c in "0123456789abcdef" for c in export)):
+            raise BadRequest(f"snapshot: export must be the hex id a first snapshot request "
+                             f"returned, got {export!r:.80}")
+        offset = _int(op, "offset", offset, 0, REVISION_MAX)
+        if export is None and offset:
+            raise BadRequest("snapshot: an offset needs the export it is into; expected export")
+        return Request(**base, export=export, offset=offset)
     return Request(**base)  # auth, status, members
 
 

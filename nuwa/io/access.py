@@ -183,7 +183,7 @@ class Access:
         if op in READ_OPS or op == "watch":
             await self._allow(who, r.path, "read")
             return None
-        if op in ("conf_change", "transfer_leader"):
+        if op in ("conf_change", "transfer_leader", "snapshot"):  # a backup reads every entry
             await self._allow(who, "/", "admin")
             return None
         if op == "session_keepalive":

@@ -50,6 +50,7 @@ from nuwa.core.wire import (READ_OPS, REQUEST_OPS, WRITE_OPS, Request, command_d
                             parse_request, request_id)
 from nuwa.io.access import Access
 from nuwa.io.conn import ClientConn, connections_cap, plain
+from nuwa.io.export import Exports
 from nuwa.io.transport import FrameError, Transport, read_frame
 from nuwa.io.wal import Wal
 from nuwa.io.watches import Watches
@@ -144,6 +145,7 @@ class ReplicaServer:
         self._ready_scheduled = False
         self.stopped = False
         self._reported_role = None  # the role last reported to base.events
+        self.exports = Exports()  # a backup image being handed out
         self.started_at = time.time()
 
     @property
@@ -719,6 +721,14 @@ class ReplicaServer:
         if op == "unwatch":
             self.watches.unwatch(conn, r.watch)
             return True
+        if op == "snapshot":
+            if r.export is not None:
+                return self.exports.chunk(r.export, r.offset)
+            await self._read_barrier()  # still the leader: the image is the committed tree
+            meta = {"revision": self.tree.revision, "index": self.applied,
+                    "term": getattr(self.node, "term", 0), "taken_at": time.time(),
+                    "replica": self.id}
+            return self.exports.start(self.tree.snapshot(), meta)
         raise E.BadRequest(f"unknown op {op!r}; expected one of {', '.join(REQUEST_OPS)}")
 
     def _read(self, op: str, path: str) -> Any:

@@ -534,3 +534,35 @@ def test_running_out_of_file_descriptors_does_not_stop_the_replica(tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
         assert "STOPPED" not in out
+
+
+def test_a_backup_image_is_for_administrators_only_and_garbage_is_refused(tmp_path):
+    async def main():
+        node, _ = await seeded(tmp_path)
+        try:
+            for user in ("mallory", "nuwa"):
+                m = await node.raw(node.token(user))
+                assert error_type(await m.call({"op": "snapshot"})) == "Denied", user
+            admin = await node.raw(node.admin_token())
+            ans = await admin.call({"op": "snapshot"})
+            assert "ok" in ans, ans
+            first = ans["ok"]
+            assert first["meta"]["image_bytes"] == len(first["data"])  # one chunk here
+            # Even a stolen export id reads nothing without the grant.
+            m = await node.raw(node.token("mallory"))
+            assert error_type(await m.call({"op": "snapshot", "export": first["export"],
+                                            "offset": 0})) == "Denied"
+            for req in ({"op": "snapshot", "export": "zz"},
+                        {"op": "snapshot", "export": 7},
+                        {"op": "snapshot", "export": "a" * 65},
+                        {"op": "snapshot", "offset": 5},
+                        {"op": "snapshot", "export": first["export"], "offset": -1},
+                        {"op": "snapshot", "export": first["export"], "offset": True},
+                        {"op": "snapshot", "export": first["export"], "offset": 1 << 40},
+                        {"op": "snapshot", "export": "ab" * 16, "offset": 0},
+                        {"op": "snapshot", "path": "/"}):
+                assert error_type(await admin.call(req)) == "BadRequest", req
+            assert "ok" in await admin.call({"op": "status"})
+        finally:
+            await node.stop()
+    run(main())
