@@ -215,6 +215,9 @@ def wait(job_id: str = JobIdArg,
                                     f"one with `fuxi up`")
             else:
                 try:
+                    # On stderr, so a script's stdout is only the verdict; once it is printed a
+                    # Ctrl-C is handled as one while waiting (exit 130).
+                    typer.echo(f"waiting for job {job_id}", err=True)
                     st = jobs.wait(job_id, timeout_s=timeout_s)
                 except KeyboardInterrupt:
                     interrupted(jobs, job_id, cancel_on_interrupt)
