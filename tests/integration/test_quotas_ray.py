@@ -52,19 +52,6 @@ def spec(name: str, tmp_path, queue: str, instances: int, sleep_s: float) -> dic
                             "output": str(tmp_path / name / "out")}}}
 
 
-@pytest.fixture
-def limits(client):
-    """Restores the cluster's queues and limit whatever the test did."""
-    before = client.queues()
-    try:
-        yield client
-    finally:
-        client.configure_queues({k: {"jobs_running_max": v["jobs_running_max"]}
-                                 for k, v in before["queues"].items()}
-                                | {"default": {"jobs_running_max": None}},
-                                before["jobs_running_max"])
-
-
 def cpu(view: dict, queue: str, key: str = "used") -> float:
     return view["queues"][queue][key].get("cpu", 0.0)
 
