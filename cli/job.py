@@ -200,7 +200,8 @@ def wait(job_id: str = JobIdArg,
          as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
          cluster: str = ClusterOpt) -> None:
     """Wait until a job ends. Exit 0 succeeded, 1 failed or cancelled, 4 still running at
-    --timeout, 2 no such job, 3 no cluster, 130 Ctrl-C."""
+    --timeout, 2 no such job, 3 no cluster, 130 Ctrl-C. Says `waiting for job <id>` on
+    stderr once it waits (stdout: only the verdict)."""
     from fuxi.client import TERMINAL, OfflineJobs
     from fuxi.errors import NoCluster
 
@@ -215,6 +216,9 @@ def wait(job_id: str = JobIdArg,
                                     f"one with `fuxi up`")
             else:
                 try:
+                    # On stderr, so a script's stdout is only the verdict; once it is printed a
+                    # Ctrl-C is handled as one while waiting (exit 130).
+                    typer.echo(f"waiting for job {job_id}", err=True)
                     st = jobs.wait(job_id, timeout_s=timeout_s)
                 except KeyboardInterrupt:
                     interrupted(jobs, job_id, cancel_on_interrupt)

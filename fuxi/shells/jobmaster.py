@@ -119,6 +119,11 @@ class JobMaster:
         self.releases: list[tuple[str, str]] = []
         self.last_sync = 0.0
         self.last_sync_ok = time.time()
+        # The loop's deadlines, read each time they are used: the module's limits unless a test
+        # shortens them in the live actor (test_jobmaster_resume_ray: a pause past all three).
+        self.master_lost_s = MASTER_LOST_S
+        self.master_call_timeout_s = MASTER_CALL_TIMEOUT_S
+        self.worker_reply_timeout_s = WORKER_REPLY_TIMEOUT_S
         self.sync_ref = None
         self.log_path = log_path
         self.log_bytes = 0
@@ -273,10 +278,11 @@ class JobMaster:
             if self._cancel_reason is not None:
                 self._apply(self.core.cancel(now, self._cancel_reason))
                 break
-            if now - self.last_sync_ok > MASTER_LOST_S:
+            if now - self.last_sync_ok > self.master_lost_s:
                 # Its FuxiMaster is gone (an orphan would hold workers nobody accounts for).
-                self._apply(self.core.fail(now, f"FuxiMaster unreachable for {MASTER_LOST_S:g}s "
-                                                 f"(MASTER_LOST_S); job abandoned"))
+                self._apply(self.core.fail(now, f"FuxiMaster unreachable for "
+                                                 f"{self.master_lost_s:g}s (MASTER_LOST_S); "
+                                                 f"job abandoned"))
                 break
             if self.sync_ref is None and (self.releases or now - self.last_sync >= SYNC_PERIOD_S):
                 self._start_sync()
@@ -348,11 +354,11 @@ class JobMaster:
 
     def _arm(self, wid: str, s: _Slot) -> None:
         """Make sure the loop looks at slot ``wid`` once its earliest deadline has passed."""
-        due = [at + WORKER_REPLY_TIMEOUT_S for _, _, at in s.take.values()]
+        due = [at + self.worker_reply_timeout_s for _, _, at in s.take.values()]
         if s.start_ref is not None:
             due.append(s.start_deadline)
         if s.exchange is not None:
-            due.append(s.exchange_at + EXCHANGE_WAIT_S + WORKER_REPLY_TIMEOUT_S)
+            due.append(s.exchange_at + EXCHANGE_WAIT_S + self.worker_reply_timeout_s)
         if due:
             at = min(due) + DEADLINE_SLACK_S
             if s.check_at is None or at < s.check_at:
@@ -375,8 +381,9 @@ class JobMaster:
         if self.sync_ref is not None:
             if self.sync_ref in ready_set:
                 self._finish_sync()
-            elif now - self.last_sync > MASTER_CALL_TIMEOUT_S:
-                logger.warning("FuxiMaster: no sync answer in %ss; asking again", MASTER_CALL_TIMEOUT_S)
+            elif now - self.last_sync > self.master_call_timeout_s:
+                logger.warning("FuxiMaster: no sync answer in %ss; asking again",
+                               self.master_call_timeout_s)
                 getattr(self.master, "failed", lambda e: None)(TimeoutError("sync unanswered"))
                 self.sync_ref = None
                 self.releases.extend(self._sync_releases)
@@ -409,7 +416,7 @@ class JobMaster:
                 return
         # Taken outputs first: they belong to the JobMaster even if the worker is now gone.
         for ack in list(s.take):
-            if ack in ready_set or now - s.take[ack][2] > WORKER_REPLY_TIMEOUT_S:
+            if ack in ready_set or now - s.take[ack][2] > self.worker_reply_timeout_s:
                 self._took(wid, s, ack, ready=ack in ready_set)
         if self.slots.get(wid) is not s:
             return
@@ -423,9 +430,9 @@ class JobMaster:
                     self._died(wid, e, now)
                     return
                 self._handle_reply(wid, s, reply, now)
-            elif now - s.exchange_at > EXCHANGE_WAIT_S + WORKER_REPLY_TIMEOUT_S:
+            elif now - s.exchange_at > EXCHANGE_WAIT_S + self.worker_reply_timeout_s:
                 self._died(wid, TimeoutError(
-                    f"worker did not answer within {WORKER_REPLY_TIMEOUT_S:g}s "
+                    f"worker did not answer within {self.worker_reply_timeout_s:g}s "
                     f"(WORKER_REPLY_TIMEOUT_S)"), now)
                 return
         if s.retiring and not s.take and s.exchange is None:
@@ -437,7 +444,7 @@ class JobMaster:
         key = tuple(res["key"])
         try:
             if not ready:
-                raise TimeoutError(f"no answer within {WORKER_REPLY_TIMEOUT_S:g}s "
+                raise TimeoutError(f"no answer within {self.worker_reply_timeout_s:g}s "
                                    f"(WORKER_REPLY_TIMEOUT_S)")
             ray.get(ack, timeout=0)
             result = jc.AttemptResult(key=key, ok=True, duration_s=res["duration_s"],

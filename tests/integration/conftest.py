@@ -63,6 +63,20 @@ def job(client, tmp_path):
     return run
 
 
+@pytest.fixture
+def limits(client):
+    """The shared cluster's queues and limit as they were before the test, restored after
+    it whatever it did (the queue and quota tests, test_queues_ray and test_quotas_ray)."""
+    before = client.queues()
+    try:
+        yield client
+    finally:
+        client.configure_queues({k: {"jobs_running_max": v["jobs_running_max"]}
+                                 for k, v in before["queues"].items()}
+                                | {"default": {"jobs_running_max": None}},
+                                before["jobs_running_max"])
+
+
 @pytest.fixture(scope="module")
 def kuafu_net(ray_cluster, tmp_path_factory):
     """A 1-replica Nuwa and a Kuafu proxy on every node, in the test session's namespace

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -19,7 +18,7 @@ from base.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK,
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(800)]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CMD_TIMEOUT_S = 180
-FOLLOWING_S = 15.0  # a `fuxi job wait` has connected (Ray, FuxiMaster) and waits by then
+WAITING_TIMEOUT_S = 60.0  # a `fuxi job wait` says "waiting for job" (on stderr) by then
 
 
 def _env(home, **extra) -> dict:
@@ -91,13 +90,30 @@ def test_request_id_and_job_wait_exit_codes(home, tmp_path):
 
 
 def _interrupted(home, *args) -> str:
+    """Run ``fuxi job wait ...``, Ctrl-C it once it says it waits (stderr), return stderr."""
+    import threading
+
     p = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=_env(home),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    waiting = threading.Event()
+
+    def read_stderr():
+        for line in p.stderr:
+            lines.append(line)
+            if line.startswith("waiting for job "):
+                waiting.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
-        time.sleep(FOLLOWING_S)
-        assert p.poll() is None, p.communicate()
+        assert waiting.wait(WAITING_TIMEOUT_S), ("never said it waits", "".join(lines))
+        assert p.poll() is None, "".join(lines)
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=CMD_TIMEOUT_S)
+        p.wait(timeout=CMD_TIMEOUT_S)
+        out = p.stdout.read()  # it has ended: nothing more comes
+        reader.join(CMD_TIMEOUT_S)
+        err = "".join(lines)
         assert p.returncode == EXIT_INTERRUPTED, (out, err)
         assert "Traceback" not in err
         return err

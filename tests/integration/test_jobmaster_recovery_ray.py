@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import glob
 import os
-import time
 
 import pytest
-from tests.integration.jobhelpers import ran, read_output
+from tests.integration.jobhelpers import kill_jobmaster, ran, read_output, wait_status
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 
@@ -24,18 +23,8 @@ WAIT_S = 180.0
 def kill_jobmaster_when(client, job_id: str, ready, what: str) -> dict:
     """Poll the job's status until ``ready(status)``, then kill its JobMaster (no restart by
     Ray: only FuxiMaster may bring it back). Returns the status seen just before."""
-    import ray
-
-    deadline = time.time() + WAIT_S
-    while True:
-        st = client.status(job_id)
-        assert st["state"] not in ("succeeded", "failed", "cancelled"), \
-            f"the job ended before {what}: {st.get('report')}"
-        if ready(st):
-            break
-        assert time.time() < deadline, f"never saw {what}: {st}"
-        time.sleep(0.1)
-    ray.kill(ray.get_actor(f"jobmaster-{job_id}"), no_restart=True)
+    st = wait_status(client, job_id, ready, what, timeout_s=WAIT_S)
+    kill_jobmaster(job_id)
     return st
 
 

@@ -23,18 +23,6 @@ def sleepy(name: str, tmp_path, sleep_s: float, priority: int = 50, queue: str |
     return spec
 
 
-@pytest.fixture
-def limits(client):
-    """Restores the cluster's queues and limit whatever the test did."""
-    before = client.queues()
-    try:
-        yield client
-    finally:
-        client.configure_queues({k: {"jobs_running_max": v["jobs_running_max"]}
-                                 for k, v in before["queues"].items()} | {"default": {"jobs_running_max": None}},
-                                before["jobs_running_max"])
-
-
 def test_jobs_past_the_limit_wait_and_start_by_priority(limits, tmp_path):
     client = limits
     client.configure_queues(None, 1)

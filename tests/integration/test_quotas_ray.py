@@ -14,7 +14,7 @@ import time
 import pytest
 
 from fuxi.errors import BadInput
-from fuxi.core.reclaim import RECLAIM_GRACE_S
+from fuxi.core.reclaim import RECLAIM_GRACE_S, ReclaimClock
 from tests.integration.jobhelpers import read_output
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -24,6 +24,25 @@ BORROW_WAIT_S = 60.0  # bronze's job gets its workers (worker start-up on a load
 RECLAIM_WAIT_S = 90.0  # gold holds its guarantee: bronze's busy workers finish an instance
 POLL_S = 0.1
 CLUSTER_CPUS = 4.0  # conftest: two nodes of 2 CPUs
+# The forced reclaim's grace, set in the live FuxiMaster (its Admissions' ReclaimClock) for one
+# test instead of waiting RECLAIM_GRACE_S = 10 s; bronze's attempts outlast it by as long as
+# gold's workers may take to start on a loaded machine.
+TEST_GRACE_S = 3.0
+START_MARGIN_S = 15.0
+
+
+def _set_grace(client, grace_s: float) -> float:
+    """Set the FuxiMaster's reclaim grace (validated as ReclaimClock validates it); returns
+    the grace it held before."""
+    import ray
+
+    grace_s = ReclaimClock(grace_s).grace_s
+
+    def apply(self, grace_s=grace_s):
+        before, self.admissions.reclaim.grace_s = self.admissions.reclaim.grace_s, grace_s
+        return before
+
+    return ray.get(client.master.__ray_call__.remote(apply), timeout=30)
 
 
 def spec(name: str, tmp_path, queue: str, instances: int, sleep_s: float) -> dict:
@@ -31,19 +50,6 @@ def spec(name: str, tmp_path, queue: str, instances: int, sleep_s: float) -> dic
             "params": {"dir": str(tmp_path / name), "sleep_s": sleep_s},
             "tasks": {"t": {"fn": f"{FNS}:sleepy", "instances": instances,
                             "output": str(tmp_path / name / "out")}}}
-
-
-@pytest.fixture
-def limits(client):
-    """Restores the cluster's queues and limit whatever the test did."""
-    before = client.queues()
-    try:
-        yield client
-    finally:
-        client.configure_queues({k: {"jobs_running_max": v["jobs_running_max"]}
-                                 for k, v in before["queues"].items()}
-                                | {"default": {"jobs_running_max": None}},
-                                before["jobs_running_max"])
 
 
 def cpu(view: dict, queue: str, key: str = "used") -> float:
@@ -99,12 +105,20 @@ def test_two_quota_groups_lend_cap_and_reclaim(limits, tmp_path):
 def test_a_guarantee_is_reclaimed_by_force_from_workers_that_never_go_idle(limits, tmp_path):
     """Bronze's three attempts each sleep far longer than the reclaim grace, so none of its
     workers would go idle before gold's job is done: gold holds its guarantee only because,
-    after RECLAIM_GRACE_S, FuxiMaster's syncs said preempt and bronze's JobMaster stopped two
-    busy workers. No bronze attempt has finished by then (counted on disk); the preempted
+    after the grace (TEST_GRACE_S here), FuxiMaster's syncs said preempt and bronze's
+    JobMaster stopped two busy workers. No bronze attempt has finished by then (counted on disk); the preempted
     instances run again, and both outputs are exact."""
     client = limits
+    assert _set_grace(client, TEST_GRACE_S) == RECLAIM_GRACE_S
+    try:
+        _forced_reclaim(client, tmp_path, TEST_GRACE_S)
+    finally:
+        assert _set_grace(client, RECLAIM_GRACE_S) == TEST_GRACE_S
+
+
+def _forced_reclaim(client, tmp_path, grace_s: float) -> None:
     client.configure_queues({"gold": {"min": {"cpu": 3}}, "bronze": {"max": {"cpu": 3}}})
-    long_s = RECLAIM_GRACE_S * 3
+    long_s = grace_s + START_MARGIN_S
     seen: list[dict] = []
     bronze = client.submit(spec("bronze", tmp_path, "bronze", 3, long_s))
     bronze_dir = str(tmp_path / "bronze")
@@ -112,7 +126,7 @@ def test_a_guarantee_is_reclaimed_by_force_from_workers_that_never_go_idle(limit
     watch_until(client, lambda v: len(glob.glob(f"{bronze_dir}/run-*")) >= 3, BORROW_WAIT_S,
                 seen)  # all three attempts are running, none will end for long_s
     gold = client.submit(spec("gold", tmp_path, "gold", 3, long_s))
-    watch_until(client, lambda v: cpu(v, "gold") >= 3.0, RECLAIM_GRACE_S + BORROW_WAIT_S, seen)
+    watch_until(client, lambda v: cpu(v, "gold") >= 3.0, grace_s + BORROW_WAIT_S, seen)
     assert glob.glob(f"{bronze_dir}/done-*") == [], "a bronze attempt ended: not a forced reclaim"
     st = client.status(bronze)
     assert st["preempted_attempts"] >= 2, st
