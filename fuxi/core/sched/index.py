@@ -32,7 +32,7 @@ DEFAULT_RACK = "default"
 
 
 class Node:
-    __slots__ = ("node_id", "rack", "total", "free", "workers", "fits", "claims")
+    __slots__ = ("node_id", "rack", "total", "free", "workers", "fits", "claims", "empty_fits")
 
     def __init__(self, node_id: str, total: Mapping[str, float], rack: str):
         self.node_id = node_id
@@ -50,6 +50,10 @@ class Node:
         # needs no new entry: the higher one is corrected to the truth when it reaches the
         # top. Lowered to what is pushed back whenever the highest entry is popped.
         self.claims: dict = {}
+        # ShapeIndex -> slots of that shape that fit here when the node is empty: a cache
+        # that never goes stale (a node's total never changes; a new total is a new Node).
+        # The reclaim scan asks it of every victim's node.
+        self.empty_fits: dict = {}
 
 
 class ShapeIndex:
@@ -91,6 +95,13 @@ class FreeIndex:
 
     def empty_fit(self, total: Mapping[str, float], needs: Needs) -> int:
         return fit_count(total, needs, self.workers_max)
+
+    def empty_fit_sh(self, node: Node, sh: ShapeIndex) -> int:
+        """``empty_fit(node.total, sh.needs)``, cached on the node."""
+        f = node.empty_fits.get(sh)
+        if f is None:
+            f = node.empty_fits[sh] = fit_count(node.total, sh.needs, self.workers_max)
+        return f
 
     def add_node(self, node_id: str, total: Mapping[str, float], rack: str = DEFAULT_RACK) -> Node:
         node = self.nodes[node_id] = Node(node_id, total, rack)
@@ -187,6 +198,7 @@ class FreeIndex:
         if sh is not None:  # no node keeps a claim for a shape nobody asks for any more
             for node in self.nodes.values():
                 node.claims.pop(sh, None)
+                node.empty_fits.pop(sh, None)
 
     # ------------------------------------------------------------ one decision
 

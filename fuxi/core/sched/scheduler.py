@@ -680,8 +680,7 @@ class Scheduler(HeldSlots):
         freed: dict[str, list] = {}  # node -> [(start seq, victim demand)]
         room: dict[str, dict[str, float]] = {}  # node -> its free resources once those go
         used: dict[str, dict[str, float]] = {}  # the victims' groups as if revoked
-        hopeful: dict[str, bool] = {}  # node -> could the slot fit there at all (when empty)
-        nodes = self.index.nodes
+        nodes, empty_fit, sh = self.index.nodes, self.index.empty_fit_sh, d.sh
         found = None
         looked = 0
         looked_max = self.config.reclaim_victims_max
@@ -701,10 +700,8 @@ class Scheduler(HeldSlots):
                 continue  # within its own guarantee (see quota.borrowed)
             take(vu, v.needs)  # counted as revoked even where it makes no room (as before)
             node = nodes[where[1]]
-            hope = hopeful.get(where[1])
-            if hope is None:  # free plus what goes never exceeds the total: no room when empty
-                hope = hopeful[where[1]] = self.index.empty_fit(node.total, d.needs) > 0
-            if not hope:
+            # free plus what goes never exceeds the total: no room when empty, no room at all
+            if not empty_fit(node, sh):
                 continue
             on = freed.setdefault(where[1], [])
             on.append((seq, v))
@@ -756,6 +753,8 @@ class Scheduler(HeldSlots):
         for node in self.index.nodes.values():  # the fit cache says what a fresh count says
             for sh, f in node.fits.items():
                 assert f == self.index.fit(node, sh.needs), (node.node_id, sh.needs, f)
+            for sh, f in node.empty_fits.items():
+                assert f == self.index.empty_fit(node.total, sh.needs), (node.node_id, sh.needs)
         # the preemption order: every live slot once, by priority, then most recent first
         order = [seq for seq, _ in self._victim_order()]
         assert sorted(order) == sorted(self._live), "victim lists lost or repeated a slot"
