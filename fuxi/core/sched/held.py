@@ -204,7 +204,7 @@ class HeldSlots:
             else:
                 if not under_max(rg, self.group_used[r.group], r.needs):
                     continue
-                within, share = self._facts_of(r.group, r.needs)
+                within, share = self._facts_of(r.group, r.sh)
             rkey = self.key(r)
             if r.job == d.job:  # the job's count as if the n went back
                 rkey = (rkey[0], job_held) + rkey[2:]
@@ -222,17 +222,18 @@ class HeldSlots:
                 k = min(k, theirs[3][1] - job_held + 1)
         return max(0, k)
 
-    def _facts_of(self, name: str, needs) -> tuple[bool, float]:
+    def _facts_of(self, name: str, sh) -> tuple[bool, float]:
         """A group's cached facts (as ``_pick`` keeps them): whether its next slot of
-        ``needs`` is guaranteed, and its borrowing share."""
+        ``sh``'s shape (a ``ShapeIndex``, the facts' key) is guaranteed, and its borrowing
+        share."""
         facts = self._group_facts.get(name)
         if facts is None:
             facts = self._group_facts[name] = {}
-        within = facts.get(needs)
+        within = facts.get(sh)
         if within is None:
             group = self.groups[name]
-            within = facts[needs] = bool(group.min) and guaranteed(group, self.group_used[name],
-                                                                   needs)
+            within = facts[sh] = bool(group.min) and guaranteed(group, self.group_used[name],
+                                                                sh.needs)
         share = facts.get(SHARE)
         if share is None:
             share = facts[SHARE] = borrow_share(self.groups[name], self.group_used[name],

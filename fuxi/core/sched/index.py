@@ -26,13 +26,13 @@ from itertools import islice
 from typing import Collection, Mapping
 
 from fuxi.core.sched.model import LOCALITY_CLUSTER, LOCALITY_NODE, LOCALITY_RACK
-from fuxi.core.sched.resources import Needs, fit_count, give
+from fuxi.core.sched.resources import RESOURCE_TOLERANCE, Needs, fit_count, give
 
 DEFAULT_RACK = "default"
 
 
 class Node:
-    __slots__ = ("node_id", "rack", "total", "free", "workers", "fits", "claims")
+    __slots__ = ("node_id", "rack", "total", "free", "workers", "fits", "claims", "empty_fits")
 
     def __init__(self, node_id: str, total: Mapping[str, float], rack: str):
         self.node_id = node_id
@@ -50,6 +50,10 @@ class Node:
         # needs no new entry: the higher one is corrected to the truth when it reaches the
         # top. Lowered to what is pushed back whenever the highest entry is popped.
         self.claims: dict = {}
+        # ShapeIndex -> slots of that shape that fit here when the node is empty: a cache
+        # that never goes stale (a node's total never changes; a new total is a new Node).
+        # The reclaim scan asks it of every victim's node.
+        self.empty_fits: dict = {}
 
 
 class ShapeIndex:
@@ -75,6 +79,7 @@ class FreeIndex:
         self.shapes: dict[Needs, ShapeIndex] = {}
         self.capacity: dict[str, float] = {}  # the totals of every node, summed
         self.visits = 0  # heap entries looked at, all decisions together (tests bound it)
+        self.shape_epoch = 0  # bumped whenever ``shapes`` gains or loses one (callers cache)
 
     # ------------------------------------------------------------ nodes
 
@@ -90,6 +95,13 @@ class FreeIndex:
 
     def empty_fit(self, total: Mapping[str, float], needs: Needs) -> int:
         return fit_count(total, needs, self.workers_max)
+
+    def empty_fit_sh(self, node: Node, sh: ShapeIndex) -> int:
+        """``empty_fit(node.total, sh.needs)``, cached on the node."""
+        f = node.empty_fits.get(sh)
+        if f is None:
+            f = node.empty_fits[sh] = fit_count(node.total, sh.needs, self.workers_max)
+        return f
 
     def add_node(self, node_id: str, total: Mapping[str, float], rack: str = DEFAULT_RACK) -> Node:
         node = self.nodes[node_id] = Node(node_id, total, rack)
@@ -115,22 +127,36 @@ class FreeIndex:
         return node  # its heap entries die lazily (the node is no longer in ``nodes``)
 
     def grew(self, node: Node) -> None:
-        """``node`` has more room than before: every shape hears of it at once."""
-        fits, free, room, nid = node.fits, node.free, self.workers_max - node.workers, node.node_id
-        claims = node.claims
+        """``node`` has more room than before: every shape hears of it at once.
+
+        The hot path of every release (one call per node a delta gives slots back on): the
+        fit of each shape is counted inline (``fit_count``'s loop, without a call per shape)
+        and stored in the node's fit cache, which the caller has just emptied."""
+        fits, claims, nid, rack = node.fits, node.claims, node.node_id, node.rack
+        get = node.free.get
+        room = self.workers_max - node.workers
         for sh in self.shapes.values():
-            f = fits.get(sh)
-            if f is None:
-                f = fits[sh] = fit_count(free, sh.needs, room)
-            if f > 0:
-                sh.full = False
-                entry = (-f, nid)
-                if f > claims.get(sh, 0):
-                    claims[sh] = f
-                    self._push(sh, sh.heap, entry)
-                rack_heap = sh.racks.get(node.rack)
+            f = room
+            for k, v in sh.needs:  # fit_count, inlined
+                r = get(k, 0.0) + RESOURCE_TOLERANCE
+                if r < v:
+                    f = 0
+                    break
+                m = int(r / v)
+                if m < f:
+                    f = m
+            if f <= 0:
+                fits[sh] = 0
+                continue
+            fits[sh] = f
+            sh.full = False
+            if f > claims.get(sh, 0):
+                claims[sh] = f
+                self._push(sh, sh.heap, (-f, nid))
+            if sh.racks:
+                rack_heap = sh.racks.get(rack)
                 if rack_heap is not None:  # only racks some demand preferred are kept
-                    heapq.heappush(rack_heap, entry)
+                    heapq.heappush(rack_heap, (-f, nid))
 
     def _push(self, sh: ShapeIndex, heap: list, entry: tuple) -> None:
         heapq.heappush(heap, entry)
@@ -161,15 +187,18 @@ class FreeIndex:
         sh = self.shapes.get(needs)
         if sh is None:
             sh = self.shapes[needs] = ShapeIndex(needs)
+            self.shape_epoch += 1
             sh.total_fit = sum(self.empty_fit(n.total, needs) for n in self.nodes.values())
             self._rebuild(sh)
         return sh
 
     def drop_shape(self, needs: Needs) -> None:
         sh = self.shapes.pop(needs, None)
+        self.shape_epoch += 1
         if sh is not None:  # no node keeps a claim for a shape nobody asks for any more
             for node in self.nodes.values():
                 node.claims.pop(sh, None)
+                node.empty_fits.pop(sh, None)
 
     # ------------------------------------------------------------ one decision
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from fuxi.core.sched.model import QuotaGroup
-from fuxi.core.sched.resources import RESOURCE_TOLERANCE, Needs, dominant_share, within
+from fuxi.core.sched.resources import RESOURCE_TOLERANCE, Needs, within
 
 
 def guaranteed(group: QuotaGroup, used: Mapping[str, float], needs: Needs) -> bool:
@@ -15,9 +15,18 @@ def guaranteed(group: QuotaGroup, used: Mapping[str, float], needs: Needs) -> bo
     guarantee in every such resource. (A slot that uses none of them, a CPU-only slot of a
     group guaranteed GPUs, is no more guaranteed than anyone's: it could otherwise reclaim
     without end.)"""
-    if not group.min:
+    floor = group.min
+    if not floor:
         return False
-    return any(k in group.min for k, _ in needs) and within(used, needs, group.min)
+    named = False
+    for k, v in needs:  # resources.within, with the "names one" test in the same loop
+        m = floor.get(k)
+        if m is None:
+            continue
+        named = True
+        if used.get(k, 0.0) + v > m + RESOURCE_TOLERANCE:
+            return False
+    return named
 
 
 def borrowed(group: QuotaGroup, used: Mapping[str, float], needs: Needs) -> bool:
@@ -52,7 +61,16 @@ def borrow_share(group: QuotaGroup, used: Mapping[str, float],
                  capacity: Mapping[str, float]) -> float:
     """What ``group`` holds beyond its guarantee, as a dominant share of the cluster, divided
     by its weight: the group with the least goes first, so borrowed room ends up split in
-    proportion to the weights."""
-    extra = {k: v - group.min.get(k, 0.0) for k, v in used.items()
-             if v > group.min.get(k, 0.0) + RESOURCE_TOLERANCE}
-    return dominant_share(extra, capacity) / group.weight
+    proportion to the weights. The excess's dominant share: its largest
+    ``(used - min) / capacity`` over the resources the cluster has."""
+    floor = group.min
+    best = 0.0
+    for k, v in used.items():
+        m = floor.get(k, 0.0)
+        if v > m + RESOURCE_TOLERANCE:
+            c = capacity.get(k, 0.0)
+            if c > RESOURCE_TOLERANCE:
+                share = (v - m) / c
+                if share > best:
+                    best = share
+    return best / group.weight

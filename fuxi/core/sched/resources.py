@@ -71,15 +71,3 @@ def within(used: Mapping[str, float], needs: Needs, limit: Mapping[str, float]) 
         if k in limit and used.get(k, 0.0) + v > limit[k] + RESOURCE_TOLERANCE:
             return False
     return True
-
-
-def dominant_share(amounts: Mapping[str, float], capacity: Mapping[str, float]) -> float:
-    """The largest ``amounts[k] / capacity[k]`` (resources the cluster lacks count 0)."""
-    best = 0.0
-    for k, v in amounts.items():
-        c = capacity.get(k, 0.0)
-        if c > RESOURCE_TOLERANCE:
-            s = v / c
-            if s > best:
-                best = s
-    return best

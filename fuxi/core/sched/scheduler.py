@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 from typing import Collection, Mapping
 
 from fuxi.core.sched import fairshare
@@ -76,7 +77,8 @@ PARK_RETRY = "retry"  # fits somewhere, but not where this demand may go: next s
 class _Demand:
     __slots__ = ("spec", "did", "job", "group", "priority", "seq", "needs", "sh", "wanted",
                  "held", "held_total", "prefer_nodes", "prefer_racks", "avoid", "excluded",
-                 "waiting_since", "boost", "version", "parked", "wait_stamp", "pref_total")
+                 "waiting_since", "boost", "version", "parked", "wait_stamp", "pref_total",
+                 "queue")
 
     def __init__(self, spec: DemandSpec, sh, now: float):
         self.spec = spec
@@ -100,6 +102,7 @@ class _Demand:
         self.parked: str | None = None
         self.wait_stamp = 0
         self.pref_total = 0  # the counts of prefer_nodes and prefer_racks, summed
+        self.queue: list | None = None  # its (group, shape) queue, once filed (None: look up)
 
     @property
     def pending(self) -> int:
@@ -113,6 +116,16 @@ class Scheduler(HeldSlots):
         self.groups = quota_groups(config.quota_groups)
         self.group_used: dict[str, dict[str, float]] = {g: {} for g in self.groups}
         self._queues: dict[tuple, list] = {}  # (group, needs) -> heap of (key, version)
+        # Queue entries' versions, unique in the scheduler: a demand removed and set again
+        # under its id starts afresh, and with versions counted per demand its new version
+        # could equal an old entry's in another (group, shape) queue, which then passed for
+        # current and was re-filed there (found by tests/unit/test_sched_index_props.py)
+        self._versions = itertools.count(1)
+        # what _pick walks: per queue (key, heap, its ShapeIndex, group name, QuotaGroup),
+        # so a pick hashes no (group, needs) tuple; rebuilt when a queue is made or the
+        # index's shapes change (``shape_epoch``)
+        self._qlist: list | None = None
+        self._qlist_epoch = -1
         self._quota_full: set[tuple] = set()  # (group, needs) whose group is at its max
         # (group, needs) whose shape fits nowhere -> (the priority for which making room
         # failed, the slot count then): no demand of that priority or lower tries again until
@@ -212,6 +225,7 @@ class Scheduler(HeldSlots):
                 self._group_facts.pop(spec.quota_group, None)
             self._unpark(d)
             d.spec, d.group, d.priority, d.seq = spec, spec.quota_group, spec.priority, spec.submit_seq
+            d.queue = None  # its group may have changed: another queue
         if wanted is not None:
             self.set_wanted(spec.demand_id, wanted, now)
         else:
@@ -454,7 +468,7 @@ class Scheduler(HeldSlots):
             node_id, locality = got
             n = 1
             if slots_max > 1 and not revs:  # the runner-ups: other queues' and its own queue's
-                mate = self._top(self._queues[(d.group, d.needs)])
+                mate = self._top(d.queue or self._queues[(d.group, d.needs)])
                 n = batch_slots(self, d, node_id, locality, slots_max, self._runner,
                                 mate and self.key(mate))
             self._grant(d, node_id, locality, now, n)
@@ -517,10 +531,14 @@ class Scheduler(HeldSlots):
     def _push(self, d: _Demand) -> None:
         if d.pending <= 0 or d.parked is not None:
             return
-        d.version += 1
-        q = self._queues.get((d.group, d.needs))
+        d.version = next(self._versions)
+        q = d.queue
         if q is None:
-            q = self._queues[(d.group, d.needs)] = []
+            q = self._queues.get((d.group, d.needs))
+            if q is None:
+                q = self._queues[(d.group, d.needs)] = []
+                self._qlist = None
+            d.queue = q
         heapq.heappush(q, (self.key(d), d.version))
 
     def _top(self, heap: list) -> _Demand | None:
@@ -534,27 +552,31 @@ class Scheduler(HeldSlots):
             now_key = self.key(d)
             if now_key != k:
                 heapq.heappop(heap)
-                d.version += 1
+                d.version = next(self._versions)
                 heapq.heappush(heap, (now_key, d.version))
                 continue
             return d
         return None
 
+    def _queue_list(self) -> list:
+        if self._qlist is None or self._qlist_epoch != self.index.shape_epoch:
+            shapes = self.index.shapes
+            self._qlist = [(q, heap, shapes.get(q[1]), q[0], self.groups[q[0]])
+                           for q, heap in self._queues.items()]
+            self._qlist_epoch = self.index.shape_epoch
+        return self._qlist
+
     def _pick(self) -> _Demand | None:
         best, best_key, best_heap, runner = None, None, None, None
-        group_facts = self._group_facts
-        shapes, quota_full = self.index.shapes, self._quota_full
+        group_facts, group_used = self._group_facts, self.group_used
+        quota_full, room_failed = self._quota_full, self._room_failed
         demands, job_held = self.demands, self.job_held
         preempting = self.config.preempt_priority_gap is not None
-        for q, heap in self._queues.items():
-            if not heap or q in quota_full:
+        for q, heap, sh, name, group in self._queue_list():
+            if not heap or sh is None or (quota_full and q in quota_full):
                 continue
-            sh = shapes.get(q[1])
-            if sh is None:
-                continue
-            name = q[0]
-            group = self.groups[name]
-            if sh.full and not preempting and not group.min:
+            full = sh.full
+            if full and not preempting and not group.min:
                 continue  # fits nowhere, and a group without a guarantee may not make room
             k, version = heap[0]  # the common case of _top inlined: the top is current
             d = demands.get(k[-1])
@@ -565,22 +587,22 @@ class Scheduler(HeldSlots):
                 if d is None:
                     continue
                 k = heap[0][0]
-            if sh.full and q in self._room_failed:
-                prio, at = self._room_failed[q]
+            if full and q in room_failed:
+                prio, at = room_failed[q]
                 if prio >= d.priority and self._slot_seq - at < self._room_retry:
                     continue
             facts = group_facts.get(name)
             if facts is None:
                 facts = group_facts[name] = {}
-            within = facts.get(q[1])
+            within = facts.get(sh)
             if within is None:
-                within = facts[q[1]] = bool(group.min) and guaranteed(
-                    group, self.group_used[name], q[1])
-            if sh.full and not preempting and not within:
+                within = facts[sh] = bool(group.min) and guaranteed(
+                    group, group_used[name], sh.needs)
+            if full and not preempting and not within:
                 continue  # fits nowhere, and may not make room
             share = facts.get(SHARE)
             if share is None:
-                share = facts[SHARE] = borrow_share(group, self.group_used[name],
+                share = facts[SHARE] = borrow_share(group, group_used[name],
                                                     self.index.capacity)
             gk = (0 if within else 1, k[0], share, k)
             if best_key is None or gk < best_key:
@@ -591,7 +613,7 @@ class Scheduler(HeldSlots):
         self._runner = runner
         if best is not None:
             heapq.heappop(best_heap)  # it is the top (checked by _top)
-            best.version += 1  # re-filed if it still wants more
+            best.version = next(self._versions)  # re-filed if it still wants more
         return best
 
     def _park(self, d: _Demand, why: str) -> None:
@@ -658,8 +680,7 @@ class Scheduler(HeldSlots):
         freed: dict[str, list] = {}  # node -> [(start seq, victim demand)]
         room: dict[str, dict[str, float]] = {}  # node -> its free resources once those go
         used: dict[str, dict[str, float]] = {}  # the victims' groups as if revoked
-        hopeful: dict[str, bool] = {}  # node -> could the slot fit there at all (when empty)
-        nodes = self.index.nodes
+        nodes, empty_fit, sh = self.index.nodes, self.index.empty_fit_sh, d.sh
         found = None
         looked = 0
         looked_max = self.config.reclaim_victims_max
@@ -679,10 +700,8 @@ class Scheduler(HeldSlots):
                 continue  # within its own guarantee (see quota.borrowed)
             take(vu, v.needs)  # counted as revoked even where it makes no room (as before)
             node = nodes[where[1]]
-            hope = hopeful.get(where[1])
-            if hope is None:  # free plus what goes never exceeds the total: no room when empty
-                hope = hopeful[where[1]] = self.index.empty_fit(node.total, d.needs) > 0
-            if not hope:
+            # free plus what goes never exceeds the total: no room when empty, no room at all
+            if not empty_fit(node, sh):
                 continue
             on = freed.setdefault(where[1], [])
             on.append((seq, v))
@@ -734,6 +753,8 @@ class Scheduler(HeldSlots):
         for node in self.index.nodes.values():  # the fit cache says what a fresh count says
             for sh, f in node.fits.items():
                 assert f == self.index.fit(node, sh.needs), (node.node_id, sh.needs, f)
+            for sh, f in node.empty_fits.items():
+                assert f == self.index.empty_fit(node.total, sh.needs), (node.node_id, sh.needs)
         # the preemption order: every live slot once, by priority, then most recent first
         order = [seq for seq, _ in self._victim_order()]
         assert sorted(order) == sorted(self._live), "victim lists lost or repeated a slot"
@@ -746,5 +767,5 @@ class Scheduler(HeldSlots):
             for key, v in facts.items():
                 if key == SHARE:
                     assert v == borrow_share(group, used, self.index.capacity), (g, v)
-                else:
-                    assert v == (bool(group.min) and guaranteed(group, used, key)), (g, key)
+                else:  # keyed by the shape's ShapeIndex
+                    assert v == (bool(group.min) and guaranteed(group, used, key.needs)), (g, key)
