@@ -205,7 +205,7 @@ def _sort_one(client, size: int, args, base: str, storage: str) -> dict:
     src, out, val = (f"{storage}/{label}/{d}" for d in ("in", "sorted", "val"))
     local = f"{base}/{label}"
     os.makedirs(local, exist_ok=True)
-    res: dict = {"size_bytes": size}
+    res: dict = {"size_bytes": size, "load_1m_start": round(os.getloadavg()[0], 2)}
 
     def run(path, **params):
         t0 = time.perf_counter()
@@ -263,6 +263,7 @@ def _sort_one(client, size: int, args, base: str, storage: str) -> dict:
     if size <= args.pyarrow_max:
         res["pyarrow_s"] = _pyarrow_sort(f"{local}/pq", f"{local}/pyarrow.parquet")
     shutil.rmtree(local, ignore_errors=True)
+    res["load_1m_end"] = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy
     return res
 
 
@@ -329,6 +330,23 @@ def _plot(results: list[dict], path: str, storage: str) -> None:
     print(f"plot: {path}")
 
 
+def _replot(logs: list[str], path: str) -> None:
+    import json
+
+    by_size: dict = {}
+    storage = "pangu"
+    for log in logs:
+        with open(log) as f:
+            for line in f:
+                if line.startswith('{"bench": "sort"'):
+                    r = json.loads(line)
+                    by_size[r["size_bytes"]] = r
+                    storage = r.get("storage", storage)
+    if not by_size:
+        sys.exit(f"no sort results (JSON lines) in {logs}")
+    _plot([by_size[k] for k in sorted(by_size)], path, f"{storage}:")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", "--size", default="1GiB", help="comma-separated, e.g. 1GiB,4GiB")
@@ -344,7 +362,15 @@ def main() -> None:
     ap.add_argument("--dir", default=f"/tmp/fuxi-bench-sort-{os.getuid()}")
     ap.add_argument("--plot", default=None, help="write a PNG of throughput against size")
     ap.add_argument("--no-raydata", action="store_true", help="skip Ray Data")
+    ap.add_argument("--replot", default=None, metavar="LOG",
+                    help="run nothing: plot (--plot) the sizes in the JSON lines of earlier "
+                         "runs' output LOG(s), comma-separated; a later line of a size wins")
     args = ap.parse_args()
+    if args.replot:
+        if not args.plot:
+            sys.exit("--replot needs --plot PATH (where to write the PNG)")
+        _replot(args.replot.split(","), args.plot)
+        return
     if not args.no_raydata:
         try:
             import ray.data  # noqa: F401
