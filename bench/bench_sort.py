@@ -3,7 +3,7 @@
 or more sizes in the same run.
 
     python -m bench.bench_sort [--sizes 1GiB,4GiB --storage pangu --sort-memory 256MiB
-                                --files 16 --maps 16 --reducers 16 --cpus 2
+                                --map-memory 128MiB --files 16 --maps 16 --reducers 16 --cpus 2
                                 --plot docs/sort_throughput.png]
 
 Setup: ``pip install -e '.[bench]'`` (``ray[data]`` and matplotlib; the benchmark says so and
@@ -17,7 +17,9 @@ Per size:
    on local disk (``key`` and ``payload`` binary columns, one file per part) for the peers.
 2. Ours: ``sort.yaml`` submitted and waited for (submit to end; records in and out of
    ``--storage``; a ``sort`` instance holding more than ``--sort-memory`` spills sorted runs
-   to local disk and merges them), then ``validate.yaml`` checks it (not timed).
+   to local disk and merges them; a ``partition`` instance holds at most ``--map-memory`` of
+   partitioned records and spills the rest to local disk), then ``validate.yaml`` checks it
+   (not timed). The profile: the ``phases`` lines the job's attempts logged, summed per task.
 3. Ray Data: ``read_parquet(dir).sort("key").write_parquet(out)`` on the same Ray, local disk.
 4. pyarrow (sizes up to ``--pyarrow-max``): one process, ``pq.read_table(dir)``,
    ``sort_by("key")``, ``pq.write_table``.
@@ -162,26 +164,63 @@ def _replication(url: str) -> int | None:
     return min((e.get("replication") or 0) for e in parts) if parts else None
 
 
+def _phases(job_id: str) -> dict:
+    """The ``phases {...}`` lines the sort job's attempts logged (jobs/sort/sort.py), summed
+    per task over instances (seconds are CPU-thread seconds of the instances, so they add up
+    to more than the job's wall time when instances run side by side); plus counts, the
+    largest map held bytes and the spilled runs per sort instance."""
+    import glob
+    import json
+
+    from base.cluster import fuxi_home
+
+    out: dict = {}
+    for path in glob.glob(os.path.join(fuxi_home(), "*", "logs", "tasks", job_id, "*", "*",
+                                       "*")):
+        try:
+            with open(path, errors="replace") as f:
+                lines = [ln for ln in f if "phases {" in ln]
+        except OSError:
+            continue
+        for ln in lines:
+            try:
+                ph = json.loads(ln[ln.index("phases {") + len("phases "):].strip())
+            except ValueError:
+                continue
+            task = out.setdefault(ph.pop("task", "?"), {"attempts": 0})
+            task["attempts"] += 1
+            for k, v in ph.items():
+                if k in ("held_bytes_peak", "held_bytes_max", "sort_memory"):
+                    task[k] = max(task.get(k, 0), v)
+                elif k == "runs":
+                    task.setdefault("runs_per_instance", []).append(v)
+                elif isinstance(v, (int, float)):
+                    task[k] = round(task.get(k, 0) + v, 3)
+    return out
+
+
 def _sort_one(client, size: int, args, base: str, storage: str) -> dict:
     """Generate, sort (ours), validate, then the peers, for one size."""
     label = _label(size)
     src, out, val = (f"{storage}/{label}/{d}" for d in ("in", "sorted", "val"))
     local = f"{base}/{label}"
     os.makedirs(local, exist_ok=True)
-    res: dict = {"size_bytes": size}
+    res: dict = {"size_bytes": size, "load_1m_start": round(os.getloadavg()[0], 2)}
 
     def run(path, **params):
         t0 = time.perf_counter()
-        st = client.wait(client.submit(path, [f"params.{k}={v}" for k, v in params.items()]),
-                         timeout_s=JOB_TIMEOUT_S)
+        job_id = client.submit(path, [f"params.{k}={v}" for k, v in params.items()])
+        st = client.wait(job_id, timeout_s=JOB_TIMEOUT_S)
         assert st["state"] == "succeeded", st.get("report")
+        st["job_id"] = job_id
         return time.perf_counter() - t0, st
 
     res["gen_s"], _ = run("jobs/sort/gen.yaml", size=size, files=args.files, seed=1, output=src)
     with MemorySampler() as mem:
         ours_s, st = run("jobs/sort/sort.yaml", input=src, output=out, maps=args.maps,
                          reducers=args.reducers, sort_memory=args.sort_memory,
-                         spill_dir=f"{local}/spill")
+                         map_memory=args.map_memory, spill_dir=f"{local}/spill")
+    res["phases"] = _phases(st["job_id"])
     res.update(ours_s=ours_s, ours_running_s=st["finished_at"] - st["started_at"],
                ours_worker_hwm_bytes=mem.worker_hwm, ours_worker_anon_bytes=mem.worker_anon,
                ours_total_anon_bytes=mem.total_anon)
@@ -224,6 +263,7 @@ def _sort_one(client, size: int, args, base: str, storage: str) -> dict:
     if size <= args.pyarrow_max:
         res["pyarrow_s"] = _pyarrow_sort(f"{local}/pq", f"{local}/pyarrow.parquet")
     shutil.rmtree(local, ignore_errors=True)
+    res["load_1m_end"] = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy
     return res
 
 
@@ -257,6 +297,8 @@ def _print(res: dict, args, storage: str) -> None:
           f"{res['ours_total_anon_bytes'] / gib:.2f} GiB"
           + (f"; Ray Data all processes' RssAnon {res['raydata_total_anon_bytes'] / gib:.2f} GiB"
              if "raydata_total_anon_bytes" in res else ""))
+    for task, ph in sorted(res.get("phases", {}).items()):
+        print(f"  profile {task}: " + ", ".join(f"{k} {v}" for k, v in ph.items()))
     if "raydata_s" in res:
         print(f"  ours / Ray Data {res['ours_s'] / res['raydata_s']:.2f}x" +
               (f"; ours / pyarrow {res['ours_s'] / res['pyarrow_s']:.2f}x"
@@ -288,11 +330,30 @@ def _plot(results: list[dict], path: str, storage: str) -> None:
     print(f"plot: {path}")
 
 
+def _replot(logs: list[str], path: str) -> None:
+    import json
+
+    by_size: dict = {}
+    storage = "pangu"
+    for log in logs:
+        with open(log) as f:
+            for line in f:
+                if line.startswith('{"bench": "sort"'):
+                    r = json.loads(line)
+                    by_size[r["size_bytes"]] = r
+                    storage = r.get("storage", storage)
+    if not by_size:
+        sys.exit(f"no sort results (JSON lines) in {logs}")
+    _plot([by_size[k] for k in sorted(by_size)], path, f"{storage}:")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", "--size", default="1GiB", help="comma-separated, e.g. 1GiB,4GiB")
     ap.add_argument("--storage", choices=("pangu", "local"), default="pangu")
     ap.add_argument("--sort-memory", default="512MiB")
+    ap.add_argument("--map-memory", default="128MiB",
+                    help="partitioned records a map holds before spilling (params.map_memory)")
     ap.add_argument("--pyarrow-max", default="2GiB")
     ap.add_argument("--files", type=int, default=16)
     ap.add_argument("--maps", type=int, default=8)
@@ -301,7 +362,15 @@ def main() -> None:
     ap.add_argument("--dir", default=f"/tmp/fuxi-bench-sort-{os.getuid()}")
     ap.add_argument("--plot", default=None, help="write a PNG of throughput against size")
     ap.add_argument("--no-raydata", action="store_true", help="skip Ray Data")
+    ap.add_argument("--replot", default=None, metavar="LOG",
+                    help="run nothing: plot (--plot) the sizes in the JSON lines of earlier "
+                         "runs' output LOG(s), comma-separated; a later line of a size wins")
     args = ap.parse_args()
+    if args.replot:
+        if not args.plot:
+            sys.exit("--replot needs --plot PATH (where to write the PNG)")
+        _replot(args.replot.split(","), args.plot)
+        return
     if not args.no_raydata:
         try:
             import ray.data  # noqa: F401
@@ -343,7 +412,7 @@ def main() -> None:
             results.append(res)
             report("sort", storage=args.storage, files=args.files, maps=args.maps,
                    reducers=args.reducers, sort_memory=args.sort_memory,
-                   **{k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()})
+                   map_memory=args.map_memory, **{k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()})
         if args.storage == "pangu":
             deploy.stop(conn.cluster)
     ray.shutdown()

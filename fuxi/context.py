@@ -19,12 +19,13 @@ class TaskContext:
     """Per-attempt context. Attributes: ``job_id``, ``task``, ``instance`` (0-based),
     ``num_instances``, ``attempt`` (0 first, counting up over retries and backups), ``params``,
     ``input_paths``, ``input_splits``, ``output``; methods ``read_upstream()``,
-    ``iter_upstream()`` (the same rows in bounded blocks), ``emit(table)``,
+    ``iter_upstream()`` (the same rows in bounded blocks), ``emit(table)``, ``bound_emit(bytes)``
+    (a map's memory bound),
     ``write_output(table)`` (stream rows to the task's output); ``log`` (a logger whose lines
     ``fuxi job logs`` shows)."""
 
     def __init__(self, spec, get_upstream: Callable[[tuple], list[pa.Table]], log: logging.Logger,
-                 emit_bytes_max: int, open_output: Callable | None = None):
+                 emit_bytes_max: int, open_output: Callable | None = None, map_output=None):
         self.job_id: str = spec.job_id
         self.task: str = spec.task
         self.instance: int = spec.instance
@@ -49,6 +50,8 @@ class TaskContext:
         self._upstream_table: pa.Table | None = None
         self._open_output = open_output  # () -> an AttemptWriter of this attempt's output
         self._output_writer = None
+        # A map's shuffle output, partitioned as emitted (fuxi.io.mapout); None: held whole
+        self._map_output = map_output
 
     def read_upstream(self) -> pa.Table:
         """This instance's partition of every upstream task's rows, as one table."""
@@ -97,7 +100,27 @@ class TaskContext:
                 f"task {self.task!r} instance {self.instance} emitted {self._emitted_bytes} bytes, "
                 f"more than emit_bytes_max={self._emit_bytes_max}; split the work over more instances"
             )
-        self._emitted.append(t)
+        if self._map_output is not None:
+            self._map_output.add(t)
+        else:
+            self._emitted.append(t)
+
+    def bound_emit(self, held_bytes: int) -> None:
+        """Hold at most about ``held_bytes`` of emitted rows in memory (the rest spilled to
+        local disk until the shuffle takes them); only a task whose rows go to one ``hash``
+        or ``direct`` shuffle and to no output of its own is partitioned as it emits, and
+        for others this does nothing. Call it before the first ``emit``."""
+        from fuxi.io.mapout import check_held_bytes
+
+        check_held_bytes(held_bytes)
+        if self._map_output is not None:
+            self._map_output.held_bytes_max = held_bytes
+
+    @property
+    def map_stats(self) -> dict | None:
+        """The streamed map output's counters (rows, spills, spilled_bytes, held_bytes_peak,
+        held_bytes_max), or None when this task's output is not partitioned as emitted."""
+        return None if self._map_output is None else self._map_output.stats()
 
     def _output(self) -> pa.Table:
         return concat_tables(self._emitted)

@@ -6,23 +6,83 @@
 * :func:`read_lines`: the lines a range owns (Hadoop's rule: a range not starting at 0 skips
   the line in progress at its start; every range finishes the line crossing its end), so
   adjacent ranges of one file read every line exactly once.
+* :func:`read_ahead`: runs any block iterator (e.g. ``read_records`` over several ranges) on
+  a thread up to :data:`READ_AHEAD_BLOCKS_MAX` blocks ahead of its consumer, so reading the
+  next block (a Pangu read waits on the network, without the GIL) overlaps work on this one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 
 import fsspec
 
 from fuxi.core.inputsplit import ByteRange, record_bytes_max
 from fuxi.errors import BadInput
 
-__all__ = ["read_records", "read_lines", "read_block_bytes", "line_bytes_max"]
+__all__ = ["read_records", "read_lines", "read_ahead", "read_block_bytes", "line_bytes_max",
+           "READ_AHEAD_BLOCKS_MAX"]
 
 #: Ranges are read in blocks of about this size, so a large range never sits whole in memory.
 read_block_bytes = 16 * 1024 * 1024
 #: The longest line :func:`read_lines` will carry across blocks before refusing the file.
 line_bytes_max = 64 * 1024 * 1024
+#: The most blocks :func:`read_ahead` reads ahead of its consumer (bounds its memory).
+READ_AHEAD_BLOCKS_MAX = 8
+#: How long the reading thread waits for room before it checks whether it was abandoned (s).
+READ_AHEAD_PUT_WAIT_S = 0.5
+
+_DONE = object()
+
+
+def read_ahead(blocks: Iterable, depth: int = 1) -> Iterator:
+    """The items of ``blocks``, produced on a thread up to ``depth`` items ahead (an error
+    there is raised here, at the item where it happened). Stopping early (closing the
+    generator) ends the thread at its next item."""
+    if isinstance(depth, bool) or not isinstance(depth, int) \
+            or not 1 <= depth <= READ_AHEAD_BLOCKS_MAX:
+        raise BadInput(f"read-ahead depth {depth!r}: expected an int from 1 to "
+                       f"{READ_AHEAD_BLOCKS_MAX} (READ_AHEAD_BLOCKS_MAX)")
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:  # False: the consumer went away
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=READ_AHEAD_PUT_WAIT_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in blocks:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put((_DONE, e))
+
+    t = threading.Thread(target=produce, name="fuxi-read-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is _DONE:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        while True:  # let a producer blocked on a full queue see the stop
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                break
 
 
 def _end_of(r: ByteRange, f) -> int:

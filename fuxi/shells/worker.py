@@ -40,6 +40,7 @@ import ray
 
 from fuxi.context import TaskContext
 from fuxi.errors import BadInput
+from fuxi.io.mapout import STREAMED_MODES, MapOutput
 from fuxi.io.output import OutputLocation
 from fuxi.io.shuffle import partition_table
 from fuxi.core import attempt_faults as faults
@@ -56,6 +57,14 @@ QUEUE_MAX = 4096  # attempts queued on one worker (the JobMaster keeps far fewer
 STOP_GRACE_S = 10.0  # a stopped attempt still running after this makes the worker "stuck"
 FAULT_SLEEP_STEP_S = 0.05  # an injected hang sleeps in steps this long, so a stop lands
 REPLY_RESULTS_MAX = 512  # finished results returned by one exchange (the rest wait for the next)
+
+
+def _map_output(spec):
+    """A shuffle map's output partitioned as it is emitted (one ``hash``/``direct`` edge, no
+    output location of its own: nothing needs the whole table), else None."""
+    if spec.output or len(spec.downstream) != 1 or spec.downstream[0].mode not in STREAMED_MODES:
+        return None
+    return MapOutput(spec.downstream[0], spec.instance, spec.num_instances)
 
 
 def _output_opener(spec):
@@ -302,8 +311,9 @@ class WorkerActor:
             fn = self._fns.get(spec.fn)
             if fn is None:
                 fn = self._fns[spec.fn] = resolve_fn(spec.fn)
+            mapped = _map_output(spec)
             ctx = TaskContext(spec, self._get_upstream, self._log, EMIT_BYTES_MAX,
-                              _output_opener(spec))
+                              _output_opener(spec), mapped)
             me = threading.get_ident()
             with self._fn_lock:
                 self._in_fn[me] = spec.key
@@ -326,7 +336,12 @@ class WorkerActor:
                 streamed = streamed.close()
             parts: list[tuple] = []
             tables: list = []
-            if table.num_columns:
+            if mapped is not None:
+                for p, piece in mapped.pieces().items():
+                    parts.append((spec.downstream[0].consumer, p))
+                    tables.append(piece)
+                rows = mapped.rows
+            elif table.num_columns:
                 for edge in spec.downstream:
                     pieces = partition_table(table, edge.mode, edge.num_partitions, spec.instance,
                                              edge.partition_by, spec.num_instances)
@@ -342,7 +357,8 @@ class WorkerActor:
             if tables:
                 with self._cond:
                     self._outputs[spec.key] = tables
-            rows = table.num_rows if streamed is None or spec.downstream else streamed["rows"]
+            if mapped is None:
+                rows = table.num_rows if streamed is None or spec.downstream else streamed["rows"]
             result.update(ok=True, rows=rows, parts=parts)
         except BaseException as e:  # the user's code may raise anything; report it, stay alive
             if ctx is not None and ctx._output_writer is not None:

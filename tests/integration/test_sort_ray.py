@@ -126,7 +126,8 @@ def _hang_seed(maps: int, reducers: int, fraction: float) -> tuple[int, int]:
 def test_sort_forced_to_spill_and_with_a_straggler_overtaken_by_a_backup(client, tmp_path,
                                                                          skew):
     """A 64 KiB memory bound on sort instances holding ~200 KB each: every one spills several
-    sorted runs to its own spill directory and merges them. One sort instance's first attempt
+    sorted runs to its own spill directory and merges them; a 64 KiB bound on the maps
+    (``map_memory``) makes each spill its partitioned records to local disk too. One sort instance's first attempt
     hangs (fault injection, 60 s); a backup overtakes it. The output is sorted, complete and
     checksum-equal (validate.yaml), and the spill directories are gone afterwards."""
     src, out, val, spill = (tmp_path / d for d in ("in", "sorted", "val", "spill"))
@@ -137,7 +138,7 @@ def test_sort_forced_to_spill_and_with_a_straggler_overtaken_by_a_backup(client,
     seed, slow = _hang_seed(maps, reducers, 0.1)
     overrides = [f"params.{k}={v}" for k, v in dict(
         input=src, output=out, maps=maps, reducers=reducers, sort_memory="64KiB",
-        spill_dir=spill).items()]
+        map_memory="64KiB", spill_dir=spill).items()]
     overrides += [f"faults.attempt_hang_fraction=0.1", "faults.hang_s=60", f"faults.seed={seed}",
                   "speculation.min_done_fraction=0.5", "speculation.slowdown=2.0",
                   "speculation.min_runtime_s=0.5", "speculation.max_backup_fraction=0.5"]
@@ -160,6 +161,10 @@ def test_sort_forced_to_spill_and_with_a_straggler_overtaken_by_a_backup(client,
 
     runs = [int(m) for m in re.findall(r"sorted \d+ records \((\d+) sorted runs", text)]
     assert len(runs) >= reducers and min(runs) >= 2, text[-2000:]  # every instance spilled
+    # ~267 KB per map over a 64 KiB map bound: every map spilled its partitioned records
+    maps_text = str(client.logs(job_id, "partition"))
+    spills = [int(m) for m in re.findall(r'"spills": (\d+)', maps_text)]
+    assert len(spills) >= maps and min(spills) >= 1, maps_text[-2000:]
     won = [a for a in client.attempts(job_id).get("attempts", [])
            if a.get("task") == "sort" and a.get("instance") == slow and a.get("won")]
     assert won and won[0]["attempt"] >= 1, won  # the hung first attempt did not win

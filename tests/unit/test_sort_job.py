@@ -17,6 +17,8 @@ import pytest
 from fuxi.core.inputsplit import ByteRange, SplitSpec, split_ranges
 from fuxi.errors import BadInput
 from fuxi.io.inputs import expand_inputs
+from fuxi.core.plan import Edge
+from fuxi.io.mapout import MapOutput
 from fuxi.io.output import OutputLocation
 from fuxi.io.shuffle import concat_tables, partition_table
 from jobs.sort import gen, records, sort, validate
@@ -35,13 +37,25 @@ class Ctx:
     output: str | None = None
     emitted: list = field(default_factory=list)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sort.test"))
+    map_output: MapOutput | None = None  # the platform's map output, as the worker gives it
+
+    def bound_emit(self, held_bytes):
+        if self.map_output is not None:
+            self.map_output.held_bytes_max = held_bytes
+
+    @property
+    def map_stats(self):
+        return None if self.map_output is None else self.map_output.stats()
 
     @property
     def input_paths(self):
         return list(dict.fromkeys(r.path for r in self.input_splits))
 
     def emit(self, t):
-        self.emitted.append(t)
+        if self.map_output is not None:
+            self.map_output.add(t)
+        else:
+            self.emitted.append(t)
 
     def read_upstream(self):
         return concat_tables(self.upstream)
@@ -81,22 +95,36 @@ def run_gen(out: str, size: int, files: int, seed: int = 1, skew: float = 0) -> 
     _commit(loc, "gen", tables)
 
 
-def run_sort(src: str, out: str, maps: int, reducers: int) -> None:
-    params = {"reducers": reducers}
+def run_sort(src: str, out: str, maps: int, reducers: int, streamed: bool = False,
+             spill_dir: str | None = None, **params) -> list[dict]:
+    """The sort job in-process; ``streamed``: each map's output partitioned as emitted by the
+    worker's ``MapOutput`` (under ``params['map_memory']``), else partitioned whole at the end.
+    Returns each map's ``map_stats``."""
+    params = {"reducers": reducers, **params}
     s = Ctx("sample", 0, 1, params, input_splits=_splits(f"{src}/part-*", 1)[0])
     bounds = s.result(sort.sample(s))
     pieces: dict[int, list] = {r: [] for r in range(reducers)}
+    stats = []
+    edge = Edge("partition", "sort", "direct", ("_part",), reducers)
     for m, share in enumerate(_splits(f"{src}/part-*", maps)):
-        ctx = Ctx("partition", m, maps, params, input_splits=share, upstream=[bounds])
+        mo = MapOutput(edge, m, maps, spill_dir=spill_dir) if streamed else None
+        ctx = Ctx("partition", m, maps, params, input_splits=share, upstream=[bounds],
+                  map_output=mo)
         sort.partition(ctx)
-        table = ctx.result()
-        for p, piece in partition_table(table, "direct", reducers, m, ["_part"]).items():
-            assert piece.num_rows > 0 and "_part" not in piece.column_names
+        if mo is not None:
+            got = mo.pieces()
+            stats.append(ctx.map_stats)
+        else:
+            got = partition_table(ctx.result(), "direct", reducers, m, ["_part"])
+        for p, piece in got.items():
+            assert "_part" not in piece.column_names
+            assert piece.num_rows > 0 or p % maps == m  # only the schema-carrying empty ones
             pieces[p].append(piece)
     loc = OutputLocation(out)
     loc.prepare(fmt="records", record_bytes=100)
     tables = [Ctx("sort", r, reducers, params, upstream=pieces[r]) for r in range(reducers)]
     _commit(loc, "sort", [c.result(sort.sort_range(c)) for c in tables])
+    return stats
 
 
 def run_validate(sorted_dir: str, expect: str, checkers: int) -> dict:
@@ -244,3 +272,81 @@ def test_boundaries_cut_equal_shares():
     counts = np.bincount(ids, minlength=4)
     assert all(900 <= c <= 1100 for c in counts), counts
     assert sort.boundaries(keys, 1).shape == (0, 10)
+
+
+@pytest.mark.parametrize("skew", [0, 4])
+def test_map_side_bound_with_tiny_blocks_spills_and_sorts_everything(tmp_path, monkeypatch,
+                                                                      skew):
+    """Maps read 10-record blocks and hold at most 64 KiB (the floor) of partitioned records:
+    they spill many times, never hold much more than the bound, and the output is sorted,
+    complete and checksum-equal to the input (also for skewed keys, with sort spills too)."""
+    from fuxi.io import splits
+    from fuxi.io.mapout import MAP_HELD_BYTES_MIN
+
+    monkeypatch.setattr(splits, "read_block_bytes", 1000)
+    src, out = str(tmp_path / "in"), str(tmp_path / "sorted")
+    run_gen(src, size=6000 * 100, files=3, seed=11, skew=skew)
+    spill = tmp_path / "mapspill"
+    stats = run_sort(src, out, maps=2, reducers=5, streamed=True, spill_dir=str(spill),
+                     map_memory=MAP_HELD_BYTES_MIN, sort_memory="64KiB")
+    assert sum(s["rows"] for s in stats) == 6000
+    for s in stats:  # 300 KB per map over a 64 KiB bound: spilled, and held little
+        assert s["spills"] >= 3
+        assert s["held_bytes_peak"] <= MAP_HELD_BYTES_MIN + 1000 + 5 * 100
+    assert os.listdir(spill) == []  # spill files are unlinked once mapped
+    result = _all_records(out)
+    assert result.shape == (6000, 100) and records.is_sorted(result)
+    verdict = run_validate(out, src, checkers=2)
+    assert verdict["ok"] and verdict["records"] == 6000
+
+
+def test_streamed_map_output_equals_whole_partitioning(tmp_path):
+    """Partitioning block by block (with spills) gives the same pieces, row for row, as
+    partitioning the whole output at the end; hash edges too; the schema-carrying empty
+    pieces are the same."""
+    rng = np.random.default_rng(5)
+    n = 5000
+    t = pa.table({"k": pa.array(rng.integers(0, 50, n)), "v": pa.array(rng.random(n)),
+                  "_part": pa.array(rng.integers(0, 3, n).astype(np.int32))})  # 3 of 7 used
+    for edge in (Edge("a", "b", "direct", ("_part",), 7), Edge("a", "b", "hash", ("k",), 7)):
+        mo = MapOutput(edge, 2, 4, held_bytes_max=64 * 1024, spill_dir=str(tmp_path))
+        for s in range(0, n, 333):
+            mo.add(t.slice(s, 333))
+        assert mo.spills >= 1
+        want = partition_table(t, edge.mode, 7, 2, list(edge.partition_by), 4)
+        got = mo.pieces()
+        assert sorted(got) == sorted(want)
+        for p in want:
+            assert got[p].to_pylist() == want[p].to_pylist(), (edge.mode, p)
+            assert got[p].schema == want[p].schema
+
+
+@pytest.mark.parametrize("bad", [0, 1000, -1, True, "64MiB", 2**40, None])
+def test_map_memory_bound_refuses_garbage(bad):
+    with pytest.raises(BadInput, match="map memory bound"):
+        MapOutput(Edge("a", "b", "direct", ("_part",), 2), 0, 1, held_bytes_max=bad)
+
+
+def test_map_output_refuses_whole_table_modes():
+    with pytest.raises(BadInput, match="block by block"):
+        MapOutput(Edge("a", "b", "broadcast", (), 2), 0, 1)
+
+
+def test_read_ahead_keeps_order_raises_where_it_failed_and_refuses_bad_depth():
+    from fuxi.io.splits import READ_AHEAD_BLOCKS_MAX, read_ahead
+
+    assert list(read_ahead(iter(range(100)), 3)) == list(range(100))
+
+    def failing():
+        yield 1
+        yield 2
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for x in read_ahead(failing(), 1):
+            got.append(x)
+    assert got == [1, 2]
+    for bad in (0, READ_AHEAD_BLOCKS_MAX + 1, True, "2"):
+        with pytest.raises(BadInput, match="read-ahead depth"):
+            read_ahead(iter(()), bad).__next__()
