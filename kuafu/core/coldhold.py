@@ -22,6 +22,9 @@ HELD_CALLS_MAX = 256        # calls held for one asleep service at one proxy
 COLD_SERVICES_MAX = 1024    # asleep services one proxy keeps (and holds calls for)
 COLD_CALL_WAIT_S = 60.0     # longest a held call waits for the first replica
 ASLEEP_TTL_S_MAX = 60.0     # longest the manager's word "asleep" holds without renewal
+# A held call is given up this long before its deadline, so its caller hears "not sent" from
+# the proxy before its own timer fires (and never has to guess whether it ran).
+COLD_DEADLINE_MARGIN_S = 0.1
 
 
 @dataclass

@@ -242,12 +242,21 @@ class Forwarder:
     def _hold_cold(self, r: Route) -> None:
         """No replica of ``r``'s service runs (scaled to zero): hold the call (never sent yet,
         so sent once later) until one is up, or refuse it at once when too many wait."""
-        why = self.cold.hold(r.svc, r, self.loop.time(), self._live)
+        now = self.loop.time()
+        why = self.cold.hold(r.svc, r, now, self._live)
         if why is not None:
             self.counters["cold_refused"] += 1
             self.fail(r, Unavailable(why + "; not sent", maybe_executed=False))
-        else:
-            self.counters["cold_held"] += 1
+            return
+        self.counters["cold_held"] += 1
+        self.loop.call_later(max(0.0, r.deadline - coldhold.COLD_DEADLINE_MARGIN_S - now),
+                             self._cold_deadline, r)
+
+    def _cold_deadline(self, r: Route) -> None:
+        if self._live(r) and not r.sent and r.target is None and r.svc in self.cold.held \
+                and any(h.key is r for h in self.cold.held[r.svc]):
+            self.fail(r, TimedOut(f"{r.svc}.{r.method}: the deadline came while the service "
+                                  f"woke from zero (held at the proxy); not sent"))
 
     def _endpoint_added(self, svc: str) -> None:
         if svc in self.cold.held and self.loop is not None:
