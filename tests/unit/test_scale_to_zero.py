@@ -196,3 +196,62 @@ def test_every_held_call_ends_exactly_once(ops):
         outcome[k].append("released")
     for k, what in outcome.items():
         assert len(what) == 1 if k not in ended else len(what) <= 1, (k, what)
+
+
+class _Proxy:
+    """A stand-in for a Kuafu proxy actor's ``cold`` method (the real one is exercised in
+    tests/kuafu/test_cold_hold.py and on Ray in test_scale_to_zero_ray.py)."""
+
+    def __init__(self, answer):
+        self.answer, self.told = answer, []
+        outer = self
+
+        class _Method:
+            def remote(self, asleep, cred):
+                async def go():
+                    outer.told.append(dict(asleep))
+                    if isinstance(outer.answer, Exception):
+                        raise outer.answer
+                    return outer.answer
+                return go()
+        self.cold = _Method()
+
+
+def test_the_manager_tells_the_proxies_before_the_last_replica_goes_and_wakes_on_held_calls():
+    import asyncio
+    import time
+
+    from fuxi.io.store import MemoryStore
+    from fuxi.shells.offloop import AsyncStore, OffLoop
+    from fuxi.shells.services import ServiceManager
+
+    async def go():
+        mgr = ServiceManager("c", "ns", AsyncStore(MemoryStore(), OffLoop("t", 1)), False)
+        spec = service_spec_from_dict(dict(BASE, autoscaling={
+            "target_in_flight": 2, "min_replicas": 0, "scale_to_zero_after_s": 5})).to_doc()
+        await mgr.register(spec)
+        core = mgr.cores["svc"]
+        t = time.time()
+        mgr._autoscale(core, IDLE, t)
+        mgr._autoscale(core, IDLE, t + 6)
+        assert core.spec["replicas"] == 1 and "svc" in mgr._zeroing  # not before the proxies
+        down = _Proxy(RuntimeError("unreachable"))
+        mgr._proxies, mgr._proxies_at = {"n1": down}, time.time()
+        await mgr._cold_poll_once(time.time())
+        assert core.spec["replicas"] == 1 and down.told == [{"svc": 5.0}]  # nobody heard it
+        mgr._autoscale(core, IDLE, t + 12)
+        up = _Proxy({})
+        mgr._proxies = {"n1": up}
+        await mgr._cold_poll_once(time.time())
+        assert core.spec["replicas"] == 0 and up.told == [{"svc": 5.0}]
+        assert "autoscaled 1 -> 0 replicas: scaled to zero: no call for" in core.events[-1]
+        assert mgr.status("svc")["autoscaling"]["scaled_to_zero"] is True
+        up.answer = {"svc": 3, "garbage-not-registered": 9}
+        await mgr._cold_poll_once(time.time())
+        assert core.spec["replicas"] == 1
+        assert core.events[-1].endswith("autoscaled 0 -> 1 replicas: woken from zero: 3 calls "
+                                        "held at 1 Kuafu proxies")
+        await mgr._cold_poll_once(time.time())  # still held while it starts: no second wake
+        assert core.spec["replicas"] == 1 and sum("woken" in e for e in core.events) == 1
+
+    asyncio.run(go())
