@@ -55,6 +55,7 @@ def _load(spec: str, overrides: list[str], working_dir: str | None = None,
 def _show(st: dict) -> None:
     typer.echo(f"{st['name']}  version {st['version']}  {st['ready']}/{st['desired']} ready"
                f"{'  (removing)' if st['removing'] else ''}"
+               f"{'  (scaled to zero)' if (st.get('autoscaling') or {}).get('scaled_to_zero') else ''}"
                f"{'  rollout: ' + st['rollout'] if st['rollout'] else ''}")
     c = st.get("canary")
     if c:
@@ -67,6 +68,11 @@ def _show(st: dict) -> None:
         typer.echo(f"autoscaling: target {a['target']}, {a['min']}..{a['max']} replicas; "
                    f"current {a['current']}, recommended {a['recommended'] if a['recommended'] is not None else '-'}"
                    f"{' (waiting out the ' + a['pending'] + ' delay)' if a['pending'] else ''}")
+        if a.get("scaled_to_zero"):
+            typer.echo(f"  scaled to zero: no replica runs; the next call waits at the proxy "
+                       f"while one starts")
+        elif a.get("scale_to_zero"):
+            typer.echo(f"  scales to zero after {a['scale_to_zero_after_s']:g}s with no call")
         last = a.get("last")
         typer.echo(f"  last decision: {last['from']} -> {last['to']}: {last['reason']}" if last
                    else "  last decision: none yet")

@@ -106,6 +106,16 @@ def _actor_class():
                 return out
             return self.loop.call(both, INFO_TIMEOUT_S)
 
+        def cold(self, asleep: dict, cred: str | None = None) -> dict:
+            """Services scaled to zero ({name: ttl_s}, from the service manager); returns
+            {name: calls held here} for those whose calls wait for a replica."""
+            from zhongkui.guard import require_platform
+
+            def go():
+                require_platform(self.core.guard, cred, "tell a Kuafu proxy what sleeps")
+                return self.core.cold(asleep)
+            return self.loop.call(go, INFO_TIMEOUT_S)
+
         def zk_set_keys(self, proof: str, doc: dict) -> int:
             """Zhongkui's keys after a rotation (from FuxiMaster)."""
             if self.core.guard is None:

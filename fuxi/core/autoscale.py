@@ -22,6 +22,12 @@ Rules, each step:
   two changes are always more than a delay apart and the new replicas are measured first.
 * A ``current`` outside min..max (the spec's bounds changed) is brought inside at once.
 * With no replica reporting (all still starting), nothing is recommended but ``current``.
+
+Scale to zero (``min_replicas: 0``): the load never recommends fewer than one replica; the
+count goes to 0 only once no replica saw a call (none finished, none in flight) for
+``scale_to_zero_after_s``. Any call seen restarts that idle timer. At 0 nothing starts a
+replica but ``wake`` (a call held at a Kuafu proxy, ``kuafu.core.coldhold``), which asks for
+max(1, min_replicas) at once -- no delay: a caller is waiting -- and restarts the idle timer.
 """
 
 from __future__ import annotations
@@ -57,6 +63,17 @@ def _clamp(n: int, policy: dict) -> int:
     return min(max(n, int(policy["min_replicas"])), int(policy["max_replicas"]))
 
 
+def awake_floor(policy: dict) -> int:
+    """The fewest replicas the load alone may ask for: 1 even with ``min_replicas: 0`` (only
+    idleness takes the last one away)."""
+    return min(max(1, int(policy["min_replicas"])), int(policy["max_replicas"]))
+
+
+def saw_calls(loads: list[ReplicaLoad]) -> bool:
+    """Any call finished or in flight at any replica over the period."""
+    return any(x.calls > 0 or x.in_flight > 0 for x in loads)
+
+
 def recommend(policy: dict, current: int, loads: list[ReplicaLoad]) -> tuple[int, str]:
     """Replicas the load calls for now (within min..max), and why, in words."""
     if not loads:
@@ -75,7 +92,7 @@ def recommend(policy: dict, current: int, loads: list[ReplicaLoad]) -> tuple[int
         raw = math.ceil(len(loads) * worst / target - EPSILON)
         why = (f"worst {pct} {worst:.1f} ms over {len(loads)} ready replicas, target "
                f"{target:g} ms")
-    return _clamp(max(raw, 0), policy), why
+    return max(_clamp(max(raw, 0), policy), awake_floor(policy)), why
 
 
 @dataclass
@@ -88,11 +105,14 @@ class Autoscaler:
     why: str = ""
     last: Decision | None = None     # the last change
     steps: int = 0
+    last_call_at: float | None = None  # the last time any replica saw a call (or a wake)
 
     def step(self, policy: dict, current: int, loads: list[ReplicaLoad],
              now: float) -> Decision | None:
         """One look at fresh numbers: a change of the desired count, or None."""
         self.steps += 1
+        if self.last_call_at is None or saw_calls(loads):
+            self.last_call_at = now
         want, why = recommend(policy, current, loads)
         self.recommended, self.why = want, why
         inside = _clamp(current, policy)
@@ -100,6 +120,13 @@ class Autoscaler:
             return self._change(now, current, inside,
                                 f"{current} replicas is outside min_replicas.."
                                 f"max_replicas ({policy['min_replicas']}..{policy['max_replicas']})")
+        idle_s = now - self.last_call_at
+        after_s = float(policy.get("scale_to_zero_after_s") or 0.0)
+        if int(policy["min_replicas"]) == 0 and current > 0 and after_s > 0 and idle_s >= after_s:
+            self.recommended, self.why = 0, f"no call for {idle_s:.1f}s"
+            return self._change(now, current, 0,
+                                f"scaled to zero: no call for {idle_s:.1f}s "
+                                f"(scale_to_zero_after_s {after_s:g})")
         if want > current:
             self.down_since = None
             if self.up_since is None:
@@ -125,6 +152,14 @@ class Autoscaler:
                                 f"{why}: wanted <= {self.down_ceiling} for {held:.1f}s")
         return None
 
+    def wake(self, policy: dict, current: int, now: float, why: str) -> Decision | None:
+        """Calls wait for a replica (``why`` says where): restart the idle timer and, at 0,
+        ask for ``awake_floor`` replicas now (None when some are already wanted)."""
+        self.last_call_at = now
+        if current > 0:
+            return None
+        return self._change(now, current, awake_floor(policy), f"woken from zero: {why}")
+
     def _change(self, now: float, before: int, after: int, reason: str) -> Decision:
         self.up_since = self.down_since = None
         self.last = Decision(now, before, after, reason)
@@ -141,7 +176,11 @@ class Autoscaler:
                            f"{policy.get('latency_percentile', 'p99')} <= "
                            f"{policy['target_latency_ms']:g} ms"),
                 "pending": pending,
-                "last": self.last.to_dict() if self.last else None}
+                "last": self.last.to_dict() if self.last else None,
+                "scale_to_zero": int(policy["min_replicas"]) == 0,
+                "scaled_to_zero": int(policy["min_replicas"]) == 0 and current == 0,
+                "scale_to_zero_after_s": policy.get("scale_to_zero_after_s"),
+                "last_call_at": self.last_call_at}
 
 
 def replica_load(prev: dict | None, now_stats: dict, period_s: float) -> ReplicaLoad:

@@ -22,6 +22,9 @@ reads no files.
       scale_up_delay_s: 5
       scale_down_delay_s: 30
       max_change_per_step: 2
+      # min_replicas: 0 scales to zero after scale_to_zero_after_s with no call; a call
+      # then waits at the Kuafu proxy for a replica (fuxi.core.autoscale, kuafu.core.coldhold)
+      scale_to_zero_after_s: 300
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ START_TIMEOUT_S_MAX = 3600.0
 TARGET_IN_FLIGHT_MAX = float(MAX_CONCURRENCY_MAX + QUEUE_MAX_MAX)
 TARGET_LATENCY_MS_MAX = 3_600_000.0
 SCALE_DELAY_S_MAX = 3600.0
+SCALE_TO_ZERO_AFTER_S_MIN = 1.0          # shorter would stop a replica between two calls
+SCALE_TO_ZERO_AFTER_S_MAX = 7 * 86400.0
+SCALE_TO_ZERO_AFTER_S_DEFAULT = 300.0
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
@@ -98,7 +104,10 @@ class AutoscalingSpec(BaseModel):
     period) or ``target_latency_ms`` of the ``latency_percentile`` (p50 or p99) of the
     slowest replica. The count stays within ``min_replicas``..``max_replicas``; it rises only
     once more replicas were wanted for ``scale_up_delay_s`` without a break (falls: fewer, for
-    ``scale_down_delay_s``), by at most ``max_change_per_step`` at a time."""
+    ``scale_down_delay_s``), by at most ``max_change_per_step`` at a time. With
+    ``min_replicas: 0`` the load alone never takes the last replica away: the service goes to
+    zero only after ``scale_to_zero_after_s`` without any call, and the first call after that
+    waits at the Kuafu proxy while one replica starts."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -110,9 +119,12 @@ class AutoscalingSpec(BaseModel):
     scale_up_delay_s: float = Field(default=5.0, ge=0.0, le=SCALE_DELAY_S_MAX)
     scale_down_delay_s: float = Field(default=30.0, ge=0.0, le=SCALE_DELAY_S_MAX)
     max_change_per_step: int = Field(default=2, ge=1, le=REPLICAS_MAX, strict=True)
+    scale_to_zero_after_s: float = Field(default=SCALE_TO_ZERO_AFTER_S_DEFAULT,
+                                         ge=SCALE_TO_ZERO_AFTER_S_MIN,
+                                         le=SCALE_TO_ZERO_AFTER_S_MAX)
 
     @field_validator("target_in_flight", "target_latency_ms", "scale_up_delay_s",
-                     "scale_down_delay_s", mode="before")
+                     "scale_down_delay_s", "scale_to_zero_after_s", mode="before")
     @classmethod
     def _number(cls, value: Any) -> Any:
         if isinstance(value, bool) or (value is not None and not isinstance(value, (int, float))):
@@ -127,9 +139,9 @@ class AutoscalingSpec(BaseModel):
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas "
                              f"{self.max_replicas}: expected min_replicas <= max_replicas")
-        if self.min_replicas == 0:
-            raise ValueError("min_replicas 0 (scale to zero) is not supported yet: a call "
-                             "to a service with no replica would fail; expected >= 1")
+        if self.min_replicas > 0 and "scale_to_zero_after_s" in self.model_fields_set:
+            raise ValueError(f"scale_to_zero_after_s applies only with min_replicas 0 (scale "
+                             f"to zero); min_replicas is {self.min_replicas}")
         return self
 
 

@@ -258,4 +258,5 @@ def leader_state(master, restarted: bool) -> None:
         m.adoption.expected &= set(m.job_owners)
     m.services = ServiceManager(
         m.cluster, m.namespace, m.astore, m.detached, token_for=m._service_token,
-        control_secret=replica_control_secret(m.data_dir) if m.auth_enabled else None)
+        control_secret=replica_control_secret(m.data_dir) if m.auth_enabled else None,
+        platform_cred=m.platform_guard.platform_token)

@@ -50,6 +50,13 @@ ADOPT_TIMEOUT_S = 10.0    # asking a replica found after a restart who it is
 KEY = "/services/"
 OWNERS_KEY = "/service-owners/"  # who registered each service: {"user", ...} (Principal.to_doc)
 KUAFU_CLAIMS_PATH = "/kuafu/claims/"  # names claimed at Kuafu by their first attacher (kuafu.io.proxy)
+# Scale to zero (fuxi.core.autoscale, kuafu.core.coldhold): while a service with min_replicas
+# 0 has no ready replica, every Kuafu proxy is told so each COLD_POLL_S (it holds the
+# service's calls for ASLEEP_TTL_S after the last word) and answers with the calls it holds.
+COLD_POLL_S = 0.2
+ASLEEP_TTL_S = 5.0
+COLD_CALL_TIMEOUT_S = 5.0      # one proxy's answer
+PROXIES_REFRESH_S = 5.0        # how stale the list of Kuafu proxies may be
 
 
 def replica_control_secret(data_dir: str | None) -> bytes:
@@ -68,7 +75,7 @@ def replica_control_secret(data_dir: str | None) -> bytes:
 
 class ServiceManager:
     def __init__(self, cluster: str, namespace: str, store, detached: bool, token_for=None,
-                 control_secret: bytes | None = None):
+                 control_secret: bytes | None = None, platform_cred=None):
         """``store``: an ``AsyncStore``; read here through its blocking side (before the
         actor serves)."""
         self.cluster, self.namespace, self.store, self.detached = cluster, namespace, store, detached
@@ -76,6 +83,14 @@ class ServiceManager:
         # drain need the key; fuxi.shells.replica). None: replicas take control calls from anyone.
         self.control_secret = control_secret
         self.token_for = token_for or (lambda name: "")  # a replica's token, by service
+        self.platform_cred = platform_cred or (lambda: None)  # for the proxies' `cold`
+        # Scale to zero: decisions to 0 waiting for the proxies to hear "asleep" first, the
+        # proxies (refreshed every PROXIES_REFRESH_S) and one poll of them at a time.
+        self._zeroing: dict[str, object] = {}
+        self._proxies: dict = {}
+        self._proxies_at = 0.0
+        self._cold_at = 0.0
+        self._cold_running = False
         self.cores: dict[str, ServiceCore] = {}
         self._forwarded: dict[str, int] = {}  # service -> core event lines sent to the log
         self.handles: dict[str, object] = {}
@@ -416,6 +431,10 @@ class ServiceManager:
             doc = core.desired_doc()
             if self.saved.get(name) != json.dumps(doc, sort_keys=True):
                 self._write_later(name, doc)
+        if now - self._cold_at >= COLD_POLL_S and not self._cold_running and self._sleepy():
+            self._cold_at = now
+            self._cold_running = True
+            asyncio.get_event_loop().create_task(self._cold_poll())
         if now - self._stats_at >= STATS_EVERY_S and not self._stats_running:
             self._stats_at = now
             self._stats_running = True
@@ -600,9 +619,76 @@ class ServiceManager:
             self.autoscalers.pop(core.name, None)
             return
         scaler = self.autoscalers.setdefault(core.name, Autoscaler())
+        if core.name in self._zeroing:
+            return  # the proxies hear "asleep" before the last replica goes (_cold_poll)
         decision = scaler.step(auto, int(core.spec["replicas"]), loads, now)
-        if decision is not None:
+        if decision is not None and decision.after == 0 and decision.before > 0:
+            self._zeroing[core.name] = decision
+        elif decision is not None:
             core.scale(decision.after, now, decision.reason)
+
+    # ------------------------------------------------------------ scale to zero
+    def _sleepy(self) -> list[str]:
+        """Services whose calls the proxies should hold: autoscaled with min_replicas 0 and
+        no ready replica (at zero, or waking), or about to go to zero."""
+        out = []
+        for name, core in self.cores.items():
+            auto = core.spec.get("autoscaling")
+            if not auto or core.removing or int(auto["min_replicas"]) != 0:
+                continue
+            if name in self._zeroing or not any(r.state == READY for r in core.replicas.values()):
+                out.append(name)
+        return out
+
+    async def _cold_poll(self) -> None:
+        try:
+            await self._cold_poll_once(time.time())
+        except Exception:  # noqa: BLE001 - the next poll tries again
+            logger.exception("asking the Kuafu proxies for held calls failed")
+        finally:
+            self._cold_running = False
+
+    async def _cold_poll_once(self, now: float) -> None:
+        from kuafu import deploy
+
+        if now - self._proxies_at >= PROXIES_REFRESH_S or not self._proxies:
+            self._proxies = await asyncio.to_thread(deploy.proxies, self.namespace)
+            self._proxies_at = time.time()
+        sleepy = self._sleepy()
+        asleep = {name: ASLEEP_TTL_S for name in sleepy}
+        cred = self.platform_cred()
+        calls = [asyncio.wait_for(h.cold.remote(asleep, cred), COLD_CALL_TIMEOUT_S)
+                 for h in self._proxies.values()]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        told = sum(1 for a in answers if isinstance(a, dict))
+        held: dict[str, list[int]] = {}
+        for a in answers:
+            if isinstance(a, dict):
+                for svc, n in a.items():
+                    held.setdefault(svc, []).append(int(n))
+        # Every proxy that answered now holds new calls: the last replicas may go.
+        for name, decision in list(self._zeroing.items()):
+            core = self.cores.get(name)
+            del self._zeroing[name]
+            if core is None or core.removing or name in held:
+                continue  # calls arrived meanwhile: it stays up
+            if told or not self._proxies:
+                core.scale(0, time.time(), decision.reason)
+                events.emit("fuxi.services", "service_scaled_to_zero",
+                            f"service {name}: scaled to zero ({decision.reason})",
+                            service=name)
+        for name, ns in held.items():
+            core = self.cores.get(name)
+            auto = core.spec.get("autoscaling") if core is not None else None
+            if not auto or core.removing:
+                continue
+            scaler = self.autoscalers.setdefault(name, Autoscaler())
+            d = scaler.wake(auto, int(core.spec["replicas"]), time.time(),
+                            f"{sum(ns)} calls held at {len(ns)} Kuafu proxies")
+            if d is not None:
+                core.scale(d.after, d.at, d.reason)
+                events.emit("fuxi.services", "service_woken",
+                            f"service {name}: woken from zero ({d.reason})", service=name)
 
 
 def _short(e: BaseException) -> str:

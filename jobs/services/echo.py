@@ -16,10 +16,12 @@ ECHO_SLEEP_S_MAX = 10.0  # the longest `sleep` call the echo service takes
 
 
 class Echo:
-    def __init__(self, tag: str = "v1", healthy: bool = True, start_delay_s: float = 0.0):
+    def __init__(self, tag: str = "v1", healthy: bool = True, start_delay_s: float = 0.0,
+                 ledger: str | None = None):
         time.sleep(start_delay_s)  # a slow constructor: the replica is not an endpoint yet
         self.tag = tag
         self.healthy = healthy
+        self.ledger = ledger  # a file `record` appends to: calls counted across replicas
 
     @kuafu.method(idempotent=True)
     async def echo(self, msg):
@@ -49,6 +51,22 @@ class Echo:
     async def caller(self, msg):
         """Who called, as the proxy verified it (Zhongkui); "" without access control."""
         return kuafu.context().caller or ""
+
+    @kuafu.method(idempotent=False)
+    async def record(self, msg):
+        """Append ``msg`` (a call id, up to 200 bytes) as one line to the ledger file: never
+        idempotent, so tests count each call exactly once across replicas."""
+        if self.ledger is None:
+            raise ValueError("record: this replica has no ledger (config ledger: <path>)")
+        text = msg.decode() if isinstance(msg, bytes) else str(msg)
+        if len(text) > 200 or "\n" in text:
+            raise ValueError(f"record: got {text!r:.40}, expected one line of <= 200 chars")
+        fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (text + "\n").encode())
+        finally:
+            os.close(fd)
+        return b"recorded"
 
     def check_health(self) -> bool:
         return self.healthy

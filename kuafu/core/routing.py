@@ -145,11 +145,19 @@ class EndpointTable:
         self.local: dict[str, dict[str, Endpoint]] = {}
         self.remote: dict[str, dict[str, Endpoint]] = {}
         self.by_name: dict[str, Endpoint] = {}  # this proxy's own endpoints
+        # Told the service of every endpoint that appears (calls held for a service scaled
+        # to zero go as soon as one does: kuafu.core.coldhold).
+        self.on_added: Callable[[str], None] | None = None
+
+    def _added(self, svc: str) -> None:
+        if self.on_added is not None:
+            self.on_added(svc)
 
     # -- this proxy's own
     def add_local(self, ep: Endpoint) -> None:
         self.local.setdefault(ep.service, {})[ep.name] = ep
         self.by_name[ep.name] = ep
+        self._added(ep.service)
 
     def remove_local(self, name: str) -> Endpoint | None:
         ep = self.by_name.pop(name, None)
@@ -185,12 +193,15 @@ class EndpointTable:
             if old is not None:
                 ep.inflight = old.inflight
             self.remote.setdefault(svc, {})[name] = ep
+            self._added(svc)
 
     def merge_found(self, svc: str, found: dict[str, Endpoint]) -> None:
         """Endpoints a lookup found; what the watch already told us is kept."""
         known = self.remote.setdefault(svc, {})
         for name, ep in found.items():
             known.setdefault(name, ep)
+        if found:
+            self._added(svc)
 
     # -- reading
     def known(self, svc: str) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 
 from kuafu import frame as F
-from kuafu.core import flow, hotroute, routing
+from kuafu.core import coldhold, flow, hotroute, routing
 from kuafu.core.frame import check_announced_size, timeout_from_header
 from kuafu.errors import (BadRequest, KuafuError, Overloaded, TimedOut, Unavailable,
                           UnavailableInFlight)
@@ -79,6 +79,9 @@ class Forwarder:
         self.peers = None           # the PeerPool, wired by the proxy
         self.latencies = routing.Latencies()
         self.hot = hotroute.HotEndpoints()  # hot replicas, steered away from (issue 20 part 2)
+        # Calls to services scaled to zero, held until a replica is up (issue 20 part 1).
+        self.cold = coldhold.ColdHolds()
+        endpoints.on_added = self._endpoint_added
         self.routes: dict[tuple, Route] = {}   # (target conn, its id) -> route
         self.inbound: dict[tuple, Route] = {}  # (source conn, its id) -> route
         self.held_bytes = 0
@@ -202,6 +205,10 @@ class Forwarder:
                                   f"not sent"))
             return
         ep = routing.choose(self._candidates(r), self.rng, self._avoid(r))
+        if ep is None and r.header.get("ep") is None and not self.endpoints.has_any(r.svc) \
+                and self.cold.is_asleep(r.svc, self.loop.time()):
+            self._hold_cold(r)
+            return
         if ep is None and self.watcher is not None and self.watcher.nuwa is not None \
                 and routing.may_look_up(self.endpoints, self.watcher.misses, r.svc,
                                         tried=bool(r.tried), pinned=r.header.get("ep"),
@@ -230,6 +237,47 @@ class Forwarder:
             self._send_to(conn, r)
         else:
             self.peers.wait(ep.address, r)
+
+    # ------------------------------------------------------------ services scaled to zero
+    def _hold_cold(self, r: Route) -> None:
+        """No replica of ``r``'s service runs (scaled to zero): hold the call (never sent yet,
+        so sent once later) until one is up, or refuse it at once when too many wait."""
+        now = self.loop.time()
+        why = self.cold.hold(r.svc, r, now, self._live)
+        if why is not None:
+            self.counters["cold_refused"] += 1
+            self.fail(r, Unavailable(why + "; not sent", maybe_executed=False))
+            return
+        self.counters["cold_held"] += 1
+        self.loop.call_later(max(0.0, r.deadline - coldhold.COLD_DEADLINE_MARGIN_S - now),
+                             self._cold_deadline, r)
+
+    def _cold_deadline(self, r: Route) -> None:
+        if self._live(r) and not r.sent and r.target is None and r.svc in self.cold.held \
+                and any(h.key is r for h in self.cold.held[r.svc]):
+            self.fail(r, TimedOut(f"{r.svc}.{r.method}: the deadline came while the service "
+                                  f"woke from zero (held at the proxy); not sent"))
+
+    def _endpoint_added(self, svc: str) -> None:
+        if svc in self.cold.held and self.loop is not None:
+            self.loop.call_soon(self._release_cold, svc)  # not inside the table's update
+
+    def _release_cold(self, svc: str) -> None:
+        if not self.endpoints.has_any(svc):
+            return
+        for r in self.cold.release(svc):
+            if self._live(r):
+                self.dispatch(r)
+
+    def cold_sweep(self, now: float) -> None:
+        """Held calls past COLD_CALL_WAIT_S fail, not sent; a missed endpoint event is
+        caught here too."""
+        for svc in [s for s in self.cold.held if self.endpoints.has_any(s)]:
+            self._release_cold(svc)
+        for r in self.cold.expired(now, self._live):
+            self.fail(r, Unavailable(
+                f"{r.svc!r} is scaled to zero and no replica of it was up within "
+                f"COLD_CALL_WAIT_S={self.cold.wait_s:g}s; not sent", maybe_executed=False))
 
     def _again(self, r: Route, ep) -> None:
         """Decide ``r`` again (fresh ACL entries or revocations), if it is still wanted."""
@@ -545,8 +593,12 @@ class Forwarder:
     def sweep(self, now: float) -> None:
         """Fail the calls past their deadline."""
         for r in [r for r in self.inbound.values() if now >= r.deadline]:
+            cold = not r.sent and r.svc in self.cold.held
             self.fail(r, TimedOut(f"no reply from {r.svc}.{r.method} by the deadline"
-                                  + ("; it may have run" if r.sent else "; not sent")))
+                                  + ("; it may have run" if r.sent else
+                                     "; held while the service woke from zero, not sent"
+                                     if cold else "; not sent")))
+        self.cold_sweep(now)
 
     def busy_connections(self) -> set:
         return {k[0] for k in self.routes} | {k[0] for k in self.inbound}

@@ -54,7 +54,8 @@ PROXY_SWEEP_PERIOD_S = 0.25
 COUNTERS = ("requests", "responses", "errors", "retries", "overloaded", "timed_out",
             "rejected_frames", "closed_stale", "refused_connections", "held_bytes_max",
             "accepted", "backups_sent", "backups_won", "unauthenticated", "denied",
-            "closed_unauthenticated", "evicted_preauth", "misses_evicted", "redirected")
+            "closed_unauthenticated", "evicted_preauth", "misses_evicted", "redirected",
+            "cold_held", "cold_refused")
 
 PROXY_EVENTS = metrics.counter(
     "kuafu_proxy_events_total",
@@ -278,6 +279,15 @@ class ProxyCore:
         self.admission.sweep_stale(now, self.forwarder.busy_connections())
         self.peers.ping_idle(now)
 
+    # ------------------------------------------------------------ scale to zero
+    def cold(self, asleep: dict) -> dict:
+        """The service manager's word on which services are asleep ({service: ttl_s}); the
+        answer is {service: calls held here} for those that want a replica now."""
+        now = self.loop.time()
+        self.forwarder.cold.set_asleep(asleep, now)
+        self.forwarder.cold.expired(now, self.forwarder._live)  # ended calls want nothing
+        return self.forwarder.cold.wanted()
+
     # ------------------------------------------------------------ status
     def stats(self) -> dict:
         roles: dict[str, int] = {}
@@ -296,4 +306,5 @@ class ProxyCore:
                 "local_services": {s: len(e) for s, e in self.endpoints.local.items()},
                 "remote_services": {s: len(e) for s, e in self.endpoints.remote.items()},
                 "hot": fw.hot.snapshot(),
+                "cold": {"asleep": sorted(fw.cold.asleep), "held": fw.cold.wanted()},
                 "counters": dict(self.counters), "uptime_s": round(time.time() - self.started_at, 1)}
