@@ -1,7 +1,7 @@
 """A hot chunkserver on real Ray (issue 20 part 2): Pangu with one chunkserver on each of
 three simulated nodes (none on the driver's node, so every read is a call to a chunkserver,
 not a short-circuit read of local files). A crowd of readers hammers a file whose only
-replica is on one server, so its reads pile up (its queue, ``pangu.core.hotservers``); the
+replica is on one server (16 threads in 4 reader actors), so its reads pile up (its queue, ``pangu.core.hotservers``); the
 master flags it (a ``server_hot`` event, the ``pangu_hot_chunkservers`` gauge, ``hot`` in the
 servers' status), new files (replication 2) are placed on the other two while it is hot, and
 once the readers stop the flag clears and new files use it again.
@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 CLUSTER = "phot"
 CS = 1024 * 1024  # 1 MiB chunks
-READERS = 16  # threads reading the hot server's file without pause
+READERS = 16  # threads reading the hot server's file without pause ...
+READER_ACTORS = 4  # ... in this many processes on the head node (no chunkserver there)
 FILES = 8  # replication-2 files per round: each misses a given server with odds 1/3
 HOT_TIMEOUT_S = 60.0
 CLEAR_TIMEOUT_S = 60.0
@@ -84,7 +85,45 @@ def _wait(c, what: str, timeout_s: float, ok) -> dict:
                          f"{[(k, v['queue'], v['hot']) for k, v in sv.items()]}")
 
 
+def _reader_class():
+    import ray
+
+    @ray.remote(num_cpus=0, max_concurrency=4)
+    class Reader:
+        """Threads re-reading one file without pause (a process of its own: not the GIL of
+        the test's)."""
+
+        def start(self, path: str, threads: int) -> None:
+            self.stop_ = threading.Event()
+            self.reads, self.errors = 0, []
+
+            def loop():
+                rc = PC.Client(CLUSTER)
+                while not self.stop_.is_set():
+                    try:
+                        with rc.open(path, "rb") as f:
+                            f.read()
+                        self.reads += 1
+                    except Exception as e:  # noqa: BLE001 - counted: no read may fail
+                        self.errors.append(repr(e))
+
+            self.threads = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
+            for t in self.threads:
+                t.start()
+
+        def stop(self) -> tuple[int, list]:
+            self.stop_.set()
+            for t in self.threads:
+                t.join(60)
+            return self.reads, self.errors[:10]
+
+    return Reader
+
+
 def test_a_server_with_a_crowd_of_readers_gets_no_new_replicas_until_it_calms(pg):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     c = pg
     c.mkdir("/hot", parents=True)
     _wait(c, "three chunkservers", 60, lambda sv: sum(not s["dead"] for s in sv.values()) == 3)
@@ -95,21 +134,10 @@ def test_a_server_with_a_crowd_of_readers_gets_no_new_replicas_until_it_calms(pg
     before = [_write(c, f"/hot/before-{i}", os.urandom(CS), 2) for i in range(FILES)]
     assert any(hot in s for s in before), before
 
-    stop = threading.Event()
-    errors: list[str] = []
-
-    def read_forever():
-        rc = PC.Client(CLUSTER)
-        while not stop.is_set():
-            try:
-                with rc.open("/hot/crowded", "rb") as f:
-                    f.read()
-            except Exception as e:  # noqa: BLE001 - counted: no read may fail
-                errors.append(repr(e))
-
-    threads = [threading.Thread(target=read_forever, daemon=True) for _ in range(READERS)]
-    for t in threads:
-        t.start()
+    readers = [_reader_class().options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        _node_id("head"), soft=False)).remote() for _ in range(READER_ACTORS)]
+    ray.get([r.start.remote("/hot/crowded", READERS // READER_ACTORS) for r in readers],
+            timeout=60)
     try:
         sv = _wait(c, "the crowded server flagged hot", HOT_TIMEOUT_S,
                    lambda sv: sv[hot]["hot"] == "queue")
@@ -124,10 +152,12 @@ def test_a_server_with_a_crowd_of_readers_gets_no_new_replicas_until_it_calms(pg
         assert not any(hot in s for s in during), during
         assert _servers(c)[hot]["hot"], "it cooled while we wrote: the check above proved little"
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert not errors, errors[:3]
+        got = ray.get([r.stop.remote() for r in readers], timeout=120)
+        for r in readers:
+            ray.kill(r)
+    reads, errors = sum(g[0] for g in got), [e for g in got for e in g[1]]
+    print(f"{reads} whole-file reads by the crowd")
+    assert reads > 0 and not errors, errors[:3]
 
     _wait(c, "the flag cleared", CLEAR_TIMEOUT_S, lambda sv: not sv[hot]["hot"])
     assert any(e["kind"] == "server_hot_cleared" for e in c.status()["events"])
