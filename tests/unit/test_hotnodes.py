@@ -82,3 +82,13 @@ def test_new_replicas_avoid_hot_nodes_even_when_they_need_no_cpu():
     only = ServiceCore(doc)
     got = [a.node for a in only.plan(0.0, {"b": 2.0}, hot=frozenset({"b"})) if a.kind == "start"]
     assert got == ["b", "b", "b"]  # the only node: still used
+
+
+def test_the_node_list_says_hot_and_the_load():
+    from cli.node import agent_text
+
+    base = {"state": "healthy", "heartbeat_age_s": 0.4, "mem_available_bytes": 2 * 1024**3,
+            "disk_free_bytes": 50 * 1024**3, "load": 5.04}
+    assert agent_text(dict(base, hot=True)).endswith("load 5.0 HOT")
+    assert agent_text(dict(base, hot=False)).endswith("load 5.0")
+    assert "HOT" not in agent_text(dict(base, load=None))  # never heard: no load, not hot
