@@ -62,8 +62,8 @@ def pg(ray_cluster, tmp_path_factory):
                 pass
 
 
-def _write(c, path: str, data: bytes, replication: int) -> set:
-    with c.open(path, "wb", chunk_size=CS, replication=replication) as f:
+def _write(c, path: str, data: bytes, replication: int, chunk_size: int = CS) -> set:
+    with c.open(path, "wb", chunk_size=chunk_size, replication=replication) as f:
         f.write(data)
     info = c.call("locate", path)
     return {r["id"] for ch in info["chunks"] for r in ch["replicas"]}
@@ -127,7 +127,8 @@ def test_a_server_with_a_crowd_of_readers_gets_no_new_replicas_until_it_calms(pg
     c = pg
     c.mkdir("/hot", parents=True)
     _wait(c, "three chunkservers", 60, lambda sv: sum(not s["dead"] for s in sv.values()) == 3)
-    held = _write(c, "/hot/crowded", os.urandom(4 * CS), replication=1)
+    # One chunk (each chunk is placed on its own), one replica: one server holds it all.
+    held = _write(c, "/hot/crowded", os.urandom(4 * CS), replication=1, chunk_size=4 * CS)
     assert len(held) == 1
     hot = held.pop()
     # Negative control: nothing hot yet, replication-2 writes use that server too.
