@@ -1,5 +1,6 @@
 """``fuxi node list|drain|undrain``: the cluster's nodes, what is free on each, its FuxiAgent
-(state, age of its last heartbeat, memory available and disk free), whether it is blacklisted
+(state, age of its last heartbeat, memory available, disk free, load, and ``HOT`` when its
+load stands well above its peers' (``fuxi.shells.hotnodes``)), whether it is blacklisted
 for every job (cluster level, ``fuxi.core.blacklist``), and its drain state with what it still
 holds (``fuxi.core.drain``: active / draining / drained (removable) / dead)."""
 
@@ -19,7 +20,7 @@ NODE_CALL_TIMEOUT_S = 30.0  # one call to the node keeper
 
 def agent_text(agent: dict | None) -> str:
     """A node's agent (``fuxi.core.agentview.AgentView.view``) for a person: state, last
-    heartbeat's age, memory available and disk free; "-" for no agent."""
+    heartbeat's age, memory available, disk free, load and ``HOT``; "-" for no agent."""
     if not agent:
         return "-"
     age = agent.get("heartbeat_age_s")
@@ -27,6 +28,10 @@ def agent_text(agent: dict | None) -> str:
     mem, disk = agent.get("mem_available_bytes"), agent.get("disk_free_bytes")
     if mem is not None and disk is not None:
         out += f" mem {mem / 1024**3:.1f}G disk {disk / 1024**3:.0f}G"
+    if agent.get("load") is not None:
+        out += f" load {agent['load']:.1f}"
+    if agent.get("hot"):
+        out += " HOT"  # well above its peers' load: new work goes elsewhere while it fits
     return out
 
 

@@ -324,11 +324,16 @@ class HttpGateway:
         return web.Response(text="ok\n")
 
     def _token(self, request: web.Request) -> str:
-        auth = request.headers.get("Authorization")
+        given = request.headers.getall("Authorization", [])
+        if len(given) > 1:  # which one counts would depend on who reads it: neither does
+            raise HttpError(400, "BadRequest", f"{len(given)} Authorization headers: expected "
+                            f"one, 'Bearer <token>'")
+        auth = given[0] if given else None
         if auth is None:
             if self.core.guard is not None:
                 raise HttpError(401, "Unauthenticated", "access control is on: send "
-                                "'Authorization: Bearer <token>' (`fuxi auth token`)",
+                                "'Authorization: Bearer <token>' (after `fuxi login`, the "
+                                "token is in $FUXI_HOME/<cluster>/token)",
                                 {"WWW-Authenticate": 'Bearer realm="fuxi"'})
             return ""
         scheme, _, token = auth.strip().partition(" ")

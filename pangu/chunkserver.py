@@ -37,6 +37,7 @@ import ray
 
 from nuwa.io.wal import write_atomic
 from pangu.core import access as A
+from pangu.core.hotservers import QueueMeter
 from pangu.io.chunkfile import BLOCK_BYTES, ChunkFile
 from pangu.errors import (BadRequest, ChecksumError, Denied, LeaseExpired, NoSpace, NotActive,
                           NotFound, PanguError, ReplicaWriteFailed, StaleReplica, Unauthenticated)
@@ -138,6 +139,7 @@ class ChunkServer:
         self.replicas: dict[str, _Replica] = {}
         self.leases: dict[str, tuple[int, list[str], float]] = {}  # cid -> version, secs, until
         self.corrupt: list[str] = []  # found bad since the last heartbeat
+        self.queue = QueueMeter(time.monotonic())  # reads and writes in flight (hot spots)
         with open(os.path.join(self.dir, "server.json")) as f:
             doc = json.load(f)
         self.master_epoch = int(doc.get("master_epoch", 0))  # the newest master term heard
@@ -269,7 +271,8 @@ class ChunkServer:
                 "capacity_bytes": self.capacity_bytes, "used_bytes": self.used_bytes(),
                 "chunks": {cid: [r.version, r.length] for cid, r in self.replicas.items()},
                 "corrupt": list(self.corrupt), "dir": self.dir,
-                "disk_failed": self.disk_failed is not None}
+                "disk_failed": self.disk_failed is not None,
+                "queue": self.queue.take(time.monotonic())}
 
     def _writable(self) -> None:
         """Refuse writes once an fdatasync failed (never fsync again and trust it): the
@@ -478,6 +481,15 @@ class ChunkServer:
 
     async def write(self, cid: str, version: int, offset: int, data: list, token: str = "",
                     seq: int = 1, access: str = "") -> int:
+        """See ``_write``; counted in this server's queue (``pangu.core.hotservers``)."""
+        self.queue.enter(time.monotonic())
+        try:
+            return await self._write(cid, version, offset, data, token, seq, access)
+        finally:
+            self.queue.leave(time.monotonic())
+
+    async def _write(self, cid: str, version: int, offset: int, data: list, token: str = "",
+                     seq: int = 1, access: str = "") -> int:
         """The primary's entry point: ``data`` is ``[ObjectRef]`` of a pyarrow Buffer, piece
         ``seq`` of the writer's lease ``token``. Returns the chunk's new length once every
         replica has it on disk.
@@ -574,6 +586,15 @@ class ChunkServer:
     # ------------------------------------------------------------ reads
     async def read(self, cid: str, version: int, offset: int, n: int,
                    access: str = "") -> pa.Buffer:
+        """A read of ``n`` bytes at ``offset``, counted in this server's queue."""
+        self.queue.enter(time.monotonic())
+        try:
+            return await self._read(cid, version, offset, n, access)
+        finally:
+            self.queue.leave(time.monotonic())
+
+    async def _read(self, cid: str, version: int, offset: int, n: int,
+                    access: str = "") -> pa.Buffer:
         await self._check_access(access, cid, "r")
         for what, v in (("version", version), ("offset", offset), ("n", n)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 from base import actors, metrics
 from pangu.core import placement
-from pangu.core.hotservers import HotServers
+from base.hotspots import good_load
+from pangu.core.hotservers import QUEUE_REPORTED_MAX, HotServers
 from pangu.errors import IsADir, NotFound
 from pangu.eventlog import EventLog
 from pangu.handles import Handles
 
 CONTROL_CALL_TIMEOUT_S = 10.0  # master -> chunkserver control call
-HOT_SERVERS_CHECK_S = 2.0  # how often chunkservers' disk use is judged again (on a heartbeat)
-HOT_SERVERS = metrics.gauge("pangu_hot_chunkservers", "Chunkservers far fuller than their "
-                            "peers; new replicas avoid them while others have room.")
+HOT_SERVERS_CHECK_S = 2.0  # how often chunkservers' disk use and queues are judged again
+HOT_SERVERS = metrics.gauge("pangu_hot_chunkservers", "Chunkservers far fuller, or with far "
+                            "longer queues, than their peers; new replicas avoid them while "
+                            "others have room.")
 
 
 class ServerView:
     __slots__ = ("id", "name", "node", "capacity", "used", "last", "chunks", "draining", "dead",
-                 "dir")
+                 "dir", "queue")
 
     def __init__(self, rep: dict, now: float):
         self.id = rep["id"]
@@ -34,6 +36,8 @@ class ServerView:
     def update(self, rep: dict, now: float) -> None:
         self.name, self.node, self.dir = rep["name"], rep["node"], rep.get("dir")
         self.capacity, self.used = int(rep["capacity_bytes"]), int(rep["used_bytes"])
+        q = rep.get("queue", 0.0)  # its mean reads and writes in flight (hotservers.QueueMeter)
+        self.queue = float(q) if good_load(q) else 0.0
         # A replica's version only grows while it exists; a report built before a version
         # change the master made (and saw succeed) must not roll its view back.
         known = getattr(self, "chunks", {})
@@ -46,7 +50,7 @@ class ServerView:
 
     def as_server(self, hot: bool = False) -> placement.Server:
         return placement.Server(self.id, self.node, self.capacity, self.used, not self.dead,
-                                self.draining, hot)
+                                self.draining, hot, min(self.queue, QUEUE_REPORTED_MAX))
 
 
 class Fleet:
@@ -95,12 +99,14 @@ class Fleet:
         ``pangu_hot_chunkservers`` gauge; placement reads ``ServerView.as_server().hot``."""
         self._hot_judged_at = now
         change = self.hot.update(sv.as_server() for sv in self.servers.values())
-        for sid, use, med in change.flagged:
-            self.log.record("server_hot", f"chunkserver {sid} is {use:.0%} full, its peers "
-                                          f"{med:.0%}: new replicas go elsewhere while they fit")
+        for sid, v, med, signal in change.flagged:
+            what = (f"is {v:.0%} full, its peers {med:.0%}" if signal == "disk use" else
+                    f"has {v:.1f} reads and writes in flight, its peers {med:.1f}")
+            self.log.record("server_hot", f"chunkserver {sid} {what}: new replicas go "
+                                          f"elsewhere while they fit")
         for sid, _, _ in change.cleared:
             self.log.record("server_hot_cleared", f"chunkserver {sid} is back in line with "
-                                                  f"its peers' disk use")
+                                                  f"its peers' disk use and queue")
         HOT_SERVERS.set(len(change.hot))
 
     def declare_dead(self, now: float, dead_after_s: float) -> list[str]:
@@ -171,7 +177,8 @@ class Fleet:
         return [{"id": s.id, "name": s.name, "node": s.node, "dead": s.dead,
                  "draining": s.draining, "capacity_bytes": s.capacity,
                  "used_bytes": s.used, "chunks": len(s.chunks),
-                 "last_heartbeat_s": round(now - s.last, 2)}
+                 "last_heartbeat_s": round(now - s.last, 2), "queue": round(s.queue, 2),
+                 "hot": self.hot.signal.get(s.id)}
                 for s in sorted(self.servers.values(), key=lambda s: s.id)]
 
     # ------------------------------------------------------------ calls

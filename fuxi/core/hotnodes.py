@@ -1,13 +1,15 @@
 """Hot nodes (issue 20 part 2; pure): which alive nodes run well above their peers, judged from
 the FuxiAgents' heartbeats (``fuxi.core.agentview``) by the one detector (``base.hotspots``).
 
-A node's load is its heartbeat's load average per CPU it has (a run queue of 6 on 2 CPUs is
-3.0). Under ``NODE_LOAD`` a node is hot above 2x its peers' median and above
-``HOT_NODE_LOAD_FLOOR`` per CPU; the flag clears at 1.3x or at the floor. FuxiMaster gives
-hot nodes new work only when nothing else fits: they join each job's avoided nodes in a grant
-(``fuxi.core.slots.grant``), and a service replica is placed elsewhere while another node has
-room (``hot_last``). A node whose agent is not heard from (no heartbeat, missing) is not
-judged.
+A node's load is its heartbeat's ``load`` per CPU it has (a run queue of 6 on 2 CPUs is
+3.0): the machine's load average, or, where Ray nodes share a machine, the runnable threads
+of the node's own processes (``fuxi.shells.nodeload``, measured by its agent). Under
+``NODE_LOAD`` a node is hot above 2x its peers' median and above ``HOT_NODE_LOAD_FLOOR`` per
+CPU; the flag clears at 1.3x or at the floor. FuxiMaster gives hot nodes new work only when
+nothing else fits: they join each job's avoided nodes in a grant (``fuxi.core.slots.grant``),
+and a service replica is placed elsewhere while another node has room (``hot_last``) or,
+needing no CPU, fits anywhere (``ServiceCore.plan(..., hot=)``). A node whose agent is not
+heard from (no heartbeat, missing) is not judged.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ class ServiceCore:
     events: list[str] = field(default_factory=list)
     removing: bool = False
     canary: dict | None = None  # {"spec", "percent"}: a new version taking a share of calls
+    _hot: frozenset = field(default=frozenset(), repr=False, compare=False)  # plan()'s, soft
 
     # ------------------------------------------------------------ desired state
     @property
@@ -198,12 +199,17 @@ class ServiceCore:
 
     # ------------------------------------------------------------ deciding
     def plan(self, now: float, nodes: dict[str, float],
-             leaving: frozenset[str] = frozenset()) -> list[Action]:
+             leaving: frozenset[str] = frozenset(),
+             hot: frozenset[str] = frozenset()) -> list[Action]:
         """Actions for now. ``nodes``: alive node id -> free CPU there (for placement).
+        ``hot``: nodes loaded well above their peers (``fuxi.core.hotnodes``): a new replica
+        goes there only when no other node fits (a replica needing no CPU fits anywhere, so
+        hiding a hot node's room alone would not keep it away).
         ``leaving``: nodes being drained (``fuxi.core.drain``): nothing is placed there, and
         their replicas are replaced like old ones, surge first: a replacement starts
         elsewhere (even when ``max_surge`` is 0) and the replica there drains only once the
         ready count stays at ``replicas`` without it."""
+        self._hot = frozenset(hot)
         nodes = {k: v for k, v in nodes.items() if k not in leaving}
         acts: list[Action] = []
         for r in self.replicas.values():
@@ -377,6 +383,7 @@ class ServiceCore:
         if not nodes:
             return None
         fitting = [n for n in nodes if nodes[n] + 1e-9 >= cpu] or list(nodes)
+        fitting = [n for n in fitting if n not in self._hot] or fitting  # hot nodes last
         if self.spec["placement"]["spread"]:
             return min(fitting, key=lambda n: (load.get(n, 0), -nodes[n], n))
         return max(fitting, key=lambda n: (load.get(n, 0), nodes[n], n))

@@ -4,7 +4,9 @@ cluster's namespace, no CPU, pinned to its node, restarted by Ray if its process
 A thread of its own (never Ray's call threads, never blocking a caller) heartbeats to
 FuxiMaster every ``AGENT_HEARTBEAT_S``: the node's health, read without psutil --
 ``os.getloadavg``, ``MemAvailable`` from ``/proc/meminfo``, ``shutil.disk_usage`` of Ray's
-temp directory -- and the Fuxi workers on the node. Every ``WORKER_SCAN_S`` it reads Ray's
+temp directory -- and the Fuxi workers on the node. Its load is the node's own
+(``fuxi.shells.nodeload``): the machine's load average, or, where several Ray nodes share a
+machine, the runnable threads of this node's processes. Every ``WORKER_SCAN_S`` it reads Ray's
 actor table for the ``WorkerActor`` processes alive on its node; one that is gone since the
 last scan is reported once as an exit, with a cause (``fuxi.core.agentview.ExitCause``) from
 the death cause Ray recorded (Ray's OOM killer -> oom; ``ray.kill``, which only Fuxi sends
@@ -36,6 +38,7 @@ import ray
 from base import actors
 from fuxi.core import agentview as av
 from fuxi.core.leadership import TermGate
+from fuxi.shells.nodeload import NodeLoad
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +50,14 @@ WORKER_CLASS = "WorkerActor"  # the Ray class name of Fuxi's workers (fuxi.shell
 EXIT_LOOKUPS_MAX = 64  # gone workers whose death cause one scan looks up (the rest: next scan)
 
 
-def read_health(temp_dir: str) -> dict:
-    """Load, available memory and free disk of this machine (no psutil)."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
+def read_health(temp_dir: str, load: float | None = None) -> dict:
+    """Load, available memory and free disk of this machine (no psutil). ``load``: the
+    node's own (``fuxi.shells.nodeload``); the machine's load average if not given."""
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
     mem = 0
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -108,6 +113,7 @@ def _actor_class():
             self.boot = secrets.token_hex(8)  # a restart starts its seq afresh
             self.seq = 0
             self.temp_dir = ray_temp_dir()
+            self.load = NodeLoad()  # this node's own load, not its machine's (shared hosts)
             self.last_error: str | None = None
             self.last_ok = time.monotonic()
             self.exits_dropped = 0
@@ -131,7 +137,8 @@ def _actor_class():
             return {"node": self.node, "pid": os.getpid(), "boot": self.boot, "seq": self.seq,
                     "term": self.terms.seen, "stale_refused": self.terms.refused,
                     "last_error": self.last_error, "workers": len(self._workers),
-                    "exits_dropped": self.exits_dropped}
+                    "exits_dropped": self.exits_dropped, "load_source": self.load.source,
+                    "raylet_pid": self.load.raylet}
 
         def read_logs(self, token: str, kind: str, name: str, query: dict) -> dict:
             """This node's captured output of a job or service (issue 18 part 2), for
@@ -168,7 +175,11 @@ def _actor_class():
                 time.sleep(max(0.0, self.heartbeat_s - (time.monotonic() - started)))
 
         def _beat(self) -> None:
-            health = read_health(self.temp_dir)
+            try:
+                load = self.load.read(time.monotonic())
+            except Exception:  # noqa: BLE001 - /proc unreadable: the machine's load average
+                load = None
+            health = read_health(self.temp_dir, load)
             if time.monotonic() - self._scanned_at >= WORKER_SCAN_S:
                 self._scanned_at = time.monotonic()
                 self._scan(health["mem_available_bytes"])

@@ -150,7 +150,9 @@ class Agents:
         return {"taken": took, "heartbeat_s": self.view.heartbeat_s}
 
     def node_view(self, now: float) -> dict[str, dict]:
-        return self.view.view(now)
+        """The agents' view, each with ``hot``: its node is flagged (new work avoids it)."""
+        hot = self.hot.hot
+        return {n: dict(v, hot=n in hot) for n, v in self.view.view(now).items()}
 
 
 def stop_agents(namespace: str) -> int:

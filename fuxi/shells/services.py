@@ -392,7 +392,7 @@ class ServiceManager:
         nodes = hot_last(self._node_cpu, self.hot_nodes) if self.cores else {}
         for name, core in list(self.cores.items()):
             forward_service_events(name, core, self._forwarded)  # the cluster's event log
-            for act in core.plan(now, nodes, self.leaving):
+            for act in core.plan(now, nodes, self.leaving, self.hot_nodes):
                 if act.kind == "start":
                     events.emit("fuxi.services", "replica_placed", f"service {name}: {act.rid} "
                                 f"placed on node {(act.node or 'any')[:12]}", service=name,

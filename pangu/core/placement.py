@@ -37,6 +37,7 @@ class Server:
     alive: bool = True
     draining: bool = False
     hot: bool = False  # far fuller than its peers (pangu.core.hotservers): used last
+    queue: float = 0.0  # reads and writes in flight, averaged (pangu.core.hotservers)
 
     @property
     def free_bytes(self) -> int:

@@ -300,6 +300,23 @@ def test_token_required_checked_and_acl_applied(authed):
     assert st == 403 and error_of(out)["type"] == "Denied"
     st, out, _ = post(url, b"", headers={"Authorization": "Bearer " + zc.bob})
     assert st == 200 and json.loads(out) == "bob"
+    # Two Authorization headers (a valid one first): refused, whichever a reader would take.
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:
+        conn.putrequest("POST", u.path)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", "0")
+        conn.putheader("Authorization", "Bearer " + zc.bob)
+        conn.putheader("Authorization", "Bearer x")
+        conn.endheaders()
+        r = conn.getresponse()
+        assert r.status == 400 and "Authorization headers" in error_of(r.read())["message"]
+    finally:
+        conn.close()
     # A large body with a valid token passes the proxy's pre-authentication bound.
     big = os.urandom(200_000)
     st, out, _ = post(zc.door.svc("pay", "echo"), big, "application/octet-stream",

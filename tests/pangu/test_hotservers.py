@@ -61,3 +61,51 @@ def test_the_fleet_flags_on_heartbeats_records_an_event_and_placement_follows():
     fleet.report(rep("c", 22 * GB, "n2"), None, 200.0)  # emptied: back in line
     assert fleet.hot.hot == frozenset()
     assert log.events[-1]["kind"] == "server_hot_cleared"
+
+
+def test_the_queue_meter_is_a_time_weighted_mean_of_calls_in_flight():
+    from pangu.core.hotservers import QueueMeter
+
+    q = QueueMeter(0.0)
+    q.enter(0.0)
+    q.enter(0.0)  # two in flight for 1 s, then one for 1 s
+    q.leave(1.0)
+    assert q.take(2.0) == pytest.approx(1.5)
+    q.leave(2.0)
+    assert q.take(4.0) == 0.0  # idle since the last take
+    q.leave(4.0)  # more leaves than enters (a bug elsewhere) never go negative
+    assert q.inflight == 0 and q.take(4.0) == 0.0  # no time passed: what is in flight now
+    q.enter(5.0)
+    assert q.take(5.0) == 0.0 and q.take(6.0) == 1.0
+
+
+def test_a_server_with_a_long_queue_is_hot_until_it_drains():
+    h = HotServers()
+
+    def servers(qs):
+        return [Server(sid, f"n{i}", 100 * GB, 10 * GB, queue=q)
+                for i, (sid, q) in enumerate(zip("abc", qs))]
+
+    ch = h.update(servers([0.2, 0.0, 12.0]))
+    assert ch.hot == {"c"} and ch.flagged == [("c", 12.0, 0.1, "queue")] and h.signal["c"] == "queue"
+    assert h.update(servers([0.2, 0.0, 3.0])).hot == {"c"}  # above the clear floor: stays
+    ch = h.update(servers([0.2, 0.0, 0.5]))
+    assert ch.hot == frozenset() and ch.cleared == [("c", None, None)]
+    assert h.update(servers([0.0, 0.0, 3.5])).hot == frozenset()  # below the floor (4)
+    assert h.update(servers([6.0, 5.0, 7.0])).hot == frozenset()  # all busy: nobody stands out
+    # Garbage queues are ignored, never flag anything.
+    ch = h.update(servers([0.0, float("nan"), -3.0]))
+    assert ch.hot == frozenset() and sorted(ch.ignored) == ["b", "c"]
+
+
+def test_a_garbage_queue_in_a_report_counts_as_none():
+    log = EventLog("test")
+    fleet = Fleet("pangu-test-hotq", log, None, None)
+    for i, q in enumerate(("lots", float("inf"), 30.0, True)):
+        fleet.report({"id": f"s{i}", "name": f"cs-{i}", "node": f"n{i}",
+                      "capacity_bytes": 100 * GB, "used_bytes": GB, "chunks": {}, "queue": q},
+                     None, 100.0 + i * HOT_SERVERS_CHECK_S)
+    assert fleet.hot.hot == {"s2"}
+    assert [e for e in log.events if e["kind"] == "server_hot"][0]["message"].startswith(
+        "chunkserver s2 has 30.0 reads and writes in flight")
+    assert {s["id"]: s["hot"] for s in fleet.status(110.0)}["s2"] == "queue"

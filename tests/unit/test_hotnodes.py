@@ -59,3 +59,36 @@ def test_the_watch_emits_events_metrics_and_tells_the_services():
     assert w.judge(agents(a=1.0, b=1.0, c=1.0), TOTALS, 100.0 + HOT_NODES_CHECK_S, m) == frozenset()
     kinds = [e.kind for e in events.LOG.since(seen) if e.source == "fuxi"]
     assert kinds == ["node_hot", "node_hot_cleared"] and m.services.hot_nodes == frozenset()
+
+
+def test_new_replicas_avoid_hot_nodes_even_when_they_need_no_cpu():
+    from fuxi.core.service_spec import ServiceSpec
+    from fuxi.core.servicecore import ServiceCore
+
+    doc = ServiceSpec.model_validate({"name": "svc", "class": "m:C", "version": "1",
+                                      "replicas": 3, "resources": {"cpu": 0}}).to_doc()
+    nodes = {"a": 2.0, "b": 2.0, "c": 2.0}
+    # Negative control: spread over every node while none is hot.
+    cold = ServiceCore(doc)
+    assert sorted(a.node for a in cold.plan(0.0, nodes) if a.kind == "start") == ["a", "b", "c"]
+    # Hiding the hot node's room alone does not keep a no-CPU replica away ...
+    hidden = ServiceCore(doc)
+    got = [a.node for a in hidden.plan(0.0, hot_last(nodes, frozenset({"b"}))) if a.kind == "start"]
+    assert "b" in got
+    # ... the hot set does: b only when nothing else fits.
+    core = ServiceCore(doc)
+    got = [a.node for a in core.plan(0.0, nodes, hot=frozenset({"b"})) if a.kind == "start"]
+    assert len(got) == 3 and "b" not in got
+    only = ServiceCore(doc)
+    got = [a.node for a in only.plan(0.0, {"b": 2.0}, hot=frozenset({"b"})) if a.kind == "start"]
+    assert got == ["b", "b", "b"]  # the only node: still used
+
+
+def test_the_node_list_says_hot_and_the_load():
+    from cli.node import agent_text
+
+    base = {"state": "healthy", "heartbeat_age_s": 0.4, "mem_available_bytes": 2 * 1024**3,
+            "disk_free_bytes": 50 * 1024**3, "load": 5.04}
+    assert agent_text(dict(base, hot=True)).endswith("load 5.0 HOT")
+    assert agent_text(dict(base, hot=False)).endswith("load 5.0")
+    assert "HOT" not in agent_text(dict(base, load=None))  # never heard: no load, not hot
