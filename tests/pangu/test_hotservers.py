@@ -86,13 +86,13 @@ def test_a_server_with_a_long_queue_is_hot_until_it_drains():
         return [Server(sid, f"n{i}", 100 * GB, 10 * GB, queue=q)
                 for i, (sid, q) in enumerate(zip("abc", qs))]
 
-    ch = h.update(servers([0.2, 0.0, 12.0]))
-    assert ch.hot == {"c"} and ch.flagged == [("c", 12.0, 0.1, "queue")] and h.signal["c"] == "queue"
-    assert h.update(servers([0.2, 0.0, 3.0])).hot == {"c"}  # above the clear floor: stays
-    ch = h.update(servers([0.2, 0.0, 0.5]))
+    ch = h.update(servers([0.1, 0.0, 0.94]))  # a crowd on c: busy 94 % of the time
+    assert ch.hot == {"c"} and ch.flagged == [("c", 0.94, 0.05, "queue")] and h.signal["c"] == "queue"
+    assert h.update(servers([0.1, 0.0, 0.3])).hot == {"c"}  # above the clear floor: stays
+    ch = h.update(servers([0.1, 0.0, 0.2]))
     assert ch.hot == frozenset() and ch.cleared == [("c", None, None)]
-    assert h.update(servers([0.0, 0.0, 3.5])).hot == frozenset()  # below the floor (4)
-    assert h.update(servers([6.0, 5.0, 7.0])).hot == frozenset()  # all busy: nobody stands out
+    assert h.update(servers([0.0, 0.0, 0.45])).hot == frozenset()  # below the floor (0.5)
+    assert h.update(servers([0.8, 0.7, 0.9])).hot == frozenset()  # all busy: nobody stands out
     # Garbage queues are ignored, never flag anything.
     ch = h.update(servers([0.0, float("nan"), -3.0]))
     assert ch.hot == frozenset() and sorted(ch.ignored) == ["b", "c"]
