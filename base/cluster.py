@@ -193,14 +193,22 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-def ray_init(**kwargs) -> None:
+def ray_init(monitor: bool = True, **kwargs) -> None:
+    """``ray.init`` quietly. ``monitor=False`` (a private one-node Ray started here, for one
+    command): Ray's autoscaler monitor is not started at all. It scales nothing there, its
+    start costs a Python process on the cores Ray is starting on, and it holds up
+    ``ray.shutdown`` by a second (it ignores SIGTERM); ``stop_autoscaler_monitor`` stays the
+    fallback for a Ray without the hook."""
     import ray
 
-    from base.actors import driver_messages_to_stderr
+    from base.actors import driver_messages_to_stderr, no_autoscaler_monitor
 
     quiet_ray_env()
     driver_messages_to_stderr()  # a raylet's warnings must not land in a command's stdout
-    ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
+    with contextlib.ExitStack() as stack:
+        if not monitor:
+            stack.enter_context(no_autoscaler_monitor())
+        ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
 
 
 def cmdline(pid: int | str) -> str | None:
