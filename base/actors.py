@@ -248,22 +248,31 @@ def raylet_prestart(n: int, keep_alive_s: int, timeout_s: float) -> None:
         channel.close()
 
 
+# What a private one-node Ray started for one command does without (Node methods, each
+# started by ``ray.init(address="local")``): the autoscaler monitor (nothing to scale; it
+# ignores SIGTERM, so ``ray.shutdown`` waited a second for it), the dashboard's API server
+# (even with ``include_dashboard=False`` it starts the non-UI modules: the state and job
+# APIs, which nothing of ours calls) and the log monitor (it streams worker output to
+# drivers, and ours set ``log_to_driver=False``; the logs stay in files).
+LEAN_SKIPPED = ("start_monitor", "start_api_server", "start_log_monitor")
+
+
 @contextlib.contextmanager
-def no_autoscaler_monitor():
-    """While ``ray.init`` starts a local head: its node skips ``start_monitor`` (Ray's own
-    ``no_monitor`` parameter, which ``ray.init`` does not expose). A Ray without the method:
-    nothing changes (``base.cluster.stop_autoscaler_monitor`` is the fallback)."""
+def lean_local_head():
+    """While ``ray.init`` starts a local head: its node skips the processes in LEAN_SKIPPED
+    (Ray's ``RayParams`` has ``no_monitor`` and ``include_log_monitor``, but ``ray.init``
+    passes neither). A Ray without one of these methods: that one starts as usual
+    (``base.cluster.stop_autoscaler_monitor`` is the fallback for the monitor)."""
     try:
         from ray._private.node import Node
     except ImportError:
         yield
         return
-    start = Node.__dict__.get("start_monitor")
-    if start is None:
-        yield
-        return
-    Node.start_monitor = lambda self: None
+    saved = {name: Node.__dict__[name] for name in LEAN_SKIPPED if name in Node.__dict__}
+    for name in saved:
+        setattr(Node, name, lambda self, *args, **kwargs: None)
     try:
         yield
     finally:
-        Node.start_monitor = start
+        for name, method in saved.items():
+            setattr(Node, name, method)

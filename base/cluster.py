@@ -193,21 +193,20 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-def ray_init(monitor: bool = True, **kwargs) -> None:
-    """``ray.init`` quietly. ``monitor=False`` (a private one-node Ray started here, for one
-    command): Ray's autoscaler monitor is not started at all. It scales nothing there, its
-    start costs a Python process on the cores Ray is starting on, and it holds up
-    ``ray.shutdown`` by a second (it ignores SIGTERM); ``stop_autoscaler_monitor`` stays the
-    fallback for a Ray without the hook."""
+def ray_init(lean: bool = False, **kwargs) -> None:
+    """``ray.init`` quietly. ``lean`` (a private one-node Ray started here, for one command):
+    without the helper processes it does not need (``base.actors.LEAN_SKIPPED``: the
+    autoscaler monitor, the dashboard's API server, the log monitor), each a Python process
+    starting on the cores Ray itself is starting on."""
     import ray
 
-    from base.actors import driver_messages_to_stderr, no_autoscaler_monitor
+    from base.actors import driver_messages_to_stderr, lean_local_head
 
     quiet_ray_env()
     driver_messages_to_stderr()  # a raylet's warnings must not land in a command's stdout
     with contextlib.ExitStack() as stack:
-        if not monitor:
-            stack.enter_context(no_autoscaler_monitor())
+        if lean:
+            stack.enter_context(lean_local_head())
         ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
 
 

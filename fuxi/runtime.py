@@ -591,10 +591,10 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
         set_auth_mode(token_path)
         log.say("starting an embedded Ray (no cluster recorded)…")
         with log.step("Ray started"):
-            # No autoscaler monitor: one node has nothing to scale, and its process would
-            # compete with Ray's start for the cores and hold up ray.shutdown by 1 s.
+            # Lean: no autoscaler monitor (one node has nothing to scale, and it held up
+            # ray.shutdown by 1 s), no dashboard API server, no log monitor (base.actors).
             ray_init(address="local", namespace=namespace(cluster), include_dashboard=False,
-                     _temp_dir=temp_dir, num_cpus=num_cpus, monitor=False)
+                     _temp_dir=temp_dir, num_cpus=num_cpus, lean=True)
         try:
             stop_autoscaler_monitor()  # a Ray where the hook above did not take
             # Warm processes for the job's WorkerActors, booting while FuxiMaster starts

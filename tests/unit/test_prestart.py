@@ -1,11 +1,11 @@
-"""Warm workers for the embedded default (base.prestart) and the autoscaler monitor it no
-longer starts (base.actors.no_autoscaler_monitor), without starting Ray."""
+"""Warm workers for the embedded default (base.prestart) and the helper processes it no
+longer starts (base.actors.lean_local_head), without starting Ray."""
 
 import math
 
 import pytest
 
-from base.actors import no_autoscaler_monitor
+from base.actors import LEAN_SKIPPED, lean_local_head
 from base.prestart import (WARM_WORKER_KEEPALIVE_S, WARM_WORKERS_MAX, prestart_workers,
                            warm_worker_count)
 
@@ -38,16 +38,20 @@ def test_without_a_running_ray_it_says_why_instead_of_raising():
     assert "not initialized" in why  # said, not raised, and no Ray of its own was started
 
 
-def test_the_monitor_hook_skips_the_start_and_puts_it_back():
+def test_the_lean_hook_skips_those_starts_and_puts_them_back():
     from ray._private.node import Node
 
-    original = Node.__dict__["start_monitor"]
-    started = []
-    with no_autoscaler_monitor():
-        assert Node.__dict__["start_monitor"] is not original
-        assert Node.start_monitor(started) is None  # does nothing (would start a process)
-    assert Node.__dict__["start_monitor"] is original
+    originals = {name: Node.__dict__[name] for name in LEAN_SKIPPED}
+    assert set(originals) == {"start_monitor", "start_api_server", "start_log_monitor"}
+    with lean_local_head():
+        for name in LEAN_SKIPPED:
+            assert Node.__dict__[name] is not originals[name]
+            assert getattr(Node, name)(object()) is None  # does nothing (would start a process)
+        assert Node.start_api_server(object(), include_dashboard=False,
+                                     raise_on_failure=False) is None
+        assert Node.__dict__["start_raylet"] is not None  # everything else starts as before
+    assert {name: Node.__dict__[name] for name in LEAN_SKIPPED} == originals
     with pytest.raises(RuntimeError):
-        with no_autoscaler_monitor():
+        with lean_local_head():
             raise RuntimeError("ray.init failed")
-    assert Node.__dict__["start_monitor"] is original  # restored after a failed start too
+    assert {name: Node.__dict__[name] for name in LEAN_SKIPPED} == originals  # after a failure
