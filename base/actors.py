@@ -19,6 +19,7 @@ ObjectRef), never ``call``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Callable
 
 from base.errors import Failed, OutcomeUnknown, PlatformError, Unavailable
@@ -219,3 +220,59 @@ def upload_code(runtime_env: dict) -> dict:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return env
+
+
+def raylet_prestart(n: int, keep_alive_s: int, timeout_s: float) -> None:
+    """Ask this node's raylet (its ``PrestartWorkers`` call; Ray has no public API for it) to
+    start ``n`` idle Python workers for the current driver's job, in the default runtime
+    environment, kept at most ``keep_alive_s`` if nobody takes them. Raises on any failure
+    (a Ray without the call, a refusal): callers treat it as best effort (base.prestart)."""
+    import grpc
+    import ray
+    from ray._private.authentication.grpc_authentication_client_interceptor import \
+        SyncAuthenticationMetadataClientInterceptor
+    from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+
+    if not ray.is_initialized():  # get_runtime_context() would start a Ray of its own
+        raise RuntimeError("Ray is not initialized in this process")
+    node = ray._private.worker.global_worker.node
+    job_id = bytes.fromhex(ray.get_runtime_context().get_job_id())
+    channel = grpc.insecure_channel(f"{node.node_ip_address}:{node.node_manager_port}")
+    try:  # the interceptor adds the session's auth token, as Ray's own clients do
+        stub = node_manager_pb2_grpc.NodeManagerServiceStub(
+            grpc.intercept_channel(channel, SyncAuthenticationMetadataClientInterceptor()))
+        stub.PrestartWorkers(node_manager_pb2.PrestartWorkersRequest(
+            language=common_pb2.PYTHON, job_id=job_id, keep_alive_duration_secs=keep_alive_s,
+            num_workers=n), timeout=_check_timeout(timeout_s))
+    finally:
+        channel.close()
+
+
+# What a private one-node Ray started for one command does without (Node methods, each
+# started by ``ray.init(address="local")``): the autoscaler monitor (nothing to scale; it
+# ignores SIGTERM, so ``ray.shutdown`` waited a second for it), the dashboard's API server
+# (even with ``include_dashboard=False`` it starts the non-UI modules: the state and job
+# APIs, which nothing of ours calls) and the log monitor (it streams worker output to
+# drivers, and ours set ``log_to_driver=False``; the logs stay in files).
+LEAN_SKIPPED = ("start_monitor", "start_api_server", "start_log_monitor")
+
+
+@contextlib.contextmanager
+def lean_local_head():
+    """While ``ray.init`` starts a local head: its node skips the processes in LEAN_SKIPPED
+    (Ray's ``RayParams`` has ``no_monitor`` and ``include_log_monitor``, but ``ray.init``
+    passes neither). A Ray without one of these methods: that one starts as usual
+    (``base.cluster.stop_autoscaler_monitor`` is the fallback for the monitor)."""
+    try:
+        from ray._private.node import Node
+    except ImportError:
+        yield
+        return
+    saved = {name: Node.__dict__[name] for name in LEAN_SKIPPED if name in Node.__dict__}
+    for name in saved:
+        setattr(Node, name, lambda self, *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(Node, name, method)

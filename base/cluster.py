@@ -193,14 +193,21 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-def ray_init(**kwargs) -> None:
+def ray_init(lean: bool = False, **kwargs) -> None:
+    """``ray.init`` quietly. ``lean`` (a private one-node Ray started here, for one command):
+    without the helper processes it does not need (``base.actors.LEAN_SKIPPED``: the
+    autoscaler monitor, the dashboard's API server, the log monitor), each a Python process
+    starting on the cores Ray itself is starting on."""
     import ray
 
-    from base.actors import driver_messages_to_stderr
+    from base.actors import driver_messages_to_stderr, lean_local_head
 
     quiet_ray_env()
     driver_messages_to_stderr()  # a raylet's warnings must not land in a command's stdout
-    ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
+    with contextlib.ExitStack() as stack:
+        if lean:
+            stack.enter_context(lean_local_head())
+        ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True, **kwargs)
 
 
 def cmdline(pid: int | str) -> str | None:

@@ -30,6 +30,7 @@ from base.cluster import (MASTER_NAME, ClusterRecord, boot_id, cluster_dir, find
                           fuxi_home, head_is_ours, namespace, port_open, ray_init,
                           ray_temp_dir, session_pids, set_auth_mode, start_ticks,
                           stop_autoscaler_monitor)
+from base.prestart import prestart_workers, warm_worker_count
 from fuxi.errors import BadInput, ClusterError, NoCluster
 from fuxi.startlog import StartLog
 
@@ -53,12 +54,14 @@ def master_candidates(nuwa: list | None, name: str = MASTER_NAME,
 def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list | None = None,
                   nuwa_group: dict | None = None, auth: bool = False, agents: bool = True,
                   name: str = MASTER_NAME, candidates: int | None = None, log=None,
-                  authority: bool = True, candidate_nodes: list[str] | None = None):
+                  authority: bool = True, candidate_nodes: list[str] | None = None,
+                  loops: bool = True):
     """Start FuxiMaster (its candidates) and, with ``authority``, Zhongkui's authority.
     Without access control nothing asks the authority anything (``zhongkui.shell.make_guard``
     gives such guards no link to it): the embedded default starts none, which saves the cold
     start a worker process. ``candidate_nodes``: the nodes to pin the candidates to, in order
-    (default: this node, then the others in sorted order)."""
+    (default: this node, then the others in sorted order). ``loops=False``: the caller starts
+    FuxiMaster's loops itself (``supervise``; the embedded default, off its critical path)."""
     log = log or StartLog()
     with log.step("import FuxiMaster", fine=True):
         import ray
@@ -94,9 +97,10 @@ def _start_master(cluster: str, data_dir: str | None, detached: bool, nuwa: list
         namespace(cluster), names, handles[0], timeout_s=ACTOR_READY_TIMEOUT_S)
     with log.step("FuxiMaster answers", fine=True):
         actors.call(master.cluster_info, timeout_s=ACTOR_READY_TIMEOUT_S)
-    with log.step("FuxiMaster loops", fine=True):
-        actors.call(master.supervise, operator_proof(cluster), agents,
-                    timeout_s=ACTOR_READY_TIMEOUT_S)
+    if loops:
+        with log.step("FuxiMaster loops", fine=True):
+            actors.call(master.supervise, operator_proof(cluster), agents,
+                        timeout_s=ACTOR_READY_TIMEOUT_S)
     return master
 
 
@@ -587,18 +591,34 @@ def connect(cluster: str = "default", embedded_ok: bool = True,
         set_auth_mode(token_path)
         log.say("starting an embedded Ray (no cluster recorded)…")
         with log.step("Ray started"):
+            # Lean: no autoscaler monitor (one node has nothing to scale, and it held up
+            # ray.shutdown by 1 s), no dashboard API server, no log monitor (base.actors).
             ray_init(address="local", namespace=namespace(cluster), include_dashboard=False,
-                     _temp_dir=temp_dir, num_cpus=num_cpus)
+                     _temp_dir=temp_dir, num_cpus=num_cpus, lean=True)
         try:
-            # Its autoscaler has nothing to scale, and would hold up ray.shutdown by 1 s.
-            stop_autoscaler_monitor()
+            stop_autoscaler_monitor()  # a Ray where the hook above did not take
+            # Warm processes for the job's WorkerActors, booting while FuxiMaster starts
+            # (FuxiMaster and the JobMaster take the raylet's own ready ones): base.prestart.
+            warm = warm_worker_count(num_cpus if num_cpus is not None else os.cpu_count())
+            why_not = prestart_workers(warm)
+            log.say(f"warm workers: {warm} asked" if why_not is None
+                    else f"warm workers: none ({why_not})", fine=True)
             # No FuxiAgent: one node, this machine, for one command's lifetime. No Zhongkui
             # authority: access control is off, so no guard would ever ask it anything.
             with log.step("FuxiMaster ready"):
                 master = _start_master(cluster, cluster_dir(cluster), detached=False,
-                                       agents=False, log=log, authority=False)
+                                       agents=False, log=log, authority=False, loops=False)
+            # Its loops (events, alerting, services) start while the command goes on: nothing
+            # a command does waits for them. Their answer is checked when the command is done.
+            started = master.supervise.remote(operator_proof(cluster), False)
             yield Connection(cluster, master, "embedded", embedded=True,
                              data_dir=cluster_dir(cluster))
+            with log.step("FuxiMaster loops", fine=True):
+                try:
+                    ray.get(started, timeout=ACTOR_READY_TIMEOUT_S)
+                except Exception as e:  # noqa: BLE001 - leaves as one of ours
+                    raise actors.translate(e, "FuxiMaster.supervise",
+                                           ACTOR_READY_TIMEOUT_S) from None
         finally:
             with log.step("Ray stopped", fine=True):
                 ray.shutdown()
