@@ -22,6 +22,7 @@ class Echo:
         self.tag = tag
         self.healthy = healthy
         self.ledger = ledger  # a file `record` appends to: calls counted across replicas
+        self._one_at_a_time = asyncio.Lock()  # `serial`: a replica whose latency grows with load
 
     @kuafu.method(idempotent=True)
     async def echo(self, msg):
@@ -38,6 +39,14 @@ class Echo:
             raise ValueError(f"sleep: {secs!r} s, expected 0..{ECHO_SLEEP_S_MAX:g}")
         await asyncio.sleep(secs)
         return b"slept"
+
+    @kuafu.method(idempotent=True)
+    async def serial(self, msg):
+        """Like ``sleep``, but one call at a time per replica: calls queue behind each other,
+        so the latency a caller sees grows with the calls in flight (load for a latency
+        target)."""
+        async with self._one_at_a_time:
+            return await self.sleep(msg)
 
     @kuafu.method(idempotent=True)
     async def version(self, msg):

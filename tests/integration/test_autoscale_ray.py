@@ -19,15 +19,16 @@ UP_DELAY_S, DOWN_DELAY_S = 2.0, 6.0
 FOLLOW_TIMEOUT_S = 120.0  # generous: replicas start on a shared 2-core machine
 
 
-def _spec() -> dict:
+def _spec(target: dict | None = None) -> dict:
     from fuxi.core.service_spec import service_spec_from_dict
 
     return service_spec_from_dict({
         "name": NAME, "class": "jobs.services.echo:Echo", "replicas": 1,
         "resources": {"cpu": 0}, "drain_grace_s": 5.0,
         "health_check": {"period_s": 1.0, "timeout_s": 5.0, "failure_threshold": 3},
-        "autoscaling": {"target_in_flight": 2, "min_replicas": 1, "max_replicas": 4,
-                        "scale_up_delay_s": UP_DELAY_S, "scale_down_delay_s": DOWN_DELAY_S,
+        "autoscaling": {**(target or {"target_in_flight": 2}), "min_replicas": 1,
+                        "max_replicas": 4, "scale_up_delay_s": UP_DELAY_S,
+                        "scale_down_delay_s": DOWN_DELAY_S,
                         "max_change_per_step": 2}}).to_doc()
 
 
@@ -35,7 +36,8 @@ class Ramp:
     """Closed-loop callers, each keeping one `sleep` call in flight; added and removed one by
     one while running. Counts every call and every failure."""
 
-    def __init__(self):
+    def __init__(self, method: str = "sleep"):
+        self.method = method
         self.ok = 0
         self.failures: list[str] = []
         self.workers: list[tuple[threading.Thread, threading.Event]] = []
@@ -47,7 +49,7 @@ class Ramp:
         with kuafu.connect(f"nuwa://{CLUSTER}/{NAME}") as c:
             while not stop.is_set():
                 try:
-                    assert c.call("sleep", str(CALL_S).encode(), timeout_s=30) == b"slept"
+                    assert c.call(self.method, str(CALL_S).encode(), timeout_s=30) == b"slept"
                     with self.lock:
                         self.ok += 1
                 except Exception as e:  # noqa: BLE001 - counted
@@ -140,6 +142,53 @@ def test_a_load_ramp_is_followed_up_and_down_within_the_delays_and_no_call_fails
         ramp.set(0)
         assert ramp.failures == [], ramp.failures[:5]
         assert ramp.ok > 100
+    finally:
+        ramp.set(0)
+        try:
+            ray.get(master.service_remove.remote(NAME), timeout=30)
+            deadline = time.time() + 60
+            while any(s["name"] == NAME for s in ray.get(master.service_list.remote(), timeout=30)):
+                assert time.time() < deadline
+                time.sleep(0.2)
+        except Exception:  # noqa: BLE001 - best effort in teardown
+            pass
+
+
+def test_a_latency_target_scales_up_when_calls_queue_and_back_when_they_do_not(client,
+                                                                               kuafu_net):
+    """The other kind of target: the worst replica's p50 latency. `serial` calls queue at a
+    replica, so six callers on one replica see ~0.6 s against a 250 ms target."""
+    import ray
+
+    master = client.master
+    ray.get(master.service_register.remote(
+        _spec({"target_latency_ms": 250, "latency_percentile": "p50"})), timeout=30)
+    ramp = Ramp("serial")
+    try:
+        _until(master, _settled(1), "one replica at the start")
+        ramp.set(1)  # ~100 ms per call, under the target: one replica is enough
+        time.sleep(UP_DELAY_S + 4)
+        st = _status(master)
+        assert st["desired"] == 1 and _decisions(st) == [], st["events"][-5:]
+
+        rise = time.time()
+        ramp.set(6)
+        st = _until(master, lambda st: st["desired"] >= 2 and st["ready"] == st["desired"],
+                    "scaled up while calls queue")
+        ups = [d for d in _decisions(st) if d[0] >= rise - 1]
+        assert ups and ups[0][0] - rise >= UP_DELAY_S - 0.1, ups
+        assert "worst p50" in st["autoscaling"]["last"]["reason"], st["autoscaling"]
+        time.sleep(UP_DELAY_S + 3)  # it may still rise (the latency it judges lags)
+        _until(master, lambda st: st["ready"] == st["desired"] and st["starting"] == 0,
+               "the rise settled")
+
+        fall = time.time()
+        ramp.set(1)  # one caller: no queue anywhere, ~100 ms against 250 ms
+        st = _until(master, _settled(1), "back to one replica once nothing queues")
+        downs = [d for d in _decisions(st) if d[0] >= fall and d[2] < d[1]]
+        assert downs and downs[0][0] - fall >= DOWN_DELAY_S - 0.1, downs
+        ramp.set(0)
+        assert ramp.failures == [], ramp.failures[:5]
     finally:
         ramp.set(0)
         try:
