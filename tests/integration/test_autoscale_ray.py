@@ -86,6 +86,20 @@ def _until(master, pred, what: str) -> dict:
         time.sleep(0.3)
 
 
+def _remove(master) -> None:
+    """Remove the service and wait (bounded) until it is gone; best effort in teardown."""
+    import ray
+
+    try:
+        ray.get(master.service_remove.remote(NAME), timeout=30)
+        deadline = time.time() + 60
+        while any(s["name"] == NAME for s in ray.get(master.service_list.remote(), timeout=30)):
+            assert time.time() < deadline
+            time.sleep(0.2)
+    except Exception:  # noqa: BLE001 - best effort in teardown
+        pass
+
+
 def _decisions(st: dict) -> list[tuple[float, int, int]]:
     out = []
     for line in st["events"]:
@@ -144,14 +158,7 @@ def test_a_load_ramp_is_followed_up_and_down_within_the_delays_and_no_call_fails
         assert ramp.ok > 100
     finally:
         ramp.set(0)
-        try:
-            ray.get(master.service_remove.remote(NAME), timeout=30)
-            deadline = time.time() + 60
-            while any(s["name"] == NAME for s in ray.get(master.service_list.remote(), timeout=30)):
-                assert time.time() < deadline
-                time.sleep(0.2)
-        except Exception:  # noqa: BLE001 - best effort in teardown
-            pass
+        _remove(master)
 
 
 def test_a_latency_target_scales_up_when_calls_queue_and_back_when_they_do_not(client,
@@ -191,11 +198,4 @@ def test_a_latency_target_scales_up_when_calls_queue_and_back_when_they_do_not(c
         assert ramp.failures == [], ramp.failures[:5]
     finally:
         ramp.set(0)
-        try:
-            ray.get(master.service_remove.remote(NAME), timeout=30)
-            deadline = time.time() + 60
-            while any(s["name"] == NAME for s in ray.get(master.service_list.remote(), timeout=30)):
-                assert time.time() < deadline
-                time.sleep(0.2)
-        except Exception:  # noqa: BLE001 - best effort in teardown
-            pass
+        _remove(master)
