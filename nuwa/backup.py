@@ -44,14 +44,18 @@ def save(client, path: str, timeout_s: float = SAVE_TIMEOUT_S) -> dict:
     return B.check(data)
 
 
-def status(path: str) -> dict:
-    """The backup file's meta and counts, after every check (``BackupCorrupt`` if it fails)."""
+def _read(path: str) -> bytes:
     size = os.path.getsize(path)
     if size > B.BACKUP_IMAGE_BYTES_MAX + B.META_BYTES_MAX + 64:
         raise B.BackupCorrupt(f"{path} has {size} bytes; a Nuwa backup has at most "
                               f"{B.BACKUP_IMAGE_BYTES_MAX} (BACKUP_IMAGE_BYTES_MAX)")
     with open(path, "rb") as f:
-        return B.check(f.read())
+        return f.read()
+
+
+def status(path: str) -> dict:
+    """The backup file's meta and counts, after every check (``BackupCorrupt`` if it fails)."""
+    return B.check(_read(path))
 
 
 def restore(path: str, data_dir: str, replicas: int) -> dict:
@@ -60,9 +64,7 @@ def restore(path: str, data_dir: str, replicas: int) -> dict:
 
     if replicas not in GROUP_SIZES:
         raise BadRequest(f"a restored group has {replicas} replicas; expected one of {GROUP_SIZES}")
-    info = status(path)
-    with open(path, "rb") as f:
-        meta, image = B.decode(f.read())
+    info, image = B.load(_read(path))
     nuwa_dir = os.path.join(data_dir, "nuwa")
     if os.path.exists(os.path.join(nuwa_dir, "group.json")) or any(
             n.startswith("replica-") for n in (os.listdir(nuwa_dir) if os.path.isdir(nuwa_dir)
@@ -74,8 +76,8 @@ def restore(path: str, data_dir: str, replicas: int) -> dict:
     for rid in voters:
         wal = Wal(os.path.join(nuwa_dir, f"replica-{rid}"))
         wal.recover()
-        wal.save_snapshot(Snapshot(index=meta["index"], term=1, voters=voters, data=image))
-        wal.save(HardState(term=1, vote=0, commit=meta["index"]), [])
+        wal.save_snapshot(Snapshot(index=info["index"], term=1, voters=voters, data=image))
+        wal.save(HardState(term=1, vote=0, commit=info["index"]), [])
         wal.close()
     write_atomic(os.path.join(nuwa_dir, "group.json"), json.dumps(
         {"voters": list(voters), "nodes": {}, "retired": [], "removing": []}).encode())

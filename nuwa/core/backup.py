@@ -78,9 +78,9 @@ def decode(data: bytes) -> tuple[dict, bytes]:
     return meta, image
 
 
-def check(data: bytes) -> dict:
-    """``decode`` plus a full read of the image as a tree: the meta, with the tree's node and
-    session counts and its revision (which must be the meta's)."""
+def load(data: bytes) -> tuple[dict, bytes]:
+    """``decode`` plus a full read of the image as a tree: (the meta with the tree's node and
+    session counts, the image). The tree's revision must be the meta's."""
     meta, image = decode(data)
     try:
         tree = Tree.restore(image)
@@ -89,4 +89,9 @@ def check(data: bytes) -> dict:
     if tree.revision != meta["revision"]:
         raise BackupCorrupt(f"the backup's image is at revision {tree.revision}; its meta says "
                             f"{meta['revision']}")
-    return {**meta, "nodes": tree.node_count(), "sessions": len(tree.sessions())}
+    return {**meta, "nodes": tree.node_count(), "sessions": len(tree.sessions())}, image
+
+
+def check(data: bytes) -> dict:
+    """``load``'s meta and counts (every check made)."""
+    return load(data)[0]

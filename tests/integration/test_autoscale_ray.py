@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tests.integration.servicehelpers import remove_service, service_status, wait_service
+
 pytestmark = pytest.mark.ray
 
 CLUSTER = "test"
@@ -69,35 +71,15 @@ class Ramp:
 
 
 def _status(master) -> dict:
-    import ray
-
-    return ray.get(master.service_status.remote(NAME), timeout=30)
+    return service_status(master, NAME)
 
 
 def _until(master, pred, what: str) -> dict:
-    deadline = time.time() + FOLLOW_TIMEOUT_S
-    while True:
-        st = _status(master)
-        if pred(st):
-            return st
-        if time.time() > deadline:
-            raise AssertionError(f"{what}: not within {FOLLOW_TIMEOUT_S:g}s: "
-                                 f"{st['autoscaling']} events {st['events'][-8:]}")
-        time.sleep(0.3)
+    return wait_service(master, NAME, pred, what, FOLLOW_TIMEOUT_S, poll_s=0.3)
 
 
 def _remove(master) -> None:
-    """Remove the service and wait (bounded) until it is gone; best effort in teardown."""
-    import ray
-
-    try:
-        ray.get(master.service_remove.remote(NAME), timeout=30)
-        deadline = time.time() + 60
-        while any(s["name"] == NAME for s in ray.get(master.service_list.remote(), timeout=30)):
-            assert time.time() < deadline
-            time.sleep(0.2)
-    except Exception:  # noqa: BLE001 - best effort in teardown
-        pass
+    remove_service(master, NAME)
 
 
 def _decisions(st: dict) -> list[tuple[float, int, int]]:

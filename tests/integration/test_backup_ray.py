@@ -1,35 +1,21 @@
 """A cluster's data directory is its backup (docs/operations.md, "State on disk"): after
 `fuxi down`, a copy of `<data dir>` started with `fuxi up` on a fresh Ray -- under another
 $FUXI_HOME, as on a replacement machine -- holds the same Nuwa tree, the same Pangu files, the
-same job records and the same users. And the original restarts in place the same way."""
+same job records and the same users; so does an online snapshot of Nuwa (`fuxi nuwa snapshot
+save`) restored into new disks beside the chunkservers' directories."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from fuxi.runtime import session_pids
+from tests.integration.clihelpers import REPO, fuxi
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CMD_TIMEOUT_S = 180
-
-
-def fuxi(home, *args, check=True, stdin=None):
-    env = dict(os.environ, FUXI_HOME=str(home))
-    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "FUXI_CLUSTER"):
-        env.pop(k, None)
-    res = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=CMD_TIMEOUT_S, input=stdin)
-    if check:
-        assert res.returncode == 0, (f"fuxi {' '.join(args)} -> {res.returncode}\n"
-                                     f"{res.stdout}\n{res.stderr}")
-    return res
 
 
 def down(home) -> None:

@@ -15,22 +15,10 @@ import pytest
 
 from base.cluster import cmdline
 from fuxi.runtime import ray_temp_dir, session_pids
+from tests.integration.clihelpers import CMD_TIMEOUT_S, REPO, fuxi
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CMD_TIMEOUT_S = 180
 SERVICE_POLL_S = 0.2  # between two `service status` reads (each a Ray driver of ~2 s itself)
-
-
-def fuxi(home, *args, check=True, stdin=None):
-    env = dict(os.environ, FUXI_HOME=str(home))
-    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
-        env.pop(k, None)
-    res = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=CMD_TIMEOUT_S, input=stdin)
-    if check:
-        assert res.returncode == 0, f"fuxi {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
-    return res
 
 
 def processes_mentioning(text: str) -> list[str]:

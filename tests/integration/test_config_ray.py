@@ -17,7 +17,7 @@ import time
 import pytest
 
 from base.cluster import port_open
-from tests.integration.test_cli_cluster import CMD_TIMEOUT_S, REPO
+from tests.integration.clihelpers import CMD_TIMEOUT_S, REPO
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 PICKUP_WAIT_S = 60.0  # the alert loop reads the stored configuration every round (5 s default)

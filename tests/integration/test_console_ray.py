@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests.integration.test_cli_cluster import fuxi
+from tests.integration.clihelpers import fuxi
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 PAGE_WAIT_S = 90.0  # a page shows what the test waits for

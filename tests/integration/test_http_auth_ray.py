@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.integration.test_cli_cluster import fuxi
+from tests.integration.clihelpers import fuxi
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 

@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from base.cluster import session_pids
-from tests.integration.test_cli_cluster import fuxi
+from tests.integration.clihelpers import fuxi
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 PROMETHEUS = shutil.which("prometheus")

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.integration.servicehelpers import remove_service
+
 pytestmark = pytest.mark.ray
 
 CLUSTER = "test"
@@ -87,17 +89,7 @@ class Load:
             t.join(60)
 
 
-def _remove(master, name: str) -> None:
-    import ray
-
-    try:
-        ray.get(master.service_remove.remote(name), timeout=30)
-        deadline = time.time() + 60
-        while any(s["name"] == name for s in ray.get(master.service_list.remote(), timeout=30)):
-            assert time.time() < deadline, "the service was not removed"
-            time.sleep(0.2)
-    except Exception:  # noqa: BLE001 - best effort in teardown
-        pass
+_remove = remove_service
 
 
 def test_register_call_status_scale_and_remove(master, kuafu_net):

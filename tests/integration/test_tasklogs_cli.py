@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.integration.test_cli_cluster import REPO, fuxi
+from tests.integration.clihelpers import REPO, fuxi
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 LINE_TIMEOUT_S = 90.0

@@ -24,7 +24,7 @@ import sys
 
 import pytest
 
-from tests.integration.test_cli_cluster import REPO, fuxi
+from tests.integration.clihelpers import REPO, fuxi
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 CLUSTER = "zk"
